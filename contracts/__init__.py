@@ -1,0 +1,1 @@
+"""Typed events, envelopes and subject names shared by every Keel worker."""

@@ -1,0 +1,138 @@
+"""Subject names: the one place that builds and parses them.
+
+Tokens are limited to ``[A-Za-z0-9_-]``. Symbols map reversibly: ``/`` becomes ``-`` and
+every other character outside ``[A-Za-z0-9]`` becomes ``_XX`` (its UTF-8 bytes in hex), so
+``BTC/USDT`` -> ``BTC-USDT``, ``BTC/USDT:USDT`` -> ``BTC-USDT_3AUSDT``, ``BRK B`` ->
+``BRK_20B``. The raw symbol always travels in the payload too.
+"""
+
+from __future__ import annotations
+
+import re
+
+import msgspec
+
+from contracts.events import (
+    Bar,
+    DeadLetter,
+    EquitySnapshot,
+    Event,
+    ExecutionReport,
+    GovernanceCommand,
+    Heartbeat,
+    Instrument,
+    OrderCommand,
+    PositionChanged,
+    Quote,
+    RiskDecision,
+    Signal,
+    Trade,
+)
+
+_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_PLAIN = re.compile(r"[A-Za-z0-9]")
+_ESCAPE = re.compile(r"_([0-9A-F]{2})")
+
+
+class SubjectError(ValueError):
+    """A name that cannot become a subject token, or a subject Keel did not build."""
+
+
+def name_token(name: str, what: str = "name") -> str:
+    """Validate a name used verbatim as a token (venue, strategy, worker, interval)."""
+    if not _NAME.fullmatch(name):
+        raise SubjectError(f"{what} {name!r} must match [A-Za-z0-9_-]+")
+    return name
+
+
+def symbol_token(symbol: str) -> str:
+    if not symbol:
+        raise SubjectError("empty symbol")
+    out: list[str] = []
+    for ch in symbol:
+        if _PLAIN.fullmatch(ch):
+            out.append(ch)
+        elif ch == "/":
+            out.append("-")
+        else:
+            out.extend(f"_{b:02X}" for b in ch.encode())
+    return "".join(out)
+
+
+def token_symbol(token: str) -> str:
+    if not token or not _NAME.fullmatch(token):
+        raise SubjectError(f"not a symbol token: {token!r}")
+    raw = bytearray()
+    i = 0
+    while i < len(token):
+        ch = token[i]
+        if ch == "-":
+            raw += b"/"
+            i += 1
+        elif ch == "_":
+            m = _ESCAPE.match(token, i)
+            if m is None:
+                raise SubjectError(f"bad escape in symbol token {token!r}")
+            raw.append(int(m.group(1), 16))
+            i += 3
+        else:
+            raw += ch.encode()
+            i += 1
+    try:
+        return raw.decode()
+    except UnicodeDecodeError as exc:
+        raise SubjectError(f"bad escape in symbol token {token!r}") from exc
+
+
+def bar_subject(venue: str, symbol: str, interval: str) -> str:
+    return f"md.bar.{name_token(venue, 'venue')}.{symbol_token(symbol)}.{name_token(interval)}"
+
+
+def bars_of_symbol(symbol: str) -> str:
+    """Filter for every bar of one symbol (any venue, any interval)."""
+    return f"md.bar.*.{symbol_token(symbol)}.*"
+
+
+def subject_for(event: Event) -> str:
+    """The subject an event is published on."""
+    match event:
+        case Bar():
+            return bar_subject(event.venue, event.symbol, event.interval)
+        case Trade() | Quote() | Instrument():
+            kind = type(event).__name__.lower()
+            return f"md.{kind}.{name_token(event.venue, 'venue')}.{symbol_token(event.symbol)}"
+        case Signal():
+            return (
+                f"sig.{name_token(event.strategy, 'strategy')}."
+                f"{name_token(event.venue, 'venue')}.{symbol_token(event.symbol)}"
+            )
+        case OrderCommand():
+            return f"ord.cmd.{name_token(event.venue, 'venue')}.{symbol_token(event.symbol)}"
+        case RiskDecision():
+            return f"ord.risk.{name_token(event.strategy, 'strategy')}.{symbol_token(event.symbol)}"
+        case ExecutionReport():
+            return f"exec.report.{name_token(event.venue, 'venue')}.{symbol_token(event.symbol)}"
+        case PositionChanged():
+            return f"pf.position.{name_token(event.venue, 'venue')}.{symbol_token(event.symbol)}"
+        case EquitySnapshot():
+            return "pf.equity"
+        case GovernanceCommand():
+            return f"gov.cmd.{event.action}"
+        case Heartbeat():
+            return f"sys.heartbeat.{name_token(event.worker, 'worker')}"
+        case DeadLetter():
+            return f"sys.dlq.{name_token(event.worker, 'worker')}"
+    raise SubjectError(f"no subject for {type(event).__name__}")
+
+
+class BarSubject(msgspec.Struct, frozen=True):
+    venue: str
+    symbol: str
+    interval: str
+
+
+def parse_bar_subject(subject: str) -> BarSubject:
+    parts = subject.split(".")
+    if len(parts) != 5 or parts[:2] != ["md", "bar"]:
+        raise SubjectError(f"not a bar subject: {subject!r}")
+    return BarSubject(venue=parts[2], symbol=token_symbol(parts[3]), interval=parts[4])

@@ -1,0 +1,1 @@
+"""Streams, consumers, snapshots and the embedded nats-server: the event log."""

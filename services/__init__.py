@@ -1,0 +1,1 @@
+"""Keel's workers and the runtime that connects their pure decision logic to the log."""

@@ -1,0 +1,1 @@
+"""Worker runtime: consumers, snapshots, heartbeats, metrics, signals."""
