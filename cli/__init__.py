@@ -1,0 +1,1 @@
+"""The ``keel`` command line: the user's edge of the system."""

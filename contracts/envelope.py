@@ -28,12 +28,12 @@ def _digest(text: str, size: int) -> str:
 
 
 def derive_id(producer: str, cause_id: str, index: int) -> str:
-    return _digest(f"{producer}|{cause_id}|{index}", 16)
+    return content_id(producer, cause_id, index)
 
 
-def content_id(*parts: object) -> str:
-    """Id of a source fact (a bar, an ingested row) from what identifies it."""
-    return _digest("|".join(str(p) for p in parts), 16)
+def content_id(*parts: str | int) -> str:
+    """Id of a fact from what identifies it; JSON framing keeps distinct parts distinct."""
+    return hashlib.blake2b(msgspec.json.encode(parts), digest_size=16).hexdigest()
 
 
 class Envelope(msgspec.Struct, frozen=True):

@@ -26,18 +26,24 @@ TradingMode = Literal["long_only", "long_short"]
 
 
 class Event(msgspec.Struct, frozen=True, tag=True, tag_field="type", kw_only=True):
-    """Base of every event; ``ts`` is the event time the producer's clock assigned."""
+    """Base of every event; ``ts`` is the event time the producer's clock assigned.
+
+    Float fields must be finite: JSON cannot carry NaN or infinity, so such an event could
+    be stored but never read back.
+    """
 
     ts: int
+
+    def __post_init__(self) -> None:
+        for field in self.__struct_fields__:
+            value = getattr(self, field)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{field} must be finite")
 
 
 def _require(condition: bool, message: str) -> None:
     if not condition:
         raise ValueError(message)
-
-
-def _finite(*values: float) -> bool:
-    return all(math.isfinite(v) for v in values)
 
 
 class Instrument(Event, frozen=True):
@@ -51,6 +57,7 @@ class Instrument(Event, frozen=True):
     min_notional: float = 0.0
 
     def __post_init__(self) -> None:
+        super().__post_init__()
         _require(
             self.tick_size >= 0 and self.lot_size >= 0 and self.min_notional >= 0,
             "tick_size, lot_size and min_notional must be >= 0",
@@ -72,11 +79,12 @@ class Bar(Event, frozen=True):
     volume: float
 
     def __post_init__(self) -> None:
-        _require(_finite(self.open, self.high, self.low, self.close, self.volume), "non-finite")
+        super().__post_init__()
         _require(min(self.open, self.high, self.low, self.close) > 0, "prices must be > 0")
         _require(self.volume >= 0, "volume must be >= 0")
         _require(self.high >= self.low, "high below low")
         _require(self.close_time > self.open_time, "close_time must be after open_time")
+        _require(self.ts == self.close_time, "ts must equal close_time")
 
 
 class Trade(Event, frozen=True):
@@ -88,7 +96,7 @@ class Trade(Event, frozen=True):
     trade_id: str = ""
 
     def __post_init__(self) -> None:
-        _require(_finite(self.price, self.qty), "non-finite")
+        super().__post_init__()
         _require(self.price > 0 and self.qty > 0, "price and qty must be > 0")
 
 
@@ -101,7 +109,7 @@ class Quote(Event, frozen=True):
     ask_size: float = 0.0
 
     def __post_init__(self) -> None:
-        _require(_finite(self.bid, self.ask, self.bid_size, self.ask_size), "non-finite")
+        super().__post_init__()
         _require(0 < self.bid <= self.ask, "need 0 < bid <= ask")
 
 
@@ -121,10 +129,10 @@ class Signal(Event, frozen=True):
     reason: str = ""
 
     def __post_init__(self) -> None:
-        _require(
-            (self.target_position is None) != (self.side is None or self.size is None),
-            "give either target_position or both side and size",
-        )
+        super().__post_init__()
+        by_target = self.target_position is not None and self.side is None and self.size is None
+        by_side = self.target_position is None and self.side is not None and self.size is not None
+        _require(by_target or by_side, "give either target_position or both side and size")
         _require(0.0 <= self.confidence <= 1.0, "confidence must be within [0, 1]")
         _require(self.size is None or self.size > 0, "size must be > 0")
 
@@ -144,7 +152,8 @@ class OrderCommand(Event, frozen=True):
     model_tag: str = ""
 
     def __post_init__(self) -> None:
-        _require(_finite(self.qty) and self.qty > 0, "qty must be > 0")
+        super().__post_init__()
+        _require(self.qty > 0, "qty must be > 0")
         _require(self.order_type != "limit" or self.limit_price is not None, "limit needs price")
         _require(self.order_type != "stop" or self.stop_price is not None, "stop needs stop_price")
 

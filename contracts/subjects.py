@@ -79,9 +79,12 @@ def token_symbol(token: str) -> str:
             raw += ch.encode()
             i += 1
     try:
-        return raw.decode()
+        symbol = raw.decode()
     except UnicodeDecodeError as exc:
         raise SubjectError(f"bad escape in symbol token {token!r}") from exc
+    if symbol_token(symbol) != token:
+        raise SubjectError(f"symbol token {token!r} is not in canonical form")
+    return symbol
 
 
 def bar_subject(venue: str, symbol: str, interval: str) -> str:
@@ -135,4 +138,8 @@ def parse_bar_subject(subject: str) -> BarSubject:
     parts = subject.split(".")
     if len(parts) != 5 or parts[:2] != ["md", "bar"]:
         raise SubjectError(f"not a bar subject: {subject!r}")
-    return BarSubject(venue=parts[2], symbol=token_symbol(parts[3]), interval=parts[4])
+    return BarSubject(
+        venue=name_token(parts[2], "venue"),
+        symbol=token_symbol(parts[3]),
+        interval=name_token(parts[4], "interval"),
+    )

@@ -110,14 +110,21 @@ class Bus:
         start_seq: int | None = None,
         since: datetime | None = None,
         stop_at_end: bool = True,
+        new_only: bool = False,
         idle_timeout: float = 0.5,
     ) -> AsyncIterator[Stored | DeadRead]:
-        """Events on ``subject`` in stream order through an ordered consumer."""
+        """Events on ``subject`` in stream order through an ordered consumer.
+
+        With ``stop_at_end`` the read ends at the stream's last message as of the call;
+        otherwise it follows new messages until cancelled.
+        """
         info = await self.js.stream_info(stream)
         last = info.state.last_seq
         if stop_at_end and (info.state.messages == 0 or (start_seq or 1) > last):
             return
-        if since is not None:
+        if new_only:
+            policy, cfg = DeliverPolicy.NEW, {}
+        elif since is not None:
             policy, cfg = DeliverPolicy.BY_START_TIME, {"opt_start_time": since.isoformat()}
         elif start_seq:
             policy, cfg = DeliverPolicy.BY_START_SEQUENCE, {"opt_start_seq": start_seq}

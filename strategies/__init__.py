@@ -1,0 +1,1 @@
+"""Pure strategy logic: bars in, signals out, no I/O."""

@@ -1,0 +1,34 @@
+"""Shared console and the one place user errors become a single red line."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Coroutine
+from typing import Any
+
+import typer
+from rich.console import Console
+
+from eventstore.errors import KeelError
+from services.marketdata.sources import SourceError
+from strategies.registry import StrategyError
+
+console = Console()
+errors = Console(stderr=True)
+
+USER_ERRORS = (KeelError, StrategyError, SourceError)
+
+
+def fail(message: str, code: int = 2) -> typer.Exit:
+    errors.print(f"[bold red]error:[/] {message}", highlight=False, soft_wrap=True)
+    return typer.Exit(code)
+
+
+def run(coro: Coroutine[Any, Any, Any]) -> Any:
+    """Run a command's coroutine; user mistakes and unreachable servers print one line."""
+    try:
+        return asyncio.run(coro)
+    except USER_ERRORS as exc:
+        raise fail(str(exc)) from None
+    except KeyboardInterrupt:
+        raise typer.Exit(130) from None

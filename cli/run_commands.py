@@ -1,0 +1,210 @@
+"""``keel run SERVICE``: one worker in the foreground, as the fleet and compose start it."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from cli.console import console, fail, run
+from contracts.subjects import name_token
+from eventstore.bus import Bus
+from eventstore.server import nats_url
+from services.config import KeelConfig, StrategyConfig, load_config
+from services.execution.worker import execution_worker
+from services.marketdata.feed import publish_bars
+from services.marketdata.sources import interval_ns, read_bars
+from services.marketdata.synthetic import SyntheticMarket
+from services.portfolio.worker import portfolio_worker
+from services.risk.worker import risk_worker
+from services.runtime.worker import Worker, WorkerOptions
+from services.strategy.host import strategy_worker
+from strategies.registry import build_strategy, parse_params
+
+app = typer.Typer(
+    help="Run one worker in the foreground until SIGTERM or Ctrl-C.", no_args_is_help=True
+)
+
+ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Fleet config (TOML).")]
+MetricsOpt = Annotated[
+    int, typer.Option("--metrics-port", help="Prometheus /metrics port (0 = pick a free one).")
+]
+MetricsAddrOpt = Annotated[
+    str, typer.Option("--metrics-addr", help="Address the metrics endpoint binds.")
+]
+
+
+def _options(metrics_port: int, metrics_addr: str) -> WorkerOptions:
+    return WorkerOptions(metrics_port=metrics_port, metrics_addr=metrics_addr)
+
+
+def _serve(worker: Worker) -> None:
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s {worker.name} %(levelname)s %(message)s"
+    )
+
+    async def main() -> None:
+        with nats_url() as url:
+            bus = await Bus.connect(url, name=worker.name)
+            try:
+                await worker.run(bus)
+            finally:
+                await bus.close()
+
+    run(main())
+
+
+@app.command()
+def risk(
+    config: ConfigOpt = None,
+    metrics_port: MetricsOpt = 0,
+    metrics_addr: MetricsAddrOpt = "127.0.0.1",
+) -> None:
+    """Pre-trade rails: signals in, orders or rejections out."""
+    _serve(risk_worker(_load(config).risk, _options(metrics_port, metrics_addr)))
+
+
+@app.command()
+def execution(
+    config: ConfigOpt = None,
+    metrics_port: MetricsOpt = 0,
+    metrics_addr: MetricsAddrOpt = "127.0.0.1",
+) -> None:
+    """The paper venue: orders in, execution reports out."""
+    _serve(execution_worker(_load(config).execution, _options(metrics_port, metrics_addr)))
+
+
+@app.command()
+def portfolio(
+    config: ConfigOpt = None,
+    metrics_port: MetricsOpt = 0,
+    metrics_addr: MetricsAddrOpt = "127.0.0.1",
+) -> None:
+    """Positions, cash, PnL and equity."""
+    _serve(portfolio_worker(_load(config).portfolio, _options(metrics_port, metrics_addr)))
+
+
+@app.command()
+def strategy(
+    name: Annotated[
+        str | None, typer.Option("--name", help="Strategy name, e.g. ma_cross.")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="key=value, repeatable.")
+    ] = None,
+    symbol: Annotated[
+        list[str] | None, typer.Option("--symbol", help="Only these symbols (repeatable).")
+    ] = None,
+    instance: Annotated[
+        str | None, typer.Option("--instance", help="Instance name (or one from --config).")
+    ] = None,
+    config: ConfigOpt = None,
+    metrics_port: MetricsOpt = 0,
+    metrics_addr: MetricsAddrOpt = "127.0.0.1",
+) -> None:
+    """A strategy from strategies/ by name, or an instance declared in --config."""
+    chosen = _strategy_config(_load(config), name, param or [], symbol or [], instance)
+    built = build_strategy(chosen.name, chosen.params, name_token(chosen.instance_name, "instance"))
+    _serve(strategy_worker(built, chosen.symbols, _options(metrics_port, metrics_addr)))
+
+
+def _strategy_config(
+    config: KeelConfig,
+    name: str | None,
+    params: list[str],
+    symbols: list[str],
+    instance: str | None,
+) -> StrategyConfig:
+    if name is None:
+        declared = {s.instance_name: s for s in config.strategies}
+        if instance not in declared:
+            known = ", ".join(declared) or "none"
+            raise fail(f"give --name, or an --instance declared in the config (declared: {known})")
+        return declared[instance]
+    try:
+        parsed = parse_params(params)
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    return StrategyConfig(
+        name=name, instance=instance or name, symbols=tuple(symbols), params=parsed
+    )
+
+
+@app.command()
+def marketdata(
+    file: Annotated[
+        Path | None,
+        typer.Option("--file", help="Replay a bar file instead of the synthetic market."),
+    ] = None,
+    symbol: Annotated[
+        list[str] | None, typer.Option("--symbol", help="Symbols (synthetic) or the file's symbol.")
+    ] = None,
+    venue: Annotated[str | None, typer.Option("--venue")] = None,
+    interval: Annotated[str | None, typer.Option("--interval")] = None,
+    bars: Annotated[int, typer.Option("--bars", min=1, help="Synthetic bars per symbol.")] = 500,
+    seed: Annotated[int | None, typer.Option("--seed")] = None,
+    pace_ms: Annotated[
+        float,
+        typer.Option("--pace-ms", min=0, help="Wait between time steps (0 = as fast as possible)."),
+    ] = 0.0,
+    live: Annotated[
+        bool, typer.Option("--live", help="Stamp synthetic bars from the wall clock now on.")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """Publish bars: the seeded synthetic market (default) or a file."""
+    market = _load(config).market
+    symbols = tuple(symbol or ()) or market.symbols
+    the_venue = venue or market.venue
+    if file is not None:
+        bar_source = read_bars(
+            file, venue=the_venue, symbol=symbols[0] if symbol else file.stem, interval=interval
+        ).bars
+    else:
+        step = interval_ns(interval or market.interval)
+        start = (time.time_ns() // step) * step if live else None
+        params = {"start_ns": start} if start is not None else {}
+        try:
+            synthetic = SyntheticMarket(
+                symbols=symbols,
+                venue=the_venue,
+                interval=interval or market.interval,
+                bars=bars,
+                seed=market.seed if seed is None else seed,
+                **params,
+            )
+        except ValueError as exc:
+            raise fail(f"synthetic market: {exc}") from None
+        bar_source = synthetic.generate()
+
+    async def main() -> None:
+        stop = asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, stop.set)
+        with nats_url() as url:
+            bus = await Bus.connect(url, name="marketdata")
+            try:
+                result = await publish_bars(bus, bar_source, pace_s=pace_ms / 1000, stop=stop)
+            finally:
+                await bus.close()
+        console.print(
+            f"marketdata: stored {result.stored}, already present {result.stale + result.duplicates}"
+        )
+
+    run(main())
+
+
+def _load(config: Path | None) -> KeelConfig:
+    return run(_async_load(config))
+
+
+async def _async_load(config: Path | None) -> KeelConfig:
+    return load_config(config)

@@ -1,0 +1,62 @@
+"""One TOML file configures the fleet: what to trade, the rails, the venue, the ledger.
+
+Every section is optional; defaults give a working paper fleet. A bad value stops start-up
+with one line naming the key (msgspec reports the path, e.g. ``$.risk.max_position``).
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+
+from eventstore.errors import KeelError
+from services.execution.paper_venue import PaperVenueConfig
+from services.portfolio.ledger import LedgerConfig
+from services.risk.rails import RiskLimits
+
+
+class StrategyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    name: str = "ma_cross"
+    instance: str = ""
+    symbols: tuple[str, ...] = ()
+    params: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+
+    @property
+    def instance_name(self) -> str:
+        return self.instance or self.name
+
+
+class MarketConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    venue: str = "sim"
+    symbols: tuple[str, ...] = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
+    interval: str = "1m"
+    seed: int = 7
+
+
+class KeelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    market: MarketConfig = msgspec.field(default_factory=MarketConfig)
+    strategies: tuple[StrategyConfig, ...] = (
+        StrategyConfig(params={"kind": "ema", "fast": 8, "slow": 21, "qty": 1}),
+    )
+    risk: RiskLimits = msgspec.field(default_factory=RiskLimits)
+    execution: PaperVenueConfig = msgspec.field(default_factory=PaperVenueConfig)
+    portfolio: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
+
+
+def load_config(path: Path | None) -> KeelConfig:
+    if path is None:
+        return KeelConfig()
+    try:
+        raw = tomllib.loads(path.read_text())
+    except FileNotFoundError as exc:
+        raise KeelError(f"config {path}: no such file") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise KeelError(f"config {path}: cannot read: {exc}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise KeelError(f"config {path}: not valid TOML: {exc}") from exc
+    try:
+        return msgspec.convert(raw, KeelConfig)
+    except msgspec.ValidationError as exc:
+        raise KeelError(f"config {path}: {exc}") from exc

@@ -1,0 +1,1 @@
+"""Execution: venues that turn order commands into execution reports."""

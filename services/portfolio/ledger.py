@@ -1,0 +1,113 @@
+"""The portfolio ledger: average-cost positions, cash, realized and unrealized PnL.
+
+Invariant (tested): equity = cash + sum(qty * mark) = starting cash + realized + unrealized
+- fees. Each fill emits the position it leaves; each bar marks its symbol and emits equity.
+"""
+
+from __future__ import annotations
+
+import msgspec
+
+from contracts.events import Bar, EquitySnapshot, Event, ExecutionReport, PositionChanged
+
+EPS = 1e-12
+
+
+class LedgerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    starting_cash: float = 100_000.0
+
+    def __post_init__(self) -> None:
+        if not self.starting_cash > 0:
+            raise ValueError("starting_cash must be > 0")
+
+
+class Position(msgspec.Struct):
+    qty: float = 0.0
+    avg_price: float = 0.0
+    realized: float = 0.0
+    mark: float = 0.0
+
+    def apply_fill(self, signed_qty: float, price: float) -> float:
+        """Apply a fill; returns the PnL it realizes."""
+        realized = 0.0
+        if abs(self.qty) < EPS or (self.qty > 0) == (signed_qty > 0):
+            total = abs(self.qty) + abs(signed_qty)
+            self.avg_price = (abs(self.qty) * self.avg_price + abs(signed_qty) * price) / total
+            self.qty += signed_qty
+        else:
+            closed = min(abs(self.qty), abs(signed_qty))
+            direction = 1.0 if self.qty > 0 else -1.0
+            realized = closed * (price - self.avg_price) * direction
+            remaining = self.qty + signed_qty
+            if abs(remaining) < EPS:
+                self.qty, self.avg_price = 0.0, 0.0
+            elif (remaining > 0) != (self.qty > 0):
+                self.qty, self.avg_price = remaining, price
+            else:
+                self.qty = remaining
+        self.realized += realized
+        if not self.mark:
+            self.mark = price
+        return realized
+
+
+class LedgerState(msgspec.Struct):
+    cash: float
+    realized: float = 0.0
+    fees: float = 0.0
+    positions: dict[str, Position] = msgspec.field(default_factory=dict)
+
+
+class Ledger:
+    def __init__(self, config: LedgerConfig) -> None:
+        self.config = config
+        self.state = LedgerState(cash=config.starting_cash)
+
+    def decide(self, event: Event, now: int) -> list[Event]:
+        match event:
+            case ExecutionReport() if event.fill_qty > 0:
+                return [self._on_fill(event, now)]
+            case Bar():
+                return [self._on_bar(event, now)]
+        return []
+
+    def _on_fill(self, fill: ExecutionReport, now: int) -> PositionChanged:
+        signed = fill.fill_qty if fill.side == "buy" else -fill.fill_qty
+        position = self.state.positions.setdefault(f"{fill.venue}|{fill.symbol}", Position())
+        self.state.realized += position.apply_fill(signed, fill.fill_price)
+        self.state.cash -= signed * fill.fill_price + fill.fee
+        self.state.fees += fill.fee
+        return PositionChanged(
+            ts=now,
+            venue=fill.venue,
+            symbol=fill.symbol,
+            qty=position.qty,
+            avg_price=position.avg_price,
+            realized_pnl=position.realized,
+            strategy=fill.strategy,
+        )
+
+    def _on_bar(self, bar: Bar, now: int) -> EquitySnapshot:
+        key = f"{bar.venue}|{bar.symbol}"
+        if key in self.state.positions:
+            self.state.positions[key].mark = bar.close
+        return self.equity(now)
+
+    def equity(self, now: int) -> EquitySnapshot:
+        positions = self.state.positions.values()
+        value = sum(p.qty * p.mark for p in positions)
+        return EquitySnapshot(
+            ts=now,
+            cash=self.state.cash,
+            equity=self.state.cash + value,
+            realized_pnl=self.state.realized,
+            unrealized_pnl=sum(p.qty * (p.mark - p.avg_price) for p in positions),
+            fees=self.state.fees,
+            gross_exposure=sum(abs(p.qty * p.mark) for p in positions),
+        )
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(self.state)
+
+    def restore(self, data: bytes) -> None:
+        self.state = msgspec.msgpack.decode(data, type=LedgerState)

@@ -1,0 +1,1 @@
+"""Risk: turns signals into approved orders or rejections naming the rule."""

@@ -1,0 +1,1 @@
+"""The strategy host: runs one strategy from ``strategies/`` as a worker."""

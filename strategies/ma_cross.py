@@ -1,0 +1,96 @@
+"""Moving-average crossover: signals on crossings only.
+
+The first bar on which both averages exist fixes the current side without a signal (a
+strategy started mid-trend waits for the next crossing). Equal averages keep the previous
+side. Long-only maps the short side to flat.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from contracts.events import Bar, Signal, TradingMode
+from strategies.indicators import EMA, SMA
+
+
+class MaCrossParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    kind: Literal["sma", "ema"] = "sma"
+    fast: int = 10
+    slow: int = 30
+    mode: TradingMode = "long_only"
+    qty: float = 1.0
+
+    def __post_init__(self) -> None:
+        if self.fast < 1 or self.slow < 1:
+            raise ValueError("fast and slow must be >= 1")
+        if self.fast >= self.slow:
+            raise ValueError(f"fast ({self.fast}) must be below slow ({self.slow})")
+        if not self.qty > 0:
+            raise ValueError("qty must be > 0")
+
+
+class _Leg(msgspec.Struct):
+    fast: SMA | EMA
+    slow: SMA | EMA
+    side: int = 0
+    warm: bool = False
+
+
+class MaCrossState(msgspec.Struct):
+    legs: dict[str, _Leg] = msgspec.field(default_factory=dict)
+
+
+class MaCross:
+    def __init__(self, name: str, params: MaCrossParams) -> None:
+        self.name = name
+        self.params = params
+        self.state = MaCrossState()
+
+    @property
+    def model_tag(self) -> str:
+        p = self.params
+        return f"ma_cross-{p.kind}{p.fast}x{p.slow}"
+
+    def _leg(self, key: str) -> _Leg:
+        leg = self.state.legs.get(key)
+        if leg is None:
+            make = SMA if self.params.kind == "sma" else EMA
+            leg = _Leg(make(self.params.fast), make(self.params.slow))
+            self.state.legs[key] = leg
+        return leg
+
+    def on_bar(self, bar: Bar) -> list[Signal]:
+        leg = self._leg(f"{bar.venue}|{bar.symbol}|{bar.interval}")
+        fast = leg.fast.update(bar.close)
+        slow = leg.slow.update(bar.close)
+        if fast is None or slow is None:
+            return []
+        side = 1 if fast > slow else -1 if fast < slow else leg.side
+        if not leg.warm:
+            leg.warm, leg.side = True, side
+            return []
+        if side == leg.side or side == 0:
+            return []
+        leg.side = side
+        target = self.params.qty * side
+        if self.params.mode == "long_only":
+            target = max(target, 0.0)
+        return [
+            Signal(
+                ts=bar.close_time,
+                strategy=self.name,
+                venue=bar.venue,
+                symbol=bar.symbol,
+                model_tag=self.model_tag,
+                target_position=target,
+                reason=f"{self.params.kind} {'fast above slow' if side > 0 else 'fast below slow'}",
+            )
+        ]
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(self.state)
+
+    def restore(self, data: bytes) -> None:
+        self.state = msgspec.msgpack.decode(data, type=MaCrossState)

@@ -1,0 +1,58 @@
+"""Strategies by name, with params parsed and validated from ``key=value`` strings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from typing import Protocol
+
+import msgspec
+
+from contracts.events import Bar, Signal
+from strategies.ma_cross import MaCross, MaCrossParams
+
+
+class Strategy(Protocol):
+    name: str
+
+    def on_bar(self, bar: Bar) -> list[Signal]: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
+
+
+class StrategyError(ValueError):
+    """Unknown strategy or bad params; the message is one line for the user."""
+
+
+class _Entry(msgspec.Struct, frozen=True):
+    params: type[msgspec.Struct]
+    build: Callable[[str, msgspec.Struct], Strategy]
+
+
+REGISTRY: dict[str, _Entry] = {
+    "ma_cross": _Entry(MaCrossParams, MaCross),
+}
+
+
+def parse_params(pairs: list[str]) -> dict[str, str]:
+    out: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise StrategyError(f"param {pair!r} must look like key=value")
+        out[key.strip()] = value.strip()
+    return out
+
+
+def build_strategy(
+    name: str, params: Mapping[str, object], instance: str | None = None
+) -> Strategy:
+    entry = REGISTRY.get(name)
+    if entry is None:
+        raise StrategyError(f"unknown strategy {name!r}; known: {', '.join(sorted(REGISTRY))}")
+    try:
+        parsed = msgspec.convert(dict(params), entry.params, strict=False)
+    except msgspec.ValidationError as exc:
+        raise StrategyError(f"strategy {name}: bad params: {exc}") from exc
+    return entry.build(instance or name, parsed)

@@ -1,0 +1,758 @@
+"""Contract tests: every event survives the wire byte-for-byte, bad bytes are refused with a
+reason, events are immutable, and envelopes carry ids and traces deterministically."""
+
+from __future__ import annotations
+
+import json
+import math
+import re
+from typing import Any
+
+import msgspec
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from contracts.codec import DecodeError, decode, encode
+from contracts.envelope import (
+    CAUSATION_ID,
+    CORRELATION_ID,
+    EVENT_TIME,
+    MSG_ID,
+    SCHEMA,
+    TRACEPARENT,
+    Envelope,
+    content_id,
+    derive_id,
+    trace_id_of,
+)
+from contracts.events import (
+    EVENT_TYPES,
+    SCHEMA_VERSION,
+    Bar,
+    DeadLetter,
+    EquitySnapshot,
+    Event,
+    ExecutionReport,
+    GovernanceCommand,
+    Heartbeat,
+    Instrument,
+    OrderCommand,
+    PositionChanged,
+    Quote,
+    RiskDecision,
+    Signal,
+    Trade,
+)
+
+PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+TRACEPARENT_RE = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
+
+# --- strategies ---------------------------------------------------------------------------
+
+times = st.integers(min_value=0, max_value=2**63 - 1)
+counts = st.integers(min_value=0, max_value=2**63 - 1)
+texts = st.text(max_size=20)
+finite = st.floats(allow_nan=False, allow_infinity=False)
+positive = st.floats(min_value=1e-12, max_value=1e12, allow_nan=False, allow_infinity=False)
+non_negative = st.floats(min_value=0.0, max_value=1e12, allow_nan=False, allow_infinity=False)
+unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
+sides = st.sampled_from(["buy", "sell"])
+
+
+@st.composite
+def bars(draw: st.DrawFn) -> Bar:
+    low = draw(positive)
+    high = low + draw(non_negative)
+    open_time = draw(st.integers(min_value=0, max_value=2**62))
+    close_time = open_time + draw(st.integers(min_value=1, max_value=2**62))
+    return Bar(
+        ts=close_time,
+        venue=draw(texts),
+        symbol=draw(texts),
+        interval=draw(texts),
+        open_time=open_time,
+        close_time=close_time,
+        open=draw(st.floats(min_value=low, max_value=high)),
+        high=high,
+        low=low,
+        close=draw(st.floats(min_value=low, max_value=high)),
+        volume=draw(non_negative),
+    )
+
+
+@st.composite
+def quotes(draw: st.DrawFn) -> Quote:
+    bid = draw(positive)
+    return Quote(
+        ts=draw(times),
+        venue=draw(texts),
+        symbol=draw(texts),
+        bid=bid,
+        ask=bid + draw(non_negative),
+        bid_size=draw(finite),
+        ask_size=draw(finite),
+    )
+
+
+@st.composite
+def signals(draw: st.DrawFn) -> Signal:
+    common: dict[str, Any] = {
+        "ts": draw(times),
+        "strategy": draw(texts),
+        "venue": draw(texts),
+        "symbol": draw(texts),
+        "model_tag": draw(texts),
+        "confidence": draw(unit),
+        "stop": draw(st.none() | finite),
+        "target": draw(st.none() | finite),
+        "reason": draw(texts),
+    }
+    if draw(st.booleans()):
+        return Signal(target_position=draw(finite), **common)
+    return Signal(side=draw(sides), size=draw(positive), **common)
+
+
+@st.composite
+def order_commands(draw: st.DrawFn) -> OrderCommand:
+    order_type = draw(st.sampled_from(["market", "limit", "stop"]))
+    limit_price = draw(positive if order_type == "limit" else st.none() | positive)
+    stop_price = draw(positive if order_type == "stop" else st.none() | positive)
+    return OrderCommand(
+        ts=draw(times),
+        action=draw(st.sampled_from(["new", "cancel"])),
+        client_order_id=draw(texts),
+        strategy=draw(texts),
+        venue=draw(texts),
+        symbol=draw(texts),
+        side=draw(sides),
+        qty=draw(positive),
+        order_type=order_type,
+        limit_price=limit_price,
+        stop_price=stop_price,
+        time_in_force=draw(st.sampled_from(["GTC", "IOC", "FOK"])),
+        model_tag=draw(texts),
+    )
+
+
+STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
+    Instrument: st.builds(
+        Instrument,
+        ts=times,
+        venue=texts,
+        symbol=texts,
+        base=texts,
+        quote=texts,
+        kind=st.sampled_from(["spot", "perpetual"]),
+        tick_size=non_negative,
+        lot_size=non_negative,
+        min_notional=non_negative,
+    ),
+    Bar: bars(),
+    Trade: st.builds(
+        Trade,
+        ts=times,
+        venue=texts,
+        symbol=texts,
+        price=positive,
+        qty=positive,
+        side=sides,
+        trade_id=texts,
+    ),
+    Quote: quotes(),
+    Signal: signals(),
+    OrderCommand: order_commands(),
+    RiskDecision: st.builds(
+        RiskDecision,
+        ts=times,
+        approved=st.booleans(),
+        strategy=texts,
+        venue=texts,
+        symbol=texts,
+        client_order_id=texts,
+        rule=texts,
+        reason=texts,
+    ),
+    ExecutionReport: st.builds(
+        ExecutionReport,
+        ts=times,
+        status=st.sampled_from(["accepted", "partially_filled", "filled", "canceled", "rejected"]),
+        client_order_id=texts,
+        strategy=texts,
+        venue=texts,
+        symbol=texts,
+        side=sides,
+        order_qty=finite,
+        venue_order_id=texts,
+        fill_price=finite,
+        fill_qty=finite,
+        cum_qty=finite,
+        fee=finite,
+        fee_currency=texts,
+        model_tag=texts,
+        reason=texts,
+    ),
+    PositionChanged: st.builds(
+        PositionChanged,
+        ts=times,
+        venue=texts,
+        symbol=texts,
+        qty=finite,
+        avg_price=finite,
+        realized_pnl=finite,
+        strategy=texts,
+    ),
+    EquitySnapshot: st.builds(
+        EquitySnapshot,
+        ts=times,
+        cash=finite,
+        equity=finite,
+        realized_pnl=finite,
+        unrealized_pnl=finite,
+        fees=finite,
+        gross_exposure=finite,
+    ),
+    GovernanceCommand: st.builds(
+        GovernanceCommand,
+        ts=times,
+        action=st.sampled_from(["kill", "resume"]),
+        reason=texts,
+        issued_by=texts,
+    ),
+    Heartbeat: st.builds(
+        Heartbeat,
+        ts=times,
+        worker=texts,
+        instance=texts,
+        seq=counts,
+        processed=counts,
+        status=texts,
+        metrics_port=st.integers(min_value=0, max_value=65535),
+    ),
+    DeadLetter: st.builds(
+        DeadLetter,
+        ts=times,
+        worker=texts,
+        subject=texts,
+        reason=texts,
+        payload=st.binary(max_size=64),
+        stream=texts,
+        stream_seq=counts,
+    ),
+}
+
+
+def test_every_event_type_has_a_strategy() -> None:
+    assert set(STRATEGIES) == set(EVENT_TYPES)
+    assert len(EVENT_TYPES) == len(set(EVENT_TYPES))
+
+
+# --- round trip ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.__name__)
+def test_round_trip_is_exact_and_byte_stable(event_type: type[Event]) -> None:
+    @PROPERTY
+    @given(STRATEGIES[event_type])
+    def check(event: Event) -> None:
+        assert type(event) is event_type
+        wire = encode(event)
+        assert json.loads(wire)["type"] == event_type.__name__
+        back = decode(wire)
+        assert type(back) is event_type
+        assert back == event
+        assert encode(back) == wire
+
+    check()
+
+
+def test_round_trip_keeps_negative_zero_and_extreme_floats() -> None:
+    snap = EquitySnapshot(
+        ts=0,
+        cash=-0.0,
+        equity=5e-324,
+        realized_pnl=1.7976931348623157e308,
+        unrealized_pnl=-1.7976931348623157e308,
+        fees=0.1 + 0.2,
+        gross_exposure=123456789.123456789,
+    )
+    back = decode(encode(snap))
+    assert back == snap
+    assert isinstance(back, EquitySnapshot)
+    assert math.copysign(1.0, back.cash) == -1.0
+    assert back.fees == 0.1 + 0.2
+
+
+def test_dead_letter_payload_survives_arbitrary_bytes() -> None:
+    payload = bytes(range(256))
+    dl = DeadLetter(ts=1, worker="w", subject="md.bar.x", reason="bad", payload=payload)
+    back = decode(encode(dl))
+    assert isinstance(back, DeadLetter)
+    assert back.payload == payload
+
+
+# --- rejection ------------------------------------------------------------------------------
+
+
+def _bar_fields(**overrides: Any) -> dict[str, Any]:
+    fields: dict[str, Any] = {
+        "type": "Bar",
+        "ts": 2_000,
+        "venue": "binance",
+        "symbol": "BTC/USDT",
+        "interval": "1m",
+        "open_time": 1_000,
+        "close_time": 2_000,
+        "open": 100.0,
+        "high": 110.0,
+        "low": 90.0,
+        "close": 105.0,
+        "volume": 12.5,
+    }
+    fields.update(overrides)
+    return fields
+
+
+def _wire(fields: dict[str, Any]) -> bytes:
+    return json.dumps(fields).encode()
+
+
+def test_reference_bar_json_decodes() -> None:
+    bar = decode(_wire(_bar_fields()))
+    assert isinstance(bar, Bar)
+    assert bar.symbol == "BTC/USDT"
+    assert bar.high == 110.0
+
+
+@pytest.mark.parametrize(
+    ("data", "fragment"),
+    [
+        pytest.param(b"\xff\xfe\x00garbage", "malformed", id="garbage-bytes"),
+        pytest.param(b"", "truncated", id="empty"),
+        pytest.param(b"not json at all", "malformed", id="not-json"),
+        pytest.param(b'{"type": "Bar", "ts": 1', "truncated", id="truncated"),
+        pytest.param(b"[1, 2, 3]", "object", id="json-array"),
+        pytest.param(b'{"ts": 1}', "type", id="no-type-tag"),
+        pytest.param(_wire({"type": "Nope", "ts": 1}), "Nope", id="unknown-type"),
+        pytest.param(_wire({"type": "Event", "ts": 1}), "Event", id="base-type"),
+        pytest.param(
+            _wire({k: v for k, v in _bar_fields().items() if k != "volume"}),
+            "volume",
+            id="missing-field",
+        ),
+        pytest.param(_wire(_bar_fields(ts="soon")), "$.ts", id="wrong-type-ts"),
+        pytest.param(_wire(_bar_fields(open="100.0")), "$.open", id="string-price"),
+        pytest.param(_wire(_bar_fields(high=80.0)), "high below low", id="high-below-low"),
+        pytest.param(_wire(_bar_fields(volume=-1.0)), "volume must be >= 0", id="neg-volume"),
+        pytest.param(_wire(_bar_fields(low=0.0)), "prices must be > 0", id="zero-price"),
+        pytest.param(
+            _wire(_bar_fields(close_time=1_000)), "close_time must be after", id="empty-span"
+        ),
+        pytest.param(_wire(_bar_fields(open=None)), "$.open", id="null-price"),
+        pytest.param(
+            _wire(_bar_fields()).replace(b"100.0", b"NaN"),
+            "malformed",
+            id="nan-literal",
+        ),
+        pytest.param(
+            _wire(
+                {
+                    "type": "Trade",
+                    "ts": 1,
+                    "venue": "v",
+                    "symbol": "s",
+                    "price": 1.0,
+                    "qty": 1.0,
+                    "side": "hold",
+                }
+            ),
+            "$.side",
+            id="bad-literal",
+        ),
+        pytest.param(
+            _wire({"type": "Signal", "ts": 1, "strategy": "s", "venue": "v", "symbol": "x"}),
+            "target_position",
+            id="signal-without-intent",
+        ),
+        pytest.param(
+            _wire(
+                {
+                    "type": "OrderCommand",
+                    "ts": 1,
+                    "action": "new",
+                    "client_order_id": "c",
+                    "strategy": "s",
+                    "venue": "v",
+                    "symbol": "x",
+                    "side": "buy",
+                    "qty": 1.0,
+                    "order_type": "limit",
+                }
+            ),
+            "limit needs price",
+            id="limit-without-price",
+        ),
+        pytest.param(
+            _wire({"type": "Quote", "ts": 1, "venue": "v", "symbol": "x", "bid": 2.0, "ask": 1.0}),
+            "bid <= ask",
+            id="crossed-quote",
+        ),
+    ],
+)
+def test_decode_rejects_with_a_reason(data: bytes, fragment: str) -> None:
+    with pytest.raises(DecodeError) as info:
+        decode(data)
+    assert fragment in str(info.value)
+    assert isinstance(info.value, ValueError)
+
+
+@PROPERTY
+@given(st.binary(max_size=64))
+def test_decode_of_arbitrary_bytes_returns_an_event_or_raises_decode_error(data: bytes) -> None:
+    try:
+        event = decode(data)
+    except DecodeError as exc:
+        assert str(exc)
+    else:
+        assert isinstance(event, EVENT_TYPES)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"open": math.nan}, "must be finite"),
+        ({"high": math.inf}, "must be finite"),
+        ({"volume": math.nan}, "must be finite"),
+        ({"low": -1.0}, "prices must be > 0"),
+        ({"high": 80.0}, "high below low"),
+        ({"volume": -0.5}, "volume must be >= 0"),
+        ({"close_time": 999}, "close_time must be after open_time"),
+    ],
+)
+def test_bar_constructor_validates(overrides: dict[str, Any], message: str) -> None:
+    fields = _bar_fields(**overrides)
+    del fields["type"]
+    with pytest.raises(ValueError, match=re.escape(message)):
+        Bar(**fields)
+
+
+@pytest.mark.parametrize(
+    ("build", "message"),
+    [
+        (lambda: Trade(ts=1, venue="v", symbol="s", price=0.0, qty=1.0, side="buy"), "> 0"),
+        (
+            lambda: Trade(ts=1, venue="v", symbol="s", price=math.nan, qty=1.0, side="buy"),
+            "must be finite",
+        ),
+        (lambda: Quote(ts=1, venue="v", symbol="s", bid=0.0, ask=1.0), "0 < bid <= ask"),
+        (lambda: Quote(ts=1, venue="v", symbol="s", bid=2.0, ask=1.0), "0 < bid <= ask"),
+        (lambda: Signal(ts=1, strategy="s", venue="v", symbol="x"), "either target_position"),
+        (
+            lambda: Signal(ts=1, strategy="s", venue="v", symbol="x", side="buy"),
+            "either target_position",
+        ),
+        (
+            lambda: Signal(
+                ts=1, strategy="s", venue="v", symbol="x", target_position=1.0, side="buy", size=1.0
+            ),
+            "either target_position",
+        ),
+        (
+            lambda: Signal(
+                ts=1, strategy="s", venue="v", symbol="x", target_position=1.0, confidence=1.5
+            ),
+            "confidence",
+        ),
+        (
+            lambda: Signal(
+                ts=1, strategy="s", venue="v", symbol="x", target_position=1.0, confidence=math.nan
+            ),
+            "confidence",
+        ),
+        (
+            lambda: Signal(ts=1, strategy="s", venue="v", symbol="x", side="buy", size=-1.0),
+            "size must be > 0",
+        ),
+        (
+            lambda: OrderCommand(
+                ts=1,
+                action="new",
+                client_order_id="c",
+                strategy="s",
+                venue="v",
+                symbol="x",
+                side="buy",
+                qty=0.0,
+            ),
+            "qty must be > 0",
+        ),
+        (
+            lambda: OrderCommand(
+                ts=1,
+                action="new",
+                client_order_id="c",
+                strategy="s",
+                venue="v",
+                symbol="x",
+                side="buy",
+                qty=math.inf,
+            ),
+            "qty must be finite",
+        ),
+        (
+            lambda: OrderCommand(
+                ts=1,
+                action="new",
+                client_order_id="c",
+                strategy="s",
+                venue="v",
+                symbol="x",
+                side="buy",
+                qty=1.0,
+                order_type="stop",
+            ),
+            "stop needs stop_price",
+        ),
+        (
+            lambda: Instrument(ts=1, venue="v", symbol="s", base="b", quote="q", lot_size=-1.0),
+            ">= 0",
+        ),
+    ],
+)
+def test_constructors_validate(build: Any, message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        build()
+
+
+# --- immutability ---------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("event_type", EVENT_TYPES, ids=lambda t: t.__name__)
+def test_events_are_frozen(event_type: type[Event]) -> None:
+    @settings(max_examples=5, deadline=None)
+    @given(STRATEGIES[event_type])
+    def check(event: Event) -> None:
+        before = encode(event)
+        with pytest.raises(AttributeError):
+            event.ts = 0  # type: ignore[misc]
+        for field in event.__struct_fields__:
+            with pytest.raises(AttributeError):
+                setattr(event, field, getattr(event, field))
+        assert encode(event) == before
+
+    check()
+
+
+def test_events_are_hashable_and_equal_by_value() -> None:
+    a = Heartbeat(ts=1, worker="w", instance="i", seq=1, processed=2)
+    b = Heartbeat(ts=1, worker="w", instance="i", seq=1, processed=2)
+    assert a == b
+    assert hash(a) == hash(b)
+    assert a != msgspec.structs.replace(a, seq=2)
+
+
+# --- envelope -------------------------------------------------------------------------------
+
+ids = st.text(min_size=1, max_size=40)
+envelopes = st.builds(
+    Envelope,
+    event_id=ids,
+    causation_id=ids,
+    correlation_id=ids,
+    event_time=st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    schema=st.integers(min_value=0, max_value=1000),
+)
+producers = st.text(min_size=1, max_size=20)
+indices = st.integers(min_value=0, max_value=10_000)
+
+
+@PROPERTY
+@given(envelopes)
+def test_envelope_survives_headers(env: Envelope) -> None:
+    headers = env.headers()
+    assert all(isinstance(k, str) and isinstance(v, str) for k, v in headers.items())
+    assert Envelope.from_headers(headers) == env
+
+
+@PROPERTY
+@given(envelopes)
+def test_only_msg_id_uses_the_nats_header_namespace(env: Envelope) -> None:
+    headers = env.headers()
+    assert [k for k in headers if k.startswith("Nats-")] == [MSG_ID]
+    assert set(headers) == {MSG_ID, CAUSATION_ID, CORRELATION_ID, EVENT_TIME, SCHEMA, TRACEPARENT}
+    assert headers[MSG_ID] == env.event_id
+
+
+def test_root_envelope_is_its_own_cause_and_correlation() -> None:
+    root = Envelope.root("abc", 42)
+    assert root == Envelope("abc", "abc", "abc", 42, SCHEMA_VERSION)
+    assert Envelope.from_headers({MSG_ID: "abc", EVENT_TIME: "42"}) == root
+
+
+@PROPERTY
+@given(envelopes, producers, indices, st.integers(min_value=0, max_value=2**62))
+def test_child_is_deterministic_and_linked(
+    parent: Envelope, producer: str, index: int, event_time: int
+) -> None:
+    child = parent.child(producer, index, event_time)
+    assert child == parent.child(producer, index, event_time)
+    assert child.event_id == derive_id(producer, parent.event_id, index)
+    assert child.causation_id == parent.event_id
+    assert child.correlation_id == parent.correlation_id
+    assert child.event_time == event_time
+    assert child.schema == SCHEMA_VERSION
+    assert re.fullmatch(r"[0-9a-f]{32}", child.event_id)
+    # The id does not depend on when the child happened, so a re-run dedupes.
+    assert parent.child(producer, index, event_time + 1).event_id == child.event_id
+
+
+@PROPERTY
+@given(envelopes, producers, producers, indices)
+def test_child_id_depends_on_producer(parent: Envelope, p1: str, p2: str, index: int) -> None:
+    a = parent.child(p1, index, 0).event_id
+    b = parent.child(p2, index, 0).event_id
+    assert (a == b) == (p1 == p2)
+
+
+@PROPERTY
+@given(envelopes, producers, indices, indices)
+def test_child_id_depends_on_index(parent: Envelope, producer: str, i: int, j: int) -> None:
+    a = parent.child(producer, i, 0).event_id
+    b = parent.child(producer, j, 0).event_id
+    assert (a == b) == (i == j)
+
+
+@PROPERTY
+@given(ids, ids, producers, indices)
+def test_child_id_depends_on_cause(c1: str, c2: str, producer: str, index: int) -> None:
+    a = Envelope.root(c1, 0).child(producer, index, 0).event_id
+    b = Envelope.root(c2, 0).child(producer, index, 0).event_id
+    assert (a == b) == (c1 == c2)
+
+
+def test_child_ids_known_values_are_distinct() -> None:
+    root = Envelope.root(content_id("binance", "BTC/USDT", "1m", 1_000), 1_000)
+    children = {
+        root.child(producer, index, 0).event_id
+        for producer in ("strategy", "risk", "exec")
+        for index in range(5)
+    }
+    assert len(children) == 15
+
+
+@PROPERTY
+@given(envelopes, producers, indices)
+def test_traceparent_follows_the_correlation(parent: Envelope, producer: str, index: int) -> None:
+    child = parent.child(producer, index, 1)
+    grandchild = child.child(producer, index, 2)
+    for env in (parent, child, grandchild):
+        assert TRACEPARENT_RE.match(env.traceparent)
+        assert env.traceparent.split("-")[1] == trace_id_of(parent.correlation_id)
+        assert env.headers()[TRACEPARENT] == env.traceparent
+    # Span ids come from event ids: parent and child are different spans.
+    assert parent.traceparent.split("-")[2] != child.traceparent.split("-")[2]
+
+
+def test_trace_id_differs_across_correlations() -> None:
+    assert trace_id_of("a") != trace_id_of("b")
+    assert re.fullmatch(r"[0-9a-f]{32}", trace_id_of(""))
+
+
+@pytest.mark.parametrize("headers", [None, {}, {CAUSATION_ID: "x", EVENT_TIME: "1"}])
+def test_from_headers_requires_msg_id(headers: dict[str, str] | None) -> None:
+    with pytest.raises(ValueError, match=MSG_ID):
+        Envelope.from_headers(headers)
+
+
+@pytest.mark.parametrize("bad", ["", "soon", "1.5", "1e9", "0x10", "12ns"])
+def test_from_headers_rejects_bad_event_time(bad: str) -> None:
+    with pytest.raises(ValueError, match="bad envelope header"):
+        Envelope.from_headers({MSG_ID: "abc", EVENT_TIME: bad})
+
+
+def test_from_headers_rejects_bad_schema() -> None:
+    with pytest.raises(ValueError, match="bad envelope header"):
+        Envelope.from_headers({MSG_ID: "abc", SCHEMA: "v1"})
+
+
+def test_content_id_is_deterministic_and_order_sensitive() -> None:
+    a = content_id("binance", "BTC/USDT", 1)
+    assert a == content_id("binance", "BTC/USDT", 1)
+    assert a != content_id("BTC/USDT", "binance", 1)
+    assert re.fullmatch(r"[0-9a-f]{32}", a)
+
+
+# --- non-finite floats -------------------------------------------------------------------
+# JSON has no NaN/Infinity (msgspec writes ``null``), so an event holding one could be stored
+# but never read back: every constructor must refuse them.
+
+
+@pytest.mark.parametrize(
+    "build",
+    [
+        pytest.param(
+            lambda: Signal(ts=1, strategy="s", venue="v", symbol="x", target_position=math.inf),
+            id="signal-target-position-inf",
+        ),
+        pytest.param(
+            lambda: Signal(ts=1, strategy="s", venue="v", symbol="x", side="buy", size=math.inf),
+            id="signal-size-inf",
+        ),
+        pytest.param(
+            lambda: OrderCommand(
+                ts=1,
+                action="new",
+                client_order_id="c",
+                strategy="s",
+                venue="v",
+                symbol="x",
+                side="buy",
+                qty=1.0,
+                order_type="limit",
+                limit_price=math.nan,
+            ),
+            id="order-limit-price-nan",
+        ),
+        pytest.param(
+            lambda: Instrument(
+                ts=1, venue="v", symbol="s", base="b", quote="q", tick_size=math.inf
+            ),
+            id="instrument-tick-size-inf",
+        ),
+        pytest.param(
+            lambda: ExecutionReport(
+                ts=1,
+                status="filled",
+                client_order_id="c",
+                strategy="s",
+                venue="v",
+                symbol="x",
+                side="buy",
+                order_qty=1.0,
+                fill_price=math.nan,
+            ),
+            id="execution-fill-price-nan",
+        ),
+        pytest.param(
+            lambda: PositionChanged(
+                ts=1, venue="v", symbol="x", qty=1.0, avg_price=math.inf, realized_pnl=0.0
+            ),
+            id="position-avg-price-inf",
+        ),
+        pytest.param(
+            lambda: EquitySnapshot(
+                ts=1,
+                cash=0.0,
+                equity=math.nan,
+                realized_pnl=0.0,
+                unrealized_pnl=0.0,
+                fees=0.0,
+                gross_exposure=0.0,
+            ),
+            id="equity-nan",
+        ),
+    ],
+)
+def test_non_finite_floats_are_rejected(build: Any) -> None:
+    with pytest.raises(ValueError, match="must be finite"):
+        build()
