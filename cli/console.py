@@ -4,12 +4,14 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine
+from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
 from eventstore.errors import KeelError
+from services.config import KeelConfig, load_config
 from services.marketdata.sources import SourceError
 from strategies.registry import StrategyError
 
@@ -32,3 +34,10 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+def load_config_or_exit(path: Path | None) -> KeelConfig:
+    try:
+        return load_config(path)
+    except KeelError as exc:
+        raise fail(str(exc)) from None

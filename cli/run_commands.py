@@ -12,11 +12,11 @@ from typing import Annotated
 
 import typer
 
-from cli.console import console, fail, run
+from cli.console import console, fail, load_config_or_exit, run
 from contracts.subjects import name_token
 from eventstore.bus import Bus
 from eventstore.server import nats_url
-from services.config import KeelConfig, StrategyConfig, load_config
+from services.config import KeelConfig, StrategyConfig
 from services.execution.worker import execution_worker
 from services.marketdata.feed import publish_bars
 from services.marketdata.sources import interval_ns, read_bars
@@ -67,7 +67,7 @@ def risk(
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
 ) -> None:
     """Pre-trade rails: signals in, orders or rejections out."""
-    _serve(risk_worker(_load(config).risk, _options(metrics_port, metrics_addr)))
+    _serve(risk_worker(load_config_or_exit(config).risk, _options(metrics_port, metrics_addr)))
 
 
 @app.command()
@@ -77,7 +77,11 @@ def execution(
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
 ) -> None:
     """The paper venue: orders in, execution reports out."""
-    _serve(execution_worker(_load(config).execution, _options(metrics_port, metrics_addr)))
+    _serve(
+        execution_worker(
+            load_config_or_exit(config).execution, _options(metrics_port, metrics_addr)
+        )
+    )
 
 
 @app.command()
@@ -87,7 +91,11 @@ def portfolio(
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
 ) -> None:
     """Positions, cash, PnL and equity."""
-    _serve(portfolio_worker(_load(config).portfolio, _options(metrics_port, metrics_addr)))
+    _serve(
+        portfolio_worker(
+            load_config_or_exit(config).portfolio, _options(metrics_port, metrics_addr)
+        )
+    )
 
 
 @app.command()
@@ -109,7 +117,9 @@ def strategy(
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
 ) -> None:
     """A strategy from strategies/ by name, or an instance declared in --config."""
-    chosen = _strategy_config(_load(config), name, param or [], symbol or [], instance)
+    chosen = _strategy_config(
+        load_config_or_exit(config), name, param or [], symbol or [], instance
+    )
     built = build_strategy(chosen.name, chosen.params, name_token(chosen.instance_name, "instance"))
     _serve(strategy_worker(built, chosen.symbols, _options(metrics_port, metrics_addr)))
 
@@ -159,7 +169,7 @@ def marketdata(
     config: ConfigOpt = None,
 ) -> None:
     """Publish bars: the seeded synthetic market (default) or a file."""
-    market = _load(config).market
+    market = load_config_or_exit(config).market
     symbols = tuple(symbol or ()) or market.symbols
     the_venue = venue or market.venue
     if file is not None:
@@ -200,11 +210,3 @@ def marketdata(
         )
 
     run(main())
-
-
-def _load(config: Path | None) -> KeelConfig:
-    return run(_async_load(config))
-
-
-async def _async_load(config: Path | None) -> KeelConfig:
-    return load_config(config)

@@ -110,7 +110,7 @@ class Bus:
         start_seq: int | None = None,
         since: datetime | None = None,
         stop_at_end: bool = True,
-        new_only: bool = False,
+        end_seq: int | None = None,
         idle_timeout: float = 0.5,
     ) -> AsyncIterator[Stored | DeadRead]:
         """Events on ``subject`` in stream order through an ordered consumer.
@@ -119,12 +119,10 @@ class Bus:
         otherwise it follows new messages until cancelled.
         """
         info = await self.js.stream_info(stream)
-        last = info.state.last_seq
+        last = min(end_seq, info.state.last_seq) if end_seq is not None else info.state.last_seq
         if stop_at_end and (info.state.messages == 0 or (start_seq or 1) > last):
             return
-        if new_only:
-            policy, cfg = DeliverPolicy.NEW, {}
-        elif since is not None:
+        if since is not None:
             policy, cfg = DeliverPolicy.BY_START_TIME, {"opt_start_time": since.isoformat()}
         elif start_seq:
             policy, cfg = DeliverPolicy.BY_START_SEQUENCE, {"opt_start_seq": start_seq}

@@ -13,6 +13,10 @@ import msgspec
 
 from eventstore.server import URL_ENV
 from services.config import KeelConfig
+from services.execution.worker import INPUTS as EXECUTION_INPUTS
+from services.portfolio.worker import INPUTS as PORTFOLIO_INPUTS
+from services.risk.worker import INPUTS as RISK_INPUTS
+from services.runtime.worker import Input, durable_name
 
 
 class WorkerProcess(msgspec.Struct):
@@ -85,3 +89,14 @@ class Fleet:
             except subprocess.TimeoutExpired:
                 worker.proc.kill()
                 worker.proc.wait()
+
+
+def consumer_names(config: KeelConfig) -> set[str]:
+    """The durable consumers a fleet from this config creates (what a drain waits for)."""
+    workers = [
+        ("risk", RISK_INPUTS),
+        ("execution", EXECUTION_INPUTS),
+        ("portfolio", PORTFOLIO_INPUTS),
+    ]
+    workers += [(f"strategy-{s.instance_name}", (Input("MARKET", ()),)) for s in config.strategies]
+    return {durable_name(name, i.stream) for name, inputs in workers for i in inputs}

@@ -59,7 +59,12 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     ack_wait_s: float = 5.0
     heartbeat_s: float = 2.0
     metrics_port: int | None = 0
+    metrics_addr: str = "127.0.0.1"
     batch: int = BATCH
+
+
+def durable_name(worker: str, stream: str) -> str:
+    return f"{worker}-{stream.lower()}"
 
 
 async def snapshot_bucket(bus: Bus) -> KeyValue:
@@ -91,16 +96,15 @@ class Worker:
         self._metrics: WorkerMetrics | None = None
         self._batches_left = int(os.environ.get(FAULT_ENV, "0"))
 
-    def durable_name(self, stream: str) -> str:
-        return f"{self.name}-{stream.lower()}"
-
     async def run(self, bus: Bus) -> None:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self._stop.set)
         if self.options.metrics_port is not None:
-            self._metrics = start_metrics(self.name, self.options.metrics_port)
+            self._metrics = start_metrics(
+                self.name, self.options.metrics_port, self.options.metrics_addr
+            )
         kv = await snapshot_bucket(bus)
         await self._restore(kv)
         subs = [await self._subscribe(bus, spec) for spec in self.inputs]
@@ -134,7 +138,7 @@ class Worker:
 
     async def _subscribe(self, bus: Bus, spec: Input):
         config = ConsumerConfig(
-            durable_name=self.durable_name(spec.stream),
+            durable_name=durable_name(self.name, spec.stream),
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.options.ack_wait_s,
             max_ack_pending=self.options.batch,

@@ -1,0 +1,31 @@
+"""The ``keel`` console script."""
+
+from __future__ import annotations
+
+import typer
+
+from cli import fleet_commands, log_commands, run_commands
+
+app = typer.Typer(
+    name="keel",
+    help="Keel: an event-sourced trading fleet on NATS JetStream.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(fleet_commands.demo)
+app.command()(fleet_commands.up)
+app.add_typer(run_commands.app, name="run")
+app.command()(log_commands.ingest)
+app.command(name="tap")(log_commands.tap_command)
+app.command()(log_commands.streams)
+app.command()(log_commands.kill)
+app.command()(log_commands.resume)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

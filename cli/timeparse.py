@@ -1,0 +1,30 @@
+"""Times a person types: ISO-8601 instants or ages like ``15m`` / ``2h`` / ``7d``."""
+
+from __future__ import annotations
+
+import re
+from datetime import UTC, datetime, timedelta
+
+_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
+_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+
+
+def parse_time(text: str, now: datetime | None = None) -> datetime:
+    """An aware UTC datetime; naive ISO input is taken as UTC."""
+    age = _AGE.fullmatch(text.strip())
+    if age:
+        delta = timedelta(**{_UNITS[age.group(2)]: float(age.group(1))})
+        return (now or datetime.now(UTC)) - delta
+    try:
+        moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
+    except ValueError as exc:
+        raise ValueError(
+            f"time {text!r}: use ISO-8601 (2024-01-31T12:00Z) or an age like 15m"
+        ) from exc
+    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
+
+
+def iso_ns(ns: int) -> str:
+    """Nanoseconds since the epoch as ISO-8601 UTC, to the millisecond."""
+    moment = datetime.fromtimestamp(ns / 1e9, UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
