@@ -22,6 +22,7 @@ from services.runtime.worker import Input, durable_name
 class WorkerProcess(msgspec.Struct):
     name: str
     args: list[str]
+    env: dict[str, str] = {}
     proc: subprocess.Popen | None = None
 
 
@@ -55,7 +56,7 @@ class Fleet:
 
     def start(self, worker: WorkerProcess) -> WorkerProcess:
         self.log_dir.mkdir(parents=True, exist_ok=True)
-        env = {**os.environ, URL_ENV: self.url, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, **worker.env, URL_ENV: self.url, "PYTHONUNBUFFERED": "1"}
         with open(self.log_dir / f"{worker.name}.log", "ab") as log:
             worker.proc = subprocess.Popen(
                 keel_command(*worker.args),

