@@ -6,7 +6,7 @@ from __future__ import annotations
 import msgspec
 
 
-class SMA(msgspec.Struct):
+class SMA(msgspec.Struct, tag=True):
     period: int
     buf: list[float] = msgspec.field(default_factory=list)
     pos: int = 0
@@ -27,7 +27,7 @@ class SMA(msgspec.Struct):
         return self.total / self.period if len(self.buf) == self.period else None
 
 
-class EMA(msgspec.Struct):
+class EMA(msgspec.Struct, tag=True):
     """Exponential average seeded with the simple average of its first ``period`` values."""
 
     period: int

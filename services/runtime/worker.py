@@ -32,6 +32,7 @@ from contracts.envelope import Envelope, content_id
 from contracts.events import DeadLetter, Event, Heartbeat
 from contracts.subjects import name_token
 from eventstore.bus import Bus
+from eventstore.errors import KeelError
 from services.runtime.decider import Decider
 from services.runtime.telemetry import WorkerMetrics, start_metrics
 
@@ -131,8 +132,14 @@ class Worker:
             return
         if not entry.value:
             return
-        snap = msgspec.msgpack.decode(entry.value, type=Snapshot)
-        self.decider.restore(snap.state)
+        try:
+            snap = msgspec.msgpack.decode(entry.value, type=Snapshot)
+            self.decider.restore(snap.state)
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
+            raise KeelError(
+                f"{self.name}: its snapshot in KV bucket {SNAPSHOT_BUCKET} does not fit this "
+                f"version ({exc}); keep the old version running or reset the worker"
+            ) from exc
         self._seqs = dict(snap.seqs)
         self.processed = snap.processed
 

@@ -1,0 +1,180 @@
+"""Worker runtime against a real nats-server: dead letters, the kill switch, metrics, restarts."""
+
+from __future__ import annotations
+
+import asyncio
+import urllib.request
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from contracts.codec import encode
+from contracts.envelope import MSG_ID, Envelope
+from contracts.events import Bar, DeadLetter, Event, GovernanceCommand, OrderCommand, RiskDecision
+from eventstore.bus import Bus, Stored
+from eventstore.lag import wait_drained
+from eventstore.server import EmbeddedServer, free_port
+from services.execution.paper_venue import PaperVenueConfig
+from services.execution.worker import execution_worker
+from services.marketdata.feed import bar_envelope
+from services.portfolio.ledger import LedgerConfig
+from services.portfolio.worker import portfolio_worker
+from services.risk.rails import RiskLimits
+from services.risk.worker import risk_worker
+from services.runtime.worker import Worker, WorkerOptions
+from services.strategy.host import strategy_worker
+from strategies.registry import build_strategy
+from tests import scenario
+
+QUIET = WorkerOptions(metrics_port=None, heartbeat_s=0.5)
+
+
+def fleet_workers(options: WorkerOptions = QUIET) -> list[Worker]:
+    strategy = build_strategy(
+        "ma_cross", {"kind": "sma", "fast": 2, "slow": 3, "mode": "long_short"}, "ma"
+    )
+    return [
+        strategy_worker(strategy, [], options),
+        risk_worker(RiskLimits(max_position=5), options),
+        execution_worker(PaperVenueConfig(fee_bps=10), options),
+        portfolio_worker(LedgerConfig(starting_cash=1000), options),
+    ]
+
+
+def consumers(workers: list[Worker]) -> set[str]:
+    return {f"{w.name}-{i.stream.lower()}" for w in workers for i in w.inputs}
+
+
+@asynccontextmanager
+async def running(url: str, workers: list[Worker]) -> AsyncIterator[Bus]:
+    """Workers in this process (each with its own connection), plus a bus for the test."""
+    buses = [await Bus.connect(url, name=w.name) for w in workers]
+    tasks = [asyncio.create_task(w.run(b)) for w, b in zip(workers, buses, strict=True)]
+    bus = await Bus.connect(url, name="test-driver")
+    try:
+        assert await wait_drained(bus, consumers(workers), timeout=20)
+        yield bus
+    finally:
+        for worker in workers:
+            worker.stop()
+        await asyncio.wait_for(asyncio.gather(*tasks), 10)
+        for b in [*buses, bus]:
+            await b.close()
+
+
+async def stored(bus: Bus, subject: str, stream: str) -> list[Event]:
+    return [i.event async for i in bus.read(subject, stream) if isinstance(i, Stored)]
+
+
+async def settle(bus: Bus, workers: list[Worker], bars: list[Bar]) -> None:
+    for bar in bars:
+        await bus.publish(bar, bar_envelope(bar))
+        assert await wait_drained(bus, consumers(workers), timeout=20)
+
+
+async def test_malformed_bytes_on_every_input_subject_become_dead_letters(
+    nats_server: EmbeddedServer,
+) -> None:
+    workers = fleet_workers()
+    async with running(nats_server.url, workers) as bus:
+        garbage = {
+            "md.bar.test.BTC-USDT.1m": b"\x00\xffnot json",
+            "sig.ma.test.BTC-USDT": b'{"type":"Signal"}',
+            "ord.cmd.test.BTC-USDT": b'{"type":"OrderCommand","ts":"soon"}',
+            "exec.report.test.BTC-USDT": b"[1,2,3]",
+            "gov.cmd.kill": b'{"type":"Nope","ts":1}',
+        }
+        for i, (subject, payload) in enumerate(garbage.items()):
+            await bus.js.publish(subject, payload, headers={MSG_ID: f"garbage-{i}"})
+        await bus.js.publish("md.bar.test.BTC-USDT.1m", encode(scenario.bars()[0]))  # no headers
+        assert await wait_drained(bus, consumers(workers), timeout=20)
+
+        letters = [e for e in await stored(bus, "sys.dlq.>", "SYSTEM") if isinstance(e, DeadLetter)]
+        by_worker: dict[str, set[str]] = {}
+        for letter in letters:
+            by_worker.setdefault(letter.worker, set()).add(letter.subject)
+            assert letter.reason.startswith("undecodable")
+            assert letter.stream_seq > 0
+        assert by_worker == {
+            "strategy-ma": {"md.bar.test.BTC-USDT.1m"},
+            "risk": {
+                "md.bar.test.BTC-USDT.1m",
+                "sig.ma.test.BTC-USDT",
+                "exec.report.test.BTC-USDT",
+                "gov.cmd.kill",
+            },
+            "execution": {"md.bar.test.BTC-USDT.1m", "ord.cmd.test.BTC-USDT"},
+            "portfolio": {"md.bar.test.BTC-USDT.1m", "exec.report.test.BTC-USDT"},
+        }
+        missing_header = [ltr for ltr in letters if "Nats-Msg-Id" in ltr.reason]
+        assert {ltr.worker for ltr in missing_header} == {
+            "strategy-ma",
+            "risk",
+            "execution",
+            "portfolio",
+        }
+        # still alive: the hand-made market trades as if nothing happened
+        await settle(bus, workers, scenario.bars())
+        fills = await stored(bus, "exec.>", "EXECUTION")
+        assert sum(1 for f in fills if f.fill_qty > 0) == 2
+
+
+async def test_kill_switch_blocks_new_orders_until_resume(nats_server: EmbeddedServer) -> None:
+    workers = fleet_workers()
+    async with running(nats_server.url, workers) as bus:
+        now = scenario.T0
+        kill = GovernanceCommand(ts=now, action="kill", reason="drill")
+        await bus.publish(kill, Envelope.root("kill-1", now))
+        bars = scenario.bars()
+        await settle(bus, workers, bars[:6])
+        decisions = await stored(bus, "ord.>", "ORDERS")
+        assert [type(d) for d in decisions] == [RiskDecision]
+        assert decisions[0].rule == "kill_switch" and "drill" in decisions[0].reason
+        assert not decisions[0].approved
+
+        resume = GovernanceCommand(ts=now, action="resume")
+        await bus.publish(resume, Envelope.root("resume-1", now))
+        assert await wait_drained(bus, consumers(workers), timeout=20)
+        await settle(bus, workers, bars[6:])
+        orders = [e for e in await stored(bus, "ord.>", "ORDERS") if isinstance(e, OrderCommand)]
+        assert [(o.side, o.qty) for o in orders] == [("buy", 1.0)]
+
+
+async def test_restarted_worker_resumes_from_its_snapshot(nats_server: EmbeddedServer) -> None:
+    bars = scenario.bars()
+    first = fleet_workers()
+    async with running(nats_server.url, first) as bus:
+        await settle(bus, first, bars[:6])
+    second = fleet_workers()
+    async with running(nats_server.url, second) as bus:
+        await settle(bus, second, bars[6:])
+        signals = await stored(bus, "sig.>", "SIGNALS")
+        assert [s.target_position for s in signals] == [-1.0, 1.0]
+        fills = [f for f in await stored(bus, "exec.>", "EXECUTION") if f.fill_qty > 0]
+        assert [(f.side, f.fill_qty, f.fill_price) for f in fills] == [
+            (side, qty, price) for side, qty, price, _ in scenario.EXPECTED_FILLS
+        ]
+        equity = (await bus.last_event("PORTFOLIO", "pf.equity")).event
+        assert abs(equity.equity - scenario.EXPECTED_EQUITY) < 1e-9
+
+
+async def test_worker_serves_metrics_and_heartbeats(nats_server: EmbeddedServer) -> None:
+    port = free_port()
+    options = WorkerOptions(metrics_port=port, heartbeat_s=0.2)
+    strategy = build_strategy("ma_cross", {"fast": 2, "slow": 3}, "metered")
+    workers = [strategy_worker(strategy, [], options)]
+    async with running(nats_server.url, workers) as bus:
+        await settle(bus, workers, scenario.bars())
+        body = await asyncio.to_thread(
+            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
+        )
+        events_in = [
+            line
+            for line in body.splitlines()
+            if line.startswith("keel_events_in") and 'worker="strategy-metered"' in line
+        ]
+        assert events_in and float(events_in[0].rsplit(" ", 1)[1]) == len(scenario.bars())
+        assert "keel_handler_duration_seconds_bucket" in body
+        await asyncio.sleep(0.5)
+        beats = await stored(bus, "sys.heartbeat.>", "SYSTEM")
+        assert beats and beats[-1].worker == "strategy-metered"
+        assert beats[-1].metrics_port == port
