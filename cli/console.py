@@ -3,13 +3,15 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+import contextlib
+from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
 import typer
 from rich.console import Console
 
+from contracts.subjects import SubjectError
 from eventstore.errors import KeelError
 from services.config import KeelConfig, load_config
 from services.marketdata.sources import SourceError
@@ -18,7 +20,7 @@ from strategies.registry import StrategyError
 console = Console()
 errors = Console(stderr=True)
 
-USER_ERRORS = (KeelError, StrategyError, SourceError)
+USER_ERRORS = (KeelError, StrategyError, SourceError, SubjectError)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -34,6 +36,15 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+
+
+@contextlib.contextmanager
+def user_errors() -> Iterator[None]:
+    """The same one line for user mistakes raised outside ``run`` (inputs read up front)."""
+    try:
+        yield
+    except USER_ERRORS as exc:
+        raise fail(str(exc)) from None
 
 
 def load_config_or_exit(path: Path | None) -> KeelConfig:

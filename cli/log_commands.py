@@ -10,7 +10,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.console import console, fail, run
+from cli.console import console, fail, run, user_errors
 from cli.tap import tap
 from cli.timeparse import iso_ns, parse_time
 from contracts.envelope import Envelope, content_id
@@ -35,9 +35,11 @@ def ingest(
     ] = None,
 ) -> None:
     """Store bar files in the MARKET stream; bars already stored are skipped."""
-    loaded = [
-        (f, read_bars(f, venue=venue, symbol=symbol or f.stem, interval=interval)) for f in files
-    ]
+    with user_errors():
+        loaded = [
+            (f, read_bars(f, venue=venue, symbol=symbol or f.stem, interval=interval))
+            for f in files
+        ]
 
     async def main() -> None:
         table = Table(

@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from cli.console import console, fail, load_config_or_exit, run
+from cli.console import console, fail, load_config_or_exit, run, user_errors
 from contracts.subjects import name_token
 from eventstore.bus import Bus
 from eventstore.server import nats_url
@@ -120,7 +120,10 @@ def strategy(
     chosen = _strategy_config(
         load_config_or_exit(config), name, param or [], symbol or [], instance
     )
-    built = build_strategy(chosen.name, chosen.params, name_token(chosen.instance_name, "instance"))
+    with user_errors():
+        built = build_strategy(
+            chosen.name, chosen.params, name_token(chosen.instance_name, "instance")
+        )
     _serve(strategy_worker(built, chosen.symbols, _options(metrics_port, metrics_addr)))
 
 
@@ -173,11 +176,13 @@ def marketdata(
     symbols = tuple(symbol or ()) or market.symbols
     the_venue = venue or market.venue
     if file is not None:
-        bar_source = read_bars(
-            file, venue=the_venue, symbol=symbols[0] if symbol else file.stem, interval=interval
-        ).bars
+        with user_errors():
+            bar_source = read_bars(
+                file, venue=the_venue, symbol=symbols[0] if symbol else file.stem, interval=interval
+            ).bars
     else:
-        step = interval_ns(interval or market.interval)
+        with user_errors():
+            step = interval_ns(interval or market.interval)
         start = (time.time_ns() // step) * step if live else None
         params = {"start_ns": start} if start is not None else {}
         try:

@@ -8,6 +8,7 @@ the input is acknowledged; bulk market data goes through a bounded window of in-
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 
@@ -70,8 +71,12 @@ class Bus:
         return bus
 
     async def close(self) -> None:
+        """Flush and close. Not ``drain``: it would wait out idle pull requests, and every
+        publish that matters was already acknowledged by then."""
         if not self.nc.is_closed:
-            await self.nc.drain()
+            with contextlib.suppress(Exception):
+                await self.nc.flush(timeout=2)
+            await self.nc.close()
 
     async def publish(self, event: Event, envelope: Envelope) -> bool:
         """Store one event; False when the log already held it (same id)."""

@@ -134,7 +134,7 @@ def test_decoding_a_bad_period_is_rejected(cls: type[SMA] | type[EMA]) -> None:
         msgspec.msgpack.decode(msgspec.msgpack.encode({"period": 0}), type=cls)
 
 
-@settings(max_examples=60, deadline=None)
+@settings(max_examples=60, deadline=None, derandomize=True, database=None)
 @given(
     values=st.lists(
         st.floats(min_value=1e-3, max_value=1e6, allow_nan=False, allow_infinity=False),

@@ -51,7 +51,8 @@ def strategy(
     kind: str = "sma", fast: int = 2, slow: int = 3, mode: str = "long_short", qty: float = 1.0
 ) -> MaCross:
     return MaCross(
-        "mac", MaCrossParams(kind=kind, fast=fast, slow=slow, mode=mode, qty=qty)  # type: ignore[arg-type]
+        "mac",
+        MaCrossParams(kind=kind, fast=fast, slow=slow, mode=mode, qty=qty),  # type: ignore[arg-type]
     )
 
 

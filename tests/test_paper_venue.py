@@ -119,10 +119,14 @@ def test_next_open_fill_is_independent_of_arrival_order() -> None:
     early = feed(venue(), [order(MID_BAR0), *BARS])  # order first, bars later
     assert statuses(late) == statuses(early) == ["accepted", "filled"]
     a, b = fills(late)[0], fills(early)[0]
-    assert (a.fill_price, a.ts, a.fill_qty) == (b.fill_price, b.ts, b.fill_qty) == (
-        102.0,
-        BARS[1].close_time,
-        2.0,
+    assert (
+        (a.fill_price, a.ts, a.fill_qty)
+        == (b.fill_price, b.ts, b.fill_qty)
+        == (
+            102.0,
+            BARS[1].close_time,
+            2.0,
+        )
     )
 
 
@@ -161,21 +165,31 @@ def test_close_mode_with_no_closed_bar_uses_close_of_first_bar_after() -> None:
     assert fills(reports)[0].ts == BARS[1].close_time
 
 
-def test_close_mode_fill_is_independent_of_arrival_order() -> None:
-    """BUG: the module promises fills depend only on event times, not arrival order.
+@pytest.mark.parametrize(
+    ("arrival", "label"),
+    [
+        ([*BARS[:2], "order", *BARS[2:]], "bars 0-1, order, bars 2-3"),
+        (["order", *BARS], "order, bars 0-3"),
+    ],
+)
+def test_close_mode_fill_is_independent_of_arrival_order(arrival: list, label: str) -> None:
+    """BUG: the module promises fills depend only on event times, never on arrival order.
 
-    An order stamped at bar 2's close (e.g. the risk worker reacting to that bar's signal)
-    fills at bar 2's close if bar 2 reached the venue first, but at bar 3's close if the
-    order arrived first: ``_on_bar`` only considers bars with open_time >= order.ts.
+    An order stamped at bar 2's close (the risk worker reacting to that bar's signal) fills
+    at bar 2's close, 98, when bar 2 reached the venue first. If the order arrives first:
+    - with bars 0-1 already seen it fills at once at bar 1's close, 103 (stale price);
+    - with no bar seen it waits, ``_on_bar`` skips bar 2 (open_time < order.ts) and it
+      fills at bar 3's close, 96, at bar 3's close_time.
     """
     order_ts = BARS[2].close_time
     bar_first = fills(feed(venue(fill="close"), [*BARS[:3], order(order_ts), BARS[3]]))
-    order_first = fills(feed(venue(fill="close"), [*BARS[:2], order(order_ts), *BARS[2:]]))
-    assert bar_first[0].fill_price == 98.0  # close of bar 2, the latest closed by order.ts
-    assert (order_first[0].fill_price, order_first[0].ts) == (
-        bar_first[0].fill_price,
-        bar_first[0].ts,
-    ), "close-mode fill depends on whether the bar or the order reached the venue first"
+    assert (bar_first[0].fill_price, bar_first[0].ts) == (98.0, order_ts)
+    events = [order(order_ts) if e == "order" else e for e in arrival]
+    other = fills(feed(venue(fill="close"), events))
+    assert (other[0].fill_price, other[0].ts) == (98.0, order_ts), (
+        f"close-mode fill depends on arrival order ({label}): "
+        f"got {other[0].fill_price} at {other[0].ts}, bar-first gave 98.0 at {order_ts}"
+    )
 
 
 # --- fees and slippage -------------------------------------------------------------------------
@@ -253,7 +267,9 @@ def test_stop_buy_not_triggered_below() -> None:
 def test_stop_sell_triggers_and_gaps() -> None:
     inside = feed(venue(), [order(MID_BAR0, side="sell", order_type="stop", stop=97.5), *BARS])
     assert [(r.fill_price, r.ts) for r in fills(inside)] == [(97.5, BARS[2].close_time)]
-    gap = feed(venue(), [order(BARS[2].close_time, side="sell", order_type="stop", stop=99.0), *BARS])
+    gap = feed(
+        venue(), [order(BARS[2].close_time, side="sell", order_type="stop", stop=99.0), *BARS]
+    )
     assert fills(gap)[0].fill_price == 98.0  # bar 3 opens at 98, below the stop
 
 

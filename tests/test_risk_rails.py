@@ -380,9 +380,7 @@ op_report = st.tuples(
     st.sampled_from(["filled", "partial", "canceled", "rejected", "accepted"]),
 )
 op_gov = st.tuples(st.just("gov"), st.sampled_from(["kill", "resume"]))
-ops = st.lists(
-    st.one_of(op_signal, op_signal, op_bar, op_report, op_report, op_gov), max_size=60
-)
+ops = st.lists(st.one_of(op_signal, op_signal, op_bar, op_report, op_report, op_gov), max_size=60)
 limits_st = st.builds(
     RiskLimits,
     allowed_symbols=st.sampled_from([(), ("BTC/USDT", "ETH/USDT"), ("ETH/USDT",)]),
@@ -391,7 +389,13 @@ limits_st = st.builds(
 )
 
 
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(
+    max_examples=400,
+    deadline=None,
+    derandomize=True,
+    database=None,
+    suppress_health_check=[HealthCheck.too_slow],
+)
 @given(limits=limits_st, script=ops)
 def test_no_approved_order_violates_a_limit(limits: RiskLimits, script: list[tuple]) -> None:
     engine = RiskEngine(limits)
