@@ -1,7 +1,7 @@
 """Moving-average crossover: signals on crossings only.
 
-The first bar on which both averages exist fixes the current side without a signal (a
-strategy started mid-trend waits for the next crossing). Equal averages keep the previous
+The first bar on which both averages exist and differ fixes the current side without a
+signal (a strategy started mid-trend waits for the next crossing). Equal averages keep the previous
 side. Long-only maps the short side to flat.
 """
 
@@ -35,7 +35,6 @@ class _Leg(msgspec.Struct):
     fast: SMA | EMA
     slow: SMA | EMA
     side: int = 0
-    warm: bool = False
 
 
 class MaCrossState(msgspec.Struct):
@@ -68,10 +67,10 @@ class MaCross:
         if fast is None or slow is None:
             return []
         side = 1 if fast > slow else -1 if fast < slow else leg.side
-        if not leg.warm:
-            leg.warm, leg.side = True, side
+        if leg.side == 0:
+            leg.side = side
             return []
-        if side == leg.side or side == 0:
+        if side == leg.side:
             return []
         leg.side = side
         target = self.params.qty * side

@@ -305,3 +305,10 @@ def test_parse_params_rejects_malformed(bad: str) -> None:
 
 def test_parse_params_keeps_value_with_equals_sign() -> None:
     assert parse_params(["a=b=c", "empty="]) == {"a": "b=c", "empty": ""}
+
+
+def test_no_signal_until_the_averages_first_differ() -> None:
+    # bar 3: fast 2 == slow 2 -> no side yet; bar 4: fast 2.5 > slow 2.33 fixes +1 silently
+    assert run(strategy(), make_bars([2, 2, 2, 3])) == []
+    # the next real crossing does signal: bar 6 fast 1.5 < slow 2.0
+    assert targets(run(strategy(), make_bars([2, 2, 2, 3, 2, 1]))) == [(6, -1.0)]

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from contracts.events import Bar, Event, ExecutionReport, OrderCommand
 from services.execution.paper_venue import PaperVenue, PaperVenueConfig
@@ -148,20 +150,28 @@ def test_next_open_waits_and_ignores_other_symbols() -> None:
 # --- market, close ----------------------------------------------------------------------------
 
 
-def test_close_mode_fills_at_close_of_latest_closed_bar() -> None:
+def test_close_mode_fills_at_close_of_the_bar_the_order_was_decided_on() -> None:
     v = venue(fill="close")
-    order_ts = BARS[2].close_time + 5  # after bar 2 closed, bar 3 not yet closed
-    reports = feed(v, [*BARS[:3], order(order_ts)])
+    reports = feed(v, [*BARS[:3], order(BARS[2].close_time)])
     assert statuses(reports) == ["accepted", "filled"]
     filled = reports[1]
     assert filled.fill_price == 98.0  # close of bar 2, not of bar 0 or 1
-    assert filled.ts == order_ts
+    assert filled.ts == BARS[2].close_time
 
 
-def test_close_mode_with_no_closed_bar_uses_close_of_first_bar_after() -> None:
+def test_close_mode_order_between_bar_closes_fills_like_next_open() -> None:
+    v = venue(fill="close")
+    order_ts = BARS[2].close_time - 5  # inside bar 2: no bar closes at the order time
+    reports = feed(v, [*BARS[:3], order(order_ts), BARS[3]])
+    assert statuses(reports) == ["accepted", "filled"]
+    assert fills(reports)[0].fill_price == 98.0  # the open of bar 3, the first opening after it
+    assert fills(reports)[0].ts == BARS[3].close_time
+
+
+def test_close_mode_with_no_bar_closing_at_the_order_uses_the_next_open() -> None:
     v = venue(fill="close")
     reports = feed(v, [order(BARS[1].open_time - 1), *BARS])
-    assert fills(reports)[0].fill_price == 103.0  # bar 1 is the first opening after it
+    assert fills(reports)[0].fill_price == 102.0  # bar 1 is the first opening after it
     assert fills(reports)[0].ts == BARS[1].close_time
 
 
@@ -173,14 +183,8 @@ def test_close_mode_with_no_closed_bar_uses_close_of_first_bar_after() -> None:
     ],
 )
 def test_close_mode_fill_is_independent_of_arrival_order(arrival: list, label: str) -> None:
-    """BUG: the module promises fills depend only on event times, never on arrival order.
-
-    An order stamped at bar 2's close (the risk worker reacting to that bar's signal) fills
-    at bar 2's close, 98, when bar 2 reached the venue first. If the order arrives first:
-    - with bars 0-1 already seen it fills at once at bar 1's close, 103 (stale price);
-    - with no bar seen it waits, ``_on_bar`` skips bar 2 (open_time < order.ts) and it
-      fills at bar 3's close, 96, at bar 3's close_time.
-    """
+    """An order stamped at bar 2's close fills at bar 2's close, 98, at that time, whether
+    bar 2 reached the venue before or after the order."""
     order_ts = BARS[2].close_time
     bar_first = fills(feed(venue(fill="close"), [*BARS[:3], order(order_ts), BARS[3]]))
     assert (bar_first[0].fill_price, bar_first[0].ts) == (98.0, order_ts)
@@ -410,5 +414,62 @@ def test_snapshot_restore_keeps_bar_history() -> None:
     feed(v, BARS[:3])
     restored = venue(fill="close")
     restored.restore(v.snapshot())
-    order_ts = BARS[2].close_time + 5
+    order_ts = BARS[2].close_time
     assert fills(feed(restored, [order(order_ts)]))[0].fill_price == 98.0
+
+
+# --- property: next_open fills depend on event times only ----------------------------------------
+
+
+@st.composite
+def bar_series(draw: st.DrawFn) -> list[Bar]:
+    n = draw(st.integers(min_value=1, max_value=20))
+    bars = []
+    price = 100.0
+    for i in range(n):
+        o = draw(st.floats(min_value=0.9, max_value=1.1)) * price
+        c = draw(st.floats(min_value=0.9, max_value=1.1)) * o
+        hi = max(o, c) * draw(st.floats(min_value=1.0, max_value=1.05))
+        lo = min(o, c) * draw(st.floats(min_value=0.95, max_value=1.0))
+        bars.append(bar(i, o, hi, lo, c))
+        price = c
+    return bars
+
+
+@settings(max_examples=300, deadline=None, derandomize=True, database=None)
+@given(
+    bars=bar_series(),
+    offset=st.integers(min_value=-MINUTE, max_value=25 * MINUTE),
+    side=st.sampled_from(["buy", "sell"]),
+    kind=st.sampled_from(["market", "limit", "stop"]),
+    level=st.floats(min_value=80.0, max_value=120.0),
+    tif=st.sampled_from(["GTC", "IOC"]),
+    data=st.data(),
+)
+def test_next_open_outcome_is_independent_of_arrival_point(
+    bars: list[Bar], offset: int, side: str, kind: str, level: float, tif: str, data: st.DataObject
+) -> None:
+    o = order(
+        T0 + offset,
+        side=side,
+        order_type=kind,
+        limit=level if kind == "limit" else None,
+        stop=level if kind == "stop" else None,
+        tif=tif,
+    )
+    config = {"fee_bps": 10.0, "slippage_bps": 5.0}
+    k = data.draw(st.integers(min_value=0, max_value=len(bars)), label="bars before the order")
+    reference = feed(venue(**config), [o, *bars])  # type: ignore[arg-type]
+    other = feed(venue(**config), [*bars[:k], o, *bars[k:]])  # type: ignore[arg-type]
+    assert reference[0].status == other[0].status == "accepted"
+    assert reference[1:] == other[1:]
+    assert len(reference) <= 2
+    if len(reference) == 2:
+        outcome = reference[1]
+        first = next(b for b in bars if b.open_time >= o.ts)
+        if outcome.status == "canceled":
+            assert tif == "IOC" and outcome.ts == first.close_time
+        else:
+            eligible = [b for b in bars if b.open_time >= o.ts]
+            assert outcome.ts in {b.close_time for b in eligible}
+            assert outcome.fee == pytest.approx(outcome.fill_price * o.qty * 10.0 / 1e4)

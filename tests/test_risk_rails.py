@@ -119,7 +119,7 @@ def test_target_signal_becomes_buy_order() -> None:
     assert order.side == "buy"
     assert order.qty == 1.0
     assert order.order_type == "market"
-    assert order.client_order_id == f"s1-BTC-USDT-{s.ts}"
+    assert order.client_order_id == f"s1-BTC-USDT-{s.ts}-1"
     assert order.ts == NOW
     assert (order.strategy, order.venue, order.symbol, order.model_tag) == ("s1", VENUE, BTC, "mt")
 
@@ -139,7 +139,7 @@ def test_repeated_signal_while_working_sends_nothing_then_fill_then_flat() -> No
     # Back to flat: sell the one held.
     flat = order_of(engine.decide(sig(0.0, ts=T0 + 4 * MINUTE), NOW))
     assert (flat.side, flat.qty) == ("sell", 1.0)
-    assert flat.client_order_id == f"s1-BTC-USDT-{T0 + 4 * MINUTE}"
+    assert flat.client_order_id == f"s1-BTC-USDT-{T0 + 4 * MINUTE}-2"
 
 
 def test_target_change_while_working_orders_only_the_difference() -> None:
@@ -173,7 +173,7 @@ def test_strategies_have_their_own_targets() -> None:
     order_of(engine.decide(sig(1.0, strategy="a"), NOW))
     other = order_of(engine.decide(sig(1.0, strategy="b"), NOW))
     assert (other.strategy, other.side, other.qty) == ("b", "buy", 1.0)
-    assert other.client_order_id == f"b-BTC-USDT-{T0}"
+    assert other.client_order_id == f"b-BTC-USDT-{T0}-2"
 
 
 @pytest.mark.parametrize(("side", "size"), [("buy", 0.5), ("sell", 2.0)])
@@ -477,3 +477,21 @@ def test_no_approved_order_violates_a_limit(limits: RiskLimits, script: list[tup
     for (strategy, symbol), qty in model.positions.items():
         held = engine.state.positions.get(f"{strategy}#{VENUE}|{symbol}", 0.0)
         assert held == pytest.approx(qty)
+
+
+def test_max_position_never_blocks_a_reduction() -> None:
+    engine = RiskEngine(RiskLimits(max_position=3))
+    engine.decide(bar(100.0), NOW)
+    big = order_of(engine.decide(sig(3.0), NOW))
+    engine.decide(report(big, "filled", 3.0, 100.0), NOW)
+    engine.limits = RiskLimits(max_position=1)  # the cap was lowered while holding 3
+    reduce = order_of(engine.decide(sig(2.0, ts=T0 + MINUTE), NOW))
+    assert (reduce.side, reduce.qty) == ("sell", 1.0)
+
+
+def test_client_order_ids_stay_unique_for_signals_at_the_same_time() -> None:
+    engine = RiskEngine(RiskLimits())
+    first = order_of(engine.decide(sig(1.0), NOW))
+    engine.decide(report(first, "filled", 1.0, 100.0), NOW)
+    second = order_of(engine.decide(sig(0.0), NOW))  # same strategy, symbol and ts
+    assert first.client_order_id != second.client_order_id

@@ -3,8 +3,8 @@
 Which bar fills an order depends only on event times, never on when the order happened to
 arrive, so a live paper session and its replay give the same fills:
 - market, ``fill="next_open"``: the open of the first bar that opens at or after the order
-  time; ``fill="close"``: the close of the latest bar that closed at or before the order time
-  (else the close of the first bar after it);
+  time; ``fill="close"``: the close of the bar that closed at the order time (the bar the
+  signal was decided on), else as ``next_open``;
 - limit: on the first bar from the order time on whose range reaches the limit, at the
   limit price (buy when low <= limit, sell when high >= limit);
 - stop: on the first bar whose range reaches the stop, at the stop price, or at the open
@@ -79,12 +79,8 @@ class PaperVenue:
         self.state.next_id += 1
         reports: list[Event] = [_report(order, "accepted", now, pending.venue_order_id)]
         history = self.state.bars.get(_key(order.venue, order.symbol), [])
-        if order.order_type == "market" and self.config.fill == "close":
-            closed = [b for b in history if b.close_time <= order.ts]
-            if closed:
-                return [*reports, self._fill(pending, closed[-1].close, order.ts)]
         for bar in history:
-            if bar.open_time >= order.ts:
+            if self._eligible(order, bar):
                 outcome = self._match(pending, bar)
                 if outcome is not None:
                     return [*reports, outcome]
@@ -107,13 +103,24 @@ class PaperVenue:
         reports: list[Event] = []
         for pending in list(self.state.pending):
             order = pending.order
-            if _key(order.venue, order.symbol) != key or bar.open_time < order.ts:
+            if _key(order.venue, order.symbol) != key or not self._eligible(order, prices):
                 continue
             outcome = self._match(pending, prices)
             if outcome is not None:
                 self.state.pending.remove(pending)
                 reports.append(outcome)
         return reports
+
+    def _fills_at_close(self, order: OrderCommand, bar: _BarPrices) -> bool:
+        return (
+            self.config.fill == "close"
+            and order.order_type == "market"
+            and bar.close_time == order.ts
+        )
+
+    def _eligible(self, order: OrderCommand, bar: _BarPrices) -> bool:
+        """Bars that may fill the order: from its time on, or the bar it was decided on."""
+        return bar.open_time >= order.ts or self._fills_at_close(order, bar)
 
     def _match(self, pending: _Pending, bar: _BarPrices) -> ExecutionReport | None:
         """The fill (or IOC/FOK cancel) this bar gives the order, or None to keep waiting.
@@ -125,7 +132,7 @@ class PaperVenue:
         buy = order.side == "buy"
         price: float | None = None
         if order.order_type == "market":
-            price = bar.close if self.config.fill == "close" else bar.open
+            price = bar.close if self._fills_at_close(order, bar) else bar.open
         elif order.order_type == "limit":
             limit = order.limit_price or 0.0
             if (buy and bar.low <= limit) or (not buy and bar.high >= limit):

@@ -46,8 +46,6 @@ class Position(msgspec.Struct):
             else:
                 self.qty = remaining
         self.realized += realized
-        if not self.mark:
-            self.mark = price
         return realized
 
 
@@ -56,6 +54,7 @@ class LedgerState(msgspec.Struct):
     realized: float = 0.0
     fees: float = 0.0
     positions: dict[str, Position] = msgspec.field(default_factory=dict)
+    marks: dict[str, float] = msgspec.field(default_factory=dict)
 
 
 class Ledger:
@@ -73,7 +72,9 @@ class Ledger:
 
     def _on_fill(self, fill: ExecutionReport, now: int) -> PositionChanged:
         signed = fill.fill_qty if fill.side == "buy" else -fill.fill_qty
-        position = self.state.positions.setdefault(f"{fill.venue}|{fill.symbol}", Position())
+        key = f"{fill.venue}|{fill.symbol}"
+        position = self.state.positions.setdefault(key, Position())
+        position.mark = self.state.marks.get(key, fill.fill_price)
         self.state.realized += position.apply_fill(signed, fill.fill_price)
         self.state.cash -= signed * fill.fill_price + fill.fee
         self.state.fees += fill.fee
@@ -89,6 +90,7 @@ class Ledger:
 
     def _on_bar(self, bar: Bar, now: int) -> EquitySnapshot:
         key = f"{bar.venue}|{bar.symbol}"
+        self.state.marks[key] = bar.close
         if key in self.state.positions:
             self.state.positions[key].mark = bar.close
         return self.equity(now)

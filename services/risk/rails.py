@@ -3,7 +3,8 @@
 A signal's target position becomes an order for the difference between the target and what
 the strategy holds plus what it already has working, so a repeated signal never doubles an
 order. Rules run in a fixed order and the first breach rejects: kill switch, symbol
-allowlist, max order notional, max position per symbol.
+allowlist, max order notional, max position per symbol (only for orders that grow the
+absolute exposure, so a reduction is never blocked by the cap).
 """
 
 from __future__ import annotations
@@ -48,6 +49,7 @@ class RiskState(msgspec.Struct):
     positions: dict[str, float] = msgspec.field(default_factory=dict)
     working: dict[str, _Working] = msgspec.field(default_factory=dict)
     prices: dict[str, float] = msgspec.field(default_factory=dict)
+    orders: int = 0
 
 
 def _symbol_key(venue: str, symbol: str) -> str:
@@ -107,9 +109,10 @@ class RiskEngine:
                 rule=rule,
                 reason=reason,
             )
-        order_id = f"{signal.strategy}-{symbol_token(signal.symbol)}-{signal.ts}"
-        while order_id in self.state.working:
-            order_id += "x"
+        self.state.orders += 1
+        order_id = (
+            f"{signal.strategy}-{symbol_token(signal.symbol)}-{signal.ts}-{self.state.orders}"
+        )
         self.state.working[order_id] = _Working(
             f"{signal.strategy}#{symbol_key}", symbol_key, delta
         )
@@ -142,8 +145,9 @@ class RiskEngine:
                     f"notional {notional:.2f} > limit {limits.max_order_notional:.2f}",
                 )
         if limits.max_position is not None:
-            after = self._symbol_exposure(symbol_key) + delta
-            if abs(after) > limits.max_position + EPS:
+            before = self._symbol_exposure(symbol_key)
+            after = before + delta
+            if abs(after) > limits.max_position + EPS and abs(after) > abs(before):
                 return (
                     "max_position",
                     f"position {after:g} would exceed limit {limits.max_position:g}",
