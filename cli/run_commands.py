@@ -18,7 +18,7 @@ from eventstore.bus import Bus
 from eventstore.server import nats_url
 from services.config import KeelConfig, StrategyConfig
 from services.execution.worker import execution_worker
-from services.marketdata.feed import publish_bars
+from services.marketdata.feed import lockstep, pause, publish_bars
 from services.marketdata.sources import interval_ns, read_bars
 from services.marketdata.synthetic import SyntheticMarket
 from services.portfolio.worker import portfolio_worker
@@ -169,6 +169,12 @@ def marketdata(
     live: Annotated[
         bool, typer.Option("--live", help="Stamp synthetic bars from the wall clock now on.")
     ] = False,
+    lockstep_feed: Annotated[
+        bool,
+        typer.Option(
+            "--lockstep", help="Send each time step only after every durable consumer caught up."
+        ),
+    ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Publish bars: the seeded synthetic market (default) or a file."""
@@ -207,7 +213,14 @@ def marketdata(
         with nats_url() as url:
             bus = await Bus.connect(url, name="marketdata")
             try:
-                result = await publish_bars(bus, bar_source, pace_s=pace_ms / 1000, stop=stop)
+                step = (
+                    lockstep(bus)
+                    if lockstep_feed
+                    else pause(pace_ms / 1000, stop)
+                    if pace_ms
+                    else None
+                )
+                result = await publish_bars(bus, bar_source, between_steps=step, stop=stop)
             finally:
                 await bus.close()
         console.print(

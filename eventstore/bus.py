@@ -58,13 +58,14 @@ class Bus:
                 url,
                 name=name,
                 connect_timeout=2,
-                max_reconnect_attempts=-1 if ensure else 0,
-                allow_reconnect=True,
+                max_reconnect_attempts=1,
+                reconnect_time_wait=0.2,
                 error_cb=_quiet,
-                disconnected_cb=None,
             )
         except (NoServersError, OSError, TimeoutError) as exc:
             raise KeelError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
+        # Fail fast on the first connect, then ride out server restarts indefinitely.
+        nc.options["max_reconnect_attempts"] = -1
         bus = cls(nc)
         if ensure:
             await ensure_streams(bus.js)
@@ -76,7 +77,8 @@ class Bus:
         if not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.flush(timeout=2)
-            await self.nc.close()
+            with contextlib.suppress(Exception):
+                await self.nc.close()
 
     async def publish(self, event: Event, envelope: Envelope) -> bool:
         """Store one event; False when the log already held it (same id)."""

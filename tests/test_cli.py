@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import subprocess
 import sys
+import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -249,12 +251,6 @@ def test_config_mistakes(
     assert_one_error(result, "bad.toml", *needles)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=subprocess.TimeoutExpired,
-    reason="Bus.connect passes max_reconnect_attempts=-1, so nats-py retries the first "
-    "connect forever instead of raising 'cannot reach NATS' (eventstore/bus.py)",
-)
 def test_unreachable_nats_is_one_line() -> None:
     env = {**os.environ, URL_ENV: "nats://127.0.0.1:1"}
     result = subprocess.run(
@@ -276,19 +272,26 @@ def _without_url() -> dict[str, str]:
     return {**env, "COLUMNS": "200"}
 
 
-def test_demo_trades(tmp_path: Path) -> None:
-    result = subprocess.run(
+def _demo(cwd: Path) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
         [sys.executable, "-m", "cli.app", "demo", "--bars", "150"],
         capture_output=True,
         text=True,
         env=_without_url(),
-        cwd=tmp_path,
+        cwd=cwd,
         timeout=90,
     )
-    assert result.returncode == 0, result.stdout + result.stderr
-    assert "final equity" in result.stdout
-    fills = int(table_row(result.stdout, "fills")[1].replace(",", ""))
-    assert fills > 0, result.stdout
+
+
+def test_demo_trades_and_is_reproducible(tmp_path: Path) -> None:
+    first, second = _demo(tmp_path), _demo(tmp_path)
+    for result in (first, second):
+        assert result.returncode == 0, result.stdout + result.stderr
+        assert "final equity" in result.stdout
+    fills = int(table_row(first.stdout, "fills")[1].replace(",", ""))
+    assert fills > 0, first.stdout
+    for row in ("bars", "signals", "orders", "fills", "final equity", "fees"):
+        assert table_row(first.stdout, row) == table_row(second.stdout, row), row
 
 
 def test_embedded_server_started_and_stopped(tmp_path: Path) -> None:
@@ -313,3 +316,34 @@ def test_embedded_server_started_and_stopped(tmp_path: Path) -> None:
     assert not port_open("127.0.0.1", port)
     with pytest.raises(ProcessLookupError):
         os.kill(pid, 0)
+
+
+def test_sigterm_stops_the_embedded_server(tmp_path: Path) -> None:
+    """A following tap killed by SIGTERM still stops the server it started."""
+    tap = subprocess.Popen(
+        [sys.executable, "-m", "cli.app", "tap", "md.>"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_without_url(),
+        cwd=tmp_path,
+    )
+    record = tmp_path / ".keel" / "server.json"
+    try:
+        deadline = time.monotonic() + 20
+        while not record.exists() and tap.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert record.exists(), "tap did not start an embedded server"
+        url = json.loads(record.read_text())["url"]
+        port = int(url.rsplit(":", 1)[1])
+        time.sleep(0.5)  # let it subscribe
+        tap.send_signal(signal.SIGTERM)
+        _, stderr = tap.communicate(timeout=15)
+    finally:
+        if tap.poll() is None:
+            tap.kill()
+            tap.wait()
+    assert tap.returncode == 143, stderr
+    assert "Traceback" not in stderr, stderr
+    assert not record.exists()
+    assert not port_open("127.0.0.1", port)

@@ -58,9 +58,13 @@ def bar(close: float, symbol: str = BTC, ts: int = T0 + MINUTE) -> Bar:
 
 
 def position_event(ledger: Ledger, event: ExecutionReport) -> PositionChanged:
+    """A fill gives the position it leaves, then the equity after it."""
     out = ledger.decide(event, T0)
-    assert len(out) == 1 and isinstance(out[0], PositionChanged), out
-    return out[0]
+    assert len(out) == 2, out
+    position, equity = out
+    assert isinstance(position, PositionChanged) and isinstance(equity, EquitySnapshot)
+    assert equity == ledger.equity(T0)
+    return position
 
 
 def equity_event(ledger: Ledger, event: Bar, now: int = T0 + MINUTE) -> EquitySnapshot:

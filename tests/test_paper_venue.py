@@ -7,7 +7,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.events import Bar, Event, ExecutionReport, OrderCommand
-from services.execution.paper_venue import PaperVenue, PaperVenueConfig
+from services.execution.paper_venue import HISTORY, PaperVenue, PaperVenueConfig
 
 MINUTE = 60_000_000_000
 T0 = 1_700_000_000_000_000_000
@@ -473,3 +473,11 @@ def test_next_open_outcome_is_independent_of_arrival_point(
             eligible = [b for b in bars if b.open_time >= o.ts]
             assert outcome.ts in {b.close_time for b in eligible}
             assert outcome.fee == pytest.approx(outcome.fill_price * o.qty * 10.0 / 1e4)
+
+
+def test_order_older_than_the_kept_history_is_rejected_as_stale() -> None:
+    v = venue()
+    history = [bar(i, 100.0, 101.0, 99.0, 100.0) for i in range(HISTORY + 5)]
+    reports = feed(v, [*history, order(T0 + MINUTE)])
+    assert statuses(reports) == ["accepted", "rejected"]
+    assert "stale" in reports[1].reason

@@ -11,7 +11,9 @@ arrive, so a live paper session and its replay give the same fills:
   when the bar gaps through it.
 Slippage moves market and stop fills against the taker by ``slippage_bps``; the fee is
 ``fee_bps`` of the fill notional. IOC and FOK orders that cannot fill on their first
-eligible bar are canceled; GTC orders wait.
+eligible bar are canceled; GTC orders wait. An order older than every bar the venue still
+keeps (the last ``HISTORY`` per symbol) is rejected as stale rather than filled at a price
+from the wrong bar.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import msgspec
 
 from contracts.events import Bar, Event, ExecStatus, ExecutionReport, OrderCommand
 
-HISTORY = 64
+HISTORY = 1024
 
 
 class PaperVenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -79,6 +81,12 @@ class PaperVenue:
         self.state.next_id += 1
         reports: list[Event] = [_report(order, "accepted", now, pending.venue_order_id)]
         history = self.state.bars.get(_key(order.venue, order.symbol), [])
+        if len(history) == HISTORY and history[0].open_time > order.ts:
+            reason = f"stale order: older than the last {HISTORY} bars the venue keeps"
+            return [
+                *reports,
+                _report(order, "rejected", now, pending.venue_order_id, reason=reason),
+            ]
         for bar in history:
             if self._eligible(order, bar):
                 outcome = self._match(pending, bar)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import Callable, Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 
@@ -17,6 +17,7 @@ from contracts.envelope import Envelope, content_id
 from contracts.events import Bar
 from contracts.subjects import subject_for
 from eventstore.bus import Bus, Stored
+from eventstore.lag import wait_drained
 
 CHUNK = 2048
 
@@ -37,11 +38,12 @@ async def publish_bars(
     bus: Bus,
     bars: Iterable[Bar],
     *,
-    pace_s: float = 0.0,
+    between_steps: Callable[[], Awaitable[object]] | None = None,
     progress: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
 ) -> FeedResult:
-    """Publish bars in order; with ``pace_s`` each time step is sent and then waited for."""
+    """Publish bars in order; with ``between_steps`` each time step is sent on its own and
+    the callable (a pause, or a wait for the fleet to catch up) is awaited before the next."""
     result = FeedResult()
     last_open: dict[str, int] = {}
     chunk: list[Bar] = []
@@ -67,9 +69,9 @@ async def publish_bars(
                 progress(1)
             continue
         last_open[subject] = bar.open_time
-        if pace_s and chunk and chunk[-1].ts != bar.ts:
+        if between_steps and chunk and chunk[-1].ts != bar.ts:
             await flush()
-            await _sleep(pace_s, stop)
+            await between_steps()
         chunk.append(bar)
         if len(chunk) >= CHUNK:
             await flush()
@@ -82,9 +84,24 @@ def _is_bar(stored: Stored | None) -> bool:
     return stored is not None and isinstance(stored.event, Bar)
 
 
-async def _sleep(seconds: float, stop: asyncio.Event | None) -> None:
-    if stop is None:
-        await asyncio.sleep(seconds)
-        return
-    with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+def pause(seconds: float, stop: asyncio.Event | None = None) -> Callable[[], Awaitable[None]]:
+    """Wait ``seconds`` between time steps (cut short by ``stop``)."""
+
+    async def wait() -> None:
+        if stop is None:
+            await asyncio.sleep(seconds)
+            return
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), seconds)
+
+    return wait
+
+
+def lockstep(bus: Bus, timeout: float = 30.0) -> Callable[[], Awaitable[bool]]:
+    """Wait until every durable consumer has settled: a live session as deterministic as a
+    replay (fills no longer depend on how fast each worker keeps up)."""
+
+    async def wait() -> bool:
+        return await wait_drained(bus, timeout=timeout)
+
+    return wait

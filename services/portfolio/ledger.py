@@ -1,7 +1,8 @@
 """The portfolio ledger: average-cost positions, cash, realized and unrealized PnL.
 
 Invariant (tested): equity = cash + sum(qty * mark) = starting cash + realized + unrealized
-- fees. Each fill emits the position it leaves; each bar marks its symbol and emits equity.
+- fees. Each fill emits the position it leaves and the equity after it; each bar marks its
+symbol and emits equity.
 """
 
 from __future__ import annotations
@@ -65,7 +66,7 @@ class Ledger:
     def decide(self, event: Event, now: int) -> list[Event]:
         match event:
             case ExecutionReport() if event.fill_qty > 0:
-                return [self._on_fill(event, now)]
+                return [self._on_fill(event, now), self.equity(now)]
             case Bar():
                 return [self._on_bar(event, now)]
         return []
