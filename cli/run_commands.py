@@ -17,14 +17,14 @@ from contracts.subjects import name_token
 from eventstore.bus import Bus
 from eventstore.server import nats_url
 from services.config import KeelConfig, StrategyConfig
-from services.execution.worker import execution_worker
+from services.execution.worker import execution_role
 from services.marketdata.feed import lockstep, pause, publish_bars
 from services.marketdata.sources import interval_ns, read_bars
 from services.marketdata.synthetic import SyntheticMarket
-from services.portfolio.worker import portfolio_worker
-from services.risk.worker import risk_worker
+from services.portfolio.worker import portfolio_role
+from services.risk.worker import risk_role
 from services.runtime.worker import Worker, WorkerOptions
-from services.strategy.host import strategy_worker
+from services.strategy.host import strategy_role
 from strategies.registry import build_strategy, parse_params
 
 app = typer.Typer(
@@ -67,7 +67,9 @@ def risk(
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
 ) -> None:
     """Pre-trade rails: signals in, orders or rejections out."""
-    _serve(risk_worker(load_config_or_exit(config).risk, _options(metrics_port, metrics_addr)))
+    _serve(
+        Worker(risk_role(load_config_or_exit(config).risk), _options(metrics_port, metrics_addr))
+    )
 
 
 @app.command()
@@ -77,11 +79,8 @@ def execution(
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
 ) -> None:
     """The paper venue: orders in, execution reports out."""
-    _serve(
-        execution_worker(
-            load_config_or_exit(config).execution, _options(metrics_port, metrics_addr)
-        )
-    )
+    role = execution_role(load_config_or_exit(config).execution)
+    _serve(Worker(role, _options(metrics_port, metrics_addr)))
 
 
 @app.command()
@@ -91,11 +90,8 @@ def portfolio(
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
 ) -> None:
     """Positions, cash, PnL and equity."""
-    _serve(
-        portfolio_worker(
-            load_config_or_exit(config).portfolio, _options(metrics_port, metrics_addr)
-        )
-    )
+    role = portfolio_role(load_config_or_exit(config).portfolio)
+    _serve(Worker(role, _options(metrics_port, metrics_addr)))
 
 
 @app.command()
@@ -124,7 +120,7 @@ def strategy(
         built = build_strategy(
             chosen.name, chosen.params, name_token(chosen.instance_name, "instance")
         )
-    _serve(strategy_worker(built, chosen.symbols, _options(metrics_port, metrics_addr)))
+    _serve(Worker(strategy_role(built, chosen.symbols), _options(metrics_port, metrics_addr)))
 
 
 def _strategy_config(

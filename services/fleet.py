@@ -13,10 +13,13 @@ import msgspec
 
 from eventstore.server import URL_ENV
 from services.config import KeelConfig
-from services.execution.worker import INPUTS as EXECUTION_INPUTS
-from services.portfolio.worker import INPUTS as PORTFOLIO_INPUTS
-from services.risk.worker import INPUTS as RISK_INPUTS
-from services.runtime.worker import Input, durable_name
+from services.execution.worker import execution_role
+from services.portfolio.worker import portfolio_role
+from services.risk.worker import risk_role
+from services.runtime.role import Role
+from services.runtime.worker import durable_name
+from services.strategy.host import strategy_role
+from strategies.registry import build_strategy
 
 
 class WorkerProcess(msgspec.Struct):
@@ -92,12 +95,21 @@ class Fleet:
                 worker.proc.wait()
 
 
+def fleet_roles(config: KeelConfig) -> list[Role]:
+    """The consuming roles of a fleet, in its canonical order: strategies as declared, then
+    risk, execution, portfolio (the replay engine delivers each event in this order)."""
+    roles = [
+        strategy_role(build_strategy(s.name, s.params, s.instance_name), s.symbols)
+        for s in config.strategies
+    ]
+    return [
+        *roles,
+        risk_role(config.risk),
+        execution_role(config.execution),
+        portfolio_role(config.portfolio),
+    ]
+
+
 def consumer_names(config: KeelConfig) -> set[str]:
     """The durable consumers a fleet from this config creates (what a drain waits for)."""
-    workers = [
-        ("risk", RISK_INPUTS),
-        ("execution", EXECUTION_INPUTS),
-        ("portfolio", PORTFOLIO_INPUTS),
-    ]
-    workers += [(f"strategy-{s.instance_name}", (Input("MARKET", ()),)) for s in config.strategies]
-    return {durable_name(name, i.stream) for name, inputs in workers for i in inputs}
+    return {durable_name(r.name, i.stream) for r in fleet_roles(config) for i in r.inputs}

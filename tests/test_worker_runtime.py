@@ -14,14 +14,14 @@ from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer, free_port
 from services.execution.paper_venue import PaperVenueConfig
-from services.execution.worker import execution_worker
+from services.execution.worker import execution_role
 from services.marketdata.feed import bar_envelope
 from services.portfolio.ledger import LedgerConfig
-from services.portfolio.worker import portfolio_worker
+from services.portfolio.worker import portfolio_role
 from services.risk.rails import RiskLimits
-from services.risk.worker import risk_worker
+from services.risk.worker import risk_role
 from services.runtime.worker import Worker, WorkerOptions
-from services.strategy.host import strategy_worker
+from services.strategy.host import strategy_role
 from strategies.registry import build_strategy
 from tests import scenario
 
@@ -32,12 +32,13 @@ def fleet_workers(options: WorkerOptions = QUIET) -> list[Worker]:
     strategy = build_strategy(
         "ma_cross", {"kind": "sma", "fast": 2, "slow": 3, "mode": "long_short"}, "ma"
     )
-    return [
-        strategy_worker(strategy, [], options),
-        risk_worker(RiskLimits(max_position=5), options),
-        execution_worker(PaperVenueConfig(fee_bps=10), options),
-        portfolio_worker(LedgerConfig(starting_cash=1000), options),
+    roles = [
+        strategy_role(strategy, []),
+        risk_role(RiskLimits(max_position=5)),
+        execution_role(PaperVenueConfig(fee_bps=10)),
+        portfolio_role(LedgerConfig(starting_cash=1000)),
     ]
+    return [Worker(role, options) for role in roles]
 
 
 def consumers(workers: list[Worker]) -> set[str]:
@@ -161,7 +162,7 @@ async def test_worker_serves_metrics_and_heartbeats(nats_server: EmbeddedServer)
     port = free_port()
     options = WorkerOptions(metrics_port=port, heartbeat_s=0.2)
     strategy = build_strategy("ma_cross", {"fast": 2, "slow": 3}, "metered")
-    workers = [strategy_worker(strategy, [], options)]
+    workers = [Worker(strategy_role(strategy, []), options)]
     async with running(nats_server.url, workers) as bus:
         await settle(bus, workers, scenario.bars())
         body = await asyncio.to_thread(

@@ -1,12 +1,12 @@
-"""The portfolio worker: fills and bars in, positions and equity out."""
+"""The portfolio role: fills and bars in, positions and equity out."""
 
 from __future__ import annotations
 
 from services.portfolio.ledger import Ledger, LedgerConfig
-from services.runtime.worker import Input, Worker, WorkerOptions
+from services.runtime.role import Input, Role
 
 INPUTS = (Input("EXECUTION", ("exec.>",)), Input("MARKET", ("md.bar.>",)))
 
 
-def portfolio_worker(config: LedgerConfig, options: WorkerOptions | None = None) -> Worker:
-    return Worker("portfolio", INPUTS, Ledger(config), options)
+def portfolio_role(config: LedgerConfig) -> Role:
+    return Role("portfolio", INPUTS, Ledger(config))

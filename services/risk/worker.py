@@ -1,9 +1,9 @@
-"""The risk worker: signals, governance, prices and fills in; orders or rejections out."""
+"""The risk role: governance, signals, fills and prices in; orders or rejections out."""
 
 from __future__ import annotations
 
 from services.risk.rails import RiskEngine, RiskLimits
-from services.runtime.worker import Input, Worker, WorkerOptions
+from services.runtime.role import Input, Role
 
 INPUTS = (
     Input("GOVERNANCE", ("gov.>",)),
@@ -13,5 +13,5 @@ INPUTS = (
 )
 
 
-def risk_worker(limits: RiskLimits, options: WorkerOptions | None = None) -> Worker:
-    return Worker("risk", INPUTS, RiskEngine(limits), options)
+def risk_role(limits: RiskLimits) -> Role:
+    return Role("risk", INPUTS, RiskEngine(limits))

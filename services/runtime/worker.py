@@ -19,7 +19,6 @@ import os
 import signal
 import socket
 import time
-from collections.abc import Sequence
 
 import msgspec
 from nats.aio.msg import Msg
@@ -33,7 +32,7 @@ from contracts.events import DeadLetter, Event, Heartbeat
 from contracts.subjects import name_token
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
-from services.runtime.decider import Decider
+from services.runtime.role import Input, Role
 from services.runtime.telemetry import WorkerMetrics, start_metrics
 
 log = logging.getLogger("keel.worker")
@@ -41,13 +40,6 @@ log = logging.getLogger("keel.worker")
 SNAPSHOT_BUCKET = "keel_snapshots"
 BATCH = 256
 FAULT_ENV = "KEEL_FAULT_EXIT_BEFORE_ACK"
-
-
-class Input(msgspec.Struct, frozen=True):
-    """One durable consumer: a stream and the subjects the worker wants from it."""
-
-    stream: str
-    subjects: tuple[str, ...]
 
 
 class Snapshot(msgspec.Struct):
@@ -78,16 +70,10 @@ async def snapshot_bucket(bus: Bus) -> KeyValue:
 
 
 class Worker:
-    def __init__(
-        self,
-        name: str,
-        inputs: Sequence[Input],
-        decider: Decider,
-        options: WorkerOptions | None = None,
-    ) -> None:
-        self.name = name_token(name, "worker")
-        self.inputs = tuple(inputs)
-        self.decider = decider
+    def __init__(self, role: Role, options: WorkerOptions | None = None) -> None:
+        self.name = name_token(role.name, "worker")
+        self.inputs = role.inputs
+        self.decider = role.decider
         self.options = options or WorkerOptions()
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.processed = 0

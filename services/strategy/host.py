@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 from contracts.events import Bar, Event
 from contracts.subjects import bars_of_symbol
-from services.runtime.worker import Input, Worker, WorkerOptions
+from services.runtime.role import Input, Role
 from strategies.registry import Strategy
 
 
@@ -24,10 +24,9 @@ class StrategyDecider:
         self.strategy.restore(data)
 
 
-def strategy_worker(
-    strategy: Strategy, symbols: Sequence[str], options: WorkerOptions | None = None
-) -> Worker:
-    """One instance per strategy name; several instances split the symbols between them."""
+def strategy_role(strategy: Strategy, symbols: Sequence[str]) -> Role:
+    """One role per strategy instance; several instances split the symbols between them."""
     subjects = tuple(bars_of_symbol(s) for s in symbols) or ("md.bar.>",)
-    name = f"strategy-{strategy.name}"
-    return Worker(name, [Input("MARKET", subjects)], StrategyDecider(strategy), options)
+    return Role(
+        f"strategy-{strategy.name}", (Input("MARKET", subjects),), StrategyDecider(strategy)
+    )
