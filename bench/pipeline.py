@@ -45,14 +45,13 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.codec import encode
-from contracts.envelope import CAUSATION_ID, MSG_ID
+from contracts.envelope import CAUSATION_ID, MSG_ID, bar_envelope
 from contracts.events import Bar
 from eventstore.bus import BULK_WINDOW, Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer
 from services.config import load_config
 from services.fleet import Fleet, consumer_names, fleet_plan
-from services.marketdata.feed import bar_envelope
 
 RAW_STREAM = "BENCHRAW"
 RELAY_STREAM = "BENCHRELAY"

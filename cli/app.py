@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from cli import fleet_commands, log_commands, run_commands
+from cli import backtest_commands, fleet_commands, log_commands, run_commands
 
 app = typer.Typer(
     name="keel",
@@ -21,6 +21,8 @@ app.command(name="tap")(log_commands.tap_command)
 app.command()(log_commands.streams)
 app.command()(log_commands.kill)
 app.command()(log_commands.resume)
+app.command()(backtest_commands.backtest)
+app.command()(backtest_commands.replay)
 
 
 def main() -> None:

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from contracts.events import SCHEMA_VERSION
+from contracts.events import SCHEMA_VERSION, Bar
 
 MSG_ID = "Nats-Msg-Id"
 CAUSATION_ID = "Keel-Causation-Id"
@@ -91,3 +91,11 @@ class Envelope(msgspec.Struct, frozen=True):
 def trace_id_of(correlation_id: str) -> str:
     """The trace id a correlation id maps to (what ``keel tap --trace`` matches)."""
     return _digest(correlation_id, 16)
+
+
+def bar_envelope(bar: Bar) -> Envelope:
+    """A bar's envelope: its id is (venue, symbol, interval, open time), so the live feed,
+    an ingest and a replay all give the same bar the same id."""
+    return Envelope.root(
+        content_id("bar", bar.venue, bar.symbol, bar.interval, bar.open_time), bar.ts
+    )

@@ -18,7 +18,7 @@ SCHEMA_VERSION = 1
 InstrumentKind = Literal["spot", "perpetual"]
 Side = Literal["buy", "sell"]
 OrderAction = Literal["new", "cancel"]
-OrderType = Literal["market", "limit", "stop"]
+OrderType = Literal["market", "limit", "stop", "stop_limit"]
 TimeInForce = Literal["GTC", "IOC", "FOK"]
 ExecStatus = Literal["accepted", "partially_filled", "filled", "canceled", "rejected"]
 GovernanceAction = Literal["kill", "resume"]
@@ -156,6 +156,11 @@ class OrderCommand(Event, frozen=True):
         _require(self.qty > 0, "qty must be > 0")
         _require(self.order_type != "limit" or self.limit_price is not None, "limit needs price")
         _require(self.order_type != "stop" or self.stop_price is not None, "stop needs stop_price")
+        _require(
+            self.order_type != "stop_limit"
+            or (self.stop_price is not None and self.limit_price is not None),
+            "stop_limit needs both stop_price and limit_price",
+        )
 
 
 class RiskDecision(Event, frozen=True):

@@ -8,6 +8,7 @@ every other character outside ``[A-Za-z0-9]`` becomes ``_XX`` (its UTF-8 bytes i
 
 from __future__ import annotations
 
+import functools
 import re
 
 import msgspec
@@ -38,6 +39,7 @@ class SubjectError(ValueError):
     """A name that cannot become a subject token, or a subject Keel did not build."""
 
 
+@functools.lru_cache(maxsize=4096)
 def name_token(name: str, what: str = "name") -> str:
     """Validate a name used verbatim as a token (venue, strategy, worker, interval)."""
     if not _NAME.fullmatch(name):
@@ -45,6 +47,7 @@ def name_token(name: str, what: str = "name") -> str:
     return name
 
 
+@functools.lru_cache(maxsize=4096)
 def symbol_token(symbol: str) -> str:
     if not symbol:
         raise SubjectError("empty symbol")
@@ -143,3 +146,15 @@ def parse_bar_subject(subject: str) -> BarSubject:
         symbol=token_symbol(parts[3]),
         interval=name_token(parts[4], "interval"),
     )
+
+
+def subject_matches(pattern: str, subject: str) -> bool:
+    """NATS wildcard semantics: ``*`` matches one token, a final ``>`` one or more."""
+    want = pattern.split(".")
+    have = subject.split(".")
+    for i, token in enumerate(want):
+        if token == ">":
+            return i == len(want) - 1 and len(have) > i
+        if i >= len(have) or (token != "*" and token != have[i]):
+            return False
+    return len(have) == len(want)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from contracts.envelope import bar_envelope
 from contracts.events import (
     EquitySnapshot,
     Event,
@@ -20,7 +21,6 @@ from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer
 from services.config import load_config
 from services.fleet import Fleet, WorkerProcess, consumer_names, fleet_plan
-from services.marketdata.feed import bar_envelope
 from services.runtime.worker import FAULT_ENV
 from tests import scenario
 

@@ -34,6 +34,7 @@ from contracts.subjects import (
     name_token,
     parse_bar_subject,
     subject_for,
+    subject_matches,
     symbol_token,
     token_symbol,
 )
@@ -346,3 +347,21 @@ def test_non_canonical_tokens_are_rejected(token: str) -> None:
 def test_parse_bar_subject_rejects_wildcards_and_empty_tokens(subject: str) -> None:
     with pytest.raises(SubjectError):
         parse_bar_subject(subject)
+
+
+@pytest.mark.parametrize(
+    ("pattern", "subject", "expected"),
+    [
+        ("md.bar.>", "md.bar.sim.BTC-USDT.1m", True),
+        ("md.bar.>", "md.bar", False),
+        ("md.bar.*.BTC-USDT.*", "md.bar.sim.BTC-USDT.1m", True),
+        ("md.bar.*.BTC-USDT.*", "md.bar.sim.ETH-USDT.1m", False),
+        ("md.bar.*.BTC-USDT.*", "md.bar.sim.BTC-USDT.1m.extra", False),
+        ("sig.>", "sig.ma.sim.BTC-USDT", True),
+        ("pf.equity", "pf.equity", True),
+        ("pf.equity", "pf.equity.x", False),
+        ("exec.>", "ord.cmd.sim.BTC-USDT", False),
+    ],
+)
+def test_subject_matches_follows_nats_wildcards(pattern: str, subject: str, expected: bool) -> None:
+    assert subject_matches(pattern, subject) is expected

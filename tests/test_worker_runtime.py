@@ -8,14 +8,13 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from contracts.codec import encode
-from contracts.envelope import MSG_ID, Envelope
+from contracts.envelope import MSG_ID, Envelope, bar_envelope
 from contracts.events import Bar, DeadLetter, Event, GovernanceCommand, OrderCommand, RiskDecision
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer, free_port
 from services.execution.paper_venue import PaperVenueConfig
 from services.execution.worker import execution_role
-from services.marketdata.feed import bar_envelope
 from services.portfolio.ledger import LedgerConfig
 from services.portfolio.worker import portfolio_role
 from services.risk.rails import RiskLimits

@@ -1,23 +1,38 @@
 """The simulated (paper) venue: fills orders against bars by exact, documented rules.
 
 Which bar fills an order depends only on event times, never on when the order happened to
-arrive, so a live paper session and its replay give the same fills:
-- market, ``fill="next_open"``: the open of the first bar that opens at or after the order
-  time; ``fill="close"``: the close of the bar that closed at the order time (the bar the
-  signal was decided on), else as ``next_open``;
-- limit: on the first bar from the order time on whose range reaches the limit, at the
-  limit price (buy when low <= limit, sell when high >= limit);
-- stop: on the first bar whose range reaches the stop, at the stop price, or at the open
-  when the bar gaps through it.
-Slippage moves market and stop fills against the taker by ``slippage_bps``; the fee is
-``fee_bps`` of the fill notional. IOC and FOK orders that cannot fill on their first
-eligible bar are canceled; GTC orders wait. An order older than every bar the venue still
-keeps (the last ``HISTORY`` per symbol) is rejected as stale rather than filled at a price
-from the wrong bar.
+arrive, so a live paper session and its replay give the same fills. ``docs/fill-models.md``
+states every rule with a worked example; in short:
+
+- eligible bars: the bars of the order's venue and symbol that open at or after the order
+  time, plus, for a market order in ``fill="close"`` mode, the bar that closes exactly at
+  the order time (the bar the signal was decided on). With latency ``d`` (``latency_bars``
+  plus a seeded per-order jitter) the order skips its first ``d`` eligible bars;
+- market: ``next_open`` fills at the bar's open; ``close`` fills at the close of the bar
+  that closed at the order time, else like ``next_open``;
+- limit: fills when the bar's range reaches the limit (buy: low <= limit; sell: high >=
+  limit), at the limit price;
+- stop: triggers when the range reaches the stop, fills at the stop or at the open when the
+  bar gaps through it; the unfilled part of a triggered stop is a market order;
+- stop_limit: triggers like a stop, then rests as a limit at ``limit_price``; on the
+  trigger bar it fills only if prices known to follow the trigger reach the limit;
+- taker fills (market, stop) pay ``fee_bps`` and take slippage (``slippage_bps`` of the
+  price plus ``slippage_range_frac`` of the bar's range); maker fills (limit, stop_limit)
+  pay ``maker_fee_bps`` (default: ``fee_bps``) and take no slippage; every fill price is
+  clamped into the bar's [low, high];
+- with ``max_participation`` a bar fills at most that fraction of its volume; the rest
+  keeps working (``partially_filled`` reports carry ``cum_qty``);
+- IOC and FOK orders act on their first eligible bar only (IOC cancels what is unfilled,
+  FOK fills completely or not at all); GTC orders wait. An order older than every bar the
+  venue still keeps (the last ``HISTORY`` per symbol) is rejected as stale.
+
+The per-bar path with no working order is one history append.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
 from typing import Literal
 
 import msgspec
@@ -25,18 +40,41 @@ import msgspec
 from contracts.events import Bar, Event, ExecStatus, ExecutionReport, OrderCommand
 
 HISTORY = 1024
+MAX_LATENCY_BARS = 1000
 
 
 class PaperVenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The ``[execution]`` section of the fleet config; defaults reproduce the original venue."""
+
     fill: Literal["next_open", "close"] = "next_open"
-    fee_bps: float = 10.0
+    fee_bps: float = 10.0  # taker fee: market and stop fills
+    maker_fee_bps: float | None = None  # limit and stop_limit fills; None = fee_bps
     slippage_bps: float = 0.0
+    slippage_range_frac: float = 0.0
+    latency_bars: int = 0
+    latency_jitter_bars: int = 0
+    seed: int = 0
+    max_participation: float | None = None
 
     def __post_init__(self) -> None:
+        if self.fill not in ("next_open", "close"):
+            raise ValueError("fill must be 'next_open' or 'close'")
         if not 0 <= self.fee_bps <= 1000:
             raise ValueError("fee_bps must be within [0, 1000]")
+        if self.maker_fee_bps is not None and not -1000 <= self.maker_fee_bps <= 1000:
+            raise ValueError("maker_fee_bps must be within [-1000, 1000] (negative: a rebate)")
         if not 0 <= self.slippage_bps <= 1000:
             raise ValueError("slippage_bps must be within [0, 1000]")
+        if not 0 <= self.slippage_range_frac <= 1:
+            raise ValueError("slippage_range_frac must be within [0, 1]")
+        for name in ("latency_bars", "latency_jitter_bars"):
+            value = getattr(self, name)
+            if type(value) is not int or not 0 <= value <= MAX_LATENCY_BARS:
+                raise ValueError(f"{name} must be an integer within [0, {MAX_LATENCY_BARS}]")
+        if type(self.seed) is not int:
+            raise ValueError("seed must be an integer")
+        if self.max_participation is not None and not 0 < self.max_participation <= 1:
+            raise ValueError("max_participation must be within (0, 1] or unset")
 
 
 class _BarPrices(msgspec.Struct, array_like=True):
@@ -46,11 +84,16 @@ class _BarPrices(msgspec.Struct, array_like=True):
     high: float
     low: float
     close: float
+    # Bars restored from a snapshot taken before volume was kept do not limit fills.
+    volume: float = math.inf
 
 
 class _Pending(msgspec.Struct):
     order: OrderCommand
     venue_order_id: str
+    wait: int = 0  # eligible bars still to skip (latency)
+    triggered: bool = False  # stop / stop_limit: the stop has been reached
+    filled: float = 0.0  # cumulative filled quantity
 
 
 class PaperVenueState(msgspec.Struct):
@@ -63,35 +106,40 @@ class PaperVenue:
     def __init__(self, config: PaperVenueConfig) -> None:
         self.config = config
         self.state = PaperVenueState()
+        self._close_mode = config.fill == "close"
+        self._taker_bps = config.fee_bps
+        self._maker_bps = config.fee_bps if config.maker_fee_bps is None else config.maker_fee_bps
+        self._participation = config.max_participation
+        self._keys: dict[str, dict[str, str]] = {}  # venue -> symbol -> history key
 
     def decide(self, event: Event, now: int) -> list[Event]:
         match event:
+            case Bar():
+                return self._on_bar(event)
             case OrderCommand(action="new"):
                 return self._on_new(event, now)
             case OrderCommand(action="cancel"):
                 return self._on_cancel(event, now)
-            case Bar():
-                return self._on_bar(event)
         return []
+
+    # --- inputs ---------------------------------------------------------------------------
 
     def _on_new(self, order: OrderCommand, now: int) -> list[Event]:
         if any(p.order.client_order_id == order.client_order_id for p in self.state.pending):
             return [_report(order, "rejected", now, "", reason="duplicate client_order_id")]
-        pending = _Pending(order, f"paper-{self.state.next_id}")
+        pending = _Pending(order, f"paper-{self.state.next_id}", wait=self.delay(order))
         self.state.next_id += 1
         reports: list[Event] = [_report(order, "accepted", now, pending.venue_order_id)]
         history = self.state.bars.get(_key(order.venue, order.symbol), [])
         if len(history) == HISTORY and history[0].open_time > order.ts:
             reason = f"stale order: older than the last {HISTORY} bars the venue keeps"
-            return [
-                *reports,
-                _report(order, "rejected", now, pending.venue_order_id, reason=reason),
-            ]
+            reports.append(_report(order, "rejected", now, pending.venue_order_id, reason=reason))
+            return reports
+        ts = order.ts
         for bar in history:
-            if self._eligible(order, bar):
-                outcome = self._match(pending, bar)
-                if outcome is not None:
-                    return [*reports, outcome]
+            # A bar that closed before the order time can never be eligible.
+            if bar.close_time >= ts and self._advance(pending, bar, reports):
+                return reports
         self.state.pending.append(pending)
         return reports
 
@@ -99,80 +147,185 @@ class PaperVenue:
         for pending in self.state.pending:
             if pending.order.client_order_id == order.client_order_id:
                 self.state.pending.remove(pending)
-                return [_report(pending.order, "canceled", now, pending.venue_order_id)]
+                return [
+                    _report(
+                        pending.order,
+                        "canceled",
+                        now,
+                        pending.venue_order_id,
+                        cum_qty=pending.filled,
+                    )
+                ]
         return [_report(order, "rejected", now, "", reason="cancel of an unknown order")]
 
     def _on_bar(self, bar: Bar) -> list[Event]:
-        key = _key(bar.venue, bar.symbol)
-        prices = _BarPrices(bar.open_time, bar.close_time, bar.open, bar.high, bar.low, bar.close)
-        history = self.state.bars.setdefault(key, [])
+        by_symbol = self._keys.get(bar.venue)
+        key = by_symbol.get(bar.symbol) if by_symbol is not None else None
+        if key is None:
+            key = _key(bar.venue, bar.symbol)
+            self._keys.setdefault(bar.venue, {})[bar.symbol] = key
+        history = self.state.bars.get(key)
+        if history is None:
+            history = self.state.bars[key] = []
+        prices = _BarPrices(
+            bar.open_time, bar.close_time, bar.open, bar.high, bar.low, bar.close, bar.volume
+        )
         history.append(prices)
-        del history[:-HISTORY]
+        if len(history) > HISTORY:
+            del history[0]
+        pending = self.state.pending
+        if not pending:
+            return []
         reports: list[Event] = []
-        for pending in list(self.state.pending):
-            order = pending.order
-            if _key(order.venue, order.symbol) != key or not self._eligible(order, prices):
-                continue
-            outcome = self._match(pending, prices)
-            if outcome is not None:
-                self.state.pending.remove(pending)
-                reports.append(outcome)
+        done: list[_Pending] = []
+        for working in pending:
+            order = working.order
+            if order.symbol == bar.symbol and order.venue == bar.venue:
+                if self._advance(working, prices, reports):
+                    done.append(working)
+        if done:
+            self.state.pending = [p for p in pending if not any(p is d for d in done)]
         return reports
 
-    def _fills_at_close(self, order: OrderCommand, bar: _BarPrices) -> bool:
-        return (
-            self.config.fill == "close"
-            and order.order_type == "market"
-            and bar.close_time == order.ts
-        )
+    # --- rules ----------------------------------------------------------------------------
 
-    def _eligible(self, order: OrderCommand, bar: _BarPrices) -> bool:
-        """Bars that may fill the order: from its time on, or the bar it was decided on."""
-        return bar.open_time >= order.ts or self._fills_at_close(order, bar)
+    def delay(self, order: OrderCommand) -> int:
+        """Eligible bars the order skips: ``latency_bars`` plus its seeded jitter.
 
-    def _match(self, pending: _Pending, bar: _BarPrices) -> ExecutionReport | None:
-        """The fill (or IOC/FOK cancel) this bar gives the order, or None to keep waiting.
+        The jitter is ``int.from_bytes(sha256(f"{seed}:{client_order_id}")[:8], "big") %
+        (latency_jitter_bars + 1)``: a function of the seed and the order id only, so it does
+        not depend on which orders came before or on the Python process.
+        """
+        span = self.config.latency_jitter_bars
+        if not span:
+            return self.config.latency_bars
+        digest = hashlib.sha256(f"{self.config.seed}:{order.client_order_id}".encode()).digest()
+        return self.config.latency_bars + int.from_bytes(digest[:8], "big") % (span + 1)
 
-        The report's time is the bar's close, whichever input (order or bar) came last.
+    def _advance(self, pending: _Pending, bar: _BarPrices, out: list[Event]) -> bool:
+        """Give one bar of the order's symbol to a working order, appending its reports to
+        ``out``; True when the order is done (filled or canceled).
+
+        Report times are the bar's close, whichever input (order or bar) came last.
         """
         order = pending.order
+        if bar.open_time < order.ts and not (
+            self._close_mode and bar.close_time == order.ts and order.order_type == "market"
+        ):
+            return False  # not eligible: the bar is before the order
+        if pending.wait:
+            pending.wait -= 1  # latency: the order has not reached the venue yet
+            return False
         now = bar.close_time
+        price = self._price(pending, bar)
+        tif = order.time_in_force
+        if price is None:
+            if tif == "GTC":
+                return False
+            out.append(self._canceled(pending, now, "not fillable"))
+            return True
+        participation = self._participation
+        remaining = order.qty - pending.filled
+        if participation is None or participation * bar.volume >= remaining:
+            out.append(self._final_fill(pending, price, now))
+            return True
+        if tif == "FOK":
+            out.append(self._canceled(pending, now, "FOK: the bar's volume cannot fill it all"))
+            return True
+        qty = participation * bar.volume
+        if qty > 0:
+            pending.filled += qty
+            out.append(self._fill(pending, "partially_filled", price, qty, pending.filled, now))
+        if tif == "IOC":
+            reason = "IOC: unfilled remainder canceled" if qty > 0 else "no volume on the bar"
+            out.append(self._canceled(pending, now, reason))
+            return True
+        return False
+
+    def _price(self, pending: _Pending, bar: _BarPrices) -> float | None:
+        """The price this bar fills the order at (slipped and clamped), or None."""
+        order = pending.order
+        kind = order.order_type
         buy = order.side == "buy"
-        price: float | None = None
-        if order.order_type == "market":
-            price = bar.close if self._fills_at_close(order, bar) else bar.open
-        elif order.order_type == "limit":
-            limit = order.limit_price or 0.0
-            if (buy and bar.low <= limit) or (not buy and bar.high >= limit):
-                return self._fill(pending, limit, now, slip=False)
+        if kind == "market" or (kind == "stop" and pending.triggered):
+            at_close = self._close_mode and kind == "market" and bar.close_time == order.ts
+            return self._taker_price(bar.close if at_close else bar.open, buy, bar)
+        limit = order.limit_price or 0.0
+        if kind == "limit" or pending.triggered:  # a limit, or a triggered stop_limit
+            if bar.low <= limit if buy else bar.high >= limit:
+                return _clamp(limit, bar)
+            return None
+        stop = order.stop_price or 0.0
+        if buy:
+            if bar.high < stop:
+                return None
+            gap = bar.open >= stop
         else:
-            stop = order.stop_price or 0.0
-            if buy and bar.high >= stop:
-                price = max(bar.open, stop)
-            elif not buy and bar.low <= stop:
-                price = min(bar.open, stop)
-        if price is not None:
-            return self._fill(pending, price, now)
-        if order.time_in_force in ("IOC", "FOK"):
-            return _report(order, "canceled", now, pending.venue_order_id, reason="not fillable")
-        return None
+            if bar.low > stop:
+                return None
+            gap = bar.open <= stop
+        pending.triggered = True
+        if kind == "stop":
+            return self._taker_price(max(bar.open, stop) if buy else min(bar.open, stop), buy, bar)
+        # stop_limit on its trigger bar: only prices known to follow the trigger count; that
+        # is the whole bar when it opened through the stop, else the stop price alone.
+        if gap:
+            reached = bar.low <= limit if buy else bar.high >= limit
+        else:
+            reached = stop <= limit if buy else stop >= limit
+        return _clamp(limit, bar) if reached else None
+
+    def _taker_price(self, price: float, buy: bool, bar: _BarPrices) -> float:
+        sign = 1.0 if buy else -1.0
+        price *= 1.0 + sign * self.config.slippage_bps / 10_000.0
+        frac = self.config.slippage_range_frac
+        if frac:
+            price += sign * frac * (bar.high - bar.low)
+        return _clamp(price, bar)
+
+    def _final_fill(self, pending: _Pending, price: float, now: int) -> ExecutionReport:
+        order = pending.order
+        filled = pending.filled
+        qty = order.qty
+        if filled:
+            qty -= filled
+            # Keep the sum of fill_qty (accumulated in report order) within order.qty.
+            while filled + qty > order.qty:
+                qty = math.nextafter(qty, 0.0)
+        pending.filled = order.qty
+        return self._fill(pending, "filled", price, qty, order.qty, now)
 
     def _fill(
-        self, pending: _Pending, price: float, now: int, slip: bool = True
+        self,
+        pending: _Pending,
+        status: ExecStatus,
+        price: float,
+        qty: float,
+        cum_qty: float,
+        now: int,
     ) -> ExecutionReport:
         order = pending.order
-        if slip:
-            sign = 1.0 if order.side == "buy" else -1.0
-            price *= 1.0 + sign * self.config.slippage_bps / 10_000.0
-        fee = price * order.qty * self.config.fee_bps / 10_000.0
+        taker = order.order_type == "market" or order.order_type == "stop"
+        fee = price * qty * (self._taker_bps if taker else self._maker_bps) / 10_000.0
         return _report(
             order,
-            "filled",
+            status,
             now,
             pending.venue_order_id,
             fill_price=price,
-            fill_qty=order.qty,
+            fill_qty=qty,
+            cum_qty=cum_qty,
             fee=fee,
+        )
+
+    def _canceled(self, pending: _Pending, now: int, reason: str) -> ExecutionReport:
+        return _report(
+            pending.order,
+            "canceled",
+            now,
+            pending.venue_order_id,
+            cum_qty=pending.filled,
+            reason=reason,
         )
 
     def snapshot(self) -> bytes:
@@ -186,6 +339,15 @@ def _key(venue: str, symbol: str) -> str:
     return f"{venue}|{symbol}"
 
 
+def _clamp(price: float, bar: _BarPrices) -> float:
+    """Clamp a fill price into the range the bar traded."""
+    if price > bar.high:
+        return bar.high
+    if price < bar.low:
+        return bar.low
+    return price
+
+
 def _report(
     order: OrderCommand,
     status: ExecStatus,
@@ -193,6 +355,7 @@ def _report(
     venue_order_id: str,
     fill_price: float = 0.0,
     fill_qty: float = 0.0,
+    cum_qty: float = 0.0,
     fee: float = 0.0,
     reason: str = "",
 ) -> ExecutionReport:
@@ -208,7 +371,7 @@ def _report(
         venue_order_id=venue_order_id,
         fill_price=fill_price,
         fill_qty=fill_qty,
-        cum_qty=fill_qty,
+        cum_qty=cum_qty,
         fee=fee,
         model_tag=order.model_tag,
         reason=reason,

@@ -13,7 +13,7 @@ from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 
-from contracts.envelope import Envelope, content_id
+from contracts.envelope import bar_envelope
 from contracts.events import Bar
 from contracts.subjects import subject_for
 from eventstore.bus import Bus, Stored
@@ -26,12 +26,6 @@ class FeedResult(msgspec.Struct):
     stored: int = 0
     duplicates: int = 0
     stale: int = 0
-
-
-def bar_envelope(bar: Bar) -> Envelope:
-    return Envelope.root(
-        content_id("bar", bar.venue, bar.symbol, bar.interval, bar.open_time), bar.ts
-    )
 
 
 async def publish_bars(

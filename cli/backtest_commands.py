@@ -1,0 +1,238 @@
+"""``keel backtest`` and ``keel replay``: the user's backtesting workflow."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Literal
+
+import msgspec
+import typer
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from cli.console import console, fail, load_config_or_exit, user_errors
+from cli.timeparse import parse_time
+from eventstore.server import nats_url
+from replay.backtest import BacktestResult, BacktestSpec, load_run, run_backtest
+from replay.market import DataSource
+from services.config import KeelConfig, StrategyConfig
+from services.fleet import fleet_roles
+from strategies.registry import parse_params
+
+
+def pair_data_with_symbols(argv: list[str]) -> list[tuple[str, str | None]]:
+    """Each ``--data`` takes the ``--symbol`` that follows it (before the next ``--data``)."""
+    pairs: list[tuple[str, str | None]] = []
+    tokens = iter(argv)
+    for token in tokens:
+        name, eq, inline = token.partition("=")
+        if name not in ("--data", "--symbol"):
+            continue
+        value = inline if eq else next(tokens, "")
+        if name == "--data":
+            pairs.append((value, None))
+        elif not pairs:
+            raise fail("--symbol must follow the --data it names")
+        elif pairs[-1][1] is not None:
+            raise fail(f"--data {pairs[-1][0]} has two --symbol options")
+        else:
+            pairs[-1] = (pairs[-1][0], value)
+    return pairs
+
+
+def _ns(text: str | None, what: str) -> int | None:
+    if text is None:
+        return None
+    try:
+        return int(parse_time(text).timestamp() * 1e9)
+    except ValueError as exc:
+        raise fail(f"{what}: {exc}") from None
+
+
+def _spec(
+    config: KeelConfig,
+    strategy: str | None,
+    params: list[str],
+    sources: list[DataSource],
+    start: int | None,
+    end: int | None,
+    cash: float | None,
+    fill: str | None,
+    fee_bps: float | None,
+    slippage_bps: float | None,
+) -> BacktestSpec:
+    if strategy is not None:
+        parsed = parse_params(params)
+        config = msgspec.structs.replace(
+            config, strategies=(StrategyConfig(name=strategy, instance=strategy, params=parsed),)
+        )
+    elif params:
+        raise fail("--param needs --strategy")
+    execution = {
+        k: v
+        for k, v in (("fill", fill), ("fee_bps", fee_bps), ("slippage_bps", slippage_bps))
+        if v is not None
+    }
+    try:
+        if execution:
+            config = msgspec.structs.replace(
+                config, execution=msgspec.structs.replace(config.execution, **execution)
+            )
+        if cash is not None:
+            config = msgspec.structs.replace(
+                config, portfolio=msgspec.structs.replace(config.portfolio, starting_cash=cash)
+            )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    return BacktestSpec(config=config, data=tuple(sources), start=start, end=end)
+
+
+def backtest(
+    strategy: Annotated[
+        str | None, typer.Option("--strategy", help="Strategy name (else the config's strategies).")
+    ] = None,
+    param: Annotated[
+        list[str] | None, typer.Option("--param", help="key=value, repeatable.")
+    ] = None,
+    data: Annotated[
+        list[str] | None,
+        typer.Option("--data", help="Bar file, or a stream (MARKET) / subject filter; repeatable."),
+    ] = None,
+    symbol: Annotated[
+        list[str] | None,
+        typer.Option("--symbol", help="Symbol of the --data before it (default: file stem)."),
+    ] = None,
+    venue: Annotated[str, typer.Option("--venue", help="Venue name for file data.")] = "local",
+    interval: Annotated[
+        str | None,
+        typer.Option("--interval", help="Bar interval of file data (default: inferred)."),
+    ] = None,
+    start: Annotated[
+        str | None, typer.Option("--start", help="First bar (ISO time), inclusive.")
+    ] = None,
+    end: Annotated[str | None, typer.Option("--end", help="End (ISO time), exclusive.")] = None,
+    cash: Annotated[float | None, typer.Option("--cash", help="Starting cash.")] = None,
+    fill: Annotated[
+        Literal["next_open", "close"] | None,
+        typer.Option("--fill", help="Market fills: next bar's open or this bar's close."),
+    ] = None,
+    fee_bps: Annotated[float | None, typer.Option("--fee-bps")] = None,
+    slippage_bps: Annotated[float | None, typer.Option("--slippage-bps")] = None,
+    config: Annotated[Path | None, typer.Option("--config", help="Fleet config (TOML).")] = None,
+    out: Annotated[Path | None, typer.Option("--out", help="Run directory to write.")] = None,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="One JSON object on the last line.")
+    ] = False,
+) -> None:
+    """Replay market data through the fleet's own logic, in process, and report."""
+    if not data:
+        raise fail("give at least one --data FILE|STREAM")
+    pairs = pair_data_with_symbols(sys.argv[1:])
+    if [d for d, _ in pairs] != data:  # not called from a command line: pair by position
+        pairs = list(zip(data, [*(symbol or []), *([None] * len(data))], strict=False))
+    sources = [DataSource(location=d, symbol=s, venue=venue, interval=interval) for d, s in pairs]
+    spec = _spec(
+        load_config_or_exit(config),
+        strategy,
+        param or [],
+        sources,
+        _ns(start, "--start"),
+        _ns(end, "--end"),
+        cash,
+        fill,
+        fee_bps,
+        slippage_bps,
+    )
+    with user_errors():
+        fleet_roles(spec.config)  # unknown strategy or bad params: say so before reading data
+        spec = msgspec.structs.replace(spec, data=tuple(s.with_digest() for s in spec.data))
+        result = _execute(spec, out, as_json)
+    _show(result, out, as_json)
+
+
+def _execute(spec: BacktestSpec, out: Path | None, quiet: bool) -> BacktestResult:
+    needs_server = any(s.is_stream for s in spec.data)
+    with Progress(
+        TextColumn("[bold]backtest"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TimeRemainingColumn(),
+        console=console,
+        transient=True,
+        disable=quiet,
+    ) as progress:
+        task = progress.add_task("bars", total=None)
+
+        def advance(n: int) -> None:
+            progress.advance(task, n)
+
+        if needs_server:
+            with nats_url() as url:
+                return run_backtest(spec, out, url, advance)
+        return run_backtest(spec, out, None, advance)
+
+
+def _show(result: BacktestResult, out: Path | None, as_json: bool) -> None:
+    if as_json:
+        sys.stdout.write(msgspec.json.encode(result).decode() + "\n")
+        return
+    console.print(summary_table(result))
+    for event in result.risk_events[:10]:
+        console.print(f"[yellow]{event.ts} {event.rule}: {event.detail}[/]", highlight=False)
+    if out is not None:
+        console.print(f"run stored in {out}")
+
+
+def summary_table(result: BacktestResult) -> Table:
+    table = Table(title="Keel backtest", show_header=False)
+    pf = "n/a (no losing trade)" if result.profit_factor is None else f"{result.profit_factor:.3f}"
+    for label, value in (
+        ("bars", f"{result.bars:,}"),
+        ("signals / orders / fills", f"{result.signals:,} / {result.orders:,} / {result.fills:,}"),
+        ("rejections", f"{result.rejections:,}"),
+        ("trades", f"{result.trades:,}"),
+        ("final equity", f"{result.final_equity:,.2f}"),
+        ("return", f"{result.return_pct:+.3f}%"),
+        ("sharpe / sortino", f"{result.sharpe:.3f} / {result.sortino:.3f}"),
+        ("max drawdown", f"{result.max_drawdown_pct:.3f}%"),
+        ("win rate", f"{result.win_rate * 100:.1f}%"),
+        ("profit factor", pf),
+        ("fees", f"{result.fees:,.2f}"),
+        ("speed", f"{result.bars_per_s:,.0f} bars/s ({result.wall_s:.2f}s)"),
+        ("result hash", result.result_hash[:16]),
+    ):
+        table.add_row(label, value)
+    return table
+
+
+def replay(
+    run_dir: Annotated[
+        Path, typer.Argument(help="A run directory written by keel backtest --out.")
+    ],
+    as_json: Annotated[bool, typer.Option("--json")] = False,
+) -> None:
+    """Re-run a stored run and check that it reproduces the same result hash."""
+    with user_errors():
+        record = load_run(run_dir)
+        result = _execute(record.spec, None, as_json)
+    same = result.result_hash == record.result.result_hash
+    if as_json:
+        sys.stdout.write(
+            msgspec.json.encode(
+                {
+                    "result_hash": result.result_hash,
+                    "recorded_hash": record.result.result_hash,
+                    "identical": same,
+                }
+            ).decode()
+            + "\n"
+        )
+    elif same:
+        console.print(f"[green]identical[/]: {result.bars:,} bars, hash {result.result_hash[:16]}")
+    else:
+        console.print(
+            f"[red]different[/]: recorded {record.result.result_hash[:16]}, now {result.result_hash[:16]}"
+        )
+    if not same:
+        raise typer.Exit(1)

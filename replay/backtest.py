@@ -1,0 +1,183 @@
+"""A backtest: a spec (config + data + window) replayed in process into a run directory.
+
+RUN_DIR layout:
+- ``run.json``: the spec, the result hash and the metrics (what ``keel replay`` re-runs);
+- ``events.parquet``: every output event (producer, subject, type, ts, ids, JSON payload);
+- ``trades.parquet``: round trips from the fills; ``equity.parquet``: the equity curve;
+- ``metrics.json``: the summary; ``report.html``: interactive plots.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import msgspec
+import numpy as np
+import polars as pl
+
+from eventstore.errors import KeelError
+from replay.engine import ReplayEngine
+from replay.market import DataSource, market_events
+from replay.metrics import (
+    curve_metrics,
+    periods_per_year,
+    trade_stats,
+    trades_from_fills,
+)
+from replay.recorder import RiskEvent, RunRecorder
+from services.config import KeelConfig
+from services.fleet import fleet_roles
+
+RUN_FILE = "run.json"
+
+
+class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    config: KeelConfig
+    data: tuple[DataSource, ...]
+    start: int | None = None
+    end: int | None = None
+    periods_per_year: float | None = None
+
+
+class BacktestResult(msgspec.Struct, frozen=True):
+    bars: int
+    signals: int
+    orders: int
+    fills: int
+    rejections: int
+    dead_letters: int
+    trades: int
+    final_equity: float
+    return_pct: float
+    sharpe: float
+    sortino: float
+    max_drawdown_pct: float
+    win_rate: float
+    profit_factor: float | None
+    exposure_pct: float
+    fees: float
+    wall_s: float
+    bars_per_s: float
+    result_hash: str
+    interval: str
+    risk_events: list[RiskEvent]
+
+
+class RunRecord(msgspec.Struct, frozen=True):
+    spec: BacktestSpec
+    result: BacktestResult
+
+
+def run_backtest(
+    spec: BacktestSpec,
+    out_dir: Path | None = None,
+    url: str | None = None,
+    progress: Callable[[int], None] | None = None,
+) -> BacktestResult:
+    started = time.perf_counter()
+    count, bars = market_events(spec.data, url, spec.start, spec.end)
+    roles = fleet_roles(spec.config)
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    recorder = RunRecorder([r.name for r in roles], out_dir / "events.parquet" if out_dir else None)
+    engine = ReplayEngine(roles, recorder)
+    interval = ""
+    try:
+        for bar in bars:
+            interval = interval or bar.interval
+            engine.feed(bar)
+            if progress and engine.market_events % 4096 == 0:
+                progress(4096)
+    finally:
+        recorder.close()
+    if progress:
+        progress(engine.market_events % 4096)
+    wall = time.perf_counter() - started
+    result = _summarise(spec, recorder, count, interval, wall)
+    if out_dir is not None:
+        _write_run(out_dir, spec, result, recorder)
+    return result
+
+
+def _summarise(
+    spec: BacktestSpec, recorder: RunRecorder, bars: int, interval: str, wall: float
+) -> BacktestResult:
+    periods = spec.periods_per_year or periods_per_year(interval)
+    cash = spec.config.portfolio.starting_cash
+    curve = curve_metrics(
+        np.frombuffer(recorder.equity, dtype=np.float64),
+        np.frombuffer(recorder.exposure, dtype=np.float64),
+        cash,
+        periods,
+    )
+    trades = trades_from_fills(recorder.fills)
+    win_rate, profit_factor = trade_stats(trades)
+    counts = recorder.counts
+    return BacktestResult(
+        bars=bars,
+        signals=counts.signals,
+        orders=counts.orders,
+        fills=counts.fills,
+        rejections=counts.rejections,
+        dead_letters=counts.dead_letters,
+        trades=len(trades),
+        final_equity=curve["final_equity"],
+        return_pct=curve["return_pct"],
+        sharpe=curve["sharpe"],
+        sortino=curve["sortino"],
+        max_drawdown_pct=curve["max_drawdown_pct"],
+        win_rate=win_rate,
+        profit_factor=profit_factor,
+        exposure_pct=curve["exposure_pct"],
+        fees=sum(f.fee for f in recorder.fills),
+        wall_s=round(wall, 6),
+        bars_per_s=round(bars / wall, 1) if wall > 0 else 0.0,
+        result_hash=recorder.result_hash(),
+        interval=interval,
+        risk_events=recorder.risk_events,
+    )
+
+
+def _write_run(out_dir: Path, spec: BacktestSpec, result: BacktestResult, rec: RunRecorder) -> None:
+    record = RunRecord(spec, result)
+    (out_dir / RUN_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(record)))
+    (out_dir / "metrics.json").write_bytes(msgspec.json.format(msgspec.json.encode(result)))
+    pl.DataFrame(
+        {
+            "ts": np.frombuffer(rec.equity_ts, dtype=np.int64),
+            "equity": np.frombuffer(rec.equity, dtype=np.float64),
+            "gross_exposure": np.frombuffer(rec.exposure, dtype=np.float64),
+        }
+    ).write_parquet(out_dir / "equity.parquet")
+    trades = trades_from_fills(rec.fills)
+    pl.DataFrame(
+        [msgspec.structs.asdict(t) for t in trades] or None,
+        schema=_TRADE_SCHEMA,
+    ).write_parquet(out_dir / "trades.parquet")
+
+
+_TRADE_SCHEMA = {
+    "strategy": pl.String,
+    "venue": pl.String,
+    "symbol": pl.String,
+    "side": pl.String,
+    "qty": pl.Float64,
+    "entry_ts": pl.Int64,
+    "exit_ts": pl.Int64,
+    "entry_price": pl.Float64,
+    "exit_price": pl.Float64,
+    "pnl": pl.Float64,
+    "fees": pl.Float64,
+}
+
+
+def load_run(run_dir: Path) -> RunRecord:
+    path = run_dir / RUN_FILE
+    try:
+        return msgspec.json.decode(path.read_bytes(), type=RunRecord)
+    except FileNotFoundError as exc:
+        raise KeelError(f"{run_dir} is not a run directory (no {RUN_FILE})") from exc
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise KeelError(f"{path} is damaged or from another version: {exc}") from exc
