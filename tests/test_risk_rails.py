@@ -173,7 +173,7 @@ def test_strategies_have_their_own_targets() -> None:
     order_of(engine.decide(sig(1.0, strategy="a"), NOW))
     other = order_of(engine.decide(sig(1.0, strategy="b"), NOW))
     assert (other.strategy, other.side, other.qty) == ("b", "buy", 1.0)
-    assert other.client_order_id == f"b-BTC-USDT-{T0}-2"
+    assert other.client_order_id == f"b-BTC-USDT-{T0}-1"  # counted per strategy and symbol
 
 
 @pytest.mark.parametrize(("side", "size"), [("buy", 0.5), ("sell", 2.0)])

@@ -49,7 +49,7 @@ class RiskState(msgspec.Struct):
     positions: dict[str, float] = msgspec.field(default_factory=dict)
     working: dict[str, _Working] = msgspec.field(default_factory=dict)
     prices: dict[str, float] = msgspec.field(default_factory=dict)
-    orders: int = 0
+    orders: dict[str, int] = msgspec.field(default_factory=dict)
 
 
 def _symbol_key(venue: str, symbol: str) -> str:
@@ -109,13 +109,10 @@ class RiskEngine:
                 rule=rule,
                 reason=reason,
             )
-        self.state.orders += 1
-        order_id = (
-            f"{signal.strategy}-{symbol_token(signal.symbol)}-{signal.ts}-{self.state.orders}"
-        )
-        self.state.working[order_id] = _Working(
-            f"{signal.strategy}#{symbol_key}", symbol_key, delta
-        )
+        key = f"{signal.strategy}#{symbol_key}"
+        count = self.state.orders[key] = self.state.orders.get(key, 0) + 1
+        order_id = f"{signal.strategy}-{symbol_token(signal.symbol)}-{signal.ts}-{count}"
+        self.state.working[order_id] = _Working(key, symbol_key, delta)
         return OrderCommand(
             ts=now,
             action="new",
