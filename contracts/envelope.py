@@ -28,7 +28,10 @@ def _digest(text: str, size: int) -> str:
 
 
 def derive_id(producer: str, cause_id: str, index: int) -> str:
-    return content_id(producer, cause_id, index)
+    """Length-prefixing the producer and ending with the index keeps the framing
+    unambiguous without JSON (this runs for every output event)."""
+    text = f"{len(producer)}:{producer}{cause_id}:{index}"
+    return hashlib.blake2b(text.encode(), digest_size=16).hexdigest()
 
 
 def content_id(*parts: str | int) -> str:

@@ -9,7 +9,9 @@ never change a field's type, bump ``SCHEMA_VERSION`` when a meaning changes.
 from __future__ import annotations
 
 import math
-from typing import Literal
+import operator
+from collections.abc import Callable
+from typing import Literal, get_args
 
 import msgspec
 
@@ -35,10 +37,44 @@ class Event(msgspec.Struct, frozen=True, tag=True, tag_field="type", kw_only=Tru
     ts: int
 
     def __post_init__(self) -> None:
-        for field in self.__struct_fields__:
-            value = getattr(self, field)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{field} must be finite")
+        required, optional = _float_fields(type(self))
+        values = required(self) if required else ()
+        try:
+            finite = math.isfinite(math.fsum(values))
+        except OverflowError:
+            finite = False
+        if not finite or (optional and not _all_finite(optional(self))):
+            for field in self.__struct_fields__:
+                value = getattr(self, field)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"{field} must be finite")
+
+
+_FloatGetter = Callable[[Event], tuple[float | None, ...]]
+_FLOAT_FIELDS: dict[type, tuple[_FloatGetter | None, _FloatGetter | None]] = {}
+
+
+def _getter(names: list[str]) -> _FloatGetter | None:
+    if not names:
+        return None
+    get = operator.attrgetter(*names)
+    return get if len(names) > 1 else lambda event: (get(event),)
+
+
+def _float_fields(cls: type) -> tuple[_FloatGetter | None, _FloatGetter | None]:
+    """Getters of a class's float fields (required, optional): the finite check runs on every
+    event built, so it is done with one ``fsum`` over the values, not a loop per field."""
+    cached = _FLOAT_FIELDS.get(cls)
+    if cached is None:
+        fields = msgspec.structs.fields(cls)
+        required = [f.name for f in fields if f.type is float]
+        optional = [f.name for f in fields if f.type is not float and float in get_args(f.type)]
+        cached = _FLOAT_FIELDS[cls] = (_getter(required), _getter(optional))
+    return cached
+
+
+def _all_finite(values: tuple[float | None, ...]) -> bool:
+    return all(v is None or math.isfinite(v) for v in values)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -80,6 +116,15 @@ class Bar(Event, frozen=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
+        if (
+            self.low > 0
+            and self.high >= self.low
+            and min(self.open, self.close) > 0
+            and self.volume >= 0
+            and self.close_time > self.open_time
+            and self.ts == self.close_time
+        ):
+            return
         _require(min(self.open, self.high, self.low, self.close) > 0, "prices must be > 0")
         _require(self.volume >= 0, "volume must be >= 0")
         _require(self.high >= self.low, "high below low")

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import functools
 import re
+from collections.abc import Callable
+from typing import Any
 
 import msgspec
 
@@ -90,6 +92,7 @@ def token_symbol(token: str) -> str:
     return symbol
 
 
+@functools.lru_cache(maxsize=65_536)
 def bar_subject(venue: str, symbol: str, interval: str) -> str:
     return f"md.bar.{name_token(venue, 'venue')}.{symbol_token(symbol)}.{name_token(interval)}"
 
@@ -99,36 +102,45 @@ def bars_of_symbol(symbol: str) -> str:
     return f"md.bar.*.{symbol_token(symbol)}.*"
 
 
+@functools.lru_cache(maxsize=65_536)
+def _market(kind: str, venue: str, symbol: str) -> str:
+    return f"md.{kind}.{name_token(venue, 'venue')}.{symbol_token(symbol)}"
+
+
+@functools.lru_cache(maxsize=65_536)
+def _venue_symbol(prefix: str, venue: str, symbol: str) -> str:
+    return f"{prefix}.{name_token(venue, 'venue')}.{symbol_token(symbol)}"
+
+
+@functools.lru_cache(maxsize=65_536)
+def _named_symbol(prefix: str, name: str, venue: str | None, symbol: str) -> str:
+    middle = f".{name_token(venue, 'venue')}" if venue is not None else ""
+    return f"{prefix}.{name_token(name, 'strategy')}{middle}.{symbol_token(symbol)}"
+
+
+_SUBJECTS: dict[type, Callable[[Any], str]] = {
+    Bar: lambda e: bar_subject(e.venue, e.symbol, e.interval),
+    Trade: lambda e: _market("trade", e.venue, e.symbol),
+    Quote: lambda e: _market("quote", e.venue, e.symbol),
+    Instrument: lambda e: _market("instrument", e.venue, e.symbol),
+    Signal: lambda e: _named_symbol("sig", e.strategy, e.venue, e.symbol),
+    OrderCommand: lambda e: _venue_symbol("ord.cmd", e.venue, e.symbol),
+    RiskDecision: lambda e: _named_symbol("ord.risk", e.strategy, None, e.symbol),
+    ExecutionReport: lambda e: _venue_symbol("exec.report", e.venue, e.symbol),
+    PositionChanged: lambda e: _venue_symbol("pf.position", e.venue, e.symbol),
+    EquitySnapshot: lambda e: "pf.equity",
+    GovernanceCommand: lambda e: f"gov.cmd.{e.action}",
+    Heartbeat: lambda e: f"sys.heartbeat.{name_token(e.worker, 'worker')}",
+    DeadLetter: lambda e: f"sys.dlq.{name_token(e.worker, 'worker')}",
+}
+
+
 def subject_for(event: Event) -> str:
     """The subject an event is published on."""
-    match event:
-        case Bar():
-            return bar_subject(event.venue, event.symbol, event.interval)
-        case Trade() | Quote() | Instrument():
-            kind = type(event).__name__.lower()
-            return f"md.{kind}.{name_token(event.venue, 'venue')}.{symbol_token(event.symbol)}"
-        case Signal():
-            return (
-                f"sig.{name_token(event.strategy, 'strategy')}."
-                f"{name_token(event.venue, 'venue')}.{symbol_token(event.symbol)}"
-            )
-        case OrderCommand():
-            return f"ord.cmd.{name_token(event.venue, 'venue')}.{symbol_token(event.symbol)}"
-        case RiskDecision():
-            return f"ord.risk.{name_token(event.strategy, 'strategy')}.{symbol_token(event.symbol)}"
-        case ExecutionReport():
-            return f"exec.report.{name_token(event.venue, 'venue')}.{symbol_token(event.symbol)}"
-        case PositionChanged():
-            return f"pf.position.{name_token(event.venue, 'venue')}.{symbol_token(event.symbol)}"
-        case EquitySnapshot():
-            return "pf.equity"
-        case GovernanceCommand():
-            return f"gov.cmd.{event.action}"
-        case Heartbeat():
-            return f"sys.heartbeat.{name_token(event.worker, 'worker')}"
-        case DeadLetter():
-            return f"sys.dlq.{name_token(event.worker, 'worker')}"
-    raise SubjectError(f"no subject for {type(event).__name__}")
+    build = _SUBJECTS.get(type(event))
+    if build is None:
+        raise SubjectError(f"no subject for {type(event).__name__}")
+    return build(event)
 
 
 class BarSubject(msgspec.Struct, frozen=True):

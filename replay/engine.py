@@ -25,7 +25,21 @@ from contracts.events import Bar, DeadLetter, Event
 from contracts.subjects import subject_for, subject_matches
 from services.runtime.role import Role
 
-Sink = Callable[[str, Event, Envelope, str], None]
+LazyEnvelope = tuple
+"""An output's envelope, not yet derived: ``(bar,)`` for a market event, or
+``(parent, producer, index, ts)``. Ids are derived only when asked for (the Parquet writer
+asks; the hash does not need them), which keeps id hashing off the replay's hot path."""
+
+
+def resolve(lazy: LazyEnvelope) -> Envelope:
+    """The envelope a live worker would give the same event."""
+    if len(lazy) == 1:
+        return bar_envelope(lazy[0])
+    parent, producer, index, ts = lazy
+    return resolve(parent).child(producer, index, ts)
+
+
+Sink = Callable[[str, Event, LazyEnvelope, str], None]
 """Receives every output: (subject, event, envelope, producer)."""
 
 
@@ -52,31 +66,33 @@ class ReplayEngine:
             self.feed(bar)
 
     def feed(self, bar: Bar) -> None:
-        """Process one market event and everything it causes."""
+        """Process one market event and everything it causes; the clock is each event's time."""
         self.market_events += 1
-        queue: collections.deque[tuple[Event, Envelope, str]] = collections.deque()
-        queue.append((bar, bar_envelope(bar), subject_for(bar)))
+        routes, route, sink = self._routes, self._route, self._sink
+        queue: collections.deque[tuple[Event, LazyEnvelope, str]] = collections.deque()
+        queue.append((bar, (bar,), subject_for(bar)))
         while queue:
             event, envelope, subject = queue.popleft()
-            for role in self._route(subject):
-                for index, output in enumerate(self._decide(role, event, envelope, subject)):
-                    child = envelope.child(role.name, index, output.ts)
+            roles = routes.get(subject)
+            for role in route(subject) if roles is None else roles:
+                try:
+                    outputs = role.decider.decide(event, event.ts)
+                except Exception as exc:
+                    outputs = [_dead_letter(role, event, subject, exc)]
+                for index, output in enumerate(outputs):
+                    child = (envelope, role.name, index, output.ts)
                     out_subject = subject_for(output)
-                    self._sink(out_subject, output, child, role.name)
-                    queue.append((output, child, out_subject))
+                    sink(out_subject, output, child, role.name)
+                    if routes.get(out_subject, True):  # nobody consumes it: nothing to queue
+                        queue.append((output, child, out_subject))
 
-    @staticmethod
-    def _decide(role: Role, event: Event, envelope: Envelope, subject: str) -> Sequence[Event]:
-        """A decider that raises gives a dead letter, as in a live worker."""
-        try:
-            return role.decider.decide(event, envelope.event_time)
-        except Exception as exc:
-            return [
-                DeadLetter(
-                    ts=envelope.event_time,
-                    worker=role.name,
-                    subject=subject,
-                    reason=f"handler error: {type(exc).__name__}: {exc}",
-                    payload=encode(event),
-                )
-            ]
+
+def _dead_letter(role: Role, event: Event, subject: str, exc: Exception) -> DeadLetter:
+    """A decider that raises gives a dead letter, as in a live worker."""
+    return DeadLetter(
+        ts=event.ts,
+        worker=role.name,
+        subject=subject,
+        reason=f"handler error: {type(exc).__name__}: {exc}",
+        payload=encode(event),
+    )

@@ -30,6 +30,7 @@ from contracts.events import (
     RiskDecision,
     Signal,
 )
+from replay.engine import LazyEnvelope, resolve
 
 ROW_GROUP = 65_536
 
@@ -84,18 +85,15 @@ class RunRecorder:
         self._writer = pq.ParquetWriter(events_path, EVENT_SCHEMA) if events_path else None
         self._rows: dict[str, list] = {name: [] for name in EVENT_SCHEMA.names}
 
-    def __call__(self, subject: str, event: Event, envelope: Envelope, producer: str) -> None:
+    def __call__(self, subject: str, event: Event, envelope: LazyEnvelope, producer: str) -> None:
         payload = encode(event)
         digest = self._hashes.get(producer)
         if digest is None:
             digest = self._hashes[producer] = hashlib.sha256()
-        digest.update(subject.encode())
-        digest.update(b"\n")
-        digest.update(payload)
-        digest.update(b"\n")
+        digest.update(b"%s\n%s\n" % (subject.encode(), payload))
         self._count(event)
         if self._writer is not None:
-            self._append_row(subject, event, envelope, producer, payload)
+            self._append_row(subject, event, resolve(envelope), producer, payload)
 
     def _count(self, event: Event) -> None:
         counts = self.counts

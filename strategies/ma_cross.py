@@ -46,6 +46,7 @@ class MaCross:
         self.name = name
         self.params = params
         self.state = MaCrossState()
+        self._keys: dict[tuple[str, str, str], str] = {}
 
     @property
     def model_tag(self) -> str:
@@ -61,7 +62,11 @@ class MaCross:
         return leg
 
     def on_bar(self, bar: Bar) -> list[Signal]:
-        leg = self._leg(f"{bar.venue}|{bar.symbol}|{bar.interval}")
+        series = (bar.venue, bar.symbol, bar.interval)
+        key = self._keys.get(series)
+        if key is None:
+            key = self._keys[series] = "|".join(series)
+        leg = self._leg(key)
         fast = leg.fast.update(bar.close)
         slow = leg.slow.update(bar.close)
         if fast is None or slow is None:

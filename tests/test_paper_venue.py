@@ -2,6 +2,15 @@
 
 from __future__ import annotations
 
+import hashlib
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -22,6 +31,7 @@ def bar(
     low: float,
     close: float,
     symbol: str = BTC,
+    volume: float = 10.0,
 ) -> Bar:
     """Bar number ``index``: opens at T0 + index minutes, closes a minute later."""
     open_time = T0 + index * MINUTE
@@ -36,7 +46,7 @@ def bar(
         high=high,
         low=low,
         close=close,
-        volume=10.0,
+        volume=volume,
     )
 
 
@@ -69,8 +79,11 @@ def order(
     )
 
 
-def venue(fill: str = "next_open", fee_bps: float = 0.0, slippage_bps: float = 0.0) -> PaperVenue:
-    return PaperVenue(PaperVenueConfig(fill=fill, fee_bps=fee_bps, slippage_bps=slippage_bps))  # type: ignore[arg-type]
+def venue(
+    fill: str = "next_open", fee_bps: float = 0.0, slippage_bps: float = 0.0, **more: Any
+) -> PaperVenue:
+    config = PaperVenueConfig(fill=fill, fee_bps=fee_bps, slippage_bps=slippage_bps, **more)  # type: ignore[arg-type]
+    return PaperVenue(config)
 
 
 def feed(v: PaperVenue, events: list[Event], now: int = T0) -> list[ExecutionReport]:
@@ -278,9 +291,16 @@ def test_stop_sell_triggers_and_gaps() -> None:
 
 
 def test_stop_fill_takes_slippage() -> None:
+    v = venue(slippage_bps=20.0)
+    reports = feed(v, [order(MID_BAR0, order_type="stop", stop=103.5), *BARS])
+    assert fills(reports)[0].fill_price == pytest.approx(103.5 * 1.002, rel=1e-12)  # 103.707
+
+
+def test_stop_fill_slipped_beyond_the_bar_is_clamped_to_its_high() -> None:
+    # 103.5 * 1.01 = 104.535 lies above bar 1's high of 104: the fill is 104.
     v = venue(slippage_bps=100.0)
     reports = feed(v, [order(MID_BAR0, order_type="stop", stop=103.5), *BARS])
-    assert fills(reports)[0].fill_price == pytest.approx(103.5 * 1.01, rel=1e-12)
+    assert fills(reports)[0].fill_price == 104.0
 
 
 # --- time in force -----------------------------------------------------------------------------
@@ -481,3 +501,670 @@ def test_order_older_than_the_kept_history_is_rejected_as_stale() -> None:
     reports = feed(v, [*history, order(T0 + MINUTE)])
     assert statuses(reports) == ["accepted", "rejected"]
     assert "stale" in reports[1].reason
+
+
+# === fill models: fees, slippage, clamping, latency, participation, stop-limit ===============
+
+BAR4 = bar(4, 96.0, 98.0, 94.0, 95.0)
+BARS5 = [*BARS, BAR4]
+
+
+def by_coid(reports: list[ExecutionReport]) -> dict[str, list[tuple[str, float, float, int]]]:
+    out: dict[str, list[tuple[str, float, float, int]]] = {}
+    for r in reports:
+        if r.status != "accepted":
+            out.setdefault(r.client_order_id, []).append((r.status, r.fill_price, r.fill_qty, r.ts))
+    return out
+
+
+# --- contracts: stop_limit -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(("limit", "stop"), [(None, 100.0), (100.0, None), (None, None)])
+def test_stop_limit_needs_both_prices(limit: float | None, stop: float | None) -> None:
+    with pytest.raises(ValueError, match="stop_limit needs both stop_price and limit_price"):
+        order(MID_BAR0, order_type="stop_limit", limit=limit, stop=stop)
+
+
+def test_stop_limit_order_round_trips_through_json() -> None:
+    import msgspec
+
+    from contracts.events import AnyEvent
+
+    o = order(MID_BAR0, order_type="stop_limit", limit=101.0, stop=100.0)
+    assert msgspec.json.decode(msgspec.json.encode(o), type=AnyEvent) == o
+
+
+# --- fees: taker vs maker -----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "price", "bps"),
+    [
+        ({}, 102.0, 10.0),  # market: taker
+        ({"order_type": "stop", "stop": 103.5}, 103.5, 10.0),  # stop: taker
+        ({"order_type": "limit", "limit": 101.5}, 101.5, 2.0),  # limit: maker
+        ({"order_type": "stop_limit", "stop": 103.5, "limit": 103.8}, 103.8, 2.0),  # maker
+    ],
+)
+def test_taker_fee_on_market_and_stop_maker_fee_on_limit_and_stop_limit(
+    kwargs: dict[str, Any], price: float, bps: float
+) -> None:
+    v = venue(fee_bps=10.0, maker_fee_bps=2.0)
+    filled = fills(feed(v, [order(MID_BAR0, **kwargs), *BARS]))
+    assert [(f.fill_price, f.ts) for f in filled] == [(price, BARS[1].close_time)]
+    # e.g. market 102 * 2 * 10 / 1e4 = 0.204; limit 101.5 * 2 * 2 / 1e4 = 0.0406
+    assert filled[0].fee == pytest.approx(price * 2.0 * bps / 1e4, rel=1e-12)
+
+
+def test_maker_fee_defaults_to_fee_bps_and_may_be_a_rebate() -> None:
+    lim = order(MID_BAR0, order_type="limit", limit=101.5)
+    same = fills(feed(venue(fee_bps=10.0), [lim, *BARS]))[0]
+    assert same.fee == pytest.approx(101.5 * 2.0 * 10.0 / 1e4, rel=1e-12)  # 0.203
+    rebate = fills(feed(venue(fee_bps=10.0, maker_fee_bps=-2.5), [lim, *BARS]))[0]
+    assert rebate.fee == pytest.approx(-0.05075, rel=1e-12)  # 101.5 * 2 * -2.5 / 1e4
+
+
+# --- slippage proportional to the bar's range; clamping ------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("side", "more", "expected"),
+    [
+        ("buy", {"slippage_range_frac": 0.1}, 102.3),  # 102 + 0.1 * (104 - 101)
+        ("sell", {"slippage_range_frac": 0.1}, 101.7),  # 102 - 0.3
+        ("buy", {"slippage_range_frac": 0.1, "slippage_bps": 25.0}, 102.555),  # 102.255 + 0.3
+        ("buy", {"slippage_range_frac": 1.0}, 104.0),  # 105 clamped to the high
+        ("sell", {"slippage_range_frac": 1.0}, 101.0),  # 99 clamped to the low
+        ("buy", {"slippage_bps": 1000.0}, 104.0),  # 112.2 clamped to the high
+    ],
+)
+def test_range_slippage_on_market_fills_and_clamp(
+    side: str, more: dict[str, float], expected: float
+) -> None:
+    v = venue(**more)
+    filled = fills(feed(v, [order(MID_BAR0, side=side), *BARS]))[0]
+    assert filled.fill_price == pytest.approx(expected, rel=1e-12)
+
+
+def test_range_slippage_on_stop_fills() -> None:
+    buy = order(MID_BAR0, order_type="stop", stop=103.5)
+    filled = fills(feed(venue(slippage_range_frac=0.1), [buy, *BARS]))[0]
+    assert filled.fill_price == pytest.approx(103.8, rel=1e-12)  # 103.5 + 0.1 * 3
+    # Bar 2's range is 6.5: 97.5 - 0.05 * 6.5 = 97.175; with 0.1 it would be 96.85 < low 97.
+    sell = order(MID_BAR0, side="sell", order_type="stop", stop=97.5)
+    filled = fills(feed(venue(slippage_range_frac=0.05), [sell, *BARS]))[0]
+    assert filled.fill_price == pytest.approx(97.175, rel=1e-12)
+    filled = fills(feed(venue(slippage_range_frac=0.1), [sell, *BARS]))[0]
+    assert filled.fill_price == 97.0
+
+
+def test_no_slippage_of_any_kind_on_limit_or_stop_limit_fills() -> None:
+    v_kwargs = {"slippage_bps": 50.0, "slippage_range_frac": 0.5}
+    lim = order(MID_BAR0, order_type="limit", limit=101.5)
+    assert fills(feed(venue(**v_kwargs), [lim, *BARS]))[0].fill_price == 101.5
+    sl = order(MID_BAR0, order_type="stop_limit", stop=103.5, limit=103.8)
+    assert fills(feed(venue(**v_kwargs), [sl, *BARS]))[0].fill_price == 103.8
+
+
+@pytest.mark.parametrize(
+    ("side", "frac", "expected"),
+    [("buy", 0.1, 98.65), ("sell", 0.1, 97.35), ("sell", 0.2, 97.0)],
+)
+def test_close_mode_fill_is_the_close_plus_slippage_clamped(
+    side: str, frac: float, expected: float
+) -> None:
+    # Bar 2 closes at 98 with range 103.5 - 97 = 6.5; 98 - 0.2 * 6.5 = 96.7 is below the low.
+    v = venue(fill="close", slippage_range_frac=frac)
+    filled = fills(feed(v, [*BARS[:3], order(BARS[2].close_time, side=side)]))[0]
+    assert filled.fill_price == pytest.approx(expected, rel=1e-12)
+    assert filled.ts == BARS[2].close_time
+
+
+def test_limit_beyond_the_whole_bar_fills_at_the_bar_extreme() -> None:
+    # A buy limit at 110 is reached by bar 1 (low 101 <= 110) but bar 1 never traded above 104.
+    buy = fills(feed(venue(), [order(MID_BAR0, order_type="limit", limit=110.0), *BARS]))
+    assert [(f.fill_price, f.ts) for f in buy] == [(104.0, BARS[1].close_time)]
+    sell = order(MID_BAR0, side="sell", order_type="limit", limit=90.0)
+    assert [f.fill_price for f in fills(feed(venue(), [sell, *BARS]))] == [101.0]
+
+
+# --- latency -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("latency", "expected"),
+    [
+        (0, (102.0, BARS[1].close_time)),
+        (1, (103.0, BARS[2].close_time)),
+        (2, (98.0, BARS[3].close_time)),
+    ],
+)
+def test_latency_moves_a_next_open_fill_by_whole_bars(
+    latency: int, expected: tuple[float, int]
+) -> None:
+    for events in ([order(MID_BAR0), *BARS], [*BARS, order(MID_BAR0)]):
+        filled = fills(feed(venue(latency_bars=latency), events))
+        assert [(f.fill_price, f.ts) for f in filled] == [expected]
+
+
+def test_latency_longer_than_the_bars_keeps_the_order_working() -> None:
+    v = venue(latency_bars=3)
+    assert statuses(feed(v, [order(MID_BAR0), *BARS])) == ["accepted"]
+    assert v.state.pending[0].wait == 0  # bars 1, 2 and 3 were skipped
+    assert fills(feed(v, [BAR4]))[0].fill_price == 96.0
+
+
+@pytest.mark.parametrize(
+    ("latency", "expected"),
+    [
+        (0, (100.5, BARS[0].close_time)),  # bar 0's close
+        (1, (102.0, BARS[1].close_time)),  # bar 1's open
+        (2, (103.0, BARS[2].close_time)),  # bar 2's open
+    ],
+)
+def test_latency_moves_a_close_fill_to_a_later_open(
+    latency: int, expected: tuple[float, int]
+) -> None:
+    o = order(BARS[0].close_time)
+    for events in ([o, *BARS], [*BARS, o], [BARS[0], o, *BARS[1:]]):
+        filled = fills(feed(venue(fill="close", latency_bars=latency), events))
+        assert [(f.fill_price, f.ts) for f in filled] == [expected]
+
+
+def test_latency_counts_every_bar_including_zero_volume_ones() -> None:
+    quiet = bar(1, 102.0, 104.0, 101.0, 103.0, volume=0.0)
+    events = [order(MID_BAR0), BARS[0], quiet, *BARS[2:]]
+    filled = fills(feed(venue(latency_bars=1, **PART), events))
+    assert [(f.fill_price, f.ts) for f in filled] == [(103.0, BARS[2].close_time)]
+
+
+def test_latency_applies_to_limits_and_stops() -> None:
+    # Without latency a sell limit at 104 fills on bar 1 (high 104); with one bar of latency
+    # bar 1 is skipped and bars 2 and 3 (highs 103.5, 99) never reach it.
+    sell = order(MID_BAR0, side="sell", order_type="limit", limit=104.0)
+    assert [f.ts for f in fills(feed(venue(), [sell, *BARS]))] == [BARS[1].close_time]
+    assert statuses(feed(venue(latency_bars=1), [sell, *BARS])) == ["accepted"]
+    # A buy stop at 103.5 would trigger on bar 1; with latency it triggers on bar 2 (high 103.5).
+    stop = order(MID_BAR0, order_type="stop", stop=103.5)
+    filled = fills(feed(venue(latency_bars=1), [stop, *BARS]))
+    assert [(f.fill_price, f.ts) for f in filled] == [(103.5, BARS[2].close_time)]
+
+
+def test_ioc_acts_on_its_first_bar_after_latency() -> None:
+    ioc = order(MID_BAR0, order_type="limit", limit=97.5, tif="IOC")
+    assert statuses(feed(venue(), [ioc, *BARS])) == ["accepted", "canceled"]
+    filled = fills(feed(venue(latency_bars=1), [ioc, *BARS]))
+    assert [(f.fill_price, f.ts) for f in filled] == [(97.5, BARS[2].close_time)]
+
+
+def _jitter(seed: int, coid: str, span: int) -> int:
+    digest = hashlib.sha256(f"{seed}:{coid}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") % (span + 1)
+
+
+def test_jitter_is_the_documented_hash_of_seed_and_order_id() -> None:
+    # Computed by hand from the documented formula: seed 0 -> a: 0, o1: 1, o2: 2;
+    # seed 7 -> o1: 2.
+    v = PaperVenue(PaperVenueConfig(latency_bars=1, latency_jitter_bars=2))
+    assert [v.delay(order(MID_BAR0, coid=c)) for c in ("a", "o1", "o2")] == [1, 2, 3]
+    seeded = PaperVenue(PaperVenueConfig(latency_jitter_bars=2, seed=7))
+    assert seeded.delay(order(MID_BAR0, coid="o1")) == 2
+    for seed in (0, 7, 42):
+        for coid in ("a", "b", "o1", "o2"):
+            cfg = PaperVenueConfig(latency_bars=3, latency_jitter_bars=4, seed=seed)
+            assert PaperVenue(cfg).delay(order(0, coid=coid)) == 3 + _jitter(seed, coid, 4)
+
+
+def test_jittered_fills_do_not_depend_on_arrival_order() -> None:
+    a, o1, o2 = (order(MID_BAR0, coid=c) for c in ("a", "o1", "o2"))  # jitter 0, 1, 2
+    expected = {
+        "a": [("filled", 102.0, 2.0, BARS[1].close_time)],
+        "o1": [("filled", 103.0, 2.0, BARS[2].close_time)],
+        "o2": [("filled", 98.0, 2.0, BARS[3].close_time)],
+    }
+    for events in (
+        [a, o1, o2, *BARS],
+        [*BARS, o2, o1, a],
+        [BARS[0], o2, BARS[1], a, BARS[2], o1, BARS[3]],
+    ):
+        assert by_coid(feed(venue(latency_jitter_bars=2), events)) == expected
+
+
+def test_jitter_is_the_same_in_another_python_process() -> None:
+    code = (
+        "from contracts.events import OrderCommand as O\n"
+        "from services.execution.paper_venue import PaperVenue, PaperVenueConfig as C\n"
+        "v = PaperVenue(C(latency_jitter_bars=50, seed=3))\n"
+        "print([v.delay(O(ts=0, action='new', client_order_id=c, strategy='s', venue='v',"
+        " symbol='x', side='buy', qty=1.0)) for c in 'abcdefgh'])\n"
+    )
+    expected = str([_jitter(3, c, 50) for c in "abcdefgh"])
+    root = Path(__file__).resolve().parents[1]
+    for hash_seed in ("0", "12345"):
+        env = {**os.environ, "PYTHONHASHSEED": hash_seed, "PYTHONPATH": str(root)}
+        out = subprocess.run(
+            [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+        )
+        assert out.stdout.strip() == expected
+
+
+# --- partial fills by volume participation -------------------------------------------------------
+
+# max_participation 0.25 of a 10-unit bar: at most 2.5 per bar.
+PART = {"max_participation": 0.25}
+
+
+def test_partial_fills_over_several_bars_with_cum_qty() -> None:
+    o = order(MID_BAR0, qty=6.0)
+    for events in ([o, *BARS], [*BARS, o], [BARS[0], BARS[1], o, *BARS[2:]]):
+        reports = feed(venue(fee_bps=10.0, **PART), events)
+        assert statuses(reports) == ["accepted", "partially_filled", "partially_filled", "filled"]
+        got = [(r.fill_price, r.fill_qty, r.cum_qty, r.ts) for r in reports[1:]]
+        assert got == [
+            (102.0, 2.5, 2.5, BARS[1].close_time),
+            (103.0, 2.5, 5.0, BARS[2].close_time),
+            (98.0, 1.0, 6.0, BARS[3].close_time),
+        ]
+        fees = [r.fee for r in reports[1:]]
+        assert fees == pytest.approx([0.255, 0.2575, 0.098], rel=1e-12)  # price*qty*10bps
+        assert {r.venue_order_id for r in reports} == {"paper-1"}
+        assert all(r.order_qty == 6.0 for r in reports)
+
+
+def test_partial_fills_feed_the_ledger_incrementally() -> None:
+    from services.portfolio.ledger import Ledger, LedgerConfig
+
+    ledger = Ledger(LedgerConfig())
+    for report in feed(venue(**PART), [order(MID_BAR0, qty=6.0), *BARS]):
+        ledger.decide(report, report.ts)
+    position = ledger.state.positions[f"{VENUE}|{BTC}"]
+    assert position.qty == 6.0
+    assert position.avg_price == pytest.approx((102 * 2.5 + 103 * 2.5 + 98 * 1.0) / 6, rel=1e-12)
+
+
+def test_zero_volume_bar_fills_nothing() -> None:
+    quiet = bar(1, 102.0, 104.0, 101.0, 103.0, volume=0.0)
+    reports = feed(venue(**PART), [order(MID_BAR0, qty=6.0), BARS[0], quiet, *BARS[2:], BAR4])
+    got = [(r.status, r.fill_price, r.cum_qty, r.ts) for r in reports[1:]]
+    assert got == [
+        ("partially_filled", 103.0, 2.5, BARS[2].close_time),
+        ("partially_filled", 98.0, 5.0, BARS[3].close_time),
+        ("filled", 96.0, 6.0, BAR4.close_time),
+    ]
+    # Without max_participation volume plays no part (the original behaviour).
+    plain = fills(feed(venue(), [order(MID_BAR0, qty=6.0), BARS[0], quiet]))
+    assert [(f.fill_price, f.fill_qty) for f in plain] == [(102.0, 6.0)]
+
+
+def test_ioc_with_participation_fills_what_the_bar_allows_and_cancels_the_rest() -> None:
+    v = venue(**PART)
+    reports = feed(v, [order(MID_BAR0, qty=6.0, tif="IOC"), *BARS])
+    got = [(r.status, r.fill_qty, r.cum_qty, r.ts) for r in reports[1:]]
+    assert got == [
+        ("partially_filled", 2.5, 2.5, BARS[1].close_time),
+        ("canceled", 0.0, 2.5, BARS[1].close_time),
+    ]
+    assert v.state.pending == []
+    quiet = bar(1, 102.0, 104.0, 101.0, 103.0, volume=0.0)
+    reports = feed(venue(**PART), [order(MID_BAR0, qty=6.0, tif="IOC"), quiet, *BARS[2:]])
+    assert [(r.status, r.cum_qty, r.reason) for r in reports[1:]] == [
+        ("canceled", 0.0, "no volume on the bar")
+    ]
+
+
+@pytest.mark.parametrize(
+    ("qty", "expected"),
+    [(6.0, [("canceled", 0.0, 0.0)]), (2.5, [("filled", 2.5, 2.5)]), (2.0, [("filled", 2.0, 2.0)])],
+)
+def test_fok_with_participation_fills_all_on_its_first_bar_or_nothing(
+    qty: float, expected: list[tuple[str, float, float]]
+) -> None:
+    v = venue(**PART)
+    reports = feed(v, [order(MID_BAR0, qty=qty, tif="FOK"), *BARS])
+    assert [(r.status, r.fill_qty, r.cum_qty) for r in reports[1:]] == expected
+    assert all(r.ts == BARS[1].close_time for r in reports[1:])
+    assert v.state.pending == []
+
+
+def test_limit_partial_fills_at_the_limit() -> None:
+    reports = feed(
+        venue(**PART), [order(MID_BAR0, qty=6.0, order_type="limit", limit=97.5), *BARS5]
+    )
+    got = [(r.status, r.fill_price, r.cum_qty, r.ts) for r in reports[1:]]
+    assert got == [
+        ("partially_filled", 97.5, 2.5, BARS[2].close_time),
+        ("partially_filled", 97.5, 5.0, BARS[3].close_time),
+        ("filled", 97.5, 6.0, BAR4.close_time),
+    ]
+
+
+def test_triggered_stop_remainder_fills_as_market_at_later_opens() -> None:
+    reports = feed(
+        venue(fee_bps=10.0, **PART),
+        [order(MID_BAR0, qty=6.0, order_type="stop", stop=103.5), *BARS],
+    )
+    got = [(r.status, r.fill_price, r.cum_qty, r.ts) for r in reports[1:]]
+    assert got == [
+        ("partially_filled", 103.5, 2.5, BARS[1].close_time),  # triggered inside bar 1
+        ("partially_filled", 103.0, 5.0, BARS[2].close_time),  # bar 2's open
+        ("filled", 98.0, 6.0, BARS[3].close_time),  # bar 3's open
+    ]
+    assert reports[2].fee == pytest.approx(103.0 * 2.5 * 10.0 / 1e4, rel=1e-12)  # taker
+
+
+def test_cancel_of_a_partially_filled_order_reports_cum_qty() -> None:
+    v = venue(**PART)
+    feed(v, [order(MID_BAR0, qty=6.0), BARS[0], BARS[1]])
+    reports = feed(v, [order(MID_BAR0, action="cancel")], now=T0 + 99)
+    assert [(r.status, r.fill_qty, r.cum_qty, r.ts) for r in reports] == [
+        ("canceled", 0.0, 2.5, T0 + 99)
+    ]
+    assert feed(v, BARS[2:]) == []
+
+
+def test_float_dust_is_never_left_working() -> None:
+    # 0.1 per bar accumulates to 0.8999999999999999 after nine bars: the tenth fills the rest.
+    many = [bar(i, 100.0, 101.0, 99.0, 100.0, volume=1.0) for i in range(12)]
+    reports = feed(venue(max_participation=0.1), [order(MID_BAR0, qty=1.0), *many])
+    done = reports[1:]
+    assert statuses(done) == ["partially_filled"] * 9 + ["filled"]
+    assert done[-1].cum_qty == 1.0
+    assert sum(r.fill_qty for r in done) <= 1.0
+    assert [r.cum_qty for r in done] == sorted(r.cum_qty for r in done)
+
+
+def test_snapshot_restore_in_the_middle_of_a_partial_fill() -> None:
+    v = venue(fee_bps=10.0, latency_bars=1, **PART)
+    feed(v, [order(MID_BAR0, qty=6.0, order_type="stop", stop=103.5), BARS[0], BARS[1]])
+    assert v.state.pending[0].wait == 0  # bar 1 was the latency bar
+    feed(v, [BARS[2]])  # triggers at 103.5, fills 2.5
+    assert (v.state.pending[0].filled, v.state.pending[0].triggered) == (2.5, True)
+    restored = venue(fee_bps=10.0, latency_bars=1, **PART)
+    restored.restore(v.snapshot())
+    assert restored.state == v.state
+    after = feed(restored, [BARS[3], BAR4])
+    assert after == feed(v, [BARS[3], BAR4])
+    assert [(r.status, r.fill_price, r.cum_qty) for r in after] == [
+        ("partially_filled", 98.0, 5.0),  # the triggered stop's remainder, at bar 3's open
+        ("filled", 96.0, 6.0),
+    ]
+
+
+def test_restore_of_a_snapshot_from_before_the_fill_models() -> None:
+    """A snapshot written by the previous venue (6-field bars, no partial state) restores."""
+    import msgspec
+
+    old_bar = [BARS[1].open_time, BARS[1].close_time, 102.0, 104.0, 101.0, 103.0]
+    old = {
+        "bars": {f"{VENUE}|{BTC}": [old_bar]},
+        "pending": [{"order": order(MID_BAR0 + MINUTE, qty=6.0), "venue_order_id": "paper-1"}],
+        "next_id": 2,
+    }
+    v = venue(**PART)
+    v.restore(msgspec.msgpack.encode(old))
+    assert (v.state.pending[0].filled, v.state.pending[0].wait) == (0.0, 0)
+    reports = feed(v, [BARS[2]])
+    assert [(r.status, r.fill_price, r.cum_qty) for r in reports] == [
+        ("partially_filled", 103.0, 2.5)
+    ]
+    # A bar kept without its volume does not limit fills.
+    late = feed(v, [order(BARS[1].open_time, qty=6.0, coid="o2")])
+    assert [(r.status, r.fill_price, r.fill_qty) for r in late[1:]] == [("filled", 102.0, 6.0)]
+
+
+# --- stop-limit ----------------------------------------------------------------------------------
+
+
+def test_stop_limit_buy_triggered_inside_the_bar_fills_when_the_stop_meets_the_limit() -> None:
+    # Bar 1 opens at 102 below the 103.5 stop and reaches it; 103.5 <= limit 103.8: fills.
+    o = order(MID_BAR0, order_type="stop_limit", stop=103.5, limit=103.8)
+    filled = fills(feed(venue(), [o, *BARS]))
+    assert [(f.fill_price, f.ts) for f in filled] == [(103.8, BARS[1].close_time)]
+
+
+def test_stop_limit_buy_with_limit_below_the_stop_waits_for_the_next_bar() -> None:
+    # Bar 1 reaches the 103.5 stop and its low of 101 is below the 101.5 limit, but the low may
+    # have come before the trigger: no fill on bar 1. Bar 2 (low 97) fills at the limit.
+    o = order(MID_BAR0, order_type="stop_limit", stop=103.5, limit=101.5)
+    v = venue()
+    assert statuses(feed(v, [o, BARS[0], BARS[1]])) == ["accepted"]
+    assert v.state.pending[0].triggered
+    filled = fills(feed(v, BARS[2:]))
+    assert [(f.fill_price, f.ts) for f in filled] == [(101.5, BARS[2].close_time)]
+
+
+def test_stop_limit_buy_gapping_through_the_stop_uses_the_whole_bar() -> None:
+    # Bar 1 opens at 102, above the 101.5 stop: triggered at the open, then low 101 <= 101.2.
+    o = order(MID_BAR0, order_type="stop_limit", stop=101.5, limit=101.2)
+    filled = fills(feed(venue(), [o, *BARS]))
+    assert [(f.fill_price, f.ts) for f in filled] == [(101.2, BARS[1].close_time)]
+    # A limit at 100.5 is below bar 1's low: it rests and bar 2 (low 97) fills it.
+    o = order(MID_BAR0, order_type="stop_limit", stop=101.5, limit=100.5)
+    filled = fills(feed(venue(), [o, *BARS]))
+    assert [(f.fill_price, f.ts) for f in filled] == [(100.5, BARS[2].close_time)]
+
+
+def test_stop_limit_sell() -> None:
+    # Bar 2 (open 103) falls through the 97.5 stop inside the bar; 97.5 >= limit 97.2: fills.
+    o = order(MID_BAR0, side="sell", order_type="stop_limit", stop=97.5, limit=97.2)
+    filled = fills(feed(venue(), [o, *BARS]))
+    assert [(f.fill_price, f.ts) for f in filled] == [(97.2, BARS[2].close_time)]
+    # Limit 99 above the stop: not on the trigger bar; bar 3 (high 99) touches it.
+    o = order(MID_BAR0, side="sell", order_type="stop_limit", stop=97.5, limit=99.0)
+    filled = fills(feed(venue(), [o, *BARS]))
+    assert [(f.fill_price, f.ts) for f in filled] == [(99.0, BARS[3].close_time)]
+
+
+def test_stop_limit_not_triggered() -> None:
+    o = order(MID_BAR0, order_type="stop_limit", stop=110.0, limit=111.0)
+    v = venue()
+    assert statuses(feed(v, [o, *BARS])) == ["accepted"]
+    assert not v.state.pending[0].triggered
+    ioc = order(MID_BAR0, order_type="stop_limit", stop=110.0, limit=111.0, tif="IOC")
+    reports = feed(venue(), [ioc, *BARS])
+    assert [(r.status, r.ts) for r in reports[1:]] == [("canceled", BARS[1].close_time)]
+
+
+def test_stop_limit_triggered_but_limit_not_reached_ioc_is_canceled() -> None:
+    ioc = order(MID_BAR0, order_type="stop_limit", stop=103.5, limit=101.5, tif="IOC")
+    reports = feed(venue(), [ioc, *BARS])
+    assert [(r.status, r.ts, r.cum_qty) for r in reports[1:]] == [
+        ("canceled", BARS[1].close_time, 0.0)
+    ]
+
+
+def test_stop_limit_limit_beyond_the_bar_is_clamped() -> None:
+    o = order(MID_BAR0, order_type="stop_limit", stop=103.5, limit=110.0)
+    assert [f.fill_price for f in fills(feed(venue(), [o, *BARS]))] == [104.0]
+
+
+def test_stop_limit_partial_fills_rest_as_a_limit() -> None:
+    o = order(MID_BAR0, qty=5.0, order_type="stop_limit", stop=103.5, limit=98.5)
+    reports = feed(venue(**PART), [o, *BARS])
+    got = [(r.status, r.fill_price, r.cum_qty, r.ts) for r in reports[1:]]
+    assert got == [
+        ("partially_filled", 98.5, 2.5, BARS[2].close_time),
+        ("filled", 98.5, 5.0, BARS[3].close_time),
+    ]
+
+
+# --- config --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "message"),
+    [
+        ({"maker_fee_bps": 1000.5}, "maker_fee_bps must be within [-1000, 1000]"),
+        ({"maker_fee_bps": -1001.0}, "maker_fee_bps must be within [-1000, 1000]"),
+        ({"maker_fee_bps": math.nan}, "maker_fee_bps"),
+        ({"slippage_range_frac": -0.1}, "slippage_range_frac must be within [0, 1]"),
+        ({"slippage_range_frac": 1.5}, "slippage_range_frac must be within [0, 1]"),
+        ({"latency_bars": -1}, "latency_bars must be an integer within [0, 1000]"),
+        ({"latency_bars": 1001}, "latency_bars must be an integer within [0, 1000]"),
+        ({"latency_bars": 1.5}, "latency_bars must be an integer"),
+        ({"latency_jitter_bars": -1}, "latency_jitter_bars must be an integer within [0, 1000]"),
+        ({"seed": "x"}, "seed must be an integer"),
+        ({"max_participation": 0.0}, "max_participation must be within (0, 1]"),
+        ({"max_participation": 1.01}, "max_participation must be within (0, 1]"),
+        ({"max_participation": math.nan}, "max_participation"),
+        ({"fee_bps": math.nan}, "fee_bps"),
+        ({"fill": "vwap"}, "fill must be 'next_open' or 'close'"),
+    ],
+)
+def test_config_validation_of_the_fill_model_keys(kwargs: dict[str, Any], message: str) -> None:
+    with pytest.raises(ValueError, match=re.escape(message)):
+        PaperVenueConfig(**kwargs)
+
+
+def test_config_defaults_reproduce_the_original_venue() -> None:
+    assert PaperVenueConfig() == PaperVenueConfig(
+        fill="next_open",
+        fee_bps=10.0,
+        maker_fee_bps=None,
+        slippage_bps=0.0,
+        slippage_range_frac=0.0,
+        latency_bars=0,
+        latency_jitter_bars=0,
+        seed=0,
+        max_participation=None,
+    )
+
+
+def test_fleet_toml_execution_section_carries_every_key(tmp_path: Path) -> None:
+    from eventstore.errors import KeelError
+    from services.config import load_config
+
+    path = tmp_path / "keel.toml"
+    path.write_text(
+        "[execution]\n"
+        'fill = "close"\n'
+        "fee_bps = 10\n"
+        "maker_fee_bps = 2.0\n"
+        "slippage_bps = 1.5\n"
+        "slippage_range_frac = 0.05\n"
+        "latency_bars = 1\n"
+        "latency_jitter_bars = 2\n"
+        "seed = 42\n"
+        "max_participation = 0.1\n"
+    )
+    assert load_config(path).execution == PaperVenueConfig(
+        fill="close",
+        fee_bps=10.0,
+        maker_fee_bps=2.0,
+        slippage_bps=1.5,
+        slippage_range_frac=0.05,
+        latency_bars=1,
+        latency_jitter_bars=2,
+        seed=42,
+        max_participation=0.1,
+    )
+    path.write_text("[execution]\nmax_participation = 2.0\n")
+    with pytest.raises(KeelError, match="max_participation must be within"):
+        load_config(path)
+    path.write_text("[execution]\nlatency_bars = 1.5\n")
+    with pytest.raises(KeelError, match="latency_bars"):
+        load_config(path)
+
+
+# --- property: arrival order, latency, partial fills ---------------------------------------------
+
+
+@st.composite
+def bar_series_with_volume(draw: st.DrawFn) -> list[Bar]:
+    bars = draw(bar_series())
+    volumes = st.sampled_from([0.0, 1.0, 3.7, 10.0, 1e6])
+    return [
+        bar(i, b.open, b.high, b.low, b.close, volume=draw(volumes)) for i, b in enumerate(bars)
+    ]
+
+
+@settings(max_examples=400, deadline=None, derandomize=True, database=None)
+@given(
+    bars=bar_series_with_volume(),
+    fill=st.sampled_from(["next_open", "close"]),
+    minutes=st.integers(min_value=-1, max_value=22),
+    inside=st.booleans(),
+    side=st.sampled_from(["buy", "sell"]),
+    kind=st.sampled_from(["market", "limit", "stop", "stop_limit"]),
+    level=st.floats(min_value=80.0, max_value=120.0),
+    limit_offset=st.floats(min_value=-5.0, max_value=5.0),
+    tif=st.sampled_from(["GTC", "IOC", "FOK"]),
+    qty=st.sampled_from([0.3, 1.0, 2.0, 7.0]),
+    latency=st.integers(min_value=0, max_value=2),
+    jitter=st.integers(min_value=0, max_value=2),
+    participation=st.sampled_from([None, 0.05, 0.25, 1.0]),
+    data=st.data(),
+)
+def test_fills_are_independent_of_arrival_point_with_latency_and_partials(
+    bars: list[Bar],
+    fill: str,
+    minutes: int,
+    inside: bool,
+    side: str,
+    kind: str,
+    level: float,
+    limit_offset: float,
+    tif: str,
+    qty: float,
+    latency: int,
+    jitter: int,
+    participation: float | None,
+    data: st.DataObject,
+) -> None:
+    ts = T0 + minutes * MINUTE + (17_000_000_000 if inside else 0)  # on a boundary or inside
+    o = order(
+        ts,
+        side=side,
+        qty=qty,
+        order_type=kind,
+        limit=level + limit_offset if kind in ("limit", "stop_limit") else None,
+        stop=level if kind in ("stop", "stop_limit") else None,
+        tif=tif,
+        coid=data.draw(st.sampled_from(["a", "o1", "o2", "zz"]), label="client order id"),
+    )
+    config: dict[str, Any] = {
+        "fill": fill,
+        "fee_bps": 10.0,
+        "maker_fee_bps": 2.0,
+        "slippage_bps": 5.0,
+        "slippage_range_frac": 0.1,
+        "latency_bars": latency,
+        "latency_jitter_bars": jitter,
+        "seed": 9,
+        "max_participation": participation,
+    }
+    k = data.draw(st.integers(min_value=0, max_value=len(bars)), label="bars before the order")
+    reference = feed(venue(**config), [o, *bars])
+    other = feed(venue(**config), [*bars[:k], o, *bars[k:]])
+    assert reference[0].status == other[0].status == "accepted"
+    assert reference[1:] == other[1:]
+
+    outcome = reference[1:]
+    total = 0.0
+    cum = 0.0
+    for i, r in enumerate(outcome):
+        assert r.status in ("partially_filled", "filled", "canceled")
+        assert r.cum_qty >= cum  # monotone
+        total += r.fill_qty
+        cum = r.cum_qty
+        assert total <= qty  # the fills never add up to more than the order
+        assert r.cum_qty <= qty
+        if r.status == "partially_filled":
+            assert r.cum_qty == pytest.approx(total, rel=1e-12) and r.cum_qty < qty
+        if r.fill_qty:
+            fill_bar = next(b for b in bars if b.close_time == r.ts)
+            assert fill_bar.low <= r.fill_price <= fill_bar.high
+            bps = 10.0 if kind in ("market", "stop") else 2.0
+            assert r.fee == pytest.approx(r.fill_price * r.fill_qty * bps / 1e4, rel=1e-9)
+            if participation is not None:
+                assert r.fill_qty <= participation * fill_bar.volume + 1e-9 * qty
+        if r.status in ("filled", "canceled"):
+            assert i == len(outcome) - 1  # nothing after the end
+        if r.status == "filled":
+            assert r.cum_qty == qty
+    if tif == "FOK":
+        assert [r.status for r in outcome] in ([], ["filled"], ["canceled"])
+        assert all(r.fill_qty in (0.0, qty) for r in outcome)
+    if tif in ("IOC", "FOK") and outcome:
+        assert len({r.ts for r in outcome}) == 1  # all on the first eligible bar

@@ -33,14 +33,17 @@ from __future__ import annotations
 
 import hashlib
 import math
+from itertools import islice
 from typing import Literal
 
 import msgspec
 
 from contracts.events import Bar, Event, ExecStatus, ExecutionReport, OrderCommand
 
-HISTORY = 1024
+HISTORY = 1024  # bars per symbol an order may still be matched against
+_TRIM = 256  # the list is trimmed back to HISTORY once it holds HISTORY + _TRIM bars
 MAX_LATENCY_BARS = 1000
+DUST = 1e-9  # relative: a bar that can fill all but this fraction of the order fills it all
 
 
 class PaperVenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -131,12 +134,13 @@ class PaperVenue:
         self.state.next_id += 1
         reports: list[Event] = [_report(order, "accepted", now, pending.venue_order_id)]
         history = self.state.bars.get(_key(order.venue, order.symbol), [])
-        if len(history) == HISTORY and history[0].open_time > order.ts:
+        first = len(history) - HISTORY  # only the last HISTORY bars count
+        if first >= 0 and history[first].open_time > order.ts:
             reason = f"stale order: older than the last {HISTORY} bars the venue keeps"
             reports.append(_report(order, "rejected", now, pending.venue_order_id, reason=reason))
             return reports
         ts = order.ts
-        for bar in history:
+        for bar in islice(history, max(first, 0), None):
             # A bar that closed before the order time can never be eligible.
             if bar.close_time >= ts and self._advance(pending, bar, reports):
                 return reports
@@ -171,8 +175,8 @@ class PaperVenue:
             bar.open_time, bar.close_time, bar.open, bar.high, bar.low, bar.close, bar.volume
         )
         history.append(prices)
-        if len(history) > HISTORY:
-            del history[0]
+        if len(history) >= HISTORY + _TRIM:
+            del history[:-HISTORY]
         pending = self.state.pending
         if not pending:
             return []
@@ -180,9 +184,12 @@ class PaperVenue:
         done: list[_Pending] = []
         for working in pending:
             order = working.order
-            if order.symbol == bar.symbol and order.venue == bar.venue:
-                if self._advance(working, prices, reports):
-                    done.append(working)
+            if (
+                order.symbol == bar.symbol
+                and order.venue == bar.venue
+                and self._advance(working, prices, reports)
+            ):
+                done.append(working)
         if done:
             self.state.pending = [p for p in pending if not any(p is d for d in done)]
         return reports
@@ -226,7 +233,8 @@ class PaperVenue:
             return True
         participation = self._participation
         remaining = order.qty - pending.filled
-        if participation is None or participation * bar.volume >= remaining:
+        # A remainder within DUST of the order quantity is not left working as float dust.
+        if participation is None or participation * bar.volume >= remaining - DUST * order.qty:
             out.append(self._final_fill(pending, price, now))
             return True
         if tif == "FOK":

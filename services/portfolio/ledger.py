@@ -97,16 +97,21 @@ class Ledger:
         return self.equity(now)
 
     def equity(self, now: int) -> EquitySnapshot:
-        positions = self.state.positions.values()
-        value = sum(p.qty * p.mark for p in positions)
+        value = unrealized = gross = 0.0
+        for p in self.state.positions.values():
+            if p.qty:
+                market_value = p.qty * p.mark
+                value += market_value
+                unrealized += p.qty * (p.mark - p.avg_price)
+                gross += abs(market_value)
         return EquitySnapshot(
             ts=now,
             cash=self.state.cash,
             equity=self.state.cash + value,
             realized_pnl=self.state.realized,
-            unrealized_pnl=sum(p.qty * (p.mark - p.avg_price) for p in positions),
+            unrealized_pnl=unrealized,
             fees=self.state.fees,
-            gross_exposure=sum(abs(p.qty * p.mark) for p in positions),
+            gross_exposure=gross,
         )
 
     def snapshot(self) -> bytes:
