@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -19,6 +20,8 @@ from replay.market import DataSource
 from services.config import KeelConfig, StrategyConfig
 from services.fleet import fleet_roles
 from strategies.registry import parse_params
+
+EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
 
 def pair_data_with_symbols(argv: list[str]) -> list[tuple[str, str | None]]:
@@ -42,12 +45,20 @@ def pair_data_with_symbols(argv: list[str]) -> list[tuple[str, str | None]]:
 
 
 def _ns(text: str | None, what: str) -> int | None:
+    """Exact nanoseconds (integer arithmetic: a float timestamp would round)."""
     if text is None:
         return None
     try:
-        return int(parse_time(text).timestamp() * 1e9)
+        moment = parse_time(text)
     except ValueError as exc:
         raise fail(f"{what}: {exc}") from None
+    return (moment - EPOCH) // timedelta(microseconds=1) * 1_000
+
+
+def _absolute(location: str) -> str:
+    """Files are stored by absolute path so ``keel replay`` works from any directory."""
+    path = Path(location)
+    return str(path.resolve()) if path.exists() else location
 
 
 def _spec(
@@ -131,20 +142,23 @@ def backtest(
     pairs = pair_data_with_symbols(sys.argv[1:])
     if [d for d, _ in pairs] != data:  # not called from a command line: pair by position
         pairs = list(zip(data, [*(symbol or []), *([None] * len(data))], strict=False))
-    sources = [DataSource(location=d, symbol=s, venue=venue, interval=interval) for d, s in pairs]
-    spec = _spec(
-        load_config_or_exit(config),
-        strategy,
-        param or [],
-        sources,
-        _ns(start, "--start"),
-        _ns(end, "--end"),
-        cash,
-        fill,
-        fee_bps,
-        slippage_bps,
-    )
+    sources = [
+        DataSource(location=_absolute(d), symbol=s, venue=venue, interval=interval)
+        for d, s in pairs
+    ]
     with user_errors():
+        spec = _spec(
+            load_config_or_exit(config),
+            strategy,
+            param or [],
+            sources,
+            _ns(start, "--start"),
+            _ns(end, "--end"),
+            cash,
+            fill,
+            fee_bps,
+            slippage_bps,
+        )
         fleet_roles(spec.config)  # unknown strategy or bad params: say so before reading data
         spec = msgspec.structs.replace(spec, data=tuple(s.with_digest() for s in spec.data))
         result = _execute(spec, out, as_json)

@@ -9,6 +9,7 @@ RUN_DIR layout:
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -131,7 +132,7 @@ def _summarise(
         win_rate=win_rate,
         profit_factor=profit_factor,
         exposure_pct=curve["exposure_pct"],
-        fees=sum(f.fee for f in recorder.fills),
+        fees=math.fsum(f.fee for f in recorder.fills),
         wall_s=round(wall, 6),
         bars_per_s=round(bars / wall, 1) if wall > 0 else 0.0,
         result_hash=recorder.result_hash(),

@@ -544,7 +544,7 @@ def test_stop_limit_order_round_trips_through_json() -> None:
         ({}, 102.0, 10.0),  # market: taker
         ({"order_type": "stop", "stop": 103.5}, 103.5, 10.0),  # stop: taker
         ({"order_type": "limit", "limit": 101.5}, 101.5, 2.0),  # limit: maker
-        ({"order_type": "stop_limit", "stop": 103.5, "limit": 103.8}, 103.8, 2.0),  # maker
+        ({"order_type": "stop_limit", "stop": 103.5, "limit": 103.8}, 103.5, 2.0),  # maker
     ],
 )
 def test_taker_fee_on_market_and_stop_maker_fee_on_limit_and_stop_limit(
@@ -604,7 +604,7 @@ def test_no_slippage_of_any_kind_on_limit_or_stop_limit_fills() -> None:
     lim = order(MID_BAR0, order_type="limit", limit=101.5)
     assert fills(feed(venue(**v_kwargs), [lim, *BARS]))[0].fill_price == 101.5
     sl = order(MID_BAR0, order_type="stop_limit", stop=103.5, limit=103.8)
-    assert fills(feed(venue(**v_kwargs), [sl, *BARS]))[0].fill_price == 103.8
+    assert fills(feed(venue(**v_kwargs), [sl, *BARS]))[0].fill_price == 103.5
 
 
 @pytest.mark.parametrize(
@@ -621,12 +621,12 @@ def test_close_mode_fill_is_the_close_plus_slippage_clamped(
     assert filled.ts == BARS[2].close_time
 
 
-def test_limit_beyond_the_whole_bar_fills_at_the_bar_extreme() -> None:
-    # A buy limit at 110 is reached by bar 1 (low 101 <= 110) but bar 1 never traded above 104.
+def test_marketable_limit_fills_at_the_open() -> None:
+    # A buy limit at 110 is already marketable when bar 1 opens at 102: it fills there.
     buy = fills(feed(venue(), [order(MID_BAR0, order_type="limit", limit=110.0), *BARS]))
-    assert [(f.fill_price, f.ts) for f in buy] == [(104.0, BARS[1].close_time)]
+    assert [(f.fill_price, f.ts) for f in buy] == [(102.0, BARS[1].close_time)]
     sell = order(MID_BAR0, side="sell", order_type="limit", limit=90.0)
-    assert [f.fill_price for f in fills(feed(venue(), [sell, *BARS]))] == [101.0]
+    assert [f.fill_price for f in fills(feed(venue(), [sell, *BARS]))] == [102.0]
 
 
 # --- latency -------------------------------------------------------------------------------------
@@ -835,7 +835,7 @@ def test_limit_partial_fills_at_the_limit() -> None:
     assert got == [
         ("partially_filled", 97.5, 2.5, BARS[2].close_time),
         ("partially_filled", 97.5, 5.0, BARS[3].close_time),
-        ("filled", 97.5, 6.0, BAR4.close_time),
+        ("filled", 96.0, 6.0, BAR4.close_time),  # bar 4 opens at 96, below the limit
     ]
 
 
@@ -917,10 +917,11 @@ def test_restore_of_a_snapshot_from_before_the_fill_models() -> None:
 
 
 def test_stop_limit_buy_triggered_inside_the_bar_fills_when_the_stop_meets_the_limit() -> None:
-    # Bar 1 opens at 102 below the 103.5 stop and reaches it; 103.5 <= limit 103.8: fills.
+    # Bar 1 opens at 102 below the 103.5 stop and reaches it; 103.5 <= limit 103.8: the
+    # limit is marketable at the trigger, so it fills at the stop price.
     o = order(MID_BAR0, order_type="stop_limit", stop=103.5, limit=103.8)
     filled = fills(feed(venue(), [o, *BARS]))
-    assert [(f.fill_price, f.ts) for f in filled] == [(103.8, BARS[1].close_time)]
+    assert [(f.fill_price, f.ts) for f in filled] == [(103.5, BARS[1].close_time)]
 
 
 def test_stop_limit_buy_with_limit_below_the_stop_waits_for_the_next_bar() -> None:
@@ -946,10 +947,11 @@ def test_stop_limit_buy_gapping_through_the_stop_uses_the_whole_bar() -> None:
 
 
 def test_stop_limit_sell() -> None:
-    # Bar 2 (open 103) falls through the 97.5 stop inside the bar; 97.5 >= limit 97.2: fills.
+    # Bar 2 (open 103) falls through the 97.5 stop inside the bar; 97.5 >= limit 97.2: the
+    # limit is marketable at the trigger, so it fills at the stop price.
     o = order(MID_BAR0, side="sell", order_type="stop_limit", stop=97.5, limit=97.2)
     filled = fills(feed(venue(), [o, *BARS]))
-    assert [(f.fill_price, f.ts) for f in filled] == [(97.2, BARS[2].close_time)]
+    assert [(f.fill_price, f.ts) for f in filled] == [(97.5, BARS[2].close_time)]
     # Limit 99 above the stop: not on the trigger bar; bar 3 (high 99) touches it.
     o = order(MID_BAR0, side="sell", order_type="stop_limit", stop=97.5, limit=99.0)
     filled = fills(feed(venue(), [o, *BARS]))
@@ -974,9 +976,9 @@ def test_stop_limit_triggered_but_limit_not_reached_ioc_is_canceled() -> None:
     ]
 
 
-def test_stop_limit_limit_beyond_the_bar_is_clamped() -> None:
+def test_stop_limit_with_a_far_limit_fills_at_the_trigger() -> None:
     o = order(MID_BAR0, order_type="stop_limit", stop=103.5, limit=110.0)
-    assert [f.fill_price for f in fills(feed(venue(), [o, *BARS]))] == [104.0]
+    assert [f.fill_price for f in fills(feed(venue(), [o, *BARS]))] == [103.5]
 
 
 def test_stop_limit_partial_fills_rest_as_a_limit() -> None:
@@ -985,7 +987,7 @@ def test_stop_limit_partial_fills_rest_as_a_limit() -> None:
     got = [(r.status, r.fill_price, r.cum_qty, r.ts) for r in reports[1:]]
     assert got == [
         ("partially_filled", 98.5, 2.5, BARS[2].close_time),
-        ("filled", 98.5, 5.0, BARS[3].close_time),
+        ("filled", 98.0, 5.0, BARS[3].close_time),  # bar 3 opens at 98, below the limit
     ]
 
 

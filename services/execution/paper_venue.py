@@ -261,7 +261,8 @@ class PaperVenue:
         limit = order.limit_price or 0.0
         if kind == "limit" or pending.triggered:  # a limit, or a triggered stop_limit
             if bar.low <= limit if buy else bar.high >= limit:
-                return _clamp(limit, bar)
+                # marketable at the open: the open (no worse than the limit); else the limit
+                return min(limit, bar.open) if buy else max(limit, bar.open)
             return None
         stop = order.stop_price or 0.0
         if buy:
@@ -277,11 +278,15 @@ class PaperVenue:
             return self._taker_price(max(bar.open, stop) if buy else min(bar.open, stop), buy, bar)
         # stop_limit on its trigger bar: only prices known to follow the trigger count; that
         # is the whole bar when it opened through the stop, else the stop price alone.
+        # The limit then works like any limit from that first price (the open, or the stop).
+        first = bar.open if gap else stop
         if gap:
             reached = bar.low <= limit if buy else bar.high >= limit
         else:
             reached = stop <= limit if buy else stop >= limit
-        return _clamp(limit, bar) if reached else None
+        if not reached:
+            return None
+        return min(limit, first) if buy else max(limit, first)
 
     def _taker_price(self, price: float, buy: bool, bar: _BarPrices) -> float:
         sign = 1.0 if buy else -1.0
