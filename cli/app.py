@@ -4,7 +4,14 @@ from __future__ import annotations
 
 import typer
 
-from cli import backtest_commands, fleet_commands, log_commands, run_commands
+from cli import (
+    backtest_commands,
+    fleet_commands,
+    log_commands,
+    report_commands,
+    run_commands,
+    sweep_commands,
+)
 
 app = typer.Typer(
     name="keel",
@@ -23,6 +30,8 @@ app.command()(log_commands.kill)
 app.command()(log_commands.resume)
 app.command()(backtest_commands.backtest)
 app.command()(backtest_commands.replay)
+app.command()(sweep_commands.sweep)
+app.command()(report_commands.report)
 
 
 def main() -> None:

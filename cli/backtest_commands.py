@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import os
 import sys
+import tempfile
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Literal
@@ -14,8 +16,9 @@ from rich.table import Table
 
 from cli.console import console, fail, load_config_or_exit, user_errors
 from cli.timeparse import parse_time
-from eventstore.server import nats_url
-from replay.backtest import BacktestResult, BacktestSpec, load_run, run_backtest
+from eventstore.server import URL_ENV, EmbeddedServer, nats_url
+from replay.backtest import BacktestResult, BacktestSpec, RunRecord, load_run, run_backtest
+from replay.bus_replay import bus_replay
 from replay.market import DataSource
 from services.config import KeelConfig, StrategyConfig
 from services.fleet import fleet_roles
@@ -224,17 +227,24 @@ def replay(
     run_dir: Annotated[
         Path, typer.Argument(help="A run directory written by keel backtest --out.")
     ],
+    bus: Annotated[
+        bool, typer.Option("--bus", help="Replay through the real worker processes over NATS.")
+    ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
 ) -> None:
     """Re-run a stored run and check that it reproduces the same result hash."""
     with user_errors():
         record = load_run(run_dir)
-        result = _execute(record.spec, None, as_json)
+        result = _bus_replay(record, as_json) if bus else _execute(record.spec, None, as_json)
     same = result.result_hash == record.result.result_hash
     if as_json:
         sys.stdout.write(
             msgspec.json.encode(
                 {
+                    "mode": "bus" if bus else "in-process",
+                    "bars": result.bars,
+                    "wall_s": result.wall_s,
+                    "bars_per_s": result.bars_per_s,
                     "result_hash": result.result_hash,
                     "recorded_hash": record.result.result_hash,
                     "identical": same,
@@ -250,3 +260,28 @@ def replay(
         )
     if not same:
         raise typer.Exit(1)
+
+
+def _bus_replay(record: RunRecord, quiet: bool) -> BacktestResult:
+    """On ``KEEL_NATS_URL`` when set (in its own namespace), else on a fresh embedded server."""
+    with tempfile.TemporaryDirectory(prefix="keel-replay-") as tmp:
+        work = Path(tmp)
+        url = os.environ.get(URL_ENV)
+        server = None if url else EmbeddedServer(work / "nats").start()
+        try:
+            with Progress(
+                TextColumn("[bold]bus replay"),
+                BarColumn(),
+                MofNCompleteColumn(),
+                TimeRemainingColumn(),
+                console=console,
+                transient=True,
+                disable=quiet,
+            ) as progress:
+                task = progress.add_task("bars", total=None)
+                return bus_replay(
+                    record, url or server.url, work, lambda n: progress.advance(task, n)
+                )
+        finally:
+            if server is not None:
+                server.stop()

@@ -40,8 +40,18 @@ MetricsAddrOpt = Annotated[
 ]
 
 
-def _options(metrics_port: int, metrics_addr: str) -> WorkerOptions:
-    return WorkerOptions(metrics_port=metrics_port, metrics_addr=metrics_addr)
+NamespaceOpt = Annotated[
+    str,
+    typer.Option(
+        "--namespace", help="Run inside a bus replay's namespace (set by keel replay --bus)."
+    ),
+]
+
+
+def _options(metrics_port: int, metrics_addr: str, namespace: str) -> WorkerOptions:
+    if namespace:
+        name_token(namespace, "namespace")
+    return WorkerOptions(metrics_port=metrics_port, metrics_addr=metrics_addr, namespace=namespace)
 
 
 def _serve(worker: Worker) -> None:
@@ -51,7 +61,7 @@ def _serve(worker: Worker) -> None:
 
     async def main() -> None:
         with nats_url() as url:
-            bus = await Bus.connect(url, name=worker.name)
+            bus = await Bus.connect(url, name=worker.name, namespace=worker.options.namespace)
             try:
                 await worker.run(bus)
             finally:
@@ -65,10 +75,14 @@ def risk(
     config: ConfigOpt = None,
     metrics_port: MetricsOpt = 0,
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
+    namespace: NamespaceOpt = "",
 ) -> None:
     """Pre-trade rails: signals in, orders or rejections out."""
     _serve(
-        Worker(risk_role(load_config_or_exit(config).risk), _options(metrics_port, metrics_addr))
+        Worker(
+            risk_role(load_config_or_exit(config).risk),
+            _options(metrics_port, metrics_addr, namespace),
+        )
     )
 
 
@@ -77,10 +91,11 @@ def execution(
     config: ConfigOpt = None,
     metrics_port: MetricsOpt = 0,
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
+    namespace: NamespaceOpt = "",
 ) -> None:
     """The paper venue: orders in, execution reports out."""
     role = execution_role(load_config_or_exit(config).execution)
-    _serve(Worker(role, _options(metrics_port, metrics_addr)))
+    _serve(Worker(role, _options(metrics_port, metrics_addr, namespace)))
 
 
 @app.command()
@@ -88,10 +103,11 @@ def portfolio(
     config: ConfigOpt = None,
     metrics_port: MetricsOpt = 0,
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
+    namespace: NamespaceOpt = "",
 ) -> None:
     """Positions, cash, PnL and equity."""
     role = portfolio_role(load_config_or_exit(config).portfolio)
-    _serve(Worker(role, _options(metrics_port, metrics_addr)))
+    _serve(Worker(role, _options(metrics_port, metrics_addr, namespace)))
 
 
 @app.command()
@@ -111,6 +127,7 @@ def strategy(
     config: ConfigOpt = None,
     metrics_port: MetricsOpt = 0,
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
+    namespace: NamespaceOpt = "",
 ) -> None:
     """A strategy from strategies/ by name, or an instance declared in --config."""
     chosen = _strategy_config(
@@ -120,7 +137,11 @@ def strategy(
         built = build_strategy(
             chosen.name, chosen.params, name_token(chosen.instance_name, "instance")
         )
-    _serve(Worker(strategy_role(built, chosen.symbols), _options(metrics_port, metrics_addr)))
+    _serve(
+        Worker(
+            strategy_role(built, chosen.symbols), _options(metrics_port, metrics_addr, namespace)
+        )
+    )
 
 
 def _strategy_config(

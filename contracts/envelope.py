@@ -21,6 +21,7 @@ CORRELATION_ID = "Keel-Correlation-Id"
 EVENT_TIME = "Keel-Event-Time"
 SCHEMA = "Keel-Schema"
 TRACEPARENT = "traceparent"
+PRODUCER = "Keel-Producer"
 
 
 def _digest(text: str, size: int) -> str:

@@ -22,11 +22,11 @@ from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from contracts.codec import DecodeError, decode, encode
-from contracts.envelope import Envelope
+from contracts.envelope import PRODUCER, Envelope
 from contracts.events import Event
 from contracts.subjects import subject_for
 from eventstore.errors import KeelError
-from eventstore.streams import STREAMS, ensure_streams
+from eventstore.streams import REPLAY_PREFIX, STREAMS, ensure_streams, replay_stream
 
 BULK_WINDOW = 512
 READ_BUFFER = 4096
@@ -40,6 +40,7 @@ class Stored(msgspec.Struct, frozen=True):
     subject: str
     envelope: Envelope
     event: Event
+    producer: str = ""
 
 
 class PublishTally(msgspec.Struct):
@@ -48,12 +49,18 @@ class PublishTally(msgspec.Struct):
 
 
 class Bus:
-    def __init__(self, nc: Client, window: int = BULK_WINDOW) -> None:
+    """A connection; with a ``namespace`` every subject it publishes on is moved under
+    ``rp.<namespace>.`` (a bus replay's private stream)."""
+
+    def __init__(self, nc: Client, window: int = BULK_WINDOW, namespace: str = "") -> None:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(publish_async_max_pending=window)
+        self.prefix = f"{REPLAY_PREFIX}.{namespace}." if namespace else ""
 
     @classmethod
-    async def connect(cls, url: str, name: str = "keel", ensure: bool = True) -> Bus:
+    async def connect(
+        cls, url: str, name: str = "keel", ensure: bool = True, namespace: str = ""
+    ) -> Bus:
         try:
             nc = await nats.connect(
                 url,
@@ -67,9 +74,11 @@ class Bus:
             raise KeelError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
         # Fail fast on the first connect, then ride out server restarts indefinitely.
         nc.options["max_reconnect_attempts"] = -1
-        bus = cls(nc)
+        bus = cls(nc, namespace=namespace)
         if ensure:
             await ensure_streams(bus.js)
+        if namespace:
+            await ensure_streams(bus.js, (replay_stream(namespace),))
         return bus
 
     async def close(self) -> None:
@@ -81,15 +90,27 @@ class Bus:
             with contextlib.suppress(Exception):
                 await self.nc.close()
 
-    async def publish(self, event: Event, envelope: Envelope) -> bool:
+    def _headers(self, envelope: Envelope, producer: str) -> dict[str, str]:
+        headers = envelope.headers()
+        if producer:
+            headers[PRODUCER] = producer
+        return headers
+
+    async def publish(self, event: Event, envelope: Envelope, producer: str = "") -> bool:
         """Store one event; False when the log already held it (same id)."""
-        ack = await self.js.publish(subject_for(event), encode(event), headers=envelope.headers())
+        ack = await self.js.publish(
+            self.prefix + subject_for(event),
+            encode(event),
+            headers=self._headers(envelope, producer),
+        )
         return not ack.duplicate
 
-    async def submit(self, event: Event, envelope: Envelope) -> asyncio.Future:
+    async def submit(self, event: Event, envelope: Envelope, producer: str = "") -> asyncio.Future:
         """Start a publish; the future resolves to the ack (waits when the window is full)."""
         return await self.js.publish_async(
-            subject_for(event), encode(event), headers=envelope.headers()
+            self.prefix + subject_for(event),
+            encode(event),
+            headers=self._headers(envelope, producer),
         )
 
     async def publish_many(self, items: Iterable[tuple[Event, Envelope]]) -> PublishTally:
@@ -179,9 +200,9 @@ class DeadRead(msgspec.Struct, frozen=True):
 def read_message(msg: Msg, stream: str) -> Stored | DeadRead:
     seq = msg.metadata.sequence.stream
     try:
-        return Stored(
-            stream, seq, msg.subject, Envelope.from_headers(msg.headers), decode(msg.data)
-        )
+        envelope = Envelope.from_headers(msg.headers)
+        producer = (msg.headers or {}).get(PRODUCER, "")
+        return Stored(stream, seq, msg.subject, envelope, decode(msg.data), producer)
     except (DecodeError, ValueError) as exc:
         return DeadRead(stream, seq, msg.subject, str(exc))
 

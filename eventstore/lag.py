@@ -23,15 +23,15 @@ class ConsumerLag(msgspec.Struct, frozen=True):
     redelivered: int
 
 
-async def consumer_lags(bus: Bus) -> list[ConsumerLag]:
+async def consumer_lags(bus: Bus, streams: tuple[str, ...] | None = None) -> list[ConsumerLag]:
     out: list[ConsumerLag] = []
-    for spec in STREAMS:
-        for info in await bus.js.consumers_info(spec.name):
+    for stream in streams or tuple(spec.name for spec in STREAMS):
+        for info in await bus.js.consumers_info(stream):
             if not info.config.durable_name:
                 continue
             out.append(
                 ConsumerLag(
-                    spec.name,
+                    stream,
                     info.name,
                     info.num_pending or 0,
                     info.num_ack_pending or 0,
@@ -42,12 +42,19 @@ async def consumer_lags(bus: Bus) -> list[ConsumerLag]:
 
 
 async def wait_drained(
-    bus: Bus, expect: set[str] = frozenset(), timeout: float = 60.0, poll: float = 0.05
+    bus: Bus,
+    expect: set[str] = frozenset(),
+    timeout: float = 60.0,
+    poll: float = 0.05,
+    streams: tuple[str, ...] | None = None,
 ) -> bool:
-    """Wait until the named durable consumers exist and none has work left."""
+    """Wait until the named durable consumers exist and none has work left (all durable
+    consumers of ``streams`` when no names are given)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
-        lags = await consumer_lags(bus)
+        lags = [
+            lag for lag in await consumer_lags(bus, streams) if not expect or lag.consumer in expect
+        ]
         present = {lag.consumer for lag in lags}
         if expect <= present and all(lag.pending == 0 and lag.ack_pending == 0 for lag in lags):
             return True

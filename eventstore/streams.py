@@ -67,3 +67,17 @@ async def ensure_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...] = S
             or (current.max_age or 0) != (config.max_age or 0)
         ):
             await js.update_stream(config)
+
+
+def replay_stream(namespace: str) -> StreamSpec:
+    """One stream per bus replay, ``rp.<namespace>.>``: its events never mix with live ones,
+    and a worker reading it through one consumer sees them in the order they were stored."""
+    return StreamSpec(
+        f"REPLAY_{namespace}",
+        (f"{REPLAY_PREFIX}.{namespace}.>",),
+        f"bus replay {namespace}",
+        max_age_s=7 * DAY,
+    )
+
+
+REPLAY_PREFIX = "rp"

@@ -96,13 +96,13 @@ def run_backtest(
     if progress:
         progress(engine.market_events % 4096)
     wall = time.perf_counter() - started
-    result = _summarise(spec, recorder, count, interval, wall)
+    result = summarise(spec, recorder, count, interval, wall)
     if out_dir is not None:
         _write_run(out_dir, spec, result, recorder)
     return result
 
 
-def _summarise(
+def summarise(
     spec: BacktestSpec, recorder: RunRecorder, bars: int, interval: str, wall: float
 ) -> BacktestResult:
     periods = spec.periods_per_year or periods_per_year(interval)

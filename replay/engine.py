@@ -31,8 +31,10 @@ LazyEnvelope = tuple
 asks; the hash does not need them), which keeps id hashing off the replay's hot path."""
 
 
-def resolve(lazy: LazyEnvelope) -> Envelope:
+def resolve(lazy: LazyEnvelope | Envelope) -> Envelope:
     """The envelope a live worker would give the same event."""
+    if isinstance(lazy, Envelope):
+        return lazy
     if len(lazy) == 1:
         return bar_envelope(lazy[0])
     parent, producer, index, ts = lazy

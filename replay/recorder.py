@@ -3,7 +3,7 @@ events, and (optionally) every event into Parquet, streamed in row groups.
 
 ``result_hash`` is sha256 over the producers in the fleet's canonical order, each
 contributing the sha256 of its own outputs in the order it produced them (subject, newline,
-JSON payload, newline). A producer's output order is fixed by the inputs it saw, whereas
+JSON payload, newline). Dead letters are counted but not hashed: they report bugs. A producer's output order is fixed by the inputs it saw, whereas
 the interleaving of different producers on different streams is not, so this hash is the
 same for an in-process replay and for real workers on the bus.
 """
@@ -85,7 +85,12 @@ class RunRecorder:
         self._writer = pq.ParquetWriter(events_path, EVENT_SCHEMA) if events_path else None
         self._rows: dict[str, list] = {name: [] for name in EVENT_SCHEMA.names}
 
-    def __call__(self, subject: str, event: Event, envelope: LazyEnvelope, producer: str) -> None:
+    def __call__(
+        self, subject: str, event: Event, envelope: LazyEnvelope | Envelope, producer: str
+    ) -> None:
+        if isinstance(event, DeadLetter):  # a bug report, not a result: counted, not hashed
+            self.counts.dead_letters += 1
+            return
         payload = encode(event)
         digest = self._hashes.get(producer)
         if digest is None:
@@ -118,8 +123,6 @@ class RunRecorder:
             counts.rejections += 1
             detail = f"{event.strategy} {event.symbol}: {event.reason}"
             self.risk_events.append(RiskEvent(iso(event.ts), event.rule, "reject", detail))
-        elif isinstance(event, DeadLetter):
-            counts.dead_letters += 1
 
     def _append_row(
         self, subject: str, event: Event, envelope: Envelope, producer: str, payload: bytes

@@ -46,16 +46,18 @@ class KeelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def load_config(path: Path | None) -> KeelConfig:
+    """TOML (what people write), or JSON (what ``keel replay --bus`` hands its workers)."""
     if path is None:
         return KeelConfig()
     try:
-        raw = tomllib.loads(path.read_text())
+        text = path.read_text()
+        raw = msgspec.json.decode(text) if path.suffix == ".json" else tomllib.loads(text)
     except FileNotFoundError as exc:
         raise KeelError(f"config {path}: no such file") from exc
     except (OSError, UnicodeDecodeError) as exc:
         raise KeelError(f"config {path}: cannot read: {exc}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise KeelError(f"config {path}: not valid TOML: {exc}") from exc
+    except (tomllib.TOMLDecodeError, msgspec.DecodeError) as exc:
+        raise KeelError(f"config {path}: not valid {path.suffix[1:].upper() or 'TOML'}: {exc}") from exc
     try:
         return msgspec.convert(raw, KeelConfig)
     except msgspec.ValidationError as exc:

@@ -32,6 +32,7 @@ from contracts.events import DeadLetter, Event, Heartbeat
 from contracts.subjects import name_token
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
+from eventstore.streams import REPLAY_PREFIX, replay_stream
 from services.runtime.role import Input, Role
 from services.runtime.telemetry import WorkerMetrics, start_metrics
 
@@ -54,6 +55,7 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     metrics_port: int | None = 0
     metrics_addr: str = "127.0.0.1"
     batch: int = BATCH
+    namespace: str = ""
 
 
 def durable_name(worker: str, stream: str) -> str:
@@ -72,9 +74,17 @@ async def snapshot_bucket(bus: Bus) -> KeyValue:
 class Worker:
     def __init__(self, role: Role, options: WorkerOptions | None = None) -> None:
         self.name = name_token(role.name, "worker")
-        self.inputs = role.inputs
         self.decider = role.decider
         self.options = options or WorkerOptions()
+        namespace = self.options.namespace
+        # In a bus replay every input lives in the replay's one stream; a single consumer
+        # over all of them delivers in storage order, which respects causality.
+        self.inputs = (
+            (Input(replay_stream(namespace).name, _namespaced(role.inputs, namespace)),)
+            if namespace
+            else role.inputs
+        )
+        self.key = f"{namespace}-{self.name}" if namespace else self.name
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.processed = 0
         self._seqs: dict[str, int] = {}
@@ -113,7 +123,7 @@ class Worker:
 
     async def _restore(self, kv: KeyValue) -> None:
         try:
-            entry = await kv.get(self.name)
+            entry = await kv.get(self.key)
         except KeyNotFoundError:
             return
         if not entry.value:
@@ -131,7 +141,7 @@ class Worker:
 
     async def _subscribe(self, bus: Bus, spec: Input):
         config = ConsumerConfig(
-            durable_name=durable_name(self.name, spec.stream),
+            durable_name=durable_name(self.key, spec.stream),
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.options.ack_wait_s,
             max_ack_pending=self.options.batch,
@@ -179,7 +189,7 @@ class Worker:
                 if seq <= self._seqs.get(stream, 0):
                     continue
                 for event, envelope in self._apply(stream, msg):
-                    futures.append(await bus.submit(event, envelope))
+                    futures.append(await bus.submit(event, envelope, self.name))
                 self._seqs[stream] = seq
                 self.processed += 1
             await asyncio.gather(*futures)
@@ -187,7 +197,7 @@ class Worker:
                 self._metrics.events_out.add(len(futures), {"worker": self.name})
             self._maybe_crash(len(futures))
             snap = Snapshot(self._seqs, self.decider.snapshot(), self.processed)
-            await kv.put(self.name, msgspec.msgpack.encode(snap))
+            await kv.put(self.key, msgspec.msgpack.encode(snap))
             for _, msg in batch:
                 await msg.ack()
 
@@ -250,7 +260,7 @@ class Worker:
         )
         env = Envelope.root(content_id("hb", self.name, self.instance, seq, status), now)
         with contextlib.suppress(Exception):
-            await bus.publish(beat, env)
+            await bus.publish(beat, env, self.name)
 
     async def _heartbeat(self, bus: Bus) -> None:
         seq = 0
@@ -259,3 +269,8 @@ class Worker:
             await self._beat(bus, "running", seq)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.options.heartbeat_s)
+
+
+def _namespaced(inputs: tuple[Input, ...], namespace: str) -> tuple[str, ...]:
+    prefix = f"{REPLAY_PREFIX}.{namespace}."
+    return tuple(prefix + subject for i in inputs for subject in i.subjects)

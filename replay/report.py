@@ -1,0 +1,747 @@
+"""The report of a stored backtest run: metrics re-checked from the events, and report.html.
+
+Everything here reads only the files ``run_backtest`` left in RUN_DIR (``run.json``,
+``metrics.json``, ``events.parquet``, ``equity.parquet``, ``trades.parquet``); nothing is
+re-run and no market data is read.
+
+Recomputed metrics
+------------------
+``recompute_metrics`` rebuilds the summary from the stored events with polars and numpy and
+the same functions ``run_backtest`` uses (``replay.metrics``):
+
+* the equity curve is the ``EquitySnapshot`` events, decoded column-wise by polars, keeping
+  the last snapshot of each ts in log order, sorted by ts (exactly the recorder's rule);
+* fills are the ``ExecutionReport`` events with ``fill_qty > 0``; trades are their FIFO
+  round trips (``trades_from_fills``), fees their sum;
+* signals, orders and rejections (``RiskDecision`` with ``approved`` false) are counted by
+  event type. Dead letters are not checked: the recorder counts them without storing them.
+
+``check_run`` compares them with ``metrics.json`` (1e-9 relative) and checks that
+``equity.parquet``, ``trades.parquet`` and ``run.json`` agree with the events.
+
+Annualisation
+-------------
+Sharpe and Sortino are per-bar ratios scaled by ``sqrt(P)``, ``P`` the number of bars in a
+year, from the bar interval, counting every calendar day (crypto trades 24/7; see
+``replay.metrics.periods_per_year``): ``1s`` -> 31,536,000; ``1m`` -> 525,600;
+``5m`` -> 105,120; ``15m`` -> 35,040; ``1h`` -> 8,760; ``4h`` -> 2,190; ``1d`` -> 365;
+``1w`` -> 52.14 (365 / 7); ``<n><unit>`` divides the unit's figure by ``n``. A spec's
+``periods_per_year`` overrides it (e.g. 252 for equities on daily bars). The report shows
+the ``P`` used.
+
+report.html
+-----------
+``write_report`` writes one self-contained page (a single inline copy of plotly.js, no
+network access needed to open it): a header (strategies and parameters, data sources,
+window, result hash), the metrics table, the equity curve, the drawdown (percent below the
+running peak, starting cash included, as in ``max_drawdown_pct``), price with entries and
+exits per symbol, attribution per strategy and per symbol, and the first
+``TRADES_SHOWN`` trades.
+
+Price: a run stores no bar closes (market data is an input, not an output event), and this
+module adds nothing to the run's storage. The only prices a run stores are its fills, so
+the price line of a symbol is drawn through its fill prices over time, with each closed
+trade's entry and exit marked on it. The page says so next to the chart.
+
+Large runs: every plotted trace is reduced to at most ``MAX_POINTS`` points by
+``minmax_indices`` (per bucket of consecutive points, the minimum and the maximum, plus the
+first and last point), vectorised with numpy, so the global extremes of the curve and of
+the drawdown are always drawn.
+"""
+
+from __future__ import annotations
+
+import html
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import msgspec
+import numpy as np
+import polars as pl
+
+from contracts.events import ExecutionReport
+from eventstore.errors import KeelError
+from replay.backtest import RUN_FILE, BacktestResult, RunRecord, load_run
+from replay.metrics import curve_metrics, periods_per_year, trade_stats, trades_from_fills
+from replay.recorder import iso
+
+__all__ = [
+    "MAX_POINTS",
+    "REPORT_FILE",
+    "TRADES_SHOWN",
+    "RunData",
+    "annualisation",
+    "check_run",
+    "drawdown_pct",
+    "load_run_data",
+    "metric_differences",
+    "minmax_indices",
+    "recompute_metrics",
+    "report_is_stale",
+    "write_report",
+]
+
+REPORT_FILE = "report.html"
+MAX_POINTS = 5_000
+"""Most points drawn per trace."""
+TRADES_SHOWN = 500
+REL_TOL = 1e-9
+ABS_TOL = 1e-12
+"""Below this absolute difference two metrics agree whatever their size (e.g. 0.0 vs 1e-17)."""
+
+TRADE_COLUMNS = {
+    "strategy": pl.String,
+    "venue": pl.String,
+    "symbol": pl.String,
+    "side": pl.String,
+    "qty": pl.Float64,
+    "entry_ts": pl.Int64,
+    "exit_ts": pl.Int64,
+    "entry_price": pl.Float64,
+    "exit_price": pl.Float64,
+    "pnl": pl.Float64,
+    "fees": pl.Float64,
+}
+EQUITY_COLUMNS = {"ts": pl.Int64, "equity": pl.Float64, "gross_exposure": pl.Float64}
+_SNAPSHOT = pl.Struct({"equity": pl.Float64, "gross_exposure": pl.Float64})
+_DECISION = pl.Struct({"approved": pl.Boolean})
+_REPORTS = msgspec.json.Decoder(list[ExecutionReport])
+
+ANNUALISATION_NOTE = (
+    "Sharpe and Sortino are per-bar ratios scaled by &radic;P, P = bars per year from the bar "
+    "interval, counting every calendar day (crypto trades 24/7): 1s &rarr; 31,536,000; "
+    "1m &rarr; 525,600; 5m &rarr; 105,120; 15m &rarr; 35,040; 1h &rarr; 8,760; "
+    "4h &rarr; 2,190; 1d &rarr; 365; 1w &rarr; 52.14 (365/7); &lt;n&gt;&lt;unit&gt; divides "
+    "the unit's figure by n. A spec's periods_per_year overrides it (e.g. 252 for equities "
+    "on daily bars)."
+)
+PRICE_NOTE = (
+    "A run stores no bar closes (market data is an input, not an output event), so the "
+    "price line is drawn through the run's fill prices, the only prices it stores. "
+    "Markers are the closed trades' entries and exits (FIFO round trips from trades.parquet). "
+    f"Each trace shows at most {MAX_POINTS:,} points (the minimum and maximum of each bucket "
+    "of consecutive points)."
+)
+
+
+# --- reading a run ------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class RunData:
+    """What a run directory holds, read and validated."""
+
+    run_dir: Path
+    record: RunRecord
+    metrics: BacktestResult
+    """``metrics.json``."""
+    equity: pl.DataFrame
+    """``equity.parquet``: ts, equity, gross_exposure."""
+    trades: pl.DataFrame
+    """``trades.parquet``."""
+    curve: pl.DataFrame
+    """The equity curve rebuilt from the EquitySnapshot events: ts, equity, gross_exposure."""
+    fills: list[ExecutionReport]
+    """ExecutionReport events with ``fill_qty > 0``, in log order."""
+    counts: dict[str, int]
+    """signals, orders and rejections counted from the events."""
+
+
+def _damaged(path: Path, exc: BaseException) -> KeelError:
+    first = str(exc).strip().splitlines()
+    return KeelError(f"{path} is damaged: {first[0] if first else type(exc).__name__}")
+
+
+def _read_table(path: Path, columns: dict[str, Any]) -> pl.DataFrame:
+    if not path.is_file():
+        raise KeelError(f"{path.parent} is not a complete run directory (no {path.name})")
+    try:
+        frame = pl.read_parquet(path, columns=list(columns))
+        return frame.cast(columns, strict=True)
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        raise _damaged(path, exc) from exc
+
+
+def load_run_data(run_dir: Path) -> RunData:
+    """Read every stored file of a run; ``KeelError`` (one line) if one is missing or damaged."""
+    run_dir = Path(run_dir)
+    if not run_dir.is_dir():
+        raise KeelError(f"{run_dir} is not a run directory")
+    try:
+        record = load_run(run_dir)
+    except OSError as exc:
+        raise _damaged(run_dir / RUN_FILE, exc) from exc
+    metrics_path = run_dir / "metrics.json"
+    try:
+        metrics = msgspec.json.decode(metrics_path.read_bytes(), type=BacktestResult)
+    except FileNotFoundError as exc:
+        raise KeelError(f"{run_dir} is not a complete run directory (no metrics.json)") from exc
+    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _damaged(metrics_path, exc) from exc
+    equity = _read_table(run_dir / "equity.parquet", EQUITY_COLUMNS)
+    trades = _read_table(run_dir / "trades.parquet", TRADE_COLUMNS)
+    curve, fills, counts = _read_events(run_dir / "events.parquet")
+    return RunData(run_dir, record, metrics, equity, trades, curve, fills, counts)
+
+
+def _is(event_type: str) -> pl.Expr:
+    return pl.col("type") == event_type
+
+
+def _read_events(path: Path) -> tuple[pl.DataFrame, list[ExecutionReport], dict[str, int]]:
+    if not path.is_file():
+        raise KeelError(f"{path.parent} is not a complete run directory (no {path.name})")
+    try:
+        scan = pl.scan_parquet(path)
+        # Lazy queries: the payloads are decoded by polars into typed columns (str.json_decode
+        # parses floats exactly) without holding every payload string in memory at once.
+        curve, rejected, report_rows, by_type = pl.collect_all(
+            [
+                scan.filter(_is("EquitySnapshot"))
+                .select(
+                    pl.col("ts").cast(pl.Int64),
+                    pl.col("payload").str.json_decode(_SNAPSHOT).alias("p"),
+                )
+                .unnest("p")
+                .group_by("ts", maintain_order=True)
+                .last()
+                .sort("ts", maintain_order=True),
+                scan.filter(_is("RiskDecision"))
+                .select(pl.col("payload").str.json_decode(_DECISION).struct.field("approved"))
+                .filter(pl.col("approved").not_())
+                .select(pl.len()),
+                scan.filter(_is("ExecutionReport")).select("payload"),
+                scan.group_by("type").len(),
+            ]
+        )
+    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
+        raise _damaged(path, exc) from exc
+    rejections = int(rejected.item())
+    payloads = report_rows["payload"].to_list()
+    del report_rows
+    if curve.select(pl.all().is_null().any()).row(0) != (False, False, False):
+        raise KeelError(f"{path} is damaged: an EquitySnapshot without equity")
+    try:
+        reports = _REPORTS.decode(("[" + ",".join(payloads) + "]").encode())
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise _damaged(path, exc) from exc
+    fills = [r for r in reports if r.fill_qty > 0]
+    per_type = dict(zip(by_type["type"].to_list(), by_type["len"].to_list(), strict=True))
+    counts = {
+        "signals": per_type.get("Signal", 0),
+        "orders": per_type.get("OrderCommand", 0),
+        "rejections": rejections,
+    }
+    return curve, fills, counts
+
+
+# --- metrics ------------------------------------------------------------------------------------
+
+
+def annualisation(record: RunRecord) -> float:
+    """``P``, the bars per year the run's Sharpe and Sortino were scaled with."""
+    if record.spec.periods_per_year:
+        return float(record.spec.periods_per_year)
+    try:
+        return periods_per_year(record.result.interval)
+    except ValueError as exc:
+        raise KeelError(f"run.json: {exc}") from exc
+
+
+def recompute_metrics(data: RunData) -> dict[str, Any]:
+    """The run's metrics recomputed from its events (keys as in ``metrics.json``)."""
+    cash = data.record.spec.config.portfolio.starting_cash
+    curve = curve_metrics(
+        data.curve["equity"].to_numpy(),
+        data.curve["gross_exposure"].to_numpy(),
+        cash,
+        annualisation(data.record),
+    )
+    trades = trades_from_fills(data.fills)
+    win_rate, profit_factor = trade_stats(trades)
+    return {
+        **data.counts,
+        "fills": len(data.fills),
+        "trades": len(trades),
+        **curve,
+        "win_rate": win_rate,
+        "profit_factor": profit_factor,
+        "fees": math.fsum(f.fee for f in data.fills),
+    }
+
+
+def _agree(a: Any, b: Any) -> bool:
+    if a is None or b is None:
+        return a is b
+    if isinstance(a, float) or isinstance(b, float):
+        return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
+    return a == b
+
+
+def metric_differences(stored: BacktestResult, recomputed: dict[str, Any]) -> list[str]:
+    """``"name recomputed (stored s)"`` for each metric that differs beyond 1e-9 relative."""
+    return [
+        f"{name} {value!r} (stored {getattr(stored, name)!r})"
+        for name, value in recomputed.items()
+        if not _agree(value, getattr(stored, name))
+    ]
+
+
+def check_run(data: RunData) -> list[str]:
+    """Disagreements between a run's files, one line each; empty when everything agrees."""
+    problems: list[str] = []
+    recomputed = recompute_metrics(data)
+    differences = metric_differences(data.metrics, recomputed)
+    if differences:
+        problems.append(
+            "metrics recomputed from events.parquet differ from metrics.json: "
+            + ", ".join(differences)
+        )
+    if data.metrics != data.record.result:
+        problems.append("metrics.json differs from the result in run.json")
+    stored, rebuilt = data.equity, data.curve
+    same_curve = stored.height == rebuilt.height and (
+        np.array_equal(stored["ts"].to_numpy(), rebuilt["ts"].to_numpy())
+        and np.allclose(
+            stored["equity"].to_numpy(), rebuilt["equity"].to_numpy(), rtol=REL_TOL, atol=0
+        )
+    )
+    if not same_curve:
+        problems.append(
+            f"equity.parquet ({stored.height:,} points) differs from the EquitySnapshot "
+            f"events ({rebuilt.height:,} points)"
+        )
+    trades = recomputed["trades"]
+    if data.trades.height != trades:
+        problems.append(
+            f"trades.parquet has {data.trades.height:,} trades, the fills give {trades:,}"
+        )
+    return problems
+
+
+# --- curves -------------------------------------------------------------------------------------
+
+
+def minmax_indices(values: np.ndarray, max_points: int = MAX_POINTS) -> np.ndarray:
+    """Sorted indices of at most ``max_points`` points that keep the shape of a long series.
+
+    All indices when the series is short enough; otherwise the series is cut into buckets
+    of consecutive points and each bucket keeps its minimum and its maximum, plus the first
+    and last point, so the global minimum and maximum are always kept. Vectorised (one
+    argmin and one argmax over a reshaped array), no loop over points.
+    """
+    if max_points < 4:
+        raise ValueError("max_points must be >= 4")
+    y = np.asarray(values, dtype=np.float64)
+    n = y.size
+    if n <= max_points:
+        return np.arange(n)
+    buckets = (max_points - 2) // 2
+    size = -(-n // buckets)
+    buckets = -(-n // size)
+    # Pad the last bucket with the last value: an argmin / argmax landing in the padding
+    # points at a value equal to y[-1], so clipping to n - 1 keeps the right value.
+    grid = np.pad(y, (0, buckets * size - n), mode="edge").reshape(buckets, size)
+    start = np.arange(buckets) * size
+    low = np.minimum(start + grid.argmin(axis=1), n - 1)
+    high = np.minimum(start + grid.argmax(axis=1), n - 1)
+    return np.unique(np.concatenate(([0, n - 1], low, high)))
+
+
+def drawdown_pct(equity: np.ndarray, starting_cash: float) -> np.ndarray:
+    """Percent below the running peak (starting cash included), <= 0 at every point."""
+    equity = np.asarray(equity, dtype=np.float64)
+    peak = np.maximum.accumulate(np.maximum(equity, starting_cash))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        return np.nan_to_num((equity / peak - 1.0) * 100.0)
+
+
+def _times(ns: np.ndarray) -> np.ndarray:
+    """Nanosecond timestamps as ISO strings (plotly reads them as dates)."""
+    return np.datetime_as_string(np.asarray(ns, dtype=np.int64).astype("datetime64[ns]"), "ms")
+
+
+def _reduced(ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    keep = minmax_indices(values)
+    return _times(ts[keep]), np.asarray(values)[keep]
+
+
+# --- the page -----------------------------------------------------------------------------------
+
+
+def report_is_stale(run_dir: Path) -> bool:
+    """True when report.html is missing or older than run.json."""
+    report, run = Path(run_dir) / REPORT_FILE, Path(run_dir) / RUN_FILE
+    try:
+        return report.stat().st_mtime_ns < run.stat().st_mtime_ns
+    except FileNotFoundError:
+        return True
+
+
+def write_report(run_dir: Path, data: RunData | None = None) -> Path:
+    """Write ``run_dir/report.html`` from the stored files and return its path.
+
+    ``data`` is the run already read by ``load_run_data`` (read here when omitted).
+    """
+    run_dir = Path(run_dir)
+    data = data or load_run_data(run_dir)
+    page = _page(data)
+    path = run_dir / REPORT_FILE
+    temporary = path.with_name(f".{REPORT_FILE}.{os.getpid()}.tmp")
+    try:
+        temporary.write_text(page, encoding="utf-8")
+        temporary.replace(path)
+    except OSError as exc:
+        temporary.unlink(missing_ok=True)
+        raise KeelError(f"cannot write {path}: {exc}") from exc
+    return path
+
+
+def _plotlyjs() -> str:
+    """plotly.js, inline, once per page.
+
+    The bundle names two CDN addresses as defaults of features these charts never use
+    (geo topojson, map icons); they are written ``https:\\/\\/`` (the same string in
+    JavaScript) so that a page search for ``https://cdn`` finds only real references.
+    """
+    from plotly.offline import get_plotlyjs
+
+    return get_plotlyjs().replace("https://cdn", "https:\\/\\/cdn")
+
+
+def _figure_html(figure: Any, name: str) -> str:
+    """A figure's div and script, under an HTML heading repeating its title (searchable)."""
+    title = figure.layout.title.text
+    heading = f"<h3>{_esc(title)}</h3>" if title else ""
+    return heading + figure.to_html(
+        full_html=False,
+        include_plotlyjs=False,
+        div_id=name,
+        config={"displaylogo": False, "responsive": True},
+    )
+
+
+def _layout(figure: Any, title: str, y_title: str, height: int = 420) -> Any:
+    figure.update_layout(
+        title=title,
+        template="plotly_white",
+        height=height,
+        margin={"l": 60, "r": 20, "t": 50, "b": 40},
+        yaxis_title=y_title,
+        legend={"orientation": "h", "y": -0.15},
+        hovermode="x unified",
+    )
+    return figure
+
+
+def _esc(value: Any) -> str:
+    return html.escape(str(value))
+
+
+def _table(header: list[str], rows: list[list[Any]], table_id: str = "") -> str:
+    ident = f' id="{table_id}"' if table_id else ""
+    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
+    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
+
+
+def _when(ns: int | None) -> str:
+    return "-" if ns is None else iso(ns)
+
+
+def _header(data: RunData) -> str:
+    spec, result = data.record.spec, data.record.result
+    config = spec.config
+    strategies = _table(
+        ["strategy", "instance", "symbols", "params"],
+        [
+            [
+                s.name,
+                s.instance_name,
+                ", ".join(s.symbols) or "all",
+                ", ".join(f"{k}={v}" for k, v in sorted(s.params.items())) or "defaults",
+            ]
+            for s in config.strategies
+        ],
+        "strategies",
+    )
+    sources = _table(
+        ["data", "symbol", "venue", "interval", "sha256"],
+        [
+            [
+                d.location,
+                d.symbol or "(file stem)",
+                d.venue,
+                d.interval or "inferred",
+                d.sha256[:16],
+            ]
+            for d in spec.data
+        ],
+        "sources",
+    )
+    ts = data.equity["ts"]
+    first, last = (ts.min(), ts.max()) if data.equity.height else (None, None)
+    execution = config.execution
+    facts = _table(
+        ["", ""],
+        [
+            ["requested window", f"{_when(spec.start)} .. {_when(spec.end)} (end exclusive)"],
+            ["equity curve", f"{_when(first)} .. {_when(last)}, {data.equity.height:,} points"],
+            ["bars / interval", f"{result.bars:,} bars of {result.interval}"],
+            ["annualisation P", f"{annualisation(data.record):,.6g} bars per year"],
+            ["starting cash", f"{config.portfolio.starting_cash:,.2f}"],
+            [
+                "execution",
+                f"fill {execution.fill}, fee {execution.fee_bps} bps, "
+                f"slippage {execution.slippage_bps} bps",
+            ],
+            ["result hash", result.result_hash],
+        ],
+        "facts",
+    )
+    names = ", ".join(s.name for s in config.strategies)
+    return (
+        f"<h1>Keel backtest report: {_esc(names)}</h1>"
+        f"<p class=note>Run directory {_esc(data.run_dir.resolve())}</p>"
+        f"<h2>Strategies</h2>{strategies}<h2>Data</h2>{sources}<h2>Run</h2>{facts}"
+    )
+
+
+def _metrics_table(data: RunData) -> str:
+    m = data.metrics
+    pf = "n/a (no losing trade)" if m.profit_factor is None else f"{m.profit_factor:.4f}"
+    rows = [
+        ["bars", f"{m.bars:,}"],
+        ["signals / orders / fills", f"{m.signals:,} / {m.orders:,} / {m.fills:,}"],
+        ["rejections / dead letters", f"{m.rejections:,} / {m.dead_letters:,}"],
+        ["trades", f"{m.trades:,}"],
+        ["final equity", f"{m.final_equity:,.2f}"],
+        ["return", f"{m.return_pct:+.4f}%"],
+        ["sharpe (annualised)", f"{m.sharpe:.4f}"],
+        ["sortino (annualised)", f"{m.sortino:.4f}"],
+        ["max drawdown", f"{m.max_drawdown_pct:.4f}%"],
+        ["win rate", f"{m.win_rate * 100:.2f}%"],
+        ["profit factor", pf],
+        ["exposure", f"{m.exposure_pct:.2f}% of bars"],
+        ["fees", f"{m.fees:,.2f}"],
+        ["speed", f"{m.bars_per_s:,.0f} bars/s ({m.wall_s:.2f}s)"],
+    ]
+    return f"<h2>Metrics</h2>{_table(['metric', 'value'], rows, 'metrics')}"
+
+
+def _curve_figures(data: RunData) -> str:
+    import plotly.graph_objects as go
+
+    cash = data.record.spec.config.portfolio.starting_cash
+    ts = data.equity["ts"].to_numpy()
+    equity = data.equity["equity"].to_numpy()
+    x, y = _reduced(ts, equity)
+    fig = go.Figure(go.Scatter(x=x, y=y, mode="lines", name="equity"))
+    fig.add_hline(y=cash, line_dash="dot", line_color="grey", annotation_text="starting cash")
+    equity_html = _figure_html(_layout(fig, "Equity", "equity"), "equity")
+
+    x, y = _reduced(ts, drawdown_pct(equity, cash))
+    fig = go.Figure(
+        go.Scatter(x=x, y=y, mode="lines", fill="tozeroy", name="drawdown", line_color="firebrick")
+    )
+    title = "Drawdown (% from running peak)"
+    drawdown_html = _figure_html(_layout(fig, title, "% below peak"), "drawdown")
+    note = (
+        f"<p class=note>{len(ts):,} curve points; each trace shows at most {MAX_POINTS:,} "
+        "(minimum and maximum of each bucket of consecutive points, so the extremes are kept)."
+        "</p>"
+    )
+    return f"<h2>Equity and drawdown</h2>{equity_html}{drawdown_html}{note}"
+
+
+def _fill_frame(fills: list[ExecutionReport]) -> pl.DataFrame:
+    return pl.DataFrame(
+        {
+            "ts": [f.ts for f in fills],
+            "venue": [f.venue for f in fills],
+            "symbol": [f.symbol for f in fills],
+            "price": [f.fill_price for f in fills],
+        },
+        schema={"ts": pl.Int64, "venue": pl.String, "symbol": pl.String, "price": pl.Float64},
+    )
+
+
+def _markers(go: Any, frame: pl.DataFrame, ts: str, price: str, **style: Any) -> Any:
+    x, y = _reduced(frame[ts].to_numpy(), frame[price].to_numpy())
+    return go.Scatter(x=x, y=y, mode="markers", **style)
+
+
+def _price_figures(data: RunData) -> str:
+    import plotly.graph_objects as go
+
+    fills = _fill_frame(data.fills)
+    parts = [f"<h2>Price with entries and exits</h2><p class=note>{PRICE_NOTE}</p>"]
+    if fills.is_empty():
+        parts.append("<p>No fills: nothing to draw.</p>")
+        return "".join(parts)
+    keys = fills.select("venue", "symbol").unique(maintain_order=True).sort("venue", "symbol")
+    several_venues = keys["venue"].n_unique() > 1
+    for number, (venue, symbol) in enumerate(keys.iter_rows()):
+        label = f"{venue} {symbol}" if several_venues else symbol
+        own = fills.filter((pl.col("venue") == venue) & (pl.col("symbol") == symbol))
+        x, y = _reduced(own["ts"].to_numpy(), own["price"].to_numpy())
+        fig = go.Figure(
+            go.Scatter(x=x, y=y, mode="lines", name="fill price", line_color="steelblue")
+        )
+        trades = data.trades.filter((pl.col("venue") == venue) & (pl.col("symbol") == symbol))
+        for side, shape, colour in (
+            ("long", "triangle-up", "green"),
+            ("short", "triangle-down", "red"),
+        ):
+            legs = trades.filter(pl.col("side") == side)
+            if legs.is_empty():
+                continue
+            fig.add_trace(
+                _markers(
+                    go,
+                    legs,
+                    "entry_ts",
+                    "entry_price",
+                    name=f"entry ({side})",
+                    marker={"symbol": shape, "color": colour, "size": 9},
+                )
+            )
+            fig.add_trace(
+                _markers(
+                    go,
+                    legs,
+                    "exit_ts",
+                    "exit_price",
+                    name=f"exit ({side})",
+                    marker={"symbol": "x", "color": colour, "size": 7, "opacity": 0.7},
+                )
+            )
+        title = f"Price with entries and exits: {label}"
+        parts.append(_figure_html(_layout(fig, title, "price"), f"price-{number}"))
+    return "".join(parts)
+
+
+def _attribution(data: RunData) -> str:
+    import plotly.graph_objects as go
+
+    parts = [
+        "<h2>Attribution</h2><p class=note>Closed trades only (trades.parquet): gross pnl "
+        "before fees, fees of both legs, net pnl = gross - fees. Positions still open at the "
+        "end are not trades.</p>"
+    ]
+    if data.trades.is_empty():
+        parts.append("<p>No closed trades.</p>")
+        return "".join(parts)
+    for key, title in (
+        ("strategy", "Attribution by strategy"),
+        ("symbol", "Attribution by symbol"),
+    ):
+        grouped = (
+            data.trades.group_by(key)
+            .agg(
+                pl.len().alias("trades"),
+                (pl.col("pnl") + pl.col("fees")).sum().alias("gross_pnl"),
+                pl.col("fees").sum().alias("fees"),
+                pl.col("pnl").sum().alias("net_pnl"),
+                (pl.col("pnl") > 0).mean().alias("win_rate"),
+            )
+            .sort(key)
+        )
+        names = grouped[key].to_list()
+        fig = go.Figure(
+            [
+                go.Bar(x=names, y=grouped["gross_pnl"].to_list(), name="gross pnl"),
+                go.Bar(x=names, y=(-grouped["fees"]).to_list(), name="fees (cost)"),
+                go.Bar(x=names, y=grouped["net_pnl"].to_list(), name="net pnl"),
+            ]
+        )
+        fig.update_layout(barmode="group")
+        _layout(fig, title, "pnl", height=380).update_layout(hovermode="closest")
+        rows = [
+            [n, f"{t:,}", f"{g:,.2f}", f"{f:,.2f}", f"{p:,.2f}", f"{w * 100:.1f}%"]
+            for n, t, g, f, p, w in grouped.iter_rows()
+        ]
+        table = _table(
+            [key, "trades", "gross pnl", "fees", "net pnl", "win rate"], rows, f"by-{key}"
+        )
+        parts.append(_figure_html(fig, f"attribution-{key}") + table)
+    net = data.trades["pnl"].sum()
+    change = data.metrics.final_equity - data.record.spec.config.portfolio.starting_cash
+    parts.append(
+        f"<p class=note>Closed trades net {net:,.2f}; final equity - starting cash "
+        f"{change:,.2f}; the difference is the positions still open at the end.</p>"
+    )
+    return "".join(parts)
+
+
+def _trades_table(trades: pl.DataFrame, limit: int = TRADES_SHOWN) -> str:
+    shown = trades.head(limit).with_columns(
+        pl.from_epoch(pl.col(c), "ns").dt.strftime("%Y-%m-%d %H:%M:%S")
+        for c in ("entry_ts", "exit_ts")
+    )
+    rows = [
+        [
+            r["strategy"],
+            r["venue"],
+            r["symbol"],
+            r["side"],
+            f"{r['qty']:g}",
+            r["entry_ts"],
+            f"{r['entry_price']:,.6g}",
+            r["exit_ts"],
+            f"{r['exit_price']:,.6g}",
+            f"{r['pnl']:,.4f}",
+            f"{r['fees']:,.4f}",
+        ]
+        for r in shown.iter_rows(named=True)
+    ]
+    header = [
+        "strategy",
+        "venue",
+        "symbol",
+        "side",
+        "qty",
+        "entry (UTC)",
+        "entry price",
+        "exit (UTC)",
+        "exit price",
+        "net pnl",
+        "fees",
+    ]
+    caption = f"first {shown.height:,} of {trades.height:,}" if trades.height else "none"
+    return f"<h2>Trades ({caption})</h2>{_table(header, rows, 'trades')}"
+
+
+_STYLE = """
+body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
+th { background: #f3f3f3; }
+#trades td, #metrics td:nth-child(2) { font-variant-numeric: tabular-nums; }
+.note { color: #555; font-size: 0.9em; }
+"""
+
+
+def _page(data: RunData) -> str:
+    names = ", ".join(s.name for s in data.record.spec.config.strategies)
+    body = "".join(
+        (
+            _header(data),
+            _metrics_table(data),
+            f"<p class=note>Annualisation: {ANNUALISATION_NOTE} This run: P = "
+            f"{annualisation(data.record):,.6g}.</p>",
+            _curve_figures(data),
+            _price_figures(data),
+            _attribution(data),
+            _trades_table(data.trades),
+        )
+    )
+    return (
+        "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
+        f"<title>Keel report: {_esc(names)} {_esc(data.record.result.result_hash[:16])}</title>"
+        f"<style>{_STYLE}</style><script>{_plotlyjs()}</script></head>"
+        f"<body>{body}</body></html>\n"
+    )
