@@ -88,10 +88,12 @@ class RunRecorder:
     def __call__(
         self, subject: str, event: Event, envelope: LazyEnvelope | Envelope, producer: str
     ) -> None:
-        if isinstance(event, DeadLetter):  # a bug report, not a result: counted, not hashed
-            self.counts.dead_letters += 1
-            return
         payload = encode(event)
+        if isinstance(event, DeadLetter):  # a bug report, not a result: stored, not hashed
+            self.counts.dead_letters += 1
+            if self._writer is not None:
+                self._append_row(subject, event, resolve(envelope), producer, payload)
+            return
         digest = self._hashes.get(producer)
         if digest is None:
             digest = self._hashes[producer] = hashlib.sha256()

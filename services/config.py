@@ -57,7 +57,9 @@ def load_config(path: Path | None) -> KeelConfig:
     except (OSError, UnicodeDecodeError) as exc:
         raise KeelError(f"config {path}: cannot read: {exc}") from exc
     except (tomllib.TOMLDecodeError, msgspec.DecodeError) as exc:
-        raise KeelError(f"config {path}: not valid {path.suffix[1:].upper() or 'TOML'}: {exc}") from exc
+        raise KeelError(
+            f"config {path}: not valid {path.suffix[1:].upper() or 'TOML'}: {exc}"
+        ) from exc
     try:
         return msgspec.convert(raw, KeelConfig)
     except msgspec.ValidationError as exc:
