@@ -160,10 +160,17 @@ def up(
             "--bars", min=1, help="Synthetic bars per symbol (86,400 = a day of 1s bars)."
         ),
     ] = 86_400,
+    lockstep: Annotated[
+        bool,
+        typer.Option(
+            "--lockstep", help="Feed each time step once the fleet caught up (replay-exact)."
+        ),
+    ] = False,
 ) -> None:
     """Run the fleet in the foreground until Ctrl-C: a live paper session."""
     fleet_config = load_config_or_exit(config)
-    feed_args = ["--pace-ms", str(pace_ms)] + (["--config", str(config)] if config else [])
+    feed_args = ["--lockstep"] if lockstep else ["--pace-ms", str(pace_ms)]
+    feed_args += ["--config", str(config)] if config else []
     if data is not None:
         feed_args += ["--file", str(data)]
     else:
