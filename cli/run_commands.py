@@ -18,6 +18,7 @@ from eventstore.bus import Bus
 from eventstore.server import nats_url
 from services.config import KeelConfig, StrategyConfig
 from services.execution.worker import execution_role
+from services.fleet import consumer_names
 from services.marketdata.feed import lockstep, pause, publish_bars
 from services.marketdata.sources import interval_ns, read_bars
 from services.marketdata.synthetic import SyntheticMarket
@@ -189,13 +190,14 @@ def marketdata(
     lockstep_feed: Annotated[
         bool,
         typer.Option(
-            "--lockstep", help="Send each time step only after every durable consumer caught up."
+            "--lockstep", help="Send each time step only after the config's workers caught up."
         ),
     ] = False,
     config: ConfigOpt = None,
 ) -> None:
     """Publish bars: the seeded synthetic market (default) or a file."""
-    market = load_config_or_exit(config).market
+    fleet_config = load_config_or_exit(config)
+    market = fleet_config.market
     symbols = tuple(symbol or ()) or market.symbols
     the_venue = venue or market.venue
     if file is not None:
@@ -231,7 +233,7 @@ def marketdata(
             bus = await Bus.connect(url, name="marketdata")
             try:
                 step = (
-                    lockstep(bus)
+                    lockstep(bus, consumer_names(fleet_config))
                     if lockstep_feed
                     else pause(pace_ms / 1000, stop)
                     if pace_ms

@@ -15,18 +15,16 @@ recorder, so the two result hashes are comparable.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 import uuid
 from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
-from nats.aio.msg import Msg
 
 from contracts.envelope import bar_envelope
 from contracts.events import Heartbeat
-from contracts.subjects import subject_matches
+from eventstore.barrier import Barrier
 from eventstore.bus import Bus, Stored
 from eventstore.errors import KeelError
 from eventstore.streams import REPLAY_PREFIX, replay_stream
@@ -55,7 +53,7 @@ def bus_replay(
     stream = replay_stream(namespace).name
     prefix = f"{REPLAY_PREFIX}.{namespace}."
     filters = {
-        durable_name(f"{namespace}-{role.name}", stream): tuple(
+        (stream, durable_name(f"{namespace}-{role.name}", stream)): tuple(
             prefix + subject for i in role.inputs for subject in i.subjects
         )
         for role in roles
@@ -65,18 +63,18 @@ def bus_replay(
     async def main() -> str:
         bus = await Bus.connect(url, name="replay-driver", namespace=namespace)
         fleet = Fleet(url, work_dir / "logs")
-        barrier = Barrier(bus, stream, filters, fleet)
+        barrier = Barrier(bus, (stream,), filters)
         try:
-            await barrier.start(f"{prefix}>")
+            await barrier.start()
             for worker in fleet_plan(spec.config, config_path):
                 worker.args += ["--namespace", namespace]
                 fleet.start(worker)
-            await barrier.wait(60.0)
+            await _settle(barrier, fleet, 60.0)
             interval = ""
             for bar in bars:
                 interval = interval or bar.interval
                 await bus.publish(bar, bar_envelope(bar))
-                await barrier.wait(STEP_TIMEOUT_S)
+                await _settle(barrier, fleet, STEP_TIMEOUT_S)
                 if progress:
                     progress(1)
             async for item in bus.read(f"{prefix}>", stream):
@@ -87,6 +85,7 @@ def bus_replay(
                 ):
                     subject = item.subject.removeprefix(prefix)
                     recorder(subject, item.event, item.envelope, item.producer)
+            await barrier.stop()
             await bus.js.delete_stream(stream)
             return interval
         finally:
@@ -97,62 +96,9 @@ def bus_replay(
     return summarise(spec, recorder, count, interval, time.perf_counter() - started)
 
 
-class Barrier:
-    """Waits until every worker has acknowledged everything stored for it.
-
-    A consumer's pending count is updated asynchronously after a store, so right after a
-    publish it may still read 0; the barrier relies only on facts updated synchronously:
-    the stream's last sequence, the highest stored sequence each consumer's filter matches
-    (tracked here from an ordered consumer over the whole namespace), and each consumer's
-    ack floor. A worker acks an input only after storing its outputs, so when every
-    consumer's ack floor covers its last match and the stream has not grown, the cascade
-    is complete.
-    """
-
-    def __init__(
-        self, bus: Bus, stream: str, filters: dict[str, tuple[str, ...]], fleet: Fleet
-    ) -> None:
-        self._bus, self._stream, self._filters, self._fleet = bus, stream, filters, fleet
-        self._due = dict.fromkeys(filters, 0)
-        self._seen = 0
-        self._moved = asyncio.Event()
-
-    async def start(self, subjects: str) -> None:
-        await self._bus.js.subscribe(
-            subjects, stream=self._stream, ordered_consumer=True, cb=self._track
-        )
-
-    async def _track(self, msg: Msg) -> None:
-        seq = msg.metadata.sequence.stream
-        for consumer, patterns in self._filters.items():
-            if any(subject_matches(p, msg.subject) for p in patterns):
-                self._due[consumer] = seq
-        self._seen = seq
-        self._moved.set()
-
-    async def wait(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        js = self._bus.js
-        while time.monotonic() < deadline:
-            last = (await js.stream_info(self._stream)).state.last_seq
-            while self._seen < last and time.monotonic() < deadline:
-                self._moved.clear()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._moved.wait(), 0.5)
-            floors = {
-                info.name: (
-                    info.ack_floor.stream_seq if info.ack_floor else 0,
-                    info.num_ack_pending,
-                )
-                for info in await js.consumers_info(self._stream)
-            }
-            settled = all(
-                name in floors and floors[name][0] >= due and not floors[name][1]
-                for name, due in self._due.items()
-            )
-            if settled and (await js.stream_info(self._stream)).state.last_seq == last:
-                return
-            await asyncio.sleep(0.0005)
-        for worker in self._fleet.failed():
-            raise KeelError(f"worker {worker.name} exited: {self._fleet.log_tail(worker)}")
-        raise KeelError(f"bus replay: the workers did not settle within {timeout:.0f}s")
+async def _settle(barrier: Barrier, fleet: Fleet, timeout: float) -> None:
+    if await barrier.wait(timeout):
+        return
+    for worker in fleet.failed():
+        raise KeelError(f"worker {worker.name} exited: {fleet.log_tail(worker)}")
+    raise KeelError(f"bus replay: the workers did not settle within {timeout:.0f}s")

@@ -16,8 +16,9 @@ import msgspec
 from contracts.envelope import bar_envelope
 from contracts.events import Bar
 from contracts.subjects import subject_for
+from eventstore.barrier import Barrier
 from eventstore.bus import Bus, Stored
-from eventstore.lag import wait_drained
+from eventstore.streams import STREAMS
 
 CHUNK = 2048
 
@@ -91,11 +92,20 @@ def pause(seconds: float, stop: asyncio.Event | None = None) -> Callable[[], Awa
     return wait
 
 
-def lockstep(bus: Bus, timeout: float = 30.0) -> Callable[[], Awaitable[bool]]:
-    """Wait until every durable consumer has settled: a live session as deterministic as a
-    replay (fills no longer depend on how fast each worker keeps up)."""
+def lockstep(bus: Bus, consumers: set[str], timeout: float = 30.0) -> Callable[[], Awaitable[bool]]:
+    """Wait until the named workers have acknowledged everything stored for them: a live
+    session whose processing order is the replay's (see docs/replay.md)."""
+    barrier = Barrier(bus, LOCKSTEP_STREAMS, consumers=consumers)
+    started = False
 
     async def wait() -> bool:
-        return await wait_drained(bus, timeout=timeout)
+        nonlocal started
+        if not started:
+            await barrier.start()
+            started = True
+        return await barrier.wait(timeout)
 
     return wait
+
+
+LOCKSTEP_STREAMS = tuple(s.name for s in STREAMS if s.name != "SYSTEM")
