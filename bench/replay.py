@@ -54,6 +54,7 @@ _HERE = str(Path(__file__).resolve().parent)
 if _HERE in sys.path:
     sys.path.remove(_HERE)
 
+import msgspec
 import pyarrow as pa
 import pyarrow.parquet as pq
 from rich.console import Console
@@ -284,29 +285,27 @@ def bus_run(path: Path, work: Path) -> dict:
 # -- peak RSS -----------------------------------------------------------------------------
 
 
-def rss_child(path: Path) -> None:
-    """In the child: one in-process backtest, then its numbers as JSON on stdout."""
-    import resource
-
-    wall, result = keel_end_to_end(path)
-    print(
-        json.dumps(
-            {
-                "bars": result.bars,
-                "wall_s": wall,
-                "fills": result.fills,
-                "hash": result.result_hash,
-                "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss,
-            }
-        )
-    )
+RSS_CHILD = """
+import json, resource, sys, time
+import msgspec
+from replay.backtest import BacktestSpec, run_backtest
+spec = msgspec.json.decode(sys.argv[1], type=BacktestSpec)
+started = time.perf_counter()
+result = run_backtest(spec)
+wall = time.perf_counter() - started
+print(json.dumps({"bars": result.bars, "wall_s": wall, "fills": result.fills,
+                  "hash": result.result_hash,
+                  "self_maxrss_kb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss}))
+"""
+"""The RSS child: only what ``run_backtest`` imports, so the figure is the backtest's."""
 
 
 def rss_run(path: Path) -> dict:
     """Peak RSS of a child doing the backtest: its own ru_maxrss (KB on Linux) from wait4,
     so the embedded server and workers started earlier by this bench do not count."""
+    spec = msgspec.json.encode(keel_spec(path)).decode()
     proc = subprocess.Popen(
-        [sys.executable, __file__, "--rss-child", str(path)],
+        [sys.executable, "-c", RSS_CHILD, spec],
         stdout=subprocess.PIPE,
         cwd=Path(__file__).resolve().parents[1],
     )
@@ -624,9 +623,6 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
 
 
 if __name__ == "__main__":
-    if sys.argv[1:2] == ["--rss-child"]:  # the RSS subprocess started by rss_run
-        rss_child(Path(sys.argv[2]))
-        sys.exit(0)
     arguments = parse_args(sys.argv[1:])
     if arguments.profile:
         profile(arguments.profile, arguments.top)
