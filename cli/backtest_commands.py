@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import tempfile
+from collections.abc import Callable, Iterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 import typer
@@ -15,6 +17,19 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.console import console, fail, load_config_or_exit, user_errors
+from cli.run_options import (
+    CashOpt,
+    ConfigOpt,
+    DataOpt,
+    EndOpt,
+    FeeOpt,
+    FillOpt,
+    IntervalOpt,
+    SlippageOpt,
+    StartOpt,
+    SymbolOpt,
+    VenueOpt,
+)
 from cli.timeparse import parse_time
 from eventstore.server import URL_ENV, EmbeddedServer, nats_url
 from replay.backtest import BacktestResult, BacktestSpec, RunRecord, load_run, run_backtest
@@ -83,6 +98,8 @@ def _spec(
         )
     elif params:
         raise fail("--param needs --strategy")
+    if fill not in (None, "next_open", "close"):
+        raise fail(f"--fill must be next_open or close, not {fill!r}")
     execution = {
         k: v
         for k, v in (("fill", fill), ("fee_bps", fee_bps), ("slippage_bps", slippage_bps))
@@ -109,31 +126,17 @@ def backtest(
     param: Annotated[
         list[str] | None, typer.Option("--param", help="key=value, repeatable.")
     ] = None,
-    data: Annotated[
-        list[str] | None,
-        typer.Option("--data", help="Bar file, or a stream (MARKET) / subject filter; repeatable."),
-    ] = None,
-    symbol: Annotated[
-        list[str] | None,
-        typer.Option("--symbol", help="Symbol of the --data before it (default: file stem)."),
-    ] = None,
-    venue: Annotated[str, typer.Option("--venue", help="Venue name for file data.")] = "local",
-    interval: Annotated[
-        str | None,
-        typer.Option("--interval", help="Bar interval of file data (default: inferred)."),
-    ] = None,
-    start: Annotated[
-        str | None, typer.Option("--start", help="First bar (ISO time), inclusive.")
-    ] = None,
-    end: Annotated[str | None, typer.Option("--end", help="End (ISO time), exclusive.")] = None,
-    cash: Annotated[float | None, typer.Option("--cash", help="Starting cash.")] = None,
-    fill: Annotated[
-        Literal["next_open", "close"] | None,
-        typer.Option("--fill", help="Market fills: next bar's open or this bar's close."),
-    ] = None,
-    fee_bps: Annotated[float | None, typer.Option("--fee-bps")] = None,
-    slippage_bps: Annotated[float | None, typer.Option("--slippage-bps")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Fleet config (TOML).")] = None,
+    data: DataOpt = None,
+    symbol: SymbolOpt = None,
+    venue: VenueOpt = "local",
+    interval: IntervalOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    cash: CashOpt = None,
+    fill: FillOpt = None,
+    fee_bps: FeeOpt = None,
+    slippage_bps: SlippageOpt = None,
+    config: ConfigOpt = None,
     out: Annotated[Path | None, typer.Option("--out", help="Run directory to write.")] = None,
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object on the last line.")
@@ -169,9 +172,18 @@ def backtest(
 
 
 def _execute(spec: BacktestSpec, out: Path | None, quiet: bool) -> BacktestResult:
-    needs_server = any(s.is_stream for s in spec.data)
+    with _progress("backtest", quiet) as advance:
+        if any(s.is_stream for s in spec.data):
+            with nats_url() as url:
+                return run_backtest(spec, out, url, advance)
+        return run_backtest(spec, out, None, advance)
+
+
+@contextlib.contextmanager
+def _progress(label: str, quiet: bool) -> Iterator[Callable[[int], None]]:
+    """A rich progress bar of bars replayed; yields the function that advances it."""
     with Progress(
-        TextColumn("[bold]backtest"),
+        TextColumn(f"[bold]{label}"),
         BarColumn(),
         MofNCompleteColumn(),
         TimeRemainingColumn(),
@@ -180,14 +192,7 @@ def _execute(spec: BacktestSpec, out: Path | None, quiet: bool) -> BacktestResul
         disable=quiet,
     ) as progress:
         task = progress.add_task("bars", total=None)
-
-        def advance(n: int) -> None:
-            progress.advance(task, n)
-
-        if needs_server:
-            with nats_url() as url:
-                return run_backtest(spec, out, url, advance)
-        return run_backtest(spec, out, None, advance)
+        yield lambda n: progress.advance(task, n)
 
 
 def _show(result: BacktestResult, out: Path | None, as_json: bool) -> None:
@@ -269,19 +274,8 @@ def _bus_replay(record: RunRecord, quiet: bool) -> BacktestResult:
         url = os.environ.get(URL_ENV)
         server = None if url else EmbeddedServer(work / "nats").start()
         try:
-            with Progress(
-                TextColumn("[bold]bus replay"),
-                BarColumn(),
-                MofNCompleteColumn(),
-                TimeRemainingColumn(),
-                console=console,
-                transient=True,
-                disable=quiet,
-            ) as progress:
-                task = progress.add_task("bars", total=None)
-                return bus_replay(
-                    record, url or server.url, work, lambda n: progress.advance(task, n)
-                )
+            with _progress("bus replay", quiet) as advance:
+                return bus_replay(record, url or server.url, work, advance)
         finally:
             if server is not None:
                 server.stop()

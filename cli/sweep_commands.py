@@ -16,6 +16,19 @@ from rich.table import Table
 
 from cli.backtest_commands import _absolute, _ns, _spec, pair_data_with_symbols
 from cli.console import console, errors, fail, load_config_or_exit, user_errors
+from cli.run_options import (
+    CashOpt,
+    ConfigOpt,
+    DataOpt,
+    EndOpt,
+    FeeOpt,
+    FillOpt,
+    IntervalOpt,
+    SlippageOpt,
+    StartOpt,
+    SymbolOpt,
+    VenueOpt,
+)
 from cli.timeparse import iso_ns
 from eventstore.server import nats_url
 from replay.market import DataSource
@@ -67,31 +80,17 @@ def sweep(
     param: Annotated[
         list[str] | None, typer.Option("--param", help="Fixed key=value, repeatable.")
     ] = None,
-    data: Annotated[
-        list[str] | None,
-        typer.Option("--data", help="Bar file, or a stream (MARKET) / subject filter; repeatable."),
-    ] = None,
-    symbol: Annotated[
-        list[str] | None,
-        typer.Option("--symbol", help="Symbol of the --data before it (default: file stem)."),
-    ] = None,
-    venue: Annotated[str, typer.Option("--venue", help="Venue name for file data.")] = "local",
-    interval: Annotated[
-        str | None,
-        typer.Option("--interval", help="Bar interval of file data (default: inferred)."),
-    ] = None,
-    start: Annotated[
-        str | None, typer.Option("--start", help="First bar (ISO time), inclusive.")
-    ] = None,
-    end: Annotated[str | None, typer.Option("--end", help="End (ISO time), exclusive.")] = None,
-    cash: Annotated[float | None, typer.Option("--cash", help="Starting cash.")] = None,
-    fill: Annotated[
-        str | None,
-        typer.Option("--fill", help="Market fills: next_open (next bar's open) or close."),
-    ] = None,
-    fee_bps: Annotated[float | None, typer.Option("--fee-bps")] = None,
-    slippage_bps: Annotated[float | None, typer.Option("--slippage-bps")] = None,
-    config: Annotated[Path | None, typer.Option("--config", help="Fleet config (TOML).")] = None,
+    data: DataOpt = None,
+    symbol: SymbolOpt = None,
+    venue: VenueOpt = "local",
+    interval: IntervalOpt = None,
+    start: StartOpt = None,
+    end: EndOpt = None,
+    cash: CashOpt = None,
+    fill: FillOpt = None,
+    fee_bps: FeeOpt = None,
+    slippage_bps: SlippageOpt = None,
+    config: ConfigOpt = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Directory for sweep.parquet (default: sweeps/<UTC time>)."),

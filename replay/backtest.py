@@ -33,6 +33,24 @@ from services.fleet import fleet_roles
 
 RUN_FILE = "run.json"
 
+TRADE_COLUMNS = {
+    "strategy": pl.String,
+    "venue": pl.String,
+    "symbol": pl.String,
+    "side": pl.String,
+    "qty": pl.Float64,
+    "entry_ts": pl.Int64,
+    "exit_ts": pl.Int64,
+    "entry_price": pl.Float64,
+    "exit_price": pl.Float64,
+    "pnl": pl.Float64,
+    "fees": pl.Float64,
+}
+"""Columns of ``trades.parquet`` (one row per round trip, see replay/metrics.py Trade)."""
+
+EQUITY_COLUMNS = {"ts": pl.Int64, "equity": pl.Float64, "gross_exposure": pl.Float64}
+"""Columns of ``equity.parquet``."""
+
 
 class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     config: KeelConfig
@@ -155,23 +173,8 @@ def _write_run(out_dir: Path, spec: BacktestSpec, result: BacktestResult, rec: R
     trades = trades_from_fills(rec.fills)
     pl.DataFrame(
         [msgspec.structs.asdict(t) for t in trades] or None,
-        schema=_TRADE_SCHEMA,
+        schema=TRADE_COLUMNS,
     ).write_parquet(out_dir / "trades.parquet")
-
-
-_TRADE_SCHEMA = {
-    "strategy": pl.String,
-    "venue": pl.String,
-    "symbol": pl.String,
-    "side": pl.String,
-    "qty": pl.Float64,
-    "entry_ts": pl.Int64,
-    "exit_ts": pl.Int64,
-    "entry_price": pl.Float64,
-    "exit_price": pl.Float64,
-    "pnl": pl.Float64,
-    "fees": pl.Float64,
-}
 
 
 def load_run(run_dir: Path) -> RunRecord:

@@ -64,7 +64,14 @@ import polars as pl
 
 from contracts.events import ExecutionReport
 from eventstore.errors import KeelError
-from replay.backtest import RUN_FILE, BacktestResult, RunRecord, load_run
+from replay.backtest import (
+    EQUITY_COLUMNS,
+    RUN_FILE,
+    TRADE_COLUMNS,
+    BacktestResult,
+    RunRecord,
+    load_run,
+)
 from replay.metrics import curve_metrics, periods_per_year, trade_stats, trades_from_fills
 from replay.recorder import iso
 
@@ -92,20 +99,6 @@ REL_TOL = 1e-9
 ABS_TOL = 1e-12
 """Below this absolute difference two metrics agree whatever their size (e.g. 0.0 vs 1e-17)."""
 
-TRADE_COLUMNS = {
-    "strategy": pl.String,
-    "venue": pl.String,
-    "symbol": pl.String,
-    "side": pl.String,
-    "qty": pl.Float64,
-    "entry_ts": pl.Int64,
-    "exit_ts": pl.Int64,
-    "entry_price": pl.Float64,
-    "exit_price": pl.Float64,
-    "pnl": pl.Float64,
-    "fees": pl.Float64,
-}
-EQUITY_COLUMNS = {"ts": pl.Int64, "equity": pl.Float64, "gross_exposure": pl.Float64}
 _SNAPSHOT = pl.Struct({"equity": pl.Float64, "gross_exposure": pl.Float64})
 _DECISION = pl.Struct({"approved": pl.Boolean})
 _REPORTS = msgspec.json.Decoder(list[ExecutionReport])
