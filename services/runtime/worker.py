@@ -89,7 +89,7 @@ class Worker:
         self.processed = 0
         self._seqs: dict[str, int] = {}
         self._stop = asyncio.Event()
-        self._queue: asyncio.Queue[tuple[str, Msg]] = asyncio.Queue()
+        self._queue: asyncio.Queue[tuple[str, Msg] | None] = asyncio.Queue()
         self._metrics: WorkerMetrics | None = None
         self._batches_left = int(os.environ.get(FAULT_ENV, "0"))
 
@@ -97,7 +97,7 @@ class Worker:
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
-                loop.add_signal_handler(sig, self._stop.set)
+                loop.add_signal_handler(sig, self.stop)
         if self.options.metrics_port is not None:
             self._metrics = start_metrics(
                 self.name, self.options.metrics_port, self.options.metrics_addr
@@ -120,6 +120,7 @@ class Worker:
 
     def stop(self) -> None:
         self._stop.set()
+        self._queue.put_nowait(None)  # wakes the processor waiting for input
 
     async def _restore(self, kv: KeyValue) -> None:
         try:
@@ -166,40 +167,65 @@ class Worker:
                 self._queue.put_nowait((stream, msg))
 
     async def _next_batch(self) -> list[tuple[str, Msg]]:
-        stop = asyncio.create_task(self._stop.wait())
-        get = asyncio.create_task(self._queue.get())
-        done, _ = await asyncio.wait({stop, get}, return_when=asyncio.FIRST_COMPLETED)
-        if get not in done:
-            get.cancel()
-            return []
-        stop.cancel()
-        batch = [get.result()]
+        """Whatever is queued, up to a batch; empty once stopping (``None`` is the wake-up)."""
+        first = await self._queue.get()
+        batch = [first] if first is not None else []
         while len(batch) < self.options.batch and not self._queue.empty():
-            batch.append(self._queue.get_nowait())
-        return batch
+            item = self._queue.get_nowait()
+            if item is not None:
+                batch.append(item)
+        return [] if self._stop.is_set() else batch
 
     async def _process(self, bus: Bus, kv: KeyValue) -> None:
-        while not self._stop.is_set():
-            batch = await self._next_batch()
-            if not batch:
+        """Decide and publish each batch, then commit it (snapshot, then acks) in the
+        background while the next batch is decided. A batch's acks always follow its own
+        snapshot; after a crash mid-commit both batches come back, are decided again from
+        the older snapshot, and their re-published outputs are dropped as duplicates."""
+        commit: asyncio.Task | None = None
+        try:
+            while not self._stop.is_set():
+                batch = await self._next_batch()
+                if batch:
+                    commit = await self._decide_batch(bus, kv, batch, commit)
+        finally:
+            if commit is not None:
+                await commit
+
+    async def _decide_batch(
+        self,
+        bus: Bus,
+        kv: KeyValue,
+        batch: list[tuple[str, Msg]],
+        previous: asyncio.Task | None,
+    ) -> asyncio.Task:
+        futures = []
+        for stream, msg in batch:
+            seq = msg.metadata.sequence.stream
+            if seq <= self._seqs.get(stream, 0):
                 continue
-            futures = []
-            for stream, msg in batch:
-                seq = msg.metadata.sequence.stream
-                if seq <= self._seqs.get(stream, 0):
-                    continue
-                for event, envelope in self._apply(stream, msg):
-                    futures.append(await bus.submit(event, envelope, self.name))
-                self._seqs[stream] = seq
-                self.processed += 1
-            await asyncio.gather(*futures)
-            if self._metrics and futures:
-                self._metrics.events_out.add(len(futures), {"worker": self.name})
-            self._maybe_crash(len(futures))
-            snap = Snapshot(self._seqs, self.decider.snapshot(), self.processed)
-            await kv.put(self.key, msgspec.msgpack.encode(snap))
-            for _, msg in batch:
-                await msg.ack()
+            for event, envelope in self._apply(stream, msg):
+                futures.append(await bus.submit(event, envelope, self.name))
+            self._seqs[stream] = seq
+            self.processed += 1
+        await asyncio.gather(*futures)
+        if self._metrics and futures:
+            self._metrics.events_out.add(len(futures), {"worker": self.name})
+        self._maybe_crash(len(futures))
+        snap = Snapshot(dict(self._seqs), self.decider.snapshot(), self.processed)
+        return asyncio.create_task(self._commit(kv, msgspec.msgpack.encode(snap), batch, previous))
+
+    async def _commit(
+        self,
+        kv: KeyValue,
+        snapshot: bytes,
+        batch: list[tuple[str, Msg]],
+        previous: asyncio.Task | None,
+    ) -> None:
+        if previous is not None:
+            await previous
+        await kv.put(self.key, snapshot)
+        for _, msg in batch:
+            await msg.ack()
 
     def _apply(self, stream: str, msg: Msg) -> list[tuple[Event, Envelope]]:
         """Decode and decide one message; anything unusable becomes a dead letter."""
