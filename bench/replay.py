@@ -528,6 +528,8 @@ def yes(met: bool) -> str:
 
 def render(r: dict) -> None:
     out = Console()
+    if not out.is_terminal:  # piped: rich would wrap the table at 80 columns
+        out = Console(width=132)
     keel, bt, kp, bus, rss, tg = (
         r["keel"],
         r["backtrader"],
@@ -544,7 +546,8 @@ def render(r: dict) -> None:
     bt_rate = bt["bars_per_s"]
 
     def row(label: str, bars: int, wall: float, rate: float, target: str = "", met: str = ""):
-        ratio = f"{rate / bt_rate:.1f}" if label != "backtrader" else "1.0"
+        x = rate / bt_rate
+        ratio = f"{x:.1f}" if x >= 1 else f"{x:.3f}"
         table.add_row(label, f"{bars:,}", f"{wall:.2f}", f"{rate:,.0f}", ratio, target, met)
 
     row(

@@ -31,8 +31,10 @@ The per-bar path with no working order is one history append.
 
 from __future__ import annotations
 
+import bisect
 import hashlib
 import math
+import operator
 from itertools import islice
 from typing import Literal
 
@@ -139,10 +141,10 @@ class PaperVenue:
             reason = f"stale order: older than the last {HISTORY} bars the venue keeps"
             reports.append(_report(order, "rejected", now, pending.venue_order_id, reason=reason))
             return reports
-        ts = order.ts
-        for bar in islice(history, max(first, 0), None):
-            # A bar that closed before the order time can never be eligible.
-            if bar.close_time >= ts and self._advance(pending, bar, reports):
+        # History is in time order: skip straight past bars that closed before the order.
+        start = bisect.bisect_left(history, order.ts, lo=max(first, 0), key=_close_time)
+        for bar in islice(history, start, None):
+            if self._advance(pending, bar, reports):
                 return reports
         self.state.pending.append(pending)
         return reports
@@ -389,3 +391,6 @@ def _report(
         model_tag=order.model_tag,
         reason=reason,
     )
+
+
+_close_time = operator.attrgetter("close_time")
