@@ -96,7 +96,7 @@ def run_backtest(
     progress: Callable[[int], None] | None = None,
 ) -> BacktestResult:
     started = time.perf_counter()
-    count, bars = market_events(spec.data, url, spec.start, spec.end)
+    bars = market_events(spec.data, url, spec.start, spec.end)
     roles = fleet_roles(spec.config)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -114,7 +114,7 @@ def run_backtest(
     if progress:
         progress(engine.market_events % 4096)
     wall = time.perf_counter() - started
-    result = summarise(spec, recorder, count, interval, wall)
+    result = summarise(spec, recorder, engine.market_events, interval, wall)
     if out_dir is not None:
         _write_run(out_dir, spec, result, recorder)
     return result

@@ -45,7 +45,7 @@ def bus_replay(
 ) -> BacktestResult:
     spec = record.spec
     started = time.perf_counter()
-    count, bars = market_events(spec.data, url, spec.start, spec.end)
+    bars = market_events(spec.data, url, spec.start, spec.end)
     namespace = uuid.uuid4().hex[:12]
     config_path = work_dir / "config.json"
     config_path.write_bytes(msgspec.json.encode(spec.config))
@@ -60,7 +60,7 @@ def bus_replay(
     }
     recorder = RunRecorder([role.name for role in roles])
 
-    async def main() -> str:
+    async def main() -> tuple[str, int]:
         bus = await Bus.connect(url, name="replay-driver", namespace=namespace)
         fleet = Fleet(url, work_dir / "logs")
         barrier = Barrier(bus, (stream,), filters)
@@ -70,8 +70,9 @@ def bus_replay(
                 worker.args += ["--namespace", namespace]
                 fleet.start(worker)
             await _settle(barrier, fleet, 60.0)
-            interval = ""
+            interval, count = "", 0
             for bar in bars:
+                count += 1
                 interval = interval or bar.interval
                 await bus.publish(bar, bar_envelope(bar))
                 await _settle(barrier, fleet, STEP_TIMEOUT_S)
@@ -87,12 +88,12 @@ def bus_replay(
                     recorder(subject, item.event, item.envelope, item.producer)
             await barrier.stop()
             await bus.js.delete_stream(stream)
-            return interval
+            return interval, count
         finally:
             fleet.stop()
             await bus.close()
 
-    interval = asyncio.run(main())
+    interval, count = asyncio.run(main())
     return summarise(spec, recorder, count, interval, time.perf_counter() - started)
 
 

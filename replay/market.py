@@ -3,6 +3,10 @@
 Ties (bars closing at the same time) keep the order of the sources as given on the command
 line, then each source's own order, so a run's input sequence is fully determined by its
 spec. Bars outside ``[start, end)`` (by open time) are skipped.
+
+A time-sorted file streams (``iter_bars``: chunk by chunk, so memory stays flat however many
+bars); a first pass over its times checks the order. An unsorted file is read whole and sorted
+(``read_bars``), so memory grows with it. Recorded streams are read whole and sorted.
 """
 
 from __future__ import annotations
@@ -10,7 +14,8 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import heapq
-from collections.abc import Iterator, Sequence
+import itertools
+from collections.abc import Iterable, Iterator, Sequence
 from pathlib import Path
 
 import msgspec
@@ -20,7 +25,7 @@ from contracts.subjects import bars_of_symbol
 from eventstore.bus import Bus, Stored
 from eventstore.errors import KeelError
 from eventstore.streams import STREAM_BY_NAME
-from services.marketdata.sources import read_bars
+from services.marketdata.sources import is_time_sorted, iter_bars, read_bars
 
 
 class DataSource(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -56,7 +61,8 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_source(source: DataSource, url: str | None) -> list[Bar]:
+def load_source(source: DataSource, url: str | None) -> Iterable[Bar]:
+    """A source's bars in time order: a file streams, a recorded stream is read whole."""
     if source.is_stream:
         if url is None:
             raise KeelError(f"data {source.location!r} is a stream: it needs a NATS server")
@@ -67,7 +73,9 @@ def load_source(source: DataSource, url: str | None) -> list[Bar]:
     if source.sha256 and file_digest(path) != source.sha256:
         raise KeelError(f"data {source.location} changed since the run was recorded")
     symbol = source.symbol or path.stem
-    return list(read_bars(path, venue=source.venue, symbol=symbol, interval=source.interval).bars)
+    if not is_time_sorted(path):  # rare: sorted in memory, as the stream would skip rows
+        return read_bars(path, venue=source.venue, symbol=symbol, interval=source.interval).bars
+    return iter_bars(path, venue=source.venue, symbol=symbol, interval=source.interval)
 
 
 async def _stream_bars(url: str, source: DataSource) -> list[Bar]:
@@ -96,16 +104,31 @@ def market_events(
     url: str | None = None,
     start: int | None = None,
     end: int | None = None,
-) -> tuple[int, Iterator[Bar]]:
-    """(number of bars, the bars in replay order)."""
-    loaded = []
-    for source in sources:
-        bars = load_source(source, url)
-        if start is not None or end is not None:
-            lo, hi = start or -1, end if end is not None else 1 << 63
-            bars = [b for b in bars if lo <= b.open_time < hi]
-        loaded.append(bars)
-    total = sum(len(b) for b in loaded)
-    if total == 0:
+) -> Iterator[Bar]:
+    """The bars in replay order, read lazily; callers count what they consume.
+
+    Every source is opened (and a file checked) before this returns, and the first bar is
+    read: when the window holds no bar at all, ``KeelError`` is raised here.
+    """
+    lo = -1 if start is None else start
+    hi = 1 << 63 if end is None else end
+    windowed = [
+        _window(load_source(source, url), lo, hi, sorted_opens=not source.is_stream)
+        for source in sources
+    ]
+    merged = heapq.merge(*windowed, key=lambda bar: bar.ts)
+    first = next(merged, None)
+    if first is None:
         raise KeelError("no bars in the requested data and time range")
-    return total, heapq.merge(*loaded, key=lambda bar: bar.ts)
+    return itertools.chain((first,), merged)
+
+
+def _window(bars: Iterable[Bar], lo: int, hi: int, *, sorted_opens: bool) -> Iterator[Bar]:
+    """The bars opening in ``[lo, hi)``; a file's open times only grow, so it stops at hi."""
+    for bar in bars:
+        if bar.open_time >= hi:
+            if sorted_opens:
+                return
+            continue
+        if bar.open_time >= lo:
+            yield bar

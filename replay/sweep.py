@@ -307,7 +307,7 @@ def spec_with(
 
 def data_range(base: BacktestSpec, url: str | None = None) -> tuple[int, int]:
     """(first bar open, last bar close) of the base spec's data, clipped to its window."""
-    _, bars = market_events(base.data, url, base.start, base.end)
+    bars = market_events(base.data, url, base.start, base.end)
     lo, hi = 1 << 63, -1
     for bar in bars:
         lo = min(lo, bar.open_time)

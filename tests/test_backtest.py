@@ -474,11 +474,12 @@ def test_ties_follow_the_order_of_the_sources(tmp_path: Path) -> None:
     second = write_csv(tmp_path / "aaa.csv", bars)
     config = make_config()
 
-    count, merged = market_events(
-        [DataSource(str(first), symbol="ZZZ/USD"), DataSource(str(second), symbol="AAA/USD")]
+    merged = list(
+        market_events(
+            [DataSource(str(first), symbol="ZZZ/USD"), DataSource(str(second), symbol="AAA/USD")]
+        )
     )
-    merged = list(merged)
-    assert count == len(merged) == 800
+    assert len(merged) == 800
     assert [b.symbol for b in merged] == ["ZZZ/USD", "AAA/USD"] * 400
     assert [b.ts for b in merged] == sorted(b.ts for b in merged)
 
@@ -498,9 +499,8 @@ def test_sources_of_different_intervals_interleave_by_event_time(tmp_path: Path)
     ]
     a = write_csv(tmp_path / "a.csv", minute)
     b = write_csv(tmp_path / "b.csv", five)
-    count, merged = market_events([DataSource(str(b)), DataSource(str(a))])
-    merged = list(merged)
-    assert count == len(merged) == 108
+    merged = list(market_events([DataSource(str(b)), DataSource(str(a))]))
+    assert len(merged) == 108
     keys = [(bar.ts, bar.symbol) for bar in merged]
     # ties (a 5m close is also a 1m close) keep the source order: b before a
     assert keys == sorted(keys, key=lambda k: (k[0], k[1] != "b"))

@@ -9,7 +9,15 @@ import polars as pl
 import pytest
 
 from contracts.events import Bar
-from services.marketdata.sources import BarFile, SourceError, interval_ns, read_bars
+from services.marketdata import sources
+from services.marketdata.sources import (
+    BarFile,
+    SourceError,
+    interval_ns,
+    is_time_sorted,
+    iter_bars,
+    read_bars,
+)
 
 MINUTE = 60_000_000_000
 DAY = 86_400_000_000_000
@@ -430,3 +438,299 @@ def test_real_daily_equities() -> None:
     assert result.interval == "1d"
     assert result.bars[0].open_time == int(datetime(1999, 1, 22, tzinfo=UTC).timestamp()) * 10**9
     assert result.skipped == ()
+
+
+# --- streaming: iter_bars ------------------------------------------------------------------------
+
+ISO_OFFSETS = (
+    "open_time,open,high,low,close,volume\n"
+    "2023-03-01 00:00:00+00:00,23140.48,23150.77,23128.52,23142.31,2.131777\n"
+    "2023-03-01T00:01:00Z,23143.89,23148.8,23137.61,23137.77,0.881378\n"
+    "2023-03-01 02:02:00+02:00,23137.77,23140.0,23130.0,23139.1,1.5\n"
+)
+SORTED_CSV = {
+    "binance_ms.csv": BINANCE_ROWS_MS,
+    "binance_us.csv": (
+        "1735689600000000,93576.00,93610.93,93537.50,93610.93,8.21827,1735689659999999,"
+        "768978.1,1674,3.1,290000.0,0\n"
+        "1735689660000000,93610.93,93658.01,93610.93,93658.00,2.22,1735689719999999,"
+        "207000.0,900,1.0,93600.0,0\n"
+    ),
+    "binance_header.csv": "open_time,open,high,low,close,volume,close_time,quote_volume,count,"
+    "taker_buy_volume,taker_buy_quote_volume,ignore\n" + BINANCE_ROWS_MS,
+    "iso_offsets.csv": ISO_OFFSETS,
+    "naive.csv": (
+        "datetime,open,high,low,close,volume\n"
+        "2023-03-01T00:00:00,10,11,9,10.5,100\n"
+        "2023-03-01T00:05:00,10.5,12,10,11,50\n"
+        "2023-03-01T00:10:00,11,11.5,10.8,11.2,70\n"
+    ),
+    "yahoo.csv": (
+        "Date,Open,High,Low,Close,Adj Close,Volume\n"
+        "1999-01-22,1.750000,1.953125,1.552083,1.640625,1.518424,67867200\n"
+        "1999-01-25,1.770833,1.833333,1.640625,1.812500,1.677496,12762000\n"
+        "1999-01-26,1.833333,1.869792,1.645833,1.671875,1.547317,8580000\n"
+        "1999-01-27,1.677083,1.718750,1.583333,1.666667,1.542497,6109200\n"
+    ),
+    "epoch_s.csv": "timestamp,open,high,low,close,volume\n"
+    "1677628800,100,101,99,100.5,3\n1677632400,100.5,102,100,101,4\n",
+    "epoch_ms.csv": "time,open,high,low,close,volume\n"
+    "1677628800000,100,101,99,100.5,3\n1677643200000,100.5,102,100,101,4\n",
+    "float_epochs.csv": "time,open,high,low,close,volume\n"
+    "1677628800,100,101,99,100.5,3\n1677628860.0,100.5,102,100,101,4\n"
+    "1677628920.5,100.5,102,100,101,4\n1677628980,100.5,102,100,101,4\n",
+    "kraken.csv": (
+        "1672531200,16535.97,16535.97,16522.66,16522.66,0.01429883,2\n"
+        "1672531260,16522.66,16530.00,16520.00,16525.00,0.5,3\n"
+        "1672531380,16525.00,16525.00,16525.00,16525.00,0.1,1\n"
+        "1672531440,16525.00,16526.00,16524.00,16526.00,0.2,2\n"
+        "1672531740,16513.41,16513.41,16513.41,16513.41,0.00039585,1"  # no final newline
+    ),
+    "mixed_case.csv": (
+        "Symbol,TimeStamp,OPEN,High,low,Close,VOLUME,Trades\n"
+        "BTC,2023-03-01T00:00:00Z,1,2,0.5,1.5,10,7\n"
+        "BTC,2023-03-01T00:15:00Z,1.5,2,1,1.2,11,8\n"
+    ),
+    "invalid_rows.csv": (
+        "open_time,open,high,low,close,volume\r\n"
+        "2023-03-01T00:00:00Z,1,2,0.5,1.5,1\r\n"
+        "2023-03-01T00:01:00Z,1,0.5,2,1.5,1\r\n"
+        "2023-03-01T00:01:00Z,1,2,0.5,1.6,1\r\n"
+        "2023-03-01T00:01:00Z,1,2,0.5,1.7,1\r\n"
+        "2023-03-01T00:02:00Z,0,2,0.5,1.5,1\r\n"
+        "2023-03-01T00:03:00Z,1,2,0.5,NaN,1\r\n"
+        "\r\n"
+        "\r\n"
+        "2023-03-01T00:05:00Z,1,2,0.5,abc,\r\n"
+        ",1,2,0.5,1.5,1\r\n"
+        "2023-03-01T00:06:00Z,1,2,0.5,1.5,0\r\n"
+    ),
+    "headerless_blank_line.csv": "1677628800,1,2,0.5,1.5,1\n\n1677628860,1,2,0.5,1.5,1\n",
+    "bom.csv": "\ufeff1677628800,1,2,0.5,1.5,1\n1677628860,1,2,0.5,1.5,1\n",
+}
+
+
+def parquet_fixtures(tmp_path: Path) -> list[Path]:
+    times = pl.datetime_range(datetime(2023, 3, 1), datetime(2023, 3, 1, 0, 4), "1m", eager=True)
+    values = {
+        "Open": [1.0, 2.0, 3.0, 4.0, 5.0],
+        "High": [2.0, 3.0, 4.0, 5.0, 6.0],
+        "Low": [0.5, 1.5, 2.5, 3.5, 4.5],
+        "Close": [1.5, 2.5, 3.5, 4.5, 5.5],
+        "Volume": [1, 2, 3, 4, 5],
+    }
+    frames = {
+        "naive.parquet": pl.DataFrame({"Timestamp": times, **values}),
+        "berlin.parquet": pl.DataFrame(
+            {"Timestamp": times.dt.replace_time_zone("Europe/Berlin"), **values}
+        ),
+        "epoch_ms.parquet": pl.DataFrame(
+            {"open_time": [1_677_628_800_000 + k * 60_000 for k in range(5)], **values}
+        ),
+        "daily.parquet": pl.DataFrame(
+            {"date": [date(2023, 3, day) for day in range(1, 6)], **values}
+        ),
+        "gaps_and_blanks.parquet": pl.DataFrame(
+            {
+                "ts": [MARCH_1, None, MARCH_1 + MINUTE, MARCH_1 + MINUTE, MARCH_1 + 9 * MINUTE],
+                **{**values, "Close": [1.5, None, 2.5, 2.6, None]},
+            }
+        ),
+    }
+    paths = []
+    for name, frame in frames.items():
+        frame.write_parquet(tmp_path / name, row_group_size=2)
+        paths.append(tmp_path / name)
+    return paths
+
+
+def stream(path: Path, interval: str | None = None, chunk_rows: int = 200_000) -> BarFile:
+    """iter_bars consumed into a BarFile, to compare with read_bars."""
+    bars = iter_bars(
+        path, venue="test", symbol="BTC/USDT", interval=interval, chunk_rows=chunk_rows
+    )
+    return BarFile(bars=tuple(bars), interval=bars.interval, skipped=tuple(bars.skipped))
+
+
+def sorted_fixtures(tmp_path: Path) -> list[Path]:
+    return [write(tmp_path, name, text) for name, text in SORTED_CSV.items()] + parquet_fixtures(
+        tmp_path
+    )
+
+
+@pytest.mark.parametrize("chunk_rows", [1, 2, 3, 200_000])
+def test_iter_bars_equals_read_bars_on_every_sorted_format(tmp_path: Path, chunk_rows: int) -> None:
+    for path in sorted_fixtures(tmp_path):
+        assert is_time_sorted(path), path
+        whole = read(path)
+        assert len(whole.bars) >= 2, path
+        assert stream(path, chunk_rows=chunk_rows) == whole, path
+        assert stream(path, "1m", chunk_rows) == read(path, "1m"), path
+
+
+def test_iter_bars_csv_reads_lines_across_small_byte_blocks(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Blocks that end mid-line, lines longer than a block, CRLF, blank lines, no final newline."""
+    monkeypatch.setattr(sources, "_CSV_CHUNK_BYTES", 7)
+    for path in sorted_fixtures(tmp_path):
+        for chunk_rows in (1, 4, 200_000):
+            assert stream(path, chunk_rows=chunk_rows) == read(path), (path, chunk_rows)
+
+
+def test_iter_bars_many_chunks(tmp_path: Path) -> None:
+    lines = ["open_time,open,high,low,close,volume"]
+    for index in range(5_000):
+        stamp = MARCH_1 // 1_000_000 + 60_000 * index
+        lines.append(f"{stamp},100.5,101.25,99.75,{100 + index % 7},1.5")
+    lines[2001] = lines[2000]  # a duplicate across a boundary of 1,000-row chunks
+    lines[3001] = "2023-03-01T00:00:00Z,1,1,1,1,1"
+    path = write(tmp_path, "many.csv", "\n".join(lines) + "\n")
+    with pytest.raises(SourceError, match=r"many\.csv: unparseable timestamp"):
+        read(path)
+    lines[3001] = lines[3000].replace(",1.5", ",")
+    path = write(tmp_path, "many.csv", "\n".join(lines) + "\n")
+    whole = read(path)
+    assert len(whole.bars) == 4_998
+    assert whole.skipped == (
+        "row 2002: duplicate open_time 2023-03-02T09:19:00Z",
+        "row 3002: missing or non-numeric volume",
+    )
+    assert stream(path, chunk_rows=1_000) == whole
+    assert stream(path, chunk_rows=999) == whole
+
+    data = tmp_path / "many.parquet"
+    pl.read_csv(path).write_parquet(data, row_group_size=700)
+    assert stream(data, chunk_rows=256) == read(data)
+
+
+def test_iter_bars_skips_rows_of_an_unsorted_file_with_reasons(tmp_path: Path) -> None:
+    text = (
+        "open_time,open,high,low,close,volume\n"
+        "2023-03-01T00:10:00Z,3,3,3,3,3\n"
+        "2023-03-01T00:00:00Z,1,1,1,1,1\n"
+        "2023-03-01T00:15:00Z,2,2,2,2,2\n"
+        "2023-03-01T00:15:00Z,9,9,9,9,9\n"
+        "2023-03-01T00:20:00Z,8,8,8,8,8\n"
+    )
+    path = write(tmp_path, "unsorted.csv", text)
+    assert not is_time_sorted(path)
+    assert [bar.close for bar in read(path).bars] == [1.0, 3.0, 2.0, 8.0]
+    for chunk_rows in (1, 2, 100):
+        result = stream(path, chunk_rows=chunk_rows)
+        assert result.interval == "5m"
+        assert [bar.close for bar in result.bars] == [3.0, 2.0, 8.0]
+        assert result.skipped == (
+            "row 3: open_time 2023-03-01T00:00:00Z is before the previous bar's "
+            "2023-03-01T00:10:00Z (streaming needs a time-sorted file)",
+            "row 5: duplicate open_time 2023-03-01T00:15:00Z",
+        )
+
+
+def test_iter_bars_reports_skipped_rows_as_it_goes(tmp_path: Path) -> None:
+    text = "ts,open,high,low,close,volume\n1677628800,1,2,0.5,1.5,1\n1677628860,1,0.5,2,1,1\n"
+    text += "1677628920,1,2,0.5,1.5,1\n"
+    bars = iter_bars(write(tmp_path, "s.csv", text), venue="v", symbol="s", chunk_rows=1)
+    assert bars.interval == "1m"
+    assert bars.skipped == []
+    iterator = iter(bars)
+    next(iterator)
+    assert bars.skipped == []
+    next(iterator)
+    assert [reason.split(":")[0] for reason in bars.skipped] == ["row 3"]
+    with pytest.raises(RuntimeError, match="only once"):
+        iter(bars)
+
+
+@pytest.mark.parametrize(
+    ("name", "content", "needle"),
+    [
+        ("nope.csv", None, "file not found"),
+        ("empty.csv", b"\n\n  \n", "empty file"),
+        ("header.csv", b"open_time,open,high,low,close,volume\n", "no data rows"),
+        ("garbled.csv", bytes(range(256)) * 4, "not a text CSV"),
+        ("fake.parquet", b"open_time,open\n1,2\n", "not a Parquet file"),
+        ("broken.parquet", b"PAR1" + bytes(range(200)) + b"PAR1", "unreadable"),
+        ("notime.csv", b"when,open,high,low,close,volume\nx,1,2,0.5,1,1\n", "no time column"),
+        ("narrow.csv", b"1677628800,1,2,0.5\n", "headerless CSV needs 6 columns"),
+        ("one.csv", b"ts,open,high,low,close,volume\n1677628800,1,2,0.5,1.5,1\n", "at least 2"),
+        (
+            "baddate.csv",
+            b"date,open,high,low,close,volume\n2023-03-01,1,2,0.5,1,1\nyesterday,1,2,0.5,1,1\n",
+            "unparseable timestamp 'yesterday' at row 3",
+        ),
+    ],
+)
+def test_iter_bars_refuses_an_unusable_file_before_iterating(
+    tmp_path: Path, name: str, content: bytes | None, needle: str
+) -> None:
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    for reader in (read, stream):
+        with pytest.raises(SourceError) as info:
+            reader(path)
+        assert str(info.value).startswith(f"{path}: ")
+        assert needle in str(info.value)
+        assert "\n" not in str(info.value)
+    with pytest.raises(SourceError, match=needle):
+        iter_bars(path, venue="v", symbol="s")  # raised by the call, not by iterating
+
+
+def test_iter_bars_errors_further_on_are_raised_when_reached(tmp_path: Path) -> None:
+    rows = [f"2023-03-01T00:0{k}:00Z,1,2,0.5,1.5,1" for k in range(4)]
+    header = "open_time,open,high,low,close,volume\n"
+    bad = write(tmp_path, "bad.csv", header + "\n".join([*rows, "soon,1,2,0.5,1.5,1"]) + "\n")
+    with pytest.raises(SourceError, match="unparseable"):  # within the first INFER_ROWS
+        iter_bars(bad, venue="v", symbol="s", chunk_rows=2)
+    bars = iter(iter_bars(bad, venue="v", symbol="s", interval="1m", chunk_rows=2))
+    assert len([next(bars) for _ in range(4)]) == 4
+    with pytest.raises(SourceError, match=r"bad\.csv: unparseable timestamp 'soon' at row 6"):
+        next(bars)
+
+    mixed = write(tmp_path, "mixed.csv", header + "\n".join([*rows, "1677629100,1,2,0.5,1,1"]))
+    bars = iter(iter_bars(mixed, venue="v", symbol="s", interval="1m", chunk_rows=2))
+    with pytest.raises(SourceError, match=r"'1677629100' at row 6 is not ISO-8601 text"):
+        list(bars)
+    with pytest.raises(SourceError, match=r"mixed\.csv: unparseable timestamp '1677629100'"):
+        read(mixed)
+
+    invalid = "2023-03-01T00:0{k}:00Z,1,0.5,2,1.5,1"
+    allbad = write(
+        tmp_path, "allbad.csv", header + "\n".join(invalid.format(k=k) for k in range(3))
+    )
+    bars = iter_bars(allbad, venue="v", symbol="s", chunk_rows=1)
+    assert bars.interval == "1m"
+    with pytest.raises(SourceError, match=r"allbad\.csv: no valid rows \(first problem: row 2"):
+        list(bars)
+
+
+def test_iter_bars_infers_the_interval_from_the_first_rows(tmp_path: Path) -> None:
+    minutes = [MARCH_1 + k * MINUTE for k in range(5)]
+    hours = [minutes[-1] + k * 60 * MINUTE for k in range(1, 11)]
+    lines = [f"{t // 10**9},1,2,0.5,1.5,1" for t in minutes + hours]
+    path = write(tmp_path, "slow.csv", "ts,open,high,low,close,volume\n" + "\n".join(lines))
+    assert read(path).interval == "1h"
+    assert stream(path, chunk_rows=2).interval == "1h"  # within the first INFER_ROWS rows
+    assert stream(path, chunk_rows=2).bars == read(path).bars
+
+
+@real_data
+@pytest.mark.parametrize(
+    "name",
+    [
+        "binanceus-1m-2023-03/BTCUSDT.csv",
+        "binanceus-1m-2023-03/BTCUSD.csv",
+        "kraken-1m-2023q1/BTCUSDC.csv",
+        "equities-daily/nvda-1999-2014.csv",
+        "equities-daily/orcl-1995-2014.csv",
+    ],
+)
+def test_real_data_streams_like_it_reads(name: str) -> None:
+    path = DATA / name
+    if not path.is_file():
+        pytest.skip(f"{path} not found")
+    whole = read(path)
+    assert is_time_sorted(path)
+    assert stream(path) == whole
+    assert stream(path, chunk_rows=4_096) == whole
