@@ -27,7 +27,7 @@ from replay.metrics import (
     trade_stats,
     trades_from_fills,
 )
-from replay.recorder import RiskEvent, RunRecorder
+from replay.recorder import EQUITY_SCHEMA, RiskEvent, RunRecorder
 from services.config import KeelConfig
 from services.fleet import fleet_roles
 
@@ -48,7 +48,7 @@ TRADE_COLUMNS = {
 }
 """Columns of ``trades.parquet`` (one row per round trip, see replay/metrics.py Trade)."""
 
-EQUITY_COLUMNS = {"ts": pl.Int64, "equity": pl.Float64, "gross_exposure": pl.Float64}
+EQUITY_COLUMNS = dict(pl.from_arrow(EQUITY_SCHEMA.empty_table()).schema)
 """Columns of ``equity.parquet``."""
 
 
@@ -100,7 +100,7 @@ def run_backtest(
     roles = fleet_roles(spec.config)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
-    recorder = RunRecorder([r.name for r in roles], out_dir / "events.parquet" if out_dir else None)
+    recorder = RunRecorder([r.name for r in roles], out_dir)
     engine = ReplayEngine(roles, recorder)
     interval = ""
     try:
@@ -127,7 +127,7 @@ def summarise(
     cash = spec.config.portfolio.starting_cash
     curve = curve_metrics(
         np.frombuffer(recorder.equity, dtype=np.float64),
-        np.frombuffer(recorder.exposure, dtype=np.float64),
+        np.frombuffer(recorder.exposed, dtype=np.uint8),
         cash,
         periods,
     )
@@ -163,13 +163,6 @@ def _write_run(out_dir: Path, spec: BacktestSpec, result: BacktestResult, rec: R
     record = RunRecord(spec, result)
     (out_dir / RUN_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(record)))
     (out_dir / "metrics.json").write_bytes(msgspec.json.format(msgspec.json.encode(result)))
-    pl.DataFrame(
-        {
-            "ts": np.frombuffer(rec.equity_ts, dtype=np.int64),
-            "equity": np.frombuffer(rec.equity, dtype=np.float64),
-            "gross_exposure": np.frombuffer(rec.exposure, dtype=np.float64),
-        }
-    ).write_parquet(out_dir / "equity.parquet")
     trades = trades_from_fills(rec.fills)
     pl.DataFrame(
         [msgspec.structs.asdict(t) for t in trades] or None,

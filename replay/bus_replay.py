@@ -94,6 +94,7 @@ def bus_replay(
             await bus.close()
 
     interval, count = asyncio.run(main())
+    recorder.close()
     return summarise(spec, recorder, count, interval, time.perf_counter() - started)
 
 

@@ -34,6 +34,10 @@ from replay.engine import LazyEnvelope, resolve
 
 ROW_GROUP = 65_536
 
+EQUITY_SCHEMA = pa.schema(
+    [("ts", pa.int64()), ("equity", pa.float64()), ("gross_exposure", pa.float64())]
+)
+
 EVENT_SCHEMA = pa.schema(
     [
         ("seq", pa.int64()),
@@ -74,16 +78,23 @@ class Counts(msgspec.Struct):
 class RunRecorder:
     """The sink of a replay: call it with every output event."""
 
-    def __init__(self, producers: list[str], events_path: Path | None = None) -> None:
+    def __init__(self, producers: list[str], out_dir: Path | None = None) -> None:
+        """With ``out_dir``, every event goes to ``events.parquet`` and the curve to
+        ``equity.parquet`` as the run goes; in memory stay only what the metrics need: the
+        equity of each point (8 bytes) and whether it held exposure (1 byte), and the fills."""
         self._hashes = {name: hashlib.sha256() for name in producers}
         self.counts = Counts()
-        self.equity_ts = array.array("q")
         self.equity = array.array("d")
-        self.exposure = array.array("d")
+        self.exposed = array.array("B")
         self.fills: list[ExecutionReport] = []
         self.risk_events: list[RiskEvent] = []
-        self._writer = pq.ParquetWriter(events_path, EVENT_SCHEMA) if events_path else None
+        self._point: EquitySnapshot | None = None  # the last snapshot of the current ts
+        self._writer = self._curve_writer = None
+        if out_dir is not None:
+            self._writer = pq.ParquetWriter(out_dir / "events.parquet", EVENT_SCHEMA)
+            self._curve_writer = pq.ParquetWriter(out_dir / "equity.parquet", EQUITY_SCHEMA)
         self._rows: dict[str, list] = {name: [] for name in EVENT_SCHEMA.names}
+        self._curve_rows: dict[str, list] = {name: [] for name in EQUITY_SCHEMA.names}
 
     def __call__(
         self, subject: str, event: Event, envelope: LazyEnvelope | Envelope, producer: str
@@ -106,13 +117,9 @@ class RunRecorder:
         counts = self.counts
         counts.events += 1
         if isinstance(event, EquitySnapshot):
-            if self.equity_ts and self.equity_ts[-1] == event.ts:
-                self.equity[-1] = event.equity
-                self.exposure[-1] = event.gross_exposure
-            else:
-                self.equity_ts.append(event.ts)
-                self.equity.append(event.equity)
-                self.exposure.append(event.gross_exposure)
+            if self._point is not None and self._point.ts != event.ts:
+                self._add_point(self._point)
+            self._point = event
         elif isinstance(event, Signal):
             counts.signals += 1
         elif isinstance(event, OrderCommand):
@@ -142,17 +149,37 @@ class RunRecorder:
         if len(rows["seq"]) >= ROW_GROUP:
             self._flush()
 
+    def _add_point(self, point: EquitySnapshot) -> None:
+        """One point of the curve: the last snapshot at its timestamp."""
+        self.equity.append(point.equity)
+        self.exposed.append(point.gross_exposure > 0)
+        if self._curve_writer is not None:
+            rows = self._curve_rows
+            rows["ts"].append(point.ts)
+            rows["equity"].append(point.equity)
+            rows["gross_exposure"].append(point.gross_exposure)
+            if len(rows["ts"]) >= ROW_GROUP:
+                self._flush()
+
     def _flush(self) -> None:
-        if self._writer is not None and self._rows["seq"]:
-            self._writer.write_table(pa.table(self._rows, schema=EVENT_SCHEMA))
-            for column in self._rows.values():
-                column.clear()
+        for writer, rows, schema in (
+            (self._writer, self._rows, EVENT_SCHEMA),
+            (self._curve_writer, self._curve_rows, EQUITY_SCHEMA),
+        ):
+            if writer is not None and next(iter(rows.values())):
+                writer.write_table(pa.table(rows, schema=schema))
+                for column in rows.values():
+                    column.clear()
 
     def close(self) -> None:
+        if self._point is not None:
+            self._add_point(self._point)
+            self._point = None
         self._flush()
-        if self._writer is not None:
-            self._writer.close()
-            self._writer = None
+        for writer in (self._writer, self._curve_writer):
+            if writer is not None:
+                writer.close()
+        self._writer = self._curve_writer = None
 
     def result_hash(self) -> str:
         total = hashlib.sha256()
