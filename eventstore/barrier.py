@@ -17,6 +17,7 @@ import functools
 import time
 
 from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
 
 from contracts.subjects import subject_matches
 from eventstore.bus import Bus
@@ -39,27 +40,36 @@ class Barrier:
         self._streams = streams
         self._filters = dict(filters or {})
         self._names = consumers
-        self._due: dict[ConsumerKey, int] = {}
+        self._due: dict[ConsumerKey, int] = dict.fromkeys(self._filters, 0)
         self._seen = dict.fromkeys(streams, 0)
         self._moved = asyncio.Event()
         self._subs: list = []
 
     async def start(self) -> None:
         js = self._bus.js
+        discover = not self._filters or self._names is not None
         for stream in self._streams:
-            if not self._filters or self._names is not None:
+            if discover:
                 for info in await js.consumers_info(stream):
                     name = info.config.durable_name
                     if name and (self._names is None or name in self._names):
                         config = info.config
                         subjects = config.filter_subjects or [config.filter_subject or ">"]
                         self._filters[(stream, name)] = tuple(subjects)
+                        self._due.setdefault((stream, name), 0)
             subject = (await js.stream_info(stream)).config.subjects[0]
             track = functools.partial(self._track, stream)
+            # The last message of every subject, then everything new: the highest matching
+            # sequence per consumer without reading a long history.
             self._subs.append(
-                await js.subscribe(subject, stream=stream, ordered_consumer=True, cb=track)
+                await js.subscribe(
+                    subject,
+                    stream=stream,
+                    ordered_consumer=True,
+                    deliver_policy=DeliverPolicy.LAST_PER_SUBJECT,
+                    cb=track,
+                )
             )
-        self._due = dict.fromkeys(self._filters, 0)
 
     async def stop(self) -> None:
         for sub in self._subs:
@@ -71,8 +81,8 @@ class Barrier:
         seq = msg.metadata.sequence.stream
         for key, patterns in self._filters.items():
             if key[0] == stream and any(subject_matches(p, msg.subject) for p in patterns):
-                self._due[key] = seq
-        self._seen[stream] = seq
+                self._due[key] = max(self._due.get(key, 0), seq)
+        self._seen[stream] = max(self._seen[stream], seq)
         self._moved.set()
 
     async def _last_seqs(self) -> dict[str, int]:

@@ -1,8 +1,5 @@
-"""Consumer lag across the log, and the drain barrier the demo and tests wait on.
-
-A worker acknowledges an input only after its outputs are stored, so the moment every
-consumer shows nothing pending and nothing awaiting ack, the pipeline has settled.
-"""
+"""Consumer lag across the log, and the drain the demo and tests wait on (the settle
+barrier of ``eventstore/barrier.py``: pending counts lag stores, ack floors do not)."""
 
 from __future__ import annotations
 
@@ -11,6 +8,7 @@ import time
 
 import msgspec
 
+from eventstore.barrier import Barrier
 from eventstore.bus import Bus
 from eventstore.streams import STREAMS
 
@@ -48,15 +46,24 @@ async def wait_drained(
     poll: float = 0.05,
     streams: tuple[str, ...] | None = None,
 ) -> bool:
-    """Wait until the named durable consumers exist and none has work left (all durable
-    consumers of ``streams`` when no names are given)."""
+    """Wait until the named durable consumers exist and have acknowledged everything stored
+    for them (all durable consumers of ``streams`` when no names are given)."""
     deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        lags = [
-            lag for lag in await consumer_lags(bus, streams) if not expect or lag.consumer in expect
-        ]
-        present = {lag.consumer for lag in lags}
-        if expect <= present and all(lag.pending == 0 and lag.ack_pending == 0 for lag in lags):
-            return True
+    names = streams or SETTLE_STREAMS
+    while True:
+        present = {lag.consumer for lag in await consumer_lags(bus, names)}
+        if expect <= present:
+            break
+        if time.monotonic() >= deadline:
+            return False
         await asyncio.sleep(poll)
-    return False
+    barrier = Barrier(bus, names, consumers=set(expect) or None)
+    await barrier.start()
+    try:
+        return await barrier.wait(max(0.0, deadline - time.monotonic()))
+    finally:
+        await barrier.stop()
+
+
+SETTLE_STREAMS = tuple(spec.name for spec in STREAMS if spec.name != "SYSTEM")
+"""Streams workers consume (nothing consumes SYSTEM: heartbeats and dead letters)."""

@@ -18,7 +18,7 @@ from contracts.events import Bar
 from contracts.subjects import subject_for
 from eventstore.barrier import Barrier
 from eventstore.bus import Bus, Stored
-from eventstore.streams import STREAMS
+from eventstore.lag import SETTLE_STREAMS
 
 CHUNK = 2048
 
@@ -95,7 +95,7 @@ def pause(seconds: float, stop: asyncio.Event | None = None) -> Callable[[], Awa
 def lockstep(bus: Bus, consumers: set[str], timeout: float = 30.0) -> Callable[[], Awaitable[bool]]:
     """Wait until the named workers have acknowledged everything stored for them: a live
     session whose processing order is the replay's (see docs/replay.md)."""
-    barrier = Barrier(bus, LOCKSTEP_STREAMS, consumers=consumers)
+    barrier = Barrier(bus, SETTLE_STREAMS, consumers=consumers)
     started = False
 
     async def wait() -> bool:
@@ -106,6 +106,3 @@ def lockstep(bus: Bus, consumers: set[str], timeout: float = 30.0) -> Callable[[
         return await barrier.wait(timeout)
 
     return wait
-
-
-LOCKSTEP_STREAMS = tuple(s.name for s in STREAMS if s.name != "SYSTEM")
