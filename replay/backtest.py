@@ -24,28 +24,15 @@ from replay.market import DataSource, market_events
 from replay.metrics import (
     curve_metrics,
     periods_per_year,
-    trade_stats,
-    trades_from_fills,
+    pnl_stats,
 )
-from replay.recorder import EQUITY_SCHEMA, RiskEvent, RunRecorder
+from replay.recorder import EQUITY_SCHEMA, TRADE_SCHEMA, RiskEvent, RunRecorder
 from services.config import KeelConfig
 from services.fleet import fleet_roles
 
 RUN_FILE = "run.json"
 
-TRADE_COLUMNS = {
-    "strategy": pl.String,
-    "venue": pl.String,
-    "symbol": pl.String,
-    "side": pl.String,
-    "qty": pl.Float64,
-    "entry_ts": pl.Int64,
-    "exit_ts": pl.Int64,
-    "entry_price": pl.Float64,
-    "exit_price": pl.Float64,
-    "pnl": pl.Float64,
-    "fees": pl.Float64,
-}
+TRADE_COLUMNS = dict(pl.from_arrow(TRADE_SCHEMA.empty_table()).schema)
 """Columns of ``trades.parquet`` (one row per round trip, see replay/metrics.py Trade)."""
 
 EQUITY_COLUMNS = dict(pl.from_arrow(EQUITY_SCHEMA.empty_table()).schema)
@@ -116,7 +103,7 @@ def run_backtest(
     wall = time.perf_counter() - started
     result = summarise(spec, recorder, engine.market_events, interval, wall)
     if out_dir is not None:
-        _write_run(out_dir, spec, result, recorder)
+        _write_run(out_dir, spec, result)
     return result
 
 
@@ -131,8 +118,7 @@ def summarise(
         cash,
         periods,
     )
-    trades = trades_from_fills(recorder.fills)
-    win_rate, profit_factor = trade_stats(trades)
+    win_rate, profit_factor = pnl_stats(np.frombuffer(recorder.trade_pnl, dtype=np.float64))
     counts = recorder.counts
     return BacktestResult(
         bars=bars,
@@ -141,7 +127,7 @@ def summarise(
         fills=counts.fills,
         rejections=counts.rejections,
         dead_letters=counts.dead_letters,
-        trades=len(trades),
+        trades=len(recorder.trade_pnl),
         final_equity=curve["final_equity"],
         return_pct=curve["return_pct"],
         sharpe=curve["sharpe"],
@@ -150,7 +136,7 @@ def summarise(
         win_rate=win_rate,
         profit_factor=profit_factor,
         exposure_pct=curve["exposure_pct"],
-        fees=math.fsum(f.fee for f in recorder.fills),
+        fees=math.fsum(recorder.fees),
         wall_s=round(wall, 6),
         bars_per_s=round(bars / wall, 1) if wall > 0 else 0.0,
         result_hash=recorder.result_hash(),
@@ -159,15 +145,11 @@ def summarise(
     )
 
 
-def _write_run(out_dir: Path, spec: BacktestSpec, result: BacktestResult, rec: RunRecorder) -> None:
+def _write_run(out_dir: Path, spec: BacktestSpec, result: BacktestResult) -> None:
+    """The run's record; events, equity and trades were streamed by the recorder."""
     record = RunRecord(spec, result)
     (out_dir / RUN_FILE).write_bytes(msgspec.json.format(msgspec.json.encode(record)))
     (out_dir / "metrics.json").write_bytes(msgspec.json.format(msgspec.json.encode(result)))
-    trades = trades_from_fills(rec.fills)
-    pl.DataFrame(
-        [msgspec.structs.asdict(t) for t in trades] or None,
-        schema=TRADE_COLUMNS,
-    ).write_parquet(out_dir / "trades.parquet")
 
 
 def load_run(run_dir: Path) -> RunRecord:

@@ -344,26 +344,27 @@ class _Book:
         self.lots: deque[_Lot] = deque()
 
 
-def trades_from_fills(fills: Iterable[ExecutionReport]) -> list[Trade]:
-    """FIFO round trips per (strategy, venue, symbol), in the order they close.
+class TradeBook:
+    """FIFO lots per (strategy, venue, symbol), fed one fill at a time: a backtest folds its
+    fills as they happen instead of keeping them all."""
 
-    Reports that are not fills (``is_fill``) are skipped; see the module docstring for lot
-    matching, flips and fee allocation. Open positions at the end produce no trade.
-    """
-    books: dict[tuple[str, str, str], _Book] = {}
-    trades: list[Trade] = []
-    for fill in fills:
+    def __init__(self) -> None:
+        self._books: dict[tuple[str, str, str], _Book] = {}
+
+    def add(self, fill: ExecutionReport) -> list[Trade]:
+        """The round trips this fill closes (none for a report that is not a fill)."""
         if not is_fill(fill):
-            continue
+            return []
         key = (fill.strategy, fill.venue, fill.symbol)
-        book = books.get(key)
+        book = self._books.get(key)
         if book is None:
-            book = books[key] = _Book()
+            book = self._books[key] = _Book()
         sign = 1 if fill.side == "buy" else -1
         price = fill.fill_price
         remaining = fill.fill_qty
         fee_left = fill.fee
         tol = QTY_REL_TOL * fill.fill_qty
+        trades: list[Trade] = []
 
         if book.lots and book.direction != sign:
             side: Literal["long", "short"] = "long" if book.direction > 0 else "short"
@@ -403,17 +404,32 @@ def trades_from_fills(fills: Iterable[ExecutionReport]) -> list[Trade]:
         if remaining > tol:  # opens, adds to, or (after a flip) reopens a position
             book.direction = sign
             book.lots.append(_Lot(remaining, price, fill.ts, fee_left))
-    return trades
+        return trades
+
+
+def trades_from_fills(fills: Iterable[ExecutionReport]) -> list[Trade]:
+    """FIFO round trips per (strategy, venue, symbol), in the order they close.
+
+    Reports that are not fills (``is_fill``) are skipped; see the module docstring for lot
+    matching, flips and fee allocation. Open positions at the end produce no trade.
+    """
+    book = TradeBook()
+    return [trade for fill in fills for trade in book.add(fill)]
 
 
 def trade_stats(trades: Sequence[Trade]) -> tuple[float, float | None]:
     """``(win_rate, profit_factor)`` of closed trades, as defined in the module docstring."""
-    if not trades:
-        return 0.0, 0.0
     pnl = np.fromiter((t.pnl for t in trades), dtype=np.float64, count=len(trades))
+    return pnl_stats(pnl)
+
+
+def pnl_stats(pnl: np.ndarray) -> tuple[float, float | None]:
+    """``(win_rate, profit_factor)`` from the trades' net pnl."""
+    if not pnl.size:
+        return 0.0, 0.0
     gross_profit = float(pnl[pnl > 0].sum())
     gross_loss = -float(pnl[pnl < 0].sum())
-    win_rate = float(np.count_nonzero(pnl > 0)) / len(trades)
+    win_rate = float(np.count_nonzero(pnl > 0)) / pnl.size
     if gross_profit <= 0:
         return win_rate, 0.0
     if gross_loss <= 0:

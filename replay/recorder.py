@@ -31,12 +31,30 @@ from contracts.events import (
     Signal,
 )
 from replay.engine import LazyEnvelope, resolve
+from replay.metrics import TradeBook
 
 ROW_GROUP = 65_536
 
 EQUITY_SCHEMA = pa.schema(
     [("ts", pa.int64()), ("equity", pa.float64()), ("gross_exposure", pa.float64())]
 )
+
+TRADE_SCHEMA = pa.schema(
+    [
+        ("strategy", pa.string()),
+        ("venue", pa.string()),
+        ("symbol", pa.string()),
+        ("side", pa.string()),
+        ("qty", pa.float64()),
+        ("entry_ts", pa.int64()),
+        ("exit_ts", pa.int64()),
+        ("entry_price", pa.float64()),
+        ("exit_price", pa.float64()),
+        ("pnl", pa.float64()),
+        ("fees", pa.float64()),
+    ]
+)
+"""One row per round trip (replay/metrics.py ``Trade``)."""
 
 EVENT_SCHEMA = pa.schema(
     [
@@ -81,20 +99,26 @@ class RunRecorder:
     def __init__(self, producers: list[str], out_dir: Path | None = None) -> None:
         """With ``out_dir``, every event goes to ``events.parquet`` and the curve to
         ``equity.parquet`` as the run goes; in memory stay only what the metrics need: the
-        equity of each point (8 bytes) and whether it held exposure (1 byte), and the fills."""
+        equity of each point (8 bytes) and whether it held exposure (1 byte), each closed
+        trade's pnl and each fill's fee; the fills themselves are folded into round trips
+        as they come (``TradeBook``)."""
         self._hashes = {name: hashlib.sha256() for name in producers}
         self.counts = Counts()
         self.equity = array.array("d")
         self.exposed = array.array("B")
-        self.fills: list[ExecutionReport] = []
+        self.trade_pnl = array.array("d")
+        self.fees = array.array("d")
+        self._book = TradeBook()
         self.risk_events: list[RiskEvent] = []
         self._point: EquitySnapshot | None = None  # the last snapshot of the current ts
-        self._writer = self._curve_writer = None
+        self._writer = self._curve_writer = self._trade_writer = None
         if out_dir is not None:
             self._writer = pq.ParquetWriter(out_dir / "events.parquet", EVENT_SCHEMA)
             self._curve_writer = pq.ParquetWriter(out_dir / "equity.parquet", EQUITY_SCHEMA)
+            self._trade_writer = pq.ParquetWriter(out_dir / "trades.parquet", TRADE_SCHEMA)
         self._rows: dict[str, list] = {name: [] for name in EVENT_SCHEMA.names}
         self._curve_rows: dict[str, list] = {name: [] for name in EQUITY_SCHEMA.names}
+        self._trade_rows: dict[str, list] = {name: [] for name in TRADE_SCHEMA.names}
 
     def __call__(
         self, subject: str, event: Event, envelope: LazyEnvelope | Envelope, producer: str
@@ -127,7 +151,12 @@ class RunRecorder:
         elif isinstance(event, ExecutionReport):
             if event.fill_qty > 0:
                 counts.fills += 1
-                self.fills.append(event)
+                self.fees.append(event.fee)
+                for trade in self._book.add(event):
+                    self.trade_pnl.append(trade.pnl)
+                    if self._trade_writer is not None:
+                        for name in TRADE_SCHEMA.names:
+                            self._trade_rows[name].append(getattr(trade, name))
         elif isinstance(event, RiskDecision) and not event.approved:
             counts.rejections += 1
             detail = f"{event.strategy} {event.symbol}: {event.reason}"
@@ -165,6 +194,7 @@ class RunRecorder:
         for writer, rows, schema in (
             (self._writer, self._rows, EVENT_SCHEMA),
             (self._curve_writer, self._curve_rows, EQUITY_SCHEMA),
+            (self._trade_writer, self._trade_rows, TRADE_SCHEMA),
         ):
             if writer is not None and next(iter(rows.values())):
                 writer.write_table(pa.table(rows, schema=schema))
@@ -176,10 +206,10 @@ class RunRecorder:
             self._add_point(self._point)
             self._point = None
         self._flush()
-        for writer in (self._writer, self._curve_writer):
+        for writer in (self._writer, self._curve_writer, self._trade_writer):
             if writer is not None:
                 writer.close()
-        self._writer = self._curve_writer = None
+        self._writer = self._curve_writer = self._trade_writer = None
 
     def result_hash(self) -> str:
         total = hashlib.sha256()
