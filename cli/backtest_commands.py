@@ -167,16 +167,18 @@ def backtest(
         )
         fleet_roles(spec.config)  # unknown strategy or bad params: say so before reading data
         spec = msgspec.structs.replace(spec, data=tuple(s.with_digest() for s in spec.data))
-        result = _execute(spec, out, as_json)
+        result = _execute(spec, out, as_json, verify_data=False)  # pinned just above
     _show(result, out, as_json)
 
 
-def _execute(spec: BacktestSpec, out: Path | None, quiet: bool) -> BacktestResult:
+def _execute(
+    spec: BacktestSpec, out: Path | None, quiet: bool, verify_data: bool = True
+) -> BacktestResult:
     with _progress("backtest", quiet) as advance:
         if any(s.is_stream for s in spec.data):
             with nats_url() as url:
-                return run_backtest(spec, out, url, advance)
-        return run_backtest(spec, out, None, advance)
+                return run_backtest(spec, out, url, advance, verify_data)
+        return run_backtest(spec, out, None, advance, verify_data)
 
 
 @contextlib.contextmanager

@@ -26,7 +26,7 @@ from contracts.envelope import PRODUCER, Envelope
 from contracts.events import Event
 from contracts.subjects import subject_for
 from eventstore.errors import KeelError
-from eventstore.streams import REPLAY_PREFIX, STREAMS, ensure_streams, replay_stream
+from eventstore.streams import REPLAY_PREFIX, ensure_streams, replay_stream
 
 BULK_WINDOW = 512
 READ_BUFFER = 4096
@@ -217,6 +217,3 @@ def _count(acks: list, tally: PublishTally) -> None:
 
 async def _quiet(_exc: Exception) -> None:
     """Connection errors surface through the calls that fail; no stack dumps on stderr."""
-
-
-ALL_STREAMS = tuple(s.name for s in STREAMS)

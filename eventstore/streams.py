@@ -44,14 +44,6 @@ STREAMS: tuple[StreamSpec, ...] = (
 STREAM_BY_NAME = {s.name: s for s in STREAMS}
 
 
-def stream_of(subject: str) -> StreamSpec:
-    prefix = subject.split(".", 1)[0]
-    for spec in STREAMS:
-        if any(pattern.split(".", 1)[0] == prefix for pattern in spec.subjects):
-            return spec
-    raise ValueError(f"no stream holds subject {subject!r}")
-
-
 async def ensure_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...] = STREAMS) -> None:
     for spec in specs:
         config = spec.config()

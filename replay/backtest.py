@@ -81,9 +81,10 @@ def run_backtest(
     out_dir: Path | None = None,
     url: str | None = None,
     progress: Callable[[int], None] | None = None,
+    verify_data: bool = True,
 ) -> BacktestResult:
     started = time.perf_counter()
-    bars = market_events(spec.data, url, spec.start, spec.end)
+    bars = market_events(spec.data, url, spec.start, spec.end, verify=verify_data)
     roles = fleet_roles(spec.config)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)

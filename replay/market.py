@@ -61,8 +61,11 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_source(source: DataSource, url: str | None) -> Iterable[Bar]:
-    """A source's bars in time order: a file streams, a recorded stream is read whole."""
+def load_source(source: DataSource, url: str | None, verify: bool = True) -> Iterable[Bar]:
+    """A source's bars in time order: a file streams, a recorded stream is read whole.
+
+    ``verify`` checks a pinned file's sha256 (a full read); callers that pinned it moments
+    ago (``keel backtest``, sweep workers) skip it."""
     if source.is_stream:
         if url is None:
             raise KeelError(f"data {source.location!r} is a stream: it needs a NATS server")
@@ -70,7 +73,7 @@ def load_source(source: DataSource, url: str | None) -> Iterable[Bar]:
     path = Path(source.location)
     if not path.exists():
         raise KeelError(f"data {source.location}: no such file, stream or subject")
-    if source.sha256 and file_digest(path) != source.sha256:
+    if verify and source.sha256 and file_digest(path) != source.sha256:
         raise KeelError(f"data {source.location} changed since the run was recorded")
     symbol = source.symbol or path.stem
     if not is_time_sorted(path):  # rare: sorted in memory, as the stream would skip rows
@@ -104,6 +107,7 @@ def market_events(
     url: str | None = None,
     start: int | None = None,
     end: int | None = None,
+    verify: bool = True,
 ) -> Iterator[Bar]:
     """The bars in replay order, read lazily; callers count what they consume.
 
@@ -113,7 +117,7 @@ def market_events(
     lo = -1 if start is None else start
     hi = 1 << 63 if end is None else end
     windowed = [
-        _window(load_source(source, url), lo, hi, sorted_opens=not source.is_stream)
+        _window(load_source(source, url, verify), lo, hi, sorted_opens=not source.is_stream)
         for source in sources
     ]
     merged = heapq.merge(*windowed, key=lambda bar: bar.ts)

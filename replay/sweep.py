@@ -340,7 +340,10 @@ def _describe_ns(ns: int) -> str:
 
 def _run_encoded(spec: bytes, url: str | None = None) -> bytes:
     """The worker: a spec as msgspec JSON in, its result as msgspec JSON out (spawn-safe)."""
-    result = run_backtest(msgspec.json.decode(spec, type=BacktestSpec), None, url)
+    # the parent pinned the data moments ago: no full re-read per run
+    result = run_backtest(
+        msgspec.json.decode(spec, type=BacktestSpec), None, url, verify_data=False
+    )
     return msgspec.json.encode(result)
 
 
