@@ -171,6 +171,7 @@ class Signal(Event, frozen=True):
     confidence: float = 1.0
     stop: float | None = None
     target: float | None = None
+    atr: float | None = None
     reason: str = ""
 
     def __post_init__(self) -> None:
@@ -254,6 +255,17 @@ class EquitySnapshot(Event, frozen=True):
     gross_exposure: float
 
 
+class ParamsTuned(Event, frozen=True):
+    """A strategy moved one of its own parameters (auto-tuning); kept for audit and replay."""
+
+    strategy: str
+    symbol: str
+    param: str
+    old: float
+    new: float
+    reason: str = ""
+
+
 class GovernanceCommand(Event, frozen=True):
     action: GovernanceAction
     reason: str = ""
@@ -291,6 +303,7 @@ AnyEvent = (
     | ExecutionReport
     | PositionChanged
     | EquitySnapshot
+    | ParamsTuned
     | GovernanceCommand
     | Heartbeat
     | DeadLetter

@@ -2,19 +2,19 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from typing import Protocol
 
 import msgspec
 
-from contracts.events import Bar, Signal
+from contracts.events import Bar, Event
 from strategies.ma_cross import MaCross, MaCrossParams
 
 
 class Strategy(Protocol):
     name: str
 
-    def on_bar(self, bar: Bar) -> list[Signal]: ...
+    def on_bar(self, bar: Bar) -> Sequence[Event]: ...
 
     def snapshot(self) -> bytes: ...
 

@@ -20,6 +20,7 @@ from contracts.events import (
     Heartbeat,
     Instrument,
     OrderCommand,
+    ParamsTuned,
     PositionChanged,
     Quote,
     RiskDecision,
@@ -271,6 +272,10 @@ EXAMPLES: list[tuple[Event, str]] = [
             gross_exposure=0.0,
         ),
         "pf.equity",
+    ),
+    (
+        ParamsTuned(ts=1, strategy="trend", symbol="BTC/USDT", param="rsi_window", old=14, new=12),
+        "gov.tune.trend.BTC-USDT",
     ),
     (GovernanceCommand(ts=1, action="kill"), "gov.cmd.kill"),
     (GovernanceCommand(ts=1, action="resume"), "gov.cmd.resume"),

@@ -6,7 +6,7 @@ from services.risk.rails import RiskEngine, RiskLimits
 from services.runtime.role import Input, Role
 
 INPUTS = (
-    Input("GOVERNANCE", ("gov.>",)),
+    Input("GOVERNANCE", ("gov.cmd.>",)),
     Input("SIGNALS", ("sig.>",)),
     Input("EXECUTION", ("exec.>",)),
     Input("MARKET", ("md.bar.>",)),
