@@ -24,6 +24,8 @@ from services.marketdata.sources import interval_ns, read_bars
 from services.marketdata.synthetic import SyntheticMarket
 from services.portfolio.worker import portfolio_role
 from services.risk.worker import risk_role
+from services.runtime.replay_worker import ReplayWorker
+from services.runtime.role import Role
 from services.runtime.worker import Worker, WorkerOptions
 from services.strategy.host import strategy_role
 from strategies.registry import build_strategy, parse_params
@@ -55,14 +57,16 @@ def _options(metrics_port: int, metrics_addr: str, namespace: str) -> WorkerOpti
     return WorkerOptions(metrics_port=metrics_port, metrics_addr=metrics_addr, namespace=namespace)
 
 
-def _serve(worker: Worker) -> None:
+def _serve(role: Role, options: WorkerOptions) -> None:
+    """A live worker, or inside a bus replay's namespace the replay runtime of the same role."""
+    worker = ReplayWorker(role, options.namespace) if options.namespace else Worker(role, options)
     logging.basicConfig(
         level=logging.INFO, format=f"%(asctime)s {worker.name} %(levelname)s %(message)s"
     )
 
     async def main() -> None:
         with nats_url() as url:
-            bus = await Bus.connect(url, name=worker.name, namespace=worker.options.namespace)
+            bus = await Bus.connect(url, name=worker.name, namespace=options.namespace)
             try:
                 await worker.run(bus)
             finally:
@@ -80,10 +84,8 @@ def risk(
 ) -> None:
     """Pre-trade rails: signals in, orders or rejections out."""
     _serve(
-        Worker(
-            risk_role(load_config_or_exit(config).risk),
-            _options(metrics_port, metrics_addr, namespace),
-        )
+        risk_role(load_config_or_exit(config).risk),
+        _options(metrics_port, metrics_addr, namespace),
     )
 
 
@@ -96,7 +98,7 @@ def execution(
 ) -> None:
     """The paper venue: orders in, execution reports out."""
     role = execution_role(load_config_or_exit(config).execution)
-    _serve(Worker(role, _options(metrics_port, metrics_addr, namespace)))
+    _serve(role, _options(metrics_port, metrics_addr, namespace))
 
 
 @app.command()
@@ -108,7 +110,7 @@ def portfolio(
 ) -> None:
     """Positions, cash, PnL and equity."""
     role = portfolio_role(load_config_or_exit(config).portfolio)
-    _serve(Worker(role, _options(metrics_port, metrics_addr, namespace)))
+    _serve(role, _options(metrics_port, metrics_addr, namespace))
 
 
 @app.command()
@@ -138,11 +140,7 @@ def strategy(
         built = build_strategy(
             chosen.name, chosen.params, name_token(chosen.instance_name, "instance")
         )
-    _serve(
-        Worker(
-            strategy_role(built, chosen.symbols), _options(metrics_port, metrics_addr, namespace)
-        )
-    )
+    _serve(strategy_role(built, chosen.symbols), _options(metrics_port, metrics_addr, namespace))
 
 
 def _strategy_config(

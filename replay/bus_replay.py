@@ -2,39 +2,57 @@
 
 The driver gives the replay its own namespace: one stream ``REPLAY_<ns>`` holding
 ``rp.<ns>.>``, so nothing mixes with live subjects even on a shared server. It starts the
-fleet's workers as processes with ``--namespace``; each reads all its inputs through one
-consumer on that stream, so it sees events in the order they were stored, and an effect is
-always stored after its cause. The driver then publishes the run's market events in replay
-order, one at a time, waiting after each until every worker has acknowledged everything
-(lockstep). That makes every worker's processing order the one the in-process engine uses:
-a bar, then everything it caused, before the next bar. Finally it reads the outputs back,
-groups them by the ``Keel-Producer`` header and hashes them exactly like the in-process
-recorder, so the two result hashes are comparable.
+fleet's workers as processes with ``--namespace``, then streams the run's market events as
+frames (``eventstore/frames.py``) as fast as the workers take them. Each market frame
+carries the replay plan (``replay/plan.py``): which cascade events every worker handles
+after which market event. Following it, every worker processes exactly the sequence the
+in-process engine gives its role, with no barrier between bars. Meanwhile the driver reads
+the workers' output frames and hashes them exactly like the in-process recorder, so the two
+result hashes are comparable, and it knows how many outputs each worker owes (the plan
+counts them), which gives an exact progress bar and the end of the replay.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 import uuid
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import msgspec
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from contracts.codec import decode, encode
 from contracts.envelope import bar_envelope
-from contracts.events import Heartbeat
-from eventstore.barrier import Barrier
-from eventstore.bus import Bus, Stored
+from contracts.events import Bar
+from contracts.subjects import subject_for
+from eventstore.bus import Bus
 from eventstore.errors import KeelError
-from eventstore.streams import REPLAY_PREFIX, replay_stream
+from eventstore.frames import (
+    FRAME_EVENTS,
+    MARKET_KIND,
+    OUTPUT_KINDS,
+    Frame,
+    FramedEvent,
+    decode_frame,
+    encode_frame,
+    frame_prefix,
+    frame_subject,
+)
+from eventstore.streams import replay_stream
 from replay.backtest import BacktestResult, RunRecord, summarise
 from replay.market import market_events
+from replay.plan import ReplayPlanner
 from replay.recorder import RunRecorder
 from services.fleet import Fleet, fleet_plan, fleet_roles
-from services.runtime.worker import durable_name
 
-STEP_TIMEOUT_S = 60.0
+STALL_S = 60.0
+"""No output for this long while outputs are still owed: the replay has stalled."""
+START_S = 60.0
+"""Worker processes get this long to start before the first output is due."""
 
 
 def bus_replay(
@@ -49,47 +67,39 @@ def bus_replay(
     namespace = uuid.uuid4().hex[:12]
     config_path = work_dir / "config.json"
     config_path.write_bytes(msgspec.json.encode(spec.config))
-    roles = fleet_roles(spec.config)
-    stream = replay_stream(namespace).name
-    prefix = f"{REPLAY_PREFIX}.{namespace}."
-    filters = {
-        (stream, durable_name(f"{namespace}-{role.name}", stream)): tuple(
-            prefix + subject for i in role.inputs for subject in i.subjects
-        )
-        for role in roles
-    }
-    recorder = RunRecorder([role.name for role in roles])
+    planner = ReplayPlanner(fleet_roles(spec.config))
+    recorder = RunRecorder([role.name for role in fleet_roles(spec.config)])
 
     async def main() -> tuple[str, int]:
         bus = await Bus.connect(url, name="replay-driver", namespace=namespace)
         fleet = Fleet(url, work_dir / "logs")
-        barrier = Barrier(bus, (stream,), filters)
+        reader = OutputReader(bus, namespace, recorder)
         try:
-            await barrier.start()
+            await reader.start()
             for worker in fleet_plan(spec.config, config_path):
                 worker.args += ["--namespace", namespace]
                 fleet.start(worker)
-            await _settle(barrier, fleet, 60.0)
+            watch = Progress(reader, fleet, progress)
+            sends: list[asyncio.Future] = []
             interval, count = "", 0
-            for bar in bars:
-                count += 1
-                interval = interval or bar.interval
-                await bus.publish(bar, bar_envelope(bar))
-                await _settle(barrier, fleet, STEP_TIMEOUT_S)
-                if progress:
-                    progress(1)
-            async for item in bus.read(f"{prefix}>", stream):
-                if (
-                    isinstance(item, Stored)
-                    and item.producer
-                    and not isinstance(item.event, Heartbeat)
-                ):
-                    subject = item.subject.removeprefix(prefix)
-                    recorder(subject, item.event, item.envelope, item.producer)
-            await barrier.stop()
-            await bus.js.delete_stream(stream)
+            for chunk, last in _chunks(bars, FRAME_EVENTS):
+                count += len(chunk)
+                interval = interval or (chunk[0].interval if chunk else "")
+                frame = Frame(
+                    [FramedEvent(subject_for(b), bar_envelope(b), "", encode(b)) for b in chunk],
+                    planner.plan_frame(chunk),
+                    last,
+                )
+                subject = frame_subject(namespace, MARKET_KIND, "driver")
+                sends.append(await bus.js.publish_async(subject, encode_frame(frame)))
+                watch.owe(len(chunk), planner.outputs)
+                await watch.check()
+            await asyncio.gather(*sends)
+            await watch.finish()
+            await bus.js.delete_stream(replay_stream(namespace).name)
             return interval, count
         finally:
+            await reader.stop()
             fleet.stop()
             await bus.close()
 
@@ -98,9 +108,126 @@ def bus_replay(
     return summarise(spec, recorder, count, interval, time.perf_counter() - started)
 
 
-async def _settle(barrier: Barrier, fleet: Fleet, timeout: float) -> None:
-    if await barrier.wait(timeout):
-        return
-    for worker in fleet.failed():
-        raise KeelError(f"worker {worker.name} exited: {fleet.log_tail(worker)}")
-    raise KeelError(f"bus replay: the workers did not settle within {timeout:.0f}s")
+def _chunks(bars: Iterator[Bar] | list[Bar], size: int) -> Iterator[tuple[list[Bar], bool]]:
+    """Frames of market events, each with whether it is the last (an empty run still sends
+    one last, empty frame so the workers finish)."""
+    it = iter(bars)
+    current = list(itertools.islice(it, size))
+    while True:
+        following = list(itertools.islice(it, size))
+        yield current, not following
+        if not following:
+            return
+        current = following
+
+
+class OutputReader:
+    """Reads every output frame of the namespace into the recorder, counting per producer."""
+
+    def __init__(self, bus: Bus, namespace: str, recorder: RunRecorder) -> None:
+        self._bus = bus
+        self._namespace = namespace
+        self._recorder = recorder
+        self.counts = Counter[str]()
+        self.moved = asyncio.Event()
+        self._task: asyncio.Task | None = None
+
+    async def start(self) -> None:
+        prefix = frame_prefix(self._namespace)
+        config = ConsumerConfig(
+            durable_name=f"{self._namespace}-driver",
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subjects=[f"{prefix}{kind}.*" for kind in OUTPUT_KINDS],
+        )
+        sub = await self._bus.js.pull_subscribe(
+            "",
+            durable=config.durable_name,
+            stream=replay_stream(self._namespace).name,
+            config=config,
+        )
+        self._task = asyncio.create_task(self._read(sub))
+
+    async def _read(self, sub) -> None:
+        record, counts = self._recorder, self.counts
+        while True:
+            try:
+                msgs = await sub.fetch(64, timeout=1.0)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                for item in decode_frame(msg.data).events:
+                    record(item.subject, decode(item.data), item.envelope, item.producer)
+                    counts[item.producer] += 1
+            self.moved.set()
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+
+
+class Progress:
+    """What the workers owe after each frame, against what the reader has seen: frames whose
+    outputs are all in count as done; no output for ``STALL_S`` while some are owed, or a
+    worker that exited, fails the replay with the reason."""
+
+    def __init__(
+        self, reader: OutputReader, fleet: Fleet, report: Callable[[int], None] | None
+    ) -> None:
+        self._reader = reader
+        self._fleet = fleet
+        self._report = report
+        self._owed: list[tuple[int, dict[str, int]]] = []
+        self._done = 0
+        self._last_move = time.monotonic() + START_S
+
+    def owe(self, bars: int, outputs: Counter[str]) -> None:
+        self._owed.append((bars, dict(outputs)))
+
+    def _advance(self) -> bool:
+        counts = self._reader.counts
+        moved = False
+        while self._done < len(self._owed):
+            bars, owed = self._owed[self._done]
+            if any(counts[producer] < n for producer, n in owed.items()):
+                break
+            self._done += 1
+            moved = True
+            if self._report is not None:
+                self._report(bars)
+        return moved
+
+    async def check(self) -> None:
+        if self._reader.moved.is_set():
+            self._reader.moved.clear()
+            self._last_move = max(self._last_move, time.monotonic())
+        self._advance()
+        self._fail_if_broken()
+
+    async def finish(self) -> None:
+        while self._done < len(self._owed):
+            self._reader.moved.clear()
+            try:
+                await asyncio.wait_for(self._reader.moved.wait(), 1.0)
+                self._last_move = max(self._last_move, time.monotonic())
+            except TimeoutError:
+                pass
+            self._advance()
+            self._fail_if_broken()
+        total = self._owed[-1][1] if self._owed else {}
+        extra = {p: n - total.get(p, 0) for p, n in self._reader.counts.items()}
+        if any(n > 0 for n in extra.values()):
+            raise KeelError(f"bus replay: workers sent more outputs than the run has: {extra}")
+
+    def _fail_if_broken(self) -> None:
+        for worker in self._fleet.failed():
+            raise KeelError(f"worker {worker.name} exited: {self._fleet.log_tail(worker)}")
+        if time.monotonic() - self._last_move > STALL_S:
+            owed = self._owed[self._done][1]
+            short = {p: n - self._reader.counts[p] for p, n in owed.items()}
+            raise KeelError(
+                f"bus replay stalled: no output for {STALL_S:.0f} s; still owed {short} "
+                "(a worker decided differently from the run, or is stuck: see its log in "
+                f"{self._fleet.log_dir})"
+            )

@@ -5,7 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Protocol
 
-from contracts.events import Event
+from contracts.codec import encode
+from contracts.events import DeadLetter, Event
 
 
 class Decider(Protocol):
@@ -20,3 +21,15 @@ class Decider(Protocol):
     def snapshot(self) -> bytes: ...
 
     def restore(self, data: bytes) -> None: ...
+
+
+def handler_dead_letter(worker: str, event: Event, subject: str, exc: Exception) -> DeadLetter:
+    """The dead letter for a decider that raised, the same in every runtime that replays
+    (it depends on the event only, so replays agree byte for byte)."""
+    return DeadLetter(
+        ts=event.ts,
+        worker=worker,
+        subject=subject,
+        reason=f"handler error: {type(exc).__name__}: {exc}",
+        payload=encode(event),
+    )

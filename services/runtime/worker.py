@@ -32,7 +32,6 @@ from contracts.events import DeadLetter, Event, Heartbeat
 from contracts.subjects import name_token
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
-from eventstore.streams import REPLAY_PREFIX, replay_stream
 from services.runtime.role import Input, Role
 from services.runtime.telemetry import WorkerMetrics, start_metrics
 
@@ -56,6 +55,7 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     metrics_addr: str = "127.0.0.1"
     batch: int = BATCH
     namespace: str = ""
+    """Set inside a bus replay: the replay runtime (``replay_worker.py``) serves the role."""
 
 
 def durable_name(worker: str, stream: str) -> str:
@@ -76,15 +76,7 @@ class Worker:
         self.name = name_token(role.name, "worker")
         self.decider = role.decider
         self.options = options or WorkerOptions()
-        namespace = self.options.namespace
-        # In a bus replay every input lives in the replay's one stream; a single consumer
-        # over all of them delivers in storage order, which respects causality.
-        self.inputs = (
-            (Input(replay_stream(namespace).name, _namespaced(role.inputs, namespace)),)
-            if namespace
-            else role.inputs
-        )
-        self.key = f"{namespace}-{self.name}" if namespace else self.name
+        self.inputs = role.inputs
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self.processed = 0
         self._seqs: dict[str, int] = {}
@@ -124,7 +116,7 @@ class Worker:
 
     async def _restore(self, kv: KeyValue) -> None:
         try:
-            entry = await kv.get(self.key)
+            entry = await kv.get(self.name)
         except KeyNotFoundError:
             return
         if not entry.value:
@@ -142,7 +134,7 @@ class Worker:
 
     async def _subscribe(self, bus: Bus, spec: Input):
         config = ConsumerConfig(
-            durable_name=durable_name(self.key, spec.stream),
+            durable_name=durable_name(self.name, spec.stream),
             ack_policy=AckPolicy.EXPLICIT,
             ack_wait=self.options.ack_wait_s,
             max_ack_pending=self.options.batch,
@@ -223,7 +215,7 @@ class Worker:
     ) -> None:
         if previous is not None:
             await previous
-        await kv.put(self.key, snapshot)
+        await kv.put(self.name, snapshot)
         for _, msg in batch:
             await msg.ack()
 
@@ -295,8 +287,3 @@ class Worker:
             await self._beat(bus, "running", seq)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.options.heartbeat_s)
-
-
-def _namespaced(inputs: tuple[Input, ...], namespace: str) -> tuple[str, ...]:
-    prefix = f"{REPLAY_PREFIX}.{namespace}."
-    return tuple(prefix + subject for i in inputs for subject in i.subjects)

@@ -1,0 +1,198 @@
+"""A worker inside a bus replay: the live decider, its inputs merged by the replay plan.
+
+Market frames arrive in order through one pull consumer (a few frames buffered, so memory
+stays flat however long the replay). Cascade frames from the other workers arrive through a
+second consumer and wait in a table by event id until the plan asks for them. After each
+market event the worker handles the cascade events its plan names for that event, in
+order, so it processes exactly the sequence the in-process engine gives its role.
+
+Outputs are framed per kind and sent when a frame is full or, crucially, whenever the worker
+is about to wait: every event a worker waits for is caused by an event that was already
+sent, so the replay can never deadlock. A replay is not resumable: a worker that dies fails
+it (the driver reports it), and a new replay starts in a fresh namespace, so there are no
+acknowledgements or snapshots here.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Sequence
+
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from contracts.codec import DecodeError, decode, encode
+from contracts.events import DeadLetter, Event
+from contracts.subjects import subject_for, subject_matches
+from eventstore.bus import Bus
+from eventstore.frames import (
+    FRAME_EVENTS,
+    MARKET_KIND,
+    Frame,
+    FramedEvent,
+    decode_frame,
+    encode_frame,
+    frame_prefix,
+    frame_subject,
+    kind_of,
+)
+from eventstore.streams import replay_stream
+from services.runtime.decider import handler_dead_letter
+from services.runtime.role import Role
+
+log = logging.getLogger("keel.replay")
+
+MARKET_BUFFER = 4
+"""Market frames fetched ahead of processing."""
+WAIT_REPORT_S = 30.0
+"""How long a worker waits for a planned event before it says which one (and keeps waiting)."""
+
+
+class ReplayWorker:
+    def __init__(self, role: Role, namespace: str) -> None:
+        self.name = role.name
+        self.decider = role.decider
+        self.namespace = namespace
+        self.patterns = tuple(p for i in role.inputs for p in i.subjects)
+        self._wanted: dict[str, bool] = {}
+        self._arrived: dict[str, FramedEvent] = {}
+        self._arrival = asyncio.Event()
+        self._outbox: dict[str, list[FramedEvent]] = {}
+        self._sent: list[asyncio.Future] = []
+        self._bus: Bus | None = None
+
+    def wants(self, subject: str) -> bool:
+        wanted = self._wanted.get(subject)
+        if wanted is None:
+            wanted = self._wanted[subject] = any(subject_matches(p, subject) for p in self.patterns)
+        return wanted
+
+    async def run(self, bus: Bus) -> None:
+        self._bus = bus
+        stream = replay_stream(self.namespace).name
+        prefix = frame_prefix(self.namespace)
+        kinds = sorted({kind_of(p) for p in self.patterns} - {MARKET_KIND})
+        market = await self._consumer(bus, stream, "md", [f"{prefix}{MARKET_KIND}.*"])
+        frames: asyncio.Queue[Frame] = asyncio.Queue(maxsize=MARKET_BUFFER)
+        tasks = [asyncio.create_task(self._fetch_market(market, frames))]
+        if kinds:
+            cascade = await self._consumer(
+                bus, stream, "cascade", [f"{prefix}{kind}.*" for kind in kinds]
+            )
+            tasks.append(asyncio.create_task(self._fetch_cascade(cascade)))
+        try:
+            await self._process(frames)
+            await self._flush()
+            await asyncio.gather(*self._sent)
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _consumer(self, bus: Bus, stream: str, part: str, subjects: list[str]):
+        config = ConsumerConfig(
+            durable_name=f"{self.namespace}-{self.name}-{part}",
+            ack_policy=AckPolicy.NONE,
+            deliver_policy=DeliverPolicy.ALL,
+            filter_subjects=subjects,
+        )
+        return await bus.js.pull_subscribe(
+            "", durable=config.durable_name, stream=stream, config=config
+        )
+
+    async def _fetch_market(self, sub, frames: asyncio.Queue[Frame]) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                for msg in await sub.fetch(1, timeout=5.0):
+                    await frames.put(decode_frame(msg.data))
+
+    async def _fetch_cascade(self, sub) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(64, timeout=5.0)
+            except TimeoutError:
+                continue
+            for msg in msgs:
+                for item in decode_frame(msg.data).events:
+                    if self.wants(item.subject):
+                        self._arrived[item.envelope.event_id] = item
+            self._arrival.set()
+
+    async def _process(self, frames: asyncio.Queue[Frame]) -> None:
+        while True:
+            if frames.empty():
+                await self._flush()
+            frame = await frames.get()
+            steps = {step.after: step.ids for step in frame.plan.get(self.name, ())}
+            for index, item in enumerate(frame.events):
+                if self.wants(item.subject) and self._apply(item):
+                    await self._flush()
+                for event_id in steps.get(index, ()):
+                    if self._apply(await self._planned(event_id)):
+                        await self._flush()
+            if frame.last:
+                return
+
+    async def _planned(self, event_id: str) -> FramedEvent:
+        item = self._arrived.pop(event_id, None)
+        if item is not None:
+            return item
+        await self._flush()
+        waited = time.monotonic()
+        while (item := self._arrived.pop(event_id, None)) is None:
+            self._arrival.clear()
+            try:
+                await asyncio.wait_for(self._arrival.wait(), WAIT_REPORT_S)
+            except TimeoutError:
+                log.warning(
+                    "%s: still waiting for planned event %s after %.0f s",
+                    self.name,
+                    event_id,
+                    time.monotonic() - waited,
+                )
+        return item
+
+    def _apply(self, item: FramedEvent) -> bool:
+        """Decide one event into the outbox; True when a frame is full. A failing handler
+        gives the dead letter the in-process engine gives."""
+        try:
+            event = decode(item.data)
+        except (DecodeError, ValueError) as exc:
+            log.warning("%s: undecodable event on %s: %s", self.name, item.subject, exc)
+            outputs: Sequence[Event] = [
+                DeadLetter(
+                    ts=item.envelope.event_time,
+                    worker=self.name,
+                    subject=item.subject,
+                    reason=f"undecodable: {exc}",
+                    payload=item.data[:65_536],
+                )
+            ]
+        else:
+            try:
+                outputs = self.decider.decide(event, item.envelope.event_time or event.ts)
+            except Exception as exc:
+                log.exception("%s: handler failed on %s", self.name, item.subject)
+                outputs = [handler_dead_letter(self.name, event, item.subject, exc)]
+        parent, full = item.envelope, False
+        for index, output in enumerate(outputs):
+            subject = subject_for(output)
+            box = self._outbox.setdefault(kind_of(subject), [])
+            child = parent.child(self.name, index, output.ts)
+            box.append(FramedEvent(subject, child, self.name, encode(output)))
+            full = full or len(box) >= FRAME_EVENTS
+        return full
+
+    async def _flush(self) -> None:
+        """Send every pending frame, in order; keep the number of unconfirmed sends bounded."""
+        assert self._bus is not None
+        for kind, box in self._outbox.items():
+            frame = encode_frame(Frame(box))
+            subject = frame_subject(self.namespace, kind, self.name)
+            self._sent.append(await self._bus.js.publish_async(subject, frame))
+        self._outbox.clear()
+        if len(self._sent) > 256:
+            await asyncio.gather(*self._sent)
+            self._sent.clear()
