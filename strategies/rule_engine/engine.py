@@ -1,0 +1,326 @@
+"""Rule engine: regimes, the weighted rule table, bias aggregation and the Strategy class.
+
+Per bar and per (venue, symbol, interval) series:
+
+1. the indicators update and, once warm, give a :class:`Features` snapshot;
+2. the regime detector updates (trend regime) and ATR% gives the volatility regime;
+3. :func:`decide` evaluates every rule of the table and aggregates the ones that count into
+   a bias, a consensus confidence and a proposal (long, short or none);
+4. the position logic turns proposals into a target position, with an ATR trailing stop.
+
+Aggregation (``L``/``S`` = summed weights of the long/short rules that fired and count,
+``F = L + S``): ``bias = (L - S) / max(F, weight_floor)`` (0 when nothing fired) and
+``confidence = max(L, S) / F`` (0 when nothing fired). ``bias >= threshold`` proposes long,
+``bias <= -threshold`` short, anything between none. With ``weight_floor = 0`` the bias is
+the pure consensus ratio (any unanimous rule set gives +-1); the default floor of 1.0 keeps a
+lone weak rule (weight below the threshold) from trading on its own.
+
+Position logic: only a NEW proposal acts (the proposal differs from the previous bar's), so
+a position closed by its stop is not re-entered until the rules propose again. Long proposes
+``+qty``; short proposes ``-qty``, or flat in ``long_only`` mode; no proposal keeps the
+position. An open position carries a stop ``stop_atr`` ATRs from the entry close that
+trails the close and never loosens; a close through it goes flat (``stop_atr = 0``: no
+stop). A Signal is emitted only when the target position changes.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import msgspec
+
+from contracts.events import Bar, Signal, TradingMode
+from strategies.indicators import ADX, ATR, EMA, RSI, BollingerBands, Donchian, Stochastic
+from strategies.rule_engine.features import Features, FeatureTracker
+from strategies.rule_engine.regime import RANGE, Regime, RegimeDetector, VolRegime, vol_regime
+from strategies.rule_engine.rules import RULES, RULESET_VERSION, VETOED_IN_RANGE, Rule
+
+_TIE = 1e-12  # threshold tolerance: float rounding of summed table weights never flips a tie
+
+
+class RuleEngineParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    threshold: float = 0.7
+    weight_floor: float = 1.0
+    sideways_veto: bool = True
+    mode: TradingMode = "long_only"
+    qty: float = 1.0
+    stop_atr: float = 2.5
+    ema_fast: int = 20
+    ema_slow: int = 50
+    adx_period: int = 14
+    atr_period: int = 14
+    rsi_period: int = 14
+    bb_period: int = 20
+    bb_k: float = 2.0
+    stoch_k: int = 14
+    stoch_d: int = 3
+    breakout_fast: int = 20
+    breakout_slow: int = 55
+    adx_trend: float = 25.0
+    adx_range: float = 20.0
+    trend_bars: int = 3
+    range_bars: int = 5
+    vol_low: float = 0.5
+    vol_high: float = 1.5
+    vol_extreme: float = 3.0
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.threshold <= 1.0:
+            raise ValueError(f"threshold must be within (0, 1], not {self.threshold}")
+        if not self.weight_floor >= 0.0:
+            raise ValueError(f"weight_floor must be >= 0, not {self.weight_floor}")
+        if not self.qty > 0:
+            raise ValueError(f"qty must be > 0, not {self.qty}")
+        if not self.stop_atr >= 0.0:
+            raise ValueError(f"stop_atr must be >= 0 (0 = no stop), not {self.stop_atr}")
+        for field in (
+            "ema_fast",
+            "ema_slow",
+            "adx_period",
+            "atr_period",
+            "rsi_period",
+            "bb_period",
+            "stoch_k",
+            "stoch_d",
+            "breakout_fast",
+            "breakout_slow",
+            "trend_bars",
+            "range_bars",
+        ):
+            if getattr(self, field) < 1:
+                raise ValueError(f"{field} must be >= 1, not {getattr(self, field)}")
+        if self.ema_fast >= self.ema_slow:
+            raise ValueError(f"ema_fast ({self.ema_fast}) must be below ema_slow ({self.ema_slow})")
+        if self.breakout_fast >= self.breakout_slow:
+            raise ValueError(
+                f"breakout_fast ({self.breakout_fast}) must be below "
+                f"breakout_slow ({self.breakout_slow})"
+            )
+        if not self.bb_k > 0:
+            raise ValueError(f"bb_k must be > 0, not {self.bb_k}")
+        if not 0.0 <= self.adx_range <= self.adx_trend:
+            raise ValueError(
+                f"need 0 <= adx_range <= adx_trend, got {self.adx_range} and {self.adx_trend}"
+            )
+        if not 0.0 < self.vol_low < self.vol_high < self.vol_extreme:
+            raise ValueError(
+                "need 0 < vol_low < vol_high < vol_extreme, got "
+                f"{self.vol_low}, {self.vol_high}, {self.vol_extreme}"
+            )
+
+
+class Decision(msgspec.Struct, frozen=True, kw_only=True):
+    """One bar's decision record: what the regimes were, which rules held and what counted."""
+
+    regime: Regime
+    vol_regime: VolRegime
+    fired: tuple[str, ...]  # held and counted, in table order
+    off_regime: tuple[str, ...] = ()  # held, but the regime is not among the rule's regimes
+    vetoed: tuple[str, ...] = ()  # held and allowed, but removed by the sideways veto
+    long_weight: float = 0.0
+    short_weight: float = 0.0
+    bias: float = 0.0
+    confidence: float = 0.0
+    proposal: int = 0  # +1 long, -1 short, 0 none
+
+
+def aggregate(long_weight: float, short_weight: float, weight_floor: float) -> tuple[float, float]:
+    """(bias, confidence) from the summed weights of the long and short rules that count."""
+    fired = long_weight + short_weight
+    if fired <= 0.0:
+        return 0.0, 0.0
+    bias = (long_weight - short_weight) / max(fired, weight_floor)
+    return bias, max(long_weight, short_weight) / fired
+
+
+def decide(
+    features: Features,
+    regime: Regime,
+    vol: VolRegime,
+    params: RuleEngineParams,
+    rules: Iterable[Rule] = RULES,
+) -> Decision:
+    """Evaluate the rule table on one bar: pure, the same inputs give the same record."""
+    veto = params.sideways_veto and regime == RANGE
+    fired: list[str] = []
+    off_regime: list[str] = []
+    vetoed: list[str] = []
+    long_weight = short_weight = 0.0
+    for rule in rules:
+        if not rule.predicate(features):
+            continue
+        if regime not in rule.regimes:
+            off_regime.append(rule.name)
+        elif veto and rule.category in VETOED_IN_RANGE:
+            vetoed.append(rule.name)
+        else:
+            fired.append(rule.name)
+            if rule.direction > 0:
+                long_weight += rule.weight
+            else:
+                short_weight += rule.weight
+    bias, confidence = aggregate(long_weight, short_weight, params.weight_floor)
+    threshold = params.threshold - _TIE
+    proposal = 1 if bias >= threshold else -1 if bias <= -threshold else 0
+    return Decision(
+        regime=regime,
+        vol_regime=vol,
+        fired=tuple(fired),
+        off_regime=tuple(off_regime),
+        vetoed=tuple(vetoed),
+        long_weight=long_weight,
+        short_weight=short_weight,
+        bias=bias,
+        confidence=confidence,
+        proposal=proposal,
+    )
+
+
+class Holding(msgspec.Struct):
+    """The position logic of one series (see the module docstring)."""
+
+    side: int = 0  # -1, 0, +1: the side of the last target emitted
+    stop: float | None = None
+    last_proposal: int = 0
+
+    def apply(
+        self, close: float, atr: float, decision: Decision, params: RuleEngineParams
+    ) -> tuple[str, float] | None:
+        """Advance one bar; (reason, confidence) when the side changed, else None."""
+        k = params.stop_atr
+        side, stop, reason, confidence = self.side, self.stop, "", 1.0
+        if side and stop is not None:
+            if side * (close - stop) <= 0:
+                side, stop, reason = 0, None, f"stop {stop:.10g} hit ({k:g} ATR trailing)"
+            else:
+                trail = close - side * k * atr
+                stop = max(stop, trail) if side > 0 else min(stop, trail)
+        proposal = decision.proposal
+        if proposal and proposal != self.last_proposal:
+            long_only_flat = proposal < 0 and params.mode == "long_only"
+            wanted = 0 if long_only_flat else proposal
+            if wanted != side:
+                side, confidence = wanted, decision.confidence
+                reason = _describe(decision, long_only_flat)
+                stop = close - side * k * atr if side and k > 0 else None
+        self.last_proposal = proposal
+        self.stop = stop
+        if side == self.side:  # includes stopped out and re-entered on the same bar (new stop)
+            return None
+        self.side = side
+        return reason, confidence
+
+
+class _Series(msgspec.Struct):
+    features: FeatureTracker
+    regime: RegimeDetector
+    holding: Holding = msgspec.field(default_factory=Holding)
+
+
+class RuleEngineState(msgspec.Struct):
+    series: dict[str, _Series] = msgspec.field(default_factory=dict)
+
+
+class RuleEngine:
+    def __init__(self, name: str, params: RuleEngineParams) -> None:
+        self.name = name
+        self.params = params
+        self.state = RuleEngineState()
+        self._keys: dict[tuple[str, str, str], str] = {}
+        self._decisions: dict[str, Decision] = {}
+
+    @property
+    def model_tag(self) -> str:
+        return f"rule_engine-r{RULESET_VERSION}-t{self.params.threshold:g}"
+
+    def _new_series(self) -> _Series:
+        p = self.params
+        tracker = FeatureTracker(
+            ema_fast=EMA(p.ema_fast),
+            ema_slow=EMA(p.ema_slow),
+            adx=ADX(p.adx_period),
+            atr=ATR(p.atr_period),
+            rsi=RSI(p.rsi_period),
+            bb=BollingerBands(p.bb_period, p.bb_k),
+            stoch=Stochastic(p.stoch_k, p.stoch_d),
+            dc_fast=Donchian(p.breakout_fast),
+            dc_slow=Donchian(p.breakout_slow),
+        )
+        detector = RegimeDetector(
+            adx_trend=p.adx_trend,
+            adx_range=p.adx_range,
+            trend_bars=p.trend_bars,
+            range_bars=p.range_bars,
+        )
+        return _Series(tracker, detector)
+
+    def last_decision(self, venue: str, symbol: str, interval: str) -> Decision | None:
+        """The decision record of the series' last bar (None during warm-up); not snapshotted."""
+        return self._decisions.get("|".join((venue, symbol, interval)))
+
+    def on_bar(self, bar: Bar) -> list[Signal]:
+        return self.step(bar)[1]
+
+    def step(self, bar: Bar) -> tuple[Decision | None, list[Signal]]:
+        """One bar in: its decision record (None while warming up) and the signals out."""
+        series_id = (bar.venue, bar.symbol, bar.interval)
+        key = self._keys.get(series_id)
+        if key is None:
+            key = self._keys[series_id] = "|".join(series_id)
+        s = self.state.series.get(key)
+        if s is None:
+            s = self.state.series[key] = self._new_series()
+        features = s.features.update(bar.high, bar.low, bar.close)
+        tracker = s.features
+        regime = s.regime.update(tracker.last_adx, tracker.last_ema_fast, tracker.last_ema_slow)
+        if features is None:
+            return None, []
+        p = self.params
+        decision = decide(
+            features,
+            regime,
+            vol_regime(features.atr_pct, p.vol_low, p.vol_high, p.vol_extreme),
+            p,
+        )
+        self._decisions[key] = decision
+        change = s.holding.apply(features.close, features.atr, decision, p)
+        if change is None:
+            return decision, []
+        reason, confidence = change
+        signal = Signal(
+            ts=bar.close_time,
+            strategy=self.name,
+            venue=bar.venue,
+            symbol=bar.symbol,
+            model_tag=self.model_tag,
+            target_position=p.qty * s.holding.side,
+            confidence=confidence,
+            atr=features.atr,
+            stop=s.holding.stop,
+            reason=reason,
+        )
+        return decision, [signal]
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(self.state)
+
+    def restore(self, data: bytes) -> None:
+        self.state = msgspec.msgpack.decode(data, type=RuleEngineState)
+        self._decisions.clear()
+
+
+def _describe(decision: Decision, long_only_flat: bool) -> str:
+    side = "LONG" if decision.proposal > 0 else "SHORT"
+    tail = " (long_only: flat)" if long_only_flat else ""
+    return (
+        f"{side}{tail} bias={decision.bias:+.2f} conf={decision.confidence:.2f} "
+        f"{decision.regime}/{decision.vol_regime}: {', '.join(decision.fired)}"
+    )
+
+
+def replay_decisions(
+    bars: Sequence[Bar], params: RuleEngineParams | None = None
+) -> list[Decision | None]:
+    """The decision record of every bar, from a fresh engine (pure: for tests and debugging)."""
+    engine = RuleEngine("rule_engine", params or RuleEngineParams())
+    return [engine.step(bar)[0] for bar in bars]
