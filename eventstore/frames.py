@@ -70,4 +70,5 @@ def frame_subject(namespace: str, kind: str, producer: str) -> str:
 
 
 OUTPUT_KINDS = ("sig", "ord", "exec", "pf", "gov", "sys")
-"""Kinds of the events workers publish (every subject kind but market data)."""
+"""Kinds of the events workers publish. The others, market data (``md``) and external
+events (``ext``), are facts from outside: the driver feeds them in market frames."""

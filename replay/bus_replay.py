@@ -53,6 +53,8 @@ STALL_S = 60.0
 """No output for this long while outputs are still owed: the replay has stalled."""
 START_S = 60.0
 """Worker processes get this long to start before the first output is due."""
+EXIT_S = 10.0
+"""How long finished workers get to exit before they are stopped."""
 
 
 def bus_replay(
@@ -96,6 +98,7 @@ def bus_replay(
                 await watch.check()
             await asyncio.gather(*sends)
             await watch.finish()
+            await _exited(fleet, EXIT_S)
             await bus.js.delete_stream(replay_stream(namespace).name)
             return interval, count
         finally:
@@ -106,6 +109,13 @@ def bus_replay(
     interval, count = asyncio.run(main())
     recorder.close()
     return summarise(spec, recorder, count, interval, time.perf_counter() - started)
+
+
+async def _exited(fleet: Fleet, timeout: float) -> None:
+    """Workers end on their own after the last frame; a signal would only slow that down."""
+    deadline = time.monotonic() + timeout
+    while fleet.running() and time.monotonic() < deadline:
+        await asyncio.sleep(0.02)
 
 
 def _chunks(bars: Iterator[Bar] | list[Bar], size: int) -> Iterator[tuple[list[Bar], bool]]:

@@ -75,6 +75,9 @@ class Fleet:
         """Workers that exited with an error."""
         return [w for w in self.workers if w.proc and w.proc.poll() not in (None, 0)]
 
+    def running(self) -> list[WorkerProcess]:
+        return [w for w in self.workers if w.proc and w.proc.poll() is None]
+
     def log_tail(self, worker: WorkerProcess, lines: int = 3) -> str:
         path = self.log_dir / f"{worker.name}.log"
         text = path.read_text(errors="replace") if path.exists() else ""

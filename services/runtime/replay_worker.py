@@ -1,13 +1,14 @@
 """A worker inside a bus replay: the live decider, its inputs merged by the replay plan.
 
 Market frames arrive in order through one pull consumer (a few frames buffered, so memory
-stays flat however long the replay). Cascade frames from the other workers arrive through a
-second consumer and wait in a table by event id until the plan asks for them. After each
+stays flat however long the replay). Cascade frames from the other workers are pushed to it
+and wait in a table by event id until the plan asks for them. After each
 market event the worker handles the cascade events its plan names for that event, in
 order, so it processes exactly the sequence the in-process engine gives its role.
 
-Outputs are framed per kind and sent when a frame is full or, crucially, whenever the worker
-is about to wait: every event a worker waits for is caused by an event that was already
+Outputs are framed per kind and sent when a frame is full, right after the worker handled
+cascade events (someone may be waiting for the answer) and, crucially, whenever it is about
+to wait: every event a worker waits for is caused by an event that was already
 sent, so the replay can never deadlock. A replay is not resumable: a worker that dies fails
 it (the driver reports it), and a new replay starts in a fresh namespace, so there are no
 acknowledgements or snapshots here.
@@ -21,6 +22,8 @@ import logging
 import time
 from collections.abc import Sequence
 
+import msgspec
+from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts.codec import DecodeError, decode, encode
@@ -30,6 +33,7 @@ from eventstore.bus import Bus
 from eventstore.frames import (
     FRAME_EVENTS,
     MARKET_KIND,
+    OUTPUT_KINDS,
     Frame,
     FramedEvent,
     decode_frame,
@@ -50,6 +54,29 @@ WAIT_REPORT_S = 30.0
 """How long a worker waits for a planned event before it says which one (and keeps waiting)."""
 
 
+class Waits(msgspec.Struct):
+    count: int = 0
+    seconds: float = 0.0
+
+    def add(self, seconds: float) -> None:
+        self.count += 1
+        self.seconds += seconds
+
+    def __str__(self) -> str:
+        return f"{self.count} waits, {self.seconds:.2f} s"
+
+
+class WaitTally(msgspec.Struct):
+    """Where a replay worker waited: for market frames (the driver) or planned cascade
+    events (other workers); logged when it ends, to show which hop limits a replay."""
+
+    market: Waits = msgspec.field(default_factory=Waits)
+    cascade: Waits = msgspec.field(default_factory=Waits)
+
+    def __str__(self) -> str:
+        return f"waited for market frames: {self.market}; for cascade events: {self.cascade}"
+
+
 class ReplayWorker:
     def __init__(self, role: Role, namespace: str) -> None:
         self.name = role.name
@@ -62,6 +89,7 @@ class ReplayWorker:
         self._outbox: dict[str, list[FramedEvent]] = {}
         self._sent: list[asyncio.Future] = []
         self._bus: Bus | None = None
+        self.waits = WaitTally()
 
     def wants(self, subject: str) -> bool:
         wanted = self._wanted.get(subject)
@@ -73,23 +101,29 @@ class ReplayWorker:
         self._bus = bus
         stream = replay_stream(self.namespace).name
         prefix = frame_prefix(self.namespace)
-        kinds = sorted({kind_of(p) for p in self.patterns} - {MARKET_KIND})
+        kinds = sorted({kind_of(p) for p in self.patterns} & set(OUTPUT_KINDS))
         market = await self._consumer(bus, stream, "md", [f"{prefix}{MARKET_KIND}.*"])
         frames: asyncio.Queue[Frame] = asyncio.Queue(maxsize=MARKET_BUFFER)
         tasks = [asyncio.create_task(self._fetch_market(market, frames))]
-        if kinds:
-            cascade = await self._consumer(
-                bus, stream, "cascade", [f"{prefix}{kind}.*" for kind in kinds]
+        # Cascade frames are few and latency-critical: pushed (one ordered consumer per
+        # kind; their relative order does not matter, the plan orders them).
+        pushed = [
+            await bus.js.subscribe(
+                f"{prefix}{kind}.*", stream=stream, ordered_consumer=True, cb=self._on_cascade
             )
-            tasks.append(asyncio.create_task(self._fetch_cascade(cascade)))
+            for kind in kinds
+        ]
         try:
             await self._process(frames)
             await self._flush()
             await asyncio.gather(*self._sent)
+            log.info("%s: done in %.2f s CPU; %s", self.name, time.process_time(), self.waits)
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
+            for sub in pushed:
+                await sub.unsubscribe()
 
     async def _consumer(self, bus: Bus, stream: str, part: str, subjects: list[str]):
         config = ConsumerConfig(
@@ -108,30 +142,32 @@ class ReplayWorker:
                 for msg in await sub.fetch(1, timeout=5.0):
                     await frames.put(decode_frame(msg.data))
 
-    async def _fetch_cascade(self, sub) -> None:
-        while True:
-            try:
-                msgs = await sub.fetch(64, timeout=5.0)
-            except TimeoutError:
-                continue
-            for msg in msgs:
-                for item in decode_frame(msg.data).events:
-                    if self.wants(item.subject):
-                        self._arrived[item.envelope.event_id] = item
-            self._arrival.set()
+    async def _on_cascade(self, msg: Msg) -> None:
+        for item in decode_frame(msg.data).events:
+            if self.wants(item.subject):
+                self._arrived[item.envelope.event_id] = item
+        self._arrival.set()
 
     async def _process(self, frames: asyncio.Queue[Frame]) -> None:
         while True:
             if frames.empty():
                 await self._flush()
-            frame = await frames.get()
+                waited = time.perf_counter()
+                frame = await frames.get()
+                self.waits.market.add(time.perf_counter() - waited)
+            else:
+                frame = frames.get_nowait()
             steps = {step.after: step.ids for step in frame.plan.get(self.name, ())}
             for index, item in enumerate(frame.events):
                 if self.wants(item.subject) and self._apply(item):
                     await self._flush()
-                for event_id in steps.get(index, ()):
-                    if self._apply(await self._planned(event_id)):
-                        await self._flush()
+                ids = steps.get(index)
+                if ids:
+                    for event_id in ids:
+                        self._apply(await self._planned(event_id))
+                    # Another worker's event led here, so one may be waiting for the
+                    # answer: send it now rather than when this worker next waits.
+                    await self._flush()
             if frame.last:
                 return
 
@@ -141,6 +177,7 @@ class ReplayWorker:
             return item
         await self._flush()
         waited = time.monotonic()
+        started = time.perf_counter()
         while (item := self._arrived.pop(event_id, None)) is None:
             self._arrival.clear()
             try:
@@ -152,6 +189,7 @@ class ReplayWorker:
                     event_id,
                     time.monotonic() - waited,
                 )
+        self.waits.cascade.add(time.perf_counter() - started)
         return item
 
     def _apply(self, item: FramedEvent) -> bool:
