@@ -9,6 +9,11 @@ import msgspec
 
 from contracts.events import Bar, Event
 from strategies.ma_cross import MaCross, MaCrossParams
+from strategies.mean_reversion import MeanReversion, MeanReversionParams
+from strategies.momentum import Momentum, MomentumParams
+from strategies.rule_engine import RuleEngine, RuleEngineParams
+from strategies.trend_follower import TrendFollower, TrendFollowerParams
+from strategies.turtle import Turtle, TurtleParams
 
 
 class Strategy(Protocol):
@@ -32,6 +37,11 @@ class _Entry(msgspec.Struct, frozen=True):
 
 REGISTRY: dict[str, _Entry] = {
     "ma_cross": _Entry(MaCrossParams, MaCross),
+    "trend_follower": _Entry(TrendFollowerParams, TrendFollower),
+    "momentum": _Entry(MomentumParams, Momentum),
+    "turtle": _Entry(TurtleParams, Turtle),
+    "mean_reversion": _Entry(MeanReversionParams, MeanReversion),
+    "rule_engine": _Entry(RuleEngineParams, RuleEngine),
 }
 
 

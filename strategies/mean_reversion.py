@@ -1,0 +1,163 @@
+"""Mean reversion: Bollinger band + RSI entries, exits at the mid band, optional stop.
+
+Per (venue, symbol, interval) series, on each closed bar (after both indicators are warm):
+
+- flat: close < lower band and RSI < ``oversold`` -> long; close > upper band and
+  RSI > ``overbought`` -> short (``long_short`` only);
+- long: bar low <= stop (``stop_pct`` below the entry close, when set) -> flat; else
+  close >= mid band -> flat;
+- short mirrored (high >= stop, close <= mid).
+
+An exit may flip straight into the opposite side on the same bar; it never re-enters the
+side it just left on that bar. Signals are emitted only when the target position changes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from contracts.events import Bar, Signal, TradingMode
+from strategies.indicators import RSI, BollingerBands
+
+
+class MeanReversionParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    bb_period: int = 20
+    bb_k: float = 2.0
+    rsi_period: int = 14
+    oversold: float = 30.0
+    overbought: float = 70.0
+    stop_pct: float = 0.0
+    mode: TradingMode = "long_only"
+    qty: float = 1.0
+
+    def __post_init__(self) -> None:
+        for field in self.__struct_fields__:
+            value = getattr(self, field)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{field} must be a finite number")
+        if self.bb_period < 2:
+            raise ValueError(f"bb_period ({self.bb_period}) must be >= 2")
+        if not 0 < self.bb_k <= 10:
+            raise ValueError(f"bb_k ({self.bb_k:g}) must be within (0, 10]")
+        if self.rsi_period < 1:
+            raise ValueError(f"rsi_period ({self.rsi_period}) must be >= 1")
+        if not 0 < self.oversold < self.overbought < 100:
+            raise ValueError(
+                f"need 0 < oversold ({self.oversold:g}) < overbought ({self.overbought:g}) < 100"
+            )
+        if not 0 <= self.stop_pct < 100:
+            raise ValueError(f"stop_pct ({self.stop_pct:g}) must be within [0, 100) (0 = no stop)")
+        if not self.qty > 0:
+            raise ValueError("qty must be > 0")
+
+
+class _Series(msgspec.Struct):
+    bands: BollingerBands
+    rsi: RSI
+    side: int = 0
+    entry: float = 0.0
+    stop: float | None = None
+
+
+class MeanReversionState(msgspec.Struct):
+    series: dict[str, _Series] = msgspec.field(default_factory=dict)
+
+
+class MeanReversion:
+    def __init__(self, name: str, params: MeanReversionParams) -> None:
+        self.name = name
+        self.params = params
+        self.state = MeanReversionState()
+        self._keys: dict[tuple[str, str, str], str] = {}
+        p = params
+        self.model_tag = f"mean_reversion-bb{p.bb_period}x{p.bb_k:g}-rsi{p.rsi_period}"
+        self.model_tag += f"-{p.oversold:g}x{p.overbought:g}"
+        if p.stop_pct:
+            self.model_tag += f"-stop{p.stop_pct:g}"
+
+    def _series(self, bar: Bar) -> _Series:
+        ident = (bar.venue, bar.symbol, bar.interval)
+        key = self._keys.get(ident)
+        if key is None:
+            key = self._keys[ident] = "|".join(ident)
+        s = self.state.series.get(key)
+        if s is None:
+            p = self.params
+            s = self.state.series[key] = _Series(
+                BollingerBands(p.bb_period, p.bb_k), RSI(p.rsi_period)
+            )
+        return s
+
+    def on_bar(self, bar: Bar) -> list[Signal]:
+        s = self._series(bar)
+        bands = s.bands.update(bar.close)
+        rsi = s.rsi.update(bar.close)
+        if bands is None or rsi is None:
+            return []
+        p = self.params
+        close = bar.close
+        before = s.side
+        reason = ""
+        if s.side > 0:
+            if s.stop is not None and bar.low <= s.stop:
+                reason = f"stop hit: low {bar.low:g} <= stop {s.stop:g}"
+            elif close >= bands.mid:
+                reason = f"close {close:g} back at mid band {bands.mid:g}"
+            if reason:
+                s.side = 0
+        elif s.side < 0:
+            if s.stop is not None and bar.high >= s.stop:
+                reason = f"stop hit: high {bar.high:g} >= stop {s.stop:g}"
+            elif close <= bands.mid:
+                reason = f"close {close:g} back at mid band {bands.mid:g}"
+            if reason:
+                s.side = 0
+        if s.side == 0:
+            if before <= 0 and close < bands.lower and rsi < p.oversold:
+                s.side = 1
+                entry = (
+                    f"close {close:g} below lower band {bands.lower:g}, "
+                    f"RSI {rsi:.1f} < {p.oversold:g}"
+                )
+                reason = f"{reason}; {entry}" if reason else entry
+            elif (
+                before >= 0
+                and p.mode == "long_short"
+                and close > bands.upper
+                and rsi > p.overbought
+            ):
+                s.side = -1
+                entry = (
+                    f"close {close:g} above upper band {bands.upper:g}, "
+                    f"RSI {rsi:.1f} > {p.overbought:g}"
+                )
+                reason = f"{reason}; {entry}" if reason else entry
+        if s.side == before:
+            return []
+        stop = None
+        if s.side != 0:
+            s.entry = close
+            if p.stop_pct:
+                stop = close * (1.0 - s.side * p.stop_pct / 100.0)
+        s.stop = stop
+        return [
+            Signal(
+                ts=bar.close_time,
+                strategy=self.name,
+                venue=bar.venue,
+                symbol=bar.symbol,
+                model_tag=self.model_tag,
+                target_position=p.qty * s.side,
+                stop=stop,
+                target=bands.mid if s.side != 0 else None,
+                reason=reason,
+            )
+        ]
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(self.state)
+
+    def restore(self, data: bytes) -> None:
+        self.state = msgspec.msgpack.decode(data, type=MeanReversionState)

@@ -1,0 +1,170 @@
+"""Momentum breakout: a fast move confirmed by a volume spike, with a stop and a trailing exit.
+
+Per (venue, symbol, interval) series, on each closed bar:
+
+- move = (close - close ``lookback`` bars ago) / close ``lookback`` bars ago, in percent;
+- spike = volume >= ``spike_mult`` * the average volume of the ``volume_period`` bars
+  before this one (the current bar is not part of its own average);
+- flat: move >= ``move_pct`` and spike -> long; move <= -``move_pct`` and spike -> short
+  (``long_short`` only);
+- long: the stop level is max(entry close * (1 - ``stop_pct``%), highest close since entry
+  * (1 - ``trail_pct``%)), the highest close counted up to the previous bar; bar low <= that
+  level -> flat. Short mirrored (lowest close, high >= level).
+
+An exit may flip straight into a qualified opposite move on the same bar; it never re-enters
+the side it just left on that bar. Signals are emitted only when the target position changes.
+"""
+
+from __future__ import annotations
+
+import math
+
+import msgspec
+
+from contracts.events import Bar, Signal, TradingMode
+from strategies.indicators import SMA
+
+
+class MomentumParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    lookback: int = 10
+    move_pct: float = 2.0
+    volume_period: int = 20
+    spike_mult: float = 2.0
+    stop_pct: float = 1.0
+    trail_pct: float = 1.5
+    mode: TradingMode = "long_only"
+    qty: float = 1.0
+
+    def __post_init__(self) -> None:
+        for field in self.__struct_fields__:
+            value = getattr(self, field)
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ValueError(f"{field} must be a finite number")
+        if self.lookback < 1:
+            raise ValueError(f"lookback ({self.lookback}) must be >= 1")
+        if not 0 < self.move_pct < 100:
+            raise ValueError(f"move_pct ({self.move_pct:g}) must be within (0, 100)")
+        if self.volume_period < 1:
+            raise ValueError(f"volume_period ({self.volume_period}) must be >= 1")
+        if not self.spike_mult > 0:
+            raise ValueError(f"spike_mult ({self.spike_mult:g}) must be > 0")
+        if not 0 < self.stop_pct < 100:
+            raise ValueError(f"stop_pct ({self.stop_pct:g}) must be within (0, 100)")
+        if not 0 < self.trail_pct < 100:
+            raise ValueError(f"trail_pct ({self.trail_pct:g}) must be within (0, 100)")
+        if not self.qty > 0:
+            raise ValueError("qty must be > 0")
+
+
+class _Series(msgspec.Struct):
+    volume: SMA
+    closes: list[float] = msgspec.field(default_factory=list)
+    pos: int = 0
+    avg_volume: float | None = None
+    side: int = 0
+    entry: float = 0.0
+    extreme: float = 0.0
+
+
+class MomentumState(msgspec.Struct):
+    series: dict[str, _Series] = msgspec.field(default_factory=dict)
+
+
+class Momentum:
+    def __init__(self, name: str, params: MomentumParams) -> None:
+        self.name = name
+        self.params = params
+        self.state = MomentumState()
+        self._keys: dict[tuple[str, str, str], str] = {}
+        p = params
+        self.model_tag = (
+            f"momentum-{p.move_pct:g}pct{p.lookback}-vol{p.spike_mult:g}x{p.volume_period}"
+            f"-stop{p.stop_pct:g}-trail{p.trail_pct:g}"
+        )
+
+    def _series(self, bar: Bar) -> _Series:
+        ident = (bar.venue, bar.symbol, bar.interval)
+        key = self._keys.get(ident)
+        if key is None:
+            key = self._keys[ident] = "|".join(ident)
+        s = self.state.series.get(key)
+        if s is None:
+            s = self.state.series[key] = _Series(SMA(self.params.volume_period))
+        return s
+
+    def stop_level(self, s: _Series) -> float:
+        """The level a position of ``s`` exits at: the tighter of the stop and the trail."""
+        p = self.params
+        if s.side > 0:
+            return max(s.entry * (1 - p.stop_pct / 100), s.extreme * (1 - p.trail_pct / 100))
+        return min(s.entry * (1 + p.stop_pct / 100), s.extreme * (1 + p.trail_pct / 100))
+
+    def on_bar(self, bar: Bar) -> list[Signal]:
+        p = self.params
+        s = self._series(bar)
+        close = bar.close
+        # the close ``lookback`` bars ago, then this close takes its slot in the ring
+        past: float | None = None
+        if len(s.closes) < p.lookback:
+            s.closes.append(close)
+        else:
+            past = s.closes[s.pos]
+            s.closes[s.pos] = close
+            s.pos = (s.pos + 1) % p.lookback
+        avg = s.avg_volume
+        s.avg_volume = s.volume.update(bar.volume)
+
+        before = s.side
+        reason = ""
+        if before != 0:
+            level = self.stop_level(s)
+            if before > 0 and bar.low <= level:
+                reason = f"stop/trail hit: low {bar.low:g} <= {level:g}"
+            elif before < 0 and bar.high >= level:
+                reason = f"stop/trail hit: high {bar.high:g} >= {level:g}"
+            if reason:
+                s.side = 0
+            elif before > 0:
+                s.extreme = max(s.extreme, close)
+            else:
+                s.extreme = min(s.extreme, close)
+
+        if (
+            s.side == 0
+            and past is not None
+            and avg is not None
+            and bar.volume >= avg * p.spike_mult
+        ):
+            move = (close - past) / past * 100.0
+            side = 1 if move >= p.move_pct else -1 if move <= -p.move_pct else 0
+            if side < 0 and p.mode == "long_only":
+                side = 0
+            if side != 0 and side != before:
+                s.side = side
+                s.entry = s.extreme = close
+                entry = (
+                    f"{move:+.2f}% in {p.lookback} bars with volume {bar.volume:g} "
+                    f">= {p.spike_mult:g} x avg {avg:g}"
+                )
+                reason = f"{reason}; {entry}" if reason else entry
+
+        if s.side == before:
+            return []
+        return [
+            Signal(
+                ts=bar.close_time,
+                strategy=self.name,
+                venue=bar.venue,
+                symbol=bar.symbol,
+                model_tag=self.model_tag,
+                target_position=p.qty * s.side,
+                stop=self.stop_level(s) if s.side else None,
+                reason=reason,
+            )
+        ]
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(self.state)
+
+    def restore(self, data: bytes) -> None:
+        self.state = msgspec.msgpack.decode(data, type=MomentumState)

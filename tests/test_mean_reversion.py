@@ -1,0 +1,228 @@
+"""Mean reversion: hand-computed band/RSI entries, mid-band and stop exits, params,
+snapshot/restore and a real-data run."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from contracts.events import Bar, Signal
+from strategies.mean_reversion import MeanReversion, MeanReversionParams
+from strategies.registry import StrategyError, build_strategy
+from tests.test_backtest_cli import keel, last_json
+
+MINUTE = 60_000_000_000
+T0 = 1_700_000_000_000_000_000
+DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "binanceus-1m-2023-03" / "BTCUSDT.csv"
+)
+WEEK = ["--start", "2023-03-08T00:00:00Z", "--end", "2023-03-15T00:00:00Z"]
+
+SMALL = {"bb_period": 4, "bb_k": 1.0, "rsi_period": 2}
+DIP = [10, 10, 10, 10, 10, 8, 9, 10]
+POP = [10, 10, 10, 10, 10, 12, 11, 10]
+
+
+def make_bars(
+    closes: Sequence[float],
+    lows: Mapping[int, float] | None = None,
+    highs: Mapping[int, float] | None = None,
+    symbol: str = "BTC/USDT",
+) -> list[Bar]:
+    """Bars 60 s apart; open = previous close, high/low = max/min(open, close) unless given for
+    a (1-based) bar number."""
+    bars: list[Bar] = []
+    prev = float(closes[0])
+    for i, close in enumerate(closes):
+        open_time = T0 + i * MINUTE
+        close = float(close)
+        bars.append(
+            Bar(
+                ts=open_time + MINUTE,
+                venue="test",
+                symbol=symbol,
+                interval="1m",
+                open_time=open_time,
+                close_time=open_time + MINUTE,
+                open=prev,
+                high=(highs or {}).get(i + 1, max(prev, close)),
+                low=(lows or {}).get(i + 1, min(prev, close)),
+                close=close,
+                volume=1.0,
+            )
+        )
+        prev = close
+    return bars
+
+
+def strategy(**overrides: object) -> MeanReversion:
+    return MeanReversion("mr", MeanReversionParams(**{**SMALL, **overrides}))  # type: ignore[arg-type]
+
+
+def run(strat: MeanReversion, bars: Sequence[Bar]) -> list[tuple[int, Signal]]:
+    out: list[tuple[int, Signal]] = []
+    for n, bar in enumerate(bars, start=1):
+        out.extend((n, s) for s in strat.on_bar(bar))
+    return out
+
+
+def targets(signals: list[tuple[int, Signal]]) -> list[tuple[int, float | None]]:
+    return [(n, s.target_position) for n, s in signals]
+
+
+def test_long_below_lower_band_with_oversold_rsi_exits_at_mid() -> None:
+    # bar 5: bands all 10 (a flat window has no width), RSI(2) 50 (no moves) -> nothing.
+    # bar 6: window 10, 10, 10, 8: mid 9.5, sd sqrt(0.75) = 0.866, lower 8.634 > close 8;
+    #   RSI(2): loss (0 + 2) / 2 = 1, gain 0 -> 0 < 30 -> long; the mid band is the target.
+    # bar 7: window 10, 10, 8, 9: mid 9.25 > close 9 -> hold.
+    # bar 8: window 10, 8, 9, 10: mid 9.25 <= close 10 -> flat.
+    signals = run(strategy(), make_bars(DIP))
+    assert targets(signals) == [(6, 1.0), (8, 0.0)]
+    (_, entry), (_, exit_) = signals
+    assert entry.target == pytest.approx(9.5)
+    assert entry.stop is None
+    assert entry.model_tag == "mean_reversion-bb4x1-rsi2-30x70"
+    assert entry.reason == "close 8 below lower band 8.63397, RSI 0.0 < 30"
+    assert exit_.reason == "close 10 back at mid band 9.25"
+    assert exit_.target is None
+    assert (entry.strategy, entry.venue, entry.symbol) == ("mr", "test", "BTC/USDT")
+
+
+def test_both_conditions_are_needed() -> None:
+    # bar 6 of 10, 10, 10, 11, 10, 8: mid 9.75, sd sqrt(1.1875) = 1.09, lower 8.66 > close 8;
+    # RSI(2) gains/losses (0.125, 1.25) -> 9.09: oversold below 30, not below 9
+    closes = [10, 10, 10, 11, 10, 8]
+    assert targets(run(strategy(), make_bars(closes))) == [(6, 1.0)]
+    assert run(strategy(oversold=9), make_bars(closes)) == []
+    # RSI 0 on the plain dip, but with k = 3 the lower band 9.5 - 2.6 stays below the close 8
+    assert run(strategy(bb_k=3.0), make_bars(DIP)) == []
+
+
+def test_short_mirrored_in_long_short() -> None:
+    # bar 6: close 12 > upper 10.5 + 0.866 and RSI 100 > 70 -> short; bar 8: close 10 <= mid
+    # (10 + 12 + 11 + 10) / 4 = 10.75 -> flat
+    signals = run(strategy(mode="long_short"), make_bars(POP))
+    assert targets(signals) == [(6, -1.0), (8, 0.0)]
+    assert signals[0][1].target == pytest.approx(10.5)
+    assert run(strategy(), make_bars(POP)) == []  # long_only
+
+
+def test_stop_pct_exit() -> None:
+    # long at 8 with stop 8 * 0.95 = 7.6; bar 7 dips to 7.5 and closes at 8.5 (below mid
+    # 9.125): the stop fires; bar 8 (9.5, mid 9.0) is inside the band: no new entry.
+    bars = make_bars([10, 10, 10, 10, 10, 8, 8.5, 9.5], lows={7: 7.5})
+    signals = run(strategy(stop_pct=5), bars)
+    assert targets(signals) == [(6, 1.0), (7, 0.0)]
+    assert signals[0][1].stop == pytest.approx(7.6)
+    assert signals[1][1].reason == "stop hit: low 7.5 <= stop 7.6"
+    assert signals[0][1].model_tag.endswith("-stop5")
+
+
+def test_no_same_side_reentry_on_the_stop_bar() -> None:
+    # bar 7 stops out (low 7.5) and closes at 7.7, still below the lower band with RSI ~0:
+    # no re-entry on that bar; bar 8 (6.9 < lower band 7.01) enters again.
+    bars = make_bars([10, 10, 10, 10, 10, 8, 7.7, 6.9], lows={7: 7.5})
+    signals = run(strategy(stop_pct=5), bars)
+    assert targets(signals) == [(6, 1.0), (7, 0.0), (8, 1.0)]
+
+
+def test_long_flips_short_on_a_jump_above_the_upper_band() -> None:
+    # long at 8 (bar 6); bar 7 jumps to 14: above mid 10.5 (exit) and above the upper band
+    # 10.5 + sqrt(4.75) = 12.68 with RSI(2) 85.7 > 70 -> straight to -1
+    signals = run(strategy(mode="long_short"), make_bars([10, 10, 10, 10, 10, 8, 14]))
+    assert targets(signals) == [(6, 1.0), (7, -1.0)]
+    assert "mid band" in signals[1][1].reason and "upper band" in signals[1][1].reason
+
+
+def test_qty_scales_the_target() -> None:
+    assert targets(run(strategy(qty=3), make_bars(DIP))) == [(6, 3.0), (8, 0.0)]
+
+
+def test_symbols_keep_separate_state() -> None:
+    strat = strategy()
+    a = make_bars(DIP, symbol="A/X")
+    b = make_bars(POP, symbol="B/X")
+    got: list[tuple[str, float | None]] = []
+    for bars in zip(b, a, strict=True):
+        for bar in bars:
+            got.extend((s.symbol, s.target_position) for s in strat.on_bar(bar))
+    assert got == [("A/X", 1.0), ("A/X", 0.0)]
+    assert set(strat.state.series) == {"test|A/X|1m", "test|B/X|1m"}
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"bb_period": "1"}, "bb_period (1) must be >= 2"),
+        ({"bb_k": "0"}, "bb_k (0) must be within (0, 10]"),
+        ({"rsi_period": "0"}, "rsi_period (0) must be >= 1"),
+        ({"oversold": "70", "overbought": "30"}, "oversold (70) < overbought (30)"),
+        ({"overbought": "100"}, "overbought (100) < 100"),
+        ({"stop_pct": "-1"}, "stop_pct (-1) must be within [0, 100)"),
+        ({"qty": "0"}, "qty must be > 0"),
+        ({"bb_k": "inf"}, "bb_k must be a finite number"),
+        ({"mode": "short"}, "mode"),
+        ({"band": "2"}, "band"),
+    ],
+)
+def test_bad_params_are_one_line(params: dict[str, object], needle: str) -> None:
+    with pytest.raises(StrategyError) as info:
+        build_strategy("mean_reversion", params)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+def random_walk(n: int, seed: int) -> list[Bar]:
+    rng = random.Random(seed)
+    bars: list[Bar] = []
+    price = 100.0
+    for i in range(n):
+        open_ = price
+        price *= math.exp(rng.gauss(0.0, 0.01))
+        open_time = T0 + i * MINUTE
+        bars.append(
+            Bar(
+                ts=open_time + MINUTE,
+                venue="test",
+                symbol="BTC/USDT",
+                interval="1m",
+                open_time=open_time,
+                close_time=open_time + MINUTE,
+                open=open_,
+                high=max(open_, price) * (1 + rng.random() * 0.003),
+                low=min(open_, price) * (1 - rng.random() * 0.003),
+                close=price,
+                volume=1.0,
+            )
+        )
+    return bars
+
+
+def test_snapshot_restore_mid_stream_continues_identically() -> None:
+    bars = random_walk(2000, seed=3)
+    params = {"bb_period": 10, "rsi_period": 5, "mode": "long_short", "stop_pct": 1.5}
+    straight = run(strategy(**params), bars)
+    assert len(straight) >= 10
+    for cut in (5, 400, 1001, 1990):
+        first = strategy(**params)
+        head = run(first, bars[:cut])
+        second = strategy(**params)
+        second.restore(first.snapshot())
+        tail = [(n + cut, s) for n, s in run(second, bars[cut:])]
+        assert head + tail == straight, cut
+
+
+def test_backtest_on_real_data_is_reproducible(tmp_path: Path) -> None:
+    if not DATA.is_file():
+        pytest.skip(f"real data not available at {DATA}")
+    args = ["backtest", "--data", str(DATA), "--strategy", "mean_reversion", *WEEK]
+    args += ["--param", "mode=long_short", "--param", "stop_pct=1", "--json"]
+    first = last_json(keel(tmp_path, *args))
+    second = last_json(keel(tmp_path, *args))
+    assert first["bars"] == 7 * 24 * 60
+    assert first["signals"] > 0
+    assert first["result_hash"] == second["result_hash"]

@@ -1,0 +1,259 @@
+"""Momentum breakout: hand-computed moves, volume spikes, stop and trailing exits, params,
+snapshot/restore and a real-data run."""
+
+from __future__ import annotations
+
+import math
+import random
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import pytest
+
+from contracts.events import Bar, Signal
+from strategies.momentum import Momentum, MomentumParams
+from strategies.registry import StrategyError, build_strategy
+from tests.test_backtest_cli import keel, last_json
+
+MINUTE = 60_000_000_000
+T0 = 1_700_000_000_000_000_000
+DATA = (
+    Path(__file__).resolve().parents[2] / "shared" / "data" / "binanceus-1m-2023-03" / "BTCUSDT.csv"
+)
+WEEK = ["--start", "2023-03-08T00:00:00Z", "--end", "2023-03-15T00:00:00Z"]
+
+SMALL = {
+    "lookback": 3,
+    "move_pct": 5,
+    "volume_period": 3,
+    "spike_mult": 2,
+    "stop_pct": 2,
+    "trail_pct": 3,
+}
+UP = [100, 100, 100, 100, 106, 110, 112, 109, 108]
+UP_VOLUME = {5: 3.0}
+DOWN = [100, 100, 100, 100, 94, 90, 88, 90, 91]
+
+
+def make_bars(
+    closes: Sequence[float],
+    volumes: Mapping[int, float] | None = None,
+    lows: Mapping[int, float] | None = None,
+    highs: Mapping[int, float] | None = None,
+    symbol: str = "BTC/USDT",
+) -> list[Bar]:
+    """Bars 60 s apart; open = previous close, high/low = max/min(open, close) and volume 1
+    unless given for a (1-based) bar number."""
+    bars: list[Bar] = []
+    prev = float(closes[0])
+    for i, close in enumerate(closes):
+        n = i + 1
+        open_time = T0 + i * MINUTE
+        close = float(close)
+        bars.append(
+            Bar(
+                ts=open_time + MINUTE,
+                venue="test",
+                symbol=symbol,
+                interval="1m",
+                open_time=open_time,
+                close_time=open_time + MINUTE,
+                open=prev,
+                high=(highs or {}).get(n, max(prev, close)),
+                low=(lows or {}).get(n, min(prev, close)),
+                close=close,
+                volume=(volumes or {}).get(n, 1.0),
+            )
+        )
+        prev = close
+    return bars
+
+
+def strategy(**overrides: object) -> Momentum:
+    return Momentum("mom", MomentumParams(**{**SMALL, **overrides}))  # type: ignore[arg-type]
+
+
+def run(strat: Momentum, bars: Sequence[Bar]) -> list[tuple[int, Signal]]:
+    out: list[tuple[int, Signal]] = []
+    for n, bar in enumerate(bars, start=1):
+        out.extend((n, s) for s in strat.on_bar(bar))
+    return out
+
+
+def targets(signals: list[tuple[int, Signal]]) -> list[tuple[int, float | None]]:
+    return [(n, s.target_position) for n, s in signals]
+
+
+# --- long ---------------------------------------------------------------------------------------
+
+
+def test_move_with_volume_spike_enters_and_the_trail_exits() -> None:
+    # bar 5: close 106 vs 100 three bars ago = +6% >= 5%; volume 3 >= 2 * avg(bars 2-4) = 2
+    #   -> long at 106, stop max(106 * 0.98, 106 * 0.97) = 103.88.
+    # highest close 106 -> 110 -> 112; the level after bar 7 is max(103.88, 112 * 0.97 =
+    #   108.64). bar 8: low 109 > 108.64 holds; bar 9: low 108 <= 108.64 -> flat.
+    signals = run(strategy(), make_bars(UP, UP_VOLUME))
+    assert targets(signals) == [(5, 1.0), (9, 0.0)]
+    (_, entry), (_, exit_) = signals
+    assert entry.stop == pytest.approx(103.88)
+    assert entry.model_tag == "momentum-5pct3-vol2x3-stop2-trail3"
+    assert entry.reason == "+6.00% in 3 bars with volume 3 >= 2 x avg 1"
+    assert exit_.reason == "stop/trail hit: low 108 <= 108.64"
+    assert exit_.stop is None
+    assert (entry.strategy, entry.venue, entry.symbol) == ("mom", "test", "BTC/USDT")
+
+
+def test_no_volume_spike_no_entry() -> None:
+    assert run(strategy(), make_bars(UP, {5: 1.9})) == []
+
+
+def test_small_move_no_entry() -> None:
+    # +4.9% with a spike
+    assert run(strategy(), make_bars([100, 100, 100, 100, 104.9], {5: 5.0})) == []
+
+
+def test_the_average_volume_excludes_the_current_bar() -> None:
+    # volume 2 against the previous three bars' average 1: a spike of exactly 2x. Counting
+    # the bar itself the average would be 4/3 and 2 < 2.67 would not be a spike.
+    assert targets(run(strategy(), make_bars(UP, {5: 2.0}))) == [(5, 1.0), (9, 0.0)]
+
+
+def test_initial_stop_exit() -> None:
+    # bar 6 dips to 103.5 <= 103.88 and closes at 105
+    bars = make_bars([*UP[:5], 105], UP_VOLUME, lows={6: 103.5})
+    signals = run(strategy(), bars)
+    assert targets(signals) == [(5, 1.0), (6, 0.0)]
+    assert signals[1][1].reason == "stop/trail hit: low 103.5 <= 103.88"
+
+
+def test_no_same_side_reentry_on_the_exit_bar() -> None:
+    # long at 106 (bar 5), highest close 110 (bar 6): level max(103.88, 110 * 0.97 = 106.7).
+    # bar 7 dips to 106 (exit) and closes at 108, +8% over 3 bars with volume 10 against an
+    # average of 5/3: an up move that would enter, but not on the bar that just left the long.
+    bars = make_bars([*UP[:5], 110, 108], {5: 3.0, 7: 10.0}, lows={7: 106.0})
+    assert targets(run(strategy(), bars)) == [(5, 1.0), (7, 0.0)]
+
+
+# --- short and flips ----------------------------------------------------------------------------
+
+
+def test_short_mirrored_in_long_short() -> None:
+    # bar 5: -6% with volume 3 -> short at 94, stop min(94 * 1.02, 94 * 1.03) = 95.88.
+    # lowest close 94 -> 90 -> 88; level min(95.88, 88 * 1.03 = 90.64). bar 8: high 90 holds;
+    # bar 9: high 91 >= 90.64 -> flat.
+    signals = run(strategy(mode="long_short"), make_bars(DOWN, {5: 3.0}))
+    assert targets(signals) == [(5, -1.0), (9, 0.0)]
+    assert signals[0][1].stop == pytest.approx(95.88)
+    assert signals[1][1].reason == "stop/trail hit: high 91 >= 90.64"
+
+
+def test_long_only_ignores_down_moves() -> None:
+    assert run(strategy(), make_bars(DOWN, {5: 3.0})) == []
+
+
+def test_stopped_long_flips_short_on_a_qualified_down_move() -> None:
+    # long at 106 (bar 5); bar 6 closes at 94: low 94 <= 103.88 (exit) and 94 vs 100 three
+    # bars ago is -6% with volume 4 >= 2 * avg(1, 1, 3) = 3.33 -> straight to -1
+    bars = make_bars([*UP[:5], 94], {5: 3.0, 6: 4.0})
+    signals = run(strategy(mode="long_short"), bars)
+    assert targets(signals) == [(5, 1.0), (6, -1.0)]
+    assert signals[1][1].stop == pytest.approx(94 * 1.02)
+    assert "stop/trail hit" in signals[1][1].reason and "-6.00%" in signals[1][1].reason
+
+
+def test_qty_scales_the_target() -> None:
+    assert targets(run(strategy(qty=0.25), make_bars(UP, UP_VOLUME))) == [(5, 0.25), (9, 0.0)]
+
+
+def test_symbols_keep_separate_state() -> None:
+    strat = strategy()
+    a = make_bars(UP, UP_VOLUME, symbol="A/X")
+    b = make_bars([100] * len(UP), symbol="B/X")
+    got: list[tuple[str, float | None]] = []
+    for bars in zip(b, a, strict=True):
+        for bar in bars:
+            got.extend((s.symbol, s.target_position) for s in strat.on_bar(bar))
+    assert got == [("A/X", 1.0), ("A/X", 0.0)]
+
+
+# --- params -------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"lookback": "0"}, "lookback (0) must be >= 1"),
+        ({"move_pct": "0"}, "move_pct (0) must be within (0, 100)"),
+        ({"volume_period": "0"}, "volume_period (0) must be >= 1"),
+        ({"spike_mult": "-1"}, "spike_mult (-1) must be > 0"),
+        ({"stop_pct": "100"}, "stop_pct (100) must be within (0, 100)"),
+        ({"trail_pct": "0"}, "trail_pct (0) must be within (0, 100)"),
+        ({"qty": "0"}, "qty must be > 0"),
+        ({"qty": "nan"}, "qty must be a finite number"),
+        ({"mode": "both"}, "mode"),
+        ({"lookback": "ten"}, "lookback"),
+    ],
+)
+def test_bad_params_are_one_line(params: dict[str, object], needle: str) -> None:
+    with pytest.raises(StrategyError) as info:
+        build_strategy("momentum", params)
+    assert needle in str(info.value)
+    assert "\n" not in str(info.value)
+
+
+# --- snapshot / restore -------------------------------------------------------------------------
+
+
+def random_walk(n: int, seed: int) -> list[Bar]:
+    rng = random.Random(seed)
+    bars: list[Bar] = []
+    price = 100.0
+    for i in range(n):
+        open_ = price
+        price *= math.exp(rng.gauss(0.0, 0.01))
+        open_time = T0 + i * MINUTE
+        bars.append(
+            Bar(
+                ts=open_time + MINUTE,
+                venue="test",
+                symbol="BTC/USDT",
+                interval="1m",
+                open_time=open_time,
+                close_time=open_time + MINUTE,
+                open=open_,
+                high=max(open_, price) * (1 + rng.random() * 0.003),
+                low=min(open_, price) * (1 - rng.random() * 0.003),
+                close=price,
+                volume=rng.choice((1.0, 1.0, 1.0, 1.5, 4.0)),
+            )
+        )
+    return bars
+
+
+def test_snapshot_restore_mid_stream_continues_identically() -> None:
+    bars = random_walk(2000, seed=5)
+    params = {**SMALL, "move_pct": 2, "mode": "long_short"}
+    straight = run(strategy(**params), bars)
+    assert len(straight) >= 10
+    for cut in (2, 333, 1000, 1999):
+        first = strategy(**params)
+        head = run(first, bars[:cut])
+        second = strategy(**params)
+        second.restore(first.snapshot())
+        tail = [(n + cut, s) for n, s in run(second, bars[cut:])]
+        assert head + tail == straight, cut
+
+
+# --- real data through the command line ---------------------------------------------------------
+
+
+def test_backtest_on_real_data_is_reproducible(tmp_path: Path) -> None:
+    if not DATA.is_file():
+        pytest.skip(f"real data not available at {DATA}")
+    args = ["backtest", "--data", str(DATA), "--strategy", "momentum", *WEEK]
+    args += ["--param", "move_pct=0.5", "--param", "mode=long_short", "--json"]
+    first = last_json(keel(tmp_path, *args))
+    second = last_json(keel(tmp_path, *args))
+    assert first["bars"] == 7 * 24 * 60
+    assert first["signals"] > 0
+    assert first["result_hash"] == second["result_hash"]
