@@ -8,8 +8,11 @@ from cli import (
     backtest_commands,
     fleet_commands,
     log_commands,
+    model_commands,
+    publish_commands,
     report_commands,
     run_commands,
+    status_commands,
     sweep_commands,
 )
 
@@ -23,9 +26,12 @@ app = typer.Typer(
 app.command()(fleet_commands.demo)
 app.command()(fleet_commands.up)
 app.add_typer(run_commands.app, name="run")
+app.add_typer(model_commands.app, name="model")
+app.add_typer(publish_commands.app, name="publish")
 app.command()(log_commands.ingest)
 app.command(name="tap")(log_commands.tap_command)
 app.command()(log_commands.streams)
+app.command()(status_commands.status)
 app.command()(log_commands.kill)
 app.command()(log_commands.resume)
 app.command()(backtest_commands.backtest)

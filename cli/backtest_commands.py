@@ -34,9 +34,11 @@ from cli.timeparse import parse_time
 from eventstore.server import URL_ENV, EmbeddedServer, nats_url
 from replay.backtest import BacktestResult, BacktestSpec, RunRecord, load_run, run_backtest
 from replay.bus_replay import bus_replay
+from replay.external import EventFile
 from replay.market import DataSource
 from services.config import KeelConfig, StrategyConfig
 from services.fleet import fleet_roles
+from services.runtime.telemetry import replay_progress, serve_replay_metrics
 from strategies.registry import parse_params
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
@@ -119,6 +121,12 @@ def _spec(
     return BacktestSpec(config=config, data=tuple(sources), start=start, end=end)
 
 
+MetricsPortOpt = Annotated[
+    int | None,
+    typer.Option("--metrics-port", help="Serve replay progress on this /metrics port."),
+]
+
+
 def backtest(
     strategy: Annotated[
         str | None, typer.Option("--strategy", help="Strategy name (else the config's strategies).")
@@ -141,8 +149,15 @@ def backtest(
     as_json: Annotated[
         bool, typer.Option("--json", help="One JSON object on the last line.")
     ] = False,
+    events: Annotated[
+        list[Path] | None,
+        typer.Option("--events", help="JSONL file of external events (ext.>), repeatable."),
+    ] = None,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Replay market data through the fleet's own logic, in process, and report."""
+    with user_errors():
+        serve_replay_metrics(metrics_port)
     if not data:
         raise fail("give at least one --data FILE|STREAM")
     pairs = pair_data_with_symbols(sys.argv[1:])
@@ -166,7 +181,11 @@ def backtest(
             slippage_bps,
         )
         fleet_roles(spec.config)  # unknown strategy or bad params: say so before reading data
-        spec = msgspec.structs.replace(spec, data=tuple(s.with_digest() for s in spec.data))
+        spec = msgspec.structs.replace(
+            spec,
+            data=tuple(s.with_digest() for s in spec.data),
+            events=tuple(EventFile(_absolute(str(e))).with_digest() for e in events or ()),
+        )
         result = _execute(spec, out, as_json, verify_data=False)  # pinned just above
     _show(result, out, as_json)
 
@@ -194,7 +213,7 @@ def _progress(label: str, quiet: bool) -> Iterator[Callable[[int], None]]:
         disable=quiet,
     ) as progress:
         task = progress.add_task("bars", total=None)
-        yield lambda n: progress.advance(task, n)
+        yield replay_progress(label, lambda n: progress.advance(task, n))
 
 
 def _show(result: BacktestResult, out: Path | None, as_json: bool) -> None:
@@ -213,6 +232,7 @@ def summary_table(result: BacktestResult) -> Table:
     pf = "n/a (no losing trade)" if result.profit_factor is None else f"{result.profit_factor:.3f}"
     for label, value in (
         ("bars", f"{result.bars:,}"),
+        *([("external events", f"{result.external_events:,}")] if result.external_events else []),
         ("signals / orders / fills", f"{result.signals:,} / {result.orders:,} / {result.fills:,}"),
         ("rejections", f"{result.rejections:,}"),
         ("trades", f"{result.trades:,}"),
@@ -238,8 +258,11 @@ def replay(
         bool, typer.Option("--bus", help="Replay through the real worker processes over NATS.")
     ] = False,
     as_json: Annotated[bool, typer.Option("--json")] = False,
+    metrics_port: MetricsPortOpt = None,
 ) -> None:
     """Re-run a stored run and check that it reproduces the same result hash."""
+    with user_errors():
+        serve_replay_metrics(metrics_port)
     with user_errors():
         record = load_run(run_dir)
         result = _bus_replay(record, as_json) if bus else _execute(record.spec, None, as_json)

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from contracts.events import SCHEMA_VERSION, Bar
+from contracts.events import SCHEMA_VERSION, Bar, Event, External
 
 MSG_ID = "Nats-Msg-Id"
 CAUSATION_ID = "Keel-Causation-Id"
@@ -22,6 +22,9 @@ EVENT_TIME = "Keel-Event-Time"
 SCHEMA = "Keel-Schema"
 TRACEPARENT = "traceparent"
 PRODUCER = "Keel-Producer"
+ORIGIN_TIME = "Keel-Origin-Time"
+"""Wall-clock ns at which the root cause (a bar, a command) was stored in the log, copied by
+live workers onto its descendants for latency metrics; never part of an id or hash."""
 
 
 def _digest(text: str, size: int) -> str:
@@ -103,3 +106,19 @@ def bar_envelope(bar: Bar) -> Envelope:
     return Envelope.root(
         content_id("bar", bar.venue, bar.symbol, bar.interval, bar.open_time), bar.ts
     )
+
+
+def external_envelope(event: External) -> Envelope:
+    """An external event's envelope: its id derives from what identifies the fact
+    (``External.identity``), so ``keel publish ext`` and a replay of an events file give
+    the same announcement the same id, and publishing it twice is de-duplicated."""
+    return Envelope.root(content_id(*event.identity()), event.ts)
+
+
+def root_envelope(event: Event) -> Envelope:
+    """The envelope of a replay's input: a bar or an external event."""
+    if isinstance(event, Bar):
+        return bar_envelope(event)
+    if isinstance(event, External):
+        return external_envelope(event)
+    raise TypeError(f"{type(event).__name__} is not a replay input")

@@ -17,6 +17,9 @@ import msgspec
 
 SCHEMA_VERSION = 1
 
+_INF = math.inf
+_isfinite = math.isfinite
+
 InstrumentKind = Literal["spot", "perpetual"]
 Side = Literal["buy", "sell"]
 OrderAction = Literal["new", "cancel"]
@@ -25,6 +28,7 @@ TimeInForce = Literal["GTC", "IOC", "FOK"]
 ExecStatus = Literal["accepted", "partially_filled", "filled", "canceled", "rejected"]
 GovernanceAction = Literal["kill", "resume"]
 TradingMode = Literal["long_only", "long_short"]
+SystemState = Literal["RUNNING", "DEGRADED", "SAFE_MODE", "HALTED"]
 
 
 class Event(msgspec.Struct, frozen=True, tag=True, tag_field="type", kw_only=True):
@@ -115,16 +119,18 @@ class Bar(Event, frozen=True):
     volume: float
 
     def __post_init__(self) -> None:
-        super().__post_init__()
+        # Built for every bar read: one chained comparison checks the rules and finiteness
+        # at once (NaN fails every comparison, infinity fails ``< _INF``); anything it
+        # refuses takes the generic path below, which names the problem.
         if (
-            self.low > 0
-            and self.high >= self.low
-            and min(self.open, self.close) > 0
-            and self.volume >= 0
-            and self.close_time > self.open_time
-            and self.ts == self.close_time
+            0 < self.low <= self.high < _INF
+            and 0 < self.open < _INF
+            and 0 < self.close < _INF
+            and 0 <= self.volume < _INF
+            and self.open_time < self.close_time == self.ts
         ):
             return
+        super().__post_init__()
         _require(min(self.open, self.high, self.low, self.close) > 0, "prices must be > 0")
         _require(self.volume >= 0, "volume must be >= 0")
         _require(self.high >= self.low, "high below low")
@@ -156,6 +162,23 @@ class Quote(Event, frozen=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(0 < self.bid <= self.ask, "need 0 < bid <= ask")
+
+
+class FundingRate(Event, frozen=True):
+    """A perpetual's funding rate: ``rate`` is the fraction of the position's notional that
+    longs pay shorts (negative: shorts pay longs) per funding interval of ``interval_h``
+    hours; ``next_time`` is the next funding time (ns, 0 = not given)."""
+
+    venue: str
+    symbol: str
+    rate: float
+    interval_h: float = 8.0
+    next_time: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(self.interval_h > 0, "interval_h must be > 0")
+        _require(self.next_time >= 0, "next_time must be >= 0")
 
 
 class Signal(Event, frozen=True):
@@ -254,6 +277,20 @@ class EquitySnapshot(Event, frozen=True):
     fees: float
     gross_exposure: float
 
+    def __post_init__(self) -> None:
+        # Built once per bar: a finite sum means finite fields (NaN and infinities propagate);
+        # an overflowing sum of finite fields falls back to the generic check, which passes.
+        if _isfinite(
+            self.cash
+            + self.equity
+            + self.realized_pnl
+            + self.unrealized_pnl
+            + self.fees
+            + self.gross_exposure
+        ):
+            return
+        super().__post_init__()
+
 
 class ParamsTuned(Event, frozen=True):
     """A strategy moved one of its own parameters (auto-tuning); kept for audit and replay."""
@@ -292,11 +329,133 @@ class DeadLetter(Event, frozen=True):
     stream_seq: int = 0
 
 
+class SystemStatus(Event, frozen=True):
+    """The trading state a worker decided (the risk worker: breakers, guards, kill switch):
+    ``RUNNING`` (trading normally), ``DEGRADED`` (trading, a soft breach or a component is
+    impaired), ``SAFE_MODE`` (no new entries, exits and protective orders only), ``HALTED``
+    (no new orders). ``source`` is the worker that decided it, ``rule`` the rule or guard
+    that caused it (empty when none)."""
+
+    status: SystemState
+    reason: str
+    source: str
+    rule: str = ""
+
+
+class RiskAlert(Event, frozen=True):
+    """A risk guard or breach acted (published on ``ord.alert.<rule>``): ``rule`` is the
+    rail or guard (``depeg_guard``, ``funding_guard``, ``max_drawdown``...), ``action`` what
+    it did or asks the order manager to do (``halt_entries``, ``flatten``, ``trim``,
+    ``block``, ``cancel_entries``, ``tighten_stops``, ``resume``), ``detail`` the numbers.
+    ``venue``/``symbol`` name the market concerned when there is one."""
+
+    rule: str
+    action: str
+    detail: str = ""
+    venue: str = ""
+    symbol: str = ""
+
+
+class External(Event, frozen=True):
+    """Base of the external events on ``ext.>`` (announcements, social sentiment): facts
+    from outside the market feed that event-driven strategies react to. ``source`` names the
+    feeder (a subject token). ``identity()`` is what makes two copies the same fact: their
+    id derives from it (``contracts/envelope.py`` ``external_envelope``), so a feeder that
+    sends one announcement twice is de-duplicated."""
+
+    source: str
+
+    def identity(self) -> tuple[str | int, ...]:
+        raise NotImplementedError
+
+
+class ListingAnnouncement(External, frozen=True):
+    """A venue announced it lists ``symbol``; ``ts`` is when the announcement was seen,
+    ``listing_time`` when trading opens (0: not given, take ``ts``)."""
+
+    venue: str
+    symbol: str
+    base: str = ""
+    quote: str = ""
+    listing_time: int = 0
+    title: str = ""
+    url: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.symbol), "symbol must not be empty")
+        _require(self.listing_time >= 0, "listing_time must be >= 0")
+
+    def identity(self) -> tuple[str | int, ...]:
+        """The announcement, not when it was seen: re-sending it later is the same fact."""
+        return ("listing", self.source, self.venue, self.symbol, self.listing_time, self.title)
+
+
+class SocialSentiment(External, frozen=True):
+    """A sentiment reading for ``symbol`` (the market symbol the feeder maps the social
+    ticker to): ``score`` in [-1, 1], ``mentions`` in the feeder's window, ``velocity`` the
+    feeder's rate of change of mentions (e.g. 2.0 = twice the previous window)."""
+
+    symbol: str
+    score: float
+    mentions: int = 0
+    velocity: float = 0.0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.symbol), "symbol must not be empty")
+        _require(-1.0 <= self.score <= 1.0, "score must be within [-1, 1]")
+        _require(self.mentions >= 0, "mentions must be >= 0")
+
+    def identity(self) -> tuple[str | int, ...]:
+        """A reading is identified by its source, symbol and time."""
+        return ("sentiment", self.source, self.symbol, self.ts)
+
+
+class PromoAnnouncement(External, frozen=True):
+    """An exchange promotion (trading competition, volume campaign). ``text`` is parsed by
+    the promo watcher; the optional fields, when a feeder already parsed them, win over the
+    text: ``min_volume`` (trading volume required, in ``volume_currency``), ``reward_pool``
+    (shared by ``winners`` when given), ``reward_per_user`` (what each qualifying user gets),
+    both in ``reward_currency``; ``starts_at``/``ends_at`` (0: not given)."""
+
+    venue: str
+    symbol: str = ""
+    title: str = ""
+    text: str = ""
+    url: str = ""
+    starts_at: int = 0
+    ends_at: int = 0
+    min_volume: float | None = None
+    volume_currency: str = ""
+    reward_pool: float | None = None
+    reward_per_user: float | None = None
+    reward_currency: str = ""
+    winners: int | None = None
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        _require(bool(self.title or self.text), "give a title or a text")
+        _require(self.starts_at >= 0 and self.ends_at >= 0, "starts_at and ends_at must be >= 0")
+        _require(
+            not (self.starts_at and self.ends_at) or self.ends_at >= self.starts_at,
+            "ends_at before starts_at",
+        )
+        for name in ("min_volume", "reward_pool", "reward_per_user"):
+            value = getattr(self, name)
+            _require(value is None or value > 0, f"{name} must be > 0")
+        _require(self.winners is None or self.winners >= 1, "winners must be >= 1")
+
+    def identity(self) -> tuple[str | int, ...]:
+        return ("promo", self.source, self.venue, self.symbol, self.title, self.text, self.url)
+
+
 AnyEvent = (
     Instrument
     | Bar
     | Trade
     | Quote
+    | FundingRate
     | Signal
     | OrderCommand
     | RiskDecision
@@ -307,6 +466,17 @@ AnyEvent = (
     | GovernanceCommand
     | Heartbeat
     | DeadLetter
+    | SystemStatus
+    | RiskAlert
+    | ListingAnnouncement
+    | SocialSentiment
+    | PromoAnnouncement
+)
+
+EXTERNAL_TYPES: tuple[type[External], ...] = (
+    ListingAnnouncement,
+    SocialSentiment,
+    PromoAnnouncement,
 )
 
 EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]

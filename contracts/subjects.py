@@ -21,15 +21,21 @@ from contracts.events import (
     EquitySnapshot,
     Event,
     ExecutionReport,
+    FundingRate,
     GovernanceCommand,
     Heartbeat,
     Instrument,
+    ListingAnnouncement,
     OrderCommand,
     ParamsTuned,
     PositionChanged,
+    PromoAnnouncement,
     Quote,
+    RiskAlert,
     RiskDecision,
     Signal,
+    SocialSentiment,
+    SystemStatus,
     Trade,
 )
 
@@ -124,9 +130,11 @@ _SUBJECTS: dict[type, Callable[[Any], str]] = {
     Trade: lambda e: _market("trade", e.venue, e.symbol),
     Quote: lambda e: _market("quote", e.venue, e.symbol),
     Instrument: lambda e: _market("instrument", e.venue, e.symbol),
+    FundingRate: lambda e: _market("funding", e.venue, e.symbol),
     Signal: lambda e: _named_symbol("sig", e.strategy, e.venue, e.symbol),
     OrderCommand: lambda e: _venue_symbol("ord.cmd", e.venue, e.symbol),
     RiskDecision: lambda e: _named_symbol("ord.risk", e.strategy, None, e.symbol),
+    RiskAlert: lambda e: f"ord.alert.{name_token(e.rule, 'rule')}",
     ExecutionReport: lambda e: _venue_symbol("exec.report", e.venue, e.symbol),
     PositionChanged: lambda e: _venue_symbol("pf.position", e.venue, e.symbol),
     EquitySnapshot: lambda e: "pf.equity",
@@ -134,7 +142,36 @@ _SUBJECTS: dict[type, Callable[[Any], str]] = {
     GovernanceCommand: lambda e: f"gov.cmd.{e.action}",
     Heartbeat: lambda e: f"sys.heartbeat.{name_token(e.worker, 'worker')}",
     DeadLetter: lambda e: f"sys.dlq.{name_token(e.worker, 'worker')}",
+    SystemStatus: lambda e: f"sys.status.{name_token(e.source, 'source')}",
+    ListingAnnouncement: lambda e: _external("listing", e.source, symbol_token(e.symbol)),
+    SocialSentiment: lambda e: _external("sentiment", e.source, symbol_token(e.symbol)),
+    PromoAnnouncement: lambda e: _external("promo", e.source, name_token(e.venue, "venue")),
 }
+
+EXTERNAL_KINDS: dict[str, bool] = {"listing": True, "sentiment": True, "promo": False}
+"""External event kinds (``ext.<kind>.<source>.<key>``) and whether the last token is a
+symbol (listing, sentiment) or a venue (promo)."""
+
+
+def _external(kind: str, source: str, key: str) -> str:
+    return f"ext.{kind}.{name_token(source, 'source')}.{key}"
+
+
+def external_filters(kinds: tuple[str, ...], symbols: tuple[str, ...] = ()) -> tuple[str, ...]:
+    """Filters for the external events of ``kinds``: for symbol-keyed kinds only those of
+    ``symbols`` when given (so instances partitioned by symbol split them too)."""
+    out: list[str] = []
+    for kind in kinds:
+        by_symbol = EXTERNAL_KINDS.get(kind)
+        if by_symbol is None:
+            raise SubjectError(
+                f"unknown external kind {kind!r}; known: {', '.join(EXTERNAL_KINDS)}"
+            )
+        if by_symbol and symbols:
+            out.extend(f"ext.{kind}.*.{symbol_token(s)}" for s in symbols)
+        else:
+            out.append(f"ext.{kind}.>")
+    return tuple(out)
 
 
 def subject_for(event: Event) -> str:

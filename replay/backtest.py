@@ -20,6 +20,7 @@ import polars as pl
 
 from eventstore.errors import KeelError
 from replay.engine import ReplayEngine
+from replay.external import EventFile, external_count, with_events
 from replay.market import DataSource, market_events
 from replay.metrics import (
     curve_metrics,
@@ -32,10 +33,12 @@ from services.fleet import fleet_roles
 
 RUN_FILE = "run.json"
 
-TRADE_COLUMNS = dict(pl.from_arrow(TRADE_SCHEMA.empty_table()).schema)
+# pl.Schema maps the Arrow schema directly: building an empty pyarrow table would import
+# pandas (~50 MB) into every backtest.
+TRADE_COLUMNS = dict(pl.Schema(TRADE_SCHEMA))
 """Columns of ``trades.parquet`` (one row per round trip, see replay/metrics.py Trade)."""
 
-EQUITY_COLUMNS = dict(pl.from_arrow(EQUITY_SCHEMA.empty_table()).schema)
+EQUITY_COLUMNS = dict(pl.Schema(EQUITY_SCHEMA))
 """Columns of ``equity.parquet``."""
 
 
@@ -45,6 +48,7 @@ class BacktestSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     start: int | None = None
     end: int | None = None
     periods_per_year: float | None = None
+    events: tuple[EventFile, ...] = ()
 
 
 class BacktestResult(msgspec.Struct, frozen=True):
@@ -69,6 +73,7 @@ class BacktestResult(msgspec.Struct, frozen=True):
     result_hash: str
     interval: str
     risk_events: list[RiskEvent]
+    external_events: int = 0
 
 
 class RunRecord(msgspec.Struct, frozen=True):
@@ -85,6 +90,7 @@ def run_backtest(
 ) -> BacktestResult:
     started = time.perf_counter()
     bars = market_events(spec.data, url, spec.start, spec.end, verify=verify_data)
+    bars = with_events(bars, spec.events, spec.start, spec.end, verify_data)  # --events
     roles = fleet_roles(spec.config)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -93,7 +99,7 @@ def run_backtest(
     interval = ""
     try:
         for bar in bars:
-            interval = interval or bar.interval
+            interval = interval or getattr(bar, "interval", "")
             engine.feed(bar)
             if progress and engine.market_events % 4096 == 0:
                 progress(4096)
@@ -102,14 +108,20 @@ def run_backtest(
     if progress:
         progress(engine.market_events % 4096)
     wall = time.perf_counter() - started
-    result = summarise(spec, recorder, engine.market_events, interval, wall)
+    external = external_count(bars)
+    result = summarise(spec, recorder, engine.market_events - external, interval, wall, external)
     if out_dir is not None:
         _write_run(out_dir, spec, result)
     return result
 
 
 def summarise(
-    spec: BacktestSpec, recorder: RunRecorder, bars: int, interval: str, wall: float
+    spec: BacktestSpec,
+    recorder: RunRecorder,
+    bars: int,
+    interval: str,
+    wall: float,
+    external: int = 0,
 ) -> BacktestResult:
     periods = spec.periods_per_year or periods_per_year(interval)
     cash = spec.config.portfolio.starting_cash
@@ -143,6 +155,7 @@ def summarise(
         result_hash=recorder.result_hash(),
         interval=interval,
         risk_events=recorder.risk_events,
+        external_events=external,
     )
 
 

@@ -26,7 +26,7 @@ import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts.codec import decode, encode
-from contracts.envelope import bar_envelope
+from contracts.envelope import root_envelope
 from contracts.events import Bar
 from contracts.subjects import subject_for
 from eventstore.bus import Bus
@@ -44,6 +44,7 @@ from eventstore.frames import (
 )
 from eventstore.streams import replay_stream
 from replay.backtest import BacktestResult, RunRecord, summarise
+from replay.external import external_count, with_events
 from replay.market import market_events
 from replay.plan import ReplayPlanner
 from replay.recorder import RunRecorder
@@ -66,6 +67,7 @@ def bus_replay(
     spec = record.spec
     started = time.perf_counter()
     bars = market_events(spec.data, url, spec.start, spec.end)
+    bars = with_events(bars, spec.events, spec.start, spec.end)  # external events ride along
     namespace = uuid.uuid4().hex[:12]
     config_path = work_dir / "config.json"
     config_path.write_bytes(msgspec.json.encode(spec.config))
@@ -86,9 +88,9 @@ def bus_replay(
             interval, count = "", 0
             for chunk, last in _chunks(bars, FRAME_EVENTS):
                 count += len(chunk)
-                interval = interval or (chunk[0].interval if chunk else "")
+                interval = interval or next((b.interval for b in chunk if isinstance(b, Bar)), "")
                 frame = Frame(
-                    [FramedEvent(subject_for(b), bar_envelope(b), "", encode(b)) for b in chunk],
+                    [FramedEvent(subject_for(b), root_envelope(b), "", encode(b)) for b in chunk],
                     planner.plan_frame(chunk),
                     last,
                 )
@@ -108,7 +110,9 @@ def bus_replay(
 
     interval, count = asyncio.run(main())
     recorder.close()
-    return summarise(spec, recorder, count, interval, time.perf_counter() - started)
+    external = external_count(bars)
+    wall = time.perf_counter() - started
+    return summarise(spec, recorder, count - external, interval, wall, external)
 
 
 async def _exited(fleet: Fleet, timeout: float) -> None:

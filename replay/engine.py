@@ -20,8 +20,8 @@ import collections
 from collections.abc import Callable, Iterable, Sequence
 
 from contracts.codec import encode
-from contracts.envelope import Envelope, bar_envelope
-from contracts.events import Bar, DeadLetter, Event
+from contracts.envelope import Envelope, root_envelope
+from contracts.events import DeadLetter, Event
 from contracts.subjects import subject_for, subject_matches
 from services.runtime.role import Role
 
@@ -36,7 +36,7 @@ def resolve(lazy: LazyEnvelope | Envelope) -> Envelope:
     if isinstance(lazy, Envelope):
         return lazy
     if len(lazy) == 1:
-        return bar_envelope(lazy[0])
+        return root_envelope(lazy[0])  # a bar or an external event
     parent, producer, index, ts = lazy
     return resolve(parent).child(producer, index, ts)
 
@@ -45,55 +45,74 @@ Sink = Callable[[str, Event, LazyEnvelope, str], None]
 """Receives every output: (subject, event, envelope, producer)."""
 
 
+Decide = Callable[[Event, int], Sequence[Event]]
+Route = tuple[tuple[str, Decide], ...]
+"""The roles an event goes to, in canonical order, as (name, bound ``decide``) pairs."""
+
+
 class ReplayEngine:
     def __init__(self, roles: Sequence[Role], sink: Sink) -> None:
         self._roles = tuple(roles)
         self._sink = sink
-        self._routes: dict[str, tuple[Role, ...]] = {}
+        self._routes: dict[str, Route] = {}
         self.market_events = 0
 
-    def _route(self, subject: str) -> tuple[Role, ...]:
-        roles = self._routes.get(subject)
-        if roles is None:
-            roles = tuple(
-                role
+    def _route(self, subject: str) -> Route:
+        route = self._routes.get(subject)
+        if route is None:
+            route = self._routes[subject] = tuple(
+                (role.name, role.decider.decide)
                 for role in self._roles
                 if any(subject_matches(p, subject) for i in role.inputs for p in i.subjects)
             )
-            self._routes[subject] = roles
-        return roles
+        return route
 
-    def run(self, market: Iterable[Bar]) -> None:
-        for bar in market:
-            self.feed(bar)
+    def run(self, market: Iterable[Event]) -> None:
+        for event in market:
+            self.feed(event)
 
-    def feed(self, bar: Bar) -> None:
+    def feed(self, event: Event) -> None:
         """Process one market event and everything it causes; the clock is each event's time."""
         self.market_events += 1
-        routes, route, sink = self._routes, self._route, self._sink
-        queue: collections.deque[tuple[Event, LazyEnvelope, str]] = collections.deque()
-        queue.append((bar, (bar,), subject_for(bar)))
+        queue = self._deliver(event, (event,), subject_for(event), None)
         while queue:
-            event, envelope, subject = queue.popleft()
-            roles = routes.get(subject)
-            for role in route(subject) if roles is None else roles:
-                try:
-                    outputs = role.decider.decide(event, event.ts)
-                except Exception as exc:
-                    outputs = [_dead_letter(role, event, subject, exc)]
-                for index, output in enumerate(outputs):
-                    child = (envelope, role.name, index, output.ts)
-                    out_subject = subject_for(output)
-                    sink(out_subject, output, child, role.name)
-                    if routes.get(out_subject, True):  # nobody consumes it: nothing to queue
-                        queue.append((output, child, out_subject))
+            self._deliver(*queue.popleft(), queue)
+
+    def _deliver(
+        self,
+        event: Event,
+        envelope: LazyEnvelope,
+        subject: str,
+        queue: collections.deque[tuple[Event, LazyEnvelope, str]] | None,
+    ) -> collections.deque[tuple[Event, LazyEnvelope, str]] | None:
+        """Give one event to the roles of its subject; each output is recorded and queued
+        (first in, first out) behind what already waits. Returns the queue, created only
+        when an output has a consumer: most bars cause nothing that is consumed."""
+        routes, sink, now = self._routes, self._sink, event.ts
+        route = routes.get(subject)
+        for name, decide in self._route(subject) if route is None else route:
+            try:
+                outputs = decide(event, now)
+            except Exception as exc:
+                outputs = [_dead_letter(name, event, subject, exc)]
+            if not outputs:
+                continue
+            for index, output in enumerate(outputs):
+                child = (envelope, name, index, output.ts)
+                out_subject = subject_for(output)
+                sink(out_subject, output, child, name)
+                if routes.get(out_subject, True):  # nobody consumes it: nothing to queue
+                    if queue is None:
+                        queue = collections.deque()
+                    queue.append((output, child, out_subject))
+        return queue
 
 
-def _dead_letter(role: Role, event: Event, subject: str, exc: Exception) -> DeadLetter:
+def _dead_letter(worker: str, event: Event, subject: str, exc: Exception) -> DeadLetter:
     """A decider that raises gives a dead letter, as in a live worker."""
     return DeadLetter(
         ts=event.ts,
-        worker=role.name,
+        worker=worker,
         subject=subject,
         reason=f"handler error: {type(exc).__name__}: {exc}",
         payload=encode(event),

@@ -8,9 +8,13 @@ from typing import Protocol
 import msgspec
 
 from contracts.events import Bar, Event
+from strategies.listing_sniper import ListingSniper, ListingSniperParams
 from strategies.ma_cross import MaCross, MaCrossParams
+from strategies.ma_hmm import MaHmmParams, build_ma_hmm
 from strategies.mean_reversion import MeanReversion, MeanReversionParams
+from strategies.meme_sentiment import MemeSentiment, MemeSentimentParams
 from strategies.momentum import Momentum, MomentumParams
+from strategies.promo_watcher import PromoWatcher, PromoWatcherParams
 from strategies.rule_engine import RuleEngine, RuleEngineParams
 from strategies.trend_follower import TrendFollower, TrendFollowerParams
 from strategies.turtle import Turtle, TurtleParams
@@ -26,6 +30,17 @@ class Strategy(Protocol):
     def restore(self, data: bytes) -> None: ...
 
 
+class EventStrategy(Strategy, Protocol):
+    """A strategy that also reacts to external events. ``external`` names the kinds it
+    wants (``listing``, ``sentiment``, ``promo``; ``contracts/subjects.py``); the host then
+    consumes those ``ext.>`` subjects too and hands every event that is not a bar to
+    ``on_event``. A plain ``Strategy`` has neither and gets bars only."""
+
+    external: tuple[str, ...]
+
+    def on_event(self, event: Event) -> Sequence[Event]: ...
+
+
 class StrategyError(ValueError):
     """Unknown strategy or bad params; the message is one line for the user."""
 
@@ -37,11 +52,15 @@ class _Entry(msgspec.Struct, frozen=True):
 
 REGISTRY: dict[str, _Entry] = {
     "ma_cross": _Entry(MaCrossParams, MaCross),
+    "ma_hmm": _Entry(MaHmmParams, build_ma_hmm),
     "trend_follower": _Entry(TrendFollowerParams, TrendFollower),
     "momentum": _Entry(MomentumParams, Momentum),
     "turtle": _Entry(TurtleParams, Turtle),
     "mean_reversion": _Entry(MeanReversionParams, MeanReversion),
     "rule_engine": _Entry(RuleEngineParams, RuleEngine),
+    "listing_sniper": _Entry(ListingSniperParams, ListingSniper),
+    "meme_sentiment": _Entry(MemeSentimentParams, MemeSentiment),
+    "promo_watcher": _Entry(PromoWatcherParams, PromoWatcher),
 }
 
 

@@ -24,6 +24,8 @@ from contracts.envelope import (
     Envelope,
     content_id,
     derive_id,
+    external_envelope,
+    root_envelope,
     trace_id_of,
 )
 from contracts.events import (
@@ -34,15 +36,21 @@ from contracts.events import (
     EquitySnapshot,
     Event,
     ExecutionReport,
+    FundingRate,
     GovernanceCommand,
     Heartbeat,
     Instrument,
+    ListingAnnouncement,
     OrderCommand,
     ParamsTuned,
     PositionChanged,
+    PromoAnnouncement,
     Quote,
+    RiskAlert,
     RiskDecision,
     Signal,
+    SocialSentiment,
+    SystemStatus,
     Trade,
 )
 
@@ -136,6 +144,29 @@ def order_commands(draw: st.DrawFn) -> OrderCommand:
     )
 
 
+@st.composite
+def promos(draw: st.DrawFn) -> PromoAnnouncement:
+    starts_at = draw(st.integers(min_value=0, max_value=2**62))
+    ends_at = draw(st.just(0) | st.integers(min_value=starts_at, max_value=2**63 - 1))
+    return PromoAnnouncement(
+        ts=draw(times),
+        source=draw(texts),
+        venue=draw(texts),
+        symbol=draw(texts),
+        title=draw(st.text(min_size=1, max_size=20)),
+        text=draw(texts),
+        url=draw(texts),
+        starts_at=starts_at,
+        ends_at=ends_at,
+        min_volume=draw(st.none() | positive),
+        volume_currency=draw(texts),
+        reward_pool=draw(st.none() | positive),
+        reward_per_user=draw(st.none() | positive),
+        reward_currency=draw(texts),
+        winners=draw(st.none() | st.integers(min_value=1, max_value=2**31)),
+    )
+
+
 STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
     Instrument: st.builds(
         Instrument,
@@ -161,6 +192,15 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         trade_id=texts,
     ),
     Quote: quotes(),
+    FundingRate: st.builds(
+        FundingRate,
+        ts=times,
+        venue=texts,
+        symbol=texts,
+        rate=finite,
+        interval_h=positive,
+        next_time=times,
+    ),
     Signal: signals(),
     OrderCommand: order_commands(),
     RiskDecision: st.builds(
@@ -250,6 +290,45 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         stream=texts,
         stream_seq=counts,
     ),
+    SystemStatus: st.builds(
+        SystemStatus,
+        ts=times,
+        status=st.sampled_from(["RUNNING", "DEGRADED", "SAFE_MODE", "HALTED"]),
+        reason=texts,
+        source=texts,
+        rule=texts,
+    ),
+    RiskAlert: st.builds(
+        RiskAlert,
+        ts=times,
+        rule=texts,
+        action=texts,
+        detail=texts,
+        venue=texts,
+        symbol=texts,
+    ),
+    ListingAnnouncement: st.builds(
+        ListingAnnouncement,
+        ts=times,
+        source=texts,
+        venue=texts,
+        symbol=st.text(min_size=1, max_size=20),
+        base=texts,
+        quote=texts,
+        listing_time=times,
+        title=texts,
+        url=texts,
+    ),
+    SocialSentiment: st.builds(
+        SocialSentiment,
+        ts=times,
+        source=texts,
+        symbol=st.text(min_size=1, max_size=20),
+        score=st.floats(min_value=-1.0, max_value=1.0),
+        mentions=counts,
+        velocity=finite,
+    ),
+    PromoAnnouncement: promos(),
 }
 
 
@@ -528,6 +607,42 @@ def test_bar_constructor_validates(overrides: dict[str, Any], message: str) -> N
             lambda: Instrument(ts=1, venue="v", symbol="s", base="b", quote="q", lot_size=-1.0),
             ">= 0",
         ),
+        (
+            lambda: ListingAnnouncement(ts=1, source="f", venue="v", symbol=""),
+            "symbol must not be empty",
+        ),
+        (
+            lambda: ListingAnnouncement(ts=1, source="f", venue="v", symbol="X", listing_time=-1),
+            "listing_time must be >= 0",
+        ),
+        (lambda: SocialSentiment(ts=1, source="f", symbol="X", score=1.5), "score must be within"),
+        (
+            lambda: SocialSentiment(ts=1, source="f", symbol="X", score=0.5, mentions=-1),
+            "mentions must be >= 0",
+        ),
+        (
+            lambda: SocialSentiment(ts=1, source="f", symbol="X", score=math.nan),
+            "must be finite",
+        ),
+        (lambda: PromoAnnouncement(ts=1, source="f", venue="v"), "give a title or a text"),
+        (
+            lambda: PromoAnnouncement(ts=1, source="f", venue="v", text="t", min_volume=0.0),
+            "min_volume must be > 0",
+        ),
+        (
+            lambda: PromoAnnouncement(ts=1, source="f", venue="v", text="t", winners=0),
+            "winners must be >= 1",
+        ),
+        (
+            lambda: PromoAnnouncement(
+                ts=1, source="f", venue="v", text="t", starts_at=5, ends_at=4
+            ),
+            "ends_at before starts_at",
+        ),
+        (
+            lambda: PromoAnnouncement(ts=1, source="f", venue="v", text="t", reward_pool=math.inf),
+            "must be finite",
+        ),
     ],
 )
 def test_constructors_validate(build: Any, message: str) -> None:
@@ -767,3 +882,43 @@ def test_content_id_is_deterministic_and_order_sensitive() -> None:
 def test_non_finite_floats_are_rejected(build: Any) -> None:
     with pytest.raises(ValueError, match="must be finite"):
         build()
+
+
+# --- external events ---------------------------------------------------------------------------
+
+
+def test_external_event_decodes_from_the_stored_json() -> None:
+    data = (
+        b'{"type":"ListingAnnouncement","ts":5,"source":"feed","venue":"binance",'
+        b'"symbol":"NEW/USDT","listing_time":7}'
+    )
+    event = decode(data)
+    assert event == ListingAnnouncement(
+        ts=5, source="feed", venue="binance", symbol="NEW/USDT", listing_time=7
+    )
+    with pytest.raises(DecodeError, match="score must be within"):
+        decode(b'{"type":"SocialSentiment","ts":1,"source":"x","symbol":"A","score":2.0}')
+
+
+def test_external_ids_derive_from_the_fact_not_from_when_it_was_seen() -> None:
+    listing = ListingAnnouncement(ts=1, source="feed", venue="binance", symbol="NEW/USDT")
+    later = msgspec.structs.replace(listing, ts=99, url="https://example.com/x")
+    other = msgspec.structs.replace(listing, symbol="OLD/USDT")
+    assert external_envelope(listing).event_id == external_envelope(later).event_id
+    assert external_envelope(listing).event_id != external_envelope(other).event_id
+    assert external_envelope(later).event_time == 99
+    reading = SocialSentiment(ts=1, source="feed", symbol="DOGE/USDT", score=0.9)
+    next_reading = msgspec.structs.replace(reading, ts=2)
+    assert external_envelope(reading).event_id != external_envelope(next_reading).event_id
+    promo = PromoAnnouncement(ts=1, source="feed", venue="binance", title="t", text="x")
+    assert (
+        external_envelope(promo).event_id
+        == external_envelope(msgspec.structs.replace(promo, ts=50)).event_id
+    )
+    assert (
+        external_envelope(promo).event_id
+        != external_envelope(msgspec.structs.replace(promo, text="y")).event_id
+    )
+    assert root_envelope(promo) == external_envelope(promo)
+    with pytest.raises(TypeError):
+        root_envelope(GovernanceCommand(ts=1, action="kill"))

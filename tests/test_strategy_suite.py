@@ -10,12 +10,15 @@ import msgspec
 import polars as pl
 import pytest
 
+from contracts.codec import encode
+from contracts.events import ListingAnnouncement, PromoAnnouncement, SocialSentiment
 from replay.backtest import BacktestSpec, run_backtest
+from replay.external import EventFile
 from replay.market import DataSource
 from services.config import KeelConfig, StrategyConfig
 from services.execution.paper_venue import PaperVenueConfig
 from services.marketdata.synthetic import SyntheticMarket
-from strategies.registry import REGISTRY, build_strategy
+from strategies.registry import REGISTRY
 
 BARS = 3_000
 SUITE_PARAMS: dict[str, dict[str, str | int | float | bool]] = {
@@ -25,7 +28,7 @@ SUITE_PARAMS: dict[str, dict[str, str | int | float | bool]] = {
 
 
 def _is_event_driven(name: str) -> bool:
-    return bool(getattr(build_strategy(name, _params(name, None)), "external", ()))
+    return bool(getattr(REGISTRY[name].build, "external", ()))  # a class attribute
 
 
 def _params(name: str, model: Path | None) -> dict[str, str | int | float | bool]:
@@ -53,6 +56,24 @@ def market_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
+def events_file(market_file: Path) -> Path:
+    """One external event of each kind for the event-driven strategies (``--events``)."""
+    bars = list(SyntheticMarket(symbols=("SOL/USDT",), bars=BARS, seed=21).generate())
+    at = [bars[i].close_time + 1 for i in (100, 200, 300)]
+    promo = "Trade at least 10,000 USDT to share a prize pool of 50,000 USDT among the top 100"
+    events = [
+        ListingAnnouncement(ts=at[0], source="suite", venue="sim", symbol="SOL/USDT"),
+        SocialSentiment(
+            ts=at[1], source="suite", symbol="SOL/USDT", score=0.9, mentions=1000, velocity=3.0
+        ),
+        PromoAnnouncement(ts=at[2], source="suite", venue="sim", symbol="SOL/USDT", text=promo),
+    ]
+    path = market_file.with_name("events.jsonl")
+    path.write_bytes(b"".join(encode(e) + b"\n" for e in events))
+    return path
+
+
+@pytest.fixture(scope="module")
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     if not any("hmm" in name for name in REGISTRY):
         return None
@@ -66,7 +87,7 @@ def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
 
 @pytest.mark.parametrize("name", sorted(REGISTRY))
 def test_every_strategy_backtests_deterministically(
-    name: str, market_file: Path, model_file: Path | None, tmp_path: Path
+    name: str, market_file: Path, events_file: Path, model_file: Path | None, tmp_path: Path
 ) -> None:
     spec = BacktestSpec(
         config=KeelConfig(
@@ -74,14 +95,14 @@ def test_every_strategy_backtests_deterministically(
             execution=PaperVenueConfig(fill="next_open", fee_bps=10.0),
         ),
         data=(DataSource(location=str(market_file), symbol="SOL/USDT"),),
+        events=(EventFile(str(events_file)),) if _is_event_driven(name) else (),
     )
     first = run_backtest(spec, tmp_path / "run")
     second = run_backtest(spec)
     assert first.bars == BARS
     assert first.result_hash == second.result_hash
     assert first.dead_letters == 0
-    if not _is_event_driven(name):
-        assert first.signals > 0 and first.fills > 0, name
+    assert first.signals > 0 and first.fills > 0, name
     events = pl.read_parquet(tmp_path / "run" / "events.parquet")
     signals = events.filter(pl.col("type") == "Signal")["payload"].to_list()
     tags = {msgspec.json.decode(s)["model_tag"] for s in signals}

@@ -16,15 +16,21 @@ from contracts.events import (
     EquitySnapshot,
     Event,
     ExecutionReport,
+    FundingRate,
     GovernanceCommand,
     Heartbeat,
     Instrument,
+    ListingAnnouncement,
     OrderCommand,
     ParamsTuned,
     PositionChanged,
+    PromoAnnouncement,
     Quote,
+    RiskAlert,
     RiskDecision,
     Signal,
+    SocialSentiment,
+    SystemStatus,
     Trade,
 )
 from contracts.subjects import (
@@ -32,6 +38,7 @@ from contracts.subjects import (
     SubjectError,
     bar_subject,
     bars_of_symbol,
+    external_filters,
     name_token,
     parse_bar_subject,
     subject_for,
@@ -222,6 +229,10 @@ EXAMPLES: list[tuple[Event, str]] = [
         f"md.quote.binance.{_TOK}",
     ),
     (
+        FundingRate(ts=1, venue="binance", symbol=_SYM, rate=0.0001),
+        f"md.funding.binance.{_TOK}",
+    ),
+    (
         Signal(ts=1, strategy="ma_cross", venue="binance", symbol=_SYM, target_position=1.0),
         f"sig.ma_cross.binance.{_TOK}",
     ),
@@ -286,6 +297,28 @@ EXAMPLES: list[tuple[Event, str]] = [
     (
         DeadLetter(ts=1, worker="risk-1", subject="x", reason="r", payload=b""),
         "sys.dlq.risk-1",
+    ),
+    (
+        SystemStatus(
+            ts=1, status="HALTED", reason="kill switch", source="risk", rule="kill_switch"
+        ),
+        "sys.status.risk",
+    ),
+    (
+        RiskAlert(ts=1, rule="depeg_guard", action="halt_entries", detail="USDC 0.97 USD"),
+        "ord.alert.depeg_guard",
+    ),
+    (
+        ListingAnnouncement(ts=1, source="cex-news", venue="binance", symbol=_SYM),
+        f"ext.listing.cex-news.{_TOK}",
+    ),
+    (
+        SocialSentiment(ts=1, source="x_feed", symbol=_SYM, score=0.8, mentions=10),
+        f"ext.sentiment.x_feed.{_TOK}",
+    ),
+    (
+        PromoAnnouncement(ts=1, source="cex-news", venue="binance", symbol=_SYM, text="t"),
+        "ext.promo.cex-news.binance",
     ),
 ]
 
@@ -370,3 +403,27 @@ def test_parse_bar_subject_rejects_wildcards_and_empty_tokens(subject: str) -> N
 )
 def test_subject_matches_follows_nats_wildcards(pattern: str, subject: str, expected: bool) -> None:
     assert subject_matches(pattern, subject) is expected
+
+
+# --- external event filters --------------------------------------------------------------------
+
+
+def test_external_filters_split_symbol_keyed_kinds_by_symbol() -> None:
+    assert external_filters(("listing", "promo")) == ("ext.listing.>", "ext.promo.>")
+    assert external_filters(("sentiment", "promo"), ("BTC/USDT", "DOGE/USDT")) == (
+        "ext.sentiment.*.BTC-USDT",
+        "ext.sentiment.*.DOGE-USDT",
+        "ext.promo.>",
+    )
+    for _event, subject in EXAMPLES:
+        if subject.startswith("ext."):
+            kind = subject.split(".")[1]
+            assert any(subject_matches(p, subject) for p in external_filters((kind,)))
+    with pytest.raises(SubjectError, match="unknown external kind"):
+        external_filters(("rumour",))
+
+
+@pytest.mark.parametrize("bad", ["a.b", "", "a b", "*"])
+def test_external_subjects_reject_bad_sources(bad: str) -> None:
+    with pytest.raises(SubjectError, match="source"):
+        subject_for(ListingAnnouncement(ts=1, source=bad, venue="v", symbol="X"))
