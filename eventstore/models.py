@@ -1,0 +1,209 @@
+"""Regime models in the JetStream Object Store bucket ``KEEL_MODELS``.
+
+One object per model version, named ``<name>/<tag>``; its bytes are the model's JSON
+(``strategies/regime/model.py``) and its description a JSON ``ModelSummary``, so listing
+the bucket needs no download. A version is immutable: storing the same name and tag again
+with the same bytes is a no-op, with other bytes an error. ``NAME`` without a tag means the
+version stored last. The Object Store chunks objects over a stream, so the bucket
+replicates and survives restarts like the rest of the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+from datetime import UTC, datetime
+
+import msgspec
+from nats.errors import Error as NatsError
+from nats.js import JetStreamContext
+from nats.js.api import ObjectInfo, ObjectMeta
+from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.object_store import ObjectStore
+
+from eventstore.bus import Bus
+from eventstore.errors import KeelError
+from eventstore.server import nats_url
+from strategies.regime.model import ModelError, RegimeModel, check_token, decode_model, encode_model
+
+BUCKET = "KEEL_MODELS"
+
+
+class ModelSummary(msgspec.Struct, frozen=True):
+    """What ``keel model list`` shows; stored as the object's description."""
+
+    name: str
+    tag: str
+    states: int
+    features: tuple[str, ...]
+    labels: tuple[str, ...]
+    symbols: tuple[str, ...]
+    interval: str
+    first_bar: int
+    last_bar: int
+    bars: int
+    log_likelihood: float
+    seed: int
+
+    @classmethod
+    def of(cls, model: RegimeModel) -> ModelSummary:
+        t = model.training
+        return cls(
+            name=model.name,
+            tag=model.tag,
+            states=model.n_states,
+            features=model.features.names,
+            labels=model.labels,
+            symbols=t.symbols,
+            interval=t.interval,
+            first_bar=t.first_bar,
+            last_bar=t.last_bar,
+            bars=t.bars,
+            log_likelihood=model.log_likelihood,
+            seed=model.seed,
+        )
+
+
+class StoredModel(msgspec.Struct, frozen=True):
+    summary: ModelSummary
+    object_name: str
+    size: int
+    stored_at: str
+    """The server's modification time of the object (RFC 3339, UTC)."""
+
+
+class PutResult(msgspec.Struct, frozen=True):
+    stored: StoredModel
+    created: bool
+    """False when this exact version was already stored."""
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """``NAME`` or ``NAME:TAG`` -> (name, tag or "")."""
+    name, _, tag = ref.partition(":")
+    check_token(name, "model name")
+    if tag:
+        check_token(tag, "model tag")
+    return name, tag
+
+
+def object_name(name: str, tag: str) -> str:
+    return f"{name}/{tag}"
+
+
+async def model_store(js: JetStreamContext) -> ObjectStore | None:
+    """The bucket, or None before the first model was stored."""
+    try:
+        return await js.object_store(BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        return None
+
+
+async def put_model(js: JetStreamContext, model: RegimeModel) -> PutResult:
+    store = await model_store(js) or await js.create_object_store(
+        BUCKET, description="Keel regime models"
+    )
+    key = object_name(model.name, model.tag)
+    data = encode_model(model)
+    try:
+        existing = await store.get(key)
+    except NotFoundError:
+        existing = None
+    if existing is not None and existing.info is not None and not existing.info.deleted:
+        if existing.data != data:
+            raise ModelError(
+                f"model {model.key} is already stored with other content; give another --tag"
+            )
+        return PutResult(_stored(existing.info), created=False)
+    description = msgspec.json.encode(ModelSummary.of(model)).decode()
+    info = await store.put(key, data, meta=ObjectMeta(name=key, description=description))
+    return PutResult(_stored(info), created=True)
+
+
+async def list_models(js: JetStreamContext) -> list[StoredModel]:
+    """Every stored version, oldest first; objects that are not models are skipped."""
+    store = await model_store(js)
+    if store is None:
+        return []
+    try:
+        infos = await store.list(ignore_deletes=True)
+    except NotFoundError:
+        return []
+    out = []
+    for info in infos:
+        try:
+            out.append(_stored(info))
+        except (msgspec.DecodeError, msgspec.ValidationError, TypeError):
+            continue
+    out.sort(key=lambda s: (_time(s.stored_at), s.object_name))
+    return out
+
+
+async def get_model(js: JetStreamContext, ref: str) -> RegimeModel:
+    """The model ``NAME:TAG``, or the latest stored ``NAME``; ``ModelError`` if absent."""
+    name, tag = parse_ref(ref)
+    store = await model_store(js)
+    if store is None:
+        raise ModelError(f"unknown model {ref!r}: no model stored yet (keel model train)")
+    if not tag:
+        stored = await list_models(js)
+        versions = [s for s in stored if s.summary.name == name]
+        if not versions:
+            known = ", ".join(sorted({s.summary.name for s in stored})) or "none"
+            raise ModelError(f"unknown model {ref!r}; stored: {known}")
+        tag = versions[-1].summary.tag
+    try:
+        result = await store.get(object_name(name, tag))
+    except NotFoundError:
+        raise ModelError(
+            f"unknown model {name}:{tag} (keel model list shows the stored ones)"
+        ) from None
+    if result.info is None or result.info.deleted or result.data is None:
+        raise ModelError(f"unknown model {name}:{tag}")
+    return decode_model(result.data, f"model {name}:{tag}")
+
+
+def fetch_model(ref: str, url: str | None = None) -> RegimeModel:
+    """Blocking ``get_model`` for the strategy build path, which runs before or outside an
+    event loop: on its own thread and loop, so it works from both. Without ``url`` the
+    server is found like every command finds it (``KEEL_NATS_URL``, ``.keel``)."""
+
+    async def main(address: str) -> RegimeModel:
+        bus = await Bus.connect(address, name="model-fetch", ensure=False)
+        try:
+            return await get_model(bus.js, ref)
+        finally:
+            await bus.close()
+
+    def run() -> RegimeModel:
+        if url is not None:
+            return asyncio.run(main(url))
+        with nats_url() as address:
+            return asyncio.run(main(address))
+
+    parse_ref(ref)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=1) as pool:
+        try:
+            return pool.submit(run).result()
+        except (KeelError, NatsError) as exc:
+            raise ModelError(f"model {ref}: {exc or type(exc).__name__}") from None
+
+
+def _stored(info: ObjectInfo) -> StoredModel:
+    summary = msgspec.json.decode(info.description or "", type=ModelSummary)
+    return StoredModel(
+        summary=summary, object_name=info.name, size=info.size or 0, stored_at=info.mtime or ""
+    )
+
+
+def _time(stamp: str) -> datetime:
+    """The server's RFC 3339 time (nanosecond digits cut to what Python parses)."""
+    head, dot, rest = stamp.partition(".")
+    if dot:
+        digits = "".join(c for c in rest if c.isdigit())[:6]
+        zone = rest[len("".join(c for c in rest if c.isdigit())) :]
+        stamp = f"{head}.{digits}{zone}"
+    try:
+        return datetime.fromisoformat(stamp.replace("Z", "+00:00"))
+    except ValueError:
+        return datetime.min.replace(tzinfo=UTC)

@@ -1,0 +1,131 @@
+"""The trained regime model as one frozen record, and its bytes (JSON).
+
+Everything the online filter needs is in the record (no hmmlearn object is kept), so a model
+file or an Object Store entry is all a worker needs, and the same data and seed give the same
+bytes. States are stored in order of mean return, lowest first.
+"""
+
+from __future__ import annotations
+
+import math
+import re
+from pathlib import Path
+from typing import Literal
+
+import msgspec
+
+from strategies.regime.features import FeatureSpec
+
+LABELS = ("bull", "bear", "range")
+CovarianceType = Literal["full", "diag"]
+_TOKEN = re.compile(r"[A-Za-z0-9_-]{1,64}")
+
+
+class ModelError(ValueError):
+    """A model that cannot be trained, read or found; one line for the user."""
+
+
+def check_token(value: str, what: str) -> str:
+    """Model names and tags become Object Store keys and model tags: keep them plain."""
+    if not _TOKEN.fullmatch(value):
+        raise ModelError(f"{what} {value!r}: use 1 to 64 of A-Z a-z 0-9 _ -")
+    return value
+
+
+class TrainingRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The data a model was fitted on; times are bar open times in ns since the epoch."""
+
+    venue: str
+    symbols: tuple[str, ...]
+    interval: str
+    first_bar: int
+    last_bar: int
+    bars: int
+
+
+class RegimeModel(msgspec.Struct, frozen=True):
+    """A Gaussian HMM over standardised bar features.
+
+    ``covars`` holds full matrices whatever ``covariance_type`` was fitted (a diagonal one
+    has zeros off the diagonal), so the filter has one code path.
+    """
+
+    name: str
+    tag: str
+    features: FeatureSpec
+    n_states: int
+    covariance_type: CovarianceType
+    startprob: tuple[float, ...]
+    transmat: tuple[tuple[float, ...], ...]
+    means: tuple[tuple[float, ...], ...]
+    covars: tuple[tuple[tuple[float, ...], ...], ...]
+    labels: tuple[str, ...]
+    training: TrainingRange
+    log_likelihood: float
+    seed: int
+    n_iter: int = 0
+    converged: bool = True
+
+    def __post_init__(self) -> None:
+        k, d = self.n_states, len(self.features.names)
+        if k < 2:
+            raise ValueError(f"n_states ({k}) must be >= 2")
+        if not self.features.center:
+            raise ValueError("features carry no standardisation (center, scale)")
+        _check_distribution(self.startprob, k, "startprob")
+        if len(self.transmat) != k:
+            raise ValueError(f"transmat needs {k} rows")
+        for row in self.transmat:
+            _check_distribution(row, k, "a transmat row")
+        if len(self.means) != k or any(len(m) != d for m in self.means):
+            raise ValueError(f"means must be {k} x {d}")
+        if len(self.covars) != k or any(
+            len(c) != d or any(len(row) != d for row in c) for c in self.covars
+        ):
+            raise ValueError(f"covars must be {k} x {d} x {d}")
+        if not all(math.isfinite(x) for m in self.means for x in m):
+            raise ValueError("means must be finite")
+        if len(self.labels) != k or not set(self.labels) <= set(LABELS):
+            raise ValueError(f"labels must be {k} of {', '.join(LABELS)}")
+
+    @property
+    def key(self) -> str:
+        """``name:tag``: how a model is referred to, and the model tag on signals."""
+        return f"{self.name}:{self.tag}"
+
+
+def _check_distribution(values: tuple[float, ...], size: int, what: str) -> None:
+    if len(values) != size:
+        raise ValueError(f"{what} needs {size} values")
+    if not all(math.isfinite(p) and p >= 0 for p in values) or abs(math.fsum(values) - 1) > 1e-6:
+        raise ValueError(f"{what} must be probabilities summing to 1")
+
+
+def encode_model(model: RegimeModel) -> bytes:
+    return msgspec.json.encode(model)
+
+
+def decode_model(data: bytes, source: str) -> RegimeModel:
+    try:
+        return msgspec.json.decode(data, type=RegimeModel)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ModelError(f"{source}: not a regime model: {exc}") from None
+
+
+def read_model_file(path: Path | str) -> RegimeModel:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"model file {path}: not found") from None
+    except OSError as exc:
+        raise ModelError(f"model file {path}: {exc.strerror or exc}") from None
+    return decode_model(data, f"model file {path}")
+
+
+def write_model_file(model: RegimeModel, path: Path | str) -> None:
+    path = Path(path)
+    try:
+        path.write_bytes(encode_model(model))
+    except OSError as exc:
+        raise ModelError(f"model file {path}: {exc.strerror or exc}") from None
