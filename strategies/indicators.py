@@ -1,5 +1,8 @@
-"""Incremental indicators: O(1) per update, state kept in msgspec structs so a worker's
-snapshot can carry them. ``update`` returns the current value or None while warming up."""
+"""Incremental indicators: O(1) per update (the channels: see ``_Channel``), state kept in
+msgspec structs so a worker's snapshot can carry them. ``update`` returns the current value or
+None while warming up. The indicators whose value is a tuple also have ``advance``: the same
+step without building the tuple (a NamedTuple costs more than the step itself in CPython);
+hot loops read the value from the struct's fields instead."""
 
 from __future__ import annotations
 
@@ -20,14 +23,19 @@ class SMA(msgspec.Struct, tag=True):
             raise ValueError("SMA period must be >= 1")
 
     def update(self, value: float) -> float | None:
-        if len(self.buf) < self.period:
-            self.buf.append(value)
+        buf = self.buf
+        n = self.period
+        if len(buf) < n:
+            buf.append(value)
             self.total += value
+            if len(buf) < n:
+                return None
         else:
-            self.total += value - self.buf[self.pos]
-            self.buf[self.pos] = value
-            self.pos = (self.pos + 1) % self.period
-        return self.total / self.period if len(self.buf) == self.period else None
+            pos = self.pos
+            self.total += value - buf[pos]
+            buf[pos] = value
+            self.pos = pos + 1 if pos + 1 < n else 0
+        return self.total / n
 
 
 class EMA(msgspec.Struct, tag=True):
@@ -43,15 +51,16 @@ class EMA(msgspec.Struct, tag=True):
             raise ValueError("EMA period must be >= 1")
 
     def update(self, value: float) -> float | None:
-        if self.value is None:
+        v = self.value
+        if v is None:
             self.seen += 1
             self.seed_sum += value
             if self.seen == self.period:
                 self.value = self.seed_sum / self.period
             return self.value
-        alpha = 2.0 / (self.period + 1)
-        self.value += alpha * (value - self.value)
-        return self.value
+        v += 2.0 / (self.period + 1) * (value - v)
+        self.value = v
+        return v
 
 
 # Rolling sums are refreshed from their ring buffer every RESYNC_FACTOR * period updates, so
@@ -112,23 +121,29 @@ class _Moments(msgspec.Struct):
         buf = self.buf
         self.run = self.run + 1 if buf and x == self.last else 1
         self.last = x
-        dn = x - self.shift
+        shift = self.shift
         if len(buf) < period:
-            if not buf:
+            if buf:
+                dn = x - shift
+            else:
                 self.shift = x
                 dn = 0.0
             buf.append(x)
             self.s1 += dn
             self.s2 += dn * dn
             return len(buf) == period
-        do = buf[self.pos] - self.shift
-        buf[self.pos] = x
-        self.pos = (self.pos + 1) % period
+        pos = self.pos
+        dn = x - shift
+        do = buf[pos] - shift
+        buf[pos] = x
+        self.pos = pos + 1 if pos + 1 < period else 0
         self.s1 += dn - do
         self.s2 += dn * dn - do * do
-        self.since_resync += 1
-        if self.since_resync >= RESYNC_FACTOR * period:
+        since = self.since_resync + 1
+        if since >= RESYNC_FACTOR * period:
             self._resync()
+        else:
+            self.since_resync = since
         return True
 
     def _resync(self) -> None:
@@ -153,40 +168,58 @@ class _Moments(msgspec.Struct):
         n = len(self.buf)
         if self.run >= n:
             return 0.0
-        ss = self.s2 - self.s1 * self.s1 / n
-        if ss < CANCELLATION_GUARD * self.s2:
+        s1, s2 = self.s1, self.s2
+        ss = s2 - s1 * s1 / n
+        if ss < CANCELLATION_GUARD * s2:
             self._resync()
             ss = self.s2 - self.s1 * self.s1 / n
         return ss / (n - ddof) if ss > 0.0 else 0.0
 
 
-class _RollingMax(msgspec.Struct):
-    """Monotonic queue of (bar index, value), decreasing in value, for a sliding maximum.
+class _Channel(msgspec.Struct):
+    """Highest high and lowest low of the last ``period`` bars, kept in two ring buffers.
 
-    Lists plus a head index instead of a deque so msgspec can encode it; the consumed prefix is
-    dropped once it is at least half the list, which keeps pushes O(1) amortised.
+    Each extreme is cached and rescanned (``max``/``min``, one C call) only when the value a
+    bar overwrites equals it and the bar does not beat it: a few Python steps per bar, plus an
+    O(period) C scan on the bars where the extreme leaves the window (every bar of a steady
+    slide, about one in ten on real-looking data). In CPython this is cheaper than a monotonic
+    queue, whose pushes and pops are Python steps on every bar.
     """
 
-    idx: list[int] = msgspec.field(default_factory=list)
-    val: list[float] = msgspec.field(default_factory=list)
-    head: int = 0
+    highs: list[float] = msgspec.field(default_factory=list)
+    lows: list[float] = msgspec.field(default_factory=list)
+    pos: int = 0  # once full, the slot the next bar overwrites (the oldest bar's)
+    upper: float = 0.0
+    lower: float = 0.0
 
-    def push(self, i: int, x: float, period: int) -> float:
-        """Add value ``x`` of bar ``i``; return the maximum over bars ``i - period + 1 .. i``."""
-        idx, val = self.idx, self.val
-        while len(val) > self.head and val[-1] <= x:
-            val.pop()
-            idx.pop()
-        idx.append(i)
-        val.append(x)
-        expired = i - period
-        while idx[self.head] <= expired:
-            self.head += 1
-        if self.head >= 32 and 2 * self.head >= len(idx):
-            del idx[: self.head]
-            del val[: self.head]
-            self.head = 0
-        return val[self.head]
+    def push(self, high: float, low: float, period: int) -> bool:
+        """Add one bar (evicting the oldest once full); True when the window is full."""
+        highs = self.highs
+        lows = self.lows
+        n = len(highs)
+        if n < period:
+            if not n or high > self.upper:
+                self.upper = high
+            if not n or low < self.lower:
+                self.lower = low
+            highs.append(high)
+            lows.append(low)
+            return n + 1 == period
+        pos = self.pos
+        evicted = highs[pos]
+        highs[pos] = high
+        if high >= self.upper:
+            self.upper = high
+        elif evicted == self.upper:  # the evicted bar may have held the high: rescan
+            self.upper = max(highs)
+        evicted = lows[pos]
+        lows[pos] = low
+        if low <= self.lower:
+            self.lower = low
+        elif evicted == self.lower:
+            self.lower = min(lows)
+        self.pos = pos + 1 if pos + 1 < period else 0
+        return True
 
 
 class WMA(msgspec.Struct, tag=True):
@@ -254,20 +287,23 @@ class RSI(msgspec.Struct, tag=True):
         gain = change if change > 0.0 else 0.0
         loss = -change if change < 0.0 else 0.0
         n = self.period
-        if self.avg_gain is None:
+        avg_gain = self.avg_gain
+        if avg_gain is None:
             self.seen += 1
             self.seed_gain += gain
             self.seed_loss += loss
             if self.seen < n:
                 return None
-            self.avg_gain = self.seed_gain / n
-            self.avg_loss = self.seed_loss / n
+            avg_gain = self.seed_gain / n
+            avg_loss = self.seed_loss / n
         else:
-            self.avg_gain = (self.avg_gain * (n - 1) + gain) / n
-            self.avg_loss = (self.avg_loss * (n - 1) + loss) / n
-        if self.avg_loss == 0.0:
-            return 100.0 if self.avg_gain > 0.0 else 50.0
-        return 100.0 - 100.0 / (1.0 + self.avg_gain / self.avg_loss)
+            avg_gain = (avg_gain * (n - 1) + gain) / n
+            avg_loss = (self.avg_loss * (n - 1) + loss) / n
+        self.avg_gain = avg_gain
+        self.avg_loss = avg_loss
+        if avg_loss == 0.0:
+            return 100.0 if avg_gain > 0.0 else 50.0
+        return 100.0 - 100.0 / (1.0 + avg_gain / avg_loss)
 
 
 class ATR(msgspec.Struct, tag=True):
@@ -286,16 +322,26 @@ class ATR(msgspec.Struct, tag=True):
     def update(self, high: float, low: float, close: float) -> float | None:
         pc = self.prev_close
         self.prev_close = close
-        tr = high - low if pc is None else max(high - low, abs(high - pc), abs(low - pc))
+        # max(high - low, |high - pc|, |low - pc|), without the call to max()
+        tr = high - low
+        if pc is not None:
+            gap = abs(high - pc)
+            if gap > tr:
+                tr = gap
+            gap = abs(low - pc)
+            if gap > tr:
+                tr = gap
         n = self.period
-        if self.value is None:
+        value = self.value
+        if value is None:
             self.seen += 1
             self.seed_sum += tr
             if self.seen == n:
                 self.value = self.seed_sum / n
             return self.value
-        self.value = (self.value * (n - 1) + tr) / n
-        return self.value
+        value = (value * (n - 1) + tr) / n
+        self.value = value
+        return value
 
 
 class BollingerBands(msgspec.Struct, tag=True):
@@ -304,19 +350,32 @@ class BollingerBands(msgspec.Struct, tag=True):
     period: int = 20
     k: float = 2.0
     window: _Moments = msgspec.field(default_factory=_Moments)
+    # the last bands, valid once ``advance`` has returned True
+    mid: float = 0.0
+    upper: float = 0.0
+    lower: float = 0.0
 
     def __post_init__(self) -> None:
         _check_period("BollingerBands", "period", self.period)
         if not (isinstance(self.k, int | float) and math.isfinite(self.k) and self.k > 0):
             raise ValueError(f"BollingerBands k must be a finite number > 0, got {self.k!r}")
 
-    def update(self, value: float) -> BollingerValue | None:
+    def advance(self, value: float) -> bool:
+        """``update`` without building the tuple: True once warm (bands in mid/upper/lower)."""
         w = self.window
         if not w.push(value, self.period):
-            return None
+            return False
         mid = w.mean()
         width = self.k * math.sqrt(w.variance())
-        return BollingerValue(mid, mid + width, mid - width)
+        self.mid = mid
+        self.upper = mid + width
+        self.lower = mid - width
+        return True
+
+    def update(self, value: float) -> BollingerValue | None:
+        if not self.advance(value):
+            return None
+        return BollingerValue(self.mid, self.upper, self.lower)
 
 
 class Stochastic(msgspec.Struct, tag=True):
@@ -327,26 +386,35 @@ class Stochastic(msgspec.Struct, tag=True):
 
     k_period: int = 14
     d_period: int = 3
-    count: int = 0
-    highs: _RollingMax = msgspec.field(default_factory=_RollingMax)
-    lows: _RollingMax = msgspec.field(default_factory=_RollingMax)
+    window: _Channel = msgspec.field(default_factory=_Channel)
     ks: _Moments = msgspec.field(default_factory=_Moments)
+    # the last %K and %D, valid once ``advance`` has returned True
+    k: float = 0.0
+    d: float = 0.0
 
     def __post_init__(self) -> None:
         _check_period("Stochastic", "k_period", self.k_period)
         _check_period("Stochastic", "d_period", self.d_period)
 
-    def update(self, high: float, low: float, close: float) -> StochasticValue | None:
-        i = self.count
-        self.count += 1
-        hh = self.highs.push(i, high, self.k_period)
-        ll = -self.lows.push(i, -low, self.k_period)  # minimum via the negated maximum
-        if i < self.k_period - 1:
-            return None
+    def advance(self, high: float, low: float, close: float) -> bool:
+        """``update`` without building the tuple: True once warm (values in ``k`` and ``d``)."""
+        w = self.window
+        if not w.push(high, low, self.k_period):
+            return False
+        hh = w.upper
+        ll = w.lower
         k = 50.0 if hh == ll else 100.0 * (close - ll) / (hh - ll)
-        if not self.ks.push(k, self.d_period):
+        ks = self.ks
+        if not ks.push(k, self.d_period):
+            return False
+        self.k = k
+        self.d = ks.mean()
+        return True
+
+    def update(self, high: float, low: float, close: float) -> StochasticValue | None:
+        if not self.advance(high, low, close):
             return None
-        return StochasticValue(k, self.ks.mean())
+        return StochasticValue(self.k, self.d)
 
 
 class ADX(msgspec.Struct, tag=True):
@@ -370,13 +438,17 @@ class ADX(msgspec.Struct, tag=True):
     dx_seen: int = 0
     dx_sum: float = 0.0
     adx: float | None = None
+    # the last +DI and -DI, valid once ``advance`` has returned a value
+    plus_di: float = 0.0
+    minus_di: float = 0.0
 
     def __post_init__(self) -> None:
         _check_period("ADX", "period", self.period)
 
-    def update(self, high: float, low: float, close: float) -> ADXValue | None:
+    def advance(self, high: float, low: float, close: float) -> float | None:
+        """``update`` without building the tuple: the ADX (+DI/-DI in fields) or None."""
         i = self.count
-        self.count += 1
+        self.count = i + 1
         ph, pl, pc = self.prev_high, self.prev_low, self.prev_close
         self.prev_high, self.prev_low, self.prev_close = high, low, close
         if i == 0:
@@ -386,33 +458,50 @@ class ADX(msgspec.Struct, tag=True):
         down = pl - low
         plus_dm = up if up > down and up > 0.0 else 0.0
         minus_dm = down if down > up and down > 0.0 else 0.0
-        tr = max(high - low, abs(high - pc), abs(low - pc))
+        # max(high - low, |high - pc|, |low - pc|), without the call to max()
+        tr = high - low
+        gap = abs(high - pc)
+        if gap > tr:
+            tr = gap
+        gap = abs(low - pc)
+        if gap > tr:
+            tr = gap
+        tr_sum, plus_sum, minus_sum = self.tr_sum, self.plus_dm_sum, self.minus_dm_sum
         if i <= n:
-            self.tr_sum += tr
-            self.plus_dm_sum += plus_dm
-            self.minus_dm_sum += minus_dm
-            if i < n:
-                return None
+            tr_sum += tr
+            plus_sum += plus_dm
+            minus_sum += minus_dm
         else:
-            self.tr_sum += tr - self.tr_sum / n
-            self.plus_dm_sum += plus_dm - self.plus_dm_sum / n
-            self.minus_dm_sum += minus_dm - self.minus_dm_sum / n
-        if self.tr_sum > 0.0:
-            plus_di = 100.0 * self.plus_dm_sum / self.tr_sum
-            minus_di = 100.0 * self.minus_dm_sum / self.tr_sum
+            tr_sum += tr - tr_sum / n
+            plus_sum += plus_dm - plus_sum / n
+            minus_sum += minus_dm - minus_sum / n
+        self.tr_sum, self.plus_dm_sum, self.minus_dm_sum = tr_sum, plus_sum, minus_sum
+        if i < n:
+            return None
+        if tr_sum > 0.0:
+            plus_di = 100.0 * plus_sum / tr_sum
+            minus_di = 100.0 * minus_sum / tr_sum
         else:
             plus_di = minus_di = 0.0
+        self.plus_di = plus_di
+        self.minus_di = minus_di
         di_sum = plus_di + minus_di
         dx = 100.0 * abs(plus_di - minus_di) / di_sum if di_sum > 0.0 else 0.0
-        if self.adx is None:
+        adx = self.adx
+        if adx is None:
             self.dx_seen += 1
             self.dx_sum += dx
             if self.dx_seen < n:
                 return None
-            self.adx = self.dx_sum / n
+            adx = self.dx_sum / n
         else:
-            self.adx = (self.adx * (n - 1) + dx) / n
-        return ADXValue(self.adx, plus_di, minus_di)
+            adx = (adx * (n - 1) + dx) / n
+        self.adx = adx
+        return adx
+
+    def update(self, high: float, low: float, close: float) -> ADXValue | None:
+        adx = self.advance(high, low, close)
+        return None if adx is None else ADXValue(adx, self.plus_di, self.minus_di)
 
 
 class Donchian(msgspec.Struct, tag=True):
@@ -424,19 +513,18 @@ class Donchian(msgspec.Struct, tag=True):
     """
 
     period: int = 20
-    count: int = 0
-    highs: _RollingMax = msgspec.field(default_factory=_RollingMax)
-    lows: _RollingMax = msgspec.field(default_factory=_RollingMax)
+    window: _Channel = msgspec.field(default_factory=_Channel)
 
     def __post_init__(self) -> None:
         _check_period("Donchian", "period", self.period)
 
+    def advance(self, high: float, low: float) -> bool:
+        """``update`` without building the tuple: True once warm (``window.upper``/``.lower``)."""
+        return self.window.push(high, low, self.period)
+
     def update(self, high: float, low: float, close: float) -> DonchianValue | None:
-        i = self.count
-        self.count += 1
-        upper = self.highs.push(i, high, self.period)
-        lower = -self.lows.push(i, -low, self.period)  # minimum via the negated maximum
-        return DonchianValue(upper, lower) if i >= self.period - 1 else None
+        w = self.window
+        return DonchianValue(w.upper, w.lower) if w.push(high, low, self.period) else None
 
 
 class RollingVolatility(msgspec.Struct, tag=True):

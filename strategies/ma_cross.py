@@ -46,29 +46,32 @@ class MaCross:
         self.name = name
         self.params = params
         self.state = MaCrossState()
-        self._keys: dict[tuple[str, str, str], str] = {}
+        # legs by (venue, symbol, interval), so a bar needs no key string; reset on restore
+        self._legs: dict[tuple[str, str, str], _Leg] = {}
 
     @property
     def model_tag(self) -> str:
         p = self.params
         return f"ma_cross-{p.kind}{p.fast}x{p.slow}"
 
-    def _leg(self, key: str) -> _Leg:
+    def _new_leg(self, ident: tuple[str, str, str]) -> _Leg:
+        key = "|".join(ident)
         leg = self.state.legs.get(key)
         if leg is None:
             make = SMA if self.params.kind == "sma" else EMA
             leg = _Leg(make(self.params.fast), make(self.params.slow))
             self.state.legs[key] = leg
+        self._legs[ident] = leg
         return leg
 
     def on_bar(self, bar: Bar) -> list[Signal]:
-        series = (bar.venue, bar.symbol, bar.interval)
-        key = self._keys.get(series)
-        if key is None:
-            key = self._keys[series] = "|".join(series)
-        leg = self._leg(key)
-        fast = leg.fast.update(bar.close)
-        slow = leg.slow.update(bar.close)
+        ident = (bar.venue, bar.symbol, bar.interval)
+        leg = self._legs.get(ident)
+        if leg is None:
+            leg = self._new_leg(ident)
+        close = bar.close
+        fast = leg.fast.update(close)
+        slow = leg.slow.update(close)
         if fast is None or slow is None:
             return []
         side = 1 if fast > slow else -1 if fast < slow else leg.side
@@ -98,3 +101,4 @@ class MaCross:
 
     def restore(self, data: bytes) -> None:
         self.state = msgspec.msgpack.decode(data, type=MaCrossState)
+        self._legs.clear()

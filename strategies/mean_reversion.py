@@ -70,44 +70,47 @@ class MeanReversion:
         self.name = name
         self.params = params
         self.state = MeanReversionState()
-        self._keys: dict[tuple[str, str, str], str] = {}
+        # series by (venue, symbol, interval), so a bar needs no key string; reset on restore
+        self._series: dict[tuple[str, str, str], _Series] = {}
         p = params
         self.model_tag = f"mean_reversion-bb{p.bb_period}x{p.bb_k:g}-rsi{p.rsi_period}"
         self.model_tag += f"-{p.oversold:g}x{p.overbought:g}"
         if p.stop_pct:
             self.model_tag += f"-stop{p.stop_pct:g}"
 
-    def _series(self, bar: Bar) -> _Series:
-        ident = (bar.venue, bar.symbol, bar.interval)
-        key = self._keys.get(ident)
-        if key is None:
-            key = self._keys[ident] = "|".join(ident)
+    def _new_series(self, ident: tuple[str, str, str]) -> _Series:
+        key = "|".join(ident)
         s = self.state.series.get(key)
         if s is None:
             p = self.params
             s = self.state.series[key] = _Series(
                 BollingerBands(p.bb_period, p.bb_k), RSI(p.rsi_period)
             )
+        self._series[ident] = s
         return s
 
     def on_bar(self, bar: Bar) -> list[Signal]:
-        s = self._series(bar)
-        bands = s.bands.update(bar.close)
-        rsi = s.rsi.update(bar.close)
-        if bands is None or rsi is None:
+        ident = (bar.venue, bar.symbol, bar.interval)
+        s = self._series.get(ident)
+        if s is None:
+            s = self._new_series(ident)
+        close = bar.close
+        bands = s.bands  # its mid/upper/lower fields are this bar's once warm
+        warm = bands.advance(close)
+        rsi = s.rsi.update(close)
+        if not warm or rsi is None:
             return []
         p = self.params
-        close = bar.close
         before = s.side
         reason = ""
-        if s.side > 0:
+        if before > 0:
             if s.stop is not None and bar.low <= s.stop:
                 reason = f"stop hit: low {bar.low:g} <= stop {s.stop:g}"
             elif close >= bands.mid:
                 reason = f"close {close:g} back at mid band {bands.mid:g}"
             if reason:
                 s.side = 0
-        elif s.side < 0:
+        elif before < 0:
             if s.stop is not None and bar.high >= s.stop:
                 reason = f"stop hit: high {bar.high:g} >= stop {s.stop:g}"
             elif close <= bands.mid:
@@ -161,3 +164,4 @@ class MeanReversion:
 
     def restore(self, data: bytes) -> None:
         self.state = msgspec.msgpack.decode(data, type=MeanReversionState)
+        self._series.clear()

@@ -75,21 +75,20 @@ class Momentum:
         self.name = name
         self.params = params
         self.state = MomentumState()
-        self._keys: dict[tuple[str, str, str], str] = {}
+        # series by (venue, symbol, interval), so a bar needs no key string; reset on restore
+        self._series: dict[tuple[str, str, str], _Series] = {}
         p = params
         self.model_tag = (
             f"momentum-{p.move_pct:g}pct{p.lookback}-vol{p.spike_mult:g}x{p.volume_period}"
             f"-stop{p.stop_pct:g}-trail{p.trail_pct:g}"
         )
 
-    def _series(self, bar: Bar) -> _Series:
-        ident = (bar.venue, bar.symbol, bar.interval)
-        key = self._keys.get(ident)
-        if key is None:
-            key = self._keys[ident] = "|".join(ident)
+    def _new_series(self, ident: tuple[str, str, str]) -> _Series:
+        key = "|".join(ident)
         s = self.state.series.get(key)
         if s is None:
             s = self.state.series[key] = _Series(SMA(self.params.volume_period))
+        self._series[ident] = s
         return s
 
     def stop_level(self, s: _Series) -> float:
@@ -100,8 +99,11 @@ class Momentum:
         return min(s.entry * (1 + p.stop_pct / 100), s.extreme * (1 + p.trail_pct / 100))
 
     def on_bar(self, bar: Bar) -> list[Signal]:
+        ident = (bar.venue, bar.symbol, bar.interval)
+        s = self._series.get(ident)
+        if s is None:
+            s = self._new_series(ident)
         p = self.params
-        s = self._series(bar)
         close = bar.close
         # the close ``lookback`` bars ago, then this close takes its slot in the ring
         past: float | None = None
@@ -168,3 +170,4 @@ class Momentum:
 
     def restore(self, data: bytes) -> None:
         self.state = msgspec.msgpack.decode(data, type=MomentumState)
+        self._series.clear()

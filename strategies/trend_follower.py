@@ -140,7 +140,8 @@ class TrendFollower:
         self.name = name
         self.params = params
         self.state = TrendFollowerState()
-        self._keys: dict[tuple[str, str, str], str] = {}
+        # series by (venue, symbol, interval), so a bar needs no key string; reset on restore
+        self._series: dict[tuple[str, str, str], _Series] = {}
         p = params
         self.model_tag = (
             f"trend_follower-sma{p.fast}x{p.slow}-htf{p.htf_factor}x{p.htf_period}"
@@ -150,11 +151,8 @@ class TrendFollower:
             self.model_tag += "-autotune"
         self._history_len = 2 * p.rsi_period_max + 1 if p.auto_tune else 0
 
-    def _series(self, bar: Bar) -> _Series:
-        ident = (bar.venue, bar.symbol, bar.interval)
-        key = self._keys.get(ident)
-        if key is None:
-            key = self._keys[ident] = "|".join(ident)
+    def _new_series(self, ident: tuple[str, str, str]) -> _Series:
+        key = "|".join(ident)
         s = self.state.series.get(key)
         if s is None:
             p = self.params
@@ -168,17 +166,22 @@ class TrendFollower:
                 target_mult=p.atr_target_mult,
                 rsi_period=p.rsi_period,
             )
+        self._series[ident] = s
         return s
 
     def on_bar(self, bar: Bar) -> list[Event]:
-        s = self._series(bar)
+        ident = (bar.venue, bar.symbol, bar.interval)
+        s = self._series.get(ident)
+        if s is None:
+            s = self._new_series(ident)
+        p = self.params
         close = bar.close
         fast = s.fast.update(close)
         slow = s.slow.update(close)
         rsi = s.rsi.update(close)
         atr = s.atr.update(bar.high, bar.low, close)
-        s.bars += 1
-        if s.bars % self.params.htf_factor == 0:
+        bars = s.bars = s.bars + 1
+        if bars % p.htf_factor == 0:
             s.htf_value = s.htf.update(close)
         if self._history_len:
             if len(s.history) < self._history_len:
@@ -186,17 +189,18 @@ class TrendFollower:
             else:
                 s.history[s.history_pos] = close
                 s.history_pos = (s.history_pos + 1) % self._history_len
-        if fast is None or slow is None or rsi is None or atr is None or s.htf_value is None:
+        htf = s.htf_value
+        if fast is None or slow is None or rsi is None or atr is None or htf is None:
             return []
-        if s.phase == "long":
+        phase = s.phase
+        if phase == "long":
             return self._manage(bar, s, fast, slow, rsi, atr)
-        if s.phase == "cooldown":
+        if phase == "cooldown":
             s.cooldown_left -= 1
             if s.cooldown_left <= 0:
                 s.phase = "flat"
             return []
-        p = self.params
-        if fast > slow and close > s.htf_value and p.rsi_min <= rsi <= p.rsi_max:
+        if fast > slow and close > htf and p.rsi_min <= rsi <= p.rsi_max:
             s.phase = "long"
             s.entry = close
             s.stop = close - s.stop_mult * atr
@@ -206,7 +210,7 @@ class TrendFollower:
                     bar,
                     p.qty,
                     f"trend up: sma{p.fast} {fast:g} > sma{p.slow} {slow:g}, close > htf sma"
-                    f" {s.htf_value:g}, RSI {rsi:.1f} in [{p.rsi_min:g}, {p.rsi_max:g}]",
+                    f" {htf:g}, RSI {rsi:.1f} in [{p.rsi_min:g}, {p.rsi_max:g}]",
                     atr,
                     stop=s.stop,
                     target=s.target,
@@ -314,6 +318,7 @@ class TrendFollower:
 
     def restore(self, data: bytes) -> None:
         self.state = msgspec.msgpack.decode(data, type=TrendFollowerState)
+        self._series.clear()
 
 
 def _clamp(value: float, low: float, high: float) -> float:

@@ -95,27 +95,30 @@ class Turtle:
         self.name = name
         self.params = params
         self.state = TurtleState()
-        self._keys: dict[tuple[str, str, str], str] = {}
+        # series by (venue, symbol, interval), so a bar needs no key string; reset on restore
+        self._series: dict[tuple[str, str, str], _Series] = {}
+        self._long_short = params.mode == "long_short"
         p = params
         legs = "+".join(f"s{n}-{e}x{x}" for n, e, x in p.systems())
         self.model_tag = f"turtle-{legs}-atr{p.atr_period}-stop{p.stop_n:g}n"
 
-    def _series(self, bar: Bar) -> _Series:
-        ident = (bar.venue, bar.symbol, bar.interval)
-        key = self._keys.get(ident)
-        if key is None:
-            key = self._keys[ident] = "|".join(ident)
+    def _new_series(self, ident: tuple[str, str, str]) -> _Series:
+        key = "|".join(ident)
         s = self.state.series.get(key)
         if s is None:
             legs = [_Leg(n, e, x, Donchian(e), Donchian(x)) for n, e, x in self.params.systems()]
             s = self.state.series[key] = _Series(ATR(self.params.atr_period), legs)
+        self._series[ident] = s
         return s
 
     def on_bar(self, bar: Bar) -> list[Signal]:
+        ident = (bar.venue, bar.symbol, bar.interval)
+        s = self._series.get(ident)
+        if s is None:
+            s = self._new_series(ident)
         p = self.params
-        s = self._series(bar)
-        n = s.atr.update(bar.high, bar.low, bar.close)
-        close = bar.close
+        high, low, close = bar.high, bar.low, bar.close
+        n = s.atr.update(high, low, close)
         changed = False
         before_total = 0
         reasons: list[str] = []
@@ -124,8 +127,8 @@ class Turtle:
             before = leg.side
             before_total += before
             if before > 0:
-                if bar.low <= leg.stop:
-                    reasons.append(f"s{leg.system} stop hit: low {bar.low:g} <= {leg.stop:g}")
+                if low <= leg.stop:
+                    reasons.append(f"s{leg.system} stop hit: low {low:g} <= {leg.stop:g}")
                     leg.side = 0
                 elif leg.exit_lower is not None and close < leg.exit_lower:
                     reasons.append(
@@ -134,8 +137,8 @@ class Turtle:
                     )
                     leg.side = 0
             elif before < 0:
-                if bar.high >= leg.stop:
-                    reasons.append(f"s{leg.system} stop hit: high {bar.high:g} >= {leg.stop:g}")
+                if high >= leg.stop:
+                    reasons.append(f"s{leg.system} stop hit: high {high:g} >= {leg.stop:g}")
                     leg.side = 0
                 elif leg.exit_upper is not None and close > leg.exit_upper:
                     reasons.append(
@@ -143,20 +146,21 @@ class Turtle:
                         f"{leg.exit_upper:g}"
                     )
                     leg.side = 0
+            entry_upper, entry_lower = leg.entry_upper, leg.entry_lower
             if (
                 leg.side == 0
                 and n is not None
-                and leg.entry_upper is not None
-                and leg.entry_lower is not None
+                and entry_upper is not None
+                and entry_lower is not None
             ):
                 side = 0
                 what = ""
-                if before <= 0 and close > leg.entry_upper:
+                if before <= 0 and close > entry_upper:
                     side = 1
-                    what = f"above {leg.entry_period}-bar high {leg.entry_upper:g}"
-                elif before >= 0 and p.mode == "long_short" and close < leg.entry_lower:
+                    what = f"above {leg.entry_period}-bar high {entry_upper:g}"
+                elif before >= 0 and self._long_short and close < entry_lower:
                     side = -1
-                    what = f"below {leg.entry_period}-bar low {leg.entry_lower:g}"
+                    what = f"below {leg.entry_period}-bar low {entry_lower:g}"
                 if side:
                     leg.side = side
                     leg.n = n
@@ -164,14 +168,13 @@ class Turtle:
                     stop = leg.stop
                     reasons.append(f"s{leg.system} breakout: close {close:g} {what}, N {n:g}")
             changed = changed or leg.side != before
-            channel = leg.entry.update(bar.high, bar.low, bar.close)
-            leg.entry_upper, leg.entry_lower = (
-                (channel.upper, channel.lower) if channel is not None else (None, None)
-            )
-            channel = leg.exit.update(bar.high, bar.low, bar.close)
-            leg.exit_upper, leg.exit_lower = (
-                (channel.upper, channel.lower) if channel is not None else (None, None)
-            )
+            # this bar's channels, for the next bar (None until warm: they stay warm)
+            if leg.entry.advance(high, low):
+                channel = leg.entry.window
+                leg.entry_upper, leg.entry_lower = channel.upper, channel.lower
+            if leg.exit.advance(high, low):
+                channel = leg.exit.window
+                leg.exit_upper, leg.exit_lower = channel.upper, channel.lower
         if not changed:
             return []
         total = sum(leg.side for leg in s.legs)
@@ -199,3 +202,4 @@ class Turtle:
 
     def restore(self, data: bytes) -> None:
         self.state = msgspec.msgpack.decode(data, type=TurtleState)
+        self._series.clear()

@@ -5,7 +5,8 @@ Per bar and per (venue, symbol, interval) series:
 1. the indicators update and, once warm, give a :class:`Features` snapshot;
 2. the regime detector updates (trend regime) and ATR% gives the volatility regime;
 3. :func:`decide` evaluates every rule of the table and aggregates the ones that count into
-   a bias, a consensus confidence and a proposal (long, short or none);
+   a bias, a consensus confidence and a proposal (long, short or none); ``on_bar`` gets the
+   same proposal from the rules that count in the regime alone (:func:`counting_rules`);
 4. the position logic turns proposals into a target position, with an ATR trailing stop.
 
 Aggregation (``L``/``S`` = summed weights of the long/short rules that fired and count,
@@ -25,17 +26,26 @@ stop). A Signal is emitted only when the target position changes.
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 
 import msgspec
 
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import ADX, ATR, EMA, RSI, BollingerBands, Donchian, Stochastic
 from strategies.rule_engine.features import Features, FeatureTracker
-from strategies.rule_engine.regime import RANGE, Regime, RegimeDetector, VolRegime, vol_regime
+from strategies.rule_engine.regime import (
+    RANGE,
+    REGIMES,
+    Regime,
+    RegimeDetector,
+    VolRegime,
+    vol_regime,
+)
 from strategies.rule_engine.rules import RULES, RULESET_VERSION, VETOED_IN_RANGE, Rule
 
 _TIE = 1e-12  # threshold tolerance: float rounding of summed table weights never flips a tie
+
+_Tally = tuple[tuple[Callable[[Features], bool], float], ...]  # (predicate, weight) pairs
 
 
 class RuleEngineParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -133,6 +143,23 @@ def aggregate(long_weight: float, short_weight: float, weight_floor: float) -> t
     return bias, max(long_weight, short_weight) / fired
 
 
+def counting_rules(
+    regime: Regime, params: RuleEngineParams, rules: Iterable[Rule] = RULES
+) -> tuple[tuple[Rule, ...], tuple[Rule, ...]]:
+    """The long and the short rules that count in ``regime`` when they hold, in table order:
+    the ones :func:`decide` would put in ``fired``."""
+    veto = params.sideways_veto and regime == RANGE
+    counting = [
+        rule
+        for rule in rules
+        if regime in rule.regimes and not (veto and rule.category in VETOED_IN_RANGE)
+    ]
+    return (
+        tuple(rule for rule in counting if rule.direction > 0),
+        tuple(rule for rule in counting if rule.direction < 0),
+    )
+
+
 def decide(
     features: Features,
     regime: Regime,
@@ -187,28 +214,38 @@ class Holding(msgspec.Struct):
         self, close: float, atr: float, decision: Decision, params: RuleEngineParams
     ) -> tuple[str, float] | None:
         """Advance one bar; (reason, confidence) when the side changed, else None."""
-        k = params.stop_atr
-        side, stop, reason, confidence = self.side, self.stop, "", 1.0
-        if side and stop is not None:
-            if side * (close - stop) <= 0:
-                side, stop, reason = 0, None, f"stop {stop:.10g} hit ({k:g} ATR trailing)"
-            else:
-                trail = close - side * k * atr
-                stop = max(stop, trail) if side > 0 else min(stop, trail)
         proposal = decision.proposal
-        if proposal and proposal != self.last_proposal:
-            long_only_flat = proposal < 0 and params.mode == "long_only"
-            wanted = 0 if long_only_flat else proposal
-            if wanted != side:
-                side, confidence = wanted, decision.confidence
-                reason = _describe(decision, long_only_flat)
-                stop = close - side * k * atr if side and k > 0 else None
-        self.last_proposal = proposal
-        self.stop = stop
-        if side == self.side:  # includes stopped out and re-entered on the same bar (new stop)
+        if not proposal or proposal == self.last_proposal:
+            return self.trail(close, atr, proposal, params)
+        before = self.side
+        stopped = self.trail(close, atr, proposal, params)
+        long_only_flat = proposal < 0 and params.mode == "long_only"
+        wanted = 0 if long_only_flat else proposal
+        if wanted == self.side:
+            return stopped
+        k = params.stop_atr
+        self.side = wanted
+        self.stop = close - wanted * k * atr if wanted and k > 0 else None
+        if wanted == before:  # stopped out and re-entered on the same bar: only the stop is new
             return None
-        self.side = side
-        return reason, confidence
+        return _describe(decision, long_only_flat), decision.confidence
+
+    def trail(
+        self, close: float, atr: float, proposal: int, params: RuleEngineParams
+    ) -> tuple[str, float] | None:
+        """``apply`` for a bar whose proposal is not new (none, or the previous bar's), which
+        needs no decision record: the stop trails, or is hit (then (reason, 1.0))."""
+        self.last_proposal = proposal
+        side, stop = self.side, self.stop
+        if not side or stop is None:
+            return None
+        k = params.stop_atr
+        if side * (close - stop) <= 0:
+            self.side, self.stop = 0, None
+            return f"stop {stop:.10g} hit ({k:g} ATR trailing)", 1.0
+        trail = close - side * k * atr
+        self.stop = max(stop, trail) if side > 0 else min(stop, trail)
+        return None
 
 
 class _Series(msgspec.Struct):
@@ -222,16 +259,26 @@ class RuleEngineState(msgspec.Struct):
 
 
 class RuleEngine:
+    """The strategy. ``on_bar`` evaluates only the rules that count in the bar's regime (none
+    in UNKNOWN) and builds the full decision record only for a signal's reason or on demand
+    (``last_decision``, ``step``): a record is pure, so building it later gives the same one."""
+
     def __init__(self, name: str, params: RuleEngineParams) -> None:
         self.name = name
         self.params = params
         self.state = RuleEngineState()
-        self._keys: dict[tuple[str, str, str], str] = {}
-        self._decisions: dict[str, Decision] = {}
-
-    @property
-    def model_tag(self) -> str:
-        return f"rule_engine-r{RULESET_VERSION}-t{self.params.threshold:g}"
+        self.model_tag = f"rule_engine-r{RULESET_VERSION}-t{params.threshold:g}"
+        self._threshold = params.threshold - _TIE
+        # per regime: (predicate, weight) of the long and of the short rules that count
+        self._counting: dict[Regime, tuple[_Tally, _Tally]] = {}
+        for regime in REGIMES:
+            longs, shorts = counting_rules(regime, params)
+            self._counting[regime] = (
+                tuple((rule.predicate, rule.weight) for rule in longs),
+                tuple((rule.predicate, rule.weight) for rule in shorts),
+            )
+        self._series: dict[tuple[str, str, str], tuple[str, _Series]] = {}
+        self._regimes: dict[str, Regime] = {}  # per series key: the last warm bar's regime
 
     def _new_series(self) -> _Series:
         p = self.params
@@ -254,38 +301,62 @@ class RuleEngine:
         )
         return _Series(tracker, detector)
 
-    def last_decision(self, venue: str, symbol: str, interval: str) -> Decision | None:
-        """The decision record of the series' last bar (None during warm-up); not snapshotted."""
-        return self._decisions.get("|".join((venue, symbol, interval)))
-
-    def on_bar(self, bar: Bar) -> list[Signal]:
-        return self.step(bar)[1]
-
-    def step(self, bar: Bar) -> tuple[Decision | None, list[Signal]]:
-        """One bar in: its decision record (None while warming up) and the signals out."""
-        series_id = (bar.venue, bar.symbol, bar.interval)
-        key = self._keys.get(series_id)
-        if key is None:
-            key = self._keys[series_id] = "|".join(series_id)
+    def _lookup(self, ident: tuple[str, str, str]) -> tuple[str, _Series]:
+        key = "|".join(ident)
         s = self.state.series.get(key)
         if s is None:
             s = self.state.series[key] = self._new_series()
-        features = s.features.update(bar.high, bar.low, bar.close)
-        tracker = s.features
-        regime = s.regime.update(tracker.last_adx, tracker.last_ema_fast, tracker.last_ema_slow)
-        if features is None:
-            return None, []
+        entry = self._series[ident] = (key, s)
+        return entry
+
+    def _decision(self, s: _Series, regime: Regime) -> Decision:
+        features = s.features.features()
         p = self.params
-        decision = decide(
-            features,
-            regime,
-            vol_regime(features.atr_pct, p.vol_low, p.vol_high, p.vol_extreme),
-            p,
-        )
-        self._decisions[key] = decision
-        change = s.holding.apply(features.close, features.atr, decision, p)
+        vol = vol_regime(features.atr_pct, p.vol_low, p.vol_high, p.vol_extreme)
+        return decide(features, regime, vol, p)
+
+    def last_decision(self, venue: str, symbol: str, interval: str) -> Decision | None:
+        """The decision record of the series' last bar (None during warm-up); not snapshotted."""
+        key = "|".join((venue, symbol, interval))
+        regime = self._regimes.get(key)
+        return None if regime is None else self._decision(self.state.series[key], regime)
+
+    def on_bar(self, bar: Bar) -> list[Signal]:
+        ident = (bar.venue, bar.symbol, bar.interval)
+        entry = self._series.get(ident)
+        key, s = self._lookup(ident) if entry is None else entry
+        tracker = s.features
+        close = bar.close
+        warm = tracker.update(bar.high, bar.low, close)
+        regime = s.regime.update(tracker.last_adx, tracker.last_ema_fast, tracker.last_ema_slow)
+        if not warm:
+            return []
+        self._regimes[key] = regime
+        p = self.params
+        proposal = 0
+        longs, shorts = self._counting[regime]
+        if longs or shorts:
+            features = tracker.features()
+            long_weight = short_weight = 0.0  # summed in table order, exactly as decide() does
+            for predicate, weight in longs:
+                if predicate(features):
+                    long_weight += weight
+            for predicate, weight in shorts:
+                if predicate(features):
+                    short_weight += weight
+            if long_weight or short_weight:  # else the bias is 0: no proposal
+                bias, _ = aggregate(long_weight, short_weight, p.weight_floor)
+                t = self._threshold
+                proposal = 1 if bias >= t else -1 if bias <= -t else 0
+        holding = s.holding
+        atr = tracker.atr.value
+        assert atr is not None  # warm
+        if proposal and proposal != holding.last_proposal:
+            change = holding.apply(close, atr, self._decision(s, regime), p)
+        else:
+            change = holding.trail(close, atr, proposal, p)
         if change is None:
-            return decision, []
+            return []
         reason, confidence = change
         signal = Signal(
             ts=bar.close_time,
@@ -293,20 +364,26 @@ class RuleEngine:
             venue=bar.venue,
             symbol=bar.symbol,
             model_tag=self.model_tag,
-            target_position=p.qty * s.holding.side,
+            target_position=p.qty * holding.side,
             confidence=confidence,
-            atr=features.atr,
-            stop=s.holding.stop,
+            atr=atr,
+            stop=holding.stop,
             reason=reason,
         )
-        return decision, [signal]
+        return [signal]
+
+    def step(self, bar: Bar) -> tuple[Decision | None, list[Signal]]:
+        """One bar in: its decision record (None while warming up) and the signals out."""
+        signals = self.on_bar(bar)
+        return self.last_decision(bar.venue, bar.symbol, bar.interval), signals
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode(self.state)
 
     def restore(self, data: bytes) -> None:
         self.state = msgspec.msgpack.decode(data, type=RuleEngineState)
-        self._decisions.clear()
+        self._series.clear()
+        self._regimes.clear()
 
 
 def _describe(decision: Decision, long_only_flat: bool) -> str:

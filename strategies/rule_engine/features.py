@@ -12,20 +12,10 @@ from __future__ import annotations
 
 import msgspec
 
-from strategies.indicators import (
-    ADX,
-    ATR,
-    EMA,
-    RSI,
-    BollingerBands,
-    Donchian,
-    DonchianValue,
-    Stochastic,
-    StochasticValue,
-)
+from strategies.indicators import ADX, ATR, EMA, RSI, BollingerBands, Donchian, Stochastic
 
 
-class Features(msgspec.Struct, frozen=True, kw_only=True):
+class Features(msgspec.Struct, frozen=True):
     """What the rules may look at on one bar (all values of that bar unless noted)."""
 
     close: float
@@ -49,7 +39,11 @@ class Features(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class FeatureTracker(msgspec.Struct):
-    """Indicator state of one series; part of the strategy's snapshot."""
+    """Indicator state of one series; part of the strategy's snapshot.
+
+    ``update`` advances the indicators without allocating; ``features`` builds the snapshot
+    of the last bar from their fields, only when something needs it.
+    """
 
     ema_fast: EMA
     ema_slow: EMA
@@ -60,57 +54,84 @@ class FeatureTracker(msgspec.Struct):
     stoch: Stochastic
     dc_fast: Donchian
     dc_slow: Donchian
-    prev_dc_fast: DonchianValue | None = None
-    prev_dc_slow: DonchianValue | None = None
-    prev_stoch: StochasticValue | None = None
-    # the two values the regime detector reads, kept from the last update
+    warm: bool = False  # every value of ``features`` exists (it then stays so)
+    # whether the Stochastic and both channels were warm on the previous bar (warm-up only)
+    prev_ready: bool = False
+    close: float = 0.0
+    # the previous bar's Stochastic and channels (meaningful once warm)
+    prev_stoch_k: float = 0.0
+    prev_stoch_d: float = 0.0
+    high_fast: float = 0.0
+    low_fast: float = 0.0
+    high_slow: float = 0.0
+    low_slow: float = 0.0
+    # this bar's values the regime detector and the rules read
     last_adx: float | None = None
     last_ema_fast: float | None = None
     last_ema_slow: float | None = None
+    last_rsi: float | None = None
 
-    def update(self, high: float, low: float, close: float) -> Features | None:
+    def update(self, high: float, low: float, close: float) -> bool:
+        """Advance every indicator by one bar; True once the bar has a ``Features`` snapshot."""
+        stoch, dc_fast, dc_slow = self.stoch, self.dc_fast, self.dc_slow
+        self.close = close
+        self.prev_stoch_k = stoch.k
+        self.prev_stoch_d = stoch.d
+        channel = dc_fast.window
+        self.high_fast = channel.upper
+        self.low_fast = channel.lower
+        channel = dc_slow.window
+        self.high_slow = channel.upper
+        self.low_slow = channel.lower
         ema_fast = self.last_ema_fast = self.ema_fast.update(close)
         ema_slow = self.last_ema_slow = self.ema_slow.update(close)
-        adx = self.adx.update(high, low, close)
-        self.last_adx = adx.adx if adx is not None else None
+        adx = self.last_adx = self.adx.advance(high, low, close)
         atr = self.atr.update(high, low, close)
-        rsi = self.rsi.update(close)
-        bb = self.bb.update(close)
-        stoch = self.stoch.update(high, low, close)
-        dc_fast = self.dc_fast.update(high, low, close)
-        dc_slow = self.dc_slow.update(high, low, close)
-        prev_fast, prev_slow, prev_stoch = self.prev_dc_fast, self.prev_dc_slow, self.prev_stoch
-        self.prev_dc_fast, self.prev_dc_slow, self.prev_stoch = dc_fast, dc_slow, stoch
-        if (
-            ema_fast is None
-            or ema_slow is None
-            or adx is None
-            or atr is None
-            or rsi is None
-            or bb is None
-            or stoch is None
-            or prev_stoch is None
-            or prev_fast is None
-            or prev_slow is None
-        ):
-            return None
+        rsi = self.last_rsi = self.rsi.update(close)
+        bb_ready = self.bb.advance(close)
+        stoch_ready = stoch.advance(high, low, close)
+        fast_ready = dc_fast.advance(high, low)
+        slow_ready = dc_slow.advance(high, low)
+        if self.warm:
+            return True
+        prev_ready = self.prev_ready
+        self.prev_ready = stoch_ready and fast_ready and slow_ready
+        self.warm = (
+            prev_ready
+            and bb_ready
+            and stoch_ready
+            and ema_fast is not None
+            and ema_slow is not None
+            and adx is not None
+            and atr is not None
+            and rsi is not None
+        )
+        return self.warm
+
+    def features(self) -> Features:
+        """The snapshot of the last bar; only valid once ``update`` has returned True."""
+        rsi, ema_fast, ema_slow = self.last_rsi, self.last_ema_fast, self.last_ema_slow
+        adx, atr, close = self.last_adx, self.atr.value, self.close
+        assert rsi is not None and ema_fast is not None and ema_slow is not None
+        assert adx is not None and atr is not None
+        bb, stoch = self.bb, self.stoch
         return Features(
-            close=close,
-            rsi=rsi,
-            ema_fast=ema_fast,
-            ema_slow=ema_slow,
-            adx=adx.adx,
-            atr=atr,
-            atr_pct=100.0 * atr / close,
-            bb_mid=bb.mid,
-            bb_upper=bb.upper,
-            bb_lower=bb.lower,
-            stoch_k=stoch.k,
-            stoch_d=stoch.d,
-            prev_stoch_k=prev_stoch.k,
-            prev_stoch_d=prev_stoch.d,
-            high_fast=prev_fast.upper,
-            low_fast=prev_fast.lower,
-            high_slow=prev_slow.upper,
-            low_slow=prev_slow.lower,
+            close,
+            rsi,
+            ema_fast,
+            ema_slow,
+            adx,
+            atr,
+            100.0 * atr / close,
+            bb.mid,
+            bb.upper,
+            bb.lower,
+            stoch.k,
+            stoch.d,
+            self.prev_stoch_k,
+            self.prev_stoch_d,
+            self.high_fast,
+            self.low_fast,
+            self.high_slow,
+            self.low_slow,
         )

@@ -51,10 +51,15 @@ class RegimeDetector(msgspec.Struct):
             ranging = adx < self.adx_range
             if adx > self.adx_trend and ema_fast is not None and ema_slow is not None:
                 bull, bear = ema_fast > ema_slow, ema_fast < ema_slow
-        self.bull_run = self.bull_run + 1 if bull else 0
-        self.bear_run = self.bear_run + 1 if bear else 0
-        self.range_run = self.range_run + 1 if ranging else 0
-        return self.current
+        # the runs, then ``current`` inlined (this runs on every bar)
+        bull_run = self.bull_run = self.bull_run + 1 if bull else 0
+        bear_run = self.bear_run = self.bear_run + 1 if bear else 0
+        range_run = self.range_run = self.range_run + 1 if ranging else 0
+        if bull_run >= self.trend_bars:
+            return BULL_TREND
+        if bear_run >= self.trend_bars:
+            return BEAR_TREND
+        return RANGE if range_run >= self.range_bars else UNKNOWN
 
     @property
     def current(self) -> Regime:
