@@ -673,7 +673,7 @@ def test_donchian_includes_the_current_bar() -> None:
 
 
 def test_donchian_snapshot_stays_bounded() -> None:
-    """Steadily falling highs keep every entry live in the monotonic queue; the consumed
+    """Steadily falling highs keep every entry live in the channel; the consumed
     prefix must still be dropped so a snapshot does not grow with the number of bars."""
     don = Donchian(20)
     sizes = []
