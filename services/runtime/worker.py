@@ -8,12 +8,18 @@ Exactly-once effects across restarts rest on three things:
   or below that sequence when it is redelivered;
 - each durable consumer allows at most one batch of unacknowledged messages, so redeliveries
   after a crash arrive before anything newer and the per-stream sequence check is sound.
+
+Telemetry rides along without touching that logic: metrics (``telemetry.py``) count what is
+handled and what the log acknowledged, spans (``tracing.py``) follow the ``traceparent``
+header, and the ``Keel-Origin-Time`` header carries the time the root cause entered the log
+so every hop can report its latency from the bar.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import signal
@@ -25,15 +31,18 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
 from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
 from nats.js.kv import KeyValue
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.trace import Span, Status, StatusCode
 
-from contracts.codec import DecodeError, decode
-from contracts.envelope import Envelope, content_id
-from contracts.events import DeadLetter, Event, Heartbeat
-from contracts.subjects import name_token
+from contracts.codec import DecodeError, decode, encode
+from contracts.envelope import ORIGIN_TIME, PRODUCER, Envelope, content_id
+from contracts.events import DeadLetter, Event, Heartbeat, SystemStatus
+from contracts.subjects import name_token, subject_for
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from services.runtime.role import Input, Role
 from services.runtime.telemetry import WorkerMetrics, start_metrics
+from services.runtime.tracing import Tracing, tracer_provider_from_env
 
 log = logging.getLogger("keel.worker")
 
@@ -58,6 +67,24 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     """Set inside a bus replay: the replay runtime (``replay_worker.py``) serves the role."""
 
 
+class Handled:
+    """One input's outputs, with what telemetry needs to follow them."""
+
+    __slots__ = ("origin", "outputs", "span")
+
+    def __init__(
+        self, outputs: list[tuple[Event, Envelope]], origin: int = 0, span: Span | None = None
+    ) -> None:
+        self.outputs = outputs
+        self.origin = origin
+        self.span = span
+
+
+def _stored_ns(msg: Msg) -> int:
+    """When JetStream stored the message (server wall clock, ns)."""
+    return int(msg.metadata.timestamp.timestamp() * 1e9)
+
+
 def durable_name(worker: str, stream: str) -> str:
     return f"{worker}-{stream.lower()}"
 
@@ -72,7 +99,14 @@ async def snapshot_bucket(bus: Bus) -> KeyValue:
 
 
 class Worker:
-    def __init__(self, role: Role, options: WorkerOptions | None = None) -> None:
+    def __init__(
+        self,
+        role: Role,
+        options: WorkerOptions | None = None,
+        tracer_provider: TracerProvider | None = None,
+    ) -> None:
+        """``tracer_provider``: where spans go; by default OTLP when
+        ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else no spans at all."""
         self.name = name_token(role.name, "worker")
         self.decider = role.decider
         self.options = options or WorkerOptions()
@@ -83,6 +117,8 @@ class Worker:
         self._stop = asyncio.Event()
         self._queue: asyncio.Queue[tuple[str, Msg] | None] = asyncio.Queue()
         self._metrics: WorkerMetrics | None = None
+        self._tracer_provider = tracer_provider
+        self._tracing: Tracing | None = None
         self._batches_left = int(os.environ.get(FAULT_ENV, "0"))
 
     async def run(self, bus: Bus) -> None:
@@ -90,25 +126,68 @@ class Worker:
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
+        self._start_telemetry()
+        try:
+            await self._seed_gauges(bus)
+            kv = await snapshot_bucket(bus)
+            await self._restore(kv)
+            subs = [await self._subscribe(bus, spec) for spec in self.inputs]
+            tasks = [
+                asyncio.create_task(self._fetch(sub, spec.stream))
+                for sub, spec in zip(subs, self.inputs, strict=True)
+            ]
+            tasks.append(asyncio.create_task(self._heartbeat(bus)))
+            try:
+                await self._process(bus, kv)
+            finally:
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
+                await self._beat(bus, "stopped")
+        finally:
+            self._stop_telemetry()
+
+    def _start_telemetry(self) -> None:
         if self.options.metrics_port is not None:
             self._metrics = start_metrics(
-                self.name, self.options.metrics_port, self.options.metrics_addr
+                self.name,
+                self.options.metrics_port,
+                self.options.metrics_addr,
+                [spec.stream for spec in self.inputs],
             )
-        kv = await snapshot_bucket(bus)
-        await self._restore(kv)
-        subs = [await self._subscribe(bus, spec) for spec in self.inputs]
-        tasks = [
-            asyncio.create_task(self._fetch(sub, spec.stream))
-            for sub, spec in zip(subs, self.inputs, strict=True)
-        ]
-        tasks.append(asyncio.create_task(self._heartbeat(bus)))
+        provider = self._tracer_provider
+        owned = provider is None
+        if provider is None:
+            provider = tracer_provider_from_env(self.name)
+        if provider is not None:
+            self._tracing = Tracing(self.name, provider, owned)
+
+    def _stop_telemetry(self) -> None:
+        if self._tracing is not None:
+            self._tracing.close()
+            self._tracing = None
+        if self._metrics is not None:
+            self._metrics.close()
+
+    async def _seed_gauges(self, bus: Bus) -> None:
+        """A worker that consumes governance reports the kill switch from the start: the
+        last kill or resume in the log decides it (as it decides the risk engine's fold)."""
+        governed = any(
+            i.stream == "GOVERNANCE" and any(s.startswith("gov.cmd") for s in i.subjects)
+            for i in self.inputs
+        )
+        if self._metrics is None or not governed:
+            return
         try:
-            await self._process(bus, kv)
-        finally:
-            for task in tasks:
-                task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
-            await self._beat(bus, "stopped")
+            kill = await bus.last_event("GOVERNANCE", "gov.cmd.kill")
+            resume = await bus.last_event("GOVERNANCE", "gov.cmd.resume")
+            status = await bus.last_event("SYSTEM", f"sys.status.{self.name}")
+        except Exception as exc:  # telemetry never stops a worker
+            log.warning("%s: cannot read the kill switch state: %s", self.name, exc)
+            return
+        self._metrics.kill(kill is not None and (resume is None or kill.seq > resume.seq))
+        if status is not None and isinstance(status.event, SystemStatus):
+            self._metrics.system_status(status.event.source, status.event.status)
 
     def stop(self) -> None:
         self._stop.set()
@@ -195,13 +274,12 @@ class Worker:
             seq = msg.metadata.sequence.stream
             if seq <= self._seqs.get(stream, 0):
                 continue
-            for event, envelope in self._apply(stream, msg):
-                futures.append(await bus.submit(event, envelope, self.name))
+            handled = self._apply(stream, msg)
+            for event, envelope in handled.outputs:
+                futures.append(await self._submit(bus, event, envelope, handled))
             self._seqs[stream] = seq
             self.processed += 1
         await asyncio.gather(*futures)
-        if self._metrics and futures:
-            self._metrics.events_out.add(len(futures), {"worker": self.name})
         self._maybe_crash(len(futures))
         snap = Snapshot(dict(self._seqs), self.decider.snapshot(), self.processed)
         return asyncio.create_task(self._commit(kv, msgspec.msgpack.encode(snap), batch, previous))
@@ -219,31 +297,99 @@ class Worker:
         for _, msg in batch:
             await msg.ack()
 
-    def _apply(self, stream: str, msg: Msg) -> list[tuple[Event, Envelope]]:
+    def _apply(self, stream: str, msg: Msg) -> Handled:
         """Decode and decide one message; anything unusable becomes a dead letter."""
         seq = msg.metadata.sequence.stream
         started = time.perf_counter()
+        started_ns = time.time_ns()
         try:
             envelope = Envelope.from_headers(msg.headers)
             event = decode(msg.data)
         except (DecodeError, ValueError) as exc:
-            return [self._dead_letter(stream, seq, msg, f"undecodable: {exc}")]
+            return Handled([self._dead_letter(stream, seq, msg, f"undecodable: {exc}")])
+        event_type = type(event).__name__
+        span = (
+            self._tracing.handler_span(
+                msg.headers, envelope, msg.subject, stream, seq, event_type, started_ns
+            )
+            if self._tracing
+            else None
+        )
         try:
             outputs = self.decider.decide(event, envelope.event_time or event.ts)
         except Exception as exc:
             log.exception("%s: handler failed on %s #%d", self.name, stream, seq)
-            return [
-                self._dead_letter(stream, seq, msg, f"handler error: {type(exc).__name__}: {exc}")
-            ]
+            reason = f"handler error: {type(exc).__name__}: {exc}"
+            if span is not None:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, reason))
+                span.end()
+            return Handled([self._dead_letter(stream, seq, msg, reason)])
+        origin = self._origin(msg, envelope)
         if self._metrics:
-            attrs = {"worker": self.name, "stream": stream}
-            self._metrics.events_in.add(1, attrs)
-            self._metrics.handler_seconds.record(time.perf_counter() - started, attrs)
-        return [(out, envelope.child(self.name, i, out.ts)) for i, out in enumerate(outputs)]
+            delay = (started_ns - _stored_ns(msg)) / 1e9
+            self._metrics.consumed(
+                stream, msg.subject, event_type, time.perf_counter() - started, delay
+            )
+            self._metrics.handled(event)
+        if span is not None:
+            span.set_attribute("keel.outputs", len(outputs))
+            span.end()
+        children = [(out, envelope.child(self.name, i, out.ts)) for i, out in enumerate(outputs)]
+        return Handled(children, origin, span)
+
+    @staticmethod
+    def _origin(msg: Msg, envelope: Envelope) -> int:
+        """When the root cause entered the log: carried in a header from the first hop on;
+        for a root event (a bar, a command), when it was stored."""
+        header = (msg.headers or {}).get(ORIGIN_TIME)
+        if header:
+            try:
+                return int(header)
+            except ValueError:
+                return 0
+        return _stored_ns(msg) if envelope.event_id == envelope.correlation_id else 0
+
+    async def _submit(
+        self, bus: Bus, event: Event, envelope: Envelope, handled: Handled
+    ) -> asyncio.Future:
+        """``Bus.submit`` plus the origin header, and the telemetry of the publish ack."""
+        subject = subject_for(event)
+        headers = envelope.headers()
+        headers[PRODUCER] = self.name
+        if handled.origin:
+            headers[ORIGIN_TIME] = str(handled.origin)
+        span = (
+            self._tracing.publish_span(handled.span, subject, type(event).__name__, envelope)
+            if self._tracing is not None and handled.span is not None
+            else None
+        )
+        future = await bus.js.publish_async(bus.prefix + subject, encode(event), headers=headers)
+        if self._metrics is not None or span is not None:
+            future.add_done_callback(
+                functools.partial(self._acked, event, subject, handled.origin, span)
+            )
+        return future
+
+    def _acked(
+        self, event: Event, subject: str, origin: int, span: Span | None, future: asyncio.Future
+    ) -> None:
+        failed = future.cancelled() or future.exception() is not None
+        if span is not None:
+            if failed:
+                span.set_status(Status(StatusCode.ERROR, "publish failed"))
+            else:
+                span.set_attribute("keel.duplicate", bool(future.result().duplicate))
+            span.end()
+        if self._metrics is not None and not failed:
+            latency = (time.time_ns() - origin) / 1e9 if origin else None
+            self._metrics.published(event, subject, not future.result().duplicate, latency)
 
     def _dead_letter(self, stream: str, seq: int, msg: Msg, reason: str) -> tuple[Event, Envelope]:
         if self._metrics:
-            self._metrics.dead_letters.add(1, {"worker": self.name, "stream": stream})
+            self._metrics.dead_letter(
+                stream, "undecodable" if reason.startswith("undecodable") else "handler_error"
+            )
         log.warning("%s: dead letter %s #%d: %s", self.name, stream, seq, reason)
         now = time.time_ns()
         letter = DeadLetter(
@@ -285,5 +431,17 @@ class Worker:
         while not self._stop.is_set():
             seq += 1
             await self._beat(bus, "running", seq)
+            await self._poll_consumers(bus)
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stop.wait(), self.options.heartbeat_s)
+
+    async def _poll_consumers(self, bus: Bus) -> None:
+        """Pending and unacknowledged counts of this worker's durable consumers."""
+        if self._metrics is None:
+            return
+        for spec in self.inputs:
+            try:
+                info = await bus.js.consumer_info(spec.stream, durable_name(self.name, spec.stream))
+            except Exception:  # not created yet, or the connection is down: next beat
+                continue
+            self._metrics.consumer(spec.stream, info.num_pending or 0, info.num_ack_pending or 0)
