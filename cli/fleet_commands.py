@@ -16,6 +16,7 @@ from rich.table import Table
 
 from cli.console import console, load_config_or_exit, run
 from eventstore.bus import Bus
+from eventstore.credentials import redact_url
 from eventstore.errors import KeelError
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer, nats_url
@@ -188,7 +189,7 @@ def up(
                 with console.status("starting workers"):
                     await _start_consumers(fleet, bus, fleet_config, config)
                 fleet.start(WorkerProcess("marketdata", _market_args(symbol, None, feed_args)))
-                console.print(f"fleet up on {url}; logs in .keel/logs; Ctrl-C to stop")
+                console.print(f"fleet up on {redact_url(url)}; logs in .keel/logs; Ctrl-C to stop")
                 console.print("watch it: keel tap 'exec.>'   keel tap 'sig.>'   keel streams")
                 while not stop.is_set():
                     _raise_if_failed(fleet)

@@ -3,6 +3,9 @@
 Awaited publishes are for decisions (orders, fills), where each one must be stored before
 the input is acknowledged; bulk market data goes through a bounded window of in-flight
 ``publish_async`` calls, which is several times faster on the same connection.
+
+A connection authenticates with the credentials in the environment unless given others
+(``eventstore/credentials.py``); a publish the server refuses says so instead of timing out.
 """
 
 from __future__ import annotations
@@ -17,6 +20,7 @@ import nats
 from nats.aio.client import Client
 from nats.aio.msg import Msg
 from nats.errors import NoServersError
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
@@ -25,8 +29,9 @@ from contracts.codec import DecodeError, decode, encode
 from contracts.envelope import PRODUCER, Envelope
 from contracts.events import Event
 from contracts.subjects import subject_for
+from eventstore.credentials import CREDS_ENV, USER_ENV, Credentials, Refusals, redact_url
 from eventstore.errors import KeelError
-from eventstore.streams import REPLAY_PREFIX, ensure_streams, replay_stream
+from eventstore.streams import REPLAY_PREFIX, STREAMS, ensure_streams, replay_stream
 
 BULK_WINDOW = 512
 READ_BUFFER = 4096
@@ -56,11 +61,21 @@ class Bus:
         self.nc = nc
         self.js: JetStreamContext = nc.jetstream(publish_async_max_pending=window)
         self.prefix = f"{REPLAY_PREFIX}.{namespace}." if namespace else ""
+        self.credentials = Credentials()
+        self.refusals = Refusals()
 
     @classmethod
     async def connect(
-        cls, url: str, name: str = "keel", ensure: bool = True, namespace: str = ""
+        cls,
+        url: str,
+        name: str = "keel",
+        ensure: bool = True,
+        namespace: str = "",
+        credentials: Credentials | None = None,
     ) -> Bus:
+        """Connect as ``credentials`` (default: from the environment, see ``Credentials``)."""
+        creds = Credentials.from_env() if credentials is None else credentials
+        refusals = Refusals()
         try:
             nc = await nats.connect(
                 url,
@@ -68,18 +83,46 @@ class Bus:
                 connect_timeout=2,
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.2,
-                error_cb=_quiet,
+                error_cb=refusals.record,
+                **creds.options(),
             )
         except (NoServersError, OSError, TimeoutError) as exc:
-            raise KeelError(f"cannot reach NATS at {url}: {exc or type(exc).__name__}") from exc
+            if refusals.about("authorization violation"):
+                raise KeelError(
+                    f"NATS at {redact_url(url)} refused {creds.describe()}: authorization "
+                    f"violation (check {USER_ENV} and its password)"
+                ) from None
+            raise KeelError(
+                f"cannot reach NATS at {redact_url(url)}: {exc or type(exc).__name__}"
+            ) from None
+        except ModuleNotFoundError as exc:
+            raise KeelError(f"{CREDS_ENV} needs the {exc.name} package") from None
         # Fail fast on the first connect, then ride out server restarts indefinitely.
         nc.options["max_reconnect_attempts"] = -1
         bus = cls(nc, namespace=namespace)
-        if ensure:
-            await ensure_streams(bus.js)
-        if namespace:
-            await ensure_streams(bus.js, (replay_stream(namespace),))
+        bus.credentials, bus.refusals = creds, refusals
+        try:
+            if ensure:
+                await ensure_streams(bus.js)
+            if namespace:
+                await ensure_streams(bus.js, (replay_stream(namespace),))
+        except NatsTimeout as exc:
+            await bus.close()
+            specs = [*STREAMS, replay_stream(namespace)] if namespace else STREAMS
+            calls = [f"$JS.API.STREAM.{op}.{s.name}" for s in specs for op in ("CREATE", "UPDATE")]
+            raise bus.refused(calls, exc) from None
         return bus
+
+    def refused(self, subjects: Iterable[str], exc: Exception) -> Exception:
+        """A ``KeelError`` naming the subject the server refused this user to publish on,
+        else ``exc``: a refused publish or API call only shows as a timeout otherwise."""
+        for subject in subjects:
+            if self.refusals.about(f'publish to "{subject}"'):
+                return KeelError(
+                    f"NATS denies {self.credentials.describe()} publishing to {subject} "
+                    "(see the permissions in nats.conf)"
+                )
+        return exc
 
     async def close(self) -> None:
         """Flush and close. Not ``drain``: it would wait out idle pull requests, and every
@@ -98,11 +141,13 @@ class Bus:
 
     async def publish(self, event: Event, envelope: Envelope, producer: str = "") -> bool:
         """Store one event; False when the log already held it (same id)."""
-        ack = await self.js.publish(
-            self.prefix + subject_for(event),
-            encode(event),
-            headers=self._headers(envelope, producer),
-        )
+        subject = self.prefix + subject_for(event)
+        try:
+            ack = await self.js.publish(
+                subject, encode(event), headers=self._headers(envelope, producer)
+            )
+        except NatsTimeout as exc:
+            raise self.refused([subject], exc) from None
         return not ack.duplicate
 
     async def submit(self, event: Event, envelope: Envelope, producer: str = "") -> asyncio.Future:
@@ -213,7 +258,3 @@ def _count(acks: list, tally: PublishTally) -> None:
             tally.duplicates += 1
         else:
             tally.stored += 1
-
-
-async def _quiet(_exc: Exception) -> None:
-    """Connection errors surface through the calls that fail; no stack dumps on stderr."""

