@@ -14,6 +14,7 @@ from collections.abc import Callable
 from typing import Literal, get_args
 
 import msgspec
+from msgspec import UNSET, UnsetType
 
 SCHEMA_VERSION = 1
 
@@ -22,10 +23,10 @@ _isfinite = math.isfinite
 
 InstrumentKind = Literal["spot", "perpetual"]
 Side = Literal["buy", "sell"]
-OrderAction = Literal["new", "cancel"]
+OrderAction = Literal["new", "cancel", "amend"]
 OrderType = Literal["market", "limit", "stop", "stop_limit"]
 TimeInForce = Literal["GTC", "IOC", "FOK"]
-ExecStatus = Literal["accepted", "partially_filled", "filled", "canceled", "rejected"]
+ExecStatus = Literal["accepted", "partially_filled", "filled", "canceled", "rejected", "expired"]
 GovernanceAction = Literal["kill", "resume"]
 TradingMode = Literal["long_only", "long_short"]
 SystemState = Literal["RUNNING", "DEGRADED", "SAFE_MODE", "HALTED"]
@@ -78,7 +79,7 @@ def _float_fields(cls: type) -> tuple[_FloatGetter | None, _FloatGetter | None]:
 
 
 def _all_finite(values: tuple[float | None, ...]) -> bool:
-    return all(v is None or math.isfinite(v) for v in values)
+    return all(v is None or v is UNSET or math.isfinite(v) for v in values)  # type: ignore[arg-type]
 
 
 def _require(condition: bool, message: str) -> None:
@@ -87,6 +88,10 @@ def _require(condition: bool, message: str) -> None:
 
 
 class Instrument(Event, frozen=True):
+    """A market's description. ``contract_size``: units of ``base`` per contract (a
+    perpetual's quantity is in contracts; 1 for spot); ``max_leverage``: the venue's cap
+    (0 = not given)."""
+
     venue: str
     symbol: str
     base: str
@@ -95,6 +100,8 @@ class Instrument(Event, frozen=True):
     tick_size: float = 0.0
     lot_size: float = 0.0
     min_notional: float = 0.0
+    contract_size: float = 1.0
+    max_leverage: float = 0.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -102,6 +109,8 @@ class Instrument(Event, frozen=True):
             self.tick_size >= 0 and self.lot_size >= 0 and self.min_notional >= 0,
             "tick_size, lot_size and min_notional must be >= 0",
         )
+        _require(self.contract_size > 0, "contract_size must be > 0")
+        _require(self.max_leverage >= 0, "max_leverage must be >= 0")
 
 
 class Bar(Event, frozen=True):
@@ -207,6 +216,18 @@ class Signal(Event, frozen=True):
 
 
 class OrderCommand(Event, frozen=True):
+    """An order for the execution role's order manager (docs/orders.md).
+
+    ``action``: ``new``, ``cancel`` or ``amend`` (a working order's new total ``qty`` and,
+    when given, new ``limit_price``/``stop_price``). The order-management fields were added
+    later and default to ``msgspec.UNSET`` (falsy; ``None`` is accepted and stored as UNSET),
+    which leaves them out of the JSON, so plain orders encode exactly as before:
+    ``take_profit``/``stop_loss`` make a ``new`` order a bracket entry (an OCO pair of a
+    take-profit limit and a protective stop, placed when it fills); ``trail_pct`` or
+    ``trail_atr`` (a multiple of ``atr``, else of the order manager's ATR) make the stop
+    trail; ``oco_group`` links orders that cancel each other; ``expire_at`` (ns) is a
+    good-till-date expiry."""
+
     action: OrderAction
     client_order_id: str
     strategy: str
@@ -219,10 +240,27 @@ class OrderCommand(Event, frozen=True):
     stop_price: float | None = None
     time_in_force: TimeInForce = "GTC"
     model_tag: str = ""
+    take_profit: float | UnsetType | None = UNSET
+    stop_loss: float | UnsetType | None = UNSET
+    trail_pct: float | UnsetType | None = UNSET
+    trail_atr: float | UnsetType | None = UNSET
+    atr: float | UnsetType | None = UNSET
+    oco_group: str | UnsetType | None = UNSET
+    expire_at: int | UnsetType | None = UNSET
 
     def __post_init__(self) -> None:
         super().__post_init__()
         _require(self.qty > 0, "qty must be > 0")
+        if (
+            self.take_profit is not UNSET
+            or self.stop_loss is not UNSET
+            or self.trail_pct is not UNSET
+            or self.trail_atr is not UNSET
+            or self.atr is not UNSET
+            or self.oco_group is not UNSET
+            or self.expire_at is not UNSET
+        ):
+            self._check_managed()
         _require(self.order_type != "limit" or self.limit_price is not None, "limit needs price")
         _require(self.order_type != "stop" or self.stop_price is not None, "stop needs stop_price")
         _require(
@@ -230,6 +268,30 @@ class OrderCommand(Event, frozen=True):
             or (self.stop_price is not None and self.limit_price is not None),
             "stop_limit needs both stop_price and limit_price",
         )
+
+    def _check_managed(self) -> None:
+        for name in _MANAGED_FIELDS:
+            if getattr(self, name) is None:
+                msgspec.structs.force_setattr(self, name, UNSET)
+        for name in ("take_profit", "stop_loss", "trail_atr", "atr"):
+            value = getattr(self, name)
+            _require(value is UNSET or value > 0, f"{name} must be > 0")
+        trail_pct, trail_atr = self.trail_pct, self.trail_atr
+        _require(trail_pct is UNSET or 0 < trail_pct < 100, "trail_pct must be within (0, 100)")
+        _require(trail_pct is UNSET or trail_atr is UNSET, "give trail_pct or trail_atr, not both")
+        _require(self.oco_group is UNSET or bool(self.oco_group), "oco_group must not be empty")
+        _require(self.expire_at is UNSET or self.expire_at > 0, "expire_at must be > 0")
+
+
+_MANAGED_FIELDS = (
+    "take_profit",
+    "stop_loss",
+    "trail_pct",
+    "trail_atr",
+    "atr",
+    "oco_group",
+    "expire_at",
+)
 
 
 class RiskDecision(Event, frozen=True):
@@ -258,24 +320,45 @@ class ExecutionReport(Event, frozen=True):
     fee_currency: str = ""
     model_tag: str = ""
     reason: str = ""
+    parent_id: str | UnsetType = UNSET
+    stop_price: float | UnsetType = UNSET
+    limit_price: float | UnsetType = UNSET
 
 
-class PositionChanged(Event, frozen=True):
+class PositionChanged(Event, frozen=True, omit_defaults=True):
+    """A position after a fill (or a funding payment): ``qty`` signed (contracts for a
+    perpetual), ``avg_price`` and ``realized_pnl`` in the quote currency. Perpetuals add
+    ``funding`` (paid on this position so far, negative = received) and ``margin_used``
+    (initial margin at the mark). Fields at their default are left out of the JSON
+    (``omit_defaults``), so books without perpetuals encode exactly as before."""
+
     venue: str
     symbol: str
     qty: float
     avg_price: float
     realized_pnl: float
     strategy: str = ""
+    funding: float = 0.0
+    margin_used: float = 0.0
 
 
-class EquitySnapshot(Event, frozen=True):
+class EquitySnapshot(Event, frozen=True, omit_defaults=True):
+    """The book in the base currency (docs/portfolio.md). Added with defaults, left out of
+    the JSON at their default so spot books in one currency encode exactly as before:
+    ``margin_used`` (perpetuals' initial margin), ``funding`` (paid so far, negative =
+    received), ``fx_pnl`` (change in the base value of the starting balances),
+    ``net_exposure`` (signed; None when no perpetual is open: it is then equity - cash)."""
+
     cash: float
     equity: float
     realized_pnl: float
     unrealized_pnl: float
     fees: float
     gross_exposure: float
+    margin_used: float = 0.0
+    funding: float = 0.0
+    fx_pnl: float = 0.0
+    net_exposure: float | None = None
 
     def __post_init__(self) -> None:
         # Built once per bar: a finite sum means finite fields (NaN and infinities propagate);
@@ -287,9 +370,37 @@ class EquitySnapshot(Event, frozen=True):
             + self.unrealized_pnl
             + self.fees
             + self.gross_exposure
-        ):
+            + self.margin_used
+            + self.funding
+            + self.fx_pnl
+        ) and (self.net_exposure is None or _isfinite(self.net_exposure)):
             return
         super().__post_init__()
+
+    @property
+    def net(self) -> float:
+        """Net exposure (signed, base currency), whether or not ``net_exposure`` is set."""
+        return self.equity - self.cash if self.net_exposure is None else self.net_exposure
+
+
+class StrategyPnL(Event, frozen=True):
+    """Attribution of the book to a strategy (``model_tag`` empty) or to one model tag of
+    it, in the base currency: what its own fills made (docs/portfolio.md, Attribution).
+    Published on ``pf.pnl.<strategy>`` every ``[portfolio] attribution_every`` bars."""
+
+    strategy: str
+    model_tag: str = ""
+    realized_pnl: float = 0.0
+    unrealized_pnl: float = 0.0
+    fees: float = 0.0
+    funding: float = 0.0
+    gross_exposure: float = 0.0
+    net_exposure: float = 0.0
+    positions: int = 0
+
+    @property
+    def pnl(self) -> float:
+        return self.realized_pnl + self.unrealized_pnl - self.fees - self.funding
 
 
 class ParamsTuned(Event, frozen=True):
@@ -462,6 +573,7 @@ AnyEvent = (
     | ExecutionReport
     | PositionChanged
     | EquitySnapshot
+    | StrategyPnL
     | ParamsTuned
     | GovernanceCommand
     | Heartbeat

@@ -35,6 +35,7 @@ from contracts.events import (
     RiskDecision,
     Signal,
     SocialSentiment,
+    StrategyPnL,
     SystemStatus,
     Trade,
 )
@@ -138,6 +139,7 @@ _SUBJECTS: dict[type, Callable[[Any], str]] = {
     ExecutionReport: lambda e: _venue_symbol("exec.report", e.venue, e.symbol),
     PositionChanged: lambda e: _venue_symbol("pf.position", e.venue, e.symbol),
     EquitySnapshot: lambda e: "pf.equity",
+    StrategyPnL: lambda e: f"pf.pnl.{name_token(e.strategy, 'strategy')}",
     ParamsTuned: lambda e: _named_symbol("gov.tune", e.strategy, None, e.symbol),
     GovernanceCommand: lambda e: f"gov.cmd.{e.action}",
     Heartbeat: lambda e: f"sys.heartbeat.{name_token(e.worker, 'worker')}",

@@ -50,6 +50,7 @@ from contracts.events import (
     RiskDecision,
     Signal,
     SocialSentiment,
+    StrategyPnL,
     SystemStatus,
     Trade,
 )
@@ -179,6 +180,8 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         tick_size=non_negative,
         lot_size=non_negative,
         min_notional=non_negative,
+        contract_size=positive,
+        max_leverage=non_negative,
     ),
     Bar: bars(),
     Trade: st.builds(
@@ -242,6 +245,8 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         avg_price=finite,
         realized_pnl=finite,
         strategy=texts,
+        funding=finite,
+        margin_used=finite,
     ),
     EquitySnapshot: st.builds(
         EquitySnapshot,
@@ -252,6 +257,23 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         unrealized_pnl=finite,
         fees=finite,
         gross_exposure=finite,
+        margin_used=finite,
+        funding=finite,
+        fx_pnl=finite,
+        net_exposure=st.none() | finite,
+    ),
+    StrategyPnL: st.builds(
+        StrategyPnL,
+        ts=times,
+        strategy=texts,
+        model_tag=texts,
+        realized_pnl=finite,
+        unrealized_pnl=finite,
+        fees=finite,
+        funding=finite,
+        gross_exposure=finite,
+        net_exposure=finite,
+        positions=st.integers(min_value=0, max_value=2**31),
     ),
     ParamsTuned: st.builds(
         ParamsTuned,
@@ -608,6 +630,14 @@ def test_bar_constructor_validates(overrides: dict[str, Any], message: str) -> N
             ">= 0",
         ),
         (
+            lambda: Instrument(ts=1, venue="v", symbol="s", base="b", quote="q", contract_size=0.0),
+            "contract_size must be > 0",
+        ),
+        (
+            lambda: Instrument(ts=1, venue="v", symbol="s", base="b", quote="q", max_leverage=-1),
+            "max_leverage must be >= 0",
+        ),
+        (
             lambda: ListingAnnouncement(ts=1, source="f", venue="v", symbol=""),
             "symbol must not be empty",
         ),
@@ -876,6 +906,36 @@ def test_content_id_is_deterministic_and_order_sensitive() -> None:
                 gross_exposure=0.0,
             ),
             id="equity-nan",
+        ),
+        pytest.param(
+            lambda: EquitySnapshot(
+                ts=1,
+                cash=0.0,
+                equity=0.0,
+                realized_pnl=0.0,
+                unrealized_pnl=0.0,
+                fees=0.0,
+                gross_exposure=0.0,
+                net_exposure=math.inf,
+            ),
+            id="equity-net-exposure-inf",
+        ),
+        pytest.param(
+            lambda: EquitySnapshot(
+                ts=1,
+                cash=0.0,
+                equity=0.0,
+                realized_pnl=0.0,
+                unrealized_pnl=0.0,
+                fees=0.0,
+                gross_exposure=0.0,
+                funding=-math.inf,
+            ),
+            id="equity-funding-inf",
+        ),
+        pytest.param(
+            lambda: StrategyPnL(ts=1, strategy="s", unrealized_pnl=math.nan),
+            id="strategy-pnl-nan",
         ),
     ],
 )

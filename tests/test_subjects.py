@@ -30,6 +30,7 @@ from contracts.events import (
     RiskDecision,
     Signal,
     SocialSentiment,
+    StrategyPnL,
     SystemStatus,
     Trade,
 )
@@ -284,6 +285,7 @@ EXAMPLES: list[tuple[Event, str]] = [
         ),
         "pf.equity",
     ),
+    (StrategyPnL(ts=1, strategy="ma_cross", model_tag="ema-8-21"), "pf.pnl.ma_cross"),
     (
         ParamsTuned(ts=1, strategy="trend", symbol="BTC/USDT", param="rsi_window", old=14, new=12),
         "gov.tune.trend.BTC-USDT",
