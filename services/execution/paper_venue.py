@@ -35,7 +35,6 @@ import bisect
 import hashlib
 import math
 import operator
-from itertools import islice
 from typing import Literal
 
 import msgspec
@@ -141,9 +140,10 @@ class PaperVenue:
             reason = f"stale order: older than the last {HISTORY} bars the venue keeps"
             reports.append(_report(order, "rejected", now, pending.venue_order_id, reason=reason))
             return reports
-        # History is in time order: skip straight past bars that closed before the order.
+        # History is in time order: skip straight past bars that closed before the order (a
+        # slice, not islice, which would step through every skipped bar).
         start = bisect.bisect_left(history, order.ts, lo=max(first, 0), key=_close_time)
-        for bar in islice(history, start, None):
+        for bar in history[start:]:
             if self._advance(pending, bar, reports):
                 return reports
         self.state.pending.append(pending)

@@ -65,10 +65,16 @@ class Ledger:
 
     def decide(self, event: Event, now: int) -> list[Event]:
         match event:
+            case Bar():  # first, and inline: nearly every input is a bar
+                key = f"{event.venue}|{event.symbol}"
+                state = self.state
+                state.marks[key] = event.close
+                position = state.positions.get(key)
+                if position is not None:
+                    position.mark = event.close
+                return [self.equity(now)]
             case ExecutionReport() if event.fill_qty > 0:
                 return [self._on_fill(event, now), self.equity(now)]
-            case Bar():
-                return [self._on_bar(event, now)]
         return []
 
     def _on_fill(self, fill: ExecutionReport, now: int) -> PositionChanged:
@@ -89,28 +95,23 @@ class Ledger:
             strategy=fill.strategy,
         )
 
-    def _on_bar(self, bar: Bar, now: int) -> EquitySnapshot:
-        key = f"{bar.venue}|{bar.symbol}"
-        self.state.marks[key] = bar.close
-        if key in self.state.positions:
-            self.state.positions[key].mark = bar.close
-        return self.equity(now)
-
     def equity(self, now: int) -> EquitySnapshot:
+        state = self.state
         value = unrealized = gross = 0.0
-        for p in self.state.positions.values():
-            if p.qty:
-                market_value = p.qty * p.mark
+        for p in state.positions.values():
+            qty = p.qty
+            if qty:
+                market_value = qty * p.mark
                 value += market_value
-                unrealized += p.qty * (p.mark - p.avg_price)
+                unrealized += qty * (p.mark - p.avg_price)
                 gross += abs(market_value)
         return EquitySnapshot(
             ts=now,
-            cash=self.state.cash,
-            equity=self.state.cash + value,
-            realized_pnl=self.state.realized,
+            cash=state.cash,
+            equity=state.cash + value,
+            realized_pnl=state.realized,
             unrealized_pnl=unrealized,
-            fees=self.state.fees,
+            fees=state.fees,
             gross_exposure=gross,
         )
 

@@ -63,10 +63,10 @@ class RiskEngine:
 
     def decide(self, event: Event, now: int) -> list[Event]:
         match event:
+            case Bar():  # first, and inline (``_symbol_key``): nearly every input is a bar
+                self.state.prices[f"{event.venue}|{event.symbol}"] = event.close
             case Signal():
                 return [self._on_signal(event, now)] if self._delta(event) else []
-            case Bar():
-                self.state.prices[_symbol_key(event.venue, event.symbol)] = event.close
             case ExecutionReport():
                 self._on_report(event)
             case GovernanceCommand():
