@@ -222,7 +222,9 @@ def _show(result: BacktestResult, out: Path | None, as_json: bool) -> None:
         return
     console.print(summary_table(result))
     for event in result.risk_events[:10]:
-        console.print(f"[yellow]{event.ts} {event.rule}: {event.detail}[/]", highlight=False)
+        console.print(
+            f"[yellow]{event.ts} {event.rule} {event.action}: {event.detail}[/]", highlight=False
+        )
     if out is not None:
         console.print(f"run stored in {out}")
 

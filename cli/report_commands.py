@@ -35,7 +35,9 @@ def report(
     result = data.record.result
     console.print(summary_table(result))
     for event in result.risk_events[:10]:
-        console.print(f"[yellow]{event.ts} {event.rule}: {event.detail}[/]", highlight=False)
+        console.print(
+            f"[yellow]{event.ts} {event.rule} {event.action}: {event.detail}[/]", highlight=False
+        )
     for problem in problems:
         errors.print(f"[bold yellow]warning:[/] {problem}", highlight=False, soft_wrap=True)
     console.print(f"report: {path.resolve()}", markup=False, highlight=False, soft_wrap=True)

@@ -82,9 +82,10 @@ def risk(
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
     namespace: NamespaceOpt = "",
 ) -> None:
-    """Pre-trade rails: signals in, orders or rejections out."""
+    """Pre-trade rails, guards and sizing: signals in, orders or rejections out."""
+    settings = load_config_or_exit(config)
     _serve(
-        risk_role(load_config_or_exit(config).risk),
+        risk_role(settings.risk, settings.guards, settings.sizing, settings.instruments),
         _options(metrics_port, metrics_addr, namespace),
     )
 
@@ -96,8 +97,9 @@ def execution(
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
     namespace: NamespaceOpt = "",
 ) -> None:
-    """The paper venue: orders in, execution reports out."""
-    role = execution_role(load_config_or_exit(config).execution)
+    """The order manager and the paper venue: orders in, execution reports out."""
+    settings = load_config_or_exit(config)
+    role = execution_role(settings.execution, settings.orders)
     _serve(role, _options(metrics_port, metrics_addr, namespace))
 
 
@@ -109,7 +111,8 @@ def portfolio(
     namespace: NamespaceOpt = "",
 ) -> None:
     """Positions, cash, PnL and equity."""
-    role = portfolio_role(load_config_or_exit(config).portfolio)
+    settings = load_config_or_exit(config)
+    role = portfolio_role(settings.portfolio, settings.instruments)
     _serve(role, _options(metrics_port, metrics_addr, namespace))
 
 

@@ -27,8 +27,10 @@ from contracts.events import (
     Event,
     ExecutionReport,
     OrderCommand,
+    RiskAlert,
     RiskDecision,
     Signal,
+    SystemStatus,
 )
 from replay.engine import LazyEnvelope, resolve
 from replay.metrics import TradeBook
@@ -72,7 +74,9 @@ EVENT_SCHEMA = pa.schema(
 
 
 class RiskEvent(msgspec.Struct, frozen=True):
-    """Why trading was refused, in a form a person reads: ISO time, rule, action, detail."""
+    """Why trading was refused, stopped or resumed, in a form a person reads: ISO time,
+    rule, action (``reject``, a ``RiskAlert``'s action, or the status risk published in
+    lower case: ``halted``, ``safe_mode``, ``degraded``, ``running``), detail."""
 
     ts: str
     rule: str
@@ -133,18 +137,24 @@ class RunRecorder:
         if digest is None:
             digest = self._hashes[producer] = hashlib.sha256()
         digest.update(b"%s\n%s\n" % (subject.encode(), payload))
-        self._count(event)
+        self.counts.events += 1
+        if isinstance(event, EquitySnapshot):  # one per bar: _add_point inlined
+            point = self._point
+            if point is not None and point.ts != event.ts:
+                self.equity.append(point.equity)
+                self.exposed.append(point.gross_exposure > 0)
+                if self._curve_writer is not None:
+                    self._write_point(point)
+            self._point = event
+        else:
+            self._count(event)
         if self._writer is not None:
             self._append_row(subject, event, resolve(envelope), producer, payload)
 
     def _count(self, event: Event) -> None:
+        """Counts, fees, trades and risk events of the outputs other than snapshots."""
         counts = self.counts
-        counts.events += 1
-        if isinstance(event, EquitySnapshot):
-            if self._point is not None and self._point.ts != event.ts:
-                self._add_point(self._point)
-            self._point = event
-        elif isinstance(event, Signal):
+        if isinstance(event, Signal):
             counts.signals += 1
         elif isinstance(event, OrderCommand):
             counts.orders += 1
@@ -161,6 +171,13 @@ class RunRecorder:
             counts.rejections += 1
             detail = f"{event.strategy} {event.symbol}: {event.reason}"
             self.risk_events.append(RiskEvent(iso(event.ts), event.rule, "reject", detail))
+        elif isinstance(event, RiskAlert):
+            self.risk_events.append(
+                RiskEvent(iso(event.ts), event.rule, event.action, event.detail)
+            )
+        elif isinstance(event, SystemStatus):
+            rule, action = event.rule or "status", event.status.lower()
+            self.risk_events.append(RiskEvent(iso(event.ts), rule, action, event.reason))
 
     def _append_row(
         self, subject: str, event: Event, envelope: Envelope, producer: str, payload: bytes
@@ -183,12 +200,15 @@ class RunRecorder:
         self.equity.append(point.equity)
         self.exposed.append(point.gross_exposure > 0)
         if self._curve_writer is not None:
-            rows = self._curve_rows
-            rows["ts"].append(point.ts)
-            rows["equity"].append(point.equity)
-            rows["gross_exposure"].append(point.gross_exposure)
-            if len(rows["ts"]) >= ROW_GROUP:
-                self._flush()
+            self._write_point(point)
+
+    def _write_point(self, point: EquitySnapshot) -> None:
+        rows = self._curve_rows
+        rows["ts"].append(point.ts)
+        rows["equity"].append(point.equity)
+        rows["gross_exposure"].append(point.gross_exposure)
+        if len(rows["ts"]) >= ROW_GROUP:
+            self._flush()
 
     def _flush(self) -> None:
         for writer, rows, schema in (

@@ -1,4 +1,5 @@
-"""One TOML file configures the fleet: what to trade, the rails, the venue, the ledger.
+"""One TOML file configures the fleet: what to trade, the rails, guards and sizing
+(docs/risk.md), instrument specs, the venue, the ledger.
 
 Every section is optional; defaults give a working paper fleet. A bad value stops start-up
 with one line naming the key (msgspec reports the path, e.g. ``$.risk.max_position``).
@@ -12,9 +13,10 @@ from pathlib import Path
 import msgspec
 
 from eventstore.errors import KeelError
+from services.execution.oms import OrdersConfig
 from services.execution.paper_venue import PaperVenueConfig
-from services.portfolio.ledger import LedgerConfig
-from services.risk.rails import RiskLimits
+from services.portfolio.accounts import PortfolioConfig
+from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
 
 
 class StrategyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -41,8 +43,12 @@ class KeelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         StrategyConfig(params={"kind": "ema", "fast": 8, "slow": 21, "qty": 1}),
     )
     risk: RiskLimits = msgspec.field(default_factory=RiskLimits)
+    guards: GuardsConfig = msgspec.field(default_factory=GuardsConfig)
+    sizing: SizingConfig = msgspec.field(default_factory=SizingConfig)
+    instruments: tuple[InstrumentSpec, ...] = ()
     execution: PaperVenueConfig = msgspec.field(default_factory=PaperVenueConfig)
-    portfolio: LedgerConfig = msgspec.field(default_factory=LedgerConfig)
+    orders: OrdersConfig = msgspec.field(default_factory=OrdersConfig)
+    portfolio: PortfolioConfig = msgspec.field(default_factory=PortfolioConfig)
 
 
 def load_config(path: Path | None) -> KeelConfig:

@@ -107,9 +107,9 @@ def fleet_roles(config: KeelConfig) -> list[Role]:
     ]
     return [
         *roles,
-        risk_role(config.risk),
-        execution_role(config.execution),
-        portfolio_role(config.portfolio),
+        risk_role(config.risk, config.guards, config.sizing, config.instruments),
+        execution_role(config.execution, config.orders),
+        portfolio_role(config.portfolio, config.instruments),
     ]
 
 

@@ -1,17 +1,37 @@
-"""The risk role: governance, signals, fills and prices in; orders or rejections out."""
+"""The risk role: governance, signals, fills, prices, instruments (and, when configured,
+equity and funding rates) in; orders, rejections, alerts and statuses out."""
 
 from __future__ import annotations
 
-from services.risk.rails import RiskEngine, RiskLimits
+from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
+from services.risk.rails import RiskEngine
 from services.runtime.role import Input, Role
 
 INPUTS = (
     Input("GOVERNANCE", ("gov.cmd.>",)),
     Input("SIGNALS", ("sig.>",)),
     Input("EXECUTION", ("exec.>",)),
-    Input("MARKET", ("md.bar.>",)),
+    Input("MARKET", ("md.bar.>", "md.instrument.>")),
 )
+"""What every risk worker reads; ``risk_inputs`` adds equity and funding when needed."""
 
 
-def risk_role(limits: RiskLimits) -> Role:
-    return Role("risk", INPUTS, RiskEngine(limits))
+def risk_inputs(engine: RiskEngine) -> tuple[Input, ...]:
+    """Equity snapshots only for equity rails or equity-based sizing, funding rates only
+    with the funding guard: a fleet without them routes nothing new to risk."""
+    inputs = list(INPUTS)
+    if engine.guards.funding is not None:
+        inputs[-1] = Input("MARKET", ("md.bar.>", "md.instrument.>", "md.funding.>"))
+    if engine.needs_equity:
+        inputs.append(Input("PORTFOLIO", ("pf.equity",)))
+    return tuple(inputs)
+
+
+def risk_role(
+    limits: RiskLimits,
+    guards: GuardsConfig | None = None,
+    sizing: SizingConfig | None = None,
+    instruments: tuple[InstrumentSpec, ...] = (),
+) -> Role:
+    engine = RiskEngine(limits, guards, sizing, instruments)
+    return Role("risk", risk_inputs(engine), engine)
