@@ -38,6 +38,7 @@ from typing import Literal
 import msgspec
 
 from contracts.events import Bar, Event, ListingAnnouncement, Signal
+from strategies.params import require_finite
 
 NS = 1_000_000_000
 
@@ -54,10 +55,7 @@ class ListingSniperParams(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     take_profits: str = "10,20,40"
 
     def __post_init__(self) -> None:
-        for field in self.__struct_fields__:
-            value = getattr(self, field)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{field} must be a finite number")
+        require_finite(self)
         if not self.notional > 0:
             raise ValueError("notional must be > 0")
         if self.delay_s < 0:

@@ -14,12 +14,11 @@ side it just left on that bar. Signals are emitted only when the target position
 
 from __future__ import annotations
 
-import math
-
 import msgspec
 
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import RSI, BollingerBands
+from strategies.params import require_finite
 
 
 class MeanReversionParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -33,10 +32,7 @@ class MeanReversionParams(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     qty: float = 1.0
 
     def __post_init__(self) -> None:
-        for field in self.__struct_fields__:
-            value = getattr(self, field)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{field} must be a finite number")
+        require_finite(self)
         if self.bb_period < 2:
             raise ValueError(f"bb_period ({self.bb_period}) must be >= 2")
         if not 0 < self.bb_k <= 10:

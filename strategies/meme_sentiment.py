@@ -23,12 +23,12 @@ high >= target (entry * (1 + ``target_pct``%)) exits; either starts the cooldown
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import msgspec
 
 from contracts.events import Bar, Event, Signal, SocialSentiment
+from strategies.params import require_finite
 
 NS = 1_000_000_000
 
@@ -45,10 +45,7 @@ class MemeSentimentParams(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     max_wait_s: float = 300.0
 
     def __post_init__(self) -> None:
-        for field in self.__struct_fields__:
-            value = getattr(self, field)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{field} must be a finite number")
+        require_finite(self)
         if not -1.0 <= self.min_score <= 1.0:
             raise ValueError(f"min_score ({self.min_score:g}) must be within [-1, 1]")
         if self.min_mentions < 0:

@@ -17,12 +17,11 @@ the side it just left on that bar. Signals are emitted only when the target posi
 
 from __future__ import annotations
 
-import math
-
 import msgspec
 
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import SMA
+from strategies.params import require_finite
 
 
 class MomentumParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -36,10 +35,7 @@ class MomentumParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     qty: float = 1.0
 
     def __post_init__(self) -> None:
-        for field in self.__struct_fields__:
-            value = getattr(self, field)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{field} must be a finite number")
+        require_finite(self)
         if self.lookback < 1:
             raise ValueError(f"lookback ({self.lookback}) must be >= 1")
         if not 0 < self.move_pct < 100:

@@ -40,6 +40,7 @@ import msgspec
 
 from contracts.envelope import content_id
 from contracts.events import Bar, Event, PromoAnnouncement, Signal
+from strategies.params import require_finite
 
 NS = 1_000_000_000
 
@@ -164,10 +165,7 @@ class PromoWatcherParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True
     max_wait_s: float = 3600.0
 
     def __post_init__(self) -> None:
-        for field in self.__struct_fields__:
-            value = getattr(self, field)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{field} must be a finite number")
+        require_finite(self)
         if not self.notional > 0:
             raise ValueError("notional must be > 0")
         if self.fee_bps < 0 or self.slippage_bps < 0:

@@ -21,13 +21,13 @@ window rebuilds the RSI from the last ``2 * rsi_period_max + 1`` closes.
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import msgspec
 
 from contracts.events import Bar, Event, ParamsTuned, Signal
 from strategies.indicators import ATR, RSI, SMA
+from strategies.params import require_finite
 
 
 class TrendFollowerParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -59,10 +59,7 @@ class TrendFollowerParams(msgspec.Struct, frozen=True, forbid_unknown_fields=Tru
     rsi_period_max: int = 28
 
     def __post_init__(self) -> None:
-        for field in self.__struct_fields__:
-            value = getattr(self, field)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{field} must be a finite number")
+        require_finite(self)
         for name in ("fast", "slow", "htf_factor", "htf_period", "rsi_period", "atr_period"):
             if getattr(self, name) < 1:
                 raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")

@@ -19,13 +19,13 @@ An exit may flip straight into an opposite breakout on the same bar. The target 
 
 from __future__ import annotations
 
-import math
 from typing import Literal
 
 import msgspec
 
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import ATR, Donchian
+from strategies.params import require_finite
 
 
 class TurtleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -41,10 +41,7 @@ class TurtleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     qty: float = 1.0
 
     def __post_init__(self) -> None:
-        for field in self.__struct_fields__:
-            value = getattr(self, field)
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ValueError(f"{field} must be a finite number")
+        require_finite(self)
         for entry, exit_, n in ((self.entry1, self.exit1, 1), (self.entry2, self.exit2, 2)):
             if exit_ < 1:
                 raise ValueError(f"exit{n} ({exit_}) must be >= 1")
