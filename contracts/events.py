@@ -79,7 +79,7 @@ def _float_fields(cls: type) -> tuple[_FloatGetter | None, _FloatGetter | None]:
 
 
 def _all_finite(values: tuple[float | None, ...]) -> bool:
-    return all(v is None or v is UNSET or math.isfinite(v) for v in values)  # type: ignore[arg-type]
+    return all(v is None or v is UNSET or _isfinite(v) for v in values)  # type: ignore[arg-type]
 
 
 def _require(condition: bool, message: str) -> None:
@@ -323,6 +323,17 @@ class ExecutionReport(Event, frozen=True):
     parent_id: str | UnsetType = UNSET
     stop_price: float | UnsetType = UNSET
     limit_price: float | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        # Built for every fill: a finite sum means finite fields; the order manager's
+        # optional prices are UNSET on the venue's own reports.
+        if (
+            _isfinite(self.order_qty + self.fill_price + self.fill_qty + self.cum_qty + self.fee)
+            and self.stop_price is UNSET
+            and self.limit_price is UNSET
+        ):
+            return
+        super().__post_init__()
 
 
 class PositionChanged(Event, frozen=True, omit_defaults=True):

@@ -12,6 +12,7 @@ import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from msgspec import UNSET
 
 from contracts.codec import DecodeError, decode, encode
 from contracts.envelope import (
@@ -128,9 +129,13 @@ def order_commands(draw: st.DrawFn) -> OrderCommand:
     order_type = draw(st.sampled_from(["market", "limit", "stop"]))
     limit_price = draw(positive if order_type == "limit" else st.none() | positive)
     stop_price = draw(positive if order_type == "stop" else st.none() | positive)
+    unset_or = lambda values: st.just(UNSET) | st.none() | values  # noqa: E731
+    take_profit, stop_loss = draw(unset_or(positive)), draw(unset_or(positive))
+    trail_pct = draw(unset_or(st.floats(min_value=1e-6, max_value=99.0)))
+    trail_atr = draw(unset_or(positive)) if trail_pct in (UNSET, None) else UNSET
     return OrderCommand(
         ts=draw(times),
-        action=draw(st.sampled_from(["new", "cancel"])),
+        action=draw(st.sampled_from(["new", "cancel", "amend"])),
         client_order_id=draw(texts),
         strategy=draw(texts),
         venue=draw(texts),
@@ -142,6 +147,13 @@ def order_commands(draw: st.DrawFn) -> OrderCommand:
         stop_price=stop_price,
         time_in_force=draw(st.sampled_from(["GTC", "IOC", "FOK"])),
         model_tag=draw(texts),
+        take_profit=take_profit,
+        stop_loss=stop_loss,
+        trail_pct=trail_pct,
+        trail_atr=trail_atr,
+        atr=draw(unset_or(positive)),
+        oco_group=draw(unset_or(st.text(min_size=1, max_size=10))),
+        expire_at=draw(unset_or(st.integers(min_value=1, max_value=2**63 - 1))),
     )
 
 
@@ -220,7 +232,9 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
     ExecutionReport: st.builds(
         ExecutionReport,
         ts=times,
-        status=st.sampled_from(["accepted", "partially_filled", "filled", "canceled", "rejected"]),
+        status=st.sampled_from(
+            ["accepted", "partially_filled", "filled", "canceled", "rejected", "expired"]
+        ),
         client_order_id=texts,
         strategy=texts,
         venue=texts,
@@ -235,6 +249,9 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         fee_currency=texts,
         model_tag=texts,
         reason=texts,
+        parent_id=st.just(UNSET) | texts,
+        stop_price=st.just(UNSET) | finite,
+        limit_price=st.just(UNSET) | finite,
     ),
     PositionChanged: st.builds(
         PositionChanged,
@@ -625,6 +642,14 @@ def test_bar_constructor_validates(overrides: dict[str, Any], message: str) -> N
             ),
             "stop needs stop_price",
         ),
+        (lambda: _managed(trail_pct=100.0), "trail_pct must be within (0, 100)"),
+        (lambda: _managed(trail_pct=1.0, trail_atr=2.0), "give trail_pct or trail_atr, not both"),
+        (lambda: _managed(stop_loss=0.0), "stop_loss must be > 0"),
+        (lambda: _managed(take_profit=-1.0), "take_profit must be > 0"),
+        (lambda: _managed(atr=0.0), "atr must be > 0"),
+        (lambda: _managed(oco_group=""), "oco_group must not be empty"),
+        (lambda: _managed(expire_at=0), "expire_at must be > 0"),
+        (lambda: _managed(trail_atr=math.nan), "trail_atr must be finite"),
         (
             lambda: Instrument(ts=1, venue="v", symbol="s", base="b", quote="q", lot_size=-1.0),
             ">= 0",
@@ -678,6 +703,52 @@ def test_bar_constructor_validates(overrides: dict[str, Any], message: str) -> N
 def test_constructors_validate(build: Any, message: str) -> None:
     with pytest.raises(ValueError, match=re.escape(message)):
         build()
+
+
+def _managed(**fields: Any) -> OrderCommand:
+    return OrderCommand(
+        ts=1,
+        action="new",
+        client_order_id="c",
+        strategy="s",
+        venue="v",
+        symbol="x",
+        side="buy",
+        qty=1.0,
+        **fields,
+    )
+
+
+def test_plain_order_commands_and_reports_encode_as_before_order_management() -> None:
+    """The order-management fields are UNSET by default and left out of the JSON: plain
+    orders and reports keep their bytes (and stored runs their result hashes)."""
+    assert encode(_managed()) == (
+        b'{"type":"OrderCommand","action":"new","client_order_id":"c","strategy":"s",'
+        b'"venue":"v","symbol":"x","side":"buy","qty":1.0,"order_type":"market",'
+        b'"limit_price":null,"stop_price":null,"time_in_force":"GTC","model_tag":"","ts":1}'
+    )
+    report = ExecutionReport(
+        ts=1,
+        status="filled",
+        client_order_id="c",
+        strategy="s",
+        venue="v",
+        symbol="x",
+        side="buy",
+        order_qty=1.0,
+    )
+    assert b"parent_id" not in encode(report) and b"stop_price" not in encode(report)
+
+
+def test_order_management_fields_round_trip_and_none_means_unset() -> None:
+    order = _managed(take_profit=110.0, stop_loss=95.0, trail_pct=2.0, expire_at=5)
+    data = encode(order)
+    assert b'"take_profit":110.0' in data and b'"trail_pct":2.0' in data
+    assert decode(data) == order
+    assert _managed(stop_loss=None).stop_loss is UNSET
+    assert _managed(stop_loss=None) == _managed()
+    stored = data.replace(b'"stop_loss":95.0', b'"stop_loss":null')
+    assert decode(stored).stop_loss is UNSET  # type: ignore[attr-defined]
 
 
 # --- immutability ---------------------------------------------------------------------------
