@@ -115,6 +115,8 @@ class RiskLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     soft_daily_loss_pct: float | None = None
     soft_action: Literal["safe_mode", "degrade"] = "safe_mode"
     flatten_on_halt: bool = False
+    brackets: bool = False
+    """Entry orders carry the signal's ``stop``/``target`` as a bracket for the order manager."""
     breaker: BreakerConfig | None = None
     correlation: CorrelationConfig | None = None
 

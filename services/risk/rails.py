@@ -503,7 +503,7 @@ class RiskEngine:
         status = report.status
         if status == "rejected" and cancel:
             del state.cancels[order_id]  # our cancel came too late: the order still stands
-        elif status in ("filled", "canceled", "rejected"):
+        elif status in ("filled", "canceled", "rejected", "expired"):
             del state.working[order_id]
             state.cancels.pop(order_id, None)
             ids = self._by_key.get(working.key)
@@ -863,6 +863,8 @@ class RiskEngine:
             ctx.increases,
             signal.ts,
         )
+        if self._limits.brackets and ctx.increases:
+            order = _bracket(order, signal)
         if sized and units is not None:
             if units:
                 state.sized[key] = [units, held + delta]
@@ -1232,3 +1234,20 @@ class RiskEngine:
         self.state = msgspec.msgpack.decode(data, type=RiskState)
         self._dirty = False
         self._bind()
+
+
+def _bracket(order: OrderCommand, signal: Signal) -> OrderCommand:
+    """An entry carrying the signal's stop and target: the order manager places them as an
+    OCO pair once the entry fills (docs/orders.md)."""
+    legs = {
+        name: value
+        for name, value in (
+            ("stop_loss", signal.stop),
+            ("take_profit", signal.target),
+            ("atr", signal.atr),
+        )
+        if value is not None
+    }
+    if "stop_loss" not in legs and "take_profit" not in legs:
+        return order
+    return msgspec.structs.replace(order, **legs)
