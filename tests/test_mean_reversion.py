@@ -3,8 +3,6 @@ snapshot/restore and a real-data run."""
 
 from __future__ import annotations
 
-import math
-import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -13,14 +11,14 @@ import pytest
 from contracts.events import Bar, Signal
 from strategies.mean_reversion import MeanReversion, MeanReversionParams
 from strategies.registry import StrategyError, build_strategy
-from tests.test_backtest_cli import keel, last_json
-
-MINUTE = 60_000_000_000
-T0 = 1_700_000_000_000_000_000
-DATA = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "binanceus-1m-2023-03" / "BTCUSDT.csv"
+from tests.strategy_checks import (
+    MINUTE,
+    T0,
+    assert_real_week_reproducible,
+    assert_snapshot_continues,
+    random_walk,
+    run,
 )
-WEEK = ["--start", "2023-03-08T00:00:00Z", "--end", "2023-03-15T00:00:00Z"]
 
 SMALL = {"bb_period": 4, "bb_k": 1.0, "rsi_period": 2}
 DIP = [10, 10, 10, 10, 10, 8, 9, 10]
@@ -61,13 +59,6 @@ def make_bars(
 
 def strategy(**overrides: object) -> MeanReversion:
     return MeanReversion("mr", MeanReversionParams(**{**SMALL, **overrides}))  # type: ignore[arg-type]
-
-
-def run(strat: MeanReversion, bars: Sequence[Bar]) -> list[tuple[int, Signal]]:
-    out: list[tuple[int, Signal]] = []
-    for n, bar in enumerate(bars, start=1):
-        out.extend((n, s) for s in strat.on_bar(bar))
-    return out
 
 
 def targets(signals: list[tuple[int, Signal]]) -> list[tuple[int, float | None]]:
@@ -176,53 +167,12 @@ def test_bad_params_are_one_line(params: dict[str, object], needle: str) -> None
     assert "\n" not in str(info.value)
 
 
-def random_walk(n: int, seed: int) -> list[Bar]:
-    rng = random.Random(seed)
-    bars: list[Bar] = []
-    price = 100.0
-    for i in range(n):
-        open_ = price
-        price *= math.exp(rng.gauss(0.0, 0.01))
-        open_time = T0 + i * MINUTE
-        bars.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue="test",
-                symbol="BTC/USDT",
-                interval="1m",
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=open_,
-                high=max(open_, price) * (1 + rng.random() * 0.003),
-                low=min(open_, price) * (1 - rng.random() * 0.003),
-                close=price,
-                volume=1.0,
-            )
-        )
-    return bars
-
-
 def test_snapshot_restore_mid_stream_continues_identically() -> None:
     bars = random_walk(2000, seed=3)
     params = {"bb_period": 10, "rsi_period": 5, "mode": "long_short", "stop_pct": 1.5}
-    straight = run(strategy(**params), bars)
+    straight = assert_snapshot_continues(lambda: strategy(**params), bars, (5, 400, 1001, 1990))
     assert len(straight) >= 10
-    for cut in (5, 400, 1001, 1990):
-        first = strategy(**params)
-        head = run(first, bars[:cut])
-        second = strategy(**params)
-        second.restore(first.snapshot())
-        tail = [(n + cut, s) for n, s in run(second, bars[cut:])]
-        assert head + tail == straight, cut
 
 
 def test_backtest_on_real_data_is_reproducible(tmp_path: Path) -> None:
-    if not DATA.is_file():
-        pytest.skip(f"real data not available at {DATA}")
-    args = ["backtest", "--data", str(DATA), "--strategy", "mean_reversion", *WEEK]
-    args += ["--param", "mode=long_short", "--param", "stop_pct=1", "--json"]
-    first = last_json(keel(tmp_path, *args))
-    second = last_json(keel(tmp_path, *args))
-    assert first["bars"] == 7 * 24 * 60
-    assert first["signals"] > 0
-    assert first["result_hash"] == second["result_hash"]
+    assert_real_week_reproducible(tmp_path, "mean_reversion", "mode=long_short", "stop_pct=1")

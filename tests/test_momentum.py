@@ -3,8 +3,6 @@ snapshot/restore and a real-data run."""
 
 from __future__ import annotations
 
-import math
-import random
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -13,14 +11,14 @@ import pytest
 from contracts.events import Bar, Signal
 from strategies.momentum import Momentum, MomentumParams
 from strategies.registry import StrategyError, build_strategy
-from tests.test_backtest_cli import keel, last_json
-
-MINUTE = 60_000_000_000
-T0 = 1_700_000_000_000_000_000
-DATA = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "binanceus-1m-2023-03" / "BTCUSDT.csv"
+from tests.strategy_checks import (
+    MINUTE,
+    T0,
+    assert_real_week_reproducible,
+    assert_snapshot_continues,
+    random_walk,
+    run,
 )
-WEEK = ["--start", "2023-03-08T00:00:00Z", "--end", "2023-03-15T00:00:00Z"]
 
 SMALL = {
     "lookback": 3,
@@ -71,13 +69,6 @@ def make_bars(
 
 def strategy(**overrides: object) -> Momentum:
     return Momentum("mom", MomentumParams(**{**SMALL, **overrides}))  # type: ignore[arg-type]
-
-
-def run(strat: Momentum, bars: Sequence[Bar]) -> list[tuple[int, Signal]]:
-    out: list[tuple[int, Signal]] = []
-    for n, bar in enumerate(bars, start=1):
-        out.extend((n, s) for s in strat.on_bar(bar))
-    return out
 
 
 def targets(signals: list[tuple[int, Signal]]) -> list[tuple[int, float | None]]:
@@ -204,56 +195,15 @@ def test_bad_params_are_one_line(params: dict[str, object], needle: str) -> None
 # --- snapshot / restore -------------------------------------------------------------------------
 
 
-def random_walk(n: int, seed: int) -> list[Bar]:
-    rng = random.Random(seed)
-    bars: list[Bar] = []
-    price = 100.0
-    for i in range(n):
-        open_ = price
-        price *= math.exp(rng.gauss(0.0, 0.01))
-        open_time = T0 + i * MINUTE
-        bars.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue="test",
-                symbol="BTC/USDT",
-                interval="1m",
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=open_,
-                high=max(open_, price) * (1 + rng.random() * 0.003),
-                low=min(open_, price) * (1 - rng.random() * 0.003),
-                close=price,
-                volume=rng.choice((1.0, 1.0, 1.0, 1.5, 4.0)),
-            )
-        )
-    return bars
-
-
 def test_snapshot_restore_mid_stream_continues_identically() -> None:
-    bars = random_walk(2000, seed=5)
+    bars = random_walk(2000, seed=5, volume=lambda rng: rng.choice((1.0, 1.0, 1.0, 1.5, 4.0)))
     params = {**SMALL, "move_pct": 2, "mode": "long_short"}
-    straight = run(strategy(**params), bars)
+    straight = assert_snapshot_continues(lambda: strategy(**params), bars, (2, 333, 1000, 1999))
     assert len(straight) >= 10
-    for cut in (2, 333, 1000, 1999):
-        first = strategy(**params)
-        head = run(first, bars[:cut])
-        second = strategy(**params)
-        second.restore(first.snapshot())
-        tail = [(n + cut, s) for n, s in run(second, bars[cut:])]
-        assert head + tail == straight, cut
 
 
 # --- real data through the command line ---------------------------------------------------------
 
 
 def test_backtest_on_real_data_is_reproducible(tmp_path: Path) -> None:
-    if not DATA.is_file():
-        pytest.skip(f"real data not available at {DATA}")
-    args = ["backtest", "--data", str(DATA), "--strategy", "momentum", *WEEK]
-    args += ["--param", "move_pct=0.5", "--param", "mode=long_short", "--json"]
-    first = last_json(keel(tmp_path, *args))
-    second = last_json(keel(tmp_path, *args))
-    assert first["bars"] == 7 * 24 * 60
-    assert first["signals"] > 0
-    assert first["result_hash"] == second["result_hash"]
+    assert_real_week_reproducible(tmp_path, "momentum", "move_pct=0.5", "mode=long_short")

@@ -3,24 +3,21 @@ long/short, params, snapshot/restore and a real-data run."""
 
 from __future__ import annotations
 
-import math
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
 
 from contracts.events import Bar, Signal
-from strategies.registry import StrategyError, build_strategy
 from strategies.turtle import Turtle, TurtleParams
-from tests.test_backtest_cli import keel, last_json
-
-MINUTE = 60_000_000_000
-T0 = 1_700_000_000_000_000_000
-DATA = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "binanceus-1m-2023-03" / "BTCUSDT.csv"
+from tests.strategy_checks import (
+    MINUTE,
+    T0,
+    assert_real_week_reproducible,
+    assert_snapshot_continues,
+    random_walk,
+    run,
 )
-WEEK = ["--start", "2023-03-08T00:00:00Z", "--end", "2023-03-15T00:00:00Z"]
 
 FLAT = (100.0, 101.0, 99.0)  # close, high, low: true range 2 on every flat bar -> ATR 2
 
@@ -52,13 +49,6 @@ def make_bars(rows: Sequence[tuple[float, float, float]], symbol: str = "BTC/USD
 
 def strategy(**params: object) -> Turtle:
     return Turtle("turtle", TurtleParams(**params))  # type: ignore[arg-type]
-
-
-def run(strat: Turtle, bars: Sequence[Bar]) -> list[tuple[int, Signal]]:
-    out: list[tuple[int, Signal]] = []
-    for n, bar in enumerate(bars, start=1):
-        out.extend((n, s) for s in strat.on_bar(bar))
-    return out
 
 
 def targets(signals: list[tuple[int, Signal]]) -> list[tuple[int, float | None]]:
@@ -191,88 +181,16 @@ def test_symbols_keep_separate_state() -> None:
 # --- params -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("params", "needle"),
-    [
-        ({"system": "3"}, "system"),
-        ({"entry1": "10", "exit1": "10"}, "entry1 (10) must be above exit1 (10)"),
-        ({"entry2": "20", "exit2": "30"}, "entry2 (20) must be above exit2 (30)"),
-        ({"exit1": "0"}, "exit1 (0) must be >= 1"),
-        ({"atr_period": "0"}, "atr_period (0) must be >= 1"),
-        ({"stop_n": "0"}, "stop_n (0) must be within (0, 20]"),
-        ({"units": "0"}, "units (0) must be >= 1"),
-        ({"qty": "-1"}, "qty must be > 0"),
-        ({"mode": "short_only"}, "mode"),
-        ({"pyramid": "4"}, "pyramid"),
-    ],
-)
-def test_bad_params_are_one_line(params: dict[str, object], needle: str) -> None:
-    with pytest.raises(StrategyError) as info:
-        build_strategy("turtle", params)
-    assert needle in str(info.value)
-    assert "\n" not in str(info.value)
-
-
-@pytest.mark.parametrize(("raw", "system"), [("1", 1), ("2", 2), ("both", "both"), (2, 2)])
-def test_system_param_from_cli_strings_and_toml(raw: object, system: object) -> None:
-    strat = build_strategy("turtle", {"system": raw})
-    assert isinstance(strat, Turtle) and strat.params.system == system
-
-
-# --- snapshot / restore -------------------------------------------------------------------------
-
-
-def random_walk(n: int, seed: int) -> list[Bar]:
-    rng = random.Random(seed)
-    bars: list[Bar] = []
-    price = 100.0
-    for i in range(n):
-        open_ = price
-        price *= math.exp(rng.gauss(0.0, 0.01))
-        open_time = T0 + i * MINUTE
-        bars.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue="test",
-                symbol="BTC/USDT",
-                interval="1m",
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=open_,
-                high=max(open_, price) * (1 + rng.random() * 0.004),
-                low=min(open_, price) * (1 - rng.random() * 0.004),
-                close=price,
-                volume=1.0,
-            )
-        )
-    return bars
-
-
 @pytest.mark.parametrize("system", [1, 2, "both"])
 def test_snapshot_restore_mid_stream_continues_identically(system: object) -> None:
-    bars = random_walk(2000, seed=11)
+    bars = random_walk(2000, seed=11, wick=0.004)
     params = {"system": system, "mode": "long_short"}
-    straight = run(strategy(**params), bars)
+    straight = assert_snapshot_continues(lambda: strategy(**params), bars, (30, 500, 1111, 1900))
     assert len(straight) >= 6
-    for cut in (30, 500, 1111, 1900):
-        first = strategy(**params)
-        head = run(first, bars[:cut])
-        second = strategy(**params)
-        second.restore(first.snapshot())
-        tail = [(n + cut, s) for n, s in run(second, bars[cut:])]
-        assert head + tail == straight, cut
 
 
 # --- real data through the command line ---------------------------------------------------------
 
 
 def test_backtest_on_real_data_is_reproducible(tmp_path: Path) -> None:
-    if not DATA.is_file():
-        pytest.skip(f"real data not available at {DATA}")
-    args = ["backtest", "--data", str(DATA), "--strategy", "turtle", *WEEK]
-    args += ["--param", "system=both", "--param", "mode=long_short", "--json"]
-    first = last_json(keel(tmp_path, *args))
-    second = last_json(keel(tmp_path, *args))
-    assert first["bars"] == 7 * 24 * 60
-    assert first["signals"] > 0
-    assert first["result_hash"] == second["result_hash"]
+    assert_real_week_reproducible(tmp_path, "turtle", "system=both", "mode=long_short")
