@@ -120,7 +120,7 @@ def demo(
     finally:
         if keep is None:
             shutil.rmtree(store, ignore_errors=True)
-    console.print(summary_table(result, fleet_config.portfolio.starting_cash, wall))
+    console.print(summary_table(result, fleet_config.portfolio.initial_equity, wall))
     if keep is not None:
         console.print(f"store kept in {keep} (logs in {keep / 'logs'})")
 

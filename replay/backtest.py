@@ -95,7 +95,7 @@ def run_backtest(
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     recorder = RunRecorder([r.name for r in roles], out_dir)
-    engine = ReplayEngine(roles, recorder)
+    engine = ReplayEngine(roles, recorder.record)
     interval = ""
     try:
         for bar in bars:
@@ -124,7 +124,7 @@ def summarise(
     external: int = 0,
 ) -> BacktestResult:
     periods = spec.periods_per_year or periods_per_year(interval)
-    cash = spec.config.portfolio.starting_cash
+    cash = spec.config.portfolio.initial_equity  # starting_cash, plus venues' balances
     curve = curve_metrics(
         np.frombuffer(recorder.equity, dtype=np.float64),
         np.frombuffer(recorder.exposed, dtype=np.uint8),

@@ -246,7 +246,7 @@ def annualisation(record: RunRecord) -> float:
 
 def recompute_metrics(data: RunData) -> dict[str, Any]:
     """The run's metrics recomputed from its events (keys as in ``metrics.json``)."""
-    cash = data.record.spec.config.portfolio.starting_cash
+    cash = data.record.spec.config.portfolio.initial_equity
     curve = curve_metrics(
         data.curve["equity"].to_numpy(),
         data.curve["gross_exposure"].to_numpy(),
@@ -485,7 +485,7 @@ def _header(data: RunData) -> str:
             ["equity curve", f"{_when(first)} .. {_when(last)}, {data.equity.height:,} points"],
             ["bars / interval", f"{result.bars:,} bars of {result.interval}"],
             ["annualisation P", f"{annualisation(data.record):,.6g} bars per year"],
-            ["starting cash", f"{config.portfolio.starting_cash:,.2f}"],
+            ["starting equity", f"{config.portfolio.initial_equity:,.2f}"],
             [
                 "execution",
                 f"fill {execution.fill}, fee {execution.fee_bps} bps, "
@@ -528,7 +528,7 @@ def _metrics_table(data: RunData) -> str:
 def _curve_figures(data: RunData) -> str:
     import plotly.graph_objects as go
 
-    cash = data.record.spec.config.portfolio.starting_cash
+    cash = data.record.spec.config.portfolio.initial_equity
     ts = data.equity["ts"].to_numpy()
     equity = data.equity["equity"].to_numpy()
     x, y = _reduced(ts, equity)
@@ -662,7 +662,7 @@ def _attribution(data: RunData) -> str:
         )
         parts.append(_figure_html(fig, f"attribution-{key}") + table)
     net = data.trades["pnl"].sum()
-    change = data.metrics.final_equity - data.record.spec.config.portfolio.starting_cash
+    change = data.metrics.final_equity - data.record.spec.config.portfolio.initial_equity
     parts.append(
         f"<p class=note>Closed trades net {net:,.2f}; final equity - starting cash "
         f"{change:,.2f}; the difference is the positions still open at the end.</p>"

@@ -580,18 +580,19 @@ def test_trade_pnl_matches_ledger_realized_when_flat(script: list[tuple]) -> Non
     for f in fills:
         ledger.decide(f, f.ts)
     assert all(abs(p.qty) < 1e-9 for p in ledger.state.positions.values())
+    books = ledger.equity(0)  # the ledger's realized PnL and fees
 
     trades = trades_from_fills(fills)
     total_pnl = math.fsum(t.pnl for t in trades)
     total_fees = math.fsum(t.fees for t in trades)
-    expected = ledger.state.realized - ledger.state.fees
+    expected = books.realized_pnl - books.fees
     notional = math.fsum(f.fill_qty * f.fill_price for f in fills)
     # 1e-6 relative; the absolute floor (relative to traded notional) covers totals near 0.
     assert math.isclose(total_pnl, expected, rel_tol=1e-6, abs_tol=1e-9 * notional), (
         total_pnl,
         expected,
     )
-    assert math.isclose(total_fees, ledger.state.fees, rel_tol=1e-9, abs_tol=1e-9)
+    assert math.isclose(total_fees, books.fees, rel_tol=1e-9, abs_tol=1e-9)
     # Every trade's pnl is its gross minus its fees.
     for t in trades:
         direction = 1 if t.side == "long" else -1
@@ -601,7 +602,7 @@ def test_trade_pnl_matches_ledger_realized_when_flat(script: list[tuple]) -> Non
 
     m = metrics(fills=fills, starting_cash=1_000_000.0)
     assert m.fills == len(fills) and m.trades == len(trades)
-    assert m.fees == pytest.approx(ledger.state.fees, rel=1e-9, abs=1e-12)
+    assert m.fees == pytest.approx(books.fees, rel=1e-9, abs=1e-12)
     assert_json_safe(m)
 
 
