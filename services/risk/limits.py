@@ -116,6 +116,9 @@ class RiskLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     soft_action: Literal["safe_mode", "degrade"] = "safe_mode"
     flatten_on_halt: bool = False
     brackets: bool = False
+    spot_shorts: bool = False
+    """Spot instruments (known from ``md.instrument`` or ``[[instruments]]``) may go short:
+    only for a margin account; perpetuals always may."""
     """Entry orders carry the signal's ``stop``/``target`` as a bracket for the order manager."""
     breaker: BreakerConfig | None = None
     correlation: CorrelationConfig | None = None

@@ -49,7 +49,7 @@ from services.risk.limits import (
     SizingConfig,
     SizingRule,
 )
-from services.risk.sizing import InstrumentInfo, round_qty, split_symbol, unit_qty
+from services.risk.sizing import InstrumentInfo, round_price, round_qty, split_symbol, unit_qty
 
 EPS = 1e-12
 TOL = 1 + 1e-9  # caps compare with this relative slack: a capped order is exactly at the cap
@@ -836,6 +836,18 @@ class RiskEngine:
             delta = math.copysign(qty, delta)
         quote = self._quote(sk)[1] if self._depegs else ""
         ctx = _Ctx(signal, sk, delta, before, price, quote, now)
+        if (
+            info is not None
+            and info.kind == "spot"
+            and not self._limits.spot_shorts
+            and before + delta < -EPS
+            and ctx.increases
+        ):
+            reason = (
+                f"{signal.symbol} is spot: net position {before + delta:g} would be short "
+                "(set [risk] spot_shorts = true for a margin account)"
+            )
+            return [self._reject(signal, now, "spot_short", reason)]
         if info is not None and info.min_notional and ctx.increases:
             if price is None:
                 reason = f"no price seen for {signal.symbol} yet"
@@ -864,7 +876,7 @@ class RiskEngine:
             signal.ts,
         )
         if self._limits.brackets and ctx.increases:
-            order = _bracket(order, signal)
+            order = _bracket(order, signal, info.tick_size if info is not None else 0.0)
         if sized and units is not None:
             if units:
                 state.sized[key] = [units, held + delta]
@@ -1236,18 +1248,18 @@ class RiskEngine:
         self._bind()
 
 
-def _bracket(order: OrderCommand, signal: Signal) -> OrderCommand:
+def _bracket(order: OrderCommand, signal: Signal, tick: float) -> OrderCommand:
     """An entry carrying the signal's stop and target: the order manager places them as an
-    OCO pair once the entry fills (docs/orders.md)."""
-    legs = {
-        name: value
-        for name, value in (
-            ("stop_loss", signal.stop),
-            ("take_profit", signal.target),
-            ("atr", signal.atr),
-        )
-        if value is not None
-    }
+    OCO pair once the entry fills (docs/orders.md). Prices go on the instrument's tick grid,
+    away from the entry: a long's stop down and target up, a short's the other way."""
+    long = order.side == "buy"
+    legs: dict[str, float] = {}
+    if signal.stop is not None:
+        legs["stop_loss"] = round_price(signal.stop, tick, up=not long)
+    if signal.target is not None:
+        legs["take_profit"] = round_price(signal.target, tick, up=long)
+    if signal.atr is not None:
+        legs["atr"] = signal.atr
     if "stop_loss" not in legs and "take_profit" not in legs:
         return order
     return msgspec.structs.replace(order, **legs)
