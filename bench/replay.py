@@ -23,7 +23,7 @@ fixed seeds) written to Parquet in a temp dir (``open_time`` in ms, OHLCV):
 
 Timings are medians of ``--repeats`` runs (backtrader: at most 3). Usage::
 
-    .venv/bin/python bench/replay.py [--bars 1000000] [--bus-bars 1000] \\
+    .venv/bin/python bench/replay.py [--bars 1000000] [--bus-bars 1000 | --skip-bus] \\
         [--rss-bars 10000000] [--repeats 3] [--json]
     .venv/bin/python bench/replay.py --profile 200000   # cProfile of the in-process path
 """
@@ -177,7 +177,7 @@ def keel_engine_only(path: Path) -> tuple[float, float, BacktestResult]:
     read_s = clock() - started
     roles = fleet_roles(spec.config)
     recorder = RunRecorder([role.name for role in roles])
-    engine = ReplayEngine(roles, recorder)
+    engine = ReplayEngine(roles, recorder.record)
     started = clock()
     feed = engine.feed
     for bar in bars:
@@ -464,16 +464,18 @@ def main(args: argparse.Namespace) -> dict:
         err.log(f"{args.bars:,} bars written in {gen_s:.1f} s to {full}")
         bt_bars = min(BT_PREFIX, args.bars)
         bt_prefix = write_prefix(full, work / "bt_prefix.parquet", bt_bars)
-        bus_prefix = write_prefix(full, work / "bus_prefix.parquet", min(args.bus_bars, args.bars))
 
         keel = keel_repeats(full, args.repeats, "keel in-process")
         bt = backtrader_repeats(full, bt_prefix, args.bars, args.repeats)
         keel_prefix = keel if not bt["prefix"] else keel_repeats(bt_prefix, 1, "keel on bt prefix")
-        bus = bus_run(bus_prefix, work)
-        err.log(
-            f"bus replay: {bus['bars']} bars, {bus['bars_per_s']:,.0f} bars/s overall, "
-            f"{bus['steady_bars_per_s']:,.0f} steady, hash equal {bus['hash_equal']}"
-        )
+        bus = None
+        if not args.skip_bus:
+            bus_bars = min(args.bus_bars, args.bars)
+            bus = bus_run(write_prefix(full, work / "bus_prefix.parquet", bus_bars), work)
+            err.log(
+                f"bus replay: {bus['bars']} bars, {bus['bars_per_s']:,.0f} bars/s overall, "
+                f"{bus['steady_bars_per_s']:,.0f} steady, hash equal {bus['hash_equal']}"
+            )
 
         # The RSS step: ~ generation + backtest time, scaled from the runs above.
         rss_bars = args.rss_bars
@@ -514,7 +516,9 @@ def main(args: argparse.Namespace) -> dict:
             "in_process_bars_per_s": TARGET_INPROC,
             "in_process_met": keel["bars_per_s"] >= TARGET_INPROC,
             "bus_bars_per_s": TARGET_BUS,
-            "bus_met": bus["steady_bars_per_s"] >= TARGET_BUS and bus["hash_equal"],
+            "bus_met": None
+            if bus is None
+            else bus["steady_bars_per_s"] >= TARGET_BUS and bus["hash_equal"],
             "rss_mb": TARGET_RSS_MB,
             "rss_bars": rss["bars"],
             "rss_met": rss["peak_rss_mb"] < TARGET_RSS_MB and rss["bars"] >= 10_000_000,
@@ -576,15 +580,16 @@ def render(r: dict) -> None:
     if bt["prefix"]:
         row("Keel in-process, end to end", kp["bars"], kp["wall_s"], kp["bars_per_s"])
     row("backtrader", bt["bars"], bt["wall_s"], bt_rate)
-    row(
-        "Keel bus replay, steady",
-        bus["bars"] - 1,
-        bus["steady_s"],
-        bus["steady_bars_per_s"],
-        f">= {TARGET_BUS:,.0f}/s",
-        yes(tg["bus_met"]),
-    )
-    row("  incl. fleet start, read-back", bus["bars"], bus["wall_s"], bus["bars_per_s"])
+    if bus is not None:
+        row(
+            "Keel bus replay, steady",
+            bus["bars"] - 1,
+            bus["steady_s"],
+            bus["steady_bars_per_s"],
+            f">= {TARGET_BUS:,.0f}/s",
+            yes(tg["bus_met"]),
+        )
+        row("  incl. fleet start, read-back", bus["bars"], bus["wall_s"], bus["bars_per_s"])
     row(
         f"Keel in-process, peak RSS {rss['peak_rss_mb']:,.0f} MB",
         rss["bars"],
@@ -603,11 +608,12 @@ def render(r: dict) -> None:
         f"{bt['fills']:,}, closed trades {bt['trades']:,}, fees {bt['fees']:,.2f}, "
         f"final value {bt['final_value']:,.2f}"
     )
-    out.print(
-        f"bus replay hash {'equals' if bus['hash_equal'] else 'DIFFERS FROM'} the in-process "
-        f"hash of the same {bus['bars']:,} bars; fleet start + first bar "
-        f"{bus['fleet_up_and_first_bar_s']:.1f} s"
-    )
+    if bus is not None:
+        out.print(
+            f"bus replay hash {'equals' if bus['hash_equal'] else 'DIFFERS FROM'} the "
+            f"in-process hash of the same {bus['bars']:,} bars; fleet start + first bar "
+            f"{bus['fleet_up_and_first_bar_s']:.1f} s"
+        )
     if rss["note"]:
         out.print(f"RSS: {rss['note']}")
     m = r["machine"]
@@ -621,6 +627,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--bars", type=int, default=1_000_000, help="bars for the in-process runs")
     p.add_argument("--bus-bars", type=int, default=1_000, help="bars for the bus replay")
+    p.add_argument("--skip-bus", action="store_true", help="leave the bus replay out")
     p.add_argument("--rss-bars", type=int, default=10_000_000, help="bars for the RSS run")
     p.add_argument("--repeats", type=int, default=3, help="runs per timing (backtrader: <= 3)")
     p.add_argument("--profile", type=int, metavar="BARS", help="only cProfile an in-process run")

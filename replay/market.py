@@ -114,20 +114,33 @@ def market_events(
     Every source is opened (and a file checked) before this returns, and the first bar is
     read: when the window holds no bar at all, ``KeelError`` is raised here.
     """
-    lo = -1 if start is None else start
-    hi = 1 << 63 if end is None else end
     windowed = [
-        _window(load_source(source, url, verify), lo, hi, sorted_opens=not source.is_stream)
+        _window(load_source(source, url, verify), start, end, sorted_opens=not source.is_stream)
         for source in sources
     ]
-    merged = heapq.merge(*windowed, key=lambda bar: bar.ts)
+    # A single source needs no merge: every layer costs each bar a generator step.
+    if len(windowed) == 1:
+        merged = iter(windowed[0])
+    else:
+        merged = heapq.merge(*windowed, key=lambda bar: bar.ts)
     first = next(merged, None)
     if first is None:
         raise KeelError("no bars in the requested data and time range")
     return itertools.chain((first,), merged)
 
 
-def _window(bars: Iterable[Bar], lo: int, hi: int, *, sorted_opens: bool) -> Iterator[Bar]:
+def _window(
+    bars: Iterable[Bar], start: int | None, end: int | None, *, sorted_opens: bool
+) -> Iterable[Bar]:
+    """The bars opening in ``[start, end)``: all of them, untouched, without bounds."""
+    if start is None and end is None:
+        return bars
+    lo = -1 if start is None else start
+    hi = 1 << 63 if end is None else end
+    return _bounded(bars, lo, hi, sorted_opens=sorted_opens)
+
+
+def _bounded(bars: Iterable[Bar], lo: int, hi: int, *, sorted_opens: bool) -> Iterator[Bar]:
     """The bars opening in ``[lo, hi)``; a file's open times only grow, so it stops at hi."""
     for bar in bars:
         if bar.open_time >= hi:

@@ -248,6 +248,15 @@ def returns(equity: np.ndarray, starting_cash: float) -> np.ndarray:
     equity = np.asarray(equity, dtype=np.float64)
     if equity.size == 0:
         return np.empty(0, dtype=np.float64)
+    if starting_cash > 0 and bool((equity[:-1] > 0).all()):
+        # Every return is defined: the same divisions, without the masked copies (a
+        # 10-million-point curve would otherwise need ~40 bytes a point of temporaries).
+        r = np.empty_like(equity)
+        with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+            np.divide(equity[:1], starting_cash, out=r[:1])
+            np.divide(equity[1:], equity[:-1], out=r[1:])
+            r -= 1.0
+        return r
     previous = np.empty_like(equity)
     previous[0] = starting_cash
     previous[1:] = equity[:-1]
@@ -276,7 +285,7 @@ def sortino(r: np.ndarray, periods: float) -> float:
         return 0.0
     with np.errstate(over="ignore", invalid="ignore"):
         downside = np.minimum(r, 0.0)
-        downside_dev = math.sqrt(float(np.mean(downside * downside)))
+        downside_dev = math.sqrt(float(np.mean(np.multiply(downside, downside, out=downside))))
         if not math.isfinite(downside_dev) or downside_dev <= ZERO_DISPERSION:
             return 0.0
         return _finite(float(np.mean(r)) / downside_dev * math.sqrt(periods))
@@ -289,28 +298,34 @@ def max_drawdown_pct(equity: np.ndarray, starting_cash: float) -> float:
         return 0.0
     peak = np.maximum.accumulate(np.maximum(equity, starting_cash))
     with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        drawdown = float(np.max((peak - equity) / peak)) * 100.0
+        fall = np.subtract(peak, equity)
+        drawdown = float(np.max(np.divide(fall, peak, out=fall))) * 100.0
     return max(_finite(drawdown), 0.0)
 
 
 def curve_metrics(
     equity: np.ndarray, gross_exposure: np.ndarray, starting_cash: float, periods: float
 ) -> dict[str, float]:
-    """The curve-derived metrics from plain arrays (already one point per ts, in ts order)."""
+    """The curve-derived metrics from plain arrays (already one point per ts, in ts order).
+
+    ``gross_exposure`` may be any numeric array (a backtest passes one byte a point). The
+    drawdown is computed before the returns so their temporaries are never alive together.
+    """
     if not (math.isfinite(starting_cash) and starting_cash > 0):
         raise ValueError("starting_cash must be finite and > 0")
     equity = np.asarray(equity, dtype=np.float64)
-    exposure = np.asarray(gross_exposure, dtype=np.float64)
+    exposure = np.asarray(gross_exposure)
     if exposure.shape != equity.shape:
         raise ValueError("equity and gross_exposure must have the same length")
     final = float(equity[-1]) if equity.size else float(starting_cash)
+    drawdown = max_drawdown_pct(equity, starting_cash)
     r = returns(equity, starting_cash)
     return {
         "final_equity": final,
         "return_pct": _finite((final / starting_cash - 1.0) * 100.0),
         "sharpe": sharpe(r, periods),
         "sortino": sortino(r, periods),
-        "max_drawdown_pct": max_drawdown_pct(equity, starting_cash),
+        "max_drawdown_pct": drawdown,
         "exposure_pct": float(np.count_nonzero(exposure > 0)) / equity.size * 100.0
         if equity.size
         else 0.0,

@@ -98,7 +98,7 @@ class Counts(msgspec.Struct):
 
 
 class RunRecorder:
-    """The sink of a replay: call it with every output event."""
+    """The sink of a replay: ``record`` (or call it with) every output event."""
 
     def __init__(self, producers: list[str], out_dir: Path | None = None) -> None:
         """With ``out_dir``, every event goes to ``events.parquet`` and the curve to
@@ -124,9 +124,12 @@ class RunRecorder:
         self._curve_rows: dict[str, list] = {name: [] for name in EQUITY_SCHEMA.names}
         self._trade_rows: dict[str, list] = {name: [] for name in TRADE_SCHEMA.names}
 
-    def __call__(
+    def record(
         self, subject: str, event: Event, envelope: LazyEnvelope | Envelope, producer: str
     ) -> None:
+        """Record one output. Hand the engine this bound method rather than the recorder:
+        calling an instance goes through the ``__call__`` slot, which packs every call's
+        arguments into a tuple."""
         payload = encode(event)
         if isinstance(event, DeadLetter):  # a bug report, not a result: stored, not hashed
             self.counts.dead_letters += 1
@@ -150,6 +153,8 @@ class RunRecorder:
             self._count(event)
         if self._writer is not None:
             self._append_row(subject, event, resolve(envelope), producer, payload)
+
+    __call__ = record
 
     def _count(self, event: Event) -> None:
         """Counts, fees, trades and risk events of the outputs other than snapshots."""

@@ -50,7 +50,7 @@ from __future__ import annotations
 import codecs
 import itertools
 import re
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -83,7 +83,11 @@ _POLARS_ERRORS = (
 )
 _SLICE_ROWS = 16_384
 _CSV_CHUNK_BYTES = 4 << 20
+_PARQUET_BUFFER_BYTES = 1 << 20
+_BEFORE_ANY_TIME = -(1 << 64)  # below every Int64 open time: the first row is never "late"
 INFER_ROWS = 200_000
+CHUNK_ROWS = 65_536
+"""Rows per chunk when streaming: memory held by the readers grows with it, speed does not."""
 """``iter_bars`` infers the interval from this many first rows (``read_bars`` from all)."""
 
 
@@ -149,7 +153,7 @@ def iter_bars(
     venue: str,
     symbol: str,
     interval: str | None = None,
-    chunk_rows: int = 200_000,
+    chunk_rows: int = CHUNK_ROWS,
 ) -> BarStream:
     """Stream one time-sorted bar file in chunks of ``chunk_rows`` rows; memory stays flat.
 
@@ -177,14 +181,14 @@ def iter_bars(
     return BarStream(path, head, tables, venue=venue, symbol=symbol, interval=label, step=step)
 
 
-def is_time_sorted(path: Path | str, *, chunk_rows: int = 200_000) -> bool:
+def is_time_sorted(path: Path | str, *, chunk_rows: int = CHUNK_ROWS) -> bool:
     """Whether the file's open times never decrease (empty ones aside), read chunk by chunk.
 
     Such a file gives ``iter_bars`` exactly the bars and skipped rows of ``read_bars``.
     """
     path = Path(path)
     last: int | None = None
-    for table in _tables(path, chunk_rows):
+    for table in _tables(path, chunk_rows, values=False):
         times = table["time"].drop_nulls()
         if times.len() == 0:
             continue
@@ -229,10 +233,7 @@ class BarStream:
 
     def _generate(self) -> Iterator[Bar]:
         venue, symbol, interval, step = self._bar
-        emitted = False
-        for bar in _bars(self._chunks(), venue, symbol, interval, step, self._report):
-            emitted = True
-            yield bar
+        emitted = yield from _bars(self._chunks(), venue, symbol, interval, step, self._report)
         if not emitted:
             raise SourceError(f"{self.path}: no valid rows (first problem: {self.skipped[0]})")
 
@@ -255,22 +256,24 @@ def _interval(step: int | None, times: pl.Series, path: Path) -> tuple[int, str]
     return step, label
 
 
-def _tables(path: Path, chunk_rows: int | None) -> Iterator[pl.DataFrame]:
+def _tables(path: Path, chunk_rows: int | None, *, values: bool = True) -> Iterator[pl.DataFrame]:
     """The file in file order as tables of ``row`` (Int64), ``time`` (Int64 nanoseconds UTC,
     null where empty) and the five value columns (Float64, null where not a number); the whole
-    file is one table when ``chunk_rows`` is None."""
+    file is one table when ``chunk_rows`` is None. With ``values=False`` only ``row`` and
+    ``time``, and a Parquet file reads only its time column."""
     times = _TimeParser(path)
     try:
-        for raw in _raw_chunks(path, chunk_rows):
+        for raw in _raw_chunks(path, chunk_rows, values=values):
             rows = raw["row"].cast(pl.Int64)
-            values = [_floats(raw[name]) for name in VALUE_COLUMNS]
-            yield pl.DataFrame([rows, times(raw["time"], rows), *values])
+            floats = [_floats(raw[name]) for name in VALUE_COLUMNS] if values else []
+            yield pl.DataFrame([rows, times(raw["time"], rows), *floats])
     except _POLARS_ERRORS as exc:
         raise SourceError(f"{path}: unreadable: {_first_line(exc)}") from exc
 
 
-def _raw_chunks(path: Path, chunk_rows: int | None) -> Iterator[pl.DataFrame]:
-    """Frames of columns ``row``, ``time`` and the five value columns, raw types kept."""
+def _raw_chunks(path: Path, chunk_rows: int | None, *, values: bool) -> Iterator[pl.DataFrame]:
+    """Frames of columns ``row``, ``time`` and the five value columns, raw types kept (a
+    Parquet file without the value columns when ``values`` is False)."""
     if not path.exists():
         raise SourceError(f"{path}: file not found")
     if not path.is_file():
@@ -280,19 +283,22 @@ def _raw_chunks(path: Path, chunk_rows: int | None) -> Iterator[pl.DataFrame]:
     with path.open("rb") as handle:
         is_parquet = handle.read(len(_PARQUET_MAGIC)) == _PARQUET_MAGIC
     if is_parquet:
-        yield from _parquet_chunks(path, chunk_rows)
+        yield from _parquet_chunks(path, chunk_rows, values=values)
     elif path.suffix.lower() == ".parquet":
         raise SourceError(f"{path}: not a Parquet file (no PAR1 signature)")
     else:
         yield from _csv_chunks(path, chunk_rows)
 
 
-def _parquet_chunks(path: Path, chunk_rows: int | None) -> Iterator[pl.DataFrame]:
+def _parquet_chunks(path: Path, chunk_rows: int | None, *, values: bool) -> Iterator[pl.DataFrame]:
     """Record batches of the needed columns; rows are numbered from 1."""
-    # Without pre_buffer=False, pyarrow's read-ahead buffers grew with the file as it streamed.
-    parquet = pq.ParquetFile(path, pre_buffer=False)
+    # Without pre_buffer=False, pyarrow's read-ahead buffers grew with the file as it streamed;
+    # without a buffer_size it reads each column chunk whole (~8 MB per million rows each).
+    parquet = pq.ParquetFile(path, pre_buffer=False, buffer_size=_PARQUET_BUFFER_BYTES)
     try:
         time_column, value_columns = _column_names(parquet.schema_arrow.names, path)
+        if not values:
+            value_columns = ()
         columns = [time_column, *value_columns]
         batches: Iterable[pa.RecordBatch | pa.Table] = (
             [parquet.read(columns=columns)]
@@ -413,13 +419,12 @@ def _picked(
     drop_blank: bool,
 ) -> pl.DataFrame:
     """The time and value columns under their standard names, rows numbered from first_row;
-    with drop_blank, rows where every one of them is empty are dropped."""
+    with drop_blank, rows where every one of them is empty are dropped. No value columns:
+    the time alone."""
+    names = VALUE_COLUMNS if value_columns else ()
     picked = raw.select(
         pl.col(time_column).alias("time"),
-        *(
-            pl.col(column).alias(name)
-            for column, name in zip(value_columns, VALUE_COLUMNS, strict=True)
-        ),
+        *(pl.col(column).alias(name) for column, name in zip(value_columns, names, strict=True)),
     ).with_row_index("row", offset=first_row)
     if drop_blank:
         picked = picked.filter(~pl.all_horizontal(pl.exclude("row").is_null()))
@@ -571,57 +576,76 @@ def _bars(
     interval: str,
     step: int,
     report: Callable[[int, str], None],
-) -> Iterator[Bar]:
+) -> Generator[Bar, None, bool]:
     """Bars from tables in file order (read_bars passes one sorted table): each bar's open time
     must be after the previous bar's, and every row that does not become a bar is reported.
+    Returns whether any row became a bar.
 
     Rows become plain Python lists a slice at a time: per-row polars access is slow, and a
     whole chunk as Python objects would be large.
     """
-    last_open: int | None = None
+    series = (venue, symbol, interval)
+    last_open = _BEFORE_ANY_TIME
     for table in tables:
         for part in table.iter_slices(_SLICE_ROWS):
             columns = [part[name].to_list() for name in ("row", "time", *VALUE_COLUMNS)]
-            for row, open_time, *values in zip(*columns, strict=True):
-                if open_time is None:
-                    report(row, "missing timestamp")
-                    continue
-                if None in values:
-                    names = ", ".join(
-                        n for n, v in zip(VALUE_COLUMNS, values, strict=True) if v is None
-                    )
-                    report(row, f"missing or non-numeric {names}")
-                    continue
-                if last_open is not None and open_time <= last_open:
-                    if open_time == last_open:
-                        report(row, f"duplicate open_time {_iso(open_time)}")
-                    else:
-                        report(
-                            row,
-                            f"open_time {_iso(open_time)} is before the previous bar's "
-                            f"{_iso(last_open)} (streaming needs a time-sorted file)",
-                        )
-                    continue
-                open_, high, low, close, volume = values
+            for row, open_time, open_, high, low, close, volume in zip(*columns, strict=True):
+                # A good row goes straight into Bar, whose own checks refuse a missing value
+                # (TypeError) or a bad one (ValueError); only a refused row pays for the why.
+                bar = None
                 try:
-                    bar = Bar(
-                        ts=open_time + step,
-                        venue=venue,
-                        symbol=symbol,
-                        interval=interval,
-                        open_time=open_time,
-                        close_time=open_time + step,
-                        open=open_,
-                        high=high,
-                        low=low,
-                        close=close,
-                        volume=volume,
-                    )
-                except ValueError as exc:
-                    report(row, f"invalid bar ({exc})")
+                    if open_time > last_open:
+                        close_time = open_time + step
+                        bar = Bar(
+                            venue,
+                            symbol,
+                            interval,
+                            open_time,
+                            close_time,
+                            open_,
+                            high,
+                            low,
+                            close,
+                            volume,
+                            ts=close_time,
+                        )
+                except (TypeError, ValueError):
+                    pass
+                if bar is None:
+                    values = (open_, high, low, close, volume)
+                    report(row, _refusal(open_time, values, last_open, step, series))
                     continue
                 last_open = open_time
                 yield bar
+    return last_open != _BEFORE_ANY_TIME
+
+
+def _refusal(
+    open_time: int | None,
+    values: tuple[float | None, ...],
+    last_open: int,
+    step: int,
+    series: tuple[str, str, str],
+) -> str:
+    """Why a row does not become a bar, checked in this order: timestamp, values, time order,
+    the bar's own rules."""
+    if open_time is None:
+        return "missing timestamp"
+    if None in values:
+        names = ", ".join(n for n, v in zip(VALUE_COLUMNS, values, strict=True) if v is None)
+        return f"missing or non-numeric {names}"
+    if open_time == last_open:
+        return f"duplicate open_time {_iso(open_time)}"
+    if open_time < last_open:
+        return (
+            f"open_time {_iso(open_time)} is before the previous bar's "
+            f"{_iso(last_open)} (streaming needs a time-sorted file)"
+        )
+    try:
+        Bar(*series, open_time, open_time + step, *values, ts=open_time + step)
+    except ValueError as exc:
+        return f"invalid bar ({exc})"
+    raise AssertionError("a refused row passed Bar's checks")
 
 
 def _iso(nanoseconds: int) -> str:
