@@ -15,15 +15,15 @@ fixed seeds) written to Parquet in a temp dir (``open_time`` in ms, OHLCV):
    its defaults (runonce, preload, the standard observers). A run that would take more than
    ~60 s is measured on a 200,000-bar prefix instead, and Keel is run on that prefix too so
    fills, trades and final value can be compared;
-3. bus replay: ``bus_replay`` of a short prefix through the real worker processes on an
-   embedded nats-server (lockstep: one barrier per bar); its result hash must equal the
-   in-process hash of the same prefix;
+3. bus replay: ``bus_replay`` of a prefix (``--bus-bars``) through the real worker
+   processes on an embedded nats-server (framed events following the replay plan, see
+   docs/replay.md); its result hash must equal the in-process hash of the same prefix;
 4. peak RSS of an in-process backtest of ``--rss-bars`` bars (default 10 million), run in a
    child process whose own ``ru_maxrss`` is read from ``os.wait4`` when it exits.
 
 Timings are medians of ``--repeats`` runs (backtrader: at most 3). Usage::
 
-    .venv/bin/python bench/replay.py [--bars 1000000] [--bus-bars 1000 | --skip-bus] \\
+    .venv/bin/python bench/replay.py [--bars 1000000] [--bus-bars 100000 | --skip-bus] \\
         [--rss-bars 10000000] [--repeats 3] [--json]
     .venv/bin/python bench/replay.py --profile 200000   # cProfile of the in-process path
 """
@@ -250,7 +250,7 @@ def bus_run(path: Path, work: Path) -> dict:
     spec = keel_spec(path)
     local = run_backtest(spec)
     server = EmbeddedServer(work / "nats").start()
-    stamps: list[float] = []
+    stamps: list[tuple[float, int]] = []
     try:
         replay_dir = work / "bus"
         replay_dir.mkdir()
@@ -259,21 +259,23 @@ def bus_run(path: Path, work: Path) -> dict:
             RunRecord(spec, local),
             server.url,
             replay_dir,
-            progress=lambda _n: stamps.append(clock()),
+            progress=lambda n: stamps.append((clock(), n)),
         )
         wall = clock() - started
     finally:
         server.stop()
-    # Steady state: from the first bar's barrier to the last (fleet start-up and read-back
-    # excluded); len(stamps) - 1 bars in that span.
-    span = stamps[-1] - stamps[0] if len(stamps) > 1 else math.nan
+    # Steady state: from the first frame whose outputs were all in to the last (fleet
+    # start-up and the workers' exit excluded); the bars of every frame after the first.
+    span = stamps[-1][0] - stamps[0][0] if len(stamps) > 1 else math.nan
+    steady_bars = sum(n for _, n in stamps[1:])
     return {
         "bars": result.bars,
         "wall_s": wall,
         "bars_per_s": result.bars / wall,
+        "steady_bars": steady_bars,
         "steady_s": span,
-        "steady_bars_per_s": (len(stamps) - 1) / span if span > 0 else math.nan,
-        "fleet_up_and_first_bar_s": stamps[0] - started if stamps else math.nan,
+        "steady_bars_per_s": steady_bars / span if span > 0 else math.nan,
+        "fleet_up_and_first_bar_s": stamps[0][0] - started if stamps else math.nan,
         "hash": result.result_hash,
         "in_process_hash": local.result_hash,
         "hash_equal": result.result_hash == local.result_hash,
@@ -583,7 +585,7 @@ def render(r: dict) -> None:
     if bus is not None:
         row(
             "Keel bus replay, steady",
-            bus["bars"] - 1,
+            bus["steady_bars"],
             bus["steady_s"],
             bus["steady_bars_per_s"],
             f">= {TARGET_BUS:,.0f}/s",
@@ -611,7 +613,7 @@ def render(r: dict) -> None:
     if bus is not None:
         out.print(
             f"bus replay hash {'equals' if bus['hash_equal'] else 'DIFFERS FROM'} the "
-            f"in-process hash of the same {bus['bars']:,} bars; fleet start + first bar "
+            f"in-process hash of the same {bus['bars']:,} bars; fleet start + first frame "
             f"{bus['fleet_up_and_first_bar_s']:.1f} s"
         )
     if rss["note"]:
@@ -626,7 +628,7 @@ def render(r: dict) -> None:
 def parse_args(argv: list[str]) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=(__doc__ or "").split("\n\n")[0])
     p.add_argument("--bars", type=int, default=1_000_000, help="bars for the in-process runs")
-    p.add_argument("--bus-bars", type=int, default=1_000, help="bars for the bus replay")
+    p.add_argument("--bus-bars", type=int, default=100_000, help="bars for the bus replay")
     p.add_argument("--skip-bus", action="store_true", help="leave the bus replay out")
     p.add_argument("--rss-bars", type=int, default=10_000_000, help="bars for the RSS run")
     p.add_argument("--repeats", type=int, default=3, help="runs per timing (backtrader: <= 3)")
