@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from msgspec import UNSET
 
 from contracts.codec import decode, encode
-from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand
+from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand, RiskAlert
 from services.execution.oms import OrderManager, OrdersConfig
 from services.execution.orders import (
     FINAL,
@@ -924,3 +924,49 @@ def test_plain_sessions_are_byte_identical_to_the_bare_venue(
     bare = PaperVenue(PaperVenueConfig(fee_bps=0.0, **venue))
     expected = [encode(r) for e in plain for r in bare.decide(e, e.ts)]
     assert [encode(r) for r in run(oms(None, **venue), plain)] == expected
+
+
+# --- tightening on a soft breach -------------------------------------------------------------
+
+
+def _tighten(ts: int, symbol: str = BTC) -> RiskAlert:
+    return RiskAlert(
+        ts=ts, rule="soft_drawdown", action="tighten_stops", venue=VENUE, symbol=symbol
+    )
+
+
+def test_a_tighten_alert_moves_the_stop_halfway_to_the_close() -> None:
+    """Stop 97.5, bar 1 closes at 103: the alert moves it to 97.5 + 0.5 x 5.5 = 100.25; bar 2
+    dips to 100, which the old stop would have survived, and fills the new one at 100.25."""
+    manager = oms()
+    out = run(manager, [B0, bracket(), B1])
+    tightened = manager.decide(_tighten(close(1)), close(1))
+    assert [(r.status, r.client_order_id, r.stop_price) for r in reports(tightened)] == [
+        ("accepted", "e1.sl", 100.25)
+    ]
+    assert reports(tightened)[0].reason == "amended: stop tightened 97.5 -> 100.25 (soft_drawdown)"
+    after = run(manager, [bar(2, 101.0, 102.0, 100.0, 101.0)])
+    assert rows(after) == [
+        (2, "filled", "e1.sl", 100.25, 2.0, 2.0, 2.0),
+        (2, "canceled", "e1.tp", 0.0, 0.0, 0.0, 2.0),
+    ]
+    assert check_reports(reports(out + tightened + after)) == []
+
+
+def test_tightening_never_loosens_and_skips_other_markets() -> None:
+    manager = oms()
+    run(manager, [B0, bracket(), B1])
+    assert manager.decide(_tighten(close(1), symbol="ETH/USDT"), close(1)) == []
+    once = manager.decide(_tighten(close(1)), close(1))
+    twice = manager.decide(_tighten(close(1)), close(1))
+    assert reports(once)[0].stop_price == 100.25
+    assert reports(twice)[0].stop_price == pytest.approx(101.625)
+    assert (
+        manager.decide(RiskAlert(ts=close(1), rule="depeg_guard", action="halt_entries"), close(1))
+        == []
+    )
+
+
+def test_tighten_fraction_is_validated() -> None:
+    with pytest.raises(ValueError, match="tighten_fraction"):
+        OrdersConfig(tighten_fraction=0.0)

@@ -32,7 +32,7 @@ import msgspec
 from msgspec import UNSET
 
 from contracts.codec import encode
-from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand
+from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand, RiskAlert
 from contracts.subjects import subject_for, symbol_token
 from services.execution.orders import WORKING, allowed
 from services.runtime.decider import Decider
@@ -50,15 +50,20 @@ class OrdersConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     every strategy); the validator places it ``stop_pct`` percent or ``stop_atr`` ATRs from
     the position's average entry price. ``atr_period`` > 0 keeps a Wilder ATR of each
     symbol's bars (needed by ``stop_atr`` and by ``trail_atr`` orders that carry no ``atr``).
-    ``keep_done``: finished client order ids remembered to refuse duplicates."""
+    ``keep_done``: finished client order ids remembered to refuse duplicates.
+    ``tighten_fraction``: on risk's ``tighten_stops`` alert (a soft breach) each working
+    protective stop moves this fraction of its distance toward the last close."""
 
     require_stop: tuple[str, ...] = ()
     stop_pct: float | None = None
     stop_atr: float | None = None
     atr_period: int = 0
     keep_done: int = 4096
+    tighten_fraction: float = 0.5
 
     def __post_init__(self) -> None:
+        if not 0 < self.tighten_fraction <= 1:
+            raise ValueError("tighten_fraction must be within (0, 1]")
         if self.stop_pct is not None and not 0 < self.stop_pct < 100:
             raise ValueError("stop_pct must be within (0, 100)")
         if self.stop_atr is not None and not self.stop_atr > 0:
@@ -184,6 +189,7 @@ class OmsState(msgspec.Struct):
     oco: dict[str, list[str]] = msgspec.field(default_factory=dict)
     trailing: list[str] = msgspec.field(default_factory=list)
     expiring: list[str] = msgspec.field(default_factory=list)
+    closes: dict[str, float] = msgspec.field(default_factory=dict)  # venue|symbol -> last close
 
 
 class OmsSnapshot(msgspec.Struct):
@@ -242,6 +248,8 @@ class OrderManager:
             if action == "cancel":
                 return self._on_cancel(event, now)  # type: ignore[arg-type]
             return self._on_amend(event, now)  # type: ignore[arg-type]
+        if kind is RiskAlert:
+            return self._tighten(event, now) if event.action == "tighten_stops" else []  # type: ignore[attr-defined]
         return list(self.venue.decide(event, now))
 
     def snapshot(self) -> bytes:
@@ -264,6 +272,7 @@ class OrderManager:
     def _on_bar(self, bar: Bar, now: int) -> list[Event]:
         st = self.state
         self._clock = bar.close_time
+        st.closes[f"{bar.venue}|{bar.symbol}"] = bar.close
         out: list[Event] = []
         if st.expiring:
             self._expire(bar, out)
@@ -319,6 +328,35 @@ class OrderManager:
                 group.stop_loss = stop
             why = f"amended: trailing stop {_num(old)} -> {_num(stop)} (best {_num(trail.best)})"
             self._replace(rec, out, why)
+
+    def _tighten(self, alert: RiskAlert, now: int) -> list[Event]:
+        """A soft breach: every working protective stop (of the alert's market, or all) moves
+        ``tighten_fraction`` of the way to the last close; never loosened, never past it."""
+        st = self.state
+        self._clock = now
+        out: list[Event] = []
+        fraction = self.config.tighten_fraction
+        for rec in list(st.orders.values()):
+            cmd = rec.cmd
+            if rec.kind != "stop_loss" or rec.status not in WORKING or rec.cum_qty > 0:
+                continue
+            if alert.symbol and (cmd.symbol != alert.symbol or cmd.venue != alert.venue):
+                continue
+            close = st.closes.get(f"{cmd.venue}|{cmd.symbol}")
+            old = rec.stop_price
+            if close is None or old is None:
+                continue
+            stop = old + fraction * (close - old)
+            if not (stop > old if cmd.side == "sell" else stop < old):
+                continue
+            rec.stop_price = stop
+            group = st.groups.get(rec.group)
+            if group is not None:
+                group.stop_loss = stop
+            why = f"amended: stop tightened {_num(old)} -> {_num(stop)} ({alert.rule})"
+            self._replace(rec, out, why)
+        self._sync(out)
+        return out
 
     def _trail_stop(self, trail: Trail, venue: str, symbol: str) -> float | None:
         """The stop the trail asks for now (None: no best price or no ATR yet)."""

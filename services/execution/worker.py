@@ -7,7 +7,7 @@ from services.execution.oms import OrderManager, OrdersConfig
 from services.execution.paper_venue import PaperVenue, PaperVenueConfig
 from services.runtime.role import Input, Role
 
-INPUTS = (Input("ORDERS", ("ord.cmd.>",)), Input("MARKET", ("md.bar.>",)))
+INPUTS = (Input("ORDERS", ("ord.cmd.>", "ord.alert.>")), Input("MARKET", ("md.bar.>",)))
 
 
 def execution_role(config: PaperVenueConfig, orders: OrdersConfig | None = None) -> Role:
