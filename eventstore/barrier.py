@@ -86,8 +86,14 @@ class Barrier:
         self._moved.set()
 
     async def _last_seqs(self) -> dict[str, int]:
+        """Each stream's last sequence, 0 when it holds nothing: a purged stream keeps its
+        last sequence but has no message left for the tracker to see."""
         js = self._bus.js
-        return {s: (await js.stream_info(s)).state.last_seq for s in self._streams}
+        out: dict[str, int] = {}
+        for s in self._streams:
+            state = (await js.stream_info(s)).state
+            out[s] = state.last_seq if state.messages else 0
+        return out
 
     async def wait(self, timeout: float) -> bool:
         """True once settled; False when ``timeout`` passes first."""

@@ -14,7 +14,7 @@ model_file``). Default params elsewhere, but for momentum's move (``PARAMS``). F
 Targets (issue 4): every strategy >= 100,000 bars/s in in-process replay, the HMM-based
 ones >= 20,000 bars/s with 3 states. Usage::
 
-    .venv/bin/python bench/strategies.py [--bars 200000] [--repeats 3] [--json]
+    .venv/bin/python bench/strategy_speed.py [--bars 200000] [--repeats 3] [--json]
 """
 
 from __future__ import annotations
