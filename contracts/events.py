@@ -488,7 +488,12 @@ class External(Event, frozen=True):
     source: str
 
     def identity(self) -> tuple[str | int, ...]:
-        raise NotImplementedError
+        """By default every field but ``ts``: the same fact seen again is the same fact.
+        Subclasses narrow or widen it (a sentiment reading is a point in time)."""
+        return (
+            type(self).__name__,
+            *(getattr(self, f) for f in self.__struct_fields__ if f != "ts"),
+        )
 
 
 class ListingAnnouncement(External, frozen=True):

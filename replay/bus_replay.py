@@ -71,8 +71,9 @@ def bus_replay(
     namespace = uuid.uuid4().hex[:12]
     config_path = work_dir / "config.json"
     config_path.write_bytes(msgspec.json.encode(spec.config))
-    planner = ReplayPlanner(fleet_roles(spec.config))
-    recorder = RunRecorder([role.name for role in fleet_roles(spec.config)])
+    roles = fleet_roles(spec.config)
+    planner = ReplayPlanner(roles)
+    recorder = RunRecorder([role.name for role in roles])
 
     async def main() -> tuple[str, int]:
         bus = await Bus.connect(url, name="replay-driver", namespace=namespace)

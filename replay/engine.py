@@ -19,10 +19,10 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Iterable, Sequence
 
-from contracts.codec import encode
 from contracts.envelope import Envelope, root_envelope
-from contracts.events import DeadLetter, Event
+from contracts.events import Event
 from contracts.subjects import subject_for, subject_matches
+from services.runtime.decider import handler_dead_letter
 from services.runtime.role import Role
 
 LazyEnvelope = tuple
@@ -67,6 +67,10 @@ class ReplayEngine:
             )
         return route
 
+    def subscribers(self, subject: str) -> tuple[str, ...]:
+        """The roles an event on ``subject`` is delivered to, in delivery order."""
+        return tuple(name for name, _ in self._route(subject))
+
     def run(self, market: Iterable[Event]) -> None:
         for event in market:
             self.feed(event)
@@ -94,7 +98,7 @@ class ReplayEngine:
             try:
                 outputs = decide(event, now)
             except Exception as exc:
-                outputs = [_dead_letter(name, event, subject, exc)]
+                outputs = [handler_dead_letter(name, event, subject, exc)]
             if not outputs:
                 continue
             for index, output in enumerate(outputs):
@@ -106,14 +110,3 @@ class ReplayEngine:
                         queue = collections.deque()
                     queue.append((output, child, out_subject))
         return queue
-
-
-def _dead_letter(worker: str, event: Event, subject: str, exc: Exception) -> DeadLetter:
-    """A decider that raises gives a dead letter, as in a live worker."""
-    return DeadLetter(
-        ts=event.ts,
-        worker=worker,
-        subject=subject,
-        reason=f"handler error: {type(exc).__name__}: {exc}",
-        payload=encode(event),
-    )

@@ -17,7 +17,6 @@ from collections import Counter
 from collections.abc import Sequence
 
 from contracts.events import Bar, Event
-from contracts.subjects import subject_matches
 from eventstore.frames import PlanStep
 from replay.engine import LazyEnvelope, ReplayEngine, resolve
 from services.runtime.role import Role
@@ -28,24 +27,12 @@ class ReplayPlanner:
     event, the cascade ids each role will receive and how many outputs each role makes."""
 
     def __init__(self, roles: Sequence[Role]) -> None:
-        self._roles = tuple(roles)
-        self._subscribers: dict[str, tuple[str, ...]] = {}
         self._outputs: list[tuple[str, LazyEnvelope, str]] = []
-        self._engine = ReplayEngine(self._roles, self._collect)
+        self._engine = ReplayEngine(roles, self._collect)
         self.outputs = Counter[str]()
 
     def _collect(self, subject: str, _event: Event, envelope: LazyEnvelope, producer: str) -> None:
         self._outputs.append((subject, envelope, producer))
-
-    def subscribers(self, subject: str) -> tuple[str, ...]:
-        names = self._subscribers.get(subject)
-        if names is None:
-            names = self._subscribers[subject] = tuple(
-                role.name
-                for role in self._roles
-                if any(subject_matches(p, subject) for i in role.inputs for p in i.subjects)
-            )
-        return names
 
     def plan_frame(self, bars: Sequence[Bar]) -> dict[str, list[PlanStep]]:
         """Run one frame's market events; the steps each role follows after each of them."""
@@ -56,7 +43,7 @@ class ReplayPlanner:
             due: dict[str, list[str]] = {}
             for subject, envelope, producer in self._outputs:
                 self.outputs[producer] += 1
-                for name in self.subscribers(subject):
+                for name in self._engine.subscribers(subject):
                     due.setdefault(name, []).append(resolve(envelope).event_id)
             for name, ids in due.items():
                 steps.setdefault(name, []).append(PlanStep(index, ids))

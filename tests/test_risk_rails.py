@@ -9,57 +9,14 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts.events import (
-    Bar,
     Event,
     ExecutionReport,
     GovernanceCommand,
     OrderCommand,
     RiskDecision,
-    Signal,
 )
 from services.risk.rails import RiskEngine, RiskLimits
-
-MINUTE = 60_000_000_000
-T0 = 1_700_000_000_000_000_000
-VENUE = "test"
-BTC = "BTC/USDT"
-
-
-def sig(
-    target: float | None = None,
-    *,
-    side: str | None = None,
-    size: float | None = None,
-    ts: int = T0,
-    strategy: str = "s1",
-    symbol: str = BTC,
-) -> Signal:
-    return Signal(
-        ts=ts,
-        strategy=strategy,
-        venue=VENUE,
-        symbol=symbol,
-        model_tag="mt",
-        target_position=target,
-        side=side,  # type: ignore[arg-type]
-        size=size,
-    )
-
-
-def bar(close: float, symbol: str = BTC, ts: int = T0) -> Bar:
-    return Bar(
-        ts=ts,
-        venue=VENUE,
-        symbol=symbol,
-        interval="1m",
-        open_time=ts - MINUTE,
-        close_time=ts,
-        open=close,
-        high=close,
-        low=close,
-        close=close,
-        volume=1.0,
-    )
+from tests.risk_helpers import BTC, MINUTE, T0, VENUE, bar, sig
 
 
 def report(order: OrderCommand, status: str, fill_qty: float = 0.0, price: float = 0.0) -> Event:
