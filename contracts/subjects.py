@@ -100,9 +100,20 @@ def token_symbol(token: str) -> str:
     return symbol
 
 
-@functools.lru_cache(maxsize=65_536)
+_BAR_SUBJECTS: dict[str, dict[str, dict[str, str]]] = {}
+"""Bar subjects by venue, symbol and interval: nested dicts, because a key tuple costs as much
+to hash as building the subject's tokens again."""
+
+
 def bar_subject(venue: str, symbol: str, interval: str) -> str:
-    return f"md.bar.{name_token(venue, 'venue')}.{symbol_token(symbol)}.{name_token(interval)}"
+    try:
+        return _BAR_SUBJECTS[venue][symbol][interval]
+    except KeyError:
+        subject = (
+            f"md.bar.{name_token(venue, 'venue')}.{symbol_token(symbol)}.{name_token(interval)}"
+        )
+        _BAR_SUBJECTS.setdefault(venue, {}).setdefault(symbol, {})[interval] = subject
+        return subject
 
 
 def bars_of_symbol(symbol: str) -> str:
@@ -126,8 +137,7 @@ def _named_symbol(prefix: str, name: str, venue: str | None, symbol: str) -> str
     return f"{prefix}.{name_token(name, 'strategy')}{middle}.{symbol_token(symbol)}"
 
 
-_SUBJECTS: dict[type, Callable[[Any], str]] = {
-    Bar: lambda e: bar_subject(e.venue, e.symbol, e.interval),
+_SUBJECTS: dict[type, Callable[[Any], str]] = {  # bars and equity snapshots: subject_for
     Trade: lambda e: _market("trade", e.venue, e.symbol),
     Quote: lambda e: _market("quote", e.venue, e.symbol),
     Instrument: lambda e: _market("instrument", e.venue, e.symbol),
@@ -138,7 +148,6 @@ _SUBJECTS: dict[type, Callable[[Any], str]] = {
     RiskAlert: lambda e: f"ord.alert.{name_token(e.rule, 'rule')}",
     ExecutionReport: lambda e: _venue_symbol("exec.report", e.venue, e.symbol),
     PositionChanged: lambda e: _venue_symbol("pf.position", e.venue, e.symbol),
-    EquitySnapshot: lambda e: "pf.equity",
     StrategyPnL: lambda e: f"pf.pnl.{name_token(e.strategy, 'strategy')}",
     ParamsTuned: lambda e: _named_symbol("gov.tune", e.strategy, None, e.symbol),
     GovernanceCommand: lambda e: f"gov.cmd.{e.action}",
@@ -177,8 +186,17 @@ def external_filters(kinds: tuple[str, ...], symbols: tuple[str, ...] = ()) -> t
 
 
 def subject_for(event: Event) -> str:
-    """The subject an event is published on."""
-    build = _SUBJECTS.get(type(event))
+    """The subject an event is published on. Bars and equity snapshots, nearly every event of
+    a replay, are answered before the table: no lambda call."""
+    kind = type(event)
+    if kind is Bar:
+        try:
+            return _BAR_SUBJECTS[event.venue][event.symbol][event.interval]  # type: ignore[attr-defined]
+        except KeyError:
+            return bar_subject(event.venue, event.symbol, event.interval)  # type: ignore[attr-defined]
+    if kind is EquitySnapshot:
+        return "pf.equity"
+    build = _SUBJECTS.get(kind)
     if build is None:
         raise SubjectError(f"no subject for {type(event).__name__}")
     return build(event)

@@ -110,6 +110,8 @@ class RunRecorder:
         self.counts = Counts()
         self.equity = array.array("d")
         self.exposed = array.array("B")
+        self._equity_append = self.equity.append
+        self._exposed_append = self.exposed.append
         self.trade_pnl = array.array("d")
         self.fees = array.array("d")
         self._book = TradeBook()
@@ -131,24 +133,26 @@ class RunRecorder:
         calling an instance goes through the ``__call__`` slot, which packs every call's
         arguments into a tuple."""
         payload = encode(event)
-        if isinstance(event, DeadLetter):  # a bug report, not a result: stored, not hashed
+        kind = type(event)
+        if kind is DeadLetter:  # a bug report, not a result: stored, not hashed
             self.counts.dead_letters += 1
             if self._writer is not None:
                 self._append_row(subject, event, resolve(envelope), producer, payload)
             return
-        digest = self._hashes.get(producer)
-        if digest is None:
+        try:
+            digest = self._hashes[producer]
+        except KeyError:
             digest = self._hashes[producer] = hashlib.sha256()
         digest.update(b"%s\n%s\n" % (subject.encode(), payload))
         self.counts.events += 1
-        if isinstance(event, EquitySnapshot):  # one per bar: _add_point inlined
+        if kind is EquitySnapshot:  # one per bar: _add_point inlined
             point = self._point
             if point is not None and point.ts != event.ts:
-                self.equity.append(point.equity)
-                self.exposed.append(point.gross_exposure > 0)
+                self._equity_append(point.equity)
+                self._exposed_append(point.gross_exposure > 0)
                 if self._curve_writer is not None:
                     self._write_point(point)
-            self._point = event
+            self._point = event  # type: ignore[assignment]
         else:
             self._count(event)
         if self._writer is not None:

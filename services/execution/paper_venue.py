@@ -114,12 +114,13 @@ class PaperVenue:
         self._taker_bps = config.fee_bps
         self._maker_bps = config.fee_bps if config.maker_fee_bps is None else config.maker_fee_bps
         self._participation = config.max_participation
-        self._keys: dict[str, dict[str, str]] = {}  # venue -> symbol -> history key
+        # venue -> symbol -> the list in ``state.bars``: a bar builds no key string
+        self._histories: dict[str, dict[str, list[_BarPrices]]] = {}
 
     def decide(self, event: Event, now: int) -> list[Event]:
+        if type(event) is Bar:  # nearly every input: one test, no pattern match
+            return self._on_bar(event)  # type: ignore[arg-type]
         match event:
-            case Bar():
-                return self._on_bar(event)
             case OrderCommand(action="new"):
                 return self._on_new(event, now)
             case OrderCommand(action="cancel"):
@@ -165,14 +166,10 @@ class PaperVenue:
         return [_report(order, "rejected", now, "", reason="cancel of an unknown order")]
 
     def _on_bar(self, bar: Bar) -> list[Event]:
-        by_symbol = self._keys.get(bar.venue)
-        key = by_symbol.get(bar.symbol) if by_symbol is not None else None
-        if key is None:
-            key = _key(bar.venue, bar.symbol)
-            self._keys.setdefault(bar.venue, {})[bar.symbol] = key
-        history = self.state.bars.get(key)
-        if history is None:
-            history = self.state.bars[key] = []
+        try:
+            history = self._histories[bar.venue][bar.symbol]
+        except KeyError:
+            history = self._history(bar.venue, bar.symbol)
         prices = _BarPrices(
             bar.open_time, bar.close_time, bar.open, bar.high, bar.low, bar.close, bar.volume
         )
@@ -348,6 +345,12 @@ class PaperVenue:
 
     def restore(self, data: bytes) -> None:
         self.state = msgspec.msgpack.decode(data, type=PaperVenueState)
+        self._histories.clear()
+
+    def _history(self, venue: str, symbol: str) -> list[_BarPrices]:
+        history = self.state.bars.setdefault(_key(venue, symbol), [])
+        self._histories.setdefault(venue, {})[symbol] = history
+        return history
 
 
 def _key(venue: str, symbol: str) -> str:

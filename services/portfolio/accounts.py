@@ -281,7 +281,8 @@ class _LegacyLedger(msgspec.Struct):
 
 
 _STATE_DECODER = msgspec.msgpack.Decoder(PortfolioState)
-_UNSEEN = object()
+_Leg = tuple[str, str, dict[str, tuple[int, float]]]
+"""(asset, quote currency key, the asset's legs by quote: (time, rate))"""
 _ENCODER = msgspec.msgpack.Encoder()
 
 
@@ -332,7 +333,8 @@ class Portfolio:
         self.fx = Fx(state.fx, dict(self.config.rates), self._skew)
         self._rates = state.fx.rates
         self._meta: dict[str, Meta] = {}
-        self._legs: dict[str, tuple[str, str, dict[str, tuple[int, float]]] | None] = {}
+        self._markets: dict[str, dict[str, tuple[str, _Leg | None]]] = {}
+        self._attribution_every = self.config.attribution_every
         # starting balances in other currencies: (currency key, amount, assumed rate)
         self._foreign: list[tuple[str, float, float]] = []
         for account in self.config.venues.values():
@@ -371,16 +373,18 @@ class Portfolio:
             self._meta[key] = meta
         return meta
 
-    def _leg(self, key: str, symbol: str) -> tuple[str, str, dict[str, tuple[int, float]]] | None:
-        """(asset, quote, the asset's legs) of a spot market that can serve as an FX leg."""
+    def _market(self, venue: str, symbol: str) -> tuple[str, _Leg | None]:
+        """A market's book key and, for a spot market that can serve as an FX leg, (asset,
+        quote, the asset's legs); kept by venue and symbol, so a bar builds no key string."""
+        key = f"{venue}|{symbol}"
         meta = self._describe(key, symbol)
         leg = None
         if not meta.perpetual and meta.quote and meta.base:
             asset, quote = self._currency(meta.base), self._currency(meta.quote)
             if asset != quote:
                 leg = (asset, quote, self.fx.legs_of(asset))
-        self._legs[key] = leg
-        return leg
+        market = self._markets.setdefault(venue, {})[symbol] = (key, leg)
+        return market
 
     def _terms(self, position: Position, key: str, venue: str, symbol: str, now: int) -> None:
         """Give a flat position the instrument's current terms."""
@@ -402,35 +406,34 @@ class Portfolio:
         state = self.state
         state.events += 1
         due = 0 < state.next_funding < now
+        if type(event) is Bar:  # first, and inline: nearly every input is a bar
+            settled = self._settle_due(now) if due else None
+            try:
+                key, leg = self._markets[event.venue][event.symbol]
+            except KeyError:
+                key, leg = self._market(event.venue, event.symbol)
+            close = event.close
+            state.marks[key] = close
+            position = state.positions.get(key)
+            if position is not None:
+                position.mark = close
+            if leg is not None:  # a conversion-rate leg (fx.py)
+                asset, quote, legs = leg
+                if quote not in legs:
+                    state.fx.quoted.setdefault(quote, []).append(asset)
+                legs[quote] = (event.ts, close)
+                if len(self._rates) > 1:
+                    self.fx.changed(asset, quote, legs, event.ts)
+            if self._attribution_every:
+                state.bars += 1
+                if state.bars % self._attribution_every == 0:
+                    out: list[Event] = [self.equity(now), *self.attribution(now)]
+                    return settled + out if settled else out
+            if settled:
+                settled.append(self.equity(now))
+                return settled
+            return [self._simple_equity(now) if self._simple else self.equity(now)]
         match event:
-            case Bar():  # first, and inline: nearly every input is a bar
-                settled = self._settle_due(now) if due else None
-                key = f"{event.venue}|{event.symbol}"
-                close = event.close
-                state.marks[key] = close
-                position = state.positions.get(key)
-                if position is not None:
-                    position.mark = close
-                leg = self._legs.get(key, _UNSEEN)
-                if leg is _UNSEEN:
-                    leg = self._leg(key, event.symbol)
-                if leg is not None:  # a conversion-rate leg (fx.py)
-                    asset, quote, legs = leg  # type: ignore[misc]
-                    if quote not in legs:
-                        state.fx.quoted.setdefault(quote, []).append(asset)
-                    legs[quote] = (event.ts, close)
-                    if len(self._rates) > 1:
-                        self.fx.changed(asset, quote, legs, event.ts)
-                every = self.config.attribution_every
-                if every:
-                    state.bars += 1
-                    if state.bars % every == 0:
-                        out: list[Event] = [self.equity(now), *self.attribution(now)]
-                        return settled + out if settled else out
-                if settled:
-                    settled.append(self.equity(now))
-                    return settled
-                return [self.equity(now)]
             case ExecutionReport() if event.fill_qty > 0:
                 out = self._settle_due(now) if due else []
                 out.append(self._on_fill(event, now))
@@ -552,7 +555,7 @@ class Portfolio:
         key = f"{event.venue}|{event.symbol}"
         self.state.instruments[key] = from_description(event)
         self._meta.pop(key, None)
-        self._legs.pop(key, None)
+        self._markets.get(event.venue, {}).pop(event.symbol, None)
 
     # -- funding --
 
