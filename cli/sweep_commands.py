@@ -31,6 +31,7 @@ from cli.run_options import (
 )
 from cli.timeparse import iso_ns
 from eventstore.server import nats_url
+from replay.external import EventFile
 from replay.market import DataSource
 from replay.sweep import (
     METRICS,
@@ -41,6 +42,7 @@ from replay.sweep import (
     SweepOutcome,
     SweepSpec,
     WalkForward,
+    check_events,
     parse_grid,
     plan_sweep,
     query_hint,
@@ -91,6 +93,12 @@ def sweep(
     fee_bps: FeeOpt = None,
     slippage_bps: SlippageOpt = None,
     config: ConfigOpt = None,
+    events: Annotated[
+        list[Path] | None,
+        typer.Option(
+            "--events", help="JSONL file of external events (ext.>) for every run, repeatable."
+        ),
+    ] = None,
     out: Annotated[
         Path | None,
         typer.Option("--out", help="Directory for sweep.parquet (default: sweeps/<UTC time>)."),
@@ -158,7 +166,12 @@ def sweep(
         definition = SweepSpec(base=base, grid=raw_grid, sort=cast(Metric, sort), walk_forward=walk)
         plan = plan_sweep(definition)  # unknown strategy, key or value: before reading data
         fleet_roles(spec_with(base, plan.params[0]).config)
-        base = msgspec.structs.replace(base, data=tuple(s.with_digest() for s in base.data))
+        base = msgspec.structs.replace(
+            base,
+            data=tuple(s.with_digest() for s in base.data),
+            events=tuple(EventFile(_absolute(str(e))).with_digest() for e in events or ()),
+        )
+        check_events(base)  # run_sweep checks too; here before any bar is parsed or progress shown
         definition = msgspec.structs.replace(definition, base=base)
         if plan.skipped:
             errors.print(
@@ -313,16 +326,19 @@ def _best_table(definition: SweepSpec, best: pl.DataFrame, walk: bool) -> Table:
     table.add_column("#", justify="right")
     if walk:
         table.add_column("fold", justify="right")
-    params = [f"p_{k}" for k in definition.grid]  # the fixed params are in the Parquet file
-    for column in params:
-        table.add_column(column[2:], justify="right")
+    # the fixed params are in the Parquet file; events: those within each run's window
+    shown = [(f"p_{k}", k) for k in definition.grid]
+    if definition.base.events:
+        shown.append(("external_events", "events"))
+    for _, header in shown:
+        table.add_column(header, justify="right")
     for _, header, _ in SHOWN_METRICS:
         table.add_column(header, justify="right")
     for rank, row in enumerate(best.iter_rows(named=True), start=1):
         cells = [str(rank)]
         if walk:
             cells.append(str(row["fold"]))
-        cells += [str(row[c]) for c in params]
+        cells += [str(row[c]) for c, _ in shown]
         cells += [_cell(row[c], template) for c, _, template in SHOWN_METRICS]
         table.add_row(*cells)
     return table

@@ -11,6 +11,11 @@ Every run is in memory (no run directory). Workers are spawned processes that re
 as msgspec JSON bytes and return the result the same way, so a sweep gives the same result
 hashes as running each spec with ``run_backtest`` one after another.
 
+External events (``BacktestSpec.events``, ``keel sweep --events``) go to every run as they go
+to a backtest: merged with the bars and cut to the run's window, so each row equals
+``run_backtest`` of its spec. The files are checked in the parent before the first run: a
+bad line or a file changed since it was pinned stops the sweep there, not in every worker.
+
 Walk-forward: the data's time range (first bar open to last bar close, clipped by the base
 spec's window) is cut into rolling folds, train ``[t, t+train)`` then test
 ``[t+train, t+train+test)``, stepping by ``test``. The whole grid runs on each train window;
@@ -19,7 +24,8 @@ replayed on its own, so indicators warm up again at the start of a test window.
 
 OUT layout: ``sweep.parquet`` (one row per run: ``p_<param>`` columns, counts, metrics, the
 result hash and, for walk-forward, the fold, its windows and the phase) and ``sweep.json``
-(the sweep definition, the skipped combinations and the fold summary).
+(the sweep definition, with the data and events files and their sha256 as pinned, the
+skipped combinations and the fold summary).
 """
 
 from __future__ import annotations
@@ -40,6 +46,7 @@ import polars as pl
 
 from eventstore.errors import KeelError
 from replay.backtest import BacktestResult, BacktestSpec, run_backtest
+from replay.external import read_events
 from replay.market import market_events
 from services.config import StrategyConfig
 from strategies.registry import REGISTRY, StrategyError
@@ -55,6 +62,7 @@ MAX_COMBINATIONS = 100_000
 
 RESULT_COLUMNS = (
     "bars",
+    "external_events",
     "signals",
     "orders",
     "fills",
@@ -340,7 +348,7 @@ def _describe_ns(ns: int) -> str:
 
 def _run_encoded(spec: bytes, url: str | None = None) -> bytes:
     """The worker: a spec as msgspec JSON in, its result as msgspec JSON out (spawn-safe)."""
-    # the parent pinned the data moments ago: no full re-read per run
+    # the parent pinned the data and checked the events moments ago: no digest per run
     result = run_backtest(
         msgspec.json.decode(spec, type=BacktestSpec), None, url, verify_data=False
     )
@@ -426,6 +434,7 @@ def run_sweep(
     when already computed (the CLI does, to size its progress bar).
     """
     plan = plan or plan_sweep(sweep)
+    check_events(sweep.base)
     if sweep.walk_forward is not None and folds is None:
         folds = walk_forward_folds(sweep, url)
     size = sweep_size(sweep, plan, folds)
@@ -438,6 +447,13 @@ def run_sweep(
             ]
             return SweepOutcome(_table(rows), specs, plan)
         return _walk_forward(sweep, plan, folds, runner)
+
+
+def check_events(base: BacktestSpec) -> None:
+    """Read every events file once (each line, the order, the pinned sha256): a bad file is
+    one error before the first run instead of one per worker."""
+    for source in base.events:
+        read_events(source)
 
 
 def walk_forward_folds(sweep: SweepSpec, url: str | None = None) -> list[Fold]:
@@ -560,7 +576,7 @@ _SCHEMA = {
     "fold": pl.Int64,
     "phase": pl.String,
     **{c: pl.Int64 for c in WINDOW_COLUMNS},
-    **{c: pl.Int64 for c in ("bars", "signals", "orders", "fills", "trades")},
+    **{c: pl.Int64 for c in ("bars", "external_events", "signals", "orders", "fills", "trades")},
     **{
         c: pl.Float64
         for c in (

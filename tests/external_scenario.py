@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 
-from contracts.events import Bar, Event, Signal
+from contracts.events import Bar, Event, Signal, SocialSentiment
 from services.strategy.host import StrategyDecider
 from strategies.registry import build_strategy
 
@@ -37,6 +37,24 @@ def bar(
         close=close,
         volume=1.0,
     )
+
+
+def sentiment_readings(
+    symbol: str, start: int, end: int, every: int, scores: Sequence[float] = (0.5, 0.7, 0.9)
+) -> list[SocialSentiment]:
+    """A loud crowd on ``symbol`` every ``every`` ns in ``[start, end)``, the score cycling
+    through ``scores``: ``min_score`` decides which readings a meme_sentiment instance takes."""
+    return [
+        SocialSentiment(
+            ts=ts,
+            source="lunar",
+            symbol=symbol,
+            score=scores[k % len(scores)],
+            mentions=500,
+            velocity=3.0,
+        )
+        for k, ts in enumerate(range(start, end, every))
+    ]
 
 
 def feed(decider: StrategyDecider, items: Iterable[Event]) -> list[Signal]:

@@ -1,5 +1,6 @@
 """``keel sweep``: grid parsing, invalid combinations, parallel runs equal to serial ones, the
-Parquet table queried with DuckDB, walk-forward folds, and bad input as one error line.
+Parquet table queried with DuckDB, walk-forward folds, external events (``--events``) given to
+every run and window as a backtest gets them, and bad input as one error line.
 
 The market is ``SyntheticMarket`` (one symbol, 3,000 1m bars = 50 hours) written as CSV into a
 temporary directory; the CLI runs as a real subprocess without a NATS server.
@@ -19,15 +20,19 @@ import msgspec
 import polars as pl
 import pytest
 
+from contracts.codec import encode
 from eventstore.errors import KeelError
 from eventstore.server import URL_ENV
 from replay.backtest import BacktestSpec, run_backtest
-from replay.market import DataSource
+from replay.external import EventFile
+from replay.market import DataSource, file_digest
 from replay.sweep import (
+    WINDOW_COLUMNS,
     SweepRecord,
     SweepSpec,
     WalkForward,
     best_index,
+    data_range,
     make_folds,
     parse_duration,
     parse_grid,
@@ -40,7 +45,12 @@ from replay.sweep import (
 from services.config import KeelConfig, StrategyConfig
 from services.marketdata.synthetic import SyntheticMarket
 from strategies.registry import StrategyError
+from tests.external_scenario import MINUTE, T0, sentiment_readings
 from tests.test_backtest import write_csv
+from tests.test_backtest_cli import keel as keel_cli
+from tests.test_backtest_cli import last_json as cli_json
+from tests.test_external_replay import SNIPER, files, listing, write_events
+from tests.test_external_replay import spec as sniper_spec
 
 SYMBOL = "BTC/USDT"
 HOUR = 3600 * 10**9
@@ -54,14 +64,21 @@ def market(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return write_csv(tmp_path_factory.mktemp("market") / "btc.csv", bars)
 
 
-def direct_spec(market: Path, params: dict, start: int | None = None, end: int | None = None):
-    """The spec a single ``keel backtest --strategy ma_cross`` would run, built independently."""
+def direct_spec(
+    market: Path,
+    params: dict,
+    start: int | None = None,
+    end: int | None = None,
+    strategy: str = "ma_cross",
+    events: tuple[EventFile, ...] = (),
+) -> BacktestSpec:
+    """The spec a single ``keel backtest --strategy <strategy>`` would run, built independently."""
     config = msgspec.structs.replace(
         KeelConfig(),
-        strategies=(StrategyConfig(name="ma_cross", instance="ma_cross", params=params),),
+        strategies=(StrategyConfig(name=strategy, instance=strategy, params=params),),
     )
     source = DataSource(location=str(market.resolve()), symbol=SYMBOL)
-    return BacktestSpec(config=config, data=(source,), start=start, end=end)
+    return BacktestSpec(config=config, data=(source,), start=start, end=end, events=events)
 
 
 def sweep_of(market: Path, grid: list[str], **kwargs) -> SweepSpec:
@@ -425,3 +442,185 @@ def test_bad_input_is_one_error_line(market: Path, tmp_path: Path) -> None:
         assert len(lines) == 1 and lines[0].startswith("error:"), (name, stderr)
         assert BAD_INPUTS[name][1] in lines[0], (name, lines[0])
     assert not (tmp_path / "sweeps").exists()
+
+
+# --- external events ----------------------------------------------------------------------------
+
+
+def test_cli_sweep_with_events_rows_equal_backtests(tmp_path: Path) -> None:
+    data, events = files(tmp_path)  # 10 bars of NEW/USDT, a listing at T0+2m
+    fixed = [a for k in ("notional", "take_profits") for a in ("--param", f"{k}={SNIPER[k]}")]
+    proc = keel(
+        tmp_path,
+        "--strategy",
+        "listing_sniper",
+        *fixed,
+        "--grid",
+        "delay_s=0,120",
+        "--grid",
+        "stop_pct=5,10",
+        "--data",
+        data.name,
+        "--symbol",
+        "NEW/USDT",
+        "--venue",
+        "test",
+        "--events",
+        events.name,
+        "--workers",
+        "2",
+        "--out",
+        "grid",
+    )
+    stdout, _ = ok(proc)
+
+    assert "top 4 runs by sharpe" in stdout
+    header = next(line for line in stdout.splitlines() if "delay_s" in line)
+    assert "events" in header, stdout
+    parquet = tmp_path / "grid" / "sweep.parquet"
+    assert f"duckdb -c \"select * from '{parquet.relative_to(tmp_path)}'" in stdout
+    table = duckdb.sql(f"select * from '{parquet}' order by run").pl()
+    assert table.height == 4
+    pinned = (EventFile(str(events.resolve()), file_digest(events)),)
+    for row in table.iter_rows(named=True):  # each grid point == its own backtest, same events
+        direct = run_backtest(spec_with(sniper_spec(data, pinned), params_of(row)))
+        assert row["result_hash"] == direct.result_hash, params_of(row)
+        assert (row["bars"], row["external_events"], row["trades"]) == (
+            10,
+            1,
+            direct.trades,
+        )
+        assert row["signals"] > 0  # without the listing the sniper never trades
+    assert table["result_hash"].n_unique() > 1  # the grid changes the outcome
+
+    record = msgspec.json.decode((tmp_path / "grid" / "sweep.json").read_bytes(), type=SweepRecord)
+    assert record.sweep.base.events == pinned  # the stored sweep names its events, by content
+
+
+def test_cli_walk_forward_with_events_test_windows_equal_backtests(
+    market: Path, tmp_path: Path
+) -> None:
+    lo, hi = data_range(direct_spec(market, {}))
+    readings = sentiment_readings(SYMBOL, lo + 7 * MINUTE, hi, 45 * MINUTE)
+    crowd = write_events(tmp_path / "crowd.jsonl", readings)
+    fixed = {"cooldown_s": 0, "target_pct": 0.3}
+    proc = keel(
+        tmp_path,
+        "--strategy",
+        "meme_sentiment",
+        *[a for k, v in fixed.items() for a in ("--param", f"{k}={v}")],
+        "--grid",
+        "min_score=0.6,0.8",
+        "--grid",
+        "stop_pct=0.3,1",
+        "--data",
+        str(market),
+        "--symbol",
+        SYMBOL,
+        "--events",
+        crowd.name,
+        "--train",
+        "12h",
+        "--test",
+        "12h",
+        "--workers",
+        "2",
+        "--out",
+        "wf",
+        "--json",
+    )
+    document = last_json(ok(proc)[0])
+    table = pl.read_parquet(tmp_path / "wf" / "sweep.parquet")
+
+    assert len(document["folds"]) == 3 and document["runs"] == table.height == 3 * (4 + 1)
+    windows = table.with_columns(pl.col(c).cast(pl.Int64) for c in WINDOW_COLUMNS)
+    for row in windows.iter_rows(named=True):  # each run got the events of its window only
+        start, end = (row["train_start"], row["train_end"])
+        if row["phase"] == "test":
+            start, end = (row["test_start"], row["test_end"])
+        assert row["external_events"] == sum(start <= e.ts < end for e in readings), row
+        assert row["external_events"] > 0 and row["signals"] > 0
+
+    pinned = (EventFile(str(crowd.resolve()), file_digest(crowd)),)
+    tests = windows.filter(pl.col("phase") == "test").sort("fold")
+    for row in tests.iter_rows(named=True):
+        window = direct_spec(
+            market,
+            params_of(row),
+            row["test_start"],
+            row["test_end"],
+            strategy="meme_sentiment",
+            events=pinned,
+        )
+        assert run_backtest(window).result_hash == row["result_hash"], row["fold"]
+
+    # and `keel backtest` of the first test window, with the same events, says the same
+    first = table.filter(pl.col("phase") == "test").sort("fold").row(0, named=True)
+    backtest = cli_json(
+        keel_cli(
+            tmp_path,
+            "backtest",
+            "--strategy",
+            "meme_sentiment",
+            *[a for k, v in params_of(first).items() for a in ("--param", f"{k}={v}")],
+            "--data",
+            str(market),
+            "--symbol",
+            SYMBOL,
+            "--events",
+            crowd.name,
+            "--start",
+            first["test_start"].isoformat(),
+            "--end",
+            first["test_end"].isoformat(),
+            "--json",
+        )
+    )
+    assert backtest["result_hash"] == first["result_hash"]
+    assert backtest["external_events"] == first["external_events"]
+
+
+def test_a_bad_events_file_is_one_error_line(market: Path, tmp_path: Path) -> None:
+    good = write_events(tmp_path / "good.jsonl", [listing(T0)])
+    (tmp_path / "garbled.jsonl").write_bytes(encode(listing(T0)) + b"\n{not json\n")
+    (tmp_path / "unknown.jsonl").write_bytes(b'{"type":"Rumour","ts":1}\n')
+    cases = {
+        "missing.jsonl": "events missing.jsonl: no such file",
+        "garbled.jsonl": "garbled.jsonl:2: ",
+        "unknown.jsonl": "unknown.jsonl:1: Invalid value 'Rumour'",
+    }
+    common = ["--strategy", "meme_sentiment", "--grid", "min_score=0.6,0.8"]
+    data = ["--data", str(market), "--symbol", SYMBOL, "--workers", "2"]
+    procs = {
+        name: keel(tmp_path, *common, *data, "--events", good.name, "--events", name)
+        for name in cases
+    }
+    for name, proc in procs.items():
+        code, stdout, stderr = finish(proc)
+        assert code != 0, (name, stdout, stderr)
+        assert "Traceback" not in stdout + stderr, name
+        assert not stdout.strip(), (name, stdout)
+        lines = [line for line in stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error:"), (name, stderr)
+        assert cases[name] in lines[0], (name, lines[0])
+    assert not (tmp_path / "sweeps").exists()
+
+
+def test_library_sweep_refuses_bad_or_changed_events_before_running(
+    market: Path, tmp_path: Path
+) -> None:
+    path = write_events(tmp_path / "e.jsonl", [listing(T0)])
+    pinned = EventFile(str(path)).with_digest()
+    sweep = sweep_of(market, ["fast=5,10", "slow=30"])
+    changed = msgspec.structs.replace(
+        sweep, base=msgspec.structs.replace(sweep.base, events=(pinned,))
+    )
+    path.write_bytes(path.read_bytes() + encode(listing(T0 + MINUTE)) + b"\n")
+    with pytest.raises(KeelError, match="changed since"):  # the workers do not re-hash
+        run_sweep(changed, workers=2)
+    path.write_bytes(b"{not json\n")
+    garbled = msgspec.structs.replace(
+        sweep, base=msgspec.structs.replace(sweep.base, events=(EventFile(str(path)),))
+    )
+    with pytest.raises(KeelError, match=re.escape("e.jsonl:1")):
+        run_sweep(garbled, workers=2)
