@@ -32,6 +32,7 @@ from contracts.events import (
     Signal,
     SystemStatus,
 )
+from replay.digest import ProducerDigest
 from replay.engine import LazyEnvelope, resolve
 from replay.metrics import TradeBook
 
@@ -94,7 +95,6 @@ class Counts(msgspec.Struct):
     fills: int = 0
     rejections: int = 0
     dead_letters: int = 0
-    events: int = 0
 
 
 class RunRecorder:
@@ -106,7 +106,7 @@ class RunRecorder:
         equity of each point (8 bytes) and whether it held exposure (1 byte), each closed
         trade's pnl and each fill's fee; the fills themselves are folded into round trips
         as they come (``TradeBook``)."""
-        self._hashes = {name: hashlib.sha256() for name in producers}
+        self._digests = {name: ProducerDigest() for name in producers}
         self.counts = Counts()
         self.equity = array.array("d")
         self.exposed = array.array("B")
@@ -117,6 +117,7 @@ class RunRecorder:
         self._book = TradeBook()
         self.risk_events: list[RiskEvent] = []
         self._point: EquitySnapshot | None = None  # the last snapshot of the current ts
+        self._seq = 0  # rows written to events.parquet
         self._writer = self._curve_writer = self._trade_writer = None
         if out_dir is not None:
             self._writer = pq.ParquetWriter(out_dir / "events.parquet", EVENT_SCHEMA)
@@ -132,19 +133,7 @@ class RunRecorder:
         """Record one output. Hand the engine this bound method rather than the recorder:
         calling an instance goes through the ``__call__`` slot, which packs every call's
         arguments into a tuple."""
-        payload = encode(event)
         kind = type(event)
-        if kind is DeadLetter:  # a bug report, not a result: stored, not hashed
-            self.counts.dead_letters += 1
-            if self._writer is not None:
-                self._append_row(subject, event, resolve(envelope), producer, payload)
-            return
-        try:
-            digest = self._hashes[producer]
-        except KeyError:
-            digest = self._hashes[producer] = hashlib.sha256()
-        digest.update(b"%s\n%s\n" % (subject.encode(), payload))
-        self.counts.events += 1
         if kind is EquitySnapshot:  # one per bar: _add_point inlined
             point = self._point
             if point is not None and point.ts != event.ts:
@@ -153,10 +142,20 @@ class RunRecorder:
                 if self._curve_writer is not None:
                     self._write_point(point)
             self._point = event  # type: ignore[assignment]
+        elif kind is DeadLetter:  # a bug report, not a result: stored, not hashed
+            self.counts.dead_letters += 1
+            if self._writer is not None:
+                self._append_row(subject, event, resolve(envelope), producer)
+            return
         else:
             self._count(event)
+        try:
+            self._digests[producer].add(subject, event)
+        except KeyError:
+            self._digests[producer] = ProducerDigest()
+            self._digests[producer].add(subject, event)
         if self._writer is not None:
-            self._append_row(subject, event, resolve(envelope), producer, payload)
+            self._append_row(subject, event, resolve(envelope), producer)
 
     __call__ = record
 
@@ -188,11 +187,10 @@ class RunRecorder:
             rule, action = event.rule or "status", event.status.lower()
             self.risk_events.append(RiskEvent(iso(event.ts), rule, action, event.reason))
 
-    def _append_row(
-        self, subject: str, event: Event, envelope: Envelope, producer: str, payload: bytes
-    ) -> None:
+    def _append_row(self, subject: str, event: Event, envelope: Envelope, producer: str) -> None:
         rows = self._rows
-        rows["seq"].append(self.counts.events)
+        self._seq += 1
+        rows["seq"].append(self._seq)
         rows["producer"].append(producer)
         rows["subject"].append(subject)
         rows["type"].append(type(event).__name__)
@@ -200,7 +198,7 @@ class RunRecorder:
         rows["id"].append(envelope.event_id)
         rows["causation_id"].append(envelope.causation_id)
         rows["correlation_id"].append(envelope.correlation_id)
-        rows["payload"].append(payload.decode())
+        rows["payload"].append(encode(event).decode())
         if len(rows["seq"]) >= ROW_GROUP:
             self._flush()
 
@@ -242,7 +240,7 @@ class RunRecorder:
 
     def result_hash(self) -> str:
         total = hashlib.sha256()
-        for name, digest in self._hashes.items():
+        for name, digest in self._digests.items():
             total.update(name.encode())
             total.update(b"=")
             total.update(digest.hexdigest().encode())

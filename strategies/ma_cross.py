@@ -46,29 +46,30 @@ class MaCross:
         self.name = name
         self.params = params
         self.state = MaCrossState()
-        # legs by (venue, symbol, interval), so a bar needs no key string; reset on restore
-        self._legs: dict[tuple[str, str, str], _Leg] = {}
+        # legs by venue, symbol and interval (nested: no key string or tuple to hash per
+        # bar); reset on restore
+        self._legs: dict[str, dict[str, dict[str, _Leg]]] = {}
 
     @property
     def model_tag(self) -> str:
         p = self.params
         return f"ma_cross-{p.kind}{p.fast}x{p.slow}"
 
-    def _new_leg(self, ident: tuple[str, str, str]) -> _Leg:
-        key = "|".join(ident)
+    def _new_leg(self, venue: str, symbol: str, interval: str) -> _Leg:
+        key = f"{venue}|{symbol}|{interval}"
         leg = self.state.legs.get(key)
         if leg is None:
             make = SMA if self.params.kind == "sma" else EMA
             leg = _Leg(make(self.params.fast), make(self.params.slow))
             self.state.legs[key] = leg
-        self._legs[ident] = leg
+        self._legs.setdefault(venue, {}).setdefault(symbol, {})[interval] = leg
         return leg
 
     def on_bar(self, bar: Bar) -> list[Signal]:
-        ident = (bar.venue, bar.symbol, bar.interval)
-        leg = self._legs.get(ident)
-        if leg is None:
-            leg = self._new_leg(ident)
+        try:
+            leg = self._legs[bar.venue][bar.symbol][bar.interval]
+        except KeyError:
+            leg = self._new_leg(bar.venue, bar.symbol, bar.interval)
         close = bar.close
         fast = leg.fast.update(close)
         slow = leg.slow.update(close)

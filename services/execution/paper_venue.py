@@ -118,8 +118,19 @@ class PaperVenue:
         self._histories: dict[str, dict[str, list[_BarPrices]]] = {}
 
     def decide(self, event: Event, now: int) -> list[Event]:
-        if type(event) is Bar:  # nearly every input: one test, no pattern match
-            return self._on_bar(event)  # type: ignore[arg-type]
+        if type(event) is Bar:  # nearly every input: inline, one history append
+            bar: Bar = event  # type: ignore[assignment]
+            try:
+                history = self._histories[bar.venue][bar.symbol]
+            except KeyError:
+                history = self._history(bar.venue, bar.symbol)
+            prices = _BarPrices(
+                bar.open_time, bar.close_time, bar.open, bar.high, bar.low, bar.close, bar.volume
+            )
+            history.append(prices)
+            if len(history) >= HISTORY + _TRIM:
+                del history[:-HISTORY]
+            return self._on_bar(bar, prices) if self.state.pending else []
         match event:
             case OrderCommand(action="new"):
                 return self._on_new(event, now)
@@ -165,20 +176,9 @@ class PaperVenue:
                 ]
         return [_report(order, "rejected", now, "", reason="cancel of an unknown order")]
 
-    def _on_bar(self, bar: Bar) -> list[Event]:
-        try:
-            history = self._histories[bar.venue][bar.symbol]
-        except KeyError:
-            history = self._history(bar.venue, bar.symbol)
-        prices = _BarPrices(
-            bar.open_time, bar.close_time, bar.open, bar.high, bar.low, bar.close, bar.volume
-        )
-        history.append(prices)
-        if len(history) >= HISTORY + _TRIM:
-            del history[:-HISTORY]
+    def _on_bar(self, bar: Bar, prices: _BarPrices) -> list[Event]:
+        """Advance the working orders of the bar's market (the bar is already in history)."""
         pending = self.state.pending
-        if not pending:
-            return []
         reports: list[Event] = []
         done: list[_Pending] = []
         for working in pending:

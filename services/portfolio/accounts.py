@@ -375,14 +375,19 @@ class Portfolio:
 
     def _market(self, venue: str, symbol: str) -> tuple[str, _Leg | None]:
         """A market's book key and, for a spot market that can serve as an FX leg, (asset,
-        quote, the asset's legs); kept by venue and symbol, so a bar builds no key string."""
+        quote, the asset's legs); kept by venue and symbol, so a bar builds no key string.
+        Called on a market's bar, which then gives the leg its rate: the quote currency is
+        registered as quoting the asset here, once."""
         key = f"{venue}|{symbol}"
         meta = self._describe(key, symbol)
         leg = None
         if not meta.perpetual and meta.quote and meta.base:
             asset, quote = self._currency(meta.base), self._currency(meta.quote)
             if asset != quote:
-                leg = (asset, quote, self.fx.legs_of(asset))
+                legs = self.fx.legs_of(asset)
+                if quote not in legs:
+                    self.state.fx.quoted.setdefault(quote, []).append(asset)
+                leg = (asset, quote, legs)
         market = self._markets.setdefault(venue, {})[symbol] = (key, leg)
         return market
 
@@ -419,8 +424,6 @@ class Portfolio:
                 position.mark = close
             if leg is not None:  # a conversion-rate leg (fx.py)
                 asset, quote, legs = leg
-                if quote not in legs:
-                    state.fx.quoted.setdefault(quote, []).append(asset)
                 legs[quote] = (event.ts, close)
                 if len(self._rates) > 1:
                     self.fx.changed(asset, quote, legs, event.ts)

@@ -17,11 +17,12 @@ from strategies.registry import Strategy
 class StrategyDecider:
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
+        self._on_bar = strategy.on_bar
         self._on_event = getattr(strategy, "on_event", None)
 
     def decide(self, event: Event, now: int) -> Sequence[Event]:
-        if isinstance(event, Bar):
-            return self.strategy.on_bar(event)
+        if type(event) is Bar:
+            return self._on_bar(event)
         return self._on_event(event) if self._on_event is not None else ()
 
     def snapshot(self) -> bytes:
