@@ -7,10 +7,13 @@ from pathlib import Path
 
 import polars as pl
 import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from contracts.events import Bar
 from services.marketdata import sources
 from services.marketdata.sources import (
+    VALUE_COLUMNS,
     BarFile,
     SourceError,
     interval_ns,
@@ -734,3 +737,79 @@ def test_real_data_streams_like_it_reads(name: str) -> None:
     assert is_time_sorted(path)
     assert stream(path) == whole
     assert stream(path, chunk_rows=4_096) == whole
+
+
+_ROW = st.tuples(
+    st.sampled_from([60, 60, 60, 60, 60, 60, 0, -60, None]),  # to the next open time (s)
+    st.sampled_from([None] * 12 + list(range(len(VALUE_COLUMNS)))),  # the column to spoil
+    st.sampled_from([None, float("nan"), float("inf"), 0.0, -1.0, 0.5, 3.0]),  # with this
+)
+_GOOD = {"open": 1.5, "high": 2.0, "low": 1.0, "close": 1.5, "volume": 10.0}
+
+
+@settings(
+    max_examples=60, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture]
+)
+@given(st.lists(_ROW, min_size=1, max_size=40), st.integers(1, 9))
+def test_clean_slices_read_like_row_by_row(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, rows: list[tuple], slice_rows: int
+) -> None:
+    """A slice whose rows all become bars takes a whole-column path; whatever the defects and
+    wherever the slice boundaries fall, the bars and skipped rows equal the row-by-row path's."""
+    monkeypatch.setattr(sources, "_SLICE_ROWS", slice_rows)
+    t, times = 1_700_000_000, []
+    for step, _, _ in rows:
+        times.append(None if step is None else t)
+        t += 60 if step is None else step
+    columns = {name: [value] * len(rows) for name, value in _GOOD.items()}
+    for i, (_, spoiled, value) in enumerate(rows):
+        if spoiled is not None:
+            columns[VALUE_COLUMNS[spoiled]][i] = value
+    frame = pl.DataFrame(
+        {"time": times, **columns},
+        schema={"time": pl.Int64, **{name: pl.Float64 for name in VALUE_COLUMNS}},
+    )
+    path = tmp_path / f"bars-{slice_rows}.parquet"
+    frame.write_parquet(path)
+
+    def read() -> tuple[list[Bar], list[str]]:
+        try:
+            stream = iter_bars(path, venue="v", symbol="X/Y", interval="1m", chunk_rows=7)
+            return list(stream), stream.skipped
+        except SourceError as exc:
+            return [], [str(exc)]
+
+    fast = read()
+    monkeypatch.setattr(sources, "_every_row_a_bar", lambda part, last_open: False)
+    assert fast == read()
+
+
+def test_clean_slices_take_the_column_path(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Slices of 4 over 30 rows with one bad row (13) and a repeated open time at a slice
+    boundary (row 17 repeats row 16): the clean slices take the column path, the rest go row
+    by row, and the bars and skipped rows are the row-by-row reader's."""
+    monkeypatch.setattr(sources, "_SLICE_ROWS", 4)
+    times = [1_700_000_000 + 60 * i for i in range(30)]
+    times[16] = times[15]  # rows are 1-based: row 17 repeats row 16's open time
+    columns = {name: [value] * 30 for name, value in _GOOD.items()}
+    columns["low"][12] = 3.0  # row 13: low above high
+    path = tmp_path / "bars.parquet"
+    pl.DataFrame({"time": times, **columns}).write_parquet(path)
+    taken: list[bool] = []
+    real = sources._every_row_a_bar
+
+    def counted(part: pl.DataFrame, last_open: int) -> bool:
+        taken.append(real(part, last_open))
+        return taken[-1]
+
+    monkeypatch.setattr(sources, "_every_row_a_bar", counted)
+    stream = iter_bars(path, venue="v", symbol="X/Y", interval="1m")
+    bars = list(stream)
+    assert taken == [True, True, True, False, False, True, True, True]
+    assert [b.open_time for b in bars] == [
+        t * 1_000_000_000 for i, t in enumerate(times) if i not in (12, 16)
+    ]
+    assert stream.skipped == [
+        "row 13: invalid bar (high below low)",
+        "row 17: duplicate open_time 2023-11-14T22:28:20Z",
+    ]

@@ -47,6 +47,7 @@ Two ways to read:
 
 from __future__ import annotations
 
+import array
 import codecs
 import itertools
 import re
@@ -85,6 +86,7 @@ _SLICE_ROWS = 16_384
 _CSV_CHUNK_BYTES = 4 << 20
 _PARQUET_BUFFER_BYTES = 1 << 20
 _BEFORE_ANY_TIME = -(1 << 64)  # below every Int64 open time: the first row is never "late"
+_MIN_INT64 = -(1 << 63)
 INFER_ROWS = 200_000
 CHUNK_ROWS = 65_536
 """Rows per chunk when streaming: memory held by the readers grows with it, speed does not."""
@@ -588,6 +590,29 @@ def _bars(
     last_open = _BEFORE_ANY_TIME
     for table in tables:
         for part in table.iter_slices(_SLICE_ROWS):
+            if _every_row_a_bar(part, last_open):
+                # The common case, with nothing to report: no per-row checks here (Bar's own
+                # still run), and the columns as arrays, which the garbage collector does not
+                # walk the way it walks lists of 16,384 floats at every collection.
+                times = _array("q", part["time"])
+                values = [_array("d", part[name]) for name in VALUE_COLUMNS]
+                for open_time, open_, high, low, close, volume in zip(times, *values, strict=True):
+                    close_time = open_time + step
+                    yield Bar(
+                        venue,
+                        symbol,
+                        interval,
+                        open_time,
+                        close_time,
+                        open_,
+                        high,
+                        low,
+                        close,
+                        volume,
+                        ts=close_time,
+                    )
+                last_open = times[-1]
+                continue
             columns = [part[name].to_list() for name in ("row", "time", *VALUE_COLUMNS)]
             for row, open_time, open_, high, low, close, volume in zip(*columns, strict=True):
                 # A good row goes straight into Bar, whose own checks refuse a missing value
@@ -618,6 +643,34 @@ def _bars(
                 last_open = open_time
                 yield bar
     return last_open != _BEFORE_ANY_TIME
+
+
+def _every_row_a_bar(part: pl.DataFrame, last_open: int) -> bool:
+    """Whether every row of the slice passes the row rules: open times present and rising
+    from ``last_open``, values present, finite, prices above zero, low <= high, volume >= 0
+    (the checks of ``Bar`` and of ``_bars``, on whole columns)."""
+    time = pl.col("time")
+    low, high, volume = pl.col("low"), pl.col("high"), pl.col("volume")
+    finite = [pl.col(name).is_finite() for name in VALUE_COLUMNS]
+    ok = part.select(
+        pl.all_horizontal(
+            time.is_not_null(),
+            time > pl.coalesce(time.shift(1), pl.lit(max(last_open, _MIN_INT64), pl.Int64)),
+            *finite,
+            pl.min_horizontal("open", "high", "low", "close") > 0,
+            low <= high,
+            volume >= 0,
+        )
+        .fill_null(False)
+        .all()
+    ).item()
+    return bool(ok)
+
+
+def _array(typecode: str, column: pl.Series) -> array.array:
+    out = array.array(typecode)
+    out.frombytes(column.to_numpy().tobytes())
+    return out
 
 
 def _refusal(
