@@ -10,17 +10,19 @@ import numpy as np
 import pytest
 
 from contracts.events import Bar, Signal
-from strategies.indicators import ADX, EMA
+from strategies.indicators import ADX, ATR, EMA, RSI, BollingerBands, Donchian, Stochastic
 from strategies.registry import StrategyError, build_strategy
 from strategies.rule_engine import (
     RULES,
     Decision,
     Features,
+    FeatureTracker,
     Holding,
     RegimeDetector,
     Rule,
     RuleEngine,
     RuleEngineParams,
+    RuleEngineState,
     aggregate,
     decide,
     replay_decisions,
@@ -509,6 +511,105 @@ def test_series_are_independent() -> None:
     alone = run(RuleEngine("re", PARAMS), btc)
     mixed = run(RuleEngine("re", PARAMS), [b for pair in zip(btc, eth, strict=True) for b in pair])
     assert [s for s in mixed if s.symbol == "BTC/USDT"] == alone
+
+
+def test_last_decision_is_rebuilt_from_the_state_after_a_restore() -> None:
+    engine = RuleEngine("re", PARAMS)
+    run(engine, synthetic_bars())
+    restored = RuleEngine("re", PARAMS)
+    restored.restore(engine.snapshot())
+    decision = engine.last_decision("test", "BTC/USDT", "1m")
+    assert decision is not None
+    assert restored.last_decision("test", "BTC/USDT", "1m") == decision
+
+
+# --- the fused indicator step -----------------------------------------------------------------
+
+
+def awkward_hlc(n: int = 4_000, seed: int = 5) -> list[tuple[float, float, float]]:
+    """(high, low, close) with what the incremental indicators special-case: flat stretches
+    (zero ranges, zero variance, no losses), ticks that repeat values and extremes, and more
+    bars than the rolling sums' periodic refresh (64 periods)."""
+    rng = np.random.default_rng(seed)
+    out, price = [], 100.0
+    for i in range(n):
+        phase = i % 1_000
+        if phase < 80:
+            out.append((price, price, price))
+        elif phase < 300:
+            price = round(price + float(rng.choice([-0.5, 0.0, 0.5])), 1)
+            out.append((price + float(rng.choice([0.0, 0.5])), price - 0.5, price))
+        else:
+            price *= 1.0 + float(rng.normal(0.0, 0.003))
+            wick = abs(float(rng.normal(0.0, 0.002))) * price
+            out.append((price + wick, price - wick, price))
+    return out
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        PARAMS,
+        RuleEngineParams(ema_fast=2, ema_slow=3, adx_period=1, atr_period=1, rsi_period=1),
+        RuleEngineParams(bb_period=2, stoch_k=1, stoch_d=1, breakout_fast=1, breakout_slow=2),
+    ],
+    ids=["defaults", "period-1-averages", "period-1-windows"],
+)
+def test_fused_step_leaves_every_indicator_as_its_own_methods_do(
+    params: RuleEngineParams,
+) -> None:
+    """The fused step is the indicators' steady-state arithmetic inlined: after every bar each
+    indicator's state, and every value the regime and the rules read, is byte for byte what
+    the indicators' own methods give."""
+
+    def indicators() -> tuple[
+        EMA, EMA, ADX, ATR, RSI, BollingerBands, Stochastic, Donchian, Donchian
+    ]:
+        return (
+            EMA(params.ema_fast),
+            EMA(params.ema_slow),
+            ADX(params.adx_period),
+            ATR(params.atr_period),
+            RSI(params.rsi_period),
+            BollingerBands(params.bb_period, params.bb_k),
+            Stochastic(params.stoch_k, params.stoch_d),
+            Donchian(params.breakout_fast),
+            Donchian(params.breakout_slow),
+        )
+
+    tracker = FeatureTracker(*indicators())
+    reference = indicators()
+    ema_fast, ema_slow, adx, atr, rsi, bb, stoch, dc_fast, dc_slow = reference
+    warm_bars = 0
+    for high, low, close in awkward_hlc():
+        warm_bars += tracker.warm  # the bars the fused step takes
+        tracker.update(high, low, close)
+        values = (
+            ema_fast.update(close),
+            ema_slow.update(close),
+            adx.advance(high, low, close),
+            rsi.update(close),
+        )
+        atr.update(high, low, close)
+        bb.advance(close)
+        stoch.advance(high, low, close)
+        dc_fast.advance(high, low)
+        dc_slow.advance(high, low)
+        tracked = msgspec.structs.astuple(tracker)[: len(reference)]
+        assert msgspec.msgpack.encode(tracked) == msgspec.msgpack.encode(reference)
+        last = (tracker.last_ema_fast, tracker.last_ema_slow, tracker.last_adx, tracker.last_rsi)
+        assert msgspec.msgpack.encode(last) == msgspec.msgpack.encode(values)
+    assert warm_bars > 3_000
+
+
+def test_snapshot_round_trips_byte_for_byte_without_the_fused_step_constants() -> None:
+    engine = RuleEngine("re", PARAMS)
+    run(engine, synthetic_bars())
+    snapshot = engine.snapshot()
+    assert b"_constants" not in snapshot and b"_channels" not in snapshot
+    assert msgspec.msgpack.encode(msgspec.msgpack.decode(snapshot, type=RuleEngineState)) == (
+        snapshot
+    )
 
 
 # --- params and registry ----------------------------------------------------------------------

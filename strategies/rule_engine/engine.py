@@ -139,8 +139,10 @@ def aggregate(long_weight: float, short_weight: float, weight_floor: float) -> t
     fired = long_weight + short_weight
     if fired <= 0.0:
         return 0.0, 0.0
-    bias = (long_weight - short_weight) / max(fired, weight_floor)
-    return bias, max(long_weight, short_weight) / fired
+    # max(a, b) written out (b if b > a else a, the same result): it runs on most bars, and a
+    # builtin call costs more than the comparison
+    bias = (long_weight - short_weight) / (weight_floor if weight_floor > fired else fired)
+    return bias, (short_weight if short_weight > long_weight else long_weight) / fired
 
 
 def counting_rules(
@@ -235,7 +237,8 @@ class Holding(msgspec.Struct):
     ) -> tuple[str, float] | None:
         """``apply`` for a bar whose proposal is not new (none, or the previous bar's), which
         needs no decision record: the stop trails, or is hit (then (reason, 1.0))."""
-        self.last_proposal = proposal
+        if proposal != self.last_proposal:  # a struct field store costs more than the test
+            self.last_proposal = proposal
         side, stop = self.side, self.stop
         if not side or stop is None:
             return None
@@ -277,8 +280,7 @@ class RuleEngine:
                 tuple((rule.predicate, rule.weight) for rule in longs),
                 tuple((rule.predicate, rule.weight) for rule in shorts),
             )
-        self._series: dict[tuple[str, str, str], tuple[str, _Series]] = {}
-        self._regimes: dict[str, Regime] = {}  # per series key: the last warm bar's regime
+        self._series: dict[tuple[str, str, str], _Series] = {}  # by (venue, symbol, interval)
 
     def _new_series(self) -> _Series:
         p = self.params
@@ -301,13 +303,13 @@ class RuleEngine:
         )
         return _Series(tracker, detector)
 
-    def _lookup(self, ident: tuple[str, str, str]) -> tuple[str, _Series]:
+    def _lookup(self, ident: tuple[str, str, str]) -> _Series:
         key = "|".join(ident)
         s = self.state.series.get(key)
         if s is None:
             s = self.state.series[key] = self._new_series()
-        entry = self._series[ident] = (key, s)
-        return entry
+        self._series[ident] = s
+        return s
 
     def _decision(self, s: _Series, regime: Regime) -> Decision:
         features = s.features.features()
@@ -316,22 +318,24 @@ class RuleEngine:
         return decide(features, regime, vol, p)
 
     def last_decision(self, venue: str, symbol: str, interval: str) -> Decision | None:
-        """The decision record of the series' last bar (None during warm-up); not snapshotted."""
-        key = "|".join((venue, symbol, interval))
-        regime = self._regimes.get(key)
-        return None if regime is None else self._decision(self.state.series[key], regime)
+        """The decision record of the series' last bar (None during warm-up), rebuilt from the
+        series' state: the same record, also right after a restore."""
+        s = self.state.series.get("|".join((venue, symbol, interval)))
+        if s is None or not s.features.warm:
+            return None
+        return self._decision(s, s.regime.current)
 
     def on_bar(self, bar: Bar) -> list[Signal]:
         ident = (bar.venue, bar.symbol, bar.interval)
-        entry = self._series.get(ident)
-        key, s = self._lookup(ident) if entry is None else entry
+        s = self._series.get(ident)
+        if s is None:
+            s = self._lookup(ident)
         tracker = s.features
         close = bar.close
         warm = tracker.update(bar.high, bar.low, close)
         regime = s.regime.update(tracker.last_adx, tracker.last_ema_fast, tracker.last_ema_slow)
         if not warm:
             return []
-        self._regimes[key] = regime
         p = self.params
         proposal = 0
         longs, shorts = self._counting[regime]
@@ -383,7 +387,6 @@ class RuleEngine:
     def restore(self, data: bytes) -> None:
         self.state = msgspec.msgpack.decode(data, type=RuleEngineState)
         self._series.clear()
-        self._regimes.clear()
 
 
 def _describe(decision: Decision, long_only_flat: bool) -> str:

@@ -51,10 +51,21 @@ class RegimeDetector(msgspec.Struct):
             ranging = adx < self.adx_range
             if adx > self.adx_trend and ema_fast is not None and ema_slow is not None:
                 bull, bear = ema_fast > ema_slow, ema_fast < ema_slow
-        # the runs, then ``current`` inlined (this runs on every bar)
-        bull_run = self.bull_run = self.bull_run + 1 if bull else 0
-        bear_run = self.bear_run = self.bear_run + 1 if bear else 0
-        range_run = self.range_run = self.range_run + 1 if ranging else 0
+        # the runs, then ``current`` inlined (this runs on every bar); a run is stored only
+        # when it changes, since a struct field store costs more than the test
+        bull_run, bear_run, range_run = self.bull_run, self.bear_run, self.range_run
+        if bull:
+            bull_run = self.bull_run = bull_run + 1
+        elif bull_run:
+            bull_run = self.bull_run = 0
+        if bear:
+            bear_run = self.bear_run = bear_run + 1
+        elif bear_run:
+            bear_run = self.bear_run = 0
+        if ranging:
+            range_run = self.range_run = range_run + 1
+        elif range_run:
+            range_run = self.range_run = 0
         if bull_run >= self.trend_bars:
             return BULL_TREND
         if bear_run >= self.trend_bars:
