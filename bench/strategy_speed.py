@@ -94,7 +94,7 @@ def pipeline(name: str, params: dict[str, str], bars: list[Bar]) -> tuple[float,
     )
     roles = fleet_roles(config)
     recorder = RunRecorder([role.name for role in roles])
-    engine = ReplayEngine(roles, recorder)
+    engine = ReplayEngine(roles, recorder.record)
     feed = engine.feed
     started = clock()
     for bar in bars:
