@@ -243,6 +243,7 @@ class RiskEngine:
             self._by_key.setdefault(w.key, []).append(order_id)
         self._quotes: dict[str, tuple[str, str, bool]] = {}
         self._venues: dict[str, str] = {}
+        self._keys: dict[str, dict[str, str]] = {}
         self._breaker = VenueBreaker(lim.breaker, state.breakers) if lim.breaker else None
         self._depegs = [
             Depeg(g, state.depeg.setdefault(g.asset, DepegState())) for g in self.guards.depegs
@@ -332,6 +333,11 @@ class RiskEngine:
             self._quotes[sk] = cached
         return cached
 
+    def _key(self, venue: str, symbol: str) -> str:
+        """The symbol key ``venue|symbol``, kept by venue and symbol: a bar builds no string."""
+        sk = self._keys.setdefault(venue, {})[symbol] = f"{venue}|{symbol}"
+        return sk
+
     def _venue(self, sk: str) -> str:
         venue = self._venues.get(sk)
         if venue is None:
@@ -342,7 +348,12 @@ class RiskEngine:
 
     def decide(self, event: Event, now: int) -> list[Event]:
         if self._plain_bars and type(event) is Bar:  # nearly every input: only the price
-            self.state.prices[f"{event.venue}|{event.symbol}"] = event.close
+            bar: Bar = event  # type: ignore[assignment]
+            try:
+                sk = self._keys[bar.venue][bar.symbol]
+            except KeyError:
+                sk = self._key(bar.venue, bar.symbol)
+            self.state.prices[sk] = bar.close
             return []
         breaker = self._breaker
         out: list[Event] = []
@@ -447,7 +458,10 @@ class RiskEngine:
     # --- market ---------------------------------------------------------------------------
 
     def _on_bar(self, bar: Bar, now: int) -> list[Event]:
-        sk = f"{bar.venue}|{bar.symbol}"
+        try:
+            sk = self._keys[bar.venue][bar.symbol]
+        except KeyError:
+            sk = self._key(bar.venue, bar.symbol)
         self.state.prices[sk] = bar.close
         if self._returns_len:
             self._add_return(sk, bar)
