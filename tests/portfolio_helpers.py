@@ -1,8 +1,8 @@
-"""Builders for the portfolio tests: fills, bars, funding, instruments."""
+"""Builders for the portfolio tests: fills, bars, funding, instruments, equity snapshots."""
 
 from __future__ import annotations
 
-from contracts.events import Bar, ExecutionReport, FundingRate, Instrument
+from contracts.events import Bar, EquitySnapshot, ExecutionReport, FundingRate, Instrument
 
 MINUTE = 60_000_000_000
 HOUR = 60 * MINUTE
@@ -86,4 +86,17 @@ def instrument(
         kind=kind,  # type: ignore[arg-type]
         contract_size=contract_size,
         max_leverage=max_leverage,
+    )
+
+
+def snap(ts: int, equity: float, exposure: float = 0.0) -> EquitySnapshot:
+    """A book all in cash (``exposure`` aside): equity == cash."""
+    return EquitySnapshot(
+        ts=ts,
+        cash=equity,
+        equity=equity,
+        realized_pnl=0.0,
+        unrealized_pnl=0.0,
+        fees=0.0,
+        gross_exposure=exposure,
     )

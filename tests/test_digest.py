@@ -8,9 +8,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.codec import encode
-from contracts.events import DeadLetter, EquitySnapshot, Event, Signal
+from contracts.events import DeadLetter, Event, Signal
 from replay import digest as digest_module
 from replay.digest import ProducerDigest
+from tests.portfolio_helpers import snap
 
 
 def naive(outputs: list[tuple[str, Event]]) -> str:
@@ -19,18 +20,6 @@ def naive(outputs: list[tuple[str, Event]]) -> str:
     for subject, event in outputs:
         h.update(subject.encode() + b"\n" + encode(event) + b"\n")
     return h.hexdigest()
-
-
-def snapshot(ts: int, equity: float) -> EquitySnapshot:
-    return EquitySnapshot(
-        ts=ts,
-        cash=equity,
-        equity=equity,
-        realized_pnl=0.0,
-        unrealized_pnl=0.0,
-        fees=0.0,
-        gross_exposure=0.0,
-    )
 
 
 def signal(ts: int, reason: str) -> Signal:
@@ -50,7 +39,7 @@ texts = st.text(alphabet=st.sampled_from('ab\n"\\é€\t'), max_size=8)
 outputs = st.lists(
     st.one_of(
         st.builds(
-            lambda ts, e: ("pf.equity", snapshot(ts, e)),
+            lambda ts, e: ("pf.equity", snap(ts, e)),
             st.integers(1, 10**18),
             st.floats(-1e12, 1e12),
         ),
@@ -83,7 +72,7 @@ def test_batch_boundary_and_hexdigest_mid_run(monkeypatch) -> None:
     """Runs longer than BATCH are hashed in pieces; asking for the digest mid-run and going
     on gives the same bytes as never asking."""
     monkeypatch.setattr(digest_module, "BATCH", 3)
-    items = [("pf.equity", snapshot(i, float(i))) for i in range(1, 11)]
+    items = [("pf.equity", snap(i, float(i))) for i in range(1, 11)]
     d = ProducerDigest()
     for n, (subject, event) in enumerate(items, 1):
         d.add(subject, event)

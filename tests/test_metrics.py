@@ -30,22 +30,11 @@ from replay.metrics import (
     trades_from_fills,
 )
 from services.portfolio.ledger import Ledger, LedgerConfig
+from tests.portfolio_helpers import snap
 
 VENUE = "test"
 BTC = "BTC/USDT"
 ETH = "ETH/USDT"
-
-
-def snap(ts: int, equity: float, exposure: float = 0.0) -> EquitySnapshot:
-    return EquitySnapshot(
-        ts=ts,
-        cash=equity,
-        equity=equity,
-        realized_pnl=0.0,
-        unrealized_pnl=0.0,
-        fees=0.0,
-        gross_exposure=exposure,
-    )
 
 
 def fill(
