@@ -164,7 +164,7 @@ class OutputReader:
         self._task = asyncio.create_task(self._read(sub))
 
     async def _read(self, sub) -> None:
-        record, counts = self._recorder, self.counts
+        record, counts = self._recorder.record, self.counts
         while True:
             try:
                 msgs = await sub.fetch(64, timeout=1.0)

@@ -98,7 +98,7 @@ class Counts(msgspec.Struct):
 
 
 class RunRecorder:
-    """The sink of a replay: ``record`` (or call it with) every output event."""
+    """The sink of a replay: ``record`` every output event."""
 
     def __init__(self, producers: list[str], out_dir: Path | None = None) -> None:
         """With ``out_dir``, every event goes to ``events.parquet`` and the curve to
@@ -130,9 +130,7 @@ class RunRecorder:
     def record(
         self, subject: str, event: Event, envelope: LazyEnvelope | Envelope, producer: str
     ) -> None:
-        """Record one output. Hand the engine this bound method rather than the recorder:
-        calling an instance goes through the ``__call__`` slot, which packs every call's
-        arguments into a tuple."""
+        """Record one output (the sink of a replay: hand over this bound method)."""
         kind = type(event)
         if kind is EquitySnapshot:  # one per bar: _add_point inlined
             point = self._point
@@ -156,8 +154,6 @@ class RunRecorder:
             self._digests[producer].add(subject, event)
         if self._writer is not None:
             self._append_row(subject, event, resolve(envelope), producer)
-
-    __call__ = record
 
     def _count(self, event: Event) -> None:
         """Counts, fees, trades and risk events of the outputs other than snapshots."""

@@ -19,6 +19,7 @@ import msgspec
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import RSI, BollingerBands
 from strategies.params import require_finite
+from strategies.series import series_for
 
 
 class MeanReversionParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -74,22 +75,15 @@ class MeanReversion:
         if p.stop_pct:
             self.model_tag += f"-stop{p.stop_pct:g}"
 
-    def _new_series(self, ident: tuple[str, str, str]) -> _Series:
-        key = "|".join(ident)
-        s = self.state.series.get(key)
-        if s is None:
-            p = self.params
-            s = self.state.series[key] = _Series(
-                BollingerBands(p.bb_period, p.bb_k), RSI(p.rsi_period)
-            )
-        self._series[ident] = s
-        return s
+    def _fresh_series(self) -> _Series:
+        p = self.params
+        return _Series(BollingerBands(p.bb_period, p.bb_k), RSI(p.rsi_period))
 
     def on_bar(self, bar: Bar) -> list[Signal]:
         ident = (bar.venue, bar.symbol, bar.interval)
         s = self._series.get(ident)
         if s is None:
-            s = self._new_series(ident)
+            s = series_for(self.state.series, self._series, ident, self._fresh_series)
         close = bar.close
         bands = s.bands  # its mid/upper/lower fields are this bar's once warm
         warm = bands.advance(close)

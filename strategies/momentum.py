@@ -22,6 +22,7 @@ import msgspec
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import SMA
 from strategies.params import require_finite
+from strategies.series import series_for
 
 
 class MomentumParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -79,13 +80,8 @@ class Momentum:
             f"-stop{p.stop_pct:g}-trail{p.trail_pct:g}"
         )
 
-    def _new_series(self, ident: tuple[str, str, str]) -> _Series:
-        key = "|".join(ident)
-        s = self.state.series.get(key)
-        if s is None:
-            s = self.state.series[key] = _Series(SMA(self.params.volume_period))
-        self._series[ident] = s
-        return s
+    def _fresh_series(self) -> _Series:
+        return _Series(SMA(self.params.volume_period))
 
     def stop_level(self, s: _Series) -> float:
         """The level a position of ``s`` exits at: the tighter of the stop and the trail."""
@@ -98,7 +94,7 @@ class Momentum:
         ident = (bar.venue, bar.symbol, bar.interval)
         s = self._series.get(ident)
         if s is None:
-            s = self._new_series(ident)
+            s = series_for(self.state.series, self._series, ident, self._fresh_series)
         p = self.params
         close = bar.close
         # the close ``lookback`` bars ago, then this close takes its slot in the ring

@@ -28,6 +28,7 @@ import msgspec
 from contracts.events import Bar, Event, ParamsTuned, Signal
 from strategies.indicators import ATR, RSI, SMA
 from strategies.params import require_finite
+from strategies.series import series_for
 
 
 class TrendFollowerParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -148,29 +149,24 @@ class TrendFollower:
             self.model_tag += "-autotune"
         self._history_len = 2 * p.rsi_period_max + 1 if p.auto_tune else 0
 
-    def _new_series(self, ident: tuple[str, str, str]) -> _Series:
-        key = "|".join(ident)
-        s = self.state.series.get(key)
-        if s is None:
-            p = self.params
-            s = self.state.series[key] = _Series(
-                fast=SMA(p.fast),
-                slow=SMA(p.slow),
-                htf=SMA(p.htf_period),
-                rsi=RSI(p.rsi_period),
-                atr=ATR(p.atr_period),
-                stop_mult=p.atr_stop_mult,
-                target_mult=p.atr_target_mult,
-                rsi_period=p.rsi_period,
-            )
-        self._series[ident] = s
-        return s
+    def _fresh_series(self) -> _Series:
+        p = self.params
+        return _Series(
+            fast=SMA(p.fast),
+            slow=SMA(p.slow),
+            htf=SMA(p.htf_period),
+            rsi=RSI(p.rsi_period),
+            atr=ATR(p.atr_period),
+            stop_mult=p.atr_stop_mult,
+            target_mult=p.atr_target_mult,
+            rsi_period=p.rsi_period,
+        )
 
     def on_bar(self, bar: Bar) -> list[Event]:
         ident = (bar.venue, bar.symbol, bar.interval)
         s = self._series.get(ident)
         if s is None:
-            s = self._new_series(ident)
+            s = series_for(self.state.series, self._series, ident, self._fresh_series)
         p = self.params
         close = bar.close
         fast = s.fast.update(close)

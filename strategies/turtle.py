@@ -26,6 +26,7 @@ import msgspec
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import ATR, Donchian
 from strategies.params import require_finite
+from strategies.series import series_for
 
 
 class TurtleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -99,20 +100,15 @@ class Turtle:
         legs = "+".join(f"s{n}-{e}x{x}" for n, e, x in p.systems())
         self.model_tag = f"turtle-{legs}-atr{p.atr_period}-stop{p.stop_n:g}n"
 
-    def _new_series(self, ident: tuple[str, str, str]) -> _Series:
-        key = "|".join(ident)
-        s = self.state.series.get(key)
-        if s is None:
-            legs = [_Leg(n, e, x, Donchian(e), Donchian(x)) for n, e, x in self.params.systems()]
-            s = self.state.series[key] = _Series(ATR(self.params.atr_period), legs)
-        self._series[ident] = s
-        return s
+    def _fresh_series(self) -> _Series:
+        legs = [_Leg(n, e, x, Donchian(e), Donchian(x)) for n, e, x in self.params.systems()]
+        return _Series(ATR(self.params.atr_period), legs)
 
     def on_bar(self, bar: Bar) -> list[Signal]:
         ident = (bar.venue, bar.symbol, bar.interval)
         s = self._series.get(ident)
         if s is None:
-            s = self._new_series(ident)
+            s = series_for(self.state.series, self._series, ident, self._fresh_series)
         p = self.params
         high, low, close = bar.high, bar.low, bar.close
         n = s.atr.update(high, low, close)

@@ -32,7 +32,7 @@ def test_the_recorder_turns_rejections_alerts_and_statuses_into_risk_events() ->
         SystemStatus(ts=TS + 1, status="RUNNING", reason="all clear", source="risk"),
     ]  # fmt: skip
     for event in events:
-        recorder("subject", event, (event,), "risk")
+        recorder.record("subject", event, (event,), "risk")
     assert recorder.risk_events == [
         RiskEvent("2023-03-11T02:00:00Z", "depeg_guard", "reject", "ma BTC/USDC: entries quoted in USDC halted"),
         RiskEvent("2023-03-11T02:00:00Z", "depeg_guard", "flatten", "1 USDC = 0.88 USD"),

@@ -42,6 +42,7 @@ from strategies.rule_engine.regime import (
     vol_regime,
 )
 from strategies.rule_engine.rules import RULES, RULESET_VERSION, VETOED_IN_RANGE, Rule
+from strategies.series import series_for
 
 _TIE = 1e-12  # threshold tolerance: float rounding of summed table weights never flips a tie
 
@@ -303,14 +304,6 @@ class RuleEngine:
         )
         return _Series(tracker, detector)
 
-    def _lookup(self, ident: tuple[str, str, str]) -> _Series:
-        key = "|".join(ident)
-        s = self.state.series.get(key)
-        if s is None:
-            s = self.state.series[key] = self._new_series()
-        self._series[ident] = s
-        return s
-
     def _decision(self, s: _Series, regime: Regime) -> Decision:
         features = s.features.features()
         p = self.params
@@ -329,7 +322,7 @@ class RuleEngine:
         ident = (bar.venue, bar.symbol, bar.interval)
         s = self._series.get(ident)
         if s is None:
-            s = self._lookup(ident)
+            s = series_for(self.state.series, self._series, ident, self._new_series)
         tracker = s.features
         close = bar.close
         warm = tracker.update(bar.high, bar.low, close)
