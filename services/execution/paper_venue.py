@@ -82,6 +82,8 @@ class PaperVenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class _BarPrices(msgspec.Struct, array_like=True):
+    """A bar's times and prices as a snapshot keeps them (compact: no venue or symbol)."""
+
     open_time: int
     close_time: int
     open: float
@@ -100,7 +102,20 @@ class _Pending(msgspec.Struct):
     filled: float = 0.0  # cumulative filled quantity
 
 
+Prices = Bar | _BarPrices
+"""A bar in a history: the ``Bar`` as it came (no copy on the hot path), or its prices as
+restored from a snapshot. Both have the fields the fill rules read."""
+
+
 class PaperVenueState(msgspec.Struct):
+    bars: dict[str, list[Prices]] = msgspec.field(default_factory=dict)
+    pending: list[_Pending] = msgspec.field(default_factory=list)
+    next_id: int = 1
+
+
+class _Snapshot(msgspec.Struct):
+    """The state as a snapshot stores it: histories as compact prices."""
+
     bars: dict[str, list[_BarPrices]] = msgspec.field(default_factory=dict)
     pending: list[_Pending] = msgspec.field(default_factory=list)
     next_id: int = 1
@@ -115,7 +130,7 @@ class PaperVenue:
         self._maker_bps = config.fee_bps if config.maker_fee_bps is None else config.maker_fee_bps
         self._participation = config.max_participation
         # venue -> symbol -> the list in ``state.bars``: a bar builds no key string
-        self._histories: dict[str, dict[str, list[_BarPrices]]] = {}
+        self._histories: dict[str, dict[str, list[Prices]]] = {}
 
     def decide(self, event: Event, now: int) -> list[Event]:
         if type(event) is Bar:  # nearly every input: inline, one history append
@@ -124,13 +139,10 @@ class PaperVenue:
                 history = self._histories[bar.venue][bar.symbol]
             except KeyError:
                 history = self._history(bar.venue, bar.symbol)
-            prices = _BarPrices(
-                bar.open_time, bar.close_time, bar.open, bar.high, bar.low, bar.close, bar.volume
-            )
-            history.append(prices)
+            history.append(bar)
             if len(history) >= HISTORY + _TRIM:
                 del history[:-HISTORY]
-            return self._on_bar(bar, prices) if self.state.pending else []
+            return self._on_bar(bar) if self.state.pending else []
         match event:
             case OrderCommand(action="new"):
                 return self._on_new(event, now)
@@ -176,7 +188,7 @@ class PaperVenue:
                 ]
         return [_report(order, "rejected", now, "", reason="cancel of an unknown order")]
 
-    def _on_bar(self, bar: Bar, prices: _BarPrices) -> list[Event]:
+    def _on_bar(self, bar: Bar) -> list[Event]:
         """Advance the working orders of the bar's market (the bar is already in history)."""
         pending = self.state.pending
         reports: list[Event] = []
@@ -186,7 +198,7 @@ class PaperVenue:
             if (
                 order.symbol == bar.symbol
                 and order.venue == bar.venue
-                and self._advance(working, prices, reports)
+                and self._advance(working, bar, reports)
             ):
                 done.append(working)
         if done:
@@ -208,7 +220,7 @@ class PaperVenue:
         digest = hashlib.sha256(f"{self.config.seed}:{order.client_order_id}".encode()).digest()
         return self.config.latency_bars + int.from_bytes(digest[:8], "big") % (span + 1)
 
-    def _advance(self, pending: _Pending, bar: _BarPrices, out: list[Event]) -> bool:
+    def _advance(self, pending: _Pending, bar: Prices, out: list[Event]) -> bool:
         """Give one bar of the order's symbol to a working order, appending its reports to
         ``out``; True when the order is done (filled or canceled).
 
@@ -249,7 +261,7 @@ class PaperVenue:
             return True
         return False
 
-    def _price(self, pending: _Pending, bar: _BarPrices) -> float | None:
+    def _price(self, pending: _Pending, bar: Prices) -> float | None:
         """The price this bar fills the order at (slipped and clamped), or None."""
         order = pending.order
         kind = order.order_type
@@ -287,7 +299,7 @@ class PaperVenue:
             return None
         return min(limit, first) if buy else max(limit, first)
 
-    def _taker_price(self, price: float, buy: bool, bar: _BarPrices) -> float:
+    def _taker_price(self, price: float, buy: bool, bar: Prices) -> float:
         sign = 1.0 if buy else -1.0
         price *= 1.0 + sign * self.config.slippage_bps / 10_000.0
         frac = self.config.slippage_range_frac
@@ -341,23 +353,35 @@ class PaperVenue:
         )
 
     def snapshot(self) -> bytes:
-        return msgspec.msgpack.encode(self.state)
+        state = self.state
+        bars = {key: [_compact(bar) for bar in history] for key, history in state.bars.items()}
+        return msgspec.msgpack.encode(_Snapshot(bars, state.pending, state.next_id))
 
     def restore(self, data: bytes) -> None:
-        self.state = msgspec.msgpack.decode(data, type=PaperVenueState)
+        snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        bars: dict[str, list[Prices]] = {key: list(history) for key, history in snap.bars.items()}
+        self.state = PaperVenueState(bars, snap.pending, snap.next_id)
         self._histories.clear()
 
-    def _history(self, venue: str, symbol: str) -> list[_BarPrices]:
+    def _history(self, venue: str, symbol: str) -> list[Prices]:
         history = self.state.bars.setdefault(_key(venue, symbol), [])
         self._histories.setdefault(venue, {})[symbol] = history
         return history
+
+
+def _compact(bar: Prices) -> _BarPrices:
+    if type(bar) is _BarPrices:
+        return bar
+    return _BarPrices(
+        bar.open_time, bar.close_time, bar.open, bar.high, bar.low, bar.close, bar.volume
+    )
 
 
 def _key(venue: str, symbol: str) -> str:
     return f"{venue}|{symbol}"
 
 
-def _clamp(price: float, bar: _BarPrices) -> float:
+def _clamp(price: float, bar: Prices) -> float:
     """Clamp a fill price into the range the bar traded."""
     if price > bar.high:
         return bar.high
