@@ -31,9 +31,11 @@ from cli.run_options import (
     VenueOpt,
 )
 from cli.timeparse import parse_time
+from eventstore.errors import KeelError
 from eventstore.server import URL_ENV, EmbeddedServer, nats_url
 from replay.backtest import BacktestResult, BacktestSpec, RunRecord, load_run, run_backtest
 from replay.bus_replay import bus_replay
+from replay.digest import HASH_FORMAT
 from replay.external import EventFile
 from replay.market import DataSource
 from services.config import KeelConfig, StrategyConfig
@@ -267,6 +269,12 @@ def replay(
         serve_replay_metrics(metrics_port)
     with user_errors():
         record = load_run(run_dir)
+        if record.result.hash_format != HASH_FORMAT:
+            raise KeelError(
+                f"{run_dir} was recorded with result-hash format {record.result.hash_format}; "
+                f"this Keel hashes with format {HASH_FORMAT}, so the two cannot be compared: "
+                "record the run again with keel backtest --out"
+            )
         result = _bus_replay(record, as_json) if bus else _execute(record.spec, None, as_json)
     same = result.result_hash == record.result.result_hash
     if as_json:

@@ -19,6 +19,7 @@ import numpy as np
 import polars as pl
 
 from eventstore.errors import KeelError
+from replay.digest import HASH_FORMAT
 from replay.engine import ReplayEngine
 from replay.external import EventFile, external_count, with_events
 from replay.market import DataSource, market_events
@@ -74,6 +75,9 @@ class BacktestResult(msgspec.Struct, frozen=True):
     interval: str
     risk_events: list[RiskEvent]
     external_events: int = 0
+    # What ``result_hash`` hashes (replay/digest.py ``HASH_FORMAT``); records written before
+    # format 2 lack the field.
+    hash_format: int = 1
 
 
 class RunRecord(msgspec.Struct, frozen=True):
@@ -156,6 +160,7 @@ def summarise(
         interval=interval,
         risk_events=recorder.risk_events,
         external_events=external,
+        hash_format=HASH_FORMAT,
     )
 
 

@@ -7,6 +7,7 @@ Every data file is written into ``tmp_path`` from ``tests/scenario.py`` or ``Syn
 
 from __future__ import annotations
 
+import hashlib
 import tomllib
 from datetime import UTC, datetime
 from pathlib import Path
@@ -20,8 +21,10 @@ from contracts.codec import decode
 from contracts.events import Bar, EquitySnapshot, ExecutionReport, Signal
 from eventstore.errors import KeelError
 from replay.backtest import BacktestResult, BacktestSpec, load_run, run_backtest
+from replay.digest import HASH_FORMAT
 from replay.market import DataSource, market_events
 from services.config import KeelConfig
+from services.fleet import fleet_roles
 from services.marketdata.sources import SourceError
 from services.marketdata.synthetic import SyntheticMarket
 from strategies.registry import StrategyError
@@ -248,6 +251,24 @@ def test_golden_scenario_with_close_fills_gives_the_same_prices(tmp_path: Path) 
     ]
     assert [f.ts for f in fills] == [T[4], T[7]]
     assert result.final_equity == pytest.approx(scenario.EXPECTED_EQUITY, abs=1e-9)
+
+
+def test_result_hash_is_reproducible_from_the_stored_events(tmp_path: Path) -> None:
+    """docs/replay.md "The result hash": per producer in canonical order, sha256 over
+    msgpack([subject, event]) of its stored events; dead letters left out."""
+    data = write_parquet(tmp_path / "btc.parquet", synthetic(bars=600)["BTC/USDT"])
+    spec = spec_of(make_config(), (data, "BTC/USDT"))
+    result = run_backtest(spec, tmp_path / "run")
+    assert result.fills > 0 and result.hash_format == HASH_FORMAT == 2
+
+    events = read_events(tmp_path / "run").filter(pl.col("type") != "DeadLetter")
+    total = hashlib.sha256()
+    for producer in [role.name for role in fleet_roles(spec.config)]:
+        own = hashlib.sha256()
+        for row in events.filter(pl.col("producer") == producer).iter_rows(named=True):
+            own.update(msgspec.msgpack.encode([row["subject"], decode(row["payload"].encode())]))
+        total.update(f"{producer}={own.hexdigest()}\n".encode())
+    assert total.hexdigest() == result.result_hash
 
 
 # --- 2. determinism -----------------------------------------------------------------------------

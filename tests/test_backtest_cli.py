@@ -249,6 +249,21 @@ def test_out_then_replay_is_identical_until_the_data_changes(tmp_path: Path) -> 
     assert_one_error(changed, "changed", data.name)
 
 
+def test_replay_of_a_run_hashed_in_an_older_format_says_so(tmp_path: Path) -> None:
+    """A record written before result-hash format 2 has no ``hash_format``: its hash cannot be
+    compared, and replay says so in one line instead of calling the run different."""
+    data, _ = scenario_files(tmp_path)
+    ok(keel(tmp_path, "backtest", "--data", data.name, *SCENARIO_ARGS, "--out", "run"))
+    run_json = tmp_path / "run" / "run.json"
+    record = json.loads(run_json.read_text())
+    assert record["result"]["hash_format"] == 2
+    del record["result"]["hash_format"]
+    run_json.write_text(json.dumps(record))
+    old = keel(tmp_path, "replay", "run")
+    assert old.returncode == 2
+    assert_one_error(old, "result-hash format 1", "record the run again")
+
+
 # --- bad input ----------------------------------------------------------------------------------
 
 

@@ -1,13 +1,13 @@
-"""replay/digest.py: the batched producer hash equals the event-by-event definition."""
+"""replay/digest.py: the batched producer hash equals the pair-by-pair definition."""
 
 from __future__ import annotations
 
 import hashlib
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.codec import encode
 from contracts.events import DeadLetter, Event, Signal
 from replay import digest as digest_module
 from replay.digest import ProducerDigest
@@ -15,10 +15,10 @@ from tests.portfolio_helpers import snap
 
 
 def naive(outputs: list[tuple[str, Event]]) -> str:
-    """The definition: subject, newline, JSON payload, newline, one event after another."""
+    """The definition: msgpack of [subject, event], one output after another."""
     h = hashlib.sha256()
     for subject, event in outputs:
-        h.update(subject.encode() + b"\n" + encode(event) + b"\n")
+        h.update(msgspec.msgpack.encode([subject, event]))
     return h.hexdigest()
 
 
@@ -34,7 +34,7 @@ def signal(ts: int, reason: str) -> Signal:
     )
 
 
-# reasons with newlines, quotes and non-ASCII: JSON escapes them, so no raw newline remains
+# reasons with newlines, quotes and non-ASCII
 texts = st.text(alphabet=st.sampled_from('ab\n"\\é€\t'), max_size=8)
 outputs = st.lists(
     st.one_of(
@@ -55,7 +55,7 @@ outputs = st.lists(
             texts,
         ),
     ),
-    max_size=40,
+    max_size=80,  # past 16 pairs the array header grows from one byte to three
 )
 
 
@@ -71,14 +71,15 @@ def test_batched_equals_event_by_event(items: list[tuple[str, Event]]) -> None:
 def test_batch_boundary_and_hexdigest_mid_run(monkeypatch) -> None:
     """Runs longer than BATCH are hashed in pieces; asking for the digest mid-run and going
     on gives the same bytes as never asking."""
-    monkeypatch.setattr(digest_module, "BATCH", 3)
-    items = [("pf.equity", snap(i, float(i))) for i in range(1, 11)]
-    d = ProducerDigest()
-    for n, (subject, event) in enumerate(items, 1):
-        d.add(subject, event)
-        if n == 5:
-            assert d.hexdigest() == naive(items[:5])
-    assert d.hexdigest() == naive(items)
+    for batch in (3, 17):  # batches under 16 and over it: both header sizes
+        monkeypatch.setattr(digest_module, "BATCH", batch)
+        items = [("pf.equity", snap(i, float(i))) for i in range(1, 41)]
+        d = ProducerDigest()
+        for n, (subject, event) in enumerate(items, 1):
+            d.add(subject, event)
+            if n == 5:
+                assert d.hexdigest() == naive(items[:5])
+        assert d.hexdigest() == naive(items)
 
 
 def test_empty() -> None:
