@@ -51,7 +51,7 @@ import array
 import codecs
 import itertools
 import re
-from collections.abc import Callable, Generator, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import BinaryIO
@@ -228,16 +228,16 @@ class BarStream:
         self._started = False
 
     def __iter__(self) -> Iterator[Bar]:
+        """``_bars`` itself, not a generator around it: a layer costs every bar a resume."""
         if self._started:
             raise RuntimeError(f"{self.path}: a BarStream can be iterated only once")
         self._started = True
-        return self._generate()
-
-    def _generate(self) -> Iterator[Bar]:
         venue, symbol, interval, step = self._bar
-        emitted = yield from _bars(self._chunks(), venue, symbol, interval, step, self._report)
-        if not emitted:
-            raise SourceError(f"{self.path}: no valid rows (first problem: {self.skipped[0]})")
+        chunks = self._chunks()
+        return _bars(chunks, venue, symbol, interval, step, self._report, self._none_valid)
+
+    def _none_valid(self) -> None:
+        raise SourceError(f"{self.path}: no valid rows (first problem: {self.skipped[0]})")
 
     def _chunks(self) -> Iterator[pl.DataFrame]:
         while self._head:
@@ -578,10 +578,11 @@ def _bars(
     interval: str,
     step: int,
     report: Callable[[int, str], None],
-) -> Generator[Bar, None, bool]:
+    none_valid: Callable[[], None] | None = None,
+) -> Iterator[Bar]:
     """Bars from tables in file order (read_bars passes one sorted table): each bar's open time
     must be after the previous bar's, and every row that does not become a bar is reported.
-    Returns whether any row became a bar.
+    ``none_valid`` is called at the end when no row became a bar.
 
     Rows become plain Python lists a slice at a time: per-row polars access is slow, and a
     whole chunk as Python objects would be large.
@@ -642,7 +643,8 @@ def _bars(
                     continue
                 last_open = open_time
                 yield bar
-    return last_open != _BEFORE_ANY_TIME
+    if last_open == _BEFORE_ANY_TIME and none_valid is not None:
+        none_valid()
 
 
 def _every_row_a_bar(part: pl.DataFrame, last_open: int) -> bool:
