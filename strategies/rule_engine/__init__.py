@@ -10,7 +10,7 @@ from strategies.rule_engine.engine import (
     decide,
     replay_decisions,
 )
-from strategies.rule_engine.features import Features, FeatureTracker
+from strategies.rule_engine.features import Features, FeatureTracker, FeatureView, LiveFeatures
 from strategies.rule_engine.regime import RegimeDetector, vol_regime
 from strategies.rule_engine.rules import RULES, Rule
 
@@ -18,8 +18,10 @@ __all__ = [
     "RULES",
     "Decision",
     "FeatureTracker",
+    "FeatureView",
     "Features",
     "Holding",
+    "LiveFeatures",
     "RegimeDetector",
     "Rule",
     "RuleEngine",

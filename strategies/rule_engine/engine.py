@@ -2,7 +2,7 @@
 
 Per bar and per (venue, symbol, interval) series:
 
-1. the indicators update and, once warm, give a :class:`Features` snapshot;
+1. the indicators update and, once warm, give the bar's features (``LiveFeatures``);
 2. the regime detector updates (trend regime) and ATR% gives the volatility regime;
 3. :func:`decide` evaluates every rule of the table and aggregates the ones that count into
    a bias, a consensus confidence and a proposal (long, short or none); ``on_bar`` gets the
@@ -32,7 +32,7 @@ import msgspec
 
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import ADX, ATR, EMA, RSI, BollingerBands, Donchian, Stochastic
-from strategies.rule_engine.features import Features, FeatureTracker
+from strategies.rule_engine.features import FeatureTracker, FeatureView, LiveFeatures
 from strategies.rule_engine.regime import (
     RANGE,
     REGIMES,
@@ -42,11 +42,11 @@ from strategies.rule_engine.regime import (
     vol_regime,
 )
 from strategies.rule_engine.rules import RULES, RULESET_VERSION, VETOED_IN_RANGE, Rule
-from strategies.series import series_for
+from strategies.series import Ident
 
 _TIE = 1e-12  # threshold tolerance: float rounding of summed table weights never flips a tie
 
-_Tally = tuple[tuple[Callable[[Features], bool], float], ...]  # (predicate, weight) pairs
+_Tally = tuple[tuple[Callable[[FeatureView], bool], float], ...]  # (predicate, weight) pairs
 
 
 class RuleEngineParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -164,7 +164,7 @@ def counting_rules(
 
 
 def decide(
-    features: Features,
+    features: FeatureView,
     regime: Regime,
     vol: VolRegime,
     params: RuleEngineParams,
@@ -248,7 +248,11 @@ class Holding(msgspec.Struct):
             self.side, self.stop = 0, None
             return f"stop {stop:.10g} hit ({k:g} ATR trailing)", 1.0
         trail = close - side * k * atr
-        self.stop = max(stop, trail) if side > 0 else min(stop, trail)
+        # the stop never loosens: max(stop, trail) for a long, min for a short, written out
+        # (the same result) and stored only when it moves, since this runs on most bars and a
+        # builtin call or a struct field store costs more than the test
+        if (trail > stop) if side > 0 else (trail < stop):
+            self.stop = trail
         return None
 
 
@@ -262,15 +266,31 @@ class RuleEngineState(msgspec.Struct):
     series: dict[str, _Series] = msgspec.field(default_factory=dict)
 
 
+class _Live:
+    """A series as ``on_bar`` runs it: its stored record's parts and, once warm, the live
+    features that stand in for its tracker (``None`` until then)."""
+
+    __slots__ = ("features", "holding", "regime", "tracker")
+
+    def __init__(self, series: _Series) -> None:
+        self.tracker = series.features
+        self.regime = series.regime
+        self.holding = series.holding
+        self.features: LiveFeatures | None = None
+
+
 class RuleEngine:
     """The strategy. ``on_bar`` evaluates only the rules that count in the bar's regime (none
     in UNKNOWN) and builds the full decision record only for a signal's reason or on demand
-    (``last_decision``, ``step``): a record is pure, so building it later gives the same one."""
+    (``last_decision``, ``step``): a record is pure, so building it later gives the same one.
+
+    A warm series runs on its ``LiveFeatures``, whose values reach the stored tracker when the
+    state is read (``state``, ``snapshot``)."""
 
     def __init__(self, name: str, params: RuleEngineParams) -> None:
         self.name = name
         self.params = params
-        self.state = RuleEngineState()
+        self._state = RuleEngineState()
         self.model_tag = f"rule_engine-r{RULESET_VERSION}-t{params.threshold:g}"
         self._threshold = params.threshold - _TIE
         # per regime: (predicate, weight) of the long and of the short rules that count
@@ -281,7 +301,15 @@ class RuleEngine:
                 tuple((rule.predicate, rule.weight) for rule in longs),
                 tuple((rule.predicate, rule.weight) for rule in shorts),
             )
-        self._series: dict[tuple[str, str, str], _Series] = {}  # by (venue, symbol, interval)
+        self._live: dict[Ident, _Live] = {}  # by (venue, symbol, interval)
+
+    @property
+    def state(self) -> RuleEngineState:
+        """The strategy's state, current: the live features are written back first."""
+        for live in self._live.values():
+            if live.features is not None:
+                live.features.store()
+        return self._state
 
     def _new_series(self) -> _Series:
         p = self.params
@@ -304,8 +332,18 @@ class RuleEngine:
         )
         return _Series(tracker, detector)
 
-    def _decision(self, s: _Series, regime: Regime) -> Decision:
-        features = s.features.features()
+    def _open(self, ident: Ident) -> _Live:
+        """The runner of a series new to ``on_bar``: over its stored record (say, restored from
+        a snapshot), else a new one. (Not ``series_for``: the cache holds runners, not records.)"""
+        stored = self._state.series
+        key = "|".join(ident)
+        series = stored.get(key)
+        if series is None:
+            series = stored[key] = self._new_series()
+        live = self._live[ident] = _Live(series)
+        return live
+
+    def _decision(self, features: FeatureView, regime: Regime) -> Decision:
         p = self.params
         vol = vol_regime(features.atr_pct, p.vol_low, p.vol_high, p.vol_extreme)
         return decide(features, regime, vol, p)
@@ -313,27 +351,38 @@ class RuleEngine:
     def last_decision(self, venue: str, symbol: str, interval: str) -> Decision | None:
         """The decision record of the series' last bar (None during warm-up), rebuilt from the
         series' state: the same record, also right after a restore."""
-        s = self.state.series.get("|".join((venue, symbol, interval)))
+        ident = (venue, symbol, interval)
+        live = self._live.get(ident)
+        if live is not None and live.features is not None:
+            return self._decision(live.features, live.regime.current)
+        s = self._state.series.get("|".join(ident))
         if s is None or not s.features.warm:
             return None
-        return self._decision(s, s.regime.current)
+        return self._decision(s.features.features(), s.regime.current)
 
     def on_bar(self, bar: Bar) -> list[Signal]:
         ident = (bar.venue, bar.symbol, bar.interval)
-        s = self._series.get(ident)
-        if s is None:
-            s = series_for(self.state.series, self._series, ident, self._new_series)
-        tracker = s.features
+        live = self._live.get(ident)
+        if live is None:
+            live = self._open(ident)
         close = bar.close
-        warm = tracker.update(bar.high, bar.low, close)
-        regime = s.regime.update(tracker.last_adx, tracker.last_ema_fast, tracker.last_ema_slow)
-        if not warm:
-            return []
+        features = live.features
+        if features is not None:
+            features.update(bar.high, bar.low, close)
+            regime = live.regime.update(features.adx, features.ema_fast, features.ema_slow)
+        else:
+            tracker = live.tracker
+            warm = tracker.update(bar.high, bar.low, close)
+            regime = live.regime.update(
+                tracker.last_adx, tracker.last_ema_fast, tracker.last_ema_slow
+            )
+            if not warm:
+                return []
+            features = live.features = LiveFeatures(tracker)
         p = self.params
         proposal = 0
         longs, shorts = self._counting[regime]
         if longs or shorts:
-            features = tracker.features()
             long_weight = short_weight = 0.0  # summed in table order, exactly as decide() does
             for predicate, weight in longs:
                 if predicate(features):
@@ -345,11 +394,10 @@ class RuleEngine:
                 bias, _ = aggregate(long_weight, short_weight, p.weight_floor)
                 t = self._threshold
                 proposal = 1 if bias >= t else -1 if bias <= -t else 0
-        holding = s.holding
-        atr = tracker.atr.value
-        assert atr is not None  # warm
+        holding = live.holding
+        atr = features.atr
         if proposal and proposal != holding.last_proposal:
-            change = holding.apply(close, atr, self._decision(s, regime), p)
+            change = holding.apply(close, atr, self._decision(features, regime), p)
         else:
             change = holding.trail(close, atr, proposal, p)
         if change is None:
@@ -378,8 +426,8 @@ class RuleEngine:
         return msgspec.msgpack.encode(self.state)
 
     def restore(self, data: bytes) -> None:
-        self.state = msgspec.msgpack.decode(data, type=RuleEngineState)
-        self._series.clear()
+        self._state = msgspec.msgpack.decode(data, type=RuleEngineState)
+        self._live.clear()
 
 
 def _describe(decision: Decision, long_only_flat: bool) -> str:

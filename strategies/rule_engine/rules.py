@@ -3,8 +3,8 @@
 Each rule has a direction (+1 long, -1 short), a weight (the reference's absolute bias
 score), the regimes it may fire in, a category (``trend``, ``breakout``, ``oscillator`` for
 the reference's mean-reversion rules, ``combo``), a human-readable condition, and a predicate
-over one bar's :class:`Features`. The engine evaluates the table generically; adding a rule
-means adding a row here. ``docs/strategies/rule_engine.md`` lists the same table.
+over one bar's features (a ``FeatureView``). The engine evaluates the table generically;
+adding a rule means adding a row here. ``docs/strategies/rule_engine.md`` lists the same table.
 
 Deviations from the reference, each on purpose:
 
@@ -23,7 +23,7 @@ from typing import Literal
 
 import msgspec
 
-from strategies.rule_engine.features import Features
+from strategies.rule_engine.features import FeatureView
 from strategies.rule_engine.regime import BEAR_TREND, BULL_TREND, RANGE, Regime
 
 Category = Literal["trend", "breakout", "oscillator", "combo"]
@@ -41,7 +41,7 @@ class Rule(msgspec.Struct, frozen=True, kw_only=True):
     regimes: frozenset[Regime]
     category: Category
     condition: str
-    predicate: Callable[[Features], bool]
+    predicate: Callable[[FeatureView], bool]
 
     @property
     def score(self) -> float:
