@@ -113,8 +113,11 @@ class Instrument(Event, frozen=True):
         _require(self.max_leverage >= 0, "max_leverage must be >= 0")
 
 
-class Bar(Event, frozen=True):
-    """An OHLCV bar; ``ts`` equals ``close_time`` (a bar is known when it closes)."""
+class Bar(Event, frozen=True, gc=False):
+    """An OHLCV bar; ``ts`` equals ``close_time`` (a bar is known when it closes).
+
+    ``gc=False``: only strings and numbers, so never part of a reference cycle; untracked, a
+    bar (one built per row read) costs the garbage collector nothing."""
 
     venue: str
     symbol: str
@@ -353,8 +356,9 @@ class PositionChanged(Event, frozen=True, omit_defaults=True):
     margin_used: float = 0.0
 
 
-class EquitySnapshot(Event, frozen=True, omit_defaults=True):
-    """The book in the base currency (docs/portfolio.md). Added with defaults, left out of
+class EquitySnapshot(Event, frozen=True, omit_defaults=True, gc=False):
+    """The book in the base currency (docs/portfolio.md); numbers only, so untracked by the
+    garbage collector like ``Bar`` (one is built per bar). Added with defaults, left out of
     the JSON at their default so spot books in one currency encode exactly as before:
     ``margin_used`` (perpetuals' initial margin), ``funding`` (paid so far, negative =
     received), ``fx_pnl`` (change in the base value of the starting balances),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from typing import Any
+from typing import Any, get_args
 
 import msgspec
 import pytest
@@ -1053,3 +1053,26 @@ def test_external_ids_derive_from_the_fact_not_from_when_it_was_seen() -> None:
     assert root_envelope(promo) == external_envelope(promo)
     with pytest.raises(TypeError):
         root_envelope(GovernanceCommand(ts=1, action="kill"))
+
+
+@pytest.mark.parametrize("cls", [Bar, EquitySnapshot])
+def test_untracked_events_hold_only_scalars(cls: type) -> None:
+    """``gc=False`` is safe only while no field can hold a container (a cycle would leak)."""
+    import gc
+
+    for field in msgspec.structs.fields(cls):
+        kinds = get_args(field.type) or (field.type,)
+        assert set(kinds) <= {str, int, float, type(None)}, field.name
+    if cls is Bar:
+        instance = Bar("v", "s", "1m", 0, 60, 1.0, 1.0, 1.0, 1.0, 1.0, ts=60)
+    else:
+        instance = EquitySnapshot(
+            ts=1,
+            cash=1.0,
+            equity=1.0,
+            realized_pnl=0.0,
+            unrealized_pnl=0.0,
+            fees=0.0,
+            gross_exposure=0.0,
+        )
+    assert not gc.is_tracked(instance)
