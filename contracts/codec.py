@@ -20,9 +20,6 @@ encode: Callable[[Event], bytes] = _encoder.encode
 """An event as JSON bytes: the encoder's own method, since a wrapper function would add a
 Python call to every event a replay records."""
 
-encode_lines: Callable[[list[Event]], bytes] = _encoder.encode_lines
-"""Events as JSON lines (each ``encode(event)`` and a newline), in one call."""
-
 
 def decode(data: bytes) -> Event:
     try:
