@@ -3,6 +3,7 @@ reason, events are immutable, and envelopes carry ids and traces deterministical
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import re
@@ -55,6 +56,7 @@ from contracts.events import (
     SystemStatus,
     Trade,
 )
+from tests.portfolio_helpers import bar, snap
 
 PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TRACEPARENT_RE = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
@@ -1058,21 +1060,8 @@ def test_external_ids_derive_from_the_fact_not_from_when_it_was_seen() -> None:
 @pytest.mark.parametrize("cls", [Bar, EquitySnapshot])
 def test_untracked_events_hold_only_scalars(cls: type) -> None:
     """``gc=False`` is safe only while no field can hold a container (a cycle would leak)."""
-    import gc
-
     for field in msgspec.structs.fields(cls):
         kinds = get_args(field.type) or (field.type,)
         assert set(kinds) <= {str, int, float, type(None)}, field.name
-    if cls is Bar:
-        instance = Bar("v", "s", "1m", 0, 60, 1.0, 1.0, 1.0, 1.0, 1.0, ts=60)
-    else:
-        instance = EquitySnapshot(
-            ts=1,
-            cash=1.0,
-            equity=1.0,
-            realized_pnl=0.0,
-            unrealized_pnl=0.0,
-            fees=0.0,
-            gross_exposure=0.0,
-        )
+    instance = bar(1.0) if cls is Bar else snap(1, 1.0)
     assert not gc.is_tracked(instance)
