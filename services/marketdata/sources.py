@@ -584,9 +584,25 @@ def _bars(
     must be after the previous bar's, and every row that does not become a bar is reported.
     ``none_valid`` is called at the end when no row became a bar.
 
-    Rows become plain Python lists a slice at a time: per-row polars access is slow, and a
-    whole chunk as Python objects would be large.
+    The bars of a slice are built in one list and the lists flattened by ``itertools``: a
+    Python generator in between would cost every bar a suspend and resume.
     """
+    return itertools.chain.from_iterable(
+        _slices(tables, venue, symbol, interval, step, report, none_valid)
+    )
+
+
+def _slices(
+    tables: Iterable[pl.DataFrame],
+    venue: str,
+    symbol: str,
+    interval: str,
+    step: int,
+    report: Callable[[int, str], None],
+    none_valid: Callable[[], None] | None,
+) -> Iterator[list[Bar]]:
+    """The bars of each slice of ``_SLICE_ROWS`` rows (per-row polars access is slow, and a
+    whole chunk as Python objects would be large)."""
     series = (venue, symbol, interval)
     last_open = _BEFORE_ANY_TIME
     for table in tables:
@@ -594,17 +610,17 @@ def _bars(
             if _every_row_a_bar(part, last_open):
                 # The common case, with nothing to report: no per-row checks here (Bar's own
                 # still run), and the columns as arrays, which the garbage collector does not
-                # walk the way it walks lists of 16,384 floats at every collection.
+                # walk the way it walks lists of 16,384 floats at every collection (bars are
+                # untracked too).
                 times = _array("q", part["time"])
                 values = [_array("d", part[name]) for name in VALUE_COLUMNS]
-                for open_time, open_, high, low, close, volume in zip(times, *values, strict=True):
-                    close_time = open_time + step
-                    yield Bar(
+                yield [
+                    Bar(
                         venue,
                         symbol,
                         interval,
                         open_time,
-                        close_time,
+                        (close_time := open_time + step),  # a Python int: never wraps
                         open_,
                         high,
                         low,
@@ -612,9 +628,14 @@ def _bars(
                         volume,
                         ts=close_time,
                     )
+                    for open_time, open_, high, low, close, volume in zip(
+                        times, *values, strict=True
+                    )
+                ]
                 last_open = times[-1]
                 continue
             columns = [part[name].to_list() for name in ("row", "time", *VALUE_COLUMNS)]
+            bars: list[Bar] = []
             for row, open_time, open_, high, low, close, volume in zip(*columns, strict=True):
                 # A good row goes straight into Bar, whose own checks refuse a missing value
                 # (TypeError) or a bad one (ValueError); only a refused row pays for the why.
@@ -642,7 +663,8 @@ def _bars(
                     report(row, _refusal(open_time, values, last_open, step, series))
                     continue
                 last_open = open_time
-                yield bar
+                bars.append(bar)
+            yield bars
     if last_open == _BEFORE_ANY_TIME and none_valid is not None:
         none_valid()
 
