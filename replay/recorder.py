@@ -3,7 +3,8 @@ events, and (optionally) every event into Parquet, streamed in row groups.
 
 ``result_hash`` is sha256 over the producers in the fleet's canonical order, each
 contributing the sha256 of its own outputs in the order it produced them
-(``msgpack([subject, event])`` each; replay/digest.py). Dead letters are counted but not hashed: they report bugs. A producer's output order is fixed by the inputs it saw, whereas
+(``msgpack([subject, event])`` each; replay/digest.py). Dead letters are counted but not
+hashed: they report bugs. A producer's output order is fixed by the inputs it saw, whereas
 the interleaving of different producers on different streams is not, so this hash is the
 same for an in-process replay and for real workers on the bus.
 """

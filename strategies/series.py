@@ -16,14 +16,19 @@ Ident = tuple[str, str, str]
 S = TypeVar("S")
 
 
-def series_for(
-    stored: dict[str, S], cache: dict[Ident, S], ident: Ident, fresh: Callable[[], S]
-) -> S:
+def stored_series(stored: dict[str, S], ident: Ident, fresh: Callable[[], S]) -> S:
     """The record of ``ident``: the stored one (say, restored from a snapshot), else a new one
-    from ``fresh``; cached by ``ident`` either way (clear ``cache`` on restore)."""
+    from ``fresh``, stored."""
     key = "|".join(ident)
     series = stored.get(key)
     if series is None:
         series = stored[key] = fresh()
-    cache[ident] = series
+    return series
+
+
+def series_for(
+    stored: dict[str, S], cache: dict[Ident, S], ident: Ident, fresh: Callable[[], S]
+) -> S:
+    """``stored_series``, cached by ``ident`` (clear ``cache`` on restore)."""
+    series = cache[ident] = stored_series(stored, ident, fresh)
     return series

@@ -35,7 +35,7 @@ import bisect
 import hashlib
 import math
 import operator
-from typing import Literal
+from typing import Generic, Literal, TypeVar, cast
 
 import msgspec
 
@@ -106,17 +106,14 @@ Prices = Bar | _BarPrices
 """A bar in a history: the ``Bar`` as it came (no copy on the hot path), or its prices as
 restored from a snapshot. Both have the fields the fill rules read."""
 
-
-class PaperVenueState(msgspec.Struct):
-    bars: dict[str, list[Prices]] = msgspec.field(default_factory=dict)
-    pending: list[_Pending] = msgspec.field(default_factory=list)
-    next_id: int = 1
+P = TypeVar("P")
 
 
-class _Snapshot(msgspec.Struct):
-    """The state as a snapshot stores it: histories as compact prices."""
+class PaperVenueState(msgspec.Struct, Generic[P]):
+    """``PaperVenueState[Prices]`` while running; a snapshot stores and restores
+    ``PaperVenueState[_BarPrices]``, the histories as compact prices."""
 
-    bars: dict[str, list[_BarPrices]] = msgspec.field(default_factory=dict)
+    bars: dict[str, list[P]] = msgspec.field(default_factory=dict)
     pending: list[_Pending] = msgspec.field(default_factory=list)
     next_id: int = 1
 
@@ -124,7 +121,7 @@ class _Snapshot(msgspec.Struct):
 class PaperVenue:
     def __init__(self, config: PaperVenueConfig) -> None:
         self.config = config
-        self.state = PaperVenueState()
+        self.state: PaperVenueState[Prices] = PaperVenueState()
         self._close_mode = config.fill == "close"
         self._taker_bps = config.fee_bps
         self._maker_bps = config.fee_bps if config.maker_fee_bps is None else config.maker_fee_bps
@@ -355,12 +352,11 @@ class PaperVenue:
     def snapshot(self) -> bytes:
         state = self.state
         bars = {key: [_compact(bar) for bar in history] for key, history in state.bars.items()}
-        return msgspec.msgpack.encode(_Snapshot(bars, state.pending, state.next_id))
+        return msgspec.msgpack.encode(PaperVenueState(bars, state.pending, state.next_id))
 
     def restore(self, data: bytes) -> None:
-        snap = msgspec.msgpack.decode(data, type=_Snapshot)
-        bars: dict[str, list[Prices]] = {key: list(history) for key, history in snap.bars.items()}
-        self.state = PaperVenueState(bars, snap.pending, snap.next_id)
+        restored = msgspec.msgpack.decode(data, type=PaperVenueState[_BarPrices])
+        self.state = cast(PaperVenueState[Prices], restored)  # a history may hold either
         self._histories.clear()
 
     def _history(self, venue: str, symbol: str) -> list[Prices]:

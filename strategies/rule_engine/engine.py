@@ -42,7 +42,7 @@ from strategies.rule_engine.regime import (
     vol_regime,
 )
 from strategies.rule_engine.rules import RULES, RULESET_VERSION, VETOED_IN_RANGE, Rule
-from strategies.series import Ident
+from strategies.series import Ident, stored_series
 
 _TIE = 1e-12  # threshold tolerance: float rounding of summed table weights never flips a tie
 
@@ -333,13 +333,9 @@ class RuleEngine:
         return _Series(tracker, detector)
 
     def _open(self, ident: Ident) -> _Live:
-        """The runner of a series new to ``on_bar``: over its stored record (say, restored from
-        a snapshot), else a new one. (Not ``series_for``: the cache holds runners, not records.)"""
-        stored = self._state.series
-        key = "|".join(ident)
-        series = stored.get(key)
-        if series is None:
-            series = stored[key] = self._new_series()
+        """The runner of a series new to ``on_bar``, over its stored record (the cache holds
+        runners, not records, hence not ``series_for``)."""
+        series = stored_series(self._state.series, ident, self._new_series)
         live = self._live[ident] = _Live(series)
         return live
 
