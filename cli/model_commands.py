@@ -14,7 +14,7 @@ from rich.table import Table
 from cli.console import console, fail, run, user_errors
 from cli.timeparse import iso_ns, parse_time
 from eventstore.bus import Bus
-from eventstore.models import BUCKET, StoredModel, get_model, list_models, put_model
+from eventstore.model_store import BUCKET, StoredModel, get_model, list_models, put_model
 from eventstore.server import nats_url
 from services.marketdata.sources import read_bars
 from strategies.regime.features import FeatureSpec

@@ -17,13 +17,13 @@ from contracts.subjects import name_token
 from eventstore.bus import Bus
 from eventstore.server import nats_url
 from services.config import KeelConfig, StrategyConfig
-from services.execution.worker import execution_role
+from services.execution.role import execution_role
 from services.fleet import consumer_names
 from services.marketdata.feed import lockstep, pause, publish_bars
 from services.marketdata.sources import interval_ns, read_bars
 from services.marketdata.synthetic import SyntheticMarket
-from services.portfolio.worker import portfolio_role
-from services.risk.worker import risk_role
+from services.portfolio.role import portfolio_role
+from services.risk.role import risk_role
 from services.runtime.replay_worker import ReplayWorker
 from services.runtime.role import Role
 from services.runtime.worker import Worker, WorkerOptions

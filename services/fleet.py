@@ -13,9 +13,9 @@ import msgspec
 
 from eventstore.server import URL_ENV
 from services.config import KeelConfig
-from services.execution.worker import execution_role
-from services.portfolio.worker import portfolio_role
-from services.risk.worker import risk_role
+from services.execution.role import execution_role
+from services.portfolio.role import portfolio_role
+from services.risk.role import risk_role
 from services.runtime.role import Role
 from services.runtime.worker import durable_name
 from services.strategy.host import strategy_role

@@ -31,7 +31,7 @@ from typing import Literal
 import msgspec
 
 from contracts.events import Bar, Signal, TradingMode
-from eventstore.models import fetch_model, parse_ref
+from eventstore.model_store import fetch_model, parse_ref
 from strategies.indicators import EMA, SMA
 from strategies.regime.filter import FilterState, RegimeFilter
 from strategies.regime.model import ModelError, RegimeModel, read_model_file

@@ -9,7 +9,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.events import Bar, EquitySnapshot, ExecutionReport, PositionChanged
-from services.portfolio.ledger import Ledger, LedgerConfig, Position
+from services.portfolio.accounts import Portfolio, PortfolioConfig, Position
 
 MINUTE = 60_000_000_000
 T0 = 1_700_000_000_000_000_000
@@ -57,7 +57,7 @@ def bar(close: float, symbol: str = BTC, ts: int = T0 + MINUTE) -> Bar:
     )
 
 
-def position_event(ledger: Ledger, event: ExecutionReport) -> PositionChanged:
+def position_event(ledger: Portfolio, event: ExecutionReport) -> PositionChanged:
     """A fill gives the position it leaves, then the equity after it."""
     out = ledger.decide(event, T0)
     assert len(out) == 2, out
@@ -67,14 +67,14 @@ def position_event(ledger: Ledger, event: ExecutionReport) -> PositionChanged:
     return position
 
 
-def equity_event(ledger: Ledger, event: Bar, now: int = T0 + MINUTE) -> EquitySnapshot:
+def equity_event(ledger: Portfolio, event: Bar, now: int = T0 + MINUTE) -> EquitySnapshot:
     out = ledger.decide(event, now)
     assert len(out) == 1 and isinstance(out[0], EquitySnapshot), out
     return out[0]
 
 
 def test_hand_computation() -> None:
-    ledger = Ledger(LedgerConfig(starting_cash=1000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=1000.0))
     short = position_event(ledger, fill("sell", 1.0, 10.0, fee=0.01))
     assert (short.qty, short.avg_price, short.realized_pnl) == (-1.0, 10.0, 0.0)
     assert ledger.state.cash == pytest.approx(1009.99, rel=1e-12)
@@ -104,7 +104,7 @@ def test_hand_computation() -> None:
 
 
 def test_add_to_position_averages_cost() -> None:
-    ledger = Ledger(LedgerConfig(starting_cash=10_000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=10_000.0))
     position_event(ledger, fill("buy", 1.0, 100.0))
     pos = position_event(ledger, fill("buy", 3.0, 120.0))
     assert pos.qty == 4.0
@@ -116,7 +116,7 @@ def test_add_to_position_averages_cost() -> None:
 
 
 def test_add_to_short_averages_cost() -> None:
-    ledger = Ledger(LedgerConfig(starting_cash=1_000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=1_000.0))
     position_event(ledger, fill("sell", 2.0, 50.0))
     pos = position_event(ledger, fill("sell", 2.0, 40.0))
     assert (pos.qty, pos.avg_price) == (-4.0, pytest.approx(45.0))
@@ -126,7 +126,7 @@ def test_add_to_short_averages_cost() -> None:
 
 
 def test_partial_close_realizes_pro_rata_and_keeps_average() -> None:
-    ledger = Ledger(LedgerConfig(starting_cash=1_000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=1_000.0))
     position_event(ledger, fill("buy", 4.0, 10.0))
     pos = position_event(ledger, fill("sell", 1.5, 14.0, fee=0.5))
     assert pos.qty == pytest.approx(2.5)
@@ -141,7 +141,7 @@ def test_partial_close_realizes_pro_rata_and_keeps_average() -> None:
 
 
 def test_full_close_resets_position() -> None:
-    ledger = Ledger(LedgerConfig(starting_cash=1_000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=1_000.0))
     position_event(ledger, fill("sell", 3.0, 20.0))
     pos = position_event(ledger, fill("buy", 3.0, 15.0))
     assert (pos.qty, pos.avg_price) == (0.0, 0.0)
@@ -156,7 +156,7 @@ def test_full_close_resets_position() -> None:
 
 
 def test_flip_long_to_short() -> None:
-    ledger = Ledger(LedgerConfig(starting_cash=1_000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=1_000.0))
     position_event(ledger, fill("buy", 2.0, 10.0))
     pos = position_event(ledger, fill("sell", 5.0, 8.0))
     assert pos.qty == pytest.approx(-3.0)
@@ -168,7 +168,7 @@ def test_flip_long_to_short() -> None:
 
 
 def test_symbols_are_separate_and_bars_mark_only_their_symbol() -> None:
-    ledger = Ledger(LedgerConfig(starting_cash=1_000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=1_000.0))
     position_event(ledger, fill("buy", 1.0, 100.0, symbol="BTC/USDT"))
     position_event(ledger, fill("sell", 2.0, 10.0, symbol="ETH/USDT"))
     eq = equity_event(ledger, bar(110.0, symbol="BTC/USDT"))
@@ -184,7 +184,7 @@ def test_symbols_are_separate_and_bars_mark_only_their_symbol() -> None:
 
 
 def test_reports_without_a_fill_are_ignored() -> None:
-    ledger = Ledger(LedgerConfig(starting_cash=1_000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=1_000.0))
     for status in ("accepted", "canceled", "rejected"):
         report = fill("buy", 1.0, 10.0, status=status)
         empty = ExecutionReport(
@@ -203,7 +203,7 @@ def test_reports_without_a_fill_are_ignored() -> None:
 
 
 def test_partially_filled_report_counts() -> None:
-    ledger = Ledger(LedgerConfig(starting_cash=1_000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=1_000.0))
     pos = position_event(ledger, fill("buy", 0.5, 10.0, status="partially_filled"))
     assert pos.qty == 0.5
 
@@ -211,16 +211,16 @@ def test_partially_filled_report_counts() -> None:
 def test_config_validation() -> None:
     for bad in (0.0, -1.0):
         with pytest.raises(ValueError):
-            LedgerConfig(starting_cash=bad)
+            PortfolioConfig(starting_cash=bad)
 
 
 def test_snapshot_restore_round_trip() -> None:
-    ledger = Ledger(LedgerConfig(starting_cash=1_000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=1_000.0))
     position_event(ledger, fill("sell", 1.0, 10.0, fee=0.01))
     position_event(ledger, fill("buy", 0.25, 11.0, fee=0.01, symbol="ETH/USDT"))
     equity_event(ledger, bar(9.0))
 
-    restored = Ledger(LedgerConfig(starting_cash=1_000.0))
+    restored = Portfolio(PortfolioConfig(starting_cash=1_000.0))
     restored.restore(ledger.snapshot())
     assert restored.state == ledger.state
     assert restored.snapshot() == ledger.snapshot()
@@ -259,7 +259,7 @@ bar_op = st.tuples(st.just("bar"), st.sampled_from(SYMBOLS), prices)
     script=st.lists(st.one_of(fill_op, fill_op, bar_op), min_size=1, max_size=40),
 )
 def test_equity_invariants(starting_cash: float, script: list[tuple]) -> None:
-    ledger = Ledger(LedgerConfig(starting_cash=starting_cash))
+    ledger = Portfolio(PortfolioConfig(starting_cash=starting_cash))
     fees = 0.0
     cash = starting_cash
     ts = T0

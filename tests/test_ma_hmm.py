@@ -15,7 +15,7 @@ import pytest
 
 from contracts.events import Bar, Signal
 from eventstore.bus import Bus
-from eventstore.models import put_model
+from eventstore.model_store import put_model
 from eventstore.server import URL_ENV, EmbeddedServer
 from services.marketdata.synthetic import SyntheticMarket
 from strategies.ma_hmm import (

@@ -15,7 +15,7 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from eventstore.bus import Bus
-from eventstore.models import BUCKET, get_model, list_models, put_model
+from eventstore.model_store import BUCKET, get_model, list_models, put_model
 from eventstore.server import URL_ENV, EmbeddedServer
 from services.marketdata.synthetic import SyntheticMarket
 from strategies.regime.model import ModelError, RegimeModel, read_model_file

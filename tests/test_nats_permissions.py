@@ -33,7 +33,7 @@ from eventstore.bus import Bus, Stored
 from eventstore.credentials import Credentials, redact_url
 from eventstore.errors import KeelError
 from eventstore.lag import wait_drained
-from eventstore.models import get_model, put_model
+from eventstore.model_store import get_model, put_model
 from eventstore.server import URL_ENV, find_binary, find_config, free_port, port_open
 from eventstore.streams import STREAMS, ensure_streams, replay_stream
 from replay.backtest import BacktestSpec, load_run, run_backtest

@@ -35,11 +35,11 @@ from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer, free_port
 from services.execution.paper_venue import PaperVenueConfig
-from services.execution.worker import execution_role
-from services.portfolio.ledger import LedgerConfig
-from services.portfolio.worker import portfolio_role
+from services.execution.role import execution_role
+from services.portfolio.accounts import PortfolioConfig
+from services.portfolio.role import portfolio_role
 from services.risk.rails import RiskLimits
-from services.risk.worker import risk_role
+from services.risk.role import risk_role
 from services.runtime.role import Role
 from services.runtime.telemetry import subject_kind
 from services.runtime.tracing import make_tracer_provider
@@ -59,7 +59,7 @@ def roles(strategy: bool = True) -> list[Role]:
     out = [
         risk_role(RiskLimits(max_position=5)),
         execution_role(PaperVenueConfig(fee_bps=10)),
-        portfolio_role(LedgerConfig(starting_cash=1000)),
+        portfolio_role(PortfolioConfig(starting_cash=1000)),
     ]
     if strategy:
         built = build_strategy(

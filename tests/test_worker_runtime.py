@@ -14,11 +14,11 @@ from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer, free_port
 from services.execution.paper_venue import PaperVenueConfig
-from services.execution.worker import execution_role
+from services.execution.role import execution_role
 from services.portfolio.ledger import LedgerConfig
-from services.portfolio.worker import portfolio_role
+from services.portfolio.role import portfolio_role
 from services.risk.rails import RiskLimits
-from services.risk.worker import risk_role
+from services.risk.role import risk_role
 from services.runtime.worker import Worker, WorkerOptions
 from services.strategy.host import strategy_role
 from strategies.registry import build_strategy
