@@ -29,7 +29,7 @@ from replay.metrics import (
     trade_stats,
     trades_from_fills,
 )
-from services.portfolio.ledger import Ledger, LedgerConfig
+from services.portfolio.accounts import Portfolio, PortfolioConfig
 from tests.portfolio_helpers import snap
 
 VENUE = "test"
@@ -565,7 +565,7 @@ def test_trade_pnl_matches_ledger_realized_when_flat(script: list[tuple]) -> Non
         if position:
             add(strategy, symbol, -position, last_price[symbol] * 1.01, 5)
 
-    ledger = Ledger(LedgerConfig(starting_cash=1_000_000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=1_000_000.0))
     for f in fills:
         ledger.decide(f, f.ts)
     assert all(abs(p.qty) < 1e-9 for p in ledger.state.positions.values())
@@ -597,7 +597,7 @@ def test_trade_pnl_matches_ledger_realized_when_flat(script: list[tuple]) -> Non
 
 def test_metrics_from_a_ledger_run() -> None:
     """End to end on ledger output: fills' equity snapshots feed the curve."""
-    ledger = Ledger(LedgerConfig(starting_cash=1_000.0))
+    ledger = Portfolio(PortfolioConfig(starting_cash=1_000.0))
     snaps: list[EquitySnapshot] = []
     fills = [fill("buy", 1, 100, 0.1, ts=1), fill("sell", 1, 120, 0.12, ts=3)]
     for f in fills:

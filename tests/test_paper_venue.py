@@ -774,9 +774,9 @@ def test_partial_fills_over_several_bars_with_cum_qty() -> None:
 
 
 def test_partial_fills_feed_the_ledger_incrementally() -> None:
-    from services.portfolio.ledger import Ledger, LedgerConfig
+    from services.portfolio.accounts import Portfolio, PortfolioConfig
 
-    ledger = Ledger(LedgerConfig())
+    ledger = Portfolio(PortfolioConfig())
     for report in feed(venue(**PART), [order(MID_BAR0, qty=6.0), *BARS]):
         ledger.decide(report, report.ts)
     position = ledger.state.positions[f"{VENUE}|{BTC}"]

@@ -15,7 +15,7 @@ from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer, free_port
 from services.execution.paper_venue import PaperVenueConfig
 from services.execution.role import execution_role
-from services.portfolio.ledger import LedgerConfig
+from services.portfolio.accounts import PortfolioConfig
 from services.portfolio.role import portfolio_role
 from services.risk.rails import RiskLimits
 from services.risk.role import risk_role
@@ -35,7 +35,7 @@ def fleet_workers(options: WorkerOptions = QUIET) -> list[Worker]:
         strategy_role(strategy, []),
         risk_role(RiskLimits(max_position=5)),
         execution_role(PaperVenueConfig(fee_bps=10)),
-        portfolio_role(LedgerConfig(starting_cash=1000)),
+        portfolio_role(PortfolioConfig(starting_cash=1000)),
     ]
     return [Worker(role, options) for role in roles]
 
