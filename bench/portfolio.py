@@ -12,7 +12,7 @@ Two books, each warmed up with ``--symbols`` markets marked by bars and position
 
 Per round and book: a **fill** that adds to a held position, one that reduces it (realizing
 PnL), a **bar** of a held market (mark and equity), and in the multi-venue book a **funding**
-payment on a perpetual. The fill is the figure issue 5 asks for: median <= 10 us. Usage::
+payment on a perpetual. The target is a fill's median <= 10 us. Usage::
 
     .venv/bin/python bench/portfolio.py [--n 20000] [--symbols 10] [--held 6] [--json]
 """

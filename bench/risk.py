@@ -14,7 +14,7 @@ real books to look at. Then ``--n`` rounds of, each timed alone with ``perf_coun
 - **reject**: opening one symbol too many, rejected by ``max_open_positions`` (the check
   before the last: every other check runs first).
 
-The fills between the timed calls are not timed. Target (issue 5): median <= 20 us with
+The fills between the timed calls are not timed. Target: median <= 20 us with
 every rail on. Usage::
 
     .venv/bin/python bench/risk.py [--n 20000] [--symbols 10] [--held 5] [--json]

@@ -10,9 +10,9 @@ regime-switching ``SyntheticMarket``, fixed seed), read once into memory:
    10 bps fees, portfolio, hashing), the file read excluded since it is the same for all.
 
 HMM-based strategies get a 3-state model trained on a separate seed first (``--param
-model_file``). Default params elsewhere, but for momentum's move (``PARAMS``). Figures are medians of ``--repeats`` runs.
-Targets (issue 4): every strategy >= 100,000 bars/s in in-process replay, the HMM-based
-ones >= 20,000 bars/s with 3 states. Usage::
+model_file``). Default params elsewhere, but for momentum's move (``PARAMS``). Figures are
+medians of ``--repeats`` runs. Targets: every strategy >= 100,000 bars/s in in-process
+replay, the HMM-based ones >= 20,000 bars/s with 3 states. Usage::
 
     .venv/bin/python bench/strategy_speed.py [--bars 200000] [--repeats 3] [--json]
 """
