@@ -15,6 +15,8 @@ from strategies.registry import Strategy
 
 
 class StrategyDecider:
+    snapshot_version = 1
+
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
         self._on_bar = strategy.on_bar
