@@ -78,8 +78,8 @@ def _float_fields(cls: type) -> tuple[_FloatGetter | None, _FloatGetter | None]:
     return cached
 
 
-def _all_finite(values: tuple[float | None, ...]) -> bool:
-    return all(v is None or v is UNSET or _isfinite(v) for v in values)  # type: ignore[arg-type]
+def _all_finite(values: tuple[float | UnsetType | None, ...]) -> bool:
+    return all(v is None or v is UNSET or _isfinite(v) for v in values)
 
 
 def _require(condition: bool, message: str) -> None:
@@ -222,14 +222,13 @@ class OrderCommand(Event, frozen=True):
     """An order for the execution role's order manager (docs/orders.md).
 
     ``action``: ``new``, ``cancel`` or ``amend`` (a working order's new total ``qty`` and,
-    when given, new ``limit_price``/``stop_price``). The order-management fields were added
-    later and default to ``msgspec.UNSET`` (falsy; ``None`` is accepted and stored as UNSET),
-    which leaves them out of the JSON, so plain orders encode exactly as before:
-    ``take_profit``/``stop_loss`` make a ``new`` order a bracket entry (an OCO pair of a
-    take-profit limit and a protective stop, placed when it fills); ``trail_pct`` or
-    ``trail_atr`` (a multiple of ``atr``, else of the order manager's ATR) make the stop
-    trail; ``oco_group`` links orders that cancel each other; ``expire_at`` (ns) is a
-    good-till-date expiry."""
+    when given, new ``limit_price``/``stop_price``). The order-management fields default to
+    ``msgspec.UNSET`` (falsy; ``None`` is accepted and stored as UNSET), which leaves them out
+    of the JSON, so a plain order carries only the fields it uses. ``take_profit`` and
+    ``stop_loss`` make a ``new`` order a bracket entry (an OCO pair of a take-profit limit and
+    a protective stop, placed when it fills); ``trail_pct`` or ``trail_atr`` (a multiple of
+    ``atr``, else of the order manager's ATR) make the stop trail; ``oco_group`` links orders
+    that cancel each other; ``expire_at`` (ns) is a good-till-date expiry."""
 
     action: OrderAction
     client_order_id: str
@@ -344,7 +343,7 @@ class PositionChanged(Event, frozen=True, omit_defaults=True):
     perpetual), ``avg_price`` and ``realized_pnl`` in the quote currency. Perpetuals add
     ``funding`` (paid on this position so far, negative = received) and ``margin_used``
     (initial margin at the mark). Fields at their default are left out of the JSON
-    (``omit_defaults``), so books without perpetuals encode exactly as before."""
+    (``omit_defaults``), so a spot position carries only the fields it uses."""
 
     venue: str
     symbol: str
@@ -358,9 +357,9 @@ class PositionChanged(Event, frozen=True, omit_defaults=True):
 
 class EquitySnapshot(Event, frozen=True, omit_defaults=True, gc=False):
     """The book in the base currency (docs/portfolio.md); numbers only, so untracked by the
-    garbage collector like ``Bar`` (one is built per bar). Added with defaults, left out of
-    the JSON at their default so spot books in one currency encode exactly as before:
-    ``margin_used`` (perpetuals' initial margin), ``funding`` (paid so far, negative =
+    garbage collector like ``Bar`` (one is built per bar). Fields at their default are left
+    out of the JSON (``omit_defaults``), so a spot book in one currency carries only what it
+    uses: ``margin_used`` (perpetuals' initial margin), ``funding`` (paid so far, negative =
     received), ``fx_pnl`` (change in the base value of the starting balances),
     ``net_exposure`` (signed; None when no perpetual is open: it is then equity - cash)."""
 
@@ -611,4 +610,4 @@ EXTERNAL_TYPES: tuple[type[External], ...] = (
     PromoAnnouncement,
 )
 
-EVENT_TYPES: tuple[type[Event], ...] = AnyEvent.__args__  # type: ignore[attr-defined]
+EVENT_TYPES: tuple[type[Event], ...] = get_args(AnyEvent)

@@ -187,18 +187,19 @@ def external_filters(kinds: tuple[str, ...], symbols: tuple[str, ...] = ()) -> t
 
 def subject_for(event: Event) -> str:
     """The subject an event is published on. Bars and equity snapshots, nearly every event of
-    a replay, are answered before the table: no lambda call."""
-    kind = type(event)
-    if kind is Bar:
+    a replay, are answered before the table: no lambda call. The exact-type test is cheaper
+    here than ``isinstance`` or ``match`` and narrows ``event`` for a type checker too."""
+    if type(event) is Bar:
         try:
-            return _BAR_SUBJECTS[event.venue][event.symbol][event.interval]  # type: ignore[attr-defined]
+            return _BAR_SUBJECTS[event.venue][event.symbol][event.interval]
         except KeyError:
-            return bar_subject(event.venue, event.symbol, event.interval)  # type: ignore[attr-defined]
+            return bar_subject(event.venue, event.symbol, event.interval)
+    kind = type(event)
     if kind is EquitySnapshot:
         return "pf.equity"
     build = _SUBJECTS.get(kind)
     if build is None:
-        raise SubjectError(f"no subject for {type(event).__name__}")
+        raise SubjectError(f"no subject for {kind.__name__}")
     return build(event)
 
 

@@ -132,16 +132,15 @@ class RunRecorder:
         self, subject: str, event: Event, envelope: LazyEnvelope | Envelope, producer: str
     ) -> None:
         """Record one output (the sink of a replay: hand over this bound method)."""
-        kind = type(event)
-        if kind is EquitySnapshot:  # one per bar: _add_point inlined
+        if type(event) is EquitySnapshot:  # one per bar: _add_point inlined
             point = self._point
             if point is not None and point.ts != event.ts:
                 self._equity_append(point.equity)
                 self._exposed_append(point.gross_exposure > 0)
                 if self._curve_writer is not None:
                     self._write_point(point)
-            self._point = event  # type: ignore[assignment]
-        elif kind is DeadLetter:  # a bug report, not a result: stored, not hashed
+            self._point = event
+        elif type(event) is DeadLetter:  # a bug report, not a result: stored, not hashed
             self.counts.dead_letters += 1
             if self._writer is not None:
                 self._append_row(subject, event, resolve(envelope), producer)
