@@ -12,6 +12,7 @@ from typing import Any
 import typer
 from rich.console import Console
 
+from contracts.intervals import IntervalError
 from contracts.subjects import SubjectError
 from eventstore.errors import KeelError
 from services.config import KeelConfig, load_config
@@ -21,7 +22,7 @@ from strategies.registry import StrategyError
 console = Console()
 errors = Console(stderr=True)
 
-USER_ERRORS = (KeelError, StrategyError, SourceError, SubjectError)
+USER_ERRORS = (KeelError, StrategyError, SourceError, SubjectError, IntervalError)
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:

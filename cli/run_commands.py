@@ -13,6 +13,7 @@ from typing import Annotated
 import typer
 
 from cli.console import console, fail, load_config_or_exit, run, user_errors
+from contracts.intervals import interval_ns
 from contracts.subjects import name_token
 from eventstore.bus import Bus
 from eventstore.server import nats_url
@@ -20,15 +21,16 @@ from services.config import KeelConfig, StrategyConfig
 from services.execution.role import execution_role
 from services.fleet import consumer_names
 from services.marketdata.feed import lockstep, pause, publish_bars
-from services.marketdata.sources import interval_ns, read_bars
+from services.marketdata.sources import read_bars
 from services.marketdata.synthetic import SyntheticMarket
 from services.portfolio.role import portfolio_role
 from services.risk.role import risk_role
 from services.runtime.replay_worker import ReplayWorker
 from services.runtime.role import Role
 from services.runtime.worker import Worker, WorkerOptions
+from services.strategy.compose import compose_strategy
 from services.strategy.host import strategy_role
-from strategies.registry import build_strategy, parse_params
+from strategies.registry import parse_params
 
 app = typer.Typer(
     help="Run one worker in the foreground until SIGTERM or Ctrl-C.", no_args_is_help=True
@@ -140,7 +142,7 @@ def strategy(
         load_config_or_exit(config), name, param or [], symbol or [], instance
     )
     with user_errors():
-        built = build_strategy(
+        built = compose_strategy(
             chosen.name, chosen.params, name_token(chosen.instance_name, "instance")
         )
     _serve(strategy_role(built, chosen.symbols), _options(metrics_port, metrics_addr, namespace))

@@ -11,12 +11,11 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts.events import Bar
-from services.marketdata import sources
+from services.marketdata import bar_slices, formats
 from services.marketdata.sources import (
     VALUE_COLUMNS,
     BarFile,
     SourceError,
-    interval_ns,
     is_time_sorted,
     iter_bars,
     read_bars,
@@ -270,14 +269,21 @@ def test_given_interval_wins_and_is_normalised(tmp_path: Path) -> None:
         ("1w", 7 * DAY),
     ],
 )
-def test_interval_ns(text: str, expected: int) -> None:
-    assert interval_ns(text) == expected
+def test_given_interval(tmp_path: Path, text: str, expected: int) -> None:
+    path = write(
+        tmp_path, "one.csv", "open_time,open,high,low,close,volume\n2023-03-01,1,2,1,2,3\n"
+    )
+    bar = read(path, text).bars[0]
+    assert bar.close_time - bar.open_time == expected
 
 
 @pytest.mark.parametrize("text", ["", "m", "0m", "1M", "1y", "1.5h", " 1m", "1 m", "-1m", "1mo"])
-def test_interval_ns_rejects(text: str) -> None:
-    with pytest.raises(SourceError, match="unsupported interval"):
-        interval_ns(text)
+def test_given_interval_rejects(tmp_path: Path, text: str) -> None:
+    path = write(
+        tmp_path, "one.csv", "open_time,open,high,low,close,volume\n2023-03-01,1,2,1,2,3\n"
+    )
+    with pytest.raises(SourceError, match=r"one\.csv: interval '.*': expected a whole number"):
+        read(path, text)
 
 
 def test_missing_file(tmp_path: Path) -> None:
@@ -575,7 +581,7 @@ def test_iter_bars_csv_reads_lines_across_small_byte_blocks(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Blocks that end mid-line, lines longer than a block, CRLF, blank lines, no final newline."""
-    monkeypatch.setattr(sources, "_CSV_CHUNK_BYTES", 7)
+    monkeypatch.setattr(formats, "_CSV_CHUNK_BYTES", 7)
     for path in sorted_fixtures(tmp_path):
         for chunk_rows in (1, 4, 200_000):
             assert stream(path, chunk_rows=chunk_rows) == read(path), (path, chunk_rows)
@@ -756,7 +762,7 @@ def test_clean_slices_read_like_row_by_row(
 ) -> None:
     """A slice whose rows all become bars takes a whole-column path; whatever the defects and
     wherever the slice boundaries fall, the bars and skipped rows equal the row-by-row path's."""
-    monkeypatch.setattr(sources, "_SLICE_ROWS", slice_rows)
+    monkeypatch.setattr(bar_slices, "_SLICE_ROWS", slice_rows)
     t, times = 1_700_000_000, []
     for step, _, _ in rows:
         times.append(None if step is None else t)
@@ -780,7 +786,7 @@ def test_clean_slices_read_like_row_by_row(
             return [], [str(exc)]
 
     fast = read()
-    monkeypatch.setattr(sources, "_every_row_a_bar", lambda part, last_open: False)
+    monkeypatch.setattr(bar_slices, "_every_row_a_bar", lambda part, last_open: False)
     assert fast == read()
 
 
@@ -788,7 +794,7 @@ def test_clean_slices_take_the_column_path(tmp_path: Path, monkeypatch: pytest.M
     """Slices of 4 over 30 rows with one bad row (13) and a repeated open time at a slice
     boundary (row 17 repeats row 16): the clean slices take the column path, the rest go row
     by row, and the bars and skipped rows are the row-by-row reader's."""
-    monkeypatch.setattr(sources, "_SLICE_ROWS", 4)
+    monkeypatch.setattr(bar_slices, "_SLICE_ROWS", 4)
     times = [1_700_000_000 + 60 * i for i in range(30)]
     times[16] = times[15]  # rows are 1-based: row 17 repeats row 16's open time
     columns = {name: [value] * 30 for name, value in _GOOD.items()}
@@ -796,13 +802,13 @@ def test_clean_slices_take_the_column_path(tmp_path: Path, monkeypatch: pytest.M
     path = tmp_path / "bars.parquet"
     pl.DataFrame({"time": times, **columns}).write_parquet(path)
     taken: list[bool] = []
-    real = sources._every_row_a_bar
+    real = bar_slices._every_row_a_bar
 
     def counted(part: pl.DataFrame, last_open: int) -> bool:
         taken.append(real(part, last_open))
         return taken[-1]
 
-    monkeypatch.setattr(sources, "_every_row_a_bar", counted)
+    monkeypatch.setattr(bar_slices, "_every_row_a_bar", counted)
     stream = iter_bars(path, venue="v", symbol="X/Y", interval="1m")
     bars = list(stream)
     assert taken == [True, True, True, False, False, True, True, True]

@@ -21,10 +21,11 @@ import pyarrow.parquet as pq
 import pytest
 
 from contracts.events import Bar
+from contracts.intervals import interval_ns
 from eventstore.errors import KeelError
 from replay import market
 from replay.market import DataSource, market_events
-from services.marketdata.sources import SourceError, interval_ns, read_bars
+from services.marketdata.sources import SourceError, read_bars
 from services.marketdata.synthetic import SyntheticMarket
 
 ROOT = Path(__file__).resolve().parents[1]

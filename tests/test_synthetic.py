@@ -10,7 +10,7 @@ import msgspec
 import pytest
 
 from contracts.events import Bar
-from services.marketdata.sources import interval_ns
+from contracts.intervals import interval_ns
 from services.marketdata.synthetic import REGIMES, SyntheticMarket
 
 
@@ -117,7 +117,7 @@ def test_regimes_are_deterministic() -> None:
         ({"venue": ""}, "venue must not be empty"),
         ({"seed": -1}, "seed must be >= 0"),
         ({"start_ns": -1}, "start_ns must be >= 0"),
-        ({"interval": "1M"}, "unsupported interval"),
+        ({"interval": "1M"}, "interval '1M'"),
     ],
 )
 def test_invalid_parameters(params: dict[str, object], message: str) -> None:

@@ -29,7 +29,7 @@ import msgspec
 import numpy as np
 
 from contracts.events import Bar
-from services.marketdata.sources import interval_ns
+from contracts.intervals import UNIT_NS, interval_ns
 
 REGIMES = ("bull", "bear", "range")
 _RANGE = REGIMES.index("range")
@@ -40,7 +40,6 @@ _REVERSION = np.array([0.0, 0.0, 0.05])  # share of the gap to the anchor closed
 _WICK = 0.5  # wick size as a share of the regime's volatility
 _NOTIONAL_PER_MINUTE = 200_000.0
 _KNOWN_PRICES = {"BTC/USDT": 30_000.0, "ETH/USDT": 2_000.0, "SOL/USDT": 50.0}
-_MINUTE_NS = 60_000_000_000
 
 
 class _Path(NamedTuple):
@@ -129,7 +128,7 @@ class SyntheticMarket(msgspec.Struct, frozen=True):
     def _simulate(self, symbol: str) -> _Path:
         """Vectorised draws for one symbol; only the mean-reverting recursion is a loop."""
         rng = np.random.default_rng(np.random.SeedSequence([self.seed, _symbol_key(symbol)]))
-        scale = math.sqrt(interval_ns(self.interval) / _MINUTE_NS)
+        scale = math.sqrt(interval_ns(self.interval) / UNIT_NS["m"])
         states = _regime_path(rng, self.bars)
         volatility = _VOLATILITY[states] * scale
         shocks = (_DRIFT[states] * scale + volatility * rng.standard_normal(self.bars)).tolist()
