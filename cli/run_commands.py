@@ -28,9 +28,8 @@ from services.risk.role import risk_role
 from services.runtime.replay_worker import ReplayWorker
 from services.runtime.role import Role
 from services.runtime.worker import Worker, WorkerOptions
-from services.strategy.compose import compose_strategy
 from services.strategy.host import strategy_role
-from strategies.registry import parse_params
+from strategies.registry import build_strategy, parse_params
 
 app = typer.Typer(
     help="Run one worker in the foreground until SIGTERM or Ctrl-C.", no_args_is_help=True
@@ -142,7 +141,7 @@ def strategy(
         load_config_or_exit(config), name, param or [], symbol or [], instance
     )
     with user_errors():
-        built = compose_strategy(
+        built = build_strategy(
             chosen.name, chosen.params, name_token(chosen.instance_name, "instance")
         )
     _serve(strategy_role(built, chosen.symbols), _options(metrics_port, metrics_addr, namespace))
