@@ -34,25 +34,27 @@ from eventstore.server import nats_url
 from replay.external import EventFile
 from replay.market import DataSource
 from replay.sweep import (
-    METRICS,
     TABLE_FILE,
     Fold,
-    Metric,
-    Plan,
     SweepOutcome,
-    SweepSpec,
-    WalkForward,
     check_events,
-    parse_grid,
-    plan_sweep,
     query_hint,
     ranked,
     run_sweep,
-    skipped_summary,
-    spec_with,
     sweep_size,
     walk_forward_folds,
     write_sweep,
+)
+from replay.sweep_plan import (
+    METRICS,
+    Metric,
+    Plan,
+    SweepSpec,
+    WalkForward,
+    parse_grid,
+    plan_sweep,
+    skipped_summary,
+    spec_with,
 )
 from services.fleet import fleet_roles
 from strategies.registry import parse_params

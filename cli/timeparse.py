@@ -2,19 +2,21 @@
 
 from __future__ import annotations
 
-import re
 from datetime import UTC, datetime, timedelta
 
-_AGE = re.compile(r"(\d+(?:\.\d+)?)([smhdw])")
-_UNITS = {"s": "seconds", "m": "minutes", "h": "hours", "d": "days", "w": "weeks"}
+from contracts.intervals import IntervalError, duration_ns
 
 
 def parse_time(text: str, now: datetime | None = None) -> datetime:
     """An aware UTC datetime; naive ISO input is taken as UTC."""
-    age = _AGE.fullmatch(text.strip())
-    if age:
-        delta = timedelta(**{_UNITS[age.group(2)]: float(age.group(1))})
-        return (now or datetime.now(UTC)) - delta
+    try:
+        age = timedelta(microseconds=duration_ns(text) / 1_000)
+    except IntervalError:
+        return _instant(text)
+    return (now or datetime.now(UTC)) - age
+
+
+def _instant(text: str) -> datetime:
     try:
         moment = datetime.fromisoformat(text.strip().replace("Z", "+00:00"))
     except ValueError as exc:

@@ -18,6 +18,7 @@ import msgspec
 import numpy as np
 import polars as pl
 
+from contracts.intervals import periods_per_year
 from eventstore.errors import KeelError
 from replay.digest import HASH_FORMAT
 from replay.engine import ReplayEngine
@@ -25,7 +26,6 @@ from replay.external import EventFile, external_count, with_events
 from replay.market import DataSource, market_events
 from replay.metrics import (
     curve_metrics,
-    periods_per_year,
     pnl_stats,
 )
 from replay.recorder import EQUITY_SCHEMA, TRADE_SCHEMA, RiskEvent, RunRecorder

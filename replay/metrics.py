@@ -12,7 +12,8 @@ Equity curve
     order, since several snapshots share a ts (one per symbol's bar, one after each fill).
     Points are sorted by ts. ``gross_exposure`` is kept from the same snapshot.
 Periods per year ``P``
-    From the bar interval, counting every calendar day (crypto trades 24/7):
+    From the bar interval (``contracts.intervals.periods_per_year``), counting every
+    calendar day (crypto trades 24/7):
     ``"1s"`` -> 31_536_000, ``"1m"`` -> 525_600, ``"1h"`` -> 8_760, ``"1d"`` -> 365,
     ``"1w"`` -> 365 / 7 = 52.142857..., and ``"<n><unit>"`` divides by ``n``. Equities on
     daily bars usually annualise with 252 trading days: pass ``periods_override=252``.
@@ -72,7 +73,6 @@ overflow on absurd inputs is reported as 0.0.
 from __future__ import annotations
 
 import math
-import re
 from collections import deque
 from collections.abc import Iterable, Sequence
 from typing import Literal
@@ -81,6 +81,7 @@ import msgspec
 import numpy as np
 
 from contracts.events import EquitySnapshot, ExecutionReport
+from contracts.intervals import periods_per_year
 
 __all__ = [
     "CURVE_DTYPE",
@@ -93,7 +94,6 @@ __all__ = [
     "equity_curve",
     "is_fill",
     "max_drawdown_pct",
-    "periods_per_year",
     "returns",
     "sharpe",
     "sortino",
@@ -110,9 +110,6 @@ ZERO_DISPERSION = 1e-12
 QTY_REL_TOL = 1e-9
 """A remaining quantity within this fraction of the lot / fill it belongs to is zero."""
 
-_SECONDS_PER_UNIT = {"s": 1, "m": 60, "h": 3_600, "d": 86_400, "w": 604_800}
-_SECONDS_PER_YEAR = 365 * 86_400
-_INTERVAL = re.compile(r"([0-9]+)([smhdw])")
 _FILL_STATUSES = frozenset({"filled", "partially_filled"})
 
 
@@ -166,25 +163,6 @@ class Metrics(msgspec.Struct, frozen=True):
             value = getattr(self, field)
             if isinstance(value, float) and not math.isfinite(value):
                 raise ValueError(f"{field} must be finite")
-
-
-# --- annualisation ------------------------------------------------------------------------------
-
-
-def periods_per_year(interval: str) -> float:
-    """Bars per year for an interval ``"<n><unit>"``, unit one of s, m, h, d, w.
-
-    Every calendar day counts (365 days a year): ``"1d"`` -> 365. For equities on daily bars
-    pass ``periods_override=252`` to ``compute_metrics`` instead. Raises ``ValueError`` for
-    anything else (``"1M"``, ``"0h"``, ``"h"``, ``" 1h"``, ...).
-    """
-    match = _INTERVAL.fullmatch(interval) if isinstance(interval, str) else None
-    if match is None:
-        raise ValueError(f"bad interval {interval!r}: expected <n><unit>, unit one of smhdw")
-    count = int(match.group(1))
-    if count <= 0:
-        raise ValueError(f"bad interval {interval!r}: the count must be > 0")
-    return _SECONDS_PER_YEAR / (count * _SECONDS_PER_UNIT[match.group(2)])
 
 
 # --- equity curve -------------------------------------------------------------------------------

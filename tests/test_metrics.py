@@ -12,6 +12,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.events import EquitySnapshot, ExecutionReport
+from contracts.intervals import periods_per_year
 from replay.metrics import (
     CURVE_DTYPE,
     EquityPoint,
@@ -22,7 +23,6 @@ from replay.metrics import (
     curve_points,
     equity_curve,
     max_drawdown_pct,
-    periods_per_year,
     returns,
     sharpe,
     sortino,

@@ -29,19 +29,14 @@ from replay.market import DataSource, file_digest
 from replay.sweep import (
     WINDOW_COLUMNS,
     SweepRecord,
-    SweepSpec,
-    WalkForward,
     best_index,
     data_range,
     make_folds,
-    parse_duration,
-    parse_grid,
-    plan_sweep,
     query_hint,
     run_sweep,
-    spec_with,
     write_sweep,
 )
+from replay.sweep_plan import SweepSpec, WalkForward, parse_grid, plan_sweep, spec_with
 from services.config import KeelConfig, StrategyConfig
 from services.marketdata.synthetic import SyntheticMarket
 from strategies.registry import StrategyError
@@ -153,13 +148,13 @@ def test_bad_grids(items: list[str], needle: str) -> None:
 
 
 def test_durations() -> None:
-    assert parse_duration("90s") == 90 * 10**9
-    assert parse_duration("1.5h") == 90 * 60 * 10**9
-    assert parse_duration("2d") == 48 * HOUR
-    assert parse_duration("1w") == 168 * HOUR
+    assert WalkForward.parse("90s", "1.5h").train_ns == 90 * 10**9
+    assert WalkForward.parse("90s", "1.5h").test_ns == 90 * 60 * 10**9
+    assert WalkForward.parse("2d", "1w").train_ns == 48 * HOUR
+    assert WalkForward.parse("2d", "1w").test_ns == 168 * HOUR
     for bad in ("7", "1y", "0d", "-1h", "h"):
         with pytest.raises(KeelError):
-            parse_duration(bad)
+            WalkForward.parse(bad, "1d")
 
 
 def test_folds_roll_by_the_test_window() -> None:
