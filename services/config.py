@@ -13,7 +13,7 @@ from pathlib import Path
 import msgspec
 
 from eventstore.errors import KeelError
-from services.execution.oms import OrdersConfig
+from services.execution.orders_config import OrdersConfig
 from services.execution.paper_venue import PaperVenueConfig
 from services.portfolio.accounts import PortfolioConfig
 from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig

@@ -18,7 +18,8 @@ from msgspec import UNSET
 
 from contracts.codec import decode, encode
 from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand, RiskAlert
-from services.execution.oms import OrderManager, OrdersConfig
+from contracts.keys import BookId, InstrumentId
+from services.execution.oms import OrderManager
 from services.execution.orders import (
     FINAL,
     STATUSES,
@@ -28,6 +29,7 @@ from services.execution.orders import (
     allowed,
     check_reports,
 )
+from services.execution.orders_config import OrdersConfig
 from services.execution.paper_venue import PaperVenue, PaperVenueConfig
 
 MINUTE = 60_000_000_000
@@ -35,6 +37,7 @@ T0 = 1_700_000_000_000_000_000
 VENUE = "test"
 BTC = "BTC/USDT"
 TOKEN = "BTC-USDT"
+BOOK = BookId("s", InstrumentId(VENUE, BTC))
 
 
 def bar(i: int, open_: float, high: float, low: float, close: float, volume: float = 10.0) -> Bar:
@@ -421,7 +424,7 @@ def test_partial_entry_fills_size_the_legs_and_partial_leg_fills_shrink_the_sibl
     ]
     assert check_reports(reports(out)) == []
     assert manager.state.groups == {} and manager.state.orders == {}
-    assert manager.state.positions[f"s|{VENUE}|{BTC}"].qty == 0.0
+    assert manager.state.positions[BOOK].qty == 0.0
 
 
 def test_a_market_order_closing_the_position_cancels_the_legs_first() -> None:
@@ -657,7 +660,7 @@ def test_the_stop_validator_places_and_replaces_a_protective_stop() -> None:
         ("accepted", f"{protect}.sl2", stop, 0.0, "stop validator: protective stop"),
         ("filled", f"{protect}.sl2", stop, stop, ""),
     ]
-    assert manager.state.positions[f"s|{VENUE}|{BTC}"].qty == 0.0
+    assert manager.state.positions[BOOK].qty == 0.0
     assert manager.state.groups == {}
 
 
@@ -680,15 +683,18 @@ def test_the_stop_validator_leaves_other_strategies_alone() -> None:
     ("kwargs", "message"),
     [
         ({"require_stop": ("s",)}, "require_stop needs stop_pct or stop_atr"),
-        ({"stop_pct": 0.0}, "stop_pct must be within (0, 100)"),
+        ({"stop_pct": 0.0}, "Expected `float` > 0.0 - at `$.stop_pct`"),
+        ({"stop_pct": 100.0}, "Expected `float` < 100.0 - at `$.stop_pct`"),
         ({"stop_atr": 2.0}, "stop_atr needs atr_period > 0"),
         ({"stop_pct": 1.0, "stop_atr": 2.0, "atr_period": 3}, "not both"),
-        ({"atr_period": -1}, "atr_period must be an integer"),
+        ({"atr_period": -1}, "Expected `int` >= 0 - at `$.atr_period`"),
+        ({"atr_period": 1.5}, "Expected `int`, got `float` - at `$.atr_period`"),
+        ({"keep_done": -1}, "Expected `int` >= 0 - at `$.keep_done`"),
     ],
 )
 def test_orders_config_validation(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(message)):
-        OrdersConfig(**kwargs)
+    with pytest.raises(msgspec.ValidationError, match=re.escape(message)):
+        msgspec.convert(kwargs, OrdersConfig)
 
 
 # --- restarts -------------------------------------------------------------------------------
@@ -734,16 +740,19 @@ def test_restart_in_the_middle_of_partial_fills_and_validator_stops() -> None:
         restart_matches(config, events, cut, max_participation=0.25)
 
 
-def test_restore_of_a_snapshot_from_before_the_order_manager() -> None:
-    """A venue-only snapshot (an execution worker from before): its orders still fill and
-    their reports pass through."""
+def test_restore_refuses_what_is_not_an_order_manager_snapshot() -> None:
+    """A snapshot is decoded strictly: the venue's state alone, or corrupt bytes, raise and
+    leave the order manager as it was, never read as some other layout."""
     venue = PaperVenue(PaperVenueConfig(fee_bps=0.0))
     for event in [B0, cmd("m1")]:
         venue.decide(event, event.ts)
     manager = oms()
-    manager.restore(venue.snapshot())
-    out = run(manager, [B1])
-    assert rows(out) == [(1, "filled", "m1", 102.0, 2.0, 2.0, 2.0)]
+    run(manager, [B0, cmd("m2")])
+    before = manager.snapshot()
+    for data in (venue.snapshot(), before[:-3], b"\x00not a snapshot"):
+        with pytest.raises(msgspec.DecodeError):
+            manager.restore(data)
+        assert manager.snapshot() == before
 
 
 # --- properties -----------------------------------------------------------------------------
@@ -877,7 +886,7 @@ def test_random_sessions_never_reach_an_illegal_state(
         position[key] = after
     # The order manager's view of positions is the sum of its fills.
     for key, pos in manager.state.positions.items():
-        assert pos.qty == pytest.approx(position.get(key.split("|")[0], 0.0), abs=1e-9)
+        assert pos.qty == pytest.approx(position.get(key.strategy, 0.0), abs=1e-9)
     # Every working order has exactly one working venue leg, and the venue nothing else.
     venue_ids = sorted(p.order.client_order_id for p in manager.venue.state.pending)  # type: ignore[attr-defined]
     live = sorted(oid for oid, rec in manager.state.orders.items() if rec.leg_live)
@@ -968,5 +977,6 @@ def test_tightening_never_loosens_and_skips_other_markets() -> None:
 
 
 def test_tighten_fraction_is_validated() -> None:
-    with pytest.raises(ValueError, match="tighten_fraction"):
-        OrdersConfig(tighten_fraction=0.0)
+    for fraction in (0.0, 1.5):
+        with pytest.raises(msgspec.ValidationError, match=re.escape("`$.tighten_fraction`")):
+            msgspec.convert({"tighten_fraction": fraction}, OrdersConfig)

@@ -394,8 +394,10 @@ def test_several_pending_orders_fill_on_one_bar() -> None:
     [{"fee_bps": -0.01}, {"fee_bps": 1000.5}, {"slippage_bps": -1.0}, {"slippage_bps": 2000.0}],
 )
 def test_config_validation(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError, match="bps"):
-        PaperVenueConfig(**kwargs)  # type: ignore[arg-type]
+    import msgspec
+
+    with pytest.raises(msgspec.ValidationError, match="bps"):
+        msgspec.convert(kwargs, PaperVenueConfig)
 
 
 def test_config_rejects_unknown_fill_mode_when_decoded() -> None:
@@ -779,7 +781,9 @@ def test_partial_fills_feed_the_ledger_incrementally() -> None:
     ledger = Portfolio(PortfolioConfig())
     for report in feed(venue(**PART), [order(MID_BAR0, qty=6.0), *BARS]):
         ledger.decide(report, report.ts)
-    position = ledger.state.positions[f"{VENUE}|{BTC}"]
+    from contracts.keys import InstrumentId
+
+    position = ledger.state.positions[InstrumentId(VENUE, BTC)]
     assert position.qty == 6.0
     assert position.avg_price == pytest.approx((102 * 2.5 + 103 * 2.5 + 98 * 1.0) / 6, rel=1e-12)
 
@@ -892,26 +896,21 @@ def test_snapshot_restore_in_the_middle_of_a_partial_fill() -> None:
     ]
 
 
-def test_restore_of_a_snapshot_from_before_the_fill_models() -> None:
-    """A snapshot written by the previous venue (6-field bars, no partial state) restores."""
+def test_restore_refuses_a_snapshot_of_another_layout() -> None:
+    """A snapshot is decoded strictly: bars without their volume, or markets keyed by a
+    string, raise and leave the venue as it was."""
     import msgspec
 
-    old_bar = [BARS[1].open_time, BARS[1].close_time, 102.0, 104.0, 101.0, 103.0]
-    old = {
-        "bars": {f"{VENUE}|{BTC}": [old_bar]},
-        "pending": [{"order": order(MID_BAR0 + MINUTE, qty=6.0), "venue_order_id": "paper-1"}],
-        "next_id": 2,
-    }
     v = venue(**PART)
-    v.restore(msgspec.msgpack.encode(old))
-    assert (v.state.pending[0].filled, v.state.pending[0].wait) == (0.0, 0)
-    reports = feed(v, [BARS[2]])
-    assert [(r.status, r.fill_price, r.cum_qty) for r in reports] == [
-        ("partially_filled", 103.0, 2.5)
-    ]
-    # A bar kept without its volume does not limit fills.
-    late = feed(v, [order(BARS[1].open_time, qty=6.0, coid="o2")])
-    assert [(r.status, r.fill_price, r.fill_qty) for r in late[1:]] == [("filled", 102.0, 6.0)]
+    feed(v, [BARS[0], order(MID_BAR0 + MINUTE, qty=6.0)])
+    before = v.snapshot()
+    six_fields = [BARS[1].open_time, BARS[1].close_time, 102.0, 104.0, 101.0, 103.0]
+    pending = [{"order": order(MID_BAR0 + MINUTE, qty=6.0), "venue_order_id": "paper-1"}]
+    for bars in ({(VENUE, BTC): [six_fields]}, {f"{VENUE}|{BTC}": [[*six_fields, 10.0]]}):
+        data = msgspec.msgpack.encode({"bars": bars, "pending": pending, "next_id": 2})
+        with pytest.raises(msgspec.ValidationError):
+            v.restore(data)
+        assert v.snapshot() == before
 
 
 # --- stop-limit ----------------------------------------------------------------------------------
@@ -998,26 +997,28 @@ def test_stop_limit_partial_fills_rest_as_a_limit() -> None:
 @pytest.mark.parametrize(
     ("kwargs", "message"),
     [
-        ({"maker_fee_bps": 1000.5}, "maker_fee_bps must be within [-1000, 1000]"),
-        ({"maker_fee_bps": -1001.0}, "maker_fee_bps must be within [-1000, 1000]"),
-        ({"maker_fee_bps": math.nan}, "maker_fee_bps"),
-        ({"slippage_range_frac": -0.1}, "slippage_range_frac must be within [0, 1]"),
-        ({"slippage_range_frac": 1.5}, "slippage_range_frac must be within [0, 1]"),
-        ({"latency_bars": -1}, "latency_bars must be an integer within [0, 1000]"),
-        ({"latency_bars": 1001}, "latency_bars must be an integer within [0, 1000]"),
-        ({"latency_bars": 1.5}, "latency_bars must be an integer"),
-        ({"latency_jitter_bars": -1}, "latency_jitter_bars must be an integer within [0, 1000]"),
-        ({"seed": "x"}, "seed must be an integer"),
-        ({"max_participation": 0.0}, "max_participation must be within (0, 1]"),
-        ({"max_participation": 1.01}, "max_participation must be within (0, 1]"),
-        ({"max_participation": math.nan}, "max_participation"),
-        ({"fee_bps": math.nan}, "fee_bps"),
-        ({"fill": "vwap"}, "fill must be 'next_open' or 'close'"),
+        ({"maker_fee_bps": 1000.5}, "Expected `float` <= 1000.0 - at `$.maker_fee_bps`"),
+        ({"maker_fee_bps": -1001.0}, "Expected `float` >= -1000.0 - at `$.maker_fee_bps`"),
+        ({"maker_fee_bps": math.nan}, "`$.maker_fee_bps`"),
+        ({"slippage_range_frac": -0.1}, "Expected `float` >= 0.0 - at `$.slippage_range_frac`"),
+        ({"slippage_range_frac": 1.5}, "Expected `float` <= 1.0 - at `$.slippage_range_frac`"),
+        ({"latency_bars": -1}, "Expected `int` >= 0 - at `$.latency_bars`"),
+        ({"latency_bars": 1001}, "Expected `int` <= 1000 - at `$.latency_bars`"),
+        ({"latency_bars": 1.5}, "Expected `int`, got `float` - at `$.latency_bars`"),
+        ({"latency_jitter_bars": -1}, "Expected `int` >= 0 - at `$.latency_jitter_bars`"),
+        ({"seed": "x"}, "Expected `int`, got `str` - at `$.seed`"),
+        ({"max_participation": 0.0}, "Expected `float` > 0.0 - at `$.max_participation`"),
+        ({"max_participation": 1.01}, "Expected `float` <= 1.0 - at `$.max_participation`"),
+        ({"max_participation": math.nan}, "`$.max_participation`"),
+        ({"fee_bps": math.nan}, "`$.fee_bps`"),
+        ({"fill": "vwap"}, "Invalid enum value 'vwap' - at `$.fill`"),
     ],
 )
 def test_config_validation_of_the_fill_model_keys(kwargs: dict[str, Any], message: str) -> None:
-    with pytest.raises(ValueError, match=re.escape(message)):
-        PaperVenueConfig(**kwargs)
+    import msgspec
+
+    with pytest.raises(msgspec.ValidationError, match=re.escape(message)):
+        msgspec.convert(kwargs, PaperVenueConfig)
 
 
 def test_config_defaults_reproduce_the_original_venue() -> None:
@@ -1063,7 +1064,7 @@ def test_fleet_toml_execution_section_carries_every_key(tmp_path: Path) -> None:
         max_participation=0.1,
     )
     path.write_text("[execution]\nmax_participation = 2.0\n")
-    with pytest.raises(KeelError, match="max_participation must be within"):
+    with pytest.raises(KeelError, match=re.escape("<= 1.0 - at `$.execution.max_participation`")):
         load_config(path)
     path.write_text("[execution]\nlatency_bars = 1.5\n")
     with pytest.raises(KeelError, match="latency_bars"):

@@ -35,11 +35,13 @@ import bisect
 import hashlib
 import math
 import operator
-from typing import Generic, Literal, TypeVar, cast
+from typing import Annotated, Generic, Literal, TypeVar, cast
 
 import msgspec
+from msgspec import Meta
 
 from contracts.events import Bar, Event, ExecStatus, ExecutionReport, OrderCommand
+from contracts.keys import InstrumentId
 
 HISTORY = 1024  # bars per symbol an order may still be matched against
 _TRIM = 256  # the list is trimmed back to HISTORY once it holds HISTORY + _TRIM bars
@@ -47,42 +49,30 @@ MAX_LATENCY_BARS = 1000
 DUST = 1e-9  # relative: a bar that can fill all but this fraction of the order fills it all
 
 
+Bps = Annotated[float, Meta(ge=0, le=1000)]
+LatencyBars = Annotated[int, Meta(ge=0, le=MAX_LATENCY_BARS)]
+
+
 class PaperVenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The ``[execution]`` section of the fleet config; defaults reproduce the original venue."""
+    """The ``[execution]`` section of the fleet config (docs/fill-models.md): next-open
+    fills, a 10 bps fee, no slippage, latency or volume limit by default. Ranges are checked
+    when the config is decoded (``services/config.py``)."""
 
     fill: Literal["next_open", "close"] = "next_open"
-    fee_bps: float = 10.0  # taker fee: market and stop fills
-    maker_fee_bps: float | None = None  # limit and stop_limit fills; None = fee_bps
-    slippage_bps: float = 0.0
-    slippage_range_frac: float = 0.0
-    latency_bars: int = 0
-    latency_jitter_bars: int = 0
+    fee_bps: Bps = 10.0  # taker fee: market and stop fills
+    # limit and stop_limit fills; None = fee_bps; negative: a rebate
+    maker_fee_bps: Annotated[float, Meta(ge=-1000, le=1000)] | None = None
+    slippage_bps: Bps = 0.0
+    slippage_range_frac: Annotated[float, Meta(ge=0, le=1)] = 0.0
+    latency_bars: LatencyBars = 0
+    latency_jitter_bars: LatencyBars = 0
     seed: int = 0
-    max_participation: float | None = None
-
-    def __post_init__(self) -> None:
-        if self.fill not in ("next_open", "close"):
-            raise ValueError("fill must be 'next_open' or 'close'")
-        if not 0 <= self.fee_bps <= 1000:
-            raise ValueError("fee_bps must be within [0, 1000]")
-        if self.maker_fee_bps is not None and not -1000 <= self.maker_fee_bps <= 1000:
-            raise ValueError("maker_fee_bps must be within [-1000, 1000] (negative: a rebate)")
-        if not 0 <= self.slippage_bps <= 1000:
-            raise ValueError("slippage_bps must be within [0, 1000]")
-        if not 0 <= self.slippage_range_frac <= 1:
-            raise ValueError("slippage_range_frac must be within [0, 1]")
-        for name in ("latency_bars", "latency_jitter_bars"):
-            value = getattr(self, name)
-            if type(value) is not int or not 0 <= value <= MAX_LATENCY_BARS:
-                raise ValueError(f"{name} must be an integer within [0, {MAX_LATENCY_BARS}]")
-        if type(self.seed) is not int:
-            raise ValueError("seed must be an integer")
-        if self.max_participation is not None and not 0 < self.max_participation <= 1:
-            raise ValueError("max_participation must be within (0, 1] or unset")
+    max_participation: Annotated[float, Meta(gt=0, le=1)] | None = None
 
 
 class _BarPrices(msgspec.Struct, array_like=True):
-    """A bar's times and prices as a snapshot keeps them (compact: no venue or symbol)."""
+    """A bar's times, prices and volume as a snapshot keeps them: the history's key names
+    the market, so a snapshot does not repeat it (nor the interval) for each of its bars."""
 
     open_time: int
     close_time: int
@@ -90,8 +80,7 @@ class _BarPrices(msgspec.Struct, array_like=True):
     high: float
     low: float
     close: float
-    # Bars restored from a snapshot taken before volume was kept do not limit fills.
-    volume: float = math.inf
+    volume: float
 
 
 class _Pending(msgspec.Struct):
@@ -113,7 +102,7 @@ class PaperVenueState(msgspec.Struct, Generic[P]):
     """``PaperVenueState[Prices]`` while running; a snapshot stores and restores
     ``PaperVenueState[_BarPrices]``, the histories as compact prices."""
 
-    bars: dict[str, list[P]] = msgspec.field(default_factory=dict)
+    bars: dict[InstrumentId, list[P]] = msgspec.field(default_factory=dict)
     pending: list[_Pending] = msgspec.field(default_factory=list)
     next_id: int = 1
 
@@ -126,20 +115,21 @@ class PaperVenue:
         self._taker_bps = config.fee_bps
         self._maker_bps = config.fee_bps if config.maker_fee_bps is None else config.maker_fee_bps
         self._participation = config.max_participation
-        # venue -> symbol -> the list in ``state.bars``: a bar builds no key string
+        # venue -> symbol -> the list in ``state.bars``: a bar builds no key
         self._histories: dict[str, dict[str, list[Prices]]] = {}
 
     def decide(self, event: Event, now: int) -> list[Event]:
-        if type(event) is Bar:  # nearly every input: inline, one history append
-            bar: Bar = event  # type: ignore[assignment]
+        # Nearly every input is a bar: inline, one history append. A type check costs a
+        # fraction of a class pattern, so the bar is told apart before the match.
+        if isinstance(event, Bar):
             try:
-                history = self._histories[bar.venue][bar.symbol]
+                history = self._histories[event.venue][event.symbol]
             except KeyError:
-                history = self._history(bar.venue, bar.symbol)
-            history.append(bar)
+                history = self._history(event.venue, event.symbol)
+            history.append(event)
             if len(history) >= HISTORY + _TRIM:
                 del history[:-HISTORY]
-            return self._on_bar(bar) if self.state.pending else []
+            return self._on_bar(event) if self.state.pending else []
         match event:
             case OrderCommand(action="new"):
                 return self._on_new(event, now)
@@ -155,7 +145,7 @@ class PaperVenue:
         pending = _Pending(order, f"paper-{self.state.next_id}", wait=self.delay(order))
         self.state.next_id += 1
         reports: list[Event] = [_report(order, "accepted", now, pending.venue_order_id)]
-        history = self.state.bars.get(_key(order.venue, order.symbol), [])
+        history = self.state.bars.get(InstrumentId(order.venue, order.symbol), [])
         first = len(history) - HISTORY  # only the last HISTORY bars count
         if first >= 0 and history[first].open_time > order.ts:
             reason = f"stale order: older than the last {HISTORY} bars the venue keeps"
@@ -355,26 +345,23 @@ class PaperVenue:
         return msgspec.msgpack.encode(PaperVenueState(bars, state.pending, state.next_id))
 
     def restore(self, data: bytes) -> None:
+        """Strict: bytes that are not this layout raise, and nothing changes."""
         restored = msgspec.msgpack.decode(data, type=PaperVenueState[_BarPrices])
         self.state = cast(PaperVenueState[Prices], restored)  # a history may hold either
         self._histories.clear()
 
     def _history(self, venue: str, symbol: str) -> list[Prices]:
-        history = self.state.bars.setdefault(_key(venue, symbol), [])
+        history = self.state.bars.setdefault(InstrumentId(venue, symbol), [])
         self._histories.setdefault(venue, {})[symbol] = history
         return history
 
 
 def _compact(bar: Prices) -> _BarPrices:
-    if type(bar) is _BarPrices:
+    if isinstance(bar, _BarPrices):
         return bar
     return _BarPrices(
         bar.open_time, bar.close_time, bar.open, bar.high, bar.low, bar.close, bar.volume
     )
-
-
-def _key(venue: str, symbol: str) -> str:
-    return f"{venue}|{symbol}"
 
 
 def _clamp(price: float, bar: Prices) -> float:
