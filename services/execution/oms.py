@@ -21,6 +21,7 @@ trailing stops across a restart.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import msgspec
@@ -54,7 +55,7 @@ class OrderManager(Brackets):
         self._venue_decide = venue.decide
         self._validating = bool(self.config.require_stop)
 
-    def decide(self, event: Event, now: int) -> list[Event]:
+    def decide(self, event: Event, now: int) -> Sequence[Event]:
         if isinstance(event, Bar):  # nearly every input: a type check, cheaper than a match
             if self._atr_n:
                 market = self._market(event.venue, event.symbol)
@@ -62,7 +63,7 @@ class OrderManager(Brackets):
             st = self.state
             if not st.orders and not (self._validating and st.positions):
                 # Nothing working: the venue only records the bar (the hot path of a replay).
-                return self._venue_decide(event, now)  # type: ignore[return-value]
+                return self._venue_decide(event, now)
             self._killed.clear()
             return self._on_bar(event, now)
         self._killed.clear()
