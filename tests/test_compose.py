@@ -19,7 +19,8 @@ import yaml
 from eventstore.server import find_binary
 from services.config import load_config
 from services.fleet import fleet_roles
-from services.runtime.worker import SNAPSHOT_BUCKET, durable_name
+from services.runtime.role import durable_name
+from services.runtime.snapshots import SNAPSHOT_BUCKET
 from tests.conftest import ROOT
 from tests.test_nats_permissions import NATS_CONF, load_nats_conf, nats_users, password_vars
 

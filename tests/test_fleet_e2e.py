@@ -21,8 +21,8 @@ from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer
 from services.config import load_config
 from services.fleet import Fleet, WorkerProcess, consumer_names, fleet_plan
-from services.runtime.worker import FAULT_ENV
 from tests import scenario
+from tests.crash_worker import CRASH_CODE, start_crashing
 
 
 async def events(bus: Bus, subject: str, stream: str) -> list[Event]:
@@ -36,14 +36,18 @@ async def publish_and_settle(bus: Bus, names: set[str], bars: list) -> None:
         assert await wait_drained(bus, names, timeout=30), "pipeline did not settle"
 
 
-def start_fleet(tmp_path: Path, url: str, fill: str, env: dict[str, dict[str, str]] | None = None):
+def start_fleet(tmp_path: Path, url: str, fill: str, crash: dict[str, int] | None = None):
+    """The config's fleet; a worker named in ``crash`` exits before committing its Nth
+    batch that published outputs (``tests/crash_worker.py``)."""
     config_path = tmp_path / "keel.toml"
     config_path.write_text(scenario.CONFIG.replace("{fill}", fill))
     config = load_config(config_path)
     fleet = Fleet(url, tmp_path / "logs")
     for worker in fleet_plan(config, config_path):
-        worker.env = (env or {}).get(worker.name, {})
-        fleet.start(worker)
+        if crash and worker.name in crash:
+            start_crashing(fleet, worker.name, config_path, crash[worker.name])
+        else:
+            fleet.start(worker)
     return fleet, config, config_path
 
 
@@ -93,8 +97,7 @@ async def test_execution_crash_after_publish_before_ack_fills_exactly_once(
     tmp_path: Path, nats_server: EmbeddedServer, bus: Bus
 ) -> None:
     """The execution worker dies after storing accepted+filled and before its ack/snapshot."""
-    crash = {"execution": {FAULT_ENV: "1"}}
-    fleet, config, config_path = start_fleet(tmp_path, nats_server.url, "close", crash)
+    fleet, config, config_path = start_fleet(tmp_path, nats_server.url, "close", {"execution": 1})
     names = consumer_names(config)
     bars = scenario.bars()
     try:
@@ -106,7 +109,7 @@ async def test_execution_crash_after_publish_before_ack_fills_exactly_once(
             if execution.proc.poll() is not None:
                 break
             await asyncio.sleep(0.05)
-        assert execution.proc.returncode == 137, "fault injection did not fire"
+        assert execution.proc.returncode == CRASH_CODE, "fault injection did not fire"
         reports = await events(bus, "exec.>", "EXECUTION")
         assert [r.status for r in reports] == ["accepted", "filled"]
 

@@ -43,7 +43,8 @@ from services.config import load_config
 from services.fleet import fleet_roles
 from services.marketdata.feed import publish_bars
 from services.runtime.role import Role
-from services.runtime.worker import SNAPSHOT_BUCKET, Worker, WorkerOptions, snapshot_bucket
+from services.runtime.snapshots import SNAPSHOT_BUCKET, snapshot_bucket
+from services.runtime.worker import Worker, WorkerOptions
 from tests import scenario
 from tests.conftest import ROOT
 from tests.test_bus_replay import CONFIG, write_market

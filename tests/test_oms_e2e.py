@@ -16,7 +16,8 @@ from eventstore.server import EmbeddedServer
 from services.execution.oms import OrderManager
 from services.execution.paper_venue import PaperVenue, PaperVenueConfig
 from services.fleet import Fleet, WorkerProcess
-from services.runtime.worker import FAULT_ENV, durable_name
+from services.runtime.role import durable_name
+from tests.crash_worker import CRASH_CODE, start_crashing
 
 MINUTE = 60_000_000_000
 T0 = 1_700_000_040 * 10**9 // MINUTE * MINUTE
@@ -97,7 +98,7 @@ async def test_execution_crash_with_an_open_trailing_bracket_fires_the_stop_once
     fleet = Fleet(nats_server.url, tmp_path / "logs")
     args = ["run", "execution", "--config", str(config)]
     # Batches that publish: the entry's acceptance, bar 1 (fill and legs), bar 2 (trail).
-    worker = fleet.start(WorkerProcess("execution", args, env={FAULT_ENV: "3"}))
+    worker = start_crashing(fleet, "execution", config, batches=3)
     events = session()
     try:
         assert await wait_drained(bus, NAMES, timeout=60), "worker did not start"
@@ -110,7 +111,7 @@ async def test_execution_crash_with_an_open_trailing_bracket_fires_the_stop_once
             if worker.proc.poll() is not None:
                 break
             await asyncio.sleep(0.05)
-        assert worker.proc.returncode == 137, "fault injection did not fire"
+        assert worker.proc.returncode == CRASH_CODE, "fault injection did not fire"
         before = await stored_reports(bus)
         assert [(r.status, r.client_order_id) for r in before] == [
             ("accepted", "e1"),

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from contracts.codec import encode
 from contracts.envelope import MSG_ID, Envelope, bar_envelope
@@ -17,7 +19,7 @@ from services.execution.paper_venue import PaperVenueConfig
 from services.execution.role import execution_role
 from services.portfolio.accounts import PortfolioConfig
 from services.portfolio.role import portfolio_role
-from services.risk.rails import RiskLimits
+from services.risk.limits import RiskLimits
 from services.risk.role import risk_role
 from services.runtime.worker import Worker, WorkerOptions
 from services.strategy.host import strategy_role
@@ -44,10 +46,28 @@ def consumers(workers: list[Worker]) -> set[str]:
     return {f"{w.name}-{i.stream.lower()}" for w in workers for i in w.inputs}
 
 
+def record_outputs(bus: Bus, published: list[str]) -> None:
+    """Note the subject of every output the bus publishes (workers publish outputs with
+    ``publish_async``, heartbeats with ``publish``)."""
+    publish_async = bus.js.publish_async
+
+    async def recorded(subject: str, *args: Any, **kwargs: Any) -> asyncio.Future:
+        published.append(subject)
+        return await publish_async(subject, *args, **kwargs)
+
+    bus.js.publish_async = recorded
+
+
 @asynccontextmanager
-async def running(url: str, workers: list[Worker]) -> AsyncIterator[Bus]:
-    """Workers in this process (each with its own connection), plus a bus for the test."""
+async def running(
+    url: str, workers: list[Worker], published: list[str] | None = None
+) -> AsyncIterator[Bus]:
+    """Workers in this process (each with its own connection), plus a bus for the test;
+    ``published`` collects the subjects of the workers' outputs."""
     buses = [await Bus.connect(url, name=w.name) for w in workers]
+    if published is not None:
+        for worker_bus in buses:
+            record_outputs(worker_bus, published)
     tasks = [asyncio.create_task(w.run(b)) for w, b in zip(workers, buses, strict=True)]
     bus = await Bus.connect(url, name="test-driver")
     try:
@@ -174,7 +194,10 @@ async def test_worker_serves_metrics_and_heartbeats(nats_server: EmbeddedServer)
         ]
         assert events_in and float(events_in[0].rsplit(" ", 1)[1]) == len(scenario.bars())
         assert "keel_handler_duration_seconds_bucket" in body
-        await asyncio.sleep(0.5)
+        deadline = time.monotonic() + 10
         beats = await stored(bus, "sys.heartbeat.>", "SYSTEM")
+        while not beats and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+            beats = await stored(bus, "sys.heartbeat.>", "SYSTEM")
         assert beats and beats[-1].worker == "strategy-metered"
         assert beats[-1].metrics_port == port

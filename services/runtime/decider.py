@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Protocol
+from typing import ClassVar, Protocol
 
 from contracts.codec import encode
 from contracts.events import DeadLetter, Event
@@ -14,7 +14,14 @@ class Decider(Protocol):
 
     ``now`` is the input's event time: live workers and the replay engine pass the same
     value, which is what makes a replay reproduce a live session.
+
+    ``snapshot_version`` names the layout of ``snapshot()``'s bytes: raise it whenever that
+    layout or its meaning changes, and a worker holding an older snapshot stops and asks
+    for a rebuild from the log instead of misreading it (docs/architecture.md, "Schema
+    evolution").
     """
+
+    snapshot_version: ClassVar[int]
 
     def decide(self, event: Event, now: int) -> Sequence[Event]: ...
 

@@ -16,6 +16,11 @@ class Input(msgspec.Struct, frozen=True):
     subjects: tuple[str, ...]
 
 
+def durable_name(worker: str, stream: str) -> str:
+    """The durable consumer through which ``worker`` reads ``stream``."""
+    return f"{worker}-{stream.lower()}"
+
+
 @dataclass(frozen=True)
 class Role:
     """A worker's name, its inputs and its decision logic: the live runtime consumes the

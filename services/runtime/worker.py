@@ -4,10 +4,13 @@ Exactly-once effects across restarts rest on three things:
 - outputs carry ids derived from their input, so a re-publish after a crash is dropped by
   JetStream's ``Nats-Msg-Id`` de-duplication;
 - after each batch the worker stores its state together with the last stream sequence it
-  applied per input (KV bucket ``keel_snapshots``) before acknowledging, and skips anything at
-  or below that sequence when it is redelivered;
+  applied per input (``snapshots.py``) before acknowledging, and skips anything at or below
+  that sequence when it is redelivered;
 - each durable consumer allows at most one batch of unacknowledged messages, so redeliveries
   after a crash arrive before anything newer and the per-stream sequence check is sound.
+
+With ``WorkerOptions.rebuild`` the worker ignores its snapshot and folds its inputs from the
+log up to what its consumers acknowledged (``rebuild.py``) before it consumes anything live.
 
 Telemetry rides along without touching that logic: metrics (``telemetry.py``) count what is
 handled and what the log acknowledged, spans (``tracing.py``) follow the ``traceparent``
@@ -25,11 +28,11 @@ import os
 import signal
 import socket
 import time
+from collections.abc import Callable
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, KeyValueConfig, StorageType
-from nats.js.errors import BucketNotFoundError, KeyNotFoundError, NotFoundError
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.kv import KeyValue
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, Status, StatusCode
@@ -39,22 +42,19 @@ from contracts.envelope import ORIGIN_TIME, PRODUCER, Envelope, content_id
 from contracts.events import DeadLetter, Event, Heartbeat, SystemStatus
 from contracts.subjects import name_token, subject_for
 from eventstore.bus import Bus
-from eventstore.errors import KeelError
-from services.runtime.role import Input, Role
+from services.runtime.rebuild import rebuild_state
+from services.runtime.role import Input, Role, durable_name
+from services.runtime.snapshots import encode_snapshot, restore_snapshot, snapshot_bucket
 from services.runtime.telemetry import WorkerMetrics, start_metrics
 from services.runtime.tracing import Tracing, tracer_provider_from_env
 
 log = logging.getLogger("keel.worker")
 
-SNAPSHOT_BUCKET = "keel_snapshots"
 BATCH = 256
-FAULT_ENV = "KEEL_FAULT_EXIT_BEFORE_ACK"
 
-
-class Snapshot(msgspec.Struct):
-    seqs: dict[str, int]
-    state: bytes
-    processed: int = 0
+BeforeCommit = Callable[[int], None]
+"""Called with the number of outputs a batch published, after the log acknowledged them and
+before the batch's snapshot and acks: the one point where a crash tests exactly-once."""
 
 
 class WorkerOptions(msgspec.Struct, frozen=True):
@@ -65,6 +65,8 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     batch: int = BATCH
     namespace: str = ""
     """Set inside a bus replay: the replay runtime (``replay_worker.py``) serves the role."""
+    rebuild: bool = False
+    """Rebuild the state from the log instead of restoring the stored snapshot."""
 
 
 class Handled:
@@ -85,28 +87,17 @@ def _stored_ns(msg: Msg) -> int:
     return int(msg.metadata.timestamp.timestamp() * 1e9)
 
 
-def durable_name(worker: str, stream: str) -> str:
-    return f"{worker}-{stream.lower()}"
-
-
-async def snapshot_bucket(bus: Bus) -> KeyValue:
-    try:
-        return await bus.js.key_value(SNAPSHOT_BUCKET)
-    except (BucketNotFoundError, NotFoundError):
-        return await bus.js.create_key_value(
-            KeyValueConfig(bucket=SNAPSHOT_BUCKET, history=1, storage=StorageType.FILE)
-        )
-
-
 class Worker:
     def __init__(
         self,
         role: Role,
         options: WorkerOptions | None = None,
         tracer_provider: TracerProvider | None = None,
+        before_commit: BeforeCommit | None = None,
     ) -> None:
         """``tracer_provider``: where spans go; by default OTLP when
-        ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else no spans at all."""
+        ``OTEL_EXPORTER_OTLP_ENDPOINT`` is set, else no spans at all. ``before_commit``:
+        a fault that crash tests inject (``tests/crash_worker.py``)."""
         self.name = name_token(role.name, "worker")
         self.decider = role.decider
         self.options = options or WorkerOptions()
@@ -119,7 +110,7 @@ class Worker:
         self._metrics: WorkerMetrics | None = None
         self._tracer_provider = tracer_provider
         self._tracing: Tracing | None = None
-        self._batches_left = int(os.environ.get(FAULT_ENV, "0"))
+        self._before_commit = before_commit
 
     async def run(self, bus: Bus) -> None:
         loop = asyncio.get_running_loop()
@@ -130,7 +121,10 @@ class Worker:
         try:
             await self._seed_gauges(bus)
             kv = await snapshot_bucket(bus)
-            await self._restore(kv)
+            if self.options.rebuild:
+                await self._rebuild(bus, kv)
+            else:
+                await self._restore(kv)
             subs = [await self._subscribe(bus, spec) for spec in self.inputs]
             tasks = [
                 asyncio.create_task(self._fetch(sub, spec.stream))
@@ -194,22 +188,24 @@ class Worker:
         self._queue.put_nowait(None)  # wakes the processor waiting for input
 
     async def _restore(self, kv: KeyValue) -> None:
-        try:
-            entry = await kv.get(self.name)
-        except KeyNotFoundError:
-            return
-        if not entry.value:
-            return
-        try:
-            snap = msgspec.msgpack.decode(entry.value, type=Snapshot)
-            self.decider.restore(snap.state)
-        except (msgspec.DecodeError, msgspec.ValidationError, TypeError) as exc:
-            raise KeelError(
-                f"{self.name}: its snapshot in KV bucket {SNAPSHOT_BUCKET} does not fit this "
-                f"version ({exc}); keep the old version running or reset the worker"
-            ) from exc
-        self._seqs = dict(snap.seqs)
-        self.processed = snap.processed
+        snap = await restore_snapshot(kv, self.name, self.decider)
+        if snap is not None:
+            self._seqs = dict(snap.seqs)
+            self.processed = snap.processed
+
+    async def _rebuild(self, bus: Bus, kv: KeyValue) -> None:
+        """Fold the log up to the acknowledged positions, then store that as the snapshot,
+        so a restart without ``rebuild`` resumes from it."""
+        folded = await rebuild_state(bus, self.name, self.inputs, self.decider)
+        self._seqs = dict(folded.seqs)
+        self.processed = folded.processed
+        await kv.put(self.name, encode_snapshot(self.decider, self._seqs, self.processed))
+        log.info(
+            "%s: rebuilt from the log: %d inputs folded up to %s",
+            self.name,
+            folded.processed,
+            folded.seqs or "nothing",
+        )
 
     async def _subscribe(self, bus: Bus, spec: Input):
         config = ConsumerConfig(
@@ -280,9 +276,10 @@ class Worker:
             self._seqs[stream] = seq
             self.processed += 1
         await asyncio.gather(*futures)
-        self._maybe_crash(len(futures))
-        snap = Snapshot(dict(self._seqs), self.decider.snapshot(), self.processed)
-        return asyncio.create_task(self._commit(kv, msgspec.msgpack.encode(snap), batch, previous))
+        if self._before_commit is not None:
+            self._before_commit(len(futures))
+        snap = encode_snapshot(self.decider, self._seqs, self.processed)
+        return asyncio.create_task(self._commit(kv, snap, batch, previous))
 
     async def _commit(
         self,
@@ -402,14 +399,6 @@ class Worker:
             stream_seq=seq,
         )
         return letter, Envelope.root(content_id("dlq", self.name, stream, seq), now)
-
-    def _maybe_crash(self, published: int) -> None:
-        """Fault injection for crash tests: exit after the Nth batch that published outputs,
-        before its snapshot and acks (``KEEL_FAULT_EXIT_BEFORE_ACK=N``)."""
-        if published and self._batches_left > 0:
-            self._batches_left -= 1
-            if self._batches_left == 0:
-                os._exit(137)
 
     async def _beat(self, bus: Bus, status: str, seq: int = 0) -> None:
         now = time.time_ns()
