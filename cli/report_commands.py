@@ -9,7 +9,9 @@ import typer
 
 from cli.backtest_commands import summary_table
 from cli.console import console, errors, user_errors
-from replay.report import REPORT_FILE, check_run, load_run_data, report_is_stale, write_report
+from replay.report import REPORT_FILE, report_is_stale, write_report
+from replay.run_check import check_run
+from replay.run_files import load_run_data
 
 
 def report(

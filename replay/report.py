@@ -1,42 +1,11 @@
-"""The report of a stored backtest run: metrics re-checked from the events, and report.html.
+"""report.html: one self-contained page showing a stored backtest run.
 
-Everything here reads only the files ``run_backtest`` left in RUN_DIR (``run.json``,
-``metrics.json``, ``events.parquet``, ``equity.parquet``, ``trades.parquet``); nothing is
-re-run and no market data is read.
-
-Recomputed metrics
-------------------
-``recompute_metrics`` rebuilds the summary from the stored events with polars and numpy and
-the same functions ``run_backtest`` uses (``replay.metrics``):
-
-* the equity curve is the ``EquitySnapshot`` events, decoded column-wise by polars, keeping
-  the last snapshot of each ts in log order, sorted by ts (exactly the recorder's rule);
-* fills are the ``ExecutionReport`` events with ``fill_qty > 0``; trades are their FIFO
-  round trips (``trades_from_fills``), fees their sum;
-* signals, orders and rejections (``RiskDecision`` with ``approved`` false) are counted by
-  event type. Dead letters are not checked: the recorder counts them without storing them.
-
-``check_run`` compares them with ``metrics.json`` (1e-9 relative) and checks that
-``equity.parquet``, ``trades.parquet`` and ``run.json`` agree with the events.
-
-Annualisation
--------------
-Sharpe and Sortino are per-bar ratios scaled by ``sqrt(P)``, ``P`` the number of bars in a
-year, from the bar interval, counting every calendar day (crypto trades 24/7; see
-``replay.metrics.periods_per_year``): ``1s`` -> 31,536,000; ``1m`` -> 525,600;
-``5m`` -> 105,120; ``15m`` -> 35,040; ``1h`` -> 8,760; ``4h`` -> 2,190; ``1d`` -> 365;
-``1w`` -> 52.14 (365 / 7); ``<n><unit>`` divides the unit's figure by ``n``. A spec's
-``periods_per_year`` overrides it (e.g. 252 for equities on daily bars). The report shows
-the ``P`` used.
-
-report.html
------------
-``write_report`` writes one self-contained page (a single inline copy of plotly.js, no
-network access needed to open it): a header (strategies and parameters, data sources,
-window, result hash), the metrics table, the equity curve, the drawdown (percent below the
-running peak, starting cash included, as in ``max_drawdown_pct``), price with entries and
-exits per symbol, attribution per strategy and per symbol, and the first
-``TRADES_SHOWN`` trades.
+The page reads only the run's files (``replay.run_files``) and carries a single inline copy of
+plotly.js, so no network access is needed to open it: a header (strategies and parameters,
+data sources, window, result hash), the metrics table, the equity curve, the drawdown
+(percent below the running peak, starting cash included, as in ``max_drawdown_pct``), price
+with entries and exits per symbol, attribution per strategy and per symbol, and the first
+``TRADES_SHOWN`` trades. The annualisation ``P`` it shows is ``replay.run_check``'s.
 
 Price: a run stores no bar closes (market data is an input, not an output event), and this
 module adds nothing to the run's storage. The only prices a run stores are its fills, so
@@ -52,41 +21,26 @@ the drawdown are always drawn.
 from __future__ import annotations
 
 import html
-import math
 import os
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgspec
 import numpy as np
 import polars as pl
 
 from contracts.events import ExecutionReport
 from eventstore.errors import KeelError
-from replay.backtest import (
-    EQUITY_COLUMNS,
-    RUN_FILE,
-    TRADE_COLUMNS,
-    BacktestResult,
-    RunRecord,
-    load_run,
-)
-from replay.metrics import curve_metrics, periods_per_year, trade_stats, trades_from_fills
+from replay.backtest import RUN_FILE
 from replay.recorder import iso
+from replay.run_check import annualisation
+from replay.run_files import RunData, load_run_data
 
 __all__ = [
     "MAX_POINTS",
     "REPORT_FILE",
     "TRADES_SHOWN",
-    "RunData",
-    "annualisation",
-    "check_run",
     "drawdown_pct",
-    "load_run_data",
-    "metric_differences",
     "minmax_indices",
-    "recompute_metrics",
     "report_is_stale",
     "write_report",
 ]
@@ -95,13 +49,6 @@ REPORT_FILE = "report.html"
 MAX_POINTS = 5_000
 """Most points drawn per trace."""
 TRADES_SHOWN = 500
-REL_TOL = 1e-9
-ABS_TOL = 1e-12
-"""Below this absolute difference two metrics agree whatever their size (e.g. 0.0 vs 1e-17)."""
-
-_SNAPSHOT = pl.Struct({"equity": pl.Float64, "gross_exposure": pl.Float64})
-_DECISION = pl.Struct({"approved": pl.Boolean})
-_REPORTS = msgspec.json.Decoder(list[ExecutionReport])
 
 ANNUALISATION_NOTE = (
     "Sharpe and Sortino are per-bar ratios scaled by &radic;P, P = bars per year from the bar "
@@ -118,201 +65,6 @@ PRICE_NOTE = (
     f"Each trace shows at most {MAX_POINTS:,} points (the minimum and maximum of each bucket "
     "of consecutive points)."
 )
-
-
-# --- reading a run ------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class RunData:
-    """What a run directory holds, read and validated."""
-
-    run_dir: Path
-    record: RunRecord
-    metrics: BacktestResult
-    """``metrics.json``."""
-    equity: pl.DataFrame
-    """``equity.parquet``: ts, equity, gross_exposure."""
-    trades: pl.DataFrame
-    """``trades.parquet``."""
-    curve: pl.DataFrame
-    """The equity curve rebuilt from the EquitySnapshot events: ts, equity, gross_exposure."""
-    fills: list[ExecutionReport]
-    """ExecutionReport events with ``fill_qty > 0``, in log order."""
-    counts: dict[str, int]
-    """signals, orders and rejections counted from the events."""
-
-
-def _damaged(path: Path, exc: BaseException) -> KeelError:
-    first = str(exc).strip().splitlines()
-    return KeelError(f"{path} is damaged: {first[0] if first else type(exc).__name__}")
-
-
-def _read_table(path: Path, columns: dict[str, Any]) -> pl.DataFrame:
-    if not path.is_file():
-        raise KeelError(f"{path.parent} is not a complete run directory (no {path.name})")
-    try:
-        frame = pl.read_parquet(path, columns=list(columns))
-        return frame.cast(columns, strict=True)
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        raise _damaged(path, exc) from exc
-
-
-def load_run_data(run_dir: Path) -> RunData:
-    """Read every stored file of a run; ``KeelError`` (one line) if one is missing or damaged."""
-    run_dir = Path(run_dir)
-    if not run_dir.is_dir():
-        raise KeelError(f"{run_dir} is not a run directory")
-    try:
-        record = load_run(run_dir)
-    except OSError as exc:
-        raise _damaged(run_dir / RUN_FILE, exc) from exc
-    metrics_path = run_dir / "metrics.json"
-    try:
-        metrics = msgspec.json.decode(metrics_path.read_bytes(), type=BacktestResult)
-    except FileNotFoundError as exc:
-        raise KeelError(f"{run_dir} is not a complete run directory (no metrics.json)") from exc
-    except (OSError, msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _damaged(metrics_path, exc) from exc
-    equity = _read_table(run_dir / "equity.parquet", EQUITY_COLUMNS)
-    trades = _read_table(run_dir / "trades.parquet", TRADE_COLUMNS)
-    curve, fills, counts = _read_events(run_dir / "events.parquet")
-    return RunData(run_dir, record, metrics, equity, trades, curve, fills, counts)
-
-
-def _is(event_type: str) -> pl.Expr:
-    return pl.col("type") == event_type
-
-
-def _read_events(path: Path) -> tuple[pl.DataFrame, list[ExecutionReport], dict[str, int]]:
-    if not path.is_file():
-        raise KeelError(f"{path.parent} is not a complete run directory (no {path.name})")
-    try:
-        scan = pl.scan_parquet(path)
-        # Lazy queries: the payloads are decoded by polars into typed columns (str.json_decode
-        # parses floats exactly) without holding every payload string in memory at once.
-        curve, rejected, report_rows, by_type = pl.collect_all(
-            [
-                scan.filter(_is("EquitySnapshot"))
-                .select(
-                    pl.col("ts").cast(pl.Int64),
-                    pl.col("payload").str.json_decode(_SNAPSHOT).alias("p"),
-                )
-                .unnest("p")
-                .group_by("ts", maintain_order=True)
-                .last()
-                .sort("ts", maintain_order=True),
-                scan.filter(_is("RiskDecision"))
-                .select(pl.col("payload").str.json_decode(_DECISION).struct.field("approved"))
-                .filter(pl.col("approved").not_())
-                .select(pl.len()),
-                scan.filter(_is("ExecutionReport")).select("payload"),
-                scan.group_by("type").len(),
-            ]
-        )
-    except (pl.exceptions.PolarsError, OSError, ValueError) as exc:
-        raise _damaged(path, exc) from exc
-    rejections = int(rejected.item())
-    payloads = report_rows["payload"].to_list()
-    del report_rows
-    if curve.select(pl.all().is_null().any()).row(0) != (False, False, False):
-        raise KeelError(f"{path} is damaged: an EquitySnapshot without equity")
-    try:
-        reports = _REPORTS.decode(("[" + ",".join(payloads) + "]").encode())
-    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
-        raise _damaged(path, exc) from exc
-    fills = [r for r in reports if r.fill_qty > 0]
-    per_type = dict(zip(by_type["type"].to_list(), by_type["len"].to_list(), strict=True))
-    counts = {
-        "signals": per_type.get("Signal", 0),
-        "orders": per_type.get("OrderCommand", 0),
-        "rejections": rejections,
-    }
-    return curve, fills, counts
-
-
-# --- metrics ------------------------------------------------------------------------------------
-
-
-def annualisation(record: RunRecord) -> float:
-    """``P``, the bars per year the run's Sharpe and Sortino were scaled with."""
-    if record.spec.periods_per_year:
-        return float(record.spec.periods_per_year)
-    try:
-        return periods_per_year(record.result.interval)
-    except ValueError as exc:
-        raise KeelError(f"run.json: {exc}") from exc
-
-
-def recompute_metrics(data: RunData) -> dict[str, Any]:
-    """The run's metrics recomputed from its events (keys as in ``metrics.json``)."""
-    cash = data.record.spec.config.portfolio.initial_equity
-    curve = curve_metrics(
-        data.curve["equity"].to_numpy(),
-        data.curve["gross_exposure"].to_numpy(),
-        cash,
-        annualisation(data.record),
-    )
-    trades = trades_from_fills(data.fills)
-    win_rate, profit_factor = trade_stats(trades)
-    return {
-        **data.counts,
-        "fills": len(data.fills),
-        "trades": len(trades),
-        **curve,
-        "win_rate": win_rate,
-        "profit_factor": profit_factor,
-        "fees": math.fsum(f.fee for f in data.fills),
-    }
-
-
-def _agree(a: Any, b: Any) -> bool:
-    if a is None or b is None:
-        return a is b
-    if isinstance(a, float) or isinstance(b, float):
-        return math.isclose(a, b, rel_tol=REL_TOL, abs_tol=ABS_TOL)
-    return a == b
-
-
-def metric_differences(stored: BacktestResult, recomputed: dict[str, Any]) -> list[str]:
-    """``"name recomputed (stored s)"`` for each metric that differs beyond 1e-9 relative."""
-    return [
-        f"{name} {value!r} (stored {getattr(stored, name)!r})"
-        for name, value in recomputed.items()
-        if not _agree(value, getattr(stored, name))
-    ]
-
-
-def check_run(data: RunData) -> list[str]:
-    """Disagreements between a run's files, one line each; empty when everything agrees."""
-    problems: list[str] = []
-    recomputed = recompute_metrics(data)
-    differences = metric_differences(data.metrics, recomputed)
-    if differences:
-        problems.append(
-            "metrics recomputed from events.parquet differ from metrics.json: "
-            + ", ".join(differences)
-        )
-    if data.metrics != data.record.result:
-        problems.append("metrics.json differs from the result in run.json")
-    stored, rebuilt = data.equity, data.curve
-    same_curve = stored.height == rebuilt.height and (
-        np.array_equal(stored["ts"].to_numpy(), rebuilt["ts"].to_numpy())
-        and np.allclose(
-            stored["equity"].to_numpy(), rebuilt["equity"].to_numpy(), rtol=REL_TOL, atol=0
-        )
-    )
-    if not same_curve:
-        problems.append(
-            f"equity.parquet ({stored.height:,} points) differs from the EquitySnapshot "
-            f"events ({rebuilt.height:,} points)"
-        )
-    trades = recomputed["trades"]
-    if data.trades.height != trades:
-        problems.append(
-            f"trades.parquet has {data.trades.height:,} trades, the fills give {trades:,}"
-        )
-    return problems
 
 
 # --- curves -------------------------------------------------------------------------------------

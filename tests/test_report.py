@@ -1,6 +1,7 @@
-"""``replay.report`` and ``keel report``: a real run (ma_cross on a synthetic market written to
-Parquet in a temp dir), the self-contained report.html, metrics recomputed from the stored
-events, the command line as a subprocess, damaged run directories, and downsampling."""
+"""``replay.report``, ``replay.run_check`` and ``keel report``: a real run (ma_cross on a
+synthetic market written to Parquet in a temp dir), the self-contained report.html, metrics
+recomputed from the stored events, the command line as a subprocess, damaged run directories,
+and downsampling."""
 
 from __future__ import annotations
 
@@ -24,14 +25,13 @@ from replay.report import (
     MAX_POINTS,
     REPORT_FILE,
     _trades_table,
-    check_run,
     drawdown_pct,
-    load_run_data,
     minmax_indices,
-    recompute_metrics,
     report_is_stale,
     write_report,
 )
+from replay.run_check import check_run, recompute_metrics
+from replay.run_files import load_run_data
 from services.config import KeelConfig
 from services.marketdata.synthetic import SyntheticMarket
 from tests.test_backtest import write_parquet
