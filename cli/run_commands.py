@@ -50,12 +50,24 @@ NamespaceOpt = Annotated[
         "--namespace", help="Run inside a bus replay's namespace (set by keel replay --bus)."
     ),
 ]
+RebuildOpt = Annotated[
+    bool,
+    typer.Option(
+        "--rebuild",
+        help="Rebuild the worker's state from the log (what it acknowledged) instead of its "
+        "snapshot, store it as the new snapshot, then go on live.",
+    ),
+]
 
 
-def _options(metrics_port: int, metrics_addr: str, namespace: str) -> WorkerOptions:
+def _options(metrics_port: int, metrics_addr: str, namespace: str, rebuild: bool) -> WorkerOptions:
     if namespace:
         name_token(namespace, "namespace")
-    return WorkerOptions(metrics_port=metrics_port, metrics_addr=metrics_addr, namespace=namespace)
+        if rebuild:
+            raise fail("--rebuild is for a live worker: a bus replay's worker keeps no state")
+    return WorkerOptions(
+        metrics_port=metrics_port, metrics_addr=metrics_addr, namespace=namespace, rebuild=rebuild
+    )
 
 
 def _serve(role: Role, options: WorkerOptions) -> None:
@@ -82,12 +94,13 @@ def risk(
     metrics_port: MetricsOpt = 0,
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
     namespace: NamespaceOpt = "",
+    rebuild: RebuildOpt = False,
 ) -> None:
     """Pre-trade rails, guards and sizing: signals in, orders or rejections out."""
     settings = load_config_or_exit(config)
     _serve(
         risk_role(settings.risk, settings.guards, settings.sizing, settings.instruments),
-        _options(metrics_port, metrics_addr, namespace),
+        _options(metrics_port, metrics_addr, namespace, rebuild),
     )
 
 
@@ -97,11 +110,12 @@ def execution(
     metrics_port: MetricsOpt = 0,
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
     namespace: NamespaceOpt = "",
+    rebuild: RebuildOpt = False,
 ) -> None:
     """The order manager and the paper venue: orders in, execution reports out."""
     settings = load_config_or_exit(config)
     role = execution_role(settings.execution, settings.orders)
-    _serve(role, _options(metrics_port, metrics_addr, namespace))
+    _serve(role, _options(metrics_port, metrics_addr, namespace, rebuild))
 
 
 @app.command()
@@ -110,11 +124,12 @@ def portfolio(
     metrics_port: MetricsOpt = 0,
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
     namespace: NamespaceOpt = "",
+    rebuild: RebuildOpt = False,
 ) -> None:
     """Positions, cash, PnL and equity."""
     settings = load_config_or_exit(config)
     role = portfolio_role(settings.portfolio, settings.instruments)
-    _serve(role, _options(metrics_port, metrics_addr, namespace))
+    _serve(role, _options(metrics_port, metrics_addr, namespace, rebuild))
 
 
 @app.command()
@@ -135,6 +150,7 @@ def strategy(
     metrics_port: MetricsOpt = 0,
     metrics_addr: MetricsAddrOpt = "127.0.0.1",
     namespace: NamespaceOpt = "",
+    rebuild: RebuildOpt = False,
 ) -> None:
     """A strategy from strategies/ by name, or an instance declared in --config."""
     chosen = _strategy_config(
@@ -144,7 +160,10 @@ def strategy(
         built = build_strategy(
             chosen.name, chosen.params, name_token(chosen.instance_name, "instance")
         )
-    _serve(strategy_role(built, chosen.symbols), _options(metrics_port, metrics_addr, namespace))
+    _serve(
+        strategy_role(built, chosen.symbols),
+        _options(metrics_port, metrics_addr, namespace, rebuild),
+    )
 
 
 def _strategy_config(
