@@ -38,13 +38,15 @@ from rich.console import Console
 from rich.table import Table
 
 from contracts.events import Bar
+from eventstore.model_store import train_model_file
 from replay.engine import ReplayEngine
 from replay.recorder import RunRecorder
 from services.config import KeelConfig, StrategyConfig
 from services.execution.paper_venue import PaperVenueConfig
 from services.fleet import fleet_roles
 from services.marketdata.synthetic import SyntheticMarket
-from strategies.registry import REGISTRY, build_strategy
+from services.strategy.compose import compose_strategy
+from strategies.registry import REGISTRY
 
 SYMBOL = "SOL/USDT"
 SEED = 11
@@ -67,8 +69,6 @@ def market(bars: int, seed: int) -> list[Bar]:
 
 def hmm_params(work: Path) -> dict[str, str]:
     """Params of an HMM-based strategy: a 3-state model trained on another seed, as a file."""
-    from strategies.regime.training import train_model_file
-
     path = work / "regime.model"
     train_model_file(market(20_000, SEED + 1), path, states=3)
     return {"model_file": str(path)}
@@ -79,7 +79,7 @@ def is_hmm(name: str) -> bool:
 
 
 def strategy_alone(name: str, params: dict[str, str], bars: list[Bar]) -> float:
-    strategy = build_strategy(name, params)
+    strategy = compose_strategy(name, params)
     on_bar = strategy.on_bar
     started = clock()
     for bar in bars:

@@ -14,11 +14,18 @@ from rich.table import Table
 from cli.console import console, fail, run, user_errors
 from cli.timeparse import iso_ns, parse_time
 from eventstore.bus import Bus
-from eventstore.model_store import BUCKET, StoredModel, get_model, list_models, put_model
+from eventstore.model_store import (
+    BUCKET,
+    StoredModel,
+    get_model,
+    list_models,
+    put_model,
+    write_model_file,
+)
 from eventstore.server import nats_url
 from services.marketdata.sources import read_bars
 from strategies.regime.features import FeatureSpec
-from strategies.regime.model import ModelError, RegimeModel, write_model_file
+from strategies.regime.model import ModelError, RegimeModel
 
 app = typer.Typer(help="Regime models: train, list, show.", no_args_is_help=True)
 

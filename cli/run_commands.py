@@ -28,8 +28,10 @@ from services.risk.role import risk_role
 from services.runtime.replay_worker import ReplayWorker
 from services.runtime.role import Role
 from services.runtime.worker import Worker, WorkerOptions
+from services.strategy.calibration_worker import CalibrationWatch, serve_calibration
+from services.strategy.compose import compose_strategy
 from services.strategy.host import strategy_role
-from strategies.registry import build_strategy, parse_params
+from strategies.registry import parse_params
 
 app = typer.Typer(
     help="Run one worker in the foreground until SIGTERM or Ctrl-C.", no_args_is_help=True
@@ -157,7 +159,7 @@ def strategy(
         load_config_or_exit(config), name, param or [], symbol or [], instance
     )
     with user_errors():
-        built = build_strategy(
+        built = compose_strategy(
             chosen.name, chosen.params, name_token(chosen.instance_name, "instance")
         )
     _serve(
@@ -266,5 +268,29 @@ def marketdata(
         console.print(
             f"marketdata: stored {result.stored}, already present {result.stale + result.duplicates}"
         )
+
+    run(main())
+
+
+@app.command()
+def calibration(
+    strategy: Annotated[
+        str, typer.Option("--strategy", help="The strategy instance the file calibrates.")
+    ],
+    file: Annotated[Path, typer.Option("--file", help="Calibration file (TOML or JSON).")],
+    every_s: Annotated[
+        float, typer.Option("--every-s", min=0.05, help="How often the file is checked.")
+    ] = 5.0,
+) -> None:
+    """Publish a calibration file's changes as ParamsTuned events (docs/strategies/ma_hmm.md)."""
+    with user_errors():
+        name_token(strategy, "strategy")
+    logging.basicConfig(
+        level=logging.INFO, format=f"%(asctime)s calibration-{strategy} %(levelname)s %(message)s"
+    )
+
+    async def main() -> None:
+        with nats_url() as url:
+            await serve_calibration(url, CalibrationWatch(strategy, file), every_s)
 
     run(main())

@@ -13,7 +13,7 @@ from collections.abc import Mapping
 
 import msgspec
 
-from contracts.events import SCHEMA_VERSION, Bar, Event, External
+from contracts.events import SCHEMA_VERSION, Bar, Event, External, ParamsTuned
 
 MSG_ID = "Nats-Msg-Id"
 CAUSATION_ID = "Keel-Causation-Id"
@@ -115,10 +115,20 @@ def external_envelope(event: External) -> Envelope:
     return Envelope.root(content_id(*event.identity()), event.ts)
 
 
+def tuning_envelope(event: ParamsTuned) -> Envelope:
+    """A parameter change fed from outside (the calibration worker, a replay's events file):
+    its id derives from what it sets and when, so publishing it again is de-duplicated and
+    a replay gives it the id the log has."""
+    parts = ("tune", event.strategy, event.symbol, event.param, event.ts, event.new.hex())
+    return Envelope.root(content_id(*parts), event.ts)
+
+
 def root_envelope(event: Event) -> Envelope:
-    """The envelope of a replay's input: a bar or an external event."""
+    """The envelope of a replay's input: a bar, an external event or a parameter change."""
     if isinstance(event, Bar):
         return bar_envelope(event)
     if isinstance(event, External):
         return external_envelope(event)
+    if isinstance(event, ParamsTuned):
+        return tuning_envelope(event)
     raise TypeError(f"{type(event).__name__} is not a replay input")

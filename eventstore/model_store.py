@@ -1,18 +1,21 @@
-"""Regime models in the JetStream Object Store bucket ``KEEL_MODELS``.
+"""Regime models in the JetStream Object Store bucket ``KEEL_MODELS``, and in model files.
 
 One object per model version, named ``<name>/<tag>``; its bytes are the model's JSON
 (``strategies/regime/model.py``) and its description a JSON ``ModelSummary``, so listing
 the bucket needs no download. A version is immutable: storing the same name and tag again
 with the same bytes is a no-op, with other bytes an error. ``NAME`` without a tag means the
 version stored last. The Object Store chunks objects over a stream, so the bucket
-replicates and survives restarts like the rest of the log.
+replicates and survives restarts like the rest of the log. A model file holds the same bytes
+as an object; a backtest names one with ``--param model_file=PATH``.
 """
 
 from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+from collections.abc import Sequence
 from datetime import UTC, datetime
+from pathlib import Path
 
 import msgspec
 from nats.errors import Error as NatsError
@@ -21,10 +24,11 @@ from nats.js.api import ObjectInfo, ObjectMeta
 from nats.js.errors import BucketNotFoundError, NotFoundError
 from nats.js.object_store import ObjectStore
 
+from contracts.events import Bar
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.server import nats_url
-from strategies.regime.model import ModelError, RegimeModel, check_token, decode_model, encode_model
+from strategies.regime.model import ModelError, RegimeModel, decode_model, encode_model, parse_ref
 
 BUCKET = "KEEL_MODELS"
 
@@ -76,15 +80,6 @@ class PutResult(msgspec.Struct, frozen=True):
     stored: StoredModel
     created: bool
     """False when this exact version was already stored."""
-
-
-def parse_ref(ref: str) -> tuple[str, str]:
-    """``NAME`` or ``NAME:TAG`` -> (name, tag or "")."""
-    name, _, tag = ref.partition(":")
-    check_token(name, "model name")
-    if tag:
-        check_token(tag, "model tag")
-    return name, tag
 
 
 def object_name(name: str, tag: str) -> str:
@@ -187,6 +182,36 @@ def fetch_model(ref: str, url: str | None = None) -> RegimeModel:
             return pool.submit(run).result()
         except (KeelError, NatsError) as exc:
             raise ModelError(f"model {ref}: {exc or type(exc).__name__}") from None
+
+
+def read_model_file(path: Path | str) -> RegimeModel:
+    path = Path(path)
+    try:
+        data = path.read_bytes()
+    except FileNotFoundError:
+        raise ModelError(f"model file {path}: not found") from None
+    except OSError as exc:
+        raise ModelError(f"model file {path}: {exc.strerror or exc}") from None
+    return decode_model(data, f"model file {path}")
+
+
+def write_model_file(model: RegimeModel, path: Path | str) -> None:
+    path = Path(path)
+    try:
+        path.write_bytes(encode_model(model))
+    except OSError as exc:
+        raise ModelError(f"model file {path}: {exc.strerror or exc}") from None
+
+
+def train_model_file(
+    bars: Sequence[Bar], path: Path | str, *, states: int = 3, **options: object
+) -> RegimeModel:
+    """Train and write the model file a backtest takes as ``--param model_file=PATH``."""
+    from strategies.regime.training import train  # hmmlearn loads only when training
+
+    model = train(bars, states=states, **options)  # type: ignore[arg-type]
+    write_model_file(model, path)
+    return model
 
 
 def _stored(info: ObjectInfo) -> StoredModel:

@@ -2,7 +2,9 @@
 
 An events file holds one event per line, exactly as the log stores it (what ``keel publish
 ext`` publishes, what ``keel tap 'ext.>' --json`` prints): a JSON object with its ``type``
-(``ListingAnnouncement``, ``SocialSentiment``, ``PromoAnnouncement``) and ``ts``. Blank lines
+(``ListingAnnouncement``, ``SocialSentiment``, ``PromoAnnouncement``, or ``ParamsTuned``: a
+calibration change, as the calibration worker publishes it on ``gov.tune.>``) and ``ts``.
+Each goes to the roles that subscribe to its subject, exactly as on the bus. Blank lines
 are skipped; any other line that is not such an event stops the run with its line number.
 
 Merge order: by event time (a bar's ``ts`` is its close time); **ties put bars first** (a
@@ -28,13 +30,19 @@ from contracts.events import (
     Event,
     External,
     ListingAnnouncement,
+    ParamsTuned,
     PromoAnnouncement,
     SocialSentiment,
 )
 from eventstore.errors import KeelError
 from replay.market import file_digest
 
-_decoder = msgspec.json.Decoder(ListingAnnouncement | SocialSentiment | PromoAnnouncement)
+Fed = External | ParamsTuned
+"""An event a replay takes from an events file."""
+
+_decoder = msgspec.json.Decoder(
+    ListingAnnouncement | SocialSentiment | PromoAnnouncement | ParamsTuned
+)
 
 
 class EventFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -50,7 +58,7 @@ class EventFile(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         return msgspec.structs.replace(self, sha256=file_digest(path))
 
 
-def _lines(path: Path) -> Iterator[tuple[int, External]]:
+def _lines(path: Path) -> Iterator[tuple[int, Fed]]:
     try:
         handle = path.open("rb")
     except OSError as exc:
@@ -76,7 +84,7 @@ def _is_sorted(path: Path) -> bool:
     return ordered
 
 
-def read_events(source: EventFile, verify: bool = True) -> Iterable[External]:
+def read_events(source: EventFile, verify: bool = True) -> Iterable[Fed]:
     """A file's events in time order (streamed when the file is sorted). Every line is
     validated before this returns, so a bad file fails before the run starts."""
     path = Path(source.location)
@@ -115,7 +123,7 @@ class Merged:
     """Bars and external events in one stream (ties: bars first); counts the events so a
     run can report bars and events apart."""
 
-    def __init__(self, bars: Iterable[Bar], events: Iterable[External]) -> None:
+    def __init__(self, bars: Iterable[Bar], events: Iterable[Fed]) -> None:
         self._bars = bars
         self._events = events
         self.external = 0

@@ -18,8 +18,8 @@ from services.portfolio.role import portfolio_role
 from services.risk.role import risk_role
 from services.runtime.role import Role
 from services.runtime.worker import durable_name
+from services.strategy.compose import compose_strategy
 from services.strategy.host import strategy_role
-from strategies.registry import build_strategy
 
 
 class WorkerProcess(msgspec.Struct):
@@ -102,7 +102,7 @@ def fleet_roles(config: KeelConfig) -> list[Role]:
     """The consuming roles of a fleet, in its canonical order: strategies as declared, then
     risk, execution, portfolio (the replay engine delivers each event in this order)."""
     roles = [
-        strategy_role(build_strategy(s.name, s.params, s.instance_name), s.symbols)
+        strategy_role(compose_strategy(s.name, s.params, s.instance_name), s.symbols)
         for s in config.strategies
     ]
     return [

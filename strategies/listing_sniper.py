@@ -118,6 +118,7 @@ class ListingSniperState(msgspec.Struct):
 
 class ListingSniper:
     external = ("listing",)
+    tunable = False
 
     def __init__(self, name: str, params: ListingSniperParams) -> None:
         self.name = name

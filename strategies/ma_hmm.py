@@ -12,79 +12,65 @@ With the symbol's calibration gain g, every confidence is ``min(1, g * P)``:
 - after every signal, ``round(cooldown_bars * cooldown_scale)`` bars without a new one.
 
 Target position = ``qty * quote_multiplier * side``. Signals carry the HMM model's
-``name:tag`` as model tag. The class is pure: calibration arrives through ``calibrate``;
-reading and re-reading the calibration file, and loading the model, happen in
-``build_ma_hmm`` and ``CalibratedStrategy`` (the build path), never in ``MaHmm.on_bar``.
+``name:tag`` as model tag. The class is pure: the composition root
+(``services/strategy/compose.py``) loads the model and the starting calibrations named by
+``model``/``model_file`` and ``calibration``; a calibration change reaches the strategy as a
+``ParamsTuned`` event on ``gov.tune.<instance>.<symbol>`` (the ``*`` entry as symbol ``*``),
+so a replay of the log reproduces it. The calibrations in force are part of the snapshot.
 """
 
 from __future__ import annotations
 
-import logging
-import math
-import os
-import time
-import tomllib
-from collections.abc import Callable
-from pathlib import Path
-from typing import Literal
+from collections.abc import Sequence
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
-from contracts.events import Bar, Signal, TradingMode
-from eventstore.model_store import fetch_model, parse_ref
+from contracts.events import Bar, Event, ParamsTuned, Signal, TradingMode
 from strategies.indicators import EMA, SMA
+from strategies.params import StrategyError, require_finite
 from strategies.regime.filter import FilterState, RegimeFilter
-from strategies.regime.model import ModelError, RegimeModel, read_model_file
+from strategies.regime.model import RegimeModel, parse_ref
 
-log = logging.getLogger(__name__)
+DEFAULT_ENTRY = "*"
+"""The calibration entry of every symbol without its own (also the symbol of its events)."""
+
+TUNABLE = ("confidence_gain", "quote_multiplier", "cooldown_scale")
+"""The calibration values a ``ParamsTuned`` event may set."""
 
 
 class MaHmmParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     model: str = ""
     model_file: str = ""
     kind: Literal["sma", "ema"] = "ema"
-    fast: int = 10
-    slow: int = 30
-    threshold: float = 0.6
-    cooldown_bars: int = 10
+    fast: Annotated[int, Meta(ge=1)] = 10
+    slow: Annotated[int, Meta(ge=1)] = 30
+    threshold: Annotated[float, Meta(gt=0, le=1)] = 0.6
+    cooldown_bars: Annotated[int, Meta(ge=0)] = 10
     mode: TradingMode = "long_only"
-    qty: float = 1.0
+    qty: Annotated[float, Meta(gt=0)] = 1.0
     calibration: str = ""
-    calibration_reload_s: float = 5.0
 
     def __post_init__(self) -> None:
+        require_finite(self)
         if bool(self.model) == bool(self.model_file):
             raise ValueError("give exactly one of model=NAME[:TAG] and model_file=PATH")
         if self.model:
             parse_ref(self.model)
-        if self.fast < 1 or self.slow < 1:
-            raise ValueError("fast and slow must be >= 1")
         if self.fast >= self.slow:
             raise ValueError(f"fast ({self.fast}) must be below slow ({self.slow})")
-        if not 0 < self.threshold <= 1:
-            raise ValueError(f"threshold ({self.threshold}) must be within (0, 1]")
-        if self.cooldown_bars < 0:
-            raise ValueError(f"cooldown_bars ({self.cooldown_bars}) must be >= 0")
-        if not (math.isfinite(self.qty) and self.qty > 0):
-            raise ValueError("qty must be > 0")
-        if not (math.isfinite(self.calibration_reload_s) and self.calibration_reload_s >= 0):
-            raise ValueError("calibration_reload_s must be >= 0")
 
 
 class Calibration(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """Per-symbol tuning: confidence gain, position-size factor, cooldown factor."""
 
-    confidence_gain: float = 1.0
-    quote_multiplier: float = 1.0
-    cooldown_scale: float = 1.0
+    confidence_gain: Annotated[float, Meta(gt=0)] = 1.0
+    quote_multiplier: Annotated[float, Meta(gt=0)] = 1.0
+    cooldown_scale: Annotated[float, Meta(ge=0)] = 1.0
 
     def __post_init__(self) -> None:
-        for name in ("confidence_gain", "quote_multiplier"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value > 0):
-                raise ValueError(f"{name} ({value}) must be > 0")
-        if not (math.isfinite(self.cooldown_scale) and self.cooldown_scale >= 0):
-            raise ValueError(f"cooldown_scale ({self.cooldown_scale}) must be >= 0")
+        require_finite(self)
 
 
 class Calibrations(msgspec.Struct, frozen=True):
@@ -93,8 +79,25 @@ class Calibrations(msgspec.Struct, frozen=True):
     default: Calibration = Calibration()
     symbols: dict[str, Calibration] = msgspec.field(default_factory=dict)
 
+    @classmethod
+    def of_table(cls, table: dict[str, Calibration]) -> Calibrations:
+        """From a calibration file's table of symbol (or ``*``) -> calibration."""
+        symbols = {s: c for s, c in table.items() if s != DEFAULT_ENTRY}
+        return cls(default=table.get(DEFAULT_ENTRY, Calibration()), symbols=symbols)
+
     def of(self, symbol: str) -> Calibration:
         return self.symbols.get(symbol, self.default)
+
+    def tuned(self, symbol: str, param: str, value: float) -> Calibrations:
+        """One value moved: ``*`` moves the default entry, a symbol its own entry (started
+        from what the symbol had in force). A value out of range is a ``ValueError``."""
+        if param not in TUNABLE:
+            raise ValueError(f"ma_hmm tunes {', '.join(TUNABLE)}, not {param!r}")
+        base = self.default if symbol == DEFAULT_ENTRY else self.of(symbol)
+        entry = msgspec.convert({**msgspec.structs.asdict(base), param: value}, Calibration)
+        if symbol == DEFAULT_ENTRY:
+            return msgspec.structs.replace(self, default=entry)
+        return msgspec.structs.replace(self, symbols={**self.symbols, symbol: entry})
 
 
 class _Series(msgspec.Struct):
@@ -108,22 +111,38 @@ class _Series(msgspec.Struct):
 class MaHmmState(msgspec.Struct):
     model: str = ""
     series: dict[str, _Series] = msgspec.field(default_factory=dict)
+    calibrations: Calibrations = Calibrations()
 
 
 class MaHmm:
-    def __init__(self, name: str, params: MaHmmParams, model: RegimeModel) -> None:
+    external: tuple[str, ...] = ()
+    tunable = True
+
+    def __init__(
+        self,
+        name: str,
+        params: MaHmmParams,
+        model: RegimeModel,
+        calibrations: Calibrations | None = None,
+    ) -> None:
         self.name = name
         self.params = params
         self.model = model
         self.model_tag = model.key
         self.filter = RegimeFilter(model)
-        self.calibrations = Calibrations()
-        self.state = MaHmmState(model=model.key)
+        self.state = MaHmmState(
+            model=model.key,
+            calibrations=calibrations if calibrations is not None else Calibrations(),
+        )
         self._keys: dict[tuple[str, str, str], str] = {}
 
-    def calibrate(self, calibrations: Calibrations) -> None:
-        """Use these calibrations from the next bar on."""
-        self.calibrations = calibrations
+    def on_event(self, event: Event) -> Sequence[Event]:
+        """A ``ParamsTuned`` addressed to this instance sets one calibration value from the
+        next bar on."""
+        match event:
+            case ParamsTuned(symbol=symbol, param=param, new=value):
+                self.state.calibrations = self.state.calibrations.tuned(symbol, param, value)
+        return ()
 
     def _series(self, bar: Bar) -> _Series:
         ids = (bar.venue, bar.symbol, bar.interval)
@@ -148,7 +167,7 @@ class MaHmm:
         if fast is None or slow is None or regime is None:
             return []
         p = self.params
-        calibration = self.calibrations.of(bar.symbol)
+        calibration = self.state.calibrations.of(bar.symbol)
         gain = calibration.confidence_gain
         bull = min(1.0, gain * regime.bull)
         bear = min(1.0, gain * regime.bear)
@@ -199,121 +218,12 @@ class MaHmm:
         self.state = state
 
 
-# The build path: model loading and calibration-file watching (I/O, outside the decisions).
-
-
-class CalibrationError(ValueError):
-    """A calibration file that cannot be used; one line naming the file."""
-
-
-def load_calibrations(path: Path) -> Calibrations:
-    """A TOML or JSON table of symbol -> {confidence_gain, quote_multiplier, cooldown_scale};
-    the ``*`` entry applies to symbols without their own."""
-    try:
-        data = path.read_bytes()
-    except OSError as exc:
-        raise CalibrationError(f"calibration {path}: {exc.strerror or exc}") from None
-    try:
-        if path.suffix.lower() == ".json":
-            table = msgspec.json.decode(data, type=dict[str, Calibration])
-        else:
-            table = msgspec.convert(tomllib.loads(data.decode()), dict[str, Calibration])
-    except (msgspec.DecodeError, msgspec.ValidationError, tomllib.TOMLDecodeError) as exc:
-        raise CalibrationError(f"calibration {path}: {exc}") from None
-    except UnicodeDecodeError:
-        raise CalibrationError(f"calibration {path}: not UTF-8 text") from None
-    default = table.pop("*", Calibration())
-    return Calibrations(default=default, symbols=table)
-
-
-class CalibrationWatcher:
-    """Re-reads a calibration file when its modification time or size changed, at most
-    every ``every_s`` seconds (by ``clock``). A file that turns bad or goes missing keeps
-    the calibrations in force and logs a warning: a typo must not stop a running worker."""
-
-    def __init__(
-        self, path: Path, every_s: float, clock: Callable[[], float] = time.monotonic
-    ) -> None:
-        self.path = path
-        self.every_s = every_s
-        self.clock = clock
-        self._due = 0.0
-        self._stamp: tuple[int, int] | None = None
-
-    def _stat(self) -> tuple[int, int] | None:
-        try:
-            info = os.stat(self.path)
-        except OSError:
-            return None
-        return info.st_mtime_ns, info.st_size
-
-    def load(self) -> Calibrations:
-        """First read, at build time; a bad file raises ``CalibrationError``."""
-        stamp = self._stat()
-        calibrations = load_calibrations(self.path)
-        self._stamp = stamp
-        self._due = self.clock() + self.every_s
-        return calibrations
-
-    def poll(self) -> Calibrations | None:
-        """New calibrations when the file changed since the last read, else None."""
-        now = self.clock()
-        if now < self._due:
-            return None
-        self._due = now + self.every_s
-        stamp = self._stat()
-        if stamp == self._stamp:
-            return None
-        self._stamp = stamp
-        if stamp is None:
-            log.warning("calibration %s is gone; keeping the calibrations in force", self.path)
-            return None
-        try:
-            return load_calibrations(self.path)
-        except CalibrationError as exc:
-            log.warning("%s; keeping the calibrations in force", exc)
-            return None
-
-
-class CalibratedStrategy:
-    """A strategy plus the watcher that recalibrates it between bars."""
-
-    def __init__(self, strategy: MaHmm, watcher: CalibrationWatcher) -> None:
-        self.strategy = strategy
-        self.watcher = watcher
-        self.name = strategy.name
-        self.model_tag = strategy.model_tag
-
-    def on_bar(self, bar: Bar) -> list[Signal]:
-        calibrations = self.watcher.poll()
-        if calibrations is not None:
-            self.strategy.calibrate(calibrations)
-        return self.strategy.on_bar(bar)
-
-    def snapshot(self) -> bytes:
-        return self.strategy.snapshot()
-
-    def restore(self, data: bytes) -> None:
-        self.strategy.restore(data)
-
-
-def load_model(params: MaHmmParams) -> RegimeModel:
-    """From ``model_file``, else from the Object Store (``model=NAME[:TAG]``)."""
-    if params.model_file:
-        return read_model_file(params.model_file)
-    return fetch_model(params.model)
-
-
-def build_ma_hmm(name: str, params: MaHmmParams) -> MaHmm | CalibratedStrategy:
-    """The registry's build callable: load the model and calibration, then the strategy."""
-    from strategies.registry import StrategyError  # the registry imports this module
-
-    try:
-        strategy = MaHmm(name, params, load_model(params))
-        if not params.calibration:
-            return strategy
-        watcher = CalibrationWatcher(Path(params.calibration), params.calibration_reload_s)
-        strategy.calibrate(watcher.load())
-    except (ModelError, CalibrationError) as exc:
-        raise StrategyError(f"strategy {name}: {exc}") from None
-    return CalibratedStrategy(strategy, watcher)
+def build_ma_hmm(
+    name: str, params: MaHmmParams, model: RegimeModel | None, calibrations: Calibrations
+) -> MaHmm:
+    """The registry's build: the model and calibrations come loaded (pure values)."""
+    if model is None:
+        raise StrategyError(
+            f"strategy {name}: no regime model given (services/strategy/compose.py loads it)"
+        )
+    return MaHmm(name, params, model, calibrations)

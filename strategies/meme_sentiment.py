@@ -84,6 +84,7 @@ class MemeSentimentState(msgspec.Struct):
 
 class MemeSentiment:
     external = ("sentiment",)
+    tunable = False
 
     def __init__(self, name: str, params: MemeSentimentParams) -> None:
         self.name = name

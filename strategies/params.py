@@ -1,10 +1,14 @@
-"""What every strategy's params share: they are finite numbers before anything else."""
+"""What every strategy's params share: one error type for the user, and finite numbers."""
 
 from __future__ import annotations
 
 import math
 
 import msgspec
+
+
+class StrategyError(ValueError):
+    """Unknown strategy, bad params or a missing model; the message is one line for the user."""
 
 
 def require_finite(params: msgspec.Struct) -> None:

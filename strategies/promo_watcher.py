@@ -211,6 +211,7 @@ def _unit(currency: str) -> str:
 
 class PromoWatcher:
     external = ("promo",)
+    tunable = False
 
     def __init__(self, name: str, params: PromoWatcherParams) -> None:
         self.name = name

@@ -140,7 +140,7 @@ def events(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 @pytest.fixture(scope="module")
 def model(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from strategies.regime.training import train_model_file
+    from eventstore.model_store import train_model_file
 
     path = tmp_path_factory.mktemp("model") / "regime.model"
     bars = list(SyntheticMarket(symbols=("SOL/USDT",), bars=5_000, seed=22).generate())

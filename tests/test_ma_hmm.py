@@ -1,37 +1,40 @@
 """MA + HMM ensemble: scripted scenarios on a hand-built regime model (threshold, exits,
-cooldown, calibration and its reload), snapshots, look-ahead, params and model loading."""
+cooldown, calibration and its tuning events), snapshots, look-ahead, params and model
+loading, and a calibration change in a backtest's events file replaying identically."""
 
 from __future__ import annotations
 
 import itertools
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from contracts.events import Bar, Signal
+from contracts.codec import encode
+from contracts.events import Bar, DeadLetter, ParamsTuned, Signal
 from eventstore.bus import Bus
-from eventstore.model_store import put_model
+from eventstore.model_store import put_model, write_model_file
 from eventstore.server import URL_ENV, EmbeddedServer
+from replay.backtest import BacktestSpec, load_run, run_backtest
+from replay.bus_replay import bus_replay
+from replay.engine import ReplayEngine
+from replay.external import EventFile
+from replay.market import DataSource
+from services.config import KeelConfig, StrategyConfig
 from services.marketdata.synthetic import SyntheticMarket
-from strategies.ma_hmm import (
-    Calibration,
-    CalibrationError,
-    Calibrations,
-    CalibrationWatcher,
-    MaHmm,
-    MaHmmParams,
-    load_calibrations,
-)
+from services.strategy.calibration_file import CalibrationError, read_calibrations
+from services.strategy.compose import compose_strategy
+from services.strategy.host import strategy_role
+from strategies.ma_hmm import Calibration, Calibrations, MaHmm, MaHmmParams
 from strategies.regime.features import FeatureSpec
 from strategies.regime.filter import RegimeFilter
-from strategies.regime.model import RegimeModel, TrainingRange, write_model_file
+from strategies.regime.model import RegimeModel, TrainingRange
 from strategies.regime.training import train
 from strategies.registry import StrategyError, build_strategy
+from tests.test_backtest import csv_text
 
 MINUTE = 60_000_000_000
 T0 = 1_700_000_000_000_000_000
@@ -92,9 +95,12 @@ AMBIGUOUS = path((10, 0.0), (40, 0.001))
 WAVES = path((10, 0.0), *[(8, 0.003), (8, -0.003)] * 6)
 
 
-def strategy(model: RegimeModel | None = None, **params: object) -> MaHmm:
+def strategy(
+    model: RegimeModel | None = None, calibrations: Calibrations | None = None, **params: object
+) -> MaHmm:
     base: dict[str, object] = {"model_file": "unused", "kind": "sma", "fast": 3, "slow": 6}
-    return MaHmm("mh", msgspec.convert({**base, **params}, MaHmmParams), model or hand_model())
+    parsed = msgspec.convert({**base, **params}, MaHmmParams)
+    return MaHmm("mh", parsed, model or hand_model(), calibrations)
 
 
 def run(strat: object, bars: Sequence[Bar]) -> list[tuple[int, Signal]]:
@@ -169,22 +175,24 @@ def test_cooldown_spaces_signals() -> None:
 
 
 def test_calibration_gain_size_and_cooldown_scale() -> None:
-    strat = strategy(threshold=0.6)
-    strat.calibrate(Calibrations(symbols={SYMBOL: Calibration(confidence_gain=1.3)}))
+    strat = strategy(calibrations=Calibrations(symbols={SYMBOL: Calibration(confidence_gain=1.3)}))
     signals = run(strat, AMBIGUOUS)
     assert [s.target_position for _, s in signals] == [1.0]
     assert signals[0][1].confidence >= 0.6 and "gain 1.3" in signals[0][1].reason
 
-    other = strategy(threshold=0.6)
-    other.calibrate(Calibrations(symbols={"ETH/USDT": Calibration(confidence_gain=1.3)}))
+    other = strategy(
+        calibrations=Calibrations(symbols={"ETH/USDT": Calibration(confidence_gain=1.3)})
+    )
     assert run(other, AMBIGUOUS) == []
 
-    sized = strategy(qty=2.0)
-    sized.calibrate(Calibrations(default=Calibration(quote_multiplier=0.25)))
+    sized = strategy(qty=2.0, calibrations=Calibrations(Calibration(quote_multiplier=0.25)))
     assert [s.target_position for _, s in run(sized, TREND)] == [0.5, 0.0]
 
-    cooled = strategy(mode="long_short", cooldown_bars=12)
-    cooled.calibrate(Calibrations(default=Calibration(cooldown_scale=0.0)))
+    cooled = strategy(
+        mode="long_short",
+        cooldown_bars=12,
+        calibrations=Calibrations(Calibration(cooldown_scale=0)),
+    )
     free = strategy(mode="long_short", cooldown_bars=0)
     assert [i for i, _ in run(cooled, WAVES)] == [i for i, _ in run(free, WAVES)]
 
@@ -267,12 +275,12 @@ def model_file(tmp_path: Path) -> Path:
 )
 def test_bad_params_are_one_line(params: dict[str, str], message: str) -> None:
     with pytest.raises(StrategyError, match=message) as info:
-        build_strategy("ma_hmm", params)
+        compose_strategy("ma_hmm", params)
     assert "\n" not in str(info.value)
 
 
 def test_model_file_and_string_params(model_file: Path) -> None:
-    strat = build_strategy(
+    strat = compose_strategy(
         "ma_hmm",
         {"model_file": str(model_file), "kind": "sma", "fast": "3", "slow": "6", "qty": "1"},
         "mh",
@@ -281,13 +289,19 @@ def test_model_file_and_string_params(model_file: Path) -> None:
     assert [s.target_position for _, s in run(strat, TREND)] == [1.0, 0.0]
 
 
+def test_the_registry_build_is_pure_and_needs_the_model_given() -> None:
+    params = {"model_file": "/no/such.model", "kind": "sma", "fast": "3", "slow": "6"}
+    with pytest.raises(StrategyError, match="no regime model given"):
+        build_strategy("ma_hmm", params)
+
+
 def test_bad_calibration_file(model_file: Path, tmp_path: Path) -> None:
     bad = tmp_path / "cal.json"
     bad.write_text('{"*": {"confidence_gain": -1}}')
     with pytest.raises(StrategyError, match="calibration"):
-        build_strategy("ma_hmm", {"model_file": str(model_file), "calibration": str(bad)})
+        compose_strategy("ma_hmm", {"model_file": str(model_file), "calibration": str(bad)})
     with pytest.raises(StrategyError, match="calibration"):
-        build_strategy(
+        compose_strategy(
             "ma_hmm", {"model_file": str(model_file), "calibration": str(tmp_path / "none.toml")}
         )
 
@@ -297,75 +311,95 @@ def test_calibration_files_toml_and_json(tmp_path: Path) -> None:
     toml.write_text(
         '["*"]\nconfidence_gain = 1.1\n\n["BTC/USDT"]\nquote_multiplier = 0.5\ncooldown_scale = 2\n'
     )
-    table = load_calibrations(toml)
+    table = read_calibrations(toml)
     assert table.of("ETH/USDT") == Calibration(confidence_gain=1.1)
     assert table.of(SYMBOL) == Calibration(quote_multiplier=0.5, cooldown_scale=2.0)
     js = tmp_path / "cal.json"
     js.write_text(json.dumps({"BTC/USDT": {"confidence_gain": 1.2, "typo": 1}}))
     with pytest.raises(CalibrationError, match="typo"):
-        load_calibrations(js)
+        read_calibrations(js)
 
 
-def _touch(path: Path, text: str, step: int) -> None:
-    """Rewrite and move the mtime on, so the change shows whatever the clock resolution."""
-    path.write_text(text)
-    stamp = os.stat(path).st_mtime_ns + step * 1_000_000_000
-    os.utime(path, ns=(stamp, stamp))
+# --- calibration changes as events --------------------------------------------------------------
 
 
-def test_watcher_rereads_at_most_every_period(tmp_path: Path) -> None:
-    path = tmp_path / "cal.json"
-    _touch(path, '{"*": {"confidence_gain": 1.0}}', 0)
-    now = [100.0]
-    watcher = CalibrationWatcher(path, every_s=5.0, clock=lambda: now[0])
-    assert watcher.load().default.confidence_gain == 1.0
-    _touch(path, '{"*": {"confidence_gain": 2.0}}', 1)
-    now[0] = 103.0
-    assert watcher.poll() is None  # not due yet
-    now[0] = 105.0
-    reloaded = watcher.poll()
-    assert reloaded is not None and reloaded.default.confidence_gain == 2.0
-    now[0] = 111.0
-    assert watcher.poll() is None  # unchanged
-    _touch(path, "{not json", 2)
-    now[0] = 117.0
-    assert watcher.poll() is None  # bad file: keep what is in force
-    path.unlink()
-    now[0] = 123.0
-    assert watcher.poll() is None
-    _touch(path, '{"*": {"confidence_gain": 3.0}}', 3)
-    now[0] = 129.0
-    again = watcher.poll()
-    assert again is not None and again.default.confidence_gain == 3.0
+def tuned(ts: int, symbol: str, param: str, new: float, old: float = 1.0) -> ParamsTuned:
+    return ParamsTuned(ts=ts, strategy="mh", symbol=symbol, param=param, old=old, new=new)
 
 
-def test_calibration_reload_changes_behaviour_while_running(
-    model_file: Path, tmp_path: Path
+def test_tuning_events_set_one_value_each_and_travel_in_the_snapshot() -> None:
+    strat = strategy()
+    assert strat.on_event(tuned(1, "*", "confidence_gain", 1.2)) == ()
+    strat.on_event(tuned(2, SYMBOL, "quote_multiplier", 2.0))
+    # the symbol's own entry starts from what it had in force (the default's gain 1.2)
+    assert strat.state.calibrations.of(SYMBOL) == Calibration(1.2, 2.0, 1.0)
+    assert strat.state.calibrations.of("ETH/USDT") == Calibration(confidence_gain=1.2)
+    strat.on_event(tuned(3, "*", "confidence_gain", 1.5))
+    assert strat.state.calibrations.of(SYMBOL).confidence_gain == 1.2  # its own entry
+    restored = strategy()
+    restored.restore(strat.snapshot())
+    assert restored.state.calibrations == strat.state.calibrations
+    for bad in (tuned(4, "*", "confidence_gain", 0.0), tuned(4, "*", "threshold", 0.7)):
+        with pytest.raises(ValueError, match=r"confidence_gain|threshold"):
+            strat.on_event(bad)
+    assert restored.state.calibrations == strat.state.calibrations
+
+
+def test_a_tuning_event_changes_decisions_from_the_next_bar_on() -> None:
+    """Bar 33 is where g * P(bull) first reaches 0.6 with g = 1.3 (P(bull) climbs to ~0.5)."""
+    assert run(strategy(), AMBIGUOUS) == []
+    role = strategy_role(strategy(), [SYMBOL])
+    assert [i.stream for i in role.inputs] == ["MARKET", "GOVERNANCE"]
+    out: list[tuple[str, object]] = []
+    engine = ReplayEngine([role], lambda subject, event, _env, _by: out.append((subject, event)))
+    at = AMBIGUOUS[29].close_time
+    changes = [tuned(at, SYMBOL, "confidence_gain", 1.3), tuned(at, SYMBOL, "quote_multiplier", 2)]
+    for bar in AMBIGUOUS[:30]:
+        engine.feed(bar)
+    for change in changes:
+        engine.feed(change)
+    engine.feed(tuned(at, SYMBOL, "confidence_gain", -1))  # out of range: a dead letter
+    for bar in AMBIGUOUS[30:]:
+        engine.feed(bar)
+    signals = [e for _, e in out if isinstance(e, Signal)]
+    assert [(s.ts, s.target_position) for s in signals] == [(AMBIGUOUS[33].close_time, 2.0)]
+    assert "gain 1.3" in signals[0].reason
+    (letter,) = [e for _, e in out if isinstance(e, DeadLetter)]
+    assert letter.subject == "gov.tune.mh.BTC-USDT" and "confidence_gain" in letter.reason
+
+
+def _ambiguous_run(tmp_path: Path, model_file: Path, events: Path | None) -> BacktestSpec:
+    data = tmp_path / "btc.csv"
+    data.write_text(csv_text(AMBIGUOUS))
+    params = {"model_file": str(model_file), "kind": "sma", "fast": 3, "slow": 6}
+    config = KeelConfig(strategies=(StrategyConfig(name="ma_hmm", instance="mh", params=params),))
+    source = DataSource(str(data), symbol=SYMBOL, venue="test")
+    files = (EventFile(str(events)).with_digest(),) if events else ()
+    return BacktestSpec(config=config, data=(source,), events=files)
+
+
+def test_a_calibration_event_in_a_backtest_replays_identically(
+    model_file: Path, tmp_path: Path, nats_server: EmbeddedServer
 ) -> None:
-    calibration = tmp_path / "cal.json"
-    _touch(calibration, json.dumps({"*": {"confidence_gain": 1.0}}), 0)
-    params = {
-        "model_file": str(model_file),
-        "kind": "sma",
-        "fast": "3",
-        "slow": "6",
-        "calibration": str(calibration),
-        "calibration_reload_s": "0",
-    }
-    steady = build_strategy("ma_hmm", params)
-    assert run(steady, AMBIGUOUS) == []
-
-    live = build_strategy("ma_hmm", params)
-    assert run(live, AMBIGUOUS[:30]) == []
-    _touch(calibration, json.dumps({SYMBOL: {"confidence_gain": 1.3, "quote_multiplier": 2}}), 1)
-    after = run(live, AMBIGUOUS[30:])
-    # bar 33 is where g * P(bull) first reaches 0.6 with g = 1.3 (P(bull) climbs to ~0.5)
-    assert [(30 + i, s.target_position) for i, s in after] == [(33, 2.0)]
-    assert "gain 1.3" in after[0][1].reason
-
-    restored = build_strategy("ma_hmm", params)
-    restored.restore(live.snapshot())
-    assert restored.snapshot() == live.snapshot()
+    at = AMBIGUOUS[29].close_time
+    events = tmp_path / "tuning.jsonl"
+    events.write_bytes(
+        encode(tuned(at, SYMBOL, "confidence_gain", 1.3))
+        + b"\n"
+        + encode(tuned(at, SYMBOL, "quote_multiplier", 2.0))
+        + b"\n"
+    )
+    without = run_backtest(_ambiguous_run(tmp_path, model_file, None))
+    assert without.signals == 0
+    spec = _ambiguous_run(tmp_path, model_file, events)
+    first = run_backtest(spec, tmp_path / "run")
+    again = run_backtest(spec)
+    assert (first.signals, first.external_events, first.bars) == (1, 2, len(AMBIGUOUS))
+    assert first.result_hash == again.result_hash != without.result_hash
+    work = tmp_path / "bus"
+    work.mkdir()
+    on_bus = bus_replay(load_run(tmp_path / "run"), nats_server.url, work)
+    assert on_bus.result_hash == first.result_hash
 
 
 async def test_model_from_the_object_store(
@@ -379,11 +413,11 @@ async def test_model_from_the_object_store(
         await bus.close()
     monkeypatch.setenv(URL_ENV, nats_server.url)
     base = {"kind": "sma", "fast": "3", "slow": "6"}
-    pinned = build_strategy("ma_hmm", {**base, "model": "hand:v1"})
-    latest = build_strategy("ma_hmm", {**base, "model": "hand"})
+    pinned = compose_strategy("ma_hmm", {**base, "model": "hand:v1"})
+    latest = compose_strategy("ma_hmm", {**base, "model": "hand"})
     assert (pinned.model_tag, latest.model_tag) == ("hand:v1", "hand:v2")  # type: ignore[attr-defined]
     assert {s.model_tag for _, s in run(pinned, TREND)} == {"hand:v1"}
     with pytest.raises(StrategyError, match="unknown model"):
-        build_strategy("ma_hmm", {**base, "model": "other"})
+        compose_strategy("ma_hmm", {**base, "model": "other"})
     with pytest.raises(StrategyError, match="unknown model"):
-        build_strategy("ma_hmm", {**base, "model": "hand:v9"})
+        compose_strategy("ma_hmm", {**base, "model": "hand:v9"})

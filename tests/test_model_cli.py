@@ -15,10 +15,10 @@ from typer.testing import CliRunner
 
 from cli.app import app
 from eventstore.bus import Bus
-from eventstore.model_store import BUCKET, get_model, list_models, put_model
+from eventstore.model_store import BUCKET, get_model, list_models, put_model, read_model_file
 from eventstore.server import URL_ENV, EmbeddedServer
 from services.marketdata.synthetic import SyntheticMarket
-from strategies.regime.model import ModelError, RegimeModel, read_model_file
+from strategies.regime.model import ModelError, RegimeModel
 from strategies.regime.training import train
 from tests import test_backtest_cli as backtest_cli
 from tests.conftest import keel

@@ -13,20 +13,14 @@ import pytest
 from hmmlearn.hmm import GaussianHMM
 
 from contracts.events import Bar
+from eventstore.model_store import read_model_file, write_model_file
 from services.marketdata.sources import read_bars
 from services.marketdata.synthetic import SyntheticMarket
 from strategies.regime import features as feat
 from strategies.regime.features import FeatureSpec, FeatureState
 from strategies.regime.filter import FilterState, Regime, RegimeFilter
 from strategies.regime.labels import label_states
-from strategies.regime.model import (
-    ModelError,
-    RegimeModel,
-    decode_model,
-    encode_model,
-    read_model_file,
-    write_model_file,
-)
+from strategies.regime.model import ModelError, RegimeModel, decode_model, encode_model
 from strategies.regime.training import train
 from tests.conftest import SHARED_DATA
 

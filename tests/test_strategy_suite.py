@@ -77,7 +77,7 @@ def events_file(market_file: Path) -> Path:
 def model_file(tmp_path_factory: pytest.TempPathFactory) -> Path | None:
     if not any("hmm" in name for name in REGISTRY):
         return None
-    from strategies.regime.training import train_model_file
+    from eventstore.model_store import train_model_file
 
     path = tmp_path_factory.mktemp("model") / "regime.model"
     bars = list(SyntheticMarket(symbols=("SOL/USDT",), bars=5_000, seed=22).generate())

@@ -1,7 +1,8 @@
 """Adapts a strategy (bars in, signals out) to the worker's decider contract.
 
-Bars go to ``on_bar``; any other event (the external events an event-driven strategy names
-in ``external``) goes to ``on_event`` when the strategy has one.
+Bars go to ``on_bar``; an ``EventStrategy`` gets every other event it subscribes to (the
+external kinds it names in ``external``, and when ``tunable`` the ``ParamsTuned`` events
+addressed to its instance) through ``on_event``. A plain strategy gets bars only.
 """
 
 from __future__ import annotations
@@ -9,9 +10,13 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from contracts.events import Bar, Event
-from contracts.subjects import bars_of_symbol, external_filters
+from contracts.subjects import bars_of_symbol, external_filters, name_token
 from services.runtime.role import Input, Role
-from strategies.registry import Strategy
+from strategies.registry import EventStrategy, Strategy
+
+
+def _no_outputs(_event: Event) -> Sequence[Event]:
+    return ()
 
 
 class StrategyDecider:
@@ -20,12 +25,14 @@ class StrategyDecider:
     def __init__(self, strategy: Strategy) -> None:
         self.strategy = strategy
         self._on_bar = strategy.on_bar
-        self._on_event = getattr(strategy, "on_event", None)
+        self._on_event = strategy.on_event if isinstance(strategy, EventStrategy) else _no_outputs
 
     def decide(self, event: Event, now: int) -> Sequence[Event]:
-        if type(event) is Bar:
-            return self._on_bar(event)
-        return self._on_event(event) if self._on_event is not None else ()
+        match event:
+            case Bar():
+                return self._on_bar(event)
+            case _:
+                return self._on_event(event)
 
     def snapshot(self) -> bytes:
         return self.strategy.snapshot()
@@ -34,11 +41,20 @@ class StrategyDecider:
         self.strategy.restore(data)
 
 
+def tuning_filter(instance: str) -> str:
+    """Every ``ParamsTuned`` addressed to one strategy instance (any symbol, and ``*``)."""
+    return f"gov.tune.{name_token(instance, 'strategy')}.>"
+
+
 def strategy_role(strategy: Strategy, symbols: Sequence[str]) -> Role:
-    """One role per strategy instance; several instances split the symbols between them."""
+    """One role per strategy instance; several instances split the symbols between them.
+    Tuning events are not split: every instance gets all of its own."""
     subjects = tuple(bars_of_symbol(s) for s in symbols) or ("md.bar.>",)
     inputs = (Input("MARKET", subjects),)
-    kinds = getattr(strategy, "external", ())
-    if kinds:  # an event-driven strategy: its external events too, split by symbol alike
-        inputs += (Input("EXTERNAL", external_filters(tuple(kinds), tuple(symbols))),)
+    if isinstance(strategy, EventStrategy):
+        if strategy.external:  # its external events too, split by symbol alike
+            filters = external_filters(tuple(strategy.external), tuple(symbols))
+            inputs += (Input("EXTERNAL", filters),)
+        if strategy.tunable:
+            inputs += (Input("GOVERNANCE", (tuning_filter(strategy.name),)),)
     return Role(f"strategy-{strategy.name}", inputs, StrategyDecider(strategy))

@@ -1,8 +1,8 @@
 """The HMM regime model: bar features, training, labels and the online forward filter.
 
-Pure code (training reads no files or clock; ``train_model_file`` and the model file helpers
-are the only I/O). docs/regime.md describes the model, its features and why inference only
-ever uses filtered probabilities.
+Pure code: training and filtering read no file, clock or network (model files and the
+Object Store are ``eventstore/model_store.py``). docs/regime.md describes the model, its
+features and why inference only ever uses filtered probabilities.
 """
 
 from strategies.regime.features import FeatureSpec, FeatureState
@@ -15,8 +15,7 @@ from strategies.regime.model import (
     TrainingRange,
     decode_model,
     encode_model,
-    read_model_file,
-    write_model_file,
+    parse_ref,
 )
 
 __all__ = [
@@ -32,6 +31,5 @@ __all__ = [
     "decode_model",
     "encode_model",
     "label_states",
-    "read_model_file",
-    "write_model_file",
+    "parse_ref",
 ]

@@ -2,14 +2,14 @@
 
 Everything the online filter needs is in the record (no hmmlearn object is kept), so a model
 file or an Object Store entry is all a worker needs, and the same data and seed give the same
-bytes. States are stored in order of mean return, lowest first.
+bytes. States are stored in order of mean return, lowest first. Reading and writing those
+files and the Object Store is the composition root's job (``eventstore/model_store.py``).
 """
 
 from __future__ import annotations
 
 import math
 import re
-from pathlib import Path
 from typing import Literal
 
 import msgspec
@@ -30,6 +30,15 @@ def check_token(value: str, what: str) -> str:
     if not _TOKEN.fullmatch(value):
         raise ModelError(f"{what} {value!r}: use 1 to 64 of A-Z a-z 0-9 _ -")
     return value
+
+
+def parse_ref(ref: str) -> tuple[str, str]:
+    """``NAME`` or ``NAME:TAG`` -> (name, tag or "")."""
+    name, _, tag = ref.partition(":")
+    check_token(name, "model name")
+    if tag:
+        check_token(tag, "model tag")
+    return name, tag
 
 
 class TrainingRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -110,22 +119,3 @@ def decode_model(data: bytes, source: str) -> RegimeModel:
         return msgspec.json.decode(data, type=RegimeModel)
     except (msgspec.DecodeError, msgspec.ValidationError) as exc:
         raise ModelError(f"{source}: not a regime model: {exc}") from None
-
-
-def read_model_file(path: Path | str) -> RegimeModel:
-    path = Path(path)
-    try:
-        data = path.read_bytes()
-    except FileNotFoundError:
-        raise ModelError(f"model file {path}: not found") from None
-    except OSError as exc:
-        raise ModelError(f"model file {path}: {exc.strerror or exc}") from None
-    return decode_model(data, f"model file {path}")
-
-
-def write_model_file(model: RegimeModel, path: Path | str) -> None:
-    path = Path(path)
-    try:
-        path.write_bytes(encode_model(model))
-    except OSError as exc:
-        raise ModelError(f"model file {path}: {exc.strerror or exc}") from None

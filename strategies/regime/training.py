@@ -15,7 +15,6 @@ import hashlib
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 
 import msgspec
 import numpy as np
@@ -33,7 +32,6 @@ from strategies.regime.model import (
     TrainingRange,
     check_token,
     encode_model,
-    write_model_file,
 )
 
 SMOOTH = 20
@@ -109,15 +107,6 @@ def train(
     if not tag:
         digest = hashlib.sha256(encode_model(model)).hexdigest()[:12]
         model = msgspec.structs.replace(model, tag=digest)
-    return model
-
-
-def train_model_file(
-    bars: Sequence[Bar], path: Path | str, *, states: int = 3, **options: object
-) -> RegimeModel:
-    """Train and write the model file a backtest takes as ``--param model_file=PATH``."""
-    model = train(bars, states=states, **options)  # type: ignore[arg-type]
-    write_model_file(model, path)
     return model
 
 
