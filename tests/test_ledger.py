@@ -3,13 +3,18 @@
 from __future__ import annotations
 
 import math
+import re
 
+import msgspec
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.events import Bar, EquitySnapshot, ExecutionReport, PositionChanged
-from services.portfolio.accounts import Portfolio, PortfolioConfig, Position
+from contracts.keys import InstrumentId
+from services.portfolio.accounts import Portfolio
+from services.portfolio.config import PortfolioConfig
+from services.portfolio.positions import Position
 
 MINUTE = 60_000_000_000
 T0 = 1_700_000_000_000_000_000
@@ -180,7 +185,10 @@ def test_symbols_are_separate_and_bars_mark_only_their_symbol() -> None:
     # A bar for a symbol never traded still reports equity and adds no position.
     eq = equity_event(ledger, bar(1.0, symbol="DOGE/USDT"))
     assert eq.equity == pytest.approx(1_000 + 6)
-    assert set(ledger.state.positions) == {f"{VENUE}|BTC/USDT", f"{VENUE}|ETH/USDT"}
+    assert set(ledger.state.positions) == {
+        InstrumentId(VENUE, "BTC/USDT"),
+        InstrumentId(VENUE, "ETH/USDT"),
+    }
 
 
 def test_reports_without_a_fill_are_ignored() -> None:
@@ -208,10 +216,13 @@ def test_partially_filled_report_counts() -> None:
     assert pos.qty == 0.5
 
 
-def test_config_validation() -> None:
-    for bad in (0.0, -1.0):
-        with pytest.raises(ValueError):
-            PortfolioConfig(starting_cash=bad)
+@pytest.mark.parametrize(
+    ("bad", "message"),
+    [(0.0, "starting_cash must be > 0"), (-1.0, "`float` >= 0.0 - at `$.starting_cash`")],
+)
+def test_config_validation(bad: float, message: str) -> None:
+    with pytest.raises(msgspec.ValidationError, match=re.escape(message)):
+        msgspec.convert({"starting_cash": bad}, PortfolioConfig)
 
 
 def test_snapshot_restore_round_trip() -> None:

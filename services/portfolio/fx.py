@@ -56,18 +56,10 @@ class Fx:
             legs = self.state.legs[asset] = {}
         return legs
 
-    def observe(self, asset: str, quote: str, ts: int, close: float) -> None:
-        """A spot bar of ``asset/quote`` (currency keys) closed at ``close``."""
-        legs = self.legs_of(asset)
-        if quote not in legs:
-            self.state.quoted.setdefault(quote, []).append(asset)
-        legs[quote] = (ts, close)
-        if len(self.state.rates) > 1:  # else only the base is tracked: nothing to convert
-            self.changed(asset, quote, legs, ts)
-
     def changed(self, asset: str, quote: str, legs: dict[str, tuple[int, float]], ts: int) -> None:
-        """The leg ``asset/quote`` moved: update the rates it can serve (a direct rate is
-        only ever replaced by a newer direct one)."""
+        """The leg ``asset/quote`` moved (the caller set ``legs[quote]`` to its bar's close
+        time and close): update the rates it can serve (a direct rate is only ever replaced
+        by a newer direct one)."""
         st = self.state
         source = st.source
         moved = False
@@ -120,9 +112,9 @@ class Fx:
         over_base = own.get(BASE) if own is not None else None  # C/BASE
         base_legs = legs.get(BASE)
         under_base = base_legs.get(currency) if base_legs is not None else None  # BASE/C
-        if over_base is not None or under_base is not None:
-            if under_base is None or (over_base is not None and over_base[0] >= under_base[0]):
-                return over_base[1], "direct"  # type: ignore[index]
+        if over_base is not None and (under_base is None or over_base[0] >= under_base[0]):
+            return over_base[1], "direct"
+        if under_base is not None:
             return 1.0 / under_base[1], "direct"
         crosses = []
         skew = self.max_skew

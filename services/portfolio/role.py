@@ -3,7 +3,8 @@
 
 from __future__ import annotations
 
-from services.portfolio.accounts import Portfolio, PortfolioConfig
+from services.portfolio.accounts import Portfolio
+from services.portfolio.config import PortfolioConfig
 from services.portfolio.instruments import Described
 from services.runtime.role import Input, Role
 

@@ -15,7 +15,8 @@ import itertools
 from collections.abc import Iterable, Iterator
 
 from contracts.events import Event
-from services.portfolio.accounts import Portfolio, PortfolioConfig
+from services.portfolio.accounts import Portfolio
+from services.portfolio.config import PortfolioConfig
 from services.portfolio.instruments import Described
 
 
