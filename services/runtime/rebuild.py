@@ -69,8 +69,9 @@ async def _ack_floor(bus: Bus, worker: str, stream: str) -> int:
 
 
 def _fold(decider: Decider, msg: Msg) -> None:
-    """What the live loop does with a message, minus publishing: an undecodable one and a
-    decider that raises became dead letters live, and change nothing here either."""
+    """What the live loop does with a message, minus publishing: an undecodable message is
+    skipped, and a decider that raises keeps whatever state it left, as it did live (where
+    both became dead letters, already in the log)."""
     try:
         envelope = Envelope.from_headers(msg.headers)
         event = decode(msg.data)
