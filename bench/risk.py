@@ -40,6 +40,7 @@ if _HERE in sys.path:
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from contracts.events import Bar, EquitySnapshot, ExecutionReport, OrderCommand, Signal
+from services.risk.engine import RiskEngine
 from services.risk.limits import (
     BreakerConfig,
     CorrelationConfig,
@@ -50,7 +51,6 @@ from services.risk.limits import (
     RiskLimits,
     SizingConfig,
 )
-from services.risk.rails import RiskEngine
 
 VENUE = "bench"
 MINUTE = 60_000_000_000

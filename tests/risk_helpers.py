@@ -16,6 +16,7 @@ from contracts.events import (
     Signal,
     SystemStatus,
 )
+from contracts.keys import BookId, InstrumentId
 
 MINUTE = 60_000_000_000
 HOUR = 60 * MINUTE
@@ -24,6 +25,14 @@ T0 = 1_700_006_400_000_000_000  # 2023-11-15 00:00:00 UTC, a day boundary
 VENUE = "test"
 BTC = "BTC/USDT"
 ETH = "ETH/USDT"
+
+
+def market(symbol: str = BTC, venue: str = VENUE) -> InstrumentId:
+    return InstrumentId(venue, symbol)
+
+
+def book(strategy: str = "s1", symbol: str = BTC, venue: str = VENUE) -> BookId:
+    return BookId(strategy, InstrumentId(venue, symbol))
 
 
 def sig(

@@ -4,8 +4,8 @@ the engine (statuses, alerts, the probe order)."""
 from __future__ import annotations
 
 from services.risk.breaker import BreakerState, VenueBreaker
+from services.risk.engine import RiskEngine
 from services.risk.limits import BreakerConfig, RiskLimits
-from services.risk.rails import RiskEngine
 from tests.risk_helpers import (
     MINUTE,
     T0,

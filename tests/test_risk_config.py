@@ -7,9 +7,9 @@ from pathlib import Path
 
 import pytest
 
+from contracts.intervals import duration_ns
 from eventstore.errors import KeelError
 from services.config import load_config
-from services.risk.limits import duration_ns
 
 ISSUE_EXAMPLE = """
 [guards.depeg]
@@ -119,10 +119,17 @@ def test_every_section_loads(tmp_path: Path) -> None:
     [
         (
             "[risk]\nmax_drawdown_pct = 150\n",
-            ["max_drawdown_pct must be within (0, 100]", "$.risk"],
+            ["Expected `float` <= 100.0", "$.risk.max_drawdown_pct"],
         ),
-        ("[risk]\nmax_symbol_exposure = -1\n", ["max_symbol_exposure must be > 0", "$.risk"]),
-        ("[risk]\nmax_open_positions = 0\n", ["max_open_positions must be >= 1", "$.risk"]),
+        (
+            "[risk]\nmax_symbol_exposure = -1\n",
+            ["Expected `float` > 0.0", "$.risk.max_symbol_exposure"],
+        ),
+        (
+            "[risk]\nmax_position = inf\n",
+            ["max_position must be a finite number (got inf)", "$.risk"],
+        ),
+        ("[risk]\nmax_open_positions = 0\n", ["Expected `int` >= 1", "$.risk.max_open_positions"]),
         (
             "[risk]\nmin_order_notional = 10\nmax_order_notional = 5\n",
             ["min_order_notional (10) is above max_order_notional (5)"],
@@ -136,24 +143,35 @@ def test_every_section_loads(tmp_path: Path) -> None:
             '[risk.breaker]\ncooldown = "soon"\n',
             ["cooldown ('soon') must be a duration", "$.risk.breaker"],
         ),
-        ("[risk.correlation]\nmax = 2\n", ["max must be within [-1, 1]", "$.risk.correlation"]),
+        ("[risk.correlation]\nmax = 2\n", ["Expected `float` <= 1.0", "$.risk.correlation.max"]),
+        (
+            "[risk.correlation]\nwindow = 10\nmin_periods = 20\n",
+            ["min_periods must be within [3, window] (got 20)", "$.risk.correlation"],
+        ),
+        (
+            '[risk.correlation]\ninterval = "1M"\n',
+            ["interval '1M': expected a whole number > 0 and a unit", "$.risk.correlation"],
+        ),
         (
             '[guards.depeg]\nasset = "USDC"\nresume_after = "6 hours"\n',
             ["resume_after", "$.guards.depeg"],
         ),
         (
             '[guards.depeg]\nasset = "USDC"\nthreshold_pct = 0\n',
-            ["threshold_pct must be > 0", "$.guards.depeg"],
+            ["Expected `float` > 0.0", "$.guards.depeg.threshold_pct"],
         ),
         ('[guards.depeg]\nasset = "USDC"\naction = "sell"\n', ["$.guards.depeg"]),
         ("[guards.depeg]\nthreshold_pct = 1\n", ["asset", "$.guards.depeg"]),
         ('[guards.funding]\naction = "hedge"\n', ["$.guards.funding.action"]),
         (
             "[guards.funding]\ntrim_pct = 0\n",
-            ["trim_pct must be within (0, 100]", "$.guards.funding"],
+            ["Expected `float` > 0.0", "$.guards.funding.trim_pct"],
         ),
         ("[guards.typo]\nx = 1\n", ["typo", "$.guards"]),
-        ('[sizing]\nmode = "turtle"\natr_multiple = 0\n', ["atr_multiple must be > 0", "$.sizing"]),
+        (
+            '[sizing]\nmode = "turtle"\natr_multiple = 0\n',
+            ["Expected `float` > 0.0", "$.sizing.atr_multiple"],
+        ),
         (
             '[sizing]\nmode = "fixed_notional"\n',
             ["mode 'fixed_notional' needs notional", "$.sizing"],
@@ -165,7 +183,7 @@ def test_every_section_loads(tmp_path: Path) -> None:
         ),
         (
             '[[instruments]]\nvenue = "v"\nsymbol = "X/Y"\nlot_size = -1\n',
-            ["lot_size must be >= 0", "$.instruments[0]"],
+            ["Expected `float` >= 0.0", "$.instruments[0].lot_size"],
         ),
     ],
 )

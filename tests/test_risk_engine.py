@@ -7,8 +7,8 @@ import msgspec
 import pytest
 
 from contracts.events import OrderCommand, RiskAlert, SystemStatus
+from services.risk.engine import RiskEngine
 from services.risk.limits import CorrelationConfig, InstrumentSpec, RiskLimits
-from services.risk.rails import RiskEngine
 from tests.risk_helpers import (
     BTC,
     DAY,
@@ -369,27 +369,27 @@ def test_snapshot_restore_carries_every_rail_state() -> None:
     assert [restored.decide(x, now) for x in follow] == [e.decide(x, now) for x in follow]
 
 
-def test_an_old_snapshot_still_restores() -> None:
-    class OldState(msgspec.Struct):
-        killed: bool = False
-        kill_reason: str = ""
-        positions: dict[str, float] = {}
-        working: dict[str, dict] = {}
-        prices: dict[str, float] = {}
-        orders: dict[str, int] = {}
+def test_a_snapshot_of_another_layout_does_not_restore() -> None:
+    """Risk keeps no reader for other layouts: a snapshot keyed by strings, one with a
+    field this version does not know, or garbage raises instead of restoring half of it."""
 
-    old = OldState(
-        killed=True,
-        positions={f"s1#{VENUE}|{BTC}": 2.0},
-        working={
-            "w1": {"key": f"s2#{VENUE}|{BTC}", "symbol_key": f"{VENUE}|{BTC}", "remaining": 1.0}
-        },
-        prices={f"{VENUE}|{BTC}": 10.0},
-    )
+    class StringKeyed(msgspec.Struct):
+        killed: bool = False
+        positions: dict[str, float] = {}
+
+    class Unknown(msgspec.Struct):
+        killed: bool = False
+        ledger: dict[str, float] = {}
+
     e = RiskEngine(RiskLimits(max_position=3.5))
-    e.restore(msgspec.msgpack.encode(old))
-    assert e.state.net == {f"{VENUE}|{BTC}": 3.0}
-    assert rejection(e.decide(sig(1.0), T0)).rule == "kill_switch"
-    e.decide(resume(), T0)
-    assert rejection(e.decide(sig(3.0), T0)).rule == "max_position"
-    assert order_of(e.decide(sig(2.5), T0)).qty == pytest.approx(0.5)
+    filled(e, e.decide(sig(1.0), T0), 10.0)
+    before = e.snapshot()
+    for data in (
+        msgspec.msgpack.encode(StringKeyed(killed=True, positions={f"s1#{VENUE}|{BTC}": 2.0})),
+        msgspec.msgpack.encode(Unknown(ledger={"x": 1.0})),
+        b"\xc1 not msgpack",
+    ):
+        with pytest.raises(msgspec.DecodeError):
+            e.restore(data)
+        assert e.snapshot() == before
+    assert RiskEngine.snapshot_version == 1

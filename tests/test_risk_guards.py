@@ -4,8 +4,8 @@ and the perpetual funding guard (block / trim), with hand-computed rates."""
 from __future__ import annotations
 
 from contracts.events import Instrument, OrderCommand
+from services.risk.engine import RiskEngine
 from services.risk.limits import DepegGuard, FundingGuard, GuardsConfig, RiskLimits
-from services.risk.rails import RiskEngine
 from tests.risk_helpers import (
     HOUR,
     MINUTE,

@@ -25,8 +25,9 @@ from contracts.events import (
     Signal,
     SystemStatus,
 )
+from services.risk.engine import RiskEngine
 from services.risk.limits import BreakerConfig, CorrelationConfig, RiskLimits
-from services.risk.rails import RiskEngine
+from tests.risk_helpers import book
 
 T0 = 1_700_006_400_000_000_000
 SECOND = 1_000_000_000
@@ -445,4 +446,5 @@ def test_no_approved_order_violates_a_configured_rail(
     # the books agree at the end
     assert set(engine.state.working) == set(model.working)
     for (strategy, sk), qty in model.positions.items():
-        assert abs(engine.state.positions.get(f"{strategy}#{sk}", 0.0) - qty) < 1e-9
+        venue, symbol = sk.split("|")
+        assert abs(engine.state.positions.get(book(strategy, symbol, venue), 0.0) - qty) < 1e-9

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
+import msgspec
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -15,8 +17,9 @@ from contracts.events import (
     OrderCommand,
     RiskDecision,
 )
-from services.risk.rails import RiskEngine, RiskLimits
-from tests.risk_helpers import BTC, MINUTE, T0, VENUE, bar, sig
+from services.risk.engine import RiskEngine
+from services.risk.limits import RiskLimits
+from tests.risk_helpers import BTC, MINUTE, T0, VENUE, bar, book, sig
 
 
 def report(order: OrderCommand, status: str, fill_qty: float = 0.0, price: float = 0.0) -> Event:
@@ -89,7 +92,7 @@ def test_repeated_signal_while_working_sends_nothing_then_fill_then_flat() -> No
     assert engine.decide(report(first, "accepted"), NOW) == []
     assert engine.decide(sig(1.0, ts=T0 + 2 * MINUTE), NOW) == []
     assert engine.decide(report(first, "filled", 1.0, 100.0), NOW) == []
-    assert engine.state.positions == {f"s1#{VENUE}|{BTC}": 1.0}
+    assert engine.state.positions == {book("s1"): 1.0}
     assert engine.state.working == {}
     # Still at target after the fill.
     assert engine.decide(sig(1.0, ts=T0 + 3 * MINUTE), NOW) == []
@@ -112,8 +115,7 @@ def test_partial_fill_keeps_the_rest_working() -> None:
     engine = RiskEngine(RiskLimits())
     order = order_of(engine.decide(sig(2.0), NOW))
     engine.decide(report(order, "partially_filled", 0.5, 10.0), NOW)
-    key = f"s1#{VENUE}|{BTC}"
-    assert engine.state.positions[key] == 0.5
+    assert engine.state.positions[book("s1")] == 0.5
     assert engine.state.working[order.client_order_id].remaining == pytest.approx(1.5)
     assert engine.decide(sig(2.0, ts=T0 + 1), NOW) == []  # 0.5 held + 1.5 working
 
@@ -256,11 +258,19 @@ def test_cancel_after_partial_fill_keeps_the_filled_part() -> None:
 
 
 @pytest.mark.parametrize(
-    "kwargs", [{"max_order_notional": 0.0}, {"max_position": -1.0}, {"max_position": 0.0}]
+    "kwargs",
+    [
+        {"max_order_notional": 0.0},
+        {"max_position": -1.0},
+        {"max_position": 0.0},
+        {"max_position": math.nan},
+        {"max_position": math.inf},
+    ],
 )
 def test_limits_validation(kwargs: dict[str, float]) -> None:
-    with pytest.raises(ValueError):
-        RiskLimits(**kwargs)  # type: ignore[arg-type]
+    [name] = kwargs
+    with pytest.raises(msgspec.ValidationError, match=name):
+        msgspec.convert(kwargs, RiskLimits)
 
 
 # --- snapshot -----------------------------------------------------------------------------
@@ -432,7 +442,7 @@ def test_no_approved_order_violates_a_limit(limits: RiskLimits, script: list[tup
     # The engine's books agree with the model's at the end.
     assert set(engine.state.working) == set(model.working)
     for (strategy, symbol), qty in model.positions.items():
-        held = engine.state.positions.get(f"{strategy}#{VENUE}|{symbol}", 0.0)
+        held = engine.state.positions.get(book(strategy, symbol), 0.0)
         assert held == pytest.approx(qty)
 
 

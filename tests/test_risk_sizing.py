@@ -7,9 +7,11 @@ import math
 
 import pytest
 
+from contracts.intervals import periods_per_year
+from contracts.keys import InstrumentId
+from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits, SizingConfig, SizingRule
-from services.risk.rails import RiskEngine
-from services.risk.sizing import periods_per_year, round_price, round_qty, split_symbol, unit_qty
+from services.risk.sizing import round_price, round_qty, split_symbol, unit_qty
 from tests.risk_helpers import (
     BTC,
     ETH,
@@ -96,7 +98,17 @@ def test_symbols_and_periods() -> None:
     assert periods_per_year("1m") == 525_600
     assert periods_per_year("1h") == 8_760
     assert periods_per_year("1d") == 365
-    assert periods_per_year("weird") == 365
+
+
+def test_a_bar_interval_that_does_not_parse_cannot_be_sized() -> None:
+    rule = SizingRule(mode="vol_target", target_vol_pct=10.0, vol_window=3)
+    args = {"price": 50.0, "equity": 10_000.0, "atr": None, "returns": [0.01, -0.01, 0.02]}
+    qty, why = unit_qty(rule, interval="1M", **args)  # type: ignore[arg-type]
+    assert qty == 0.0
+    assert why.startswith("bar interval '1M': expected a whole number > 0 and a unit")
+    assert why.endswith("; set [sizing] periods_per_year")
+    given = SizingRule(mode="vol_target", target_vol_pct=10.0, vol_window=3, periods_per_year=12)
+    assert unit_qty(given, interval="1M", **args)[0] > 0  # type: ignore[arg-type]
 
 
 def turtle_engine(**limits: object) -> RiskEngine:
@@ -203,7 +215,7 @@ def test_vol_target_sizes_from_the_bar_returns() -> None:
         price = 100.0 if i % 2 == 0 else 101.0
         e.decide(bar(price, ts=T0 + i * MINUTE, interval="1d"), T0 + i * MINUTE)
     e.decide(equity(10_000.0, ts=T0 + 21 * MINUTE), T0 + 21 * MINUTE)
-    returns = e.state.returns[f"test|{BTC}"].rets
+    returns = e.state.returns[InstrumentId("test", BTC)].rets
     assert len(returns) == 20
     sd = math.sqrt(math.fsum((r - sum(returns) / 20) ** 2 for r in returns) / 19)
     expected = 10_000 * 0.20 / (sd * math.sqrt(365) * price)

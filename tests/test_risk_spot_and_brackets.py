@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import msgspec
 
+from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits
-from services.risk.rails import RiskEngine
 from tests.risk_helpers import BTC, T0, bar, instrument, order_of, rejection, report, sig
 
 

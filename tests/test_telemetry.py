@@ -38,7 +38,7 @@ from services.execution.paper_venue import PaperVenueConfig
 from services.execution.role import execution_role
 from services.portfolio.accounts import PortfolioConfig
 from services.portfolio.role import portfolio_role
-from services.risk.rails import RiskLimits
+from services.risk.limits import RiskLimits
 from services.risk.role import risk_role
 from services.runtime.role import Role
 from services.runtime.telemetry import subject_kind
@@ -93,17 +93,18 @@ async def settle(bus: Bus, workers: list[Worker]) -> None:
     assert await wait_drained(bus, consumers(workers), timeout=30)
 
 
-async def metrics_ports(bus: Bus, names: set[str]) -> dict[str, int]:
+async def metrics_ports(bus: Bus, names: set[str], timeout: float = 10.0) -> dict[str, int]:
     """Each worker's metrics port, as its heartbeats announce it."""
     ports: dict[str, int] = {}
-    for _ in range(100):
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
         async for item in bus.read("sys.heartbeat.>", "SYSTEM"):
             event = item.event if isinstance(item, Stored) else None
             if isinstance(event, Heartbeat) and event.metrics_port:
                 ports[event.worker] = event.metrics_port
         if names <= ports.keys():
             return ports
-        await asyncio.sleep(0.1)
+        await asyncio.sleep(0.05)
     raise AssertionError(f"no heartbeat with a metrics port from {names - ports.keys()}")
 
 
@@ -121,6 +122,29 @@ async def scrape(port: int) -> dict[str, tuple[str, str, list[Sample]]]:
         f.name: (f.type, f.unit, [(s.name, s.labels, s.value) for s in f.samples])
         for f in text_string_to_metric_families(body.decode())
     }
+
+
+async def scrape_polled(
+    ports: dict[str, int], stream: str, timeout: float = 10.0
+) -> dict[str, dict[str, tuple[str, str, list[Sample]]]]:
+    """Every worker's metrics once a heartbeat has polled its consumer of ``stream`` (the
+    pending gauge has that stream's series)."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while True:
+        scraped = {name: await scrape(port) for name, port in ports.items()}
+        waiting = [
+            name
+            for name, families in scraped.items()
+            if not any(
+                labels.get("stream") == stream
+                for _, labels, _ in families.get("keel_consumer_pending_messages", ("", "", []))[2]
+            )
+        ]
+        if not waiting:
+            return scraped
+        if asyncio.get_running_loop().time() > deadline:
+            raise AssertionError(f"no consumer poll of {stream} from {waiting}")
+        await asyncio.sleep(0.05)
 
 
 def value(families: dict, sample: str, **labels: str) -> float:
@@ -182,9 +206,8 @@ async def test_metric_names_units_and_labels_from_real_workers(
         for bar in later:
             await bus.publish(bar, bar_envelope(bar))
             await settle(bus, workers)
-        await asyncio.sleep(0.5)  # a heartbeat polls the consumers
         ports = await metrics_ports(bus, names)
-        scraped = {name: await scrape(port) for name, port in ports.items()}
+        scraped = await scrape_polled(ports, "MARKET")
         equity = (await bus.last_event("PORTFOLIO", "pf.equity")).event
 
     bars = len(scenario.bars()) + len(later)

@@ -19,12 +19,12 @@ from typing import Literal
 
 import msgspec
 
-from services.risk.limits import BreakerConfig, duration_ns
+from services.risk.limits import BreakerConfig
 
 BreakerStatus = Literal["CLOSED", "OPEN", "HALF_OPEN"]
 
 
-class BreakerState(msgspec.Struct):
+class BreakerState(msgspec.Struct, forbid_unknown_fields=True):
     status: BreakerStatus = "CLOSED"
     times: list[int] = msgspec.field(default_factory=list)  # report times in the window
     failed: list[bool] = msgspec.field(default_factory=list)
@@ -46,8 +46,8 @@ class VenueBreaker:
 
     def __init__(self, config: BreakerConfig, state: dict[str, BreakerState]) -> None:
         self.config = config
-        self.window = duration_ns(config.window, "window")
-        self.cooldown = duration_ns(config.cooldown, "cooldown")
+        self.window = config.window_ns
+        self.cooldown = config.cooldown_ns
         self.state = state
         self.next_deadline = self._deadline()
 

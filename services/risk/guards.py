@@ -20,10 +20,11 @@ import statistics
 
 import msgspec
 
+from contracts.keys import InstrumentId
 from services.risk.limits import DepegGuard, FundingGuard
 
 
-class DepegState(msgspec.Struct):
+class DepegState(msgspec.Struct, forbid_unknown_fields=True):
     active: bool = False
     rate: float = 1.0
     inside_since: int = 0  # first update back inside the band while active (0 = not yet)
@@ -82,7 +83,7 @@ class Depeg:
         return None
 
 
-class FundingState(msgspec.Struct):
+class FundingState(msgspec.Struct, forbid_unknown_fields=True):
     side: int = 0  # +1: longs pay beyond the threshold; -1: shorts pay; 0: inside
     rate: float = 0.0
 
@@ -93,19 +94,18 @@ class FundingChange(msgspec.Struct, frozen=True):
 
 
 class Funding:
-    def __init__(self, config: FundingGuard, state: dict[str, FundingState]) -> None:
+    def __init__(self, config: FundingGuard, state: dict[InstrumentId, FundingState]) -> None:
         self.config = config
         self.state = state
 
-    def observe(
-        self, key: str, symbol: str, rate: float, interval_h: float
-    ) -> FundingChange | None:
+    def observe(self, market: InstrumentId, rate: float, interval_h: float) -> FundingChange | None:
         c = self.config
+        symbol = market.symbol
         if c.symbols and symbol not in c.symbols:
             return None
-        s = self.state.get(key)
+        s = self.state.get(market)
         if s is None:
-            s = self.state[key] = FundingState()
+            s = self.state[market] = FundingState()
         s.rate = rate
         pct = rate * 100.0
         side = 0 if abs(pct) <= c.threshold_pct else (1 if pct > 0 else -1)

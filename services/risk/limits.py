@@ -1,54 +1,37 @@
 """Risk configuration: the rails (``[risk]``), the guards (``[guards.*]``), sizing
 (``[sizing]``) and instrument specs (``[[instruments]]``), as frozen msgspec structs.
 
-Every rail is optional (``None`` or empty = off) and a fresh ``RiskLimits()`` checks nothing
-but the kill switch, so a config without a ``[risk]`` table trades exactly as before. Every
-struct validates its own values in ``__post_init__`` with a message that names the key;
-msgspec adds the path (``- at `$.guards.depeg```), so a bad config stops start-up with one
-line naming the key. docs/risk.md is the reference.
+Every rail is optional (``None`` or empty = off): a fresh ``RiskLimits()`` checks nothing but
+the kill switch. The range of a single value is a msgspec constraint, checked when the TOML
+is decoded (``Expected `float` > 0.0 - at `$.risk.max_position```); what involves several
+keys, durations and finiteness is checked in ``__post_init__`` with a message naming the
+keys, and msgspec adds the path. Either way a bad config stops start-up with one line.
+docs/risk.md is the reference.
 """
 
 from __future__ import annotations
 
 import math
-import re
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from contracts.events import InstrumentKind
+from contracts.intervals import Interval, duration_ns
 
-_DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d|w)")
-_UNIT_NS = {
-    "ms": 1_000_000,
-    "s": 1_000_000_000,
-    "m": 60_000_000_000,
-    "h": 3_600_000_000_000,
-    "d": 86_400_000_000_000,
-    "w": 604_800_000_000_000,
-}
+Positive = Annotated[float, Meta(gt=0)]
+NonNegative = Annotated[float, Meta(ge=0)]
+Percent = Annotated[float, Meta(gt=0, le=100)]
+Count = Annotated[int, Meta(ge=1)]
 
 
-def duration_ns(text: str, key: str) -> int:
-    """``"6h"`` -> nanoseconds; units ms, s, m, h, d, w; ``"0s"`` is zero."""
-    match = _DURATION.fullmatch(text.strip())
-    if match is None:
-        raise ValueError(f"{key} ({text!r}) must be a duration like 90s, 5m, 6h or 1d")
-    return round(float(match.group(1)) * _UNIT_NS[match.group(2)])
-
-
-def _positive(owner: msgspec.Struct, *names: str) -> None:
+def _finite(owner: msgspec.Struct, *names: str) -> None:
+    """msgspec bounds reject nan but let inf through a lower bound alone."""
     for name in names:
         value = getattr(owner, name)
-        if value is not None and not (math.isfinite(value) and value > 0):
-            raise ValueError(f"{name} must be > 0 (got {value})")
-
-
-def _percent(owner: msgspec.Struct, *names: str) -> None:
-    for name in names:
-        value = getattr(owner, name)
-        if value is not None and not (math.isfinite(value) and 0 < value <= 100):
-            raise ValueError(f"{name} must be within (0, 100] (got {value})")
+        if value is not None and not math.isfinite(value):
+            raise ValueError(f"{name} must be a finite number (got {value})")
 
 
 class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -58,18 +41,22 @@ class BreakerConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     accepted or filled, OPEN again when it is rejected."""
 
     window: str = "5m"
-    min_reports: int = 5
-    max_error_pct: float = 50.0
+    min_reports: Count = 5
+    max_error_pct: Annotated[float, Meta(ge=0, lt=100)] = 50.0
     cooldown: str = "2m"
 
     def __post_init__(self) -> None:
-        if duration_ns(self.window, "window") <= 0:
+        if self.window_ns <= 0:
             raise ValueError(f"window ({self.window!r}) must be > 0")
         duration_ns(self.cooldown, "cooldown")
-        if self.min_reports < 1:
-            raise ValueError(f"min_reports must be >= 1 (got {self.min_reports})")
-        if not (math.isfinite(self.max_error_pct) and 0 <= self.max_error_pct < 100):
-            raise ValueError(f"max_error_pct must be within [0, 100) (got {self.max_error_pct})")
+
+    @property
+    def window_ns(self) -> int:
+        return duration_ns(self.window, "window")
+
+    @property
+    def cooldown_ns(self) -> int:
+        return duration_ns(self.cooldown, "cooldown")
 
 
 class CorrelationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -78,18 +65,16 @@ class CorrelationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     bars (at least ``min_periods``), times the product of the two directions, exceeds
     ``max``. ``interval`` picks the bars (default: the first interval seen per symbol)."""
 
-    max: float = 0.8
-    window: int = 60
-    min_periods: int = 20
+    max: Annotated[float, Meta(ge=-1, le=1)] = 0.8
+    window: Annotated[int, Meta(ge=3)] = 60
+    min_periods: Annotated[int, Meta(ge=3)] = 20
     interval: str = ""
 
     def __post_init__(self) -> None:
-        if not (math.isfinite(self.max) and -1 <= self.max <= 1):
-            raise ValueError(f"max must be within [-1, 1] (got {self.max})")
-        if self.window < 3:
-            raise ValueError(f"window must be >= 3 (got {self.window})")
-        if not 3 <= self.min_periods <= self.window:
+        if self.min_periods > self.window:
             raise ValueError(f"min_periods must be within [3, window] (got {self.min_periods})")
+        if self.interval:
+            Interval.parse(self.interval, "interval")
 
 
 class RiskLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -98,33 +83,33 @@ class RiskLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     trading_enabled: bool = True
     allowed_symbols: tuple[str, ...] = ()
     denied_symbols: tuple[str, ...] = ()
-    min_order_notional: float | None = None
-    max_order_notional: float | None = None
-    max_position: float | None = None
-    max_symbol_exposure: float | None = None
-    max_venue_exposure: float | None = None
-    max_total_exposure: float | None = None
-    max_open_positions: int | None = None
-    max_orders_per_minute: int | None = None
-    max_venue_orders_per_minute: int | None = None
-    equity_floor: float | None = None
-    max_drawdown_pct: float | None = None
-    max_daily_loss_pct: float | None = None
-    soft_equity_floor: float | None = None
-    soft_drawdown_pct: float | None = None
-    soft_daily_loss_pct: float | None = None
+    min_order_notional: Positive | None = None
+    max_order_notional: Positive | None = None
+    max_position: Positive | None = None
+    max_symbol_exposure: Positive | None = None
+    max_venue_exposure: Positive | None = None
+    max_total_exposure: Positive | None = None
+    max_open_positions: Count | None = None
+    max_orders_per_minute: Count | None = None
+    max_venue_orders_per_minute: Count | None = None
+    equity_floor: Positive | None = None
+    max_drawdown_pct: Percent | None = None
+    max_daily_loss_pct: Percent | None = None
+    soft_equity_floor: Positive | None = None
+    soft_drawdown_pct: Percent | None = None
+    soft_daily_loss_pct: Percent | None = None
     soft_action: Literal["safe_mode", "degrade"] = "safe_mode"
     flatten_on_halt: bool = False
     brackets: bool = False
+    """Entry orders carry the signal's ``stop``/``target`` as a bracket for the order manager."""
     spot_shorts: bool = False
     """Spot instruments (known from ``md.instrument`` or ``[[instruments]]``) may go short:
     only for a margin account; perpetuals always may."""
-    """Entry orders carry the signal's ``stop``/``target`` as a bracket for the order manager."""
     breaker: BreakerConfig | None = None
     correlation: CorrelationConfig | None = None
 
     def __post_init__(self) -> None:
-        _positive(
+        _finite(
             self,
             "min_order_notional",
             "max_order_notional",
@@ -135,17 +120,6 @@ class RiskLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             "equity_floor",
             "soft_equity_floor",
         )
-        _percent(
-            self,
-            "max_drawdown_pct",
-            "max_daily_loss_pct",
-            "soft_drawdown_pct",
-            "soft_daily_loss_pct",
-        )
-        for name in ("max_open_positions", "max_orders_per_minute", "max_venue_orders_per_minute"):
-            value = getattr(self, name)
-            if value is not None and value < 1:
-                raise ValueError(f"{name} must be >= 1 (got {value})")
         if (
             self.min_order_notional is not None
             and self.max_order_notional is not None
@@ -168,20 +142,35 @@ class RiskLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 relation = "above" if above else "below"
                 raise ValueError(f"{soft} ({s:g}) must be {relation} {hard} ({h:g})")
 
+    @property
+    def equity_rails(self) -> bool:
+        """Whether any hard or soft equity rail is on."""
+        return any(
+            v is not None
+            for v in (
+                self.equity_floor,
+                self.max_drawdown_pct,
+                self.max_daily_loss_pct,
+                self.soft_equity_floor,
+                self.soft_drawdown_pct,
+                self.soft_daily_loss_pct,
+            )
+        )
+
 
 class DepegGuard(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[guards.depeg]`` (or ``[[guards.depeg]]`` for several stablecoins)."""
 
     asset: str
     reference: str = "USD"
-    threshold_pct: float = 1.0
+    threshold_pct: Positive = 1.0
     resume_after: str = "1h"
     action: Literal["halt_entries", "flatten"] = "halt_entries"
 
     def __post_init__(self) -> None:
         if not self.asset or not self.reference or self.asset == self.reference:
             raise ValueError("asset and reference must be two different currencies")
-        _positive(self, "threshold_pct")
+        _finite(self, "threshold_pct")
         duration_ns(self.resume_after, "resume_after")
 
     @property
@@ -195,14 +184,13 @@ class FundingGuard(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``trim`` also cuts positions on the paying side by ``trim_pct`` percent once per
     crossing. ``symbols`` limits it (default: every perpetual with a funding rate)."""
 
-    threshold_pct: float = 0.1
+    threshold_pct: Positive = 0.1
     action: Literal["block", "trim"] = "block"
-    trim_pct: float = 50.0
+    trim_pct: Percent = 50.0
     symbols: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
-        _positive(self, "threshold_pct")
-        _percent(self, "trim_pct")
+        _finite(self, "threshold_pct")
 
 
 class GuardsConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -223,19 +211,19 @@ class SizingRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """How one unit of a signal becomes a quantity (docs/risk.md, Sizing)."""
 
     mode: SizingMode = "signal"
-    qty: float | None = None
-    notional: float | None = None
-    pct: float | None = None
-    risk_pct: float = 1.0
-    atr_multiple: float = 2.0
-    target_vol_pct: float | None = None
-    vol_window: int = 20
-    periods_per_year: float | None = None
+    qty: Positive | None = None
+    notional: Positive | None = None
+    pct: Percent | None = None
+    risk_pct: Percent = 1.0
+    atr_multiple: Positive = 2.0
+    target_vol_pct: Positive | None = None
+    vol_window: Annotated[int, Meta(ge=2)] = 20
+    periods_per_year: Positive | None = None
+    """Overrides the bars' interval in ``vol_target``'s annualisation."""
     cap: bool = True
 
     def __post_init__(self) -> None:
-        _positive(self, "qty", "notional", "atr_multiple", "target_vol_pct", "periods_per_year")
-        _percent(self, "pct", "risk_pct")
+        _finite(self, "qty", "notional", "atr_multiple", "target_vol_pct", "periods_per_year")
         needs = {
             "fixed_qty": "qty",
             "fixed_notional": "notional",
@@ -244,8 +232,11 @@ class SizingRule(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         }.get(self.mode)
         if needs is not None and getattr(self, needs) is None:
             raise ValueError(f"mode {self.mode!r} needs {needs}")
-        if self.vol_window < 2:
-            raise ValueError(f"vol_window must be >= 2 (got {self.vol_window})")
+
+    @property
+    def sized(self) -> bool:
+        """Whether a unit is anything but one base unit."""
+        return self.mode != "signal"
 
 
 class SizingConfig(SizingRule, frozen=True, forbid_unknown_fields=True):
@@ -255,6 +246,10 @@ class SizingConfig(SizingRule, frozen=True, forbid_unknown_fields=True):
 
     def rule(self, strategy: str) -> SizingRule:
         return self.strategies.get(strategy, self)
+
+    @property
+    def rules(self) -> tuple[SizingRule, ...]:
+        return (self, *self.strategies.values())
 
 
 class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -266,18 +261,13 @@ class InstrumentSpec(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     base: str = ""
     quote: str = ""
     kind: InstrumentKind = "spot"
-    tick_size: float = 0.0
-    lot_size: float = 0.0
-    min_notional: float = 0.0
-    contract_size: float = 1.0
+    tick_size: NonNegative = 0.0
+    lot_size: NonNegative = 0.0
+    min_notional: NonNegative = 0.0
+    contract_size: Positive = 1.0
     """units of base per contract (perpetuals; the portfolio's PnL and margin use it)."""
-    max_leverage: float = 0.0
+    max_leverage: NonNegative = 0.0
     """the venue's leverage cap (0 = none given; caps ``[portfolio]`` leverage)."""
 
     def __post_init__(self) -> None:
-        for name in ("tick_size", "lot_size", "min_notional", "max_leverage"):
-            value = getattr(self, name)
-            if not (math.isfinite(value) and value >= 0):
-                raise ValueError(f"{name} must be >= 0 (got {value})")
-        if not (math.isfinite(self.contract_size) and self.contract_size > 0):
-            raise ValueError(f"contract_size must be > 0 (got {self.contract_size})")
+        _finite(self, "tick_size", "lot_size", "min_notional", "contract_size", "max_leverage")

@@ -3,8 +3,8 @@ equity and funding rates) in; orders, rejections, alerts and statuses out."""
 
 from __future__ import annotations
 
+from services.risk.engine import RiskEngine
 from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
-from services.risk.rails import RiskEngine
 from services.runtime.role import Input, Role
 
 INPUTS = (
