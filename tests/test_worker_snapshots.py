@@ -9,6 +9,7 @@ uninterrupted worker holds, and nothing published again.
 from __future__ import annotations
 
 import asyncio
+import time
 from pathlib import Path
 
 import msgspec
@@ -21,6 +22,7 @@ from eventstore.bus import Bus, Stored
 from eventstore.errors import KeelError
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer
+from services.fleet import Fleet, WorkerProcess
 from services.runtime.snapshots import SNAPSHOT_BUCKET, Snapshot, snapshot_bucket
 from services.runtime.worker import Worker, WorkerOptions
 from services.strategy.host import StrategyDecider, strategy_role
@@ -81,7 +83,7 @@ def risk_worker(workers: list[Worker]) -> Worker:
 
 
 async def test_a_snapshot_the_worker_cannot_read_stops_it_with_one_line_and_stays(
-    nats_server: EmbeddedServer, bus: Bus
+    nats_server: EmbeddedServer, bus: Bus, tmp_path: Path
 ) -> None:
     workers = fleet_workers()
     async with running(nats_server.url, workers) as driver:
@@ -115,6 +117,30 @@ async def test_a_snapshot_the_worker_cannot_read_stops_it_with_one_line_and_stay
     [line] = result.stderr.strip().splitlines()
     assert line.startswith(f"error: {unreadable[garbage]}"), line
     assert (await kv.get("risk")).value == garbage
+
+    replaying = await asyncio.to_thread(
+        keel, nats_server.url, "run", "risk", "--namespace", "r1", "--rebuild"
+    )
+    assert replaying.returncode == 2
+    assert replaying.stderr.strip().splitlines() == [
+        "error: --rebuild is for a live worker: a bus replay's worker keeps no state"
+    ]
+
+    fleet = Fleet(nats_server.url, tmp_path / "logs")
+    fleet.start(WorkerProcess("risk", ["run", "risk", "--rebuild"]))
+    try:
+        deadline = time.monotonic() + 30
+        while (await kv.get("risk")).value == garbage and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        rebuilt = msgspec.msgpack.decode((await kv.get("risk")).value, type=Snapshot)
+    finally:
+        fleet.stop()
+    floors = {
+        i.stream: (await bus.js.consumer_info(i.stream, f"risk-{i.stream.lower()}")).ack_floor
+        for i in risk.inputs
+    }
+    assert rebuilt.version == version
+    assert rebuilt.seqs == {s: floor.stream_seq for s, floor in floors.items() if floor.stream_seq}
 
 
 async def test_rebuild_folds_the_log_into_the_state_an_uninterrupted_worker_holds(
