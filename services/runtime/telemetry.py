@@ -16,17 +16,11 @@ from __future__ import annotations
 
 import atexit
 import functools
-import os
 import time
 from collections.abc import Callable, Iterable
 from typing import get_args
 
-from opentelemetry.exporter.prometheus import PrometheusMetricReader
-from opentelemetry.metrics import CallbackOptions, Histogram, Meter, Observation
-from opentelemetry.sdk.metrics import MeterProvider
-from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
-from opentelemetry.sdk.resources import Resource
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from opentelemetry.metrics import Histogram
 
 from contracts.events import (
     EquitySnapshot,
@@ -40,7 +34,12 @@ from contracts.events import (
     SystemState,
     SystemStatus,
 )
-from eventstore.errors import KeelError
+from services.runtime.metrics_export import (
+    DictCounter,
+    DictGauge,
+    MetricsEndpoint,
+    otlp_enabled,
+)
 
 SYSTEM_STATES: tuple[str, ...] = get_args(SystemState)
 
@@ -93,135 +92,6 @@ def subject_kind(subject: str) -> str:
     return kind if kind in SUBJECT_KINDS else "other"
 
 
-def otlp_enabled(signal: str) -> bool:
-    """OTLP export of ``signal`` (traces, metrics): on when an OTLP endpoint is configured,
-    unless ``OTEL_SDK_DISABLED=true`` or ``OTEL_<SIGNAL>_EXPORTER`` leaves out ``otlp``."""
-    env = os.environ
-    if env.get("OTEL_SDK_DISABLED", "").strip().lower() == "true":
-        return False
-    chosen = env.get(f"OTEL_{signal.upper()}_EXPORTER", "otlp").lower()
-    if "otlp" not in {part.strip() for part in chosen.split(",")}:
-        return False
-    return bool(
-        env.get("OTEL_EXPORTER_OTLP_ENDPOINT")
-        or env.get(f"OTEL_EXPORTER_OTLP_{signal.upper()}_ENDPOINT")
-    )
-
-
-def resource(service: str) -> Resource:
-    return Resource.create({"service.name": f"keel-{service}", "service.namespace": "keel"})
-
-
-try:  # exemplars cost time on every measurement and Keel does not use them
-    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
-
-    _NO_EXEMPLARS: dict = {"exemplar_filter": AlwaysOffExemplarFilter()}
-except ImportError:  # an SDK from before exemplars
-    _NO_EXEMPLARS = {}
-
-
-def _prometheus_reader(registry: CollectorRegistry) -> PrometheusMetricReader:
-    try:
-        return PrometheusMetricReader(registry=registry, scope_info_enabled=False)
-    except TypeError:  # an exporter before 0.6x registers on the global registry: move it
-        reader = PrometheusMetricReader()
-        collector = reader._collector
-        REGISTRY.unregister(collector)
-        registry.register(collector)
-        reader.shutdown = lambda *args, **kwargs: registry.unregister(collector)  # type: ignore[method-assign]
-        return reader
-
-
-class _Endpoint:
-    """A meter provider with a Prometheus endpoint on its own registry (several workers in
-    one process each serve only their own metrics), plus OTLP when configured."""
-
-    def __init__(self, service: str, port: int | None, addr: str) -> None:
-        self.registry = CollectorRegistry()
-        readers: list[MetricReader] = [_prometheus_reader(self.registry)]
-        if otlp_enabled("metrics"):
-            from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
-                OTLPMetricExporter,
-            )
-
-            readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
-        self.provider = MeterProvider(
-            metric_readers=readers,
-            resource=resource(service),
-            shutdown_on_exit=False,
-            **_NO_EXEMPLARS,
-        )
-        self.meter = self.provider.get_meter("keel")
-        if port is None:
-            self._server = None
-            self.port = 0
-        else:  # port 0: the OS picks a free one, announced in heartbeats
-            try:
-                self._server, self._thread = start_http_server(
-                    port, addr=addr, registry=self.registry
-                )
-            except OSError as exc:
-                self.provider.shutdown()
-                raise KeelError(f"cannot serve metrics on {addr}:{port}: {exc}") from None
-            self.port = self._server.server_port
-
-    def close(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
-            self._server = None
-        self.provider.shutdown()
-
-
-class _Sum:
-    """A counter kept in a dict and read by the SDK when it collects: a synchronous OTel
-    counter costs about 10 us per ``add`` in Python, this a dict update. Collection runs on
-    the scrape thread; copying the items is one C-level call, atomic under the GIL."""
-
-    def __init__(
-        self,
-        meter: Meter,
-        name: str,
-        unit: str,
-        description: str,
-        labels: tuple[str, ...],
-        fixed: dict[str, str],
-    ) -> None:
-        self.labels = labels
-        self.fixed = fixed
-        self.values: dict[tuple[str, ...], float] = {}
-        self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
-        self._create(meter)(name, callbacks=[self._observe], unit=unit, description=description)
-
-    def _create(self, meter: Meter) -> Callable:
-        return meter.create_observable_counter
-
-    def add(self, key: tuple[str, ...], amount: float = 1) -> None:
-        self.values[key] = self.values.get(key, 0) + amount
-
-    def _observe(self, _options: CallbackOptions) -> Iterable[Observation]:
-        out = []
-        for key, value in list(self.values.items()):
-            attrs = self._attrs.get(key)
-            if attrs is None:
-                attrs = self._attrs[key] = {
-                    **self.fixed,
-                    **dict(zip(self.labels, key, strict=True)),
-                }
-            out.append(Observation(value, attrs))
-        return out
-
-
-class _Last(_Sum):
-    """A gauge kept the same way: the last value set per label set."""
-
-    def _create(self, meter: Meter) -> Callable:
-        return meter.create_observable_gauge
-
-    def set(self, key: tuple[str, ...], value: float) -> None:
-        self.values[key] = value
-
-
 class WorkerMetrics:
     """Every instrument of one worker; the worker loop calls the hooks below.
 
@@ -236,17 +106,17 @@ class WorkerMetrics:
         streams: Iterable[str] = (),
     ) -> None:
         self.worker = worker
-        self._endpoint = _Endpoint(worker, port, addr)
+        self._endpoint = MetricsEndpoint(worker, port, addr)
         self.port = self._endpoint.port
         meter = self._endpoint.meter
         mine = {"worker": worker}
         self._attrs: dict[tuple[str, ...], dict[str, str]] = {}
 
-        def total(name: str, unit: str, description: str, *labels: str, fixed=mine) -> _Sum:
-            return _Sum(meter, name, unit, description, labels, fixed)
+        def total(name: str, unit: str, description: str, *labels: str, fixed=mine) -> DictCounter:
+            return DictCounter(meter, name, unit, description, labels, fixed)
 
-        def gauge(name: str, unit: str, description: str, *labels: str, fixed=mine) -> _Last:
-            return _Last(meter, name, unit, description, labels, fixed)
+        def gauge(name: str, unit: str, description: str, *labels: str, fixed=mine) -> DictGauge:
+            return DictGauge(meter, name, unit, description, labels, fixed)
 
         def histogram(name: str, description: str, buckets: tuple[float, ...]) -> Histogram:
             return meter.create_histogram(
@@ -518,7 +388,7 @@ class ReplayMetrics:
     """Progress of ``keel backtest`` / ``keel replay`` runs in this process."""
 
     def __init__(self, port: int | None, addr: str) -> None:
-        self._endpoint = _Endpoint("replay", port, addr)
+        self._endpoint = MetricsEndpoint("replay", port, addr)
         self.port = self._endpoint.port
         meter = self._endpoint.meter
         self.bars = meter.create_counter(

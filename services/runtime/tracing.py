@@ -25,7 +25,8 @@ from opentelemetry.trace import Span, SpanContext, SpanKind
 from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
 
 from contracts.envelope import TRACEPARENT, Envelope
-from services.runtime.telemetry import otlp_enabled, resource, subject_kind
+from services.runtime.metrics_export import otlp_enabled, resource
+from services.runtime.telemetry import subject_kind
 
 _FORCED_SPAN_ID: contextvars.ContextVar[int | None] = contextvars.ContextVar(
     "keel_forced_span_id", default=None
