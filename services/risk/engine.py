@@ -17,7 +17,8 @@ guard action a ``RiskAlert`` on ``ord.alert.<rule>``. docs/risk.md is the refere
 from __future__ import annotations
 
 import math
-from typing import ClassVar
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import msgspec
 
@@ -85,14 +86,17 @@ class RiskEngine:
         """Build the collaborators over the state and compile the rails (after
         construction, a change of limits and a restore)."""
         lim, state = self._limits, self.state
+        self._markets: dict[str, dict[str, InstrumentId]] = {}
+        for known in (state.prices, state.instruments, state.net):
+            for market in known:  # one key object per market: lookups hit by identity
+                self._markets.setdefault(market.venue, {})[market.symbol] = market
         for spec in self.instrument_specs:
-            market = InstrumentId(spec.venue, spec.symbol)
+            market = self._market(spec.venue, spec.symbol)
             if market not in state.instruments:
                 state.instruments[market] = self._info(spec)
-        self._markets: dict[str, dict[str, InstrumentId]] = {}
-        for market in state.prices:
-            self._markets.setdefault(market.venue, {})[market.symbol] = market
         self._books: dict[str, dict[InstrumentId, BookId]] = {}
+        for book in (*state.orders, *state.positions):
+            self._books.setdefault(book.strategy, {})[book.instrument] = book
         self._quotes: dict[InstrumentId, tuple[str, str, bool]] = {}
         self._status = StatusBoard(state)
         self._book = Book(state)
@@ -112,6 +116,17 @@ class RiskEngine:
             Correlations(state.returns, keep, corr.interval if corr else "") if keep else None
         )
         self._plain_bars = not (self._breaker or self._returns or self._depegs)
+        self._handlers: dict[type, Callable[[Any, int], list[Event]]] = {
+            Bar: self._on_bar,
+            Signal: self._on_signal,
+            ExecutionReport: self._on_report,
+            EquitySnapshot: self._equity.observe,
+            Instrument: self._on_instrument,
+            FundingRate: self._on_funding,
+            GovernanceCommand: self._on_governance,
+        }
+        """Each input type's handler; with ``_plain_bars`` a bar (nearly every input) only
+        sets its price, in ``decide`` itself."""
         rails = compile_rails(
             lim,
             state,
@@ -152,52 +167,38 @@ class RiskEngine:
 
     def _market(self, venue: str, symbol: str) -> InstrumentId:
         """The market's key, built once per venue and symbol: a bar builds none."""
-        by_symbol = self._markets.setdefault(venue, {})
-        market = by_symbol.get(symbol)
-        if market is None:
-            market = by_symbol[symbol] = InstrumentId(venue, symbol)
-        return market
+        try:
+            return self._markets[venue][symbol]
+        except KeyError:
+            market = self._markets.setdefault(venue, {})[symbol] = InstrumentId(venue, symbol)
+            return market
 
     def _book_of(self, strategy: str, market: InstrumentId) -> BookId:
-        by_market = self._books.setdefault(strategy, {})
-        book = by_market.get(market)
-        if book is None:
-            book = by_market[market] = BookId(strategy, market)
-        return book
+        try:
+            return self._books[strategy][market]
+        except KeyError:
+            book = self._books.setdefault(strategy, {})[market] = BookId(strategy, market)
+            return book
 
     # --- the fold -------------------------------------------------------------------------
 
     def decide(self, event: Event, now: int) -> list[Event]:
-        match event:
-            case Bar() if self._plain_bars:  # nearly every input: only the price
-                try:
-                    market = self._markets[event.venue][event.symbol]
-                except KeyError:
-                    market = self._market(event.venue, event.symbol)
-                self.state.prices[market] = event.close
-                return []
+        if self._plain_bars:
+            match event:
+                case Bar():
+                    try:
+                        market = self._markets[event.venue][event.symbol]
+                    except KeyError:
+                        market = self._market(event.venue, event.symbol)
+                    self.state.prices[market] = event.close
+                    return []
         breaker = self._breaker
         out: list[Event] = []
         if breaker is not None and breaker.next_deadline is not None:
             for t in breaker.tick(now):
                 out.extend(self._on_transition(t, now))
-        match event:
-            case Bar():
-                produced = self._on_bar(event, now)
-            case Signal():
-                produced = self._on_signal(event, now)
-            case ExecutionReport():
-                produced = self._on_report(event, now)
-            case EquitySnapshot():
-                produced = self._equity.observe(event, now)
-            case Instrument():
-                produced = self._on_instrument(event)
-            case FundingRate():
-                produced = self._on_funding(event, now)
-            case GovernanceCommand():
-                produced = self._on_governance(event, now)
-            case _:
-                produced = []
+        handler = self._handlers.get(type(event))
+        produced = handler(event, now) if handler is not None else None
         if produced:
             out.extend(produced)
         if self._status.changed:
@@ -241,7 +242,7 @@ class RiskEngine:
             return self._on_depeg_price(market, bar.close, now)
         return []
 
-    def _on_instrument(self, event: Instrument) -> list[Event]:
+    def _on_instrument(self, event: Instrument, now: int) -> list[Event]:
         market = self._market(event.venue, event.symbol)
         self.state.instruments[market] = self._info(event)
         self._quotes.pop(market, None)

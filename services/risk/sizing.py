@@ -64,21 +64,21 @@ def unit_qty(
         return 1.0, ""
     if mode == "fixed_qty":
         return rule.qty or 0.0, ""
-    if mode != "turtle" and not price:
-        return 0.0, "no price seen yet"
-    if mode == "fixed_notional":
-        return (rule.notional or 0.0) / price, ""  # type: ignore[operator]
-    if equity is None:
-        return 0.0, "no equity snapshot yet"
-    if equity <= 0:
-        return 0.0, f"equity {equity:.2f} <= 0"
-    if mode == "pct_equity":
-        return equity * (rule.pct or 0.0) / 100.0 / price, ""  # type: ignore[operator]
-    if mode == "turtle":
+    if mode == "turtle":  # needs no price: the ATR is the risk per unit
+        if equity is None or equity <= 0:
+            return 0.0, _no_equity(equity)
         if atr is None or not atr > 0:
             return 0.0, "the signal carries no ATR (atr) for N-unit sizing"
         risk = equity * rule.risk_pct / 100.0
         return risk / (atr * rule.atr_multiple), ""
+    if not price:
+        return 0.0, "no price seen yet"
+    if mode == "fixed_notional":
+        return (rule.notional or 0.0) / price, ""
+    if equity is None or equity <= 0:
+        return 0.0, _no_equity(equity)
+    if mode == "pct_equity":
+        return equity * (rule.pct or 0.0) / 100.0 / price, ""
     # vol_target
     window = (returns or [])[-rule.vol_window :]
     if len(window) < rule.vol_window:
@@ -92,7 +92,11 @@ def unit_qty(
     sigma = stdev(window) * math.sqrt(per_year)
     if not sigma > 0:
         return 0.0, "volatility is 0"
-    return equity * (rule.target_vol_pct or 0.0) / 100.0 / (sigma * price), ""  # type: ignore[operator]
+    return equity * (rule.target_vol_pct or 0.0) / 100.0 / (sigma * price), ""
+
+
+def _no_equity(equity: float | None) -> str:
+    return "no equity snapshot yet" if equity is None else f"equity {equity:.2f} <= 0"
 
 
 def round_qty(qty: float, lot: float) -> float:
