@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import os
 import re
@@ -13,6 +15,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from nats.js.errors import NotFoundError
 
 from eventstore.bus import Bus
 from eventstore.server import URL_ENV, EmbeddedServer, port_open
@@ -318,6 +321,21 @@ def test_embedded_server_started_and_stopped(tmp_path: Path) -> None:
         os.kill(pid, 0)
 
 
+async def consumed(url: str, stream: str, timeout: float) -> bool:
+    """Whether ``stream`` gets a consumer within ``timeout`` seconds."""
+    bus = await Bus.connect(url, name="test-probe", ensure=False)
+    try:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            with contextlib.suppress(NotFoundError):
+                if (await bus.js.stream_info(stream)).state.consumer_count:
+                    return True
+            await asyncio.sleep(0.05)
+        return False
+    finally:
+        await bus.close()
+
+
 def test_sigterm_stops_the_embedded_server(tmp_path: Path) -> None:
     """A following tap killed by SIGTERM still stops the server it started."""
     tap = subprocess.Popen(
@@ -336,7 +354,7 @@ def test_sigterm_stops_the_embedded_server(tmp_path: Path) -> None:
         assert record.exists(), "tap did not start an embedded server"
         url = json.loads(record.read_text())["url"]
         port = int(url.rsplit(":", 1)[1])
-        time.sleep(0.5)  # let it subscribe
+        assert asyncio.run(consumed(url, "MARKET", timeout=15)), "tap did not subscribe"
         tap.send_signal(signal.SIGTERM)
         _, stderr = tap.communicate(timeout=15)
     finally:
