@@ -33,9 +33,10 @@ from __future__ import annotations
 import itertools
 import math
 from collections.abc import Sequence
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from contracts.events import Bar, Event, ListingAnnouncement, Signal
 from strategies.params import require_finite
@@ -44,34 +45,21 @@ NS = 1_000_000_000
 
 
 class ListingSniperParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    notional: float = 1000.0
-    delay_s: float = 0.0
-    max_wait_s: float = 3600.0
-    max_range_pct: float = 15.0
-    min_price: float = 0.0
-    max_price: float = 0.0
-    max_chase_pct: float = 25.0
-    stop_pct: float = 10.0
+    notional: Annotated[float, Meta(gt=0)] = 1000.0
+    delay_s: Annotated[float, Meta(ge=0)] = 0.0
+    max_wait_s: Annotated[float, Meta(gt=0)] = 3600.0
+    max_range_pct: Annotated[float, Meta(gt=0)] = 15.0
+    min_price: Annotated[float, Meta(ge=0)] = 0.0
+    max_price: Annotated[float, Meta(ge=0)] = 0.0
+    """0 = no upper bound."""
+    max_chase_pct: Annotated[float, Meta(ge=0)] = 25.0
+    stop_pct: Annotated[float, Meta(gt=0, lt=100)] = 10.0
     take_profits: str = "10,20,40"
 
     def __post_init__(self) -> None:
         require_finite(self)
-        if not self.notional > 0:
-            raise ValueError("notional must be > 0")
-        if self.delay_s < 0:
-            raise ValueError("delay_s must be >= 0")
-        if not self.max_wait_s > 0:
-            raise ValueError("max_wait_s must be > 0")
-        if not self.max_range_pct > 0:
-            raise ValueError("max_range_pct must be > 0")
-        if self.min_price < 0 or self.max_price < 0:
-            raise ValueError("min_price and max_price must be >= 0")
         if self.max_price and self.max_price < self.min_price:
             raise ValueError("max_price must be >= min_price (0 = no upper bound)")
-        if self.max_chase_pct < 0:
-            raise ValueError("max_chase_pct must be >= 0")
-        if not 0 < self.stop_pct < 100:
-            raise ValueError(f"stop_pct ({self.stop_pct:g}) must be within (0, 100)")
         self.levels()
 
     def levels(self) -> tuple[float, ...]:

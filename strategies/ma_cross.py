@@ -7,28 +7,27 @@ side. Long-only maps the short side to flat.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import EMA, SMA
+from strategies.params import require_finite
 
 
 class MaCrossParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     kind: Literal["sma", "ema"] = "sma"
-    fast: int = 10
-    slow: int = 30
+    fast: Annotated[int, Meta(ge=1)] = 10
+    slow: Annotated[int, Meta(ge=1)] = 30
     mode: TradingMode = "long_only"
-    qty: float = 1.0
+    qty: Annotated[float, Meta(gt=0)] = 1.0
 
     def __post_init__(self) -> None:
-        if self.fast < 1 or self.slow < 1:
-            raise ValueError("fast and slow must be >= 1")
+        require_finite(self)
         if self.fast >= self.slow:
             raise ValueError(f"fast ({self.fast}) must be below slow ({self.slow})")
-        if not self.qty > 0:
-            raise ValueError("qty must be > 0")
 
 
 class _Leg(msgspec.Struct):

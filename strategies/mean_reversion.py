@@ -14,7 +14,10 @@ side it just left on that bar. Signals are emitted only when the target position
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
 
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import RSI, BollingerBands
@@ -23,31 +26,22 @@ from strategies.series import series_for
 
 
 class MeanReversionParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    bb_period: int = 20
-    bb_k: float = 2.0
-    rsi_period: int = 14
-    oversold: float = 30.0
-    overbought: float = 70.0
-    stop_pct: float = 0.0
+    bb_period: Annotated[int, Meta(ge=2)] = 20
+    bb_k: Annotated[float, Meta(gt=0, le=10)] = 2.0
+    rsi_period: Annotated[int, Meta(ge=1)] = 14
+    oversold: Annotated[float, Meta(gt=0, lt=100)] = 30.0
+    overbought: Annotated[float, Meta(gt=0, lt=100)] = 70.0
+    stop_pct: Annotated[float, Meta(ge=0, lt=100)] = 0.0
+    """0 = no stop."""
     mode: TradingMode = "long_only"
-    qty: float = 1.0
+    qty: Annotated[float, Meta(gt=0)] = 1.0
 
     def __post_init__(self) -> None:
         require_finite(self)
-        if self.bb_period < 2:
-            raise ValueError(f"bb_period ({self.bb_period}) must be >= 2")
-        if not 0 < self.bb_k <= 10:
-            raise ValueError(f"bb_k ({self.bb_k:g}) must be within (0, 10]")
-        if self.rsi_period < 1:
-            raise ValueError(f"rsi_period ({self.rsi_period}) must be >= 1")
-        if not 0 < self.oversold < self.overbought < 100:
+        if not self.oversold < self.overbought:
             raise ValueError(
-                f"need 0 < oversold ({self.oversold:g}) < overbought ({self.overbought:g}) < 100"
+                f"need oversold ({self.oversold:g}) < overbought ({self.overbought:g})"
             )
-        if not 0 <= self.stop_pct < 100:
-            raise ValueError(f"stop_pct ({self.stop_pct:g}) must be within [0, 100) (0 = no stop)")
-        if not self.qty > 0:
-            raise ValueError("qty must be > 0")
 
 
 class _Series(msgspec.Struct):

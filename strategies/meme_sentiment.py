@@ -24,8 +24,10 @@ high >= target (entry * (1 + ``target_pct``%)) exits; either starts the cooldown
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from contracts.events import Bar, Event, Signal, SocialSentiment
 from strategies.params import require_finite
@@ -34,34 +36,18 @@ NS = 1_000_000_000
 
 
 class MemeSentimentParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    min_score: float = 0.6
-    min_mentions: int = 100
+    min_score: Annotated[float, Meta(ge=-1, le=1)] = 0.6
+    min_mentions: Annotated[int, Meta(ge=0)] = 100
     min_velocity: float = 2.0
-    cooldown_s: float = 3600.0
-    equity: float = 10_000.0
-    size_pct: float = 2.0
-    stop_pct: float = 5.0
-    target_pct: float = 10.0
-    max_wait_s: float = 300.0
+    cooldown_s: Annotated[float, Meta(ge=0)] = 3600.0
+    equity: Annotated[float, Meta(gt=0)] = 10_000.0
+    size_pct: Annotated[float, Meta(gt=0, le=100)] = 2.0
+    stop_pct: Annotated[float, Meta(gt=0, lt=100)] = 5.0
+    target_pct: Annotated[float, Meta(gt=0)] = 10.0
+    max_wait_s: Annotated[float, Meta(gt=0)] = 300.0
 
     def __post_init__(self) -> None:
         require_finite(self)
-        if not -1.0 <= self.min_score <= 1.0:
-            raise ValueError(f"min_score ({self.min_score:g}) must be within [-1, 1]")
-        if self.min_mentions < 0:
-            raise ValueError("min_mentions must be >= 0")
-        if self.cooldown_s < 0:
-            raise ValueError("cooldown_s must be >= 0")
-        if not self.equity > 0:
-            raise ValueError("equity must be > 0")
-        if not 0 < self.size_pct <= 100:
-            raise ValueError(f"size_pct ({self.size_pct:g}) must be within (0, 100]")
-        if not 0 < self.stop_pct < 100:
-            raise ValueError(f"stop_pct ({self.stop_pct:g}) must be within (0, 100)")
-        if not self.target_pct > 0:
-            raise ValueError("target_pct must be > 0")
-        if not self.max_wait_s > 0:
-            raise ValueError("max_wait_s must be > 0")
 
 
 class Crowd(msgspec.Struct):

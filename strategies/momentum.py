@@ -17,7 +17,10 @@ the side it just left on that bar. Signals are emitted only when the target posi
 
 from __future__ import annotations
 
+from typing import Annotated
+
 import msgspec
+from msgspec import Meta
 
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import SMA
@@ -26,31 +29,17 @@ from strategies.series import series_for
 
 
 class MomentumParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    lookback: int = 10
-    move_pct: float = 2.0
-    volume_period: int = 20
-    spike_mult: float = 2.0
-    stop_pct: float = 1.0
-    trail_pct: float = 1.5
+    lookback: Annotated[int, Meta(ge=1)] = 10
+    move_pct: Annotated[float, Meta(gt=0, lt=100)] = 2.0
+    volume_period: Annotated[int, Meta(ge=1)] = 20
+    spike_mult: Annotated[float, Meta(gt=0)] = 2.0
+    stop_pct: Annotated[float, Meta(gt=0, lt=100)] = 1.0
+    trail_pct: Annotated[float, Meta(gt=0, lt=100)] = 1.5
     mode: TradingMode = "long_only"
-    qty: float = 1.0
+    qty: Annotated[float, Meta(gt=0)] = 1.0
 
     def __post_init__(self) -> None:
         require_finite(self)
-        if self.lookback < 1:
-            raise ValueError(f"lookback ({self.lookback}) must be >= 1")
-        if not 0 < self.move_pct < 100:
-            raise ValueError(f"move_pct ({self.move_pct:g}) must be within (0, 100)")
-        if self.volume_period < 1:
-            raise ValueError(f"volume_period ({self.volume_period}) must be >= 1")
-        if not self.spike_mult > 0:
-            raise ValueError(f"spike_mult ({self.spike_mult:g}) must be > 0")
-        if not 0 < self.stop_pct < 100:
-            raise ValueError(f"stop_pct ({self.stop_pct:g}) must be within (0, 100)")
-        if not 0 < self.trail_pct < 100:
-            raise ValueError(f"trail_pct ({self.trail_pct:g}) must be within (0, 100)")
-        if not self.qty > 0:
-            raise ValueError("qty must be > 0")
 
 
 class _Series(msgspec.Struct):

@@ -35,8 +35,10 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Sequence
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from contracts.envelope import content_id
 from contracts.events import Bar, Event, PromoAnnouncement, Signal
@@ -155,29 +157,17 @@ def promo_terms(event: PromoAnnouncement) -> PromoTerms:
 
 
 class PromoWatcherParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    notional: float = 1000.0
-    fee_bps: float = 10.0
-    slippage_bps: float = 5.0
-    win_prob: float = 0.5
-    expected_participants: int = 1000
+    notional: Annotated[float, Meta(gt=0)] = 1000.0
+    fee_bps: Annotated[float, Meta(ge=0)] = 10.0
+    slippage_bps: Annotated[float, Meta(ge=0)] = 5.0
+    win_prob: Annotated[float, Meta(gt=0, le=1)] = 0.5
+    expected_participants: Annotated[int, Meta(ge=1)] = 1000
     min_edge: float = 0.0
-    hold_s: float = 86_400.0
-    max_wait_s: float = 3600.0
+    hold_s: Annotated[float, Meta(gt=0)] = 86_400.0
+    max_wait_s: Annotated[float, Meta(gt=0)] = 3600.0
 
     def __post_init__(self) -> None:
         require_finite(self)
-        if not self.notional > 0:
-            raise ValueError("notional must be > 0")
-        if self.fee_bps < 0 or self.slippage_bps < 0:
-            raise ValueError("fee_bps and slippage_bps must be >= 0")
-        if not 0 < self.win_prob <= 1:
-            raise ValueError(f"win_prob ({self.win_prob:g}) must be within (0, 1]")
-        if self.expected_participants < 1:
-            raise ValueError("expected_participants must be >= 1")
-        if not self.hold_s > 0:
-            raise ValueError("hold_s must be > 0")
-        if not self.max_wait_s > 0:
-            raise ValueError("max_wait_s must be > 0")
 
 
 class Pending(msgspec.Struct):

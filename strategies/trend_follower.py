@@ -21,9 +21,10 @@ window rebuilds the RSI from the last ``2 * rsi_period_max + 1`` closes.
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from contracts.events import Bar, Event, ParamsTuned, Signal
 from strategies.indicators import ATR, RSI, SMA
@@ -32,74 +33,58 @@ from strategies.series import series_for
 
 
 class TrendFollowerParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    fast: int = 20
-    slow: int = 50
-    htf_factor: int = 4
-    htf_period: int = 20
-    rsi_period: int = 14
-    rsi_min: float = 50.0
+    fast: Annotated[int, Meta(ge=1)] = 20
+    slow: Annotated[int, Meta(ge=1)] = 50
+    htf_factor: Annotated[int, Meta(ge=1)] = 4
+    htf_period: Annotated[int, Meta(ge=1)] = 20
+    rsi_period: Annotated[int, Meta(ge=1)] = 14
+    rsi_min: Annotated[float, Meta(ge=0)] = 50.0
     rsi_max: float = 70.0
-    rsi_exit: float = 80.0
-    atr_period: int = 14
-    atr_stop_mult: float = 2.0
-    atr_target_mult: float = 3.0
-    cooldown_bars: int = 5
-    qty: float = 1.0
+    rsi_exit: Annotated[float, Meta(le=100)] = 80.0
+    atr_period: Annotated[int, Meta(ge=1)] = 14
+    atr_stop_mult: Annotated[float, Meta(gt=0)] = 2.0
+    atr_target_mult: Annotated[float, Meta(gt=0)] = 3.0
+    cooldown_bars: Annotated[int, Meta(ge=0)] = 5
+    qty: Annotated[float, Meta(gt=0)] = 1.0
     auto_tune: bool = False
-    tune_window: int = 10
-    win_low: float = 0.4
-    win_high: float = 0.6
-    stop_mult_step: float = 0.25
-    stop_mult_min: float = 1.0
+    tune_window: Annotated[int, Meta(ge=1)] = 10
+    win_low: Annotated[float, Meta(ge=0)] = 0.4
+    win_high: Annotated[float, Meta(le=1)] = 0.6
+    stop_mult_step: Annotated[float, Meta(gt=0)] = 0.25
+    stop_mult_min: Annotated[float, Meta(gt=0)] = 1.0
     stop_mult_max: float = 4.0
-    target_mult_step: float = 0.25
-    target_mult_min: float = 1.5
+    target_mult_step: Annotated[float, Meta(gt=0)] = 0.25
+    target_mult_min: Annotated[float, Meta(gt=0)] = 1.5
     target_mult_max: float = 6.0
-    rsi_period_step: int = 2
-    rsi_period_min: int = 7
+    rsi_period_step: Annotated[int, Meta(gt=0)] = 2
+    rsi_period_min: Annotated[int, Meta(gt=0)] = 7
     rsi_period_max: int = 28
 
     def __post_init__(self) -> None:
         require_finite(self)
-        for name in ("fast", "slow", "htf_factor", "htf_period", "rsi_period", "atr_period"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} ({getattr(self, name)}) must be >= 1")
         if self.fast >= self.slow:
             raise ValueError(f"fast ({self.fast}) must be below slow ({self.slow})")
-        if not 0 <= self.rsi_min <= self.rsi_max < self.rsi_exit <= 100:
+        if not self.rsi_min <= self.rsi_max < self.rsi_exit:
             raise ValueError(
-                f"need 0 <= rsi_min ({self.rsi_min:g}) <= rsi_max ({self.rsi_max:g})"
-                f" < rsi_exit ({self.rsi_exit:g}) <= 100"
+                f"need rsi_min ({self.rsi_min:g}) <= rsi_max ({self.rsi_max:g})"
+                f" < rsi_exit ({self.rsi_exit:g})"
             )
-        if not self.atr_stop_mult > 0 or not self.atr_target_mult > 0:
-            raise ValueError("atr_stop_mult and atr_target_mult must be > 0")
-        if self.cooldown_bars < 0:
-            raise ValueError(f"cooldown_bars ({self.cooldown_bars}) must be >= 0")
-        if not self.qty > 0:
-            raise ValueError("qty must be > 0")
         if self.auto_tune:
             self._check_tuning()
 
     def _check_tuning(self) -> None:
-        if self.tune_window < 1:
-            raise ValueError(f"tune_window ({self.tune_window}) must be >= 1")
-        if not 0 <= self.win_low < self.win_high <= 1:
-            raise ValueError(
-                f"need 0 <= win_low ({self.win_low:g}) < win_high ({self.win_high:g}) <= 1"
-            )
+        if not self.win_low < self.win_high:
+            raise ValueError(f"need win_low ({self.win_low:g}) < win_high ({self.win_high:g})")
         bounds = (
             ("stop_mult", self.atr_stop_mult, "atr_stop_mult"),
             ("target_mult", self.atr_target_mult, "atr_target_mult"),
             ("rsi_period", self.rsi_period, "rsi_period"),
         )
         for prefix, value, name in bounds:
-            low, high, step = (getattr(self, f"{prefix}_{s}") for s in ("min", "max", "step"))
-            if not step > 0:
-                raise ValueError(f"{prefix}_step ({step:g}) must be > 0")
-            if not 0 < low <= value <= high:
+            low, high = getattr(self, f"{prefix}_min"), getattr(self, f"{prefix}_max")
+            if not low <= value <= high:
                 raise ValueError(
-                    f"need 0 < {prefix}_min ({low:g}) <= {name} ({value:g})"
-                    f" <= {prefix}_max ({high:g})"
+                    f"need {prefix}_min ({low:g}) <= {name} ({value:g}) <= {prefix}_max ({high:g})"
                 )
 
 

@@ -19,9 +19,10 @@ An exit may flip straight into an opposite breakout on the same bar. The target 
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import ATR, Donchian
@@ -32,30 +33,20 @@ from strategies.series import series_for
 class TurtleParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     system: Literal[1, 2, "both"] = 1
     entry1: int = 20
-    exit1: int = 10
+    exit1: Annotated[int, Meta(ge=1)] = 10
     entry2: int = 55
-    exit2: int = 20
-    atr_period: int = 20
-    stop_n: float = 2.0
-    units: int = 1
+    exit2: Annotated[int, Meta(ge=1)] = 20
+    atr_period: Annotated[int, Meta(ge=1)] = 20
+    stop_n: Annotated[float, Meta(gt=0, le=20)] = 2.0
+    units: Annotated[int, Meta(ge=1)] = 1
     mode: TradingMode = "long_only"
-    qty: float = 1.0
+    qty: Annotated[float, Meta(gt=0)] = 1.0
 
     def __post_init__(self) -> None:
         require_finite(self)
         for entry, exit_, n in ((self.entry1, self.exit1, 1), (self.entry2, self.exit2, 2)):
-            if exit_ < 1:
-                raise ValueError(f"exit{n} ({exit_}) must be >= 1")
             if entry <= exit_:
                 raise ValueError(f"entry{n} ({entry}) must be above exit{n} ({exit_})")
-        if self.atr_period < 1:
-            raise ValueError(f"atr_period ({self.atr_period}) must be >= 1")
-        if not 0 < self.stop_n <= 20:
-            raise ValueError(f"stop_n ({self.stop_n:g}) must be within (0, 20]")
-        if self.units < 1:
-            raise ValueError(f"units ({self.units}) must be >= 1")
-        if not self.qty > 0:
-            raise ValueError("qty must be > 0")
 
     def systems(self) -> tuple[tuple[int, int, int], ...]:
         """(system number, entry period, exit period) of each leg."""

@@ -276,9 +276,10 @@ def test_build_strategy_from_string_params() -> None:
         ("ma_cross", {"foo": "1"}, "foo"),
         ("ma_cross", {"fast": "5", "slow": "3"}, "fast (5) must be below slow (3)"),
         ("ma_cross", {"fast": "3", "slow": "3"}, "fast (3) must be below slow (3)"),
-        ("ma_cross", {"fast": "0", "slow": "3"}, ">= 1"),
-        ("ma_cross", {"qty": "0"}, "qty must be > 0"),
-        ("ma_cross", {"qty": "-1"}, "qty must be > 0"),
+        ("ma_cross", {"fast": "0", "slow": "3"}, ">= 1 - at `$.fast`"),
+        ("ma_cross", {"qty": "0"}, "> 0.0 - at `$.qty`"),
+        ("ma_cross", {"qty": "-1"}, "> 0.0 - at `$.qty`"),
+        ("ma_cross", {"qty": "inf"}, "qty must be a finite number"),
     ],
 )
 def test_build_strategy_errors_are_one_line(

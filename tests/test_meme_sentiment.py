@@ -103,7 +103,8 @@ def test_role_consumes_sentiment_of_its_symbols() -> None:
         ({"equity": -1}, "equity"),
         ({"cooldown_s": -1}, "cooldown_s"),
         ({"target_pct": 0}, "target_pct"),
-        ({"min_score": "nan"}, "finite"),
+        ({"min_score": "nan"}, "min_score"),
+        ({"min_velocity": "inf"}, "min_velocity must be a finite number"),
     ],
 )
 def test_bad_params_are_refused(params: dict, message: str) -> None:

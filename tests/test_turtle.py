@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from contracts.events import Bar, Signal
+from strategies.registry import StrategyError, build_strategy
 from strategies.turtle import Turtle, TurtleParams
 from tests.strategy_checks import (
     MINUTE,
@@ -194,3 +195,21 @@ def test_snapshot_restore_mid_stream_continues_identically(system: object) -> No
 
 def test_backtest_on_real_data_is_reproducible(tmp_path: Path) -> None:
     assert_real_week_reproducible(tmp_path, "turtle", "system=both", "mode=long_short")
+
+
+@pytest.mark.parametrize(
+    ("params", "needle"),
+    [
+        ({"exit1": "0"}, ">= 1 - at `$.exit1`"),
+        ({"entry2": "20", "exit2": "20"}, "entry2 (20) must be above exit2 (20)"),
+        ({"atr_period": "0"}, ">= 1 - at `$.atr_period`"),
+        ({"stop_n": "21"}, "<= 20.0 - at `$.stop_n`"),
+        ({"units": "0"}, ">= 1 - at `$.units`"),
+        ({"qty": "inf"}, "qty must be a finite number"),
+        ({"system": "3"}, "system"),
+    ],
+)
+def test_bad_params_are_one_line(params: dict[str, object], needle: str) -> None:
+    with pytest.raises(StrategyError) as info:
+        build_strategy("turtle", params)
+    assert needle in str(info.value) and "\n" not in str(info.value)
