@@ -3,7 +3,7 @@
 Two books, each warmed up with ``--symbols`` markets marked by bars and positions held in
 ``--held`` of them, then ``--n`` rounds, each call timed alone with ``perf_counter_ns``:
 
-- **one USDT spot venue**: the book every existing run has (one account, one currency);
+- **one USDT spot venue**: the default portfolio's book (one account, one currency);
 - **multi-venue book**: base USD; a shared account and two venues with their own (USDT,
   USDC, BNB balances); spot in USDT, USDC and USD, perpetuals with 0.01 contracts and
   leverage; FX bars (``USDT/USD``, ``USDC/USD``, ``BNB/USDT``); fees in the quote or in BNB;
