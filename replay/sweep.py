@@ -47,13 +47,8 @@ from replay.sweep_plan import Plan, Scalar, SweepSpec, plan_sweep, spec_with
 TABLE_FILE = "sweep.parquet"
 DEFINITION_FILE = "sweep.json"
 
-RESULT_COLUMNS = (
-    "bars",
-    "external_events",
-    "signals",
-    "orders",
-    "fills",
-    "trades",
+COUNT_COLUMNS = ("bars", "external_events", "signals", "orders", "fills", "trades")
+METRIC_COLUMNS = (
     "final_equity",
     "return_pct",
     "sharpe",
@@ -64,8 +59,8 @@ RESULT_COLUMNS = (
     "exposure_pct",
     "fees",
     "wall_s",
-    "result_hash",
 )
+RESULT_COLUMNS = (*COUNT_COLUMNS, *METRIC_COLUMNS, "result_hash")
 WINDOW_COLUMNS = ("train_start", "train_end", "test_start", "test_end")
 
 # --- results ------------------------------------------------------------------------------------
@@ -368,22 +363,8 @@ _SCHEMA = {
     "fold": pl.Int64,
     "phase": pl.String,
     **{c: pl.Int64 for c in WINDOW_COLUMNS},
-    **{c: pl.Int64 for c in ("bars", "external_events", "signals", "orders", "fills", "trades")},
-    **{
-        c: pl.Float64
-        for c in (
-            "final_equity",
-            "return_pct",
-            "sharpe",
-            "sortino",
-            "max_drawdown_pct",
-            "win_rate",
-            "profit_factor",
-            "exposure_pct",
-            "fees",
-            "wall_s",
-        )
-    },
+    **{c: pl.Int64 for c in COUNT_COLUMNS},
+    **{c: pl.Float64 for c in METRIC_COLUMNS},
     "result_hash": pl.String,
 }
 
