@@ -66,7 +66,7 @@ def pair_data_with_symbols(argv: list[str]) -> list[tuple[str, str | None]]:
     return pairs
 
 
-def _ns(text: str | None, what: str) -> int | None:
+def option_ns(text: str | None, what: str) -> int | None:
     """Exact nanoseconds (integer arithmetic: a float timestamp would round)."""
     if text is None:
         return None
@@ -77,13 +77,13 @@ def _ns(text: str | None, what: str) -> int | None:
     return (moment - EPOCH) // timedelta(microseconds=1) * 1_000
 
 
-def _absolute(location: str) -> str:
+def absolute_location(location: str) -> str:
     """Files are stored by absolute path so ``keel replay`` works from any directory."""
     path = Path(location)
     return str(path.resolve()) if path.exists() else location
 
 
-def _spec(
+def backtest_spec(
     config: KeelConfig,
     strategy: str | None,
     params: list[str],
@@ -166,17 +166,17 @@ def backtest(
     if [d for d, _ in pairs] != data:  # not called from a command line: pair by position
         pairs = list(zip(data, [*(symbol or []), *([None] * len(data))], strict=False))
     sources = [
-        DataSource(location=_absolute(d), symbol=s, venue=venue, interval=interval)
+        DataSource(location=absolute_location(d), symbol=s, venue=venue, interval=interval)
         for d, s in pairs
     ]
     with user_errors():
-        spec = _spec(
+        spec = backtest_spec(
             load_config_or_exit(config),
             strategy,
             param or [],
             sources,
-            _ns(start, "--start"),
-            _ns(end, "--end"),
+            option_ns(start, "--start"),
+            option_ns(end, "--end"),
             cash,
             fill,
             fee_bps,
@@ -186,7 +186,7 @@ def backtest(
         spec = msgspec.structs.replace(
             spec,
             data=tuple(s.with_digest() for s in spec.data),
-            events=tuple(EventFile(_absolute(str(e))).with_digest() for e in events or ()),
+            events=tuple(EventFile(absolute_location(str(e))).with_digest() for e in events or ()),
         )
         result = _execute(spec, out, as_json, verify_data=False)  # pinned just above
     _show(result, out, as_json)

@@ -14,7 +14,12 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.backtest_commands import _absolute, _ns, _spec, pair_data_with_symbols
+from cli.backtest_commands import (
+    absolute_location,
+    backtest_spec,
+    option_ns,
+    pair_data_with_symbols,
+)
 from cli.console import console, errors, fail, load_config_or_exit, user_errors
 from cli.run_options import (
     CashOpt,
@@ -143,7 +148,7 @@ def sweep(
     if [d for d, _ in pairs] != data:  # not called from a command line: pair by position
         pairs = list(zip(data, [*(symbol or []), *([None] * len(data))], strict=False))
     sources = [
-        DataSource(location=_absolute(d), symbol=s, venue=venue, interval=interval)
+        DataSource(location=absolute_location(d), symbol=s, venue=venue, interval=interval)
         for d, s in pairs
     ]
     with user_errors():
@@ -152,13 +157,13 @@ def sweep(
         both = [k for k in raw_grid if k in fixed]
         if both:
             raise fail(f"{', '.join(both)}: given both as --param and as --grid")
-        base = _spec(
+        base = backtest_spec(
             load_config_or_exit(config),
             strategy,
             param or [],
             sources,
-            _ns(start, "--start"),
-            _ns(end, "--end"),
+            option_ns(start, "--start"),
+            option_ns(end, "--end"),
             cash,
             fill,
             fee_bps,
@@ -171,7 +176,7 @@ def sweep(
         base = msgspec.structs.replace(
             base,
             data=tuple(s.with_digest() for s in base.data),
-            events=tuple(EventFile(_absolute(str(e))).with_digest() for e in events or ()),
+            events=tuple(EventFile(absolute_location(str(e))).with_digest() for e in events or ()),
         )
         check_events(base)  # run_sweep checks too; here before any bar is parsed or progress shown
         definition = msgspec.structs.replace(definition, base=base)

@@ -43,6 +43,9 @@ Two ways to read:
   ``read_bars``. The interval, when not given, is inferred from the first ``INFER_ROWS`` rows.
   Epoch numbers convert value by value and each chunk parses like the whole file, on one
   condition for CSV: one row per line (no quoted line breaks).
+
+This module is the entry point; the work is in ``formats`` (detecting and reading the file),
+``timestamps`` (open times) and ``bar_slices`` (the row rules, slice by slice).
 """
 
 from __future__ import annotations
