@@ -45,7 +45,7 @@ class Book:
         ids = self._by_book.get(book)
         position = self.positions.get(book, 0.0)
         if not ids:
-            return position + 0
+            return position + 0  # a -0.0 position holds 0.0
         working = self.working
         return position + sum(working[i].remaining for i in ids)
 

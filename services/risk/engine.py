@@ -116,6 +116,8 @@ class RiskEngine:
             Correlations(state.returns, keep, corr.interval if corr else "") if keep else None
         )
         self._plain_bars = not (self._breaker or self._returns or self._depegs)
+        # each input type's handler; with ``_plain_bars`` a bar (nearly every input) only
+        # sets its price, in ``decide`` itself
         self._handlers: dict[type, Callable[[Any, int], list[Event]]] = {
             Bar: self._on_bar,
             Signal: self._on_signal,
@@ -125,8 +127,6 @@ class RiskEngine:
             FundingRate: self._on_funding,
             GovernanceCommand: self._on_governance,
         }
-        """Each input type's handler; with ``_plain_bars`` a bar (nearly every input) only
-        sets its price, in ``decide`` itself."""
         rails = compile_rails(
             lim,
             state,
@@ -183,15 +183,13 @@ class RiskEngine:
     # --- the fold -------------------------------------------------------------------------
 
     def decide(self, event: Event, now: int) -> list[Event]:
-        if self._plain_bars:
-            match event:
-                case Bar():
-                    try:
-                        market = self._markets[event.venue][event.symbol]
-                    except KeyError:
-                        market = self._market(event.venue, event.symbol)
-                    self.state.prices[market] = event.close
-                    return []
+        if self._plain_bars and isinstance(event, Bar):  # nearly every input: only the price
+            try:
+                market = self._markets[event.venue][event.symbol]
+            except KeyError:
+                market = self._market(event.venue, event.symbol)
+            self.state.prices[market] = event.close
+            return []
         breaker = self._breaker
         out: list[Event] = []
         if breaker is not None and breaker.next_deadline is not None:
