@@ -41,9 +41,9 @@ class OrderLifecycle:
         # Venue legs the order manager canceled while the venue's reports of the same call
         # were still being handled: what the venue said about them afterwards is moot.
         self._killed: set[str] = set()
-        # Keys built once per market and book (the bar path builds none).
+        # Keys built once per market and book; the bar path reads ``_markets`` inline.
         self._markets: dict[str, dict[str, InstrumentId]] = {}
-        self._books: dict[str, dict[InstrumentId, BookId]] = {}
+        self._books: dict[str, dict[str, dict[str, BookId]]] = {}
 
     # --- keys -----------------------------------------------------------------------------
 
@@ -55,11 +55,11 @@ class OrderLifecycle:
             return market
 
     def _book(self, strategy: str, venue: str, symbol: str) -> BookId:
-        market = self._market(venue, symbol)
         try:
-            return self._books[strategy][market]
+            return self._books[strategy][venue][symbol]
         except KeyError:
-            book = self._books.setdefault(strategy, {})[market] = BookId(strategy, market)
+            book = BookId(strategy, self._market(venue, symbol))
+            self._books.setdefault(strategy, {}).setdefault(venue, {})[symbol] = book
             return book
 
     def _market_atr(self, market: InstrumentId) -> float | None:
@@ -152,7 +152,10 @@ class OrderLifecycle:
         else:
             report = r
         out.append(report)
-        self._position(book).add_fill(cmd.side == "buy", fill, r.fill_price)
+        pos = st.positions.get(book)
+        if pos is None:
+            pos = st.positions[book] = Position(book)
+        pos.add_fill(cmd.side == "buy", fill, r.fill_price)
         if group is not None:
             if rec.kind == "order":
                 group.open += fill
@@ -187,7 +190,11 @@ class OrderLifecycle:
                 fee=fee,
             )
             out.append(self._decorate(rec, report))
-            self._position(rec.book).add_fill(rec.cmd.side == "buy", held, r.fill_price)
+            book = rec.book
+            pos = self.state.positions.get(book)
+            if pos is None:
+                pos = self.state.positions[book] = Position(book)
+            pos.add_fill(rec.cmd.side == "buy", held, r.fill_price)
             group = self.state.groups.get(rec.group)
             if group is not None:
                 taken = min(held, group.open)
@@ -198,12 +205,6 @@ class OrderLifecycle:
         self._touched[rec.book] = None
         self._kill_leg(rec, r.ts)
         self._finish(rec, "canceled", r.ts, out, "reduce-only: the position is closed")
-
-    def _position(self, book: BookId) -> Position:
-        pos = self.state.positions.get(book)
-        if pos is None:
-            pos = self.state.positions[book] = Position(book)
-        return pos
 
     def _oco_fill(self, rec: Order, ts: int, out: list[Event]) -> None:
         """A member of an explicit OCO group filled: the others are canceled."""

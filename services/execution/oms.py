@@ -58,7 +58,10 @@ class OrderManager(Brackets):
     def decide(self, event: Event, now: int) -> Sequence[Event]:
         if isinstance(event, Bar):  # nearly every input: a type check, cheaper than a match
             if self._atr_n:
-                market = self._market(event.venue, event.symbol)
+                try:
+                    market = self._markets[event.venue][event.symbol]
+                except KeyError:
+                    market = self._market(event.venue, event.symbol)
                 update_atr(self.state.atr, market, event, self._atr_n)
             st = self.state
             if not st.orders and not (self._validating and st.positions):
@@ -97,7 +100,10 @@ class OrderManager(Brackets):
     def _on_bar(self, bar: Bar, now: int) -> list[Event]:
         st = self.state
         self._clock = bar.close_time
-        market = self._market(bar.venue, bar.symbol)
+        try:
+            market = self._markets[bar.venue][bar.symbol]
+        except KeyError:
+            market = self._market(bar.venue, bar.symbol)
         st.closes[market] = bar.close
         out: list[Event] = []
         if st.expiring:
@@ -182,8 +188,11 @@ class OrderManager(Brackets):
             side = "above" if buy else "below"
             tp_text, sl_text = number_text(tp), number_text(sl)  # type: ignore[arg-type]
             return f"take_profit {tp_text} must be {side} stop_loss {sl_text} for a {cmd.side}"
-        market = self._market(cmd.venue, cmd.symbol)
-        if cmd.trail_atr and not cmd.atr and self._market_atr(market) is None:
+        if (
+            cmd.trail_atr
+            and not cmd.atr
+            and self._market_atr(self._market(cmd.venue, cmd.symbol)) is None
+        ):
             return "trail_atr needs atr on the order, or [orders] atr_period and that many bars"
         return ""
 
