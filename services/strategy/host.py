@@ -7,7 +7,8 @@ addressed to its instance) through ``on_event``. A plain strategy gets bars only
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import cast
 
 from contracts.events import Bar, Event
 from contracts.subjects import bars_of_symbol, external_filters, name_token
@@ -20,6 +21,8 @@ def _no_outputs(_event: Event) -> Sequence[Event]:
 
 
 class StrategyDecider:
+    """Any strategy: bars to ``on_bar``, other events to an ``EventStrategy``'s ``on_event``."""
+
     snapshot_version = 1
 
     def __init__(self, strategy: Strategy) -> None:
@@ -41,6 +44,18 @@ class StrategyDecider:
         self.strategy.restore(data)
 
 
+class BarDecider(StrategyDecider):
+    """A plain strategy's: its role subscribes to bars only, so every event is a bar and
+    needs no dispatch (this runs for every bar of a replay)."""
+
+    def __init__(self, strategy: Strategy) -> None:
+        super().__init__(strategy)
+        self._bars = cast(Callable[[Event], Sequence[Event]], strategy.on_bar)
+
+    def decide(self, event: Event, now: int) -> Sequence[Event]:
+        return self._bars(event)
+
+
 def tuning_filter(instance: str) -> str:
     """Every ``ParamsTuned`` addressed to one strategy instance (any symbol, and ``*``)."""
     return f"gov.tune.{name_token(instance, 'strategy')}.>"
@@ -51,10 +66,11 @@ def strategy_role(strategy: Strategy, symbols: Sequence[str]) -> Role:
     Tuning events are not split: every instance gets all of its own."""
     subjects = tuple(bars_of_symbol(s) for s in symbols) or ("md.bar.>",)
     inputs = (Input("MARKET", subjects),)
-    if isinstance(strategy, EventStrategy):
-        if strategy.external:  # its external events too, split by symbol alike
-            filters = external_filters(tuple(strategy.external), tuple(symbols))
-            inputs += (Input("EXTERNAL", filters),)
-        if strategy.tunable:
-            inputs += (Input("GOVERNANCE", (tuning_filter(strategy.name),)),)
+    if not isinstance(strategy, EventStrategy):
+        return Role(f"strategy-{strategy.name}", inputs, BarDecider(strategy))
+    if strategy.external:  # its external events too, split by symbol alike
+        filters = external_filters(tuple(strategy.external), tuple(symbols))
+        inputs += (Input("EXTERNAL", filters),)
+    if strategy.tunable:
+        inputs += (Input("GOVERNANCE", (tuning_filter(strategy.name),)),)
     return Role(f"strategy-{strategy.name}", inputs, StrategyDecider(strategy))
