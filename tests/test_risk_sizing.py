@@ -221,3 +221,13 @@ def test_vol_target_sizes_from_the_bar_returns() -> None:
     expected = 10_000 * 0.20 / (sd * math.sqrt(365) * price)
     order = order_of(e.decide(sig(1.0, ts=T0 + 21 * MINUTE), T0 + 21 * MINUTE))
     assert order.qty == pytest.approx(expected)
+
+
+def test_vol_target_rejects_a_signal_on_bars_whose_interval_does_not_parse() -> None:
+    sizing = SizingConfig(mode="vol_target", target_vol_pct=20.0, vol_window=3)
+    e = RiskEngine(RiskLimits(), sizing=sizing)
+    for i in range(4):
+        e.decide(bar(100.0 + i, ts=T0 + i * MINUTE, interval="1M"), T0 + i * MINUTE)
+    e.decide(equity(10_000.0, ts=T0 + 4 * MINUTE), T0 + 4 * MINUTE)
+    decision = rejection(e.decide(sig(1.0, ts=T0 + 4 * MINUTE), T0 + 4 * MINUTE), "sizing")
+    assert decision.reason.startswith("cannot size: bar interval '1M': expected a whole number")
