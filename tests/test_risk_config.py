@@ -1,4 +1,4 @@
-"""The risk sections of the TOML config: the issue's example loads, every bad value fails
+"""The risk sections of the TOML config: the depeg example loads, every bad value fails
 with one line naming the key."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from contracts.intervals import duration_ns
 from eventstore.errors import KeelError
 from services.config import load_config
 
-ISSUE_EXAMPLE = """
+DEPEG_EXAMPLE = """
 [guards.depeg]
 asset = "USDC"
 reference = "USD"
@@ -92,8 +92,8 @@ def load(tmp_path: Path, text: str):
     return load_config(path)
 
 
-def test_the_issue_example_loads(tmp_path: Path) -> None:
-    config = load(tmp_path, ISSUE_EXAMPLE)
+def test_the_depeg_example_loads(tmp_path: Path) -> None:
+    config = load(tmp_path, DEPEG_EXAMPLE)
     [guard] = config.guards.depegs
     assert (guard.asset, guard.reference, guard.threshold_pct, guard.action) == (
         "USDC",

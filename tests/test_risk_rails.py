@@ -12,57 +12,26 @@ from hypothesis import strategies as st
 
 from contracts.events import (
     Event,
-    ExecutionReport,
     GovernanceCommand,
     OrderCommand,
     RiskDecision,
 )
 from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits
-from tests.risk_helpers import BTC, MINUTE, T0, VENUE, bar, book, sig
-
-
-def report(order: OrderCommand, status: str, fill_qty: float = 0.0, price: float = 0.0) -> Event:
-    return ExecutionReport(
-        ts=order.ts + 1,
-        status=status,  # type: ignore[arg-type]
-        client_order_id=order.client_order_id,
-        strategy=order.strategy,
-        venue=order.venue,
-        symbol=order.symbol,
-        side=order.side,
-        order_qty=order.qty,
-        fill_price=price,
-        fill_qty=fill_qty,
-        cum_qty=fill_qty,
-    )
-
-
-def kill(reason: str = "") -> GovernanceCommand:
-    return GovernanceCommand(ts=T0, action="kill", reason=reason, issued_by="ops")
-
-
-def resume() -> GovernanceCommand:
-    return GovernanceCommand(ts=T0, action="resume", issued_by="ops")
-
-
-def one(out: list[Event]) -> Event:
-    assert len(out) == 1, out
-    return out[0]
-
-
-def order_of(out: list[Event]) -> OrderCommand:
-    event = one(out)
-    assert isinstance(event, OrderCommand), event
-    return event
-
-
-def rejection(out: list[Event]) -> RiskDecision:
-    event = one(out)
-    assert isinstance(event, RiskDecision), event
-    assert event.approved is False
-    return event
-
+from tests.risk_helpers import (
+    BTC,
+    MINUTE,
+    T0,
+    VENUE,
+    bar,
+    book,
+    kill,
+    order_of,
+    rejection,
+    report,
+    resume,
+    sig,
+)
 
 NOW = T0 + 5
 
@@ -191,7 +160,7 @@ def test_allowlist_rejection_names_the_symbol() -> None:
     decision = rejection(engine.decide(sig(1.0), NOW))
     assert decision.rule == "symbol_allowlist"
     assert BTC in decision.reason
-    assert isinstance(one(engine.decide(sig(1.0, symbol="ETH/USDT"), NOW)), OrderCommand)
+    order_of(engine.decide(sig(1.0, symbol="ETH/USDT"), NOW))
 
 
 def test_max_order_notional_without_a_price_rejects() -> None:
@@ -383,7 +352,8 @@ def test_no_approved_order_violates_a_limit(limits: RiskLimits, script: list[tup
             if abs(delta) <= 1e-12:
                 assert out == []
                 continue
-            result = one(out)
+            assert len(out) == 1, out
+            [result] = out
             price = model.prices.get(symbol)
             after = model.exposure(symbol) + delta
             if isinstance(result, OrderCommand):
