@@ -16,6 +16,7 @@ from cli.timeparse import iso_ns, parse_time
 from contracts.envelope import Envelope, content_id
 from contracts.events import GovernanceAction, GovernanceCommand
 from eventstore.bus import Bus
+from eventstore.log_reader import event_time_at
 from eventstore.server import nats_url
 from eventstore.streams import STREAMS
 from services.marketdata.feed import publish_bars
@@ -115,11 +116,8 @@ def streams() -> None:
 
 
 async def _stored_time(bus: Bus, stream: str, seq: int) -> str:
-    raw = await bus.js.get_msg(stream, seq)
-    try:
-        return iso_ns(Envelope.from_headers(raw.headers).event_time)
-    except ValueError:
-        return "?"
+    event_time = await event_time_at(bus, stream, seq)
+    return "?" if event_time is None else iso_ns(event_time)
 
 
 def tap_command(

@@ -1,5 +1,6 @@
 """Reading a stream's stored events without a durable consumer: the last per subject, those
-since a time, the last N of a subject filter, and the last one of a subject.
+since a time, the last N of a subject filter, the last one of a subject, and the event time
+of one stored message.
 
 Every read is an ordered consumer (unnamed, ephemeral), which the read-only users of
 ``nats.conf`` may create; it stops once it has caught up with the stream, so a read returns
@@ -18,6 +19,7 @@ from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
+from contracts.envelope import Envelope
 from eventstore.bus import Bus, Stored, read_message
 
 READ_TIMEOUT_S = 10.0
@@ -122,4 +124,13 @@ async def last_or_none(bus: Bus, stream: str, subject: str) -> Stored | None:
     try:
         return await bus.last_event(stream, subject)
     except (NotFoundError, ValueError, msgspec.DecodeError):
+        return None
+
+
+async def event_time_at(bus: Bus, stream: str, seq: int) -> int | None:
+    """The event time in the headers of the message at ``seq``; None when they hold none."""
+    raw = await bus.js.get_msg(stream, seq)
+    try:
+        return Envelope.from_headers(raw.headers).event_time
+    except ValueError:
         return None
