@@ -7,7 +7,6 @@ columns and built in one list comprehension; only a slice with a bad row goes ro
 from __future__ import annotations
 
 import array
-import itertools
 from collections.abc import Callable, Iterable, Iterator
 
 import polars as pl
@@ -21,7 +20,7 @@ _BEFORE_ANY_TIME = -(1 << 64)  # below every Int64 open time: the first row is n
 _MIN_INT64 = -(1 << 63)
 
 
-def bars_from_tables(
+def sliced_bars(
     tables: Iterable[pl.DataFrame],
     venue: str,
     symbol: str,
@@ -29,30 +28,15 @@ def bars_from_tables(
     step: int,
     report: Callable[[int, str], None],
     none_valid: Callable[[], None] | None = None,
-) -> Iterator[Bar]:
-    """Bars from tables in file order (read_bars passes one sorted table): each bar's open time
-    must be after the previous bar's, and every row that does not become a bar is reported.
-    ``none_valid`` is called at the end when no row became a bar.
-
-    The bars of a slice are built in one list and the lists flattened by ``itertools``: a
-    Python generator in between would cost every bar a suspend and resume.
-    """
-    return itertools.chain.from_iterable(
-        _slices(tables, venue, symbol, interval, step, report, none_valid)
-    )
-
-
-def _slices(
-    tables: Iterable[pl.DataFrame],
-    venue: str,
-    symbol: str,
-    interval: str,
-    step: int,
-    report: Callable[[int, str], None],
-    none_valid: Callable[[], None] | None,
 ) -> Iterator[list[Bar]]:
-    """The bars of each slice of ``_SLICE_ROWS`` rows (per-row polars access is slow, and a
-    whole chunk as Python objects would be large)."""
+    """The bars of each slice of ``_SLICE_ROWS`` rows, from tables in file order (read_bars
+    passes one sorted table): each bar's open time must be after the previous bar's, and every
+    row that does not become a bar is reported. ``none_valid`` is called at the end when no
+    row became a bar.
+
+    Slices, because per-row polars access is slow and a whole chunk as Python objects would
+    be large. Callers flatten them with ``itertools.chain.from_iterable``: a Python generator
+    in between would cost every bar a suspend and resume."""
     series = (venue, symbol, interval)
     last_open = _BEFORE_ANY_TIME
     for table in tables:
@@ -122,7 +106,7 @@ def _slices(
 def _every_row_a_bar(part: pl.DataFrame, last_open: int) -> bool:
     """Whether every row of the slice passes the row rules: open times present and rising
     from ``last_open``, values present, finite, prices above zero, low <= high, volume >= 0
-    (the checks of ``Bar`` and of ``bars_from_tables``, on whole columns)."""
+    (the checks of ``Bar`` and of ``sliced_bars``, on whole columns)."""
     time = pl.col("time")
     low, high, volume = pl.col("low"), pl.col("high"), pl.col("volume")
     finite = [pl.col(name).is_finite() for name in VALUE_COLUMNS]

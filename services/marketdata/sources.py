@@ -50,6 +50,7 @@ This module is the entry point; the work is in ``formats`` (detecting and readin
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -58,7 +59,7 @@ import polars as pl
 
 from contracts.events import Bar
 from contracts.intervals import Interval, IntervalError
-from services.marketdata.bar_slices import bars_from_tables
+from services.marketdata.bar_slices import sliced_bars
 from services.marketdata.errors import SourceError, first_line
 from services.marketdata.formats import POLARS_ERRORS, TIME_COLUMNS, VALUE_COLUMNS, file_tables
 
@@ -102,11 +103,10 @@ def read_bars(path: Path | str, *, venue: str, symbol: str, interval: str | None
         raise SourceError(f"{path}: no data rows")
     step, label = _interval(step, table["time"], path)
     problems: list[tuple[int, str]] = []
-    bars = tuple(
-        bars_from_tables(
-            [table], venue, symbol, label, step, lambda row, why: problems.append((row, why))
-        )
+    slices = sliced_bars(
+        [table], venue, symbol, label, step, lambda row, why: problems.append((row, why))
     )
+    bars = tuple(itertools.chain.from_iterable(slices))
     problems.sort(key=lambda problem: problem[0])
     skipped = tuple(f"row {row}: {why}" for row, why in problems)
     if not bars:
@@ -193,15 +193,14 @@ class BarStream:
         self._started = False
 
     def __iter__(self) -> Iterator[Bar]:
-        """``bars_from_tables`` itself, not a generator around it: a layer costs every bar a resume."""
+        """The flattened slices, not a generator around them: a layer costs every bar a resume."""
         if self._started:
             raise RuntimeError(f"{self.path}: a BarStream can be iterated only once")
         self._started = True
         venue, symbol, interval, step = self._bar
         chunks = self._chunks()
-        return bars_from_tables(
-            chunks, venue, symbol, interval, step, self._report, self._none_valid
-        )
+        slices = sliced_bars(chunks, venue, symbol, interval, step, self._report, self._none_valid)
+        return itertools.chain.from_iterable(slices)
 
     def _none_valid(self) -> None:
         raise SourceError(f"{self.path}: no valid rows (first problem: {self.skipped[0]})")
