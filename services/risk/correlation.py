@@ -3,7 +3,8 @@ correlation cap and ``vol_target`` sizing read.
 
 Returns are close-to-close, one series per market, of one bar interval (the configured one,
 else the first seen), the last ``keep`` kept. A correlation is cached until either series
-moves (the window is fixed per engine); each series' own sums are shared by all its pairs.
+moves, so one tracker serves one window (the correlation rail's); each series' own sums
+are shared by all its pairs.
 """
 
 from __future__ import annotations
