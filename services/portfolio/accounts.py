@@ -167,33 +167,33 @@ class Portfolio:
         state = self.state
         state.events += 1
         due = 0 < state.next_funding < now
+        if isinstance(event, Bar):  # most inputs are bars: first, inline, ahead of ``match``
+            settled = self._settle_due(now) if due else None
+            try:
+                key, leg = self._markets[event.venue][event.symbol]
+            except KeyError:
+                key, leg = self._market(event.venue, event.symbol)
+            close = event.close
+            state.marks[key] = close
+            position = state.positions.get(key)
+            if position is not None:
+                position.mark = close
+            if leg is not None:  # a conversion-rate leg (fx.py)
+                asset, quote, legs = leg
+                legs[quote] = (event.ts, close)
+                if len(self._rates) > 1:
+                    self.fx.changed(asset, quote, legs, event.ts)
+                    self._valuation.stale()
+            if self._attribution_every:
+                state.bars += 1
+                if state.bars % self._attribution_every == 0:
+                    out: list[Event] = [self.equity(now), *self.attribution(now)]
+                    return settled + out if settled else out
+            if settled:
+                settled.append(self.equity(now))
+                return settled
+            return [self._valuation.equity(now)]
         match event:
-            case Bar():  # inline: nearly every input is a bar
-                settled = self._settle_due(now) if due else None
-                try:
-                    key, leg = self._markets[event.venue][event.symbol]
-                except KeyError:
-                    key, leg = self._market(event.venue, event.symbol)
-                close = event.close
-                state.marks[key] = close
-                position = state.positions.get(key)
-                if position is not None:
-                    position.mark = close
-                if leg is not None:  # a conversion-rate leg (fx.py)
-                    asset, quote, legs = leg
-                    legs[quote] = (event.ts, close)
-                    if len(self._rates) > 1:
-                        self.fx.changed(asset, quote, legs, event.ts)
-                        self._valuation.stale()
-                if self._attribution_every:
-                    state.bars += 1
-                    if state.bars % self._attribution_every == 0:
-                        out: list[Event] = [self.equity(now), *self.attribution(now)]
-                        return settled + out if settled else out
-                if settled:
-                    settled.append(self.equity(now))
-                    return settled
-                return [self._valuation.equity(now)]
             case ExecutionReport() if event.fill_qty > 0:
                 out = self._settle_due(now) if due else []
                 out.append(self._on_fill(event, now))
@@ -243,11 +243,11 @@ class Portfolio:
                 position.short_breach = True
         state.fees[fee_currency] = state.fees.get(fee_currency, 0.0) + fee
         self._valuation.stale()
-        for book in (
-            _book(state.strategies, fill.strategy),
-            _book(state.tags, StrategyTag(fill.strategy, fill.model_tag)),
-        ):
-            _attribute(book, key, signed, price, size, fee, fee_currency, currency)
+        strategy, tag = fill.strategy, StrategyTag(fill.strategy, fill.model_tag)
+        _attribute(
+            state.strategies, strategy, key, signed, price, size, fee, fee_currency, currency
+        )
+        _attribute(state.tags, tag, key, signed, price, size, fee, fee_currency, currency)
         if position.perpetual:
             return PositionChanged(
                 ts=now,
@@ -394,15 +394,9 @@ class Portfolio:
         self._reset_caches()
 
 
-def _book(books: dict[_Name, Book], name: _Name) -> Book:
-    book = books.get(name)
-    if book is None:
-        book = books[name] = Book()
-    return book
-
-
 def _attribute(
-    book: Book,
+    books: dict[_Name, Book],
+    name: _Name,
     key: InstrumentId,
     signed: float,
     price: float,
@@ -411,7 +405,11 @@ def _attribute(
     fee_currency: str,
     currency: str,
 ) -> None:
-    """A fill into one strategy's (or model tag's) book."""
+    """A fill into one strategy's (or model tag's) book: realized PnL in the position's
+    currency, the fee in its own."""
+    book = books.get(name)
+    if book is None:
+        book = books[name] = Book()
     lot = book.lots.get(key)
     if lot is None:
         lot = book.lots[key] = Lot()

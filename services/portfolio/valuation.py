@@ -71,24 +71,21 @@ class Valuation:
         self._totals = None
 
     def _account_totals(self) -> tuple[float, float, float, float, float, bool]:
+        """(cash, realized, fees, funding, FX PnL, whether funding or FX PnL can be set)."""
         state = self.state
         rates = state.fx.rates
         cash = 0.0
         for account in state.balances.values():
             for currency, amount in account.items():
                 cash += amount * rates[currency]
+        realized = in_base(state.realized, rates)
+        fees = in_base(state.fees, rates)
+        if not (state.funding or self.foreign):
+            return cash, realized, fees, 0.0, 0.0, False
         fx_pnl = 0.0
         for currency, amount, assumed in self.foreign:
             fx_pnl += amount * (rates[currency] - assumed)
-        extended = bool(state.funding or self.foreign)
-        return (
-            cash,
-            in_base(state.realized, rates),
-            in_base(state.fees, rates),
-            in_base(state.funding, rates),
-            fx_pnl,
-            extended,
-        )
+        return cash, realized, fees, in_base(state.funding, rates), fx_pnl, True
 
     def equity(self, now: int) -> EquitySnapshot:
         state = self.state
