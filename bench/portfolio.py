@@ -38,7 +38,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import msgspec
 
 from contracts.events import Bar, Event, ExecutionReport, FundingRate, Instrument
-from services.portfolio.accounts import Portfolio, PortfolioConfig
+from services.portfolio.accounts import Portfolio
+from services.portfolio.config import PortfolioConfig
 
 MINUTE = 60_000_000_000
 T0 = 1_700_006_400_000_000_000

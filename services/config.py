@@ -15,7 +15,7 @@ import msgspec
 from eventstore.errors import KeelError
 from services.execution.orders_config import OrdersConfig
 from services.execution.paper_venue import PaperVenueConfig
-from services.portfolio.accounts import PortfolioConfig
+from services.portfolio.config import PortfolioConfig
 from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
 
 

@@ -29,7 +29,8 @@ from replay.metrics import (
     trade_stats,
     trades_from_fills,
 )
-from services.portfolio.accounts import Portfolio, PortfolioConfig
+from services.portfolio.accounts import Portfolio
+from services.portfolio.config import PortfolioConfig
 from tests.portfolio_helpers import snap
 
 VENUE = "test"

@@ -776,7 +776,8 @@ def test_partial_fills_over_several_bars_with_cum_qty() -> None:
 
 
 def test_partial_fills_feed_the_ledger_incrementally() -> None:
-    from services.portfolio.accounts import Portfolio, PortfolioConfig
+    from services.portfolio.accounts import Portfolio
+    from services.portfolio.config import PortfolioConfig
 
     ledger = Portfolio(PortfolioConfig())
     for report in feed(venue(**PART), [order(MID_BAR0, qty=6.0), *BARS]):

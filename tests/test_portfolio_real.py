@@ -14,7 +14,8 @@ import pytest
 
 from contracts.events import Bar, EquitySnapshot
 from services.marketdata.sources import read_bars
-from services.portfolio.accounts import Portfolio, PortfolioConfig
+from services.portfolio.accounts import Portfolio
+from services.portfolio.config import PortfolioConfig
 from tests.portfolio_helpers import fill
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binanceus-1m-2023-03"

@@ -36,7 +36,7 @@ from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer, free_port
 from services.execution.paper_venue import PaperVenueConfig
 from services.execution.role import execution_role
-from services.portfolio.accounts import PortfolioConfig
+from services.portfolio.config import PortfolioConfig
 from services.portfolio.role import portfolio_role
 from services.risk.limits import RiskLimits
 from services.risk.role import risk_role
