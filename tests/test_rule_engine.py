@@ -1,8 +1,9 @@
-"""Rule engine (issue 4, part 3f): the rule table, regimes, aggregation, position logic,
-state handling, params, and an end-to-end backtest on real data."""
+"""Rule engine: the rule table, regimes, aggregation, position logic, state handling, params,
+and an end-to-end backtest on real data."""
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import msgspec
@@ -527,7 +528,7 @@ def test_last_decision_is_rebuilt_from_the_state_after_a_restore() -> None:
     assert restored.last_decision("test", "BTC/USDT", "1m") == decision
 
 
-# --- the fused indicator step -----------------------------------------------------------------
+# --- the live features ------------------------------------------------------------------------
 
 
 def awkward_hlc(n: int = 4_000, seed: int = 5) -> list[tuple[float, float, float]]:
@@ -571,34 +572,54 @@ def view(features: FeatureView) -> bytes:
     return msgspec.msgpack.encode([getattr(features, name) for name in Features.__struct_fields__])
 
 
+def reference_update(tracker: FeatureTracker, high: float, low: float, close: float) -> bool:
+    """One bar on the tracker's own structs, each indicator by its own methods: what
+    ``LiveFeatures.update`` must do. True once the bar has features."""
+    stoch, dc_fast, dc_slow = tracker.stoch, tracker.dc_fast, tracker.dc_slow
+    tracker.close = close
+    tracker.prev_stoch_k, tracker.prev_stoch_d = stoch.k, stoch.d
+    tracker.high_fast, tracker.low_fast = dc_fast.window.upper, dc_fast.window.lower
+    tracker.high_slow, tracker.low_slow = dc_slow.window.upper, dc_slow.window.lower
+    ema_fast = tracker.last_ema_fast = tracker.ema_fast.update(close)
+    ema_slow = tracker.last_ema_slow = tracker.ema_slow.update(close)
+    adx = tracker.last_adx = tracker.adx.advance(high, low, close)
+    atr = tracker.atr.update(high, low, close)
+    rsi = tracker.last_rsi = tracker.rsi.update(close)
+    bb_ready = tracker.bb.advance(close)
+    stoch_ready = stoch.advance(high, low, close)
+    fast_ready = dc_fast.advance(high, low)
+    slow_ready = dc_slow.advance(high, low)
+    prev_ready = tracker.prev_ready
+    tracker.prev_ready = stoch_ready and fast_ready and slow_ready
+    tracker.warm = (
+        prev_ready and bb_ready and stoch_ready and None not in (ema_fast, ema_slow, adx, atr, rsi)
+    )
+    return tracker.warm
+
+
 def live_against_reference(
     hlc: list[tuple[float, float, float]], params: RuleEngineParams, store_every: int
 ) -> int:
     """Feed the same bars to a tracker on the reference path (each indicator's own methods)
-    and, once warm, to ``LiveFeatures`` over a second tracker: after every bar the values the
-    rules read, and every ``store_every`` bars the written-back tracker, must be byte for byte
-    the reference's. Returns the number of live bars."""
+    and to ``LiveFeatures`` over a second tracker: after every warm bar the values the rules
+    read, and every ``store_every`` bars the written-back tracker, must be byte for byte the
+    reference's. Returns the number of warm bars."""
     reference = FeatureTracker(*indicators(params))
     tracker = FeatureTracker(*indicators(params))
-    live: LiveFeatures | None = None
-    live_bars = 0
+    live = LiveFeatures(tracker)
+    warm_bars = 0
     for i, (high, low, close) in enumerate(hlc):
-        warm = reference.update(high, low, close)
-        if live is None:
-            assert tracker.update(high, low, close) is warm
-            if warm:
-                live = LiveFeatures(tracker)
-            continue
-        live.update(high, low, close)
-        live_bars += 1
-        assert view(live) == view(reference.features())
+        warm = reference_update(reference, high, low, close)
+        assert live.update(high, low, close) is warm
+        if warm:
+            warm_bars += 1
+            assert view(live) == view(reference.features())
         if i % store_every == 0:
             live.store()
             assert msgspec.msgpack.encode(tracker) == msgspec.msgpack.encode(reference)
-    if live is not None:
-        live.store()
-        assert msgspec.msgpack.encode(tracker) == msgspec.msgpack.encode(reference)
-    return live_bars
+    live.store()
+    assert msgspec.msgpack.encode(tracker) == msgspec.msgpack.encode(reference)
+    return warm_bars
 
 
 @pytest.mark.parametrize("store_every", [1, 997])
@@ -614,9 +635,9 @@ def live_against_reference(
 def test_live_features_advance_every_indicator_as_its_own_methods_do(
     params: RuleEngineParams, store_every: int
 ) -> None:
-    """The fused step is the indicators' steady-state arithmetic inlined: the values the
-    regime and the rules read, and the state written back (each bar, or rarely, so that no
-    step can lean on a tracker field it left stale), are the indicators' own."""
+    """The live features run the indicators' slotted forms: the values the regime and the
+    rules read, and the state written back (each bar, or rarely, so that no step can lean on
+    a tracker field it left stale), are the indicators' own."""
     assert live_against_reference(awkward_hlc(), params, store_every) > 3_000
 
 
@@ -660,9 +681,9 @@ def test_live_features_equal_the_reference_path_on_random_bars(
 
 
 def test_live_path_gives_the_reference_paths_signals_records_and_snapshots() -> None:
-    """A restore drops the live features, so an engine restored before every bar advances its
-    trackers on the reference path alone (each indicator's own methods); the uninterrupted
-    engine runs live. Both give the same signals, records and snapshots."""
+    """A restore drops the live features, so an engine restored before every bar takes its
+    trackers over afresh and writes them back on every bar; the uninterrupted engine keeps
+    its live features. Both give the same signals, records and snapshots."""
     bars = synthetic_bars(seed=11) + synthetic_bars(seed=12, symbol="ETH/USDT")
     bars.sort(key=lambda b: (b.ts, b.symbol))
     params = RuleEngineParams(mode="long_short", threshold=0.5)
@@ -699,30 +720,31 @@ def test_snapshot_round_trips_byte_for_byte() -> None:
 @pytest.mark.parametrize(
     ("changes", "message"),
     [
-        ({"threshold": 0.0}, "threshold must be within"),
-        ({"threshold": 1.5}, "threshold must be within"),
-        ({"weight_floor": -1.0}, "weight_floor must be >= 0"),
-        ({"qty": 0.0}, "qty must be > 0"),
-        ({"stop_atr": -0.5}, "stop_atr must be >= 0"),
-        ({"rsi_period": 0}, "rsi_period must be >= 1"),
-        ({"trend_bars": 0}, "trend_bars must be >= 1"),
+        ({"threshold": 0.0}, "`float` > 0.0 - at `$.threshold`"),
+        ({"threshold": 1.5}, "`float` <= 1.0 - at `$.threshold`"),
+        ({"weight_floor": -1.0}, "`float` >= 0.0 - at `$.weight_floor`"),
+        ({"qty": 0.0}, "`float` > 0.0 - at `$.qty`"),
+        ({"stop_atr": -0.5}, "`float` >= 0.0 - at `$.stop_atr`"),
+        ({"rsi_period": 0}, "`int` >= 1 - at `$.rsi_period`"),
+        ({"trend_bars": 0}, "`int` >= 1 - at `$.trend_bars`"),
         ({"ema_fast": 50, "ema_slow": 20}, "ema_fast (50) must be below ema_slow (20)"),
         ({"breakout_fast": 55, "breakout_slow": 55}, "breakout_fast (55) must be below"),
-        ({"bb_k": 0.0}, "bb_k must be > 0"),
+        ({"bb_k": 0.0}, "`float` > 0.0 - at `$.bb_k`"),
         ({"adx_range": 30.0}, "need 0 <= adx_range <= adx_trend"),
         ({"vol_low": 2.0}, "need 0 < vol_low < vol_high < vol_extreme"),
     ],
 )
 def test_param_validation(changes: dict[str, float], message: str) -> None:
-    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)")):
-        RuleEngineParams(**changes)  # type: ignore[arg-type]
+    """Params arrive decoded (the registry converts them), which enforces the bounds."""
+    with pytest.raises(msgspec.ValidationError, match=re.escape(message)):
+        msgspec.convert(changes, RuleEngineParams)
 
 
 def test_registry_builds_and_reports_bad_params_in_one_line() -> None:
     strat = build_strategy("rule_engine", {"threshold": "0.8", "mode": "long_short"}, "re-1")
     assert isinstance(strat, RuleEngine) and strat.name == "re-1"
     assert strat.params.threshold == 0.8 and strat.model_tag == "rule_engine-r1-t0.8"
-    with pytest.raises(StrategyError, match="threshold must be within"):
+    with pytest.raises(StrategyError, match=re.escape("<= 1.0 - at `$.threshold`")):
         build_strategy("rule_engine", {"threshold": "2"})
     with pytest.raises(StrategyError, match="unknown field"):
         build_strategy("rule_engine", {"treshold": "0.8"})

@@ -1,4 +1,4 @@
-"""Rule engine strategy (issue 4, part 3f): regimes, a weighted rule table, bias aggregation."""
+"""Rule engine strategy: regimes, a weighted rule table, bias aggregation."""
 
 from strategies.rule_engine.engine import (
     Decision,

@@ -2,7 +2,7 @@
 
 Per bar and per (venue, symbol, interval) series:
 
-1. the indicators update and, once warm, give the bar's features (``LiveFeatures``);
+1. the indicators update (``LiveFeatures``) and, once warm, give the bar's features;
 2. the regime detector updates (trend regime) and ATR% gives the volatility regime;
 3. :func:`decide` evaluates every rule of the table and aggregates the ones that count into
    a bias, a consensus confidence and a proposal (long, short or none); ``on_bar`` gets the
@@ -27,8 +27,10 @@ stop). A Signal is emitted only when the target position changes.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Sequence
+from typing import Annotated
 
 import msgspec
+from msgspec import Meta
 
 from contracts.events import Bar, Signal, TradingMode
 from strategies.indicators import ADX, ATR, EMA, RSI, BollingerBands, Donchian, Stochastic
@@ -49,57 +51,39 @@ _TIE = 1e-12  # threshold tolerance: float rounding of summed table weights neve
 _Tally = tuple[tuple[Callable[[FeatureView], bool], float], ...]  # (predicate, weight) pairs
 
 
+Period = Annotated[int, Meta(ge=1)]
+
+
 class RuleEngineParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    threshold: float = 0.7
-    weight_floor: float = 1.0
+    """The strategy's params, decoded by the registry (``msgspec.convert``), which enforces
+    the single-field bounds; ``__post_init__`` checks the ones that relate several fields."""
+
+    threshold: Annotated[float, Meta(gt=0.0, le=1.0)] = 0.7
+    weight_floor: Annotated[float, Meta(ge=0.0)] = 1.0
     sideways_veto: bool = True
     mode: TradingMode = "long_only"
-    qty: float = 1.0
-    stop_atr: float = 2.5
-    ema_fast: int = 20
-    ema_slow: int = 50
-    adx_period: int = 14
-    atr_period: int = 14
-    rsi_period: int = 14
-    bb_period: int = 20
-    bb_k: float = 2.0
-    stoch_k: int = 14
-    stoch_d: int = 3
-    breakout_fast: int = 20
-    breakout_slow: int = 55
+    qty: Annotated[float, Meta(gt=0.0)] = 1.0
+    stop_atr: Annotated[float, Meta(ge=0.0)] = 2.5  # 0 = no stop
+    ema_fast: Period = 20
+    ema_slow: Period = 50
+    adx_period: Period = 14
+    atr_period: Period = 14
+    rsi_period: Period = 14
+    bb_period: Period = 20
+    bb_k: Annotated[float, Meta(gt=0.0)] = 2.0
+    stoch_k: Period = 14
+    stoch_d: Period = 3
+    breakout_fast: Period = 20
+    breakout_slow: Period = 55
     adx_trend: float = 25.0
     adx_range: float = 20.0
-    trend_bars: int = 3
-    range_bars: int = 5
+    trend_bars: Period = 3
+    range_bars: Period = 5
     vol_low: float = 0.5
     vol_high: float = 1.5
     vol_extreme: float = 3.0
 
     def __post_init__(self) -> None:
-        if not 0.0 < self.threshold <= 1.0:
-            raise ValueError(f"threshold must be within (0, 1], not {self.threshold}")
-        if not self.weight_floor >= 0.0:
-            raise ValueError(f"weight_floor must be >= 0, not {self.weight_floor}")
-        if not self.qty > 0:
-            raise ValueError(f"qty must be > 0, not {self.qty}")
-        if not self.stop_atr >= 0.0:
-            raise ValueError(f"stop_atr must be >= 0 (0 = no stop), not {self.stop_atr}")
-        for field in (
-            "ema_fast",
-            "ema_slow",
-            "adx_period",
-            "atr_period",
-            "rsi_period",
-            "bb_period",
-            "stoch_k",
-            "stoch_d",
-            "breakout_fast",
-            "breakout_slow",
-            "trend_bars",
-            "range_bars",
-        ):
-            if getattr(self, field) < 1:
-                raise ValueError(f"{field} must be >= 1, not {getattr(self, field)}")
         if self.ema_fast >= self.ema_slow:
             raise ValueError(f"ema_fast ({self.ema_fast}) must be below ema_slow ({self.ema_slow})")
         if self.breakout_fast >= self.breakout_slow:
@@ -107,8 +91,6 @@ class RuleEngineParams(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
                 f"breakout_fast ({self.breakout_fast}) must be below "
                 f"breakout_slow ({self.breakout_slow})"
             )
-        if not self.bb_k > 0:
-            raise ValueError(f"bb_k must be > 0, not {self.bb_k}")
         if not 0.0 <= self.adx_range <= self.adx_trend:
             raise ValueError(
                 f"need 0 <= adx_range <= adx_trend, got {self.adx_range} and {self.adx_trend}"
@@ -267,16 +249,15 @@ class RuleEngineState(msgspec.Struct):
 
 
 class _Live:
-    """A series as ``on_bar`` runs it: its stored record's parts and, once warm, the live
-    features that stand in for its tracker (``None`` until then)."""
+    """A series as ``on_bar`` runs it: its stored record's parts, the tracker run by its live
+    features."""
 
-    __slots__ = ("features", "holding", "regime", "tracker")
+    __slots__ = ("features", "holding", "regime")
 
     def __init__(self, series: _Series) -> None:
-        self.tracker = series.features
+        self.features = LiveFeatures(series.features)
         self.regime = series.regime
         self.holding = series.holding
-        self.features: LiveFeatures | None = None
 
 
 class RuleEngine:
@@ -284,8 +265,8 @@ class RuleEngine:
     in UNKNOWN) and builds the full decision record only for a signal's reason or on demand
     (``last_decision``, ``step``): a record is pure, so building it later gives the same one.
 
-    A warm series runs on its ``LiveFeatures``, whose values reach the stored tracker when the
-    state is read (``state``, ``snapshot``)."""
+    A series runs on its ``LiveFeatures``, whose values reach the stored tracker when the state
+    is read (``state``, ``snapshot``)."""
 
     def __init__(self, name: str, params: RuleEngineParams) -> None:
         self.name = name
@@ -307,8 +288,7 @@ class RuleEngine:
     def state(self) -> RuleEngineState:
         """The strategy's state, current: the live features are written back first."""
         for live in self._live.values():
-            if live.features is not None:
-                live.features.store()
+            live.features.store()
         return self._state
 
     def _new_series(self) -> _Series:
@@ -349,8 +329,9 @@ class RuleEngine:
         series' state: the same record, also right after a restore."""
         ident = (venue, symbol, interval)
         live = self._live.get(ident)
-        if live is not None and live.features is not None:
-            return self._decision(live.features, live.regime.current)
+        if live is not None:
+            features = live.features
+            return self._decision(features, live.regime.current) if features.warm else None
         s = self._state.series.get("|".join(ident))
         if s is None or not s.features.warm:
             return None
@@ -363,18 +344,10 @@ class RuleEngine:
             live = self._open(ident)
         close = bar.close
         features = live.features
-        if features is not None:
-            features.update(bar.high, bar.low, close)
-            regime = live.regime.update(features.adx, features.ema_fast, features.ema_slow)
-        else:
-            tracker = live.tracker
-            warm = tracker.update(bar.high, bar.low, close)
-            regime = live.regime.update(
-                tracker.last_adx, tracker.last_ema_fast, tracker.last_ema_slow
-            )
-            if not warm:
-                return []
-            features = live.features = LiveFeatures(tracker)
+        warm = features.update(bar.high, bar.low, close)
+        regime = live.regime.update(features.adx, features.ema_fast, features.ema_slow)
+        if not warm:
+            return []
         p = self.params
         proposal = 0
         longs, shorts = self._counting[regime]

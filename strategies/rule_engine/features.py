@@ -6,32 +6,35 @@ before the current one). The breakout channels are the PREVIOUS bar's Donchian c
 current bar's channel includes its own high and low, so ``close > upper`` could never hold);
 the Stochastic of the previous bar is kept for crosses.
 
-Two shapes, one set of values: ``Features`` is a frozen record (tests, debugging, decision
-records of a restored series); ``LiveFeatures`` is a warm series' state in plain attributes,
-advanced in place every bar, which the rules read directly (both are a ``FeatureView``).
+``FeatureTracker`` is a series' indicator state in msgspec structs: what the strategy's
+snapshot carries. ``LiveFeatures`` runs it: the indicators in their slotted forms and the
+bar's values in plain attributes, advanced in place every bar, which the rules read directly.
+``Features`` is the same values as a frozen record (tests, debugging, decision records of a
+restored series). ``LiveFeatures`` and ``Features`` are both a ``FeatureView``.
 """
 
 from __future__ import annotations
 
-from math import sqrt
-from typing import TYPE_CHECKING, Protocol
+from typing import Protocol
 
 import msgspec
 
 from strategies.indicators import (
     ADX,
     ATR,
-    CANCELLATION_GUARD,
     EMA,
-    RESYNC_FACTOR,
     RSI,
     BollingerBands,
     Donchian,
+    SlottedADX,
+    SlottedATR,
+    SlottedBollingerBands,
+    SlottedChannel,
+    SlottedEMA,
+    SlottedRSI,
+    SlottedStochastic,
     Stochastic,
 )
-
-if TYPE_CHECKING:
-    from strategies.indicators import _Channel, _Moments
 
 
 class FeatureView(Protocol):
@@ -99,12 +102,8 @@ class Features(msgspec.Struct, frozen=True):
 
 
 class FeatureTracker(msgspec.Struct):
-    """Indicator state of one series: what the strategy's snapshot carries.
-
-    ``update`` advances each indicator with its own methods, which handle warm-up; it is the
-    reference path. Once warm, the engine advances a ``LiveFeatures`` over this tracker
-    instead, which gives the same state bit for bit, faster.
-    """
+    """Indicator state of one series: what the strategy's snapshot carries. ``LiveFeatures``
+    advances it; it is current whenever the strategy's state is read."""
 
     ema_fast: EMA
     ema_slow: EMA
@@ -132,43 +131,8 @@ class FeatureTracker(msgspec.Struct):
     last_ema_slow: float | None = None
     last_rsi: float | None = None
 
-    def update(self, high: float, low: float, close: float) -> bool:
-        """Advance every indicator by one bar; True once the bar has features."""
-        stoch, dc_fast, dc_slow = self.stoch, self.dc_fast, self.dc_slow
-        self.close = close
-        self.prev_stoch_k = stoch.k
-        self.prev_stoch_d = stoch.d
-        channel = dc_fast.window
-        self.high_fast = channel.upper
-        self.low_fast = channel.lower
-        channel = dc_slow.window
-        self.high_slow = channel.upper
-        self.low_slow = channel.lower
-        ema_fast = self.last_ema_fast = self.ema_fast.update(close)
-        ema_slow = self.last_ema_slow = self.ema_slow.update(close)
-        adx = self.last_adx = self.adx.advance(high, low, close)
-        atr = self.atr.update(high, low, close)
-        rsi = self.last_rsi = self.rsi.update(close)
-        bb_ready = self.bb.advance(close)
-        stoch_ready = stoch.advance(high, low, close)
-        fast_ready = dc_fast.advance(high, low)
-        slow_ready = dc_slow.advance(high, low)
-        prev_ready = self.prev_ready
-        self.prev_ready = stoch_ready and fast_ready and slow_ready
-        self.warm = (
-            prev_ready
-            and bb_ready
-            and stoch_ready
-            and ema_fast is not None
-            and ema_slow is not None
-            and adx is not None
-            and atr is not None
-            and rsi is not None
-        )
-        return self.warm
-
     def features(self) -> Features:
-        """The record of the last bar; only valid once ``update`` has returned True."""
+        """The record of the last bar; only valid once ``warm``."""
         rsi, ema_fast, ema_slow = self.last_rsi, self.last_ema_fast, self.last_ema_slow
         adx, atr, close = self.last_adx, self.atr.value, self.close
         assert rsi is not None and ema_fast is not None and ema_slow is not None
@@ -196,367 +160,153 @@ class FeatureTracker(msgspec.Struct):
         )
 
 
-class _LiveChannel:
-    """The scalars of a full ``_Channel`` (its lists are shared, so they need no write-back)."""
-
-    __slots__ = ("channel", "highs", "lower", "lows", "period", "pos", "upper")
-
-    def __init__(self, channel: _Channel, period: int) -> None:
-        self.channel = channel
-        self.highs = channel.highs
-        self.lows = channel.lows
-        self.pos = channel.pos
-        self.upper = channel.upper
-        self.lower = channel.lower
-        self.period = period
-
-    def store(self) -> None:
-        channel = self.channel
-        channel.pos = self.pos
-        channel.upper = self.upper
-        channel.lower = self.lower
-
-
-class _LiveMoments:
-    """The scalars of a full ``_Moments`` (its buffer is shared) and its period's constants."""
-
-    __slots__ = (
-        "buf",
-        "last",
-        "n",
-        "period",
-        "pos",
-        "resync_at",
-        "run",
-        "s1",
-        "s2",
-        "shift",
-        "since",
-        "window",
-    )
-
-    def __init__(self, window: _Moments, period: int) -> None:
-        self.window = window
-        self.buf = window.buf
-        self.pos = window.pos
-        self.shift = window.shift
-        self.s1 = window.s1
-        self.s2 = window.s2
-        self.since = window.since_resync
-        self.last = window.last
-        self.run = window.run
-        self.period = period
-        self.n = float(period)  # as a float: the same results, on CPython's faster path
-        self.resync_at = RESYNC_FACTOR * period
-
-    def resync(self) -> None:
-        """``_Moments._resync`` on the shared buffer, then its sums back in here."""
-        window = self.window
-        window._resync()
-        self.shift = window.shift
-        self.s1 = window.s1
-        self.s2 = window.s2
-        self.since = 0
-
-    def store(self) -> None:
-        window = self.window
-        window.pos = self.pos
-        window.shift = self.shift
-        window.s1 = self.s1
-        window.s2 = self.s2
-        window.since_resync = self.since
-        window.last = self.last
-        window.run = self.run
-
-
 class LiveFeatures:
-    """A warm tracker's state in plain attributes, advanced by one fused step per bar.
+    """A series' tracker as it runs: its indicators in their slotted forms (``*_line``,
+    ``bands``, ``stochastic``, ``channel_*``) and the bar's values the rules read.
 
-    Why: the steady-state step stores about 50 values a bar, and in CPython a store into a
-    msgspec struct field costs about 12 ns more than one into a ``__slots__`` attribute;
-    building a ``Features`` record every bar costs more than the rules that read it. So the
-    values live here while the series runs, the rules read them here (a ``FeatureView``), and
-    ``store`` writes them back into the tracker when its state is observed (a snapshot). The
-    ring buffers are the tracker's own lists.
-
-    ``update`` is the steady-state arithmetic of the nine indicators written out inline,
-    operation for operation as their methods do it (a call per indicator costs more than most
-    of their steps); ``tests/test_rule_engine.py`` holds it to those methods bit for bit. It
-    relies on every indicator having seen the same bars, so their previous close is ``close``.
+    Why not the tracker itself: a bar stores about 50 values, and in CPython a store into a
+    msgspec struct field costs about 20 ns more than one into a ``__slots__`` attribute;
+    building a ``Features`` record every bar costs more than the rules that read it. ``store``
+    writes everything back into the tracker when its state is observed (a snapshot). The
+    values of the view (``rsi``, ``ema_fast`` ...) are None during warm-up, as the
+    indicators return them, and all set once ``warm``.
     """
 
     __slots__ = (
         "adx",
-        "adx_count",
-        "adx_m",
-        "adx_n",
-        "alpha_fast",
-        "alpha_slow",
+        "adx_line",
         "atr",
-        "atr_m",
-        "atr_n",
-        "avg_gain",
-        "avg_loss",
-        "bb_k",
+        "atr_line",
+        "bands",
         "bb_lower",
         "bb_mid",
         "bb_upper",
-        "channels",
+        "channel_fast",
+        "channel_slow",
         "close",
-        "dc_fast",
-        "dc_slow",
         "ema_fast",
+        "ema_fast_line",
         "ema_slow",
+        "ema_slow_line",
+        "fast_period",
         "high_fast",
         "high_slow",
-        "ks",
         "low_fast",
         "low_slow",
-        "minus_di",
-        "minus_dm_sum",
-        "moments",
-        "plus_di",
-        "plus_dm_sum",
-        "prev_high",
-        "prev_low",
+        "prev_ready",
         "prev_stoch_d",
         "prev_stoch_k",
         "rsi",
-        "rsi_m",
-        "rsi_n",
+        "rsi_line",
+        "slow_period",
         "stoch_d",
         "stoch_k",
-        "stoch_window",
-        "tr_sum",
+        "stochastic",
         "tracker",
+        "warm",
     )
 
     def __init__(self, tracker: FeatureTracker) -> None:
-        """Take over a warm tracker (``tracker.warm``): its values and its buffers."""
-        assert tracker.warm
+        """Take over a tracker's state (its ring buffers are shared, not copied)."""
         self.tracker = tracker
-        ema_fast, ema_slow, atr, rsi, adx = (
-            tracker.ema_fast,
-            tracker.ema_slow,
-            tracker.atr,
-            tracker.rsi,
-            tracker.adx,
-        )
-        bb, stoch = tracker.bb, tracker.stoch
-        # constants; periods as floats give the same results on CPython's faster path
-        self.alpha_fast = 2.0 / (ema_fast.period + 1)
-        self.alpha_slow = 2.0 / (ema_slow.period + 1)
-        self.atr_n = float(atr.period)
-        self.atr_m = float(atr.period - 1)
-        self.rsi_n = float(rsi.period)
-        self.rsi_m = float(rsi.period - 1)
-        self.adx_n = float(adx.period)
-        self.adx_m = float(adx.period - 1)
-        self.bb_k = bb.k
-        # the view
-        assert ema_fast.value is not None and ema_slow.value is not None
-        assert adx.adx is not None and atr.value is not None and tracker.last_rsi is not None
+        self.ema_fast_line = SlottedEMA(tracker.ema_fast)
+        self.ema_slow_line = SlottedEMA(tracker.ema_slow)
+        self.adx_line = SlottedADX(tracker.adx)
+        self.atr_line = SlottedATR(tracker.atr)
+        self.rsi_line = SlottedRSI(tracker.rsi)
+        self.bands = bands = SlottedBollingerBands(tracker.bb)
+        self.stochastic = stochastic = SlottedStochastic(tracker.stoch)
+        self.channel_fast = SlottedChannel(tracker.dc_fast.window)
+        self.fast_period = tracker.dc_fast.period
+        self.channel_slow = SlottedChannel(tracker.dc_slow.window)
+        self.slow_period = tracker.dc_slow.period
+        self.warm = tracker.warm
+        self.prev_ready = tracker.prev_ready
         self.close = tracker.close
-        self.rsi = tracker.last_rsi
-        self.ema_fast = ema_fast.value
-        self.ema_slow = ema_slow.value
-        self.adx = adx.adx
-        self.atr = atr.value
-        self.bb_mid = bb.mid
-        self.bb_upper = bb.upper
-        self.bb_lower = bb.lower
-        self.stoch_k = stoch.k
-        self.stoch_d = stoch.d
         self.prev_stoch_k = tracker.prev_stoch_k
         self.prev_stoch_d = tracker.prev_stoch_d
         self.high_fast = tracker.high_fast
         self.low_fast = tracker.low_fast
         self.high_slow = tracker.high_slow
         self.low_slow = tracker.low_slow
-        # the rest of the indicators' state
-        self.avg_gain = rsi.avg_gain
-        self.avg_loss = rsi.avg_loss
-        self.adx_count = adx.count
-        self.prev_high = adx.prev_high
-        self.prev_low = adx.prev_low
-        self.tr_sum = adx.tr_sum
-        self.plus_dm_sum = adx.plus_dm_sum
-        self.minus_dm_sum = adx.minus_dm_sum
-        self.plus_di = adx.plus_di
-        self.minus_di = adx.minus_di
-        self.moments = _LiveMoments(bb.window, bb.period)
-        self.ks = _LiveMoments(stoch.ks, stoch.d_period)
-        self.stoch_window = _LiveChannel(stoch.window, stoch.k_period)
-        self.dc_fast = _LiveChannel(tracker.dc_fast.window, tracker.dc_fast.period)
-        self.dc_slow = _LiveChannel(tracker.dc_slow.window, tracker.dc_slow.period)
-        self.channels = (self.stoch_window, self.dc_fast, self.dc_slow)
+        self.adx = tracker.last_adx
+        self.ema_fast = tracker.last_ema_fast
+        self.ema_slow = tracker.last_ema_slow
+        self.rsi = tracker.last_rsi
+        self.atr = tracker.atr.value
+        self.bb_mid = bands.mid
+        self.bb_upper = bands.upper
+        self.bb_lower = bands.lower
+        self.stoch_k = stochastic.k
+        self.stoch_d = stochastic.d
 
     @property
     def atr_pct(self) -> float:
         return 100.0 * self.atr / self.close
 
-    def update(self, high: float, low: float, close: float) -> None:
-        """Advance every indicator by one bar (the tracker's ``update``, once warm)."""
-        channel = self.dc_fast
-        self.high_fast = channel.upper
-        self.low_fast = channel.lower
-        channel = self.dc_slow
-        self.high_slow = channel.upper
-        self.low_slow = channel.lower
-        self.prev_stoch_k = self.stoch_k
-        self.prev_stoch_d = self.stoch_d
-        prev_close = self.close
+    def update(self, high: float, low: float, close: float) -> bool:
+        """Advance every indicator by one bar; True once the bar has features."""
+        stochastic, channel_fast, channel_slow = (
+            self.stochastic,
+            self.channel_fast,
+            self.channel_slow,
+        )
+        self.prev_stoch_k = stochastic.k
+        self.prev_stoch_d = stochastic.d
+        self.high_fast = channel_fast.upper
+        self.low_fast = channel_fast.lower
+        self.high_slow = channel_slow.upper
+        self.low_slow = channel_slow.lower
         self.close = close
-        # the true range, as ATR.update and ADX.advance compute it
-        tr = high - low
-        gap = abs(high - prev_close)
-        if gap > tr:
-            tr = gap
-        gap = abs(low - prev_close)
-        if gap > tr:
-            tr = gap
-
-        # EMA.update
-        value = self.ema_fast
-        value += self.alpha_fast * (close - value)
-        self.ema_fast = value
-        value = self.ema_slow
-        value += self.alpha_slow * (close - value)
-        self.ema_slow = value
-
-        # ATR.update
-        self.atr = (self.atr * self.atr_m + tr) / self.atr_n
-
-        # RSI.update
-        rsi_m, rsi_n = self.rsi_m, self.rsi_n
-        change = close - prev_close
-        gain = change if change > 0.0 else 0.0
-        loss = -change if change < 0.0 else 0.0
-        avg_gain = self.avg_gain = (self.avg_gain * rsi_m + gain) / rsi_n
-        avg_loss = self.avg_loss = (self.avg_loss * rsi_m + loss) / rsi_n
-        if avg_loss == 0.0:
-            self.rsi = 100.0 if avg_gain > 0.0 else 50.0
-        else:
-            self.rsi = 100.0 - 100.0 / (1.0 + avg_gain / avg_loss)
-
-        # ADX.advance
-        adx_n = self.adx_n
-        self.adx_count += 1
-        up = high - self.prev_high
-        down = self.prev_low - low
-        self.prev_high = high
-        self.prev_low = low
-        plus_dm = up if up > down and up > 0.0 else 0.0
-        minus_dm = down if down > up and down > 0.0 else 0.0
-        tr_sum = self.tr_sum
-        tr_sum += tr - tr_sum / adx_n
-        plus_sum = self.plus_dm_sum
-        plus_sum += plus_dm - plus_sum / adx_n
-        minus_sum = self.minus_dm_sum
-        minus_sum += minus_dm - minus_sum / adx_n
-        self.tr_sum = tr_sum
-        self.plus_dm_sum = plus_sum
-        self.minus_dm_sum = minus_sum
-        if tr_sum > 0.0:
-            plus_di = 100.0 * plus_sum / tr_sum
-            minus_di = 100.0 * minus_sum / tr_sum
-        else:
-            plus_di = minus_di = 0.0
-        self.plus_di = plus_di
-        self.minus_di = minus_di
-        di_sum = plus_di + minus_di
-        dx = 100.0 * abs(plus_di - minus_di) / di_sum if di_sum > 0.0 else 0.0
-        self.adx = (self.adx * self.adx_m + dx) / adx_n
-
-        # BollingerBands.advance: _Moments.push (window full), mean, variance
-        w = self.moments
-        run = w.run = w.run + 1 if close == w.last else 1
-        w.last = close
-        shift = w.shift
-        pos = w.pos
-        buf = w.buf
-        dn = close - shift
-        do = buf[pos] - shift
-        buf[pos] = close
-        pos += 1
-        w.pos = pos if pos < w.period else 0
-        s1 = w.s1 = w.s1 + (dn - do)
-        s2 = w.s2 = w.s2 + (dn * dn - do * do)
-        since = w.since + 1
-        if since >= w.resync_at:
-            w.resync()
-            shift, s1, s2 = w.shift, w.s1, w.s2
-        else:
-            w.since = since
-        n = w.n
-        if run >= w.period:
-            mid = close
-            variance = 0.0
-        else:
-            mid = shift + s1 / n
-            ss = s2 - s1 * s1 / n
-            if ss < CANCELLATION_GUARD * s2:
-                w.resync()
-                ss = w.s2 - w.s1 * w.s1 / n
-            variance = ss / n if ss > 0.0 else 0.0
-        width = self.bb_k * sqrt(variance)
-        self.bb_mid = mid
-        self.bb_upper = mid + width
-        self.bb_lower = mid - width
-
-        # _Channel.push (window full) of the Stochastic and both Donchian channels
-        for channel in self.channels:
-            pos = channel.pos
-            highs = channel.highs
-            evicted = highs[pos]
-            highs[pos] = high
-            if high >= channel.upper:
-                channel.upper = high
-            elif evicted == channel.upper:
-                channel.upper = max(highs)
-            lows = channel.lows
-            evicted = lows[pos]
-            lows[pos] = low
-            if low <= channel.lower:
-                channel.lower = low
-            elif evicted == channel.lower:
-                channel.lower = min(lows)
-            pos += 1
-            channel.pos = pos if pos < channel.period else 0
-
-        # Stochastic.advance
-        channel = self.stoch_window
-        hh = channel.upper
-        ll = channel.lower
-        k = 50.0 if hh == ll else 100.0 * (close - ll) / (hh - ll)
-        w = self.ks  # _Moments.push (window full), mean
-        run = w.run = w.run + 1 if k == w.last else 1
-        w.last = k
-        shift = w.shift
-        pos = w.pos
-        buf = w.buf
-        dn = k - shift
-        do = buf[pos] - shift
-        buf[pos] = k
-        pos += 1
-        w.pos = pos if pos < w.period else 0
-        s1 = w.s1 = w.s1 + (dn - do)
-        w.s2 += dn * dn - do * do
-        since = w.since + 1
-        if since >= w.resync_at:
-            w.resync()
-            shift, s1 = w.shift, w.s1
-        else:
-            w.since = since
-        self.stoch_k = k
-        self.stoch_d = k if run >= w.period else shift + s1 / w.n
+        ema_fast = self.ema_fast = self.ema_fast_line.update(close)
+        ema_slow = self.ema_slow = self.ema_slow_line.update(close)
+        adx = self.adx = self.adx_line.advance(high, low, close)
+        atr = self.atr = self.atr_line.update(high, low, close)
+        rsi = self.rsi = self.rsi_line.update(close)
+        bands = self.bands
+        bb_ready = bands.advance(close)
+        self.bb_mid = bands.mid
+        self.bb_upper = bands.upper
+        self.bb_lower = bands.lower
+        stoch_ready = stochastic.advance(high, low, close)
+        self.stoch_k = stochastic.k
+        self.stoch_d = stochastic.d
+        fast_ready = channel_fast.push(high, low, self.fast_period)
+        slow_ready = channel_slow.push(high, low, self.slow_period)
+        if self.warm:  # a warm indicator stays warm, and so do the features
+            return True
+        prev_ready = self.prev_ready
+        self.prev_ready = stoch_ready and fast_ready and slow_ready
+        self.warm = (
+            prev_ready
+            and bb_ready
+            and stoch_ready
+            and ema_fast is not None
+            and ema_slow is not None
+            and adx is not None
+            and atr is not None
+            and rsi is not None
+        )
+        return self.warm
 
     def store(self) -> None:
-        """Write the live values back into the tracker, which is then current (the ring
-        buffers already are)."""
+        """Write the state back into the tracker, which is then current."""
+        for line in (
+            self.ema_fast_line,
+            self.ema_slow_line,
+            self.adx_line,
+            self.atr_line,
+            self.rsi_line,
+            self.bands,
+            self.stochastic,
+            self.channel_fast,
+            self.channel_slow,
+        ):
+            line.store()
         t = self.tracker
-        close = self.close
-        t.close = close
+        t.warm = self.warm
+        t.prev_ready = self.prev_ready
+        t.close = self.close
         t.prev_stoch_k = self.prev_stoch_k
         t.prev_stoch_d = self.prev_stoch_d
         t.high_fast = self.high_fast
@@ -564,35 +314,6 @@ class LiveFeatures:
         t.high_slow = self.high_slow
         t.low_slow = self.low_slow
         t.last_adx = self.adx
-        t.last_ema_fast = t.ema_fast.value = self.ema_fast
-        t.last_ema_slow = t.ema_slow.value = self.ema_slow
+        t.last_ema_fast = self.ema_fast
+        t.last_ema_slow = self.ema_slow
         t.last_rsi = self.rsi
-        atr = t.atr
-        atr.prev_close = close
-        atr.value = self.atr
-        rsi = t.rsi
-        rsi.prev = close
-        rsi.avg_gain = self.avg_gain
-        rsi.avg_loss = self.avg_loss
-        adx = t.adx
-        adx.count = self.adx_count
-        adx.prev_high = self.prev_high
-        adx.prev_low = self.prev_low
-        adx.prev_close = close
-        adx.tr_sum = self.tr_sum
-        adx.plus_dm_sum = self.plus_dm_sum
-        adx.minus_dm_sum = self.minus_dm_sum
-        adx.plus_di = self.plus_di
-        adx.minus_di = self.minus_di
-        adx.adx = self.adx
-        bb = t.bb
-        bb.mid = self.bb_mid
-        bb.upper = self.bb_upper
-        bb.lower = self.bb_lower
-        self.moments.store()
-        stoch = t.stoch
-        stoch.k = self.stoch_k
-        stoch.d = self.stoch_d
-        self.ks.store()
-        for channel in self.channels:
-            channel.store()

@@ -31,7 +31,6 @@ BEAR_TREND: Regime = "BEAR_TREND"
 RANGE: Regime = "RANGE"
 UNKNOWN: Regime = "UNKNOWN"
 REGIMES: tuple[Regime, ...] = (BULL_TREND, BEAR_TREND, RANGE, UNKNOWN)
-VOL_REGIMES: tuple[VolRegime, ...] = ("LOW", "NORMAL", "HIGH", "EXTREME")
 
 
 class RegimeDetector(msgspec.Struct):
