@@ -26,6 +26,13 @@ from strategies.indicators import (
     Donchian,
     DonchianValue,
     RollingVolatility,
+    Slotted,
+    SlottedADX,
+    SlottedATR,
+    SlottedBollingerBands,
+    SlottedEMA,
+    SlottedRSI,
+    SlottedStochastic,
     Stochastic,
     StochasticValue,
     ZScore,
@@ -748,6 +755,37 @@ def test_snapshot_round_trip_mid_stream_all(name: str, cut: int) -> None:
     assert second == first
     tail = _run_any(second, bars[cut:], takes_bars)
     assert head + tail == straight  # bit-identical, not merely close
+
+
+SLOTTED: dict[str, tuple[Callable[[], Any], type[Slotted], bool]] = {
+    # name: (factory with a short period, its slotted form, takes bars)
+    "EMA": (lambda: EMA(4), SlottedEMA, False),
+    "RSI": (lambda: RSI(5), SlottedRSI, False),
+    "ATR": (lambda: ATR(5), SlottedATR, True),
+    "ADX": (lambda: ADX(4), SlottedADX, True),
+    "BollingerBands": (lambda: BollingerBands(4, 1.5), SlottedBollingerBands, False),
+    "Stochastic": (lambda: Stochastic(5, 3), SlottedStochastic, True),
+}
+
+
+@pytest.mark.parametrize("name", list(SLOTTED))
+@pytest.mark.parametrize("cut", [0, 3, 1_500])
+def test_slotted_form_steps_and_stores_as_its_struct(name: str, cut: int) -> None:
+    """Taken over mid-stream, a slotted form gives the struct's outputs bit for bit, and its
+    ``store`` leaves the struct as if the struct had taken every step itself."""
+    factory, slotted_type, takes_bars = SLOTTED[name]
+    high, low, close = _bars(3_000, seed=12, coarse=True)
+    bars = list(zip(high.tolist(), low.tolist(), close.tolist(), strict=True))
+    straight = factory()
+    expected = _run_any(straight, bars, takes_bars)
+    record = factory()
+    head = _run_any(record, bars[:cut], takes_bars)
+    slotted = slotted_type(record)
+    for i in range(cut, len(bars), 700):
+        head += _run_any(slotted, bars[i : min(i + 700, len(bars))], takes_bars)
+        slotted.store()
+    assert head == expected
+    assert msgspec.msgpack.encode(record) == msgspec.msgpack.encode(straight)
 
 
 def test_tagged_union_of_all_indicators_decodes() -> None:
