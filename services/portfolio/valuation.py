@@ -110,10 +110,11 @@ class Valuation:
                     gross += notional
                     margin += notional / p.leverage
                 else:
-                    market_value = qty * p.mark
-                    value += market_value * fx
-                    unrealized += qty * (p.mark - p.avg_price) * fx
-                    gross += abs(market_value) * fx
+                    mark = p.mark
+                    market_value = qty * mark * fx
+                    value += market_value
+                    unrealized += qty * (mark - p.avg_price) * fx
+                    gross += abs(market_value)  # = |qty x mark| x fx exactly: fx > 0
         totals = self._totals
         if totals is None:
             totals = self._totals = self._account_totals()
