@@ -162,7 +162,8 @@ class FeatureTracker(msgspec.Struct):
 
 class LiveFeatures:
     """A series' tracker as it runs: its indicators in their slotted forms (``*_line``,
-    ``bands``, ``stochastic``, ``channel_*``) and the bar's values the rules read.
+    ``bands``, ``stochastic``; a Donchian runs as its channel, ``channel_*``, with its period)
+    and the bar's values the rules read.
 
     Why not the tracker itself: a bar stores about 50 values, and in CPython a store into a
     msgspec struct field costs about 20 ns more than one into a ``__slots__`` attribute;
