@@ -8,7 +8,7 @@ import msgspec
 
 from contracts.events import EquitySnapshot, PositionChanged, StrategyPnL
 from services.portfolio.fx import BASE
-from services.portfolio.positions import Book
+from services.portfolio.positions import Book, Position
 from services.portfolio.state import PortfolioState
 
 Foreign = tuple[tuple[str, float, float], ...]
@@ -51,29 +51,38 @@ def in_base(amounts: dict[str, float], rates: dict[str, float]) -> float:
     return total
 
 
+_Totals = tuple[float, float, float, float, float, bool]
+"""(cash, realized, fees, funding, FX PnL, whether funding or FX PnL can be set)"""
+
+
 class Valuation:
     """The account's equity over a state: cash, spot positions at their marks and
     perpetuals' unrealized PnL, in the base currency.
 
-    The account's totals (cash, realized PnL, fees, funding and FX PnL in the base currency)
-    move only with a fill, a funding payment or a rate, not with a mark: they are kept
-    between bars and recomputed, with the same arithmetic, after ``stale()``. Books of spot
-    positions without funding or foreign starting balances leave the margin, funding, FX and
-    net-exposure fields at their defaults."""
+    Between fills, funding payments and rate changes only marks move: the account's totals
+    (cash, realized PnL, fees, funding and FX PnL in the base currency) and the open
+    positions with their conversion rates are kept, and worked out again, with the same
+    arithmetic in the same order, after ``stale()``. Books of spot positions without funding
+    or foreign starting balances leave the margin, funding, FX and net-exposure fields at
+    their defaults."""
 
     def __init__(self, state: PortfolioState, foreign: Foreign) -> None:
         self.state = state
         self.foreign = foreign
-        self._totals: tuple[float, float, float, float, float, bool] | None = None
+        self._totals: _Totals | None = None
+        self._open: list[tuple[Position, float, bool]] = []
+        """open positions in the state's order: (position, its rate, perpetual)."""
 
     def stale(self) -> None:
-        """Balances, PnL, fees, funding or rates changed."""
+        """A quantity, balance, PnL, fee, funding or rate changed."""
         self._totals = None
 
-    def _account_totals(self) -> tuple[float, float, float, float, float, bool]:
-        """(cash, realized, fees, funding, FX PnL, whether funding or FX PnL can be set)."""
+    def _refresh(self) -> _Totals:
         state = self.state
         rates = state.fx.rates
+        self._open = [
+            (p, rates[p.currency], p.perpetual) for p in state.positions.values() if p.qty
+        ]
         cash = 0.0
         for account in state.balances.values():
             for currency, amount in account.items():
@@ -81,44 +90,42 @@ class Valuation:
         realized = in_base(state.realized, rates)
         fees = in_base(state.fees, rates)
         if not (state.funding or self.foreign):
-            return cash, realized, fees, 0.0, 0.0, False
-        fx_pnl = 0.0
-        for currency, amount, assumed in self.foreign:
-            fx_pnl += amount * (rates[currency] - assumed)
-        return cash, realized, fees, in_base(state.funding, rates), fx_pnl, True
+            totals = cash, realized, fees, 0.0, 0.0, False
+        else:
+            fx_pnl = 0.0
+            for currency, amount, assumed in self.foreign:
+                fx_pnl += amount * (rates[currency] - assumed)
+            totals = cash, realized, fees, in_base(state.funding, rates), fx_pnl, True
+        self._totals = totals
+        return totals
 
     def equity(self, now: int) -> EquitySnapshot:
-        state = self.state
-        rates = state.fx.rates
+        totals = self._totals
+        if totals is None:
+            totals = self._refresh()
+        cash, realized, fees, funding, fx_pnl, extended = totals
         value = unrealized = gross = 0.0
         perpetuals = False
         upnl = margin = net = 0.0
-        for p in state.positions.values():
+        for p, fx, perpetual in self._open:
             qty = p.qty
-            if qty:
-                fx = rates[p.currency]
-                if p.perpetual:
-                    perpetuals = True
-                    units = qty * p.size
-                    mark = p.mark
-                    pnl = units * (mark - p.avg_price) * fx
-                    upnl += pnl
-                    unrealized += pnl
-                    notional = units * mark * fx
-                    net += notional
-                    notional = abs(notional)
-                    gross += notional
-                    margin += notional / p.leverage
-                else:
-                    mark = p.mark
-                    market_value = qty * mark * fx
-                    value += market_value
-                    unrealized += qty * (mark - p.avg_price) * fx
-                    gross += abs(market_value)  # = |qty x mark| x fx exactly: fx > 0
-        totals = self._totals
-        if totals is None:
-            totals = self._totals = self._account_totals()
-        cash, realized, fees, funding, fx_pnl, extended = totals
+            mark = p.mark
+            if perpetual:
+                perpetuals = True
+                units = qty * p.size
+                pnl = units * (mark - p.avg_price) * fx
+                upnl += pnl
+                unrealized += pnl
+                notional = units * mark * fx
+                net += notional
+                notional = abs(notional)
+                gross += notional
+                margin += notional / p.leverage
+            else:
+                market_value = qty * mark * fx
+                value += market_value
+                unrealized += qty * (mark - p.avg_price) * fx
+                gross += abs(market_value)  # = |qty x mark| x fx exactly: fx > 0
         if perpetuals or extended:
             return EquitySnapshot(
                 ts=now,
