@@ -695,6 +695,19 @@ def test_snapshot_plus_tail_equals_the_full_rebuild(script: list[tuple], cut: fl
     ]
 
 
+@settings(max_examples=100, deadline=None, derandomize=True, database=None)
+@given(script=script_of)
+def test_the_totals_kept_between_events_equal_a_fresh_valuation(script: list[tuple]) -> None:
+    """After every event, the equity of a portfolio that kept its totals and open positions
+    across events equals, to the bit, that of one restored from its snapshot (nothing kept)."""
+    p = Portfolio(PROPERTY_CONFIG, INSTRUMENTS)
+    for event, now in to_events(script):
+        p.decide(event, now)
+        fresh = Portfolio(PROPERTY_CONFIG, INSTRUMENTS)
+        fresh.restore(p.snapshot())
+        assert encode(fresh.equity(now)) == encode(p.equity(now))
+
+
 def test_snapshot_policy_every_n_events() -> None:
     events = to_events(
         [("bar", "BTC/USDT", 100.0 + i) for i in range(20)]
