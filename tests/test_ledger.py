@@ -82,7 +82,7 @@ def test_hand_computation() -> None:
     ledger = Portfolio(PortfolioConfig(starting_cash=1000.0))
     short = position_event(ledger, fill("sell", 1.0, 10.0, fee=0.01))
     assert (short.qty, short.avg_price, short.realized_pnl) == (-1.0, 10.0, 0.0)
-    assert ledger.state.cash == pytest.approx(1009.99, rel=1e-12)
+    assert ledger.equity(T0).cash == pytest.approx(1009.99, rel=1e-12)
 
     # Buy 2 @ 12: closes the short for (10 - 12) * 1 = -2, then opens +1 at 12.
     flipped = position_event(ledger, fill("buy", 2.0, 12.0, fee=0.024))
@@ -207,7 +207,7 @@ def test_reports_without_a_fill_are_ignored() -> None:
         )
         assert ledger.decide(empty, T0) == []
     assert ledger.state.positions == {}
-    assert ledger.state.cash == 1_000.0
+    assert ledger.equity(T0).cash == 1_000.0
 
 
 def test_partially_filled_report_counts() -> None:

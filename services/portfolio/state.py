@@ -42,13 +42,3 @@ class PortfolioState(msgspec.Struct):
     """events folded (the snapshot policy counts them)."""
     bars: int = 0
     """bars folded, counted when ``attribution_every`` is set."""
-
-    @property
-    def cash(self) -> float:
-        """All cash, in the base currency at the current rates."""
-        rates = self.fx.rates
-        total = 0.0
-        for account in self.balances.values():
-            for currency, amount in account.items():
-                total += amount * rates[currency]
-        return total
