@@ -19,9 +19,9 @@ def _defaults(cls: type) -> dict[str, object]:
     return {f.name: f.default for f in msgspec.structs.fields(cls)}
 
 
-# The optional fields are left out of the JSON at their default (``omit_defaults``). Passing
-# the field's own default object for a zero makes that hold whatever way msgspec compares
-# (identity, for floats, in msgspec 0.22): a computed 0.0 would otherwise be written out.
+# The optional fields are left out of the encoding at their default (``omit_defaults``), and
+# msgspec tells a float default by identity: a computed 0.0 would be written out, so a zero
+# is passed as the field's own default object.
 _EQ = _defaults(EquitySnapshot)
 MARGIN0, FUNDING0, FX0 = _EQ["margin_used"], _EQ["funding"], _EQ["fx_pnl"]
 _PC = _defaults(PositionChanged)
