@@ -181,8 +181,7 @@ class Portfolio:
             if leg is not None:  # a conversion-rate leg (fx.py)
                 asset, quote, legs = leg
                 legs[quote] = (event.ts, close)
-                if len(self._rates) > 1:
-                    self.fx.changed(asset, quote, legs, event.ts)
+                if len(self._rates) > 1 and self.fx.changed(asset, quote, legs, event.ts):
                     self._valuation.stale()
             if self._attribution_every:
                 state.bars += 1

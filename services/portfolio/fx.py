@@ -56,10 +56,10 @@ class Fx:
             legs = self.state.legs[asset] = {}
         return legs
 
-    def changed(self, asset: str, quote: str, legs: dict[str, tuple[int, float]], ts: int) -> None:
+    def changed(self, asset: str, quote: str, legs: dict[str, tuple[int, float]], ts: int) -> bool:
         """The leg ``asset/quote`` moved (the caller set ``legs[quote]`` to its bar's close
         time and close): update the rates it can serve (a direct rate is only ever replaced
-        by a newer direct one)."""
+        by a newer direct one). Whether any rate changed."""
         st = self.state
         source = st.source
         moved = False
@@ -83,6 +83,7 @@ class Fx:
             for c, how in list(source.items()):
                 if how == "via":
                     self._update(c, ts)
+        return moved
 
     def track(self, currency: str, now: int) -> None:
         """Start converting ``currency``: from what was observed, else assumed, else par."""
