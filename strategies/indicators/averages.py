@@ -8,7 +8,7 @@ import msgspec
 
 from strategies.indicators.checks import check_period
 from strategies.indicators.rolling import RESYNC_FACTOR
-from strategies.indicators.slotted import Slotted
+from strategies.indicators.slotted import slotted_form
 
 
 class SMA(msgspec.Struct, tag=True):
@@ -66,12 +66,6 @@ class EMA(msgspec.Struct, _EMAStep, tag=True):
         check_period("EMA", "period", self.period)
 
 
-class SlottedEMA(Slotted, _EMAStep, record=EMA):
-    """``EMA`` in slots, for hot loops (see ``slotted``)."""
-
-    __slots__ = EMA.__struct_fields__
-
-
 class WMA(msgspec.Struct, tag=True):
     """Linearly weighted average: the newest value weighs ``period``, the oldest 1."""
 
@@ -111,3 +105,6 @@ class WMA(msgspec.Struct, tag=True):
         self.total = math.fsum(ordered)
         self.weighted = math.fsum((j + 1) * v for j, v in enumerate(ordered))
         self.since_resync = 0
+
+
+SlottedEMA = slotted_form(EMA, _EMAStep)

@@ -13,7 +13,7 @@ from typing import NamedTuple
 import msgspec
 
 from strategies.indicators.checks import check_period, check_positive
-from strategies.indicators.slotted import Slotted
+from strategies.indicators.slotted import slotted_form
 
 # Rolling sums are refreshed from their ring buffer every RESYNC_FACTOR * period updates, so
 # rounding error cannot build up over long sessions; the O(period) refresh stays O(1) amortised.
@@ -44,10 +44,12 @@ class _MomentsStep:
 
     __slots__ = ()
 
-    def push(self, x: float, period: int) -> bool:
-        """Add ``x`` (evicting the oldest value once full); True when the window is full."""
+    def push(self, x: float, period: int) -> float | None:
+        """Add ``x`` (evicting the oldest value once full); the window's mean (``mean``) once
+        it is full, else None. Returning it saves a call a step to the indicators that need
+        it."""
         buf = self.buf
-        self.run = self.run + 1 if buf and x == self.last else 1
+        run = self.run = self.run + 1 if buf and x == self.last else 1
         self.last = x
         shift = self.shift
         if len(buf) < period:
@@ -59,7 +61,7 @@ class _MomentsStep:
             buf.append(x)
             self.s1 += dn
             self.s2 += dn * dn
-            return len(buf) == period
+            return self.mean() if len(buf) == period else None
         pos = self.pos
         dn = x - shift
         do = buf[pos] - shift
@@ -72,7 +74,7 @@ class _MomentsStep:
             self._resync()
         else:
             self.since_resync = since
-        return True
+        return x if run >= period else self.shift + self.s1 / period
 
     def _resync(self) -> None:
         buf = self.buf
@@ -120,12 +122,6 @@ class Moments(msgspec.Struct, _MomentsStep):
     since_resync: int = 0
     last: float = 0.0
     run: int = 0
-
-
-class SlottedMoments(Slotted, _MomentsStep, record=Moments):
-    """``Moments`` in slots, for hot loops (see ``slotted``)."""
-
-    __slots__ = Moments.__struct_fields__
 
 
 class _ChannelStep:
@@ -180,12 +176,6 @@ class Channel(msgspec.Struct, _ChannelStep):
     lower: float = 0.0
 
 
-class SlottedChannel(Slotted, _ChannelStep, record=Channel):
-    """``Channel`` in slots, for hot loops (see ``slotted``)."""
-
-    __slots__ = Channel.__struct_fields__
-
-
 class _BollingerStep:
     """The arithmetic of ``BollingerBands``, shared by its slotted form."""
 
@@ -194,9 +184,9 @@ class _BollingerStep:
     def advance(self, value: float) -> bool:
         """``update`` without building the tuple: True once warm (bands in mid/upper/lower)."""
         w = self.window
-        if not w.push(value, self.period):
+        mid = w.push(value, self.period)
+        if mid is None:
             return False
-        mid = w.mean()
         width = self.k * math.sqrt(w.variance())
         self.mid = mid
         self.upper = mid + width
@@ -225,12 +215,6 @@ class BollingerBands(msgspec.Struct, _BollingerStep, tag=True):
         check_positive("BollingerBands", "k", self.k)
 
 
-class SlottedBollingerBands(Slotted, _BollingerStep, record=BollingerBands):
-    """``BollingerBands`` in slots, for hot loops (see ``slotted``)."""
-
-    __slots__ = BollingerBands.__struct_fields__
-
-
 class _StochasticStep:
     """The arithmetic of ``Stochastic``, shared by its slotted form."""
 
@@ -244,11 +228,11 @@ class _StochasticStep:
         hh = w.upper
         ll = w.lower
         k = 50.0 if hh == ll else 100.0 * (close - ll) / (hh - ll)
-        ks = self.ks
-        if not ks.push(k, self.d_period):
+        d = self.ks.push(k, self.d_period)
+        if d is None:
             return False
         self.k = k
-        self.d = ks.mean()
+        self.d = d
         return True
 
     def update(self, high: float, low: float, close: float) -> StochasticValue | None:
@@ -274,12 +258,6 @@ class Stochastic(msgspec.Struct, _StochasticStep, tag=True):
     def __post_init__(self) -> None:
         check_period("Stochastic", "k_period", self.k_period)
         check_period("Stochastic", "d_period", self.d_period)
-
-
-class SlottedStochastic(Slotted, _StochasticStep, record=Stochastic):
-    """``Stochastic`` in slots, for hot loops (see ``slotted``)."""
-
-    __slots__ = Stochastic.__struct_fields__
 
 
 class Donchian(msgspec.Struct, tag=True):
@@ -324,7 +302,7 @@ class RollingVolatility(msgspec.Struct, tag=True):
         self.prev_close = close
         if prev is None:
             return None
-        if not self.window.push(math.log(close / prev), self.period):
+        if self.window.push(math.log(close / prev), self.period) is None:
             return None
         return math.sqrt(self.window.variance(ddof=1))
 
@@ -341,7 +319,13 @@ class ZScore(msgspec.Struct, tag=True):
 
     def update(self, value: float) -> float | None:
         w = self.window
-        if not w.push(value, self.period):
+        if w.push(value, self.period) is None:
             return None
         sd = math.sqrt(w.variance())
         return 0.0 if sd == 0.0 else (value - w.mean()) / sd
+
+
+SlottedMoments = slotted_form(Moments, _MomentsStep)
+SlottedChannel = slotted_form(Channel, _ChannelStep)
+SlottedBollingerBands = slotted_form(BollingerBands, _BollingerStep)
+SlottedStochastic = slotted_form(Stochastic, _StochasticStep)

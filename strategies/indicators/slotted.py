@@ -10,21 +10,16 @@ so the arithmetic is the same code; they share the ring buffers (lists are not c
 
 from __future__ import annotations
 
-from typing import Any, ClassVar
+from typing import ClassVar
 
 import msgspec
 
 
 class Slotted:
-    """Base of the slotted forms; a subclass names its struct: ``class SlottedEMA(Slotted,
-    _EMAStep, record=EMA)`` with ``__slots__ = EMA.__struct_fields__``."""
+    """Base of the slotted forms, which ``slotted_form`` makes."""
 
     __slots__ = ("record",)
     _forms: ClassVar[dict[type[msgspec.Struct], type[Slotted]]] = {}
-
-    def __init_subclass__(cls, record: type[msgspec.Struct], **kwargs: Any) -> None:
-        super().__init_subclass__(**kwargs)
-        Slotted._forms[record] = cls
 
     def __init__(self, record: msgspec.Struct) -> None:
         """Take over ``record``'s state; a nested struct (a window) as its slotted form."""
@@ -44,3 +39,18 @@ class Slotted:
                 value.store()
             else:
                 setattr(record, name, value)
+
+
+def slotted_form(record: type[msgspec.Struct], step: type) -> type[Slotted]:
+    """The slotted form of ``record``: the step methods of ``step`` (a base of ``record``)
+    over one slot per field of ``record``."""
+    name = f"Slotted{record.__name__}"
+    namespace = {
+        "__slots__": record.__struct_fields__,
+        "__module__": record.__module__,
+        "__qualname__": name,
+        "__doc__": f"``{record.__name__}`` in slots, for hot loops.",
+    }
+    form = type(name, (Slotted, step), namespace)
+    Slotted._forms[record] = form
+    return form

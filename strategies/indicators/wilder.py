@@ -11,13 +11,25 @@ from typing import NamedTuple
 import msgspec
 
 from strategies.indicators.checks import check_period
-from strategies.indicators.slotted import Slotted
+from strategies.indicators.slotted import slotted_form
 
 
 class ADXValue(NamedTuple):
     adx: float
     plus_di: float
     minus_di: float
+
+
+def true_range(high: float, low: float, prev_close: float) -> float:
+    """``max(high - low, |high - prev_close|, |low - prev_close|)``, without the call to max()."""
+    tr = high - low
+    gap = abs(high - prev_close)
+    if gap > tr:
+        tr = gap
+    gap = abs(low - prev_close)
+    if gap > tr:
+        tr = gap
+    return tr
 
 
 class _RSIStep:
@@ -69,12 +81,6 @@ class RSI(msgspec.Struct, _RSIStep, tag=True):
         check_period("RSI", "period", self.period)
 
 
-class SlottedRSI(Slotted, _RSIStep, record=RSI):
-    """``RSI`` in slots, for hot loops (see ``slotted``)."""
-
-    __slots__ = RSI.__struct_fields__
-
-
 class _ATRStep:
     """The arithmetic of ``ATR``, shared by its slotted form."""
 
@@ -83,15 +89,7 @@ class _ATRStep:
     def update(self, high: float, low: float, close: float) -> float | None:
         pc = self.prev_close
         self.prev_close = close
-        # max(high - low, |high - pc|, |low - pc|), without the call to max()
-        tr = high - low
-        if pc is not None:
-            gap = abs(high - pc)
-            if gap > tr:
-                tr = gap
-            gap = abs(low - pc)
-            if gap > tr:
-                tr = gap
+        tr = high - low if pc is None else true_range(high, low, pc)
         n = self.period
         value = self.value
         if value is None:
@@ -119,12 +117,6 @@ class ATR(msgspec.Struct, _ATRStep, tag=True):
         check_period("ATR", "period", self.period)
 
 
-class SlottedATR(Slotted, _ATRStep, record=ATR):
-    """``ATR`` in slots, for hot loops (see ``slotted``)."""
-
-    __slots__ = ATR.__struct_fields__
-
-
 class _ADXStep:
     """The arithmetic of ``ADX``, shared by its slotted form."""
 
@@ -143,14 +135,7 @@ class _ADXStep:
         down = pl - low
         plus_dm = up if up > down and up > 0.0 else 0.0
         minus_dm = down if down > up and down > 0.0 else 0.0
-        # max(high - low, |high - pc|, |low - pc|), without the call to max()
-        tr = high - low
-        gap = abs(high - pc)
-        if gap > tr:
-            tr = gap
-        gap = abs(low - pc)
-        if gap > tr:
-            tr = gap
+        tr = true_range(high, low, pc)
         tr_sum, plus_sum, minus_sum = self.tr_sum, self.plus_dm_sum, self.minus_dm_sum
         if i <= n:
             tr_sum += tr
@@ -218,7 +203,6 @@ class ADX(msgspec.Struct, _ADXStep, tag=True):
         check_period("ADX", "period", self.period)
 
 
-class SlottedADX(Slotted, _ADXStep, record=ADX):
-    """``ADX`` in slots, for hot loops (see ``slotted``)."""
-
-    __slots__ = ADX.__struct_fields__
+SlottedRSI = slotted_form(RSI, _RSIStep)
+SlottedATR = slotted_form(ATR, _ATRStep)
+SlottedADX = slotted_form(ADX, _ADXStep)
