@@ -160,6 +160,24 @@ class FeatureTracker(msgspec.Struct):
         )
 
 
+# (LiveFeatures attribute, FeatureTracker field) of the values kept in both
+_TRACKER_FIELDS: tuple[tuple[str, str], ...] = (
+    ("warm", "warm"),
+    ("prev_ready", "prev_ready"),
+    ("close", "close"),
+    ("prev_stoch_k", "prev_stoch_k"),
+    ("prev_stoch_d", "prev_stoch_d"),
+    ("high_fast", "high_fast"),
+    ("low_fast", "low_fast"),
+    ("high_slow", "high_slow"),
+    ("low_slow", "low_slow"),
+    ("adx", "last_adx"),
+    ("ema_fast", "last_ema_fast"),
+    ("ema_slow", "last_ema_slow"),
+    ("rsi", "last_rsi"),
+)
+
+
 class LiveFeatures:
     """A series' tracker as it runs: its indicators in their slotted forms (``*_line``,
     ``bands``, ``stochastic``; a Donchian runs as its channel, ``channel_*``, with its period)
@@ -221,19 +239,8 @@ class LiveFeatures:
         self.fast_period = tracker.dc_fast.period
         self.channel_slow = SlottedChannel(tracker.dc_slow.window)
         self.slow_period = tracker.dc_slow.period
-        self.warm = tracker.warm
-        self.prev_ready = tracker.prev_ready
-        self.close = tracker.close
-        self.prev_stoch_k = tracker.prev_stoch_k
-        self.prev_stoch_d = tracker.prev_stoch_d
-        self.high_fast = tracker.high_fast
-        self.low_fast = tracker.low_fast
-        self.high_slow = tracker.high_slow
-        self.low_slow = tracker.low_slow
-        self.adx = tracker.last_adx
-        self.ema_fast = tracker.last_ema_fast
-        self.ema_slow = tracker.last_ema_slow
-        self.rsi = tracker.last_rsi
+        for mine, its in _TRACKER_FIELDS:
+            setattr(self, mine, getattr(tracker, its))
         self.atr = tracker.atr.value
         self.bb_mid = bands.mid
         self.bb_upper = bands.upper
@@ -304,17 +311,6 @@ class LiveFeatures:
             self.channel_slow,
         ):
             line.store()
-        t = self.tracker
-        t.warm = self.warm
-        t.prev_ready = self.prev_ready
-        t.close = self.close
-        t.prev_stoch_k = self.prev_stoch_k
-        t.prev_stoch_d = self.prev_stoch_d
-        t.high_fast = self.high_fast
-        t.low_fast = self.low_fast
-        t.high_slow = self.high_slow
-        t.low_slow = self.low_slow
-        t.last_adx = self.adx
-        t.last_ema_fast = self.ema_fast
-        t.last_ema_slow = self.ema_slow
-        t.last_rsi = self.rsi
+        tracker = self.tracker
+        for mine, its in _TRACKER_FIELDS:
+            setattr(tracker, its, getattr(self, mine))
