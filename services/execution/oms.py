@@ -56,7 +56,9 @@ class OrderManager(Brackets):
         self._validating = bool(self.config.require_stop)
 
     def decide(self, event: Event, now: int) -> Sequence[Event]:
-        if isinstance(event, Bar):  # nearly every input: a type check, cheaper than a match
+        # Nearly every input is a bar: an exact type test (it narrows ``event``) costs less
+        # than a class pattern or an ``isinstance`` that misses, so bars skip the match.
+        if type(event) is Bar:
             if self._atr_n:
                 try:
                     market = self._markets[event.venue][event.symbol]
