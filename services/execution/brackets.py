@@ -28,8 +28,8 @@ def bracket_group(cmd: OrderCommand, book: BookId, trail: Trail | None) -> Group
         cmd.side == "buy",
         model_tag=cmd.model_tag,
         entry=oid,
-        take_profit=cmd.take_profit or 0.0,  # type: ignore[arg-type]
-        stop_loss=cmd.stop_loss or 0.0,  # type: ignore[arg-type]
+        take_profit=cmd.take_profit or 0.0,
+        stop_loss=cmd.stop_loss or 0.0,
         trail=trail,
     )
 

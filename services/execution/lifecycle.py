@@ -9,6 +9,7 @@ venue leg (the order keeps its ``client_order_id`` and cumulative quantity).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Protocol
 
 import msgspec
 from msgspec import UNSET
@@ -22,13 +23,23 @@ from services.execution.oco import same_bar_oco_fills
 from services.execution.order_state import DUST, OmsState, Order, Position
 from services.execution.orders import WORKING, allowed
 from services.execution.orders_config import OrdersConfig
-from services.runtime.decider import Decider
+
+
+class Venue(Protocol):
+    """What the order manager asks of the venue behind it: a pure decider of orders,
+    cancels and bars, whose state rides inside the order manager's snapshot."""
+
+    def decide(self, event: Event, now: int) -> Sequence[Event]: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
 
 
 class OrderLifecycle:
     """Orders and their venue legs; the order manager builds on it."""
 
-    def __init__(self, venue: Decider, config: OrdersConfig, worker: str) -> None:
+    def __init__(self, venue: Venue, config: OrdersConfig, worker: str) -> None:
         self.venue = venue
         self.config = config
         self.state = OmsState()

@@ -29,12 +29,12 @@ import msgspec
 from contracts.events import Bar, Event, ExecutionReport, OrderCommand, RiskAlert
 from services.execution.atr import update_atr
 from services.execution.brackets import Brackets, bracket_group
+from services.execution.lifecycle import Venue
 from services.execution.order_state import DUST, OcoGroupId, OmsState, Order, number_text
 from services.execution.orders import WORKING
 from services.execution.orders_config import OrdersConfig
 from services.execution.stop_validator import tightened_stops, validate
 from services.execution.trailing import new_trail, trailed_stops
-from services.runtime.decider import Decider
 
 
 class OmsSnapshot(msgspec.Struct):
@@ -49,7 +49,7 @@ class OrderManager(Brackets):
     """The layout of ``OmsSnapshot``, the venue's state inside it included."""
 
     def __init__(
-        self, venue: Decider, config: OrdersConfig | None = None, worker: str = "execution"
+        self, venue: Venue, config: OrdersConfig | None = None, worker: str = "execution"
     ) -> None:
         super().__init__(venue, config or OrdersConfig(), worker)
         self._venue_decide = venue.decide
@@ -161,7 +161,7 @@ class OrderManager(Brackets):
             return [_rejected(cmd, now, why)]
         rec = Order(cmd, book, cmd.qty, stop_price=cmd.stop_price, limit_price=cmd.limit_price)
         if cmd.oco_group:
-            rec.oco = OcoGroupId(cmd.strategy, cmd.oco_group)  # type: ignore[arg-type]
+            rec.oco = OcoGroupId(cmd.strategy, cmd.oco_group)
             st.oco.setdefault(rec.oco, []).append(oid)
         trail = new_trail(cmd)
         if cmd.take_profit or cmd.stop_loss or (trail is not None and cmd.order_type != "stop"):
@@ -172,7 +172,7 @@ class OrderManager(Brackets):
             rec.trail = trail
             st.trailing.append(oid)
         if cmd.expire_at:
-            rec.expire_at = cmd.expire_at  # type: ignore[assignment]
+            rec.expire_at = cmd.expire_at
             st.expiring.append(oid)
         st.orders[oid] = rec
         out: list[Event] = []
@@ -182,13 +182,13 @@ class OrderManager(Brackets):
 
     def _invalid(self, cmd: OrderCommand) -> str:
         """Why a new order is rejected before it reaches the venue ('' when it is fine)."""
-        if cmd.expire_at and cmd.expire_at <= cmd.ts:  # type: ignore[operator]
+        if cmd.expire_at and cmd.expire_at <= cmd.ts:
             return "expire_at is not after the order time"
         tp, sl = cmd.take_profit, cmd.stop_loss
         buy = cmd.side == "buy"
-        if tp and sl and (tp <= sl if buy else tp >= sl):  # type: ignore[operator]
+        if tp and sl and (tp <= sl if buy else tp >= sl):
             side = "above" if buy else "below"
-            tp_text, sl_text = number_text(tp), number_text(sl)  # type: ignore[arg-type]
+            tp_text, sl_text = number_text(tp), number_text(sl)
             return f"take_profit {tp_text} must be {side} stop_loss {sl_text} for a {cmd.side}"
         if (
             cmd.trail_atr

@@ -16,13 +16,9 @@ from services.execution.orders import WORKING
 def new_trail(cmd: OrderCommand) -> Trail | None:
     """The trail a new order asks for (``trail_pct``, else ``trail_atr``), or None."""
     if cmd.trail_pct:
-        return Trail(sell=cmd.side == "sell", pct=cmd.trail_pct)  # type: ignore[arg-type]
+        return Trail(sell=cmd.side == "sell", pct=cmd.trail_pct)
     if cmd.trail_atr:
-        return Trail(
-            sell=cmd.side == "sell",
-            mult=cmd.trail_atr,  # type: ignore[arg-type]
-            atr=cmd.atr or 0.0,  # type: ignore[arg-type]
-        )
+        return Trail(sell=cmd.side == "sell", mult=cmd.trail_atr, atr=cmd.atr or 0.0)
     return None
 
 
