@@ -27,6 +27,7 @@ UNIT_NS: dict[str, int] = {
 YEAR_NS = 365 * UNIT_NS["d"]
 """Every calendar day counts: ``1d`` bars are 365 periods a year."""
 
+_UNITS: dict[str, IntervalUnit] = {"s": "s", "m": "m", "h": "h", "d": "d", "w": "w"}
 _INTERVAL = re.compile(r"([1-9][0-9]*)([smhdw])")
 _DURATION = re.compile(r"([0-9]+(?:\.[0-9]+)?)(ms|s|m|h|d|w)")
 
@@ -49,7 +50,7 @@ class Interval(msgspec.Struct, frozen=True, cache_hash=True):
                 f"{what} {text!r}: expected a whole number > 0 and a unit s/m/h/d/w, "
                 "e.g. '1m' or '1d' (months have no fixed length)"
             )
-        return cls(int(match.group(1)), match.group(2))  # type: ignore[arg-type]
+        return cls(int(match.group(1)), _UNITS[match.group(2)])
 
     @classmethod
     def from_ns(cls, nanoseconds: int) -> Interval | None:
@@ -58,8 +59,8 @@ class Interval(msgspec.Struct, frozen=True, cache_hash=True):
         if nanoseconds <= 0:
             return None
         for unit, size in UNIT_NS.items():
-            if unit != "ms" and nanoseconds % size == 0:
-                return cls(nanoseconds // size, unit)  # type: ignore[arg-type]
+            if unit in _UNITS and nanoseconds % size == 0:
+                return cls(nanoseconds // size, _UNITS[unit])
         return None
 
     @property

@@ -11,10 +11,10 @@ from collections.abc import Callable, Iterable
 
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.metrics import CallbackOptions, Meter, Observation
-from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter, MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
 from opentelemetry.sdk.resources import Resource
-from prometheus_client import REGISTRY, CollectorRegistry, start_http_server
+from prometheus_client import CollectorRegistry, start_http_server
 
 from eventstore.errors import KeelError
 
@@ -38,33 +38,15 @@ def resource(service: str) -> Resource:
     return Resource.create({"service.name": f"keel-{service}", "service.namespace": "keel"})
 
 
-try:  # exemplars cost time on every measurement and Keel does not use them
-    from opentelemetry.sdk.metrics import AlwaysOffExemplarFilter
-
-    _NO_EXEMPLARS: dict = {"exemplar_filter": AlwaysOffExemplarFilter()}
-except ImportError:  # an SDK from before exemplars
-    _NO_EXEMPLARS = {}
-
-
-def _prometheus_reader(registry: CollectorRegistry) -> PrometheusMetricReader:
-    try:
-        return PrometheusMetricReader(registry=registry, scope_info_enabled=False)
-    except TypeError:  # an exporter before 0.6x registers on the global registry: move it
-        reader = PrometheusMetricReader()
-        collector = reader._collector
-        REGISTRY.unregister(collector)
-        registry.register(collector)
-        reader.shutdown = lambda *args, **kwargs: registry.unregister(collector)  # type: ignore[method-assign]
-        return reader
-
-
 class MetricsEndpoint:
     """A meter provider with a Prometheus endpoint on its own registry (several workers in
     one process each serve only their own metrics), plus OTLP when configured."""
 
     def __init__(self, service: str, port: int | None, addr: str) -> None:
         self.registry = CollectorRegistry()
-        readers: list[MetricReader] = [_prometheus_reader(self.registry)]
+        readers: list[MetricReader] = [
+            PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
+        ]
         if otlp_enabled("metrics"):
             from opentelemetry.exporter.otlp.proto.http.metric_exporter import (
                 OTLPMetricExporter,
@@ -75,7 +57,7 @@ class MetricsEndpoint:
             metric_readers=readers,
             resource=resource(service),
             shutdown_on_exit=False,
-            **_NO_EXEMPLARS,
+            exemplar_filter=AlwaysOffExemplarFilter(),  # Keel reads no exemplars; they cost a lookup per measurement
         )
         self.meter = self.provider.get_meter("keel")
         if port is None:
