@@ -16,7 +16,7 @@ from msgspec import UNSET
 
 from contracts.codec import encode
 from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand
-from contracts.keys import BookId, InstrumentId
+from contracts.keys import BookId, InstrumentId, KeyTable
 from contracts.subjects import subject_for
 from services.execution.atr import atr_value
 from services.execution.oco import same_bar_oco_fills
@@ -52,26 +52,14 @@ class OrderLifecycle:
         # Venue legs the order manager canceled while the venue's reports of the same call
         # were still being handled: what the venue said about them afterwards is moot.
         self._killed: set[str] = set()
-        # Keys built once per market and book; the bar path reads ``_markets`` inline.
-        self._markets: dict[str, dict[str, InstrumentId]] = {}
-        self._books: dict[str, dict[str, dict[str, BookId]]] = {}
+        self._keys = KeyTable()
+        self._markets = self._keys.markets  # the bar path reads it inline
+        self._market = self._keys.market
 
     # --- keys -----------------------------------------------------------------------------
 
-    def _market(self, venue: str, symbol: str) -> InstrumentId:
-        try:
-            return self._markets[venue][symbol]
-        except KeyError:
-            market = self._markets.setdefault(venue, {})[symbol] = InstrumentId(venue, symbol)
-            return market
-
     def _book(self, strategy: str, venue: str, symbol: str) -> BookId:
-        try:
-            return self._books[strategy][venue][symbol]
-        except KeyError:
-            book = BookId(strategy, self._market(venue, symbol))
-            self._books.setdefault(strategy, {}).setdefault(venue, {})[symbol] = book
-            return book
+        return self._keys.book(strategy, self._keys.market(venue, symbol))
 
     def _market_atr(self, market: InstrumentId) -> float | None:
         """The order manager's ATR of a market; None until ``atr_period`` bars were seen."""

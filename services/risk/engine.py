@@ -34,7 +34,7 @@ from contracts.events import (
     RiskDecision,
     Signal,
 )
-from contracts.keys import BookId, InstrumentId
+from contracts.keys import InstrumentId, KeyTable
 from services.risk.book import EPS, Book
 from services.risk.breaker import Transition, VenueBreaker
 from services.risk.correlation import Correlations
@@ -86,17 +86,16 @@ class RiskEngine:
         """Build the collaborators over the state and compile the rails (after
         construction, a change of limits and a restore)."""
         lim, state = self._limits, self.state
-        self._markets: dict[str, dict[str, InstrumentId]] = {}
-        for known in (state.prices, state.instruments, state.net):
-            for market in known:  # one key object per market: lookups hit by identity
-                self._markets.setdefault(market.venue, {})[market.symbol] = market
+        keys = KeyTable(
+            (*state.prices, *state.instruments, *state.net, *state.orders, *state.positions)
+        )
+        self._markets = keys.markets
+        self._market = keys.market
+        self._book_of = keys.book
         for spec in self.instrument_specs:
             market = self._market(spec.venue, spec.symbol)
             if market not in state.instruments:
                 state.instruments[market] = self._info(spec)
-        self._books: dict[str, dict[InstrumentId, BookId]] = {}
-        for book in (*state.orders, *state.positions):
-            self._books.setdefault(book.strategy, {})[book.instrument] = book
         self._quotes: dict[InstrumentId, tuple[str, str, bool]] = {}
         self._status = StatusBoard(state)
         self._book = Book(state)
@@ -164,21 +163,6 @@ class RiskEngine:
                 cached = split_symbol(market.symbol)
             self._quotes[market] = cached
         return cached
-
-    def _market(self, venue: str, symbol: str) -> InstrumentId:
-        """The market's key, built once per venue and symbol: a bar builds none."""
-        try:
-            return self._markets[venue][symbol]
-        except KeyError:
-            market = self._markets.setdefault(venue, {})[symbol] = InstrumentId(venue, symbol)
-            return market
-
-    def _book_of(self, strategy: str, market: InstrumentId) -> BookId:
-        try:
-            return self._books[strategy][market]
-        except KeyError:
-            book = self._books.setdefault(strategy, {})[market] = BookId(strategy, market)
-            return book
 
     # --- the fold -------------------------------------------------------------------------
 

@@ -15,7 +15,7 @@ from contracts.intervals import (
     interval_ns,
     periods_per_year,
 )
-from contracts.keys import BookId, InstrumentId
+from contracts.keys import BookId, InstrumentId, KeyTable
 
 
 @pytest.mark.parametrize(
@@ -76,3 +76,19 @@ def test_keys_are_values_that_survive_a_snapshot() -> None:
     assert msgspec.msgpack.decode(data, type=dict[BookId, float]) == state
     assert (str(market), str(book)) == ("binance|BTC/USDT:USDT", "ma_cross|binance|BTC/USDT:USDT")
     assert book.venue == "binance" and book.symbol == "BTC/USDT:USDT"
+
+
+def test_a_key_table_hands_out_one_object_per_market_and_book() -> None:
+    restored_market = InstrumentId("sim", "SOL/USDT")
+    restored_book = BookId("turtle", InstrumentId("sim", "ETH/USDT"))
+    keys = KeyTable((restored_market, restored_book))
+    assert keys.market("sim", "SOL/USDT") is restored_market
+    assert keys.market("sim", "ETH/USDT") is restored_book.instrument
+    assert keys.book("turtle", keys.market("sim", "ETH/USDT")) is restored_book
+    fresh = keys.market("binance", "BTC/USDT")
+    assert (
+        fresh == InstrumentId("binance", "BTC/USDT")
+        and keys.market(*"binance BTC/USDT".split()) is fresh
+    )
+    assert keys.book("ma", fresh) is keys.book("ma", fresh)
+    assert keys.markets["binance"]["BTC/USDT"] is fresh
