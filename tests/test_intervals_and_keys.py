@@ -87,8 +87,7 @@ def test_a_key_table_hands_out_one_object_per_market_and_book() -> None:
     assert keys.book("turtle", keys.market("sim", "ETH/USDT")) is restored_book
     fresh = keys.market("binance", "BTC/USDT")
     assert (
-        fresh == InstrumentId("binance", "BTC/USDT")
-        and keys.market(*"binance BTC/USDT".split()) is fresh
+        fresh == InstrumentId("binance", "BTC/USDT") and keys.market("binance", "BTC/USDT") is fresh
     )
     assert keys.book("ma", fresh) is keys.book("ma", fresh)
     assert keys.markets["binance"]["BTC/USDT"] is fresh
