@@ -3,9 +3,10 @@ publishes; the driver cuts market events into frames with an explicit last one."
 
 from __future__ import annotations
 
+from functools import partial
+
 from contracts.codec import decode, encode
 from contracts.envelope import bar_envelope
-from contracts.events import Bar
 from contracts.subjects import subject_for
 from eventstore.frames import (
     MARKET_KIND,
@@ -18,23 +19,12 @@ from eventstore.frames import (
     kind_of,
 )
 from replay.bus_replay import _chunks
+from tests.factories import ohlc_bar
 from tests.test_subjects import EXAMPLES
 
-
-def _bar(i: int) -> Bar:
-    return Bar(
-        ts=(i + 1) * 60_000_000_000,
-        venue="sim",
-        symbol="BTC/USDT",
-        interval="1m",
-        open_time=i * 60_000_000_000,
-        close_time=(i + 1) * 60_000_000_000,
-        open=100.0,
-        high=101.0,
-        low=99.0,
-        close=100.5,
-        volume=3.0,
-    )
+_bar = partial(
+    ohlc_bar, open=100.0, high=101.0, low=99.0, close=100.5, volume=3.0, venue="sim", start=0
+)
 
 
 def test_a_frame_round_trips_events_byte_for_byte() -> None:

@@ -15,51 +15,7 @@ from contracts.keys import InstrumentId
 from services.portfolio.accounts import Portfolio
 from services.portfolio.config import PortfolioConfig
 from services.portfolio.positions import Position
-
-MINUTE = 60_000_000_000
-T0 = 1_700_000_000_000_000_000
-VENUE = "test"
-BTC = "BTC/USDT"
-
-
-def fill(
-    side: str,
-    qty: float,
-    price: float,
-    fee: float = 0.0,
-    symbol: str = BTC,
-    status: str = "filled",
-) -> ExecutionReport:
-    return ExecutionReport(
-        ts=T0,
-        status=status,  # type: ignore[arg-type]
-        client_order_id="o",
-        strategy="s1",
-        venue=VENUE,
-        symbol=symbol,
-        side=side,  # type: ignore[arg-type]
-        order_qty=qty,
-        fill_price=price,
-        fill_qty=qty,
-        cum_qty=qty,
-        fee=fee,
-    )
-
-
-def bar(close: float, symbol: str = BTC, ts: int = T0 + MINUTE) -> Bar:
-    return Bar(
-        ts=ts,
-        venue=VENUE,
-        symbol=symbol,
-        interval="1m",
-        open_time=ts - MINUTE,
-        close_time=ts,
-        open=close,
-        high=close,
-        low=close,
-        close=close,
-        volume=1.0,
-    )
+from tests.factories import BTC, MINUTE, T0, VENUE, bar, fill
 
 
 def position_event(ledger: Portfolio, event: ExecutionReport) -> PositionChanged:

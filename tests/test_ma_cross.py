@@ -9,42 +9,9 @@ import pytest
 from contracts.events import Bar, Signal
 from strategies.ma_cross import MaCross, MaCrossParams
 from strategies.registry import StrategyError, build_strategy, parse_params
+from tests.factories import bars_from_closes
 
-MINUTE = 60_000_000_000
-T0 = 1_700_000_000_000_000_000
 SCENARIO = [10, 11, 12, 11, 10, 9, 10, 12, 13, 12]
-
-
-def make_bars(
-    closes: Sequence[float],
-    symbol: str = "BTC/USDT",
-    start: int = T0,
-    venue: str = "test",
-    interval: str = "1m",
-) -> list[Bar]:
-    """Bars 60 s apart, ts == close_time, open = previous close (first open = first close)."""
-    bars: list[Bar] = []
-    prev = float(closes[0])
-    for i, close in enumerate(closes):
-        open_time = start + i * MINUTE
-        close = float(close)
-        bars.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue=venue,
-                symbol=symbol,
-                interval=interval,
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=prev,
-                high=max(prev, close),
-                low=min(prev, close),
-                close=close,
-                volume=1.0,
-            )
-        )
-        prev = close
-    return bars
 
 
 def strategy(
@@ -78,7 +45,7 @@ def test_hand_computed_sma_scenario() -> None:
     # bar 6: fast 9.5 < slow 10; bar 7: fast 9.5 < slow 9.667  -> still -1
     # bar 8: fast 11 > slow 10.333                             -> target +1
     # bar 9: 12.5 > 11.667; bar 10: 12.5 > 12.333              -> still +1
-    bars = make_bars(SCENARIO)
+    bars = bars_from_closes(SCENARIO)
     signals = run(strategy(), bars)
     assert targets(signals) == [(5, -1.0), (8, 1.0)]
     (_, down), (_, up) = signals
@@ -95,19 +62,19 @@ def test_hand_computed_sma_scenario() -> None:
 
 def test_no_signal_on_first_warm_bar() -> None:
     strat = strategy()
-    bars = make_bars(SCENARIO)
+    bars = bars_from_closes(SCENARIO)
     assert [strat.on_bar(b) for b in bars[:4]] == [[], [], [], []]
 
 
 def test_qty_scales_the_target() -> None:
-    assert targets(run(strategy(qty=2.5), make_bars(SCENARIO))) == [(5, -2.5), (8, 2.5)]
+    assert targets(run(strategy(qty=2.5), bars_from_closes(SCENARIO))) == [(5, -2.5), (8, 2.5)]
 
 
 # (2) -----------------------------------------------------------------------------------
 
 
 def test_long_only_maps_short_side_to_flat() -> None:
-    signals = run(strategy(mode="long_only"), make_bars(SCENARIO))
+    signals = run(strategy(mode="long_only"), bars_from_closes(SCENARIO))
     assert targets(signals) == [(5, 0.0), (8, 1.0)]
     assert all(s.target_position is not None and s.target_position >= 0 for _, s in signals)
 
@@ -123,7 +90,7 @@ def test_equal_averages_keep_previous_side() -> None:
     # bar 3: fast 2.5 > slow 2 -> +1; bar 4 (close 1): fast (3+1)/2 = 2 == slow (2+3+1)/3 = 2
     # -> keep +1, no signal.
     strat = strategy()
-    bars = make_bars([1, 2, 3, 1])
+    bars = bars_from_closes([1, 2, 3, 1])
     assert run(strat, bars) == []
     assert strat.state.legs["test|BTC/USDT|1m"].side == 1
 
@@ -132,14 +99,14 @@ def test_equal_twice_is_no_signal_but_a_later_cross_is() -> None:
     # [1, 2, 3, 1] is +1 then equal (kept +1).
     # + close 5: fast (1+5)/2 = 3 == slow (3+1+5)/3 = 3 -> equal again, still no signal.
     # + close 3 instead: fast (1+3)/2 = 2 < slow (3+1+3)/3 = 2.333 -> crossing down at bar 5.
-    assert run(strategy(), make_bars([1, 2, 3, 1, 5])) == []
-    assert targets(run(strategy(), make_bars([1, 2, 3, 1, 3]))) == [(5, -1.0)]
+    assert run(strategy(), bars_from_closes([1, 2, 3, 1, 5])) == []
+    assert targets(run(strategy(), bars_from_closes([1, 2, 3, 1, 3]))) == [(5, -1.0)]
 
 
 def test_equal_averages_keep_short_side() -> None:
     # [3, 2, 1]: fast 1.5 < slow 2 -> -1; close 3: fast 2 == slow (2+1+3)/3 = 2 -> keep -1.
     strat = strategy()
-    assert run(strat, make_bars([3, 2, 1, 3])) == []
+    assert run(strat, bars_from_closes([3, 2, 1, 3])) == []
     assert strat.state.legs["test|BTC/USDT|1m"].side == -1
 
 
@@ -149,10 +116,10 @@ def test_equal_averages_keep_short_side() -> None:
 def test_started_mid_trend_waits_for_a_crossing() -> None:
     rising = list(range(10, 40))
     strat = strategy(fast=3, slow=8)
-    assert run(strat, make_bars(rising)) == []
+    assert run(strat, bars_from_closes(rising)) == []
     # Now a sharp fall: the first signal is the downward crossing, never a "catch-up" long.
     falling = [39, 30, 20, 15, 12]
-    more = make_bars(rising + falling)[len(rising) :]
+    more = bars_from_closes(rising + falling)[len(rising) :]
     signals = run(strat, more)
     assert len(signals) == 1
     assert signals[0][1].target_position == -1.0
@@ -160,16 +127,16 @@ def test_started_mid_trend_waits_for_a_crossing() -> None:
 
 def test_started_mid_downtrend_long_only_emits_nothing_until_cross() -> None:
     strat = strategy(mode="long_only")
-    assert run(strat, make_bars(list(range(50, 20, -1)))) == []
+    assert run(strat, bars_from_closes(list(range(50, 20, -1)))) == []
 
 
 # (5) -----------------------------------------------------------------------------------
 
 
 def test_symbols_keep_separate_state() -> None:
-    btc = make_bars(SCENARIO, symbol="BTC/USDT")
+    btc = bars_from_closes(SCENARIO, symbol="BTC/USDT")
     eth_closes = [20, 19, 18, 19, 21, 22, 20, 18, 17, 19]
-    eth = make_bars(eth_closes, symbol="ETH/USDT")
+    eth = bars_from_closes(eth_closes, symbol="ETH/USDT")
 
     alone_btc = targets(run(strategy(), btc))
     alone_eth = targets(run(strategy(), eth))
@@ -189,9 +156,9 @@ def test_symbols_keep_separate_state() -> None:
 
 def test_intervals_and_venues_keep_separate_state() -> None:
     strat = strategy()
-    a = make_bars(SCENARIO, interval="1m")
-    b = make_bars(SCENARIO, interval="5m")
-    c = make_bars(SCENARIO, venue="other")
+    a = bars_from_closes(SCENARIO, interval="1m")
+    b = bars_from_closes(SCENARIO, interval="5m")
+    c = bars_from_closes(SCENARIO, venue="other")
     got = []
     for bars in zip(a, b, c, strict=True):
         for bar in bars:
@@ -208,7 +175,7 @@ def test_intervals_and_venues_keep_separate_state() -> None:
 def test_snapshot_restore_mid_series_reproduces_signals(kind: str, cut: int) -> None:
     """Regression: ``_Leg.fast``/``_Leg.slow`` are ``SMA | EMA``; before the indicators were
     tagged, msgspec refused to decode that union and restore raised TypeError."""
-    bars = make_bars(SCENARIO)
+    bars = bars_from_closes(SCENARIO)
     straight = targets(run(strategy(kind), bars))
 
     first = strategy(kind)
@@ -227,7 +194,7 @@ def test_snapshot_restore_mid_series_reproduces_signals(kind: str, cut: int) -> 
 def test_snapshot_of_fresh_strategy_restores() -> None:
     strat = strategy()
     strat.restore(strategy().snapshot())
-    assert targets(run(strat, make_bars(SCENARIO))) == [(5, -1.0), (8, 1.0)]
+    assert targets(run(strat, bars_from_closes(SCENARIO))) == [(5, -1.0), (8, 1.0)]
 
 
 # (7) -----------------------------------------------------------------------------------
@@ -241,8 +208,8 @@ def test_ema_kind_works_and_differs_from_sma() -> None:
     # EMA 2x3 (alphas 2/3, 1/2; seeds 10 and 10.333):
     #   bar 3 fast 10.667 > slow 10.333 (warm +1); bar 4 10.222 > 10.167;
     #   bar 5 10.741 > 10.583; bar 6 10.914 > 10.792; bar 7 fast 9.638 < slow 9.896 -> -1.
-    sma = run(strategy("sma"), make_bars(closes))
-    ema = run(strategy("ema"), make_bars(closes))
+    sma = run(strategy("sma"), bars_from_closes(closes))
+    ema = run(strategy("ema"), bars_from_closes(closes))
     assert targets(sma) == [(5, -1.0), (6, 1.0), (7, -1.0)]
     assert targets(ema) == [(7, -1.0)]
     assert ema[0][1].model_tag == "ma_cross-ema2x3"
@@ -251,7 +218,7 @@ def test_ema_kind_works_and_differs_from_sma() -> None:
 
 def test_ema_hand_computed_on_main_scenario() -> None:
     # EMA 2x3: bar 5 fast 10.389 < slow 10.5 -> -1; bar 8 fast 11.274 > slow 10.9375 -> +1.
-    assert targets(run(strategy("ema"), make_bars(SCENARIO))) == [(5, -1.0), (8, 1.0)]
+    assert targets(run(strategy("ema"), bars_from_closes(SCENARIO))) == [(5, -1.0), (8, 1.0)]
 
 
 # (8) registry ---------------------------------------------------------------------------
@@ -310,6 +277,6 @@ def test_parse_params_keeps_value_with_equals_sign() -> None:
 
 def test_no_signal_until_the_averages_first_differ() -> None:
     # bar 3: fast 2 == slow 2 -> no side yet; bar 4: fast 2.5 > slow 2.33 fixes +1 silently
-    assert run(strategy(), make_bars([2, 2, 2, 3])) == []
+    assert run(strategy(), bars_from_closes([2, 2, 2, 3])) == []
     # the next real crossing does signal: bar 6 fast 1.5 < slow 2.0
-    assert targets(run(strategy(), make_bars([2, 2, 2, 3, 2, 1]))) == [(6, -1.0)]
+    assert targets(run(strategy(), bars_from_closes([2, 2, 2, 3, 2, 1]))) == [(6, -1.0)]

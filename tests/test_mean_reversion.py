@@ -3,17 +3,15 @@ snapshot/restore and a real-data run."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from contracts.events import Bar, Signal
+from contracts.events import Signal
 from strategies.mean_reversion import MeanReversion, MeanReversionParams
 from strategies.registry import StrategyError, build_strategy
+from tests.factories import bars_from_closes
 from tests.strategy_checks import (
-    MINUTE,
-    T0,
     assert_real_week_reproducible,
     assert_snapshot_continues,
     random_walk,
@@ -23,38 +21,6 @@ from tests.strategy_checks import (
 SMALL = {"bb_period": 4, "bb_k": 1.0, "rsi_period": 2}
 DIP = [10, 10, 10, 10, 10, 8, 9, 10]
 POP = [10, 10, 10, 10, 10, 12, 11, 10]
-
-
-def make_bars(
-    closes: Sequence[float],
-    lows: Mapping[int, float] | None = None,
-    highs: Mapping[int, float] | None = None,
-    symbol: str = "BTC/USDT",
-) -> list[Bar]:
-    """Bars 60 s apart; open = previous close, high/low = max/min(open, close) unless given for
-    a (1-based) bar number."""
-    bars: list[Bar] = []
-    prev = float(closes[0])
-    for i, close in enumerate(closes):
-        open_time = T0 + i * MINUTE
-        close = float(close)
-        bars.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue="test",
-                symbol=symbol,
-                interval="1m",
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=prev,
-                high=(highs or {}).get(i + 1, max(prev, close)),
-                low=(lows or {}).get(i + 1, min(prev, close)),
-                close=close,
-                volume=1.0,
-            )
-        )
-        prev = close
-    return bars
 
 
 def strategy(**overrides: object) -> MeanReversion:
@@ -71,7 +37,7 @@ def test_long_below_lower_band_with_oversold_rsi_exits_at_mid() -> None:
     #   RSI(2): loss (0 + 2) / 2 = 1, gain 0 -> 0 < 30 -> long; the mid band is the target.
     # bar 7: window 10, 10, 8, 9: mid 9.25 > close 9 -> hold.
     # bar 8: window 10, 8, 9, 10: mid 9.25 <= close 10 -> flat.
-    signals = run(strategy(), make_bars(DIP))
+    signals = run(strategy(), bars_from_closes(DIP))
     assert targets(signals) == [(6, 1.0), (8, 0.0)]
     (_, entry), (_, exit_) = signals
     assert entry.target == pytest.approx(9.5)
@@ -87,25 +53,25 @@ def test_both_conditions_are_needed() -> None:
     # bar 6 of 10, 10, 10, 11, 10, 8: mid 9.75, sd sqrt(1.1875) = 1.09, lower 8.66 > close 8;
     # RSI(2) gains/losses (0.125, 1.25) -> 9.09: oversold below 30, not below 9
     closes = [10, 10, 10, 11, 10, 8]
-    assert targets(run(strategy(), make_bars(closes))) == [(6, 1.0)]
-    assert run(strategy(oversold=9), make_bars(closes)) == []
+    assert targets(run(strategy(), bars_from_closes(closes))) == [(6, 1.0)]
+    assert run(strategy(oversold=9), bars_from_closes(closes)) == []
     # RSI 0 on the plain dip, but with k = 3 the lower band 9.5 - 2.6 stays below the close 8
-    assert run(strategy(bb_k=3.0), make_bars(DIP)) == []
+    assert run(strategy(bb_k=3.0), bars_from_closes(DIP)) == []
 
 
 def test_short_mirrored_in_long_short() -> None:
     # bar 6: close 12 > upper 10.5 + 0.866 and RSI 100 > 70 -> short; bar 8: close 10 <= mid
     # (10 + 12 + 11 + 10) / 4 = 10.75 -> flat
-    signals = run(strategy(mode="long_short"), make_bars(POP))
+    signals = run(strategy(mode="long_short"), bars_from_closes(POP))
     assert targets(signals) == [(6, -1.0), (8, 0.0)]
     assert signals[0][1].target == pytest.approx(10.5)
-    assert run(strategy(), make_bars(POP)) == []  # long_only
+    assert run(strategy(), bars_from_closes(POP)) == []  # long_only
 
 
 def test_stop_pct_exit() -> None:
     # long at 8 with stop 8 * 0.95 = 7.6; bar 7 dips to 7.5 and closes at 8.5 (below mid
     # 9.125): the stop fires; bar 8 (9.5, mid 9.0) is inside the band: no new entry.
-    bars = make_bars([10, 10, 10, 10, 10, 8, 8.5, 9.5], lows={7: 7.5})
+    bars = bars_from_closes([10, 10, 10, 10, 10, 8, 8.5, 9.5], lows={7: 7.5})
     signals = run(strategy(stop_pct=5), bars)
     assert targets(signals) == [(6, 1.0), (7, 0.0)]
     assert signals[0][1].stop == pytest.approx(7.6)
@@ -116,7 +82,7 @@ def test_stop_pct_exit() -> None:
 def test_no_same_side_reentry_on_the_stop_bar() -> None:
     # bar 7 stops out (low 7.5) and closes at 7.7, still below the lower band with RSI ~0:
     # no re-entry on that bar; bar 8 (6.9 < lower band 7.01) enters again.
-    bars = make_bars([10, 10, 10, 10, 10, 8, 7.7, 6.9], lows={7: 7.5})
+    bars = bars_from_closes([10, 10, 10, 10, 10, 8, 7.7, 6.9], lows={7: 7.5})
     signals = run(strategy(stop_pct=5), bars)
     assert targets(signals) == [(6, 1.0), (7, 0.0), (8, 1.0)]
 
@@ -124,19 +90,19 @@ def test_no_same_side_reentry_on_the_stop_bar() -> None:
 def test_long_flips_short_on_a_jump_above_the_upper_band() -> None:
     # long at 8 (bar 6); bar 7 jumps to 14: above mid 10.5 (exit) and above the upper band
     # 10.5 + sqrt(4.75) = 12.68 with RSI(2) 85.7 > 70 -> straight to -1
-    signals = run(strategy(mode="long_short"), make_bars([10, 10, 10, 10, 10, 8, 14]))
+    signals = run(strategy(mode="long_short"), bars_from_closes([10, 10, 10, 10, 10, 8, 14]))
     assert targets(signals) == [(6, 1.0), (7, -1.0)]
     assert "mid band" in signals[1][1].reason and "upper band" in signals[1][1].reason
 
 
 def test_qty_scales_the_target() -> None:
-    assert targets(run(strategy(qty=3), make_bars(DIP))) == [(6, 3.0), (8, 0.0)]
+    assert targets(run(strategy(qty=3), bars_from_closes(DIP))) == [(6, 3.0), (8, 0.0)]
 
 
 def test_symbols_keep_separate_state() -> None:
     strat = strategy()
-    a = make_bars(DIP, symbol="A/X")
-    b = make_bars(POP, symbol="B/X")
+    a = bars_from_closes(DIP, symbol="A/X")
+    b = bars_from_closes(POP, symbol="B/X")
     got: list[tuple[str, float | None]] = []
     for bars in zip(b, a, strict=True):
         for bar in bars:

@@ -3,17 +3,15 @@ snapshot/restore and a real-data run."""
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import pytest
 
-from contracts.events import Bar, Signal
+from contracts.events import Signal
 from strategies.momentum import Momentum, MomentumParams
 from strategies.registry import StrategyError, build_strategy
+from tests.factories import bars_from_closes
 from tests.strategy_checks import (
-    MINUTE,
-    T0,
     assert_real_week_reproducible,
     assert_snapshot_continues,
     random_walk,
@@ -33,40 +31,6 @@ UP_VOLUME = {5: 3.0}
 DOWN = [100, 100, 100, 100, 94, 90, 88, 90, 91]
 
 
-def make_bars(
-    closes: Sequence[float],
-    volumes: Mapping[int, float] | None = None,
-    lows: Mapping[int, float] | None = None,
-    highs: Mapping[int, float] | None = None,
-    symbol: str = "BTC/USDT",
-) -> list[Bar]:
-    """Bars 60 s apart; open = previous close, high/low = max/min(open, close) and volume 1
-    unless given for a (1-based) bar number."""
-    bars: list[Bar] = []
-    prev = float(closes[0])
-    for i, close in enumerate(closes):
-        n = i + 1
-        open_time = T0 + i * MINUTE
-        close = float(close)
-        bars.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue="test",
-                symbol=symbol,
-                interval="1m",
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=prev,
-                high=(highs or {}).get(n, max(prev, close)),
-                low=(lows or {}).get(n, min(prev, close)),
-                close=close,
-                volume=(volumes or {}).get(n, 1.0),
-            )
-        )
-        prev = close
-    return bars
-
-
 def strategy(**overrides: object) -> Momentum:
     return Momentum("mom", MomentumParams(**{**SMALL, **overrides}))  # type: ignore[arg-type]
 
@@ -83,7 +47,7 @@ def test_move_with_volume_spike_enters_and_the_trail_exits() -> None:
     #   -> long at 106, stop max(106 * 0.98, 106 * 0.97) = 103.88.
     # highest close 106 -> 110 -> 112; the level after bar 7 is max(103.88, 112 * 0.97 =
     #   108.64). bar 8: low 109 > 108.64 holds; bar 9: low 108 <= 108.64 -> flat.
-    signals = run(strategy(), make_bars(UP, UP_VOLUME))
+    signals = run(strategy(), bars_from_closes(UP, volumes=UP_VOLUME))
     assert targets(signals) == [(5, 1.0), (9, 0.0)]
     (_, entry), (_, exit_) = signals
     assert entry.stop == pytest.approx(103.88)
@@ -95,23 +59,23 @@ def test_move_with_volume_spike_enters_and_the_trail_exits() -> None:
 
 
 def test_no_volume_spike_no_entry() -> None:
-    assert run(strategy(), make_bars(UP, {5: 1.9})) == []
+    assert run(strategy(), bars_from_closes(UP, volumes={5: 1.9})) == []
 
 
 def test_small_move_no_entry() -> None:
     # +4.9% with a spike
-    assert run(strategy(), make_bars([100, 100, 100, 100, 104.9], {5: 5.0})) == []
+    assert run(strategy(), bars_from_closes([100, 100, 100, 100, 104.9], volumes={5: 5.0})) == []
 
 
 def test_the_average_volume_excludes_the_current_bar() -> None:
     # volume 2 against the previous three bars' average 1: a spike of exactly 2x. Counting
     # the bar itself the average would be 4/3 and 2 < 2.67 would not be a spike.
-    assert targets(run(strategy(), make_bars(UP, {5: 2.0}))) == [(5, 1.0), (9, 0.0)]
+    assert targets(run(strategy(), bars_from_closes(UP, volumes={5: 2.0}))) == [(5, 1.0), (9, 0.0)]
 
 
 def test_initial_stop_exit() -> None:
     # bar 6 dips to 103.5 <= 103.88 and closes at 105
-    bars = make_bars([*UP[:5], 105], UP_VOLUME, lows={6: 103.5})
+    bars = bars_from_closes([*UP[:5], 105], volumes=UP_VOLUME, lows={6: 103.5})
     signals = run(strategy(), bars)
     assert targets(signals) == [(5, 1.0), (6, 0.0)]
     assert signals[1][1].reason == "stop/trail hit: low 103.5 <= 103.88"
@@ -121,7 +85,7 @@ def test_no_same_side_reentry_on_the_exit_bar() -> None:
     # long at 106 (bar 5), highest close 110 (bar 6): level max(103.88, 110 * 0.97 = 106.7).
     # bar 7 dips to 106 (exit) and closes at 108, +8% over 3 bars with volume 10 against an
     # average of 5/3: an up move that would enter, but not on the bar that just left the long.
-    bars = make_bars([*UP[:5], 110, 108], {5: 3.0, 7: 10.0}, lows={7: 106.0})
+    bars = bars_from_closes([*UP[:5], 110, 108], volumes={5: 3.0, 7: 10.0}, lows={7: 106.0})
     assert targets(run(strategy(), bars)) == [(5, 1.0), (7, 0.0)]
 
 
@@ -132,20 +96,20 @@ def test_short_mirrored_in_long_short() -> None:
     # bar 5: -6% with volume 3 -> short at 94, stop min(94 * 1.02, 94 * 1.03) = 95.88.
     # lowest close 94 -> 90 -> 88; level min(95.88, 88 * 1.03 = 90.64). bar 8: high 90 holds;
     # bar 9: high 91 >= 90.64 -> flat.
-    signals = run(strategy(mode="long_short"), make_bars(DOWN, {5: 3.0}))
+    signals = run(strategy(mode="long_short"), bars_from_closes(DOWN, volumes={5: 3.0}))
     assert targets(signals) == [(5, -1.0), (9, 0.0)]
     assert signals[0][1].stop == pytest.approx(95.88)
     assert signals[1][1].reason == "stop/trail hit: high 91 >= 90.64"
 
 
 def test_long_only_ignores_down_moves() -> None:
-    assert run(strategy(), make_bars(DOWN, {5: 3.0})) == []
+    assert run(strategy(), bars_from_closes(DOWN, volumes={5: 3.0})) == []
 
 
 def test_stopped_long_flips_short_on_a_qualified_down_move() -> None:
     # long at 106 (bar 5); bar 6 closes at 94: low 94 <= 103.88 (exit) and 94 vs 100 three
     # bars ago is -6% with volume 4 >= 2 * avg(1, 1, 3) = 3.33 -> straight to -1
-    bars = make_bars([*UP[:5], 94], {5: 3.0, 6: 4.0})
+    bars = bars_from_closes([*UP[:5], 94], volumes={5: 3.0, 6: 4.0})
     signals = run(strategy(mode="long_short"), bars)
     assert targets(signals) == [(5, 1.0), (6, -1.0)]
     assert signals[1][1].stop == pytest.approx(94 * 1.02)
@@ -153,13 +117,16 @@ def test_stopped_long_flips_short_on_a_qualified_down_move() -> None:
 
 
 def test_qty_scales_the_target() -> None:
-    assert targets(run(strategy(qty=0.25), make_bars(UP, UP_VOLUME))) == [(5, 0.25), (9, 0.0)]
+    assert targets(run(strategy(qty=0.25), bars_from_closes(UP, volumes=UP_VOLUME))) == [
+        (5, 0.25),
+        (9, 0.0),
+    ]
 
 
 def test_symbols_keep_separate_state() -> None:
     strat = strategy()
-    a = make_bars(UP, UP_VOLUME, symbol="A/X")
-    b = make_bars([100] * len(UP), symbol="B/X")
+    a = bars_from_closes(UP, volumes=UP_VOLUME, symbol="A/X")
+    b = bars_from_closes([100] * len(UP), symbol="B/X")
     got: list[tuple[str, float | None]] = []
     for bars in zip(b, a, strict=True):
         for bar in bars:

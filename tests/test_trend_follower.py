@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 import random
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
 import pytest
@@ -13,6 +13,7 @@ from contracts.events import Bar, Event, ParamsTuned, Signal
 from strategies.indicators import RSI
 from strategies.registry import StrategyError, build_strategy
 from strategies.trend_follower import TrendFollower, TrendFollowerParams
+from tests.factories import bars_from_closes
 from tests.test_backtest_cli import keel, last_json
 
 MINUTE = 60_000_000_000
@@ -39,38 +40,6 @@ SMALL = {
     "atr_target_mult": 2,
     "cooldown_bars": 2,
 }
-
-
-def make_bars(
-    closes: Sequence[float],
-    lows: Mapping[int, float] | None = None,
-    symbol: str = "BTC/USDT",
-) -> list[Bar]:
-    """Bars 60 s apart; open = previous close, high/low = max/min(open, close) unless a low is
-    given for a (1-based) bar number. With no wicks the true range is |close - previous close|."""
-    bars: list[Bar] = []
-    prev = float(closes[0])
-    for i, close in enumerate(closes):
-        open_time = T0 + i * MINUTE
-        close = float(close)
-        low = (lows or {}).get(i + 1, min(prev, close))
-        bars.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue="test",
-                symbol=symbol,
-                interval="1m",
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=prev,
-                high=max(prev, close),
-                low=low,
-                close=close,
-                volume=1.0,
-            )
-        )
-        prev = close
-    return bars
 
 
 def strategy(**overrides: object) -> TrendFollower:
@@ -106,7 +75,7 @@ def test_entry_target_exit_cooldown_and_filters() -> None:
     # bar 9: close 13 < htf 13.25; bar 10: fast 13.5 == slow; bar 11: RSI 91.2 > 90.
     # bar 12: fast 14.75 > slow 14.5, close 14.5 > htf 14.25, RSI 58.9 -> long.
     # bar 14: high 16 >= target 14.5 + 2 * ATR -> exit.
-    events = run(strategy(), make_bars(CLOSES))
+    events = run(strategy(), bars_from_closes(CLOSES))
     assert targets(events) == [(4, 1.0), (6, 0.0), (12, 1.0), (14, 0.0)]
     entry, exit_ = events[0][1], events[1][1]
     assert isinstance(entry, Signal) and isinstance(exit_, Signal)
@@ -123,49 +92,49 @@ def test_entry_target_exit_cooldown_and_filters() -> None:
 
 def test_without_cooldown_the_next_bar_can_enter() -> None:
     # bar 7: fast 12.75 > slow 12.67, close 12.5 > htf 12.25, RSI 52.6 -> long again.
-    events = run(strategy(cooldown_bars=0), make_bars(CLOSES))
+    events = run(strategy(cooldown_bars=0), bars_from_closes(CLOSES))
     assert targets(events) == [(4, 1.0), (6, 0.0), (7, 1.0), (10, 0.0), (12, 1.0), (14, 0.0)]
 
 
 def test_rsi_band_filters_the_entry() -> None:
     # bar 11's RSI 91.2 is above rsi_max 90; with rsi_max 92 bar 11 enters
-    events = run(strategy(rsi_max=92), make_bars(CLOSES))
+    events = run(strategy(rsi_max=92), bars_from_closes(CLOSES))
     assert targets(events)[2] == (11, 1.0)
     # RSI 66.7 on bar 4 is above rsi_max 60: no entry there
-    assert targets(run(strategy(rsi_max=60), make_bars(CLOSES[:6]))) == []
+    assert targets(run(strategy(rsi_max=60), bars_from_closes(CLOSES[:6]))) == []
 
 
 def test_higher_timeframe_filters_the_entry() -> None:
     # every 3rd close, averaged over 1: the higher timeframe closed at 12 on bar 3, and bar 4's
     # close 11.5 is below it, so the bar-4 entry that htf_factor=2 allows does not happen
-    assert targets(run(strategy(htf_factor=3, htf_period=1), make_bars(CLOSES[:6]))) == []
+    assert targets(run(strategy(htf_factor=3, htf_period=1), bars_from_closes(CLOSES[:6]))) == []
     strat = strategy(htf_factor=3, htf_period=2)
-    run(strat, make_bars(CLOSES[:9]))
+    run(strat, bars_from_closes(CLOSES[:9]))
     assert strat.state.series["test|BTC/USDT|1m"].htf_value == pytest.approx((13 + 13) / 2)
 
 
 def test_stop_exit() -> None:
     # bar 5 dips to 10.8 <= stop 10.875 (close 11.6 keeps the trend): stop exit
-    events = run(strategy(), make_bars([10, 11, 12, 11.5, 11.6], lows={5: 10.8}))
+    events = run(strategy(), bars_from_closes([10, 11, 12, 11.5, 11.6], lows={5: 10.8}))
     assert targets(events) == [(4, 1.0), (5, 0.0)]
     assert events[1][1].reason == "stop hit: low 10.8 <= stop 10.875"  # type: ignore[union-attr]
 
 
 def test_stop_wins_when_stop_and_target_both_hit() -> None:
-    bars = make_bars([10, 11, 12, 11.5, 13], lows={5: 10.0})
+    bars = bars_from_closes([10, 11, 12, 11.5, 13], lows={5: 10.0})
     assert run(strategy(), bars)[1][1].reason.startswith("stop hit")  # type: ignore[union-attr]
 
 
 def test_rsi_exit() -> None:
     # bar 5: RSI 85.7 > rsi_exit 80 (high 12.5 < target 12.75)
-    events = run(strategy(rsi_max=70, rsi_exit=80), make_bars([10, 11, 12, 11.5, 12.5]))
+    events = run(strategy(rsi_max=70, rsi_exit=80), bars_from_closes([10, 11, 12, 11.5, 12.5]))
     assert targets(events) == [(4, 1.0), (5, 0.0)]
     assert events[1][1].reason == "RSI 85.7 > exit 80"  # type: ignore[union-attr]
 
 
 def test_trend_reversal_exit() -> None:
     # bar 5 close 11: fast (11.5+11)/2 = 11.25 < slow (12+11.5+11)/3 = 11.5; low 11 > stop
-    events = run(strategy(), make_bars([10, 11, 12, 11.5, 11]))
+    events = run(strategy(), bars_from_closes([10, 11, 12, 11.5, 11]))
     assert targets(events) == [(4, 1.0), (5, 0.0)]
     assert events[1][1].reason.startswith("trend reversal")  # type: ignore[union-attr]
 
@@ -173,7 +142,7 @@ def test_trend_reversal_exit() -> None:
 def test_states_flat_long_cooldown() -> None:
     strat = strategy()
     phases = []
-    for bar in make_bars(CLOSES[:9]):
+    for bar in bars_from_closes(CLOSES[:9]):
         strat.on_bar(bar)
         phases.append(strat.state.series["test|BTC/USDT|1m"].phase)
     assert phases == ["flat"] * 3 + ["long"] * 2 + ["cooldown"] * 2 + ["flat"] * 2
@@ -181,8 +150,8 @@ def test_states_flat_long_cooldown() -> None:
 
 def test_symbols_keep_separate_state() -> None:
     strat = strategy()
-    btc = make_bars(CLOSES, symbol="BTC/USDT")
-    eth = make_bars(CLOSES[:6], symbol="ETH/USDT")
+    btc = bars_from_closes(CLOSES, symbol="BTC/USDT")
+    eth = bars_from_closes(CLOSES[:6], symbol="ETH/USDT")
     got = []
     for n, bar in enumerate(btc, start=1):
         got.extend((n, bar.symbol, s.target_position) for s in strat.on_bar(bar))  # type: ignore[attr-defined]
@@ -202,13 +171,13 @@ def test_auto_tune_tightens_after_a_winning_window() -> None:
     # 2 trades -> stop 1 - 0.25 = 0.75, target 2 + 0.25 = 2.25; the RSI window is already at
     # its minimum 2, so it does not move and no event says it did.
     strat = strategy(**TUNE, tune_window=2)
-    events = run(strat, make_bars(CLOSES))
+    events = run(strat, bars_from_closes(CLOSES))
     assert tunes(events) == [(10, "atr_stop_mult", 1.0, 0.75), (10, "atr_target_mult", 2.0, 2.25)]
     tuned = [e for _, e in events if isinstance(e, ParamsTuned)]
     for e in tuned:
         assert (e.strategy, e.symbol) == ("tf", "BTC/USDT")
         assert e.reason == "win rate 1.00 (2/2) > 0.6: tighten"
-        assert e.ts == make_bars(CLOSES)[9].close_time
+        assert e.ts == bars_from_closes(CLOSES)[9].close_time
     # the exit signal comes first on bar 10, then the tuning events
     assert [type(e).__name__ for n, e in events if n == 10] == [
         "Signal",
@@ -227,7 +196,7 @@ def test_auto_tune_tightens_after_a_winning_window() -> None:
 def test_auto_tune_loosens_within_bounds() -> None:
     # Every cycle enters on 11.5 and is stopped out on 10.5 (a loss); one trade per window.
     # stop 1 -> 1.25 -> 1.5 (max), target 2 -> 1.75 -> 1.5 (min), then nothing moves.
-    bars = make_bars([10, 11, 12, 11.5, 10.5] * 4)
+    bars = bars_from_closes([10, 11, 12, 11.5, 10.5] * 4)
     strat = strategy(
         **TUNE, tune_window=1, stop_mult_max=1.5, target_mult_min=1.5, rsi_period_max=2
     )
@@ -254,7 +223,7 @@ def test_auto_tune_loosens_within_bounds() -> None:
 def test_auto_tune_lengthens_the_rsi_window_and_rebuilds_it() -> None:
     closes = [10, 11, 12, 11.5, 10.5]
     strat = strategy(**TUNE, tune_window=1, rsi_period_step=1, rsi_period_max=5)
-    events = run(strat, make_bars(closes))
+    events = run(strat, bars_from_closes(closes))
     assert (5, "rsi_period", 2.0, 3.0) in tunes(events)
     rsi = strat.state.series["test|BTC/USDT|1m"].rsi
     fresh = RSI(3)
@@ -266,13 +235,13 @@ def test_auto_tune_lengthens_the_rsi_window_and_rebuilds_it() -> None:
 def test_mid_window_the_rate_is_not_judged() -> None:
     # Two wins (bars 6 and 10) but a window of 3: no tuning yet; the third trade (exit on
     # bar 14) completes the window
-    events = run(strategy(**TUNE, tune_window=3), make_bars(CLOSES))
+    events = run(strategy(**TUNE, tune_window=3), bars_from_closes(CLOSES))
     assert [n for n, *_ in tunes(events)] == [14, 14]
 
 
 def test_without_auto_tune_nothing_is_tuned_and_bounds_are_not_checked() -> None:
     strat = strategy(atr_stop_mult=9)  # above the default stop_mult_max, fine when not tuning
-    assert tunes(run(strat, make_bars([10, 11, 12, 11.5, 10.5] * 4))) == []
+    assert tunes(run(strat, bars_from_closes([10, 11, 12, 11.5, 10.5] * 4))) == []
 
 
 # --- params -------------------------------------------------------------------------------------
