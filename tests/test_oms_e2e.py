@@ -5,6 +5,7 @@ its snapshot and acknowledged; restarted, it carries on and the stop fires exact
 from __future__ import annotations
 
 import asyncio
+from functools import partial
 from pathlib import Path
 
 from contracts.codec import encode
@@ -18,31 +19,12 @@ from services.execution.paper_venue import PaperVenue, PaperVenueConfig
 from services.fleet import Fleet, WorkerProcess
 from services.runtime.role import durable_name
 from tests.crash_worker import CRASH_CODE, start_crashing
+from tests.factories import BTC, T0_ON_MINUTE, VENUE, ohlc_bar
 
-MINUTE = 60_000_000_000
-T0 = 1_700_000_040 * 10**9 // MINUTE * MINUTE
-VENUE = "test"
-BTC = "BTC/USDT"
 NAMES = {durable_name("execution", "ORDERS"), durable_name("execution", "MARKET")}
 
 
-def bar(i: int, open_: float, high: float, low: float, close: float) -> Bar:
-    start = T0 + i * MINUTE
-    return Bar(
-        ts=start + MINUTE,
-        venue=VENUE,
-        symbol=BTC,
-        interval="1m",
-        open_time=start,
-        close_time=start + MINUTE,
-        open=open_,
-        high=high,
-        low=low,
-        close=close,
-        volume=10.0,
-    )
-
-
+bar = partial(ohlc_bar, start=T0_ON_MINUTE)
 BARS = [
     bar(0, 100.0, 101.0, 99.0, 100.5),
     bar(1, 102.0, 104.0, 101.0, 103.0),  # the entry fills at 102; the OCO pair goes in

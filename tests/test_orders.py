@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from msgspec import UNSET
 
 from contracts.codec import decode, encode
-from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand, RiskAlert
+from contracts.events import DeadLetter, Event, ExecutionReport, OrderCommand, RiskAlert
 from contracts.keys import BookId, InstrumentId
 from services.execution.oms import OrderManager
 from services.execution.orders import (
@@ -31,31 +31,10 @@ from services.execution.orders import (
 )
 from services.execution.orders_config import OrdersConfig
 from services.execution.paper_venue import PaperVenue, PaperVenueConfig
+from tests.factories import BTC, MINUTE, T0, VENUE, ohlc_bar
 
-MINUTE = 60_000_000_000
-T0 = 1_700_000_000_000_000_000
-VENUE = "test"
-BTC = "BTC/USDT"
 TOKEN = "BTC-USDT"
 BOOK = BookId("s", InstrumentId(VENUE, BTC))
-
-
-def bar(i: int, open_: float, high: float, low: float, close: float, volume: float = 10.0) -> Bar:
-    """Bar ``i``: opens at T0 + i minutes, closes a minute later."""
-    start = T0 + i * MINUTE
-    return Bar(
-        ts=start + MINUTE,
-        venue=VENUE,
-        symbol=BTC,
-        interval="1m",
-        open_time=start,
-        close_time=start + MINUTE,
-        open=open_,
-        high=high,
-        low=low,
-        close=close,
-        volume=volume,
-    )
 
 
 def close(i: int) -> int:
@@ -116,8 +95,8 @@ def rows(events: list[Event]) -> list[tuple]:
     ]
 
 
-B0 = bar(0, 100.0, 101.0, 99.0, 100.5)
-B1 = bar(1, 102.0, 104.0, 101.0, 103.0)
+B0 = ohlc_bar(0, 100.0, 101.0, 99.0, 100.5)
+B1 = ohlc_bar(1, 102.0, 104.0, 101.0, 103.0)
 
 
 # --- the state machine ----------------------------------------------------------------------
@@ -187,7 +166,7 @@ def test_plain_orders_give_the_venues_reports_byte_for_byte() -> None:
         B1,
         cmd("l1", action="cancel"),
         cmd("s1", order_type="stop", stop_price=99.0, side="sell", qty=1.0),
-        bar(2, 103.0, 103.5, 97.0, 98.0),
+        ohlc_bar(2, 103.0, 103.5, 97.0, 98.0),
         cmd("gone", action="cancel"),
     ]
     bare = PaperVenue(PaperVenueConfig(fee_bps=10.0))
@@ -203,7 +182,7 @@ def test_plain_orders_give_the_venues_reports_byte_for_byte() -> None:
 def test_a_repeated_order_is_acknowledged_once_and_never_executed_twice() -> None:
     manager = oms()
     first = cmd("e1")
-    out = run(manager, [B0, first, first, B1, first, bar(2, 103.0, 103.5, 97.0, 98.0)])
+    out = run(manager, [B0, first, first, B1, first, ohlc_bar(2, 103.0, 103.5, 97.0, 98.0)])
     assert rows(out) == [
         (0, "accepted", "e1", 0.0, 0.0, 0.0, 2.0),
         (1, "filled", "e1", 102.0, 2.0, 2.0, 2.0),
@@ -230,7 +209,7 @@ def test_finished_ids_are_remembered_up_to_keep_done() -> None:
 
 def test_ioc_fok_and_gtc_lifecycles() -> None:
     manager = oms(max_participation=0.25)
-    bars = [B0, B1, bar(2, 103.0, 103.5, 97.0, 98.0)]
+    bars = [B0, B1, ohlc_bar(2, 103.0, 103.5, 97.0, 98.0)]
     out = run(
         manager,
         [
@@ -265,8 +244,8 @@ def test_good_till_date_expires_before_the_first_bar_closing_after_it() -> None:
             B0,
             cmd("gtd", order_type="limit", limit_price=95.5, expire_at=expiry),
             B1,
-            bar(2, 103.0, 103.5, 97.0, 98.0),
-            bar(3, 98.0, 99.0, 95.0, 96.0),
+            ohlc_bar(2, 103.0, 103.5, 97.0, 98.0),
+            ohlc_bar(3, 98.0, 99.0, 95.0, 96.0),
         ],
     )
     assert [(r.status, r.ts, r.cum_qty) for r in reports(out)] == [
@@ -285,8 +264,8 @@ def test_good_till_date_fills_before_its_expiry() -> None:
             B0,
             cmd("gtd", order_type="limit", limit_price=97.5, expire_at=close(2)),
             B1,
-            bar(2, 103.0, 103.5, 97.0, 98.0),
-            bar(3, 98.0, 99.0, 95.0, 96.0),
+            ohlc_bar(2, 103.0, 103.5, 97.0, 98.0),
+            ohlc_bar(3, 98.0, 99.0, 95.0, 96.0),
         ],
     )
     assert [(r.status, r.fill_price) for r in reports(out)] == [
@@ -323,7 +302,13 @@ def test_bracket_target_hit_cancels_the_stop() -> None:
     canceled."""
     out = run(
         oms(fee_bps=10.0),
-        [B0, bracket(), B1, bar(2, 103.0, 107.0, 102.5, 106.5), bar(3, 106.5, 107.0, 90.0, 91.0)],
+        [
+            B0,
+            bracket(),
+            B1,
+            ohlc_bar(2, 103.0, 107.0, 102.5, 106.5),
+            ohlc_bar(3, 106.5, 107.0, 90.0, 91.0),
+        ],
     )
     assert rows(out) == [
         (0, "accepted", "e1", 0.0, 0.0, 0.0, 2.0),
@@ -345,7 +330,7 @@ def test_bracket_target_hit_cancels_the_stop() -> None:
 
 
 def test_bracket_stop_hit_cancels_the_target() -> None:
-    out = run(oms(), [B0, bracket(), B1, bar(2, 101.0, 102.0, 96.0, 97.0)])
+    out = run(oms(), [B0, bracket(), B1, ohlc_bar(2, 101.0, 102.0, 96.0, 97.0)])
     assert rows(out)[4:] == [
         (2, "filled", "e1.sl", 97.5, 2.0, 2.0, 2.0),
         (2, "canceled", "e1.tp", 0.0, 0.0, 0.0, 2.0),
@@ -354,14 +339,14 @@ def test_bracket_stop_hit_cancels_the_target() -> None:
 
 
 def test_bracket_stop_gapped_through_fills_at_the_open() -> None:
-    out = run(oms(), [B0, bracket(), B1, bar(2, 96.0, 96.5, 95.0, 95.5)])
+    out = run(oms(), [B0, bracket(), B1, ohlc_bar(2, 96.0, 96.5, 95.0, 95.5)])
     assert rows(out)[4] == (2, "filled", "e1.sl", 96.0, 2.0, 2.0, 2.0)
 
 
 def test_both_legs_reached_on_one_bar_the_stop_is_assumed_first() -> None:
     """Bar 2 (103 / 107 / 96) reaches both 106 and 97.5; OHLC cannot tell which came first,
     so the worse one for the position, the stop, fills; the take-profit's fill is void."""
-    out = run(oms(), [B0, bracket(), B1, bar(2, 103.0, 107.0, 96.0, 100.0)])
+    out = run(oms(), [B0, bracket(), B1, ohlc_bar(2, 103.0, 107.0, 96.0, 100.0)])
     assert rows(out)[4:] == [
         (2, "filled", "e1.sl", 97.5, 2.0, 2.0, 2.0),
         (2, "canceled", "e1.tp", 0.0, 0.0, 0.0, 2.0),
@@ -371,7 +356,7 @@ def test_both_legs_reached_on_one_bar_the_stop_is_assumed_first() -> None:
 
 def test_both_legs_reached_the_one_the_bar_opened_through_wins() -> None:
     """Bar 2 opens at 107, through the take-profit: that came first (fills at the open)."""
-    out = run(oms(), [B0, bracket(), B1, bar(2, 107.0, 108.0, 96.0, 100.0)])
+    out = run(oms(), [B0, bracket(), B1, ohlc_bar(2, 107.0, 108.0, 96.0, 100.0)])
     assert rows(out)[4:] == [
         (2, "filled", "e1.tp", 107.0, 2.0, 2.0, 2.0),
         (2, "canceled", "e1.sl", 0.0, 0.0, 0.0, 2.0),
@@ -385,14 +370,14 @@ def test_partial_entry_fills_size_the_legs_and_partial_leg_fills_shrink_the_sibl
     0.5 and is canceled when the stop completes."""
     manager = oms(max_participation=0.25)
     events: list[Event] = [
-        bar(0, 100.0, 101.0, 99.0, 100.5, volume=4.0),
+        ohlc_bar(0, 100.0, 101.0, 99.0, 100.5, volume=4.0),
         cmd("e1", qty=2.5, take_profit=110.0, stop_loss=95.0),
-        bar(1, 102.0, 104.0, 101.0, 103.0, volume=4.0),
-        bar(2, 103.0, 104.0, 102.0, 103.5, volume=4.0),
-        bar(3, 103.5, 104.0, 103.0, 103.8, volume=4.0),
-        bar(4, 103.0, 103.0, 94.0, 95.0, volume=4.0),
-        bar(5, 94.5, 96.0, 93.0, 94.0, volume=4.0),
-        bar(6, 94.0, 95.0, 93.5, 94.5, volume=4.0),
+        ohlc_bar(1, 102.0, 104.0, 101.0, 103.0, volume=4.0),
+        ohlc_bar(2, 103.0, 104.0, 102.0, 103.5, volume=4.0),
+        ohlc_bar(3, 103.5, 104.0, 103.0, 103.8, volume=4.0),
+        ohlc_bar(4, 103.0, 103.0, 94.0, 95.0, volume=4.0),
+        ohlc_bar(5, 94.5, 96.0, 93.0, 94.0, volume=4.0),
+        ohlc_bar(6, 94.0, 95.0, 93.5, 94.5, volume=4.0),
     ]
     out = run(manager, events)
     assert rows(out) == [
@@ -437,7 +422,7 @@ def test_a_market_order_closing_the_position_cancels_the_legs_first() -> None:
         ("canceled", "e1.tp", "reduce-only: working market orders close the position"),
         ("canceled", "e1.sl", "reduce-only: working market orders close the position"),
     ]
-    out = run(manager, [bar(2, 96.0, 97.0, 95.0, 95.5)])  # would have hit the stop
+    out = run(manager, [ohlc_bar(2, 96.0, 97.0, 95.0, 95.5)])  # would have hit the stop
     assert rows(out) == [(2, "filled", "x1", 96.0, 2.0, 2.0, 2.0)]
     assert manager.state.groups == {}
 
@@ -451,7 +436,7 @@ def test_explicit_oco_group_first_fill_cancels_the_other() -> None:
             cmd("a", order_type="limit", limit_price=97.5, oco_group="g"),
             cmd("b", order_type="stop", stop_price=104.5, oco_group="g"),
             B1,
-            bar(2, 103.0, 103.5, 97.0, 98.0),
+            ohlc_bar(2, 103.0, 103.5, 97.0, 98.0),
         ],
     )
     assert [(r.status, r.client_order_id, r.reason) for r in reports(out)][2:] == [
@@ -472,11 +457,11 @@ def test_bad_bracket_prices_are_rejected() -> None:
 TRAIL_BARS = [
     B0,
     B1,  # entry fills at 102
-    bar(2, 103.0, 105.0, 102.5, 104.5),
-    bar(3, 104.5, 106.0, 103.5, 105.5),
-    bar(4, 105.5, 105.8, 104.0, 104.2),
-    bar(5, 104.0, 104.5, 103.0, 103.2),
-    bar(6, 103.0, 103.0, 101.0, 101.5),
+    ohlc_bar(2, 103.0, 105.0, 102.5, 104.5),
+    ohlc_bar(3, 104.5, 106.0, 103.5, 105.5),
+    ohlc_bar(4, 105.5, 105.8, 104.0, 104.2),
+    ohlc_bar(5, 104.0, 104.5, 103.0, 103.2),
+    ohlc_bar(6, 103.0, 103.0, 101.0, 101.5),
 ]
 
 
@@ -552,7 +537,7 @@ def test_a_standalone_trailing_stop_order_trails_itself() -> None:
             B0,
             cmd("ts1", side="sell", order_type="stop", stop_price=100.0, trail_pct=2.0),
             B1,
-            bar(2, 103.0, 103.5, 97.0, 98.0),
+            ohlc_bar(2, 103.0, 103.5, 97.0, 98.0),
         ],
     )
     assert [(r.status, r.stop_price, r.fill_price) for r in reports(out)] == [
@@ -574,7 +559,7 @@ def test_amend_changes_quantity_and_price_and_keeps_the_id() -> None:
             cmd("l1", order_type="limit", limit_price=97.0),
             B1,
             cmd("l1", action="amend", ts=close(1), qty=3.0, order_type="limit", limit_price=97.5),
-            bar(2, 103.0, 103.5, 97.0, 98.0),
+            ohlc_bar(2, 103.0, 103.5, 97.0, 98.0),
         ],
     )
     assert [
@@ -618,7 +603,7 @@ def test_amending_a_bracket_stop_moves_it() -> None:
             bracket(),
             B1,
             cmd("e1.sl", action="amend", ts=close(1), side="sell", qty=2.0, stop_price=99.0),
-            bar(2, 101.0, 102.0, 98.5, 99.5),
+            ohlc_bar(2, 101.0, 102.0, 98.5, 99.5),
         ],
     )
     assert legs(out)[-3:] == [
@@ -644,9 +629,9 @@ def test_the_stop_validator_places_and_replaces_a_protective_stop() -> None:
             cmd("m1"),
             B1,
             cmd(f"{protect}.sl", action="cancel", side="sell", ts=close(1) + 1),
-            bar(2, 103.0, 103.5, 100.0, 101.0),
-            bar(3, 98.0, 99.0, 95.0, 96.0),
-            bar(4, 96.0, 98.0, 94.0, 95.0),
+            ohlc_bar(2, 103.0, 103.5, 100.0, 101.0),
+            ohlc_bar(3, 98.0, 99.0, 95.0, 96.0),
+            ohlc_bar(4, 96.0, 98.0, 94.0, 95.0),
         ],
     )
     stop = 102.0 - 102.0 * 5.0 / 100.0
@@ -675,7 +660,7 @@ def test_the_stop_validator_adds_a_stop_to_a_bracket_without_one() -> None:
 
 def test_the_stop_validator_leaves_other_strategies_alone() -> None:
     manager = oms(OrdersConfig(require_stop=("other",), stop_pct=5.0))
-    out = run(manager, [B0, cmd("m1"), B1, bar(2, 103.0, 103.5, 97.0, 98.0)])
+    out = run(manager, [B0, cmd("m1"), B1, ohlc_bar(2, 103.0, 103.5, 97.0, 98.0)])
     assert [r.client_order_id for r in reports(out)] == ["m1", "m1"]
 
 
@@ -726,14 +711,14 @@ def test_restart_in_the_middle_of_an_open_bracket() -> None:
 
 def test_restart_in_the_middle_of_partial_fills_and_validator_stops() -> None:
     events: list[Event] = [
-        bar(0, 100.0, 101.0, 99.0, 100.5, volume=4.0),
+        ohlc_bar(0, 100.0, 101.0, 99.0, 100.5, volume=4.0),
         cmd("e1", qty=2.5, take_profit=110.0, stop_loss=95.0),
         cmd("m1", qty=1.0, strategy="t"),
-        bar(1, 102.0, 104.0, 101.0, 103.0, volume=4.0),
-        bar(2, 103.0, 104.0, 102.0, 103.5, volume=4.0),
-        bar(3, 103.5, 104.0, 103.0, 103.8, volume=4.0),
-        bar(4, 103.0, 103.0, 94.0, 95.0, volume=4.0),
-        bar(5, 94.5, 96.0, 93.0, 94.0, volume=4.0),
+        ohlc_bar(1, 102.0, 104.0, 101.0, 103.0, volume=4.0),
+        ohlc_bar(2, 103.0, 104.0, 102.0, 103.5, volume=4.0),
+        ohlc_bar(3, 103.5, 104.0, 103.0, 103.8, volume=4.0),
+        ohlc_bar(4, 103.0, 103.0, 94.0, 95.0, volume=4.0),
+        ohlc_bar(5, 94.5, 96.0, 93.0, 94.0, volume=4.0),
     ]
     config = OrdersConfig(require_stop=("t",), stop_atr=1.0, atr_period=2)
     for cut in range(len(events) + 1):
@@ -788,7 +773,7 @@ def sessions(draw: st.DrawFn) -> tuple[dict[str, Any], OrdersConfig, list[Event]
             high = max(open_, price) * (1 + draw(st.floats(min_value=0, max_value=0.03)))
             low = min(open_, price) * (1 - draw(st.floats(min_value=0, max_value=0.03)))
             volume = draw(st.sampled_from([0.0, 2.0, 10.0]))
-            events.append(bar(minute, open_, high, low, price, volume))
+            events.append(ohlc_bar(minute, open_, high, low, price, volume=volume))
             minute += 1
             continue
         ts = now + draw(st.sampled_from([0, 1]))
@@ -954,7 +939,7 @@ def test_a_tighten_alert_moves_the_stop_halfway_to_the_close() -> None:
         ("accepted", "e1.sl", 100.25)
     ]
     assert reports(tightened)[0].reason == "amended: stop tightened 97.5 -> 100.25 (soft_drawdown)"
-    after = run(manager, [bar(2, 101.0, 102.0, 100.0, 101.0)])
+    after = run(manager, [ohlc_bar(2, 101.0, 102.0, 100.0, 101.0)])
     assert rows(after) == [
         (2, "filled", "e1.sl", 100.25, 2.0, 2.0, 2.0),
         (2, "canceled", "e1.tp", 0.0, 0.0, 0.0, 2.0),

@@ -17,37 +17,7 @@ from hypothesis import strategies as st
 
 from contracts.events import Bar, Event, ExecutionReport, OrderCommand
 from services.execution.paper_venue import HISTORY, PaperVenue, PaperVenueConfig
-
-MINUTE = 60_000_000_000
-T0 = 1_700_000_000_000_000_000
-VENUE = "test"
-BTC = "BTC/USDT"
-
-
-def bar(
-    index: int,
-    open_: float,
-    high: float,
-    low: float,
-    close: float,
-    symbol: str = BTC,
-    volume: float = 10.0,
-) -> Bar:
-    """Bar number ``index``: opens at T0 + index minutes, closes a minute later."""
-    open_time = T0 + index * MINUTE
-    return Bar(
-        ts=open_time + MINUTE,
-        venue=VENUE,
-        symbol=symbol,
-        interval="1m",
-        open_time=open_time,
-        close_time=open_time + MINUTE,
-        open=open_,
-        high=high,
-        low=low,
-        close=close,
-        volume=volume,
-    )
+from tests.factories import BTC, MINUTE, T0, VENUE, ohlc_bar
 
 
 def order(
@@ -105,10 +75,10 @@ def statuses(reports: list[ExecutionReport]) -> list[str]:
 
 # Bars 0..3; an order at T0 + 30 s lies inside bar 0, so bar 1 is the first to open after it.
 BARS = [
-    bar(0, 100.0, 101.0, 99.0, 100.5),
-    bar(1, 102.0, 104.0, 101.0, 103.0),
-    bar(2, 103.0, 103.5, 97.0, 98.0),
-    bar(3, 98.0, 99.0, 95.0, 96.0),
+    ohlc_bar(0, 100.0, 101.0, 99.0, 100.5),
+    ohlc_bar(1, 102.0, 104.0, 101.0, 103.0),
+    ohlc_bar(2, 103.0, 103.5, 97.0, 98.0),
+    ohlc_bar(3, 98.0, 99.0, 95.0, 96.0),
 ]
 MID_BAR0 = T0 + 30_000_000_000
 
@@ -154,7 +124,7 @@ def test_next_open_order_exactly_at_open_time_fills_at_that_open() -> None:
 def test_next_open_waits_and_ignores_other_symbols() -> None:
     v = venue()
     feed(v, [order(MID_BAR0)])
-    other = bar(1, 5.0, 5.0, 5.0, 5.0, symbol="ETH/USDT")
+    other = ohlc_bar(1, 5.0, 5.0, 5.0, 5.0, symbol="ETH/USDT")
     assert feed(v, [other]) == []
     assert len(v.state.pending) == 1
     assert fills(feed(v, [BARS[1]]))[0].fill_price == 102.0
@@ -454,7 +424,7 @@ def bar_series(draw: st.DrawFn) -> list[Bar]:
         c = draw(st.floats(min_value=0.9, max_value=1.1)) * o
         hi = max(o, c) * draw(st.floats(min_value=1.0, max_value=1.05))
         lo = min(o, c) * draw(st.floats(min_value=0.95, max_value=1.0))
-        bars.append(bar(i, o, hi, lo, c))
+        bars.append(ohlc_bar(i, o, hi, lo, c))
         price = c
     return bars
 
@@ -500,7 +470,7 @@ def test_next_open_outcome_is_independent_of_arrival_point(
 
 def test_order_older_than_the_kept_history_is_rejected_as_stale() -> None:
     v = venue()
-    history = [bar(i, 100.0, 101.0, 99.0, 100.0) for i in range(HISTORY + 5)]
+    history = [ohlc_bar(i, 100.0, 101.0, 99.0, 100.0) for i in range(HISTORY + 5)]
     reports = feed(v, [*history, order(T0 + MINUTE)])
     assert statuses(reports) == ["accepted", "rejected"]
     assert "stale" in reports[1].reason
@@ -508,7 +478,7 @@ def test_order_older_than_the_kept_history_is_rejected_as_stale() -> None:
 
 # === fill models: fees, slippage, clamping, latency, participation, stop-limit ===============
 
-BAR4 = bar(4, 96.0, 98.0, 94.0, 95.0)
+BAR4 = ohlc_bar(4, 96.0, 98.0, 94.0, 95.0)
 BARS5 = [*BARS, BAR4]
 
 
@@ -676,7 +646,7 @@ def test_latency_moves_a_close_fill_to_a_later_open(
 
 
 def test_latency_counts_every_bar_including_zero_volume_ones() -> None:
-    quiet = bar(1, 102.0, 104.0, 101.0, 103.0, volume=0.0)
+    quiet = ohlc_bar(1, 102.0, 104.0, 101.0, 103.0, volume=0.0)
     events = [order(MID_BAR0), BARS[0], quiet, *BARS[2:]]
     filled = fills(feed(venue(latency_bars=1, **PART), events))
     assert [(f.fill_price, f.ts) for f in filled] == [(103.0, BARS[2].close_time)]
@@ -790,7 +760,7 @@ def test_partial_fills_feed_the_ledger_incrementally() -> None:
 
 
 def test_zero_volume_bar_fills_nothing() -> None:
-    quiet = bar(1, 102.0, 104.0, 101.0, 103.0, volume=0.0)
+    quiet = ohlc_bar(1, 102.0, 104.0, 101.0, 103.0, volume=0.0)
     reports = feed(venue(**PART), [order(MID_BAR0, qty=6.0), BARS[0], quiet, *BARS[2:], BAR4])
     got = [(r.status, r.fill_price, r.cum_qty, r.ts) for r in reports[1:]]
     assert got == [
@@ -812,7 +782,7 @@ def test_ioc_with_participation_fills_what_the_bar_allows_and_cancels_the_rest()
         ("canceled", 0.0, 2.5, BARS[1].close_time),
     ]
     assert v.state.pending == []
-    quiet = bar(1, 102.0, 104.0, 101.0, 103.0, volume=0.0)
+    quiet = ohlc_bar(1, 102.0, 104.0, 101.0, 103.0, volume=0.0)
     reports = feed(venue(**PART), [order(MID_BAR0, qty=6.0, tif="IOC"), quiet, *BARS[2:]])
     assert [(r.status, r.cum_qty, r.reason) for r in reports[1:]] == [
         ("canceled", 0.0, "no volume on the bar")
@@ -871,7 +841,7 @@ def test_cancel_of_a_partially_filled_order_reports_cum_qty() -> None:
 
 def test_float_dust_is_never_left_working() -> None:
     # 0.1 per bar accumulates to 0.8999999999999999 after nine bars: the tenth fills the rest.
-    many = [bar(i, 100.0, 101.0, 99.0, 100.0, volume=1.0) for i in range(12)]
+    many = [ohlc_bar(i, 100.0, 101.0, 99.0, 100.0, volume=1.0) for i in range(12)]
     reports = feed(venue(max_participation=0.1), [order(MID_BAR0, qty=1.0), *many])
     done = reports[1:]
     assert statuses(done) == ["partially_filled"] * 9 + ["filled"]
@@ -1080,7 +1050,8 @@ def bar_series_with_volume(draw: st.DrawFn) -> list[Bar]:
     bars = draw(bar_series())
     volumes = st.sampled_from([0.0, 1.0, 3.7, 10.0, 1e6])
     return [
-        bar(i, b.open, b.high, b.low, b.close, volume=draw(volumes)) for i, b in enumerate(bars)
+        ohlc_bar(i, b.open, b.high, b.low, b.close, volume=draw(volumes))
+        for i, b in enumerate(bars)
     ]
 
 

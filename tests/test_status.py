@@ -19,7 +19,6 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from cli.status_report import collect
 from contracts.envelope import Envelope, content_id
 from contracts.events import (
-    Bar,
     DeadLetter,
     EquitySnapshot,
     Event,
@@ -33,6 +32,7 @@ from eventstore.bus import Bus
 from eventstore.log_reader import tail
 from eventstore.server import URL_ENV, EmbeddedServer
 from tests.conftest import keel
+from tests.factories import ohlc_bar
 from tests.test_cli import assert_one_error, table_row
 
 S = 1_000_000_000
@@ -40,23 +40,6 @@ S = 1_000_000_000
 
 async def put(bus: Bus, event: Event, *key: object) -> None:
     assert await bus.publish(event, Envelope.root(content_id("test", *key), event.ts))
-
-
-def bar(i: int) -> Bar:
-    open_time = 1_700_000_000 * S + i * 60 * S
-    return Bar(
-        ts=open_time + 60 * S,
-        venue="sim",
-        symbol="BTC/USDT",
-        interval="1m",
-        open_time=open_time,
-        close_time=open_time + 60 * S,
-        open=100.0,
-        high=101.0,
-        low=99.0,
-        close=100.5,
-        volume=3.0,
-    )
 
 
 def beat(ts: int, worker: str, instance: str, seq: int, processed: int, **kw: object) -> Heartbeat:
@@ -121,7 +104,7 @@ async def populate(bus: Bus, url: str) -> int:
         await put(bus, rejection, "rej", i)
     # consumer lag: a durable consumer with 4 bars stored, one delivered and not acknowledged
     for i in range(4):
-        await put(bus, bar(i), "bar", i)
+        await put(bus, ohlc_bar(i, 100.0, 101.0, 99.0, 100.5, volume=3.0, venue="sim"), "bar", i)
     await bus.js.add_consumer(
         "MARKET",
         ConsumerConfig(

@@ -11,9 +11,8 @@ import pytest
 from contracts.events import Bar, Signal
 from strategies.registry import StrategyError, build_strategy
 from strategies.turtle import Turtle, TurtleParams
+from tests.factories import bars_from_closes
 from tests.strategy_checks import (
-    MINUTE,
-    T0,
     assert_real_week_reproducible,
     assert_snapshot_continues,
     random_walk,
@@ -24,28 +23,13 @@ FLAT = (100.0, 101.0, 99.0)  # close, high, low: true range 2 on every flat bar 
 
 
 def make_bars(rows: Sequence[tuple[float, float, float]], symbol: str = "BTC/USDT") -> list[Bar]:
-    """(close, high, low) rows, 60 s apart; open = previous close."""
-    bars: list[Bar] = []
-    prev = rows[0][0]
-    for i, (close, high, low) in enumerate(rows):
-        open_time = T0 + i * MINUTE
-        bars.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue="test",
-                symbol=symbol,
-                interval="1m",
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=prev,
-                high=high,
-                low=low,
-                close=close,
-                volume=1.0,
-            )
-        )
-        prev = close
-    return bars
+    """Bars from (close, high, low) rows: the turtle's breakouts are about highs and lows."""
+    return bars_from_closes(
+        [close for close, _, _ in rows],
+        highs={n: high for n, (_, high, _) in enumerate(rows, start=1)},
+        lows={n: low for n, (_, _, low) in enumerate(rows, start=1)},
+        symbol=symbol,
+    )
 
 
 def strategy(**params: object) -> Turtle:
