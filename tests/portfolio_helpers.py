@@ -1,59 +1,16 @@
-"""Builders for the portfolio tests: fills, bars, funding, instruments, equity snapshots."""
+"""Builders for the portfolio tests: bars at T0, funding, instruments, equity snapshots."""
 
 from __future__ import annotations
 
-from contracts.events import Bar, EquitySnapshot, ExecutionReport, FundingRate, Instrument
+from functools import partial
 
-MINUTE = 60_000_000_000
+from contracts.events import EquitySnapshot, FundingRate, Instrument
+from tests import factories
+from tests.factories import MINUTE, T0
+
 HOUR = 60 * MINUTE
-T0 = 1_700_000_000_000_000_000
 
-
-def fill(
-    side: str,
-    qty: float,
-    price: float,
-    *,
-    symbol: str = "BTC/USDT",
-    venue: str = "test",
-    fee: float = 0.0,
-    fee_currency: str = "",
-    strategy: str = "s1",
-    model_tag: str = "",
-    ts: int = T0,
-) -> ExecutionReport:
-    return ExecutionReport(
-        ts=ts,
-        status="filled",
-        client_order_id="o",
-        strategy=strategy,
-        venue=venue,
-        symbol=symbol,
-        side=side,  # type: ignore[arg-type]
-        order_qty=qty,
-        fill_price=price,
-        fill_qty=qty,
-        cum_qty=qty,
-        fee=fee,
-        fee_currency=fee_currency,
-        model_tag=model_tag,
-    )
-
-
-def bar(close: float, *, symbol: str = "BTC/USDT", venue: str = "test", ts: int = T0) -> Bar:
-    return Bar(
-        ts=ts,
-        venue=venue,
-        symbol=symbol,
-        interval="1m",
-        open_time=ts - MINUTE,
-        close_time=ts,
-        open=close,
-        high=close,
-        low=close,
-        close=close,
-        volume=1.0,
-    )
+bar = partial(factories.bar, ts=T0)
 
 
 def funding(

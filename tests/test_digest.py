@@ -8,9 +8,10 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.events import DeadLetter, Event, Signal
+from contracts.events import DeadLetter, Event
 from replay import digest as digest_module
 from replay.digest import ProducerDigest
+from tests.factories import signal
 from tests.portfolio_helpers import snap
 
 
@@ -20,18 +21,6 @@ def naive(outputs: list[tuple[str, Event]]) -> str:
     for subject, event in outputs:
         h.update(msgspec.msgpack.encode([subject, event]))
     return h.hexdigest()
-
-
-def signal(ts: int, reason: str) -> Signal:
-    return Signal(
-        ts=ts,
-        strategy="s",
-        venue="sim",
-        symbol="BTC/USDT",
-        model_tag="m",
-        target_position=1.0,
-        reason=reason,
-    )
 
 
 # reasons with newlines, quotes and non-ASCII
@@ -44,7 +33,12 @@ outputs = st.lists(
             st.floats(-1e12, 1e12),
         ),
         st.builds(
-            lambda ts, r: ("sig.s.sim.BTC-USDT", signal(ts, r)), st.integers(1, 10**18), texts
+            lambda ts, r: (
+                "sig.s.sim.BTC-USDT",
+                signal(1.0, ts=ts, reason=r, strategy="s", venue="sim", model_tag="m"),
+            ),
+            st.integers(1, 10**18),
+            texts,
         ),
         st.builds(
             lambda ts, r: (

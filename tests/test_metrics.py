@@ -4,6 +4,7 @@ the portfolio ledger's realized PnL."""
 from __future__ import annotations
 
 import math
+from functools import partial
 
 import msgspec
 import numpy as np
@@ -31,38 +32,13 @@ from replay.metrics import (
 )
 from services.portfolio.accounts import Portfolio
 from services.portfolio.config import PortfolioConfig
+from tests import factories
+from tests.factories import BTC, VENUE
 from tests.portfolio_helpers import snap
 
-VENUE = "test"
-BTC = "BTC/USDT"
 ETH = "ETH/USDT"
 
-
-def fill(
-    side: str,
-    qty: float,
-    price: float,
-    fee: float = 0.0,
-    *,
-    ts: int = 0,
-    strategy: str = "s1",
-    symbol: str = BTC,
-    status: str = "filled",
-) -> ExecutionReport:
-    return ExecutionReport(
-        ts=ts,
-        status=status,  # type: ignore[arg-type]
-        client_order_id=f"o{ts}",
-        strategy=strategy,
-        venue=VENUE,
-        symbol=symbol,
-        side=side,  # type: ignore[arg-type]
-        order_qty=qty,
-        fill_price=price,
-        fill_qty=qty,
-        cum_qty=qty,
-        fee=fee,
-    )
+fill = partial(factories.fill, ts=0)
 
 
 def metrics(snapshots=(), fills=(), starting_cash=100.0, interval="1d", **kw) -> Metrics:

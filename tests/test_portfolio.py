@@ -22,7 +22,8 @@ from services.portfolio.accounts import Portfolio
 from services.portfolio.config import PortfolioConfig, VenueAccount
 from services.portfolio.fx import BASE
 from services.portfolio.snapshots import fold, rebuild
-from tests.portfolio_helpers import HOUR, MINUTE, T0, bar, fill, funding, instrument
+from tests.factories import MINUTE, T0, fill
+from tests.portfolio_helpers import HOUR, bar, funding, instrument
 
 PERP = "BTC/USDT:USDT"
 

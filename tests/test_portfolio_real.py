@@ -16,7 +16,7 @@ from contracts.events import Bar, EquitySnapshot
 from services.marketdata.sources import read_bars
 from services.portfolio.accounts import Portfolio
 from services.portfolio.config import PortfolioConfig
-from tests.portfolio_helpers import fill
+from tests.factories import fill
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "binanceus-1m-2023-03"
 FILES = (("BTCUSD.csv", "BTC/USD"), ("BTCUSDC.csv", "BTC/USDC"), ("BTCUSDT.csv", "BTC/USDT"))
