@@ -1,42 +1,18 @@
-"""Helpers for the event-driven strategy tests: hand-built bars and a feed through the host."""
+"""Helpers for the event-driven strategy tests: a feed through the host, and bars of a new
+listing, NEW/USDT, counted in minutes from a T0 on a whole minute (``bar(close, index=i)``)."""
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from functools import partial
 
-from contracts.events import Bar, Event, Signal, SocialSentiment
+from contracts.events import Event, Signal, SocialSentiment
 from services.strategy.host import StrategyDecider
 from strategies.registry import build_strategy
+from tests import factories
+from tests.factories import T0_ON_MINUTE as T0
 
-VENUE = "test"
-MINUTE = 60 * 10**9
-T0 = 1_700_000_040 * 10**9 // MINUTE * MINUTE
-
-
-def bar(
-    i: int,
-    close: float,
-    high: float | None = None,
-    low: float | None = None,
-    symbol: str = "NEW/USDT",
-    interval: str = "1m",
-    venue: str = VENUE,
-) -> Bar:
-    """The bar opening ``i`` minutes after ``T0`` (closing at ``T0 + (i + 1)`` minutes)."""
-    open_time = T0 + i * MINUTE
-    return Bar(
-        ts=open_time + MINUTE,
-        venue=venue,
-        symbol=symbol,
-        interval=interval,
-        open_time=open_time,
-        close_time=open_time + MINUTE,
-        open=close,
-        high=close if high is None else high,
-        low=close if low is None else low,
-        close=close,
-        volume=1.0,
-    )
+bar = partial(factories.bar, start=T0, symbol="NEW/USDT")
 
 
 def sentiment_readings(

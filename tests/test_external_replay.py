@@ -19,7 +19,8 @@ from replay.bus_replay import bus_replay
 from replay.external import EventFile, external_count, read_events, with_events
 from replay.market import DataSource
 from services.config import KeelConfig, StrategyConfig
-from tests.external_scenario import MINUTE, T0, bar
+from tests.external_scenario import T0, bar
+from tests.factories import MINUTE
 from tests.test_backtest import csv_text
 from tests.test_backtest_cli import assert_one_error, keel, last_json
 
@@ -28,7 +29,7 @@ CLOSES = [10.0, 10.0, 10.0, 10.5, 11.0, 11.5, 12.0, 13.0, 14.0, 12.0]
 
 
 def bars() -> list[Bar]:
-    return [bar(i, c, high=c + 0.2, low=c - 0.2) for i, c in enumerate(CLOSES)]
+    return [bar(c, index=i, high=c + 0.2, low=c - 0.2) for i, c in enumerate(CLOSES)]
 
 
 def listing(ts: int) -> ListingAnnouncement:

@@ -7,7 +7,8 @@ import pytest
 from contracts.events import ListingAnnouncement
 from services.strategy.host import strategy_role
 from strategies.registry import StrategyError, build_strategy
-from tests.external_scenario import MINUTE, T0, assert_restore_equals_uninterrupted, bar, run
+from tests.external_scenario import T0, assert_restore_equals_uninterrupted, bar, run
+from tests.factories import MINUTE
 
 PARAMS = {
     "notional": 100,
@@ -28,18 +29,18 @@ def listing(ts: int = T0 + 30 * 10**9, listing_time: int = T0 + 2 * MINUTE, **kw
 def scenario() -> list:
     """Reference T0+2m, entry time T0+4m (delay 2 minutes)."""
     return [
-        bar(0, 9.0),  # before the announcement: unknown to the shot
+        bar(9.0, index=0),  # before the announcement: unknown to the shot
         listing(),
-        bar(1, 9.5),  # closes at the reference time exactly: not used
-        bar(2, 10.0),  # the anchor, before the entry time
-        bar(3, 10.5, high=13.0, low=9.5),  # range 33% > 20%: skipped
-        bar(4, 11.5, high=11.6, low=11.4),  # up 15% since the anchor > 10%: skipped
-        bar(5, 10.8, high=11.0, low=10.6),  # enters: stop 9.72, levels 11.88 12.96 14.04
-        bar(6, 11.5, high=12.0, low=10.9),  # first level
-        bar(7, 12.0, high=11.9, low=11.0),  # nothing
+        bar(9.5, index=1),  # closes at the reference time exactly: not used
+        bar(10.0, index=2),  # the anchor, before the entry time
+        bar(10.5, index=3, high=13.0, low=9.5),  # range 33% > 20%: skipped
+        bar(11.5, index=4, high=11.6, low=11.4),  # up 15% since the anchor > 10%: skipped
+        bar(10.8, index=5, high=11.0, low=10.6),  # enters: stop 9.72, levels 11.88 12.96 14.04
+        bar(11.5, index=6, high=12.0, low=10.9),  # first level
+        bar(12.0, index=7, high=11.9, low=11.0),  # nothing
         listing(ts=T0 + 8 * MINUTE, title="again"),  # one shot per symbol: ignored
-        bar(8, 14.0, high=14.5, low=12.5),  # second and third levels: flat
-        bar(9, 20.0, high=20.0, low=19.0),  # done
+        bar(14.0, index=8, high=14.5, low=12.5),  # second and third levels: flat
+        bar(20.0, index=9, high=20.0, low=19.0),  # done
     ]
 
 
@@ -59,7 +60,13 @@ def test_entry_after_delay_and_checks_then_staggered_take_profits() -> None:
 
 
 def test_the_stop_exits_everything_and_wins_a_bar_that_spans_both() -> None:
-    items = [listing(), bar(2, 10.0), bar(3, 10.0), bar(4, 9.0, high=12.0, low=8.9), bar(5, 12)]
+    items = [
+        listing(),
+        bar(10.0, index=2),
+        bar(10.0, index=3),
+        bar(9.0, index=4, high=12.0, low=8.9),
+        bar(12, index=5),
+    ]
     signals = run("listing_sniper", {**PARAMS, "delay_s": 0}, items)
     assert [(s.ts, s.target_position) for s in signals] == [
         (T0 + 3 * MINUTE, 10.0),
@@ -70,10 +77,23 @@ def test_the_stop_exits_everything_and_wins_a_bar_that_spans_both() -> None:
 
 def test_gives_up_after_max_wait_and_never_enters_later() -> None:
     params = {**PARAMS, "delay_s": 0, "max_wait_s": 120, "max_chase_pct": 1}
-    items = [listing(), bar(2, 10.0), bar(3, 10.5), bar(4, 10.5), bar(5, 10.0), bar(6, 10.0)]
+    items = [
+        listing(),
+        bar(10.0, index=2),
+        bar(10.5, index=3),
+        bar(10.5, index=4),
+        bar(10.0, index=5),
+        bar(10.0, index=6),
+    ]
     # without a delay the anchor bar (chase 0) is the first candidate, and it passes
     assert [s.ts for s in run("listing_sniper", params, items)] == [T0 + 3 * MINUTE]
-    late = [listing(), bar(2, 10.0, high=13.0), bar(3, 10.5), bar(4, 10.5), bar(5, 10.0)]
+    late = [
+        listing(),
+        bar(10.0, index=2, high=13.0),
+        bar(10.5, index=3),
+        bar(10.5, index=4),
+        bar(10.0, index=5),
+    ]
     # anchor 10 fails the range check; 10.5 chases 5% > 1%; past T0+4m the shot is given up
     assert run("listing_sniper", params, late) == []
 
@@ -81,10 +101,10 @@ def test_gives_up_after_max_wait_and_never_enters_later() -> None:
 def test_other_series_and_symbols_are_ignored_and_prices_bounded() -> None:
     items = [
         listing(),
-        bar(2, 10.0),
-        bar(4, 10.0, interval="5m"),  # another series of the symbol
-        bar(4, 10.0, symbol="OLD/USDT"),  # another symbol
-        bar(4, 10.0),
+        bar(10.0, index=2),
+        bar(10.0, index=4, interval="5m"),  # another series of the symbol
+        bar(10.0, index=4, symbol="OLD/USDT"),  # another symbol
+        bar(10.0, index=4),
     ]
     assert [s.interval for s in items[2:4]] == ["5m", "1m"]
     signals = run("listing_sniper", {**PARAMS, "max_price": 5.0}, items)
@@ -94,7 +114,7 @@ def test_other_series_and_symbols_are_ignored_and_prices_bounded() -> None:
 
 
 def test_listing_time_defaults_to_the_announcement_time() -> None:
-    items = [listing(ts=T0 + MINUTE, listing_time=0), bar(1, 10.0), bar(2, 10.0)]
+    items = [listing(ts=T0 + MINUTE, listing_time=0), bar(10.0, index=1), bar(10.0, index=2)]
     signals = run("listing_sniper", {**PARAMS, "delay_s": 0}, items)
     assert [s.ts for s in signals] == [T0 + 2 * MINUTE]
 

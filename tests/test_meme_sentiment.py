@@ -8,7 +8,8 @@ import pytest
 from contracts.events import SocialSentiment
 from services.strategy.host import strategy_role
 from strategies.registry import StrategyError, build_strategy
-from tests.external_scenario import MINUTE, T0, assert_restore_equals_uninterrupted, bar, run
+from tests.external_scenario import T0, assert_restore_equals_uninterrupted, bar, run
+from tests.factories import MINUTE
 
 SYMBOL = "DOGE/USDT"
 PARAMS = {
@@ -36,7 +37,7 @@ def reading(minute: float, score: float = 0.8, mentions: int = 500, velocity: fl
 
 
 def doge(i: int, close: float, high: float | None = None, low: float | None = None):
-    return bar(i, close, high, low, symbol=SYMBOL)
+    return bar(close, index=i, high=high, low=low, symbol=SYMBOL)
 
 
 def scenario() -> list:

@@ -8,7 +8,8 @@ import pytest
 from contracts.events import PromoAnnouncement
 from strategies.promo_watcher import PromoTerms, parse_promo
 from strategies.registry import StrategyError, build_strategy
-from tests.external_scenario import MINUTE, T0, assert_restore_equals_uninterrupted, bar, run
+from tests.external_scenario import T0, assert_restore_equals_uninterrupted, bar, run
+from tests.factories import MINUTE
 
 PARAMS = {
     "notional": 500,
@@ -67,19 +68,19 @@ def promo(minute: float, text: str = GOOD, symbol: str = "NEW/USDT", **kw) -> Pr
 
 def scenario() -> list:
     return [
-        bar(0, 2.0),
+        bar(2.0, index=0),
         promo(0.5),
         promo(0.6, text=POOR, title="other"),  # one pending promo per symbol: ignored
-        bar(1, 2.0),  # evaluates: edge +235 > 0 -> 250 units; exit at T0+7m
-        bar(2, 2.1),
+        bar(2.0, index=1),  # evaluates: edge +235 > 0 -> 250 units; exit at T0+7m
+        bar(2.1, index=2),
         promo(3, text=POOR, title="other"),  # holding: ignored
-        bar(5, 2.2),
-        bar(6, 2.3),  # closes at T0+7m: flat
+        bar(2.2, index=5),
+        bar(2.3, index=6),  # closes at T0+7m: flat
         promo(8),  # the same announcement again: ignored
-        bar(8, 2.3),
+        bar(2.3, index=8),
         promo(9, text=POOR, title="poor"),
-        bar(9, 2.3),  # evaluates: edge -1480, nothing
-        bar(10, 2.3),
+        bar(2.3, index=9),  # evaluates: edge -1480, nothing
+        bar(2.3, index=10),
     ]
 
 
@@ -107,11 +108,11 @@ def test_acts_only_when_expected_reward_exceeds_cost_and_exits_after_holding() -
 def test_rewards_in_the_coin_are_valued_at_the_close_and_fields_beat_the_text() -> None:
     text = "Trade at least 1,000 USDT. Share 100,000 NEW among 2,000 lucky winners"
     # 100,000 / 2,000 * 0.5 = 25 NEW at 0.5 = 12.5 USDT vs cost 1.5: edge 11
-    signals = run("promo_watcher", PARAMS, [promo(0, text=text), bar(0, 0.5)])
+    signals = run("promo_watcher", PARAMS, [promo(0, text=text), bar(0.5, index=0)])
     assert [s.target_position for s in signals] == [1000.0]
     assert "expected reward 12.50" in signals[0].reason
     # the feeder says the volume needed is 100,000 USDT: cost 150 > 12.5
-    items = [promo(0, text=text, min_volume=100_000.0), bar(0, 0.5)]
+    items = [promo(0, text=text, min_volume=100_000.0), bar(0.5, index=0)]
     assert run("promo_watcher", PARAMS, items) == []
 
 
@@ -126,11 +127,16 @@ def test_rewards_in_the_coin_are_valued_at_the_close_and_fields_beat_the_text() 
     ],
 )
 def test_promos_that_cannot_be_valued_are_skipped(item: PromoAnnouncement) -> None:
-    assert run("promo_watcher", PARAMS, [item, bar(0, 2.0), bar(1, 2.0)]) == []
+    assert run("promo_watcher", PARAMS, [item, bar(2.0, index=0), bar(2.0, index=1)]) == []
 
 
 def test_exit_at_the_promo_end_when_earlier_than_the_holding_period() -> None:
-    items = [promo(0, ends_at=T0 + 3 * MINUTE), bar(0, 2.0), bar(1, 2.0), bar(2, 2.0)]
+    items = [
+        promo(0, ends_at=T0 + 3 * MINUTE),
+        bar(2.0, index=0),
+        bar(2.0, index=1),
+        bar(2.0, index=2),
+    ]
     signals = run("promo_watcher", PARAMS, items)
     assert [(s.ts, s.target_position) for s in signals] == [
         (T0 + MINUTE, 250.0),

@@ -18,7 +18,8 @@ from services.runtime.worker import Worker, WorkerOptions
 from services.strategy.host import strategy_role
 from strategies.registry import build_strategy
 from tests.conftest import keel
-from tests.external_scenario import MINUTE, T0, bar
+from tests.external_scenario import T0, bar
+from tests.factories import MINUTE
 
 LISTING = {
     "kind": "listing",
@@ -122,12 +123,12 @@ async def test_a_live_strategy_worker_reacts_to_a_published_listing(
     names = {"strategy-sniper-market", "strategy-sniper-external"}
     try:
         assert await wait_drained(bus, names, timeout=20)
-        for b in (bar(0, 9.0), bar(1, 9.5)):  # before the listing time
+        for b in (bar(9.0, index=0), bar(9.5, index=1)):  # before the listing time
             await bus.publish(b, bar_envelope(b))
         listing = {**LISTING, "listing_time": T0 + 2 * MINUTE}
         ok(keel(nats_server.url, "publish", "ext", "news", "--json", json.dumps(listing)))
         assert await wait_drained(bus, names, timeout=20)
-        for b in (bar(2, 10.0), bar(3, 10.5), bar(4, 11.5, high=11.5)):
+        for b in (bar(10.0, index=2), bar(10.5, index=3), bar(11.5, index=4, high=11.5)):
             await bus.publish(b, bar_envelope(b))
         assert await wait_drained(bus, names, timeout=20)
         signals: list[Event] = [i.event for i in await stored(bus, "sig.>", "SIGNALS")]

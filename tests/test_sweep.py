@@ -40,7 +40,8 @@ from replay.sweep_plan import SweepSpec, WalkForward, parse_grid, plan_sweep, sp
 from services.config import KeelConfig, StrategyConfig
 from services.marketdata.synthetic import SyntheticMarket
 from strategies.registry import StrategyError
-from tests.external_scenario import MINUTE, T0, sentiment_readings
+from tests.external_scenario import T0, sentiment_readings
+from tests.factories import MINUTE
 from tests.test_backtest import write_csv
 from tests.test_backtest_cli import keel as keel_cli
 from tests.test_backtest_cli import last_json as cli_json
