@@ -2,29 +2,30 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 from contracts.events import (
-    Bar,
     EquitySnapshot,
     Event,
-    ExecutionReport,
     FundingRate,
     GovernanceCommand,
     Instrument,
     OrderCommand,
     RiskAlert,
     RiskDecision,
-    Signal,
     SystemStatus,
 )
 from contracts.keys import BookId, InstrumentId
+from tests import factories
+from tests.factories import BTC, MINUTE, VENUE
 
-MINUTE = 60_000_000_000
 HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 T0 = 1_700_006_400_000_000_000  # 2023-11-15 00:00:00 UTC, a day boundary
-VENUE = "test"
-BTC = "BTC/USDT"
 ETH = "ETH/USDT"
+
+bar = partial(factories.bar, ts=T0)
+sig = partial(factories.signal, ts=T0)
 
 
 def market(symbol: str = BTC, venue: str = VENUE) -> InstrumentId:
@@ -33,48 +34,6 @@ def market(symbol: str = BTC, venue: str = VENUE) -> InstrumentId:
 
 def book(strategy: str = "s1", symbol: str = BTC, venue: str = VENUE) -> BookId:
     return BookId(strategy, InstrumentId(venue, symbol))
-
-
-def sig(
-    target: float | None = None,
-    *,
-    side: str | None = None,
-    size: float | None = None,
-    ts: int = T0,
-    strategy: str = "s1",
-    symbol: str = BTC,
-    venue: str = VENUE,
-    atr: float | None = None,
-) -> Signal:
-    return Signal(
-        ts=ts,
-        strategy=strategy,
-        venue=venue,
-        symbol=symbol,
-        model_tag="mt",
-        target_position=target,
-        side=side,  # type: ignore[arg-type]
-        size=size,
-        atr=atr,
-    )
-
-
-def bar(
-    close: float, symbol: str = BTC, ts: int = T0, venue: str = VENUE, interval: str = "1m"
-) -> Bar:
-    return Bar(
-        ts=ts,
-        venue=venue,
-        symbol=symbol,
-        interval=interval,
-        open_time=ts - MINUTE,
-        close_time=ts,
-        open=close,
-        high=close,
-        low=close,
-        close=close,
-        volume=1.0,
-    )
 
 
 def equity(value: float, ts: int = T0) -> EquitySnapshot:
@@ -86,24 +45,6 @@ def equity(value: float, ts: int = T0) -> EquitySnapshot:
         unrealized_pnl=0.0,
         fees=0.0,
         gross_exposure=0.0,
-    )
-
-
-def report(
-    order: OrderCommand, status: str, fill_qty: float = 0.0, price: float = 0.0, ts: int = 0
-) -> ExecutionReport:
-    return ExecutionReport(
-        ts=ts or order.ts + 1,
-        status=status,  # type: ignore[arg-type]
-        client_order_id=order.client_order_id,
-        strategy=order.strategy,
-        venue=order.venue,
-        symbol=order.symbol,
-        side=order.side,
-        order_qty=order.qty,
-        fill_price=price,
-        fill_qty=fill_qty,
-        cum_qty=fill_qty,
     )
 
 

@@ -9,6 +9,7 @@ import pytest
 from contracts.events import OrderCommand, RiskAlert, SystemStatus
 from services.risk.engine import RiskEngine
 from services.risk.limits import CorrelationConfig, InstrumentSpec, RiskLimits
+from tests.factories import report
 from tests.risk_helpers import (
     BTC,
     DAY,
@@ -23,7 +24,6 @@ from tests.risk_helpers import (
     of,
     order_of,
     rejection,
-    report,
     resume,
     sig,
     statuses,

@@ -6,6 +6,7 @@ from __future__ import annotations
 from contracts.events import Instrument, OrderCommand
 from services.risk.engine import RiskEngine
 from services.risk.limits import DepegGuard, FundingGuard, GuardsConfig, RiskLimits
+from tests.factories import report
 from tests.risk_helpers import (
     HOUR,
     MINUTE,
@@ -17,7 +18,6 @@ from tests.risk_helpers import (
     of,
     order_of,
     rejection,
-    report,
     sig,
     statuses,
 )

@@ -18,6 +18,7 @@ from contracts.events import (
 )
 from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits
+from tests.factories import report
 from tests.risk_helpers import (
     BTC,
     MINUTE,
@@ -28,7 +29,6 @@ from tests.risk_helpers import (
     kill,
     order_of,
     rejection,
-    report,
     resume,
     sig,
 )

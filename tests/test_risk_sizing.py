@@ -12,6 +12,7 @@ from contracts.keys import InstrumentId
 from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits, SizingConfig, SizingRule
 from services.risk.sizing import round_price, round_qty, split_symbol, unit_qty
+from tests.factories import report
 from tests.risk_helpers import (
     BTC,
     ETH,
@@ -22,7 +23,6 @@ from tests.risk_helpers import (
     instrument,
     order_of,
     rejection,
-    report,
     sig,
 )
 

@@ -7,7 +7,8 @@ import msgspec
 
 from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits
-from tests.risk_helpers import BTC, T0, bar, instrument, order_of, rejection, report, sig
+from tests.factories import report
+from tests.risk_helpers import BTC, T0, bar, instrument, order_of, rejection, sig
 
 
 def _engine(kind: str = "spot", **limits: object) -> RiskEngine:
