@@ -9,12 +9,13 @@ breach lasts while the equity is beyond its level. docs/risk.md, Soft and hard b
 from __future__ import annotations
 
 from contracts.events import EquitySnapshot, Event, RiskAlert, SystemState
+from contracts.intervals import UNIT_NS
 from services.risk.book import Book
 from services.risk.limits import RiskLimits
 from services.risk.state import Condition, EquityTrack, RiskState
 from services.risk.status import StatusBoard
 
-DAY_NS = 86_400_000_000_000
+DAY_NS = UNIT_NS["d"]
 
 
 class EquityRails:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from contracts.events import Signal
+from contracts.intervals import UNIT_NS
 from contracts.keys import InstrumentId
 from services.risk.book import EPS, Book
 from services.risk.breaker import VenueBreaker
@@ -22,7 +23,7 @@ from services.risk.state import RiskState
 from services.risk.status import StatusBoard
 
 TOL = 1 + 1e-9  # caps compare with this relative slack: a capped order is exactly at the cap
-MINUTE_NS = 60_000_000_000
+MINUTE_NS = UNIT_NS["m"]
 
 Breach = tuple[str, str] | None
 
