@@ -1,5 +1,5 @@
 """One TOML file configures the fleet: what to trade, the rails, guards and sizing
-(docs/risk.md), instrument specs, the venue, the ledger.
+(docs/risk.md), instrument specs, the venue, the portfolio.
 
 Every section is optional; defaults give a working paper fleet. A bad value stops start-up
 with one line naming the key (msgspec reports the path, e.g. ``$.risk.max_position``).
@@ -12,6 +12,7 @@ from pathlib import Path
 
 import msgspec
 
+from contracts.intervals import Interval
 from eventstore.errors import KeelError
 from services.execution.orders_config import OrdersConfig
 from services.execution.paper_venue import PaperVenueConfig
@@ -35,6 +36,9 @@ class MarketConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     symbols: tuple[str, ...] = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
     interval: str = "1m"
     seed: int = 7
+
+    def __post_init__(self) -> None:
+        Interval.parse(self.interval, "interval")
 
 
 class KeelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):

@@ -16,6 +16,8 @@ from contracts.intervals import (
     periods_per_year,
 )
 from contracts.keys import BookId, InstrumentId, KeyTable
+from eventstore.errors import KeelError
+from services.config import load_config
 
 
 @pytest.mark.parametrize(
@@ -91,3 +93,10 @@ def test_a_key_table_hands_out_one_object_per_market_and_book() -> None:
     )
     assert keys.book("ma", fresh) is keys.book("ma", fresh)
     assert keys.markets["binance"]["BTC/USDT"] is fresh
+
+
+def test_a_config_with_a_market_interval_that_does_not_parse_is_one_line(tmp_path) -> None:
+    path = tmp_path / "keel.toml"
+    path.write_text('[market]\ninterval = "1M"\n')
+    with pytest.raises(KeelError, match=r"interval '1M': expected .* - at `\$.market`"):
+        load_config(path)
