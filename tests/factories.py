@@ -1,7 +1,9 @@
-"""The one home of the tests' event builders: bars, fills, order replies, signals, bar files.
+"""The one home of the tests' event builders: bars, fills, order replies, signals, equity
+snapshots, instruments, funding rates and Parquet bar files.
 
-Every builder defaults to one minute bars of BTC/USDT on venue "test" counted from ``T0``;
-a test names only what its case is about, so these defaults are what most tests used.
+Every builder defaults to BTC/USDT on venue "test" at ``T0`` (bars: one minute bars counted
+from ``T0``); a test names only what its case is about, so these defaults are what most
+tests used.
 """
 
 from __future__ import annotations
@@ -11,9 +13,18 @@ from pathlib import Path
 
 import polars as pl
 
-from contracts.events import Bar, ExecutionReport, OrderCommand, Signal
+from contracts.events import (
+    Bar,
+    EquitySnapshot,
+    ExecutionReport,
+    FundingRate,
+    Instrument,
+    OrderCommand,
+    Signal,
+)
 
 MINUTE = 60_000_000_000
+HOUR = 60 * MINUTE
 T0 = 1_700_000_000_000_000_000
 # T0 moved up to a whole minute, for the tests that read their bars back by interval
 T0_ON_MINUTE = 1_700_000_040 * 10**9
@@ -199,16 +210,71 @@ def signal(
     )
 
 
-def write_bar_file(path: Path, bars: Sequence[Bar], *, as_datetime: bool = False) -> Path:
-    """``bars`` as a Parquet bar file a backtest reads: open times in epoch milliseconds, the
-    form exchange dumps come in, or ``as_datetime`` as a UTC nanosecond timestamp column."""
+def equity_snapshot(value: float, *, ts: int = T0, exposure: float = 0.0) -> EquitySnapshot:
+    """A book all in cash (``exposure`` aside): equity == cash, nothing realized or open."""
+    return EquitySnapshot(
+        ts=ts,
+        cash=value,
+        equity=value,
+        realized_pnl=0.0,
+        unrealized_pnl=0.0,
+        fees=0.0,
+        gross_exposure=exposure,
+    )
+
+
+def instrument(
+    symbol: str = BTC,
+    *,
+    kind: str = "spot",
+    lot: float = 0.0,
+    tick: float = 0.0,
+    min_notional: float = 0.0,
+    contract_size: float = 1.0,
+    max_leverage: float = 0.0,
+    venue: str = VENUE,
+    ts: int = T0,
+) -> Instrument:
+    """The venue's listing of ``symbol``, its base and quote read from the symbol
+    (``BASE/QUOTE`` or, for a perpetual, ``BASE/QUOTE:SETTLE``)."""
+    base, _, rest = symbol.partition("/")
+    return Instrument(
+        ts=ts,
+        venue=venue,
+        symbol=symbol,
+        base=base,
+        quote=rest.partition(":")[0],
+        kind=kind,  # type: ignore[arg-type]
+        tick_size=tick,
+        lot_size=lot,
+        min_notional=min_notional,
+        contract_size=contract_size,
+        max_leverage=max_leverage,
+    )
+
+
+def funding(
+    rate: float,
+    *,
+    symbol: str = "BTC/USDT:USDT",
+    venue: str = VENUE,
+    ts: int = T0,
+    next_time: int = 0,
+) -> FundingRate:
+    """A perpetual's funding rate: positive, longs pay shorts."""
+    return FundingRate(ts=ts, venue=venue, symbol=symbol, rate=rate, next_time=next_time)
+
+
+def write_bar_file(path: Path, bars: Sequence[Bar], *, epoch_ms: bool = False) -> Path:
+    """``bars`` as a Parquet bar file a backtest reads: open times as a UTC timestamp column,
+    or ``epoch_ms`` as integer epoch milliseconds, the form exchange dumps come in."""
     open_times = [b.open_time for b in bars]
     pl.DataFrame(
         {
             "open_time": (
-                pl.Series(open_times, dtype=pl.Int64).cast(pl.Datetime("ns", "UTC"))
-                if as_datetime
-                else [t // 1_000_000 for t in open_times]
+                [t // 1_000_000 for t in open_times]
+                if epoch_ms
+                else pl.Series(open_times, dtype=pl.Int64).cast(pl.Datetime("ns", "UTC"))
             ),
             "open": [b.open for b in bars],
             "high": [b.high for b in bars],

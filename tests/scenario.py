@@ -11,12 +11,14 @@ Opens equal the previous close, so "same bar's close" fills give the same prices
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from contracts.events import Bar
+from tests.factories import T0_ON_MINUTE as T0
+from tests.factories import bars_from_closes
 
 VENUE = "test"
 SYMBOL = "BTC/USDT"
-MINUTE = 60 * 10**9
-T0 = 1_700_000_040 * 10**9 // MINUTE * MINUTE
 CLOSES = [10.0, 11.0, 12.0, 11.0, 10.0, 9.0, 10.0, 12.0, 13.0, 12.0]
 
 CONFIG = """
@@ -42,25 +44,6 @@ EXPECTED_FILLS = [("sell", 1.0, 10.0, 0.010), ("buy", 2.0, 12.0, 0.024)]
 EXPECTED_EQUITY = 997.966
 
 
-def bars(closes: list[float] = CLOSES, symbol: str = SYMBOL, start: int = T0) -> list[Bar]:
-    out: list[Bar] = []
-    previous = closes[0]
-    for i, close in enumerate(closes):
-        open_time = start + i * MINUTE
-        out.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue=VENUE,
-                symbol=symbol,
-                interval="1m",
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=previous,
-                high=max(previous, close) + 0.5,
-                low=min(previous, close) - 0.5,
-                close=close,
-                volume=1.0,
-            )
-        )
-        previous = close
-    return out
+def bars(closes: Sequence[float] = CLOSES, symbol: str = SYMBOL, start: int = T0) -> list[Bar]:
+    """The scenario's market: each bar opens at the previous close, wicks half a point out."""
+    return bars_from_closes(closes, wick=0.5, start=start, symbol=symbol, venue=VENUE)

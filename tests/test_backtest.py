@@ -29,6 +29,7 @@ from services.marketdata.sources import SourceError
 from services.marketdata.synthetic import SyntheticMarket
 from strategies.registry import StrategyError
 from tests import scenario
+from tests.factories import MINUTE, write_bar_file
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 REAL_BTC = SHARED_DATA / "binanceus-1m-2023-03" / "BTCUSDT.csv"
@@ -59,22 +60,6 @@ def csv_text(bars: list[Bar]) -> str:
 
 def write_csv(path: Path, bars: list[Bar]) -> Path:
     path.write_text(csv_text(bars))
-    return path
-
-
-def write_parquet(path: Path, bars: list[Bar]) -> Path:
-    pl.DataFrame(
-        {
-            "open_time": pl.Series([b.open_time for b in bars], dtype=pl.Int64).cast(
-                pl.Datetime("ns", "UTC")
-            ),
-            "open": [b.open for b in bars],
-            "high": [b.high for b in bars],
-            "low": [b.low for b in bars],
-            "close": [b.close for b in bars],
-            "volume": [b.volume for b in bars],
-        }
-    ).write_parquet(path)
     return path
 
 
@@ -132,7 +117,7 @@ def without_timing(result: BacktestResult) -> BacktestResult:
 
 # --- 1. the hand-computed scenario --------------------------------------------------------------
 
-T = [scenario.T0 + (i + 1) * scenario.MINUTE for i in range(10)]  # bar close times
+T = [scenario.T0 + (i + 1) * MINUTE for i in range(10)]  # bar close times
 
 GOLDEN_EVENTS = [
     *[("portfolio", "EquitySnapshot", T[i]) for i in range(4)],
@@ -256,7 +241,7 @@ def test_golden_scenario_with_close_fills_gives_the_same_prices(tmp_path: Path) 
 def test_result_hash_is_reproducible_from_the_stored_events(tmp_path: Path) -> None:
     """docs/replay.md "The result hash": per producer in canonical order, sha256 over
     msgpack([subject, event]) of its stored events; dead letters left out."""
-    data = write_parquet(tmp_path / "btc.parquet", synthetic(bars=600)["BTC/USDT"])
+    data = write_bar_file(tmp_path / "btc.parquet", synthetic(bars=600)["BTC/USDT"])
     spec = spec_of(make_config(), (data, "BTC/USDT"))
     result = run_backtest(spec, tmp_path / "run")
     assert result.fills > 0 and result.hash_format == HASH_FORMAT == 2
@@ -275,7 +260,7 @@ def test_result_hash_is_reproducible_from_the_stored_events(tmp_path: Path) -> N
 
 
 def test_same_spec_same_hash_and_a_param_changes_it(tmp_path: Path) -> None:
-    data = write_parquet(tmp_path / "btc.parquet", synthetic(bars=1500)["BTC/USDT"])
+    data = write_bar_file(tmp_path / "btc.parquet", synthetic(bars=1500)["BTC/USDT"])
     spec = spec_of(make_config(), (data, "BTC/USDT"))
 
     first = run_backtest(spec, tmp_path / "a")
@@ -415,7 +400,7 @@ def check_against_reference(run_dir: Path, result: BacktestResult, bars: pl.Data
 
 
 def test_equity_curve_matches_an_independent_numpy_reference(tmp_path: Path) -> None:
-    data = write_parquet(tmp_path / "btc.parquet", synthetic(bars=3000, seed=11)["BTC/USDT"])
+    data = write_bar_file(tmp_path / "btc.parquet", synthetic(bars=3000, seed=11)["BTC/USDT"])
     run_dir = tmp_path / "run"
     result = run_backtest(spec_of(make_config(), (data, "BTC/USDT")), run_dir)
     bars = pl.read_parquet(data)  # the same bars, read without Keel
@@ -429,7 +414,7 @@ def test_equity_curve_matches_an_independent_numpy_reference(tmp_path: Path) -> 
 
 def test_the_curve_keeps_the_snapshot_after_a_fill(tmp_path: Path) -> None:
     """On a fill bar the bar's own snapshot comes first and the fill's second, same ts."""
-    data = write_parquet(tmp_path / "btc.parquet", synthetic(bars=600, seed=3)["BTC/USDT"])
+    data = write_bar_file(tmp_path / "btc.parquet", synthetic(bars=600, seed=3)["BTC/USDT"])
     run_dir = tmp_path / "run"
     run_backtest(spec_of(make_config(), (data, "BTC/USDT")), run_dir)
     events = read_events(run_dir)
@@ -451,8 +436,8 @@ def test_the_curve_keeps_the_snapshot_after_a_fill(tmp_path: Path) -> None:
 
 def test_two_sources_with_identical_timestamps_merge_deterministically(tmp_path: Path) -> None:
     market = synthetic(("AAA/USDT", "BBB/USDT"), bars=1200, seed=5)
-    a = write_parquet(tmp_path / "a.parquet", market["AAA/USDT"])
-    b = write_parquet(tmp_path / "b.parquet", market["BBB/USDT"])
+    a = write_bar_file(tmp_path / "a.parquet", market["AAA/USDT"])
+    b = write_bar_file(tmp_path / "b.parquet", market["BBB/USDT"])
     config = make_config({**EMA_10_30, "fast": 5, "slow": 15})
     spec = spec_of(config, (a, "AAA/USDT"), (b, "BBB/USDT"))
 
@@ -533,7 +518,7 @@ def test_sources_of_different_intervals_interleave_by_event_time(tmp_path: Path)
 
 def test_start_and_end_select_bars_by_open_time(tmp_path: Path) -> None:
     bars = synthetic(bars=400, seed=4)["BTC/USDT"]
-    data = write_parquet(tmp_path / "btc.parquet", bars)
+    data = write_bar_file(tmp_path / "btc.parquet", bars)
     config = make_config({**EMA_10_30, "fast": 3, "slow": 8})
     opens = [b.open_time for b in bars]
 
@@ -550,7 +535,7 @@ def test_start_and_end_select_bars_by_open_time(tmp_path: Path) -> None:
     assert window(start=opens[0] - 10**12, end=opens[-1] + 10**12).bars == 400
 
     # the same bars cut out into their own file give the same run
-    cut = write_parquet(tmp_path / "cut.parquet", bars[100:250])
+    cut = write_bar_file(tmp_path / "cut.parquet", bars[100:250])
     windowed = window(start=opens[100], end=opens[250])
     assert windowed.signals > 0
     assert run_backtest(spec_of(config, (cut, "BTC/USDT"))).result_hash == windowed.result_hash
@@ -568,7 +553,7 @@ def test_start_and_end_select_bars_by_open_time(tmp_path: Path) -> None:
     [({"max_order_notional": 1.0}, "max_order_notional"), ({"max_position": 0.5}, "max_position")],
 )
 def test_rejections_become_risk_events(tmp_path: Path, risk: dict, rule: str) -> None:
-    data = write_parquet(tmp_path / "btc.parquet", synthetic(bars=800, seed=2)["BTC/USDT"])
+    data = write_bar_file(tmp_path / "btc.parquet", synthetic(bars=800, seed=2)["BTC/USDT"])
     run_dir = tmp_path / "run"
     result = run_backtest(spec_of(make_config(risk=risk), (data, "BTC/USDT")), run_dir)
 
@@ -700,7 +685,7 @@ def test_duplicate_and_out_of_order_bars_are_sorted_and_the_first_kept(tmp_path:
 def test_gaps_are_kept_not_filled(tmp_path: Path) -> None:
     bars = synthetic(bars=600, seed=8)["BTC/USDT"]
     sparse = bars[:200] + bars[260:400] + bars[401:]
-    data = write_parquet(tmp_path / "sparse.parquet", sparse)
+    data = write_bar_file(tmp_path / "sparse.parquet", sparse)
     run_dir = tmp_path / "run"
     result = run_backtest(spec_of(make_config(), (data, "BTC/USDT")), run_dir)
     assert result.bars == len(sparse) == 539

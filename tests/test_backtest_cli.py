@@ -22,7 +22,8 @@ from replay.market import DataSource
 from services.config import KeelConfig
 from services.marketdata.synthetic import SyntheticMarket
 from tests import scenario
-from tests.test_backtest import csv_text, iso, write_parquet
+from tests.factories import MINUTE, write_bar_file
+from tests.test_backtest import csv_text, iso
 
 JSON_KEYS = {
     "bars",
@@ -129,7 +130,7 @@ def test_json_is_one_object_on_the_last_line(tmp_path: Path) -> None:
 
 def test_start_and_end_window_the_bars(tmp_path: Path) -> None:
     data, _ = scenario_files(tmp_path)
-    minute = scenario.MINUTE
+    minute = MINUTE
     start = iso(scenario.T0 + 2 * minute).replace("+00:00", "Z")
     end = iso(scenario.T0 + 7 * minute)
     document = last_json(
@@ -171,8 +172,8 @@ def test_each_data_file_takes_the_symbol_that_follows_it(tmp_path: Path) -> None
 
     low = bars("SOL/USDT", 1)  # ~50
     high = bars("BTC/USDT", 2)  # ~30,000
-    write_parquet(tmp_path / "low.parquet", low)
-    write_parquet(tmp_path / "high.parquet", high)
+    write_bar_file(tmp_path / "low.parquet", low)
+    write_bar_file(tmp_path / "high.parquet", high)
     ranges = {
         "LOW/X": (min(b.low for b in low), max(b.high for b in low)),
         "HIGH/X": (min(b.low for b in high), max(b.high for b in high)),

@@ -15,21 +15,12 @@ from services.config import KeelConfig, StrategyConfig
 from services.execution.paper_venue import PaperVenueConfig
 from services.marketdata.synthetic import SyntheticMarket
 from services.risk.limits import RiskLimits
+from tests.factories import write_bar_file
 
 
 def _market(path: Path) -> Path:
     bars = list(SyntheticMarket(symbols=("SOL/USDT",), bars=3_000, seed=21).generate())
-    pl.DataFrame(
-        {
-            "open_time": [b.open_time // 1_000_000 for b in bars],
-            "open": [b.open for b in bars],
-            "high": [b.high for b in bars],
-            "low": [b.low for b in bars],
-            "close": [b.close for b in bars],
-            "volume": [b.volume for b in bars],
-        }
-    ).write_parquet(path)
-    return path
+    return write_bar_file(path, bars, epoch_ms=True)
 
 
 def _run(tmp_path: Path, brackets: bool) -> pl.DataFrame:

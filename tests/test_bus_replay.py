@@ -26,6 +26,7 @@ from replay.market import DataSource
 from services.config import load_config
 from services.fleet import consumer_names
 from services.marketdata.synthetic import SyntheticMarket
+from tests.factories import write_bar_file
 
 CONFIG = """
 [market]
@@ -48,18 +49,7 @@ slippage_bps = 2
 
 def write_market(path: Path, symbol: str, bars: int, seed: int) -> Path:
     market = SyntheticMarket(symbols=(symbol,), bars=bars, seed=seed, interval="1m")
-    rows = list(market.generate())
-    pl.DataFrame(
-        {
-            "open_time": [b.open_time // 1_000_000 for b in rows],
-            "open": [b.open for b in rows],
-            "high": [b.high for b in rows],
-            "low": [b.low for b in rows],
-            "close": [b.close for b in rows],
-            "volume": [b.volume for b in rows],
-        }
-    ).write_parquet(path)
-    return path
+    return write_bar_file(path, list(market.generate()), epoch_ms=True)
 
 
 def test_bus_replay_reproduces_the_in_process_result(

@@ -8,7 +8,6 @@ import tomllib
 from pathlib import Path
 
 import msgspec
-import polars as pl
 import pytest
 
 from contracts.codec import encode
@@ -20,6 +19,7 @@ from services.config import KeelConfig, StrategyConfig
 from services.execution.paper_venue import PaperVenueConfig
 from services.marketdata.synthetic import SyntheticMarket
 from strategies.registry import REGISTRY
+from tests.factories import write_bar_file
 
 BARS = 3_000
 SYMBOLS = ("SOL/USDT", "ETH/USDT")
@@ -96,19 +96,6 @@ BOOK_HASHES: dict[tuple[str, bool], str] = {
 }
 
 
-def _frame(bars: list) -> pl.DataFrame:
-    return pl.DataFrame(
-        {
-            "open_time": [b.open_time // 1_000_000 for b in bars],
-            "open": [b.open for b in bars],
-            "high": [b.high for b in bars],
-            "low": [b.low for b in bars],
-            "close": [b.close for b in bars],
-            "volume": [b.volume for b in bars],
-        }
-    )
-
-
 @pytest.fixture(scope="module")
 def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataSource, ...]:
     folder = tmp_path_factory.mktemp("golden")
@@ -116,7 +103,7 @@ def data(tmp_path_factory: pytest.TempPathFactory) -> tuple[DataSource, ...]:
     sources = []
     for symbol in SYMBOLS:
         path = folder / f"{symbol.replace('/', '')}.parquet"
-        _frame([b for b in bars if b.symbol == symbol]).write_parquet(path)
+        write_bar_file(path, [b for b in bars if b.symbol == symbol], epoch_ms=True)
         sources.append(DataSource(location=str(path), symbol=symbol))
     return tuple(sources)
 

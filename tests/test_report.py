@@ -34,7 +34,7 @@ from replay.run_check import check_run, recompute_metrics
 from replay.run_files import load_run_data
 from services.config import KeelConfig
 from services.marketdata.synthetic import SyntheticMarket
-from tests.test_backtest import write_parquet
+from tests.factories import write_bar_file
 
 ROOT = Path(__file__).resolve().parents[1]
 SYMBOLS = ("BTC/USDT", "ETH/USDT")
@@ -58,7 +58,7 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
         bars[bar.symbol].append(bar)
     data = tuple(
         DataSource(
-            location=str(write_parquet(base / f"{s.replace('/', '')}.parquet", bars[s])), symbol=s
+            location=str(write_bar_file(base / f"{s.replace('/', '')}.parquet", bars[s])), symbol=s
         ).with_digest()
         for s in SYMBOLS
     )
@@ -125,7 +125,7 @@ def test_write_report_is_a_self_contained_page(copy_of: Path) -> None:
 
 def test_report_of_a_run_without_trades(tmp_path: Path) -> None:
     bars = list(SyntheticMarket(symbols=("BTC/USDT",), bars=300, seed=5).generate())
-    source = DataSource(location=str(write_parquet(tmp_path / "BTCUSDT.parquet", bars)))
+    source = DataSource(location=str(write_bar_file(tmp_path / "BTCUSDT.parquet", bars)))
     params = {**PARAMS, "slow": 400}  # never warmed up: no signal, no fill
     config = msgspec.convert({"strategies": [{"name": "ma_cross", "params": params}]}, KeelConfig)
     out = tmp_path / "run"

@@ -19,6 +19,7 @@ from services.config import KeelConfig, StrategyConfig
 from services.execution.paper_venue import PaperVenueConfig
 from services.marketdata.synthetic import SyntheticMarket
 from strategies.registry import REGISTRY
+from tests.factories import write_bar_file
 
 BARS = 3_000
 SUITE_PARAMS: dict[str, dict[str, str | int | float | bool]] = {
@@ -42,17 +43,7 @@ def _params(name: str, model: Path | None) -> dict[str, str | int | float | bool
 def market_file(tmp_path_factory: pytest.TempPathFactory) -> Path:
     bars = list(SyntheticMarket(symbols=("SOL/USDT",), bars=BARS, seed=21).generate())
     path = tmp_path_factory.mktemp("suite") / "sol.parquet"
-    pl.DataFrame(
-        {
-            "open_time": [b.open_time // 1_000_000 for b in bars],
-            "open": [b.open for b in bars],
-            "high": [b.high for b in bars],
-            "low": [b.low for b in bars],
-            "close": [b.close for b in bars],
-            "volume": [b.volume for b in bars],
-        }
-    ).write_parquet(path)
-    return path
+    return write_bar_file(path, bars, epoch_ms=True)
 
 
 @pytest.fixture(scope="module")

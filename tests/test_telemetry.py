@@ -48,6 +48,7 @@ from services.strategy.host import strategy_role
 from strategies.registry import build_strategy
 from tests import scenario
 from tests.conftest import ROOT, keel
+from tests.factories import MINUTE
 from tests.test_backtest import csv_text
 
 METERED = WorkerOptions(metrics_port=0, heartbeat_s=0.2)
@@ -174,7 +175,7 @@ def flip_signals(n: int, first: int = 0) -> list[tuple[Bar | Signal, Envelope]]:
     with its own client order id, filled at the next bar's open."""
     out: list[tuple[Bar | Signal, Envelope]] = []
     closes = [10.0 + (i % 3) for i in range(first, first + n + 1)]
-    bars = scenario.bars(closes, start=scenario.T0 + first * scenario.MINUTE)
+    bars = scenario.bars(closes, start=scenario.T0 + first * MINUTE)
     for i, bar in enumerate(bars):
         out.append((bar, bar_envelope(bar)))
         if i < n:
@@ -202,7 +203,7 @@ async def test_metric_names_units_and_labels_from_real_workers(
         now = scenario.bars()[-1].ts
         await bus.publish(GovernanceCommand(ts=now, action="kill"), Envelope.root("kill-1", now))
         await bus.js.publish("md.bar.test.BTC-USDT.1m", b"not json", headers={MSG_ID: "junk"})
-        later = scenario.bars([12.0, 11.0, 10.0, 9.0], start=scenario.T0 + 10 * scenario.MINUTE)
+        later = scenario.bars([12.0, 11.0, 10.0, 9.0], start=scenario.T0 + 10 * MINUTE)
         for bar in later:
             await bus.publish(bar, bar_envelope(bar))
             await settle(bus, workers)
