@@ -12,10 +12,9 @@ import pytest
 
 from contracts.events import Bar, Event
 from strategies.registry import Strategy
+from tests import factories
 from tests.test_backtest_cli import keel, last_json
 
-MINUTE = 60_000_000_000
-T0 = 1_700_000_000_000_000_000
 DATA = (
     Path(__file__).resolve().parents[2] / "shared" / "data" / "binanceus-1m-2023-03" / "BTCUSDT.csv"
 )
@@ -38,23 +37,10 @@ def random_walk(
     for i in range(n):
         open_ = price
         price *= math.exp(rng.gauss(drift, 0.01))
-        open_time = T0 + i * MINUTE
         high = max(open_, price) * (1 + rng.random() * wick)
         low = min(open_, price) * (1 - rng.random() * wick)
         bars.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue="test",
-                symbol="BTC/USDT",
-                interval="1m",
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=open_,
-                high=high,
-                low=low,
-                close=price,
-                volume=volume(rng),
-            )
+            factories.bar(price, open=open_, high=high, low=low, volume=volume(rng), index=i)
         )
     return bars
 

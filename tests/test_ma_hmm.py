@@ -34,6 +34,7 @@ from strategies.regime.filter import RegimeFilter
 from strategies.regime.model import RegimeModel, TrainingRange
 from strategies.regime.training import train
 from strategies.registry import StrategyError, build_strategy
+from tests.factories import bars_from_closes
 from tests.test_backtest import csv_text
 
 MINUTE = 60_000_000_000
@@ -67,26 +68,8 @@ def hand_model(name: str = "hand", tag: str = "v1") -> RegimeModel:
 def path(*legs: tuple[int, float]) -> list[Bar]:
     """Bars from (count, log return per bar) legs, starting at 100."""
     returns = [r for count, r in legs for _ in range(count)]
-    bars, close = [], 100.0
-    for i, r in enumerate([0.0, *returns]):
-        prev, close = close, close * math.exp(r)
-        open_time = T0 + i * MINUTE
-        bars.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue="test",
-                symbol=SYMBOL,
-                interval="1m",
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=prev,
-                high=max(prev, close),
-                low=min(prev, close),
-                close=close,
-                volume=1.0,
-            )
-        )
-    return bars
+    closes = itertools.accumulate(returns, lambda close, r: close * math.exp(r), initial=100.0)
+    return bars_from_closes(list(closes), symbol=SYMBOL)
 
 
 TREND = path((10, 0.0), (30, 0.003), (30, -0.003))

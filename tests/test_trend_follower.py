@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-import random
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,15 +12,8 @@ from strategies.indicators import RSI
 from strategies.registry import StrategyError, build_strategy
 from strategies.trend_follower import TrendFollower, TrendFollowerParams
 from tests.factories import bars_from_closes
+from tests.strategy_checks import DATA, WEEK, random_walk
 from tests.test_backtest_cli import keel, last_json
-
-MINUTE = 60_000_000_000
-T0 = 1_700_000_000_000_000_000
-DATA = (
-    Path(__file__).resolve().parents[2] / "shared" / "data" / "binanceus-1m-2023-03" / "BTCUSDT.csv"
-)
-# one week of 1-minute bars that includes the start of the March 2023 rally
-WEEK = ["--start", "2023-03-08T00:00:00Z", "--end", "2023-03-15T00:00:00Z"]
 
 # Up, up, dip, up: the dip makes RSI(2) moderate, so the trend conditions line up on bar 4.
 CLOSES = [10, 11, 12, 11.5, 12.5, 13, 12.5, 13.5, 13, 14, 15, 14.5, 15.5, 16]
@@ -285,32 +276,6 @@ def test_registry_builds_it() -> None:
 # --- snapshot / restore -------------------------------------------------------------------------
 
 
-def random_walk(n: int, seed: int) -> list[Bar]:
-    rng = random.Random(seed)
-    bars: list[Bar] = []
-    price = 100.0
-    for i in range(n):
-        open_ = price
-        price *= math.exp(rng.gauss(0.0003, 0.01))
-        open_time = T0 + i * MINUTE
-        bars.append(
-            Bar(
-                ts=open_time + MINUTE,
-                venue="test",
-                symbol="BTC/USDT",
-                interval="1m",
-                open_time=open_time,
-                close_time=open_time + MINUTE,
-                open=open_,
-                high=max(open_, price) * (1 + rng.random() * 0.004),
-                low=min(open_, price) * (1 - rng.random() * 0.004),
-                close=price,
-                volume=1.0 + rng.random(),
-            )
-        )
-    return bars
-
-
 WALK_PARAMS = {
     "fast": 5,
     "slow": 12,
@@ -330,7 +295,9 @@ WALK_PARAMS = {
 
 
 def test_snapshot_restore_mid_stream_continues_identically() -> None:
-    bars = random_walk(1500, seed=7)
+    bars = random_walk(
+        1500, seed=7, drift=0.0003, wick=0.004, volume=lambda rng: 1.0 + rng.random()
+    )
     straight = run(TrendFollower("tf", TrendFollowerParams(**WALK_PARAMS)), bars)  # type: ignore[arg-type]
     assert len(targets(straight)) >= 10
     assert tunes(straight)  # the tuned state is part of what must survive
