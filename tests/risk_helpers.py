@@ -5,11 +5,8 @@ from __future__ import annotations
 from functools import partial
 
 from contracts.events import (
-    EquitySnapshot,
     Event,
-    FundingRate,
     GovernanceCommand,
-    Instrument,
     OrderCommand,
     RiskAlert,
     RiskDecision,
@@ -17,15 +14,17 @@ from contracts.events import (
 )
 from contracts.keys import BookId, InstrumentId
 from tests import factories
-from tests.factories import BTC, MINUTE, VENUE
+from tests.factories import BTC, HOUR, VENUE
 
-HOUR = 60 * MINUTE
 DAY = 24 * HOUR
 T0 = 1_700_006_400_000_000_000  # 2023-11-15 00:00:00 UTC, a day boundary
 ETH = "ETH/USDT"
 
 bar = partial(factories.bar, ts=T0)
 sig = partial(factories.signal, ts=T0)
+equity = partial(factories.equity_snapshot, ts=T0)
+instrument = partial(factories.instrument, ts=T0)
+funding = partial(factories.funding, ts=T0)
 
 
 def market(symbol: str = BTC, venue: str = VENUE) -> InstrumentId:
@@ -34,45 +33,6 @@ def market(symbol: str = BTC, venue: str = VENUE) -> InstrumentId:
 
 def book(strategy: str = "s1", symbol: str = BTC, venue: str = VENUE) -> BookId:
     return BookId(strategy, InstrumentId(venue, symbol))
-
-
-def equity(value: float, ts: int = T0) -> EquitySnapshot:
-    return EquitySnapshot(
-        ts=ts,
-        cash=value,
-        equity=value,
-        realized_pnl=0.0,
-        unrealized_pnl=0.0,
-        fees=0.0,
-        gross_exposure=0.0,
-    )
-
-
-def instrument(
-    symbol: str = BTC,
-    *,
-    lot: float = 0.0,
-    tick: float = 0.0,
-    min_notional: float = 0.0,
-    kind: str = "spot",
-    venue: str = VENUE,
-) -> Instrument:
-    base, _, quote = symbol.partition("/")
-    return Instrument(
-        ts=T0,
-        venue=venue,
-        symbol=symbol,
-        base=base,
-        quote=quote.partition(":")[0],
-        kind=kind,  # type: ignore[arg-type]
-        tick_size=tick,
-        lot_size=lot,
-        min_notional=min_notional,
-    )
-
-
-def funding(rate: float, symbol: str = "BTC/USDT:USDT", ts: int = T0) -> FundingRate:
-    return FundingRate(ts=ts, venue=VENUE, symbol=symbol, rate=rate)
 
 
 def kill(reason: str = "", ts: int = T0) -> GovernanceCommand:

@@ -56,7 +56,7 @@ from contracts.events import (
     SystemStatus,
     Trade,
 )
-from tests.portfolio_helpers import bar, snap
+from tests.factories import bar, equity_snapshot
 
 PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TRACEPARENT_RE = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
@@ -1063,5 +1063,5 @@ def test_untracked_events_hold_only_scalars(cls: type) -> None:
     for field in msgspec.structs.fields(cls):
         kinds = get_args(field.type) or (field.type,)
         assert set(kinds) <= {str, int, float, type(None)}, field.name
-    instance = bar(1.0) if cls is Bar else snap(1, 1.0)
+    instance = bar(1.0) if cls is Bar else equity_snapshot(1.0, ts=1)
     assert not gc.is_tracked(instance)

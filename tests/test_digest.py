@@ -11,8 +11,7 @@ from hypothesis import strategies as st
 from contracts.events import DeadLetter, Event
 from replay import digest as digest_module
 from replay.digest import ProducerDigest
-from tests.factories import signal
-from tests.portfolio_helpers import snap
+from tests.factories import equity_snapshot, signal
 
 
 def naive(outputs: list[tuple[str, Event]]) -> str:
@@ -28,7 +27,7 @@ texts = st.text(alphabet=st.sampled_from('ab\n"\\é€\t'), max_size=8)
 outputs = st.lists(
     st.one_of(
         st.builds(
-            lambda ts, e: ("pf.equity", snap(ts, e)),
+            lambda ts, e: ("pf.equity", equity_snapshot(e, ts=ts)),
             st.integers(1, 10**18),
             st.floats(-1e12, 1e12),
         ),
@@ -67,7 +66,7 @@ def test_batch_boundary_and_hexdigest_mid_run(monkeypatch) -> None:
     on gives the same bytes as never asking."""
     for batch in (3, 17):  # batches under 16 and over it: both header sizes
         monkeypatch.setattr(digest_module, "BATCH", batch)
-        items = [("pf.equity", snap(i, float(i))) for i in range(1, 41)]
+        items = [("pf.equity", equity_snapshot(float(i), ts=i)) for i in range(1, 41)]
         d = ProducerDigest()
         for n, (subject, event) in enumerate(items, 1):
             d.add(subject, event)

@@ -33,8 +33,7 @@ from replay.metrics import (
 from services.portfolio.accounts import Portfolio
 from services.portfolio.config import PortfolioConfig
 from tests import factories
-from tests.factories import BTC, VENUE
-from tests.portfolio_helpers import snap
+from tests.factories import BTC, VENUE, equity_snapshot
 
 ETH = "ETH/USDT"
 
@@ -105,12 +104,12 @@ def test_periods_per_year_rejects_non_string() -> None:
 
 def test_equity_curve_keeps_last_snapshot_per_ts_sorted() -> None:
     snaps = [
-        snap(2, 101.0),
-        snap(1, 100.0),  # bar of symbol A
-        snap(1, 99.0),  # bar of symbol B
-        snap(2, 102.0),
-        snap(3, 98.0),
-        snap(2, 103.0),  # after a fill at ts 2: the last one wins
+        equity_snapshot(101.0, ts=2),
+        equity_snapshot(100.0, ts=1),  # bar of symbol A
+        equity_snapshot(99.0, ts=1),  # bar of symbol B
+        equity_snapshot(102.0, ts=2),
+        equity_snapshot(98.0, ts=3),
+        equity_snapshot(103.0, ts=2),  # after a fill at ts 2: the last one wins
     ]
     curve = equity_curve(iter(snaps))  # any iterable, here a one-shot iterator
     assert curve.dtype == CURVE_DTYPE
@@ -126,7 +125,7 @@ def test_equity_curve_keeps_last_snapshot_per_ts_sorted() -> None:
 
 def test_equity_curve_keeps_nanosecond_timestamps_exact() -> None:
     t = 1_700_000_000_000_000_001  # not representable as a float64
-    curve = equity_curve([snap(t, 1.0), snap(t + 1, 2.0)])
+    curve = equity_curve([equity_snapshot(1.0, ts=t), equity_snapshot(2.0, ts=t + 1)])
     assert curve["ts"].tolist() == [t, t + 1]
 
 
@@ -137,7 +136,12 @@ def test_equity_curve_empty() -> None:
 
 def test_exposure_uses_the_last_snapshot_per_ts() -> None:
     # ts 1: first snapshot exposed, last flat -> flat; ts 2 exposed; ts 3 flat: 1 of 3 points.
-    snaps = [snap(1, 100.0, 5.0), snap(1, 100.0, 0.0), snap(2, 100.0, 7.0), snap(3, 100.0)]
+    snaps = [
+        equity_snapshot(100.0, ts=1, exposure=5.0),
+        equity_snapshot(100.0, ts=1, exposure=0.0),
+        equity_snapshot(100.0, ts=2, exposure=7.0),
+        equity_snapshot(100.0, ts=3),
+    ]
     m = metrics(snaps)
     assert m.exposure_pct == pytest.approx(100 / 3)
 
@@ -155,7 +159,11 @@ def test_hand_computed_curve_metrics() -> None:
     # sortino = (1/30) / sqrt(1/300) * 2 = sqrt(300)/15 = 2/sqrt(3) = 1.1547
     # peak 100 -> 110, 110, 110; drawdowns 0, 11/110 = 10%, 1.1/110 = 1% -> max 10%
     # return_pct = (108.9/100 - 1) * 100 = 8.9; exposure: 1 of 3 points exposed -> 33.33%
-    snaps = [snap(1, 110.0), snap(2, 99.0, exposure=50.0), snap(3, 108.9)]
+    snaps = [
+        equity_snapshot(110.0, ts=1),
+        equity_snapshot(99.0, ts=2, exposure=50.0),
+        equity_snapshot(108.9, ts=3),
+    ]
     m = metrics(snaps, starting_cash=100.0, periods_override=4.0, bars=3, signals=2, orders=1)
     assert m.sharpe == pytest.approx(1 / math.sqrt(3), rel=1e-9)
     assert m.sortino == pytest.approx(2 / math.sqrt(3), rel=1e-9)
@@ -171,7 +179,11 @@ def test_hand_computed_curve_metrics() -> None:
 
 def test_sharpe_sortino_annualise_with_interval() -> None:
     # Same curve with "1h": P = 8760, so sharpe = (1/sqrt(3)) / 2 * sqrt(8760).
-    snaps = [snap(1, 110.0), snap(2, 99.0), snap(3, 108.9)]
+    snaps = [
+        equity_snapshot(110.0, ts=1),
+        equity_snapshot(99.0, ts=2),
+        equity_snapshot(108.9, ts=3),
+    ]
     m = metrics(snaps, interval="1h")
     assert m.annualisation == 8760
     assert m.sharpe == pytest.approx(math.sqrt(8760) / (2 * math.sqrt(3)), rel=1e-9)
@@ -209,7 +221,7 @@ def test_returns_drop_undefined_after_blown_account() -> None:
 
 def test_drawdown_peak_includes_starting_cash() -> None:
     # starting 100, curve 90, 95: peak stays 100 -> drawdown 10% (at 90)
-    m = metrics([snap(1, 90.0), snap(2, 95.0)], starting_cash=100.0)
+    m = metrics([equity_snapshot(90.0, ts=1), equity_snapshot(95.0, ts=2)], starting_cash=100.0)
     assert m.max_drawdown_pct == pytest.approx(10.0)
     assert m.return_pct == pytest.approx(-5.0)
     # Monotone rise: no drawdown.
@@ -229,7 +241,7 @@ def test_no_points_means_flat_run() -> None:
 
 def test_degenerate_sharpe_and_sortino_are_zero() -> None:
     # One return: sharpe needs 2; sortino of the single loss is -1 * sqrt(P)... (r=-0.1, dd=0.1)
-    one = metrics([snap(1, 90.0)], starting_cash=100.0, periods_override=4.0)
+    one = metrics([equity_snapshot(90.0, ts=1)], starting_cash=100.0, periods_override=4.0)
     assert one.sharpe == 0.0
     assert one.sortino == pytest.approx(-2.0)
     # Constant returns (1% each bar): std is (numerically) zero -> 0; no downside -> 0.
@@ -238,7 +250,7 @@ def test_degenerate_sharpe_and_sortino_are_zero() -> None:
     assert sharpe(r, 365) == 0.0
     assert sortino(r, 365) == 0.0
     # Flat curve: every return 0.
-    flat = metrics([snap(t, 100.0) for t in range(10)], starting_cash=100.0)
+    flat = metrics([equity_snapshot(100.0, ts=t) for t in range(10)], starting_cash=100.0)
     assert (flat.sharpe, flat.sortino, flat.max_drawdown_pct, flat.return_pct) == (0, 0, 0, 0)
     assert_json_safe(flat)
 
@@ -258,7 +270,12 @@ def test_curve_metrics_validates() -> None:
 
 def test_extreme_values_stay_finite() -> None:
     # Overflowing ratios are reported as 0.0 rather than inf.
-    snaps = [snap(1, 1e300), snap(2, 1e-300), snap(3, 1e300), snap(4, -1e300)]
+    snaps = [
+        equity_snapshot(1e300, ts=1),
+        equity_snapshot(1e-300, ts=2),
+        equity_snapshot(1e300, ts=3),
+        equity_snapshot(-1e300, ts=4),
+    ]
     m = metrics(snaps, starting_cash=1e-300)
     assert_json_safe(m)
 

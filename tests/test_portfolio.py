@@ -9,6 +9,7 @@ from __future__ import annotations
 import math
 import random
 import re
+from functools import partial
 
 import msgspec
 import pytest
@@ -22,10 +23,12 @@ from services.portfolio.accounts import Portfolio
 from services.portfolio.config import PortfolioConfig, VenueAccount
 from services.portfolio.fx import BASE
 from services.portfolio.snapshots import fold, rebuild
-from tests.factories import MINUTE, T0, fill
-from tests.portfolio_helpers import HOUR, bar, funding, instrument
+from tests import factories
+from tests.factories import HOUR, MINUTE, T0, fill, funding, instrument
 
 PERP = "BTC/USDT:USDT"
+
+bar = partial(factories.bar, ts=T0)
 
 
 def config(**kw) -> PortfolioConfig:

@@ -6,8 +6,8 @@ from __future__ import annotations
 from services.risk.breaker import BreakerState, VenueBreaker
 from services.risk.engine import RiskEngine
 from services.risk.limits import BreakerConfig, RiskLimits
-from tests.factories import report
-from tests.risk_helpers import MINUTE, T0, VENUE, alerts, order_of, rejection, sig, statuses
+from tests.factories import MINUTE, report
+from tests.risk_helpers import T0, VENUE, alerts, order_of, rejection, sig, statuses
 
 SECOND = 1_000_000_000
 CONFIG = BreakerConfig(window="1m", min_reports=4, max_error_pct=50.0, cooldown="5m")

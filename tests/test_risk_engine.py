@@ -9,12 +9,11 @@ import pytest
 from contracts.events import OrderCommand, RiskAlert, SystemStatus
 from services.risk.engine import RiskEngine
 from services.risk.limits import CorrelationConfig, InstrumentSpec, RiskLimits
-from tests.factories import report
+from tests.factories import MINUTE, report
 from tests.risk_helpers import (
     BTC,
     DAY,
     ETH,
-    MINUTE,
     T0,
     VENUE,
     alerts,

@@ -6,10 +6,9 @@ from __future__ import annotations
 from contracts.events import Instrument, OrderCommand
 from services.risk.engine import RiskEngine
 from services.risk.limits import DepegGuard, FundingGuard, GuardsConfig, RiskLimits
-from tests.factories import report
+from tests.factories import MINUTE, report
 from tests.risk_helpers import (
     HOUR,
-    MINUTE,
     T0,
     alerts,
     bar,

@@ -18,20 +18,8 @@ from contracts.events import (
 )
 from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits
-from tests.factories import report
-from tests.risk_helpers import (
-    BTC,
-    MINUTE,
-    T0,
-    VENUE,
-    bar,
-    book,
-    kill,
-    order_of,
-    rejection,
-    resume,
-    sig,
-)
+from tests.factories import MINUTE, report
+from tests.risk_helpers import BTC, T0, VENUE, bar, book, kill, order_of, rejection, resume, sig
 
 NOW = T0 + 5
 

@@ -12,19 +12,8 @@ from contracts.keys import InstrumentId
 from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits, SizingConfig, SizingRule
 from services.risk.sizing import round_price, round_qty, split_symbol, unit_qty
-from tests.factories import report
-from tests.risk_helpers import (
-    BTC,
-    ETH,
-    MINUTE,
-    T0,
-    bar,
-    equity,
-    instrument,
-    order_of,
-    rejection,
-    sig,
-)
+from tests.factories import MINUTE, report
+from tests.risk_helpers import BTC, ETH, T0, bar, equity, instrument, order_of, rejection, sig
 
 
 def test_unit_of_each_mode() -> None:
