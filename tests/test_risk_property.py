@@ -15,7 +15,6 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from contracts.events import (
-    Bar,
     EquitySnapshot,
     ExecutionReport,
     GovernanceCommand,
@@ -27,6 +26,7 @@ from contracts.events import (
 )
 from services.risk.engine import RiskEngine
 from services.risk.limits import BreakerConfig, CorrelationConfig, RiskLimits
+from tests import factories
 from tests.risk_helpers import book
 
 T0 = 1_700_006_400_000_000_000
@@ -378,11 +378,7 @@ def test_no_approved_order_violates_a_configured_rail(
                 sk = f"{venue}|{symbol}"
                 base = 100.0 if symbol == "BTC/USDT" else 10.0
                 close = base * op[1][i]
-                bar = Bar(
-                    ts=now, venue=venue, symbol=symbol, interval="1m", open_time=now - MINUTE,
-                    close_time=now, open=close, high=close, low=close, close=close, volume=1.0,
-                )  # fmt: skip
-                out = engine.decide(bar, now)
+                out = engine.decide(factories.bar(close, ts=now, venue=venue, symbol=symbol), now)
                 assert all(not isinstance(e, (OrderCommand, RiskDecision)) for e in out)
                 previous = model.closes.get(sk)
                 if previous is not None:
