@@ -26,7 +26,7 @@ from contracts.events import (
 MINUTE = 60_000_000_000
 HOUR = 60 * MINUTE
 T0 = 1_700_000_000_000_000_000
-# T0 moved up to a whole minute, for the tests that read their bars back by interval
+# the first whole minute at or after T0, for the scenarios whose bars start on the minute grid
 T0_ON_MINUTE = 1_700_000_040 * 10**9
 VENUE = "test"
 BTC = "BTC/USDT"
@@ -77,7 +77,7 @@ def ohlc_bar(
     venue: str = VENUE,
 ) -> Bar:
     """Bar ``index`` written as a row of an OHLC table, as the execution tests' hand-computed
-    fills are; its volume of 10 leaves their orders of 2 unlimited by participation."""
+    fills are; volume 10 by default, what those scenarios assume."""
     return bar(
         close,
         open=open,
