@@ -9,12 +9,18 @@ never change a field's type, bump ``SCHEMA_VERSION`` when a meaning changes.
 from __future__ import annotations
 
 import math
-import operator
-from collections.abc import Callable
 from typing import Literal, get_args
 
 import msgspec
 from msgspec import UNSET, UnsetType
+
+from contracts.event_base import Event, require
+from contracts.external_events import (
+    External,
+    ListingAnnouncement,
+    PromoAnnouncement,
+    SocialSentiment,
+)
 
 SCHEMA_VERSION = 1
 
@@ -30,61 +36,6 @@ ExecStatus = Literal["accepted", "partially_filled", "filled", "canceled", "reje
 GovernanceAction = Literal["kill", "resume"]
 TradingMode = Literal["long_only", "long_short"]
 SystemState = Literal["RUNNING", "DEGRADED", "SAFE_MODE", "HALTED"]
-
-
-class Event(msgspec.Struct, frozen=True, tag=True, tag_field="type", kw_only=True):
-    """Base of every event; ``ts`` is the event time the producer's clock assigned.
-
-    Float fields must be finite: JSON cannot carry NaN or infinity, so such an event could
-    be stored but never read back.
-    """
-
-    ts: int
-
-    def __post_init__(self) -> None:
-        required, optional = _float_fields(type(self))
-        values = required(self) if required else ()
-        try:
-            finite = math.isfinite(math.fsum(values))
-        except OverflowError:
-            finite = False
-        if not finite or (optional and not _all_finite(optional(self))):
-            for field in self.__struct_fields__:
-                value = getattr(self, field)
-                if isinstance(value, float) and not math.isfinite(value):
-                    raise ValueError(f"{field} must be finite")
-
-
-_FloatGetter = Callable[[Event], tuple[float | None, ...]]
-_FLOAT_FIELDS: dict[type, tuple[_FloatGetter | None, _FloatGetter | None]] = {}
-
-
-def _getter(names: list[str]) -> _FloatGetter | None:
-    if not names:
-        return None
-    get = operator.attrgetter(*names)
-    return get if len(names) > 1 else lambda event: (get(event),)
-
-
-def _float_fields(cls: type) -> tuple[_FloatGetter | None, _FloatGetter | None]:
-    """Getters of a class's float fields (required, optional): the finite check runs on every
-    event built, so it is done with one ``fsum`` over the values, not a loop per field."""
-    cached = _FLOAT_FIELDS.get(cls)
-    if cached is None:
-        fields = msgspec.structs.fields(cls)
-        required = [f.name for f in fields if f.type is float]
-        optional = [f.name for f in fields if f.type is not float and float in get_args(f.type)]
-        cached = _FLOAT_FIELDS[cls] = (_getter(required), _getter(optional))
-    return cached
-
-
-def _all_finite(values: tuple[float | UnsetType | None, ...]) -> bool:
-    return all(v is None or v is UNSET or _isfinite(v) for v in values)
-
-
-def _require(condition: bool, message: str) -> None:
-    if not condition:
-        raise ValueError(message)
 
 
 class Instrument(Event, frozen=True):
@@ -105,12 +56,12 @@ class Instrument(Event, frozen=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(
+        require(
             self.tick_size >= 0 and self.lot_size >= 0 and self.min_notional >= 0,
             "tick_size, lot_size and min_notional must be >= 0",
         )
-        _require(self.contract_size > 0, "contract_size must be > 0")
-        _require(self.max_leverage >= 0, "max_leverage must be >= 0")
+        require(self.contract_size > 0, "contract_size must be > 0")
+        require(self.max_leverage >= 0, "max_leverage must be >= 0")
 
 
 class Bar(Event, frozen=True, gc=False):
@@ -143,11 +94,11 @@ class Bar(Event, frozen=True, gc=False):
         ):
             return
         super().__post_init__()
-        _require(min(self.open, self.high, self.low, self.close) > 0, "prices must be > 0")
-        _require(self.volume >= 0, "volume must be >= 0")
-        _require(self.high >= self.low, "high below low")
-        _require(self.close_time > self.open_time, "close_time must be after open_time")
-        _require(self.ts == self.close_time, "ts must equal close_time")
+        require(min(self.open, self.high, self.low, self.close) > 0, "prices must be > 0")
+        require(self.volume >= 0, "volume must be >= 0")
+        require(self.high >= self.low, "high below low")
+        require(self.close_time > self.open_time, "close_time must be after open_time")
+        require(self.ts == self.close_time, "ts must equal close_time")
 
 
 class Trade(Event, frozen=True):
@@ -160,7 +111,7 @@ class Trade(Event, frozen=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.price > 0 and self.qty > 0, "price and qty must be > 0")
+        require(self.price > 0 and self.qty > 0, "price and qty must be > 0")
 
 
 class Quote(Event, frozen=True):
@@ -173,7 +124,7 @@ class Quote(Event, frozen=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(0 < self.bid <= self.ask, "need 0 < bid <= ask")
+        require(0 < self.bid <= self.ask, "need 0 < bid <= ask")
 
 
 class FundingRate(Event, frozen=True):
@@ -189,8 +140,8 @@ class FundingRate(Event, frozen=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.interval_h > 0, "interval_h must be > 0")
-        _require(self.next_time >= 0, "next_time must be >= 0")
+        require(self.interval_h > 0, "interval_h must be > 0")
+        require(self.next_time >= 0, "next_time must be >= 0")
 
 
 class Signal(Event, frozen=True):
@@ -213,9 +164,9 @@ class Signal(Event, frozen=True):
         super().__post_init__()
         by_target = self.target_position is not None and self.side is None and self.size is None
         by_side = self.target_position is None and self.side is not None and self.size is not None
-        _require(by_target or by_side, "give either target_position or both side and size")
-        _require(0.0 <= self.confidence <= 1.0, "confidence must be within [0, 1]")
-        _require(self.size is None or self.size > 0, "size must be > 0")
+        require(by_target or by_side, "give either target_position or both side and size")
+        require(0.0 <= self.confidence <= 1.0, "confidence must be within [0, 1]")
+        require(self.size is None or self.size > 0, "size must be > 0")
 
 
 class OrderCommand(Event, frozen=True):
@@ -252,7 +203,7 @@ class OrderCommand(Event, frozen=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        _require(self.qty > 0, "qty must be > 0")
+        require(self.qty > 0, "qty must be > 0")
         if (
             self.take_profit is not UNSET
             or self.stop_loss is not UNSET
@@ -263,9 +214,9 @@ class OrderCommand(Event, frozen=True):
             or self.expire_at is not UNSET
         ):
             self._check_managed()
-        _require(self.order_type != "limit" or self.limit_price is not None, "limit needs price")
-        _require(self.order_type != "stop" or self.stop_price is not None, "stop needs stop_price")
-        _require(
+        require(self.order_type != "limit" or self.limit_price is not None, "limit needs price")
+        require(self.order_type != "stop" or self.stop_price is not None, "stop needs stop_price")
+        require(
             self.order_type != "stop_limit"
             or (self.stop_price is not None and self.limit_price is not None),
             "stop_limit needs both stop_price and limit_price",
@@ -277,12 +228,12 @@ class OrderCommand(Event, frozen=True):
                 msgspec.structs.force_setattr(self, name, UNSET)
         for name in ("take_profit", "stop_loss", "trail_atr", "atr"):
             value = getattr(self, name)
-            _require(value is UNSET or value > 0, f"{name} must be > 0")
+            require(value is UNSET or value > 0, f"{name} must be > 0")
         trail_pct, trail_atr = self.trail_pct, self.trail_atr
-        _require(trail_pct is UNSET or 0 < trail_pct < 100, "trail_pct must be within (0, 100)")
-        _require(trail_pct is UNSET or trail_atr is UNSET, "give trail_pct or trail_atr, not both")
-        _require(self.oco_group is UNSET or bool(self.oco_group), "oco_group must not be empty")
-        _require(self.expire_at is UNSET or self.expire_at > 0, "expire_at must be > 0")
+        require(trail_pct is UNSET or 0 < trail_pct < 100, "trail_pct must be within (0, 100)")
+        require(trail_pct is UNSET or trail_atr is UNSET, "give trail_pct or trail_atr, not both")
+        require(self.oco_group is UNSET or bool(self.oco_group), "oco_group must not be empty")
+        require(self.expire_at is UNSET or self.expire_at > 0, "expire_at must be > 0")
 
 
 _MANAGED_FIELDS = (
@@ -479,105 +430,6 @@ class RiskAlert(Event, frozen=True):
     detail: str = ""
     venue: str = ""
     symbol: str = ""
-
-
-class External(Event, frozen=True):
-    """Base of the external events on ``ext.>`` (announcements, social sentiment): facts
-    from outside the market feed that event-driven strategies react to. ``source`` names the
-    feeder (a subject token). ``identity()`` is what makes two copies the same fact: their
-    id derives from it (``contracts/envelope.py`` ``external_envelope``), so a feeder that
-    sends one announcement twice is de-duplicated."""
-
-    source: str
-
-    def identity(self) -> tuple[str | int, ...]:
-        """By default every field but ``ts``: the same fact seen again is the same fact.
-        Subclasses narrow or widen it (a sentiment reading is a point in time)."""
-        return (
-            type(self).__name__,
-            *(getattr(self, f) for f in self.__struct_fields__ if f != "ts"),
-        )
-
-
-class ListingAnnouncement(External, frozen=True):
-    """A venue announced it lists ``symbol``; ``ts`` is when the announcement was seen,
-    ``listing_time`` when trading opens (0: not given, take ``ts``)."""
-
-    venue: str
-    symbol: str
-    base: str = ""
-    quote: str = ""
-    listing_time: int = 0
-    title: str = ""
-    url: str = ""
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(bool(self.symbol), "symbol must not be empty")
-        _require(self.listing_time >= 0, "listing_time must be >= 0")
-
-    def identity(self) -> tuple[str | int, ...]:
-        """The announcement, not when it was seen: re-sending it later is the same fact."""
-        return ("listing", self.source, self.venue, self.symbol, self.listing_time, self.title)
-
-
-class SocialSentiment(External, frozen=True):
-    """A sentiment reading for ``symbol`` (the market symbol the feeder maps the social
-    ticker to): ``score`` in [-1, 1], ``mentions`` in the feeder's window, ``velocity`` the
-    feeder's rate of change of mentions (e.g. 2.0 = twice the previous window)."""
-
-    symbol: str
-    score: float
-    mentions: int = 0
-    velocity: float = 0.0
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(bool(self.symbol), "symbol must not be empty")
-        _require(-1.0 <= self.score <= 1.0, "score must be within [-1, 1]")
-        _require(self.mentions >= 0, "mentions must be >= 0")
-
-    def identity(self) -> tuple[str | int, ...]:
-        """A reading is identified by its source, symbol and time."""
-        return ("sentiment", self.source, self.symbol, self.ts)
-
-
-class PromoAnnouncement(External, frozen=True):
-    """An exchange promotion (trading competition, volume campaign). ``text`` is parsed by
-    the promo watcher; the optional fields, when a feeder already parsed them, win over the
-    text: ``min_volume`` (trading volume required, in ``volume_currency``), ``reward_pool``
-    (shared by ``winners`` when given), ``reward_per_user`` (what each qualifying user gets),
-    both in ``reward_currency``; ``starts_at``/``ends_at`` (0: not given)."""
-
-    venue: str
-    symbol: str = ""
-    title: str = ""
-    text: str = ""
-    url: str = ""
-    starts_at: int = 0
-    ends_at: int = 0
-    min_volume: float | None = None
-    volume_currency: str = ""
-    reward_pool: float | None = None
-    reward_per_user: float | None = None
-    reward_currency: str = ""
-    winners: int | None = None
-
-    def __post_init__(self) -> None:
-        super().__post_init__()
-        _require(bool(self.title or self.text), "give a title or a text")
-        _require(self.starts_at >= 0 and self.ends_at >= 0, "starts_at and ends_at must be >= 0")
-        _require(
-            not (self.starts_at and self.ends_at) or self.ends_at >= self.starts_at,
-            "ends_at before starts_at",
-        )
-        for name in ("min_volume", "reward_pool", "reward_per_user"):
-            value = getattr(self, name)
-            _require(value is None or value > 0, f"{name} must be > 0")
-        _require(self.winners is None or self.winners >= 1, "winners must be >= 1")
-
-    def identity(self) -> tuple[str | int, ...]:
-        return ("promo", self.source, self.venue, self.symbol, self.title, self.text, self.url)
 
 
 AnyEvent = (

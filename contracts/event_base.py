@@ -1,0 +1,73 @@
+"""The base of every event: its event time, and the rule that float fields are finite.
+
+A module of its own so the families of events (``events.py``, ``external_events.py``) can
+share it without importing each other.
+"""
+
+from __future__ import annotations
+
+import math
+import operator
+from collections.abc import Callable
+from typing import get_args
+
+import msgspec
+from msgspec import UNSET, UnsetType
+
+_isfinite = math.isfinite
+
+
+class Event(msgspec.Struct, frozen=True, tag=True, tag_field="type", kw_only=True):
+    """Base of every event; ``ts`` is the event time the producer's clock assigned.
+
+    Float fields must be finite: JSON cannot carry NaN or infinity, so such an event could
+    be stored but never read back.
+    """
+
+    ts: int
+
+    def __post_init__(self) -> None:
+        required, optional = _float_fields(type(self))
+        values = required(self) if required else ()
+        try:
+            finite = math.isfinite(math.fsum(values))
+        except OverflowError:
+            finite = False
+        if not finite or (optional and not _all_finite(optional(self))):
+            for field in self.__struct_fields__:
+                value = getattr(self, field)
+                if isinstance(value, float) and not math.isfinite(value):
+                    raise ValueError(f"{field} must be finite")
+
+
+_FloatGetter = Callable[[Event], tuple[float | None, ...]]
+_FLOAT_FIELDS: dict[type, tuple[_FloatGetter | None, _FloatGetter | None]] = {}
+
+
+def _getter(names: list[str]) -> _FloatGetter | None:
+    if not names:
+        return None
+    get = operator.attrgetter(*names)
+    return get if len(names) > 1 else lambda event: (get(event),)
+
+
+def _float_fields(cls: type) -> tuple[_FloatGetter | None, _FloatGetter | None]:
+    """Getters of a class's float fields (required, optional): the finite check runs on every
+    event built, so it is done with one ``fsum`` over the values, not a loop per field."""
+    cached = _FLOAT_FIELDS.get(cls)
+    if cached is None:
+        fields = msgspec.structs.fields(cls)
+        required = [f.name for f in fields if f.type is float]
+        optional = [f.name for f in fields if f.type is not float and float in get_args(f.type)]
+        cached = _FLOAT_FIELDS[cls] = (_getter(required), _getter(optional))
+    return cached
+
+
+def _all_finite(values: tuple[float | UnsetType | None, ...]) -> bool:
+    return all(v is None or v is UNSET or _isfinite(v) for v in values)
+
+
+def require(condition: bool, message: str) -> None:
+    """A check of an event's fields, raised as the ``ValueError`` msgspec reports on decode."""
+    if not condition:
+        raise ValueError(message)
