@@ -26,6 +26,7 @@ import msgspec
 from nats.aio.msg import Msg
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
+from contracts.admission import admission_error
 from contracts.codec import DecodeError, decode, encode
 from contracts.events import DeadLetter, Event
 from contracts.subjects import subject_for, subject_matches
@@ -194,34 +195,61 @@ class ReplayWorker:
 
     def _apply(self, item: FramedEvent) -> bool:
         """Decide one event into the outbox; True when a frame is full. A failing handler
-        gives the dead letter the in-process engine gives."""
+        gives the dead letter the in-process engine gives; an event its subject does not
+        admit, or outputs that cannot be published, give a dead letter as in a live worker."""
         try:
             event = decode(item.data)
         except (DecodeError, ValueError) as exc:
             log.warning("%s: undecodable event on %s: %s", self.name, item.subject, exc)
-            outputs: Sequence[Event] = [
-                DeadLetter(
-                    ts=item.envelope.event_time,
-                    worker=self.name,
-                    subject=item.subject,
-                    reason=f"undecodable: {exc}",
-                    payload=item.data[:65_536],
+            outputs: Sequence[Event] = [self._dead_letter(item, f"undecodable: {exc}")]
+        else:
+            refused = admission_error(item.subject, event)
+            if refused is not None:
+                log.warning("%s: %s", self.name, refused)
+                outputs = [self._dead_letter(item, refused)]
+            else:
+                try:
+                    outputs = self.decider.decide(event, item.envelope.event_time or event.ts)
+                except Exception as exc:
+                    log.exception("%s: handler failed on %s", self.name, item.subject)
+                    outputs = [handler_dead_letter(self.name, event, item.subject, exc)]
+        parent = item.envelope
+        try:
+            framed = [
+                FramedEvent(
+                    subject_for(output),
+                    parent.child(self.name, index, output.ts),
+                    self.name,
+                    encode(output),
+                )
+                for index, output in enumerate(outputs)
+            ]
+        except Exception as exc:
+            log.exception("%s: cannot publish the outputs of %s", self.name, item.subject)
+            letter = self._dead_letter(item, f"output error: {type(exc).__name__}: {exc}")
+            framed = [
+                FramedEvent(
+                    subject_for(letter),
+                    parent.child(self.name, 0, letter.ts),
+                    self.name,
+                    encode(letter),
                 )
             ]
-        else:
-            try:
-                outputs = self.decider.decide(event, item.envelope.event_time or event.ts)
-            except Exception as exc:
-                log.exception("%s: handler failed on %s", self.name, item.subject)
-                outputs = [handler_dead_letter(self.name, event, item.subject, exc)]
-        parent, full = item.envelope, False
-        for index, output in enumerate(outputs):
-            subject = subject_for(output)
-            box = self._outbox.setdefault(kind_of(subject), [])
-            child = parent.child(self.name, index, output.ts)
-            box.append(FramedEvent(subject, child, self.name, encode(output)))
+        full = False
+        for out in framed:
+            box = self._outbox.setdefault(kind_of(out.subject), [])
+            box.append(out)
             full = full or len(box) >= FRAME_EVENTS
         return full
+
+    def _dead_letter(self, item: FramedEvent, reason: str) -> DeadLetter:
+        return DeadLetter(
+            ts=item.envelope.event_time,
+            worker=self.name,
+            subject=item.subject,
+            reason=reason,
+            payload=item.data[:65_536],
+        )
 
     async def _flush(self) -> None:
         """Send every pending frame, in order; keep the number of unconfirmed sends bounded."""

@@ -16,6 +16,12 @@ Telemetry rides along without touching that logic: metrics (``telemetry.py``) co
 handled and what the log acknowledged, spans (``tracing.py``) follow the ``traceparent``
 header, and the ``Keel-Origin-Time`` header carries the time the root cause entered the log
 so every hop can report its latency from the bar.
+
+Every step between receiving a message and acknowledging it (the envelope, decoding, the
+subject's admission of the event (``contracts/admission.py``), the decision, each output's
+subject, id, headers and bytes) turns a failure into a dead letter with the reason, and the
+worker carries on: one bad message never halts a worker, on this run or any restart. Only
+the log itself failing (a publish, a snapshot, an ack) stops it, to resume from its snapshot.
 """
 
 from __future__ import annotations
@@ -37,6 +43,7 @@ from nats.js.kv import KeyValue
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, Status, StatusCode
 
+from contracts.admission import admission_error
 from contracts.codec import DecodeError, decode, encode
 from contracts.envelope import ORIGIN_TIME, PRODUCER, Envelope, content_id
 from contracts.events import DeadLetter, Event, Heartbeat, SystemStatus
@@ -69,14 +76,17 @@ class WorkerOptions(msgspec.Struct, frozen=True):
     """Rebuild the state from the log instead of restoring the stored snapshot."""
 
 
+Output = tuple[Event, Envelope, str, bytes, dict[str, str]]
+"""An output ready to publish: the event, its envelope, subject, bytes and headers, all built
+while the input can still become a dead letter."""
+
+
 class Handled:
     """One input's outputs, with what telemetry needs to follow them."""
 
     __slots__ = ("origin", "outputs", "span")
 
-    def __init__(
-        self, outputs: list[tuple[Event, Envelope]], origin: int = 0, span: Span | None = None
-    ) -> None:
+    def __init__(self, outputs: list[Output], origin: int = 0, span: Span | None = None) -> None:
         self.outputs = outputs
         self.origin = origin
         self.span = span
@@ -111,8 +121,10 @@ class Worker:
         self._tracer_provider = tracer_provider
         self._tracing: Tracing | None = None
         self._before_commit = before_commit
+        self._prefix = ""
 
     async def run(self, bus: Bus) -> None:
+        self._prefix = bus.prefix
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError, RuntimeError):
@@ -271,8 +283,8 @@ class Worker:
             if seq <= self._seqs.get(stream, 0):
                 continue
             handled = self._apply(stream, msg)
-            for event, envelope in handled.outputs:
-                futures.append(await self._submit(bus, event, envelope, handled))
+            for output in handled.outputs:
+                futures.append(await self._submit(bus, output, handled))
             self._seqs[stream] = seq
             self.processed += 1
         await asyncio.gather(*futures)
@@ -295,8 +307,17 @@ class Worker:
             await msg.ack()
 
     def _apply(self, stream: str, msg: Msg) -> Handled:
-        """Decode and decide one message; anything unusable becomes a dead letter."""
+        """Decode, admit and decide one message; anything unusable becomes a dead letter."""
         seq = msg.metadata.sequence.stream
+        try:
+            return self._handle(stream, seq, msg)
+        except Exception as exc:  # a step below failed in a way not foreseen: still a letter
+            log.exception("%s: failed on %s #%d", self.name, stream, seq)
+            return Handled(
+                [self._dead_letter(stream, seq, msg, f"worker error: {type(exc).__name__}: {exc}")]
+            )
+
+    def _handle(self, stream: str, seq: int, msg: Msg) -> Handled:
         started = time.perf_counter()
         started_ns = time.time_ns()
         try:
@@ -304,6 +325,9 @@ class Worker:
             event = decode(msg.data)
         except (DecodeError, ValueError) as exc:
             return Handled([self._dead_letter(stream, seq, msg, f"undecodable: {exc}")])
+        refused = admission_error(msg.subject[len(self._prefix) :], event)
+        if refused is not None:
+            return Handled([self._dead_letter(stream, seq, msg, refused, "not_admitted")])
         event_type = type(event).__name__
         span = (
             self._tracing.handler_span(
@@ -322,6 +346,19 @@ class Worker:
                 span.set_status(Status(StatusCode.ERROR, reason))
                 span.end()
             return Handled([self._dead_letter(stream, seq, msg, reason)])
+        try:
+            children = [
+                self._output(out, envelope.child(self.name, i, out.ts))
+                for i, out in enumerate(outputs)
+            ]
+        except Exception as exc:  # e.g. a name that cannot form a subject: a poison pill
+            log.exception("%s: cannot publish the outputs of %s #%d", self.name, stream, seq)
+            reason = f"output error: {type(exc).__name__}: {exc}"
+            if span is not None:
+                span.record_exception(exc)
+                span.set_status(Status(StatusCode.ERROR, reason))
+                span.end()
+            return Handled([self._dead_letter(stream, seq, msg, reason, "output_error")])
         origin = self._origin(msg, envelope)
         if self._metrics:
             delay = (started_ns - _stored_ns(msg)) / 1e9
@@ -332,8 +369,13 @@ class Worker:
         if span is not None:
             span.set_attribute("keel.outputs", len(outputs))
             span.end()
-        children = [(out, envelope.child(self.name, i, out.ts)) for i, out in enumerate(outputs)]
         return Handled(children, origin, span)
+
+    def _output(self, event: Event, envelope: Envelope) -> Output:
+        """Everything a publish needs, built before anything is published."""
+        headers = envelope.headers()
+        headers[PRODUCER] = self.name
+        return event, envelope, subject_for(event), encode(event), headers
 
     @staticmethod
     def _origin(msg: Msg, envelope: Envelope) -> int:
@@ -347,13 +389,9 @@ class Worker:
                 return 0
         return _stored_ns(msg) if envelope.event_id == envelope.correlation_id else 0
 
-    async def _submit(
-        self, bus: Bus, event: Event, envelope: Envelope, handled: Handled
-    ) -> asyncio.Future:
+    async def _submit(self, bus: Bus, output: Output, handled: Handled) -> asyncio.Future:
         """``Bus.submit`` plus the origin header, and the telemetry of the publish ack."""
-        subject = subject_for(event)
-        headers = envelope.headers()
-        headers[PRODUCER] = self.name
+        event, envelope, subject, data, headers = output
         if handled.origin:
             headers[ORIGIN_TIME] = str(handled.origin)
         span = (
@@ -361,7 +399,7 @@ class Worker:
             if self._tracing is not None and handled.span is not None
             else None
         )
-        future = await bus.js.publish_async(bus.prefix + subject, encode(event), headers=headers)
+        future = await bus.js.publish_async(bus.prefix + subject, data, headers=headers)
         if self._metrics is not None or span is not None:
             future.add_done_callback(
                 functools.partial(self._acked, event, subject, handled.origin, span)
@@ -382,11 +420,11 @@ class Worker:
             latency = (time.time_ns() - origin) / 1e9 if origin else None
             self._metrics.published(event, subject, not future.result().duplicate, latency)
 
-    def _dead_letter(self, stream: str, seq: int, msg: Msg, reason: str) -> tuple[Event, Envelope]:
+    def _dead_letter(self, stream: str, seq: int, msg: Msg, reason: str, kind: str = "") -> Output:
         if self._metrics:
-            self._metrics.dead_letter(
-                stream, "undecodable" if reason.startswith("undecodable") else "handler_error"
-            )
+            if not kind:
+                kind = "undecodable" if reason.startswith("undecodable") else "handler_error"
+            self._metrics.dead_letter(stream, kind)
         log.warning("%s: dead letter %s #%d: %s", self.name, stream, seq, reason)
         now = time.time_ns()
         letter = DeadLetter(
@@ -398,7 +436,7 @@ class Worker:
             stream=stream,
             stream_seq=seq,
         )
-        return letter, Envelope.root(content_id("dlq", self.name, stream, seq), now)
+        return self._output(letter, Envelope.root(content_id("dlq", self.name, stream, seq), now))
 
     async def _beat(self, bus: Bus, status: str, seq: int = 0) -> None:
         now = time.time_ns()
