@@ -327,7 +327,7 @@ class Worker:
             return Handled([self._dead_letter(stream, seq, msg, f"undecodable: {exc}")])
         refused = admission_error(msg.subject[len(self._prefix) :], event)
         if refused is not None:
-            return Handled([self._dead_letter(stream, seq, msg, refused, "not_admitted")])
+            return Handled([self._dead_letter(stream, seq, msg, refused, "undecodable")])
         event_type = type(event).__name__
         span = (
             self._tracing.handler_span(
@@ -358,7 +358,7 @@ class Worker:
                 span.record_exception(exc)
                 span.set_status(Status(StatusCode.ERROR, reason))
                 span.end()
-            return Handled([self._dead_letter(stream, seq, msg, reason, "output_error")])
+            return Handled([self._dead_letter(stream, seq, msg, reason, "handler_error")])
         origin = self._origin(msg, envelope)
         if self._metrics:
             delay = (started_ns - _stored_ns(msg)) / 1e9
