@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 from collections.abc import AsyncIterator, Iterable
 from datetime import datetime
 
@@ -22,7 +23,7 @@ from nats.aio.msg import Msg
 from nats.errors import NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy
+from nats.js.api import ConsumerConfig, DeliverPolicy, RawStreamMsg
 from nats.js.errors import NotFoundError
 
 from contracts.codec import DecodeError, decode, encode
@@ -35,6 +36,8 @@ from eventstore.streams import REPLAY_PREFIX, STREAMS, ensure_streams, replay_st
 
 BULK_WINDOW = 512
 READ_BUFFER = 4096
+
+log = logging.getLogger("keel.bus")
 
 
 class Stored(msgspec.Struct, frozen=True):
@@ -170,12 +173,54 @@ class Bus:
         return tally
 
     async def last_event(self, stream: str, subject: str) -> Stored | None:
+        """The last event on ``subject`` that decodes; None when there is none.
+
+        A stored message that does not decode (garbage published on the subject) is skipped:
+        the read walks back to the previous one that does and says so in one log line, so one
+        bad message cannot block a feed or a worker that resumes from its last event.
+        """
         try:
             raw = await self.js.get_last_msg(stream, subject)
         except NotFoundError:
             return None
-        envelope = Envelope.from_headers(raw.headers)
-        return Stored(stream, raw.seq or 0, raw.subject, envelope, decode(raw.data or b""))
+        found = _stored(stream, raw)
+        if isinstance(found, Stored):
+            return found
+        bad_seq = raw.seq or 0
+        previous = await self._last_decodable_before(stream, subject, bad_seq)
+        log.warning(
+            "%s seq %d on %s does not decode (%s): skipped, %s",
+            stream,
+            bad_seq,
+            raw.subject or subject,
+            found,
+            f"using seq {previous.seq}" if previous else "no earlier event decodes",
+        )
+        return previous
+
+    async def _last_decodable_before(self, stream: str, subject: str, before: int) -> Stored | None:
+        """The last event on ``subject`` below sequence ``before`` that decodes: windows of
+        sequences, widening backwards, each read forward with ``next_by_subj``."""
+        hi, width = before, 64
+        while hi > 1:
+            lo = max(1, hi - width)
+            best: Stored | None = None
+            seq = lo
+            while seq < hi:
+                try:
+                    raw = await self.js.get_msg(stream, seq, subject=subject, next=True)
+                except NotFoundError:
+                    break
+                if raw.seq is None or raw.seq >= hi:
+                    break
+                found = _stored(stream, raw)
+                if isinstance(found, Stored):
+                    best = found
+                seq = raw.seq + 1
+            if best is not None:
+                return best
+            hi, width = lo, width * 4
+        return None
 
     async def read(
         self,
@@ -250,6 +295,15 @@ def read_message(msg: Msg, stream: str) -> Stored | DeadRead:
         return Stored(stream, seq, msg.subject, envelope, decode(msg.data), producer)
     except (DecodeError, ValueError) as exc:
         return DeadRead(stream, seq, msg.subject, str(exc))
+
+
+def _stored(stream: str, raw: RawStreamMsg) -> Stored | str:
+    """A message got by sequence or subject, decoded; the reason when it does not decode."""
+    try:
+        envelope = Envelope.from_headers(raw.headers)
+        return Stored(stream, raw.seq or 0, raw.subject or "", envelope, decode(raw.data or b""))
+    except (DecodeError, ValueError) as exc:
+        return str(exc)
 
 
 def _count(acks: list, tally: PublishTally) -> None:
