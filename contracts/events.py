@@ -214,6 +214,8 @@ class OrderCommand(Event, frozen=True):
             or self.expire_at is not UNSET
         ):
             self._check_managed()
+        require(self.limit_price is None or self.limit_price > 0, "limit_price must be > 0")
+        require(self.stop_price is None or self.stop_price > 0, "stop_price must be > 0")
         require(self.order_type != "limit" or self.limit_price is not None, "limit needs price")
         require(self.order_type != "stop" or self.stop_price is not None, "stop needs stop_price")
         require(
@@ -279,14 +281,27 @@ class ExecutionReport(Event, frozen=True):
 
     def __post_init__(self) -> None:
         # Built for every fill: a finite sum means finite fields; the order manager's
-        # optional prices are UNSET on the venue's own reports.
+        # optional prices are UNSET on the venue's own reports. ``fee`` may be negative (a
+        # maker rebate, docs/fill-models.md); quantities and prices may not. A fill
+        # (``fill_qty`` > 0, whatever the status) needs a price. A ``filled`` or
+        # ``partially_filled`` report without a fill (``fill_qty`` 0) restates the order's
+        # status (the order manager's amendment, a status query): nothing is booked from it.
         if (
             _isfinite(self.order_qty + self.fill_price + self.fill_qty + self.cum_qty + self.fee)
             and self.stop_price is UNSET
             and self.limit_price is UNSET
+            and self.order_qty >= 0.0
+            and self.cum_qty >= 0.0
+            and (self.fill_price > 0.0 if self.fill_qty > 0.0 else self.fill_qty == 0.0)
+            and self.fill_price >= 0.0
         ):
             return
         super().__post_init__()
+        require(self.order_qty >= 0, "order_qty must be >= 0")
+        require(self.fill_price >= 0, "fill_price must be >= 0")
+        require(self.fill_qty >= 0, "fill_qty must be >= 0")
+        require(self.cum_qty >= 0, "cum_qty must be >= 0")
+        require(self.fill_qty == 0 or self.fill_price > 0, "fill_price must be > 0 with a fill")
 
 
 class PositionChanged(Event, frozen=True, omit_defaults=True):

@@ -143,6 +143,7 @@ def test_check_reports_finds_illegal_sequences() -> None:
             side="buy",
             order_qty=2.0,
             venue_order_id="paper-1",
+            fill_price=100.0 if fill else 0.0,
             fill_qty=fill,
             cum_qty=cum,
         )
