@@ -16,7 +16,7 @@ import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
 
-from cli.console import console, fail, load_config_or_exit, user_errors
+from cli.console import console, errors, fail, load_config_or_exit, user_errors
 from cli.run_options import (
     CashOpt,
     ConfigOpt,
@@ -37,7 +37,7 @@ from replay.backtest import BacktestResult, BacktestSpec, RunRecord, load_run, r
 from replay.bus_replay import bus_replay
 from replay.digest import HASH_FORMAT
 from replay.external import EventFile
-from replay.market import DataSource
+from replay.market import DataSource, SkippedRows
 from services.config import KeelConfig, StrategyConfig
 from services.fleet import fleet_roles
 from services.runtime.telemetry import replay_progress, serve_replay_metrics
@@ -188,18 +188,40 @@ def backtest(
             data=tuple(s.with_digest() for s in spec.data),
             events=tuple(EventFile(absolute_location(str(e))).with_digest() for e in events or ()),
         )
-        result = _execute(spec, out, as_json, verify_data=False)  # pinned just above
+        skipped: SkippedRows = []
+        result = _execute(spec, out, as_json, verify_data=False, skipped=skipped)  # pinned above
+    show_skipped(skipped, as_json)
     _show(result, out, as_json)
 
 
+SHOW_SKIPPED = 5
+
+
+def show_skipped(skipped: SkippedRows, as_json: bool) -> None:
+    """Each bar file's skipped rows, as ``keel ingest`` reports them: a count and the first
+    few reasons (on stderr with ``--json``, whose last stdout line is the result)."""
+    out = errors if as_json else console
+    for location, reasons in skipped:
+        if not reasons:
+            continue
+        name = Path(location).name
+        out.print(f"[yellow]{name}: {len(reasons)} rows skipped[/]", highlight=False)
+        for reason in reasons[:SHOW_SKIPPED]:
+            out.print(f"[yellow]{name}: skipped {reason}[/]", highlight=False)
+
+
 def _execute(
-    spec: BacktestSpec, out: Path | None, quiet: bool, verify_data: bool = True
+    spec: BacktestSpec,
+    out: Path | None,
+    quiet: bool,
+    verify_data: bool = True,
+    skipped: SkippedRows | None = None,
 ) -> BacktestResult:
     with _progress("backtest", quiet) as advance:
         if any(s.is_stream for s in spec.data):
             with nats_url() as url:
-                return run_backtest(spec, out, url, advance, verify_data)
-        return run_backtest(spec, out, None, advance, verify_data)
+                return run_backtest(spec, out, url, advance, verify_data, skipped)
+        return run_backtest(spec, out, None, advance, verify_data, skipped)
 
 
 @contextlib.contextmanager

@@ -19,7 +19,24 @@ from eventstore.streams import STREAMS, StreamSpec
 _HIDDEN = {"ts", "venue", "symbol", "payload"}
 
 
+def check_pattern(pattern: str) -> None:
+    """A NATS subject pattern: non-empty tokens of ``[A-Za-z0-9_-]``, a ``*`` token for any
+    one token, ``>`` only as the last token. Anything else would match nothing, silently."""
+    tokens = pattern.split(".")
+    for i, token in enumerate(tokens):
+        if token == ">" and i < len(tokens) - 1:
+            raise KeelError(f"pattern {pattern!r} is invalid: '>' must be the last token")
+        if token in ("*", ">"):
+            continue
+        if not token or not all(c.isascii() and (c.isalnum() or c in "_-") for c in token):
+            raise KeelError(
+                f"pattern {pattern!r} is invalid: token {token!r} (tokens are "
+                "[A-Za-z0-9_-], '*' or a final '>')"
+            )
+
+
 def stream_for_pattern(pattern: str) -> StreamSpec:
+    check_pattern(pattern)
     first = pattern.split(".", 1)[0]
     for spec in STREAMS:
         if any(s.split(".", 1)[0] == first for s in spec.subjects):

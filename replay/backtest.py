@@ -23,7 +23,7 @@ from eventstore.errors import KeelError
 from replay.digest import HASH_FORMAT
 from replay.engine import ReplayEngine
 from replay.external import EventFile, external_count, with_events
-from replay.market import DataSource, market_events
+from replay.market import DataSource, SkippedRows, market_events
 from replay.metrics import (
     curve_metrics,
     pnl_stats,
@@ -91,9 +91,11 @@ def run_backtest(
     url: str | None = None,
     progress: Callable[[int], None] | None = None,
     verify_data: bool = True,
+    skipped: SkippedRows | None = None,
 ) -> BacktestResult:
+    """Replay ``spec`` in process; ``skipped`` collects the bar files' bad rows."""
     started = time.perf_counter()
-    bars = market_events(spec.data, url, spec.start, spec.end, verify=verify_data)
+    bars = market_events(spec.data, url, spec.start, spec.end, verify_data, skipped)
     bars = with_events(bars, spec.events, spec.start, spec.end, verify_data)  # --events
     roles = fleet_roles(spec.config)
     if out_dir is not None:

@@ -48,6 +48,8 @@ class DataSource(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
         if self.is_stream:
             return self
         path = Path(self.location)
+        if path.is_dir():
+            raise KeelError(f"data {self.location} is a directory, not a bar file")
         if not path.is_file():
             raise KeelError(f"data {self.location}: no such file, stream or subject")
         return msgspec.structs.replace(self, sha256=file_digest(path))
@@ -61,11 +63,18 @@ def file_digest(path: Path) -> str:
     return digest.hexdigest()
 
 
-def load_source(source: DataSource, url: str | None, verify: bool = True) -> Iterable[Bar]:
+SkippedRows = list[tuple[str, Sequence[str]]]
+"""Per bar file, its skipped rows (``"row N: reason"``); a streamed file's list grows as it is
+read, so it is complete once the replay has consumed the file."""
+
+
+def load_source(
+    source: DataSource, url: str | None, verify: bool = True, skipped: SkippedRows | None = None
+) -> Iterable[Bar]:
     """A source's bars in time order: a file streams, a recorded stream is read whole.
 
     ``verify`` checks a pinned file's sha256 (a full read); callers that pinned it moments
-    ago (``keel backtest``, sweep workers) skip it."""
+    ago (``keel backtest``, sweep workers) skip it. ``skipped`` collects the file's bad rows."""
     if source.is_stream:
         if url is None:
             raise KeelError(f"data {source.location!r} is a stream: it needs a NATS server")
@@ -77,8 +86,14 @@ def load_source(source: DataSource, url: str | None, verify: bool = True) -> Ite
         raise KeelError(f"data {source.location} changed since the run was recorded")
     symbol = source.symbol or path.stem
     if not is_time_sorted(path):  # rare: sorted in memory, as the stream would skip rows
-        return read_bars(path, venue=source.venue, symbol=symbol, interval=source.interval).bars
-    return iter_bars(path, venue=source.venue, symbol=symbol, interval=source.interval)
+        bar_file = read_bars(path, venue=source.venue, symbol=symbol, interval=source.interval)
+        if skipped is not None:
+            skipped.append((source.location, bar_file.skipped))
+        return bar_file.bars
+    stream = iter_bars(path, venue=source.venue, symbol=symbol, interval=source.interval)
+    if skipped is not None:
+        skipped.append((source.location, stream.skipped))
+    return stream
 
 
 async def _stream_bars(url: str, source: DataSource) -> list[Bar]:
@@ -108,14 +123,23 @@ def market_events(
     start: int | None = None,
     end: int | None = None,
     verify: bool = True,
+    skipped: SkippedRows | None = None,
 ) -> Iterator[Bar]:
     """The bars in replay order, read lazily; callers count what they consume.
 
     Every source is opened (and a file checked) before this returns, and the first bar is
-    read: when the window holds no bar at all, ``KeelError`` is raised here.
+    read: when the window holds no bar at all, ``KeelError`` is raised here. A reversed
+    window is refused by name. ``skipped`` collects each file's bad rows (``SkippedRows``).
     """
+    if start is not None and end is not None and start > end:
+        raise KeelError("--start is after --end: the time range is reversed")
     windowed = [
-        _window(load_source(source, url, verify), start, end, sorted_opens=not source.is_stream)
+        _window(
+            load_source(source, url, verify, skipped),
+            start,
+            end,
+            sorted_opens=not source.is_stream,
+        )
         for source in sources
     ]
     # A single source needs no merge: every layer costs each bar a generator step.
