@@ -320,6 +320,11 @@ class PositionChanged(Event, frozen=True, omit_defaults=True):
     funding: float = 0.0
     margin_used: float = 0.0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.avg_price >= 0, "avg_price must be >= 0")
+        require(self.margin_used >= 0, "margin_used must be >= 0")
+
 
 class EquitySnapshot(Event, frozen=True, omit_defaults=True, gc=False):
     """The book in the base currency (docs/portfolio.md); numbers only, so untracked by the
@@ -353,9 +358,15 @@ class EquitySnapshot(Event, frozen=True, omit_defaults=True, gc=False):
             + self.margin_used
             + self.funding
             + self.fx_pnl
-        ) and (self.net_exposure is None or _isfinite(self.net_exposure)):
+        ) and (
+            (self.net_exposure is None or _isfinite(self.net_exposure))
+            and self.gross_exposure >= 0.0
+            and self.margin_used >= 0.0
+        ):
             return
         super().__post_init__()
+        require(self.gross_exposure >= 0, "gross_exposure must be >= 0")
+        require(self.margin_used >= 0, "margin_used must be >= 0")
 
     @property
     def net(self) -> float:

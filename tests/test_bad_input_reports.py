@@ -239,3 +239,44 @@ def test_tap_accepts_valid_patterns(nats_server: EmbeddedServer) -> None:
     ):
         result = keel(nats_server.url, "tap", pattern, "--no-follow")
         assert result.returncode == 0, result.stderr
+
+
+POSITION = {
+    "type": "PositionChanged",
+    "ts": 1,
+    "venue": "paper",
+    "symbol": "BTC/USDT",
+    "qty": -1.0,
+    "avg_price": 100.0,
+    "realized_pnl": -5.0,
+    "margin_used": 10.0,
+}
+EQUITY = {
+    "type": "EquitySnapshot",
+    "ts": 1,
+    "cash": -50.0,
+    "equity": 100.0,
+    "realized_pnl": -1.0,
+    "unrealized_pnl": -2.0,
+    "fees": -0.5,
+    "gross_exposure": 150.0,
+    "margin_used": 10.0,
+}
+
+
+@settings(max_examples=50, deadline=None)
+@given(
+    st.sampled_from(
+        [
+            (POSITION, "avg_price"),
+            (POSITION, "margin_used"),
+            (EQUITY, "gross_exposure"),
+            (EQUITY, "margin_used"),
+        ]
+    ),
+    negative,
+)
+def test_impossible_positions_and_books_are_refused(case: tuple[dict, str], value: float) -> None:
+    wire, field = case
+    assert decode(msgspec.json.encode(wire)) is not None  # signed fields stay signed
+    refused({**wire, field: value}, field)
