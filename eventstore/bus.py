@@ -35,6 +35,8 @@ from eventstore.errors import KeelError
 from eventstore.streams import REPLAY_PREFIX, STREAMS, ensure_streams, replay_stream
 
 BULK_WINDOW = 512
+ACK_TIMEOUT = 2.0  # seconds to wait for a window's acks before sending the rest again
+GIVE_UP_AFTER = 90.0  # a window unacknowledged this long raises; within the 120 s dedup window
 READ_BUFFER = 4096
 
 log = logging.getLogger("keel.bus")
@@ -161,16 +163,92 @@ class Bus:
             headers=self._headers(envelope, producer),
         )
 
-    async def publish_many(self, items: Iterable[tuple[Event, Envelope]]) -> PublishTally:
+    async def publish_many(
+        self,
+        items: Iterable[tuple[Event, Envelope]],
+        *,
+        ack_timeout: float = ACK_TIMEOUT,
+        give_up_after: float = GIVE_UP_AFTER,
+    ) -> PublishTally:
+        """Store events in windows of in-flight ``publish_async`` calls.
+
+        Every wait is bounded: a publish not acknowledged within ``ack_timeout`` (the server
+        died with it in flight, or is restarting) is sent again under the same message id,
+        which JetStream de-duplicates, so nothing is stored twice. A window still not fully
+        acknowledged after ``give_up_after`` seconds raises ``KeelError``.
+        """
         tally = PublishTally()
-        futures = []
-        for event, envelope in items:
-            futures.append(await self.submit(event, envelope))
-            if len(futures) >= BULK_WINDOW:
-                _count(await asyncio.gather(*futures), tally)
-                futures.clear()
-        _count(await asyncio.gather(*futures), tally)
+        window: list[tuple[Event, Envelope]] = []
+        for item in items:
+            window.append(item)
+            if len(window) >= BULK_WINDOW:
+                await self._publish_window(window, tally, ack_timeout, give_up_after)
+                window.clear()
+        if window:
+            await self._publish_window(window, tally, ack_timeout, give_up_after)
         return tally
+
+    async def _publish_window(
+        self,
+        window: list[tuple[Event, Envelope]],
+        tally: PublishTally,
+        ack_timeout: float,
+        give_up_after: float,
+    ) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + give_up_after
+        pending = list(window)
+        attempt = 0
+        last_error: BaseException | None = None
+        while pending:
+            attempt += 1
+            futures: dict[asyncio.Future, tuple[Event, Envelope]] = {}
+            unsent: list[tuple[Event, Envelope]] = []
+            try:
+                for n, (event, envelope) in enumerate(pending):
+                    remaining = deadline - loop.time()
+                    if remaining <= 0:
+                        unsent = pending[n:]
+                        break
+                    try:
+                        fut = await asyncio.wait_for(self.submit(event, envelope), remaining)
+                    except Exception as exc:  # buffer full while reconnecting, stalled: resend
+                        last_error = exc
+                        unsent = pending[n:]
+                        break
+                    futures[fut] = (event, envelope)
+                remaining = max(0.0, deadline - loop.time())
+                if futures:
+                    await asyncio.wait(futures, timeout=min(ack_timeout, remaining))
+            finally:
+                retry: list[tuple[Event, Envelope]] = []
+                for fut, item in futures.items():
+                    if fut.done() and not fut.cancelled() and fut.exception() is None:
+                        _count([fut.result()], tally)
+                        continue
+                    if fut.done() and not fut.cancelled():
+                        last_error = fut.exception()
+                    else:
+                        fut.cancel()  # frees its slot in the client's in-flight window
+                    retry.append(item)
+            pending = retry + unsent
+            if not pending:
+                return
+            if loop.time() >= deadline:
+                reason = f"{type(last_error).__name__}: {last_error}" if last_error else "no ack"
+                raise KeelError(
+                    f"NATS did not acknowledge {len(pending)} of {len(window)} publishes within "
+                    f"{give_up_after:g}s ({attempt} attempts, last: {reason}); is the server up?"
+                )
+            log.warning(
+                "%d of %d publishes not acknowledged (attempt %d): sending again under the "
+                "same ids",
+                len(pending),
+                len(window),
+                attempt,
+            )
+            # Let a reconnect happen before sending again.
+            await asyncio.sleep(min(0.2 * attempt, 1.0, max(0.0, deadline - loop.time())))
 
     async def last_event(self, stream: str, subject: str) -> Stored | None:
         """The last event on ``subject`` that decodes; None when there is none.
