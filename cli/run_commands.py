@@ -20,7 +20,7 @@ from eventstore.server import nats_url
 from services.config import KeelConfig, StrategyConfig
 from services.execution.role import execution_role
 from services.fleet import consumer_names
-from services.marketdata.feed import lockstep, pause, publish_bars
+from services.marketdata.feed import Feed, lockstep, pause
 from services.marketdata.sources import read_bars
 from services.marketdata.synthetic import SyntheticMarket
 from services.portfolio.role import portfolio_role
@@ -247,26 +247,33 @@ def marketdata(
         bar_source = synthetic.generate()
 
     async def main() -> None:
-        stop = asyncio.Event()
+        feed = Feed("marketdata")
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGTERM, signal.SIGINT):
             with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
+                loop.add_signal_handler(sig, feed.stop)
         with nats_url() as url:
             bus = await Bus.connect(url, name="marketdata")
             try:
                 step = (
                     lockstep(bus, consumer_names(fleet_config))
                     if lockstep_feed
-                    else pause(pace_ms / 1000, stop)
+                    else pause(pace_ms / 1000, feed.stopping)
                     if pace_ms
                     else None
                 )
-                result = await publish_bars(bus, bar_source, between_steps=step, stop=stop)
+                result = await feed.run(bus, bar_source, between_steps=step)
             finally:
-                await bus.close()
+                if feed.stopping.is_set():
+                    # The server may be down: closing must not outlast the stop.
+                    with contextlib.suppress(TimeoutError):
+                        await asyncio.wait_for(bus.close(), 0.3)
+                else:
+                    await bus.close()
+        stopped = " (stopped by a signal)" if feed.stopping.is_set() else ""
         console.print(
-            f"marketdata: stored {result.stored}, already present {result.stale + result.duplicates}"
+            f"marketdata: stored {result.stored}, already present "
+            f"{result.stale + result.duplicates}{stopped}"
         )
 
     run(main())

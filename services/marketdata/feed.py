@@ -9,18 +9,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
+import socket
+import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 
-from contracts.envelope import bar_envelope
-from contracts.events import Bar
+from contracts.envelope import Envelope, bar_envelope, content_id
+from contracts.events import Bar, Heartbeat
 from contracts.subjects import subject_for
 from eventstore.barrier import Barrier
 from eventstore.bus import Bus, Stored
 from eventstore.lag import SETTLE_STREAMS
 
 CHUNK = 2048
+HEARTBEAT_S = 2.0  # the workers' interval (WorkerOptions.heartbeat_s), which keel status assumes
+STOP_GRACE_S = 0.5  # after a stop signal, how long the current chunk may take before it is cut
 
 
 class FeedResult(msgspec.Struct):
@@ -36,10 +41,12 @@ async def publish_bars(
     between_steps: Callable[[], Awaitable[object]] | None = None,
     progress: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
+    into: FeedResult | None = None,
 ) -> FeedResult:
     """Publish bars in order; with ``between_steps`` each time step is sent on its own and
-    the callable (a pause, or a wait for the fleet to catch up) is awaited before the next."""
-    result = FeedResult()
+    the callable (a pause, or a wait for the fleet to catch up) is awaited before the next.
+    Counts go to ``into`` when given (readable even if the run is cancelled)."""
+    result = FeedResult() if into is None else into
     last_open: dict[str, int] = {}
     chunk: list[Bar] = []
 
@@ -106,3 +113,90 @@ def lockstep(bus: Bus, consumers: set[str], timeout: float = 30.0) -> Callable[[
         return await barrier.wait(timeout)
 
     return wait
+
+
+class Feed:
+    """A feed run the way a worker runs: a heartbeat on ``sys.heartbeat.<name>`` every
+    ``heartbeat_s`` (``keel status`` shows a stalled or dead feed), and a prompt stop.
+
+    ``stop()`` (the signal handler) ends the run within ``STOP_GRACE_S`` even while a publish
+    waits on a server that is down: the publish is cancelled. Nothing is lost by that, since
+    bar ids are deterministic and a restarted feed resumes after the last stored bar.
+    """
+
+    def __init__(self, name: str = "marketdata", heartbeat_s: float = HEARTBEAT_S) -> None:
+        self.name = name
+        self.heartbeat_s = heartbeat_s
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.stopping = asyncio.Event()
+        self.processed = 0
+        self.cut = False
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    async def run(
+        self,
+        bus: Bus,
+        bars: Iterable[Bar],
+        *,
+        between_steps: Callable[[], Awaitable[object]] | None = None,
+    ) -> FeedResult:
+        result = FeedResult()
+
+        def count(n: int) -> None:
+            self.processed += n
+
+        async def publish() -> FeedResult:
+            return await publish_bars(
+                bus,
+                bars,
+                between_steps=between_steps,
+                progress=count,
+                stop=self.stopping,
+                into=result,
+            )
+
+        beating = asyncio.create_task(self._heartbeat(bus))
+        feeding = asyncio.create_task(publish())
+        stopped = asyncio.create_task(self.stopping.wait())
+        try:
+            await asyncio.wait({feeding, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not feeding.done():
+                done, _ = await asyncio.wait({feeding}, timeout=STOP_GRACE_S)
+                if not done:
+                    self.cut = True
+                    feeding.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await feeding
+        finally:
+            for task in (feeding, stopped, beating):
+                task.cancel()
+            await asyncio.gather(feeding, stopped, beating, return_exceptions=True)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat(bus, "stopped"), STOP_GRACE_S)
+        return result
+
+    async def _beat(self, bus: Bus, status: str, seq: int = 0) -> None:
+        now = time.time_ns()
+        beat = Heartbeat(
+            ts=now,
+            worker=self.name,
+            instance=self.instance,
+            seq=seq,
+            processed=self.processed,
+            status=status,
+        )
+        env = Envelope.root(content_id("hb", self.name, self.instance, seq, status), now)
+        with contextlib.suppress(Exception):
+            await bus.publish(beat, env, self.name)
+
+    async def _heartbeat(self, bus: Bus) -> None:
+        seq = 0
+        while not self.stopping.is_set():
+            seq += 1
+            # Bounded: a beat the server never acknowledges must not delay the next one.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._beat(bus, "running", seq), self.heartbeat_s)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.heartbeat_s)
