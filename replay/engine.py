@@ -19,11 +19,26 @@ from __future__ import annotations
 import collections
 from collections.abc import Callable, Iterable, Sequence
 
+from contracts.codec import encode
 from contracts.envelope import Envelope, root_envelope
-from contracts.events import Event
+from contracts.events import DeadLetter, Event
 from contracts.subjects import subject_for, subject_matches
 from services.runtime.decider import handler_dead_letter
 from services.runtime.role import Role
+
+
+def output_dead_letter(worker: str, event: Event, subject: str, exc: Exception) -> DeadLetter:
+    """The one dead letter for outputs that cannot be published (a subject that cannot be
+    formed): none of them is recorded, as in a live worker and the bus replay, whose letter
+    this equals byte for byte (the input's time, subject and bytes)."""
+    return DeadLetter(
+        ts=event.ts,
+        worker=worker,
+        subject=subject,
+        reason=f"output error: {type(exc).__name__}: {exc}",
+        payload=encode(event)[:65_536],
+    )
+
 
 LazyEnvelope = tuple
 """An output's envelope, not yet derived: ``(bar,)`` for a market event, or
@@ -101,9 +116,14 @@ class ReplayEngine:
                 outputs = [handler_dead_letter(name, event, subject, exc)]
             if not outputs:
                 continue
+            try:
+                subjects = [subject_for(output) for output in outputs]
+            except Exception as exc:  # e.g. a name that cannot form a subject: a poison pill
+                outputs = [output_dead_letter(name, event, subject, exc)]
+                subjects = [subject_for(outputs[0])]
             for index, output in enumerate(outputs):
                 child = (envelope, name, index, output.ts)
-                out_subject = subject_for(output)
+                out_subject = subjects[index]
                 sink(out_subject, output, child, name)
                 if routes.get(out_subject, True):  # nobody consumes it: nothing to queue
                     if queue is None:
