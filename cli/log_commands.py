@@ -168,7 +168,7 @@ def _governance(action: GovernanceAction, reason: str) -> None:
     async def main() -> None:
         now = time.time_ns()
         command = GovernanceCommand(ts=now, action=action, reason=reason, issued_by="cli")
-        with nats_url() as url:
+        with nats_url(start_server=False) as url:
             bus = await Bus.connect(url, name="governance-cli")
             try:
                 await bus.publish(command, Envelope.root(content_id("gov", action, now), now))

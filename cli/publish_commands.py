@@ -120,7 +120,7 @@ def ext(
     subject = subject_for(event)
 
     async def main() -> bool:
-        with nats_url() as url:
+        with nats_url(start_server=False) as url:
             bus = await Bus.connect(url, name="publish-ext")
             try:
                 return await publish_external(bus, event)

@@ -238,7 +238,7 @@ def status(
     """One screen: workers alive, consumer lag, system status, equity and positions, errors."""
 
     async def main() -> None:
-        with nats_url() as url:
+        with nats_url(start_server="store") as url:
             bus = await Bus.connect(url, name="status")
             try:
                 report = await collect(bus, heartbeat_s=heartbeat_interval, errors=errors)

@@ -18,6 +18,7 @@ import sys
 import sysconfig
 import time
 from pathlib import Path
+from typing import Literal
 
 import msgspec
 
@@ -134,9 +135,20 @@ def _running_record(data_dir: Path) -> ServerRecord | None:
     return record if port.isdigit() and port_open(host, int(port)) else None
 
 
+NO_FLEET = (
+    f"no running fleet found: {URL_ENV} is unset and no embedded server runs on {{store}} "
+    f"(start one with keel up, or set {URL_ENV})"
+)
+
+
 @contextlib.contextmanager
-def nats_url(data_dir: Path | None = None):
-    """Yield the URL to use: ``KEEL_NATS_URL``, a server this directory already runs, or a new one."""
+def nats_url(data_dir: Path | None = None, *, start_server: bool | Literal["store"] = True):
+    """Yield the URL to use: ``KEEL_NATS_URL``, a server this directory already runs, or a new one.
+
+    Commands that steer or watch a running fleet attach only: with ``start_server=False``
+    nothing is started and no store is created, and a missing fleet is a ``KeelError``
+    (one line, non-zero exit). ``start_server="store"`` starts a server only on a store
+    this directory already holds (reading a stopped fleet's log), never on a fresh one."""
     configured = os.environ.get(URL_ENV)
     if configured:
         yield configured
@@ -146,6 +158,8 @@ def nats_url(data_dir: Path | None = None):
     if existing is not None:
         yield existing.url
         return
+    if start_server is False or (start_server == "store" and not (data_dir / "jetstream").is_dir()):
+        raise KeelError(NO_FLEET.format(store=data_dir))
     data_dir.mkdir(parents=True, exist_ok=True)
     server = EmbeddedServer(data_dir).start()
     record = ServerRecord(server.url, server.pid, str(data_dir / "jetstream"))
