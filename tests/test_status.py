@@ -380,10 +380,11 @@ def test_status_after_a_demo_shows_its_workers_stopped(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stdout + result.stderr
     report = json.loads(result.stdout.splitlines()[-1])
     workers = {w["worker"]: w for w in report["workers"]}
-    assert set(workers) == {"portfolio", "execution", "risk", "strategy-ma_cross"}
+    consumers = {"portfolio", "execution", "risk", "strategy-ma_cross"}
+    assert set(workers) == consumers | {"marketdata"}  # the feed beats too, but consumes nothing
     assert all(w["state"] == "stopped" and not w["alive"] for w in workers.values())
     assert all(w["processed"] > 0 for w in workers.values())
-    assert {lag["worker"] for lag in report["lag"]} == set(workers)
+    assert {lag["worker"] for lag in report["lag"]} == consumers
     assert all(lag["pending"] == lag["ack_pending"] == 0 for lag in report["lag"])
     assert f"{report['equity']['equity']:,.2f}" == final_equity
     assert report["system"]["status"] == "UNKNOWN"
