@@ -11,17 +11,17 @@ import asyncio
 import contextlib
 import os
 import socket
-import time
 from collections.abc import Awaitable, Callable, Iterable
 
 import msgspec
 
-from contracts.envelope import Envelope, bar_envelope, content_id
-from contracts.events import Bar, Heartbeat
+from contracts.envelope import bar_envelope
+from contracts.events import Bar
 from contracts.subjects import subject_for
 from eventstore.barrier import Barrier
 from eventstore.bus import Bus, Stored
 from eventstore.lag import SETTLE_STREAMS
+from services.runtime.heartbeat import publish_heartbeat
 
 CHUNK = 2048
 HEARTBEAT_S = 2.0  # the workers' interval (WorkerOptions.heartbeat_s), which keel status assumes
@@ -178,18 +178,7 @@ class Feed:
         return result
 
     async def _beat(self, bus: Bus, status: str, seq: int = 0) -> None:
-        now = time.time_ns()
-        beat = Heartbeat(
-            ts=now,
-            worker=self.name,
-            instance=self.instance,
-            seq=seq,
-            processed=self.processed,
-            status=status,
-        )
-        env = Envelope.root(content_id("hb", self.name, self.instance, seq, status), now)
-        with contextlib.suppress(Exception):
-            await bus.publish(beat, env, self.name)
+        await publish_heartbeat(bus, self.name, self.instance, status, seq, self.processed)
 
     async def _heartbeat(self, bus: Bus) -> None:
         seq = 0

@@ -46,9 +46,10 @@ from opentelemetry.trace import Span, Status, StatusCode
 from contracts.admission import admission_error
 from contracts.codec import DecodeError, decode, encode
 from contracts.envelope import ORIGIN_TIME, PRODUCER, Envelope, content_id
-from contracts.events import DeadLetter, Event, Heartbeat, SystemStatus
+from contracts.events import DeadLetter, Event, SystemStatus
 from contracts.subjects import name_token, subject_for
 from eventstore.bus import Bus
+from services.runtime.heartbeat import publish_heartbeat
 from services.runtime.rebuild import rebuild_state
 from services.runtime.role import Input, Role, durable_name
 from services.runtime.snapshots import encode_snapshot, restore_snapshot, snapshot_bucket
@@ -439,19 +440,8 @@ class Worker:
         return self._output(letter, Envelope.root(content_id("dlq", self.name, stream, seq), now))
 
     async def _beat(self, bus: Bus, status: str, seq: int = 0) -> None:
-        now = time.time_ns()
-        beat = Heartbeat(
-            ts=now,
-            worker=self.name,
-            instance=self.instance,
-            seq=seq,
-            processed=self.processed,
-            status=status,
-            metrics_port=self._metrics.port if self._metrics else 0,
-        )
-        env = Envelope.root(content_id("hb", self.name, self.instance, seq, status), now)
-        with contextlib.suppress(Exception):
-            await bus.publish(beat, env, self.name)
+        port = self._metrics.port if self._metrics else 0
+        await publish_heartbeat(bus, self.name, self.instance, status, seq, self.processed, port)
 
     async def _heartbeat(self, bus: Bus) -> None:
         seq = 0
