@@ -1,13 +1,53 @@
-"""The event log's streams, as code: created idempotently, updated when the spec changes."""
+"""The event log's streams, as code: created idempotently, updated when the spec changes.
+
+How the streams are stored is a deployment fact, read from the environment
+(``StoreSettings``): the replica count (1 on the embedded server, 3 on a production
+cluster) and an optional byte limit per stream. The event streams refuse new messages at a
+limit (``DiscardPolicy.NEW``) instead of dropping old ones: an event log that silently loses
+its oldest facts cannot be replayed. Only ``SYSTEM`` (heartbeats, dead letters, status) ages
+out after seven days.
+"""
 
 from __future__ import annotations
+
+import os
 
 import msgspec
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
 
+from eventstore.errors import KeelError
+
 DAY = 86_400.0
+REPLICAS_ENV = "KEEL_STREAM_REPLICAS"
+MAX_BYTES_ENV = "KEEL_STREAM_MAX_BYTES"
+
+
+class StoreSettings(msgspec.Struct, frozen=True):
+    replicas: int = 1
+    max_bytes: int = -1
+    """Per event stream; -1 is no limit but the server's own storage limit."""
+
+    @classmethod
+    def from_env(cls) -> StoreSettings:
+        replicas = _env_int(REPLICAS_ENV, 1)
+        if replicas not in (1, 3, 5):
+            raise KeelError(f"{REPLICAS_ENV}={replicas}: the replica count must be 1, 3 or 5")
+        max_bytes = _env_int(MAX_BYTES_ENV, -1)
+        if max_bytes == 0 or max_bytes < -1:
+            raise KeelError(f"{MAX_BYTES_ENV}={max_bytes}: give a byte count > 0, or -1")
+        return cls(replicas=replicas, max_bytes=max_bytes)
+
+
+def _env_int(name: str, default: int) -> int:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    try:
+        return int(raw)
+    except ValueError:
+        raise KeelError(f"{name}={raw!r} is not a whole number") from None
 
 
 class StreamSpec(msgspec.Struct, frozen=True):
@@ -17,16 +57,23 @@ class StreamSpec(msgspec.Struct, frozen=True):
     max_age_s: float = 0.0
     duplicate_window_s: float = 120.0
 
-    def config(self) -> StreamConfig:
+    @property
+    def ages_out(self) -> bool:
+        return self.max_age_s > 0
+
+    def config(self, settings: StoreSettings | None = None) -> StreamConfig:
+        settings = settings or StoreSettings()
         return StreamConfig(
             name=self.name,
             subjects=list(self.subjects),
             description=self.description,
             retention=RetentionPolicy.LIMITS,
             storage=StorageType.FILE,
-            discard=DiscardPolicy.OLD,
+            discard=DiscardPolicy.OLD if self.ages_out else DiscardPolicy.NEW,
             max_age=self.max_age_s,
+            max_bytes=-1 if self.ages_out else settings.max_bytes,
             duplicate_window=self.duplicate_window_s,
+            num_replicas=settings.replicas,
         )
 
 
@@ -44,20 +91,31 @@ STREAMS: tuple[StreamSpec, ...] = (
 STREAM_BY_NAME = {s.name: s for s in STREAMS}
 
 
-async def ensure_streams(js: JetStreamContext, specs: tuple[StreamSpec, ...] = STREAMS) -> None:
+def _differs(current: StreamConfig, wanted: StreamConfig) -> bool:
+    return (
+        list(current.subjects or []) != list(wanted.subjects or [])
+        or current.duplicate_window != wanted.duplicate_window
+        or (current.max_age or 0) != (wanted.max_age or 0)
+        or (current.max_bytes or -1) != (wanted.max_bytes or -1)
+        or current.discard != wanted.discard
+        or (current.num_replicas or 1) != (wanted.num_replicas or 1)
+    )
+
+
+async def ensure_streams(
+    js: JetStreamContext,
+    specs: tuple[StreamSpec, ...] = STREAMS,
+    settings: StoreSettings | None = None,
+) -> None:
+    settings = settings or StoreSettings.from_env()
     for spec in specs:
-        config = spec.config()
+        config = spec.config(settings)
         try:
             info = await js.stream_info(spec.name)
         except NotFoundError:
             await js.add_stream(config)
             continue
-        current = info.config
-        if (
-            list(current.subjects or []) != list(config.subjects or [])
-            or current.duplicate_window != config.duplicate_window
-            or (current.max_age or 0) != (config.max_age or 0)
-        ):
+        if _differs(info.config, config):
             await js.update_stream(config)
 
 

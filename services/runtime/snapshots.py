@@ -15,6 +15,7 @@ from nats.js.kv import KeyValue
 
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
+from eventstore.streams import StoreSettings
 from services.runtime.decider import Decider
 
 SNAPSHOT_BUCKET = "keel_snapshots"
@@ -38,7 +39,12 @@ async def snapshot_bucket(bus: Bus) -> KeyValue:
         return await bus.js.key_value(SNAPSHOT_BUCKET)
     except (BucketNotFoundError, NotFoundError):
         return await bus.js.create_key_value(
-            KeyValueConfig(bucket=SNAPSHOT_BUCKET, history=1, storage=StorageType.FILE)
+            KeyValueConfig(
+                bucket=SNAPSHOT_BUCKET,
+                history=1,
+                storage=StorageType.FILE,
+                replicas=StoreSettings.from_env().replicas,
+            )
         )
 
 
