@@ -42,6 +42,12 @@ READ_BUFFER = 4096
 log = logging.getLogger("keel.bus")
 
 
+def server_list(url: str) -> list[str]:
+    """``KEEL_NATS_URL`` may name every node of a cluster, comma-separated: the client
+    fails over between them."""
+    return [part.strip() for part in url.split(",") if part.strip()]
+
+
 class Stored(msgspec.Struct, frozen=True):
     """An event read back from the log with where it lives."""
 
@@ -83,7 +89,7 @@ class Bus:
         refusals = Refusals()
         try:
             nc = await nats.connect(
-                url,
+                server_list(url),
                 name=name,
                 connect_timeout=2,
                 max_reconnect_attempts=1,
