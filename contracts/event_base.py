@@ -6,8 +6,10 @@ share it without importing each other.
 
 from __future__ import annotations
 
+import functools
 import math
 import operator
+import re
 from collections.abc import Callable
 from typing import get_args
 
@@ -15,6 +17,9 @@ import msgspec
 from msgspec import UNSET, UnsetType
 
 _isfinite = math.isfinite
+
+NAME = re.compile(r"[A-Za-z0-9_-]+")
+"""What a name used verbatim as a subject token may hold (``contracts/subjects.py``)."""
 
 
 class Event(msgspec.Struct, frozen=True, tag=True, tag_field="type", kw_only=True):
@@ -71,3 +76,9 @@ def require(condition: bool, message: str) -> None:
     """A check of an event's fields, raised as the ``ValueError`` msgspec reports on decode."""
     if not condition:
         raise ValueError(message)
+
+
+@functools.lru_cache(maxsize=4096)
+def is_token(name: str) -> bool:
+    """Whether ``name`` can stand as a subject token (cached: it runs for every fill)."""
+    return NAME.fullmatch(name) is not None

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from contracts.event_base import Event, require
+from contracts.event_base import Event, is_token, require
 from contracts.external_events import (
     External,
     ListingAnnouncement,
@@ -62,6 +62,7 @@ class Instrument(Event, frozen=True):
         )
         require(self.contract_size > 0, "contract_size must be > 0")
         require(self.max_leverage >= 0, "max_leverage must be >= 0")
+        require(bool(self.base and self.quote), "base and quote must not be empty")
 
 
 class Bar(Event, frozen=True, gc=False):
@@ -125,6 +126,7 @@ class Quote(Event, frozen=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(0 < self.bid <= self.ask, "need 0 < bid <= ask")
+        require(self.bid_size >= 0 and self.ask_size >= 0, "bid_size and ask_size must be >= 0")
 
 
 class FundingRate(Event, frozen=True):
@@ -167,6 +169,9 @@ class Signal(Event, frozen=True):
         require(by_target or by_side, "give either target_position or both side and size")
         require(0.0 <= self.confidence <= 1.0, "confidence must be within [0, 1]")
         require(self.size is None or self.size > 0, "size must be > 0")
+        require(self.stop is None or self.stop > 0, "stop must be > 0")
+        require(self.target is None or self.target > 0, "target must be > 0")
+        require(self.atr is None or self.atr >= 0, "atr must be >= 0")
 
 
 class OrderCommand(Event, frozen=True):
@@ -204,6 +209,8 @@ class OrderCommand(Event, frozen=True):
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.qty > 0, "qty must be > 0")
+        require(bool(self.client_order_id), "client_order_id must not be empty")
+        require(is_token(self.strategy), _STRATEGY_TOKEN)
         if (
             self.take_profit is not UNSET
             or self.stop_loss is not UNSET
@@ -237,6 +244,8 @@ class OrderCommand(Event, frozen=True):
         require(self.oco_group is UNSET or bool(self.oco_group), "oco_group must not be empty")
         require(self.expire_at is UNSET or self.expire_at > 0, "expire_at must be > 0")
 
+
+_STRATEGY_TOKEN = "strategy must match [A-Za-z0-9_-]+ (it names subjects downstream)"
 
 _MANAGED_FIELDS = (
     "take_profit",
@@ -294,14 +303,18 @@ class ExecutionReport(Event, frozen=True):
             and self.cum_qty >= 0.0
             and (self.fill_price > 0.0 if self.fill_qty > 0.0 else self.fill_qty == 0.0)
             and self.fill_price >= 0.0
+            and is_token(self.strategy)
         ):
             return
         super().__post_init__()
+        require(is_token(self.strategy), _STRATEGY_TOKEN)
         require(self.order_qty >= 0, "order_qty must be >= 0")
         require(self.fill_price >= 0, "fill_price must be >= 0")
         require(self.fill_qty >= 0, "fill_qty must be >= 0")
         require(self.cum_qty >= 0, "cum_qty must be >= 0")
         require(self.fill_qty == 0 or self.fill_price > 0, "fill_price must be > 0 with a fill")
+        require(self.stop_price is UNSET or self.stop_price > 0, "stop_price must be > 0")
+        require(self.limit_price is UNSET or self.limit_price > 0, "limit_price must be > 0")
 
 
 class PositionChanged(Event, frozen=True, omit_defaults=True):
@@ -389,6 +402,11 @@ class StrategyPnL(Event, frozen=True):
     net_exposure: float = 0.0
     positions: int = 0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.gross_exposure >= 0, "gross_exposure must be >= 0")
+        require(self.positions >= 0, "positions must be >= 0")
+
     @property
     def pnl(self) -> float:
         return self.realized_pnl + self.unrealized_pnl - self.fees - self.funding
@@ -403,6 +421,10 @@ class ParamsTuned(Event, frozen=True):
     old: float
     new: float
     reason: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(bool(self.param), "param must not be empty")
 
 
 class GovernanceCommand(Event, frozen=True):
@@ -419,6 +441,12 @@ class Heartbeat(Event, frozen=True):
     status: str = "running"
     metrics_port: int = 0
 
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(bool(self.instance), "instance must not be empty")
+        require(self.seq >= 0 and self.processed >= 0, "seq and processed must be >= 0")
+        require(0 <= self.metrics_port <= 65_535, "metrics_port must be within [0, 65535]")
+
 
 class DeadLetter(Event, frozen=True):
     """A message a worker could not use, kept with the reason so nothing is silently lost."""
@@ -429,6 +457,12 @@ class DeadLetter(Event, frozen=True):
     payload: bytes
     stream: str = ""
     stream_seq: int = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(bool(self.reason), "a dead letter needs a reason")
+        require(bool(self.subject), "subject must not be empty")
+        require(self.stream_seq >= 0, "stream_seq must be >= 0")
 
 
 class SystemStatus(Event, frozen=True):
@@ -456,6 +490,10 @@ class RiskAlert(Event, frozen=True):
     detail: str = ""
     venue: str = ""
     symbol: str = ""
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(bool(self.action), "action must not be empty")
 
 
 AnyEvent = (

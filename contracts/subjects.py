@@ -15,6 +15,7 @@ from typing import Any
 
 import msgspec
 
+from contracts.event_base import NAME
 from contracts.events import (
     Bar,
     DeadLetter,
@@ -40,7 +41,7 @@ from contracts.events import (
     Trade,
 )
 
-_NAME = re.compile(r"[A-Za-z0-9_-]+")
+_NAME = NAME
 _PLAIN = re.compile(r"[A-Za-z0-9]")
 _ESCAPE = re.compile(r"_([0-9A-F]{2})")
 

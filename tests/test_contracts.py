@@ -66,6 +66,8 @@ TRACEPARENT_RE = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
 times = st.integers(min_value=0, max_value=2**63 - 1)
 counts = st.integers(min_value=0, max_value=2**63 - 1)
 texts = st.text(max_size=20)
+filled = st.text(min_size=1, max_size=20)
+tokens = st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True)
 finite = st.floats(allow_nan=False, allow_infinity=False)
 positive = st.floats(min_value=1e-12, max_value=1e12, allow_nan=False, allow_infinity=False)
 non_negative = st.floats(min_value=0.0, max_value=1e12, allow_nan=False, allow_infinity=False)
@@ -103,8 +105,8 @@ def quotes(draw: st.DrawFn) -> Quote:
         symbol=draw(texts),
         bid=bid,
         ask=bid + draw(non_negative),
-        bid_size=draw(finite),
-        ask_size=draw(finite),
+        bid_size=draw(non_negative),
+        ask_size=draw(non_negative),
     )
 
 
@@ -117,8 +119,9 @@ def signals(draw: st.DrawFn) -> Signal:
         "symbol": draw(texts),
         "model_tag": draw(texts),
         "confidence": draw(unit),
-        "stop": draw(st.none() | finite),
-        "target": draw(st.none() | finite),
+        "stop": draw(st.none() | positive),
+        "target": draw(st.none() | positive),
+        "atr": draw(st.none() | non_negative),
         "reason": draw(texts),
     }
     if draw(st.booleans()):
@@ -138,8 +141,8 @@ def order_commands(draw: st.DrawFn) -> OrderCommand:
     return OrderCommand(
         ts=draw(times),
         action=draw(st.sampled_from(["new", "cancel", "amend"])),
-        client_order_id=draw(texts),
-        strategy=draw(texts),
+        client_order_id=draw(filled),
+        strategy=draw(tokens),
         venue=draw(texts),
         symbol=draw(texts),
         side=draw(sides),
@@ -188,8 +191,8 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         ts=times,
         venue=texts,
         symbol=texts,
-        base=texts,
-        quote=texts,
+        base=filled,
+        quote=filled,
         kind=st.sampled_from(["spot", "perpetual"]),
         tick_size=non_negative,
         lot_size=non_negative,
@@ -238,7 +241,7 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
             ["accepted", "partially_filled", "filled", "canceled", "rejected", "expired"]
         ),
         client_order_id=texts,
-        strategy=texts,
+        strategy=tokens,
         venue=texts,
         symbol=texts,
         side=sides,
@@ -252,8 +255,8 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         model_tag=texts,
         reason=texts,
         parent_id=st.just(UNSET) | texts,
-        stop_price=st.just(UNSET) | finite,
-        limit_price=st.just(UNSET) | finite,
+        stop_price=st.just(UNSET) | positive,
+        limit_price=st.just(UNSET) | positive,
     ),
     PositionChanged: st.builds(
         PositionChanged,
@@ -290,7 +293,7 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         unrealized_pnl=finite,
         fees=finite,
         funding=finite,
-        gross_exposure=finite,
+        gross_exposure=non_negative,
         net_exposure=finite,
         positions=st.integers(min_value=0, max_value=2**31),
     ),
@@ -299,7 +302,7 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         ts=times,
         strategy=texts,
         symbol=texts,
-        param=texts,
+        param=filled,
         old=finite,
         new=finite,
         reason=texts,
@@ -315,7 +318,7 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         Heartbeat,
         ts=times,
         worker=texts,
-        instance=texts,
+        instance=filled,
         seq=counts,
         processed=counts,
         status=texts,
@@ -325,8 +328,8 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         DeadLetter,
         ts=times,
         worker=texts,
-        subject=texts,
-        reason=texts,
+        subject=filled,
+        reason=filled,
         payload=st.binary(max_size=64),
         stream=texts,
         stream_seq=counts,
@@ -343,7 +346,7 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         RiskAlert,
         ts=times,
         rule=texts,
-        action=texts,
+        action=filled,
         detail=texts,
         venue=texts,
         symbol=texts,
