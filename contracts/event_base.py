@@ -11,12 +11,16 @@ import math
 import operator
 import re
 from collections.abc import Callable
-from typing import get_args
+from typing import Annotated, get_args
 
 import msgspec
 from msgspec import UNSET, UnsetType
 
 _isfinite = math.isfinite
+
+Int64 = Annotated[int, msgspec.Meta(ge=-(2**63), le=2**63 - 1)]
+"""An integer that fits the log's exports (Parquet, DuckDB): JSON carries any integer, and
+one beyond 64 bits would be stored and then fail whatever reads it back."""
 
 NAME = re.compile(r"[A-Za-z0-9_-]+")
 """What a name used verbatim as a subject token may hold (``contracts/subjects.py``)."""
@@ -29,7 +33,7 @@ class Event(msgspec.Struct, frozen=True, tag=True, tag_field="type", kw_only=Tru
     be stored but never read back.
     """
 
-    ts: int
+    ts: Int64
 
     def __post_init__(self) -> None:
         required, optional = _float_fields(type(self))

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from contracts.event_base import Event, is_token, require
+from contracts.event_base import Event, Int64, is_token, require
 from contracts.external_events import (
     External,
     ListingAnnouncement,
@@ -74,8 +74,8 @@ class Bar(Event, frozen=True, gc=False):
     venue: str
     symbol: str
     interval: str
-    open_time: int
-    close_time: int
+    open_time: Int64
+    close_time: Int64
     open: float
     high: float
     low: float
@@ -138,7 +138,7 @@ class FundingRate(Event, frozen=True):
     symbol: str
     rate: float
     interval_h: float = 8.0
-    next_time: int = 0
+    next_time: Int64 = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -204,7 +204,7 @@ class OrderCommand(Event, frozen=True):
     trail_atr: float | UnsetType | None = UNSET
     atr: float | UnsetType | None = UNSET
     oco_group: str | UnsetType | None = UNSET
-    expire_at: int | UnsetType | None = UNSET
+    expire_at: Int64 | UnsetType | None = UNSET
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -400,7 +400,7 @@ class StrategyPnL(Event, frozen=True):
     funding: float = 0.0
     gross_exposure: float = 0.0
     net_exposure: float = 0.0
-    positions: int = 0
+    positions: Int64 = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -436,10 +436,10 @@ class GovernanceCommand(Event, frozen=True):
 class Heartbeat(Event, frozen=True):
     worker: str
     instance: str
-    seq: int
-    processed: int
+    seq: Int64
+    processed: Int64
     status: str = "running"
-    metrics_port: int = 0
+    metrics_port: Int64 = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -456,7 +456,7 @@ class DeadLetter(Event, frozen=True):
     reason: str
     payload: bytes
     stream: str = ""
-    stream_seq: int = 0
+    stream_seq: Int64 = 0
 
     def __post_init__(self) -> None:
         super().__post_init__()

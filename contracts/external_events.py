@@ -3,7 +3,7 @@ social sentiment) that event-driven strategies react to."""
 
 from __future__ import annotations
 
-from contracts.event_base import Event, require
+from contracts.event_base import Event, Int64, require
 
 
 class External(Event, frozen=True):
@@ -32,7 +32,7 @@ class ListingAnnouncement(External, frozen=True):
     symbol: str
     base: str = ""
     quote: str = ""
-    listing_time: int = 0
+    listing_time: Int64 = 0
     title: str = ""
     url: str = ""
 
@@ -53,7 +53,7 @@ class SocialSentiment(External, frozen=True):
 
     symbol: str
     score: float
-    mentions: int = 0
+    mentions: Int64 = 0
     velocity: float = 0.0
 
     def __post_init__(self) -> None:
@@ -79,14 +79,14 @@ class PromoAnnouncement(External, frozen=True):
     title: str = ""
     text: str = ""
     url: str = ""
-    starts_at: int = 0
-    ends_at: int = 0
+    starts_at: Int64 = 0
+    ends_at: Int64 = 0
     min_volume: float | None = None
     volume_currency: str = ""
     reward_pool: float | None = None
     reward_per_user: float | None = None
     reward_currency: str = ""
-    winners: int | None = None
+    winners: Int64 | None = None
 
     def __post_init__(self) -> None:
         super().__post_init__()
