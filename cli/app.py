@@ -6,6 +6,7 @@ import typer
 
 from cli import (
     backtest_commands,
+    backup_commands,
     fleet_commands,
     log_commands,
     model_commands,
@@ -38,6 +39,8 @@ app.command()(backtest_commands.backtest)
 app.command()(backtest_commands.replay)
 app.command()(sweep_commands.sweep)
 app.command()(report_commands.report)
+app.command()(backup_commands.backup)
+app.command()(backup_commands.restore)
 
 
 def main() -> None:
