@@ -27,6 +27,9 @@ ORIGIN_TIME = "Keel-Origin-Time"
 live workers onto its descendants for latency metrics; never part of an id or hash."""
 
 
+_INT64_MIN, _INT64_MAX = -(2**63), 2**63 - 1
+
+
 def _digest(text: str, size: int) -> str:
     return hashlib.blake2b(text.encode(), digest_size=size).hexdigest()
 
@@ -84,15 +87,20 @@ class Envelope(msgspec.Struct, frozen=True):
             raise ValueError(f"missing {MSG_ID} header")
         event_id = h[MSG_ID]
         try:
-            return cls(
-                event_id,
-                h.get(CAUSATION_ID, event_id),
-                h.get(CORRELATION_ID, event_id),
-                int(h.get(EVENT_TIME, "0")),
-                int(h.get(SCHEMA, str(SCHEMA_VERSION))),
-            )
+            event_time = int(h.get(EVENT_TIME, "0"))
+            schema = int(h.get(SCHEMA, str(SCHEMA_VERSION)))
         except ValueError as exc:
             raise ValueError(f"bad envelope header: {exc}") from exc
+        if not (_INT64_MIN <= event_time <= _INT64_MAX and 0 <= schema <= _INT64_MAX):
+            # a worker decides at the event time: its outputs' times must fit the contracts
+            raise ValueError(f"bad envelope header: {EVENT_TIME} or {SCHEMA} out of range")
+        return cls(
+            event_id,
+            h.get(CAUSATION_ID, event_id),
+            h.get(CORRELATION_ID, event_id),
+            event_time,
+            schema,
+        )
 
 
 def trace_id_of(correlation_id: str) -> str:

@@ -896,15 +896,18 @@ def test_from_headers_requires_msg_id(headers: dict[str, str] | None) -> None:
         Envelope.from_headers(headers)
 
 
-@pytest.mark.parametrize("bad", ["", "soon", "1.5", "1e9", "0x10", "12ns"])
+@pytest.mark.parametrize(
+    "bad", ["", "soon", "1.5", "1e9", "0x10", "12ns", str(2**63), str(-(2**63) - 1), "9" * 5000]
+)
 def test_from_headers_rejects_bad_event_time(bad: str) -> None:
     with pytest.raises(ValueError, match="bad envelope header"):
         Envelope.from_headers({MSG_ID: "abc", EVENT_TIME: bad})
 
 
-def test_from_headers_rejects_bad_schema() -> None:
+@pytest.mark.parametrize("bad", ["v1", "-1", str(2**63)])
+def test_from_headers_rejects_bad_schema(bad: str) -> None:
     with pytest.raises(ValueError, match="bad envelope header"):
-        Envelope.from_headers({MSG_ID: "abc", SCHEMA: "v1"})
+        Envelope.from_headers({MSG_ID: "abc", SCHEMA: bad})
 
 
 def test_content_id_is_deterministic_and_order_sensitive() -> None:
