@@ -1,8 +1,14 @@
-"""``keel demo`` and ``keel up``: the whole fleet, each worker its own process."""
+"""``keel demo`` and ``keel up``: the whole fleet, each worker its own process.
+
+``keel up`` supervises what it started: a crashed worker, feed or embedded nats-server is
+restarted after a backoff (``services/supervision.py`` decides when, and when to give up),
+and one fleet runs per directory (``services.fleet.fleet_lock``)."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import random
 import shutil
 import signal
 import tempfile
@@ -11,18 +17,35 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn
 from rich.table import Table
 
-from cli.console import console, load_config_or_exit, run
+from cli.console import console, errors, fail, load_config_or_exit, run
 from eventstore.bus import Bus
 from eventstore.credentials import redact_url
 from eventstore.errors import KeelError
 from eventstore.lag import wait_drained
-from eventstore.server import EmbeddedServer, nats_url
+from eventstore.server import EmbeddedServer, ServerHandle, serve_or_attach
 from eventstore.tally import Tally, count, tally
 from services.config import KeelConfig
-from services.fleet import Fleet, WorkerProcess, consumer_names, fleet_plan
+from services.fleet import (
+    Fleet,
+    WorkerProcess,
+    consumer_names,
+    fleet_lock,
+    fleet_plan,
+    live_workers,
+    log_tail,
+)
+from services.supervision import (
+    Finished,
+    GiveUp,
+    Restart,
+    RestartPolicy,
+    Supervision,
+    describe_exit,
+)
 
 ConfigOpt = Annotated[Path | None, typer.Option("--config", help="Fleet config (TOML).")]
 
@@ -46,7 +69,10 @@ async def _start_consumers(
 
 def _raise_if_failed(fleet: Fleet) -> None:
     for worker in fleet.failed():
-        raise KeelError(f"worker {worker.name} exited: {fleet.log_tail(worker)}")
+        code = worker.proc.returncode if worker.proc else 1
+        raise KeelError(
+            f"worker {worker.name} exited ({describe_exit(code)}): {fleet.log_tail(worker)}"
+        )
 
 
 def summary_table(result: Tally, starting_cash: float, wall_s: float) -> Table:
@@ -141,6 +167,146 @@ async def _follow_feed(bus: Bus, fleet: Fleet, feed: WorkerProcess, total: int) 
         _raise_if_failed(fleet)
 
 
+SERVER = "nats-server"
+TICK_S = 0.1
+STATUS_EVERY_S = 5.0
+LIVE_WITHIN_S = 6.0
+"""A fleet is live when one of its workers beat "running" this recently (3 heartbeats)."""
+
+
+class Supervisor:
+    """``keel up``'s loop over what it started: each exit is put to the policy, a crash is
+    restarted when its backoff is over, a give-up ends the loop with its one line."""
+
+    def __init__(self, fleet: Fleet, server: ServerHandle, supervision: Supervision) -> None:
+        self.fleet = fleet
+        self.server = server
+        self.supervision = supervision
+        self.due: dict[str, float] = {}
+        self.last_exit: dict[str, int] = {}
+
+    def start(self, worker: WorkerProcess) -> WorkerProcess:
+        self.supervision.started(worker.name, time.monotonic())
+        return self.fleet.start(worker)
+
+    async def run(self, stop: asyncio.Event) -> str | None:
+        """Until ``stop``; returns the give-up line, if it came to that."""
+        if self.server.embedded is not None:
+            self.supervision.started(SERVER, time.monotonic())
+        while not stop.is_set():
+            gave_up = self._check_server() or self._check_workers()
+            if gave_up:
+                return gave_up
+            await self._restart_due()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(stop.wait(), TICK_S)
+        return None
+
+    def _check_server(self) -> str | None:
+        embedded = self.server.embedded
+        if embedded is None or SERVER in self.due or embedded.returncode is None:
+            return None
+        return self._exited(SERVER, embedded.returncode)
+
+    def _check_workers(self) -> str | None:
+        for worker, code in self.fleet.reap():
+            gave_up = self._exited(worker.name, code)
+            if gave_up:
+                return gave_up
+        return None
+
+    def _exited(self, name: str, code: int) -> str | None:
+        self.last_exit[name] = code
+        decision = self.supervision.exited(name, code, time.monotonic())
+        what = SERVER if name == SERVER else f"worker {name}"
+        if isinstance(decision, Finished):
+            _say(f"{what} finished ({describe_exit(code)}): not restarted")
+        elif isinstance(decision, Restart):
+            policy = self.supervision.policy
+            _say(
+                f"{what} crashed ({describe_exit(code)}): restarting in {decision.delay_s:.1f}s "
+                f"(crash {decision.crashes} of {policy.max_crashes} within {policy.window_s:g}s)"
+            )
+            self.due[name] = time.monotonic() + decision.delay_s
+        elif isinstance(decision, GiveUp):
+            return self._give_up_line(name, code, decision)
+        return None
+
+    def _give_up_line(self, name: str, code: int, decision: GiveUp) -> str:
+        if name == SERVER:
+            log = self.server.data_dir / "nats-server.log"
+            what = f"{SERVER} (embedded, port {self.server.url.rsplit(':', 1)[-1]})"
+        else:
+            log = self.fleet.log_path(name)
+            what = f"worker {name}"
+        tail = log_tail(log) or "(empty)"
+        return (
+            f"{what} gave up after {decision.crashes} crashes within {decision.window_s:g}s, "
+            f"last {describe_exit(code)}; last lines of {_shown(log)}: {tail}"
+        )
+
+    async def _restart_due(self) -> None:
+        now = time.monotonic()
+        for name in [n for n, at in self.due.items() if at <= now]:
+            del self.due[name]
+            self.supervision.started(name, time.monotonic())
+            if name == SERVER:
+                try:
+                    await asyncio.to_thread(self.server.restart)
+                except KeelError as exc:
+                    _say(f"{SERVER} did not come back: {exc}")
+                else:
+                    _say(f"{SERVER} restarted on {redact_url(self.server.url)} (same store)")
+                continue
+            worker = next(w for w in self.fleet.workers if w.name == name)
+            self.fleet.restart(worker)
+
+
+def _shown(path: Path) -> str:
+    with contextlib.suppress(ValueError):
+        return str(path.resolve().relative_to(Path.cwd()))
+    return str(path)
+
+
+def _say(line: str) -> None:
+    console.print(escape(line), highlight=False, soft_wrap=True)
+
+
+async def report_status(bus: Bus, stop: asyncio.Event) -> None:
+    """The status line every few seconds; a log that cannot be read (the server down or
+    restarting) is one line, and supervision carries on."""
+    while not stop.is_set():
+        try:
+            now = await asyncio.wait_for(tally(bus), STATUS_EVERY_S * 2)
+        except Exception as exc:  # any failure to read is reported, never a traceback
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            _say(f"log unreadable ({reason[:120]}): server down or restarting; still supervising")
+        else:
+            equity = f"{now.equity.equity:,.2f}" if now.equity else "-"
+            _say(
+                f"bars {now.bars:,}  signals {now.signals:,}  orders {now.orders:,}  "
+                f"fills {now.fills:,}  rejections {now.rejections:,}  equity {equity}"
+            )
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stop.wait(), STATUS_EVERY_S)
+
+
+async def refuse_if_live(bus: Bus, names: set[str], url: str) -> None:
+    """A server this command did not start may already carry a fleet with these workers:
+    a second one on the same durable consumers would split their messages (defect 7)."""
+    live = await live_workers(bus, names, time.time_ns(), LIVE_WITHIN_S)
+    if live:
+        beat, age = min(live, key=lambda pair: pair[1])
+        raise KeelError(
+            f"a fleet already consumes on {redact_url(url)}: worker {beat.worker} "
+            f"(instance {beat.instance}) beat {age:.1f}s ago; stop it first, or use another server"
+        )
+
+
+async def _first(*aws: asyncio.Task[object]) -> None:
+    await asyncio.wait(aws, return_when=asyncio.FIRST_COMPLETED)
+
+
 def up(
     config: ConfigOpt = None,
     data: Annotated[
@@ -167,46 +333,93 @@ def up(
             "--lockstep", help="Feed each time step once the fleet caught up (replay-exact)."
         ),
     ] = False,
+    max_crashes: Annotated[
+        int,
+        typer.Option(
+            "--max-crashes", min=1, help="Give up after this many crashes of one process..."
+        ),
+    ] = 5,
+    crash_window: Annotated[
+        float, typer.Option("--crash-window", min=0.1, help="...within this many seconds.")
+    ] = 300.0,
+    backoff: Annotated[
+        float,
+        typer.Option("--backoff", min=0, help="First restart delay in seconds (then doubling)."),
+    ] = 0.5,
+    backoff_max: Annotated[
+        float, typer.Option("--backoff-max", min=0, help="Longest restart delay in seconds.")
+    ] = 30.0,
 ) -> None:
-    """Run the fleet in the foreground until Ctrl-C: a live paper session."""
+    """Run the fleet in the foreground until Ctrl-C: a live paper session, supervised."""
     fleet_config = load_config_or_exit(config)
+    try:
+        policy = RestartPolicy(
+            max_crashes=max_crashes,
+            window_s=crash_window,
+            backoff_s=backoff,
+            backoff_max_s=max(backoff, backoff_max),
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
     feed_args = ["--lockstep"] if lockstep else ["--pace-ms", str(pace_ms)]
     feed_args += ["--config", str(config)] if config else []
     if data is not None:
         feed_args += ["--file", str(data)]
     else:
         feed_args += ["--live", "--bars", str(bars), "--interval", interval]
+    names = {w.name for w in fleet_plan(fleet_config, config)} | {"marketdata"}
 
-    async def main() -> None:
+    async def main() -> str | None:
         stop = asyncio.Event()
         loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
+        for sig in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
             loop.add_signal_handler(sig, stop.set)
-        with nats_url() as url:
-            fleet = Fleet(url, Path(".keel") / "logs")
-            bus = await Bus.connect(url, name="up")
+        data_dir = Path(".keel")
+        with fleet_lock(data_dir), serve_or_attach(data_dir) as server:
+            bus = await Bus.connect(server.url, name="up")
+            fleet = Fleet(server.url, data_dir / "logs")
+            supervisor = Supervisor(fleet, server, Supervision(policy, random.Random()))
+            tasks: list[asyncio.Task[object]] = []
             try:
+                if server.embedded is None:
+                    await refuse_if_live(bus, names, server.url)
+                for worker in fleet_plan(fleet_config, config):
+                    supervisor.start(worker)
+                supervising = asyncio.create_task(supervisor.run(stop))
+                stopping = asyncio.create_task(stop.wait())
+                ready = asyncio.create_task(
+                    wait_drained(bus, consumer_names(fleet_config), timeout=60)
+                )
+                tasks += [supervising, stopping, ready]
                 with console.status("starting workers"):
-                    await _start_consumers(fleet, bus, fleet_config, config)
-                fleet.start(WorkerProcess("marketdata", _market_args(symbol, None, feed_args)))
-                console.print(f"fleet up on {redact_url(url)}; logs in .keel/logs; Ctrl-C to stop")
-                console.print("watch it: keel tap 'exec.>'   keel tap 'sig.>'   keel streams")
-                while not stop.is_set():
-                    _raise_if_failed(fleet)
-                    now = await tally(bus)
-                    equity = f"{now.equity.equity:,.2f}" if now.equity else "-"
-                    console.print(
-                        f"bars {now.bars:,}  signals {now.signals:,}  orders {now.orders:,}  "
-                        f"fills {now.fills:,}  rejections {now.rejections:,}  equity {equity}",
-                        highlight=False,
+                    await _first(supervising, stopping, ready)
+                if ready.done() and not ready.result():
+                    raise KeelError("workers did not come up within 60s (see .keel/logs)")
+                if ready.done():
+                    supervisor.start(
+                        WorkerProcess("marketdata", _market_args(symbol, None, feed_args))
                     )
-                    try:
-                        await asyncio.wait_for(stop.wait(), 5.0)
-                    except TimeoutError:
-                        continue
+                    console.print(
+                        f"fleet up on {redact_url(server.url)}; logs in .keel/logs; Ctrl-C to stop"
+                    )
+                    console.print("watch it: keel tap 'exec.>'   keel tap 'sig.>'   keel streams")
+                    tasks.append(asyncio.create_task(report_status(bus, stop)))
+                    await _first(supervising, stopping)
+                gave_up = await supervising if supervising.done() else None
+                if gave_up:
+                    errors.print(
+                        f"[bold red]error:[/] {escape(gave_up)}", highlight=False, soft_wrap=True
+                    )
+                return gave_up
             finally:
+                stop.set()
+                for task in tasks:
+                    task.cancel()
+                await asyncio.gather(*tasks, return_exceptions=True)
                 with console.status("stopping workers"):
                     fleet.stop()
-                await bus.close()
+                with contextlib.suppress(Exception):  # the server may be gone by now
+                    await asyncio.wait_for(bus.close(), 2.0)
 
-    run(main())
+    if run(main()):
+        raise typer.Exit(1)

@@ -17,6 +17,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Literal
 
@@ -86,7 +87,11 @@ class EmbeddedServer:
         log = open(self.data_dir / "nats-server.log", "ab")  # noqa: SIM115 - owned by the child
         cmd = [find_binary(), "-c", str(find_config()), "-a", "127.0.0.1", "-p", str(self.port)]
         cmd += ["-js", "-sd", str(store)]
-        self._proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        # Its own session: a Ctrl-C in the terminal reaches the keel command, which stops its
+        # workers first and the server last, instead of the server dying under them.
+        self._proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
@@ -102,6 +107,11 @@ class EmbeddedServer:
     @property
     def pid(self) -> int:
         return self._proc.pid if self._proc else 0
+
+    @property
+    def returncode(self) -> int | None:
+        """None while it runs; its exit code (negative: the signal) once it died."""
+        return self._proc.poll() if self._proc else None
 
     def stop(self) -> None:
         if self._proc and self._proc.poll() is None:
@@ -141,31 +151,68 @@ NO_FLEET = (
 )
 
 
+class ServerHandle:
+    """The server a command uses: its URL, and the embedded server when the command started
+    it (``keel up`` restarts that one on the same store and port if it dies)."""
+
+    def __init__(self, url: str, data_dir: Path, embedded: EmbeddedServer | None) -> None:
+        self.url = url
+        self.data_dir = data_dir
+        self.embedded = embedded
+
+    def restart(self, timeout: float = 10.0) -> None:
+        """Start the dead embedded server again on its store and port, and record its pid;
+        a ``KeelError`` (one line) when it does not come back."""
+        if self.embedded is None:
+            raise KeelError("only an embedded server this command started can be restarted")
+        self.embedded.stop()
+        self.embedded.start(timeout)
+        _write_record(self.data_dir, self.embedded)
+
+
+def _write_record(data_dir: Path, server: EmbeddedServer) -> None:
+    record = ServerRecord(server.url, server.pid, str(data_dir / "jetstream"))
+    tmp = _record_path(data_dir).with_suffix(".tmp")
+    tmp.write_bytes(msgspec.json.encode(record))
+    tmp.replace(_record_path(data_dir))
+
+
 @contextlib.contextmanager
-def nats_url(data_dir: Path | None = None, *, start_server: bool | Literal["store"] = True):
+def serve_or_attach(
+    data_dir: Path | None = None, *, start_server: bool | Literal["store"] = True
+) -> Iterator[ServerHandle]:
+    """The server to use: ``KEEL_NATS_URL``, a server this directory already runs, or a new
+    embedded one on the directory's store (see ``nats_url``)."""
+    configured = os.environ.get(URL_ENV)
+    data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
+    if configured:
+        yield ServerHandle(configured, data_dir, None)
+        return
+    existing = _running_record(data_dir)
+    if existing is not None:
+        yield ServerHandle(existing.url, data_dir, None)
+        return
+    if start_server is False or (start_server == "store" and not (data_dir / "jetstream").is_dir()):
+        raise KeelError(NO_FLEET.format(store=data_dir))
+    data_dir.mkdir(parents=True, exist_ok=True)
+    server = EmbeddedServer(data_dir).start()
+    _write_record(data_dir, server)
+    try:
+        yield ServerHandle(server.url, data_dir, server)
+    finally:
+        server.stop()
+        _record_path(data_dir).unlink(missing_ok=True)
+
+
+@contextlib.contextmanager
+def nats_url(
+    data_dir: Path | None = None, *, start_server: bool | Literal["store"] = True
+) -> Iterator[str]:
     """Yield the URL to use: ``KEEL_NATS_URL``, a server this directory already runs, or a new one.
 
     Commands that steer or watch a running fleet attach only: with ``start_server=False``
     nothing is started and no store is created, and a missing fleet is a ``KeelError``
     (one line, non-zero exit). ``start_server="store"`` starts a server only on a store
     this directory already holds (reading a stopped fleet's log), never on a fresh one."""
-    configured = os.environ.get(URL_ENV)
-    if configured:
-        yield configured
-        return
-    data_dir = (data_dir or DEFAULT_DATA_DIR).resolve()
-    existing = _running_record(data_dir)
-    if existing is not None:
-        yield existing.url
-        return
-    if start_server is False or (start_server == "store" and not (data_dir / "jetstream").is_dir()):
-        raise KeelError(NO_FLEET.format(store=data_dir))
-    data_dir.mkdir(parents=True, exist_ok=True)
-    server = EmbeddedServer(data_dir).start()
-    record = ServerRecord(server.url, server.pid, str(data_dir / "jetstream"))
-    _record_path(data_dir).write_bytes(msgspec.json.encode(record))
-    try:
-        yield server.url
-    finally:
-        server.stop()
-        _record_path(data_dir).unlink(missing_ok=True)
+    with serve_or_attach(data_dir, start_server=start_server) as handle:
+        yield handle.url

@@ -1,16 +1,25 @@
-"""Starting and stopping the worker fleet as separate processes (``keel up`` and ``keel demo``)."""
+"""Starting and stopping the worker fleet as separate processes (``keel up`` and ``keel demo``),
+and telling whether a fleet already runs (the directory's lock, live heartbeats)."""
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import os
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import msgspec
 
+from contracts.events import Heartbeat
+from contracts.subjects import name_token
+from eventstore.bus import Bus
+from eventstore.errors import KeelError
+from eventstore.log_reader import last_per_subject
 from eventstore.server import URL_ENV
 from services.config import KeelConfig
 from services.execution.role import execution_role
@@ -58,9 +67,18 @@ class Fleet:
         self.workers: list[WorkerProcess] = []
 
     def start(self, worker: WorkerProcess) -> WorkerProcess:
+        self._spawn(worker)
+        self.workers.append(worker)
+        return worker
+
+    def restart(self, worker: WorkerProcess) -> None:
+        """The same command again, its output appended to the same log."""
+        self._spawn(worker)
+
+    def _spawn(self, worker: WorkerProcess) -> None:
         self.log_dir.mkdir(parents=True, exist_ok=True)
         env = {**os.environ, **worker.env, URL_ENV: self.url, "PYTHONUNBUFFERED": "1"}
-        with open(self.log_dir / f"{worker.name}.log", "ab") as log:
+        with open(self.log_path(worker.name), "ab") as log:
             worker.proc = subprocess.Popen(
                 keel_command(*worker.args),
                 stdout=log,
@@ -68,8 +86,6 @@ class Fleet:
                 env=env,
                 start_new_session=True,
             )
-        self.workers.append(worker)
-        return worker
 
     def failed(self) -> list[WorkerProcess]:
         """Workers that exited with an error."""
@@ -78,10 +94,22 @@ class Fleet:
     def running(self) -> list[WorkerProcess]:
         return [w for w in self.workers if w.proc and w.proc.poll() is None]
 
+    def reap(self) -> list[tuple[WorkerProcess, int]]:
+        """Workers that exited since the last call, with their return codes (negative: the
+        signal); each is reported once, and stays stopped until ``restart``."""
+        exits = []
+        for worker in self.workers:
+            code = worker.proc.poll() if worker.proc else None
+            if code is not None:
+                exits.append((worker, code))
+                worker.proc = None
+        return exits
+
+    def log_path(self, name: str) -> Path:
+        return self.log_dir / f"{name}.log"
+
     def log_tail(self, worker: WorkerProcess, lines: int = 3) -> str:
-        path = self.log_dir / f"{worker.name}.log"
-        text = path.read_text(errors="replace") if path.exists() else ""
-        return " | ".join(text.strip().splitlines()[-lines:])
+        return log_tail(self.log_path(worker.name), lines)
 
     def stop(self, timeout: float = 10.0) -> None:
         for worker in self.workers:
@@ -116,3 +144,57 @@ def fleet_roles(config: KeelConfig) -> list[Role]:
 def consumer_names(config: KeelConfig) -> set[str]:
     """The durable consumers a fleet from this config creates (what a drain waits for)."""
     return {durable_name(r.name, i.stream) for r in fleet_roles(config) for i in r.inputs}
+
+
+def log_tail(path: Path, lines: int = 3) -> str:
+    """The last non-blank lines of a log, joined on one line."""
+    try:
+        with open(path, "rb") as f:
+            f.seek(max(0, f.seek(0, os.SEEK_END) - 16_384))
+            text = f.read().decode(errors="replace")
+    except OSError:
+        return ""
+    return " | ".join([line.strip() for line in text.splitlines() if line.strip()][-lines:])
+
+
+LOCK_NAME = "fleet.lock"
+
+
+@contextlib.contextmanager
+def fleet_lock(data_dir: Path) -> Iterator[None]:
+    """One ``keel up`` per directory: an exclusive ``flock`` on ``<data_dir>/fleet.lock``,
+    held for the fleet's life. The kernel drops it when the process ends however it ends,
+    so a crashed ``keel up`` never leaves a stale lock; the file keeps the holder's pid."""
+    data_dir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(data_dir / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            raise KeelError(
+                f"a fleet already runs in {data_dir.resolve().parent} (keel up, pid {holder}): "
+                "stop it first (Ctrl-C or kill that pid), or start this one in another directory"
+            ) from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+        yield
+    finally:
+        os.close(fd)
+
+
+async def live_workers(
+    bus: Bus, names: set[str], now_ns: int, within_s: float
+) -> list[tuple[Heartbeat, float]]:
+    """The workers among ``names`` whose last heartbeat says running and is younger than
+    ``within_s``: a fleet consuming on this server right now, with each beat's age."""
+    wanted = {f"sys.heartbeat.{name_token(name, 'worker')}" for name in names}
+    live = []
+    for item in await last_per_subject(bus, "SYSTEM", "sys.heartbeat.*"):
+        beat = item.event
+        if item.subject not in wanted or not isinstance(beat, Heartbeat):
+            continue
+        age = (now_ns - beat.ts) / 1e9
+        if beat.status == "running" and age < within_s:
+            live.append((beat, age))
+    return live

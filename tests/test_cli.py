@@ -337,9 +337,11 @@ async def consumed(url: str, stream: str, timeout: float) -> bool:
 
 
 def test_sigterm_stops_the_embedded_server(tmp_path: Path) -> None:
-    """A following tap killed by SIGTERM still stops the server it started."""
-    tap = subprocess.Popen(
-        [sys.executable, "-m", "cli.app", "tap", "md.>"],
+    """A ``keel up`` stopped by SIGTERM still stops the server it started (and its workers).
+
+    ``keel up`` is the command that legitimately starts a server: a tap only attaches."""
+    up = subprocess.Popen(
+        [sys.executable, "-m", "cli.app", "up", "--pace-ms", "50", "--bars", "200"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -349,19 +351,19 @@ def test_sigterm_stops_the_embedded_server(tmp_path: Path) -> None:
     record = tmp_path / ".keel" / "server.json"
     try:
         deadline = time.monotonic() + 20
-        while not record.exists() and tap.poll() is None and time.monotonic() < deadline:
+        while not record.exists() and up.poll() is None and time.monotonic() < deadline:
             time.sleep(0.05)
-        assert record.exists(), "tap did not start an embedded server"
+        assert record.exists(), "keel up did not start an embedded server"
         url = json.loads(record.read_text())["url"]
         port = int(url.rsplit(":", 1)[1])
-        assert asyncio.run(consumed(url, "MARKET", timeout=15)), "tap did not subscribe"
-        tap.send_signal(signal.SIGTERM)
-        _, stderr = tap.communicate(timeout=15)
+        assert asyncio.run(consumed(url, "MARKET", timeout=60)), "no worker subscribed"
+        up.send_signal(signal.SIGTERM)
+        _, stderr = up.communicate(timeout=60)
     finally:
-        if tap.poll() is None:
-            tap.kill()
-            tap.wait()
-    assert tap.returncode == 143, stderr
+        if up.poll() is None:
+            up.kill()
+            up.wait()
+    assert up.returncode == 0, stderr
     assert "Traceback" not in stderr, stderr
     assert not record.exists()
     assert not port_open("127.0.0.1", port)

@@ -1,32 +1,138 @@
-"""``keel up`` with the embedded server, and a ``keel tap`` next to it that sees fills flow."""
+"""``keel up`` with the embedded server: a tap beside it sees fills flow, and it supervises its
+fleet (issue 13, defects 5 and 7): a killed worker or nats-server comes back and the fleet
+goes on, a worker that fails on every start is a give-up in one line, and a second
+``keel up`` in the same directory is refused."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
-from eventstore.server import URL_ENV
+import msgspec
+
+from eventstore.bus import Bus
+from eventstore.server import URL_ENV, EmbeddedServer, port_open
+from services.runtime.snapshots import Snapshot, snapshot_bucket
+
+STATUS = re.compile(r"^bars ([\d,]+)\s+signals [\d,]+\s+orders [\d,]+\s+fills ([\d,]+)")
+
+
+def _env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k != URL_ENV}
+    env["COLUMNS"] = "400"
+    return env
+
+
+class Session:
+    """A ``keel up`` in ``cwd`` whose output lines are collected as they come."""
+
+    def __init__(self, cwd: Path, *args: str, env: dict[str, str] | None = None) -> None:
+        self.cwd = cwd
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "cli.app", "up", *args],
+            cwd=cwd,
+            env=env or _env(),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+        )
+        self.lines: list[str] = []
+        self._reader = threading.Thread(target=self._read, daemon=True)
+        self._reader.start()
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for line in self.proc.stdout:
+            self.lines.append(line.rstrip("\n"))
+
+    @property
+    def output(self) -> str:
+        return "\n".join(self.lines)
+
+    def wait_for(self, pattern: str, timeout: float = 60, after: int = 0) -> int:
+        """The index of the first line from ``after`` on that matches ``pattern``."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for i in range(after, len(self.lines)):
+                if re.search(pattern, self.lines[i]):
+                    return i
+            if self.proc.poll() is not None and not self._reader.is_alive():
+                break
+            time.sleep(0.1)
+        raise AssertionError(f"no line matching {pattern!r} in:\n{self.output}")
+
+    def fills_after(self, index: int, above: int, timeout: float = 60) -> int:
+        """Wait for a status line after ``index`` with more than ``above`` fills."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            for line in self.lines[index + 1 :]:
+                m = STATUS.match(line)
+                if m and int(m[2].replace(",", "")) > above:
+                    return int(m[2].replace(",", ""))
+            time.sleep(0.2)
+        raise AssertionError(f"fills stayed at or below {above} after line {index}:\n{self.output}")
+
+    def last_fills(self) -> int:
+        found = [STATUS.match(line) for line in self.lines]
+        return max([int(m[2].replace(",", "")) for m in found if m] or [0])
+
+    def children(self) -> dict[str, int]:
+        """The processes ``keel up`` started, by what they run: ``risk``, ``nats-server``..."""
+        out: dict[str, int] = {}
+        for stat in Path("/proc").glob("[0-9]*/stat"):
+            try:
+                fields = stat.read_text().rsplit(")", 1)[1].split()
+                cmdline = (stat.parent / "cmdline").read_bytes().split(b"\0")
+            except (OSError, IndexError):
+                continue
+            if int(fields[1]) != self.proc.pid:
+                continue
+            args = [a.decode() for a in cmdline if a]
+            if "run" in args:
+                out[args[args.index("run") + 1]] = int(stat.parent.name)
+            elif args and args[0].endswith("nats-server"):
+                out["nats-server"] = int(stat.parent.name)
+        return out
+
+    def left_running(self) -> list[int]:
+        """Processes still running in the session's directory (what ``keel up`` started)."""
+        pids = []
+        for cwd in Path("/proc").glob("[0-9]*/cwd"):
+            try:
+                if cwd.resolve() == self.cwd.resolve() and int(cwd.parent.name) != os.getpid():
+                    pids.append(int(cwd.parent.name))
+            except OSError:
+                continue
+        return pids
+
+    def stop(self) -> int:
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.wait(timeout=60)
+        finally:
+            if self.proc.poll() is None:
+                self.proc.kill()
+                self.proc.wait()
+        self._reader.join(timeout=5)
+        return self.proc.returncode
 
 
 def test_tap_beside_up_shows_fills_flowing(tmp_path: Path) -> None:
-    env = {k: v for k, v in os.environ.items() if k != URL_ENV}
-    up = subprocess.Popen(
-        [sys.executable, "-m", "cli.app", "up", "--pace-ms", "10", "--bars", "3000"],
-        cwd=tmp_path,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.STDOUT,
-        text=True,
-    )
+    env = _env()
+    up = Session(tmp_path, "--pace-ms", "10", "--bars", "3000")
     try:
         fills: list[dict] = []
         deadline = time.monotonic() + 90
-        while not fills and time.monotonic() < deadline and up.poll() is None:
+        while not fills and time.monotonic() < deadline and up.proc.poll() is None:
             time.sleep(1)
             if not (tmp_path / ".keel" / "server.json").exists():
                 continue
@@ -55,8 +161,92 @@ def test_tap_beside_up_shows_fills_flowing(tmp_path: Path) -> None:
         assert all(r["subject"].startswith("exec.report.sim.") for r in fills)
         assert all(r["event"]["fill_price"] > 0 for r in fills)
     finally:
-        up.send_signal(signal.SIGINT)
-        output, _ = up.communicate(timeout=60)
-    assert up.returncode == 0, output
-    assert "fleet up on nats://127.0.0.1:" in output
+        code = up.stop()
+    assert code == 0, up.output
+    assert "fleet up on nats://127.0.0.1:" in up.output
     assert not (tmp_path / ".keel" / "server.json").exists(), "embedded server left running"
+
+
+def test_up_restarts_a_killed_worker_and_server_and_refuses_a_second_fleet(
+    tmp_path: Path,
+) -> None:
+    """kill -9 of risk, then of the embedded nats-server: each comes back (the server on
+    its store and port) and fills keep flowing; a second ``keel up`` here exits 2."""
+    up = Session(tmp_path, "--pace-ms", "10", "--bars", "20000", "--backoff", "0.1")
+    record = tmp_path / ".keel" / "server.json"
+    try:
+        up.wait_for(r"^fleet up on ")
+        first = up.fills_after(0, 0)
+
+        os.kill(up.children()["risk"], signal.SIGKILL)
+        crashed = up.wait_for(r"^worker risk crashed \(signal SIGKILL\): restarting in")
+        up.fills_after(crashed, max(first, up.last_fills()))
+
+        before = msgspec.json.decode(record.read_bytes())
+        os.kill(up.children()["nats-server"], signal.SIGKILL)
+        down = up.wait_for(r"^nats-server crashed \(signal SIGKILL\): restarting in")
+        back = up.wait_for(r"^nats-server restarted on ", after=down)
+        assert before["url"] in up.lines[back], up.lines[back]
+        after = msgspec.json.decode(record.read_bytes())
+        assert after["url"] == before["url"] and after["store_dir"] == before["store_dir"]
+        assert after["pid"] == up.children()["nats-server"] != before["pid"]
+        up.fills_after(back, up.last_fills())
+
+        second = subprocess.run(
+            [sys.executable, "-m", "cli.app", "up", "--bars", "10"],
+            cwd=tmp_path,
+            env=_env(),
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert second.returncode == 2, second.stdout + second.stderr
+        lines = [line for line in second.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1 and lines[0].startswith("error: a fleet already runs"), lines
+        assert f"pid {up.proc.pid}" in lines[0]
+        assert "Traceback" not in up.output
+        assert up.proc.poll() is None, "the first fleet stopped"
+        assert up.children()["risk"] in up.left_running()
+    finally:
+        code = up.stop()
+    assert code == 0, up.output
+    assert not record.exists()
+    assert not up.left_running(), "workers or server left running"
+
+
+def test_a_worker_failing_on_every_start_is_a_give_up_in_one_line(
+    nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    """risk's stored snapshot is from another build: every start of risk stops at once with
+    one line (exit 2). ``keel up`` restarts it, gives up, names it, and exits non-zero."""
+
+    async def plant() -> None:
+        bus = await Bus.connect(nats_server.url, name="test-plant")
+        try:
+            kv = await snapshot_bucket(bus)
+            await kv.put("risk", msgspec.msgpack.encode(Snapshot(999, {}, b"")))
+        finally:
+            await bus.close()
+
+    asyncio.run(plant())
+    env = {**_env(), URL_ENV: nats_server.url}
+    up = Session(
+        tmp_path,
+        *("--pace-ms", "10", "--bars", "50", "--max-crashes", "3"),
+        *("--backoff", "0.1", "--backoff-max", "0.2"),
+        env=env,
+    )
+    try:
+        up.wait_for(r"^worker risk crashed \(exit code 2\): restarting in .* \(crash 1 of 3")
+        up.proc.wait(timeout=90)
+    finally:
+        code = up.stop()
+    assert code == 1, up.output
+    errors = [line for line in up.lines if line.startswith("error:")]
+    assert len(errors) == 1, up.output
+    assert errors[0].startswith("error: worker risk gave up after 3 crashes within 300s")
+    assert "last exit code 2; last lines of .keel/logs/risk.log:" in errors[0]
+    assert "is at version 999" in errors[0]  # risk's own line, from its log
+    assert "Traceback" not in up.output
+    assert not up.left_running(), "workers left running"
+    assert port_open("127.0.0.1", nats_server.port), "a server keel up did not start was stopped"
