@@ -6,6 +6,7 @@ goes on, a worker that fails on every start is a give-up in one line, and a seco
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import os
 import re
@@ -17,7 +18,9 @@ import time
 from pathlib import Path
 
 import msgspec
+import pytest
 
+from cli.fleet_commands import report_status
 from eventstore.bus import Bus
 from eventstore.server import URL_ENV, EmbeddedServer, port_open
 from services.runtime.snapshots import Snapshot, snapshot_bucket
@@ -171,7 +174,8 @@ def test_up_restarts_a_killed_worker_and_server_and_refuses_a_second_fleet(
     tmp_path: Path,
 ) -> None:
     """kill -9 of risk, then of the embedded nats-server: each comes back (the server on
-    its store and port) and fills keep flowing; a second ``keel up`` here exits 2."""
+    its store and port) and fills keep flowing. A second ``keel up`` here exits 2 (the
+    directory's lock), and so does one elsewhere on the same server (live heartbeats)."""
     up = Session(tmp_path, "--pace-ms", "10", "--bars", "20000", "--backoff", "0.1")
     record = tmp_path / ".keel" / "server.json"
     try:
@@ -204,6 +208,22 @@ def test_up_restarts_a_killed_worker_and_server_and_refuses_a_second_fleet(
         lines = [line for line in second.stderr.splitlines() if line.strip()]
         assert len(lines) == 1 and lines[0].startswith("error: a fleet already runs"), lines
         assert f"pid {up.proc.pid}" in lines[0]
+
+        elsewhere = tmp_path / "elsewhere"
+        elsewhere.mkdir()
+        beside = subprocess.run(
+            [sys.executable, "-m", "cli.app", "up", "--bars", "10"],
+            cwd=elsewhere,
+            env={**_env(), URL_ENV: after["url"]},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert beside.returncode == 2, beside.stdout + beside.stderr
+        lines = [line for line in beside.stderr.splitlines() if line.strip()]
+        assert len(lines) == 1, lines
+        assert lines[0].startswith(f"error: a fleet already consumes on {after['url']}: worker ")
+        assert not (elsewhere / ".keel" / "logs").exists(), "the refused fleet started workers"
         assert "Traceback" not in up.output
         assert up.proc.poll() is None, "the first fleet stopped"
         assert up.children()["risk"] in up.left_running()
@@ -250,3 +270,30 @@ def test_a_worker_failing_on_every_start_is_a_give_up_in_one_line(
     assert "Traceback" not in up.output
     assert not up.left_running(), "workers left running"
     assert port_open("127.0.0.1", nats_server.port), "a server keel up did not start was stopped"
+
+
+async def test_the_status_line_says_so_when_the_log_cannot_be_read(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The server gone under ``keel up``'s status loop: one line, no traceback, and the
+    loop carries on (it ends only when told to stop)."""
+    server = EmbeddedServer(tmp_path / "nats").start()
+    bus = await Bus.connect(server.url, name="test-status")
+    try:
+        server.stop()
+        stop = asyncio.Event()
+        loop = asyncio.create_task(report_status(bus, stop))
+        said = ""
+        deadline = time.monotonic() + 60
+        while "log unreadable" not in said and time.monotonic() < deadline:
+            assert not loop.done(), loop
+            await asyncio.sleep(0.2)
+            said += capsys.readouterr().out
+        stop.set()
+        await asyncio.wait_for(loop, 30)
+    finally:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(bus.close(), 2)
+    lines = [line for line in said.splitlines() if "log unreadable" in line]
+    assert lines and "still supervising" in lines[0], said
+    assert "Traceback" not in said
