@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from cli.console import console, run, user_errors
-from eventstore.backup import Manifest, backup_store, prepare_dir
+from eventstore.backup import Manifest, backup_store, check_dir
 from eventstore.bus import Bus
 from eventstore.model_store import BUCKET as MODEL_BUCKET
 from eventstore.restore import check_files, load_manifest, restore_store
@@ -67,7 +67,7 @@ def backup(
     one Parquet file per stream plus manifest.json. Attaches to the running fleet's server,
     or reads a stopped fleet's store; never creates a store."""
     with user_errors():
-        prepare_dir(directory)
+        check_dir(directory)
 
     async def main() -> Manifest:
         with nats_url(start_server="store") as url:

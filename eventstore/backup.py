@@ -322,12 +322,16 @@ def _one_line(exc: Exception) -> str:
 # --- the backup ---------------------------------------------------------------------------
 
 
-def prepare_dir(directory: Path) -> None:
+def check_dir(directory: Path) -> None:
     """A backup goes into a new or empty directory: an old backup is never overwritten."""
     if directory.exists() and not directory.is_dir():
         raise KeelError(f"{directory} is not a directory")
     if directory.is_dir() and any(directory.iterdir()):
         raise KeelError(f"{directory} is not empty: give a new or empty directory for the backup")
+
+
+def prepare_dir(directory: Path) -> None:
+    check_dir(directory)
     try:
         directory.mkdir(parents=True, exist_ok=True)
     except OSError as exc:

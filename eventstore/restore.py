@@ -159,7 +159,8 @@ def _config(stream: StreamBackup, *, restoring: bool) -> dict[str, object]:
     if isinstance(metadata, dict):
         config["metadata"] = {k: v for k, v in metadata.items() if not k.startswith("_nats.")}
     config["num_replicas"] = StoreSettings.from_env().replicas
-    config["first_seq"] = stream.first_seq
+    if stream.first_seq > 1:  # a stream never written to reports 0 unless given one
+        config["first_seq"] = stream.first_seq
     if restoring:
         config |= {
             "duplicate_window": RESTORE_DUPLICATE_WINDOW_NS,
