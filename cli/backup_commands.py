@@ -16,7 +16,7 @@ from cli.console import console, run, user_errors
 from eventstore.backup import Manifest, backup_store, check_dir
 from eventstore.bus import Bus
 from eventstore.model_store import BUCKET as MODEL_BUCKET
-from eventstore.restore import check_files, load_manifest, restore_store
+from eventstore.restore import Verified, check_files, load_manifest, restore_store
 from eventstore.server import nats_url
 from services.runtime.snapshots import SNAPSHOT_BUCKET
 
@@ -41,7 +41,7 @@ def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
 def _table(manifest: Manifest, title: str) -> Table:
     table = Table(title=title)
     table.add_column("stream", no_wrap=True)
-    for column in ("messages", "first seq", "last seq", "bytes", "digest"):
+    for column in ("messages", "first seq", "last seq", "bytes", "consumers", "digest"):
         table.add_column(column, justify="left" if column == "digest" else "right")
     for s in manifest.streams:
         table.add_row(
@@ -50,6 +50,7 @@ def _table(manifest: Manifest, title: str) -> Table:
             f"{s.first_seq:,}",
             f"{s.last_seq:,}",
             f"{s.payload_bytes:,}",
+            f"{len(s.consumers)}",
             s.digest[:12],
         )
     return table
@@ -99,21 +100,22 @@ def restore(
         with _progress("checking files", manifest.messages) as advance:
             check_files(directory, manifest, advance)
 
-    async def main() -> None:
+    async def main() -> Verified:
         with nats_url() as url:
             bus = await Bus.connect(url, name="restore", ensure=False)
             try:
                 with _progress("restore", manifest.messages) as advance:
-                    await restore_store(bus.nc, directory, manifest, advance)
+                    return await restore_store(bus.nc, directory, manifest, advance)
             finally:
                 await bus.close()
 
     started = time.monotonic()
-    run(main())
+    verified = run(main())
     console.print(_table(manifest, "Keel restore"))
     console.print(
-        f"restored {manifest.messages:,} messages of {len(manifest.streams)} streams "
-        f"({_rate(manifest.messages, started)}); verified: every stream's message count, "
-        "last sequence and digest equal the backup's",
+        f"restored {verified.messages:,} messages of {verified.streams} streams and "
+        f"{verified.consumers} durable consumers ({_rate(verified.messages, started)}); "
+        "verified: every stream's message count, last sequence and digest and every "
+        "consumer's ack floor equal the backup's",
         highlight=False,
     )

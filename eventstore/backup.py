@@ -6,7 +6,8 @@ do not decode (what dead letters report) come back too. Each stream is read up t
 sequence it held when the backup began: the streams' positions are taken together, before
 any is read. ``manifest.json`` (stream configs, sequences, counts, a content digest per
 stream) is written last: a directory without it is an unfinished backup, which
-``keel restore`` refuses.
+``keel restore`` refuses. Durable consumers are kept with their ack floors, so a worker
+resumes (or rebuilds, ``--rebuild``) where it stood.
 """
 
 from __future__ import annotations
@@ -69,6 +70,15 @@ class RawMessage(msgspec.Struct, frozen=True):
         return next((v for k, v in self.headers if k == "Nats-Msg-Id"), None)
 
 
+class ConsumerBackup(msgspec.Struct, frozen=True):
+    """A durable consumer: its config as the server states it, and the stream sequence up
+    to which everything was acknowledged."""
+
+    name: str
+    config: msgspec.Raw
+    ack_floor: int
+
+
 class StreamBackup(msgspec.Struct, frozen=True):
     """``first_seq``: the first message's sequence (``last_seq + 1`` when none);
     ``last_seq``: the stream's last sequence when the backup began, gaps included."""
@@ -81,6 +91,7 @@ class StreamBackup(msgspec.Struct, frozen=True):
     messages: int
     payload_bytes: int
     digest: str
+    consumers: tuple[ConsumerBackup, ...] = ()
 
 
 class Manifest(msgspec.Struct, frozen=True):
@@ -148,6 +159,28 @@ class StreamNamesReply(msgspec.Struct, frozen=True):
     error: ApiError | None = None
 
 
+class SequencePair(msgspec.Struct, frozen=True):
+    consumer_seq: int = 0
+    stream_seq: int = 0
+
+
+class ConsumerInfoReply(msgspec.Struct, frozen=True):
+    name: str = ""
+    config: msgspec.Raw = msgspec.Raw(b"null")
+    ack_floor: SequencePair = SequencePair()
+    error: ApiError | None = None
+
+
+class ConsumerListReply(msgspec.Struct, frozen=True):
+    consumers: list[ConsumerInfoReply] | None = None
+    total: int = 0
+    error: ApiError | None = None
+
+
+class _Durable(msgspec.Struct, frozen=True):
+    durable_name: str = ""
+
+
 STREAM_NOT_FOUND = 10059
 REPLAY_STREAM = replay_stream("").name
 
@@ -182,6 +215,26 @@ async def stream_names(nc: Client) -> list[str]:
         names += page.streams or []
         if not page.streams or len(names) >= page.total:
             return names
+
+
+async def durable_consumers(nc: Client, stream: str) -> tuple[ConsumerBackup, ...] | None:
+    """The stream's durable consumers; ``None`` when there is no such stream."""
+    found: list[ConsumerInfoReply] = []
+    while True:
+        body = msgspec.json.encode({"offset": len(found)})
+        page = await api_request(nc, f"CONSUMER.LIST.{stream}", body, ConsumerListReply)
+        if page.error is not None and page.error.err_code == STREAM_NOT_FOUND:
+            return None
+        if page.error is not None:
+            raise KeelError(f"listing the consumers of {stream}: {page.error.description}")
+        found += page.consumers or []
+        if not page.consumers or len(found) >= page.total:
+            break
+    return tuple(
+        ConsumerBackup(c.name, c.config, c.ack_floor.stream_seq)
+        for c in sorted(found, key=lambda c: c.name)
+        if msgspec.json.decode(c.config, type=_Durable).durable_name
+    )
 
 
 def keel_streams(names: Iterable[str], buckets: Iterable[str]) -> list[str]:
@@ -344,12 +397,16 @@ async def backup_store(
     """Write every Keel stream of the server ``nc`` reaches into ``directory``."""
     prepare_dir(directory)
     names = keel_streams(await stream_names(nc), buckets)
+    # Consumers first: an ack floor taken before the stream's last sequence is within it.
+    consumers = {name: await durable_consumers(nc, name) for name in names}
     infos = {name: await stream_info(nc, name) for name in names}
     streams = []
     for name, info in infos.items():
-        if info is None:  # deleted since it was listed (a finished bus replay)
+        found = consumers[name]
+        if info is None or found is None:  # deleted since it was listed (a finished replay)
             continue
-        streams.append(await _backup_stream(nc, directory, name, info, progress))
+        backup = await _backup_stream(nc, directory, name, info, progress)
+        streams.append(msgspec.structs.replace(backup, consumers=found))
     manifest = Manifest(
         format=FORMAT,
         version=FORMAT_VERSION,

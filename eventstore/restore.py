@@ -12,7 +12,8 @@ server stores that header with the message, which would then differ from the bac
 Messages go back in the order the server first stored them across streams (their recorded
 store times), so the relative store order that a worker's rebuild merges by
 (``services/runtime/rebuild.py``) is the same as the original's; the times themselves are
-the restore's. While restoring, each stream's duplicate window is the server's minimum
+the restore's. Durable consumers are created at their recorded ack floors (delivering from
+the next sequence), so workers resume or ``--rebuild`` where they stood. While restoring, each stream's duplicate window is the server's minimum
 (100 ms), so an id the original stored twice (more than its window apart) is stored twice
 again; the recorded config is applied at the end. A failure removes the streams the restore
 created: the store is left as it was found.
@@ -35,12 +36,14 @@ from eventstore.backup import (
     FORMAT,
     FORMAT_VERSION,
     MANIFEST,
+    ApiError,
+    ConsumerBackup,
+    ConsumerInfoReply,
     Manifest,
     Progress,
     RawMessage,
     StreamBackup,
     StreamDigest,
-    StreamInfoReply,
     api_request,
     read_parquet,
     read_stream,
@@ -60,6 +63,11 @@ GAP_TOKEN = "_keel_restore_gap"
 class Verified(msgspec.Struct, frozen=True):
     streams: int
     messages: int
+    consumers: int
+
+
+class _Reply(msgspec.Struct, frozen=True):
+    error: ApiError | None = None
 
 
 # --- the backup directory -----------------------------------------------------------------
@@ -171,8 +179,19 @@ def _config(stream: StreamBackup, *, restoring: bool) -> dict[str, object]:
     return config
 
 
+def consumer_config(consumer: ConsumerBackup) -> dict[str, object]:
+    """The recorded config, starting after the ack floor: the new consumer's floor is the
+    recorded one, and it delivers what was not yet acknowledged."""
+    config = msgspec.json.decode(consumer.config, type=dict[str, object])
+    config.pop("metadata", None)
+    if consumer.ack_floor:
+        config.pop("opt_start_time", None)
+        config |= {"deliver_policy": "by_start_sequence", "opt_start_seq": consumer.ack_floor + 1}
+    return config
+
+
 async def _api(nc: Client, op: str, body: object) -> None:
-    reply = await api_request(nc, op, msgspec.json.encode(body), StreamInfoReply)
+    reply = await api_request(nc, op, msgspec.json.encode(body), _Reply)
     if reply.error is not None:
         raise KeelError(f"{op}: {reply.error.description}")
 
@@ -293,6 +312,9 @@ async def restore_store(
         await _publish(nc, directory, manifest, progress)
         for stream in manifest.streams:
             await _api(nc, f"STREAM.UPDATE.{stream.name}", _config(stream, restoring=False))
+            for consumer in stream.consumers:
+                body = {"stream_name": stream.name, "config": consumer_config(consumer)}
+                await _api(nc, f"CONSUMER.CREATE.{stream.name}.{consumer.name}", body)
         return await verify(nc, manifest)
     except BaseException:
         for name in created:
@@ -335,4 +357,14 @@ async def verify(nc: Client, manifest: Manifest) -> Verified:
                 f"the backup holds {stream.messages:,} up to {stream.last_seq:,}"
                 + ("" if digest.hexdigest() == stream.digest else " (digest differs)")
             )
-    return Verified(streams=len(manifest.streams), messages=manifest.messages)
+        for consumer in stream.consumers:
+            info = await api_request(
+                nc, f"CONSUMER.INFO.{stream.name}.{consumer.name}", b"", ConsumerInfoReply
+            )
+            if info.error is not None or info.ack_floor.stream_seq != consumer.ack_floor:
+                raise KeelError(
+                    f"{stream.name}: consumer {consumer.name} is not at its recorded ack floor "
+                    f"{consumer.ack_floor:,}"
+                )
+    consumers = sum(len(s.consumers) for s in manifest.streams)
+    return Verified(len(manifest.streams), manifest.messages, consumers)

@@ -31,6 +31,7 @@ from eventstore.backup import (
     Manifest,
     RawMessage,
     check_dir,
+    durable_consumers,
     read_stream,
     stream_info,
 )
@@ -38,6 +39,7 @@ from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.restore import check_files, load_manifest, restore_store, verify
 from eventstore.server import URL_ENV, EmbeddedServer
+from services.runtime.role import durable_name
 from tests.conftest import ROOT
 from tests.test_cli import assert_one_error
 
@@ -157,6 +159,20 @@ def test_backup_and_restore_report_what_they_did(session: Session) -> None:
     assert (external.messages, external.last_seq) == (2, 3)  # the last one deleted
 
 
+async def _consumers(url: str, names: list[str]) -> dict[tuple[str, str], tuple[int, int]]:
+    """Per durable consumer: its ack floor and how many messages it has yet to deliver."""
+    nc = await nats.connect(url)
+    try:
+        out = {}
+        for name in names:
+            for consumer in await durable_consumers(nc, name) or ():
+                info = await nc.jetstream().consumer_info(name, consumer.name)
+                out[name, consumer.name] = (info.ack_floor.stream_seq, info.num_pending)
+        return out
+    finally:
+        await nc.close()
+
+
 async def _read_all(url: str, names: list[str]) -> dict[str, tuple[object, list[RawMessage]]]:
     nc = await nats.connect(url)
     try:
@@ -203,6 +219,16 @@ def test_restored_store_holds_the_same_messages(session: Session) -> None:
         return [(n, seq) for _, n, seq in sorted(stamped)]
 
     assert store_order(before) == store_order(after)
+
+
+def test_durable_consumers_keep_their_ack_floors(session: Session) -> None:
+    """Workers resume (or rebuild) on the restored store where they stood."""
+    names = [s.name for s in session.manifest.streams]
+    before = _run_on_store(session.original / STORE, lambda url: _consumers(url, names))
+    after = _run_on_store(session.restored / STORE, lambda url: _consumers(url, names))
+    assert before == after
+    assert before[("MARKET", durable_name("risk", "MARKET"))][0] > 0
+    assert sum(len(s.consumers) for s in session.manifest.streams) == len(before)
 
 
 def test_restored_store_replays_to_the_same_result_hash(session: Session) -> None:
