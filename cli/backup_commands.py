@@ -41,7 +41,7 @@ def _progress(label: str, total: int | None) -> Iterator[Callable[[int], None]]:
 def _table(manifest: Manifest, title: str) -> Table:
     table = Table(title=title)
     table.add_column("stream", no_wrap=True)
-    for column in ("messages", "first seq", "last seq", "bytes", "consumers", "digest"):
+    for column in ("messages", "first seq", "last seq", "consumers", "digest"):
         table.add_column(column, justify="left" if column == "digest" else "right")
     for s in manifest.streams:
         table.add_row(
@@ -49,7 +49,6 @@ def _table(manifest: Manifest, title: str) -> Table:
             f"{s.messages:,}",
             f"{s.first_seq:,}",
             f"{s.last_seq:,}",
-            f"{s.payload_bytes:,}",
             f"{len(s.consumers)}",
             s.digest[:12],
         )

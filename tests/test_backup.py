@@ -37,6 +37,7 @@ from eventstore.backup import (
 )
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
+from eventstore.model_store import BUCKET as MODEL_BUCKET
 from eventstore.restore import check_files, load_manifest, restore_store, verify
 from eventstore.server import URL_ENV, EmbeddedServer
 from services.runtime.role import durable_name
@@ -44,6 +45,7 @@ from tests.conftest import ROOT
 from tests.test_cli import assert_one_error
 
 STORE = ".keel"
+MODEL_BYTES = bytes(range(256)) * 1000  # two chunks of the object store
 
 
 def keel_here(cwd: Path, *args: str, timeout: float = 90) -> subprocess.CompletedProcess[str]:
@@ -84,6 +86,8 @@ async def _season(url: str) -> None:
         await js.publish("rp.bk.a", b"first", headers={"Nats-Msg-Id": "same"})
         await asyncio.sleep(0.3)
         await js.publish("rp.bk.a", b"again", headers={"Nats-Msg-Id": "same"})
+        models = await js.create_object_store(MODEL_BUCKET)
+        await models.put("model-1", MODEL_BYTES)
     finally:
         await nc.close()
 
@@ -146,7 +150,7 @@ def test_backup_and_restore_report_what_they_did(session: Session) -> None:
         "EXTERNAL",
         "SYSTEM",
     ]
-    assert {"KV_keel_snapshots", "REPLAY_bk"} <= set(names)
+    assert {"KV_keel_snapshots", "REPLAY_bk", f"OBJ_{MODEL_BUCKET}"} <= set(names)
     assert f"backed up {manifest.messages:,} messages of {len(names)} streams" in session.backup_out
     assert "verified: every stream's message count, last sequence and digest" in " ".join(
         session.restore_out.split()
@@ -219,6 +223,18 @@ def test_restored_store_holds_the_same_messages(session: Session) -> None:
         return [(n, seq) for _, n, seq in sorted(stamped)]
 
     assert store_order(before) == store_order(after)
+
+
+def test_stored_models_come_back(session: Session) -> None:
+    async def get(url: str) -> bytes:
+        nc = await nats.connect(url)
+        try:
+            found = await (await nc.jetstream().object_store(MODEL_BUCKET)).get("model-1")
+            return found.data or b""
+        finally:
+            await nc.close()
+
+    assert _run_on_store(session.restored / STORE, get) == MODEL_BYTES
 
 
 def test_durable_consumers_keep_their_ack_floors(session: Session) -> None:
