@@ -41,12 +41,12 @@ IDLE_S = 10.0
 
 SCHEMA = pa.schema(
     [
-        ("seq", pa.uint64()),
-        ("subject", pa.string()),
-        ("msg_id", pa.string()),
-        ("headers", pa.string()),
-        ("data", pa.binary()),
-        ("stored_ns", pa.int64()),
+        pa.field("seq", pa.uint64(), nullable=False),
+        pa.field("subject", pa.string(), nullable=False),
+        pa.field("msg_id", pa.string()),
+        pa.field("headers", pa.string()),
+        pa.field("data", pa.binary(), nullable=False),
+        pa.field("stored_ns", pa.int64(), nullable=False),
     ]
 )
 """``headers``: the message's headers as a JSON object, null when it has none; ``msg_id``

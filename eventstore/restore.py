@@ -13,10 +13,11 @@ Messages go back in the order the server first stored them across streams (their
 store times), so the relative store order that a worker's rebuild merges by
 (``services/runtime/rebuild.py``) is the same as the original's; the times themselves are
 the restore's. Durable consumers are created at their recorded ack floors (delivering from
-the next sequence), so workers resume or ``--rebuild`` where they stood. While restoring, each stream's duplicate window is the server's minimum
-(100 ms), so an id the original stored twice (more than its window apart) is stored twice
-again; the recorded config is applied at the end. A failure removes the streams the restore
-created: the store is left as it was found.
+the next sequence), so workers resume or ``--rebuild`` where they stood. While restoring,
+each stream's duplicate window is the server's minimum (100 ms), so an id the original
+stored twice (more than its window apart) is stored twice again; the recorded config is
+applied at the end. A failure removes the streams the restore created: the store is left
+as it was found.
 """
 
 from __future__ import annotations
