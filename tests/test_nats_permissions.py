@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import importlib.util
+import json
 import os
 import re
 import signal
@@ -25,17 +27,18 @@ from typing import Any
 
 import nats
 import pytest
+from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from contracts.events import EVENT_TYPES, Heartbeat
-from contracts.subjects import subject_matches
+from contracts.subjects import subject_for, subject_matches
 from eventstore.bus import Bus, Stored
 from eventstore.credentials import Credentials, redact_url
 from eventstore.errors import KeelError
-from eventstore.lag import wait_drained
+from eventstore.lag import consumer_lags, wait_drained
 from eventstore.model_store import get_model, put_model
 from eventstore.server import URL_ENV, find_binary, find_config, free_port, port_open
-from eventstore.streams import STREAMS, ensure_streams, replay_stream
+from eventstore.streams import STREAMS, StoreSettings, ensure_streams, replay_stream
 from replay.backtest import BacktestSpec, load_run, run_backtest
 from replay.bus_replay import bus_replay
 from replay.market import DataSource
@@ -52,6 +55,11 @@ from tests.test_ma_hmm import hand_model
 from tests.test_subjects import EXAMPLES as SUBJECT_EXAMPLES
 
 NATS_CONF = ROOT / "nats.conf"
+MIRRORS_SCRIPT = ROOT / "infra" / "nats" / "reader_mirrors.py"
+_spec = importlib.util.spec_from_file_location("reader_mirrors", MIRRORS_SCRIPT)
+assert _spec is not None and _spec.loader is not None
+reader_mirrors = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(reader_mirrors)
 LIVE_STREAMS = tuple(spec.name for spec in STREAMS)
 
 # ---------------------------------------------------------------------------------------
@@ -166,7 +174,21 @@ def _side(spec: Any, which: str) -> list[str]:
 
 def nats_users(conf: dict[str, Any] | None = None) -> dict[str, Permissions]:
     conf = load_nats_conf() if conf is None else conf
-    return {spec["user"]: Permissions(spec) for spec in conf["authorization"]["users"]}
+    return {
+        spec["user"]: Permissions(spec)
+        for account in conf["accounts"].values()
+        for spec in account.get("users", [])
+    }
+
+
+def account_of(conf: dict[str, Any] | None = None) -> dict[str, str]:
+    """Each user's account."""
+    conf = load_nats_conf() if conf is None else conf
+    return {
+        spec["user"]: name
+        for name, account in conf["accounts"].items()
+        for spec in account.get("users", [])
+    }
 
 
 def password_vars(path: Path = NATS_CONF) -> list[str]:
@@ -249,6 +271,9 @@ async def admin(secured: SecuredServer) -> AsyncIterator[Bus]:
     bus = await secured.connect("admin", ensure=True)
     await ensure_streams(bus.js, (replay_stream("probe"),))
     await snapshot_bucket(bus)
+    await reader_mirrors.ensure_mirrors(
+        bus.nc.jetstream(prefix=reader_mirrors.MIRROR_API), StoreSettings()
+    )
     yield bus
     await bus.close()
 
@@ -526,6 +551,182 @@ async def test_tap_reads_the_log_and_nothing_else(secured: SecuredServer, admin:
         await nc.close()
     durables = {c.config.durable_name for c in await admin.js.consumers_info("GOVERNANCE")}
     assert durables <= {None}  # only the ephemeral consumer of the read above
+
+
+# ---------------------------------------------------------------------------------------
+# Readers in their own account: they cannot touch the workers' durable consumers.
+
+READ_CALLS = {
+    "$JS.API.INFO",
+    "$JS.API.STREAM.INFO.*",
+    "$JS.API.STREAM.NAMES",
+    "$JS.API.STREAM.LIST",
+    "$JS.API.STREAM.MSG.GET.*",
+    "$JS.API.DIRECT.GET.>",
+    "$JS.API.CONSUMER.NAMES.*",
+    "$JS.API.CONSUMER.LIST.*",
+}
+"""JetStream calls that only read, whatever their request body says."""
+READERS = {"tap"}
+
+
+def test_readers_have_an_account_of_their_own() -> None:
+    conf = load_nats_conf()
+    accounts = conf["accounts"]
+    assert {u for u, a in account_of(conf).items() if a == "READERS"} == READERS
+    assert set(account_of(conf).values()) == {"KEEL", "READERS"}
+    assert "jetstream" not in accounts["READERS"] and "users" not in accounts["MIRROR"]
+    imports = accounts["READERS"]["imports"]
+    from_keel = {
+        i["service"]["subject"] for i in imports if i.get("service", {}).get("account") == "KEEL"
+    }
+    assert from_keel == READ_CALLS
+    assert not any(i["stream"]["account"] == "KEEL" for i in imports if "stream" in i)
+    # what KEEL lets READERS call is exactly the read calls
+    exported = {
+        e["service"] for e in accounts["KEEL"]["exports"] if "READERS" in e.get("accounts", [])
+    }
+    assert exported == READ_CALLS
+
+
+DURABLE = "risk-market"
+ATTACK = {
+    "stream_name": "MARKET",
+    "config": {
+        "name": DURABLE,
+        "ack_policy": "explicit",
+        "deliver_policy": "all",
+        "replay_policy": "instant",
+        "filter_subject": "md.>",
+        "max_ack_pending": 1,
+        "ack_wait": 1_000_000_000,
+    },
+}
+"""The ephemeral create call naming a worker's durable consumer: in the account that holds
+the consumer it updates it (here: max_ack_pending 1 stalls the worker after one message)."""
+
+REFUSED_CONSUMER_CALLS = (
+    f"$JS.API.CONSUMER.CREATE.MARKET.{DURABLE}",
+    f"$JS.API.CONSUMER.CREATE.MARKET.{DURABLE}.md.>",
+    f"$JS.API.CONSUMER.DURABLE.CREATE.MARKET.{DURABLE}",
+    f"$JS.API.CONSUMER.DELETE.MARKET.{DURABLE}",
+    f"$JS.API.CONSUMER.PAUSE.MARKET.{DURABLE}",
+    f"$JS.API.CONSUMER.MSG.NEXT.MARKET.{DURABLE}",
+    f"$JS.ACK.MARKET.{DURABLE}.1.1.1.1.0",
+    "$JS.API.STREAM.UPDATE.MARKET",
+    "$JS.API.STREAM.DELETE.MARKET",
+)
+
+
+async def worker_consumer(admin: Bus) -> tuple[int, float]:
+    info = await admin.js.consumer_info("MARKET", DURABLE)
+    assert info.config.durable_name == DURABLE
+    return info.config.max_ack_pending or 0, info.config.ack_wait or 0.0
+
+
+@pytest.mark.parametrize("reader", sorted(READERS))
+async def test_a_reader_cannot_create_update_or_delete_a_workers_durable_consumer(
+    reader: str, secured: SecuredServer, admin: Bus
+) -> None:
+    await admin.js.add_consumer(
+        "MARKET",
+        ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, filter_subject="md.>"),
+    )
+    before = await worker_consumer(admin)
+    nc, violations = await raw_connect(secured, reader)
+    try:
+        # the name in the body: answered by the readers' mirror, never by the log's account
+        answer = await nc.request("$JS.API.CONSUMER.CREATE.MARKET", json.dumps(ATTACK).encode())
+        assert b'"error"' not in answer.data, answer.data
+        # ... which now holds a consumer of that name: the reader's own, on the mirror
+        assert (await nc.jetstream().consumer_info("MARKET", DURABLE)).config.max_ack_pending == 1
+        as_durable = {**ATTACK, "config": {**ATTACK["config"], "durable_name": DURABLE}}
+        answer = await nc.request("$JS.API.CONSUMER.CREATE.MARKET", json.dumps(as_durable).encode())
+        assert b"durable name was set" in answer.data, answer.data
+        for subject in REFUSED_CONSUMER_CALLS:
+            await refused(nc, violations, subject, json.dumps(ATTACK).encode())
+    finally:
+        await nc.close()
+    assert await worker_consumer(admin) == before
+    durables = {c.name for c in await admin.js.consumers_info("MARKET")}
+    assert durables == {DURABLE}
+
+    # The control: the same call from a user of the log's account does change it.
+    operator, _ = await raw_connect(secured, "operator")
+    try:
+        await operator.request("$JS.API.CONSUMER.CREATE.MARKET", json.dumps(ATTACK).encode())
+    finally:
+        await operator.close()
+    changed = await admin.js.consumer_info("MARKET", DURABLE)
+    assert changed.config.max_ack_pending == 1  # and it is no longer even marked durable
+
+
+async def test_a_reader_sees_the_workers_lag_and_follows_the_log_live(
+    secured: SecuredServer, admin: Bus
+) -> None:
+    """keel status's lag rows come from the log's account; a followed tap gets new events
+    through the mirror as they are stored."""
+    await admin.js.add_consumer(
+        "MARKET",
+        ConsumerConfig(durable_name=DURABLE, ack_policy=AckPolicy.EXPLICIT, filter_subject="md.>"),
+    )
+    feed = await secured.connect("marketdata")
+    tap = await secured.connect("tap")
+    try:
+        bars = scenario.bars()[:3]
+        assert (await publish_bars(feed, bars)).stored == 3
+        lags = {lag.consumer: lag for lag in await consumer_lags(tap, ("MARKET",))}
+        assert lags[DURABLE].pending == 3
+        followed: list[str] = []
+
+        async def follow() -> None:
+            async for item in tap.read("md.>", "MARKET", start_seq=4, stop_at_end=False):
+                followed.append(item.subject)
+                return
+
+        reading = asyncio.create_task(follow())
+        await asyncio.sleep(0.2)
+        assert (await publish_bars(feed, scenario.bars()[3:4])).stored == 1
+        await asyncio.wait_for(reading, 10)
+        assert followed == [subject_for(scenario.bars()[3])]
+    finally:
+        await feed.close()
+        await tap.close()
+    status = await asyncio.to_thread(keel, secured.user_env("tap"), "status", "--json")
+    assert status.returncode == 0, status.stdout + status.stderr
+    assert DURABLE in status.stdout
+    assert tap.refusals.seen == []
+
+
+async def test_the_mirror_script_runs_as_admin_and_refuses_others(
+    secured: SecuredServer, admin: Bus
+) -> None:
+    """What compose's `streams` service runs after `keel streams`: idempotent as admin, one
+    line for anyone else."""
+    script = [sys.executable, str(MIRRORS_SCRIPT)]
+    done = await asyncio.to_thread(
+        subprocess.run,
+        script,
+        capture_output=True,
+        text=True,
+        env=secured.user_env("admin"),
+        cwd=ROOT,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "0 created or updated" in done.stdout
+    env = secured.user_env("operator")
+    denied = await asyncio.to_thread(
+        subprocess.run, script, capture_output=True, text=True, env=env, cwd=ROOT, timeout=60
+    )
+    out = denied.stdout + denied.stderr
+    assert denied.returncode == 2, out
+    assert out.startswith("error: cannot manage the readers' mirrors") and "Traceback" not in out
+    assert env["KEEL_NATS_PASSWORD"] not in out and out.strip().count("\n") == 0
+    mirror = admin.nc.jetstream(prefix=reader_mirrors.MIRROR_API)
+    for spec in STREAMS:
+        info = await mirror.stream_info(spec.name)
+        assert info.config.mirror is not None and info.config.mirror.name == spec.name
 
 
 async def test_replay_user_manages_only_replay_streams(secured: SecuredServer, admin: Bus) -> None:
