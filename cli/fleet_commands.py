@@ -183,7 +183,6 @@ class Supervisor:
         self.server = server
         self.supervision = supervision
         self.due: dict[str, float] = {}
-        self.last_exit: dict[str, int] = {}
 
     def start(self, worker: WorkerProcess) -> WorkerProcess:
         self.supervision.started(worker.name, time.monotonic())
@@ -194,10 +193,9 @@ class Supervisor:
         if self.server.embedded is not None:
             self.supervision.started(SERVER, time.monotonic())
         while not stop.is_set():
-            gave_up = self._check_server() or self._check_workers()
+            gave_up = self._check_server() or self._check_workers() or await self._restart_due()
             if gave_up:
                 return gave_up
-            await self._restart_due()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(stop.wait(), TICK_S)
         return None
@@ -216,9 +214,10 @@ class Supervisor:
         return None
 
     def _exited(self, name: str, code: int) -> str | None:
-        self.last_exit[name] = code
         decision = self.supervision.exited(name, code, time.monotonic())
         what = SERVER if name == SERVER else f"worker {name}"
+        if isinstance(decision, Finished) and name == SERVER:
+            return f"{SERVER} stopped ({describe_exit(code)}) under the fleet: stopping the fleet"
         if isinstance(decision, Finished):
             _say(f"{what} finished ({describe_exit(code)}): not restarted")
         elif isinstance(decision, Restart):
@@ -245,21 +244,26 @@ class Supervisor:
             f"last {describe_exit(code)}; last lines of {_shown(log)}: {tail}"
         )
 
-    async def _restart_due(self) -> None:
+    async def _restart_due(self) -> str | None:
+        """Start what is due; a server that does not come back is one more crash of it."""
         now = time.monotonic()
         for name in [n for n, at in self.due.items() if at <= now]:
             del self.due[name]
             self.supervision.started(name, time.monotonic())
-            if name == SERVER:
-                try:
-                    await asyncio.to_thread(self.server.restart)
-                except KeelError as exc:
-                    _say(f"{SERVER} did not come back: {exc}")
-                else:
-                    _say(f"{SERVER} restarted on {redact_url(self.server.url)} (same store)")
+            if name != SERVER:
+                self.fleet.restart(next(w for w in self.fleet.workers if w.name == name))
                 continue
-            worker = next(w for w in self.fleet.workers if w.name == name)
-            self.fleet.restart(worker)
+            try:
+                await asyncio.to_thread(self.server.restart)
+            except KeelError as exc:
+                _say(f"{SERVER} did not come back: {exc}")
+                embedded = self.server.embedded
+                gave_up = self._exited(SERVER, (embedded and embedded.returncode) or 1)
+                if gave_up:
+                    return gave_up
+            else:
+                _say(f"{SERVER} restarted on {redact_url(self.server.url)} (same store)")
+        return None
 
 
 def _shown(path: Path) -> str:

@@ -72,6 +72,16 @@ def port_open(host: str, port: int) -> bool:
         return s.connect_ex((host, port)) == 0
 
 
+def nats_answers(host: str, port: int, timeout: float = 0.5) -> bool:
+    """Whether a NATS server listens there: it greets every new client with ``INFO``. An open
+    port alone could be anyone's (a restart on a port taken in the meantime)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout) as s:
+            return s.recv(4) == b"INFO"
+    except OSError:
+        return False
+
+
 class EmbeddedServer:
     """A nats-server child process with JetStream on a store dir."""
 
@@ -97,8 +107,9 @@ class EmbeddedServer:
         while time.monotonic() < deadline:
             if self._proc.poll() is not None:
                 tail = (self.data_dir / "nats-server.log").read_text(errors="replace")[-300:]
-                raise KeelError(f"nats-server exited at start: {tail.strip().splitlines()[-1:]}")
-            if port_open("127.0.0.1", self.port):
+                last = (tail.strip().splitlines() or ["(no output)"])[-1]
+                raise KeelError(f"nats-server exited at start: {last}")
+            if nats_answers("127.0.0.1", self.port) and self._proc.poll() is None:
                 return self
             time.sleep(0.02)
         self.stop()

@@ -11,6 +11,7 @@ import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -267,6 +268,7 @@ def test_a_worker_failing_on_every_start_is_a_give_up_in_one_line(
     assert errors[0].startswith("error: worker risk gave up after 3 crashes within 300s")
     assert "last exit code 2; last lines of .keel/logs/risk.log:" in errors[0]
     assert "is at version 999" in errors[0]  # risk's own line, from its log
+    assert "nats-server restarted" not in up.output
     assert "Traceback" not in up.output
     assert not up.left_running(), "workers left running"
     assert port_open("127.0.0.1", nats_server.port), "a server keel up did not start was stopped"
@@ -297,3 +299,44 @@ async def test_the_status_line_says_so_when_the_log_cannot_be_read(
     lines = [line for line in said.splitlines() if "log unreadable" in line]
     assert lines and "still supervising" in lines[0], said
     assert "Traceback" not in said
+
+
+def test_an_embedded_server_that_cannot_come_back_is_a_give_up(tmp_path: Path) -> None:
+    """kill -9 of the embedded server, and its port taken before the restart: every start
+    fails, and ``keel up`` gives up in one line naming the server and its log."""
+    up = Session(
+        tmp_path,
+        *("--pace-ms", "10", "--bars", "20000", "--max-crashes", "2"),
+        *("--backoff", "1", "--backoff-max", "1"),
+    )
+    squatter = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    squatter.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # past TIME_WAIT, as Go does
+    try:
+        up.wait_for(r"^fleet up on ")
+        url = msgspec.json.decode((tmp_path / ".keel" / "server.json").read_bytes())["url"]
+        os.kill(up.children()["nats-server"], signal.SIGKILL)
+        deadline = time.monotonic() + 10
+        while True:  # the killed server's port frees at once; take it before the restart
+            try:
+                squatter.bind(("127.0.0.1", int(url.rsplit(":", 1)[1])))
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the killed server's port stayed in use"
+                time.sleep(0.02)
+        squatter.listen()
+        up.proc.wait(timeout=90)
+    finally:
+        code = up.stop()
+        squatter.close()
+    assert code == 1, up.output
+    assert re.search(
+        r"^nats-server did not come back: nats-server exited at start", up.output, re.M
+    )
+    errors = [line for line in up.lines if line.startswith("error:")]
+    assert len(errors) == 1, up.output
+    assert errors[0].startswith("error: nats-server (embedded, port ")
+    assert "gave up after 2 crashes within 300s" in errors[0]
+    assert "last lines of .keel/nats-server.log:" in errors[0]
+    assert "nats-server restarted" not in up.output
+    assert "Traceback" not in up.output
+    assert not up.left_running(), "workers left running"
