@@ -460,7 +460,6 @@ class DeadLetter(Event, frozen=True):
 
     def __post_init__(self) -> None:
         super().__post_init__()
-        require(bool(self.reason), "a dead letter needs a reason")
         require(bool(self.subject), "subject must not be empty")
         require(self.stream_seq >= 0, "stream_seq must be >= 0")
 

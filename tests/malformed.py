@@ -222,7 +222,7 @@ IMPOSSIBLE: dict[type[Event], dict[str, list[Any]]] = {
         "processed": [-1],
         "metrics_port": [-1, 70_000],
     },
-    DeadLetter: {"subject": [""], "reason": [""], "stream_seq": [-1]},
+    DeadLetter: {"subject": [""], "stream_seq": [-1]},
     RiskAlert: {"action": [""]},
     ListingAnnouncement: {"symbol": [""], "listing_time": [-1]},
     SocialSentiment: {"symbol": [""], "score": [1.5, -2.0], "mentions": [-1]},
