@@ -31,9 +31,12 @@ DOCKERFILE = "infra/Dockerfile"
 KEEL = sorted(
     name for name, spec in SERVICES.items() if spec.get("build", {}).get("dockerfile") == DOCKERFILE
 )
-ONE_SHOT = {"streams"}
-"""Keel services that run once before the fleet (the admin creating the streams)."""
+ONE_SHOT = {"streams", "reader-mirrors"}
+"""Keel services that run once before the fleet (the admin creating the streams, then the
+readers' mirrors)."""
 WORKERS = sorted(set(KEEL) - ONE_SHOT)
+KEEL_COMMANDS = sorted(name for name in KEEL if "entrypoint" not in SERVICES[name])
+"""Services that run a ``keel`` command (the image's entrypoint)."""
 METRICS_PORT = 9100
 FLEET_TOML = ROOT / "infra/keel.toml"
 NO_HEALTHCHECK = {"otel-collector"}
@@ -85,7 +88,7 @@ def test_the_fleet_is_deployed() -> None:
     assert set(KEEL) == set(WORKERS) | ONE_SHOT
 
 
-@pytest.mark.parametrize("service", KEEL)
+@pytest.mark.parametrize("service", KEEL_COMMANDS)
 def test_command_and_options_exist(service: str) -> None:
     """``keel <command> --help`` exits 0 only if every option on the line exists."""
     result = subprocess.run(
@@ -109,9 +112,12 @@ def test_keel_service_shape(service: str) -> None:
     args = command_args(service)
     if "--metrics-port" in args:
         assert option(args, "--metrics-addr") == "0.0.0.0"
-    if service in ONE_SHOT:
+    if service == "streams":
         assert spec["restart"] == "on-failure"
         assert "streams" not in spec["depends_on"]
+    elif service in ONE_SHOT:
+        assert spec["restart"] == "on-failure"
+        assert spec["depends_on"]["streams"]["condition"] == "service_completed_successfully"
     else:
         assert spec["restart"] == "unless-stopped"
         assert spec["depends_on"]["streams"]["condition"] == "service_completed_successfully"
@@ -122,6 +128,21 @@ def test_the_streams_are_created_by_the_admin_before_the_workers_start() -> None
     assert command_args("streams") == ["streams"]
     assert spec["environment"]["KEEL_NATS_USER"] == "admin"
     assert variable_of(spec["environment"]["KEEL_NATS_PASSWORD"]) == "KEEL_ADMIN_PASSWORD"
+
+
+def test_the_readers_mirrors_are_created_by_the_admin_after_the_streams() -> None:
+    """The repository's script, mounted and run in the Keel image as admin."""
+    spec = SERVICES["reader-mirrors"]
+    assert spec["entrypoint"] == ["python", "/etc/keel/reader_mirrors.py"]
+    assert spec["command"] == []
+    script = container_to_repo("reader-mirrors")["/etc/keel/reader_mirrors.py"]
+    assert script == ROOT / "infra/nats/reader_mirrors.py"
+    assert spec["environment"]["KEEL_NATS_USER"] == "admin"
+    assert variable_of(spec["environment"]["KEEL_NATS_PASSWORD"]) == "KEEL_ADMIN_PASSWORD"
+    compiled = subprocess.run(
+        [sys.executable, "-m", "py_compile", str(script)], capture_output=True, text=True
+    )
+    assert compiled.returncode == 0, compiled.stderr
 
 
 @pytest.mark.parametrize("service", sorted(SERVICES))
