@@ -4,25 +4,40 @@ parsed and checked against the CLI, nats.conf, Prometheus, Grafana and the colle
 
 from __future__ import annotations
 
+import asyncio
 import os
 import re
 import shlex
 import subprocess
 import sys
+import time
 import tomllib
+import urllib.request
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
 
-from eventstore.server import find_binary
+from eventstore.bus import Bus, server_list
+from eventstore.credentials import Credentials
+from eventstore.server import find_binary, free_port
+from eventstore.streams import REPLICAS_ENV, StoreSettings
 from services.config import load_config
 from services.fleet import fleet_roles
+from services.marketdata.feed import publish_bars
 from services.runtime.role import durable_name
 from services.runtime.snapshots import SNAPSHOT_BUCKET
+from tests import scenario
 from tests.conftest import ROOT
-from tests.test_nats_permissions import NATS_CONF, load_nats_conf, nats_users, password_vars
+from tests.test_nats_permissions import (
+    NATS_CONF,
+    load_nats_conf,
+    nats_users,
+    password_for,
+    password_vars,
+    reader_mirrors,
+)
 
 COMPOSE_TEXT = (ROOT / "compose.yaml").read_text()
 COMPOSE = yaml.safe_load(COMPOSE_TEXT)
@@ -413,3 +428,208 @@ def test_dockerfile_copies_what_the_wheel_needs() -> None:
     assert users and users[-1] not in ("root", "0")
     assert ["EXPOSE", str(METRICS_PORT)] in lines
     assert ["ENTRYPOINT", '["keel"]'] in lines
+
+
+# ---------------------------------------------------------------------------------------
+# The 3-node cluster variant: compose.cluster.yaml over compose.yaml.
+
+CLUSTER_TEXT = (ROOT / "compose.cluster.yaml").read_text()
+CLUSTER_OVERRIDE: dict[str, Any] = yaml.safe_load(CLUSTER_TEXT)
+NODES = ["nats", "nats-2", "nats-3"]
+NODE_DIR = ROOT / "infra/nats"
+
+
+def compose_merge(base: Any, override: Any, key: str = "") -> Any:
+    """``docker compose -f compose.yaml -f compose.cluster.yaml``'s merge, for the keys these
+    files use: mappings merge key by key; a service's ``volumes`` add entries (one with the
+    same container path replaces the base's), its ``ports`` add entries; anything else is
+    replaced by the override."""
+    if isinstance(base, dict) and isinstance(override, dict):
+        merged = dict(base)
+        for name, value in override.items():
+            merged[name] = compose_merge(base[name], value, name) if name in base else value
+        return merged
+    if key == "volumes" and isinstance(base, list):
+        by_target = {entry.split(":")[1]: entry for entry in base}
+        by_target |= {entry.split(":")[1]: entry for entry in override}
+        return list(by_target.values())
+    if key == "ports" and isinstance(base, list):
+        return [*base, *(port for port in override if port not in base)]
+    return override
+
+
+CLUSTER = compose_merge(COMPOSE, CLUSTER_OVERRIDE)
+CLUSTER_SERVICES: dict[str, dict] = CLUSTER["services"]
+
+
+def cluster_mounts(service: str) -> dict[str, Path]:
+    mounts = {}
+    for volume in CLUSTER_SERVICES[service].get("volumes", []):
+        source, target, *_ = volume.split(":")
+        if source.startswith("."):
+            mounts[target] = ROOT / source
+    return mounts
+
+
+def in_repo(service: str, container_path: str) -> Path:
+    """The repository file a container path of the cluster variant is mounted from."""
+    for target, source in cluster_mounts(service).items():
+        if container_path == target or container_path.startswith(target + "/"):
+            return source / Path(container_path).relative_to(target)
+    raise AssertionError(f"{service}: {container_path} is not mounted")
+
+
+def test_the_cluster_variant_overrides_only_nats_and_the_keel_services() -> None:
+    assert set(CLUSTER_OVERRIDE["services"]) == set(NODES) | set(KEEL)
+    assert set(CLUSTER_SERVICES) == set(SERVICES) | set(NODES)
+    assert set(CLUSTER_OVERRIDE["volumes"]) == {"nats-2-data", "nats-3-data"}
+
+
+@pytest.mark.parametrize("node", NODES)
+def test_each_node_runs_its_config_on_its_own_store(node: str) -> None:
+    spec = CLUSTER_SERVICES[node]
+    number = NODES.index(node) + 1
+    args = shlex.split(spec["command"])
+    config = option(args, "-c")
+    assert config == f"/etc/nats/infra/nats/nats-{number}.conf"
+    assert in_repo(node, config) == NODE_DIR / f"nats-{number}.conf"
+    assert in_repo(node, "/etc/nats/nats.conf") == NATS_CONF  # what cluster.conf includes
+    assert option(args, "-sd") == "/data" and option(args, "-m") == "8222" and "-js" in args
+    data = [v.split(":")[0] for v in spec["volumes"] if v.endswith(":/data")]
+    assert data == ["nats-data" if node == "nats" else f"{node}-data"]
+    assert spec["image"] == SERVICES["nats"]["image"]
+    assert spec["environment"] == SERVICES["nats"]["environment"]
+    assert any(":8222/healthz" in part for part in spec["healthcheck"]["test"])
+    assert f"127.0.0.1:{4221 + number}:4222" in spec["ports"]
+
+
+def test_every_node_config_names_its_node_and_routes_to_all_three() -> None:
+    cluster = load_nats_conf(NODE_DIR / "cluster.conf")
+    assert cluster["include"] == "../../nats.conf"
+    assert (NODE_DIR / cluster["include"]).resolve() == NATS_CONF
+    routes = cluster["cluster"]["routes"]
+    assert routes == [f"nats-route://{node}:6222" for node in NODES]
+    assert cluster["cluster"]["listen"].endswith(":6222")
+    names = []
+    for number in (1, 2, 3):
+        conf = load_nats_conf(NODE_DIR / f"nats-{number}.conf")
+        assert conf["include"] == "./cluster.conf"
+        names.append(conf["server_name"])
+    assert names == ["nats-1", "nats-2", "nats-3"]
+
+
+@pytest.mark.parametrize("number", [1, 2, 3])
+def test_each_node_config_is_valid_for_nats_server(number: int) -> None:
+    """``nats-server -t``: the config as the node reads it, nats.conf included."""
+    example = env_example()
+    env = {**os.environ, **{var: example[var] for var in password_vars()}}
+    check = subprocess.run(
+        [find_binary(), "-t", "-c", str(NODE_DIR / f"nats-{number}.conf")],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd="/",
+    )
+    assert check.returncode == 0 and "is valid" in check.stdout + check.stderr, check.stderr
+
+
+@pytest.mark.parametrize("service", KEEL)
+def test_keel_services_reach_every_node_and_keep_three_replicas(
+    service: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    spec = CLUSTER_SERVICES[service]
+    env = spec["environment"]
+    assert server_list(env["KEEL_NATS_URL"]) == [f"nats://{node}:4222" for node in NODES]
+    monkeypatch.setenv(REPLICAS_ENV, env[REPLICAS_ENV])
+    assert StoreSettings.from_env().replicas == 3
+    for node in NODES:
+        assert spec["depends_on"][node]["condition"] == "service_healthy"
+    base = SERVICES[service]
+    assert spec["command"] == base["command"]
+    for name in ("KEEL_NATS_USER", "KEEL_NATS_PASSWORD"):
+        assert env.get(name) == base["environment"].get(name)
+
+
+@pytest.mark.parametrize("service", sorted(set(CLUSTER_SERVICES) - set(SERVICES)))
+def test_the_added_nodes_are_supervised_and_bounded(service: str) -> None:
+    spec = CLUSTER_SERVICES[service]
+    assert spec["restart"] == "unless-stopped"
+    limits = spec["deploy"]["resources"]["limits"]
+    assert limits["cpus"] and limits["memory"]
+    for port in spec["ports"]:
+        assert str(port).startswith("127.0.0.1:"), port
+    for repo_path in cluster_mounts(service).values():
+        assert repo_path.exists(), repo_path
+
+
+def test_every_variable_the_cluster_variant_uses_is_in_env_example() -> None:
+    assert interpolated(CLUSTER_TEXT) <= set(env_example())
+
+
+ADMIN_PW = "KEEL_ADMIN_PASSWORD"
+
+
+def creds(user: str) -> Credentials:
+    var = f"KEEL_{user.upper().replace('-', '_')}_PASSWORD"
+    return Credentials(user, password_for(var))
+
+
+def healthy(monitor_port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{monitor_port}/healthz", timeout=1) as r:
+            return r.status == 200
+    except OSError:
+        return False
+
+
+async def test_the_node_configs_form_a_cluster_with_r3_streams_and_readers_mirrors(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The three node files started for real, with loopback ports, routes and store dirs on
+    the command line in place of compose's hosts: the admin creates R3 streams and mirrors,
+    marketdata publishes, and a tap reads it back through the mirror."""
+    env = {**os.environ, **{var: password_for(var) for var in password_vars()}}
+    ports = [(free_port(), free_port(), free_port()) for _ in NODES]  # client, route, monitor
+    routes = ",".join(f"nats-route://127.0.0.1:{route}" for _, route, _ in ports)
+    procs = []
+    for number, (port, route, monitor) in enumerate(ports, 1):
+        log = open(tmp_path / f"nats-{number}.log", "wb")  # noqa: SIM115 - owned by the child
+        cmd = [find_binary(), "-c", str(NODE_DIR / f"nats-{number}.conf"), "-a", "127.0.0.1"]
+        cmd += ["-p", str(port), "-m", str(monitor), "-js", "-sd", str(tmp_path / f"n{number}")]
+        cmd += ["--cluster", f"nats-route://127.0.0.1:{route}", "--routes", routes]
+        procs.append(subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env))
+        log.close()
+    url = ",".join(f"nats://127.0.0.1:{port}" for port, _, _ in ports)
+    monkeypatch.setenv(REPLICAS_ENV, "3")
+    try:
+        deadline = time.monotonic() + 30
+        while not all(healthy(monitor) for _, _, monitor in ports):
+            assert all(p.poll() is None for p in procs), "a node exited"
+            assert time.monotonic() < deadline, "the cluster did not form"
+            await asyncio.sleep(0.1)
+        admin = await Bus.connect(url, credentials=Credentials("admin", password_for(ADMIN_PW)))
+        mirrors = admin.nc.jetstream(prefix=reader_mirrors.MIRROR_API)
+        await reader_mirrors.ensure_mirrors(mirrors, StoreSettings.from_env())
+        for stream in ("MARKET", "SYSTEM"):
+            for js in (admin.js, mirrors):
+                info = await js.stream_info(stream)
+                assert info.config.num_replicas == 3
+                assert info.cluster is not None and info.cluster.name == "keel"
+        await admin.close()
+        feed = await Bus.connect(url, ensure=False, credentials=creds("marketdata"))
+        assert (await publish_bars(feed, scenario.bars())).stored == len(scenario.bars())
+        await feed.close()
+        tap = await Bus.connect(url, ensure=False, credentials=creds("tap"))
+        try:
+            read: list[str] = []
+            while len(read) < len(scenario.bars()):  # the mirror follows within moments
+                assert time.monotonic() < deadline + 30, read
+                read = [item.subject async for item in tap.read("md.>", "MARKET")]
+            assert tap.refusals.seen == []
+        finally:
+            await tap.close()
+    finally:
+        for proc in procs:
+            proc.terminate()
+        for proc in procs:
+            proc.wait(timeout=15)
