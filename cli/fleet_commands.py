@@ -298,13 +298,31 @@ async def report_status(bus: Bus, stop: asyncio.Event) -> None:
 async def refuse_if_live(bus: Bus, names: set[str], url: str) -> None:
     """A server this command did not start may already carry a fleet with these workers:
     a second one on the same durable consumers would split their messages (defect 7)."""
-    live = await live_workers(bus, names, time.time_ns(), LIVE_WITHIN_S)
+    try:
+        live = await live_workers(bus, names, time.time_ns(), LIVE_WITHIN_S)
+    except Exception as exc:  # unread heartbeats are no proof that none beat: refuse
+        raise KeelError(
+            f"cannot tell whether a fleet already consumes on {redact_url(url)}: "
+            f"{str(exc).strip() or type(exc).__name__}"
+        ) from None
     if live:
         beat, age = min(live, key=lambda pair: pair[1])
         raise KeelError(
             f"a fleet already consumes on {redact_url(url)}: worker {beat.worker} "
             f"(instance {beat.instance}) beat {age:.1f}s ago; stop it first, or use another server"
         )
+
+
+async def fleet_ready(bus: Bus, names: set[str], timeout: float) -> bool:
+    """Whether the workers' consumers exist and caught up within ``timeout``; a server
+    restarting under the start is asked again, not a traceback."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            return await wait_drained(bus, names, timeout=max(0.1, deadline - time.monotonic()))
+        except Exception:  # the server went away under the start: the supervisor brings it back
+            await asyncio.sleep(0.5)
+    return False
 
 
 async def _first(*aws: asyncio.Task[object]) -> None:
@@ -392,7 +410,7 @@ def up(
                 supervising = asyncio.create_task(supervisor.run(stop))
                 stopping = asyncio.create_task(stop.wait())
                 ready = asyncio.create_task(
-                    wait_drained(bus, consumer_names(fleet_config), timeout=60)
+                    fleet_ready(bus, consumer_names(fleet_config), timeout=60)
                 )
                 tasks += [supervising, stopping, ready]
                 with console.status("starting workers"):
