@@ -147,7 +147,11 @@ class FundingRate(Event, frozen=True):
 
 
 class Signal(Event, frozen=True):
-    """A strategy's intent: a target position (preferred) or a side and size."""
+    """A strategy's intent: a target position (preferred) or a side and size.
+
+    ``stop`` and ``target`` are levels the strategy computed (close - k * ATR may fall below
+    zero in a wild market): any finite value is legal here, so the strategy's own state and
+    what it publishes never part; risk decides what a bracket can carry."""
 
     strategy: str
     venue: str
@@ -169,8 +173,6 @@ class Signal(Event, frozen=True):
         require(by_target or by_side, "give either target_position or both side and size")
         require(0.0 <= self.confidence <= 1.0, "confidence must be within [0, 1]")
         require(self.size is None or self.size > 0, "size must be > 0")
-        require(self.stop is None or self.stop > 0, "stop must be > 0")
-        require(self.target is None or self.target > 0, "target must be > 0")
         require(self.atr is None or self.atr >= 0, "atr must be >= 0")
 
 

@@ -184,8 +184,6 @@ IMPOSSIBLE: dict[type[Event], dict[str, list[Any]]] = {
         "side": ["buy"],
         "size": [-1.0, 0.0],
         "confidence": [1.5, -0.1],
-        "stop": [0.0, -9.0],
-        "target": [-12.0],
         "atr": [-0.5],
     },
     OrderCommand: {

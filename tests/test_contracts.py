@@ -80,7 +80,7 @@ def bars(draw: st.DrawFn) -> Bar:
     low = draw(positive)
     high = low + draw(non_negative)
     open_time = draw(st.integers(min_value=0, max_value=2**62))
-    close_time = open_time + draw(st.integers(min_value=1, max_value=2**62))
+    close_time = open_time + draw(st.integers(min_value=1, max_value=2**62 - 1))  # int64
     return Bar(
         ts=close_time,
         venue=draw(texts),
@@ -119,8 +119,8 @@ def signals(draw: st.DrawFn) -> Signal:
         "symbol": draw(texts),
         "model_tag": draw(texts),
         "confidence": draw(unit),
-        "stop": draw(st.none() | positive),
-        "target": draw(st.none() | positive),
+        "stop": draw(st.none() | finite),
+        "target": draw(st.none() | finite),
         "atr": draw(st.none() | non_negative),
         "reason": draw(texts),
     }
