@@ -73,20 +73,21 @@ class Session:
             time.sleep(0.1)
         raise AssertionError(f"no line matching {pattern!r} in:\n{self.output}")
 
-    def fills_after(self, index: int, above: int, timeout: float = 60) -> int:
-        """Wait for a status line after ``index`` with more than ``above`` fills."""
+    def count_after(self, index: int, above: int, column: int = 2, timeout: float = 60) -> int:
+        """Wait for a status line after ``index`` whose fills (column 2; bars: 1) exceed
+        ``above``."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             for line in self.lines[index + 1 :]:
                 m = STATUS.match(line)
-                if m and int(m[2].replace(",", "")) > above:
-                    return int(m[2].replace(",", ""))
+                if m and int(m[column].replace(",", "")) > above:
+                    return int(m[column].replace(",", ""))
             time.sleep(0.2)
-        raise AssertionError(f"fills stayed at or below {above} after line {index}:\n{self.output}")
+        raise AssertionError(f"column {column} stayed at or below {above}:\n{self.output}")
 
-    def last_fills(self) -> int:
+    def last_count(self, column: int = 2) -> int:
         found = [STATUS.match(line) for line in self.lines]
-        return max([int(m[2].replace(",", "")) for m in found if m] or [0])
+        return max([int(m[column].replace(",", "")) for m in found if m] or [0])
 
     def children(self) -> dict[str, int]:
         """The processes ``keel up`` started, by what they run: ``risk``, ``nats-server``..."""
@@ -174,18 +175,22 @@ def test_tap_beside_up_shows_fills_flowing(tmp_path: Path) -> None:
 def test_up_restarts_a_killed_worker_and_server_and_refuses_a_second_fleet(
     tmp_path: Path,
 ) -> None:
-    """kill -9 of risk, then of the embedded nats-server: each comes back (the server on
-    its store and port) and fills keep flowing. A second ``keel up`` here exits 2 (the
+    """kill -9 of risk, of the market-data feed, then of the embedded nats-server: each comes
+    back (the server on its store and port) and bars and fills keep flowing. A second ``keel up`` here exits 2 (the
     directory's lock), and so does one elsewhere on the same server (live heartbeats)."""
     up = Session(tmp_path, "--pace-ms", "10", "--bars", "20000", "--backoff", "0.1")
     record = tmp_path / ".keel" / "server.json"
     try:
         up.wait_for(r"^fleet up on ")
-        first = up.fills_after(0, 0)
+        first = up.count_after(0, 0)
 
         os.kill(up.children()["risk"], signal.SIGKILL)
         crashed = up.wait_for(r"^worker risk crashed \(signal SIGKILL\): restarting in")
-        up.fills_after(crashed, max(first, up.last_fills()))
+        up.count_after(crashed, max(first, up.last_count()))
+
+        os.kill(up.children()["marketdata"], signal.SIGKILL)
+        crashed = up.wait_for(r"^worker marketdata crashed \(signal SIGKILL\): restarting in")
+        up.count_after(crashed, up.last_count(column=1), column=1)
 
         before = msgspec.json.decode(record.read_bytes())
         os.kill(up.children()["nats-server"], signal.SIGKILL)
@@ -195,7 +200,7 @@ def test_up_restarts_a_killed_worker_and_server_and_refuses_a_second_fleet(
         after = msgspec.json.decode(record.read_bytes())
         assert after["url"] == before["url"] and after["store_dir"] == before["store_dir"]
         assert after["pid"] == up.children()["nats-server"] != before["pid"]
-        up.fills_after(back, up.last_fills())
+        up.count_after(back, up.last_count())
 
         second = subprocess.run(
             [sys.executable, "-m", "cli.app", "up", "--bars", "10"],
