@@ -23,7 +23,9 @@ import pytest
 
 from cli.fleet_commands import report_status
 from eventstore.bus import Bus
+from eventstore.errors import KeelError
 from eventstore.server import URL_ENV, EmbeddedServer, port_open
+from services.fleet import fleet_lock
 from services.runtime.snapshots import Snapshot, snapshot_bucket
 
 STATUS = re.compile(r"^bars ([\d,]+)\s+signals [\d,]+\s+orders [\d,]+\s+fills ([\d,]+)")
@@ -345,3 +347,28 @@ def test_an_embedded_server_that_cannot_come_back_is_a_give_up(tmp_path: Path) -
     assert "nats-server restarted" not in up.output
     assert "Traceback" not in up.output
     assert not up.left_running(), "workers left running"
+
+
+def test_the_fleet_lock_refuses_a_second_holder_and_dies_with_its_holder(tmp_path: Path) -> None:
+    """The lock of ``keel up`` (``flock``): a second holder gets one line naming the first's
+    pid; once the first is killed with SIGKILL the lock is free, with no stale file to clear."""
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pathlib import Path; from services.fleet import fleet_lock\n"
+            "with fleet_lock(Path(sys.argv[1])):\n    print('held', flush=True); time.sleep(60)",
+            str(tmp_path / ".keel"),
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(KeelError, match=rf"pid {holder.pid}\)"), fleet_lock(tmp_path / ".keel"):
+            pass
+    finally:
+        holder.kill()
+        holder.wait()
+    with fleet_lock(tmp_path / ".keel"):
+        assert (tmp_path / ".keel" / "fleet.lock").read_text().strip() == str(os.getpid())
