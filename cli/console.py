@@ -9,12 +9,14 @@ from collections.abc import Coroutine, Iterator
 from pathlib import Path
 from typing import Any
 
+import nats.errors
 import typer
 from rich.console import Console
 
 from contracts.intervals import IntervalError
 from contracts.subjects import SubjectError
 from eventstore.errors import KeelError
+from eventstore.retry import describe
 from services.config import KeelConfig, load_config
 from services.marketdata.sources import SourceError
 from strategies.registry import StrategyError
@@ -23,6 +25,8 @@ console = Console()
 errors = Console(stderr=True)
 
 USER_ERRORS = (KeelError, StrategyError, SourceError, SubjectError, IntervalError)
+SERVER_ERRORS = (nats.errors.Error, TimeoutError, ConnectionError)
+"""The server away or refusing mid-command (nats-py's errors, JetStream's included)."""
 
 
 def fail(message: str, code: int = 2) -> typer.Exit:
@@ -31,7 +35,7 @@ def fail(message: str, code: int = 2) -> typer.Exit:
 
 
 def run(coro: Coroutine[Any, Any, Any]) -> Any:
-    """Run a command's coroutine; user mistakes and unreachable servers print one line.
+    """Run a command's coroutine; user mistakes and server trouble print one line.
 
     SIGTERM cancels the coroutine the way Ctrl-C does, so its ``finally`` blocks stop the
     embedded server and workers it started (a command with its own handler replaces this).
@@ -54,6 +58,8 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
         return asyncio.run(main())
     except USER_ERRORS as exc:
         raise fail(str(exc)) from None
+    except SERVER_ERRORS as exc:
+        raise fail(f"NATS: {describe(exc)} (is the server up?)", 1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except asyncio.CancelledError:

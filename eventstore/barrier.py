@@ -7,6 +7,11 @@ that each consumer's filter matches (tracked here by an ordered consumer per str
 each consumer's ack floor. A worker acknowledges an input only after its outputs are stored,
 so when every consumer's ack floor covers its last match and no stream has grown meanwhile,
 every cascade has finished.
+
+A server restart does not end a wait early or crash it: each read retries with capped
+backoff, the trackers subscribe again after an outage (re-reading the last message of every
+subject, so nothing is missed), and the time the server was away does not count against the
+timeout, so a lockstep feed never moves on before the fleet caught up.
 """
 
 from __future__ import annotations
@@ -21,9 +26,15 @@ from nats.js.api import DeliverPolicy
 
 from contracts.subjects import subject_matches
 from eventstore.bus import Bus
+from eventstore.retry import backoff, transient
 
 ConsumerKey = tuple[str, str]
 """(stream, durable consumer name)."""
+STALE_AFTER_S = 5.0  # behind a stream's last sequence this long with no news: subscribe again
+
+
+class _Stale(Exception):
+    """The trackers may have missed messages (an outage happened): subscribe again."""
 
 
 class Barrier:
@@ -44,8 +55,14 @@ class Barrier:
         self._seen = dict.fromkeys(streams, 0)
         self._moved = asyncio.Event()
         self._subs: list = []
+        self._outages = bus.outage.outages
 
     async def start(self) -> None:
+        await self._bus.retry("settle barrier", self._subscribe)
+
+    async def _subscribe(self) -> None:
+        await self.stop()
+        self._outages = self._bus.outage.outages
         js = self._bus.js
         discover = not self._filters or self._names is not None
         for stream in self._streams:
@@ -96,17 +113,41 @@ class Barrier:
         return out
 
     async def wait(self, timeout: float) -> bool:
-        """True once settled; False when ``timeout`` passes first."""
+        """True once settled; False when ``timeout`` passes first (not counting the time
+        the server was away)."""
         deadline = time.monotonic() + timeout
+        attempt = 0
+        while True:
+            try:
+                return await self._wait(deadline)
+            except Exception as exc:
+                stale = isinstance(exc, _Stale)
+                if not stale and not transient(exc):
+                    raise
+                began = time.monotonic()
+                if not stale:
+                    self._bus.outage.trouble("settle barrier", exc)
+                    attempt += 1
+                    await asyncio.sleep(backoff(attempt))
+                await self.start()
+                deadline += time.monotonic() - began
+
+    async def _wait(self, deadline: float) -> bool:
         js = self._bus.js
         while time.monotonic() < deadline:
             last = await self._last_seqs()
+            behind_since = time.monotonic()
             while any(self._seen[s] < last[s] for s in self._streams):
-                if time.monotonic() >= deadline:
+                now = time.monotonic()
+                if now >= deadline:
                     return False
+                if self._bus.outage.outages != self._outages or now - behind_since > STALE_AFTER_S:
+                    raise _Stale
                 self._moved.clear()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self._moved.wait(), 0.5)
+                if self._moved.is_set():
+                    behind_since = time.monotonic()
             floors: dict[ConsumerKey, tuple[int, int]] = {}
             for stream in self._streams:
                 for info in await js.consumers_info(stream):

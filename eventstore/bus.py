@@ -2,19 +2,26 @@
 
 Awaited publishes are for decisions (orders, fills), where each one must be stored before
 the input is acknowledged; bulk market data goes through a bounded window of in-flight
-``publish_async`` calls, which is several times faster on the same connection.
+publishes (``AckInbox``), which is several times faster on the same connection.
 
 A connection authenticates with the credentials in the environment unless given others
 (``eventstore/credentials.py``); a publish the server refuses says so instead of timing out.
+
+Server trouble is expected, not fatal: the client reconnects forever after the first
+connect, and ``Bus.retry`` rides out what passes (``eventstore/retry.py``).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
+import itertools
+import json
 import logging
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
+from typing import TypeVar
 
 import msgspec
 import nats
@@ -23,8 +30,15 @@ from nats.aio.msg import Msg
 from nats.errors import NoServersError
 from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
-from nats.js.api import ConsumerConfig, DeliverPolicy, RawStreamMsg
-from nats.js.errors import NotFoundError
+from nats.js.api import ConsumerConfig, DeliverPolicy, PubAck, RawStreamMsg
+from nats.js.errors import (
+    APIError,
+    BadRequestError,
+    NoStreamResponseError,
+    NotFoundError,
+    ServerError,
+    ServiceUnavailableError,
+)
 
 from contracts.codec import DecodeError, decode, encode
 from contracts.envelope import PRODUCER, Envelope
@@ -32,6 +46,17 @@ from contracts.events import Event
 from contracts.subjects import subject_for
 from eventstore.credentials import CREDS_ENV, USER_ENV, Credentials, Refusals, redact_url
 from eventstore.errors import KeelError
+from eventstore.retry import (
+    Outage,
+    StoreFull,
+    Unacknowledged,
+    backoff,
+    describe,
+    store_refusal,
+    stream_of,
+    transient,
+    wait_out,
+)
 from eventstore.streams import REPLAY_PREFIX, STREAMS, ensure_streams, replay_stream
 
 BULK_WINDOW = 512
@@ -40,6 +65,7 @@ GIVE_UP_AFTER = 90.0  # a window unacknowledged this long raises; within the 120
 READ_BUFFER = 4096
 
 log = logging.getLogger("keel.bus")
+T = TypeVar("T")
 
 
 def server_list(url: str) -> list[str]:
@@ -64,6 +90,72 @@ class PublishTally(msgspec.Struct):
     duplicates: int = 0
 
 
+def _api_error(error: dict) -> APIError:
+    """``APIError.from_error`` raises instead of returning: the same classes, returned."""
+    kinds: dict[int, type[APIError]] = {
+        503: ServiceUnavailableError,
+        500: ServerError,
+        404: NotFoundError,
+        400: BadRequestError,
+    }
+    fields = {k: error.get(k) for k in ("code", "err_code", "description")}
+    return kinds.get(error.get("code") or 0, APIError)(**fields)
+
+
+class AckInbox:
+    """Acknowledgements of pipelined publishes, on one inbox subscription.
+
+    nats-py's ``publish_async`` (2.16) never resolves a future whose ack is an error: its
+    reply handler raises the error instead of setting it, so a publish into a full stream
+    would wait forever. Here the future fails with the server's error."""
+
+    def __init__(self, nc: Client, window: int) -> None:
+        self._nc = nc
+        self._slots = asyncio.Semaphore(window)
+        self._futures: dict[str, asyncio.Future[PubAck]] = {}
+        self._prefix = ""
+        self._tokens = itertools.count()
+
+    async def publish(
+        self, subject: str, data: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[PubAck]:
+        if not self._prefix:
+            prefix = f"{self._nc.new_inbox()}."
+            await self._nc.subscribe(f"{prefix}*", cb=self._reply)
+            self._prefix = prefix
+        await self._slots.acquire()
+        token = str(next(self._tokens))
+        future: asyncio.Future[PubAck] = asyncio.get_running_loop().create_future()
+        self._futures[token] = future
+        future.add_done_callback(functools.partial(self._done, token))
+        try:
+            await self._nc.publish(subject, data, reply=self._prefix + token, headers=headers)
+        except BaseException:
+            future.cancel()
+            raise
+        return future
+
+    def _done(self, token: str, _: asyncio.Future[PubAck]) -> None:
+        self._futures.pop(token, None)
+        self._slots.release()
+
+    async def _reply(self, msg: Msg) -> None:
+        future = self._futures.get(msg.subject[len(self._prefix) :])
+        if future is None or future.done():
+            return
+        if (msg.headers or {}).get("Status") == "503":
+            future.set_exception(NoStreamResponseError())
+            return
+        try:
+            answer = json.loads(msg.data)
+            if "error" in answer:
+                future.set_exception(_api_error(answer["error"]))
+            else:
+                future.set_result(PubAck.from_response(answer))
+        except (ValueError, TypeError, KeyError) as exc:
+            future.set_exception(APIError(description=f"unreadable publish ack: {exc}"))
+
+
 class Bus:
     """A connection; with a ``namespace`` every subject it publishes on is moved under
     ``rp.<namespace>.`` (a bus replay's private stream)."""
@@ -74,6 +166,8 @@ class Bus:
         self.prefix = f"{REPLAY_PREFIX}.{namespace}." if namespace else ""
         self.credentials = Credentials()
         self.refusals = Refusals()
+        self.outage = Outage("")
+        self.acks = AckInbox(nc, window)
 
     @classmethod
     async def connect(
@@ -87,6 +181,11 @@ class Bus:
         """Connect as ``credentials`` (default: from the environment, see ``Credentials``)."""
         creds = Credentials.from_env() if credentials is None else credentials
         refusals = Refusals()
+        outage = Outage(url)
+
+        async def reconnected() -> None:
+            await outage.reconnected_to(nc.connected_url.geturl() if nc.connected_url else url)
+
         try:
             nc = await nats.connect(
                 server_list(url),
@@ -95,6 +194,8 @@ class Bus:
                 max_reconnect_attempts=1,
                 reconnect_time_wait=0.2,
                 error_cb=refusals.record,
+                disconnected_cb=outage.disconnected,
+                reconnected_cb=reconnected,
                 **creds.options(),
             )
         except (NoServersError, OSError, TimeoutError) as exc:
@@ -111,7 +212,7 @@ class Bus:
         # Fail fast on the first connect, then ride out server restarts indefinitely.
         nc.options["max_reconnect_attempts"] = -1
         bus = cls(nc, namespace=namespace)
-        bus.credentials, bus.refusals = creds, refusals
+        bus.credentials, bus.refusals, bus.outage = creds, refusals, outage
         try:
             if ensure:
                 await ensure_streams(bus.js)
@@ -138,6 +239,7 @@ class Bus:
     async def close(self) -> None:
         """Flush and close. Not ``drain``: it would wait out idle pull requests, and every
         publish that matters was already acknowledged by then."""
+        self.outage.closing = True
         if not self.nc.is_closed:
             with contextlib.suppress(Exception):
                 await self.nc.flush(timeout=2)
@@ -153,21 +255,66 @@ class Bus:
     async def publish(self, event: Event, envelope: Envelope, producer: str = "") -> bool:
         """Store one event; False when the log already held it (same id)."""
         subject = self.prefix + subject_for(event)
+        ack = await self.store(subject, encode(event), self._headers(envelope, producer))
+        return not ack.duplicate
+
+    async def store(
+        self, subject: str, data: bytes, headers: dict[str, str], timeout: float | None = None
+    ) -> PubAck:
+        """One awaited publish on the full ``subject``: a refused subject is a ``KeelError``
+        naming it, a storage limit a ``StoreFull``; other errors as nats-py raises them."""
         try:
-            ack = await self.js.publish(
-                subject, encode(event), headers=self._headers(envelope, producer)
-            )
+            return await self.js.publish(subject, data, headers=headers, timeout=timeout)
         except NatsTimeout as exc:
             raise self.refused([subject], exc) from None
-        return not ack.duplicate
+        except APIError as exc:
+            reason = store_refusal(exc)
+            if reason is None:
+                raise
+            raise StoreFull(stream_of(subject), reason) from None
+
+    async def send(
+        self, subject: str, data: bytes, headers: dict[str, str]
+    ) -> asyncio.Future[PubAck]:
+        """Start a publish on the full ``subject``; the future resolves to the ack or fails
+        with the server's error (waits when the window is full)."""
+        return await self.acks.publish(subject, data, headers)
 
     async def submit(self, event: Event, envelope: Envelope, producer: str = "") -> asyncio.Future:
         """Start a publish; the future resolves to the ack (waits when the window is full)."""
-        return await self.js.publish_async(
-            self.prefix + subject_for(event),
-            encode(event),
-            headers=self._headers(envelope, producer),
+        return await self.send(
+            self.prefix + subject_for(event), encode(event), self._headers(envelope, producer)
         )
+
+    async def retry(
+        self,
+        what: str,
+        call: Callable[[], Awaitable[T]],
+        *,
+        stop: asyncio.Event | None = None,
+        on_full: Callable[[StoreFull], Awaitable[None]] | None = None,
+    ) -> T:
+        """``call`` until it succeeds, riding out transient trouble (and a full store when
+        ``on_full`` is given: told each time it refuses) with capped exponential backoff.
+        Once ``stop`` is set the next wait raises ``Interrupted`` (a call is always tried at
+        least once, so a clean stop still commits); any other error propagates."""
+        attempt = 0
+        while True:
+            try:
+                result = await call()
+            except StoreFull as exc:
+                if on_full is None:
+                    raise
+                await on_full(exc)
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                self.outage.trouble(what, exc)
+            else:
+                self.outage.cleared()
+                return result
+            attempt += 1
+            await wait_out(backoff(attempt), stop)
 
     async def publish_many(
         self,
@@ -175,23 +322,26 @@ class Bus:
         *,
         ack_timeout: float = ACK_TIMEOUT,
         give_up_after: float = GIVE_UP_AFTER,
+        on_full: Callable[[StoreFull], Awaitable[None]] | None = None,
     ) -> PublishTally:
-        """Store events in windows of in-flight ``publish_async`` calls.
+        """Store events in windows of in-flight publishes.
 
         Every wait is bounded: a publish not acknowledged within ``ack_timeout`` (the server
         died with it in flight, or is restarting) is sent again under the same message id,
         which JetStream de-duplicates, so nothing is stored twice. A window still not fully
-        acknowledged after ``give_up_after`` seconds raises ``KeelError``.
+        acknowledged after ``give_up_after`` seconds raises ``Unacknowledged``. A publish the
+        store refuses for room raises ``StoreFull``, or with ``on_full`` is reported to it and
+        sent again like an unacknowledged one.
         """
         tally = PublishTally()
         window: list[tuple[Event, Envelope]] = []
         for item in items:
             window.append(item)
             if len(window) >= BULK_WINDOW:
-                await self._publish_window(window, tally, ack_timeout, give_up_after)
+                await self._publish_window(window, tally, ack_timeout, give_up_after, on_full)
                 window.clear()
         if window:
-            await self._publish_window(window, tally, ack_timeout, give_up_after)
+            await self._publish_window(window, tally, ack_timeout, give_up_after, on_full)
         return tally
 
     async def _publish_window(
@@ -200,6 +350,7 @@ class Bus:
         tally: PublishTally,
         ack_timeout: float,
         give_up_after: float,
+        on_full: Callable[[StoreFull], Awaitable[None]] | None,
     ) -> None:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + give_up_after
@@ -235,26 +386,31 @@ class Bus:
                     if fut.done() and not fut.cancelled():
                         last_error = fut.exception()
                     else:
-                        fut.cancel()  # frees its slot in the client's in-flight window
+                        fut.cancel()  # frees its slot in the in-flight window
                     retry.append(item)
             pending = retry + unsent
             if not pending:
+                self.outage.cleared()
                 return
+            full = store_refusal(last_error) if last_error is not None else None
+            if full is not None:
+                refused = StoreFull(stream_of(self.prefix + subject_for(pending[0][0])), full)
+                if on_full is None:
+                    raise refused
+                await on_full(refused)
             if loop.time() >= deadline:
-                reason = f"{type(last_error).__name__}: {last_error}" if last_error else "no ack"
-                raise KeelError(
+                reason = describe(last_error) if last_error else "no ack"
+                raise Unacknowledged(
                     f"NATS did not acknowledge {len(pending)} of {len(window)} publishes within "
                     f"{give_up_after:g}s ({attempt} attempts, last: {reason}); is the server up?"
                 )
-            log.warning(
-                "%d of %d publishes not acknowledged (attempt %d): sending again under the "
-                "same ids",
-                len(pending),
-                len(window),
-                attempt,
-            )
-            # Let a reconnect happen before sending again.
-            await asyncio.sleep(min(0.2 * attempt, 1.0, max(0.0, deadline - loop.time())))
+            if full is None:
+                self.outage.trouble(
+                    f"{len(pending)} of {len(window)} publishes not acknowledged, sending again "
+                    "under the same ids",
+                    last_error or TimeoutError("no ack"),
+                )
+            await asyncio.sleep(min(backoff(attempt), max(0.0, deadline - loop.time())))
 
     async def last_event(self, stream: str, subject: str) -> Stored | None:
         """The last event on ``subject`` that decodes; None when there is none.

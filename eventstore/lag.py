@@ -7,9 +7,12 @@ import asyncio
 import time
 
 import msgspec
+import nats.errors
 
 from eventstore.barrier import Barrier
 from eventstore.bus import Bus
+from eventstore.errors import KeelError
+from eventstore.retry import describe
 from eventstore.streams import STREAMS
 
 
@@ -22,6 +25,14 @@ class ConsumerLag(msgspec.Struct, frozen=True):
 
 
 async def consumer_lags(bus: Bus, streams: tuple[str, ...] | None = None) -> list[ConsumerLag]:
+    """Every durable consumer's lag; one ``KeelError`` line when the server is away."""
+    try:
+        return await _consumer_lags(bus, streams)
+    except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
+        raise KeelError(f"cannot read the consumers: {describe(exc)}") from None
+
+
+async def _consumer_lags(bus: Bus, streams: tuple[str, ...] | None) -> list[ConsumerLag]:
     out: list[ConsumerLag] = []
     for stream in streams or tuple(spec.name for spec in STREAMS):
         for info in await bus.js.consumers_info(stream):

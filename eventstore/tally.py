@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import msgspec
+import nats.errors
 
 from contracts.events import EquitySnapshot, ExecutionReport
 from eventstore.bus import Bus, Stored
+from eventstore.errors import KeelError
+from eventstore.retry import describe
 
 
 class Tally(msgspec.Struct, frozen=True):
@@ -24,6 +27,14 @@ async def count(bus: Bus, stream: str, subjects: str) -> int:
 
 
 async def tally(bus: Bus) -> Tally:
+    """The counts; one ``KeelError`` line when the server is away or restarting."""
+    try:
+        return await _tally(bus)
+    except (nats.errors.Error, TimeoutError, ConnectionError) as exc:
+        raise KeelError(f"cannot read the log: {describe(exc)}") from None
+
+
+async def _tally(bus: Bus) -> Tally:
     fills = 0
     async for item in bus.read("exec.>", "EXECUTION"):
         if isinstance(item, Stored) and isinstance(item.event, ExecutionReport):

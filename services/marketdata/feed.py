@@ -3,6 +3,11 @@
 A bar whose open time is not after the last stored bar on its subject is skipped, and each
 bar's id derives from (venue, symbol, interval, open time), so ingesting the same file twice
 or restarting a feed adds nothing, however long after the de-duplication window.
+
+A running feed (``Feed``) rides out server trouble the way a worker does: reads and publishes
+retry with capped backoff (one log line per outage), a window is re-sent under the same ids,
+and after a long outage the last stored bar per subject decides what is still to send. A
+full store is said once (a status on ``sys.status.<feed>``) and the bars wait, unsent.
 """
 
 from __future__ import annotations
@@ -21,7 +26,8 @@ from contracts.subjects import subject_for
 from eventstore.barrier import Barrier
 from eventstore.bus import Bus, Stored
 from eventstore.lag import SETTLE_STREAMS
-from services.runtime.heartbeat import publish_heartbeat
+from eventstore.retry import Interrupted, backoff, transient, wait_out
+from services.runtime.heartbeat import StoreWatch, publish_heartbeat
 
 CHUNK = 2048
 HEARTBEAT_S = 2.0  # the workers' interval (WorkerOptions.heartbeat_s), which keel status assumes
@@ -42,44 +48,82 @@ async def publish_bars(
     progress: Callable[[int], None] | None = None,
     stop: asyncio.Event | None = None,
     into: FeedResult | None = None,
+    watch: StoreWatch | None = None,
 ) -> FeedResult:
     """Publish bars in order; with ``between_steps`` each time step is sent on its own and
     the callable (a pause, or a wait for the fleet to catch up) is awaited before the next.
-    Counts go to ``into`` when given (readable even if the run is cancelled)."""
+    Counts go to ``into`` when given (readable even if the run is cancelled).
+
+    With ``watch`` (a running feed) server trouble and a full store are waited out, until
+    ``stop``; without (``keel ingest``) they raise."""
     result = FeedResult() if into is None else into
     last_open: dict[str, int] = {}
     chunk: list[Bar] = []
 
+    async def last_bar(subject: str) -> int:
+        def read() -> Awaitable[Stored | None]:
+            return bus.last_event("MARKET", subject)
+
+        stored = await (bus.retry("marketdata: read", read, stop=stop) if watch else read())
+        return stored.event.open_time if _is_bar(stored) else -1
+
     async def flush() -> None:
-        tally = await bus.publish_many((b, bar_envelope(b)) for b in chunk)
+        todo = list(chunk)
+        attempt = 0
+        while True:
+            try:
+                tally = await bus.publish_many(
+                    ((b, bar_envelope(b)) for b in todo), on_full=watch.full if watch else None
+                )
+            except Exception as exc:
+                if watch is None or not transient(exc):
+                    raise
+                attempt += 1
+                bus.outage.trouble("marketdata: publish", exc)
+                await wait_out(backoff(attempt), stop)
+                # Past the de-duplication window: the log says which bars are still to send.
+                stored = {subject: await last_bar(subject) for subject in _subjects(todo)}
+                left = [b for b in todo if b.open_time > stored[subject_for(b)]]
+                result.stored += len(todo) - len(left)
+                todo = left
+                continue
+            break
+        if watch is not None:
+            await watch.cleared()
         result.stored += tally.stored
         result.duplicates += tally.duplicates
         if progress:
             progress(len(chunk))
         chunk.clear()
 
-    for bar in bars:
-        if stop is not None and stop.is_set():
-            break
-        subject = subject_for(bar)
-        if subject not in last_open:
-            stored = await bus.last_event("MARKET", subject)
-            last_open[subject] = stored.event.open_time if _is_bar(stored) else -1
-        if bar.open_time <= last_open[subject]:
-            result.stale += 1
-            if progress:
-                progress(1)
-            continue
-        last_open[subject] = bar.open_time
-        if between_steps and chunk and chunk[-1].ts != bar.ts:
+    try:
+        for bar in bars:
+            if stop is not None and stop.is_set():
+                break
+            subject = subject_for(bar)
+            if subject not in last_open:
+                last_open[subject] = await last_bar(subject)
+            if bar.open_time <= last_open[subject]:
+                result.stale += 1
+                if progress:
+                    progress(1)
+                continue
+            last_open[subject] = bar.open_time
+            if between_steps and chunk and chunk[-1].ts != bar.ts:
+                await flush()
+                await between_steps()
+            chunk.append(bar)
+            if len(chunk) >= CHUNK:
+                await flush()
+        if chunk:
             await flush()
-            await between_steps()
-        chunk.append(bar)
-        if len(chunk) >= CHUNK:
-            await flush()
-    if chunk:
-        await flush()
+    except Interrupted:
+        pass  # stopped while the server was away: a restarted feed resumes after the last bar
     return result
+
+
+def _subjects(bars: list[Bar]) -> set[str]:
+    return {subject_for(b) for b in bars}
 
 
 def _is_bar(stored: Stored | None) -> bool:
@@ -155,6 +199,7 @@ class Feed:
                 progress=count,
                 stop=self.stopping,
                 into=result,
+                watch=StoreWatch(bus, self.name, self.instance),
             )
 
         beating = asyncio.create_task(self._heartbeat(bus))

@@ -1,14 +1,25 @@
-"""A worker's heartbeat on ``sys.heartbeat.<worker>``: one builder for every process that
-beats (the workers and the market-data feed), so ``keel status`` reads them all alike."""
+"""What a worker tells ``keel status`` about itself: a heartbeat on ``sys.heartbeat.<worker>``
+(one builder for every process that beats, the workers and the market-data feed), and a
+``SystemStatus`` on ``sys.status.<worker>`` while the store refuses its outputs."""
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
+import logging
 import time
+from collections.abc import Callable
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import Heartbeat
+from contracts.events import Heartbeat, SystemState, SystemStatus
 from eventstore.bus import Bus
+from eventstore.retry import StoreFull
+
+STORE_FULL = "store_full"
+"""The ``rule`` of a status that says the store is full."""
+STATUS_WAIT_S = 5.0
+
+log = logging.getLogger("keel.worker")
 
 
 async def publish_heartbeat(
@@ -35,3 +46,66 @@ async def publish_heartbeat(
     env = Envelope.root(content_id("hb", worker, instance, seq, status), now)
     with contextlib.suppress(Exception):
         await bus.publish(beat, env, worker)
+
+
+class StoreWatch:
+    """A full store, said once per episode: one log line and a ``HALTED`` status naming the
+    stream and the server's reason when the store first refuses, and when it accepts again
+    the status that was in force before (the risk engine's own, say), else ``RUNNING``.
+
+    ``SYSTEM`` has no byte limit, so the status is stored while event streams refuse."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        worker: str,
+        instance: str,
+        observe: Callable[[str, str], None] | None = None,
+    ) -> None:
+        self._bus = bus
+        self._worker = worker
+        self._instance = instance
+        self._observe = observe
+        self.refused: StoreFull | None = None
+        self._before: SystemStatus | None = None
+
+    async def full(self, refused: StoreFull) -> None:
+        if self.refused is not None:
+            return
+        self.refused = refused
+        log.warning(
+            "%s: store full, %s refuses: %s; inputs stay unacknowledged (nothing is lost), "
+            "retrying with backoff",
+            self._worker,
+            refused.stream,
+            refused.reason,
+        )
+        with contextlib.suppress(Exception):
+            last = await asyncio.wait_for(
+                self._bus.last_event("SYSTEM", f"sys.status.{self._worker}"), STATUS_WAIT_S
+            )
+            if last is not None and isinstance(last.event, SystemStatus):
+                self._before = last.event if last.event.rule != STORE_FULL else None
+        reason = f"store full: {refused.stream} refuses writes ({refused.reason})"
+        await self._publish("HALTED", reason, STORE_FULL)
+
+    async def cleared(self) -> None:
+        if self.refused is None:
+            return
+        log.warning("%s: the store accepts writes again; carrying on", self._worker)
+        self.refused = None
+        before, self._before = self._before, None
+        if before is not None:
+            await self._publish(before.status, before.reason, before.rule)
+        else:
+            await self._publish("RUNNING", "the store accepts writes again", "")
+
+    async def _publish(self, status: SystemState, reason: str, rule: str) -> None:
+        """Bounded and best effort: the status must not hold up the retry it reports."""
+        now = time.time_ns()
+        event = SystemStatus(ts=now, status=status, reason=reason, source=self._worker, rule=rule)
+        env = Envelope.root(content_id("status", self._worker, self._instance, now, rule), now)
+        if self._observe is not None:
+            self._observe(self._worker, status)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self._bus.publish(event, env, self._worker), STATUS_WAIT_S)

@@ -20,8 +20,15 @@ so every hop can report its latency from the bar.
 Every step between receiving a message and acknowledging it (the envelope, decoding, the
 subject's admission of the event (``contracts/admission.py``), the decision, each output's
 subject, id, headers and bytes) turns a failure into a dead letter with the reason, and the
-worker carries on: one bad message never halts a worker, on this run or any restart. Only
-the log itself failing (a publish, a snapshot, an ack) stops it, to resume from its snapshot.
+worker carries on: one bad message never halts a worker, on this run or any restart.
+
+The log being away does not stop it either. Fetches, publishes, the snapshot and the acks
+ride out a server restart (``eventstore/retry.py``: capped exponential backoff, one log line
+per outage): a batch is committed only after every output of it is stored, retried in order
+under the same ids (JetStream drops the copies of any that were stored), and an
+unacknowledged input is delivered again. A publish the store refuses for room leaves the
+batch uncommitted, says so once (``StoreWatch``: a status on ``sys.status.<worker>``) and is
+retried until it is stored. A stop during a retry leaves the batch unacknowledged.
 """
 
 from __future__ import annotations
@@ -38,7 +45,8 @@ from collections.abc import Callable
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.errors import APIError
 from nats.js.kv import KeyValue
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.trace import Span, Status, StatusCode
@@ -48,17 +56,24 @@ from contracts.codec import DecodeError, decode, encode
 from contracts.envelope import ORIGIN_TIME, PRODUCER, Envelope, content_id
 from contracts.events import DeadLetter, Event, SystemStatus
 from contracts.subjects import name_token, subject_for
-from eventstore.bus import Bus
-from services.runtime.heartbeat import publish_heartbeat
+from eventstore.bus import ACK_TIMEOUT, Bus
+from eventstore.retry import Interrupted, StoreFull, backoff, store_refusal, transient, wait_out
+from services.runtime.heartbeat import StoreWatch, publish_heartbeat
 from services.runtime.rebuild import rebuild_state
 from services.runtime.role import Input, Role, durable_name
-from services.runtime.snapshots import encode_snapshot, restore_snapshot, snapshot_bucket
+from services.runtime.snapshots import (
+    SNAPSHOT_BUCKET,
+    encode_snapshot,
+    restore_snapshot,
+    snapshot_bucket,
+)
 from services.runtime.telemetry import WorkerMetrics, start_metrics
 from services.runtime.tracing import Tracing, tracer_provider_from_env
 
 log = logging.getLogger("keel.worker")
 
 BATCH = 256
+RETRY_PUBLISH_S = 2.0  # how long a re-sent output waits for its ack before it is sent again
 
 BeforeCommit = Callable[[int], None]
 """Called with the number of outputs a batch published, after the log acknowledged them and
@@ -123,6 +138,7 @@ class Worker:
         self._tracing: Tracing | None = None
         self._before_commit = before_commit
         self._prefix = ""
+        self._watch: StoreWatch | None = None
 
     async def run(self, bus: Bus) -> None:
         self._prefix = bus.prefix
@@ -131,16 +147,16 @@ class Worker:
             with contextlib.suppress(NotImplementedError, RuntimeError):
                 loop.add_signal_handler(sig, self.stop)
         self._start_telemetry()
+        observe = self._metrics.system_status if self._metrics else None
+        self._watch = StoreWatch(bus, self.name, self.instance, observe)
         try:
             await self._seed_gauges(bus)
-            kv = await snapshot_bucket(bus)
-            if self.options.rebuild:
-                await self._rebuild(bus, kv)
-            else:
-                await self._restore(kv)
-            subs = [await self._subscribe(bus, spec) for spec in self.inputs]
+            try:
+                kv, subs = await self._start(bus)
+            except Interrupted:
+                return
             tasks = [
-                asyncio.create_task(self._fetch(sub, spec.stream))
+                asyncio.create_task(self._fetch(bus, sub, spec))
                 for sub, spec in zip(subs, self.inputs, strict=True)
             ]
             tasks.append(asyncio.create_task(self._heartbeat(bus)))
@@ -153,6 +169,27 @@ class Worker:
                 await self._beat(bus, "stopped")
         finally:
             self._stop_telemetry()
+
+    async def _start(self, bus: Bus) -> tuple[KeyValue, list]:
+        """The snapshot and the consumers, through a server restart at this moment too."""
+        stop = self._stop
+        kv = await bus.retry(
+            f"{self.name}: snapshot bucket", lambda: snapshot_bucket(bus), stop=stop
+        )
+        if self.options.rebuild:
+            await bus.retry(f"{self.name}: rebuild", lambda: self._rebuild(bus, kv), stop=stop)
+        else:
+            await bus.retry(f"{self.name}: restore", lambda: self._restore(kv), stop=stop)
+        subs = []
+        for spec in self.inputs:
+            subs.append(
+                await bus.retry(
+                    f"{self.name}: consumer on {spec.stream}",
+                    functools.partial(self._subscribe, bus, spec),
+                    stop=stop,
+                )
+            )
+        return kv, subs
 
     def _start_telemetry(self) -> None:
         if self.options.metrics_port is not None:
@@ -233,16 +270,27 @@ class Worker:
             "", durable=config.durable_name, stream=spec.stream, config=config
         )
 
-    async def _fetch(self, sub, stream: str) -> None:
+    async def _fetch(self, bus: Bus, sub, spec: Input) -> None:
+        """Pull batches; through an outage with backoff (silent: ``Outage`` says it once).
+        Anything else (the consumer gone with a lost store) subscribes again."""
+        stream = spec.stream
+        failures = 0
         while not self._stop.is_set():
             try:
                 msgs = await sub.fetch(self.options.batch, timeout=1.0)
-            except TimeoutError:
+            except TimeoutError:  # nothing new, or the server away: the pull is re-sent
                 continue
-            except Exception as exc:  # connection trouble: back off, keep the worker up
-                log.warning("%s: fetch from %s failed: %s", self.name, stream, exc)
-                await asyncio.sleep(0.5)
+            except Exception as exc:
+                failures += 1
+                bus.outage.trouble(f"{self.name}: fetch from {stream}", exc)
+                with contextlib.suppress(Interrupted):
+                    await wait_out(backoff(failures), self._stop)
+                if not transient(exc) and not self._stop.is_set():
+                    with contextlib.suppress(Exception):
+                        sub = await self._subscribe(bus, spec)
                 continue
+            failures = 0
+            bus.outage.cleared()
             for msg in msgs:
                 self._queue.put_nowait((stream, msg))
 
@@ -267,9 +315,12 @@ class Worker:
                 batch = await self._next_batch()
                 if batch:
                     commit = await self._decide_batch(bus, kv, batch, commit)
+        except Interrupted:
+            pass  # stopped while a batch's outputs waited for the log: it stays unacknowledged
         finally:
             if commit is not None:
-                await commit
+                with contextlib.suppress(Interrupted):
+                    await commit
 
     async def _decide_batch(
         self,
@@ -278,34 +329,92 @@ class Worker:
         batch: list[tuple[str, Msg]],
         previous: asyncio.Task | None,
     ) -> asyncio.Task:
-        futures = []
+        sends: list[tuple[Output, Handled]] = []
         for stream, msg in batch:
             seq = msg.metadata.sequence.stream
             if seq <= self._seqs.get(stream, 0):
                 continue
             handled = self._apply(stream, msg)
-            for output in handled.outputs:
-                futures.append(await self._submit(bus, output, handled))
+            sends.extend((output, handled) for output in handled.outputs)
             self._seqs[stream] = seq
             self.processed += 1
-        await asyncio.gather(*futures)
+        await self._publish(bus, sends)
         if self._before_commit is not None:
-            self._before_commit(len(futures))
+            self._before_commit(len(sends))
         snap = encode_snapshot(self.decider, self._seqs, self.processed)
-        return asyncio.create_task(self._commit(kv, snap, batch, previous))
+        return asyncio.create_task(self._commit(bus, kv, snap, batch, previous))
+
+    async def _publish(self, bus: Bus, sends: list[tuple[Output, Handled]]) -> None:
+        """Every output stored before the batch commits: all in flight at once, then any
+        that failed or went unacknowledged (the server away, the store full) again in order
+        under the same ids until stored; copies of ones that were stored are dropped."""
+        futures: list[asyncio.Future[PubAck]] = []
+        for output, handled in sends:
+            try:
+                futures.append(await self._submit(bus, output, handled))
+            except Exception as exc:
+                if not transient(exc):
+                    raise
+                break
+        if futures:
+            await asyncio.wait(futures, timeout=ACK_TIMEOUT)
+        again: list[tuple[Output, Handled]] = []
+        for future, send in zip(futures, sends, strict=False):
+            if not future.done():
+                future.cancel()
+            elif not future.cancelled() and future.exception() is None:
+                continue
+            elif not future.cancelled():
+                error = future.exception()
+                assert error is not None
+                if not transient(error) and store_refusal(error) is None:
+                    raise error
+            again.append(send)
+        again += sends[len(futures) :]
+        assert self._watch is not None
+        for (event, _, subject, data, headers), handled in again:
+            ack = await bus.retry(
+                f"{self.name}: publish",
+                functools.partial(bus.store, bus.prefix + subject, data, headers, RETRY_PUBLISH_S),
+                stop=self._stop,
+                on_full=self._watch.full,
+            )
+            if self._metrics is not None:
+                latency = (time.time_ns() - handled.origin) / 1e9 if handled.origin else None
+                self._metrics.published(event, subject, not ack.duplicate, latency)
+        await self._watch.cleared()
 
     async def _commit(
         self,
+        bus: Bus,
         kv: KeyValue,
         snapshot: bytes,
         batch: list[tuple[str, Msg]],
         previous: asyncio.Task | None,
     ) -> None:
+        """The snapshot, then the acks, each retried through an outage; a stop in between
+        leaves the rest unacknowledged, to be delivered again and skipped by sequence."""
         if previous is not None:
             await previous
-        await kv.put(self.name, snapshot)
+        assert self._watch is not None
+        await bus.retry(
+            f"{self.name}: snapshot",
+            functools.partial(self._put_snapshot, kv, snapshot),
+            stop=self._stop,
+            on_full=self._watch.full,
+        )
+        await self._watch.cleared()
         for _, msg in batch:
-            await msg.ack()
+            await bus.retry(f"{self.name}: ack", msg.ack, stop=self._stop)
+
+    async def _put_snapshot(self, kv: KeyValue, snapshot: bytes) -> None:
+        try:
+            await kv.put(self.name, snapshot)
+        except APIError as exc:
+            reason = store_refusal(exc)
+            if reason is None:
+                raise
+            raise StoreFull(f"KV_{SNAPSHOT_BUCKET}", reason) from None
 
     def _apply(self, stream: str, msg: Msg) -> Handled:
         """Decode, admit and decide one message; anything unusable becomes a dead letter."""
@@ -400,7 +509,7 @@ class Worker:
             if self._tracing is not None and handled.span is not None
             else None
         )
-        future = await bus.js.publish_async(bus.prefix + subject, data, headers=headers)
+        future = await bus.send(bus.prefix + subject, data, headers)
         if self._metrics is not None or span is not None:
             future.add_done_callback(
                 functools.partial(self._acked, event, subject, handled.origin, span)
