@@ -19,6 +19,7 @@ import functools
 import itertools
 import json
 import logging
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
 from datetime import datetime
 from typing import TypeVar
@@ -63,6 +64,8 @@ BULK_WINDOW = 512
 ACK_TIMEOUT = 2.0  # seconds to wait for a window's acks before sending the rest again
 GIVE_UP_AFTER = 90.0  # a window unacknowledged this long raises; within the 120 s dedup window
 READ_BUFFER = 4096
+LIMIT_TTL_S = 5.0  # how long an unlimited stream is taken to stay so before asking again
+MSG_OVERHEAD = 64  # bytes a stored message takes beyond its subject, headers and data
 
 log = logging.getLogger("keel.bus")
 T = TypeVar("T")
@@ -168,6 +171,7 @@ class Bus:
         self.refusals = Refusals()
         self.outage = Outage("")
         self.acks = AckInbox(nc, window)
+        self._unlimited: dict[str, float] = {}
 
     @classmethod
     async def connect(
@@ -286,6 +290,22 @@ class Bus:
             self.prefix + subject_for(event), encode(event), self._headers(envelope, producer)
         )
 
+    async def near_limit(self, sizes: dict[str, int]) -> bool:
+        """Whether publishes of ``sizes`` (bytes per stream) could reach a stream's byte
+        limit. Near one they must go one at a time: in a pipelined window the store could
+        refuse a message and still take a smaller one sent after it, out of order."""
+        now = time.monotonic()
+        for stream, size in sizes.items():
+            if now - self._unlimited.get(stream, -LIMIT_TTL_S) < LIMIT_TTL_S:
+                continue
+            info = await self.js.stream_info(stream)
+            limit = info.config.max_bytes or -1
+            if limit <= 0:
+                self._unlimited[stream] = now
+            elif info.state.bytes + 2 * size >= limit:
+                return True
+        return False
+
     async def retry(
         self,
         what: str,
@@ -352,6 +372,14 @@ class Bus:
         give_up_after: float,
         on_full: Callable[[StoreFull], Awaitable[None]] | None,
     ) -> None:
+        if await self._window_near_limit(window, ack_timeout):
+            for event, envelope in window:
+                subject = self.prefix + subject_for(event)
+                store = functools.partial(
+                    self.store, subject, encode(event), envelope.headers(), ack_timeout
+                )
+                _count([await self.retry("publish", store, on_full=on_full)], tally)
+            return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + give_up_after
         pending = list(window)
@@ -411,6 +439,25 @@ class Bus:
                     last_error or TimeoutError("no ack"),
                 )
             await asyncio.sleep(min(backoff(attempt), max(0.0, deadline - loop.time())))
+
+    async def _window_near_limit(
+        self, window: list[tuple[Event, Envelope]], timeout: float
+    ) -> bool:
+        subjects = [self.prefix + subject_for(event) for event, _ in window]
+        streams = [stream_of(subject) for subject in subjects]
+        now = time.monotonic()
+        if all(now - self._unlimited.get(s, -LIMIT_TTL_S) < LIMIT_TTL_S for s in set(streams)):
+            return False
+        sizes: dict[str, int] = {}
+        for (event, envelope), subject, stream in zip(window, subjects, streams, strict=True):
+            size = message_size(subject, encode(event), envelope.headers())
+            sizes[stream] = sizes.get(stream, 0) + size
+        try:
+            return await asyncio.wait_for(self.near_limit(sizes), timeout)
+        except Exception as exc:  # the server away: the pipelined path rides it out
+            if not transient(exc) and not isinstance(exc, NotFoundError):
+                raise
+            return False
 
     async def last_event(self, stream: str, subject: str) -> Stored | None:
         """The last event on ``subject`` that decodes; None when there is none.
@@ -544,6 +591,16 @@ def _stored(stream: str, raw: RawStreamMsg) -> Stored | str:
         return Stored(stream, raw.seq or 0, raw.subject or "", envelope, decode(raw.data or b""))
     except (DecodeError, ValueError) as exc:
         return str(exc)
+
+
+def message_size(subject: str, data: bytes, headers: dict[str, str]) -> int:
+    """About what the store counts against a byte limit for one message."""
+    return (
+        len(subject)
+        + len(data)
+        + sum(len(k) + len(v) + 4 for k, v in headers.items())
+        + (MSG_OVERHEAD)
+    )
 
 
 def _count(acks: list, tally: PublishTally) -> None:

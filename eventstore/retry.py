@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import time
 
@@ -106,6 +107,7 @@ async def wait_out(seconds: float, stop: asyncio.Event | None) -> None:
         raise Interrupted
 
 
+@functools.lru_cache(maxsize=4096)
 def stream_of(subject: str) -> str:
     """The event stream that stores ``subject`` (the subject itself when none does)."""
     if subject.startswith(f"{REPLAY_PREFIX}."):

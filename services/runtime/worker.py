@@ -56,8 +56,16 @@ from contracts.codec import DecodeError, decode, encode
 from contracts.envelope import ORIGIN_TIME, PRODUCER, Envelope, content_id
 from contracts.events import DeadLetter, Event, SystemStatus
 from contracts.subjects import name_token, subject_for
-from eventstore.bus import ACK_TIMEOUT, Bus
-from eventstore.retry import Interrupted, StoreFull, backoff, store_refusal, transient, wait_out
+from eventstore.bus import ACK_TIMEOUT, Bus, message_size
+from eventstore.retry import (
+    Interrupted,
+    StoreFull,
+    backoff,
+    store_refusal,
+    stream_of,
+    transient,
+    wait_out,
+)
 from services.runtime.heartbeat import StoreWatch, publish_heartbeat
 from services.runtime.rebuild import rebuild_state
 from services.runtime.role import Input, Role, durable_name
@@ -349,7 +357,7 @@ class Worker:
         that failed or went unacknowledged (the server away, the store full) again in order
         under the same ids until stored; copies of ones that were stored are dropped."""
         futures: list[asyncio.Future[PubAck]] = []
-        for output, handled in sends:
+        for output, handled in [] if await self._near_limit(bus, sends) else sends:
             try:
                 futures.append(await self._submit(bus, output, handled))
             except Exception as exc:
@@ -373,6 +381,8 @@ class Worker:
         again += sends[len(futures) :]
         assert self._watch is not None
         for (event, _, subject, data, headers), handled in again:
+            if handled.origin:
+                headers[ORIGIN_TIME] = str(handled.origin)
             ack = await bus.retry(
                 f"{self.name}: publish",
                 functools.partial(bus.store, bus.prefix + subject, data, headers, RETRY_PUBLISH_S),
@@ -383,6 +393,19 @@ class Worker:
                 latency = (time.time_ns() - handled.origin) / 1e9 if handled.origin else None
                 self._metrics.published(event, subject, not ack.duplicate, latency)
         await self._watch.cleared()
+
+    async def _near_limit(self, bus: Bus, sends: list[tuple[Output, Handled]]) -> bool:
+        """Near a stream's byte limit the outputs go one at a time, in order (``Bus.near_limit``)."""
+        sizes: dict[str, int] = {}
+        for (_, _, subject, data, headers), _ in sends:
+            stream = stream_of(bus.prefix + subject)
+            sizes[stream] = sizes.get(stream, 0) + message_size(subject, data, headers)
+        try:
+            return await asyncio.wait_for(bus.near_limit(sizes), ACK_TIMEOUT)
+        except Exception as exc:  # the server away: the retries below ride it out
+            if not transient(exc):
+                raise
+            return False
 
     async def _commit(
         self,
