@@ -19,15 +19,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import contextlib
 import hashlib
 import json
-import os
 import shutil
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
@@ -101,6 +99,10 @@ class Chaos(msgspec.Struct, frozen=True):
     keep: bool = False
     baseline: Path | None = None
     """Where the uninterrupted run's log is kept and reused from."""
+    parallel: int = 1
+    """Runs at once (each on its own store and port)."""
+    deadline_s: float | None = None
+    """A run whose feed is still going after this long counts as hung."""
 
 
 def slice_bars(source: Path, bars: int, out: Path) -> Path:
@@ -126,71 +128,75 @@ def generate_bars(bars: int, out: Path, seed: int = 7) -> Path:
     return out
 
 
-@contextlib.contextmanager
-def environment(values: dict[str, str]) -> Iterator[None]:
-    """The harness's own connection creates the streams, so it needs the fleet's settings."""
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    try:
-        yield
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
 async def run_chaos(chaos: Chaos, report: Callable[[str], None] = print) -> tuple[Log, list[Row]]:
     """The baseline once, then each scenario and seed against it."""
     config = chaos.workdir / "chaos.toml"
     config.write_text(chaos.config_text)
     workers = [w.name for w in fleet_plan(load_config(config), config)]
-    port = free_port()
 
-    def spec(name: str, env: dict[str, str] | None = None) -> SessionSpec:
-        return SessionSpec(
-            config, chaos.data, SYMBOL, VENUE, chaos.bars, chaos.workdir / name, env or {}
-        )
+    def spec(name: str, env: dict[str, str]) -> SessionSpec:
+        return SessionSpec(config, chaos.data, SYMBOL, VENUE, chaos.bars, chaos.workdir / name, env)
 
-    baseline = await _baseline(chaos, spec("baseline"), port, report)
-    rows: list[Row] = []
-    for scenario in chaos.scenarios:
-        for seed in chaos.seeds:
-            name = f"{scenario}-{seed}"
-            faults = plan(scenario, seed, chaos.bars, workers)
-            if chaos.faults is not None:
-                faults = faults[: chaos.faults * (2 if scenario == "cluster-node" else 1)]
-            report(f"{name}: " + "; ".join(f.describe() for f in faults))
-            cluster = scenario == "cluster-node"
-            env = {REPLICAS_ENV: "3"} if cluster else {}
-            store = chaos.workdir / name / "nats"
-            backend: Backend = ClusterBackend(store) if cluster else SingleServer(store, port)
-            struck: list[str] = []
-            with environment(env):
-                outcome, injected, log = await run_session(
-                    spec(name, env), backend, injector(faults, struck, report), read_log, report
-                )
-            assert isinstance(log, Log)
-            counts = compare(baseline, log)
-            crashes = sum(1 for e in outcome.exits if not e.injected and not _finished(e, chaos))
-            row = Row(
-                scenario,
-                seed,
-                injected,
-                counts,
-                outcome.wall_s,
-                crashes,
-                outcome.hung,
-                struck,
-                outcome.exits,
-                outcome.notes,
-            )
-            rows.append(row)
-            report(_line(row))
-            if row.clean:
-                _discard(chaos, name)
-    return baseline, rows
+    baseline = await _baseline(chaos, spec("baseline", {REPLICAS_ENV: "1"}), report)
+    gate = asyncio.Semaphore(chaos.parallel)
+
+    async def one(scenario: str, seed: int) -> Row:
+        async with gate:
+            return await _run_one(chaos, scenario, seed, baseline, spec, workers, report)
+
+    rows = await asyncio.gather(*(one(s, seed) for s in chaos.scenarios for seed in chaos.seeds))
+    return baseline, list(rows)
+
+
+async def _run_one(
+    chaos: Chaos,
+    scenario: str,
+    seed: int,
+    baseline: Log,
+    spec: Callable[[str, dict[str, str]], SessionSpec],
+    workers: list[str],
+    report: Callable[[str], None],
+) -> Row:
+    name = f"{scenario}-{seed}"
+    faults = plan(scenario, seed, chaos.bars, workers)
+    if chaos.faults is not None:
+        faults = faults[: chaos.faults * (2 if scenario == "cluster-node" else 1)]
+    report(f"{name}: " + "; ".join(f.describe() for f in faults))
+
+    def say(text: str) -> None:
+        report(f"{name}: {text.strip()}")
+
+    cluster = scenario == "cluster-node"
+    store = chaos.workdir / name / "nats"
+    backend: Backend = ClusterBackend(store) if cluster else SingleServer(store, free_port())
+    struck: list[str] = []
+    outcome, injected, log = await run_session(
+        spec(name, {REPLICAS_ENV: "3" if cluster else "1"}),
+        backend,
+        injector(faults, struck, say),
+        read_log,
+        say,
+        deadline_s=chaos.deadline_s,
+    )
+    assert isinstance(log, Log)
+    counts = compare(baseline, log)
+    crashes = sum(1 for e in outcome.exits if not e.injected and not _finished(e, chaos))
+    row = Row(
+        scenario,
+        seed,
+        injected,
+        counts,
+        outcome.wall_s,
+        crashes,
+        outcome.hung,
+        struck,
+        outcome.exits,
+        outcome.notes,
+    )
+    report(_line(row))
+    if row.clean:
+        _discard(chaos, name)
+    return row
 
 
 class Baseline(msgspec.Struct, frozen=True):
@@ -205,9 +211,7 @@ def _sha256(path: Path) -> str:
     return hashlib.sha256(path.read_bytes()).hexdigest()
 
 
-async def _baseline(
-    chaos: Chaos, spec: SessionSpec, port: int, report: Callable[[str], None]
-) -> Log:
+async def _baseline(chaos: Chaos, spec: SessionSpec, report: Callable[[str], None]) -> Log:
     """The uninterrupted run, or the one stored in ``chaos.baseline`` for the same config
     and bars; a fresh one is stored there."""
     path = chaos.baseline
@@ -220,7 +224,7 @@ async def _baseline(
         report(f"baseline {path} is for other bars or another config: running it again")
     report(f"baseline: {chaos.bars} bars, uninterrupted")
     outcome, _, log = await run_session(
-        spec, SingleServer(spec.workdir / "nats", port), None, read_log, report
+        spec, SingleServer(spec.workdir / "nats", free_port()), None, read_log, report
     )
     assert isinstance(log, Log)
     if outcome.hung:
@@ -292,7 +296,12 @@ def table(rows: list[Row]) -> Table:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--scenario", choices=[*SCENARIOS, CONTROL, "all"], default="all")
+    parser.add_argument(
+        "--scenario",
+        choices=[*SCENARIOS, CONTROL, "all"],
+        action="append",
+        help=f"repeatable; all = {', '.join(SCENARIOS)} (default); {CONTROL} = no fault",
+    )
     parser.add_argument("--seeds", type=int, default=5, help="seeds 1..N per scenario")
     parser.add_argument("--seed", type=int, action="append", help="only these seeds (repeatable)")
     parser.add_argument("--bars", type=int, default=30240)
@@ -313,6 +322,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--keep", action="store_true", help="keep every store, not only failed ones"
     )
+    parser.add_argument("--parallel", type=int, default=1, help="runs at once (default 1)")
+    parser.add_argument(
+        "--deadline", type=float, help="seconds after which a run still feeding counts as hung"
+    )
     parser.add_argument("--json", action="store_true", help="the last line is one JSON object")
     args = parser.parse_args(argv)
 
@@ -327,7 +340,13 @@ def main(argv: list[str] | None = None) -> int:
         data = slice_bars(source, args.bars, workdir / "bars.csv")
     bars = len(read_bars(data, venue=VENUE, symbol=SYMBOL).bars)
     chaos = Chaos(
-        scenarios=SCENARIOS if args.scenario == "all" else (args.scenario,),
+        scenarios=tuple(
+            dict.fromkeys(
+                s
+                for name in args.scenario or ["all"]
+                for s in (SCENARIOS if name == "all" else [name])
+            )
+        ),
         seeds=tuple(args.seed or range(1, args.seeds + 1)),
         data=data,
         bars=bars,
@@ -335,6 +354,8 @@ def main(argv: list[str] | None = None) -> int:
         faults=args.faults,
         keep=args.keep,
         baseline=args.baseline or workdir / "baseline.msgpack",
+        parallel=max(1, args.parallel),
+        deadline_s=args.deadline,
     )
     console = Console(stderr=True)
     started = time.monotonic()

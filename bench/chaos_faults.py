@@ -16,6 +16,7 @@ from pathlib import Path
 import msgspec
 
 from bench.chaos_session import FEED, Session, SingleServer
+from eventstore.local_cluster import LocalCluster
 from services.runtime.worker import WorkerOptions
 
 SCENARIOS = ("worker-kill", "server-kill", "sigstop", "cluster-node")
@@ -165,8 +166,6 @@ class ClusterBackend:
     """A 3-node local cluster (``eventstore/local_cluster.py``) as the session's log."""
 
     def __init__(self, base_dir: Path, size: int = 3) -> None:
-        from eventstore.local_cluster import LocalCluster
-
         self._cluster = LocalCluster(base_dir, size)
 
     @property

@@ -23,6 +23,7 @@ import msgspec
 from eventstore.bus import Bus
 from eventstore.lag import consumer_lags, wait_drained
 from eventstore.server import URL_ENV, EmbeddedServer
+from eventstore.streams import REPLICAS_ENV, StoreSettings, ensure_streams
 from services.config import load_config
 from services.fleet import consumer_names, fleet_plan, keel_command
 
@@ -294,7 +295,9 @@ async def run_session(
     backend.start()
     injected = 0
     try:
-        session.bus = await Bus.connect(backend.url, name="chaos")
+        session.bus = await Bus.connect(backend.url, name="chaos", ensure=False)
+        replicas = int(spec.env.get(REPLICAS_ENV, "1"))
+        await ensure_streams(session.bus.js, settings=StoreSettings(replicas=replicas))
         for worker in fleet_plan(config, spec.config):
             session.launch(session.add(worker.name, worker.args))
         supervisor = asyncio.create_task(session.supervise())
