@@ -311,6 +311,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--synthetic", action="store_true", help="generated bars instead of a file (seed 7)"
     )
+    parser.add_argument("--config", type=Path, help="another fleet config (TOML) than CONFIG")
     parser.add_argument("--faults", type=int, help="faults per run (default: the scenario's)")
     parser.add_argument("--workdir", type=Path, help="keep stores and logs here")
     parser.add_argument(
@@ -334,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
     source = None if args.synthetic else args.data or (REAL_DATA if REAL_DATA.is_file() else None)
     if source is not None and not source.is_file():
         parser.error(f"--data {source}: no such file")
+    if args.config is not None and not args.config.is_file():
+        parser.error(f"--config {args.config}: no such file")
     if source is None:
         data = generate_bars(args.bars, workdir / "bars.csv")
     else:
@@ -352,6 +355,7 @@ def main(argv: list[str] | None = None) -> int:
         bars=bars,
         workdir=workdir,
         faults=args.faults,
+        config_text=args.config.read_text() if args.config else CONFIG,
         keep=args.keep,
         baseline=args.baseline or workdir / "baseline.msgpack",
         parallel=max(1, args.parallel),
