@@ -146,7 +146,7 @@ def tap_command(
         raise fail(str(exc)) from None
 
     async def main() -> None:
-        with nats_url() as url:
+        with nats_url(start_server=False) as url:
             bus = await Bus.connect(url, name="tap")
             try:
                 await tap(

@@ -321,6 +321,21 @@ def test_embedded_server_started_and_stopped(tmp_path: Path) -> None:
         os.kill(pid, 0)
 
 
+def test_tap_without_a_fleet_starts_nothing(tmp_path: Path) -> None:
+    """A tap attaches to a running fleet only (issue 13, defect 8): in a directory with no
+    fleet and no ``KEEL_NATS_URL`` it says so in one line, exits non-zero, creates nothing."""
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.app", "tap", "md.>"],
+        capture_output=True,
+        text=True,
+        env=_without_url(),
+        cwd=tmp_path,
+        timeout=60,
+    )
+    assert_one_error(result, "no running fleet", URL_ENV)
+    assert not (tmp_path / ".keel").exists()
+
+
 async def consumed(url: str, stream: str, timeout: float) -> bool:
     """Whether ``stream`` gets a consumer within ``timeout`` seconds."""
     bus = await Bus.connect(url, name="test-probe", ensure=False)
