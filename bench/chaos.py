@@ -34,7 +34,7 @@ from rich.table import Table
 
 from bench.chaos_compare import Counts, Log, compare, read_log, summary
 from bench.chaos_faults import CONTROL, SCENARIOS, ClusterBackend, injector, plan
-from bench.chaos_session import Backend, Exit, SessionSpec, SingleServer, run_session
+from bench.chaos_session import Backend, Exit, Outcome, SessionSpec, SingleServer, run_session
 from eventstore.server import free_port
 from eventstore.streams import REPLICAS_ENV
 from services.config import load_config
@@ -170,14 +170,18 @@ async def _run_one(
     store = chaos.workdir / name / "nats"
     backend: Backend = ClusterBackend(store) if cluster else SingleServer(store, free_port())
     struck: list[str] = []
-    outcome, injected, log = await run_session(
-        spec(name, {REPLICAS_ENV: "3" if cluster else "1"}),
-        backend,
-        injector(faults, struck, say),
-        read_log,
-        say,
-        deadline_s=chaos.deadline_s,
-    )
+    try:
+        outcome, injected, log = await run_session(
+            spec(name, {REPLICAS_ENV: "3" if cluster else "1"}),
+            backend,
+            injector(faults, struck, say),
+            read_log,
+            say,
+            deadline_s=chaos.deadline_s,
+        )
+    except Exception as exc:  # one broken run is reported; the others go on
+        outcome = Outcome(0.0, f"the run failed: {type(exc).__name__}: {exc}")
+        injected, log = len(struck), Log({}, 0)
     assert isinstance(log, Log)
     counts = compare(baseline, log)
     crashes = sum(1 for e in outcome.exits if not e.injected and not _finished(e, chaos))
