@@ -246,6 +246,10 @@ def marketdata(
             raise fail(f"synthetic market: {exc}") from None
         bar_source = synthetic.generate()
 
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s marketdata %(levelname)s %(message)s"
+    )
+
     async def main() -> None:
         feed = Feed("marketdata")
         loop = asyncio.get_running_loop()

@@ -16,9 +16,12 @@ from rich.panel import Panel
 from rich.table import Table
 from rich.text import Text
 
-from cli.console import console, run
+from cli.console import SERVER_ERRORS, console, run
+from cli.console import errors as error_console
 from cli.status_report import LagRow, StatusReport, SystemSection, collect
 from eventstore.bus import Bus
+from eventstore.errors import KeelError
+from eventstore.retry import describe
 from eventstore.server import nats_url
 from services.runtime.worker import WorkerOptions
 
@@ -258,7 +261,9 @@ def status(
 async def _watch(
     bus: Bus, report: StatusReport, every: float, as_json: bool, heartbeat_s: float, errors: int
 ) -> None:
-    """Refresh until Ctrl-C, which ends the command normally (exit 0)."""
+    """Refresh until Ctrl-C, which ends the command normally (exit 0). A refresh the server
+    cannot answer (down or restarting) keeps the last screen and says so in one line, once
+    per outage."""
     stop = asyncio.Event()
     with contextlib.suppress(NotImplementedError):
         asyncio.get_running_loop().add_signal_handler(signal.SIGINT, stop.set)
@@ -268,8 +273,24 @@ async def _watch(
             await asyncio.wait_for(stop.wait(), every)
         return not stop.is_set()
 
-    async def fresh() -> StatusReport:
-        return await collect(bus, heartbeat_s=heartbeat_s, errors=errors)
+    unreadable = False
+
+    async def fresh() -> StatusReport | None:
+        nonlocal unreadable
+        try:
+            current = await collect(bus, heartbeat_s=heartbeat_s, errors=errors)
+        except (KeelError, *SERVER_ERRORS) as exc:
+            if not unreadable:
+                reason = describe(exc) if not isinstance(exc, KeelError) else str(exc)
+                error_console.print(
+                    f"log unreadable ({reason}): server down or restarting; retrying",
+                    highlight=False,
+                    soft_wrap=True,
+                )
+            unreadable = True
+            return None
+        unreadable = False
+        return current
 
     if as_json or not console.is_terminal:
         # JSON, or a pipe: every refresh in turn (a live display needs a terminal).
@@ -281,8 +302,12 @@ async def _watch(
 
         show(report)
         while await pause():
-            show(await fresh())
+            current = await fresh()
+            if current is not None:
+                show(current)
         return
     with Live(render(report), console=console, auto_refresh=False) as live:
         while await pause():
-            live.update(render(await fresh()), refresh=True)
+            current = await fresh()
+            if current is not None:
+                live.update(render(current), refresh=True)

@@ -209,3 +209,37 @@ async def test_tally_of_a_dead_server_is_one_keel_error(nats_server: EmbeddedSer
         assert "\n" not in str(raised.value)
     finally:
         await asyncio.wait_for(bus.close(), 10)
+
+
+def test_status_watch_rides_out_a_server_restart(nats_server: EmbeddedServer) -> None:
+    """``keel status --watch`` keeps refreshing through a restart: one line while the log is
+    unreadable, fresh screens after, and Ctrl-C still ends it with exit 0."""
+    env = {**os.environ, URL_ENV: nats_server.url, "COLUMNS": "200"}
+    watch = subprocess.Popen(
+        [sys.executable, "-m", "cli.app", "status", "--watch", "0.3", "--json"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    try:
+        assert watch.stdout is not None
+        first = watch.stdout.readline()  # the first screen: connected
+        assert first.startswith("{"), first
+        _kill(nats_server)
+        time.sleep(6)  # long enough for a refresh to time out
+        nats_server.start()
+        time.sleep(6)
+        watch.send_signal(signal.SIGINT)
+        stdout, stderr = watch.communicate(timeout=30)
+    finally:
+        if watch.poll() is None:
+            watch.kill()
+            watch.wait()
+    assert "Traceback" not in stdout + stderr, stderr
+    assert watch.returncode == 0, stderr
+    unreadable = [line for line in stderr.splitlines() if "log unreadable" in line]
+    assert len(unreadable) == 1, stderr
+    after = stdout.split("\n")
+    assert len([line for line in after if line.startswith("{")]) >= 3, stdout

@@ -191,7 +191,10 @@ class Feed:
         def count(n: int) -> None:
             self.processed += n
 
+        watch = StoreWatch(bus, self.name, self.instance)
+
         async def publish() -> FeedResult:
+            await watch.resume()
             return await publish_bars(
                 bus,
                 bars,
@@ -199,7 +202,7 @@ class Feed:
                 progress=count,
                 stop=self.stopping,
                 into=result,
-                watch=StoreWatch(bus, self.name, self.instance),
+                watch=watch,
             )
 
         beating = asyncio.create_task(self._heartbeat(bus))

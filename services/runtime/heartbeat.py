@@ -69,6 +69,17 @@ class StoreWatch:
         self.refused: StoreFull | None = None
         self._before: SystemStatus | None = None
 
+    async def resume(self) -> None:
+        """At start: a full store an earlier run reported (its status the latest) is
+        cleared by this run's first stored write, like one of its own."""
+        with contextlib.suppress(Exception):
+            last = await asyncio.wait_for(
+                self._bus.last_event("SYSTEM", f"sys.status.{self._worker}"), STATUS_WAIT_S
+            )
+            event = last.event if last is not None else None
+            if isinstance(event, SystemStatus) and event.rule == STORE_FULL:
+                self.refused = StoreFull("", "reported by an earlier run")
+
     async def full(self, refused: StoreFull) -> None:
         if self.refused is not None:
             return

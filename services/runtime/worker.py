@@ -163,6 +163,7 @@ class Worker:
                 kv, subs = await self._start(bus)
             except Interrupted:
                 return
+            await self._watch.resume()
             tasks = [
                 asyncio.create_task(self._fetch(bus, sub, spec))
                 for sub, spec in zip(subs, self.inputs, strict=True)
