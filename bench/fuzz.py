@@ -143,11 +143,16 @@ def main() -> int:
         f"other outputs {report.other_outputs or 'none'}; stray letters "
         f"{report.stray_letters}; fleet trades afterwards: {report.alive_after}"
     )
+    busy = report.publish_s + report.drain_s
     print(
-        f"wall {report.wall_s:.1f} s (publish {report.publish_s:.1f} s, "
-        f"drain {report.drain_s:.1f} s: {report.letters / max(report.drain_s, 1e-9):,.0f} "
-        f"dead letters/s)"
+        f"wall {report.wall_s:.1f} s (publishing {report.publish_s:.1f} s, then draining "
+        f"{report.drain_s:.1f} s: {report.letters / max(busy, 1e-9):,.0f} dead letters/s)"
     )
+    print()
+    print("| dead letters by reason | count |")
+    print("| --- | ---: |")
+    for kind, n in report.reasons.items():
+        print(f"| {kind} | {n:,} |")
     if decoders:
         print()
         print(f"## Decoders, seed {args.seed} ({decoders_s:.1f} s)")

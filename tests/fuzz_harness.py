@@ -67,6 +67,7 @@ class FuzzReport(msgspec.Struct):
     restarted: list[str]
     other_outputs: dict[str, int]
     stray_letters: int
+    reasons: dict[str, int]
     alive_after: bool
     wall_s: float
     publish_s: float
@@ -337,6 +338,7 @@ async def run_batches(
         restarted=restarted,
         other_outputs=other,
         stray_letters=stray,
+        reasons=dict(Counter(reason_kind(letter.reason) for letter in letters).most_common()),
         alive_after=alive,
         wall_s=time.monotonic() - started,
         publish_s=publish_s,
@@ -359,6 +361,36 @@ async def _restarts(bus: Bus, start_seq: int) -> list[str]:
         if isinstance(item, Stored) and isinstance(item.event, Heartbeat):
             instances[item.event.worker].add(item.event.instance)
     return sorted(w for w, seen in instances.items() if len(seen) > 1)
+
+
+_REASON_KINDS = (
+    ("missing Nats-Msg-Id", "no message id"),
+    ("bad envelope header", "bad envelope header"),
+    ("JSON is malformed", "not JSON"),
+    ("Input data was truncated", "not JSON"),
+    ("Invalid UTF-8", "not JSON"),
+    ("Expected `", "wrong shape or type"),
+    ("Object missing required field", "wrong shape or type"),
+    ("Invalid value", "wrong shape or type"),
+    ("Invalid enum value", "wrong shape or type"),
+    ("Number out of range", "wrong shape or type"),
+    (" not admitted on ", "another type on the subject"),
+    ("cannot form a subject", "name cannot form a subject"),
+    ("handler error", "handler error"),
+    ("output error", "output error"),
+    ("worker error", "worker error"),
+)
+
+
+def reason_kind(reason: str) -> str:
+    """A dead letter's reason, coarsely: what a report can count."""
+    text = reason.removeprefix("undecodable: ")
+    for fragment, kind in _REASON_KINDS:
+        if fragment in text:
+            return kind
+    if text.startswith("subject ") and " != payload " in text:
+        return "identity differs from the subject"
+    return "an invariant of the type"
 
 
 def _account(
