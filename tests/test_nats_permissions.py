@@ -249,9 +249,15 @@ class SecuredServer:
         }
 
     async def connect(self, user: str, name: str = "", ensure: bool = False) -> Bus:
-        return await Bus.connect(
+        """With ``ensure``, the admin also creates the readers' mirrors, as compose's
+        `streams` and `reader-mirrors` services do one after the other."""
+        bus = await Bus.connect(
             self.url, name=name or f"test-{user}", ensure=ensure, credentials=self.creds(user)
         )
+        if ensure and user == "admin":
+            mirrors = bus.nc.jetstream(prefix=reader_mirrors.MIRROR_API)
+            await reader_mirrors.ensure_mirrors(mirrors, StoreSettings())
+        return bus
 
     def stop(self) -> None:
         if self.proc.poll() is None:
@@ -272,9 +278,6 @@ async def admin(secured: SecuredServer) -> AsyncIterator[Bus]:
     bus = await secured.connect("admin", ensure=True)
     await ensure_streams(bus.js, (replay_stream("probe"),))
     await snapshot_bucket(bus)
-    await reader_mirrors.ensure_mirrors(
-        bus.nc.jetstream(prefix=reader_mirrors.MIRROR_API), StoreSettings()
-    )
     yield bus
     await bus.close()
 
