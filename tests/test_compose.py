@@ -1,6 +1,8 @@
 """The compose deployment stays in step with the code: commands, files, scrape targets, config,
 credentials and each worker's NATS user (there is no Docker engine here: compose.yaml is
-parsed and checked against the CLI, nats.conf, Prometheus, Grafana and the collector)."""
+parsed and checked against the CLI, nats.conf, Prometheus, Grafana and the collector), and
+so is its 3-node cluster variant, compose.cluster.yaml merged over it, whose node configs
+are checked by nats-server and started for real on loopback ports."""
 
 from __future__ import annotations
 
