@@ -16,7 +16,7 @@ from rich.console import Console
 from contracts.intervals import IntervalError
 from contracts.subjects import SubjectError
 from eventstore.errors import KeelError
-from eventstore.retry import describe
+from eventstore.retry import describe, transient
 from services.config import KeelConfig, load_config
 from services.marketdata.sources import SourceError
 from strategies.registry import StrategyError
@@ -59,7 +59,8 @@ def run(coro: Coroutine[Any, Any, Any]) -> Any:
     except USER_ERRORS as exc:
         raise fail(str(exc)) from None
     except SERVER_ERRORS as exc:
-        raise fail(f"NATS: {describe(exc)} (is the server up?)", 1) from None
+        hint = " (is the server up?)" if transient(exc) else ""
+        raise fail(f"NATS: {describe(exc)}{hint}", 1) from None
     except KeyboardInterrupt:
         raise typer.Exit(130) from None
     except asyncio.CancelledError:

@@ -19,7 +19,9 @@ import time
 from pathlib import Path
 
 import pytest
+import typer
 
+from cli.console import run
 from contracts.codec import encode
 from eventstore.bus import Bus, Stored
 from eventstore.errors import KeelError
@@ -243,3 +245,25 @@ def test_status_watch_rides_out_a_server_restart(nats_server: EmbeddedServer) ->
     assert len(unreadable) == 1, stderr
     after = stdout.split("\n")
     assert len([line for line in after if line.startswith("{")]) >= 3, stdout
+
+
+def test_a_server_dying_mid_command_is_one_line(
+    nats_server: EmbeddedServer, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """Any command (``cli.console.run``): a server that dies after the connect is one line
+    and exit 1, not a nats-py traceback."""
+
+    async def command() -> None:
+        bus = await Bus.connect(nats_server.url, name="test-command")
+        _kill(nats_server)
+        try:
+            await bus.js.stream_info("MARKET")
+        finally:
+            await asyncio.wait_for(bus.close(), 10)
+
+    with pytest.raises(typer.Exit) as ended:
+        run(command())
+    assert ended.value.exit_code == 1
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: NATS: TimeoutError") and "is the server up?" in lines[0]
