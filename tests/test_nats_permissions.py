@@ -37,7 +37,7 @@ from eventstore.bus import Bus, Stored
 from eventstore.credentials import Credentials, redact_url
 from eventstore.errors import KeelError
 from eventstore.lag import consumer_lags, wait_drained
-from eventstore.model_store import get_model, put_model
+from eventstore.model_store import get_model, list_models, put_model
 from eventstore.server import URL_ENV, find_binary, find_config, free_port, port_open
 from eventstore.streams import STREAMS, StoreSettings, ensure_streams, replay_stream
 from replay.backtest import BacktestSpec, load_run, run_backtest
@@ -771,6 +771,15 @@ async def test_operator_stores_models_and_workers_read_them(
     finally:
         await strategy.close()
     assert strategy.refusals.seen == []
+    tap = await secured.connect("tap")
+    try:  # a reader lists and shows models through the mirror of the bucket
+        deadline = time.monotonic() + 10
+        while not [m for m in await list_models(tap.js) if m.summary.tag == "v1"]:
+            assert time.monotonic() < deadline, "the model never reached the readers' mirror"
+            await asyncio.sleep(0.1)
+        assert (await get_model(tap.js, "perm:v1")).tag == "v1"
+    finally:
+        await tap.close()
     tap = await secured.connect("tap")
     tap.js = tap.nc.jetstream(timeout=2)
     try:

@@ -1,11 +1,12 @@
-"""Create or update the readers' mirrors: one per live stream, in nats.conf's MIRROR account.
+"""Create or update the readers' mirrors: one per live stream and the model bucket, in
+nats.conf's MIRROR account.
 
 Read-only users (account READERS) run their ordered consumers on these mirrors, never in
 KEEL where the workers' durable consumers live (docs/deploy.md, "Readers in their own
 account"). A mirror keeps its source's name, sequences, limits and replica count
 (``KEEL_STREAM_REPLICAS``). Run as ``admin`` after ``keel streams``, with the same
-environment (``KEEL_NATS_URL``, ``KEEL_NATS_USER``, ``KEEL_NATS_PASSWORD``): compose's
-``streams`` service does both. Idempotent.
+environment (``KEEL_NATS_URL``, ``KEEL_NATS_USER``, ``KEEL_NATS_PASSWORD``): compose runs
+it as its ``reader-mirrors`` service once ``streams`` is done. Idempotent.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from nats.js.errors import NotFoundError
 
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
+from eventstore.model_store import BUCKET as MODEL_BUCKET
 from eventstore.server import URL_ENV
 from eventstore.streams import STREAMS, StoreSettings, StreamSpec
 
@@ -30,10 +32,13 @@ SOURCE_API = "$JS.keel.API"
 """MIRROR imports KEEL's JetStream API under this prefix: where its mirrors follow from."""
 DELIVER = "deliver.mirror"
 """KEEL exports the mirrors' deliveries to MIRROR under this prefix."""
+MODELS = StreamSpec(f"OBJ_{MODEL_BUCKET}", (f"$O.{MODEL_BUCKET}.>",), "regime models")
+"""The model bucket (Object Store), so readers can list and show models; the operator
+creates it with the first model, and its mirror starts following it then."""
 
 
 def mirror_config(spec: StreamSpec, settings: StoreSettings) -> StreamConfig:
-    live = spec.config(settings)
+    live = spec.config(settings if spec is not MODELS else StoreSettings(settings.replicas))
     return StreamConfig(
         name=spec.name,
         description=f"readers' mirror of {spec.name}",
@@ -52,7 +57,7 @@ def mirror_config(spec: StreamSpec, settings: StoreSettings) -> StreamConfig:
 async def ensure_mirrors(js: JetStreamContext, settings: StoreSettings) -> list[str]:
     """Add each missing mirror, update one whose limits changed; the names it changed."""
     changed = []
-    for spec in STREAMS:
+    for spec in (*STREAMS, MODELS):
         wanted = mirror_config(spec, settings)
         try:
             current = (await js.stream_info(spec.name)).config
@@ -86,7 +91,7 @@ async def main() -> int:
         ) from None
     finally:
         await bus.close()
-    print(f"reader mirrors ready ({len(STREAMS)} streams, {len(changed)} created or updated)")
+    print(f"reader mirrors ready ({len(STREAMS) + 1} streams, {len(changed)} created or updated)")
     return 0
 
 
