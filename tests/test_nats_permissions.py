@@ -1007,6 +1007,18 @@ def test_both_configs_are_valid_for_nats_server() -> None:
         )
 
 
+def test_the_accounts_imports_never_form_a_cycle() -> None:
+    """nats-server walks the accounts in a random order when it checks imports for cycles,
+    and imports of the whole JetStream API both ways were refused only some of the time:
+    the narrower imports of nats.conf must pass every time."""
+    env = {**os.environ, **{var: password_for(var) for var in password_vars()}}
+    for _ in range(20):
+        check = subprocess.run(
+            [find_binary(), "-c", str(NATS_CONF), "-t"], capture_output=True, text=True, env=env
+        )
+        assert check.returncode == 0, check.stdout + check.stderr
+
+
 def test_the_embedded_config_has_no_users_and_stays_on_loopback() -> None:
     embedded = load_nats_conf(find_config())
     assert "authorization" not in embedded and "accounts" not in embedded
