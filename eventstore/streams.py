@@ -107,15 +107,24 @@ async def ensure_streams(
     specs: tuple[StreamSpec, ...] = STREAMS,
     settings: StoreSettings | None = None,
 ) -> None:
+    """Create missing streams and bring existing ones to the spec. A setting nobody gave
+    (neither ``settings`` nor its environment variable) keeps what an existing stream has:
+    a command run without ``KEEL_STREAM_REPLICAS`` never scales a cluster's R3 log down."""
+    given = {REPLICAS_ENV, MAX_BYTES_ENV} if settings else set(os.environ)
     settings = settings or StoreSettings.from_env()
     for spec in specs:
-        config = spec.config(settings)
         try:
             info = await js.stream_info(spec.name)
         except NotFoundError:
-            await js.add_stream(config)
+            await js.add_stream(spec.config(settings))
             continue
-        if _differs(info.config, config):
+        current = info.config
+        kept = StoreSettings(
+            replicas=settings.replicas if REPLICAS_ENV in given else current.num_replicas or 1,
+            max_bytes=settings.max_bytes if MAX_BYTES_ENV in given else current.max_bytes or -1,
+        )
+        config = spec.config(kept)
+        if _differs(current, config):
             await js.update_stream(config)
 
 
