@@ -4,7 +4,7 @@ Each decoder may accept an input or refuse it with its own error and a reason; a
 exception is a crash (in a worker, a dead letter that says "worker error"; in the command
 line, a traceback instead of one line). The decoders: the event codec, the envelope from
 headers, bar subjects, intervals, the bus replay's msgpack frames, the fleet config (TOML
-and JSON) and bar files (CSV).
+and JSON), bar files (CSV) and a replay's events files (JSONL).
 """
 
 from __future__ import annotations
@@ -26,10 +26,17 @@ from contracts.envelope import (
     Envelope,
     bar_envelope,
 )
-from contracts.events import Bar
+from contracts.events import (
+    Bar,
+    ListingAnnouncement,
+    ParamsTuned,
+    PromoAnnouncement,
+    SocialSentiment,
+)
 from contracts.intervals import Interval
 from contracts.subjects import parse_bar_subject
 from eventstore.frames import Frame, FramedEvent, decode_frame, encode_frame
+from replay.external import EventFile, read_events
 from services.config import load_config
 from services.marketdata.sources import read_bars
 from tests.malformed import SAMPLES, TOKEN, Generator, mutate
@@ -164,6 +171,21 @@ def bar_files(rng: random.Random, count: int, tmp: Path) -> Iterator[Path]:
         yield path
 
 
+def events_files(rng: random.Random, count: int, tmp: Path) -> Iterator[Path]:
+    """Mutated JSONL events files of a replay (external events and parameter changes)."""
+    kinds = (ListingAnnouncement, SocialSentiment, PromoAnnouncement, ParamsTuned)
+    valid = b"\n".join(encode(SAMPLES[k]) for k in kinds) + b"\n"
+    path = tmp / "events.jsonl"
+    for _ in range(count):
+        path.write_bytes(mutate(rng, valid, 8))
+        yield path
+
+
+def _read_events(path: object) -> object:
+    assert isinstance(path, Path)
+    return list(read_events(EventFile(str(path))))
+
+
 def _read_bars(path: object) -> object:
     assert isinstance(path, Path)
     return read_bars(path, venue="test", symbol="BTC/USDT")
@@ -187,5 +209,8 @@ def decoder_rows(count: int, seed: int, tmp: Path, files: int | None = None) -> 
         fuzz_decoder("config.load_config", load_config, config_files(rng, files, tmp), USER_ERRORS),
         fuzz_decoder(
             "sources.read_bars (CSV)", _read_bars, bar_files(rng, files, tmp), USER_ERRORS
+        ),
+        fuzz_decoder(
+            "external.read_events (JSONL)", _read_events, events_files(rng, files, tmp), USER_ERRORS
         ),
     ]

@@ -67,7 +67,7 @@ async def test_malformed_messages_on_every_input_subject_become_dead_letters(
 
 def test_every_decoder_refuses_garbage_with_its_own_error(tmp_path: Path) -> None:
     rows = decoder_rows(300, seed=13, tmp=tmp_path, files=100)
-    assert len(rows) == 7
+    assert len(rows) == 8
     for row in rows:
         assert row.crashes == 0, row.first_crash
         assert row.empty_reasons == 0, row
