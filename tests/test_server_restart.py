@@ -32,8 +32,8 @@ from services.config import load_config
 from services.fleet import consumer_names, fleet_plan
 
 ROOT = Path(__file__).resolve().parents[1]
-BARS = 240
-KILL_AT = 90  # bars stored when the server is killed
+BARS = 160
+KILL_AT = 60  # bars stored when the server is killed
 OUTPUT_STREAMS = {"SIGNALS": "sig.>", "ORDERS": "ord.>", "EXECUTION": "exec.>", "PORTFOLIO": "pf.>"}
 
 CONFIG = """

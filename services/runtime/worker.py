@@ -67,6 +67,7 @@ from eventstore.retry import (
     wait_out,
 )
 from services.runtime.heartbeat import StoreWatch, publish_heartbeat
+from services.runtime.merge import InputMerge, stored_ns
 from services.runtime.rebuild import rebuild_state
 from services.runtime.role import Input, Role, durable_name
 from services.runtime.snapshots import (
@@ -116,11 +117,6 @@ class Handled:
         self.span = span
 
 
-def _stored_ns(msg: Msg) -> int:
-    """When JetStream stored the message (server wall clock, ns)."""
-    return int(msg.metadata.timestamp.timestamp() * 1e9)
-
-
 class Worker:
     def __init__(
         self,
@@ -147,6 +143,7 @@ class Worker:
         self._before_commit = before_commit
         self._prefix = ""
         self._watch: StoreWatch | None = None
+        self._merge = InputMerge(tuple(spec.stream for spec in self.inputs))
 
     async def run(self, bus: Bus) -> None:
         self._prefix = bus.prefix
@@ -285,9 +282,11 @@ class Worker:
         stream = spec.stream
         failures = 0
         while not self._stop.is_set():
+            outages, connected = bus.outage.outages, bus.nc.is_connected
             try:
                 msgs = await sub.fetch(self.options.batch, timeout=1.0)
             except TimeoutError:  # nothing new, or the server away: the pull is re-sent
+                self._merge.fetched(stream, outages, bus.outage.outages, connected)
                 continue
             except Exception as exc:
                 failures += 1
@@ -302,16 +301,23 @@ class Worker:
             bus.outage.cleared()
             for msg in msgs:
                 self._queue.put_nowait((stream, msg))
+            self._merge.fetched(stream, outages, bus.outage.outages, connected)
 
-    async def _next_batch(self) -> list[tuple[str, Msg]]:
-        """Whatever is queued, up to a batch; empty once stopping (``None`` is the wake-up)."""
+    async def _next_batch(self, bus: Bus) -> list[tuple[str, Msg]]:
+        """Whatever is queued, up to a batch, in stored order (``merge.py``); at the start
+        or after an outage everything pending on every input. Empty once stopping (``None``
+        is the wake-up)."""
         first = await self._queue.get()
+        size = self.options.batch
+        if first is not None and self._merge.due(bus.outage.outages):
+            await self._merge.wait(lambda: bus.outage.outages, self._stop)
+            size *= len(self.inputs)  # each consumer holds at most a batch unacknowledged
         batch = [first] if first is not None else []
-        while len(batch) < self.options.batch and not self._queue.empty():
+        while len(batch) < size and not self._queue.empty():
             item = self._queue.get_nowait()
             if item is not None:
                 batch.append(item)
-        return [] if self._stop.is_set() else batch
+        return [] if self._stop.is_set() else self._merge.order(batch)
 
     async def _process(self, bus: Bus, kv: KeyValue) -> None:
         """Decide and publish each batch, then commit it (snapshot, then acks) in the
@@ -321,7 +327,7 @@ class Worker:
         commit: asyncio.Task | None = None
         try:
             while not self._stop.is_set():
-                batch = await self._next_batch()
+                batch = await self._next_batch(bus)
                 if batch:
                     commit = await self._decide_batch(bus, kv, batch, commit)
         except Interrupted:
@@ -495,7 +501,7 @@ class Worker:
             return Handled([self._dead_letter(stream, seq, msg, reason, "handler_error")])
         origin = self._origin(msg, envelope)
         if self._metrics:
-            delay = (started_ns - _stored_ns(msg)) / 1e9
+            delay = (started_ns - stored_ns(msg)) / 1e9
             self._metrics.consumed(
                 stream, msg.subject, event_type, time.perf_counter() - started, delay
             )
@@ -521,7 +527,7 @@ class Worker:
                 return int(header)
             except ValueError:
                 return 0
-        return _stored_ns(msg) if envelope.event_id == envelope.correlation_id else 0
+        return stored_ns(msg) if envelope.event_id == envelope.correlation_id else 0
 
     async def _submit(self, bus: Bus, output: Output, handled: Handled) -> asyncio.Future:
         """``Bus.submit`` plus the origin header, and the telemetry of the publish ack."""
