@@ -170,10 +170,6 @@ class Session:
         child.down_since = None
         child.killed_by_harness = False
 
-    def workers(self) -> list[Child]:
-        """The consuming workers (not the feed)."""
-        return [c for name, c in self.children.items() if name != FEED]
-
     def kill(self, name: str) -> bool:
         """SIGKILL one process; the supervisor restarts it. False when it was not running."""
         child = self.children[name]
