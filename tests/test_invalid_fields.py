@@ -2,7 +2,8 @@
 
 Every field of every type in ``AnyEvent`` gets values of the wrong type (from its type as
 ``msgspec.inspect`` gives it) and, where the event's invariants forbid some values of the
-right type, those too (``tests/malformed.py``). Each, as the JSON a publisher would send, is
+right type, those too (``tests/malformed.py``); hypothesis puts either into any valid
+instance. Each, as the JSON a publisher would send, is
 refused at decode with a reason; a name that is legal for the type but cannot form the
 subject it travels on is refused by the subject's admission. Then all of them go through a
 real nats-server to the default fleet's workers: each yields exactly one dead letter per
@@ -23,10 +24,24 @@ from contracts.admission import admission_error
 from contracts.codec import DecodeError, decode, encode
 from contracts.events import (
     EVENT_TYPES,
+    Bar,
+    DeadLetter,
     EquitySnapshot,
     Event,
     ExecutionReport,
+    FundingRate,
     GovernanceCommand,
+    Heartbeat,
+    Instrument,
+    ListingAnnouncement,
+    OrderCommand,
+    PositionChanged,
+    PromoAnnouncement,
+    Quote,
+    Signal,
+    SocialSentiment,
+    StrategyPnL,
+    Trade,
 )
 from contracts.subjects import subject_for
 from eventstore.server import EmbeddedServer
@@ -103,7 +118,7 @@ def _wrong_values(info: mi.Type) -> list[Any]:
     return []
 
 
-@settings(max_examples=400, deadline=None, suppress_health_check=list(HealthCheck))
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
 @given(st.sampled_from(EVENT_TYPES).flatmap(lambda t: STRATEGIES[t]), st.data())
 def test_any_valid_event_with_one_field_of_a_wrong_type_is_refused(
     event: Event, data: st.DataObject
@@ -114,6 +129,84 @@ def test_any_valid_event_with_one_field_of_a_wrong_type_is_refused(
     value = data.draw(st.sampled_from(_wrong_values(field.type)))
     raw = msgspec.to_builtins(event)
     raw[field.name] = value
+    with pytest.raises(DecodeError) as refused:
+        decode(msgspec.json.encode(raw))
+    assert str(refused.value).strip()
+
+
+_NEG = st.floats(max_value=-1e-300, allow_nan=False, allow_infinity=False)
+_NOT_POS = st.floats(max_value=0.0, allow_nan=False, allow_infinity=False)
+_NEG_INT = st.integers(min_value=-(2**63), max_value=-1)
+_NOT_POS_INT = st.integers(min_value=-(2**63), max_value=0)
+_OUTSIDE_UNIT = st.floats(min_value=1.000001, max_value=1e300) | _NEG
+_SIGN_RULES: dict[type[Event], dict[str, st.SearchStrategy[Any]]] = {
+    Instrument: {
+        "tick_size": _NEG,
+        "lot_size": _NEG,
+        "min_notional": _NEG,
+        "max_leverage": _NEG,
+        "contract_size": _NOT_POS,
+    },
+    Bar: {"open": _NOT_POS, "high": _NOT_POS, "low": _NOT_POS, "close": _NOT_POS, "volume": _NEG},
+    Trade: {"price": _NOT_POS, "qty": _NOT_POS},
+    Quote: {"bid": _NOT_POS, "bid_size": _NEG, "ask_size": _NEG},
+    FundingRate: {"interval_h": _NOT_POS, "next_time": _NEG_INT},
+    Signal: {"confidence": _OUTSIDE_UNIT, "size": _NOT_POS, "atr": _NEG},
+    OrderCommand: {
+        "qty": _NOT_POS,
+        "limit_price": _NOT_POS,
+        "stop_price": _NOT_POS,
+        "take_profit": _NOT_POS,
+        "stop_loss": _NOT_POS,
+        "trail_pct": _NOT_POS | st.floats(min_value=100.0, max_value=1e300),
+        "trail_atr": _NOT_POS,
+        "atr": _NOT_POS,
+        "expire_at": _NOT_POS_INT,
+    },
+    ExecutionReport: {
+        "order_qty": _NEG,
+        "fill_price": _NEG,
+        "fill_qty": _NEG,
+        "cum_qty": _NEG,
+        "stop_price": _NOT_POS,
+        "limit_price": _NOT_POS,
+    },
+    PositionChanged: {"avg_price": _NEG, "margin_used": _NEG},
+    EquitySnapshot: {"gross_exposure": _NEG, "margin_used": _NEG},
+    StrategyPnL: {"gross_exposure": _NEG, "positions": _NEG_INT},
+    Heartbeat: {
+        "seq": _NEG_INT,
+        "processed": _NEG_INT,
+        "metrics_port": _NEG_INT | st.integers(min_value=65_536, max_value=2**63 - 1),
+    },
+    DeadLetter: {"stream_seq": _NEG_INT},
+    ListingAnnouncement: {"listing_time": _NEG_INT},
+    SocialSentiment: {
+        "score": st.floats(min_value=1.000001, max_value=1e300),
+        "mentions": _NEG_INT,
+    },
+    PromoAnnouncement: {
+        "starts_at": _NEG_INT,
+        "ends_at": _NEG_INT,
+        "min_volume": _NOT_POS,
+        "reward_pool": _NOT_POS,
+        "reward_per_user": _NOT_POS,
+        "winners": _NOT_POS_INT,
+    },
+}
+"""Fields whose sign or range the type fixes, and values outside it, whatever the rest."""
+
+
+@settings(max_examples=200, deadline=None, suppress_health_check=list(HealthCheck))
+@given(st.sampled_from(list(_SIGN_RULES)), st.data())
+def test_any_valid_event_with_one_value_out_of_its_range_is_refused(
+    event_type: type[Event], data: st.DataObject
+) -> None:
+    event = data.draw(STRATEGIES[event_type])
+    field = data.draw(st.sampled_from(sorted(_SIGN_RULES[event_type])))
+    value = data.draw(_SIGN_RULES[event_type][field])
+    raw = msgspec.to_builtins(event)
+    raw[field] = value
     with pytest.raises(DecodeError) as refused:
         decode(msgspec.json.encode(raw))
     assert str(refused.value).strip()
