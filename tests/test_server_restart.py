@@ -26,6 +26,7 @@ from contracts.codec import encode
 from eventstore.bus import Bus, Stored
 from eventstore.errors import KeelError
 from eventstore.lag import wait_drained
+from eventstore.retry import backoff
 from eventstore.server import URL_ENV, EmbeddedServer, free_port
 from eventstore.tally import tally
 from services.config import load_config
@@ -267,3 +268,7 @@ def test_a_server_dying_mid_command_is_one_line(
     lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: NATS: TimeoutError") and "is the server up?" in lines[0]
+
+
+def test_backoff_doubles_from_a_fifth_of_a_second_to_five_seconds() -> None:
+    assert [backoff(n) for n in range(1, 9)] == [0.2, 0.4, 0.8, 1.6, 3.2, 5.0, 5.0, 5.0]
