@@ -298,7 +298,11 @@ class Bus:
         for stream, size in sizes.items():
             if now - self._unlimited.get(stream, -LIMIT_TTL_S) < LIMIT_TTL_S:
                 continue
-            info = await self.js.stream_info(stream)
+            try:
+                info = await self.js.stream_info(stream)
+            except NotFoundError:  # no stream stores it: the publish itself will say so
+                self._unlimited[stream] = now
+                continue
             limit = info.config.max_bytes or -1
             if limit <= 0:
                 self._unlimited[stream] = now
