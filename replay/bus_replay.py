@@ -96,7 +96,7 @@ def bus_replay(
                     last,
                 )
                 subject = frame_subject(namespace, MARKET_KIND, "driver")
-                sends.append(await bus.js.publish_async(subject, encode_frame(frame)))
+                sends.append(await bus.send(subject, encode_frame(frame), {}))
                 watch.owe(len(chunk), planner.outputs)
                 await watch.check()
             await asyncio.gather(*sends)

@@ -134,8 +134,9 @@ async def test_feed_beats_on_sys_heartbeat(nats_server: EmbeddedServer, bus: Bus
 def test_run_marketdata_stops_on_sigterm_while_the_server_is_down(
     nats_server: EmbeddedServer,
 ) -> None:
-    """Killed server, feed stuck waiting for acks: SIGTERM still ends it within about a second,
-    with no traceback."""
+    """Killed server, feed stuck waiting for acks: SIGTERM still ends it within seconds (not
+    after the 90 s an unacknowledged window is allowed), with no traceback. The bound leaves
+    room for a loaded machine: the stop itself takes about a second."""
     env = {**os.environ, URL_ENV: nats_server.url, "COLUMNS": "200"}
     feed = subprocess.Popen(
         [sys.executable, "-m", "cli.app", "run", "marketdata", "--bars", "200000"],
@@ -168,4 +169,4 @@ def test_run_marketdata_stops_on_sigterm_while_the_server_is_down(
     assert "Traceback" not in stderr, stderr
     assert feed.returncode == 0, stderr
     assert "stopped by a signal" in stdout
-    assert took < 2.0, f"took {took:.2f}s to stop"
+    assert took < 6.0, f"took {took:.2f}s to stop"

@@ -7,7 +7,6 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import Any
 
 from contracts.codec import encode
 from contracts.envelope import MSG_ID, Envelope, bar_envelope
@@ -46,28 +45,10 @@ def consumers(workers: list[Worker]) -> set[str]:
     return {f"{w.name}-{i.stream.lower()}" for w in workers for i in w.inputs}
 
 
-def record_outputs(bus: Bus, published: list[str]) -> None:
-    """Note the subject of every output the bus publishes (workers publish outputs with
-    ``publish_async``, heartbeats with ``publish``)."""
-    publish_async = bus.js.publish_async
-
-    async def recorded(subject: str, *args: Any, **kwargs: Any) -> asyncio.Future:
-        published.append(subject)
-        return await publish_async(subject, *args, **kwargs)
-
-    bus.js.publish_async = recorded
-
-
 @asynccontextmanager
-async def running(
-    url: str, workers: list[Worker], published: list[str] | None = None
-) -> AsyncIterator[Bus]:
-    """Workers in this process (each with its own connection), plus a bus for the test;
-    ``published`` collects the subjects of the workers' outputs."""
+async def running(url: str, workers: list[Worker]) -> AsyncIterator[Bus]:
+    """Workers in this process (each with its own connection), plus a bus for the test."""
     buses = [await Bus.connect(url, name=w.name) for w in workers]
-    if published is not None:
-        for worker_bus in buses:
-            record_outputs(worker_bus, published)
     tasks = [asyncio.create_task(w.run(b)) for w, b in zip(workers, buses, strict=True)]
     bus = await Bus.connect(url, name="test-driver")
     try:

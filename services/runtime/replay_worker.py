@@ -257,7 +257,7 @@ class ReplayWorker:
         for kind, box in self._outbox.items():
             frame = encode_frame(Frame(box))
             subject = frame_subject(self.namespace, kind, self.name)
-            self._sent.append(await self._bus.js.publish_async(subject, frame))
+            self._sent.append(await self._bus.send(subject, frame, {}))
         self._outbox.clear()
         if len(self._sent) > 256:
             await asyncio.gather(*self._sent)
