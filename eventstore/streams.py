@@ -77,13 +77,36 @@ class StreamSpec(msgspec.Struct, frozen=True):
         )
 
 
+DECISION_WINDOW_S = 3_600.0
+"""De-duplication of the workers' outputs: a worker re-sends an unacknowledged output under
+its id until stored, for as long as the server is away, so the window must outlast any
+outage a fleet rides out. An hour of ids costs little at decision rates. Bulk market data
+keeps the default two minutes: the feed checks the log itself after a long outage."""
+
 STREAMS: tuple[StreamSpec, ...] = (
     StreamSpec("MARKET", ("md.>",), "bars, trades, quotes, instruments"),
-    StreamSpec("SIGNALS", ("sig.>",), "strategy signals"),
-    StreamSpec("ORDERS", ("ord.>",), "approved order commands and risk decisions"),
-    StreamSpec("EXECUTION", ("exec.>",), "execution reports from venues"),
-    StreamSpec("PORTFOLIO", ("pf.>",), "positions and equity"),
-    StreamSpec("GOVERNANCE", ("gov.>",), "kill switch and governance decisions"),
+    StreamSpec("SIGNALS", ("sig.>",), "strategy signals", duplicate_window_s=DECISION_WINDOW_S),
+    StreamSpec(
+        "ORDERS",
+        ("ord.>",),
+        "approved order commands and risk decisions",
+        duplicate_window_s=DECISION_WINDOW_S,
+    ),
+    StreamSpec(
+        "EXECUTION",
+        ("exec.>",),
+        "execution reports from venues",
+        duplicate_window_s=DECISION_WINDOW_S,
+    ),
+    StreamSpec(
+        "PORTFOLIO", ("pf.>",), "positions and equity", duplicate_window_s=DECISION_WINDOW_S
+    ),
+    StreamSpec(
+        "GOVERNANCE",
+        ("gov.>",),
+        "kill switch and governance decisions",
+        duplicate_window_s=DECISION_WINDOW_S,
+    ),
     StreamSpec("EXTERNAL", ("ext.>",), "external events: listings, sentiment, promotions"),
     StreamSpec("SYSTEM", ("sys.>",), "heartbeats and dead letters", max_age_s=7 * DAY),
 )

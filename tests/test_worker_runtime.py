@@ -7,6 +7,7 @@ import time
 import urllib.request
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 from contracts.codec import encode
 from contracts.envelope import MSG_ID, Envelope, bar_envelope
@@ -45,10 +46,35 @@ def consumers(workers: list[Worker]) -> set[str]:
     return {f"{w.name}-{i.stream.lower()}" for w in workers for i in w.inputs}
 
 
+def record_outputs(bus: Bus, published: list[str]) -> None:
+    """Note the subject of every output a worker publishes through ``bus``: pipelined with
+    ``send``, one at a time with ``store`` (a retry); ``sys.*`` (heartbeats, status) is not
+    an output."""
+    send, store = bus.send, bus.store
+
+    async def sent(subject: str, *args: Any, **kwargs: Any) -> asyncio.Future:
+        if not subject.startswith("sys."):
+            published.append(subject)
+        return await send(subject, *args, **kwargs)
+
+    async def stored(subject: str, *args: Any, **kwargs: Any) -> Any:
+        if not subject.startswith("sys."):
+            published.append(subject)
+        return await store(subject, *args, **kwargs)
+
+    bus.send, bus.store = sent, stored  # type: ignore[method-assign]
+
+
 @asynccontextmanager
-async def running(url: str, workers: list[Worker]) -> AsyncIterator[Bus]:
-    """Workers in this process (each with its own connection), plus a bus for the test."""
+async def running(
+    url: str, workers: list[Worker], published: list[str] | None = None
+) -> AsyncIterator[Bus]:
+    """Workers in this process (each with its own connection), plus a bus for the test;
+    ``published`` collects the subjects of the workers' outputs."""
     buses = [await Bus.connect(url, name=w.name) for w in workers]
+    if published is not None:
+        for worker_bus in buses:
+            record_outputs(worker_bus, published)
     tasks = [asyncio.create_task(w.run(b)) for w, b in zip(workers, buses, strict=True)]
     bus = await Bus.connect(url, name="test-driver")
     try:

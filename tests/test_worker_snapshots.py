@@ -179,6 +179,7 @@ async def test_rebuild_folds_the_log_into_the_state_an_uninterrupted_worker_hold
                         stopped[worker.name],
                     )
                 await settle(bus, rebuilt, bars[6:])
+                assert published, "the recorder sees the outputs of the bars after the rebuild"
                 orders = await stored(bus, "ord.>", "ORDERS")
                 commands = [o for o in orders if isinstance(o, OrderCommand)]
                 assert [(o.side, o.qty) for o in commands] == [("buy", 1.0)]
