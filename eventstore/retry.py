@@ -130,7 +130,9 @@ class Outage:
         self.outages = 0
 
     async def disconnected(self) -> None:
-        if self.closing or self.since is not None:
+        """A drop after a reconnect is a new outage, even when no call retried since (a
+        connection that only reads, like a tap's, never clears the last one)."""
+        if self.closing or (self.since is not None and not self.reconnected):
             return
         self._begin()
         log.warning("lost the connection to NATS at %s: reconnecting; work waits", self.url)

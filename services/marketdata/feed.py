@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import socket
 from collections.abc import Awaitable, Callable, Iterable
@@ -32,6 +33,8 @@ from services.runtime.heartbeat import StoreWatch, publish_heartbeat
 CHUNK = 2048
 HEARTBEAT_S = 2.0  # the workers' interval (WorkerOptions.heartbeat_s), which keel status assumes
 STOP_GRACE_S = 0.5  # after a stop signal, how long the current chunk may take before it is cut
+
+log = logging.getLogger("keel.marketdata")
 
 
 class FeedResult(msgspec.Struct):
@@ -97,6 +100,8 @@ async def publish_bars(
         chunk.clear()
 
     try:
+        if between_steps is not None:
+            await between_steps()  # a restarted feed: the fleet first settles what is stored
         for bar in bars:
             if stop is not None and stop.is_set():
                 break
@@ -145,7 +150,9 @@ def pause(seconds: float, stop: asyncio.Event | None = None) -> Callable[[], Awa
 
 def lockstep(bus: Bus, consumers: set[str], timeout: float = 30.0) -> Callable[[], Awaitable[bool]]:
     """Wait until the named workers have acknowledged everything stored for them: a live
-    session whose processing order is the replay's (see docs/replay.md)."""
+    session whose processing order is the replay's (see docs/replay.md). It never moves on
+    before they have: a worker down for longer than ``timeout`` is said in one line, and the
+    feed keeps waiting for it (a stop signal still ends the feed)."""
     barrier = Barrier(bus, SETTLE_STREAMS, consumers=consumers)
     started = False
 
@@ -154,7 +161,16 @@ def lockstep(bus: Bus, consumers: set[str], timeout: float = 30.0) -> Callable[[
         if not started:
             await barrier.start()
             started = True
-        return await barrier.wait(timeout)
+        late = False
+        while not await barrier.wait(timeout):
+            if not late:
+                log.warning(
+                    "lockstep: the fleet has not caught up within %.0fs; waiting for it", timeout
+                )
+                late = True
+        if late:
+            log.warning("lockstep: the fleet caught up; feeding again")
+        return True
 
     return wait
 
