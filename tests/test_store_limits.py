@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import subprocess
 import time
+from pathlib import Path
 
 import pytest
 
@@ -21,7 +23,7 @@ from contracts.events import Bar, SystemStatus
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.retry import StoreFull
-from eventstore.server import EmbeddedServer
+from eventstore.server import EmbeddedServer, find_binary, free_port, port_open
 from eventstore.streams import MAX_BYTES_ENV, STREAM_BY_NAME, StoreSettings
 from services.marketdata.feed import Feed
 from services.marketdata.synthetic import SyntheticMarket
@@ -165,3 +167,39 @@ async def test_ingest_at_a_full_stream_is_one_store_full_error(
         assert MAX_BYTES_ENV in str(raised.value)
     finally:
         await bus.close()
+
+
+async def test_a_full_server_store_is_a_refusal_naming_it_and_keeps_what_was_stored(
+    tmp_path: Path,
+) -> None:
+    """The server's own storage limit (a full disk, as JetStream sees it) is the same
+    ``StoreFull`` with the server's reason, and every acknowledged message is still there."""
+    port = free_port()
+    conf = tmp_path / "small.conf"
+    conf.write_text(
+        f"listen: 127.0.0.1:{port}\n"
+        f'jetstream {{ store_dir: "{tmp_path / "store"}", max_file_store: 1MB }}\n'
+    )
+    server = subprocess.Popen(
+        [find_binary(), "-c", str(conf)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+    )
+    try:
+        deadline = time.monotonic() + 10
+        while not port_open("127.0.0.1", port) and time.monotonic() < deadline:
+            await asyncio.sleep(0.05)
+        bus = await Bus.connect(f"nats://127.0.0.1:{port}", name="test")
+        try:
+            stored = 0
+            with pytest.raises(StoreFull) as refused:
+                for bar in _bars(5_000):
+                    await bus.publish(bar, bar_envelope(bar))
+                    stored += 1
+            assert "MARKET" in str(refused.value) and "insufficient resources" in str(refused.value)
+            assert stored > 0
+            info = await bus.js.stream_info("MARKET")
+            assert info.state.messages == stored
+        finally:
+            await bus.close()
+    finally:
+        server.terminate()
+        server.wait(timeout=10)
