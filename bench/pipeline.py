@@ -544,7 +544,13 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     p.add_argument("--bars", type=int, default=20_000, help="messages per throughput run")
     p.add_argument("--repeats", type=int, default=3, help="runs per throughput figure")
     p.add_argument("--orders", type=int, default=300, help="measured bars in the latency runs")
-    p.add_argument("--warmup", type=int, default=20, help="latency bars not counted")
+    p.add_argument(
+        "--warmup",
+        type=int,
+        default=100,
+        help="latency bars not counted (2 s at 20 ms: past the first-fetch merge a worker with"
+        " several inputs waits for after its start)",
+    )
     p.add_argument("--pace-ms", type=float, default=20.0, help="gap between latency bars")
     p.add_argument("--keep", action="store_true", help="keep the temp store and worker logs")
     p.add_argument("--json", action="store_true", help="one JSON object on the last line")

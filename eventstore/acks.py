@@ -47,6 +47,11 @@ class AckInbox:
         self._prefix = ""
         self._tokens = itertools.count()
 
+    @property
+    def full(self) -> bool:
+        """Whether a ``publish`` would wait for a slot: the only way it blocks."""
+        return self._slots.locked()
+
     async def publish(
         self, subject: str, data: bytes, headers: dict[str, str]
     ) -> asyncio.Future[PubAck]:
