@@ -12,8 +12,6 @@ resumes (or rebuilds, ``--rebuild``) where it stood.
 
 from __future__ import annotations
 
-import asyncio
-import contextlib
 import hashlib
 import importlib.metadata
 from collections.abc import AsyncIterator, Callable, Iterable, Iterator
@@ -26,16 +24,15 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 from nats.aio.client import Client
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 
 from eventstore.errors import KeelError
+from eventstore.log_reader import read_until
 from eventstore.streams import STREAM_BY_NAME, replay_stream
 
 FORMAT = "keel-backup"
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
 ROW_GROUP = 20_000
-READ_BUFFER = 4096
 IDLE_S = 10.0
 """A read that gets no message for this long while the stream still holds more has stalled."""
 
@@ -267,40 +264,10 @@ def raw_message(msg: Msg) -> RawMessage:
 
 
 async def read_stream(nc: Client, stream: str, end_seq: int) -> AsyncIterator[RawMessage]:
-    """Every message of ``stream`` up to ``end_seq``, in sequence order, through an ordered
-    consumer on all its subjects."""
-    js = nc.jetstream()
-    inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=READ_BUFFER)
-    sub = await js.subscribe(
-        ">",
-        stream=stream,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(),
-        cb=inbox.put,
-    )
-    try:
-        info = await sub.consumer_info()
-        delivered = info.delivered.consumer_seq if info.delivered else 0
-        if not info.num_pending and not delivered:
-            return
-        while True:
-            try:
-                msg = await asyncio.wait_for(inbox.get(), IDLE_S)
-            except TimeoutError:
-                raise KeelError(
-                    f"reading {stream} stalled: no message for {IDLE_S:.0f}s before "
-                    f"sequence {end_seq}"
-                ) from None
-            seq = msg.metadata.sequence.stream
-            if seq > end_seq:
-                return
-            yield raw_message(msg)
-            if seq >= end_seq or not msg.metadata.num_pending:
-                return
-    finally:
-        with contextlib.suppress(Exception):
-            await sub.unsubscribe()
+    """Every message of ``stream`` up to ``end_seq``, in sequence order, on all its subjects."""
+    stalled = f"reading {stream} stalled: no message for {IDLE_S:.0f}s before sequence {end_seq}"
+    async for msg in read_until(nc.jetstream(), stream, end_seq, idle_s=IDLE_S, stalled=stalled):
+        yield raw_message(msg)
 
 
 # --- Parquet ------------------------------------------------------------------------------

@@ -18,7 +18,7 @@ import contextlib
 import functools
 import logging
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Sequence
 from datetime import datetime
 from typing import TypeVar
 
@@ -63,6 +63,9 @@ LIMIT_TTL_S = 5.0  # how long an unlimited stream is taken to stay so before ask
 MSG_OVERHEAD = 64  # bytes a stored message takes beyond its subject, headers and data
 
 log = logging.getLogger("keel.bus")
+
+Message = tuple[str, bytes, dict[str, str]]
+"""A publish ready to send: the full subject, the payload and the headers."""
 T = TypeVar("T")
 
 
@@ -219,14 +222,29 @@ class Bus:
             self.prefix + subject_for(event), encode(event), self._headers(envelope, producer)
         )
 
-    async def near_limit(self, sizes: dict[str, int]) -> bool:
-        """Whether publishes of ``sizes`` (bytes per stream) could reach a stream's byte
+    async def near_limit(self, messages: Sequence[Message], timeout: float = ACK_TIMEOUT) -> bool:
+        """Whether ``messages`` (full subject, payload, headers) could reach a stream's byte
         limit. Near one they must go one at a time: in a pipelined window the store could
-        refuse a message and still take a smaller one sent after it, out of order."""
+        refuse a message and still take a smaller one sent after it, out of order. A stream
+        seen without a limit in the last few seconds costs nothing here; a server that does
+        not answer within ``timeout`` is not near one (the publishes' retries ride it out)."""
         now = time.monotonic()
+        sizes: dict[str, int] = {}
+        for subject, data, headers in messages:
+            stream = stream_of(subject)
+            if now - self._unlimited.get(stream, -LIMIT_TTL_S) >= LIMIT_TTL_S:
+                sizes[stream] = sizes.get(stream, 0) + message_size(subject, data, headers)
+        if not sizes:
+            return False
+        try:
+            return await asyncio.wait_for(self._limits_reached(sizes, now), timeout)
+        except Exception as exc:
+            if not transient(exc):
+                raise
+            return False
+
+    async def _limits_reached(self, sizes: dict[str, int], now: float) -> bool:
         for stream, size in sizes.items():
-            if now - self._unlimited.get(stream, -LIMIT_TTL_S) < LIMIT_TTL_S:
-                continue
             try:
                 info = await self.js.stream_info(stream)
             except NotFoundError:  # no stream stores it: the publish itself will say so
@@ -305,25 +323,26 @@ class Bus:
         give_up_after: float,
         on_full: Callable[[StoreFull], Awaitable[None]] | None,
     ) -> None:
-        if await self._window_near_limit(window, ack_timeout):
-            for event, envelope in window:
-                subject = self.prefix + subject_for(event)
-                store = functools.partial(
-                    self.store, subject, encode(event), envelope.headers(), ack_timeout
-                )
+        messages = [
+            (self.prefix + subject_for(event), encode(event), envelope.headers())
+            for event, envelope in window
+        ]
+        if await self.near_limit(messages, ack_timeout):
+            for message in messages:
+                store = functools.partial(self.store, *message, ack_timeout)
                 _count([await self.retry("publish", store, on_full=on_full)], tally)
             return
         loop = asyncio.get_running_loop()
         deadline = loop.time() + give_up_after
-        pending = list(window)
+        pending = messages
         attempt = 0
         last_error: BaseException | None = None
         while pending:
             attempt += 1
-            futures: dict[asyncio.Future, tuple[Event, Envelope]] = {}
-            unsent: list[tuple[Event, Envelope]] = []
+            futures: dict[asyncio.Future, Message] = {}
+            unsent: list[Message] = []
             try:
-                for n, (event, envelope) in enumerate(pending):
+                for n, message in enumerate(pending):
                     remaining = deadline - loop.time()
                     if remaining <= 0:
                         unsent = pending[n:]
@@ -331,7 +350,7 @@ class Bus:
                     try:
                         # Only a full window blocks a submit; ``wait_for`` costs a task, so
                         # it bounds just that case (a third of bulk throughput otherwise).
-                        submit = self.submit(event, envelope)
+                        submit = self.send(*message)
                         fut = await (
                             asyncio.wait_for(submit, remaining) if self.acks.full else submit
                         )
@@ -339,12 +358,12 @@ class Bus:
                         last_error = exc
                         unsent = pending[n:]
                         break
-                    futures[fut] = (event, envelope)
+                    futures[fut] = message
                 remaining = max(0.0, deadline - loop.time())
                 if futures:
                     await asyncio.wait(futures, timeout=min(ack_timeout, remaining))
             finally:
-                retry: list[tuple[Event, Envelope]] = []
+                retry: list[Message] = []
                 for fut, item in futures.items():
                     if fut.done() and not fut.cancelled() and fut.exception() is None:
                         _count([fut.result()], tally)
@@ -360,7 +379,7 @@ class Bus:
                 return
             full = store_refusal(last_error) if last_error is not None else None
             if full is not None:
-                refused = StoreFull(stream_of(self.prefix + subject_for(pending[0][0])), full)
+                refused = StoreFull(stream_of(pending[0][0]), full)
                 if on_full is None:
                     raise refused
                 await on_full(refused)
@@ -377,25 +396,6 @@ class Bus:
                     last_error or TimeoutError("no ack"),
                 )
             await asyncio.sleep(min(backoff(attempt), max(0.0, deadline - loop.time())))
-
-    async def _window_near_limit(
-        self, window: list[tuple[Event, Envelope]], timeout: float
-    ) -> bool:
-        subjects = [self.prefix + subject_for(event) for event, _ in window]
-        streams = [stream_of(subject) for subject in subjects]
-        now = time.monotonic()
-        if all(now - self._unlimited.get(s, -LIMIT_TTL_S) < LIMIT_TTL_S for s in set(streams)):
-            return False
-        sizes: dict[str, int] = {}
-        for (event, envelope), subject, stream in zip(window, subjects, streams, strict=True):
-            size = message_size(subject, encode(event), envelope.headers())
-            sizes[stream] = sizes.get(stream, 0) + size
-        try:
-            return await asyncio.wait_for(self.near_limit(sizes), timeout)
-        except Exception as exc:  # the server away: the pipelined path rides it out
-            if not transient(exc) and not isinstance(exc, NotFoundError):
-                raise
-            return False
 
     async def last_event(self, stream: str, subject: str) -> Stored | None:
         """The last event on ``subject`` that decodes; None when there is none.

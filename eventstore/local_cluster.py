@@ -11,6 +11,7 @@ listens on 127.0.0.1 only.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import signal
 import subprocess
 import time
@@ -147,13 +148,11 @@ class LocalCluster:
             js = nc.jetstream(timeout=0.5)
             deadline = time.monotonic() + timeout
             while True:
-                try:
+                with contextlib.suppress(NatsError, TimeoutError):  # an election under way
                     info = await js.stream_info(stream)
                     name = info.cluster.leader if info.cluster else None
                     if name in self.node_names:
                         return self.node_names.index(name)
-                except (NatsError, TimeoutError):
-                    pass
                 if time.monotonic() > deadline:
                     raise KeelError(f"stream {stream} has no leader after {timeout:.0f}s")
                 await asyncio.sleep(0.1)

@@ -12,15 +12,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 
 import msgspec
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from contracts.envelope import Envelope
-from eventstore.bus import Bus, Stored, read_message
+from eventstore.bus import READ_BUFFER, Bus, Stored, read_message
+from eventstore.errors import KeelError
 
 READ_TIMEOUT_S = 10.0
 """A read that has not caught up by then (a flood of new messages) returns what it has."""
@@ -134,3 +137,50 @@ async def event_time_at(bus: Bus, stream: str, seq: int) -> int | None:
         return Envelope.from_headers(raw.headers).event_time
     except ValueError:
         return None
+
+
+async def read_until(
+    js: JetStreamContext,
+    stream: str,
+    end_seq: int,
+    *,
+    subjects: Sequence[str] = (),
+    idle_s: float,
+    stalled: str,
+    allow_empty: bool = True,
+) -> AsyncIterator[Msg]:
+    """Every message of ``stream`` (through ``subjects``, else all of them) up to sequence
+    ``end_seq``, in order, through an ordered consumer. A stream that delivers nothing for
+    ``idle_s`` before that is a ``KeelError`` saying ``stalled``: what was asked for is
+    stored, so silence means the server is not delivering it; with ``allow_empty=False``
+    so is finding nothing at all."""
+    inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=READ_BUFFER)
+    config = ConsumerConfig(filter_subjects=list(subjects)) if subjects else ConsumerConfig()
+    sub = await js.subscribe(
+        subjects[0] if subjects else ">",
+        stream=stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+        config=config,
+        cb=inbox.put,
+    )
+    try:
+        info = await sub.consumer_info()
+        if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
+            if allow_empty:
+                return
+            raise KeelError(stalled)
+        while True:
+            try:
+                msg = await asyncio.wait_for(inbox.get(), idle_s)
+            except TimeoutError:
+                raise KeelError(stalled) from None
+            seq = msg.metadata.sequence.stream
+            if seq > end_seq:
+                return
+            yield msg
+            if seq >= end_seq or not msg.metadata.num_pending:
+                return
+    finally:
+        with contextlib.suppress(Exception):
+            await sub.unsubscribe()

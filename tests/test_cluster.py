@@ -8,6 +8,7 @@ nothing twice, and a consumer and a worker process (``keel run risk``) carry on.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import time
@@ -49,11 +50,9 @@ async def until(
     """Poll an async check until it returns something truthy."""
     deadline = time.monotonic() + timeout
     while True:
-        try:
+        with contextlib.suppress(NatsError, TimeoutError):
             if result := await check():
                 return result
-        except (NatsError, TimeoutError):
-            pass
         assert time.monotonic() < deadline, f"not within {timeout:.0f}s: {what}"
         await asyncio.sleep(0.1)
 

@@ -17,20 +17,19 @@ after its cause was handled, so nothing comes before its cause. docs/architectur
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import heapq
 from collections.abc import AsyncIterator, Sequence
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import ConsumerConfig, DeliverPolicy
 from nats.js.errors import NotFoundError
 
 from contracts.codec import DecodeError, decode
 from contracts.envelope import Envelope
-from eventstore.bus import READ_BUFFER, Bus
+from eventstore.bus import Bus
 from eventstore.errors import KeelError
+from eventstore.log_reader import read_until
 from services.runtime.decider import Decider
 from services.runtime.role import Input, durable_name
 
@@ -114,29 +113,17 @@ async def _read(bus: Bus, spec: Input, floor: int) -> AsyncIterator[Msg]:
             f"stream {spec.stream} no longer holds its messages before sequence "
             f"{info.state.first_seq}: the state cannot be rebuilt from the log"
         )
-    inbox: asyncio.Queue[Msg] = asyncio.Queue(maxsize=READ_BUFFER)
-    sub = await bus.js.subscribe(
-        spec.subjects[0],
-        stream=spec.stream,
-        ordered_consumer=True,
-        deliver_policy=DeliverPolicy.ALL,
-        config=ConsumerConfig(filter_subjects=list(spec.subjects)),
-        cb=inbox.put,
+    stalled = (
+        f"stream {spec.stream} delivered nothing for {IDLE_LIMIT_S:g} s before sequence "
+        f"{floor}: the state cannot be rebuilt from the log"
     )
-    try:
-        while True:
-            try:
-                msg = await asyncio.wait_for(inbox.get(), IDLE_LIMIT_S)
-            except TimeoutError:
-                raise KeelError(
-                    f"stream {spec.stream} delivered nothing for {IDLE_LIMIT_S:g} s before "
-                    f"sequence {floor}: the state cannot be rebuilt from the log"
-                ) from None
-            seq = msg.metadata.sequence.stream
-            if seq > floor:
-                return
-            yield msg
-            if seq == floor or msg.metadata.num_pending == 0:
-                return
-    finally:
-        await sub.unsubscribe()
+    async for msg in read_until(
+        bus.js,
+        spec.stream,
+        floor,
+        subjects=spec.subjects,
+        idle_s=IDLE_LIMIT_S,
+        stalled=stalled,
+        allow_empty=False,
+    ):
+        yield msg

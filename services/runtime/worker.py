@@ -56,13 +56,12 @@ from contracts.codec import DecodeError, decode, encode
 from contracts.envelope import ORIGIN_TIME, PRODUCER, Envelope, content_id
 from contracts.events import DeadLetter, Event, SystemStatus
 from contracts.subjects import name_token, subject_for
-from eventstore.bus import ACK_TIMEOUT, Bus, message_size
+from eventstore.bus import ACK_TIMEOUT, Bus
 from eventstore.retry import (
     Interrupted,
     StoreFull,
     backoff,
     store_refusal,
-    stream_of,
     transient,
     wait_out,
 )
@@ -364,7 +363,8 @@ class Worker:
         that failed or went unacknowledged (the server away, the store full) again in order
         under the same ids until stored; copies of ones that were stored are dropped."""
         futures: list[asyncio.Future[PubAck]] = []
-        for output, handled in [] if await self._near_limit(bus, sends) else sends:
+        messages = [(bus.prefix + out[2], out[3], out[4]) for out, _ in sends]
+        for output, handled in [] if await bus.near_limit(messages) else sends:
             try:
                 futures.append(await self._submit(bus, output, handled))
             except Exception as exc:
@@ -400,19 +400,6 @@ class Worker:
                 latency = (time.time_ns() - handled.origin) / 1e9 if handled.origin else None
                 self._metrics.published(event, subject, not ack.duplicate, latency)
         await self._watch.cleared()
-
-    async def _near_limit(self, bus: Bus, sends: list[tuple[Output, Handled]]) -> bool:
-        """Near a stream's byte limit the outputs go one at a time, in order (``Bus.near_limit``)."""
-        sizes: dict[str, int] = {}
-        for (_, _, subject, data, headers), _ in sends:
-            stream = stream_of(bus.prefix + subject)
-            sizes[stream] = sizes.get(stream, 0) + message_size(subject, data, headers)
-        try:
-            return await asyncio.wait_for(bus.near_limit(sizes), ACK_TIMEOUT)
-        except Exception as exc:  # the server away: the retries below ride it out
-            if not transient(exc):
-                raise
-            return False
 
     async def _commit(
         self,
