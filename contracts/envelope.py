@@ -13,7 +13,18 @@ from collections.abc import Mapping
 
 import msgspec
 
-from contracts.events import SCHEMA_VERSION, Bar, Event, External, ParamsTuned
+from contracts.events import (
+    SCHEMA_VERSION,
+    Bar,
+    Event,
+    External,
+    FeedStatus,
+    FundingRate,
+    Instrument,
+    ParamsTuned,
+    Quote,
+    Trade,
+)
 
 MSG_ID = "Nats-Msg-Id"
 CAUSATION_ID = "Keel-Causation-Id"
@@ -131,10 +142,27 @@ def tuning_envelope(event: ParamsTuned) -> Envelope:
     return Envelope.root(content_id(*parts), event.ts)
 
 
+MarketFact = Quote | Trade | FundingRate | Instrument | FeedStatus
+"""The market events besides bars that a venue's feed publishes on ``md.*``."""
+
+
+def market_envelope(event: MarketFact) -> Envelope:
+    """A venue fact's envelope: its id derives from its whole content, so the same quote,
+    trade, funding rate, instrument or status received twice (a reconnect replays the last
+    frames) is stored once."""
+    digest = hashlib.blake2b(msgspec.json.encode(event), digest_size=16).hexdigest()
+    return Envelope.root(
+        content_id(type(event).__name__, event.venue, event.symbol, event.ts, digest), event.ts
+    )
+
+
 def root_envelope(event: Event) -> Envelope:
-    """The envelope of a replay's input: a bar, an external event or a parameter change."""
+    """The envelope of a replay's input: a market event, an external event or a parameter
+    change."""
     if isinstance(event, Bar):
         return bar_envelope(event)
+    if isinstance(event, MarketFact):
+        return market_envelope(event)
     if isinstance(event, External):
         return external_envelope(event)
     if isinstance(event, ParamsTuned):

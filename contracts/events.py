@@ -28,6 +28,7 @@ _INF = math.inf
 _isfinite = math.isfinite
 
 InstrumentKind = Literal["spot", "perpetual"]
+FeedState = Literal["streaming", "backfilling", "stale", "polling", "delisted"]
 Side = Literal["buy", "sell"]
 OrderAction = Literal["new", "cancel", "amend"]
 OrderType = Literal["market", "limit", "stop", "stop_limit"]
@@ -41,7 +42,8 @@ SystemState = Literal["RUNNING", "DEGRADED", "SAFE_MODE", "HALTED"]
 class Instrument(Event, frozen=True):
     """A market's description. ``contract_size``: units of ``base`` per contract (a
     perpetual's quantity is in contracts; 1 for spot); ``max_leverage``: the venue's cap
-    (0 = not given)."""
+    (0 = not given); ``settle``: the currency a perpetual settles in (empty for spot);
+    ``active``: False once the venue stopped trading it (a delisting is a new event)."""
 
     venue: str
     symbol: str
@@ -53,6 +55,8 @@ class Instrument(Event, frozen=True):
     min_notional: float = 0.0
     contract_size: float = 1.0
     max_leverage: float = 0.0
+    settle: str = ""
+    active: bool = True
 
     def __post_init__(self) -> None:
         super().__post_init__()
@@ -144,6 +148,30 @@ class FundingRate(Event, frozen=True):
         super().__post_init__()
         require(self.interval_h > 0, "interval_h must be > 0")
         require(self.next_time >= 0, "next_time must be >= 0")
+
+
+class FeedStatus(Event, frozen=True):
+    """The state of one symbol's live feed at a venue (``md.status.<venue>.<symbol>``):
+    ``streaming`` (closed bars arrive on time), ``backfilling`` (missing bars are being
+    fetched by REST), ``stale`` (no closed bar by close + grace: risk takes no new entries on
+    it), ``polling`` (the stream is down, REST polling keeps the bars coming) or ``delisted``
+    (the venue stopped trading it). ``ts`` is the close time the state is about, so a replay
+    orders it with the bars it concerns; ``last_close`` is the close of the last stored bar."""
+
+    venue: str
+    symbol: str
+    state: FeedState
+    reason: str = ""
+    last_close: Int64 = 0
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        require(self.last_close >= 0, "last_close must be >= 0")
+
+    @property
+    def fresh(self) -> bool:
+        """Whether risk may take new entries on this symbol's data."""
+        return self.state in ("streaming", "polling")
 
 
 class Signal(Event, frozen=True):
@@ -503,6 +531,7 @@ AnyEvent = (
     | Trade
     | Quote
     | FundingRate
+    | FeedStatus
     | Signal
     | OrderCommand
     | RiskDecision

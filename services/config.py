@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import tomllib
 from pathlib import Path
+from typing import Annotated, Literal
 
 import msgspec
+from msgspec import Meta
 
 from contracts.intervals import Interval
 from eventstore.errors import KeelError
@@ -18,6 +20,7 @@ from services.execution.orders_config import OrdersConfig
 from services.execution.paper_venue import PaperVenueConfig
 from services.portfolio.config import PortfolioConfig
 from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
+from services.venues.config import VenueConfig
 
 
 class StrategyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -32,10 +35,22 @@ class StrategyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 class MarketConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """What the marketdata worker publishes. ``venue`` is the synthetic market's name, or a
+    ``[[venues]]`` entry's: then the feed is that exchange's live data (docs/venues.md) and
+    the rest of the section says what to stream and how to watch it."""
+
     venue: str = "sim"
     symbols: tuple[str, ...] = ("BTC/USDT", "ETH/USDT", "SOL/USDT")
     interval: str = "1m"
     seed: int = 7
+    universe: Literal["", "usdt_perpetuals"] = ""  # every active USDT perpetual, not symbols
+    trades: bool = False  # md.trade.*
+    quotes: bool = False  # md.quote.* from the best bid/ask
+    quotes_per_s: Annotated[float, Meta(ge=0, le=1000)] = 0.0  # per symbol; 0 = every change
+    funding_every_s: Annotated[float, Meta(ge=1, le=86_400)] = 60.0  # perpetuals' funding poll
+    stall_grace_s: Annotated[float, Meta(gt=0, le=3600)] = 10.0  # close + this = stale
+    poll_every_s: Annotated[float, Meta(gt=0, le=3600)] = 5.0  # REST polling while stale
+    lockstep: bool = True  # a burst of bars (backfill) waits for the fleet between time steps
 
     def __post_init__(self) -> None:
         Interval.parse(self.interval, "interval")
@@ -53,6 +68,17 @@ class KeelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     execution: PaperVenueConfig = msgspec.field(default_factory=PaperVenueConfig)
     orders: OrdersConfig = msgspec.field(default_factory=OrdersConfig)
     portfolio: PortfolioConfig = msgspec.field(default_factory=PortfolioConfig)
+    venues: tuple[VenueConfig, ...] = ()
+
+    def __post_init__(self) -> None:
+        names = [v.name for v in self.venues]
+        for name in names:
+            if names.count(name) > 1:
+                raise ValueError(f"venues: {name!r} is named twice")
+
+    def venue(self, name: str) -> VenueConfig | None:
+        """The ``[[venues]]`` entry called ``name``; None for the synthetic market or a file."""
+        return next((v for v in self.venues if v.name == name), None)
 
 
 def load_config(path: Path | None) -> KeelConfig:

@@ -1,0 +1,1 @@
+"""Real venues: their configuration (``[[venues]]``) and the ccxt exchanges built from it."""

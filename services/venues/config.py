@@ -1,0 +1,68 @@
+"""``[[venues]]`` entries: which exchange a venue name stands for and how to reach it.
+
+A venue's ``urls`` and ``options`` tables are merged into ccxt's own (``ccxt_exchange``):
+that is how a testnet, a proxy or a loopback simulator stands in for the exchange. Secrets
+are never in the TOML: ``credentials`` names environment variables or files, read when the
+exchange is built (``Secrets``), and nothing that prints a config shows them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, Literal
+
+import msgspec
+from msgspec import Meta
+
+from contracts.subjects import name_token
+
+VenueKind = Literal["ccxt"]
+SECRET_FIELDS = ("api_key", "secret", "password", "uid")
+"""The ccxt credential attributes a venue may need (``password`` is a passphrase)."""
+
+
+class Credentials(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where each secret comes from: ``<field>_env`` an environment variable's name,
+    ``<field>_file`` a file whose first line is the secret. Never the secret itself."""
+
+    api_key_env: str = ""
+    api_key_file: str = ""
+    secret_env: str = ""
+    secret_file: str = ""
+    password_env: str = ""
+    password_file: str = ""
+    uid_env: str = ""
+    uid_file: str = ""
+
+    def __post_init__(self) -> None:
+        for field in SECRET_FIELDS:
+            if getattr(self, f"{field}_env") and getattr(self, f"{field}_file"):
+                raise ValueError(f"credentials.{field}: give {field}_env or {field}_file, not both")
+
+    @property
+    def given(self) -> tuple[str, ...]:
+        """The secrets this entry says where to find."""
+        return tuple(
+            f for f in SECRET_FIELDS if getattr(self, f"{f}_env") or getattr(self, f"{f}_file")
+        )
+
+
+class VenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """One ``[[venues]]`` entry (docs/venues.md). ``sandbox`` selects the exchange's testnet,
+    ``demo`` its demo trading environment; ``timeout_ms`` bounds each REST request."""
+
+    name: str
+    exchange: str
+    kind: VenueKind = "ccxt"
+    sandbox: bool = False
+    demo: bool = False
+    urls: dict[str, Any] = msgspec.field(default_factory=dict)
+    options: dict[str, Any] = msgspec.field(default_factory=dict)
+    credentials: Credentials = msgspec.field(default_factory=Credentials)
+    timeout_ms: Annotated[int, Meta(ge=100, le=120_000)] = 10_000
+
+    def __post_init__(self) -> None:
+        name_token(self.name, "venue name")
+        if not self.exchange:
+            raise ValueError("exchange must name a ccxt exchange id")
+        if self.sandbox and self.demo:
+            raise ValueError("sandbox and demo are two environments: choose one")
