@@ -110,3 +110,15 @@ class Redactor(logging.Filter):
                 record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
                 record.exc_info = None
         return True
+
+
+def redact_logs(secrets: Mapping[str, str]) -> Redactor:
+    """Hide ``secrets`` in every line the process logs: the filter goes on the root logger's
+    handlers, since a logger's own filters never see records its children propagate."""
+    redactor = Redactor(secrets)
+    root = logging.getLogger()
+    if not root.handlers:
+        logging.basicConfig()
+    for handler in root.handlers:
+        handler.addFilter(redactor)
+    return redactor
