@@ -1,0 +1,1 @@
+"""Loopback fakes of the crypto exchanges ccxt talks to, for tests and benchmarks (core.py)."""

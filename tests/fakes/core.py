@@ -1,0 +1,666 @@
+"""One exchange fake: a price path paced by the exchange clock, served by a protocol skin.
+
+``FakeExchange`` runs a loopback aiohttp server (REST and websocket on one port) and ticks on
+a ``Clock`` (``clock.ScaledClock`` in tests): ``updates_per_bar`` forming-candle updates per
+interval, and at each close the closed candle's final frame, then the next candle's first.
+Every update carries one trade print and a best bid/ask. What the exchange's wire looks like
+is the skin's business; the core owns time, prices, subscriptions, faults and fan-out (each
+frame is encoded once per tick and written to every connection subscribed to it).
+
+A skin is a class (``SKINS`` maps ccxt ids to it, imported lazily) built as
+``Skin(fake, exchange_id)`` that provides:
+
+- ``exchange_ids: tuple[str, ...]``: the ccxt ids it serves (class attribute);
+- ``ws_paths: tuple[str, ...]``: websocket paths, mirroring the exchange's (``/ws``, ...);
+- ``routes() -> list[web.RouteDef]``: the REST endpoints, at the exchange's own paths; the
+  handlers read ``fake.specs``, ``fake.history(...)``, ``fake.snapshot(...)``,
+  ``fake.funding(...)``, ``fake.now_ns()`` and ``fake.is_delisted(...)``;
+- ``async on_open(conn)`` and ``async on_message(conn, text)``: a new socket, and each text
+  frame from ccxt: answer subscribe/unsubscribe/ping with ``conn.send_json`` and change the
+  socket's subscriptions with ``conn.subscribe(topics)`` / ``conn.unsubscribe(topics)``;
+- ``format(topic, update) -> str | None``: the data frame of one ``Topic`` (kind ``kline``,
+  ``trade``, ``quote`` or ``ticker``) for one ``Update``, or None for nothing;
+- ``malformed(topic, update) -> str``: a garbage or wrong-typed frame for that topic;
+- ``error(status) -> web.Response``: the exchange's error answer (``faults.http_errors``);
+- ``urls(http_url, ws_url) -> dict`` and ``options() -> dict``: what ``venue_entry`` lays
+  over ccxt's ``urls`` / ``options`` so that ccxt's own code path reaches this server and
+  ``load_markets`` asks only for what the fake serves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import importlib
+import math
+import struct
+from collections import Counter, deque
+from collections.abc import Iterable, Sequence
+from typing import TYPE_CHECKING, Any, Literal, Protocol
+
+import msgspec
+from aiohttp import WSMsgType, web
+
+from services.runtime.clock import Clock
+
+if TYPE_CHECKING:
+    from contracts.events import Bar
+
+NS = 1_000_000_000
+UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 604800}
+SKINS: dict[str, str] = {
+    "binance": "tests.fakes.binance:BinanceSkin",
+    "binanceusdm": "tests.fakes.binance:BinanceSkin",
+    "bybit": "tests.fakes.bybit:BybitSkin",
+    "kraken": "tests.fakes.kraken:KrakenSkin",
+    "krakenfutures": "tests.fakes.krakenfutures:KrakenFuturesSkin",
+}
+TopicKind = Literal["kline", "trade", "quote", "ticker"]
+FUNDING_PERIOD_NS = 8 * 3600 * NS
+
+
+def interval_ns(interval: str) -> int:
+    """``1m``/``5m``/``1h``/``1d`` in ns."""
+    try:
+        return int(interval[:-1]) * UNITS[interval[-1]] * NS
+    except (KeyError, ValueError):
+        raise ValueError(f"interval {interval!r}: expected e.g. 1m, 5m, 1h, 1d") from None
+
+
+def decimals(step: float) -> int:
+    """Digits after the point that ``step`` needs (0.001 -> 3, 1 -> 0)."""
+    text = f"{step:.12f}".rstrip("0")
+    return len(text.split(".")[1]) if "." in text else 0
+
+
+def fmt(value: float, step: float, digits: int = 8) -> str:
+    """``value`` as the exchange writes it: a string with at least ``digits`` places."""
+    return f"{value:.{max(digits, decimals(step))}f}"
+
+
+def snap(value: float, step: float) -> float:
+    """``value`` rounded to a multiple of ``step`` (never below one step)."""
+    return round(max(step, round(value / step) * step), decimals(step))
+
+
+class SymbolSpec(msgspec.Struct, frozen=True):
+    """One market as the fake lists it (ccxt unified symbol)."""
+
+    symbol: str
+    base: str
+    quote: str
+    settle: str = ""
+    kind: Literal["spot", "perpetual"] = "spot"
+    tick_size: float = 0.01
+    lot_size: float = 0.001
+    min_notional: float = 5.0
+    contract_size: float = 1.0
+    price: float = 100.0
+
+
+class Candle(msgspec.Struct, frozen=True):
+    open_ns: int
+    open: float
+    high: float
+    low: float
+    close: float
+    volume: float
+    trades: int
+
+
+class TradePrint(msgspec.Struct, frozen=True):
+    id: int
+    ts_ns: int
+    price: float
+    qty: float
+    buyer_maker: bool
+
+
+class Update(msgspec.Struct, frozen=True):
+    """What one tick says about one symbol; ``closed`` marks a candle's final frame."""
+
+    symbol: str
+    ts_ns: int
+    candle: Candle
+    close_ns: int
+    closed: bool
+    trade: TradePrint
+    bid: float
+    bid_qty: float
+    ask: float
+    ask_qty: float
+    update_id: int
+
+
+class Funding(msgspec.Struct, frozen=True):
+    symbol: str
+    ts_ns: int
+    rate: float
+    next_ns: int
+    mark: float
+    index: float
+
+
+class Topic(msgspec.Struct, frozen=True):
+    """One subscribable stream: ``name`` is the skin's own (``btcusdt@kline_1m``)."""
+
+    kind: TopicKind
+    symbol: str
+    name: str
+
+
+def _unit(*parts: object) -> float:
+    """A deterministic number in [0, 1) from ``parts``."""
+    digest = hashlib.blake2b(repr(parts).encode(), digest_size=8).digest()
+    return struct.unpack("<Q", digest)[0] / 2**64
+
+
+class PricePath:
+    """Deterministic OHLCV per symbol per candle: synthetic, or a real bar file reused
+    cyclically and scaled to each symbol's start price. ``partial`` converges on ``candle``."""
+
+    def __init__(self, seed: int = 0, bars: Sequence[Bar] = ()) -> None:
+        self.seed = seed
+        self.bars = tuple(bars)
+        self.step_ns = (self.bars[0].close_time - self.bars[0].open_time) if self.bars else 0
+        self.specs: dict[str, SymbolSpec] = {}
+        self._cache: dict[tuple[str, int], Candle] = {}
+
+    @classmethod
+    def synthetic(cls, seed: int = 0) -> PricePath:
+        return cls(seed=seed)
+
+    @classmethod
+    def from_bars(cls, bars: Sequence[Bar]) -> PricePath:
+        if not bars:
+            raise ValueError("PricePath.from_bars needs at least one bar")
+        return cls(bars=bars)
+
+    def register(self, specs: Iterable[SymbolSpec], step_ns: int) -> None:
+        for spec in specs:
+            self.specs[spec.symbol] = spec
+        if not self.bars:
+            self.step_ns = step_ns
+
+    def _spec(self, symbol: str) -> SymbolSpec:
+        spec = self.specs.get(symbol)
+        if spec is None:
+            base, _, quote = symbol.partition("/")
+            spec = SymbolSpec(symbol, base, quote.partition(":")[0])
+            self.specs[symbol] = spec
+        return spec
+
+    def _level(self, symbol: str, k: int) -> float:
+        """Price level at the start of candle ``k``: a smooth wander with a little noise."""
+        phase = _unit(self.seed, symbol, "phase") * 2 * math.pi
+        drift = 0.02 * math.sin(k / 97 + phase) + 0.008 * math.sin(k / 13 + 2 * phase)
+        noise = 0.002 * (_unit(self.seed, symbol, k) - 0.5)
+        return math.exp(drift + noise)
+
+    def candle(self, symbol: str, open_ns: int) -> Candle:
+        key = (symbol, open_ns)
+        cached = self._cache.get(key)
+        if cached is not None:
+            return cached
+        if len(self._cache) > 50_000:
+            self._cache.clear()
+        spec = self._spec(symbol)
+        k = open_ns // self.step_ns
+        if self.bars:
+            offset = int(_unit(symbol, "offset") * len(self.bars))
+            bar = self.bars[(k + offset) % len(self.bars)]
+            scale = spec.price / self.bars[0].open
+            o, h, lo, c, v = bar.open, bar.high, bar.low, bar.close, bar.volume
+            o, h, lo, c = o * scale, h * scale, lo * scale, c * scale
+            volume = v / scale if v > 0 else spec.lot_size * 10
+        else:
+            o = spec.price * self._level(symbol, k)
+            c = spec.price * self._level(symbol, k + 1)
+            h = max(o, c) * (1 + 0.001 * _unit(self.seed, symbol, k, "h"))
+            lo = min(o, c) * (1 - 0.001 * _unit(self.seed, symbol, k, "l"))
+            volume = spec.lot_size * (50 + 1000 * _unit(self.seed, symbol, k, "v"))
+        tick = spec.tick_size
+        o, c = snap(o, tick), snap(c, tick)
+        candle = Candle(
+            open_ns=open_ns,
+            open=o,
+            high=max(snap(h, tick), o, c),
+            low=min(snap(lo, tick), o, c),
+            close=c,
+            volume=snap(volume, spec.lot_size),
+            trades=10 + int(90 * _unit(self.seed, symbol, k, "n")),
+        )
+        self._cache[key] = candle
+        return candle
+
+    def partial(self, symbol: str, open_ns: int, fraction: float) -> Candle:
+        """The forming candle as known at ``fraction`` of its interval: high and low only
+        widen, and at 1.0 it is ``candle()``."""
+        full = self.candle(symbol, open_ns)
+        f = min(1.0, max(0.0, fraction))
+        if f >= 1.0:
+            return full
+        spec = self._spec(symbol)
+        tick, lot = spec.tick_size, spec.lot_size
+        close = snap(full.open + (full.close - full.open) * f, tick)
+        top, bottom = max(full.open, full.close), min(full.open, full.close)
+        high = snap(max(full.open, close) + (full.high - top) * f, tick)
+        low = snap(min(full.open, close) - (bottom - full.low) * f, tick)
+        return Candle(
+            open_ns=open_ns,
+            open=full.open,
+            high=min(max(high, close, full.open), full.high),
+            low=max(min(low, close, full.open), full.low),
+            close=close,
+            volume=round(math.floor(full.volume * f / lot) * lot, decimals(lot)),
+            trades=int(full.trades * f),
+        )
+
+
+class Faults:
+    """What a test makes the exchange do wrong; set at any time."""
+
+    def __init__(self, fake: FakeExchange) -> None:
+        self._fake = fake
+        self.silent = False
+        self.gaps: set[int] = set()
+        self.malformed = 0
+        self.out_of_order = 0
+        self.http_errors: deque[int] = deque()
+        self.delisted: set[str] = set()
+
+    def drop(self) -> None:
+        """Close every websocket now (ccxt sees the close; its next watch reconnects)."""
+        self._fake.drop_connections()
+
+    def delist(self, symbol: str) -> None:
+        """The market turns inactive in REST and its streams stop."""
+        self.delisted.add(symbol)
+
+
+class Connection:
+    """One websocket: its subscriptions and a per-skin scratch table."""
+
+    def __init__(self, ws: web.WebSocketResponse, request: web.Request, fake: FakeExchange) -> None:
+        self.ws = ws
+        self.request = request
+        self.path = request.path
+        self.topics: set[Topic] = set()
+        self.state: dict[str, Any] = {}
+        self._fake = fake
+
+    def subscribe(self, topics: Iterable[Topic]) -> None:
+        for topic in topics:
+            self.topics.add(topic)
+            self._fake.subscribers.setdefault(topic, set()).add(self)
+
+    def unsubscribe(self, topics: Iterable[Topic]) -> None:
+        for topic in topics:
+            self.topics.discard(topic)
+            self._fake.subscribers.get(topic, set()).discard(self)
+
+    async def send_text(self, text: str) -> None:
+        if not self.ws.closed:
+            await self.ws.send_str(text)
+
+    async def send_json(self, value: Any) -> None:
+        await self.send_text(msgspec.json.encode(value).decode())
+
+
+class Skin(Protocol):
+    exchange_ids: tuple[str, ...]
+    ws_paths: tuple[str, ...]
+
+    def routes(self) -> list[web.RouteDef]: ...
+
+    async def on_open(self, conn: Connection) -> None: ...
+
+    async def on_message(self, conn: Connection, text: str) -> None: ...
+
+    def format(self, topic: Topic, update: Update) -> str | None: ...
+
+    def malformed(self, topic: Topic, update: Update) -> str: ...
+
+    def error(self, status: int) -> web.Response: ...
+
+    def urls(self, http_url: str, ws_url: str) -> dict[str, Any]: ...
+
+    def options(self) -> dict[str, Any]: ...
+
+
+def skin_class(exchange_id: str) -> type:
+    where = SKINS.get(exchange_id)
+    if where is None:
+        raise ValueError(f"no exchange fake for {exchange_id!r} (have: {', '.join(SKINS)})")
+    module, _, name = where.partition(":")
+    return getattr(importlib.import_module(module), name)
+
+
+class FakeExchange:
+    """A loopback exchange (see the module docstring); ``start()``, then point ccxt at it
+    with ``venue_entry(name)``."""
+
+    def __init__(
+        self,
+        skin: str | type,
+        symbols: Sequence[SymbolSpec],
+        path: PricePath | None,
+        clock: Clock,
+        interval: str = "1m",
+        updates_per_bar: int = 4,
+    ) -> None:
+        self.exchange_id = skin if isinstance(skin, str) else skin.exchange_ids[0]
+        skin_type = skin_class(skin) if isinstance(skin, str) else skin
+        self.specs: dict[str, SymbolSpec] = {spec.symbol: spec for spec in symbols}
+        self.clock = clock
+        self.interval = interval
+        self.step_ns = interval_ns(interval)
+        self.updates_per_bar = max(1, updates_per_bar)
+        self.path = path if path is not None else PricePath.synthetic()
+        if self.path.bars and self.path.step_ns != self.step_ns:
+            raise ValueError(f"the bar file's interval is not {interval}")
+        self.path.register(symbols, self.step_ns)
+        self.faults = Faults(self)
+        self.requests: Counter[str] = Counter()
+        self.frames_sent = 0
+        self.subscribers: dict[Topic, set[Connection]] = {}
+        self.connections: set[Connection] = set()
+        self.ticks = 0
+        self.behind = 0
+        self.skin: Skin = skin_type(self, self.exchange_id)
+        self.http_url = ""
+        self.ws_url = ""
+        self._runner: web.AppRunner | None = None
+        self._ticker: asyncio.Task[None] | None = None
+        self._closing: set[asyncio.Task[Any]] = set()
+        self._last_closed: dict[str, Update] = {}
+
+    # -- time and prices -------------------------------------------------------------------
+
+    def now_ns(self) -> int:
+        return self.clock.now_ns()
+
+    def open_of(self, ts_ns: int) -> int:
+        return ts_ns - ts_ns % self.step_ns
+
+    def is_delisted(self, symbol: str) -> bool:
+        return symbol in self.faults.delisted
+
+    def history(
+        self,
+        symbol: str,
+        start_ns: int | None = None,
+        end_ns: int | None = None,
+        limit: int = 500,
+    ) -> list[Candle]:
+        """Candles as the exchange's REST history has them, oldest first: every closed candle
+        up to now plus the forming one, none for a gap minute. With ``start_ns`` the first
+        ``limit`` from there, else the last ``limit`` up to ``end_ns`` (or now)."""
+        now = self.now_ns()
+        forming = self.open_of(now)
+        last = forming if end_ns is None else min(forming, self.open_of(end_ns))
+        out: list[Candle] = []
+        if start_ns is not None:
+            first = self.open_of(start_ns + self.step_ns - 1)
+            open_ns = first
+            while open_ns <= last and len(out) < limit:
+                if open_ns not in self.faults.gaps:
+                    out.append(self._candle_at(symbol, open_ns, now))
+                open_ns += self.step_ns
+            return out
+        open_ns = last
+        while len(out) < limit and open_ns > last - (limit + len(self.faults.gaps)) * self.step_ns:
+            if open_ns not in self.faults.gaps:
+                out.append(self._candle_at(symbol, open_ns, now))
+            open_ns -= self.step_ns
+        out.reverse()
+        return out
+
+    def _candle_at(self, symbol: str, open_ns: int, now: int) -> Candle:
+        fraction = (now - open_ns) / self.step_ns
+        return self.path.partial(symbol, open_ns, fraction)
+
+    def snapshot(self, symbol: str, ts_ns: int | None = None) -> Update:
+        """The symbol as of ``ts_ns`` (now): forming candle, last trade, best bid/ask."""
+        now = self.now_ns() if ts_ns is None else ts_ns
+        open_ns = self.open_of(now)
+        return self._update(symbol, open_ns, (now - open_ns) / self.step_ns, now, False)
+
+    def funding(self, symbol: str, ts_ns: int | None = None) -> Funding:
+        """A deterministic funding rate, paid every 8 h at 00/08/16 UTC."""
+        now = self.now_ns() if ts_ns is None else ts_ns
+        period = now // FUNDING_PERIOD_NS
+        rate = round(0.0001 * (1 + math.sin(period + _unit(symbol, "funding") * 6)), 8)
+        mark = self.snapshot(symbol, now).candle.close
+        return Funding(symbol, now, rate, (period + 1) * FUNDING_PERIOD_NS, mark, mark)
+
+    def _update(self, symbol: str, open_ns: int, fraction: float, ts: int, closed: bool) -> Update:
+        spec = self.specs.get(symbol) or self.path._spec(symbol)
+        candle = self.path.partial(symbol, open_ns, 1.0 if closed else fraction)
+        within = round(fraction * self.updates_per_bar)
+        sequence = (open_ns // self.step_ns) * (self.updates_per_bar + 1) + within
+        prev = self.path.partial(symbol, open_ns, max(0.0, fraction - 1 / self.updates_per_bar))
+        qty = snap(max(candle.volume - prev.volume, spec.lot_size), spec.lot_size)
+        tick, lot = spec.tick_size, spec.lot_size
+        depth = snap(lot * (1 + 20 * _unit(symbol, sequence, "depth")), lot)
+        trade = TradePrint(
+            id=sequence + 1,
+            ts_ns=ts,
+            price=candle.close,
+            qty=qty,
+            buyer_maker=candle.close < prev.close,
+        )
+        return Update(
+            symbol=symbol,
+            ts_ns=ts,
+            candle=candle,
+            close_ns=open_ns + self.step_ns - 1,
+            closed=closed,
+            trade=trade,
+            bid=snap(candle.close - tick, tick),
+            bid_qty=depth,
+            ask=candle.close,
+            ask_qty=snap(depth * 1.5, lot),
+            update_id=sequence + 1,
+        )
+
+    # -- server ----------------------------------------------------------------------------
+
+    async def start(self) -> FakeExchange:
+        app = web.Application(middlewares=[self._middleware])
+        app.add_routes(self.skin.routes())
+        for ws_path in self.skin.ws_paths:
+            app.router.add_get(ws_path, self._websocket)
+        self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        site = web.TCPSite(self._runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+        self.http_url = f"http://127.0.0.1:{port}"
+        self.ws_url = f"ws://127.0.0.1:{port}"
+        self._ticker = asyncio.create_task(self._tick_loop())
+        return self
+
+    async def stop(self) -> None:
+        if self._ticker is not None:
+            self._ticker.cancel()
+            await asyncio.gather(self._ticker, return_exceptions=True)
+        for conn in list(self.connections):
+            await conn.ws.close()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    async def __aenter__(self) -> FakeExchange:
+        return await self.start()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.stop()
+
+    def venue_entry(self, name: str) -> dict[str, Any]:
+        """A complete ``[[venues]]`` table pointing ccxt at this fake."""
+        return {
+            "name": name,
+            "exchange": self.exchange_id,
+            "urls": self.skin.urls(self.http_url, self.ws_url),
+            "options": self.skin.options(),
+        }
+
+    @web.middleware
+    async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if request.path in self.skin.ws_paths:
+            return await handler(request)
+        self.requests[request.path] += 1
+        if self.faults.http_errors:
+            return self.skin.error(self.faults.http_errors.popleft())
+        return await handler(request)
+
+    async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
+        ws = web.WebSocketResponse(autoping=True, max_msg_size=0, timeout=2.0)
+        await ws.prepare(request)
+        conn = Connection(ws, request, self)
+        self.connections.add(conn)
+        try:
+            await self.skin.on_open(conn)
+            async for message in ws:
+                if message.type == WSMsgType.TEXT:
+                    await self.skin.on_message(conn, message.data)
+                elif message.type == WSMsgType.ERROR:
+                    break
+        finally:
+            self._forget(conn)
+        return ws
+
+    def _forget(self, conn: Connection) -> None:
+        self.connections.discard(conn)
+        conn.unsubscribe(list(conn.topics))
+
+    def drop_connections(self) -> None:
+        for conn in list(self.connections):
+            self._forget(conn)
+            task = asyncio.get_running_loop().create_task(
+                conn.ws.close(code=1001, message=b"fake exchange: dropped")
+            )
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
+
+    # -- ticking ---------------------------------------------------------------------------
+
+    async def _tick_loop(self) -> None:
+        step = self.step_ns // self.updates_per_bar
+        index = self.now_ns() // step + 1
+        while True:
+            await self.clock.sleep((index * step - self.now_ns()) / NS)
+            due = self.now_ns() // step
+            if due > index:  # behind: never skip a close, skip forming updates
+                self.behind += due - index
+                closes = [i for i in range(index, due) if i % self.updates_per_bar == 0]
+                for i in closes[-self.updates_per_bar :]:
+                    await self._tick(i * step, closes_only=True)
+                index = due
+            await self._tick(index * step)
+            index += 1
+
+    async def _tick(self, ts: int, closes_only: bool = False) -> None:
+        """One update for every subscribed symbol: at a close, the closed candle's final
+        frame first, then the next candle's first frame."""
+        self.ticks += 1
+        if self.faults.silent:
+            return
+        open_ns = self.open_of(ts)
+        fraction = (ts - open_ns) / self.step_ns
+        by_symbol: dict[str, list[Topic]] = {}
+        for topic, conns in self.subscribers.items():
+            if conns:
+                by_symbol.setdefault(topic.symbol, []).append(topic)
+        for symbol, topics in by_symbol.items():
+            if symbol in self.faults.delisted:
+                continue
+            if fraction == 0:
+                previous = open_ns - self.step_ns
+                if previous not in self.faults.gaps:
+                    closed = self._update(symbol, previous, 1.0, ts, True)
+                    await self._send(topics, closed, klines_only=True)
+                    self._last_closed[symbol] = closed
+            if closes_only or open_ns in self.faults.gaps:
+                continue
+            await self._send(topics, self._update(symbol, open_ns, fraction, ts, False))
+
+    async def _send(self, topics: list[Topic], update: Update, klines_only: bool = False) -> None:
+        for topic in topics:
+            if klines_only and topic.kind != "kline":
+                continue
+            current = update
+            if topic.kind == "kline" and self.faults.out_of_order > 0:
+                older = self._last_closed.get(topic.symbol)
+                if older is not None and older.candle.open_ns < update.candle.open_ns:
+                    self.faults.out_of_order -= 1
+                    current = older
+            if self.faults.malformed > 0:
+                self.faults.malformed -= 1
+                frame: str | None = self.skin.malformed(topic, current)
+            else:
+                frame = self.skin.format(topic, current)
+            if frame is None:
+                continue
+            for conn in list(self.subscribers.get(topic, ())):
+                if not conn.ws.closed:
+                    await conn.ws.send_str(frame)
+                    self.frames_sent += 1
+
+
+async def start_fake(
+    exchange_id: str,
+    symbols: Sequence[SymbolSpec],
+    clock: Clock,
+    *,
+    path: PricePath | None = None,
+    interval: str = "1m",
+    updates_per_bar: int = 4,
+) -> FakeExchange:
+    """A started fake of ``exchange_id`` (``binance``, ``binanceusdm``, ``bybit``, ``kraken``,
+    ``krakenfutures``)."""
+    fake = FakeExchange(exchange_id, symbols, path, clock, interval, updates_per_bar)
+    return await fake.start()
+
+
+BASE_PRICES = {"BTC": 60_000.0, "ETH": 3_000.0, "SOL": 150.0, "XRP": 0.5, "DOGE": 0.15}
+QUOTES = {"kraken": "USD", "krakenfutures": "USD"}
+
+
+def default_symbols(
+    exchange_id: str, n: int, kind: Literal["spot", "perpetual"] | None = None
+) -> list[SymbolSpec]:
+    """``n`` plausible markets: BTC, ETH, SOL, XRP, DOGE, then C001, C002... (600 and more).
+    ``binanceusdm`` and ``krakenfutures`` list perpetuals (``BASE/QUOTE:SETTLE``), the others
+    spot, unless ``kind`` says (``bybit`` serves both)."""
+    quote = QUOTES.get(exchange_id, "USDT")
+    if kind is None:
+        kind = "perpetual" if exchange_id in ("binanceusdm", "krakenfutures") else "spot"
+    perpetual = kind == "perpetual"
+    out: list[SymbolSpec] = []
+    names = list(BASE_PRICES)
+    for i in range(n):
+        base = names[i] if i < len(names) else f"C{i - len(names) + 1:03d}"
+        price = BASE_PRICES.get(base, round(1 + 200 * _unit(base, "price"), 2))
+        magnitude = math.floor(math.log10(price))
+        tick = round(10.0 ** (magnitude - 5), 12)
+        lot = round(10.0 ** -min(8, max(0, magnitude - 1)), 8)
+        settle = quote if perpetual else ""
+        symbol = f"{base}/{quote}:{settle}" if perpetual else f"{base}/{quote}"
+        out.append(
+            SymbolSpec(
+                symbol=symbol,
+                base=base,
+                quote=quote,
+                settle=settle,
+                kind="perpetual" if perpetual else "spot",
+                tick_size=tick,
+                lot_size=lot,
+                min_notional=5.0 if quote == "USDT" else 0.0,
+                contract_size=1.0,
+                price=snap(price, tick),
+            )
+        )
+    return out
