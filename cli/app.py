@@ -15,6 +15,7 @@ from cli import (
     run_commands,
     status_commands,
     sweep_commands,
+    venue_commands,
 )
 
 app = typer.Typer(
@@ -29,6 +30,7 @@ app.command()(fleet_commands.up)
 app.add_typer(run_commands.app, name="run")
 app.add_typer(model_commands.app, name="model")
 app.add_typer(publish_commands.app, name="publish")
+app.add_typer(venue_commands.app, name="venue")
 app.command()(log_commands.ingest)
 app.command(name="tap")(log_commands.tap_command)
 app.command()(log_commands.streams)
