@@ -26,7 +26,7 @@ from typing import ClassVar
 
 import msgspec
 
-from contracts.events import Bar, Event, ExecutionReport, OrderCommand, RiskAlert
+from contracts.events import Bar, Event, ExecutionReport, OrderCommand, Quote, RiskAlert
 from services.execution.atr import update_atr
 from services.execution.brackets import Brackets, bracket_group
 from services.execution.lifecycle import Venue
@@ -45,8 +45,9 @@ class OmsSnapshot(msgspec.Struct):
 class OrderManager(Brackets):
     """The execution role's decider: the order manager in front of ``venue``."""
 
-    snapshot_version: ClassVar[int] = 1
-    """The layout of ``OmsSnapshot``, the venue's state inside it included."""
+    snapshot_version: ClassVar[int] = 2
+    """The layout of ``OmsSnapshot``, the venue's state inside it included (2: the paper
+    venue's quote buffers)."""
 
     def __init__(
         self, venue: Venue, config: OrdersConfig | None = None, worker: str = "execution"
@@ -72,6 +73,8 @@ class OrderManager(Brackets):
             self._killed.clear()
             return self._on_bar(event, now)
         self._killed.clear()
+        if type(event) is Quote:
+            return self._on_quote(event, now)
         match event:
             case OrderCommand(action="new"):
                 self._clock = now
@@ -120,6 +123,17 @@ class OrderManager(Brackets):
         if self._validating:
             atr = self._market_atr(market)
             validate(st, self.config, bar, market, atr, self._touched)
+        self._sync(out)
+        return out
+
+    def _on_quote(self, quote: Quote, now: int) -> Sequence[Event]:
+        """A quote fills at the quote rule (docs/fill-models.md); its fills go through the
+        order lifecycle like a bar's."""
+        if not self.state.orders:
+            return self._venue_decide(quote, now)  # nothing working: the venue buffers it
+        self._clock = quote.ts
+        out: list[Event] = []
+        self._from_venue(self.venue.decide(quote, now), out)
         self._sync(out)
         return out
 

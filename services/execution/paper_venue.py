@@ -26,6 +26,9 @@ states every rule with a worked example; in short:
   FOK fills completely or not at all); GTC orders wait. An order older than every bar the
   venue still keeps (the last ``HISTORY`` per symbol) is rejected as stale.
 
+With ``fill = "quote"`` quotes fill orders instead of bars (``quote_fills.py``): the venue
+keeps a bounded buffer of recent quotes per market, and bars are ignored.
+
 The per-bar path with no working order is one history append.
 """
 
@@ -40,13 +43,23 @@ from typing import Annotated, Generic, Literal, TypeVar, cast
 import msgspec
 from msgspec import Meta
 
-from contracts.events import Bar, Event, ExecStatus, ExecutionReport, OrderCommand
+from contracts.events import Bar, Event, ExecStatus, ExecutionReport, OrderCommand, Quote
 from contracts.keys import InstrumentId
+from services.execution.quote_fills import (
+    DUST,
+    QUOTE_AGE_NS,
+    QUOTES_KEPT,
+    Quoted,
+    QuotePrices,
+    QuoteRule,
+    compact,
+    first_after,
+    keep,
+)
 
 HISTORY = 1024  # bars per symbol an order may still be matched against
 _TRIM = 256  # the list is trimmed back to HISTORY once it holds HISTORY + _TRIM bars
 MAX_LATENCY_BARS = 1000
-DUST = 1e-9  # relative: a bar that can fill all but this fraction of the order fills it all
 
 
 Bps = Annotated[float, Meta(ge=0, le=1000)]
@@ -58,7 +71,7 @@ class PaperVenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fills, a 10 bps fee, no slippage, latency or volume limit by default. Ranges are checked
     when the config is decoded (``services/config.py``)."""
 
-    fill: Literal["next_open", "close"] = "next_open"
+    fill: Literal["next_open", "close", "quote"] = "next_open"
     fee_bps: Bps = 10.0  # taker fee: market and stop fills
     # limit and stop_limit fills; None = fee_bps; negative: a rebate
     maker_fee_bps: Annotated[float, Meta(ge=-1000, le=1000)] | None = None
@@ -89,6 +102,7 @@ class _Pending(msgspec.Struct):
     wait: int = 0  # eligible bars still to skip (latency)
     triggered: bool = False  # stop / stop_limit: the stop has been reached
     filled: float = 0.0  # cumulative filled quantity
+    rested: bool = False  # quote rule: a limit past its first working quote rests (maker)
 
 
 Prices = Bar | _BarPrices
@@ -96,32 +110,51 @@ Prices = Bar | _BarPrices
 restored from a snapshot. Both have the fields the fill rules read."""
 
 P = TypeVar("P")
+Q = TypeVar("Q")
 
 
-class PaperVenueState(msgspec.Struct, Generic[P]):
-    """``PaperVenueState[Prices]`` while running; a snapshot stores and restores
-    ``PaperVenueState[_BarPrices]``, the histories as compact prices."""
+class PaperVenueState(msgspec.Struct, Generic[P, Q]):
+    """``PaperVenueState[Prices, Quoted]`` while running; a snapshot stores and restores
+    ``PaperVenueState[_BarPrices, QuotePrices]``, the histories as compact prices.
+    ``dropped``: per market, the time of the newest quote that left its buffer."""
 
     bars: dict[InstrumentId, list[P]] = msgspec.field(default_factory=dict)
     pending: list[_Pending] = msgspec.field(default_factory=list)
     next_id: int = 1
+    quotes: dict[InstrumentId, list[Q]] = msgspec.field(default_factory=dict)
+    dropped: dict[InstrumentId, int] = msgspec.field(default_factory=dict)
 
 
 class PaperVenue:
     def __init__(self, config: PaperVenueConfig) -> None:
         self.config = config
-        self.state: PaperVenueState[Prices] = PaperVenueState()
+        self.state: PaperVenueState[Prices, Quoted] = PaperVenueState()
         self._close_mode = config.fill == "close"
         self._taker_bps = config.fee_bps
         self._maker_bps = config.fee_bps if config.maker_fee_bps is None else config.maker_fee_bps
         self._participation = config.max_participation
         # venue -> symbol -> the list in ``state.bars``: a bar or an order builds no key
         self._histories: dict[str, dict[str, list[Prices]]] = {}
+        self._quote_books: dict[str, dict[str, list[Quoted]]] = {}  # the same for quotes
+        self._quote_rule = (
+            QuoteRule(
+                config.slippage_bps,
+                config.slippage_range_frac,
+                config.max_participation,
+                self._fill,
+                self._final_fill,
+                self._canceled,
+            )
+            if config.fill == "quote"
+            else None
+        )
 
     def decide(self, event: Event, now: int) -> list[Event]:
         # Nearly every input is a bar: inline, one history append. An exact type test (it
         # narrows ``event``) costs less than a class pattern, so bars skip the match.
         if type(event) is Bar:
+            if self._quote_rule is not None:
+                return []  # quotes fill: bars only mark (the portfolio's business)
             try:
                 history = self._histories[event.venue][event.symbol]
             except KeyError:
@@ -130,6 +163,8 @@ class PaperVenue:
             if len(history) >= HISTORY + _TRIM:
                 del history[:-HISTORY]
             return self._on_bar(event) if self.state.pending else []
+        if type(event) is Quote:
+            return self._on_quote(event) if self._quote_rule is not None else []
         match event:
             case OrderCommand(action="new"):
                 return self._on_new(event, now)
@@ -145,6 +180,8 @@ class PaperVenue:
         pending = _Pending(order, f"paper-{self.state.next_id}", wait=self.delay(order))
         self.state.next_id += 1
         reports: list[Event] = [_report(order, "accepted", now, pending.venue_order_id)]
+        if self._quote_rule is not None:
+            return self._new_on_quotes(pending, now, reports, self._quote_rule)
         try:
             history = self._histories[order.venue][order.symbol]
         except KeyError:
@@ -177,6 +214,57 @@ class PaperVenue:
                     )
                 ]
         return [_report(order, "rejected", now, "", reason="cancel of an unknown order")]
+
+    def _new_on_quotes(
+        self, pending: _Pending, now: int, reports: list[Event], rule: QuoteRule[_Pending]
+    ) -> list[Event]:
+        """Match a new order against the buffered quotes after it, then keep it working."""
+        order = pending.order
+        market = InstrumentId(order.venue, order.symbol)
+        if self.state.dropped.get(market, 0) > order.ts:
+            reason = (
+                "stale order: a quote after it has left the venue's buffer (the last "
+                f"{QUOTES_KEPT} quotes or {QUOTE_AGE_NS // 10**9} s are kept)"
+            )
+            reports.append(_report(order, "rejected", now, pending.venue_order_id, reason=reason))
+            return reports
+        history = self.state.quotes.get(market, [])
+        for quote in history[first_after(history, order.ts) :]:
+            if rule.advance(pending, quote, reports):
+                return reports
+        self.state.pending.append(pending)
+        return reports
+
+    def _on_quote(self, quote: Quote) -> list[Event]:
+        """Buffer the quote and give it to the working orders of its market. A quote not
+        after the newest one kept (a redelivery after a restart) was already judged."""
+        try:
+            history = self._quote_books[quote.venue][quote.symbol]
+        except KeyError:
+            history = self._quote_book(quote.venue, quote.symbol)
+        if history and quote.ts <= history[-1].ts:
+            return []
+        history.append(quote)
+        dropped = keep(history)
+        if dropped:
+            self.state.dropped[InstrumentId(quote.venue, quote.symbol)] = dropped
+        pending = self.state.pending
+        if not pending:
+            return []
+        advance = cast(QuoteRule[_Pending], self._quote_rule).advance
+        reports: list[Event] = []
+        done: list[_Pending] = []
+        for working in pending:
+            order = working.order
+            if (
+                order.symbol == quote.symbol
+                and order.venue == quote.venue
+                and advance(working, quote, reports)
+            ):
+                done.append(working)
+        if done:
+            self.state.pending = [p for p in pending if not any(p is d for d in done)]
+        return reports
 
     def _on_bar(self, bar: Bar) -> list[Event]:
         """Advance the working orders of the bar's market (the bar is already in history)."""
@@ -297,7 +385,9 @@ class PaperVenue:
             price += sign * frac * (bar.high - bar.low)
         return _clamp(price, bar)
 
-    def _final_fill(self, pending: _Pending, price: float, now: int) -> ExecutionReport:
+    def _final_fill(
+        self, pending: _Pending, price: float, now: int, taker: bool | None = None
+    ) -> ExecutionReport:
         order = pending.order
         filled = pending.filled
         qty = order.qty
@@ -307,7 +397,7 @@ class PaperVenue:
             while filled + qty > order.qty:
                 qty = math.nextafter(qty, 0.0)
         pending.filled = order.qty
-        return self._fill(pending, "filled", price, qty, order.qty, now)
+        return self._fill(pending, "filled", price, qty, order.qty, now, taker)
 
     def _fill(
         self,
@@ -317,9 +407,12 @@ class PaperVenue:
         qty: float,
         cum_qty: float,
         now: int,
+        taker: bool | None = None,
     ) -> ExecutionReport:
+        """``taker`` None: by order type (market and stop take, limits make: the bar rule)."""
         order = pending.order
-        taker = order.order_type == "market" or order.order_type == "stop"
+        if taker is None:
+            taker = order.order_type == "market" or order.order_type == "stop"
         fee = price * qty * (self._taker_bps if taker else self._maker_bps) / 10_000.0
         return _report(
             order,
@@ -345,19 +438,30 @@ class PaperVenue:
     def snapshot(self) -> bytes:
         state = self.state
         bars = {key: [_compact(bar) for bar in history] for key, history in state.bars.items()}
-        return msgspec.msgpack.encode(PaperVenueState(bars, state.pending, state.next_id))
+        quotes = {key: [compact(q) for q in history] for key, history in state.quotes.items()}
+        return msgspec.msgpack.encode(
+            PaperVenueState(bars, state.pending, state.next_id, quotes, state.dropped)
+        )
 
     def restore(self, data: bytes) -> None:
         """Strict: bytes that are not this layout raise, and nothing changes."""
-        restored = msgspec.msgpack.decode(data, type=PaperVenueState[_BarPrices])
-        self.state = cast(PaperVenueState[Prices], restored)  # a history may hold either
+        restored = msgspec.msgpack.decode(data, type=PaperVenueState[_BarPrices, QuotePrices])
+        self.state = cast(PaperVenueState[Prices, Quoted], restored)  # either form inside
         self._histories.clear()
         for market, history in self.state.bars.items():
             self._histories.setdefault(market.venue, {})[market.symbol] = history
+        self._quote_books.clear()
+        for market, quotes in self.state.quotes.items():
+            self._quote_books.setdefault(market.venue, {})[market.symbol] = quotes
 
     def _history(self, venue: str, symbol: str) -> list[Prices]:
         history = self.state.bars.setdefault(InstrumentId(venue, symbol), [])
         self._histories.setdefault(venue, {})[symbol] = history
+        return history
+
+    def _quote_book(self, venue: str, symbol: str) -> list[Quoted]:
+        history = self.state.quotes.setdefault(InstrumentId(venue, symbol), [])
+        self._quote_books.setdefault(venue, {})[symbol] = history
         return history
 
 
