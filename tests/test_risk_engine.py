@@ -45,7 +45,7 @@ def filled(e: RiskEngine, out: list, price: float) -> OrderCommand:
 
 
 def test_rails_are_an_ordered_tuple_of_the_configured_checks() -> None:
-    assert engine().rules == ("kill", "halt")
+    assert engine().rules == ("kill", "halt", "stale_data")
     everything = engine(
         denied_symbols=("X/Y",),
         allowed_symbols=(BTC,),
@@ -65,6 +65,7 @@ def test_rails_are_an_ordered_tuple_of_the_configured_checks() -> None:
         "halt",
         "denylist",
         "allowlist",
+        "stale_data",
         "soft",
         "strategy_rate",
         "venue_rate",
@@ -391,4 +392,4 @@ def test_a_snapshot_of_another_layout_does_not_restore() -> None:
         with pytest.raises(msgspec.DecodeError):
             e.restore(data)
         assert e.snapshot() == before
-    assert RiskEngine.snapshot_version == 1
+    assert RiskEngine.snapshot_version == 2

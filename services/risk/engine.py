@@ -27,6 +27,8 @@ from contracts.events import (
     EquitySnapshot,
     Event,
     ExecutionReport,
+    FeedState,
+    FeedStatus,
     FundingRate,
     GovernanceCommand,
     Instrument,
@@ -39,6 +41,8 @@ from services.risk.book import EPS, Book
 from services.risk.breaker import Transition, VenueBreaker
 from services.risk.correlation import Correlations
 from services.risk.equity import EquityRails
+from services.risk.feed_guard import RULE as STALE_DATA
+from services.risk.feed_guard import FeedGuard
 from services.risk.guards import Depeg, DepegState, Funding
 from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
 from services.risk.rails import Check, OrderContext, compile_rails
@@ -48,7 +52,7 @@ from services.risk.status import StatusBoard
 
 
 class RiskEngine:
-    snapshot_version: ClassVar[int] = 1
+    snapshot_version: ClassVar[int] = 2
 
     def __init__(
         self,
@@ -87,7 +91,14 @@ class RiskEngine:
         construction, a change of limits and a restore)."""
         lim, state = self._limits, self.state
         keys = KeyTable(
-            (*state.prices, *state.instruments, *state.net, *state.orders, *state.positions)
+            (
+                *state.prices,
+                *state.instruments,
+                *state.net,
+                *state.orders,
+                *state.positions,
+                *state.feeds,
+            )
         )
         self._markets = keys.markets
         self._market = keys.market
@@ -106,6 +117,7 @@ class RiskEngine:
             Depeg(g, state.depeg.setdefault(g.asset, DepegState())) for g in self.guards.depegs
         ]
         self._funding = Funding(self.guards.funding, state.funding) if self.guards.funding else None
+        self._feeds = FeedGuard(state.feeds)
         rules = self.sizing.rules
         self._sizing_on = any(r.sized for r in rules)
         vol = max((r.vol_window for r in rules if r.mode == "vol_target"), default=0)
@@ -124,6 +136,7 @@ class RiskEngine:
             EquitySnapshot: self._equity.observe,
             Instrument: self._on_instrument,
             FundingRate: self._on_funding,
+            FeedStatus: self._on_feed_status,
             GovernanceCommand: self._on_governance,
         }
         rails = compile_rails(
@@ -228,7 +241,37 @@ class RiskEngine:
         market = self._market(event.venue, event.symbol)
         self.state.instruments[market] = self._info(event)
         self._quotes.pop(market, None)
+        if not event.active:
+            why = "the venue lists it as inactive"
+            return self._on_feed(market, "delisted", False, event.ts, why, now)
         return []
+
+    def _on_feed_status(self, event: FeedStatus, now: int) -> list[Event]:
+        market = self._market(event.venue, event.symbol)
+        return self._on_feed(market, event.state, event.fresh, event.ts, event.reason, now)
+
+    def _on_feed(
+        self, market: InstrumentId, state: FeedState, fresh: bool, ts: int, reason: str, now: int
+    ) -> list[Event]:
+        """The stale-data guard (``services/risk/feed_guard.py``): block or lift entries on
+        the market, keep the venue's condition, alert on a block and on its end."""
+        change = self._feeds.observe(market, state, fresh, ts, reason)
+        if change is None:
+            return []
+        venue = market.venue
+        self._status.set(f"feed:{venue}", self._feeds.condition(venue))
+        if not change.action:
+            return []
+        return [
+            RiskAlert(
+                ts=now,
+                rule=STALE_DATA,
+                action=change.action,
+                detail=change.detail,
+                venue=venue,
+                symbol=market.symbol,
+            )
+        ]
 
     # --- executions -----------------------------------------------------------------------
 

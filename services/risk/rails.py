@@ -17,6 +17,8 @@ from contracts.keys import InstrumentId
 from services.risk.book import EPS, Book
 from services.risk.breaker import VenueBreaker
 from services.risk.correlation import Correlations
+from services.risk.feed_guard import RULE as STALE_DATA
+from services.risk.feed_guard import describe
 from services.risk.guards import Funding
 from services.risk.limits import CorrelationConfig, RiskLimits
 from services.risk.state import RiskState
@@ -91,6 +93,7 @@ def compile_rails(
         rails.append(("allowlist", allowlist(frozenset(lim.allowed_symbols))))
     if breaker is not None:
         rails.append(("breaker", venue_breaker(breaker)))
+    rails.append(("stale_data", stale_data(state)))
     if lim.equity_rails:
         rails.append(("soft", soft(status)))
     if depeg:
@@ -186,6 +189,21 @@ def venue_breaker(breaker: VenueBreaker) -> Check:
     def check(c: OrderContext) -> Breach:
         allowed, why = breaker.allows(c.signal.venue)
         return None if allowed else ("venue_breaker", why)
+
+    return check
+
+
+def stale_data(state: RiskState) -> Check:
+    blocks = state.feeds
+
+    def check(c: OrderContext) -> Breach:
+        if not blocks or not c.increases:
+            return None
+        block = blocks.get(c.market)
+        if block is None:
+            return None
+        symbol, venue = c.signal.symbol, c.signal.venue
+        return STALE_DATA, f"entries in {symbol} on {venue} blocked: {describe(block)}"
 
     return check
 

@@ -1,5 +1,5 @@
-"""The risk role: governance, signals, fills, prices, instruments (and, when configured,
-equity and funding rates) in; orders, rejections, alerts and statuses out."""
+"""The risk role: governance, signals, fills, prices, instruments, feed statuses (and, when
+configured, equity and funding rates) in; orders, rejections, alerts and statuses out."""
 
 from __future__ import annotations
 
@@ -11,9 +11,10 @@ INPUTS = (
     Input("GOVERNANCE", ("gov.cmd.>",)),
     Input("SIGNALS", ("sig.>",)),
     Input("EXECUTION", ("exec.>",)),
-    Input("MARKET", ("md.bar.>", "md.instrument.>")),
+    Input("MARKET", ("md.bar.>", "md.instrument.>", "md.status.>")),
 )
-"""What every risk worker reads; ``risk_inputs`` adds equity and funding when needed."""
+"""What every risk worker reads (``md.status.>``: the stale-data guard); ``risk_inputs``
+adds equity and funding when needed."""
 
 
 def risk_inputs(engine: RiskEngine) -> tuple[Input, ...]:
@@ -21,7 +22,7 @@ def risk_inputs(engine: RiskEngine) -> tuple[Input, ...]:
     with the funding guard: a fleet without them routes nothing new to risk."""
     inputs = list(INPUTS)
     if engine.guards.funding is not None:
-        inputs[-1] = Input("MARKET", ("md.bar.>", "md.instrument.>", "md.funding.>"))
+        inputs[-1] = Input("MARKET", (*INPUTS[-1].subjects, "md.funding.>"))
     if engine.needs_equity:
         inputs.append(Input("PORTFOLIO", ("pf.equity",)))
     return tuple(inputs)

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import msgspec
 
-from contracts.events import InstrumentKind, SystemState
+from contracts.events import FeedState, InstrumentKind, SystemState
 from contracts.keys import BookId, InstrumentId
 from services.risk.breaker import BreakerState
 from services.risk.guards import DepegState, FundingState
@@ -42,6 +42,15 @@ class Condition(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     rule: str
     reason: str
     since: int = 0
+
+
+class FeedBlock(msgspec.Struct, forbid_unknown_fields=True):
+    """A market whose feed is not fresh (``services/risk/feed_guard.py``): its latest
+    ``state`` and ``reason``, and ``since``, the event time of the first status of the outage."""
+
+    state: FeedState
+    since: int
+    reason: str = ""
 
 
 class EquityTrack(msgspec.Struct, forbid_unknown_fields=True):
@@ -77,7 +86,7 @@ class RiskState(msgspec.Struct, forbid_unknown_fields=True):
     equity: EquityTrack | None = None
     conditions: dict[str, Condition] = msgspec.field(default_factory=dict)
     """by name: ``kill``, ``halt:<rule>``, ``soft:<rule>``, ``breaker:<venue>``,
-    ``depeg:<asset>``, ``funding:<venue>|<symbol>``"""
+    ``depeg:<asset>``, ``funding:<venue>|<symbol>``, ``feed:<venue>``"""
     published: Condition = Condition("RUNNING", "", "")
     breakers: dict[str, BreakerState] = msgspec.field(default_factory=dict)
     strategy_orders: dict[str, list[int]] = msgspec.field(default_factory=dict)
@@ -91,3 +100,5 @@ class RiskState(msgspec.Struct, forbid_unknown_fields=True):
     """a sized target's units and the quantity they were sized to"""
     cancels: dict[str, bool] = msgspec.field(default_factory=dict)
     """client order ids risk asked to cancel, until the cancel's outcome"""
+    feeds: dict[InstrumentId, FeedBlock] = msgspec.field(default_factory=dict)
+    """markets whose feed is not fresh: entries blocked (the stale-data guard)"""
