@@ -11,7 +11,8 @@ A skin is a class (``SKINS`` maps ccxt ids to it, imported lazily) built as
 ``Skin(fake, exchange_id)`` that provides:
 
 - ``exchange_ids: tuple[str, ...]``: the ccxt ids it serves (class attribute);
-- ``ws_paths: tuple[str, ...]``: websocket paths, mirroring the exchange's (``/ws``, ...);
+- ``ws_paths: tuple[str, ...]``: websocket routes (aiohttp patterns, ``/ws/{tail:.*}``),
+  mirroring the exchange's paths;
 - ``routes() -> list[web.RouteDef]``: the REST endpoints, at the exchange's own paths; the
   handlers read ``fake.specs``, ``fake.history(...)``, ``fake.snapshot(...)``,
   ``fake.funding(...)``, ``fake.now_ns()`` and ``fake.is_delisted(...)``;
@@ -142,11 +143,14 @@ class Funding(msgspec.Struct, frozen=True):
 
 
 class Topic(msgspec.Struct, frozen=True):
-    """One subscribable stream: ``name`` is the skin's own (``btcusdt@kline_1m``)."""
+    """One subscribable stream: ``name`` is the skin's own (``btcusdt@kline_1m``);
+    ``wrapped`` marks a variant framed differently (Binance's combined-stream envelope), so
+    each variant is still encoded once per tick."""
 
     kind: TopicKind
     symbol: str
     name: str
+    wrapped: bool = False
 
 
 def _unit(*parts: object) -> float:
@@ -509,7 +513,7 @@ class FakeExchange:
 
     @web.middleware
     async def _middleware(self, request: web.Request, handler: Any) -> web.StreamResponse:
-        if request.path in self.skin.ws_paths:
+        if handler == self._websocket:
             return await handler(request)
         self.requests[request.path] += 1
         if self.faults.http_errors:
@@ -517,7 +521,7 @@ class FakeExchange:
         return await handler(request)
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
-        ws = web.WebSocketResponse(autoping=True, max_msg_size=0, timeout=2.0)
+        ws = web.WebSocketResponse(autoping=True, compress=False, max_msg_size=0, timeout=2.0)
         await ws.prepare(request)
         conn = Connection(ws, request, self)
         self.connections.add(conn)
