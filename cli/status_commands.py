@@ -18,7 +18,7 @@ from rich.text import Text
 
 from cli.console import SERVER_ERRORS, console, run
 from cli.console import errors as error_console
-from cli.status_report import LagRow, StatusReport, SystemSection, collect
+from cli.status_report import LagRow, StatusReport, SystemSection, VenueFeed, collect
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.retry import describe
@@ -31,6 +31,13 @@ STATE_STYLE = {
     "DEGRADED": "bold yellow",
     "SAFE_MODE": "bold dark_orange",
     "HALTED": "bold red",
+}
+FEED_STYLE = {
+    "streaming": "green",
+    "polling": "yellow",
+    "backfilling": "cyan",
+    "stale": "bold red",
+    "delisted": "dim",
 }
 
 
@@ -132,6 +139,48 @@ def _lag_panel(rows: list[LagRow]) -> Panel:
     return Panel(body, title="Consumer lag", title_align="left")
 
 
+def _lag_text(lag_s: float | None) -> str:
+    return "-" if lag_s is None else _age(lag_s)
+
+
+def _venue_panel(feed: VenueFeed) -> Panel:
+    states = Text()
+    for i, (state, n) in enumerate(feed.states.items()):
+        states.append(", " if i else "")
+        states.append(f"{n} {state}", style=FEED_STYLE.get(state, "bold"))
+    head = Text.assemble(
+        ("mode ", ""),
+        (feed.mode, "bold"),
+        f"  {_count(feed.symbols, 'symbol')}: ",
+        states,
+    )
+    last = Text("last bar ")
+    if feed.last_close is None:
+        last.append("none yet", style="dim")
+    else:
+        last.append(f"{feed.last_close} (lag {_lag_text(feed.lag_s)})")
+        if feed.oldest_close and feed.oldest_close != feed.last_close:
+            last.append(f"  oldest {feed.oldest_close}", style="dim")
+    table = Table("symbol", "state", "last bar", "lag", "reason", box=None, pad_edge=False)
+    for row in feed.worst:
+        table.add_row(
+            row.symbol,
+            Text(row.state, style=FEED_STYLE.get(row.state, "bold")),
+            row.last_close or "-",
+            _lag_text(row.lag_s),
+            row.reason,
+        )
+    shown = len(feed.worst)
+    subtitle = f"worst {shown} of {feed.symbols}" if shown < feed.symbols else None
+    return Panel(
+        Group(head, last, table),
+        title=f"Venue {feed.venue}",
+        title_align="left",
+        subtitle=subtitle,
+        subtitle_align="right",
+    )
+
+
 def _portfolio_panel(report: StatusReport) -> Panel:
     parts: list[RenderableType] = []
     eq = report.equity
@@ -203,6 +252,7 @@ def render(report: StatusReport) -> RenderableType:
     parts += [
         _system_panel(report.system),
         _workers_panel(report),
+        *(_venue_panel(feed) for feed in report.venues),
         _lag_panel(report.lag),
         _portfolio_panel(report),
         _errors_panel(report),
@@ -238,7 +288,8 @@ def status(
         ),
     ] = WorkerOptions().heartbeat_s,
 ) -> None:
-    """One screen: workers alive, consumer lag, system status, equity and positions, errors."""
+    """One screen: workers alive, live venues' data, consumer lag, system status, equity and
+    positions, errors."""
 
     async def main() -> None:
         with nats_url(start_server="store") as url:

@@ -3,8 +3,9 @@
 Every figure comes from the log itself, read efficiently (``eventstore.log_reader``):
 heartbeats (the last one per worker subject plus every instance heard in the last minute), the
 latest ``SystemStatus`` per source and the kill switch, the durable consumers' lag, the latest
-equity snapshot and positions (the last message per subject), and the last dead letters and
-risk rejections (the tail of their subjects, found without reading their history).
+equity snapshot and positions (the last message per subject), the last dead letters and
+risk rejections (the tail of their subjects, found without reading their history), and per
+live venue the last ``FeedStatus`` and the last bar of every symbol (the last per subject).
 """
 
 from __future__ import annotations
@@ -16,8 +17,10 @@ import msgspec
 
 from cli.timeparse import iso_ns
 from contracts.events import (
+    Bar,
     DeadLetter,
     EquitySnapshot,
+    FeedStatus,
     GovernanceCommand,
     Heartbeat,
     PositionChanged,
@@ -34,6 +37,12 @@ RECENT_MIN_S = 60.0
 """Instances heard within max(this, 10 stale periods) are listed, beside each worker's last."""
 SEVERITY = {"UNKNOWN": -1, "RUNNING": 0, "DEGRADED": 1, "SAFE_MODE": 2, "HALTED": 3}
 KILL_SOURCE = "kill-switch"
+FEED_STATES = ("stale", "backfilling", "polling", "streaming", "delisted")
+"""Worst first: the order of a venue's state counts and of the symbols it shows."""
+WORST_SHOWN = 5
+"""A venue's screen shows its worst symbols, not hundreds of rows."""
+MODE = "paper"
+"""Every venue's orders go to the paper venue until live trading is switched on (part 2)."""
 
 
 # --- the report (also the --json shape) ----------------------------------------------------
@@ -125,6 +134,28 @@ class RejectionRow(msgspec.Struct, frozen=True):
     client_order_id: str
 
 
+class FeedRow(msgspec.Struct, frozen=True):
+    symbol: str
+    state: str
+    reason: str
+    last_close: str | None
+    lag_s: float | None
+
+
+class VenueFeed(msgspec.Struct, frozen=True):
+    """One live venue: its symbols' data states counted, the newest closed bar and its lag
+    behind now, the mode, and the worst few symbols (state first, then the oldest bar)."""
+
+    venue: str
+    mode: str
+    symbols: int
+    states: dict[str, int]
+    last_close: str | None
+    lag_s: float | None
+    oldest_close: str | None
+    worst: list[FeedRow]
+
+
 class StatusReport(msgspec.Struct, frozen=True):
     at: str
     empty: bool
@@ -136,6 +167,7 @@ class StatusReport(msgspec.Struct, frozen=True):
     positions: list[PositionRow]
     dead_letters: list[DeadLetterRow]
     rejections: list[RejectionRow]
+    venues: list[VenueFeed] = msgspec.field(default_factory=list)
 
 
 # --- folding it into a report --------------------------------------------------------------
@@ -221,6 +253,64 @@ def _system(statuses: list[Stored], kill: Stored | None, resume: Stored | None) 
     )
 
 
+def _lag(now_ns: int, close_ns: int) -> float | None:
+    return round(max(0.0, (now_ns - close_ns) / 1e9), 3) if close_ns else None
+
+
+def _venue_feeds(statuses: list[Stored], bars: list[Stored], now_ns: int) -> list[VenueFeed]:
+    """Fold the last FeedStatus and the last bar of each (venue, symbol) into a section per
+    venue that publishes feed statuses (the live ones; a synthetic market or file has none)."""
+    state: dict[tuple[str, str], FeedStatus] = {}
+    for item in statuses:
+        event = item.event
+        if isinstance(event, FeedStatus):
+            key = (event.venue, event.symbol)
+            if key not in state or state[key].ts <= event.ts:
+                state[key] = event
+    closes: dict[tuple[str, str], int] = {}
+    for item in bars:
+        bar = item.event
+        if isinstance(bar, Bar):
+            key = (bar.venue, bar.symbol)
+            closes[key] = max(closes.get(key, 0), bar.close_time)
+    by_venue: dict[str, list[tuple[FeedStatus, int]]] = {}
+    for key, status in state.items():
+        last = max(closes.get(key, 0), status.last_close)
+        by_venue.setdefault(key[0], []).append((status, last))
+    rank = {name: i for i, name in enumerate(FEED_STATES)}
+    feeds = []
+    for venue, rows in sorted(by_venue.items()):
+        counts = {name: 0 for name in FEED_STATES}
+        for status, _ in rows:
+            counts[status.state] = counts.get(status.state, 0) + 1
+        rows.sort(key=lambda r: (rank.get(r[0].state, -1), r[1], r[0].symbol))
+        known = [last for _, last in rows if last]
+        newest = max(known, default=0)
+        oldest = min(known, default=0)
+        feeds.append(
+            VenueFeed(
+                venue=venue,
+                mode=MODE,
+                symbols=len(rows),
+                states={name: n for name, n in counts.items() if n},
+                last_close=iso_ns(newest) if newest else None,
+                lag_s=_lag(now_ns, newest),
+                oldest_close=iso_ns(oldest) if oldest else None,
+                worst=[
+                    FeedRow(
+                        s.symbol,
+                        s.state,
+                        s.reason,
+                        iso_ns(last) if last else None,
+                        _lag(now_ns, last),
+                    )
+                    for s, last in rows[:WORST_SHOWN]
+                ],
+            )
+        )
+    return feeds
+
+
 async def collect(
     bus: Bus, now_ns: int | None = None, heartbeat_s: float = 2.0, errors: int = 10
 ) -> StatusReport:
@@ -239,6 +329,8 @@ async def collect(
         portfolio,
         dead,
         rejected,
+        feed_statuses,
+        last_bars,
     ) = await asyncio.gather(
         last_per_subject(bus, "SYSTEM", "sys.heartbeat.>"),
         since(bus, "SYSTEM", "sys.heartbeat.>", recent_from),
@@ -249,6 +341,8 @@ async def collect(
         last_per_subject(bus, "PORTFOLIO", "pf.>"),
         tail(bus, "SYSTEM", "sys.dlq.>", errors),
         tail(bus, "ORDERS", "ord.risk.>", errors),
+        last_per_subject(bus, "MARKET", "md.status.>"),
+        last_per_subject(bus, "MARKET", "md.bar.>"),
     )
     equity = None
     positions = []
@@ -307,8 +401,10 @@ async def collect(
         key=lambda r: (r.worker, r.stream),
     )
     system = _system(statuses, kill, resume)
+    venues = _venue_feeds(feed_statuses, last_bars, now_ns)
     empty = not (
-        workers
+        venues
+        or workers
         or lag
         or equity
         or positions
@@ -329,4 +425,5 @@ async def collect(
         positions=positions,
         dead_letters=dead_letters,
         rejections=rejections,
+        venues=venues,
     )
