@@ -114,13 +114,13 @@ def venue_markets(
     could not be read (so one odd market never stops the rest)."""
     converted: dict[str, VenueMarket] = {}
     problems: list[str] = []
-    for key, market in markets.items():
+    for market in markets.values():
         try:
             venue_market = VenueMarket.from_ccxt(market, precision_mode)
         except MalformedMarket as exc:
             problems.append(str(exc))
             continue
-        converted[venue_market.symbol or key] = venue_market
+        converted[venue_market.symbol] = venue_market
     return converted, tuple(problems)
 
 
