@@ -8,7 +8,8 @@ names. Frames follow the recorded ones (``../shared/reference/ccxt-fixtures/*-bi
 spot writes prices with 8 decimals, futures with the tick's; spot ``bookTicker`` carries no
 event type; a ``/stream`` connection gets the combined ``{"stream", "data"}`` envelope.
 A delisted symbol's status turns ``BREAK`` (spot) or ``SETTLING`` (futures): ccxt marks it
-inactive.
+inactive. USDT-M lists no contract size (ccxt takes 1), so ``SymbolSpec.contract_size`` is
+not served here.
 """
 
 from __future__ import annotations
@@ -230,7 +231,6 @@ class BinanceSkin:
                 "baseAssetPrecision": 8,
                 "quotePrecision": 8,
                 "underlyingType": "COIN",
-                "contractSize": spec.contract_size,
                 "filters": [price_filter, lot_filter, market_lot, notional],
                 "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET"],
                 "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
