@@ -183,7 +183,7 @@ class BybitSkin:
         self.interval = interval_id(fake.interval)
         self.page_size_cap = PAGE_MAX
         """Tests lower it to make ``instruments-info`` page by ``nextPageCursor``."""
-        self._conn_ids = itertools.count(1)
+        self.connections_opened = 0
         self._malformed = itertools.count()
 
     # -- symbols ---------------------------------------------------------------------------
@@ -281,28 +281,30 @@ class BybitSkin:
         rows = [self._ticker(spec, self.fake.snapshot(spec.symbol)) for spec in specs]
         return self._answer({"category": category, "list": rows})
 
-    def _ticker(self, spec: SymbolSpec, update: Update) -> dict[str, Any]:
-        """A ``tickers`` row: the 24 h figures come from the price path a day back."""
+    def _ticker(self, spec: SymbolSpec, update: Update, ws: bool = False) -> dict[str, Any]:
+        """A ``tickers`` row (REST, or the websocket's, whose spot rows carry no bid/ask and
+        whose linear rows add the funding cap and tick direction). The 24 h figures come
+        from the price path a day back."""
         day_ago = self.fake.path.candle(spec.symbol, update.candle.open_ns - 86_400 * NS)
         last = update.candle.close
-        change = (last - day_ago.open) / day_ago.open
-        high = max(day_ago.high, update.candle.high, last)
-        low = min(day_ago.low, update.candle.low, last)
         volume = day_ago.volume * 1440
-        row: dict[str, Any] = {
-            "symbol": market_id(spec),
-            "bid1Price": price_text(update.bid, spec),
-            "bid1Size": qty_text(update.bid_qty, spec),
-            "ask1Price": price_text(update.ask, spec),
-            "ask1Size": qty_text(update.ask_qty, spec),
-            "lastPrice": price_text(last, spec),
-            "prevPrice24h": price_text(day_ago.open, spec),
-            "price24hPcnt": f"{change:.6f}",
-            "highPrice24h": price_text(high, spec),
-            "lowPrice24h": price_text(low, spec),
-            "turnover24h": f"{volume * last:.4f}",
-            "volume24h": qty_text(volume, spec),
-        }
+        row: dict[str, Any] = {"symbol": market_id(spec)}
+        if not (ws and category_of(spec) == SPOT):
+            row["bid1Price"] = price_text(update.bid, spec)
+            row["bid1Size"] = qty_text(update.bid_qty, spec)
+            row["ask1Price"] = price_text(update.ask, spec)
+            row["ask1Size"] = qty_text(update.ask_qty, spec)
+        row.update(
+            {
+                "lastPrice": price_text(last, spec),
+                "prevPrice24h": price_text(day_ago.open, spec),
+                "price24hPcnt": f"{(last - day_ago.open) / day_ago.open:.6f}",
+                "highPrice24h": price_text(max(day_ago.high, update.candle.high, last), spec),
+                "lowPrice24h": price_text(min(day_ago.low, update.candle.low, last), spec),
+                "turnover24h": f"{volume * last:.4f}",
+                "volume24h": qty_text(volume, spec),
+            }
+        )
         if category_of(spec) == SPOT:
             row["usdIndexPrice"] = price_text(last, spec)
             return row
@@ -316,16 +318,27 @@ class BybitSkin:
                 "openInterestValue": f"{volume / 3 * last:.2f}",
                 "fundingRate": f"{funding.rate:.8f}".rstrip("0").rstrip("."),
                 "nextFundingTime": str(funding.next_ns // MS),
-                "predictedDeliveryPrice": "",
-                "basisRate": "",
-                "deliveryFeeRate": "",
-                "deliveryTime": "0",
-                "basis": "",
                 "preOpenPrice": "",
                 "preQty": "",
                 "curPreListingPhase": "",
             }
         )
+        if ws:
+            row["tickDirection"] = "MinusTick" if update.trade.buyer_maker else "PlusTick"
+            row["fundingIntervalHour"] = "8"
+            row["fundingCap"] = "0.005"
+            row["singleOpenInterest"] = qty_text(volume / 6, spec)
+            row["singleOpenInterestValue"] = f"{volume / 6 * last:.2f}"
+        else:
+            row.update(
+                {
+                    "predictedDeliveryPrice": "",
+                    "basisRate": "",
+                    "deliveryFeeRate": "",
+                    "deliveryTime": "0",
+                    "basis": "",
+                }
+            )
         return row
 
     def error(self, status: int) -> web.Response:
@@ -351,7 +364,8 @@ class BybitSkin:
     # -- websocket -------------------------------------------------------------------------
 
     async def on_open(self, conn: Connection) -> None:
-        number = next(self._conn_ids)
+        self.connections_opened += 1
+        number = self.connections_opened
         conn.state["conn_id"] = f"fake{number:016x}-{number:x}"
         conn.state["category"] = WS_PATHS[conn.path]
 
@@ -466,7 +480,7 @@ class BybitSkin:
             frame["cts"] = max(0, ts_ms - 1)
         else:
             frame = {"topic": topic.name, "ts": ts_ms, "type": "snapshot"}
-            frame.update({"cs": update.update_id * 7, "data": self._ticker(spec, update)})
+            frame.update({"cs": update.update_id * 7, "data": self._ticker(spec, update, True)})
         return msgspec.json.encode(frame).decode()
 
     def _kline_data(self, spec: SymbolSpec, update: Update) -> dict[str, Any]:
