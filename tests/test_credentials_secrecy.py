@@ -1,0 +1,160 @@
+"""Credentials never leave the process in clear: with distinctive secret strings in the
+environment, ``keel venue check`` against fakes that fail some requests (and, for Bybit, a
+signed private request made with the key) prints none of them, writes none to a file, and a
+ccxt exception whose text quotes the key (an endpoint echoing the request) is logged with the
+key hidden by ``build_exchange``'s ``Redactor``."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import ccxt
+import pytest
+from aiohttp import web
+
+from services.venues.ccxt_exchange import build_exchange, read_secrets, redact_logs
+from services.venues.config import Credentials, VenueConfig
+from tests.conftest import keel
+from tests.fakes.clock import ScaledClock
+from tests.fakes.core import default_symbols, start_fake
+from tests.test_cli import table_row
+from tests.test_venue_check import NO_SERVER, write_config
+
+SECRETS = {
+    "KEEL_SECRECY_API_KEY": "kEy-0f1e2d3c4b5a-SHOULD-NEVER-SHOW",
+    "KEEL_SECRECY_SECRET": "sEcReT-9a8b7c6d5e4f-SHOULD-NEVER-SHOW",
+    "KEEL_SECRECY_PASSWORD": "pAsS-77aa88bb-SHOULD-NEVER-SHOW",
+}
+CREDENTIALS = {
+    "api_key_env": "KEEL_SECRECY_API_KEY",
+    "secret_env": "KEEL_SECRECY_SECRET",
+    "password_env": "KEEL_SECRECY_PASSWORD",
+}
+
+
+@pytest.fixture
+def secret_env(monkeypatch: pytest.MonkeyPatch) -> dict[str, str]:
+    for name, value in SECRETS.items():
+        monkeypatch.setenv(name, value)
+    return SECRETS
+
+
+def leaks(text: str) -> list[str]:
+    """The secret values (or a long piece of one) found in ``text``."""
+    return [v for v in SECRETS.values() if v in text or v[:16] in text]
+
+
+def files_with_secrets(root: Path) -> list[Path]:
+    return [p for p in root.rglob("*") if p.is_file() and leaks(p.read_bytes().decode("latin-1"))]
+
+
+@pytest.mark.parametrize("exchange_id", ["binance", "bybit"])
+async def test_venue_check_never_shows_a_secret(
+    exchange_id: str, secret_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Binance: the first three REST answers are 503, 429 and 500. Bybit: with a key, its
+    ``load_markets`` makes a signed private request (the key in a header), which the fake
+    refuses; the failure's text is shown."""
+    clock = ScaledClock(time.time_ns(), 1.0)
+    symbols = default_symbols(exchange_id, 2)
+    fake = await start_fake(exchange_id, symbols, clock, updates_per_bar=60)
+    try:
+        if exchange_id == "binance":
+            fake.faults.http_errors.extend([503, 429, 500])
+        config = write_config(
+            tmp_path / "live.json", fake, [symbols[0].symbol], credentials=CREDENTIALS
+        )
+        result = await asyncio.to_thread(
+            keel,
+            NO_SERVER,
+            "venue",
+            "check",
+            "x",
+            "--config",
+            str(config),
+            "--timeout",
+            "10",
+            cwd=tmp_path,
+        )
+    finally:
+        await fake.stop()
+    both = result.stdout + result.stderr
+    assert result.returncode == 1, both  # some request failed
+    assert "Traceback" not in both
+    for field, env in (("api_key", "API_KEY"), ("secret", "SECRET"), ("password", "PASSWORD")):
+        row = table_row(result.stdout, f"credential {field}")
+        assert row[1:] == ["ok", f"present (from $KEEL_SECRECY_{env})"], both
+    failed = [r for r in ("REST reachable", "markets loaded") if "FAIL" in table_row(both, r)]
+    assert failed, both  # the failures' texts are on screen
+    assert not leaks(both), both
+    assert not files_with_secrets(tmp_path)
+
+
+async def echo(request: web.Request) -> web.Response:
+    """An endpoint that quotes the request back in its error, headers included (some
+    gateways do): the worst case for a secret in an exception's text."""
+    lines = [f"{request.method} {request.path_qs}"]
+    lines += [f"{k}: {v}" for k, v in request.headers.items()]
+    return web.json_response({"error": "\n".join(lines)}, status=400)
+
+
+@pytest.fixture
+async def echo_url() -> AsyncIterator[str]:
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", echo)
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    yield f"http://127.0.0.1:{port}"
+    await runner.cleanup()
+
+
+async def test_the_redactor_hides_the_key_in_a_logged_ccxt_exception(
+    secret_env: dict[str, str], echo_url: str
+) -> None:
+    clock = ScaledClock(time.time_ns(), 1.0)
+    fake = await start_fake("binance", default_symbols("binance", 2), clock)
+    entry = fake.venue_entry("x")
+    entry["urls"]["api"]["private"] = f"{echo_url}/api/v3"  # markets from the fake
+    venue = VenueConfig(
+        **{**entry, "credentials": Credentials(**CREDENTIALS)},  # type: ignore[arg-type]
+    )
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    secrets = read_secrets(venue)
+    redactor = redact_logs(secrets)
+    exchange = build_exchange(venue, secrets)
+    log = logging.getLogger("keel.test.venue")
+    try:
+        with pytest.raises(ccxt.BaseError) as caught:
+            await exchange.fetch_balance()
+        text = str(caught.value)
+        assert SECRETS["KEEL_SECRECY_API_KEY"] in text  # the echo did quote the key
+        log.warning("fetch_balance failed: %s", caught.value)
+        try:
+            raise RuntimeError("wrapped") from caught.value
+        except RuntimeError:
+            log.exception("while checking %s", SECRETS["KEEL_SECRECY_SECRET"])
+    finally:
+        await exchange.close()
+        await fake.stop()
+        for h in root.handlers:
+            h.removeFilter(redactor)
+        root.removeHandler(handler)
+    logged = captured.getvalue()
+    assert "fetch_balance failed: " in logged
+    assert "X-MBX-APIKEY: ***" in logged  # the header's line, the value hidden
+    assert "while checking ***" in logged
+    assert "Traceback" in logged  # the exception's text went through the filter too
+    assert not leaks(logged), logged
+    assert redactor.redact(text) != text
+    assert not leaks(redactor.redact(text))
