@@ -95,8 +95,8 @@ def run_backtest(
 ) -> BacktestResult:
     """Replay ``spec`` in process; ``skipped`` collects the bar files' bad rows."""
     started = time.perf_counter()
-    bars = market_events(spec.data, url, spec.start, spec.end, verify_data, skipped)
-    bars = with_events(bars, spec.events, spec.start, spec.end, verify_data)  # --events
+    market = market_events(spec.data, url, spec.start, spec.end, verify_data, skipped)
+    bars = with_events(market, spec.events, spec.start, spec.end, verify_data)  # --events
     roles = fleet_roles(spec.config)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
@@ -115,7 +115,8 @@ def run_backtest(
         progress(engine.market_events % 4096)
     wall = time.perf_counter() - started
     external = external_count(bars)
-    result = summarise(spec, recorder, engine.market_events - external, interval, wall, external)
+    count = engine.market_events - external - market.others  # bars only
+    result = summarise(spec, recorder, count, interval, wall, external)
     if out_dir is not None:
         _write_run(out_dir, spec, result)
     return result

@@ -19,7 +19,7 @@ import itertools
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 
 import msgspec
@@ -27,7 +27,7 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts.codec import decode, encode
 from contracts.envelope import root_envelope
-from contracts.events import Bar
+from contracts.events import Bar, Event
 from contracts.subjects import subject_for
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
@@ -66,8 +66,8 @@ def bus_replay(
 ) -> BacktestResult:
     spec = record.spec
     started = time.perf_counter()
-    bars = market_events(spec.data, url, spec.start, spec.end)
-    bars = with_events(bars, spec.events, spec.start, spec.end)  # external events ride along
+    market = market_events(spec.data, url, spec.start, spec.end)
+    bars = with_events(market, spec.events, spec.start, spec.end)  # external events ride along
     namespace = uuid.uuid4().hex[:12]
     config_path = work_dir / "config.json"
     config_path.write_bytes(msgspec.json.encode(spec.config))
@@ -113,7 +113,7 @@ def bus_replay(
     recorder.close()
     external = external_count(bars)
     wall = time.perf_counter() - started
-    return summarise(spec, recorder, count - external, interval, wall, external)
+    return summarise(spec, recorder, count - external - market.others, interval, wall, external)
 
 
 async def _exited(fleet: Fleet, timeout: float) -> None:
@@ -123,7 +123,7 @@ async def _exited(fleet: Fleet, timeout: float) -> None:
         await asyncio.sleep(0.02)
 
 
-def _chunks(bars: Iterator[Bar] | list[Bar], size: int) -> Iterator[tuple[list[Bar], bool]]:
+def _chunks(bars: Iterable[Event], size: int) -> Iterator[tuple[list[Event], bool]]:
     """Frames of market events, each with whether it is the last (an empty run still sends
     one last, empty frame so the workers finish)."""
     it = iter(bars)

@@ -26,7 +26,6 @@ from pathlib import Path
 import msgspec
 
 from contracts.events import (
-    Bar,
     Event,
     External,
     ListingAnnouncement,
@@ -98,14 +97,14 @@ def read_events(source: EventFile, verify: bool = True) -> Iterable[Fed]:
 
 
 def with_events(
-    bars: Iterable[Bar],
+    bars: Iterable[Event],
     sources: Sequence[EventFile],
     start: int | None = None,
     end: int | None = None,
     verify: bool = True,
 ) -> Iterable[Event]:
-    """``bars`` (already in replay order) merged with the files' events; the bars alone,
-    untouched, when there are no event files."""
+    """``bars`` (the market events, already in replay order) merged with the files'
+    events; the market events alone, untouched, when there are no event files."""
     if not sources:
         return bars
     lo = -1 if start is None else start
@@ -120,18 +119,20 @@ def _ts(event: Event) -> int:
 
 
 class Merged:
-    """Bars and external events in one stream (ties: bars first); counts the events so a
-    run can report bars and events apart."""
+    """Market and external events in one stream (ties: market events first); counts the
+    external events so a run can report bars and events apart."""
 
-    def __init__(self, bars: Iterable[Bar], events: Iterable[Fed]) -> None:
+    def __init__(self, bars: Iterable[Event], events: Iterable[Fed]) -> None:
         self._bars = bars
         self._events = events
         self.external = 0
 
     def __iter__(self) -> Iterator[Event]:
-        for event in heapq.merge(self._bars, self._events, key=_ts):
-            if not isinstance(event, Bar):
-                self.external += 1
+        return heapq.merge(self._bars, self._counted(), key=_ts)
+
+    def _counted(self) -> Iterator[Fed]:
+        for event in self._events:
+            self.external += 1
             yield event
 
 

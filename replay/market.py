@@ -6,7 +6,13 @@ spec. Bars outside ``[start, end)`` (by open time) are skipped.
 
 A time-sorted file streams (``iter_bars``: chunk by chunk, so memory stays flat however many
 bars); a first pass over its times checks the order. An unsorted file is read whole and sorted
-(``read_bars``), so memory grows with it. Recorded streams are read whole and sorted.
+(``read_bars``), so memory grows with it.
+
+A recorded stream (``MARKET``, or a subject filter such as ``md.bar.>``) is read whole and
+replays **every** market event it holds (bars, quotes, trades, funding rates, instruments,
+feed statuses) in **stored order**, the stream sequence: that is the order the live fleet
+saw them, so a bar backfilled after a stale status replays after it, as it was decided
+live. Other events than bars are windowed by ``ts``.
 """
 
 from __future__ import annotations
@@ -20,16 +26,20 @@ from pathlib import Path
 
 import msgspec
 
-from contracts.events import Bar
-from contracts.subjects import bars_of_symbol
+from contracts.events import Bar, Event, FeedStatus, FundingRate, Instrument, Quote, Trade
+from contracts.subjects import symbol_token
 from eventstore.bus import Bus, Stored
 from eventstore.errors import KeelError
 from eventstore.streams import STREAM_BY_NAME
 from services.marketdata.sources import is_time_sorted, iter_bars, read_bars
 
+MARKET_TYPES: tuple[type[Event], ...] = (Bar, Quote, Trade, FundingRate, Instrument, FeedStatus)
+"""What a recorded stream replays: every market event type ``md.>`` admits."""
+
 
 class DataSource(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """A bar file, or a recorded stream (``MARKET``) or subject filter (``md.bar.>``)."""
+    """A bar file, or a recorded stream (``MARKET``) or subject filter (``md.bar.>``); a
+    stream's ``symbol`` keeps that symbol's events."""
 
     location: str
     symbol: str | None = None
@@ -70,15 +80,24 @@ read, so it is complete once the replay has consumed the file."""
 
 def load_source(
     source: DataSource, url: str | None, verify: bool = True, skipped: SkippedRows | None = None
-) -> Iterable[Bar]:
-    """A source's bars in time order: a file streams, a recorded stream is read whole.
+) -> Iterable[Event]:
+    """A file's bars in time order (streamed), or a recorded stream's market events in
+    stored order (read whole).
 
     ``verify`` checks a pinned file's sha256 (a full read); callers that pinned it moments
     ago (``keel backtest``, sweep workers) skip it. ``skipped`` collects the file's bad rows."""
     if source.is_stream:
-        if url is None:
-            raise KeelError(f"data {source.location!r} is a stream: it needs a NATS server")
-        return asyncio.run(_stream_bars(url, source))
+        return load_stream(source, url)
+    return _load_file(source, verify, skipped)
+
+
+def load_stream(source: DataSource, url: str | None) -> list[Event]:
+    if url is None:
+        raise KeelError(f"data {source.location!r} is a stream: it needs a NATS server")
+    return asyncio.run(_stream_events(url, source))
+
+
+def _load_file(source: DataSource, verify: bool, skipped: SkippedRows | None) -> Iterable[Bar]:
     path = Path(source.location)
     if not path.exists():
         raise KeelError(f"data {source.location}: no such file, stream or subject")
@@ -96,25 +115,44 @@ def load_source(
     return stream
 
 
-async def _stream_bars(url: str, source: DataSource) -> list[Bar]:
-    """Every stored bar on the source's subjects, ordered by event time then subject."""
-    if source.location in STREAM_BY_NAME:
-        subject = bars_of_symbol(source.symbol) if source.symbol else "md.bar.>"
-    else:
-        subject = source.location
+async def _stream_events(url: str, source: DataSource) -> list[Event]:
+    """Every stored market event on the source's subjects (of its symbol, when it names
+    one), in stream order."""
+    subject = "md.>" if source.location in STREAM_BY_NAME else source.location
+    token = symbol_token(source.symbol) if source.symbol else None
     bus = await Bus.connect(url, name="replay-source")
     try:
-        bars = [
+        events = [
             item.event
             async for item in bus.read(subject, "MARKET")
-            if isinstance(item, Stored) and isinstance(item.event, Bar)
+            if isinstance(item, Stored)
+            and isinstance(item.event, MARKET_TYPES)
+            and (token is None or symbol_token(item.event.symbol) == token)
         ]
     finally:
         await bus.close()
-    if not bars:
-        raise KeelError(f"no bars stored on {subject}")
-    bars.sort(key=lambda b: (b.ts, b.venue, b.symbol, b.interval))
-    return bars
+    if not events:
+        what = f"{subject} for {source.symbol}" if source.symbol else subject
+        raise KeelError(f"no market events stored on {what}")
+    return events
+
+
+class MarketEvents:
+    """The market events of a replay in replay order, an iterator read lazily. ``others``
+    counts those that are not bars (a recorded stream's quotes, trades, funding rates,
+    instruments and feed statuses in the window), so a run reports its bars apart."""
+
+    __slots__ = ("_events", "others")
+
+    def __init__(self, events: Iterator[Event], others: int) -> None:
+        self._events = events
+        self.others = others
+
+    def __iter__(self) -> Iterator[Event]:
+        return self._events
+
+    def __next__(self) -> Event:
+        return next(self._events)
 
 
 def market_events(
@@ -124,52 +162,58 @@ def market_events(
     end: int | None = None,
     verify: bool = True,
     skipped: SkippedRows | None = None,
-) -> Iterator[Bar]:
-    """The bars in replay order, read lazily; callers count what they consume.
+) -> MarketEvents:
+    """The market events in replay order, read lazily; callers count what they consume.
 
-    Every source is opened (and a file checked) before this returns, and the first bar is
-    read: when the window holds no bar at all, ``KeelError`` is raised here. A reversed
+    Every source is opened (and a file checked) before this returns, and the first event is
+    read: when the window holds nothing at all, ``KeelError`` is raised here. A reversed
     window is refused by name. ``skipped`` collects each file's bad rows (``SkippedRows``).
     """
     if start is not None and end is not None and start > end:
         raise KeelError("--start is after --end: the time range is reversed")
-    windowed = [
-        _window(
-            load_source(source, url, verify, skipped),
-            start,
-            end,
-            sorted_opens=not source.is_stream,
-        )
-        for source in sources
-    ]
+    windowed: list[Iterable[Event]] = []
+    others = 0
+    for source in sources:
+        if source.is_stream:
+            recorded = _recorded_window(load_stream(source, url), start, end)
+            others += sum(1 for event in recorded if type(event) is not Bar)
+            windowed.append(recorded)
+        else:
+            windowed.append(_window(_load_file(source, verify, skipped), start, end))
     # A single source needs no merge: every layer costs each bar a generator step.
     if len(windowed) == 1:
         merged = iter(windowed[0])
     else:
-        merged = heapq.merge(*windowed, key=lambda bar: bar.ts)
+        merged = heapq.merge(*windowed, key=lambda event: event.ts)
     first = next(merged, None)
     if first is None:
         raise KeelError("no bars in the requested data and time range")
-    return itertools.chain((first,), merged)
+    return MarketEvents(itertools.chain((first,), merged), others)
 
 
-def _window(
-    bars: Iterable[Bar], start: int | None, end: int | None, *, sorted_opens: bool
-) -> Iterable[Bar]:
-    """The bars opening in ``[start, end)``: all of them, untouched, without bounds."""
+def _recorded_window(events: list[Event], start: int | None, end: int | None) -> list[Event]:
+    """A recorded stream's events in ``[start, end)``, in stored order: bars by open time
+    (as files), the others by ``ts``."""
+    if start is None and end is None:
+        return events
+    lo = -1 if start is None else start
+    hi = 1 << 63 if end is None else end
+    return [e for e in events if lo <= (e.open_time if type(e) is Bar else e.ts) < hi]
+
+
+def _window(bars: Iterable[Bar], start: int | None, end: int | None) -> Iterable[Bar]:
+    """A file's bars opening in ``[start, end)``: all of them, untouched, without bounds."""
     if start is None and end is None:
         return bars
     lo = -1 if start is None else start
     hi = 1 << 63 if end is None else end
-    return _bounded(bars, lo, hi, sorted_opens=sorted_opens)
+    return _bounded(bars, lo, hi)
 
 
-def _bounded(bars: Iterable[Bar], lo: int, hi: int, *, sorted_opens: bool) -> Iterator[Bar]:
+def _bounded(bars: Iterable[Bar], lo: int, hi: int) -> Iterator[Bar]:
     """The bars opening in ``[lo, hi)``; a file's open times only grow, so it stops at hi."""
     for bar in bars:
         if bar.open_time >= hi:
-            if sorted_opens:
-                return
-            continue
+            return
         if bar.open_time >= lo:
             yield bar

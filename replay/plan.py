@@ -16,7 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
-from contracts.events import Bar, Event
+from contracts.events import Event
 from eventstore.frames import PlanStep
 from replay.engine import LazyEnvelope, ReplayEngine, resolve
 from services.runtime.role import Role
@@ -34,7 +34,7 @@ class ReplayPlanner:
     def _collect(self, subject: str, _event: Event, envelope: LazyEnvelope, producer: str) -> None:
         self._outputs.append((subject, envelope, producer))
 
-    def plan_frame(self, bars: Sequence[Bar]) -> dict[str, list[PlanStep]]:
+    def plan_frame(self, bars: Sequence[Event]) -> dict[str, list[PlanStep]]:
         """Run one frame's market events; the steps each role follows after each of them."""
         steps: dict[str, list[PlanStep]] = {}
         for index, bar in enumerate(bars):

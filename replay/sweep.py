@@ -37,6 +37,7 @@ from typing import Any
 import msgspec
 import polars as pl
 
+from contracts.events import Bar
 from contracts.intervals import UNIT_NS
 from eventstore.errors import KeelError
 from replay.backtest import BacktestResult, BacktestSpec, run_backtest
@@ -116,8 +117,9 @@ def data_range(base: BacktestSpec, url: str | None = None) -> tuple[int, int]:
     bars = market_events(base.data, url, base.start, base.end)
     lo, hi = 1 << 63, -1
     for bar in bars:
-        lo = min(lo, bar.open_time)
-        hi = max(hi, bar.close_time)
+        if type(bar) is Bar:  # a recorded stream's other market events do not span time
+            lo = min(lo, bar.open_time)
+            hi = max(hi, bar.close_time)
     if base.start is not None:
         lo = max(lo, base.start)
     if base.end is not None:
