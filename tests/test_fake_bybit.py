@@ -397,3 +397,24 @@ async def test_frames_and_responses_match_the_recorded_ones_key_by_key(
             record["result"]["list"][0].pop("timestamp", None)
         problems += missing(shape(record), shape(answer), method)
     assert not problems, problems
+
+
+async def test_ccxt_meets_the_spot_arg_limit_and_unsubscribes(fake: FakeExchange) -> None:
+    extra = [
+        SymbolSpec(f"C{i:03d}/USDT", f"C{i:03d}", "USDT", "", "spot", 0.01, 0.001)
+        for i in range(11)
+    ]
+    fake.specs.update({spec.symbol: spec for spec in extra})
+    exchange = build_exchange(VenueConfig(**fake.venue_entry("bybit")))
+    try:
+        await exchange.load_markets()
+        with pytest.raises(ccxt.ExchangeError, match="args size >10"):
+            await watch(exchange.watch_ohlcv_for_symbols([[s.symbol, "1m"] for s in extra]))
+        ten = await watch(exchange.watch_ohlcv_for_symbols([[s.symbol, "1m"] for s in extra[:10]]))
+        assert set(ten) <= {s.symbol for s in extra[:10]}
+        await watch(exchange.watch_ohlcv(LINEAR_BTC.symbol, "1m"))
+        assert await watch(exchange.un_watch_ohlcv(LINEAR_BTC.symbol, "1m")) is True
+        linear = [c for c in fake.connections if c.path == "/v5/public/linear"]
+        assert len(linear) == 1 and not linear[0].topics
+    finally:
+        await exchange.close()
