@@ -168,7 +168,7 @@ def _venue_panel(feed: VenueFeed) -> Panel:
             Text(row.state, style=FEED_STYLE.get(row.state, "bold")),
             row.last_close or "-",
             _lag_text(row.lag_s),
-            row.reason,
+            Text(row.reason),  # the venue's words: never markup
         )
     shown = len(feed.worst)
     subtitle = f"worst {shown} of {feed.symbols}" if shown < feed.symbols else None

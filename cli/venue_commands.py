@@ -262,7 +262,7 @@ async def check_venue(
 def render(name: str, exchange: str, rows: list[CheckRow]) -> Table:
     table = Table("check", "result", "detail", title=f"venue {name} ({exchange})")
     for row in rows:
-        table.add_row(row.check, Text(row.outcome, style=STYLE[row.outcome]), row.detail)
+        table.add_row(row.check, Text(row.outcome, style=STYLE[row.outcome]), Text(row.detail))
     return table
 
 
