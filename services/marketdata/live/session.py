@@ -1,0 +1,476 @@
+"""The live marketdata worker: one venue's data through ccxt into the log (docs/venues.md).
+
+Start-up loads the venue's markets (with backoff), checks the configured symbols and interval
+(a mistake is one line naming the key), publishes what changed of the Instruments since the
+log's last word, and backfills every symbol from its last stored bar by REST before the
+websockets stream. Then it runs until stopped: the stream loops (``streams``), the bars'
+continuity and backfills (``bars``), the watchdog (stale, REST polling, reconnect with
+backoff and jitter), funding polls, a market reload (changes and delistings) and the
+heartbeat, all on the injected ``Clock`` so a test can run exchange time fast.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
+
+import ccxt
+import ccxt.pro
+import msgspec
+
+from contracts.events import Bar, Instrument
+from contracts.intervals import interval_ns
+from contracts.subjects import name_token
+from eventstore.bus import Bus
+from eventstore.errors import KeelError
+from eventstore.log_reader import last_per_subject
+from services.config import MarketConfig
+from services.marketdata.feed import HEARTBEAT_S, lockstep
+from services.marketdata.live.bars import BarFlow
+from services.marketdata.live.calls import Backoff, Stopped, VenueCalls, one_line
+from services.marketdata.live.candles import ClosedCandles, MalformedFrame
+from services.marketdata.live.continuity import Continuity
+from services.marketdata.live.facts import funding_of, quote_of, trade_of
+from services.marketdata.live.instruments import (
+    InstrumentBook,
+    VenueMarket,
+    instrument_of,
+    select_symbols,
+    venue_markets,
+)
+from services.marketdata.live.publisher import Publisher
+from services.marketdata.live.streams import Streams, bars_from_trades, has
+from services.marketdata.live.thinning import QuoteThrottle, TradeFilter
+from services.marketdata.live.trade_bars import TradeBars
+from services.runtime.clock import Clock
+from services.runtime.heartbeat import StoreWatch, publish_heartbeat
+from services.venues.ccxt_exchange import Redactor, build_exchange, read_secrets
+from services.venues.config import VenueConfig
+
+log = logging.getLogger("keel.marketdata")
+
+ExchangeFactory = Callable[[VenueConfig, Mapping[str, str]], ccxt.pro.Exchange]
+
+RELOAD_EVERY_S = 900.0
+TRADE_SETTLE_S = 2.0
+TICK_S = 1.0
+MIN_TICK_WALL_S = 0.02
+STOP_GRACE_S = 2.0
+
+
+class SessionResult(msgspec.Struct):
+    bars: int = 0
+    instruments: int = 0
+    dead_letters: int = 0
+    empty_minutes: int = 0
+    reconnects: int = 0
+
+
+class LiveSession:
+    """One venue's live feed until ``stop()``."""
+
+    def __init__(
+        self,
+        bus: Bus,
+        venue: VenueConfig,
+        market: MarketConfig,
+        clock: Clock,
+        *,
+        name: str = "marketdata",
+        consumers: set[str] | None = None,
+        backfill_bars: int = 0,
+        reload_every_s: float = RELOAD_EVERY_S,
+        heartbeat_s: float = HEARTBEAT_S,
+        seed: int = 0,
+        exchange_factory: ExchangeFactory = build_exchange,
+    ) -> None:
+        self.exchange_factory = exchange_factory
+        self.bus = bus
+        self.venue = venue
+        self.market = market
+        self.clock = clock
+        self.name = name
+        self.consumers = consumers or set()
+        self.backfill_bars = backfill_bars
+        self.reload_every_s = reload_every_s
+        self.heartbeat_s = heartbeat_s
+        self.seed = seed
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self.stopping = asyncio.Event()
+        self.step_ns = interval_ns(market.interval)
+        self.result = SessionResult()
+        self.book = InstrumentBook()
+        self.closed = ClosedCandles()
+        self.trade_filter = TradeFilter()
+        self.throttle = QuoteThrottle(market.quotes_per_s)
+        self.trade_bars: TradeBars | None = None
+        self.redactor = Redactor({})
+        self._funding: dict[str, tuple[float, int, float]] = {}
+        self._tasks: list[asyncio.Task[Any]] = []
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # -- running -------------------------------------------------------------------------
+
+    async def run(self) -> SessionResult:
+        secrets = read_secrets(self.venue)  # none needed for market data; any given are hidden
+        self.redactor = Redactor(secrets)
+        for target in (logging.getLogger(), *logging.getLogger().handlers):
+            target.addFilter(self.redactor)
+        self.exchange = self.exchange_factory(self.venue, secrets)
+        self.calls = VenueCalls(self.venue.name, self.clock, self.stopping, self.seed)
+        watch = StoreWatch(self.bus, self.name, self.instance)
+        self.publisher = Publisher(self.bus, self.name, watch, self.stopping)
+        beating = asyncio.create_task(self._heartbeat())
+        try:
+            with contextlib.suppress(Stopped):
+                await watch.resume()
+                await self._serve()
+        finally:
+            beating.cancel()
+            await self._shutdown()
+            for target in (logging.getLogger(), *logging.getLogger().handlers):
+                target.removeFilter(self.redactor)
+        return self.result
+
+    async def _serve(self) -> None:
+        markets = await self._load_markets()
+        symbols = self._validate(markets)
+        await self._seed(symbols)
+        self._tasks.append(asyncio.create_task(self.publisher.run()))
+        self._publish_instruments(markets, symbols)
+        between = lockstep(self.bus, self.consumers) if self.market.lockstep else None
+        self.flow = BarFlow(
+            self.exchange,
+            self.calls,
+            self.publisher,
+            self.clock,
+            venue=self.venue.name,
+            interval=self.market.interval,
+            step_ns=self.step_ns,
+            grace_s=self.market.stall_grace_s,
+            poll_every_s=self.market.poll_every_s,
+            continuity=self.continuity,
+            between_steps=between if self.consumers else None,
+        )
+        now = self.clock.now_ns()
+        if self.backfill_bars:
+            start = now - now % self.step_ns - self.backfill_bars * self.step_ns
+            for symbol in symbols:
+                self.continuity.start(symbol, start)
+        self.flow.track(symbols, now)
+        if bars_from_trades(self.exchange):
+            self.trade_bars = TradeBars(self.step_ns, int(TRADE_SETTLE_S * 1e9))
+        await self.flow.backfill(symbols)
+        await self.publisher.flush()
+        self.streams = Streams(
+            self.exchange,
+            self,
+            self.calls,
+            self.market.interval,
+            trades=self.market.trades,
+            quotes=self.market.quotes,
+            seed=self.seed,
+        )
+        self.streams.start(list(self.flow.active))
+        log.info(
+            "%s: streaming %d symbols (%s bars%s%s)",
+            self.venue.name,
+            len(self.flow.active),
+            self.market.interval,
+            ", trades" if self.market.trades else "",
+            ", quotes" if self.market.quotes else "",
+        )
+        for job in (self.flow.run(), self._watchdog(), self._funding_loop(), self._reload_loop()):
+            self._tasks.append(asyncio.create_task(job))
+        stopped = asyncio.create_task(self.stopping.wait())
+        running: set[asyncio.Task[Any]] = {stopped, *self._tasks}
+        try:
+            while not stopped.done():
+                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    if task is not stopped and not task.cancelled() and task.exception():
+                        raise task.exception()  # type: ignore[misc]
+        finally:
+            stopped.cancel()
+
+    async def _shutdown(self) -> None:
+        if hasattr(self, "streams"):
+            await self.streams.stop()
+        if hasattr(self, "publisher") and self._tasks:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.publisher.flush(), STOP_GRACE_S)
+        tasks, self._tasks = self._tasks, []
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if hasattr(self, "flow"):
+            self.result.bars = self.flow.bars
+            self.result.empty_minutes = self.flow.empty_minutes
+        if hasattr(self, "exchange"):
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self.exchange.close(), STOP_GRACE_S)
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(
+                publish_heartbeat(self.bus, self.name, self.instance, "stopped"), STOP_GRACE_S
+            )
+
+    # -- start-up ------------------------------------------------------------------------
+
+    async def _load_markets(self) -> dict[str, VenueMarket]:
+        await self.calls.call("load_markets", lambda: self.exchange.load_markets(True))
+        markets, problems = venue_markets(self.exchange.markets, self.exchange.precisionMode)
+        for problem in problems[:5]:
+            log.warning("%s: %s", self.venue.name, problem)
+        return markets
+
+    def _validate(self, markets: Mapping[str, VenueMarket]) -> list[str]:
+        where = f"{self.venue.name} ({self.exchange.id})"
+        selection = select_symbols(markets, self.market.symbols, self.market.universe)
+        if selection.unknown:
+            raise KeelError(f"market.symbols: {selection.unknown[0]!r} is not listed by {where}")
+        if not selection.ok:
+            raise KeelError(f"market.symbols: {selection.problems()[0]} ({where})")
+        if not selection.markets:
+            raise KeelError(f"market.symbols: no symbol to stream from {where}")
+        timeframes = self.exchange.timeframes or {}
+        if has(self.exchange, "watchOHLCV") and self.market.interval not in timeframes:
+            offered = ", ".join(list(timeframes)[:12])
+            raise KeelError(
+                f"market.interval: {self.market.interval!r} is not offered by {where} "
+                f"(it offers {offered})"
+            )
+        return list(selection.symbols)
+
+    async def _seed(self, symbols: Sequence[str]) -> None:
+        """Where the log left off: the last Instrument and the last bar of each symbol."""
+        venue = name_token(self.venue.name, "venue")
+        instruments = await self.bus.retry(
+            f"{self.name}: read",
+            lambda: last_per_subject(self.bus, "MARKET", f"md.instrument.{venue}.*"),
+            stop=self.stopping,
+        )
+        interval = name_token(self.market.interval)
+        bars = await self.bus.retry(
+            f"{self.name}: read",
+            lambda: last_per_subject(self.bus, "MARKET", f"md.bar.{venue}.*.{interval}"),
+            stop=self.stopping,
+        )
+        self.book = InstrumentBook(s.event for s in instruments if isinstance(s.event, Instrument))
+        last = {s.event.symbol: s.event.open_time for s in bars if isinstance(s.event, Bar)}
+        self.continuity = Continuity(self.step_ns, {s: last[s] for s in symbols if s in last})
+
+    def _publish_instruments(
+        self, markets: Mapping[str, VenueMarket], symbols: Sequence[str]
+    ) -> list[Instrument]:
+        """Only what changed since the log's last word; a tracked symbol the venue stopped
+        listing or trading becomes ``active=False``."""
+        ts = self.clock.now_ns()
+        tracked = dict.fromkeys([*symbols, *self.book.symbols])
+        current = [
+            instrument_of(self.venue.name, markets[s], ts)
+            for s in tracked
+            if s in markets and markets[s].kind is not None
+        ]
+        changed = self.book.update(current, ts)
+        for instrument in changed:
+            self.publisher.fact(instrument)
+        self.publisher.send()
+        self.result.instruments += len(changed)
+        return changed
+
+    # -- the stream sink (called by the watch loops, never awaits) ---------------------
+
+    def candles(self, symbol: str, rows: Sequence[Any]) -> None:
+        try:
+            closed = self.closed.update(symbol, rows)
+        except MalformedFrame as exc:
+            self._dead_letter(f"ws.{self.exchange.id}.ohlcv.{symbol}", str(exc), rows)
+            return
+        if closed:
+            self.flow.from_stream(symbol, closed)
+            self.publisher.send()
+
+    def trades(self, symbol: str, trades: Sequence[Mapping[str, Any]]) -> None:
+        for trade in trades:
+            try:
+                event = trade_of(self.venue.name, symbol, trade)
+                if not self.trade_filter.admit(symbol, event.trade_id, event.ts):
+                    continue
+                if self.market.trades:
+                    self.publisher.fact(event)
+                if self.trade_bars is not None:
+                    closed = self.trade_bars.add(symbol, event.ts, event.price, event.qty)
+                    self.flow.from_stream(symbol, closed)
+            except MalformedFrame as exc:
+                self._dead_letter(f"ws.{self.exchange.id}.trades.{symbol}", str(exc), trade)
+        self.publisher.send()
+
+    def quotes(self, tickers: Mapping[str, Mapping[str, Any]]) -> None:
+        now = self.clock.now_ns()
+        for symbol, ticker in tickers.items():
+            if symbol not in self.flow.active:
+                continue
+            try:
+                quote = quote_of(self.venue.name, symbol, ticker, now)
+            except MalformedFrame as exc:
+                self._dead_letter(f"ws.{self.exchange.id}.quotes.{symbol}", str(exc), ticker)
+                continue
+            if self.throttle.admit(symbol, quote.ts, quote.bid, quote.ask):
+                self.publisher.fact(quote)
+        self.publisher.send()
+
+    def frame_error(self, where: str, exc: BaseException) -> None:
+        self._dead_letter(f"ws.{self.exchange.id}.{where}", one_line(exc), None)
+
+    def disconnected(self, symbols: Sequence[str]) -> None:
+        for symbol in symbols:
+            self.closed.forget(symbol)
+        self.flow.request(symbols)
+
+    def reconnected(self, symbols: Sequence[str]) -> None:
+        self.flow.request(symbols)
+
+    def _dead_letter(self, where: str, reason: str, payload: Any) -> None:
+        reason = self.redactor.redact(reason)
+        data = b"" if payload is None else _encode(payload)
+        log.warning("%s: dead letter: %s: %s", self.venue.name, where, reason)
+        self.publisher.dead_letter(self.clock.now_ns(), where, reason, data)
+        self.publisher.send()
+        self.result.dead_letters += 1
+
+    # -- periodic jobs -------------------------------------------------------------------
+
+    async def _watchdog(self) -> None:
+        tick = max(TICK_S, MIN_TICK_WALL_S / max(self.clock.wall_seconds(1.0), 1e-9))
+        backoff = Backoff(seed=self.seed + 1)
+        reconnect_at = 0
+        while True:
+            await self.calls.pause(tick)
+            now = self.clock.now_ns()
+            if self.trade_bars is not None:
+                for symbol, candle in self.trade_bars.close_due(now):
+                    self.flow.from_stream(symbol, [candle])
+                self.publisher.send()
+            newly = self.flow.check_stalls(now)
+            if not self.flow.stale:
+                backoff.reset()
+            elif (newly or backoff.attempt) and now >= reconnect_at:
+                if newly:
+                    log.warning(
+                        "%s: no closed bar by close + %gs for %s; reconnecting the websockets "
+                        "(backoff with jitter), REST polling meanwhile",
+                        self.venue.name,
+                        self.market.stall_grace_s,
+                        ", ".join(newly[:3]) + (f" and {len(newly) - 3} more" if newly[3:] else ""),
+                    )
+                for symbol in self.flow.active:
+                    self.closed.forget(symbol)
+                await self.streams.reconnect(list(self.flow.active))
+                self.result.reconnects += 1
+                reconnect_at = now + int(backoff.next() * 1e9)
+
+    async def _funding_loop(self) -> None:
+        if not (has(self.exchange, "fetchFundingRates") or has(self.exchange, "fetchFundingRate")):
+            return
+        while True:
+            perps = [
+                s
+                for s in self.flow.active
+                if (i := self.book.get(s)) is not None and i.kind == "perpetual"
+            ]
+            if perps:
+                await self._poll_funding(perps)
+            await self.calls.pause(self.market.funding_every_s)
+
+    async def _poll_funding(self, symbols: list[str]) -> None:
+        try:
+            if has(self.exchange, "fetchFundingRates"):
+                rates = await self.calls.call(
+                    "fetch_funding_rates", lambda: self.exchange.fetch_funding_rates(symbols)
+                )
+            else:
+                rates = {}
+                for symbol in symbols:
+                    rates[symbol] = await self.calls.call(
+                        f"fetch_funding_rate {symbol}",
+                        lambda s=symbol: self.exchange.fetch_funding_rate(s),
+                    )
+        except ccxt.BaseError as exc:
+            log.warning("%s: funding rates: %s", self.venue.name, one_line(exc))
+            return
+        except Stopped:
+            raise
+        except Exception as exc:  # a response ccxt could not parse
+            self._dead_letter(f"rest.{self.exchange.id}.funding", one_line(exc), None)
+            return
+        now = self.clock.now_ns()
+        for symbol in symbols:
+            info = rates.get(symbol)
+            if not isinstance(info, Mapping) or info.get("fundingRate") is None:
+                continue
+            try:
+                rate = funding_of(self.venue.name, symbol, info, now)
+            except MalformedFrame as exc:
+                self._dead_letter(f"rest.{self.exchange.id}.funding.{symbol}", str(exc), None)
+                continue
+            key = (rate.rate, rate.next_time, rate.interval_h)
+            if self._funding.get(symbol) != key:
+                self._funding[symbol] = key
+                self.publisher.fact(rate)
+        self.publisher.send()
+
+    async def _reload_loop(self) -> None:
+        while True:
+            await self.calls.pause(self.reload_every_s)
+            try:
+                markets = await self._load_markets()
+            except ccxt.BaseError as exc:
+                log.warning("%s: reloading markets: %s", self.venue.name, one_line(exc))
+                continue
+            self._apply_listing(markets)
+
+    def _apply_listing(self, markets: Mapping[str, VenueMarket]) -> None:
+        changed = self._publish_instruments(markets, list(self.flow.active))
+        gone = [i.symbol for i in changed if not i.active and i.symbol in self.flow.active]
+        if not gone:
+            return
+        now = self.clock.now_ns()
+        for symbol in gone:
+            log.warning("%s: %s is no longer traded: its streams stop", self.venue.name, symbol)
+            self.flow.set_state(symbol, "delisted", now, "the venue stopped trading it")
+            self.flow.drop(symbol)
+        self.publisher.send()
+        self._tasks.append(asyncio.create_task(self._restream()))
+
+    async def _restream(self) -> None:
+        await self.streams.stop()
+        self.streams.start(list(self.flow.active))
+
+    async def _heartbeat(self) -> None:
+        seq = 0
+        while not self.stopping.is_set():
+            seq += 1
+            processed = self.flow.bars if hasattr(self, "flow") else 0
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    publish_heartbeat(
+                        self.bus, self.name, self.instance, "running", seq, processed
+                    ),
+                    self.heartbeat_s,
+                )
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stopping.wait(), self.heartbeat_s)
+
+
+def _encode(payload: Any) -> bytes:
+    try:
+        return msgspec.json.encode(payload)
+    except (TypeError, ValueError, OverflowError):
+        return repr(payload).encode()[:4096]
