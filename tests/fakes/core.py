@@ -31,6 +31,7 @@ A skin is a class (``SKINS`` maps ccxt ids to it, imported lazily) built as
 from __future__ import annotations
 
 import asyncio
+import functools
 import hashlib
 import importlib
 import math
@@ -68,15 +69,21 @@ def interval_ns(interval: str) -> int:
         raise ValueError(f"interval {interval!r}: expected e.g. 1m, 5m, 1h, 1d") from None
 
 
+@functools.cache
 def decimals(step: float) -> int:
     """Digits after the point that ``step`` needs (0.001 -> 3, 1 -> 0)."""
     text = f"{step:.12f}".rstrip("0")
     return len(text.split(".")[1]) if "." in text else 0
 
 
+@functools.cache
+def _format_spec(step: float, digits: int) -> str:
+    return f".{max(digits, decimals(step))}f"
+
+
 def fmt(value: float, step: float, digits: int = 8) -> str:
     """``value`` as the exchange writes it: a string with at least ``digits`` places."""
-    return f"{value:.{max(digits, decimals(step))}f}"
+    return format(value, _format_spec(step, digits))
 
 
 def snap(value: float, step: float) -> float:
