@@ -16,7 +16,13 @@ from pathlib import Path
 import ccxt
 import pytest
 from aiohttp import web
+from nats.js.api import StreamInfo
+from prometheus_client import REGISTRY, generate_latest
 
+from eventstore.bus import Bus
+from eventstore.log_reader import read_until
+from services.config import MarketConfig
+from services.marketdata.live.session import LiveSession
 from services.venues.ccxt_exchange import build_exchange, read_secrets, redact_logs
 from services.venues.config import Credentials, VenueConfig
 from tests.conftest import keel
@@ -158,3 +164,78 @@ async def test_the_redactor_hides_the_key_in_a_logged_ccxt_exception(
     assert not leaks(logged), logged
     assert redactor.redact(text) != text
     assert not leaks(redactor.redact(text))
+
+
+async def stored_texts(bus: Bus) -> dict[str, str]:
+    """Every message of every stream (payload and headers), by stream."""
+    texts: dict[str, str] = {}
+    async for info in _streams(bus):
+        name, last = info.config.name, info.state.last_seq
+        parts: list[str] = []
+        async for msg in read_until(bus.js, name, last, idle_s=5.0, stalled=f"{name} stalled"):
+            parts.append(msg.subject)
+            parts.append(msg.data.decode("latin-1"))
+            parts.extend(f"{k}: {v}" for k, v in (msg.headers or {}).items())
+        texts[name] = "\n".join(parts)
+    return texts
+
+
+async def _streams(bus: Bus) -> AsyncIterator[StreamInfo]:
+    for info in await bus.js.streams_info():
+        yield info
+
+
+async def test_a_live_session_never_stores_or_logs_a_secret(
+    secret_env: dict[str, str], bus: Bus
+) -> None:
+    """The live marketdata session on the Binance fake with every secret named: REST errors
+    while loading markets (backoff), malformed frames (dead letters) and a dropped socket
+    (reconnect, backfill). Nothing it logs or stores holds a secret."""
+    clock = ScaledClock(time.time_ns(), 60.0)
+    symbols = default_symbols("binance", 2)
+    fake = await start_fake("binance", symbols, clock)
+    captured = io.StringIO()
+    handler = logging.StreamHandler(captured)
+    handler.setLevel(logging.DEBUG)
+    root = logging.getLogger()
+    root.addHandler(handler)
+    level = root.level
+    root.setLevel(logging.DEBUG)
+    venue = VenueConfig(
+        **{**fake.venue_entry("x"), "credentials": Credentials(**CREDENTIALS)},  # type: ignore[arg-type]
+    )
+    market = MarketConfig(
+        venue="x",
+        symbols=tuple(s.symbol for s in symbols),
+        trades=True,
+        quotes=True,
+        stall_grace_s=5.0,
+        lockstep=False,
+    )
+    session = LiveSession(bus, venue, market, clock, backfill_bars=5)
+    try:
+        fake.faults.http_errors.extend([503, 429, 500])
+        running = asyncio.create_task(session.run())
+        await clock.sleep(90)
+        fake.faults.malformed = 2
+        await clock.sleep(60)
+        fake.faults.drop()
+        await clock.sleep(120)
+        session.stop()
+        result = await asyncio.wait_for(running, 30)
+    finally:
+        root.removeHandler(handler)
+        root.setLevel(level)
+        await fake.stop()
+    logged = captured.getvalue()
+    assert result.bars > 0, logged
+    assert result.dead_letters > 0, logged
+    assert "Service Unavailable" in logged or "503" in logged, logged
+    assert not leaks(logged), logged
+    stored = await stored_texts(bus)
+    assert "md.bar.x." in stored["MARKET"]
+    assert "sys.dlq." in stored["SYSTEM"]
+    for stream, text in stored.items():
+        assert not leaks(text), stream
+    metrics = generate_latest(REGISTRY).decode()
+    assert not leaks(metrics)
