@@ -185,6 +185,7 @@ class BybitSkin:
         """Tests lower it to make ``instruments-info`` page by ``nextPageCursor``."""
         self.connections_opened = 0
         self._malformed = itertools.count()
+        self._index: dict[tuple[str, str], str] = {}
 
     # -- symbols ---------------------------------------------------------------------------
 
@@ -192,10 +193,15 @@ class BybitSkin:
         return [s for s in self.fake.specs.values() if category_of(s) == category]
 
     def _spec(self, category: str, symbol_id: str) -> SymbolSpec | None:
-        for spec in self._specs(category):
-            if market_id(spec) == symbol_id:
-                return spec
-        return None
+        """The market by Bybit id; ``fake.specs`` is read live (a test may add a market or
+        change a tick size at any time)."""
+        key = (category, symbol_id)
+        if len(self._index) != len(self.fake.specs) or key not in self._index:
+            self._index = {
+                (category_of(s), market_id(s)): s.symbol for s in self.fake.specs.values()
+            }
+        spec = self.fake.specs.get(self._index.get(key, ""))
+        return spec if spec is not None and (category_of(spec), market_id(spec)) == key else None
 
     def _listed(self, category: str, symbol_id: str) -> SymbolSpec | None:
         spec = self._spec(category, symbol_id)
@@ -236,8 +242,11 @@ class BybitSkin:
                 rows.append(build(spec, status))
         result: dict[str, Any] = {"category": category, "list": rows}
         if category == LINEAR:
-            limit = min(int(query.get("limit", LINEAR_PAGE_DEFAULT)), self.page_size_cap)
-            offset = int(query.get("cursor") or 0)
+            try:
+                limit = min(int(query.get("limit", LINEAR_PAGE_DEFAULT)), self.page_size_cap)
+                offset = int(query.get("cursor") or 0)
+            except ValueError:
+                return self._bad("params error: limit or cursor is invalid")
             page = rows[offset : offset + limit]
             more = offset + limit < len(rows)
             result = {
@@ -369,7 +378,9 @@ class BybitSkin:
         conn.state["conn_id"] = f"fake{number:016x}-{number:x}"
         conn.state["category"] = WS_PATHS[conn.path]
 
-    def _reply(self, conn: Connection, op: str, req_id: Any, ok: bool, message: str) -> dict:
+    def _reply(
+        self, conn: Connection, op: str, req_id: Any, ok: bool, message: str
+    ) -> dict[str, Any]:
         reply: dict[str, Any] = {
             "success": ok,
             "ret_msg": message,
