@@ -18,11 +18,12 @@ import ccxt
 import ccxt.pro
 import pytest
 
+from services.marketdata.sources import read_bars
 from services.venues.ccxt_exchange import build_exchange
 from services.venues.config import VenueConfig
 from tests.fakes.__main__ import venue_toml
 from tests.fakes.clock import ScaledClock
-from tests.fakes.core import NS, FakeExchange, default_symbols, start_fake
+from tests.fakes.core import NS, FakeExchange, PricePath, default_symbols, start_fake
 
 MINUTE_MS = 60_000
 RATE = 120
@@ -382,3 +383,68 @@ async def test_rest_answers_have_the_recorded_shapes() -> None:
         if exchange_id == "binance":
             real_ticker = responses["fetchTicker"][0]["httpResponse"]
             assert set(ticker) <= set(real_ticker), set(ticker) - set(real_ticker)
+
+
+# -- the core's price path and symbol lists --------------------------------------------------
+
+
+def test_partial_candles_only_widen_and_converge() -> None:
+    specs = default_symbols("binanceusdm", 6)
+    path = PricePath.synthetic(seed=3)
+    path.register(specs, 60 * NS)
+    for spec in specs:
+        for k in range(5):
+            open_ns = START_NS - START_NS % (60 * NS) + k * 60 * NS
+            steps = [path.partial(spec.symbol, open_ns, f / 8) for f in range(9)]
+            assert steps[-1] == path.candle(spec.symbol, open_ns)
+            for before, after in itertools.pairwise(steps):
+                assert after.high >= before.high and after.low <= before.low
+                assert after.volume >= before.volume and after.open == before.open
+            full = steps[-1]
+            assert full.low <= min(full.open, full.close) <= max(full.open, full.close) <= full.high
+            ticks = full.close / spec.tick_size
+            assert ticks == pytest.approx(round(ticks), abs=1e-6)
+    same_seed = PricePath.synthetic(seed=3)
+    same_seed.register(specs, 60 * NS)
+    assert same_seed.candle(specs[0].symbol, START_NS) == path.candle(specs[0].symbol, START_NS)
+
+
+def test_price_path_from_a_bar_file(tmp_path: Path) -> None:
+    start_ms = 1_700_000_040_000
+    lines = []
+    for i in range(5):
+        o = 100 + i
+        lines.append(
+            f"{start_ms + i * 60_000},{o},{o + 2},{o - 1},{o + 1},{10 + i},"
+            f"{start_ms + i * 60_000 + 59_999},1000,7,5,500,0"
+        )
+    file = tmp_path / "BTCUSDT-1m.csv"
+    file.write_text("\n".join(lines) + "\n")
+    bars = read_bars(file, venue="binance", symbol="BTC/USDT").bars
+    path = PricePath.from_bars(bars)
+    spec = default_symbols("binance", 1)[0]
+    path.register([spec], 60 * NS)
+    first = path.candle(spec.symbol, 0)
+    again = path.candle(spec.symbol, 5 * 60 * NS)  # the file is reused cyclically
+    assert (first.open, first.high, first.low, first.close) == (
+        again.open,
+        again.high,
+        again.low,
+        again.close,
+    )
+    ratios = [(b.high / b.low, b.close / b.open) for b in bars]
+    assert any(
+        (first.high / first.low, first.close / first.open) == pytest.approx(r, rel=1e-3)
+        for r in ratios
+    )
+    with pytest.raises(ValueError, match="interval"):
+        FakeExchange("binance", [spec], path, ScaledClock(0, 1), interval="5m")
+
+
+def test_default_symbols_reach_600_distinct_markets() -> None:
+    specs = default_symbols("binanceusdm", 600)
+    assert len({s.symbol for s in specs}) == 600
+    assert specs[0].symbol == "BTC/USDT:USDT" and specs[5].symbol == "C001/USDT:USDT"
+    assert all(s.kind == "perpetual" and s.settle == "USDT" for s in specs)
+    assert default_symbols("binance", 2)[1].symbol == "ETH/USDT"
+    assert default_symbols("bybit", 1, kind="perpetual")[0].symbol == "BTC/USDT:USDT"
