@@ -105,7 +105,7 @@ async def test_every_check_passes_against_the_fake(exchange_id: str, tmp_path: P
     assert "first frame in" in table_row(result.stdout, "websocket")[2]
     assert table_row(result.stdout, "credentials")[1] == "n/a"
     assert "all 9 checks passed" in result.stdout
-    assert sum(fake.requests.values()) >= 2  # time (or markets) and markets, by REST
+    assert fake.requests  # the answers came from the fake, by REST
 
 
 async def test_an_unknown_symbol_fails_its_row(tmp_path: Path) -> None:
