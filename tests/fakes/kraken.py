@@ -478,16 +478,17 @@ class KrakenSkin:
         return msgspec.json.encode(frame).decode()
 
     def malformed(self, topic: Topic, update: Update) -> str:
-        """Right channel and symbol, wrong-typed values: ccxt passes them on as None."""
+        """Right channel, symbol and candle, wrong-typed values: ccxt passes them on as
+        None (a frame its parser chokes on would stop ccxt's receive loop instead)."""
         if topic.kind == "kline":
             data = {
                 "symbol": topic.symbol,
                 "open": "n/a",
                 "high": None,
                 "low": "n/a",
-                "close": [],
+                "close": None,
                 "volume": "n/a",
-                "interval_begin": "not a time",
+                "interval_begin": iso(update.candle.open_ns, 9),
                 "interval": self.minutes,
             }
             frame = {"channel": "ohlc", "type": "update", "data": [data]}

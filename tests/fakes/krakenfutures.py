@@ -387,7 +387,9 @@ class KrakenFuturesSkin:
         } | common
 
     def malformed(self, topic: Topic, update: Update) -> str:
-        """Right feed and product, wrong-typed values: ccxt passes them on as None."""
+        """Right feed and product, null values: ccxt passes them on as None. (A value its
+        parser chokes on, e.g. a price "n/a", raises inside ccxt's receive loop, which then
+        stops reading: the socket stays open and silent until ccxt's keepalive gives up.)"""
         pid = self.ids.get(topic.symbol, "PF_UNKNOWN")
         if topic.kind == "trade":
             frame: dict[str, Any] = {
@@ -396,14 +398,14 @@ class KrakenFuturesSkin:
                 "uid": None,
                 "side": "sideways",
                 "type": "fill",
-                "seq": "n/a",
-                "time": "not a time",
+                "seq": None,
+                "time": None,
                 "qty": None,
-                "price": "n/a",
+                "price": None,
             }
         else:
             feed = "ticker_lite" if topic.kind == "quote" else "ticker"
-            frame = {"feed": feed, "product_id": pid, "bid": None, "ask": "n/a", "last": None}
+            frame = {"feed": feed, "product_id": pid, "bid": None, "ask": None, "last": None}
         return msgspec.json.encode(frame).decode()
 
     def urls(self, http_url: str, ws_url: str) -> dict[str, Any]:
