@@ -82,16 +82,29 @@ class Brackets(OrderLifecycle):
                 ):
                     closing += rec.qty - rec.cum_qty
         cover = max(0.0, abs(qty) - closing)
+        # Every leg of one sync is placed at the same time, even when one fills as it is
+        # placed (its venue already holds later quotes or bars): the next sync acts on that.
+        clock = latest = self._clock
         for group in groups:
             share = min(group.open, cover)
             cover -= share
             if share <= DUST * max(group.open, 1e-300):
                 share = 0.0
-            self._leg(group, "take_profit", share, out)
-            self._leg(group, "stop_loss", share, out)
+            for kind in ("take_profit", "stop_loss"):
+                self._clock = clock
+                self._leg(group, kind, share, out)
+                latest = max(latest, self._clock)
             entry = st.orders.get(group.entry) if group.entry else None
-            if group.open <= DUST * max(abs(qty), 1e-300) and entry is None:
+            # A leg can fill as it is placed (its venue already holds the quotes or bars
+            # after it): the group stays until the other leg is canceled, on the next sync.
+            if (
+                group.open <= DUST * max(abs(qty), 1e-300)
+                and entry is None
+                and not group.tp_id
+                and not group.sl_id
+            ):
                 del st.groups[group.id]
+        self._clock = latest
 
     def _leg(self, group: Group, kind: LegKind, qty: float, out: list[Event]) -> None:
         """Place, resize, re-price or cancel one leg of a group to protect ``qty``."""

@@ -122,9 +122,11 @@ class QuoteRule(Generic[W]):
         self._canceled = canceled
 
     def advance(self, pending: W, quote: Quoted, out: list[Event]) -> bool:
-        """Give one quote (strictly after the order's time) to a working order, appending
-        its reports to ``out``; True when the order is done. Reports carry the quote's time."""
+        """Give one quote to a working order, appending its reports to ``out``; True when
+        the order is done. Reports carry the quote's time."""
         order = pending.order
+        if quote.ts <= order.ts:
+            return False  # not after the order: the order was not at the venue yet
         expire = order.expire_at
         if expire and quote.ts > expire:
             return False  # past its good-till date: the order manager expires it on a bar
