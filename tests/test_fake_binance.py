@@ -238,6 +238,19 @@ async def test_delisting_turns_the_market_inactive_and_stops_its_stream(venue: V
     assert seen == {kept}
 
 
+async def test_a_listing_mid_session_is_served(venue: Venue) -> None:
+    kind = next(iter(venue.fake.specs.values())).kind
+    extra = default_symbols(venue.fake.exchange_id, 8)[7]
+    assert extra.kind == kind and extra.symbol not in venue.fake.specs
+    venue.fake.specs[extra.symbol] = extra
+    markets = await venue.exchange.load_markets(reload=True)
+    assert markets[extra.symbol]["precision"]["price"] == pytest.approx(extra.tick_size)
+    rows = await venue.exchange.fetch_ohlcv(extra.symbol, "1m", limit=3)
+    expected = venue.fake.path.candle(extra.symbol, rows[0][0] * 1_000_000)
+    assert approx_candle(rows[0], expected)
+    assert abs(rows[0][1] / extra.price - 1) < 0.1  # the path starts from the listed price
+
+
 async def test_funding_rate_from_premium_index() -> None:
     clock = ScaledClock(START_NS, RATE)
     fake = await start_fake("binanceusdm", default_symbols("binanceusdm", 2), clock)

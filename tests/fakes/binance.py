@@ -85,9 +85,17 @@ class BinanceSkin:
         self.fake = fake
         self.exchange_id = exchange_id
         self.interval_ms = fake.step_ns // MS
-        self.by_id: dict[tuple[bool, str], SymbolSpec] = {
-            (spec.kind == "perpetual", market_id(spec)): spec for spec in fake.specs.values()
-        }
+        self._by_id: dict[tuple[bool, str], SymbolSpec] = {}
+        self._version = -1
+
+    @property
+    def by_id(self) -> dict[tuple[bool, str], SymbolSpec]:
+        """Markets by (futures, Binance id), rebuilt when the fake's table changes."""
+        if self._version != self.fake.specs.version:
+            specs = self.fake.specs.values()
+            self._by_id = {(s.kind == "perpetual", market_id(s)): s for s in specs}
+            self._version = self.fake.specs.version
+        return self._by_id
 
     # -- ccxt configuration ----------------------------------------------------------------
 

@@ -268,6 +268,32 @@ class PricePath:
         )
 
 
+class SpecTable(dict[str, SymbolSpec]):
+    """The markets a fake lists, by unified symbol; a market added at any time (a listing
+    mid-session) is known to the price path at once, with its own start price and tick."""
+
+    def __init__(self, path: PricePath, step_ns: int, specs: Iterable[SymbolSpec]) -> None:
+        super().__init__()
+        self._path = path
+        self._step_ns = step_ns
+        self.version = 0
+        """Counts changes, so a skin's index by exchange id knows when to rebuild."""
+        self.update({spec.symbol: spec for spec in specs})
+
+    def __setitem__(self, symbol: str, spec: SymbolSpec) -> None:
+        super().__setitem__(symbol, spec)
+        self._path.register([spec], self._step_ns)
+        self.version += 1
+
+    def __delitem__(self, symbol: str) -> None:
+        super().__delitem__(symbol)
+        self.version += 1
+
+    def update(self, *args: Any, **kwargs: Any) -> None:
+        for symbol, spec in dict(*args, **kwargs).items():
+            self[symbol] = spec
+
+
 class Faults:
     """What a test makes the exchange do wrong; set at any time."""
 
@@ -362,7 +388,6 @@ class FakeExchange:
     ) -> None:
         self.exchange_id = skin if isinstance(skin, str) else skin.exchange_ids[0]
         skin_type = skin_class(skin) if isinstance(skin, str) else skin
-        self.specs: dict[str, SymbolSpec] = {spec.symbol: spec for spec in symbols}
         self.clock = clock
         self.interval = interval
         self.step_ns = interval_ns(interval)
@@ -370,7 +395,7 @@ class FakeExchange:
         self.path = path if path is not None else PricePath.synthetic()
         if self.path.bars and self.path.step_ns != self.step_ns:
             raise ValueError(f"the bar file's interval is not {interval}")
-        self.path.register(symbols, self.step_ns)
+        self.specs = SpecTable(self.path, self.step_ns, symbols)
         self.faults = Faults(self)
         self.requests: Counter[str] = Counter()
         self.frames_sent = 0
