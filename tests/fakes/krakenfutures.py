@@ -53,6 +53,7 @@ def trade_uid(symbol: str, trade_id: int) -> str:
 class KrakenFuturesSkin:
     exchange_ids = ("krakenfutures",)
     ws_paths = ("/ws/v1",)
+    heartbeat_s = 5.0
 
     def __init__(self, fake: FakeExchange, exchange_id: str) -> None:
         self.fake = fake
@@ -300,9 +301,10 @@ class KrakenFuturesSkin:
             task.add_done_callback(self.heartbeats.discard)
 
     async def heartbeat(self, conn: Connection) -> None:
-        """``{"feed": "heartbeat", "time": ms}`` every 5 s (wall) while subscribed."""
+        """``{"feed": "heartbeat", "time": ms}`` every ``heartbeat_s`` (wall) while subscribed,
+        silent or not."""
         while not conn.ws.closed:
-            await asyncio.sleep(5.0)
+            await asyncio.sleep(self.heartbeat_s)
             if not conn.ws.closed:
                 ms = self.fake.now_ns() // 1_000_000
                 try:
