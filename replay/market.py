@@ -172,14 +172,19 @@ def market_events(
     if start is not None and end is not None and start > end:
         raise KeelError("--start is after --end: the time range is reversed")
     windowed: list[Iterable[Event]] = []
-    others = 0
+    others, recorded_bars, files = 0, 0, False
     for source in sources:
         if source.is_stream:
             recorded = _recorded_window(load_stream(source, url), start, end)
-            others += sum(1 for event in recorded if type(event) is not Bar)
+            bars = sum(1 for event in recorded if type(event) is Bar)
+            others += len(recorded) - bars
+            recorded_bars += bars
             windowed.append(recorded)
         else:
+            files = True
             windowed.append(_window(_load_file(source, verify, skipped), start, end))
+    if not files and not recorded_bars:  # statuses or quotes alone are no market to trade
+        raise KeelError("no bars in the requested data and time range")
     # A single source needs no merge: every layer costs each bar a generator step.
     if len(windowed) == 1:
         merged = iter(windowed[0])
