@@ -60,6 +60,7 @@ class KrakenFuturesSkin:
         self.ids = {spec.symbol: product_id(spec) for spec in fake.specs.values()}
         self.by_id = {pid: fake.specs[symbol] for symbol, pid in self.ids.items()}
         self.delisted_at: dict[str, int] = {}
+        self.closed: dict[tuple[str, int], Candle] = {}
         self.heartbeats: set[asyncio.Task[None]] = set()
 
     # -- REST ------------------------------------------------------------------------------
@@ -214,8 +215,11 @@ class KrakenFuturesSkin:
         """The candle of the prints the stream sends in ``open_ns``'s interval, up to now."""
         if open_ns in self.fake.faults.gaps:
             return None
-        tick = self.fake.step_ns // self.fake.updates_per_bar
         until = self.fake.now_ns() if stop is None else stop
+        key = (spec.symbol, open_ns)
+        if key in self.closed:
+            return self.closed[key]
+        tick = self.fake.step_ns // self.fake.updates_per_bar
         prints = [
             self.fake.snapshot(spec.symbol, ts).trade
             for ts in range(open_ns, open_ns + self.fake.step_ns, tick)
@@ -225,7 +229,7 @@ class KrakenFuturesSkin:
             return None
         prices = [p.price for p in prints]
         volume = sum(p.qty for p in prints)
-        return Candle(
+        candle = Candle(
             open_ns=open_ns,
             open=prices[0],
             high=max(prices),
@@ -234,6 +238,11 @@ class KrakenFuturesSkin:
             volume=round(volume, decimals(spec.lot_size)),
             trades=len(prints),
         )
+        if open_ns + self.fake.step_ns <= until:  # a closed minute never changes
+            if len(self.closed) > 100_000:
+                self.closed.clear()
+            self.closed[key] = candle
+        return candle
 
     def chart_row(self, spec: SymbolSpec, c: Candle, traded: bool) -> dict[str, Any]:
         tick = spec.tick_size
