@@ -19,20 +19,9 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from tests.fakes.core import (
-    NS,
-    Candle,
-    Connection,
-    FakeExchange,
-    SymbolSpec,
-    Topic,
-    TopicKind,
-    Update,
-    decimals,
-    fmt,
-)
+from tests.fakes.binance_frames import MS, BinanceFrames, market_id, ms
+from tests.fakes.core import NS, Connection, FakeExchange, SymbolSpec, Topic, TopicKind, Update, fmt
 
-MS = 1_000_000
 WS_PREFIXES = ("", "/market", "/public")
 STREAM_KINDS: dict[str, TopicKind] = {
     "trade": "trade",
@@ -52,14 +41,6 @@ ERRORS: dict[int, tuple[int, str]] = {
 }
 GATEWAY_PAGE = "<html><head><title>{0}</title></head><body><h1>{0}</h1></body></html>"
 REASONS = {500: "Internal Server Error", 502: "Bad Gateway", 503: "Service Unavailable"}
-
-
-def market_id(spec: SymbolSpec) -> str:
-    return f"{spec.base}{spec.quote}"
-
-
-def _ms(ns: int) -> int:
-    return ns // MS
 
 
 def _json(value: Any, status: int = 200) -> web.Response:
@@ -84,7 +65,7 @@ class BinanceSkin:
     def __init__(self, fake: FakeExchange, exchange_id: str) -> None:
         self.fake = fake
         self.exchange_id = exchange_id
-        self.interval_ms = fake.step_ns // MS
+        self.frames = BinanceFrames(fake)
         self._by_id: dict[tuple[bool, str], SymbolSpec] = {}
         self._version = -1
 
@@ -163,7 +144,7 @@ class BinanceSkin:
         return _json({})
 
     async def time(self, request: web.Request) -> web.Response:
-        return _json({"serverTime": _ms(self.fake.now_ns())})
+        return _json({"serverTime": ms(self.fake.now_ns())})
 
     async def system_status(self, request: web.Request) -> web.Response:
         return _json({"status": 0, "msg": "normal"})
@@ -187,7 +168,7 @@ class BinanceSkin:
 
     async def exchange_info(self, request: web.Request, futures: bool) -> web.Response:
         symbols = [
-            self._symbol_info(spec, futures)
+            self.frames.symbol_info(spec, futures)
             for (fut, _), spec in self.by_id.items()
             if fut == futures
         ]
@@ -197,7 +178,7 @@ class BinanceSkin:
         ]  # fmt: skip
         body: dict[str, Any] = {
             "timezone": "UTC",
-            "serverTime": _ms(self.fake.now_ns()),
+            "serverTime": ms(self.fake.now_ns()),
             "rateLimits": limits,
             "exchangeFilters": [],
             "symbols": symbols,
@@ -205,66 +186,6 @@ class BinanceSkin:
         if futures:
             body["assets"] = [{"asset": "USDT", "marginAvailable": True}]
         return _json(body)
-
-    def _symbol_info(self, spec: SymbolSpec, futures: bool) -> dict[str, Any]:
-        delisted = self.fake.is_delisted(spec.symbol)
-        tick, lot = spec.tick_size, spec.lot_size
-        price_filter = {
-            "filterType": "PRICE_FILTER",
-            "minPrice": fmt(tick, tick, 0 if futures else 8),
-            "maxPrice": fmt(spec.price * 1000, tick, 0 if futures else 8),
-            "tickSize": fmt(tick, tick, 0 if futures else 8),
-        }
-        lot_filter = {
-            "filterType": "LOT_SIZE",
-            "minQty": fmt(lot, lot, 0 if futures else 8),
-            "maxQty": fmt(1e7 * lot, lot, 0 if futures else 8),
-            "stepSize": fmt(lot, lot, 0 if futures else 8),
-        }
-        market_lot = {**lot_filter, "filterType": "MARKET_LOT_SIZE"}
-        if futures:
-            notional = {"filterType": "MIN_NOTIONAL", "notional": f"{spec.min_notional:g}"}
-            return {
-                "symbol": market_id(spec),
-                "pair": market_id(spec),
-                "contractType": "PERPETUAL",
-                "deliveryDate": 4133404800000,
-                "onboardDate": 1569398400000,
-                "status": "SETTLING" if delisted else "TRADING",
-                "baseAsset": spec.base,
-                "quoteAsset": spec.quote,
-                "marginAsset": spec.settle or spec.quote,
-                "pricePrecision": decimals(tick),
-                "quantityPrecision": decimals(lot),
-                "baseAssetPrecision": 8,
-                "quotePrecision": 8,
-                "underlyingType": "COIN",
-                "filters": [price_filter, lot_filter, market_lot, notional],
-                "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET"],
-                "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
-            }
-        notional = {
-            "filterType": "NOTIONAL",
-            "minNotional": fmt(spec.min_notional, 0.01),
-            "applyMinToMarket": True,
-            "maxNotional": "9000000.00000000",
-            "applyMaxToMarket": False,
-            "avgPriceMins": 5,
-        }
-        return {
-            "symbol": market_id(spec),
-            "status": "BREAK" if delisted else "TRADING",
-            "baseAsset": spec.base,
-            "baseAssetPrecision": 8,
-            "quoteAsset": spec.quote,
-            "quotePrecision": 8,
-            "quoteAssetPrecision": 8,
-            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"],
-            "isSpotTradingAllowed": True,
-            "isMarginTradingAllowed": False,
-            "filters": [price_filter, lot_filter, market_lot, notional],
-            "permissions": ["SPOT"],
-        }
 
     async def klines(self, request: web.Request, futures: bool) -> web.Response:
         spec = self._spec(request, futures)
@@ -283,82 +204,19 @@ class BinanceSkin:
         if not 1 <= limit <= (1500 if futures else 1000):
             return _fail(-1130, "Invalid data sent for a parameter.")
         rows = [
-            self._kline_row(spec, candle, futures)
+            self.frames.kline_row(spec, candle, futures)
             for candle in self.fake.history(spec.symbol, start_ns, end_ns, limit)
         ]
         return _json(rows)
-
-    def _kline_row(self, spec: SymbolSpec, candle: Candle, futures: bool) -> list[Any]:
-        p, q = self._formats(spec, futures)
-        quote_volume = candle.volume * candle.close
-        return [
-            _ms(candle.open_ns),
-            p(candle.open),
-            p(candle.high),
-            p(candle.low),
-            p(candle.close),
-            q(candle.volume),
-            _ms(candle.open_ns) + self.interval_ms - 1,
-            fmt(quote_volume, 0.00001, 5 if futures else 8),
-            candle.trades,
-            q(candle.volume / 2),
-            fmt(quote_volume / 2, 0.00001, 5 if futures else 8),
-            "0",
-        ]
-
-    def _formats(self, spec: SymbolSpec, futures: bool) -> tuple[Any, Any]:
-        digits = 0 if futures else 8
-
-        def price(value: float) -> str:
-            return fmt(value, spec.tick_size, digits)
-
-        def qty(value: float) -> str:
-            return fmt(value, spec.lot_size, digits)
-
-        return price, qty
 
     async def ticker_24hr(self, request: web.Request, futures: bool) -> web.Response:
         specs = self._specs(request, futures)
         if specs is None:
             return _fail(-1121, "Invalid symbol.")
-        rows = [self._ticker(spec, self.fake.snapshot(spec.symbol), futures) for spec in specs]
+        rows = [
+            self.frames.ticker(spec, self.fake.snapshot(spec.symbol), futures) for spec in specs
+        ]
         return _json(rows[0] if "symbol" in request.query else rows)
-
-    def _ticker(self, spec: SymbolSpec, update: Update, futures: bool) -> dict[str, Any]:
-        p, q = self._formats(spec, futures)
-        day_ns = 86_400 * NS
-        day_open = self.fake.path.candle(spec.symbol, update.candle.open_ns - day_ns).open
-        last = update.candle.close
-        high = max(day_open, last, update.candle.high)
-        low = min(day_open, last, update.candle.low)
-        volume = update.candle.volume * 1440
-        row: dict[str, Any] = {
-            "symbol": market_id(spec),
-            "priceChange": p(last - day_open),
-            "priceChangePercent": f"{(last / day_open - 1) * 100:.3f}",
-            "weightedAvgPrice": p((high + low) / 2),
-            "lastPrice": p(last),
-            "lastQty": q(update.trade.qty),
-            "openPrice": p(day_open),
-            "highPrice": p(high),
-            "lowPrice": p(low),
-            "volume": q(volume),
-            "quoteVolume": fmt(volume * last, 0.01),
-            "openTime": _ms(update.ts_ns - day_ns),
-            "closeTime": _ms(update.ts_ns),
-            "firstId": max(0, update.trade.id - 10_000),
-            "lastId": update.trade.id,
-            "count": 10_000,
-        }
-        if not futures:
-            row |= {
-                "prevClosePrice": p(day_open),
-                "bidPrice": p(update.bid),
-                "bidQty": q(update.bid_qty),
-                "askPrice": p(update.ask),
-                "askQty": q(update.ask_qty),
-            }
-        return row
 
     async def book_ticker(self, request: web.Request, futures: bool) -> web.Response:
         specs = self._specs(request, futures)
@@ -367,7 +225,7 @@ class BinanceSkin:
         rows = []
         for spec in specs:
             update = self.fake.snapshot(spec.symbol)
-            p, q = self._formats(spec, futures)
+            p, q = self.frames.formats(spec, futures)
             row = {
                 "symbol": market_id(spec),
                 "bidPrice": p(update.bid),
@@ -376,7 +234,7 @@ class BinanceSkin:
                 "askQty": q(update.ask_qty),
             }
             if futures:
-                row["time"] = _ms(update.ts_ns)
+                row["time"] = ms(update.ts_ns)
             rows.append(row)
         return _json(rows[0] if "symbol" in request.query else rows)
 
@@ -387,7 +245,7 @@ class BinanceSkin:
         rows = []
         for spec in specs:
             funding = self.fake.funding(spec.symbol)
-            p, _ = self._formats(spec, True)
+            p, _ = self.frames.formats(spec, True)
             rows.append(
                 {
                     "symbol": market_id(spec),
@@ -396,8 +254,8 @@ class BinanceSkin:
                     "estimatedSettlePrice": p(funding.mark),
                     "lastFundingRate": f"{funding.rate:.8f}",
                     "interestRate": "0.00010000",
-                    "nextFundingTime": _ms(funding.next_ns),
-                    "time": _ms(funding.ts_ns),
+                    "nextFundingTime": ms(funding.next_ns),
+                    "time": ms(funding.ts_ns),
                 }
             )
         return _json(rows[0] if "symbol" in request.query else rows)
@@ -420,7 +278,7 @@ class BinanceSkin:
                 rows.append(
                     {
                         "symbol": market_id(spec),
-                        "fundingTime": _ms(at),
+                        "fundingTime": ms(at),
                         "fundingRate": f"{funding.rate:.8f}",
                         "markPrice": fmt(funding.mark, spec.tick_size, 8),
                     }
@@ -491,13 +349,15 @@ class BinanceSkin:
         spec = self.fake.specs[topic.symbol]
         futures = spec.kind == "perpetual"
         if topic.kind == "kline":
-            data = self._kline_event(spec, update, futures)
+            data = self.frames.kline_event(spec, update, futures)
         elif topic.kind == "trade":
-            data = self._trade_event(spec, update, futures, topic.name.endswith("@aggTrade"))
+            data = self.frames.trade_event(spec, update, futures, topic.name.endswith("@aggTrade"))
         elif topic.kind == "quote":
-            data = self._book_event(spec, update, futures)
+            data = self.frames.book_event(spec, update, futures)
         else:
-            data = self._ticker_event(spec, update, futures, topic.name.endswith("@miniTicker"))
+            data = self.frames.ticker_event(
+                spec, update, futures, topic.name.endswith("@miniTicker")
+            )
         if topic.wrapped:
             return msgspec.json.encode({"stream": topic.name, "data": data}).decode()
         return msgspec.json.encode(data).decode()
@@ -508,155 +368,15 @@ class BinanceSkin:
         spec = self.fake.specs[topic.symbol]
         futures = spec.kind == "perpetual"
         if topic.kind == "kline":
-            data = self._kline_event(spec, update, futures)
+            data = self.frames.kline_event(spec, update, futures)
             data["k"] |= {"o": "not-a-number", "h": None, "c": [], "v": {}}
         elif topic.kind == "trade":
-            data = self._trade_event(spec, update, futures, topic.name.endswith("@aggTrade"))
+            data = self.frames.trade_event(spec, update, futures, topic.name.endswith("@aggTrade"))
             data |= {"p": "not-a-number", "q": None}
         elif topic.kind == "quote":
-            data = self._book_event(spec, update, futures) | {"b": "NaN?", "a": None}
+            data = self.frames.book_event(spec, update, futures) | {"b": "NaN?", "a": None}
         else:
-            data = self._ticker_event(spec, update, futures, True) | {"c": None}
+            data = self.frames.ticker_event(spec, update, futures, True) | {"c": None}
         if topic.wrapped:
             return msgspec.json.encode({"stream": topic.name, "data": data}).decode()
         return msgspec.json.encode(data).decode()
-
-    def _kline_event(self, spec: SymbolSpec, update: Update, futures: bool) -> dict[str, Any]:
-        p, q = self._formats(spec, futures)
-        candle = update.candle
-        quote_volume = candle.volume * candle.close
-        first_trade = update.trade.id - max(candle.trades, 1)
-        return {
-            "e": "kline",
-            "E": _ms(update.ts_ns),
-            "s": market_id(spec),
-            "k": {
-                "t": _ms(candle.open_ns),
-                "T": _ms(candle.open_ns) + self.interval_ms - 1,
-                "s": market_id(spec),
-                "i": self.fake.interval,
-                "f": first_trade if candle.trades else -1,
-                "L": update.trade.id if candle.trades else -1,
-                "o": p(candle.open),
-                "c": p(candle.close),
-                "h": p(candle.high),
-                "l": p(candle.low),
-                "v": q(candle.volume),
-                "n": candle.trades,
-                "x": update.closed,
-                "q": fmt(quote_volume, 0.00001, 5 if futures else 8),
-                "V": q(candle.volume / 2),
-                "Q": fmt(quote_volume / 2, 0.00001, 5 if futures else 8),
-                "B": "0",
-            },
-        }
-
-    def _trade_event(
-        self, spec: SymbolSpec, update: Update, futures: bool, aggregate: bool
-    ) -> dict[str, Any]:
-        p, q = self._formats(spec, futures)
-        trade = update.trade
-        ms = _ms(trade.ts_ns)
-        if aggregate:
-            data: dict[str, Any] = {
-                "e": "aggTrade",
-                "E": ms,
-                "s": market_id(spec),
-                "a": trade.id,
-                "p": p(trade.price),
-                "q": q(trade.qty),
-                "f": trade.id,
-                "l": trade.id,
-                "T": ms,
-                "m": trade.buyer_maker,
-            }
-            if not futures:
-                data["M"] = True
-            return data
-        if futures:
-            return {
-                "e": "trade",
-                "E": ms,
-                "T": ms,
-                "s": market_id(spec),
-                "t": trade.id,
-                "p": p(trade.price),
-                "q": q(trade.qty),
-                "X": "MARKET",
-                "m": trade.buyer_maker,
-                "st": 1,
-            }
-        return {
-            "e": "trade",
-            "E": ms,
-            "s": market_id(spec),
-            "t": trade.id,
-            "p": p(trade.price),
-            "q": q(trade.qty),
-            "T": ms,
-            "m": trade.buyer_maker,
-            "M": True,
-        }
-
-    def _book_event(self, spec: SymbolSpec, update: Update, futures: bool) -> dict[str, Any]:
-        p, q = self._formats(spec, futures)
-        book = {
-            "u": update.update_id,
-            "s": market_id(spec),
-            "b": p(update.bid),
-            "B": q(update.bid_qty),
-            "a": p(update.ask),
-            "A": q(update.ask_qty),
-        }
-        if futures:
-            ms = _ms(update.ts_ns)
-            return {"e": "bookTicker", **book, "T": ms, "E": ms}
-        return book
-
-    def _ticker_event(
-        self, spec: SymbolSpec, update: Update, futures: bool, mini: bool
-    ) -> dict[str, Any]:
-        full = self._ticker(spec, update, futures)
-        data: dict[str, Any] = {
-            "e": "24hrMiniTicker" if mini else "24hrTicker",
-            "E": _ms(update.ts_ns),
-            "s": market_id(spec),
-        }
-        if futures:
-            data["ps"] = market_id(spec)
-        if not mini:
-            data |= {
-                "p": full["priceChange"],
-                "P": full["priceChangePercent"],
-                "w": full["weightedAvgPrice"],
-            }
-            if not futures:
-                data |= {"x": full["prevClosePrice"]}
-        data |= {"c": full["lastPrice"]}
-        if not mini:
-            data |= {"Q": full["lastQty"]}
-            if not futures:
-                data |= {
-                    "b": full["bidPrice"],
-                    "B": full["bidQty"],
-                    "a": full["askPrice"],
-                    "A": full["askQty"],
-                }
-        data |= {
-            "o": full["openPrice"],
-            "h": full["highPrice"],
-            "l": full["lowPrice"],
-            "v": full["volume"],
-            "q": full["quoteVolume"],
-        }
-        if not mini:
-            data |= {
-                "O": full["openTime"],
-                "C": full["closeTime"],
-                "F": full["firstId"],
-                "L": full["lastId"],
-                "n": full["count"],
-            }
-        if futures:
-            data["st"] = 1
-        return data
