@@ -21,8 +21,8 @@ trailing stops across a restart.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-from typing import ClassVar
+from collections.abc import Callable, Sequence
+from typing import ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
@@ -35,6 +35,16 @@ from services.execution.orders import WORKING
 from services.execution.orders_config import OrdersConfig
 from services.execution.stop_validator import tightened_stops, validate
 from services.execution.trailing import new_trail, trailed_stops
+
+
+@runtime_checkable
+class SteppedVenue(Protocol):
+    """A venue that buffers market data (the paper venue's quote rule) and can hand a late
+    order the quotes it missed one at a time, so each fill is acted on at its own time."""
+
+    def step_late_orders(self) -> bool: ...
+
+    def behind(self) -> tuple[int, list[Event]] | None: ...
 
 
 class OmsSnapshot(msgspec.Struct):
@@ -55,6 +65,9 @@ class OrderManager(Brackets):
         super().__init__(venue, config or OrdersConfig(), worker)
         self._venue_decide = venue.decide
         self._validating = bool(self.config.require_stop)
+        self._behind: Callable[[], tuple[int, list[Event]] | None] | None = None
+        if isinstance(venue, SteppedVenue) and venue.step_late_orders():
+            self._behind = venue.behind
 
     def decide(self, event: Event, now: int) -> Sequence[Event]:
         # Nearly every input is a bar: an exact type test (it narrows ``event``) costs less
@@ -71,8 +84,15 @@ class OrderManager(Brackets):
                 # Nothing working: the venue only records the bar (the hot path of a replay).
                 return self._venue_decide(event, now)
             self._killed.clear()
-            return self._on_bar(event, now)
+            out = self._on_bar(event, now)
+            return self._catch_up(out) if self._behind is not None else out
         self._killed.clear()
+        reports = self._dispatch(event, now)
+        if self._behind is not None and self.state.orders:
+            return self._catch_up(list(reports))
+        return reports
+
+    def _dispatch(self, event: Event, now: int) -> Sequence[Event]:
         if type(event) is Quote:
             return self._on_quote(event, now)
         match event:
@@ -124,6 +144,20 @@ class OrderManager(Brackets):
             atr = self._market_atr(market)
             validate(st, self.config, bar, market, atr, self._touched)
         self._sync(out)
+        return out
+
+    def _catch_up(self, out: list[Event]) -> list[Event]:
+        """Orders that reached the venue after quotes past their time (a live fleet: quotes
+        stream while an order is decided) get the quotes they missed one at a time, and the
+        order manager acts on each step at that quote's time, as in a replay."""
+        behind = self._behind
+        assert behind is not None
+        while (step := behind()) is not None:
+            ts, reports = step
+            self._killed.clear()
+            self._clock = ts
+            self._from_venue(reports, out)
+            self._sync(out)
         return out
 
     def _on_quote(self, quote: Quote, now: int) -> Sequence[Event]:

@@ -55,6 +55,7 @@ from services.execution.quote_fills import (
     compact,
     first_after,
     keep,
+    next_behind,
 )
 
 HISTORY = 1024  # bars per symbol an order may still be matched against
@@ -103,6 +104,7 @@ class _Pending(msgspec.Struct):
     triggered: bool = False  # stop / stop_limit: the stop has been reached
     filled: float = 0.0  # cumulative filled quantity
     rested: bool = False  # quote rule: a limit past its first working quote rests (maker)
+    seen: int = 0  # quote rule: the time of the last quote given to the order
 
 
 Prices = Bar | _BarPrices
@@ -136,6 +138,9 @@ class PaperVenue:
         # venue -> symbol -> the list in ``state.bars``: a bar or an order builds no key
         self._histories: dict[str, dict[str, list[Prices]]] = {}
         self._quote_books: dict[str, dict[str, list[Quoted]]] = {}  # the same for quotes
+        # A new order is matched against the buffered quotes at once, unless the order
+        # manager steps through them (``step_late_orders``).
+        self._catch_up = True
         self._quote_rule = (
             QuoteRule(
                 config.slippage_bps,
@@ -228,12 +233,29 @@ class PaperVenue:
             )
             reports.append(_report(order, "rejected", now, pending.venue_order_id, reason=reason))
             return reports
-        history = self.state.quotes.get(market, [])
-        for quote in history[first_after(history, order.ts) :]:
-            if rule.advance(pending, quote, reports):
-                return reports
+        if self._catch_up:
+            history = self.state.quotes.get(market, [])
+            for quote in history[first_after(history, order.ts) :]:
+                if rule.advance(pending, quote, reports):
+                    return reports
         self.state.pending.append(pending)
         return reports
+
+    def step_late_orders(self) -> bool:
+        """Leave the buffered quotes a new order is due to ``behind``, one quote at a time,
+        so the caller (the order manager) can act on each fill at its time, as it would in
+        a replay. True when this venue buffers quotes (``fill = "quote"``)."""
+        self._catch_up = False
+        return self._quote_rule is not None
+
+    def behind(self) -> tuple[int, list[Event]] | None:
+        """Give the earliest buffered quote some working order has not been given to every
+        such order; its time and the reports, or None when no order is behind."""
+        step = next_behind(self.state.pending, self._quote_books)
+        if step is None:
+            return None
+        quote, order = step
+        return quote.ts, self._give(quote, order.venue, order.symbol)
 
     def _on_quote(self, quote: Quote) -> list[Event]:
         """Buffer the quote and give it to the working orders of its market. A quote not
@@ -248,19 +270,17 @@ class PaperVenue:
         dropped = keep(history)
         if dropped:
             self.state.dropped[InstrumentId(quote.venue, quote.symbol)] = dropped
+        return self._give(quote, quote.venue, quote.symbol) if self.state.pending else []
+
+    def _give(self, quote: Quoted, venue: str, symbol: str) -> list[Event]:
+        """Give a quote to the working orders of its market."""
         pending = self.state.pending
-        if not pending:
-            return []
         advance = cast(QuoteRule[_Pending], self._quote_rule).advance
         reports: list[Event] = []
         done: list[_Pending] = []
         for working in pending:
             order = working.order
-            if (
-                order.symbol == quote.symbol
-                and order.venue == quote.venue
-                and advance(working, quote, reports)
-            ):
+            if order.symbol == symbol and order.venue == venue and advance(working, quote, reports):
                 done.append(working)
         if done:
             self.state.pending = [p for p in pending if not any(p is d for d in done)]

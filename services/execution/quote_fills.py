@@ -91,15 +91,34 @@ class Working(Protocol):
     triggered: bool
     filled: float
     rested: bool
+    seen: int
+
+
+W = TypeVar("W", bound=Working)
+
+
+def next_behind(
+    working: list[W], books: dict[str, dict[str, list[Quoted]]]
+) -> tuple[Quoted, OrderCommand] | None:
+    """The earliest buffered quote that a working order is due but has not been given yet
+    (one after its time and after the last quote it was given), with that order; or None.
+    Ties between markets go to the order that has worked longest."""
+    best: tuple[Quoted, OrderCommand] | None = None
+    for pending in working:
+        order = pending.order
+        history = books.get(order.venue, {}).get(order.symbol)
+        if not history:
+            continue
+        i = first_after(history, max(order.ts, pending.seen))
+        if i < len(history) and (best is None or history[i].ts < best[0].ts):
+            best = history[i], order
+    return best
 
 
 class QuoteFill(NamedTuple):
     price: float
     taker: bool
     size: float  # the quote's size on the side the order meets; 0 = not given
-
-
-W = TypeVar("W", bound=Working)
 
 
 class QuoteRule(Generic[W]):
@@ -125,15 +144,17 @@ class QuoteRule(Generic[W]):
         """Give one quote to a working order, appending its reports to ``out``; True when
         the order is done. Reports carry the quote's time."""
         order = pending.order
-        if quote.ts <= order.ts:
-            return False  # not after the order: the order was not at the venue yet
+        ts = quote.ts
+        if ts <= order.ts or ts <= pending.seen:
+            return False  # not after the order, or given to it already
+        pending.seen = ts
         expire = order.expire_at
-        if expire and quote.ts > expire:
+        if expire and ts > expire:
             return False  # past its good-till date: the order manager expires it on a bar
         if pending.wait:
             pending.wait -= 1  # latency: the order has not reached the venue yet
             return False
-        now = quote.ts
+        now = ts
         fill = self.price(pending, quote)
         if order.order_type == "limit" or pending.triggered:
             pending.rested = True  # a limit still open after this quote rests on the book
