@@ -35,9 +35,8 @@ QUOTES_KEPT = 256  # at least the last this many quotes per market are kept...
 QUOTE_AGE_NS = 60_000_000_000  # ...and every quote within this much exchange time of the newest
 QUOTE_CAP = 4096  # but never more than this (plus a trim batch): memory stays bounded
 _QUOTE_TRIM = 64  # quotes are dropped in batches of at least this many
-DUST = (
-    1e-9  # relative: a bar or quote that can fill all but this fraction of the order fills it all
-)
+# relative: a bar or quote that can fill all but this fraction of the order fills it all
+DUST = 1e-9
 
 
 class QuotePrices(msgspec.Struct, array_like=True):
