@@ -22,6 +22,9 @@ from contracts.envelope import bar_envelope, market_envelope
 from contracts.events import Bar, FeedStatus
 from eventstore.bus import Bus
 from eventstore.server import EmbeddedServer
+from services.config import MarketConfig
+from services.marketdata.live.session import LiveSession
+from services.venues.config import VenueConfig
 from tests.conftest import keel
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import FakeExchange, default_symbols, start_fake
@@ -285,3 +288,28 @@ async def test_status_shows_each_live_venue(bus: Bus, nats_server: EmbeddedServe
     as_json = await asyncio.to_thread(keel, nats_server.url, "status", "--json")
     venues = json.loads(as_json.stdout.splitlines()[-1])["venues"]
     assert venues[0]["states"]["stale"] == 1
+
+
+async def test_status_of_a_live_session(bus: Bus) -> None:
+    """The live marketdata session on the Binance fake (exchange time 60x the wall): its
+    feed statuses and bars make the venue's panel."""
+    clock = ScaledClock(time.time_ns(), 60.0)
+    symbols = default_symbols("binance", 2)
+    fake = await start_fake("binance", symbols, clock)
+    venue = VenueConfig(**fake.venue_entry("x"))
+    market = MarketConfig(venue="x", symbols=tuple(s.symbol for s in symbols), lockstep=False)
+    session = LiveSession(bus, venue, market, clock, backfill_bars=3)
+    try:
+        running = asyncio.create_task(session.run())
+        await clock.sleep(180)
+        session.stop()
+        await asyncio.wait_for(running, 30)
+    finally:
+        await fake.stop()
+    report = await collect(bus, now_ns=clock.now_ns())
+    assert [v.venue for v in report.venues] == ["x"]
+    feed = report.venues[0]
+    assert (feed.mode, feed.symbols) == ("paper", 2)
+    assert feed.states == {"streaming": 2}, feed
+    assert feed.lag_s is not None and feed.lag_s < 120, feed
+    assert {row.symbol for row in feed.worst} == {s.symbol for s in symbols}
