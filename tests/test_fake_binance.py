@@ -117,6 +117,23 @@ async def test_fetch_ohlcv_since_limit_across_a_gap(venue: Venue) -> None:
     assert [r[0] for r in until] == [since_ms, since_ms + step]
 
 
+async def test_a_minute_without_trades_is_a_flat_zero_volume_candle(venue: Venue) -> None:
+    fake, symbol = venue.fake, venue.symbols[0]
+    forming = fake.open_of(fake.now_ns())
+    quiet = forming - 2 * fake.step_ns
+    fake.faults.quiet.add(quiet)
+    rows = await venue.exchange.fetch_ohlcv(symbol, "1m", since=(quiet - fake.step_ns) // 10**6)
+    before, flat = rows[0], rows[1]
+    assert flat[0] == quiet // 1_000_000
+    assert flat[1:5] == [before[4]] * 4 and flat[5] == 0
+    ahead = fake.open_of(fake.now_ns()) + fake.step_ns
+    fake.faults.quiet.add(ahead)
+    done = await closed_candles(venue, [symbol], 3)
+    seen = {row[0]: row for row in done[symbol]}
+    assert seen[ahead // 1_000_000][5] == 0
+    assert len(set(seen[ahead // 1_000_000][1:5])) == 1
+
+
 async def test_watch_ohlcv_sees_closed_candles_with_final_values(venue: Venue) -> None:
     done = await closed_candles(venue, venue.symbols[:2], 1)
     for symbol, rows in done.items():

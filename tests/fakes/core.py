@@ -165,6 +165,11 @@ class Faults:
         self._fake = fake
         self.silent = False
         self.gaps: set[int] = set()
+        """Candle open times with no row at all: a halt, an outage, or an exchange that lists
+        no candle for a minute without trades."""
+        self.quiet: set[int] = set()
+        """Candle open times without trades that the exchange still lists (Binance): a flat
+        candle at the previous close with zero volume, and no trade frames."""
         self.malformed = 0
         self.out_of_order = 0
         self.http_errors: deque[int] = deque()
@@ -317,8 +322,15 @@ class FakeExchange:
         return out
 
     def _candle_at(self, symbol: str, open_ns: int, now: int) -> Candle:
-        fraction = (now - open_ns) / self.step_ns
-        return self.path.partial(symbol, open_ns, fraction)
+        return self.candle(symbol, open_ns, (now - open_ns) / self.step_ns)
+
+    def candle(self, symbol: str, open_ns: int, fraction: float = 1.0) -> Candle:
+        """The candle as this exchange shows it at ``fraction`` of its interval: the price
+        path's, or for a ``faults.quiet`` minute a flat one at the previous close."""
+        if open_ns not in self.faults.quiet:
+            return self.path.partial(symbol, open_ns, fraction)
+        last = self.path.candle(symbol, open_ns - self.step_ns).close
+        return Candle(open_ns, last, last, last, last, 0.0, 0)
 
     def snapshot(self, symbol: str, ts_ns: int | None = None) -> Update:
         """The symbol as of ``ts_ns`` (now): forming candle, last trade, best bid/ask."""
@@ -336,10 +348,10 @@ class FakeExchange:
 
     def _update(self, symbol: str, open_ns: int, fraction: float, ts: int, closed: bool) -> Update:
         spec = self.specs.get(symbol) or self.path._spec(symbol)
-        candle = self.path.partial(symbol, open_ns, 1.0 if closed else fraction)
+        candle = self.candle(symbol, open_ns, 1.0 if closed else fraction)
         within = round(fraction * self.updates_per_bar)
         sequence = (open_ns // self.step_ns) * (self.updates_per_bar + 1) + within
-        prev = self.path.partial(symbol, open_ns, max(0.0, fraction - 1 / self.updates_per_bar))
+        prev = self.candle(symbol, open_ns, max(0.0, fraction - 1 / self.updates_per_bar))
         qty = snap(max(candle.volume - prev.volume, spec.lot_size), spec.lot_size)
         tick, lot = spec.tick_size, spec.lot_size
         depth = snap(lot * (1 + 20 * unit(symbol, sequence, "depth")), lot)
@@ -485,11 +497,14 @@ class FakeExchange:
                     self._last_closed[symbol] = closed
             if closes_only or open_ns in self.faults.gaps:
                 continue
-            await self._send(topics, self._update(symbol, open_ns, fraction, ts, False))
+            update = self._update(symbol, open_ns, fraction, ts, False)
+            await self._send(topics, update, trades=open_ns not in self.faults.quiet)
 
-    async def _send(self, topics: list[Topic], update: Update, klines_only: bool = False) -> None:
+    async def _send(
+        self, topics: list[Topic], update: Update, klines_only: bool = False, trades: bool = True
+    ) -> None:
         for topic in topics:
-            if klines_only and topic.kind != "kline":
+            if (klines_only and topic.kind != "kline") or (topic.kind == "trade" and not trades):
                 continue
             current = update
             if topic.kind == "kline" and self.faults.out_of_order > 0:
