@@ -127,6 +127,10 @@ async def test_kraken_ohlc_since_gap_last_and_720_window() -> None:
         since = times[-4]
         later = await ex.publicGetOHLC({"pair": "XXBTZUSD", "interval": 1, "since": since})
         assert later["result"]["XXBTZUSD"][0][0] == since + 60  # since is exclusive
+        before = fake.open_of(fake.now_ns()) // NS
+        future = await ex.publicGetOHLC({"pair": "XXBTZUSD", "interval": 1, "since": 2**32})
+        (only,) = future["result"]["XXBTZUSD"]  # the forming row is always there
+        assert before <= only[0] <= fake.open_of(fake.now_ns()) // NS
 
 
 async def test_kraken_watch_ohlcv_closes_a_candle_as_rest_has_it() -> None:
@@ -223,12 +227,14 @@ async def test_kraken_delisting() -> None:
         with pytest.raises(TimeoutError):
             for _ in range(5):
                 await within(lambda: ex.watch_trades(ETH), 1.0)
+        subscribe = {"method": "subscribe", "params": {"channel": "ohlc", "symbol": [ETH]}}
+        refused = await raw_frames(f"{fake.ws_url}/v2", [subscribe | {"req_id": 7}], 0.5)
+        assert refused[1]["success"] is False and refused[1]["req_id"] == 7
+        assert refused[1]["error"].startswith("Currency pair not supported")
         markets = await ex.load_markets(reload=True)
         assert ETH not in markets and BTC in markets  # Kraken drops a delisted pair
         with pytest.raises(ccxt.ExchangeError, match="EQuery:Unknown asset pair"):
             await ex.publicGetOHLC({"pair": "XETHZUSD", "interval": 1})  # not a BadSymbol
-        with pytest.raises(ccxt.BadSymbol):
-            await within(lambda: ex.watch_ohlcv(ETH, "1m"))
         assert await within(lambda: ex.watch_trades(BTC))
 
 
@@ -348,9 +354,11 @@ async def test_futures_errors_and_delisting() -> None:
         with pytest.raises(TimeoutError):
             for _ in range(5):
                 await within(lambda: ex.watch_trades(PETH), 1.0)
-        before = await ex.fetch_ohlcv(PETH, "1m", limit=5)
+        # with a limit and no since ccxt windows by its wall clock, hours ahead of this fake's
+        since = (fake.now_ns() - 10 * MINUTE) // MS
+        before = await ex.fetch_ohlcv(PETH, "1m", since=since, limit=30)
         await asyncio.sleep(1.5)  # an exchange minute and a half
-        assert await ex.fetch_ohlcv(PETH, "1m", limit=5) == before  # no new candle
+        assert before and await ex.fetch_ohlcv(PETH, "1m", since=since, limit=30) == before
 
 
 # -- wire formats against the recorded ones ---------------------------------------------------

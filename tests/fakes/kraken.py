@@ -4,7 +4,7 @@ REST answers in Kraken's ``{"error": [...], "result": {...}}`` envelope, with HT
 for a rate limit (``EAPI:Rate limit exceeded``). Assets keep Kraken's legacy names (``XXBT``,
 ``ZUSD``, pair ``XXBTZUSD``, altname ``XBTUSD``); ccxt maps them to BTC/USD. OHLC honours
 ``since`` (exclusive, seconds), never reaches back more than 720 intervals, always ends
-with the forming candle, has no row for a minute without trades, and gives ``last`` (the
+with the forming candle (even for a ``since`` past it), has no row for a minute without trades, and gives ``last`` (the
 newest committed candle's open). A delisted pair leaves AssetPairs and is an unknown pair.
 ccxt's ``watchOHLCV``/``watchTrades``/``watchTicker``/``watchBidsAsks`` use websocket v2
 (``/v2``): ``{"method": "subscribe", "params": {...}, "req_id": n}`` acknowledged per symbol,
@@ -222,6 +222,8 @@ class KrakenSkin:
         forming = self.fake.open_of(self.fake.now_ns())
         start = max(since * NS + 1, forming - (OHLC_ROWS - 1) * step)
         rows = self.fake.history(spec.symbol, start_ns=start, limit=OHLC_ROWS)
+        if not rows or rows[-1].open_ns < forming:  # the forming row, whatever ``since`` says
+            rows += self.fake.history(spec.symbol, start_ns=forming, limit=1)
         pair_id = self.names[spec.symbol][0]
         return self.answer(
             {pair_id: [self.ohlc_row(spec, c) for c in rows], "last": (forming - step) // NS}
