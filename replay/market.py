@@ -78,26 +78,17 @@ SkippedRows = list[tuple[str, Sequence[str]]]
 read, so it is complete once the replay has consumed the file."""
 
 
-def load_source(
-    source: DataSource, url: str | None, verify: bool = True, skipped: SkippedRows | None = None
-) -> Iterable[Event]:
-    """A file's bars in time order (streamed), or a recorded stream's market events in
-    stored order (read whole).
-
-    ``verify`` checks a pinned file's sha256 (a full read); callers that pinned it moments
-    ago (``keel backtest``, sweep workers) skip it. ``skipped`` collects the file's bad rows."""
-    if source.is_stream:
-        return load_stream(source, url)
-    return _load_file(source, verify, skipped)
-
-
 def load_stream(source: DataSource, url: str | None) -> list[Event]:
+    """A recorded stream's market events in stored order (read whole)."""
     if url is None:
         raise KeelError(f"data {source.location!r} is a stream: it needs a NATS server")
     return asyncio.run(_stream_events(url, source))
 
 
 def _load_file(source: DataSource, verify: bool, skipped: SkippedRows | None) -> Iterable[Bar]:
+    """A file's bars in time order, streamed. ``verify`` checks a pinned file's sha256 (a
+    full read); callers that pinned it moments ago (``keel backtest``, sweep workers) skip
+    it. ``skipped`` collects the file's bad rows."""
     path = Path(source.location)
     if not path.exists():
         raise KeelError(f"data {source.location}: no such file, stream or subject")
