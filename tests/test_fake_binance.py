@@ -16,6 +16,7 @@ from typing import Any
 import aiohttp
 import ccxt
 import ccxt.pro
+import msgspec
 import pytest
 
 from services.marketdata.sources import read_bars
@@ -266,6 +267,19 @@ async def test_a_listing_mid_session_is_served(venue: Venue) -> None:
     expected = venue.fake.path.candle(extra.symbol, rows[0][0] * 1_000_000)
     assert approx_candle(rows[0], expected)
     assert abs(rows[0][1] / extra.price - 1) < 0.1  # the path starts from the listed price
+
+
+async def test_a_tick_size_change_is_served(venue: Venue) -> None:
+    symbol = venue.symbols[0]
+    spec = venue.fake.specs[symbol]
+    coarser = msgspec.structs.replace(spec, tick_size=spec.tick_size * 10)
+    before = venue.fake.path.candle(symbol, START_NS)
+    venue.fake.specs[symbol] = coarser
+    markets = await venue.exchange.load_markets(reload=True)
+    assert markets[symbol]["precision"]["price"] == pytest.approx(coarser.tick_size)
+    after = venue.fake.path.candle(symbol, START_NS)
+    assert after.close / coarser.tick_size == pytest.approx(round(after.close / coarser.tick_size))
+    assert after.close == pytest.approx(before.close, abs=coarser.tick_size)
 
 
 async def test_funding_rate_from_premium_index() -> None:

@@ -98,8 +98,15 @@ class PricePath:
         return cls(bars=bars)
 
     def register(self, specs: Iterable[SymbolSpec], step_ns: int) -> None:
+        """Know these markets; a changed one (a new tick size) forgets its cached candles."""
+        changed: set[str] = set()
         for spec in specs:
+            known = self.specs.get(spec.symbol)
+            if known is not None and known != spec:
+                changed.add(spec.symbol)
             self.specs[spec.symbol] = spec
+        if changed:
+            self._cache = {key: c for key, c in self._cache.items() if key[0] not in changed}
         if not self.bars:
             self.step_ns = step_ns
 
