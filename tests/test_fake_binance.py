@@ -116,6 +116,8 @@ async def test_fetch_ohlcv_since_limit_across_a_gap(venue: Venue) -> None:
         symbol, "1m", since=since_ms, params={"until": since_ms + step}
     )
     assert [r[0] for r in until] == [since_ms, since_ms + step]
+    listing = await venue.exchange.fetch_ohlcv(symbol, "1m", since=0, limit=2)
+    assert [r[0] for r in listing] == [fake.listed_ns // 1_000_000 + i * step for i in (0, 1)]
 
 
 async def test_a_minute_without_trades_is_a_flat_zero_volume_candle(venue: Venue) -> None:

@@ -86,6 +86,7 @@ SKINS: dict[str, str] = {
 }
 TopicKind = Literal["kline", "trade", "quote", "ticker"]
 FUNDING_PERIOD_NS = 8 * 3600 * NS
+LISTED_FOR_NS = 30 * 86_400 * NS
 
 
 class TradePrint(msgspec.Struct, frozen=True):
@@ -272,6 +273,8 @@ class FakeExchange:
         self.connections: set[Connection] = set()
         self.ticks = 0
         self.behind = 0
+        self.listed_ns = self.open_of(clock.now_ns()) - LISTED_FOR_NS
+        """The first candle the exchange has (its listing): history starts there."""
         self.skin: Skin = skin_type(self, self.exchange_id)
         self.http_url = ""
         self.ws_url = ""
@@ -299,22 +302,23 @@ class FakeExchange:
         limit: int = 500,
     ) -> list[Candle]:
         """Candles as the exchange's REST history has them, oldest first: every closed candle
-        up to now plus the forming one, none for a gap minute. With ``start_ns`` the first
-        ``limit`` from there, else the last ``limit`` up to ``end_ns`` (or now)."""
+        since ``listed_ns`` up to now plus the forming one, none for a gap minute. With
+        ``start_ns`` the first ``limit`` from there, else the last ``limit`` up to ``end_ns``
+        (or now)."""
         now = self.now_ns()
         forming = self.open_of(now)
         last = forming if end_ns is None else min(forming, self.open_of(end_ns))
         out: list[Candle] = []
         if start_ns is not None:
-            first = self.open_of(start_ns + self.step_ns - 1)
-            open_ns = first
+            open_ns = max(self.open_of(start_ns + self.step_ns - 1), self.listed_ns)
             while open_ns <= last and len(out) < limit:
                 if open_ns not in self.faults.gaps:
                     out.append(self._candle_at(symbol, open_ns, now))
                 open_ns += self.step_ns
             return out
         open_ns = last
-        while len(out) < limit and open_ns > last - (limit + len(self.faults.gaps)) * self.step_ns:
+        oldest = max(self.listed_ns, last - (limit + len(self.faults.gaps)) * self.step_ns)
+        while len(out) < limit and open_ns >= oldest:
             if open_ns not in self.faults.gaps:
                 out.append(self._candle_at(symbol, open_ns, now))
             open_ns -= self.step_ns
