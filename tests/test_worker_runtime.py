@@ -9,6 +9,8 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from nats.js.api import AckPolicy, ConsumerConfig
+
 from contracts.codec import encode
 from contracts.envelope import MSG_ID, Envelope, bar_envelope
 from contracts.events import Bar, DeadLetter, Event, GovernanceCommand, OrderCommand, RiskDecision
@@ -208,3 +210,25 @@ async def test_worker_serves_metrics_and_heartbeats(nats_server: EmbeddedServer)
             beats = await stored(bus, "sys.heartbeat.>", "SYSTEM")
         assert beats and beats[-1].worker == "strategy-metered"
         assert beats[-1].metrics_port == port
+
+
+async def test_a_worker_whose_inputs_changed_reads_through_its_new_filter(
+    nats_server: EmbeddedServer,
+) -> None:
+    """An upgraded worker (here risk gaining ``md.status.>``) updates its durable's filter:
+    the old filter would hide the new subjects for ever."""
+    bus = await Bus.connect(nats_server.url, name="test-driver")
+    try:
+        old = ConsumerConfig(
+            name="risk-market",
+            durable_name="risk-market",
+            ack_policy=AckPolicy.EXPLICIT,
+            filter_subjects=["md.bar.>"],
+        )
+        await bus.js.add_consumer("MARKET", old)
+        worker = Worker(risk_role(RiskLimits(max_position=5)), QUIET)
+        async with running(nats_server.url, [worker]):
+            info = await bus.js.consumer_info("MARKET", "risk-market")
+        assert "md.status.>" in (info.config.filter_subjects or [])
+    finally:
+        await bus.close()

@@ -271,6 +271,10 @@ class Worker:
             deliver_policy=DeliverPolicy.ALL,
             filter_subjects=list(spec.subjects),
         )
+        # Create or update: a worker whose inputs changed (an upgrade, a config toggle) must
+        # not keep reading through its durable's old filter.
+        config.name = config.durable_name
+        await bus.js.add_consumer(spec.stream, config)
         return await bus.js.pull_subscribe(
             "", durable=config.durable_name, stream=spec.stream, config=config
         )
