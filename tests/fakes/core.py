@@ -469,10 +469,10 @@ class FakeExchange:
         while True:
             await self.clock.sleep((index * step - self.now_ns()) / NS)
             due = self.now_ns() // step
-            if due > index:  # behind: never skip a close, skip forming updates
+            if due > index:  # behind: skip forming updates, send the closes (the last 60)
                 self.behind += due - index
                 closes = [i for i in range(index, due) if i % self.updates_per_bar == 0]
-                for i in closes[-self.updates_per_bar :]:
+                for i in closes[-60:]:
                     await self._tick(i * step, closes_only=True)
                 index = due
             await self._tick(index * step)
@@ -524,9 +524,14 @@ class FakeExchange:
             if frame is None:
                 continue
             for conn in list(self.subscribers.get(topic, ())):
-                if not conn.ws.closed:
+                if conn.ws.closed:
+                    continue
+                try:
                     await conn.ws.send_str(frame)
-                    self.frames_sent += 1
+                except (ConnectionError, RuntimeError):  # the peer went away mid-write
+                    self._forget(conn)
+                    continue
+                self.frames_sent += 1
 
 
 async def start_fake(
