@@ -4,6 +4,7 @@ of the order/quote arrival order, snapshots, the order manager and the replay en
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 from typing import Any
 
@@ -13,8 +14,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.codec import encode
+from contracts.envelope import Envelope, market_envelope
 from contracts.events import Event, ExecutionReport, OrderCommand, Quote
 from contracts.subjects import subject_for
+from eventstore.bus import Bus, Stored
+from eventstore.lag import wait_drained
+from eventstore.server import EmbeddedServer
 from replay.engine import ReplayEngine
 from services.config import load_config
 from services.execution.oms import OrderManager
@@ -22,6 +27,7 @@ from services.execution.paper_venue import PaperVenue, PaperVenueConfig
 from services.execution.quote_fills import QUOTE_AGE_NS, QUOTE_CAP, QUOTES_KEPT
 from services.execution.role import execution_role
 from services.fleet import fleet_roles
+from services.runtime.worker import Worker, WorkerOptions
 from tests.factories import BTC, MINUTE, T0, VENUE, ohlc_bar
 
 S = 1_000_000_000
@@ -648,4 +654,40 @@ def test_a_leg_that_fills_from_the_buffer_is_acted_on_at_its_quote() -> None:
         ("accepted", "o1.sl", 0.0, 31 * S),
         ("filled", "o1.tp", 100.4, 32 * S),  # marketable when it reached the venue: the bid
         ("canceled", "o1.sl", 0.0, 32 * S),
+    ]
+
+
+async def test_a_live_execution_worker_fills_a_late_order_from_stored_quotes(
+    nats_server: EmbeddedServer,
+) -> None:
+    """Through JetStream: the quotes are in the MARKET stream before the order reaches the
+    worker (as in a live fleet); the reports equal the replay's (order first)."""
+    config = PaperVenueConfig(fill="quote", fee_bps=10.0, max_participation=0.5)
+    worker = Worker(execution_role(config), WorkerOptions(metrics_port=None, heartbeat_s=0.5))
+    names = {f"execution-{i.stream.lower()}" for i in worker.inputs}
+    worker_bus = await Bus.connect(nats_server.url, name="execution")
+    task = asyncio.create_task(worker.run(worker_bus))
+    bus = await Bus.connect(nats_server.url, name="test-driver")
+    try:
+        assert await wait_drained(bus, names, timeout=20)
+        for q in QUOTES:
+            await bus.publish(q, market_envelope(q))
+        assert await wait_drained(bus, names, timeout=20)
+        await bus.publish(order(), Envelope.root("order-o1", ORDER_TS))
+        assert await wait_drained(bus, names, timeout=20)
+        got = [
+            item.event async for item in bus.read("exec.>", "EXECUTION") if isinstance(item, Stored)
+        ]
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        await bus.close()
+        await worker_bus.close()
+    expected = feed(OrderManager(PaperVenue(config)), [order(), *QUOTES])
+    assert got == expected
+    assert [r.status for r in reports(got)] == [
+        "accepted",
+        "partially_filled",
+        "partially_filled",
+        "filled",
     ]
