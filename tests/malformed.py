@@ -28,6 +28,7 @@ from contracts.events import (
     EquitySnapshot,
     Event,
     ExecutionReport,
+    FeedStatus,
     FundingRate,
     GovernanceCommand,
     Heartbeat,
@@ -72,6 +73,7 @@ SAMPLES: dict[type[Event], Event] = {
         Trade(ts=T, venue=V, symbol=S, price=10.0, qty=1.0, side="buy", trade_id="t1"),
         Quote(ts=T, venue=V, symbol=S, bid=10.0, ask=10.5, bid_size=1.0, ask_size=2.0),
         FundingRate(ts=T, venue=V, symbol=S, rate=0.0001, next_time=T + MINUTE),
+        FeedStatus(ts=T, venue=V, symbol=S, state="stale", reason="no bar", last_close=T),
         Signal(
             ts=T,
             strategy=STRAT,
@@ -179,6 +181,7 @@ IMPOSSIBLE: dict[type[Event], dict[str, list[Any]]] = {
     Trade: {"price": [0.0, -10.0], "qty": [0.0, -1.0]},
     Quote: {"bid": [0.0, 11.0], "ask": [9.0], "bid_size": [-1.0], "ask_size": [-1.0]},
     FundingRate: {"interval_h": [0.0, -8.0], "next_time": [-1]},
+    FeedStatus: {"last_close": [-1]},
     Signal: {
         "target_position": [None],
         "side": ["buy"],

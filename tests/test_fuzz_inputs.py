@@ -29,6 +29,7 @@ def test_the_fleet_consumes_the_subjects_the_fuzzer_covers() -> None:
         "md.bar.>",
         "md.instrument.>",
         "md.funding.>",
+        "md.status.>",
         "gov.cmd.>",
         "sig.>",
         "exec.>",
@@ -51,7 +52,7 @@ async def test_malformed_messages_on_every_input_subject_become_dead_letters(
 ) -> None:
     fleet = ProcessFleet(tmp_path / "logs")
     report = await run_fuzz(nats_server.url, fleet, COUNT, seed=13, mode="keel run")
-    assert len(report.rows) == 8
+    assert len(report.rows) == 9
     for row in report.rows:
         assert row.sent == COUNT, row.pattern
         assert row.letters == COUNT * len(row.workers), row

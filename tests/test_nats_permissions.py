@@ -400,7 +400,9 @@ MAY_PUBLISH: dict[str, set[str]] = {
 
 
 PRODUCER = {
-    **dict.fromkeys(("Bar", "Trade", "Quote", "Instrument", "FundingRate"), "marketdata"),
+    **dict.fromkeys(
+        ("Bar", "Trade", "Quote", "Instrument", "FundingRate", "FeedStatus"), "marketdata"
+    ),
     **dict.fromkeys(("Signal", "ParamsTuned"), "strategy"),
     **dict.fromkeys(("OrderCommand", "RiskDecision", "RiskAlert"), "risk"),
     "ExecutionReport": "execution",
