@@ -199,7 +199,8 @@ async def test_malformed_frames_reach_ccxt_as_wrong_typed_values(venue: Venue) -
     await venue.exchange.watch_ohlcv(symbol, "1m")
     venue.fake.faults.malformed = 1
     rows = await asyncio.wait_for(venue.exchange.watch_ohlcv(symbol, "1m"), 10)
-    assert rows[-1][1] is None or rows[-1][4] is None
+    # the garbled frame may be a close, delivered together with the next candle's first
+    assert any(None in row[1:6] for row in rows)
     assert venue.fake.faults.malformed == 0
     rows = await asyncio.wait_for(venue.exchange.watch_ohlcv(symbol, "1m"), 10)
     assert None not in rows[-1]
