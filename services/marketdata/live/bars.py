@@ -67,7 +67,7 @@ class BarFlow:
         self.active: dict[str, None] = {}
         self.stale: dict[str, int] = {}  # symbol -> the missing close, while stale or polling
         self.backfilling: set[str] = set()
-        self.pending: dict[str, list[Candle]] = {}
+        self.pending: dict[str, list[tuple[Candle, bool]]] = {}
         self.bars = 0
         self.empty_minutes = 0
         self._wanted: dict[str, None] = {}
@@ -90,24 +90,26 @@ class BarFlow:
         self.pending.pop(symbol, None)
         self.watchdog.forget(symbol)
 
-    def from_stream(self, symbol: str, candles: Sequence[Candle]) -> None:
-        """Closed candles a stream delivered, in order."""
+    def from_stream(self, symbol: str, candles: Sequence[Candle], live: bool = True) -> None:
+        """Closed candles a stream delivered, in order; ``live`` False for a candle closed
+        by the clock (bars from trades), which is no sign that the stream is up."""
         if symbol not in self.active:
             return
         for candle in candles:
             if symbol in self.backfilling or self.pending.get(symbol):
-                self.pending.setdefault(symbol, []).append(candle)
+                self.pending.setdefault(symbol, []).append((candle, live))
                 continue
-            verdict = self.continuity.check(symbol, candle.open_ns)
-            if verdict == "next":
-                self._store(symbol, candle)
-                self._all_clear(symbol, candle)
-            elif verdict == "old":
-                if candle.open_ns == self.continuity.last(symbol):
-                    self._all_clear(symbol, candle)  # the stream caught up with REST
-            else:
-                self.pending.setdefault(symbol, []).append(candle)
+            if self._take(symbol, candle, live) == "gap":
+                self.pending.setdefault(symbol, []).append((candle, live))
                 self.request([symbol])
+
+    def _take(self, symbol: str, candle: Candle, live: bool) -> str:
+        verdict = self.continuity.check(symbol, candle.open_ns)
+        if verdict == "next":
+            self._store(symbol, candle)
+        if live and (verdict == "next" or candle.open_ns == self.continuity.last(symbol)):
+            self._all_clear(symbol, candle)  # the stream delivers, or caught up with REST
+        return verdict
 
     def request(self, symbols: Iterable[str]) -> None:
         """Backfill these symbols soon (those already current cost nothing)."""
@@ -145,11 +147,14 @@ class BarFlow:
         for symbol, missing in self.watchdog.due(now_ns):
             if symbol not in self.active:
                 continue
-            newly.append(symbol)
+            known = symbol in self.stale
             self.stale[symbol] = missing
+            self._poll_at[symbol] = now_ns
+            if known:
+                continue  # already stale or polling: the next REST look decides
+            newly.append(symbol)
             grace = (now_ns - missing) / 1e9
             self.set_state(symbol, "stale", missing, f"no closed bar {grace:.0f}s after its close")
-            self._poll_at[symbol] = now_ns
         waiting = [*self.stale, *(s for s in self.pending if s not in self.stale)]
         due = [s for s in waiting if self._poll_at.get(s, 0) <= now_ns]
         for symbol in due:
@@ -266,17 +271,15 @@ class BarFlow:
             self.empty_minutes += 1
             self.stale.pop(symbol, None)
             self.set_state(symbol, "streaming", missing, "no trades in the minute (REST history)")
+        else:
+            self.set_state(symbol, "stale", missing, "REST has no newer bar either")
 
     def _drain(self, symbol: str) -> None:
         """Stream candles that waited for the backfill, in order; one still after a gap
         (REST did not have the missing bars yet) waits for the next poll."""
         waiting = self.pending.pop(symbol, [])
-        for n, candle in enumerate(waiting):
-            verdict = self.continuity.check(symbol, candle.open_ns)
-            if verdict == "next":
-                self._store(symbol, candle)
-                self._all_clear(symbol, candle)
-            elif verdict == "gap":
+        for n, (candle, live) in enumerate(waiting):
+            if self._take(symbol, candle, live) == "gap":
                 self.pending[symbol] = waiting[n:]
                 self._poll_at[symbol] = self.clock.now_ns() + self.poll_ns
                 return

@@ -111,6 +111,8 @@ class LiveSession:
         self.trade_bars: TradeBars | None = None
         self.redactor = Redactor({})
         self._funding: dict[str, tuple[float, int, float]] = {}
+        self._reconnect_now = False
+        self.seen: dict[str, int] = {}  # symbol -> clock time of its last data frame
         self._tasks: list[asyncio.Task[Any]] = []
 
     def stop(self) -> None:
@@ -128,6 +130,9 @@ class LiveSession:
         watch = StoreWatch(self.bus, self.name, self.instance)
         self.publisher = Publisher(self.bus, self.name, watch, self.stopping)
         beating = asyncio.create_task(self._heartbeat())
+        loop = asyncio.get_running_loop()
+        handler = loop.get_exception_handler()
+        loop.set_exception_handler(self._loop_error)
         try:
             with contextlib.suppress(Stopped):
                 await watch.resume()
@@ -135,6 +140,7 @@ class LiveSession:
         finally:
             beating.cancel()
             await self._shutdown()
+            loop.set_exception_handler(handler)
             for target in (logging.getLogger(), *logging.getLogger().handlers):
                 target.removeFilter(self.redactor)
         return self.result
@@ -288,9 +294,13 @@ class LiveSession:
     # -- the stream sink (called by the watch loops, never awaits) ---------------------
 
     def candles(self, symbol: str, rows: Sequence[Any]) -> None:
+        self.seen[symbol] = self.clock.now_ns()
         try:
             closed = self.closed.update(symbol, rows)
         except MalformedFrame as exc:
+            # The candle's last values are now unknown: it is not closed from the stream;
+            # the gap that follows is filled from REST history.
+            self.closed.forget(symbol)
             self._dead_letter(f"ws.{self.exchange.id}.ohlcv.{symbol}", str(exc), rows)
             return
         if closed:
@@ -298,6 +308,8 @@ class LiveSession:
             self.publisher.send()
 
     def trades(self, symbol: str, trades: Sequence[Mapping[str, Any]]) -> None:
+        if self.trade_bars is not None:
+            self.seen[symbol] = self.clock.now_ns()
         for trade in trades:
             try:
                 event = trade_of(self.venue.name, symbol, trade)
@@ -337,6 +349,19 @@ class LiveSession:
     def reconnected(self, symbols: Sequence[str]) -> None:
         self.flow.request(symbols)
 
+    def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        """A frame ccxt's own parser chokes on raises inside its receive loop, which then
+        stops reading (the socket stays open and silent): said as a dead letter, and the
+        websockets are reconnected at the next watchdog check instead of after a stall."""
+        exc = context.get("exception")
+        if exc is None or "receive_loop" not in repr(context.get("handle", "")):
+            loop.default_exception_handler(context)
+            return
+        if hasattr(self, "flow") and hasattr(self, "exchange"):
+            where = f"ws.{self.exchange.id}.receive"
+            self._dead_letter(where, f"ccxt could not parse a frame: {one_line(exc)}", None)
+            self._reconnect_now = True
+
     def _dead_letter(self, where: str, reason: str, payload: Any) -> None:
         reason = self.redactor.redact(reason)
         data = b"" if payload is None else _encode(payload)
@@ -356,12 +381,15 @@ class LiveSession:
             now = self.clock.now_ns()
             if self.trade_bars is not None:
                 for symbol, candle in self.trade_bars.close_due(now):
-                    self.flow.from_stream(symbol, [candle])
+                    self.flow.from_stream(symbol, [candle], live=False)
                 self.publisher.send()
             newly = self.flow.check_stalls(now)
-            if not self.flow.stale:
+            if self._reconnect_now:
+                self._reconnect_now = False
+                await self._reconnect()
+            elif not self.flow.stale:
                 backoff.reset()
-            elif (newly or backoff.attempt) and now >= reconnect_at:
+            elif self._silent(now) and now >= reconnect_at:
                 if newly:
                     log.warning(
                         "%s: no closed bar by close + %gs for %s; reconnecting the websockets "
@@ -370,11 +398,21 @@ class LiveSession:
                         self.market.stall_grace_s,
                         ", ".join(newly[:3]) + (f" and {len(newly) - 3} more" if newly[3:] else ""),
                     )
-                for symbol in self.flow.active:
-                    self.closed.forget(symbol)
-                await self.streams.reconnect(list(self.flow.active))
-                self.result.reconnects += 1
+                await self._reconnect()
                 reconnect_at = now + int(backoff.next() * 1e9)
+
+    def _silent(self, now: int) -> bool:
+        """A stale symbol whose stream sent nothing for longer than the grace: only a new
+        connection cures a silent socket (one that delivers again needs no reconnect)."""
+        quiet = int(self.market.stall_grace_s * 1e9)
+        return any(now - self.seen.get(s, 0) > quiet for s in self.flow.stale)
+
+    async def _reconnect(self) -> None:
+        for symbol in self.flow.active:
+            self.closed.forget(symbol)
+        await self.streams.reconnect(list(self.flow.active))
+        self.flow.request(self.flow.active)
+        self.result.reconnects += 1
 
     async def _funding_loop(self) -> None:
         if not (has(self.exchange, "fetchFundingRates") or has(self.exchange, "fetchFundingRate")):
