@@ -248,6 +248,7 @@ async def test_delisting_turns_the_market_inactive_and_stops_its_stream(venue: V
     gone, kept = venue.symbols[0], venue.symbols[1]
     await venue.exchange.watch_ohlcv_for_symbols([[gone, "1m"], [kept, "1m"]])
     venue.fake.faults.delist(gone)
+    last_row = (await venue.exchange.fetch_ohlcv(gone, "1m", limit=3))[-1]
     markets = await venue.exchange.load_markets(reload=True)
     assert markets[gone]["active"] is False and markets[kept]["active"] is True
     seen: set[str] = set()
@@ -257,6 +258,7 @@ async def test_delisting_turns_the_market_inactive_and_stops_its_stream(venue: V
         )
         seen |= set(batch)
     assert seen == {kept}
+    assert (await venue.exchange.fetch_ohlcv(gone, "1m", limit=3))[-1] == last_row
 
 
 async def test_a_listing_mid_session_is_served(venue: Venue) -> None:

@@ -175,14 +175,16 @@ class Faults:
         self.out_of_order = 0
         self.http_errors: deque[int] = deque()
         self.delisted: set[str] = set()
+        self.delisted_at: dict[str, int] = {}
 
     def drop(self) -> None:
         """Close every websocket now (ccxt sees the close; its next watch reconnects)."""
         self._fake.drop_connections()
 
     def delist(self, symbol: str) -> None:
-        """The market turns inactive in REST and its streams stop."""
+        """The market turns inactive in REST, its streams stop and its history ends now."""
         self.delisted.add(symbol)
+        self.delisted_at.setdefault(symbol, self._fake.now_ns())
 
 
 class Connection:
@@ -302,10 +304,11 @@ class FakeExchange:
         limit: int = 500,
     ) -> list[Candle]:
         """Candles as the exchange's REST history has them, oldest first: every closed candle
-        since ``listed_ns`` up to now plus the forming one, none for a gap minute. With
+        since ``listed_ns`` up to now (or the delisting) plus the forming one, none for a gap
+        minute. With
         ``start_ns`` the first ``limit`` from there, else the last ``limit`` up to ``end_ns``
         (or now)."""
-        now = self.now_ns()
+        now = min(self.now_ns(), self.faults.delisted_at.get(symbol, self.now_ns()))
         forming = self.open_of(now)
         last = forming if end_ns is None else min(forming, self.open_of(end_ns))
         out: list[Candle] = []
