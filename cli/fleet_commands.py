@@ -383,12 +383,22 @@ def up(
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
-    feed_args = ["--lockstep"] if lockstep else ["--pace-ms", str(pace_ms)]
-    feed_args += ["--config", str(config)] if config else []
-    if data is not None:
-        feed_args += ["--file", str(data)]
+    live_venue = fleet_config.venue(fleet_config.market.venue)
+    if live_venue is not None:
+        if data is not None:
+            raise fail(
+                f"--data feeds a file, but [market].venue = {live_venue.name!r} is a live venue "
+                "([[venues]]): drop one"
+            )
+        # The live feed: everything comes from the config; a backfill waits for the fleet.
+        feed_args = ["--config", str(config), "--lockstep"]
     else:
-        feed_args += ["--live", "--bars", str(bars), "--interval", interval]
+        feed_args = ["--lockstep"] if lockstep else ["--pace-ms", str(pace_ms)]
+        feed_args += ["--config", str(config)] if config else []
+        if data is not None:
+            feed_args += ["--file", str(data)]
+        else:
+            feed_args += ["--live", "--bars", str(bars), "--interval", interval]
     names = {w.name for w in fleet_plan(fleet_config, config)} | {"marketdata"}
 
     async def main() -> str | None:

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import typer
 
 from cli.console import console, fail, load_config_or_exit, run, user_errors
@@ -21,16 +22,19 @@ from services.config import KeelConfig, StrategyConfig
 from services.execution.role import execution_role
 from services.fleet import consumer_names
 from services.marketdata.feed import Feed, lockstep, pause
+from services.marketdata.live.session import LiveSession
 from services.marketdata.sources import read_bars
 from services.marketdata.synthetic import SyntheticMarket
 from services.portfolio.role import portfolio_role
 from services.risk.role import risk_role
+from services.runtime import clock as clock_module
 from services.runtime.replay_worker import ReplayWorker
 from services.runtime.role import Role
 from services.runtime.worker import Worker, WorkerOptions
 from services.strategy.calibration_worker import CalibrationWatch, serve_calibration
 from services.strategy.compose import compose_strategy
 from services.strategy.host import strategy_role
+from services.venues.config import VenueConfig
 from strategies.registry import parse_params
 
 app = typer.Typer(
@@ -216,13 +220,33 @@ def marketdata(
             "--lockstep", help="Send each time step only after the config's workers caught up."
         ),
     ] = False,
+    backfill_bars: Annotated[
+        int,
+        typer.Option(
+            "--backfill-bars",
+            min=0,
+            help="Live venue: on a first run, fetch this many closed bars per symbol by REST.",
+        ),
+    ] = 0,
     config: ConfigOpt = None,
 ) -> None:
-    """Publish bars: the seeded synthetic market (default) or a file."""
+    """Publish bars: the seeded synthetic market (default), a file, or a live venue (when
+    the venue names a [[venues]] entry of the config: docs/venues.md)."""
     fleet_config = load_config_or_exit(config)
     market = fleet_config.market
     symbols = tuple(symbol or ()) or market.symbols
     the_venue = venue or market.venue
+    live_venue = fleet_config.venue(the_venue) if file is None else None
+    if live_venue is not None:
+        _serve_live(
+            fleet_config,
+            live_venue,
+            tuple(symbol or ()),
+            interval,
+            backfill_bars,
+            lockstep_feed,
+        )
+        return
     if file is not None:
         with user_errors():
             bar_source = read_bars(
@@ -278,6 +302,58 @@ def marketdata(
         console.print(
             f"marketdata: stored {result.stored}, already present "
             f"{result.stale + result.duplicates}{stopped}"
+        )
+
+    run(main())
+
+
+def _serve_live(
+    config: KeelConfig,
+    venue: VenueConfig,
+    symbols: tuple[str, ...],
+    interval: str | None,
+    backfill_bars: int,
+    lockstep: bool,
+) -> None:
+    """Stream ``venue`` until SIGTERM or Ctrl-C; with ``lockstep`` (``keel up``, and
+    ``[market].lockstep`` on) a backfill waits for the config's workers between steps."""
+    market = msgspec.structs.replace(
+        config.market,
+        venue=venue.name,
+        symbols=symbols or config.market.symbols,
+        interval=interval or config.market.interval,
+    )
+    if market.universe and symbols:
+        raise fail("--symbol and [market].universe both choose the symbols: give one")
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s marketdata %(levelname)s %(message)s"
+    )
+
+    async def main() -> None:
+        with nats_url() as url:
+            bus = await Bus.connect(url, name="marketdata")
+            session = LiveSession(
+                bus,
+                venue,
+                market,
+                clock_module.system_clock(),
+                consumers=consumer_names(config) if lockstep and market.lockstep else None,
+                backfill_bars=backfill_bars,
+            )
+            loop = asyncio.get_running_loop()
+            for sig in (signal.SIGTERM, signal.SIGINT):
+                with contextlib.suppress(NotImplementedError):
+                    loop.add_signal_handler(sig, session.stop)
+            try:
+                result = await session.run()
+            finally:
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(bus.close(), 2.0)
+        stopped = " (stopped by a signal)" if session.stopping.is_set() else ""
+        console.print(
+            f"marketdata: {venue.name} ({venue.exchange}): stored {result.bars} bars, "
+            f"{result.instruments} instrument changes, {result.dead_letters} dead letters, "
+            f"{result.reconnects} reconnects{stopped}"
         )
 
     run(main())
