@@ -49,13 +49,9 @@ from services.execution.quote_fills import (
     DUST,
     QUOTE_AGE_NS,
     QUOTES_KEPT,
-    Quoted,
+    QuoteBooks,
     QuotePrices,
     QuoteRule,
-    compact,
-    first_after,
-    keep,
-    next_behind,
 )
 
 HISTORY = 1024  # bars per symbol an order may still be matched against
@@ -116,33 +112,32 @@ Q = TypeVar("Q")
 
 
 class PaperVenueState(msgspec.Struct, Generic[P, Q]):
-    """``PaperVenueState[Prices, Quoted]`` while running; a snapshot stores and restores
-    ``PaperVenueState[_BarPrices, QuotePrices]``, the histories as compact prices.
-    ``dropped``: per market, the time of the newest quote that left its buffer."""
+    """``PaperVenueState[Prices, list[QuotePrices]]`` while running; a snapshot stores
+    ``PaperVenueState[_BarPrices, msgspec.Raw]`` (each quote buffer encoded once until it
+    changes) and restores ``PaperVenueState[_BarPrices, list[QuotePrices]]``: the same
+    bytes. ``quotes``: the quote buffers (``fill = "quote"``); ``dropped``: per market, the
+    time of the newest quote that left its buffer."""
 
     bars: dict[InstrumentId, list[P]] = msgspec.field(default_factory=dict)
     pending: list[_Pending] = msgspec.field(default_factory=list)
     next_id: int = 1
-    quotes: dict[InstrumentId, list[Q]] = msgspec.field(default_factory=dict)
+    quotes: dict[InstrumentId, Q] = msgspec.field(default_factory=dict)
     dropped: dict[InstrumentId, int] = msgspec.field(default_factory=dict)
 
 
 class PaperVenue:
     def __init__(self, config: PaperVenueConfig) -> None:
         self.config = config
-        self.state: PaperVenueState[Prices, Quoted] = PaperVenueState()
+        self.state: PaperVenueState[Prices, list[QuotePrices]] = PaperVenueState()
         self._close_mode = config.fill == "close"
         self._taker_bps = config.fee_bps
         self._maker_bps = config.fee_bps if config.maker_fee_bps is None else config.maker_fee_bps
         self._participation = config.max_participation
         # venue -> symbol -> the list in ``state.bars``: a bar or an order builds no key
         self._histories: dict[str, dict[str, list[Prices]]] = {}
-        self._quote_books: dict[str, dict[str, list[Quoted]]] = {}  # the same for quotes
-        # A new order is matched against the buffered quotes at once, unless the order
-        # manager steps through them (``step_late_orders``).
-        self._catch_up = True
-        self._quote_rule = (
-            QuoteRule(
+        self._quotes: QuoteBooks[_Pending] | None = None
+        if config.fill == "quote":
+            rule = QuoteRule(
                 config.slippage_bps,
                 config.slippage_range_frac,
                 config.max_participation,
@@ -150,15 +145,14 @@ class PaperVenue:
                 self._final_fill,
                 self._canceled,
             )
-            if config.fill == "quote"
-            else None
-        )
+            self._quotes = QuoteBooks(rule)
+            self._quotes.load(self.state.quotes, self.state.dropped, self.state.pending)
 
     def decide(self, event: Event, now: int) -> list[Event]:
         # Nearly every input is a bar: inline, one history append. An exact type test (it
         # narrows ``event``) costs less than a class pattern, so bars skip the match.
         if type(event) is Bar:
-            if self._quote_rule is not None:
+            if self._quotes is not None:
                 return []  # quotes fill: bars only mark (the portfolio's business)
             try:
                 history = self._histories[event.venue][event.symbol]
@@ -169,7 +163,7 @@ class PaperVenue:
                 del history[:-HISTORY]
             return self._on_bar(event) if self.state.pending else []
         if type(event) is Quote:
-            return self._on_quote(event) if self._quote_rule is not None else []
+            return self._on_quote(event, self._quotes) if self._quotes is not None else []
         match event:
             case OrderCommand(action="new"):
                 return self._on_new(event, now)
@@ -185,8 +179,8 @@ class PaperVenue:
         pending = _Pending(order, f"paper-{self.state.next_id}", wait=self.delay(order))
         self.state.next_id += 1
         reports: list[Event] = [_report(order, "accepted", now, pending.venue_order_id)]
-        if self._quote_rule is not None:
-            return self._new_on_quotes(pending, now, reports, self._quote_rule)
+        if self._quotes is not None:
+            return self._new_on_quotes(pending, now, reports, self._quotes)
         try:
             history = self._histories[order.venue][order.symbol]
         except KeyError:
@@ -209,6 +203,8 @@ class PaperVenue:
         for pending in self.state.pending:
             if pending.order.client_order_id == order.client_order_id:
                 self.state.pending.remove(pending)
+                if self._quotes is not None:
+                    self._quotes.forget(pending)
                 return [
                     _report(
                         pending.order,
@@ -221,70 +217,52 @@ class PaperVenue:
         return [_report(order, "rejected", now, "", reason="cancel of an unknown order")]
 
     def _new_on_quotes(
-        self, pending: _Pending, now: int, reports: list[Event], rule: QuoteRule[_Pending]
+        self, pending: _Pending, now: int, reports: list[Event], books: QuoteBooks[_Pending]
     ) -> list[Event]:
         """Match a new order against the buffered quotes after it, then keep it working."""
         order = pending.order
-        market = InstrumentId(order.venue, order.symbol)
-        if self.state.dropped.get(market, 0) > order.ts:
+        if books.stale(order):
             reason = (
                 "stale order: a quote after it has left the venue's buffer (the last "
                 f"{QUOTES_KEPT} quotes or {QUOTE_AGE_NS // 10**9} s are kept)"
             )
             reports.append(_report(order, "rejected", now, pending.venue_order_id, reason=reason))
-            return reports
-        if self._catch_up:
-            history = self.state.quotes.get(market, [])
-            for quote in history[first_after(history, order.ts) :]:
-                if rule.advance(pending, quote, reports):
-                    return reports
-        self.state.pending.append(pending)
+        elif not books.new_order(pending, reports):
+            self.state.pending.append(pending)
         return reports
 
     def step_late_orders(self) -> bool:
         """Leave the buffered quotes a new order is due to ``behind``, one quote at a time,
         so the caller (the order manager) can act on each fill at its time, as it would in
         a replay. True when this venue buffers quotes (``fill = "quote"``)."""
-        self._catch_up = False
-        return self._quote_rule is not None
+        if self._quotes is None:
+            return False
+        self._quotes.catch_up = False
+        return True
 
     def behind(self) -> tuple[int, list[Event]] | None:
-        """Give the earliest buffered quote some working order has not been given to every
-        such order; its time and the reports, or None when no order is behind."""
-        step = next_behind(self.state.pending, self._quote_books)
+        """Give the earliest buffered quote a late order has not been given yet to the late
+        orders of its market; its time and the reports, or None when none is behind."""
+        if self._quotes is None:
+            return None
+        reports: list[Event] = []
+        step = self._quotes.behind(reports)
         if step is None:
             return None
-        quote, order = step
-        return quote.ts, self._give(quote, order.venue, order.symbol)
-
-    def _on_quote(self, quote: Quote) -> list[Event]:
-        """Buffer the quote and give it to the working orders of its market. A quote not
-        after the newest one kept (a redelivery after a restart) was already judged."""
-        try:
-            history = self._quote_books[quote.venue][quote.symbol]
-        except KeyError:
-            history = self._quote_book(quote.venue, quote.symbol)
-        if history and quote.ts <= history[-1].ts:
-            return []
-        history.append(quote)
-        dropped = keep(history)
-        if dropped:
-            self.state.dropped[InstrumentId(quote.venue, quote.symbol)] = dropped
-        return self._give(quote, quote.venue, quote.symbol) if self.state.pending else []
-
-    def _give(self, quote: Quoted, venue: str, symbol: str) -> list[Event]:
-        """Give a quote to the working orders of its market."""
-        pending = self.state.pending
-        advance = cast(QuoteRule[_Pending], self._quote_rule).advance
-        reports: list[Event] = []
-        done: list[_Pending] = []
-        for working in pending:
-            order = working.order
-            if order.symbol == symbol and order.venue == venue and advance(working, quote, reports):
-                done.append(working)
+        ts, done = step
         if done:
-            self.state.pending = [p for p in pending if not any(p is d for d in done)]
+            self._finished(done)
+        return ts, reports
+
+    def _on_quote(self, quote: Quote, books: QuoteBooks[_Pending]) -> list[Event]:
+        reports: list[Event] = []
+        done = books.on_quote(quote, reports)
+        if done:
+            self._finished(done)
         return reports
+
+    def _finished(self, done: list[_Pending]) -> None:
+        self.state.pending = [p for p in self.state.pending if not any(p is d for d in done)]
 
     def _on_bar(self, bar: Bar) -> list[Event]:
         """Advance the working orders of the bar's market (the bar is already in history)."""
@@ -458,30 +436,24 @@ class PaperVenue:
     def snapshot(self) -> bytes:
         state = self.state
         bars = {key: [_compact(bar) for bar in history] for key, history in state.bars.items()}
-        quotes = {key: [compact(q) for q in history] for key, history in state.quotes.items()}
+        quotes = self._quotes.encoded() if self._quotes is not None else {}
         return msgspec.msgpack.encode(
             PaperVenueState(bars, state.pending, state.next_id, quotes, state.dropped)
         )
 
     def restore(self, data: bytes) -> None:
         """Strict: bytes that are not this layout raise, and nothing changes."""
-        restored = msgspec.msgpack.decode(data, type=PaperVenueState[_BarPrices, QuotePrices])
-        self.state = cast(PaperVenueState[Prices, Quoted], restored)  # either form inside
+        restored = msgspec.msgpack.decode(data, type=PaperVenueState[_BarPrices, list[QuotePrices]])
+        self.state = cast(PaperVenueState[Prices, list[QuotePrices]], restored)
         self._histories.clear()
         for market, history in self.state.bars.items():
             self._histories.setdefault(market.venue, {})[market.symbol] = history
-        self._quote_books.clear()
-        for market, quotes in self.state.quotes.items():
-            self._quote_books.setdefault(market.venue, {})[market.symbol] = quotes
+        if self._quotes is not None:
+            self._quotes.load(self.state.quotes, self.state.dropped, self.state.pending)
 
     def _history(self, venue: str, symbol: str) -> list[Prices]:
         history = self.state.bars.setdefault(InstrumentId(venue, symbol), [])
         self._histories.setdefault(venue, {})[symbol] = history
-        return history
-
-    def _quote_book(self, venue: str, symbol: str) -> list[Quoted]:
-        history = self.state.quotes.setdefault(InstrumentId(venue, symbol), [])
-        self._quote_books.setdefault(venue, {})[symbol] = history
         return history
 
 

@@ -30,6 +30,7 @@ from typing import Generic, NamedTuple, Protocol, TypeVar
 import msgspec
 
 from contracts.events import Event, ExecStatus, ExecutionReport, OrderCommand, Quote
+from contracts.keys import InstrumentId
 
 QUOTES_KEPT = 256  # at least the last this many quotes per market are kept...
 QUOTE_AGE_NS = 60_000_000_000  # ...and every quote within this much exchange time of the newest
@@ -39,8 +40,9 @@ _QUOTE_TRIM = 64  # quotes are dropped in batches of at least this many
 DUST = 1e-9
 
 
-class QuotePrices(msgspec.Struct, array_like=True):
-    """A quote as a snapshot keeps it: the buffer's key names the market."""
+class QuotePrices(msgspec.Struct, array_like=True, gc=False):
+    """A quote as the buffer and its snapshot keep it: the buffer's key names the market,
+    so the snapshot needs no conversion."""
 
     ts: int
     bid: float
@@ -49,17 +51,11 @@ class QuotePrices(msgspec.Struct, array_like=True):
     ask_size: float
 
 
-Quoted = Quote | QuotePrices
-"""A quote in a buffer: the ``Quote`` as it came, or its prices restored from a snapshot."""
-
-
-def compact(quote: Quoted) -> QuotePrices:
-    if isinstance(quote, QuotePrices):
-        return quote
+def compact(quote: Quote) -> QuotePrices:
     return QuotePrices(quote.ts, quote.bid, quote.ask, quote.bid_size, quote.ask_size)
 
 
-def keep(history: list[Quoted]) -> int:
+def keep(history: list[QuotePrices]) -> int:
     """Trim a market's buffer after an append. Keeps whichever is more of the last
     ``QUOTES_KEPT`` quotes and the quotes within ``QUOTE_AGE_NS`` of the newest, at most
     ``QUOTE_CAP``; returns the time of the newest quote dropped (0: none dropped). What is
@@ -76,7 +72,7 @@ def keep(history: list[Quoted]) -> int:
     return dropped
 
 
-def first_after(history: list[Quoted], ts: int) -> int:
+def first_after(history: list[QuotePrices], ts: int) -> int:
     """Index of the first quote strictly after ``ts`` (the buffer is in time order)."""
     return bisect.bisect_right(history, ts, key=_ts)
 
@@ -94,24 +90,6 @@ class Working(Protocol):
 
 
 W = TypeVar("W", bound=Working)
-
-
-def next_behind(
-    working: list[W], books: dict[str, dict[str, list[Quoted]]]
-) -> tuple[Quoted, OrderCommand] | None:
-    """The earliest buffered quote that a working order is due but has not been given yet
-    (one after its time and after the last quote it was given), with that order; or None.
-    Ties between markets go to the order that has worked longest."""
-    best: tuple[Quoted, OrderCommand] | None = None
-    for pending in working:
-        order = pending.order
-        history = books.get(order.venue, {}).get(order.symbol)
-        if not history:
-            continue
-        i = first_after(history, max(order.ts, pending.seen))
-        if i < len(history) and (best is None or history[i].ts < best[0].ts):
-            best = history[i], order
-    return best
 
 
 class QuoteFill(NamedTuple):
@@ -139,7 +117,7 @@ class QuoteRule(Generic[W]):
         self._final_fill = final_fill
         self._canceled = canceled
 
-    def advance(self, pending: W, quote: Quoted, out: list[Event]) -> bool:
+    def advance(self, pending: W, quote: QuotePrices, out: list[Event]) -> bool:
         """Give one quote to a working order, appending its reports to ``out``; True when
         the order is done. Reports carry the quote's time."""
         order = pending.order
@@ -179,7 +157,7 @@ class QuoteRule(Generic[W]):
             return True
         return False
 
-    def price(self, pending: W, quote: Quoted) -> QuoteFill | None:
+    def price(self, pending: W, quote: QuotePrices) -> QuoteFill | None:
         """The price, fee side and size this quote fills the order at, or None."""
         order = pending.order
         kind = order.order_type
@@ -203,6 +181,141 @@ class QuoteRule(Generic[W]):
         if pending.rested:
             return QuoteFill(limit, False, size)  # crossed while resting: maker at the limit
         return QuoteFill(touch, True, size)  # marketable on arrival (or trigger): taker
+
+
+class QuoteBooks(Generic[W]):
+    """The quote side of a paper venue: each market's buffer (the lists and the drop times
+    live in the venue's state, for its snapshot), the working orders of each market, and
+    the orders that reached the venue after quotes past their time (late orders)."""
+
+    def __init__(self, rule: QuoteRule[W]) -> None:
+        self.rule = rule
+        self.catch_up = True  # a new order is matched against the buffer at once
+        self._quotes: dict[InstrumentId, list[QuotePrices]] = {}
+        self._dropped: dict[InstrumentId, int] = {}
+        self._books: dict[str, dict[str, list[QuotePrices]]] = {}
+        self._working: dict[str, dict[str, list[W]]] = {}
+        self._late: list[W] = []
+        self._encoded: dict[InstrumentId, msgspec.Raw] = {}  # buffers unchanged since encoded
+
+    def load(
+        self,
+        quotes: dict[InstrumentId, list[QuotePrices]],
+        dropped: dict[InstrumentId, int],
+        pending: list[W],
+    ) -> None:
+        """Index the venue's state (a new one, or one just restored)."""
+        self._quotes, self._dropped = quotes, dropped
+        self._books = {}
+        for market, history in quotes.items():
+            self._books.setdefault(market.venue, {})[market.symbol] = history
+        self._working = {}
+        for working in pending:
+            self._listed(working).append(working)
+        self._late = []
+        self._encoded = {}
+
+    def encoded(self) -> dict[InstrumentId, msgspec.Raw]:
+        """Every buffer as msgpack, for the venue's snapshot (taken after every batch): a
+        buffer no quote has changed since the last snapshot is not encoded again."""
+        cache = self._encoded
+        out: dict[InstrumentId, msgspec.Raw] = {}
+        for market, history in self._quotes.items():
+            raw = cache.get(market)
+            if raw is None:
+                raw = cache[market] = msgspec.Raw(msgspec.msgpack.encode(history))
+            out[market] = raw
+        return out
+
+    def stale(self, order: OrderCommand) -> bool:
+        """Whether a quote after the order has already left its market's buffer."""
+        return self._dropped.get(InstrumentId(order.venue, order.symbol), 0) > order.ts
+
+    def new_order(self, pending: W, out: list[Event]) -> bool:
+        """Match a new order against the buffered quotes after it, or, when the caller steps
+        through them (``catch_up`` off), note it as late; True when it is done."""
+        order = pending.order
+        history = self._books.get(order.venue, {}).get(order.symbol)
+        if history:
+            start = first_after(history, order.ts)
+            if start < len(history) and not self.catch_up:
+                self._late.append(pending)
+            elif start < len(history):
+                advance = self.rule.advance
+                for quote in history[start:]:
+                    if advance(pending, quote, out):
+                        return True
+        self._listed(pending).append(pending)
+        return False
+
+    def on_quote(self, quote: Quote, out: list[Event]) -> list[W]:
+        """Buffer a quote and give it to the working orders of its market; the orders it
+        finished. A quote not after the newest one kept (a redelivery after a restart) was
+        already judged."""
+        try:
+            history = self._books[quote.venue][quote.symbol]
+        except KeyError:
+            history = self._books.setdefault(quote.venue, {})[quote.symbol] = []
+            self._quotes[InstrumentId(quote.venue, quote.symbol)] = history
+        if history and quote.ts <= history[-1].ts:
+            return []
+        prices = compact(quote)
+        history.append(prices)
+        market = InstrumentId(quote.venue, quote.symbol)
+        self._encoded.pop(market, None)
+        dropped = keep(history)
+        if dropped:
+            self._dropped[market] = dropped
+        working = self._working.get(quote.venue, {}).get(quote.symbol)
+        return self._give(prices, list(working), out) if working else []
+
+    def behind(self, out: list[Event]) -> tuple[int, list[W]] | None:
+        """Give the earliest buffered quote a late order has not been given yet to the late
+        orders of its market: its time and the orders it finished; None when no order is
+        behind any more."""
+        best: tuple[QuotePrices, OrderCommand] | None = None
+        late = self._late
+        for pending in late:
+            order = pending.order
+            if not any(w is pending for w in self._listed(pending)):
+                continue  # done, or canceled
+            history = self._books[order.venue][order.symbol]
+            i = first_after(history, max(order.ts, pending.seen))
+            if i < len(history) and (best is None or history[i].ts < best[0].ts):
+                best = history[i], order
+        if best is None:
+            late.clear()
+            return None
+        quote, first = best
+        due = [
+            p
+            for p in late
+            if p.order.venue == first.venue
+            and p.order.symbol == first.symbol
+            and any(w is p for w in self._listed(p))
+        ]
+        return quote.ts, self._give(quote, due, out)
+
+    def forget(self, pending: W) -> None:
+        """A working order is done or canceled."""
+        listed = self._listed(pending)
+        for i, working in enumerate(listed):
+            if working is pending:
+                del listed[i]
+                return
+
+    def _give(self, quote: QuotePrices, orders: list[W], out: list[Event]) -> list[W]:
+        advance = self.rule.advance
+        done: list[W] = []
+        for working in orders:
+            if advance(working, quote, out):
+                done.append(working)
+                self.forget(working)
+        return done
+
+    def _listed(self, pending: W) -> list[W]:
+        order = pending.order
+        return self._working.setdefault(order.venue, {}).setdefault(order.symbol, [])
 
 
 _ts = operator.attrgetter("ts")
