@@ -9,26 +9,33 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
+import os
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
 
+import aiohttp
 import ccxt
 import pytest
 from aiohttp import web
 from nats.js.api import StreamInfo
 from prometheus_client import REGISTRY, generate_latest
 
+from contracts.events import Heartbeat
 from eventstore.bus import Bus
-from eventstore.log_reader import read_until
+from eventstore.log_reader import last_per_subject, read_until
+from eventstore.server import URL_ENV, EmbeddedServer
 from services.config import MarketConfig
 from services.marketdata.live.session import LiveSession
 from services.venues.ccxt_exchange import build_exchange, read_secrets, redact_logs
 from services.venues.config import Credentials, VenueConfig
-from tests.conftest import keel
+from tests.conftest import ROOT, keel
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import default_symbols, start_fake
 from tests.test_cli import table_row
+from tests.test_live_up import STEP, live_toml, wait_for
 from tests.test_venue_check import NO_SERVER, write_config
 
 SECRETS = {
@@ -239,3 +246,81 @@ async def test_a_live_session_never_stores_or_logs_a_secret(
         assert not leaks(text), stream
     metrics = generate_latest(REGISTRY).decode()
     assert not leaks(metrics)
+
+
+async def metrics_texts(bus: Bus) -> dict[str, str]:
+    """The /metrics text of every worker that announced a metrics port in its heartbeat."""
+    beats = await last_per_subject(bus, "SYSTEM", "sys.heartbeat.>")
+    ports = {
+        b.event.worker: b.event.metrics_port
+        for b in beats
+        if isinstance(b.event, Heartbeat) and b.event.metrics_port
+    }
+    texts: dict[str, str] = {}
+    async with aiohttp.ClientSession() as session:
+        for worker, port in ports.items():
+            async with session.get(f"http://127.0.0.1:{port}/metrics") as response:
+                texts[worker] = await response.text()
+    return texts
+
+
+async def test_keel_up_on_a_venue_never_shows_a_secret(
+    secret_env: dict[str, str], tmp_path: Path, nats_server: EmbeddedServer, bus: Bus
+) -> None:
+    """The fleet on the Binance fake with every secret named, the first REST answers 503,
+    429 and 500, then malformed frames: its output, the workers' logs under .keel/logs, every
+    stored message and every worker's metrics hold no secret."""
+    clock = ScaledClock((time.time_ns() // STEP) * STEP, 60.0)
+    specs = default_symbols("binance", 2)
+    fake = await start_fake("binance", specs, clock)
+    fake.faults.http_errors.extend([503, 429, 500])
+    entry = {**fake.venue_entry("fx"), "credentials": CREDENTIALS}
+    config = tmp_path / "live.toml"
+    config.write_text(live_toml(entry, [s.symbol for s in specs]))
+    env = {
+        **os.environ,
+        URL_ENV: nats_server.url,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes" / "site"), str(ROOT)]),
+        "KEEL_TEST_CLOCK": clock.to_env(),
+        "COLUMNS": "300",
+    }
+    up = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "cli.app",
+        "up",
+        "--config",
+        str(config),
+        cwd=tmp_path,
+        env=env,
+        stdout=asyncio.subprocess.PIPE,
+        stderr=asyncio.subprocess.STDOUT,
+    )
+    try:
+        await wait_for(bus, "md.bar.fx.>", "MARKET", "live bars", 90)
+        fake.faults.malformed = 3
+        await wait_for(bus, "sys.dlq.>", "SYSTEM", "a dead letter", 30)
+        await wait_for(bus, "sig.>", "SIGNALS", "a signal", 40)
+        metrics = await metrics_texts(bus)
+        up.send_signal(signal.SIGINT)
+        output, _ = await asyncio.wait_for(up.communicate(), 60)
+    finally:
+        if up.returncode is None:
+            up.kill()
+            await up.wait()
+        await fake.stop()
+    text = output.decode(errors="replace")
+    assert up.returncode == 0, text
+    assert not leaks(text), text
+    logs = tmp_path / ".keel" / "logs"
+    feed_log = (logs / "marketdata.log").read_text()
+    assert "503" in feed_log  # the failed requests were logged, with their text
+    assert not files_with_secrets(tmp_path)
+    stored = await stored_texts(bus)
+    assert "md.bar.fx." in stored["MARKET"]
+    for stream, stored_text in stored.items():
+        assert not leaks(stored_text), stream
+    assert {"risk", "execution", "portfolio"} <= set(metrics), metrics.keys()
+    for worker, metrics_text in metrics.items():
+        assert "# TYPE" in metrics_text
+        assert not leaks(metrics_text), worker
