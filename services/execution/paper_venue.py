@@ -68,7 +68,7 @@ class PaperVenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     fills, a 10 bps fee, no slippage, latency or volume limit by default. Ranges are checked
     when the config is decoded (``services/config.py``)."""
 
-    fill: Literal["next_open", "close", "quote"] = "next_open"
+    fill: Literal["next_open", "close", "quote"] = "next_open"  # "quote": quotes fill, not bars
     fee_bps: Bps = 10.0  # taker fee: market and stop fills
     # limit and stop_limit fills; None = fee_bps; negative: a rebate
     maker_fee_bps: Annotated[float, Meta(ge=-1000, le=1000)] | None = None
