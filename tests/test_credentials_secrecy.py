@@ -1,8 +1,11 @@
-"""Credentials never leave the process in clear: with distinctive secret strings in the
-environment, ``keel venue check`` against fakes that fail some requests (and, for Bybit, a
-signed private request made with the key) prints none of them, writes none to a file, and a
-ccxt exception whose text quotes the key (an endpoint echoing the request) is logged with the
-key hidden by ``build_exchange``'s ``Redactor``."""
+"""Credentials never leave a process in clear. With distinctive secret strings in the
+environment and named by the venue entry: ``keel venue check`` against fakes that fail some
+requests (and, for Bybit, a signed private request made with the key) prints none and writes
+none to a file; a ccxt exception whose text quotes the key (an endpoint echoing the request)
+is logged with the key hidden by ``build_exchange``'s ``Redactor``; the live marketdata
+session (REST errors, malformed frames, a drop) logs none, DEBUG included, and stores none;
+and ``keel up`` on the Binance fake shows none in its output, its workers' logs, any stored
+message of any stream or any worker's metrics."""
 
 from __future__ import annotations
 
