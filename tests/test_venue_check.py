@@ -146,6 +146,28 @@ async def test_an_exchange_answering_503_fails_the_rest_row(tmp_path: Path) -> N
     assert table_row(result.stdout, "websocket")[1] == "ok"
 
 
+async def test_a_silent_websocket_fails_within_the_timeout(tmp_path: Path) -> None:
+    """The socket opens and answers pings but sends no data: the check gives up after
+    ``--timeout`` and says so."""
+    fake = await fake_of("binance")
+    try:
+        fake.faults.silent = True
+        config = write_config(tmp_path / "live.json", fake, ["BTC/USDT"])
+        result = await asyncio.to_thread(
+            keel, NO_SERVER, "venue", "check", "x", "--config", str(config), "--timeout", "2"
+        )
+    finally:
+        await fake.stop()
+    both = result.stdout + result.stderr
+    assert result.returncode == 1, both
+    assert "Traceback" not in both
+    assert table_row(result.stdout, "websocket")[1:] == [
+        "FAIL",
+        "watch_ohlcv BTC/USDT: no answer within 2 s",
+    ]
+    assert table_row(result.stdout, "markets loaded")[1] == "ok"
+
+
 async def test_a_missing_credential_is_named_never_shown(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
