@@ -16,7 +16,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.events import Bar, Event, ExecutionReport, OrderCommand
-from services.execution.paper_venue import HISTORY, PaperVenue, PaperVenueConfig
+from services.execution.paper_venue import PaperVenue, PaperVenueConfig, history_bars
 from tests.factories import BTC, MINUTE, T0, VENUE, ohlc_bar
 
 
@@ -470,7 +470,9 @@ def test_next_open_outcome_is_independent_of_arrival_point(
 
 def test_order_older_than_the_kept_history_is_rejected_as_stale() -> None:
     v = venue()
-    history = [ohlc_bar(i, 100.0, 101.0, 99.0, 100.0) for i in range(HISTORY + 5)]
+    history = [
+        ohlc_bar(i, 100.0, 101.0, 99.0, 100.0) for i in range(history_bars(PaperVenueConfig()) + 5)
+    ]
     reports = feed(v, [*history, order(T0 + MINUTE)])
     assert statuses(reports) == ["accepted", "rejected"]
     assert "stale" in reports[1].reason

@@ -24,6 +24,7 @@ from replay.engine import ReplayEngine
 from services.config import load_config
 from services.execution.oms import OrderManager
 from services.execution.paper_venue import PaperVenue, PaperVenueConfig
+from services.execution.quote_fills import _QUOTE_TRIM as TRIM
 from services.execution.quote_fills import QUOTE_AGE_NS, QUOTE_CAP, QUOTES_KEPT
 from services.execution.role import execution_role
 from services.fleet import fleet_roles
@@ -339,14 +340,14 @@ def steady(n: int, every_ns: int, start: int = T0) -> list[Quote]:
 
 def test_buffer_keeps_the_last_quotes_by_count_at_a_slow_pace() -> None:
     v = venue()
-    feed(v, steady(QUOTES_KEPT + 63, S))  # one a second: 256 cover more than 60 s
+    feed(v, steady(QUOTES_KEPT + TRIM - 1, S))  # one a second: the count covers more than the age
     (history,) = v.state.quotes.values()
-    assert len(history) == QUOTES_KEPT + 63  # trimmed in batches of 64
-    feed(v, [quote(T0 + (QUOTES_KEPT + 63) * S, 100.0, 100.5)])
+    assert len(history) == QUOTES_KEPT + TRIM - 1  # trimmed in batches
+    feed(v, [quote(T0 + (QUOTES_KEPT + TRIM - 1) * S, 100.0, 100.5)])
     assert len(history) == QUOTES_KEPT
-    assert history[0].ts == T0 + 64 * S
+    assert history[0].ts == T0 + TRIM * S
     (dropped,) = v.state.dropped.values()
-    assert dropped == T0 + 63 * S
+    assert dropped == T0 + (TRIM - 1) * S
 
 
 def test_buffer_keeps_every_quote_of_the_last_minute_at_a_fast_pace() -> None:
@@ -356,8 +357,8 @@ def test_buffer_keeps_every_quote_of_the_last_minute_at_a_fast_pace() -> None:
     (history,) = v.state.quotes.values()
     newest = quotes[-1].ts
     assert history[-1].ts == newest
-    assert history[0].ts <= newest - QUOTE_AGE_NS  # all of the last 60 s, and a batch more
-    assert len(history) < 600 + 64
+    assert history[0].ts <= newest - QUOTE_AGE_NS  # all of the kept age, and a batch more
+    assert len(history) < QUOTE_AGE_NS // (S // 10) + TRIM + 1
 
 
 def test_buffer_never_exceeds_its_cap() -> None:
@@ -369,19 +370,19 @@ def test_buffer_never_exceeds_its_cap() -> None:
 
 def test_order_older_than_a_dropped_quote_is_rejected_as_stale() -> None:
     v = venue()
-    feed(v, steady(QUOTES_KEPT + 64, S))
-    got = reports(feed(v, [order(ts=T0 + 10 * S)]))
+    feed(v, steady(QUOTES_KEPT + TRIM, S))
+    got = reports(feed(v, [order(ts=T0 + 1 * S)]))
     assert [r.status for r in got] == ["accepted", "rejected"]
     assert got[1].reason == (
         "stale order: a quote after it has left the venue's buffer "
-        "(the last 256 quotes or 60 s are kept)"
+        f"(the last {QUOTES_KEPT} quotes or {QUOTE_AGE_NS // 10**9} s are kept)"
     )
     assert v.state.pending == []
 
 
 def test_order_older_than_every_quote_kept_fills_when_none_after_it_was_dropped() -> None:
     v = venue()
-    feed(v, steady(QUOTES_KEPT + 64, S))
+    feed(v, steady(QUOTES_KEPT + TRIM, S))
     (dropped,) = v.state.dropped.values()
     got = reports(feed(v, [order(ts=dropped)]))  # the dropped quote is not after the order
     assert [(r.status, r.ts) for r in got] == [("accepted", dropped), ("filled", dropped + S)]

@@ -24,7 +24,7 @@ states every rule with a worked example; in short:
   keeps working (``partially_filled`` reports carry ``cum_qty``);
 - IOC and FOK orders act on their first eligible bar only (IOC cancels what is unfilled,
   FOK fills completely or not at all); GTC orders wait. An order older than every bar the
-  venue still keeps (the last ``HISTORY`` per symbol) is rejected as stale.
+  venue still keeps (the last ``history_bars`` per symbol) is rejected as stale.
 
 With ``fill = "quote"`` quotes fill orders instead of bars (``quote_fills.py``): the venue
 keeps a bounded buffer of recent quotes per market, and bars are ignored.
@@ -54,8 +54,8 @@ from services.execution.quote_fills import (
     QuoteRule,
 )
 
-HISTORY = 1024  # bars per symbol an order may still be matched against
-_TRIM = 256  # the list is trimmed back to HISTORY once it holds HISTORY + _TRIM bars
+HISTORY_MARGIN = 64  # bars beyond the configured latency an order may still be matched against
+_TRIM = 32  # a history is trimmed back once it holds this many bars more than it keeps
 MAX_LATENCY_BARS = 1000
 
 
@@ -78,6 +78,13 @@ class PaperVenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     latency_jitter_bars: LatencyBars = 0
     seed: int = 0
     max_participation: Annotated[float, Meta(gt=0, le=1)] | None = None
+
+
+def history_bars(config: PaperVenueConfig) -> int:
+    """Bars kept per market: an order reaches the venue within a time step of its bar (the
+    worker merges its inputs in stored order), so beyond the configured latency a margin
+    suffices, and a snapshot of hundreds of markets stays well under the server's payload."""
+    return HISTORY_MARGIN + config.latency_bars + config.latency_jitter_bars
 
 
 class _BarPrices(msgspec.Struct, array_like=True):
@@ -133,6 +140,7 @@ class PaperVenue:
         self._taker_bps = config.fee_bps
         self._maker_bps = config.fee_bps if config.maker_fee_bps is None else config.maker_fee_bps
         self._participation = config.max_participation
+        self._keep = history_bars(config)
         # venue -> symbol -> the list in ``state.bars``: a bar or an order builds no key
         self._histories: dict[str, dict[str, list[Prices]]] = {}
         self._quotes: QuoteBooks[_Pending] | None = None
@@ -159,8 +167,8 @@ class PaperVenue:
             except KeyError:
                 history = self._history(event.venue, event.symbol)
             history.append(event)
-            if len(history) >= HISTORY + _TRIM:
-                del history[:-HISTORY]
+            if len(history) >= self._keep + _TRIM:
+                del history[: -self._keep]
             return self._on_bar(event) if self.state.pending else []
         if type(event) is Quote:
             return self._on_quote(event, self._quotes) if self._quotes is not None else []
@@ -185,9 +193,9 @@ class PaperVenue:
             history = self._histories[order.venue][order.symbol]
         except KeyError:
             history = []  # no bar of this market yet
-        first = len(history) - HISTORY  # only the last HISTORY bars count
+        first = len(history) - self._keep  # only the kept bars count
         if first >= 0 and history[first].open_time > order.ts:
-            reason = f"stale order: older than the last {HISTORY} bars the venue keeps"
+            reason = f"stale order: older than the last {self._keep} bars the venue keeps"
             reports.append(_report(order, "rejected", now, pending.venue_order_id, reason=reason))
             return reports
         # History is in time order: skip straight past bars that closed before the order (a

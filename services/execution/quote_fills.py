@@ -32,10 +32,12 @@ import msgspec
 from contracts.events import Event, ExecStatus, ExecutionReport, OrderCommand, Quote
 from contracts.keys import InstrumentId
 
-QUOTES_KEPT = 256  # at least the last this many quotes per market are kept...
-QUOTE_AGE_NS = 60_000_000_000  # ...and every quote within this much exchange time of the newest
-QUOTE_CAP = 4096  # but never more than this (plus a trim batch): memory stays bounded
-_QUOTE_TRIM = 64  # quotes are dropped in batches of at least this many
+# An order reaches the venue milliseconds after its bar; these bounds cover that many times
+# over and keep a snapshot of hundreds of markets far under the server's payload limit.
+QUOTES_KEPT = 32  # at least the last this many quotes per market are kept...
+QUOTE_AGE_NS = 10_000_000_000  # ...and every quote within this much exchange time of the newest
+QUOTE_CAP = 512  # but never more than this (plus a trim batch): memory stays bounded
+_QUOTE_TRIM = 16  # quotes are dropped in batches of at least this many
 # relative: a bar or quote that can fill all but this fraction of the order fills it all
 DUST = 1e-9
 
