@@ -146,6 +146,28 @@ async def test_an_exchange_answering_503_fails_the_rest_row(tmp_path: Path) -> N
     assert table_row(result.stdout, "websocket")[1] == "ok"
 
 
+async def test_a_universe_and_an_interval_not_offered(tmp_path: Path) -> None:
+    fake = await fake_of("binanceusdm", 5)
+    try:
+        config = tmp_path / "live.json"
+        market = {"venue": "x", "universe": "usdt_perpetuals", "interval": "2m"}
+        config.write_bytes(
+            msgspec.json.encode({"market": market, "venues": [fake.venue_entry("x")]})
+        )
+        result = await venue_check(config)
+    finally:
+        await fake.stop()
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert table_row(result.stdout, "symbols")[1:] == [
+        "ok",
+        "universe usdt_perpetuals: 5 active markets",
+    ]
+    interval = table_row(result.stdout, "interval")
+    assert interval[1] == "FAIL"
+    assert interval[2].startswith("2m not offered (offered: ")
+    assert "1 of 9 checks failed" in result.stdout
+
+
 async def test_a_silent_websocket_fails_within_the_timeout(tmp_path: Path) -> None:
     """The socket opens and answers pings but sends no data: the check gives up after
     ``--timeout`` and says so."""
