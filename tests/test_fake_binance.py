@@ -182,6 +182,9 @@ async def test_silent_keeps_the_socket_and_answers_pings(venue: Venue) -> None:
         # two exchange minutes: closes pass, nothing comes
         await asyncio.wait_for(venue.exchange.watch_ohlcv(symbol, "1m"), 120 / RATE)
     assert venue.fake.frames_sent == sent
+    async with asyncio.timeout(5):  # the server's pings go on (futures: every 3 min)
+        while venue.fake.pings_sent == 0:
+            await asyncio.sleep(0.05)
     client = next(iter(venue.exchange.clients.values()))
     client.lastPong = None
     await client.connection.ping()

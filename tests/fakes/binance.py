@@ -65,6 +65,7 @@ class BinanceSkin:
     def __init__(self, fake: FakeExchange, exchange_id: str) -> None:
         self.fake = fake
         self.exchange_id = exchange_id
+        self.ping_every_s = 180.0 if exchange_id == "binanceusdm" else 20.0
         self.frames = BinanceFrames(fake)
         self._by_id: dict[tuple[bool, str], SymbolSpec] = {}
         self._version = -1

@@ -26,7 +26,9 @@ here. A skin is a class (``SKINS`` maps ccxt ids to it, imported lazily) built a
 - ``error(status) -> web.Response``: the exchange's error answer (``faults.http_errors``);
 - ``urls(http_url, ws_url) -> dict`` and ``options() -> dict``: what ``venue_entry`` lays
   over ccxt's ``urls`` / ``options`` so that ccxt's own code path reaches this server and
-  ``load_markets`` asks only for what the fake serves.
+  ``load_markets`` asks only for what the fake serves;
+- optionally ``ping_every_s: float``: the server sends a websocket ping frame that often
+  (exchange seconds, silent or not), as Binance does; 0 or absent for none.
 """
 
 from __future__ import annotations
@@ -275,6 +277,7 @@ class FakeExchange:
         self.connections: set[Connection] = set()
         self.ticks = 0
         self.behind = 0
+        self.pings_sent = 0
         self.listed_ns = self.open_of(clock.now_ns()) - LISTED_FOR_NS
         """The first candle the exchange has (its listing): history starts there."""
         self.skin: Skin = skin_type(self, self.exchange_id)
@@ -440,6 +443,7 @@ class FakeExchange:
         await ws.prepare(request)
         conn = Connection(ws, request, self)
         self.connections.add(conn)
+        pinger = asyncio.create_task(self._ping(ws, getattr(self.skin, "ping_every_s", 0.0)))
         try:
             await self.skin.on_open(conn)
             async for message in ws:
@@ -448,8 +452,19 @@ class FakeExchange:
                 elif message.type == WSMsgType.ERROR:
                     break
         finally:
+            pinger.cancel()
             self._forget(conn)
         return ws
+
+    async def _ping(self, ws: web.WebSocketResponse, every_s: float) -> None:
+        while every_s > 0 and not ws.closed:
+            await self.clock.sleep(every_s)
+            if not ws.closed:
+                try:
+                    await ws.ping()
+                except (ConnectionError, RuntimeError):
+                    return
+                self.pings_sent += 1
 
     def _forget(self, conn: Connection) -> None:
         self.connections.discard(conn)
