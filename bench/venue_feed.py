@@ -1,0 +1,233 @@
+"""The live marketdata worker against an exchange fake: close-to-stored latency, CPU, memory.
+
+One run, loopback only: a fresh embedded nats-server, the Binance USDT-M fake
+(``tests/fakes``) and the real worker, ``keel run marketdata --config live.toml``, as its own
+process, the fake's exchange clock shared with it through ``KEEL_TEST_CLOCK``.
+
+- **Latency** per closed bar: the server's store time of the bar (JetStream metadata) minus
+  the wall time of the candle's close on the exchange clock. That counts the fake sending
+  the close, ccxt parsing it, the worker deciding it is closed, and the publish.
+- **CPU** of the worker process (user + system over wall) and its **RSS**, sampled each
+  exchange minute.
+
+At ``--rate 60`` an exchange minute lasts a wall second, and the fake sends 4 kline updates
+a minute plus the close per symbol: about 5 frames per symbol per wall second, or ~2,700
+frames/s at 541 symbols, which is the order of Binance's real kline stream for that many
+active perpetuals (an update every 250 ms when trading). The memory case runs ``--hours`` of
+exchange time (an hour is a wall minute at rate 60) with trades and quotes on as well.
+
+Usage::
+
+    .venv/bin/python bench/venue_feed.py [--symbols 1,50,541] [--closes 30] [--hours 1]
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import platform
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import msgspec
+from nats.js.api import DeliverPolicy
+
+from contracts.codec import decode
+from contracts.events import Bar
+from eventstore.bus import Bus
+from eventstore.server import URL_ENV, EmbeddedServer
+from tests.fakes.__main__ import venue_toml
+from tests.fakes.clock import ScaledClock
+from tests.fakes.core import FakeExchange, default_symbols, start_fake
+
+ROOT = Path(__file__).resolve().parents[1]
+STEP_NS = 60_000_000_000
+TICKS_PER_S = os.sysconf("SC_CLK_TCK")
+
+
+class Case(msgspec.Struct):
+    symbols: int
+    rate: float
+    closes: int
+    bars: int
+    p50_ms: float
+    p99_ms: float
+    max_ms: float
+    cpu_pct: float
+    rss_mb_start: float
+    rss_mb_end: float
+    frames_per_s: float
+    trades: bool = False
+    quotes: bool = False
+
+
+def live_toml(entry: dict, symbols: list[str], trades: bool, quotes: bool) -> str:
+    listed = ", ".join(f'"{s}"' for s in symbols)
+    return f"""
+[market]
+venue = "fx"
+symbols = [{listed}]
+interval = "1m"
+trades = {str(trades).lower()}
+quotes = {str(quotes).lower()}
+stall_grace_s = 30
+lockstep = false
+
+{venue_toml(entry)}
+"""
+
+
+def cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICKS_PER_S
+
+
+def rss_mb(pid: int) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1]) / 1024
+    return 0.0
+
+
+def stored_ns(reply: str) -> int:
+    """The store time JetStream puts in a message's ack subject (ns, exact)."""
+    return int(reply.split(".")[-2])
+
+
+async def run_case(
+    n: int, rate: float, closes: int, *, trades: bool = False, quotes: bool = False
+) -> Case:
+    with tempfile.TemporaryDirectory(prefix="keel-venue-bench-") as tmp:
+        work = Path(tmp)
+        server = EmbeddedServer(work / "nats").start()
+        now = time.time_ns()
+        clock = ScaledClock(now - now % STEP_NS - 2 * 3600 * 10**9, rate)
+        fake: FakeExchange = await start_fake(
+            "binanceusdm", default_symbols("binanceusdm", n), clock
+        )
+        config = work / "live.toml"
+        symbols = list(fake.specs)
+        config.write_text(live_toml(fake.venue_entry("fx"), symbols, trades, quotes))
+        env = {
+            **os.environ,
+            URL_ENV: server.url,
+            "KEEL_TEST_CLOCK": clock.to_env(),
+            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes" / "site"), str(ROOT)]),
+        }
+        log = (work / "marketdata.log").open("wb")
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.app", "run", "marketdata", "--config", str(config),
+            cwd=work, env=env, stdout=log, stderr=log,
+        )  # fmt: skip
+        bus = await Bus.connect(server.url, name="bench")
+        latencies: list[float] = []
+        seen: dict[int, int] = {}
+
+        async def on_bar(msg) -> None:
+            event = decode(msg.data)
+            if isinstance(event, Bar):
+                wall_close = clock.wall0_ns + (event.close_time - clock.start_ns) / rate
+                latencies.append((stored_ns(msg.reply) - wall_close) / 1e6)
+                seen[event.close_time] = seen.get(event.close_time, 0) + 1
+
+        sub = await bus.js.subscribe(
+            "md.bar.>", stream="MARKET", cb=on_bar, ordered_consumer=True,
+            deliver_policy=DeliverPolicy.NEW,
+        )  # fmt: skip
+        try:
+            deadline = time.monotonic() + 120
+            while not any(count == n for count in seen.values()):  # every symbol streaming
+                if proc.returncode is not None or time.monotonic() > deadline:
+                    raise SystemExit(f"the worker did not stream: see {work}/marketdata.log")
+                await asyncio.sleep(0.05)
+            await clock.sleep(3 * STEP_NS / 1e9)  # warm-up closes
+            latencies.clear()
+            frames0, cpu0, wall0 = fake.frames_sent, cpu_seconds(proc.pid), time.monotonic()
+            rss = [rss_mb(proc.pid)]
+            for _ in range(closes):
+                await clock.sleep(STEP_NS / 1e9)
+                rss.append(rss_mb(proc.pid))
+            await clock.sleep(5)  # the last close's bars
+            wall = time.monotonic() - wall0
+            cpu = (cpu_seconds(proc.pid) - cpu0) / wall * 100
+            frames = (fake.frames_sent - frames0) / wall
+        finally:
+            await sub.unsubscribe()
+            proc.terminate()
+            await proc.wait()
+            await bus.close()
+            await fake.stop()
+            server.stop()
+            log.close()
+        ordered = sorted(latencies)
+        return Case(
+            symbols=n,
+            rate=rate,
+            closes=closes,
+            bars=len(ordered),
+            p50_ms=round(statistics.median(ordered), 2),
+            p99_ms=round(ordered[int(0.99 * (len(ordered) - 1))], 2),
+            max_ms=round(ordered[-1], 2),
+            cpu_pct=round(cpu, 1),
+            rss_mb_start=round(rss[1] if len(rss) > 1 else rss[0], 1),
+            rss_mb_end=round(rss[-1], 1),
+            frames_per_s=round(frames),
+            trades=trades,
+            quotes=quotes,
+        )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--symbols", default="1,50,541", help="comma-separated symbol counts")
+    parser.add_argument("--rate", type=float, default=60.0, help="exchange seconds per wall s")
+    parser.add_argument("--closes", type=int, default=30, help="measured closes per case")
+    parser.add_argument("--hours", type=float, default=1.0, help="memory case: exchange hours")
+    parser.add_argument("--memory-symbols", type=int, default=541)
+    parser.add_argument("--json", action="store_true")
+    args = parser.parse_args()
+    cases = [asyncio.run(run_case(int(n), args.rate, args.closes)) for n in args.symbols.split(",")]
+    memory = None
+    if args.hours > 0:
+        memory = asyncio.run(
+            run_case(
+                args.memory_symbols,
+                args.rate,
+                int(args.hours * 60),
+                trades=True,
+                quotes=True,
+            )
+        )
+    if args.json:
+        print(
+            json.dumps(
+                {"latency": msgspec.to_builtins(cases), "memory": msgspec.to_builtins(memory)}
+            )
+        )
+        return
+    print(
+        f"# {platform.node()} {os.cpu_count()} cpus, rate {args.rate}, python {platform.python_version()}"
+    )
+    print("| symbols | bars | p50 ms | p99 ms | max ms | worker CPU % | RSS MB | frames/s |")
+    print("|---|---|---|---|---|---|---|---|")
+    for c in cases:
+        print(
+            f"| {c.symbols} | {c.bars} | {c.p50_ms} | {c.p99_ms} | {c.max_ms} | {c.cpu_pct} "
+            f"| {c.rss_mb_end} | {c.frames_per_s} |"
+        )
+    if memory is not None:
+        print(
+            f"\nmemory, {memory.symbols} symbols with trades and quotes, {memory.closes} exchange "
+            f"minutes: RSS {memory.rss_mb_start} MB after the first minute, "
+            f"{memory.rss_mb_end} MB at the end; CPU {memory.cpu_pct} %; "
+            f"p50 {memory.p50_ms} / p99 {memory.p99_ms} ms"
+        )
+
+
+if __name__ == "__main__":
+    main()
