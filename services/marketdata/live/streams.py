@@ -230,23 +230,31 @@ class Streams:
     ) -> None:
         backoff = Backoff(seed=self.seed + len(self._tasks))
         dropped = False
+        call: asyncio.Future[Any] = asyncio.ensure_future(watch())
         try:
             while True:
                 try:
-                    result = await watch()
+                    result = await call
                 except ccxt.NetworkError as exc:
                     self.outage.trouble(where, exc)
                     if not dropped:
                         dropped = True
                         self.sink.disconnected(symbols)
                     await self.calls.pause(backoff.next())
+                    call = asyncio.ensure_future(watch())
                     continue
                 except ccxt.ExchangeClosedByUser:
                     return
                 except Exception as exc:  # a frame ccxt could not use: a reason, not a crash
                     self.sink.frame_error(where, exc)
                     await self.calls.pause(backoff.next())
+                    call = asyncio.ensure_future(watch())
                     continue
+                # The next call first, so that its future is waiting before this result (and
+                # what else the caches hold) is handled: a frame that arrives later resolves
+                # it, none falls between the two.
+                call = asyncio.ensure_future(watch())
+                await asyncio.sleep(0)
                 if dropped:
                     dropped = False
                     self.outage.cleared()
@@ -258,3 +266,7 @@ class Streams:
                     self.sink.frame_error(where, exc)
         except Stopped:
             return
+        finally:
+            call.cancel()
+            with contextlib.suppress(BaseException):
+                await call
