@@ -27,25 +27,18 @@ from contracts.events import Bar, Instrument
 from contracts.intervals import interval_ns
 from contracts.subjects import name_token
 from eventstore.bus import Bus
-from eventstore.errors import KeelError
 from eventstore.log_reader import last_per_subject
 from services.config import MarketConfig
 from services.marketdata.feed import HEARTBEAT_S, lockstep
 from services.marketdata.live.bars import BarFlow
 from services.marketdata.live.calls import Backoff, Stopped, VenueCalls, one_line
-from services.marketdata.live.candles import ClosedCandles, MalformedFrame
 from services.marketdata.live.continuity import Continuity
-from services.marketdata.live.facts import funding_of, quote_of, trade_of
-from services.marketdata.live.instruments import (
-    InstrumentBook,
-    VenueMarket,
-    instrument_of,
-    select_symbols,
-    venue_markets,
-)
+from services.marketdata.live.funding import FundingPoller
+from services.marketdata.live.instruments import InstrumentBook, VenueMarket
+from services.marketdata.live.listing import Listing
 from services.marketdata.live.publisher import Publisher
-from services.marketdata.live.streams import Streams, bars_from_trades, has
-from services.marketdata.live.thinning import QuoteThrottle, TradeFilter
+from services.marketdata.live.sink import FrameSink
+from services.marketdata.live.streams import Streams, bars_from_trades
 from services.marketdata.live.trade_bars import TradeBars
 from services.runtime.clock import Clock
 from services.runtime.heartbeat import StoreWatch, publish_heartbeat
@@ -104,15 +97,7 @@ class LiveSession:
         self.stopping = asyncio.Event()
         self.step_ns = interval_ns(market.interval)
         self.result = SessionResult()
-        self.book = InstrumentBook()
-        self.closed = ClosedCandles()
-        self.trade_filter = TradeFilter()
-        self.throttle = QuoteThrottle(market.quotes_per_s)
-        self.trade_bars: TradeBars | None = None
         self.redactor = Redactor({})
-        self._funding: dict[str, tuple[float, int, float]] = {}
-        self._reconnect_now = False
-        self.seen: dict[str, int] = {}  # symbol -> clock time of its last data frame
         self._tasks: list[asyncio.Task[Any]] = []
 
     def stop(self) -> None:
@@ -133,11 +118,20 @@ class LiveSession:
         loop = asyncio.get_running_loop()
         handler = loop.get_exception_handler()
         loop.set_exception_handler(self._loop_error)
+        serving = asyncio.create_task(self._started(watch))
+        stopped = asyncio.create_task(self.stopping.wait())
         try:
-            with contextlib.suppress(Stopped):
-                await watch.resume()
-                await self._serve()
+            await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
+            if not serving.done():
+                # A stop cuts a start-up that waits (a venue away, a fleet behind in lockstep).
+                done, _ = await asyncio.wait({serving}, timeout=STOP_GRACE_S)
+                if not done:
+                    serving.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await serving
         finally:
+            serving.cancel()
+            stopped.cancel()
             beating.cancel()
             await self._shutdown()
             loop.set_exception_handler(handler)
@@ -145,12 +139,20 @@ class LiveSession:
                 target.removeFilter(self.redactor)
         return self.result
 
+    async def _started(self, watch: StoreWatch) -> None:
+        with contextlib.suppress(Stopped):
+            await watch.resume()
+            await self._serve()
+
     async def _serve(self) -> None:
-        markets = await self._load_markets()
-        symbols = self._validate(markets)
+        self.listing = Listing(
+            self.exchange, self.calls, self.publisher, self.clock, self.venue.name, self.market
+        )
+        markets = await self.listing.load()
+        symbols = self.listing.validate(markets)
         await self._seed(symbols)
         self._tasks.append(asyncio.create_task(self.publisher.run()))
-        self._publish_instruments(markets, symbols)
+        self.listing.publish(markets, symbols)
         between = lockstep(self.bus, self.consumers) if self.market.lockstep else None
         self.flow = BarFlow(
             self.exchange,
@@ -171,13 +173,24 @@ class LiveSession:
             for symbol in symbols:
                 self.continuity.start(symbol, start)
         self.flow.track(symbols, now)
+        trade_bars = None
         if bars_from_trades(self.exchange):
-            self.trade_bars = TradeBars(self.step_ns, int(TRADE_SETTLE_S * 1e9))
+            trade_bars = TradeBars(self.step_ns, int(TRADE_SETTLE_S * 1e9))
+        self.sink = FrameSink(
+            self.venue.name,
+            self.exchange.id,
+            self.market,
+            self.clock,
+            self.flow,
+            self.publisher,
+            self.redactor,
+            trade_bars,
+        )
         await self.flow.backfill(symbols)
         await self.publisher.flush()
         self.streams = Streams(
             self.exchange,
-            self,
+            self.sink,
             self.calls,
             self.market.interval,
             trades=self.market.trades,
@@ -193,7 +206,23 @@ class LiveSession:
             ", trades" if self.market.trades else "",
             ", quotes" if self.market.quotes else "",
         )
-        for job in (self.flow.run(), self._watchdog(), self._funding_loop(), self._reload_loop()):
+        funding = FundingPoller(
+            self.exchange,
+            self.calls,
+            self.publisher,
+            self.clock,
+            self.venue.name,
+            self.sink.dead_letter,
+        )
+        jobs = (
+            self.flow.run(),
+            self._watchdog(),
+            funding.run(
+                self.market.funding_every_s, lambda: self.listing.perpetuals(list(self.flow.active))
+            ),
+            self._reload_loop(),
+        )
+        for job in jobs:
             self._tasks.append(asyncio.create_task(job))
         stopped = asyncio.create_task(self.stopping.wait())
         running: set[asyncio.Task[Any]] = {stopped, *self._tasks}
@@ -216,6 +245,10 @@ class LiveSession:
         for task in tasks:
             task.cancel()
         await asyncio.gather(*tasks, return_exceptions=True)
+        if hasattr(self, "listing"):
+            self.result.instruments = self.listing.published
+        if hasattr(self, "sink"):
+            self.result.dead_letters = self.sink.dead_letters
         if hasattr(self, "flow"):
             self.result.bars = self.flow.bars
             self.result.empty_minutes = self.flow.empty_minutes
@@ -228,31 +261,6 @@ class LiveSession:
             )
 
     # -- start-up ------------------------------------------------------------------------
-
-    async def _load_markets(self) -> dict[str, VenueMarket]:
-        await self.calls.call("load_markets", lambda: self.exchange.load_markets(True))
-        markets, problems = venue_markets(self.exchange.markets, self.exchange.precisionMode)
-        for problem in problems[:5]:
-            log.warning("%s: %s", self.venue.name, problem)
-        return markets
-
-    def _validate(self, markets: Mapping[str, VenueMarket]) -> list[str]:
-        where = f"{self.venue.name} ({self.exchange.id})"
-        selection = select_symbols(markets, self.market.symbols, self.market.universe)
-        if selection.unknown:
-            raise KeelError(f"market.symbols: {selection.unknown[0]!r} is not listed by {where}")
-        if not selection.ok:
-            raise KeelError(f"market.symbols: {selection.problems()[0]} ({where})")
-        if not selection.markets:
-            raise KeelError(f"market.symbols: no symbol to stream from {where}")
-        timeframes = self.exchange.timeframes or {}
-        if has(self.exchange, "watchOHLCV") and self.market.interval not in timeframes:
-            offered = ", ".join(list(timeframes)[:12])
-            raise KeelError(
-                f"market.interval: {self.market.interval!r} is not offered by {where} "
-                f"(it offers {offered})"
-            )
-        return list(selection.symbols)
 
     async def _seed(self, symbols: Sequence[str]) -> None:
         """Where the log left off: the last Instrument and the last bar of each symbol."""
@@ -268,107 +276,16 @@ class LiveSession:
             lambda: last_per_subject(self.bus, "MARKET", f"md.bar.{venue}.*.{interval}"),
             stop=self.stopping,
         )
-        self.book = InstrumentBook(s.event for s in instruments if isinstance(s.event, Instrument))
+        seed = (s.event for s in instruments if isinstance(s.event, Instrument))
+        self.listing.book = InstrumentBook(seed)
         last = {s.event.symbol: s.event.open_time for s in bars if isinstance(s.event, Bar)}
         self.continuity = Continuity(self.step_ns, {s: last[s] for s in symbols if s in last})
 
-    def _publish_instruments(
-        self, markets: Mapping[str, VenueMarket], symbols: Sequence[str]
-    ) -> list[Instrument]:
-        """Only what changed since the log's last word; a tracked symbol the venue stopped
-        listing or trading becomes ``active=False``."""
-        ts = self.clock.now_ns()
-        tracked = dict.fromkeys([*symbols, *self.book.symbols])
-        current = [
-            instrument_of(self.venue.name, markets[s], ts)
-            for s in tracked
-            if s in markets and markets[s].kind is not None
-        ]
-        changed = self.book.update(current, ts)
-        for instrument in changed:
-            self.publisher.fact(instrument)
-        self.publisher.send()
-        self.result.instruments += len(changed)
-        return changed
-
-    # -- the stream sink (called by the watch loops, never awaits) ---------------------
-
-    def candles(self, symbol: str, rows: Sequence[Any]) -> None:
-        self.seen[symbol] = self.clock.now_ns()
-        try:
-            closed = self.closed.update(symbol, rows)
-        except MalformedFrame as exc:
-            # The candle's last values are now unknown: it is not closed from the stream;
-            # the gap that follows is filled from REST history.
-            self.closed.forget(symbol)
-            self._dead_letter(f"ws.{self.exchange.id}.ohlcv.{symbol}", str(exc), rows)
-            return
-        if closed:
-            self.flow.from_stream(symbol, closed)
-            self.publisher.send()
-
-    def trades(self, symbol: str, trades: Sequence[Mapping[str, Any]]) -> None:
-        if self.trade_bars is not None:
-            self.seen[symbol] = self.clock.now_ns()
-        for trade in trades:
-            try:
-                event = trade_of(self.venue.name, symbol, trade)
-                if not self.trade_filter.admit(symbol, event.trade_id, event.ts):
-                    continue
-                if self.market.trades:
-                    self.publisher.fact(event)
-                if self.trade_bars is not None:
-                    closed = self.trade_bars.add(symbol, event.ts, event.price, event.qty)
-                    self.flow.from_stream(symbol, closed)
-            except MalformedFrame as exc:
-                self._dead_letter(f"ws.{self.exchange.id}.trades.{symbol}", str(exc), trade)
-        self.publisher.send()
-
-    def quotes(self, tickers: Mapping[str, Mapping[str, Any]]) -> None:
-        now = self.clock.now_ns()
-        for symbol, ticker in tickers.items():
-            if symbol not in self.flow.active:
-                continue
-            try:
-                quote = quote_of(self.venue.name, symbol, ticker, now)
-            except MalformedFrame as exc:
-                self._dead_letter(f"ws.{self.exchange.id}.quotes.{symbol}", str(exc), ticker)
-                continue
-            if self.throttle.admit(symbol, quote.ts, quote.bid, quote.ask):
-                self.publisher.fact(quote)
-        self.publisher.send()
-
-    def frame_error(self, where: str, exc: BaseException) -> None:
-        self._dead_letter(f"ws.{self.exchange.id}.{where}", one_line(exc), None)
-
-    def disconnected(self, symbols: Sequence[str]) -> None:
-        for symbol in symbols:
-            self.closed.forget(symbol)
-        self.flow.request(symbols)
-
-    def reconnected(self, symbols: Sequence[str]) -> None:
-        self.flow.request(symbols)
-
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        """A frame ccxt's own parser chokes on raises inside its receive loop, which then
-        stops reading (the socket stays open and silent): said as a dead letter, and the
-        websockets are reconnected at the next watchdog check instead of after a stall."""
-        exc = context.get("exception")
-        if exc is None or "receive_loop" not in repr(context.get("handle", "")):
+        if hasattr(self, "sink"):
+            self.sink.loop_error(loop, context)
+        else:
             loop.default_exception_handler(context)
-            return
-        if hasattr(self, "flow") and hasattr(self, "exchange"):
-            where = f"ws.{self.exchange.id}.receive"
-            self._dead_letter(where, f"ccxt could not parse a frame: {one_line(exc)}", None)
-            self._reconnect_now = True
-
-    def _dead_letter(self, where: str, reason: str, payload: Any) -> None:
-        reason = self.redactor.redact(reason)
-        data = b"" if payload is None else _encode(payload)
-        log.warning("%s: dead letter: %s: %s", self.venue.name, where, reason)
-        self.publisher.dead_letter(self.clock.now_ns(), where, reason, data)
-        self.publisher.send()
-        self.result.dead_letters += 1
 
     # -- periodic jobs -------------------------------------------------------------------
 
@@ -379,13 +296,13 @@ class LiveSession:
         while True:
             await self.calls.pause(tick)
             now = self.clock.now_ns()
-            if self.trade_bars is not None:
-                for symbol, candle in self.trade_bars.close_due(now):
+            if self.sink.trade_bars is not None:
+                for symbol, candle in self.sink.trade_bars.close_due(now):
                     self.flow.from_stream(symbol, [candle], live=False)
                 self.publisher.send()
             newly = self.flow.check_stalls(now)
-            if self._reconnect_now:
-                self._reconnect_now = False
+            if self.sink.reconnect_now:
+                self.sink.reconnect_now = False
                 await self._reconnect()
             elif not self.flow.stale:
                 backoff.reset()
@@ -405,77 +322,27 @@ class LiveSession:
         """A stale symbol whose stream sent nothing for longer than the grace: only a new
         connection cures a silent socket (one that delivers again needs no reconnect)."""
         quiet = int(self.market.stall_grace_s * 1e9)
-        return any(now - self.seen.get(s, 0) > quiet for s in self.flow.stale)
+        return any(now - self.sink.seen.get(s, 0) > quiet for s in self.flow.stale)
 
     async def _reconnect(self) -> None:
         for symbol in self.flow.active:
-            self.closed.forget(symbol)
+            self.sink.closed.forget(symbol)
         await self.streams.reconnect(list(self.flow.active))
         self.flow.request(self.flow.active)
         self.result.reconnects += 1
-
-    async def _funding_loop(self) -> None:
-        if not (has(self.exchange, "fetchFundingRates") or has(self.exchange, "fetchFundingRate")):
-            return
-        while True:
-            perps = [
-                s
-                for s in self.flow.active
-                if (i := self.book.get(s)) is not None and i.kind == "perpetual"
-            ]
-            if perps:
-                await self._poll_funding(perps)
-            await self.calls.pause(self.market.funding_every_s)
-
-    async def _poll_funding(self, symbols: list[str]) -> None:
-        try:
-            if has(self.exchange, "fetchFundingRates"):
-                rates = await self.calls.call(
-                    "fetch_funding_rates", lambda: self.exchange.fetch_funding_rates(symbols)
-                )
-            else:
-                rates = {}
-                for symbol in symbols:
-                    rates[symbol] = await self.calls.call(
-                        f"fetch_funding_rate {symbol}",
-                        lambda s=symbol: self.exchange.fetch_funding_rate(s),
-                    )
-        except ccxt.BaseError as exc:
-            log.warning("%s: funding rates: %s", self.venue.name, one_line(exc))
-            return
-        except Stopped:
-            raise
-        except Exception as exc:  # a response ccxt could not parse
-            self._dead_letter(f"rest.{self.exchange.id}.funding", one_line(exc), None)
-            return
-        now = self.clock.now_ns()
-        for symbol in symbols:
-            info = rates.get(symbol)
-            if not isinstance(info, Mapping) or info.get("fundingRate") is None:
-                continue
-            try:
-                rate = funding_of(self.venue.name, symbol, info, now)
-            except MalformedFrame as exc:
-                self._dead_letter(f"rest.{self.exchange.id}.funding.{symbol}", str(exc), None)
-                continue
-            key = (rate.rate, rate.next_time, rate.interval_h)
-            if self._funding.get(symbol) != key:
-                self._funding[symbol] = key
-                self.publisher.fact(rate)
-        self.publisher.send()
 
     async def _reload_loop(self) -> None:
         while True:
             await self.calls.pause(self.reload_every_s)
             try:
-                markets = await self._load_markets()
+                markets = await self.listing.load()
             except ccxt.BaseError as exc:
                 log.warning("%s: reloading markets: %s", self.venue.name, one_line(exc))
                 continue
             self._apply_listing(markets)
 
     def _apply_listing(self, markets: Mapping[str, VenueMarket]) -> None:
-        changed = self._publish_instruments(markets, list(self.flow.active))
+        changed = self.listing.publish(markets, list(self.flow.active))
         gone = [i.symbol for i in changed if not i.active and i.symbol in self.flow.active]
         if not gone:
             return
@@ -505,10 +372,3 @@ class LiveSession:
                 )
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self.stopping.wait(), self.heartbeat_s)
-
-
-def _encode(payload: Any) -> bytes:
-    try:
-        return msgspec.json.encode(payload)
-    except (TypeError, ValueError, OverflowError):
-        return repr(payload).encode()[:4096]
