@@ -126,8 +126,10 @@ async def test_live_session_rides_out_what_an_exchange_does(bus: Bus, exchange_i
         if specs[0].kind == "perpetual":
             assert await count(bus, "MARKET", f"md.funding.{VENUE}.*") > 0
 
-        # Malformed frames: dead letters with the reason, the worker carries on.
+        # Malformed and out-of-order frames: dead letters with the reason, old candles
+        # ignored, the worker carries on.
         fake.faults.malformed = 3
+        fake.faults.out_of_order = 3
         await until(lambda: _positive(count(bus, "SYSTEM", "sys.dlq.marketdata")), "dead letters")
         letters = await events(bus, "SYSTEM", "sys.dlq.marketdata")
         assert all(isinstance(d, DeadLetter) and d.reason for d in letters)
