@@ -87,7 +87,9 @@ class ReplayWorker:
         self._wanted: dict[str, bool] = {}
         self._arrived: dict[str, FramedEvent] = {}
         self._arrival = asyncio.Event()
-        self._outbox: dict[str, list[FramedEvent]] = {}
+        # Runs of outputs of one kind, in the order decided: frames go out in that order, so
+        # the driver records each producer's outputs as the in-process engine does.
+        self._outbox: list[tuple[str, list[FramedEvent]]] = []
         self._sent: list[asyncio.Future] = []
         self._bus: Bus | None = None
         self.waits = WaitTally()
@@ -237,7 +239,10 @@ class ReplayWorker:
             ]
         full = False
         for out in framed:
-            box = self._outbox.setdefault(kind_of(out.subject), [])
+            kind = kind_of(out.subject)
+            if not self._outbox or self._outbox[-1][0] != kind:
+                self._outbox.append((kind, []))
+            box = self._outbox[-1][1]
             box.append(out)
             full = full or len(box) >= FRAME_EVENTS
         return full
@@ -254,7 +259,7 @@ class ReplayWorker:
     async def _flush(self) -> None:
         """Send every pending frame, in order; keep the number of unconfirmed sends bounded."""
         assert self._bus is not None
-        for kind, box in self._outbox.items():
+        for kind, box in self._outbox:
             frame = encode_frame(Frame(box))
             subject = frame_subject(self.namespace, kind, self.name)
             self._sent.append(await self._bus.send(subject, frame, {}))

@@ -124,7 +124,7 @@ class BarFlow:
         last_close = last + self.step_ns if last is not None else 0
         status = self.states.set(self.venue, symbol, state, max(ts, 1), reason, last_close)
         if status is not None:
-            self.publisher.fact(status)
+            self.publisher.status(status)
 
     def _store(self, symbol: str, candle: Candle) -> None:
         bar = to_bar(self.venue, symbol, self.interval, candle)

@@ -16,7 +16,7 @@ import contextlib
 import logging
 import os
 import socket
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from typing import Any
 
 import ccxt
@@ -105,6 +105,18 @@ class LiveSession:
 
     # -- running -------------------------------------------------------------------------
 
+    def _settle(self) -> Callable[[], Awaitable[None]]:
+        """The fleet's lockstep, one wait at a time: a backfill's steps and the publisher's
+        fenced feed states share it."""
+        wait = lockstep(self.bus, self.consumers)
+        guard = asyncio.Lock()
+
+        async def settle() -> None:
+            async with guard:
+                await wait()
+
+        return settle
+
     async def run(self) -> SessionResult:
         secrets = read_secrets(self.venue)  # none needed for market data; any given are hidden
         self.redactor = Redactor(secrets)
@@ -153,7 +165,8 @@ class LiveSession:
         await self._seed(symbols)
         self._tasks.append(asyncio.create_task(self.publisher.run()))
         self.listing.publish(markets, symbols)
-        between = lockstep(self.bus, self.consumers) if self.market.lockstep else None
+        between = self._settle() if self.market.lockstep and self.consumers else None
+        self.publisher.fence = between
         self.flow = BarFlow(
             self.exchange,
             self.calls,
@@ -165,7 +178,7 @@ class LiveSession:
             grace_s=self.market.stall_grace_s,
             poll_every_s=self.market.poll_every_s,
             continuity=self.continuity,
-            between_steps=between if self.consumers else None,
+            between_steps=between,
         )
         now = self.clock.now_ns()
         if self.backfill_bars:

@@ -1,0 +1,195 @@
+"""A paper session on a venue's live data replays exactly.
+
+``keel up --config live.toml`` trades the Binance fake (exchange time 60 times the wall,
+shared through ``KEEL_TEST_CLOCK``) through a dropped connection, a silent stall and a minute
+missing from the exchange's own history. The stored bars stay continuous, the feed's states
+are on the log, and then ``keel backtest --data MARKET`` gives byte-identical signals, orders
+and fills, and ``keel replay --bus`` the backtest's result hash.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+import os
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from contracts.codec import encode
+from contracts.events import Bar, ExecutionReport, FeedStatus, OrderCommand, Signal
+from eventstore.bus import Bus, Stored
+from eventstore.lag import wait_drained
+from eventstore.server import URL_ENV, EmbeddedServer
+from eventstore.tally import count
+from services.config import load_config
+from services.fleet import consumer_names
+from tests.conftest import ROOT
+from tests.fakes.__main__ import venue_toml
+from tests.fakes.clock import ScaledClock
+from tests.fakes.core import FakeExchange, default_symbols, start_fake
+
+STEP = 60_000_000_000
+BARS = 24  # per symbol, live and backfilled
+
+
+def live_toml(entry: dict, symbols: list[str], fill: str) -> str:
+    listed = ", ".join(f'"{s}"' for s in symbols)
+    return f"""
+[market]
+venue = "fx"
+symbols = [{listed}]
+interval = "1m"
+quotes = true
+quotes_per_s = 1
+stall_grace_s = 15
+poll_every_s = 10
+
+[execution]
+fill = "{fill}"
+
+[[strategies]]
+name = "ma_cross"
+symbols = [{listed}]
+params = {{ kind = "sma", fast = 2, slow = 3, mode = "long_short", qty = 1 }}
+
+{venue_toml(entry)}
+"""
+
+
+async def stored(bus: Bus, subject: str, stream: str) -> list[Stored]:
+    return [i async for i in bus.read(subject, stream) if isinstance(i, Stored)]
+
+
+async def bars_of(bus: Bus, symbol: str) -> list[Bar]:
+    items = await stored(bus, f"md.bar.fx.{symbol.replace('/', '-')}.1m", "MARKET")
+    return [i.event for i in items if isinstance(i.event, Bar)]
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.2)
+
+
+async def run_session(
+    tmp_path: Path, url: str, bus: Bus, clock: ScaledClock, fake: FakeExchange, config: Path
+) -> None:
+    env = {
+        **os.environ,
+        URL_ENV: url,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes" / "site"), str(ROOT)]),
+        "KEEL_TEST_CLOCK": clock.to_env(),
+        "COLUMNS": "300",
+    }
+    up = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.app", "up", "--config", str(config),
+        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    symbols = list(fake.specs)
+
+    async def at_least(n: int) -> bool:
+        for symbol in symbols:
+            if await count(bus, "MARKET", f"md.bar.fx.{symbol.replace('/', '-')}.1m") < n:
+                return False
+        return True
+
+    try:
+        await until(lambda: at_least(4), "the first live bars", 90)
+        fake.faults.drop()  # a disconnect: ccxt dials again, the session backfills
+        await until(lambda: at_least(7), "bars after the reconnect", 30)
+        fake.faults.silent = True  # the socket stays open and answers pings: a stall
+        await clock.sleep(3.5 * STEP / 1e9)
+        fake.faults.silent = False
+        now = clock.now_ns()
+        fake.faults.gaps.add(now - now % STEP + 2 * STEP)  # a minute the exchange has no row of
+        await until(lambda: at_least(BARS), f"{BARS} bars per symbol", 90)
+        await clock.sleep(STEP / 1e9)
+        assert await wait_drained(bus, consumer_names(load_config(config)), timeout=60)
+        up.send_signal(signal.SIGINT)
+        output, _ = await asyncio.wait_for(up.communicate(), 60)
+    finally:
+        if up.returncode is None:
+            up.kill()
+            await up.wait()
+    text = output.decode(errors="replace")
+    assert up.returncode == 0, text
+    assert "Traceback" not in text
+
+
+async def keel(*args: str, cwd: Path, url: str, codes: tuple[int, ...] = (0,)) -> dict:
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.app", *args, cwd=cwd,
+        env={**os.environ, URL_ENV: url, "COLUMNS": "300"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    out, err = await asyncio.wait_for(proc.communicate(), 180)
+    assert proc.returncode in codes, err.decode()
+    return json.loads(out.decode().strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("fill", ["next_open", "quote"])
+async def test_a_live_paper_session_through_a_drop_a_stall_and_a_gap_replays_exactly(
+    tmp_path: Path, nats_server: EmbeddedServer, bus: Bus, fill: str
+) -> None:
+    clock = ScaledClock((time.time_ns() // STEP) * STEP - 3 * 3600 * 1_000_000_000, 60.0)
+    fake = await start_fake("binance", default_symbols("binance", 2), clock)
+    config = tmp_path / "live.toml"
+    config.write_text(live_toml(fake.venue_entry("fx"), list(fake.specs), fill))
+    try:
+        await run_session(tmp_path, nats_server.url, bus, clock, fake, config)
+    finally:
+        await fake.stop()
+
+    gaps = fake.faults.gaps
+    for symbol in fake.specs:
+        bars = await bars_of(bus, symbol)
+        opens = [b.open_time for b in bars]
+        assert len(set(opens)) == len(opens), "a bar stored twice"
+        for before, after in itertools.pairwise(opens):
+            missing = set(range(before + STEP, after, STEP))
+            assert missing <= gaps, f"{symbol}: bars missing between {before} and {after}"
+    states = [
+        i.event.state
+        for i in await stored(bus, "md.status.fx.>", "MARKET")
+        if isinstance(i.event, FeedStatus)
+    ]
+    assert "stale" in states and states[-1] == "streaming", states
+
+    live = {
+        kind.__name__: [encode(i.event) for i in await stored(bus, subject, stream)]
+        for kind, subject, stream in (
+            (Signal, "sig.>", "SIGNALS"),
+            (OrderCommand, "ord.cmd.>", "ORDERS"),
+            (ExecutionReport, "exec.>", "EXECUTION"),
+        )
+    }
+    assert live["Signal"] and live["OrderCommand"]
+    live_fills = [p for p in live["ExecutionReport"] if b'"fill_qty":0.0' not in p]
+    assert live_fills
+
+    run = tmp_path / "run"
+    result = await keel(
+        "backtest", "--data", "MARKET", "--config", str(config), "--out", str(run), "--json",
+        cwd=tmp_path, url=nats_server.url,
+    )  # fmt: skip
+    events = pl.read_parquet(run / "events.parquet")
+    replayed = {
+        kind: [p.encode() for p in events.filter(pl.col("type") == kind)["payload"]]
+        for kind in ("Signal", "OrderCommand", "ExecutionReport")
+    }
+    assert replayed["Signal"] == live["Signal"]
+    assert replayed["OrderCommand"] == live["OrderCommand"]
+    assert [p for p in replayed["ExecutionReport"] if b'"fill_qty":0.0' not in p] == live_fills
+
+    bus_replay = await keel(
+        "replay", str(run), "--bus", "--json", cwd=tmp_path, url=nats_server.url, codes=(0, 1)
+    )
+    assert bus_replay["identical"], (bus_replay, result)
