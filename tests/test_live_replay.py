@@ -24,6 +24,7 @@ import pytest
 
 from contracts.codec import encode
 from contracts.events import Bar, ExecutionReport, FeedStatus, OrderCommand, Signal
+from contracts.subjects import symbol_token
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import URL_ENV, EmbeddedServer
@@ -68,7 +69,7 @@ async def stored(bus: Bus, subject: str, stream: str) -> list[Stored]:
 
 
 async def bars_of(bus: Bus, symbol: str) -> list[Bar]:
-    items = await stored(bus, f"md.bar.fx.{symbol.replace('/', '-')}.1m", "MARKET")
+    items = await stored(bus, f"md.bar.fx.{symbol_token(symbol)}.1m", "MARKET")
     return [i.event for i in items if isinstance(i.event, Bar)]
 
 
@@ -97,7 +98,7 @@ async def run_session(
 
     async def at_least(n: int) -> bool:
         for symbol in symbols:
-            if await count(bus, "MARKET", f"md.bar.fx.{symbol.replace('/', '-')}.1m") < n:
+            if await count(bus, "MARKET", f"md.bar.fx.{symbol_token(symbol)}.1m") < n:
                 return False
         return True
 
@@ -135,12 +136,21 @@ async def keel(*args: str, cwd: Path, url: str, codes: tuple[int, ...] = (0,)) -
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize("fill", ["next_open", "quote"])
+@pytest.mark.parametrize(
+    ("exchange", "fill"),
+    [
+        ("binance", "quote"),
+        ("binanceusdm", "next_open"),
+        ("bybit", "next_open"),
+        ("kraken", "next_open"),
+        ("krakenfutures", "next_open"),
+    ],
+)
 async def test_a_live_paper_session_through_a_drop_a_stall_and_a_gap_replays_exactly(
-    tmp_path: Path, nats_server: EmbeddedServer, bus: Bus, fill: str
+    tmp_path: Path, nats_server: EmbeddedServer, bus: Bus, exchange: str, fill: str
 ) -> None:
     clock = ScaledClock((time.time_ns() // STEP) * STEP - 3 * 3600 * 1_000_000_000, 60.0)
-    fake = await start_fake("binance", default_symbols("binance", 2), clock)
+    fake = await start_fake(exchange, default_symbols(exchange, 2), clock)
     config = tmp_path / "live.toml"
     config.write_text(live_toml(fake.venue_entry("fx"), list(fake.specs), fill))
     try:
