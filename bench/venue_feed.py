@@ -1,8 +1,9 @@
 """The live marketdata worker against an exchange fake: close-to-stored latency, CPU, memory.
 
-One run, loopback only: a fresh embedded nats-server, the Binance USDT-M fake
-(``tests/fakes``) and the real worker, ``keel run marketdata --config live.toml``, as its own
-process, the fake's exchange clock shared with it through ``KEEL_TEST_CLOCK``.
+One run, loopback only, each part its own process: a fresh embedded nats-server, the Binance
+USDT-M fake (``python -m tests.fakes``), the real worker (``keel run marketdata --config
+live.toml``, the fake's exchange clock shared through ``KEEL_TEST_CLOCK``) and this script,
+which reads the stored bars.
 
 - **Latency** per closed bar: the server's store time of the bar (JetStream metadata) minus
   the wall time of the candle's close on the exchange clock. That counts the fake sending
@@ -43,7 +44,6 @@ from eventstore.bus import Bus
 from eventstore.server import URL_ENV, EmbeddedServer
 from tests.fakes.__main__ import venue_toml
 from tests.fakes.clock import ScaledClock
-from tests.fakes.core import FakeExchange, default_symbols, start_fake
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_NS = 60_000_000_000
@@ -61,7 +61,6 @@ class Case(msgspec.Struct):
     cpu_pct: float
     rss_mb_start: float
     rss_mb_end: float
-    frames_per_s: float
     trades: bool = False
     quotes: bool = False
 
@@ -99,24 +98,40 @@ def stored_ns(reply: str) -> int:
     return int(reply.split(".")[-2])
 
 
+async def start_fake_process(
+    n: int, rate: float, work: Path
+) -> tuple[asyncio.subprocess.Process, dict]:
+    """The fake in its own process, so its sending does not share a core with the reader."""
+    ready = work / "fake.json"
+    now = time.time_ns()
+    start_s = (now - now % STEP_NS) // 10**9 - 2 * 3600
+    proc = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "tests.fakes", "binanceusdm", "--rate", str(rate),
+        "--symbols", str(n), "--name", "fx", "--start", str(start_s), "--ready", str(ready),
+        cwd=ROOT, stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.DEVNULL,
+    )  # fmt: skip
+    deadline = time.monotonic() + 60
+    while not ready.exists():
+        if proc.returncode is not None or time.monotonic() > deadline:
+            raise SystemExit("the exchange fake did not start")
+        await asyncio.sleep(0.05)
+    return proc, json.loads(ready.read_text())
+
+
 async def run_case(
     n: int, rate: float, closes: int, *, trades: bool = False, quotes: bool = False
 ) -> Case:
     with tempfile.TemporaryDirectory(prefix="keel-venue-bench-") as tmp:
         work = Path(tmp)
         server = EmbeddedServer(work / "nats").start()
-        now = time.time_ns()
-        clock = ScaledClock(now - now % STEP_NS - 2 * 3600 * 10**9, rate)
-        fake: FakeExchange = await start_fake(
-            "binanceusdm", default_symbols("binanceusdm", n), clock
-        )
+        fake, ready = await start_fake_process(n, rate, work)
+        clock = ScaledClock.from_env(ready["clock"])
         config = work / "live.toml"
-        symbols = list(fake.specs)
-        config.write_text(live_toml(fake.venue_entry("fx"), symbols, trades, quotes))
+        config.write_text(live_toml(ready["entry"], ready["symbols"], trades, quotes))
         env = {
             **os.environ,
             URL_ENV: server.url,
-            "KEEL_TEST_CLOCK": clock.to_env(),
+            "KEEL_TEST_CLOCK": ready["clock"],
             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes" / "site"), str(ROOT)]),
         }
         log = (work / "marketdata.log").open("wb")
@@ -147,7 +162,7 @@ async def run_case(
                 await asyncio.sleep(0.05)
             await clock.sleep(3 * STEP_NS / 1e9)  # warm-up closes
             latencies.clear()
-            frames0, cpu0, wall0 = fake.frames_sent, cpu_seconds(proc.pid), time.monotonic()
+            cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
             rss = [rss_mb(proc.pid)]
             for _ in range(closes):
                 await clock.sleep(STEP_NS / 1e9)
@@ -155,13 +170,12 @@ async def run_case(
             await clock.sleep(5)  # the last close's bars
             wall = time.monotonic() - wall0
             cpu = (cpu_seconds(proc.pid) - cpu0) / wall * 100
-            frames = (fake.frames_sent - frames0) / wall
         finally:
             await sub.unsubscribe()
-            proc.terminate()
-            await proc.wait()
+            for child in (proc, fake):
+                child.terminate()
+                await child.wait()
             await bus.close()
-            await fake.stop()
             server.stop()
             log.close()
         ordered = sorted(latencies)
@@ -176,7 +190,6 @@ async def run_case(
             cpu_pct=round(cpu, 1),
             rss_mb_start=round(rss[1] if len(rss) > 1 else rss[0], 1),
             rss_mb_end=round(rss[-1], 1),
-            frames_per_s=round(frames),
             trades=trades,
             quotes=quotes,
         )
@@ -213,12 +226,12 @@ def main() -> None:
     print(
         f"# {platform.node()} {os.cpu_count()} cpus, rate {args.rate}, python {platform.python_version()}"
     )
-    print("| symbols | bars | p50 ms | p99 ms | max ms | worker CPU % | RSS MB | frames/s |")
-    print("|---|---|---|---|---|---|---|---|")
+    print("| symbols | bars | p50 ms | p99 ms | max ms | worker CPU % | RSS MB |")
+    print("|---|---|---|---|---|---|---|")
     for c in cases:
         print(
             f"| {c.symbols} | {c.bars} | {c.p50_ms} | {c.p99_ms} | {c.max_ms} | {c.cpu_pct} "
-            f"| {c.rss_mb_end} | {c.frames_per_s} |"
+            f"| {c.rss_mb_end} |"
         )
     if memory is not None:
         print(

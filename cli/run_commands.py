@@ -221,13 +221,14 @@ def marketdata(
         ),
     ] = False,
     backfill_bars: Annotated[
-        int,
+        int | None,
         typer.Option(
             "--backfill-bars",
             min=0,
-            help="Live venue: on a first run, fetch this many closed bars per symbol by REST.",
+            help="Live venue: on a first run, fetch this many closed bars per symbol by REST "
+            "(default: [market] backfill_bars).",
         ),
-    ] = 0,
+    ] = None,
     config: ConfigOpt = None,
 ) -> None:
     """Publish bars: the seeded synthetic market (default), a file, or a live venue (when
@@ -312,7 +313,7 @@ def _serve_live(
     venue: VenueConfig,
     symbols: tuple[str, ...],
     interval: str | None,
-    backfill_bars: int,
+    backfill_bars: int | None,
     lockstep: bool,
 ) -> None:
     """Stream ``venue`` until SIGTERM or Ctrl-C; with ``lockstep`` (``keel up``, and
@@ -338,7 +339,7 @@ def _serve_live(
                 market,
                 clock_module.system_clock(),
                 consumers=consumer_names(config) if lockstep and market.lockstep else None,
-                backfill_bars=backfill_bars,
+                backfill_bars=market.backfill_bars if backfill_bars is None else backfill_bars,
             )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -51,6 +51,7 @@ class MarketConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     stall_grace_s: Annotated[float, Meta(gt=0, le=3600)] = 10.0  # close + this = stale
     poll_every_s: Annotated[float, Meta(gt=0, le=3600)] = 5.0  # REST polling while stale
     lockstep: bool = True  # a burst of bars (backfill) waits for the fleet between time steps
+    backfill_bars: Annotated[int, Meta(ge=0, le=100_000)] = 0  # first run: closed bars by REST
 
     def __post_init__(self) -> None:
         Interval.parse(self.interval, "interval")

@@ -15,6 +15,7 @@ import contextlib
 import json
 import sys
 import time
+from pathlib import Path
 from typing import Any
 
 from tests.fakes.clock import ScaledClock
@@ -47,7 +48,11 @@ async def serve(args: argparse.Namespace) -> None:
     print(f"# symbols: {', '.join(s.symbol for s in symbols[:10])}{' ...' * (len(symbols) > 10)}")
     if args.clock_env:
         print(f"# KEEL_TEST_CLOCK={clock.to_env()}")
-    print(venue_toml(fake.venue_entry(args.name or args.exchange)), flush=True)
+    entry = fake.venue_entry(args.name or args.exchange)
+    print(venue_toml(entry), flush=True)
+    if args.ready:
+        ready = {"clock": clock.to_env(), "entry": entry, "symbols": list(fake.specs)}
+        Path(args.ready).write_text(json.dumps(ready))
     try:
         await asyncio.Event().wait()
     finally:
@@ -113,6 +118,7 @@ def main() -> None:
     parser.add_argument("--name", default="", help="venue name (default: the exchange id)")
     parser.add_argument("--start", type=int, default=0, help="exchange start time, epoch s")
     parser.add_argument("--clock-env", action="store_true", help="print KEEL_TEST_CLOCK")
+    parser.add_argument("--ready", default="", help="once serving, write clock and entry here")
     parser.add_argument("--load", type=float, default=0.0, help="measure for SECONDS")
     parser.add_argument("--streams", default="kline_1m,trade,bookTicker")
     args = parser.parse_args()
