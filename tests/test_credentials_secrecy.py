@@ -40,6 +40,7 @@ from tests.fakes.core import default_symbols, start_fake
 from tests.test_cli import table_row
 from tests.test_live_up import STEP, live_toml, wait_for
 from tests.test_venue_check import NO_SERVER, write_config
+from tests.up_process import stop_up
 
 SECRETS = {
     "KEEL_SECRECY_API_KEY": "kEy-0f1e2d3c4b5a-SHOULD-NEVER-SHOW",
@@ -308,9 +309,7 @@ async def test_keel_up_on_a_venue_never_shows_a_secret(
         up.send_signal(signal.SIGINT)
         output, _ = await asyncio.wait_for(up.communicate(), 60)
     finally:
-        if up.returncode is None:
-            up.kill()
-            await up.wait()
+        await stop_up(up)
         await fake.stop()
     text = output.decode(errors="replace")
     assert up.returncode == 0, text

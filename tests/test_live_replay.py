@@ -35,6 +35,7 @@ from tests.conftest import ROOT
 from tests.fakes.__main__ import venue_toml
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import FakeExchange, default_symbols, start_fake
+from tests.up_process import stop_up
 
 STEP = 60_000_000_000
 BARS = 24  # per symbol, live and backfilled
@@ -117,9 +118,7 @@ async def run_session(
         up.send_signal(signal.SIGINT)
         output, _ = await asyncio.wait_for(up.communicate(), 60)
     finally:
-        if up.returncode is None:
-            up.kill()
-            await up.wait()
+        await stop_up(up)
     text = output.decode(errors="replace")
     assert up.returncode == 0, text
     assert "Traceback" not in text

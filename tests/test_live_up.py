@@ -23,6 +23,7 @@ from tests.conftest import ROOT
 from tests.fakes.__main__ import venue_toml
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import default_symbols, start_fake
+from tests.up_process import stop_up
 
 STEP = 60_000_000_000
 
@@ -99,9 +100,7 @@ async def test_keel_up_paper_trades_a_live_venue(
         up.send_signal(signal.SIGINT)
         output, _ = await asyncio.wait_for(up.communicate(), 60)
     finally:
-        if up.returncode is None:
-            up.kill()
-            await up.wait()
+        await stop_up(up)
         await fake.stop()
     text = output.decode(errors="replace")
     assert up.returncode == 0, text

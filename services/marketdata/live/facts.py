@@ -78,7 +78,9 @@ def funding_of(venue: str, symbol: str, info: Mapping[str, Any], now_ns: int) ->
         ts=_ms(info.get("timestamp"), "funding timestamp", now_ns),
         venue=venue,
         symbol=symbol,
-        rate=_number(info.get("fundingRate"), "funding rate"),
+        # ccxt derives some rates by a division (Kraken Futures: USD per contract / mark):
+        # 12 significant digits keep float noise from making an unchanged rate look new.
+        rate=float(f"{_number(info.get('fundingRate'), 'funding rate'):.12g}"),
         interval_h=hours,
         next_time=_ms(next_ms, "next funding time") if next_ms else 0,
     )

@@ -54,6 +54,7 @@ TRADE_SETTLE_S = 2.0
 TICK_S = 1.0
 MIN_TICK_WALL_S = 0.02
 STOP_GRACE_S = 2.0
+OHLCV_KEPT = 16
 
 
 class SessionResult(msgspec.Struct):
@@ -123,6 +124,10 @@ class LiveSession:
         for target in (logging.getLogger(), *logging.getLogger().handlers):
             target.addFilter(self.redactor)
         self.exchange = self.exchange_factory(self.venue, secrets)
+        if "OHLCVLimit" not in self.venue.options:
+            # ccxt keeps 1,000 candles per symbol; a closed bar needs the last few, so memory
+            # stays flat at hundreds of symbols instead of growing for 16 hours.
+            self.exchange.options["OHLCVLimit"] = OHLCV_KEPT
         self.calls = VenueCalls(self.venue.name, self.clock, self.stopping, self.seed)
         watch = StoreWatch(self.bus, self.name, self.instance)
         self.publisher = Publisher(self.bus, self.name, watch, self.stopping)
