@@ -74,6 +74,20 @@ async def bars_of(bus: Bus, symbol: str) -> list[Bar]:
     return [i.event for i in items if isinstance(i.event, Bar)]
 
 
+async def states_of(bus: Bus, symbol: str) -> list[str]:
+    items = await stored(bus, f"md.status.fx.{symbol_token(symbol)}", "MARKET")
+    return [i.event.state for i in items if isinstance(i.event, FeedStatus)]
+
+
+async def all_clear(bus: Bus, symbols: list[str]) -> bool:
+    """Every symbol went stale in the stall and is streaming again."""
+    for symbol in symbols:
+        states = await states_of(bus, symbol)
+        if "stale" not in states or states[-1] != "streaming":
+            return False
+    return True
+
+
 async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
     deadline = time.monotonic() + timeout
     while not await check():
@@ -113,7 +127,7 @@ async def run_session(
         now = clock.now_ns()
         fake.faults.gaps.add(now - now % STEP + 2 * STEP)  # a minute the exchange has no row of
         await until(lambda: at_least(BARS), f"{BARS} bars per symbol", 90)
-        await clock.sleep(STEP / 1e9)
+        await until(lambda: all_clear(bus, symbols), "the all-clear of every symbol", 60)
         assert await wait_drained(bus, consumer_names(load_config(config)), timeout=60)
         up.send_signal(signal.SIGINT)
         output, _ = await asyncio.wait_for(up.communicate(), 60)
@@ -165,12 +179,9 @@ async def test_a_live_paper_session_through_a_drop_a_stall_and_a_gap_replays_exa
         for before, after in itertools.pairwise(opens):
             missing = set(range(before + STEP, after, STEP))
             assert missing <= gaps, f"{symbol}: bars missing between {before} and {after}"
-    states = [
-        i.event.state
-        for i in await stored(bus, "md.status.fx.>", "MARKET")
-        if isinstance(i.event, FeedStatus)
-    ]
-    assert "stale" in states and states[-1] == "streaming", states
+    for symbol in fake.specs:
+        states = await states_of(bus, symbol)
+        assert "stale" in states and states[-1] == "streaming", (symbol, states)
 
     live = {
         kind.__name__: [encode(i.event) for i in await stored(bus, subject, stream)]
