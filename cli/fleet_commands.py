@@ -57,6 +57,19 @@ def _market_args(symbols: list[str] | None, seed: int | None, extra: list[str]) 
     return args + (["--seed", str(seed)] if seed is not None else [])
 
 
+def _feeds(
+    config: KeelConfig, symbols: list[str] | None, args: list[str], live: bool
+) -> list[WorkerProcess]:
+    """The feed process, or one per shard of a live venue's symbols ([market] shards)."""
+    shards = config.market.shards if live else 1
+    if shards == 1:
+        return [WorkerProcess("marketdata", _market_args(symbols, None, args))]
+    return [
+        WorkerProcess(f"marketdata-{i}", _market_args(symbols, None, [*args, "--shard", str(i)]))
+        for i in range(shards)
+    ]
+
+
 async def _start_consumers(
     fleet: Fleet, bus: Bus, config: KeelConfig, config_path: Path | None
 ) -> None:
@@ -428,9 +441,8 @@ def up(
                 if ready.done() and not ready.result():
                     raise KeelError("workers did not come up within 60s (see .keel/logs)")
                 if ready.done():
-                    supervisor.start(
-                        WorkerProcess("marketdata", _market_args(symbol, None, feed_args))
-                    )
+                    for feed in _feeds(fleet_config, symbol, feed_args, live_venue is not None):
+                        supervisor.start(feed)
                     console.print(
                         f"fleet up on {redact_url(server.url)}; logs in .keel/logs; Ctrl-C to stop"
                     )

@@ -229,6 +229,12 @@ def marketdata(
             "(default: [market] backfill_bars).",
         ),
     ] = None,
+    shard: Annotated[
+        int,
+        typer.Option(
+            "--shard", min=0, help="Live venue: which of [market] shards this process streams."
+        ),
+    ] = 0,
     config: ConfigOpt = None,
 ) -> None:
     """Publish bars: the seeded synthetic market (default), a file, or a live venue (when
@@ -246,6 +252,7 @@ def marketdata(
             interval,
             backfill_bars,
             lockstep_feed,
+            shard,
         )
         return
     if file is not None:
@@ -315,6 +322,7 @@ def _serve_live(
     interval: str | None,
     backfill_bars: int | None,
     lockstep: bool,
+    shard: int,
 ) -> None:
     """Stream ``venue`` until SIGTERM or Ctrl-C; with ``lockstep`` (``keel up``, and
     ``[market].lockstep`` on) a backfill waits for the config's workers between steps."""
@@ -326,6 +334,8 @@ def _serve_live(
     )
     if market.universe and symbols:
         raise fail("--symbol and [market].universe both choose the symbols: give one")
+    if shard >= market.shards:
+        raise fail(f"--shard {shard}: [market] shards = {market.shards} (0 to {market.shards - 1})")
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s marketdata %(levelname)s %(message)s"
     )
@@ -340,6 +350,7 @@ def _serve_live(
                 clock_module.system_clock(),
                 consumers=consumer_names(config) if lockstep and market.lockstep else None,
                 backfill_bars=market.backfill_bars if backfill_bars is None else backfill_bars,
+                shard=shard,
             )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):

@@ -52,6 +52,7 @@ class MarketConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     poll_every_s: Annotated[float, Meta(gt=0, le=3600)] = 5.0  # REST polling while stale
     lockstep: bool = True  # a burst of bars (backfill) waits for the fleet between time steps
     backfill_bars: Annotated[int, Meta(ge=0, le=100_000)] = 0  # first run: closed bars by REST
+    shards: Annotated[int, Meta(ge=1, le=64)] = 1  # feed processes splitting the symbols
 
     def __post_init__(self) -> None:
         Interval.parse(self.interval, "interval")

@@ -37,6 +37,7 @@ from services.marketdata.live.funding import FundingPoller
 from services.marketdata.live.instruments import InstrumentBook, VenueMarket
 from services.marketdata.live.listing import Listing
 from services.marketdata.live.publisher import Publisher
+from services.marketdata.live.shards import in_shard
 from services.marketdata.live.sink import FrameSink
 from services.marketdata.live.streams import Streams, bars_from_trades
 from services.marketdata.live.trade_bars import TradeBars
@@ -81,9 +82,11 @@ class LiveSession:
         reload_every_s: float = RELOAD_EVERY_S,
         heartbeat_s: float = HEARTBEAT_S,
         seed: int = 0,
+        shard: int = 0,
         exchange_factory: ExchangeFactory = build_exchange,
     ) -> None:
         self.exchange_factory = exchange_factory
+        self.shard = shard
         self.bus = bus
         self.venue = venue
         self.market = market
@@ -166,7 +169,16 @@ class LiveSession:
             self.exchange, self.calls, self.publisher, self.clock, self.venue.name, self.market
         )
         markets = await self.listing.load()
-        symbols = self.listing.validate(markets)
+        symbols = in_shard(self.listing.validate(markets), self.shard, self.market.shards)
+        if not symbols:
+            log.warning(
+                "%s: shard %d of %d has no symbols: idle",
+                self.venue.name,
+                self.shard,
+                self.market.shards,
+            )
+            await self.stopping.wait()
+            return
         await self._seed(symbols)
         self._tasks.append(asyncio.create_task(self.publisher.run()))
         self.listing.publish(markets, symbols)
@@ -294,7 +306,12 @@ class LiveSession:
             lambda: last_per_subject(self.bus, "MARKET", f"md.bar.{venue}.*.{interval}"),
             stop=self.stopping,
         )
-        seed = (s.event for s in instruments if isinstance(s.event, Instrument))
+        seed = (
+            s.event
+            for s in instruments
+            if isinstance(s.event, Instrument)
+            and in_shard([s.event.symbol], self.shard, self.market.shards)
+        )
         self.listing.book = InstrumentBook(seed)
         last = {s.event.symbol: s.event.open_time for s in bars if isinstance(s.event, Bar)}
         self.continuity = Continuity(self.step_ns, {s: last[s] for s in symbols if s in last})
