@@ -52,6 +52,7 @@ TICKS_PER_S = os.sysconf("SC_CLK_TCK")
 
 class Case(msgspec.Struct):
     symbols: int
+    shards: int
     rate: float
     closes: int
     bars: int
@@ -65,7 +66,7 @@ class Case(msgspec.Struct):
     quotes: bool = False
 
 
-def live_toml(entry: dict, symbols: list[str], trades: bool, quotes: bool) -> str:
+def live_toml(entry: dict, symbols: list[str], trades: bool, quotes: bool, shards: int) -> str:
     listed = ", ".join(f'"{s}"' for s in symbols)
     return f"""
 [market]
@@ -76,6 +77,7 @@ trades = {str(trades).lower()}
 quotes = {str(quotes).lower()}
 stall_grace_s = 30
 lockstep = false
+shards = {shards}
 
 {venue_toml(entry)}
 """
@@ -119,7 +121,13 @@ async def start_fake_process(
 
 
 async def run_case(
-    n: int, rate: float, closes: int, *, trades: bool = False, quotes: bool = False
+    n: int,
+    rate: float,
+    closes: int,
+    *,
+    shards: int = 1,
+    trades: bool = False,
+    quotes: bool = False,
 ) -> Case:
     with tempfile.TemporaryDirectory(prefix="keel-venue-bench-") as tmp:
         work = Path(tmp)
@@ -127,7 +135,7 @@ async def run_case(
         fake, ready = await start_fake_process(n, rate, work)
         clock = ScaledClock.from_env(ready["clock"])
         config = work / "live.toml"
-        config.write_text(live_toml(ready["entry"], ready["symbols"], trades, quotes))
+        config.write_text(live_toml(ready["entry"], ready["symbols"], trades, quotes, shards))
         env = {
             **os.environ,
             URL_ENV: server.url,
@@ -135,10 +143,24 @@ async def run_case(
             "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes" / "site"), str(ROOT)]),
         }
         log = (work / "marketdata.log").open("wb")
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli.app", "run", "marketdata", "--config", str(config),
-            cwd=work, env=env, stdout=log, stderr=log,
-        )  # fmt: skip
+        procs = [
+            await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "cli.app",
+                "run",
+                "marketdata",
+                "--config",
+                str(config),
+                "--shard",
+                str(i),
+                cwd=work,
+                env=env,
+                stdout=log,
+                stderr=log,
+            )
+            for i in range(shards)
+        ]
         bus = await Bus.connect(server.url, name="bench")
         latencies: list[float] = []
         seen: dict[int, int] = {}
@@ -157,22 +179,22 @@ async def run_case(
         try:
             deadline = time.monotonic() + 120
             while not any(count == n for count in seen.values()):  # every symbol streaming
-                if proc.returncode is not None or time.monotonic() > deadline:
+                if any(p.returncode is not None for p in procs) or time.monotonic() > deadline:
                     raise SystemExit(f"the worker did not stream: see {work}/marketdata.log")
                 await asyncio.sleep(0.05)
             await clock.sleep(3 * STEP_NS / 1e9)  # warm-up closes
             latencies.clear()
-            cpu0, wall0 = cpu_seconds(proc.pid), time.monotonic()
-            rss = [rss_mb(proc.pid)]
+            cpu0, wall0 = sum(cpu_seconds(p.pid) for p in procs), time.monotonic()
+            rss = [sum(rss_mb(p.pid) for p in procs)]
             for _ in range(closes):
                 await clock.sleep(STEP_NS / 1e9)
-                rss.append(rss_mb(proc.pid))
+                rss.append(sum(rss_mb(p.pid) for p in procs))
             await clock.sleep(5)  # the last close's bars
             wall = time.monotonic() - wall0
-            cpu = (cpu_seconds(proc.pid) - cpu0) / wall * 100
+            cpu = (sum(cpu_seconds(p.pid) for p in procs) - cpu0) / wall * 100
         finally:
             await sub.unsubscribe()
-            for child in (proc, fake):
+            for child in (*procs, fake):
                 child.terminate()
                 await child.wait()
             await bus.close()
@@ -181,6 +203,7 @@ async def run_case(
         ordered = sorted(latencies)
         return Case(
             symbols=n,
+            shards=shards,
             rate=rate,
             closes=closes,
             bars=len(ordered),
@@ -198,13 +221,22 @@ async def run_case(
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--symbols", default="1,50,541", help="comma-separated symbol counts")
+    parser.add_argument(
+        "--shards", default="1,2", help="feed processes, each tried at the largest count"
+    )
     parser.add_argument("--rate", type=float, default=60.0, help="exchange seconds per wall s")
     parser.add_argument("--closes", type=int, default=30, help="measured closes per case")
     parser.add_argument("--hours", type=float, default=1.0, help="memory case: exchange hours")
     parser.add_argument("--memory-symbols", type=int, default=541)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    cases = [asyncio.run(run_case(int(n), args.rate, args.closes)) for n in args.symbols.split(",")]
+    counts = [int(n) for n in args.symbols.split(",")]
+    cases = [asyncio.run(run_case(n, args.rate, args.closes)) for n in counts]
+    cases += [
+        asyncio.run(run_case(max(counts), args.rate, args.closes, shards=int(k)))
+        for k in args.shards.split(",")
+        if int(k) > 1
+    ]
     memory = None
     if args.hours > 0:
         memory = asyncio.run(
@@ -226,12 +258,12 @@ def main() -> None:
     print(
         f"# {platform.node()} {os.cpu_count()} cpus, rate {args.rate}, python {platform.python_version()}"
     )
-    print("| symbols | bars | p50 ms | p99 ms | max ms | worker CPU % | RSS MB |")
-    print("|---|---|---|---|---|---|---|")
+    print("| symbols | feed processes | bars | p50 ms | p99 ms | max ms | feed CPU % | RSS MB |")
+    print("|---|---|---|---|---|---|---|---|")
     for c in cases:
         print(
-            f"| {c.symbols} | {c.bars} | {c.p50_ms} | {c.p99_ms} | {c.max_ms} | {c.cpu_pct} "
-            f"| {c.rss_mb_end} |"
+            f"| {c.symbols} | {c.shards} | {c.bars} | {c.p50_ms} | {c.p99_ms} | {c.max_ms} "
+            f"| {c.cpu_pct} | {c.rss_mb_end} |"
         )
     if memory is not None:
         print(

@@ -34,7 +34,7 @@ from services.marketdata.live.bars import BarFlow
 from services.marketdata.live.calls import Backoff, Stopped, VenueCalls, one_line
 from services.marketdata.live.continuity import Continuity
 from services.marketdata.live.funding import FundingPoller
-from services.marketdata.live.instruments import InstrumentBook, VenueMarket
+from services.marketdata.live.instruments import InstrumentBook, VenueMarket, select_symbols
 from services.marketdata.live.listing import Listing
 from services.marketdata.live.publisher import Publisher
 from services.marketdata.live.shards import in_shard
@@ -377,17 +377,30 @@ class LiveSession:
             self._apply_listing(markets)
 
     def _apply_listing(self, markets: Mapping[str, VenueMarket]) -> None:
-        changed = self.listing.publish(markets, list(self.flow.active))
+        listed = self._newly_listed(markets)
+        changed = self.listing.publish(markets, [*self.flow.active, *listed])
         gone = [i.symbol for i in changed if not i.active and i.symbol in self.flow.active]
-        if not gone:
-            return
         now = self.clock.now_ns()
+        if listed:
+            log.info("%s: newly listed, streaming: %s", self.venue.name, ", ".join(listed))
+            self.flow.track(listed, now)
+        if not gone and not listed:
+            return
         for symbol in gone:
             log.warning("%s: %s is no longer traded: its streams stop", self.venue.name, symbol)
             self.flow.set_state(symbol, "delisted", now, "the venue stopped trading it")
             self.flow.drop(symbol)
         self.publisher.send()
         self._tasks.append(asyncio.create_task(self._restream()))
+
+    def _newly_listed(self, markets: Mapping[str, VenueMarket]) -> list[str]:
+        """With a universe, the symbols of this shard the venue listed since the start."""
+        if not self.market.universe:
+            return []
+        chosen = select_symbols(markets, (), self.market.universe).symbols
+        known = set(self.flow.active) | set(self.listing.book.symbols)
+        fresh = [s for s in chosen if s not in known]
+        return in_shard(fresh, self.shard, self.market.shards)
 
     async def _restream(self) -> None:
         await self.streams.stop()

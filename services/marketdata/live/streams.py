@@ -169,28 +169,34 @@ class Streams:
         def handle(result: Mapping[str, Mapping[str, Sequence[Any]]]) -> None:
             for symbol, by_timeframe in result.items():
                 self.sink.candles(symbol, by_timeframe.get(self.timeframe, ()))
+            # Every symbol, the one in the result too: a frame ccxt parsed after the result was
+            # taken (the next candle's first, right behind a candle's last) is only cached.
             for symbol in group:
-                if symbol not in result:
-                    by_timeframe = self.exchange.ohlcvs.get(symbol) or {}
-                    rows = unread(by_timeframe.get(self.timeframe), symbol)
-                    if rows:
-                        self.sink.candles(symbol, rows)
+                by_timeframe = self.exchange.ohlcvs.get(symbol) or {}
+                rows = unread(by_timeframe.get(self.timeframe), symbol)
+                if rows:
+                    self.sink.candles(symbol, rows)
 
         return handle
 
     def _rows(self, symbol: str) -> Callable[[Sequence[Any]], None]:
-        return lambda rows: self.sink.candles(symbol, rows)
+        def handle(rows: Sequence[Any]) -> None:
+            self.sink.candles(symbol, rows)
+            later = unread((self.exchange.ohlcvs.get(symbol) or {}).get(self.timeframe), symbol)
+            if later:  # parsed after the result was taken (as for bars of several symbols)
+                self.sink.candles(symbol, later)
+
+        return handle
 
     def _t(self, group: tuple[str, ...]) -> Callable[[Any], None]:
         def handle(trades: Sequence[Mapping[str, Any]]) -> None:
             first = str(trades[0].get("symbol", "")) if trades else ""
             if trades:
                 self.sink.trades(first, trades)
-            for symbol in group:
-                if symbol != first:
-                    rows = unread(self.exchange.trades.get(symbol), symbol)
-                    if rows:
-                        self.sink.trades(symbol, rows)
+            for symbol in group or (first,):  # as for bars; a repeat is dropped by its id
+                rows = unread(self.exchange.trades.get(symbol), symbol)
+                if rows:
+                    self.sink.trades(symbol, rows)
 
         return handle
 
@@ -199,8 +205,8 @@ class Streams:
 
         def handle(tickers: Mapping[str, Mapping[str, Any]]) -> None:
             fresh = dict(tickers)
-            for symbol in group:
-                ticker = self.exchange.bidsasks.get(symbol) if symbol not in fresh else None
+            for symbol in group:  # the cache's newest, the result's symbols too (as for bars)
+                ticker = self.exchange.bidsasks.get(symbol)
                 if ticker is not None and seen.get(symbol) is not ticker:
                     fresh[symbol] = ticker
             for symbol, ticker in fresh.items():
