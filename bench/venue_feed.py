@@ -35,6 +35,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import aiohttp
 import msgspec
 from nats.js.api import DeliverPolicy
 
@@ -59,6 +60,8 @@ class Case(msgspec.Struct):
     p50_ms: float
     p99_ms: float
     max_ms: float
+    keel_p50_ms: float
+    keel_p99_ms: float
     cpu_pct: float
     rss_mb_start: float
     rss_mb_end: float
@@ -81,6 +84,14 @@ shards = {shards}
 
 {venue_toml(entry)}
 """
+
+
+async def close_sent(entry: dict) -> dict[tuple[str, int], int]:
+    """When the fake sent each symbol's closing frame (the next candle's first), wall ns."""
+    base = entry["urls"]["api"]["fapiPublic"].split("/fapi/")[0]
+    async with aiohttp.ClientSession() as session, session.get(f"{base}/__fake/close-sent") as r:
+        rows = await r.json()
+    return {(symbol, close): wall for symbol, close, wall in rows}
 
 
 def cpu_seconds(pid: int) -> float:
@@ -162,14 +173,13 @@ async def run_case(
             for i in range(shards)
         ]
         bus = await Bus.connect(server.url, name="bench")
-        latencies: list[float] = []
+        stored: list[tuple[str, int, int]] = []  # symbol, close (exchange ns), stored (wall ns)
         seen: dict[int, int] = {}
 
         async def on_bar(msg) -> None:
             event = decode(msg.data)
             if isinstance(event, Bar):
-                wall_close = clock.wall0_ns + (event.close_time - clock.start_ns) / rate
-                latencies.append((stored_ns(msg.reply) - wall_close) / 1e6)
+                stored.append((event.symbol, event.close_time, stored_ns(msg.reply)))
                 seen[event.close_time] = seen.get(event.close_time, 0) + 1
 
         sub = await bus.js.subscribe(
@@ -183,7 +193,7 @@ async def run_case(
                     raise SystemExit(f"the worker did not stream: see {work}/marketdata.log")
                 await asyncio.sleep(0.05)
             await clock.sleep(3 * STEP_NS / 1e9)  # warm-up closes
-            latencies.clear()
+            stored.clear()
             cpu0, wall0 = sum(cpu_seconds(p.pid) for p in procs), time.monotonic()
             rss = [sum(rss_mb(p.pid) for p in procs)]
             for _ in range(closes):
@@ -192,6 +202,7 @@ async def run_case(
             await clock.sleep(5)  # the last close's bars
             wall = time.monotonic() - wall0
             cpu = (sum(cpu_seconds(p.pid) for p in procs) - cpu0) / wall * 100
+            sent = await close_sent(ready["entry"])
         finally:
             await sub.unsubscribe()
             for child in (*procs, fake):
@@ -200,7 +211,14 @@ async def run_case(
             await bus.close()
             server.stop()
             log.close()
-        ordered = sorted(latencies)
+        ordered = sorted(
+            (at - clock.wall0_ns - (close - clock.start_ns) / rate) / 1e6 for _, close, at in stored
+        )
+        keel = sorted(
+            (at - sent[(symbol, close)]) / 1e6
+            for symbol, close, at in stored
+            if (symbol, close) in sent
+        )
         return Case(
             symbols=n,
             shards=shards,
@@ -210,6 +228,8 @@ async def run_case(
             p50_ms=round(statistics.median(ordered), 2),
             p99_ms=round(ordered[int(0.99 * (len(ordered) - 1))], 2),
             max_ms=round(ordered[-1], 2),
+            keel_p50_ms=round(statistics.median(keel), 2),
+            keel_p99_ms=round(keel[int(0.99 * (len(keel) - 1))], 2),
             cpu_pct=round(cpu, 1),
             rss_mb_start=round(rss[1] if len(rss) > 1 else rss[0], 1),
             rss_mb_end=round(rss[-1], 1),
@@ -258,12 +278,15 @@ def main() -> None:
     print(
         f"# {platform.node()} {os.cpu_count()} cpus, rate {args.rate}, python {platform.python_version()}"
     )
-    print("| symbols | feed processes | bars | p50 ms | p99 ms | max ms | feed CPU % | RSS MB |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| symbols | feed processes | bars | close -> stored p50 / p99 / max ms "
+        "| frame sent -> stored p50 / p99 ms | feed CPU % | RSS MB |"
+    )
+    print("|---|---|---|---|---|---|---|")
     for c in cases:
         print(
-            f"| {c.symbols} | {c.shards} | {c.bars} | {c.p50_ms} | {c.p99_ms} | {c.max_ms} "
-            f"| {c.cpu_pct} | {c.rss_mb_end} |"
+            f"| {c.symbols} | {c.shards} | {c.bars} | {c.p50_ms} / {c.p99_ms} / {c.max_ms} "
+            f"| {c.keel_p50_ms} / {c.keel_p99_ms} | {c.cpu_pct} | {c.rss_mb_end} |"
         )
     if memory is not None:
         print(

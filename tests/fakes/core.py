@@ -36,6 +36,7 @@ from __future__ import annotations
 import asyncio
 import importlib
 import math
+import time
 from collections import Counter, deque
 from collections.abc import Iterable, Sequence
 from typing import Any, Literal, Protocol
@@ -89,6 +90,9 @@ SKINS: dict[str, str] = {
 TopicKind = Literal["kline", "trade", "quote", "ticker"]
 FUNDING_PERIOD_NS = 8 * 3600 * NS
 LISTED_FOR_NS = 30 * 86_400 * NS
+
+
+CLOSES_KEPT = 200_000  # close_sent entries: a few hundred closes of 541 symbols
 
 
 class TradePrint(msgspec.Struct, frozen=True):
@@ -287,6 +291,9 @@ class FakeExchange:
         self._ticker: asyncio.Task[None] | None = None
         self._closing: set[asyncio.Task[Any]] = set()
         self._last_closed: dict[str, Update] = {}
+        self.close_sent: dict[tuple[str, int], int] = {}
+        """(symbol, close) -> wall ns when the next candle's first frame (the one that shows
+        the candle closed) went out: a benchmark splits latency into the fake's and Keel's."""
 
     # -- time and prices -------------------------------------------------------------------
 
@@ -391,6 +398,7 @@ class FakeExchange:
     async def start(self) -> FakeExchange:
         app = web.Application(middlewares=[self._middleware])
         app.add_routes(self.skin.routes())
+        app.router.add_get("/__fake/close-sent", self._close_sent)
         for ws_path in self.skin.ws_paths:
             app.router.add_get(ws_path, self._websocket)
         self._runner = web.AppRunner(app, access_log=None, handle_signals=False)
@@ -402,6 +410,10 @@ class FakeExchange:
         self.ws_url = f"ws://127.0.0.1:{port}"
         self._ticker = asyncio.create_task(self._tick_loop())
         return self
+
+    async def _close_sent(self, request: web.Request) -> web.Response:
+        rows = [[symbol, close, wall] for (symbol, close), wall in self.close_sent.items()]
+        return web.json_response(rows)
 
     async def stop(self) -> None:
         if self._ticker is not None:
@@ -521,6 +533,11 @@ class FakeExchange:
                 continue
             update = self._update(symbol, open_ns, fraction, ts, False)
             await self._send(topics, update, trades=open_ns not in self.faults.quiet)
+            if fraction == 0:
+                self.close_sent[(symbol, open_ns)] = time.time_ns()
+        if len(self.close_sent) > CLOSES_KEPT:
+            for key in list(self.close_sent)[: len(self.close_sent) // 2]:
+                del self.close_sent[key]
 
     async def _send(
         self, topics: list[Topic], update: Update, klines_only: bool = False, trades: bool = True
