@@ -42,9 +42,10 @@ from nats.js.api import DeliverPolicy
 from contracts.codec import decode
 from contracts.events import Bar
 from eventstore.bus import Bus
-from eventstore.server import URL_ENV, EmbeddedServer
+from eventstore.server import EmbeddedServer
 from tests.fakes.__main__ import venue_toml
 from tests.fakes.clock import ScaledClock
+from tests.up_process import fake_time_env
 
 ROOT = Path(__file__).resolve().parents[1]
 STEP_NS = 60_000_000_000
@@ -64,6 +65,7 @@ class Case(msgspec.Struct):
     keel_p99_ms: float
     cpu_pct: float
     rss_mb_start: float
+    rss_mb_mid: float
     rss_mb_end: float
     trades: bool = False
     quotes: bool = False
@@ -147,12 +149,7 @@ async def run_case(
         clock = ScaledClock.from_env(ready["clock"])
         config = work / "live.toml"
         config.write_text(live_toml(ready["entry"], ready["symbols"], trades, quotes, shards))
-        env = {
-            **os.environ,
-            URL_ENV: server.url,
-            "KEEL_TEST_CLOCK": ready["clock"],
-            "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes" / "site"), str(ROOT)]),
-        }
+        env = fake_time_env(server.url, clock)
         log = (work / "marketdata.log").open("wb")
         procs = [
             await asyncio.create_subprocess_exec(
@@ -232,6 +229,7 @@ async def run_case(
             keel_p99_ms=round(keel[int(0.99 * (len(keel) - 1))], 2),
             cpu_pct=round(cpu, 1),
             rss_mb_start=round(rss[1] if len(rss) > 1 else rss[0], 1),
+            rss_mb_mid=round(rss[len(rss) // 2], 1),
             rss_mb_end=round(rss[-1], 1),
             trades=trades,
             quotes=quotes,
@@ -292,7 +290,8 @@ def main() -> None:
         print(
             f"\nmemory, {memory.symbols} symbols with trades and quotes, {memory.closes} exchange "
             f"minutes: RSS {memory.rss_mb_start} MB after the first minute, "
-            f"{memory.rss_mb_end} MB at the end; CPU {memory.cpu_pct} %; "
+            f"{memory.rss_mb_mid} MB half way, {memory.rss_mb_end} MB at the end; "
+            f"CPU {memory.cpu_pct} %; "
             f"p50 {memory.p50_ms} / p99 {memory.p99_ms} ms"
         )
 

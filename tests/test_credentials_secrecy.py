@@ -12,9 +12,7 @@ from __future__ import annotations
 import asyncio
 import io
 import logging
-import os
 import signal
-import sys
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -29,18 +27,18 @@ from prometheus_client import REGISTRY, generate_latest
 from contracts.events import Heartbeat
 from eventstore.bus import Bus
 from eventstore.log_reader import last_per_subject, read_until
-from eventstore.server import URL_ENV, EmbeddedServer
+from eventstore.server import EmbeddedServer
 from services.config import MarketConfig
 from services.marketdata.live.session import LiveSession
 from services.venues.ccxt_exchange import build_exchange, read_secrets, redact_logs
 from services.venues.config import Credentials, VenueConfig
-from tests.conftest import ROOT, keel
+from tests.conftest import keel
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import default_symbols, start_fake
 from tests.test_cli import table_row
 from tests.test_live_up import STEP, live_toml, wait_for
 from tests.test_venue_check import NO_SERVER, write_config
-from tests.up_process import stop_up
+from tests.up_process import start_up, stop_up
 
 SECRETS = {
     "KEEL_SECRECY_API_KEY": "kEy-0f1e2d3c4b5a-SHOULD-NEVER-SHOW",
@@ -281,25 +279,7 @@ async def test_keel_up_on_a_venue_never_shows_a_secret(
     entry = {**fake.venue_entry("fx"), "credentials": CREDENTIALS}
     config = tmp_path / "live.toml"
     config.write_text(live_toml(entry, [s.symbol for s in specs]))
-    env = {
-        **os.environ,
-        URL_ENV: nats_server.url,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes" / "site"), str(ROOT)]),
-        "KEEL_TEST_CLOCK": clock.to_env(),
-        "COLUMNS": "300",
-    }
-    up = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli.app",
-        "up",
-        "--config",
-        str(config),
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    up = await start_up(tmp_path, nats_server.url, clock, config)
     try:
         await wait_for(bus, "md.bar.fx.>", "MARKET", "live bars", 90)
         fake.faults.malformed = 3

@@ -31,11 +31,10 @@ from eventstore.server import URL_ENV, EmbeddedServer
 from eventstore.tally import count
 from services.config import load_config
 from services.fleet import consumer_names
-from tests.conftest import ROOT
 from tests.fakes.__main__ import venue_toml
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import FakeExchange, default_symbols, start_fake
-from tests.up_process import stop_up
+from tests.up_process import start_up, stop_up
 
 STEP = 60_000_000_000
 BARS = 24  # per symbol, live and backfilled
@@ -98,17 +97,7 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float)
 async def run_session(
     tmp_path: Path, url: str, bus: Bus, clock: ScaledClock, fake: FakeExchange, config: Path
 ) -> None:
-    env = {
-        **os.environ,
-        URL_ENV: url,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes" / "site"), str(ROOT)]),
-        "KEEL_TEST_CLOCK": clock.to_env(),
-        "COLUMNS": "300",
-    }
-    up = await asyncio.create_subprocess_exec(
-        sys.executable, "-m", "cli.app", "up", "--config", str(config),
-        cwd=tmp_path, env=env, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
+    up = await start_up(tmp_path, url, clock, config)
     symbols = list(fake.specs)
 
     async def at_least(n: int) -> bool:

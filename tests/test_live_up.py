@@ -17,13 +17,13 @@ from nats.js.api import DeliverPolicy
 from contracts.events import ExecutionReport
 from eventstore.bus import Bus
 from eventstore.log_reader import read_caught_up
-from eventstore.server import URL_ENV, EmbeddedServer
+from eventstore.server import EmbeddedServer
 from eventstore.tally import count
 from tests.conftest import ROOT
 from tests.fakes.__main__ import venue_toml
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import default_symbols, start_fake
-from tests.up_process import stop_up
+from tests.up_process import start_up, stop_up
 
 STEP = 60_000_000_000
 
@@ -68,25 +68,7 @@ async def test_keel_up_paper_trades_a_live_venue(
     fake = await start_fake("binance", specs, clock)
     config = tmp_path / "live.toml"
     config.write_text(live_toml(fake.venue_entry("fx"), [s.symbol for s in specs]))
-    env = {
-        **os.environ,
-        URL_ENV: nats_server.url,
-        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes" / "site"), str(ROOT)]),
-        "KEEL_TEST_CLOCK": clock.to_env(),
-        "COLUMNS": "300",
-    }
-    up = await asyncio.create_subprocess_exec(
-        sys.executable,
-        "-m",
-        "cli.app",
-        "up",
-        "--config",
-        str(config),
-        cwd=tmp_path,
-        env=env,
-        stdout=asyncio.subprocess.PIPE,
-        stderr=asyncio.subprocess.STDOUT,
-    )
+    up = await start_up(tmp_path, nats_server.url, clock, config)
     try:
         await wait_for(bus, "md.instrument.fx.>", "MARKET", "instruments", 60)
         await wait_for(bus, "md.bar.fx.>", "MARKET", "live bars", 30)

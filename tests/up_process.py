@@ -1,9 +1,39 @@
-"""Stopping a ``keel up`` a test started, fleet included."""
+"""Starting and stopping a ``keel up`` on an exchange fake's time, fleet included."""
 
 from __future__ import annotations
 
 import asyncio
+import os
 import signal
+import sys
+from pathlib import Path
+
+from eventstore.server import URL_ENV
+from tests.conftest import ROOT
+from tests.fakes.clock import ScaledClock
+
+
+def fake_time_env(url: str, clock: ScaledClock) -> dict[str, str]:
+    """The environment of a Keel process on ``url`` that shares the fake's exchange clock
+    (``tests/fakes/site/sitecustomize.py``)."""
+    return {
+        **os.environ,
+        URL_ENV: url,
+        "PYTHONPATH": os.pathsep.join([str(ROOT / "tests" / "fakes" / "site"), str(ROOT)]),
+        "KEEL_TEST_CLOCK": clock.to_env(),
+        "COLUMNS": "300",
+    }
+
+
+async def start_up(
+    cwd: Path, url: str, clock: ScaledClock, config: Path
+) -> asyncio.subprocess.Process:
+    """``keel up --config CONFIG`` attached to ``url``, its output piped."""
+    return await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.app", "up", "--config", str(config),
+        cwd=cwd, env=fake_time_env(url, clock),
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
 
 
 async def stop_up(up: asyncio.subprocess.Process, timeout: float = 30.0) -> None:

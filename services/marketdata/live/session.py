@@ -56,6 +56,7 @@ TICK_S = 1.0
 MIN_TICK_WALL_S = 0.02
 STOP_GRACE_S = 2.0
 OHLCV_KEPT = 16
+TRADES_KEPT = 100
 
 
 class SessionResult(msgspec.Struct):
@@ -127,10 +128,12 @@ class LiveSession:
         for target in (logging.getLogger(), *logging.getLogger().handlers):
             target.addFilter(self.redactor)
         self.exchange = self.exchange_factory(self.venue, secrets)
-        if "OHLCVLimit" not in self.venue.options:
-            # ccxt keeps 1,000 candles per symbol; a closed bar needs the last few, so memory
-            # stays flat at hundreds of symbols instead of growing for 16 hours.
-            self.exchange.options["OHLCVLimit"] = OHLCV_KEPT
+        # ccxt keeps 1,000 candles and 1,000 trades (each a dict with the raw frame) per
+        # symbol, growing for hours at hundreds of symbols; the feed reads each result at once
+        # and needs far fewer, so memory stays flat (a venue's options may say otherwise).
+        for option, kept in (("OHLCVLimit", OHLCV_KEPT), ("tradesLimit", TRADES_KEPT)):
+            if option not in self.venue.options:
+                self.exchange.options[option] = kept
         self.calls = VenueCalls(self.venue.name, self.clock, self.stopping, self.seed)
         watch = StoreWatch(self.bus, self.name, self.instance)
         self.publisher = Publisher(self.bus, self.name, watch, self.stopping)
