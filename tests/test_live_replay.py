@@ -20,7 +20,6 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 
 import polars as pl
-import pytest
 
 from contracts.codec import encode
 from contracts.events import Bar, ExecutionReport, FeedStatus, OrderCommand, Signal
@@ -37,7 +36,7 @@ from tests.fakes.core import FakeExchange, default_symbols, start_fake
 from tests.up_process import start_up, stop_up
 
 STEP = 60_000_000_000
-BARS = 24  # per symbol, live and backfilled
+BARS = 18  # per symbol, live and backfilled
 
 
 def live_toml(entry: dict, symbols: list[str], fill: str) -> str:
@@ -138,17 +137,40 @@ async def keel(*args: str, cwd: Path, url: str, codes: tuple[int, ...] = (0,)) -
     return json.loads(out.decode().strip().splitlines()[-1])
 
 
-@pytest.mark.parametrize(
-    ("exchange", "fill"),
-    [
-        ("binance", "quote"),
-        ("binanceusdm", "next_open"),
-        ("bybit", "next_open"),
-        ("kraken", "next_open"),
-        ("krakenfutures", "next_open"),
-    ],
-)
-async def test_a_live_paper_session_through_a_drop_a_stall_and_a_gap_replays_exactly(
+CASES = [
+    ("binance", "quote"),
+    ("binanceusdm", "next_open"),
+    ("bybit", "next_open"),
+    ("kraken", "next_open"),
+    ("krakenfutures", "next_open"),
+]
+
+
+async def test_live_paper_sessions_on_every_exchange_replay_exactly(tmp_path: Path) -> None:
+    """The five sessions run side by side (each its own server, fake and fleet): they spend
+    most of their time waiting for exchange minutes, so together they take about as long as
+    two one after the other."""
+    outcomes = await asyncio.gather(
+        *(session_replays_exactly(tmp_path / ex, ex, fill) for ex, fill in CASES),
+        return_exceptions=True,
+    )
+    failures = [(case, o) for case, o in zip(CASES, outcomes, strict=True) if o is not None]
+    if failures:
+        raise AssertionError(f"{failures[0][0]}: {failures[0][1]!r}") from failures[0][1]
+
+
+async def session_replays_exactly(tmp_path: Path, exchange: str, fill: str) -> None:
+    tmp_path.mkdir(parents=True)
+    server = EmbeddedServer(tmp_path / "nats").start()
+    bus = await Bus.connect(server.url, name="test")
+    try:
+        await _session_replays_exactly(tmp_path, server, bus, exchange, fill)
+    finally:
+        await bus.close()
+        server.stop()
+
+
+async def _session_replays_exactly(
     tmp_path: Path, nats_server: EmbeddedServer, bus: Bus, exchange: str, fill: str
 ) -> None:
     clock = ScaledClock((time.time_ns() // STEP) * STEP - 3 * 3600 * 1_000_000_000, 60.0)

@@ -93,7 +93,7 @@ def test_the_bus_replay_worker_gives_the_same_dead_letter() -> None:
     for bar in bars:
         worker._apply(FramedEvent(subject_for(bar), root_envelope(bar), "", encode(bar)))
     framed = sorted(
-        (f for box in worker._outbox.values() for f in box), key=lambda f: f.envelope.event_time
+        (f for _, box in worker._outbox for f in box), key=lambda f: f.envelope.event_time
     )
     on_bus = [(f.subject, f.data, f.envelope.event_id) for f in framed]
     assert sorted(on_bus) == sorted(expected)

@@ -16,6 +16,7 @@ from contracts.events import (
     EquitySnapshot,
     Event,
     ExecutionReport,
+    FeedStatus,
     FundingRate,
     GovernanceCommand,
     Heartbeat,
@@ -232,6 +233,10 @@ EXAMPLES: list[tuple[Event, str]] = [
     (
         FundingRate(ts=1, venue="binance", symbol=_SYM, rate=0.0001),
         f"md.funding.binance.{_TOK}",
+    ),
+    (
+        FeedStatus(ts=1, venue="binance", symbol=_SYM, state="stale"),
+        f"md.status.binance.{_TOK}",
     ),
     (
         Signal(ts=1, strategy="ma_cross", venue="binance", symbol=_SYM, target_position=1.0),

@@ -54,8 +54,8 @@ from services.execution.quote_fills import (
     QuoteRule,
 )
 
-HISTORY_MARGIN = 64  # bars beyond the configured latency an order may still be matched against
-_TRIM = 32  # a history is trimmed back once it holds this many bars more than it keeps
+HISTORY_MARGIN = 1024  # bars beyond the configured latency an order may still be matched to
+_TRIM = 256  # a history is trimmed back once it holds this many bars more than it keeps
 MAX_LATENCY_BARS = 1000
 
 
@@ -81,9 +81,9 @@ class PaperVenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 
 def history_bars(config: PaperVenueConfig) -> int:
-    """Bars kept per market: an order reaches the venue within a time step of its bar (the
-    worker merges its inputs in stored order), so beyond the configured latency a margin
-    suffices, and a snapshot of hundreds of markets stays well under the server's payload."""
+    """Bars kept per market: the configured latency plus a margin for a fleet that runs
+    behind its feed (a live fleet without lockstep: an order is stored, and reaches the
+    venue, after the bars the feed stored meanwhile)."""
     return HISTORY_MARGIN + config.latency_bars + config.latency_jitter_bars
 
 
