@@ -15,6 +15,7 @@ import time
 from collections.abc import Awaitable, Callable, Iterator
 from pathlib import Path
 
+import nats.errors
 import pytest
 from nats.errors import Error as NatsError
 from nats.js.api import AckPolicy, ConsumerConfig
@@ -95,11 +96,19 @@ def bars(first: int, count: int) -> list[tuple[Event, Envelope]]:
 
 
 async def stored_ids(bus: Bus, stream: str, subject: str) -> list[str]:
-    return [
-        item.envelope.event_id
-        async for item in bus.read(subject, stream)
-        if isinstance(item, Stored)
-    ]
+    """Everything stored; a read that meets a leader still settling is asked again."""
+    for attempt in range(5):
+        try:
+            return [
+                item.envelope.event_id
+                async for item in bus.read(subject, stream)
+                if isinstance(item, Stored)
+            ]
+        except nats.errors.TimeoutError:
+            if attempt == 4:
+                raise
+            await asyncio.sleep(1.0)
+    raise AssertionError("unreachable")
 
 
 async def test_every_stream_and_the_snapshot_bucket_have_three_current_replicas(
