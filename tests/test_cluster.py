@@ -97,18 +97,19 @@ def bars(first: int, count: int) -> list[tuple[Event, Envelope]]:
 
 async def stored_ids(bus: Bus, stream: str, subject: str) -> list[str]:
     """Everything stored; a read that meets a leader still settling is asked again."""
-    for attempt in range(5):
-        try:
-            return [
-                item.envelope.event_id
-                async for item in bus.read(subject, stream)
-                if isinstance(item, Stored)
-            ]
-        except nats.errors.TimeoutError:
-            if attempt == 4:
-                raise
-            await asyncio.sleep(1.0)
-    raise AssertionError("unreachable")
+    for _ in range(4):
+        with contextlib.suppress(nats.errors.TimeoutError):
+            return await _ids(bus, stream, subject)
+        await asyncio.sleep(1.0)
+    return await _ids(bus, stream, subject)
+
+
+async def _ids(bus: Bus, stream: str, subject: str) -> list[str]:
+    return [
+        item.envelope.event_id
+        async for item in bus.read(subject, stream)
+        if isinstance(item, Stored)
+    ]
 
 
 async def test_every_stream_and_the_snapshot_bucket_have_three_current_replicas(
