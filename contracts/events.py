@@ -21,6 +21,14 @@ from contracts.external_events import (
     PromoAnnouncement,
     SocialSentiment,
 )
+from contracts.venue_events import (
+    Discrepancy,
+    KillSwitch,
+    VenueAdoption,
+    VenueAnswer,
+    VenueOrder,
+    VenueStatus,
+)
 
 SCHEMA_VERSION = 1
 
@@ -548,6 +556,12 @@ AnyEvent = (
     | ListingAnnouncement
     | SocialSentiment
     | PromoAnnouncement
+    | VenueOrder
+    | VenueAnswer
+    | Discrepancy
+    | VenueStatus
+    | VenueAdoption
+    | KillSwitch
 )
 
 EXTERNAL_TYPES: tuple[type[External], ...] = (

@@ -41,6 +41,14 @@ from contracts.events import (
     SystemStatus,
     Trade,
 )
+from contracts.venue_events import (
+    Discrepancy,
+    KillSwitch,
+    VenueAdoption,
+    VenueAnswer,
+    VenueOrder,
+    VenueStatus,
+)
 
 _NAME = NAME
 _PLAIN = re.compile(r"[A-Za-z0-9]")
@@ -160,6 +168,12 @@ _SUBJECTS: dict[type, Callable[[Any], str]] = {  # bars and equity snapshots: su
     ListingAnnouncement: lambda e: _external("listing", e.source, symbol_token(e.symbol)),
     SocialSentiment: lambda e: _external("sentiment", e.source, symbol_token(e.symbol)),
     PromoAnnouncement: lambda e: _external("promo", e.source, name_token(e.venue, "venue")),
+    VenueOrder: lambda e: _venue_symbol("venue.order", e.venue, e.symbol),
+    VenueAnswer: lambda e: _venue_symbol("venue.answer", e.venue, e.symbol),
+    Discrepancy: lambda e: f"venue.recon.{name_token(e.venue, 'venue')}",
+    VenueStatus: lambda e: f"venue.status.{name_token(e.venue, 'venue')}",
+    VenueAdoption: lambda e: f"venue.adopt.{name_token(e.venue, 'venue')}",
+    KillSwitch: lambda e: "venue.kill",
 }
 
 EXTERNAL_KINDS: dict[str, bool] = {"listing": True, "sentiment": True, "promo": False}

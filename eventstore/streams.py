@@ -108,6 +108,12 @@ STREAMS: tuple[StreamSpec, ...] = (
         duplicate_window_s=DECISION_WINDOW_S,
     ),
     StreamSpec("EXTERNAL", ("ext.>",), "external events: listings, sentiment, promotions"),
+    StreamSpec(
+        "VENUE",
+        ("venue.>",),
+        "venue gateways: orders sent, the venues' answers, reconciliation, kill switch",
+        duplicate_window_s=DECISION_WINDOW_S,
+    ),
     StreamSpec("SYSTEM", ("sys.>",), "heartbeats and dead letters", max_age_s=7 * DAY),
 )
 
