@@ -46,6 +46,7 @@ from aiohttp import WSMsgType, web
 
 from contracts.intervals import interval_ns
 from services.runtime.clock import Clock
+from tests.fakes.matching import Account, Kind, NoAnswer, default_kind
 from tests.fakes.prices import (
     NS,
     Candle,
@@ -263,6 +264,8 @@ class FakeExchange:
         clock: Clock,
         interval: str = "1m",
         updates_per_bar: int = 4,
+        balances: dict[str, float] | None = None,
+        kind: Kind | None = None,
     ) -> None:
         self.exchange_id = skin if isinstance(skin, str) else skin.exchange_ids[0]
         skin_type = skin_class(skin) if isinstance(skin, str) else skin
@@ -275,6 +278,8 @@ class FakeExchange:
             raise ValueError(f"the bar file's interval is not {interval}")
         self.specs = SpecTable(self.path, self.step_ns, symbols)
         self.faults = Faults(self)
+        self.api_secret = "fake-secret"
+        self.account = Account(self, kind or default_kind(self.exchange_id), balances)
         self.requests: Counter[str] = Counter()
         self.frames_sent = 0
         self.subscribers: dict[Topic, set[Connection]] = {}
@@ -448,7 +453,11 @@ class FakeExchange:
         self.requests[request.path] += 1
         if self.faults.http_errors:
             return self.skin.error(self.faults.http_errors.popleft())
-        return await handler(request)
+        try:
+            return await handler(request)
+        except NoAnswer:  # the account's faults: close the connection, answer nothing
+            request.transport.close()  # type: ignore[union-attr]
+            raise web.HTTPServiceUnavailable() from None
 
     async def _websocket(self, request: web.Request) -> web.WebSocketResponse:
         ws = web.WebSocketResponse(autoping=True, compress=False, max_msg_size=0, timeout=2.0)
@@ -512,6 +521,7 @@ class FakeExchange:
         """One update for every subscribed symbol: at a close, the closed candle's final
         frame first, then the next candle's first frame."""
         self.ticks += 1
+        self.account.match(ts)
         if self.faults.silent:
             return
         open_ns = self.open_of(ts)
@@ -577,8 +587,12 @@ async def start_fake(
     path: PricePath | None = None,
     interval: str = "1m",
     updates_per_bar: int = 4,
+    balances: dict[str, float] | None = None,
+    kind: Kind | None = None,
 ) -> FakeExchange:
     """A started fake of ``exchange_id`` (``binance``, ``binanceusdm``, ``bybit``, ``kraken``,
-    ``krakenfutures``)."""
-    fake = FakeExchange(exchange_id, symbols, path, clock, interval, updates_per_bar)
+    ``krakenfutures``); ``balances`` (asset -> free) seed its account (default: generous)."""
+    fake = FakeExchange(
+        exchange_id, symbols, path, clock, interval, updates_per_bar, balances, kind
+    )
     return await fake.start()

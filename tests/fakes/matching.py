@@ -1,0 +1,795 @@
+"""One exchange-neutral account and matching engine behind every fake skin.
+
+Skins translate their exchange's wire format into ``Account`` calls and the engine's
+``FakeOrder`` / ``FakeFill`` back; nothing here knows any exchange.
+
+Differences from /tmp/keel15/spec.md and notes for skin authors (read first):
+
+- ``on_update`` callbacks run synchronously inside ``place``/``cancel``/``amend`` and inside
+  the core's tick; they get a COPY of the order as of that change (so a frame built later
+  still shows that moment). To write frames, queue them or ``asyncio.create_task`` them.
+  No callback runs while ``faults.silent_user_stream`` is set, nor for ``fill_silently``,
+  ``vanish``, ``set_position``, ``set_balance``: skins need not check those faults.
+- ``await account.answer_gate(kind)`` (``kind`` "place", "cancel" or "amend"): call it in the
+  REST handler AFTER the engine acted (also after an ``OrderError``), before answering. It
+  sleeps ``faults.ack_delay_s`` WALL seconds (the HTTP client's timeout is wall time) and,
+  while ``faults.hang_next`` > 0, raises ``NoAnswer``. ``place`` itself raises ``NoAnswer``
+  for ``faults.drop_next`` (before acting). The core's middleware turns ``NoAnswer`` into
+  a connection closed without any response: skins just let it propagate.
+- ``client_id=""`` gets ``"auto-<order_id>"``; a client id already used by an OPEN order
+  raises ``duplicate_client_id``; a finished order's client id may be reused and ``find``
+  by client id returns the newest order with it.
+- ``find``, ``open_orders`` and ``orders`` hide orders younger than ``faults.hidden_s``
+  (exchange seconds) unless ``include_hidden=True``; ``cancel`` and ``amend`` see them.
+- Rejected orders are not kept (as on Binance): ``place`` raises and stores nothing.
+- Per-symbol behaviour follows ``SymbolSpec.kind`` (Bybit lists spot and perpetuals on one
+  account); ``Account.kind`` is the exchange's main kind.
+
+Matching (time only from ``fake.now_ns()`` or the tick's timestamp):
+
+- market orders fill at once at the ask (buy) / bid (sell) of ``fake.snapshot(symbol)``;
+- a limit order that is marketable when placed (buy: ask <= price) fills at the touch as a
+  taker; one that rests fills at its own price as a maker on the first tick where the market
+  crosses it (buy: ask <= price; sell: bid >= price). IOC fills what it can now and expires
+  the rest, FOK all or nothing (the book is deep enough for any size), GTX (post only) that
+  would take raises ``post_only_rejected``;
+- ``stop`` (stop-market) and ``stop_limit`` trigger when the last trade price reaches the
+  stop (buy: last >= stop; sell: last <= stop), ``take_profit`` (market) the other way (buy:
+  last <= stop; sell: last >= stop); one that would trigger at once is refused with
+  ``would_trigger_immediately``. Once triggered they behave as market (stop_limit: limit);
+- ``faults.fill_parts`` = N splits each order's fill into N trades on successive passes
+  (place or trigger, then one per tick; IOC/FOK take all N at once);
+- fees: taker 0.1 %, maker 0.08 % (``taker_fee``/``maker_fee``). Spot: in the asset received
+  (buy: base, sell: quote), as Binance; perpetual: in the settle asset;
+- spot balances: an open order locks what it may spend (buy: remaining qty x limit or stop
+  price, or the ask for market; sell: remaining qty of base) in ``used``; fills release the
+  lock pro rata and move the assets;
+- perpetuals: one net position per symbol (``PerpPosition``), entry price averaged on
+  increase, PnL realised on reduce into the settle asset's balance; the settle asset's
+  ``used`` is the initial margin (notional / ``leverage``) of positions and open
+  non-reduce-only orders, ``free`` the rest of the wallet (unrealised PnL excluded).
+  Reduce-only: refused without a position to reduce, trimmed to the position when larger
+  (at placing and at each fill), expired when the position is gone;
+- filters from the ``SymbolSpec``: qty a multiple of ``lot_size`` (``lot_size``), prices of
+  ``tick_size`` (``tick_size``), qty x price x contract size >= ``min_notional``
+  (``min_notional``; reduce-only exempt).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal
+
+import msgspec
+
+from tests.fakes.prices import NS, SymbolSpec, decimals
+
+if TYPE_CHECKING:
+    from tests.fakes.core import FakeExchange, Update
+
+Kind = Literal["spot", "perpetual"]
+Side = Literal["buy", "sell"]
+OrderType = Literal["market", "limit", "stop", "stop_limit", "take_profit"]
+TimeInForce = Literal["GTC", "IOC", "FOK", "GTX"]
+Status = Literal["new", "partially_filled", "filled", "canceled", "rejected", "expired"]
+GateKind = Literal["place", "cancel", "amend"]
+
+ERROR_CODES = (
+    "insufficient_balance",
+    "min_notional",
+    "lot_size",
+    "tick_size",
+    "unknown_order",
+    "duplicate_client_id",
+    "reduce_only_rejected",
+    "would_trigger_immediately",
+    "post_only_rejected",
+    "bad_symbol",
+    "bad_request",
+)
+OPEN: frozenset[str] = frozenset({"new", "partially_filled"})
+TRIGGERED_TYPES: frozenset[str] = frozenset({"stop", "stop_limit", "take_profit"})
+DEFAULT_QUOTE_BALANCE = 1_000_000.0
+EPS = 1e-9
+
+
+class OrderError(Exception):
+    """A refusal; ``code`` is one of ``ERROR_CODES``, which skins map to their own."""
+
+    def __init__(self, code: str, message: str = "") -> None:
+        if code not in ERROR_CODES:
+            raise ValueError(f"unknown OrderError code {code!r}")
+        super().__init__(f"{code}: {message}" if message else code)
+        self.code = code
+        self.message = message or code
+
+
+class NoAnswer(Exception):
+    """The request gets no answer at all: the core closes the connection."""
+
+
+class FakeOrder(msgspec.Struct):
+    order_id: int
+    client_id: str
+    symbol: str
+    side: Side
+    type: OrderType
+    qty: float
+    price: float | None
+    stop_price: float | None
+    reduce_only: bool
+    tif: TimeInForce
+    algo: bool
+    status: Status
+    filled: float = 0.0
+    avg_price: float = 0.0
+    fee_paid: float = 0.0
+    created_ns: int = 0
+    updated_ns: int = 0
+    triggered: bool = False
+    external: bool = False
+    """Placed through ``faults.external`` (someone else's order)."""
+
+    @property
+    def remaining(self) -> float:
+        return max(0.0, self.qty - self.filled)
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN
+
+
+class FakeFill(msgspec.Struct, frozen=True):
+    trade_id: int
+    order_id: int
+    client_id: str
+    symbol: str
+    side: str
+    qty: float
+    price: float
+    fee: float
+    fee_currency: str
+    maker: bool
+    ts_ns: int
+
+
+class Balance(msgspec.Struct):
+    free: float
+    used: float = 0.0
+
+    @property
+    def total(self) -> float:
+        return self.free + self.used
+
+
+class PerpPosition(msgspec.Struct):
+    symbol: str
+    qty: float
+    """Signed: long > 0, short < 0 (contracts)."""
+    entry_price: float
+    realized_pnl: float = 0.0
+    updated_ns: int = 0
+
+    def unrealized(self, mark: float, contract_size: float = 1.0) -> float:
+        return (mark - self.entry_price) * self.qty * contract_size
+
+
+class _Book(msgspec.Struct):
+    """The engine's private bookkeeping of one open order."""
+
+    parts_left: int
+    hidden_until_ns: int
+    lock_asset: str = ""
+    locked: float = 0.0
+    rested: bool = False
+
+
+Callback = Callable[[FakeOrder, FakeFill | None], None]
+
+
+class AccountFaults:
+    """What a test makes the account do wrong; set at any time (see the spec's list)."""
+
+    def __init__(self, account: Account) -> None:
+        self._account = account
+        self.fill_parts = 1
+        self.ack_delay_s = 0.0
+        self.hang_next = 0
+        self.drop_next = 0
+        self.hidden_s = 0.0
+        self.silent_user_stream = False
+        self.reject_next: list[str] = []
+        self._external = 0
+
+    def external(
+        self,
+        symbol: str,
+        side: Side,
+        type: OrderType,
+        qty: float,
+        price: float | None = None,
+        stop_price: float | None = None,
+    ) -> FakeOrder:
+        """An order placed on the account by someone else (another tool, a person)."""
+        self._external += 1
+        order = self._account.place(
+            symbol,
+            side,
+            type,
+            qty,
+            price=price,
+            stop_price=stop_price,
+            client_id=f"external-{self._external}",
+        )
+        order.external = True
+        return order
+
+    def fill_silently(self, order_id: int) -> FakeOrder:
+        """Fill what is left of an open order without any private-stream frame."""
+        account = self._account
+        order = account._by_id.get(order_id)
+        if order is None or not order.is_open:
+            raise OrderError("unknown_order", f"no open order {order_id}")
+        account._mute += 1
+        try:
+            tick = account.fake.snapshot(order.symbol)
+            maker = order.price is not None
+            price = order.price if order.price is not None else account._touch(order, tick)
+            account._fill(order, order.remaining, price, maker, account.fake.now_ns())
+        finally:
+            account._mute -= 1
+        return order
+
+    def set_position(self, symbol: str, qty: float, entry_price: float | None = None) -> None:
+        """The venue's position changes behind Keel's back."""
+        account = self._account
+        if entry_price is None:
+            entry_price = account.fake.snapshot(symbol).trade.price
+        account.positions[symbol] = PerpPosition(
+            symbol, qty, entry_price, updated_ns=account.fake.now_ns()
+        )
+        account._remargin(account._spec(symbol))
+
+    def set_balance(self, asset: str, free: float) -> None:
+        """The venue's free balance of ``asset`` changes behind Keel's back."""
+        balance = self._account.balances.setdefault(asset, Balance(0.0))
+        balance.free = free
+
+    def vanish(self, order_id: int) -> None:
+        """The order disappears from the exchange (a stop that is simply gone)."""
+        account = self._account
+        order = account._by_id.pop(order_id, None)
+        if order is None:
+            raise OrderError("unknown_order", f"no order {order_id}")
+        account._all.remove(order)
+        book = account._books.pop(order_id, None)
+        if book is not None:
+            account._unlock(book)
+        account._remargin(account._spec_any(order.symbol))
+
+
+class Account:
+    """Orders, fills, balances and positions of the one account a fake serves."""
+
+    def __init__(
+        self,
+        fake: FakeExchange,
+        kind: Kind,
+        balances: dict[str, float] | None = None,
+        *,
+        taker_fee: float = 0.001,
+        maker_fee: float = 0.0008,
+        leverage: float = 10.0,
+    ) -> None:
+        self.fake = fake
+        self.kind: Kind = kind
+        self.taker_fee = taker_fee
+        self.maker_fee = maker_fee
+        self.leverage = leverage
+        self.balances: dict[str, Balance] = {}
+        self.positions: dict[str, PerpPosition] = {}
+        self.faults = AccountFaults(self)
+        self._all: list[FakeOrder] = []
+        self._by_id: dict[int, FakeOrder] = {}
+        self._books: dict[int, _Book] = {}
+        self._fills: list[FakeFill] = []
+        self._callbacks: list[Callback] = []
+        self._next_order = 1_000_001
+        self._next_trade = 5_000_001
+        self._mute = 0
+        given = balances if balances is not None else self._generous()
+        for asset, free in given.items():
+            self.balances[asset] = Balance(float(free))
+
+    def _generous(self) -> dict[str, float]:
+        out: dict[str, float] = {}
+        for spec in self.fake.specs.values():
+            out[spec.settle or spec.quote] = DEFAULT_QUOTE_BALANCE
+            if spec.kind == "spot":
+                out[spec.base] = round(DEFAULT_QUOTE_BALANCE / spec.price, decimals(spec.lot_size))
+        return out
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def find(
+        self,
+        *,
+        order_id: int | None = None,
+        client_id: str | None = None,
+        include_hidden: bool = False,
+    ) -> FakeOrder | None:
+        if order_id is not None:
+            order = self._by_id.get(order_id)
+            if order is None or (client_id is not None and order.client_id != client_id):
+                return None
+            return order if include_hidden or self._visible(order) else None
+        if client_id is not None:
+            for order in reversed(self._all):
+                if order.client_id == client_id:
+                    return order if include_hidden or self._visible(order) else None
+        return None
+
+    def open_orders(
+        self, symbol: str | None = None, algo: bool | None = None, *, include_hidden: bool = False
+    ) -> list[FakeOrder]:
+        return [
+            o
+            for o in self.orders(symbol, include_hidden=include_hidden)
+            if o.is_open and (algo is None or o.algo == algo)
+        ]
+
+    def orders(self, symbol: str | None = None, *, include_hidden: bool = False) -> list[FakeOrder]:
+        return [
+            o
+            for o in self._all
+            if (symbol is None or o.symbol == symbol) and (include_hidden or self._visible(o))
+        ]
+
+    def fills(
+        self, symbol: str | None = None, since_ns: int | None = None, order_id: int | None = None
+    ) -> list[FakeFill]:
+        return [
+            f
+            for f in self._fills
+            if (symbol is None or f.symbol == symbol)
+            and (since_ns is None or f.ts_ns >= since_ns)
+            and (order_id is None or f.order_id == order_id)
+        ]
+
+    def on_update(self, callback: Callback) -> None:
+        self._callbacks.append(callback)
+
+    async def answer_gate(self, kind: GateKind) -> None:
+        """Hold or swallow the answer to a request the engine already acted on."""
+        del kind  # every request kind is held the same way
+        if self.faults.ack_delay_s > 0:
+            await asyncio.sleep(self.faults.ack_delay_s)
+        if self.faults.hang_next > 0:
+            self.faults.hang_next -= 1
+            raise NoAnswer
+
+    def _visible(self, order: FakeOrder) -> bool:
+        book = self._books.get(order.order_id)
+        return book is None or book.hidden_until_ns <= self.fake.now_ns()
+
+    # -- actions ---------------------------------------------------------------------------
+
+    def place(
+        self,
+        symbol: str,
+        side: Side,
+        type: OrderType,
+        qty: float,
+        *,
+        price: float | None = None,
+        stop_price: float | None = None,
+        client_id: str = "",
+        reduce_only: bool = False,
+        tif: TimeInForce = "GTC",
+        algo: bool = False,
+    ) -> FakeOrder:
+        """A new order, matched at once as far as the market allows; raises ``OrderError``."""
+        if self.faults.drop_next > 0:
+            self.faults.drop_next -= 1
+            raise NoAnswer
+        if self.faults.reject_next:
+            raise OrderError(self.faults.reject_next.pop(0), "rejected on purpose (fault)")
+        now = self.fake.now_ns()
+        spec = self._spec(symbol)
+        if side not in ("buy", "sell"):
+            raise OrderError("bad_request", f"bad side {side!r}")
+        if tif not in ("GTC", "IOC", "FOK", "GTX"):
+            raise OrderError("bad_request", f"bad time in force {tif!r}")
+        if client_id and any(o.client_id == client_id and o.is_open for o in self._all):
+            raise OrderError("duplicate_client_id", f"client id {client_id!r} is in use")
+        self._check_shape(spec, type, price, stop_price)
+        tick = self.fake.snapshot(symbol, now)
+        if type in TRIGGERED_TYPES and self._triggers(side, type, stop_price, tick.trade.price):
+            raise OrderError("would_trigger_immediately", "the order would trigger immediately")
+        if reduce_only:
+            qty = self._reduce_only_qty(spec, side, qty)
+        order_id = self._next_order
+        self._next_order += 1
+        order = FakeOrder(
+            order_id=order_id,
+            client_id=client_id or f"auto-{order_id}",
+            symbol=symbol,
+            side=side,
+            type=type,
+            qty=qty,
+            price=price,
+            stop_price=stop_price,
+            reduce_only=reduce_only,
+            tif=tif,
+            algo=algo,
+            status="new",
+            created_ns=now,
+            updated_ns=now,
+        )
+        self._check_filters(spec, order, tick)
+        if tif == "GTX" and type == "limit" and self._crosses(order, tick):
+            raise OrderError("post_only_rejected", "the order would immediately take")
+        book = _Book(self.faults.fill_parts, now + int(self.faults.hidden_s * NS))
+        self._lock(spec, order, book, tick)
+        self._all.append(order)
+        self._by_id[order_id] = order
+        self._books[order_id] = book
+        self._remargin(spec)
+        self._notify(order, None)
+        self._work(order, tick, now)
+        return order
+
+    def cancel(
+        self,
+        *,
+        order_id: int | None = None,
+        client_id: str | None = None,
+        symbol: str | None = None,
+    ) -> FakeOrder:
+        order = self._open_one(order_id, client_id, symbol)
+        self._finish(order, "canceled", self.fake.now_ns())
+        return order
+
+    def amend(
+        self,
+        *,
+        order_id: int | None = None,
+        client_id: str | None = None,
+        qty: float | None = None,
+        price: float | None = None,
+        stop_price: float | None = None,
+        symbol: str | None = None,
+    ) -> FakeOrder:
+        """Change an open order in place (same order id); matched again at once."""
+        order = self._open_one(order_id, client_id, symbol)
+        spec = self._spec(order.symbol)
+        now = self.fake.now_ns()
+        tick = self.fake.snapshot(order.symbol, now)
+        new_qty = order.qty if qty is None else qty
+        new_price = order.price if price is None else price
+        new_stop = order.stop_price if stop_price is None else stop_price
+        if new_qty <= order.filled + EPS:
+            raise OrderError("bad_request", "the new quantity is not above the filled one")
+        self._check_shape(spec, order.type, new_price, new_stop)
+        if (
+            order.type in TRIGGERED_TYPES
+            and not order.triggered
+            and self._triggers(order.side, order.type, new_stop, tick.trade.price)
+        ):
+            raise OrderError("would_trigger_immediately", "the order would trigger immediately")
+        trial = msgspec.structs.replace(order, qty=new_qty, price=new_price, stop_price=new_stop)
+        self._check_filters(spec, trial, tick)
+        book = self._books[order.order_id]
+        self._unlock(book)
+        try:
+            self._lock(spec, trial, book, tick)
+        except OrderError:
+            self._lock(spec, order, book, tick)
+            raise
+        order.qty, order.price, order.stop_price = new_qty, new_price, new_stop
+        order.updated_ns = now
+        self._remargin(spec)
+        self._notify(order, None)
+        self._work(order, tick, now)
+        return order
+
+    # -- ticking ---------------------------------------------------------------------------
+
+    def match(self, ts_ns: int) -> None:
+        """One pass over every open order at exchange time ``ts_ns`` (the core's tick)."""
+        symbols = {o.symbol for o in self._all if o.is_open}
+        for symbol in sorted(symbols):
+            if self.fake.is_delisted(symbol):
+                continue
+            tick = self.fake.snapshot(symbol, ts_ns)
+            for order in [o for o in self._all if o.symbol == symbol and o.is_open]:
+                self._work(order, tick, ts_ns)
+
+    def _work(self, order: FakeOrder, tick: Update, ts: int) -> None:
+        if not order.is_open:
+            return
+        book = self._books[order.order_id]
+        if order.type in TRIGGERED_TYPES and not order.triggered:
+            if not self._triggers(order.side, order.type, order.stop_price, tick.trade.price):
+                return
+            order.triggered = True
+            order.updated_ns = ts
+            self._notify(order, None)
+        limit = order.type in ("limit", "stop_limit")
+        crossing = not limit or self._crosses(order, tick)
+        if not crossing:
+            if order.tif in ("IOC", "FOK"):
+                self._finish(order, "expired", ts)
+            else:
+                book.rested = True
+            return
+        maker = limit and book.rested
+        price = order.price if maker and order.price is not None else self._touch(order, tick)
+        every = order.tif in ("IOC", "FOK")
+        while order.is_open:
+            parts = max(1, book.parts_left)
+            qty = order.remaining if parts == 1 else self._part(order, parts)
+            book.parts_left = parts - 1
+            if not self._fill(order, qty, price, maker, ts) or not every:
+                break
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _spec(self, symbol: str) -> SymbolSpec:
+        spec = self.fake.specs.get(symbol)
+        if spec is None or self.fake.is_delisted(symbol):
+            raise OrderError("bad_symbol", f"unknown or inactive symbol {symbol!r}")
+        return spec
+
+    def _open_one(
+        self, order_id: int | None, client_id: str | None, symbol: str | None
+    ) -> FakeOrder:
+        if order_id is None and not client_id:
+            raise OrderError("bad_request", "an order id or a client id is needed")
+        order = self.find(order_id=order_id, client_id=client_id, include_hidden=True)
+        if order is None or not order.is_open or (symbol is not None and order.symbol != symbol):
+            raise OrderError("unknown_order", "unknown order")
+        return order
+
+    @staticmethod
+    def _check_shape(
+        spec: SymbolSpec, type: OrderType, price: float | None, stop_price: float | None
+    ) -> None:
+        if type not in ("market", "limit", "stop", "stop_limit", "take_profit"):
+            raise OrderError("bad_request", f"bad order type {type!r}")
+        if type in ("limit", "stop_limit") and (price is None or price <= 0):
+            raise OrderError("bad_request", f"a {type} order needs a positive price")
+        if type in TRIGGERED_TYPES and (stop_price is None or stop_price <= 0):
+            raise OrderError("bad_request", f"a {type} order needs a positive stop price")
+        for value in (price, stop_price):
+            if value is not None and not _on_step(value, spec.tick_size):
+                raise OrderError("tick_size", f"price {value} is not a multiple of the tick")
+
+    def _check_filters(self, spec: SymbolSpec, order: FakeOrder, tick: Update) -> None:
+        if order.qty <= 0:
+            raise OrderError("bad_request", "the quantity must be positive")
+        if order.qty < spec.lot_size - EPS or not _on_step(order.qty, spec.lot_size):
+            raise OrderError("lot_size", f"quantity {order.qty} is not a multiple of the lot")
+        reference = self._reference_price(order, tick)
+        if (
+            not order.reduce_only
+            and order.qty * reference * spec.contract_size < spec.min_notional - EPS
+        ):
+            raise OrderError("min_notional", f"notional below {spec.min_notional}")
+
+    def _reduce_only_qty(self, spec: SymbolSpec, side: Side, qty: float) -> float:
+        if spec.kind != "perpetual":
+            raise OrderError("bad_request", "reduce-only needs a perpetual")
+        position = self.positions.get(spec.symbol)
+        held = position.qty if position is not None else 0.0
+        if abs(held) < EPS or (held > 0) == (side == "buy"):
+            raise OrderError("reduce_only_rejected", "reduce-only order would not reduce")
+        return min(qty, abs(held))
+
+    @staticmethod
+    def _triggers(side: Side, type: OrderType, stop: float | None, last: float) -> bool:
+        if stop is None:
+            return False
+        rising = (side == "buy") == (type != "take_profit")
+        return last >= stop if rising else last <= stop
+
+    @staticmethod
+    def _crosses(order: FakeOrder, tick: Update) -> bool:
+        assert order.price is not None
+        return tick.ask <= order.price if order.side == "buy" else tick.bid >= order.price
+
+    @staticmethod
+    def _touch(order: FakeOrder, tick: Update) -> float:
+        return tick.ask if order.side == "buy" else tick.bid
+
+    def _reference_price(self, order: FakeOrder, tick: Update) -> float:
+        if order.price is not None:
+            return order.price
+        if order.stop_price is not None and not order.triggered:
+            return order.stop_price
+        return self._touch(order, tick)
+
+    def _part(self, order: FakeOrder, parts: int) -> float:
+        lot = self._spec_any(order.symbol).lot_size
+        share = math.floor(order.remaining / parts / lot + EPS) * lot
+        return round(min(order.remaining, max(lot, share)), decimals(lot))
+
+    def _spec_any(self, symbol: str) -> SymbolSpec:
+        spec = self.fake.specs.get(symbol)
+        return spec if spec is not None else self.fake.path._spec(symbol)
+
+    # -- money -----------------------------------------------------------------------------
+
+    def _lock(self, spec: SymbolSpec, order: FakeOrder, book: _Book, tick: Update) -> None:
+        """Spot: set aside what the order may spend; perpetual: check the margin."""
+        if spec.kind == "perpetual":
+            if order.reduce_only:
+                return
+            margin = self._order_margin(spec, order, tick)
+            free = self.balances.get(spec.settle or spec.quote, Balance(0.0)).free
+            if margin > free + EPS:
+                raise OrderError("insufficient_balance", "margin is insufficient")
+            return
+        if order.side == "buy":
+            asset, amount = spec.quote, order.remaining * self._reference_price(order, tick)
+        else:
+            asset, amount = spec.base, order.remaining
+        balance = self.balances.setdefault(asset, Balance(0.0))
+        if amount > balance.free + EPS:
+            raise OrderError("insufficient_balance", f"account has insufficient {asset}")
+        balance.free -= amount
+        balance.used += amount
+        book.lock_asset, book.locked = asset, amount
+
+    def _unlock(self, book: _Book, share: float = 1.0) -> None:
+        if not book.lock_asset:
+            return
+        amount = book.locked * share
+        balance = self.balances[book.lock_asset]
+        balance.used -= amount
+        balance.free += amount
+        book.locked -= amount
+
+    def _order_margin(self, spec: SymbolSpec, order: FakeOrder, tick: Update) -> float:
+        price = self._reference_price(order, tick)
+        return order.remaining * price * spec.contract_size / self.leverage
+
+    def _remargin(self, spec: SymbolSpec) -> None:
+        """Recompute the initial margin held in ``used`` of a perpetual's settle asset."""
+        if spec.kind != "perpetual":
+            return
+        asset = spec.settle or spec.quote
+        used = 0.0
+        for position in self.positions.values():
+            other = self._spec_any(position.symbol)
+            if (other.settle or other.quote) == asset:
+                used += abs(position.qty) * position.entry_price * other.contract_size
+        for order in self._all:
+            other = self._spec_any(order.symbol)
+            if order.is_open and not order.reduce_only and (other.settle or other.quote) == asset:
+                used += (
+                    order.remaining * (order.price or order.stop_price or 0.0) * other.contract_size
+                )
+        used /= self.leverage
+        balance = self.balances.setdefault(asset, Balance(0.0))
+        total = balance.total
+        balance.used = used
+        balance.free = total - used
+
+    def _fill(self, order: FakeOrder, qty: float, price: float, maker: bool, ts: int) -> bool:
+        """One trade of ``order``; False when nothing could be filled (order finished)."""
+        spec = self._spec_any(order.symbol)
+        book = self._books[order.order_id]
+        if order.reduce_only:
+            position = self.positions.get(order.symbol)
+            held = position.qty if position is not None else 0.0
+            reducible = abs(held) if (held > 0) != (order.side == "buy") else 0.0
+            qty = min(qty, reducible)
+            if qty < EPS:
+                self._finish(order, "expired", ts)
+                return False
+        rate = self.maker_fee if maker else self.taker_fee
+        before = order.remaining
+        if spec.kind == "perpetual":
+            fee_currency = spec.settle or spec.quote
+            fee = qty * price * spec.contract_size * rate
+            realized = self._move_position(spec, order.side, qty, price, ts)
+            self.balances.setdefault(fee_currency, Balance(0.0)).free += realized - fee
+        else:
+            self._unlock(book, qty / before if before > EPS else 1.0)
+            base = self.balances.setdefault(spec.base, Balance(0.0))
+            quote = self.balances.setdefault(spec.quote, Balance(0.0))
+            if order.side == "buy":
+                fee_currency, fee = spec.base, qty * rate
+                quote.free -= qty * price
+                base.free += qty - fee
+            else:
+                fee_currency, fee = spec.quote, qty * price * rate
+                base.free -= qty
+                quote.free += qty * price - fee
+        order.avg_price = round(
+            (order.avg_price * order.filled + price * qty) / (order.filled + qty), 10
+        )
+        order.filled = round(order.filled + qty, 12)
+        order.fee_paid += fee
+        order.updated_ns = ts
+        if order.remaining < EPS:
+            order.filled = order.qty
+            order.status = "filled"
+            self._books.pop(order.order_id, None)
+        else:
+            order.status = "partially_filled"
+        fill = FakeFill(
+            trade_id=self._next_trade,
+            order_id=order.order_id,
+            client_id=order.client_id,
+            symbol=order.symbol,
+            side=order.side,
+            qty=qty,
+            price=price,
+            fee=fee,
+            fee_currency=fee_currency,
+            maker=maker,
+            ts_ns=ts,
+        )
+        self._next_trade += 1
+        self._fills.append(fill)
+        self._remargin(spec)
+        self._notify(order, fill)
+        return True
+
+    def _move_position(
+        self, spec: SymbolSpec, side: Side, qty: float, price: float, ts: int
+    ) -> float:
+        """Net a fill into the position; returns the realised PnL."""
+        position = self.positions.get(spec.symbol)
+        if position is None:
+            position = self.positions[spec.symbol] = PerpPosition(spec.symbol, 0.0, price)
+        signed = qty if side == "buy" else -qty
+        held = position.qty
+        realized = 0.0
+        if held == 0 or (held > 0) == (signed > 0):
+            total = held + signed
+            position.entry_price = round(
+                (position.entry_price * abs(held) + price * qty) / abs(total), 10
+            )
+            position.qty = total
+        else:
+            closed = min(abs(held), qty)
+            realized = (price - position.entry_price) * closed * spec.contract_size
+            realized = realized if held > 0 else -realized
+            position.qty = round(held + signed, 12)
+            if abs(position.qty) < EPS:
+                position.qty = 0.0
+            elif (position.qty > 0) != (held > 0):
+                position.entry_price = price
+        position.realized_pnl += realized
+        position.updated_ns = ts
+        return realized
+
+    def _finish(self, order: FakeOrder, status: Status, ts: int) -> None:
+        book = self._books.pop(order.order_id, None)
+        if book is not None:
+            self._unlock(book)
+        order.status = status
+        order.updated_ns = ts
+        self._remargin(self._spec_any(order.symbol))
+        self._notify(order, None)
+
+    def _notify(self, order: FakeOrder, fill: FakeFill | None) -> None:
+        if self._mute or self.faults.silent_user_stream:
+            return
+        copy = msgspec.structs.replace(order)
+        for callback in self._callbacks:
+            callback(copy, fill)
+
+
+def _on_step(value: float, step: float) -> bool:
+    ratio = value / step
+    return abs(ratio - round(ratio)) < 1e-6
+
+
+def default_kind(exchange_id: str) -> Kind:
+    return "perpetual" if exchange_id in ("binanceusdm", "krakenfutures") else "spot"
