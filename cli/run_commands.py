@@ -120,7 +120,7 @@ def execution(
 ) -> None:
     """The order manager and the paper venue: orders in, execution reports out."""
     settings = load_config_or_exit(config)
-    role = execution_role(settings.execution, settings.orders)
+    role = execution_role(settings.execution, settings.orders, settings.gateways)
     _serve(role, _options(metrics_port, metrics_addr, namespace, rebuild))
 
 

@@ -37,6 +37,14 @@ from contracts.events import (
     Trade,
 )
 from contracts.subjects import SubjectError, subject_for, symbol_token
+from contracts.venue_events import (
+    Discrepancy,
+    KillSwitch,
+    VenueAdoption,
+    VenueAnswer,
+    VenueOrder,
+    VenueStatus,
+)
 
 ADMITS: dict[str, tuple[type[Event], tuple[str, ...]]] = {
     "md.bar": (Bar, ("venue", "symbol", "interval")),
@@ -61,6 +69,12 @@ ADMITS: dict[str, tuple[type[Event], tuple[str, ...]]] = {
     "ext.listing": (ListingAnnouncement, ("source", "symbol")),
     "ext.sentiment": (SocialSentiment, ("source", "symbol")),
     "ext.promo": (PromoAnnouncement, ("source", "venue")),
+    "venue.order": (VenueOrder, ("venue", "symbol")),
+    "venue.answer": (VenueAnswer, ("venue", "symbol")),
+    "venue.recon": (Discrepancy, ("venue",)),
+    "venue.status": (VenueStatus, ("venue",)),
+    "venue.adopt": (VenueAdoption, ("venue",)),
+    "venue.kill": (KillSwitch, ()),
 }
 """Subject prefix -> the one event type it admits and the payload fields its further tokens
 carry, in order (``symbol`` as its ``symbol_token``)."""

@@ -78,6 +78,11 @@ class KeelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if names.count(name) > 1:
                 raise ValueError(f"venues: {name!r} is named twice")
 
+    @property
+    def gateways(self) -> frozenset[str]:
+        """The venues a venue gateway trades (``mode`` other than paper)."""
+        return frozenset(v.name for v in self.venues if v.gateway_mode)
+
     def venue(self, name: str) -> VenueConfig | None:
         """The ``[[venues]]`` entry called ``name``; None for the synthetic market or a file."""
         return next((v for v in self.venues if v.name == name), None)

@@ -48,10 +48,19 @@ from contracts.events import (
     Trade,
 )
 from contracts.subjects import subject_for
+from contracts.venue_events import (
+    Discrepancy,
+    KillSwitch,
+    VenueAdoption,
+    VenueAnswer,
+    VenueOrder,
+    VenueStatus,
+)
 
 T = 1_700_000_000_000_000_000
 MINUTE = 60_000_000_000
 V, S, STRAT = "test", "BTC/USDT", "ma_cross"
+VCID = "0a1b2c3d-0000-4000-8000-00000000abcd"
 
 SAMPLES: dict[type[Event], Event] = {
     e.__class__: e
@@ -149,6 +158,33 @@ SAMPLES: dict[type[Event], Event] = {
             ends_at=T + MINUTE,
             winners=10,
         ),
+        VenueOrder(
+            ts=T,
+            action="new",
+            client_order_id="o1",
+            venue_client_id=VCID,
+            strategy=STRAT,
+            venue=V,
+            symbol=S,
+            side="buy",
+            qty=1.0,
+        ),
+        VenueAnswer(
+            ts=T,
+            kind="fill",
+            venue=V,
+            symbol=S,
+            client_order_id="o1",
+            venue_client_id=VCID,
+            source="stream",
+            trade_id="t1",
+            fill_qty=1.0,
+            fill_price=10.0,
+        ),
+        Discrepancy(ts=T, venue=V, kind="external_order", action="recorded", symbol=S),
+        VenueStatus(ts=T, venue=V, mode="sandbox", state="running"),
+        VenueAdoption(ts=T, venue=V, reason="checked by hand"),
+        KillSwitch(ts=T, reason="test"),
     )
 }
 """One valid event of every type, named so that it can form its subject."""
@@ -236,6 +272,24 @@ IMPOSSIBLE: dict[type[Event], dict[str, list[Any]]] = {
         "reward_per_user": [0.0],
         "winners": [0],
     },
+    VenueOrder: {
+        "client_order_id": [""],
+        "venue_client_id": ["", "x" * 37, "bad id"],
+        "strategy": ["evil strat"],
+        "qty": [0.0, -1.0],
+        "limit_price": [0.0],
+        "stop_price": [-1.0],
+        "replaces": ["not an id!"],
+    },
+    VenueAnswer: {
+        "trade_id": [""],
+        "fill_qty": [0.0, -1.0],
+        "fill_price": [0.0],
+        "order_qty": [-1.0],
+        "cum_qty": [-1.0],
+        "strategy": ["evil strat"],
+    },
+    VenueAdoption: {"reason": ["", "  "]},
 }
 """Values of the right type that the event's own invariants refuse (given the rest of its
 sample): each one a fact that cannot be true."""

@@ -57,6 +57,14 @@ from contracts.events import (
     SystemStatus,
     Trade,
 )
+from contracts.venue_events import (
+    Discrepancy,
+    KillSwitch,
+    VenueAdoption,
+    VenueAnswer,
+    VenueOrder,
+    VenueStatus,
+)
 from tests.factories import bar, equity_snapshot
 
 PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
@@ -70,6 +78,7 @@ texts = st.text(max_size=20)
 filled = st.text(min_size=1, max_size=20)
 tokens = st.from_regex(r"[A-Za-z0-9_-]{1,20}", fullmatch=True)
 finite = st.floats(allow_nan=False, allow_infinity=False)
+venue_ids = st.from_regex(r"[A-Za-z0-9-]{1,36}", fullmatch=True)
 positive = st.floats(min_value=1e-12, max_value=1e12, allow_nan=False, allow_infinity=False)
 non_negative = st.floats(min_value=0.0, max_value=1e12, allow_nan=False, allow_infinity=False)
 unit = st.floats(min_value=0.0, max_value=1.0, allow_nan=False)
@@ -385,6 +394,60 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         velocity=finite,
     ),
     PromoAnnouncement: promos(),
+    VenueOrder: st.builds(
+        VenueOrder,
+        ts=times,
+        action=st.sampled_from(["new", "cancel", "amend"]),
+        client_order_id=filled,
+        venue_client_id=venue_ids,
+        strategy=tokens,
+        venue=texts,
+        symbol=texts,
+        side=st.sampled_from(["buy", "sell"]),
+        qty=positive,
+        order_type=st.just("market"),
+        reduce_only=st.booleans(),
+        protective=st.booleans(),
+        replaces=st.just("") | venue_ids,
+    ),
+    VenueAnswer: st.builds(
+        VenueAnswer,
+        ts=times,
+        kind=st.sampled_from(["accepted", "rejected", "canceled", "expired", "unknown"]),
+        venue=texts,
+        symbol=texts,
+        client_order_id=texts,
+        venue_client_id=texts,
+        source=st.sampled_from(["submit", "stream", "poll", "query", "reconcile"]),
+        venue_order_id=texts,
+        order_qty=positive,
+        cum_qty=positive,
+        venue_ts=times,
+        reason=texts,
+    ),
+    Discrepancy: st.builds(
+        Discrepancy,
+        ts=times,
+        venue=texts,
+        kind=st.sampled_from(["missed_fill", "external_order", "position_mismatch"]),
+        action=texts,
+        symbol=texts,
+        venue_value=finite,
+        keel_value=finite,
+        detail=texts,
+    ),
+    VenueStatus: st.builds(
+        VenueStatus,
+        ts=times,
+        venue=texts,
+        mode=st.sampled_from(["paper", "sandbox", "demo", "live"]),
+        state=st.sampled_from(["starting", "running", "degraded", "halted"]),
+        reason=texts,
+        discrepancies=counts,
+        last_reconcile=times,
+    ),
+    VenueAdoption: st.builds(VenueAdoption, ts=times, venue=texts, reason=tokens),
+    KillSwitch: st.builds(KillSwitch, ts=times, reason=texts, flatten=st.booleans()),
 }
 
 

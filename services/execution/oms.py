@@ -27,10 +27,19 @@ from typing import ClassVar, Protocol, runtime_checkable
 import msgspec
 
 from contracts.events import Bar, Event, ExecutionReport, OrderCommand, Quote, RiskAlert
+from contracts.venue_events import VenueAnswer, VenueOrder
 from services.execution.atr import update_atr
 from services.execution.brackets import Brackets, bracket_group
+from services.execution.gateway_venue import GatewayVenue
 from services.execution.lifecycle import Venue
-from services.execution.order_state import DUST, OcoGroupId, OmsState, Order, number_text
+from services.execution.order_state import (
+    DUST,
+    LegKind,
+    OcoGroupId,
+    OmsState,
+    Order,
+    number_text,
+)
 from services.execution.orders import WORKING
 from services.execution.orders_config import OrdersConfig
 from services.execution.stop_validator import tightened_stops, validate
@@ -68,6 +77,10 @@ class OrderManager(Brackets):
         self._behind: Callable[[], tuple[int, list[Event]] | None] | None = None
         if isinstance(venue, SteppedVenue) and venue.step_late_orders():
             self._behind = venue.behind
+        self._drain: Callable[[], list[VenueOrder]] | None = None
+        if isinstance(venue, GatewayVenue):
+            venue.bind(self._leg_kind)
+            self._drain = venue.drain
 
     def decide(self, event: Event, now: int) -> Sequence[Event]:
         # Nearly every input is a bar: an exact type test (it narrows ``event``) costs less
@@ -85,11 +98,19 @@ class OrderManager(Brackets):
                 return self._venue_decide(event, now)
             self._killed.clear()
             out = self._on_bar(event, now)
-            return self._catch_up(out) if self._behind is not None else out
+            if self._behind is not None:
+                out = self._catch_up(out)
+            if self._drain is not None:
+                out.extend(self._drain())
+            return out
         self._killed.clear()
         reports = self._dispatch(event, now)
         if self._behind is not None and self.state.orders:
-            return self._catch_up(list(reports))
+            reports = self._catch_up(list(reports))
+        if self._drain is not None:
+            legs = self._drain()
+            if legs:
+                return [*reports, *legs]
         return reports
 
     def _dispatch(self, event: Event, now: int) -> Sequence[Event]:
@@ -109,7 +130,20 @@ class OrderManager(Brackets):
                 return self._tighten(event, now)
             case RiskAlert():
                 return []
+            case VenueAnswer():
+                out: list[Event] = []
+                self._from_venue(self.venue.decide(event, now), out)
+                self._sync(out)
+                return out
         return list(self.venue.decide(event, now))
+
+    def _leg_kind(self, oid: str) -> tuple[LegKind, bool] | None:
+        """What a gateway venue needs to know of a working order: its kind (a bracket leg
+        is reduce-only) and whether it is a protective stop."""
+        rec = self.state.orders.get(oid)
+        if rec is None:
+            return None
+        return rec.kind, rec.kind == "stop_loss"
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode(OmsSnapshot(self.venue.snapshot(), self.state))
@@ -254,7 +288,9 @@ class OrderManager(Brackets):
         out: list[Event] = []
         self._external = True
         try:
-            if rec.leg_live:
+            # A gateway leg not yet acknowledged may already be on the exchange: the venue
+            # cancels it, and its answer ends the order.
+            if rec.leg_live or (rec.status == "new" and self._drain is not None):
                 self._from_venue(self.venue.decide(cmd, now), out)
             else:
                 self._finish(rec, "canceled", now, out, "canceled")

@@ -1,8 +1,11 @@
 """The execution role: order commands and market data in, execution reports out: the order
-manager (docs/orders.md) in front of the paper venue (docs/fill-models.md)."""
+manager (docs/orders.md) in front of the paper venue (docs/fill-models.md) and, for venues a
+gateway trades, the gateway's recorded answers (``gateway_venue.py``)."""
 
 from __future__ import annotations
 
+from services.execution.gateway_venue import GatewayVenue
+from services.execution.lifecycle import Venue
 from services.execution.oms import OrderManager, OrdersConfig
 from services.execution.paper_venue import PaperVenue, PaperVenueConfig
 from services.runtime.role import Input, Role
@@ -10,12 +13,25 @@ from services.runtime.role import Input, Role
 ORDERS = Input("ORDERS", ("ord.cmd.>", "ord.alert.>"))
 
 
-def execution_inputs(config: PaperVenueConfig) -> tuple[Input, ...]:
+def execution_inputs(
+    config: PaperVenueConfig, gateways: frozenset[str] = frozenset()
+) -> tuple[Input, ...]:
     """Bars always (expiry, trailing stops and the stop validator run on them); quotes too
-    when they fill orders (``fill = "quote"``)."""
+    when they fill orders (``fill = "quote"``); the answers of each gateway venue."""
     market = ("md.bar.>", "md.quote.>") if config.fill == "quote" else ("md.bar.>",)
-    return (ORDERS, Input("MARKET", market))
+    inputs = (ORDERS, Input("MARKET", market))
+    if gateways:
+        answers = tuple(f"venue.answer.{name}.>" for name in sorted(gateways))
+        inputs += (Input("VENUE", answers),)
+    return inputs
 
 
-def execution_role(config: PaperVenueConfig, orders: OrdersConfig | None = None) -> Role:
-    return Role("execution", execution_inputs(config), OrderManager(PaperVenue(config), orders))
+def execution_role(
+    config: PaperVenueConfig,
+    orders: OrdersConfig | None = None,
+    gateways: frozenset[str] = frozenset(),
+) -> Role:
+    """``gateways``: the venues a venue gateway trades (``mode`` other than paper)."""
+    paper = PaperVenue(config)
+    venue: Venue = GatewayVenue(gateways, paper) if gateways else paper
+    return Role("execution", execution_inputs(config, gateways), OrderManager(venue, orders))

@@ -14,6 +14,7 @@ import msgspec
 from msgspec import Meta
 
 from contracts.subjects import name_token
+from contracts.venue_events import VenueMode
 
 VenueKind = Literal["ccxt"]
 SECRET_FIELDS = ("api_key", "secret", "password", "uid")
@@ -48,7 +49,10 @@ class Credentials(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
 class VenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One ``[[venues]]`` entry (docs/venues.md). ``sandbox`` selects the exchange's testnet,
-    ``demo`` its demo trading environment; ``timeout_ms`` bounds each REST request."""
+    ``demo`` its demo trading environment; ``timeout_ms`` bounds each REST request.
+    ``mode`` is how orders for it are traded: ``paper`` (the paper venue, on this venue's
+    data), ``sandbox`` or ``demo`` (a venue gateway sends them to that environment) or
+    ``live`` (real money: also needs ``live = true`` here and ``keel up --live``)."""
 
     name: str
     exchange: str
@@ -59,6 +63,8 @@ class VenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     options: dict[str, Any] = msgspec.field(default_factory=dict)
     credentials: Credentials = msgspec.field(default_factory=Credentials)
     timeout_ms: Annotated[int, Meta(ge=100, le=120_000)] = 10_000
+    mode: VenueMode = "paper"
+    live: bool = False
 
     def __post_init__(self) -> None:
         name_token(self.name, "venue name")
@@ -66,3 +72,18 @@ class VenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError("exchange must name a ccxt exchange id")
         if self.sandbox and self.demo:
             raise ValueError("sandbox and demo are two environments: choose one")
+        if self.mode == "sandbox" and not self.sandbox:
+            raise ValueError('mode = "sandbox" trades on the testnet: it needs sandbox = true')
+        if self.mode == "demo" and not self.demo:
+            raise ValueError('mode = "demo" trades on demo trading: it needs demo = true')
+        if self.mode == "live" and (self.sandbox or self.demo):
+            raise ValueError('mode = "live" trades real money: not with sandbox or demo')
+        if self.mode == "live" and not self.live:
+            raise ValueError('mode = "live" trades real money: it also needs live = true')
+        if self.live and self.mode != "live":
+            raise ValueError('live = true only goes with mode = "live"')
+
+    @property
+    def gateway_mode(self) -> bool:
+        """Whether a venue gateway trades this venue (every mode but paper)."""
+        return self.mode != "paper"

@@ -1,0 +1,243 @@
+"""The order manager's venue for markets a venue gateway trades (docs/venues.md, Orders).
+
+Pure, like the paper venue it stands beside: orders and cancels of a gateway venue become
+``VenueOrder`` legs for the gateway (``venue.order.<venue>.<symbol>``), and the gateway's
+recorded answers (``VenueAnswer``) become the ``ExecutionReport``s the order manager applies
+through its state machine. Nothing here talks to an exchange, so a recorded live session
+replays through the same code with the recorded answers standing in for the venue.
+
+Every leg of an order gets its own venue client id (``client_ids.venue_client_id``: the
+order's id and the leg number), so a restarted fleet sends the same ids again and the
+exchange refuses a duplicate instead of doubling a position. A cancel followed by a new leg
+of the same order within one decision is one ``amend`` (``replaces`` = the old leg): the
+gateway amends on the exchange where it can, else places the new leg before canceling the
+old one when the leg is a protective stop. Answers about a leg that an amendment replaced
+are the gateway's business (its journal keeps them); only its fills still count.
+
+Bars and quotes of other venues, and orders for them, go to the paper venue.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+import msgspec
+
+from contracts.events import Bar, Event, ExecutionReport, OrderCommand, Quote
+from contracts.venue_events import VenueAnswer, VenueOrder
+from services.execution.lifecycle import Venue
+from services.execution.order_state import DUST, LegKind
+from services.venues.client_ids import venue_client_id
+
+
+class Leg(msgspec.Struct):
+    """The working venue leg of one order: its number, venue client id and what it asked."""
+
+    order: VenueOrder
+    number: int
+    cum_qty: float = 0.0
+    done: bool = False
+    acked: bool = False  # an ``accepted`` report was given for it
+
+
+class GatewayVenueState(msgspec.Struct):
+    legs: dict[str, Leg] = msgspec.field(default_factory=dict)  # client_order_id -> leg
+    owner: dict[str, str] = msgspec.field(default_factory=dict)  # venue client id -> order
+    numbers: dict[str, int] = msgspec.field(default_factory=dict)  # order -> legs so far
+
+
+class _Snapshot(msgspec.Struct):
+    paper: bytes
+    gateway: GatewayVenueState
+
+
+LegKinds = Callable[[str], tuple[LegKind, bool] | None]
+"""The order manager's view of an order: its kind and whether it protects a position, or
+None when it holds no working order of that id."""
+
+
+def _plain(_: str) -> tuple[LegKind, bool] | None:
+    return "order", False
+
+
+class GatewayVenue:
+    """Routes each event by venue: gateway venues here, the rest to ``paper``."""
+
+    def __init__(self, gateways: frozenset[str], paper: Venue) -> None:
+        self.gateways = gateways
+        self.paper = paper
+        self.state = GatewayVenueState()
+        self._outgoing: list[VenueOrder] = []
+        self._kinds: LegKinds = _plain
+
+    def bind(self, kinds: LegKinds) -> None:
+        """The order manager tells how to learn an order's kind (reduce-only, protective)."""
+        self._kinds = kinds
+
+    def decide(self, event: Event, now: int) -> Sequence[Event]:
+        kind = type(event)
+        if kind is Bar or kind is Quote:
+            if event.venue in self.gateways:  # type: ignore[attr-defined]
+                return []
+            return self.paper.decide(event, now)
+        if kind is VenueAnswer:
+            return self._on_answer(event, now)  # type: ignore[arg-type]
+        if kind is OrderCommand and event.venue in self.gateways:  # type: ignore[attr-defined]
+            return self._on_command(event, now)  # type: ignore[arg-type]
+        return self.paper.decide(event, now)
+
+    def drain(self) -> list[VenueOrder]:
+        """The legs decided since the last drain, a cancel and a new leg of one order
+        merged into one amendment."""
+        out: list[VenueOrder] = []
+        canceled: dict[str, int] = {}
+        for order in self._outgoing:
+            at = canceled.pop(order.client_order_id, None)
+            if order.action == "new" and at is not None:
+                old = out[at]
+                out[at] = msgspec.structs.replace(
+                    order, action="amend", replaces=old.venue_client_id
+                )
+                continue
+            if order.action == "cancel":
+                canceled[order.client_order_id] = len(out)
+            out.append(order)
+        self._outgoing.clear()
+        return out
+
+    def step_late_orders(self) -> bool:
+        """The paper venue's quote catch-up (``oms.SteppedVenue``), for its markets."""
+        step = getattr(self.paper, "step_late_orders", None)
+        return bool(step()) if step is not None else False
+
+    def behind(self) -> tuple[int, list[Event]] | None:
+        behind = getattr(self.paper, "behind", None)
+        return behind() if behind is not None else None
+
+    # --- orders ---------------------------------------------------------------------------
+
+    def _on_command(self, cmd: OrderCommand, now: int) -> list[Event]:
+        st = self.state
+        oid = cmd.client_order_id
+        if cmd.action == "cancel":
+            leg = st.legs.get(oid)
+            if leg is None or leg.done:
+                return [_report(cmd, "rejected", now, reason="cancel of an unknown order")]
+            self._outgoing.append(
+                msgspec.structs.replace(leg.order, ts=now, action="cancel", replaces="")
+            )
+            return []
+        number = st.numbers.get(oid, -1) + 1
+        st.numbers[oid] = number
+        kind, protective = self._kinds(oid) or ("order", False)
+        order = VenueOrder(
+            ts=now,
+            action="new",
+            client_order_id=oid,
+            venue_client_id=venue_client_id(cmd.venue, oid, number),
+            strategy=cmd.strategy,
+            venue=cmd.venue,
+            symbol=cmd.symbol,
+            side=cmd.side,
+            qty=cmd.qty,
+            order_type=cmd.order_type,
+            limit_price=cmd.limit_price,
+            stop_price=cmd.stop_price,
+            time_in_force=cmd.time_in_force,
+            reduce_only=kind != "order",
+            protective=protective,
+        )
+        previous = st.legs.get(oid)
+        if previous is not None:
+            st.owner.pop(previous.order.venue_client_id, None)
+        st.legs[oid] = Leg(order, number)
+        st.owner[order.venue_client_id] = oid
+        self._outgoing.append(order)
+        return []
+
+    # --- answers --------------------------------------------------------------------------
+
+    def _on_answer(self, answer: VenueAnswer, now: int) -> list[Event]:
+        oid = self.state.owner.get(answer.venue_client_id)
+        leg = self.state.legs.get(oid) if oid is not None else None
+        if leg is None or leg.done:
+            return []  # a replaced or finished leg, or not Keel's: the gateway's journal
+        order = leg.order
+        kind = answer.kind
+        if kind != "fill" and self._kinds(order.client_order_id) is None:
+            self._finish(leg)  # the order manager ended it already (an OCO sibling)
+            return []
+        if kind == "accepted":
+            leg.acked = True
+            return [self._leg_report(leg, "accepted", answer)]
+        if kind == "unknown":
+            return []  # the order keeps its state until a query settles it
+        out: list[Event] = []
+        if not leg.acked and kind in ("fill", "canceled", "expired"):
+            # The exchange had the order (its acknowledgement was lost, or came later).
+            leg.acked = True
+            out.append(self._leg_report(leg, "accepted", answer))
+        if kind == "fill":
+            leg.cum_qty = max(leg.cum_qty + answer.fill_qty, answer.cum_qty)
+            final = leg.cum_qty >= order.qty - DUST * order.qty
+            if final:
+                self._finish(leg)
+            status = "filled" if final else "partially_filled"
+            out.append(self._leg_report(leg, status, answer, fill=True))
+            return out
+        self._finish(leg)
+        out.append(self._leg_report(leg, "rejected" if kind == "missing" else kind, answer))
+        return out
+
+    def _finish(self, leg: Leg) -> None:
+        leg.done = True
+        st = self.state
+        st.owner.pop(leg.order.venue_client_id, None)
+        st.legs.pop(leg.order.client_order_id, None)
+
+    def _leg_report(
+        self, leg: Leg, status: str, answer: VenueAnswer, fill: bool = False
+    ) -> ExecutionReport:
+        order = leg.order
+        return ExecutionReport(
+            ts=answer.ts,
+            status=status,  # type: ignore[arg-type]
+            client_order_id=order.client_order_id,
+            strategy=order.strategy,
+            venue=order.venue,
+            symbol=order.symbol,
+            side=order.side,
+            order_qty=order.qty,
+            venue_order_id=answer.venue_order_id or order.venue_client_id,
+            fill_price=answer.fill_price if fill else 0.0,
+            fill_qty=answer.fill_qty if fill else 0.0,
+            cum_qty=min(leg.cum_qty, order.qty),
+            fee=answer.fee if fill else 0.0,
+            fee_currency=answer.fee_currency if fill else "",
+            reason=answer.reason,
+        )
+
+    # --- state ----------------------------------------------------------------------------
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(_Snapshot(self.paper.snapshot(), self.state))
+
+    def restore(self, data: bytes) -> None:
+        snap = msgspec.msgpack.decode(data, type=_Snapshot)
+        self.paper.restore(snap.paper)
+        self.state = snap.gateway
+
+
+def _report(cmd: OrderCommand, status: str, now: int, reason: str) -> ExecutionReport:
+    return ExecutionReport(
+        ts=now,
+        status=status,  # type: ignore[arg-type]
+        client_order_id=cmd.client_order_id,
+        strategy=cmd.strategy,
+        venue=cmd.venue,
+        symbol=cmd.symbol,
+        side=cmd.side,
+        order_qty=cmd.qty,
+        model_tag=cmd.model_tag,
+        reason=reason,
+    )

@@ -1,0 +1,184 @@
+"""The order manager in front of a gateway venue: legs out as ``VenueOrder``, the venue's
+recorded answers in as execution reports, paper venues untouched (pure, no I/O)."""
+
+from __future__ import annotations
+
+from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand
+from contracts.venue_events import VenueAnswer, VenueOrder
+from services.execution.paper_venue import PaperVenueConfig
+from services.execution.role import execution_role
+from services.venues.client_ids import venue_client_id
+
+NS = 1_000_000_000
+T0 = 1_750_000_000 * NS
+SYMBOL = "BTC/USDT"
+
+
+def manager():  # type: ignore[no-untyped-def]
+    return execution_role(PaperVenueConfig(), gateways=frozenset({"bin"})).decider
+
+
+def order(cid: str = "o1", **kw: object) -> OrderCommand:
+    fields: dict[str, object] = dict(
+        ts=T0,
+        action="new",
+        client_order_id=cid,
+        strategy="s1",
+        venue="bin",
+        symbol=SYMBOL,
+        side="buy",
+        qty=2.0,
+    )
+    fields.update(kw)
+    return OrderCommand(**fields)  # type: ignore[arg-type]
+
+
+def answer(leg: VenueOrder, kind: str, ts: int = T0 + NS, **kw: object) -> VenueAnswer:
+    fields: dict[str, object] = dict(
+        ts=ts,
+        kind=kind,
+        venue=leg.venue,
+        symbol=leg.symbol,
+        client_order_id=leg.client_order_id,
+        venue_client_id=leg.venue_client_id,
+        source="submit",
+        venue_order_id="9001",
+    )
+    fields.update(kw)
+    return VenueAnswer(**fields)  # type: ignore[arg-type]
+
+
+def legs(out: list[Event] | tuple[Event, ...]) -> list[VenueOrder]:
+    return [e for e in out if isinstance(e, VenueOrder)]
+
+
+def reports(out: list[Event] | tuple[Event, ...]) -> list[ExecutionReport]:
+    return [e for e in out if isinstance(e, ExecutionReport)]
+
+
+def test_an_order_is_a_leg_and_only_the_venues_answers_report_on_it() -> None:
+    oms = manager()
+    out = list(oms.decide(order(), T0))
+    assert reports(out) == []  # nothing is reported before the venue answers
+    (leg,) = legs(out)
+    assert leg.action == "new" and leg.venue_client_id == venue_client_id("bin", "o1", 0)
+    assert not leg.reduce_only and not leg.protective
+    (acc,) = reports(oms.decide(answer(leg, "accepted"), T0 + NS))
+    assert acc.status == "accepted" and acc.venue_order_id == "9001"
+    fill = answer(leg, "fill", T0 + 2 * NS, trade_id="t1", fill_qty=0.5, fill_price=101.25)
+    fill = fill.__class__(**{**_fields(fill), "fee": 0.01, "fee_currency": "BNB"})
+    (part,) = reports(oms.decide(fill, T0 + 2 * NS))
+    assert (part.status, part.fill_qty, part.fill_price, part.cum_qty) == (
+        "partially_filled",
+        0.5,
+        101.25,
+        0.5,
+    )
+    assert (part.fee, part.fee_currency) == (0.01, "BNB")  # the venue's fee, its currency
+    last = answer(leg, "fill", T0 + 3 * NS, trade_id="t2", fill_qty=1.5, fill_price=101.5)
+    (done,) = reports(oms.decide(last, T0 + 3 * NS))
+    assert (done.status, done.cum_qty) == ("filled", 2.0)
+
+
+def _fields(event: VenueAnswer) -> dict[str, object]:
+    return {f: getattr(event, f) for f in event.__struct_fields__}
+
+
+def test_an_unknown_outcome_reports_nothing_and_the_rejection_keeps_the_exchanges_reason() -> None:
+    oms = manager()
+    (leg,) = legs(oms.decide(order(), T0))
+    assert list(oms.decide(answer(leg, "unknown", reason="timeout"), T0 + NS)) == []
+    why = "Account has insufficient balance for requested action."
+    (rej,) = reports(oms.decide(answer(leg, "rejected", reason=why), T0 + 2 * NS))
+    assert rej.status == "rejected" and rej.reason == why
+
+
+def test_a_cancel_before_the_acknowledgement_goes_to_the_venue() -> None:
+    oms = manager()
+    (leg,) = legs(oms.decide(order(order_type="limit", limit_price=90.0), T0))
+    cancel = order(action="cancel", ts=T0 + NS)
+    out = list(oms.decide(cancel, T0 + NS))
+    assert reports(out) == []  # not canceled until the venue says so
+    (sent,) = legs(out)
+    assert sent.action == "cancel" and sent.venue_client_id == leg.venue_client_id
+    # The acknowledgement never came (a timeout): the exchange had it, so it was accepted.
+    acc, end = reports(oms.decide(answer(leg, "canceled", T0 + 2 * NS), T0 + 2 * NS))
+    assert (acc.status, end.status) == ("accepted", "canceled")
+
+
+def test_a_filled_bracket_entry_places_reduce_only_legs_and_a_protective_stop() -> None:
+    oms = manager()
+    entry = order("e1", take_profit=110.0, stop_loss=95.0)
+    (leg,) = legs(oms.decide(entry, T0))
+    oms.decide(answer(leg, "accepted"), T0 + NS)
+    fill = answer(leg, "fill", T0 + 2 * NS, trade_id="t9", fill_qty=2.0, fill_price=100.0)
+    out = list(oms.decide(fill, T0 + 2 * NS))
+    placed = {lg.client_order_id: lg for lg in legs(out)}
+    assert set(placed) == {"e1.tp", "e1.sl"}
+    assert all(lg.reduce_only and lg.side == "sell" and lg.qty == 2.0 for lg in placed.values())
+    assert placed["e1.sl"].protective and placed["e1.sl"].order_type == "stop"
+    assert placed["e1.sl"].stop_price == 95.0 and not placed["e1.tp"].protective
+
+
+def test_an_amendment_is_one_leg_replacing_the_old_one() -> None:
+    oms = manager()
+    (leg,) = legs(oms.decide(order(order_type="limit", limit_price=90.0), T0))
+    oms.decide(answer(leg, "accepted"), T0 + NS)
+    amend = order(action="amend", ts=T0 + 2 * NS, order_type="limit", limit_price=91.0)
+    (new,) = legs(oms.decide(amend, T0 + 2 * NS))
+    assert new.action == "amend" and new.replaces == leg.venue_client_id
+    assert new.venue_client_id == venue_client_id("bin", "o1", 1) and new.limit_price == 91.0
+    # The old leg's cancel is the replacement's business: it changes nothing.
+    assert reports(oms.decide(answer(leg, "canceled", T0 + 3 * NS), T0 + 3 * NS)) == []
+    (acc,) = reports(oms.decide(answer(new, "accepted", T0 + 3 * NS), T0 + 3 * NS))
+    assert acc.status == "accepted"
+
+
+def test_answers_for_orders_keel_does_not_hold_are_not_applied() -> None:
+    oms = manager()
+    stray = VenueOrder(
+        ts=T0,
+        action="new",
+        client_order_id="x",
+        venue_client_id=venue_client_id("bin", "x", 0),
+        strategy="s1",
+        venue="bin",
+        symbol=SYMBOL,
+        side="buy",
+        qty=1.0,
+    )
+    assert list(oms.decide(answer(stray, "accepted"), T0)) == []
+
+
+def test_paper_venues_fill_as_before_and_gateway_bars_cost_nothing() -> None:
+    oms = manager()
+    out = list(oms.decide(order(venue="paper"), T0))
+    assert [r.status for r in reports(out)] == ["accepted"] and legs(out) == []
+    bar = Bar(
+        ts=T0 + 60 * NS,
+        venue="paper",
+        symbol=SYMBOL,
+        interval="1m",
+        open_time=T0,
+        close_time=T0 + 60 * NS,
+        open=100.0,
+        high=101.0,
+        low=99.0,
+        close=100.5,
+        volume=10.0,
+    )
+    (filled,) = reports(oms.decide(bar, bar.ts))
+    assert filled.status == "filled" and filled.fill_price == 100.0
+    gateway_bar = bar.__class__(**{**{f: getattr(bar, f) for f in bar.__struct_fields__}})
+    assert not [e for e in oms.decide(gateway_bar, bar.ts) if isinstance(e, DeadLetter)]
+
+
+def test_snapshot_restore_keeps_the_working_legs() -> None:
+    oms = manager()
+    (leg,) = legs(oms.decide(order(order_type="limit", limit_price=90.0), T0))
+    oms.decide(answer(leg, "accepted"), T0 + NS)
+    again = manager()
+    again.restore(oms.snapshot())
+    fill = answer(leg, "fill", T0 + 2 * NS, trade_id="t1", fill_qty=2.0, fill_price=90.0)
+    (done,) = reports(again.decide(fill, T0 + 2 * NS))
+    assert done.status == "filled" and done.cum_qty == 2.0
