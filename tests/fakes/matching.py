@@ -214,7 +214,7 @@ class AccountFaults:
     ) -> FakeOrder:
         """An order placed on the account by someone else (another tool, a person)."""
         self._external += 1
-        order = self._account.place(
+        return self._account.place(
             symbol,
             side,
             type,
@@ -222,9 +222,8 @@ class AccountFaults:
             price=price,
             stop_price=stop_price,
             client_id=f"external-{self._external}",
+            external=True,
         )
-        order.external = True
-        return order
 
     def fill_silently(self, order_id: int) -> FakeOrder:
         """Fill what is left of an open order without any private-stream frame."""
@@ -389,6 +388,7 @@ class Account:
         reduce_only: bool = False,
         tif: TimeInForce = "GTC",
         algo: bool = False,
+        external: bool = False,
     ) -> FakeOrder:
         """A new order, matched at once as far as the market allows; raises ``OrderError``."""
         if self.faults.drop_next > 0:
@@ -427,6 +427,7 @@ class Account:
             status="new",
             created_ns=now,
             updated_ns=now,
+            external=external,
         )
         self._check_filters(spec, order, tick)
         if tif == "GTX" and type == "limit" and self._crosses(order, tick):
@@ -482,9 +483,10 @@ class Account:
         trial = msgspec.structs.replace(order, qty=new_qty, price=new_price, stop_price=new_stop)
         self._check_filters(spec, trial, tick)
         book = self._books[order.order_id]
+        held = 0.0 if order.reduce_only else self._order_margin(spec, order, tick)
         self._unlock(book)
         try:
-            self._lock(spec, trial, book, tick)
+            self._lock(spec, trial, book, tick, credit=held)
         except OrderError:
             self._lock(spec, order, book, tick)
             raise
@@ -530,7 +532,7 @@ class Account:
         every = order.tif in ("IOC", "FOK")
         while order.is_open:
             parts = max(1, book.parts_left)
-            qty = order.remaining if parts == 1 else self._part(order, parts)
+            qty = round(order.remaining, 12) if parts == 1 else self._part(order, parts)
             book.parts_left = parts - 1
             if not self._fill(order, qty, price, maker, ts) or not every:
                 break
@@ -622,14 +624,17 @@ class Account:
 
     # -- money -----------------------------------------------------------------------------
 
-    def _lock(self, spec: SymbolSpec, order: FakeOrder, book: _Book, tick: Update) -> None:
-        """Spot: set aside what the order may spend; perpetual: check the margin."""
+    def _lock(
+        self, spec: SymbolSpec, order: FakeOrder, book: _Book, tick: Update, credit: float = 0.0
+    ) -> None:
+        """Spot: set aside what the order may spend; perpetual: check the margin (``credit``:
+        the margin the order held before an amendment)."""
         if spec.kind == "perpetual":
             if order.reduce_only:
                 return
             margin = self._order_margin(spec, order, tick)
             free = self.balances.get(spec.settle or spec.quote, Balance(0.0)).free
-            if margin > free + EPS:
+            if margin > free + credit + EPS:
                 raise OrderError("insufficient_balance", "margin is insufficient")
             return
         if order.side == "buy":
