@@ -14,6 +14,8 @@ ccxt static fixtures ``ws-bybit.json`` / ``response-bybit.json`` and the v5 API 
   [...]}`` with topics ``kline.<interval>.<id>`` (``confirm`` true on the closed candle's
   final frame), ``publicTrade.<id>``, ``orderbook.1.<id>`` and ``tickers.<id>``; spot takes
   at most 10 args per request; ``{"op": "ping"}`` is answered in each channel's own pong.
+- The private side (signed REST, orders, the ``/v5/private`` websocket) is
+  ``bybit_orders.py`` and ``bybit_stream.py``.
 - Faults: a ``429`` is Bybit's API rate limit (HTTP 200, ``retCode`` 10006 "Too many
   visits!"), a ``403`` its IP limit ("access too frequent"), a 5xx the edge's HTML page.
 """
@@ -27,6 +29,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
+from tests.fakes.bybit_orders import BybitPrivate
 from tests.fakes.core import (
     NS,
     Connection,
@@ -42,6 +45,7 @@ MS = 1_000_000
 INTERVAL_IDS = {"d": "D", "w": "W"}
 SPOT, LINEAR = "spot", "linear"
 WS_PATHS = {"/v5/public/spot": SPOT, "/v5/public/linear": LINEAR}
+PRIVATE_WS = "/v5/private"
 SPOT_ARGS_MAX = 10
 LINEAR_PAGE_DEFAULT, PAGE_MAX = 500, 1000
 KLINE_LIMIT_DEFAULT, KLINE_LIMIT_MAX = 200, 1000
@@ -176,7 +180,7 @@ class BybitSkin:
     """Bybit v5 for ``FakeExchange`` (the protocol in ``core``'s module docstring)."""
 
     exchange_ids = ("bybit",)
-    ws_paths = tuple(WS_PATHS)
+    ws_paths = (*WS_PATHS, PRIVATE_WS)
 
     def __init__(self, fake: FakeExchange, exchange_id: str) -> None:
         self.fake = fake
@@ -186,6 +190,7 @@ class BybitSkin:
         self.connections_opened = 0
         self._malformed = itertools.count()
         self._index: dict[tuple[str, str], str] = {}
+        self.private = BybitPrivate(self)
 
     # -- symbols ---------------------------------------------------------------------------
 
@@ -215,6 +220,7 @@ class BybitSkin:
             web.get("/v5/market/instruments-info", self._instruments),
             web.get("/v5/market/kline", self._kline),
             web.get("/v5/market/tickers", self._tickers),
+            *self.private.routes(),
         ]
 
     def _answer(self, result: Any, code: int = 0, message: str = "OK") -> web.Response:
@@ -376,6 +382,9 @@ class BybitSkin:
         self.connections_opened += 1
         number = self.connections_opened
         conn.state["conn_id"] = f"fake{number:016x}-{number:x}"
+        if conn.path == PRIVATE_WS:
+            await self.private.stream.on_open(conn)
+            return
         conn.state["category"] = WS_PATHS[conn.path]
 
     def _reply(
@@ -398,6 +407,9 @@ class BybitSkin:
             request = None
         if not isinstance(request, dict):
             await conn.send_json(self._reply(conn, "", None, False, "error:invalid op"))
+            return
+        if conn.path == PRIVATE_WS:
+            await self.private.stream.on_message(conn, request)
             return
         op, req_id = request.get("op"), request.get("req_id")
         if op == "ping":
