@@ -14,13 +14,17 @@ not served here.
 
 from __future__ import annotations
 
+import asyncio
+import itertools
 from typing import Any
 
 import msgspec
 from aiohttp import web
 
 from tests.fakes.binance_frames import MS, BinanceFrames, market_id, ms
+from tests.fakes.binance_orders import BinanceError, BinanceOrders, check_timestamp, verify
 from tests.fakes.core import NS, Connection, FakeExchange, SymbolSpec, Topic, TopicKind, Update, fmt
+from tests.fakes.matching import FakeFill, FakeOrder
 
 WS_PREFIXES = ("", "/market", "/public")
 STREAM_KINDS: dict[str, TopicKind] = {
@@ -55,11 +59,15 @@ def _fail(code: int, msg: str, status: int = 400) -> web.Response:
 
 class BinanceSkin:
     exchange_ids = ("binance", "binanceusdm")
-    ws_paths = tuple(
-        f"{prefix}/{kind}{tail}"
-        for prefix in WS_PREFIXES
-        for kind in ("ws", "stream")
-        for tail in ("", "/{tail:.*}")
+    ws_paths = (
+        *(
+            f"{prefix}/{kind}{tail}"
+            for prefix in WS_PREFIXES
+            for kind in ("ws", "stream")
+            for tail in ("", "/{tail:.*}")
+        ),
+        "/ws-api/v3",
+        "/private/ws",
     )
 
     def __init__(self, fake: FakeExchange, exchange_id: str) -> None:
@@ -67,6 +75,8 @@ class BinanceSkin:
         self.exchange_id = exchange_id
         self.ping_every_s = 180.0 if exchange_id == "binanceusdm" else 20.0
         self.frames = BinanceFrames(fake)
+        self.orders = BinanceOrders(fake)
+        self.users = UserStreams(fake, self.orders)
         self._by_id: dict[tuple[bool, str], SymbolSpec] = {}
         self._version = -1
 
@@ -94,7 +104,12 @@ class BinanceSkin:
             "fapiPrivateV2": f"{http_url}/fapi/v2",
             "fapiPrivateV3": f"{http_url}/fapi/v3",
             "fapiData": f"{http_url}/futures/data",
-            "ws": {"spot": f"{ws_url}/ws", "margin": f"{ws_url}/ws", "linear": f"{ws_url}/ws"},
+            "ws": {
+                "spot": f"{ws_url}/ws",
+                "margin": f"{ws_url}/ws",
+                "linear": f"{ws_url}/ws",
+                "ws-api": {"spot": f"{ws_url}/ws-api/v3"},
+            },
         }
         return {"api": api}
 
@@ -133,7 +148,7 @@ class BinanceSkin:
             web.get("/fapi/v1/premiumIndex", self.premium_index),
             web.get("/fapi/v1/fundingRate", self.funding_history),
         ]
-        return out
+        return out + self.orders.routes()
 
     def _with(self, handler: Any, futures: bool) -> Any:
         async def bound(request: web.Request) -> web.Response:
@@ -309,6 +324,9 @@ class BinanceSkin:
 
     async def on_open(self, conn: Connection) -> None:
         path = conn.path
+        if path.startswith(("/ws-api", "/private")):
+            await self.users.on_open(conn)
+            return
         conn.state["futures"] = self.exchange_id == "binanceusdm"
         conn.state["wrapped"] = "/stream" in path
         names = [part for part in path.split("/")[2:] if "@" in part]
@@ -316,6 +334,9 @@ class BinanceSkin:
         conn.subscribe(self._conn_topics(conn, names))
 
     async def on_message(self, conn: Connection, text: str) -> None:
+        if conn.path.startswith(("/ws-api", "/private")):
+            await self.users.on_message(conn, text)
+            return
         try:
             request = msgspec.json.decode(text)
         except msgspec.DecodeError:
@@ -381,3 +402,161 @@ class BinanceSkin:
         if topic.wrapped:
             return msgspec.json.encode({"stream": topic.name, "data": data}).decode()
         return msgspec.json.encode(data).decode()
+
+
+class UserStreams:
+    """Binance's user data stream as ccxt.pro 4.5 uses it: spot through the WebSocket API
+    (``userDataStream.subscribe.signature`` on ``/ws-api/v3``, each event wrapped in
+    ``{"subscriptionId", "event"}``), USDT-M through a listen key
+    (``/private/ws?listenKey=...``, bare events). Frames come from the account's updates:
+    ``executionReport`` + ``outboundAccountPosition`` (spot); ``ORDER_TRADE_UPDATE``,
+    ``ALGO_UPDATE`` (conditional orders) and ``ACCOUNT_UPDATE`` on fills (USDT-M)."""
+
+    def __init__(self, fake: FakeExchange, orders: BinanceOrders) -> None:
+        self.fake = fake
+        self.orders = orders
+        self.frames = orders.frames
+        self.spot: dict[Connection, int] = {}
+        self.futures: set[Connection] = set()
+        self._ids = itertools.count()
+        self._seen: dict[int, tuple[Any, ...]] = {}
+        self._sending: set[asyncio.Task[None]] = set()
+        fake.account.on_update(self.on_update)
+
+    async def on_open(self, conn: Connection) -> None:
+        if conn.path.startswith("/private"):
+            key = conn.request.query.get("listenKey", "")
+            if key not in self.orders.listen_keys:
+                await conn.ws.close(code=1008, message=b"invalid listenKey")
+                return
+            self.futures.add(conn)
+
+    async def on_message(self, conn: Connection, text: str) -> None:
+        if conn.path.startswith("/private"):
+            return
+        try:
+            request = msgspec.json.decode(text)
+            ident, method = request.get("id"), request.get("method")
+            params = {k: str(v).lower() if isinstance(v, bool) else str(v)
+                      for k, v in (request.get("params") or {}).items()}  # fmt: skip
+        except (msgspec.DecodeError, AttributeError):
+            await conn.send_json({"id": None, "status": 400,
+                                  "error": {"code": -1100, "msg": "Invalid JSON"}})  # fmt: skip
+            return
+        limits = [{"rateLimitType": "REQUEST_WEIGHT", "interval": "MINUTE", "intervalNum": 1,
+                   "limit": 6000, "count": 2}]  # fmt: skip
+        try:
+            result = self._ws_api(conn, str(method), params)
+        except BinanceError as error:
+            status = 401 if error.code == -1022 else 400
+            await conn.send_json({"id": ident, "status": status,
+                                  "error": {"code": error.code, "msg": error.msg},
+                                  "rateLimits": limits})  # fmt: skip
+            return
+        await conn.send_json({"id": ident, "status": 200, "result": result, "rateLimits": limits})
+
+    def _ws_api(self, conn: Connection, method: str, params: dict[str, str]) -> dict[str, Any]:
+        if method == "userDataStream.subscribe.signature":
+            signature = params.pop("signature", "")
+            if not params.get("apiKey") or not signature:
+                raise BinanceError(-1102, "Mandatory parameter 'signature' was not sent.")
+            payload = "&".join(f"{k}={v}" for k, v in sorted(params.items()))
+            if not verify(self.fake.api_secret, payload, signature):
+                raise BinanceError(-1022, "Signature for this request is not valid.")
+            check_timestamp(params)
+            self.spot[conn] = self.spot.get(conn, next(self._ids))
+            return {"subscriptionId": self.spot[conn]}
+        if method == "userDataStream.unsubscribe":
+            self.spot.pop(conn, None)
+            return {}
+        if method == "ping":
+            return {}
+        raise BinanceError(-1000, f"Unsupported method {method!r}.")
+
+    # -- frames ----------------------------------------------------------------------------
+
+    def _execution(self, order: FakeOrder, fill: FakeFill | None) -> str | None:
+        """The execution type of this change (None: nothing a stream shows)."""
+        shape = (order.status, order.qty, order.price, order.stop_price, order.triggered)
+        before = self._seen.get(order.order_id)
+        self._seen[order.order_id] = shape
+        if fill is not None:
+            return "TRADE"
+        if order.status in ("canceled", "expired", "rejected"):
+            return None if before and before[0] == order.status else order.status.upper()
+        if before is None:
+            return "NEW"
+        if before[1:4] != shape[1:4]:
+            return "AMENDMENT"
+        return "NEW" if order.triggered and not before[4] else None
+
+    def on_update(self, order: FakeOrder, fill: FakeFill | None) -> None:
+        spec = self.fake.specs.get(order.symbol)
+        if spec is None:
+            return
+        algo_before = self._seen.get(-order.order_id)
+        execution = self._execution(order, fill)
+        if spec.kind == "spot":
+            if execution is None or (execution == "NEW" and order.triggered):
+                return
+            events = [self.frames.execution_report(order, fill, execution)]
+            events.append(self._spot_balances(spec, order.updated_ns))
+            for conn, sid in list(self.spot.items()):
+                for event in events:
+                    self._send(conn, {"subscriptionId": sid, "event": event})
+            return
+        events = []
+        if order.algo:
+            status = self.frames.algo_order(order)["algoStatus"]
+            self._seen[-order.order_id] = (status,)
+            if algo_before != (status,):
+                events.append(self.frames.algo_update(order))
+        if execution is not None and (not order.algo or order.triggered):
+            events.append(self.frames.order_trade_update(order, fill, execution))
+        if fill is not None:
+            events.append(self._futures_account(spec, fill))
+        for conn in list(self.futures):
+            for event in events:
+                self._send(conn, event)
+
+    def _spot_balances(self, spec: SymbolSpec, ts_ns: int) -> dict[str, Any]:
+        rows = []
+        for asset in (spec.base, spec.quote):
+            balance = self.fake.account.balances.get(asset)
+            if balance is not None:
+                rows.append(
+                    {"a": asset, "f": fmt(balance.free, 1e-8), "l": fmt(balance.used, 1e-8)}
+                )
+        return {"e": "outboundAccountPosition", "E": ms(ts_ns), "u": ms(ts_ns), "B": rows}
+
+    def _futures_account(self, spec: SymbolSpec, fill: FakeFill) -> dict[str, Any]:
+        account = self.fake.account
+        asset = spec.settle or spec.quote
+        balance = account.balances.get(asset)
+        wallet = 0.0 if balance is None else balance.free + balance.used
+        position = account.positions.get(spec.symbol)
+        _, p, q = self.frames.formats_of(spec.symbol, True)
+        qty, entry = (0.0, 0.0) if position is None else (position.qty, position.entry_price)
+        mark = self.fake.snapshot(spec.symbol).trade.price
+        at = ms(fill.ts_ns)
+        return {
+            "e": "ACCOUNT_UPDATE", "E": at, "T": at,
+            "a": {
+                "m": "ORDER",
+                "B": [{"a": asset, "wb": fmt(wallet, 1e-8), "cw": fmt(wallet, 1e-8), "bc": "0"}],
+                "P": [{"s": market_id(spec), "pa": q(qty) if qty else "0", "ep": p(entry),
+                       "bep": p(entry), "cr": "0",
+                       "up": fmt((mark - entry) * qty, 1e-8), "mt": "cross", "iw": "0",
+                       "ps": "BOTH", "ma": asset}],
+            },
+        }  # fmt: skip
+
+    def _send(self, conn: Connection, event: Any) -> None:
+        """Queue one frame; tasks start in creation order, so frames keep theirs."""
+        if conn.ws.closed:
+            self.spot.pop(conn, None)
+            self.futures.discard(conn)
+            return
+        task = asyncio.get_running_loop().create_task(conn.send_json(event))
+        self._sending.add(task)
+        task.add_done_callback(self._sending.discard)

@@ -8,12 +8,17 @@ recorded frames (``../shared/reference/ccxt-fixtures/ws-binance.json``).
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from tests.fakes.core import NS, Candle, FakeExchange, SymbolSpec, Update, decimals, fmt
 
+if TYPE_CHECKING:
+    from tests.fakes.matching import FakeFill, FakeOrder
+
 MS = 1_000_000
 Writer = Callable[[float], str]
+SPOT_ORDER_TYPES = ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT"]
+FUTURES_ORDER_TYPES = ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT_MARKET"]
 
 
 def market_id(spec: SymbolSpec) -> str:
@@ -63,7 +68,7 @@ class BinanceFrames:
                 "quotePrecision": 8,
                 "underlyingType": "COIN",
                 "filters": [price_filter, lot_filter, market_lot, notional],
-                "orderTypes": ["LIMIT", "MARKET", "STOP", "STOP_MARKET"],
+                "orderTypes": FUTURES_ORDER_TYPES,
                 "timeInForce": ["GTC", "IOC", "FOK", "GTX"],
             }
         notional = {
@@ -82,7 +87,7 @@ class BinanceFrames:
             "quoteAsset": spec.quote,
             "quotePrecision": 8,
             "quoteAssetPrecision": 8,
-            "orderTypes": ["LIMIT", "LIMIT_MAKER", "MARKET"],
+            "orderTypes": SPOT_ORDER_TYPES,
             "isSpotTradingAllowed": True,
             "isMarginTradingAllowed": False,
             "filters": [price_filter, lot_filter, market_lot, notional],
@@ -293,3 +298,382 @@ class BinanceFrames:
         if futures:
             data["st"] = 1
         return data
+
+
+# -- private: orders, trades, account ------------------------------------------------------
+
+STATUS = {
+    "new": "NEW",
+    "partially_filled": "PARTIALLY_FILLED",
+    "filled": "FILLED",
+    "canceled": "CANCELED",
+    "rejected": "REJECTED",
+    "expired": "EXPIRED",
+}
+SPOT_TYPES = {
+    "market": "MARKET",
+    "limit": "LIMIT",
+    "stop": "STOP_LOSS",
+    "stop_limit": "STOP_LOSS_LIMIT",
+    "take_profit": "TAKE_PROFIT",
+}
+FUTURES_TYPES = {
+    "market": "MARKET",
+    "limit": "LIMIT",
+    "stop": "STOP_MARKET",
+    "stop_limit": "STOP",
+    "take_profit": "TAKE_PROFIT_MARKET",
+}
+ACTUAL_ID_OFFSET = 8_000_000_000
+"""A triggered algo order's order in the matching engine: its own id, derived from the
+algo id (Binance gives it a fresh one; ``actualOrderId`` / ``ai`` link the two)."""
+
+
+def order_type(order: FakeOrder, futures: bool) -> str:
+    if not futures and order.type == "limit" and order.tif == "GTX":
+        return "LIMIT_MAKER"
+    return (FUTURES_TYPES if futures else SPOT_TYPES)[order.type]
+
+
+def exchange_order_id(order: FakeOrder) -> int:
+    """The id Binance's matching engine uses (an algo order's actual order once triggered)."""
+    return order.order_id + ACTUAL_ID_OFFSET if order.algo else order.order_id
+
+
+def algo_status(order: FakeOrder) -> str:
+    if order.status in ("new", "partially_filled"):
+        return "TRIGGERED" if order.triggered else "NEW"
+    if order.status == "canceled" and not order.triggered:
+        return "CANCELED"
+    if order.status in ("rejected", "expired") and not order.triggered:
+        return STATUS[order.status]
+    return "FINISHED"
+
+
+class OrderFrames:
+    """Order rows (REST) and user-data events, spot with 8 decimals, futures with the
+    tick's and the lot's, field order as the recorded ones."""
+
+    def __init__(self, fake: FakeExchange) -> None:
+        self.fake = fake
+
+    def _formats(self, order: FakeOrder, futures: bool) -> tuple[SymbolSpec, Writer, Writer]:
+        spec = self.fake.specs[order.symbol]
+        digits = 0 if futures else 8
+
+        def price(value: float | None) -> str:
+            return fmt(value or 0.0, spec.tick_size, digits)
+
+        def qty(value: float) -> str:
+            return fmt(value, spec.lot_size, digits)
+
+        return spec, price, qty
+
+    def _quote(self, value: float, futures: bool) -> str:
+        return fmt(value, 0.00001, 5 if futures else 8)
+
+    def spot_order(self, order: FakeOrder, kind: str = "query") -> dict[str, Any]:
+        """``kind``: ``query`` (GET order/openOrders/allOrders), ``new`` (POST order, FULL),
+        ``cancel`` (DELETE order: ``clientOrderId`` is the cancel's own id)."""
+        spec, p, q = self._formats(order, False)
+        row: dict[str, Any] = {"symbol": market_id(spec)}
+        if kind == "cancel":
+            row["origClientOrderId"] = order.client_id
+        row |= {"orderId": order.order_id, "orderListId": -1}
+        if kind != "cancel":
+            row["clientOrderId"] = order.client_id
+        if kind in ("new", "cancel"):
+            row["transactTime"] = ms(order.updated_ns)
+        row |= {
+            "price": p(order.price),
+            "origQty": q(order.qty),
+            "executedQty": q(order.filled),
+            "cummulativeQuoteQty": self._quote(order.filled * order.avg_price, False),
+            "status": STATUS[order.status],
+            "timeInForce": "GTC" if order.tif == "GTX" else order.tif,
+            "type": order_type(order, False),
+            "side": order.side.upper(),
+        }
+        if order.stop_price is not None or kind == "query":
+            row["stopPrice"] = p(order.stop_price)
+        if kind == "query":
+            row |= {
+                "icebergQty": "0.00000000",
+                "time": ms(order.created_ns),
+                "updateTime": ms(order.updated_ns),
+                "isWorking": order.stop_price is None or order.triggered,
+            }
+        if kind != "cancel":
+            row["workingTime"] = ms(order.created_ns)
+        row |= {"origQuoteOrderQty": "0.00000000", "selfTradePreventionMode": "EXPIRE_MAKER"}
+        return row
+
+    def spot_fill(self, fill: FakeFill) -> dict[str, Any]:
+        """One entry of a FULL answer's ``fills``."""
+        _, p, q = self.formats_of(fill.symbol, False)
+        return {
+            "price": p(fill.price),
+            "qty": q(fill.qty),
+            "commission": fmt(fill.fee, 1e-8, 8),
+            "commissionAsset": fill.fee_currency,
+            "tradeId": fill.trade_id,
+        }
+
+    def formats_of(self, symbol: str, futures: bool) -> tuple[SymbolSpec, Writer, Writer]:
+        spec = self.fake.specs[symbol]
+        p, q = BinanceFrames(self.fake).formats(spec, futures)
+        return spec, p, q
+
+    def futures_order(self, order: FakeOrder, kind: str = "query") -> dict[str, Any]:
+        """``kind``: ``query`` (GET order/openOrders) or ``new`` (POST/PUT/DELETE answer,
+        with ``cumQty``)."""
+        spec, p, q = self._formats(order, True)
+        type_ = order_type(order, True)
+        row: dict[str, Any] = {
+            "orderId": exchange_order_id(order),
+            "symbol": market_id(spec),
+            "status": STATUS[order.status],
+            "clientOrderId": order.client_id,
+            "price": p(order.price),
+            "avgPrice": p(order.avg_price) if order.filled else "0",
+            "origQty": q(order.qty),
+            "executedQty": q(order.filled),
+        }
+        if kind == "new":
+            row["cumQty"] = q(order.filled)
+        row |= {
+            "cumQuote": self._quote(order.filled * order.avg_price, True),
+            "timeInForce": order.tif,
+            "type": "MARKET" if order.algo and order.type != "stop_limit" else type_,
+            "reduceOnly": order.reduce_only,
+            "closePosition": False,
+            "side": order.side.upper(),
+            "positionSide": "BOTH",
+            "stopPrice": "0",
+            "workingType": "CONTRACT_PRICE",
+            "priceProtect": False,
+            "origType": type_,
+            "priceMatch": "NONE",
+            "selfTradePreventionMode": "EXPIRE_MAKER",
+            "goodTillDate": 0,
+        }
+        if order.algo and order.type == "stop_limit":
+            row["type"] = "LIMIT"
+        if kind == "query":
+            row["time"] = ms(order.created_ns)
+        row["updateTime"] = ms(order.updated_ns)
+        return row
+
+    def algo_order(self, order: FakeOrder, kind: str = "query") -> dict[str, Any]:
+        """A conditional order on ``/fapi/v1/algoOrder`` (new, query); ``kind`` ``cancel``
+        is the short cancel answer."""
+        spec, p, q = self._formats(order, True)
+        if kind == "cancel":
+            return {
+                "algoId": order.order_id,
+                "clientAlgoId": order.client_id,
+                "code": "200",
+                "msg": "success",
+            }
+        row: dict[str, Any] = {
+            "algoId": order.order_id,
+            "clientAlgoId": order.client_id,
+            "algoType": "CONDITIONAL",
+            "orderType": order_type(order, True),
+            "symbol": market_id(spec),
+            "side": order.side.upper(),
+            "positionSide": "BOTH",
+            "timeInForce": order.tif,
+            "quantity": q(order.qty),
+            "algoStatus": algo_status(order),
+            "triggerPrice": p(order.stop_price),
+            "price": p(order.price),
+            "icebergQuantity": None,
+            "selfTradePreventionMode": "EXPIRE_MAKER",
+            "workingType": "CONTRACT_PRICE",
+            "priceMatch": "NONE",
+            "closePosition": False,
+            "priceProtect": False,
+            "reduceOnly": order.reduce_only,
+            "createTime": ms(order.created_ns),
+            "updateTime": ms(order.updated_ns),
+            "triggerTime": ms(order.updated_ns) if order.triggered else 0,
+            "goodTillDate": 0,
+        }
+        if kind == "query":
+            row |= {
+                "actualOrderId": str(exchange_order_id(order)) if order.triggered else "",
+                "actualPrice": p(order.avg_price) if order.filled else "0",
+                "executedQty": q(order.filled) if order.triggered else "0",
+            }
+        return row
+
+    def my_trade(self, fill: FakeFill, order: FakeOrder | None, futures: bool) -> dict[str, Any]:
+        spec, p, q = self.formats_of(fill.symbol, futures)
+        order_id = fill.order_id if order is None else exchange_order_id(order)
+        quote = self._quote(fill.qty * fill.price, futures)
+        if futures:
+            return {
+                "symbol": market_id(spec),
+                "id": fill.trade_id,
+                "orderId": order_id,
+                "side": fill.side.upper(),
+                "price": p(fill.price),
+                "qty": q(fill.qty),
+                "realizedPnl": "0",
+                "marginAsset": spec.settle or spec.quote,
+                "quoteQty": quote,
+                "commission": fmt(fill.fee, 1e-8, 8),
+                "commissionAsset": fill.fee_currency,
+                "time": ms(fill.ts_ns),
+                "positionSide": "BOTH",
+                "maker": fill.maker,
+                "buyer": fill.side == "buy",
+            }
+        return {
+            "symbol": market_id(spec),
+            "id": fill.trade_id,
+            "orderId": order_id,
+            "orderListId": -1,
+            "price": p(fill.price),
+            "qty": q(fill.qty),
+            "quoteQty": quote,
+            "commission": fmt(fill.fee, 1e-8, 8),
+            "commissionAsset": fill.fee_currency,
+            "time": ms(fill.ts_ns),
+            "isBuyer": fill.side == "buy",
+            "isMaker": fill.maker,
+            "isBestMatch": True,
+        }
+
+    def execution_report(
+        self, order: FakeOrder, fill: FakeFill | None, execution: str
+    ) -> dict[str, Any]:
+        """Spot ``executionReport`` (``x``: NEW, CANCELED, REPLACED, REJECTED, TRADE,
+        EXPIRED)."""
+        spec, p, q = self._formats(order, False)
+        at = ms(fill.ts_ns if fill else order.updated_ns)
+        last_qty = fill.qty if fill else 0.0
+        last_price = fill.price if fill else 0.0
+        working = order.status in ("new", "partially_filled")
+        return {
+            "e": "executionReport",
+            "E": at,
+            "s": market_id(spec),
+            "c": order.client_id,
+            "S": order.side.upper(),
+            "o": order_type(order, False),
+            "f": "GTC" if order.tif == "GTX" else order.tif,
+            "q": q(order.qty),
+            "p": p(order.price),
+            "P": p(order.stop_price),
+            "F": "0.00000000",
+            "g": -1,
+            "C": order.client_id if execution == "CANCELED" else "",
+            "x": execution,
+            "X": STATUS[order.status],
+            "r": "NONE",
+            "i": order.order_id,
+            "l": q(last_qty),
+            "z": q(order.filled),
+            "L": p(last_price),
+            "n": fmt(fill.fee, 1e-8, 8) if fill else "0",
+            "N": fill.fee_currency if fill else None,
+            "T": at,
+            "t": fill.trade_id if fill else -1,
+            "I": order.order_id * 2 + (fill.trade_id if fill else 0),
+            "w": working and (order.stop_price is None or order.triggered),
+            "m": fill.maker if fill else False,
+            "M": fill is not None,
+            "O": ms(order.created_ns),
+            "Z": self._quote(order.filled * order.avg_price, False),
+            "Y": self._quote(last_qty * last_price, False),
+            "Q": "0.00000000",
+            "W": ms(order.created_ns),
+            "V": "EXPIRE_MAKER",
+        }
+
+    def order_trade_update(
+        self, order: FakeOrder, fill: FakeFill | None, execution: str
+    ) -> dict[str, Any]:
+        """USDT-M ``ORDER_TRADE_UPDATE`` (``x``: NEW, CANCELED, EXPIRED, TRADE, AMENDMENT)."""
+        spec, p, q = self._formats(order, True)
+        at = ms(fill.ts_ns if fill else order.updated_ns)
+        row = self.futures_order(order)
+        body: dict[str, Any] = {
+            "s": market_id(spec),
+            "c": order.client_id,
+            "S": order.side.upper(),
+            "o": row["type"],
+            "f": order.tif,
+            "q": q(order.qty),
+            "p": p(order.price),
+            "ap": p(order.avg_price) if order.filled else "0",
+            "sp": "0",
+            "x": execution,
+            "X": STATUS[order.status],
+            "i": exchange_order_id(order),
+            "l": q(fill.qty if fill else 0.0),
+            "z": q(order.filled),
+            "L": p(fill.price if fill else 0.0),
+        }
+        if fill is not None:
+            body |= {"N": fill.fee_currency, "n": fmt(fill.fee, 1e-8, 8)}
+        body |= {
+            "T": at,
+            "t": fill.trade_id if fill else 0,
+            "b": "0",
+            "a": "0",
+            "m": fill.maker if fill else False,
+            "R": order.reduce_only,
+            "wt": "CONTRACT_PRICE",
+            "ot": row["origType"],
+            "ps": "BOTH",
+            "cp": False,
+            "rp": "0",
+            "pP": False,
+            "si": 0,
+            "ss": 0,
+            "V": "EXPIRE_MAKER",
+            "pm": "NONE",
+            "gtd": 0,
+        }
+        return {"e": "ORDER_TRADE_UPDATE", "E": at, "T": at, "o": body}
+
+    def algo_update(self, order: FakeOrder) -> dict[str, Any]:
+        """USDT-M ``ALGO_UPDATE``: a conditional order's own life (NEW, CANCELED,
+        TRIGGERED, FINISHED, ...); its fills come as the actual order's ORDER_TRADE_UPDATE."""
+        spec, p, q = self._formats(order, True)
+        at = ms(order.updated_ns)
+        return {
+            "e": "ALGO_UPDATE",
+            "T": at,
+            "E": at,
+            "o": {
+                "caid": order.client_id,
+                "aid": order.order_id,
+                "at": "CONDITIONAL",
+                "o": order_type(order, True),
+                "s": market_id(spec),
+                "S": order.side.upper(),
+                "ps": "BOTH",
+                "f": order.tif,
+                "q": q(order.qty),
+                "X": algo_status(order),
+                "ai": str(exchange_order_id(order)) if order.triggered else "",
+                "ap": p(order.avg_price) if order.filled else "0.00000",
+                "aq": q(order.filled) if order.triggered else "0.00000",
+                "act": "0",
+                "tp": p(order.stop_price),
+                "p": p(order.price),
+                "V": "EXPIRE_MAKER",
+                "wt": "CONTRACT_PRICE",
+                "pm": "NONE",
+                "cp": False,
+                "pP": False,
+                "R": order.reduce_only,
+                "tt": ms(order.updated_ns) if order.triggered else 0,
+                "gtd": 0,
+                "rm": "",
+            },
+        }
