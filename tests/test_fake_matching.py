@@ -422,3 +422,28 @@ def test_default_balances_are_generous() -> None:
     assert fake.account.kind == "spot"
     assert fake.account.balances["USDT"].free == 1_000_000.0
     assert fake.account.balances["BTC"].free == 10_000.0
+
+
+def test_a_triggered_post_only_stop_limit_that_would_take_expires(venue: Venue) -> None:
+    order = venue.account.place(
+        SPOT.symbol, "buy", "stop_limit", 1.0, stop_price=103.0, price=104.0, tif="GTX"
+    )
+    venue.price(103.0)
+    venue.tick()
+    assert (order.triggered, order.status, order.filled) == (True, "expired", 0.0)
+    assert used(venue, "USDT") == 0.0
+
+
+def test_a_failing_update_callback_does_not_stop_the_matching(
+    venue: Venue, caplog: pytest.LogCaptureFixture
+) -> None:
+    order = venue.account.place(SPOT.symbol, "sell", "limit", 1.0, price=101.0)
+
+    def broken(order: FakeOrder, fill: FakeFill | None) -> None:
+        raise RuntimeError("a skin bug")
+
+    venue.account.on_update(broken)
+    venue.price(102.0)
+    venue.tick()
+    assert (order.status, order.avg_price) == ("filled", 101.0)
+    assert "fake matching" in caplog.text

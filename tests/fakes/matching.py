@@ -21,6 +21,9 @@ Differences from /tmp/keel15/spec.md and notes for skin authors (read first):
   by client id returns the newest order with it.
 - ``find``, ``open_orders`` and ``orders`` hide orders younger than ``faults.hidden_s``
   (exchange seconds) unless ``include_hidden=True``; ``cancel`` and ``amend`` see them.
+- ``amend(qty=...)`` is the new TOTAL quantity (filled part included), as Binance, Bybit
+  and Kraken take it; it must stay above the filled quantity.
+- A perpetual's position stays in ``positions`` at qty 0 once closed.
 - Rejected orders are not kept (as on Binance): ``place`` raises and stores nothing.
 - Per-symbol behaviour follows ``SymbolSpec.kind`` (Bybit lists spot and perpetuals on one
   account); ``Account.kind`` is the exchange's main kind.
@@ -58,6 +61,7 @@ Matching (time only from ``fake.now_ns()`` or the tick's timestamp):
 from __future__ import annotations
 
 import asyncio
+import logging
 import math
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal
@@ -93,6 +97,7 @@ OPEN: frozenset[str] = frozenset({"new", "partially_filled"})
 TRIGGERED_TYPES: frozenset[str] = frozenset({"stop", "stop_limit", "take_profit"})
 DEFAULT_QUOTE_BALANCE = 1_000_000.0
 EPS = 1e-9
+log = logging.getLogger(__name__)
 
 
 class OrderError(Exception):
@@ -233,10 +238,11 @@ class AccountFaults:
             raise OrderError("unknown_order", f"no open order {order_id}")
         account._mute += 1
         try:
+            order.triggered = order.type in TRIGGERED_TYPES
             tick = account.fake.snapshot(order.symbol)
             maker = order.price is not None
             price = order.price if order.price is not None else account._touch(order, tick)
-            account._fill(order, order.remaining, price, maker, account.fake.now_ns())
+            account._fill(order, round(order.remaining, 12), price, maker, account.fake.now_ns())
         finally:
             account._mute -= 1
         return order
@@ -501,13 +507,19 @@ class Account:
 
     def match(self, ts_ns: int) -> None:
         """One pass over every open order at exchange time ``ts_ns`` (the core's tick)."""
-        symbols = {o.symbol for o in self._all if o.is_open}
-        for symbol in sorted(symbols):
+        by_symbol: dict[str, list[FakeOrder]] = {}
+        for order_id in self._books:  # exactly the open orders, oldest first
+            order = self._by_id[order_id]
+            by_symbol.setdefault(order.symbol, []).append(order)
+        for symbol, orders in sorted(by_symbol.items()):
             if self.fake.is_delisted(symbol):
                 continue
             tick = self.fake.snapshot(symbol, ts_ns)
-            for order in [o for o in self._all if o.symbol == symbol and o.is_open]:
-                self._work(order, tick, ts_ns)
+            for order in orders:
+                try:
+                    self._work(order, tick, ts_ns)
+                except Exception:  # a skin's callback failed: keep the exchange ticking
+                    log.exception("fake matching: order %s on %s", order.order_id, symbol)
 
     def _work(self, order: FakeOrder, tick: Update, ts: int) -> None:
         if not order.is_open:
@@ -521,6 +533,9 @@ class Account:
             self._notify(order, None)
         limit = order.type in ("limit", "stop_limit")
         crossing = not limit or self._crosses(order, tick)
+        if limit and crossing and order.tif == "GTX" and not book.rested:
+            self._finish(order, "expired", ts)  # a triggered post-only that would take
+            return
         if not crossing:
             if order.tif in ("IOC", "FOK"):
                 self._finish(order, "expired", ts)
@@ -756,7 +771,7 @@ class Account:
         held = position.qty
         realized = 0.0
         if held == 0 or (held > 0) == (signed > 0):
-            total = held + signed
+            total = round(held + signed, 12)
             position.entry_price = round(
                 (position.entry_price * abs(held) + price * qty) / abs(total), 10
             )
