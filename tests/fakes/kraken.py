@@ -9,6 +9,8 @@ newest committed candle's open). A delisted pair leaves AssetPairs and is an unk
 ccxt's ``watchOHLCV``/``watchTrades``/``watchTicker``/``watchBidsAsks`` use websocket v2
 (``/v2``): ``{"method": "subscribe", "params": {...}, "req_id": n}`` acknowledged per symbol,
 a snapshot, then updates; ``{"channel": "heartbeat"}`` every second, also while silent.
+The private side (orders, trades, balances, the ``executions`` channel on ``/ws-auth/v2``)
+is ``kraken_orders.py`` and ``kraken_executions.py``.
 """
 
 from __future__ import annotations
@@ -51,6 +53,8 @@ LEGACY = {
     "CAD": ("ZCAD", "CAD"),
 }
 FIAT = {"USD", "EUR", "GBP", "JPY", "CAD"}
+PRIVATE_WS = "/ws-auth/v2"
+"""ws-auth.kraken.com/v2 on this server: a URL of its own, so ccxt keeps a separate socket."""
 
 
 def iso(ns: int, digits: int = 6) -> str:
@@ -87,7 +91,7 @@ def number(value: float, step: float) -> float:
 
 class KrakenSkin:
     exchange_ids = ("kraken",)
-    ws_paths = ("/v2",)
+    ws_paths = ("/v2", PRIVATE_WS)
 
     def __init__(self, fake: FakeExchange, exchange_id: str) -> None:
         self.fake = fake
@@ -100,11 +104,18 @@ class KrakenSkin:
             self.by_pair[names[1]] = spec
         self.minutes = fake.step_ns // (60 * NS)
         self.heartbeats: set[asyncio.Task[None]] = set()
+        # imported here: the private side builds on this module's wire helpers
+        from tests.fakes.kraken_executions import KrakenExecutions
+        from tests.fakes.kraken_orders import KrakenPrivate
+
+        self.private = KrakenPrivate(self)
+        self.executions = KrakenExecutions(self.private)
 
     # -- REST ------------------------------------------------------------------------------
 
     def routes(self) -> list[web.RouteDef]:
         return [
+            *self.private.routes(),
             web.get("/0/public/Time", self.time),
             web.get("/0/public/SystemStatus", self.system_status),
             web.get("/0/public/Assets", self.assets),
@@ -293,7 +304,7 @@ class KrakenSkin:
         """One ``{"channel": "heartbeat"}`` a second once subscribed, silent or not."""
         while not conn.ws.closed:
             await asyncio.sleep(1.0)
-            if conn.topics and not conn.ws.closed:
+            if (conn.topics or conn in self.executions.listeners) and not conn.ws.closed:
                 try:
                     await conn.send_text('{"channel":"heartbeat"}')
                 except ConnectionError:
@@ -318,6 +329,9 @@ class KrakenSkin:
         echo = {} if req_id is None else {"req_id": req_id}
         if method == "ping":
             await conn.send_json({"method": "pong", **echo, **self.stamp(received)})
+            return
+        if conn.path == PRIVATE_WS:
+            await self.executions.on_message(conn, message, echo)
             return
         if method not in ("subscribe", "unsubscribe"):
             await conn.send_json(
@@ -511,6 +525,7 @@ class KrakenSkin:
 
     def urls(self, http_url: str, ws_url: str) -> dict[str, Any]:
         v1 = f"{ws_url}/v1"
+        private = f"{ws_url}{PRIVATE_WS}"
         return {
             "api": {
                 "public": http_url,
@@ -518,11 +533,11 @@ class KrakenSkin:
                 "zendesk": f"{http_url}/zendesk",
                 "ws": {
                     "public": v1,
-                    "private": v1,
+                    "private": private.removesuffix("/v2"),
                     "beta": v1,
                     "beta-private": v1,
                     "publicV2": f"{ws_url}/v2",
-                    "privateV2": f"{ws_url}/v2",
+                    "privateV2": private,
                 },
             }
         }
