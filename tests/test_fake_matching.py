@@ -447,3 +447,21 @@ def test_a_failing_update_callback_does_not_stop_the_matching(
     venue.tick()
     assert (order.status, order.avg_price) == ("filled", 101.0)
     assert "fake matching" in caplog.text
+
+
+def test_a_hidden_order_stays_hidden_even_once_filled(venue: Venue) -> None:
+    venue.account.faults.hidden_s = 5.0
+    order = venue.account.place(SPOT.symbol, "buy", "market", 1.0, client_id="gone-fast")
+    assert order.status == "filled"
+    assert venue.account.find(order_id=order.order_id) is None
+    assert venue.account.orders() == []
+    venue.clock.now += 5 * NS
+    assert venue.account.find(client_id="gone-fast") is order
+
+
+def test_an_amended_post_only_that_would_take_is_refused(venue: Venue) -> None:
+    order = venue.account.place(SPOT.symbol, "buy", "limit", 1.0, price=95.0, tif="GTX")
+    with pytest.raises(OrderError) as caught:
+        venue.account.amend(order_id=order.order_id, price=100.0)
+    assert caught.value.code == "post_only_rejected"
+    assert (order.price, order.status, used(venue, "USDT")) == (95.0, "new", 95.0)

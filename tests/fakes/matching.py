@@ -40,8 +40,8 @@ Matching (time only from ``fake.now_ns()`` or the tick's timestamp):
   stop (buy: last >= stop; sell: last <= stop), ``take_profit`` (market) the other way (buy:
   last <= stop; sell: last >= stop); one that would trigger at once is refused with
   ``would_trigger_immediately``. Once triggered they behave as market (stop_limit: limit);
-- ``faults.fill_parts`` = N splits each order's fill into N trades on successive passes
-  (place or trigger, then one per tick; IOC/FOK take all N at once);
+- ``faults.fill_parts`` = N (as set when the order is placed) splits its fill into N trades
+  on successive passes (place or trigger, then one per tick; IOC/FOK take all N at once);
 - fees: taker 0.1 %, maker 0.08 % (``taker_fee``/``maker_fee``). Spot: in the asset received
   (buy: base, sell: quote), as Binance; perpetual: in the settle asset;
 - spot balances: an open order locks what it may spend (buy: remaining qty x limit or stop
@@ -185,7 +185,6 @@ class _Book(msgspec.Struct):
     """The engine's private bookkeeping of one open order."""
 
     parts_left: int
-    hidden_until_ns: int
     lock_asset: str = ""
     locked: float = 0.0
     rested: bool = False
@@ -299,6 +298,8 @@ class Account:
         self._all: list[FakeOrder] = []
         self._by_id: dict[int, FakeOrder] = {}
         self._books: dict[int, _Book] = {}
+        """Exactly the open orders, oldest first."""
+        self._hidden_until: dict[int, int] = {}
         self._fills: list[FakeFill] = []
         self._callbacks: list[Callback] = []
         self._next_order = 1_000_001
@@ -376,8 +377,7 @@ class Account:
             raise NoAnswer
 
     def _visible(self, order: FakeOrder) -> bool:
-        book = self._books.get(order.order_id)
-        return book is None or book.hidden_until_ns <= self.fake.now_ns()
+        return self._hidden_until.get(order.order_id, 0) <= self.fake.now_ns()
 
     # -- actions ---------------------------------------------------------------------------
 
@@ -408,7 +408,7 @@ class Account:
             raise OrderError("bad_request", f"bad side {side!r}")
         if tif not in ("GTC", "IOC", "FOK", "GTX"):
             raise OrderError("bad_request", f"bad time in force {tif!r}")
-        if client_id and any(o.client_id == client_id and o.is_open for o in self._all):
+        if client_id and any(self._by_id[i].client_id == client_id for i in self._books):
             raise OrderError("duplicate_client_id", f"client id {client_id!r} is in use")
         self._check_shape(spec, type, price, stop_price)
         tick = self.fake.snapshot(symbol, now)
@@ -438,11 +438,13 @@ class Account:
         self._check_filters(spec, order, tick)
         if tif == "GTX" and type == "limit" and self._crosses(order, tick):
             raise OrderError("post_only_rejected", "the order would immediately take")
-        book = _Book(self.faults.fill_parts, now + int(self.faults.hidden_s * NS))
+        book = _Book(self.faults.fill_parts)
         self._lock(spec, order, book, tick)
         self._all.append(order)
         self._by_id[order_id] = order
         self._books[order_id] = book
+        if self.faults.hidden_s > 0:
+            self._hidden_until[order_id] = now + int(self.faults.hidden_s * NS)
         self._remargin(spec)
         self._notify(order, None)
         self._work(order, tick, now)
@@ -488,6 +490,8 @@ class Account:
             raise OrderError("would_trigger_immediately", "the order would trigger immediately")
         trial = msgspec.structs.replace(order, qty=new_qty, price=new_price, stop_price=new_stop)
         self._check_filters(spec, trial, tick)
+        if trial.tif == "GTX" and trial.type == "limit" and self._crosses(trial, tick):
+            raise OrderError("post_only_rejected", "the order would immediately take")
         book = self._books[order.order_id]
         held = 0.0 if order.reduce_only else self._order_margin(spec, order, tick)
         self._unlock(book)
@@ -508,7 +512,7 @@ class Account:
     def match(self, ts_ns: int) -> None:
         """One pass over every open order at exchange time ``ts_ns`` (the core's tick)."""
         by_symbol: dict[str, list[FakeOrder]] = {}
-        for order_id in self._books:  # exactly the open orders, oldest first
+        for order_id in self._books:
             order = self._by_id[order_id]
             by_symbol.setdefault(order.symbol, []).append(order)
         for symbol, orders in sorted(by_symbol.items()):
