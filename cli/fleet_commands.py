@@ -384,9 +384,23 @@ def up(
     backoff_max: Annotated[
         float, typer.Option("--backoff-max", min=0, help="Longest restart delay in seconds.")
     ] = 30.0,
+    live: Annotated[
+        bool,
+        typer.Option(
+            "--live", help='Allow real-money trading on venues with mode = "live" (both needed).'
+        ),
+    ] = False,
 ) -> None:
     """Run the fleet in the foreground until Ctrl-C: a live paper session, supervised."""
     fleet_config = load_config_or_exit(config)
+    real_money = sorted(v.name for v in fleet_config.venues if v.mode == "live")
+    if real_money and not live:
+        raise fail(
+            f'{", ".join(real_money)}: mode = "live" trades real money; '
+            "start with keel up --live to allow it"
+        )
+    if live and not real_money:
+        raise fail('--live: no [[venues]] entry has mode = "live"')
     try:
         policy = RestartPolicy(
             max_crashes=max_crashes,
@@ -412,7 +426,8 @@ def up(
             feed_args += ["--file", str(data)]
         else:
             feed_args += ["--live", "--bars", str(bars), "--interval", interval]
-    names = {w.name for w in fleet_plan(fleet_config, config)} | {"marketdata"}
+    plan = fleet_plan(fleet_config, config, live)
+    names = {w.name for w in plan} | {"marketdata"}
 
     async def main() -> str | None:
         stop = asyncio.Event()
@@ -428,7 +443,7 @@ def up(
             try:
                 if server.embedded is None:
                     await refuse_if_live(bus, names, server.url)
-                for worker in fleet_plan(fleet_config, config):
+                for worker in plan:
                     supervisor.start(worker)
                 supervising = asyncio.create_task(supervisor.run(stop))
                 stopping = asyncio.create_task(stop.wait())

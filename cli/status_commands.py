@@ -143,6 +143,11 @@ def _lag_text(lag_s: float | None) -> str:
     return "-" if lag_s is None else _age(lag_s)
 
 
+MODE_STYLE = {"live": "bold white on red", "sandbox": "bold yellow", "demo": "bold yellow"}
+"""Real money must stand out on the screen; a testnet must not pass for paper."""
+GATEWAY_STYLE = {"running": "bold green", "degraded": "bold yellow", "halted": "bold red"}
+
+
 def _venue_panel(feed: VenueFeed) -> Panel:
     states = Text()
     for i, (state, n) in enumerate(feed.states.items()):
@@ -150,10 +155,15 @@ def _venue_panel(feed: VenueFeed) -> Panel:
         states.append(f"{n} {state}", style=FEED_STYLE.get(state, "bold"))
     head = Text.assemble(
         ("mode ", ""),
-        (feed.mode, "bold"),
+        (feed.mode.upper(), MODE_STYLE.get(feed.mode, "bold")),
         f"  {_count(feed.symbols, 'symbol')}: ",
         states,
     )
+    if feed.gateway:
+        head.append("  gateway ")
+        head.append(feed.gateway, style=GATEWAY_STYLE.get(feed.gateway, "bold"))
+        if feed.gateway_reason:
+            head.append(f" ({feed.gateway_reason})")  # the gateway's words: never markup
     last = Text("last bar ")
     if feed.last_close is None:
         last.append("none yet", style="dim")

@@ -27,6 +27,7 @@ from contracts.events import (
     RiskDecision,
     SystemStatus,
 )
+from contracts.venue_events import VenueStatus
 from eventstore.bus import Bus, Stored
 from eventstore.lag import consumer_lags
 from eventstore.log_reader import last_or_none, last_per_subject, since, tail
@@ -41,8 +42,8 @@ FEED_STATES = ("stale", "backfilling", "polling", "streaming", "delisted")
 """Worst first: the order of a venue's state counts and of the symbols it shows."""
 WORST_SHOWN = 5
 """A venue's screen shows its worst symbols, not hundreds of rows."""
-MODE = "paper"
-"""Every venue's orders go to the paper venue until live trading is switched on (part 2)."""
+PAPER = "paper"
+"""The mode of a venue no gateway reports on: its orders go to the paper venue."""
 
 
 # --- the report (also the --json shape) ----------------------------------------------------
@@ -154,6 +155,9 @@ class VenueFeed(msgspec.Struct, frozen=True):
     lag_s: float | None
     oldest_close: str | None
     worst: list[FeedRow]
+    gateway: str = ""  # the gateway's state (running, degraded, halted); "" = no gateway
+    gateway_reason: str = ""
+    discrepancies: int = 0
 
 
 class StatusReport(msgspec.Struct, frozen=True):
@@ -257,9 +261,19 @@ def _lag(now_ns: int, close_ns: int) -> float | None:
     return round(max(0.0, (now_ns - close_ns) / 1e9), 3) if close_ns else None
 
 
-def _venue_feeds(statuses: list[Stored], bars: list[Stored], now_ns: int) -> list[VenueFeed]:
+def _venue_feeds(
+    statuses: list[Stored], bars: list[Stored], gateways: list[Stored], now_ns: int
+) -> list[VenueFeed]:
     """Fold the last FeedStatus and the last bar of each (venue, symbol) into a section per
-    venue that publishes feed statuses (the live ones; a synthetic market or file has none)."""
+    venue that publishes feed statuses (the live ones; a synthetic market or file has none)
+    or has a gateway (its last ``VenueStatus``: the mode, and a halt with its reason)."""
+    gateway: dict[str, VenueStatus] = {}
+    for item in gateways:
+        event = item.event
+        if isinstance(event, VenueStatus):
+            known = gateway.get(event.venue)
+            if known is None or known.ts <= event.ts:
+                gateway[event.venue] = event
     state: dict[tuple[str, str], FeedStatus] = {}
     for item in statuses:
         event = item.event
@@ -273,7 +287,7 @@ def _venue_feeds(statuses: list[Stored], bars: list[Stored], now_ns: int) -> lis
         if isinstance(bar, Bar):
             key = (bar.venue, bar.symbol)
             closes[key] = max(closes.get(key, 0), bar.close_time)
-    by_venue: dict[str, list[tuple[FeedStatus, int]]] = {}
+    by_venue: dict[str, list[tuple[FeedStatus, int]]] = {name: [] for name in gateway}
     for key, status in state.items():
         last = max(closes.get(key, 0), status.last_close)
         by_venue.setdefault(key[0], []).append((status, last))
@@ -287,10 +301,14 @@ def _venue_feeds(statuses: list[Stored], bars: list[Stored], now_ns: int) -> lis
         known = [last for _, last in rows if last]
         newest = max(known, default=0)
         oldest = min(known, default=0)
+        gw = gateway.get(venue)
         feeds.append(
             VenueFeed(
                 venue=venue,
-                mode=MODE,
+                mode=gw.mode if gw is not None else PAPER,
+                gateway=gw.state if gw is not None else "",
+                gateway_reason=gw.reason if gw is not None else "",
+                discrepancies=gw.discrepancies if gw is not None else 0,
                 symbols=len(rows),
                 states={name: n for name, n in counts.items() if n},
                 last_close=iso_ns(newest) if newest else None,
@@ -331,6 +349,7 @@ async def collect(
         rejected,
         feed_statuses,
         last_bars,
+        gateway_statuses,
     ) = await asyncio.gather(
         last_per_subject(bus, "SYSTEM", "sys.heartbeat.>"),
         since(bus, "SYSTEM", "sys.heartbeat.>", recent_from),
@@ -343,6 +362,7 @@ async def collect(
         tail(bus, "ORDERS", "ord.risk.>", errors),
         last_per_subject(bus, "MARKET", "md.status.>"),
         last_per_subject(bus, "MARKET", "md.bar.>"),
+        last_per_subject(bus, "VENUE", "venue.status.>"),
     )
     equity = None
     positions = []
@@ -401,7 +421,7 @@ async def collect(
         key=lambda r: (r.worker, r.stream),
     )
     system = _system(statuses, kill, resume)
-    venues = _venue_feeds(feed_statuses, last_bars, now_ns)
+    venues = _venue_feeds(feed_statuses, last_bars, gateway_statuses, now_ns)
     empty = not (
         venues
         or workers

@@ -42,10 +42,21 @@ def keel_command(*args: str) -> list[str]:
     return [sys.executable, "-m", "cli.app", *args]
 
 
-def fleet_plan(config: KeelConfig, config_path: Path | None) -> list[WorkerProcess]:
-    """The consuming workers a config asks for: each strategy instance, risk, execution, portfolio."""
+def fleet_plan(
+    config: KeelConfig, config_path: Path | None, live: bool = False
+) -> list[WorkerProcess]:
+    """The consuming workers a config asks for: one gateway per venue it trades through a
+    gateway (``--live`` passed on: real money needs it), each strategy instance, risk,
+    execution, portfolio."""
     common = ["--config", str(config_path)] if config_path else []
     plan = [
+        WorkerProcess(
+            f"gateway-{name}",
+            ["run", "gateway", "--venue", name, *common, *(["--live"] if live else [])],
+        )
+        for name in sorted(config.gateways)
+    ]
+    plan += [
         WorkerProcess("portfolio", ["run", "portfolio", *common]),
         WorkerProcess("execution", ["run", "execution", *common]),
         WorkerProcess("risk", ["run", "risk", *common]),

@@ -18,8 +18,9 @@ import msgspec
 import pytest
 
 from cli.status_report import WORST_SHOWN, collect
-from contracts.envelope import bar_envelope, market_envelope
+from contracts.envelope import Envelope, bar_envelope, content_id, market_envelope
 from contracts.events import Bar, FeedStatus
+from contracts.venue_events import VenueStatus
 from eventstore.bus import Bus
 from eventstore.server import EmbeddedServer
 from services.config import MarketConfig
@@ -322,7 +323,7 @@ async def test_status_shows_each_live_venue(bus: Bus, nats_server: EmbeddedServe
     assert shown.returncode == 0, shown.stderr
     out = shown.stdout
     assert "Venue binance" in out
-    assert "mode paper  203 symbols: 1 stale, 1 polling, 200 streaming, 1 delisted" in out
+    assert "mode PAPER  203 symbols: 1 stale, 1 polling, 200 streaming, 1 delisted" in out
     assert "Venue sim" not in out
     assert re.search(r"BTC/USDT:USDT +stale +\S+ +3m \d\ds +no closed bar by close \+ 10s", out)
     assert re.search(r"ETH/USDT:USDT +polling", out)
@@ -357,3 +358,31 @@ async def test_status_of_a_live_session(bus: Bus) -> None:
     assert feed.states == {"streaming": 2}, feed
     assert feed.lag_s is not None and feed.lag_s < 120, feed
     assert {row.symbol for row in feed.worst} == {s.symbol for s in symbols}
+
+
+async def test_status_shows_a_gateway_venues_mode_and_its_halt(
+    bus: Bus, nats_server: EmbeddedServer
+) -> None:
+    now = time.time_ns()
+    await publish_feed(bus, now)
+    halted = VenueStatus(
+        ts=now,
+        venue="binance",
+        mode="sandbox",
+        state="halted",
+        reason="position BTC/USDT:USDT: venue 0.5, Keel 0.3",
+        discrepancies=1,
+    )
+    ready = VenueStatus(ts=now, venue="kraken", mode="live", state="running")
+    for event in (halted, ready):
+        assert await bus.publish(event, Envelope.root(content_id("status", event.venue), now))
+    report = await collect(bus, now_ns=now)
+    by_name = {v.venue: v for v in report.venues}
+    assert (by_name["binance"].mode, by_name["binance"].gateway) == ("sandbox", "halted")
+    assert (by_name["kraken"].mode, by_name["kraken"].symbols) == ("live", 0)
+    shown = await asyncio.to_thread(keel, nats_server.url, "status")
+    assert shown.returncode == 0, shown.stderr
+    out = " ".join(shown.stdout.split())
+    assert "mode SANDBOX 203 symbols" in out
+    assert "gateway halted (position BTC/USDT:USDT: venue 0.5, Keel 0.3)" in out
+    assert "mode LIVE 0 symbols" in out
