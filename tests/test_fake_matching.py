@@ -465,3 +465,12 @@ def test_an_amended_post_only_that_would_take_is_refused(venue: Venue) -> None:
         venue.account.amend(order_id=order.order_id, price=100.0)
     assert caught.value.code == "post_only_rejected"
     assert (order.price, order.status, used(venue, "USDT")) == (95.0, "new", 95.0)
+
+
+def test_a_late_tick_never_dates_a_fill_before_its_order(venue: Venue) -> None:
+    venue.clock.now = T0 + 10 * NS
+    order = venue.account.place(SPOT.symbol, "sell", "limit", 1.0, price=101.0)
+    venue.price(102.0)
+    venue.account.match(T0 + 5 * NS)  # the tick due before the order, run after it
+    fill = venue.account.fills(order_id=order.order_id)[0]
+    assert fill.ts_ns == order.updated_ns == order.created_ns == T0 + 10 * NS

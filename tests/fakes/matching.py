@@ -241,7 +241,7 @@ class AccountFaults:
             tick = account.fake.snapshot(order.symbol)
             maker = order.price is not None
             price = order.price if order.price is not None else account._touch(order, tick)
-            account._fill(order, round(order.remaining, 12), price, maker, account.fake.now_ns())
+            account._fill(order, round(order.remaining, 12), price, maker, account._now())
         finally:
             account._mute -= 1
         return order
@@ -252,7 +252,7 @@ class AccountFaults:
         if entry_price is None:
             entry_price = account.fake.snapshot(symbol).trade.price
         account.positions[symbol] = PerpPosition(
-            symbol, qty, entry_price, updated_ns=account.fake.now_ns()
+            symbol, qty, entry_price, updated_ns=account._now()
         )
         account._remargin(account._spec(symbol))
 
@@ -305,6 +305,7 @@ class Account:
         self._next_order = 1_000_001
         self._next_trade = 5_000_001
         self._mute = 0
+        self._last_ns = 0
         given = balances if balances is not None else self._generous()
         for asset, free in given.items():
             self.balances[asset] = Balance(float(free))
@@ -376,6 +377,12 @@ class Account:
             self.faults.hang_next -= 1
             raise NoAnswer
 
+    def _now(self, ts_ns: int | None = None) -> int:
+        """Exchange time, never behind a time already stamped: a tick that runs late (a busy
+        loop) must not date a fill before the order it fills."""
+        self._last_ns = max(self._last_ns, self.fake.now_ns() if ts_ns is None else ts_ns)
+        return self._last_ns
+
     def _visible(self, order: FakeOrder) -> bool:
         return self._hidden_until.get(order.order_id, 0) <= self.fake.now_ns()
 
@@ -402,7 +409,7 @@ class Account:
             raise NoAnswer
         if self.faults.reject_next:
             raise OrderError(self.faults.reject_next.pop(0), "rejected on purpose (fault)")
-        now = self.fake.now_ns()
+        now = self._now()
         spec = self._spec(symbol)
         if side not in ("buy", "sell"):
             raise OrderError("bad_request", f"bad side {side!r}")
@@ -458,7 +465,7 @@ class Account:
         symbol: str | None = None,
     ) -> FakeOrder:
         order = self._open_one(order_id, client_id, symbol)
-        self._finish(order, "canceled", self.fake.now_ns())
+        self._finish(order, "canceled", self._now())
         return order
 
     def amend(
@@ -474,7 +481,7 @@ class Account:
         """Change an open order in place (same order id); matched again at once."""
         order = self._open_one(order_id, client_id, symbol)
         spec = self._spec(order.symbol)
-        now = self.fake.now_ns()
+        now = self._now()
         tick = self.fake.snapshot(order.symbol, now)
         new_qty = order.qty if qty is None else qty
         new_price = order.price if price is None else price
@@ -511,6 +518,7 @@ class Account:
 
     def match(self, ts_ns: int) -> None:
         """One pass over every open order at exchange time ``ts_ns`` (the core's tick)."""
+        ts_ns = self._now(ts_ns)
         by_symbol: dict[str, list[FakeOrder]] = {}
         for order_id in self._books:
             order = self._by_id[order_id]
