@@ -698,9 +698,10 @@ class Account:
             other = self._spec_any(position.symbol)
             if (other.settle or other.quote) == asset:
                 used += abs(position.qty) * position.entry_price * other.contract_size
-        for order in self._all:
+        for order_id in self._books:
+            order = self._by_id[order_id]
             other = self._spec_any(order.symbol)
-            if order.is_open and not order.reduce_only and (other.settle or other.quote) == asset:
+            if not order.reduce_only and (other.settle or other.quote) == asset:
                 used += (
                     order.remaining * (order.price or order.stop_price or 0.0) * other.contract_size
                 )
