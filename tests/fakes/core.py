@@ -15,8 +15,8 @@ here. A skin is a class (``SKINS`` maps ccxt ids to it, imported lazily) built a
 - ``ws_paths: tuple[str, ...]``: websocket routes (aiohttp patterns, ``/ws/{tail:.*}``),
   mirroring the exchange's paths;
 - ``routes() -> list[web.RouteDef]``: the REST endpoints, at the exchange's own paths; the
-  handlers read ``fake.specs``, ``fake.history(...)``, ``fake.snapshot(...)``,
-  ``fake.funding(...)``, ``fake.now_ns()`` and ``fake.is_delisted(...)``;
+  handlers read the fake's ``specs``, ``history(...)``, ``snapshot(...)``, ``funding(...)``,
+  ``now_ns()``, ``is_delisted(...)`` and ``account`` (orders and fills: ``matching.py``);
 - ``async on_open(conn)`` and ``async on_message(conn, text)``: a new socket, and each text
   frame from ccxt: answer subscribe/unsubscribe/ping with ``conn.send_json`` and change the
   socket's subscriptions with ``conn.subscribe(topics)`` / ``conn.unsubscribe(topics)``;
