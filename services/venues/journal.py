@@ -157,6 +157,8 @@ class JournalState(msgspec.Struct, kw_only=True):
     untracked: dict[str, int] = {}
     reported: dict[str, int] = {}
     baseline_pending: bool = True
+    adoption: str = ""
+    mismatches: dict[str, tuple[float, float]] = {}
     halted: bool = False
     halt_reason: str = ""
     last_ts: int = 0
@@ -220,6 +222,8 @@ class VenueJournal:
             state.halted = False
             state.halt_reason = ""
             state.baseline_pending = True
+            state.adoption = event.reason
+            state.mismatches.clear()
 
     def _order(self, order: VenueOrder) -> None:
         legs = self.state.legs
@@ -366,10 +370,13 @@ class VenueJournal:
             elif found.kind == "balance_mismatch":
                 state.base_balances.setdefault(found.asset, ExactSum()).add(delta)
             state.baseline_pending = False
+            state.adoption = ""
             return
         if found.action == HALT_ACTION:
             state.halted = True
             state.halt_reason = found.detail or found.kind
+            key = found.symbol or found.asset
+            state.mismatches[f"{found.kind}\x1f{key}"] = (found.venue_value, found.keel_value)
         key = reported_key(found.kind, found.venue_client_id, found.venue_order_id)
         if key:
             state.reported.setdefault(key, found.ts)
@@ -448,6 +455,15 @@ class VenueJournal:
     @property
     def baseline_pending(self) -> bool:
         return self.state.baseline_pending
+
+    @property
+    def adoption(self) -> str:
+        """The reason of an adoption whose baseline the next reconciliation takes."""
+        return self.state.adoption
+
+    def halted_on(self, kind: str, key: str) -> tuple[float, float] | None:
+        """The venue and Keel values a halt already reported for this symbol or asset."""
+        return self.state.mismatches.get(f"{kind}\x1f{key}")
 
 
 def reported_key(kind: str, venue_client_id: str, venue_order_id: str) -> str:
