@@ -33,12 +33,15 @@ from tests.fakes.core import (
     fmt,
 )
 from tests.fakes.kraken import http_date, iso, number, recent_updates
+from tests.fakes.krakenfutures_orders import KrakenFuturesOrders
+from tests.fakes.krakenfutures_stream import KrakenFuturesStream
 
 HOUR_NS = 3600 * NS
 CHART_ROWS = 2000
 TRADE_SNAPSHOT = 100
 CODES = {"BTC": "XBT"}
 FEEDS = {"trade": "trade", "ticker": "ticker", "ticker_lite": "quote"}
+PRIVATE_FEEDS = ("open_orders", "fills", "balances", "open_positions")
 
 
 def product_id(spec: SymbolSpec) -> str:
@@ -62,6 +65,8 @@ class KrakenFuturesSkin:
         self.delisted_at: dict[str, int] = {}
         self.closed: dict[tuple[str, int], Candle] = {}
         self.heartbeats: set[asyncio.Task[None]] = set()
+        self.orders = KrakenFuturesOrders(self)
+        self.stream = KrakenFuturesStream(self)
 
     # -- REST ------------------------------------------------------------------------------
 
@@ -71,6 +76,7 @@ class KrakenFuturesSkin:
             web.get("/derivatives/api/v3/tickers", self.tickers),
             web.get("/derivatives/api/v3/tickers/{symbol}", self.ticker),
             web.get("/api/charts/v1/{price_type}/{symbol}/{interval}", self.charts),
+            *self.orders.routes(),
         ]
 
     def answer(self, body: dict[str, Any], status: int = 200) -> web.Response:
@@ -269,6 +275,9 @@ class KrakenFuturesSkin:
             await conn.send_json({"event": "error", "message": "Json Error"})
             return
         event, feed = message.get("event"), message.get("feed")
+        if event == "challenge" or feed in PRIVATE_FEEDS:
+            await self.stream.on_private(conn, message)
+            return
         ids = message.get("product_ids") or []
         if event not in ("subscribe", "unsubscribe"):
             await conn.send_json({"event": "error", "message": "Invalid event"})
