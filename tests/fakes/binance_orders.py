@@ -297,11 +297,12 @@ class BinanceOrders:
             return None
         return None if algo and not order.algo else order
 
-    def _tif(self, params: Params, type_: OrderType, post_only: bool) -> str:
+    def _tif(self, params: Params, type_: OrderType, post_only: bool, algo: bool) -> str:
+        """Time in force: required for limit orders, except on the algo service (GTC)."""
         if post_only:
             return "GTX"
         tif = params.get("timeInForce", "")
-        if type_ in NEEDS_PRICE and not tif:
+        if type_ in NEEDS_PRICE and not tif and not algo:
             raise mandatory("timeInForce")
         if tif and tif not in ("GTC", "IOC", "FOK", "GTX"):
             raise BinanceError(-1115, "Invalid timeInForce.")
@@ -333,7 +334,7 @@ class BinanceOrders:
                 stop_price=stop if type_ in NEEDS_STOP else None,
                 client_id=params.get(client_key, "") or f"fake{uuid.uuid4().hex[:18]}",
                 reduce_only=reduce_only,
-                tif=self._tif(params, type_, post_only),  # type: ignore[arg-type]
+                tif=self._tif(params, type_, post_only, algo),  # type: ignore[arg-type]
                 algo=algo,
             )
         except OrderError as error:
