@@ -260,6 +260,8 @@ class BybitPrivate:
         return {"list": [wallet(self.account.balances, wanted)]}
 
     def _positions(self, params: Params) -> dict[str, Any]:
+        if params.get("category") == "inverse":  # a category this account holds nothing in
+            return {"list": [], "nextPageCursor": "", "category": "inverse"}
         if self._category(params) != LINEAR:
             raise BybitError(10001, "params error: category only support linear or option")
         spec = self._symbol(LINEAR, params)
@@ -335,7 +337,7 @@ class BybitPrivate:
                 stop_price=trigger,
                 client_id=params.get("orderLinkId", ""),
                 reduce_only=reduce_only,
-                tif="IOC" if kind == "Market" else tif,  # type: ignore[arg-type]
+                tif="GTC" if kind == "Market" else tif,  # type: ignore[arg-type]
                 algo=order_filter == "StopOrder",
             )
         except OrderError as error:
