@@ -1,0 +1,1 @@
+"""The venue gateway: the one worker per venue that talks to an exchange (docs/venues.md)."""

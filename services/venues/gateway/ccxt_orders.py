@@ -1,0 +1,195 @@
+"""The exchange calls a gateway makes, through ccxt, with each exchange's own parameters.
+
+Every order carries Keel's deterministic client id (``clientOrderId``: ccxt sends it as
+Binance ``newClientOrderId``/``clientAlgoId``, Bybit ``orderLinkId``, Kraken ``cl_ord_id``,
+Kraken Futures ``cliOrdId``). Stops are ``triggerPrice`` orders (Kraken spot:
+``stopLossPrice``; Bybit contracts also name the trigger direction); Binance USDT-M routes
+them to its algo endpoints, so queries and cancels of a stop there say ``trigger``.
+``reduceOnly`` goes to contract markets only (spot has no such flag).
+
+``classify`` sorts ccxt's exceptions: a refusal (``rejected``, with the exchange's own
+message), an outcome nobody knows (``unknown``: timeouts, dropped connections, 5xx), or a
+rate limit (``backoff``: the same request again after a jittered wait).
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any, Literal, TypeVar
+
+import ccxt
+import ccxt.pro
+
+from contracts.venue_events import VenueOrder
+from services.runtime.clock import Clock
+from services.venues.ccxt_exchange import Redactor
+
+Outcome = Literal["rejected", "unknown", "backoff"]
+T = TypeVar("T")
+REASON_MAX = 300
+_JSON_MSG = re.compile(r'"(?:msg|retMsg|message|error)"\s*:\s*"([^"]+)"')
+
+
+def classify(exc: BaseException) -> Outcome:
+    """What an exception from an exchange call means for the order it was about."""
+    if isinstance(exc, (ccxt.DDoSProtection, ccxt.RateLimitExceeded)):
+        return "backoff"
+    if isinstance(exc, ccxt.ExchangeError) and not isinstance(exc, ccxt.AuthenticationError):
+        return "rejected"
+    return "unknown"  # network trouble, 5xx, a bad answer, a nonce, anything unforeseen
+
+
+def exchange_reason(exc: BaseException, redactor: Redactor, exchange_id: str = "") -> str:
+    """The exchange's own words for a refusal (its JSON ``msg``/``retMsg``/``error`` when
+    ccxt quotes the body), with the exception class; secrets redacted, length bounded."""
+    text = redactor.redact(str(exc))
+    found = _JSON_MSG.search(text)
+    words = found.group(1) if found else text.removeprefix(f"{exchange_id} ")
+    code = re.search(r'"(?:code|retCode)"\s*:\s*(-?\d+)', text)
+    prefix = f"{type(exc).__name__}"
+    if code:
+        prefix += f" {code.group(1)}"
+    return f"{prefix}: {words}"[:REASON_MAX]
+
+
+def backoff_s(attempt: int, cap: float, rng: random.Random) -> float:
+    """Full jitter: uniform in [0, min(cap, 0.5 * 2**attempt)]."""
+    return rng.uniform(0.0, min(cap, 0.5 * 2 ** min(attempt, 16)))
+
+
+class OrderCalls:
+    """One exchange's order calls, shaped for its ccxt class; every call rides out rate
+    limits (``backoff``) and raises anything else for the caller to classify."""
+
+    def __init__(
+        self,
+        exchange: ccxt.pro.Exchange,
+        clock: Clock,
+        backoff_max_s: float,
+        rng: random.Random | None = None,
+    ) -> None:
+        self.exchange = exchange
+        self.id: str = exchange.id
+        self.clock = clock
+        self.backoff_max_s = backoff_max_s
+        self.rng = rng or random.Random()
+        self.backoffs = 0
+
+    async def call(self, make: Callable[[], Awaitable[T]]) -> T:
+        attempt = 0
+        while True:
+            try:
+                return await make()
+            except (ccxt.DDoSProtection, ccxt.RateLimitExceeded):
+                self.backoffs += 1
+                await self.clock.sleep(backoff_s(attempt, self.backoff_max_s, self.rng))
+                attempt += 1
+
+    @property
+    def per_symbol(self) -> bool:
+        """Binance lists open orders per symbol (ccxt warns without one, and the weight
+        of all symbols at once is 40 times one)."""
+        return self.id in ("binance", "binanceusdm")
+
+    def is_contract(self, symbol: str) -> bool:
+        market = self.exchange.markets.get(symbol) if self.exchange.markets else None
+        return bool(market and market.get("contract"))
+
+    def algo(self, leg: VenueOrder) -> bool:
+        """Whether the exchange keeps this leg apart from plain orders (Binance USDT-M's algo
+        orders, Bybit's conditional orders): queries and cancels must say so."""
+        return leg.stop_price is not None and self.is_contract(leg.symbol)
+
+    def order_params(self, leg: VenueOrder) -> dict[str, Any]:
+        params: dict[str, Any] = {"clientOrderId": leg.venue_client_id}
+        if leg.stop_price is not None:
+            if self.id == "kraken":
+                params["stopLossPrice"] = leg.stop_price
+            else:
+                params["triggerPrice"] = leg.stop_price
+            if self.id == "bybit" and self.is_contract(leg.symbol):
+                params["triggerDirection"] = "ascending" if leg.side == "buy" else "descending"
+        if leg.reduce_only and self.is_contract(leg.symbol):
+            params["reduceOnly"] = True
+        if leg.order_type in ("limit", "stop_limit"):
+            params["timeInForce"] = leg.time_in_force
+        return params
+
+    def _query_params(self, leg: VenueOrder) -> dict[str, Any]:
+        return {"trigger": True} if self.algo(leg) else {}
+
+    async def submit(self, leg: VenueOrder) -> dict[str, Any]:
+        kind = "limit" if leg.order_type in ("limit", "stop_limit") else "market"
+        return await self.call(
+            lambda: self.exchange.create_order(
+                leg.symbol, kind, leg.side, leg.qty, leg.limit_price, self.order_params(leg)
+            )
+        )
+
+    async def cancel(self, leg: VenueOrder, venue_order_id: str) -> dict[str, Any]:
+        """Cancel by client id where the exchange takes one, else by the exchange's id."""
+        params = self._query_params(leg)
+        if self.id in ("binance", "binanceusdm", "bybit", "kraken", "krakenfutures"):
+            params["clientOrderId"] = leg.venue_client_id
+        return await self.call(
+            lambda: self.exchange.cancel_order(venue_order_id or None, leg.symbol, params)
+        )
+
+    async def find(self, leg: VenueOrder) -> dict[str, Any] | None:
+        """The exchange's order for ``leg``, looked up by client id; None when the exchange
+        says it has none. A failed query raises: absence is never concluded from it."""
+        cid = leg.venue_client_id
+        if self.id in ("binance", "binanceusdm"):
+            params = {**self._query_params(leg), "clientOrderId": cid}
+            try:
+                return await self.call(lambda: self.exchange.fetch_order(None, leg.symbol, params))
+            except ccxt.OrderNotFound:
+                return None
+        extra = {
+            "bybit": {"orderLinkId": cid, **self._query_params(leg)},
+            "kraken": {"cl_ord_id": cid},
+        }.get(self.id, {})
+        for fetch in (self.exchange.fetch_open_orders, self.exchange.fetch_closed_orders):
+            orders = await self.call(lambda f=fetch: f(leg.symbol, None, None, dict(extra)))
+            for order in orders:
+                if str(order.get("clientOrderId") or "") == cid:
+                    return order
+        return None
+
+    async def open_orders(self, symbols: list[str]) -> list[dict[str, Any]]:
+        """Every open order, conditional/algo ones included (Binance USDT-M lists those
+        apart). Raises when any part fails: a partial list is never taken for all."""
+        found: list[dict[str, Any]] = []
+        targets: list[str | None] = list(symbols) if self.per_symbol else [None]
+        for symbol in targets:
+            found += await self.call(lambda s=symbol: self.exchange.fetch_open_orders(s))
+            if self.id in ("binanceusdm", "bybit") and any(
+                self.is_contract(s) for s in ([symbol] if symbol else symbols)
+            ):
+                found += await self.call(
+                    lambda s=symbol: self.exchange.fetch_open_orders(
+                        s, None, None, {"trigger": True}
+                    )
+                )
+        return found
+
+    async def trades(self, symbol: str, since_ms: int | None) -> list[dict[str, Any]]:
+        return await self.call(lambda: self.exchange.fetch_my_trades(symbol, since_ms))
+
+    async def positions(self, symbols: list[str]) -> dict[str, float]:
+        """Signed contract positions by symbol (base units)."""
+        rows = await self.call(lambda: self.exchange.fetch_positions(symbols))
+        out: dict[str, float] = {}
+        for row in rows:
+            size = float(row.get("contracts") or 0.0) * float(row.get("contractSize") or 1.0)
+            sign = -1.0 if row.get("side") == "short" else 1.0
+            out[str(row.get("symbol"))] = out.get(str(row.get("symbol")), 0.0) + sign * size
+        return out
+
+    async def balances(self) -> dict[str, float]:
+        """Total balance per asset."""
+        found: Mapping[str, Any] = await self.call(self.exchange.fetch_balance)
+        totals = found.get("total") or {}
+        return {str(k): float(v) for k, v in totals.items() if v is not None}

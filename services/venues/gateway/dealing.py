@@ -1,0 +1,297 @@
+"""Submits, cancels, amendments and queries of one venue's legs, each answer recorded first.
+
+Every exchange answer becomes a ``VenueAnswer`` stored in the log (``record``) before the
+gateway does anything with it. An exception is classified (``ccxt_orders.classify``): a
+refusal is ``rejected`` with the exchange's own words; anything whose outcome nobody knows
+(a timeout, a dropped connection, a 5xx) is ``unknown`` and a query by client id settles it
+later; the fate rule (``services/venues/order_fate.py``) decides when queries keep missing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import ccxt
+
+from contracts.envelope import Envelope
+from contracts.venue_events import AnswerSource, VenueAnswer
+from services.runtime.clock import Clock
+from services.venues.ccxt_exchange import Redactor
+from services.venues.gateway.answers import base_answer, client_id_of, order_answer, trade_answer
+from services.venues.gateway.ccxt_orders import OrderCalls, classify, exchange_reason
+from services.venues.gateway.config import GatewayConfig
+from services.venues.gateway.legs import Leg, LegBook
+from services.venues.journal import VenueJournal
+from services.venues.order_fate import FateRule
+
+log = logging.getLogger("keel.gateway")
+Record = Callable[[VenueAnswer, Envelope], Awaitable[bool]]
+TRADES_MARGIN_MS = 60_000
+
+
+class Dealer:
+    def __init__(
+        self,
+        calls: OrderCalls,
+        book: LegBook,
+        record: Record,
+        clock: Clock,
+        redactor: Redactor,
+        config: GatewayConfig,
+        journal: VenueJournal,
+    ) -> None:
+        self.calls = calls
+        self.journal = journal
+        self.rule = FateRule(config.unknown_queries, config.unknown_within_s, config.unknown_then)
+        self.book = book
+        self.record = record
+        self.clock = clock
+        self.redactor = redactor
+        self.config = config
+        self.lock = asyncio.Lock()
+        self.orphans: dict[str, tuple[Mapping[str, Any], AnswerSource]] = {}
+        """Trades seen before their order's id was known, by trade id."""
+
+    # -- answers ---------------------------------------------------------------------------
+
+    async def order_state(self, leg: Leg, order: Mapping[str, Any], source: AnswerSource) -> None:
+        """Record what the exchange says of ``leg``'s order: a first acceptance, an end,
+        and any fills it carries; then the trades that were waiting for its id."""
+        answer = order_answer(order, leg.order, source, self.clock.now_ns())
+        news = (
+            answer.kind != "accepted"
+            or leg.state in ("sent", "unknown")
+            or (answer.venue_order_id and not leg.venue_order_id)
+        )
+        if news and leg.state != "done":
+            await self.record(answer, leg.envelope)
+        for trade in order.get("trades") or ():
+            await self.trade(trade, source)
+        if leg.venue_order_id:
+            waiting = [
+                (t, s)
+                for t, s in self.orphans.values()
+                if str(t.get("order")) == leg.venue_order_id
+            ]
+            for trade, was in waiting:
+                self.orphans.pop(str(trade.get("id")), None)
+                await self.trade(trade, was)
+
+    def leg_of(self, item: Mapping[str, Any]) -> Leg | None:
+        cid = client_id_of(item)
+        leg = self.book.legs.get(cid) if cid else None
+        if leg is None and item.get("order") is not None:
+            leg = self.book.of_venue_order(str(item["order"]))
+        if leg is None and item.get("id") is not None and "amount" not in item:
+            leg = self.book.of_venue_order(str(item["id"]))
+        return leg
+
+    async def trade(self, trade: Mapping[str, Any], source: AnswerSource) -> None:
+        """One venue trade: a fill of its leg (once: the leg's trade ids and the event id
+        dedupe); a trade of an order not yet known waits for it (reconciliation reports
+        one that never becomes known)."""
+        leg = self.leg_of(trade)
+        trade_id = str(trade.get("id") or "")
+        if leg is None:
+            if trade_id:
+                self.orphans[trade_id] = (trade, source)
+            return
+        if trade_id in leg.trades:
+            return
+        answer = trade_answer(trade, leg.order, source, self.clock.now_ns())
+        if answer is not None:
+            await self.record(answer, leg.envelope)
+
+    async def failed(
+        self, leg: Leg, exc: BaseException, source: AnswerSource, cause: Envelope
+    ) -> None:
+        reason = exchange_reason(exc, self.redactor, self.calls.id)
+        if isinstance(exc, ccxt.DuplicateOrderId) or classify(exc) != "rejected":
+            log.warning(
+                "%s %s: outcome unknown (%s): a query settles it",
+                source,
+                leg.order.venue_client_id,
+                reason,
+            )
+            leg.state = "unknown" if source == "submit" else leg.state
+            kind = "unknown"
+        else:
+            kind = "rejected"
+        now = self.clock.now_ns()
+        answer = base_answer(
+            leg.order, kind, source, now, reason=reason, venue_order_id=leg.venue_order_id
+        )
+        await self.record(answer, cause)
+
+    def unknown(self, leg: Leg, source: AnswerSource, reason: str) -> VenueAnswer:
+        """A fact of Keel's own: the outcome is not known (or a query did not find it)."""
+        return base_answer(
+            leg.order,
+            "unknown",
+            source,
+            self.clock.now_ns(),
+            reason=reason,
+            venue_order_id=leg.venue_order_id,
+        )
+
+    # -- actions ---------------------------------------------------------------------------
+
+    async def submit(self, leg: Leg, cause: Envelope | None = None) -> None:
+        async with self.lock:
+            try:
+                placed = await self.calls.submit(leg.order)
+            except Exception as exc:
+                await self.failed(leg, exc, "submit", cause or leg.envelope)
+                return
+            await self.order_state(leg, placed, "submit")
+
+    async def reject(self, leg: Leg, reason: str, source: AnswerSource, cause: Envelope) -> None:
+        answer = base_answer(leg.order, "rejected", source, self.clock.now_ns(), reason=reason)
+        await self.record(answer, cause)
+
+    async def cancel(self, leg: Leg, cause: Envelope) -> None:
+        """Cancel by client id; an exchange that says it has no such order gets the cancel
+        rejected with its words, then a query tells what became of the order."""
+        async with self.lock:
+            await self._cancel(leg, cause)
+
+    async def _cancel(self, leg: Leg, cause: Envelope) -> None:
+        try:
+            got = await self.calls.cancel(leg.order, leg.venue_order_id)
+        except ccxt.OrderNotFound as exc:
+            await self.failed(leg, exc, "cancel", cause)
+            await self._query(leg)
+            return
+        except Exception as exc:
+            await self.failed(leg, exc, "cancel", cause)
+            return
+        if str(got.get("status") or "") in ("canceled", "cancelled", "expired"):
+            answer = order_answer(got, leg.order, "cancel", self.clock.now_ns())
+            await self.record(answer, cause)
+        else:  # ccxt got no state back (Kraken: a count): the query says it
+            await self._query(leg)
+
+    async def amend(self, new: Leg, old: Leg | None, cause: Envelope) -> None:
+        """Replace ``old`` by ``new``. A protective or reduce-only leg is placed before the
+        old one is canceled (the position is never unprotected); an entry is canceled first
+        (never two live entries), and the new one placed once the cancel is confirmed."""
+        async with self.lock:
+            if old is None or not old.open:
+                await self._place(new)
+                return
+            if new.order.protective or new.order.reduce_only:
+                await self._place(new)
+                if new.state == "working":
+                    await self._cancel(old, cause)
+                return
+            await self._cancel(old, cause)
+            if old.state == "done":
+                await self._place(new)
+            else:
+                reason = "the replaced leg is not canceled yet: " + old.state
+                answer = base_answer(
+                    new.order, "rejected", "amend", self.clock.now_ns(), reason=reason
+                )
+                await self.record(answer, new.envelope)
+
+    async def _place(self, leg: Leg) -> None:
+        try:
+            placed = await self.calls.submit(leg.order)
+        except Exception as exc:
+            await self.failed(leg, exc, "submit", leg.envelope)
+            return
+        await self.order_state(leg, placed, "submit")
+
+    # -- settling --------------------------------------------------------------------------
+
+    async def query(self, leg: Leg) -> bool | None:
+        async with self.lock:
+            return await self._query(leg)
+
+    async def _query(self, leg: Leg) -> bool | None:
+        """Look ``leg`` up by client id: its real state and fills when found; None when the
+        query failed (nothing is concluded from a failed query)."""
+        try:
+            found = await self.calls.find(leg.order)
+        except Exception as exc:
+            log.warning(
+                "query %s failed: %s",
+                leg.order.venue_client_id,
+                exchange_reason(exc, self.redactor, self.calls.id),
+            )
+            return None
+        if found is None:
+            await self.record(self.unknown(leg, "query", "not found by client id"), leg.envelope)
+            return False
+        if found.get("id") and not leg.venue_order_id:
+            leg.venue_order_id = str(found["id"])
+            self.book.by_venue_id[leg.venue_order_id] = leg.order.venue_client_id
+        filled = float(found.get("filled") or 0.0)
+        if filled > leg.filled:
+            await self._trades_of(leg, "query")
+        await self.order_state(leg, found, "query")
+        return True
+
+    async def _trades_of(self, leg: Leg, source: AnswerSource) -> None:
+        since = leg.envelope.event_time // 1_000_000 - TRADES_MARGIN_MS
+        try:
+            trades = await self.calls.trades(leg.order.symbol, since)
+        except Exception as exc:
+            log.warning(
+                "trades of %s failed: %s",
+                leg.order.symbol,
+                exchange_reason(exc, self.redactor, self.calls.id),
+            )
+            return
+        for trade in trades:
+            if str(trade.get("order") or "") == leg.venue_order_id:
+                await self.trade(trade, source)
+
+    async def settle(self, leg: Leg) -> None:
+        """One step for an unsettled leg, as the fate rule says on the journal's queries:
+        query, resubmit with the same id, or give up (``missing``); a cancel not yet
+        confirmed is asked again once a query shows the order still open."""
+        async with self.lock:
+            known = self.journal.leg(leg.order.venue_client_id)
+            if known is None or not known.in_doubt():
+                if leg.cancel is not None and leg.open and await self._query(leg) and leg.open:
+                    await self._cancel(leg, leg.cancel)
+                return
+            verdict = self.rule.decide(known, known.queries, self.clock.now_ns())
+            if verdict == "query":
+                await self._query(leg)
+            elif verdict == "resubmit":
+                await self._place(leg)
+            elif verdict == "fail":
+                misses = sum(1 for q in known.queries if not q.found)
+                reason = f"not found by {misses} queries over {self.rule.within_s:g} s"
+                answer = base_answer(
+                    leg.order, "missing", "query", self.clock.now_ns(), reason=reason
+                )
+                await self.record(answer, leg.envelope)
+
+    async def poll(self, legs: list[Leg]) -> None:
+        """The private stream's stand-in: recent trades of each symbol with open legs, then
+        each open leg's state."""
+        async with self.lock:
+            symbols = sorted({leg.order.symbol for leg in legs})
+            for symbol in symbols:
+                mine = [leg for leg in legs if leg.order.symbol == symbol]
+                since = min(leg.envelope.event_time for leg in mine) // 1_000_000 - TRADES_MARGIN_MS
+                try:
+                    trades = await self.calls.trades(symbol, since)
+                except Exception as exc:
+                    log.warning(
+                        "poll trades %s: %s",
+                        symbol,
+                        exchange_reason(exc, self.redactor, self.calls.id),
+                    )
+                    continue
+                for trade in trades:
+                    await self.trade(trade, "poll")
+            for leg in legs:
+                if leg.open and leg.state == "working":
+                    await self._query(leg)

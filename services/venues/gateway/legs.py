@@ -1,0 +1,114 @@
+"""What the gateway needs to act on each leg: a fold of its own venue events, with causes.
+
+``services/venues/journal.py`` is the venue's ledger (positions, balances, the halt); this
+book is the gateway's working memory beside it: which ``VenueOrder`` already has an answer
+(by the order event's id, from each answer's causation id), the exchange's id of each leg,
+and a cancel still to settle (the journal keeps the queries and doubts). Rebuilt from the log at
+start, so a restarted gateway knows what it already did.
+"""
+
+from __future__ import annotations
+
+from typing import Literal
+
+import msgspec
+
+from contracts.envelope import Envelope
+from contracts.venue_events import VenueAnswer, VenueOrder
+from services.venues.journal import VenueJournal
+
+LegState = Literal["sent", "unknown", "working", "done"]
+DONE_KINDS = ("canceled", "expired", "rejected", "missing")
+
+
+class Leg(msgspec.Struct):
+    order: VenueOrder
+    envelope: Envelope
+    seq: int
+    state: LegState = "sent"
+    venue_order_id: str = ""
+    cum_qty: float = 0.0
+    filled: float = 0.0
+    trades: set[str] = msgspec.field(default_factory=set)
+    cancel: Envelope | None = None
+    """The cancel (or replacing order) asked for and not yet settled."""
+
+    @property
+    def open(self) -> bool:
+        return self.state != "done"
+
+
+class LegBook:
+    def __init__(self) -> None:
+        self.legs: dict[str, Leg] = {}
+        self.answered: set[str] = set()
+        self.by_venue_id: dict[str, str] = {}
+
+    def order(self, order: VenueOrder, envelope: Envelope, seq: int) -> Leg | None:
+        """Record a ``VenueOrder``; the leg it is about (None for a cancel of a leg never
+        seen)."""
+        if order.action == "new" or order.action == "amend":
+            leg = self.legs.get(order.venue_client_id)
+            if leg is None:
+                leg = self.legs[order.venue_client_id] = Leg(order, envelope, seq)
+            if order.action == "amend" and order.replaces in self.legs:
+                self.legs[order.replaces].cancel = envelope
+            return leg
+        leg = self.legs.get(order.venue_client_id)
+        if leg is not None and leg.open:
+            leg.cancel = envelope
+        return leg
+
+    def answer(self, answer: VenueAnswer, envelope: Envelope) -> None:
+        self.answered.add(envelope.causation_id)
+        leg = self.legs.get(answer.venue_client_id)
+        if leg is None:
+            return
+        if answer.venue_order_id:
+            leg.venue_order_id = answer.venue_order_id
+            self.by_venue_id[answer.venue_order_id] = answer.venue_client_id
+        leg.cum_qty = max(leg.cum_qty, answer.cum_qty)
+        kind = answer.kind
+        if kind == "fill":
+            if answer.trade_id not in leg.trades:
+                leg.trades.add(answer.trade_id)
+                leg.filled += answer.fill_qty
+            leg.cum_qty = max(leg.cum_qty, leg.filled)
+            if leg.state in ("sent", "unknown"):
+                leg.state = "working"
+            if leg.filled >= leg.order.qty * (1 - 1e-9):
+                leg.state, leg.cancel = "done", None
+            return
+        if kind == "accepted":
+            if leg.state != "done":
+                leg.state = "working"
+        elif kind == "unknown":
+            if leg.state == "sent" or answer.source == "submit":
+                leg.state = "unknown"
+        elif kind == "rejected" and answer.source in ("cancel", "amend"):
+            leg.cancel = None
+        elif kind in DONE_KINDS:
+            leg.state, leg.cancel = "done", None
+
+    def handled(self, event_id: str) -> bool:
+        """Whether an answer caused by this order event is in the log."""
+        return event_id in self.answered
+
+    def of_venue_order(self, venue_order_id: str) -> Leg | None:
+        vcid = self.by_venue_id.get(venue_order_id)
+        return self.legs.get(vcid) if vcid else None
+
+    def open_legs(self) -> list[Leg]:
+        return [leg for leg in self.legs.values() if leg.open]
+
+    def unsettled(self, journal: VenueJournal) -> list[Leg]:
+        """Legs whose fate a query must settle: in doubt in the journal (a timeout, a
+        restart, a miss) once the gateway has answered their order at least once (one not
+        yet answered is being sent right now), or with a cancel asked and not confirmed."""
+        out = []
+        for leg in self.legs.values():
+            known = journal.leg(leg.order.venue_client_id)
+            doubt = known is not None and known.in_doubt() and self.handled(leg.envelope.event_id)
+            if doubt or (leg.open and leg.cancel is not None):
+                out.append(leg)
+        return out

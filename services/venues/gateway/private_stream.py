@@ -1,0 +1,90 @@
+"""The private websocket: ``watch_my_trades`` and ``watch_orders`` through ccxt.pro.
+
+Each result is handed to the dealer as it comes; ``last_ns`` is when the stream last said
+anything, so the gateway's poller knows when it has been silent for ``poll_after_s`` and
+REST polling must take over. A watch that fails (a dropped connection, an expired listen
+key) is watched again after a jittered backoff; the stream never stops the gateway.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+import ccxt.pro
+
+from services.runtime.clock import Clock
+from services.venues.ccxt_exchange import Redactor
+from services.venues.gateway.ccxt_orders import backoff_s, exchange_reason
+
+log = logging.getLogger("keel.gateway")
+Handler = Callable[[list[Mapping[str, Any]]], Awaitable[None]]
+
+
+class PrivateStream:
+    def __init__(
+        self,
+        exchange: ccxt.pro.Exchange,
+        clock: Clock,
+        redactor: Redactor,
+        on_trades: Handler,
+        on_orders: Handler,
+        backoff_max_s: float,
+    ) -> None:
+        self.exchange = exchange
+        self.clock = clock
+        self.redactor = redactor
+        self.on_trades = on_trades
+        self.on_orders = on_orders
+        self.backoff_max_s = backoff_max_s
+        self.last_ns = clock.now_ns()
+        self.failures = 0
+        self.frames = 0
+        self._rng = random.Random()
+
+    async def run(self) -> None:
+        """Both watches until cancelled."""
+        await asyncio.gather(
+            self._watch("watch_my_trades", self.exchange.watch_my_trades, self.on_trades),
+            self._watch("watch_orders", self.exchange.watch_orders, self.on_orders),
+        )
+
+    async def _watch(
+        self, name: str, watch: Callable[[], Awaitable[list[Mapping[str, Any]]]], handle: Handler
+    ) -> None:
+        attempt = 0
+        seen: set[str] = set()
+        while True:
+            try:
+                items = await watch()
+            except asyncio.CancelledError:
+                raise
+            except Exception as exc:
+                self.failures += 1
+                log.warning(
+                    "%s failed: %s", name, exchange_reason(exc, self.redactor, self.exchange.id)
+                )
+                await self.clock.sleep(backoff_s(attempt, self.backoff_max_s, self._rng))
+                attempt += 1
+                continue
+            attempt = 0
+            self.last_ns = self.clock.now_ns()
+            self.frames += 1
+            fresh = [i for i in items if _key(i) not in seen]
+            seen.update(_key(i) for i in fresh)
+            if len(seen) > 50_000:
+                seen.clear()
+            if fresh:
+                await handle(fresh)
+
+    def silent_for(self) -> float:
+        return (self.clock.now_ns() - self.last_ns) / 1e9
+
+
+def _key(item: Mapping[str, Any]) -> str:
+    """ccxt's caches hand back earlier items again: a trade by its id, an order by its id,
+    status and filled quantity."""
+    return f"{item.get('id')}|{item.get('status', '')}|{item.get('filled', '')}"

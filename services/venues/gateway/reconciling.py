@@ -1,0 +1,202 @@
+"""Reconciliation's I/O, the halt, adoption and the kill switch for one gateway.
+
+``run_once`` asks the exchange for its open orders (conditional/algo ones included), the
+trades since each open leg began, positions (contracts) and balances; each part that fails
+is marked incomplete and nothing is concluded from it. ``services/venues/reconcile.py``
+(pure) compares that view with the venue journal; its findings are stored (discrepancies,
+inferred fills under the trade's own id), missing stops are placed again, and a position or
+balance beyond tolerance halts the venue until an operator adopts the venue's view.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import TYPE_CHECKING, Any
+
+from contracts.envelope import Envelope, content_id
+from contracts.venue_events import Discrepancy, KillSwitch, VenueAdoption, VenueOrder
+from services.venues.ccxt_exchange import Redactor
+from services.venues.client_ids import venue_client_id
+from services.venues.gateway.ccxt_orders import OrderCalls, exchange_reason
+from services.venues.journal import symbol_parts
+from services.venues.reconcile import Tolerance, VenueView, reconcile
+
+if TYPE_CHECKING:
+    from services.venues.gateway.worker import Gateway
+
+log = logging.getLogger("keel.gateway")
+KILL_STRATEGY = "kill"
+TRADES_MARGIN_MS = 60_000
+
+
+class Reconciler:
+    def __init__(self, gateway: Gateway, calls: OrderCalls, redactor: Redactor) -> None:
+        self.gateway = gateway
+        self.calls = calls
+        self.redactor = redactor
+        self.last_ns = 0
+        self.runs = 0
+        self.discrepancies = 0
+
+    def _reason(self, exc: BaseException) -> str:
+        return exchange_reason(exc, self.redactor, self.calls.id)
+
+    async def view(self) -> VenueView:
+        """What the exchange says now; a part whose query failed is incomplete."""
+        gateway = self.gateway
+        journal = gateway.journal
+        symbols = sorted({leg.order.symbol for leg in journal.legs()})
+        orders: list[dict[str, Any]] | None = None
+        orders_error = trades_error = positions_error = balances_error = ""
+        ts = gateway.clock.now_ns()
+        try:
+            orders = await self.calls.open_orders(symbols)
+        except Exception as exc:
+            orders_error = self._reason(exc)
+        trades: list[dict[str, Any]] | None = []
+        open_since = [leg.order.ts for leg in journal.legs_open()]
+        since_ms = min(open_since, default=self.last_ns or ts) // 1_000_000 - TRADES_MARGIN_MS
+        for symbol in symbols:
+            try:
+                trades += await self.calls.trades(symbol, since_ms)  # type: ignore[operator]
+            except Exception as exc:
+                trades, trades_error = None, self._reason(exc)
+                break
+        contracts = [s for s in symbols if self.calls.is_contract(s)]
+        positions: dict[str, float] | None = {}
+        if contracts:
+            try:
+                positions = await self.calls.positions(contracts)
+            except Exception as exc:
+                positions, positions_error = None, self._reason(exc)
+        balances: dict[str, float] | None = None
+        try:
+            balances = await self.calls.balances()
+        except Exception as exc:
+            balances_error = self._reason(exc)
+        return VenueView.from_ccxt(
+            ts=ts,
+            orders=orders,
+            orders_error=orders_error,
+            order_symbols=symbols if self.calls.per_symbol else None,
+            trades=trades,
+            trades_error=trades_error,
+            positions=positions,
+            positions_error=positions_error,
+            balances=balances,
+            balances_error=balances_error,
+        )
+
+    async def run_once(self) -> None:
+        """One reconciliation: its findings stored, acted on, and the venue's state said."""
+        gateway = self.gateway
+        view = await self.view()
+        config = gateway.config
+        tolerance = Tolerance(position=config.position_tolerance, balance=config.balance_tolerance)
+        findings = reconcile(view, gateway.journal, tolerance)
+        cause = Envelope.root(content_id("reconcile", gateway.venue.name, view.ts), view.ts)
+        for answer in findings.answers:
+            leg = gateway.book.legs.get(answer.venue_client_id)
+            await gateway.record(answer, leg.envelope if leg else cause)
+        for found in findings.discrepancies:
+            await self._store(found, cause)
+        for stop in findings.replace_stops:
+            await self._place(stop, cause)
+        for vcid in findings.queries:
+            leg = gateway.book.legs.get(vcid)
+            if leg is not None:
+                await gateway.dealer.query(leg)
+        for venue_order_id in findings.cancels:
+            leg = gateway.book.of_venue_order(venue_order_id)
+            if leg is not None:
+                await gateway.dealer.cancel(leg, cause)
+        self.last_ns, self.runs = view.ts, self.runs + 1
+        gateway.last_reconcile_ns = view.ts
+        self.discrepancies = len(findings.discrepancies)
+        if gateway.journal.halted and gateway.state != "halted":
+            await gateway.status("halted", gateway.journal.halt_reason, self.discrepancies)
+        elif not gateway.journal.halted and gateway.state == "halted":
+            await gateway.status("running", "the operator adopted the venue's view")
+
+    async def _store(self, found: Discrepancy, cause: Envelope) -> None:
+        gateway = self.gateway
+        envelope = Envelope(
+            content_id(
+                "recon",
+                found.venue,
+                found.kind,
+                found.symbol,
+                found.asset,
+                found.venue_client_id,
+                found.venue_order_id,
+                found.trade_id,
+                found.ts,
+            ),
+            cause.event_id,
+            cause.correlation_id,
+            found.ts,
+        )
+        await gateway.bus.retry(
+            f"{gateway.name}: store a discrepancy",
+            lambda: gateway.bus.publish(found, envelope, gateway.name),
+        )
+        gateway.journal.apply(found)
+
+    async def _place(self, order: VenueOrder, cause: Envelope) -> None:
+        """An order of the gateway's own (a stop placed again, a kill's flattening): on the
+        log as a ``VenueOrder`` first, then sent through the order consumer like any other."""
+        gateway = self.gateway
+        envelope = Envelope(
+            content_id("gateway-order", order.venue_client_id),
+            cause.event_id,
+            cause.correlation_id,
+            order.ts,
+        )
+        await gateway.bus.retry(
+            f"{gateway.name}: store an order",
+            lambda: gateway.bus.publish(order, envelope, gateway.name),
+        )
+
+    async def loop(self) -> None:
+        while True:
+            await self.gateway.clock.sleep(self.gateway.config.reconcile_every_s)
+            try:
+                await self.run_once()
+            except Exception as exc:
+                log.warning("%s: reconciliation failed: %s", self.gateway.name, self._reason(exc))
+
+    async def adopt(self, adoption: VenueAdoption) -> None:
+        """The operator took the venue's view: the journal moves its baseline there at the
+        next reconciliation (now), and the halt is lifted."""
+        self.gateway.journal.apply(adoption)
+        await self.run_once()
+
+    async def kill(self, kill: KillSwitch, envelope: Envelope) -> None:
+        """Cancel every open leg that is not protective; with ``flatten`` also close every
+        position with a reduce-only market order."""
+        gateway = self.gateway
+        for leg in list(gateway.book.open_legs()):
+            if not leg.order.protective:
+                await gateway.dealer.cancel(leg, envelope)
+        if not kill.flatten:
+            return
+        now = gateway.clock.now_ns()
+        for symbol in sorted({leg.order.symbol for leg in gateway.journal.legs()}):
+            qty = gateway.journal.position(symbol)
+            if abs(qty) <= gateway.config.position_tolerance:
+                continue
+            coid = f"kill-{envelope.event_id[:16]}-{symbol_parts(symbol).base}"
+            order = VenueOrder(
+                ts=now,
+                action="new",
+                client_order_id=coid,
+                venue_client_id=venue_client_id(gateway.venue.name, coid, 0),
+                strategy=KILL_STRATEGY,
+                venue=gateway.venue.name,
+                symbol=symbol,
+                side="sell" if qty > 0 else "buy",
+                qty=abs(qty),
+                order_type="market",
+                reduce_only=True,
+            )
+            await self._place(order, envelope)

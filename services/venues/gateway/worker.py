@@ -1,0 +1,306 @@
+"""``keel run gateway --venue NAME``: the one process that talks to a venue's exchange.
+
+At start it takes the venue's API-key lock (``lock.py``), rebuilds what it did from the
+``VENUE`` stream (``legs.py`` and the venue journal), reconciles with the exchange before
+sending anything new, and settles every leg left without an answer by querying it by client
+id (never by sending it again blindly). Then it consumes ``venue.order.<venue>.>`` through
+a durable consumer, acknowledging an order only once its answer is stored, and
+``venue.adopt.<venue>`` and ``venue.kill`` through another; fills come from the private
+stream, or from REST polling while that stream is silent; reconciliation runs every
+``reconcile_every_s``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Callable, Mapping
+from pathlib import Path
+from typing import Any
+
+import ccxt.pro
+import msgspec
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+
+from contracts.envelope import Envelope
+from contracts.subjects import name_token
+from contracts.venue_events import (
+    GatewayState,
+    KillSwitch,
+    VenueAdoption,
+    VenueAnswer,
+    VenueOrder,
+    VenueStatus,
+)
+from eventstore.bus import Bus, Stored, read_message
+from services.runtime.clock import Clock
+from services.venues.ccxt_exchange import build_exchange, read_secrets, redact_logs
+from services.venues.client_ids import answer_event_id
+from services.venues.config import VenueConfig
+from services.venues.gateway.ccxt_orders import OrderCalls, classify, exchange_reason
+from services.venues.gateway.config import GatewayConfig
+from services.venues.gateway.dealing import Dealer
+from services.venues.gateway.legs import LegBook
+from services.venues.gateway.lock import KeyLock
+from services.venues.gateway.private_stream import PrivateStream
+from services.venues.gateway.reconciling import Reconciler
+from services.venues.journal import VenueJournal
+
+log = logging.getLogger("keel.gateway")
+STREAM = "VENUE"
+ExchangeFactory = Callable[[VenueConfig, Mapping[str, str]], ccxt.pro.Exchange]
+
+
+class Gateway:
+    def __init__(
+        self,
+        bus: Bus,
+        venue: VenueConfig,
+        config: GatewayConfig,
+        clock: Clock,
+        *,
+        exchange_factory: ExchangeFactory = build_exchange,
+        work_dir: Path = Path(".keel"),
+    ) -> None:
+        self.bus = bus
+        self.venue = venue
+        self.name = f"gateway-{name_token(venue.name, 'venue')}"
+        self.config = config
+        self.clock = clock
+        self.exchange_factory = exchange_factory
+        self.work_dir = work_dir
+        self.book = LegBook()
+        self.journal = VenueJournal(venue.name)
+        self.stopping = asyncio.Event()
+        self.ready = asyncio.Event()
+        self.rebuilt_seq = 0
+        self.state: GatewayState = "starting"
+        self.reason = ""
+        self.exchange: ccxt.pro.Exchange | None = None
+        self.last_reconcile_ns = 0
+
+    def stop(self) -> None:
+        self.stopping.set()
+
+    # -- the log -----------------------------------------------------------------------------
+
+    async def record(self, answer: VenueAnswer, cause: Envelope) -> bool:
+        """Store ``answer`` (its id from the exchange fact), then let it count."""
+        envelope = Envelope(
+            answer_event_id(answer), cause.event_id, cause.correlation_id, answer.ts
+        )
+        stored = await self.bus.retry(
+            f"{self.name}: store an answer",
+            lambda: self.bus.publish(answer, envelope, producer=self.name),
+        )
+        self.book.answer(answer, envelope)
+        self.journal.apply(answer)
+        return stored
+
+    async def status(self, state: GatewayState, reason: str = "", discrepancies: int = 0) -> None:
+        self.state, self.reason = state, reason
+        now = self.clock.now_ns()
+        event = VenueStatus(
+            ts=now,
+            venue=self.venue.name,
+            mode=self.venue.mode,
+            state=state,
+            reason=reason,
+            discrepancies=discrepancies,
+            last_reconcile=self.last_reconcile_ns,
+        )
+        envelope = Envelope.root(f"{self.name}-status-{now}", now)
+        await self.bus.retry(
+            f"{self.name}: store a status", lambda: self.bus.publish(event, envelope, self.name)
+        )
+
+    async def _rebuild(self) -> None:
+        """Fold this venue's orders, answers and adoptions from the log."""
+        venue = self.venue.name
+        async for item in self.bus.read("venue.>", STREAM):
+            if not isinstance(item, Stored):
+                continue
+            event, self.rebuilt_seq = item.event, item.seq
+            if isinstance(event, VenueOrder) and event.venue == venue:
+                self.book.order(event, item.envelope, item.seq)
+            elif isinstance(event, VenueAnswer) and event.venue == venue:
+                self.book.answer(event, item.envelope)
+            elif not (isinstance(event, VenueAdoption) and event.venue == venue):
+                continue
+            self.journal.apply(event)
+        log.info(
+            "%s: rebuilt %d legs up to seq %d", self.name, len(self.book.legs), self.rebuilt_seq
+        )
+
+    # -- running -----------------------------------------------------------------------------
+
+    async def run(self) -> None:
+        secrets = read_secrets(self.venue, required=("api_key", "secret"))
+        redactor = redact_logs(secrets)
+        lock = KeyLock(self.work_dir, self.venue.exchange, secrets["apiKey"], self.venue.name)
+        lock.acquire()
+        self.exchange = exchange = self.exchange_factory(self.venue, secrets)
+        calls = OrderCalls(exchange, self.clock, self.config.backoff_max_s)
+        self.dealer = Dealer(
+            calls, self.book, self.record, self.clock, redactor, self.config, self.journal
+        )
+        self.reconciler = Reconciler(self, calls, redactor)
+        tasks: list[asyncio.Task[Any]] = []
+        try:
+            await self._load_markets(exchange, redactor)
+            await self._rebuild()
+            await self.status("starting", "reconciling before trading")
+            await self.reconciler.run_once()
+            await self._recover()
+            self.stream = PrivateStream(
+                exchange,
+                self.clock,
+                redactor,
+                self._on_trades,
+                self._on_orders,
+                self.config.backoff_max_s,
+            )
+            orders = await self._subscribe(
+                "orders", [f"venue.order.{self.venue.name}.>"], DeliverPolicy.ALL
+            )
+            controls = await self._subscribe(
+                "controls", [f"venue.adopt.{self.venue.name}", "venue.kill"], DeliverPolicy.NEW
+            )
+            if self.state != "halted":
+                await self.status("running")
+            tasks = [
+                asyncio.create_task(self.stream.run()),
+                asyncio.create_task(self._consume(orders, self._on_order_msg)),
+                asyncio.create_task(self._consume(controls, self._on_control_msg)),
+                asyncio.create_task(self._poll_loop()),
+                asyncio.create_task(self.reconciler.loop()),
+            ]
+            self.ready.set()
+            stopping = asyncio.create_task(self.stopping.wait())
+            done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            for task in done:
+                if task is not stopping:
+                    task.result()
+        finally:
+            for task in tasks:
+                task.cancel()
+            for task in tasks:
+                with contextlib.suppress(asyncio.CancelledError, Exception):
+                    await task
+            with contextlib.suppress(Exception):
+                await exchange.close()
+            lock.release()
+
+    async def _load_markets(self, exchange: ccxt.pro.Exchange, redactor: Any) -> None:
+        attempt = 0
+        while True:
+            try:
+                await exchange.load_markets()
+                return
+            except Exception as exc:
+                if classify(exc) == "rejected":
+                    raise
+                attempt += 1
+                log.warning(
+                    "%s: markets: %s", self.name, exchange_reason(exc, redactor, exchange.id)
+                )
+                await self.clock.sleep(min(self.config.backoff_max_s, 0.5 * 2**attempt))
+
+    async def _recover(self) -> None:
+        """Legs sent before this process started and never answered: unknown until a
+        query by client id settles them (the poll loop asks; the fate rule decides)."""
+        for leg in self.book.legs.values():
+            if leg.state == "sent" and not self.book.handled(leg.envelope.event_id):
+                reason = "the gateway stopped before the exchange answered: querying"
+                await self.record(self.dealer.unknown(leg, "submit", reason), leg.envelope)
+                await self.dealer.query(leg)
+
+    async def _subscribe(self, part: str, subjects: list[str], policy: DeliverPolicy):
+        durable = f"{self.name}-{part}"
+        config = ConsumerConfig(
+            durable_name=durable,
+            name=durable,
+            ack_policy=AckPolicy.EXPLICIT,
+            ack_wait=300.0,
+            max_ack_pending=256,
+            deliver_policy=policy,
+            filter_subjects=subjects,
+        )
+        await self.bus.js.add_consumer(STREAM, config)
+        return await self.bus.js.pull_subscribe("", durable=durable, stream=STREAM, config=config)
+
+    async def _consume(self, sub: Any, handle: Callable[[Stored], Any]) -> None:
+        while True:
+            try:
+                msgs = await sub.fetch(16, timeout=1.0)
+            except TimeoutError:
+                continue
+            except Exception as exc:
+                self.bus.outage.trouble(f"{self.name}: fetch", exc)
+                await asyncio.sleep(0.5)
+                continue
+            for msg in msgs:
+                item = read_message(msg, STREAM)
+                if isinstance(item, Stored):
+                    await handle(item)
+                await msg.ack()
+
+    async def _on_order_msg(self, item: Stored) -> None:
+        order = item.event
+        if not isinstance(order, VenueOrder) or order.venue != self.venue.name:
+            return
+        leg = self.book.order(order, item.envelope, item.seq)
+        if self.book.handled(item.envelope.event_id) or (leg is None and order.action != "cancel"):
+            return
+        self.journal.apply(order)
+        if order.action == "cancel":
+            if leg is None or not leg.open:
+                answer_leg = leg or self.book.order(
+                    msgspec.structs.replace(order, action="new"), item.envelope, item.seq
+                )
+                if answer_leg is not None:
+                    await self.dealer.reject(
+                        answer_leg, "no open order with this client id", "cancel", item.envelope
+                    )
+                return
+            await self.dealer.cancel(leg, item.envelope)
+            return
+        assert leg is not None
+        if item.seq <= self.rebuilt_seq:
+            return  # settled by _recover and the poll loop
+        if self.state == "halted" and not order.reduce_only:
+            await self.dealer.reject(leg, f"venue halted: {self.reason}", "submit", item.envelope)
+            return
+        if order.action == "amend":
+            await self.dealer.amend(leg, self.book.legs.get(order.replaces), item.envelope)
+        else:
+            await self.dealer.submit(leg)
+
+    async def _on_control_msg(self, item: Stored) -> None:
+        event = item.event
+        if isinstance(event, VenueAdoption) and event.venue == self.venue.name:
+            await self.reconciler.adopt(event)
+        elif isinstance(event, KillSwitch):
+            await self.reconciler.kill(event, item.envelope)
+
+    async def _on_trades(self, trades: list[Mapping[str, Any]]) -> None:
+        for trade in trades:
+            await self.dealer.trade(trade, "stream")
+
+    async def _on_orders(self, orders: list[Mapping[str, Any]]) -> None:
+        for order in orders:
+            leg = self.dealer.leg_of(order)
+            if leg is not None:
+                await self.dealer.order_state(leg, order, "stream")
+
+    async def _poll_loop(self) -> None:
+        """Every ``poll_every_s``: settle unknown legs and cancels; poll by REST when the
+        private stream has been silent for ``poll_after_s`` while legs are open."""
+        while True:
+            await self.clock.sleep(self.config.poll_every_s)
+            for leg in self.book.unsettled(self.journal):
+                await self.dealer.settle(leg)
+            working = [leg for leg in self.book.open_legs() if leg.state == "working"]
+            if working and self.stream.silent_for() >= self.config.poll_after_s:
+                await self.dealer.poll(working)

@@ -1,0 +1,373 @@
+"""The venue gateway against the exchange fakes, on a real nats-server.
+
+Exchange time runs ten times faster than the wall (``ScaledClock``); the fakes' account
+faults make every ambiguous case happen on purpose: an answer that never comes (the order
+was placed, or was not), an order the exchange shows late, a silent private stream, a
+position changed behind Keel's back. What the gateway stores is read back from the log.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from pathlib import Path
+
+import ccxt.pro
+import msgspec
+import pytest
+from nats.js.api import DeliverPolicy
+
+from contracts.envelope import Envelope, content_id
+from contracts.venue_events import (
+    Discrepancy,
+    KillSwitch,
+    VenueAdoption,
+    VenueAnswer,
+    VenueOrder,
+    VenueStatus,
+)
+from eventstore.bus import Bus
+from eventstore.errors import KeelError
+from eventstore.log_reader import read_caught_up
+from services.venues.ccxt_exchange import build_exchange
+from services.venues.client_ids import venue_client_id
+from services.venues.config import VenueConfig
+from services.venues.gateway.config import GatewayConfig
+from services.venues.gateway.worker import Gateway
+from tests.fakes.clock import ScaledClock
+from tests.fakes.core import FakeExchange, start_fake
+from tests.fakes.prices import default_symbols
+
+RATE = 10.0
+VENUE = "gx"
+KEY, SECRET = "gateway-test-key-0123456789", "fake-secret"
+CONFIG = GatewayConfig(
+    poll_after_s=5.0,
+    poll_every_s=1.0,
+    reconcile_every_s=30.0,
+    unknown_queries=3,
+    unknown_within_s=6.0,
+    unknown_then="fail",
+)
+
+
+def fast_exchange(venue: VenueConfig, secrets: Mapping[str, str]) -> ccxt.pro.Exchange:
+    exchange = build_exchange(venue, secrets)
+    exchange.rateLimit = min(exchange.rateLimit, 20)
+    exchange.tokenBucket = {**exchange.tokenBucket, "refillRate": 1 / 20, "rateLimit": 20}
+    exchange.init_throttler()
+    return exchange
+
+
+class Harness:
+    def __init__(self, bus: Bus, fake: FakeExchange, clock: ScaledClock, work: Path) -> None:
+        self.bus, self.fake, self.clock, self.work = bus, fake, clock, work
+        entry = {
+            **fake.venue_entry(VENUE),
+            "timeout_ms": 1500,
+            "credentials": {"api_key_env": "KEEL_TEST_KEY", "secret_env": "KEEL_TEST_SECRET"},
+        }
+        self.venue = msgspec.convert(entry, VenueConfig)
+        self.symbol = next(iter(fake.specs))
+        self.gateway: Gateway | None = None
+        self.task: asyncio.Task[None] | None = None
+        self.orders = 0
+
+    async def start(self, config: GatewayConfig = CONFIG) -> Gateway:
+        gateway = Gateway(
+            self.bus,
+            self.venue,
+            config,
+            self.clock,
+            exchange_factory=fast_exchange,
+            work_dir=self.work,
+        )
+        self.gateway, self.task = gateway, asyncio.create_task(gateway.run())
+        ready = asyncio.create_task(gateway.ready.wait())
+        await asyncio.wait([ready, self.task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if self.task.done():
+            self.task.result()
+        assert gateway.ready.is_set(), "the gateway did not come up"
+        return gateway
+
+    async def stop(self, hard: bool = False) -> None:
+        """A clean stop, or ``hard``: the task is cancelled wherever it is (a crash)."""
+        assert self.gateway is not None and self.task is not None
+        if hard:
+            self.task.cancel()
+        else:
+            self.gateway.stop()
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.task
+
+    async def send(self, **fields: object) -> VenueOrder:
+        self.orders += 1
+        coid = str(fields.pop("client_order_id", f"o{self.orders}"))
+        order = VenueOrder(
+            ts=self.clock.now_ns(),
+            action=fields.pop("action", "new"),  # type: ignore[arg-type]
+            client_order_id=coid,
+            venue_client_id=str(fields.pop("venue_client_id", venue_client_id(VENUE, coid, 0))),
+            strategy="s1",
+            venue=VENUE,
+            symbol=self.symbol,
+            side=fields.pop("side", "buy"),  # type: ignore[arg-type]
+            qty=float(fields.pop("qty", 0.01)),  # type: ignore[arg-type]
+            **fields,  # type: ignore[arg-type]
+        )
+        event_id = content_id("test-order", order.venue_client_id, order.action, order.ts)
+        await self.bus.publish(order, Envelope.root(event_id, order.ts))
+        return order
+
+    async def answers(self, vcid: str | None = None) -> list[VenueAnswer]:
+        found = await read_caught_up(
+            self.bus, "VENUE", f"venue.answer.{VENUE}.>", DeliverPolicy.ALL
+        )
+        return [
+            s.event
+            for s in found
+            if isinstance(s.event, VenueAnswer)
+            and (vcid is None or s.event.venue_client_id == vcid)
+        ]
+
+    async def events(self, kind: type, subject: str) -> list:
+        found = await read_caught_up(self.bus, "VENUE", subject, DeliverPolicy.ALL)
+        return [s.event for s in found if isinstance(s.event, kind)]
+
+    async def answer(
+        self, vcid: str, check: Callable[[VenueAnswer], bool], what: str, timeout: float = 20.0
+    ) -> VenueAnswer:
+        deadline = time.monotonic() + timeout
+        while True:
+            for answer in await self.answers(vcid):
+                if check(answer):
+                    return answer
+            if self.task is not None and self.task.done():
+                self.task.result()
+            if time.monotonic() > deadline:
+                got = [(a.kind, a.source, a.reason) for a in await self.answers(vcid)]
+                raise AssertionError(f"timed out waiting for {what}; answers: {got}")
+            await asyncio.sleep(0.05)
+
+    def exchange_orders(self, vcid: str) -> list:
+        return [o for o in self.fake.account.orders(include_hidden=True) if o.client_id == vcid]
+
+
+@pytest.fixture
+async def harness(
+    bus: Bus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[Harness]:
+    monkeypatch.setenv("KEEL_TEST_KEY", KEY)
+    monkeypatch.setenv("KEEL_TEST_SECRET", SECRET)
+    exchange_id = getattr(request, "param", "binance")
+    clock = ScaledClock(time.time_ns() - 3 * 3600 * 1_000_000_000, RATE)
+    fake = await start_fake(exchange_id, default_symbols(exchange_id, 1), clock)
+    h = Harness(bus, fake, clock, tmp_path / "work")
+    try:
+        yield h
+    finally:
+        if h.task is not None and not h.task.done():
+            await h.stop(hard=True)
+        await fake.stop()
+
+
+def fill(a: VenueAnswer) -> bool:
+    return a.kind == "fill"
+
+
+async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float = 20.0) -> None:
+    deadline = time.monotonic() + timeout
+    while not await check():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out waiting for {what}")
+        await asyncio.sleep(0.05)
+
+
+async def test_submit_ack_and_fills_from_the_private_stream(harness: Harness) -> None:
+    await harness.start()
+    order = await harness.send(qty=0.01)
+    vcid = order.venue_client_id
+    accepted = await harness.answer(vcid, lambda a: a.kind == "accepted", "the acknowledgement")
+    got = await harness.answer(vcid, fill, "the fill")
+    placed = harness.exchange_orders(vcid)
+    assert len(placed) == 1 and accepted.venue_order_id == str(placed[0].order_id)
+    fills = [f for f in harness.fake.account.fills() if f.client_id == vcid]
+    assert got.trade_id == str(fills[0].trade_id)
+    assert got.fill_qty == pytest.approx(fills[0].qty)
+    assert got.fill_price == pytest.approx(fills[0].price)
+    assert got.fee == pytest.approx(fills[0].fee) and got.fee_currency == fills[0].fee_currency
+    assert got.source in ("stream", "submit")
+    await harness.stop()
+
+
+async def test_rejections_carry_the_exchanges_reason(harness: Harness) -> None:
+    await harness.start()
+    poor = await harness.send(qty=1_000_000.0)
+    rejected = await harness.answer(
+        poor.venue_client_id, lambda a: a.kind == "rejected", "a rejection"
+    )
+    assert rejected.reason.startswith("InsufficientFunds")
+    assert "Account has insufficient balance" in rejected.reason  # Binance's -2010 words
+    tiny = await harness.send(order_type="limit", limit_price=1.0, qty=0.001)  # notional 0.001
+    rejected = await harness.answer(
+        tiny.venue_client_id, lambda a: a.kind == "rejected", "a rejection"
+    )
+    assert "-1013: Filter failure: NOTIONAL" in rejected.reason  # Binance's -1013 words
+    assert not harness.exchange_orders(poor.venue_client_id)
+    await harness.stop()
+
+
+async def test_unknown_submit_is_settled_by_a_query(harness: Harness) -> None:
+    await harness.start()
+    harness.fake.account.faults.silent_user_stream = True  # only a query can tell
+    harness.fake.account.faults.hang_next = 1  # placed, then the connection closes unanswered
+    order = await harness.send(order_type="limit", limit_price=1.0, qty=10.0)
+    vcid = order.venue_client_id
+    unknown = await harness.answer(vcid, lambda a: a.kind == "unknown", "unknown")
+    assert unknown.source == "submit"
+    found = await harness.answer(
+        vcid, lambda a: a.kind == "accepted" and a.source == "query", "the query's answer"
+    )
+    assert found.venue_order_id == str(harness.exchange_orders(vcid)[0].order_id)
+    assert not [a for a in await harness.answers(vcid) if a.kind in ("rejected", "canceled")]
+    assert len(harness.exchange_orders(vcid)) == 1
+    await harness.stop()
+
+
+async def test_an_order_the_exchange_never_got_is_missing_after_the_fate_rule(
+    harness: Harness,
+) -> None:
+    await harness.start()
+    harness.fake.account.faults.drop_next = 1  # not acted on, never answered
+    order = await harness.send(order_type="limit", limit_price=1.0, qty=10.0)
+    vcid = order.venue_client_id
+    missing = await harness.answer(vcid, lambda a: a.kind == "missing", "the fate rule", 30)
+    misses = [a for a in await harness.answers(vcid) if a.kind == "unknown" and a.source == "query"]
+    assert len(misses) >= CONFIG.unknown_queries
+    assert (misses[-1].ts - misses[0].ts) / 1e9 >= CONFIG.unknown_within_s * 0.5
+    assert missing.reason and not harness.exchange_orders(vcid)
+    await harness.stop()
+
+
+async def test_resubmit_rule_places_the_same_client_id_once(harness: Harness) -> None:
+    await harness.start(msgspec.structs.replace(CONFIG, unknown_then="resubmit"))
+    harness.fake.account.faults.drop_next = 1
+    order = await harness.send(order_type="limit", limit_price=1.0, qty=10.0)
+    vcid = order.venue_client_id
+    await harness.answer(vcid, lambda a: a.kind == "accepted", "the resubmitted order", 30)
+    assert len(harness.exchange_orders(vcid)) == 1
+    await harness.stop()
+
+
+async def test_a_silent_stream_hands_over_to_polling(harness: Harness) -> None:
+    await harness.start()
+    harness.fake.account.faults.silent_user_stream = True
+    price = harness.fake.snapshot(harness.symbol).bid
+    order = await harness.send(order_type="limit", limit_price=round(price * 0.999, 2), qty=0.1)
+    vcid = order.venue_client_id
+    await harness.answer(vcid, lambda a: a.kind == "accepted", "the acknowledgement")
+    placed = harness.exchange_orders(vcid)[0]
+    harness.fake.account.faults.fill_silently(placed.order_id)
+    filled_at = harness.clock.now_ns()
+    got = await harness.answer(vcid, fill, "a polled fill", 30)
+    assert got.source in ("poll", "query")
+    bound = CONFIG.poll_after_s + 2 * CONFIG.poll_every_s
+    assert (got.ts - filled_at) / 1e9 <= bound * 3  # loose on a busy machine
+    await harness.stop()
+
+
+async def test_a_restart_never_sends_an_order_again(harness: Harness) -> None:
+    await harness.start()
+    harness.fake.account.faults.ack_delay_s = 2.0  # the answer comes late: we crash first
+    order = await harness.send(order_type="limit", limit_price=1.0, qty=10.0)
+    vcid = order.venue_client_id
+    await until(lambda: _placed(harness, vcid), "the exchange to take the order")
+    await harness.stop(hard=True)
+    harness.fake.account.faults.ack_delay_s = 0.0
+    await harness.start()
+    await harness.answer(vcid, lambda a: a.kind == "accepted", "the order found")
+    await asyncio.sleep(1.0)
+    assert len(harness.exchange_orders(vcid)) == 1
+    assert not [a for a in await harness.answers(vcid) if a.kind in ("rejected", "missing")]
+    await harness.stop()
+
+
+async def _placed(harness: Harness, vcid: str) -> bool:
+    return bool(harness.exchange_orders(vcid))
+
+
+async def test_a_mismatch_halts_and_an_adoption_lifts_it(harness: Harness) -> None:
+    gateway = await harness.start(msgspec.structs.replace(CONFIG, reconcile_every_s=2.0))
+    base = harness.fake.specs[harness.symbol].base
+    harness.fake.account.faults.set_balance(base, 0.5)
+    await until(lambda: _state(harness, "halted"), "the halt", 30)
+    assert gateway.state == "halted"
+    found = await harness.events(Discrepancy, f"venue.recon.{VENUE}")
+    assert any(d.kind == "balance_mismatch" and d.asset == base for d in found)
+    order = await harness.send(qty=0.01)
+    refused = await harness.answer(order.venue_client_id, lambda a: a.kind == "rejected", "refusal")
+    assert refused.reason.startswith("venue halted")
+    adoption = VenueAdoption(ts=harness.clock.now_ns(), venue=VENUE, reason="checked by hand")
+    await harness.bus.publish(adoption, Envelope.root("adopt-1", adoption.ts))
+    await until(lambda: _state(harness, "running", after="halted"), "the halt lifted", 30)
+    await harness.stop()
+
+
+async def _state(harness: Harness, state: str, after: str = "") -> bool:
+    statuses = await harness.events(VenueStatus, f"venue.status.{VENUE}")
+    states = [s.state for s in statuses]
+    if after:
+        return after in states and state in states[states.index(after) + 1 :]
+    return bool(states) and states[-1] == state
+
+
+async def test_kill_switch_cancels_entries_and_keeps_stops(harness: Harness) -> None:
+    await harness.start()
+    entry = await harness.send(order_type="limit", limit_price=1.0, qty=10.0)
+    last = harness.fake.snapshot(harness.symbol).bid
+    stop = await harness.send(
+        order_type="stop", stop_price=round(last * 0.5, 2), side="sell", qty=0.01, protective=True
+    )
+    for leg in (entry, stop):
+        await harness.answer(leg.venue_client_id, lambda a: a.kind == "accepted", "accepted")
+    kill = KillSwitch(ts=harness.clock.now_ns(), reason="test")
+    await harness.bus.publish(kill, Envelope.root("kill-1", kill.ts))
+    await harness.answer(entry.venue_client_id, lambda a: a.kind == "canceled", "the cancel")
+    assert harness.exchange_orders(stop.venue_client_id)[0].is_open
+    await harness.stop()
+
+
+async def test_one_gateway_per_api_key(harness: Harness) -> None:
+    await harness.start()
+    second = Gateway(
+        harness.bus,
+        harness.venue,
+        CONFIG,
+        harness.clock,
+        exchange_factory=fast_exchange,
+        work_dir=harness.work,
+    )
+    with pytest.raises(KeelError, match="in use by another gateway"):
+        await second.run()
+    await harness.stop()
+
+
+async def test_credentials_stay_out_of_logs_and_events(
+    harness: Harness, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    await harness.start()
+    harness.fake.api_secret = "another-secret"  # every signed call now fails
+    order = await harness.send(qty=0.01)
+    await harness.answer(
+        order.venue_client_id, lambda a: a.kind in ("unknown", "rejected"), "an answer"
+    )
+    harness.fake.api_secret = SECRET
+    await harness.stop()
+    found = await read_caught_up(harness.bus, "VENUE", "venue.>", DeliverPolicy.ALL)
+    stored = b"".join(msgspec.json.encode(s.event) for s in found)
+    assert stored and KEY.encode() not in stored and SECRET.encode() not in stored
+    assert caplog.text and KEY not in caplog.text and SECRET not in caplog.text
