@@ -5,6 +5,7 @@ adoption."""
 
 from __future__ import annotations
 
+import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -448,3 +449,33 @@ def test_incomplete_parts_never_infer_or_halt(
     else:
         assert "query_failed" not in judged or not orders_ok
     assert found.halt == any(d.action == "halt" for d in found.discrepancies)
+
+
+def test_unrealized_profit_in_the_venues_total_is_not_a_balance_difference() -> None:
+    """Binance USDT-M reports its margin balance (wallet + unrealized) as the total."""
+    entry = order("e-1", symbol=PERP, qty=1.0)
+    j = based(entry, fill(entry, "t1", 1.0, 100.0))
+    marked = VenueView(
+        ts=NOW,
+        open_orders=OpenOrders(complete=True),
+        trades=Trades(complete=True),
+        positions=Positions(positions={PERP: 1.0}, complete=True),
+        balances=Balances(balances={"USDT": 1025.0}, unrealized={"USDT": 25.0}, complete=True),
+    )
+    assert reconcile(marked, j, TOL).discrepancies == ()
+    unmarked = msgspec.structs.replace(
+        marked, balances=Balances(balances={"USDT": 1025.0}, complete=True)
+    )
+    assert reconcile(unmarked, j, TOL).halt
+
+
+def test_no_baseline_while_a_leg_is_in_doubt() -> None:
+    """Its trade may not be attributable yet: absorbing it into the baseline would count
+    it twice once the query finds the order."""
+    leg = order()
+    j = VenueJournal(VENUE)
+    j.apply(leg)
+    j.apply(answer(leg, "unknown", source="submit", ts=T0 + SEC))
+    found = reconcile(view(balances={"USDT": 900.0, "BTC": 1.0}), j, TOL)
+    assert found.deferred == ("baseline",) and found.discrepancies == ()
+    assert j.baseline_pending

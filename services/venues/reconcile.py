@@ -96,11 +96,18 @@ class Positions(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Balances(msgspec.Struct, frozen=True, kw_only=True):
-    """Total per asset; an asset not listed in a complete view is zero."""
+    """Total per asset (an asset not listed in a complete view is zero) and the part of it
+    that is open derivatives' unrealized profit."""
 
     balances: dict[str, float] = {}
+    unrealized: dict[str, float] = {}
     complete: bool = False
     error: str = ""
+
+    def wallet(self, asset: str) -> float:
+        """The total without open positions' unrealized profit (Binance USDT-M's total is
+        its margin balance), which is what Keel's fills account for."""
+        return float(self.balances.get(asset, 0.0)) - float(self.unrealized.get(asset, 0.0))
 
 
 class VenueView(msgspec.Struct, frozen=True, kw_only=True):
@@ -128,6 +135,7 @@ class VenueView(msgspec.Struct, frozen=True, kw_only=True):
         positions_error: str = "",
         balances: Mapping[str, float] | None = None,
         balances_error: str = "",
+        unrealized: Mapping[str, float] | None = None,
     ) -> VenueView:
         """From ccxt's unified structures; a part that is None or has an error is
         incomplete."""
@@ -151,6 +159,7 @@ class VenueView(msgspec.Struct, frozen=True, kw_only=True):
             ),
             balances=Balances(
                 balances=dict(balances or {}),
+                unrealized=dict(unrealized or {}),
                 complete=balances is not None and not balances_error,
                 error=balances_error,
             ),
@@ -497,21 +506,13 @@ def _replacement(run: _Run, leg: Leg) -> tuple[VenueOrder | None, str]:
 def _busy(run: _Run, symbols: Iterable[str]) -> bool:
     """Whether a leg on these symbols is too fresh or in doubt to judge its numbers."""
     wanted = set(symbols)
-    for leg in run.after.legs():
+    for leg in run.journal.legs():
         if leg.order.symbol not in wanted:
             continue
-        if leg.in_doubt() or leg.last_ts > run.settled_before:
+        now = run.after.leg(leg.venue_client_id) or leg
+        if now.in_doubt() or leg.last_ts > run.settled_before:
             return True
     return False
-
-
-def _symbols_moving(run: _Run, asset: str) -> list[str]:
-    return [leg.order.symbol for leg in run.after.legs() if asset in _assets(leg.order.symbol)]
-
-
-def _assets(symbol: str) -> tuple[str, ...]:
-    parts = symbol_parts(symbol)
-    return (parts.base, parts.quote, parts.settle) if parts.settle else (parts.base, parts.quote)
 
 
 def _position_pairs(run: _Run) -> list[tuple[str, float, float]]:
@@ -521,18 +522,22 @@ def _position_pairs(run: _Run) -> list[tuple[str, float, float]]:
 
 
 def _balance_pairs(run: _Run) -> list[tuple[str, float, float]]:
-    venue = run.view.balances.balances
-    names = (set(run.after.balance_assets()) | set(venue)) - set(run.tolerance.ignore_assets)
+    venue = run.view.balances
+    names = (set(run.after.balance_assets()) | set(venue.balances)) - set(
+        run.tolerance.ignore_assets
+    )
     return [
-        (a, float(venue.get(a, 0.0)), run.after.balance(a))
-        for a in sorted(names)
-        if run.after.tracked(a)
+        (a, venue.wallet(a), run.after.balance(a)) for a in sorted(names) if run.after.tracked(a)
     ]
 
 
 def _baseline(run: _Run) -> None:
     """The first reconciliation, or the first after an adoption: the venue's numbers are
     the starting point; what differs is recorded with both values."""
+    symbols = {leg.order.symbol for leg in run.journal.legs()}
+    if _busy(run, symbols):
+        run.deferred.append("baseline")  # a leg in doubt may own a trade not yet attributed
+        return
     action = "adopted" if run.journal.adoption else "baseline"
     for symbol, venue, keel in _position_pairs(run):
         if not run.tolerance.within(venue, keel, 0.0, 0.0):
@@ -542,6 +547,11 @@ def _baseline(run: _Run) -> None:
     for asset, venue, keel in _balance_pairs(run):
         if not run.tolerance.within(venue, keel, 0.0, 0.0):
             run.found("balance_mismatch", action, asset=asset, venue_value=venue, keel_value=keel)
+
+
+def _assets(symbol: str) -> tuple[str, ...]:
+    parts = symbol_parts(symbol)
+    return (parts.base, parts.quote, parts.settle)
 
 
 def _foreign_note(run: _Run, symbols: Iterable[str]) -> str:
@@ -561,7 +571,7 @@ def _compare(run: _Run) -> None:
     for asset, venue, keel in _balance_pairs(run):
         if tol.within(venue, keel, tol.balance, tol.balance_rel):
             continue
-        moving = _symbols_moving(run, asset)
+        moving = [g.order.symbol for g in run.journal.legs() if asset in _assets(g.order.symbol)]
         if _busy(run, moving):
             run.deferred.append(asset)
             continue
