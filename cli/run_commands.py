@@ -14,6 +14,7 @@ import msgspec
 import typer
 
 from cli.console import console, fail, load_config_or_exit, run, user_errors
+from cli.gateway_commands import serve_gateway
 from contracts.intervals import interval_ns
 from contracts.subjects import name_token
 from eventstore.bus import Bus
@@ -369,6 +370,19 @@ def _serve_live(
         )
 
     run(main())
+
+
+@app.command()
+def gateway(
+    venue: Annotated[str, typer.Option("--venue", help="The [[venues]] entry to trade.")],
+    live: Annotated[
+        bool, typer.Option("--live", help="Allow a venue in mode live (real money).")
+    ] = False,
+    config: ConfigOpt = None,
+) -> None:
+    """A venue's gateway: the one process that sends its orders to the exchange and stores
+    every answer (docs/venues.md)."""
+    serve_gateway(config, venue, live)
 
 
 @app.command()

@@ -371,3 +371,35 @@ async def test_credentials_stay_out_of_logs_and_events(
     stored = b"".join(msgspec.json.encode(s.event) for s in found)
     assert stored and KEY.encode() not in stored and SECRET.encode() not in stored
     assert caplog.text and KEY not in caplog.text and SECRET not in caplog.text
+
+
+@pytest.mark.parametrize("harness", ["binanceusdm"], indirect=True)
+async def test_perpetual_stop_goes_to_the_algo_endpoint_and_kill_flattens(
+    harness: Harness,
+) -> None:
+    await harness.start()
+    entry = await harness.send(qty=0.01)
+    await harness.answer(entry.venue_client_id, fill, "the entry's fill")
+    last = harness.fake.snapshot(harness.symbol).bid
+    stop = await harness.send(
+        order_type="stop",
+        stop_price=round(last * 0.5, 1),
+        side="sell",
+        qty=0.01,
+        reduce_only=True,
+        protective=True,
+    )
+    await harness.answer(stop.venue_client_id, lambda a: a.kind == "accepted", "the stop")
+    placed = harness.exchange_orders(stop.venue_client_id)
+    assert len(placed) == 1 and placed[0].algo and placed[0].reduce_only
+    assert harness.fake.requests["/fapi/v1/algoOrder"] >= 1
+    kill = KillSwitch(ts=harness.clock.now_ns(), reason="test", flatten=True)
+    await harness.bus.publish(kill, Envelope.root("kill-2", kill.ts))
+    await until(lambda: _flat(harness), "the position closed by a reduce-only market order")
+    assert placed[0].is_open or placed[0].status == "expired"  # the stop is kept
+    await harness.stop()
+
+
+async def _flat(harness: Harness) -> bool:
+    position = harness.fake.account.positions.get(harness.symbol)
+    return position is not None and abs(position.qty) < 1e-12
