@@ -11,6 +11,7 @@ from cli import (
     log_commands,
     model_commands,
     publish_commands,
+    reconcile_commands,
     report_commands,
     run_commands,
     status_commands,
@@ -37,6 +38,7 @@ app.command()(log_commands.streams)
 app.command()(status_commands.status)
 app.command()(log_commands.kill)
 app.command()(log_commands.resume)
+app.command()(reconcile_commands.reconcile)
 app.command()(backtest_commands.backtest)
 app.command()(backtest_commands.replay)
 app.command()(sweep_commands.sweep)

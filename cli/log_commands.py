@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 from typing import Annotated
 
+import msgspec
 import typer
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 from rich.table import Table
@@ -15,6 +16,7 @@ from cli.tap import tap
 from cli.timeparse import iso_ns, parse_time
 from contracts.envelope import Envelope, content_id
 from contracts.events import GovernanceAction, GovernanceCommand
+from contracts.venue_events import KillSwitch
 from eventstore.bus import Bus
 from eventstore.log_reader import event_time_at
 from eventstore.server import nats_url
@@ -164,7 +166,7 @@ def tap_command(
     run(main())
 
 
-def _governance(action: GovernanceAction, reason: str) -> None:
+def _governance(action: GovernanceAction, reason: str, switch: KillSwitch | None = None) -> None:
     async def main() -> None:
         now = time.time_ns()
         command = GovernanceCommand(ts=now, action=action, reason=reason, issued_by="cli")
@@ -172,16 +174,41 @@ def _governance(action: GovernanceAction, reason: str) -> None:
             bus = await Bus.connect(url, name="governance-cli")
             try:
                 await bus.publish(command, Envelope.root(content_id("gov", action, now), now))
+                if switch is not None:
+                    event = msgspec.structs.replace(switch, ts=now)
+                    envelope = Envelope.root(content_id("kill", now, event.flatten), now)
+                    await bus.publish(event, envelope)
             finally:
                 await bus.close()
-        console.print(f"{action} published at {iso_ns(now)}" + (f": {reason}" if reason else ""))
+        done = action if switch is None else f"{action} and {_switch_text(switch)}"
+        console.print(f"{done} published at {iso_ns(now)}" + (f": {reason}" if reason else ""))
 
     run(main())
 
 
-def kill(reason: Annotated[str, typer.Option("--reason")] = "operator kill switch") -> None:
-    """Halt new orders: risk rejects every signal until resume."""
-    _governance("kill", reason)
+def _switch_text(switch: KillSwitch) -> str:
+    return "cancel of open entries" + (" and flattening" if switch.flatten else "")
+
+
+def kill(
+    reason: Annotated[str, typer.Option("--reason")] = "operator kill switch",
+    cancel_open: Annotated[
+        bool,
+        typer.Option(
+            "--cancel-open", help="Also cancel open entry orders on every venue (stops stay)."
+        ),
+    ] = False,
+    flatten: Annotated[
+        bool,
+        typer.Option("--flatten", help="Also close every position (implies --cancel-open)."),
+    ] = False,
+) -> None:
+    """Halt new orders: risk rejects every signal until resume. With --cancel-open the order
+    manager cancels working entries; with --flatten it also closes every position."""
+    switch = None
+    if cancel_open or flatten:
+        switch = KillSwitch(ts=0, reason=reason, flatten=flatten, issued_by="cli")
+    _governance("kill", reason, switch)
 
 
 def resume(reason: Annotated[str, typer.Option("--reason")] = "operator resume") -> None:

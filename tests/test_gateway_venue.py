@@ -4,7 +4,7 @@ recorded answers in as execution reports, paper venues untouched (pure, no I/O).
 from __future__ import annotations
 
 from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand
-from contracts.venue_events import VenueAnswer, VenueOrder
+from contracts.venue_events import KillSwitch, VenueAnswer, VenueOrder
 from services.execution.paper_venue import PaperVenueConfig
 from services.execution.role import execution_role
 from services.venues.client_ids import venue_client_id
@@ -182,3 +182,30 @@ def test_snapshot_restore_keeps_the_working_legs() -> None:
     fill = answer(leg, "fill", T0 + 2 * NS, trade_id="t1", fill_qty=2.0, fill_price=90.0)
     (done,) = reports(again.decide(fill, T0 + 2 * NS))
     assert done.status == "filled" and done.cum_qty == 2.0
+
+
+def test_the_kill_switch_cancels_entries_keeps_stops_and_flattens_through_legs() -> None:
+    oms = manager()
+    entry = order("e1", take_profit=110.0, stop_loss=95.0)
+    (leg,) = legs(oms.decide(entry, T0))
+    oms.decide(answer(leg, "accepted"), T0 + NS)
+    fill = answer(leg, "fill", T0 + 2 * NS, trade_id="t9", fill_qty=2.0, fill_price=100.0)
+    oms.decide(fill, T0 + 2 * NS)
+    (working,) = legs(oms.decide(order("w1", order_type="limit", limit_price=80.0), T0 + 3 * NS))
+    paper = reports(oms.decide(order("p1", venue="paper", order_type="limit", limit_price=1.0), T0))
+    assert [r.status for r in paper] == ["accepted"]
+
+    cancel_only = KillSwitch(ts=T0 + 4 * NS, reason="operator")
+    out = list(oms.decide(cancel_only, T0 + 4 * NS))
+    sent = {(lg.client_order_id, lg.action) for lg in legs(out)}
+    assert sent == {("w1", "cancel")}  # the bracket's stop and target keep protecting
+    assert [(r.client_order_id, r.status) for r in reports(out)] == [("p1", "canceled")]
+    assert working.venue_client_id in {lg.venue_client_id for lg in legs(out)}
+
+    flatten = KillSwitch(ts=T0 + 5 * NS, reason="operator", flatten=True)
+    out = list(oms.decide(flatten, T0 + 5 * NS))
+    (close,) = [lg for lg in legs(out) if lg.action == "new"]
+    assert (close.side, close.qty, close.order_type) == ("sell", 2.0, "market")
+    assert close.client_order_id.startswith("kill-") and close.strategy == "s1"
+    again = list(oms.decide(flatten, T0 + 5 * NS))  # a redelivered kill repeats nothing
+    assert not [lg for lg in legs(again) if lg.action == "new"]

@@ -26,8 +26,9 @@ from typing import ClassVar, Protocol, runtime_checkable
 
 import msgspec
 
+from contracts.envelope import content_id
 from contracts.events import Bar, Event, ExecutionReport, OrderCommand, Quote, RiskAlert
-from contracts.venue_events import VenueAnswer, VenueOrder
+from contracts.venue_events import KillSwitch, VenueAnswer, VenueOrder
 from services.execution.atr import update_atr
 from services.execution.brackets import Brackets, bracket_group
 from services.execution.gateway_venue import GatewayVenue
@@ -135,7 +136,39 @@ class OrderManager(Brackets):
                 self._from_venue(self.venue.decide(event, now), out)
                 self._sync(out)
                 return out
+            case KillSwitch():
+                return self._kill_switch(event, now)
         return list(self.venue.decide(event, now))
+
+    def _kill_switch(self, kill: KillSwitch, now: int) -> list[Event]:
+        """``keel kill --cancel-open``: cancel every working entry on every venue (bracket
+        legs and validator stops keep protecting); with ``flatten``, close every position
+        with a market order, through the same legs as any order, so the fills reach the
+        ledger. Ids derive from the command and the book: a redelivered kill repeats
+        nothing (the duplicate ids are refused)."""
+        self._clock = now
+        out: list[Event] = []
+        for rec in [r for r in self.state.orders.values() if r.kind == "order"]:
+            cmd = rec.cmd
+            cancel = msgspec.structs.replace(cmd, ts=now, action="cancel")
+            out.extend(self._on_cancel(cancel, now))
+        if kill.flatten:
+            for book, pos in list(self.state.positions.items()):
+                if abs(pos.qty) <= DUST:
+                    continue
+                oid = "kill-" + content_id("flatten", kill.ts, kill.reason, str(book))[:24]
+                close = OrderCommand(
+                    ts=now,
+                    action="new",
+                    client_order_id=oid,
+                    strategy=book.strategy,
+                    venue=book.venue,
+                    symbol=book.symbol,
+                    side="sell" if pos.qty > 0 else "buy",
+                    qty=abs(pos.qty),
+                )
+                out.extend(self._on_new(close, now))
+        return out
 
     def _leg_kind(self, oid: str) -> tuple[LegKind, bool] | None:
         """What a gateway venue needs to know of a working order: its kind (a bracket leg

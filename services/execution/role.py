@@ -17,13 +17,11 @@ def execution_inputs(
     config: PaperVenueConfig, gateways: frozenset[str] = frozenset()
 ) -> tuple[Input, ...]:
     """Bars always (expiry, trailing stops and the stop validator run on them); quotes too
-    when they fill orders (``fill = "quote"``); the answers of each gateway venue."""
+    when they fill orders (``fill = "quote"``); the kill switch, and the answers of each
+    gateway venue."""
     market = ("md.bar.>", "md.quote.>") if config.fill == "quote" else ("md.bar.>",)
-    inputs = (ORDERS, Input("MARKET", market))
-    if gateways:
-        answers = tuple(f"venue.answer.{name}.>" for name in sorted(gateways))
-        inputs += (Input("VENUE", answers),)
-    return inputs
+    answers = tuple(f"venue.answer.{name}.>" for name in sorted(gateways))
+    return (ORDERS, Input("MARKET", market), Input("VENUE", ("venue.kill", *answers)))
 
 
 def execution_role(
