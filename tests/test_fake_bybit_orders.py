@@ -23,6 +23,7 @@ from services.venues.ccxt_exchange import build_exchange, read_secrets
 from services.venues.config import Credentials, VenueConfig
 from tests.fakes.bybit import BybitSkin
 from tests.fakes.bybit_orders import BybitPrivate
+from tests.fakes.bybit_rows import parse_order_id
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import NS, FakeExchange, SymbolSpec
 
@@ -37,6 +38,7 @@ LINEAR = SymbolSpec(
 )
 BALANCES = {"USDT": 100_000.0, "BTC": 1.0}
 Exchange = Any
+LOADED: list[Any] = []
 
 
 @pytest.fixture
@@ -56,9 +58,15 @@ def venue(fake: FakeExchange, timeout_ms: int = 10_000) -> VenueConfig:
 
 
 async def connect(fake: FakeExchange, timeout_ms: int = 10_000) -> Exchange:
+    """A keyed exchange with its markets: loaded from the fake once per module, then reused
+    (ccxt's rate limiter makes each load cost most of a second)."""
     config = venue(fake, timeout_ms)
     exchange = build_exchange(config, read_secrets(config))
-    await exchange.load_markets()
+    if LOADED:
+        exchange.set_markets(*LOADED)
+    else:
+        await exchange.load_markets()
+        LOADED.extend([exchange.markets, exchange.currencies])
     return exchange
 
 
@@ -94,7 +102,8 @@ def fixture_case(method: str, index: int = 0) -> dict[str, Any]:
 async def test_keys_from_env_sign_every_call_and_currencies_load(
     fake: FakeExchange, ex: Exchange
 ) -> None:
-    assert fake.requests["/v5/asset/coin/query-info"] == 1  # fetchCurrencies, once it has keys
+    await ex.load_markets(reload=True)
+    assert fake.requests["/v5/asset/coin/query-info"] >= 1  # fetchCurrencies, once it has keys
     assert {"BTC", "USDT"} <= set(ex.currencies)
     balance = await ex.fetch_balance()
     assert (balance["USDT"]["total"], balance["BTC"]["free"]) == (100_000.0, 1.0)
@@ -180,8 +189,10 @@ async def test_spot_stop_order_lives_in_the_stop_book(fake: FakeExchange, ex: Ex
     )
     with pytest.raises(ccxt.OrderNotFound):  # asked in the wrong book
         await ex.cancel_order(placed["id"], SPOT.symbol)
+    with pytest.raises(ccxt.OrderNotFound):  # the Order book has no such order either
+        await ex.fetch_order(placed["id"], SPOT.symbol, {"acknowledged": True})
     await ex.cancel_order(placed["id"], SPOT.symbol, {"trigger": True})
-    done = await ex.fetch_order(placed["id"], SPOT.symbol, {"acknowledged": True})
+    done = await ex.fetch_order(placed["id"], SPOT.symbol, {"acknowledged": True, "trigger": True})
     assert (done["status"], done["info"]["orderStatus"]) == ("canceled", "Deactivated")
 
 
@@ -475,3 +486,22 @@ async def test_records_have_the_recorded_exchange_keys(fake: FakeExchange, ex: E
     coin = fixture_case("fetchBalance")["result"]["list"][0]["coin"][0]
     raw = await ex.privateGetV5AccountWalletBalance({"accountType": "UNIFIED"})
     assert set(coin) <= set(raw["result"]["list"][0]["coin"][0])
+
+
+async def test_changes_behind_the_gateways_back(fake: FakeExchange, ex: Exchange) -> None:
+    below = round(fake.snapshot(LINEAR.symbol).bid * 0.9, 1)
+    mine = await ex.create_order(LINEAR.symbol, "limit", "buy", 0.01, below, {"clientOrderId": "m"})
+    above = round(fake.snapshot(LINEAR.symbol).ask * 1.1, 1)
+    other = fake.account.faults.external(LINEAR.symbol, "sell", "limit", 0.02, above)
+    listed = {o["clientOrderId"]: o for o in await ex.fetch_open_orders(LINEAR.symbol)}
+    assert set(listed) == {"m", other.client_id} and listed[other.client_id]["amount"] == 0.02
+    fake.account.faults.fill_silently(parse_order_id("linear", mine["id"]))
+    (trade,) = await ex.fetch_my_trades(LINEAR.symbol)
+    assert (trade["order"], trade["price"], trade["takerOrMaker"]) == (mine["id"], below, "maker")
+    fake.account.faults.vanish(other.order_id)
+    assert await ex.fetch_open_orders(LINEAR.symbol) == []
+    fake.account.faults.set_position(LINEAR.symbol, -0.5)
+    (position,) = await ex.fetch_positions()
+    assert (position["side"], position["contracts"]) == ("short", 0.5)
+    fake.account.faults.set_balance("BTC", 3.0)
+    assert (await ex.fetch_balance())["BTC"]["free"] == 3.0

@@ -12,8 +12,9 @@ key + recv window + the JSON body of a POST or the query string of a GET, keyed 
   last price); spot conditional orders live in the ``StopOrder`` book (``orderFilter``) and
   are cancelled or listed only through it, as on Bybit;
 - ``/v5/order/realtime``: open orders (spot: the ``Order`` book unless ``orderFilter`` says
-  otherwise; linear: all); with ``orderId``/``orderLinkId`` the order in any state, which
-  ccxt's ``fetchOrder(..., {"acknowledged": True})`` relies on; ``openOnly=1``: closed ones;
+  otherwise; linear: all); with ``orderId``/``orderLinkId`` the order in any state (still
+  in its book), which ccxt's ``fetchOrder(..., {"acknowledged": True})`` relies on;
+  ``openOnly=1``: closed ones;
   ``/v5/order/history``: finished orders (``orderStatus`` filters);
 - ``/v5/execution/list``, ``/v5/account/wallet-balance`` (``UNIFIED``), ``/v5/position/list``.
 
@@ -450,8 +451,7 @@ class BybitPrivate:
         if spec is not None:
             found = [o for o in found if o.symbol == spec.symbol]
         order_filter = params.get("orderFilter", "")
-        if not (params.get("orderId") or params.get("orderLinkId")):
-            found = [o for o in found if self._book_matches(o, category, order_filter)]
+        found = [o for o in found if self._book_matches(o, category, order_filter)]
         return category, sorted(found, key=lambda o: o.created_ns, reverse=True)
 
     def _page(self, category: str, params: Params, rows: list[Any], limit: int) -> dict[str, Any]:
