@@ -309,7 +309,7 @@ async def test_spot_refusals_carry_binance_codes(spot: Venue) -> None:
     market_id = ex.market(symbol)["id"]
     cases: list[tuple[Callable[[], Awaitable[Any]], type[Exception], str]] = [
         (lambda: ex.create_order(symbol, "market", "buy", 100.0), ccxt.InsufficientFunds,
-         "Account has insufficient balance for requested action."),
+         "Account has insufficient balance for requested action"),
         (lambda: ex.create_order(symbol, "limit", "buy", 0.001, 1.0), ccxt.BadRequest,
          "Filter failure: NOTIONAL"),
         (lambda: ex.private_post_order({"symbol": market_id, "side": "BUY", "type": "LIMIT",
@@ -322,21 +322,21 @@ async def test_spot_refusals_carry_binance_codes(spot: Venue) -> None:
          ccxt.InvalidOrder, "PRICE_FILTER"),
         (lambda: ex.create_order(symbol, "market", "sell", 0.01, None,
                          {"triggerPrice": far_price(spot, 1.1)}),
-         ccxt.OrderImmediatelyFillable, "Stop price would trigger immediately."),
+         ccxt.OrderImmediatelyFillable, "Stop price would trigger immediately"),
         (lambda: ex.create_order(symbol, "limit", "buy", 0.01, far_price(spot, 1.05),
                          {"postOnly": True}),
-         ccxt.OrderImmediatelyFillable, "Order would immediately match and take."),
+         ccxt.OrderImmediatelyFillable, "Order would immediately match and take"),
         (lambda: ex.private_post_order({"symbol": "NOPEUSDT", "side": "BUY", "type": "MARKET",
                                 "quantity": "1"}), ccxt.BadSymbol, "-1121"),
-        (lambda: ex.cancel_order("12345", symbol), ccxt.OrderNotFound, "Unknown order sent."),
-        (lambda: ex.fetch_order("12345", symbol), ccxt.OrderNotFound, "Order does not exist."),
+        (lambda: ex.cancel_order("12345", symbol), ccxt.OrderNotFound, "Unknown order sent"),
+        (lambda: ex.fetch_order("12345", symbol), ccxt.OrderNotFound, "Order does not exist"),
     ]  # fmt: skip
     for call, error, text in cases:
         with pytest.raises(error, match=text):
             await call()
     await ex.create_order(symbol, "limit", "buy", 0.01, far_price(spot, 0.9),
                           {"clientOrderId": "dup"})  # fmt: skip
-    with pytest.raises(ccxt.InvalidOrder, match="Duplicate order sent."):
+    with pytest.raises(ccxt.InvalidOrder, match="Duplicate order sent"):
         await ex.create_order(symbol, "limit", "buy", 0.01, far_price(spot, 0.9),
                               {"clientOrderId": "dup"})  # fmt: skip
     assert len(await ex.fetch_open_orders(symbol)) == 1
@@ -390,3 +390,71 @@ async def test_signature_timestamp_and_stream_auth(venue: Venue) -> None:
     ex.options["timeDifference"] = 0
     assert await ex.fetch_open_orders(symbol) == []
     assert venue.fake.account.orders() == []
+
+
+async def test_unanswered_and_late_requests(venue: Venue) -> None:
+    """hang_next: acted on, never answered; drop_next: neither; ack_delay_s: answered after
+    ccxt gave up. A query by client id tells which happened."""
+    ex, symbol, faults = venue.exchange, venue.symbol, venue.fake.account.faults
+    amount, price = qty_for(venue), far_price(venue, 0.9)
+
+    async def by_client(cid: str) -> dict[str, Any]:
+        return await ex.fetch_order("", symbol, {"clientOrderId": cid})
+
+    faults.hang_next = 1
+    with pytest.raises(ccxt.NetworkError):
+        await ex.create_order(symbol, "limit", "buy", amount, price, {"clientOrderId": "hung"})
+    assert (await by_client("hung"))["status"] == "open"
+    faults.drop_next = 1
+    with pytest.raises(ccxt.NetworkError):
+        await ex.create_order(symbol, "limit", "buy", amount, price, {"clientOrderId": "lost"})
+    with pytest.raises(ccxt.OrderNotFound):
+        await by_client("lost")
+    faults.hang_next = 1  # aiohttp resends an idempotent DELETE whose pooled connection
+    # closed unanswered: the cancel then meets its own effect (-2011)
+    with pytest.raises((ccxt.NetworkError, ccxt.OrderNotFound)):
+        await ex.cancel_order("", symbol, {"clientOrderId": "hung"})
+    assert (await by_client("hung"))["status"] == "canceled"
+    faults.ack_delay_s = 0.6
+    ex.timeout = 300
+    with pytest.raises(ccxt.RequestTimeout):
+        await ex.create_order(symbol, "limit", "buy", amount, price, {"clientOrderId": "late"})
+    faults.ack_delay_s = 0.0
+    ex.timeout = 3000
+    assert (await by_client("late"))["status"] == "open"
+    assert venue.fake.account.faults.hang_next == venue.fake.account.faults.drop_next == 0
+
+
+async def test_a_new_order_shows_late(venue: Venue) -> None:
+    """hidden_s: acknowledged, yet queries miss it for a while (cancel still reaches it)."""
+    ex, symbol = venue.exchange, venue.symbol
+    venue.fake.account.faults.hidden_s = 30.0  # exchange seconds: half a wall second
+    order = await ex.create_order(symbol, "limit", "buy", qty_for(venue), far_price(venue, 0.9),
+                                  {"clientOrderId": "shy"})  # fmt: skip
+    with pytest.raises(ccxt.OrderNotFound, match="-2013"):
+        await ex.fetch_order("", symbol, {"clientOrderId": "shy"})
+    assert await ex.fetch_open_orders(symbol) == []
+
+    async def visible() -> list[dict[str, Any]]:
+        return await ex.fetch_open_orders(symbol)
+
+    [seen] = await until(visible, 5.0)
+    assert seen["id"] == order["id"]
+    hidden = await ex.create_order(symbol, "limit", "buy", qty_for(venue), far_price(venue, 0.9))
+    assert (await ex.cancel_order(hidden["id"], symbol))["status"] == "canceled"
+
+
+async def test_silent_user_stream_leaves_rest_to_tell(venue: Venue) -> None:
+    ex, symbol = venue.exchange, venue.symbol
+    watching = asyncio.create_task(ex.watch_my_trades(symbol))
+    await until(lambda: _subscribed(venue), 5.0)
+    venue.fake.account.faults.silent_user_stream = True
+    first = await ex.create_order(symbol, "market", "buy", qty_for(venue))
+    await asyncio.sleep(0.5)
+    assert not watching.done()
+    assert [t["order"] for t in await ex.fetch_my_trades(symbol)] == [first["id"]]
+    venue.fake.account.faults.silent_user_stream = False
+    second = await ex.create_order(symbol, "market", "buy", qty_for(venue))
+    async with asyncio.timeout(5):
+        trades = await watching
+    assert [t["order"] for t in trades] == [second["id"]]
