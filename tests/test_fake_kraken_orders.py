@@ -155,6 +155,54 @@ async def test_market_and_limit_orders_fill_and_read_back(monkeypatch: pytest.Mo
         assert fake.account.open_orders(ETH)[0].order_id == txid_number(post["id"], "O")
 
 
+RECORDED_ORDER = {  # QueryOrders of a closed market order, ccxt's fixture (response/kraken.json)
+    "refid", "userref", "status", "opentm", "starttm", "expiretm", "descr", "vol", "vol_exec",
+    "cost", "fee", "price", "stopprice", "limitprice", "misc", "oflags", "trades", "reason",
+    "closetm",
+}  # fmt: skip
+RECORDED_DESCR = {"pair", "type", "ordertype", "price", "price2", "leverage", "order", "close"}
+RECORDED_TRADE = {  # TradesHistory, from ccxt's kraken.py
+    "ordertxid", "postxid", "pair", "time", "type", "ordertype", "price", "cost", "fee", "vol",
+    "margin", "leverage", "misc", "trade_id", "maker",
+}  # fmt: skip
+
+
+async def test_wire_fields_match_the_recorded_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with venue(monkeypatch) as (fake, ex):
+        added = await ex.privatePostAddOrder(
+            {"pair": "XXBTZUSD", "type": "buy", "ordertype": "market", "volume": "0.01"}
+        )
+        assert set(added) == {"error", "result"} and set(added["result"]) == {"descr", "txid"}
+        assert added["result"]["descr"] == {"order": "buy 0.01000000 XBTUSD @ market"}
+        order_id = added["result"]["txid"][0]
+        queried = await ex.privatePostQueryOrders({"txid": order_id, "trades": True})
+        info = queried["result"][order_id]
+        assert set(info) == RECORDED_ORDER and set(info["descr"]) == RECORDED_DESCR
+        assert (info["status"], info["vol"], info["vol_exec"], info["oflags"]) == (
+            "closed",
+            "0.01000000",
+            "0.01000000",
+            "fcib",
+        )
+        history = await ex.privatePostTradesHistory()
+        (trade,) = history["result"]["trades"].values()
+        assert set(trade) == RECORDED_TRADE and history["result"]["count"] == 1
+        assert (trade["ordertxid"], trade["pair"], trade["vol"]) == (
+            order_id,
+            "XXBTZUSD",
+            "0.01000000",
+        )
+        price = below(fake, BTC, 0.9)
+        limit = await ex.create_order(BTC, "limit", "buy", 0.01, price, {"clientOrderId": "f-1"})
+        opened = (await ex.privatePostOpenOrders())["result"]["open"][limit["id"]]
+        assert set(opened) == RECORDED_ORDER - {"trades", "closetm"} | {"cl_ord_id"}
+        assert opened["descr"]["price"] == f"{price:.1f}" and opened["cl_ord_id"] == "f-1"
+        balances = (await ex.privatePostBalanceEx())["result"]
+        assert set(balances) == {"ZUSD", "XXBT", "XETH"}
+        assert set(balances["ZUSD"]) == {"balance", "hold_trade"}
+        assert float(balances["ZUSD"]["hold_trade"]) == pytest.approx(0.01 * price)
+
+
 async def test_stop_and_take_profit_orders(monkeypatch: pytest.MonkeyPatch) -> None:
     async with venue(monkeypatch) as (fake, ex):
         last = fake.snapshot(BTC).trade.price

@@ -1,5 +1,4 @@
-"""Kraken spot's private side, as ccxt 4.5.90 uses it: REST ``/0/private/*`` and the ws v2
-``executions`` channel, over the exchange-neutral ``matching.Account``.
+"""Kraken spot's private REST side, as ccxt 4.5.90 uses it, over ``matching.Account``.
 
 Auth is Kraken's: ``API-Key`` (any non-empty key), ``API-Sign`` = base64 HMAC-SHA512 over
 ``path + SHA256(nonce + body)`` keyed with the base64-decoded secret, and a nonce that must
@@ -9,20 +8,18 @@ Failures are Kraken's words in an HTTP 200 envelope: ``EAPI:Invalid key``,
 ``EAPI:Invalid signature``, ``EAPI:Invalid nonce``.
 
 ccxt's calls: ``createOrder`` -> ``AddOrder`` (``cl_ord_id`` from ``clientOrderId``;
-``stopLossPrice``/``takeProfitPrice`` make ``stop-loss``/``stop-loss-limit``/``take-profit``,
-``reduce_only=true``, ``timeinforce``, ``oflags=post``); ``cancelOrder`` -> ``CancelOrder``
-(``txid`` or ``cl_ord_id``); ``editOrder`` -> ``AmendOrder`` (in place; the answer is only an
+``stopLossPrice``/``takeProfitPrice`` make ``stop-loss``/``stop-loss-limit``/``take-profit``;
+``reduce_only=true``, which spot without margin refuses; ``timeinforce``; ``oflags=post``);
+``cancelOrder`` -> ``CancelOrder`` (``txid`` or ``cl_ord_id``; a finished or unknown order is
+``EOrder:Unknown order``); ``editOrder`` -> ``AmendOrder`` (in place; the answer is only an
 ``amend_id``, which ccxt reports as the order's id); ``fetchOrder`` -> ``QueryOrders`` (an
 unknown txid is ``EOrder:Invalid order``; ccxt sends a ``clientOrderId`` as ``userref``, which
 Kraken requires to be an integer: find an order by client id with ``fetchOpenOrders`` /
 ``fetchClosedOrders`` and ``params={"clientOrderId": ...}``, which send ``cl_ord_id``);
-``fetchMyTrades`` -> ``TradesHistory``; ``fetchBalance`` -> ``BalanceEx``; ccxt.pro's
-``watchOrders``/``watchMyTrades`` -> ``GetWebSocketsToken`` then ``executions`` on
-``/ws-auth/v2``. ccxt routes an executions frame by its first item's ``exec_type`` (``trade``
-to my trades, anything else to orders), so each frame here carries one kind: a fill is a
-``trade`` frame, then a separate ``filled`` frame when the order is done; cancel, expiry and
-fill-complete items are sparse (no ``symbol``), as Kraken sends them. ccxt reads a ws order's
-``clientOrderId`` from ``order_userref``: the ``cl_ord_id`` is in ``info``.
+``fetchMyTrades`` -> ``TradesHistory`` (newest first, 50 a page); ``fetchBalance`` ->
+``BalanceEx``; ccxt.pro's ``authenticate`` -> ``GetWebSocketsToken`` (the channel itself is
+``kraken_executions.py``). Order ids are ``O``-txids and trade ids ``T``-txids that map back
+to the engine's numbers (``txid``/``txid_number``).
 """
 
 from __future__ import annotations
@@ -40,7 +37,7 @@ from aiohttp import web
 
 from tests.fakes.core import FakeExchange, SymbolSpec, fmt
 from tests.fakes.kraken import KrakenSkin, asset_ids
-from tests.fakes.matching import FakeFill, FakeOrder, OrderError
+from tests.fakes.matching import FakeFill, FakeOrder, GateKind, OrderError
 
 TXID_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 TXID_SPACE = 32**16
@@ -130,7 +127,8 @@ def flag(value: Any) -> bool:
 
 
 class KrakenPrivate:
-    """The private REST endpoints and the ``executions`` channel of one ``KrakenSkin``."""
+    """The private REST endpoints of one ``KrakenSkin``, and what they remember beyond the
+    engine: nonces per key, websocket tokens, userrefs and order flags."""
 
     def __init__(self, skin: KrakenSkin) -> None:
         self.skin = skin
@@ -197,6 +195,17 @@ class KrakenPrivate:
         self.nonces[key] = int(nonce)
         return ""
 
+    async def acted(self, kind: GateKind, action: Callable[[], FakeOrder]) -> FakeOrder:
+        """``action`` on the engine, then the account's answer faults (held or never sent),
+        a refusal included; a dropped request (``NoAnswer`` from the engine) skips them."""
+        try:
+            order = action()
+        except OrderError:
+            await self.fake.account.answer_gate(kind)
+            raise
+        await self.fake.account.answer_gate(kind)
+        return order
+
     def spec(self, pair: str) -> SymbolSpec:
         spec = self.skin.spec_of(pair)
         if spec is None:
@@ -241,9 +250,9 @@ class KrakenPrivate:
         descr = {"order": self.description(spec, side, kind, volume, price, stop)}
         if flag(params.get("validate")):
             return {"descr": descr}
-        account = self.fake.account
-        try:
-            order = account.place(
+        order = await self.acted(
+            "place",
+            lambda: self.fake.account.place(
                 spec.symbol,
                 side,  # type: ignore[arg-type]
                 kind,  # type: ignore[arg-type]
@@ -253,9 +262,8 @@ class KrakenPrivate:
                 client_id=params.get("cl_ord_id", ""),
                 reduce_only=flag(params.get("reduce_only")),
                 tif="GTX" if "post" in oflags.split(",") else tif,  # type: ignore[arg-type]
-            )
-        finally:
-            await account.answer_gate("place")
+            ),
+        )
         if userref:
             self.userrefs[order.order_id] = int(userref)
         self.oflags[order.order_id] = oflags
@@ -296,10 +304,7 @@ class KrakenPrivate:
 
     async def cancel_order(self, params: dict[str, str]) -> dict[str, Any]:
         where = self.target(params)
-        try:
-            self.fake.account.cancel(**where)
-        finally:
-            await self.fake.account.answer_gate("cancel")
+        await self.acted("cancel", lambda: self.fake.account.cancel(**where))
         return {"count": 1}
 
     async def amend_order(self, params: dict[str, str]) -> dict[str, Any]:
@@ -314,10 +319,10 @@ class KrakenPrivate:
             raise Refusal("EGeneral:Invalid arguments:limit_price")
         if trigger is not None and order.type not in ("stop", "stop_limit", "take_profit"):
             raise Refusal("EGeneral:Invalid arguments:trigger_price")
-        try:
-            self.fake.account.amend(**where, qty=qty, price=limit, stop_price=trigger)
-        finally:
-            await self.fake.account.answer_gate("amend")
+        account = self.fake.account
+        await self.acted(
+            "amend", lambda: account.amend(**where, qty=qty, price=limit, stop_price=trigger)
+        )
         self.amends += 1
         return {"amend_id": txid("T", self.amends, salt=3)}
 
