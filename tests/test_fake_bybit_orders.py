@@ -124,6 +124,16 @@ async def test_wrong_secret_is_an_authentication_error_without_the_secret(
     assert '"retCode":10004' in str(raised.value) and "not-the-secret" not in str(raised.value)
 
 
+async def test_a_stale_timestamp_is_outside_the_recv_window(
+    fake: FakeExchange, ex: Exchange
+) -> None:
+    ex.options["timeDifference"] = 60_000  # ccxt stamps a minute behind the wall clock
+    with pytest.raises(ccxt.InvalidNonce, match="10002"):
+        await ex.fetch_balance()
+    ex.options["timeDifference"] = 0
+    assert (await ex.fetch_balance())["USDT"]["total"] == 100_000.0
+
+
 async def test_spot_limit_rests_amends_and_cancels_by_either_id(
     fake: FakeExchange, ex: Exchange
 ) -> None:

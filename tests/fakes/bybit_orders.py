@@ -2,7 +2,8 @@
 
 REST, each request signed as ccxt signs it (``X-BAPI-SIGN`` = HMAC-SHA256 of timestamp +
 key + recv window + the JSON body of a POST or the query string of a GET, keyed with
-``fake.api_secret``; a mismatch is retCode 10004 "error sign!"):
+``fake.api_secret``; a mismatch is retCode 10004 "error sign!", a timestamp outside the recv
+window of the wall clock 10002):
 
 - ``/v5/user/query-api`` and ``/v5/account/info``: a UTA 2.0 account, so ccxt takes its
   unified paths; ``/v5/asset/coin/query-info``: ccxt's ``fetchCurrencies`` once it has keys;
@@ -27,6 +28,7 @@ from __future__ import annotations
 
 import hashlib
 import hmac
+import time
 from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING, Any
 
@@ -175,6 +177,7 @@ class BybitPrivate:
         given = request.headers.get("X-BAPI-SIGN", "")
         if not hmac.compare_digest(given, self.sign(origin)):
             raise BybitError(10004, f"error sign! origin_string[{origin}]")
+        self._check_time(stamp, window)
         if request.method != "POST":
             return dict(request.query)
         try:
@@ -184,6 +187,22 @@ class BybitPrivate:
         if not isinstance(decoded, dict):
             raise BybitError(10001, "params error: the body is not a JSON object")
         return {k: as_text(v) for k, v in decoded.items()}
+
+    @staticmethod
+    def _check_time(stamp: str, window: str) -> None:
+        """Bybit's rule ``server - recv_window <= timestamp < server + 1000``, against the
+        wall clock: ccxt stamps requests with its own wall time, not the fake's scaled one."""
+        now_ms = time.time_ns() // MS
+        try:
+            sent, allowed = int(stamp), int(window or 5000)
+        except ValueError:
+            raise BybitError(10001, "params error: X-BAPI-TIMESTAMP is invalid") from None
+        if not now_ms - allowed <= sent < now_ms + 1000:
+            raise BybitError(
+                10002,
+                "invalid request, please check your server timestamp or recv_window param. "
+                f"req_timestamp[{sent}],server_timestamp[{now_ms}],recv_window[{allowed}]",
+            )
 
     # -- lookups ---------------------------------------------------------------------------
 
