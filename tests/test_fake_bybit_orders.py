@@ -204,6 +204,13 @@ async def test_spot_stop_order_lives_in_the_stop_book(fake: FakeExchange, ex: Ex
     await ex.cancel_order(placed["id"], SPOT.symbol, {"trigger": True})
     done = await ex.fetch_order(placed["id"], SPOT.symbol, {"acknowledged": True, "trigger": True})
     assert (done["status"], done["info"]["orderStatus"]) == ("canceled", "Deactivated")
+    params = {"stopLossPrice": stop, "reduceOnly": True}  # ccxt's spot TP/SL order
+    tpsl = await ex.create_order(SPOT.symbol, "market", "sell", 0.01, None, params)
+    book = {"orderFilter": "tpslOrder"}
+    (listed,) = await ex.fetch_open_orders(SPOT.symbol, None, None, book)
+    assert (listed["id"], listed["triggerPrice"]) == (tpsl["id"], stop)
+    await ex.cancel_order(tpsl["id"], SPOT.symbol, book)
+    assert await ex.fetch_open_orders(SPOT.symbol, None, None, book) == []
 
 
 async def test_linear_market_position_reduce_only_and_stop_loss(
