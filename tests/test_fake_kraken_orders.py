@@ -485,3 +485,18 @@ async def test_executions_needs_a_token(monkeypatch: pytest.MonkeyPatch) -> None
                 [],
             )
             assert len(fake.skin.executions.listeners) == 1
+
+
+async def test_balances_stream(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with venue(monkeypatch) as (fake, ex):
+        first = await asyncio.wait_for(ex.watch_balance(), 5)
+        assert first["USD"]["total"] == fake.account.balances["USD"].total
+        assert first["BTC"]["total"] == fake.account.balances["BTC"].total
+        watching = asyncio.create_task(ex.watch_balance())
+        await asyncio.sleep(0.1)
+        await ex.create_order(BTC, "market", "buy", 0.01)
+        moved = await asyncio.wait_for(watching, 5)
+        account = fake.account.balances
+        assert moved["BTC"]["total"] == pytest.approx(account["BTC"].total)
+        assert moved["USD"]["total"] == pytest.approx(account["USD"].total)
+        assert moved["BTC"]["total"] > first["BTC"]["total"]

@@ -304,7 +304,7 @@ class KrakenSkin:
         """One ``{"channel": "heartbeat"}`` a second once subscribed, silent or not."""
         while not conn.ws.closed:
             await asyncio.sleep(1.0)
-            if (conn.topics or conn in self.executions.listeners) and not conn.ws.closed:
+            if (conn.topics or self.executions.listening(conn)) and not conn.ws.closed:
                 try:
                     await conn.send_text('{"channel":"heartbeat"}')
                 except ConnectionError:

@@ -1,4 +1,5 @@
-"""Kraken spot's ws v2 ``executions`` channel (``/ws-auth/v2``), as ccxt.pro 4.5.90 reads it.
+"""Kraken spot's ws v2 ``executions`` and ``balances`` channels (``/ws-auth/v2``), as
+ccxt.pro 4.5.90 reads them (``watchOrders``, ``watchMyTrades``, ``watchBalance``).
 
 A subscribe needs a token from ``GetWebSocketsToken`` (else ``ESession:Invalid session``);
 then a snapshot (open orders by default, the last 50 fills with ``snap_trades``) and an item
@@ -8,7 +9,8 @@ trades, anything else to orders), so every frame here carries one item: a new or
 ``TradesHistory`` keys it), then ``filled`` when the order is done; an amend ``amended``; a
 triggered stop ``status``; ``canceled``/``expired``/``filled`` items are sparse (no
 ``symbol``), as Kraken sends them. ccxt reads a ws order's ``clientOrderId`` from
-``order_userref``; the ``cl_ord_id`` is in ``info``.
+``order_userref``; the ``cl_ord_id`` is in ``info``. ``balances``: a snapshot of every
+asset's total, then a ledger entry per asset a trade moves (``ref_id`` = the trade's txid).
 """
 
 from __future__ import annotations
@@ -21,6 +23,8 @@ from tests.fakes.kraken import iso, number
 from tests.fakes.kraken_orders import AUTO_ID, KRAKEN_TYPES, PAGE, KrakenPrivate, txid
 from tests.fakes.matching import FakeFill, FakeOrder
 
+CHANNELS = ("executions", "balances")
+
 
 class KrakenExecutions:
     """Who listens on ``executions`` and what each engine change sends them."""
@@ -32,6 +36,7 @@ class KrakenExecutions:
         self.seen: dict[int, tuple[Any, ...]] = {}
         self.events = 0
         self.listeners: set[Connection] = set()
+        self.balance_listeners: set[Connection] = set()
         self.flushing: set[asyncio.Task[None]] = set()
         self.fake.account.on_update(self.on_update)
 
@@ -41,37 +46,43 @@ class KrakenExecutions:
         params = message.get("params") or {}
         channel = params.get("channel")
         stamp = self.skin.stamp(iso(self.fake.now_ns()))
-        if method not in ("subscribe", "unsubscribe") or channel != "executions":
+        refusal = {"method": method, "success": False} | echo | stamp
+        if method not in ("subscribe", "unsubscribe") or channel not in CHANNELS:
             error = f"Subscription name invalid: {channel}" if channel else "Malformed request"
-            await conn.send_json(
-                {"error": error, "method": method, "success": False, **echo, **stamp}
-            )
+            await conn.send_json({"error": error} | refusal)
             return
         if params.get("token") not in self.private.tokens:
-            await conn.send_json(
-                {"error": "ESession:Invalid session", "method": method, "success": False}
-                | echo
-                | stamp
-            )
+            await conn.send_json({"error": "ESession:Invalid session"} | refusal)
             return
-        result = {"channel": "executions", "maxratecount": 180, "snapshot": True}
+        result = {"channel": channel, "snapshot": True}
+        if channel == "executions":
+            result["maxratecount"] = 180
         await conn.send_json({"method": method, "result": result, "success": True} | echo | stamp)
+        listeners = self.listeners if channel == "executions" else self.balance_listeners
         if method == "unsubscribe":
-            self.listeners.discard(conn)
+            listeners.discard(conn)
             return
-        self.listeners.add(conn)
-        conn.state["sequence"] = 0
+        listeners.add(conn)
+        if channel == "balances":
+            await self.send(conn, channel, "snapshot", self.balance_snapshot())
+            return
         if params.get("snap_trades", False):
             fills = self.fake.account.fills()[-PAGE:]
-            await self.send(conn, "snapshot", [self.trade_item(f) for f in reversed(fills)])
+            data = [self.trade_item(f) for f in reversed(fills)]
+            await self.send(conn, channel, "snapshot", data)
         if params.get("snap_orders", True):
             orders = self.fake.account.open_orders()
-            await self.send(conn, "snapshot", [self.order_item(o, "new") for o in orders])
+            data = [self.order_item(o, "new") for o in orders]
+            await self.send(conn, channel, "snapshot", data)
 
-    async def send(self, conn: Connection, kind: str, data: list[dict[str, Any]]) -> None:
-        conn.state["sequence"] = conn.state.get("sequence", 0) + 1
-        frame = {"channel": "executions", "type": kind, "data": data}
-        await conn.send_json(frame | {"sequence": conn.state["sequence"]})
+    def listening(self, conn: Connection) -> bool:
+        return conn in self.listeners or conn in self.balance_listeners
+
+    async def send(self, conn: Connection, channel: str, kind: str, data: list[Any]) -> None:
+        sequence = conn.state.get(f"sequence:{channel}", 0) + 1
+        conn.state[f"sequence:{channel}"] = sequence
+        frame = {"channel": channel, "type": kind, "data": data, "sequence": sequence}
+        await conn.send_json(frame)
 
     def on_update(self, order: FakeOrder, fill: FakeFill | None) -> None:
         """The engine changed an order: the items Kraken would stream, one frame each."""
@@ -90,30 +101,73 @@ class KrakenExecutions:
             before is None or before[0] != order.status
         ):
             items.append(self.closing_item(order))
-        if not items:
-            return
-        for conn in list(self.listeners):
+        self.queue(self.listeners, "executions", [[item] for item in items])
+        if fill is not None:
+            self.queue(self.balance_listeners, "balances", [self.balance_moves(fill)])
+
+    def queue(self, listeners: set[Connection], channel: str, frames: list[list[Any]]) -> None:
+        """Each frame's data for every listener, written in order by one task per socket."""
+        for conn in list(listeners):
             if conn.ws.closed:
-                self.listeners.discard(conn)
+                listeners.discard(conn)
                 continue
-            conn.state.setdefault("outbox", []).extend(items)
-            if not conn.state.get("flushing"):
+            conn.state.setdefault("outbox", []).extend((channel, data) for data in frames)
+            if frames and not conn.state.get("flushing"):
                 conn.state["flushing"] = True
                 task = asyncio.get_running_loop().create_task(self.flush(conn))
                 self.flushing.add(task)
                 task.add_done_callback(self.flushing.discard)
 
     async def flush(self, conn: Connection) -> None:
-        """Writes the socket's queued items in order, one frame per item."""
-        outbox: list[dict[str, Any]] = conn.state["outbox"]
+        outbox: list[tuple[str, list[Any]]] = conn.state["outbox"]
         try:
             while outbox and not conn.ws.closed:
-                item = outbox.pop(0)
-                await self.send(conn, "update", [item])
+                channel, data = outbox.pop(0)
+                await self.send(conn, channel, "update", data)
         except (ConnectionError, RuntimeError):
             self.listeners.discard(conn)
+            self.balance_listeners.discard(conn)
         finally:
             conn.state["flushing"] = False
+
+    def balance_snapshot(self) -> list[dict[str, Any]]:
+        out = []
+        for asset, balance in sorted(self.fake.account.balances.items()):
+            total = round(balance.total, 10)
+            wallets = [{"type": "spot", "id": "main", "balance": total}]
+            out.append(
+                {"asset": asset, "asset_class": "currency", "balance": total, "wallets": wallets}
+            )
+        return out
+
+    def balance_moves(self, fill: FakeFill) -> list[dict[str, Any]]:
+        """A trade's two ledger entries (base and quote), each with the balance after it."""
+        spec = self.fake.specs[fill.symbol]
+        sign = 1.0 if fill.side == "buy" else -1.0
+        out = []
+        for asset, amount in (
+            (spec.base, sign * fill.qty),
+            (spec.quote, -sign * fill.qty * fill.price),
+        ):
+            fee = fill.fee if fill.fee_currency == asset else 0.0
+            self.events += 1
+            out.append(
+                {
+                    "ledger_id": txid("L", self.events, salt=11),
+                    "ref_id": txid("T", fill.trade_id),
+                    "timestamp": iso(fill.ts_ns),
+                    "type": "trade",
+                    "asset": asset,
+                    "asset_class": "currency",
+                    "category": "trade",
+                    "wallet_type": "spot",
+                    "wallet_id": "main",
+                    "amount": round(amount, 10),
+                    "fee": round(fee, 10),
+                    "balance": round(self.fake.account.balances[asset].total, 10),
+                }
+            )
+        return out
 
     def common(self, order: FakeOrder, exec_type: str) -> dict[str, Any]:
         spec = self.fake.specs[order.symbol]
