@@ -32,6 +32,12 @@ Record = Callable[[VenueAnswer, Envelope], Awaitable[bool]]
 TRADES_MARGIN_MS = 60_000
 
 
+def has_fee(trade: Mapping[str, Any]) -> bool:
+    """Whether ccxt parsed the trade's fee (Kraken Futures' order answers carry none)."""
+    fee = trade.get("fee")
+    return isinstance(fee, Mapping) and fee.get("cost") is not None
+
+
 class Dealer:
     def __init__(
         self,
@@ -69,7 +75,8 @@ class Dealer:
         if news and leg.state != "done":
             await self.record(answer, leg.envelope)
         for trade in order.get("trades") or ():
-            await self.trade(trade, source)
+            if has_fee(trade):  # else the stream or a poll gives the trade whole
+                await self.trade(trade, source)
         if leg.venue_order_id:
             waiting = [
                 (t, s)
