@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any
 from tests.fakes.core import NS, Candle, FakeExchange, SymbolSpec, Update, decimals, fmt
 
 if TYPE_CHECKING:
-    from tests.fakes.matching import FakeFill, FakeOrder
+    from tests.fakes.matching import Account, FakeFill, FakeOrder
 
 MS = 1_000_000
 Writer = Callable[[float], str]
@@ -329,6 +329,10 @@ ACTUAL_ID_OFFSET = 8_000_000_000
 algo id (Binance gives it a fresh one; ``actualOrderId`` / ``ai`` link the two)."""
 
 
+def money(value: float) -> str:
+    return fmt(value, 1e-8)
+
+
 def order_type(order: FakeOrder, futures: bool) -> str:
     if not futures and order.type == "limit" and order.tif == "GTX":
         return "LIMIT_MAKER"
@@ -352,13 +356,14 @@ def algo_status(order: FakeOrder) -> str:
 
 class OrderFrames:
     """Order rows (REST) and user-data events, spot with 8 decimals, futures with the
-    tick's and the lot's, field order as the recorded ones."""
+    tick's and the lot's, keys in the recorded frames' order (dense literals: one wire
+    object each)."""
 
     def __init__(self, fake: FakeExchange) -> None:
         self.fake = fake
 
-    def _formats(self, order: FakeOrder, futures: bool) -> tuple[SymbolSpec, Writer, Writer]:
-        spec = self.fake.specs[order.symbol]
+    def formats_of(self, symbol: str, futures: bool) -> tuple[SymbolSpec, Writer, Writer]:
+        spec = self.fake.specs[symbol]
         digits = 0 if futures else 8
 
         def price(value: float | None) -> str:
@@ -369,13 +374,106 @@ class OrderFrames:
 
         return spec, price, qty
 
-    def _quote(self, value: float, futures: bool) -> str:
+    def spot_account(self, account: Account, omit_zero: bool) -> dict[str, Any]:
+        """``GET /api/v3/account``."""
+        balances = [
+            {"asset": asset, "free": money(b.free), "locked": money(b.used)}
+            for asset, b in sorted(account.balances.items())
+            if not (omit_zero and b.free == 0 and b.used == 0)
+        ]
+        maker, taker = account.maker_fee, account.taker_fee
+        rates = {
+            "maker": money(maker),
+            "taker": money(taker),
+            "buyer": money(0),
+            "seller": money(0),
+        }
+        flags = ("canTrade", "canWithdraw", "canDeposit", "brokered", "requireSelfTradePrevention",
+                 "preventSor")  # fmt: skip
+        body: dict[str, Any] = {
+            "makerCommission": round(maker * 10_000),
+            "takerCommission": round(taker * 10_000),
+            "buyerCommission": 0,
+            "sellerCommission": 0,
+            "commissionRates": rates,
+            **{flag: flag.startswith("can") for flag in flags},
+            "updateTime": ms(self.fake.now_ns()),
+            "accountType": "SPOT",
+            "balances": balances,
+            "permissions": ["SPOT"],
+            "uid": 354937868,
+        }
+        return body
+
+    def positions(self, account: Account, only: SymbolSpec | None) -> list[dict[str, Any]]:
+        """``positionRisk`` rows (v3: only symbols with a position)."""
+        symbol = None if only is None else only.symbol
+        rows = []
+        for sym, position in sorted(account.positions.items()):
+            spec = self.fake.specs.get(sym)
+            if spec is None or (symbol is not None and sym != symbol) or position.qty == 0:
+                continue
+            mark = self.fake.funding(sym).mark
+            _, p, q = self.formats_of(sym, True)
+            notional = position.qty * mark
+            margin = money(abs(notional) / account.leverage)
+            rows.append({
+                "symbol": market_id(spec), "positionSide": "BOTH", "positionAmt": q(position.qty),
+                "entryPrice": p(position.entry_price), "breakEvenPrice": p(position.entry_price),
+                "markPrice": money(mark), "unRealizedProfit": money(position.unrealized(mark)),
+                "liquidationPrice": "0", "isolatedMargin": "0", "notional": money(notional),
+                "marginAsset": spec.settle or spec.quote, "isolatedWallet": "0",
+                "initialMargin": margin, "maintMargin": money(abs(notional) * 0.004),
+                "positionInitialMargin": margin, "openOrderInitialMargin": "0", "adl": 0,
+                "bidNotional": "0", "askNotional": "0", "updateTime": ms(position.updated_ns),
+            })  # fmt: skip
+        return rows
+
+    def futures_account(self, account: Account) -> dict[str, Any]:
+        """``/fapi/v3/account`` (also served as v2): per asset, wallet = free + used (the
+        initial margin), available = free; totals over the assets."""
+        positions = self.positions(account, None)
+        pnl = sum(float(p["unRealizedProfit"]) for p in positions)
+
+        def sums(wallet: float, used: float, free: float) -> dict[str, str]:
+            return {
+                "WalletBalance": money(wallet), "UnrealizedProfit": money(pnl),
+                "MarginBalance": money(wallet + pnl), "MaintMargin": money(0),
+                "InitialMargin": money(used), "PositionInitialMargin": money(used),
+                "OpenOrderInitialMargin": money(0), "CrossWalletBalance": money(wallet),
+                "CrossUnPnl": money(pnl), "AvailableBalance": money(free),
+                "MaxWithdrawAmount": money(free),
+            }  # fmt: skip
+
+        assets = []
+        for asset, b in sorted(account.balances.items()):
+            fields = sums(b.free + b.used, b.used, b.free)
+            row = {k[0].lower() + k[1:]: v for k, v in fields.items()}
+            assets.append({"asset": asset, **row, "updateTime": ms(self.fake.now_ns())})
+        balances = account.balances.values()
+        totals = sums(
+            sum(b.free + b.used for b in balances),
+            sum(b.used for b in balances),
+            sum(b.free for b in balances),
+        )
+        body = {f"total{k}": v for k, v in totals.items() if not k.startswith(("Avail", "Max"))}
+        kept = ("symbol", "positionSide", "positionAmt", "unRealizedProfit", "notional",
+                "initialMargin", "maintMargin", "updateTime")  # fmt: skip
+        return (
+            body
+            | {"availableBalance": totals["AvailableBalance"],
+               "maxWithdrawAmount": totals["MaxWithdrawAmount"], "assets": assets,
+               "positions": [{k: p[k] for k in kept} for p in positions]}
+        )  # fmt: skip
+
+    @staticmethod
+    def _quote(value: float, futures: bool) -> str:
         return fmt(value, 0.00001, 5 if futures else 8)
 
     def spot_order(self, order: FakeOrder, kind: str = "query") -> dict[str, Any]:
-        """``kind``: ``query`` (GET order/openOrders/allOrders), ``new`` (POST order, FULL),
-        ``cancel`` (DELETE order: ``clientOrderId`` is the cancel's own id)."""
-        spec, p, q = self._formats(order, False)
+        """``kind``: ``query`` (GET order/openOrders/allOrders), ``new`` (POST order),
+        ``cancel`` (DELETE order: ``clientOrderId`` is then the cancel's own id)."""
+        spec, p, q = self.formats_of(order.symbol, False)
         row: dict[str, Any] = {"symbol": market_id(spec)}
         if kind == "cancel":
             row["origClientOrderId"] = order.client_id
@@ -385,121 +483,72 @@ class OrderFrames:
         if kind in ("new", "cancel"):
             row["transactTime"] = ms(order.updated_ns)
         row |= {
-            "price": p(order.price),
-            "origQty": q(order.qty),
-            "executedQty": q(order.filled),
+            "price": p(order.price), "origQty": q(order.qty), "executedQty": q(order.filled),
             "cummulativeQuoteQty": self._quote(order.filled * order.avg_price, False),
-            "status": STATUS[order.status],
-            "timeInForce": "GTC" if order.tif == "GTX" else order.tif,
-            "type": order_type(order, False),
-            "side": order.side.upper(),
-        }
+            "status": STATUS[order.status], "timeInForce": "GTC" if order.tif == "GTX" else order.tif,
+            "type": order_type(order, False), "side": order.side.upper(),
+        }  # fmt: skip
         if order.stop_price is not None or kind == "query":
             row["stopPrice"] = p(order.stop_price)
         if kind == "query":
-            row |= {
-                "icebergQty": "0.00000000",
-                "time": ms(order.created_ns),
-                "updateTime": ms(order.updated_ns),
-                "isWorking": order.stop_price is None or order.triggered,
-            }
+            row |= {"icebergQty": "0.00000000", "time": ms(order.created_ns),
+                    "updateTime": ms(order.updated_ns),
+                    "isWorking": order.stop_price is None or order.triggered}  # fmt: skip
         if kind != "cancel":
             row["workingTime"] = ms(order.created_ns)
-        row |= {"origQuoteOrderQty": "0.00000000", "selfTradePreventionMode": "EXPIRE_MAKER"}
-        return row
+        return row | {"origQuoteOrderQty": "0.00000000", "selfTradePreventionMode": "EXPIRE_MAKER"}
 
     def spot_fill(self, fill: FakeFill) -> dict[str, Any]:
         """One entry of a FULL answer's ``fills``."""
         _, p, q = self.formats_of(fill.symbol, False)
-        return {
-            "price": p(fill.price),
-            "qty": q(fill.qty),
-            "commission": fmt(fill.fee, 1e-8, 8),
-            "commissionAsset": fill.fee_currency,
-            "tradeId": fill.trade_id,
-        }
-
-    def formats_of(self, symbol: str, futures: bool) -> tuple[SymbolSpec, Writer, Writer]:
-        spec = self.fake.specs[symbol]
-        p, q = BinanceFrames(self.fake).formats(spec, futures)
-        return spec, p, q
+        return {"price": p(fill.price), "qty": q(fill.qty), "commission": fmt(fill.fee, 1e-8),
+                "commissionAsset": fill.fee_currency, "tradeId": fill.trade_id}  # fmt: skip
 
     def futures_order(self, order: FakeOrder, kind: str = "query") -> dict[str, Any]:
         """``kind``: ``query`` (GET order/openOrders) or ``new`` (POST/PUT/DELETE answer,
-        with ``cumQty``)."""
-        spec, p, q = self._formats(order, True)
-        type_ = order_type(order, True)
+        with ``cumQty``). A triggered algo order is its actual order here: MARKET (LIMIT
+        for a stop-limit) with the algo's type as ``origType``."""
+        spec, p, q = self.formats_of(order.symbol, True)
+        orig = order_type(order, True)
+        type_ = ("LIMIT" if order.type == "stop_limit" else "MARKET") if order.algo else orig
         row: dict[str, Any] = {
-            "orderId": exchange_order_id(order),
-            "symbol": market_id(spec),
-            "status": STATUS[order.status],
-            "clientOrderId": order.client_id,
-            "price": p(order.price),
-            "avgPrice": p(order.avg_price) if order.filled else "0",
-            "origQty": q(order.qty),
-            "executedQty": q(order.filled),
-        }
+            "orderId": exchange_order_id(order), "symbol": market_id(spec),
+            "status": STATUS[order.status], "clientOrderId": order.client_id,
+            "price": p(order.price), "avgPrice": p(order.avg_price) if order.filled else "0",
+            "origQty": q(order.qty), "executedQty": q(order.filled),
+        }  # fmt: skip
         if kind == "new":
             row["cumQty"] = q(order.filled)
         row |= {
             "cumQuote": self._quote(order.filled * order.avg_price, True),
-            "timeInForce": order.tif,
-            "type": "MARKET" if order.algo and order.type != "stop_limit" else type_,
-            "reduceOnly": order.reduce_only,
-            "closePosition": False,
-            "side": order.side.upper(),
-            "positionSide": "BOTH",
-            "stopPrice": "0",
-            "workingType": "CONTRACT_PRICE",
-            "priceProtect": False,
-            "origType": type_,
-            "priceMatch": "NONE",
-            "selfTradePreventionMode": "EXPIRE_MAKER",
+            "timeInForce": order.tif, "type": type_, "reduceOnly": order.reduce_only,
+            "closePosition": False, "side": order.side.upper(), "positionSide": "BOTH",
+            "stopPrice": "0", "workingType": "CONTRACT_PRICE", "priceProtect": False,
+            "origType": orig, "priceMatch": "NONE", "selfTradePreventionMode": "EXPIRE_MAKER",
             "goodTillDate": 0,
-        }
-        if order.algo and order.type == "stop_limit":
-            row["type"] = "LIMIT"
+        }  # fmt: skip
         if kind == "query":
             row["time"] = ms(order.created_ns)
-        row["updateTime"] = ms(order.updated_ns)
-        return row
+        return row | {"updateTime": ms(order.updated_ns)}
 
     def algo_order(self, order: FakeOrder, kind: str = "query") -> dict[str, Any]:
-        """A conditional order on ``/fapi/v1/algoOrder`` (new, query); ``kind`` ``cancel``
-        is the short cancel answer."""
-        spec, p, q = self._formats(order, True)
+        """A conditional order on ``/fapi/v1/algoOrder``: ``new``, ``query`` (with the
+        actual order's id, price and quantity) or the short ``cancel`` answer."""
+        spec, p, q = self.formats_of(order.symbol, True)
+        ids = {"algoId": order.order_id, "clientAlgoId": order.client_id}
         if kind == "cancel":
-            return {
-                "algoId": order.order_id,
-                "clientAlgoId": order.client_id,
-                "code": "200",
-                "msg": "success",
-            }
-        row: dict[str, Any] = {
-            "algoId": order.order_id,
-            "clientAlgoId": order.client_id,
-            "algoType": "CONDITIONAL",
-            "orderType": order_type(order, True),
-            "symbol": market_id(spec),
-            "side": order.side.upper(),
-            "positionSide": "BOTH",
-            "timeInForce": order.tif,
-            "quantity": q(order.qty),
-            "algoStatus": algo_status(order),
-            "triggerPrice": p(order.stop_price),
-            "price": p(order.price),
-            "icebergQuantity": None,
-            "selfTradePreventionMode": "EXPIRE_MAKER",
-            "workingType": "CONTRACT_PRICE",
-            "priceMatch": "NONE",
-            "closePosition": False,
-            "priceProtect": False,
-            "reduceOnly": order.reduce_only,
-            "createTime": ms(order.created_ns),
-            "updateTime": ms(order.updated_ns),
-            "triggerTime": ms(order.updated_ns) if order.triggered else 0,
-            "goodTillDate": 0,
-        }
+            return ids | {"code": "200", "msg": "success"}
+        row = ids | {
+            "algoType": "CONDITIONAL", "orderType": order_type(order, True),
+            "symbol": market_id(spec), "side": order.side.upper(), "positionSide": "BOTH",
+            "timeInForce": order.tif, "quantity": q(order.qty), "algoStatus": algo_status(order),
+            "triggerPrice": p(order.stop_price), "price": p(order.price),
+            "icebergQuantity": None, "selfTradePreventionMode": "EXPIRE_MAKER",
+            "workingType": "CONTRACT_PRICE", "priceMatch": "NONE", "closePosition": False,
+            "priceProtect": False, "reduceOnly": order.reduce_only,
+            "createTime": ms(order.created_ns), "updateTime": ms(order.updated_ns),
+            "triggerTime": ms(order.updated_ns) if order.triggered else 0, "goodTillDate": 0,
+        }  # fmt: skip
         if kind == "query":
             row |= {
                 "actualOrderId": str(exchange_order_id(order)) if order.triggered else "",
@@ -511,169 +560,84 @@ class OrderFrames:
     def my_trade(self, fill: FakeFill, order: FakeOrder | None, futures: bool) -> dict[str, Any]:
         spec, p, q = self.formats_of(fill.symbol, futures)
         order_id = fill.order_id if order is None else exchange_order_id(order)
+        head = {"symbol": market_id(spec), "id": fill.trade_id, "orderId": order_id}
+        money = {"commission": fmt(fill.fee, 1e-8), "commissionAsset": fill.fee_currency,
+                 "time": ms(fill.ts_ns)}  # fmt: skip
         quote = self._quote(fill.qty * fill.price, futures)
         if futures:
-            return {
-                "symbol": market_id(spec),
-                "id": fill.trade_id,
-                "orderId": order_id,
-                "side": fill.side.upper(),
-                "price": p(fill.price),
-                "qty": q(fill.qty),
-                "realizedPnl": "0",
-                "marginAsset": spec.settle or spec.quote,
-                "quoteQty": quote,
-                "commission": fmt(fill.fee, 1e-8, 8),
-                "commissionAsset": fill.fee_currency,
-                "time": ms(fill.ts_ns),
-                "positionSide": "BOTH",
-                "maker": fill.maker,
-                "buyer": fill.side == "buy",
-            }
-        return {
-            "symbol": market_id(spec),
-            "id": fill.trade_id,
-            "orderId": order_id,
-            "orderListId": -1,
-            "price": p(fill.price),
-            "qty": q(fill.qty),
-            "quoteQty": quote,
-            "commission": fmt(fill.fee, 1e-8, 8),
-            "commissionAsset": fill.fee_currency,
-            "time": ms(fill.ts_ns),
-            "isBuyer": fill.side == "buy",
-            "isMaker": fill.maker,
-            "isBestMatch": True,
-        }
+            return head | {
+                "side": fill.side.upper(), "price": p(fill.price), "qty": q(fill.qty),
+                "realizedPnl": "0", "marginAsset": spec.settle or spec.quote, "quoteQty": quote,
+                **money, "positionSide": "BOTH", "maker": fill.maker, "buyer": fill.side == "buy",
+            }  # fmt: skip
+        return head | {
+            "orderListId": -1, "price": p(fill.price), "qty": q(fill.qty), "quoteQty": quote,
+            **money, "isBuyer": fill.side == "buy", "isMaker": fill.maker, "isBestMatch": True,
+        }  # fmt: skip
 
     def execution_report(
         self, order: FakeOrder, fill: FakeFill | None, execution: str
     ) -> dict[str, Any]:
-        """Spot ``executionReport`` (``x``: NEW, CANCELED, REPLACED, REJECTED, TRADE,
-        EXPIRED)."""
-        spec, p, q = self._formats(order, False)
+        """Spot ``executionReport`` (``x``: NEW, CANCELED, TRADE, EXPIRED, ...)."""
+        spec, p, q = self.formats_of(order.symbol, False)
         at = ms(fill.ts_ns if fill else order.updated_ns)
-        last_qty = fill.qty if fill else 0.0
-        last_price = fill.price if fill else 0.0
-        working = order.status in ("new", "partially_filled")
+        last_qty, last_price = (fill.qty, fill.price) if fill else (0.0, 0.0)
+        working = order.is_open and (order.stop_price is None or order.triggered)
         return {
-            "e": "executionReport",
-            "E": at,
-            "s": market_id(spec),
-            "c": order.client_id,
-            "S": order.side.upper(),
-            "o": order_type(order, False),
-            "f": "GTC" if order.tif == "GTX" else order.tif,
-            "q": q(order.qty),
-            "p": p(order.price),
-            "P": p(order.stop_price),
-            "F": "0.00000000",
-            "g": -1,
-            "C": order.client_id if execution == "CANCELED" else "",
-            "x": execution,
-            "X": STATUS[order.status],
-            "r": "NONE",
-            "i": order.order_id,
-            "l": q(last_qty),
-            "z": q(order.filled),
-            "L": p(last_price),
-            "n": fmt(fill.fee, 1e-8, 8) if fill else "0",
-            "N": fill.fee_currency if fill else None,
-            "T": at,
+            "e": "executionReport", "E": at, "s": market_id(spec), "c": order.client_id,
+            "S": order.side.upper(), "o": order_type(order, False),
+            "f": "GTC" if order.tif == "GTX" else order.tif, "q": q(order.qty),
+            "p": p(order.price), "P": p(order.stop_price), "F": "0.00000000", "g": -1,
+            "C": order.client_id if execution == "CANCELED" else "", "x": execution,
+            "X": STATUS[order.status], "r": "NONE", "i": order.order_id, "l": q(last_qty),
+            "z": q(order.filled), "L": p(last_price), "n": fmt(fill.fee, 1e-8) if fill else "0",
+            "N": fill.fee_currency if fill else None, "T": at,
             "t": fill.trade_id if fill else -1,
-            "I": order.order_id * 2 + (fill.trade_id if fill else 0),
-            "w": working and (order.stop_price is None or order.triggered),
-            "m": fill.maker if fill else False,
-            "M": fill is not None,
-            "O": ms(order.created_ns),
-            "Z": self._quote(order.filled * order.avg_price, False),
-            "Y": self._quote(last_qty * last_price, False),
-            "Q": "0.00000000",
-            "W": ms(order.created_ns),
-            "V": "EXPIRE_MAKER",
-        }
+            "I": order.order_id * 2 + (fill.trade_id if fill else 0), "w": working,
+            "m": fill.maker if fill else False, "M": fill is not None,
+            "O": ms(order.created_ns), "Z": self._quote(order.filled * order.avg_price, False),
+            "Y": self._quote(last_qty * last_price, False), "Q": "0.00000000",
+            "W": ms(order.created_ns), "V": "EXPIRE_MAKER",
+        }  # fmt: skip
 
     def order_trade_update(
         self, order: FakeOrder, fill: FakeFill | None, execution: str
     ) -> dict[str, Any]:
         """USDT-M ``ORDER_TRADE_UPDATE`` (``x``: NEW, CANCELED, EXPIRED, TRADE, AMENDMENT)."""
-        spec, p, q = self._formats(order, True)
+        spec, p, q = self.formats_of(order.symbol, True)
         at = ms(fill.ts_ns if fill else order.updated_ns)
         row = self.futures_order(order)
         body: dict[str, Any] = {
-            "s": market_id(spec),
-            "c": order.client_id,
-            "S": order.side.upper(),
-            "o": row["type"],
-            "f": order.tif,
-            "q": q(order.qty),
-            "p": p(order.price),
-            "ap": p(order.avg_price) if order.filled else "0",
-            "sp": "0",
-            "x": execution,
-            "X": STATUS[order.status],
-            "i": exchange_order_id(order),
-            "l": q(fill.qty if fill else 0.0),
-            "z": q(order.filled),
-            "L": p(fill.price if fill else 0.0),
-        }
+            "s": market_id(spec), "c": order.client_id, "S": order.side.upper(),
+            "o": row["type"], "f": order.tif, "q": q(order.qty), "p": p(order.price),
+            "ap": row["avgPrice"], "sp": "0", "x": execution, "X": STATUS[order.status],
+            "i": exchange_order_id(order), "l": q(fill.qty if fill else 0.0),
+            "z": q(order.filled), "L": p(fill.price if fill else 0.0),
+        }  # fmt: skip
         if fill is not None:
-            body |= {"N": fill.fee_currency, "n": fmt(fill.fee, 1e-8, 8)}
+            body |= {"N": fill.fee_currency, "n": fmt(fill.fee, 1e-8)}
         body |= {
-            "T": at,
-            "t": fill.trade_id if fill else 0,
-            "b": "0",
-            "a": "0",
-            "m": fill.maker if fill else False,
-            "R": order.reduce_only,
-            "wt": "CONTRACT_PRICE",
-            "ot": row["origType"],
-            "ps": "BOTH",
-            "cp": False,
-            "rp": "0",
-            "pP": False,
-            "si": 0,
-            "ss": 0,
-            "V": "EXPIRE_MAKER",
-            "pm": "NONE",
-            "gtd": 0,
-        }
+            "T": at, "t": fill.trade_id if fill else 0, "b": "0", "a": "0",
+            "m": fill.maker if fill else False, "R": order.reduce_only, "wt": "CONTRACT_PRICE",
+            "ot": row["origType"], "ps": "BOTH", "cp": False, "rp": "0", "pP": False, "si": 0,
+            "ss": 0, "V": "EXPIRE_MAKER", "pm": "NONE", "gtd": 0,
+        }  # fmt: skip
         return {"e": "ORDER_TRADE_UPDATE", "E": at, "T": at, "o": body}
 
     def algo_update(self, order: FakeOrder) -> dict[str, Any]:
         """USDT-M ``ALGO_UPDATE``: a conditional order's own life (NEW, CANCELED,
         TRIGGERED, FINISHED, ...); its fills come as the actual order's ORDER_TRADE_UPDATE."""
-        spec, p, q = self._formats(order, True)
+        spec, p, q = self.formats_of(order.symbol, True)
         at = ms(order.updated_ns)
-        return {
-            "e": "ALGO_UPDATE",
-            "T": at,
-            "E": at,
-            "o": {
-                "caid": order.client_id,
-                "aid": order.order_id,
-                "at": "CONDITIONAL",
-                "o": order_type(order, True),
-                "s": market_id(spec),
-                "S": order.side.upper(),
-                "ps": "BOTH",
-                "f": order.tif,
-                "q": q(order.qty),
-                "X": algo_status(order),
-                "ai": str(exchange_order_id(order)) if order.triggered else "",
-                "ap": p(order.avg_price) if order.filled else "0.00000",
-                "aq": q(order.filled) if order.triggered else "0.00000",
-                "act": "0",
-                "tp": p(order.stop_price),
-                "p": p(order.price),
-                "V": "EXPIRE_MAKER",
-                "wt": "CONTRACT_PRICE",
-                "pm": "NONE",
-                "cp": False,
-                "pP": False,
-                "R": order.reduce_only,
-                "tt": ms(order.updated_ns) if order.triggered else 0,
-                "gtd": 0,
-                "rm": "",
-            },
-        }
+        body = {
+            "caid": order.client_id, "aid": order.order_id, "at": "CONDITIONAL",
+            "o": order_type(order, True), "s": market_id(spec), "S": order.side.upper(),
+            "ps": "BOTH", "f": order.tif, "q": q(order.qty), "X": algo_status(order),
+            "ai": str(exchange_order_id(order)) if order.triggered else "",
+            "ap": p(order.avg_price) if order.filled else "0.00000",
+            "aq": q(order.filled) if order.triggered else "0.00000", "act": "0",
+            "tp": p(order.stop_price), "p": p(order.price), "V": "EXPIRE_MAKER",
+            "wt": "CONTRACT_PRICE", "pm": "NONE", "cp": False, "pP": False,
+            "R": order.reduce_only, "tt": at if order.triggered else 0, "gtd": 0, "rm": "",
+        }  # fmt: skip
+        return {"e": "ALGO_UPDATE", "T": at, "E": at, "o": body}

@@ -37,7 +37,7 @@ from tests.fakes.binance_frames import (
     market_id,
     ms,
 )
-from tests.fakes.core import FakeExchange, SymbolSpec, fmt
+from tests.fakes.core import FakeExchange, SymbolSpec
 from tests.fakes.matching import Account, FakeOrder, OrderError, OrderType
 
 Params = dict[str, str]
@@ -73,18 +73,13 @@ FUTURES_ERRORS: dict[str, tuple[int, str]] = {
     ),
 }
 SPOT_TYPES: dict[str, tuple[OrderType, bool]] = {
-    "MARKET": ("market", False),
-    "LIMIT": ("limit", False),
-    "LIMIT_MAKER": ("limit", True),
-    "STOP_LOSS": ("stop", False),
-    "STOP_LOSS_LIMIT": ("stop_limit", False),
+    "MARKET": ("market", False), "LIMIT": ("limit", False), "LIMIT_MAKER": ("limit", True),
+    "STOP_LOSS": ("stop", False), "STOP_LOSS_LIMIT": ("stop_limit", False),
     "TAKE_PROFIT": ("take_profit", False),
-}
+}  # fmt: skip
 ALGO_TYPES: dict[str, OrderType] = {
-    "STOP_MARKET": "stop",
-    "STOP": "stop_limit",
-    "TAKE_PROFIT_MARKET": "take_profit",
-}
+    "STOP_MARKET": "stop", "STOP": "stop_limit", "TAKE_PROFIT_MARKET": "take_profit"
+}  # fmt: skip
 NEEDS_PRICE = {"limit", "stop_limit"}
 NEEDS_STOP = {"stop", "stop_limit", "take_profit"}
 SIGNATURE = re.compile(r"(^|&)signature=[^&]*")
@@ -473,49 +468,38 @@ class BinanceOrders:
         mode = params.get("cancelReplaceMode", "")
         if mode not in ("STOP_ON_FAILURE", "ALLOW_FAILURE"):
             raise mandatory("cancelReplaceMode")
-        name = params.get("type", "")
-        if name not in SPOT_TYPES:
+        if params.get("type", "") not in SPOT_TYPES:
             raise BinanceError(-1116, "Invalid orderType.")
-        type_, post_only = SPOT_TYPES[name]
+        type_, post_only = SPOT_TYPES[params["type"]]
         order_id, client_id = self._order_ids(params, "cancelOrderId", "cancelOrigClientOrderId")
-        result: dict[str, Any] = {}
+        out: dict[str, Any] = {"cancelResult": "SUCCESS", "newOrderResult": "NOT_ATTEMPTED"}
         try:
-            canceled = self.account.cancel(
-                order_id=order_id, client_id=client_id or None, symbol=spec.symbol
-            )
-            cancel_row = self.frames.spot_order(canceled, "cancel")
-            cancel_row["clientOrderId"] = (
-                params.get("cancelNewClientOrderId") or uuid.uuid4().hex[:22]
-            )
-            result |= {"cancelResult": "SUCCESS", "cancelResponse": cancel_row}
+            old = self.account.cancel(order_id=order_id, client_id=client_id or None,
+                                      symbol=spec.symbol)  # fmt: skip
+            new_id = params.get("cancelNewClientOrderId") or uuid.uuid4().hex[:22]
+            out["cancelResponse"] = self.frames.spot_order(old, "cancel") | {
+                "clientOrderId": new_id
+            }
         except OrderError as error:
             code, msg = SPOT_ERRORS[error.code]
-            result |= {"cancelResult": "FAILURE", "cancelResponse": {"code": code, "msg": msg}}
-        if result["cancelResult"] == "FAILURE" and mode == "STOP_ON_FAILURE":
-            await self.account.answer_gate("amend")
-            data = result | {"newOrderResult": "NOT_ATTEMPTED", "newOrderResponse": None}
-            return json_response(
-                {"code": -2021, "msg": "Order cancel-replace failed.", "data": data}, 400
-            )
-        try:
-            order = self._place(params, spec, False, type_, post_only=post_only)
-            result |= {"newOrderResult": "SUCCESS", "newOrderResponse": self._created(
-                params, order, False)}  # fmt: skip
-        except BinanceError as error:
-            result |= {
-                "newOrderResult": "FAILURE",
-                "newOrderResponse": {"code": error.code, "msg": error.msg},
-            }
+            out |= {"cancelResult": "FAILURE", "cancelResponse": {"code": code, "msg": msg}}
+        out["newOrderResponse"] = None
+        if out["cancelResult"] == "SUCCESS" or mode == "ALLOW_FAILURE":
+            try:
+                order = self._place(params, spec, False, type_, post_only=post_only)
+                out |= {"newOrderResult": "SUCCESS",
+                        "newOrderResponse": self._created(params, order, False)}  # fmt: skip
+            except BinanceError as error:
+                out |= {"newOrderResult": "FAILURE",
+                        "newOrderResponse": {"code": error.code, "msg": error.msg}}  # fmt: skip
         await self.account.answer_gate("amend")
-        if result["newOrderResult"] == "SUCCESS" and result["cancelResult"] == "SUCCESS":
-            return json_response(
-                {k: result[k] for k in ("cancelResult", "newOrderResult", "cancelResponse",
-                                        "newOrderResponse")}
-            )  # fmt: skip
-        failed = result["cancelResult"] == "FAILURE" and result["newOrderResult"] == "FAILURE"
-        code, msg = (-2021, "Order cancel-replace failed.") if failed else (
-            -2022, "Order cancel-replace partially failed.")  # fmt: skip
-        return json_response({"code": code, "msg": msg, "data": result}, 400)
+        if out["cancelResult"] == out["newOrderResult"] == "SUCCESS":
+            return json_response(out)
+        if "SUCCESS" in (out["cancelResult"], out["newOrderResult"]):
+            code, msg = -2022, "Order cancel-replace partially failed."
+        else:
+            code, msg = -2021, "Order cancel-replace failed."
+        return json_response({"code": code, "msg": msg, "data": out}, 400)
 
     async def open_orders(self, params: Params, futures: bool) -> web.Response:
         spec = self._spec(params, futures, required=False)
@@ -621,138 +605,22 @@ class BinanceOrders:
 
     async def spot_account(self, params: Params, futures: bool) -> web.Response:
         omit_zero = params.get("omitZeroBalances", "false") == "true"
-        balances = [
-            {"asset": asset, "free": fmt(b.free, 1e-8), "locked": fmt(b.used, 1e-8)}
-            for asset, b in sorted(self.account.balances.items())
-            if not (omit_zero and b.free == 0 and b.used == 0)
-        ]
-        fee = f"{self.account.taker_fee:.8f}"
-        maker = f"{self.account.maker_fee:.8f}"
-        return json_response(
-            {
-                "makerCommission": round(self.account.maker_fee * 10_000),
-                "takerCommission": round(self.account.taker_fee * 10_000),
-                "buyerCommission": 0,
-                "sellerCommission": 0,
-                "commissionRates": {"maker": maker, "taker": fee, "buyer": "0.00000000",
-                                    "seller": "0.00000000"},
-                "canTrade": True,
-                "canWithdraw": True,
-                "canDeposit": True,
-                "brokered": False,
-                "requireSelfTradePrevention": False,
-                "preventSor": False,
-                "updateTime": ms(self.fake.now_ns()),
-                "accountType": "SPOT",
-                "balances": balances,
-                "permissions": ["SPOT"],
-                "uid": 354937868,
-            }
-        )  # fmt: skip
-
-    def _positions(self, symbol: str | None) -> list[dict[str, Any]]:
-        rows = []
-        for sym, position in sorted(self.account.positions.items()):
-            spec = self.fake.specs.get(sym)
-            if spec is None or (symbol is not None and sym != symbol) or position.qty == 0:
-                continue
-            mark = self.fake.funding(sym).mark
-            _, p, q = self.frames.formats_of(sym, True)
-            notional = position.qty * mark
-            margin = abs(notional) / self.account.leverage
-            rows.append(
-                {
-                    "symbol": market_id(spec),
-                    "positionSide": "BOTH",
-                    "positionAmt": q(position.qty),
-                    "entryPrice": p(position.entry_price),
-                    "breakEvenPrice": p(position.entry_price),
-                    "markPrice": fmt(mark, 1e-8),
-                    "unRealizedProfit": fmt(position.unrealized(mark), 1e-8),
-                    "liquidationPrice": "0",
-                    "isolatedMargin": "0",
-                    "notional": fmt(notional, 1e-8),
-                    "marginAsset": spec.settle or spec.quote,
-                    "isolatedWallet": "0",
-                    "initialMargin": fmt(margin, 1e-8),
-                    "maintMargin": fmt(abs(notional) * 0.004, 1e-8),
-                    "positionInitialMargin": fmt(margin, 1e-8),
-                    "openOrderInitialMargin": "0",
-                    "adl": 0,
-                    "bidNotional": "0",
-                    "askNotional": "0",
-                    "updateTime": ms(position.updated_ns),
-                }
-            )
-        return rows
+        return json_response(self.frames.spot_account(self.account, omit_zero))
 
     async def position_risk(self, params: Params, futures: bool) -> web.Response:
         spec = self._spec(params, True, required=False)
-        return json_response(self._positions(None if spec is None else spec.symbol))
+        return json_response(self.frames.positions(self.account, spec))
 
     async def futures_account(self, params: Params, futures: bool) -> web.Response:
-        positions = self._positions(None)
-        unrealized = sum(float(p["unRealizedProfit"]) for p in positions)
-        assets = []
-        for asset, b in sorted(self.account.balances.items()):
-            wallet = b.free + b.used
-            assets.append(
-                {
-                    "asset": asset,
-                    "walletBalance": fmt(wallet, 1e-8),
-                    "unrealizedProfit": fmt(unrealized, 1e-8),
-                    "marginBalance": fmt(wallet + unrealized, 1e-8),
-                    "maintMargin": "0.00000000",
-                    "initialMargin": fmt(b.used, 1e-8),
-                    "positionInitialMargin": fmt(b.used, 1e-8),
-                    "openOrderInitialMargin": "0.00000000",
-                    "crossWalletBalance": fmt(wallet, 1e-8),
-                    "crossUnPnl": fmt(unrealized, 1e-8),
-                    "availableBalance": fmt(b.free, 1e-8),
-                    "maxWithdrawAmount": fmt(b.free, 1e-8),
-                    "updateTime": ms(self.fake.now_ns()),
-                }
-            )
-        total = sum(b.free + b.used for b in self.account.balances.values())
-        free = sum(b.free for b in self.account.balances.values())
-        used = sum(b.used for b in self.account.balances.values())
-        return json_response(
-            {
-                "totalInitialMargin": fmt(used, 1e-8),
-                "totalMaintMargin": "0.00000000",
-                "totalWalletBalance": fmt(total, 1e-8),
-                "totalUnrealizedProfit": fmt(unrealized, 1e-8),
-                "totalMarginBalance": fmt(total + unrealized, 1e-8),
-                "totalPositionInitialMargin": fmt(used, 1e-8),
-                "totalOpenOrderInitialMargin": "0.00000000",
-                "totalCrossWalletBalance": fmt(total, 1e-8),
-                "totalCrossUnPnl": fmt(unrealized, 1e-8),
-                "availableBalance": fmt(free, 1e-8),
-                "maxWithdrawAmount": fmt(free, 1e-8),
-                "assets": assets,
-                "positions": [
-                    {k: p[k] for k in ("symbol", "positionSide", "positionAmt",
-                                       "unRealizedProfit", "notional", "initialMargin",
-                                       "maintMargin", "updateTime")}
-                    for p in positions
-                ],
-            }
-        )  # fmt: skip
+        return json_response(self.frames.futures_account(self.account))
 
     async def leverage_bracket(self, params: Params, futures: bool) -> web.Response:
-        specs = [s for s in self.fake.specs.values() if s.kind == "perpetual"]
-        caps = [(1, 125, 50_000, 0, 0.004, 0.0), (2, 100, 600_000, 50_000, 0.005, 50.0)]
+        bracket = {"bracket": 1, "initialLeverage": 125, "notionalCap": 50_000_000,
+                   "notionalFloor": 0, "maintMarginRatio": 0.004, "cum": 0.0}  # fmt: skip
         return json_response(
             [
-                {
-                    "symbol": market_id(spec),
-                    "notionalCoef": 1.0,
-                    "brackets": [
-                        {"bracket": b, "initialLeverage": lev, "notionalCap": cap,
-                         "notionalFloor": floor, "maintMarginRatio": ratio, "cum": cum}
-                        for b, lev, cap, floor, ratio, cum in caps
-                    ],
-                }
-                for spec in specs
+                {"symbol": market_id(spec), "notionalCoef": 1.0, "brackets": [bracket]}
+                for spec in self.fake.specs.values()
+                if spec.kind == "perpetual"
             ]
-        )  # fmt: skip
+        )
