@@ -500,3 +500,25 @@ async def test_balances_stream(monkeypatch: pytest.MonkeyPatch) -> None:
         assert moved["BTC"]["total"] == pytest.approx(account["BTC"].total)
         assert moved["USD"]["total"] == pytest.approx(account["USD"].total)
         assert moved["BTC"]["total"] > first["BTC"]["total"]
+
+
+async def test_state_changed_behind_keels_back(monkeypatch: pytest.MonkeyPatch) -> None:
+    async with venue(monkeypatch) as (fake, ex):
+        faults = fake.account.faults
+        price = below(fake, BTC, 0.9)
+        theirs = faults.external(BTC, "buy", "limit", 0.01, price)
+        ours = await ex.create_order(BTC, "limit", "buy", 0.02, price, {"clientOrderId": "k-1"})
+        stop = await ex.create_order(
+            BTC, "market", "sell", 0.01, None, {"stopLossPrice": below(fake, BTC, 0.8)}
+        )
+        listed = {o["id"]: o for o in await ex.fetch_open_orders(BTC)}
+        assert listed[txid("O", theirs.order_id)]["clientOrderId"] == "external-1"
+        faults.fill_silently(txid_number(ours["id"], "O"))
+        assert (await ex.fetch_order(ours["id"]))["status"] == "closed"
+        assert (await ex.fetch_my_trades(BTC))[-1]["order"] == ours["id"]
+        faults.vanish(txid_number(stop["id"], "O"))
+        assert stop["id"] not in {o["id"] for o in await ex.fetch_open_orders(BTC)}
+        with pytest.raises(ccxt.InvalidOrder, match="EOrder:Invalid order"):
+            await ex.fetch_order(stop["id"])
+        faults.set_balance("ETH", 3.5)
+        assert (await ex.fetch_balance())["ETH"]["total"] == 3.5
