@@ -271,7 +271,9 @@ async def test_linear_trigger_orders_need_a_direction_and_refuse_to_trigger_at_o
             None,
             {"triggerPrice": round(last * 0.9, 1), "triggerDirection": "ascending"},
         )
-    assert "110092" in str(raised.value)
+    assert "110092" in str(raised.value) and "expect Rising, but trigger_price[" in str(
+        raised.value
+    )
     above = round(last * 1.1, 1)
     stop_limit = await ex.create_order(
         LINEAR.symbol,

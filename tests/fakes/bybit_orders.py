@@ -61,6 +61,9 @@ if TYPE_CHECKING:
 Params = dict[str, str]
 TIF_IN = {"GTC": "GTC", "IOC": "IOC", "FOK": "FOK", "PostOnly": "GTX"}
 FINISHED = ("Filled", "Cancelled", "PartiallyFilledCanceled", "Rejected", "Deactivated")
+MIN_VALUE = "Order does not meet minimum order value"
+DUPLICATE = "OrderLinkedID is duplicate"
+POST_ONLY_SPOT = "The LIMIT-MAKER order is rejected due to invalid price."
 # engine refusal -> (spot retCode, spot retMsg, linear retCode, linear retMsg)
 ERRORS: dict[str, tuple[int, str, int, str]] = {
     "insufficient_balance": (
@@ -69,14 +72,14 @@ ERRORS: dict[str, tuple[int, str, int, str]] = {
         110007,
         "ab not enough for new order",
     ),
-    "min_notional": (170140, "Order value exceeded lower limit.", 110094, "Order value too low"),
+    "min_notional": (170140, "Order value exceeded lower limit.", 110094, MIN_VALUE),
     "lot_size": (170137, "Order quantity has too many decimals.", 10001, "Qty invalid"),
     "tick_size": (170134, "Order price has too many decimals.", 10001, "Price invalid"),
     "unknown_order": (170213, "Order does not exist.", 110001, "order not exists or too late"),
-    "duplicate_client_id": (170141, "Duplicate clientOrderId.", 110072, "OrderLinkedID is dup"),
+    "duplicate_client_id": (170141, "Duplicate clientOrderId.", 110072, DUPLICATE),
     "reduce_only_rejected": (10001, "params error", 110017, "Reduce-only rule not satisfied"),
     "would_trigger_immediately": (170210, "New order rejected.", 110092, "expect Rising"),
-    "post_only_rejected": (170218, "The LIMIT-MAKER order is rejected.", 10001, "PostOnly"),
+    "post_only_rejected": (170218, POST_ONLY_SPOT, 10001, "PostOnly will take liquidity"),
     "bad_symbol": (170121, "Invalid symbol.", 10001, "params error: symbol invalid"),
     "bad_request": (10001, "params error", 10001, "params error"),
 }
@@ -361,12 +364,25 @@ class BybitPrivate:
                 algo=order_filter == "StopOrder",
             )
         except OrderError as error:
+            if error.code == "would_trigger_immediately" and category == LINEAR:
+                raise self._wrong_side(direction, trigger, last, spec) from None
             raise self._refusal(error, category) from None
         finally:
             pending, self._pending = self._pending, None
         if pending is not None:  # no update consumed it (no listener, or a silent stream)
             self.extras[order.order_id] = pending
         return {"orderId": order_id_text(category, order.order_id), "orderLinkId": order.client_id}
+
+    @staticmethod
+    def _wrong_side(
+        direction: int, trigger: float | None, last: float, spec: SymbolSpec
+    ) -> BybitError:
+        """110092/110093: a trigger already on the far side of the last price."""
+        where = f"trigger_price[{price_text(trigger or 0.0, spec)}]"
+        now = f"current[{price_text(last, spec)}]"
+        if direction == 1:
+            return BybitError(110092, f"expect Rising, but {where} <= {now}")
+        return BybitError(110093, f"expect Falling, but {where} >= {now}")
 
     def _direction(self, params: Params, category: str, trigger: float | None, last: float) -> int:
         """1 rising, 2 falling; spot infers it from where the trigger is."""
