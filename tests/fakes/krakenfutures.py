@@ -33,6 +33,7 @@ from tests.fakes.core import (
     fmt,
 )
 from tests.fakes.kraken import http_date, iso, number, recent_updates
+from tests.fakes.krakenfutures_account import KrakenFuturesAccount
 from tests.fakes.krakenfutures_orders import KrakenFuturesOrders
 from tests.fakes.krakenfutures_stream import KrakenFuturesStream
 
@@ -66,6 +67,7 @@ class KrakenFuturesSkin:
         self.closed: dict[tuple[str, int], Candle] = {}
         self.heartbeats: set[asyncio.Task[None]] = set()
         self.orders = KrakenFuturesOrders(self)
+        self.account_views = KrakenFuturesAccount(self)
         self.stream = KrakenFuturesStream(self)
 
     # -- REST ------------------------------------------------------------------------------
@@ -77,6 +79,7 @@ class KrakenFuturesSkin:
             web.get("/derivatives/api/v3/tickers/{symbol}", self.ticker),
             web.get("/api/charts/v1/{price_type}/{symbol}/{interval}", self.charts),
             *self.orders.routes(),
+            *self.account_views.routes(),
         ]
 
     def answer(self, body: dict[str, Any], status: int = 200) -> web.Response:

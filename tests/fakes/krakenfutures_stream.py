@@ -20,12 +20,12 @@ from typing import TYPE_CHECKING, Any
 
 from tests.fakes.core import Connection
 from tests.fakes.kraken import number
+from tests.fakes.krakenfutures_account import flex_wallet
 from tests.fakes.krakenfutures_orders import (
     ACCOUNT_UID,
     FILLS_KEPT,
     WS_TYPES,
     fill_uid,
-    flex_wallet,
     kraken_type,
     order_uid,
     sign,
