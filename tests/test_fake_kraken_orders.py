@@ -290,6 +290,16 @@ async def test_cancel_and_amend(monkeypatch: pytest.MonkeyPatch) -> None:
         ]
         with pytest.raises(ccxt.InvalidOrder, match="EOrder:Unknown order"):
             await ex.edit_order(other["id"], BTC, "limit", "sell", 0.02, round(price * 2, 1))
+        batch = [
+            await ex.create_order(BTC, "limit", "buy", 0.01, price, {"clientOrderId": f"b-{n}"})
+            for n in range(4)
+        ]
+        answer = await ex.cancel_orders([batch[0]["id"], "b-1"], BTC)
+        assert answer[0]["info"]["result"] == {"count": 2}
+        await ex.cancel_all_orders(BTC)
+        assert await ex.fetch_open_orders(BTC) == []
+        statuses = [(await ex.fetch_order(o["id"]))["status"] for o in batch]
+        assert statuses == ["canceled"] * 4
 
 
 async def test_exchange_errors_become_ccxt_errors(monkeypatch: pytest.MonkeyPatch) -> None:

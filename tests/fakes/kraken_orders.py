@@ -11,7 +11,8 @@ ccxt's calls: ``createOrder`` -> ``AddOrder`` (``cl_ord_id`` from ``clientOrderI
 ``stopLossPrice``/``takeProfitPrice`` make ``stop-loss``/``stop-loss-limit``/``take-profit``;
 ``reduce_only=true``, which spot without margin refuses; ``timeinforce``; ``oflags=post``);
 ``cancelOrder`` -> ``CancelOrder`` (``txid`` or ``cl_ord_id``; a finished or unknown order is
-``EOrder:Unknown order``); ``editOrder`` -> ``AmendOrder`` (in place; the answer is only an
+``EOrder:Unknown order``); ``cancelOrders`` -> ``CancelOrderBatch``; ``cancelAllOrders`` ->
+``CancelAll``; ``editOrder`` -> ``AmendOrder`` (in place; the answer is only an
 ``amend_id``, which ccxt reports as the order's id); ``fetchOrder`` -> ``QueryOrders`` (an
 unknown txid is ``EOrder:Invalid order``; ccxt sends a ``clientOrderId`` as ``userref``, which
 Kraken requires to be an integer: find an order by client id with ``fetchOpenOrders`` /
@@ -145,6 +146,8 @@ class KrakenPrivate:
         handlers: dict[str, Callable[[dict[str, str]], Awaitable[Any]]] = {
             "AddOrder": self.add_order,
             "CancelOrder": self.cancel_order,
+            "CancelAll": self.cancel_all,
+            "CancelOrderBatch": self.cancel_order_batch,
             "AmendOrder": self.amend_order,
             "QueryOrders": self.query_orders,
             "OpenOrders": self.open_orders,
@@ -306,6 +309,28 @@ class KrakenPrivate:
         where = self.target(params)
         await self.acted("cancel", lambda: self.fake.account.cancel(**where))
         return {"count": 1}
+
+    async def cancel_all(self, params: dict[str, str]) -> dict[str, Any]:
+        account = self.fake.account
+        orders = account.open_orders(include_hidden=True)
+        for order in orders:
+            account.cancel(order_id=order.order_id)
+        await account.answer_gate("cancel")
+        return {"count": len(orders)}
+
+    async def cancel_order_batch(self, params: dict[str, str]) -> dict[str, Any]:
+        """ccxt's ``cancelOrders``: a JSON body whose ``orders`` are txids or client ids."""
+        account = self.fake.account
+        count = 0
+        for given in json.loads(params.get("orders", "[]")):
+            number = txid_number(str(given), "O")
+            where = {"order_id": number} if number is not None else {"client_id": str(given)}
+            order = account.find(**where, include_hidden=True)
+            if order is not None and order.is_open:
+                account.cancel(order_id=order.order_id)
+                count += 1
+        await account.answer_gate("cancel")
+        return {"count": count}
 
     async def amend_order(self, params: dict[str, str]) -> dict[str, Any]:
         where = self.target(params)
