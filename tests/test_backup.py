@@ -3,8 +3,8 @@
 One demo session (five workers, a real nats-server) is recorded once for the module, then
 given what a long-lived store also holds: an undecodable bar, messages aged out at the head
 of SYSTEM and deleted inside it, a deleted last message, a bus replay's stream with one
-message id stored twice, and the worker snapshots' KV bucket (whose older revisions leave
-gaps). It is backed up, restored into a new directory, and the two stores are compared
+message id stored twice, a venue gateway's order and fill, and the worker snapshots' KV
+bucket (whose older revisions leave gaps). It is backed up, restored into a new directory, and the two stores are compared
 message by message; a backtest recorded on the original replays to the same result hash on
 the restored store.
 """
@@ -26,6 +26,8 @@ import nats
 import pytest
 from nats.js.api import StreamConfig
 
+from contracts.envelope import Envelope
+from contracts.venue_events import VenueAnswer, VenueOrder
 from eventstore.backup import (
     MANIFEST,
     Manifest,
@@ -93,6 +95,41 @@ async def _season(url: str) -> None:
         await models.put("model-1", MODEL_BYTES)
     finally:
         await nc.close()
+    bus = await Bus.connect(url, name="season", ensure=False)
+    try:
+        for i, event in enumerate(VENUE_EVENTS):
+            assert await bus.publish(event, Envelope.root(f"venue-{i}", event.ts))
+    finally:
+        await bus.close()
+
+
+VENUE_EVENTS = (
+    VenueOrder(
+        ts=1,
+        action="new",
+        client_order_id="o-1",
+        venue_client_id="6f1c2a9e-0b4d-5e8f-9a1b-2c3d4e5f6a7b",
+        strategy="ma_cross",
+        venue="binance",
+        symbol="BTC/USDT",
+        side="buy",
+        qty=0.5,
+    ),
+    VenueAnswer(
+        ts=2,
+        kind="fill",
+        venue="binance",
+        symbol="BTC/USDT",
+        client_order_id="o-1",
+        venue_client_id="6f1c2a9e-0b4d-5e8f-9a1b-2c3d4e5f6a7b",
+        source="stream",
+        trade_id="991",
+        fill_qty=0.5,
+        fill_price=30_000.0,
+        fee=0.0005,
+        fee_currency="BTC",
+    ),
+)
 
 
 async def _create_streams(url: str) -> None:
@@ -143,7 +180,7 @@ def session(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Session]:
 def test_backup_and_restore_report_what_they_did(session: Session) -> None:
     manifest = session.manifest
     names = [s.name for s in manifest.streams]
-    assert names[:8] == [
+    assert names[:9] == [
         "MARKET",
         "SIGNALS",
         "ORDERS",
@@ -151,6 +188,7 @@ def test_backup_and_restore_report_what_they_did(session: Session) -> None:
         "PORTFOLIO",
         "GOVERNANCE",
         "EXTERNAL",
+        "VENUE",
         "SYSTEM",
     ]
     assert {"KV_keel_snapshots", "REPLAY_bk", f"OBJ_{MODEL_BUCKET}"} <= set(names)
@@ -164,6 +202,8 @@ def test_backup_and_restore_report_what_they_did(session: Session) -> None:
     assert system.first_seq == 3 and system.messages == system.last_seq - 3  # head and a hole
     external = next(s for s in manifest.streams if s.name == "EXTERNAL")
     assert (external.messages, external.last_seq) == (2, 3)  # the last one deleted
+    venue = next(s for s in manifest.streams if s.name == "VENUE")
+    assert venue.messages == len(VENUE_EVENTS)
 
 
 async def _consumers(url: str, names: list[str]) -> dict[tuple[str, str], tuple[int, int]]:

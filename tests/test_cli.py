@@ -205,6 +205,7 @@ def test_streams_lists_every_stream(nats_server: EmbeddedServer) -> None:
         "PORTFOLIO",
         "GOVERNANCE",
         "EXTERNAL",
+        "VENUE",
         "SYSTEM",
     }
     for name in names:

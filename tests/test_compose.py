@@ -18,6 +18,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import pytest
 import yaml
 
@@ -25,11 +26,12 @@ from eventstore.bus import Bus, server_list
 from eventstore.credentials import Credentials
 from eventstore.server import find_binary, free_port
 from eventstore.streams import REPLICAS_ENV, StoreSettings
-from services.config import load_config
+from services.config import KeelConfig, load_config
 from services.fleet import fleet_roles
 from services.marketdata.feed import publish_bars
 from services.runtime.role import durable_name
 from services.runtime.snapshots import SNAPSHOT_BUCKET
+from services.venues.config import VenueConfig
 from tests import scenario
 from tests.conftest import ROOT
 from tests.test_nats_permissions import (
@@ -258,14 +260,24 @@ OBSERVE = set(load_nats_conf()["OBSERVE"])
 EVENTS_OF = {
     "marketdata": {"md.>"},
     "risk": {"ord.>"},
-    "execution": {"exec.>"},
+    "execution": {"exec.>", "venue.order.>"},
     "portfolio": {"pf.>"},
 }
+GATEWAY_VENUE = VenueConfig(name="binance", exchange="binanceusdm", mode="sandbox", sandbox=True)
+
+
+def with_a_gateway(config: KeelConfig) -> KeelConfig:
+    """The fleet with one venue traded through a venue gateway: what a worker reads then
+    (execution: the gateway's answers) its user may already, so a fleet can turn a venue's
+    mode from paper to sandbox, demo or live without touching nats.conf."""
+    return msgspec.structs.replace(config, venues=(*config.venues, GATEWAY_VENUE))
 
 
 def expected_rights(worker: str) -> set[str]:
     config = load_config(FLEET_TOML)
-    roles = {role.name: role for role in fleet_roles(config)}
+    inputs: dict[str, set[str]] = {}
+    for role in (*fleet_roles(config), *fleet_roles(with_a_gateway(config))):
+        inputs.setdefault(role.name, set()).update(spec.stream for spec in role.inputs)
     if worker.startswith("strategy-"):
         instance = worker.removeprefix("strategy-")
         events = {f"sig.{instance}.>", f"gov.tune.{instance}.>"}
@@ -273,16 +285,20 @@ def expected_rights(worker: str) -> set[str]:
         events = EVENTS_OF[worker]
     own = {f"sys.heartbeat.{worker}", f"sys.dlq.{worker}", f"sys.status.{worker}"}
     consumers: set[str] = set()
-    if worker in roles:
+    if worker in inputs:
         own |= {f"$KV.{SNAPSHOT_BUCKET}.{worker}", f"$JS.API.STREAM.CREATE.KV_{SNAPSHOT_BUCKET}"}
-        for spec in roles[worker].inputs:
-            durable = durable_name(worker, spec.stream)
-            consumers |= {
-                f"$JS.API.CONSUMER.CREATE.{spec.stream}.{durable}",
-                f"$JS.API.CONSUMER.MSG.NEXT.{spec.stream}.{durable}",
-                f"$JS.ACK.{spec.stream}.{durable}.>",
-            }
+        for stream in inputs[worker]:
+            consumers |= consumer_rights(stream, durable_name(worker, stream))
     return events | own | consumers | OBSERVE
+
+
+def consumer_rights(stream: str, durable: str) -> set[str]:
+    """Create, pull and acknowledge the durable consumer ``durable`` on ``stream``."""
+    return {
+        f"$JS.API.CONSUMER.CREATE.{stream}.{durable}",
+        f"$JS.API.CONSUMER.MSG.NEXT.{stream}.{durable}",
+        f"$JS.ACK.{stream}.{durable}.>",
+    }
 
 
 @pytest.mark.parametrize("service", WORKERS)
@@ -302,6 +318,53 @@ def test_each_worker_user_has_exactly_the_rights_of_its_role(service: str) -> No
     ) ^ expected_rights(service)
     assert perms.publish_deny == []
     assert perms.subscribe_allow == ["_INBOX.>"]
+
+
+def test_execution_reads_the_answers_of_a_gateway_venue() -> None:
+    """The variant expected_rights adds: the gateway's answers on execution's VENUE
+    durable, next to the kill switch it reads in any fleet."""
+    [execution] = [
+        r for r in fleet_roles(with_a_gateway(load_config(FLEET_TOML))) if r.name == "execution"
+    ]
+    venue = [spec for spec in execution.inputs if spec.stream == "VENUE"]
+    assert [spec.subjects for spec in venue] == [("venue.kill", "venue.answer.binance.>")]
+    assert consumer_rights("VENUE", durable_name("execution", "VENUE")) <= set(
+        USERS["execution"].publish_allow
+    )
+
+
+GATEWAY_EVENTS = {"venue.answer.>", "venue.recon.>", "venue.status.>"}
+GATEWAY_CONSUMERS = ("orders", "controls")
+"""The gateway's durables on VENUE: ``gateway-V-orders`` (its venue's orders) and
+``gateway-V-controls`` (adoptions and the kill switch, services/venues/gateway/worker.py)."""
+
+
+def gateway_venues() -> set[str]:
+    """The venues nats.conf's gateway user serves: those it may send heartbeats for."""
+    prefix = "sys.heartbeat.gateway-"
+    return {
+        subject.removeprefix(prefix)
+        for subject in USERS["gateway"].publish_allow
+        if subject.startswith(prefix)
+    }
+
+
+def test_the_gateway_user_has_exactly_the_rights_of_each_venues_gateway() -> None:
+    """Every venue's gateway process logs in as `gateway`: the venues' answers, findings and
+    status, and per venue V (worker gateway-V) its own system subjects and its two durables,
+    gateway-V-orders and gateway-V-controls (docs/deploy.md, "Venue gateways")."""
+    venues = gateway_venues()
+    assert venues == {"binance", "bybit", "kraken", "krakenfutures"}
+    expected = GATEWAY_EVENTS | OBSERVE
+    for venue in venues:
+        worker = f"gateway-{venue}"
+        expected |= {f"sys.{kind}.{worker}" for kind in ("heartbeat", "dlq", "status")}
+        for part in GATEWAY_CONSUMERS:
+            expected |= consumer_rights("VENUE", f"{worker}-{part}")
+    perms = USERS["gateway"]
+    assert set(perms.publish_allow) == expected, set(perms.publish_allow) ^ expected
+    assert perms.publish_deny == [] and perms.subscribe_allow == ["_INBOX.>"]
+    assert GATEWAY_VENUE.name in venues
 
 
 def test_every_strategy_instance_has_one_service_and_user() -> None:

@@ -26,14 +26,24 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 from typing import Any
 
+import msgspec
 import nats
 import pytest
 from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
+from contracts.envelope import Envelope
 from contracts.events import EVENT_TYPES, Heartbeat
 from contracts.subjects import subject_for, subject_matches
-from eventstore.bus import Bus, Stored
+from contracts.venue_events import (
+    Discrepancy,
+    KillSwitch,
+    VenueAdoption,
+    VenueAnswer,
+    VenueOrder,
+    VenueStatus,
+)
+from eventstore.bus import Bus, Stored, read_message
 from eventstore.credentials import Credentials, redact_url
 from eventstore.errors import KeelError
 from eventstore.lag import consumer_lags, wait_drained
@@ -49,8 +59,15 @@ from services.marketdata.feed import publish_bars
 from services.runtime.role import Role
 from services.runtime.snapshots import SNAPSHOT_BUCKET, snapshot_bucket
 from services.runtime.worker import Worker, WorkerOptions
+from services.venues.client_ids import venue_client_id
+from services.venues.config import VenueConfig
+from services.venues.gateway.config import GatewayConfig
+from services.venues.gateway.worker import Gateway
 from tests import scenario
 from tests.conftest import ROOT
+from tests.fakes.clock import ScaledClock
+from tests.fakes.core import start_fake
+from tests.fakes.prices import default_symbols
 from tests.test_bus_replay import CONFIG, write_market
 from tests.test_ma_hmm import hand_model
 from tests.test_subjects import EXAMPLES as SUBJECT_EXAMPLES
@@ -354,6 +371,11 @@ async def stored_on(admin: Bus, subject: str) -> bool:
 
 WORKERS = ("marketdata", "strategy-ma_cross", "risk", "execution", "portfolio")
 CONSUMING = WORKERS[1:]
+GATEWAY_VENUES = ("binance", "bybit", "kraken", "krakenfutures")
+"""The venues nats.conf's ``gateway`` user serves (one block of rights per venue)."""
+GATEWAYS = tuple(f"gateway-{venue}" for venue in GATEWAY_VENUES)
+"""The gateway workers: every one logs in as the ``gateway`` user."""
+USER_OF = {worker: worker for worker in WORKERS} | dict.fromkeys(GATEWAYS, "gateway")
 EVENTS = {
     "md": "md.bar.sim.BTC-USDT.1m",
     "signal": "sig.ma_cross.sim.BTC-USDT",
@@ -369,10 +391,17 @@ EVENTS = {
     "kill switch": "gov.cmd.kill",
     "external": "ext.listing.binance.BTC-USDT",
     "replay": "rp.probe.md.driver",
+    "venue order": "venue.order.binance.BTC-USDT",
+    "venue answer": "venue.answer.binance.BTC-USDT",
+    "discrepancy": "venue.recon.binance",
+    "venue status": "venue.status.binance",
+    "venue adoption": "venue.adopt.binance",
+    "venue kill": "venue.kill",
+    "heartbeat of an unlisted gateway": "sys.heartbeat.gateway-other",
 }
 OWN = {
     f"{kind} {w}": subject
-    for w in WORKERS
+    for w in (*WORKERS, *GATEWAYS)
     for kind, subject in (
         ("heartbeat", f"sys.heartbeat.{w}"),
         ("dead letter", f"sys.dlq.{w}"),
@@ -390,9 +419,10 @@ MAY_PUBLISH: dict[str, set[str]] = {
     "marketdata": {"md"} | _own("marketdata"),
     "strategy-ma_cross": {"signal", "tune"} | _own("strategy-ma_cross"),
     "risk": {"order", "risk decision", "risk alert"} | _own("risk"),
-    "execution": {"execution report"} | _own("execution"),
+    "execution": {"execution report", "venue order"} | _own("execution"),
     "portfolio": {"position", "equity"} | _own("portfolio"),
-    "operator": {"kill switch", "external"},
+    "gateway": {"venue answer", "discrepancy", "venue status"}.union(*map(_own, GATEWAYS)),
+    "operator": {"kill switch", "external", "venue adoption", "venue kill"},
     "tap": set(),
     "replay": {"replay"},
     "admin": set(PROBES),
@@ -409,6 +439,9 @@ PRODUCER = {
     **dict.fromkeys(("PositionChanged", "EquitySnapshot", "StrategyPnL"), "portfolio"),
     "GovernanceCommand": "operator",
     **dict.fromkeys(("ListingAnnouncement", "SocialSentiment", "PromoAnnouncement"), "operator"),
+    "VenueOrder": "execution",
+    **dict.fromkeys(("VenueAnswer", "Discrepancy", "VenueStatus"), "gateway"),
+    **dict.fromkeys(("VenueAdoption", "KillSwitch"), "operator"),
     **dict.fromkeys(("Heartbeat", "DeadLetter", "SystemStatus"), "every worker"),
 }
 """Who publishes each event type (docs/events.md): a new type fails the test below until
@@ -422,15 +455,48 @@ def may_publish(user: str, subject: str) -> bool:
     )
 
 
+_ORDER = VenueOrder(
+    ts=1,
+    action="new",
+    client_order_id="o-1",
+    venue_client_id="6f1c2a9e-0b4d-5e8f-9a1b-2c3d4e5f6a7b",
+    strategy="ma_cross",
+    venue="binance",
+    symbol="BTC/USDT",
+    side="buy",
+    qty=0.5,
+)
+VENUE_EXAMPLES = [
+    (event, subject_for(event))
+    for event in (
+        _ORDER,
+        VenueAnswer(
+            ts=2,
+            kind="accepted",
+            venue="kraken",
+            symbol="ETH/USD",
+            client_order_id="o-2",
+            venue_client_id=_ORDER.venue_client_id,
+            source="submit",
+        ),
+        Discrepancy(ts=3, venue="bybit", kind="missing_stop", action="re-placed"),
+        VenueStatus(ts=4, venue="krakenfutures", mode="demo", state="halted", reason="drill"),
+        VenueAdoption(ts=5, venue="binance", reason="counted by hand"),
+        KillSwitch(ts=6, reason="drill", flatten=True),
+    )
+]
+"""Each venue event and its subject, for the publishing-role check below."""
+
+
 def test_every_event_type_has_exactly_one_publishing_role() -> None:
     assert set(PRODUCER) == {t.__name__ for t in EVENT_TYPES}
-    for event, subject in SUBJECT_EXAMPLES:
+    for event, subject in (*SUBJECT_EXAMPLES, *VENUE_EXAMPLES):
         role = PRODUCER[type(event).__name__]
         tokens = subject.split(".")
         if role == "every worker":  # sys.<kind>.<worker>: each worker its own only
-            for worker in WORKERS:
+            for worker, user in USER_OF.items():
                 own = ".".join([*tokens[:2], worker])
-                assert {u for u in USERS if may_publish(u, own)} == {worker, "admin"}, own
+                assert {u for u in USERS if may_publish(u, own)} == {user, "admin"}, own
             continue
         if role == "strategy":  # sig.<instance>..., gov.tune.<instance>...: the instance's user
             tokens[tokens.index(event.strategy)] = "ma_cross"
@@ -491,7 +557,7 @@ async def test_only_admin_updates_purges_or_deletes_live_streams(
 async def test_workers_cannot_create_streams_but_admin_can(
     secured: SecuredServer, admin: Bus
 ) -> None:
-    for user in WORKERS:
+    for user in (*WORKERS, "gateway"):
         nc, violations = await raw_connect(secured, user)
         try:
             await refused(nc, violations, "$JS.API.STREAM.CREATE.SHADOW", b"{}")
@@ -524,6 +590,173 @@ async def test_a_worker_touches_only_its_own_consumers_and_snapshot(
             await refused(nc, violations, subject, b"{}")
     finally:
         await nc.close()
+
+
+async def test_execution_and_the_gateway_touch_only_their_own_venue_consumers(
+    secured: SecuredServer, admin: Bus
+) -> None:
+    """One ``gateway`` user for every venue's gateway: each venue's durable is granted by
+    name, so no other name (another worker's, an unlisted venue's) passes."""
+    refused_to = {
+        "gateway": (
+            "$JS.API.CONSUMER.CREATE.VENUE.execution-venue",
+            "$JS.API.CONSUMER.MSG.NEXT.VENUE.execution-venue",
+            "$JS.ACK.VENUE.execution-venue.1.1.1.1.0",
+            "$JS.API.CONSUMER.CREATE.VENUE.gateway-other-orders",
+            "$JS.API.CONSUMER.CREATE.VENUE.gateway-binance-venue",
+            "$JS.API.CONSUMER.DURABLE.CREATE.VENUE.gateway-binance-orders",
+            "$JS.API.CONSUMER.DELETE.VENUE.gateway-binance-orders",
+            "$JS.API.CONSUMER.CREATE.ORDERS.execution-orders",
+            f"$KV.{SNAPSHOT_BUCKET}.gateway-binance",
+            "$JS.API.STREAM.PURGE.VENUE",
+        ),
+        "execution": (
+            "$JS.API.CONSUMER.CREATE.VENUE.gateway-binance-orders",
+            "$JS.API.CONSUMER.MSG.NEXT.VENUE.gateway-binance-orders",
+            "$JS.ACK.VENUE.gateway-binance-controls.1.1.1.1.0",
+            "$JS.API.CONSUMER.DELETE.VENUE.execution-venue",
+        ),
+        "operator": (
+            "$JS.API.CONSUMER.CREATE.VENUE.gateway-binance-controls",
+            "$JS.API.CONSUMER.MSG.NEXT.VENUE.execution-venue",
+        ),
+    }
+    for user, subjects in refused_to.items():
+        nc, violations = await raw_connect(secured, user)
+        try:
+            for subject in subjects:
+                await refused(nc, violations, subject, b"{}")
+        finally:
+            await nc.close()
+
+
+async def venue_durable(bus: Bus, name: str, subjects: list[str]) -> Any:
+    """A durable pull consumer on VENUE created the way the workers create theirs."""
+    config = ConsumerConfig(
+        durable_name=name, name=name, ack_policy=AckPolicy.EXPLICIT, filter_subjects=subjects
+    )
+    await bus.js.add_consumer("VENUE", config)
+    return await bus.js.pull_subscribe("", durable=name, stream="VENUE", config=config)
+
+
+async def pulled(sub: Any, count: int) -> list[Any]:
+    """``count`` events from a durable, each acknowledged."""
+    events: list[Any] = []
+    deadline = time.monotonic() + 10
+    while len(events) < count:
+        assert time.monotonic() < deadline, events
+        try:
+            msgs = await sub.fetch(count - len(events), timeout=1.0)
+        except TimeoutError:
+            continue
+        for msg in msgs:
+            item = read_message(msg, "VENUE")
+            assert isinstance(item, Stored), item
+            events.append(item.event)
+            await msg.ack_sync()
+    return events
+
+
+async def test_the_venue_stream_flows_with_each_roles_rights(
+    secured: SecuredServer, admin: Bus
+) -> None:
+    """The order manager asks, the operator adopts and kills, the gateway reads its durable
+    and rebuilds its journal from the stream, answers, and the order manager reads the
+    answers; a tap reads it all through the readers' mirror. The server refuses nothing."""
+    execution = await secured.connect("execution")
+    gateway = await secured.connect("gateway", name="gateway-binance")
+    operator = await secured.connect("operator")
+    tap = await secured.connect("tap")
+    buses = (execution, gateway, operator, tap)
+    try:
+        execution_reads = ["venue.kill", "venue.answer.binance.>"]
+        answers = await venue_durable(execution, "execution-venue", execution_reads)
+        orders = await venue_durable(gateway, "gateway-binance-orders", ["venue.order.binance.>"])
+        controls = ["venue.adopt.binance", "venue.kill"]
+        controls_sub = await venue_durable(gateway, "gateway-binance-controls", controls)
+        asks = [
+            (execution, _ORDER),
+            (operator, VenueAdoption(ts=2, venue="binance", reason="counted by hand")),
+            (operator, KillSwitch(ts=3, reason="drill")),
+        ]
+        for bus, event in asks:
+            assert await bus.publish(event, Envelope.root(f"ask-{event.ts}", event.ts))
+        assert await pulled(orders, 1) == [_ORDER]
+        assert await pulled(controls_sub, 2) == [event for _, event in asks[1:]]
+        # the journal rebuild: an ordered read of the stream, and the last order by subject
+        rebuilt = [i.event async for i in gateway.read("venue.>", "VENUE") if isinstance(i, Stored)]
+        assert rebuilt == [event for _, event in asks]
+        last = await gateway.last_event("VENUE", subject_for(_ORDER))
+        assert last is not None and last.event == _ORDER
+        said = [event for event, _ in VENUE_EXAMPLES[1:4]]
+        said[0] = msgspec.structs.replace(said[0], venue="binance", symbol="BTC/USDT")
+        for i, event in enumerate(said):
+            assert await gateway.publish(event, Envelope.root(f"said-{i}", event.ts))
+        assert await pulled(answers, 2) == [asks[2][1], said[0]]
+        everything = [event for _, event in asks] + said
+        deadline = time.monotonic() + 10
+        while (read := [i.event async for i in tap.read("venue.>", "VENUE")]) != everything:
+            assert time.monotonic() < deadline, read  # the mirror follows within moments
+            await asyncio.sleep(0.05)
+    finally:
+        for bus in buses:
+            await bus.close()
+    for bus in buses:
+        assert bus.refusals.seen == [], bus.refusals.seen
+
+
+async def test_a_venue_gateway_runs_as_the_gateway_user(
+    secured: SecuredServer, admin: Bus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The real gateway of venue binance, on the Binance fake, as the ``gateway`` user: it
+    rebuilds its journal, reconciles, takes execution's order through its durables and
+    stores the exchange's answers and its status; the server refuses nothing."""
+    clock = ScaledClock(time.time_ns() - 3 * 3600 * 1_000_000_000, 10.0)
+    fake = await start_fake("binance", default_symbols("binance", 1), clock)
+    monkeypatch.setenv("KEEL_TEST_KEY", "permissions-test-key-0123456789")
+    monkeypatch.setenv("KEEL_TEST_SECRET", fake.api_secret)
+    entry = {
+        **fake.venue_entry("binance"),
+        "credentials": {"api_key_env": "KEEL_TEST_KEY", "secret_env": "KEEL_TEST_SECRET"},
+    }
+    venue = msgspec.convert(entry, VenueConfig)
+    bus = await secured.connect("gateway", name="gateway-binance")
+    execution = await secured.connect("execution")
+    tap = await secured.connect("tap")
+    gateway = Gateway(bus, venue, GatewayConfig(), clock, work_dir=tmp_path / "work")
+    task = asyncio.create_task(gateway.run())
+    try:
+        ready = asyncio.create_task(gateway.ready.wait())
+        await asyncio.wait([ready, task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
+        if task.done():
+            task.result()
+        assert gateway.ready.is_set(), "the gateway did not come up"
+        order = msgspec.structs.replace(
+            _ORDER,
+            ts=clock.now_ns(),
+            venue_client_id=venue_client_id("binance", _ORDER.client_order_id, 0),
+            symbol=next(iter(fake.specs)),
+            qty=0.01,
+        )
+        assert await execution.publish(order, Envelope.root("leg-0", order.ts))
+        deadline = time.monotonic() + 30
+        while True:
+            said = [i.event async for i in tap.read("venue.>", "VENUE") if isinstance(i, Stored)]
+            kinds = {e.kind for e in said if isinstance(e, VenueAnswer)}
+            if {"accepted", "fill"} <= kinds:
+                break
+            assert not task.done(), task.result()
+            assert time.monotonic() < deadline, said
+            await asyncio.sleep(0.1)
+        assert any(isinstance(e, VenueStatus) and e.state == "running" for e in said)
+    finally:
+        gateway.stop()
+        await asyncio.wait_for(task, 15)
+        await fake.stop()
+        for each in (bus, execution, tap):
+            await each.close()
+    for each in (bus, execution, tap):
+        assert each.refusals.seen == [], each.refusals.seen
 
 
 async def test_tap_reads_the_log_and_nothing_else(secured: SecuredServer, admin: Bus) -> None:
