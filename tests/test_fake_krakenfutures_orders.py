@@ -453,3 +453,16 @@ async def test_hang_delay_drop_hidden_and_silent(monkeypatch: pytest.MonkeyPatch
         rest_orders = {t["order"] for t in await ex.fetch_my_trades()}
         assert {quiet["id"], late["id"], loud["id"]} <= rest_orders
         await trades.stop()
+        # the venue's state changed behind the client's back
+        bid = (await ex.fetch_ticker(BTC))["bid"]
+        outsider = faults.external(BTC, "sell", "limit", 0.01, price(ex, bid * 1.2))
+        stop = await ex.create_order(
+            BTC, "market", "sell", 0.01, params={"triggerPrice": price(ex, bid * 0.8)}
+        )
+        assert stop["clientOrderId"] is None  # placed without one
+        faults.vanish(fake.skin.orders.lookup(stop["id"]) or 0)
+        listed = {o["id"]: o["clientOrderId"] for o in await ex.fetch_open_orders()}
+        assert outsider.client_id in listed.values() and stop["id"] not in listed
+        faults.set_position(ETH, -0.5)
+        eth = {p["symbol"]: p for p in await ex.fetch_positions()}[ETH]
+        assert (eth["side"], eth["contracts"]) == ("short", 0.5)

@@ -18,6 +18,7 @@ from tests.fakes.kraken import iso, number
 from tests.fakes.krakenfutures_orders import (
     ACCOUNT_UID,
     FILLS_KEPT,
+    client_of,
     fill_uid,
     kraken_type,
     order_uid,
@@ -104,7 +105,7 @@ class KrakenFuturesAccount:
             "symbol": self.skin.ids[fill.symbol],
             "side": fill.side,
             "order_id": order_uid(fill.order_id),
-            "cliOrdId": fill.client_id,
+            "cliOrdId": client_of(fill.client_id),
             "size": number(fill.qty, spec.lot_size),
             "price": fill.price,
             "fillTime": iso(fill.ts_ns, 3),
@@ -209,7 +210,7 @@ class KrakenFuturesAccount:
             "orderType": {"lmt": "Limit", "post": "Post", "stp": "Stop"}.get(
                 kraken_type(order), "IoC"
             ),
-            "clientId": order.client_id,
+            "clientId": client_of(order.client_id) or "",
             "reduceOnly": order.reduce_only,
             "lastUpdateTimestamp": str(order.updated_ns // 1_000_000),
         }

@@ -71,6 +71,12 @@ def fill_uid(trade_id: int) -> str:
     return str(uuid.uuid5(uuid.NAMESPACE_URL, f"krakenfutures:fill:{trade_id}"))
 
 
+def client_of(client_id: str) -> str | None:
+    """The ``cliOrdId`` Kraken shows: none for an order placed without one (the engine's
+    ``auto-`` ids are its own)."""
+    return None if not client_id or client_id.startswith("auto-") else client_id
+
+
 def sign(secret: str, message: str) -> str:
     """Kraken Futures' signature of ``message``; raises ``ValueError`` for a secret that is
     not base64."""
@@ -286,7 +292,7 @@ class KrakenFuturesOrders:
         for order in self.account.open_orders(symbol, include_hidden=True):
             self.account.cancel(order_id=order.order_id)
             uid = order_uid(order.order_id)
-            cancelled.append({"order_id": uid, "cliOrdId": order.client_id})
+            cancelled.append({"order_id": uid, "cliOrdId": client_of(order.client_id)})
             events.append(self.order_event(order) | {"uid": uid, "type": "CANCEL"})
         await self.account.answer_gate("cancel")
         out = {
@@ -347,7 +353,7 @@ class KrakenFuturesOrders:
         spec = self.fake.specs[order.symbol]
         return {
             "orderId": order_uid(order.order_id),
-            "cliOrdId": order.client_id or None,
+            "cliOrdId": client_of(order.client_id),
             "type": kraken_type(order),
             "symbol": self.skin.ids[order.symbol],
             "side": order.side,
@@ -364,7 +370,7 @@ class KrakenFuturesOrders:
         rising = (order.side == "buy") == (order.type != "take_profit")
         return {
             "uid": order_uid(order.order_id),
-            "clientId": order.client_id or None,
+            "clientId": client_of(order.client_id),
             "type": "lmt" if order.price is not None else "ioc",
             "symbol": self.skin.ids[order.symbol],
             "side": order.side,
@@ -417,7 +423,7 @@ class KrakenFuturesOrders:
         trigger = order.stop_price is not None and not order.triggered
         row: dict[str, Any] = {
             "order_id": order_uid(order.order_id),
-            "cliOrdId": order.client_id,
+            "cliOrdId": client_of(order.client_id),
             "symbol": self.skin.ids[order.symbol],
             "side": order.side,
             "orderType": ("take_profit" if order.type == "take_profit" else "stop")
@@ -445,7 +451,11 @@ class KrakenFuturesOrders:
         for order in self.account.orders():
             if order.is_open or order.updated_ns >= horizon:
                 wanted = not ids and not clients
-                if wanted or order_uid(order.order_id) in ids or order.client_id in clients:
+                if (
+                    wanted
+                    or order_uid(order.order_id) in ids
+                    or client_of(order.client_id) in clients
+                ):
                     rows.append(self.status_row(order))
         return self.ok({"orders": rows})
 

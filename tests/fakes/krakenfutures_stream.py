@@ -25,6 +25,7 @@ from tests.fakes.krakenfutures_orders import (
     ACCOUNT_UID,
     FILLS_KEPT,
     WS_TYPES,
+    client_of,
     fill_uid,
     kraken_type,
     order_uid,
@@ -180,7 +181,7 @@ class KrakenFuturesStream:
             if trigger
             else WS_TYPES.get(kraken_type(order), "limit"),
             "order_id": order_uid(order.order_id),
-            "cli_ord_id": order.client_id,
+            "cli_ord_id": client_of(order.client_id),
             "direction": 0 if order.side == "buy" else 1,
             "reduce_only": order.reduce_only,
         }
@@ -201,7 +202,7 @@ class KrakenFuturesStream:
             "qty": number(fill.qty, spec.lot_size),
             "remaining_order_qty": number(order.remaining, spec.lot_size) if order else 0.0,
             "order_id": order_uid(fill.order_id),
-            "cli_ord_id": fill.client_id,
+            "cli_ord_id": client_of(fill.client_id),
             "fill_id": fill_uid(fill.trade_id),
             "fill_type": "maker" if fill.maker else "taker",
             "fee_paid": fill.fee,
