@@ -10,6 +10,11 @@ trades, so the charts' trade candles are built here from exactly the prints the 
 sends (open = first print, close = last, volume = the sum), and a minute without trades
 has no candle. Funding is hourly; tickers give it per contract (``fundingRate``) and relative
 (``relative_funding_rate`` on the websocket). A delisting is ``tradeable: false``.
+
+The private side, over ``fake.account`` (``tests.fakes.matching``): signed order and query
+endpoints in ``krakenfutures_orders``, the account views (fills, wallet, positions, order
+history) in ``krakenfutures_account``, and the ``challenge``-authenticated feeds on the same
+``/ws/v1`` socket in ``krakenfutures_stream``.
 """
 
 from __future__ import annotations
