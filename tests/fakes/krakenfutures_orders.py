@@ -1,6 +1,6 @@
-"""Kraken Futures' private side, as ccxt 4.5 uses it: signed REST under
-``/derivatives/api/v3/`` and the authenticated websocket feeds (``tests.fakes.matching``
-does the matching; this module only speaks Kraken).
+"""Kraken Futures' signed requests and order endpoints, as ccxt 4.5 uses them (``sendorder``,
+``editorder``, ``cancelorder``, ``cancelallorders``, ``openorders``, ``orders/status``);
+``tests.fakes.matching`` does the matching, this module only speaks Kraken.
 
 Signing: ``Authent = base64(HMAC-SHA512(base64decode(secret), SHA256(postData + Nonce +
 endpointPath)))``, ``endpointPath`` the path without ``/derivatives`` (``/api/v3/sendorder``)
@@ -16,7 +16,9 @@ refusal (``insufficientAvailableFunds``, ``invalidSize``, ``invalidPrice``, ``no
 ``filled``, ``orderForEditNotFound``, ``postWouldExecute``, ``iocWouldNotExecute``,
 ``wouldNotReducePosition``, ``clientOrderIdAlreadyExist``...). ``native_rejects`` makes the
 next orders fail with any Kraken status, e.g. ``wouldCauseLiquidation``, which ccxt does not
-raise on: it returns an order whose status is that word.
+raise on: it returns an order with status ``rejected`` (the word in ``info["status"]``).
+``editorder``'s ``size`` is the new open size (Kraken's default ``qtyMode``); ``triggerSignal``
+is recorded and shown, but every trigger fires on the last price (the engine's).
 
 ``orders/status`` lists only open orders and those finished in the last ``status_window_s``
 (5) exchange seconds, as Kraken's does: an older order is simply not there, which is not
