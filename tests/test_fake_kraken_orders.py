@@ -317,6 +317,11 @@ async def test_exchange_errors_become_ccxt_errors(monkeypatch: pytest.MonkeyPatc
             await ex.privatePostAddOrder(
                 {"pair": "XXBTZUSD", "type": "buy", "ordertype": "market", "volume": "0"}
             )
+        with pytest.raises(ccxt.ExchangeError, match="EGeneral:Invalid arguments:cl_ord_id"):
+            await ex.create_order(BTC, "market", "buy", 0.001, None, {"clientOrderId": "x" * 19})
+        long_form = "6d1b345e-2821-40e2-ad83-4ecb18a06876"
+        with pytest.raises(ccxt.InsufficientFunds):  # a UUID passes; the money does not
+            await ex.create_order(BTC, "market", "buy", 1.0, None, {"clientOrderId": long_form})
         with pytest.raises(ccxt.ExchangeError, match="EQuery:Unknown asset pair"):
             await ex.privatePostAddOrder(
                 {"pair": "NOPEUSD", "type": "buy", "ordertype": "market", "volume": "1"}

@@ -29,6 +29,7 @@ import base64
 import hashlib
 import hmac
 import json
+import re
 import secrets
 from collections.abc import Awaitable, Callable
 from typing import Any
@@ -48,6 +49,8 @@ PAGE = 50
 AUTO_ID = "auto-"
 """The engine's client id for an order placed without one: Kraken shows no ``cl_ord_id``."""
 TOKEN_EXPIRES_S = 900
+UUID = re.compile(r"[0-9a-fA-F]{8}-?([0-9a-fA-F]{4}-?){3}[0-9a-fA-F]{12}")
+"""A ``cl_ord_id`` is a UUID (long or short form) or free text of at most 18 characters."""
 ERRORS = {
     "insufficient_balance": "EOrder:Insufficient funds",
     "min_notional": "EOrder:Cost minimum not met",
@@ -250,6 +253,9 @@ class KrakenPrivate:
         userref = params.get("userref", "")
         if userref and not userref.lstrip("-").isdigit():
             raise Refusal("EGeneral:Invalid arguments:userref")
+        client_id = params.get("cl_ord_id", "")
+        if len(client_id) > 18 and not UUID.fullmatch(client_id):
+            raise Refusal("EGeneral:Invalid arguments:cl_ord_id")
         descr = {"order": self.description(spec, side, kind, volume, price, stop)}
         if flag(params.get("validate")):
             return {"descr": descr}
@@ -262,7 +268,7 @@ class KrakenPrivate:
                 volume,
                 price=price,
                 stop_price=stop,
-                client_id=params.get("cl_ord_id", ""),
+                client_id=client_id,
                 reduce_only=flag(params.get("reduce_only")),
                 tif="GTX" if "post" in oflags.split(",") else tif,  # type: ignore[arg-type]
             ),
