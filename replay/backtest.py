@@ -28,9 +28,11 @@ from replay.metrics import (
     curve_metrics,
     pnl_stats,
 )
+from replay.recorded_venue import OrderCheck, RecordedSession, load_session
 from replay.recorder import EQUITY_SCHEMA, TRADE_SCHEMA, RiskEvent, RunRecorder
 from services.config import KeelConfig
 from services.fleet import fleet_roles
+from services.runtime.role import Role
 
 RUN_FILE = "run.json"
 
@@ -78,6 +80,8 @@ class BacktestResult(msgspec.Struct, frozen=True):
     # What ``result_hash`` hashes (replay/digest.py ``HASH_FORMAT``); records written before
     # format 2 lack the field.
     hash_format: int = 1
+    # What stood in for the venues a gateway trades ("" = the paper venue only).
+    venue: str = ""
 
 
 class RunRecord(msgspec.Struct, frozen=True):
@@ -93,11 +97,16 @@ def run_backtest(
     verify_data: bool = True,
     skipped: SkippedRows | None = None,
 ) -> BacktestResult:
-    """Replay ``spec`` in process; ``skipped`` collects the bar files' bad rows."""
+    """Replay ``spec`` in process; ``skipped`` collects the bar files' bad rows. A config
+    with gateway venues on a recorded stream replays with the recorded venue answers
+    (``recorded_venue.py``)."""
     started = time.perf_counter()
+    roles = fleet_roles(spec.config)
+    session = recorded_session(spec, url, roles)
+    if session is not None:
+        return _run_recorded(spec, session, roles, out_dir, progress, started)
     market = market_events(spec.data, url, spec.start, spec.end, verify_data, skipped)
     bars = with_events(market, spec.events, spec.start, spec.end, verify_data)  # --events
-    roles = fleet_roles(spec.config)
     if out_dir is not None:
         out_dir.mkdir(parents=True, exist_ok=True)
     recorder = RunRecorder([r.name for r in roles], out_dir)
@@ -117,6 +126,54 @@ def run_backtest(
     external = external_count(bars)
     count = engine.market_events - external - market.others  # bars only
     result = summarise(spec, recorder, count, interval, wall, external)
+    if out_dir is not None:
+        _write_run(out_dir, spec, result)
+    return result
+
+
+def recorded_session(
+    spec: BacktestSpec, url: str | None, roles: list[Role]
+) -> RecordedSession | None:
+    """The recorded session a spec replays, when its config has gateway venues and its data
+    is a recorded stream; None otherwise (the paper venue alone)."""
+    gateways = spec.config.gateways
+    if not gateways or not any(source.is_stream for source in spec.data):
+        return None
+    if len(spec.data) != 1 or spec.events:
+        raise KeelError(
+            "a recorded venue replays one recorded session: give one --data STREAM and "
+            "no bar or --events files"
+        )
+    windowed = spec.start is not None or spec.end is not None
+    return load_session(spec.data[0], url, gateways, roles, windowed)
+
+
+def _run_recorded(
+    spec: BacktestSpec,
+    session: RecordedSession,
+    roles: list[Role],
+    out_dir: Path | None,
+    progress: Callable[[int], None] | None,
+    started: float,
+) -> BacktestResult:
+    if out_dir is not None:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    recorder = RunRecorder([r.name for r in roles], out_dir)
+    check = OrderCheck(session.orders, recorder.record)
+    engine = ReplayEngine(roles, check)
+    try:
+        for event, root in session.merged():
+            engine.feed(event, root)
+            if progress and engine.market_events % 4096 == 0:
+                progress(4096)
+        check.finish()
+    finally:
+        recorder.close()
+    if progress:
+        progress(engine.market_events % 4096)
+    wall = time.perf_counter() - started
+    result = summarise(spec, recorder, session.bars, session.interval, wall)
+    result = msgspec.structs.replace(result, venue=session.describe())
     if out_dir is not None:
         _write_run(out_dir, spec, result)
     return result

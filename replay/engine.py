@@ -90,10 +90,12 @@ class ReplayEngine:
         for event in market:
             self.feed(event)
 
-    def feed(self, event: Event) -> None:
-        """Process one market event and everything it causes; the clock is each event's time."""
+    def feed(self, event: Event, root: Envelope | None = None) -> None:
+        """Process one input and everything it causes; the clock is each event's time.
+        ``root``: a recorded input's own envelope (``recorded_venue.py``); a market or
+        external event's is derived from it."""
         self.market_events += 1
-        queue = self._deliver(event, (event,), subject_for(event), None)
+        queue = self._deliver(event, (event,) if root is None else root, subject_for(event), None)
         while queue:
             self._deliver(*queue.popleft(), queue)
 

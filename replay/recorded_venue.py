@@ -1,0 +1,251 @@
+"""Recorded venue: a recorded live session replayed with the venue's recorded answers standing
+in for the venue (docs/replay.md, "Recorded venue").
+
+When the config trades venues through a gateway and the data is a recorded stream, no
+gateway runs in the replay: the orders of those venues (``VenueOrder``) are outputs, and what
+the exchange answered (``VenueAnswer`` on ``venue.answer.<venue>.>``) comes back from the log
+with the other inputs the fleet took from outside it (``venue.kill``, operator commands on
+``gov.cmd.>``). Each is a top-level input with its own cascade, merged with the market events
+by **stored time** (the JetStream timestamp, ties in the order MARKET, VENUE, GOVERNANCE;
+each stream keeps its own order): the order the live workers took them in
+(``services/runtime/merge.py``). Each recorded input keeps its recorded envelope, so what it
+causes gets the ids it got live.
+
+The replay's venue orders are checked, in order, against the recorded ``venue.order`` events
+the execution worker published: the recorded answers only mean something for the same
+orders. A difference stops the run with one line naming the first order that differs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import heapq
+from collections.abc import Iterator, Sequence
+
+import msgspec
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+from nats.js.errors import NotFoundError
+
+from contracts.codec import encode
+from contracts.envelope import Envelope
+from contracts.events import Bar, Event
+from contracts.subjects import subject_matches, symbol_token
+from contracts.venue_events import VenueAnswer, VenueOrder
+from eventstore.bus import Bus, Stored, read_message
+from eventstore.errors import KeelError
+from eventstore.streams import STREAM_BY_NAME
+from replay.engine import LazyEnvelope, Sink, resolve
+from replay.market import MARKET_TYPES, DataSource
+from services.runtime.merge import stored_ns
+from services.runtime.role import Role
+
+INPUT_STREAMS = ("VENUE", "GOVERNANCE")
+"""Streams whose events the fleet consumes as inputs from outside it, besides MARKET."""
+RANK = {"MARKET": 0, "VENUE": 1, "GOVERNANCE": 2}
+IDLE_S = 0.5
+
+
+class Recorded(msgspec.Struct, frozen=True):
+    """A stored event with when the log stored it and its exact bytes."""
+
+    stored: int
+    stream: str
+    seq: int
+    subject: str
+    envelope: Envelope
+    event: Event
+    producer: str
+    data: bytes
+
+
+class RecordedSession:
+    """The inputs of a recorded session in the order the live fleet took them."""
+
+    def __init__(
+        self,
+        gateways: Sequence[str],
+        market: list[Recorded],
+        inputs: list[Recorded],
+        orders: list[Recorded],
+    ) -> None:
+        self.gateways = tuple(sorted(gateways))
+        self.market = market
+        self.inputs = inputs
+        self.orders = orders
+        self.bars = sum(1 for r in market if type(r.event) is Bar)
+        self.others = len(market) - self.bars
+        self.answers = sum(1 for r in inputs if type(r.event) is VenueAnswer)
+        self.interval = next((r.event.interval for r in market if type(r.event) is Bar), "")
+
+    def merged(self) -> Iterator[tuple[Event, Envelope | None]]:
+        """Market events (their envelope derived, as in any replay) and recorded inputs
+        (their recorded envelope), by stored time; each stream keeps its stored order."""
+        merged = heapq.merge(self.market, self.inputs, key=lambda r: (r.stored, RANK[r.stream]))
+        for item in merged:
+            yield item.event, None if item.stream == "MARKET" else item.envelope
+
+    def describe(self) -> str:
+        """The venue mode, as the run reports it."""
+        plural = "s" if len(self.gateways) > 1 else ""
+        extra = len(self.inputs) - self.answers
+        commands = f", {extra:,} operator commands" if extra else ""
+        return (
+            f"recorded answers ({self.answers:,} answers of gateway venue{plural} "
+            f"{', '.join(self.gateways)}{commands})"
+        )
+
+
+def recorded_inputs(roles: Sequence[Role]) -> tuple[str, ...]:
+    """The subjects the fleet consumes from the streams fed from outside it."""
+    return tuple(
+        subject
+        for role in roles
+        for spec in role.inputs
+        if spec.stream in INPUT_STREAMS
+        for subject in spec.subjects
+    )
+
+
+def load_session(
+    source: DataSource,
+    url: str | None,
+    gateways: frozenset[str],
+    roles: Sequence[Role],
+    windowed: bool,
+) -> RecordedSession:
+    """A recorded session of ``source`` (a recorded stream) for a config with gateways."""
+    if url is None:
+        raise KeelError(f"data {source.location!r} is a stream: it needs a NATS server")
+    if windowed:
+        raise KeelError(
+            "a recorded venue replays the whole session: --start/--end would cut orders "
+            "from their answers"
+        )
+    return asyncio.run(_load(source, url, gateways, recorded_inputs(roles)))
+
+
+async def _load(
+    source: DataSource, url: str, gateways: frozenset[str], inputs: tuple[str, ...]
+) -> RecordedSession:
+    subject = "md.>" if source.location in STREAM_BY_NAME else source.location
+    token = symbol_token(source.symbol) if source.symbol else None
+    orders = tuple(f"venue.order.{name}.>" for name in sorted(gateways))
+    bus = await Bus.connect(url, name="replay-source")
+    try:
+        market = [
+            r
+            for r in await _read(bus, "MARKET", subject)
+            if isinstance(r.event, MARKET_TYPES)
+            and (token is None or symbol_token(r.event.symbol) == token)
+        ]
+        fed: list[Recorded] = []
+        sent: list[Recorded] = []
+        for stream in INPUT_STREAMS:
+            for r in await _read(bus, stream, STREAM_BY_NAME[stream].subjects[0]):
+                if any(subject_matches(p, r.subject) for p in inputs):
+                    fed.append(r)
+                elif r.producer == "execution" and any(
+                    subject_matches(p, r.subject) for p in orders
+                ):
+                    sent.append(r)
+    finally:
+        await bus.close()
+    if not any(type(r.event) is Bar for r in market):
+        raise KeelError(f"no bars stored on {subject}" + (f" for {source.symbol}" if token else ""))
+    return RecordedSession(sorted(gateways), market, fed, sent)
+
+
+async def _read(bus: Bus, stream: str, subject: str) -> list[Recorded]:
+    """Every decodable event on ``subject`` in ``stream``, in stored order, with its stored
+    time (``Bus.read`` does not keep it)."""
+    try:
+        info = await bus.js.stream_info(stream)
+    except NotFoundError:
+        return []
+    last = info.state.last_seq
+    if info.state.messages == 0:
+        return []
+    inbox: asyncio.Queue[Msg] = asyncio.Queue()
+    sub = await bus.js.subscribe(
+        subject,
+        stream=stream,
+        ordered_consumer=True,
+        deliver_policy=DeliverPolicy.ALL,
+        cb=inbox.put,
+    )
+    out: list[Recorded] = []
+    try:
+        while True:
+            try:
+                msg = await asyncio.wait_for(inbox.get(), IDLE_S)
+            except TimeoutError:
+                return out
+            item = read_message(msg, stream)
+            if isinstance(item, Stored):
+                out.append(
+                    Recorded(
+                        stored_ns(msg),
+                        stream,
+                        item.seq,
+                        item.subject,
+                        item.envelope,
+                        item.event,
+                        item.producer,
+                        msg.data,
+                    )
+                )
+            if msg.metadata.sequence.stream >= last:
+                return out
+    finally:
+        await sub.unsubscribe()
+
+
+class OrderCheck:
+    """A sink in front of the run's own: each venue order the replay makes must be the next
+    one the session recorded, byte for byte and under the same id."""
+
+    def __init__(self, recorded: list[Recorded], sink: Sink) -> None:
+        self._recorded = recorded
+        self._sink = sink
+        self.checked = 0
+
+    def __call__(self, subject: str, event: Event, envelope: LazyEnvelope, producer: str) -> None:
+        if type(event) is VenueOrder:
+            self._check(subject, event, envelope)
+        self._sink(subject, event, envelope, producer)
+
+    def _check(self, subject: str, order: VenueOrder, envelope: LazyEnvelope) -> None:
+        n = self.checked
+        self.checked += 1
+        what = f"{order.action} {order.venue_client_id} ({order.venue} {order.symbol})"
+        if n >= len(self._recorded):
+            raise KeelError(
+                f"recorded venue: the replay sends venue order {n + 1}, {what}, that the "
+                f"session never sent: {UNFIT}"
+            )
+        want = self._recorded[n]
+        same = (
+            want.subject == subject
+            and want.data == encode(order)
+            and want.envelope.event_id == resolve(envelope).event_id
+        )
+        if not same:
+            was = want.event
+            told = f"{was.action} {was.venue_client_id}" if isinstance(was, VenueOrder) else "?"
+            raise KeelError(
+                f"recorded venue: venue order {n + 1}, {what}, differs from the recorded one "
+                f"(VENUE #{want.seq}, {told}): {UNFIT}"
+            )
+
+    def finish(self) -> None:
+        """After the run: every recorded venue order was made again."""
+        if self.checked < len(self._recorded):
+            missing = self._recorded[self.checked]
+            raise KeelError(
+                f"recorded venue: the session sent {len(self._recorded):,} venue orders, the "
+                f"replay {self.checked:,} (the first missing is VENUE #{missing.seq}): {UNFIT}"
+            )
+
+
+UNFIT = "the recorded answers no longer fit this config or code"
