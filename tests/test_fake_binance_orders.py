@@ -9,6 +9,7 @@ from environment variables through ``VenueConfig.credentials``, as in production
 from __future__ import annotations
 
 import asyncio
+import copy
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
@@ -195,6 +196,14 @@ async def test_stop_market_triggers_and_fills(venue: Venue) -> None:
     """Spot STOP_LOSS on /api/v3/order; USDT-M STOP_MARKET through the algo service, whose
     triggered order fills under its own (actual) order id."""
     ex, symbol, cid = venue.exchange, venue.symbol, venue.cid("s1")
+    streamed: list[dict[str, Any]] = []
+
+    async def collect() -> None:
+        while not any(o["status"] == "closed" and "aid" not in o["info"] for o in streamed):
+            streamed.extend(copy.deepcopy(await ex.watch_orders(symbol)))  # ccxt reuses them
+
+    collecting = asyncio.create_task(collect())
+    await until(lambda: _subscribed(venue), 5.0)
     down = coming_price(venue, True) < venue.last()
     side = "sell" if down else "buy"
     stop = coming_price(venue, down)
@@ -228,6 +237,13 @@ async def test_stop_market_triggers_and_fills(venue: Venue) -> None:
     else:
         assert trade["order"] == order["id"] and closed["filled"] == pytest.approx(order["amount"])
     assert trade["side"] == side
+    async with asyncio.timeout(5):
+        await collecting
+    filled = [o for o in streamed if o["status"] == "closed" and "aid" not in o["info"]]
+    assert filled[-1]["id"] == trade["order"] and filled[-1]["clientOrderId"] == cid
+    if venue.futures:  # ALGO_UPDATE: the algo order NEW, then TRIGGERED (ccxt: "closed")
+        algo = [o["info"]["X"] for o in streamed if "aid" in o["info"]]
+        assert algo[:2] == ["NEW", "TRIGGERED"] and filled[-1]["filled"] == order["amount"]
 
 
 async def test_stop_limit_and_take_profit_rest_and_cancel(venue: Venue) -> None:
@@ -458,3 +474,29 @@ async def test_silent_user_stream_leaves_rest_to_tell(venue: Venue) -> None:
     async with asyncio.timeout(5):
         trades = await watching
     assert [t["order"] for t in trades] == [second["id"]]
+
+
+async def test_account_frames_move_ccxt_balances_and_positions(venue: Venue) -> None:
+    """outboundAccountPosition (spot) and ACCOUNT_UPDATE (USDT-M) as ccxt.pro's
+    watchBalance / watchPositions read them."""
+    ex, symbol = venue.exchange, venue.symbol
+    if venue.futures:  # ccxt's first answer is its REST snapshot: no position yet
+        assert await ex.watch_positions([symbol]) == []
+    watch = ex.watch_positions([symbol]) if venue.futures else ex.watch_balance()
+    watching = asyncio.create_task(watch)
+    await until(lambda: _subscribed(venue), 5.0)
+    amount = qty_for(venue)
+    await ex.create_order(symbol, "market", "buy", amount)
+    async with asyncio.timeout(5):
+        seen = await watching
+    if venue.futures:
+        [position] = seen
+        assert position["symbol"] == symbol and position["contracts"] == pytest.approx(amount)
+        assert position["side"] == "long"
+    else:
+        account = venue.fake.account.balances
+        async with asyncio.timeout(5):  # the order's lock first, then the fill
+            while seen["BTC"]["free"] != pytest.approx(account["BTC"].free):
+                seen = await ex.watch_balance()
+        assert seen["USDT"]["free"] == pytest.approx(account["USDT"].free)
+        assert seen["USDT"]["used"] == pytest.approx(account["USDT"].used)

@@ -21,7 +21,7 @@ from typing import Any
 import msgspec
 from aiohttp import web
 
-from tests.fakes.binance_frames import MS, BinanceFrames, market_id, ms
+from tests.fakes.binance_frames import MS, BinanceFrames, algo_status, market_id, ms
 from tests.fakes.binance_orders import BinanceError, BinanceOrders, check_timestamp, verify
 from tests.fakes.core import NS, Connection, FakeExchange, SymbolSpec, Topic, TopicKind, Update, fmt
 from tests.fakes.matching import FakeFill, FakeOrder
@@ -506,13 +506,15 @@ class UserStreams:
                     self._send(conn, {"subscriptionId": sid, "event": event})
             return
         events = []
-        if order.algo:
-            status = self.frames.algo_order(order)["algoStatus"]
-            self._seen[-order.order_id] = (status,)
-            if algo_before != (status,):
-                events.append(self.frames.algo_update(order))
         if execution is not None and (not order.algo or order.triggered):
             events.append(self.frames.order_trade_update(order, fill, execution))
+        if order.algo:  # the algo's own update: before its order's, but FINISHED after
+            status = algo_status(order)
+            self._seen[-order.order_id] = (status,)
+            if algo_before != (status,):
+                events.insert(
+                    len(events) if status == "FINISHED" else 0, self.frames.algo_update(order)
+                )
         if fill is not None:
             events.append(self._futures_account(spec, fill))
         for conn in list(self.futures):
