@@ -1168,6 +1168,38 @@ async def test_keel_commands_use_the_credentials_in_the_environment(
     assert out.strip().count("\n") == 0, out
 
 
+async def test_the_venue_commands_run_as_the_operator_and_a_tap_only_reads(
+    secured: SecuredServer, admin: Bus
+) -> None:
+    """``keel kill --cancel-open`` and ``keel reconcile V --adopt`` as the operator; a tap
+    shows the venue's findings and the VENUE stream but may not adopt."""
+    operator = secured.user_env("operator")
+    for args in (
+        ("kill", "--cancel-open", "--reason", "drill"),
+        ("reconcile", "binance", "--adopt", "--reason", "counted by hand"),
+    ):
+        done = await asyncio.to_thread(keel, operator, *args)
+        assert done.returncode == 0, done.stdout + done.stderr
+    assert await stored_on(admin, "venue.kill")
+    gateway = await secured.connect("gateway")
+    try:
+        status = VenueStatus(ts=time.time_ns(), venue="binance", mode="demo", state="running")
+        assert await gateway.publish(status, Envelope.root("status-1", status.ts))
+    finally:
+        await gateway.close()
+    tap_env = secured.user_env("tap")
+    report = await asyncio.to_thread(keel, tap_env, "reconcile", "binance")
+    assert report.returncode == 0, report.stdout + report.stderr
+    assert "last adoption" in report.stdout and "counted by hand" in report.stdout
+    denied = await asyncio.to_thread(
+        keel, tap_env, "reconcile", "binance", "--adopt", "--reason", "not mine"
+    )
+    out = denied.stdout + denied.stderr
+    assert denied.returncode == 2, out
+    assert "denies user 'tap' publishing to venue.adopt.binance" in out
+    assert "Traceback" not in out and tap_env["KEEL_NATS_PASSWORD"] not in out
+
+
 async def test_wrong_credentials_are_one_line_and_never_print_the_password(
     secured: SecuredServer,
 ) -> None:
