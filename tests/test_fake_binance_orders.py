@@ -500,3 +500,25 @@ async def test_account_frames_move_ccxt_balances_and_positions(venue: Venue) -> 
                 seen = await ex.watch_balance()
         assert seen["USDT"]["free"] == pytest.approx(account["USDT"].free)
         assert seen["USDT"]["used"] == pytest.approx(account["USDT"].used)
+
+
+async def test_state_changed_behind_the_clients_back(usdm: Venue) -> None:
+    """What reconciliation meets: an external order, a missed fill, a vanished stop and a
+    position moved elsewhere, each as the REST queries show it."""
+    ex, symbol, faults = usdm.exchange, usdm.symbol, usdm.fake.account.faults
+    external = faults.external(symbol, "buy", "limit", 0.01, far_price(usdm, 0.9))
+    [seen] = await ex.fetch_open_orders(symbol)
+    assert seen["id"] == str(external.order_id) and seen["clientOrderId"].startswith("external")
+    faults.fill_silently(external.order_id)
+    assert (await ex.fetch_order(seen["id"], symbol))["status"] == "closed"
+    [trade] = await ex.fetch_my_trades(symbol)
+    assert trade["order"] == seen["id"] and trade["price"] == external.price
+    stop = await ex.create_order(symbol, "market", "sell", 0.01, None,
+                                 {"stopPrice": far_price(usdm, 0.7), "reduceOnly": True})  # fmt: skip
+    faults.vanish(int(stop["id"]))
+    assert await ex.fetch_open_orders(symbol, params={"trigger": True}) == []
+    with pytest.raises(ccxt.OrderNotFound, match="-2013"):
+        await ex.fetch_order(stop["id"], symbol, {"trigger": True})
+    faults.set_position(symbol, -0.03)
+    [position] = await ex.fetch_positions([symbol])
+    assert position["side"] == "short" and position["contracts"] == pytest.approx(0.03)
