@@ -29,14 +29,14 @@ from services.venues.ccxt_exchange import Redactor
 Outcome = Literal["rejected", "unknown", "backoff"]
 T = TypeVar("T")
 REASON_MAX = 300
-_JSON_MSG = re.compile(r'"(?:msg|retMsg|message|error)"\s*:\s*"([^"]+)"')
+_JSON_MSG = re.compile(r'"(?:msg|retMsg|message|error)"\s*:\s*\[?\s*"([^"]+)"')
 
 
 def classify(exc: BaseException) -> Outcome:
     """What an exception from an exchange call means for the order it was about."""
     if isinstance(exc, (ccxt.DDoSProtection, ccxt.RateLimitExceeded)):
         return "backoff"
-    if isinstance(exc, ccxt.ExchangeError) and not isinstance(exc, ccxt.AuthenticationError):
+    if isinstance(exc, ccxt.ExchangeError):  # the exchange refused: a bad key included
         return "rejected"
     return "unknown"  # network trouble, 5xx, a bad answer, a nonce, anything unforeseen
 
