@@ -367,6 +367,46 @@ def test_the_gateway_user_has_exactly_the_rights_of_each_venues_gateway() -> Non
     assert GATEWAY_VENUE.name in venues
 
 
+def documented(lang: str) -> str:
+    """The ``lang`` code block of docs/deploy.md's "Venue gateways" section."""
+    text = (ROOT / "docs/deploy.md").read_text()
+    section = text.split("## Venue gateways\n", 1)[1].split("\n## ", 1)[0]
+    return section.split(f"```{lang}\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_gateway_service_fits_compose_and_nats_conf() -> None:
+    """docs/deploy.md's gateway service, laid into compose.yaml as it says, and its venue
+    entry: the command exists, it logs in as `gateway` with that user's password, and the
+    exchange key reaches it through the variable and the secret the entry names."""
+    service, secrets = documented("yaml").split("\nsecrets:\n")
+    text = COMPOSE_TEXT.replace("\n  prometheus:\n", f"\n{service}\n  prometheus:\n", 1)
+    merged = yaml.safe_load(f"{text}\nsecrets:\n{secrets}")
+    spec = merged["services"]["gateway-binance"]
+    config = msgspec.convert(tomllib.loads(documented("toml")), KeelConfig)
+    [venue] = config.venues
+    assert config.gateways == {venue.name} and venue.name in gateway_venues()
+    assert spec["container_name"] == f"keel-gateway-{venue.name}"
+    env = spec["environment"]
+    assert env["KEEL_NATS_USER"] == "gateway"
+    assert variable_of(env["KEEL_NATS_PASSWORD"]) == USERS["gateway"].password
+    assert variable_of(env[venue.credentials.api_key_env]) == venue.credentials.api_key_env
+    secret = venue.credentials.secret_file.removeprefix("/run/secrets/")
+    assert spec["secrets"] == [secret] and secret in merged["secrets"]
+    assert spec["depends_on"]["streams"]["condition"] == "service_completed_successfully"
+    args = shlex.split(spec["command"])
+    assert (
+        option(args, "--venue") == venue.name and option(args, "--config") == "/etc/keel/keel.toml"
+    )
+    result = subprocess.run(
+        [sys.executable, "-m", "cli.app", *args, "--help"],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=30,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
 def test_every_strategy_instance_has_one_service_and_user() -> None:
     instances = {s.instance_name for s in load_config(FLEET_TOML).strategies}
     services = {s for s in WORKERS if s.startswith("strategy-")}
