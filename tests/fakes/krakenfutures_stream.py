@@ -94,13 +94,17 @@ class KrakenFuturesStream:
         return hmac.compare_digest(str(message.get("signed_challenge", "")), wanted)
 
     async def writer(self, conn: Connection) -> None:
-        """Sends one socket's private frames in the order the account produced them."""
+        """Sends one socket's private frames in the order the account produced them; ends
+        soon after the socket closes, frames or not."""
         outbox = self.outboxes[conn]
         try:
             while not conn.ws.closed:
-                frame = await outbox.get()
+                try:
+                    frame = await asyncio.wait_for(outbox.get(), 0.5)
+                except TimeoutError:
+                    continue
                 await conn.send_json(frame)
-        except ConnectionError:
+        except (ConnectionError, RuntimeError):  # the peer went away mid-write
             pass
         finally:
             self.outboxes.pop(conn, None)
