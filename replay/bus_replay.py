@@ -21,12 +21,13 @@ import uuid
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
+from typing import TypeVar
 
 import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts.codec import decode, encode
-from contracts.envelope import root_envelope
+from contracts.envelope import Envelope, root_envelope
 from contracts.events import Bar, Event
 from contracts.subjects import subject_for
 from eventstore.bus import Bus
@@ -43,7 +44,7 @@ from eventstore.frames import (
     frame_subject,
 )
 from eventstore.streams import replay_stream
-from replay.backtest import BacktestResult, RunRecord, summarise
+from replay.backtest import BacktestResult, RunRecord, recorded_session, summarise
 from replay.external import external_count, with_events
 from replay.market import market_events
 from replay.plan import ReplayPlanner
@@ -56,6 +57,9 @@ START_S = 60.0
 """Worker processes get this long to start before the first output is due."""
 EXIT_S = 10.0
 """How long finished workers get to exit before they are stopped."""
+T = TypeVar("T")
+VENUE_KIND = "venue"
+"""Frames of the execution worker's venue orders (a gateway venue's legs): outputs too."""
 
 
 def bus_replay(
@@ -66,12 +70,17 @@ def bus_replay(
 ) -> BacktestResult:
     spec = record.spec
     started = time.perf_counter()
-    market = market_events(spec.data, url, spec.start, spec.end)
-    bars = with_events(market, spec.events, spec.start, spec.end)  # external events ride along
+    roles = fleet_roles(spec.config)
+    session = recorded_session(spec, url, roles)  # recorded venue answers ride along too
+    if session is None:
+        market = market_events(spec.data, url, spec.start, spec.end)
+        bars = with_events(market, spec.events, spec.start, spec.end)  # external events too
+        inputs: Iterable[tuple[Event, Envelope | None]] = ((bar, None) for bar in bars)
+    else:
+        inputs = session.merged()
     namespace = uuid.uuid4().hex[:12]
     config_path = work_dir / "config.json"
     config_path.write_bytes(msgspec.json.encode(spec.config))
-    roles = fleet_roles(spec.config)
     planner = ReplayPlanner(roles)
     recorder = RunRecorder([role.name for role in roles])
 
@@ -81,18 +90,30 @@ def bus_replay(
         reader = OutputReader(bus, namespace, recorder)
         try:
             await reader.start()
+            names = {role.name for role in roles}  # no venue gateway: its answers are inputs
             for worker in fleet_plan(spec.config, config_path):
-                worker.args += ["--namespace", namespace]
-                fleet.start(worker)
+                if worker.name in names:
+                    worker.args += ["--namespace", namespace]
+                    fleet.start(worker)
             watch = Progress(reader, fleet, progress)
             sends: list[asyncio.Future] = []
             interval, count = "", 0
-            for chunk, last in _chunks(bars, FRAME_EVENTS):
+            for pairs, last in _chunks(inputs, FRAME_EVENTS):
+                chunk = [event for event, _ in pairs]
+                roots = [root for _, root in pairs]
                 count += len(chunk)
                 interval = interval or next((b.interval for b in chunk if isinstance(b, Bar)), "")
                 frame = Frame(
-                    [FramedEvent(subject_for(b), root_envelope(b), "", encode(b)) for b in chunk],
-                    planner.plan_frame(chunk),
+                    [
+                        FramedEvent(
+                            subject_for(b),
+                            root_envelope(b) if root is None else root,
+                            "",
+                            encode(b),
+                        )
+                        for b, root in pairs
+                    ],
+                    planner.plan_frame(chunk, roots),
                     last,
                 )
                 subject = frame_subject(namespace, MARKET_KIND, "driver")
@@ -111,8 +132,11 @@ def bus_replay(
 
     interval, count = asyncio.run(main())
     recorder.close()
-    external = external_count(bars)
     wall = time.perf_counter() - started
+    if session is not None:
+        result = summarise(spec, recorder, session.bars, session.interval, wall)
+        return msgspec.structs.replace(result, venue=session.describe())
+    external = external_count(bars)
     return summarise(spec, recorder, count - external - market.others, interval, wall, external)
 
 
@@ -123,7 +147,7 @@ async def _exited(fleet: Fleet, timeout: float) -> None:
         await asyncio.sleep(0.02)
 
 
-def _chunks(bars: Iterable[Event], size: int) -> Iterator[tuple[list[Event], bool]]:
+def _chunks(bars: Iterable[T], size: int) -> Iterator[tuple[list[T], bool]]:
     """Frames of market events, each with whether it is the last (an empty run still sends
     one last, empty frame so the workers finish)."""
     it = iter(bars)
@@ -153,7 +177,7 @@ class OutputReader:
             durable_name=f"{self._namespace}-driver",
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.ALL,
-            filter_subjects=[f"{prefix}{kind}.*" for kind in OUTPUT_KINDS],
+            filter_subjects=[f"{prefix}{kind}.*" for kind in (*OUTPUT_KINDS, VENUE_KIND)],
         )
         sub = await self._bus.js.pull_subscribe(
             "",

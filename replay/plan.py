@@ -16,6 +16,7 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+from contracts.envelope import Envelope
 from contracts.events import Event
 from eventstore.frames import PlanStep
 from replay.engine import LazyEnvelope, ReplayEngine, resolve
@@ -34,12 +35,15 @@ class ReplayPlanner:
     def _collect(self, subject: str, _event: Event, envelope: LazyEnvelope, producer: str) -> None:
         self._outputs.append((subject, envelope, producer))
 
-    def plan_frame(self, bars: Sequence[Event]) -> dict[str, list[PlanStep]]:
-        """Run one frame's market events; the steps each role follows after each of them."""
+    def plan_frame(
+        self, bars: Sequence[Event], roots: Sequence[Envelope | None] = ()
+    ) -> dict[str, list[PlanStep]]:
+        """Run one frame's market events; the steps each role follows after each of them.
+        ``roots``: each event's recorded envelope, or None (``ReplayEngine.feed``)."""
         steps: dict[str, list[PlanStep]] = {}
         for index, bar in enumerate(bars):
             self._outputs.clear()
-            self._engine.feed(bar)
+            self._engine.feed(bar, roots[index] if roots else None)
             due: dict[str, list[str]] = {}
             for subject, envelope, producer in self._outputs:
                 self.outputs[producer] += 1
