@@ -3,7 +3,7 @@ recorded answers in as execution reports, paper venues untouched (pure, no I/O).
 
 from __future__ import annotations
 
-from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand
+from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand, SystemStatus
 from contracts.venue_events import KillSwitch, VenueAnswer, VenueOrder
 from services.execution.paper_venue import PaperVenueConfig
 from services.execution.role import execution_role
@@ -206,6 +206,29 @@ def test_the_kill_switch_cancels_entries_keeps_stops_and_flattens_through_legs()
     out = list(oms.decide(flatten, T0 + 5 * NS))
     (close,) = [lg for lg in legs(out) if lg.action == "new"]
     assert (close.side, close.qty, close.order_type) == ("sell", 2.0, "market")
+    assert close.reduce_only and not close.protective
     assert close.client_order_id.startswith("kill-") and close.strategy == "s1"
     again = list(oms.decide(flatten, T0 + 5 * NS))  # a redelivered kill repeats nothing
     assert not [lg for lg in legs(again) if lg.action == "new"]
+
+
+def test_a_rejected_protective_stop_closes_the_position_and_says_so() -> None:
+    oms = manager()
+    (leg,) = legs(oms.decide(order("e1", stop_loss=95.0), T0))
+    oms.decide(answer(leg, "accepted"), T0 + NS)
+    fill = answer(leg, "fill", T0 + 2 * NS, trade_id="t1", fill_qty=2.0, fill_price=100.0)
+    (stop,) = legs(oms.decide(fill, T0 + 2 * NS))
+    assert stop.protective and stop.client_order_id == "e1.sl"
+    why = "Order would immediately trigger."
+    out = list(oms.decide(answer(stop, "rejected", T0 + 3 * NS, reason=why), T0 + 3 * NS))
+    assert [(r.client_order_id, r.status) for r in reports(out)] == [("e1.sl", "rejected")]
+    (close,) = legs(out)
+    assert (close.action, close.side, close.qty, close.order_type) == ("new", "sell", 2.0, "market")
+    assert close.reduce_only and close.client_order_id.startswith("flat-")
+    (status,) = [e for e in out if isinstance(e, SystemStatus)]
+    assert (status.status, status.rule, status.source) == (
+        "SAFE_MODE",
+        "stop_rejected",
+        "execution",
+    )
+    assert why in status.reason and "s1|bin|BTC/USDT" in status.reason

@@ -26,7 +26,7 @@ import msgspec
 from contracts.events import Bar, Event, ExecutionReport, OrderCommand, Quote
 from contracts.venue_events import VenueAnswer, VenueOrder
 from services.execution.lifecycle import Venue
-from services.execution.order_state import DUST, LegKind
+from services.execution.order_state import DUST
 from services.venues.client_ids import venue_client_id
 
 
@@ -51,13 +51,21 @@ class _Snapshot(msgspec.Struct):
     gateway: GatewayVenueState
 
 
-LegKinds = Callable[[str], tuple[LegKind, bool] | None]
-"""The order manager's view of an order: its kind and whether it protects a position, or
-None when it holds no working order of that id."""
+class LegRole(msgspec.Struct, frozen=True):
+    """The order manager's view of a working order: whether it may only reduce a position
+    (bracket legs, validator stops, closing orders) and whether it protects one (a stop)."""
+
+    reduce_only: bool = False
+    protective: bool = False
 
 
-def _plain(_: str) -> tuple[LegKind, bool] | None:
-    return "order", False
+LegRoles = Callable[[str], LegRole | None]
+"""An order's role, or None when the order manager holds no working order of that id."""
+_PLAIN = LegRole()
+
+
+def _plain(_: str) -> LegRole | None:
+    return _PLAIN
 
 
 class GatewayVenue:
@@ -68,11 +76,11 @@ class GatewayVenue:
         self.paper = paper
         self.state = GatewayVenueState()
         self._outgoing: list[VenueOrder] = []
-        self._kinds: LegKinds = _plain
+        self._roles: LegRoles = _plain
 
-    def bind(self, kinds: LegKinds) -> None:
-        """The order manager tells how to learn an order's kind (reduce-only, protective)."""
-        self._kinds = kinds
+    def bind(self, roles: LegRoles) -> None:
+        """The order manager tells how to learn an order's role (reduce-only, protective)."""
+        self._roles = roles
 
     def decide(self, event: Event, now: int) -> Sequence[Event]:
         kind = type(event)
@@ -129,7 +137,7 @@ class GatewayVenue:
             return []
         number = st.numbers.get(oid, -1) + 1
         st.numbers[oid] = number
-        kind, protective = self._kinds(oid) or ("order", False)
+        role = self._roles(oid) or _PLAIN
         order = VenueOrder(
             ts=now,
             action="new",
@@ -144,8 +152,8 @@ class GatewayVenue:
             limit_price=cmd.limit_price,
             stop_price=cmd.stop_price,
             time_in_force=cmd.time_in_force,
-            reduce_only=kind != "order",
-            protective=protective,
+            reduce_only=role.reduce_only,
+            protective=role.protective,
         )
         previous = st.legs.get(oid)
         if previous is not None:
@@ -164,7 +172,7 @@ class GatewayVenue:
             return []  # a replaced or finished leg, or not Keel's: the gateway's journal
         order = leg.order
         kind = answer.kind
-        if kind != "fill" and self._kinds(order.client_order_id) is None:
+        if kind != "fill" and self._roles(order.client_order_id) is None:
             self._finish(leg)  # the order manager ended it already (an OCO sibling)
             return []
         if kind == "accepted":

@@ -27,15 +27,23 @@ from typing import ClassVar, Protocol, runtime_checkable
 import msgspec
 
 from contracts.envelope import content_id
-from contracts.events import Bar, Event, ExecutionReport, OrderCommand, Quote, RiskAlert
+from contracts.events import (
+    Bar,
+    Event,
+    ExecutionReport,
+    OrderCommand,
+    Quote,
+    RiskAlert,
+    SystemStatus,
+)
+from contracts.keys import BookId
 from contracts.venue_events import KillSwitch, VenueAnswer, VenueOrder
 from services.execution.atr import update_atr
 from services.execution.brackets import Brackets, bracket_group
-from services.execution.gateway_venue import GatewayVenue
+from services.execution.gateway_venue import GatewayVenue, LegRole
 from services.execution.lifecycle import Venue
 from services.execution.order_state import (
     DUST,
-    LegKind,
     OcoGroupId,
     OmsState,
     Order,
@@ -80,7 +88,7 @@ class OrderManager(Brackets):
             self._behind = venue.behind
         self._drain: Callable[[], list[VenueOrder]] | None = None
         if isinstance(venue, GatewayVenue):
-            venue.bind(self._leg_kind)
+            venue.bind(self._leg_role)
             self._drain = venue.drain
 
     def decide(self, event: Event, now: int) -> Sequence[Event]:
@@ -132,10 +140,7 @@ class OrderManager(Brackets):
             case RiskAlert():
                 return []
             case VenueAnswer():
-                out: list[Event] = []
-                self._from_venue(self.venue.decide(event, now), out)
-                self._sync(out)
-                return out
+                return self._on_answer(event, now)
             case KillSwitch():
                 return self._kill_switch(event, now)
         return list(self.venue.decide(event, now))
@@ -153,30 +158,66 @@ class OrderManager(Brackets):
             cancel = msgspec.structs.replace(cmd, ts=now, action="cancel")
             out.extend(self._on_cancel(cancel, now))
         if kill.flatten:
-            for book, pos in list(self.state.positions.items()):
-                if abs(pos.qty) <= DUST:
-                    continue
-                oid = "kill-" + content_id("flatten", kill.ts, kill.reason, str(book))[:24]
-                close = OrderCommand(
-                    ts=now,
-                    action="new",
-                    client_order_id=oid,
-                    strategy=book.strategy,
-                    venue=book.venue,
-                    symbol=book.symbol,
-                    side="sell" if pos.qty > 0 else "buy",
-                    qty=abs(pos.qty),
-                )
-                out.extend(self._on_new(close, now))
+            for book in list(self.state.positions):
+                cause = content_id("flatten", kill.ts, kill.reason, str(book))
+                out.extend(self._close_position(book, "kill-" + cause[:24], now))
         return out
 
-    def _leg_kind(self, oid: str) -> tuple[LegKind, bool] | None:
-        """What a gateway venue needs to know of a working order: its kind (a bracket leg
-        is reduce-only) and whether it is a protective stop."""
+    def _close_position(self, book: BookId, oid: str, now: int) -> list[Event]:
+        """A market order that closes one book's position (reduce-only at a gateway)."""
+        pos = self.state.positions.get(book)
+        if pos is None or abs(pos.qty) <= DUST:
+            return []
+        close = OrderCommand(
+            ts=now,
+            action="new",
+            client_order_id=oid,
+            strategy=book.strategy,
+            venue=book.venue,
+            symbol=book.symbol,
+            side="sell" if pos.qty > 0 else "buy",
+            qty=abs(pos.qty),
+        )
+        return self._on_new(close, now, closing=True)
+
+    def _on_answer(self, answer: VenueAnswer, now: int) -> list[Event]:
+        """A gateway venue's recorded answer, through the order lifecycle. A protective stop
+        the venue rejects leaves a position unprotected: it is closed at once with a
+        reduce-only market order, and the execution role reports SAFE_MODE with why."""
+        rec = self.state.orders.get(answer.client_order_id)
+        unprotected = (
+            rec.book
+            if answer.kind == "rejected" and rec is not None and rec.kind == "stop_loss"
+            else None
+        )
+        out: list[Event] = []
+        self._from_venue(self.venue.decide(answer, now), out)
+        self._sync(out)
+        if unprotected is not None:
+            oid = "flat-" + content_id("stop rejected", answer.venue_client_id)[:24]
+            out.extend(self._close_position(unprotected, oid, now))
+            out.append(
+                SystemStatus(
+                    ts=answer.ts,
+                    status="SAFE_MODE",
+                    reason=(
+                        f"{answer.venue} rejected the protective stop {answer.client_order_id}"
+                        f" ({answer.reason}): {unprotected} closed with a market order"
+                    ),
+                    source=self._worker,
+                    rule="stop_rejected",
+                )
+            )
+        return out
+
+    def _leg_role(self, oid: str) -> LegRole | None:
+        """What a gateway venue needs to know of a working order: whether it may only reduce
+        a position (bracket legs, validator stops, closing orders) and whether it is a
+        protective stop."""
         rec = self.state.orders.get(oid)
         if rec is None:
             return None
-        return rec.kind, rec.kind == "stop_loss"
+        return LegRole(rec.kind != "order" or rec.closing, rec.kind == "stop_loss")
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode(OmsSnapshot(self.venue.snapshot(), self.state))
@@ -262,7 +303,7 @@ class OrderManager(Brackets):
 
     # --- commands -------------------------------------------------------------------------
 
-    def _on_new(self, cmd: OrderCommand, now: int) -> list[Event]:
+    def _on_new(self, cmd: OrderCommand, now: int, closing: bool = False) -> list[Event]:
         st = self.state
         oid = cmd.client_order_id
         known = st.orders.get(oid)
@@ -274,7 +315,14 @@ class OrderManager(Brackets):
         if why:
             self._remember(oid, "rejected")
             return [_rejected(cmd, now, why)]
-        rec = Order(cmd, book, cmd.qty, stop_price=cmd.stop_price, limit_price=cmd.limit_price)
+        rec = Order(
+            cmd,
+            book,
+            cmd.qty,
+            stop_price=cmd.stop_price,
+            limit_price=cmd.limit_price,
+            closing=closing,
+        )
         if cmd.oco_group:
             rec.oco = OcoGroupId(cmd.strategy, cmd.oco_group)
             st.oco.setdefault(rec.oco, []).append(oid)

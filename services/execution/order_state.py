@@ -63,6 +63,7 @@ class Order(msgspec.Struct):
     managed: bool = False
     trail: Trail | None = None  # a trailing stop order (bracket legs trail through the group)
     expire_at: int = 0
+    closing: bool = False  # closes a position (kill switch, a rejected stop): reduce-only
 
 
 class Group(msgspec.Struct):
