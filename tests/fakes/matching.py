@@ -42,17 +42,10 @@ Matching (time only from ``fake.now_ns()`` or the tick's timestamp):
   ``would_trigger_immediately``. Once triggered they behave as market (stop_limit: limit);
 - ``faults.fill_parts`` = N (as set when the order is placed) splits its fill into N trades
   on successive passes (place or trigger, then one per tick; IOC/FOK take all N at once);
-- fees: taker 0.1 %, maker 0.08 % (``taker_fee``/``maker_fee``). Spot: in the asset received
-  (buy: base, sell: quote), as Binance; perpetual: in the settle asset;
-- spot balances: an open order locks what it may spend (buy: remaining qty x limit or stop
-  price, or the ask for market; sell: remaining qty of base) in ``used``; fills release the
-  lock pro rata and move the assets;
-- perpetuals: one net position per symbol (``PerpPosition``), entry price averaged on
-  increase, PnL realised on reduce into the settle asset's balance; the settle asset's
-  ``used`` is the initial margin (notional / ``leverage``) of positions and open
-  non-reduce-only orders, ``free`` the rest of the wallet (unrealised PnL excluded).
-  Reduce-only: refused without a position to reduce, trimmed to the position when larger
-  (at placing and at each fill), expired when the position is gone;
+- money (fees, spot locks, perpetual positions and margin) moves in ``ledger.py``
+  (``Account`` is a ``Ledger``): read its docstring. Reduce-only (perpetuals): refused
+  without a position to reduce, trimmed to the position when larger (at placing and at each
+  fill), expired when the position is gone;
 - filters from the ``SymbolSpec``: qty a multiple of ``lot_size`` (``lot_size``), prices of
   ``tick_size`` (``tick_size``), qty x price x contract size >= ``min_notional``
   (``min_notional``; reduce-only exempt).
@@ -64,218 +57,70 @@ import asyncio
 import logging
 import math
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING
 
 import msgspec
 
+from tests.fakes.account_faults import AccountFaults
+from tests.fakes.ledger import Balance, FeeAsset, Ledger, LedgerError, Lock, PerpPosition
 from tests.fakes.prices import NS, SymbolSpec, decimals
+from tests.fakes.records import (
+    ERROR_CODES,
+    OPEN,
+    TRIGGERED_TYPES,
+    FakeFill,
+    FakeOrder,
+    GateKind,
+    Kind,
+    NoAnswer,
+    OrderError,
+    OrderType,
+    Side,
+    Status,
+    TimeInForce,
+)
 
 if TYPE_CHECKING:
     from tests.fakes.core import FakeExchange, Update
 
-Kind = Literal["spot", "perpetual"]
-Side = Literal["buy", "sell"]
-OrderType = Literal["market", "limit", "stop", "stop_limit", "take_profit"]
-TimeInForce = Literal["GTC", "IOC", "FOK", "GTX"]
-Status = Literal["new", "partially_filled", "filled", "canceled", "rejected", "expired"]
-GateKind = Literal["place", "cancel", "amend"]
-
-ERROR_CODES = (
-    "insufficient_balance",
-    "min_notional",
-    "lot_size",
-    "tick_size",
-    "unknown_order",
-    "duplicate_client_id",
-    "reduce_only_rejected",
-    "would_trigger_immediately",
-    "post_only_rejected",
-    "bad_symbol",
-    "bad_request",
-)
-OPEN: frozenset[str] = frozenset({"new", "partially_filled"})
-TRIGGERED_TYPES: frozenset[str] = frozenset({"stop", "stop_limit", "take_profit"})
+__all__ = [
+    "ERROR_CODES",
+    "OPEN",
+    "TRIGGERED_TYPES",
+    "Account",
+    "AccountFaults",
+    "Balance",
+    "FakeFill",
+    "FakeOrder",
+    "GateKind",
+    "Kind",
+    "NoAnswer",
+    "OrderError",
+    "OrderType",
+    "PerpPosition",
+    "Side",
+    "Status",
+    "TimeInForce",
+    "default_kind",
+]
 DEFAULT_QUOTE_BALANCE = 1_000_000.0
 EPS = 1e-9
 log = logging.getLogger(__name__)
-
-
-class OrderError(Exception):
-    """A refusal; ``code`` is one of ``ERROR_CODES``, which skins map to their own."""
-
-    def __init__(self, code: str, message: str = "") -> None:
-        if code not in ERROR_CODES:
-            raise ValueError(f"unknown OrderError code {code!r}")
-        super().__init__(f"{code}: {message}" if message else code)
-        self.code = code
-        self.message = message or code
-
-
-class NoAnswer(Exception):
-    """The request gets no answer at all: the core closes the connection."""
-
-
-class FakeOrder(msgspec.Struct):
-    order_id: int
-    client_id: str
-    symbol: str
-    side: Side
-    type: OrderType
-    qty: float
-    price: float | None
-    stop_price: float | None
-    reduce_only: bool
-    tif: TimeInForce
-    algo: bool
-    status: Status
-    filled: float = 0.0
-    avg_price: float = 0.0
-    fee_paid: float = 0.0
-    created_ns: int = 0
-    updated_ns: int = 0
-    triggered: bool = False
-    external: bool = False
-    """Placed through ``faults.external`` (someone else's order)."""
-
-    @property
-    def remaining(self) -> float:
-        return max(0.0, self.qty - self.filled)
-
-    @property
-    def is_open(self) -> bool:
-        return self.status in OPEN
-
-
-class FakeFill(msgspec.Struct, frozen=True):
-    trade_id: int
-    order_id: int
-    client_id: str
-    symbol: str
-    side: str
-    qty: float
-    price: float
-    fee: float
-    fee_currency: str
-    maker: bool
-    ts_ns: int
-
-
-class Balance(msgspec.Struct):
-    free: float
-    used: float = 0.0
-
-    @property
-    def total(self) -> float:
-        return self.free + self.used
-
-
-class PerpPosition(msgspec.Struct):
-    symbol: str
-    qty: float
-    """Signed: long > 0, short < 0 (contracts)."""
-    entry_price: float
-    realized_pnl: float = 0.0
-    updated_ns: int = 0
-
-    def unrealized(self, mark: float, contract_size: float = 1.0) -> float:
-        return (mark - self.entry_price) * self.qty * contract_size
 
 
 class _Book(msgspec.Struct):
     """The engine's private bookkeeping of one open order."""
 
     parts_left: int
-    lock_asset: str = ""
-    locked: float = 0.0
+    lock: Lock = msgspec.field(default_factory=Lock)
     rested: bool = False
 
 
 Callback = Callable[[FakeOrder, FakeFill | None], None]
 
 
-class AccountFaults:
-    """What a test makes the account do wrong; set at any time (see the spec's list)."""
-
-    def __init__(self, account: Account) -> None:
-        self._account = account
-        self.fill_parts = 1
-        self.ack_delay_s = 0.0
-        self.hang_next = 0
-        self.drop_next = 0
-        self.hidden_s = 0.0
-        self.silent_user_stream = False
-        self.reject_next: list[str] = []
-        self._external = 0
-
-    def external(
-        self,
-        symbol: str,
-        side: Side,
-        type: OrderType,
-        qty: float,
-        price: float | None = None,
-        stop_price: float | None = None,
-    ) -> FakeOrder:
-        """An order placed on the account by someone else (another tool, a person)."""
-        self._external += 1
-        return self._account.place(
-            symbol,
-            side,
-            type,
-            qty,
-            price=price,
-            stop_price=stop_price,
-            client_id=f"external-{self._external}",
-            external=True,
-        )
-
-    def fill_silently(self, order_id: int) -> FakeOrder:
-        """Fill what is left of an open order without any private-stream frame."""
-        account = self._account
-        order = account._by_id.get(order_id)
-        if order is None or not order.is_open:
-            raise OrderError("unknown_order", f"no open order {order_id}")
-        account._mute += 1
-        try:
-            order.triggered = order.type in TRIGGERED_TYPES
-            tick = account.fake.snapshot(order.symbol)
-            maker = order.price is not None
-            price = order.price if order.price is not None else account._touch(order, tick)
-            account._fill(order, round(order.remaining, 12), price, maker, account._now())
-        finally:
-            account._mute -= 1
-        return order
-
-    def set_position(self, symbol: str, qty: float, entry_price: float | None = None) -> None:
-        """The venue's position changes behind Keel's back."""
-        account = self._account
-        if entry_price is None:
-            entry_price = account.fake.snapshot(symbol).trade.price
-        account.positions[symbol] = PerpPosition(
-            symbol, qty, entry_price, updated_ns=account._now()
-        )
-        account._remargin(account._spec(symbol))
-
-    def set_balance(self, asset: str, free: float) -> None:
-        """The venue's free balance of ``asset`` changes behind Keel's back."""
-        balance = self._account.balances.setdefault(asset, Balance(0.0))
-        balance.free = free
-
-    def vanish(self, order_id: int) -> None:
-        """The order disappears from the exchange (a stop that is simply gone)."""
-        account = self._account
-        order = account._by_id.pop(order_id, None)
-        if order is None:
-            raise OrderError("unknown_order", f"no order {order_id}")
-        account._all.remove(order)
-        book = account._books.pop(order_id, None)
-        if book is not None:
-            account._unlock(book)
-        account._remargin(account._spec_any(order.symbol))
-
-
-class Account:
-    """Orders, fills, balances and positions of the one account a fake serves."""
+class Account(Ledger):
+    """Orders and fills of the one account a fake serves; its money is the ``Ledger``."""
 
     def __init__(
         self,
@@ -286,14 +131,18 @@ class Account:
         taker_fee: float = 0.001,
         maker_fee: float = 0.0008,
         leverage: float = 10.0,
+        fee_asset: FeeAsset = "received",
     ) -> None:
         self.fake = fake
         self.kind: Kind = kind
-        self.taker_fee = taker_fee
-        self.maker_fee = maker_fee
-        self.leverage = leverage
-        self.balances: dict[str, Balance] = {}
-        self.positions: dict[str, PerpPosition] = {}
+        super().__init__(
+            self._spec_any,
+            balances if balances is not None else self._generous(),
+            taker_fee=taker_fee,
+            maker_fee=maker_fee,
+            leverage=leverage,
+            fee_asset=fee_asset,
+        )
         self.faults = AccountFaults(self)
         self._all: list[FakeOrder] = []
         self._by_id: dict[int, FakeOrder] = {}
@@ -306,9 +155,6 @@ class Account:
         self._next_trade = 5_000_001
         self._mute = 0
         self._last_ns = 0
-        given = balances if balances is not None else self._generous()
-        for asset, free in given.items():
-            self.balances[asset] = Balance(float(free))
 
     def _generous(self) -> dict[str, float]:
         out: dict[str, float] = {}
@@ -611,11 +457,10 @@ class Account:
     def _reduce_only_qty(self, spec: SymbolSpec, side: Side, qty: float) -> float:
         if spec.kind != "perpetual":
             raise OrderError("bad_request", "reduce-only needs a perpetual")
-        position = self.positions.get(spec.symbol)
-        held = position.qty if position is not None else 0.0
-        if abs(held) < EPS or (held > 0) == (side == "buy"):
+        reducible = self.reducible(spec.symbol, side)
+        if reducible < EPS:
             raise OrderError("reduce_only_rejected", "reduce-only order would not reduce")
-        return min(qty, abs(held))
+        return min(qty, reducible)
 
     @staticmethod
     def _triggers(side: Side, type: OrderType, stop: float | None, last: float) -> bool:
@@ -649,99 +494,35 @@ class Account:
         spec = self.fake.specs.get(symbol)
         return spec if spec is not None else self.fake.path._spec(symbol)
 
-    # -- money -----------------------------------------------------------------------------
+    # -- money (ledger.py) -----------------------------------------------------------------
 
     def _lock(
         self, spec: SymbolSpec, order: FakeOrder, book: _Book, tick: Update, credit: float = 0.0
     ) -> None:
-        """Spot: set aside what the order may spend; perpetual: check the margin (``credit``:
-        the margin the order held before an amendment)."""
-        if spec.kind == "perpetual":
-            if order.reduce_only:
-                return
-            margin = self._order_margin(spec, order, tick)
-            free = self.balances.get(spec.settle or spec.quote, Balance(0.0)).free
-            if margin > free + credit + EPS:
-                raise OrderError("insufficient_balance", "margin is insufficient")
-            return
-        if order.side == "buy":
-            asset, amount = spec.quote, order.remaining * self._reference_price(order, tick)
-        else:
-            asset, amount = spec.base, order.remaining
-        balance = self.balances.setdefault(asset, Balance(0.0))
-        if amount > balance.free + EPS:
-            raise OrderError("insufficient_balance", f"account has insufficient {asset}")
-        balance.free -= amount
-        balance.used += amount
-        book.lock_asset, book.locked = asset, amount
+        try:
+            self.lock(spec, order, book.lock, self._reference_price(order, tick), credit)
+        except LedgerError as error:
+            raise OrderError("insufficient_balance", str(error)) from None
 
-    def _unlock(self, book: _Book, share: float = 1.0) -> None:
-        if not book.lock_asset:
-            return
-        amount = book.locked * share
-        balance = self.balances[book.lock_asset]
-        balance.used -= amount
-        balance.free += amount
-        book.locked -= amount
+    def _unlock(self, book: _Book) -> None:
+        self.unlock(book.lock)
 
     def _order_margin(self, spec: SymbolSpec, order: FakeOrder, tick: Update) -> float:
-        price = self._reference_price(order, tick)
-        return order.remaining * price * spec.contract_size / self.leverage
+        return self.margin(spec, order, self._reference_price(order, tick))
 
     def _remargin(self, spec: SymbolSpec) -> None:
-        """Recompute the initial margin held in ``used`` of a perpetual's settle asset."""
-        if spec.kind != "perpetual":
-            return
-        asset = spec.settle or spec.quote
-        used = 0.0
-        for position in self.positions.values():
-            other = self._spec_any(position.symbol)
-            if (other.settle or other.quote) == asset:
-                used += abs(position.qty) * position.entry_price * other.contract_size
-        for order_id in self._books:
-            order = self._by_id[order_id]
-            other = self._spec_any(order.symbol)
-            if not order.reduce_only and (other.settle or other.quote) == asset:
-                used += (
-                    order.remaining * (order.price or order.stop_price or 0.0) * other.contract_size
-                )
-        used /= self.leverage
-        balance = self.balances.setdefault(asset, Balance(0.0))
-        total = balance.total
-        balance.used = used
-        balance.free = total - used
+        self.remargin(spec, [self._by_id[order_id] for order_id in self._books])
 
     def _fill(self, order: FakeOrder, qty: float, price: float, maker: bool, ts: int) -> bool:
         """One trade of ``order``; False when nothing could be filled (order finished)."""
         spec = self._spec_any(order.symbol)
         book = self._books[order.order_id]
         if order.reduce_only:
-            position = self.positions.get(order.symbol)
-            held = position.qty if position is not None else 0.0
-            reducible = abs(held) if (held > 0) != (order.side == "buy") else 0.0
-            qty = min(qty, reducible)
+            qty = min(qty, self.reducible(order.symbol, order.side))
             if qty < EPS:
                 self._finish(order, "expired", ts)
                 return False
-        rate = self.maker_fee if maker else self.taker_fee
-        before = order.remaining
-        if spec.kind == "perpetual":
-            fee_currency = spec.settle or spec.quote
-            fee = qty * price * spec.contract_size * rate
-            realized = self._move_position(spec, order.side, qty, price, ts)
-            self.balances.setdefault(fee_currency, Balance(0.0)).free += realized - fee
-        else:
-            self._unlock(book, qty / before if before > EPS else 1.0)
-            base = self.balances.setdefault(spec.base, Balance(0.0))
-            quote = self.balances.setdefault(spec.quote, Balance(0.0))
-            if order.side == "buy":
-                fee_currency, fee = spec.base, qty * rate
-                quote.free -= qty * price
-                base.free += qty - fee
-            else:
-                fee_currency, fee = spec.quote, qty * price * rate
-                base.free -= qty
-                quote.free += qty * price - fee
+        fee, fee_currency = self.settle(spec, order, book.lock, qty, price, maker, ts)
         order.avg_price = round(
             (order.avg_price * order.filled + price * qty) / (order.filled + qty), 10
         )
@@ -772,35 +553,6 @@ class Account:
         self._remargin(spec)
         self._notify(order, fill)
         return True
-
-    def _move_position(
-        self, spec: SymbolSpec, side: Side, qty: float, price: float, ts: int
-    ) -> float:
-        """Net a fill into the position; returns the realised PnL."""
-        position = self.positions.get(spec.symbol)
-        if position is None:
-            position = self.positions[spec.symbol] = PerpPosition(spec.symbol, 0.0, price)
-        signed = qty if side == "buy" else -qty
-        held = position.qty
-        realized = 0.0
-        if held == 0 or (held > 0) == (signed > 0):
-            total = round(held + signed, 12)
-            position.entry_price = round(
-                (position.entry_price * abs(held) + price * qty) / abs(total), 10
-            )
-            position.qty = total
-        else:
-            closed = min(abs(held), qty)
-            realized = (price - position.entry_price) * closed * spec.contract_size
-            realized = realized if held > 0 else -realized
-            position.qty = round(held + signed, 12)
-            if abs(position.qty) < EPS:
-                position.qty = 0.0
-            elif (position.qty > 0) != (held > 0):
-                position.entry_price = price
-        position.realized_pnl += realized
-        position.updated_ns = ts
-        return realized
 
     def _finish(self, order: FakeOrder, status: Status, ts: int) -> None:
         book = self._books.pop(order.order_id, None)
