@@ -61,7 +61,7 @@ POOR = {  # the exchange's own words for insufficient funds
 VENUE = "gx"
 KEY = "gateway-test-key-0123456789"
 CONFIG = GatewayConfig(
-    poll_after_s=5.0,
+    poll_after_s=20.0,
     poll_every_s=1.0,
     reconcile_every_s=30.0,
     unknown_queries=3,
@@ -215,6 +215,9 @@ async def until(check: Callable[[], Awaitable[bool]], what: str, timeout: float 
 @pytest.mark.parametrize("harness", EXCHANGES, indirect=True)
 async def test_submit_ack_and_fills_from_the_private_stream(harness: Harness) -> None:
     await harness.start()
+    # Frames before the private subscription is in place are the poll's and reconciliation's.
+    await until(lambda: _connected(harness), "the private stream's connection")
+    await asyncio.sleep(0.5)
     order = await harness.send(qty=0.01)
     vcid = order.venue_client_id
     accepted = await harness.answer(vcid, lambda a: a.kind == "accepted", "the acknowledgement")
@@ -230,6 +233,10 @@ async def test_submit_ack_and_fills_from_the_private_stream(harness: Harness) ->
         assert (a.fill_qty, a.fill_price, a.fee) == pytest.approx((f.qty, f.price, f.fee))
     assert {a.fee_currency for a in mine} == {f.fee_currency for f in fills}
     await harness.stop()
+
+
+async def _connected(harness: Harness) -> bool:
+    return bool(harness.fake.connections)
 
 
 def _key(fill: VenueAnswer | FakeFill) -> tuple[float, float]:

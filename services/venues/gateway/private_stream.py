@@ -80,9 +80,6 @@ class PrivateStream:
             if fresh:
                 await handle(fresh)
 
-    def silent_for(self) -> float:
-        return (self.clock.now_ns() - self.last_ns) / 1e9
-
 
 def _key(item: Mapping[str, Any]) -> str:
     """ccxt's caches hand back earlier items again: a trade by its id, an order by its id,

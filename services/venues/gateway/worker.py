@@ -296,11 +296,16 @@ class Gateway:
 
     async def _poll_loop(self) -> None:
         """Every ``poll_every_s``: settle unknown legs and cancels; poll by REST when the
-        private stream has been silent for ``poll_after_s`` while legs are open."""
+        private stream has said nothing for ``poll_after_s`` while legs are working (counted
+        from the oldest working leg's order at the earliest: a quiet stream with nothing
+        open is not a silent one)."""
         while True:
             await self.clock.sleep(self.config.poll_every_s)
             for leg in self.book.unsettled(self.journal):
                 await self.dealer.settle(leg)
             working = [leg for leg in self.book.open_legs() if leg.state == "working"]
-            if working and self.stream.silent_for() >= self.config.poll_after_s:
+            if not working:
+                continue
+            since = max(self.stream.last_ns, min(leg.envelope.event_time for leg in working))
+            if self.clock.now_ns() - since >= self.config.poll_after_s * 1e9:
                 await self.dealer.poll(working)
