@@ -474,3 +474,77 @@ def test_a_late_tick_never_dates_a_fill_before_its_order(venue: Venue) -> None:
     venue.account.match(T0 + 5 * NS)  # the tick due before the order, run after it
     fill = venue.account.fills(order_id=order.order_id)[0]
     assert fill.ts_ns == order.updated_ns == order.created_ns == T0 + 10 * NS
+
+
+def test_fees_in_the_quote_on_both_sides_when_the_account_says_so(venue: Venue) -> None:
+    account = venue.account
+    account.fee_asset = "quote"  # as Kraken spot
+    resting = account.place(SPOT.symbol, "buy", "limit", 1.0, price=95.0)
+    assert used(venue, "USDT") == round(95.0 * 1.001, 9)  # the cost and the taker fee
+    account.cancel(order_id=resting.order_id)
+    assert (free(venue, "USDT"), used(venue, "USDT")) == (10_000.0, 0.0)
+    account.place(SPOT.symbol, "buy", "market", 1.0)
+    assert (free(venue, "USDT"), free(venue, "BTC")) == (round(10_000.0 - 100.0 * 1.001, 9), 6.0)
+    account.place(SPOT.symbol, "sell", "market", 1.0)
+    assert free(venue, "BTC") == 5.0
+    assert free(venue, "USDT") == round(10_000.0 - 100.1 + 99.9 * 0.999, 9)
+    fills = account.fills(SPOT.symbol)
+    assert [f.fee_currency for f in fills] == ["USDT", "USDT"]
+    assert [f.fee for f in fills] == [pytest.approx(0.1), pytest.approx(0.0999)]
+
+
+def test_a_take_profit_limit_triggers_then_rests_as_a_limit(venue: Venue) -> None:
+    account = venue.account
+    with pytest.raises(OrderError) as caught:
+        account.place(SPOT.symbol, "sell", "take_profit_limit", 1.0, stop_price=99.0, price=99.0)
+    assert caught.value.code == "would_trigger_immediately"
+    with pytest.raises(OrderError, match="needs a positive price"):
+        account.place(SPOT.symbol, "sell", "take_profit_limit", 1.0, stop_price=103.0)
+    take = account.place(
+        SPOT.symbol, "sell", "take_profit_limit", 1.0, stop_price=103.0, price=105.0
+    )
+    venue.price(102.0)
+    venue.tick()
+    assert not take.triggered
+    venue.price(103.0)
+    venue.tick()
+    assert (take.triggered, take.status) == (True, "new")  # bid 102.9 < limit 105: rests
+    venue.price(105.5)
+    venue.tick()
+    assert (take.status, take.avg_price) == ("filled", 105.0)
+    assert account.fills(order_id=take.order_id)[0].maker
+
+
+def test_a_stop_past_its_trigger_is_refused_or_triggered_at_once(venue: Venue) -> None:
+    account = venue.account
+    with pytest.raises(OrderError) as caught:
+        account.place(SPOT.symbol, "sell", "stop", 1.0, stop_price=101.0)
+    assert caught.value.code == "would_trigger_immediately" and account.orders() == []
+    stop = account.place(SPOT.symbol, "sell", "stop", 1.0, stop_price=101.0, trigger_now="fill")
+    assert (stop.triggered, stop.status, stop.avg_price) == (True, "filled", 99.9)
+    limit = account.place(
+        SPOT.symbol, "buy", "stop_limit", 1.0, stop_price=99.0, price=98.0, trigger_now="fill"
+    )
+    assert (limit.triggered, limit.status) == (True, "new")  # ask 100 > 98: rests
+    later = account.place(SPOT.symbol, "buy", "stop", 1.0, stop_price=104.0)
+    with pytest.raises(OrderError, match="trigger immediately"):
+        account.amend(order_id=later.order_id, stop_price=99.0)
+    account.amend(order_id=later.order_id, stop_price=99.0, trigger_now="fill")
+    assert (later.triggered, later.status) == (True, "filled")
+
+
+def test_a_stop_placement_can_be_rejected_on_purpose(venue: Venue) -> None:
+    account = venue.account
+    account.faults.reject_next = ["insufficient_balance"]
+    with pytest.raises(OrderError) as caught:
+        account.place(SPOT.symbol, "sell", "stop", 1.0, stop_price=97.0, algo=True)
+    assert caught.value.code == "insufficient_balance" and account.orders() == []
+    account.faults.reject_next_conditional = ["bad_request"]
+    entry = account.place(SPOT.symbol, "buy", "market", 1.0)
+    assert entry.status == "filled"  # not conditional: untouched
+    with pytest.raises(OrderError) as caught:
+        account.place(SPOT.symbol, "sell", "take_profit_limit", 1.0, stop_price=104.0, price=104.0)
+    assert caught.value.code == "bad_request"
+    assert account.faults.reject_next_conditional == []
+    assert account.place(SPOT.symbol, "sell", "stop", 1.0, stop_price=97.0).status == "new"
+    assert [o.type for o in account.orders()] == ["market", "stop"]

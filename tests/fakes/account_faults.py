@@ -24,6 +24,10 @@ class AccountFaults:
         self.hidden_s = 0.0
         self.silent_user_stream = False
         self.reject_next: list[str] = []
+        """Codes the next ``place`` calls raise, whatever the order (a conditional one too)."""
+        self.reject_next_conditional: list[str] = []
+        """Codes the next CONDITIONAL (stop / take-profit) ``place`` calls raise; other orders
+        pass untouched, so an entry fills and its protective stop is rejected."""
         self._external = 0
 
     def external(

@@ -25,6 +25,12 @@ Differences from /tmp/keel15/spec.md and notes for skin authors (read first):
   and Kraken take it; it must stay above the filled quantity.
 - A perpetual's position stays in ``positions`` at qty 0 once closed.
 - Rejected orders are not kept (as on Binance): ``place`` raises and stores nothing.
+  ``faults.reject_next`` rejects the next placements of any type, whatever endpoint the
+  skin serves them from (algo/conditional ones too); ``faults.reject_next_conditional``
+  only the next conditional ones (stop / take-profit), so an entry fills and the stop
+  placed after it is rejected (the gateway's "a rejected stop flattens" case).
+- Modules: records and refusals in ``records.py``, money in ``ledger.py``, faults in
+  ``account_faults.py``; this module re-exports what skins import.
 - Per-symbol behaviour follows ``SymbolSpec.kind`` (Bybit lists spot and perpetuals on one
   account); ``Account.kind`` is the exchange's main kind.
 
@@ -37,9 +43,12 @@ Matching (time only from ``fake.now_ns()`` or the tick's timestamp):
   the rest, FOK all or nothing (the book is deep enough for any size), GTX (post only) that
   would take raises ``post_only_rejected``;
 - ``stop`` (stop-market) and ``stop_limit`` trigger when the last trade price reaches the
-  stop (buy: last >= stop; sell: last <= stop), ``take_profit`` (market) the other way (buy:
-  last <= stop; sell: last >= stop); one that would trigger at once is refused with
-  ``would_trigger_immediately``. Once triggered they behave as market (stop_limit: limit);
+  stop (buy: last >= stop; sell: last <= stop), ``take_profit`` (market) and
+  ``take_profit_limit`` the other way (buy: last <= stop; sell: last >= stop). Once
+  triggered they behave as market (``stop_limit``, ``take_profit_limit``: a limit at
+  ``price`` that rests until the market crosses it). One that would trigger at once is
+  refused with ``would_trigger_immediately``, unless placed (or amended) with
+  ``trigger_now="fill"`` (as Kraken accepts it): then it triggers in that same call;
 - ``faults.fill_parts`` = N (as set when the order is placed) splits its fill into N trades
   on successive passes (place or trigger, then one per tick; IOC/FOK take all N at once);
 - money (fees, spot locks, perpetual positions and margin) moves in ``ledger.py``
@@ -66,7 +75,10 @@ from tests.fakes.ledger import Balance, FeeAsset, Ledger, LedgerError, Lock, Per
 from tests.fakes.prices import NS, SymbolSpec, decimals
 from tests.fakes.records import (
     ERROR_CODES,
+    LIMIT_TYPES,
     OPEN,
+    ORDER_TYPES,
+    TAKE_PROFIT_TYPES,
     TRIGGERED_TYPES,
     FakeFill,
     FakeOrder,
@@ -78,6 +90,7 @@ from tests.fakes.records import (
     Side,
     Status,
     TimeInForce,
+    TriggerNow,
 )
 
 if TYPE_CHECKING:
@@ -101,6 +114,7 @@ __all__ = [
     "Side",
     "Status",
     "TimeInForce",
+    "TriggerNow",
     "default_kind",
 ]
 DEFAULT_QUOTE_BALANCE = 1_000_000.0
@@ -248,24 +262,36 @@ class Account(Ledger):
         tif: TimeInForce = "GTC",
         algo: bool = False,
         external: bool = False,
+        trigger_now: TriggerNow = "refuse",
     ) -> FakeOrder:
-        """A new order, matched at once as far as the market allows; raises ``OrderError``."""
+        """A new order, matched at once as far as the market allows; raises ``OrderError``.
+        ``trigger_now``: what a conditional order already past its trigger gets: refused
+        (``would_trigger_immediately``) or triggered at once."""
         if self.faults.drop_next > 0:
             self.faults.drop_next -= 1
             raise NoAnswer
         if self.faults.reject_next:
             raise OrderError(self.faults.reject_next.pop(0), "rejected on purpose (fault)")
+        conditional = self.faults.reject_next_conditional
+        if conditional and type in TRIGGERED_TYPES:
+            raise OrderError(conditional.pop(0), "conditional order rejected on purpose (fault)")
         now = self._now()
         spec = self._spec(symbol)
         if side not in ("buy", "sell"):
             raise OrderError("bad_request", f"bad side {side!r}")
         if tif not in ("GTC", "IOC", "FOK", "GTX"):
             raise OrderError("bad_request", f"bad time in force {tif!r}")
+        if trigger_now not in ("refuse", "fill"):
+            raise ValueError(f"trigger_now is 'refuse' or 'fill', not {trigger_now!r}")
         if client_id and any(self._by_id[i].client_id == client_id for i in self._books):
             raise OrderError("duplicate_client_id", f"client id {client_id!r} is in use")
         self._check_shape(spec, type, price, stop_price)
         tick = self.fake.snapshot(symbol, now)
-        if type in TRIGGERED_TYPES and self._triggers(side, type, stop_price, tick.trade.price):
+        if (
+            trigger_now == "refuse"
+            and type in TRIGGERED_TYPES
+            and self._triggers(side, type, stop_price, tick.trade.price)
+        ):
             raise OrderError("would_trigger_immediately", "the order would trigger immediately")
         if reduce_only:
             qty = self._reduce_only_qty(spec, side, qty)
@@ -323,8 +349,10 @@ class Account(Ledger):
         price: float | None = None,
         stop_price: float | None = None,
         symbol: str | None = None,
+        trigger_now: TriggerNow = "refuse",
     ) -> FakeOrder:
-        """Change an open order in place (same order id); matched again at once."""
+        """Change an open order in place (same order id); matched again at once
+        (``trigger_now`` as for ``place``)."""
         order = self._open_one(order_id, client_id, symbol)
         spec = self._spec(order.symbol)
         now = self._now()
@@ -336,7 +364,8 @@ class Account(Ledger):
             raise OrderError("bad_request", "the new quantity is not above the filled one")
         self._check_shape(spec, order.type, new_price, new_stop)
         if (
-            order.type in TRIGGERED_TYPES
+            trigger_now == "refuse"
+            and order.type in TRIGGERED_TYPES
             and not order.triggered
             and self._triggers(order.side, order.type, new_stop, tick.trade.price)
         ):
@@ -389,7 +418,7 @@ class Account(Ledger):
             order.triggered = True
             order.updated_ns = ts
             self._notify(order, None)
-        limit = order.type in ("limit", "stop_limit")
+        limit = order.type in LIMIT_TYPES
         crossing = not limit or self._crosses(order, tick)
         if limit and crossing and order.tif == "GTX" and not book.rested:
             self._finish(order, "expired", ts)  # a triggered post-only that would take
@@ -432,9 +461,9 @@ class Account(Ledger):
     def _check_shape(
         spec: SymbolSpec, type: OrderType, price: float | None, stop_price: float | None
     ) -> None:
-        if type not in ("market", "limit", "stop", "stop_limit", "take_profit"):
+        if type not in ORDER_TYPES:
             raise OrderError("bad_request", f"bad order type {type!r}")
-        if type in ("limit", "stop_limit") and (price is None or price <= 0):
+        if type in LIMIT_TYPES and (price is None or price <= 0):
             raise OrderError("bad_request", f"a {type} order needs a positive price")
         if type in TRIGGERED_TYPES and (stop_price is None or stop_price <= 0):
             raise OrderError("bad_request", f"a {type} order needs a positive stop price")
@@ -466,7 +495,7 @@ class Account(Ledger):
     def _triggers(side: Side, type: OrderType, stop: float | None, last: float) -> bool:
         if stop is None:
             return False
-        rising = (side == "buy") == (type != "take_profit")
+        rising = (side == "buy") == (type not in TAKE_PROFIT_TYPES)
         return last >= stop if rising else last <= stop
 
     @staticmethod

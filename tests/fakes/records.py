@@ -9,7 +9,8 @@ import msgspec
 
 Kind = Literal["spot", "perpetual"]
 Side = Literal["buy", "sell"]
-OrderType = Literal["market", "limit", "stop", "stop_limit", "take_profit"]
+OrderType = Literal["market", "limit", "stop", "stop_limit", "take_profit", "take_profit_limit"]
+TriggerNow = Literal["refuse", "fill"]
 TimeInForce = Literal["GTC", "IOC", "FOK", "GTX"]
 Status = Literal["new", "partially_filled", "filled", "canceled", "rejected", "expired"]
 GateKind = Literal["place", "cancel", "amend"]
@@ -28,7 +29,16 @@ ERROR_CODES = (
     "bad_request",
 )
 OPEN: frozenset[str] = frozenset({"new", "partially_filled"})
-TRIGGERED_TYPES: frozenset[str] = frozenset({"stop", "stop_limit", "take_profit"})
+ORDER_TYPES: frozenset[str] = frozenset(
+    {"market", "limit", "stop", "stop_limit", "take_profit", "take_profit_limit"}
+)
+TRIGGERED_TYPES: frozenset[str] = frozenset(
+    {"stop", "stop_limit", "take_profit", "take_profit_limit"}
+)
+LIMIT_TYPES: frozenset[str] = frozenset({"limit", "stop_limit", "take_profit_limit"})
+"""Types with a limit price: they rest (once triggered) and may fill as a maker."""
+TAKE_PROFIT_TYPES: frozenset[str] = frozenset({"take_profit", "take_profit_limit"})
+"""Triggered types that trigger when the price comes their way (a buy below, a sell above)."""
 
 
 class OrderError(Exception):
