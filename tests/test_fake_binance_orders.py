@@ -522,3 +522,18 @@ async def test_state_changed_behind_the_clients_back(usdm: Venue) -> None:
     faults.set_position(symbol, -0.03)
     [position] = await ex.fetch_positions([symbol])
     assert position["side"] == "short" and position["contracts"] == pytest.approx(0.03)
+
+
+async def test_time_in_force(venue: Venue) -> None:
+    ex, symbol = venue.exchange, venue.symbol
+    amount, away, through = qty_for(venue), far_price(venue, 0.9), far_price(venue, 1.05)
+    for tif in ("IOC", "FOK"):
+        order = await ex.create_order(symbol, "limit", "buy", amount, away, {"timeInForce": tif})
+        assert (order["status"], order["filled"], order["timeInForce"]) == ("expired", 0, tif)
+    taken = await ex.create_order(symbol, "limit", "buy", amount, through, {"timeInForce": "IOC"})
+    assert taken["status"] == "closed" and taken["average"] < through
+    resting = await ex.create_order(symbol, "limit", "buy", amount, away, {"postOnly": True})
+    assert resting["postOnly"] is True and resting["status"] == "open"
+    error = ccxt.ExchangeError if venue.futures else ccxt.OrderImmediatelyFillable
+    with pytest.raises(error, match="-5022" if venue.futures else "immediately match"):
+        await ex.create_order(symbol, "limit", "buy", amount, through, {"postOnly": True})
