@@ -451,3 +451,102 @@ async def test_perpetual_stop_goes_to_the_algo_endpoint_and_kill_flattens(
 async def _flat(harness: Harness) -> bool:
     position = harness.fake.account.positions.get(harness.symbol)
     return position is not None and abs(position.qty) < 1e-12
+
+
+@pytest.mark.parametrize("harness", EXCHANGES, indirect=True)
+async def test_cancel_and_amend_keep_a_stop_on_the_exchange(harness: Harness) -> None:
+    await harness.start()
+    bid = harness.fake.snapshot(harness.symbol).bid
+    entry = await harness.send(order_type="limit", limit_price=round(bid * 0.5, 2), qty=0.01)
+    stop = await harness.send(
+        client_order_id="stop1",
+        order_type="stop",
+        stop_price=round(bid * 0.6, 2),
+        side="sell",
+        qty=0.01,
+        protective=True,
+    )
+    for leg in (entry, stop):
+        await harness.answer(leg.venue_client_id, lambda a: a.kind == "accepted", "accepted")
+    # A trailing stop moves: the new leg is placed before the old one is canceled.
+    moved = await harness.send(
+        action="amend",
+        client_order_id="stop1",
+        venue_client_id=venue_client_id(VENUE, "stop1", 1),
+        replaces=stop.venue_client_id,
+        order_type="stop",
+        stop_price=round(bid * 0.7, 2),
+        side="sell",
+        qty=0.01,
+        protective=True,
+    )
+    await harness.answer(moved.venue_client_id, lambda a: a.kind == "accepted", "the new stop")
+    await harness.answer(stop.venue_client_id, lambda a: a.kind == "canceled", "the old stop")
+    old, new = (
+        harness.exchange_orders(stop.venue_client_id)[0],
+        harness.exchange_orders(moved.venue_client_id)[0],
+    )
+    assert new.created_ns <= old.updated_ns and new.is_open and not old.is_open
+    # An entry moves: the old one is canceled first (never two live entries).
+    amended = await harness.send(
+        action="amend",
+        client_order_id="o1",
+        venue_client_id=venue_client_id(VENUE, "o1", 1),
+        replaces=entry.venue_client_id,
+        order_type="limit",
+        limit_price=round(bid * 0.55, 2),
+        qty=0.01,
+    )
+    await harness.answer(amended.venue_client_id, lambda a: a.kind == "accepted", "the new entry")
+    gone = harness.exchange_orders(entry.venue_client_id)[0]
+    assert gone.status == "canceled"
+    assert gone.updated_ns <= harness.exchange_orders(amended.venue_client_id)[0].created_ns
+    # A plain cancel, then a cancel of a leg that is over: refused by Keel with why.
+    cancel = msgspec.structs.replace(amended, action="cancel", replaces="")
+    for _ in range(2):
+        await harness.send(**_fields(cancel))
+    await harness.answer(amended.venue_client_id, lambda a: a.kind == "canceled", "the cancel")
+    refused = await harness.answer(
+        amended.venue_client_id, lambda a: a.kind == "rejected" and a.source == "cancel", "no"
+    )
+    assert "no open order" in refused.reason
+    await harness.stop()
+
+
+def _fields(order: VenueOrder) -> dict[str, object]:
+    keep = (
+        "action",
+        "client_order_id",
+        "venue_client_id",
+        "side",
+        "qty",
+        "order_type",
+        "limit_price",
+        "stop_price",
+        "protective",
+        "replaces",
+    )
+    return {k: getattr(order, k) for k in keep}
+
+
+@pytest.mark.parametrize("harness", EXCHANGES, indirect=True)
+async def test_a_crash_between_partial_fills_applies_each_fill_once(harness: Harness) -> None:
+    await harness.start()
+    harness.fake.account.faults.fill_parts = 4
+    order = await harness.send(qty=0.04)
+    vcid = order.venue_client_id
+    await harness.answer(vcid, fill, "the first fill")
+    await harness.stop(hard=True)  # the other parts fill while nobody listens
+    await until(lambda: _fake_filled(harness, vcid), "the exchange to fill the rest")
+    await harness.start()
+    await until(lambda: _filled(harness, vcid, order.qty), "every fill after the restart", 40)
+    fills = [a for a in await harness.answers(vcid) if a.kind == "fill"]
+    assert len(fills) == len({a.trade_id for a in fills}) == 4
+    assert len(harness.exchange_orders(vcid)) == 1
+    gateway = harness.gateway
+    assert gateway is not None and gateway.journal.position(harness.symbol) == pytest.approx(0.04)
+    await harness.stop()
+
+
+async def _fake_filled(harness: Harness, vcid: str) -> bool:
+    return harness.exchange_orders(vcid)[0].status == "filled"

@@ -99,8 +99,10 @@ class OrderCalls:
 
     def algo(self, leg: VenueOrder) -> bool:
         """Whether the exchange keeps this leg apart from plain orders (Binance USDT-M's algo
-        orders, Bybit's conditional orders): queries and cancels must say so."""
-        return leg.stop_price is not None and self.is_contract(leg.symbol)
+        orders, Bybit's conditional orders, spot ones too): queries and cancels say so."""
+        if leg.stop_price is None:
+            return False
+        return self.id == "bybit" or (self.id == "binanceusdm" and self.is_contract(leg.symbol))
 
     def order_params(self, leg: VenueOrder) -> dict[str, Any]:
         params: dict[str, Any] = {"clientOrderId": leg.venue_client_id}
@@ -165,9 +167,7 @@ class OrderCalls:
         targets: list[str | None] = list(symbols) if self.per_symbol else [None]
         for symbol in targets:
             found += await self.call(lambda s=symbol: self.exchange.fetch_open_orders(s))
-            if self.id in ("binanceusdm", "bybit") and any(
-                self.is_contract(s) for s in ([symbol] if symbol else symbols)
-            ):
+            if self.id == "bybit" or (self.id == "binanceusdm" and symbol is not None):
                 found += await self.call(
                     lambda s=symbol: self.exchange.fetch_open_orders(
                         s, None, None, {"trigger": True}

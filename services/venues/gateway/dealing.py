@@ -264,8 +264,7 @@ class Dealer:
         async with self.lock:
             known = self.journal.leg(leg.order.venue_client_id)
             if known is None or not known.in_doubt():
-                if leg.cancel is not None and leg.open and await self._query(leg) and leg.open:
-                    await self._cancel(leg, leg.cancel)
+                await self._settle_cancel(leg)
                 return
             verdict = self.rule.decide(known, known.queries, self.clock.now_ns())
             if verdict == "query":
@@ -279,6 +278,24 @@ class Dealer:
                     leg.order, "missing", "query", self.clock.now_ns(), reason=reason
                 )
                 await self.record(answer, leg.envelope)
+
+    async def _settle_cancel(self, leg: Leg) -> None:
+        """A cancel not confirmed: asked again while a query shows the order open, spaced
+        like the fate rule's queries; after that many misses it is left to reconciliation
+        (which reports an order Keel holds as working that the venue does not list)."""
+        if leg.cancel is None or not leg.open:
+            return
+        now = self.clock.now_ns()
+        if now - leg.cancel_queried_ns < self.rule.offset_ns(1):
+            return
+        leg.cancel_queried_ns = now
+        found = await self._query(leg)
+        if found and leg.open:
+            await self._cancel(leg, leg.cancel)
+        elif found is False:
+            leg.cancel_misses += 1
+            if leg.cancel_misses >= self.rule.queries:
+                leg.cancel = None
 
     async def poll(self, legs: list[Leg]) -> None:
         """The private stream's stand-in: recent trades of each symbol with open legs, then

@@ -32,6 +32,8 @@ class Leg(msgspec.Struct):
     trades: set[str] = msgspec.field(default_factory=set)
     cancel: Envelope | None = None
     """The cancel (or replacing order) asked for and not yet settled."""
+    cancel_queried_ns: int = 0
+    cancel_misses: int = 0
 
     @property
     def open(self) -> bool:
