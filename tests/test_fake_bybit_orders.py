@@ -25,13 +25,13 @@ from tests.fakes.bybit import BybitSkin
 from tests.fakes.bybit_orders import BybitPrivate
 from tests.fakes.bybit_rows import parse_order_id
 from tests.fakes.clock import ScaledClock
-from tests.fakes.core import NS, FakeExchange, SymbolSpec
+from tests.fakes.core import DEFAULT_SECRET, NS, FakeExchange, SymbolSpec
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ccxt-fixtures"
 START_NS = 1_767_225_600 * NS + 20 * NS
 RATE = 60.0  # an exchange minute per wall second: a tick every quarter of a wall second
 WAIT = 15.0
-KEY, SECRET = "bybit-test-key-4821", "fake-secret"
+KEY, SECRET = "bybit-test-key-4821", DEFAULT_SECRET
 SPOT = SymbolSpec("BTC/USDT", "BTC", "USDT", "", "spot", 0.1, 0.000001, 1.0, 1.0, 60_000.0)
 LINEAR = SymbolSpec(
     "BTC/USDT:USDT", "BTC", "USDT", "USDT", "perpetual", 0.1, 0.001, 5.0, 1.0, 60_000.0

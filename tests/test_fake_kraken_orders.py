@@ -130,8 +130,10 @@ async def test_market_and_limit_orders_fill_and_read_back(monkeypatch: pytest.Mo
         assert (order["status"], order["filled"], order["clientOrderId"]) == ("closed", 0.01, "m-1")
         assert order["type"] == "market" and order["side"] == "buy" and order["symbol"] == BTC
         fill = fake.account.fills()[-1]
-        assert order["average"] == fill.price and order["fee"]["currency"] == "BTC"
-        assert fake.account.balances["USD"].total == pytest.approx(usd_before - 0.01 * fill.price)
+        assert order["average"] == fill.price and order["fee"]["currency"] == "USD"
+        assert fake.account.balances["USD"].total == pytest.approx(
+            usd_before - 0.01 * fill.price - fill.fee
+        )
         trades = await ex.fetch_my_trades(BTC)
         assert [(t["order"], t["amount"], t["price"]) for t in trades] == [
             (placed["id"], 0.01, fill.price)
@@ -148,7 +150,7 @@ async def test_market_and_limit_orders_fill_and_read_back(monkeypatch: pytest.Mo
         assert [(o["id"], o["price"], o["amount"], o["status"]) for o in found] == [
             (rest["id"], price, 0.03, "open")
         ]
-        assert fake.account.balances["USD"].used == pytest.approx(0.03 * price)
+        assert fake.account.balances["USD"].used == pytest.approx(0.03 * price * 1.001)
         closed = await ex.fetch_closed_orders(BTC)
         assert {o["id"] for o in closed} == {placed["id"], taker["id"]}
         post = await ex.create_order(ETH, "limit", "sell", 0.1, round(fake.snapshot(ETH).ask * 2))
@@ -182,7 +184,7 @@ async def test_wire_fields_match_the_recorded_answers(monkeypatch: pytest.Monkey
             "closed",
             "0.01000000",
             "0.01000000",
-            "fcib",
+            "fciq",  # the fee in the quote, as recorded
         )
         history = await ex.privatePostTradesHistory()
         (trade,) = history["result"]["trades"].values()
@@ -200,7 +202,26 @@ async def test_wire_fields_match_the_recorded_answers(monkeypatch: pytest.Monkey
         balances = (await ex.privatePostBalanceEx())["result"]
         assert set(balances) == {"ZUSD", "XXBT", "XETH"}
         assert set(balances["ZUSD"]) == {"balance", "hold_trade"}
-        assert float(balances["ZUSD"]["hold_trade"]) == pytest.approx(0.01 * price)
+        assert float(balances["ZUSD"]["hold_trade"]) == pytest.approx(
+            0.01 * price * 1.001
+        )  # and the fee
+
+
+async def test_a_take_profit_limit_and_a_stop_already_past_its_trigger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with venue(monkeypatch) as (fake, ex):
+        last = fake.snapshot(BTC).trade.price
+        profit = round(last * 1.1, 1)
+        await ex.create_order(BTC, "limit", "sell", 0.01, profit + 5, {"takeProfitPrice": profit})
+        (opened,) = await ex.fetch_open_orders(BTC)
+        assert opened["info"]["descr"]["ordertype"] == "take-profit-limit"
+        assert (opened["takeProfitPrice"], opened["price"]) == (profit, profit + 5)
+        assert fake.account.open_orders(BTC)[0].type == "take_profit_limit"
+        passed = round(last * 1.05, 1)  # a sell stop above the last price: Kraken fires it
+        late = await ex.create_order(BTC, "market", "sell", 0.01, None, {"stopLossPrice": passed})
+        order = await ex.fetch_order(late["id"])
+        assert (order["status"], order["filled"]) == ("closed", 0.01)
 
 
 async def test_stop_and_take_profit_orders(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -441,7 +462,7 @@ async def test_executions_stream_as_ccxt_pro_reads_it(monkeypatch: pytest.Monkey
                 (rest_trades[0]["id"], placed["id"], 0.01, "taker")
             ]
             trade = seen.trades[0]
-            assert trade["info"]["cl_ord_id"] == "w-1" and trade["fee"]["currency"] == "BTC"
+            assert trade["info"]["cl_ord_id"] == "w-1" and trade["fee"]["currency"] == "USD"
             assert trade["info"]["order_status"] == "filled"
             await ex.edit_order(resting["id"], BTC, "limit", "buy", 0.02, price)
             await ex.cancel_order(resting["id"], BTC)

@@ -4,6 +4,7 @@ are scripted per symbol and exchange time is set by hand, so every case is exact
 from __future__ import annotations
 
 import asyncio
+import base64
 from typing import Any
 
 import aiohttp
@@ -396,7 +397,7 @@ async def test_the_core_matches_every_tick_and_closes_unanswered_requests() -> N
     path = ScriptedPath()
     clock = ScaledClock(T0, 600.0)
     fake = FakeExchange(OrderSkin, [SPOT], path, clock, updates_per_bar=60)
-    assert fake.api_secret == "fake-secret"
+    assert base64.b64decode(fake.api_secret, validate=True) == b"fake-secret"
     await fake.start()
     try:
         order = fake.account.place(SPOT.symbol, "buy", "limit", 1.0, price=95.0)

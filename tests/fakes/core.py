@@ -93,6 +93,9 @@ FUNDING_PERIOD_NS = 8 * 3600 * NS
 LISTED_FOR_NS = 30 * 86_400 * NS
 
 
+DEFAULT_SECRET = "ZmFrZS1zZWNyZXQ="
+"""``fake.api_secret`` by default: valid base64 (of "fake-secret"), so Kraken's and Kraken
+Futures' signing works as it is; Binance and Bybit sign with the string itself."""
 CLOSES_KEPT = 200_000  # close_sent entries: a few hundred closes of 541 symbols
 
 
@@ -278,7 +281,7 @@ class FakeExchange:
             raise ValueError(f"the bar file's interval is not {interval}")
         self.specs = SpecTable(self.path, self.step_ns, symbols)
         self.faults = Faults(self)
-        self.api_secret = "fake-secret"
+        self.api_secret = DEFAULT_SECRET
         self.account = Account(self, kind or default_kind(self.exchange_id), balances)
         self.requests: Counter[str] = Counter()
         self.frames_sent = 0

@@ -2,8 +2,10 @@
 
 Auth is Kraken's: ``API-Key`` (any non-empty key), ``API-Sign`` = base64 HMAC-SHA512 over
 ``path + SHA256(nonce + body)`` keyed with the base64-decoded secret, and a nonce that must
-grow per key. The secret ccxt holds is ``ccxt_secret(fake)`` (the base64 of
-``fake.api_secret``): tests put that in the environment variable the venue's credentials name.
+grow per key. The secret ccxt holds is ``ccxt_secret(fake)`` (``fake.api_secret``, base64 by
+default; another string is encoded): tests put that in the variable the credentials name.
+Fees are in the quote on both sides (``account.fee_asset = "quote"``); a stop or
+take-profit already past its trigger is accepted and fires at once (``trigger_now="fill"``).
 Failures are Kraken's words in an HTTP 200 envelope: ``EAPI:Invalid key``,
 ``EAPI:Invalid signature``, ``EAPI:Invalid nonce``.
 
@@ -26,6 +28,7 @@ to the engine's numbers (``txid``/``txid_number``).
 from __future__ import annotations
 
 import base64
+import binascii
 import hashlib
 import hmac
 import json
@@ -39,7 +42,14 @@ from aiohttp import web
 
 from tests.fakes.core import FakeExchange, SymbolSpec, fmt
 from tests.fakes.kraken import KrakenSkin, asset_ids
-from tests.fakes.matching import FakeFill, FakeOrder, GateKind, OrderError
+from tests.fakes.matching import (
+    LIMIT_TYPES,
+    TRIGGERED_TYPES,
+    FakeFill,
+    FakeOrder,
+    GateKind,
+    OrderError,
+)
 
 TXID_LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ234567"
 TXID_SPACE = 32**16
@@ -70,6 +80,7 @@ ORDER_TYPES = {  # Kraken ordertype -> engine type
     "stop-loss": "stop",
     "stop-loss-limit": "stop_limit",
     "take-profit": "take_profit",
+    "take-profit-limit": "take_profit_limit",
 }
 KRAKEN_TYPES = {engine: kraken for kraken, engine in ORDER_TYPES.items()}
 REST_STATUS = {
@@ -116,8 +127,14 @@ def txid_number(text: str, prefix: str, salt: int = 0) -> int | None:
 
 
 def ccxt_secret(fake: FakeExchange) -> str:
-    """The secret string ccxt must hold: Kraken secrets are base64, the key is its bytes."""
-    return base64.b64encode(fake.api_secret.encode()).decode()
+    """The secret string ccxt must hold: Kraken secrets are base64 (the key is its bytes).
+    ``fake.api_secret`` is one by default and is used as it is; any other string a test sets
+    is taken as the key's bytes and encoded."""
+    try:
+        base64.b64decode(fake.api_secret, validate=True)
+    except binascii.Error:
+        return base64.b64encode(fake.api_secret.encode()).decode()
+    return fake.api_secret
 
 
 def sign(path: str, body: str, nonce: str, secret_b64: str) -> str:
@@ -142,6 +159,7 @@ class KrakenPrivate:
         self.userrefs: dict[int, int] = {}
         self.oflags: dict[int, str] = {}
         self.amends = 0
+        self.fake.account.fee_asset = "quote"  # Kraken spot charges the quote on both sides
 
     # -- REST ------------------------------------------------------------------------------
 
@@ -240,11 +258,12 @@ class KrakenPrivate:
             raise Refusal("EGeneral:Invalid arguments:volume")
         first = self.number(params, "price")
         second = self.number(params, "price2")
-        price = first if kind == "limit" else second if kind == "stop_limit" else None
-        stop = first if kind in ("stop", "stop_limit", "take_profit") else None
-        if kind in ("limit", "stop_limit") and price is None:
+        conditional = kind in TRIGGERED_TYPES
+        price = (second if conditional else first) if kind in LIMIT_TYPES else None
+        stop = first if conditional else None
+        if kind in LIMIT_TYPES and price is None:
             raise Refusal("EGeneral:Invalid arguments:price")
-        if kind in ("stop", "stop_limit", "take_profit") and stop is None:
+        if conditional and stop is None:
             raise Refusal("EGeneral:Invalid arguments:price")
         oflags = params.get("oflags", "")
         tif = params.get("timeinforce", "GTC").upper()
@@ -271,6 +290,7 @@ class KrakenPrivate:
                 client_id=client_id,
                 reduce_only=flag(params.get("reduce_only")),
                 tif="GTX" if "post" in oflags.split(",") else tif,  # type: ignore[arg-type]
+                trigger_now="fill",  # Kraken takes a trigger already passed and fires it
             ),
         )
         if userref:
@@ -293,7 +313,7 @@ class KrakenPrivate:
             return head + "market"
         if kind == "limit":
             return head + f"limit {fmt(price or 0.0, tick, 1)}"
-        words = "take profit" if kind == "take_profit" else "stop loss"
+        words = "take profit" if kind.startswith("take_profit") else "stop loss"
         text = head + f"{words} {fmt(stop or 0.0, tick, 1)}"
         return text + (f" -> limit {fmt(price, tick, 1)}" if price is not None else "")
 
@@ -346,13 +366,16 @@ class KrakenPrivate:
         qty = self.number(params, "order_qty")
         limit = self.number(params, "limit_price")
         trigger = self.number(params, "trigger_price")
-        if limit is not None and order.type not in ("limit", "stop_limit"):
+        if limit is not None and order.type not in LIMIT_TYPES:
             raise Refusal("EGeneral:Invalid arguments:limit_price")
-        if trigger is not None and order.type not in ("stop", "stop_limit", "take_profit"):
+        if trigger is not None and order.type not in TRIGGERED_TYPES:
             raise Refusal("EGeneral:Invalid arguments:trigger_price")
         account = self.fake.account
         await self.acted(
-            "amend", lambda: account.amend(**where, qty=qty, price=limit, stop_price=trigger)
+            "amend",
+            lambda: account.amend(
+                **where, qty=qty, price=limit, stop_price=trigger, trigger_now="fill"
+            ),
         )
         self.amends += 1
         return {"amend_id": txid("T", self.amends, salt=3)}
@@ -416,7 +439,7 @@ class KrakenPrivate:
         tick, names = spec.tick_size, self.skin.names[order.symbol]
         kind = KRAKEN_TYPES[order.type]
         first = order.price if order.type == "limit" else order.stop_price
-        second = order.price if order.type == "stop_limit" else None
+        second = order.price if order.type in ("stop_limit", "take_profit_limit") else None
         status = REST_STATUS[order.status]
         fills = self.fake.account.fills(order_id=order.order_id)
         info: dict[str, Any] = {
