@@ -47,10 +47,10 @@ class Venue:
 async def open_venue(
     exchange_id: str, monkeypatch: pytest.MonkeyPatch, timeout_ms: int = 3000, **kw: Any
 ) -> Venue:
-    monkeypatch.setenv("KEEL_TEST_KEY", KEY)
-    monkeypatch.setenv("KEEL_TEST_SECRET", "fake-secret")
     clock = ScaledClock(START_NS, RATE)
     fake = await start_fake(exchange_id, default_symbols(exchange_id, 2), clock, **kw)
+    monkeypatch.setenv("KEEL_TEST_KEY", KEY)
+    monkeypatch.setenv("KEEL_TEST_SECRET", fake.api_secret)
     credentials = Credentials(api_key_env="KEEL_TEST_KEY", secret_env="KEEL_TEST_SECRET")
     config = VenueConfig(**fake.venue_entry("fake"), credentials=credentials, timeout_ms=timeout_ms)
     exchange = build_exchange(config, read_secrets(config, ("api_key", "secret")))
@@ -399,7 +399,7 @@ async def test_signature_timestamp_and_stream_auth(venue: Venue) -> None:
         with pytest.raises((ccxt.AuthenticationError, KeyError)):
             await asyncio.wait_for(ex.watch_orders(symbol), 5)
         assert venue.fake.skin.users.spot == {}  # type: ignore[attr-defined]
-    ex.secret = "fake-secret"
+    ex.secret = venue.fake.api_secret
     ex.options["timeDifference"] = 30_000  # ccxt signs 30 s in the past
     with pytest.raises(ccxt.InvalidNonce, match="-1021"):
         await ex.fetch_open_orders(symbol)
