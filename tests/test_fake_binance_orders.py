@@ -246,7 +246,7 @@ async def test_stop_market_triggers_and_fills(venue: Venue) -> None:
         assert algo[:2] == ["NEW", "TRIGGERED"] and filled[-1]["filled"] == order["amount"]
 
 
-async def test_stop_limit_and_take_profit_rest_and_cancel(venue: Venue) -> None:
+async def test_stop_limit_and_take_profits_rest_and_cancel(venue: Venue) -> None:
     ex, symbol = venue.exchange, venue.symbol
     amount = qty_for(venue)
     stop, limit, profit = far_price(venue, 1.2), far_price(venue, 1.21), far_price(venue, 0.8)
@@ -254,18 +254,26 @@ async def test_stop_limit_and_take_profit_rest_and_cancel(venue: Venue) -> None:
                                        {"triggerPrice": stop, "clientOrderId": venue.cid("sl")})  # fmt: skip
     take = await ex.create_order(symbol, "market", "buy", amount, None,
                                  {"takeProfitPrice": profit, "clientOrderId": venue.cid("tp")})  # fmt: skip
+    await ex.create_order(symbol, "limit", "buy", amount, profit,
+                          {"takeProfitPrice": profit, "clientOrderId": venue.cid("tpl")})  # fmt: skip
     trigger = {"trigger": True} if venue.futures else {}
     listed = {o["clientOrderId"]: o for o in await ex.fetch_open_orders(symbol, params=trigger)}
-    assert set(listed) == {venue.cid("sl"), venue.cid("tp")}
-    kinds = ("STOP", "TAKE_PROFIT_MARKET") if venue.futures else ("STOP_LOSS_LIMIT", "TAKE_PROFIT")
+    assert set(listed) == {venue.cid("sl"), venue.cid("tp"), venue.cid("tpl")}
+    kinds = (
+        ("STOP", "TAKE_PROFIT_MARKET", "TAKE_PROFIT")
+        if venue.futures
+        else ("STOP_LOSS_LIMIT", "TAKE_PROFIT", "TAKE_PROFIT_LIMIT")
+    )
     field = "orderType" if venue.futures else "type"
-    assert (listed[venue.cid("sl")]["info"][field], listed[venue.cid("tp")]["info"][field]) == kinds
+    assert tuple(listed[venue.cid(t)]["info"][field] for t in ("sl", "tp", "tpl")) == kinds
+    assert listed[venue.cid("tpl")]["price"] == profit
     assert listed[venue.cid("tp")]["takeProfitPrice"] == pytest.approx(profit)
     assert listed[venue.cid("sl")]["price"] == limit
     by_client = await ex.fetch_order("", symbol, {"clientOrderId": venue.cid("sl"), **trigger})
     assert by_client["id"] == stop_limit["id"]
     await ex.cancel_order(stop_limit["id"], symbol, trigger)
     await ex.cancel_order("", symbol, {"clientOrderId": venue.cid("tp"), **trigger})
+    await ex.cancel_order("", symbol, {"clientOrderId": venue.cid("tpl"), **trigger})
     assert await ex.fetch_open_orders(symbol, params=trigger) == []
     gone = await ex.fetch_order(take["id"], symbol, trigger)
     assert gone["status"] == "canceled"

@@ -17,8 +17,18 @@ if TYPE_CHECKING:
 
 MS = 1_000_000
 Writer = Callable[[float], str]
-SPOT_ORDER_TYPES = ["LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT"]
-FUTURES_ORDER_TYPES = ["LIMIT", "MARKET", "STOP", "STOP_MARKET", "TAKE_PROFIT_MARKET"]
+SPOT_ORDER_TYPES = [
+    "LIMIT", "LIMIT_MAKER", "MARKET", "STOP_LOSS", "STOP_LOSS_LIMIT", "TAKE_PROFIT",
+    "TAKE_PROFIT_LIMIT",
+]  # fmt: skip
+FUTURES_ORDER_TYPES = [
+    "LIMIT",
+    "MARKET",
+    "STOP",
+    "STOP_MARKET",
+    "TAKE_PROFIT",
+    "TAKE_PROFIT_MARKET",
+]
 
 
 def market_id(spec: SymbolSpec) -> str:
@@ -316,6 +326,7 @@ SPOT_TYPES = {
     "stop": "STOP_LOSS",
     "stop_limit": "STOP_LOSS_LIMIT",
     "take_profit": "TAKE_PROFIT",
+    "take_profit_limit": "TAKE_PROFIT_LIMIT",
 }
 FUTURES_TYPES = {
     "market": "MARKET",
@@ -323,6 +334,7 @@ FUTURES_TYPES = {
     "stop": "STOP_MARKET",
     "stop_limit": "STOP",
     "take_profit": "TAKE_PROFIT_MARKET",
+    "take_profit_limit": "TAKE_PROFIT",
 }
 ACTUAL_ID_OFFSET = 8_000_000_000
 """A triggered algo order's order in the matching engine: its own id, derived from the
@@ -507,10 +519,11 @@ class OrderFrames:
     def futures_order(self, order: FakeOrder, kind: str = "query") -> dict[str, Any]:
         """``kind``: ``query`` (GET order/openOrders) or ``new`` (POST/PUT/DELETE answer,
         with ``cumQty``). A triggered algo order is its actual order here: MARKET (LIMIT
-        for a stop-limit) with the algo's type as ``origType``."""
+        for a stop-limit or take-profit-limit) with the algo's type as ``origType``."""
         spec, p, q = self.formats_of(order.symbol, True)
         orig = order_type(order, True)
-        type_ = ("LIMIT" if order.type == "stop_limit" else "MARKET") if order.algo else orig
+        limit = order.type in ("stop_limit", "take_profit_limit")
+        type_ = ("LIMIT" if limit else "MARKET") if order.algo else orig
         row: dict[str, Any] = {
             "orderId": exchange_order_id(order), "symbol": market_id(spec),
             "status": STATUS[order.status], "clientOrderId": order.client_id,

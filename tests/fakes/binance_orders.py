@@ -75,13 +75,14 @@ FUTURES_ERRORS: dict[str, tuple[int, str]] = {
 SPOT_TYPES: dict[str, tuple[OrderType, bool]] = {
     "MARKET": ("market", False), "LIMIT": ("limit", False), "LIMIT_MAKER": ("limit", True),
     "STOP_LOSS": ("stop", False), "STOP_LOSS_LIMIT": ("stop_limit", False),
-    "TAKE_PROFIT": ("take_profit", False),
+    "TAKE_PROFIT": ("take_profit", False), "TAKE_PROFIT_LIMIT": ("take_profit_limit", False),
 }  # fmt: skip
 ALGO_TYPES: dict[str, OrderType] = {
-    "STOP_MARKET": "stop", "STOP": "stop_limit", "TAKE_PROFIT_MARKET": "take_profit"
+    "STOP_MARKET": "stop", "STOP": "stop_limit", "TAKE_PROFIT_MARKET": "take_profit",
+    "TAKE_PROFIT": "take_profit_limit",
 }  # fmt: skip
-NEEDS_PRICE = {"limit", "stop_limit"}
-NEEDS_STOP = {"stop", "stop_limit", "take_profit"}
+NEEDS_PRICE = {"limit", "stop_limit", "take_profit_limit"}
+NEEDS_STOP = {"stop", "stop_limit", "take_profit", "take_profit_limit"}
 SIGNATURE = re.compile(r"(^|&)signature=[^&]*")
 MAX_RECV_WINDOW_MS = 60_000
 
