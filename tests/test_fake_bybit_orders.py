@@ -291,8 +291,22 @@ async def test_linear_trigger_orders_need_a_direction_and_refuse_to_trigger_at_o
         None,
         {"triggerPrice": round(last * 0.9, 1), "triggerDirection": "descending"},
     )
+    below = round(last * 0.9, 1)
+    profit_limit = await ex.create_order(
+        LINEAR.symbol,
+        "limit",
+        "buy",
+        0.01,
+        below - 50,
+        {"triggerPrice": below, "triggerDirection": "descending"},
+    )
     listed = {o["id"]: o for o in await ex.fetch_open_orders(LINEAR.symbol)}
     assert listed[stop_limit["id"]]["type"] == "limit"
+    assert (listed[profit_limit["id"]]["price"], listed[profit_limit["id"]]["triggerPrice"]) == (
+        below - 50,
+        below,
+    )
+    assert fake.account.open_orders()[-1].type == "take_profit_limit"
     assert listed[stop_limit["id"]]["price"] == above + 50
     assert listed[take_profit["id"]]["triggerPrice"] == round(last * 0.9, 1)
     cancelled = await ex.cancel_all_orders(LINEAR.symbol)

@@ -243,6 +243,20 @@ async def test_stops_take_profit_and_a_trigger(monkeypatch: pytest.MonkeyPatch) 
         assert rows[stop_limit["id"]]["triggerSignal"] == "mark"
         assert rows[stop_limit["id"]]["limitPrice"] == price(ex, last * 0.79)
         assert rows[profit["id"]]["orderType"] == "take_profit"
+        profit_limit = await ex.create_order(
+            BTC,
+            "limit",
+            "sell",
+            0.01,
+            price(ex, last * 1.25),
+            {"takeProfitPrice": price(ex, last * 1.2)},
+        )
+        row = (await ex.fetch_open_orders())[-1]["info"]
+        assert row["order_id"] == profit_limit["id"] and row["orderType"] == "take_profit"
+        assert (row["limitPrice"], fake.account.open_orders()[-1].type) == (
+            price(ex, last * 1.25),
+            "take_profit_limit",
+        )
         with pytest.raises(ccxt.InvalidOrder, match="invalidPrice"):  # would trigger at once
             await ex.create_order(
                 BTC, "market", "sell", 0.01, params={"triggerPrice": price(ex, last * 1.1)}

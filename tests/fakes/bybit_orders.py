@@ -9,9 +9,10 @@ window of the wall clock 10002):
   unified paths; ``/v5/asset/coin/query-info``: ccxt's ``fetchCurrencies`` once it has keys;
 - ``/v5/order/create|amend|cancel|cancel-all``: orders go to the exchange-neutral
   ``fake.account`` (``matching.py``); a conditional order (``triggerPrice``) is a stop or a
-  take-profit by its ``triggerDirection`` and side (spot: by where the trigger is from the
-  last price); spot conditional orders live in the ``StopOrder`` book (``orderFilter``) and
-  are cancelled or listed only through it, as on Bybit;
+  take-profit (with a limit price: ``stop_limit`` or ``take_profit_limit``) by its
+  ``triggerDirection`` and side (spot: by where the trigger is from the last price); spot
+  conditional orders live in the ``StopOrder`` book (``orderFilter``) and are cancelled or
+  listed only through it, as on Bybit;
 - ``/v5/order/realtime``: open orders (spot: the ``Order`` book unless ``orderFilter`` says
   otherwise; linear: all); with ``orderId``/``orderLinkId`` the order in any state (still
   in its book), which ccxt's ``fetchOrder(..., {"acknowledged": True})`` relies on;
@@ -403,9 +404,7 @@ class BybitPrivate:
             return "limit" if kind == "Limit" else "market"
         stop_like = (direction == 1) == (side == "buy")
         if kind == "Limit":
-            if not stop_like:
-                raise BybitError(10001, "params error: the fake has no take-profit limit order")
-            return "stop_limit"
+            return "stop_limit" if stop_like else "take_profit_limit"
         return "stop" if stop_like else "take_profit"
 
     def _base_for(self, spec: SymbolSpec, quote_qty: float, side: str) -> float:

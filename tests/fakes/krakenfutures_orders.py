@@ -6,9 +6,9 @@ Signing: ``Authent = base64(HMAC-SHA512(base64decode(secret), SHA256(postData + 
 endpointPath)))``, ``endpointPath`` the path without ``/derivatives`` (``/api/v3/sendorder``)
 and ``postData`` the query string (ccxt puts every parameter there, POST too) or the body.
 ccxt sends no ``Nonce``; one that comes is signed in. Kraken secrets are base64: the fake's
-``api_secret`` must be one (``TEST_SECRET`` is), else every private request fails with
-``authenticationError``, as a wrong key does. The websocket ``challenge`` is signed the same
-way over the challenge text alone.
+``api_secret`` must be one (the core's default and ``TEST_SECRET`` are), else every private
+request fails with ``authenticationError``, as a wrong key does. The websocket
+``challenge`` is signed the same way over the challenge text alone.
 
 Requests answer ``{"result": "success", ...}`` with the outcome in ``sendStatus`` /
 ``cancelStatus`` / ``editStatus`` ``status``: ``placed``, ``cancelled``, ``edited``, or a
@@ -41,7 +41,7 @@ from aiohttp import web
 
 from tests.fakes.core import NS, SymbolSpec
 from tests.fakes.kraken import iso, number
-from tests.fakes.matching import FakeFill, FakeOrder, OrderError
+from tests.fakes.matching import TAKE_PROFIT_TYPES, FakeFill, FakeOrder, OrderError
 
 if TYPE_CHECKING:
     from tests.fakes.krakenfutures import KrakenFuturesSkin
@@ -96,7 +96,7 @@ def kraken_type(order: FakeOrder) -> str:
         return "mkt"
     if order.type == "limit":
         return {"IOC": "ioc", "FOK": "ioc", "GTX": "post"}.get(order.tif, "lmt")
-    return "take_profit" if order.type == "take_profit" else "stp"
+    return "take_profit" if order.type in TAKE_PROFIT_TYPES else "stp"
 
 
 class KrakenFuturesOrders:
@@ -247,9 +247,9 @@ class KrakenFuturesOrders:
                 return "invalidPrice"
             return ("stop_limit" if limit is not None else "stop"), "GTC"
         if kind == "take_profit":
-            if stop is None or limit is not None:  # the engine has no take-profit limit
-                return "invalidPrice" if stop is None else "invalidOrderType"
-            return "take_profit", "GTC"
+            if stop is None:
+                return "invalidPrice"
+            return ("take_profit_limit" if limit is not None else "take_profit"), "GTC"
         return "invalidOrderType"
 
     def refused(self, error: OrderError, envelope: str, received: str) -> web.Response:
@@ -369,7 +369,7 @@ class KrakenFuturesOrders:
 
     def trigger_body(self, order: FakeOrder) -> dict[str, Any]:
         spec = self.fake.specs[order.symbol]
-        rising = (order.side == "buy") == (order.type != "take_profit")
+        rising = (order.side == "buy") == (order.type not in TAKE_PROFIT_TYPES)
         return {
             "uid": order_uid(order.order_id),
             "clientId": client_of(order.client_id),
@@ -428,7 +428,7 @@ class KrakenFuturesOrders:
             "cliOrdId": client_of(order.client_id),
             "symbol": self.skin.ids[order.symbol],
             "side": order.side,
-            "orderType": ("take_profit" if order.type == "take_profit" else "stop")
+            "orderType": ("take_profit" if order.type in TAKE_PROFIT_TYPES else "stop")
             if trigger
             else kraken_type(order),
             "unfilledSize": number(order.remaining, spec.lot_size),
