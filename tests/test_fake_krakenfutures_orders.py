@@ -261,6 +261,14 @@ async def test_stops_take_profit_and_a_trigger(monkeypatch: pytest.MonkeyPatch) 
             await ex.create_order(
                 BTC, "market", "sell", 0.01, params={"triggerPrice": price(ex, last * 1.1)}
             )
+        fake.account.faults.reject_next_conditional = ["insufficient_balance"]
+        entry = await ex.create_order(BTC, "market", "buy", 0.01)  # not conditional: passes
+        with pytest.raises(ccxt.InsufficientFunds, match="insufficientAvailableFunds"):
+            await ex.create_order(
+                BTC, "market", "sell", 0.01, params={"triggerPrice": price(ex, last * 0.7)}
+            )
+        last_stored = fake.account.orders()[-1]  # the rejected stop is not kept
+        assert (last_stored.type, last_stored.status) == ("market", "filled") and entry["id"]
         # a stop on each side just off the last price: the next move triggers one of them
         up = await near_stop(ex, fake, "buy", 1)
         down = await near_stop(ex, fake, "sell", -1)
