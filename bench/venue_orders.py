@@ -42,6 +42,7 @@ import json
 import math
 import os
 import platform
+import shutil
 import signal
 import statistics
 import sys
@@ -366,7 +367,11 @@ class Phase(msgspec.Struct):
     gateway: list[Stage]
     paper: list[Stage]
     ratios: dict[str, float]
+    acks_per_s: float
+    """Orders the fake took per second over the phase: the gateway's throughput."""
     cpu_pct: dict[str, float]
+    cpu_ms_per_signal: dict[str, float]
+    """Per signal the worker handled (the gateway: its venue's; the others: both)."""
     rss_mb: dict[str, float]
     missing: dict[str, int]
 
@@ -422,7 +427,7 @@ def figures(
     found: dict[str, Trace],
     sender: Sender,
     notes: dict[str, dict[str, int]],
-    usage: tuple[dict[str, float], dict[str, float]],
+    usage: tuple[dict[str, float], dict[str, float], dict[str, float]],
 ) -> Phase:
     gw = [
         found.get(s, Trace()) for s, (p, v) in sender.phase_of.items() if (p, v) == (phase, GATEWAY)
@@ -472,7 +477,18 @@ def figures(
         "paper position": sum(1 for t in pp if not t.position),
         "fake ack notes": sum(1 for t in gw if t.venue_order and not ack(t)),
     }
-    return Phase(rate, len(gw), gateway, paper, ratios, usage[0], usage[1], missing)
+    took = sorted(ack(t) for t in gw if ack(t))
+    span = (took[-1] - took[0]) / 1e9 if len(took) > 1 else 0.0
+    acks_per_s = round((len(took) - 1) / span, 2) if span > 0 else 0.0
+    cpu_pct, cpu_s, rss = usage
+    per_signal = {
+        name: round(seconds * 1000 / (len(gw) if name in ("gateway", "fake") else 2 * len(gw)), 2)
+        for name, seconds in cpu_s.items()
+        if gw
+    }
+    return Phase(
+        rate, len(gw), gateway, paper, ratios, acks_per_s, cpu_pct, per_signal, rss, missing
+    )
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -480,8 +496,7 @@ def figures(
 
 async def run(args: argparse.Namespace) -> tuple[list[Phase], str]:
     rates = [float(r) for r in args.rates.split(",")]
-    keep = Path(tempfile.mkdtemp(prefix="keel-orders-bench-"))
-    work = keep
+    work = Path(tempfile.mkdtemp(prefix="keel-orders-bench-"))
     server = EmbeddedServer(work / "nats").start()
     fake, ready = await start_fake_process(work)
     config = work / "keel.toml"
@@ -491,7 +506,8 @@ async def run(args: argparse.Namespace) -> tuple[list[Phase], str]:
     lot = ready["lot"]
     qty = round(max(lot, round(args.notional / ready["price"] / lot) * lot), 8)
     sender = Sender(bus, ready["symbol"], ready["price"], qty, str(time.time_ns()))
-    phases: list[tuple[str, float, dict[str, float], dict[str, float]]] = []
+    phases: list[tuple[str, float, tuple[dict[str, float], dict[str, float], dict[str, float]]]]
+    phases = []
     try:
         if not await gateway_running(bus, 90):
             raise SystemExit(f"the gateway did not report running: see {work}/gateway.log")
@@ -504,11 +520,11 @@ async def run(args: argparse.Namespace) -> tuple[list[Phase], str]:
             await sender.paced(f"rate{rate:g}", rate, args.signals)
             ok = await settled(bus, sender.n, 120)
             wall = time.monotonic() - wall0
-            cpu = {
-                n: round((cpu_seconds(pid) - cpu0[n]) / wall * 100, 1) for n, pid in pids.items()
-            }
+            used = {n: cpu_seconds(pid) - cpu0[n] for n, pid in pids.items()}
+            cpu = {n: round(seconds / wall * 100, 1) for n, seconds in used.items()}
             rss = {n: round(rss_mb(pid), 1) for n, pid in pids.items()}
-            phases.append((f"rate{rate:g}", rate, cpu, rss))
+            phases.append((f"rate{rate:g}", rate, (cpu, used, rss)))
+            await asyncio.sleep(1.0)  # a pause between phases
             print(
                 f"rate {rate:g}/s: {args.signals} x 2 signals sent, settled: {ok}", file=sys.stderr
             )
@@ -534,14 +550,18 @@ async def run(args: argparse.Namespace) -> tuple[list[Phase], str]:
     notes_file = work / "fake-notes.json"
     notes = json.loads(notes_file.read_text()) if notes_file.exists() else {}
     found = traces(rows)
-    out = [figures(name, rate, found, sender, notes, (cpu, rss)) for name, rate, cpu, rss in phases]
+    out = [figures(name, rate, found, sender, notes, usage) for name, rate, usage in phases]
+    if not args.keep and out and not any(any(p.missing.values()) for p in out):
+        shutil.rmtree(work, ignore_errors=True)
+        return out, ""
     return out, str(work)
 
 
 def print_table(phases: list[Phase], args: argparse.Namespace, work: str) -> None:
     print(
         f"# {platform.node()} {os.cpu_count()} cpus, python {platform.python_version()}, "
-        f"{EXCHANGE} fake, {args.signals} signals per venue per rate, store kept in {work}"
+        f"{EXCHANGE} fake, {args.signals} signals per venue per rate"
+        + (f", store kept in {work}" if work else "")
     )
     for ph in phases:
         print(f"\n## {ph.rate:g} signals/s per venue ({2 * ph.rate:g}/s into the fleet)\n")
@@ -557,15 +577,17 @@ def print_table(phases: list[Phase], args: argparse.Namespace, work: str) -> Non
             ratio = ph.ratios.get(s.name, "")
             print(f"| {s.name} | {s.n} | {s.p50_ms} | {s.p99_ms} | {s.max_ms} | {ratio} |")
         cpu = ", ".join(f"{k} {v} %" for k, v in ph.cpu_pct.items())
+        per = ", ".join(f"{k} {v}" for k, v in ph.cpu_ms_per_signal.items())
         rss = ", ".join(f"{k} {v}" for k, v in ph.rss_mb.items())
-        print(f"\nCPU: {cpu}\nRSS MB: {rss}")
+        print(f"\norders the fake took: {ph.acks_per_s}/s (offered {ph.rate:g}/s)")
+        print(f"CPU over the phase: {cpu}\nCPU ms per signal: {per}\nRSS MB: {rss}")
         if any(ph.missing.values()):
             print(f"missing: {ph.missing}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--rates", default="5,20", help="signals per second per venue")
+    parser.add_argument("--rates", default="2,5,20", help="signals per second per venue")
     parser.add_argument(
         "--signals", type=int, default=200, help="measured signals per venue and rate"
     )
@@ -574,7 +596,8 @@ def main() -> None:
     parser.add_argument(
         "--reconcile-every-s", type=float, default=60.0, help="the gateway's reconciliation period"
     )
-    parser.add_argument("--quick", action="store_true", help="--rates 5 --signals 30")
+    parser.add_argument("--quick", action="store_true", help="--rates 2,20 --signals 20")
+    parser.add_argument("--keep", action="store_true", help="keep the store and the logs")
     parser.add_argument("--json", action="store_true")
     parser.add_argument("--serve-fake", default="", help=argparse.SUPPRESS)
     parser.add_argument("--serve-gateway", default="", help=argparse.SUPPRESS)
@@ -586,7 +609,7 @@ def main() -> None:
         asyncio.run(serve_gateway(Path(args.serve_gateway), args.reconcile_every_s))
         return
     if args.quick:
-        args.rates, args.signals = "5", 30
+        args.rates, args.signals = "2,20", 20
     phases, work = asyncio.run(run(args))
     if args.json:
         print(json.dumps({"phases": msgspec.to_builtins(phases), "work": work}))
