@@ -17,7 +17,7 @@ from typing import Any
 import ccxt
 
 from contracts.envelope import Envelope
-from contracts.venue_events import AnswerSource, VenueAnswer
+from contracts.venue_events import AnswerSource, VenueAnswer, VenueOrder
 from services.runtime.clock import Clock
 from services.venues.ccxt_exchange import Redactor
 from services.venues.gateway.answers import base_answer, client_id_of, order_answer, trade_answer
@@ -155,8 +155,12 @@ class Dealer:
                 return
             await self.order_state(leg, placed, "submit")
 
-    async def reject(self, leg: Leg, reason: str, source: AnswerSource, cause: Envelope) -> None:
-        answer = base_answer(leg.order, "rejected", source, self.clock.now_ns(), reason=reason)
+    async def reject(
+        self, order: VenueOrder, reason: str, source: AnswerSource, cause: Envelope
+    ) -> None:
+        """Keel's own refusal (a halted venue, a cancel of no open leg), said like the
+        exchange's."""
+        answer = base_answer(order, "rejected", source, self.clock.now_ns(), reason=reason)
         await self.record(answer, cause)
 
     async def cancel(self, leg: Leg, cause: Envelope) -> None:

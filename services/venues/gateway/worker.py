@@ -20,7 +20,6 @@ from pathlib import Path
 from typing import Any
 
 import ccxt.pro
-import msgspec
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts.envelope import Envelope
@@ -256,21 +255,16 @@ class Gateway:
         self.journal.apply(order)
         if order.action == "cancel":
             if leg is None or not leg.open:
-                answer_leg = leg or self.book.order(
-                    msgspec.structs.replace(order, action="new"), item.envelope, item.seq
-                )
-                if answer_leg is not None:
-                    await self.dealer.reject(
-                        answer_leg, "no open order with this client id", "cancel", item.envelope
-                    )
-                return
-            await self.dealer.cancel(leg, item.envelope)
+                reason = "no open order with this client id"
+                await self.dealer.reject(order, reason, "cancel", item.envelope)
+            else:
+                await self.dealer.cancel(leg, item.envelope)
             return
-        assert leg is not None
-        if item.seq <= self.rebuilt_seq:
-            return  # settled by _recover and the poll loop
+        if leg is None or item.seq <= self.rebuilt_seq:
+            return  # sent before this process started: settled by _recover and the poll loop
         if self.state == "halted" and not order.reduce_only:
-            await self.dealer.reject(leg, f"venue halted: {self.reason}", "submit", item.envelope)
+            reason = f"venue halted: {self.reason}"
+            await self.dealer.reject(order, reason, "submit", item.envelope)
             return
         if order.action == "amend":
             await self.dealer.amend(leg, self.book.legs.get(order.replaces), item.envelope)
