@@ -55,6 +55,17 @@ def write_config(path: Path, fake: FakeExchange, venue: str) -> Path:
     return path
 
 
+async def start_keel(
+    args: list[str], cwd: Path, url: str, clock: ScaledClock, log: Path, **env: str
+) -> asyncio.subprocess.Process:
+    """``python -m ARGS...`` on ``url`` and the fake's clock, its output appended to ``log``."""
+    with log.open("ab") as out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable, "-m", *args, cwd=cwd, env={**fake_time_env(url, clock), **env},
+            stdout=out, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+
+
 async def start_gateway(
     cwd: Path,
     url: str,
@@ -65,15 +76,11 @@ async def start_gateway(
     secrets: tuple[str, str],
     log: Path,
 ) -> asyncio.subprocess.Process:
-    """The gateway process of ``venue``, its output appended to ``log``."""
-    env = {**fake_time_env(url, clock), KEY_ENV: secrets[0], SECRET_ENV: secrets[1]}
-    with log.open("ab") as out:
-        return await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "tests.gateway_process",
-            "--config", str(config), "--venue", venue,
-            "--gateway", msgspec.json.encode(gateway).decode(),
-            cwd=cwd, env=env, stdout=out, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+    """The gateway process of ``venue`` with its credentials in its environment only."""
+    args = ["tests.gateway_process", "--config", str(config), "--venue", venue]
+    args += ["--gateway", msgspec.json.encode(gateway).decode()]
+    secret_env = {KEY_ENV: secrets[0], SECRET_ENV: secrets[1]}
+    return await start_keel(args, cwd, url, clock, log, **secret_env)
 
 
 async def kill(process: asyncio.subprocess.Process) -> int:

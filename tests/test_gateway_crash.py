@@ -24,19 +24,19 @@ import pytest
 from nats.js.api import DeliverPolicy
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import Bar
+from contracts.events import Bar, ExecutionReport, OrderCommand
 from contracts.venue_events import Discrepancy, VenueAdoption, VenueAnswer, VenueOrder, VenueStatus
 from eventstore.bus import Bus
 from eventstore.log_reader import read_caught_up
 from eventstore.server import EmbeddedServer
-from services.venues.client_ids import venue_client_id
+from services.venues.client_ids import answer_event_id, venue_client_id
 from services.venues.gateway.config import GatewayConfig
 from services.venues.journal import VenueJournal
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import FakeExchange, start_fake
 from tests.fakes.matching import FakeOrder
 from tests.fakes.prices import NS, PricePath, default_symbols
-from tests.gateway_process import kill, start_gateway, write_config
+from tests.gateway_process import kill, start_gateway, start_keel, write_config
 from tests.test_gateway import KEY, secret_for
 
 RATE = 10.0
@@ -96,6 +96,9 @@ class Case:
         self.fake: FakeExchange
         self.clock = ScaledClock(time.time_ns() - 3 * 3600 * NS, RATE)
         self.process: asyncio.subprocess.Process | None = None
+        self.execution: asyncio.subprocess.Process | None = None
+        self.managed: set[str] = set()
+        """Venue client ids of the order manager's legs (sent as ``OrderCommand``)."""
         self.log = root / "gateway.log"
         self.sent: list[VenueOrder] = []
         self.starts = 0
@@ -109,11 +112,17 @@ class Case:
         self.config = write_config(self.root / "keel.json", self.fake, VENUE)
         self.symbol = next(iter(self.fake.specs))
         self.spec = self.fake.specs[self.symbol]
+        args = ["cli.app", "run", "execution", "--config", str(self.config)]
+        self.execution = await start_keel(
+            args, self.root, self.server.url, self.clock, self.root / "execution.log"
+        )
         return self
 
     async def close(self) -> None:
         if self.process is not None:
             await kill(self.process)
+        if self.execution is not None:
+            await kill(self.execution)
         await self.bus.close()
         await self.fake.stop()
         self.server.stop()
@@ -169,6 +178,38 @@ class Case:
         assert await self.bus.publish(order, Envelope.root(event_id, order.ts))
         self.sent.append(order)
         return order
+
+    async def command(self, coid: str, side: str, qty: float, **fields: object) -> VenueOrder:
+        """An order through the order manager (the execution role): its leg 0 as the
+        execution role sends it to the gateway."""
+        cmd = OrderCommand(
+            ts=self.clock.now_ns(),
+            action="new",
+            client_order_id=coid,
+            strategy="s1",
+            venue=VENUE,
+            symbol=self.symbol,
+            side=side,  # type: ignore[arg-type]
+            qty=qty,
+            **fields,  # type: ignore[arg-type]
+        )
+        assert await self.bus.publish(
+            cmd, Envelope.root(content_id("crash-test-cmd", coid), cmd.ts)
+        )
+        vcid = venue_client_id(VENUE, coid, 0)
+        self.managed.add(vcid)
+        found: list[VenueOrder] = []
+
+        async def sent() -> bool:
+            orders = await self.events(f"venue.order.{VENUE}.>")
+            found[:] = [
+                o for o in orders if isinstance(o, VenueOrder) and o.venue_client_id == vcid
+            ]
+            return bool(found)
+
+        await self.until(sent, f"the order manager's leg of {coid}")
+        self.sent.append(found[0])
+        return found[0]
 
     async def protective_stop(self, coid: str, stop_price: float) -> VenueOrder:
         """A protective sell stop (reduce-only on a perpetual) for the long position."""
@@ -232,6 +273,9 @@ class Case:
             assert self.process is not None and self.process.returncode is None, self.trouble(
                 f"the gateway exited waiting for {what}"
             )
+            assert self.execution is not None and self.execution.returncode is None, self.trouble(
+                f"the execution role exited waiting for {what}"
+            )
             assert time.monotonic() < deadline, self.trouble(f"timed out waiting for {what}")
             await asyncio.sleep(0.05)
 
@@ -289,12 +333,32 @@ class Case:
             assert len(got) == len(made), self.trouble(f"fills of {order.client_order_id}")
             for (qty, price), (t_qty, t_price) in zip(got, made, strict=True):
                 assert (qty, price) == pytest.approx((t_qty, t_price))
+        await self.one_report_per_fill([a for a in answers if a.venue_client_id in self.managed])
         for order in working:
             [placed] = self.placed(order.venue_client_id)
             assert placed.is_open and placed.filled == 0, self.trouble(f"{order} not working")
         await self.ledger_equals_the_exchange()
         assert (await self.statuses())[-1].state == "running", self.trouble("not running")
         return {"fills": len(answers), "orders": len(self.sent)}
+
+    async def one_report_per_fill(self, fills: list[VenueAnswer]) -> None:
+        """The order manager turns each recorded fill into exactly one fill report (its
+        envelope's cause is the fill answer's id)."""
+        wanted = Counter(answer_event_id(a) for a in fills)
+        per_cause: Counter[str] = Counter()
+
+        async def reported() -> bool:
+            found = await read_caught_up(self.bus, "EXECUTION", "exec.report.>", DeliverPolicy.ALL)
+            per_cause.clear()
+            for stored in found:
+                report = stored.event
+                if isinstance(report, ExecutionReport) and report.fill_qty > 0:
+                    per_cause[stored.envelope.causation_id] += 1
+            return all(per_cause[cause] for cause in wanted)
+
+        await self.until(reported, "a fill report for every fill")
+        assert {c: per_cause[c] for c in wanted} == wanted, self.trouble("fill reports")
+        assert sum(per_cause.values()) == len(fills), self.trouble(f"extra reports {per_cause}")
 
     async def ledger_equals_the_exchange(self) -> None:
         journal = VenueJournal(VENUE)
@@ -332,15 +396,15 @@ async def killed_before_the_acknowledgement(case: Case) -> list[VenueOrder]:
     position); a market order is placed and filled with its answer held and the private
     stream silent, and the gateway dies in that window knowing nothing of it. The restart
     must settle it by a query by client id, never by sending it again."""
-    limit = await case.send("rest", "buy", QTY, order_type="limit", limit_price=case.price(0.9))
+    limit = await case.command("rest", "buy", QTY, order_type="limit", limit_price=case.price(0.9))
     await case.accepted(limit.venue_client_id)
-    entry = await case.send("entry", "buy", 2 * QTY)
+    entry = await case.command("entry", "buy", 2 * QTY)
     await case.all_fills_recorded(entry.venue_client_id)
     guard = await case.protective_stop("guard", case.price(0.5))
     await case.accepted(guard.venue_client_id)
     faults = case.fake.account.faults
     faults.ack_delay_s, faults.silent_user_stream = 10.0, True
-    market = await case.send("take", "buy", QTY)
+    market = await case.command("take", "buy", QTY)
     vcid = market.venue_client_id
 
     async def placed() -> bool:
@@ -361,7 +425,9 @@ async def killed_between_partial_fills(case: Case) -> None:
     the private stream, each once."""
     case.fake.account.faults.fill_parts = PARTS
     qty = round(PARTS * case.spec.lot_size, 8)  # one lot a part
-    order = await case.send("parts", "buy", qty, order_type="limit", limit_price=case.price(1.02))
+    order = await case.command(
+        "parts", "buy", qty, order_type="limit", limit_price=case.price(1.02)
+    )
     vcid = order.venue_client_id
 
     async def first_part() -> bool:
