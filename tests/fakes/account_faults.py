@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import TYPE_CHECKING
 
 from tests.fakes.ledger import Balance, PerpPosition
+from tests.fakes.order_rules import touch
 from tests.fakes.records import TRIGGERED_TYPES, FakeOrder, OrderError, OrderType, Side
 
 if TYPE_CHECKING:
@@ -63,7 +64,7 @@ class AccountFaults:
             order.triggered = order.type in TRIGGERED_TYPES
             tick = account.fake.snapshot(order.symbol)
             maker = order.price is not None
-            price = order.price if order.price is not None else account._touch(order, tick)
+            price = order.price if order.price is not None else touch(order, tick)
             account._fill(order, round(order.remaining, 12), price, maker, account._now())
         finally:
             account._mute -= 1

@@ -23,13 +23,14 @@ from typing import TYPE_CHECKING, Literal
 
 import msgspec
 
-from tests.fakes.prices import SymbolSpec
+from tests.fakes.prices import SymbolSpec, decimals
 
 if TYPE_CHECKING:
     from tests.fakes.records import FakeOrder, Side
 
 FeeAsset = Literal["received", "quote"]
 EPS = 1e-9
+DEFAULT_QUOTE_BALANCE = 1_000_000.0
 
 
 class LedgerError(Exception):
@@ -223,3 +224,14 @@ class Ledger:
 
 def settle_asset(spec: SymbolSpec) -> str:
     return spec.settle or spec.quote
+
+
+def generous(specs: Iterable[SymbolSpec]) -> dict[str, float]:
+    """The default seed: 1,000,000 of every quote/settle asset and that much quote's worth
+    of every spot base."""
+    out: dict[str, float] = {}
+    for spec in specs:
+        out[settle_asset(spec)] = DEFAULT_QUOTE_BALANCE
+        if spec.kind == "spot":
+            out[spec.base] = round(DEFAULT_QUOTE_BALANCE / spec.price, decimals(spec.lot_size))
+    return out

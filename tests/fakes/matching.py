@@ -30,7 +30,8 @@ Differences from /tmp/keel15/spec.md and notes for skin authors (read first):
   only the next conditional ones (stop / take-profit), so an entry fills and the stop
   placed after it is rejected (the gateway's "a rejected stop flattens" case).
 - Modules: records and refusals in ``records.py``, money in ``ledger.py``, faults in
-  ``account_faults.py``; this module re-exports what skins import.
+  ``account_faults.py``, pure price rules in ``order_rules.py``; this module re-exports
+  what skins import.
 - Per-symbol behaviour follows ``SymbolSpec.kind`` (Bybit lists spot and perpetuals on one
   account); ``Account.kind`` is the exchange's main kind.
 
@@ -71,7 +72,16 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from tests.fakes.account_faults import AccountFaults
-from tests.fakes.ledger import Balance, FeeAsset, Ledger, LedgerError, Lock, PerpPosition
+from tests.fakes.ledger import (
+    Balance,
+    FeeAsset,
+    Ledger,
+    LedgerError,
+    Lock,
+    PerpPosition,
+    generous,
+)
+from tests.fakes.order_rules import check_shape, crosses, on_step, touch, triggers
 from tests.fakes.prices import NS, SymbolSpec, decimals
 from tests.fakes.records import (
     ERROR_CODES,
@@ -98,7 +108,10 @@ if TYPE_CHECKING:
 
 __all__ = [
     "ERROR_CODES",
+    "LIMIT_TYPES",
     "OPEN",
+    "ORDER_TYPES",
+    "TAKE_PROFIT_TYPES",
     "TRIGGERED_TYPES",
     "Account",
     "AccountFaults",
@@ -117,7 +130,6 @@ __all__ = [
     "TriggerNow",
     "default_kind",
 ]
-DEFAULT_QUOTE_BALANCE = 1_000_000.0
 EPS = 1e-9
 log = logging.getLogger(__name__)
 
@@ -151,7 +163,7 @@ class Account(Ledger):
         self.kind: Kind = kind
         super().__init__(
             self._spec_any,
-            balances if balances is not None else self._generous(),
+            balances if balances is not None else generous(fake.specs.values()),
             taker_fee=taker_fee,
             maker_fee=maker_fee,
             leverage=leverage,
@@ -169,14 +181,6 @@ class Account(Ledger):
         self._next_trade = 5_000_001
         self._mute = 0
         self._last_ns = 0
-
-    def _generous(self) -> dict[str, float]:
-        out: dict[str, float] = {}
-        for spec in self.fake.specs.values():
-            out[spec.settle or spec.quote] = DEFAULT_QUOTE_BALANCE
-            if spec.kind == "spot":
-                out[spec.base] = round(DEFAULT_QUOTE_BALANCE / spec.price, decimals(spec.lot_size))
-        return out
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -285,12 +289,12 @@ class Account(Ledger):
             raise ValueError(f"trigger_now is 'refuse' or 'fill', not {trigger_now!r}")
         if client_id and any(self._by_id[i].client_id == client_id for i in self._books):
             raise OrderError("duplicate_client_id", f"client id {client_id!r} is in use")
-        self._check_shape(spec, type, price, stop_price)
+        check_shape(spec, type, price, stop_price)
         tick = self.fake.snapshot(symbol, now)
         if (
             trigger_now == "refuse"
             and type in TRIGGERED_TYPES
-            and self._triggers(side, type, stop_price, tick.trade.price)
+            and triggers(side, type, stop_price, tick.trade.price)
         ):
             raise OrderError("would_trigger_immediately", "the order would trigger immediately")
         if reduce_only:
@@ -315,7 +319,7 @@ class Account(Ledger):
             external=external,
         )
         self._check_filters(spec, order, tick)
-        if tif == "GTX" and type == "limit" and self._crosses(order, tick):
+        if tif == "GTX" and type == "limit" and crosses(order, tick):
             raise OrderError("post_only_rejected", "the order would immediately take")
         book = _Book(self.faults.fill_parts)
         self._lock(spec, order, book, tick)
@@ -362,17 +366,17 @@ class Account(Ledger):
         new_stop = order.stop_price if stop_price is None else stop_price
         if new_qty <= order.filled + EPS:
             raise OrderError("bad_request", "the new quantity is not above the filled one")
-        self._check_shape(spec, order.type, new_price, new_stop)
+        check_shape(spec, order.type, new_price, new_stop)
         if (
             trigger_now == "refuse"
             and order.type in TRIGGERED_TYPES
             and not order.triggered
-            and self._triggers(order.side, order.type, new_stop, tick.trade.price)
+            and triggers(order.side, order.type, new_stop, tick.trade.price)
         ):
             raise OrderError("would_trigger_immediately", "the order would trigger immediately")
         trial = msgspec.structs.replace(order, qty=new_qty, price=new_price, stop_price=new_stop)
         self._check_filters(spec, trial, tick)
-        if trial.tif == "GTX" and trial.type == "limit" and self._crosses(trial, tick):
+        if trial.tif == "GTX" and trial.type == "limit" and crosses(trial, tick):
             raise OrderError("post_only_rejected", "the order would immediately take")
         book = self._books[order.order_id]
         held = 0.0 if order.reduce_only else self._order_margin(spec, order, tick)
@@ -413,13 +417,13 @@ class Account(Ledger):
             return
         book = self._books[order.order_id]
         if order.type in TRIGGERED_TYPES and not order.triggered:
-            if not self._triggers(order.side, order.type, order.stop_price, tick.trade.price):
+            if not triggers(order.side, order.type, order.stop_price, tick.trade.price):
                 return
             order.triggered = True
             order.updated_ns = ts
             self._notify(order, None)
         limit = order.type in LIMIT_TYPES
-        crossing = not limit or self._crosses(order, tick)
+        crossing = not limit or crosses(order, tick)
         if limit and crossing and order.tif == "GTX" and not book.rested:
             self._finish(order, "expired", ts)  # a triggered post-only that would take
             return
@@ -430,7 +434,7 @@ class Account(Ledger):
                 book.rested = True
             return
         maker = limit and book.rested
-        price = order.price if maker and order.price is not None else self._touch(order, tick)
+        price = order.price if maker and order.price is not None else touch(order, tick)
         every = order.tif in ("IOC", "FOK")
         while order.is_open:
             parts = max(1, book.parts_left)
@@ -457,24 +461,10 @@ class Account(Ledger):
             raise OrderError("unknown_order", "unknown order")
         return order
 
-    @staticmethod
-    def _check_shape(
-        spec: SymbolSpec, type: OrderType, price: float | None, stop_price: float | None
-    ) -> None:
-        if type not in ORDER_TYPES:
-            raise OrderError("bad_request", f"bad order type {type!r}")
-        if type in LIMIT_TYPES and (price is None or price <= 0):
-            raise OrderError("bad_request", f"a {type} order needs a positive price")
-        if type in TRIGGERED_TYPES and (stop_price is None or stop_price <= 0):
-            raise OrderError("bad_request", f"a {type} order needs a positive stop price")
-        for value in (price, stop_price):
-            if value is not None and not _on_step(value, spec.tick_size):
-                raise OrderError("tick_size", f"price {value} is not a multiple of the tick")
-
     def _check_filters(self, spec: SymbolSpec, order: FakeOrder, tick: Update) -> None:
         if order.qty <= 0:
             raise OrderError("bad_request", "the quantity must be positive")
-        if order.qty < spec.lot_size - EPS or not _on_step(order.qty, spec.lot_size):
+        if order.qty < spec.lot_size - EPS or not on_step(order.qty, spec.lot_size):
             raise OrderError("lot_size", f"quantity {order.qty} is not a multiple of the lot")
         reference = self._reference_price(order, tick)
         if (
@@ -491,28 +481,12 @@ class Account(Ledger):
             raise OrderError("reduce_only_rejected", "reduce-only order would not reduce")
         return min(qty, reducible)
 
-    @staticmethod
-    def _triggers(side: Side, type: OrderType, stop: float | None, last: float) -> bool:
-        if stop is None:
-            return False
-        rising = (side == "buy") == (type not in TAKE_PROFIT_TYPES)
-        return last >= stop if rising else last <= stop
-
-    @staticmethod
-    def _crosses(order: FakeOrder, tick: Update) -> bool:
-        assert order.price is not None
-        return tick.ask <= order.price if order.side == "buy" else tick.bid >= order.price
-
-    @staticmethod
-    def _touch(order: FakeOrder, tick: Update) -> float:
-        return tick.ask if order.side == "buy" else tick.bid
-
     def _reference_price(self, order: FakeOrder, tick: Update) -> float:
         if order.price is not None:
             return order.price
         if order.stop_price is not None and not order.triggered:
             return order.stop_price
-        return self._touch(order, tick)
+        return touch(order, tick)
 
     def _part(self, order: FakeOrder, parts: int) -> float:
         lot = self._spec_any(order.symbol).lot_size
@@ -598,11 +572,6 @@ class Account(Ledger):
         copy = msgspec.structs.replace(order)
         for callback in self._callbacks:
             callback(copy, fill)
-
-
-def _on_step(value: float, step: float) -> bool:
-    ratio = value / step
-    return abs(ratio - round(ratio)) < 1e-6
 
 
 def default_kind(exchange_id: str) -> Kind:
