@@ -21,11 +21,14 @@ from typing import Any
 import msgspec
 import pytest
 import yaml
+from nats.errors import TimeoutError as NatsTimeoutError
+from nats.js import JetStreamContext
+from nats.js.errors import BadRequestError
 
 from eventstore.bus import Bus, server_list
 from eventstore.credentials import Credentials
 from eventstore.server import find_binary, free_port
-from eventstore.streams import REPLICAS_ENV, StoreSettings
+from eventstore.streams import REPLICAS_ENV, StoreSettings, ensure_streams
 from services.config import KeelConfig, load_config
 from services.fleet import fleet_roles
 from services.marketdata.feed import publish_bars
@@ -687,6 +690,28 @@ def healthy(monitor_port: int) -> bool:
         return False
 
 
+async def streams_placed(url: str) -> tuple[Bus, JetStreamContext]:
+    """The admin creates the R3 streams and the readers' mirrors, as compose's one-shot
+    services do (and restart on failure): on a loaded machine a cluster that just reported
+    healthy may still answer late, or refuse a placement its meta leader cannot make yet
+    (seen at a load average of 30). Both are "not yet" until the deadline."""
+    deadline = time.monotonic() + 60
+    while True:
+        admin = await Bus.connect(
+            url, ensure=False, credentials=Credentials("admin", password_for(ADMIN_PW))
+        )
+        mirrors = admin.nc.jetstream(prefix=reader_mirrors.MIRROR_API)
+        try:
+            await ensure_streams(admin.js, settings=StoreSettings.from_env())
+            await reader_mirrors.ensure_mirrors(mirrors, StoreSettings.from_env())
+            return admin, mirrors
+        except (NatsTimeoutError, BadRequestError):
+            await admin.close()
+            if time.monotonic() > deadline:
+                raise
+            await asyncio.sleep(0.5)
+
+
 async def test_the_node_configs_form_a_cluster_with_r3_streams_and_readers_mirrors(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -712,9 +737,7 @@ async def test_the_node_configs_form_a_cluster_with_r3_streams_and_readers_mirro
             assert all(p.poll() is None for p in procs), "a node exited"
             assert time.monotonic() < deadline, "the cluster did not form"
             await asyncio.sleep(0.1)
-        admin = await Bus.connect(url, credentials=Credentials("admin", password_for(ADMIN_PW)))
-        mirrors = admin.nc.jetstream(prefix=reader_mirrors.MIRROR_API)
-        await reader_mirrors.ensure_mirrors(mirrors, StoreSettings.from_env())
+        admin, mirrors = await streams_placed(url)
         for stream in ("MARKET", "SYSTEM"):
             for js in (admin.js, mirrors):
                 info = await js.stream_info(stream)
