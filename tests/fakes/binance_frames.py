@@ -313,29 +313,17 @@ class BinanceFrames:
 # -- private: orders, trades, account ------------------------------------------------------
 
 STATUS = {
-    "new": "NEW",
-    "partially_filled": "PARTIALLY_FILLED",
-    "filled": "FILLED",
-    "canceled": "CANCELED",
-    "rejected": "REJECTED",
-    "expired": "EXPIRED",
-}
+    "new": "NEW", "partially_filled": "PARTIALLY_FILLED", "filled": "FILLED",
+    "canceled": "CANCELED", "rejected": "REJECTED", "expired": "EXPIRED",
+}  # fmt: skip
 SPOT_TYPES = {
-    "market": "MARKET",
-    "limit": "LIMIT",
-    "stop": "STOP_LOSS",
-    "stop_limit": "STOP_LOSS_LIMIT",
-    "take_profit": "TAKE_PROFIT",
-    "take_profit_limit": "TAKE_PROFIT_LIMIT",
-}
+    "market": "MARKET", "limit": "LIMIT", "stop": "STOP_LOSS", "stop_limit": "STOP_LOSS_LIMIT",
+    "take_profit": "TAKE_PROFIT", "take_profit_limit": "TAKE_PROFIT_LIMIT",
+}  # fmt: skip
 FUTURES_TYPES = {
-    "market": "MARKET",
-    "limit": "LIMIT",
-    "stop": "STOP_MARKET",
-    "stop_limit": "STOP",
-    "take_profit": "TAKE_PROFIT_MARKET",
-    "take_profit_limit": "TAKE_PROFIT",
-}
+    "market": "MARKET", "limit": "LIMIT", "stop": "STOP_MARKET", "stop_limit": "STOP",
+    "take_profit": "TAKE_PROFIT_MARKET", "take_profit_limit": "TAKE_PROFIT",
+}  # fmt: skip
 ACTUAL_ID_OFFSET = 8_000_000_000
 """A triggered algo order's order in the matching engine: its own id, derived from the
 algo id (Binance gives it a fresh one; ``actualOrderId`` / ``ai`` link the two)."""
@@ -394,27 +382,17 @@ class OrderFrames:
             if not (omit_zero and b.free == 0 and b.used == 0)
         ]
         maker, taker = account.maker_fee, account.taker_fee
-        rates = {
-            "maker": money(maker),
-            "taker": money(taker),
-            "buyer": money(0),
-            "seller": money(0),
-        }
+        rates = {"maker": money(maker), "taker": money(taker), "buyer": money(0),
+                 "seller": money(0)}  # fmt: skip
         flags = ("canTrade", "canWithdraw", "canDeposit", "brokered", "requireSelfTradePrevention",
                  "preventSor")  # fmt: skip
         body: dict[str, Any] = {
-            "makerCommission": round(maker * 10_000),
-            "takerCommission": round(taker * 10_000),
-            "buyerCommission": 0,
-            "sellerCommission": 0,
-            "commissionRates": rates,
+            "makerCommission": round(maker * 10_000), "takerCommission": round(taker * 10_000),
+            "buyerCommission": 0, "sellerCommission": 0, "commissionRates": rates,
             **{flag: flag.startswith("can") for flag in flags},
-            "updateTime": ms(self.fake.now_ns()),
-            "accountType": "SPOT",
-            "balances": balances,
-            "permissions": ["SPOT"],
-            "uid": 354937868,
-        }
+            "updateTime": ms(self.fake.now_ns()), "accountType": "SPOT", "balances": balances,
+            "permissions": ["SPOT"], "uid": 354937868,
+        }  # fmt: skip
         return body
 
     def positions(self, account: Account, only: SymbolSpec | None) -> list[dict[str, Any]]:
@@ -445,9 +423,12 @@ class OrderFrames:
         """``/fapi/v3/account`` (also served as v2): per asset, wallet = free + used (the
         initial margin), available = free; totals over the assets."""
         positions = self.positions(account, None)
-        pnl = sum(float(p["unRealizedProfit"]) for p in positions)
+        pnl_of: dict[str, float] = {}
+        for row in positions:
+            asset = row["marginAsset"]
+            pnl_of[asset] = pnl_of.get(asset, 0.0) + float(row["unRealizedProfit"])
 
-        def sums(wallet: float, used: float, free: float) -> dict[str, str]:
+        def sums(wallet: float, used: float, free: float, pnl: float) -> dict[str, str]:
             return {
                 "WalletBalance": money(wallet), "UnrealizedProfit": money(pnl),
                 "MarginBalance": money(wallet + pnl), "MaintMargin": money(0),
@@ -459,7 +440,7 @@ class OrderFrames:
 
         assets = []
         for asset, b in sorted(account.balances.items()):
-            fields = sums(b.free + b.used, b.used, b.free)
+            fields = sums(b.free + b.used, b.used, b.free, pnl_of.get(asset, 0.0))
             row = {k[0].lower() + k[1:]: v for k, v in fields.items()}
             assets.append({"asset": asset, **row, "updateTime": ms(self.fake.now_ns())})
         balances = account.balances.values()
@@ -467,16 +448,17 @@ class OrderFrames:
             sum(b.free + b.used for b in balances),
             sum(b.used for b in balances),
             sum(b.free for b in balances),
+            sum(pnl_of.values()),
         )
         body = {f"total{k}": v for k, v in totals.items() if not k.startswith(("Avail", "Max"))}
         kept = ("symbol", "positionSide", "positionAmt", "unRealizedProfit", "notional",
                 "initialMargin", "maintMargin", "updateTime")  # fmt: skip
-        return (
-            body
-            | {"availableBalance": totals["AvailableBalance"],
-               "maxWithdrawAmount": totals["MaxWithdrawAmount"], "assets": assets,
-               "positions": [{k: p[k] for k in kept} for p in positions]}
-        )  # fmt: skip
+        return body | {
+            "availableBalance": totals["AvailableBalance"],
+            "maxWithdrawAmount": totals["MaxWithdrawAmount"],
+            "assets": assets,
+            "positions": [{k: p[k] for k in kept} for p in positions],
+        }
 
     @staticmethod
     def _quote(value: float, futures: bool) -> str:
