@@ -360,6 +360,9 @@ async def test_spot_refusals_carry_binance_codes(spot: Venue) -> None:
             await call()
     await ex.create_order(symbol, "limit", "buy", 0.01, far_price(spot, 0.9),
                           {"clientOrderId": "dup"})  # fmt: skip
+    with pytest.raises(ccxt.BadRequest, match="-1100"):  # a client id is 1-36 characters
+        await ex.create_order(symbol, "limit", "buy", 0.01, far_price(spot, 0.9),
+                              {"clientOrderId": "x" * 37})  # fmt: skip
     with pytest.raises(ccxt.InvalidOrder, match="Duplicate order sent"):
         await ex.create_order(symbol, "limit", "buy", 0.01, far_price(spot, 0.9),
                               {"clientOrderId": "dup"})  # fmt: skip

@@ -84,6 +84,7 @@ ALGO_TYPES: dict[str, OrderType] = {
 NEEDS_PRICE = {"limit", "stop_limit", "take_profit_limit"}
 NEEDS_STOP = {"stop", "stop_limit", "take_profit", "take_profit_limit"}
 SIGNATURE = re.compile(r"(^|&)signature=[^&]*")
+CLIENT_ID = re.compile(r"^[\.A-Z\:/a-z0-9_-]{1,36}$")
 MAX_RECV_WINDOW_MS = 60_000
 
 
@@ -317,6 +318,13 @@ class BinanceOrders:
         qty = number(params, "quantity")
         if qty is None:
             qty = self._quote_qty(params, spec, side, type_, futures)
+        client_id = params.get(client_key, "")
+        if client_id and not CLIENT_ID.match(client_id):
+            raise BinanceError(
+                -1100,
+                f"Illegal characters found in parameter '{client_key}'; legal range is "
+                f"'{CLIENT_ID.pattern}'.",
+            )
         reduce_only = params.get("reduceOnly", "false").lower() == "true"
         if reduce_only and not futures:
             raise self._refusal(OrderError("reduce_only_rejected"), futures, spec)
@@ -328,7 +336,7 @@ class BinanceOrders:
                 qty,
                 price=price if type_ in NEEDS_PRICE else None,
                 stop_price=stop if type_ in NEEDS_STOP else None,
-                client_id=params.get(client_key, "") or f"fake{uuid.uuid4().hex[:18]}",
+                client_id=client_id or f"fake{uuid.uuid4().hex[:18]}",
                 reduce_only=reduce_only,
                 tif=self._tif(params, type_, post_only, algo),  # type: ignore[arg-type]
                 algo=algo,
