@@ -48,6 +48,14 @@ from contracts.subjects import (
     symbol_token,
     token_symbol,
 )
+from contracts.venue_events import (
+    Discrepancy,
+    KillSwitch,
+    VenueAdoption,
+    VenueAnswer,
+    VenueOrder,
+    VenueStatus,
+)
 
 PROPERTY = settings(max_examples=200, deadline=None)
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -201,6 +209,7 @@ def test_bars_of_symbol_is_a_filter_over_bar_subjects(symbol: str) -> None:
 _SYM = "BTC/USDT:USDT"
 _TOK = "BTC-USDT_3AUSDT"
 
+_VCID = "6a072d40-d3ad-dfd4-399f-19d158e4345a"
 EXAMPLES: list[tuple[Event, str]] = [
     (
         Instrument(ts=1, venue="binance", symbol=_SYM, base="BTC", quote="USDT"),
@@ -327,6 +336,39 @@ EXAMPLES: list[tuple[Event, str]] = [
         PromoAnnouncement(ts=1, source="cex-news", venue="binance", symbol=_SYM, text="t"),
         "ext.promo.cex-news.binance",
     ),
+    (
+        VenueOrder(
+            ts=1,
+            action="new",
+            client_order_id="o1",
+            venue_client_id=_VCID,
+            strategy="ma_cross",
+            venue="binance",
+            symbol=_SYM,
+            side="buy",
+            qty=1.0,
+        ),
+        "venue.order.binance.BTC-USDT_3AUSDT",
+    ),
+    (
+        VenueAnswer(
+            ts=1,
+            kind="accepted",
+            venue="binance",
+            symbol=_SYM,
+            client_order_id="o1",
+            venue_client_id=_VCID,
+            source="submit",
+        ),
+        "venue.answer.binance.BTC-USDT_3AUSDT",
+    ),
+    (
+        Discrepancy(ts=1, venue="binance", kind="external_order", action="recorded"),
+        "venue.recon.binance",
+    ),
+    (VenueStatus(ts=1, venue="binance", mode="sandbox", state="running"), "venue.status.binance"),
+    (VenueAdoption(ts=1, venue="binance", reason="checked"), "venue.adopt.binance"),
+    (KillSwitch(ts=1, reason="drill"), "venue.kill"),
 ]
 
 
