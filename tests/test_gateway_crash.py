@@ -1,14 +1,19 @@
 """Crash tests of the venue gateway: ``kill -9`` at the three worst moments, then a restart.
 
 The gateway runs as a real process (``tests/gateway_process.py``) against an exchange fake
-on a real nats-server, each exchange on its own server and fake, side by side. It is killed
-(1) between submitting an order and the exchange's answer (the fake holds its answer with
-``faults.ack_delay_s`` after placing the order), (2) between two partial fills of an order
-(``faults.fill_parts``) and (3) while the exchange fills a protective stop that triggered
-(in parts). After the restart, what the exchange holds is the judge (``fake.account``): no
-client id has two orders, every trade of the exchange is exactly one recorded fill answer,
-working orders and stops still work, and the ledger folded from the log (the venue journal:
-baseline plus fills) equals the exchange's positions and balances, with no halt.
+on a real nats-server, beside the execution role (``keel run execution``): plain orders go
+in as ``OrderCommand`` through the order manager, protective stops as ``VenueOrder`` legs
+(a protective leg is what a bracket's stop becomes). One flow per exchange, the exchanges
+side by side, each on its own server and fake. The gateway is killed (1) between submitting
+an order and the exchange's answer (the fake places it and holds the answer,
+``faults.ack_delay_s``, with its private stream silent), (2) between two partial fills of an
+order (``faults.fill_parts``) and (3) while the exchange fills a protective stop that the
+market triggered (in parts). After each restart the exchange (``fake.account``) is the
+judge: no client id has two orders and no order exists that nobody sent, every trade is
+exactly one recorded fill answer (and, for the order manager's orders, one fill report),
+working orders and stops still work, and the ledger folded from the log (the venue
+journal: baseline plus fills) equals the exchange's positions and balances, with the venue
+running (not halted).
 """
 
 from __future__ import annotations
