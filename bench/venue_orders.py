@@ -374,6 +374,8 @@ class Phase(msgspec.Struct):
     """Per signal the worker handled (the gateway: its venue's; the others: both)."""
     rss_mb: dict[str, float]
     missing: dict[str, int]
+    fill_sources: dict[str, int]
+    """Where the gateway first saw each fill (``stream``, ``submit``, ``poll``...)."""
 
 
 class Trace(msgspec.Struct):
@@ -386,34 +388,52 @@ class Trace(msgspec.Struct):
     accepted: int = 0
     fill_answer: int = 0
     trade_id: str = ""
+    fill_source: str = ""
     report_accepted: int = 0
     report_fill: int = 0
     position: int = 0
 
 
 def traces(rows: list[Row]) -> dict[str, Trace]:
+    """Per signal (its correlation id): the order risk made of it, then everything about
+    that order by its client order id. A paper order that reached execution before its bar
+    fills when the bar comes, under the bar's envelope: the order's id still finds it, and
+    the position change names the report it follows (causation id)."""
+    rows = sorted(rows, key=lambda r: r.stored_ns)
+    order_of: dict[str, str] = {}  # client order id -> signal
     out: dict[str, Trace] = {}
-    for row in sorted(rows, key=lambda r: r.stored_ns):
-        t = out.setdefault(row.envelope.correlation_id, Trace())
+    for row in rows:
         e, at = row.event, row.stored_ns
         if isinstance(e, Signal):
-            t.signal = at
-        elif isinstance(e, OrderCommand) and not t.order:
-            t.order = at
-        elif isinstance(e, VenueOrder) and e.action == "new" and not t.venue_order_at:
+            out.setdefault(row.envelope.correlation_id, Trace()).signal = at
+        elif isinstance(e, OrderCommand) and e.client_order_id not in order_of:
+            order_of[e.client_order_id] = row.envelope.correlation_id
+            out.setdefault(row.envelope.correlation_id, Trace()).order = at
+    fill_report: dict[str, Trace] = {}  # a fill report's event id -> its signal's trace
+    for row in rows:
+        e, at = row.event, row.stored_ns
+        if isinstance(e, PositionChanged):
+            t = fill_report.get(row.envelope.causation_id)
+            if t is not None and not t.position:
+                t.position = at
+            continue
+        coid = getattr(e, "client_order_id", "")
+        if coid not in order_of:
+            continue
+        t = out[order_of[coid]]
+        if isinstance(e, VenueOrder) and e.action == "new" and not t.venue_order_at:
             t.venue_order, t.venue_order_at = e.venue_client_id, at
         elif isinstance(e, VenueAnswer):
             if e.kind == "accepted" and not t.accepted:
                 t.accepted = at
             elif e.kind == "fill" and not t.fill_answer:
-                t.fill_answer, t.trade_id = at, e.trade_id
+                t.fill_answer, t.trade_id, t.fill_source = at, e.trade_id, e.source
         elif isinstance(e, ExecutionReport):
             if e.status == "accepted" and not t.report_accepted:
                 t.report_accepted = at
             if e.fill_qty > 0 and not t.report_fill:
                 t.report_fill = at
-        elif isinstance(e, PositionChanged) and not t.position:
-            t.position = at
+                fill_report[row.envelope.event_id] = t
     return out
 
 
@@ -486,9 +506,14 @@ def figures(
         for name, seconds in cpu_s.items()
         if gw
     }
+    sources: dict[str, int] = {}
+    for t in gw:
+        if t.fill_source:
+            sources[t.fill_source] = sources.get(t.fill_source, 0) + 1
     return Phase(
-        rate, len(gw), gateway, paper, ratios, acks_per_s, cpu_pct, per_signal, rss, missing
-    )
+        rate, len(gw), gateway, paper, ratios, acks_per_s, cpu_pct, per_signal, rss, missing,
+        sources,
+    )  # fmt: skip
 
 
 # -- one run --------------------------------------------------------------------------------
@@ -580,6 +605,7 @@ def print_table(phases: list[Phase], args: argparse.Namespace, work: str) -> Non
         per = ", ".join(f"{k} {v}" for k, v in ph.cpu_ms_per_signal.items())
         rss = ", ".join(f"{k} {v}" for k, v in ph.rss_mb.items())
         print(f"\norders the fake took: {ph.acks_per_s}/s (offered {ph.rate:g}/s)")
+        print(f"fills first seen by the gateway from: {ph.fill_sources}")
         print(f"CPU over the phase: {cpu}\nCPU ms per signal: {per}\nRSS MB: {rss}")
         if any(ph.missing.values()):
             print(f"missing: {ph.missing}")
