@@ -550,3 +550,16 @@ async def test_a_crash_between_partial_fills_applies_each_fill_once(harness: Har
 
 async def _fake_filled(harness: Harness, vcid: str) -> bool:
     return harness.exchange_orders(vcid)[0].status == "filled"
+
+
+async def test_orders_stored_while_the_gateway_was_down_are_sent_once(harness: Harness) -> None:
+    await harness.start()
+    await harness.stop()
+    order = await harness.send(order_type="limit", limit_price=1.0, qty=10.0)
+    await harness.start()
+    vcid = order.venue_client_id
+    accepted = await harness.answer(vcid, lambda a: a.kind == "accepted", "the order sent")
+    assert accepted.source in ("submit", "stream")
+    assert not [a for a in await harness.answers(vcid) if a.kind in ("unknown", "missing")]
+    assert len(harness.exchange_orders(vcid)) == 1
+    await harness.stop()

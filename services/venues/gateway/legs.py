@@ -19,6 +19,7 @@ from services.venues.journal import VenueJournal
 
 LegState = Literal["sent", "unknown", "working", "done"]
 DONE_KINDS = ("canceled", "expired", "rejected", "missing")
+ACTIONS = ("submit", "amend", "cancel")
 
 
 class Leg(msgspec.Struct):
@@ -62,7 +63,8 @@ class LegBook:
         return leg
 
     def answer(self, answer: VenueAnswer, envelope: Envelope) -> None:
-        self.answered.add(envelope.causation_id)
+        if answer.source in ACTIONS:  # the order's own answer (a query's is not)
+            self.answered.add(envelope.causation_id)
         leg = self.legs.get(answer.venue_client_id)
         if leg is None:
             return
@@ -93,7 +95,8 @@ class LegBook:
             leg.state, leg.cancel = "done", None
 
     def handled(self, event_id: str) -> bool:
-        """Whether an answer caused by this order event is in the log."""
+        """Whether the log holds the answer to sending this order event (its submit's,
+        cancel's or amendment's, or the unknown a restart recorded for it)."""
         return event_id in self.answered
 
     def of_venue_order(self, venue_order_id: str) -> Leg | None:

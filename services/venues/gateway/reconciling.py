@@ -104,7 +104,7 @@ class Reconciler:
             await self._place(stop, cause)
         for vcid in findings.queries:
             leg = gateway.book.legs.get(vcid)
-            if leg is not None:
+            if leg is not None and gateway.book.handled(leg.envelope.event_id):
                 await gateway.dealer.query(leg)
         for venue_order_id in findings.cancels:
             leg = gateway.book.of_venue_order(venue_order_id)

@@ -21,6 +21,7 @@ from typing import Any
 
 import ccxt.pro
 from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
+from nats.js.errors import NotFoundError
 
 from contracts.envelope import Envelope
 from contracts.subjects import name_token
@@ -33,6 +34,7 @@ from contracts.venue_events import (
     VenueStatus,
 )
 from eventstore.bus import Bus, Stored, read_message
+from eventstore.errors import KeelError
 from services.runtime.clock import Clock
 from services.venues.ccxt_exchange import build_exchange, read_secrets, redact_logs
 from services.venues.client_ids import answer_event_id
@@ -48,6 +50,7 @@ from services.venues.journal import VenueJournal
 
 log = logging.getLogger("keel.gateway")
 STREAM = "VENUE"
+FETCH_S = 1.0
 ExchangeFactory = Callable[[VenueConfig, Mapping[str, str]], ccxt.pro.Exchange]
 
 
@@ -74,6 +77,9 @@ class Gateway:
         self.stopping = asyncio.Event()
         self.ready = asyncio.Event()
         self.rebuilt_seq = 0
+        self.delivered_seq = 0
+        """The last order a previous process of this gateway was handed (its durable
+        consumer's delivered sequence): an order up to it may have been sent."""
         self.state: GatewayState = "starting"
         self.reason = ""
         self.exchange: ccxt.pro.Exchange | None = None
@@ -148,6 +154,7 @@ class Gateway:
         tasks: list[asyncio.Task[Any]] = []
         try:
             await self._load_markets(exchange, redactor)
+            self.delivered_seq = await self._delivered("orders")
             await self._rebuild()
             await self.status("starting", "reconciling before trading")
             await self.reconciler.run_once()
@@ -168,10 +175,13 @@ class Gateway:
             )
             if self.state != "halted":
                 await self.status("running")
-            tasks = [
-                asyncio.create_task(self.stream.run()),
+            consumers = [
                 asyncio.create_task(self._consume(orders, self._on_order_msg)),
                 asyncio.create_task(self._consume(controls, self._on_control_msg)),
+            ]
+            tasks = [
+                *consumers,
+                asyncio.create_task(self.stream.run()),
                 asyncio.create_task(self._poll_loop()),
                 asyncio.create_task(self.reconciler.loop()),
             ]
@@ -181,6 +191,10 @@ class Gateway:
             for task in done:
                 if task is not stopping:
                     task.result()
+            # A clean stop lets each consumer's last pull end and handles what it brought:
+            # nothing is left delivered to a process that is gone (a restart would have to
+            # treat such an order as maybe sent).
+            await asyncio.wait(consumers, timeout=FETCH_S + 30)
         finally:
             for task in tasks:
                 task.cancel()
@@ -199,7 +213,8 @@ class Gateway:
                 return
             except Exception as exc:
                 if classify(exc) == "rejected":
-                    raise
+                    reason = exchange_reason(exc, redactor, exchange.id)
+                    raise KeelError(f"venue {self.venue.name}: markets: {reason}") from None
                 attempt += 1
                 log.warning(
                     "%s: markets: %s", self.name, exchange_reason(exc, redactor, exchange.id)
@@ -207,13 +222,25 @@ class Gateway:
                 await self.clock.sleep(min(self.config.backoff_max_s, 0.5 * 2**attempt))
 
     async def _recover(self) -> None:
-        """Legs sent before this process started and never answered: unknown until a
-        query by client id settles them (the poll loop asks; the fate rule decides)."""
+        """Legs handed to a previous process and never answered (it may have sent them):
+        unknown until a query by client id settles them (the poll loop asks again; the
+        fate rule decides). Orders no process was handed yet are sent as usual."""
         for leg in self.book.legs.values():
-            if leg.state == "sent" and not self.book.handled(leg.envelope.event_id):
+            if (
+                leg.state == "sent"
+                and leg.seq <= self.delivered_seq
+                and not self.book.handled(leg.envelope.event_id)
+            ):
                 reason = "the gateway stopped before the exchange answered: querying"
                 await self.record(self.dealer.unknown(leg, "submit", reason), leg.envelope)
                 await self.dealer.query(leg)
+
+    async def _delivered(self, part: str) -> int:
+        try:
+            info = await self.bus.js.consumer_info(STREAM, f"{self.name}-{part}")
+        except NotFoundError:
+            return 0
+        return info.delivered.stream_seq if info.delivered else 0
 
     async def _subscribe(self, part: str, subjects: list[str], policy: DeliverPolicy):
         durable = f"{self.name}-{part}"
@@ -230,9 +257,9 @@ class Gateway:
         return await self.bus.js.pull_subscribe("", durable=durable, stream=STREAM, config=config)
 
     async def _consume(self, sub: Any, handle: Callable[[Stored], Any]) -> None:
-        while True:
+        while not self.stopping.is_set():
             try:
-                msgs = await sub.fetch(16, timeout=1.0)
+                msgs = await sub.fetch(16, timeout=FETCH_S)
             except TimeoutError:
                 continue
             except Exception as exc:
@@ -260,8 +287,8 @@ class Gateway:
             else:
                 await self.dealer.cancel(leg, item.envelope)
             return
-        if leg is None or item.seq <= self.rebuilt_seq:
-            return  # sent before this process started: settled by _recover and the poll loop
+        if leg is None or item.seq <= self.delivered_seq:
+            return  # maybe sent before this process started: _recover and the poll loop settle it
         if self.state == "halted" and not order.reduce_only:
             reason = f"venue halted: {self.reason}"
             await self.dealer.reject(order, reason, "submit", item.envelope)
