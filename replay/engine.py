@@ -102,7 +102,7 @@ class ReplayEngine:
     def _deliver(
         self,
         event: Event,
-        envelope: LazyEnvelope,
+        envelope: LazyEnvelope | Envelope,
         subject: str,
         queue: collections.deque[tuple[Event, LazyEnvelope, str]] | None,
     ) -> collections.deque[tuple[Event, LazyEnvelope, str]] | None:

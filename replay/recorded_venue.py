@@ -122,12 +122,19 @@ def load_session(
             "a recorded venue replays the whole session: --start/--end would cut orders "
             "from their answers"
         )
-    return asyncio.run(_load(source, url, gateways, recorded_inputs(roles)))
+    producers = frozenset(role.name for role in roles)
+    return asyncio.run(_load(source, url, gateways, recorded_inputs(roles), producers))
 
 
 async def _load(
-    source: DataSource, url: str, gateways: frozenset[str], inputs: tuple[str, ...]
+    source: DataSource,
+    url: str,
+    gateways: frozenset[str],
+    inputs: tuple[str, ...],
+    producers: frozenset[str],
 ) -> RecordedSession:
+    """``producers``: the fleet's workers, whose venue orders the replay makes again (the
+    gateway's own, re-placed stops, are not)."""
     subject = "md.>" if source.location in STREAM_BY_NAME else source.location
     token = symbol_token(source.symbol) if source.symbol else None
     orders = tuple(f"venue.order.{name}.>" for name in sorted(gateways))
@@ -145,9 +152,7 @@ async def _load(
             for r in await _read(bus, stream, STREAM_BY_NAME[stream].subjects[0]):
                 if any(subject_matches(p, r.subject) for p in inputs):
                     fed.append(r)
-                elif r.producer == "execution" and any(
-                    subject_matches(p, r.subject) for p in orders
-                ):
+                elif r.producer in producers and any(subject_matches(p, r.subject) for p in orders):
                     sent.append(r)
     finally:
         await bus.close()
