@@ -134,6 +134,46 @@ async def start_fake_process(work: Path) -> tuple[asyncio.subprocess.Process, di
     return proc, json.loads(ready.read_text())
 
 
+async def ccxt_alone(orders: int, gap_s: float) -> dict[str, dict[str, float]]:
+    """ccxt's own share, in this process: ``orders`` market orders one after the other
+    (``gap_s`` apart) against the fake, with ccxt's rate limiter on (as the gateway runs
+    it) and off: wall ms per ``create_order`` and CPU ms per order."""
+    from services.venues.ccxt_exchange import build_exchange
+    from services.venues.config import VenueConfig
+    from tests.fakes.clock import ScaledClock
+    from tests.fakes.core import default_symbols, start_fake
+
+    spec = default_symbols(EXCHANGE, 1)[0]
+    fake = await start_fake(EXCHANGE, [spec], ScaledClock(time.time_ns(), 1.0))
+    venue = msgspec.convert({**fake.venue_entry(GATEWAY), "sandbox": True}, VenueConfig)
+    qty = round(max(spec.lot_size, round(120.0 / spec.price / spec.lot_size) * spec.lot_size), 8)
+    out = {}
+    try:
+        for limiter in (True, False):
+            exchange = build_exchange(venue, {"apiKey": KEY, "secret": fake.api_secret})
+            exchange.enableRateLimit = limiter
+            await exchange.load_markets()
+            walls, cpu = [], 0.0
+            for i in range(orders):
+                side = "buy" if i % 2 == 0 else "sell"
+                cpu0, wall0 = time.process_time(), time.perf_counter()
+                await exchange.create_order(spec.symbol, "market", side, qty)
+                walls.append((time.perf_counter() - wall0) * 1e3)
+                cpu += time.process_time() - cpu0
+                await asyncio.sleep(gap_s)
+            await exchange.close()
+            later = walls[1:]  # the first order finds the limiter's bucket full
+            out["rate limiter on" if limiter else "rate limiter off"] = {
+                "first_ms": round(walls[0], 1),
+                "p50_ms": round(statistics.median(later), 1),
+                "max_ms": round(max(later), 1),
+                "cpu_ms_per_order": round(cpu * 1e3 / orders, 2),
+            }
+    finally:
+        await fake.stop()
+    return out
+
+
 # -- the fleet ------------------------------------------------------------------------------
 
 
@@ -625,6 +665,10 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="--rates 2,20 --signals 20")
     parser.add_argument("--keep", action="store_true", help="keep the store and the logs")
     parser.add_argument("--json", action="store_true")
+    parser.add_argument(
+        "--ccxt-alone", type=int, default=0, help="only time N orders through ccxt, in process"
+    )
+    parser.add_argument("--gap", type=float, default=0.5, help="--ccxt-alone: seconds between")
     parser.add_argument("--serve-fake", default="", help=argparse.SUPPRESS)
     parser.add_argument("--serve-gateway", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -633,6 +677,11 @@ def main() -> None:
         return
     if args.serve_gateway:
         asyncio.run(serve_gateway(Path(args.serve_gateway), args.reconcile_every_s))
+        return
+    if args.ccxt_alone:
+        alone = asyncio.run(ccxt_alone(args.ccxt_alone, args.gap))
+        for name, row in alone.items():
+            print(f"ccxt create_order, {name}, {args.gap:g} s apart: {row}")
         return
     if args.quick:
         args.rates, args.signals = "2,20", 20
