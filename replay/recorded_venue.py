@@ -74,7 +74,6 @@ class RecordedSession:
         self.inputs = inputs
         self.orders = orders
         self.bars = sum(1 for r in market if type(r.event) is Bar)
-        self.others = len(market) - self.bars
         self.answers = sum(1 for r in inputs if type(r.event) is VenueAnswer)
         self.interval = next((r.event.interval for r in market if type(r.event) is Bar), "")
 
