@@ -1,0 +1,247 @@
+"""A whole ``keel up`` fleet trading one exchange fake through its venue gateway.
+
+``GatewaySession`` starts its own nats-server, the fake (on a rising price path, so a trend
+strategy enters within a few bars and then holds), a config whose one ``[[venues]]`` entry
+points ccxt at the fake in the venue's test mode (``MODES``) with the credentials in
+environment variables, and ``keel up`` on the fake's exchange time (``KEEL_TEST_CLOCK``).
+It then reads back what the fleet stored and what the exchange holds, for
+``tests/test_gateway_e2e.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+
+from nats.js.api import DeliverPolicy
+
+from contracts.events import Bar, ExecutionReport, PositionChanged
+from contracts.venue_events import VenueAnswer
+from eventstore.bus import Bus
+from eventstore.log_reader import read_caught_up
+from eventstore.server import EmbeddedServer
+from tests.fakes.__main__ import toml_value, venue_toml
+from tests.fakes.clock import ScaledClock
+from tests.fakes.core import FakeExchange, start_fake
+from tests.fakes.kraken_orders import ccxt_secret as kraken_secret
+from tests.fakes.krakenfutures_orders import TEST_SECRET as KF_SECRET
+from tests.fakes.prices import PricePath, default_symbols, unit
+from tests.up_process import fake_time_env, stop_up
+
+RATE = 60.0
+STEP = 60_000_000_000
+NS = 1_000_000_000
+VENUE = "vx"
+KEY = "e2e-test-key-0123456789"
+KEY_ENV, SECRET_ENV = "KEEL_E2E_KEY", "KEEL_E2E_SECRET"
+MODES = {
+    "binance": "sandbox",
+    "binanceusdm": "sandbox",
+    "bybit": "sandbox",
+    "kraken": "live",  # ccxt knows no Kraken spot testnet: a live entry pointed at the fake
+    "krakenfutures": "sandbox",  # ccxt's Kraken Futures test URLs are its demo environment
+}
+CYCLE = 3000
+"""Bars in the price path before it starts over (``PricePath.from_bars`` reuses it)."""
+START_AT = 200
+"""Where in the path exchange time starts: history behind, the whole rise ahead."""
+STRATEGY = {  # warm after a few bars; on a steady rise it enters and holds
+    "fast": 2,
+    "slow": 3,
+    "htf_factor": 1,
+    "htf_period": 3,
+    "rsi_period": 3,
+    "rsi_min": 0,
+    "rsi_max": 99.9,
+    "rsi_exit": 100,
+    "atr_period": 3,
+    "atr_stop_mult": 2,
+    "atr_target_mult": 40,
+    "cooldown_bars": 0,
+}
+
+
+def rising_bars() -> list[Bar]:
+    """Up 0.05 % a bar, every fourth bar down 0.02 %: fast above slow, close above the
+    higher-timeframe average, and the dips keep RSI below 100."""
+    bars: list[Bar] = []
+    price = 100.0
+    for k in range(CYCLE):
+        close = price * (0.9998 if k % 4 == 3 else 1.0005)
+        high, low = max(price, close) * 1.0003, min(price, close) * 0.9997
+        bars.append(
+            Bar(
+                ts=(k + 1) * STEP,
+                venue="path",
+                symbol="X",
+                interval="1m",
+                open_time=k * STEP,
+                close_time=(k + 1) * STEP,
+                open=price,
+                high=high,
+                low=low,
+                close=close,
+                volume=10.0,
+            )
+        )
+        price = close
+    return bars
+
+
+def exchange_start(symbol: str) -> int:
+    """Exchange time hours behind the wall (ccxt clamps some requests to its own clock), at
+    a minute where ``symbol`` is ``START_AT`` bars into its cycle, 20 s into the minute."""
+    offset = int(unit(symbol, "offset") * CYCLE)
+    k = time.time_ns() // STEP - 3 * 60
+    k -= (k + offset - START_AT) % CYCLE
+    return k * STEP + 20 * NS
+
+
+def secret_for(fake: FakeExchange) -> str:
+    """The secret ccxt holds for the fake: Kraken's are base64 (of the fake's own)."""
+    if fake.exchange_id == "krakenfutures":
+        fake.api_secret = KF_SECRET
+        return KF_SECRET
+    if fake.exchange_id == "kraken":
+        return kraken_secret(fake)
+    return fake.api_secret
+
+
+def fleet_toml(fake: FakeExchange, symbol: str, qty: float) -> str:
+    mode = MODES[fake.exchange_id]
+    entry = {
+        **fake.venue_entry(VENUE),
+        "mode": mode,
+        ("live" if mode == "live" else mode): True,
+        "timeout_ms": 3000,
+        "credentials": {"api_key_env": KEY_ENV, "secret_env": SECRET_ENV},
+    }
+    gateway = {"poll_after_s": 30.0, "poll_every_s": 5.0, "reconcile_every_s": 120.0}
+    params = toml_value({**STRATEGY, "qty": qty})
+    return f"""
+[market]
+venue = "{VENUE}"
+symbols = ["{symbol}"]
+interval = "1m"
+quotes = true
+
+[[strategies]]
+name = "trend_follower"
+symbols = ["{symbol}"]
+params = {params}
+
+[risk]
+brackets = true
+
+{venue_toml(entry)}
+
+[venues.gateway]
+{chr(10).join(f"{k} = {toml_value(v)}" for k, v in gateway.items())}
+"""
+
+
+class GatewaySession:
+    """One exchange fake, its own nats-server and ``keel up`` in ``work``."""
+
+    def __init__(self, exchange_id: str, work: Path) -> None:
+        self.exchange_id = exchange_id
+        self.work = work
+        spec = default_symbols(exchange_id, 1)[0]
+        self.spec = spec
+        self.symbol = spec.symbol
+        self.qty = round(max(spec.lot_size, 20.0 / spec.price) * 10, 8)
+        self.clock = ScaledClock(exchange_start(spec.symbol), RATE)
+        self.server: EmbeddedServer | None = None
+        self.bus: Bus | None = None
+        self.fake: FakeExchange | None = None
+        self.up: asyncio.subprocess.Process | None = None
+        self.output = ""
+
+    async def start(self) -> None:
+        self.work.mkdir(parents=True, exist_ok=True)
+        self.server = EmbeddedServer(self.work / "nats").start()
+        self.bus = await Bus.connect(self.server.url, name="test")
+        path = PricePath.from_bars(rising_bars())
+        self.fake = await start_fake(self.exchange_id, [self.spec], self.clock, path=path)
+        config = self.work / "keel.toml"
+        config.write_text(fleet_toml(self.fake, self.symbol, self.qty))
+        env = {
+            **fake_time_env(self.server.url, self.clock),
+            KEY_ENV: KEY,
+            SECRET_ENV: secret_for(self.fake),
+        }
+        live = ["--live"] if MODES[self.exchange_id] == "live" else []
+        self.up = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.app", "up", "--config", str(config), *live,
+            cwd=self.work, env=env,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+
+    async def stop(self) -> None:
+        """Ctrl-C: ``keel up`` stops its workers and exits; then the fake and the server.
+        Stopping twice does nothing more."""
+        up, fake, bus, server = self.up, self.fake, self.bus, self.server
+        self.fake, self.bus, self.server = None, None, None
+        try:
+            if up is not None and up.returncode is None:
+                up.send_signal(signal.SIGINT)
+                try:
+                    out, _ = await asyncio.wait_for(up.communicate(), 60)
+                    self.output = out.decode(errors="replace")
+                finally:
+                    await stop_up(up)
+        finally:
+            if fake is not None:
+                await fake.stop()
+            if bus is not None:
+                await bus.close()
+            if server is not None:
+                server.stop()
+
+    async def events(self, stream: str, subjects: str, kind: type) -> list:
+        assert self.bus is not None
+        stored = await read_caught_up(self.bus, stream, subjects, DeliverPolicy.ALL)
+        return [s.event for s in stored if isinstance(s.event, kind)]
+
+    async def reports(self) -> list[ExecutionReport]:
+        return await self.events("EXECUTION", "exec.report.>", ExecutionReport)
+
+    async def answers(self) -> list[VenueAnswer]:
+        return await self.events("VENUE", f"venue.answer.{VENUE}.>", VenueAnswer)
+
+    async def positions(self) -> list[PositionChanged]:
+        return await self.events("PORTFOLIO", "pf.position.>", PositionChanged)
+
+    async def until(self, check: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        while not await check():
+            if self.up is not None and self.up.returncode is not None:
+                raise AssertionError(f"{self.exchange_id}: keel up ended while waiting for {what}")
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{self.exchange_id}: timed out waiting for {what}")
+            await asyncio.sleep(0.25)
+
+    def log(self, worker: str) -> str:
+        path = self.work / ".keel" / "logs" / f"{worker}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    async def status(self, *args: str) -> str:
+        """``keel status`` of this fleet, its output as text."""
+        assert self.server is not None
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.app", "status", *args,
+            cwd=self.work, env=fake_time_env(self.server.url, self.clock),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        out, _ = await asyncio.wait_for(proc.communicate(), 120)
+        text = out.decode(errors="replace")
+        assert proc.returncode == 0, text
+        return text
+
+    async def status_json(self) -> dict:
+        return json.loads((await self.status("--json")).strip().splitlines()[-1])

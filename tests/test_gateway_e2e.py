@@ -1,0 +1,145 @@
+"""Issue 15's first "Done when": against the fakes of Binance, Binance USDT-M, Bybit, Kraken
+and Kraken Futures a strategy trades end to end with exchange-side stops.
+
+For each exchange a real ``keel up --config F`` (``tests/gateway_session.py``): market data
+from the fake, the trend follower entering on its rising prices with a stop and a target,
+risk making that a bracket entry, the order manager sending its legs as ``VenueOrder``s, the
+``gateway-vx`` process that ``keel up`` started sending them through ccxt to the fake in the
+venue's test mode (sandbox; Kraken spot, which has none, a live entry with ``--live``). Then
+what the exchange holds is compared with what Keel stored: the entry's fills (prices, fees)
+in ``exec.report``, the protective stop resting on the exchange (reduce-only on perpetuals,
+on the algo endpoint on Binance USDT-M), the portfolio's position against the venue's
+position or balance change, and ``keel status`` showing the mode. The five sessions run side
+by side, each with its own nats-server, fake and directory.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+from pathlib import Path
+
+from contracts.events import ExecutionReport
+from services.venues.client_ids import venue_client_id
+from tests.fakes.matching import FakeOrder
+from tests.gateway_session import MODES, VENUE, GatewaySession
+
+EXCHANGES = ["binance", "binanceusdm", "bybit", "kraken", "krakenfutures"]
+WAIT_S = 150.0
+"""Generous on a loaded machine; on an idle one the entry is protected within ~30 s."""
+
+
+def close(a: float, b: float) -> bool:
+    return math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12)
+
+
+def entry_fills(reports: list[ExecutionReport]) -> list[ExecutionReport]:
+    return [r for r in reports if r.fill_qty > 0 and not r.client_order_id.endswith((".sl", ".tp"))]
+
+
+def working(reports: list[ExecutionReport], leg: str) -> ExecutionReport | None:
+    return next(
+        (r for r in reports if r.client_order_id.endswith(leg) and r.status == "accepted"), None
+    )
+
+
+async def protected(session: GatewaySession) -> bool:
+    """The entry is filled and both legs are working, on Keel's side and on the exchange's."""
+    assert session.fake is not None
+    reports = await session.reports()
+    fills = entry_fills(reports)
+    if not fills or not close(sum(f.fill_qty for f in fills), fills[0].order_qty):
+        return False
+    legs = [working(reports, ".sl"), working(reports, ".tp")]
+    if None in legs:
+        return False
+    ids = {venue_client_id(VENUE, leg.client_order_id, 0) for leg in legs if leg is not None}
+    return ids <= {o.client_id for o in session.fake.account.open_orders()}
+
+
+def venue_order(session: GatewaySession, client_order_id: str) -> FakeOrder:
+    assert session.fake is not None
+    vcid = venue_client_id(VENUE, client_order_id, 0)
+    found = [o for o in session.fake.account.orders() if o.client_id == vcid]
+    assert len(found) == 1, f"{session.exchange_id}: {client_order_id} on the exchange: {found}"
+    return found[0]
+
+
+async def trades_with_exchange_side_stops(session: GatewaySession) -> None:
+    await session.start()
+    assert session.fake is not None
+    account = session.fake.account
+    start_balances = {a: b.total for a, b in account.balances.items()}
+    await session.until(lambda: protected(session), "a filled entry with its legs working", WAIT_S)
+    reports = await session.reports()
+    fills = entry_fills(reports)
+    entry_id = fills[0].client_order_id
+    sl, tp = working(reports, ".sl"), working(reports, ".tp")
+    assert sl is not None and tp is not None
+
+    # The entry filled at the exchange, and exec.report carries the exchange's own trades.
+    entry = venue_order(session, entry_id)
+    assert entry.status == "filled" and close(entry.filled, entry.qty)
+    trades = account.fills(order_id=entry.order_id)
+    assert sorted((f.fill_qty, f.fill_price, f.fee) for f in fills) == sorted(
+        (t.qty, t.price, t.fee) for t in trades
+    ), f"{session.exchange_id}: reports {fills} against the exchange's trades {trades}"
+    assert {f.fee_currency for f in fills} == {t.fee_currency for t in trades}
+    assert all(f.venue_order_id for f in fills)
+
+    # The protective stop rests on the exchange: a stop-market order on the other side for
+    # the whole position, at the bracket's price; the target is a limit order there too.
+    stop = venue_order(session, sl.client_order_id)
+    assert stop.type == "stop" and stop.status == "new" and stop.side != entry.side
+    assert isinstance(sl.stop_price, float) and close(stop.stop_price or 0.0, sl.stop_price)
+    assert close(stop.qty, entry.qty)
+    target = venue_order(session, tp.client_order_id)
+    assert target.type == "limit" and target.status == "new" and close(target.qty, entry.qty)
+    perpetual = session.spec.kind == "perpetual"
+    assert stop.reduce_only == perpetual and target.reduce_only == perpetual
+    # Binance USDT-M keeps stops on its algo endpoint, Bybit in its conditional book.
+    assert stop.algo == (session.exchange_id in ("binanceusdm", "bybit"))
+
+    # The portfolio's position is the venue's: a perpetual's position, or on spot the base
+    # asset bought (its fee, when charged in the base asset, is booked as a cost in the
+    # quote currency, so the position is the gross quantity).
+    positions = [p for p in await session.positions() if p.symbol == session.symbol]
+    assert positions, f"{session.exchange_id}: no position in the portfolio"
+    held = positions[-1].qty
+    if perpetual:
+        assert close(held, account.positions[session.symbol].qty)
+    else:
+        base = session.spec.base
+        base_fees = sum(t.fee for t in trades if t.fee_currency == base)
+        bought = account.balances[base].total - start_balances.get(base, 0.0)
+        assert math.isclose(held, bought + base_fees, rel_tol=1e-9), (held, bought, base_fees)
+    assert close(held, entry.qty)
+
+    # keel status shows the venue's mode and its gateway running.
+    screen = await session.status()
+    mode = MODES[session.exchange_id]
+    venue_line = next((line for line in screen.splitlines() if "mode " in line), screen)
+    assert f"mode {mode.upper()}" in venue_line, venue_line
+    assert "gateway running" in venue_line, venue_line
+    await session.stop()
+    assert session.up is not None and session.up.returncode == 0, session.output
+    for worker in ("execution", f"gateway-{VENUE}", "risk", "portfolio"):
+        assert "Traceback" not in session.log(worker), session.log(worker)
+
+
+async def one(exchange_id: str, work: Path) -> None:
+    session = GatewaySession(exchange_id, work)
+    try:
+        await trades_with_exchange_side_stops(session)
+    finally:
+        await session.stop()
+
+
+async def test_a_strategy_trades_end_to_end_with_exchange_side_stops(tmp_path: Path) -> None:
+    outcomes = await asyncio.gather(
+        *(one(ex, tmp_path / ex) for ex in EXCHANGES), return_exceptions=True
+    )
+    failures = [(ex, o) for ex, o in zip(EXCHANGES, outcomes, strict=True) if o is not None]
+    if failures:
+        told = "\n".join(f"{ex}: {str(o)[:2000]!s}" for ex, o in failures)
+        raise AssertionError(told) from failures[0][1]
