@@ -60,6 +60,8 @@ WAIT_S = 120.0
 """Bound of every wait: generous, a loaded machine starts a process slowly."""
 PARTS = 6
 """Parts of the order killed between partial fills: one a tick (1.5 s), a wide window."""
+STOP_PARTS = 4
+"""Parts of the triggered stop (one lot each)."""
 MINUTE = 60 * NS
 
 
@@ -234,7 +236,7 @@ class Case:
         fake, tick = self.fake, self.spec.tick_size
         step = fake.step_ns // fake.updates_per_bar
         now = fake.now_ns()
-        first = now // step + 4  # the gateway has a few ticks to place it
+        first = now // step + 6  # the gateway has six ticks (9 s) to place it
 
         def last(ts: int) -> float:
             return fake.snapshot(self.symbol, ts).trade.price
@@ -448,9 +450,9 @@ async def killed_between_partial_fills(case: Case) -> None:
 
 
 async def killed_while_a_stop_fills(case: Case) -> None:
-    """A protective stop the market triggers fills in three parts, one a tick; the gateway
+    """A protective stop the market triggers fills in four parts, one a tick; the gateway
     dies after the first part. It must not take the triggered stop for a missing one."""
-    case.fake.account.faults.fill_parts = 3
+    case.fake.account.faults.fill_parts = STOP_PARTS
     stop = await case.protective_stop("stop", case.coming_stop())
     vcid = stop.venue_client_id
     await case.accepted(vcid)
@@ -461,7 +463,8 @@ async def killed_while_a_stop_fills(case: Case) -> None:
     await case.until(filling, "the stop to trigger and fill its first part")
     await case.crash()
     [placed] = case.placed(vcid)
-    assert len(case.fake.account.fills(order_id=placed.order_id)) < 3, "filled before the kill"
+    made = len(case.fake.account.fills(order_id=placed.order_id))
+    assert made < STOP_PARTS, "filled before the kill"
     await case.start()
     await case.all_fills_recorded(vcid)
     case.fake.account.faults.fill_parts = 1
@@ -497,4 +500,4 @@ async def test_gateway_killed_at_three_points_leaves_no_trace(tmp_path: Path) ->
     assert not failed, "\n\n".join(failed)
     for exchange_id, result in zip(EXCHANGES, found, strict=True):
         assert isinstance(result, dict)
-        assert result["fills"] >= 1 + PARTS + 3, (exchange_id, result)  # take, parts, stop
+        assert result["fills"] >= 1 + PARTS + STOP_PARTS, (exchange_id, result)
