@@ -148,7 +148,10 @@ brackets = true
 class GatewaySession:
     """One exchange fake, its own nats-server and ``keel up`` in ``work``."""
 
-    def __init__(self, exchange_id: str, work: Path) -> None:
+    def __init__(
+        self, exchange_id: str, work: Path, balances: dict[str, float] | None = None
+    ) -> None:
+        self.balances = balances
         self.exchange_id = exchange_id
         self.work = work
         spec = default_symbols(exchange_id, 1)[0]
@@ -167,7 +170,9 @@ class GatewaySession:
         self.server = EmbeddedServer(self.work / "nats").start()
         self.bus = await Bus.connect(self.server.url, name="test")
         path = PricePath.from_bars(rising_bars())
-        self.fake = await start_fake(self.exchange_id, [self.spec], self.clock, path=path)
+        self.fake = await start_fake(
+            self.exchange_id, [self.spec], self.clock, path=path, balances=self.balances
+        )
         config = self.work / "keel.toml"
         config.write_text(fleet_toml(self.fake, self.symbol, self.qty))
         env = {

@@ -8,9 +8,12 @@ risk making that a bracket entry, the order manager sending its legs as ``VenueO
 venue's test mode (sandbox; Kraken spot, which has none, a live entry with ``--live``). Then
 what the exchange holds is compared with what Keel stored: the entry's fills (prices, fees)
 in ``exec.report``, the protective stop resting on the exchange (reduce-only on perpetuals,
-on the algo endpoint on Binance USDT-M), the portfolio's position against the venue's
-position or balance change, and ``keel status`` showing the mode. The five sessions run side
-by side, each with its own nats-server, fake and directory.
+on the algo endpoint on Binance USDT-M, in the conditional book on Bybit), the portfolio's
+position against the venue's position or balance change, and ``keel status`` showing the
+mode with the gateway running (a periodic reconciliation after the fill found nothing to
+halt for). The five sessions run side by side, each with its own nats-server, fake and
+directory. The spot accounts are the fakes' default ones, which hold the base assets too,
+as a testnet account does.
 """
 
 from __future__ import annotations
