@@ -99,8 +99,8 @@ class Case:
         self.root, self.exchange_id = root, exchange_id
         root.mkdir(parents=True)
         self.server = EmbeddedServer(root / "nats").start()
-        self.bus: Bus
-        self.fake: FakeExchange
+        self._bus: Bus | None = None
+        self._fake: FakeExchange | None = None
         self.clock = ScaledClock(time.time_ns() - 3 * 3600 * NS, RATE)
         self.process: asyncio.subprocess.Process | None = None
         self.execution: asyncio.subprocess.Process | None = None
@@ -108,13 +108,13 @@ class Case:
         """Venue client ids of the order manager's legs (sent as ``OrderCommand``)."""
         self.log = root / "gateway.log"
         self.sent: list[VenueOrder] = []
-        self.starts = 0
         self.point = "start"
 
     async def open(self) -> Case:
-        self.bus = await Bus.connect(self.server.url, name="crash-test")
+        self._bus = await Bus.connect(self.server.url, name="crash-test")
         symbols = default_symbols(self.exchange_id, 1)
-        self.fake = await start_fake(self.exchange_id, symbols, self.clock, path=falling_sawtooth())
+        path = falling_sawtooth()
+        self._fake = await start_fake(self.exchange_id, symbols, self.clock, path=path)
         self.secrets = (KEY, secret_for(self.fake))
         self.config = write_config(self.root / "keel.json", self.fake, VENUE)
         self.symbol = next(iter(self.fake.specs))
@@ -130,9 +130,21 @@ class Case:
             await kill(self.process)
         if self.execution is not None:
             await kill(self.execution)
-        await self.bus.close()
-        await self.fake.stop()
+        if self._bus is not None:
+            await self._bus.close()
+        if self._fake is not None:
+            await self._fake.stop()
         self.server.stop()
+
+    @property
+    def bus(self) -> Bus:
+        assert self._bus is not None, "Case.open() first"
+        return self._bus
+
+    @property
+    def fake(self) -> FakeExchange:
+        assert self._fake is not None, "Case.open() first"
+        return self._fake
 
     @property
     def perpetual(self) -> bool:
@@ -143,7 +155,6 @@ class Case:
     async def start(self) -> None:
         """Start the gateway and wait for its status after the start-up reconciliation."""
         before = len(await self.statuses())
-        self.starts += 1
         self.process = await start_gateway(
             self.root, self.server.url, self.clock, self.config, VENUE, GATEWAY,
             self.secrets, self.log,
