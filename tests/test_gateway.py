@@ -545,6 +545,8 @@ async def test_a_crash_between_partial_fills_applies_each_fill_once(harness: Har
     assert len(harness.exchange_orders(vcid)) == 1
     gateway = harness.gateway
     assert gateway is not None and gateway.journal.position(harness.symbol) == pytest.approx(0.04)
+    found = await harness.events(Discrepancy, f"venue.recon.{VENUE}")
+    assert gateway.state == "running", [(d.kind, d.action, d.detail) for d in found]
     await harness.stop()
 
 

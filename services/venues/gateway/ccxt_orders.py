@@ -89,9 +89,9 @@ class OrderCalls:
 
     @property
     def per_symbol(self) -> bool:
-        """Binance lists open orders per symbol (ccxt warns without one, and the weight
-        of all symbols at once is 40 times one)."""
-        return self.id in ("binance", "binanceusdm")
+        """Binance and Bybit list open orders per symbol (Binance: ccxt warns without one,
+        and all symbols at once weigh 40 times one; Bybit: a listing is of one category)."""
+        return self.id in ("binance", "binanceusdm", "bybit")
 
     def is_contract(self, symbol: str) -> bool:
         market = self.exchange.markets.get(symbol) if self.exchange.markets else None
@@ -167,13 +167,14 @@ class OrderCalls:
         targets: list[str | None] = list(symbols) if self.per_symbol else [None]
         for symbol in targets:
             found += await self.call(lambda s=symbol: self.exchange.fetch_open_orders(s))
-            if self.id == "bybit" or (self.id == "binanceusdm" and symbol is not None):
+            if symbol is not None and self.id in ("binanceusdm", "bybit"):
                 found += await self.call(
                     lambda s=symbol: self.exchange.fetch_open_orders(
                         s, None, None, {"trigger": True}
                     )
                 )
-        return found
+        unique = {str(o.get("id")): o for o in found}  # a book may list one twice
+        return list(unique.values())
 
     async def trades(self, symbol: str, since_ms: int | None) -> list[dict[str, Any]]:
         return await self.call(lambda: self.exchange.fetch_my_trades(symbol, since_ms))
@@ -189,7 +190,13 @@ class OrderCalls:
         return out
 
     async def balances(self) -> dict[str, float]:
-        """Total balance per asset."""
+        """Total balance per asset: what fills and fees move (Binance USDT-M: the wallet
+        balance; ccxt's total there is the margin balance, which moves with the market)."""
         found: Mapping[str, Any] = await self.call(self.exchange.fetch_balance)
-        totals = found.get("total") or {}
-        return {str(k): float(v) for k, v in totals.items() if v is not None}
+        totals = {str(k): float(v) for k, v in (found.get("total") or {}).items() if v is not None}
+        info = found.get("info")
+        if self.id == "binanceusdm" and isinstance(info, Mapping):
+            for row in info.get("assets") or ():
+                if row.get("walletBalance") is not None:
+                    totals[str(row.get("asset"))] = float(row["walletBalance"])
+        return totals

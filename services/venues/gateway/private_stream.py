@@ -43,6 +43,8 @@ class PrivateStream:
         self.last_ns = clock.now_ns()
         self.failures = 0
         self.frames = 0
+        self.first = asyncio.Event()
+        """Set once a first result (a snapshot, on exchanges that send one) is handled."""
         self._rng = random.Random()
 
     async def run(self) -> None:
@@ -79,6 +81,7 @@ class PrivateStream:
                 seen.clear()
             if fresh:
                 await handle(fresh)
+            self.first.set()
 
 
 def _key(item: Mapping[str, Any]) -> str:

@@ -26,6 +26,7 @@ from nats.js.errors import NotFoundError
 from contracts.envelope import Envelope
 from contracts.subjects import name_token
 from contracts.venue_events import (
+    Discrepancy,
     GatewayState,
     KillSwitch,
     VenueAdoption,
@@ -51,6 +52,8 @@ from services.venues.journal import VenueJournal
 log = logging.getLogger("keel.gateway")
 STREAM = "VENUE"
 FETCH_S = 1.0
+SNAPSHOT_WAIT_S = 2.0
+"""Wall seconds a start waits for the private stream's first frame before reconciling."""
 ExchangeFactory = Callable[[VenueConfig, Mapping[str, str]], ccxt.pro.Exchange]
 
 
@@ -121,7 +124,8 @@ class Gateway:
         )
 
     async def _rebuild(self) -> None:
-        """Fold this venue's orders, answers and adoptions from the log."""
+        """Fold this venue's orders, answers, reconciliation findings (baselines, halts) and
+        adoptions from the log."""
         venue = self.venue.name
         async for item in self.bus.read("venue.>", STREAM):
             if not isinstance(item, Stored):
@@ -131,7 +135,7 @@ class Gateway:
                 self.book.order(event, item.envelope, item.seq)
             elif isinstance(event, VenueAnswer) and event.venue == venue:
                 self.book.answer(event, item.envelope)
-            elif not (isinstance(event, VenueAdoption) and event.venue == venue):
+            elif not (isinstance(event, (VenueAdoption, Discrepancy)) and event.venue == venue):
                 continue
             self.journal.apply(event)
         log.info(
@@ -157,8 +161,6 @@ class Gateway:
             self.delivered_seq = await self._delivered("orders")
             await self._rebuild()
             await self.status("starting", "reconciling before trading")
-            await self.reconciler.run_once()
-            await self._recover()
             self.stream = PrivateStream(
                 exchange,
                 self.clock,
@@ -167,6 +169,13 @@ class Gateway:
                 self._on_orders,
                 self.config.backoff_max_s,
             )
+            tasks.append(asyncio.create_task(self.stream.run()))
+            # Exchanges that open the private stream with a snapshot of recent fills (Kraken
+            # Futures) give them with their fees, which their REST fills lack: taken first.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self.stream.first.wait(), SNAPSHOT_WAIT_S)
+            await self.reconciler.run_once()
+            await self._recover()
             orders = await self._subscribe(
                 "orders", [f"venue.order.{self.venue.name}.>"], DeliverPolicy.ALL
             )
@@ -179,9 +188,8 @@ class Gateway:
                 asyncio.create_task(self._consume(orders, self._on_order_msg)),
                 asyncio.create_task(self._consume(controls, self._on_control_msg)),
             ]
-            tasks = [
+            tasks += [
                 *consumers,
-                asyncio.create_task(self.stream.run()),
                 asyncio.create_task(self._poll_loop()),
                 asyncio.create_task(self.reconciler.loop()),
             ]
