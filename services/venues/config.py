@@ -15,6 +15,7 @@ from msgspec import Meta
 
 from contracts.subjects import name_token
 from contracts.venue_events import VenueMode
+from services.venues.gateway.config import GatewayConfig
 
 VenueKind = Literal["ccxt"]
 SECRET_FIELDS = ("api_key", "secret", "password", "uid")
@@ -52,7 +53,8 @@ class VenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``demo`` its demo trading environment; ``timeout_ms`` bounds each REST request.
     ``mode`` is how orders for it are traded: ``paper`` (the paper venue, on this venue's
     data), ``sandbox`` or ``demo`` (a venue gateway sends them to that environment) or
-    ``live`` (real money: also needs ``live = true`` here and ``keel up --live``)."""
+    ``live`` (real money: also needs ``live = true`` here and ``keel up --live``);
+    ``gateway`` (``[venues.gateway]``) times and bounds its gateway."""
 
     name: str
     exchange: str
@@ -65,6 +67,7 @@ class VenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout_ms: Annotated[int, Meta(ge=100, le=120_000)] = 10_000
     mode: VenueMode = "paper"
     live: bool = False
+    gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
 
     def __post_init__(self) -> None:
         name_token(self.name, "venue name")
