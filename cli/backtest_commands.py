@@ -259,6 +259,7 @@ def summary_table(result: BacktestResult) -> Table:
     for label, value in (
         ("bars", f"{result.bars:,}"),
         *([("external events", f"{result.external_events:,}")] if result.external_events else []),
+        *([("venue", result.venue)] if result.venue else []),
         ("signals / orders / fills", f"{result.signals:,} / {result.orders:,} / {result.fills:,}"),
         ("rejections", f"{result.rejections:,}"),
         ("trades", f"{result.trades:,}"),

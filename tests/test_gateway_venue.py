@@ -65,6 +65,8 @@ def test_an_order_is_a_leg_and_only_the_venues_answers_report_on_it() -> None:
     assert not leg.reduce_only and not leg.protective
     (acc,) = reports(oms.decide(answer(leg, "accepted"), T0 + NS))
     assert acc.status == "accepted" and acc.venue_order_id == "9001"
+    streamed = answer(leg, "accepted", T0 + NS + 1, source="stream")
+    assert reports(oms.decide(streamed, T0 + NS + 1)) == []  # acknowledged once
     fill = answer(leg, "fill", T0 + 2 * NS, trade_id="t1", fill_qty=0.5, fill_price=101.25)
     fill = fill.__class__(**{**_fields(fill), "fee": 0.01, "fee_currency": "BNB"})
     (part,) = reports(oms.decide(fill, T0 + 2 * NS))

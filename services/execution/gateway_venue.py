@@ -176,6 +176,8 @@ class GatewayVenue:
             self._finish(leg)  # the order manager ended it already (an OCO sibling)
             return []
         if kind == "accepted":
+            if leg.acked:
+                return []  # the submit's answer and the private stream's both say so
             leg.acked = True
             return [self._leg_report(leg, "accepted", answer)]
         if kind == "unknown":
