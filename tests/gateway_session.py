@@ -61,7 +61,7 @@ STRATEGY = {  # warm after a few bars; on a steady rise it enters and holds
     "rsi_exit": 100,
     "atr_period": 3,
     "atr_stop_mult": 2,
-    "atr_target_mult": 40,
+    "atr_target_mult": 200,
     "cooldown_bars": 0,
 }
 

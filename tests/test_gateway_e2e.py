@@ -84,8 +84,11 @@ async def trades_with_exchange_side_stops(session: GatewaySession) -> None:
     entry = venue_order(session, entry_id)
     assert entry.status == "filled" and close(entry.filled, entry.qty)
     trades = account.fills(order_id=entry.order_id)
-    assert sorted((f.fill_qty, f.fill_price, f.fee) for f in fills) == sorted(
-        (t.qty, t.price, t.fee) for t in trades
+    ours = sorted((f.fill_qty, f.fill_price, f.fee) for f in fills)
+    theirs = sorted((t.qty, t.price, t.fee) for t in trades)
+    assert len(ours) == len(theirs) and all(
+        all(math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-8) for a, b in zip(x, y, strict=True))
+        for x, y in zip(ours, theirs, strict=True)
     ), f"{session.exchange_id}: reports {fills} against the exchange's trades {trades}"
     assert {f.fee_currency for f in fills} == {t.fee_currency for t in trades}
     assert all(f.venue_order_id for f in fills)
