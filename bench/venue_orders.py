@@ -177,14 +177,6 @@ async def ccxt_alone(orders: int, gap_s: float) -> dict[str, dict[str, float]]:
 # -- the fleet ------------------------------------------------------------------------------
 
 
-def keel_runs_gateway() -> bool:
-    """Whether ``[[venues]]`` carries the gateway's timings, so ``keel run gateway`` can run
-    (until it does, this script's ``--serve-gateway`` runs the same ``Gateway`` worker)."""
-    from services.venues.config import VenueConfig
-
-    return "gateway" in VenueConfig.__struct_fields__
-
-
 def fleet_toml(entry: dict[str, Any], reconcile_every_s: float) -> str:
     venue = {
         **entry,
@@ -193,7 +185,6 @@ def fleet_toml(entry: dict[str, Any], reconcile_every_s: float) -> str:
         "timeout_ms": 3000,
         "credentials": {"api_key_env": KEY_ENV, "secret_env": SECRET_ENV},
     }
-    timings = f"\n[venues.gateway]\nreconcile_every_s = {toml_value(reconcile_every_s)}\n"
     return f"""
 # Written by bench/venue_orders.py: no strategy, the bench publishes the signals.
 [execution]
@@ -201,38 +192,14 @@ fill = "close"
 fee_bps = 10
 
 {venue_toml(venue)}
-{timings if keel_runs_gateway() else ""}"""
 
-
-async def serve_gateway(config: Path, reconcile_every_s: float) -> None:
-    """What ``keel run gateway --venue bx --config F`` runs (``cli/gateway_commands.py``),
-    with the timings given here: for a checkout whose ``[[venues]]`` has no ``gateway``."""
-    import logging
-
-    from eventstore.server import nats_url
-    from services.config import load_config
-    from services.runtime import clock as clock_module
-    from services.venues.gateway.config import GatewayConfig
-    from services.venues.gateway.worker import Gateway
-
-    venue = load_config(config).venue(GATEWAY)
-    assert venue is not None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s gateway %(levelname)s %(message)s")
-    with nats_url() as url:
-        bus = await Bus.connect(url, name=f"gateway-{GATEWAY}")
-        worker = Gateway(
-            bus, venue, GatewayConfig(reconcile_every_s=reconcile_every_s),
-            clock_module.system_clock(),
-        )  # fmt: skip
-        asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, worker.stop)
-        try:
-            await worker.run()
-        finally:
-            await bus.close()
+[venues.gateway]
+reconcile_every_s = {toml_value(reconcile_every_s)}
+"""
 
 
 async def start_workers(
-    work: Path, url: str, config: Path, secret: str, reconcile_every_s: float
+    work: Path, url: str, config: Path, secret: str
 ) -> dict[str, asyncio.subprocess.Process]:
     env = {**os.environ, URL_ENV: url, "PYTHONPATH": str(ROOT), KEY_ENV: KEY, SECRET_ENV: secret}
     procs = {}
@@ -240,9 +207,6 @@ async def start_workers(
         command = ["-m", "cli.app", "run", name, "--config", str(config)]
         if name == "gateway":
             command += ["--venue", GATEWAY]
-            if not keel_runs_gateway():
-                command = [str(Path(__file__).resolve()), "--serve-gateway", str(config)]
-                command += ["--reconcile-every-s", str(reconcile_every_s)]
         log = (work / f"{name}.log").open("wb")
         procs[name] = await asyncio.create_subprocess_exec(
             sys.executable, *command,
@@ -566,7 +530,7 @@ async def run(args: argparse.Namespace) -> tuple[list[Phase], str]:
     fake, ready = await start_fake_process(work)
     config = work / "keel.toml"
     config.write_text(fleet_toml(ready["entry"], args.reconcile_every_s))
-    procs = await start_workers(work, server.url, config, ready["secret"], args.reconcile_every_s)
+    procs = await start_workers(work, server.url, config, ready["secret"])
     bus = await Bus.connect(server.url, name="bench")
     lot = ready["lot"]
     qty = round(max(lot, round(args.notional / ready["price"] / lot) * lot), 8)
@@ -670,13 +634,9 @@ def main() -> None:
     )
     parser.add_argument("--gap", type=float, default=0.5, help="--ccxt-alone: seconds between")
     parser.add_argument("--serve-fake", default="", help=argparse.SUPPRESS)
-    parser.add_argument("--serve-gateway", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.serve_fake:
         asyncio.run(serve_fake(Path(args.serve_fake)))
-        return
-    if args.serve_gateway:
-        asyncio.run(serve_gateway(Path(args.serve_gateway), args.reconcile_every_s))
         return
     if args.ccxt_alone:
         alone = asyncio.run(ccxt_alone(args.ccxt_alone, args.gap))
