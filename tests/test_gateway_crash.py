@@ -40,7 +40,7 @@ from services.venues.journal import VenueJournal
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import FakeExchange, start_fake
 from tests.fakes.matching import FakeOrder
-from tests.fakes.prices import NS, PricePath, default_symbols
+from tests.fakes.prices import NS, PricePath, default_symbols, unit
 from tests.gateway_process import kill, start_gateway, start_keel, write_config
 from tests.test_gateway import KEY, secret_for
 
@@ -63,16 +63,18 @@ PARTS = 6
 STOP_PARTS = 4
 """Parts of the triggered stop (one lot each)."""
 MINUTE = 60 * NS
+CYCLE = 1000
+"""Minutes of the price path before it starts over (over an hour and a half of wall time)."""
 
 
 def falling_sawtooth() -> PricePath:
-    """A market that makes a new low every two minutes (down 0.4 %, up 0.2 %, ten times),
-    then climbs back in one minute: a sell stop below the price triggers within a few
-    exchange minutes wherever exchange time starts."""
+    """A market that makes a new low every two minutes (down 0.3 %, up 0.2 %) for
+    ``CYCLE`` minutes before the path starts over: a sell stop just below the price
+    triggers within a few exchange minutes."""
     bars: list[Bar] = []
     price = 100.0
-    for k in range(21):
-        close = 100.0 if k == 20 else price * (0.996 if k % 2 == 0 else 1.002)
+    for k in range(CYCLE):
+        close = price * (0.997 if k % 2 == 0 else 1.002)
         bars.append(
             Bar(
                 ts=(k + 1) * MINUTE,
@@ -92,6 +94,15 @@ def falling_sawtooth() -> PricePath:
     return PricePath.from_bars(bars)
 
 
+def exchange_start(symbol: str) -> int:
+    """Exchange time hours behind the wall (ccxt clamps some requests to its own clock), at
+    the first minute of ``symbol``'s cycle, so a test never sees the path start over."""
+    offset = int(unit(symbol, "offset") * CYCLE)
+    k = time.time_ns() // MINUTE - 3 * 60
+    k -= (k + offset) % CYCLE
+    return k * MINUTE
+
+
 class Case:
     """One exchange fake, its own nats-server and the gateway process trading it."""
 
@@ -101,7 +112,8 @@ class Case:
         self.server = EmbeddedServer(root / "nats").start()
         self._bus: Bus | None = None
         self._fake: FakeExchange | None = None
-        self.clock = ScaledClock(time.time_ns() - 3 * 3600 * NS, RATE)
+        self.symbols = default_symbols(exchange_id, 1)
+        self.clock = ScaledClock(exchange_start(self.symbols[0].symbol), RATE)
         self.process: asyncio.subprocess.Process | None = None
         self.execution: asyncio.subprocess.Process | None = None
         self.managed: set[str] = set()
@@ -112,9 +124,8 @@ class Case:
 
     async def open(self) -> Case:
         self._bus = await Bus.connect(self.server.url, name="crash-test")
-        symbols = default_symbols(self.exchange_id, 1)
         path = falling_sawtooth()
-        self._fake = await start_fake(self.exchange_id, symbols, self.clock, path=path)
+        self._fake = await start_fake(self.exchange_id, self.symbols, self.clock, path=path)
         self.secrets = (KEY, secret_for(self.fake))
         self.config = write_config(self.root / "keel.json", self.fake, VENUE)
         self.symbol = next(iter(self.fake.specs))
