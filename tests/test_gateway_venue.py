@@ -234,3 +234,28 @@ def test_a_rejected_protective_stop_closes_the_position_and_says_so() -> None:
         "execution",
     )
     assert why in status.reason and "s1|bin|BTC/USDT" in status.reason
+
+
+def test_a_stop_the_gateway_placed_again_is_taken_as_the_orders_leg() -> None:
+    oms = manager()
+    (leg,) = legs(oms.decide(order("e1", stop_loss=95.0, take_profit=120.0), T0))
+    oms.decide(answer(leg, "accepted"), T0 + NS)
+    fill = answer(leg, "fill", T0 + 2 * NS, trade_id="t1", fill_qty=2.0, fill_price=100.0)
+    placed = legs(oms.decide(fill, T0 + 2 * NS))
+    assert [lg.client_order_id for lg in placed] == ["e1.sl", "e1.tp"]  # the stop first
+    stop = placed[0]
+    oms.decide(answer(stop, "accepted"), T0 + 3 * NS)
+    again = VenueOrder(
+        **{
+            **{f: getattr(stop, f) for f in stop.__struct_fields__},
+            "venue_client_id": venue_client_id("bin", "e1.sl", 1),
+            "replaces": stop.venue_client_id,
+        }
+    )
+    assert reports(oms.decide(answer(again, "accepted", T0 + 4 * NS), T0 + 4 * NS)) == []
+    hit = answer(again, "fill", T0 + 5 * NS, trade_id="t2", fill_qty=2.0, fill_price=95.0)
+    out = list(oms.decide(hit, T0 + 5 * NS))
+    filled = [r for r in reports(out) if r.client_order_id == "e1.sl"]
+    assert [r.status for r in filled] == ["filled"] and filled[0].fill_price == 95.0
+    # the old leg's late cancel changes nothing
+    assert reports(oms.decide(answer(stop, "canceled", T0 + 6 * NS), T0 + 6 * NS)) == []

@@ -10,9 +10,14 @@ Every leg of an order gets its own venue client id (``client_ids.venue_client_id
 order's id and the leg number), so a restarted fleet sends the same ids again and the
 exchange refuses a duplicate instead of doubling a position. A cancel followed by a new leg
 of the same order within one decision is one ``amend`` (``replaces`` = the old leg): the
-gateway amends on the exchange where it can, else places the new leg before canceling the
-old one when the leg is a protective stop. Answers about a leg that an amendment replaced
-are the gateway's business (its journal keeps them); only its fills still count.
+gateway places a protective stop's new leg before canceling the old one, so the position is
+never unprotected, and cancels any other leg first. Answers about a leg that an amendment
+replaced are the gateway's business (its journal keeps them). A stop the gateway placed
+again itself (reconciliation found it missing) is a later leg number of the same order: its
+answers are taken as that order's.
+
+Within one decision, protective legs go out first: on a spot account the exchange locks the
+base asset for each sell leg, and the stop is the one that must not be refused.
 
 Bars and quotes of other venues, and orders for them, go to the paper venue.
 """
@@ -27,7 +32,7 @@ from contracts.events import Bar, Event, ExecutionReport, OrderCommand, Quote
 from contracts.venue_events import VenueAnswer, VenueOrder
 from services.execution.lifecycle import Venue
 from services.execution.order_state import DUST
-from services.venues.client_ids import venue_client_id
+from services.venues.client_ids import leg_number, venue_client_id
 
 
 class Leg(msgspec.Struct):
@@ -96,7 +101,7 @@ class GatewayVenue:
 
     def drain(self) -> list[VenueOrder]:
         """The legs decided since the last drain, a cancel and a new leg of one order
-        merged into one amendment."""
+        merged into one amendment, protective legs first (a stable order otherwise)."""
         out: list[VenueOrder] = []
         canceled: dict[str, int] = {}
         for order in self._outgoing:
@@ -111,6 +116,7 @@ class GatewayVenue:
                 canceled[order.client_order_id] = len(out)
             out.append(order)
         self._outgoing.clear()
+        out.sort(key=_protective_first)
         return out
 
     def step_late_orders(self) -> bool:
@@ -167,7 +173,7 @@ class GatewayVenue:
 
     def _on_answer(self, answer: VenueAnswer, now: int) -> list[Event]:
         oid = self.state.owner.get(answer.venue_client_id)
-        leg = self.state.legs.get(oid) if oid is not None else None
+        leg = self.state.legs.get(oid) if oid is not None else self._placed_again(answer)
         if leg is None or leg.done:
             return []  # a replaced or finished leg, or not Keel's: the gateway's journal
         order = leg.order
@@ -198,6 +204,28 @@ class GatewayVenue:
         self._finish(leg)
         out.append(self._leg_report(leg, "rejected" if kind == "missing" else kind, answer))
         return out
+
+    def _placed_again(self, answer: VenueAnswer) -> Leg | None:
+        """A leg the gateway placed itself in place of a working one (a missing stop placed
+        again): a later leg number of the same order becomes its current leg."""
+        st = self.state
+        current = st.legs.get(answer.client_order_id)
+        if current is None or current.done:
+            return None
+        number = leg_number(current.order.venue, answer.client_order_id, answer.venue_client_id)
+        if number is None or number <= current.number:
+            return None
+        order = msgspec.structs.replace(
+            current.order,
+            ts=answer.ts,
+            venue_client_id=answer.venue_client_id,
+            replaces=current.order.venue_client_id,
+        )
+        st.owner.pop(current.order.venue_client_id, None)
+        leg = st.legs[answer.client_order_id] = Leg(order, number, acked=current.acked)
+        st.owner[answer.venue_client_id] = answer.client_order_id
+        st.numbers[answer.client_order_id] = number
+        return leg
 
     def _finish(self, leg: Leg) -> None:
         leg.done = True
@@ -236,6 +264,10 @@ class GatewayVenue:
         snap = msgspec.msgpack.decode(data, type=_Snapshot)
         self.paper.restore(snap.paper)
         self.state = snap.gateway
+
+
+def _protective_first(order: VenueOrder) -> bool:
+    return not (order.protective and order.action != "cancel")
 
 
 def _report(cmd: OrderCommand, status: str, now: int, reason: str) -> ExecutionReport:
