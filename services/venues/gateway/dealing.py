@@ -77,15 +77,19 @@ class Dealer:
         for trade in order.get("trades") or ():
             if has_fee(trade):  # else the stream or a poll gives the trade whole
                 await self.trade(trade, source)
-        if leg.venue_order_id:
-            waiting = [
-                (t, s)
-                for t, s in self.orphans.values()
-                if str(t.get("order")) == leg.venue_order_id
-            ]
-            for trade, was in waiting:
-                self.orphans.pop(str(trade.get("id")), None)
-                await self.trade(trade, was)
+        await self._adopt_orphans(leg)
+
+    async def _adopt_orphans(self, leg: Leg) -> None:
+        """The trades that waited for this leg's exchange order id (a stream snapshot's,
+        which name no client id), recorded before any REST copy, which may lack the fee."""
+        if not leg.venue_order_id:
+            return
+        waiting = [
+            (t, s) for t, s in self.orphans.values() if str(t.get("order")) == leg.venue_order_id
+        ]
+        for trade, was in waiting:
+            self.orphans.pop(str(trade.get("id")), None)
+            await self.trade(trade, was)
 
     def leg_of(self, item: Mapping[str, Any]) -> Leg | None:
         cid = client_id_of(item)
@@ -240,6 +244,7 @@ class Dealer:
         if found.get("id") and not leg.venue_order_id:
             leg.venue_order_id = str(found["id"])
             self.book.by_venue_id[leg.venue_order_id] = leg.order.venue_client_id
+            await self._adopt_orphans(leg)
         filled = float(found.get("filled") or 0.0)
         if filled > leg.filled:
             await self._trades_of(leg, "query")
