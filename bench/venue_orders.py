@@ -13,10 +13,11 @@ closes at the signal's time, so risk has a price and the paper venue (``fill = "
 fills a market order as soon as it sees it.
 
 Every tick the script sends one signal to the gateway venue ``bx`` and, half a period later,
-the same one to the paper venue ``px``: target positions that flip between ``--qty`` and 0,
+the same one to the paper venue ``px``: target positions that flip between ``--notional`` USDT worth and 0,
 so every signal makes one market order. The fleet therefore gets twice ``--rates`` signals a
 second. Latencies come from JetStream's stored timestamps (exact ns, one clock, one machine),
-per signal, followed through the envelopes' correlation id:
+per signal, followed through its correlation id to the order and then by the order's client
+id:
 
 - gateway, to the acknowledgement: signal -> ``ord.cmd`` (risk) -> ``venue.order`` (order
   manager) -> the fake's engine took the order (its REST answer leaves microseconds later:
@@ -29,8 +30,13 @@ per signal, followed through the envelopes' correlation id:
 
 Usage::
 
-    .venv/bin/python bench/venue_orders.py [--rates 5,20] [--signals 200] [--json]
+    .venv/bin/python bench/venue_orders.py [--rates 2,5,20] [--signals 200] [--json] [--keep]
     .venv/bin/python bench/venue_orders.py --quick
+    .venv/bin/python bench/venue_orders.py --ccxt-alone 20   # ccxt's create_order alone
+
+ccxt's rate limiter (always on in Keel) spaces Binance USDT-M orders 200 ms apart and the
+gateway sends one at a time, so above ~4 orders a second the orders queue in the gateway
+(``docs/performance.md``).
 """
 
 from __future__ import annotations
