@@ -654,8 +654,10 @@ def main() -> None:
     phases, work = asyncio.run(run(args))
     if args.json:
         print(json.dumps({"phases": msgspec.to_builtins(phases), "work": work}))
-        return
-    print_table(phases, args, work)
+    else:
+        print_table(phases, args, work)
+    if len(phases) < len(args.rates.split(",")) or any(any(p.missing.values()) for p in phases):
+        raise SystemExit(f"some signals did not reach the ledger: see {work}")
 
 
 if __name__ == "__main__":
