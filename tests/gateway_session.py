@@ -46,6 +46,8 @@ MODES = {
     "kraken": "live",  # ccxt knows no Kraken spot testnet: a live entry pointed at the fake
     "krakenfutures": "sandbox",  # ccxt's Kraken Futures test URLs are its demo environment
 }
+RECONCILE_S = 120.0
+"""``[venues.gateway] reconcile_every_s``, exchange seconds (two wall seconds)."""
 CYCLE = 3000
 """Bars in the price path before it starts over (``PricePath.from_bars`` reuses it)."""
 START_AT = 200
@@ -121,7 +123,7 @@ def fleet_toml(fake: FakeExchange, symbol: str, qty: float) -> str:
         "timeout_ms": 3000,
         "credentials": {"api_key_env": KEY_ENV, "secret_env": SECRET_ENV},
     }
-    gateway = {"poll_after_s": 30.0, "poll_every_s": 5.0, "reconcile_every_s": 120.0}
+    gateway = {"poll_after_s": 30.0, "poll_every_s": 5.0, "reconcile_every_s": RECONCILE_S}
     params = toml_value({**STRATEGY, "qty": qty})
     return f"""
 [market]

@@ -10,8 +10,8 @@ what the exchange holds is compared with what Keel stored: the entry's fills (pr
 in ``exec.report``, the protective stop resting on the exchange (reduce-only on perpetuals,
 on the algo endpoint on Binance USDT-M, in the conditional book on Bybit), the portfolio's
 position against the venue's position or balance change, and ``keel status`` showing the
-mode with the gateway running (a periodic reconciliation after the fill found nothing to
-halt for). The five sessions run side by side, each with its own nats-server, fake and
+mode with the gateway running (the periodic reconciliations after the fill found no
+discrepancy). The five sessions run side by side, each with its own nats-server, fake and
 directory. The spot accounts are the fakes' default ones, which hold the base assets too,
 as a testnet account does.
 """
@@ -23,9 +23,10 @@ import math
 from pathlib import Path
 
 from contracts.events import ExecutionReport
+from contracts.venue_events import Discrepancy
 from services.venues.client_ids import venue_client_id
 from tests.fakes.matching import FakeOrder
-from tests.gateway_session import MODES, VENUE, GatewaySession
+from tests.gateway_session import MODES, RECONCILE_S, VENUE, GatewaySession
 
 EXCHANGES = ["binance", "binanceusdm", "bybit", "kraken", "krakenfutures"]
 WAIT_S = 150.0
@@ -121,7 +122,14 @@ async def trades_with_exchange_side_stops(session: GatewaySession) -> None:
         assert math.isclose(held, bought + base_fees, rel_tol=1e-9), (held, bought, base_fees)
     assert close(held, entry.qty)
 
-    # keel status shows the venue's mode and its gateway running.
+    # Reconciliation took the account as it was before the entry for its baseline, and the
+    # periodic ones after the fill found the venue as Keel has it: nothing else recorded,
+    # no halt; keel status shows the venue's mode and its gateway running.
+    await session.clock.sleep(3 * RECONCILE_S)
+    found = await session.events("VENUE", f"venue.recon.{VENUE}", Discrepancy)
+    assert {(d.action, d.asset, d.venue_value) for d in found} == {
+        ("baseline", asset, total) for asset, total in start_balances.items() if total
+    }, f"{session.exchange_id}: reconciliation found {found}"
     screen = await session.status()
     mode = MODES[session.exchange_id]
     venue_line = next((line for line in screen.splitlines() if "mode " in line), screen)
