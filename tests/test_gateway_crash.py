@@ -172,9 +172,10 @@ class Case:
         )  # fmt: skip
         deadline = time.monotonic() + WAIT_S
         while True:
-            states = [s.state for s in (await self.statuses())[before:]]
-            if "running" in states or "halted" in states:
-                assert "halted" not in states, self.trouble("halted at start")
+            states = [(s.state, s.reason) for s in (await self.statuses())[before:]]
+            halts = [reason for state, reason in states if state == "halted"]
+            assert not halts, self.trouble(f"halted at start: {halts[-1]}")
+            if any(state == "running" for state, _ in states):
                 return
             assert self.process.returncode is None, self.trouble("the gateway exited")
             assert time.monotonic() < deadline, self.trouble("the gateway did not come up")
