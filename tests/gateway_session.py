@@ -15,7 +15,7 @@ import json
 import signal
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 
 from nats.js.api import DeliverPolicy
@@ -30,7 +30,7 @@ from tests.fakes.clock import ScaledClock
 from tests.fakes.core import FakeExchange, start_fake
 from tests.fakes.kraken_orders import ccxt_secret as kraken_secret
 from tests.fakes.krakenfutures_orders import TEST_SECRET as KF_SECRET
-from tests.fakes.prices import PricePath, default_symbols, unit
+from tests.fakes.prices import Candle, PricePath, default_symbols, snap, unit
 from tests.up_process import fake_time_env, stop_up
 
 RATE = 60.0
@@ -52,7 +52,7 @@ CYCLE = 3000
 """Bars in the price path before it starts over (``PricePath.from_bars`` reuses it)."""
 START_AT = 200
 """Where in the path exchange time starts: history behind, the whole rise ahead."""
-STRATEGY = {  # warm after a few bars; on a steady rise it enters and holds
+STRATEGY = {  # warm after a few bars; on a steady rise it enters and holds until a drop
     "fast": 2,
     "slow": 3,
     "htf_factor": 1,
@@ -64,7 +64,7 @@ STRATEGY = {  # warm after a few bars; on a steady rise it enters and holds
     "atr_period": 3,
     "atr_stop_mult": 2,
     "atr_target_mult": 200,
-    "cooldown_bars": 0,
+    "cooldown_bars": 1000,  # no second entry after the stop
 }
 
 
@@ -93,6 +93,27 @@ def rising_bars() -> list[Bar]:
         )
         price = close
     return bars
+
+
+class DroppingPath(PricePath):
+    """The rising path, until ``drop``: from then on every candle is ``factor`` lower (a gap
+    down at a minute's open, so the candles already shown stay as they were)."""
+
+    def __init__(self, seed: int = 0, bars: Sequence[Bar] = ()) -> None:
+        super().__init__(seed, bars)
+        self.drop_ns: int | None = None
+        self.factor = 1.0
+
+    def drop(self, at_ns: int, factor: float) -> None:
+        self.drop_ns, self.factor = at_ns, factor
+
+    def candle(self, symbol: str, open_ns: int) -> Candle:
+        c = super().candle(symbol, open_ns)
+        if self.drop_ns is None or open_ns < self.drop_ns:
+            return c
+        tick, f = self._spec(symbol).tick_size, self.factor
+        o, h, lo, cl = (snap(x * f, tick) for x in (c.open, c.high, c.low, c.close))
+        return Candle(open_ns, o, h, lo, cl, c.volume, c.trades)
 
 
 def exchange_start(symbol: str) -> int:
@@ -154,6 +175,7 @@ class GatewaySession:
         self, exchange_id: str, work: Path, balances: dict[str, float] | None = None
     ) -> None:
         self.balances = balances
+        self.path = DroppingPath.from_bars(rising_bars())
         self.exchange_id = exchange_id
         self.work = work
         spec = default_symbols(exchange_id, 1)[0]
@@ -171,7 +193,7 @@ class GatewaySession:
         self.work.mkdir(parents=True, exist_ok=True)
         self.server = EmbeddedServer(self.work / "nats").start()
         self.bus = await Bus.connect(self.server.url, name="test")
-        path = PricePath.from_bars(rising_bars())
+        path = self.path
         self.fake = await start_fake(
             self.exchange_id, [self.spec], self.clock, path=path, balances=self.balances
         )

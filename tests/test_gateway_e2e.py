@@ -11,7 +11,9 @@ in ``exec.report``, the protective stop resting on the exchange (reduce-only on 
 on the algo endpoint on Binance USDT-M, in the conditional book on Bybit), the portfolio's
 position against the venue's position or balance change, and ``keel status`` showing the
 mode with the gateway running (the periodic reconciliations after the fill found no
-discrepancy). The five sessions run side by side, each with its own nats-server, fake and
+discrepancy). Then the market gaps down: the stop fires on the exchange, its fill reaches
+``exec.report``, the target is canceled there and the position is flat on both sides, with
+no trade but the entry and the stop. The five sessions run side by side, each with its own nats-server, fake and
 directory. The spot accounts are the fakes' default ones, which hold the base assets too,
 as a testnet account does.
 """
@@ -29,6 +31,7 @@ from tests.fakes.matching import FakeOrder
 from tests.gateway_session import MODES, RECONCILE_S, VENUE, GatewaySession
 
 EXCHANGES = ["binance", "binanceusdm", "bybit", "kraken", "krakenfutures"]
+DROP = 0.97
 WAIT_S = 150.0
 """Generous on a loaded machine; on an idle one the entry is protected within ~30 s."""
 
@@ -59,6 +62,19 @@ async def protected(session: GatewaySession) -> bool:
         return False
     ids = {venue_client_id(VENUE, leg.client_order_id, 0) for leg in legs if leg is not None}
     return ids <= {o.client_id for o in session.fake.account.open_orders()}
+
+
+async def stopped_out(session: GatewaySession, sl: ExecutionReport, tp: ExecutionReport) -> bool:
+    """The stop filled and the target canceled, in ``exec.report`` and on the exchange,
+    and the portfolio flat."""
+    reports = await session.reports()
+    done = {(r.client_order_id, r.status) for r in reports}
+    if (sl.client_order_id, "filled") not in done or (tp.client_order_id, "canceled") not in done:
+        return False
+    if venue_order(session, tp.client_order_id).status != "canceled":
+        return False
+    positions = [p for p in await session.positions() if p.symbol == session.symbol]
+    return bool(positions) and close(positions[-1].qty, 0.0)
 
 
 def venue_order(session: GatewaySession, client_order_id: str) -> FakeOrder:
@@ -135,6 +151,30 @@ async def trades_with_exchange_side_stops(session: GatewaySession) -> None:
     venue_line = next((line for line in screen.splitlines() if "mode " in line), screen)
     assert f"mode {mode.upper()}" in venue_line, venue_line
     assert "gateway running" in venue_line, venue_line
+
+    # The market gaps 3 % down at the next minute: the stop fires on the exchange, Keel
+    # books its fill and cancels the target there; the position is closed on both sides.
+    step = session.path.step_ns
+    session.path.drop((session.clock.now_ns() // step + 1) * step, DROP)
+    await session.until(lambda: stopped_out(session, sl, tp), "the stop's fill", WAIT_S)
+    reports = await session.reports()
+    stop_fills = [r for r in reports if r.client_order_id == sl.client_order_id and r.fill_qty]
+    stop = venue_order(session, sl.client_order_id)
+    assert stop.status == "filled" and stop.triggered
+    exits = account.fills(order_id=stop.order_id)
+    assert sorted((r.fill_qty, r.fill_price) for r in stop_fills) == sorted(
+        (t.qty, t.price) for t in exits
+    )
+    assert venue_order(session, tp.client_order_id).status == "canceled"
+    assert len(account.fills(session.symbol)) == len(trades) + len(exits), (
+        f"{session.exchange_id}: more trades than the entry and the stop: "
+        f"{account.fills(session.symbol)}"
+    )
+    if perpetual:
+        position = account.positions.get(session.symbol)
+        assert position is None or close(position.qty, 0.0)
+    last = [p for p in await session.positions() if p.symbol == session.symbol][-1]
+    assert close(last.qty, 0.0)
     await session.stop()
     assert session.up is not None and session.up.returncode == 0, session.output
     for worker in ("execution", f"gateway-{VENUE}", "risk", "portfolio"):
