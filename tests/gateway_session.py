@@ -11,7 +11,6 @@ It then reads back what the fleet stored and what the exchange holds, for
 from __future__ import annotations
 
 import asyncio
-import json
 import signal
 import sys
 import time
@@ -21,7 +20,6 @@ from pathlib import Path
 from nats.js.api import DeliverPolicy
 
 from contracts.events import Bar, ExecutionReport, PositionChanged
-from contracts.venue_events import VenueAnswer
 from eventstore.bus import Bus
 from eventstore.log_reader import read_caught_up
 from eventstore.server import EmbeddedServer
@@ -240,9 +238,6 @@ class GatewaySession:
     async def reports(self) -> list[ExecutionReport]:
         return await self.events("EXECUTION", "exec.report.>", ExecutionReport)
 
-    async def answers(self) -> list[VenueAnswer]:
-        return await self.events("VENUE", f"venue.answer.{VENUE}.>", VenueAnswer)
-
     async def positions(self) -> list[PositionChanged]:
         return await self.events("PORTFOLIO", "pf.position.>", PositionChanged)
 
@@ -271,6 +266,3 @@ class GatewaySession:
         text = out.decode(errors="replace")
         assert proc.returncode == 0, text
         return text
-
-    async def status_json(self) -> dict:
-        return json.loads((await self.status("--json")).strip().splitlines()[-1])
