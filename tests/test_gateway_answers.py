@@ -19,6 +19,8 @@ from services.venues.ccxt_exchange import Redactor
 from services.venues.client_ids import answer_event_id, venue_client_id
 from services.venues.gateway.answers import client_id_of, order_answer, trade_answer
 from services.venues.gateway.ccxt_orders import OrderCalls, backoff_s, classify, exchange_reason
+from services.venues.gateway.config import GatewayConfig
+from services.venues.gateway.dealing import Dealer
 from services.venues.gateway.legs import LegBook
 from services.venues.gateway.lock import KeyLock
 from services.venues.journal import VenueJournal
@@ -203,3 +205,24 @@ def test_one_gateway_per_api_key(tmp_path: Path) -> None:
     again.release()
     other.release()
     assert "key-1" not in "".join(p.name for p in (tmp_path / "locks").iterdir())
+
+
+def test_orders_and_trades_find_their_leg_by_either_id() -> None:
+    book = LegBook()
+    order = leg_order()
+    leg = book.order(order, Envelope.root("order-1", 1), 1)
+    accepted = order_answer({"id": "42", "status": "open"}, order, "submit", 2)
+    book.answer(accepted, Envelope("a1", "order-1", "order-1", 2))
+    calls = calls_for("binance", False)
+    dealer = Dealer(
+        calls, book, _never, WallClock(), Redactor({}), GatewayConfig(), VenueJournal("v")
+    )
+    assert dealer.leg_of({"clientOrderId": order.venue_client_id}) is leg
+    assert dealer.leg_of({"id": "42", "status": "canceled", "amount": 0.5}) is leg
+    assert dealer.leg_of({"id": "t9", "order": "42", "amount": 0.5}) is leg
+    assert dealer.leg_of({"id": "42", "amount": 0.5}) is None  # a trade whose id is 42
+    assert dealer.leg_of({"id": "43", "status": "open"}) is None
+
+
+async def _never(answer: object, envelope: object) -> bool:
+    raise AssertionError("nothing is recorded here")

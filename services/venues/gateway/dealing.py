@@ -92,11 +92,13 @@ class Dealer:
             await self.trade(trade, was)
 
     def leg_of(self, item: Mapping[str, Any]) -> Leg | None:
+        """The leg a ccxt order or trade is about: by client id, else by the exchange's
+        order id (a trade's ``order``; an order's own ``id``, told by its ``status``)."""
         cid = client_id_of(item)
         leg = self.book.legs.get(cid) if cid else None
         if leg is None and item.get("order") is not None:
             leg = self.book.of_venue_order(str(item["order"]))
-        if leg is None and item.get("id") is not None and "amount" not in item:
+        if leg is None and "status" in item and item.get("id") is not None:
             leg = self.book.of_venue_order(str(item["id"]))
         return leg
 
