@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from pathlib import Path
@@ -33,6 +35,7 @@ from contracts.venue_events import (
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.log_reader import read_caught_up
+from eventstore.server import URL_ENV, EmbeddedServer
 from services.venues.ccxt_exchange import build_exchange
 from services.venues.client_ids import venue_client_id
 from services.venues.config import VenueConfig
@@ -44,6 +47,7 @@ from tests.fakes.kraken_orders import ccxt_secret as kraken_secret
 from tests.fakes.krakenfutures_orders import TEST_SECRET as KF_SECRET
 from tests.fakes.matching import FakeFill
 from tests.fakes.prices import default_symbols
+from tests.gateway_process import write_config
 
 EXCHANGES = ["binance", "binanceusdm", "bybit", "kraken", "krakenfutures"]
 RATE = 10.0
@@ -565,4 +569,27 @@ async def test_orders_stored_while_the_gateway_was_down_are_sent_once(harness: H
     assert accepted.source in ("submit", "stream")
     assert not [a for a in await harness.answers(vcid) if a.kind in ("unknown", "missing")]
     assert len(harness.exchange_orders(vcid)) == 1
+    await harness.stop()
+
+
+async def test_the_command_refuses_a_second_gateway_in_one_line(
+    harness: Harness, nats_server: EmbeddedServer, tmp_path: Path
+) -> None:
+    cwd = tmp_path / "cli"
+    cwd.mkdir()
+    harness.work = cwd / ".keel"  # where `keel run gateway` in cwd takes its lock
+    await harness.start()
+    config = write_config(cwd / "keel.json", harness.fake, VENUE, CONFIG)
+    args = ["run", "gateway", "--venue", VENUE, "--config", str(config)]
+    if harness.venue.mode == "live":
+        args.append("--live")
+    second = await asyncio.create_subprocess_exec(
+        sys.executable, "-m", "cli.app", *args, cwd=cwd,
+        env={**os.environ, URL_ENV: nats_server.url, "COLUMNS": "300"},
+        stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+    )  # fmt: skip
+    _, err = await asyncio.wait_for(second.communicate(), 60)
+    lines = err.decode().strip().splitlines()
+    assert second.returncode != 0 and len(lines) == 1, err.decode()
+    assert "in use by another gateway" in lines[0] and KEY not in lines[0]
     await harness.stop()
