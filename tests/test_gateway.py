@@ -593,3 +593,15 @@ async def test_the_command_refuses_a_second_gateway_in_one_line(
     assert second.returncode != 0 and len(lines) == 1, err.decode()
     assert "in use by another gateway" in lines[0] and KEY not in lines[0]
     await harness.stop()
+
+
+async def test_rate_limits_are_waited_out_with_the_same_client_id(harness: Harness) -> None:
+    gateway = await harness.start()
+    harness.fake.faults.http_errors.extend([429, 429, 429])  # the next three requests
+    order = await harness.send(order_type="limit", limit_price=1.0, qty=10.0)
+    vcid = order.venue_client_id
+    await harness.answer(vcid, lambda a: a.kind == "accepted", "the order after the backoff")
+    assert gateway.dealer.calls.backoffs >= 1
+    assert len(harness.exchange_orders(vcid)) == 1
+    assert not [a for a in await harness.answers(vcid) if a.kind in ("rejected", "unknown")]
+    await harness.stop()
