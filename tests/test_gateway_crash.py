@@ -1,10 +1,10 @@
 """Crash tests of the venue gateway: ``kill -9`` at the three worst moments, then a restart.
 
-The gateway runs as a real process (``tests/gateway_process.py``) against an exchange fake
-on a real nats-server, beside the execution role (``keel run execution``): plain orders go
-in as ``OrderCommand`` through the order manager, protective stops as ``VenueOrder`` legs
-(a protective leg is what a bracket's stop becomes). One flow per exchange, the exchanges
-side by side, each on its own server and fake. The gateway is killed (1) between submitting
+The gateway runs as a real process (``keel run gateway``, ``tests/gateway_process.py``)
+against an exchange fake on a real nats-server, beside the execution role (``keel run
+execution``): plain orders go in as ``OrderCommand`` through the order manager, protective
+stops as ``VenueOrder`` legs (a protective leg is what a bracket's stop becomes). One flow
+per exchange, the exchanges side by side, each on its own server and fake. The gateway is killed (1) between submitting
 an order and the exchange's answer (the fake places it and holds the answer,
 ``faults.ack_delay_s``, with its private stream silent), (2) between two partial fills of an
 order (``faults.fill_parts``) and (3) while the exchange fills a protective stop that the
@@ -127,7 +127,7 @@ class Case:
         path = falling_sawtooth()
         self._fake = await start_fake(self.exchange_id, self.symbols, self.clock, path=path)
         self.secrets = (KEY, secret_for(self.fake))
-        self.config = write_config(self.root / "keel.json", self.fake, VENUE)
+        self.config = write_config(self.root / "keel.json", self.fake, VENUE, GATEWAY)
         self.symbol = next(iter(self.fake.specs))
         self.spec = self.fake.specs[self.symbol]
         args = ["cli.app", "run", "execution", "--config", str(self.config)]
@@ -167,8 +167,7 @@ class Case:
         """Start the gateway and wait for its status after the start-up reconciliation."""
         before = len(await self.statuses())
         self.process = await start_gateway(
-            self.root, self.server.url, self.clock, self.config, VENUE, GATEWAY,
-            self.secrets, self.log,
+            self.root, self.server.url, self.clock, self.config, VENUE, self.secrets, self.log,
         )  # fmt: skip
         deadline = time.monotonic() + WAIT_S
         while True:
