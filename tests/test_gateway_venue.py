@@ -259,3 +259,20 @@ def test_a_stop_the_gateway_placed_again_is_taken_as_the_orders_leg() -> None:
     assert [r.status for r in filled] == ["filled"] and filled[0].fill_price == 95.0
     # the old leg's late cancel changes nothing
     assert reports(oms.decide(answer(stop, "canceled", T0 + 6 * NS), T0 + 6 * NS)) == []
+
+
+def test_a_fee_taken_in_the_base_asset_sizes_the_protective_legs_to_what_is_held() -> None:
+    oms = manager()
+    (leg,) = legs(oms.decide(order("e1", qty=0.01, stop_loss=95.0), T0))
+    oms.decide(answer(leg, "accepted"), T0 + NS)
+    fill = VenueAnswer(
+        **{
+            **_fields(
+                answer(leg, "fill", T0 + 2 * NS, trade_id="t1", fill_qty=0.01, fill_price=100.0)
+            ),
+            "fee": 0.00001,
+            "fee_currency": "BTC",
+        }
+    )
+    (stop,) = legs(oms.decide(fill, T0 + 2 * NS))
+    assert stop.qty == 0.01 - 0.00001  # what the spot account holds after the fee

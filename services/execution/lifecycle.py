@@ -154,16 +154,17 @@ class OrderLifecycle:
         pos = st.positions.get(book)
         if pos is None:
             pos = st.positions[book] = Position(book)
-        pos.add_fill(cmd.side == "buy", fill, r.fill_price)
+        moved = _base_moved(r)
+        pos.add_fill(cmd.side == "buy", moved, r.fill_price)
         if group is not None:
             if rec.kind == "order":
-                group.open += fill
+                group.open += moved
                 group.cost += fill * r.fill_price
                 if group.trail is not None and not group.trail.since:
                     group.trail.since = r.ts
                     group.trail.best = r.fill_price
             else:
-                taken = min(fill, group.open)
+                taken = min(moved, group.open)
                 group.cost -= taken * group.avg
                 group.open -= taken
                 group.filled_leg = cmd.client_order_id
@@ -357,3 +358,15 @@ class OrderLifecycle:
             reason=f"order manager: {reason}",
             payload=encode(event),
         )
+
+
+def _base_moved(r: ExecutionReport) -> float:
+    """How much of the base asset a fill moved: a spot venue that takes its fee in the base
+    (Binance, Bybit on a buy) leaves ``fill_qty - fee`` in the account, and the legs that
+    protect it must not ask for more than is there."""
+    fee, currency = r.fee, r.fee_currency
+    if not fee or not currency or "/" not in r.symbol or ":" in r.symbol:
+        return r.fill_qty
+    if currency != r.symbol.split("/", 1)[0]:
+        return r.fill_qty
+    return r.fill_qty - fee if r.side == "buy" else r.fill_qty + fee
