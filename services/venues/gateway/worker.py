@@ -37,7 +37,7 @@ from contracts.venue_events import (
 from eventstore.bus import Bus, Stored, read_message
 from eventstore.errors import KeelError
 from services.runtime.clock import Clock
-from services.venues.ccxt_exchange import build_exchange, read_secrets, redact_logs
+from services.venues.ccxt_exchange import Redactor, build_exchange, read_secrets, redact_logs
 from services.venues.client_ids import answer_event_id
 from services.venues.config import VenueConfig
 from services.venues.gateway.ccxt_orders import OrderCalls, classify, exchange_reason
@@ -213,7 +213,7 @@ class Gateway:
                 await exchange.close()
             lock.release()
 
-    async def _load_markets(self, exchange: ccxt.pro.Exchange, redactor: Any) -> None:
+    async def _load_markets(self, exchange: ccxt.pro.Exchange, redactor: Redactor) -> None:
         attempt = 0
         while True:
             try:
