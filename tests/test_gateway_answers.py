@@ -3,7 +3,10 @@ parameters, the leg book's fold and the API-key lock."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import random
+import time
 from pathlib import Path
 from typing import Any
 
@@ -23,6 +26,7 @@ from services.venues.gateway.config import GatewayConfig
 from services.venues.gateway.dealing import Dealer
 from services.venues.gateway.legs import LegBook
 from services.venues.gateway.lock import KeyLock
+from services.venues.gateway.private_stream import PrivateStream
 from services.venues.journal import VenueJournal
 
 
@@ -226,3 +230,57 @@ def test_orders_and_trades_find_their_leg_by_either_id() -> None:
 
 async def _never(answer: object, envelope: object) -> bool:
     raise AssertionError("nothing is recorded here")
+
+
+class FlakyStream:
+    """An exchange whose private watches fail ``failures`` times, then answer."""
+
+    id = "binance"
+
+    def __init__(self, failures: int) -> None:
+        self.left = {"trades": failures, "orders": failures}
+
+    async def _watch(self, kind: str, item: dict[str, Any]) -> list[dict[str, Any]]:
+        await asyncio.sleep(0.001)
+        if self.left[kind] > 0:
+            self.left[kind] -= 1
+            raise ccxt.NetworkError("binance connection closed")
+        return [item]
+
+    async def watch_my_trades(self) -> list[dict[str, Any]]:
+        return await self._watch("trades", {"id": "t1", "order": "1", "amount": 1.0})
+
+    async def watch_orders(self) -> list[dict[str, Any]]:
+        return await self._watch("orders", {"id": "1", "status": "open"})
+
+
+async def test_a_failing_private_stream_is_reported_then_cleared() -> None:
+    health: list[tuple[bool, str]] = []
+    got: list[str] = []
+
+    async def on_health(ok: bool, reason: str) -> None:
+        health.append((ok, reason))
+
+    async def on_items(items: list[Any]) -> None:
+        got.extend(str(i["id"]) for i in items)
+
+    exchange = FlakyStream(failures=4)
+    stream = PrivateStream(
+        exchange,
+        WallClock(),
+        Redactor({}),
+        on_items,
+        on_items,
+        0.001,
+        on_health,  # type: ignore[arg-type]
+    )
+    task = asyncio.create_task(stream.run())
+    deadline = time.monotonic() + 10
+    while not stream.first.is_set() and time.monotonic() < deadline:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with contextlib.suppress(asyncio.CancelledError):
+        await task
+    assert [ok for ok, _ in health] == [False, True]
+    assert "connection closed" in health[0][1] and stream.failures >= 4
+    assert stream.last_ns > 0 and "t1" in got and "1" in got

@@ -3,7 +3,9 @@
 Each result is handed to the dealer as it comes; ``last_ns`` is when the stream last said
 anything, so the gateway's poller knows when it has been silent for ``poll_after_s`` and
 REST polling must take over. A watch that fails (a dropped connection, an expired listen
-key) is watched again after a jittered backoff; the stream never stops the gateway.
+key, a refused key) is watched again after a jittered backoff; the stream never stops the
+gateway, but three failures in a row are reported (``on_health``: the gateway says it is
+degraded until a watch answers again).
 """
 
 from __future__ import annotations
@@ -22,6 +24,9 @@ from services.venues.gateway.ccxt_orders import backoff_s, exchange_reason
 
 log = logging.getLogger("keel.gateway")
 Handler = Callable[[list[Mapping[str, Any]]], Awaitable[None]]
+Health = Callable[[bool, str], Awaitable[None]]
+FAILING_AFTER = 3
+"""Watch failures in a row after which the stream is said to fail (the gateway degraded)."""
 
 
 class PrivateStream:
@@ -33,6 +38,7 @@ class PrivateStream:
         on_trades: Handler,
         on_orders: Handler,
         backoff_max_s: float,
+        on_health: Health,
     ) -> None:
         self.exchange = exchange
         self.clock = clock
@@ -40,6 +46,8 @@ class PrivateStream:
         self.on_trades = on_trades
         self.on_orders = on_orders
         self.backoff_max_s = backoff_max_s
+        self.on_health = on_health
+        self.failing_watches: set[str] = set()
         self.last_ns = clock.now_ns()
         self.failures = 0
         self.frames = 0
@@ -66,13 +74,20 @@ class PrivateStream:
                 raise
             except Exception as exc:
                 self.failures += 1
-                log.warning(
-                    "%s failed: %s", name, exchange_reason(exc, self.redactor, self.exchange.id)
-                )
-                await self.clock.sleep(backoff_s(attempt, self.backoff_max_s, self._rng))
+                reason = exchange_reason(exc, self.redactor, self.exchange.id)
+                log.warning("%s failed: %s", name, reason)
                 attempt += 1
+                if attempt >= FAILING_AFTER and name not in self.failing_watches:
+                    self.failing_watches.add(name)
+                    if len(self.failing_watches) == 1:
+                        await self.on_health(False, f"{name}: {reason}")
+                await self.clock.sleep(backoff_s(attempt, self.backoff_max_s, self._rng))
                 continue
             attempt = 0
+            if name in self.failing_watches:
+                self.failing_watches.discard(name)
+                if not self.failing_watches:
+                    await self.on_health(True, "")
             self.last_ns = self.clock.now_ns()
             self.frames += 1
             fresh = [i for i in items if _key(i) not in seen]

@@ -168,6 +168,7 @@ class Gateway:
                 self._on_trades,
                 self._on_orders,
                 self.config.backoff_max_s,
+                self._stream_health,
             )
             tasks.append(asyncio.create_task(self.stream.run()))
             # Exchanges that open the private stream with a snapshot of recent fills (Kraken
@@ -182,7 +183,9 @@ class Gateway:
             controls = await self._subscribe(
                 "controls", [f"venue.adopt.{self.venue.name}", "venue.kill"], DeliverPolicy.NEW
             )
-            if self.state != "halted":
+            if self.state != "halted" and self.stream.failing_watches:
+                await self.status("degraded", "private stream failing: REST polling")
+            elif self.state != "halted":
                 await self.status("running")
             consumers = [
                 asyncio.create_task(self._consume(orders, self._on_order_msg)),
@@ -312,6 +315,14 @@ class Gateway:
             await self.reconciler.adopt(event)
         elif isinstance(event, KillSwitch):
             await self.reconciler.kill(event, item.envelope)
+
+    async def _stream_health(self, ok: bool, reason: str) -> None:
+        """A failing private stream degrades a running gateway (fills then come by REST
+        polling); the next answer of the stream restores it."""
+        if not ok and self.state == "running":
+            await self.status("degraded", f"private stream failing ({reason}): REST polling")
+        elif ok and self.state == "degraded":
+            await self.status("running", "private stream back")
 
     async def _on_trades(self, trades: list[Mapping[str, Any]]) -> None:
         for trade in trades:
