@@ -118,3 +118,16 @@ def client_id_of(item: Mapping[str, Any]) -> str:
             if info.get(key):
                 return str(info[key])
     return ""
+
+
+def order_ids(order: Mapping[str, Any]) -> list[str]:
+    """The exchange ids an order goes by: its own, and for a triggered conditional order
+    the order it became (Binance USDT-M's algo order: ``actualOrderId``/``ai``), whose
+    trades name that one."""
+    ids = [str(order["id"])] if order.get("id") else []
+    info = order.get("info")
+    if isinstance(info, Mapping):
+        actual = info.get("actualOrderId") or info.get("ai")
+        if actual:
+            ids.append(str(actual))
+    return ids

@@ -20,7 +20,13 @@ from contracts.envelope import Envelope
 from contracts.venue_events import AnswerSource, VenueAnswer, VenueOrder
 from services.runtime.clock import Clock
 from services.venues.ccxt_exchange import Redactor
-from services.venues.gateway.answers import base_answer, client_id_of, order_answer, trade_answer
+from services.venues.gateway.answers import (
+    base_answer,
+    client_id_of,
+    order_answer,
+    order_ids,
+    trade_answer,
+)
 from services.venues.gateway.ccxt_orders import OrderCalls, classify, exchange_reason
 from services.venues.gateway.config import GatewayConfig
 from services.venues.gateway.legs import Leg, LegBook
@@ -66,6 +72,7 @@ class Dealer:
     async def order_state(self, leg: Leg, order: Mapping[str, Any], source: AnswerSource) -> None:
         """Record what the exchange says of ``leg``'s order: a first acceptance, an end,
         and any fills it carries; then the trades that were waiting for its id."""
+        self.book.link(leg, order_ids(order))
         answer = order_answer(order, leg.order, source, self.clock.now_ns())
         news = (
             answer.kind != "accepted"
@@ -85,7 +92,9 @@ class Dealer:
         if not leg.venue_order_id:
             return
         waiting = [
-            (t, s) for t, s in self.orphans.values() if str(t.get("order")) == leg.venue_order_id
+            (t, s)
+            for t, s in self.orphans.values()
+            if self.book.of_venue_order(str(t.get("order"))) is leg
         ]
         for trade, was in waiting:
             self.orphans.pop(str(trade.get("id")), None)
@@ -245,8 +254,8 @@ class Dealer:
             return False
         if found.get("id") and not leg.venue_order_id:
             leg.venue_order_id = str(found["id"])
-            self.book.by_venue_id[leg.venue_order_id] = leg.order.venue_client_id
-            await self._adopt_orphans(leg)
+        self.book.link(leg, order_ids(found))
+        await self._adopt_orphans(leg)
         filled = float(found.get("filled") or 0.0)
         if filled > leg.filled:
             await self._trades_of(leg, "query")
@@ -265,7 +274,7 @@ class Dealer:
             )
             return
         for trade in trades:
-            if str(trade.get("order") or "") == leg.venue_order_id:
+            if self.book.of_venue_order(str(trade.get("order") or "")) is leg:
                 await self.trade(trade, source)
 
     async def settle(self, leg: Leg) -> None:

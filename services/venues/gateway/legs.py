@@ -69,8 +69,8 @@ class LegBook:
         if leg is None:
             return
         if answer.venue_order_id:
-            leg.venue_order_id = answer.venue_order_id
-            self.by_venue_id[answer.venue_order_id] = answer.venue_client_id
+            leg.venue_order_id = leg.venue_order_id or answer.venue_order_id
+            self.by_venue_id.setdefault(answer.venue_order_id, answer.venue_client_id)
         leg.cum_qty = max(leg.cum_qty, answer.cum_qty)
         kind = answer.kind
         if kind == "fill":
@@ -98,6 +98,11 @@ class LegBook:
         """Whether the log holds the answer to sending this order event (its submit's,
         cancel's or amendment's, or the unknown a restart recorded for it)."""
         return event_id in self.answered
+
+    def link(self, leg: Leg, venue_order_ids: list[str]) -> None:
+        """Every exchange id the leg's order goes by (a triggered algo order's own)."""
+        for venue_order_id in venue_order_ids:
+            self.by_venue_id.setdefault(venue_order_id, leg.order.venue_client_id)
 
     def of_venue_order(self, venue_order_id: str) -> Leg | None:
         vcid = self.by_venue_id.get(venue_order_id)

@@ -17,6 +17,7 @@ from contracts.envelope import Envelope, content_id
 from contracts.venue_events import Discrepancy, KillSwitch, VenueAdoption, VenueOrder
 from services.venues.ccxt_exchange import Redactor
 from services.venues.client_ids import venue_client_id
+from services.venues.gateway.answers import order_ids
 from services.venues.gateway.ccxt_orders import OrderCalls, exchange_reason
 from services.venues.journal import symbol_parts
 from services.venues.reconcile import Tolerance, VenueView, reconcile
@@ -62,6 +63,12 @@ class Reconciler:
             except Exception as exc:
                 trades, trades_error = None, self._reason(exc)
                 break
+        for order in orders or ():
+            leg = gateway.book.legs.get(str(order.get("clientOrderId") or ""))
+            if leg is not None:
+                gateway.book.link(leg, order_ids(order))
+        if trades is not None:
+            trades = [self._named(t) for t in trades]
         contracts = [s for s in symbols if self.calls.is_contract(s)]
         positions: dict[str, float] | None = {}
         if contracts:
@@ -86,6 +93,14 @@ class Reconciler:
             balances=balances,
             balances_error=balances_error,
         )
+
+    def _named(self, trade: dict[str, Any]) -> dict[str, Any]:
+        """A trade with its leg's client id where the exchange gives none but Keel knows
+        its order (a triggered algo order's trades name the order it became)."""
+        if trade.get("clientOrderId"):
+            return trade
+        leg = self.gateway.book.of_venue_order(str(trade.get("order") or ""))
+        return {**trade, "clientOrderId": leg.order.venue_client_id} if leg else trade
 
     async def run_once(self) -> None:
         """One reconciliation: its findings stored, acted on, and the venue's state said."""
