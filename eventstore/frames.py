@@ -69,6 +69,7 @@ def frame_subject(namespace: str, kind: str, producer: str) -> str:
     return f"{frame_prefix(namespace)}{kind}.{producer}"
 
 
-OUTPUT_KINDS = ("sig", "ord", "exec", "pf", "gov", "sys")
-"""Kinds of the events workers publish. The others, market data (``md``) and external
-events (``ext``), are facts from outside: the driver feeds them in market frames."""
+OUTPUT_KINDS = ("sig", "ord", "exec", "pf", "gov", "sys", "venue")
+"""Kinds of the events workers publish (``venue``: the execution worker's legs for a gateway
+venue). The others, market data (``md``) and external events (``ext``), are facts from
+outside, like a gateway's recorded answers: the driver feeds them in market frames."""

@@ -58,8 +58,6 @@ START_S = 60.0
 EXIT_S = 10.0
 """How long finished workers get to exit before they are stopped."""
 T = TypeVar("T")
-VENUE_KIND = "venue"
-"""Frames of the execution worker's venue orders (a gateway venue's legs): outputs too."""
 
 
 def bus_replay(
@@ -177,7 +175,7 @@ class OutputReader:
             durable_name=f"{self._namespace}-driver",
             ack_policy=AckPolicy.NONE,
             deliver_policy=DeliverPolicy.ALL,
-            filter_subjects=[f"{prefix}{kind}.*" for kind in (*OUTPUT_KINDS, VENUE_KIND)],
+            filter_subjects=[f"{prefix}{kind}.*" for kind in OUTPUT_KINDS],
         )
         sub = await self._bus.js.pull_subscribe(
             "",

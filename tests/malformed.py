@@ -479,7 +479,7 @@ class Generator:
 
     def subject_prefix(self) -> str:
         for prefix in ADMITS:
-            if self.subject.startswith(prefix + "."):
+            if self.subject == prefix or self.subject.startswith(prefix + "."):
                 return prefix
         raise KeyError(self.subject)
 
@@ -505,8 +505,9 @@ class Generator:
         return msgspec.json.encode(event)
 
     def _subject(self) -> str:
-        """Mostly the home subject; sometimes other tokens under the same pattern."""
-        if self.rng.random() < 0.8:
+        """Mostly the home subject; sometimes other tokens under the same pattern (a pattern
+        without a wildcard, ``venue.kill``, has only its own subject)."""
+        if self.rng.random() < 0.8 or not self.pattern.endswith(">"):
             return self.subject
         literal = self.pattern.removesuffix(".>")
         tokens = [_token(self.rng) for _ in range(self.rng.randint(1, 5))]

@@ -35,6 +35,7 @@ def test_the_fleet_consumes_the_subjects_the_fuzzer_covers() -> None:
         "exec.>",
         "ord.cmd.>",
         "ord.alert.>",
+        "venue.kill",
     }
 
 
@@ -52,7 +53,7 @@ async def test_malformed_messages_on_every_input_subject_become_dead_letters(
 ) -> None:
     fleet = ProcessFleet(tmp_path / "logs")
     report = await run_fuzz(nats_server.url, fleet, COUNT, seed=13, mode="keel run")
-    assert len(report.rows) == 9
+    assert len(report.rows) == 10
     for row in report.rows:
         assert row.sent == COUNT, row.pattern
         assert row.letters == COUNT * len(row.workers), row

@@ -149,7 +149,7 @@ def test_external_orders_are_recorded_once_and_their_trades_are_not_keels() -> N
     assert "tx" in usdt.detail
     for d in found.discrepancies:
         j.apply(d)
-    assert j.halted and not j.seen_trade("tx")
+    assert j.halted and not j.seen_trade(BTC, "tx")
     again = reconcile(
         view(
             orders=(ext,),

@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contracts.venue_events import Discrepancy, VenueAdoption, VenueAnswer, VenueOrder
-from services.venues.client_ids import venue_client_id
+from services.venues.client_ids import answer_event_id, venue_client_id
 from services.venues.journal import ExactSum, VenueJournal, symbol_parts
 
 T0 = 1_700_000_000_000_000_000
@@ -118,16 +118,26 @@ def test_the_same_trade_from_stream_poll_and_reconcile_counts_once() -> None:
     j = journal(leg)
     for source in ("stream", "poll", "reconcile", "stream"):
         j.apply(fill(leg, "t1", 0.5, 100.0, source=source))
-    assert j.seen_trade("t1") and not j.seen_trade("t2")
+    assert j.seen_trade(BTC, "t1") and not j.seen_trade(BTC, "t2")
     assert j.position(BTC) == 0.5
     assert j.leg(leg.venue_client_id).filled_qty == 0.5  # type: ignore[union-attr]
+
+
+def test_the_same_trade_id_on_two_symbols_is_two_trades() -> None:
+    btc, eth = order("o-1", qty=2.0), order("o-2", symbol="ETH/USDT", qty=2.0)
+    j = journal(btc, eth)
+    first, second = fill(btc, "7", 0.5, 100.0), fill(eth, "7", 1.0, 10.0)
+    j.apply(first)
+    j.apply(second)  # Binance numbers trades per symbol
+    assert j.position(BTC) == 0.5 and j.seen_trade("ETH/USDT", "7")
+    assert answer_event_id(first) != answer_event_id(second)
 
 
 def test_a_trade_of_an_order_keel_does_not_know_is_seen_but_not_keels() -> None:
     foreign = order("someone-else")
     j = journal()
     j.apply(fill(foreign, "t9", 1.0, 100.0))
-    assert j.seen_trade("t9")
+    assert j.seen_trade(BTC, "t9")
     assert j.position(BTC) == 0.0 and j.balance("USDT") == 0.0
 
 
@@ -300,7 +310,7 @@ def test_snapshot_restores_the_same_journal() -> None:
     j = journal(leg, answer(leg, "accepted", venue_order_id="v1"), fill(leg, "t1", 0.5, 100.0))
     again = VenueJournal.restore(j.snapshot())
     assert again.snapshot() == j.snapshot()
-    assert again.position(BTC) == 0.5 and again.seen_trade("t1")
+    assert again.position(BTC) == 0.5 and again.seen_trade(BTC, "t1")
     assert again.leg(leg.venue_client_id).state == "working"  # type: ignore[union-attr]
     copy = j.copy()
     copy.apply(fill(leg, "t2", 0.5, 100.0))

@@ -45,7 +45,8 @@ def answer_event_id(answer: VenueAnswer) -> str:
     """The event id (``Nats-Msg-Id``) of an answer: equal for the same exchange fact whatever
     the source that saw it, different for different facts.
 
-    - ``fill``: the venue and its trade id, nothing else (stream, poll and reconcile agree).
+    - ``fill``: the venue, the symbol and its trade id, nothing else (stream, poll and
+      reconcile agree; Binance numbers trades per symbol).
     - ``accepted``: the leg and the order and filled quantities the exchange reported; an
       in-place amendment's acceptance also carries its answer time, since an amendment that
       only moves a price reports the same quantities.
@@ -57,7 +58,7 @@ def answer_event_id(answer: VenueAnswer) -> str:
     """
     kind = answer.kind
     if kind == "fill":
-        return content_id("fill", answer.venue, answer.trade_id)
+        return content_id("fill", answer.venue, answer.symbol, answer.trade_id)
     base = ("answer", answer.venue, answer.venue_client_id, kind)
     if kind == "accepted":
         stamp = answer.ts if answer.source == "amend" else 0

@@ -185,6 +185,11 @@ _ENCODER = msgspec.msgpack.Encoder()
 _DECODER = msgspec.msgpack.Decoder(JournalState)
 
 
+def trade_key(symbol: str, trade_id: str) -> str:
+    """A venue trade's identity: Binance numbers trades per symbol, so the id alone is not."""
+    return f"{symbol}\x1f{trade_id}"
+
+
 class VenueJournal:
     """The fold; ``apply`` takes every venue event of this venue and ignores the rest."""
 
@@ -250,9 +255,10 @@ class VenueJournal:
         state = self.state
         leg = state.legs.get(answer.venue_client_id)
         if answer.kind == "fill":
-            if answer.trade_id in state.trades:
+            key = trade_key(answer.symbol, answer.trade_id)
+            if key in state.trades:
                 return
-            state.trades[answer.trade_id] = answer.venue_client_id if leg is not None else ""
+            state.trades[key] = answer.venue_client_id if leg is not None else ""
         if leg is None:
             return
         leg.last_ts = max(leg.last_ts, answer.ts)
@@ -413,8 +419,8 @@ class VenueJournal:
         numbers = [leg.leg for leg in self.legs_of(client_order_id)]
         return max(numbers, default=-1) + 1
 
-    def seen_trade(self, trade_id: str) -> bool:
-        return trade_id in self.state.trades
+    def seen_trade(self, symbol: str, trade_id: str) -> bool:
+        return trade_key(symbol, trade_id) in self.state.trades
 
     def position(self, symbol: str) -> float:
         """Keel's venue-level position: the baseline plus Keel's fills (signed)."""

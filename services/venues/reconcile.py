@@ -321,7 +321,9 @@ def _trades(run: _Run) -> None:
     for trade in sorted(run.view.trades.trades, key=lambda t: (t.venue_ts, t.trade_id)):
         if not trade.trade_id or trade.qty <= 0 or trade.price <= 0:
             continue
-        if run.journal.seen_trade(trade.trade_id) or run.after.seen_trade(trade.trade_id):
+        if run.journal.seen_trade(trade.symbol, trade.trade_id) or run.after.seen_trade(
+            trade.symbol, trade.trade_id
+        ):
             continue
         leg = _leg_of(run, trade.client_id, trade.venue_order_id)
         if leg is None:

@@ -1,4 +1,5 @@
-"""Reconciliation's I/O, the halt, adoption and the kill switch for one gateway.
+"""Reconciliation's I/O, the halt and adoption for one gateway (the kill switch is the
+order manager's: it knows which orders are entries and which protect, on every venue).
 
 ``run_once`` asks the exchange for its open orders (conditional/algo ones included), the
 trades since each open leg began, positions (contracts) and balances; each part that fails
@@ -14,19 +15,16 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from contracts.envelope import Envelope, content_id
-from contracts.venue_events import Discrepancy, KillSwitch, VenueAdoption, VenueOrder
+from contracts.venue_events import Discrepancy, VenueAdoption, VenueOrder
 from services.venues.ccxt_exchange import Redactor
-from services.venues.client_ids import venue_client_id
 from services.venues.gateway.answers import order_ids
 from services.venues.gateway.ccxt_orders import OrderCalls, exchange_reason
-from services.venues.journal import symbol_parts
 from services.venues.reconcile import Tolerance, VenueView, reconcile
 
 if TYPE_CHECKING:
     from services.venues.gateway.worker import Gateway
 
 log = logging.getLogger("keel.gateway")
-KILL_STRATEGY = "kill"
 TRADES_MARGIN_MS = 60_000
 
 
@@ -158,8 +156,8 @@ class Reconciler:
         gateway.journal.apply(found)
 
     async def _place(self, order: VenueOrder, cause: Envelope) -> None:
-        """An order of the gateway's own (a stop placed again, a kill's flattening): on the
-        log as a ``VenueOrder`` first, then sent through the order consumer like any other."""
+        """An order of the gateway's own (a missing stop placed again): on the log as a
+        ``VenueOrder`` first, then sent through the order consumer like any other."""
         gateway = self.gateway
         envelope = Envelope(
             content_id("gateway-order", order.venue_client_id),
@@ -185,33 +183,3 @@ class Reconciler:
         next reconciliation (now), and the halt is lifted."""
         self.gateway.journal.apply(adoption)
         await self.run_once()
-
-    async def kill(self, kill: KillSwitch, envelope: Envelope) -> None:
-        """Cancel every open leg that is not protective; with ``flatten`` also close every
-        position with a reduce-only market order."""
-        gateway = self.gateway
-        for leg in list(gateway.book.open_legs()):
-            if not leg.order.protective:
-                await gateway.dealer.cancel(leg, envelope)
-        if not kill.flatten:
-            return
-        now = gateway.clock.now_ns()
-        for symbol in sorted({leg.order.symbol for leg in gateway.journal.legs()}):
-            qty = gateway.journal.position(symbol)
-            if abs(qty) <= gateway.config.position_tolerance:
-                continue
-            coid = f"kill-{envelope.event_id[:16]}-{symbol_parts(symbol).base}"
-            order = VenueOrder(
-                ts=now,
-                action="new",
-                client_order_id=coid,
-                venue_client_id=venue_client_id(gateway.venue.name, coid, 0),
-                strategy=KILL_STRATEGY,
-                venue=gateway.venue.name,
-                symbol=symbol,
-                side="sell" if qty > 0 else "buy",
-                qty=abs(qty),
-                order_type="market",
-                reduce_only=True,
-            )
-            await self._place(order, envelope)

@@ -5,9 +5,9 @@ At start it takes the venue's API-key lock (``lock.py``), rebuilds what it did f
 sending anything new, and settles every leg left without an answer by querying it by client
 id (never by sending it again blindly). Then it consumes ``venue.order.<venue>.>`` through
 a durable consumer, acknowledging an order only once its answer is stored, and
-``venue.adopt.<venue>`` and ``venue.kill`` through another; fills come from the private
-stream, or from REST polling while that stream is silent; reconciliation runs every
-``reconcile_every_s``.
+``venue.adopt.<venue>`` through another (the kill switch is the order manager's: it knows
+entries from protective legs on every venue); fills come from the private stream, or from
+REST polling while that stream is silent; reconciliation runs every ``reconcile_every_s``.
 """
 
 from __future__ import annotations
@@ -28,7 +28,6 @@ from contracts.subjects import name_token
 from contracts.venue_events import (
     Discrepancy,
     GatewayState,
-    KillSwitch,
     VenueAdoption,
     VenueAnswer,
     VenueOrder,
@@ -181,7 +180,7 @@ class Gateway:
                 "orders", [f"venue.order.{self.venue.name}.>"], DeliverPolicy.ALL
             )
             controls = await self._subscribe(
-                "controls", [f"venue.adopt.{self.venue.name}", "venue.kill"], DeliverPolicy.NEW
+                "controls", [f"venue.adopt.{self.venue.name}"], DeliverPolicy.NEW
             )
             if self.state != "halted" and self.stream.failing_watches:
                 await self.status("degraded", "private stream failing: REST polling")
@@ -313,8 +312,6 @@ class Gateway:
         event = item.event
         if isinstance(event, VenueAdoption) and event.venue == self.venue.name:
             await self.reconciler.adopt(event)
-        elif isinstance(event, KillSwitch):
-            await self.reconciler.kill(event, item.envelope)
 
     async def _stream_health(self, ok: bool, reason: str) -> None:
         """A failing private stream degrades a running gateway (fills then come by REST
