@@ -339,7 +339,7 @@ def test_execution_reads_the_answers_of_a_gateway_venue() -> None:
 GATEWAY_EVENTS = {"venue.answer.>", "venue.recon.>", "venue.status.>"}
 GATEWAY_CONSUMERS = ("orders", "controls")
 """The gateway's durables on VENUE: ``gateway-V-orders`` (its venue's orders) and
-``gateway-V-controls`` (adoptions and the kill switch, services/venues/gateway/worker.py)."""
+``gateway-V-controls`` (adoptions, services/venues/gateway/worker.py)."""
 
 
 def gateway_venues() -> set[str]:
@@ -354,14 +354,16 @@ def gateway_venues() -> set[str]:
 
 def test_the_gateway_user_has_exactly_the_rights_of_each_venues_gateway() -> None:
     """Every venue's gateway process logs in as `gateway`: the venues' answers, findings and
-    status, and per venue V (worker gateway-V) its own system subjects and its two durables,
-    gateway-V-orders and gateway-V-controls (docs/deploy.md, "Venue gateways")."""
+    status, and per venue V (worker gateway-V) the legs it places itself (venue.order.V.>),
+    its own system subjects and its two durables, gateway-V-orders and gateway-V-controls
+    (docs/deploy.md, "Venue gateways")."""
     venues = gateway_venues()
     assert venues == {"binance", "bybit", "kraken", "krakenfutures"}
     expected = GATEWAY_EVENTS | OBSERVE
     for venue in venues:
         worker = f"gateway-{venue}"
         expected |= {f"sys.{kind}.{worker}" for kind in ("heartbeat", "dlq", "status")}
+        expected.add(f"venue.order.{venue}.>")
         for part in GATEWAY_CONSUMERS:
             expected |= consumer_rights("VENUE", f"{worker}-{part}")
     perms = USERS["gateway"]

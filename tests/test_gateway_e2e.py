@@ -66,7 +66,7 @@ async def protected(session: GatewaySession) -> bool:
 
 async def stopped_out(session: GatewaySession, sl: ExecutionReport, tp: ExecutionReport) -> bool:
     """The stop filled and the target canceled, in ``exec.report`` and on the exchange,
-    and the portfolio flat."""
+    and the portfolio flat (but for dust below the lot on a spot venue)."""
     reports = await session.reports()
     done = {(r.client_order_id, r.status) for r in reports}
     if (sl.client_order_id, "filled") not in done or (tp.client_order_id, "canceled") not in done:
@@ -74,7 +74,7 @@ async def stopped_out(session: GatewaySession, sl: ExecutionReport, tp: Executio
     if venue_order(session, tp.client_order_id).status != "canceled":
         return False
     positions = [p for p in await session.positions() if p.symbol == session.symbol]
-    return bool(positions) and close(positions[-1].qty, 0.0)
+    return bool(positions) and abs(positions[-1].qty) < session.spec.lot_size
 
 
 def venue_order(session: GatewaySession, client_order_id: str) -> FakeOrder:
