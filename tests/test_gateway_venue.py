@@ -276,3 +276,12 @@ def test_a_fee_taken_in_the_base_asset_sizes_the_protective_legs_to_what_is_held
     )
     (stop,) = legs(oms.decide(fill, T0 + 2 * NS))
     assert stop.qty == 0.01 - 0.00001  # what the spot account holds after the fee
+
+
+def test_a_leg_the_exchange_rounded_to_its_lot_is_filled_at_the_exchanges_quantity() -> None:
+    oms = manager()
+    (leg,) = legs(oms.decide(order(qty=0.00999, order_type="limit", limit_price=90.0), T0))
+    oms.decide(answer(leg, "accepted", order_qty=0.009), T0 + NS)
+    hit = answer(leg, "fill", T0 + 2 * NS, trade_id="t1", fill_qty=0.009, fill_price=90.0)
+    (done,) = reports(oms.decide(hit, T0 + 2 * NS))
+    assert done.status == "filled"

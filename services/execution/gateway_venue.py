@@ -43,6 +43,7 @@ class Leg(msgspec.Struct):
     cum_qty: float = 0.0
     done: bool = False
     acked: bool = False  # an ``accepted`` report was given for it
+    venue_qty: float = 0.0  # the quantity the exchange took (its lot precision), 0 = unknown
 
 
 class GatewayVenueState(msgspec.Struct):
@@ -178,24 +179,35 @@ class GatewayVenue:
             return []  # a replaced or finished leg, or not Keel's: the gateway's journal
         order = leg.order
         kind = answer.kind
+        if answer.order_qty > 0 and kind != "fill":
+            leg.venue_qty = answer.order_qty  # what the exchange says of the order itself
         if kind != "fill" and self._roles(order.client_order_id) is None:
             self._finish(leg)  # the order manager ended it already (an OCO sibling)
             return []
         if kind == "accepted":
-            if leg.acked:
-                return []  # the submit's answer and the private stream's both say so
-            leg.acked = True
-            return [self._leg_report(leg, "accepted", answer)]
+            out: list[Event] = []
+            if not leg.acked:
+                leg.acked = True
+                out.append(self._leg_report(leg, "accepted", answer))
+            whole = leg.venue_qty or order.qty
+            if leg.cum_qty and leg.cum_qty >= whole - DUST * whole:
+                # Its fills came first; the exchange's quantity says they completed it.
+                self._finish(leg)
+                out.append(self._leg_report(leg, "filled", answer))
+            return out  # else the submit's answer and the private stream's both say so
         if kind == "unknown":
             return []  # the order keeps its state until a query settles it
-        out: list[Event] = []
+        out = []
         if not leg.acked and kind in ("fill", "canceled", "expired"):
             # The exchange had the order (its acknowledgement was lost, or came later).
             leg.acked = True
             out.append(self._leg_report(leg, "accepted", answer))
         if kind == "fill":
             leg.cum_qty = max(leg.cum_qty + answer.fill_qty, answer.cum_qty)
-            final = leg.cum_qty >= order.qty - DUST * order.qty
+            # The exchange rounds the quantity to its lot: its own quantity says when the
+            # leg is done (a spot stop for 0.00999 held is an order for 0.009).
+            whole = leg.venue_qty or order.qty
+            final = leg.cum_qty >= whole - DUST * whole
             if final:
                 self._finish(leg)
             status = "filled" if final else "partially_filled"

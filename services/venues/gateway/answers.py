@@ -50,7 +50,7 @@ def base_answer(
         source=source,
         strategy=leg.strategy,
         side=leg.side,
-        order_qty=leg.qty,
+        order_qty=fields.pop("order_qty", leg.qty),
         **fields,
     )
 
@@ -73,6 +73,7 @@ def order_answer(
         source,
         ts,
         venue_order_id=str(order.get("id") or ""),
+        order_qty=_num(order.get("amount")) or leg.qty,  # the exchange's, to its lot
         cum_qty=_num(order.get("filled")),
         venue_ts=_ms(order.get("lastUpdateTimestamp") or order.get("timestamp")),
         reason=reason,
