@@ -5,9 +5,6 @@ content: 0 lost, 0 duplicated, 0 differing."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
-from bench.chaos import Chaos, generate_bars, run_chaos
 from bench.chaos_compare import Log, Record, compare
 from bench.chaos_faults import ACK_WAIT_S, SCENARIOS, plan
 
@@ -58,32 +55,3 @@ def test_a_seed_names_the_same_faults_and_stops_outlast_ack_wait() -> None:
     assert stops and all(f.down_s > ACK_WAIT_S and f.target in WORKERS for f in stops)
     cluster = plan("cluster-node", 1, 1000, WORKERS)
     assert [f.kind for f in cluster] == ["kill-node", "kill-leader"]
-
-
-async def test_every_scenario_stores_exactly_the_uninterrupted_runs_events(tmp_path: Path) -> None:
-    chaos = Chaos(
-        scenarios=SCENARIOS,
-        seeds=(1,),
-        data=generate_bars(BARS, tmp_path / "bars.csv"),
-        bars=BARS,
-        workdir=tmp_path,
-        faults=1,
-        parallel=len(SCENARIOS),
-        deadline_s=240,
-    )
-    lines: list[str] = []
-    baseline, rows = await run_chaos(chaos, lines.append)
-    assert len(baseline.records["bars"]) == BARS
-    assert len(baseline.records["orders"]) >= 4 and len(baseline.records["reports"]) >= 8
-    assert len(baseline.records["positions"]) >= 4
-    assert [r.scenario for r in rows] == list(SCENARIOS)
-    for row in rows:
-        detail = "\n".join(lines)
-        assert not row.hung, detail
-        assert row.faults == (2 if row.scenario == "cluster-node" else 1), detail
-        assert row.counts.compared >= sum(len(v) for v in baseline.records.values()), detail
-        counts = row.counts
-        assert (counts.lost, counts.duplicated, counts.differing, counts.extra) == (0, 0, 0, 0), (
-            detail
-        )
-        assert counts.dead_letters == 0, detail
