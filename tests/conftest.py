@@ -44,3 +44,27 @@ def keel(
         cwd=cwd or ROOT,
         timeout=timeout,
     )
+
+
+FLEET_FILES = (
+    "test_gateway_crash.py",
+    "test_live_replay.py",
+    "test_server_restart.py",
+    "test_gateway_e2e.py",
+    "test_up_session.py",
+    "test_recorded_venue_replay.py",
+    "test_live_session.py",
+    "test_cluster.py",
+)
+"""The files that each run several whole fleets (or a cluster) on exchange time that runs
+faster than the wall: under pytest-xdist they share one group, so they run one after the
+other (two of them side by side starve each other's clocks on two cores), and they go first,
+so the light tests fill the other process around them instead of trailing behind."""
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    heavy = {name: rank for rank, name in enumerate(FLEET_FILES)}
+    for item in items:
+        if item.path.name in heavy:
+            item.add_marker(pytest.mark.xdist_group("fleets"))
+    items.sort(key=lambda item: heavy.get(item.path.name, len(heavy)))

@@ -30,7 +30,7 @@ from eventstore.log_reader import last_per_subject, read_until
 from eventstore.server import EmbeddedServer
 from services.config import MarketConfig
 from services.marketdata.live.session import LiveSession
-from services.venues.ccxt_exchange import build_exchange, read_secrets, redact_logs
+from services.venues.ccxt_exchange import Redactor, build_exchange, read_secrets, redact_logs
 from services.venues.config import Credentials, VenueConfig
 from tests.conftest import keel
 from tests.fakes.clock import ScaledClock
@@ -306,3 +306,24 @@ async def test_keel_up_on_a_venue_never_shows_a_secret(
     for worker, metrics_text in metrics.items():
         assert "# TYPE" in metrics_text
         assert not leaks(metrics_text), worker
+
+
+def test_a_traceback_another_handler_formatted_first_is_redacted_too() -> None:
+    secret = "s3cr3t-value-never-shown"
+    first, second = io.StringIO(), io.StringIO()
+    log = logging.getLogger("keel.test.two_handlers")
+    log.propagate = False
+    early, late = logging.StreamHandler(first), logging.StreamHandler(second)
+    early.addFilter(Redactor({"other": "unrelated-secret"}))  # formats the traceback first
+    late.addFilter(Redactor({"secret": secret}))
+    log.addHandler(early)
+    log.addHandler(late)
+    try:
+        try:
+            raise RuntimeError(f"boom {secret}")
+        except RuntimeError:
+            log.exception("failed")
+    finally:
+        log.removeHandler(early)
+        log.removeHandler(late)
+    assert "boom ***" in second.getvalue() and secret not in second.getvalue()

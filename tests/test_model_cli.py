@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from cli.app import app
+from cli.console import console
 from eventstore.bus import Bus
 from eventstore.model_store import BUCKET, get_model, list_models, put_model, read_model_file
 from eventstore.server import URL_ENV, EmbeddedServer
@@ -86,7 +87,10 @@ async def test_object_store_round_trip(bus: Bus, small_model: RegimeModel) -> No
 
 
 def cli(url: str, *args: str) -> subprocess.CompletedProcess[str]:
-    """``keel`` in process (typer's runner): the same commands, without a start-up each."""
+    """``keel`` in process (typer's runner): the same commands, without a start-up each.
+    The shared console took its width when this process first imported the CLI (another
+    test file's, under xdist), so it is set here, as ``COLUMNS`` would at start-up."""
+    console.width = 200
     result = CliRunner().invoke(app, list(args), env={URL_ENV: url, "COLUMNS": "200"})
     if result.exception is not None and not isinstance(result.exception, SystemExit):
         raise result.exception

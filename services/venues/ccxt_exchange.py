@@ -103,12 +103,18 @@ class Redactor(logging.Filter):
         return text
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """The record is shared by every handler: an earlier handler's filter may already
+        have formatted the traceback into ``exc_text``, so that text is redacted too."""
         if self._values:
             record.msg = self.redact(record.getMessage())
             record.args = ()
             if record.exc_info:
-                record.exc_text = self.redact(logging.Formatter().formatException(record.exc_info))
+                record.exc_text = logging.Formatter().formatException(record.exc_info)
                 record.exc_info = None
+            if record.exc_text:
+                record.exc_text = self.redact(record.exc_text)
+            if record.stack_info:
+                record.stack_info = self.redact(record.stack_info)
         return True
 
 
