@@ -56,15 +56,11 @@ FLEET_FILES = (
     "test_live_session.py",
     "test_cluster.py",
 )
-"""The files that each run several whole fleets (or a cluster) on exchange time that runs
-faster than the wall: under pytest-xdist they share one group, so they run one after the
-other (two of them side by side starve each other's clocks on two cores), and they go first,
-so the light tests fill the other process around them instead of trailing behind."""
+"""The files that each run several whole fleets (or a cluster): they are collected first, so
+under pytest-xdist (a file per process at a time) the light files fill the other process
+around them instead of trailing behind them at the end of the run."""
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     heavy = {name: rank for rank, name in enumerate(FLEET_FILES)}
-    for item in items:
-        if item.path.name in heavy:
-            item.add_marker(pytest.mark.xdist_group("fleets"))
     items.sort(key=lambda item: heavy.get(item.path.name, len(heavy)))
