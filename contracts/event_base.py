@@ -86,3 +86,16 @@ def require(condition: bool, message: str) -> None:
 def is_token(name: str) -> bool:
     """Whether ``name`` can stand as a subject token (cached: it runs for every fill)."""
     return NAME.fullmatch(name) is not None
+
+
+def require_order_prices(order_type: str, limit: float | None, stop: float | None) -> None:
+    """The prices an order of ``order_type`` needs, each > 0 when given (an order command
+    and the venue leg made from it obey the same rules)."""
+    require(limit is None or limit > 0, "limit_price must be > 0")
+    require(stop is None or stop > 0, "stop_price must be > 0")
+    require(order_type != "limit" or limit is not None, "limit needs price")
+    require(order_type != "stop" or stop is not None, "stop needs stop_price")
+    require(
+        order_type != "stop_limit" or (stop is not None and limit is not None),
+        "stop_limit needs both stop_price and limit_price",
+    )

@@ -14,7 +14,7 @@ from typing import Literal, get_args
 import msgspec
 from msgspec import UNSET, UnsetType
 
-from contracts.event_base import Event, Int64, is_token, require
+from contracts.event_base import Event, Int64, is_token, require, require_order_prices
 from contracts.external_events import (
     External,
     ListingAnnouncement,
@@ -259,15 +259,7 @@ class OrderCommand(Event, frozen=True):
             or self.expire_at is not UNSET
         ):
             self._check_managed()
-        require(self.limit_price is None or self.limit_price > 0, "limit_price must be > 0")
-        require(self.stop_price is None or self.stop_price > 0, "stop_price must be > 0")
-        require(self.order_type != "limit" or self.limit_price is not None, "limit needs price")
-        require(self.order_type != "stop" or self.stop_price is not None, "stop needs stop_price")
-        require(
-            self.order_type != "stop_limit"
-            or (self.stop_price is not None and self.limit_price is not None),
-            "stop_limit needs both stop_price and limit_price",
-        )
+        require_order_prices(self.order_type, self.limit_price, self.stop_price)
 
     def _check_managed(self) -> None:
         for name in _MANAGED_FIELDS:

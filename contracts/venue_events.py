@@ -12,7 +12,7 @@ from __future__ import annotations
 import re
 from typing import Literal
 
-from contracts.event_base import Event, Int64, is_token, require
+from contracts.event_base import Event, Int64, is_token, require, require_order_prices
 
 VenueMode = Literal["paper", "sandbox", "demo", "live"]
 VenueAction = Literal["new", "cancel", "amend"]
@@ -80,15 +80,7 @@ class VenueOrder(Event, frozen=True):
             "replaces must be a venue client id",
         )
         require(is_token(self.strategy), "strategy must match [A-Za-z0-9_-]+")
-        require(self.limit_price is None or self.limit_price > 0, "limit_price must be > 0")
-        require(self.stop_price is None or self.stop_price > 0, "stop_price must be > 0")
-        require(self.order_type != "limit" or self.limit_price is not None, "limit needs price")
-        require(self.order_type != "stop" or self.stop_price is not None, "stop needs stop_price")
-        require(
-            self.order_type != "stop_limit"
-            or (self.stop_price is not None and self.limit_price is not None),
-            "stop_limit needs both stop_price and limit_price",
-        )
+        require_order_prices(self.order_type, self.limit_price, self.stop_price)
 
 
 class VenueAnswer(Event, frozen=True):

@@ -30,7 +30,7 @@ import msgspec
 
 from contracts.events import Bar, Event, ExecutionReport, OrderCommand, Quote
 from contracts.venue_events import VenueAnswer, VenueOrder
-from services.execution.lifecycle import Venue
+from services.execution.lifecycle import Venue, rejected
 from services.execution.order_state import DUST
 from services.venues.client_ids import leg_number, venue_client_id
 
@@ -137,7 +137,7 @@ class GatewayVenue:
         if cmd.action == "cancel":
             leg = st.legs.get(oid)
             if leg is None or leg.done:
-                return [_report(cmd, "rejected", now, reason="cancel of an unknown order")]
+                return [rejected(cmd, now, "cancel of an unknown order")]
             self._outgoing.append(
                 msgspec.structs.replace(leg.order, ts=now, action="cancel", replaces="")
             )
@@ -280,18 +280,3 @@ class GatewayVenue:
 
 def _protective_first(order: VenueOrder) -> bool:
     return not (order.protective and order.action != "cancel")
-
-
-def _report(cmd: OrderCommand, status: str, now: int, reason: str) -> ExecutionReport:
-    return ExecutionReport(
-        ts=now,
-        status=status,  # type: ignore[arg-type]
-        client_order_id=cmd.client_order_id,
-        strategy=cmd.strategy,
-        venue=cmd.venue,
-        symbol=cmd.symbol,
-        side=cmd.side,
-        order_qty=cmd.qty,
-        model_tag=cmd.model_tag,
-        reason=reason,
-    )

@@ -370,3 +370,20 @@ def _base_moved(r: ExecutionReport) -> float:
     if currency != r.symbol.split("/", 1)[0]:
         return r.fill_qty
     return r.fill_qty - fee if r.side == "buy" else r.fill_qty + fee
+
+
+def rejected(cmd: OrderCommand, now: int, reason: str) -> ExecutionReport:
+    """A command refused before any venue leg exists (the order manager's own check, or a
+    cancel of nothing at a gateway venue)."""
+    return ExecutionReport(
+        ts=now,
+        status="rejected",
+        client_order_id=cmd.client_order_id,
+        strategy=cmd.strategy,
+        venue=cmd.venue,
+        symbol=cmd.symbol,
+        side=cmd.side,
+        order_qty=cmd.qty,
+        model_tag=cmd.model_tag,
+        reason=reason,
+    )

@@ -30,7 +30,6 @@ from contracts.envelope import content_id
 from contracts.events import (
     Bar,
     Event,
-    ExecutionReport,
     OrderCommand,
     Quote,
     RiskAlert,
@@ -41,7 +40,7 @@ from contracts.venue_events import KillSwitch, VenueAnswer, VenueOrder
 from services.execution.atr import update_atr
 from services.execution.brackets import Brackets, bracket_group
 from services.execution.gateway_venue import GatewayVenue, LegRole
-from services.execution.lifecycle import Venue
+from services.execution.lifecycle import Venue, rejected
 from services.execution.order_state import (
     DUST,
     OcoGroupId,
@@ -314,7 +313,7 @@ class OrderManager(Brackets):
         why = self._invalid(cmd)
         if why:
             self._remember(oid, "rejected")
-            return [_rejected(cmd, now, why)]
+            return [rejected(cmd, now, why)]
         rec = Order(
             cmd,
             book,
@@ -423,18 +422,3 @@ class OrderManager(Brackets):
             self._touched[rec.book] = None
         self._sync(out)
         return out
-
-
-def _rejected(cmd: OrderCommand, now: int, reason: str) -> ExecutionReport:
-    return ExecutionReport(
-        ts=now,
-        status="rejected",
-        client_order_id=cmd.client_order_id,
-        strategy=cmd.strategy,
-        venue=cmd.venue,
-        symbol=cmd.symbol,
-        side=cmd.side,
-        order_qty=cmd.qty,
-        model_tag=cmd.model_tag,
-        reason=reason,
-    )
