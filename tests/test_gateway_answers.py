@@ -276,7 +276,7 @@ async def test_a_failing_private_stream_is_reported_then_cleared() -> None:
     )
     task = asyncio.create_task(stream.run())
     deadline = time.monotonic() + 10
-    while not stream.first.is_set() and time.monotonic() < deadline:
+    while not (health and health[-1][0]) and time.monotonic() < deadline:
         await asyncio.sleep(0.01)
     task.cancel()
     with contextlib.suppress(asyncio.CancelledError):
