@@ -35,7 +35,7 @@ SCHEMA_VERSION = 1
 _INF = math.inf
 _isfinite = math.isfinite
 
-InstrumentKind = Literal["spot", "perpetual"]
+InstrumentKind = Literal["spot", "perpetual", "stock", "future", "fx"]
 FeedState = Literal["streaming", "backfilling", "stale", "polling", "delisted"]
 Side = Literal["buy", "sell"]
 OrderAction = Literal["new", "cancel", "amend"]
@@ -51,7 +51,12 @@ class Instrument(Event, frozen=True):
     """A market's description. ``contract_size``: units of ``base`` per contract (a
     perpetual's quantity is in contracts; 1 for spot); ``max_leverage``: the venue's cap
     (0 = not given); ``settle``: the currency a perpetual settles in (empty for spot);
-    ``active``: False once the venue stopped trading it (a delisting is a new event)."""
+    ``active``: False once the venue stopped trading it (a delisting is a new event).
+
+    Brokers' contracts (Interactive Brokers) also say: ``contract_id``, the broker's own id
+    (IB's conId); ``expiry``, a future's last trading day (YYYYMMDD); ``trading_hours`` and
+    ``liquid_hours``, the broker's session text read in ``time_zone``
+    (``services/venues/ib/calendar.py``). Empty for crypto markets, which never close."""
 
     venue: str
     symbol: str
@@ -65,6 +70,11 @@ class Instrument(Event, frozen=True):
     max_leverage: float = 0.0
     settle: str = ""
     active: bool = True
+    contract_id: str = ""
+    expiry: str = ""
+    time_zone: str = ""
+    trading_hours: str = ""
+    liquid_hours: str = ""
 
     def __post_init__(self) -> None:
         super().__post_init__()

@@ -1,5 +1,8 @@
 """``[[venues]]`` entries: which exchange a venue name stands for and how to reach it.
 
+``kind = "ccxt"`` (the default) is an exchange ccxt speaks to; ``kind = "ib"`` is Interactive
+Brokers through IB Gateway or TWS, configured in its ``ib`` table (``services/venues/ib/``).
+
 A venue's ``urls`` and ``options`` tables are merged into ccxt's own (``ccxt_exchange``):
 that is how a testnet, a proxy or a loopback simulator stands in for the exchange. Secrets
 are never in the TOML: ``credentials`` names environment variables or files, read when the
@@ -16,8 +19,9 @@ from msgspec import Meta
 from contracts.subjects import name_token
 from contracts.venue_events import VenueMode
 from services.venues.gateway.config import GatewayConfig
+from services.venues.ib.settings import IbSettings, check_mode
 
-VenueKind = Literal["ccxt"]
+VenueKind = Literal["ccxt", "ib"]
 SECRET_FIELDS = ("api_key", "secret", "password", "uid")
 """The ccxt credential attributes a venue may need (``password`` is a passphrase)."""
 
@@ -54,10 +58,14 @@ class VenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``mode`` is how orders for it are traded: ``paper`` (the paper venue, on this venue's
     data), ``sandbox`` or ``demo`` (a venue gateway sends them to that environment) or
     ``live`` (real money: also needs ``live = true`` here and ``keel up --live``);
-    ``gateway`` (``[venues.gateway]``) times and bounds its gateway."""
+    ``gateway`` (``[venues.gateway]``) times and bounds its gateway.
+
+    For ``kind = "ib"``: ``ib`` holds the connection and contracts; ``exchange`` is ``ib``
+    (filled in when left out); the ccxt fields (sandbox, demo, urls, options, credentials)
+    do not apply and are refused; IB's paper account is ``mode = "demo"``."""
 
     name: str
-    exchange: str
+    exchange: str = ""
     kind: VenueKind = "ccxt"
     sandbox: bool = False
     demo: bool = False
@@ -68,9 +76,15 @@ class VenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     mode: VenueMode = "paper"
     live: bool = False
     gateway: GatewayConfig = msgspec.field(default_factory=GatewayConfig)
+    ib: IbSettings | None = None
 
     def __post_init__(self) -> None:
         name_token(self.name, "venue name")
+        if self.kind == "ib":
+            self._check_ib()
+            return
+        if self.ib is not None:
+            raise ValueError('an ib table needs kind = "ib"')
         if not self.exchange:
             raise ValueError("exchange must name a ccxt exchange id")
         if self.sandbox and self.demo:
@@ -81,6 +95,31 @@ class VenueConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             raise ValueError('mode = "demo" trades on demo trading: it needs demo = true')
         if self.mode == "live" and (self.sandbox or self.demo):
             raise ValueError('mode = "live" trades real money: not with sandbox or demo')
+        if self.mode == "live" and not self.live:
+            raise ValueError('mode = "live" trades real money: it also needs live = true')
+        if self.live and self.mode != "live":
+            raise ValueError('live = true only goes with mode = "live"')
+
+    def _check_ib(self) -> None:
+        if self.exchange not in ("", "ib"):
+            raise ValueError(f'exchange {self.exchange!r}: an ib venue\'s exchange is "ib"')
+        msgspec.structs.force_setattr(self, "exchange", "ib")
+        ccxt_only = {
+            "sandbox": self.sandbox,
+            "demo": self.demo,
+            "urls": self.urls,
+            "options": self.options,
+            "credentials": self.credentials.given,
+        }
+        for field, value in ccxt_only.items():
+            if value:
+                raise ValueError(
+                    f"{field} is for ccxt venues: an ib venue logs in through IB Gateway "
+                    "and is configured in its ib table"
+                )
+        if self.ib is None or not self.ib.contracts:
+            raise ValueError('kind = "ib" needs an ib table with [[venues.ib.contracts]]')
+        check_mode(self.ib, self.mode)
         if self.mode == "live" and not self.live:
             raise ValueError('mode = "live" trades real money: it also needs live = true')
         if self.live and self.mode != "live":
