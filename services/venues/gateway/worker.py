@@ -8,6 +8,8 @@ a durable consumer, acknowledging an order only once its answer is stored, and
 ``venue.adopt.<venue>`` through another (the kill switch is the order manager's: it knows
 entries from protective legs on every venue); fills come from the private stream, or from
 REST polling while that stream is silent; reconciliation runs every ``reconcile_every_s``.
+Like every worker it beats on ``sys.heartbeat.gateway-<venue>`` and serves its metrics
+(``telemetry.py``).
 """
 
 from __future__ import annotations
@@ -39,13 +41,18 @@ from services.runtime.clock import Clock
 from services.venues.ccxt_exchange import Redactor, build_exchange, read_secrets, redact_logs
 from services.venues.client_ids import answer_event_id
 from services.venues.config import VenueConfig
-from services.venues.gateway.ccxt_orders import OrderCalls, classify, exchange_reason
+from services.venues.gateway.ccxt_orders import classify, exchange_reason
 from services.venues.gateway.config import GatewayConfig
 from services.venues.gateway.dealing import Dealer
 from services.venues.gateway.legs import LegBook
 from services.venues.gateway.lock import KeyLock
 from services.venues.gateway.private_stream import PrivateStream
-from services.venues.gateway.reconciling import Reconciler
+from services.venues.gateway.telemetry import (
+    Beat,
+    GatewayMetrics,
+    MeasuredCalls,
+    MeasuredReconciler,
+)
 from services.venues.journal import VenueJournal
 
 log = logging.getLogger("keel.gateway")
@@ -66,7 +73,11 @@ class Gateway:
         *,
         exchange_factory: ExchangeFactory = build_exchange,
         work_dir: Path = Path(".keel"),
+        metrics_port: int | None = 0,
+        metrics_addr: str = "127.0.0.1",
     ) -> None:
+        """``metrics_port``: 0 picks a free one (announced in heartbeats); None serves none
+        (OTLP still gets the metrics when configured)."""
         self.bus = bus
         self.venue = venue
         self.name = f"gateway-{name_token(venue.name, 'venue')}"
@@ -74,6 +85,10 @@ class Gateway:
         self.clock = clock
         self.exchange_factory = exchange_factory
         self.work_dir = work_dir
+        self.metrics_port = metrics_port
+        self.metrics_addr = metrics_addr
+        self.processed = 0
+        """Answers this process stored (the heartbeat's ``processed``)."""
         self.book = LegBook()
         self.journal = VenueJournal(venue.name)
         self.stopping = asyncio.Event()
@@ -103,10 +118,14 @@ class Gateway:
         )
         self.book.answer(answer, envelope)
         self.journal.apply(answer)
+        if stored:
+            self.processed += 1
+            self.metrics.answered(answer.kind, answer.source)
         return stored
 
     async def status(self, state: GatewayState, reason: str = "", discrepancies: int = 0) -> None:
         self.state, self.reason = state, reason
+        self.metrics.set_state(state)
         now = self.clock.now_ns()
         event = VenueStatus(
             ts=now,
@@ -148,13 +167,28 @@ class Gateway:
         redactor = redact_logs(secrets)
         lock = KeyLock(self.work_dir, self.venue.exchange, secrets["apiKey"], self.venue.name)
         lock.acquire()
+        try:
+            self.metrics = GatewayMetrics(
+                self.name, self.venue.name, self.metrics_port, self.metrics_addr
+            )
+            beat = Beat(self.bus, self, self.metrics)
+            try:
+                await self._run(secrets, redactor, beat)
+            finally:
+                await beat.stopped()
+                self.metrics.close()
+        finally:
+            lock.release()
+
+    async def _run(self, secrets: Mapping[str, str], redactor: Redactor, beat: Beat) -> None:
         self.exchange = exchange = self.exchange_factory(self.venue, secrets)
-        calls = OrderCalls(exchange, self.clock, self.config.backoff_max_s)
+        metrics = self.metrics
+        calls = MeasuredCalls(metrics, exchange, self.clock, self.config.backoff_max_s)
         self.dealer = Dealer(
             calls, self.book, self.record, self.clock, redactor, self.config, self.journal
         )
-        self.reconciler = Reconciler(self, calls, redactor)
-        tasks: list[asyncio.Task[Any]] = []
+        self.reconciler = MeasuredReconciler(metrics, self, calls, redactor)
+        tasks: list[asyncio.Task[Any]] = [asyncio.create_task(beat.run())]
         try:
             await self._load_markets(exchange, redactor)
             self.delivered_seq = await self._delivered("orders")
@@ -169,6 +203,7 @@ class Gateway:
                 self.config.backoff_max_s,
                 self._stream_health,
             )
+            metrics.watch(self.stream, calls, self.clock)
             tasks.append(asyncio.create_task(self.stream.run()))
             # Exchanges that open the private stream with a snapshot of recent fills (Kraken
             # Futures) give them with their fees, which their REST fills lack: taken first.
@@ -213,7 +248,6 @@ class Gateway:
                     await task
             with contextlib.suppress(Exception):
                 await exchange.close()
-            lock.release()
 
     async def _load_markets(self, exchange: ccxt.pro.Exchange, redactor: Redactor) -> None:
         attempt = 0
@@ -222,6 +256,7 @@ class Gateway:
                 await exchange.load_markets()
                 return
             except Exception as exc:
+                self.metrics.rest_error(exc)
                 if classify(exc) == "rejected":
                     reason = exchange_reason(exc, redactor, exchange.id)
                     raise KeelError(f"venue {self.venue.name}: markets: {reason}") from None
@@ -295,6 +330,7 @@ class Gateway:
                 reason = "no open order with this client id"
                 await self.dealer.reject(order, reason, "cancel", item.envelope)
             else:
+                self.metrics.orders.add((order.action,))
                 await self.dealer.cancel(leg, item.envelope)
             return
         if leg is None or item.seq <= self.delivered_seq:
@@ -303,6 +339,7 @@ class Gateway:
             reason = f"venue halted: {self.reason}"
             await self.dealer.reject(order, reason, "submit", item.envelope)
             return
+        self.metrics.orders.add((order.action,))
         if order.action == "amend":
             await self.dealer.amend(leg, self.book.legs.get(order.replaces), item.envelope)
         else:
@@ -316,6 +353,7 @@ class Gateway:
     async def _stream_health(self, ok: bool, reason: str) -> None:
         """A failing private stream degrades a running gateway (fills then come by REST
         polling); the next answer of the stream restores it."""
+        self.metrics.stream_up.set((), 1 if ok else 0)
         if not ok and self.state == "running":
             await self.status("degraded", f"private stream failing ({reason}): REST polling")
         elif ok and self.state == "degraded":
@@ -345,4 +383,5 @@ class Gateway:
                 continue
             since = max(self.stream.last_ns, min(leg.envelope.event_time for leg in working))
             if self.clock.now_ns() - since >= self.config.poll_after_s * 1e9:
+                self.metrics.polls.add(())
                 await self.dealer.poll(working)
