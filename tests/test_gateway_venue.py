@@ -3,7 +3,15 @@ recorded answers in as execution reports, paper venues untouched (pure, no I/O).
 
 from __future__ import annotations
 
-from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand, SystemStatus
+from contracts.events import (
+    Bar,
+    DeadLetter,
+    Event,
+    ExecutionReport,
+    OrderCommand,
+    RiskAlert,
+    SystemStatus,
+)
 from contracts.venue_events import KillSwitch, VenueAnswer, VenueOrder
 from services.execution.paper_venue import PaperVenueConfig
 from services.execution.role import execution_role
@@ -285,3 +293,80 @@ def test_a_leg_the_exchange_rounded_to_its_lot_is_filled_at_the_exchanges_quanti
     hit = answer(leg, "fill", T0 + 2 * NS, trade_id="t1", fill_qty=0.009, fill_price=90.0)
     (done,) = reports(oms.decide(hit, T0 + 2 * NS))
     assert done.status == "filled"
+
+
+def _protected(oms) -> VenueOrder:  # type: ignore[no-untyped-def]
+    """A filled bracket entry's working stop at 95 (its leg acknowledged)."""
+    (leg,) = legs(oms.decide(order("e1", stop_loss=95.0), T0))
+    oms.decide(answer(leg, "accepted"), T0 + NS)
+    fill = answer(leg, "fill", T0 + 2 * NS, trade_id="t1", fill_qty=2.0, fill_price=100.0)
+    (stop,) = legs(oms.decide(fill, T0 + 2 * NS))
+    oms.decide(answer(stop, "accepted", venue_order_id="7001"), T0 + 3 * NS)
+    return stop
+
+
+def _move_stop(oms, to: float) -> VenueOrder:  # type: ignore[no-untyped-def]
+    amend = order("e1.sl", action="amend", ts=T0 + 4 * NS, side="sell", order_type="stop",
+                  stop_price=to)  # fmt: skip
+    (moved,) = legs(oms.decide(amend, T0 + 4 * NS))
+    assert moved.action == "amend" and moved.stop_price == to and moved.protective
+    return moved
+
+
+def test_a_refused_new_stop_keeps_the_old_one_working_without_a_flatten() -> None:
+    oms = manager()
+    stop = _protected(oms)
+    moved = _move_stop(oms, 97.0)
+    assert moved.replaces == stop.venue_client_id
+    why = "Order would immediately trigger."
+    out = list(oms.decide(answer(moved, "rejected", T0 + 5 * NS, reason=why), T0 + 5 * NS))
+    assert reports(out) == [] and legs(out) == []  # no rejection, no market close
+    assert not [e for e in out if isinstance(e, SystemStatus)]
+    (alert,) = [e for e in out if isinstance(e, RiskAlert)]
+    assert (alert.rule, alert.action, alert.venue, alert.symbol) == (
+        "stop_amend_refused",
+        "keep_stop",
+        "bin",
+        SYMBOL,
+    )
+    assert why in alert.detail and "97" in alert.detail and "at 95 keeps" in alert.detail
+    assert oms.state.orders["e1.sl"].stop_price == 95.0  # the trigger the venue has
+    # The old leg is the order's again: its fill fills the order.
+    hit = answer(stop, "fill", T0 + 6 * NS, trade_id="t2", fill_qty=2.0, fill_price=95.0)
+    filled = [r for r in reports(oms.decide(hit, T0 + 6 * NS)) if r.client_order_id == "e1.sl"]
+    assert [r.status for r in filled] == ["filled"]
+
+
+def test_a_refused_new_stop_after_the_old_one_was_canceled_closes_the_position() -> None:
+    oms = manager()
+    stop = _protected(oms)
+    moved = _move_stop(oms, 97.0)
+    gone = answer(stop, "canceled", T0 + 5 * NS, source="cancel", venue_order_id="7001")
+    assert reports(oms.decide(gone, T0 + 5 * NS)) == []  # the amendment's business
+    why = "Account has insufficient balance for requested action."
+    out = list(oms.decide(answer(moved, "rejected", T0 + 6 * NS, reason=why), T0 + 6 * NS))
+    assert [(r.client_order_id, r.status) for r in reports(out)] == [("e1.sl", "rejected")]
+    (close,) = legs(out)
+    assert (close.side, close.qty, close.order_type, close.reduce_only) == (
+        "sell",
+        2.0,
+        "market",
+        True,
+    )
+    (status,) = [e for e in out if isinstance(e, SystemStatus)]
+    assert (status.status, status.rule) == ("SAFE_MODE", "stop_rejected")
+
+
+def test_a_replaced_stop_that_fills_before_its_cancel_fills_the_order() -> None:
+    oms = manager()
+    stop = _protected(oms)
+    moved = _move_stop(oms, 97.0)
+    oms.decide(answer(moved, "accepted", T0 + 5 * NS, venue_order_id="7002"), T0 + 5 * NS)
+    hit = answer(stop, "fill", T0 + 6 * NS, trade_id="t2", fill_qty=2.0, fill_price=95.0,
+                 venue_order_id="7001")  # fmt: skip
+    out = list(oms.decide(hit, T0 + 6 * NS))
+    filled = [r for r in reports(out) if r.client_order_id == "e1.sl"]
+    assert [(r.status, r.fill_price) for r in filled] == [("filled", 95.0)]
+    (cancel,) = legs(out)  # the new stop protects nothing now
+    assert (cancel.action, cancel.venue_client_id) == ("cancel", moved.venue_client_id)
+    assert oms.state.positions[next(iter(oms.state.positions))].qty == 0.0

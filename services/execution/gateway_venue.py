@@ -9,11 +9,12 @@ replays through the same code with the recorded answers standing in for the venu
 Every leg of an order gets its own venue client id (``client_ids.venue_client_id``: the
 order's id and the leg number), so a restarted fleet sends the same ids again and the
 exchange refuses a duplicate instead of doubling a position. A cancel followed by a new leg
-of the same order within one decision is one ``amend`` (``replaces`` = the old leg): the
-gateway places a protective stop's new leg before canceling the old one, so the position is
-never unprotected, and cancels any other leg first. Answers about a leg that an amendment
-replaced are the gateway's business (its journal keeps them). A stop the gateway placed
-again itself (reconciliation found it missing) is a later leg number of the same order: its
+of the same order within one decision is one ``amend`` (``replaces`` = the old leg); how the
+gateway swaps them on each venue is docs/venues.md's "Trailing and amended stops". The old
+leg stays known until the venue says it is canceled: its fills are the order's, and when the
+new leg is refused while the old one still works, the old one is the order's leg again (no
+rejection is reported: the order manager keeps its stop). A stop the gateway placed again
+itself (reconciliation found it missing) is a later leg number of the same order: its
 answers are taken as that order's.
 
 Within one decision, protective legs go out first: on a spot account the exchange locks the
@@ -50,6 +51,8 @@ class GatewayVenueState(msgspec.Struct):
     legs: dict[str, Leg] = msgspec.field(default_factory=dict)  # client_order_id -> leg
     owner: dict[str, str] = msgspec.field(default_factory=dict)  # venue client id -> order
     numbers: dict[str, int] = msgspec.field(default_factory=dict)  # order -> legs so far
+    replaced: dict[str, Leg] = msgspec.field(default_factory=dict)
+    """Legs an amendment replaced, by venue client id, until the venue says they ended."""
 
 
 class _Snapshot(msgspec.Struct):
@@ -120,6 +123,11 @@ class GatewayVenue:
         out.sort(key=_protective_first)
         return out
 
+    def working_leg(self, oid: str) -> VenueOrder | None:
+        """The venue leg the order ``oid`` works through now (None: no open leg)."""
+        leg = self.state.legs.get(oid)
+        return leg.order if leg is not None and not leg.done else None
+
     def step_late_orders(self) -> bool:
         """The paper venue's quote catch-up (``oms.SteppedVenue``), for its markets."""
         step = getattr(self.paper, "step_late_orders", None)
@@ -165,6 +173,8 @@ class GatewayVenue:
         previous = st.legs.get(oid)
         if previous is not None:
             st.owner.pop(previous.order.venue_client_id, None)
+            if not previous.done:
+                st.replaced[previous.order.venue_client_id] = previous
         st.legs[oid] = Leg(order, number)
         st.owner[order.venue_client_id] = oid
         self._outgoing.append(order)
@@ -173,6 +183,8 @@ class GatewayVenue:
     # --- answers --------------------------------------------------------------------------
 
     def _on_answer(self, answer: VenueAnswer, now: int) -> list[Event]:
+        if answer.venue_client_id in self.state.replaced:
+            return self._on_replaced(answer)
         oid = self.state.owner.get(answer.venue_client_id)
         leg = self.state.legs.get(oid) if oid is not None else self._placed_again(answer)
         if leg is None or leg.done:
@@ -213,9 +225,56 @@ class GatewayVenue:
             status = "filled" if final else "partially_filled"
             out.append(self._leg_report(leg, status, answer, fill=True))
             return out
+        if kind == "rejected" and self._restore(leg):
+            return []  # the replaced leg works on: it is the order's again
         self._finish(leg)
         out.append(self._leg_report(leg, "rejected" if kind == "missing" else kind, answer))
         return out
+
+    def _restore(self, leg: Leg) -> bool:
+        """A refused new leg of an amendment whose old leg still works: the old one is the
+        order's leg again."""
+        st = self.state
+        oid = leg.order.client_order_id
+        before = [old for old in st.replaced.values() if old.order.client_order_id == oid]
+        if not before:
+            return False
+        old = max(before, key=lambda o: o.number)
+        del st.replaced[old.order.venue_client_id]
+        st.owner.pop(leg.order.venue_client_id, None)
+        st.legs[old.order.client_order_id] = old
+        st.owner[old.order.venue_client_id] = old.order.client_order_id
+        return True
+
+    def _on_replaced(self, answer: VenueAnswer) -> list[Event]:
+        """An answer about a leg an amendment replaced: its end forgets it; its fills are
+        the order's (a stop that triggered before its cancel), and a fill that completes it
+        cancels the leg that replaced it."""
+        st = self.state
+        vcid = answer.venue_client_id
+        old = st.replaced[vcid]
+        kind = answer.kind
+        if kind in ("canceled", "expired", "missing") or (
+            kind == "rejected" and answer.source != "cancel"
+        ):
+            del st.replaced[vcid]
+            return []
+        if kind != "fill" or self._roles(old.order.client_order_id) is None:
+            return []
+        old.cum_qty = max(old.cum_qty + answer.fill_qty, answer.cum_qty)
+        whole = old.venue_qty or old.order.qty
+        final = old.cum_qty >= whole - DUST * whole
+        report = self._leg_report(old, "filled" if final else "partially_filled", answer, True)
+        if final:
+            del st.replaced[vcid]
+            current = st.legs.get(old.order.client_order_id)
+            if current is not None and not current.done:
+                cancel = msgspec.structs.replace(
+                    current.order, ts=answer.ts, action="cancel", replaces=""
+                )
+                self._outgoing.append(cancel)
+                self._finish(current)
+        return [report]
 
     def _placed_again(self, answer: VenueAnswer) -> Leg | None:
         """A leg the gateway placed itself in place of a working one (a missing stop placed
@@ -243,7 +302,10 @@ class GatewayVenue:
         leg.done = True
         st = self.state
         st.owner.pop(leg.order.venue_client_id, None)
-        st.legs.pop(leg.order.client_order_id, None)
+        oid = leg.order.client_order_id
+        st.legs.pop(oid, None)
+        for vcid in [v for v, old in st.replaced.items() if old.order.client_order_id == oid]:
+            del st.replaced[vcid]  # the order is over: nothing of its older legs counts
 
     def _leg_report(
         self, leg: Leg, status: str, answer: VenueAnswer, fill: bool = False

@@ -86,9 +86,11 @@ class OrderManager(Brackets):
         if isinstance(venue, SteppedVenue) and venue.step_late_orders():
             self._behind = venue.behind
         self._drain: Callable[[], list[VenueOrder]] | None = None
+        self._working_leg: Callable[[str], VenueOrder | None] | None = None
         if isinstance(venue, GatewayVenue):
             venue.bind(self._leg_role)
             self._drain = venue.drain
+            self._working_leg = venue.working_leg
 
     def decide(self, event: Event, now: int) -> Sequence[Event]:
         # Nearly every input is a bar: an exact type test (it narrows ``event``) costs less
@@ -182,32 +184,61 @@ class OrderManager(Brackets):
     def _on_answer(self, answer: VenueAnswer, now: int) -> list[Event]:
         """A gateway venue's recorded answer, through the order lifecycle. A protective stop
         the venue rejects leaves a position unprotected: it is closed at once with a
-        reduce-only market order, and the execution role reports SAFE_MODE with why."""
-        rec = self.state.orders.get(answer.client_order_id)
-        unprotected = (
-            rec.book
-            if answer.kind == "rejected" and rec is not None and rec.kind == "stop_loss"
-            else None
-        )
+        reduce-only market order, and the execution role reports SAFE_MODE with why. A
+        refused new leg of an amended stop whose old leg still works leaves the old stop in
+        place: the order keeps it (and its trigger), and a ``RiskAlert`` says so."""
+        oid = answer.client_order_id
+        rec = self.state.orders.get(oid)
         out: list[Event] = []
         self._from_venue(self.venue.decide(answer, now), out)
         self._sync(out)
-        if unprotected is not None:
-            oid = "flat-" + content_id("stop rejected", answer.venue_client_id)[:24]
-            out.extend(self._close_position(unprotected, oid, now))
-            out.append(
-                SystemStatus(
-                    ts=answer.ts,
-                    status="SAFE_MODE",
-                    reason=(
-                        f"{answer.venue} rejected the protective stop {answer.client_order_id}"
-                        f" ({answer.reason}): {unprotected} closed with a market order"
-                    ),
-                    source=self._worker,
-                    rule="stop_rejected",
-                )
+        if answer.kind != "rejected" or rec is None or rec.kind != "stop_loss":
+            return out
+        if self.state.orders.get(oid) is rec:
+            out.extend(self._stop_kept(rec, answer))
+            return out
+        flat = "flat-" + content_id("stop rejected", answer.venue_client_id)[:24]
+        out.extend(self._close_position(rec.book, flat, now))
+        out.append(
+            SystemStatus(
+                ts=answer.ts,
+                status="SAFE_MODE",
+                reason=(
+                    f"{answer.venue} rejected the protective stop {oid}"
+                    f" ({answer.reason}): {rec.book} closed with a market order"
+                ),
+                source=self._worker,
+                rule="stop_rejected",
             )
+        )
         return out
+
+    def _stop_kept(self, rec: Order, answer: VenueAnswer) -> list[Event]:
+        """The venue refused an amended stop's new leg and the order still works through
+        another leg: that leg's trigger is the order's again."""
+        kept = self._working_leg(rec.cmd.client_order_id) if self._working_leg else None
+        if kept is None or kept.venue_client_id == answer.venue_client_id:
+            return []
+        refused = number_text(rec.stop_price) if rec.stop_price is not None else "?"
+        rec.stop_price = kept.stop_price
+        group = self.state.groups.get(rec.group)
+        if group is not None and kept.stop_price is not None:
+            group.stop_loss = kept.stop_price
+        stays = number_text(kept.stop_price) if kept.stop_price is not None else "?"
+        return [
+            RiskAlert(
+                ts=answer.ts,
+                rule="stop_amend_refused",
+                action="keep_stop",
+                detail=(
+                    f"{answer.venue} refused the stop {rec.cmd.client_order_id} moved to"
+                    f" {refused} ({answer.reason}): the stop at {stays} keeps protecting"
+                    f" {rec.book}"
+                ),
+                venue=answer.venue,
+                symbol=answer.symbol,
+            )
+        ]
 
     def _leg_role(self, oid: str) -> LegRole | None:
         """What a gateway venue needs to know of a working order: whether it may only reduce
