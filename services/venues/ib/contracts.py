@@ -107,7 +107,8 @@ def _names(spec: ContractSpec, contract: Contract) -> bool:
 def instrument_of(venue: str, spec: ContractSpec, details: ContractDetails, ts: int) -> Instrument:
     """The Instrument event for a qualified contract: ``minTick`` is the tick size, the
     multiplier the contract size, ``sizeIncrement`` (else ``minSize``, else 1) the lot; the
-    trading and liquid hours travel with their time zone for the calendar."""
+    trading and liquid hours travel with their time zone for the calendar. Stocks and futures
+    trade in whole units."""
     contract = details.contract
     if contract is None or not contract.conId:
         raise ContractError(f"{spec.name}: IB's details carry no qualified contract")
@@ -123,6 +124,10 @@ def instrument_of(venue: str, spec: ContractSpec, details: ContractDetails, ts: 
     if not multiplier > 0:
         raise ContractError(f"{spec.name}: multiplier {contract.multiplier!r} is not > 0")
     lot = details.sizeIncrement if details.sizeIncrement > 0 else details.minSize
+    if kind != "fx":
+        # IB may list fractional increments for stocks (0.0001), which its API trades only
+        # for accounts with that permission: Keel trades whole shares and whole contracts.
+        lot = max(lot, 1.0)
     return Instrument(
         ts=ts,
         venue=venue,
