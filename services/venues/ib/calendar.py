@@ -186,7 +186,9 @@ def _close(session: Session) -> int:
 
 def _date(text: str, part: str) -> dt.date:
     try:
-        return dt.datetime.strptime(text, "%Y%m%d").date()
+        if len(text) != 8 or not text.isdigit():
+            raise ValueError(text)
+        return dt.date(int(text[:4]), int(text[4:6]), int(text[6:]))
     except ValueError as exc:
         raise CalendarError(f"trading hours {part!r}: {text!r} is not a YYYYMMDD date") from exc
 
