@@ -471,7 +471,9 @@ class BinanceOrders:
 
     async def cancel_replace(self, params: Params, futures: bool) -> web.Response:
         """Spot ``order/cancelReplace`` (ccxt's editOrder): cancel, then a new order with
-        a new id; ``STOP_ON_FAILURE`` places nothing when the cancel fails."""
+        a new id; ``STOP_ON_FAILURE`` places nothing when the cancel fails. Binance's
+        answers: both done 200; one half failed -2021 (HTTP 409); both failed, or the cancel
+        failed and nothing was placed, -2022 (HTTP 400), each with ``data`` saying which."""
         spec = self._spec(params, futures)
         assert spec is not None
         mode = params.get("cancelReplaceMode", "")
@@ -504,11 +506,13 @@ class BinanceOrders:
         await self.account.answer_gate("amend")
         if out["cancelResult"] == out["newOrderResult"] == "SUCCESS":
             return json_response(out)
-        if "SUCCESS" in (out["cancelResult"], out["newOrderResult"]):
-            code, msg = -2022, "Order cancel-replace partially failed."
-        else:
-            code, msg = -2021, "Order cancel-replace failed."
-        return json_response({"code": code, "msg": msg, "data": out}, 400)
+        if "SUCCESS" in (out["cancelResult"], out["newOrderResult"]):  # one half done
+            return json_response(
+                {"code": -2021, "msg": "Order cancel-replace partially failed.", "data": out}, 409
+            )
+        return json_response(
+            {"code": -2022, "msg": "Order cancel-replace failed.", "data": out}, 400
+        )
 
     async def open_orders(self, params: Params, futures: bool) -> web.Response:
         spec = self._spec(params, futures, required=False)

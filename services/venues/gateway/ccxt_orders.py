@@ -5,7 +5,14 @@ Binance ``newClientOrderId``/``clientAlgoId``, Bybit ``orderLinkId``, Kraken ``c
 Kraken Futures ``cliOrdId``). Stops are ``triggerPrice`` orders (Kraken spot:
 ``stopLossPrice``; Bybit contracts also name the trigger direction); Binance USDT-M routes
 them to its algo endpoints, so queries and cancels of a stop there say ``trigger``.
-``reduceOnly`` goes to contract markets only (spot has no such flag).
+``reduceOnly`` goes to contract markets only (spot has no such flag). Kraken Futures takes
+immediate-or-cancel only as a lower-case ``ioc`` and has no fill-or-kill (refused here, never
+sent as a resting order).
+
+A spot account locks the asset each open order may spend, so a protective leg cannot be
+placed again before the old one is gone (``locks_balance``); Binance spot replaces it in one
+request (``order/cancelReplace``, ``replace``) and says which half failed
+(``replace_failure``).
 
 ``classify`` sorts ccxt's exceptions: a refusal (``rejected``, with the exchange's own
 message), an outcome nobody knows (``unknown``: timeouts, dropped connections, 5xx), or a
@@ -14,6 +21,7 @@ rate limit (``backoff``: the same request again after a jittered wait).
 
 from __future__ import annotations
 
+import json
 import random
 import re
 from collections.abc import Awaitable, Callable, Mapping
@@ -21,6 +29,7 @@ from typing import Any, Literal, TypeVar
 
 import ccxt
 import ccxt.pro
+import msgspec
 
 from contracts.venue_events import VenueOrder
 from services.runtime.clock import Clock
@@ -52,6 +61,37 @@ def exchange_reason(exc: BaseException, redactor: Redactor, exchange_id: str = "
     if code:
         prefix += f" {code.group(1)}"
     return f"{prefix}: {words}"[:REASON_MAX]
+
+
+class ReplaceFailure(msgspec.Struct, frozen=True):
+    """What a refused Binance cancel-replace did: whether the old order was canceled, and
+    why the new one was not placed (the exchange's words)."""
+
+    canceled: bool
+    reason: str
+
+
+def replace_failure(exc: BaseException, redactor: Redactor) -> ReplaceFailure | None:
+    """The halves of a refused ``order/cancelReplace`` (-2021 one failed, -2022 both, its
+    ``data`` quoted by ccxt); None for any other error."""
+    text = str(exc)
+    start = text.find("{")
+    try:
+        body = json.loads(text[start:]) if start >= 0 else None
+    except ValueError:
+        return None
+    data = body.get("data") if isinstance(body, dict) else None
+    if not isinstance(data, dict) or "cancelResult" not in data:
+        return None
+    canceled = data.get("cancelResult") == "SUCCESS"
+    if data.get("newOrderResult") == "NOT_ATTEMPTED":
+        said = data.get("cancelResponse") or {}
+        why = f"not placed: the cancel of the old order failed ({said.get('msg', '')})"
+    else:
+        said = data.get("newOrderResponse") or {}
+        why = f"{said.get('code', '')}: {said.get('msg', '')}"
+    words = redactor.redact(f"{type(exc).__name__} {why}")[:REASON_MAX]
+    return ReplaceFailure(canceled, words)
 
 
 def backoff_s(attempt: int, cap: float, rng: random.Random) -> float:
@@ -104,6 +144,15 @@ class OrderCalls:
             return False
         return self.id == "bybit" or (self.id == "binanceusdm" and self.is_contract(leg.symbol))
 
+    def locks_balance(self, leg: VenueOrder) -> bool:
+        """Whether each open order of this market holds what it may spend (spot), so a
+        second protective leg is refused while the first still holds the position."""
+        return not self.is_contract(leg.symbol)
+
+    def replaces_at_once(self, leg: VenueOrder) -> bool:
+        """Whether the exchange cancels and places in one request (Binance spot)."""
+        return self.id == "binance" and not self.is_contract(leg.symbol)
+
     def order_params(self, leg: VenueOrder) -> dict[str, Any]:
         params: dict[str, Any] = {"clientOrderId": leg.venue_client_id}
         if leg.stop_price is not None:
@@ -117,6 +166,10 @@ class OrderCalls:
             params["reduceOnly"] = True
         if leg.order_type in ("limit", "stop_limit"):
             params["timeInForce"] = leg.time_in_force
+            if self.id == "krakenfutures":
+                if leg.time_in_force == "FOK":
+                    raise ccxt.InvalidOrder("krakenfutures has no fill-or-kill orders")
+                params["timeInForce"] = leg.time_in_force.lower()
         return params
 
     def _query_params(self, leg: VenueOrder) -> dict[str, Any]:
@@ -129,6 +182,29 @@ class OrderCalls:
                 leg.symbol, kind, leg.side, leg.qty, leg.limit_price, self.order_params(leg)
             )
         )
+
+    async def replace(
+        self, old: VenueOrder, new: VenueOrder
+    ) -> tuple[dict[str, Any], dict[str, Any]]:
+        """Binance spot ``order/cancelReplace`` (``STOP_ON_FAILURE``: nothing is placed when
+        the cancel fails): the old order canceled by its client id and the new one placed
+        under its own, in one request. The exchange's answers for both, as ccxt orders."""
+        exchange = self.exchange
+        market = exchange.market(new.symbol)
+        kind = "limit" if new.order_type in ("limit", "stop_limit") else "market"
+        params = self.order_params(new)
+        params = {k: v for k, v in params.items() if k not in ("clientOrderId", "triggerPrice")}
+        params |= {"newClientOrderId": new.venue_client_id}
+        params |= {"cancelOrigClientOrderId": old.venue_client_id}
+        if new.stop_price is not None:
+            params["stopPrice"] = new.stop_price
+        payload = exchange.edit_spot_order_request(
+            None, new.symbol, kind, new.side, new.qty, new.limit_price, params
+        )
+        got = await self.call(lambda: exchange.privatePostOrderCancelReplace(payload))
+        canceled = exchange.parse_order(got.get("cancelResponse") or {}, market)
+        placed = exchange.parse_order(got.get("newOrderResponse") or {}, market)
+        return canceled, placed
 
     async def cancel(self, leg: VenueOrder, venue_order_id: str) -> dict[str, Any]:
         """Cancel by client id where the exchange takes one, else by the exchange's id."""

@@ -15,6 +15,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 import ccxt
+import msgspec
 
 from contracts.envelope import Envelope
 from contracts.venue_events import AnswerSource, VenueAnswer, VenueOrder
@@ -27,7 +28,12 @@ from services.venues.gateway.answers import (
     order_ids,
     trade_answer,
 )
-from services.venues.gateway.ccxt_orders import OrderCalls, classify, exchange_reason
+from services.venues.gateway.ccxt_orders import (
+    OrderCalls,
+    classify,
+    exchange_reason,
+    replace_failure,
+)
 from services.venues.gateway.config import GatewayConfig
 from services.venues.gateway.legs import Leg, LegBook
 from services.venues.journal import VenueJournal
@@ -201,27 +207,63 @@ class Dealer:
             await self._query(leg)
 
     async def amend(self, new: Leg, old: Leg | None, cause: Envelope) -> None:
-        """Replace ``old`` by ``new``. A protective or reduce-only leg is placed before the
-        old one is canceled (the position is never unprotected); an entry is canceled first
-        (never two live entries), and the new one placed once the cancel is confirmed."""
+        """Replace ``old`` by ``new`` with the position never left unprotected where the
+        venue allows it. A protective or reduce-only leg of a contract market is placed
+        before the old one is canceled; on spot (each order locks what it sells) Binance
+        replaces it in one request, other venues cancel it and place the new one as soon as
+        the cancel is confirmed. An entry is canceled first (never two live entries)."""
         async with self.lock:
             if old is None or not old.open:
                 await self._place(new)
                 return
-            if new.order.protective or new.order.reduce_only:
+            protective = new.order.protective or new.order.reduce_only
+            if protective and not self.calls.locks_balance(new.order):
                 await self._place(new)
                 if new.state == "working":
                     await self._cancel(old, cause)
                 return
+            if protective and self.calls.replaces_at_once(new.order):
+                await self._replace(new, old, cause)
+                return
             await self._cancel(old, cause)
-            if old.state == "done":
-                await self._place(new)
+            if old.state != "done":
+                await self._refuse(new, "the replaced leg is not canceled yet: " + old.state)
+            elif old.filled >= old.order.qty * (1 - 1e-9):
+                await self._refuse(new, "the replaced leg filled")
             else:
-                reason = "the replaced leg is not canceled yet: " + old.state
-                answer = base_answer(
-                    new.order, "rejected", "amend", self.clock.now_ns(), reason=reason
-                )
-                await self.record(answer, new.envelope)
+                await self._place(new)
+
+    async def _refuse(self, leg: Leg, reason: str) -> None:
+        answer = base_answer(leg.order, "rejected", "amend", self.clock.now_ns(), reason=reason)
+        await self.record(answer, leg.envelope)
+
+    async def _replace(self, new: Leg, old: Leg, cause: Envelope) -> None:
+        """One cancel-replace request: both answers recorded from the exchange's; a refusal
+        says which half failed (the old leg's fate asked by a query when its cancel failed);
+        an outcome nobody knows leaves both legs to queries."""
+        try:
+            canceled, placed = await self.calls.replace(old.order, new.order)
+        except Exception as exc:
+            failure = replace_failure(exc, self.redactor)
+            if failure is None:
+                await self.failed(new, exc, "submit", new.envelope)
+                await self._query(old)
+                return
+            if failure.canceled:
+                now = self.clock.now_ns()
+                gone = base_answer(old.order, "canceled", "cancel", now, reason=failure.reason)
+                gone = msgspec.structs.replace(gone, venue_order_id=old.venue_order_id)
+                await self.record(gone, cause)
+            else:
+                await self._query(old)
+            now = self.clock.now_ns()
+            await self.record(
+                base_answer(new.order, "rejected", "submit", now, reason=failure.reason),
+                new.envelope,
+            )
+            return
+        await self.record(order_answer(canceled, old.order, "cancel", self.clock.now_ns()), cause)
+        await self.order_state(new, placed, "submit")
 
     async def _place(self, leg: Leg) -> None:
         try:

@@ -89,10 +89,24 @@ class LegBook:
         elif kind == "unknown":
             if leg.state == "sent" or answer.source == "submit":
                 leg.state = "unknown"
-        elif kind == "rejected" and answer.source in ("cancel", "amend"):
-            leg.cancel = None
+        elif kind == "rejected" and (
+            answer.source == "cancel" or (answer.source == "amend" and leg.state != "sent")
+        ):
+            leg.cancel = None  # the request was refused, not the order
         elif kind in DONE_KINDS:
             leg.state, leg.cancel = "done", None
+            if kind == "rejected":
+                self._keep_replaced(leg)
+
+    def _keep_replaced(self, leg: Leg) -> None:
+        """A refused new leg of a protective amendment: the leg it was to replace stays
+        the order's stop, so its cancel is withdrawn (the position is not left bare)."""
+        order = leg.order
+        if order.action != "amend" or not (order.protective or order.reduce_only):
+            return
+        replaced = self.legs.get(order.replaces)
+        if replaced is not None and replaced.open:
+            replaced.cancel = None
 
     def handled(self, event_id: str) -> bool:
         """Whether the log holds the answer to sending this order event (its submit's,

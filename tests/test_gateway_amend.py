@@ -1,0 +1,152 @@
+"""Amended protective stops at the venue gateway, against the exchange fakes on a real
+nats-server: a trailing stop moved twice on every exchange leaves exactly one stop, at the
+last trigger, with the position never left to a refusal. A spot account here holds only the
+position, so each sell leg locks all of it (the case that forbids placing the new stop
+first); Binance spot swaps the stop in one ``order/cancelReplace`` request.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+
+from contracts.venue_events import VenueAnswer, VenueOrder
+from eventstore.bus import Bus
+from services.venues.client_ids import venue_client_id
+from tests.fakes.clock import ScaledClock
+from tests.fakes.core import start_fake
+from tests.fakes.ledger import DEFAULT_QUOTE_BALANCE
+from tests.fakes.prices import default_symbols
+from tests.test_gateway import KEY, RATE, VENUE, Harness, secret_for
+
+EXCHANGES = ["binance", "binanceusdm", "bybit", "kraken", "krakenfutures"]
+QTY = 0.01
+
+
+@pytest.fixture
+async def held(
+    bus: Bus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest
+) -> AsyncIterator[Harness]:
+    """A gateway on a fake whose spot account holds exactly ``QTY`` of the base asset."""
+    exchange_id = getattr(request, "param", "binance")
+    clock = ScaledClock(time.time_ns() - 3 * 3600 * 1_000_000_000, RATE)
+    (spec,) = default_symbols(exchange_id, 1)
+    balances = None
+    if spec.kind == "spot":
+        balances = {spec.quote: DEFAULT_QUOTE_BALANCE, spec.base: QTY}
+    fake = await start_fake(exchange_id, [spec], clock, balances=balances)
+    monkeypatch.setenv("KEEL_TEST_KEY", KEY)
+    monkeypatch.setenv("KEEL_TEST_SECRET", secret_for(fake))
+    h = Harness(bus, fake, clock, tmp_path / "work")
+    try:
+        yield h
+    finally:
+        if h.task is not None and not h.task.done():
+            await h.stop(hard=True)
+        await fake.stop()
+
+
+async def _position_and_stop(h: Harness, trigger: float) -> VenueOrder:
+    """A long position of ``QTY`` (bought on a perpetual; held on spot) and its stop."""
+    if h.fake.specs[h.symbol].kind == "perpetual":
+        entry = await h.send(qty=QTY)
+        await h.answer(entry.venue_client_id, lambda a: a.kind == "fill", "the entry's fill")
+    stop = await h.send(client_order_id="sl", order_type="stop", stop_price=trigger,
+                        side="sell", qty=QTY, reduce_only=True, protective=True)  # fmt: skip
+    await h.answer(stop.venue_client_id, _accepted, "the stop")
+    return stop
+
+
+async def _move(h: Harness, old: VenueOrder, number: int, trigger: float) -> VenueOrder:
+    return await h.send(action="amend", client_order_id="sl", order_type="stop", side="sell",
+                        venue_client_id=venue_client_id(VENUE, "sl", number),
+                        replaces=old.venue_client_id, stop_price=trigger, qty=QTY,
+                        reduce_only=True, protective=True)  # fmt: skip
+
+
+def _accepted(a: VenueAnswer) -> bool:
+    return a.kind == "accepted"
+
+
+def _canceled(a: VenueAnswer) -> bool:
+    return a.kind == "canceled"
+
+
+def _open_stops(h: Harness) -> list:
+    return [o for o in h.fake.account.orders(include_hidden=True) if o.is_open and o.stop_price]
+
+
+@pytest.mark.parametrize("held", EXCHANGES, indirect=True)
+async def test_a_trailing_stop_moved_twice_leaves_one_stop_at_the_last_trigger(
+    held: Harness,
+) -> None:
+    h = held
+    await h.start()
+    bid = h.fake.snapshot(h.symbol).bid
+    triggers = [round(bid * f, 1) for f in (0.5, 0.6, 0.7)]
+    legs = [await _position_and_stop(h, triggers[0])]
+    for number, trigger in enumerate(triggers[1:], start=1):
+        legs.append(await _move(h, legs[-1], number, trigger))
+        await h.answer(legs[-1].venue_client_id, _accepted, f"stop {number}")
+        await h.answer(legs[-2].venue_client_id, _canceled, f"stop {number - 1} canceled")
+    (left,) = _open_stops(h)
+    assert (left.client_id, left.stop_price) == (legs[-1].venue_client_id, triggers[-1])
+    for leg in legs[:-1]:
+        assert [o.status for o in h.exchange_orders(leg.venue_client_id)] == ["canceled"]
+    refused = [a for a in await h.answers() if a.kind in ("rejected", "unknown", "missing")]
+    assert refused == []
+    if h.fake.exchange_id == "binance":  # each move one request, nothing placed besides
+        assert h.fake.requests["/api/v3/order/cancelReplace"] == 2
+        assert h.fake.requests["/api/v3/order"] == 1
+    await h.stop()
+
+
+@pytest.mark.parametrize("held", ["binance"], indirect=True)
+async def test_a_cancel_replace_whose_new_stop_is_refused_says_the_old_one_is_gone(
+    held: Harness,
+) -> None:
+    h = held
+    await h.start()
+    stop = await _position_and_stop(h, round(h.fake.snapshot(h.symbol).bid * 0.5, 1))
+    above = round(h.fake.snapshot(h.symbol).ask * 1.5, 1)  # a sell stop above the market
+    moved = await _move(h, stop, 1, above)
+    refused = await h.answer(moved.venue_client_id, lambda a: a.kind == "rejected", "refusal")
+    assert "would trigger immediately" in refused.reason, refused.reason
+    await h.answer(stop.venue_client_id, _canceled, "the old stop canceled")
+    assert _open_stops(h) == []  # unprotected: the order manager closes the position
+    await h.stop()
+
+
+@pytest.mark.parametrize("held", ["binanceusdm"], indirect=True)
+async def test_a_refused_new_stop_on_a_perpetual_leaves_the_old_one_working(
+    held: Harness,
+) -> None:
+    h = held
+    await h.start()
+    stop = await _position_and_stop(h, round(h.fake.snapshot(h.symbol).bid * 0.5, 1))
+    moved = await _move(h, stop, 1, round(h.fake.snapshot(h.symbol).ask * 1.5, 1))
+    await h.answer(moved.venue_client_id, lambda a: a.kind == "rejected", "the refusal")
+    await h.clock.sleep(5.0)  # settling rounds: the old stop's cancel was withdrawn
+    (left,) = _open_stops(h)
+    assert left.client_id == stop.venue_client_id
+    assert not [a for a in await h.answers(stop.venue_client_id) if a.kind == "canceled"]
+    await h.stop()
+
+
+@pytest.mark.parametrize("held", ["krakenfutures"], indirect=True)
+async def test_an_ioc_limit_on_kraken_futures_never_rests(held: Harness) -> None:
+    h = held
+    await h.start()
+    bid = h.fake.snapshot(h.symbol).bid
+    ioc = await h.send(order_type="limit", limit_price=round(bid * 0.5, 1), qty=QTY,
+                       time_in_force="IOC")  # fmt: skip
+    refused = await h.answer(ioc.venue_client_id, lambda a: a.kind == "rejected", "no fill")
+    assert "iocWouldNotExecute" in refused.reason or "OrderNotFillable" in refused.reason
+    assert not [o for o in h.exchange_orders(ioc.venue_client_id) if o.is_open]
+    fok = await h.send(order_type="limit", limit_price=bid, qty=QTY, time_in_force="FOK")
+    no = await h.answer(fok.venue_client_id, lambda a: a.kind == "rejected", "no FOK")
+    assert "no fill-or-kill" in no.reason and not h.exchange_orders(fok.venue_client_id)
+    await h.stop()
