@@ -7,7 +7,14 @@ from typing import TYPE_CHECKING
 
 from tests.fakes.ledger import Balance, PerpPosition
 from tests.fakes.order_rules import touch
-from tests.fakes.records import TRIGGERED_TYPES, FakeOrder, OrderError, OrderType, Side
+from tests.fakes.records import (
+    TRIGGERED_TYPES,
+    FakeFill,
+    FakeOrder,
+    OrderError,
+    OrderType,
+    Side,
+)
 
 if TYPE_CHECKING:
     from tests.fakes.matching import Account
@@ -24,6 +31,9 @@ class AccountFaults:
         self.drop_next = 0
         self.hidden_s = 0.0
         self.silent_user_stream = False
+        self.hold_user_stream = False
+        """Private-stream updates are kept back (late frames) until ``release_user_stream``."""
+        self.held: list[tuple[FakeOrder, FakeFill | None]] = []
         self.reject_next: list[str] = []
         """Codes the next ``place`` calls raise, whatever the order (a conditional one too)."""
         self.reject_next_conditional: list[str] = []
@@ -55,20 +65,43 @@ class AccountFaults:
 
     def fill_silently(self, order_id: int) -> FakeOrder:
         """Fill what is left of an open order without any private-stream frame."""
+        self._account._mute += 1
+        try:
+            return self.fill_now(order_id)
+        finally:
+            self._account._mute -= 1
+
+    def fill_now(self, order_id: int) -> FakeOrder:
+        """Fill what is left of an open order now, as a market crossing it would: its
+        private-stream frames go out (or are held, see ``hold_user_stream``)."""
         account = self._account
         order = account._by_id.get(order_id)
         if order is None or not order.is_open:
             raise OrderError("unknown_order", f"no open order {order_id}")
+        order.triggered = order.type in TRIGGERED_TYPES
+        tick = account.fake.snapshot(order.symbol)
+        price = order.price if order.price is not None else touch(order, tick)
+        account._fill(
+            order, round(order.remaining, 12), price, order.price is not None, account._now()
+        )
+        return order
+
+    def cancel_silently(self, order_id: int) -> FakeOrder:
+        """The order is canceled (by someone else, or expired) without any private-stream
+        frame."""
+        account = self._account
         account._mute += 1
         try:
-            order.triggered = order.type in TRIGGERED_TYPES
-            tick = account.fake.snapshot(order.symbol)
-            maker = order.price is not None
-            price = order.price if order.price is not None else touch(order, tick)
-            account._fill(order, round(order.remaining, 12), price, maker, account._now())
+            return account.cancel(order_id=order_id)
         finally:
             account._mute -= 1
-        return order
+
+    def release_user_stream(self) -> None:
+        """Send the private-stream updates held back, in order, and stop holding."""
+        self.hold_user_stream = False
+        held, self.held = self.held, []
+        for order, fill in held:
+            self._account._deliver(order, fill)
 
     def set_position(self, symbol: str, qty: float, entry_price: float | None = None) -> None:
         """The venue's position changes behind Keel's back."""

@@ -9,7 +9,9 @@ Differences from /tmp/keel15/spec.md and notes for skin authors (read first):
   the core's tick; they get a COPY of the order as of that change (so a frame built later
   still shows that moment). To write frames, queue them or ``asyncio.create_task`` them.
   No callback runs while ``faults.silent_user_stream`` is set, nor for ``fill_silently``,
-  ``vanish``, ``set_position``, ``set_balance``: skins need not check those faults.
+  ``vanish``, ``set_position``, ``set_balance``, ``cancel_silently``: skins need not check
+  those faults. While ``faults.hold_user_stream`` is set the updates are kept and
+  ``faults.release_user_stream()`` runs the callbacks for them later (late frames).
 - ``await account.answer_gate(kind)`` (``kind`` "place", "cancel" or "amend"): call it in the
   REST handler AFTER the engine acted (also after an ``OrderError``), before answering. It
   sleeps ``faults.ack_delay_s`` WALL seconds (the HTTP client's timeout is wall time) and,
@@ -570,8 +572,14 @@ class Account(Ledger):
         if self._mute or self.faults.silent_user_stream:
             return
         copy = msgspec.structs.replace(order)
+        if self.faults.hold_user_stream:
+            self.faults.held.append((copy, fill))
+            return
+        self._deliver(copy, fill)
+
+    def _deliver(self, order: FakeOrder, fill: FakeFill | None) -> None:
         for callback in self._callbacks:
-            callback(copy, fill)
+            callback(order, fill)
 
 
 def default_kind(exchange_id: str) -> Kind:

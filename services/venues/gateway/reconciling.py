@@ -122,6 +122,9 @@ class Reconciler:
         for venue_order_id in findings.cancels:
             leg = gateway.book.of_venue_order(venue_order_id)
             if leg is not None:
+                # A leg given up unanswered has no exchange id yet; the listing gave it one
+                # (Bybit cancels by orderId or orderLinkId, never by ccxt's clientOrderId).
+                leg.venue_order_id = leg.venue_order_id or venue_order_id
                 await gateway.dealer.cancel(leg, cause)
         self.last_ns, self.runs = view.ts, self.runs + 1
         gateway.last_reconcile_ns = view.ts
@@ -132,12 +135,16 @@ class Reconciler:
             await gateway.status("running", "the operator adopted the venue's view")
 
     async def _store(self, found: Discrepancy, cause: Envelope) -> None:
+        """Stored under an id made of everything it says (two parts of one view that failed
+        are two facts, not one copy), so only a re-published copy is dropped."""
         gateway = self.gateway
         envelope = Envelope(
             content_id(
                 "recon",
                 found.venue,
                 found.kind,
+                found.action,
+                found.detail,
                 found.symbol,
                 found.asset,
                 found.venue_client_id,
