@@ -225,7 +225,7 @@ class GatewayVenue:
             status = "filled" if final else "partially_filled"
             out.append(self._leg_report(leg, status, answer, fill=True))
             return out
-        if kind == "rejected" and self._restore(leg):
+        if kind in ("rejected", "missing") and self._restore(leg):
             return []  # the replaced leg works on: it is the order's again
         self._finish(leg)
         out.append(self._leg_report(leg, "rejected" if kind == "missing" else kind, answer))

@@ -192,7 +192,7 @@ class OrderManager(Brackets):
         out: list[Event] = []
         self._from_venue(self.venue.decide(answer, now), out)
         self._sync(out)
-        if answer.kind != "rejected" or rec is None or rec.kind != "stop_loss":
+        if answer.kind not in ("rejected", "missing") or rec is None or rec.kind != "stop_loss":
             return out
         if self.state.orders.get(oid) is rec:
             out.extend(self._stop_kept(rec, answer))

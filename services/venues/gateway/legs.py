@@ -33,6 +33,8 @@ class Leg(msgspec.Struct):
     trades: set[str] = msgspec.field(default_factory=set)
     cancel: Envelope | None = None
     """The cancel (or replacing order) asked for and not yet settled."""
+    replaced_by: str = ""
+    """The protective leg placed in its place: its cancel waits until that one works."""
     cancel_queried_ns: int = 0
     cancel_misses: int = 0
 
@@ -55,7 +57,10 @@ class LegBook:
             if leg is None:
                 leg = self.legs[order.venue_client_id] = Leg(order, envelope, seq)
             if order.action == "amend" and order.replaces in self.legs:
-                self.legs[order.replaces].cancel = envelope
+                replaced = self.legs[order.replaces]
+                replaced.cancel = envelope
+                if order.protective or order.reduce_only:
+                    replaced.replaced_by = order.venue_client_id
             return leg
         leg = self.legs.get(order.venue_client_id)
         if leg is not None and leg.open:
@@ -95,12 +100,13 @@ class LegBook:
             leg.cancel = None  # the request was refused, not the order
         elif kind in DONE_KINDS:
             leg.state, leg.cancel = "done", None
-            if kind == "rejected":
+            if kind in ("rejected", "missing"):
                 self._keep_replaced(leg)
 
     def _keep_replaced(self, leg: Leg) -> None:
-        """A refused new leg of a protective amendment: the leg it was to replace stays
-        the order's stop, so its cancel is withdrawn (the position is not left bare)."""
+        """A refused (or given up) new leg of a protective amendment: the leg it was to
+        replace stays the order's stop, so its cancel is withdrawn (the position is not left
+        bare)."""
         order = leg.order
         if order.action != "amend" or not (order.protective or order.reduce_only):
             return
@@ -133,6 +139,12 @@ class LegBook:
         for leg in self.legs.values():
             known = journal.leg(leg.order.venue_client_id)
             doubt = known is not None and known.in_doubt() and self.handled(leg.envelope.event_id)
-            if doubt or (leg.open and leg.cancel is not None):
+            if doubt or (leg.open and leg.cancel is not None and not self._bare(leg)):
                 out.append(leg)
         return out
+
+    def _bare(self, leg: Leg) -> bool:
+        """Whether canceling ``leg`` now would leave its position bare: the protective leg
+        that replaces it is not known to work yet."""
+        new = self.legs.get(leg.replaced_by) if leg.replaced_by else None
+        return new is not None and new.state in ("sent", "unknown")
