@@ -305,9 +305,11 @@ def windows(listing: Listing, day: dt.date, rth: bool) -> list[Window]:
     if listing.calendar == "us_stock":
         if weekday >= 5:
             return []
-        return [(_at(day, "0930", tz), _at(day, "1600", tz))] if rth else [
-            (_at(day, "0400", tz), _at(day, "2000", tz))
-        ]
+        return (
+            [(_at(day, "0930", tz), _at(day, "1600", tz))]
+            if rth
+            else [(_at(day, "0400", tz), _at(day, "2000", tz))]
+        )
     if listing.calendar == "cme_equity":
         if rth:
             return [(_at(day, "0830", tz), _at(day, "1500", tz))] if weekday < 5 else []

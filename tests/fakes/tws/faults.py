@@ -25,11 +25,11 @@ if TYPE_CHECKING:
 
 LOST = "Connectivity between IB and Trader Workstation has been lost."
 RESTORED_LOST = "Connectivity between IB and Trader Workstation has been restored - data lost."
-RESTORED_KEPT = "Connectivity between IB and Trader Workstation has been restored - data maintained."
-PACING = "Historical Market Data Service error message:Historical data request pacing violation"
-IN_USE = (
-    "Unable to connect as the client id is already in use. Retry with a unique client id."
+RESTORED_KEPT = (
+    "Connectivity between IB and Trader Workstation has been restored - data maintained."
 )
+PACING = "Historical Market Data Service error message:Historical data request pacing violation"
+IN_USE = "Unable to connect as the client id is already in use. Retry with a unique client id."
 
 
 class Faults:
@@ -60,7 +60,9 @@ class Faults:
         if data_lost:
             for session in self.fake.sessions.values():
                 session.stop_streams()
-        self.fake.broadcast(m.error(-1, 1101 if data_lost else 1102, RESTORED_LOST if data_lost else RESTORED_KEPT))
+        self.fake.broadcast(
+            m.error(-1, 1101 if data_lost else 1102, RESTORED_LOST if data_lost else RESTORED_KEPT)
+        )
         self.fake.release_held_orders()
 
     def fill_away(

@@ -41,7 +41,13 @@ def hello_time(ns: int) -> str:
 
 def contract(x: Listing, with_exchange: bool = True) -> Fields:
     head: Fields = [x.conId, x.symbol, x.secType, x.lastTradeDate, 0.0, "", x.multiplier]
-    return [*head, *([x.exchange] if with_exchange else []), x.currency, x.localSymbol, x.tradingClass]
+    return [
+        *head,
+        *([x.exchange] if with_exchange else []),
+        x.currency,
+        x.localSymbol,
+        x.tradingClass,
+    ]
 
 
 def error(req_id: int, code: int, text: str) -> Fields:
@@ -236,4 +242,16 @@ def historical_update(req_id: int, date: str, r: BarRow) -> Fields:
 
 
 def realtime_bar(req_id: int, r: BarRow) -> Fields:
-    return [50, 3, req_id, r.open_ns // NS, r.open, r.high, r.low, r.close, r.volume, r.wap, r.count]
+    return [
+        50,
+        3,
+        req_id,
+        r.open_ns // NS,
+        r.open,
+        r.high,
+        r.low,
+        r.close,
+        r.volume,
+        r.wap,
+        r.count,
+    ]

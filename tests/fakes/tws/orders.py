@@ -188,14 +188,23 @@ class Broker:
         if t.quantity <= 0:
             return 434, "The order size cannot be zero."
         if t.order_type not in ("MKT", "LMT", "STP", "STP LMT"):
-            return 387, f"Unsupported order type for this exchange and security type: {t.order_type}"
+            return (
+                387,
+                f"Unsupported order type for this exchange and security type: {t.order_type}",
+            )
         needs_lmt = t.order_type in ("LMT", "STP LMT")
         needs_aux = t.order_type in ("STP", "STP LMT")
         if (needs_lmt and t.lmt_price is None) or (needs_aux and t.aux_price is None):
             return 321, "Error validating request.-'bO' : cause - Missing order price"
         for value in (t.lmt_price if needs_lmt else None, t.aux_price if needs_aux else None):
-            if value is not None and abs(value / listing.minTick - round(value / listing.minTick)) > 1e-6:
-                return 110, "The price does not conform to the minimum price variation for this contract."
+            if (
+                value is not None
+                and abs(value / listing.minTick - round(value / listing.minTick)) > 1e-6
+            ):
+                return (
+                    110,
+                    "The price does not conform to the minimum price variation for this contract.",
+                )
         return None
 
     def _margin_text(self, t: Ticket, listing: Listing, price: float) -> str:
@@ -214,7 +223,9 @@ class Broker:
         return listing.margin_rate * qty * price * listing.factor
 
     def margin_in_use(self, price_of: Callable[[Listing], float]) -> float:
-        return sum(self.margin(p.listing, abs(p.qty), price_of(p.listing)) for p in self.positions.values())
+        return sum(
+            self.margin(p.listing, abs(p.qty), price_of(p.listing)) for p in self.positions.values()
+        )
 
     def net_liquidation(self, price_of: Callable[[Listing], float]) -> float:
         total = self.cash
@@ -227,7 +238,9 @@ class Broker:
 
     def _modify(self, order: Working, ticket: Ticket, now_ns: int, price: float) -> None:
         if order.status in DONE:
-            self.sink.order_error(ticket, 104, f"Can't modify a filled order. Order id {ticket.order_id}")
+            self.sink.order_error(
+                ticket, 104, f"Can't modify a filled order. Order id {ticket.order_id}"
+            )
             return
         problem = self._invalid(ticket, order.listing, price)
         if problem is None and ticket.quantity < order.filled:
@@ -430,7 +443,9 @@ class Broker:
         ]
 
     def completed(self) -> list[Working]:
-        return sorted((o for o in self.orders.values() if o.status in DONE), key=lambda o: o.done_ns)
+        return sorted(
+            (o for o in self.orders.values() if o.status in DONE), key=lambda o: o.done_ns
+        )
 
 
 def venue_of(listing: Listing) -> str:

@@ -88,7 +88,9 @@ class TwsFake:
         self.host = host
         self.port = port
         self.account = account
-        self.catalogue = Catalogue(listings if listings is not None else default_listings(clock.now_ns()))
+        self.catalogue = Catalogue(
+            listings if listings is not None else default_listings(clock.now_ns())
+        )
         self.market = Market(seed)
         self.broker = Broker(account, self, cash)
         self.broker.market_open = self.tradable
@@ -99,6 +101,7 @@ class TwsFake:
         self.held: list[tuple[int, list[str]]] = []
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
+        self._serving: set[asyncio.Task[None]] = set()
 
     async def __aenter__(self) -> TwsFake:
         await self.start()
@@ -128,6 +131,9 @@ class TwsFake:
                 await self._ticker
         await self.close_listener()
         self.faults.drop()
+        for task in self._serving:
+            task.cancel()
+        await asyncio.gather(*self._serving, return_exceptions=True)
 
     def now(self) -> int:
         return self.clock.now_ns()
@@ -151,6 +157,9 @@ class TwsFake:
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         session: Session | None = None
+        task = asyncio.current_task()
+        assert task is not None
+        self._serving.add(task)  # type: ignore[arg-type]
         try:
             low, high = await read_hello(reader)
             if high < m.SERVER_VERSION or low > m.SERVER_VERSION:
@@ -177,7 +186,10 @@ class TwsFake:
                 await writer.drain()
         except (asyncio.IncompleteReadError, ConnectionError, WireError, ValueError, IndexError):
             pass
+        except asyncio.CancelledError:
+            pass
         finally:
+            self._serving.discard(task)  # type: ignore[arg-type]
             if session is not None:
                 session.close()
                 if self.sessions.get(session.client_id) is session:
@@ -196,7 +208,13 @@ class TwsFake:
     async def _dispatch(self, s: Session, f: list[str]) -> None:
         handler = self._handlers().get(integer(f[0]))
         if handler is None:
-            s.send(m.error(-1, 321, f"Error validating request.-'{f[0]}' : cause - not served by this gateway"))
+            s.send(
+                m.error(
+                    -1,
+                    321,
+                    f"Error validating request.-'{f[0]}' : cause - not served by this gateway",
+                )
+            )
             return
         await handler(s, f)
 
@@ -288,7 +306,11 @@ class TwsFake:
         try:
             if keep and end_text:
                 raise RequestError("End date not supported with live updates")
-            seconds, span, end = bar_seconds(size), duration_seconds(duration), parse_end(end_text, now)
+            seconds, span, end = (
+                bar_seconds(size),
+                duration_seconds(duration),
+                parse_end(end_text, now),
+            )
         except RequestError as exc:
             s.send(m.error(req_id, 321, f"Error validating request.-'bP' : cause - {exc}"))
             return
@@ -302,10 +324,18 @@ class TwsFake:
         rows_out = [(date(r.open_ns), r) for r in rows]
         s.send(m.historical_data(req_id, date(end - span * NS), date(end), rows_out))
         if keep:
-            s.streams[req_id] = asyncio.create_task(self._keep_up(s, req_id, listing, seconds, rth, date))
+            s.streams[req_id] = asyncio.create_task(
+                self._keep_up(s, req_id, listing, seconds, rth, date)
+            )
 
     async def _keep_up(
-        self, s: Session, req_id: int, listing: Listing, seconds: int, rth: bool, date: Callable[[int], str]
+        self,
+        s: Session,
+        req_id: int,
+        listing: Listing,
+        seconds: int,
+        rth: bool,
+        date: Callable[[int], str],
     ) -> None:
         step = seconds * NS
         while True:
@@ -326,7 +356,9 @@ class TwsFake:
             s.send(m.error(req_id, 200, "No security definition has been found for the request"))
             return
         if integer(f[15]) != 5:
-            s.send(m.error(req_id, 321, "Error validating request.-'bR' : cause - Invalid bar size"))
+            s.send(
+                m.error(req_id, 321, "Error validating request.-'bR' : cause - Invalid bar size")
+            )
             return
         s.streams[req_id] = asyncio.create_task(self._stream_5s(s, req_id, listing, flag(f[17])))
 
@@ -480,7 +512,9 @@ class TwsFake:
         b = self.broker
         net = b.net_liquidation(self.price)
         margin = b.margin_in_use(self.price)
-        gross = sum(abs(p.qty) * self.price(p.listing) * p.listing.factor for p in b.positions.values())
+        gross = sum(
+            abs(p.qty) * self.price(p.listing) * p.listing.factor for p in b.positions.values()
+        )
         realized = sum(p.realized for p in b.positions.values())
         unrealized = sum(
             (self.price(p.listing) * p.listing.factor - p.avg_cost) * p.qty
@@ -527,7 +561,9 @@ class TwsFake:
         req_id = integer(f[2])
         s.multi.add(req_id)
         for fields in self._account_values(
-            lambda key, value, currency, account: m.account_update_multi(req_id, account, key, value, currency)
+            lambda key, value, currency, account: m.account_update_multi(
+                req_id, account, key, value, currency
+            )
         ):
             s.send(fields)
         s.send(m.account_update_multi_end(req_id))
