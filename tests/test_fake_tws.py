@@ -21,6 +21,7 @@ from ib_async import (
     LimitOrder,
     MarketOrder,
     Stock,
+    StopLimitOrder,
     StopOrder,
 )
 
@@ -36,9 +37,12 @@ AAPL = Stock("AAPL", "SMART", "USD")
 
 
 @pytest.fixture
-async def tws() -> AsyncIterator[TwsFake]:
+async def tws(caplog: pytest.LogCaptureFixture) -> AsyncIterator[TwsFake]:
+    """The fake; afterwards, ib_async's decoder must not have failed on any message."""
     async with TwsFake(ScaledClock(START, 60.0)) as fake:
         yield fake
+    failures = [r.getMessage() for r in caplog.records if r.name == "ib_async.Decoder"]
+    assert failures == []
 
 
 async def until(check: Callable[[], object], timeout: float = 5.0) -> None:
@@ -198,6 +202,33 @@ async def test_rejection_201_and_cancel_and_modify(tws: TwsFake) -> None:
     ib.placeOrder(aapl, order)
     await until(lambda: moved.orderStatus.status == "Filled")
     assert moved.fills[0].execution.price <= order.lmtPrice
+    ib.disconnect()
+
+
+async def test_order_layouts_read_back_field_by_field(tws: TwsFake) -> None:
+    ib, _ = await connect(tws, client_id=1)
+    watcher, _ = await connect(tws, client_id=2)
+    aapl = await qualified(ib, AAPL)
+    price = tws.price(tws.catalogue.by_conid[aapl.conId])
+    order = StopLimitOrder("SELL", 3, round(price * 0.4, 2), round(price * 0.5, 2))
+    order.orderRef, order.ocaGroup, order.ocaType, order.tif = "keel-7", "grp", 2, "GTC"
+    trade = ib.placeOrder(aapl, order)
+    await until(lambda: trade.orderStatus.status == "Submitted")
+    (seen,) = await watcher.reqAllOpenOrdersAsync()
+    o = seen.order
+    assert (o.orderId, o.clientId, o.permId) == (order.orderId, 1, trade.orderStatus.permId)
+    assert (o.action, o.totalQuantity, o.orderType, o.tif) == ("SELL", 3.0, "STP LMT", "GTC")
+    assert (o.lmtPrice, o.auxPrice) == (order.lmtPrice, order.auxPrice)
+    assert (o.orderRef, o.ocaGroup, o.ocaType, o.parentId) == ("keel-7", "grp", 2, 0)
+    assert seen.orderStatus.status == "Submitted" and seen.contract.conId == aapl.conId
+    assert await watcher.reqOpenOrdersAsync() == []
+    ib.cancelOrder(order)
+    await until(lambda: trade.orderStatus.status == "Cancelled")
+    (done,) = await watcher.reqCompletedOrdersAsync(False)
+    assert (done.order.orderRef, done.order.ocaType, done.order.permId) == ("keel-7", 2, o.permId)
+    assert done.orderStatus.status == "Cancelled"
+    assert done.order.filledQuantity == 0
+    watcher.disconnect()
     ib.disconnect()
 
 

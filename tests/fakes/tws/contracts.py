@@ -11,7 +11,7 @@ time is inside a session, so the bars the fake serves and the hours it advertise
 from __future__ import annotations
 
 import datetime as dt
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -286,7 +286,7 @@ class Catalogue:
             return False
         return not (q.tradingClass and q.tradingClass != x.tradingClass)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[Listing]:
         return iter(self.by_conid.values())
 
 

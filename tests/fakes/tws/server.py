@@ -18,6 +18,7 @@ from zoneinfo import ZoneInfo
 
 from services.runtime.clock import Clock
 from tests.fakes.tws import messages as m
+from tests.fakes.tws.account import AccountDesk
 from tests.fakes.tws.contracts import Catalogue, Listing, Query, default_listings, is_open
 from tests.fakes.tws.faults import IN_USE, PACING, Faults
 from tests.fakes.tws.market import (
@@ -95,6 +96,7 @@ class TwsFake:
         self.broker = Broker(account, self, cash)
         self.broker.market_open = self.tradable
         self.faults = Faults(self)
+        self.desk = AccountDesk(self)
         self.sessions: dict[int, Session] = {}
         self.next_order_id = 1
         self.history_log: deque[tuple[int, tuple[str, ...]]] = deque()
@@ -159,7 +161,7 @@ class TwsFake:
         session: Session | None = None
         task = asyncio.current_task()
         assert task is not None
-        self._serving.add(task)  # type: ignore[arg-type]
+        self._serving.add(task)
         try:
             low, high = await read_hello(reader)
             if high < m.SERVER_VERSION or low > m.SERVER_VERSION:
@@ -189,7 +191,7 @@ class TwsFake:
         except asyncio.CancelledError:
             pass
         finally:
-            self._serving.discard(task)  # type: ignore[arg-type]
+            self._serving.discard(task)
             if session is not None:
                 session.close()
                 if self.sessions.get(session.client_id) is session:
@@ -235,12 +237,12 @@ class TwsFake:
             m.ALL_OPEN_ORDERS: self._open_orders,
             m.COMPLETED: self._completed,
             m.EXECUTIONS: self._executions,
-            m.POSITIONS: self._positions,
-            m.CANCEL_POSITIONS: self._cancel_positions,
-            m.ACCOUNT_UPDATES: self._account_updates,
-            m.ACCOUNT_MULTI: self._account_multi,
-            m.CANCEL_ACCOUNT_MULTI: self._cancel_account_multi,
-            m.ACCOUNT_SUMMARY: self._account_summary,
+            m.POSITIONS: self.desk.positions,
+            m.CANCEL_POSITIONS: self.desk.cancel_positions,
+            m.ACCOUNT_UPDATES: self.desk.account_updates,
+            m.ACCOUNT_MULTI: self.desk.account_multi,
+            m.CANCEL_ACCOUNT_MULTI: self.desk.cancel_account_multi,
+            m.ACCOUNT_SUMMARY: self.desk.account_summary,
             m.CANCEL_ACCOUNT_SUMMARY: self._ignore,
             m.AUTO_OPEN_ORDERS: self._ignore,
             m.MARKET_DATA_TYPE: self._ignore,
@@ -489,91 +491,4 @@ class TwsFake:
     def position_changed(self, position: Position) -> None:
         if not self.faults.linked:
             return
-        for session in self.sessions.values():
-            if session.positions:
-                session.send(m.position(self.account, position))
-            if session.account_updates:
-                session.send(m.portfolio(self.account, position, self.price(position.listing)))
-                for fields in self._account_values(m.account_value):
-                    session.send(fields)
-
-    # -- account -----------------------------------------------------------------------
-
-    async def _positions(self, s: Session, f: list[str]) -> None:
-        s.positions = True
-        for position in self.broker.positions.values():
-            s.send(m.position(self.account, position))
-        s.send(m.position_end())
-
-    async def _cancel_positions(self, s: Session, f: list[str]) -> None:
-        s.positions = False
-
-    def _values(self) -> list[tuple[str, float]]:
-        b = self.broker
-        net = b.net_liquidation(self.price)
-        margin = b.margin_in_use(self.price)
-        gross = sum(
-            abs(p.qty) * self.price(p.listing) * p.listing.factor for p in b.positions.values()
-        )
-        realized = sum(p.realized for p in b.positions.values())
-        unrealized = sum(
-            (self.price(p.listing) * p.listing.factor - p.avg_cost) * p.qty
-            for p in b.positions.values()
-        )
-        return [
-            ("NetLiquidation", net),
-            ("TotalCashValue", b.cash),
-            ("SettledCash", b.cash),
-            ("EquityWithLoanValue", net),
-            ("GrossPositionValue", gross),
-            ("InitMarginReq", margin),
-            ("MaintMarginReq", margin * 0.8),
-            ("AvailableFunds", net - margin),
-            ("ExcessLiquidity", net - margin * 0.8),
-            ("BuyingPower", 4 * (net - margin)),
-            ("RealizedPnL", realized),
-            ("UnrealizedPnL", unrealized),
-        ]
-
-    def _account_values(self, make: Callable[[str, str, str, str], m.Fields]) -> list[m.Fields]:
-        rows = [
-            make("AccountCode", self.account, "", self.account),
-            make("AccountType", "INDIVIDUAL", "", self.account),
-            make("Currency", "USD", "USD", self.account),
-            make("CashBalance", f"{self.broker.cash:.2f}", "USD", self.account),
-            make("CashBalance", f"{self.broker.cash:.2f}", "BASE", self.account),
-        ]
-        rows += [make(key, f"{value:.2f}", "USD", self.account) for key, value in self._values()]
-        return rows
-
-    async def _account_updates(self, s: Session, f: list[str]) -> None:
-        s.account_updates = flag(f[2])
-        if not s.account_updates:
-            return
-        for fields in self._account_values(m.account_value):
-            s.send(fields)
-        for position in self.broker.positions.values():
-            s.send(m.portfolio(self.account, position, self.price(position.listing)))
-        s.send(m.account_time(self.now()))
-        s.send(m.account_download_end(self.account))
-
-    async def _account_multi(self, s: Session, f: list[str]) -> None:
-        req_id = integer(f[2])
-        s.multi.add(req_id)
-        for fields in self._account_values(
-            lambda key, value, currency, account: m.account_update_multi(
-                req_id, account, key, value, currency
-            )
-        ):
-            s.send(fields)
-        s.send(m.account_update_multi_end(req_id))
-
-    async def _cancel_account_multi(self, s: Session, f: list[str]) -> None:
-        s.multi.discard(integer(f[2]))
-
-    async def _account_summary(self, s: Session, f: list[str]) -> None:
-        req_id, tags = integer(f[2]), set(f[4].split(","))
-        for key, value in self._values():
-            if key in tags:
-                s.send(m.account_summary(req_id, self.account, key, f"{value:.2f}", "USD"))
-        s.send(m.account_summary_end(req_id))
+        self.desk.position_changed(position)
