@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import tomllib
 from collections.abc import AsyncIterator, Callable
 
+import msgspec
 import pytest
 from ib_async import (
     IB,
@@ -25,9 +27,11 @@ from ib_async import (
     StopOrder,
 )
 
+from services.venues.config import VenueConfig
 from tests.fakes.clock import ScaledClock
 from tests.fakes.tws import TwsFake
 from tests.fakes.tws import messages as m
+from tests.fakes.tws.__main__ import venue_toml
 from tests.fakes.tws.faults import IN_USE, PACING
 from tests.fakes.tws.wire import UNSET_DOUBLE, UNSET_INTEGER, frame, split, text
 
@@ -383,3 +387,9 @@ async def test_drop_every_connection(tws: TwsFake) -> None:
     back, _ = await connect(tws, client_id=1)
     assert back.isConnected()
     back.disconnect()
+
+
+def test_served_by_hand_entry_is_a_valid_venue() -> None:
+    entry = tomllib.loads(venue_toml("127.0.0.1", 4002, "DU1234567"))["venues"][0]
+    venue = msgspec.convert(entry, VenueConfig)
+    assert venue.ib is not None and (venue.ib.port, venue.ib.account) == (4002, "DU1234567")
