@@ -6,6 +6,8 @@ and a halt; no credential and no client id in the scrape."""
 from __future__ import annotations
 
 import asyncio
+import json
+import re
 import time
 import urllib.request
 
@@ -18,11 +20,13 @@ from contracts.events import Heartbeat
 from eventstore.log_reader import read_caught_up
 from services.venues.gateway.telemetry import HEARTBEAT_S
 from services.venues.gateway.worker import Gateway
+from tests.conftest import ROOT
 from tests.test_gateway import CONFIG, KEY, VENUE, Harness, harness, secret_for, until
 
 __all__ = ["harness"]  # the fixture, imported for pytest
 
 WORKER = f"gateway-{VENUE}"
+DASHBOARD = ROOT / "infra" / "grafana" / "dashboards" / "fleet-health.json"
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
 
 
@@ -46,6 +50,14 @@ def value(samples: Samples, name: str, **labels: str) -> float:
     found = [v for (n, lab), v in samples.items() if n == name and wanted <= lab]
     assert found, f"no {name} with {labels}"
     return sum(found)
+
+
+def dashboard_metrics() -> set[str]:
+    """The gateway metrics the fleet dashboard's panels query (every panel falls back to 0
+    without a gateway, so the dashboards' live test cannot tell a misspelt name)."""
+    panels = json.loads(DASHBOARD.read_text())["panels"]
+    exprs = " ".join(t["expr"] for p in panels for t in p["targets"])
+    return set(re.findall(r"keel_gateway_\w+", exprs))
 
 
 async def beats(h: Harness) -> list[Heartbeat]:
@@ -136,6 +148,9 @@ async def test_the_gateway_beats_and_its_metrics_follow_its_orders(harness: Harn
     assert value(halted, "keel_gateway_state", state="running") == 0
 
     body, samples = await scrape(port)
+    wanted = dashboard_metrics()
+    assert len(wanted) >= 10
+    assert wanted <= {name for name, _ in samples}
     secret = secret_for(harness.fake)
     for private in (KEY, secret, vcid, poor.venue_client_id):
         assert private not in body
