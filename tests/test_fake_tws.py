@@ -206,6 +206,13 @@ async def test_rejection_201_and_cancel_and_modify(tws: TwsFake) -> None:
     ib.placeOrder(aapl, order)
     await until(lambda: moved.orderStatus.status == "Filled")
     assert moved.fills[0].execution.price <= order.lmtPrice
+    ib.client.placeOrder(order.orderId, aapl, order)
+    await until(lambda: any(c == 104 for r, c, _ in errors if r == order.orderId))
+
+    ib.client.placeOrder(big.order.orderId - 1, aapl, MarketOrder("BUY", 1))
+    await until(lambda: (big.order.orderId - 1, 103, "Duplicate order id") in errors)
+    ib.client.placeOrder(resting.order.orderId, aapl, resting.order)
+    await until(lambda: (resting.order.orderId, 103, "Duplicate order id") in errors)
     ib.disconnect()
 
 
@@ -364,6 +371,20 @@ async def test_link_loss_1100_and_restore_1101_1102(tws: TwsFake) -> None:
     assert trade.fills[0].commissionReport.commission == 2.0
     count = len(bars)
     await until(lambda: len(bars) > count)
+
+    price = tws.price(tws.catalogue.by_conid[eur.conId])
+    resting = ib.placeOrder(eur, LimitOrder("SELL", 20_000, round(price * 1.2, 4)))
+    await until(lambda: resting.orderStatus.status == "Submitted")
+    tws.faults.lose_link()
+    missed = tws.faults.fill_away(1, resting.order.orderId)
+    tws.faults.restore_link(data_lost=False)
+    await until(lambda: sum(c == 1102 for _, c, _ in errors) == 2)
+    assert resting.orderStatus.status == "Submitted" and not resting.fills
+    fills = await ib.reqExecutionsAsync(ExecutionFilter(side="SELL"))
+    assert [f.execution.execId for f in fills] == [missed.exec_id]
+    assert [f.execution.execId for f in resting.fills] == [missed.exec_id]
+    assert [(p.contract.conId, p.position) for p in ib.positions()] == [(eur.conId, 20_000.0)]
+
     tws.faults.lose_link()
     tws.faults.restore_link(data_lost=True)
     await until(lambda: any(c == 1101 for _, c, _ in errors))

@@ -11,6 +11,7 @@ time is inside a session, so the bars the fake serves and the hours it advertise
 from __future__ import annotations
 
 import datetime as dt
+import functools
 from collections.abc import Iterable, Iterator
 from zoneinfo import ZoneInfo
 
@@ -324,8 +325,14 @@ def local_day(listing: Listing, ts_ns: int) -> dt.date:
 
 
 def is_open(listing: Listing, ts_ns: int, rth: bool = False) -> bool:
-    """Whether the instant ``ts_ns`` lies inside a session."""
-    when = dt.datetime.fromtimestamp(ts_ns / NS, ZoneInfo(listing.timeZoneId))
+    """Whether the instant ``ts_ns`` lies inside a session (sessions start and end on whole
+    minutes, so the answer is the same for every instant of a minute)."""
+    return _open_minute(listing, ts_ns // (60 * NS), rth)
+
+
+@functools.lru_cache(maxsize=200_000)
+def _open_minute(listing: Listing, minute: int, rth: bool) -> bool:
+    when = dt.datetime.fromtimestamp(minute * 60, ZoneInfo(listing.timeZoneId))
     day = when.date()
     for d in (day - dt.timedelta(days=1), day):
         if any(start <= when < end for start, end in windows(listing, d, rth)):

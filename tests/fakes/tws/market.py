@@ -106,6 +106,7 @@ class Market:
         self.five = PricePath.synthetic(seed)
         self.daily = PricePath.synthetic(seed)
         self.known: set[int] = set()
+        self.closed_bars: dict[tuple[int, int, int, bool], BarRow | None] = {}
 
     def _key(self, listing: Listing) -> str:
         if listing.conId not in self.known:
@@ -143,6 +144,20 @@ class Market:
         closed by ``upto_ns`` (so a forming bar is its part so far); None if it has none."""
         if seconds >= 86_400:
             return self._day(listing, open_ns)
+        complete = upto_ns >= open_ns + seconds * NS
+        key = (listing.conId, open_ns, seconds, rth)
+        if complete and key in self.closed_bars:
+            return self.closed_bars[key]
+        row = self._aggregate(listing, open_ns, seconds, upto_ns, rth)
+        if complete:
+            if len(self.closed_bars) > 200_000:
+                self.closed_bars.clear()
+            self.closed_bars[key] = row
+        return row
+
+    def _aggregate(
+        self, listing: Listing, open_ns: int, seconds: int, upto_ns: int, rth: bool
+    ) -> BarRow | None:
         end = min(open_ns + seconds * NS, upto_ns - upto_ns % STEP_NS)
         parts = [
             row

@@ -135,6 +135,7 @@ class Broker:
         self.positions: dict[int, Position] = {}
         self.orders: dict[tuple[int, int], Working] = {}
         self.executions: list[Execution] = []
+        self.used_ids: dict[int, int] = {}
         self.max_fill: float | None = None
         self.market_open: Callable[[Listing, int], bool] = lambda listing, now_ns: True
         self.reject_next: str | None = None
@@ -149,9 +150,12 @@ class Broker:
             self._modify(known, ticket, now_ns, price)
             return
         problem = self._invalid(ticket, listing, price)
+        if problem is None and ticket.order_id <= self.used_ids.get(ticket.client_id, 0):
+            problem = (103, "Duplicate order id")
         if problem is not None:
             self.sink.order_error(ticket, *problem)
             return
+        self.used_ids[ticket.client_id] = ticket.order_id
         self._perm += 1
         order = Working(ticket, listing, self._perm, now_ns)
         self.orders[order.key] = order
@@ -237,10 +241,12 @@ class Broker:
         return total
 
     def _modify(self, order: Working, ticket: Ticket, now_ns: int, price: float) -> None:
+        if order.status == "Filled":
+            text = f"Can't modify a filled order. Order id {ticket.order_id}"
+            self.sink.order_error(ticket, 104, text)
+            return
         if order.status in DONE:
-            self.sink.order_error(
-                ticket, 104, f"Can't modify a filled order. Order id {ticket.order_id}"
-            )
+            self.sink.order_error(ticket, 103, "Duplicate order id")
             return
         problem = self._invalid(ticket, order.listing, price)
         if problem is None and ticket.quantity < order.filled:

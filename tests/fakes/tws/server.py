@@ -150,10 +150,10 @@ class TwsFake:
         return dt.datetime.fromtimestamp(self.now() / NS, ZoneInfo("US/Central")).date()
 
     async def _match_loop(self) -> None:
+        """The exchange keeps matching even while the gateway's link is down (1100)."""
         while True:
             await asyncio.sleep(0.05)
-            if self.faults.linked:
-                self.broker.step(self.now(), self.price)
+            self.broker.step(self.now(), self.price)
 
     # -- connections -------------------------------------------------------------------
 
