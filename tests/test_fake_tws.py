@@ -247,7 +247,7 @@ async def test_bracket_children_wait_for_parent_and_cancel_each_other(tws: TwsFa
     ib, _ = await connect(tws)
     es = await qualified(ib, Future("ES", "202406", "CME"))
     price = tws.price(tws.catalogue.by_conid[es.conId])
-    parent, take, stop = ib.bracketOrder("BUY", 2, price + 50, price + 400, price - 400)
+    parent, take, stop = ib.bracketOrder("BUY", 2, price + 250, price + 400, price - 400)
     trades = [ib.placeOrder(es, o) for o in (parent, take, stop)]
     await until(lambda: trades[0].orderStatus.status == "Filled")
     await until(
@@ -311,7 +311,7 @@ async def test_daily_restart_keeps_orders_positions_and_executions(tws: TwsFake)
     )
     lost = asyncio.Event()
     ib.disconnectedEvent += lost.set
-    restart = asyncio.create_task(tws.faults.restart(down_s=30))
+    restart = asyncio.create_task(tws.faults.restart(down_s=120))
     await asyncio.wait_for(lost.wait(), 5)
     with pytest.raises(ConnectionRefusedError):
         await IB().connectAsync("127.0.0.1", tws.port, clientId=1, timeout=2)
@@ -326,6 +326,7 @@ async def test_daily_restart_keeps_orders_positions_and_executions(tws: TwsFake)
 
 
 async def test_pacing_violation_162(tws: TwsFake) -> None:
+    tws.pace_same_s = 3600  # wide: a loaded machine must not let the fast clock run past it
     ib, errors = await connect(tws)
     aapl = await qualified(ib, AAPL)
     first = await ib.reqHistoricalDataAsync(aapl, "", "300 S", "1 min", "TRADES", False)

@@ -40,9 +40,6 @@ NOTICES = (
     (2106, "HMDS data farm connection is OK:ushmds"),
     (2158, "Sec-def data farm connection is OK:secdefnj"),
 )
-PACE_SAME_S = 15
-PACE_WINDOW_S = 600
-PACE_MAX = 60
 
 
 class Session:
@@ -100,6 +97,9 @@ class TwsFake:
         self.sessions: dict[int, Session] = {}
         self.next_order_id = 1
         self.history_log: deque[tuple[int, tuple[str, ...]]] = deque()
+        self.pace_same_s = 15.0
+        self.pace_window_s = 600.0
+        self.pace_max = 60
         self.held: list[tuple[int, list[str]]] = []
         self._server: asyncio.Server | None = None
         self._ticker: asyncio.Task[None] | None = None
@@ -281,13 +281,14 @@ class TwsFake:
         return found[0] if len(found) == 1 else None
 
     def _paced(self, key: tuple[str, ...]) -> bool:
-        """IB's historical pacing: no identical request within 15 s, at most 60 in 10 min."""
+        """IB's historical pacing (exchange time): no identical request within
+        ``pace_same_s`` (15 s), at most ``pace_max`` (60) in ``pace_window_s`` (10 min)."""
         now = self.now()
         log = self.history_log
-        while log and now - log[0][0] > PACE_WINDOW_S * NS:
+        while log and now - log[0][0] > self.pace_window_s * NS:
             log.popleft()
-        same = any(k == key and now - t < PACE_SAME_S * NS for t, k in log)
-        if self.faults.pace_next or same or len(log) >= PACE_MAX:
+        same = any(k == key and now - t < self.pace_same_s * NS for t, k in log)
+        if self.faults.pace_next or same or len(log) >= self.pace_max:
             self.faults.pace_next = False
             return True
         log.append((now, key))
@@ -340,16 +341,15 @@ class TwsFake:
         date: Callable[[int], str],
     ) -> None:
         step = seconds * NS
+        now = self.now()
+        boundary = now - now % STEP_NS + STEP_NS
         while True:
-            now = self.now()
-            boundary = now - now % STEP_NS + STEP_NS
-            await self.clock.sleep((boundary - now) / 1e9)
-            if not self.faults.linked:
-                continue
+            await self.clock.sleep((boundary - self.now()) / 1e9)
             open_ns = (boundary - STEP_NS) // step * step
             row = self.market.bar(listing, open_ns, seconds, boundary, rth)
-            if row is not None:
+            if row is not None and self.faults.linked:
                 s.send(m.historical_update(req_id, date(open_ns), row))
+            boundary += STEP_NS
 
     async def _realtime(self, s: Session, f: list[str]) -> None:
         req_id = integer(f[2])
@@ -365,13 +365,15 @@ class TwsFake:
         s.streams[req_id] = asyncio.create_task(self._stream_5s(s, req_id, listing, flag(f[17])))
 
     async def _stream_5s(self, s: Session, req_id: int, listing: Listing, rth: bool) -> None:
+        """One bar per 5 exchange seconds; a late wake-up catches up rather than skips."""
+        now = self.now()
+        boundary = now - now % STEP_NS + STEP_NS
         while True:
-            now = self.now()
-            boundary = now - now % STEP_NS + STEP_NS
-            await self.clock.sleep((boundary - now) / 1e9)
+            await self.clock.sleep((boundary - self.now()) / 1e9)
             row = self.market.candle(listing, boundary - STEP_NS, rth)
             if row is not None and self.faults.linked:
                 s.send(m.realtime_bar(req_id, row))
+            boundary += STEP_NS
 
     async def _cancel_stream(self, s: Session, f: list[str]) -> None:
         task = s.streams.pop(integer(f[2]), None)
