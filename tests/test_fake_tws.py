@@ -92,6 +92,8 @@ async def test_connect_handshake_and_startup_requests(tws: TwsFake) -> None:
     values = {v.tag: v.value for v in ib.accountValues() if v.currency in ("USD", "")}
     assert values["AccountCode"] == "DU1234567"
     assert float(values["NetLiquidation"]) == 1_000_000.0
+    summary = {v.tag: v.value for v in await ib.accountSummaryAsync()}
+    assert float(summary["AvailableFunds"]) == 1_000_000.0
     now = await ib.reqCurrentTimeAsync()
     assert abs(now.timestamp() * NS - tws.clock.now_ns()) < 120 * NS
     ib.disconnect()

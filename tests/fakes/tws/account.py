@@ -94,7 +94,6 @@ class AccountDesk:
 
     async def account_multi(self, s: Session, f: list[str]) -> None:
         req_id = integer(f[2])
-        s.multi.add(req_id)
         for fields in self.rows(
             lambda key, value, currency, account: m.account_update_multi(
                 req_id, account, key, value, currency
@@ -102,9 +101,6 @@ class AccountDesk:
         ):
             s.send(fields)
         s.send(m.account_update_multi_end(req_id))
-
-    async def cancel_account_multi(self, s: Session, f: list[str]) -> None:
-        s.multi.discard(integer(f[2]))
 
     async def account_summary(self, s: Session, f: list[str]) -> None:
         req_id, tags = integer(f[2]), set(f[4].split(","))

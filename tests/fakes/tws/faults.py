@@ -38,14 +38,12 @@ class Faults:
         self.pace_next = False
         self.held_ids: set[int] = set()
         self.linked = True
-        self.restarts = 0
 
     def drop(self) -> None:
         for session in list(self.fake.sessions.values()):
             session.close()
 
     async def restart(self, down_s: float) -> None:
-        self.restarts += 1
         await self.fake.close_listener()
         self.drop()
         await self.fake.clock.sleep(down_s)

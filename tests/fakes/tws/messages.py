@@ -39,15 +39,11 @@ def hello_time(ns: int) -> str:
     return f"{local:%Y%m%d %H:%M:%S} {local.tzname()}"
 
 
-def contract(x: Listing, with_exchange: bool = True) -> Fields:
-    head: Fields = [x.conId, x.symbol, x.secType, x.lastTradeDate, 0.0, "", x.multiplier]
+def contract(x: Listing) -> Fields:
     return [
-        *head,
-        *([x.exchange] if with_exchange else []),
-        x.currency,
-        x.localSymbol,
-        x.tradingClass,
-    ]
+        x.conId, x.symbol, x.secType, x.lastTradeDate, 0.0, "", x.multiplier, x.exchange,
+        x.currency, x.localSymbol, x.tradingClass,
+    ]  # fmt: skip
 
 
 def error(req_id: int, code: int, text: str) -> Fields:

@@ -51,7 +51,6 @@ class Session:
         self.streams: dict[int, asyncio.Task[None]] = {}
         self.positions = False
         self.account_updates = False
-        self.multi: set[int] = set()
 
     def send(self, fields: m.Fields) -> None:
         if not self.writer.is_closing():
@@ -241,7 +240,7 @@ class TwsFake:
             m.CANCEL_POSITIONS: self.desk.cancel_positions,
             m.ACCOUNT_UPDATES: self.desk.account_updates,
             m.ACCOUNT_MULTI: self.desk.account_multi,
-            m.CANCEL_ACCOUNT_MULTI: self.desk.cancel_account_multi,
+            m.CANCEL_ACCOUNT_MULTI: self._ignore,
             m.ACCOUNT_SUMMARY: self.desk.account_summary,
             m.CANCEL_ACCOUNT_SUMMARY: self._ignore,
             m.AUTO_OPEN_ORDERS: self._ignore,
