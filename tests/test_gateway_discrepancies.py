@@ -14,18 +14,32 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Callable
+from pathlib import Path
 
 import msgspec
 import pytest
 
 from contracts.envelope import Envelope
 from contracts.venue_events import Discrepancy, VenueAdoption, VenueAnswer, VenueOrder
+from eventstore.bus import Bus
 from services.venues.client_ids import venue_client_id
 from tests.fakes.bybit_rows import category_of, exec_id_text, order_id_text
-from tests.fakes.prices import snap
+from tests.fakes.clock import ScaledClock
+from tests.fakes.core import start_fake
+from tests.fakes.prices import default_symbols, snap
 from tests.fakes.records import FakeOrder
-from tests.test_gateway import CONFIG, VENUE, Harness, _state, harness, until
+from tests.test_gateway import (
+    CONFIG,
+    KEY,
+    RATE,
+    VENUE,
+    Harness,
+    _state,
+    harness,
+    secret_for,
+    until,
+)
 
 __all__ = ["harness"]  # the fixture, imported to be used here
 FAST = msgspec.structs.replace(CONFIG, reconcile_every_s=2.0, poll_after_s=3600.0)
@@ -396,4 +410,42 @@ async def test_a_baseline_then_a_position_changed_behind_keels_back_halts_until_
     await reconciliations(harness, 3)
     assert gateway.state == "running" and not gateway.journal.halted
     assert len([d for d in await recon(harness) if d.action == "baseline"]) == len(baseline)
+    await harness.stop()
+
+
+@pytest.fixture
+async def bybit_perpetuals(
+    bus: Bus, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> AsyncIterator[Harness]:
+    """Bybit with two linear perpetuals (the ``harness`` fixture's fake lists one market)."""
+    clock = ScaledClock(time.time_ns() - 3 * 3600 * 1_000_000_000, RATE)
+    fake = await start_fake("bybit", default_symbols("bybit", 2, "perpetual"), clock)
+    monkeypatch.setenv("KEEL_TEST_KEY", KEY)
+    monkeypatch.setenv("KEEL_TEST_SECRET", secret_for(fake))
+    h = Harness(bus, fake, clock, tmp_path / "work")
+    try:
+        yield h
+    finally:
+        if h.task is not None and not h.task.done():
+            await h.stop(hard=True)
+        await fake.stop()
+
+
+async def test_positions_on_two_bybit_perpetuals_are_compared(bybit_perpetuals: Harness) -> None:
+    """ccxt asks Bybit for one symbol's positions at a time (it refuses a list of two): the
+    positions part must not fail for good once Keel trades a second perpetual."""
+    harness = bybit_perpetuals
+    await harness.start(FAST)
+    first, second = sorted(harness.fake.specs)
+    for symbol in (first, second):
+        harness.symbol = symbol
+        await harness.send(qty=0.01)
+        await until(lambda: _position(harness, 0.01), f"the fill on {symbol}")
+    harness.fake.account.faults.set_position(first, 0.5)
+    await until(lambda: _state(harness, "halted"), "the halt", 30)
+    halt = await recorded(harness, lambda d: d.action == "halt", "the halt's discrepancy")
+    assert (halt.kind, halt.symbol) == ("position_mismatch", first)
+    assert (halt.venue_value, halt.keel_value) == pytest.approx((0.5, 0.01))
+    failed = [d.detail for d in await recon(harness) if d.kind == "query_failed"]
+    assert not failed
     await harness.stop()

@@ -71,7 +71,7 @@ class Reconciler:
         positions: dict[str, float] | None = {}
         if contracts:
             try:
-                positions = await self.calls.positions(contracts)
+                positions = await self._positions(contracts)
             except Exception as exc:
                 positions, positions_error = None, self._reason(exc)
         balances: dict[str, float] | None = None
@@ -91,6 +91,16 @@ class Reconciler:
             balances=balances,
             balances_error=balances_error,
         )
+
+    async def _positions(self, contracts: list[str]) -> dict[str, float]:
+        """Signed positions of ``contracts``; Bybit is asked one symbol at a time (ccxt
+        refuses it a list of more than one, so two perpetuals failed the part for good)."""
+        if self.calls.id != "bybit":
+            return await self.calls.positions(contracts)
+        found: dict[str, float] = {}
+        for symbol in contracts:
+            found.update(await self.calls.positions([symbol]))
+        return found
 
     def _named(self, trade: dict[str, Any]) -> dict[str, Any]:
         """A trade with its leg's client id where the exchange gives none but Keel knows
