@@ -2,7 +2,8 @@
 
 Prints the ``[[venues]]`` entry that points Keel at it and, with ``--clock-env``, the
 ``KEEL_TEST_CLOCK`` value a worker needs to share its exchange time; runs until Ctrl-C.
-``--start`` picks the exchange time to begin at (epoch seconds; default now).
+``--start`` picks the exchange time to begin at (epoch seconds; default now); ``--ready PATH``
+writes the port, clock and account as JSON once it listens (for a harness that starts it).
 """
 
 from __future__ import annotations
@@ -10,7 +11,9 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
+import json
 import time
+from pathlib import Path
 
 from tests.fakes.clock import ScaledClock
 from tests.fakes.tws.market import NS
@@ -54,6 +57,9 @@ async def serve(args: argparse.Namespace) -> None:
     if args.clock_env:
         print(f"# KEEL_TEST_CLOCK={clock.to_env()}")
     print(venue_toml(args.host, fake.port, args.account), flush=True)
+    if args.ready:
+        ready = {"port": fake.port, "clock": clock.to_env(), "account": args.account}
+        Path(args.ready).write_text(json.dumps(ready))
     try:
         await asyncio.Event().wait()
     finally:
@@ -68,6 +74,7 @@ def main() -> None:
     parser.add_argument("--start", type=float, default=0.0, help="exchange start, epoch seconds")
     parser.add_argument("--account", default="DU1234567")
     parser.add_argument("--clock-env", action="store_true")
+    parser.add_argument("--ready", default="", help="write port, clock and account here (JSON)")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
         asyncio.run(serve(args))
