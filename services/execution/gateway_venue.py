@@ -11,9 +11,9 @@ order's id and the leg number), so a restarted fleet sends the same ids again an
 exchange refuses a duplicate instead of doubling a position. A cancel followed by a new leg
 of the same order within one decision is one ``amend`` (``replaces`` = the old leg); how the
 gateway swaps them on each venue is docs/venues.md's "Trailing and amended stops". The old
-leg stays known until the venue says it is canceled: its fills are the order's, and when the
-new leg is refused while the old one still works, the old one is the order's leg again (no
-rejection is reported: the order manager keeps its stop). A stop the gateway placed again
+leg stays known until the venue says it is canceled: its fills are the order's, and when a
+stop's new leg is refused while the old one still works, the old one is the order's leg
+again (no rejection is reported: the order manager keeps its stop). A stop the gateway placed again
 itself (reconciliation found it missing) is a later leg number of the same order: its
 answers are taken as that order's.
 
@@ -232,12 +232,13 @@ class GatewayVenue:
         return out
 
     def _restore(self, leg: Leg) -> bool:
-        """A refused new leg of an amendment whose old leg still works: the old one is the
-        order's leg again."""
+        """A refused new leg of an amended stop whose old leg still works: the old one is
+        the order's leg again (a target resized below the lot is refused and ends, and the
+        gateway cancels its old leg)."""
         st = self.state
         oid = leg.order.client_order_id
         before = [old for old in st.replaced.values() if old.order.client_order_id == oid]
-        if not before:
+        if not before or not leg.order.protective:
             return False
         old = max(before, key=lambda o: o.number)
         del st.replaced[old.order.venue_client_id]

@@ -59,7 +59,7 @@ class LegBook:
             if order.action == "amend" and order.replaces in self.legs:
                 replaced = self.legs[order.replaces]
                 replaced.cancel = envelope
-                if order.protective or order.reduce_only:
+                if order.protective:
                     replaced.replaced_by = order.venue_client_id
             return leg
         leg = self.legs.get(order.venue_client_id)
@@ -104,11 +104,11 @@ class LegBook:
                 self._keep_replaced(leg)
 
     def _keep_replaced(self, leg: Leg) -> None:
-        """A refused (or given up) new leg of a protective amendment: the leg it was to
-        replace stays the order's stop, so its cancel is withdrawn (the position is not left
-        bare)."""
+        """A refused (or given up) new leg of an amended stop: the leg it was to replace
+        stays the order's stop, so its cancel is withdrawn (the position is not left bare).
+        Any other leg's refusal ends its order, and the old leg is canceled."""
         order = leg.order
-        if order.action != "amend" or not (order.protective or order.reduce_only):
+        if order.action != "amend" or not order.protective:
             return
         replaced = self.legs.get(order.replaces)
         if replaced is not None and replaced.open:
