@@ -209,7 +209,7 @@ class OrderCalls:
     async def cancel(self, leg: VenueOrder, venue_order_id: str) -> dict[str, Any]:
         """Cancel by client id where the exchange takes one, else by the exchange's id."""
         params = self._query_params(leg)
-        if self.id in ("binance", "binanceusdm", "bybit", "kraken", "krakenfutures"):
+        if self.id in ("binance", "binanceusdm", "bybit", "kraken", "krakenfutures", "ib"):
             params["clientOrderId"] = leg.venue_client_id
         return await self.call(
             lambda: self.exchange.cancel_order(venue_order_id or None, leg.symbol, params)

@@ -53,6 +53,7 @@ from services.venues.gateway.telemetry import (
     MeasuredCalls,
     MeasuredReconciler,
 )
+from services.venues.ib.exchange import IbExchange, ib_exchange, ib_session_key
 from services.venues.journal import VenueJournal
 
 log = logging.getLogger("keel.gateway")
@@ -163,9 +164,14 @@ class Gateway:
     # -- running -----------------------------------------------------------------------------
 
     async def run(self) -> None:
-        secrets = read_secrets(self.venue, required=("api_key", "secret"))
+        if self.venue.kind == "ib":  # no keys: one process per IB session (host, port, id)
+            secrets: dict[str, str] = {}
+            key = ib_session_key(self.venue)
+        else:
+            secrets = read_secrets(self.venue, required=("api_key", "secret"))
+            key = secrets["apiKey"]
         redactor = redact_logs(secrets)
-        lock = KeyLock(self.work_dir, self.venue.exchange, secrets["apiKey"], self.venue.name)
+        lock = KeyLock(self.work_dir, self.venue.exchange, key, self.venue.name)
         lock.acquire()
         try:
             self.metrics = GatewayMetrics(
@@ -181,13 +187,19 @@ class Gateway:
             lock.release()
 
     async def _run(self, secrets: Mapping[str, str], redactor: Redactor, beat: Beat) -> None:
-        self.exchange = exchange = self.exchange_factory(self.venue, secrets)
+        if self.venue.kind == "ib":
+            exchange = ib_exchange(self.venue, self.clock)
+        else:
+            exchange = self.exchange_factory(self.venue, secrets)
+        self.exchange = exchange
         metrics = self.metrics
         calls = MeasuredCalls(metrics, exchange, self.clock, self.config.backoff_max_s)
         self.dealer = Dealer(
             calls, self.book, self.record, self.clock, redactor, self.config, self.journal
         )
         self.reconciler = MeasuredReconciler(metrics, self, calls, redactor)
+        if isinstance(exchange, IbExchange):  # back from a restart or 1100: reconcile now
+            exchange.on_resync.append(self.reconciler.run_once)
         tasks: list[asyncio.Task[Any]] = [asyncio.create_task(beat.run())]
         try:
             await self._load_markets(exchange, redactor)

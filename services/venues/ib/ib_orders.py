@@ -1,0 +1,185 @@
+"""ib_async's trades, fills and positions as the dicts ccxt's unified API gives, and Keel's
+order legs as IB orders: pure conversions, so the gateway reads IB like any ccxt exchange.
+
+Keel's client order id travels in IB's ``orderRef`` and comes back on every open order,
+completed order and execution. An order's ``id`` is IB's ``permId`` (the same for every
+client session and after the daily restart; the per-session ``orderId`` is kept in
+``info`` for cancels). Quantities are IB's: shares, contracts, units of the FX base;
+orders, fills and positions all count in them (an ES position of 2 is 2 contracts, as the
+order and its fills were), so the positions rows carry ``contractSize`` 1 and the
+multiplier in ``info``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+from collections.abc import Sequence
+from typing import Any
+
+from ib_async import (
+    Contract,
+    Fill,
+    LimitOrder,
+    MarketOrder,
+    Order,
+    Position,
+    StopLimitOrder,
+    StopOrder,
+    Trade,
+)
+
+from services.venues.ib.contracts import keel_symbol
+from services.venues.ib.specs import ContractSpec
+
+STATUS = {
+    "Filled": "closed",
+    "Cancelled": "canceled",
+    "ApiCancelled": "canceled",
+    "Inactive": "rejected",
+}
+"""IB's order states that end an order; every other (PendingSubmit, PreSubmitted,
+Submitted, PendingCancel, ApiPending, ValidationError) leaves it open."""
+UNSET = 1.7976931348623157e308
+
+
+def ib_order(
+    side: str,
+    kind: str,
+    amount: float,
+    price: float | None,
+    trigger: float | None,
+    tif: str,
+    client_id: str,
+    account: str,
+) -> Order:
+    """A ccxt-shaped request as an IB order: ``market``/``limit``, a stop when
+    ``triggerPrice`` is given (STP, STP LMT)."""
+    action = "BUY" if side == "buy" else "SELL"
+    if trigger is not None and kind == "limit" and price is not None:
+        order: Order = StopLimitOrder(action, amount, price, trigger)
+    elif trigger is not None:
+        order = StopOrder(action, amount, trigger)
+    elif kind == "limit" and price is not None:
+        order = LimitOrder(action, amount, price)
+    else:
+        order = MarketOrder(action, amount)
+    order.tif = tif
+    order.orderRef = client_id
+    order.account = account
+    return order
+
+
+def _ms(when: dt.datetime | None) -> int | None:
+    if when is None or when.year < 1971:
+        return None
+    return int(when.timestamp() * 1000)
+
+
+def _set(value: float) -> float | None:
+    return None if value in (UNSET, 0.0) else float(value)
+
+
+def rejection(trade: Trade) -> tuple[int, str]:
+    """IB's error code and text for an order it refused (the last error in its log)."""
+    for entry in reversed(trade.log):
+        if entry.errorCode:
+            return entry.errorCode, entry.message
+    return 0, ""
+
+
+def order_dict(trade: Trade, specs: Sequence[ContractSpec]) -> dict[str, Any]:
+    order, status = trade.order, trade.orderStatus
+    ib_status = status.status
+    code, text = rejection(trade)
+    state = STATUS.get(ib_status, "open")
+    if state == "canceled" and code and not status.filled and code != 202:
+        state = "rejected"  # ib_async marks an order IB refused (201, 110...) Cancelled
+    filled = status.filled or (order.filledQuantity if order.filledQuantity != UNSET else 0.0)
+    amount = float(order.totalQuantity)
+    stop = order.orderType in ("STP", "STP LMT")
+    times = [_ms(entry.time) for entry in trade.log]
+    stamps = [t for t in times if t is not None]
+    return {
+        "id": str(order.permId or status.permId or ""),
+        "clientOrderId": order.orderRef or None,
+        "symbol": keel_symbol(trade.contract, specs),
+        "type": "limit" if order.orderType in ("LMT", "STP LMT") else "market",
+        "side": "buy" if order.action == "BUY" else "sell",
+        "amount": amount,
+        "filled": float(filled),
+        "remaining": max(0.0, amount - float(filled)),
+        "average": _set(status.avgFillPrice),
+        "price": _set(order.lmtPrice) if order.orderType in ("LMT", "STP LMT") else None,
+        "triggerPrice": _set(order.auxPrice) if stop else None,
+        "stopPrice": _set(order.auxPrice) if stop else None,
+        "timeInForce": order.tif,
+        "reduceOnly": False,
+        "status": state,
+        "timestamp": stamps[0] if stamps else None,
+        "lastUpdateTimestamp": stamps[-1] if stamps else None,
+        "trades": [],
+        "info": {
+            "orderId": order.orderId,
+            "permId": order.permId or status.permId,
+            "clientId": order.clientId,
+            "status": ib_status,
+            "account": order.account,
+            "reason": f"{code}: {text}" if state == "rejected" and code else "",
+        },
+    }
+
+
+def has_report(fill: Fill) -> bool:
+    return bool(fill.commissionReport.execId) and (
+        fill.commissionReport.execId == fill.execution.execId
+    )
+
+
+def trade_dict(fill: Fill, specs: Sequence[ContractSpec]) -> dict[str, Any]:
+    """One execution as a ccxt trade; its fee is the commission report's (the caller hands
+    only fills whose report has come)."""
+    ex, report = fill.execution, fill.commissionReport
+    multiplier = float(fill.contract.multiplier or 1.0)
+    liquidity = {1: "maker", 2: "taker"}.get(ex.lastLiquidity)
+    return {
+        "id": ex.execId,
+        "order": str(ex.permId) if ex.permId else None,
+        "clientOrderId": ex.orderRef or None,
+        "symbol": keel_symbol(fill.contract, specs),
+        "side": "buy" if ex.side == "BOT" else "sell",
+        "amount": float(ex.shares),
+        "price": float(ex.price),
+        "cost": float(ex.shares) * float(ex.price) * multiplier,
+        "fee": {"cost": float(report.commission), "currency": report.currency},
+        "timestamp": _ms(ex.time),
+        "takerOrMaker": liquidity,
+        "type": None,
+        "info": {
+            "orderId": ex.orderId,
+            "clientId": ex.clientId,
+            "exchange": ex.exchange,
+            "account": ex.acctNumber,
+            "realizedPNL": report.realizedPNL,
+        },
+    }
+
+
+def position_dict(position: Position, specs: Sequence[ContractSpec]) -> dict[str, Any] | None:
+    """A signed IB position as a ccxt position row; None for a contract no spec names."""
+    symbol = keel_symbol(position.contract, specs)
+    if symbol is None or not position.position:
+        return None
+    contract: Contract = position.contract
+    return {
+        "symbol": symbol,
+        "contracts": abs(float(position.position)),
+        "contractSize": 1.0,
+        "side": "long" if position.position > 0 else "short",
+        "entryPrice": float(position.avgCost) / float(contract.multiplier or 1.0),
+        "info": {
+            "account": position.account,
+            "conId": contract.conId,
+            "multiplier": contract.multiplier or "1",
+            "position": float(position.position),
+        },
+    }
