@@ -1,0 +1,1 @@
+"""The Interactive Brokers marketdata worker (docs/venues.md, IB section)."""
