@@ -186,7 +186,7 @@ async def test_edit_order(venue: Venue) -> None:
                                      {"clientOrderId": venue.cid("e2")})  # fmt: skip
         assert edited["id"] != order["id"] and edited["clientOrderId"] == venue.cid("e2")
         assert (await ex.fetch_order(order["id"], symbol))["status"] == "canceled"
-        with pytest.raises(ccxt.ExchangeError, match="-2021"):  # STOP_ON_FAILURE
+        with pytest.raises(ccxt.ExchangeError, match="-2022"):  # STOP_ON_FAILURE, cancel failed
             await ex.edit_order(order["id"], symbol, "limit", "buy", amount, new_price)
     [open_order] = await ex.fetch_open_orders(symbol)
     assert (open_order["id"], open_order["price"]) == (edited["id"], new_price)

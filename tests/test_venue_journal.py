@@ -398,3 +398,24 @@ def msg_copy(a: VenueAnswer, source: str) -> VenueAnswer:
     if a.kind != "fill":
         return a
     return msgspec.structs.replace(a, source=source, ts=a.ts + 7)  # type: ignore[arg-type]
+
+
+def test_a_refused_replacement_gives_the_order_its_old_stop_back() -> None:
+    stop = order("s-1", side="sell", order_type="stop", stop_price=90.0, protective=True)
+    moved = order(
+        "s-1",
+        leg=1,
+        side="sell",
+        action="amend",
+        order_type="stop",
+        stop_price=95.0,
+        protective=True,
+        replaces=stop.venue_client_id,
+    )
+    j = journal(stop)
+    j.apply(answer(stop, "accepted", source="submit", venue_order_id="v-s-1"))
+    j.apply(moved)
+    assert j.leg(stop.venue_client_id).replaced_by == moved.venue_client_id  # type: ignore[union-attr]
+    j.apply(answer(moved, "rejected", source="amend", reason="Stop price would trigger"))
+    kept = j.leg(stop.venue_client_id)
+    assert kept is not None and kept.state == "working" and kept.replaced_by == ""

@@ -282,6 +282,8 @@ class VenueJournal:
                 self._finish(leg, "rejected", answer.reason)
         elif kind == "missing":
             self._finish(leg, "missing", answer.reason)
+        if leg.outcome in ("rejected", "missing"):
+            self._release(leg)
         elif kind == "unknown" and answer.source in _DOUBTFUL_SOURCES:
             if answer.source != "cancel":
                 self._advance(leg, "unknown")
@@ -298,6 +300,13 @@ class VenueJournal:
     def _advance(leg: Leg, state: LegState) -> None:
         if _RANK[state] > _RANK[leg.state]:
             leg.state = state
+
+    def _release(self, leg: Leg) -> None:
+        """A replacement that never came to be: the leg it was to replace is the order's
+        again, so reconciliation validates it (and places it again if it vanishes)."""
+        replaced = self.state.legs.get(leg.order.replaces) if leg.order.replaces else None
+        if replaced is not None and replaced.replaced_by == leg.venue_client_id:
+            replaced.replaced_by = ""
 
     @staticmethod
     def _finish(leg: Leg, outcome: Outcome, reason: str) -> None:

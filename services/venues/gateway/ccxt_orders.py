@@ -209,7 +209,9 @@ class OrderCalls:
     async def cancel(self, leg: VenueOrder, venue_order_id: str) -> dict[str, Any]:
         """Cancel by client id where the exchange takes one, else by the exchange's id."""
         params = self._query_params(leg)
-        if self.id in ("binance", "binanceusdm", "bybit", "kraken", "krakenfutures", "ib"):
+        if self.id == "bybit":  # ccxt passes Bybit's own key through, and only that one
+            params["orderLinkId"] = leg.venue_client_id
+        elif self.id in ("binance", "binanceusdm", "kraken", "krakenfutures", "ib"):
             params["clientOrderId"] = leg.venue_client_id
         return await self.call(
             lambda: self.exchange.cancel_order(venue_order_id or None, leg.symbol, params)
