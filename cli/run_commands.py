@@ -8,7 +8,7 @@ import logging
 import signal
 import time
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import typer
@@ -37,6 +37,9 @@ from services.strategy.compose import compose_strategy
 from services.strategy.host import strategy_role
 from services.venues.config import VenueConfig
 from strategies.registry import parse_params
+
+if TYPE_CHECKING:
+    from services.marketdata.ib.session import IbSession
 
 app = typer.Typer(
     help="Run one worker in the foreground until SIGTERM or Ctrl-C.", no_args_is_help=True
@@ -344,7 +347,10 @@ def _serve_live(
     async def main() -> None:
         with nats_url() as url:
             bus = await Bus.connect(url, name="marketdata")
-            session = LiveSession(
+            make: type[LiveSession] | type[IbSession] = LiveSession
+            if venue.kind == "ib":
+                make = _ib_session()
+            session = make(
                 bus,
                 venue,
                 market,
@@ -370,6 +376,13 @@ def _serve_live(
         )
 
     run(main())
+
+
+def _ib_session() -> type[IbSession]:
+    """Imported only for an ib venue: ib_async stays out of every other command's start."""
+    from services.marketdata.ib.session import IbSession
+
+    return IbSession
 
 
 @app.command()

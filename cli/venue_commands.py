@@ -235,6 +235,12 @@ async def check_venue(
     if venue is None:
         names = ", ".join(v.name for v in config.venues) or "none"
         raise KeelError(f"no venue {name!r} in the config (configured: {names})")
+    if venue.kind == "ib":
+        from cli.ib_check import check_ib  # ib_async only for an ib venue; imports this module
+
+        return await check_ib(
+            venue, config.market if config.market.venue == name else None, timeout_s, max_skew_ms
+        )
     credentials, secrets = credential_rows(venue)
     redactor = redact_logs(secrets)
     exchange = build_exchange(venue, secrets)

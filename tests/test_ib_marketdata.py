@@ -12,18 +12,23 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import itertools
+import signal
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from pathlib import Path
 
 import msgspec
 import pytest
 from nats.js.api import DeliverPolicy
 
+from cli.venue_commands import check_venue
 from contracts.events import Bar, FeedStatus, Instrument
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.log_reader import read_caught_up
-from services.config import MarketConfig
+from eventstore.server import EmbeddedServer
+from services.config import MarketConfig, load_config
 from services.marketdata.ib.pacing import HistoryPacing
 from services.marketdata.ib.quiet import CalendarWatchdog
 from services.marketdata.ib.session import IbSession
@@ -31,6 +36,7 @@ from services.venues.config import VenueConfig
 from services.venues.ib.calendar import TradingCalendar
 from tests.fakes.clock import ScaledClock
 from tests.fakes.tws import TwsFake
+from tests.up_process import fake_time_env
 
 NS = 1_000_000_000
 STEP = 60 * NS
@@ -271,3 +277,84 @@ async def test_a_symbol_not_configured_is_one_line(tws: TwsFake, bus: Bus) -> No
     session = session_of(bus, tws, ["MSFT"])
     with pytest.raises(KeelError, match="MSFT not among its"):
         await asyncio.wait_for(session.run(), 10)
+
+
+def ib_toml(port: int, symbols: list[str]) -> str:
+    listed = ", ".join(f'"{s}"' for s in symbols)
+    return f"""
+[market]
+venue = "{VENUE}"
+symbols = [{listed}]
+interval = "1m"
+
+[[venues]]
+name = "{VENUE}"
+kind = "ib"
+mode = "paper"
+
+[venues.ib]
+port = {port}
+client_id = 11
+
+[[venues.ib.contracts]]
+type = "stock"
+symbol = "AAPL"
+primary_exchange = "NASDAQ"
+
+[[venues.ib.contracts]]
+type = "fx"
+pair = "EUR.USD"
+"""
+
+
+async def test_keel_run_marketdata_streams_an_ib_venue(
+    tmp_path: Path, nats_server: EmbeddedServer, bus: Bus
+) -> None:
+    async with TwsFake(ScaledClock(START, RATE)) as tws:
+        config = tmp_path / "ib.toml"
+        config.write_text(ib_toml(tws.port, ["AAPL", "EUR/USD"]))
+        feed = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "cli.app", "run", "marketdata", "--config", str(config),
+            cwd=tmp_path, env=fake_time_env(nats_server.url, tws.clock),
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
+        )  # fmt: skip
+        try:
+            await until(lambda: _more(bus, "EUR/USD", 2), "bars from keel run marketdata", 40)
+            assert 12 in tws.sessions  # the feed's client id: the venue's + 1
+            feed.send_signal(signal.SIGINT)
+            output, _ = await asyncio.wait_for(feed.communicate(), 30)
+        finally:
+            if feed.returncode is None:
+                feed.kill()
+                await feed.wait()
+    text = output.decode(errors="replace")
+    assert feed.returncode == 0, text
+    assert "Traceback" not in text
+    assert "marketdata: ibkr (ib): stored" in text
+    continuous(await bars_of(bus, "AAPL"))
+
+
+async def test_venue_check_of_an_ib_venue(tmp_path: Path) -> None:
+    async with TwsFake(ScaledClock(time.time_ns(), 1.0)) as tws:
+        config = tmp_path / "ib.toml"
+        config.write_text(ib_toml(tws.port, ["AAPL", "EUR/USD"]))
+        rows = await check_venue(load_config(config), VENUE, 5.0, 1000.0)
+    outcomes = {r.check: r.outcome for r in rows}
+    assert outcomes == {
+        "entry": "ok",
+        "connect": "ok",
+        "accounts": "ok",
+        "clock": "ok",
+        "contracts": "ok",
+        "interval": "ok",
+        "history": "ok",
+        "credentials": "n/a",
+    }, rows
+    detail = {r.check: r.detail for r in rows}
+    assert "server version 178" in detail["connect"]
+    assert "AAPL (AAPL 265598)" in detail["contracts"]
+    # Nobody listening: one line, the checks after it not run.
+    config.write_text(ib_toml(tws.port, ["AAPL"]))
+    rows = await check_venue(load_config(config), VENUE, 2.0, 1000.0)
+    outcomes = {r.check: r.outcome for r in rows}
+    assert outcomes["connect"] == "FAIL" and outcomes["history"] == "-"
