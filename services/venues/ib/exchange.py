@@ -71,6 +71,10 @@ class IbExchange:
         self._trade_news = asyncio.Event()
         self.ib.orderStatusEvent += self._on_status
         self.ib.commissionReportEvent += self._on_report
+        self.ib.execDetailsEvent += self._on_execution
+        self._live: set[str] = set()
+        """Executions heard live (ib_async also reports the commissions of executions a
+        query recovered: those are the query's, not the stream's)."""
         connection.on_connected.append(self._connected)
         connection.on_link.append(self._link)
 
@@ -119,6 +123,7 @@ class IbExchange:
     async def close(self) -> None:
         self.ib.orderStatusEvent -= self._on_status
         self.ib.commissionReportEvent -= self._on_report
+        self.ib.execDetailsEvent -= self._on_execution
         await self.connection.close()
 
     async def _connected(self, first: bool) -> None:
@@ -336,7 +341,13 @@ class IbExchange:
             self._orders.append(answer)
             self._order_news.set()
 
+    def _on_execution(self, trade: Trade, fill: Fill) -> None:
+        self._live.add(fill.execution.execId)
+
     def _on_report(self, trade: Trade, fill: Fill, report: object) -> None:
+        if fill.execution.execId not in self._live:
+            return
+        self._live.discard(fill.execution.execId)
         answer = trade_dict(fill, self.specs)
         if answer["symbol"] is not None:
             self._trades.append(answer)

@@ -47,3 +47,9 @@ def request_error(code: int, text: str) -> ccxt.BaseError:
     if code in PACING:
         return ccxt.RateLimitExceeded(quoted(code, text))
     return ccxt.ExchangeNotAvailable(quoted(code, text))
+
+
+def refusal(code: int, text: str) -> str:
+    """A refusal in the words the gateway gives an exception's (``exchange_reason``): the
+    ccxt class, IB's code and IB's text; the same whichever path reports it first."""
+    return f"{type(order_error(code, text)).__name__} {code}: {text}"

@@ -13,6 +13,7 @@ multiplier in ``info``.
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from typing import Any
 
@@ -29,6 +30,7 @@ from ib_async import (
 )
 
 from services.venues.ib.contracts import keel_symbol
+from services.venues.ib.ib_errors import refusal
 from services.venues.ib.specs import ContractSpec
 
 STATUS = {
@@ -40,6 +42,7 @@ STATUS = {
 """IB's order states that end an order; every other (PendingSubmit, PreSubmitted,
 Submitted, PendingCancel, ApiPending, ValidationError) leaves it open."""
 UNSET = 1.7976931348623157e308
+_IB_PREFIX = re.compile(r"^(?:Error|Warning) -?\d+, reqId -?\d+: ")
 
 
 def ib_order(
@@ -80,10 +83,11 @@ def _set(value: float) -> float | None:
 
 
 def rejection(trade: Trade) -> tuple[int, str]:
-    """IB's error code and text for an order it refused (the last error in its log)."""
+    """IB's error code and own text for an order it refused (the last error in its log,
+    without the ``Error 201, reqId 5:`` ib_async puts in front)."""
     for entry in reversed(trade.log):
         if entry.errorCode:
-            return entry.errorCode, entry.message
+            return entry.errorCode, _IB_PREFIX.sub("", entry.message, count=1)
     return 0, ""
 
 
@@ -124,7 +128,7 @@ def order_dict(trade: Trade, specs: Sequence[ContractSpec]) -> dict[str, Any]:
             "clientId": order.clientId,
             "status": ib_status,
             "account": order.account,
-            "reason": f"{code}: {text}" if state == "rejected" and code else "",
+            "reason": refusal(code, text) if state == "rejected" and code else "",
         },
     }
 
