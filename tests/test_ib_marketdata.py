@@ -67,7 +67,7 @@ def venue_of(port: int) -> VenueConfig:
 
 def session_of(bus: Bus, tws: TwsFake, symbols: list[str], backfill_bars: int = 0) -> IbSession:
     market = MarketConfig(
-        venue=VENUE, symbols=tuple(symbols), stall_grace_s=10.0, poll_every_s=5.0, lockstep=False
+        venue=VENUE, symbols=tuple(symbols), stall_grace_s=30.0, poll_every_s=5.0, lockstep=False
     )
     return IbSession(
         bus, venue_of(tws.port), market, tws.clock, backfill_bars=backfill_bars, heartbeat_s=1.0

@@ -1,7 +1,7 @@
 """Closed bars from IB's historical data (``reqHistoricalData``), paced and page by page.
 
 Pages run forward from the first missing bar, each ending on a bar boundary no later than
-the last one closed, so every row returned is a closed bar (never the forming one); a page
+the last one closed ``SETTLE_NS`` ago, so every row returned is a closed bar; a page
 the trading calendar says holds no session is not asked at all (a weekend costs nothing).
 Each request waits its turn under IB's pacing rules (``HistoryPacing``); a 162 or 420
 answer backs off and asks again, never fails the backfill. What the history returns is
@@ -31,6 +31,9 @@ DAY_S = 86_400
 PACING_CODES = frozenset({162, 420})
 MAX_PAGES = 400
 REQUEST_TIMEOUT_S = 60.0
+SETTLE_NS = 5 * NS
+"""Bars are asked only once they closed this long ago: IB's clock may run a little behind
+ours, and a bar it has not closed yet would come back in part."""
 
 BAR_SIZES: dict[int, str] = {
     5: "5 secs",
@@ -128,8 +131,8 @@ class IbHistory:
         if size is None:
             raise HistoryError(f"IB has no {step_ns // NS} s bars")
         chunk = page_seconds(step_ns // NS) * NS
-        now_ns = now()
-        end_limit = now_ns - now_ns % step_ns
+        settled = now() - SETTLE_NS
+        end_limit = settled - settled % step_ns
         history = History()
         candles: dict[int, Candle] = {}
         since = since_ns

@@ -35,7 +35,7 @@ from eventstore.log_reader import last_per_subject
 from services.config import MarketConfig
 from services.marketdata.feed import HEARTBEAT_S, lockstep
 from services.marketdata.ib.flow import IbBarFlow
-from services.marketdata.ib.history import IbHistory, bar_size
+from services.marketdata.ib.history import SETTLE_NS, IbHistory, bar_size
 from services.marketdata.ib.pacing import HistoryPacing
 from services.marketdata.ib.qualify import Qualified, choose, qualify
 from services.marketdata.live.calls import Backoff, Stopped, VenueCalls
@@ -121,6 +121,7 @@ class IbSession:
         self.subscriptions: dict[str, RealTimeBarList] = {}
         self.seen: dict[str, int] = {}
         self.incomplete = 0
+        self._refetch: dict[str, int] = {}  # symbol -> when to ask IB's history for a bar
         self.resubscribes = 0
         self._started = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -323,7 +324,7 @@ class IbSession:
         """A folded bar: stored when whole, else IB's history is asked for it."""
         if closed.missing:
             self.incomplete += 1
-            self.flow.request([symbol])
+            self._refetch[symbol] = closed.bar.close_time + SETTLE_NS
             return
         bar = closed.bar
         candle = Candle(bar.open_time, bar.open, bar.high, bar.low, bar.close, bar.volume)
@@ -363,6 +364,10 @@ class IbSession:
             now = self.clock.now_ns()
             for closed in self.folder.close_due(now):
                 self._closed(closed.bar.symbol, closed, live=False)
+            due = [s for s, t in self._refetch.items() if t <= now]
+            for symbol in due:
+                del self._refetch[symbol]
+            self.flow.request(due)
             self.flow.check_stalls(now)
             for symbol in list(self.flow.stale):
                 backoff = backoffs.setdefault(symbol, Backoff(seed=self.seed + len(backoffs)))
