@@ -15,7 +15,13 @@ from services.runtime import clock as clock_module
 from services.venues.gateway.worker import Gateway
 
 
-def serve_gateway(config_path: Path | None, venue_name: str, live: bool) -> None:
+def serve_gateway(
+    config_path: Path | None,
+    venue_name: str,
+    live: bool,
+    metrics_port: int = 0,
+    metrics_addr: str = "127.0.0.1",
+) -> None:
     """Run the gateway of ``venue_name`` until SIGTERM or Ctrl-C. A paper venue has no
     gateway; a live one needs ``--live`` (``keel up --live`` passes it)."""
     config = load_config_or_exit(config_path)
@@ -34,7 +40,14 @@ def serve_gateway(config_path: Path | None, venue_name: str, live: bool) -> None
     async def main() -> None:
         with nats_url() as url:
             bus = await Bus.connect(url, name=f"gateway-{venue.name}")
-            gateway = Gateway(bus, venue, venue.gateway, clock_module.system_clock())
+            gateway = Gateway(
+                bus,
+                venue,
+                venue.gateway,
+                clock_module.system_clock(),
+                metrics_port=metrics_port,
+                metrics_addr=metrics_addr,
+            )
             loop = asyncio.get_running_loop()
             for sig in (signal.SIGTERM, signal.SIGINT):
                 with contextlib.suppress(NotImplementedError):

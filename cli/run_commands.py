@@ -387,15 +387,19 @@ def _ib_session() -> type[IbSession]:
 
 @app.command()
 def gateway(
-    venue: Annotated[str, typer.Option("--venue", help="The [[venues]] entry to trade.")],
+    venue: Annotated[
+        str, typer.Option("--venue", help=r"The venue's name (its \[\[venues]] entry).")
+    ],
     live: Annotated[
         bool, typer.Option("--live", help="Allow a venue in mode live (real money).")
     ] = False,
     config: ConfigOpt = None,
+    metrics_port: MetricsOpt = 0,
+    metrics_addr: MetricsAddrOpt = "127.0.0.1",
 ) -> None:
     """A venue's gateway: the one process that sends its orders to the exchange and stores
     every answer (docs/venues.md)."""
-    serve_gateway(config, venue, live)
+    serve_gateway(config, venue, live, metrics_port, metrics_addr)
 
 
 @app.command()
