@@ -358,3 +358,21 @@ async def test_venue_check_of_an_ib_venue(tmp_path: Path) -> None:
     rows = await check_venue(load_config(config), VENUE, 2.0, 1000.0)
     outcomes = {r.check: r.outcome for r in rows}
     assert outcomes["connect"] == "FAIL" and outcomes["history"] == "-"
+
+
+async def test_a_contract_ib_does_not_know_is_one_line(tws: TwsFake, bus: Bus) -> None:
+    venue = msgspec.convert(
+        {
+            "name": VENUE,
+            "kind": "ib",
+            "ib": {
+                "port": tws.port,
+                "contracts": [{"type": "stock", "symbol": "NOPE", "primary_exchange": "NYSE"}],
+            },
+        },
+        VenueConfig,
+    )
+    market = MarketConfig(venue=VENUE, symbols=("NOPE",), lockstep=False)
+    session = IbSession(bus, venue, market, tws.clock)
+    with pytest.raises(KeelError, match="IB does not know NOPE"):
+        await asyncio.wait_for(session.run(), 10)

@@ -31,7 +31,8 @@ log = logging.getLogger("keel.marketdata")
 
 class IbBarFlow(BarFlow):
     """``BarFlow`` whose history is IB's; ``contracts``, ``shows`` and ``calendars`` are the
-    session's (kept current across reconnects and front-month rolls)."""
+    session's (kept current across reconnects and front-month rolls); ``ready`` tells
+    whether IB can answer now."""
 
     def __init__(
         self,
@@ -49,6 +50,7 @@ class IbBarFlow(BarFlow):
         contracts: Mapping[str, Contract],
         shows: Mapping[str, str],
         calendars: Mapping[str, TradingCalendar],
+        ready: Callable[[], bool],
         between_steps: Callable[[], Awaitable[object]] | None = None,
     ) -> None:
         # BarFlow's exchange serves only its ``_history``, which IB's replaces.
@@ -69,6 +71,7 @@ class IbBarFlow(BarFlow):
         self.contracts = contracts
         self.shows = shows
         self.calendars = calendars
+        self.ready = ready
         self.watchdog = CalendarWatchdog(step_ns, int(grace_s * 1e9), calendars)  # type: ignore[assignment]
         self.failed_backfills = 0
 
@@ -77,8 +80,8 @@ class IbBarFlow(BarFlow):
 
     async def _history(self, symbol: str) -> History | None:
         contract = self.contracts.get(symbol)
-        if contract is None:
-            return None
+        if contract is None or not self.ready():
+            return None  # asked again once IB is back (the reconnect requests a backfill)
         last = self.continuity.last(symbol)
         now_ns = self.clock.now_ns()
         since = last + self.step_ns if last is not None else now_ns - now_ns % self.step_ns

@@ -201,6 +201,7 @@ class IbSession:
             contracts=self.contracts,
             shows=self.shows,
             calendars=self.calendars,
+            ready=lambda: self.connection.ready,
             between_steps=between,
         )
         self.folder = BarFolder(
