@@ -12,7 +12,10 @@ window of the wall clock 10002):
   take-profit (with a limit price: ``stop_limit`` or ``take_profit_limit``) by its
   ``triggerDirection`` and side (spot: by where the trigger is from the last price); spot
   conditional orders live in the ``StopOrder`` book (``orderFilter``) and are cancelled or
-  listed only through it, as on Bybit;
+  listed only through it, as on Bybit. A conditional order holds no balance or margin
+  until it triggers (Bybit's Place Order: "the conditional order does not occupy the
+  margin"); one the account cannot cover when it triggers is cancelled (``Cancelled``,
+  ``cancelType`` ``CancelByCannotAffordOrderCost``);
 - ``/v5/order/realtime``: open orders (spot: the ``Order`` book unless ``orderFilter`` says
   otherwise; linear: all); with ``orderId``/``orderLinkId`` the order in any state (still
   in its book), which ccxt's ``fetchOrder(..., {"acknowledged": True})`` relies on;
@@ -65,6 +68,7 @@ FINISHED = ("Filled", "Cancelled", "PartiallyFilledCanceled", "Rejected", "Deact
 MIN_VALUE = "Order does not meet minimum order value"
 DUPLICATE = "OrderLinkedID is duplicate"
 POST_ONLY_SPOT = "The LIMIT-MAKER order is rejected due to invalid price."
+CANNOT_AFFORD = "CancelByCannotAffordOrderCost"
 # engine refusal -> (spot retCode, spot retMsg, linear retCode, linear retMsg)
 ERRORS: dict[str, tuple[int, str, int, str]] = {
     "insufficient_balance": (
@@ -124,6 +128,7 @@ class BybitPrivate:
         self.extras: dict[int, Extra] = {}
         self._pending: Extra | None = None
         self.account: Account = self.fake.account
+        self.account.conditional_holds = False  # held when triggered, cancelled if short
         self.stream = BybitStream(self)
 
     def sign(self, payload: str) -> str:
@@ -236,7 +241,11 @@ class BybitPrivate:
         if extra is None and self._pending is not None:  # the order being placed right now
             extra = self.extras[order.order_id] = self._pending
             self._pending = None
-        return extra if extra is not None else default_extra(self.fake.specs[order.symbol], order)
+        if extra is None:
+            extra = default_extra(self.fake.specs[order.symbol], order)
+        if order.order_id in self.account.starved:
+            extra.cancel_type = CANNOT_AFFORD
+        return extra
 
     def _target(self, category: str, params: Params, hidden: bool) -> FakeOrder | None:
         """The order ``orderId`` (first) or ``orderLinkId`` names, in ``category``."""

@@ -5,7 +5,9 @@ the money for it. Nothing here knows an exchange or an order book.
 
 - spot: an open order locks what it may spend (buy: remaining qty x limit or stop price, or
   the ask for market, plus the taker fee when fees are paid in the quote; sell: remaining
-  qty of base) in ``used``; fills release the lock pro rata and move the assets;
+  qty of base) in ``used``; fills release the lock pro rata and move the assets. A
+  conditional order not yet triggered locks nothing where the account says so
+  (``Account.conditional_holds`` off, as on Bybit): it is locked when it triggers;
 - fees: taker 0.1 %, maker 0.08 % (``taker_fee``/``maker_fee``). Spot: ``fee_asset``
   ``"received"`` (default, as Binance and Bybit) charges the asset received (buy: base,
   sell: quote); ``"quote"`` (as Kraken) charges the quote on both sides. Perpetual: always

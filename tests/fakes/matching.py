@@ -55,7 +55,10 @@ Matching (time only from ``fake.now_ns()`` or the tick's timestamp):
 - ``faults.fill_parts`` = N (as set when the order is placed) splits its fill into N trades
   on successive passes (place or trigger, then one per tick; IOC/FOK take all N at once);
 - money (fees, spot locks, perpetual positions and margin) moves in ``ledger.py``
-  (``Account`` is a ``Ledger``): read its docstring. Reduce-only (perpetuals): refused
+  (``Account`` is a ``Ledger``): read its docstring. ``conditional_holds`` (per skin):
+  whether a conditional order not yet triggered holds its money (Binance: yes); without it
+  (Bybit) the money is taken when it triggers, and one the account cannot cover then is
+  canceled (its id in ``starved``). Reduce-only (perpetuals): refused
   without a position to reduce, trimmed to the position when larger (at placing and at each
   fill), expired when the position is gone;
 - filters from the ``SymbolSpec``: qty a multiple of ``lot_size`` (``lot_size``), prices of
@@ -183,6 +186,9 @@ class Account(Ledger):
         self._next_trade = 5_000_001
         self._mute = 0
         self._last_ns = 0
+        self.conditional_holds = True
+        self.starved: set[int] = set()
+        """Conditional orders canceled on triggering: the account could not cover them."""
 
     # -- queries ---------------------------------------------------------------------------
 
@@ -381,7 +387,8 @@ class Account(Ledger):
         if trial.tif == "GTX" and trial.type == "limit" and crosses(trial, tick):
             raise OrderError("post_only_rejected", "the order would immediately take")
         book = self._books[order.order_id]
-        held = 0.0 if order.reduce_only else self._order_margin(spec, order, tick)
+        dormant = order.reduce_only or self._dormant(order)
+        held = 0.0 if dormant else self._order_margin(spec, order, tick)
         self._unlock(book)
         try:
             self._lock(spec, trial, book, tick, credit=held)
@@ -424,6 +431,10 @@ class Account(Ledger):
             order.triggered = True
             order.updated_ns = ts
             self._notify(order, None)
+            if not self.conditional_holds and not self._afford(order, book, tick):
+                self.starved.add(order.order_id)
+                self._finish(order, "canceled", ts)
+                return
         limit = order.type in LIMIT_TYPES
         crossing = not limit or crosses(order, tick)
         if limit and crossing and order.tif == "GTX" and not book.rested:
@@ -501,9 +512,24 @@ class Account(Ledger):
 
     # -- money (ledger.py) -----------------------------------------------------------------
 
+    def _dormant(self, order: FakeOrder) -> bool:
+        """A conditional order that holds nothing until it triggers (``conditional_holds``)."""
+        untriggered = order.type in TRIGGERED_TYPES and not order.triggered
+        return untriggered and not self.conditional_holds
+
+    def _afford(self, order: FakeOrder, book: _Book, tick: Update) -> bool:
+        """Take the money of a conditional order that just triggered; False: not enough."""
+        try:
+            self._lock(self._spec_any(order.symbol), order, book, tick)
+        except OrderError:
+            return False
+        return True
+
     def _lock(
         self, spec: SymbolSpec, order: FakeOrder, book: _Book, tick: Update, credit: float = 0.0
     ) -> None:
+        if self._dormant(order):
+            return
         try:
             self.lock(spec, order, book.lock, self._reference_price(order, tick), credit)
         except LedgerError as error:
@@ -516,7 +542,8 @@ class Account(Ledger):
         return self.margin(spec, order, self._reference_price(order, tick))
 
     def _remargin(self, spec: SymbolSpec) -> None:
-        self.remargin(spec, [self._by_id[order_id] for order_id in self._books])
+        orders = (self._by_id[order_id] for order_id in self._books)
+        self.remargin(spec, [o for o in orders if not self._dormant(o)])
 
     def _fill(self, order: FakeOrder, qty: float, price: float, maker: bool, ts: int) -> bool:
         """One trade of ``order``; False when nothing could be filled (order finished)."""

@@ -12,7 +12,11 @@ sent as a resting order).
 A spot account locks the asset each open order may spend, so a protective leg cannot be
 placed again before the old one is gone (``locks_balance``); Binance spot replaces it in one
 request (``order/cancelReplace``, ``replace``) and says which half failed
-(``replace_failure``).
+(``replace_failure``). Bybit's conditional orders hold nothing until they trigger (and are
+cancelled then if the account cannot cover them), so on Bybit spot a bracket's target goes
+out as a conditional take-profit-limit too (``triggerPrice`` = its limit): neither leg holds
+the base, whichever triggers first sells it, and a moved stop is placed before the old one
+is canceled.
 
 ``classify`` sorts ccxt's exceptions: a refusal (``rejected``, with the exchange's own
 message), an outcome nobody knows (``unknown``: timeouts, dropped connections, 5xx), or a
@@ -140,13 +144,29 @@ class OrderCalls:
     def algo(self, leg: VenueOrder) -> bool:
         """Whether the exchange keeps this leg apart from plain orders (Binance USDT-M's algo
         orders, Bybit's conditional orders, spot ones too): queries and cancels say so."""
+        if self.bybit_target(leg):
+            return True
         if leg.stop_price is None:
             return False
         return self.id == "bybit" or (self.id == "binanceusdm" and self.is_contract(leg.symbol))
 
+    def bybit_target(self, leg: VenueOrder) -> bool:
+        """A bracket's target on Bybit spot (the one reduce-only limit the order manager
+        sends that protects nothing), sent as a conditional take-profit-limit."""
+        return (
+            self.id == "bybit"
+            and leg.order_type == "limit"
+            and leg.reduce_only
+            and not leg.protective
+            and not self.is_contract(leg.symbol)
+        )
+
     def locks_balance(self, leg: VenueOrder) -> bool:
         """Whether each open order of this market holds what it may spend (spot), so a
-        second protective leg is refused while the first still holds the position."""
+        second protective leg is refused while the first still holds the position. Bybit's
+        conditional orders hold nothing until they trigger."""
+        if self.id == "bybit" and (leg.stop_price is not None or self.bybit_target(leg)):
+            return False
         return not self.is_contract(leg.symbol)
 
     def replaces_at_once(self, leg: VenueOrder) -> bool:
@@ -162,6 +182,8 @@ class OrderCalls:
                 params["triggerPrice"] = leg.stop_price
             if self.id == "bybit" and self.is_contract(leg.symbol):
                 params["triggerDirection"] = "ascending" if leg.side == "buy" else "descending"
+        elif self.bybit_target(leg):
+            params["triggerPrice"] = leg.limit_price  # Bybit spot: above the market, rising
         if leg.reduce_only and self.is_contract(leg.symbol):
             params["reduceOnly"] = True
         if leg.order_type in ("limit", "stop_limit"):

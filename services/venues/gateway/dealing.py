@@ -208,10 +208,11 @@ class Dealer:
 
     async def amend(self, new: Leg, old: Leg | None, cause: Envelope) -> None:
         """Replace ``old`` by ``new`` with the position never left unprotected where the
-        venue allows it. A protective or reduce-only leg of a contract market is placed
-        before the old one is canceled; on spot (each order locks what it sells) Binance
-        replaces it in one request, other venues cancel it and place the new one as soon as
-        the cancel is confirmed. An entry is canceled first (never two live entries)."""
+        venue allows it. A protective or reduce-only leg that holds nothing while it waits
+        (a contract market's, a Bybit conditional order) is placed before the old one is
+        canceled; on spot otherwise (each order locks what it sells) Binance replaces it in
+        one request, other venues cancel it and place the new one as soon as the cancel is
+        confirmed. An entry is canceled first (never two live entries)."""
         async with self.lock:
             if old is None or not old.open:
                 await self._place(new)
