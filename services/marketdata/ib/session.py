@@ -24,7 +24,7 @@ import socket
 from collections.abc import Awaitable, Callable, Sequence
 from typing import Any
 
-from ib_async import IB, RealTimeBarList
+from ib_async import IB
 
 from contracts.events import Bar, Instrument
 from contracts.intervals import interval_ns
@@ -35,11 +35,11 @@ from eventstore.log_reader import last_per_subject
 from services.config import MarketConfig
 from services.marketdata.feed import HEARTBEAT_S, lockstep
 from services.marketdata.ib.flow import IbBarFlow
-from services.marketdata.ib.history import SETTLE_NS, IbHistory, bar_size
+from services.marketdata.ib.history import IbHistory, bar_size
 from services.marketdata.ib.pacing import HistoryPacing
 from services.marketdata.ib.qualify import Qualified, choose, qualify
+from services.marketdata.ib.realtime import RealTimeBars
 from services.marketdata.live.calls import Backoff, Stopped, VenueCalls
-from services.marketdata.live.candles import Candle
 from services.marketdata.live.continuity import Continuity
 from services.marketdata.live.instruments import InstrumentBook
 from services.marketdata.live.publisher import Publisher
@@ -48,7 +48,7 @@ from services.marketdata.live.shards import in_shard
 from services.runtime.clock import Clock
 from services.runtime.heartbeat import StoreWatch, publish_heartbeat
 from services.venues.config import VenueConfig
-from services.venues.ib.bars import BarFolder, ClosedBar, slot_of
+from services.venues.ib.bars import BarFolder
 from services.venues.ib.connection import IbConnection
 from services.venues.ib.settings import IbSettings
 
@@ -118,10 +118,6 @@ class IbSession:
         self.contracts: dict[str, Any] = {}
         self.shows: dict[str, str] = {}
         self.calendars: dict[str, Any] = {}
-        self.subscriptions: dict[str, RealTimeBarList] = {}
-        self.seen: dict[str, int] = {}
-        self.incomplete = 0
-        self._refetch: dict[str, int] = {}  # symbol -> when to ask IB's history for a bar
         self.resubscribes = 0
         self._started = False
         self._tasks: list[asyncio.Task[Any]] = []
@@ -204,8 +200,9 @@ class IbSession:
             ready=lambda: self.connection.ready,
             between_steps=between,
         )
-        self.folder = BarFolder(
-            self.venue.name, self.market.interval, self.step_ns, int(SETTLE_S * 1e9)
+        folder = BarFolder(self.venue.name, self.market.interval, self.step_ns, int(SETTLE_S * 1e9))
+        self.stream = RealTimeBars(
+            self.ib, self.clock, folder, self.flow, self.publisher, self.contracts, self.shows
         )
         now = self.clock.now_ns()
         # Bars from the forming one on (or ``backfill_bars`` before it) when the log has none:
@@ -216,7 +213,7 @@ class IbSession:
         self.flow.track(symbols, now)
         await self.flow.backfill(symbols)
         await self.publisher.flush()
-        self._subscribe(symbols)
+        self.stream.subscribe(symbols)
         self._started = True
         log.info(
             "%s: streaming %d IB contracts (%s bars from 5-second bars)",
@@ -293,44 +290,6 @@ class IbSession:
         self.publisher.send()
         return moved
 
-    # -- real-time bars ------------------------------------------------------------------
-
-    def _subscribe(self, symbols: Sequence[str], cancel_old: bool = True) -> None:
-        for symbol in symbols:
-            old = self.subscriptions.pop(symbol, None)
-            if old is not None and cancel_old:
-                with contextlib.suppress(ConnectionError):
-                    self.ib.cancelRealTimeBars(old)
-            try:
-                bars = self.ib.reqRealTimeBars(self.contracts[symbol], 5, self.shows[symbol], False)
-            except ConnectionError as exc:
-                log.warning("%s: subscribing %s: %s", self.venue.name, symbol, exc)
-                continue
-            bars.updateEvent += self._on_bars(symbol)
-            self.subscriptions[symbol] = bars
-
-    def _on_bars(self, symbol: str) -> Callable[[RealTimeBarList, bool], None]:
-        def received(bars: RealTimeBarList, has_new: bool) -> None:
-            rows = list(bars)
-            bars.clear()  # read once: the list would grow all day
-            self.seen[symbol] = self.clock.now_ns()
-            for row in rows:
-                for closed in self.folder.add(symbol, slot_of(row)):
-                    self._closed(symbol, closed, live=True)
-            self.publisher.send()
-
-        return received
-
-    def _closed(self, symbol: str, closed: ClosedBar, live: bool) -> None:
-        """A folded bar: stored when whole, else IB's history is asked for it."""
-        if closed.missing:
-            self.incomplete += 1
-            self._refetch[symbol] = closed.bar.close_time + SETTLE_NS
-            return
-        bar = closed.bar
-        candle = Candle(bar.open_time, bar.open, bar.high, bar.low, bar.close, bar.volume)
-        self.flow.from_stream(symbol, [candle], live)
-
     # -- connection life -----------------------------------------------------------------
 
     def _connected(self, first: bool) -> None:
@@ -340,7 +299,7 @@ class IbSession:
             return
         self.result.reconnects += 1
         symbols = list(self.flow.active)
-        self._subscribe(symbols, cancel_old=False)
+        self.stream.subscribe(symbols, cancel_old=False)
         self.flow.request(symbols)
 
     def _link(self, restored: bool, data_lost: bool) -> None:
@@ -350,7 +309,7 @@ class IbSession:
             return
         symbols = list(self.flow.active)
         if data_lost:
-            self._subscribe(symbols)
+            self.stream.subscribe(symbols)
         self.flow.request(symbols)
 
     # -- periodic jobs -------------------------------------------------------------------
@@ -363,19 +322,14 @@ class IbSession:
         while True:
             await self.calls.pause(tick)
             now = self.clock.now_ns()
-            for closed in self.folder.close_due(now):
-                self._closed(closed.bar.symbol, closed, live=False)
-            due = [s for s, t in self._refetch.items() if t <= now]
-            for symbol in due:
-                del self._refetch[symbol]
-            self.flow.request(due)
+            self.flow.request(self.stream.close_due(now))
             self.flow.check_stalls(now)
             for symbol in list(self.flow.stale):
                 backoff = backoffs.setdefault(symbol, Backoff(seed=self.seed + len(backoffs)))
-                silent = now - self.seen.get(symbol, 0) > quiet
+                silent = now - self.stream.seen.get(symbol, 0) > quiet
                 if silent and self.connection.ready and now >= again_at.get(symbol, 0):
                     log.warning("%s: %s sends no bars: subscribing again", self.venue.name, symbol)
-                    self._subscribe([symbol])
+                    self.stream.subscribe([symbol])
                     self.resubscribes += 1
                     again_at[symbol] = now + int(backoff.next() * 1e9)
             for symbol in [s for s in backoffs if s not in self.flow.stale]:
@@ -400,7 +354,7 @@ class IbSession:
             moved = self._apply(found, book)
             if moved:
                 log.info("%s: front month rolled: %s", self.venue.name, ", ".join(moved))
-                self._subscribe(moved)
+                self.stream.subscribe(moved)
 
     async def _heartbeat(self) -> None:
         seq = 0
