@@ -26,6 +26,7 @@ from tests.fakes.bybit_orders import BybitPrivate
 from tests.fakes.bybit_rows import parse_order_id
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import DEFAULT_SECRET, NS, FakeExchange, SymbolSpec
+from tests.gateway_session import DroppingPath
 
 FIXTURES = Path(__file__).resolve().parents[2] / "shared" / "reference" / "ccxt-fixtures"
 START_NS = 1_767_225_600 * NS + 20 * NS
@@ -538,3 +539,85 @@ async def test_changes_behind_the_gateways_back(fake: FakeExchange, ex: Exchange
     assert (position["side"], position["contracts"]) == ("short", 0.5)
     fake.account.faults.set_balance("BTC", 3.0)
     assert (await ex.fetch_balance())["BTC"]["free"] == 3.0
+
+
+async def test_spot_conditional_orders_hold_nothing_until_they_trigger(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Bybit's Place Order: "the conditional order does not occupy the margin. If the margin
+    is insufficient after the conditional order is triggered, the order will be cancelled".
+    With 0.01 BTC two stops and a take-profit of 0.01 each rest; a gap down triggers both
+    stops: the older sells the 0.01, the other is cancelled (REST and stream say why), and
+    the take-profit keeps waiting. A plain limit sell still locks what it sells."""
+    monkeypatch.setenv("KEEL_TEST_KEY", KEY)
+    monkeypatch.setenv("KEEL_TEST_SECRET", SECRET)
+    path = DroppingPath()
+    fake = FakeExchange("bybit", [SPOT], path, ScaledClock(START_NS, RATE), balances=dict(BALANCES))
+    await fake.start()
+    exchange = await connect(fake)
+    try:
+        fake.account.faults.set_balance("BTC", 0.01)
+        last = fake.snapshot(SPOT.symbol).trade.price
+        limit = await exchange.create_order(
+            SPOT.symbol, "limit", "sell", 0.01, round(last * 1.5, 1)
+        )
+        assert (await exchange.fetch_balance())["BTC"]["used"] == pytest.approx(0.01)
+        with pytest.raises(ccxt.InsufficientFunds, match="170131"):
+            await exchange.create_order(SPOT.symbol, "limit", "sell", 0.01, round(last * 1.6, 1))
+        await exchange.cancel_order(limit["id"], SPOT.symbol)
+        legs = {}
+        for name, trigger in (("a", 0.9), ("b", 0.85)):
+            params = {"triggerPrice": round(last * trigger, 1), "clientOrderId": name}
+            legs[name] = await exchange.create_order(
+                SPOT.symbol, "market", "sell", 0.01, None, params
+            )
+        target = round(last * 1.2, 1)
+        legs["tp"] = await exchange.create_order(
+            SPOT.symbol, "limit", "sell", 0.01, target, {"triggerPrice": target}
+        )
+        wallet = await exchange.fetch_balance()
+        assert (wallet["BTC"]["free"], wallet["BTC"]["used"]) == (pytest.approx(0.01), 0.0)
+        seen: list[dict[str, Any]] = []
+
+        async def watch() -> None:
+            while True:
+                seen.extend(await exchange.watch_orders(SPOT.symbol))
+
+        watcher = asyncio.ensure_future(watch())
+        await until(lambda: asyncio.sleep(0, private(fake).stream.connections), "the socket")
+        await asyncio.sleep(0.5)  # the subscription is in place
+        step = fake.step_ns
+        path.drop((fake.now_ns() // step + 1) * step, 0.8)
+        flag = {"trigger": True, "acknowledged": True}
+
+        async def state(name: str) -> dict[str, Any]:
+            return await exchange.fetch_order(legs[name]["id"], SPOT.symbol, flag)
+
+        starved = await until(
+            lambda: _finished(state("b")), "the second stop cancelled when it triggered"
+        )
+        assert (starved["status"], starved["filled"]) == ("canceled", 0.0)
+        assert starved["info"]["orderStatus"] == "Cancelled"
+        assert starved["info"]["cancelType"] == "CancelByCannotAffordOrderCost"
+        sold = await state("a")
+        assert (sold["status"], sold["filled"]) == ("closed", 0.01)
+        waiting = await state("tp")
+        assert (waiting["status"], waiting["info"]["orderStatus"]) == ("open", "Untriggered")
+        assert (await exchange.fetch_balance())["BTC"]["total"] == pytest.approx(0.0, abs=1e-9)
+        await until(
+            lambda: asyncio.sleep(
+                0, any(o["id"] == starved["id"] and o["status"] == "canceled" for o in seen)
+            ),
+            "the stream's cancel",
+        )
+        streamed = next(o for o in seen if o["id"] == starved["id"] and o["status"] == "canceled")
+        assert streamed["info"]["cancelType"] == "CancelByCannotAffordOrderCost"
+        watcher.cancel()
+    finally:
+        await exchange.close()
+        await fake.stop()
+
+
+async def _finished(pending: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
+    order = await pending
+    return order if order["status"] != "open" else None
