@@ -1,12 +1,15 @@
 """Amended protective stops at the venue gateway, against the exchange fakes on a real
 nats-server: a trailing stop moved twice on every exchange leaves exactly one stop, at the
 last trigger, with the position never left to a refusal. A spot account here holds only the
-position, so each sell leg locks all of it (the case that forbids placing the new stop
-first); Binance spot swaps the stop in one ``order/cancelReplace`` request.
+position, so each plain sell leg locks all of it (the case that forbids placing the new stop
+first on Kraken spot); Binance spot swaps the stop in one ``order/cancelReplace`` request;
+Bybit's conditional orders hold nothing until they trigger, so there (spot too) and on the
+perpetuals the new stop is on the exchange before the old one is canceled.
 """
 
 from __future__ import annotations
 
+import itertools
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -23,6 +26,7 @@ from tests.fakes.prices import default_symbols
 from tests.test_gateway import KEY, RATE, VENUE, Harness, secret_for
 
 EXCHANGES = ["binance", "binanceusdm", "bybit", "kraken", "krakenfutures"]
+NEW_FIRST = ("binanceusdm", "bybit", "krakenfutures")
 QTY = 0.01
 
 
@@ -98,6 +102,13 @@ async def test_a_trailing_stop_moved_twice_leaves_one_stop_at_the_last_trigger(
         assert [o.status for o in h.exchange_orders(leg.venue_client_id)] == ["canceled"]
     refused = [a for a in await h.answers() if a.kind in ("rejected", "unknown", "missing")]
     assert refused == []
+    for old, new in itertools.pairwise(legs):
+        (gone,) = h.exchange_orders(old.venue_client_id)
+        (placed,) = h.exchange_orders(new.venue_client_id)
+        if h.fake.exchange_id in NEW_FIRST:  # both stops on the exchange for a moment
+            assert placed.created_ns < gone.updated_ns
+        elif h.fake.exchange_id == "kraken":  # the cancel confirmed before the place
+            assert placed.created_ns > gone.updated_ns
     if h.fake.exchange_id == "binance":  # each move one request, nothing placed besides
         assert h.fake.requests["/api/v3/order/cancelReplace"] == 2
         assert h.fake.requests["/api/v3/order"] == 1
