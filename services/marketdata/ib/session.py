@@ -113,6 +113,11 @@ class IbSession:
                 f"[market] interval {market.interval!r}: IB's bars go from 5 s to 8 h "
                 "(5s, 10s, 15s, 30s, 1m, 2m, 3m, 5m, 10m, 15m, 20m, 30m, 1h, 2h, 3h, 4h, 8h)"
             )
+        if market.universe:
+            raise KeelError(
+                f"[market] universe {market.universe!r}: an ib venue streams the contracts "
+                "its [[venues.ib.contracts]] name, chosen by [market] symbols"
+            )
         self.result = SessionResult()
         self.qualified: dict[str, Qualified] = {}
         self.contracts: dict[str, Any] = {}
@@ -166,6 +171,11 @@ class IbSession:
             await self.stopping.wait()
             return
         symbols = [s.name for s in specs]
+        if self.market.trades or self.market.quotes:
+            log.warning(
+                "%s: IB's feed publishes bars only: [market] trades and quotes are ignored",
+                self.venue.name,
+            )
         book, continuity = await self._seed(symbols)
         self.connection.on_connected.append(self._connected)
         self.connection.on_link.append(self._link)
