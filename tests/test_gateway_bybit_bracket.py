@@ -1,5 +1,5 @@
 """A bracket on Bybit spot through the venue gateway, with the account holding only the
-position: Bybit's conditional orders hold nothing until they trigger, so the stop and the
+position (and the parameters that make it so): Bybit's conditional orders hold nothing until they trigger, so the stop and the
 target (sent as a conditional take-profit-limit) both rest on the same base; a moved stop is
 on the exchange before the old one is canceled; a gap down fires the stop, which sells the
 position, and the target is canceled (the order manager's OCO cancel, sent here as it sends
@@ -23,6 +23,7 @@ from tests.fakes.ledger import DEFAULT_QUOTE_BALANCE
 from tests.fakes.prices import decimals, default_symbols, snap
 from tests.gateway_session import DroppingPath
 from tests.test_gateway import KEY, RATE, VENUE, Harness, secret_for
+from tests.test_gateway_answers import calls_for, leg_order
 
 QTY = 0.01
 DROP = 0.8
@@ -109,3 +110,29 @@ async def test_stop_and_target_both_rest_and_the_stop_sells_the_position(
     trades = {f.client_id for f in h.fake.account.fills(h.symbol)}
     assert trades == {entry.venue_client_id, moved.venue_client_id}
     await h.stop()
+
+
+@pytest.mark.parametrize(
+    ("exchange_id", "contract", "conditional"),
+    [("bybit", False, True), ("bybit", True, False), ("binance", False, False)],
+)
+def test_only_a_bybit_spot_target_goes_out_as_a_conditional_order(
+    exchange_id: str, contract: bool, conditional: bool
+) -> None:
+    """A bracket's target (reduce-only, not protective, a limit) on Bybit spot is a
+    take-profit-limit (``triggerPrice`` = its limit), kept in the conditional book and
+    holding nothing; elsewhere a plain limit. A Bybit stop never holds the balance."""
+    calls = calls_for(exchange_id, contract)
+    target = leg_order(order_type="limit", limit_price=110.0, side="sell", reduce_only=True)
+    params = calls.order_params(target)
+    assert ("triggerPrice" in params) == conditional
+    if conditional:
+        assert params["triggerPrice"] == 110.0 and params["timeInForce"] == "GTC"
+    assert calls.algo(target) == conditional
+    assert calls.locks_balance(target) == (not contract and not conditional)
+    entry = leg_order(order_type="limit", limit_price=90.0)
+    assert "triggerPrice" not in calls.order_params(entry) and not calls.algo(entry)
+    assert calls.locks_balance(entry) == (not contract)
+    stop = leg_order(order_type="stop", stop_price=90.0, side="sell", reduce_only=True,
+                     protective=True)  # fmt: skip
+    assert calls.locks_balance(stop) == (exchange_id == "binance")
