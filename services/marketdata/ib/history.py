@@ -176,6 +176,7 @@ class IbHistory:
                 # ib_async answers a timeout with an empty list: not "no data".
                 raise HistoryError(f"IB did not answer {contract.localSymbol} history in time")
             error = self._errors.pop(bars.reqId, None)
+            self._errors.clear()  # one request at a time: any other id is not ours to keep
             if error is None:
                 self.pacing.answered()
                 return list(bars)
