@@ -46,6 +46,9 @@ VENUE = "ibkr"
 START = int(dt.datetime(2024, 3, 5, 15, 0, 20, tzinfo=dt.UTC).timestamp()) * NS
 # Tuesday 19:58:20 New York: the stock's session ends at 20:00.
 NEAR_CLOSE = int(dt.datetime(2024, 3, 6, 0, 58, 20, tzinfo=dt.UTC).timestamp()) * NS
+# Wednesday 2024-03-06 23:58:20 Chicago: ES's front month rolls to June at midnight (8 days
+# before March's last trading day, the 15th).
+BEFORE_ROLL = int(dt.datetime(2024, 3, 7, 5, 58, 20, tzinfo=dt.UTC).timestamp()) * NS
 CONTRACTS = [
     {"type": "stock", "symbol": "AAPL", "primary_exchange": "NASDAQ"},
     {"type": "future", "root": "ES", "exchange": "CME", "expiry": "front", "roll_days": 8},
@@ -65,12 +68,24 @@ def venue_of(port: int) -> VenueConfig:
     )
 
 
-def session_of(bus: Bus, tws: TwsFake, symbols: list[str], backfill_bars: int = 0) -> IbSession:
+def session_of(
+    bus: Bus,
+    tws: TwsFake,
+    symbols: list[str],
+    backfill_bars: int = 0,
+    reload_every_s: float = 3600.0,
+) -> IbSession:
     market = MarketConfig(
         venue=VENUE, symbols=tuple(symbols), stall_grace_s=30.0, poll_every_s=5.0, lockstep=False
     )
     return IbSession(
-        bus, venue_of(tws.port), market, tws.clock, backfill_bars=backfill_bars, heartbeat_s=1.0
+        bus,
+        venue_of(tws.port),
+        market,
+        tws.clock,
+        backfill_bars=backfill_bars,
+        heartbeat_s=1.0,
+        reload_every_s=reload_every_s,
     )
 
 
@@ -376,3 +391,20 @@ async def test_a_contract_ib_does_not_know_is_one_line(tws: TwsFake, bus: Bus) -
     session = IbSession(bus, venue, market, tws.clock)
     with pytest.raises(KeelError, match="IB does not know NOPE"):
         await asyncio.wait_for(session.run(), 10)
+
+
+async def test_the_front_month_rolls_and_is_streamed(bus: Bus) -> None:
+    async with TwsFake(ScaledClock(BEFORE_ROLL, RATE)) as tws:
+        session = session_of(bus, tws, ["ES"], reload_every_s=60.0)
+        task = await running(session)
+        midnight = BEFORE_ROLL - BEFORE_ROLL % STEP + 2 * STEP
+        await tws.clock.sleep_until(midnight + 2 * STEP)
+        stored = len(await bars_of(bus, "ES"))
+        await until(lambda: _more(bus, "ES", stored + 2), "bars of the new front month")
+        await stopped(session, task)
+    instruments = [
+        e for e in await events(bus, "md.instrument.ibkr.>") if isinstance(e, Instrument)
+    ]
+    assert [i.expiry for i in instruments] == ["20240315", "20240621"]
+    assert session.stream.subscriptions["ES"].contract.lastTradeDateOrContractMonth == "20240621"
+    continuous(await bars_of(bus, "ES"))
