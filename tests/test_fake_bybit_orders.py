@@ -552,7 +552,9 @@ async def test_spot_conditional_orders_hold_nothing_until_they_trigger(
     monkeypatch.setenv("KEEL_TEST_KEY", KEY)
     monkeypatch.setenv("KEEL_TEST_SECRET", SECRET)
     path = DroppingPath()
-    fake = FakeExchange("bybit", [SPOT], path, ScaledClock(START_NS, RATE), balances=dict(BALANCES))
+    fake = FakeExchange(
+        "bybit", [SPOT, LINEAR], path, ScaledClock(START_NS, RATE), balances=dict(BALANCES)
+    )
     await fake.start()
     exchange = await connect(fake)
     try:
@@ -621,3 +623,36 @@ async def test_spot_conditional_orders_hold_nothing_until_they_trigger(
 async def _finished(pending: Awaitable[dict[str, Any]]) -> dict[str, Any] | None:
     order = await pending
     return order if order["status"] != "open" else None
+
+
+async def test_linear_conditional_entry_takes_its_margin_when_it_triggers(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """On linear too a conditional order holds no margin while it waits: a stop entry needing
+    more margin than the wallet has is accepted, and cancelled when a gap up triggers it."""
+    monkeypatch.setenv("KEEL_TEST_KEY", KEY)
+    monkeypatch.setenv("KEEL_TEST_SECRET", SECRET)
+    path = DroppingPath()
+    clock = ScaledClock(START_NS, RATE)
+    fake = FakeExchange("bybit", [SPOT, LINEAR], path, clock, balances={"USDT": 100.0})
+    await fake.start()
+    exchange = await connect(fake)
+    try:
+        last = fake.snapshot(LINEAR.symbol).trade.price
+        trigger = round(last * 1.1, 1)
+        params = {"triggerPrice": trigger, "triggerDirection": "ascending"}
+        placed = await exchange.create_order(LINEAR.symbol, "market", "buy", 0.05, None, params)
+        assert (await exchange.fetch_balance())["USDT"]["used"] == 0.0  # margin ~330 > 100
+        step = fake.step_ns
+        path.drop((fake.now_ns() // step + 1) * step, 1.3)
+        flag = {"acknowledged": True}  # linear: one book
+        done = await until(
+            lambda: _finished(exchange.fetch_order(placed["id"], LINEAR.symbol, flag)),
+            "the entry cancelled when it triggered",
+        )
+        assert (done["status"], done["filled"]) == ("canceled", 0.0)
+        assert done["info"]["cancelType"] == "CancelByCannotAffordOrderCost"
+        assert await exchange.fetch_positions() == []
+    finally:
+        await exchange.close()
+        await fake.stop()
