@@ -15,6 +15,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import ccxt
 import msgspec
 import pytest
 from nats.js.api import DeliverPolicy
@@ -29,7 +30,7 @@ from services.venues.client_ids import venue_client_id
 from services.venues.config import VenueConfig
 from services.venues.gateway.config import GatewayConfig
 from services.venues.gateway.worker import Gateway
-from services.venues.ib.exchange import IbExchange
+from services.venues.ib.exchange import IbExchange, ib_exchange
 from tests.conftest import keel
 from tests.fakes.clock import ScaledClock
 from tests.fakes.tws import TwsFake
@@ -355,3 +356,48 @@ def test_demo_without_an_account_is_refused_in_one_line(
     assert done.returncode != 0
     assert "Traceback" not in said
     assert 'mode = "demo" sends orders to IB: ib.account must name the account' in said
+
+
+async def test_exchange_queries_raise_when_ib_cannot_answer(harness: Harness) -> None:
+    """Never an empty answer from a session that is down, lost its link or dropped: a
+    ccxt NetworkError, which the gateway reads as unknown; a refused cancel is no cancel."""
+    tws = harness.tws
+    exchange = ib_exchange(harness.venue, tws.clock)
+    await exchange.load_markets()
+    placed = await exchange.create_order("AAPL", "market", "buy", 5, None, {"clientOrderId": "q1"})
+    assert placed["clientOrderId"] == "q1" and placed["id"]
+    await until(lambda: tws.broker.positions, "the fill")
+    with pytest.raises(ccxt.OrderNotFound):  # 10148: filled, cannot be canceled
+        await exchange.cancel_order(placed["id"], "AAPL", {"clientOrderId": "q1"})
+    (done,) = await exchange.fetch_closed_orders("AAPL")
+    assert (done["status"], done["filled"], done["clientOrderId"]) == ("closed", 5.0, "q1")
+    with pytest.raises(ccxt.DuplicateOrderId):
+        await exchange.create_order("AAPL", "market", "buy", 5, None, {"clientOrderId": "q1"})
+    tws.faults.lose_link()
+    await until(lambda: not exchange.connection.ready, "1100")
+    queries = (
+        exchange.fetch_open_orders,
+        exchange.fetch_closed_orders,
+        exchange.fetch_my_trades,
+        exchange.fetch_positions,
+        exchange.fetch_balance,
+    )
+    for query in queries:
+        with pytest.raises(ccxt.NetworkError):
+            await query()
+    with pytest.raises(ccxt.NetworkError):
+        await exchange.create_order("AAPL", "market", "buy", 1, None, {"clientOrderId": "q2"})
+    tws.faults.restore_link(data_lost=True)
+    await until(lambda: exchange.connection.ready, "1101")
+    assert [p["contracts"] for p in await exchange.fetch_positions()] == [5.0]
+    generation = exchange.connection.generation
+    tws.faults.drop()  # the query goes out on a socket that is closing
+    with pytest.raises(ccxt.NetworkError):
+        await exchange.fetch_positions()
+    await until(
+        lambda: exchange.connection.ready and exchange.connection.generation > generation,
+        "reconnected",
+    )
+    (trade,) = await exchange.fetch_my_trades("AAPL")
+    assert (trade["amount"], trade["fee"]) == (5.0, {"cost": 1.0, "currency": "USD"})
+    await exchange.close()

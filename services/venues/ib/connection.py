@@ -68,6 +68,9 @@ class IbConnection:
         self.settings = settings
         self.clock = clock
         self.ib = ib or IB()
+        quiet = logging.getLogger("ib_async")
+        if quiet.level == logging.NOTSET:  # every order message at INFO, whole: too much
+            quiet.setLevel(logging.WARNING)
         self.state = LinkState.DOWN
         self.generation = 0
         self.on_connected: list[ConnectedHook] = []

@@ -30,7 +30,7 @@ from services.runtime.clock import Clock
 from services.venues.config import VenueConfig
 from services.venues.ib.connection import IbConnection, NotReady
 from services.venues.ib.contracts import ContractError, front_month, ib_contract
-from services.venues.ib.ib_errors import not_ready, order_error, request_error
+from services.venues.ib.ib_errors import NOT_ENDING, not_ready, order_error, request_error
 from services.venues.ib.ib_orders import (
     has_report,
     ib_order,
@@ -199,7 +199,10 @@ class IbExchange:
             client_id,
             self.settings.account,
         )
-        trade = self.ib.placeOrder(contract, order)
+        try:
+            trade = self.ib.placeOrder(contract, order)
+        except ConnectionError as exc:
+            raise not_ready(str(exc)) from None
         await self._answered(trade, lambda: trade.orderStatus.status != "PendingSubmit")
         answer = order_dict(trade, self.specs)
         if answer["status"] == "rejected":
@@ -239,15 +242,15 @@ class IbExchange:
         )
         if trade is None:
             raise ccxt.OrderNotFound(f"ib: no open order {client_id or id} in this session")
-        self.ib.cancelOrder(trade.order)
+        try:
+            self.ib.cancelOrder(trade.order)
+        except ConnectionError as exc:
+            raise not_ready(str(exc)) from None
         await self._answered(trade, trade.isDone)
-        answer = order_dict(trade, self.specs)
-        if answer["status"] == "rejected":
-            answer["status"] = "canceled"  # 202 Order Canceled is IB's confirmation
-        if answer["status"] != "canceled" and trade.orderStatus.status != "Filled":
-            code, text = rejection(trade)
+        code, text = rejection(trade)
+        if code in NOT_ENDING:  # IB did not cancel it (filled meanwhile...): a query says
             raise order_error(code, text)
-        return answer
+        return order_dict(trade, self.specs)  # canceled, or filled before the cancel came
 
     def _mine(self, trades: list[Trade], symbol: str | None) -> list[dict[str, Any]]:
         account = self.settings.account

@@ -14,9 +14,11 @@ import ccxt
 
 PACING = frozenset({100, 162, 420})
 FUNDS_WORDS = ("MARGIN", "EQUITY", "BUYING POWER", "INSUFFICIENT", "FUNDS")
-NOT_FOUND = frozenset({135, 10147, 10148})
-"""135: no order with that id; 10147: the order to cancel is not found; 10148: it cannot be
-canceled (already filled or canceled)."""
+NOT_FOUND = frozenset({135, 161, 10147, 10148})
+"""135: no order with that id; 161: not in a cancellable state; 10147: the order to cancel
+is not found; 10148: it cannot be canceled (already filled or canceled)."""
+NOT_ENDING = frozenset({104, 161, 10147, 10148})
+"""Errors about a request on an order (a cancel, a modification) that leave it as it was."""
 
 
 def quoted(code: int, text: str) -> str:

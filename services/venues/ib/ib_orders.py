@@ -30,7 +30,7 @@ from ib_async import (
 )
 
 from services.venues.ib.contracts import keel_symbol
-from services.venues.ib.ib_errors import refusal
+from services.venues.ib.ib_errors import NOT_ENDING, refusal
 from services.venues.ib.specs import ContractSpec
 
 STATUS = {
@@ -83,12 +83,12 @@ def _set(value: float) -> float | None:
 
 
 def rejection(trade: Trade) -> tuple[int, str]:
-    """IB's error code and own text for an order it refused (the last error in its log,
-    without the ``Error 201, reqId 5:`` ib_async puts in front)."""
-    for entry in reversed(trade.log):
-        if entry.errorCode:
-            return entry.errorCode, _IB_PREFIX.sub("", entry.message, count=1)
-    return 0, ""
+    """IB's error code and own text when the order's last news was an error (without the
+    ``Error 201, reqId 5:`` ib_async puts in front); 0 when it was not."""
+    last = trade.log[-1] if trade.log else None
+    if last is None or not last.errorCode:
+        return 0, ""
+    return last.errorCode, _IB_PREFIX.sub("", last.message, count=1)
 
 
 def order_dict(trade: Trade, specs: Sequence[ContractSpec]) -> dict[str, Any]:
@@ -96,10 +96,14 @@ def order_dict(trade: Trade, specs: Sequence[ContractSpec]) -> dict[str, Any]:
     ib_status = status.status
     code, text = rejection(trade)
     state = STATUS.get(ib_status, "open")
-    if state == "canceled" and code and not status.filled and code != 202:
-        state = "rejected"  # ib_async marks an order IB refused (201, 110...) Cancelled
     filled = status.filled or (order.filledQuantity if order.filledQuantity != UNSET else 0.0)
     amount = float(order.totalQuantity)
+    if state == "canceled" and code in NOT_ENDING:
+        # ib_async marks an order Cancelled on any error about it, but a refused cancel or
+        # modification (10147, 10148, 161, 104) leaves the order as it was
+        state = "closed" if filled >= amount else "open"
+    elif state == "canceled" and code and not status.filled and code != 202:
+        state = "rejected"  # ib_async marks an order IB refused (201, 110...) Cancelled
     stop = order.orderType in ("STP", "STP LMT")
     times = [_ms(entry.time) for entry in trade.log]
     stamps = [t for t in times if t is not None]
