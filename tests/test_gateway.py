@@ -455,8 +455,9 @@ async def test_cancel_and_amend_keep_a_stop_on_the_exchange(harness: Harness) ->
     )
     for leg in (entry, stop):
         await harness.answer(leg.venue_client_id, lambda a: a.kind == "accepted", "accepted")
-    # A trailing stop moves. On a perpetual the new leg is placed before the old one is
-    # canceled; on spot the old one holds the base, so it goes first (tests/test_gateway_amend.py).
+    # A trailing stop moves. On a perpetual and on Bybit (a conditional order holds nothing
+    # until it triggers) the new leg is placed before the old one is canceled; on Binance
+    # spot the old one holds the base, so it goes first (tests/test_gateway_amend.py).
     moved = await harness.send(
         action="amend",
         client_order_id="stop1",
@@ -474,7 +475,7 @@ async def test_cancel_and_amend_keep_a_stop_on_the_exchange(harness: Harness) ->
         harness.exchange_orders(stop.venue_client_id)[0],
         harness.exchange_orders(moved.venue_client_id)[0],
     )
-    if harness.fake.exchange_id == "binanceusdm":
+    if harness.fake.exchange_id in ("binanceusdm", "bybit"):
         assert new.created_ns <= old.updated_ns
     else:
         assert old.updated_ns <= new.created_ns

@@ -125,8 +125,13 @@ async def trades_with_exchange_side_stops(session: GatewaySession) -> None:
     assert isinstance(sl.stop_price, float) and close(stop.stop_price or 0.0, sl.stop_price)
     assert held_at_venue - lot < stop.qty <= held_at_venue + 1e-12, (stop.qty, held_at_venue)
     target = venue_order(session, tp.client_order_id)
-    assert target.type == "limit" and target.status == "new" and close(target.qty, stop.qty)
     perpetual = session.spec.kind == "perpetual"
+    # Bybit spot: the target is a conditional take-profit-limit (trigger = its limit price),
+    # so neither leg holds the base asset and both rest on the position alone.
+    bybit_spot = session.exchange_id == "bybit" and not perpetual
+    kind = "take_profit_limit" if bybit_spot else "limit"
+    assert target.type == kind and target.status == "new" and close(target.qty, stop.qty)
+    assert target.algo == bybit_spot and (not bybit_spot or target.stop_price == target.price)
     assert stop.reduce_only == perpetual and target.reduce_only == perpetual
     # Binance USDT-M keeps stops on its algo endpoint, Bybit in its conditional book.
     assert stop.algo == (session.exchange_id in ("binanceusdm", "bybit"))
