@@ -17,6 +17,7 @@ whose report has not come yet (the next poll or reconciliation returns it whole)
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime as dt
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -69,6 +70,7 @@ class IbExchange:
         self._trades: list[dict[str, Any]] = []
         self._order_news = asyncio.Event()
         self._trade_news = asyncio.Event()
+        self._status_news = asyncio.Event()
         self.ib.orderStatusEvent += self._on_status
         self.ib.commissionReportEvent += self._on_report
         self.ib.execDetailsEvent += self._on_execution
@@ -99,7 +101,9 @@ class IbExchange:
                 "type": {"STK": "spot", "FUT": "future", "CASH": "spot"}[contract.secType],
                 "contract": True,  # IB holds positions of each; no open order locks them
                 "contractSize": float(contract.multiplier or 1.0),
+                "base": contract.symbol,
                 "quote": contract.currency,
+                "settle": contract.currency if contract.secType == "FUT" else None,
                 "info": {"conId": contract.conId, "localSymbol": contract.localSymbol},
             }
         return self.markets
@@ -220,7 +224,9 @@ class IbExchange:
                 raise not_ready("the session dropped before IB answered")
             if loop.time() > deadline:
                 raise ccxt.RequestTimeout(f"ib: no answer for order {trade.order.orderRef}")
-            await asyncio.sleep(0.01)
+            self._status_news.clear()
+            with contextlib.suppress(TimeoutError):  # woken by the next order status
+                await asyncio.wait_for(self._status_news.wait(), 0.05)
 
     async def cancel_order(
         self, id: str | None, symbol: str | None = None, params: dict[str, Any] | None = None
@@ -339,6 +345,7 @@ class IbExchange:
     # -- the private stream ----------------------------------------------------------------
 
     def _on_status(self, trade: Trade) -> None:
+        self._status_news.set()
         answer = order_dict(trade, self.specs)
         if answer["symbol"] is not None and answer["clientOrderId"]:
             self._orders.append(answer)
