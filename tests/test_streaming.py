@@ -199,7 +199,7 @@ def markets(tmp_path_factory: pytest.TempPathFactory) -> dict[int, Path]:
     return {rows: write_parquet(folder / f"bars-{rows}.parquet", rows) for rows in (LARGE, SMALL)}
 
 
-LARGE, SMALL = 2_000_000, 200_000
+LARGE, SMALL = 1_000_000, 100_000
 
 
 @pytest.mark.skipif(sys.platform != "linux", reason="ru_maxrss is in kilobytes on Linux only")
