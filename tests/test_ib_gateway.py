@@ -401,3 +401,16 @@ async def test_exchange_queries_raise_when_ib_cannot_answer(harness: Harness) ->
     (trade,) = await exchange.fetch_my_trades("AAPL")
     assert (trade["amount"], trade["fee"]) == (5.0, {"cost": 1.0, "currency": "USD"})
     await exchange.close()
+
+
+async def test_a_new_order_ib_refuses_with_a_warning_code_is_rejected(harness: Harness) -> None:
+    """434 is a warning to ib_async (a modification that fails leaves the order live), but
+    a new order it answers is refused: rejected with IB's words, not left open; so is a
+    price off the tick (110)."""
+    exchange = ib_exchange(harness.venue, harness.tws.clock)
+    await exchange.load_markets()
+    with pytest.raises(ccxt.InvalidOrder, match=r"434.*The order size cannot be zero"):
+        await exchange.create_order("AAPL", "market", "buy", 0, None, {"clientOrderId": "w1"})
+    with pytest.raises(ccxt.InvalidOrder, match=r"110.*minimum price variation"):
+        await exchange.create_order("AAPL", "limit", "buy", 1, 100.001, {"clientOrderId": "w2"})
+    await exchange.close()

@@ -17,6 +17,9 @@ FUNDS_WORDS = ("MARGIN", "EQUITY", "BUYING POWER", "INSUFFICIENT", "FUNDS")
 NOT_FOUND = frozenset({135, 161, 10147, 10148})
 """135: no order with that id; 161: not in a cancellable state; 10147: the order to cancel
 is not found; 10148: it cannot be canceled (already filled or canceled)."""
+REFUSED_NEW = frozenset({321, 434})
+"""Codes ib_async takes for warnings (a modified order stays live) that refuse a new order:
+321 the request did not validate, 434 a size of zero."""
 NOT_ENDING = frozenset({104, 161, 10147, 10148})
 """Errors about a request on an order (a cancel, a modification) that leave it as it was."""
 

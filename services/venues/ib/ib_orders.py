@@ -30,7 +30,7 @@ from ib_async import (
 )
 
 from services.venues.ib.contracts import keel_symbol
-from services.venues.ib.ib_errors import NOT_ENDING, refusal
+from services.venues.ib.ib_errors import NOT_ENDING, REFUSED_NEW, refusal
 from services.venues.ib.specs import ContractSpec
 
 STATUS = {
@@ -104,6 +104,8 @@ def order_dict(trade: Trade, specs: Sequence[ContractSpec]) -> dict[str, Any]:
         state = "closed" if filled >= amount else "open"
     elif state == "canceled" and code and not status.filled and code != 202:
         state = "rejected"  # ib_async marks an order IB refused (201, 110...) Cancelled
+    elif ib_status == "ValidationError" and code in REFUSED_NEW and not order.permId:
+        state = "rejected"  # a warning to ib_async (a modify stays live); a new order is not
     stop = order.orderType in ("STP", "STP LMT")
     times = [_ms(entry.time) for entry in trade.log]
     stamps = [t for t in times if t is not None]
