@@ -30,7 +30,8 @@ from services.venues.client_ids import venue_client_id
 from services.venues.config import VenueConfig
 from services.venues.gateway.config import GatewayConfig
 from services.venues.gateway.worker import Gateway
-from services.venues.ib.exchange import IbExchange, ib_exchange
+from services.venues.ib.exchange import IbExchange
+from services.venues.ib.wiring import ib_exchange
 from tests.conftest import keel
 from tests.fakes.clock import ScaledClock
 from tests.fakes.tws import TwsFake

@@ -53,7 +53,8 @@ from services.venues.gateway.telemetry import (
     MeasuredCalls,
     MeasuredReconciler,
 )
-from services.venues.ib.exchange import IbExchange, ib_exchange, ib_session_key
+from services.venues.ib.exchange import IbExchange
+from services.venues.ib.wiring import ib_exchange, ib_session_key, reconcile_on_resync
 from services.venues.journal import VenueJournal
 
 log = logging.getLogger("keel.gateway")
@@ -199,7 +200,7 @@ class Gateway:
         )
         self.reconciler = MeasuredReconciler(metrics, self, calls, redactor)
         if isinstance(exchange, IbExchange):  # back from a restart or 1100: reconcile now
-            exchange.on_resync.append(self.reconciler.run_once)
+            reconcile_on_resync(exchange, self.ready, self.reconciler.run_once)
         tasks: list[asyncio.Task[Any]] = [asyncio.create_task(beat.run())]
         try:
             await self._load_markets(exchange, redactor)

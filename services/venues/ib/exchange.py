@@ -28,7 +28,6 @@ from ib_async.wrapper import RequestError
 
 from eventstore.errors import KeelError
 from services.runtime.clock import Clock
-from services.venues.config import VenueConfig
 from services.venues.ib.connection import IbConnection, NotReady
 from services.venues.ib.contracts import ContractError, front_month, ib_contract
 from services.venues.ib.ib_errors import NOT_ENDING, not_ready, order_error, request_error
@@ -381,25 +380,3 @@ class IbExchange:
         self, symbol: str | None = None, since: int | None = None, limit: int | None = None
     ) -> list[dict[str, Any]]:
         return await self._watch(self._trades, self._trade_news)
-
-
-def ib_exchange(venue: VenueConfig, clock: Clock) -> IbExchange:
-    """The gateway's exchange for a ``kind = "ib"`` venue; an order-sending mode without an
-    account is refused with one line (the venue config refuses it first)."""
-    settings = venue.ib
-    if settings is None:
-        raise KeelError(f'venue {venue.name}: kind = "ib" needs an ib table')
-    if venue.gateway_mode and not settings.account:
-        raise KeelError(
-            f'venue {venue.name}: mode = "{venue.mode}" sends orders to IB: ib.account must '
-            "name the account"
-        )
-    return IbExchange(settings, clock, IbConnection(settings, clock))
-
-
-def ib_session_key(venue: VenueConfig) -> str:
-    """What one gateway process owns on IB (there is no API key): the session it opens."""
-    settings = venue.ib
-    if settings is None:
-        raise KeelError(f'venue {venue.name}: kind = "ib" needs an ib table')
-    return f"{settings.host}:{settings.port}:{settings.client_id}"
