@@ -13,7 +13,9 @@ from contracts.events import (
     SystemStatus,
 )
 from contracts.venue_events import KillSwitch, VenueAnswer, VenueOrder
-from services.execution.paper_venue import PaperVenueConfig
+from services.execution.gateway_venue import GatewayVenue
+from services.execution.oms import OrderManager
+from services.execution.paper_venue import PaperVenue, PaperVenueConfig
 from services.execution.role import execution_role
 from services.venues.client_ids import venue_client_id
 
@@ -370,3 +372,58 @@ def test_a_replaced_stop_that_fills_before_its_cancel_fills_the_order() -> None:
     (cancel,) = legs(out)  # the new stop protects nothing now
     assert (cancel.action, cancel.venue_client_id) == ("cancel", moved.venue_client_id)
     assert oms.state.positions[next(iter(oms.state.positions))].qty == 0.0
+
+
+def in_place_manager() -> OrderManager:
+    """The order manager for a venue whose protective legs are amended in place."""
+    gateways = frozenset({"bin"})
+    venue = GatewayVenue(gateways, PaperVenue(PaperVenueConfig()), in_place=gateways)
+    return OrderManager(venue)
+
+
+def test_an_in_place_venue_moves_a_stop_on_the_same_leg_and_keeps_it_on_a_refusal() -> None:
+    oms = in_place_manager()
+    stop = _protected(oms)
+    moved = _move_stop(oms, 97.0)
+    # One amendment of the same leg: no cancel, no new client id.
+    assert (moved.venue_client_id, moved.replaces) == (stop.venue_client_id,) * 2
+    taken = answer(moved, "accepted", T0 + 5 * NS, source="amend", venue_order_id="7001")
+    (live,) = reports(oms.decide(taken, T0 + 5 * NS))  # the order's leg is live again
+    assert (live.client_order_id, live.status) == ("e1.sl", "accepted")
+    assert oms.venue.working_leg("e1.sl").stop_price == 97.0
+    again = _move_stop(oms, 98.0)
+    assert again.venue_client_id == stop.venue_client_id and again.stop_price == 98.0
+    why = "EOrder:Invalid price"
+    refused = answer(again, "rejected", T0 + 6 * NS, source="amend", reason=why)
+    out = list(oms.decide(refused, T0 + 6 * NS))
+    assert [r.status for r in reports(out)] == ["accepted"] and legs(out) == []
+    assert not [e for e in out if isinstance(e, SystemStatus)]  # no market close
+    (alert,) = [e for e in out if isinstance(e, RiskAlert)]
+    assert (alert.rule, alert.action) == ("stop_amend_refused", "keep_stop")
+    assert why in alert.detail and "at 97 keeps" in alert.detail
+    assert oms.state.orders["e1.sl"].stop_price == 97.0  # the trigger the venue has
+    assert oms.venue.working_leg("e1.sl").stop_price == 97.0
+    hit = answer(stop, "fill", T0 + 7 * NS, trade_id="t2", fill_qty=2.0, fill_price=97.0)
+    filled = [r for r in reports(oms.decide(hit, T0 + 7 * NS)) if r.client_order_id == "e1.sl"]
+    assert [(r.status, r.fill_price) for r in filled] == [("filled", 97.0)]
+
+
+def test_an_unknown_in_place_amendment_waits_for_the_venues_word() -> None:
+    oms = in_place_manager()
+    stop = _protected(oms)
+    moved = _move_stop(oms, 97.0)
+    lost = answer(moved, "unknown", T0 + 5 * NS, source="amend", reason="timeout")
+    assert list(oms.decide(lost, T0 + 5 * NS)) == []
+    assert oms.state.orders["e1.sl"].stop_price == 97.0
+    again = _move_stop(oms, 98.0)  # the next move before the answer: in place too
+    assert (again.venue_client_id, again.stop_price) == (stop.venue_client_id, 98.0)
+    snap = oms.snapshot()  # a restart in between keeps the pending amendments
+    oms = in_place_manager()
+    oms.restore(snap)
+    for n, sent in enumerate((moved, again)):
+        ts = T0 + (9 + n) * NS
+        settled = answer(sent, "accepted", ts, source="amend", venue_order_id="7001")
+        assert [r.status for r in reports(oms.decide(settled, ts))] == ["accepted"]
+    assert oms.venue.working_leg("e1.sl").stop_price == 98.0
+    assert oms.venue.state.amending == {}
+    assert oms.venue.working_leg("e1.sl").venue_client_id == stop.venue_client_id

@@ -47,12 +47,22 @@ class Leg(msgspec.Struct):
     venue_qty: float = 0.0  # the quantity the exchange took (its lot precision), 0 = unknown
 
 
+class Amending(msgspec.Struct):
+    """A leg amended in place: the values the venue confirmed, and the amendments sent
+    since, answered in the order they were sent (the gateway sends them one at a time)."""
+
+    confirmed: VenueOrder
+    pending: list[VenueOrder] = msgspec.field(default_factory=list)
+
+
 class GatewayVenueState(msgspec.Struct):
     legs: dict[str, Leg] = msgspec.field(default_factory=dict)  # client_order_id -> leg
     owner: dict[str, str] = msgspec.field(default_factory=dict)  # venue client id -> order
     numbers: dict[str, int] = msgspec.field(default_factory=dict)  # order -> legs so far
     replaced: dict[str, Leg] = msgspec.field(default_factory=dict)
     """Legs an amendment replaced, by venue client id, until the venue says they ended."""
+    amending: dict[str, Amending] = msgspec.field(default_factory=dict)
+    """Legs amended in place, by venue client id, until the venue answered each amendment."""
 
 
 class _Snapshot(msgspec.Struct):
@@ -80,8 +90,13 @@ def _plain(_: str) -> LegRole | None:
 class GatewayVenue:
     """Routes each event by venue: gateway venues here, the rest to ``paper``."""
 
-    def __init__(self, gateways: frozenset[str], paper: Venue) -> None:
+    def __init__(
+        self, gateways: frozenset[str], paper: Venue, in_place: frozenset[str] = frozenset()
+    ) -> None:
+        """``in_place``: the gateway venues whose protective legs are amended in place
+        (``services/venues/gateway/config.py`` ``amends_in_place``: Kraken spot)."""
         self.gateways = gateways
+        self.in_place = in_place
         self.paper = paper
         self.state = GatewayVenueState()
         self._outgoing: list[VenueOrder] = []
@@ -150,9 +165,12 @@ class GatewayVenue:
                 msgspec.structs.replace(leg.order, ts=now, action="cancel", replaces="")
             )
             return []
+        role = self._roles(oid) or _PLAIN
+        previous = st.legs.get(oid)
+        if previous is not None and self._amends_in_place(previous, cmd, role):
+            return self._amend_in_place(previous, cmd, now)
         number = st.numbers.get(oid, -1) + 1
         st.numbers[oid] = number
-        role = self._roles(oid) or _PLAIN
         order = VenueOrder(
             ts=now,
             action="new",
@@ -170,7 +188,6 @@ class GatewayVenue:
             reduce_only=role.reduce_only,
             protective=role.protective,
         )
-        previous = st.legs.get(oid)
         if previous is not None:
             st.owner.pop(previous.order.venue_client_id, None)
             if not previous.done:
@@ -179,6 +196,73 @@ class GatewayVenue:
         st.owner[order.venue_client_id] = oid
         self._outgoing.append(order)
         return []
+
+    def _amends_in_place(self, previous: Leg, cmd: OrderCommand, role: LegRole) -> bool:
+        """Whether this new leg of an order is an in-place amendment of its working one: a
+        protective leg the venue acknowledged, unfilled, of the same type, whose cancel was
+        just decided (the cancel-and-place the order manager makes of every move), or whose
+        last amendment in place is not answered yet (the order manager holds its leg as not
+        live until then, so it decided no cancel)."""
+        old = previous.order
+        return (
+            cmd.venue in self.in_place
+            and role.protective
+            and old.protective
+            and previous.acked
+            and not previous.done
+            and previous.cum_qty == 0.0
+            and old.order_type == cmd.order_type
+            and old.side == cmd.side
+            and (
+                self._pending_cancel(old.venue_client_id) is not None
+                or old.venue_client_id in self.state.amending
+            )
+        )
+
+    def _pending_cancel(self, vcid: str) -> int | None:
+        for at, order in enumerate(self._outgoing):
+            if order.action == "cancel" and order.venue_client_id == vcid:
+                return at
+        return None
+
+    def _amend_in_place(self, previous: Leg, cmd: OrderCommand, now: int) -> list[Event]:
+        """The decided cancel becomes one ``amend`` of the same leg (``replaces`` = its own
+        client id) carrying the new values; the venue's answer to it is about this leg."""
+        old = previous.order
+        at = self._pending_cancel(old.venue_client_id)
+        if at is not None:
+            del self._outgoing[at]
+        order = msgspec.structs.replace(
+            old,
+            ts=now,
+            action="amend",
+            replaces=old.venue_client_id,
+            qty=cmd.qty,
+            limit_price=cmd.limit_price,
+            stop_price=cmd.stop_price,
+            time_in_force=cmd.time_in_force,
+        )
+        amending = self.state.amending.setdefault(old.venue_client_id, Amending(old))
+        amending.pending.append(order)
+        previous.order = order
+        self._outgoing.append(order)
+        return []
+
+    def _amend_answered(self, leg: Leg, answer: VenueAnswer) -> None:
+        """The venue's word on the oldest amendment in place of ``leg``: taken (its values
+        are confirmed) or refused (the leg keeps the last confirmed values once no other
+        amendment is pending)."""
+        vcid = leg.order.venue_client_id
+        amending = self.state.amending.get(vcid)
+        if amending is None or not amending.pending:
+            return
+        sent = amending.pending.pop(0)
+        if answer.kind == "accepted":
+            amending.confirmed = sent
+        if not amending.pending:
+            del self.state.amending[vcid]
+            if answer.kind == "rejected":
+                leg.order = msgspec.structs.replace(amending.confirmed, ts=sent.ts)
 
     # --- answers --------------------------------------------------------------------------
 
@@ -189,8 +273,12 @@ class GatewayVenue:
         leg = self.state.legs.get(oid) if oid is not None else self._placed_again(answer)
         if leg is None or leg.done:
             return []  # a replaced or finished leg, or not Keel's: the gateway's journal
-        order = leg.order
         kind = answer.kind
+        if answer.source == "amend" and kind in ("accepted", "rejected") and leg.acked:
+            self._amend_answered(leg, answer)
+            # The order's leg works on (with the values the venue says it has): live again.
+            return [self._leg_report(leg, "accepted", answer)]
+        order = leg.order
         if answer.order_qty > 0 and kind != "fill":
             leg.venue_qty = answer.order_qty  # what the exchange says of the order itself
         if kind != "fill" and self._roles(order.client_order_id) is None:
@@ -303,6 +391,7 @@ class GatewayVenue:
         leg.done = True
         st = self.state
         st.owner.pop(leg.order.venue_client_id, None)
+        st.amending.pop(leg.order.venue_client_id, None)
         oid = leg.order.client_order_id
         st.legs.pop(oid, None)
         for vcid in [v for v, old in st.replaced.items() if old.order.client_order_id == oid]:

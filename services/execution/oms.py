@@ -214,11 +214,12 @@ class OrderManager(Brackets):
         return out
 
     def _stop_kept(self, rec: Order, answer: VenueAnswer) -> list[Event]:
-        """The venue refused an amended stop's new leg and the order still works through
-        another leg: that leg's trigger is the order's again."""
+        """The venue refused an amended stop (its new leg, or the amendment of the leg in
+        place) and the order still works through a leg with another trigger: that trigger is
+        the order's again."""
         kept = self._working_leg(rec.cmd.client_order_id) if self._working_leg else None
-        if kept is None or kept.venue_client_id == answer.venue_client_id:
-            return []
+        if kept is None or kept.stop_price == rec.stop_price:
+            return []  # no other stop works for the order, or it is the one refused
         refused = number_text(rec.stop_price) if rec.stop_price is not None else "?"
         rec.stop_price = kept.stop_price
         group = self.state.groups.get(rec.group)

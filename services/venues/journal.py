@@ -107,6 +107,8 @@ class Leg(msgspec.Struct, kw_only=True):
     reported_missing: bool = False
     last_ts: int = 0
     reason: str = ""
+    before: VenueOrder | None = None
+    """The values the exchange has while an amendment of the leg in place is unanswered."""
 
     @property
     def venue_client_id(self) -> str:
@@ -240,6 +242,7 @@ class VenueJournal:
             return
         if leg is not None:
             if order.action == "amend" and leg.state != "done":
+                leg.before = leg.before or leg.order
                 leg.order = order
                 leg.last_ts = max(leg.last_ts, order.ts)
             return
@@ -267,6 +270,10 @@ class VenueJournal:
             state.by_venue_id[answer.venue_order_id] = leg.venue_client_id
         leg.cum_qty = max(leg.cum_qty, answer.cum_qty)
         kind = answer.kind
+        if answer.source == "amend" and leg.before is not None and kind != "unknown":
+            if kind == "rejected":
+                leg.order = leg.before  # a refused amendment: the order keeps its values
+            leg.before = None
         if answer.source == "query" or (answer.source == "reconcile" and kind != "fill"):
             self._query(leg, Query(answer.ts, found=kind not in ("unknown", "missing")))
         if kind == "fill":

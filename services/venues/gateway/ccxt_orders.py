@@ -228,6 +228,47 @@ class OrderCalls:
         placed = exchange.parse_order(got.get("newOrderResponse") or {}, market)
         return canceled, placed
 
+    async def edit(self, leg: VenueOrder) -> dict[str, Any]:
+        """Kraken spot ``AmendOrder``: the open order of ``leg``'s client id keeps its id and
+        gets ``leg``'s quantity, limit and trigger (``stopLossPrice`` -> ``trigger_price``).
+        The answer is only an ``amend_id``, never the order's state. Other exchanges refuse
+        (``NotSupported``, an ``ExchangeError``: the order keeps its values)."""
+        if self.id != "kraken":
+            raise ccxt.NotSupported(f"{self.id} does not amend orders in place")
+        kind = "limit" if leg.order_type in ("limit", "stop_limit") else "market"
+        params: dict[str, Any] = {"clientOrderId": leg.venue_client_id}
+        if leg.stop_price is not None:
+            params["stopLossPrice"] = leg.stop_price
+        return await self.call(
+            lambda: self.exchange.edit_order(
+                None, leg.symbol, kind, leg.side, leg.qty, leg.limit_price, params
+            )
+        )
+
+    def carries(self, order: Mapping[str, Any], leg: VenueOrder) -> bool:
+        """Whether the exchange's ``order`` already has ``leg``'s quantity, limit and trigger
+        (to the market's precision; Kraken names a stop's trigger ``stopLossPrice``): an
+        amendment of it would change nothing."""
+        exchange = self.exchange
+
+        def same(have: Any, want: float | None, to: Callable[[str, float], str]) -> bool:
+            if want is None:
+                return True
+            return have is not None and float(have) == float(to(leg.symbol, want))
+
+        return (
+            same(order.get("amount"), leg.qty, exchange.amount_to_precision)
+            and same(
+                order.get("stopLossPrice") or order.get("triggerPrice"),
+                leg.stop_price,
+                exchange.price_to_precision,
+            )
+            and (
+                leg.order_type not in ("limit", "stop_limit")
+                or same(order.get("price"), leg.limit_price, exchange.price_to_precision)
+            )
+        )
+
     async def cancel(self, leg: VenueOrder, venue_order_id: str) -> dict[str, Any]:
         """Cancel by client id where the exchange takes one, else by the exchange's id."""
         params = self._query_params(leg)

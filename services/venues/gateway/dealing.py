@@ -212,8 +212,14 @@ class Dealer:
         (a contract market's, a Bybit conditional order) is placed before the old one is
         canceled; on spot otherwise (each order locks what it sells) Binance replaces it in
         one request, other venues cancel it and place the new one as soon as the cancel is
-        confirmed. An entry is canceled first (never two live entries)."""
+        confirmed. An entry is canceled first (never two live entries). An amendment of a
+        leg in place (``replaces`` = its own client id: Kraken spot's stops) edits the one
+        order on the exchange, so no moment passes without it."""
         async with self.lock:
+            if new.order.replaces == new.order.venue_client_id:
+                if not self.book.handled(cause.event_id):
+                    await self._edit(new, cause)
+                return
             if old is None or not old.open:
                 await self._place(new)
                 return
@@ -233,6 +239,66 @@ class Dealer:
                 await self._refuse(new, "the replaced leg filled")
             else:
                 await self._place(new)
+
+    async def _edit(self, leg: Leg, cause: Envelope) -> None:
+        """One in-place amendment (Kraken ``AmendOrder``), answered as ``amend`` on the same
+        leg: ``accepted`` with the new values (the exchange's answer carries no state), its
+        refusal ``rejected`` (the order keeps its values), a lost answer ``unknown`` (a
+        query tells which values the order has: ``_settle_amend``)."""
+        if not leg.open:
+            now = self.clock.now_ns()
+            reason = "the order is no longer open: " + leg.state
+            await self.record(
+                base_answer(leg.order, "rejected", "amend", now, reason=reason), cause
+            )
+            return
+        try:
+            await self.calls.edit(leg.order)
+        except Exception as exc:
+            await self.failed(leg, exc, "amend", cause)
+            return
+        await self._amended(leg, cause)
+
+    async def _amended(self, leg: Leg, cause: Envelope) -> None:
+        answer = base_answer(
+            leg.order,
+            "accepted",
+            "amend",
+            self.clock.now_ns(),
+            venue_order_id=leg.venue_order_id,
+            cum_qty=leg.cum_qty,
+        )
+        await self.record(answer, cause)
+
+    async def _settle_amend(self, leg: Leg, pending: Envelope) -> None:
+        """An in-place amendment with no answer (a timeout, or the gateway stopped before
+        the exchange answered): once its request is surely over, a query by client id says
+        whether the order already carries the new values (then it is ``accepted``); else it
+        is sent again (the same values: doing it twice changes nothing)."""
+        now = self.clock.now_ns()
+        if now - pending.event_time < self.rule.offset_ns(1):
+            return
+        try:
+            found = await self.calls.find(leg.order)
+        except Exception as exc:
+            log.warning(
+                "query %s failed: %s",
+                leg.order.venue_client_id,
+                exchange_reason(exc, self.redactor, self.calls.id),
+            )
+            return
+        if found is None:
+            await self.record(self.unknown(leg, "query", "not found by client id"), leg.envelope)
+            return
+        seen = order_answer(found, leg.order, "query", now)
+        if seen.kind != "accepted":
+            await self.order_state(leg, found, "query")
+            return
+        await self.record(seen, leg.envelope)  # found: the journal's doubt is over
+        if self.calls.carries(found, leg.order):
+            await self._amended(leg, pending)
+        else:
+            await self._edit(leg, pending)
 
     async def _refuse(self, leg: Leg, reason: str) -> None:
         answer = base_answer(leg.order, "rejected", "amend", self.clock.now_ns(), reason=reason)
@@ -325,6 +391,9 @@ class Dealer:
         query, resubmit with the same id, or give up (``missing``); a cancel not yet
         confirmed is asked again once a query shows the order still open."""
         async with self.lock:
+            if leg.amend is not None and leg.open and leg.state == "working":
+                await self._settle_amend(leg, leg.amend)
+                return
             known = self.journal.leg(leg.order.venue_client_id)
             if known is None or not known.in_doubt():
                 await self._settle_cancel(leg)

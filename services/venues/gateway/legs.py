@@ -37,6 +37,10 @@ class Leg(msgspec.Struct):
     """The protective leg placed in its place: its cancel waits until that one works."""
     cancel_queried_ns: int = 0
     cancel_misses: int = 0
+    amend: Envelope | None = None
+    """An in-place amendment asked and not yet answered (accepted or refused)."""
+    before: VenueOrder | None = None
+    """The order's values before its pending in-place amendment: what a refusal leaves."""
 
     @property
     def open(self) -> bool:
@@ -52,6 +56,8 @@ class LegBook:
     def order(self, order: VenueOrder, envelope: Envelope, seq: int) -> Leg | None:
         """Record a ``VenueOrder``; the leg it is about (None for a cancel of a leg never
         seen)."""
+        if order.action == "amend" and order.replaces == order.venue_client_id:
+            return self._in_place(order, envelope)
         if order.action == "new" or order.action == "amend":
             leg = self.legs.get(order.venue_client_id)
             if leg is None:
@@ -67,6 +73,28 @@ class LegBook:
             leg.cancel = envelope
         return leg
 
+    def _in_place(self, order: VenueOrder, envelope: Envelope) -> Leg | None:
+        """An amendment of a leg in place (``replaces`` = its own client id): the leg takes
+        the new values now, keeping the ones the exchange has until it answers."""
+        leg = self.legs.get(order.venue_client_id)
+        if leg is None or (leg.amend is not None and leg.amend.event_id == envelope.event_id):
+            return leg
+        if leg.open:
+            leg.before = leg.before or leg.order
+            leg.order, leg.amend = order, envelope
+        return leg
+
+    def _amend_answer(self, leg: Leg, answer: VenueAnswer, envelope: Envelope) -> None:
+        """The exchange's word on the pending in-place amendment: taken, or refused (the
+        order keeps the values it had)."""
+        pending = leg.amend
+        if pending is None or envelope.causation_id != pending.event_id:
+            return
+        if answer.kind == "rejected" and leg.before is not None:
+            leg.order = leg.before
+        if answer.kind in ("accepted", "rejected"):
+            leg.amend = leg.before = None
+
     def answer(self, answer: VenueAnswer, envelope: Envelope) -> None:
         if answer.source in ACTIONS:  # the order's own answer (a query's is not)
             self.answered.add(envelope.causation_id)
@@ -77,6 +105,8 @@ class LegBook:
             leg.venue_order_id = leg.venue_order_id or answer.venue_order_id
             self.by_venue_id.setdefault(answer.venue_order_id, answer.venue_client_id)
         leg.cum_qty = max(leg.cum_qty, answer.cum_qty)
+        if answer.source == "amend":
+            self._amend_answer(leg, answer, envelope)
         kind = answer.kind
         if kind == "fill":
             if answer.trade_id not in leg.trades:
@@ -87,6 +117,7 @@ class LegBook:
                 leg.state = "working"
             if leg.filled >= leg.order.qty * (1 - 1e-9):
                 leg.state, leg.cancel = "done", None
+                leg.amend = leg.before = None
             return
         if kind == "accepted":
             if leg.state != "done":
@@ -100,6 +131,7 @@ class LegBook:
             leg.cancel = None  # the request was refused, not the order
         elif kind in DONE_KINDS:
             leg.state, leg.cancel = "done", None
+            leg.amend = leg.before = None
             if kind in ("rejected", "missing"):
                 self._keep_replaced(leg)
 
@@ -134,12 +166,14 @@ class LegBook:
     def unsettled(self, journal: VenueJournal) -> list[Leg]:
         """Legs whose fate a query must settle: in doubt in the journal (a timeout, a
         restart, a miss) once the gateway has answered their order at least once (one not
-        yet answered is being sent right now), or with a cancel asked and not confirmed."""
+        yet answered is being sent right now), or with a cancel or in-place amendment asked
+        and not confirmed."""
         out = []
         for leg in self.legs.values():
             known = journal.leg(leg.order.venue_client_id)
             doubt = known is not None and known.in_doubt() and self.handled(leg.envelope.event_id)
-            if doubt or (leg.open and leg.cancel is not None and not self._bare(leg)):
+            pending = leg.open and (leg.amend is not None or leg.cancel is not None)
+            if doubt or (pending and not self._bare(leg)):
                 out.append(leg)
         return out
 
