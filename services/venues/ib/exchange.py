@@ -346,7 +346,10 @@ class IbExchange:
     def _on_status(self, trade: Trade) -> None:
         self._status_news.set()
         answer = order_dict(trade, self.specs)
-        if answer["symbol"] is not None and answer["clientOrderId"]:
+        # A status before IB gave the order its permId says nothing new (and the stream
+        # tells orders apart by id), except a refusal, which never gets one.
+        said = answer["id"] or answer["status"] == "rejected"
+        if answer["symbol"] is not None and answer["clientOrderId"] and said:
             self._orders.append(answer)
             self._order_news.set()
 
