@@ -45,7 +45,7 @@ def filled(e: RiskEngine, out: list, price: float) -> OrderCommand:
 
 
 def test_rails_are_an_ordered_tuple_of_the_configured_checks() -> None:
-    assert engine().rules == ("kill", "halt", "stale_data")
+    assert engine().rules == ("kill", "halt", "stale_data", "stale_signal")
     everything = engine(
         denied_symbols=("X/Y",),
         allowed_symbols=(BTC,),
@@ -66,6 +66,7 @@ def test_rails_are_an_ordered_tuple_of_the_configured_checks() -> None:
         "denylist",
         "allowlist",
         "stale_data",
+        "stale_signal",
         "soft",
         "strategy_rate",
         "venue_rate",
@@ -112,7 +113,10 @@ def test_symbol_exposure_cap_counts_positions_and_working_across_strategies() ->
     # the price rises: 10 held at 150 = 1500; a reduction still goes through
     e.decide(bar(150.0, ts=T0 + MINUTE), T0 + MINUTE)
     order_of(e.decide(sig(3.0, strategy="a", ts=T0 + MINUTE), T0 + MINUTE))
-    assert "exposure" in rejection(e.decide(sig(side="buy", size=0.5), T0 + MINUTE)).rule
+    assert (
+        "exposure"
+        in rejection(e.decide(sig(side="buy", size=0.5, ts=T0 + MINUTE), T0 + MINUTE)).rule
+    )
 
 
 def test_venue_and_total_exposure_caps() -> None:
@@ -192,8 +196,9 @@ def test_correlation_cap_rejects_a_correlated_entry_on_the_same_side() -> None:
 def test_correlation_needs_min_periods_of_common_bars() -> None:
     e = engine(correlation=CorrelationConfig(max=0.5, window=20, min_periods=10))
     correlated_history(e, n=10)  # 9 returns each
-    filled(e, e.decide(sig(1.0), T0), 100.0)
-    order_of(e.decide(sig(1.0, symbol=ETH), T0))
+    now = T0 + 9 * MINUTE  # the last bar's
+    filled(e, e.decide(sig(1.0, ts=now), now), 100.0)
+    order_of(e.decide(sig(1.0, symbol=ETH, ts=now), now))
 
 
 # --- kill switch and statuses -----------------------------------------------------------------
@@ -392,4 +397,4 @@ def test_a_snapshot_of_another_layout_does_not_restore() -> None:
         with pytest.raises(msgspec.DecodeError):
             e.restore(data)
         assert e.snapshot() == before
-    assert RiskEngine.snapshot_version == 2
+    assert RiskEngine.snapshot_version == 3

@@ -171,7 +171,7 @@ def test_max_order_notional_above_limit_names_both_numbers() -> None:
     order = order_of(engine.decide(sig(3.0, ts=T0 + 1), NOW))
     assert order.qty == 3.0
     engine.decide(bar(600.0, ts=T0 + MINUTE), NOW)
-    assert rejection(engine.decide(sig(5.0, ts=T0 + 2), NOW)).rule == "max_order_notional"
+    assert rejection(engine.decide(sig(5.0, ts=T0 + MINUTE), NOW)).rule == "max_order_notional"
 
 
 def test_max_position_counts_all_strategies_and_working_orders() -> None:

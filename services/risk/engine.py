@@ -52,7 +52,7 @@ from services.risk.status import StatusBoard
 
 
 class RiskEngine:
-    snapshot_version: ClassVar[int] = 2
+    snapshot_version: ClassVar[int] = 3
 
     def __init__(
         self,
@@ -93,6 +93,7 @@ class RiskEngine:
         keys = KeyTable(
             (
                 *state.prices,
+                *state.bar_times,
                 *state.instruments,
                 *state.net,
                 *state.orders,
@@ -185,7 +186,10 @@ class RiskEngine:
                 market = self._markets[event.venue][event.symbol]
             except KeyError:
                 market = self._market(event.venue, event.symbol)
-            self.state.prices[market] = event.close
+            state = self.state
+            state.prices[market] = event.close
+            if event.ts > state.bar_times.get(market, 0):
+                state.bar_times[market] = event.ts
             return []
         breaker = self._breaker
         out: list[Event] = []
@@ -230,7 +234,10 @@ class RiskEngine:
             market = self._markets[bar.venue][bar.symbol]
         except KeyError:
             market = self._market(bar.venue, bar.symbol)
-        self.state.prices[market] = bar.close
+        state = self.state
+        state.prices[market] = bar.close
+        if bar.ts > state.bar_times.get(market, 0):
+            state.bar_times[market] = bar.ts
         if self._returns is not None:
             self._returns.record(market, bar)
         if self._depegs:

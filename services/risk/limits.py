@@ -24,6 +24,13 @@ Positive = Annotated[float, Meta(gt=0)]
 NonNegative = Annotated[float, Meta(ge=0)]
 Percent = Annotated[float, Meta(gt=0, le=100)]
 Count = Annotated[int, Meta(ge=1)]
+Duration = Annotated[
+    str,
+    Meta(
+        pattern=r"^[0-9]+(\.[0-9]+)?(ms|s|m|h|d|w)$",
+        description="a duration: 250ms, 90s, 5m, 6h, 1d or 2w",
+    ),
+]
 
 
 def _finite(owner: msgspec.Struct, *names: str) -> None:
@@ -107,8 +114,12 @@ class RiskLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     only for a margin account; perpetuals always may."""
     breaker: BreakerConfig | None = None
     correlation: CorrelationConfig | None = None
+    max_signal_lag: Duration = "0s"
+    """How much older than the market's latest bar a signal's bar may be for an entry
+    (the ``stale_signal`` rail); ``0s``: none newer may have been seen."""
 
     def __post_init__(self) -> None:
+        duration_ns(self.max_signal_lag, "max_signal_lag")
         _finite(
             self,
             "min_order_notional",
@@ -141,6 +152,10 @@ class RiskLimits(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
             if s is not None and h is not None and (s <= h if above else s >= h):
                 relation = "above" if above else "below"
                 raise ValueError(f"{soft} ({s:g}) must be {relation} {hard} ({h:g})")
+
+    @property
+    def max_signal_lag_ns(self) -> int:
+        return duration_ns(self.max_signal_lag, "max_signal_lag")
 
     @property
     def equity_rails(self) -> bool:

@@ -18,7 +18,7 @@ from services.risk.book import EPS, Book
 from services.risk.breaker import VenueBreaker
 from services.risk.correlation import Correlations
 from services.risk.feed_guard import RULE as STALE_DATA
-from services.risk.feed_guard import describe
+from services.risk.feed_guard import describe, iso
 from services.risk.guards import Funding
 from services.risk.limits import CorrelationConfig, RiskLimits
 from services.risk.state import RiskState
@@ -94,6 +94,7 @@ def compile_rails(
     if breaker is not None:
         rails.append(("breaker", venue_breaker(breaker)))
     rails.append(("stale_data", stale_data(state)))
+    rails.append(("stale_signal", stale_signal(state, lim.max_signal_lag, lim.max_signal_lag_ns)))
     if lim.equity_rails:
         rails.append(("soft", soft(status)))
     if depeg:
@@ -204,6 +205,28 @@ def stale_data(state: RiskState) -> Check:
             return None
         symbol, venue = c.signal.symbol, c.signal.venue
         return STALE_DATA, f"entries in {symbol} on {venue} blocked: {describe(block)}"
+
+    return check
+
+
+def stale_signal(state: RiskState, text: str, lag: int) -> Check:
+    """A signal carries the close time of the bar it was computed on; once risk has seen a
+    bar of the market closing more than ``lag`` later, the signal's stop and target belong
+    to a price that is gone: entries from it are refused, exits pass."""
+    times = state.bar_times
+
+    def check(c: OrderContext) -> Breach:
+        if not c.increases:
+            return None
+        latest = times.get(c.market)
+        signal = c.signal
+        if latest is None or latest - signal.ts <= lag:
+            return None
+        return (
+            "stale_signal",
+            f"signal on the {signal.symbol} bar of {iso(signal.ts)}: a bar of {iso(latest)} "
+            f"was seen, {(latest - signal.ts) / 1e9:g}s later (max_signal_lag {text})",
+        )
 
     return check
 

@@ -78,6 +78,8 @@ class RiskState(msgspec.Struct, forbid_unknown_fields=True):
     working: dict[str, Working] = msgspec.field(default_factory=dict)
     """by client order id"""
     prices: dict[InstrumentId, float] = msgspec.field(default_factory=dict)
+    bar_times: dict[InstrumentId, int] = msgspec.field(default_factory=dict)
+    """the latest close time of any bar seen per market (the stale-signal rail)"""
     orders: dict[BookId, int] = msgspec.field(default_factory=dict)
     """orders placed per book: the last part of their client order ids"""
     net: dict[InstrumentId, float] = msgspec.field(default_factory=dict)
