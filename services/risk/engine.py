@@ -109,6 +109,7 @@ class RiskEngine:
             if market not in state.instruments:
                 state.instruments[market] = self._info(spec)
         self._quotes: dict[InstrumentId, tuple[str, str, bool]] = {}
+        self._prices, self._bar_times = state.prices, state.bar_times
         self._status = StatusBoard(state)
         self._book = Book(state)
         self._equity = EquityRails(lim, state, self._status, self._book)
@@ -186,10 +187,10 @@ class RiskEngine:
                 market = self._markets[event.venue][event.symbol]
             except KeyError:
                 market = self._market(event.venue, event.symbol)
-            state = self.state
-            state.prices[market] = event.close
-            if event.ts > state.bar_times.get(market, 0):
-                state.bar_times[market] = event.ts
+            self._prices[market] = event.close
+            ts, times = event.ts, self._bar_times
+            if ts > times.get(market, 0):
+                times[market] = ts
             return []
         breaker = self._breaker
         out: list[Event] = []
@@ -234,10 +235,10 @@ class RiskEngine:
             market = self._markets[bar.venue][bar.symbol]
         except KeyError:
             market = self._market(bar.venue, bar.symbol)
-        state = self.state
-        state.prices[market] = bar.close
-        if bar.ts > state.bar_times.get(market, 0):
-            state.bar_times[market] = bar.ts
+        self._prices[market] = bar.close
+        ts, times = bar.ts, self._bar_times
+        if ts > times.get(market, 0):
+            times[market] = ts
         if self._returns is not None:
             self._returns.record(market, bar)
         if self._depegs:
