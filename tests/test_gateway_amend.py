@@ -4,18 +4,22 @@ last trigger, with the position never left to a refusal. A spot account here hol
 position, so each plain sell leg locks all of it (the case that forbids placing the new stop
 first on Kraken spot); Binance spot swaps the stop in one ``order/cancelReplace`` request;
 Bybit's conditional orders hold nothing until they trigger, so there (spot too) and on the
-perpetuals the new stop is on the exchange before the old one is canceled.
+perpetuals the new stop is on the exchange before the old one is canceled; Kraken spot edits
+the one stop in place (``AmendOrder``: same order, same client id), so it never leaves.
 """
 
 from __future__ import annotations
 
+import asyncio
 import itertools
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from pathlib import Path
 
+import msgspec
 import pytest
 
+from contracts.envelope import Envelope, content_id
 from contracts.venue_events import VenueAnswer, VenueOrder
 from eventstore.bus import Bus
 from services.venues.client_ids import venue_client_id
@@ -23,9 +27,10 @@ from tests.fakes.clock import ScaledClock
 from tests.fakes.core import start_fake
 from tests.fakes.ledger import DEFAULT_QUOTE_BALANCE
 from tests.fakes.prices import default_symbols
-from tests.test_gateway import KEY, RATE, VENUE, Harness, secret_for
+from tests.test_gateway import CONFIG, KEY, RATE, VENUE, Harness, secret_for
 
 EXCHANGES = ["binance", "binanceusdm", "bybit", "kraken", "krakenfutures"]
+NEW_LEG = [e for e in EXCHANGES if e != "kraken"]  # Kraken spot amends in place
 NEW_FIRST = ("binanceusdm", "bybit", "krakenfutures")
 QTY = 0.01
 
@@ -83,7 +88,7 @@ def _open_stops(h: Harness) -> list:
     return [o for o in h.fake.account.orders(include_hidden=True) if o.is_open and o.stop_price]
 
 
-@pytest.mark.parametrize("held", EXCHANGES, indirect=True)
+@pytest.mark.parametrize("held", NEW_LEG, indirect=True)
 async def test_a_trailing_stop_moved_twice_leaves_one_stop_at_the_last_trigger(
     held: Harness,
 ) -> None:
@@ -107,8 +112,6 @@ async def test_a_trailing_stop_moved_twice_leaves_one_stop_at_the_last_trigger(
         (placed,) = h.exchange_orders(new.venue_client_id)
         if h.fake.exchange_id in NEW_FIRST:  # both stops on the exchange for a moment
             assert placed.created_ns < gone.updated_ns
-        elif h.fake.exchange_id == "kraken":  # the cancel confirmed before the place
-            assert placed.created_ns > gone.updated_ns
     if h.fake.exchange_id == "binance":  # each move one request, nothing placed besides
         assert h.fake.requests["/api/v3/order/cancelReplace"] == 2
         assert h.fake.requests["/api/v3/order"] == 1
@@ -133,6 +136,125 @@ async def _refused_move(h: Harness, stop: VenueOrder) -> None:
     (left,) = _open_stops(h)
     assert left.client_id == stop.venue_client_id
     assert not [a for a in await h.answers(stop.venue_client_id) if _canceled(a)]
+
+
+def _in_place(h: Harness, stop: VenueOrder, trigger: float, qty: float = QTY) -> VenueOrder:
+    """The order manager's in-place amendment: the same leg, ``replaces`` = itself."""
+    return VenueOrder(ts=h.clock.now_ns(), action="amend", client_order_id="sl",
+                      venue_client_id=stop.venue_client_id, replaces=stop.venue_client_id,
+                      strategy="s1", venue=VENUE, symbol=h.symbol, side="sell", qty=qty,
+                      order_type="stop", stop_price=trigger, reduce_only=True,
+                      protective=True)  # fmt: skip
+
+
+async def _publish(h: Harness, order: VenueOrder) -> None:
+    event_id = content_id("test-order", order.venue_client_id, order.action, order.ts)
+    await h.bus.publish(order, Envelope.root(event_id, order.ts))
+
+
+async def _amend_answers(h: Harness, vcid: str, count: int) -> list[VenueAnswer]:
+    """The first ``count`` answers to in-place amendments of ``vcid``, waited for."""
+    deadline = time.monotonic() + 20.0
+    while True:
+        found = [a for a in await h.answers(vcid) if a.source == "amend"]
+        if len(found) >= count:
+            return found
+        assert time.monotonic() < deadline, f"amend answers: {found}"
+        await h.clock.sleep(0.5)
+
+
+@pytest.mark.parametrize("held", ["kraken"], indirect=True)
+async def test_a_kraken_spot_stop_is_amended_in_place_and_never_leaves_the_exchange(
+    held: Harness,
+) -> None:
+    h = held
+    await h.start()
+    bid = h.fake.snapshot(h.symbol).bid
+    triggers = [round(bid * f, 1) for f in (0.5, 0.6, 0.7)]
+    stop = await _position_and_stop(h, triggers[0])
+    (order,) = h.exchange_orders(stop.venue_client_id)
+    for n, trigger in enumerate(triggers[1:], start=1):
+        await _publish(h, _in_place(h, stop, trigger))
+        answers = await _amend_answers(h, stop.venue_client_id, n)
+        assert [a.kind for a in answers] == ["accepted"] * n
+        assert _open_stops(h) == [order] and order.stop_price == trigger  # the same order
+    assert len({a.venue_order_id for a in answers}) == 1  # one exchange order throughout
+    assert h.fake.requests["/0/private/AmendOrder"] == 2
+    assert h.fake.requests["/0/private/CancelOrder"] == 0
+    # A move the exchange refuses (twice the held quantity: the account cannot lock it)
+    # leaves the order as it was: the old trigger protects, nothing is canceled.
+    await _publish(h, _in_place(h, stop, round(bid * 0.8, 1), qty=2 * QTY))
+    *_, refused = await _amend_answers(h, stop.venue_client_id, 3)
+    assert refused.kind == "rejected" and "Insufficient funds" in refused.reason
+    assert _open_stops(h) == [order]
+    assert (order.stop_price, order.qty) == (triggers[-1], QTY)
+    assert [o.status for o in h.exchange_orders(stop.venue_client_id)] == ["new"]
+    kinds = {a.kind for a in await h.answers(stop.venue_client_id)}
+    assert kinds <= {"accepted", "rejected"}, kinds  # never canceled, never in doubt
+    journal = h.gateway.journal.leg(stop.venue_client_id) if h.gateway else None
+    assert journal is not None and journal.order.stop_price == triggers[-1]
+    assert journal.state == "working"
+    await h.stop()
+
+
+@pytest.mark.parametrize("held", ["kraken"], indirect=True)
+async def test_a_lost_kraken_amend_answer_is_settled_by_a_query_and_sent_again_only_if_needed(
+    held: Harness,
+) -> None:
+    """The exchange amended the stop but its answer never came (``unknown``): a query
+    shows the order carries the new trigger, so the amendment is ``accepted`` with no
+    second request. Then an answer lost for a move the order does not carry (its trigger
+    put back on the exchange meanwhile): the amendment is sent again. A query comes 20
+    exchange seconds (2 s here) after the amendment: time to put the trigger back."""
+    h = held
+    await h.start(msgspec.structs.replace(CONFIG, unknown_within_s=40.0))
+    bid = h.fake.snapshot(h.symbol).bid
+    stop = await _position_and_stop(h, round(bid * 0.5, 1))
+    (order,) = h.exchange_orders(stop.venue_client_id)
+    h.fake.account.faults.hang_next = 1
+    await _publish(h, _in_place(h, stop, round(bid * 0.6, 1)))
+    lost, settled = await _amend_answers(h, stop.venue_client_id, 2)
+    assert (lost.kind, settled.kind) == ("unknown", "accepted")
+    assert h.fake.requests["/0/private/AmendOrder"] == 1 and order.stop_price == round(bid * 0.6, 1)
+    h.fake.account.faults.hang_next = 1
+    await _publish(h, _in_place(h, stop, round(bid * 0.7, 1)))
+    await _amend_answers(h, stop.venue_client_id, 3)
+    h.fake.account.amend(client_id=stop.venue_client_id, stop_price=round(bid * 0.6, 1))
+    *_, again = await _amend_answers(h, stop.venue_client_id, 4)
+    assert again.kind == "accepted" and h.fake.requests["/0/private/AmendOrder"] == 3
+    assert _open_stops(h) == [order] and order.stop_price == round(bid * 0.7, 1)
+    assert not [o for o in h.exchange_orders(stop.venue_client_id) if o.status == "canceled"]
+    await h.stop()
+
+
+@pytest.mark.parametrize("held", ["kraken"], indirect=True)
+async def test_a_kraken_amend_unanswered_at_a_crash_is_not_sent_again_when_the_order_has_it(
+    held: Harness,
+) -> None:
+    h = held
+    await h.start()
+    bid = h.fake.snapshot(h.symbol).bid
+    stop = await _position_and_stop(h, round(bid * 0.5, 1))
+    (order,) = h.exchange_orders(stop.venue_client_id)
+    h.fake.account.faults.ack_delay_s = 1.0  # the exchange acts, its answer waits
+    await _publish(h, _in_place(h, stop, round(bid * 0.6, 1)))
+    await until_true(lambda: order.stop_price == round(bid * 0.6, 1), "the exchange amended")
+    await h.stop(hard=True)  # the gateway dies before it hears the answer
+    h.fake.account.faults.ack_delay_s = 0.0
+    assert [a for a in await h.answers(stop.venue_client_id) if a.source == "amend"] == []
+    await h.start()
+    (settled,) = await _amend_answers(h, stop.venue_client_id, 1)
+    assert settled.kind == "accepted"
+    assert h.fake.requests["/0/private/AmendOrder"] == 1  # not sent again
+    assert _open_stops(h) == [order]
+    await h.stop()
+
+
+async def until_true(check: Callable[[], bool], what: str) -> None:
+    deadline = time.monotonic() + 20.0
+    while not check():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        await asyncio.sleep(0.02)
 
 
 @pytest.mark.parametrize("held", ["krakenfutures"], indirect=True)
