@@ -20,7 +20,7 @@ import msgspec
 import pytest
 
 from contracts.envelope import Envelope, content_id
-from contracts.venue_events import VenueAnswer, VenueOrder
+from contracts.venue_events import Discrepancy, VenueAnswer, VenueOrder
 from eventstore.bus import Bus
 from services.venues.client_ids import venue_client_id
 from tests.fakes.clock import ScaledClock
@@ -33,6 +33,7 @@ EXCHANGES = ["binance", "binanceusdm", "bybit", "kraken", "krakenfutures"]
 NEW_LEG = [e for e in EXCHANGES if e != "kraken"]  # Kraken spot amends in place
 NEW_FIRST = ("binanceusdm", "bybit", "krakenfutures")
 QTY = 0.01
+_ORDER_KINDS = ("external_order", "missing_stop", "missing_order")
 
 
 @pytest.fixture
@@ -168,7 +169,7 @@ async def test_a_kraken_spot_stop_is_amended_in_place_and_never_leaves_the_excha
     held: Harness,
 ) -> None:
     h = held
-    await h.start()
+    await h.start(msgspec.structs.replace(CONFIG, reconcile_every_s=2.0))
     bid = h.fake.snapshot(h.symbol).bid
     triggers = [round(bid * f, 1) for f in (0.5, 0.6, 0.7)]
     stop = await _position_and_stop(h, triggers[0])
@@ -194,6 +195,9 @@ async def test_a_kraken_spot_stop_is_amended_in_place_and_never_leaves_the_excha
     journal = h.gateway.journal.leg(stop.venue_client_id) if h.gateway else None
     assert journal is not None and journal.order.stop_price == triggers[-1]
     assert journal.state == "working"
+    await h.clock.sleep(6.0)  # reconciliations every 2 s: the amended order is the same leg
+    found = await h.events(Discrepancy, f"venue.recon.{VENUE}")
+    assert [d for d in found if d.venue_client_id or d.kind in _ORDER_KINDS] == [], found
     await h.stop()
 
 
