@@ -558,3 +558,38 @@ async def test_state_changed_behind_keels_back(monkeypatch: pytest.MonkeyPatch) 
             await ex.fetch_order(stop["id"])
         faults.set_balance("ETH", 3.5)
         assert (await ex.fetch_balance())["ETH"]["total"] == 3.5
+
+
+async def test_amend_moves_a_stop_in_place_and_below_the_filled_quantity_cancels_the_rest(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    async with venue(monkeypatch) as (fake, ex):
+        last = fake.snapshot(BTC).trade.price
+        stop = await ex.create_order(
+            BTC,
+            "market",
+            "sell",
+            0.01,
+            None,
+            {"stopLossPrice": round(last * 0.8, 1), "clientOrderId": "s-1"},
+        )
+        moved = round(last * 0.85, 1)
+        await ex.edit_order(None, BTC, "market", "sell", 0.01, None,
+                            {"stopLossPrice": moved, "clientOrderId": "s-1"})  # fmt: skip
+        (same,) = await ex.fetch_open_orders(BTC, params={"clientOrderId": "s-1"})
+        assert (same["id"], same["stopLossPrice"], same["amount"]) == (stop["id"], moved, 0.01)
+        assert fake.requests["/0/private/CancelOrder"] == 0
+        with pytest.raises(ccxt.ExchangeError, match="Invalid arguments:limit_price"):
+            await ex.privatePostAmendOrder({"cl_ord_id": "s-1", "limit_price": "1"})
+        fake.account.faults.fill_parts = 2
+        buy = await ex.create_order(BTC, "limit", "buy", 0.02, round(last * 1.05, 1),
+                                    {"clientOrderId": "p-1"})  # fmt: skip
+
+        async def part() -> dict[str, Any] | None:
+            order = await ex.fetch_order(buy["id"])
+            return order if 0 < order["filled"] < 0.02 else None
+
+        half = await eventually(part)
+        await ex.edit_order(buy["id"], BTC, "limit", "buy", half["filled"], None)
+        after = await ex.fetch_order(buy["id"])
+        assert (after["status"], after["filled"]) == ("canceled", half["filled"])

@@ -14,8 +14,11 @@ ccxt's calls: ``createOrder`` -> ``AddOrder`` (``cl_ord_id`` from ``clientOrderI
 ``reduce_only=true``, which spot without margin refuses; ``timeinforce``; ``oflags=post``);
 ``cancelOrder`` -> ``CancelOrder`` (``txid`` or ``cl_ord_id``; a finished or unknown order is
 ``EOrder:Unknown order``); ``cancelOrders`` -> ``CancelOrderBatch``; ``cancelAllOrders`` ->
-``CancelAll``; ``editOrder`` -> ``AmendOrder`` (in place; the answer is only an
-``amend_id``, which ccxt reports as the order's id); ``fetchOrder`` -> ``QueryOrders`` (an
+``CancelAll``; ``editOrder`` -> ``AmendOrder`` (in place, by ``txid`` or ``cl_ord_id``:
+``order_qty``, ``limit_price`` of a limit type, ``trigger_price`` of a triggered type; a
+quantity at or below the filled one cancels the rest, as Kraken documents; a trigger already
+crossed fires at once, as on ``AddOrder``; the answer is only an ``amend_id``, which ccxt
+reports as the order's id); ``fetchOrder`` -> ``QueryOrders`` (an
 unknown txid is ``EOrder:Invalid order``; ccxt sends a ``clientOrderId`` as ``userref``, which
 Kraken requires to be an integer: find an order by client id with ``fetchOpenOrders`` /
 ``fetchClosedOrders`` and ``params={"clientOrderId": ...}``, which send ``cl_ord_id``);
@@ -371,6 +374,11 @@ class KrakenPrivate:
         if trigger is not None and order.type not in TRIGGERED_TYPES:
             raise Refusal("EGeneral:Invalid arguments:trigger_price")
         account = self.fake.account
+        if qty is not None and qty <= order.filled + 1e-12:
+            # Kraken: an amendment below the filled quantity cancels what remains.
+            await self.acted("amend", lambda: account.cancel(order_id=order.order_id))
+            self.amends += 1
+            return {"amend_id": txid("T", self.amends, salt=3)}
         await self.acted(
             "amend",
             lambda: account.amend(
