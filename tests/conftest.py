@@ -51,6 +51,7 @@ FLEET_FILES = (
     "test_live_replay.py",
     "test_server_restart.py",
     "test_gateway_e2e.py",
+    "test_ib_up.py",
     "test_up_session.py",
     "test_recorded_venue_replay.py",
     "test_live_session.py",
