@@ -45,9 +45,11 @@ RECONCILE_S = 120.0
 
 
 class RisingPath(PricePath):
-    """Five-second candles on a rise of 0.2 % a minute, every fourth minute down 0.1 %
-    (so RSI stays below 100), counted from ``origin_ns``'s minute and aligned to the
-    minute, so each 1-minute bar rises or dips as a whole."""
+    """Five-second candles on a rise of 0.2 % a minute, every fourth minute down 0.05 %
+    (so RSI stays below 100, and the 2-bar average never meets the 3-bar one: with a dip
+    of half the rise they meet two bars later and the trend follower exits), counted from
+    ``origin_ns``'s minute and aligned to the minute, so each 1-minute bar rises or dips
+    as a whole."""
 
     def __init__(self, origin_ns: int) -> None:
         super().__init__()
@@ -55,8 +57,8 @@ class RisingPath(PricePath):
 
     def _log_level(self, at_ns: int) -> float:
         minutes, into = divmod(at_ns // NS - self.origin * 60, 60)
-        at_minute = minutes * 0.002 - (minutes // 4) * 0.003
-        slope = -0.001 if minutes % 4 == 3 else 0.002
+        at_minute = minutes * 0.002 - (minutes // 4) * 0.0025
+        slope = -0.0005 if minutes % 4 == 3 else 0.002
         return at_minute + slope * into / 60
 
     def candle(self, symbol: str, open_ns: int) -> Candle:
