@@ -16,7 +16,8 @@ request (``order/cancelReplace``, ``replace``) and says which half failed
 cancelled then if the account cannot cover them), so on Bybit spot a bracket's target goes
 out as a conditional take-profit-limit too (``triggerPrice`` = its limit): neither leg holds
 the base, whichever triggers first sells it, and a moved stop is placed before the old one
-is canceled.
+is canceled. Kraken spot moves a stop in place instead (``AmendOrder``, ``edit``): one order,
+never off the exchange; ``carries`` tells whether an order already has a leg's values.
 
 ``classify`` sorts ccxt's exceptions: a refusal (``rejected``, with the exchange's own
 message), an outcome nobody knows (``unknown``: timeouts, dropped connections, 5xx), or a
