@@ -158,6 +158,7 @@ params = {params}
 
 [risk]
 brackets = true
+max_signal_lag = "1h"  # exchange time runs 60x: a bar a second, which five loaded fleets lag
 
 {venue_toml(entry)}
 

@@ -59,6 +59,9 @@ name = "ma_cross"
 symbols = [{listed}]
 params = {{ kind = "sma", fast = 2, slow = 3, mode = "long_short", qty = 1 }}
 
+[risk]
+max_signal_lag = "1d"  # exchange time runs 60x: a bar a second, which a loaded fleet can lag
+
 {venue_toml(entry)}
 """
 

@@ -1075,7 +1075,10 @@ def scenario_roles(tmp_path: Path) -> list[Role]:
     """The hand-made scenario's fleet, as `keel up` builds it, with instance ma_cross (the
     strategy user nats.conf has)."""
     path = tmp_path / "scenario.toml"
-    path.write_text(scenario.CONFIG.replace("{fill}", "next_open").replace('"ma"', '"ma_cross"'))
+    # the bars go out in one burst, not in lockstep: a signal reaches risk after newer bars,
+    # which the stale-signal rail would refuse (docs/risk.md, "Stale signals")
+    config = scenario.CONFIG.replace("{fill}", "next_open").replace('"ma"', '"ma_cross"')
+    path.write_text(config.replace("max_position = 5", 'max_position = 5\nmax_signal_lag = "1d"'))
     return fleet_roles(load_config(path))
 
 

@@ -36,7 +36,7 @@ async def letters(bus: Bus, worker: str) -> list[DeadLetter]:
 
 def signal(strategy: str, target: float) -> Signal:
     return Signal(
-        ts=scenario.T0 + 1,
+        ts=scenario.bars()[0].close_time,  # on the bar risk saw: not stale
         strategy=strategy,
         venue="test",
         symbol="BTC/USDT",

@@ -116,6 +116,8 @@ class Brackets(OrderLifecycle):
             group.stop_loss = price
         oid = group.tp_id if tp else group.sl_id
         rec = st.orders.get(oid) if oid else None
+        if rec is not None and rec.in_flight:
+            return  # sized once its venue answers (the answer syncs the book again)
         if rec is not None and rec.status not in WORKING:
             rec = None
         if not qty or not price:

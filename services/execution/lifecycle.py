@@ -96,6 +96,7 @@ class OrderLifecycle:
             return
         if r.ts > self._clock:
             self._clock = r.ts
+        rec.in_flight = False
         status = r.status
         if status == "accepted":
             rec.venue_order_id = r.venue_order_id
@@ -105,7 +106,7 @@ class OrderLifecycle:
                 out.append(
                     self._report(rec, "accepted", r.ts, reason=self._why) if rec.managed else r
                 )
-                if rec.kind == "order" and st.groups:
+                if st.groups:  # an entry's legs, or a leg sized while it was in flight
                     self._touched[rec.book] = None
             else:  # the new leg of an amendment
                 out.append(self._report(rec, rec.status, r.ts, reason=self._why))
@@ -221,6 +222,9 @@ class OrderLifecycle:
     # --- venue legs -----------------------------------------------------------------------
 
     def _send(self, leg: OrderCommand, out: list[Event], why: str) -> None:
+        rec = self.state.orders.get(leg.client_order_id)
+        if rec is not None:  # a paper venue answers at once; a gateway venue later
+            rec.in_flight = True
         self._why = why
         try:
             self._from_venue(self.venue.decide(leg, self._clock), out)

@@ -64,6 +64,7 @@ class Order(msgspec.Struct):
     trail: Trail | None = None  # a trailing stop order (bracket legs trail through the group)
     expire_at: int = 0
     closing: bool = False  # closes a position (kill switch, a rejected stop): reduce-only
+    in_flight: bool = False  # a leg was sent and its venue has not answered it yet
 
 
 class Group(msgspec.Struct):
