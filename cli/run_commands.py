@@ -124,7 +124,9 @@ def execution(
 ) -> None:
     """The order manager and the paper venue: orders in, execution reports out."""
     settings = load_config_or_exit(config)
-    role = execution_role(settings.execution, settings.orders, settings.gateways)
+    role = execution_role(
+        settings.execution, settings.orders, settings.gateways, settings.in_place_gateways
+    )
     _serve(role, _options(metrics_port, metrics_addr, namespace, rebuild))
 
 

@@ -21,6 +21,7 @@ from services.execution.paper_venue import PaperVenueConfig
 from services.portfolio.config import PortfolioConfig
 from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
 from services.venues.config import VenueConfig
+from services.venues.gateway.config import amends_in_place
 
 
 class StrategyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -82,6 +83,13 @@ class KeelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def gateways(self) -> frozenset[str]:
         """The venues a venue gateway trades (``mode`` other than paper)."""
         return frozenset(v.name for v in self.venues if v.gateway_mode)
+
+    @property
+    def in_place_gateways(self) -> frozenset[str]:
+        """The gateway venues whose protective legs are amended in place (Kraken spot)."""
+        return frozenset(
+            v.name for v in self.venues if v.gateway_mode and amends_in_place(v.exchange, v.gateway)
+        )
 
     def venue(self, name: str) -> VenueConfig | None:
         """The ``[[venues]]`` entry called ``name``; None for the synthetic market or a file."""

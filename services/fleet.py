@@ -147,7 +147,7 @@ def fleet_roles(config: KeelConfig) -> list[Role]:
     return [
         *roles,
         risk_role(config.risk, config.guards, config.sizing, config.instruments),
-        execution_role(config.execution, config.orders, config.gateways),
+        execution_role(config.execution, config.orders, config.gateways, config.in_place_gateways),
         portfolio_role(config.portfolio, config.instruments),
     ]
 

@@ -36,3 +36,28 @@ def test_legs_in_flight_are_resized_after_their_answer_never_doubled() -> None:
     part = answer(amended["e1.tp"], "fill", ts, trade_id="t3", fill_qty=0.5, fill_price=110.0)
     (shrunk,) = legs(oms.decide(part, ts))
     assert (shrunk.client_order_id, shrunk.action, shrunk.qty) == ("e1.sl", "amend", 1.5)
+
+
+def test_a_refused_resize_keeps_the_old_stop_and_a_later_oco_cancels_it() -> None:
+    oms = manager()
+    (entry,) = legs(oms.decide(order("e1", take_profit=110.0, stop_loss=95.0), T0))
+    oms.decide(answer(entry, "accepted"), T0 + NS)
+    first = answer(entry, "fill", T0 + 2 * NS, trade_id="t1", fill_qty=1.0, fill_price=100.0)
+    placed = {lg.client_order_id: lg for lg in legs(oms.decide(first, T0 + 2 * NS))}
+    for i, name in enumerate(("e1.sl", "e1.tp")):
+        ts = T0 + (3 + i) * NS
+        oms.decide(answer(placed[name], "accepted", ts, venue_order_id=f"v{i}"), ts)
+    second = answer(entry, "fill", T0 + 5 * NS, trade_id="t2", fill_qty=1.0, fill_price=100.5)
+    resized = {lg.client_order_id: lg for lg in legs(oms.decide(second, T0 + 5 * NS))}
+    assert resized["e1.sl"].action == "amend" and resized["e1.sl"].qty == 2.0
+    # The venue refuses the new stop leg; the old one (for 1) keeps working.
+    refused = answer(resized["e1.sl"], "rejected", T0 + 6 * NS, source="amend", reason="no")
+    oms.decide(refused, T0 + 6 * NS)
+    tp = answer(resized["e1.tp"], "accepted", T0 + 7 * NS, venue_order_id="v9")
+    oms.decide(tp, T0 + 7 * NS)
+    # The target fills the whole position: the kept stop must be canceled at the venue.
+    done = answer(
+        resized["e1.tp"], "fill", T0 + 8 * NS, trade_id="t3", fill_qty=2.0, fill_price=110.0
+    )
+    cancels = [lg for lg in legs(oms.decide(done, T0 + 8 * NS)) if lg.action == "cancel"]
+    assert [c.venue_client_id for c in cancels] == [placed["e1.sl"].venue_client_id]

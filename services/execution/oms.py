@@ -195,6 +195,7 @@ class OrderManager(Brackets):
         if answer.kind not in ("rejected", "missing") or rec is None or rec.kind != "stop_loss":
             return out
         if self.state.orders.get(oid) is rec:
+            rec.in_flight = False  # its leg was answered: the order works through another
             out.extend(self._stop_kept(rec, answer))
             return out
         flat = "flat-" + content_id("stop rejected", answer.venue_client_id)[:24]
@@ -218,6 +219,8 @@ class OrderManager(Brackets):
         place) and the order still works through a leg with another trigger: that trigger is
         the order's again."""
         kept = self._working_leg(rec.cmd.client_order_id) if self._working_leg else None
+        if kept is not None:
+            rec.leg_live = True  # the kept leg is the one a later cancel must reach
         if kept is None or kept.stop_price == rec.stop_price:
             return []  # no other stop works for the order, or it is the one refused
         refused = number_text(rec.stop_price) if rec.stop_price is not None else "?"

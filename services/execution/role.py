@@ -28,8 +28,10 @@ def execution_role(
     config: PaperVenueConfig,
     orders: OrdersConfig | None = None,
     gateways: frozenset[str] = frozenset(),
+    in_place: frozenset[str] = frozenset(),
 ) -> Role:
-    """``gateways``: the venues a venue gateway trades (``mode`` other than paper)."""
+    """``gateways``: the venues a venue gateway trades (``mode`` other than paper);
+    ``in_place``: those whose protective legs are amended in place."""
     paper = PaperVenue(config)
-    venue: Venue = GatewayVenue(gateways, paper) if gateways else paper
+    venue: Venue = GatewayVenue(gateways, paper, in_place) if gateways else paper
     return Role("execution", execution_inputs(config, gateways), OrderManager(venue, orders))
