@@ -15,6 +15,7 @@ from typing import Literal
 from contracts.event_base import Event, Int64, is_token, require, require_order_prices
 
 VenueMode = Literal["paper", "sandbox", "demo", "live"]
+MarketKind = Literal["", "spot", "perpetual", "stock", "future", "fx"]
 VenueAction = Literal["new", "cancel", "amend"]
 LegType = Literal["market", "limit", "stop", "stop_limit"]
 AnswerKind = Literal[
@@ -49,7 +50,11 @@ class VenueOrder(Event, frozen=True):
     (``venue.order.<venue>.<symbol>``). ``client_order_id`` is Keel's order; the exchange
     sees ``venue_client_id`` (``services/venues/client_ids.py``: derived from the order and
     its leg number, so a restarted gateway sends the same id). ``replaces`` names the leg an
-    amendment replaces."""
+    amendment replaces.
+
+    ``kind``, ``base``, ``quote``, ``settle`` and ``contract_size`` are the market's, from its
+    ``Instrument``: the venue journal books fills by them. ``kind`` empty (orders stored before
+    these fields, or a market with no ``Instrument`` seen) = the parts of ccxt's symbol text."""
 
     action: VenueAction
     client_order_id: str
@@ -66,10 +71,16 @@ class VenueOrder(Event, frozen=True):
     reduce_only: bool = False
     protective: bool = False
     replaces: str = ""
+    kind: MarketKind = ""
+    base: str = ""
+    quote: str = ""
+    settle: str = ""
+    contract_size: float = 1.0
 
     def __post_init__(self) -> None:
         super().__post_init__()
         require(self.qty > 0, "qty must be > 0")
+        require(self.contract_size > 0, "contract_size must be > 0")
         require(bool(self.client_order_id), "client_order_id must not be empty")
         require(
             VENUE_CLIENT_ID.fullmatch(self.venue_client_id) is not None,

@@ -49,8 +49,12 @@ CONFIG = GatewayConfig(
     unknown_queries=3,
     unknown_within_s=6.0,
     unknown_then="fail",
-    balance_tolerance=1e12,  # Keel's ledger has no IB asset model yet (docs: not supported)
 )
+MARKETS: dict[str, dict[str, object]] = {
+    "AAPL": {"kind": "stock", "base": "AAPL", "quote": "USD"},
+    "ES": {"kind": "future", "base": "ES", "quote": "USD", "settle": "USD", "contract_size": 50.0},
+}
+"""What the order manager stamps on each leg from the fake's ``Instrument`` events."""
 
 
 def venue_entry(port: int, account: str = ACCOUNT, mode: str = "demo") -> dict[str, object]:
@@ -123,7 +127,7 @@ class Harness:
             symbol=symbol,
             side=fields.pop("side", "buy"),  # type: ignore[arg-type]
             qty=float(fields.pop("qty", 10)),  # type: ignore[arg-type]
-            **fields,  # type: ignore[arg-type]
+            **{**MARKETS[symbol], **fields},  # type: ignore[arg-type]
         )
         event_id = content_id("test-order", order.venue_client_id, order.action, order.ts)
         await self.bus.publish(order, Envelope.root(event_id, order.ts))

@@ -34,7 +34,7 @@ from services.venues.journal import VenueJournal
 from tests.fakes.clock import ScaledClock
 from tests.fakes.tws import TwsFake
 from tests.gateway_process import kill, start_keel
-from tests.test_ib_gateway import CONFIG, VENUE, venue_entry
+from tests.test_ib_gateway import CONFIG, MARKETS, VENUE, venue_entry
 
 NS = 1_000_000_000
 START = int(dt.datetime(2024, 3, 5, 15, 0, tzinfo=dt.UTC).timestamp()) * NS
@@ -151,6 +151,7 @@ async def test_kill_between_place_and_ibs_answer(
             symbol="AAPL",
             side="buy",
             qty=10.0,
+            **MARKETS["AAPL"],  # type: ignore[arg-type]
         )
         vcid = order.venue_client_id
         await bus.publish(order, Envelope.root(content_id("crash", vcid), order.ts))

@@ -34,13 +34,6 @@ GATEWAY_CLIENT_ID = 1
 """The venue's ``client_id`` (``tests/fakes/tws/__main__.py``); the feed is client 2."""
 WAIT_S = 60.0
 """Generous on a loaded machine; on an idle one both entries are protected within ~15 s."""
-TOLERANCES = {
-    # The venue journal derives assets from the symbol's text, so IB balances and positions
-    # do not reconcile yet (docs/venues.md, IB, "Not supported"); delete these two lines
-    # once the journal takes base, quote and contract size from the venue's markets.
-    "balance_tolerance": 1e12,
-    "position_tolerance": 1e12,
-}
 
 
 async def venue_events(session: IbSession) -> tuple[list[VenueOrder], list[VenueAnswer]]:
@@ -50,14 +43,14 @@ async def venue_events(session: IbSession) -> tuple[list[VenueOrder], list[Venue
 
 
 def leg(orders: list[VenueOrder], symbol: str, suffix: str) -> VenueOrder | None:
-    return next(
-        (
-            o
-            for o in orders
-            if o.symbol == symbol and o.action == "new" and o.client_order_id.endswith(suffix)
-        ),
-        None,
-    )
+    """The latest leg of a bracket's stop or target: the entry fills in two executions, so
+    the legs placed for the first are resized (a new leg replacing the first)."""
+    found = [
+        o
+        for o in orders
+        if o.symbol == symbol and o.action != "cancel" and o.client_order_id.endswith(suffix)
+    ]
+    return found[-1] if found else None
 
 
 async def protected(session: IbSession) -> bool:
@@ -73,6 +66,8 @@ async def protected(session: IbSession) -> bool:
             return False
         if not {x.venue_client_id for x in legs if x is not None} <= working:
             return False
+        if protection(session, symbol) != {"STP": positions[symbol], "LMT": positions[symbol]}:
+            return False  # the legs placed for the entry's first execution, not resized yet
     return bool(answers)
 
 
@@ -192,7 +187,7 @@ async def run_session(session: IbSession) -> None:
 
 
 def test_keel_up_trades_ib_through_a_restart_and_a_lost_link_and_replays(tmp_path: Path) -> None:
-    session = IbSession(tmp_path / "up", TOLERANCES)
+    session = IbSession(tmp_path / "up", {})
     try:
         asyncio.run(run_session(session))
         assert session.server is not None

@@ -21,6 +21,11 @@ Within one decision, protective legs go out first: on a spot account the exchang
 base asset for each sell leg, and the stop is the one that must not be refused.
 
 Bars and quotes of other venues, and orders for them, go to the paper venue.
+
+Each new leg carries its market's parts (kind, base, quote, settle, contract size) from the
+last ``Instrument`` seen for it, so the gateway's journal books a stock, a future or an FX
+pair from the log alone; a market with no ``Instrument`` yet leaves them empty (the journal
+then reads ccxt's symbol text, as it does for crypto).
 """
 
 from __future__ import annotations
@@ -29,7 +34,7 @@ from collections.abc import Callable, Sequence
 
 import msgspec
 
-from contracts.events import Bar, Event, ExecutionReport, OrderCommand, Quote
+from contracts.events import Bar, Event, ExecutionReport, Instrument, OrderCommand, Quote
 from contracts.venue_events import VenueAnswer, VenueOrder
 from services.execution.lifecycle import Venue, rejected
 from services.execution.order_state import DUST
@@ -55,6 +60,16 @@ class Amending(msgspec.Struct):
     pending: list[VenueOrder] = msgspec.field(default_factory=list)
 
 
+class MarketParts(msgspec.Struct, frozen=True):
+    """What the venue journal books a market's fills by (``VenueOrder.kind`` and the rest)."""
+
+    kind: str
+    base: str
+    quote: str
+    settle: str
+    contract_size: float
+
+
 class GatewayVenueState(msgspec.Struct):
     legs: dict[str, Leg] = msgspec.field(default_factory=dict)  # client_order_id -> leg
     owner: dict[str, str] = msgspec.field(default_factory=dict)  # venue client id -> order
@@ -63,6 +78,8 @@ class GatewayVenueState(msgspec.Struct):
     """Legs an amendment replaced, by venue client id, until the venue says they ended."""
     amending: dict[str, Amending] = msgspec.field(default_factory=dict)
     """Legs amended in place, by venue client id, until the venue answered each amendment."""
+    markets: dict[str, MarketParts] = msgspec.field(default_factory=dict)
+    """The last ``Instrument`` of each gateway market, by ``venue\x1fsymbol``."""
 
 
 class _Snapshot(msgspec.Struct):
@@ -114,6 +131,9 @@ class GatewayVenue:
             return self.paper.decide(event, now)
         if kind is VenueAnswer:
             return self._on_answer(event, now)  # type: ignore[arg-type]
+        if kind is Instrument and event.venue in self.gateways:  # type: ignore[attr-defined]
+            self._on_instrument(event)  # type: ignore[arg-type]
+            return []
         if kind is OrderCommand and event.venue in self.gateways:  # type: ignore[attr-defined]
             return self._on_command(event, now)  # type: ignore[arg-type]
         return self.paper.decide(event, now)
@@ -154,6 +174,15 @@ class GatewayVenue:
 
     # --- orders ---------------------------------------------------------------------------
 
+    def _on_instrument(self, instrument: Instrument) -> None:
+        self.state.markets[f"{instrument.venue}\x1f{instrument.symbol}"] = MarketParts(
+            instrument.kind,
+            instrument.base,
+            instrument.quote,
+            instrument.settle,
+            instrument.contract_size,
+        )
+
     def _on_command(self, cmd: OrderCommand, now: int) -> list[Event]:
         st = self.state
         oid = cmd.client_order_id
@@ -187,6 +216,7 @@ class GatewayVenue:
             time_in_force=cmd.time_in_force,
             reduce_only=role.reduce_only,
             protective=role.protective,
+            **self._parts(cmd.venue, cmd.symbol),
         )
         if previous is not None:
             st.owner.pop(previous.order.venue_client_id, None)
@@ -420,6 +450,10 @@ class GatewayVenue:
         )
 
     # --- state ----------------------------------------------------------------------------
+
+    def _parts(self, venue: str, symbol: str) -> dict[str, str | float]:
+        market = self.state.markets.get(f"{venue}\x1f{symbol}")
+        return {} if market is None else msgspec.structs.asdict(market)
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode(_Snapshot(self.paper.snapshot(), self.state))

@@ -18,8 +18,11 @@ def execution_inputs(
 ) -> tuple[Input, ...]:
     """Bars always (expiry, trailing stops and the stop validator run on them); quotes too
     when they fill orders (``fill = "quote"``); the kill switch, and the answers of each
-    gateway venue."""
+    gateway venue; with a gateway venue, instruments too (each leg names its market's parts
+    for the gateway's journal)."""
     market = ("md.bar.>", "md.quote.>") if config.fill == "quote" else ("md.bar.>",)
+    if gateways:
+        market = (*market, "md.instrument.>")
     answers = tuple(f"venue.answer.{name}.>" for name in sorted(gateways))
     return (ORDERS, Input("MARKET", market), Input("VENUE", ("venue.kill", *answers)))
 

@@ -145,6 +145,46 @@ class _Perp(msgspec.Struct):
     entry: float = 0.0
 
 
+class Market(msgspec.Struct, frozen=True):
+    """What a symbol's fills move: ``positional`` kinds (perpetuals, futures, stocks) hold a
+    position the venue reports; ``margined`` ones (perpetuals, futures) move only their
+    realized profit, times ``contract_size``, in ``settle``; the others move ``base`` and pay
+    ``quote`` (a stock's shares are its position, not a balance: brokers list them so)."""
+
+    kind: str
+    base: str
+    quote: str
+    settle: str = ""
+    contract_size: float = 1.0
+
+    @property
+    def margined(self) -> bool:
+        return self.kind in ("perpetual", "future")
+
+    @property
+    def positional(self) -> bool:
+        return self.kind in ("perpetual", "future", "stock")
+
+    @property
+    def assets(self) -> tuple[str, ...]:
+        return (self.base, self.quote, self.settle)
+
+
+def market_of(order: VenueOrder) -> Market | None:
+    """The market an order names (None: an order without ``kind``, from before the field)."""
+    if not order.kind:
+        return None
+    return Market(order.kind, order.base, order.quote, order.settle, order.contract_size)
+
+
+def symbol_market(symbol: str) -> Market:
+    """A ccxt symbol's market from its text: a settle asset makes it a derivative (linear or
+    inverse perpetual, or a dated future booked the same way), quantities in the base."""
+    parts = symbol_parts(symbol)
+    kind = "perpetual" if parts.derivative else "spot"
+    return Market(kind, parts.base, parts.quote, parts.settle)
+
+
 class JournalState(msgspec.Struct, kw_only=True):
     venue: str
     legs: dict[str, Leg] = {}
@@ -157,6 +197,8 @@ class JournalState(msgspec.Struct, kw_only=True):
     base_positions: dict[str, ExactSum] = {}
     base_balances: dict[str, ExactSum] = {}
     untracked: dict[str, int] = {}
+    markets: dict[str, Market] = {}
+    """Each symbol's market, from the first order that named it (``VenueOrder.kind``)."""
     reported: dict[str, int] = {}
     baseline_pending: bool = True
     adoption: str = ""
@@ -246,6 +288,9 @@ class VenueJournal:
                 leg.order = order
                 leg.last_ts = max(leg.last_ts, order.ts)
             return
+        market = market_of(order)
+        if market is not None:
+            self.state.markets.setdefault(order.symbol, market)
         number = leg_number(self.venue, order.client_order_id, order.venue_client_id)
         leg = Leg(order=order, leg=-1 if number is None else number, last_ts=order.ts)
         legs[order.venue_client_id] = leg
@@ -345,28 +390,31 @@ class VenueJournal:
     def _book(self, symbol: str, side: str, fill: LegFill) -> None:
         state = self.state
         sign = 1.0 if side == "buy" else -1.0
-        parts = symbol_parts(symbol)
-        if parts.derivative:
-            position = state.positions.setdefault(symbol, ExactSum())
+        market = self.market(symbol)
+        position = state.positions.setdefault(symbol, ExactSum())
+        if market.margined:
             before = position.value
             position.add(sign * fill.qty)
-            self._realize(symbol, parts, before, sign * fill.qty, fill.price)
+            self._realize(symbol, market, before, sign * fill.qty, fill.price)
         else:
-            state.positions.setdefault(symbol, ExactSum()).add(sign * fill.qty)
-            state.flows.setdefault(parts.base, ExactSum()).add(sign * fill.qty)
-            state.flows.setdefault(parts.quote, ExactSum()).add(-sign * fill.qty * fill.price)
+            position.add(sign * fill.qty)
+            if market.kind != "stock":
+                state.flows.setdefault(market.base, ExactSum()).add(sign * fill.qty)
+            cost = fill.qty * fill.price * market.contract_size
+            state.flows.setdefault(market.quote, ExactSum()).add(-sign * cost)
         if fill.fee and fill.fee_currency:
             state.flows.setdefault(fill.fee_currency, ExactSum()).add(-fill.fee)
 
     def _realize(
-        self, symbol: str, parts: SymbolParts, before: float, delta: float, price: float
+        self, symbol: str, market: Market, before: float, delta: float, price: float
     ) -> None:
-        """A linear contract's realized profit lands in its settle asset; an inverse one's
-        (settled in the base) is not modelled, so that asset is left out of comparisons."""
+        """A linear contract's realized profit lands in its settle asset, times its contract
+        size; an inverse one's (settled in the base) is not modelled, so that asset is left
+        out of comparisons."""
         state = self.state
         perp = state.perps.setdefault(symbol, _Perp())
-        if parts.settle != parts.quote:
-            state.untracked.setdefault(parts.settle, 0)
+        if market.settle != market.quote:
+            state.untracked.setdefault(market.settle, 0)
             return
         after = before + delta
         if before == 0 or (before > 0) == (delta > 0):
@@ -375,8 +423,8 @@ class VenueJournal:
             return
         closed = min(abs(before), abs(delta))
         direction = 1.0 if before > 0 else -1.0
-        state.flows.setdefault(parts.settle, ExactSum()).add(
-            closed * (price - perp.entry) * direction
+        state.flows.setdefault(market.settle, ExactSum()).add(
+            closed * (price - perp.entry) * direction * market.contract_size
         )
         if after == 0:
             perp.entry = 0.0
@@ -455,7 +503,12 @@ class VenueJournal:
     def position_symbols(self) -> list[str]:
         state = self.state
         names = set(state.positions) | set(state.base_positions)
-        return sorted(s for s in names if symbol_parts(s).derivative)
+        return sorted(s for s in names if self.market(s).positional)
+
+    def market(self, symbol: str) -> Market:
+        """The symbol's market: its orders' ``Instrument`` parts, else its ccxt text."""
+        found = self.state.markets.get(symbol)
+        return found if found is not None else symbol_market(symbol)
 
     def balance_assets(self) -> list[str]:
         return sorted(set(self.state.flows) | set(self.state.base_balances))

@@ -24,7 +24,7 @@ import msgspec
 
 from contracts.venue_events import Discrepancy, VenueAnswer, VenueOrder
 from services.venues.client_ids import venue_client_id
-from services.venues.journal import Leg, VenueJournal, symbol_parts
+from services.venues.journal import Leg, VenueJournal
 
 _MS = 1_000_000
 _NS = 1_000_000_000
@@ -484,7 +484,7 @@ def _replacement(run: _Run, leg: Leg) -> tuple[VenueOrder | None, str]:
         return None, "it traded (inferred fills)"
     qty = now.remaining
     order = leg.order
-    if symbol_parts(order.symbol).derivative:
+    if run.after.market(order.symbol).positional:
         position = run.after.position(order.symbol)
         protects = position > 0 if order.side == "sell" else position < 0
         if not protects:
@@ -519,7 +519,8 @@ def _busy(run: _Run, symbols: Iterable[str]) -> bool:
 
 def _position_pairs(run: _Run) -> list[tuple[str, float, float]]:
     venue = run.view.positions.positions
-    names = set(run.after.position_symbols()) | {s for s in venue if symbol_parts(s).derivative}
+    listed = {s for s in venue if run.after.market(s).positional}
+    names = set(run.after.position_symbols()) | listed
     return [(s, float(venue.get(s, 0.0)), run.after.position(s)) for s in sorted(names)]
 
 
@@ -551,11 +552,6 @@ def _baseline(run: _Run) -> None:
             run.found("balance_mismatch", action, asset=asset, venue_value=venue, keel_value=keel)
 
 
-def _assets(symbol: str) -> tuple[str, ...]:
-    parts = symbol_parts(symbol)
-    return (parts.base, parts.quote, parts.settle)
-
-
 def _foreign_note(run: _Run, symbols: Iterable[str]) -> str:
     trades = [t for s in sorted(set(symbols)) for t in run.foreign.get(s, [])]
     return f"; trades of orders Keel did not place: {', '.join(trades)}" if trades else ""
@@ -573,11 +569,15 @@ def _compare(run: _Run) -> None:
     for asset, venue, keel in _balance_pairs(run):
         if tol.within(venue, keel, tol.balance, tol.balance_rel):
             continue
-        moving = [g.order.symbol for g in run.journal.legs() if asset in _assets(g.order.symbol)]
+        moving = [
+            g.order.symbol
+            for g in run.journal.legs()
+            if asset in run.after.market(g.order.symbol).assets
+        ]
         if _busy(run, moving):
             run.deferred.append(asset)
             continue
-        note = _foreign_note(run, [s for s in run.foreign if asset in _assets(s)])
+        note = _foreign_note(run, [s for s in run.foreign if asset in run.after.market(s).assets])
         _halt(run, "balance_mismatch", asset, venue, keel, note)
 
 
