@@ -37,6 +37,7 @@ FEED_STYLE = {
     "polling": "yellow",
     "backfilling": "cyan",
     "stale": "bold red",
+    "closed": "blue",
     "delisted": "dim",
 }
 

@@ -38,8 +38,10 @@ RECENT_MIN_S = 60.0
 """Instances heard within max(this, 10 stale periods) are listed, beside each worker's last."""
 SEVERITY = {"UNKNOWN": -1, "RUNNING": 0, "DEGRADED": 1, "SAFE_MODE": 2, "HALTED": 3}
 KILL_SOURCE = "kill-switch"
-FEED_STATES = ("stale", "backfilling", "polling", "streaming", "delisted")
-"""Worst first: the order of a venue's state counts and of the symbols it shows."""
+FEED_STATES = ("stale", "backfilling", "polling", "streaming", "closed", "delisted")
+"""Worst first: the order of a venue's state counts and of the symbols it shows. A market
+``closed`` by its trading calendar is a normal quiet (its bars are complete to the close),
+so it ranks after the streaming ones, not among the outages."""
 WORST_SHOWN = 5
 """A venue's screen shows its worst symbols, not hundreds of rows."""
 PAPER = "paper"

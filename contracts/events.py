@@ -36,7 +36,7 @@ _INF = math.inf
 _isfinite = math.isfinite
 
 InstrumentKind = Literal["spot", "perpetual", "stock", "future", "fx"]
-FeedState = Literal["streaming", "backfilling", "stale", "polling", "delisted"]
+FeedState = Literal["streaming", "backfilling", "stale", "polling", "delisted", "closed"]
 Side = Literal["buy", "sell"]
 OrderAction = Literal["new", "cancel", "amend"]
 OrderType = Literal["market", "limit", "stop", "stop_limit"]
@@ -172,8 +172,10 @@ class FeedStatus(Event, frozen=True):
     """The state of one symbol's live feed at a venue (``md.status.<venue>.<symbol>``):
     ``streaming`` (closed bars arrive on time), ``backfilling`` (missing bars are being
     fetched by REST), ``stale`` (no closed bar by close + grace: risk takes no new entries on
-    it), ``polling`` (the stream is down, REST polling keeps the bars coming) or ``delisted``
-    (the venue stopped trading it). ``ts`` is the close time the state is about, so a replay
+    it), ``polling`` (the stream is down, REST polling keeps the bars coming), ``delisted``
+    (the venue stopped trading it) or ``closed`` (the trading calendar says the session
+    ended and every bar of it is stored: no entries until it opens; a normal quiet, not an
+    outage; the reason names the next open). ``ts`` is the close time the state is about, so a replay
     orders it with the bars it concerns; ``last_close`` is the close of the last stored bar."""
 
     venue: str

@@ -288,6 +288,47 @@ async def test_a_closed_market_is_not_stale(bus: Bus) -> None:
     assert [s.state for s in states if s.state == "stale"] == []
 
 
+# Wednesday 2024-03-06 04:00 New York (09:00 UTC): the stock's next session opens.
+NEXT_OPEN = int(dt.datetime(2024, 3, 6, 9, 0, tzinfo=dt.UTC).timestamp()) * NS
+
+
+async def test_a_closed_market_is_closed_until_the_first_bar_of_its_next_session(
+    bus: Bus,
+) -> None:
+    async with TwsFake(ScaledClock(NEAR_CLOSE, RATE)) as tws:
+        session = session_of(bus, tws, ["AAPL"])
+        task = await running(session)
+        close = NEAR_CLOSE - NEAR_CLOSE % STEP + 2 * STEP  # 20:00 New York
+
+        async def closed() -> bool:
+            found = await events(bus, "md.status.ibkr.>")
+            return any(isinstance(e, FeedStatus) and e.state == "closed" for e in found)
+
+        await until(closed, "the closed state after the session's end")
+        assert (await bars_of(bus, "AAPL"))[-1].close_time == close
+        # The night passes in a moment: exchange time jumps to a minute before the open.
+        tws.clock.start_ns += NEXT_OPEN - STEP - tws.clock.now_ns()
+        await until(lambda: _more_after(bus, "AAPL", NEXT_OPEN + STEP), "the session's bars")
+        await stopped(session, task)
+    states = [e for e in await events(bus, "md.status.ibkr.>") if isinstance(e, FeedStatus)]
+    # The start's backfill of the forming bar, then the session's end and the next open.
+    assert [s.state for s in states] == ["backfilling", "streaming", "closed", "streaming"]
+    shut, opened = states[2], states[3]
+    assert (shut.ts, shut.last_close) == (close, close)
+    assert shut.reason == "market closed until 2024-03-06T09:00:00Z"
+    assert (opened.ts, opened.reason) == (NEXT_OPEN + STEP, "stream delivers")
+    bars = await bars_of(bus, "AAPL")
+    night = [b for b in bars if close < b.close_time <= NEXT_OPEN]
+    assert night == []  # the calendar says the night holds no bar: none fetched, none owed
+    continuous([b for b in bars if b.close_time <= close])
+    continuous([b for b in bars if b.close_time > close])
+    assert session.history.requests == 1  # the start's backfill only
+
+
+async def _more_after(bus: Bus, symbol: str, close_ns: int) -> bool:
+    return any(b.close_time >= close_ns for b in await bars_of(bus, symbol))
+
+
 async def test_a_symbol_not_configured_is_one_line(tws: TwsFake, bus: Bus) -> None:
     session = session_of(bus, tws, ["MSFT"])
     with pytest.raises(KeelError, match="MSFT not among its"):

@@ -11,7 +11,10 @@ block. A delisted market stays blocked until the venue streams it again; an inac
 While a venue has stale or backfilling markets it is a ``DEGRADED`` condition (one per
 venue, naming the oldest outage, so a venue-wide outage of 541 perpetuals is one line). A
 delisting is a fact about the market, not an impaired feed: it blocks, but does not hold the
-status ``DEGRADED`` for ever.
+status ``DEGRADED`` for ever. ``closed`` (a broker's market outside its trading session,
+said by the feed's trading calendar) blocks the same way with its own reason ("market closed
+until ..."): an entry taken then waits at the broker until the open, when the price may have
+gapped past the signal's stop and target. It is normal, so it raises no condition either.
 """
 
 from __future__ import annotations
@@ -40,7 +43,13 @@ def iso(ns: int) -> str:
     return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
 
 
+NOT_OUTAGES: tuple[FeedState, ...] = ("delisted", "closed")
+"""Blocking states that are facts about the market, not an impaired feed."""
+
+
 def describe(block: FeedBlock) -> str:
+    if block.state == "closed":
+        return block.reason or f"market closed since {iso(block.since)}"
     text = f"feed {block.state} since {iso(block.since)}"
     return f"{text} ({block.reason})" if block.reason else text
 
@@ -69,6 +78,10 @@ class FeedGuard:
             return FeedChange("halt_entries", f"{where}: {describe(block)}: entries blocked")
         if block.state == state:
             return None
+        if (block.state == "closed") != (state == "closed"):
+            # A closed market becomes an outage (or the reverse): a new block from now.
+            block = self.blocks[market] = FeedBlock(state, ts, reason)
+            return FeedChange("halt_entries", f"{where}: {describe(block)}: entries blocked")
         block.state, block.reason = state, reason
         if state == "delisted":  # no longer a passing outage: say so
             return FeedChange("halt_entries", f"{where}: {describe(block)}: entries blocked")
@@ -76,11 +89,12 @@ class FeedGuard:
 
     def condition(self, venue: str) -> Condition | None:
         """The venue's ``DEGRADED`` condition while any of its markets is stale or
-        backfilling: the oldest outage (ties: by symbol) and how many markets share it."""
+        backfilling: the oldest outage (ties: by symbol) and how many markets share it.
+        Delisted and closed markets are not outages."""
         outages = sorted(
             (block.since, market.symbol, block)
             for market, block in self.blocks.items()
-            if market.venue == venue and block.state != "delisted"
+            if market.venue == venue and block.state not in NOT_OUTAGES
         )
         if not outages:
             return None

@@ -6,21 +6,30 @@ come from IB's historical data (``IbHistory``, paced). And the watchdog expects 
 where the symbol's trading calendar has a session: a market that is closed is an expected
 quiet (``CalendarWatchdog``), so a weekend or a night is never ``stale``, while a bar
 missing inside a session still is.
+
+Once the calendar says the session ended and every bar of it is stored, the symbol is
+``closed`` (``ts`` the session's close, the next open in the reason): risk takes no entries
+until the first bar of the next session arrives, which makes it ``streaming`` again. That
+bar, not the open time, lifts the block: only then is there a price of the new session to
+size an entry on, and a feed that does not deliver at the open goes ``stale`` as ever. The
+hours between the sessions are no gap to backfill: the calendar says they hold no bar.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from datetime import UTC, datetime
 
 from ib_async import Contract
 
 from contracts.events import FeedState
 from services.marketdata.ib.history import HistoryError, IbHistory
-from services.marketdata.ib.quiet import CalendarWatchdog
+from services.marketdata.ib.quiet import CalendarWatchdog, closed_at, expected_closes
 from services.marketdata.live.backfill import History
 from services.marketdata.live.bars import BarFlow
 from services.marketdata.live.calls import VenueCalls, one_line
+from services.marketdata.live.candles import Candle
 from services.marketdata.live.continuity import Continuity
 from services.marketdata.live.publisher import Publisher
 from services.runtime.clock import Clock
@@ -74,9 +83,64 @@ class IbBarFlow(BarFlow):
         self.ready = ready
         self.watchdog = CalendarWatchdog(step_ns, int(grace_s * 1e9), calendars)  # type: ignore[assignment]
         self.failed_backfills = 0
+        self._closed_at: dict[str, int] = {}
 
     def state(self, symbol: str) -> FeedState | None:
         return self.states.get(self.venue, symbol)
+
+    # -- the closed market ---------------------------------------------------------------
+
+    def mark_closed(self, now_ns: int) -> None:
+        """Each watchdog tick: the symbols whose session ended with all its bars stored go
+        ``closed``. One that owes bars (stale, backfilling, waiting) settles them first:
+        the calendar excuses a silence, never a stall."""
+        for symbol in self.active:
+            if self.state(symbol) == "closed" or not self._owes_nothing(symbol, now_ns):
+                continue
+            shut = closed_at(self.calendars.get(symbol), now_ns)
+            if shut is None:
+                continue
+            self.stale.pop(symbol, None)
+            self._closed_at[symbol] = shut.ended_ns
+            opens = shut.opens_ns
+            reason = (
+                f"market closed until {_iso(opens)}"
+                if opens is not None
+                else "market closed; the next open is past the trading calendar's days"
+            )
+            self.set_state(symbol, "closed", shut.ended_ns, reason)
+            self.publisher.send()
+
+    def _owes_nothing(self, symbol: str, now_ns: int) -> bool:
+        """Closed now by the calendar, every bar of the session that ended stored."""
+        shut = closed_at(self.calendars.get(symbol), now_ns)
+        if shut is None or symbol in self.backfilling or self.pending.get(symbol):
+            return False
+        last = self.continuity.last(symbol)
+        return last is None or last + self.step_ns >= shut.ended_ns
+
+    def from_stream(self, symbol: str, candles: Sequence[Candle], live: bool = True) -> None:
+        # The first bar after a closed spell follows the last one across hours the calendar
+        # says hold no bar: that is no gap to backfill.
+        last = self.continuity.last(symbol)
+        calendar = self.calendars.get(symbol)
+        if candles and last is not None and calendar is not None and self.state(symbol) == "closed":
+            first = candles[0].open_ns
+            quiet = expected_closes(calendar, last + self.step_ns, first, self.step_ns) == 0
+            if first > last + self.step_ns and quiet:
+                self.continuity.confirm_empty(symbol, first)
+        super().from_stream(symbol, candles, live)
+
+    def _all_clear(self, symbol: str, candle: Candle) -> None:
+        # A bar of the session that ended (delivered again) does not reopen the market.
+        if candle.open_ns + self.step_ns <= self._closed_at.get(symbol, -1):
+            return
+        super()._all_clear(symbol, candle)
+
+    async def backfill(self, symbols: Sequence[str]) -> None:
+        # A closed market with its session's bars stored has nothing to fetch until it opens.
+        now_ns = self.clock.now_ns()
+        await super().backfill([s for s in symbols if not self._owes_nothing(s, now_ns)])
 
     async def _history(self, symbol: str) -> History | None:
         contract = self.contracts.get(symbol)
@@ -102,3 +166,7 @@ class IbBarFlow(BarFlow):
         for reason in history.malformed:
             self.publisher.dead_letter(now_ns, "ib.historical", reason)
         return history
+
+
+def _iso(ns: int) -> str:
+    return datetime.fromtimestamp(ns // 1_000_000_000, UTC).strftime("%Y-%m-%dT%H:%M:%SZ")

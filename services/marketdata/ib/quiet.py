@@ -8,9 +8,20 @@ So the calendar can only ever excuse a silence, never hide a stalled feed during
 
 from __future__ import annotations
 
+import bisect
 from collections.abc import Mapping
 
+import msgspec
+
 from services.venues.ib.calendar import TradingCalendar
+
+
+class Closed(msgspec.Struct, frozen=True):
+    """The market is between sessions: the last one ended at ``ended_ns``; the next opens
+    at ``opens_ns`` (None when the listed days hold none)."""
+
+    ended_ns: int
+    opens_ns: int | None
 
 
 def expected_closes(
@@ -20,6 +31,18 @@ def expected_closes(
     if calendar is None or not calendar.sessions or after_ns < calendar.sessions[0].open_ns:
         return max(0, until_ns // interval_ns - after_ns // interval_ns)
     return calendar.expected_closes(after_ns, until_ns, interval_ns)
+
+
+def closed_at(calendar: TradingCalendar | None, now_ns: int) -> Closed | None:
+    """Whether the calendar, taken at its word, says the market is closed at ``now_ns``:
+    inside the listed days, after the first listed session has opened, in no session.
+    Anywhere the calendar is not trusted the market counts as open."""
+    if calendar is None or not calendar.sessions or now_ns < calendar.sessions[0].open_ns:
+        return None
+    if not calendar.known(now_ns) or calendar.is_open(now_ns):
+        return None
+    i = bisect.bisect_right([s.close_ns for s in calendar.sessions], now_ns) - 1
+    return Closed(calendar.sessions[i].close_ns, calendar.next_open(now_ns))
 
 
 class CalendarWatchdog:

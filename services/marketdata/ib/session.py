@@ -1,7 +1,8 @@
 """The IB marketdata worker: one ib venue's bars into the log, as the ccxt feed publishes them.
 
 Same subjects, same events (``Instrument`` changes since the log's last word, closed
-``Bar``s once each, ``FeedStatus`` on ``md.status.<venue>.<symbol>``, the heartbeat), so
+``Bar``s once each, ``FeedStatus`` on ``md.status.<venue>.<symbol>`` (with ``closed``
+between a market's sessions, by its trading calendar), the heartbeat), so
 risk, strategies, status and replay do not know which feed ran. IB's 5-second real-time
 bars are folded into the configured interval (``BarFolder``); a bar the stream saw only in
 part (a subscription started or lost mid-bar) is not stored from the stream: IB's history
@@ -334,6 +335,7 @@ class IbSession:
             now = self.clock.now_ns()
             self.flow.request(self.stream.close_due(now))
             self.flow.check_stalls(now)
+            self.flow.mark_closed(now)
             for symbol in list(self.flow.stale):
                 backoff = backoffs.setdefault(symbol, Backoff(seed=self.seed + len(backoffs)))
                 silent = now - self.stream.seen.get(symbol, 0) > quiet
