@@ -138,7 +138,7 @@ class Portfolio:
         key = self._instrument(venue, symbol)
         meta = self._describe(key)
         leg = None
-        if not meta.perpetual and meta.quote and meta.base:
+        if not meta.margined and meta.quote and meta.base:
             asset, quote = self._currency(meta.base), self._currency(meta.quote)
             if asset != quote:
                 legs = self.fx.legs_of(asset)
@@ -152,7 +152,8 @@ class Portfolio:
         """Give a flat position the instrument's current terms."""
         meta = self._describe(key)
         position.currency = currency = self._currency(meta.quote)
-        position.perpetual = perpetual = meta.perpetual
+        position.perpetual = perpetual = meta.margined
+        position.kind = meta.kind
         position.size = meta.contract_size if perpetual else 1.0
         leverage = self.config.leverage_of(key.venue, key.symbol) if perpetual else 1.0
         if perpetual and meta.max_leverage > 0:

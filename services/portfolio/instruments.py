@@ -6,9 +6,11 @@ Sources, most authoritative first: an ``Instrument`` event (``md.instrument.*``)
 BTC quoted in USDT, ``BTC/USDT:USDT`` a perpetual settled in USDT, and a symbol without a
 slash (``ORCL``) is quoted in the portfolio's base currency.
 
-Perpetuals are booked as **linear** contracts: PnL, margin and funding in the quote
-currency, ``contract_size`` units of the base asset per contract. Inverse contracts
-(``BTC/USD:BTC``, settled in the base asset) are not modelled (docs/portfolio.md).
+Perpetuals and futures are **margined**, booked as **linear** contracts: PnL and margin in
+the quote currency, ``contract_size`` units of the base asset per contract (an IB future's
+multiplier); perpetuals also pay funding, futures never. Stocks and FX pairs are bought
+outright, like spot. Inverse contracts (``BTC/USD:BTC``, settled in the base asset) are not
+modelled (docs/portfolio.md).
 """
 
 from __future__ import annotations
@@ -32,7 +34,13 @@ class Meta(msgspec.Struct, frozen=True):
 
     @property
     def perpetual(self) -> bool:
+        """Funding is paid on it."""
         return self.kind == "perpetual"
+
+    @property
+    def margined(self) -> bool:
+        """Only its PnL moves cash (a perpetual or a future), not its notional."""
+        return self.kind in ("perpetual", "future")
 
 
 class Described(Protocol):
@@ -63,7 +71,7 @@ def from_description(spec: Described) -> Meta:
     """An ``Instrument`` event or an ``[[instruments]]`` entry; the symbol fills what it
     leaves empty, and a ``:SETTLE`` symbol is a perpetual whatever ``kind`` says."""
     base, quote, perpetual = split_symbol(spec.symbol)
-    kind: InstrumentKind = "perpetual" if perpetual or spec.kind == "perpetual" else "spot"
+    kind: InstrumentKind = "perpetual" if perpetual else spec.kind
     return Meta(
         kind=kind,
         base=spec.base or base,

@@ -44,13 +44,14 @@ class Lot(msgspec.Struct):
 
 class Position(Lot):
     """The account's position in one instrument, with the terms it was opened on:
-    ``currency`` (key: "" = base), ``perpetual``, ``size`` (contract size), ``leverage``,
-    ``account``. Terms change only while flat (a new ``Instrument`` applies at the next
+    ``currency`` (key: "" = base), ``perpetual`` (margined: a perpetual or a future, whose
+    PnL alone moves cash), ``kind``, ``size`` (contract size), ``leverage``, ``account``. Terms change only while flat (a new ``Instrument`` applies at the next
     open)."""
 
     mark: float = 0.0
     currency: str = BASE
     perpetual: bool = False
+    kind: str = "spot"
     size: float = 1.0
     leverage: float = 1.0
     account: str = ""

@@ -196,11 +196,13 @@ def position_views(state: PortfolioState) -> list[PositionView]:
     out = []
     for key, p in state.positions.items():
         units = p.qty * p.size
+        # a position restored from a snapshot older than ``kind`` says only ``perpetual``
+        kind = "perpetual" if p.perpetual and p.kind == "spot" else p.kind
         out.append(
             PositionView(
                 venue=key.venue,
                 symbol=key.symbol,
-                kind="perpetual" if p.perpetual else "spot",
+                kind=kind,
                 currency=currency_name(state, p.currency),
                 qty=p.qty,
                 avg_price=p.avg_price,
