@@ -21,7 +21,10 @@ from pathlib import Path
 import msgspec
 import pytest
 from nats.js.api import DeliverPolicy
+from rich.console import Console
 
+from cli.status_commands import render
+from cli.status_report import collect
 from cli.venue_commands import check_venue
 from contracts.events import Bar, FeedStatus, Instrument
 from eventstore.bus import Bus
@@ -30,7 +33,7 @@ from eventstore.log_reader import read_caught_up
 from eventstore.server import EmbeddedServer
 from services.config import MarketConfig, load_config
 from services.marketdata.ib.pacing import HistoryPacing
-from services.marketdata.ib.quiet import CalendarWatchdog
+from services.marketdata.ib.quiet import CalendarWatchdog, Closed, closed_at
 from services.marketdata.ib.session import IbSession
 from services.venues.config import VenueConfig
 from services.venues.ib.calendar import TradingCalendar
@@ -273,6 +276,21 @@ def test_calendar_watchdog_expects_no_bar_while_closed() -> None:
     assert watchdog.due(close + STEP + 10 * NS) == [("BTC", close + STEP)]
 
 
+def test_the_calendar_says_when_a_market_is_closed() -> None:
+    hours = "20240305:0400-20240305:2000;20240306:0400-20240306:2000"
+    calendar = TradingCalendar.parse(hours, "US/Eastern")
+    close = int(dt.datetime(2024, 3, 6, 1, 0, tzinfo=dt.UTC).timestamp()) * NS  # 20:00 NY
+    opens = int(dt.datetime(2024, 3, 6, 9, 0, tzinfo=dt.UTC).timestamp()) * NS  # 04:00 NY
+    assert closed_at(calendar, close - NS) is None  # in the session
+    assert closed_at(calendar, close) == Closed(close, opens)
+    assert closed_at(calendar, opens - NS) == Closed(close, opens)
+    assert closed_at(calendar, opens) is None
+    assert closed_at(calendar, opens + 17 * 3600 * NS) == Closed(opens + 16 * 3600 * NS, None)
+    first = int(dt.datetime(2024, 3, 5, 9, 0, tzinfo=dt.UTC).timestamp()) * NS
+    assert closed_at(calendar, first - NS) is None  # before the first listed session: unsure
+    assert closed_at(None, close) is None
+
+
 async def test_a_closed_market_is_not_stale(bus: Bus) -> None:
     async with TwsFake(ScaledClock(NEAR_CLOSE, RATE)) as tws:
         session = session_of(bus, tws, ["AAPL"])
@@ -306,6 +324,16 @@ async def test_a_closed_market_is_closed_until_the_first_bar_of_its_next_session
 
         await until(closed, "the closed state after the session's end")
         assert (await bars_of(bus, "AAPL"))[-1].close_time == close
+        # keel status shows the market closed, with the next open, not as an outage.
+        report = await collect(bus, now_ns=tws.clock.now_ns())
+        screen = Console(record=True, width=160)
+        screen.print(render(report))
+        assert "1 closed" in screen.export_text()
+        [feed] = report.venues
+        assert (feed.venue, feed.states) == (VENUE, {"closed": 1})
+        assert [(r.state, r.reason) for r in feed.worst] == [
+            ("closed", "market closed until 2024-03-06T09:00:00Z")
+        ]
         # The night passes in a moment: exchange time jumps to a minute before the open.
         tws.clock.start_ns += NEXT_OPEN - STEP - tws.clock.now_ns()
         await until(lambda: _more_after(bus, "AAPL", NEXT_OPEN + STEP), "the session's bars")
