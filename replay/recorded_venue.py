@@ -239,7 +239,8 @@ class OrderCheck:
             told = f"{was.action} {was.venue_client_id}" if isinstance(was, VenueOrder) else "?"
             raise KeelError(
                 f"recorded venue: venue order {n + 1}, {what}, differs from the recorded one "
-                f"(VENUE #{want.seq}, {told}): {UNFIT}"
+                f"(VENUE #{want.seq}, {told}; {_difference(was, order, want.subject, subject)})"
+                f": {UNFIT}"
             )
 
     def finish(self) -> None:
@@ -253,3 +254,17 @@ class OrderCheck:
 
 
 UNFIT = "the recorded answers no longer fit this config or code"
+
+
+def _difference(was: Event, now: VenueOrder, was_subject: str, now_subject: str) -> str:
+    """What differs, field by field (recorded -> replayed), or that only the cause does."""
+    if was_subject != now_subject:
+        return f"subject {was_subject} -> {now_subject}"
+    if not isinstance(was, VenueOrder):
+        return f"recorded a {type(was).__name__}"
+    fields = [
+        f"{name} {getattr(was, name)!r} -> {getattr(now, name)!r}"
+        for name in now.__struct_fields__
+        if getattr(was, name) != getattr(now, name)
+    ]
+    return ", ".join(fields) if fields else "a different cause (envelope)"

@@ -120,6 +120,7 @@ class IbSession:
         self.clock = ScaledClock(exchange_start(), RATE)
         self.tws = TwsFake(self.clock)
         self.tws.market.five = RisingPath(self.clock.now_ns())
+        self.tws.broker.max_fill = 1.0  # each entry of 2 fills in two executions
         self.server: EmbeddedServer | None = None
         self.bus: Bus | None = None
         self.up: asyncio.subprocess.Process | None = None
