@@ -60,6 +60,8 @@ class IbExchange:
         self.ib = connection.ib
         self.specs = settings.contracts
         self.markets: dict[str, dict[str, Any]] = {}
+        self._account_stale = False
+        """IB lost data with its link (1101): the account values are asked again."""
         self.contracts: dict[str, Contract] = {}
         self.on_resync: list[Resync] = []
         """Called after a reconnect or a restored link: the gateway reconciles (executions
@@ -134,6 +136,7 @@ class IbExchange:
             await self._resync()
 
     async def _link(self, restored: bool, data_lost: bool) -> None:
+        self._account_stale = self._account_stale or data_lost
         if restored:
             await self._resync()
 
@@ -339,7 +342,12 @@ class IbExchange:
         return {"total": totals, "free": dict(totals), "info": {"account": self.settings.account}}
 
     async def _synced(self) -> None:
-        """The account values are the subscription's: nothing to ask, only a live session."""
+        """The account values are the subscription's: nothing to ask on a live session, but
+        after IB lost data (1101) the subscription missed updates (a fill made while away
+        moved the cash), so the account's values are asked for again."""
+        if self._account_stale:
+            await self.ib.reqAccountUpdatesAsync(self.settings.account)
+            self._account_stale = False
 
     # -- the private stream ----------------------------------------------------------------
 
