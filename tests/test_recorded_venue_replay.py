@@ -391,4 +391,5 @@ def test_a_tampered_answer_log_is_reported(session: Session) -> None:
     message = str(refused.value)
     assert message.startswith("recorded venue: venue order ")
     assert "differs from the recorded one (VENUE #" in message
+    assert " -> " in message  # the fields that differ, recorded -> replayed
     assert message.endswith("the recorded answers no longer fit this config or code")
