@@ -70,6 +70,10 @@ class MarketParts(msgspec.Struct, frozen=True):
     contract_size: float
 
 
+_NO_MARKET = MarketParts("", "", "", "", 1.0)
+"""No ``Instrument`` seen: the journal reads the symbol's text."""
+
+
 class GatewayVenueState(msgspec.Struct):
     legs: dict[str, Leg] = msgspec.field(default_factory=dict)  # client_order_id -> leg
     owner: dict[str, str] = msgspec.field(default_factory=dict)  # venue client id -> order
@@ -200,6 +204,7 @@ class GatewayVenue:
             return self._amend_in_place(previous, cmd, now)
         number = st.numbers.get(oid, -1) + 1
         st.numbers[oid] = number
+        market = st.markets.get(f"{cmd.venue}\x1f{cmd.symbol}", _NO_MARKET)
         order = VenueOrder(
             ts=now,
             action="new",
@@ -216,7 +221,11 @@ class GatewayVenue:
             time_in_force=cmd.time_in_force,
             reduce_only=role.reduce_only,
             protective=role.protective,
-            **self._parts(cmd.venue, cmd.symbol),
+            kind=market.kind,  # type: ignore[arg-type]
+            base=market.base,
+            quote=market.quote,
+            settle=market.settle,
+            contract_size=market.contract_size,
         )
         if previous is not None:
             st.owner.pop(previous.order.venue_client_id, None)
@@ -450,10 +459,6 @@ class GatewayVenue:
         )
 
     # --- state ----------------------------------------------------------------------------
-
-    def _parts(self, venue: str, symbol: str) -> dict[str, str | float]:
-        market = self.state.markets.get(f"{venue}\x1f{symbol}")
-        return {} if market is None else msgspec.structs.asdict(market)
 
     def snapshot(self) -> bytes:
         return msgspec.msgpack.encode(_Snapshot(self.paper.snapshot(), self.state))
