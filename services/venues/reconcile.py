@@ -87,8 +87,8 @@ class Trades(msgspec.Struct, frozen=True, kw_only=True):
 
 
 class Positions(msgspec.Struct, frozen=True, kw_only=True):
-    """Signed positions of derivatives by symbol; a symbol not listed in a complete view
-    is flat."""
+    """Signed positions of derivatives and stocks by symbol; a symbol not listed in a
+    complete view is flat."""
 
     positions: dict[str, float] = {}
     complete: bool = False
