@@ -32,10 +32,6 @@ from tests.test_recorded_venue_replay import recorded_outputs, replayed_outputs
 
 GATEWAY_CLIENT_ID = 1
 """The venue's ``client_id`` (``tests/fakes/tws/__main__.py``); the feed is client 2."""
-FAKE_FEE_SLACK = {"balance_tolerance": 2.5}
-"""The TWS fake charges a future's opening commission twice when the contract is closed (its
-``Broker._book`` folds the commission into ``avg_cost`` and takes the realized P&L from it):
-one ES commission (2.25 USD) of slack until the fake is fixed; positions use the defaults."""
 WAIT_S = 60.0
 """Generous on a loaded machine; on an idle one both entries are protected within ~15 s."""
 
@@ -191,7 +187,7 @@ async def run_session(session: IbSession) -> None:
 
 
 def test_keel_up_trades_ib_through_a_restart_and_a_lost_link_and_replays(tmp_path: Path) -> None:
-    session = IbSession(tmp_path / "up", FAKE_FEE_SLACK)
+    session = IbSession(tmp_path / "up", {})
     try:
         asyncio.run(run_session(session))
         assert session.server is not None

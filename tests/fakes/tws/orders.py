@@ -98,7 +98,8 @@ class Position:
     def __init__(self, listing: Listing) -> None:
         self.listing = listing
         self.qty = 0.0
-        self.avg_cost = 0.0
+        self.avg_cost = 0.0  # IB's: commissions included
+        self.avg_price = 0.0  # the fills' own average, which a future's cash settles on
         self.realized = 0.0
 
 
@@ -374,17 +375,18 @@ class Broker:
             direction = 1 if pos.qty > 0 else -1
             realized = (price * factor - pos.avg_cost) * closing * direction - fee
             pos.realized += realized
-            if listing.secType in ("FUT", "CONTFUT"):
-                self.cash += (price * factor - pos.avg_cost) * closing * direction
+            if listing.secType in ("FUT", "CONTFUT"):  # the opening fee was paid then
+                self.cash += (price * factor - pos.avg_price) * closing * direction
             pos.qty += closing * (1 if signed > 0 else -1)
             signed -= closing * (1 if signed > 0 else -1)
             if pos.qty == 0:
-                pos.avg_cost = 0.0
+                pos.avg_cost = pos.avg_price = 0.0
             fee = 0.0
         if signed:
-            cost = abs(pos.qty) * pos.avg_cost + abs(signed) * price * factor + fee
+            held, added = abs(pos.qty), abs(signed)
+            pos.avg_cost = (held * pos.avg_cost + added * price * factor + fee) / (held + added)
+            pos.avg_price = (held * pos.avg_price + added * price * factor) / (held + added)
             pos.qty += signed
-            pos.avg_cost = cost / abs(pos.qty)
         return None if realized is None else round(realized, 2)
 
     def _after_fill(self, order: Working, qty: float, now_ns: int) -> None:
