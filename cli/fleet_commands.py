@@ -137,7 +137,10 @@ def demo(
                         _market_args(
                             symbol,
                             seed,
-                            ["--bars", str(bars)] + (["--config", str(config)] if config else []),
+                            # each time step once the fleet caught up: replay-exact, and no
+                            # signal reaches risk after a newer bar (the stale-signal rail)
+                            ["--bars", str(bars), "--lockstep"]
+                            + (["--config", str(config)] if config else []),
                         ),
                     )
                 )

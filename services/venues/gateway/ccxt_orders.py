@@ -138,6 +138,11 @@ class OrderCalls:
         and all symbols at once weigh 40 times one; Bybit: a listing is of one category)."""
         return self.id in ("binance", "binanceusdm", "bybit")
 
+    @property
+    def rest_fills_lack_fee(self) -> bool:
+        """Kraken Futures' REST fills carry no fee: only its stream's fills say it."""
+        return self.id == "krakenfutures"
+
     def is_contract(self, symbol: str) -> bool:
         market = self.exchange.markets.get(symbol) if self.exchange.markets else None
         return bool(market and market.get("contract"))

@@ -53,6 +53,8 @@ class PrivateStream:
         self.frames = 0
         self.first = asyncio.Event()
         """Set once a first result (a snapshot, on exchanges that send one) is handled."""
+        self.first_trades = asyncio.Event()
+        """Set once the trades watch's first result (its snapshot of recent fills) is handled."""
         self._rng = random.Random()
 
     async def run(self) -> None:
@@ -97,6 +99,8 @@ class PrivateStream:
             if fresh:
                 await handle(fresh)
             self.first.set()
+            if handle is self.on_trades:
+                self.first_trades.set()
 
 
 def _key(item: Mapping[str, Any]) -> str:

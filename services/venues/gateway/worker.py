@@ -62,6 +62,9 @@ STREAM = "VENUE"
 FETCH_S = 1.0
 SNAPSHOT_WAIT_S = 2.0
 """Wall seconds a start waits for the private stream's first frame before reconciling."""
+FEE_SNAPSHOT_WAIT_S = 15.0
+"""The same, for the fills snapshot of an exchange whose REST fills carry no fee (Kraken
+Futures): a fill that only REST gave would be stored for good with fee 0."""
 ExchangeFactory = Callable[[VenueConfig, Mapping[str, str]], ccxt.pro.Exchange]
 
 
@@ -221,7 +224,10 @@ class Gateway:
             # Exchanges that open the private stream with a snapshot of recent fills (Kraken
             # Futures) give them with their fees, which their REST fills lack: taken first.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stream.first.wait(), SNAPSHOT_WAIT_S)
+                if calls.rest_fills_lack_fee:
+                    await asyncio.wait_for(self.stream.first_trades.wait(), FEE_SNAPSHOT_WAIT_S)
+                else:
+                    await asyncio.wait_for(self.stream.first.wait(), SNAPSHOT_WAIT_S)
             await self.reconciler.run_once()
             await self._recover()
             orders = await self._subscribe(
