@@ -19,6 +19,7 @@ import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 
+import msgspec
 import polars as pl
 
 from contracts.codec import encode
@@ -64,6 +65,14 @@ max_signal_lag = "1d"  # exchange time runs 60x: a bar a second, which a loaded 
 
 {venue_toml(entry)}
 """
+
+
+def per_symbol(payloads: list[bytes]) -> dict[str, list[bytes]]:
+    """Encoded events by their symbol, each symbol's in the order given."""
+    out: dict[str, list[bytes]] = {}
+    for payload in payloads:
+        out.setdefault(msgspec.json.decode(payload)["symbol"], []).append(payload)
+    return out
 
 
 async def stored(bus: Bus, subject: str, stream: str) -> list[Stored]:
@@ -219,9 +228,13 @@ async def _session_replays_exactly(
         kind: [p.encode() for p in events.filter(pl.col("type") == kind)["payload"]]
         for kind in ("Signal", "OrderCommand", "ExecutionReport")
     }
-    assert replayed["Signal"] == live["Signal"]
-    assert replayed["OrderCommand"] == live["OrderCommand"]
-    assert [p for p in replayed["ExecutionReport"] if b'"fill_qty":0.0' not in p] == live_fills
+    # Each symbol's events in the same order. Across symbols, the live order manager's
+    # outputs of one time step follow the order its consumers delivered orders and bars in,
+    # which the log does not fix; the replay's are in stored order.
+    assert per_symbol(replayed["Signal"]) == per_symbol(live["Signal"])
+    assert per_symbol(replayed["OrderCommand"]) == per_symbol(live["OrderCommand"])
+    replayed_fills = [p for p in replayed["ExecutionReport"] if b'"fill_qty":0.0' not in p]
+    assert per_symbol(replayed_fills) == per_symbol(live_fills)
 
     bus_replay = await keel(
         "replay", str(run), "--bus", "--json", cwd=tmp_path, url=nats_server.url, codes=(0, 1)
