@@ -57,11 +57,16 @@ FLEET_FILES = (
     "test_live_session.py",
     "test_cluster.py",
 )
-"""The files that each run several whole fleets (or a cluster): they are collected first, so
-under pytest-xdist (a file per process at a time) the light files fill the other process
-around them instead of trailing behind them at the end of the run."""
+"""The files that each run several whole fleets (or a cluster). Under pytest-xdist they form
+one group: they run first and one after another in one process, so two fleets never compete
+for this machine's two cores, while the other process takes the light files, a file at a
+time (each file is its own group, so its module fixtures are made once)."""
 
 
+@pytest.hookimpl(tryfirst=True)
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     heavy = {name: rank for rank, name in enumerate(FLEET_FILES)}
     items.sort(key=lambda item: heavy.get(item.path.name, len(heavy)))
+    for item in items:
+        group = "fleets" if item.path.name in heavy else item.path.stem
+        item.add_marker(pytest.mark.xdist_group(group))
