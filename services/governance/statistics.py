@@ -15,7 +15,7 @@ from collections.abc import Sequence
 
 import msgspec
 import numpy as np
-from scipy.stats import norm
+from scipy.special import ndtr, ndtri
 
 EULER_GAMMA = float(np.euler_gamma)
 
@@ -95,10 +95,12 @@ def probabilistic_sharpe_ratio(
     observations, ``Phi((SR - SR*) sqrt(n-1) / sqrt(1 - g3 SR + (g4-1)/4 SR^2))``."""
     if n < 2:
         return 0.5
-    z = (sharpe - benchmark) * math.sqrt(n - 1) / math.sqrt(
-        sharpe_variance_factor(sharpe, skew, kurtosis)
+    z = (
+        (sharpe - benchmark)
+        * math.sqrt(n - 1)
+        / math.sqrt(sharpe_variance_factor(sharpe, skew, kurtosis))
     )
-    return float(norm.cdf(z))
+    return float(ndtr(z))
 
 
 def min_track_record_length(
@@ -109,7 +111,7 @@ def min_track_record_length(
     (no track record is long enough)."""
     if sharpe <= benchmark:
         return None
-    quantile = float(norm.ppf(confidence))
+    quantile = float(ndtri(confidence))
     factor = sharpe_variance_factor(sharpe, skew, kurtosis)
     return 1.0 + factor * (quantile / (sharpe - benchmark)) ** 2
 
@@ -120,8 +122,8 @@ def expected_max_sharpe(trials: int, sharpe_variance: float) -> float:
     2014, eq. 2); 0 for a single trial, which selects nothing."""
     if trials <= 1:
         return 0.0
-    z = (1.0 - EULER_GAMMA) * float(norm.ppf(1.0 - 1.0 / trials)) + EULER_GAMMA * float(
-        norm.ppf(1.0 - 1.0 / (trials * math.e))
+    z = (1.0 - EULER_GAMMA) * float(ndtri(1.0 - 1.0 / trials)) + EULER_GAMMA * float(
+        ndtri(1.0 - 1.0 / (trials * math.e))
     )
     return math.sqrt(max(sharpe_variance, 0.0)) * z
 
