@@ -16,8 +16,10 @@ request (``order/cancelReplace``, ``replace``) and says which half failed
 cancelled then if the account cannot cover them), so on Bybit spot a bracket's target goes
 out as a conditional take-profit-limit too (``triggerPrice`` = its limit): neither leg holds
 the base, whichever triggers first sells it, and a moved stop is placed before the old one
-is canceled. Kraken spot moves a stop in place instead (``AmendOrder``, ``edit``): one order,
-never off the exchange; ``carries`` tells whether an order already has a leg's values.
+is canceled. Kraken spot and IB move a stop in place instead (``AmendOrder``; IB's modify,
+``edit``): one order, never off the exchange; ``carries`` tells whether an order already has
+a leg's values. At IB the closing legs of one bracket share an OCA group (``ocaGroup``), so
+IB cancels the target when the stop fills and the stop when the target does.
 
 ``classify`` sorts ccxt's exceptions: a refusal (``rejected``, with the exchange's own
 message), an outcome nobody knows (``unknown``: timeouts, dropped connections, 5xx), or a
@@ -39,6 +41,7 @@ import msgspec
 from contracts.venue_events import VenueOrder
 from services.runtime.clock import Clock
 from services.venues.ccxt_exchange import Redactor
+from services.venues.ib.ib_orders import oca_group
 
 Outcome = Literal["rejected", "unknown", "backoff"]
 T = TypeVar("T")
@@ -192,6 +195,8 @@ class OrderCalls:
             params["triggerPrice"] = leg.limit_price  # Bybit spot: above the market, rising
         if leg.reduce_only and self.is_contract(leg.symbol):
             params["reduceOnly"] = True
+        if self.id == "ib" and (leg.reduce_only or leg.protective):
+            params["ocaGroup"] = oca_group(leg.client_order_id)
         if leg.order_type in ("limit", "stop_limit"):
             params["timeInForce"] = leg.time_in_force
             if self.id == "krakenfutures":
@@ -237,14 +242,16 @@ class OrderCalls:
     async def edit(self, leg: VenueOrder) -> dict[str, Any]:
         """Kraken spot ``AmendOrder``: the open order of ``leg``'s client id keeps its id and
         gets ``leg``'s quantity, limit and trigger (``stopLossPrice`` -> ``trigger_price``).
-        The answer is only an ``amend_id``, never the order's state. Other exchanges refuse
+        The answer is only an ``amend_id``, never the order's state. IB modifies the order
+        with ``placeOrder`` under its own orderId (``IbExchange.edit_order``, the trigger
+        as ``triggerPrice``) and answers with its new values. Other exchanges refuse
         (``NotSupported``, an ``ExchangeError``: the order keeps its values)."""
-        if self.id != "kraken":
+        if self.id not in ("kraken", "ib"):
             raise ccxt.NotSupported(f"{self.id} does not amend orders in place")
         kind = "limit" if leg.order_type in ("limit", "stop_limit") else "market"
         params: dict[str, Any] = {"clientOrderId": leg.venue_client_id}
         if leg.stop_price is not None:
-            params["stopLossPrice"] = leg.stop_price
+            params["stopLossPrice" if self.id == "kraken" else "triggerPrice"] = leg.stop_price
         return await self.call(
             lambda: self.exchange.edit_order(
                 None, leg.symbol, kind, leg.side, leg.qty, leg.limit_price, params

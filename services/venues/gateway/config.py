@@ -21,7 +21,7 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     ``position_tolerance`` (base units) and ``balance_tolerance`` (asset units): how far the
     venue may differ from Keel's ledger before the venue halts; ``backoff_max_s`` caps the
     wait after a rate limit; ``amend_in_place``: whether a protective leg is amended in
-    place on the exchange (unset: Kraken spot yes, the others no; ``amends_in_place``)."""
+    place on the exchange (unset: Kraken spot and IB yes, the others no; ``amends_in_place``)."""
 
     poll_after_s: Seconds = 10.0
     poll_every_s: Seconds = 2.0
@@ -35,10 +35,12 @@ class GatewayConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     amend_in_place: bool | None = None
 
 
-IN_PLACE_EXCHANGES = frozenset({"kraken"})
+IN_PLACE_EXCHANGES = frozenset({"kraken", "ib"})
 """Exchanges whose protective legs Keel moves with one in-place edit of the same order
-(Kraken spot ``AmendOrder``): a spot account locks what each open sell holds, so a second
-stop cannot rest beside the first, and the edit keeps the one stop on the exchange."""
+(Kraken spot ``AmendOrder``: a spot account locks what each open sell holds, so a second
+stop cannot rest beside the first; IB's modify, ``placeOrder`` with the same orderId: no
+second stop that could sell again while the first is still working, and the stop keeps
+its OCA group): the edit keeps the one stop on the exchange."""
 
 
 def amends_in_place(exchange: str, config: GatewayConfig) -> bool:

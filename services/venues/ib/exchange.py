@@ -2,7 +2,8 @@
 
 The gateway (its Dealer, leg book, fate rule, journal, reconciliation and recorded-venue
 replay) runs on IB unchanged: it calls ``create_order``, ``cancel_order``,
-``fetch_open_orders``/``fetch_closed_orders``, ``fetch_my_trades``, ``fetch_positions``,
+``edit_order``, ``fetch_open_orders``/``fetch_closed_orders``, ``fetch_my_trades``,
+``fetch_positions``,
 ``fetch_balance``, ``watch_orders``/``watch_my_trades`` and reads ``markets`` and ``id`` as
 on any ccxt exchange. Every query first requires a ready session (connected, synced, IB's
 link up) and checks afterwards that the same session answered: a query across a drop or a
@@ -32,11 +33,14 @@ from services.venues.ib.connection import IbConnection, NotReady
 from services.venues.ib.contracts import ContractError, front_month, ib_contract
 from services.venues.ib.ib_errors import NOT_ENDING, not_ready, order_error, request_error
 from services.venues.ib.ib_orders import (
+    carries,
     has_report,
     ib_order,
+    modified,
     order_dict,
     position_dict,
     rejection,
+    rejection_of,
     trade_dict,
 )
 from services.venues.ib.settings import IbSettings
@@ -204,6 +208,7 @@ class IbExchange:
             str(params.get("timeInForce") or "GTC"),
             client_id,
             self.settings.account,
+            str(params.get("ocaGroup") or ""),
         )
         try:
             trade = self.ib.placeOrder(contract, order)
@@ -215,6 +220,70 @@ class IbExchange:
             code, text = rejection(trade)
             raise order_error(code, text)
         return answer
+
+    async def edit_order(
+        self,
+        id: str | None,
+        symbol: str,
+        type: str,
+        side: str,
+        amount: float | None = None,
+        price: float | None = None,
+        params: dict[str, Any] | None = None,
+    ) -> dict[str, Any]:
+        """Modify an open order in place: ``placeOrder`` again with its own ``orderId`` and
+        the new quantity, limit (``price``) and trigger (``triggerPrice``), so it keeps its
+        orderId, permId, OCA group and place in IB's books. Waits for IB's answer: its new
+        values (``openOrder``), or a refusal, raised with IB's code (104 filled, 461 below
+        the filled quantity, 110/321 invalid...), after which the order is as it was."""
+        params = params or {}
+        client_id = str(params.get("clientOrderId") or "")
+        contract = self._contract(symbol)
+        try:
+            self.connection.require_ready()
+        except NotReady as exc:
+            raise not_ready(str(exc)) from None
+        trade = next(
+            (
+                t
+                for t in self.ib.openTrades()
+                if (client_id and t.order.orderRef == client_id)
+                or (not client_id and id and str(t.order.permId) == id)
+            ),
+            None,
+        )
+        if trade is None:
+            raise ccxt.OrderNotFound(f"ib: no open order {client_id or id} to modify")
+        trigger = params.get("triggerPrice")
+        wanted = modified(
+            trade.order, amount, price, float(trigger) if trigger is not None else None
+        )
+        asked = len(trade.log)  # ib_async logs the modify itself first: IB's answers follow
+        try:
+            self.ib.placeOrder(contract, wanted)
+        except ConnectionError as exc:
+            raise not_ready(str(exc)) from None
+
+        def refusal() -> tuple[int, str]:
+            errors = [e for e in trade.log[asked + 1 :] if e.errorCode]
+            return rejection_of(errors[-1]) if errors else (0, "")
+
+        await self._answered(
+            trade,
+            lambda: bool(refusal()[0]) or trade.isDone() or carries(trade.order, wanted),
+        )
+        code, text = refusal()
+        if code:
+            raise order_error(code, text)
+        return order_dict(trade, self.specs)
+
+    def price_to_precision(self, symbol: str, price: float) -> str:
+        """As given: a leg's price is on the contract's tick already (IB refuses others, 110),
+        so ``OrderCalls.carries`` compares IB's values with the leg's exactly."""
+        return repr(float(price))
+
+    def amount_to_precision(self, symbol: str, amount: float) -> str:
+        return repr(float(amount))
 
     async def _answered(self, trade: Trade, done: Callable[[], bool]) -> None:
         """Wait for IB to say something about ``trade``; a drop or silence is unknown."""

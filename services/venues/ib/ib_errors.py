@@ -20,8 +20,9 @@ is not found; 10148: it cannot be canceled (already filled or canceled)."""
 REFUSED_NEW = frozenset({321, 434})
 """Codes ib_async takes for warnings (a modified order stays live) that refuse a new order:
 321 the request did not validate, 434 a size of zero."""
-NOT_ENDING = frozenset({104, 161, 10147, 10148})
-"""Errors about a request on an order (a cancel, a modification) that leave it as it was."""
+NOT_ENDING = frozenset({104, 161, 461, 10147, 10148})
+"""Errors about a request on an order (a cancel, a modification) that leave it as it was:
+104 a filled order cannot be modified, 461 a quantity below what filled."""
 
 
 def quoted(code: int, text: str) -> str:

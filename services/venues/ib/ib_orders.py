@@ -8,11 +8,17 @@ client session and after the daily restart; the per-session ``orderId`` is kept 
 orders, fills and positions all count in them (an ES position of 2 is 2 contracts, as the
 order and its fills were), so the positions rows carry ``contractSize`` 1 and the
 multiplier in ``info``.
+
+The legs that close one Keel order's position (a bracket's stop and target, ``E1.sl`` and
+``E1.tp``) share one OCA group (``oca_group``, ``ocaType`` 1: IB cancels the others when one
+fills, with overfill blocking), so IB itself cancels the sibling even while Keel is away.
 """
 
 from __future__ import annotations
 
+import copy
 import datetime as dt
+import hashlib
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -27,6 +33,7 @@ from ib_async import (
     StopLimitOrder,
     StopOrder,
     Trade,
+    TradeLogEntry,
 )
 
 from services.venues.ib.contracts import keel_symbol
@@ -43,6 +50,18 @@ STATUS = {
 Submitted, PendingCancel, ApiPending, ValidationError) leaves it open."""
 UNSET = 1.7976931348623157e308
 _IB_PREFIX = re.compile(r"^(?:Error|Warning) -?\d+, reqId -?\d+: ")
+_LEG_SUFFIX = re.compile(r"\.(?:tp|sl)\d*$")
+OCA_CANCEL_WITH_BLOCK = 1
+"""IB's ``ocaType`` 1: one member's fill cancels the others; only one is routed at a time."""
+
+
+def oca_group(client_order_id: str) -> str:
+    """The OCA group of a closing leg: one name for every leg of one Keel bracket (its
+    target and stop, and a stop placed again: ``E1.tp``, ``E1.sl``, ``E1.sl2`` are ``E1``'s),
+    derived from the bracket's id alone (24 characters), so a restarted gateway names it the
+    same."""
+    group = _LEG_SUFFIX.sub("", client_order_id)
+    return "keel-" + hashlib.sha256(group.encode()).hexdigest()[:19]
 
 
 def ib_order(
@@ -54,9 +73,10 @@ def ib_order(
     tif: str,
     client_id: str,
     account: str,
+    oca: str = "",
 ) -> Order:
     """A ccxt-shaped request as an IB order: ``market``/``limit``, a stop when
-    ``triggerPrice`` is given (STP, STP LMT)."""
+    ``triggerPrice`` is given (STP, STP LMT); in the OCA group ``oca`` when one is named."""
     action = "BUY" if side == "buy" else "SELL"
     if trigger is not None and kind == "limit" and price is not None:
         order: Order = StopLimitOrder(action, amount, price, trigger)
@@ -69,7 +89,35 @@ def ib_order(
     order.tif = tif
     order.orderRef = client_id
     order.account = account
+    if oca:
+        order.ocaGroup = oca
+        order.ocaType = OCA_CANCEL_WITH_BLOCK
     return order
+
+
+def modified(
+    order: Order, amount: float | None, price: float | None, trigger: float | None
+) -> Order:
+    """``order`` (a copy: ib_async's own stays as IB last confirmed it) with a new quantity,
+    limit and trigger; the rest (its ids, type, OCA group) unchanged, as IB wants a modify."""
+    changed = copy.copy(order)
+    if amount is not None:
+        changed.totalQuantity = float(amount)
+    if price is not None and order.orderType in ("LMT", "STP LMT"):
+        changed.lmtPrice = float(price)
+    if trigger is not None and order.orderType in ("STP", "STP LMT"):
+        changed.auxPrice = float(trigger)
+    return changed
+
+
+def carries(have: Order, wanted: Order) -> bool:
+    """Whether IB's view of an order (``openOrder``) has the values a modify asked for."""
+    kind = wanted.orderType
+    return (
+        float(have.totalQuantity) == float(wanted.totalQuantity)
+        and (kind not in ("LMT", "STP LMT") or float(have.lmtPrice) == float(wanted.lmtPrice))
+        and (kind not in ("STP", "STP LMT") or float(have.auxPrice) == float(wanted.auxPrice))
+    )
 
 
 def _ms(when: dt.datetime | None) -> int | None:
@@ -88,7 +136,12 @@ def rejection(trade: Trade) -> tuple[int, str]:
     last = trade.log[-1] if trade.log else None
     if last is None or not last.errorCode:
         return 0, ""
-    return last.errorCode, _IB_PREFIX.sub("", last.message, count=1)
+    return rejection_of(last)
+
+
+def rejection_of(entry: TradeLogEntry) -> tuple[int, str]:
+    """One error of IB's about an order: its code and IB's own text."""
+    return entry.errorCode, _IB_PREFIX.sub("", entry.message, count=1)
 
 
 def order_dict(trade: Trade, specs: Sequence[ContractSpec]) -> dict[str, Any]:
