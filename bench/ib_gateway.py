@@ -118,6 +118,10 @@ async def serve_tws(clock_env: str) -> tuple[dict[str, Any], Any]:
         "fill": lambda ref: fill(ref),
         "away": lambda refs: away(refs),
         "notes": lambda: {"took": took, "executed": executed},
+        "history": lambda: {
+            "orders": len(fake.broker.orders),
+            "executions": len(fake.broker.executions),
+        },
     }
     venue = tomllib.loads(venue_toml("127.0.0.1", fake.port, fake.account))["venues"][0]
     return {"venue": venue}, (ops, fake.stop)
@@ -273,7 +277,6 @@ class IbSide:
         self.exchange = ib_exchange(msgspec.convert(fake.ready["venue"], VenueConfig), clock)
         self.samples = Samples()
         self.yielded: dict[str, int] = {}
-        self.fees = 0
         self.market_fills: set[str] = set()
         self.resting_fills: set[str] = set()
         self.n = 0
@@ -281,6 +284,7 @@ class IbSide:
         self.since_ms = 0
         self.seen_down = 0
         self.up_again = 0
+        self.shook = 0
         self.recovered: tuple[int, set[str]] = (0, set())
         self.back = asyncio.Event()
         self.tasks: list[asyncio.Task[None]] = []
@@ -289,6 +293,7 @@ class IbSide:
         ex = self.exchange
         await ex.load_markets()
         ex.ib.disconnectedEvent += self._down
+        ex.ib.client.apiStart += self._handshake
         ex.connection.on_connected.insert(0, self._ready)
         ex.on_resync.append(self._resync)
         self.tasks = [asyncio.create_task(self._trades()), asyncio.create_task(self._orders())]
@@ -296,6 +301,9 @@ class IbSide:
 
     def _down(self) -> None:
         self.seen_down = self.seen_down or now()
+
+    def _handshake(self) -> None:
+        self.shook = now()
 
     def _ready(self, first: bool) -> None:
         self.up_again = now()
@@ -308,8 +316,8 @@ class IbSide:
     async def _trades(self) -> None:
         while True:
             for trade in await self.exchange.watch_my_trades():
-                self.yielded.setdefault(trade["id"], now())
-                self.fees += trade["fee"]["cost"] is not None
+                if trade["fee"]["cost"] is not None:  # always: IbExchange waits for it
+                    self.yielded.setdefault(trade["id"], now())
 
     async def _orders(self) -> None:
         while True:
@@ -366,17 +374,21 @@ class IbSide:
                 STOCK, "limit", "buy", 1, self.far_price(), {"clientOrderId": ref}
             )
         self.since_ms = ex.clock.now_ns() // 1_000_000 - 1000
-        self.seen_down = self.up_again = 0
+        self.seen_down = self.up_again = self.shook = 0
         self.back.clear()
+        history = await self.fake.ask("history")
         told = await self.fake.ask("away", refs=refs)
         await asyncio.wait_for(self.back.wait(), 60)
         got = self.recovered[1] & set(told["exec_ids"])
         await asyncio.sleep(self.gap_s)
         return {
             "down": self.seen_down - told["dropped"],
+            "handshake": self.shook - told["dropped"],
             "ready": self.up_again - told["dropped"],
             "recovered": self.recovered[0] - told["dropped"],
             "count": len(got),
+            "orders": history["orders"] + away,
+            "executions": history["executions"] + away,
         }
 
     async def close(self) -> None:
@@ -444,20 +456,25 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     from tests.fakes.clock import ScaledClock
     from tests.ib_session import exchange_start
 
-    logging.getLogger("keel.ib").setLevel(logging.ERROR)  # one warning per drop: expected here
+    # a warning per drop (Keel) and an error per cancel (202) and drop (ib_async): expected here
+    logging.getLogger("keel.ib").setLevel(logging.ERROR)
+    logging.getLogger("ib_async").setLevel(logging.CRITICAL)
     clock = ScaledClock(exchange_start(), 1.0)
     work = Path(tempfile.mkdtemp(prefix="keel-ib-bench-"))
     tws = await Fake.start("tws", clock.to_env(), work / "tws.log")
     binance = await Fake.start("binance", clock.to_env(), work / "binance.log")
     ib = IbSide(tws, clock, args.gap)
     sides = [CcxtSide(binance, False, args.gap), CcxtSide(binance, True, args.gap)]
-    reconnects: list[dict[str, Any]] = []
+    fresh: list[dict[str, Any]] = []
+    busy: list[dict[str, Any]] = []
     try:
         t0 = now()
         await ib.start()
         connect_ms = (now() - t0) / 1e6
         for side in sides:
             await side.start()
+        for _ in range(args.reconnects):
+            fresh.append(await ib.reconnect(args.away))
         for i in range(WARMUP + args.trials):
             for sampled in (ib, *sides):
                 sampled.samples.keep = i >= WARMUP
@@ -467,7 +484,7 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
             if i % 10 == 9:
                 print(f"{i + 1} trials", file=sys.stderr)
         for _ in range(args.reconnects):
-            reconnects.append(await ib.reconnect(args.away))
+            busy.append(await ib.reconnect(args.away))
         await asyncio.sleep(0.5)  # the last fills' reports
         tws_notes = await tws.ask("notes")
         bx_notes = await binance.ask("notes")
@@ -480,27 +497,39 @@ async def run(args: argparse.Namespace) -> dict[str, Any]:
     ib.samples.split(tws_notes["took"])
     for side in sides:
         side.samples.split(bx_notes["took"])
+    fills = [msgspec.to_builtins(s) for s in ib.fills(tws_notes["executed"])]
     return {
         "trials": args.trials,
         "connect_ms": round(connect_ms, 1),
         "ib": [msgspec.to_builtins(s) for s in ib.samples.stats()],
-        "ib_fills": [msgspec.to_builtins(s) for s in ib.fills(tws_notes["executed"])],
-        "fills_with_fee": ib.fees,
+        "ib_fills": fills,
+        "fills": {
+            "executions": sum(
+                ref in ib.market_fills | ib.resting_fills
+                for ref, _ in tws_notes["executed"].values()
+            ),
+            "yielded_with_fee": sum(s["n"] for s in fills),
+        },
         "ccxt": {s.label: [msgspec.to_builtins(x) for x in s.samples.stats()] for s in sides},
-        "reconnect": reconnect_stats(reconnects, args.away),
+        "reconnect": [reconnect_stats(fresh, args.away), reconnect_stats(busy, args.away)],
         "work": str(work),
     }
 
 
 def reconnect_stats(trials: list[dict[str, Any]], away: int) -> dict[str, Any]:
+    """The startup sync asks for every order and execution of the day: the session's history
+    at the drop is given with the times."""
     return {
         "trials": len(trials),
         "away_per_trial": away,
         "recovered": [t["count"] for t in trials],
+        "orders": [min(t["orders"] for t in trials), max(t["orders"] for t in trials)],
+        "executions": [min(t["executions"] for t in trials), max(t["executions"] for t in trials)],
         "stages": [
             msgspec.to_builtins(stat(name, [t[key] for t in trials]))
             for name, key in (
                 ("drop -> ib_async sees the disconnect", "down"),
+                ("drop -> handshake done (apiStart), startup sync begins", "handshake"),
                 ("drop -> IbConnection ready again", "ready"),
                 ("drop -> executions made while away recovered (reqExecutions)", "recovered"),
             )
@@ -531,7 +560,11 @@ def print_table(result: dict[str, Any]) -> None:
     print("\n" + head.format("IB: IbExchange -> ib_async -> TWS fake"))
     for s in result["ib"] + result["ib_fills"]:
         print(f"| {s['name']} | {s['n']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']} |")
-    print(f"\nfills yielded with their commission report: {result['fills_with_fee']}")
+    fills = result["fills"]
+    print(
+        f"\nmeasured executions: {fills['executions']}, yielded by watch_my_trades with their "
+        f"commission report: {fills['yielded_with_fee']}"
+    )
     for label, rows in result["ccxt"].items():
         print("\n" + head.format(f"{label} -> Binance USDT-M fake"))
         for s in rows:
@@ -540,22 +573,24 @@ def print_table(result: dict[str, Any]) -> None:
     print("|---|" + "---:|" * len(result["ccxt"]))
     for name, by in result["ratios"].items():
         print(f"| {name} | " + " | ".join(str(by.get(k, "")) for k in result["ccxt"]) + " |")
-    rc = result["reconnect"]
-    print(
-        "\n"
-        + head.format(
-            f"IB reconnect: {rc['trials']} drops, {rc['away_per_trial']} executions away each"
+    for rc in result["reconnect"]:
+        title = (
+            f"IB reconnect: {rc['trials']} drops, {rc['away_per_trial']} executions away each; "
+            f"the account held {rc['orders'][0]}-{rc['orders'][1]} orders and "
+            f"{rc['executions'][0]}-{rc['executions'][1]} executions"
         )
-    )
-    for s in rc["stages"]:
-        print(f"| {s['name']} | {s['n']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']} |")
-    print(f"\nexecutions recovered per drop: {rc['recovered']}")
+        print("\n" + head.format(title))
+        for s in rc["stages"]:
+            print(f"| {s['name']} | {s['n']} | {s['p50_ms']} | {s['p95_ms']} | {s['max_ms']} |")
+        print(f"\nexecutions recovered per drop: {rc['recovered']}")
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--trials", type=int, default=30, help="measured trials per client")
-    parser.add_argument("--reconnects", type=int, default=10, help="IB drops to time")
+    parser.add_argument(
+        "--reconnects", type=int, default=10, help="IB drops to time, before and after the trials"
+    )
     parser.add_argument("--away", type=int, default=3, help="executions made while away, per drop")
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between requests")
     parser.add_argument("--json", action="store_true", help="the last line is one JSON object")
@@ -573,8 +608,10 @@ def main() -> None:
         print(json.dumps(result))
     else:
         print_table(result)
-    if any(n != args.away for n in result["reconnect"]["recovered"]):
+    if any(n != args.away for rc in result["reconnect"] for n in rc["recovered"]):
         raise SystemExit("an execution made while away was not recovered")
+    if result["fills"]["executions"] != result["fills"]["yielded_with_fee"]:
+        raise SystemExit("an execution did not reach watch_my_trades")
 
 
 if __name__ == "__main__":
