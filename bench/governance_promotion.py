@@ -79,7 +79,9 @@ def simulate(
 ) -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng([seed, 17])
     common = rng.standard_normal(args.trades) * args.common_sd
-    current = scenario.current_mean + common + _own_noise(rng, args.trades, args.noise_sd, args.tails)
+    current = (
+        scenario.current_mean + common + _own_noise(rng, args.trades, args.noise_sd, args.tails)
+    )
     canary = scenario.canary_mean + common + _own_noise(rng, args.trades, args.noise_sd, args.tails)
     return current, canary
 

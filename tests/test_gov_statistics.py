@@ -114,6 +114,7 @@ def test_min_track_record_length_by_hand() -> None:
     assert want == pytest.approx(85.5476, abs=1e-3)
     assert min_track_record_length(0.05, 0.0, 3.0, 0.05, 0.95) is None
     assert min_track_record_length(0.01, 0.0, 3.0, 0.05, 0.95) is None
+    assert min_track_record_length(1e-200, 0.0, 3.0, 0.0, 0.95) is None  # would overflow
 
 
 @settings(max_examples=80, deadline=None)

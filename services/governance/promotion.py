@@ -107,8 +107,9 @@ def _track_record(
             threshold=None,
             passed=False,
             reason=(
-                f"canary Sharpe per trade {canary.sharpe:.4f} does not exceed the deflated "
-                f"threshold {sharpe_threshold:.4f}, so no track record is long enough"
+                f"canary Sharpe per trade {canary.sharpe:.4f} does not measurably exceed "
+                f"the deflated threshold {sharpe_threshold:.4f}, so no track record is long "
+                "enough"
             ),
         )
     passed = canary.n >= needed
@@ -177,9 +178,7 @@ def evaluate(
     """
     n_canary = len(canary_arm.returns)
     variance = (
-        trial_sharpe_variance
-        if trial_sharpe_variance is not None
-        else 1.0 / max(n_canary - 1, 1)
+        trial_sharpe_variance if trial_sharpe_variance is not None else 1.0 / max(n_canary - 1, 1)
     )
     sharpe_threshold = expected_max_sharpe(trials, variance)
     current = _arm_statistics(current_arm, sharpe_threshold)
@@ -239,4 +238,3 @@ def _decide(
 
 def _by_name(conditions: tuple[Condition, ...], name: str) -> Condition:
     return next(c for c in conditions if c.name == name)
-

@@ -21,6 +21,8 @@ EULER_GAMMA = float(np.euler_gamma)
 
 # A variance factor at or below this is a two-point sample: the Sharpe estimate has no spread.
 _FACTOR_FLOOR = 1e-12
+# Relative variance below this (spread under 1e-12 of the largest value) is rounding noise.
+_SPREAD_FLOOR = 1e-24
 
 
 class SampleMoments(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -55,22 +57,24 @@ def moments(returns: Sequence[float] | np.ndarray) -> SampleMoments:
     """Mean, sample std, per-trade Sharpe, skewness and kurtosis of per-trade returns."""
     x = _array(returns)
     n = int(x.size)
-    if n == 0:
-        return SampleMoments(n=0, mean=0.0, std=0.0, sharpe=0.0, skew=0.0, kurtosis=3.0)
-    mean = float(x.mean())
-    centred = x - mean
+    mean = float(x.mean()) if n else 0.0
+    scale = float(np.max(np.abs(x))) if n else 0.0
+    if n < 2 or scale == 0.0:
+        return SampleMoments(n=n, mean=mean, std=0.0, sharpe=0.0, skew=0.0, kurtosis=3.0)
+    # the ratios are scale-free: computed on x / max|x| so tiny returns cannot underflow
+    centred = x / scale - mean / scale
     m2 = float(np.dot(centred, centred)) / n
-    if n < 2 or m2 <= 0.0:
+    if m2 <= _SPREAD_FLOOR:
         return SampleMoments(n=n, mean=mean, std=0.0, sharpe=0.0, skew=0.0, kurtosis=3.0)
     sq = centred * centred
     m3 = float(np.dot(sq, centred)) / n
     m4 = float(np.dot(sq, sq)) / n
-    std = math.sqrt(m2 * n / (n - 1))
+    std_scaled = math.sqrt(m2 * n / (n - 1))
     return SampleMoments(
         n=n,
         mean=mean,
-        std=std,
-        sharpe=mean / std,
+        std=std_scaled * scale,
+        sharpe=mean / scale / std_scaled,
         skew=m3 / m2**1.5,
         kurtosis=m4 / (m2 * m2),
     )
@@ -107,13 +111,13 @@ def min_track_record_length(
     sharpe: float, skew: float, kurtosis: float, benchmark: float, confidence: float
 ) -> float | None:
     """MinTRL: the observations needed for PSR(SR*) to reach ``confidence``,
-    ``1 + (1 - g3 SR + (g4-1)/4 SR^2) (Phi^-1(p) / (SR - SR*))^2``; None when SR <= SR*
-    (no track record is long enough)."""
+    ``1 + (1 - g3 SR + (g4-1)/4 SR^2) (Phi^-1(p) / (SR - SR*))^2``; None when SR <= SR*, or
+    so close above it that the length overflows (no track record is long enough)."""
     if sharpe <= benchmark:
         return None
-    quantile = float(ndtri(confidence))
-    factor = sharpe_variance_factor(sharpe, skew, kurtosis)
-    return 1.0 + factor * (quantile / (sharpe - benchmark)) ** 2
+    ratio = float(ndtri(confidence)) / (sharpe - benchmark)
+    needed = 1.0 + sharpe_variance_factor(sharpe, skew, kurtosis) * ratio * ratio
+    return needed if math.isfinite(needed) else None
 
 
 def expected_max_sharpe(trials: int, sharpe_variance: float) -> float:
@@ -171,7 +175,13 @@ def msprt(
     n = int(d.size)
     mean = float(d.mean()) if n else 0.0
     second_moment = float(np.dot(d, d)) / n if n else 0.0
-    log_ratio = msprt_log_ratio(n, mean, second_moment, mixture_scale)
+    scale = float(np.max(np.abs(d))) if n else 0.0
+    # Lambda_n is scale-free: computed on d / max|d| so tiny differences cannot underflow
+    log_ratio = (
+        msprt_log_ratio(n, mean / scale, float(np.dot(d / scale, d / scale)) / n, mixture_scale)
+        if scale > 0.0
+        else 0.0
+    )
     log_threshold = -math.log(1.0 - confidence)
     return SequentialTest(
         n=n,
