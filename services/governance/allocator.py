@@ -47,6 +47,10 @@ Duration = Annotated[
         description="a duration: 250ms, 90s, 5m, 6h, 1d or 2w",
     ),
 ]
+# Rounding in a sum of weights: an excess this small is not trimmed (nor called a bound).
+_SLACK = 1e-12
+# A score this far below the best is no score: it would push ``lam`` past float range.
+_NEGLIGIBLE = 1e-9
 
 
 class ModelKey(msgspec.Struct, frozen=True, cache_hash=True, array_like=True, gc=False, order=True):
@@ -211,14 +215,14 @@ def _fill(scores: Sequence[float], floor: float, caps: Sequence[float], room: fl
 
 
 def _targets(config: AllocatorConfig, models: Sequence[ModelStats]) -> dict[ModelKey, _Target]:
-    """Each model's raw target: its floor without a track record or a positive score, else
-    its share of what is left once those floors are set aside, within [floor, cap]."""
+    """Each model's raw target: its floor without a track record or a score worth the name,
+    else its share of what is left once those floors are set aside, within [floor, cap].
+    Scores are taken relative to the best, so ``lam`` stays finite."""
     scored = {m.key: _score(config, m) for m in models}
-    eligible = [m for m in models if m.trades >= config.min_trades and scored[m.key][0] > 0.0]
-    room = config.max_total - config.floor * (len(models) - len(eligible))
-    caps = [config.cap_for(m.is_canary) for m in eligible]
-    lam = _fill([scored[m.key][0] for m in eligible], config.floor, caps, room)
+    best = max((scored[m.key][0] for m in models if m.trades >= config.min_trades), default=0.0)
+    relative = {k: v[0] / best if best > 0.0 else 0.0 for k, v in scored.items()}
     out: dict[ModelKey, _Target] = {}
+    eligible: list[ModelStats] = []
     for m in models:
         score, sharpe, psr, why = scored[m.key]
         if m.trades < config.min_trades:
@@ -226,9 +230,17 @@ def _targets(config: AllocatorConfig, models: Sequence[ModelStats]) -> dict[Mode
             out[m.key] = _Target(config.floor, score, sharpe, psr, "track_record", why)
         elif score <= 0.0:
             out[m.key] = _Target(config.floor, score, sharpe, psr, "floor", why + ": floor")
+        elif relative[m.key] < _NEGLIGIBLE:
+            why += f"; under {_NEGLIGIBLE:g} of the best score: floor"
+            out[m.key] = _Target(config.floor, score, sharpe, psr, "floor", why)
+        else:
+            eligible.append(m)
+    room = config.max_total - config.floor * (len(models) - len(eligible))
+    caps = [config.cap_for(m.is_canary) for m in eligible]
+    lam = _fill([relative[m.key] for m in eligible], config.floor, caps, room)
     for m, cap in zip(eligible, caps, strict=True):
         score, sharpe, psr, why = scored[m.key]
-        share = lam * score
+        share = lam * relative[m.key]
         if share >= cap:
             bound: Bound = "canary_cap" if m.is_canary else "cap"
             weight, why = cap, why + f"; share {_fmt(share)} > {bound} {cap}"
@@ -273,7 +285,7 @@ def _fit(
     in proportion), then, if the starts alone exceed it, what stands above the floor.
     Returns the keys it moved."""
     excess = math.fsum(weights.values()) - limit
-    if excess <= 0.0:
+    if excess <= _SLACK:
         return set()
     rises = {k: w - starts[k] for k, w in weights.items() if w > starts[k]}
     rise = math.fsum(rises.values())
@@ -282,7 +294,7 @@ def _fit(
         weights[k] = starts[k] + r * (1.0 - cut)
     moved = set(rises)
     excess = math.fsum(weights.values()) - limit
-    if excess > 0.0:
+    if excess > _SLACK:
         above = {k: w - floor for k, w in weights.items() if w > floor}
         share = min(1.0, excess / math.fsum(above.values()))
         for k, a in above.items():
