@@ -20,34 +20,25 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Iterator, Sequence
 from typing import Any
 
 from ib_async import IB
 
-from contracts.events import Bar, Instrument
-from contracts.intervals import interval_ns
-from contracts.subjects import name_token
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
-from eventstore.log_reader import last_per_subject
 from services.config import MarketConfig
-from services.marketdata.feed import HEARTBEAT_S, lockstep
+from services.marketdata.feed_session import STOP_GRACE_S, FeedSession
 from services.marketdata.ib.flow import IbBarFlow
 from services.marketdata.ib.history import IbHistory, bar_size
 from services.marketdata.ib.pacing import HistoryPacing
 from services.marketdata.ib.qualify import Qualified, choose, qualify
 from services.marketdata.ib.realtime import RealTimeBars
-from services.marketdata.live.calls import Backoff, Stopped, VenueCalls
+from services.marketdata.live.calls import Backoff
 from services.marketdata.live.continuity import Continuity
 from services.marketdata.live.instruments import InstrumentBook
-from services.marketdata.live.publisher import Publisher
-from services.marketdata.live.session import SessionResult
 from services.marketdata.live.shards import in_shard
 from services.runtime.clock import Clock
-from services.runtime.heartbeat import StoreWatch, publish_heartbeat
 from services.venues.config import VenueConfig
 from services.venues.ib.bars import BarFolder
 from services.venues.ib.connection import IbConnection
@@ -55,11 +46,7 @@ from services.venues.ib.settings import IbSettings
 
 log = logging.getLogger("keel.marketdata")
 
-TICK_S = 1.0
-MIN_TICK_WALL_S = 0.02
 SETTLE_S = 2.0
-RELOAD_EVERY_S = 3600.0
-STOP_GRACE_S = 2.0
 
 
 def feed_settings(venue: VenueConfig) -> IbSettings:
@@ -77,38 +64,16 @@ def feed_settings(venue: VenueConfig) -> IbSettings:
     )
 
 
-class IbSession:
+class IbSession(FeedSession):
     """One IB venue's live feed until ``stop()``."""
 
+    RELOAD_EVERY_S = 3600.0
+
     def __init__(
-        self,
-        bus: Bus,
-        venue: VenueConfig,
-        market: MarketConfig,
-        clock: Clock,
-        *,
-        name: str = "marketdata",
-        consumers: set[str] | None = None,
-        backfill_bars: int = 0,
-        heartbeat_s: float = HEARTBEAT_S,
-        reload_every_s: float = RELOAD_EVERY_S,
-        seed: int = 0,
-        shard: int = 0,
+        self, bus: Bus, venue: VenueConfig, market: MarketConfig, clock: Clock, **options: Any
     ) -> None:
-        self.bus = bus
-        self.venue = venue
-        self.market = market
-        self.clock = clock
-        self.name = name
-        self.consumers = consumers or set()
-        self.backfill_bars = backfill_bars
-        self.heartbeat_s = heartbeat_s
-        self.reload_every_s = reload_every_s
-        self.seed = seed
-        self.shard = shard
-        self.instance = f"{socket.gethostname()}-{os.getpid()}"
-        self.stopping = asyncio.Event()
-        self.step_ns = interval_ns(market.interval)
+        """``options`` are ``FeedSession``'s (name, consumers, backfill_bars, ...)."""
+        super().__init__(bus, venue, market, clock, **options)
         if bar_size(self.step_ns) is None:
             raise KeelError(
                 f"[market] interval {market.interval!r}: IB's bars go from 5 s to 8 h "
@@ -119,49 +84,21 @@ class IbSession:
                 f"[market] universe {market.universe!r}: an ib venue streams the contracts "
                 "its [[venues.ib.contracts]] name, chosen by [market] symbols"
             )
-        self.result = SessionResult()
         self.qualified: dict[str, Qualified] = {}
         self.contracts: dict[str, Any] = {}
         self.shows: dict[str, str] = {}
         self.calendars: dict[str, Any] = {}
         self.resubscribes = 0
         self._started = False
-        self._tasks: list[asyncio.Task[Any]] = []
-
-    def stop(self) -> None:
-        self.stopping.set()
 
     # -- running -------------------------------------------------------------------------
 
-    async def run(self) -> SessionResult:
+    @contextlib.contextmanager
+    def _scope(self) -> Iterator[None]:
         self.ib = IB()
         self.connection = IbConnection(feed_settings(self.venue), self.clock, ib=self.ib)
-        self.calls = VenueCalls(self.venue.name, self.clock, self.stopping, self.seed)
         self.history = IbHistory(self.ib, self.calls, HistoryPacing(self.seed))
-        watch = StoreWatch(self.bus, self.name, self.instance)
-        self.publisher = Publisher(self.bus, self.name, watch, self.stopping)
-        beating = asyncio.create_task(self._heartbeat())
-        serving = asyncio.create_task(self._started_up(watch))
-        stopped = asyncio.create_task(self.stopping.wait())
-        try:
-            await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not serving.done():
-                done, _ = await asyncio.wait({serving}, timeout=STOP_GRACE_S)
-                if not done:
-                    serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
-        finally:
-            serving.cancel()
-            stopped.cancel()
-            beating.cancel()
-            await self._shutdown()
-        return self.result
-
-    async def _started_up(self, watch: StoreWatch) -> None:
-        with contextlib.suppress(Stopped):
-            await watch.resume()
-            await self._serve()
+        yield
 
     async def _serve(self) -> None:
         specs = choose(self.venue.name, feed_settings(self.venue).contracts, self.market.symbols)
@@ -192,8 +129,7 @@ class IbSession:
                 log.warning("%s: qualifying contracts: %s; once reconnected", self.venue.name, exc)
                 await self.calls.pause(1.0)
         self._apply(found, book)
-        between = self._settle() if self.market.lockstep and self.consumers else None
-        self.publisher.fence = between
+        between = self._fence()
         self.flow = IbBarFlow(
             self.history,
             self.calls,
@@ -232,52 +168,19 @@ class IbSession:
             len(symbols),
             self.market.interval,
         )
-        self._tasks += [
-            asyncio.create_task(self.flow.run()),
-            asyncio.create_task(self._watchdog()),
-            asyncio.create_task(self._reload(specs, book)),
-        ]
-        stopped = asyncio.create_task(self.stopping.wait())
-        running: set[asyncio.Task[Any]] = {stopped, *self._tasks}
-        try:
-            while not stopped.done():
-                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task is not stopped and not task.cancelled() and task.exception():
-                        raise task.exception()  # type: ignore[misc]
-        finally:
-            stopped.cancel()
+        await self._supervise((self.flow.run(), self._watchdog(), self._reload(specs, book)))
 
-    def _settle(self) -> Callable[[], Awaitable[None]]:
-        wait = lockstep(self.bus, self.consumers)
-        guard = asyncio.Lock()
+    async def _silence(self) -> None:
+        """IB's bars stop with the connection, closed after the last flush."""
 
-        async def settle() -> None:
-            async with guard:
-                await wait()
-
-        return settle
+    async def _close(self) -> None:
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(self.connection.close(), STOP_GRACE_S)
 
     async def _seed(self, symbols: Sequence[str]) -> tuple[InstrumentBook, Continuity]:
         """Where the log left off: the last Instrument and the last bar of each symbol."""
-        venue = name_token(self.venue.name, "venue")
-        instruments = await self.bus.retry(
-            f"{self.name}: read",
-            lambda: last_per_subject(self.bus, "MARKET", f"md.instrument.{venue}.*"),
-            stop=self.stopping,
-        )
-        interval = name_token(self.market.interval)
-        bars = await self.bus.retry(
-            f"{self.name}: read",
-            lambda: last_per_subject(self.bus, "MARKET", f"md.bar.{venue}.*.{interval}"),
-            stop=self.stopping,
-        )
-        book = InstrumentBook(
-            s.event
-            for s in instruments
-            if isinstance(s.event, Instrument) and s.event.symbol in symbols
-        )
-        last = {s.event.symbol: s.event.open_time for s in bars if isinstance(s.event, Bar)}
+        known, last = await self._last_stored()
+        book = InstrumentBook(i for i in known if i.symbol in symbols)
         return book, Continuity(self.step_ns, {s: last[s] for s in symbols if s in last})
 
     def _apply(self, found: Sequence[Qualified], book: InstrumentBook) -> list[str]:
@@ -326,7 +229,7 @@ class IbSession:
     # -- periodic jobs -------------------------------------------------------------------
 
     async def _watchdog(self) -> None:
-        tick = max(TICK_S, MIN_TICK_WALL_S / max(self.clock.wall_seconds(1.0), 1e-9))
+        tick = self._tick_s()
         backoffs: dict[str, Backoff] = {}
         again_at: dict[str, int] = {}
         quiet = int(self.market.stall_grace_s * 1e9)
@@ -367,36 +270,3 @@ class IbSession:
             if moved:
                 log.info("%s: front month rolled: %s", self.venue.name, ", ".join(moved))
                 self.stream.subscribe(moved)
-
-    async def _heartbeat(self) -> None:
-        seq = 0
-        while not self.stopping.is_set():
-            seq += 1
-            processed = self.flow.bars if hasattr(self, "flow") else 0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    publish_heartbeat(
-                        self.bus, self.name, self.instance, "running", seq, processed
-                    ),
-                    self.heartbeat_s,
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.heartbeat_s)
-
-    async def _shutdown(self) -> None:
-        if self._tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.publisher.flush(), STOP_GRACE_S)
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
-        if hasattr(self, "flow"):
-            self.result.bars = self.flow.bars
-            self.result.empty_minutes = self.flow.empty_minutes
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.connection.close(), STOP_GRACE_S)
-        with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                publish_heartbeat(self.bus, self.name, self.instance, "stopped"), STOP_GRACE_S
-            )

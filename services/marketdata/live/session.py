@@ -14,35 +14,26 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import os
-import socket
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import ccxt
 import ccxt.pro
-import msgspec
 
-from contracts.events import Bar, Instrument
-from contracts.intervals import interval_ns
-from contracts.subjects import name_token
 from eventstore.bus import Bus
-from eventstore.log_reader import last_per_subject
 from services.config import MarketConfig
-from services.marketdata.feed import HEARTBEAT_S, lockstep
+from services.marketdata.feed_session import STOP_GRACE_S, FeedSession
 from services.marketdata.live.bars import BarFlow
-from services.marketdata.live.calls import Backoff, Stopped, VenueCalls, one_line
+from services.marketdata.live.calls import Backoff, one_line
 from services.marketdata.live.continuity import Continuity
 from services.marketdata.live.funding import FundingPoller
 from services.marketdata.live.instruments import InstrumentBook, VenueMarket, select_symbols
 from services.marketdata.live.listing import Listing
-from services.marketdata.live.publisher import Publisher
 from services.marketdata.live.shards import in_shard
 from services.marketdata.live.sink import FrameSink
 from services.marketdata.live.streams import Streams, bars_from_trades
 from services.marketdata.live.trade_bars import TradeBars
 from services.runtime.clock import Clock
-from services.runtime.heartbeat import StoreWatch, publish_heartbeat
 from services.venues.ccxt_exchange import Redactor, build_exchange, read_secrets
 from services.venues.config import VenueConfig
 
@@ -50,25 +41,15 @@ log = logging.getLogger("keel.marketdata")
 
 ExchangeFactory = Callable[[VenueConfig, Mapping[str, str]], ccxt.pro.Exchange]
 
-RELOAD_EVERY_S = 900.0
 TRADE_SETTLE_S = 2.0
-TICK_S = 1.0
-MIN_TICK_WALL_S = 0.02
-STOP_GRACE_S = 2.0
 OHLCV_KEPT = 16
 TRADES_KEPT = 100
 
 
-class SessionResult(msgspec.Struct):
-    bars: int = 0
-    instruments: int = 0
-    dead_letters: int = 0
-    empty_minutes: int = 0
-    reconnects: int = 0
-
-
-class LiveSession:
+class LiveSession(FeedSession):
     """One venue's live feed until ``stop()``."""
+
+    RELOAD_EVERY_S = 900.0
 
     def __init__(
         self,
@@ -77,52 +58,18 @@ class LiveSession:
         market: MarketConfig,
         clock: Clock,
         *,
-        name: str = "marketdata",
-        consumers: set[str] | None = None,
-        backfill_bars: int = 0,
-        reload_every_s: float = RELOAD_EVERY_S,
-        heartbeat_s: float = HEARTBEAT_S,
-        seed: int = 0,
-        shard: int = 0,
         exchange_factory: ExchangeFactory = build_exchange,
+        **options: Any,
     ) -> None:
+        """``options`` are ``FeedSession``'s (name, consumers, backfill_bars, ...)."""
+        super().__init__(bus, venue, market, clock, **options)
         self.exchange_factory = exchange_factory
-        self.shard = shard
-        self.bus = bus
-        self.venue = venue
-        self.market = market
-        self.clock = clock
-        self.name = name
-        self.consumers = consumers or set()
-        self.backfill_bars = backfill_bars
-        self.reload_every_s = reload_every_s
-        self.heartbeat_s = heartbeat_s
-        self.seed = seed
-        self.instance = f"{socket.gethostname()}-{os.getpid()}"
-        self.stopping = asyncio.Event()
-        self.step_ns = interval_ns(market.interval)
-        self.result = SessionResult()
         self.redactor = Redactor({})
-        self._tasks: list[asyncio.Task[Any]] = []
-
-    def stop(self) -> None:
-        self.stopping.set()
 
     # -- running -------------------------------------------------------------------------
 
-    def _settle(self) -> Callable[[], Awaitable[None]]:
-        """The fleet's lockstep, one wait at a time: a backfill's steps and the publisher's
-        fenced feed states share it."""
-        wait = lockstep(self.bus, self.consumers)
-        guard = asyncio.Lock()
-
-        async def settle() -> None:
-            async with guard:
-                await wait()
-
-        return settle
-
-    async def run(self) -> SessionResult:
+    @contextlib.contextmanager
+    def _scope(self) -> Iterator[None]:
         secrets = read_secrets(self.venue)  # none needed for market data; any given are hidden
         self.redactor = Redactor(secrets)
         for target in (logging.getLogger(), *logging.getLogger().handlers):
@@ -134,38 +81,15 @@ class LiveSession:
         for option, kept in (("OHLCVLimit", OHLCV_KEPT), ("tradesLimit", TRADES_KEPT)):
             if option not in self.venue.options:
                 self.exchange.options[option] = kept
-        self.calls = VenueCalls(self.venue.name, self.clock, self.stopping, self.seed)
-        watch = StoreWatch(self.bus, self.name, self.instance)
-        self.publisher = Publisher(self.bus, self.name, watch, self.stopping)
-        beating = asyncio.create_task(self._heartbeat())
         loop = asyncio.get_running_loop()
         handler = loop.get_exception_handler()
         loop.set_exception_handler(self._loop_error)
-        serving = asyncio.create_task(self._started(watch))
-        stopped = asyncio.create_task(self.stopping.wait())
         try:
-            await asyncio.wait({serving, stopped}, return_when=asyncio.FIRST_COMPLETED)
-            if not serving.done():
-                # A stop cuts a start-up that waits (a venue away, a fleet behind in lockstep).
-                done, _ = await asyncio.wait({serving}, timeout=STOP_GRACE_S)
-                if not done:
-                    serving.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await serving
+            yield
         finally:
-            serving.cancel()
-            stopped.cancel()
-            beating.cancel()
-            await self._shutdown()
             loop.set_exception_handler(handler)
             for target in (logging.getLogger(), *logging.getLogger().handlers):
                 target.removeFilter(self.redactor)
-        return self.result
-
-    async def _started(self, watch: StoreWatch) -> None:
-        with contextlib.suppress(Stopped):
-            await watch.resume()
-            await self._serve()
 
     async def _serve(self) -> None:
         self.listing = Listing(
@@ -185,8 +109,7 @@ class LiveSession:
         await self._seed(symbols)
         self._tasks.append(asyncio.create_task(self.publisher.run()))
         self.listing.publish(markets, symbols)
-        between = self._settle() if self.market.lockstep and self.consumers else None
-        self.publisher.fence = between
+        between = self._fence()
         self.flow = BarFlow(
             self.exchange,
             self.calls,
@@ -255,68 +178,28 @@ class LiveSession:
             ),
             self._reload_loop(),
         )
-        for job in jobs:
-            self._tasks.append(asyncio.create_task(job))
-        stopped = asyncio.create_task(self.stopping.wait())
-        running: set[asyncio.Task[Any]] = {stopped, *self._tasks}
-        try:
-            while not stopped.done():
-                done, running = await asyncio.wait(running, return_when=asyncio.FIRST_COMPLETED)
-                for task in done:
-                    if task is not stopped and not task.cancelled() and task.exception():
-                        raise task.exception()  # type: ignore[misc]
-        finally:
-            stopped.cancel()
+        await self._supervise(jobs)
 
-    async def _shutdown(self) -> None:
+    async def _silence(self) -> None:
         if hasattr(self, "streams"):
             await self.streams.stop()
-        if hasattr(self, "publisher") and self._tasks:
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.publisher.flush(), STOP_GRACE_S)
-        tasks, self._tasks = self._tasks, []
-        for task in tasks:
-            task.cancel()
-        await asyncio.gather(*tasks, return_exceptions=True)
+
+    async def _close(self) -> None:
         if hasattr(self, "listing"):
             self.result.instruments = self.listing.published
         if hasattr(self, "sink"):
             self.result.dead_letters = self.sink.dead_letters
-        if hasattr(self, "flow"):
-            self.result.bars = self.flow.bars
-            self.result.empty_minutes = self.flow.empty_minutes
-        if hasattr(self, "exchange"):
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.exchange.close(), STOP_GRACE_S)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                publish_heartbeat(self.bus, self.name, self.instance, "stopped"), STOP_GRACE_S
-            )
+            await asyncio.wait_for(self.exchange.close(), STOP_GRACE_S)
 
     # -- start-up ------------------------------------------------------------------------
 
     async def _seed(self, symbols: Sequence[str]) -> None:
         """Where the log left off: the last Instrument and the last bar of each symbol."""
-        venue = name_token(self.venue.name, "venue")
-        instruments = await self.bus.retry(
-            f"{self.name}: read",
-            lambda: last_per_subject(self.bus, "MARKET", f"md.instrument.{venue}.*"),
-            stop=self.stopping,
+        known, last = await self._last_stored()
+        self.listing.book = InstrumentBook(
+            i for i in known if in_shard([i.symbol], self.shard, self.market.shards)
         )
-        interval = name_token(self.market.interval)
-        bars = await self.bus.retry(
-            f"{self.name}: read",
-            lambda: last_per_subject(self.bus, "MARKET", f"md.bar.{venue}.*.{interval}"),
-            stop=self.stopping,
-        )
-        seed = (
-            s.event
-            for s in instruments
-            if isinstance(s.event, Instrument)
-            and in_shard([s.event.symbol], self.shard, self.market.shards)
-        )
-        self.listing.book = InstrumentBook(seed)
-        last = {s.event.symbol: s.event.open_time for s in bars if isinstance(s.event, Bar)}
         self.continuity = Continuity(self.step_ns, {s: last[s] for s in symbols if s in last})
 
     def _loop_error(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
@@ -328,7 +211,7 @@ class LiveSession:
     # -- periodic jobs -------------------------------------------------------------------
 
     async def _watchdog(self) -> None:
-        tick = max(TICK_S, MIN_TICK_WALL_S / max(self.clock.wall_seconds(1.0), 1e-9))
+        tick = self._tick_s()
         backoff = Backoff(seed=self.seed + 1)
         reconnect_at = 0
         while True:
@@ -408,18 +291,3 @@ class LiveSession:
     async def _restream(self) -> None:
         await self.streams.stop()
         self.streams.start(list(self.flow.active))
-
-    async def _heartbeat(self) -> None:
-        seq = 0
-        while not self.stopping.is_set():
-            seq += 1
-            processed = self.flow.bars if hasattr(self, "flow") else 0
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    publish_heartbeat(
-                        self.bus, self.name, self.instance, "running", seq, processed
-                    ),
-                    self.heartbeat_s,
-                )
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.heartbeat_s)
