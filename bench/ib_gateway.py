@@ -44,16 +44,19 @@ import logging
 import math
 import os
 import platform
+import shutil
 import statistics
 import sys
 import tempfile
 import time
 import tomllib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import msgspec
 
+from services.runtime.clock import Clock
 from services.venues.config import VenueConfig
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -63,6 +66,11 @@ STOCK = "AAPL"
 WARMUP = 3
 
 
+Ops = dict[str, Callable[..., dict[str, Any]]]
+Served = tuple[dict[str, Any], Ops, Callable[[], Awaitable[None]]]
+"""What a fake's process prints when ready, the requests it answers, how it stops."""
+
+
 def now() -> int:
     return time.monotonic_ns()
 
@@ -70,7 +78,7 @@ def now() -> int:
 # -- the fakes, each in its own process ------------------------------------------------------
 
 
-async def serve_tws(clock_env: str) -> tuple[dict[str, Any], Any]:
+async def serve_tws(clock_env: str) -> Served:
     """The TWS fake on the shared exchange clock, noting when it took each order (by
     ``orderRef``), cancelled it, and made each execution."""
     from tests.fakes.clock import ScaledClock
@@ -113,7 +121,7 @@ async def serve_tws(clock_env: str) -> tuple[dict[str, Any], Any]:
         return {"exec_ids": ids, "dropped": at}
 
     listing = next(x for x in fake.catalogue if x.symbol == STOCK and x.secType == "STK")
-    ops = {
+    ops: Ops = {
         "price": lambda: {"price": fake.price(listing)},
         "fill": lambda ref: fill(ref),
         "away": lambda refs: away(refs),
@@ -124,10 +132,10 @@ async def serve_tws(clock_env: str) -> tuple[dict[str, Any], Any]:
         },
     }
     venue = tomllib.loads(venue_toml("127.0.0.1", fake.port, fake.account))["venues"][0]
-    return {"venue": venue}, (ops, fake.stop)
+    return {"venue": venue}, ops, fake.stop
 
 
-async def serve_binance() -> tuple[dict[str, Any], Any]:
+async def serve_binance() -> Served:
     """The Binance USDT-M fake on the wall clock, noting when its engine first saw each
     client order id."""
     from tests.fakes.clock import ScaledClock
@@ -145,13 +153,13 @@ async def serve_binance() -> tuple[dict[str, Any], Any]:
         "lot": spec.lot_size,
         "tick": spec.tick_size,
     }
-    ops = {"notes": lambda: {"took": took, "executed": {}}}
-    return ready, (ops, fake.stop)
+    ops: Ops = {"notes": lambda: {"took": took, "executed": {}}}
+    return ready, ops, fake.stop
 
 
 async def serve(kind: str, clock_env: str) -> None:
     """Print the ready line, then answer one JSON line per request line until stdin ends."""
-    ready, (ops, stop) = await (serve_tws(clock_env) if kind == "tws" else serve_binance())
+    ready, ops, stop = await (serve_tws(clock_env) if kind == "tws" else serve_binance())
     loop = asyncio.get_running_loop()
     reader = asyncio.StreamReader()
     await loop.connect_read_pipe(lambda: asyncio.StreamReaderProtocol(reader), sys.stdin)
@@ -244,7 +252,9 @@ class Samples:
         if self.keep:
             self.values.setdefault(name, []).append(ns)
 
-    async def timed(self, name: str, call: Any, ref: str = "") -> dict[str, Any]:
+    async def timed(
+        self, name: str, call: Awaitable[dict[str, Any]], ref: str = ""
+    ) -> dict[str, Any]:
         t0 = now()
         answer: dict[str, Any] = await call
         self.add(name, now() - t0)
@@ -269,7 +279,7 @@ class IbSide:
     """``IbExchange`` as the gateway builds it, with the gateway's two private-stream loops
     running, and hooks that time a reconnect and its recovery."""
 
-    def __init__(self, fake: Fake, clock: Any, gap_s: float) -> None:
+    def __init__(self, fake: Fake, clock: Clock, gap_s: float) -> None:
         from services.venues.ib.wiring import ib_exchange
 
         self.fake = fake
@@ -594,6 +604,7 @@ def main() -> None:
     parser.add_argument("--away", type=int, default=3, help="executions made while away, per drop")
     parser.add_argument("--gap", type=float, default=0.05, help="seconds between requests")
     parser.add_argument("--json", action="store_true", help="the last line is one JSON object")
+    parser.add_argument("--keep", action="store_true", help="keep the fakes' logs")
     parser.add_argument("--serve", choices=("tws", "binance"), help=argparse.SUPPRESS)
     parser.add_argument("--clock", default="", help=argparse.SUPPRESS)
     args = parser.parse_args()
@@ -612,6 +623,8 @@ def main() -> None:
         raise SystemExit("an execution made while away was not recovered")
     if result["fills"]["executions"] != result["fills"]["yielded_with_fee"]:
         raise SystemExit("an execution did not reach watch_my_trades")
+    if not args.keep:
+        shutil.rmtree(result["work"], ignore_errors=True)
 
 
 if __name__ == "__main__":
