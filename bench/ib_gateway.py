@@ -18,12 +18,13 @@ Per trial, IB then ccxt (limiter off) then ccxt (limiter on), so all three see t
 - **fill to Keel** (IB): the fake's execution -> the fill (with its commission report)
   yielded by ``IbExchange.watch_my_trades``, for a market order's fill at placement and a
   resting order's later fill;
-- **reconnect** (IB, ``--reconnects`` trials): ``--away`` resting orders are filled while
-  no client hears it (``faults.fill_away``) and the fake drops every socket
-  (``faults.drop``); timed from the drop to the disconnect seen, to ``IbConnection`` ready
-  again, and to the executions made while away recovered by the resync hook's
-  ``fetch_my_trades`` (``reqExecutions``, as the gateway's reconciliation asks), with
-  their count.
+- **reconnect** (IB, ``--reconnects`` drops on a fresh account and as many after the
+  trials, when the account holds their orders and executions): ``--away`` resting orders
+  are filled while no client hears it (``faults.fill_away``) and the fake drops every
+  socket (``faults.drop``); timed from the drop to the disconnect seen, to the handshake
+  done, to ``IbConnection`` ready again (ib_async's startup sync done), and to the
+  executions made while away recovered by the resync hook's ``fetch_my_trades``
+  (``reqExecutions``, as the gateway's reconciliation asks), with their count.
 
 Usage::
 
