@@ -20,6 +20,15 @@ answers are taken as that order's.
 Within one decision, protective legs go out first: on a spot account the exchange locks the
 base asset for each sell leg, and the stop is the one that must not be refused.
 
+A venue's own cancel of a bracket leg while its sibling works (IB cancels an OCA group's
+other members when one fills; contract exchanges cancel reduce-only orders when the position
+is closed) is held back until the sibling's fill: it may arrive first on the venue's other
+stream, and the order manager, told only "the stop is gone", would place it again for a
+position that is already closed. The sibling's fill releases it (after the fill, so the
+order manager re-protects only what is still open), so does the order manager's own cancel
+of the leg; without a fill it is released after ``HOLD_NS`` (a stop canceled by hand is then
+placed again).
+
 Bars and quotes of other venues, and orders for them, go to the paper venue.
 
 Each new leg carries its market's parts (kind, base, quote, settle, contract size) from the
@@ -72,6 +81,8 @@ class MarketParts(msgspec.Struct, frozen=True):
 
 _NO_MARKET = MarketParts("", "", "", "", 1.0)
 """No ``Instrument`` seen: the journal reads the symbol's text."""
+HOLD_NS = 30_000_000_000
+"""How long a venue's cancel of a bracket leg waits for its sibling's fill (event time)."""
 
 
 class GatewayVenueState(msgspec.Struct):
@@ -84,6 +95,8 @@ class GatewayVenueState(msgspec.Struct):
     """Legs amended in place, by venue client id, until the venue answered each amendment."""
     markets: dict[str, MarketParts] = msgspec.field(default_factory=dict)
     """The last ``Instrument`` of each gateway market, by ``venue\x1fsymbol``."""
+    held: dict[str, VenueAnswer] = msgspec.field(default_factory=dict)
+    """Venue cancels of bracket legs waiting for their sibling's fill, by venue client id."""
 
 
 class _Snapshot(msgspec.Struct):
@@ -131,10 +144,11 @@ class GatewayVenue:
         kind = type(event)
         if kind is Bar or kind is Quote:
             if event.venue in self.gateways:  # type: ignore[attr-defined]
-                return []
+                return self._expire(now) if self.state.held else []
             return self.paper.decide(event, now)
         if kind is VenueAnswer:
-            return self._on_answer(event, now)  # type: ignore[arg-type]
+            reports = self._on_answer(event, now)  # type: ignore[arg-type]
+            return [*reports, *self._expire(now)] if self.state.held else reports
         if kind is Instrument and event.venue in self.gateways:  # type: ignore[attr-defined]
             self._on_instrument(event)  # type: ignore[arg-type]
             return []
@@ -194,6 +208,9 @@ class GatewayVenue:
             leg = st.legs.get(oid)
             if leg is None or leg.done:
                 return [rejected(cmd, now, "cancel of an unknown order")]
+            if leg.order.venue_client_id in st.held:
+                self._finish(leg)  # the venue canceled it already: nothing to ask
+                return []
             self._outgoing.append(
                 msgspec.structs.replace(leg.order, ts=now, action="cancel", replaces="")
             )
@@ -336,6 +353,8 @@ class GatewayVenue:
             return out  # else the submit's answer and the private stream's both say so
         if kind == "unknown":
             return []  # the order keeps its state until a query settles it
+        if kind == "canceled" and self._hold(leg, answer):
+            return []
         out = []
         if not leg.acked and kind in ("fill", "canceled", "expired"):
             # The exchange had the order (its acknowledgement was lost, or came later).
@@ -351,12 +370,74 @@ class GatewayVenue:
                 self._finish(leg)
             status = "filled" if final else "partially_filled"
             out.append(self._leg_report(leg, status, answer, fill=True))
+            if self.state.held:
+                out.extend(self._release(leg))
             return out
         if kind in ("rejected", "missing") and self._restore(leg):
             return []  # the replaced leg works on: it is the order's again
         self._finish(leg)
         out.append(self._leg_report(leg, "rejected" if kind == "missing" else kind, answer))
         return out
+
+    def _siblings(self, leg: Leg) -> list[Leg]:
+        """The other working closing legs of the same book and side (a bracket's target and
+        stop are each other's)."""
+        o = leg.order
+        return [
+            other
+            for other in self.state.legs.values()
+            if other is not leg
+            and not other.done
+            and other.order.reduce_only
+            and other.order.strategy == o.strategy
+            and other.order.venue == o.venue
+            and other.order.symbol == o.symbol
+            and other.order.side == o.side
+        ]
+
+    def _hold(self, leg: Leg, answer: VenueAnswer) -> bool:
+        """Hold a cancel Keel did not ask for of a closing leg whose sibling still works:
+        the sibling's fill, on its way, says whether anything is left to protect."""
+        if answer.source == "cancel" or not leg.order.reduce_only or not leg.acked:
+            return False
+        if not self._siblings(leg):
+            return False
+        self.state.held.setdefault(leg.order.venue_client_id, answer)
+        return True
+
+    def _release(self, filled: Leg) -> list[Event]:
+        """The held cancels of ``filled``'s siblings, after its fill: the order manager
+        then knows what is left to protect, and protects only that."""
+        out: list[Event] = []
+        for sibling in self._siblings(filled):
+            answer = self.state.held.get(sibling.order.venue_client_id)
+            if answer is not None:
+                why = f"canceled by the venue as {filled.order.client_order_id} filled"
+                out.append(self._held_cancel(sibling, answer, why))
+        return out
+
+    def _expire(self, now: int) -> list[Event]:
+        """Held cancels whose sibling did not fill within ``HOLD_NS``: the leg is gone."""
+        st = self.state
+        out: list[Event] = []
+        for vcid, answer in list(st.held.items()):
+            if now - answer.ts < HOLD_NS:
+                continue
+            oid = st.owner.get(vcid)
+            leg = st.legs.get(oid) if oid is not None else None
+            if leg is None or leg.done or leg.order.venue_client_id != vcid:
+                del st.held[vcid]
+                continue
+            if self._roles(leg.order.client_order_id) is None:
+                self._finish(leg)  # the order manager ended the order already
+                continue
+            out.append(self._held_cancel(leg, answer, "canceled by the venue"))
+        return out
+
+    def _held_cancel(self, leg: Leg, answer: VenueAnswer, why: str) -> ExecutionReport:
+        self._finish(leg)
+        reason = answer.reason or why
+        return self._leg_report(leg, "canceled", msgspec.structs.replace(answer, reason=reason))
 
     def _restore(self, leg: Leg) -> bool:
         """A refused new leg of an amended stop whose old leg still works: the old one is
@@ -431,6 +512,7 @@ class GatewayVenue:
         st = self.state
         st.owner.pop(leg.order.venue_client_id, None)
         st.amending.pop(leg.order.venue_client_id, None)
+        st.held.pop(leg.order.venue_client_id, None)
         oid = leg.order.client_order_id
         st.legs.pop(oid, None)
         for vcid in [v for v, old in st.replaced.items() if old.order.client_order_id == oid]:
