@@ -20,7 +20,8 @@ for a naive fixed-sample one-sided paired t-test at the same confidence checked 
 the design it replaces. The sequential tests alone (looking from the second trade, no other
 condition) are reported too. Usage::
 
-    .venv/bin/python bench/governance_promotion.py [--seeds 500] [--trades 500] [--json]
+    .venv/bin/python bench/governance_promotion.py [--seeds 500] [--trades 500]
+        [--tails normal|t3] [--mixture-scale 0.3] [--json]
 """
 
 from __future__ import annotations
@@ -164,9 +165,10 @@ def main() -> None:
     parser.add_argument("--current-mean", type=float, default=0.0005)
     parser.add_argument("--canary-mean", type=float, default=0.0025)
     parser.add_argument("--tails", choices=("normal", "t3"), default="normal")
+    parser.add_argument("--mixture-scale", type=float, default=PromotionConfig().mixture_scale)
     parser.add_argument("--json", action="store_true")
     args = parser.parse_args()
-    config = PromotionConfig()
+    config = PromotionConfig(mixture_scale=args.mixture_scale)
     arm_sd = math.hypot(args.common_sd, args.noise_sd)
     diff_sd = math.sqrt(2.0) * args.noise_sd
     scenarios = (
