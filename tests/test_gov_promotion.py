@@ -173,7 +173,7 @@ def test_a_deeper_drawdown_holds() -> None:
     assert result.canary.max_drawdown > 0.01
     assert result.decision == "hold" and _failing(result) == ["max_drawdown"]
     assert result.reason.startswith(
-        f"hold: canary max drawdown {result.canary.max_drawdown:.4f} exceeds current's 0.0000"
+        f"hold: canary max drawdown {result.canary.max_drawdown:.4f} vs current's 0.0000: "
     )
     assert result.reason.endswith("beyond max_dd_worse 0.01")
 

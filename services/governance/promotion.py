@@ -197,8 +197,8 @@ def evaluate(
             threshold=config.max_dd_worse,
             passed=dd_passed,
             reason=(
-                f"canary max drawdown {canary.max_drawdown:.4f} exceeds current's "
-                f"{current.max_drawdown:.4f} by {dd_excess:.4f}, "
+                f"canary max drawdown {canary.max_drawdown:.4f} vs current's "
+                f"{current.max_drawdown:.4f}: excess {dd_excess:.4f} "
                 f"{'within' if dd_passed else 'beyond'} max_dd_worse {config.max_dd_worse:g}"
             ),
         ),
