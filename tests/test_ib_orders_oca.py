@@ -188,6 +188,38 @@ def test_a_cancel_no_fill_explains_is_taken_as_gone_after_the_hold() -> None:
     assert position(oms) == 10.0
 
 
+def test_a_stop_moved_after_it_filled_keeps_what_ib_says() -> None:
+    """The stop is moved in place while IB is filling it: IB refuses the modify (104), the
+    order manager keeps the stop IB has, then its fill closes the position and the target,
+    which IB's OCA group cancels anyway, is canceled once."""
+    oms, tp, sl = bracketed()
+    move = OrderCommand(
+        ts=T0 + 10 * NS,
+        action="amend",
+        client_order_id="e1.sl",
+        strategy="s1",
+        venue=VENUE,
+        symbol=SYMBOL,
+        side="sell",
+        qty=10.0,
+        order_type="stop",
+        stop_price=97.0,
+    )
+    (moved,) = legs(oms.decide(move, T0 + 10 * NS))
+    assert (moved.action, moved.replaces, moved.stop_price) == ("amend", sl.venue_client_id, 97.0)
+    why = "InvalidOrder 104: Can't modify a filled order. Order id 3"
+    refused = answer(moved, "rejected", T0 + 11 * NS, source="amend", reason=why)
+    out = oms.decide(refused, T0 + 11 * NS)
+    assert [(r.client_order_id, r.status) for r in reports(out)] == [("e1.sl", "accepted")]
+    assert oms.state.orders["e1.sl"].stop_price == 95.0  # the trigger IB has
+    out = oms.decide(fill(sl, T0 + 12 * NS, 10.0, 95.0, "x3"), T0 + 12 * NS)
+    ends = {(r.client_order_id, r.status) for r in reports(out)}
+    assert ends == {("e1.sl", "filled"), ("e1.tp", "canceled")}
+    assert [(leg.client_order_id, leg.action) for leg in legs(out)] == [("e1.tp", "cancel")]
+    assert not legs(oms.decide(answer(tp, "canceled", T0 + 13 * NS), T0 + 13 * NS))
+    assert position(oms) == 0.0 and not oms.state.orders
+
+
 # --- the real gateway and the TWS fake --------------------------------------------------
 
 
