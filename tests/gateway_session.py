@@ -4,32 +4,24 @@
 strategy enters within a few bars and then holds), a config whose one ``[[venues]]`` entry
 points ccxt at the fake in the venue's test mode (``MODES``) with the credentials in
 environment variables, and ``keel up`` on the fake's exchange time (``KEEL_TEST_CLOCK``).
-It then reads back what the fleet stored and what the exchange holds, for
-``tests/test_gateway_e2e.py``.
+It then reads back what the fleet stored and what the exchange holds (``FleetSession``),
+for ``tests/test_gateway_e2e.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import signal
-import sys
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 
-from nats.js.api import DeliverPolicy
-
-from contracts.events import Bar, ExecutionReport, PositionChanged
-from eventstore.bus import Bus
-from eventstore.log_reader import read_caught_up
-from eventstore.server import EmbeddedServer
+from contracts.events import Bar, PositionChanged
 from tests.fakes.__main__ import toml_value, venue_toml
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import FakeExchange, start_fake
 from tests.fakes.kraken_orders import ccxt_secret as kraken_secret
 from tests.fakes.krakenfutures_orders import TEST_SECRET as KF_SECRET
 from tests.fakes.prices import Candle, PricePath, default_symbols, snap, unit
-from tests.up_process import fake_time_env, stop_up
+from tests.fleet_session import FleetSession
 
 RATE = 60.0
 STEP = 60_000_000_000
@@ -167,103 +159,47 @@ max_signal_lag = "1h"  # exchange time runs 60x: a bar a second, which five load
 """
 
 
-class GatewaySession:
+class GatewaySession(FleetSession):
     """One exchange fake, its own nats-server and ``keel up`` in ``work``."""
 
     def __init__(
         self, exchange_id: str, work: Path, balances: dict[str, float] | None = None
     ) -> None:
+        spec = default_symbols(exchange_id, 1)[0]
+        super().__init__(work, ScaledClock(exchange_start(spec.symbol), RATE), f"{exchange_id}: ")
         self.balances = balances
         self.path = DroppingPath.from_bars(rising_bars())
         self.exchange_id = exchange_id
-        self.work = work
-        spec = default_symbols(exchange_id, 1)[0]
         self.spec = spec
         self.symbol = spec.symbol
         self.qty = round(max(spec.lot_size, 20.0 / spec.price) * 10, 8)
-        self.clock = ScaledClock(exchange_start(spec.symbol), RATE)
-        self.server: EmbeddedServer | None = None
-        self.bus: Bus | None = None
         self.fake: FakeExchange | None = None
-        self.up: asyncio.subprocess.Process | None = None
-        self.output = ""
 
     async def start(self) -> None:
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.server = EmbeddedServer(self.work / "nats").start()
-        self.bus = await Bus.connect(self.server.url, name="test")
-        path = self.path
+        await self._open()
         self.fake = await start_fake(
-            self.exchange_id, [self.spec], self.clock, path=path, balances=self.balances
+            self.exchange_id, [self.spec], self.clock, path=self.path, balances=self.balances
         )
-        config = self.work / "keel.toml"
-        config.write_text(fleet_toml(self.fake, self.symbol, self.qty))
-        env = {
-            **fake_time_env(self.server.url, self.clock),
-            KEY_ENV: KEY,
-            SECRET_ENV: secret_for(self.fake),
-        }
         live = ["--live"] if MODES[self.exchange_id] == "live" else []
-        self.up = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli.app", "up", "--config", str(config), *live,
-            cwd=self.work, env=env,
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+        credentials = {KEY_ENV: KEY, SECRET_ENV: secret_for(self.fake)}
+        await self._launch(fleet_toml(self.fake, self.symbol, self.qty), *live, env=credentials)
+
+    async def _stop_venue(self) -> None:
+        fake, self.fake = self.fake, None
+        if fake is not None:
+            await fake.stop()
 
     async def stop(self) -> None:
         """Ctrl-C: ``keel up`` stops its workers and exits; then the fake and the server.
         Stopping twice does nothing more."""
-        up, fake, bus, server = self.up, self.fake, self.bus, self.server
-        self.fake, self.bus, self.server = None, None, None
         try:
-            if up is not None and up.returncode is None:
-                up.send_signal(signal.SIGINT)
-                try:
-                    out, _ = await asyncio.wait_for(up.communicate(), 60)
-                    self.output = out.decode(errors="replace")
-                finally:
-                    await stop_up(up)
+            await super().stop()
         finally:
-            if fake is not None:
-                await fake.stop()
-            if bus is not None:
-                await bus.close()
-            if server is not None:
-                server.stop()
-
-    async def events(self, stream: str, subjects: str, kind: type) -> list:
-        assert self.bus is not None
-        stored = await read_caught_up(self.bus, stream, subjects, DeliverPolicy.ALL)
-        return [s.event for s in stored if isinstance(s.event, kind)]
-
-    async def reports(self) -> list[ExecutionReport]:
-        return await self.events("EXECUTION", "exec.report.>", ExecutionReport)
+            self.close_server()
 
     async def positions(self) -> list[PositionChanged]:
         return await self.events("PORTFOLIO", "pf.position.>", PositionChanged)
 
-    async def until(self, check: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not await check():
-            if self.up is not None and self.up.returncode is not None:
-                raise AssertionError(f"{self.exchange_id}: keel up ended while waiting for {what}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"{self.exchange_id}: timed out waiting for {what}")
-            await asyncio.sleep(0.25)
-
-    def log(self, worker: str) -> str:
-        path = self.work / ".keel" / "logs" / f"{worker}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
     async def status(self, *args: str) -> str:
         """``keel status`` of this fleet, its output as text."""
-        assert self.server is not None
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli.app", "status", *args,
-            cwd=self.work, env=fake_time_env(self.server.url, self.clock),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        out, _ = await asyncio.wait_for(proc.communicate(), 120)
-        text = out.decode(errors="replace")
-        assert proc.returncode == 0, text
-        return text
+        return await self.keel("status", *args)

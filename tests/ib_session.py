@@ -3,35 +3,25 @@
 ``IbSession`` starts its own nats-server, the TWS fake on a steadily rising price path (so
 the trend follower enters within a few bars and then holds), a config whose ib venue
 (``mode = "demo"``, account ``DU…``) names AAPL and the ES front month, and ``keel up`` on
-the fake's exchange time (``KEEL_TEST_CLOCK``). It then reads back what the fleet stored,
-for ``tests/test_ib_up.py``.
+the fake's exchange time (``KEEL_TEST_CLOCK``). It then reads back what the fleet stored
+(``FleetSession``), for ``tests/test_ib_up.py``.
 """
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import math
-import signal
-import sys
-import time
-from collections.abc import Awaitable, Callable
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
-from nats.js.api import DeliverPolicy
-
-from contracts.events import ExecutionReport, PositionChanged
-from eventstore.bus import Bus
-from eventstore.log_reader import read_caught_up
-from eventstore.server import EmbeddedServer
+from contracts.events import PositionChanged
 from tests.fakes.__main__ import toml_value
 from tests.fakes.clock import ScaledClock
 from tests.fakes.prices import Candle, PricePath, snap
 from tests.fakes.tws.__main__ import venue_toml
 from tests.fakes.tws.server import TwsFake
+from tests.fleet_session import FleetSession
 from tests.gateway_session import STRATEGY
-from tests.up_process import fake_time_env, stop_up
 
 RATE = 60.0
 NS = 1_000_000_000
@@ -111,100 +101,25 @@ brackets = true
 """
 
 
-class IbSession:
+class IbSession(FleetSession):
     """The TWS fake, its own nats-server and ``keel up`` in ``work``."""
 
     def __init__(self, work: Path, gateway_extra: dict[str, float]) -> None:
-        self.work = work
+        super().__init__(work, ScaledClock(exchange_start(), RATE))
         self.gateway_extra = gateway_extra
-        self.clock = ScaledClock(exchange_start(), RATE)
         self.tws = TwsFake(self.clock)
         self.tws.market.five = RisingPath(self.clock.now_ns())
         self.tws.broker.max_fill = 1.0  # each entry of 2 fills in two executions
-        self.server: EmbeddedServer | None = None
-        self.bus: Bus | None = None
-        self.up: asyncio.subprocess.Process | None = None
-        self.config = work / "keel.toml"
-        self.output = ""
 
     async def start(self) -> None:
-        self.work.mkdir(parents=True, exist_ok=True)
-        self.server = EmbeddedServer(self.work / "nats").start()
-        self.bus = await Bus.connect(self.server.url, name="test")
+        await self._open()
         await self.tws.start()
-        self.config.write_text(fleet_toml(self.tws.port, self.tws.account, self.gateway_extra))
-        self.up = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli.app", "up", "--config", str(self.config),
-            cwd=self.work, env=self.env(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
+        await self._launch(fleet_toml(self.tws.port, self.tws.account, self.gateway_extra))
 
-    def env(self) -> dict[str, str]:
-        assert self.server is not None
-        return fake_time_env(self.server.url, self.clock)
-
-    async def stop_fleet(self) -> None:
-        """Ctrl-C: ``keel up`` stops its workers and exits (the server and fake stay)."""
-        up = self.up
-        if up is None or up.returncode is not None:
-            return
-        up.send_signal(signal.SIGINT)
-        try:
-            out, _ = await asyncio.wait_for(up.communicate(), 60)
-            self.output = out.decode(errors="replace")
-        finally:
-            await stop_up(up)
-
-    async def stop(self) -> None:
-        """The fleet, then the fake and the test's connection; the server stays for the
-        replay (``close_server``). Stopping twice does nothing more."""
-        bus, self.bus = self.bus, None
-        try:
-            await self.stop_fleet()
-        finally:
-            await self.tws.stop()
-            if bus is not None:
-                await bus.close()
-
-    def close_server(self) -> None:
-        server, self.server = self.server, None
-        if server is not None:
-            server.stop()
-
-    async def events(self, stream: str, subjects: str, kind: type) -> list:
-        assert self.bus is not None
-        stored = await read_caught_up(self.bus, stream, subjects, DeliverPolicy.ALL)
-        return [s.event for s in stored if isinstance(s.event, kind)]
-
-    async def reports(self) -> list[ExecutionReport]:
-        return await self.events("EXECUTION", "exec.report.>", ExecutionReport)
+    async def _stop_venue(self) -> None:
+        await self.tws.stop()
 
     async def positions(self) -> dict[str, float]:
         """The portfolio's latest position per symbol of the ib venue."""
         changes = await self.events("PORTFOLIO", "pf.position.>", PositionChanged)
         return {p.symbol: p.qty for p in changes if p.venue == VENUE}
-
-    async def until(self, check: Callable[[], Awaitable[bool]], what: str, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        while not await check():
-            if self.up is not None and self.up.returncode is not None:
-                raise AssertionError(f"keel up ended while waiting for {what}")
-            if time.monotonic() > deadline:
-                raise AssertionError(f"timed out waiting for {what}")
-            await asyncio.sleep(0.25)
-
-    def log(self, worker: str) -> str:
-        path = self.work / ".keel" / "logs" / f"{worker}.log"
-        return path.read_text(errors="replace") if path.exists() else ""
-
-    async def keel(self, *args: str) -> str:
-        """``keel ARGS`` on this session's server and time, its output as text."""
-        proc = await asyncio.create_subprocess_exec(
-            sys.executable, "-m", "cli.app", *args,
-            cwd=self.work, env=self.env(),
-            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT,
-        )  # fmt: skip
-        out, _ = await asyncio.wait_for(proc.communicate(), 120)
-        text = out.decode(errors="replace")
-        assert proc.returncode == 0, text
-        return text
