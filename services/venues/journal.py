@@ -203,6 +203,8 @@ class JournalState(msgspec.Struct, kw_only=True):
     baseline_pending: bool = True
     adoption: str = ""
     mismatches: dict[str, tuple[float, float]] = {}
+    halts: dict[str, str] = {}
+    """Each halt's detail by the key of ``mismatches``: the status names every one."""
     halted: bool = False
     halt_reason: str = ""
     last_ts: int = 0
@@ -273,6 +275,7 @@ class VenueJournal:
             state.baseline_pending = True
             state.adoption = event.reason
             state.mismatches.clear()
+            state.halts.clear()
 
     def _order(self, order: VenueOrder) -> None:
         legs = self.state.legs
@@ -444,9 +447,10 @@ class VenueJournal:
             return
         if found.action == HALT_ACTION:
             state.halted = True
-            state.halt_reason = found.detail or found.kind
-            key = found.symbol or found.asset
-            state.mismatches[f"{found.kind}\x1f{key}"] = (found.venue_value, found.keel_value)
+            key = f"{found.kind}\x1f{found.symbol or found.asset}"
+            state.mismatches[key] = (found.venue_value, found.keel_value)
+            state.halts[key] = found.detail or found.kind
+            state.halt_reason = "; ".join(state.halts.values())
         key = reported_key(found.kind, found.venue_client_id, found.venue_order_id)
         if key:
             state.reported.setdefault(key, found.ts)

@@ -485,10 +485,12 @@ def _replacement(run: _Run, leg: Leg) -> tuple[VenueOrder | None, str]:
     qty = now.remaining
     order = leg.order
     if run.after.market(order.symbol).positional:
+        # Keel's position and the venue's: a stop IB filled past its day boundary leaves Keel's
         position = run.after.position(order.symbol)
-        protects = position > 0 if order.side == "sell" else position < 0
-        if not protects:
-            return None, f"no position for it to protect ({position})"
+        held = run.view.positions.positions.get(order.symbol, 0.0)
+        held = held if run.view.positions.complete else position
+        if not all(p > 0 if order.side == "sell" else p < 0 for p in (position, held)):
+            return None, f"no position for it to protect (Keel {position}, venue {held})"
         if order.reduce_only:
             qty = min(qty, abs(position))
     if qty <= 0:

@@ -80,10 +80,14 @@ class Dealer:
         and any fills it carries; then the trades that were waiting for its id."""
         self.book.link(leg, order_ids(order))
         answer = order_answer(order, leg.order, source, self.clock.now_ns())
+        known = self.journal.leg(leg.order.venue_client_id)
         news = (
             answer.kind != "accepted"
             or leg.state in ("sent", "unknown")
             or (answer.venue_order_id and not leg.venue_order_id)
+            # a query that found a leg in doubt settles the doubt (a filled order whose
+            # trades IB no longer lists, from before its day boundary, was else asked forever)
+            or (source == "query" and known is not None and known.in_doubt())
         )
         if news and leg.state != "done":
             await self.record(answer, leg.envelope)
