@@ -162,15 +162,10 @@ def _run_recorded(
     check = OrderCheck(session.orders, recorder.record)
     engine = ReplayEngine(roles, check)
     try:
-        for event, root in session.merged():
-            engine.feed(event, root)
-            if progress and engine.market_events % 4096 == 0:
-                progress(4096)
+        session.replay(engine, progress)
         check.finish()
     finally:
         recorder.close()
-    if progress:
-        progress(engine.market_events % 4096)
     wall = time.perf_counter() - started
     result = summarise(spec, recorder, session.bars, session.interval, wall)
     result = msgspec.structs.replace(result, venue=session.describe())

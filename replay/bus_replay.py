@@ -75,7 +75,7 @@ def bus_replay(
         bars = with_events(market, spec.events, spec.start, spec.end)  # external events too
         inputs: Iterable[tuple[Event, Envelope | None]] = ((bar, None) for bar in bars)
     else:
-        inputs = session.merged()
+        inputs = ((r.event, None if r.stream == "MARKET" else r.envelope) for r in session.merged())
     namespace = uuid.uuid4().hex[:12]
     config_path = work_dir / "config.json"
     config_path.write_bytes(msgspec.json.encode(spec.config))

@@ -90,6 +90,13 @@ class ReplayEngine:
         for event in market:
             self.feed(event)
 
+    def deliver(
+        self, event: Event, envelope: LazyEnvelope | Envelope, subject: str
+    ) -> Sequence[tuple[Event, LazyEnvelope, str]]:
+        """Give one event to its roles and return its consumed outputs, without their
+        cascade: for a caller that orders the cascade itself (``recorded_venue.py``)."""
+        return self._deliver(event, envelope, subject, None) or ()
+
     def feed(self, event: Event, root: Envelope | None = None) -> None:
         """Process one input and everything it causes; the clock is each event's time.
         ``root``: a recorded input's own envelope (``recorded_venue.py``); a market or

@@ -7,9 +7,12 @@ the exchange answered (``VenueAnswer`` on ``venue.answer.<venue>.>``) comes back
 with the other inputs the fleet took from outside it (``venue.kill``, operator commands on
 ``gov.cmd.>``). Each is a top-level input with its own cascade, merged with the market events
 by **stored time** (the JetStream timestamp, ties in the order MARKET, VENUE, GOVERNANCE;
-each stream keeps its own order): the order the live workers took them in
-(``services/runtime/merge.py``). Each recorded input keeps its recorded envelope, so what it
-causes gets the ids it got live.
+each stream keeps its own order). What they cause is delivered at the time the live log
+stored the same event (found by its id, which the replay derives as live did), not at the
+end of its cause's cascade: a live worker takes its inputs in stored order
+(``services/runtime/merge.py``), and a venue answer stored while a bar's signal was on its
+way to the order manager reached it before that signal's order. Each recorded input keeps its
+recorded envelope, so what it causes gets the ids it got live.
 
 The replay's venue orders are checked against the recorded ``venue.order`` events the
 execution worker published, each market's in order: the recorded answers only mean something
@@ -23,8 +26,9 @@ from __future__ import annotations
 
 import asyncio
 import heapq
+import itertools
 from collections import deque
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 
 import msgspec
 from nats.aio.msg import Msg
@@ -34,12 +38,12 @@ from nats.js.errors import NotFoundError
 from contracts.codec import encode
 from contracts.envelope import Envelope
 from contracts.events import Bar, Event
-from contracts.subjects import subject_matches, symbol_token
+from contracts.subjects import subject_for, subject_matches, symbol_token
 from contracts.venue_events import VenueAnswer, VenueOrder
 from eventstore.bus import Bus, Stored, read_message
 from eventstore.errors import KeelError
 from eventstore.streams import STREAM_BY_NAME
-from replay.engine import LazyEnvelope, Sink, resolve
+from replay.engine import LazyEnvelope, ReplayEngine, Sink, resolve
 from replay.market import MARKET_TYPES, DataSource
 from services.runtime.merge import stored_ns
 from services.runtime.role import Role
@@ -47,6 +51,17 @@ from services.runtime.role import Role
 INPUT_STREAMS = ("VENUE", "GOVERNANCE")
 """Streams whose events the fleet consumes as inputs from outside it, besides MARKET."""
 RANK = {"MARKET": 0, "VENUE": 1, "GOVERNANCE": 2}
+OUTPUT_STREAMS = (
+    ("SIGNALS", "sig.>"),
+    ("ORDERS", "ord.>"),
+    ("EXECUTION", "exec.>"),
+    ("PORTFOLIO", "pf.>"),
+    ("GOVERNANCE", "gov.>"),
+    ("VENUE", "venue.>"),
+    ("SYSTEM", "sys.status.>"),
+)
+"""Where the fleet's workers store what they make (and, in VENUE and GOVERNANCE, the inputs
+from outside it): the subjects whose stored times order a recorded replay."""
 IDLE_S = 0.5
 
 
@@ -72,21 +87,52 @@ class RecordedSession:
         market: list[Recorded],
         inputs: list[Recorded],
         orders: list[Recorded],
+        stored: dict[str, int],
     ) -> None:
         self.gateways = tuple(sorted(gateways))
         self.market = market
         self.inputs = inputs
         self.orders = orders
+        self.stored = stored
+        """When the live log stored each event the fleet's workers made, by event id."""
         self.bars = sum(1 for r in market if type(r.event) is Bar)
         self.answers = sum(1 for r in inputs if type(r.event) is VenueAnswer)
         self.interval = next((r.event.interval for r in market if type(r.event) is Bar), "")
 
-    def merged(self) -> Iterator[tuple[Event, Envelope | None]]:
-        """Market events (their envelope derived, as in any replay) and recorded inputs
-        (their recorded envelope), by stored time; each stream keeps its stored order."""
-        merged = heapq.merge(self.market, self.inputs, key=lambda r: (r.stored, RANK[r.stream]))
-        for item in merged:
-            yield item.event, None if item.stream == "MARKET" else item.envelope
+    def merged(self) -> Iterator[Recorded]:
+        """Market events and recorded inputs by stored time; each stream keeps its stored
+        order."""
+        return heapq.merge(self.market, self.inputs, key=lambda r: (r.stored, RANK[r.stream]))
+
+    def replay(self, engine: ReplayEngine, progress: Callable[[int], None] | None) -> None:
+        """Feed the session to ``engine``, each event at its live stored time: an input at
+        its own, what it causes at the time live stored the same event (at its cause's when
+        the log has no such event: an output nobody stored, or one the replay makes anew,
+        which the order check then names). Ties keep the order made."""
+        pending: list[tuple[int, int, Event, LazyEnvelope, str]] = []
+        made = itertools.count()
+
+        def deliver(event: Event, envelope: LazyEnvelope, subject: str, at: int) -> None:
+            for output, child, out_subject in engine.deliver(event, envelope, subject):
+                when = max(at, self.stored.get(resolve(child).event_id, at))
+                heapq.heappush(pending, (when, next(made), output, child, out_subject))
+
+        def cascade(until: int | None) -> None:
+            while pending and (until is None or pending[0][0] <= until):
+                at, _, event, envelope, subject = heapq.heappop(pending)
+                deliver(event, envelope, subject, at)
+
+        for item in self.merged():
+            cascade(item.stored)
+            event = item.event
+            root = (event,) if item.stream == "MARKET" else item.envelope
+            engine.market_events += 1
+            deliver(event, root, subject_for(event), item.stored)
+            if progress and engine.market_events % 4096 == 0:
+                progress(4096)
+        cascade(None)
+        if progress:
+            progress(engine.market_events % 4096)
 
     def describe(self) -> str:
         """The venue mode, as the run reports it."""
@@ -149,19 +195,25 @@ async def _load(
             if isinstance(r.event, MARKET_TYPES)
             and (token is None or symbol_token(r.event.symbol) == token)
         ]
-        fed: list[Recorded] = []
+        fed: dict[str, list[Recorded]] = {stream: [] for stream in INPUT_STREAMS}
         sent: list[Recorded] = []
-        for stream in INPUT_STREAMS:
-            for r in await _read(bus, stream, STREAM_BY_NAME[stream].subjects[0]):
-                if any(subject_matches(p, r.subject) for p in inputs):
-                    fed.append(r)
-                elif r.producer in producers and any(subject_matches(p, r.subject) for p in orders):
+        stored: dict[str, int] = {}
+        for stream, outputs in OUTPUT_STREAMS:
+            for r in await _read(bus, stream, outputs):
+                if stream in INPUT_STREAMS and any(subject_matches(p, r.subject) for p in inputs):
+                    fed[stream].append(r)
+                    continue
+                if r.producer not in producers:
+                    continue
+                stored[r.envelope.event_id] = r.stored
+                if stream == "VENUE" and any(subject_matches(p, r.subject) for p in orders):
                     sent.append(r)
     finally:
         await bus.close()
     if not any(type(r.event) is Bar for r in market):
         raise KeelError(f"no bars stored on {subject}" + (f" for {source.symbol}" if token else ""))
-    return RecordedSession(sorted(gateways), market, fed, sent)
+    inputs_by_time = list(heapq.merge(*fed.values(), key=lambda r: (r.stored, RANK[r.stream])))
+    return RecordedSession(sorted(gateways), market, inputs_by_time, sent, stored)
 
 
 async def _read(bus: Bus, stream: str, subject: str) -> list[Recorded]:

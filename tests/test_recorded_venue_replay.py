@@ -296,6 +296,18 @@ def replayed_outputs(run_dir: Path) -> dict[tuple[str, str], list]:
     return out
 
 
+def by_market(outputs: dict[tuple[str, str], list]) -> dict[tuple[str, str, str], list]:
+    """Each worker's outputs per stream and market (the event's ``symbol``, "" when it has
+    none), each in its order: what a replay must give again when the live workers took two
+    markets' events of one instant in arrival order (docs/replay.md)."""
+    out: dict[tuple[str, str, str], list] = {}
+    for (producer, stream), items in outputs.items():
+        for item in items:
+            symbol = msgspec.json.decode(item[2]).get("symbol", "")
+            out.setdefault((producer, stream, symbol), []).append(item)
+    return out
+
+
 def spec(config: KeelConfig) -> BacktestSpec:
     return BacktestSpec(config=config, data=(DataSource("MARKET"),))
 
