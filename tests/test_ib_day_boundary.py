@@ -6,7 +6,8 @@ time its filter gives (the TWS fake models this: ``AccountDesk.in_trade_log``). 
 while Keel was away, before that midnight, cannot be recovered after it. Keel must not guess
 it: the position comparison finds its ledger short of IB's, the venue halts with both values
 in its status, and the operator's ``keel reconcile VENUE --adopt --reason`` records the
-adjustment and lifts the halt.
+adjustment and lifts the halt. A protective stop filled so is not placed again; with TWS's
+Trade Log showing two days the reconciliation finds the fill itself.
 """
 
 from __future__ import annotations
@@ -231,4 +232,31 @@ async def test_a_stop_filled_before_the_boundary_is_not_placed_again(
     assert gateway.journal.position("AAPL") == 0.0 and h.position("AAPL") == 0.0
     await runs(gateway, 3)
     assert len(tws.broker.orders) == 2 and gateway.state == "running"
+    await h.stop()
+
+
+async def test_a_trade_log_of_two_days_gives_the_fill_back(harness: Harness) -> None:
+    """With TWS's Trade Log showing two days, the same night away costs nothing: the
+    restart's reconciliation asks from the open leg's time and records yesterday's
+    execution as the fill, and the venue runs on."""
+    h, tws = harness, harness.tws
+    tws.desk.trade_log_days = 2
+    gateway = await start(h)
+    await recorded(h, lambda d: d.action == "baseline" and d.asset == "USD", "the baseline")
+    low = round(h.price() * 0.5, 2)
+    order = await h.send(qty=10, order_type="limit", limit_price=low)
+    vcid = order.venue_client_id
+    await h.answer(vcid, lambda a: a.kind == "accepted", "the resting order")
+    (working,) = h.placed(vcid)
+    await h.stop()
+    await until(lambda: not tws.sessions, "the session closed")
+    away = tws.faults.fill_away(working.ticket.client_id, working.ticket.order_id, price=low)
+    jump(h.clock, next_midnight(tws.now()) + 60 * NS)
+    gateway = await start(h)
+    (fill,) = await h.filled(vcid, 10)
+    assert (fill.trade_id, fill.source) == (away.exec_id, "reconcile")
+    await runs(gateway, 3)
+    assert gateway.state == "running" and not gateway.journal.halted
+    assert {d.action for d in await recon(h)} == {"baseline", "inferred fill"}
+    assert gateway.journal.position("AAPL") == 10.0
     await h.stop()
