@@ -15,7 +15,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator
 from pathlib import Path
 from zoneinfo import ZoneInfo
 
@@ -33,29 +33,18 @@ from services.venues.gateway.worker import Gateway
 from tests.conftest import keel
 from tests.fakes.clock import ScaledClock
 from tests.fakes.tws import TwsFake
-from tests.fakes.tws import messages as m
 from tests.fakes.tws.market import TWS_ZONE
-from tests.fakes.tws.server import Session
 from tests.test_ib_gateway import CONFIG, NS, RATE, START, VENUE, Harness, until
 from tests.test_ib_reconcile import recon, recorded, runs
 
 FAST = msgspec.structs.replace(CONFIG, reconcile_every_s=2.0)
 """Reconcile every 2 exchange seconds (0.2 s of wall time at the fake's rate)."""
 EASTERN = ZoneInfo(TWS_ZONE)
-Handler = Callable[[Session, list[str]], Awaitable[None]]
-
-
-class TradeLogFake(TwsFake):
-    """The TWS fake with ``reqExecutions`` answered from the account's trade log of the day
-    (``AccountDesk.executions``)."""
-
-    def _handlers(self) -> dict[int, Handler]:
-        return {**super()._handlers(), m.EXECUTIONS: self.desk.executions}
 
 
 @pytest.fixture
 async def harness(bus: Bus, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with TradeLogFake(ScaledClock(START, RATE)) as tws:
+    async with TwsFake(ScaledClock(START, RATE)) as tws:
         h = Harness(bus, tws, tmp_path / "work")
         try:
             yield h

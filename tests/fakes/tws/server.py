@@ -235,7 +235,7 @@ class TwsFake:
             m.OPEN_ORDERS: self._open_orders,
             m.ALL_OPEN_ORDERS: self._open_orders,
             m.COMPLETED: self._completed,
-            m.EXECUTIONS: self._executions,
+            m.EXECUTIONS: self.desk.executions,
             m.POSITIONS: self.desk.positions,
             m.CANCEL_POSITIONS: self.desk.cancel_positions,
             m.ACCOUNT_UPDATES: self.desk.account_updates,
@@ -440,29 +440,6 @@ class TwsFake:
         for order in self.broker.completed():
             s.send(m.completed_order(order))
         s.send(m.completed_orders_end())
-
-    async def _executions(self, s: Session, f: list[str]) -> None:
-        req_id, client, account, since, symbol, sec_type, exchange, side = f[2:10]
-        try:
-            since_ns = parse_end(since, 0) if since else 0
-        except RequestError:
-            since_ns = 0
-        wanted = {"BUY": "BOT", "SELL": "SLD"}.get(side.upper(), side.upper())
-        for e in self.broker.executions:
-            listing = self.catalogue.by_conid[e.conid]
-            if (
-                (integer(client) and integer(client) != e.client_id)
-                or (account and account != e.account)
-                or e.time_ns < since_ns
-                or (symbol and symbol != listing.symbol)
-                or (sec_type and sec_type != listing.secType)
-                or (exchange and exchange != e.exchange)
-                or (wanted and wanted != e.side)
-            ):
-                continue
-            s.send(m.exec_details(integer(req_id), e, listing))
-            s.send(m.commission_report(e))
-        s.send(m.exec_details_end(integer(req_id)))
 
     # -- what the broker tells clients (the orders.Sink) ----------------------------------
 
