@@ -18,10 +18,9 @@ from contracts.events import Bar, PositionChanged
 from tests.fakes.__main__ import toml_value, venue_toml
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import FakeExchange, start_fake
-from tests.fakes.kraken_orders import ccxt_secret as kraken_secret
-from tests.fakes.krakenfutures_orders import TEST_SECRET as KF_SECRET
 from tests.fakes.prices import Candle, PricePath, default_symbols, snap, unit
 from tests.fleet_session import FleetSession
+from tests.gateway_harness import secret_for
 
 RATE = 60.0
 STEP = 60_000_000_000
@@ -113,16 +112,6 @@ def exchange_start(symbol: str) -> int:
     k = time.time_ns() // STEP - 3 * 60
     k -= (k + offset - START_AT) % CYCLE
     return k * STEP + 20 * NS
-
-
-def secret_for(fake: FakeExchange) -> str:
-    """The secret ccxt holds for the fake: Kraken's are base64 (of the fake's own)."""
-    if fake.exchange_id == "krakenfutures":
-        fake.api_secret = KF_SECRET
-        return KF_SECRET
-    if fake.exchange_id == "kraken":
-        return kraken_secret(fake)
-    return fake.api_secret
 
 
 def fleet_toml(fake: FakeExchange, symbol: str, qty: float) -> str:

@@ -10,7 +10,6 @@ position changed behind Keel's back. What the gateway stores is read back from t
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import os
 import sys
@@ -23,7 +22,7 @@ import msgspec
 import pytest
 from nats.js.api import DeliverPolicy
 
-from contracts.envelope import Envelope, content_id
+from contracts.envelope import Envelope
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,
@@ -43,10 +42,9 @@ from services.venues.gateway.config import GatewayConfig
 from services.venues.gateway.worker import Gateway
 from tests.fakes.clock import ScaledClock
 from tests.fakes.core import FakeExchange, start_fake
-from tests.fakes.kraken_orders import ccxt_secret as kraken_secret
-from tests.fakes.krakenfutures_orders import TEST_SECRET as KF_SECRET
 from tests.fakes.matching import FakeFill
 from tests.fakes.prices import default_symbols
+from tests.gateway_harness import GatewayHarness, secret_for
 from tests.gateway_process import write_config
 
 EXCHANGES = ["binance", "binanceusdm", "bybit", "kraken", "krakenfutures"]
@@ -83,105 +81,31 @@ def fast_exchange(venue: VenueConfig, secrets: Mapping[str, str]) -> ccxt.pro.Ex
     return exchange
 
 
-def secret_for(fake: FakeExchange) -> str:
-    """The secret ccxt holds for the fake: Kraken's are base64 (of the fake's own)."""
-    if fake.exchange_id == "krakenfutures":
-        fake.api_secret = KF_SECRET
-        return KF_SECRET
-    if fake.exchange_id == "kraken":
-        return kraken_secret(fake)
-    return fake.api_secret
-
-
-class Harness:
+class Harness(GatewayHarness):
     def __init__(self, bus: Bus, fake: FakeExchange, clock: ScaledClock, work: Path) -> None:
-        self.bus, self.fake, self.clock, self.work = bus, fake, clock, work
         entry = {
             **fake.venue_entry(VENUE),
             "timeout_ms": 1500,
             "credentials": {"api_key_env": "KEEL_TEST_KEY", "secret_env": "KEEL_TEST_SECRET"},
         }
-        self.venue = msgspec.convert(entry, VenueConfig)
+        super().__init__(bus, msgspec.convert(entry, VenueConfig), clock, work)
+        self.fake = fake
         self.symbol = next(iter(fake.specs))
-        self.gateway: Gateway | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.orders = 0
 
     async def start(self, config: GatewayConfig = CONFIG) -> Gateway:
-        gateway = Gateway(
-            self.bus,
-            self.venue,
-            config,
-            self.clock,
-            exchange_factory=fast_exchange,
-            work_dir=self.work,
+        return await self._run(
+            Gateway(
+                self.bus,
+                self.venue,
+                config,
+                self.clock,
+                exchange_factory=fast_exchange,
+                work_dir=self.work,
+            )
         )
-        self.gateway, self.task = gateway, asyncio.create_task(gateway.run())
-        ready = asyncio.create_task(gateway.ready.wait())
-        await asyncio.wait([ready, self.task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        if self.task.done():
-            self.task.result()
-        assert gateway.ready.is_set(), "the gateway did not come up"
-        return gateway
-
-    async def stop(self, hard: bool = False) -> None:
-        """A clean stop, or ``hard``: the task is cancelled wherever it is (a crash)."""
-        assert self.gateway is not None and self.task is not None
-        if hard:
-            self.task.cancel()
-        else:
-            self.gateway.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
 
     async def send(self, **fields: object) -> VenueOrder:
-        self.orders += 1
-        coid = str(fields.pop("client_order_id", f"o{self.orders}"))
-        order = VenueOrder(
-            ts=self.clock.now_ns(),
-            action=fields.pop("action", "new"),  # type: ignore[arg-type]
-            client_order_id=coid,
-            venue_client_id=str(fields.pop("venue_client_id", venue_client_id(VENUE, coid, 0))),
-            strategy="s1",
-            venue=VENUE,
-            symbol=self.symbol,
-            side=fields.pop("side", "buy"),  # type: ignore[arg-type]
-            qty=float(fields.pop("qty", 0.01)),  # type: ignore[arg-type]
-            **fields,  # type: ignore[arg-type]
-        )
-        event_id = content_id("test-order", order.venue_client_id, order.action, order.ts)
-        await self.bus.publish(order, Envelope.root(event_id, order.ts))
-        return order
-
-    async def answers(self, vcid: str | None = None) -> list[VenueAnswer]:
-        found = await read_caught_up(
-            self.bus, "VENUE", f"venue.answer.{VENUE}.>", DeliverPolicy.ALL
-        )
-        return [
-            s.event
-            for s in found
-            if isinstance(s.event, VenueAnswer)
-            and (vcid is None or s.event.venue_client_id == vcid)
-        ]
-
-    async def events(self, kind: type, subject: str) -> list:
-        found = await read_caught_up(self.bus, "VENUE", subject, DeliverPolicy.ALL)
-        return [s.event for s in found if isinstance(s.event, kind)]
-
-    async def answer(
-        self, vcid: str, check: Callable[[VenueAnswer], bool], what: str, timeout: float = 20.0
-    ) -> VenueAnswer:
-        deadline = time.monotonic() + timeout
-        while True:
-            for answer in await self.answers(vcid):
-                if check(answer):
-                    return answer
-            if self.task is not None and self.task.done():
-                self.task.result()
-            if time.monotonic() > deadline:
-                got = [(a.kind, a.source, a.reason) for a in await self.answers(vcid)]
-                raise AssertionError(f"timed out waiting for {what}; answers: {got}")
-            await asyncio.sleep(0.05)
+        return await self._send(self.symbol, 0.01, fields, {})
 
     def exchange_orders(self, vcid: str) -> list:
         return [o for o in self.fake.account.orders(include_hidden=True) if o.client_id == vcid]

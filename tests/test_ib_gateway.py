@@ -20,13 +20,11 @@ import msgspec
 import pytest
 from nats.js.api import DeliverPolicy
 
-from contracts.envelope import Envelope, content_id
 from contracts.venue_events import Discrepancy, VenueAnswer, VenueOrder
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.log_reader import read_caught_up
 from eventstore.server import EmbeddedServer
-from services.venues.client_ids import venue_client_id
 from services.venues.config import VenueConfig
 from services.venues.gateway.config import GatewayConfig
 from services.venues.gateway.worker import Gateway
@@ -36,6 +34,7 @@ from tests.conftest import keel
 from tests.fakes.clock import ScaledClock
 from tests.fakes.tws import TwsFake
 from tests.fakes.tws.orders import Working
+from tests.gateway_harness import GatewayHarness
 
 NS = 1_000_000_000
 START = int(dt.datetime(2024, 3, 5, 15, 0, tzinfo=dt.UTC).timestamp()) * NS
@@ -81,83 +80,31 @@ def venue_entry(port: int, account: str = ACCOUNT, mode: str = "demo") -> dict[s
     }
 
 
-class Harness:
+class Harness(GatewayHarness):
     def __init__(self, bus: Bus, tws: TwsFake, work: Path) -> None:
-        self.bus, self.tws, self.work = bus, tws, work
-        self.clock = tws.clock
-        self.venue = msgspec.convert(venue_entry(tws.port), VenueConfig)
-        self.gateway: Gateway | None = None
-        self.task: asyncio.Task[None] | None = None
-        self.orders = 0
+        venue = msgspec.convert(venue_entry(tws.port), VenueConfig)
+        super().__init__(bus, venue, tws.clock, work)
+        self.tws = tws
 
     async def start(self, venue: VenueConfig | None = None) -> Gateway:
-        gateway = Gateway(
-            self.bus, venue or self.venue, CONFIG, self.clock, work_dir=self.work, metrics_port=None
+        return await self._run(
+            Gateway(
+                self.bus,
+                venue or self.venue,
+                CONFIG,
+                self.clock,
+                work_dir=self.work,
+                metrics_port=None,
+            )
         )
-        self.gateway, self.task = gateway, asyncio.create_task(gateway.run())
-        ready = asyncio.create_task(gateway.ready.wait())
-        await asyncio.wait([ready, self.task], timeout=30, return_when=asyncio.FIRST_COMPLETED)
-        ready.cancel()
-        if self.task.done():
-            self.task.result()
-        assert gateway.ready.is_set(), "the gateway did not come up"
-        return gateway
 
     @property
     def exchange(self) -> IbExchange:
         assert self.gateway is not None and isinstance(self.gateway.exchange, IbExchange)
         return self.gateway.exchange
 
-    async def stop(self) -> None:
-        assert self.gateway is not None and self.task is not None
-        self.gateway.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            await self.task
-
     async def send(self, symbol: str = "AAPL", **fields: object) -> VenueOrder:
-        self.orders += 1
-        coid = str(fields.pop("client_order_id", f"o{self.orders}"))
-        order = VenueOrder(
-            ts=self.clock.now_ns(),
-            action=fields.pop("action", "new"),  # type: ignore[arg-type]
-            client_order_id=coid,
-            venue_client_id=str(fields.pop("venue_client_id", venue_client_id(VENUE, coid, 0))),
-            strategy="s1",
-            venue=VENUE,
-            symbol=symbol,
-            side=fields.pop("side", "buy"),  # type: ignore[arg-type]
-            qty=float(fields.pop("qty", 10)),  # type: ignore[arg-type]
-            **{**MARKETS[symbol], **fields},  # type: ignore[arg-type]
-        )
-        event_id = content_id("test-order", order.venue_client_id, order.action, order.ts)
-        await self.bus.publish(order, Envelope.root(event_id, order.ts))
-        return order
-
-    async def answers(self, vcid: str | None = None) -> list[VenueAnswer]:
-        found = await read_caught_up(
-            self.bus, "VENUE", f"venue.answer.{VENUE}.>", DeliverPolicy.ALL
-        )
-        return [
-            s.event
-            for s in found
-            if isinstance(s.event, VenueAnswer)
-            and (vcid is None or s.event.venue_client_id == vcid)
-        ]
-
-    async def answer(
-        self, vcid: str, check: Callable[[VenueAnswer], bool], what: str, timeout: float = 20.0
-    ) -> VenueAnswer:
-        deadline = time.monotonic() + timeout
-        while True:
-            for answer in await self.answers(vcid):
-                if check(answer):
-                    return answer
-            if self.task is not None and self.task.done():
-                self.task.result()
-            if time.monotonic() > deadline:
-                got = [(a.kind, a.source, a.reason) for a in await self.answers(vcid)]
-                raise AssertionError(f"timed out waiting for {what}; answers: {got}")
-            await asyncio.sleep(0.05)
+        return await self._send(symbol, 10, fields, MARKETS[symbol])
 
     async def fills(self, vcid: str) -> list[VenueAnswer]:
         return [a for a in await self.answers(vcid) if a.kind == "fill"]
