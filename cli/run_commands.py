@@ -21,13 +21,13 @@ from eventstore.bus import Bus
 from eventstore.server import nats_url
 from services.config import KeelConfig, StrategyConfig
 from services.execution.role import execution_role
-from services.fleet import consumer_names
+from services.fleet import consumer_names, fleet_risk_role
+from services.governance.role import governance_role
 from services.marketdata.feed import Feed, lockstep, pause
 from services.marketdata.live.session import LiveSession
 from services.marketdata.sources import read_bars
 from services.marketdata.synthetic import SyntheticMarket
 from services.portfolio.role import portfolio_role
-from services.risk.role import risk_role
 from services.runtime import clock as clock_module
 from services.runtime.replay_worker import ReplayWorker
 from services.runtime.role import Role
@@ -108,10 +108,23 @@ def risk(
 ) -> None:
     """Pre-trade rails, guards and sizing: signals in, orders or rejections out."""
     settings = load_config_or_exit(config)
-    _serve(
-        risk_role(settings.risk, settings.guards, settings.sizing, settings.instruments),
-        _options(metrics_port, metrics_addr, namespace, rebuild),
-    )
+    _serve(fleet_risk_role(settings), _options(metrics_port, metrics_addr, namespace, rebuild))
+
+
+@app.command()
+def governance(
+    config: ConfigOpt = None,
+    metrics_port: MetricsOpt = 0,
+    metrics_addr: MetricsAddrOpt = "127.0.0.1",
+    namespace: NamespaceOpt = "",
+    rebuild: RebuildOpt = False,
+) -> None:
+    """The playbooks: equity, risk rejections and enable commands in, gov.playbook.* out."""
+    settings = load_config_or_exit(config)
+    if settings.governance is None:
+        raise fail("governance: the config has no [governance] section")
+    role = governance_role(settings.governance)
+    _serve(role, _options(metrics_port, metrics_addr, namespace, rebuild))
 
 
 @app.command()

@@ -36,6 +36,7 @@ from contracts.events import (
     SystemStatus,
     Trade,
 )
+from contracts.governance_events import PlaybookAction
 from contracts.subjects import SubjectError, subject_for, symbol_token
 from contracts.venue_events import (
     Discrepancy,
@@ -63,6 +64,7 @@ ADMITS: dict[str, tuple[type[Event], tuple[str, ...]]] = {
     "pf.equity": (EquitySnapshot, ()),
     "gov.tune": (ParamsTuned, ("strategy", "symbol")),
     "gov.cmd": (GovernanceCommand, ("action",)),
+    "gov.playbook": (PlaybookAction, ("rule",)),
     "sys.heartbeat": (Heartbeat, ("worker",)),
     "sys.dlq": (DeadLetter, ("worker",)),
     "sys.status": (SystemStatus, ("source",)),

@@ -21,6 +21,7 @@ from contracts.external_events import (
     PromoAnnouncement,
     SocialSentiment,
 )
+from contracts.governance_events import PlaybookAction
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,
@@ -42,7 +43,7 @@ OrderAction = Literal["new", "cancel", "amend"]
 OrderType = Literal["market", "limit", "stop", "stop_limit"]
 TimeInForce = Literal["GTC", "IOC", "FOK"]
 ExecStatus = Literal["accepted", "partially_filled", "filled", "canceled", "rejected", "expired"]
-GovernanceAction = Literal["kill", "resume"]
+GovernanceAction = Literal["kill", "resume", "enable"]
 TradingMode = Literal["long_only", "long_short"]
 SystemState = Literal["RUNNING", "DEGRADED", "SAFE_MODE", "HALTED"]
 
@@ -470,9 +471,18 @@ class ParamsTuned(Event, frozen=True):
 
 
 class GovernanceCommand(Event, frozen=True):
+    """An operator's command: ``kill``/``resume`` the fleet, or ``enable`` a ``strategy`` a
+    playbook disabled. ``strategy`` is UNSET (left out of the JSON) for kill and resume."""
+
     action: GovernanceAction
     reason: str = ""
     issued_by: str = ""
+    strategy: str | UnsetType = UNSET
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        named = self.strategy is not UNSET and is_token(self.strategy)
+        require(named == (self.action == "enable"), "enable (only) names a strategy token")
 
 
 class Heartbeat(Event, frozen=True):
@@ -566,6 +576,7 @@ AnyEvent = (
     | VenueStatus
     | VenueAdoption
     | KillSwitch
+    | PlaybookAction
 )
 
 EXTERNAL_TYPES: tuple[type[External], ...] = (

@@ -41,6 +41,7 @@ from contracts.events import (
     SystemStatus,
     Trade,
 )
+from contracts.governance_events import PlaybookAction
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,
@@ -162,6 +163,7 @@ _SUBJECTS: dict[type, Callable[[Any], str]] = {  # bars and equity snapshots: su
     StrategyPnL: lambda e: f"pf.pnl.{name_token(e.strategy, 'strategy')}",
     ParamsTuned: lambda e: _named_symbol("gov.tune", e.strategy, None, e.symbol),
     GovernanceCommand: lambda e: f"gov.cmd.{e.action}",
+    PlaybookAction: lambda e: f"gov.playbook.{name_token(e.action.rule, 'rule')}",
     Heartbeat: lambda e: f"sys.heartbeat.{name_token(e.worker, 'worker')}",
     DeadLetter: lambda e: f"sys.dlq.{name_token(e.worker, 'worker')}",
     SystemStatus: lambda e: f"sys.status.{name_token(e.source, 'source')}",

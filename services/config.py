@@ -18,6 +18,7 @@ from contracts.intervals import Interval
 from eventstore.errors import KeelError
 from services.execution.orders_config import OrdersConfig
 from services.execution.paper_venue import PaperVenueConfig
+from services.governance.decider import GovernanceConfig
 from services.portfolio.config import PortfolioConfig
 from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
 from services.venues.config import VenueConfig
@@ -72,6 +73,7 @@ class KeelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     orders: OrdersConfig = msgspec.field(default_factory=OrdersConfig)
     portfolio: PortfolioConfig = msgspec.field(default_factory=PortfolioConfig)
     venues: tuple[VenueConfig, ...] = ()
+    governance: GovernanceConfig | None = None  # the governance role, only when configured
 
     def __post_init__(self) -> None:
         names = [v.name for v in self.venues]

@@ -23,6 +23,7 @@ from eventstore.log_reader import last_per_subject
 from eventstore.server import URL_ENV
 from services.config import KeelConfig
 from services.execution.role import execution_role
+from services.governance.role import governance_role
 from services.portfolio.role import portfolio_role
 from services.risk.role import risk_role
 from services.runtime.role import Role
@@ -47,7 +48,7 @@ def fleet_plan(
 ) -> list[WorkerProcess]:
     """The consuming workers a config asks for: one gateway per venue it trades through a
     gateway (``--live`` passed on: real money needs it), each strategy instance, risk,
-    execution, portfolio."""
+    execution, portfolio, and governance when configured."""
     common = ["--config", str(config_path)] if config_path else []
     plan = [
         WorkerProcess(
@@ -61,6 +62,8 @@ def fleet_plan(
         WorkerProcess("execution", ["run", "execution", *common]),
         WorkerProcess("risk", ["run", "risk", *common]),
     ]
+    if config.governance is not None:
+        plan.append(WorkerProcess("governance", ["run", "governance", *common]))
     for strategy in config.strategies:
         plan.append(
             WorkerProcess(
@@ -139,17 +142,31 @@ class Fleet:
 
 def fleet_roles(config: KeelConfig) -> list[Role]:
     """The consuming roles of a fleet, in its canonical order: strategies as declared, then
-    risk, execution, portfolio (the replay engine delivers each event in this order)."""
+    risk, execution, portfolio, then governance when configured (the replay engine delivers
+    each event in this order)."""
     roles = [
         strategy_role(compose_strategy(s.name, s.params, s.instance_name), s.symbols)
         for s in config.strategies
     ]
-    return [
-        *roles,
-        risk_role(config.risk, config.guards, config.sizing, config.instruments),
+    roles += [
+        fleet_risk_role(config),
         execution_role(config.execution, config.orders, config.gateways, config.in_place_gateways),
         portfolio_role(config.portfolio, config.instruments),
     ]
+    if config.governance is not None:
+        roles.append(governance_role(config.governance))
+    return roles
+
+
+def fleet_risk_role(config: KeelConfig) -> Role:
+    """Risk as a fleet runs it: it reads the playbook actions when governance is on."""
+    return risk_role(
+        config.risk,
+        config.guards,
+        config.sizing,
+        config.instruments,
+        governed=config.governance is not None,
+    )
 
 
 def consumer_names(config: KeelConfig) -> set[str]:

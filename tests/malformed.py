@@ -47,6 +47,7 @@ from contracts.events import (
     SystemStatus,
     Trade,
 )
+from contracts.governance_events import HaltEntries, PlaybookAction
 from contracts.subjects import subject_for
 from contracts.venue_events import (
     Discrepancy,
@@ -185,6 +186,21 @@ SAMPLES: dict[type[Event], Event] = {
         VenueStatus(ts=T, venue=V, mode="sandbox", state="running"),
         VenueAdoption(ts=T, venue=V, reason="checked by hand"),
         KillSwitch(ts=T, reason="test"),
+        PlaybookAction(
+            ts=T,
+            action=HaltEntries(
+                id="e:1:daily_loss",
+                rule="daily_loss",
+                cause_id="e:1",
+                at=T,
+                pnl=-600.0,
+                max_loss=500.0,
+                day="2023-11-14",
+                timezone="UTC",
+                until=T + MINUTE,
+                reason="test",
+            ),
+        ),
     )
 }
 """One valid event of every type, named so that it can form its subject."""
@@ -325,6 +341,8 @@ def _candidates(info: mi.Type) -> list[tuple[Any, str]]:
             return [("__bogus__", "not a choice"), (7, "wrong type")]
         case mi.UnionType():
             return [c for member in info.types for c in _candidates(member)]
+        case mi.StructType():
+            return [(1, "wrong type"), ({"type": "__bogus__"}, "not a choice")]
         case mi.NoneType() | mi.UnsetType():
             return []
     raise TypeError(f"no invalid values for {info!r}")
@@ -376,8 +394,8 @@ def unfit_names() -> list[tuple[Event, str, str]]:
             value = "" if field == "symbol" else UNFIT
             try:
                 event = msgspec.structs.replace(sample, **{field: value})
-            except ValueError:
-                continue  # the type itself refuses it: a field case
+            except (ValueError, TypeError):
+                continue  # the type itself refuses it (or holds it nested): a field case
             out.append((event, subject_for(sample), field))
     return out
 

@@ -57,6 +57,13 @@ from contracts.events import (
     SystemStatus,
     Trade,
 )
+from contracts.governance_events import (
+    DisableStrategy,
+    EnableStrategy,
+    HaltEntries,
+    PlaybookAction,
+    ScaleBudgets,
+)
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,
@@ -334,6 +341,14 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
         action=st.sampled_from(["kill", "resume"]),
         reason=texts,
         issued_by=texts,
+    )
+    | st.builds(
+        GovernanceCommand,
+        ts=times,
+        action=st.just("enable"),
+        reason=texts,
+        issued_by=texts,
+        strategy=tokens,
     ),
     Heartbeat: st.builds(
         Heartbeat,
@@ -448,6 +463,59 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
     ),
     VenueAdoption: st.builds(VenueAdoption, ts=times, venue=texts, reason=tokens),
     KillSwitch: st.builds(KillSwitch, ts=times, reason=texts, flatten=st.booleans()),
+    PlaybookAction: st.builds(
+        PlaybookAction,
+        ts=times,
+        action=st.one_of(
+            st.builds(
+                ScaleBudgets,
+                id=filled,
+                rule=tokens,
+                cause_id=texts,
+                at=times,
+                factor=st.floats(min_value=0.0, max_value=1.0),
+                drawdown=finite,
+                max_drawdown=finite,
+                reset_below=finite,
+                reason=texts,
+            ),
+            st.builds(
+                DisableStrategy,
+                id=filled,
+                rule=tokens,
+                cause_id=texts,
+                at=times,
+                strategy=filled,
+                rejections=counts,
+                max_rejections=counts,
+                window_ns=counts,
+                reason=texts,
+            ),
+            st.builds(
+                EnableStrategy,
+                id=filled,
+                rule=tokens,
+                cause_id=texts,
+                at=times,
+                strategy=filled,
+                by=texts,
+                reason=texts,
+            ),
+            st.builds(
+                HaltEntries,
+                id=filled,
+                rule=tokens,
+                cause_id=texts,
+                at=st.just(0),
+                pnl=finite,
+                max_loss=finite,
+                day=texts,
+                timezone=texts,
+                until=st.integers(min_value=1, max_value=2**62),
+                reason=texts,
+            ),
+        ),
+    ),
 }
 
 

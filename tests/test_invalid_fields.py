@@ -43,6 +43,7 @@ from contracts.events import (
     StrategyPnL,
     Trade,
 )
+from contracts.governance_events import PlaybookAction
 from contracts.subjects import subject_for
 from contracts.venue_events import KillSwitch
 from eventstore.server import EmbeddedServer
@@ -216,8 +217,8 @@ def test_any_valid_event_with_one_value_out_of_its_range_is_refused(
 def test_names_that_cannot_form_their_subject_are_refused_by_its_admission() -> None:
     unfit = unfit_names()
     # every type but those whose subject carries no name: pf.equity, gov.cmd.<action>,
-    # venue.kill
-    nameless = {EquitySnapshot, GovernanceCommand, KillSwitch}
+    # venue.kill; and gov.playbook.<rule>, whose rule is checked as a token when built
+    nameless = {EquitySnapshot, GovernanceCommand, KillSwitch, PlaybookAction}
     assert {type(e) for e, _, _ in unfit} == set(EVENT_TYPES) - nameless
     for event, subject, field in unfit:
         assert decode(encode(event)) == event  # legal for the type ...

@@ -36,6 +36,7 @@ from contracts.events import (
     RiskDecision,
     Signal,
 )
+from contracts.governance_events import GOVERNANCE_RULE, PlaybookAction
 from contracts.keys import InstrumentId, KeyTable
 from services.risk.book import EPS, Book
 from services.risk.breaker import Transition, VenueBreaker
@@ -45,6 +46,7 @@ from services.risk.feed_guard import RULE as STALE_DATA
 from services.risk.feed_guard import FeedGuard
 from services.risk.guards import Depeg, DepegState, Funding
 from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
+from services.risk.playbook_gate import PlaybookGate
 from services.risk.rails import Check, OrderContext, compile_rails
 from services.risk.sizing import Sizer, bracket, round_qty, split_symbol
 from services.risk.state import Condition, InstrumentInfo, RiskState
@@ -52,7 +54,7 @@ from services.risk.status import StatusBoard
 
 
 class RiskEngine:
-    snapshot_version: ClassVar[int] = 3
+    snapshot_version: ClassVar[int] = 4  # v4: governance's playbook holds
 
     def __init__(
         self,
@@ -120,6 +122,7 @@ class RiskEngine:
         ]
         self._funding = Funding(self.guards.funding, state.funding) if self.guards.funding else None
         self._feeds = FeedGuard(state.feeds)
+        self._gate = PlaybookGate(state.playbooks)
         rules = self.sizing.rules
         self._sizing_on = any(r.sized for r in rules)
         vol = max((r.vol_window for r in rules if r.mode == "vol_target"), default=0)
@@ -140,6 +143,7 @@ class RiskEngine:
             FundingRate: self._on_funding,
             FeedStatus: self._on_feed_status,
             GovernanceCommand: self._on_governance,
+            PlaybookAction: self._gate.apply,
         }
         rails = compile_rails(
             lim,
@@ -215,7 +219,10 @@ class RiskEngine:
 
     def _on_governance(self, event: GovernanceCommand, now: int) -> list[Event]:
         """A kill halts at once; the command itself is the status fact (``keel status``
-        reads it), so a kill publishes nothing. A resume also re-arms the hard breaches."""
+        reads it), so a kill publishes nothing. A resume also re-arms the hard breaches.
+        ``enable`` is the governance role's input, not risk's."""
+        if event.action == "enable":
+            return []
         state = self.state
         state.killed = event.action == "kill"
         state.kill_reason = event.reason
@@ -394,6 +401,8 @@ class RiskEngine:
                 if sized_target is None:
                     return [self._reject(signal, now, "sizing", f"cannot size: {why}")]
                 target = sized_target
+            if self._gate.factor != 1.0:
+                target *= self._gate.factor
             if lot and target:
                 rounded = math.copysign(round_qty(abs(target), lot), target)
                 if not rounded:
@@ -408,6 +417,8 @@ class RiskEngine:
                 if not unit:
                     return [self._reject(signal, now, "sizing", f"cannot size: {why}")]
                 size *= unit
+            if self._gate.factor != 1.0:
+                size *= self._gate.factor
             if lot:
                 rounded = round_qty(size, lot)
                 if not rounded:
@@ -427,6 +438,9 @@ class RiskEngine:
             delta = math.copysign(qty, delta)
         quote = self._quote(market)[1] if self._depegs else ""
         ctx = OrderContext(signal, market, delta, before, price, quote, now)
+        refusal = self._gate.refusal(signal.strategy, ctx.increases, now)
+        if refusal is not None:
+            return [self._reject(signal, now, GOVERNANCE_RULE, refusal)]
         if (
             info is not None
             and info.kind == "spot"

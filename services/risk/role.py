@@ -17,10 +17,13 @@ INPUTS = (
 adds equity and funding when needed."""
 
 
-def risk_inputs(engine: RiskEngine) -> tuple[Input, ...]:
+def risk_inputs(engine: RiskEngine, governed: bool = False) -> tuple[Input, ...]:
     """Equity snapshots only for equity rails or equity-based sizing, funding rates only
-    with the funding guard: a fleet without them routes nothing new to risk."""
+    with the funding guard, playbook actions only with ``[governance]``: a fleet without
+    them routes nothing new to risk."""
     inputs = list(INPUTS)
+    if governed:
+        inputs[0] = Input("GOVERNANCE", (*INPUTS[0].subjects, "gov.playbook.>"))
     if engine.guards.funding is not None:
         inputs[-1] = Input("MARKET", (*INPUTS[-1].subjects, "md.funding.>"))
     if engine.needs_equity:
@@ -33,6 +36,7 @@ def risk_role(
     guards: GuardsConfig | None = None,
     sizing: SizingConfig | None = None,
     instruments: tuple[InstrumentSpec, ...] = (),
+    governed: bool = False,
 ) -> Role:
     engine = RiskEngine(limits, guards, sizing, instruments)
-    return Role("risk", risk_inputs(engine), engine)
+    return Role("risk", risk_inputs(engine, governed), engine)

@@ -71,6 +71,16 @@ class ReturnSeries(msgspec.Struct, forbid_unknown_fields=True):
     rets: list[float] = msgspec.field(default_factory=list)
 
 
+class PlaybookHolds(msgspec.Struct, forbid_unknown_fields=True):
+    """What governance's playbook actions hold (``services/risk/playbook_gate.py``): the
+    budget factor of each drawdown rule, the disabled strategies (``strategy`` -> the rules
+    that disabled it) and the entry halts (rule -> until, ns, and its reason)."""
+
+    factors: dict[str, float] = msgspec.field(default_factory=dict)
+    disabled: dict[str, list[str]] = msgspec.field(default_factory=dict)
+    halts: dict[str, tuple[int, str]] = msgspec.field(default_factory=dict)
+
+
 class RiskState(msgspec.Struct, forbid_unknown_fields=True):
     killed: bool = False
     kill_reason: str = ""
@@ -104,3 +114,5 @@ class RiskState(msgspec.Struct, forbid_unknown_fields=True):
     """client order ids risk asked to cancel, until the cancel's outcome"""
     feeds: dict[InstrumentId, FeedBlock] = msgspec.field(default_factory=dict)
     """markets whose feed is not fresh: entries blocked (the stale-data guard)"""
+    playbooks: PlaybookHolds = msgspec.field(default_factory=PlaybookHolds)
+    """governance's playbook actions in force (v4)"""

@@ -1,0 +1,127 @@
+"""The governance decider: the playbooks (``playbooks.py``) fed from the log.
+
+Inputs become the playbooks' inputs: an equity snapshot (``pf.equity``) is an equity update
+(the peak is this decider's running maximum) and, for every daily loss rule, the day's PnL
+(equity minus the day's start equity: the last equity seen before the rule's local midnight,
+else the day's first); a risk rejection (``ord.risk.*``, approved false) is a rejection of
+its strategy, its reason prefixed by risk's rule; ``gov.cmd.enable`` is an enable command.
+Rejections that governance itself caused (risk's rule ``governance``) are not counted, so a
+halt cannot feed the rejection rule.
+
+An input's id is its kind, event time and a digest of its bytes: the same fact redelivered
+has the same id and the playbooks ignore it; the actions' ids derive from it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from typing import ClassVar
+
+import msgspec
+
+from contracts.codec import encode
+from contracts.events import EquitySnapshot, Event, GovernanceCommand, RiskDecision
+from contracts.governance_events import GOVERNANCE_RULE, PlaybookAction
+from services.governance.playbooks import (
+    Action,
+    DailyLossState,
+    DailyPnl,
+    EnableCommand,
+    EquityUpdate,
+    PlaybookConfig,
+    PlaybookState,
+    RiskRejection,
+    daily_loss_rule,
+    local_day,
+    step,
+)
+
+
+class GovernanceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[governance]``: its presence adds the governance role and risk's enforcement."""
+
+    playbooks: PlaybookConfig = msgspec.field(default_factory=PlaybookConfig)
+
+
+class DayStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """The trading day of one time zone and the equity it started from."""
+
+    timezone: str
+    day: str
+    start: float
+
+
+class GovernanceState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    playbooks: PlaybookState = PlaybookState()
+    peak: float = 0.0
+    last_equity: float | None = None
+    days: tuple[DayStart, ...] = ()
+
+
+def input_id(kind: str, event: Event) -> str:
+    digest = hashlib.blake2b(encode(event), digest_size=8).hexdigest()
+    return f"{kind}:{event.ts}:{digest}"
+
+
+class GovernanceDecider:
+    snapshot_version: ClassVar[int] = 1
+
+    def __init__(self, config: GovernanceConfig) -> None:
+        self.config = config
+        self.state = GovernanceState()
+
+    def decide(self, event: Event, now: int) -> list[Event]:
+        if isinstance(event, EquitySnapshot):
+            actions = self._on_equity(event, now)
+        elif isinstance(event, RiskDecision):
+            if event.approved or event.rule == GOVERNANCE_RULE:
+                return []
+            reason = f"{event.rule}: {event.reason}" if event.rule else event.reason
+            rejection = RiskRejection(input_id("reject", event), event.strategy, reason, event.ts)
+            actions = self._step(rejection, now)
+        elif isinstance(event, GovernanceCommand) and event.action == "enable":
+            strategy = event.strategy if isinstance(event.strategy, str) else ""
+            by = event.issued_by or "unknown"
+            command = EnableCommand(input_id("enable", event), strategy, by, event.reason, event.ts)
+            actions = self._step(command, now)
+        else:
+            return []
+        return [PlaybookAction(ts=now, action=a) for a in actions]
+
+    def _step(self, event: RiskRejection | EnableCommand, now: int) -> tuple[Action, ...]:
+        playbooks, actions = step(self.config.playbooks, self.state.playbooks, event, now)
+        self.state = msgspec.structs.replace(self.state, playbooks=playbooks)
+        return actions
+
+    def _on_equity(self, snap: EquitySnapshot, now: int) -> list[Action]:
+        state, config = self.state, self.config.playbooks
+        peak = max(state.peak, snap.equity)
+        update = EquityUpdate(input_id("equity", snap), snap.equity, peak, snap.ts)
+        if update.id in state.playbooks.seen:
+            return []
+        playbooks, out = step(config, state.playbooks, update, now)
+        actions = list(out)
+        days = {d.timezone: d for d in state.days}
+        daily: list[DailyLossState] = []
+        for rule in config.daily_loss:
+            day, _ = local_day(snap.ts, rule.timezone)
+            known = days.get(rule.timezone)
+            if known is None or known.day != day:
+                start = snap.equity if state.last_equity is None else state.last_equity
+                known = days[rule.timezone] = DayStart(rule.timezone, day, start)
+            pnl = DailyPnl(f"{update.id}:{rule.name}", snap.equity - known.start, snap.ts)
+            old = next((s for s in playbooks.daily_loss if s.rule == rule.name), None)
+            new, halts = daily_loss_rule(rule, old or DailyLossState(rule.name), pnl, now)
+            daily.append(new)
+            actions.extend(halts)
+        playbooks = msgspec.structs.replace(playbooks, daily_loss=tuple(daily))
+        self.state = GovernanceState(
+            playbooks, peak, snap.equity, tuple(sorted(days.values(), key=lambda d: d.timezone))
+        )
+        return actions
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode(self.state)
+
+    def restore(self, data: bytes) -> None:
+        self.state = msgspec.msgpack.decode(data, type=GovernanceState)
