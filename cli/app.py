@@ -8,6 +8,7 @@ from cli import (
     backtest_commands,
     backup_commands,
     fleet_commands,
+    gov_commands,
     log_commands,
     model_commands,
     publish_commands,
@@ -32,6 +33,7 @@ app.add_typer(run_commands.app, name="run")
 app.add_typer(model_commands.app, name="model")
 app.add_typer(publish_commands.app, name="publish")
 app.add_typer(venue_commands.app, name="venue")
+app.add_typer(gov_commands.app, name="gov")
 app.command()(log_commands.ingest)
 app.command(name="tap")(log_commands.tap_command)
 app.command()(log_commands.streams)

@@ -109,7 +109,7 @@ class GovernanceDecider:
             if known is None or known.day != day:
                 start = snap.equity if state.last_equity is None else state.last_equity
                 known = days[rule.timezone] = DayStart(rule.timezone, day, start)
-            pnl = DailyPnl(f"{update.id}:{rule.name}", snap.equity - known.start, snap.ts)
+            pnl = DailyPnl(f"{update.id}:pnl", snap.equity - known.start, snap.ts)
             old = next((s for s in playbooks.daily_loss if s.rule == rule.name), None)
             new, halts = daily_loss_rule(rule, old or DailyLossState(rule.name), pnl, now)
             daily.append(new)

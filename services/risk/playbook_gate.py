@@ -12,6 +12,8 @@ A refusal is a ``RiskDecision`` of rule ``governance`` whose reason names the pl
 
 from __future__ import annotations
 
+from datetime import UTC, datetime
+
 from contracts.event_base import Event
 from contracts.governance_events import (
     DisableStrategy,
@@ -66,5 +68,6 @@ class PlaybookGate:
             )
         for rule, (until, reason) in sorted(holds.halts.items()):
             if now < until:
-                return f"playbook {rule}: entries halted until {until} ns ({reason})"
+                at = datetime.fromtimestamp(until / 1e9, UTC).isoformat()
+                return f"playbook {rule}: entries halted until {at} ({reason})"
         return None
