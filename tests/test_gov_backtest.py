@@ -1,0 +1,189 @@
+"""The playbooks end to end in a backtest: a hand-made market in which each rule fires, the
+governance events carry their numbers, risk enforces them, and the run is deterministic.
+
+The market (SMA 2/3, long only, 1,000 cash): ``ma`` buys 50 at 12, the price gaps to 7 (a
+loss of 250: the drawdown rule scales budgets by 0.5 and the daily loss rule halts entries
+until midnight UTC); ``big`` asks for 500, over ``max_position``, and is rejected each time it
+tries, which after midnight disables it. Refusals caused by the playbooks are not counted.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from pathlib import Path
+
+import msgspec
+import polars as pl
+import pytest
+
+from contracts.codec import decode
+from contracts.events import Event, OrderCommand, RiskDecision
+from contracts.governance_events import (
+    GOVERNANCE_RULE,
+    DisableStrategy,
+    HaltEntries,
+    PlaybookAction,
+    ScaleBudgets,
+)
+from eventstore.errors import KeelError
+from replay.backtest import BacktestResult, BacktestSpec, run_backtest
+from replay.market import DataSource
+from services.config import KeelConfig, load_config
+from services.fleet import fleet_plan, fleet_roles
+from tests.factories import MINUTE, bars_from_closes, write_bar_file
+
+MIDNIGHT = 1_700_006_400 * 10**9  # 2023-11-15T00:00:00Z
+START = MIDNIGHT - 12 * MINUTE
+CLOSES = [12, 11, 10, 11, 12, 13, 14, 7, 6, 7, 8, 9, 8, 7, 6, 7, 8, 9, 8, 7, 6, 7, 8]
+BASE = """
+[[strategies]]
+name = "ma_cross"
+instance = "ma"
+params = { kind = "sma", fast = 2, slow = 3, mode = "long_only", qty = 50 }
+
+[[strategies]]
+name = "ma_cross"
+instance = "big"
+params = { kind = "sma", fast = 2, slow = 3, mode = "long_only", qty = 500 }
+
+[risk]
+max_position = 100
+
+[execution]
+fill = "next_open"
+fee_bps = 10
+slippage_bps = 0
+
+[portfolio]
+starting_cash = 1000
+"""
+GOVERNANCE = """
+[governance.playbooks]
+[[governance.playbooks.drawdown]]
+max_drawdown = 0.2
+reset_below = 0.05
+scale = 0.5
+cooldown = "5m"
+
+[[governance.playbooks.rejections]]
+max_rejections = 1
+window = "1h"
+
+[[governance.playbooks.daily_loss]]
+max_loss = 100
+timezone = "UTC"
+"""
+CONFIG = BASE + GOVERNANCE
+
+
+def config_of(text: str) -> KeelConfig:
+    return msgspec.convert(tomllib.loads(text), KeelConfig)
+
+
+def backtest(tmp_path: Path, text: str, name: str) -> tuple[BacktestResult, list[Event]]:
+    bars = bars_from_closes(CLOSES, wick=0.5, start=START, symbol="BTC/USDT", venue="test")
+    data = write_bar_file(tmp_path / "bars.parquet", bars)
+    source = DataSource(location=str(data), symbol="BTC/USDT", venue="test")
+    out = tmp_path / name
+    result = run_backtest(BacktestSpec(config=config_of(text), data=(source,)), out)
+    payloads = pl.read_parquet(out / "events.parquet")["payload"].to_list()
+    return result, [decode(p.encode()) for p in payloads]
+
+
+def actions(events: list[Event]) -> list:
+    return [e.action for e in events if isinstance(e, PlaybookAction)]
+
+
+def test_every_playbook_fires_with_its_numbers_and_risk_enforces_it(tmp_path: Path) -> None:
+    _, events = backtest(tmp_path, CONFIG, "run")
+    scale, halt, disable = actions(events)
+
+    assert isinstance(scale, ScaleBudgets) and scale.rule == "drawdown"
+    assert scale.factor == 0.5 and scale.max_drawdown == 0.2
+    assert scale.drawdown == pytest.approx((1099.4 - 749.4) / 1099.4)  # peak at 14, close 7
+    assert "equity 749.4, peak 1099.4" in scale.reason
+
+    assert isinstance(halt, HaltEntries) and halt.rule == "daily_loss"
+    assert halt.pnl == pytest.approx(-250.6) and halt.max_loss == 100.0
+    assert (halt.day, halt.timezone, halt.until) == ("2023-11-14", "UTC", MIDNIGHT)
+
+    assert isinstance(disable, DisableStrategy) and disable.rule == "rejections"
+    assert (disable.strategy, disable.rejections, disable.max_rejections) == ("big", 2, 1)
+    assert disable.at > MIDNIGHT  # the halt's own refusals of big were not counted
+    assert "max_position" in disable.reason
+
+    refused = [e for e in events if isinstance(e, RiskDecision) and e.rule == GOVERNANCE_RULE]
+    halted = [r for r in refused if r.ts < MIDNIGHT]
+    assert {r.strategy for r in halted} == {"ma", "big"}
+    assert all(r.reason.startswith("playbook daily_loss: entries halted until") for r in halted)
+    assert all("2023-11-15T00:00:00+00:00" in r.reason for r in halted)
+    after = [r for r in refused if r.ts > MIDNIGHT]
+    assert after and all(r.strategy == "big" for r in after)
+    assert all(r.reason.startswith("playbook rejections: big is disabled") for r in after)
+
+    buys = [(e.ts, e.qty) for e in events if isinstance(e, OrderCommand) and e.side == "buy"]
+    assert buys[0][1] == 50.0 and buys[0][0] < halt.at  # before the drawdown: full size
+    assert [q for t, q in buys if t > MIDNIGHT] == [25.0, 25.0]  # scaled by 0.5, once
+
+
+def test_a_backtest_twice_gives_the_same_hash_and_governance_events(tmp_path: Path) -> None:
+    first, a = backtest(tmp_path, CONFIG, "one")
+    second, b = backtest(tmp_path, CONFIG, "two")
+    assert first.result_hash == second.result_hash
+    assert [e for e in a if isinstance(e, PlaybookAction)] == [
+        e for e in b if isinstance(e, PlaybookAction)
+    ]
+    assert len(actions(a)) == 3
+
+
+def test_without_governance_the_fleet_and_its_results_are_unchanged(tmp_path: Path) -> None:
+    plain = config_of(BASE)
+    governed = config_of(CONFIG)
+    assert plain.governance is None
+    assert [r.name for r in fleet_roles(plain)] == [
+        "strategy-ma",
+        "strategy-big",
+        "risk",
+        "execution",
+        "portfolio",
+    ]
+    risk = next(r for r in fleet_roles(plain) if r.name == "risk")
+    assert ("gov.cmd.>",) in [i.subjects for i in risk.inputs]
+    assert "governance" not in [w.name for w in fleet_plan(plain, None)]
+    assert [r.name for r in fleet_roles(governed)][-1] == "governance"
+    assert "governance" in [w.name for w in fleet_plan(governed, None)]
+    governed_risk = next(r for r in fleet_roles(governed) if r.name == "risk")
+    assert ("gov.cmd.>", "gov.playbook.>") in [i.subjects for i in governed_risk.inputs]
+
+    # a governance role with no playbooks decides nothing: the same events, the same hash
+    without, events = backtest(tmp_path, BASE, "plain")
+    empty, same = backtest(tmp_path, BASE + "\n[governance]\n", "empty")
+    assert without.result_hash == empty.result_hash and events == same
+    assert not [e for e in events if isinstance(e, PlaybookAction)]
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        ("[[governance.playbooks.drawdown]]\nmax_drawdown = 0.1\nbogus = 1\n", "bogus"),
+        (
+            "[[governance.playbooks.drawdown]]\nmax_drawdown = 0.1\nreset_below = 0.2\n",
+            "reset_below (0.2) must be below max_drawdown (0.1)",
+        ),
+        ("[[governance.playbooks.daily_loss]]\nmax_loss = -5\n", "governance.playbooks"),
+        (
+            "[[governance.playbooks.daily_loss]]\nmax_loss = 5\ntimezone = 'Mars/Base'\n",
+            "'Mars/Base' is not an IANA time zone",
+        ),
+        ("[[governance.playbooks.rejections]]\nwindow = 'soon'\n", "governance.playbooks"),
+    ],
+)
+def test_a_bad_governance_section_is_one_clear_line(
+    tmp_path: Path, extra: str, message: str
+) -> None:
+    path = tmp_path / "keel.toml"
+    path.write_text(BASE + "[governance.playbooks]\n" + extra)
+    with pytest.raises(KeelError) as refused:
+        load_config(path)
+    text = str(refused.value)
+    assert message in text and "\n" not in text
