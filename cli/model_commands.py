@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
+import getpass
 import math
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Annotated, Any
@@ -20,14 +21,21 @@ from eventstore.model_store import (
     get_model,
     list_models,
     put_model,
+    read_lifecycle,
+    update_lifecycle,
     write_model_file,
 )
 from eventstore.server import nats_url
 from services.marketdata.sources import read_bars
+from strategies.regime import lifecycle
 from strategies.regime.features import FeatureSpec
-from strategies.regime.model import ModelError, RegimeModel
+from strategies.regime.lifecycle import Lifecycle
+from strategies.regime.model import ModelError, RegimeModel, check_token, parse_ref
 
-app = typer.Typer(help="Regime models: train, list, show.", no_args_is_help=True)
+app = typer.Typer(
+    help="Regime models: train, list, show; retrain, history, promote, rollback.",
+    no_args_is_help=True,
+)
 
 EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
 
@@ -244,3 +252,218 @@ def model_tables(model: RegimeModel) -> list[Table]:
             str(k), model.labels[k], f"{mean:+.3e}", f"{sd:.3e}", f"{model.transmat[k][k]:.4f}"
         )
     return [meta, states]
+
+
+def _who(by: str | None) -> str:
+    return by or getpass.getuser()
+
+
+def _now() -> str:
+    return datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z")
+
+
+async def _with_bus(work: Callable[[Bus], Coroutine[Any, Any, Any]]) -> Any:
+    with nats_url() as url:
+        bus = await _connect(url)
+        try:
+            return await work(bus)
+        finally:
+            await bus.close()
+
+
+@app.command()
+def retrain(
+    name: Annotated[str, typer.Option("--name", help="Model name.")],
+    symbol: Annotated[str, typer.Option("--symbol", help="Symbol whose MARKET bars train it.")],
+    window: Annotated[str, typer.Option("--window", help="Bars before the newest one.")] = "30d",
+    holdout: Annotated[
+        float, typer.Option("--holdout", help="Last share of the window scored, not trained.")
+    ] = 0.2,
+    keep: Annotated[int, typer.Option("--keep", help="Versions kept (older are pruned).")] = 5,
+    seed: Annotated[int, typer.Option("--seed", help="Seed of clustering and EM.")] = 0,
+    states: Annotated[
+        int, typer.Option("--states", help="Regimes K of a first version (later: as before).")
+    ] = 3,
+    iterations: Annotated[int, typer.Option("--iterations", help="Most EM iterations.")] = 100,
+    venue: Annotated[str | None, typer.Option("--venue", help="Only this venue's bars.")] = None,
+    interval: Annotated[str | None, typer.Option("--interval", help="Only this interval.")] = None,
+    end: Annotated[
+        str | None, typer.Option("--end", help="Window end (ISO time; default newest bar).")
+    ] = None,
+    ll_margin: Annotated[
+        float, typer.Option("--ll-margin", help="Held-out nats/bar a version may lose.")
+    ] = 0.05,
+    min_state_share: Annotated[
+        float, typer.Option("--min-state-share", help="Held-out share every state needs.")
+    ] = 0.01,
+    max_alignment_cost: Annotated[
+        float, typer.Option("--max-alignment-cost", help="Mean state distance bound (sd).")
+    ] = 1.0,
+) -> None:
+    """Retrain NAME from the log's bars; a validated version is stored as the canary."""
+    from services.governance.retrain_job import run_retrain
+    from services.governance.retraining import RetrainConfig
+
+    try:
+        check_token(name, "model name")
+        config = RetrainConfig(
+            name=name,
+            symbol=symbol,
+            window=window,
+            holdout=holdout,
+            keep=keep,
+            seed=seed,
+            states=states,
+            iterations=iterations,
+            ll_margin=ll_margin,
+            min_state_share=min_state_share,
+            max_alignment_cost=max_alignment_cost,
+        )
+    except ValueError as exc:
+        raise fail(str(exc)) from None
+    stop = _ns(end, "--end")
+
+    async def work(bus: Bus) -> Any:
+        return await run_retrain(
+            bus, config, at=_now(), by=_who(None), venue=venue, interval=interval, end=stop
+        )
+
+    outcome = _on_bus(_with_bus(work))
+    v = outcome.verdict
+    table = Table(title=f"retrain {name}: {'ACCEPTED' if v.accepted else 'REJECTED'}")
+    table.add_column("", style="bold")
+    table.add_column("")
+    for label, value in (
+        ("version", f"{name}:{outcome.tag}"),
+        ("bars", f"{outcome.bars:,} on {outcome.subject}"),
+        ("window", f"{iso_ns(outcome.window_start)} .. {iso_ns(outcome.window_end)}"),
+        ("data sha256", outcome.data_sha256),
+        ("reference", outcome.reference or "none (first version)"),
+        ("held-out LL/bar", f"{v.holdout_loglik:.4f} over {v.holdout_bars:,} bars"),
+        ("reference LL/bar", "-" if v.previous_loglik is None else f"{v.previous_loglik:.4f}"),
+        ("state share", ", ".join(f"{s:.1%}" for s in v.state_share)),
+        ("alignment cost", "-" if v.alignment_cost is None else f"{v.alignment_cost:.3f}"),
+        ("training", f"{outcome.train_seconds:.2f} s"),
+        ("reason", v.reason),
+        ("canary", outcome.canary or "-"),
+        ("pruned", ", ".join(outcome.pruned) or "-"),
+    ):
+        table.add_row(label, value)
+    console.print(table)
+    if not v.accepted:
+        console.print(f"rejected, not deployed: {v.reason}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"canary: {name}:{outcome.tag} (keel model promote {name}:{outcome.tag})")
+
+
+@app.command()
+def history(name: Annotated[str, typer.Argument(help="Model name.")]) -> None:
+    """Every retrained version with its verdict, and every promotion, rollback and prune."""
+    try:
+        check_token(name, "model name")
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+
+    async def work(bus: Bus) -> tuple[Lifecycle | None, list[StoredModel]]:
+        life, _ = await read_lifecycle(bus.js, name)
+        return life, await list_models(bus.js)
+
+    life, stored = _on_bus(_with_bus(work))
+    if life is None:
+        raise fail(f"model {name} has no lifecycle (keel model retrain --name {name} ...)")
+    live = {s.summary.tag for s in stored if s.summary.name == name}
+    console.print(
+        f"model {name}: current {life.current or '-'}, canary {life.canary or '-'}, "
+        f"rollback to {life.rollback[-1] if life.rollback else '-'}",
+        highlight=False,
+    )
+    versions = Table(
+        "tag",
+        "window",
+        "data sha256",
+        "seed",
+        "held-out LL/bar",
+        "reference LL/bar",
+        "verdict",
+        "status",
+        "reason",
+        title="versions",
+    )
+    for v in life.versions:
+        status = [
+            s
+            for s, on in (("current", v.tag == life.current), ("canary", v.tag == life.canary))
+            if on
+        ]
+        if v.pruned:
+            status.append("pruned")
+        elif not v.accepted:
+            status.append("not stored")
+        elif v.tag not in live:
+            status.append("missing")
+        versions.add_row(
+            v.tag,
+            f"{iso_ns(v.window_start)} .. {iso_ns(v.window_end)}",
+            v.data_sha256[:16],
+            str(v.seed),
+            f"{v.holdout_loglik:.4f}",
+            "-" if v.previous_loglik is None else f"{v.previous_loglik:.4f}",
+            "accepted" if v.accepted else "rejected",
+            ",".join(status) or "stored",
+            v.reason,
+        )
+    console.print(versions)
+    events = Table("at", "action", "tag", "by", "replaced", "reason", title="history")
+    for h in life.history:
+        events.add_row(h.at, h.action, h.tag, h.by, h.previous or "-", h.reason)
+    console.print(events)
+
+
+@app.command()
+def promote(
+    ref: Annotated[str, typer.Argument(help="NAME:TAG of a stored version.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")],
+    by: Annotated[str | None, typer.Option("--by", help="Who (default: the OS user).")] = None,
+) -> None:
+    """Make a version (normally the canary) current; the old current is kept for rollback."""
+    try:
+        name, tag = parse_ref(ref)
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+    if not tag:
+        raise fail(f"promote needs NAME:TAG, not {ref!r}")
+
+    async def work(bus: Bus) -> Lifecycle:
+        await get_model(bus.js, ref)
+        return await update_lifecycle(
+            bus.js, name, lambda life: lifecycle.promote(life, tag, _now(), _who(by), reason)
+        )
+
+    life = _on_bus(_with_bus(work))
+    console.print(
+        f"current: {name}:{life.current} (rollback to {life.rollback[-1] if life.rollback else '-'})"
+    )
+
+
+@app.command()
+def rollback(
+    name: Annotated[str, typer.Argument(help="Model name.")],
+    reason: Annotated[str, typer.Option("--reason", help="Why (kept in the history).")],
+    by: Annotated[str | None, typer.Option("--by", help="Who (default: the OS user).")] = None,
+) -> None:
+    """Make the previous current version current again."""
+    try:
+        check_token(name, "model name")
+    except ModelError as exc:
+        raise fail(str(exc)) from None
+
+    async def work(bus: Bus) -> Lifecycle:
+        life, _ = await read_lifecycle(bus.js, name)
+        if life is None:
+            raise ModelError(f"model {name} has no lifecycle to roll back")
+        return await update_lifecycle(
+            bus.js, name, lambda life: lifecycle.rollback(life, _now(), _who(by), reason)
+        )
+
+    life = _on_bus(_with_bus(work))
+    console.print(f"current: {name}:{life.current}")

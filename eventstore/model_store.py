@@ -4,7 +4,8 @@ One object per model version, named ``<name>/<tag>``; its bytes are the model's 
 (``strategies/regime/model.py``) and its description a JSON ``ModelSummary``, so listing
 the bucket needs no download. A version is immutable: storing the same name and tag again
 with the same bytes is a no-op, with other bytes an error. ``NAME`` without a tag means the
-version stored last. The Object Store chunks objects over a stream, so the bucket
+version stored last, unless the model has a lifecycle (``keel model retrain``): then it
+means the current version (``keel model promote``). The Object Store chunks objects over a stream, so the bucket
 replicates and survives restarts like the rest of the log. A model file holds the same bytes
 as an object; a backtest names one with ``--param model_file=PATH``.
 """
@@ -13,24 +14,34 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 from pathlib import Path
 
 import msgspec
 from nats.errors import Error as NatsError
 from nats.js import JetStreamContext
-from nats.js.api import ObjectInfo, ObjectMeta
-from nats.js.errors import BucketNotFoundError, NotFoundError
+from nats.js.api import KeyValueConfig, ObjectInfo, ObjectMeta
+from nats.js.errors import (
+    BucketNotFoundError,
+    KeyNotFoundError,
+    KeyWrongLastSequenceError,
+    NotFoundError,
+)
+from nats.js.kv import KeyValue
 from nats.js.object_store import ObjectStore
 
 from contracts.events import Bar
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.server import nats_url
+from strategies.regime.lifecycle import Lifecycle
 from strategies.regime.model import ModelError, RegimeModel, decode_model, encode_model, parse_ref
 
 BUCKET = "KEEL_MODELS"
+LIFECYCLE_BUCKET = "KEEL_MODEL_LIFECYCLE"
+"""KV bucket, one key per model name: its ``Lifecycle`` (current, canary, history)."""
+CAS_ATTEMPTS = 5
 
 
 class ModelSummary(msgspec.Struct, frozen=True):
@@ -146,7 +157,7 @@ async def get_model(js: JetStreamContext, ref: str) -> RegimeModel:
         if not versions:
             known = ", ".join(sorted({s.summary.name for s in stored})) or "none"
             raise ModelError(f"unknown model {ref!r}; stored: {known}")
-        tag = versions[-1].summary.tag
+        tag = await _default_tag(js, name, [s.summary.tag for s in versions])
     try:
         result = await store.get(object_name(name, tag))
     except NotFoundError:
@@ -156,6 +167,85 @@ async def get_model(js: JetStreamContext, ref: str) -> RegimeModel:
     if result.info is None or result.info.deleted or result.data is None:
         raise ModelError(f"unknown model {name}:{tag}")
     return decode_model(result.data, f"model {name}:{tag}")
+
+
+async def _default_tag(js: JetStreamContext, name: str, stored_oldest_first: list[str]) -> str:
+    """The current version when the model has a lifecycle, else the version stored last;
+    a lifecycle's canary is never chosen by default (it is deployed as a canary only)."""
+    life, _ = await read_lifecycle(js, name)
+    if life is None:
+        return stored_oldest_first[-1]
+    if life.current:
+        return life.current
+    others = [t for t in stored_oldest_first if t != life.canary]
+    if not others:
+        raise ModelError(
+            f"model {name} has no current version yet (keel model promote {name}:{life.canary})"
+        )
+    return others[-1]
+
+
+async def delete_model(js: JetStreamContext, name: str, tag: str) -> None:
+    store = await model_store(js)
+    if store is None:
+        return
+    try:
+        await store.delete(object_name(name, tag))
+    except NotFoundError:
+        return
+
+
+async def _lifecycle_kv(js: JetStreamContext, create: bool) -> KeyValue | None:
+    try:
+        return await js.key_value(LIFECYCLE_BUCKET)
+    except (BucketNotFoundError, NotFoundError):
+        if not create:
+            return None
+    return await js.create_key_value(
+        config=KeyValueConfig(
+            bucket=LIFECYCLE_BUCKET, description="Keel model lifecycles", history=16
+        )
+    )
+
+
+async def read_lifecycle(js: JetStreamContext, name: str) -> tuple[Lifecycle | None, int]:
+    """The model's lifecycle and its KV revision (0 when there is none)."""
+    kv = await _lifecycle_kv(js, create=False)
+    if kv is None:
+        return None, 0
+    try:
+        entry = await kv.get(name)
+    except (KeyNotFoundError, NotFoundError):
+        return None, 0
+    if entry.value is None:
+        return None, 0
+    try:
+        life = msgspec.json.decode(entry.value, type=Lifecycle)
+    except (msgspec.DecodeError, msgspec.ValidationError) as exc:
+        raise ModelError(f"lifecycle of model {name} is unreadable: {exc}") from None
+    return life, entry.revision or 0
+
+
+async def update_lifecycle(
+    js: JetStreamContext, name: str, change: Callable[[Lifecycle], Lifecycle]
+) -> Lifecycle:
+    """Apply ``change`` compare-and-set, again on a concurrent update (a promote during a
+    retrain); ``change`` raises ``ModelError`` to refuse."""
+    kv = await _lifecycle_kv(js, create=True)
+    assert kv is not None
+    for _ in range(CAS_ATTEMPTS):
+        life, revision = await read_lifecycle(js, name)
+        updated = change(life or Lifecycle(name=name))
+        data = msgspec.json.encode(updated)
+        try:
+            if revision:
+                await kv.update(name, data, last=revision)
+            else:
+                await kv.create(name, data)
+        except KeyWrongLastSequenceError:
+            continue
+        return updated
+    raise ModelError(f"lifecycle of model {name} kept changing; try again")
 
 
 def fetch_model(ref: str, url: str | None = None) -> RegimeModel:

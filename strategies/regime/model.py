@@ -8,6 +8,7 @@ files and the Object Store is the composition root's job (``eventstore/model_sto
 
 from __future__ import annotations
 
+import hashlib
 import math
 import re
 from typing import Literal
@@ -52,6 +53,29 @@ class TrainingRange(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     bars: int
 
 
+class Lineage(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """Where a retrained version came from and how it scored (``keel model retrain``).
+
+    ``window_start``/``window_end`` bound the bars read from the log (open time, ns, end
+    exclusive); ``data_sha256`` hashes their stored bytes in stored order. The last
+    ``holdout`` fraction of the window (from ``holdout_first_bar``) was not trained on:
+    ``holdout_loglik`` is its log-likelihood per bar under the model's own forward filter
+    (one-step predictive, in raw feature units so versions with other standardisations
+    compare). ``aligned_to`` is the version whose state numbering this one follows.
+    """
+
+    data_sha256: str
+    window_start: int
+    window_end: int
+    holdout: float
+    holdout_first_bar: int
+    holdout_bars: int
+    holdout_loglik: float
+    scorer: str = "forward-filter"
+    aligned_to: str = ""
+    alignment_cost: float = 0.0
+
+
 class RegimeModel(msgspec.Struct, frozen=True):
     """A Gaussian HMM over standardised bar features.
 
@@ -74,6 +98,8 @@ class RegimeModel(msgspec.Struct, frozen=True):
     seed: int
     n_iter: int = 0
     converged: bool = True
+    lineage: Lineage | None = None
+    """Set by retraining; a model without it encodes to the bytes it always had."""
 
     def __post_init__(self) -> None:
         k, d = self.n_states, len(self.features.names)
@@ -111,7 +137,19 @@ def _check_distribution(values: tuple[float, ...], size: int, what: str) -> None
 
 
 def encode_model(model: RegimeModel) -> bytes:
-    return msgspec.json.encode(model)
+    """The model's JSON; without lineage the field is left out, so models trained before
+    lineage existed keep their bytes and their content-hash tags."""
+    if model.lineage is not None:
+        return msgspec.json.encode(model)
+    fields = dict(zip(model.__struct_fields__, msgspec.structs.astuple(model), strict=True))
+    del fields["lineage"]
+    return msgspec.json.encode(fields)
+
+
+def content_tag(model: RegimeModel) -> str:
+    """The default tag: 12 hex digits of the SHA-256 of the model's JSON with an empty tag."""
+    blank = msgspec.structs.replace(model, tag="")
+    return hashlib.sha256(encode_model(blank)).hexdigest()[:12]
 
 
 def decode_model(data: bytes, source: str) -> RegimeModel:

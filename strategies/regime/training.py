@@ -11,7 +11,6 @@ labelled (``labels.py``). Without ``tag`` the tag is a hash of the model's conte
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import logging
 import warnings
 from collections.abc import Iterator, Sequence
@@ -31,7 +30,7 @@ from strategies.regime.model import (
     RegimeModel,
     TrainingRange,
     check_token,
-    encode_model,
+    content_tag,
 )
 
 SMOOTH = 20
@@ -105,8 +104,7 @@ def train(
         converged=bool(hmm.monitor_.converged),
     )
     if not tag:
-        digest = hashlib.sha256(encode_model(model)).hexdigest()[:12]
-        model = msgspec.structs.replace(model, tag=digest)
+        model = msgspec.structs.replace(model, tag=content_tag(model))
     return model
 
 
