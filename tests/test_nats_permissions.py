@@ -369,7 +369,7 @@ async def stored_on(admin: Bus, subject: str) -> bool:
 # ---------------------------------------------------------------------------------------
 # Publish rights, role by role.
 
-WORKERS = ("marketdata", "strategy-ma_cross", "risk", "execution", "portfolio")
+WORKERS = ("marketdata", "strategy-ma_cross", "risk", "execution", "portfolio", "governance")
 CONSUMING = WORKERS[1:]
 GATEWAY_VENUES = ("binance", "bybit", "kraken", "krakenfutures")
 """The venues nats.conf's ``gateway`` user serves (one block of rights per venue)."""
@@ -389,6 +389,8 @@ EVENTS = {
     "position": "pf.position.sim.BTC-USDT",
     "equity": "pf.equity",
     "kill switch": "gov.cmd.kill",
+    "enable": "gov.cmd.enable",
+    "playbook": "gov.playbook.drawdown",
     "external": "ext.listing.binance.BTC-USDT",
     "replay": "rp.probe.md.driver",
     "venue order": "venue.order.binance.BTC-USDT",
@@ -421,10 +423,11 @@ MAY_PUBLISH: dict[str, set[str]] = {
     "risk": {"order", "risk decision", "risk alert"} | _own("risk"),
     "execution": {"execution report", "venue order"} | _own("execution"),
     "portfolio": {"position", "equity"} | _own("portfolio"),
+    "governance": {"playbook"} | _own("governance"),
     "gateway": {"venue answer", "discrepancy", "venue status", "venue order"}.union(
         *map(_own, GATEWAYS)
     ),
-    "operator": {"kill switch", "external", "venue adoption", "venue kill"},
+    "operator": {"kill switch", "enable", "external", "venue adoption", "venue kill"},
     "tap": set(),
     "replay": {"replay"},
     "admin": set(PROBES),
@@ -440,6 +443,7 @@ PRODUCER = {
     "ExecutionReport": "execution",
     **dict.fromkeys(("PositionChanged", "EquitySnapshot", "StrategyPnL"), "portfolio"),
     "GovernanceCommand": "operator",
+    "PlaybookAction": "governance",
     **dict.fromkeys(("ListingAnnouncement", "SocialSentiment", "PromoAnnouncement"), "operator"),
     "VenueOrder": "execution",
     **dict.fromkeys(("VenueAnswer", "Discrepancy", "VenueStatus"), "gateway"),
@@ -1073,11 +1077,12 @@ def test_a_bus_replay_runs_as_the_replay_user(
 
 def scenario_roles(tmp_path: Path) -> list[Role]:
     """The hand-made scenario's fleet, as `keel up` builds it, with instance ma_cross (the
-    strategy user nats.conf has)."""
+    strategy user nats.conf has) and a governance worker (a playbook that never fires)."""
     path = tmp_path / "scenario.toml"
     # the bars go out in one burst, not in lockstep: a signal reaches risk after newer bars,
     # which the stale-signal rail would refuse (docs/risk.md, "Stale signals")
     config = scenario.CONFIG.replace("{fill}", "next_open").replace('"ma"', '"ma_cross"')
+    config += "\n[governance.playbooks]\n[[governance.playbooks.daily_loss]]\nmax_loss = 1000\n"
     path.write_text(config.replace("max_position = 5", 'max_position = 5\nmax_signal_lag = "1d"'))
     return fleet_roles(load_config(path))
 
