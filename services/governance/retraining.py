@@ -9,6 +9,10 @@ every state is the most probable one on at least ``min_state_share`` of the held
 (no dead state), and (3) an alignment to the reference was found with a mean distance per
 state of at most ``max_alignment_cost`` (standard deviations). Without a reference version
 (the first retrain) only (2) applies.
+
+An aligned version keeps the reference's labels state for state, so a retrain never flips
+what a state means to the strategies; where the mean-return rule (``labels.py``) would
+label the new states otherwise, the verdict's reason says so.
 """
 
 from __future__ import annotations
@@ -147,9 +151,18 @@ def retrain(data: WindowData, config: RetrainConfig, reference: RegimeModel | No
         n_iter=config.iterations,
     )
     alignment = align(fitted, reference) if reference is not None else None
-    if alignment is not None and alignment.found:
+    note = ""
+    if reference is not None and alignment is not None and alignment.found:
         fitted = permute(fitted, alignment.order)
+        if fitted.labels != reference.labels:
+            note = (
+                f"; labels kept from {reference.key} ({','.join(reference.labels)}), "
+                f"by mean return they would be {','.join(fitted.labels)}"
+            )
+            fitted = msgspec.structs.replace(fitted, labels=reference.labels)
     verdict = validate(fitted, reference, alignment, data.bars, split, config)
+    if note:
+        verdict = msgspec.structs.replace(verdict, reason=verdict.reason + note)
     lineage = Lineage(
         data_sha256=data.sha256,
         window_start=data.start,
