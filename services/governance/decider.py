@@ -97,9 +97,9 @@ class GovernanceDecider:
         state, config = self.state, self.config.playbooks
         peak = max(state.peak, snap.equity)
         update = EquityUpdate(input_id("equity", snap), snap.equity, peak, snap.ts)
-        if update.id in state.playbooks.seen:
-            return []
         playbooks, out = step(config, state.playbooks, update, now)
+        if playbooks is state.playbooks:
+            return []  # seen before: step changed nothing
         actions = list(out)
         days = {d.timezone: d for d in state.days}
         daily: list[DailyLossState] = []
