@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import asyncio
 import getpass
 import math
 from collections.abc import Callable, Coroutine
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 from rich.table import Table
@@ -31,6 +32,10 @@ from strategies.regime import lifecycle
 from strategies.regime.features import FeatureSpec
 from strategies.regime.lifecycle import Lifecycle
 from strategies.regime.model import ModelError, RegimeModel, check_token, parse_ref
+
+if TYPE_CHECKING:  # hmmlearn loads only when training
+    from services.governance.retrain_job import RetrainOutcome
+    from services.governance.retraining import RetrainConfig
 
 app = typer.Typer(
     help="Regime models: train, list, show; retrain, history, promote, rollback.",
@@ -299,8 +304,16 @@ def retrain(
     max_alignment_cost: Annotated[
         float, typer.Option("--max-alignment-cost", help="Mean state distance bound (sd).")
     ] = 1.0,
+    every: Annotated[
+        str | None,
+        typer.Option("--every", help="Keep running: retrain per this much new data (e.g. 1d)."),
+    ] = None,
+    poll: Annotated[
+        float, typer.Option("--poll", help="With --every: seconds between looks at the log.")
+    ] = 60.0,
 ) -> None:
-    """Retrain NAME from the log's bars; a validated version is stored as the canary."""
+    """Retrain NAME from the log's bars; a validated version is stored as the canary.
+    Once, or with --every as a worker that retrains whenever the log has that much new data."""
     from services.governance.retrain_job import run_retrain
     from services.governance.retraining import RetrainConfig
 
@@ -318,10 +331,16 @@ def retrain(
             ll_margin=ll_margin,
             min_state_share=min_state_share,
             max_alignment_cost=max_alignment_cost,
+            every=every or "1d",
         )
     except ValueError as exc:
         raise fail(str(exc)) from None
     stop = _ns(end, "--end")
+    if every is not None:
+        if stop is not None:
+            raise fail("--every follows the newest bar; it takes no --end")
+        _on_bus(_with_bus(lambda bus: _schedule(bus, config, poll, venue, interval)))
+        return
 
     async def work(bus: Bus) -> Any:
         return await run_retrain(
@@ -329,12 +348,41 @@ def retrain(
         )
 
     outcome = _on_bus(_with_bus(work))
+    console.print(_outcome_table(outcome))
     v = outcome.verdict
-    table = Table(title=f"retrain {name}: {'ACCEPTED' if v.accepted else 'REJECTED'}")
+    if not v.accepted:
+        console.print(f"rejected, not deployed: {v.reason}", highlight=False)
+        raise typer.Exit(1)
+    console.print(f"canary: {name}:{outcome.tag} (keel model promote {name}:{outcome.tag})")
+
+
+async def _schedule(
+    bus: Bus, config: RetrainConfig, poll: float, venue: str | None, interval: str | None
+) -> None:
+    """Look every ``poll`` seconds; retrain whenever the log holds ``every`` of new bars."""
+    from services.governance.retrain_job import scheduled_run
+
+    console.print(f"retraining {config.name} every {config.every} of {config.symbol} bars")
+    while True:
+        outcome = await scheduled_run(
+            bus, config, at=_now(), by="retrain-schedule", venue=venue, interval=interval
+        )
+        if outcome is not None:
+            v = outcome.verdict
+            verdict = "canary" if v.accepted else "rejected"
+            console.print(
+                f"{_now()} {config.name}:{outcome.tag} {verdict}: {v.reason}", highlight=False
+            )
+        await asyncio.sleep(poll)
+
+
+def _outcome_table(outcome: RetrainOutcome) -> Table:
+    v = outcome.verdict
+    table = Table(title=f"retrain {outcome.name}: {'ACCEPTED' if v.accepted else 'REJECTED'}")
     table.add_column("", style="bold")
     table.add_column("")
     for label, value in (
-        ("version", f"{name}:{outcome.tag}"),
+        ("version", f"{outcome.name}:{outcome.tag}"),
         ("bars", f"{outcome.bars:,} on {outcome.subject}"),
         ("window", f"{iso_ns(outcome.window_start)} .. {iso_ns(outcome.window_end)}"),
         ("data sha256", outcome.data_sha256),
@@ -349,11 +397,7 @@ def retrain(
         ("pruned", ", ".join(outcome.pruned) or "-"),
     ):
         table.add_row(label, value)
-    console.print(table)
-    if not v.accepted:
-        console.print(f"rejected, not deployed: {v.reason}", highlight=False)
-        raise typer.Exit(1)
-    console.print(f"canary: {name}:{outcome.tag} (keel model promote {name}:{outcome.tag})")
+    return table
 
 
 @app.command()

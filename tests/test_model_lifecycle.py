@@ -6,7 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import os
+import queue
 import subprocess
+import sys
+import threading
 from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
@@ -19,7 +23,8 @@ from contracts.envelope import bar_envelope
 from contracts.events import Bar
 from eventstore.bus import Bus
 from eventstore.model_store import get_model, list_models, read_lifecycle
-from eventstore.server import EmbeddedServer
+from eventstore.server import URL_ENV, EmbeddedServer
+from services.governance.retrain_job import scheduled_run
 from services.governance.retraining import (
     RetrainConfig,
     holdout_start,
@@ -35,7 +40,7 @@ from strategies.regime.lifecycle import Lifecycle, VersionEntry, prune_plan, rec
 from strategies.regime.model import ModelError, RegimeModel, decode_model, encode_model
 from strategies.regime.scoring import filter_series, log_densities, score
 from strategies.regime.training import train
-from tests.conftest import keel
+from tests.conftest import ROOT, keel
 from tests.test_model_cli import cli
 
 SYMBOL = "BTC/USDT"
@@ -274,3 +279,64 @@ def test_retrain_promote_rollback_history(nats_server: EmbeddedServer) -> None:
     error(cli(url, "model", "rollback", "ghost", "--reason", "x"), "no lifecycle")
     error(cli(url, *args, "--holdout", "1.5"), "holdout (1.5)")
     error(cli(url, "model", "retrain", "--name", "x", "--symbol", "ETH/USDT"), "no bars stored")
+
+
+def test_scheduled_retraining_follows_the_data(nats_server: EmbeddedServer) -> None:
+    """``keel model retrain --every 1h``: a worker that retrains each time the log holds an
+    hour of new bars beyond the last run's window, and stops on SIGTERM."""
+    url = nats_server.url
+    market = list(SyntheticMarket(symbols=(SYMBOL,), bars=2_600, seed=9).generate())
+    publish(url, market[:2_500])
+    args = ("model", "retrain", "--name", "eth", "--symbol", SYMBOL, "--window", "1d")
+    args += ("--iterations", "10", "--every", "1h", "--poll", "0.2")
+    env = {**os.environ, URL_ENV: url, "COLUMNS": "200"}
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "cli.app", *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+    lines: queue.Queue[str] = queue.Queue()
+    reader = threading.Thread(target=lambda: [lines.put(x) for x in worker.stdout or ()])
+    reader.start()
+
+    def next_run() -> str:
+        while True:
+            line = lines.get(timeout=60)
+            if " eth:" in line:
+                return line
+
+    try:
+        assert "canary: first version" in next_run()
+        publish(url, market[2_500:2_530])  # half an hour: not due
+        publish(url, market[2_530:])  # 100 minutes in all: due
+        assert "canary" in next_run()
+    finally:
+        worker.terminate()
+        worker.wait(30)
+        reader.join(10)
+    assert worker.returncode == 143 and worker.stderr is not None
+    assert "Traceback" not in worker.stderr.read()
+    life, _ = on_bus(url, lambda bus: read_lifecycle(bus.js, "eth"))
+    assert life is not None
+    first, second = life.versions
+    assert second.window_end - first.window_end == 100 * 60 * 10**9
+    assert {h.by for h in life.history} == {"retrain-schedule"}
+
+
+async def test_a_scheduled_look_retrains_only_when_due(bus: Bus) -> None:
+    config = RetrainConfig(name="sol", symbol=SYMBOL, window="1d", every="1h", iterations=10)
+    assert await scheduled_run(bus, config, at="t0") is None  # no bars yet
+    market = list(SyntheticMarket(symbols=(SYMBOL,), bars=2_600, seed=9).generate())
+    await bus.publish_many((b, bar_envelope(b)) for b in market[:2_500])
+    first = await scheduled_run(bus, config, at="t1")
+    assert first is not None and first.verdict.accepted
+    assert await scheduled_run(bus, config, at="t2") is None
+    await bus.publish_many((b, bar_envelope(b)) for b in market[2_500:2_559])
+    assert await scheduled_run(bus, config, at="t3") is None  # 59 minutes of new bars
+    await bus.publish_many((b, bar_envelope(b)) for b in market[2_559:2_560])
+    second = await scheduled_run(bus, config, at="t4")
+    assert second is not None and second.window_end - first.window_end == 3_600 * 10**9
+    assert second.reference == f"sol:{first.tag}"

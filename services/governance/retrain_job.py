@@ -18,6 +18,7 @@ from nats.js.api import DeliverPolicy
 from contracts.events import Bar
 from contracts.subjects import name_token, symbol_token
 from eventstore.bus import Bus, Stored, read_message
+from eventstore.log_reader import last_per_subject
 from eventstore.model_store import (
     delete_model,
     get_model,
@@ -26,7 +27,14 @@ from eventstore.model_store import (
     read_lifecycle,
     update_lifecycle,
 )
-from services.governance.retraining import RetrainConfig, Verdict, retrain, window_data, window_of
+from services.governance.retraining import (
+    RetrainConfig,
+    Verdict,
+    is_due,
+    retrain,
+    window_data,
+    window_of,
+)
 from strategies.regime.lifecycle import prune_plan, record_prune, record_retrain
 from strategies.regime.model import ModelError, RegimeModel
 
@@ -146,3 +154,30 @@ async def run_retrain(
         pruned=tuple(doomed),
         train_seconds=seconds,
     )
+
+
+async def scheduled_run(
+    bus: Bus,
+    config: RetrainConfig,
+    *,
+    at: str,
+    by: str = "retrain",
+    venue: str | None = None,
+    interval: str | None = None,
+) -> RetrainOutcome | None:
+    """One look of the scheduler: retrain when the log holds ``every`` of bars beyond the
+    window of the last run (accepted or not), else None. Due-ness reads the log's bar times,
+    not the clock, so a backfill or a paused feed shifts runs the way the data does."""
+    subject = bar_filter(config.symbol, venue, interval)
+    newest = [
+        s.event.close_time
+        for s in await last_per_subject(bus, STREAM, subject)
+        if isinstance(s.event, Bar)
+    ]
+    if not newest:
+        return None
+    life, _ = await read_lifecycle(bus.js, config.name)
+    last = max((v.window_end for v in life.versions), default=None) if life else None
+    if not is_due(last, max(newest), config.every):
+        return None
+    return await run_retrain(bus, config, at=at, by=by, venue=venue, interval=interval)
