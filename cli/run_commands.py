@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING, Annotated
 
 import msgspec
 import typer
+from rich.markup import escape
 
 from cli.console import console, fail, load_config_or_exit, run, user_errors
 from cli.gateway_commands import serve_gateway
@@ -122,7 +123,7 @@ def governance(
     """The playbooks: equity, risk rejections and enable commands in, gov.playbook.* out."""
     settings = load_config_or_exit(config)
     if settings.governance is None:
-        raise fail("governance: the config has no [governance] section")
+        raise fail(escape("governance: the config has no [governance] section"))
     role = governance_role(settings.governance)
     _serve(role, _options(metrics_port, metrics_addr, namespace, rebuild))
 
