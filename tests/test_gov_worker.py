@@ -33,6 +33,7 @@ from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits
 from services.risk.role import risk_role
 from services.runtime.worker import Worker, WorkerOptions
+from tests.conftest import keel
 from tests.factories import report
 from tests.test_gov_backtest import CONFIG, MIDNIGHT, backtest, config_of
 
@@ -270,3 +271,24 @@ async def test_live_governance_gives_the_backtests_actions_and_risk_enforces_the
         await asyncio.wait_for(asyncio.gather(*tasks), 10)
         for b in [*buses, bus]:
             await b.close()
+
+
+async def test_keel_gov_enable_publishes_who_enabled_what(
+    nats_server: EmbeddedServer, bus: Bus
+) -> None:
+    done = keel(
+        nats_server.url, "gov", "enable", "big", "--reason", "limits checked", "--by", "ops"
+    )
+    assert done.returncode == 0, done.stderr
+    assert "enable big published" in done.stdout
+    (command,) = await stored(bus, "gov.cmd.enable", "GOVERNANCE")
+    assert isinstance(command, GovernanceCommand)
+    assert (command.action, command.strategy, command.issued_by, command.reason) == (
+        "enable",
+        "big",
+        "ops",
+        "limits checked",
+    )
+    bad = keel(nats_server.url, "gov", "enable", "no such", "--reason", "x")
+    assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
+    assert "must match [A-Za-z0-9_-]+" in bad.stderr
