@@ -26,7 +26,9 @@ from contracts.governance_events import (
     ScaleBudgets,
 )
 from eventstore.errors import KeelError
-from replay.backtest import BacktestResult, BacktestSpec, run_backtest
+from eventstore.server import EmbeddedServer
+from replay.backtest import BacktestResult, BacktestSpec, load_run, run_backtest
+from replay.bus_replay import bus_replay
 from replay.market import DataSource
 from services.config import KeelConfig, load_config
 from services.fleet import fleet_plan, fleet_roles
@@ -188,3 +190,15 @@ def test_a_bad_governance_section_is_one_clear_line(
         load_config(path)
     text = str(refused.value)
     assert message in text and "\n" not in text
+
+
+def test_a_bus_replay_through_the_worker_processes_gives_the_same_run(
+    tmp_path: Path, nats_server: EmbeddedServer
+) -> None:
+    in_process, events = backtest(tmp_path, CONFIG, "run")
+    work = tmp_path / "bus"
+    work.mkdir()
+    on_bus = bus_replay(load_run(tmp_path / "run"), nats_server.url, work)
+    assert on_bus.result_hash == in_process.result_hash  # the governance producer's included
+    assert (on_bus.orders, on_bus.rejections) == (in_process.orders, in_process.rejections)
+    assert len(actions(events)) == 3
