@@ -363,11 +363,18 @@ async def _schedule(
     from services.governance.retrain_job import scheduled_run
 
     console.print(f"retraining {config.name} every {config.every} of {config.symbol} bars")
+    last_error = ""
     while True:
-        outcome = await scheduled_run(
-            bus, config, at=_now(), by="retrain-schedule", venue=venue, interval=interval
-        )
+        try:
+            outcome = await scheduled_run(
+                bus, config, at=_now(), by="retrain-schedule", venue=venue, interval=interval
+            )
+        except ModelError as exc:  # e.g. too few bars yet: the worker carries on
+            if str(exc) != last_error:
+                console.print(f"{_now()} {config.name}: cannot retrain: {exc}", highlight=False)
+            last_error, outcome = str(exc), None
         if outcome is not None:
+            last_error = ""
             v = outcome.verdict
             verdict = "canary" if v.accepted else "rejected"
             console.print(

@@ -282,11 +282,11 @@ def test_retrain_promote_rollback_history(nats_server: EmbeddedServer) -> None:
 
 
 def test_scheduled_retraining_follows_the_data(nats_server: EmbeddedServer) -> None:
-    """``keel model retrain --every 1h``: a worker that retrains each time the log holds an
-    hour of new bars beyond the last run's window, and stops on SIGTERM."""
+    """``keel model retrain --every 1h``: a worker that survives too few bars, retrains each
+    time the log holds an hour of new bars beyond the last run's window, stops on SIGTERM."""
     url = nats_server.url
     market = list(SyntheticMarket(symbols=(SYMBOL,), bars=2_600, seed=9).generate())
-    publish(url, market[:2_500])
+    publish(url, market[:100])
     args = ("model", "retrain", "--name", "eth", "--symbol", SYMBOL, "--window", "1d")
     args += ("--iterations", "10", "--every", "1h", "--poll", "0.2")
     env = {**os.environ, URL_ENV: url, "COLUMNS": "200"}
@@ -309,6 +309,8 @@ def test_scheduled_retraining_follows_the_data(nats_server: EmbeddedServer) -> N
                 return line
 
     try:
+        assert "eth: cannot retrain: too few bars" in next_run()  # and the worker carries on
+        publish(url, market[100:2_500])
         assert "canary: first version" in next_run()
         publish(url, market[2_500:2_530])  # half an hour: not due
         publish(url, market[2_530:])  # 100 minutes in all: due

@@ -10,6 +10,7 @@ from strategies.regime.filter import FilterState, Regime, RegimeFilter
 from strategies.regime.labels import label_states
 from strategies.regime.model import (
     LABELS,
+    Lineage,
     ModelError,
     RegimeModel,
     TrainingRange,
@@ -23,6 +24,7 @@ __all__ = [
     "FeatureSpec",
     "FeatureState",
     "FilterState",
+    "Lineage",
     "ModelError",
     "Regime",
     "RegimeFilter",
