@@ -165,15 +165,21 @@ def train(
 def list_command() -> None:
     """Every stored model version, oldest first."""
 
-    async def main() -> list[StoredModel]:
+    async def main() -> tuple[list[StoredModel], dict[str, Lifecycle]]:
         with nats_url() as url:
             bus = await _connect(url)
             try:
-                return await list_models(bus.js)
+                stored = await list_models(bus.js)
+                lives = {}
+                for name in sorted({s.summary.name for s in stored}):
+                    life, _ = await read_lifecycle(bus.js, name)
+                    if life is not None:
+                        lives[name] = life
+                return stored, lives
             finally:
                 await bus.close()
 
-    stored = _on_bus(main())
+    stored, lives = _on_bus(main())
     if not stored:
         console.print(f"no models stored in {BUCKET} (keel model train)")
         return
@@ -187,10 +193,13 @@ def list_command() -> None:
         "bars",
         "log-likelihood",
         "stored at",
+        "role",
         title=f"models in {BUCKET}",
     )
     for item in stored:
         s = item.summary
+        life = lives.get(s.name)
+        role = "" if life is None else _role(life, s.tag)
         table.add_row(
             s.name,
             s.tag,
@@ -201,8 +210,17 @@ def list_command() -> None:
             f"{s.bars:,}",
             f"{s.log_likelihood:,.1f}",
             item.stored_at[:19].replace("T", " "),
+            role,
         )
     console.print(table)
+
+
+def _role(life: Lifecycle, tag: str) -> str:
+    if tag == life.current:
+        return "current"
+    if tag == life.canary:
+        return "canary"
+    return "rollback" if life.rollback and tag == life.rollback[-1] else ""
 
 
 @app.command()

@@ -270,6 +270,13 @@ def test_retrain_promote_rollback_history(nats_server: EmbeddedServer) -> None:
     for needle in ("promote", "rollback", "drift", "beats v1", "ana", "pruned", "rejected"):
         assert needle in shown, needle
     assert second.lineage.data_sha256[:16] in shown
+    rows = [
+        [cell.strip() for cell in line.split("│")]
+        for line in ok(cli(url, "model", "list")).splitlines()
+        if line.startswith("│ btc")
+    ]
+    roles = {row[2]: row[-2] for row in rows}
+    assert roles == {v1: "current", v2: "", v4: "canary"}
 
     error(keel(url, "model", "rollback", "btc", "--reason", "again"), "no earlier current")
     error(cli(url, "model", "promote", "btc:nope", "--reason", "x"), "unknown model btc:nope")
