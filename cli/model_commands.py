@@ -266,6 +266,22 @@ def model_tables(model: RegimeModel) -> list[Table]:
         ("seed", str(model.seed)),
     ):
         meta.add_row(label, value)
+    if model.lineage is not None:
+        line = model.lineage
+        for label, value in (
+            ("window", f"{iso_ns(line.window_start)} .. {iso_ns(line.window_end)}"),
+            ("data sha256", line.data_sha256),
+            (
+                "held-out LL",
+                f"{line.holdout_loglik:.4f}/bar over {line.holdout_bars:,} bars "
+                f"(last {line.holdout:.0%}, {line.scorer})",
+            ),
+            (
+                "aligned to",
+                f"{line.aligned_to} (cost {line.alignment_cost:.3f})" if line.aligned_to else "-",
+            ),
+        ):
+            meta.add_row(label, value)
     spec = model.features
     states = Table("state", "label", "mean return", "return sd", "stay prob", title="states")
     for k in range(model.n_states):

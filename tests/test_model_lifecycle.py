@@ -246,6 +246,8 @@ def test_retrain_promote_rollback_history(nats_server: EmbeddedServer) -> None:
         second.labels == first.labels and second.lineage.window_start > first.lineage.window_start
     )
     assert model(url, "btc") == first  # a canary is not current
+    shown = ok(cli(url, "model", "show", f"btc:{v2}"))
+    assert second.lineage.data_sha256 in shown and f"btc:{v1} (cost " in shown
 
     stored = len(stored_tags(url))
     refused = cli(url, *args, "--seed", "1", "--min-state-share", "0.6")
