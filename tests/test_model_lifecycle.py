@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
+import itertools
 import os
 import queue
 import subprocess
@@ -106,6 +107,23 @@ def test_alignment_undoes_a_permuted_numbering(bars: list[Bar], base: RegimeMode
         assert a.label == b.label and (a.bull, a.bear, a.range) == pytest.approx(
             (b.bull, b.bear, b.range), abs=1e-12
         )
+
+
+def test_alignment_renumbers_two_seeds_fits_to_agree_most(bars: list[Bar]) -> None:
+    """Seeds 0 and 1 find different optima on the same bars, and ordering the states by mean
+    return numbers them differently: the alignment's numbering is the one, of all K!, under
+    which the two filters' most probable states agree on the most bars."""
+    first = train(bars, states=3, name="unit", seed=0, n_iter=30)
+    other = train(bars, states=3, name="unit", seed=1, n_iter=30)
+    found = align(other, first)
+    assert found.found and found.order != (0, 1, 2)
+    ours, theirs = filtered(first, bars).argmax(axis=1), filtered(other, bars)
+
+    def agreement(order: tuple[int, ...]) -> float:
+        return float((theirs[:, list(order)].argmax(axis=1) == ours).mean())
+
+    best = max(itertools.permutations(range(3)), key=agreement)
+    assert found.order == best and agreement(best) > agreement((0, 1, 2)) + 0.2
 
 
 def test_alignment_refuses_other_designs(bars: list[Bar], base: RegimeModel) -> None:
