@@ -294,7 +294,13 @@ def model_tables(model: RegimeModel) -> list[Table]:
 
 
 def _who(by: str | None) -> str:
-    return by or getpass.getuser()
+    """``--by``, else the OS user (a container may have none)."""
+    if by:
+        return by
+    try:
+        return getpass.getuser()
+    except (OSError, KeyError):
+        return "unknown"
 
 
 def _now() -> str:
