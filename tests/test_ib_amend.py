@@ -11,31 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
-from pathlib import Path
 
 import ccxt
 import pytest
 
-from eventstore.bus import Bus
 from services.venues.gateway.config import GatewayConfig, amends_in_place
 from services.venues.ib.wiring import ib_exchange
-from tests.fakes.clock import ScaledClock
-from tests.fakes.tws import TwsFake
-from tests.test_ib_gateway import RATE, START, Harness, until
+from tests.test_ib_gateway import Harness, harness, until
 
-
-@pytest.fixture
-async def harness(bus: Bus, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with TwsFake(ScaledClock(START, RATE)) as tws:
-        h = Harness(bus, tws, tmp_path / "work")
-        try:
-            yield h
-        finally:
-            if h.task is not None and not h.task.done():
-                h.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await h.task
+__all__ = ["harness"]  # the fixture, imported for pytest
 
 
 def test_ib_amends_in_place_by_default_and_the_setting_overrides() -> None:

@@ -13,10 +13,7 @@ Trade Log showing two days the reconciliation finds the fill itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
-from collections.abc import AsyncIterator
-from pathlib import Path
 from zoneinfo import ZoneInfo
 
 import msgspec
@@ -32,27 +29,15 @@ from eventstore.server import EmbeddedServer
 from services.venues.gateway.worker import Gateway
 from tests.conftest import keel
 from tests.fakes.clock import ScaledClock
-from tests.fakes.tws import TwsFake
 from tests.fakes.tws.market import TWS_ZONE
-from tests.test_ib_gateway import CONFIG, NS, RATE, START, VENUE, Harness, until
+from tests.test_ib_gateway import CONFIG, NS, START, VENUE, Harness, harness, until
 from tests.test_ib_reconcile import recon, recorded, runs
+
+__all__ = ["harness"]  # the fixture, imported for pytest
 
 FAST = msgspec.structs.replace(CONFIG, reconcile_every_s=2.0)
 """Reconcile every 2 exchange seconds (0.2 s of wall time at the fake's rate)."""
 EASTERN = ZoneInfo(TWS_ZONE)
-
-
-@pytest.fixture
-async def harness(bus: Bus, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with TwsFake(ScaledClock(START, RATE)) as tws:
-        h = Harness(bus, tws, tmp_path / "work")
-        try:
-            yield h
-        finally:
-            if h.task is not None and not h.task.done():
-                h.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await h.task
 
 
 def next_midnight(ns: int) -> int:

@@ -12,28 +12,24 @@ back in log order).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
-from pathlib import Path
+from collections.abc import Callable, Sequence
 
-import pytest
 from nats.js.api import DeliverPolicy
 
 from contracts.envelope import Envelope, content_id
 from contracts.events import Bar, Event, ExecutionReport, Instrument, OrderCommand
 from contracts.venue_events import Discrepancy, VenueAnswer, VenueOrder
-from eventstore.bus import Bus
 from eventstore.log_reader import read_caught_up
 from services.execution.gateway_venue import HOLD_NS
 from services.execution.oms import OrderManager
 from services.execution.paper_venue import PaperVenueConfig
 from services.execution.role import execution_role
 from services.venues.ib.ib_orders import OCA_CANCEL_WITH_BLOCK, oca_group
-from tests.fakes.clock import ScaledClock
-from tests.fakes.tws import TwsFake
 from tests.fakes.tws.orders import Working
-from tests.test_ib_gateway import RATE, START, VENUE, Harness, until
+from tests.test_ib_gateway import START, VENUE, Harness, harness, until
+
+__all__ = ["harness"]  # the fixture, imported for pytest
 
 NS = 1_000_000_000
 T0 = START
@@ -274,19 +270,6 @@ class Desk:
     def at_ib(self, oid: str) -> list[Working]:
         vcids = {leg.venue_client_id for leg in self.sent if leg.client_order_id == oid}
         return [o for o in self.harness.tws.broker.orders.values() if o.ticket.order_ref in vcids]
-
-
-@pytest.fixture
-async def harness(bus: Bus, tmp_path: Path) -> AsyncIterator[Harness]:
-    async with TwsFake(ScaledClock(START, RATE)) as tws:
-        h = Harness(bus, tws, tmp_path / "work")
-        try:
-            yield h
-        finally:
-            if h.task is not None and not h.task.done():
-                h.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await h.task
 
 
 async def _bracket_at_ib(harness: Harness) -> tuple[Desk, Working, Working]:
