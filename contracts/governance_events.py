@@ -1,20 +1,16 @@
 """Governance decisions on ``gov.playbook.<rule>`` (docs/governance.md, "Playbooks").
 
-A playbook's action (``services/governance/playbooks.py``) already carries its rule, the
+A playbook's action (decided by ``services/governance/playbooks.py``) carries its rule, the
 numbers that triggered it and the reason; the event wraps it as it is, so the log holds
-exactly what the decider decided and no field is kept twice.
+exactly what the decider decided and no field is kept twice. The actions are defined here,
+with the event, so that contracts import nothing from the services.
 """
 
 from __future__ import annotations
 
+import msgspec
+
 from contracts.event_base import Event, is_token, require
-from services.governance.playbooks import (
-    Action,
-    DisableStrategy,
-    EnableStrategy,
-    HaltEntries,
-    ScaleBudgets,
-)
 
 __all__ = [
     "GOVERNANCE_RULE",
@@ -25,6 +21,60 @@ __all__ = [
     "PlaybookAction",
     "ScaleBudgets",
 ]
+
+
+class ScaleBudgets(msgspec.Struct, frozen=True, tag=True):
+    """Multiply every budget by ``factor`` (1.0 lifts the scale); not cumulative."""
+
+    id: str
+    rule: str
+    cause_id: str
+    at: int
+    factor: float
+    drawdown: float
+    max_drawdown: float
+    reset_below: float
+    reason: str
+
+
+class DisableStrategy(msgspec.Struct, frozen=True, tag=True):
+    id: str
+    rule: str
+    cause_id: str
+    at: int
+    strategy: str
+    rejections: int
+    max_rejections: int
+    window_ns: int
+    reason: str
+
+
+class EnableStrategy(msgspec.Struct, frozen=True, tag=True):
+    id: str
+    rule: str
+    cause_id: str
+    at: int
+    strategy: str
+    by: str
+    reason: str
+
+
+class HaltEntries(msgspec.Struct, frozen=True, tag=True):
+    """No new entries (exits still allowed) until ``until`` (ns), the next local midnight."""
+
+    id: str
+    rule: str
+    cause_id: str
+    at: int
+    pnl: float
+    max_loss: float
+    day: str
+    timezone: str
+    until: int
+    reason: str
+
+
+Action = ScaleBudgets | DisableStrategy | EnableStrategy | HaltEntries
 
 
 class PlaybookAction(Event, frozen=True):

@@ -200,12 +200,13 @@ async def _load(
         stored: dict[str, int] = {}
         for stream, outputs in OUTPUT_STREAMS:
             for r in await _read(bus, stream, outputs):
-                if stream in INPUT_STREAMS and any(subject_matches(p, r.subject) for p in inputs):
-                    fed[stream].append(r)
+                if r.producer not in producers:  # from outside the fleet: an input, if consumed
+                    if stream in INPUT_STREAMS and any(
+                        subject_matches(p, r.subject) for p in inputs
+                    ):
+                        fed[stream].append(r)
                     continue
-                if r.producer not in producers:
-                    continue
-                stored[r.envelope.event_id] = r.stored
+                stored[r.envelope.event_id] = r.stored  # the fleet's own (a playbook's action)
                 if stream == "VENUE" and any(subject_matches(p, r.subject) for p in orders):
                     sent.append(r)
     finally:

@@ -28,6 +28,13 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 from msgspec import Meta
 
+from contracts.governance_events import (
+    Action,
+    DisableStrategy,
+    EnableStrategy,
+    HaltEntries,
+    ScaleBudgets,
+)
 from contracts.intervals import duration_ns
 
 Duration = Annotated[
@@ -154,7 +161,7 @@ class PlaybookConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     drawdown: tuple[DrawdownRule, ...] = ()
     rejections: tuple[RejectionRule, ...] = ()
     daily_loss: tuple[DailyLossRule, ...] = ()
-    remember: Annotated[int, Meta(ge=1, le=1_000_000)] = 4096  # input ids kept for dedup
+    remember: Annotated[int, Meta(ge=1, le=1_000_000)] = 256  # input ids kept for dedup
 
     def __post_init__(self) -> None:
         names = [r.name for r in (*self.drawdown, *self.rejections, *self.daily_loss)]
@@ -207,63 +214,6 @@ class PlaybookState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     drawdown: tuple[DrawdownState, ...] = ()
     rejections: tuple[RejectionState, ...] = ()
     daily_loss: tuple[DailyLossState, ...] = ()
-
-
-# Actions -----------------------------------------------------------------------------------
-
-
-class ScaleBudgets(msgspec.Struct, frozen=True, tag=True):
-    """Multiply every budget by ``factor`` (1.0 lifts the scale); not cumulative."""
-
-    id: str
-    rule: str
-    cause_id: str
-    at: int
-    factor: float
-    drawdown: float
-    max_drawdown: float
-    reset_below: float
-    reason: str
-
-
-class DisableStrategy(msgspec.Struct, frozen=True, tag=True):
-    id: str
-    rule: str
-    cause_id: str
-    at: int
-    strategy: str
-    rejections: int
-    max_rejections: int
-    window_ns: int
-    reason: str
-
-
-class EnableStrategy(msgspec.Struct, frozen=True, tag=True):
-    id: str
-    rule: str
-    cause_id: str
-    at: int
-    strategy: str
-    by: str
-    reason: str
-
-
-class HaltEntries(msgspec.Struct, frozen=True, tag=True):
-    """No new entries (exits still allowed) until ``until`` (ns), the next local midnight."""
-
-    id: str
-    rule: str
-    cause_id: str
-    at: int
-    pnl: float
-    max_loss: float
-    day: str
-    timezone: str
-    until: int
-    reason: str
-
-
-Action = ScaleBudgets | DisableStrategy | EnableStrategy | HaltEntries
 
 
 # Rules -------------------------------------------------------------------------------------

@@ -70,6 +70,7 @@ SUBJECT_KINDS = frozenset(
         "pf.equity",
         "gov.cmd",
         "gov.tune",
+        "gov.playbook",
         "ext.listing",
         "ext.sentiment",
         "ext.promo",
