@@ -47,7 +47,7 @@ from eventstore.bus import Bus, Stored, read_message
 from eventstore.credentials import Credentials, redact_url
 from eventstore.errors import KeelError
 from eventstore.lag import consumer_lags, wait_drained
-from eventstore.model_store import get_model, list_models, put_model
+from eventstore.model_store import get_model, list_models, put_model, update_lifecycle
 from eventstore.server import URL_ENV, find_binary, find_config, free_port, port_open
 from eventstore.streams import STREAMS, StoreSettings, ensure_streams, replay_stream
 from replay.backtest import BacktestSpec, load_run, run_backtest
@@ -63,6 +63,7 @@ from services.venues.client_ids import venue_client_id
 from services.venues.config import VenueConfig
 from services.venues.gateway.config import GatewayConfig
 from services.venues.gateway.worker import Gateway
+from strategies.regime.lifecycle import promote
 from tests import scenario
 from tests.conftest import ROOT
 from tests.fakes.clock import ScaledClock
@@ -1040,6 +1041,29 @@ async def test_operator_stores_models_and_workers_read_them(
         assert tap.refusals.about('publish to "$O.KEEL_MODELS.')
     finally:
         await tap.close()
+
+
+async def test_operator_promotes_a_model_and_a_strategy_reads_which_is_current(
+    secured: SecuredServer, admin: Bus
+) -> None:
+    """The lifecycle bucket (KV KEEL_MODEL_LIFECYCLE): the operator promotes a version, a
+    strategy asking for the model by name alone gets the current one with its read rights."""
+    operator = await secured.connect("operator")
+    try:
+        for tag in ("v1", "v2"):
+            await put_model(operator.js, hand_model("life", tag))
+        await update_lifecycle(
+            operator.js, "life", lambda life: promote(life, "v1", "2026-12-07", "ops", "first")
+        )
+    finally:
+        await operator.close()
+    assert operator.refusals.seen == []
+    strategy = await secured.connect("strategy-ma_cross")
+    try:
+        assert (await get_model(strategy.js, "life")).tag == "v1"
+    finally:
+        await strategy.close()
+    assert strategy.refusals.seen == []
 
 
 def test_a_bus_replay_runs_as_the_replay_user(
