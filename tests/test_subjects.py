@@ -35,6 +35,7 @@ from contracts.events import (
     SystemStatus,
     Trade,
 )
+from contracts.governance_events import DisableStrategy, PlaybookAction
 from contracts.subjects import (
     BarSubject,
     SubjectError,
@@ -369,6 +370,23 @@ EXAMPLES: list[tuple[Event, str]] = [
     (VenueStatus(ts=1, venue="binance", mode="sandbox", state="running"), "venue.status.binance"),
     (VenueAdoption(ts=1, venue="binance", reason="checked"), "venue.adopt.binance"),
     (KillSwitch(ts=1, reason="drill"), "venue.kill"),
+    (
+        PlaybookAction(
+            ts=1,
+            action=DisableStrategy(
+                id="r:1:rejections",
+                rule="rejections",
+                cause_id="r:1",
+                at=1,
+                strategy="ma_fast",
+                rejections=3,
+                max_rejections=2,
+                window_ns=3_600_000_000_000,
+                reason="3 risk rejections within 1h",
+            ),
+        ),
+        "gov.playbook.rejections",
+    ),
 ]
 
 
