@@ -61,13 +61,17 @@ class Book:
         signal_ts: int | None = None,
     ) -> OrderCommand:
         """A market order for ``delta``, working from now on. Its id is
-        ``<strategy>-<symbol token>-<signal ts, else now>-<n-th order of the book>``."""
-        count = self.orders[book] = self.orders.get(book, 0) + 1
+        ``<strategy>-<symbol token>-<signal ts, else now>-<n-th order of the book>``; the id
+        names no venue, so n skips past one the strategy's order in the symbol on another venue
+        is working under (a flatten places both at the same time)."""
         strategy, market = book.strategy, book.instrument
         symbol = market.symbol
-        order_id = (
-            f"{strategy}-{symbol_token(symbol)}-{now if signal_ts is None else signal_ts}-{count}"
-        )
+        stem = f"{strategy}-{symbol_token(symbol)}-{now if signal_ts is None else signal_ts}-"
+        count = self.orders.get(book, 0) + 1
+        while f"{stem}{count}" in self.working:
+            count += 1
+        self.orders[book] = count
+        order_id = f"{stem}{count}"
         self.working[order_id] = Working(book, delta, entry)
         self._by_book.setdefault(book, []).append(order_id)
         self.net[market] = self.net.get(market, 0.0) + delta
