@@ -39,6 +39,7 @@ then reads ccxt's symbol text, as it does for crypto).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 
 import msgspec
@@ -77,6 +78,8 @@ class MarketParts(msgspec.Struct, frozen=True):
     quote: str
     settle: str
     contract_size: float
+    lot_size: float = 0.0
+    """The exchange's quantity step; 0 = not told."""
 
 
 _NO_MARKET = MarketParts("", "", "", "", 1.0)
@@ -199,6 +202,7 @@ class GatewayVenue:
             instrument.quote,
             instrument.settle,
             instrument.contract_size,
+            instrument.lot_size,
         )
 
     def _on_command(self, cmd: OrderCommand, now: int) -> list[Event]:
@@ -345,7 +349,7 @@ class GatewayVenue:
             if not leg.acked:
                 leg.acked = True
                 out.append(self._leg_report(leg, "accepted", answer))
-            whole = leg.venue_qty or order.qty
+            whole = self._whole(leg)
             if leg.cum_qty and leg.cum_qty >= whole - DUST * whole:
                 # Its fills came first; the exchange's quantity says they completed it.
                 self._finish(leg)
@@ -362,9 +366,7 @@ class GatewayVenue:
             out.append(self._leg_report(leg, "accepted", answer))
         if kind == "fill":
             leg.cum_qty = max(leg.cum_qty + answer.fill_qty, answer.cum_qty)
-            # The exchange rounds the quantity to its lot: its own quantity says when the
-            # leg is done (a spot stop for 0.00999 held is an order for 0.009).
-            whole = leg.venue_qty or order.qty
+            whole = self._whole(leg)
             final = leg.cum_qty >= whole - DUST * whole
             if final:
                 self._finish(leg)
@@ -378,6 +380,17 @@ class GatewayVenue:
         self._finish(leg)
         out.append(self._leg_report(leg, "rejected" if kind == "missing" else kind, answer))
         return out
+
+    def _whole(self, leg: Leg) -> float:
+        """The quantity the exchange took for ``leg``, cut to the market's lot as ccxt cuts
+        it (a spot stop for 0.00999 held is an order for 0.009): an answer without the
+        exchange's own quantity (Bybit's submit) echoes the leg's, and the order stream's,
+        which has it, is news to the gateway only before the submit's answer."""
+        o = leg.order
+        whole = leg.venue_qty or o.qty
+        lot = self.state.markets.get(f"{o.venue}\x1f{o.symbol}", _NO_MARKET).lot_size
+        lots = math.floor(whole / lot + 1e-9) if lot > 0 else 0
+        return lots * lot if lots else whole
 
     def _siblings(self, leg: Leg) -> list[Leg]:
         """The other working closing legs of the same book and side (a bracket's target and
