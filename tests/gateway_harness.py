@@ -39,6 +39,10 @@ def secret_for(fake: FakeExchange) -> str:
     return fake.api_secret
 
 
+STOP_S = 60.0
+"""A clean stop ends the gateway's run within this (a hang fails by name)."""
+
+
 class GatewayHarness:
     """One venue's gateway on ``bus``; ``send`` orders, read its ``answers``."""
 
@@ -67,6 +71,10 @@ class GatewayHarness:
         else:
             self.gateway.stop()
         with contextlib.suppress(asyncio.CancelledError):
+            done, _ = await asyncio.wait([self.task], timeout=STOP_S)
+            if not done:
+                self.task.cancel()
+                raise AssertionError(f"the gateway did not stop within {STOP_S:.0f} s")
             await self.task
 
     async def _send(

@@ -25,7 +25,7 @@ from services.execution.gateway_venue import HOLD_NS
 from services.execution.oms import OrderManager
 from services.execution.paper_venue import PaperVenueConfig
 from services.execution.role import execution_role
-from services.venues.ib.ib_orders import OCA_CANCEL_WITH_BLOCK, oca_group
+from services.venues.ib.ib_orders import OCA_REDUCE_WITH_BLOCK, oca_group
 from tests.fakes.tws.orders import Working
 from tests.test_ib_gateway import START, VENUE, Harness, harness, until
 
@@ -159,8 +159,9 @@ def test_ib_cancels_the_stop_before_the_targets_fill_arrives() -> None:
 
 
 def test_a_partial_target_fill_after_the_cancel_protects_what_is_left() -> None:
-    """``ocaType`` 1 cancels the stop on the target's first partial fill: the order manager
-    places a stop again, for what the target did not sell."""
+    """A venue that cancels the stop on the target's first partial fill (an OCA group of type
+    1, a stop canceled by hand): the order manager places a stop again, for what the target
+    did not sell."""
     oms, tp, sl = bracketed()
     oms.decide(answer(sl, "canceled", T0 + 10 * NS), T0 + 10 * NS)
     out = oms.decide(fill(tp, T0 + 11 * NS, 4.0, 110.0, "x2"), T0 + 11 * NS)
@@ -299,8 +300,8 @@ async def test_ib_cancels_the_stop_when_the_target_fills_and_keel_sells_once(
 ) -> None:
     desk, tp, sl = await _bracket_at_ib(harness)
     group = oca_group("e1")
-    assert (tp.ticket.oca_group, tp.ticket.oca_type) == (group, OCA_CANCEL_WITH_BLOCK)
-    assert (sl.ticket.oca_group, sl.ticket.oca_type) == (group, OCA_CANCEL_WITH_BLOCK)
+    assert (tp.ticket.oca_group, tp.ticket.oca_type) == (group, OCA_REDUCE_WITH_BLOCK)
+    assert (sl.ticket.oca_group, sl.ticket.oca_type) == (group, OCA_REDUCE_WITH_BLOCK)
     harness.tws.broker.execute(tp, 10, tp.ticket.lmt_price or 0.0, harness.clock.now_ns())
     assert sl.status == "Cancelled"  # IB's doing, not Keel's
     await desk.until(

@@ -10,8 +10,10 @@ order and its fills were), so the positions rows carry ``contractSize`` 1 and th
 multiplier in ``info``.
 
 The legs that close one Keel order's position (a bracket's stop and target, ``E1.sl`` and
-``E1.tp``) share one OCA group (``oca_group``, ``ocaType`` 1: IB cancels the others when one
-fills, with overfill blocking), so IB itself cancels the sibling even while Keel is away.
+``E1.tp``) share one OCA group (``oca_group``, ``ocaType`` 2: a member's fill reduces the
+others by its quantity, with overfill blocking, and a whole fill cancels them), so IB itself
+shrinks or cancels the sibling even while Keel is away, and a partial fill of the target
+leaves the stop protecting what is left instead of cancelling it.
 """
 
 from __future__ import annotations
@@ -51,8 +53,10 @@ Submitted, PendingCancel, ApiPending, ValidationError) leaves it open."""
 UNSET = 1.7976931348623157e308
 _IB_PREFIX = re.compile(r"^(?:Error|Warning) -?\d+, reqId -?\d+: ")
 _LEG_SUFFIX = re.compile(r"\.(?:tp|sl)\d*$")
-OCA_CANCEL_WITH_BLOCK = 1
-"""IB's ``ocaType`` 1: one member's fill cancels the others; only one is routed at a time."""
+OCA_REDUCE_WITH_BLOCK = 2
+"""IB's ``ocaType`` 2: a member's fill reduces the others by its quantity (a whole fill
+cancels them), with overfill blocking. Type 1 would cancel the stop on the target's first
+partial fill and leave the rest of the position unprotected until Keel placed it again."""
 
 
 def oca_group(client_order_id: str) -> str:
@@ -91,7 +95,7 @@ def ib_order(
     order.account = account
     if oca:
         order.ocaGroup = oca
-        order.ocaType = OCA_CANCEL_WITH_BLOCK
+        order.ocaType = OCA_REDUCE_WITH_BLOCK
     return order
 
 
