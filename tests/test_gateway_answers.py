@@ -285,3 +285,25 @@ async def test_a_failing_private_stream_is_reported_then_cleared() -> None:
     assert [ok for ok, _ in health] == [False, True]
     assert "connection closed" in health[0][1] and stream.failures >= 4
     assert stream.last_ns > 0 and "t1" in got and "1" in got
+
+
+def test_kraken_futures_leaves_a_recent_rest_trade_to_the_stream_that_says_its_fee() -> None:
+    """Kraken Futures' REST fills carry ccxt's fee estimate, so a poll leaves a trade younger
+    than twice ``poll_after_s`` to the private stream; other exchanges' REST fills say their
+    fee and are taken at once."""
+    config = GatewayConfig()
+    now_ms = time.time_ns() // 1_000_000
+    young = {"id": "t1", "timestamp": now_ms - 1_000}
+    old = {"id": "t2", "timestamp": now_ms - int(3 * config.poll_after_s * 1000)}
+
+    def dealer(exchange_id: str) -> Dealer:
+        calls = calls_for(exchange_id, True)
+        return Dealer(
+            calls, LegBook(), _never, WallClock(), Redactor({}), config, VenueJournal("v")
+        )
+
+    kraken = dealer("krakenfutures")
+    assert kraken._fee_to_come(young) and not kraken._fee_to_come(old)
+    assert not kraken._fee_to_come({"id": "t3"})  # no time: nothing to wait for
+    binance = dealer("binanceusdm")
+    assert not binance._fee_to_come(young)
