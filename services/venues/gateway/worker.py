@@ -59,6 +59,8 @@ from services.venues.journal import VenueJournal
 
 log = logging.getLogger("keel.gateway")
 STREAM = "VENUE"
+SHUTDOWN_S = 10.0
+"""Wall seconds a stopping gateway gives its cancelled tasks and its exchange client's close."""
 FETCH_S = 1.0
 SNAPSHOT_WAIT_S = 2.0
 """Wall seconds a start waits for the private stream's first frame before reconciling."""
@@ -262,11 +264,20 @@ class Gateway:
         finally:
             for task in tasks:
                 task.cancel()
-            for task in tasks:
-                with contextlib.suppress(asyncio.CancelledError, Exception):
-                    await task
+            if tasks:
+                ended, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_S)
+                for task in ended:
+                    if not task.cancelled():
+                        task.exception()  # retrieved: the run's own error, if any, is raised above
+                for task in stuck:  # a stop must end: name what would not, and go on
+                    log.error(
+                        "%s: %s did not end within %g s of its cancel",
+                        self.name,
+                        task.get_coro(),
+                        SHUTDOWN_S,
+                    )
             with contextlib.suppress(Exception):
-                await exchange.close()
+                await asyncio.wait_for(exchange.close(), SHUTDOWN_S)
 
     async def _load_markets(self, exchange: ccxt.pro.Exchange, redactor: Redactor) -> None:
         attempt = 0
