@@ -37,6 +37,7 @@ from contracts.events import (
     Trade,
 )
 from contracts.governance_events import PlaybookAction
+from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided, ShadowStep
 from contracts.subjects import SubjectError, subject_for, symbol_token
 from contracts.venue_events import (
     Discrepancy,
@@ -65,6 +66,10 @@ ADMITS: dict[str, tuple[type[Event], tuple[str, ...]]] = {
     "gov.tune": (ParamsTuned, ("strategy", "symbol")),
     "gov.cmd": (GovernanceCommand, ("action",)),
     "gov.playbook": (PlaybookAction, ("rule",)),
+    "gov.shadow": (ShadowStep, ("strategy", "venue", "symbol")),
+    "gov.model": (ModelRoster, ("strategy",)),
+    "gov.promotion": (PromotionDecided, ("strategy",)),
+    "gov.alloc": (AllocationDecided, ("strategy",)),
     "sys.heartbeat": (Heartbeat, ("worker",)),
     "sys.dlq": (DeadLetter, ("worker",)),
     "sys.status": (SystemStatus, ("source",)),

@@ -22,6 +22,7 @@ from contracts.external_events import (
     SocialSentiment,
 )
 from contracts.governance_events import PlaybookAction
+from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided, ShadowStep
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,
@@ -577,6 +578,10 @@ AnyEvent = (
     | VenueAdoption
     | KillSwitch
     | PlaybookAction
+    | ShadowStep
+    | ModelRoster
+    | PromotionDecided
+    | AllocationDecided
 )
 
 EXTERNAL_TYPES: tuple[type[External], ...] = (

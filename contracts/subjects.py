@@ -42,6 +42,7 @@ from contracts.events import (
     Trade,
 )
 from contracts.governance_events import PlaybookAction
+from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided, ShadowStep
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,
@@ -164,6 +165,10 @@ _SUBJECTS: dict[type, Callable[[Any], str]] = {  # bars and equity snapshots: su
     ParamsTuned: lambda e: _named_symbol("gov.tune", e.strategy, None, e.symbol),
     GovernanceCommand: lambda e: f"gov.cmd.{e.action}",
     PlaybookAction: lambda e: f"gov.playbook.{name_token(e.action.rule, 'rule')}",
+    ShadowStep: lambda e: _named_symbol("gov.shadow", e.strategy, e.venue, e.symbol),
+    ModelRoster: lambda e: f"gov.model.{name_token(e.strategy, 'strategy')}",
+    PromotionDecided: lambda e: f"gov.promotion.{name_token(e.strategy, 'strategy')}",
+    AllocationDecided: lambda e: f"gov.alloc.{name_token(e.strategy, 'strategy')}",
     Heartbeat: lambda e: f"sys.heartbeat.{name_token(e.worker, 'worker')}",
     DeadLetter: lambda e: f"sys.dlq.{name_token(e.worker, 'worker')}",
     SystemStatus: lambda e: f"sys.status.{name_token(e.source, 'source')}",

@@ -57,6 +57,7 @@ from contracts.venue_events import (
     VenueOrder,
     VenueStatus,
 )
+from tests.model_event_samples import SAMPLES as MODEL_SAMPLES
 
 T = 1_700_000_000_000_000_000
 MINUTE = 60_000_000_000
@@ -186,6 +187,7 @@ SAMPLES: dict[type[Event], Event] = {
         VenueStatus(ts=T, venue=V, mode="sandbox", state="running"),
         VenueAdoption(ts=T, venue=V, reason="checked by hand"),
         KillSwitch(ts=T, reason="test"),
+        *MODEL_SAMPLES,
         PlaybookAction(
             ts=T,
             action=HaltEntries(
@@ -343,6 +345,8 @@ def _candidates(info: mi.Type) -> list[tuple[Any, str]]:
             return [c for member in info.types for c in _candidates(member)]
         case mi.StructType():
             return [(1, "wrong type"), ({"type": "__bogus__"}, "not a choice")]
+        case mi.VarTupleType():
+            return [(1, "wrong type"), ([[]], "wrong member")]
         case mi.NoneType() | mi.UnsetType():
             return []
     raise TypeError(f"no invalid values for {info!r}")

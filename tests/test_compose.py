@@ -283,7 +283,7 @@ def expected_rights(worker: str) -> set[str]:
         inputs.setdefault(role.name, set()).update(spec.stream for spec in role.inputs)
     if worker.startswith("strategy-"):
         instance = worker.removeprefix("strategy-")
-        events = {f"sig.{instance}.>", f"gov.tune.{instance}.>"}
+        events = {f"sig.{instance}.>", f"gov.tune.{instance}.>", f"gov.shadow.{instance}.>"}
     else:
         events = EVENTS_OF[worker]
     own = {f"sys.heartbeat.{worker}", f"sys.dlq.{worker}", f"sys.status.{worker}"}

@@ -64,6 +64,14 @@ from contracts.governance_events import (
     PlaybookAction,
     ScaleBudgets,
 )
+from contracts.model_events import (
+    AllocationDecided,
+    ModelRoster,
+    ModelVariant,
+    PromotionDecided,
+    ShadowResult,
+    ShadowStep,
+)
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,
@@ -73,6 +81,7 @@ from contracts.venue_events import (
     VenueStatus,
 )
 from tests.factories import bar, equity_snapshot
+from tests.model_event_samples import ALLOCATION, PROMOTION, ROSTER, SHADOW
 
 PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TRACEPARENT_RE = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
@@ -463,6 +472,53 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
     ),
     VenueAdoption: st.builds(VenueAdoption, ts=times, venue=texts, reason=tokens),
     KillSwitch: st.builds(KillSwitch, ts=times, reason=texts, flatten=st.booleans()),
+    ShadowStep: st.builds(
+        lambda ts, strategy, u, a, b, closed: msgspec.structs.replace(
+            SHADOW,
+            ts=ts,
+            strategy=strategy,
+            u=u,
+            results=(
+                ShadowResult(tag="v3", position=a, step_return=b),
+                ShadowResult(tag="v4", position=-a, step_return=-b, trade_return=closed),
+            ),
+        ),
+        times,
+        tokens,
+        st.floats(min_value=0.0, max_value=1.0, exclude_max=True),
+        finite,
+        finite,
+        st.none() | finite,
+    ),
+    ModelRoster: st.builds(
+        lambda ts, strategy, w, reason: msgspec.structs.replace(
+            ROSTER,
+            ts=ts,
+            strategy=strategy,
+            variants=(ModelVariant("v3", w), ModelVariant("v4", w / 2, canary=True)),
+            reason=reason,
+        ),
+        times,
+        tokens,
+        st.floats(min_value=0.0, max_value=1e9),
+        texts,
+    ),
+    PromotionDecided: st.builds(
+        lambda ts, strategy, auto: msgspec.structs.replace(
+            PROMOTION, ts=ts, strategy=strategy, auto=auto
+        ),
+        times,
+        tokens,
+        st.booleans(),
+    ),
+    AllocationDecided: st.builds(
+        lambda ts, total, reason: msgspec.structs.replace(
+            ALLOCATION, ts=ts, total=total, reason=reason
+        ),
+        times,
+        finite,
+        texts,
+    ),
     PlaybookAction: st.builds(
         PlaybookAction,
         ts=times,

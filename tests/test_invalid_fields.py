@@ -44,6 +44,7 @@ from contracts.events import (
     Trade,
 )
 from contracts.governance_events import PlaybookAction
+from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided
 from contracts.subjects import subject_for
 from contracts.venue_events import KillSwitch
 from eventstore.server import EmbeddedServer
@@ -219,6 +220,7 @@ def test_names_that_cannot_form_their_subject_are_refused_by_its_admission() -> 
     # every type but those whose subject carries no name: pf.equity, gov.cmd.<action>,
     # venue.kill; and gov.playbook.<rule>, whose rule is checked as a token when built
     nameless = {EquitySnapshot, GovernanceCommand, KillSwitch, PlaybookAction}
+    nameless |= {ModelRoster, PromotionDecided, AllocationDecided}  # a name is checked on decode
     assert {type(e) for e, _, _ in unfit} == set(EVENT_TYPES) - nameless
     for event, subject, field in unfit:
         assert decode(encode(event)) == event  # legal for the type ...

@@ -439,12 +439,14 @@ PRODUCER = {
     **dict.fromkeys(
         ("Bar", "Trade", "Quote", "Instrument", "FundingRate", "FeedStatus"), "marketdata"
     ),
-    **dict.fromkeys(("Signal", "ParamsTuned"), "strategy"),
+    **dict.fromkeys(("Signal", "ParamsTuned", "ShadowStep"), "strategy"),
     **dict.fromkeys(("OrderCommand", "RiskDecision", "RiskAlert"), "risk"),
     "ExecutionReport": "execution",
     **dict.fromkeys(("PositionChanged", "EquitySnapshot", "StrategyPnL"), "portfolio"),
     "GovernanceCommand": "operator",
-    "PlaybookAction": "governance",
+    **dict.fromkeys(
+        ("PlaybookAction", "ModelRoster", "PromotionDecided", "AllocationDecided"), "governance"
+    ),
     **dict.fromkeys(("ListingAnnouncement", "SocialSentiment", "PromoAnnouncement"), "operator"),
     "VenueOrder": "execution",
     **dict.fromkeys(("VenueAnswer", "Discrepancy", "VenueStatus"), "gateway"),

@@ -57,6 +57,8 @@ from contracts.venue_events import (
     VenueOrder,
     VenueStatus,
 )
+from tests.model_event_samples import SAMPLES as MODEL_SAMPLES
+from tests.model_event_samples import SUBJECTS as MODEL_SUBJECTS
 
 PROPERTY = settings(max_examples=200, deadline=None)
 TOKEN_RE = re.compile(r"^[A-Za-z0-9_-]+$")
@@ -387,6 +389,7 @@ EXAMPLES: list[tuple[Event, str]] = [
         ),
         "gov.playbook.rejections",
     ),
+    *zip(MODEL_SAMPLES, MODEL_SUBJECTS, strict=True),
 ]
 
 

@@ -24,21 +24,11 @@ import msgspec
 from msgspec import Meta
 
 from contracts.intervals import duration_ns
+from contracts.model_events import Bound, ModelBudget, ModelKey
 from eventstore.errors import KeelError
 from services.governance.statistics import moments, probabilistic_sharpe_ratio
 
 Method = Literal["sharpe_psr", "inverse_vol"]
-Bound = Literal[
-    "none",
-    "floor",
-    "cap",
-    "canary_cap",
-    "max_step",
-    "cooldown",
-    "hysteresis",
-    "track_record",
-    "total",
-]
 Fraction = Annotated[float, Meta(ge=0, le=1)]
 Duration = Annotated[
     str,
@@ -51,16 +41,6 @@ Duration = Annotated[
 _SLACK = 1e-12
 # A score this far below the best is no score: it would push ``lam`` past float range.
 _NEGLIGIBLE = 1e-9
-
-
-class ModelKey(msgspec.Struct, frozen=True, cache_hash=True, array_like=True, gc=False, order=True):
-    """One model (variant) of one strategy: what a budget belongs to."""
-
-    strategy: str
-    model: str
-
-    def __str__(self) -> str:
-        return f"{self.strategy}|{self.model}"
 
 
 class AllocatorConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -130,24 +110,6 @@ class ModelStats(msgspec.Struct, frozen=True):
         """The record of per-trade returns, with the conventions of ``statistics.moments``."""
         m = moments(returns)
         return cls(key, m.n, m.mean, m.std, m.skew, m.kurtosis, is_canary)
-
-
-class ModelBudget(msgspec.Struct, frozen=True):
-    """One model's weight and how it came about. ``changed_at`` (ns) is when the weight last
-    changed (None: never, since it entered at its floor); the cooldown counts from it."""
-
-    key: ModelKey
-    weight: float
-    target: float
-    previous: float
-    score: float
-    sharpe: float
-    psr: float
-    trades: int
-    is_canary: bool
-    bound: Bound
-    changed_at: int | None
-    reason: str
 
 
 class Allocation(msgspec.Struct, frozen=True):

@@ -11,14 +11,20 @@ monitoring) and ``max_drawdown``. docs/governance.md has the formulas and defaul
 from __future__ import annotations
 
 from collections.abc import Sequence
-from typing import Annotated, Literal
+from typing import Annotated
 
 import msgspec
 import numpy as np
 from msgspec import Meta
 
-from services.governance.statistics import (
+from contracts.model_events import (
+    ArmStatistics,
+    Decision,
+    GateCondition,
+    PromotionEvaluation,
     SequentialTest,
+)
+from services.governance.statistics import (
     expected_max_sharpe,
     max_drawdown,
     min_track_record_length,
@@ -26,8 +32,6 @@ from services.governance.statistics import (
     msprt,
     probabilistic_sharpe_ratio,
 )
-
-Decision = Literal["promote", "recommend", "hold", "reject"]
 
 
 class PromotionConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -50,37 +54,6 @@ class Arm(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     returns: tuple[float, ...]
 
 
-class ArmStatistics(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    model: str
-    n: int
-    sharpe: float  # per trade, ddof=1, not annualised
-    skew: float
-    kurtosis: float  # non-excess
-    psr: float  # PSR against the deflated threshold
-    max_drawdown: float
-
-
-class Condition(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    name: str
-    value: float
-    threshold: float | None  # None: no value can pass (MinTRL when Sharpe <= threshold)
-    passed: bool
-    reason: str
-
-
-class PromotionEvaluation(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    current: ArmStatistics
-    canary: ArmStatistics
-    n_pairs: int
-    hours_live: float
-    trials: int
-    sharpe_threshold: float  # SR0: expected max Sharpe per trade of the trials (0 for one)
-    sequential: SequentialTest
-    conditions: tuple[Condition, ...]
-    decision: Decision
-    reason: str
-
-
 def _arm_statistics(arm: Arm, sharpe_threshold: float) -> ArmStatistics:
     m = moments(arm.returns)
     return ArmStatistics(
@@ -96,12 +69,12 @@ def _arm_statistics(arm: Arm, sharpe_threshold: float) -> ArmStatistics:
 
 def _track_record(
     config: PromotionConfig, canary: ArmStatistics, sharpe_threshold: float
-) -> Condition:
+) -> GateCondition:
     needed = min_track_record_length(
         canary.sharpe, canary.skew, canary.kurtosis, sharpe_threshold, config.confidence
     )
     if needed is None:
-        return Condition(
+        return GateCondition(
             name="min_track_record",
             value=float(canary.n),
             threshold=None,
@@ -113,7 +86,7 @@ def _track_record(
             ),
         )
     passed = canary.n >= needed
-    return Condition(
+    return GateCondition(
         name="min_track_record",
         value=float(canary.n),
         threshold=needed,
@@ -127,7 +100,7 @@ def _track_record(
     )
 
 
-def _sequential(config: PromotionConfig, test: SequentialTest) -> Condition:
+def _sequential(config: PromotionConfig, test: SequentialTest) -> GateCondition:
     passed = test.crossed and test.mean > 0.0
     if passed:
         verdict = "beats current"
@@ -135,7 +108,7 @@ def _sequential(config: PromotionConfig, test: SequentialTest) -> Condition:
         verdict = "is worse than current"
     else:
         verdict = "has not yet shown it beats current"
-    return Condition(
+    return GateCondition(
         name="sequential_test",
         value=test.log_ratio,
         threshold=test.log_threshold,
@@ -148,9 +121,9 @@ def _sequential(config: PromotionConfig, test: SequentialTest) -> Condition:
     )
 
 
-def _count(name: str, what: str, value: float, threshold: float) -> Condition:
+def _count(name: str, what: str, value: float, threshold: float) -> GateCondition:
     passed = value >= threshold
-    return Condition(
+    return GateCondition(
         name=name,
         value=value,
         threshold=threshold,
@@ -191,7 +164,7 @@ def evaluate(
         _count("min_live_hours", "hours live", float(hours_live), config.min_live_hours),
         _track_record(config, canary, sharpe_threshold),
         _sequential(config, test),
-        Condition(
+        GateCondition(
             name="max_drawdown",
             value=dd_excess,
             threshold=config.max_dd_worse,
@@ -219,7 +192,7 @@ def evaluate(
 
 
 def _decide(
-    config: PromotionConfig, conditions: tuple[Condition, ...], test: SequentialTest
+    config: PromotionConfig, conditions: tuple[GateCondition, ...], test: SequentialTest
 ) -> tuple[Decision, str]:
     """Significantly worse rejects (the test is always valid, so this is safe to act on);
     any other failure holds, naming the first failing condition and listing the rest."""
@@ -236,5 +209,5 @@ def _decide(
     return decision, f"{decision}: every condition holds: {summary}{suffix}"
 
 
-def _by_name(conditions: tuple[Condition, ...], name: str) -> Condition:
+def _by_name(conditions: tuple[GateCondition, ...], name: str) -> GateCondition:
     return next(c for c in conditions if c.name == name)

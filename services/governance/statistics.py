@@ -17,6 +17,8 @@ import msgspec
 import numpy as np
 from scipy.special import ndtr, ndtri
 
+from contracts.model_events import SequentialTest
+
 EULER_GAMMA = float(np.euler_gamma)
 
 # A variance factor at or below this is a two-point sample: the Sharpe estimate has no spread.
@@ -35,18 +37,6 @@ class SampleMoments(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     sharpe: float  # mean / std, per trade
     skew: float  # g3, ddof=0
     kurtosis: float  # g4, non-excess, ddof=0
-
-
-class SequentialTest(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
-    """The mixture SPRT on paired differences after ``n`` of them."""
-
-    n: int
-    mean: float  # mean difference (canary - current)
-    second_moment: float  # sigma0^2 = sum(d^2) / n, the variance under "no difference"
-    mixture_scale: float  # k: the prior on the standardised effect is N(0, k^2)
-    log_ratio: float  # log of the mixture likelihood ratio Lambda_n
-    log_threshold: float  # log(1 / alpha)
-    crossed: bool  # Lambda_n >= 1 / alpha
 
 
 def _array(values: Sequence[float] | np.ndarray) -> np.ndarray:
