@@ -21,6 +21,7 @@ from services.execution.paper_venue import PaperVenueConfig
 from services.governance.decider import GovernanceConfig
 from services.portfolio.config import PortfolioConfig
 from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
+from services.strategy.variant_config import ParamValue, VariantConfig
 from services.venues.config import VenueConfig
 from services.venues.gateway.config import amends_in_place
 
@@ -29,7 +30,8 @@ class StrategyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     name: str = "ma_cross"
     instance: str = ""
     symbols: tuple[str, ...] = ()
-    params: dict[str, str | int | float | bool] = msgspec.field(default_factory=dict)
+    params: dict[str, ParamValue] = msgspec.field(default_factory=dict)
+    variants: tuple[VariantConfig, ...] = ()  # models side by side (docs/governance.md)
 
     @property
     def instance_name(self) -> str:
