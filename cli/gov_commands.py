@@ -49,3 +49,8 @@ def enable(
         console.print(f"enable {strategy} published at {iso_ns(now)} by {by}: {reason}")
 
     run(main())
+
+
+from cli.leaderboard_commands import leaderboard  # noqa: E402  (docs/governance.md, "Leaderboard")
+
+app.command()(leaderboard)
