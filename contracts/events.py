@@ -44,7 +44,8 @@ OrderAction = Literal["new", "cancel", "amend"]
 OrderType = Literal["market", "limit", "stop", "stop_limit"]
 TimeInForce = Literal["GTC", "IOC", "FOK"]
 ExecStatus = Literal["accepted", "partially_filled", "filled", "canceled", "rejected", "expired"]
-GovernanceAction = Literal["kill", "resume", "enable"]
+GovernanceAction = Literal["kill", "resume", "enable", "promote", "rollback"]
+STRATEGY_ACTIONS: frozenset[str] = frozenset({"enable", "promote", "rollback"})
 TradingMode = Literal["long_only", "long_short"]
 SystemState = Literal["RUNNING", "DEGRADED", "SAFE_MODE", "HALTED"]
 
@@ -472,18 +473,27 @@ class ParamsTuned(Event, frozen=True):
 
 
 class GovernanceCommand(Event, frozen=True):
-    """An operator's command: ``kill``/``resume`` the fleet, or ``enable`` a ``strategy`` a
-    playbook disabled. ``strategy`` is UNSET (left out of the JSON) for kill and resume."""
+    """An operator's command: ``kill``/``resume`` the fleet, ``enable`` a ``strategy`` a
+    playbook disabled, ``promote`` one of a strategy's models (``model``, a variant tag) to
+    current, or ``rollback`` a strategy to the model it had before its last promotion.
+    ``strategy`` and ``model`` are UNSET (left out of the JSON) where they do not apply, so
+    kill, resume and enable keep their bytes."""
 
     action: GovernanceAction
     reason: str = ""
     issued_by: str = ""
     strategy: str | UnsetType = UNSET
+    model: str | UnsetType = UNSET
 
     def __post_init__(self) -> None:
         super().__post_init__()
         named = self.strategy is not UNSET and is_token(self.strategy)
-        require(named == (self.action == "enable"), "enable (only) names a strategy token")
+        require(
+            named == (self.action in STRATEGY_ACTIONS),
+            "enable, promote and rollback (only) name a strategy token",
+        )
+        modelled = self.model is not UNSET and bool(self.model)
+        require(modelled == (self.action == "promote"), "promote (only) names a model")
 
 
 class Heartbeat(Event, frozen=True):

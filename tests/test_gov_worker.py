@@ -196,7 +196,8 @@ def test_the_decider_ignores_a_redelivered_input_and_restores_from_its_snapshot(
     assert decider.decide(crash, crash.ts) == []  # the same fact again: no second action
     copy = GovernanceDecider(config)
     copy.restore(decider.snapshot())
-    assert copy.state == decider.state
+    assert copy.playbooks.state == decider.playbooks.state
+    assert copy.snapshot() == decider.snapshot()
     assert copy.decide(crash, crash.ts) == []
     approved = RiskDecision(ts=1, approved=True, strategy="s", venue=VENUE, symbol=BTC)
     assert decider.decide(approved, 1) == []

@@ -1,27 +1,33 @@
-"""The governance decider: the playbooks (``playbooks.py``) fed from the log.
+"""The governance decider: its desks, each a pure decider of its own, fed from the log.
 
-Inputs become the playbooks' inputs: an equity snapshot (``pf.equity``) is an equity update
-(the peak is this decider's running maximum) and, for every daily loss rule, the day's PnL
-(equity minus the day's start equity: the last equity seen before the rule's local midnight,
-else the day's first); a risk rejection (``ord.risk.*``, approved false) is a rejection of
-its strategy, its reason prefixed by risk's rule; ``gov.cmd.enable`` is an enable command.
-Rejections that governance itself caused (risk's rule ``governance``) are not counted, so a
-halt cannot feed the rejection rule.
+The decider hands every input to each desk in turn (``DESKS`` order) and concatenates their
+outputs; each desk keeps its own state and its own part of the snapshot. A further desk is one
+entry in ``GovernanceDecider.__init__``.
+
+- ``PlaybookDesk`` (here): the playbooks (``playbooks.py``). An equity snapshot
+  (``pf.equity``) is an equity update (the peak is this desk's running maximum) and, for every
+  daily loss rule, the day's PnL (equity minus the day's start equity: the last equity seen
+  before the rule's local midnight, else the day's first); a risk rejection (``ord.risk.*``,
+  approved false) is a rejection of its strategy, its reason prefixed by risk's rule;
+  ``gov.cmd.enable`` is an enable command. Rejections that governance itself caused (risk's
+  rule ``governance``) are not counted, so a halt cannot feed the rejection rule.
+- ``PromotionDesk`` (``promotion_desk.py``): the promotion gate on shadow steps, and the
+  manual promote and rollback commands.
 
 An input's id is its kind, event time and a digest of its bytes: the same fact redelivered
-has the same id and the playbooks ignore it; the actions' ids derive from it.
+has the same id and the desks ignore it; the outputs' ids derive from it.
 """
 
 from __future__ import annotations
 
-import hashlib
-from typing import ClassVar
+from collections.abc import Mapping
+from typing import ClassVar, Protocol
 
 import msgspec
 
-from contracts.codec import encode
 from contracts.events import EquitySnapshot, Event, GovernanceCommand, RiskDecision
 from contracts.governance_events import GOVERNANCE_RULE, PlaybookAction
+from contracts.model_events import ModelVariant
 from services.governance.playbooks import (
     Action,
     DailyLossState,
@@ -35,12 +41,17 @@ from services.governance.playbooks import (
     local_day,
     step,
 )
+from services.governance.promotion import PromotionConfig
+from services.governance.promotion_desk import PromotionDesk, input_id
+
+__all__ = ["GovernanceConfig", "GovernanceDecider", "PlaybookDesk", "input_id"]
 
 
 class GovernanceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``[governance]``: its presence adds the governance role and risk's enforcement."""
 
     playbooks: PlaybookConfig = msgspec.field(default_factory=PlaybookConfig)
+    promotion: PromotionConfig = msgspec.field(default_factory=PromotionConfig)
 
 
 class DayStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -58,19 +69,25 @@ class GovernanceState(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     days: tuple[DayStart, ...] = ()
 
 
-def input_id(kind: str, event: Event) -> str:
-    digest = hashlib.blake2b(encode(event), digest_size=8).hexdigest()
-    return f"{kind}:{event.ts}:{digest}"
+class Desk(Protocol):
+    """One part of governance: a pure decider with its own snapshot part."""
+
+    def decide(self, event: Event, now: int) -> list[Event]: ...
+
+    def snapshot(self) -> bytes: ...
+
+    def restore(self, data: bytes) -> None: ...
 
 
-class GovernanceDecider:
-    snapshot_version: ClassVar[int] = 1
+class PlaybookDesk:
+    """Equity, risk rejections and enable commands in; playbook actions out."""
 
-    def __init__(self, config: GovernanceConfig) -> None:
+    def __init__(self, config: PlaybookConfig) -> None:
         self.config = config
         self.state = GovernanceState()
 
     def decide(self, event: Event, now: int) -> list[Event]:
+        actions: list[Action] | tuple[Action, ...]
         if isinstance(event, EquitySnapshot):
             actions = self._on_equity(event, now)
         elif isinstance(event, RiskDecision):
@@ -89,12 +106,12 @@ class GovernanceDecider:
         return [PlaybookAction(ts=now, action=a) for a in actions]
 
     def _step(self, event: RiskRejection | EnableCommand, now: int) -> tuple[Action, ...]:
-        playbooks, actions = step(self.config.playbooks, self.state.playbooks, event, now)
+        playbooks, actions = step(self.config, self.state.playbooks, event, now)
         self.state = msgspec.structs.replace(self.state, playbooks=playbooks)
         return actions
 
     def _on_equity(self, snap: EquitySnapshot, now: int) -> list[Action]:
-        state, config = self.state, self.config.playbooks
+        state, config = self.state, self.config
         peak = max(state.peak, snap.equity)
         update = EquityUpdate(input_id("equity", snap), snap.equity, peak, snap.ts)
         playbooks, out = step(config, state.playbooks, update, now)
@@ -125,3 +142,34 @@ class GovernanceDecider:
 
     def restore(self, data: bytes) -> None:
         self.state = msgspec.msgpack.decode(data, type=GovernanceState)
+
+
+class GovernanceDecider:
+    """Version 2: the snapshot is the desks' parts by name (v1 held the playbooks alone)."""
+
+    snapshot_version: ClassVar[int] = 2
+
+    def __init__(
+        self,
+        config: GovernanceConfig,
+        rosters: Mapping[str, tuple[ModelVariant, ...]] | None = None,
+    ) -> None:
+        self.config = config
+        self.playbooks = PlaybookDesk(config.playbooks)
+        self.promotion = PromotionDesk(config.promotion, rosters or {})
+        self.desks: dict[str, Desk] = {"playbooks": self.playbooks, "promotion": self.promotion}
+
+    def decide(self, event: Event, now: int) -> list[Event]:
+        out: list[Event] = []
+        for desk in self.desks.values():
+            out.extend(desk.decide(event, now))
+        return out
+
+    def snapshot(self) -> bytes:
+        return msgspec.msgpack.encode({name: d.snapshot() for name, d in self.desks.items()})
+
+    def restore(self, data: bytes) -> None:
+        parts = msgspec.msgpack.decode(data, type=dict[str, bytes])
+        for name, desk in self.desks.items():
+            if name in parts:
+                desk.restore(parts[name])
