@@ -21,7 +21,7 @@ from services.execution.paper_venue import PaperVenueConfig
 from services.governance.decider import GovernanceConfig
 from services.portfolio.config import PortfolioConfig
 from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
-from services.strategy.variant_config import ParamValue, VariantConfig
+from services.strategy.variant_config import ParamValue, VariantConfig, variant_set
 from services.venues.config import VenueConfig
 from services.venues.gateway.config import amends_in_place
 
@@ -32,6 +32,10 @@ class StrategyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     symbols: tuple[str, ...] = ()
     params: dict[str, ParamValue] = msgspec.field(default_factory=dict)
     variants: tuple[VariantConfig, ...] = ()  # models side by side (docs/governance.md)
+    max_canary: Annotated[float, Meta(ge=0, le=1)] = 0.1  # the canaries' share, capped
+
+    def __post_init__(self) -> None:
+        variant_set(self.variants, self.instance_name)  # one current model, unique tags
 
     @property
     def instance_name(self) -> str:

@@ -16,20 +16,24 @@ from pathlib import Path
 import msgspec
 
 from contracts.events import Heartbeat
+from contracts.model_events import ModelVariant
 from contracts.subjects import name_token
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.log_reader import last_per_subject
 from eventstore.server import URL_ENV
-from services.config import KeelConfig
+from services.config import KeelConfig, StrategyConfig
+from services.execution.paper_venue import PaperVenueConfig
 from services.execution.role import execution_role
 from services.governance.role import governance_role
 from services.portfolio.role import portfolio_role
 from services.risk.role import risk_role
 from services.runtime.role import Role
 from services.runtime.worker import durable_name
-from services.strategy.compose import compose_strategy
+from services.strategy.compose import compose_strategy, compose_variants
 from services.strategy.host import strategy_role
+from services.strategy.shadow_book import FillRules
+from services.strategy.variant_host import variant_role
 
 
 class WorkerProcess(msgspec.Struct):
@@ -144,10 +148,7 @@ def fleet_roles(config: KeelConfig) -> list[Role]:
     """The consuming roles of a fleet, in its canonical order: strategies as declared, then
     risk, execution, portfolio, then governance when configured (the replay engine delivers
     each event in this order)."""
-    roles = [
-        strategy_role(compose_strategy(s.name, s.params, s.instance_name), s.symbols)
-        for s in config.strategies
-    ]
+    roles = [instance_role(config, s) for s in config.strategies]
     roles += [
         fleet_risk_role(config),
         execution_role(config.execution, config.orders, config.gateways, config.in_place_gateways),
@@ -156,6 +157,37 @@ def fleet_roles(config: KeelConfig) -> list[Role]:
     if config.governance is not None:
         roles.append(governance_role(config.governance))
     return roles
+
+
+def instance_role(config: KeelConfig, strategy: StrategyConfig) -> Role:
+    """One strategy instance's role; with variants, they are routed and shadowed by the
+    paper venue's rules of ``[execution]`` (docs/governance.md, "Variants")."""
+    instance = strategy.instance_name
+    if not strategy.variants:
+        return strategy_role(
+            compose_strategy(strategy.name, strategy.params, instance), strategy.symbols
+        )
+    variants = compose_variants(strategy.name, strategy.params, instance, strategy.variants)
+    roster = tuple(ModelVariant(v.tag, v.weight, v.canary) for v in strategy.variants)
+    return variant_role(
+        instance,
+        variants,
+        roster,
+        strategy.max_canary,
+        fill_rules(config.execution),
+        strategy.symbols,
+    )
+
+
+def fill_rules(execution: PaperVenueConfig) -> FillRules:
+    """The paper venue's rules a shadow fill takes (a shadow book sees bars, not quotes)."""
+    return FillRules(
+        at_close=execution.fill == "close",
+        fee_bps=execution.fee_bps,
+        slippage_bps=execution.slippage_bps,
+        slippage_range_frac=execution.slippage_range_frac,
+        latency_bars=execution.latency_bars,
+    )
 
 
 def fleet_risk_role(config: KeelConfig) -> Role:

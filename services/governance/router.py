@@ -141,6 +141,11 @@ def normalise(variants: VariantSet, max_canary: float) -> tuple[tuple[VariantWei
     return tuple(out), configured
 
 
+def pick(weights: tuple[VariantWeight, ...], u: float) -> VariantWeight:
+    """The variant whose slice of [0, 1) holds ``u`` (the slices cover [0, 1) exactly)."""
+    return next(w for w in weights if w.low <= u < w.high)
+
+
 def route(config: RouterConfig, instance: str, cause_id: str) -> Route:
     """The variant of ``instance`` that gets the opportunity caused by ``cause_id``."""
     variants = config.instances.get(instance)
@@ -152,7 +157,7 @@ def route(config: RouterConfig, instance: str, cause_id: str) -> Route:
     weights, configured = normalise(variants, config.max_canary)
     salt = variants.salt or instance
     u = unit_hash(salt, cause_id)
-    chosen = next(w for w in weights if w.low <= u < w.high)
+    chosen = pick(weights, u)
     capped = (
         f"canaries configured at {configured:.6g}, capped to max_canary {config.max_canary:.6g}"
         if configured > config.max_canary

@@ -9,13 +9,14 @@ strategy``, backtests, bus replays, the strategy bench) builds strategies here.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import msgspec
 
 from eventstore.model_store import fetch_model, read_model_file
 from services.strategy.calibration_file import CalibrationError, read_calibrations
+from services.strategy.variant_config import VariantConfig
 from strategies.ma_hmm import Calibrations, MaHmmParams
 from strategies.params import StrategyError
 from strategies.regime.model import ModelError
@@ -43,3 +44,20 @@ def compose_strategy(
     except (ModelError, CalibrationError) as exc:
         raise StrategyError(f"strategy {instance or name}: {exc}") from None
     return build_strategy(name, parsed, instance, resolved)
+
+
+def compose_variants(
+    name: str,
+    params: Mapping[str, object],
+    instance: str,
+    variants: Sequence[VariantConfig],
+) -> tuple[tuple[str, Strategy], ...]:
+    """One strategy per variant, each with the instance's params overridden by its own; a
+    variant that cannot be built is one line naming it."""
+    built = []
+    for v in variants:
+        try:
+            built.append((v.tag, compose_strategy(name, {**params, **v.params}, instance)))
+        except StrategyError as exc:
+            raise StrategyError(f"strategy {instance}, variant {v.tag}: {exc}") from None
+    return tuple(built)
