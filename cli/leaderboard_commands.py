@@ -136,7 +136,9 @@ def render(board: Leaderboard, since: int) -> RenderableType:
             budgets.add_row(b.strategy, b.model, f"{b.weight:.4f}", b.bound, iso_ns(b.at), b.reason)
         parts.append(budgets)
     if board.promotions:
-        promotions = Table("strategy", "current", "canary", "decision", "log Λ / thr", "at")
+        promotions = Table(
+            "strategy", "current", "canary", "decision", "log Λ / thr", "at", "reason"
+        )
         promotions.title, promotions.title_justify = "Last promotion decision", "left"
         for p in board.promotions:
             promotions.add_row(
@@ -146,8 +148,8 @@ def render(board: Leaderboard, since: int) -> RenderableType:
                 p.decision,
                 f"{p.statistic:.3f} / {p.threshold:.3f}",
                 iso_ns(p.at),
+                p.reason,
             )
-            promotions.add_row("", Text(p.reason, style="dim"), end_section=True)
         parts.append(promotions)
     return Group(*parts)
 

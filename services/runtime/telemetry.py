@@ -8,8 +8,11 @@ universe. Nothing is ever labelled with an order id, event id or price.
 
 Trading metrics are observed on what a worker *publishes* (each event type has one
 producer: the strategy publishes signals, risk orders and rejections, execution reports,
-portfolio positions and equity), counted once per stored event: a re-publish the log
-de-duplicates after a restart does not count twice.
+portfolio positions and equity, governance rosters, promotions and budgets), counted once
+per stored event: a re-publish the log de-duplicates after a restart does not count twice.
+The leaderboard figures (``keel.leaderboard.*``) fold the execution reports this worker
+published since it started through ``services/governance/leaderboard.py``, the code behind
+``keel gov leaderboard``.
 """
 
 from __future__ import annotations
@@ -34,6 +37,8 @@ from contracts.events import (
     SystemState,
     SystemStatus,
 )
+from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided
+from services.governance.leaderboard import ClosedTrade, Standings
 from services.runtime.metrics_export import (
     DictCounter,
     DictGauge,
@@ -71,6 +76,10 @@ SUBJECT_KINDS = frozenset(
         "gov.cmd",
         "gov.tune",
         "gov.playbook",
+        "gov.shadow",
+        "gov.model",
+        "gov.promotion",
+        "gov.alloc",
         "ext.listing",
         "ext.sentiment",
         "ext.promo",
@@ -253,12 +262,78 @@ class WorkerMetrics:
             fixed={},
         )
         self._status_seen = False
+        self._governance(gauge, total)
 
         self.start_time.set((), time.time())
         self.duplicates.add((), 0)
         for stream in streams:  # known series start at 0 so rates and alerts see them
             for reason in ("undecodable", "handler_error"):
                 self.dead_letters.add((stream, reason), 0)
+
+    def _governance(
+        self, gauge: Callable[..., DictGauge], total: Callable[..., DictCounter]
+    ) -> None:
+        """Governance's decisions and the leaderboard (docs/governance.md, "Leaderboard and
+        metrics"); leaderboard series are labelled by scope (strategy, model or venue), the
+        labels a scope does not group by being ``all``."""
+        self.roster_weight = gauge(
+            "keel.gov.roster.weight",
+            "1",
+            "routing weight of a model in its strategy's latest roster (relative)",
+            *("strategy", "model_tag", "canary"),
+            fixed={},
+        )
+        self.budget = gauge(
+            "keel.gov.budget.weight",
+            "1",
+            "a model's budget (fraction of equity) from the latest allocation",
+            *("strategy", "model_tag", "canary"),
+            fixed={},
+        )
+        self.budget_total = gauge(
+            "keel.gov.budget.total", "1", "a strategy's budgets summed", "strategy", fixed={}
+        )
+        self.promotions = total(
+            "keel.gov.promotions",
+            "{decision}",
+            "promotion gate evaluations by decision",
+            *("strategy", "canary", "decision"),
+            fixed={},
+        )
+        self.promotion_statistic = gauge(
+            "keel.gov.promotion.statistic",
+            "1",
+            "log of the mixture SPRT likelihood ratio at the latest evaluation",
+            *("strategy", "canary"),
+            fixed={},
+        )
+        self.promotion_threshold = gauge(
+            "keel.gov.promotion.threshold",
+            "1",
+            "log(1/alpha): the statistic a canary must reach",
+            *("strategy", "canary"),
+            fixed={},
+        )
+        self.promotion_sharpe = gauge(
+            "keel.gov.promotion.sharpe",
+            "1",
+            "per-trade Sharpe of each arm at the latest evaluation",
+            *("strategy", "model_tag", "arm"),
+            fixed={},
+        )
+        labels = ("scope", "strategy", "model_tag", "venue")
+        self.board = {
+            name: gauge(f"keel.leaderboard.{name}", unit, description, *labels, fixed={})
+            for name, unit, description in (
+                ("pnl", "{currency}", "net PnL of closed round trips"),
+                ("trades", "{trade}", "closed round trips"),
+                ("sharpe", "1", "per-trade Sharpe of closed round trips (not annualised)"),
+                ("sortino", "1", "per-trade Sortino of closed round trips (not annualised)"),
+                ("win_rate", "1", "share of closed round trips with a positive net PnL"),
+                ("max_drawdown", "{currency}", "largest fall of cumulative net PnL"),
+            )
+        }
+        self._standings: Standings | None = None
 
     def _a(self, *key: str) -> dict[str, str]:
         """Histogram attributes, built once per label combination."""
@@ -306,6 +381,10 @@ class WorkerMetrics:
                 self._position(event)
             case SystemStatus():
                 self.system_status(event.source, event.status)
+            case ModelRoster():
+                self._roster(event)
+            case AllocationDecided():
+                self._budgets(event)
             case _ if not fresh:
                 pass
             case Signal():
@@ -320,6 +399,57 @@ class WorkerMetrics:
                 if event.fill_qty > 0:
                     self.fills.add((event.strategy, tag, event.side))
                     self.notional.add((event.strategy, tag), abs(event.fill_qty * event.fill_price))
+                    if self._standings is None:
+                        self._standings = Standings()
+                    trade = self._standings.fill(event)
+                    if trade is not None:
+                        self._leaderboard(self._standings, trade)
+            case PromotionDecided():
+                self._promotion(event)
+
+    def _roster(self, roster: ModelRoster) -> None:
+        """The latest roster replaces its strategy's series (a retired tag disappears)."""
+        values = self.roster_weight.values
+        for key in [k for k in values if k[0] == roster.strategy]:
+            del values[key]
+        for v in roster.variants:
+            values[(roster.strategy, v.tag, "true" if v.canary else "false")] = v.weight
+
+    def _budgets(self, event: AllocationDecided) -> None:
+        values = self.budget.values
+        for key in [k for k in values if k[0] == event.strategy]:
+            del values[key]
+        for b in event.budgets:
+            values[(event.strategy, b.key.model, "true" if b.is_canary else "false")] = b.weight
+        self.budget_total.set((event.strategy,), event.total)
+
+    def _promotion(self, event: PromotionDecided) -> None:
+        ev = event.evaluation
+        self.promotions.add((event.strategy, event.canary, ev.decision))
+        self.promotion_statistic.set((event.strategy, event.canary), ev.sequential.log_ratio)
+        self.promotion_threshold.set((event.strategy, event.canary), ev.sequential.log_threshold)
+        for arm, stats in (("current", ev.current), ("canary", ev.canary)):
+            self.promotion_sharpe.set((event.strategy, stats.model, arm), stats.sharpe)
+
+    def _leaderboard(self, standings: Standings, trade: ClosedTrade) -> None:
+        for scope, strategy, model, venue in standings.groups(trade):
+            figures = standings.figures(scope, strategy, model, venue)
+            key = (
+                scope,
+                strategy or "all",
+                _tag(model) if scope == "model" else "all",
+                venue or "all",
+            )
+            board = self.board
+            board["pnl"].set(key, figures.pnl)
+            board["trades"].set(key, figures.trades)
+            board["max_drawdown"].set(key, figures.max_drawdown)
+            for name in ("sharpe", "sortino", "win_rate"):
+                value = getattr(figures, name)
+                if value is None:
+                    board[name].values.pop(key, None)
+                else:
+                    board[name].set(key, value)
 
     def _equity(self, snap: EquitySnapshot) -> None:
         gauges = self.portfolio
