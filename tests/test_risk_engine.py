@@ -397,4 +397,4 @@ def test_a_snapshot_of_another_layout_does_not_restore() -> None:
         with pytest.raises(msgspec.DecodeError):
             e.restore(data)
         assert e.snapshot() == before
-    assert RiskEngine.snapshot_version == 4
+    assert RiskEngine.snapshot_version == 5

@@ -166,7 +166,7 @@ def test_a_delisted_market_stays_blocked_without_degrading_the_fleet() -> None:
 def test_blocks_survive_a_snapshot() -> None:
     e = holding(0.0)
     e.decide(status("stale", T0 + MINUTE), T0 + MINUTE)
-    assert RiskEngine.snapshot_version == 4
+    assert RiskEngine.snapshot_version == 5
     restored = RiskEngine(RiskLimits())
     restored.restore(e.snapshot())
     assert restored.snapshot() == e.snapshot()

@@ -180,6 +180,19 @@ class Book:
         self._gross = (venue, (on_venue, total))
         return on_venue, total
 
+    def exposure(self, strategy: str, exclude: BookId) -> float:
+        """``strategy``'s gross exposure (sum of |position + working| x price) in every
+        market but ``exclude``'s; a market without a price yet counts nothing."""
+        books = {b for b in self.positions if b.strategy == strategy}
+        books.update(b for b in self._by_book if b.strategy == strategy)
+        books.discard(exclude)
+        total = 0.0
+        for book in books:
+            price = self.prices.get(book.instrument)
+            if price is not None:
+                total += abs(self.held(book)) * price
+        return total
+
     def open_markets(self, exclude: InstrumentId) -> list[InstrumentId]:
         """Markets with a net position or working orders, ``exclude`` aside."""
         memo = self._open

@@ -38,8 +38,11 @@ from contracts.events import (
 )
 from contracts.governance_events import GOVERNANCE_RULE, PlaybookAction
 from contracts.keys import InstrumentId, KeyTable
+from contracts.model_events import AllocationDecided
 from services.risk.book import EPS, Book
 from services.risk.breaker import Transition, VenueBreaker
+from services.risk.budgets import EQUITY_MODES, BudgetGate
+from services.risk.budgets import RULE as BUDGET
 from services.risk.correlation import Correlations
 from services.risk.equity import EquityRails
 from services.risk.feed_guard import RULE as STALE_DATA
@@ -54,7 +57,7 @@ from services.risk.status import StatusBoard
 
 
 class RiskEngine:
-    snapshot_version: ClassVar[int] = 4  # v4: governance's playbook holds
+    snapshot_version: ClassVar[int] = 5  # v5: governance's allocator budgets
 
     def __init__(
         self,
@@ -123,6 +126,7 @@ class RiskEngine:
         self._funding = Funding(self.guards.funding, state.funding) if self.guards.funding else None
         self._feeds = FeedGuard(state.feeds)
         self._gate = PlaybookGate(state.playbooks)
+        self._budgets = BudgetGate(state, self._book)
         rules = self.sizing.rules
         self._sizing_on = any(r.sized for r in rules)
         vol = max((r.vol_window for r in rules if r.mode == "vol_target"), default=0)
@@ -144,6 +148,7 @@ class RiskEngine:
             FeedStatus: self._on_feed_status,
             GovernanceCommand: self._on_governance,
             PlaybookAction: self._gate.apply,
+            AllocationDecided: self._budgets.apply,
         }
         rails = compile_rails(
             lim,
@@ -393,16 +398,22 @@ class RiskEngine:
         rule = self.sizing.rule(signal.strategy) if self._sizing_on else None
         if rule is not None and not rule.sized:
             rule = None  # this strategy's numbers are quantities
+        budget = self._budgets.weight(signal.strategy)
+        # the playbooks' scale, and the budget when a unit is a share of equity
+        scale = self._gate.factor
+        if budget is not None and rule is not None and rule.mode in EQUITY_MODES:
+            scale *= budget
         units = signal.target_position
+        sized = 0.0
         if units is not None:
             target = units
             if rule is not None:
                 sized_target, why = self._sizer.target(book, signal, units, rule, price)
                 if sized_target is None:
                     return [self._reject(signal, now, "sizing", f"cannot size: {why}")]
-                target = sized_target
-            if self._gate.factor != 1.0:
-                target *= self._gate.factor
+                target = sized = sized_target
+            if scale != 1.0:
+                target *= scale
             if lot and target:
                 rounded = math.copysign(round_qty(abs(target), lot), target)
                 if not rounded:
@@ -417,8 +428,8 @@ class RiskEngine:
                 if not unit:
                     return [self._reject(signal, now, "sizing", f"cannot size: {why}")]
                 size *= unit
-            if self._gate.factor != 1.0:
-                size *= self._gate.factor
+            if scale != 1.0:
+                size *= scale
             if lot:
                 rounded = round_qty(size, lot)
                 if not rounded:
@@ -431,6 +442,10 @@ class RiskEngine:
         before = state.net.get(market, 0.0)
         if rule is not None and rule.cap:
             delta = self._sizer.capped(market, delta, before, price)
+        if budget is not None:
+            delta, why = self._budgets.fit(budget, self._gate.factor, book, held, delta, price)
+            if why is not None:
+                return [self._reject(signal, now, BUDGET, why)]
         if lot and abs(before + delta) > abs(before) + EPS:
             qty = round_qty(abs(delta), lot)
             if not qty:
@@ -471,8 +486,8 @@ class RiskEngine:
         order = positions.place(book, delta, now, signal.model_tag, ctx.increases, signal.ts)
         if self._limits.brackets and ctx.increases:
             order = bracket(order, signal, info.tick_size if info is not None else 0.0)
-        if rule is not None and units is not None:
-            self._sizer.remember(book, units, held + delta)
+        if rule is not None and units is not None:  # unscaled: a scale never compounds
+            self._sizer.remember(book, units, (held + delta) / scale if scale > 0.0 else sized)
         if self._limits.max_orders_per_minute is not None:
             state.strategy_orders.setdefault(signal.strategy, []).append(now)
         if self._limits.max_venue_orders_per_minute is not None:

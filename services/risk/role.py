@@ -18,15 +18,15 @@ adds equity and funding when needed."""
 
 
 def risk_inputs(engine: RiskEngine, governed: bool = False) -> tuple[Input, ...]:
-    """Equity snapshots only for equity rails or equity-based sizing, funding rates only
-    with the funding guard, playbook actions only with ``[governance]``: a fleet without
-    them routes nothing new to risk."""
+    """Equity snapshots only for equity rails, equity-based sizing or governance (a budget
+    is a share of equity), funding rates only with the funding guard, playbook actions and
+    budgets only with ``[governance]``: a fleet without them routes nothing new to risk."""
     inputs = list(INPUTS)
     if governed:
-        inputs[0] = Input("GOVERNANCE", (*INPUTS[0].subjects, "gov.playbook.>"))
+        inputs[0] = Input("GOVERNANCE", (*INPUTS[0].subjects, "gov.playbook.>", "gov.alloc.>"))
     if engine.guards.funding is not None:
         inputs[-1] = Input("MARKET", (*INPUTS[-1].subjects, "md.funding.>"))
-    if engine.needs_equity:
+    if engine.needs_equity or governed:
         inputs.append(Input("PORTFOLIO", ("pf.equity",)))
     return tuple(inputs)
 

@@ -81,6 +81,14 @@ class PlaybookHolds(msgspec.Struct, forbid_unknown_fields=True):
     halts: dict[str, tuple[int, str]] = msgspec.field(default_factory=dict)
 
 
+class StrategyBudget(msgspec.Struct, forbid_unknown_fields=True):
+    """A strategy's budget from governance's allocator (``gov.alloc.<strategy>``): the sum
+    of its models' weights, a fraction of equity, and the time of the decision that set it."""
+
+    weight: float
+    at: int
+
+
 class RiskState(msgspec.Struct, forbid_unknown_fields=True):
     killed: bool = False
     kill_reason: str = ""
@@ -116,3 +124,5 @@ class RiskState(msgspec.Struct, forbid_unknown_fields=True):
     """markets whose feed is not fresh: entries blocked (the stale-data guard)"""
     playbooks: PlaybookHolds = msgspec.field(default_factory=PlaybookHolds)
     """governance's playbook actions in force (v4)"""
+    budgets: dict[str, StrategyBudget] = msgspec.field(default_factory=dict)
+    """governance's allocator budgets by strategy (v5)"""
