@@ -120,11 +120,12 @@ def governance(
     namespace: NamespaceOpt = "",
     rebuild: RebuildOpt = False,
 ) -> None:
-    """The playbooks: equity, risk rejections and enable commands in, gov.playbook.* out."""
+    """Playbooks and promotions: equity, risk rejections, shadow steps and operator commands
+    in; gov.playbook.*, gov.promotion.* and gov.model.* out."""
     settings = load_config_or_exit(config)
     if settings.governance is None:
         raise fail(escape("governance: the config has no [governance] section"))
-    role = governance_role(settings.governance)
+    role = governance_role(settings.governance, settings.strategies)
     _serve(role, _options(metrics_port, metrics_addr, namespace, rebuild))
 
 
