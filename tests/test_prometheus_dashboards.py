@@ -84,7 +84,7 @@ def promql(expr: str) -> str:
 # --- the files ---------------------------------------------------------------------------
 
 
-def test_four_dashboards_on_the_provisioned_data_source() -> None:
+def test_five_dashboards_on_the_provisioned_data_source() -> None:
     sources = yaml.safe_load((GRAFANA / "provisioning/datasources/prometheus.yml").read_text())
     (source,) = sources["datasources"]
     assert source["type"] == "prometheus" and source["url"] == "http://prometheus:9090"
@@ -94,6 +94,7 @@ def test_four_dashboards_on_the_provisioned_data_source() -> None:
         "Keel / Trading performance",
         "Keel / Risk",
         "Keel / Latency",
+        "Keel / Governance",
     }
     uids = [json.loads(p.read_text())["uid"] for p in DASHBOARDS]
     assert len(set(uids)) == len(uids)
