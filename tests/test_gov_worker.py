@@ -9,6 +9,7 @@ from pathlib import Path
 
 from contracts.envelope import Envelope, content_id
 from contracts.events import (
+    DeadLetter,
     EquitySnapshot,
     Event,
     GovernanceCommand,
@@ -24,18 +25,23 @@ from contracts.governance_events import (
     PlaybookAction,
     ScaleBudgets,
 )
+from contracts.model_events import ModelRoster, ModelVariant, PromotionDecided
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer
-from services.governance.decider import GovernanceDecider
+from services.config import StrategyConfig
+from services.governance.decider import GovernanceConfig, GovernanceDecider
+from services.governance.promotion_desk import PromotionDesk, input_id
 from services.governance.role import governance_role
 from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits
 from services.risk.role import risk_role
 from services.runtime.worker import Worker, WorkerOptions
+from services.strategy.variant_config import VariantConfig
 from tests.conftest import keel
 from tests.factories import report
 from tests.test_gov_backtest import CONFIG, MIDNIGHT, backtest, config_of
+from tests.test_gov_promotion_desk import GATE, ROSTER, feed, steps
 
 QUIET = WorkerOptions(metrics_port=None, heartbeat_s=0.5)
 VENUE, BTC = "test", "BTC/USDT"
@@ -293,3 +299,74 @@ async def test_keel_gov_enable_publishes_who_enabled_what(
     bad = keel(nats_server.url, "gov", "enable", "no such", "--reason", "x")
     assert bad.returncode == 2 and bad.stderr.strip().count("\n") == 0
     assert "must match [A-Za-z0-9_-]+" in bad.stderr
+
+
+# --- promotions on the bus -------------------------------------------------------------------
+
+
+async def test_live_governance_promotes_from_shadow_steps_and_answers_roster_commands(
+    nats_server: EmbeddedServer,
+) -> None:
+    """ShadowSteps published on the bus give the pure desk's PromotionDecided and ModelRoster
+    events; `keel gov promote`/`rollback` are answered with rosters, refusals are one line."""
+    config = GovernanceConfig(promotion=GATE)
+    strategies = (
+        StrategyConfig(
+            name="ma_cross",
+            instance="hmm",
+            variants=(VariantConfig("v3", 0.9), VariantConfig("v4", 0.1, canary=True)),
+        ),
+    )
+    shadow = steps(0.005, 40)
+    expected = feed(PromotionDesk(GATE, {"hmm": ROSTER}), shadow)
+    worker = Worker(governance_role(config, strategies), QUIET)
+    names = {f"{worker.name}-{i.stream.lower()}" for i in worker.inputs}
+    worker_bus = await Bus.connect(nats_server.url, name=worker.name)
+    task = asyncio.create_task(worker.run(worker_bus))
+    bus = await Bus.connect(nats_server.url, name="test-driver")
+    try:
+        for i, step in enumerate(shadow):
+            await bus.publish(step, Envelope.root(content_id("shadow", i), step.ts))
+        assert await wait_drained(bus, names, timeout=20)
+        decided = await stored(bus, "gov.promotion.hmm", "GOVERNANCE")
+        rosters = await stored(bus, "gov.model.hmm", "GOVERNANCE")
+        assert decided == [e for e in expected if isinstance(e, PromotionDecided)]
+        assert rosters == [e for e in expected if isinstance(e, ModelRoster)]
+        (promoted,) = rosters
+        assert isinstance(promoted, ModelRoster)
+        assert promoted.variants == (
+            ModelVariant("v3", 0.0, canary=True),
+            ModelVariant("v4", 0.9),
+        )
+
+        back = keel(nats_server.url, "gov", "rollback", "hmm", "--reason", "drill", "--by", "ops")
+        assert back.returncode == 0, back.stderr
+        assert "rollback hmm published" in back.stdout
+        assert await wait_drained(bus, names, timeout=20)
+        latest = await bus.last_event("GOVERNANCE", "gov.model.hmm")
+        assert latest is not None and isinstance(latest.event, ModelRoster)
+        assert latest.event.variants == (ModelVariant("v3", 0.9), ModelVariant("v4", 0.0, True))
+        assert latest.event.reason == "rollback to v3 from v4 by ops: drill"
+        (command,) = await stored(bus, "gov.cmd.rollback", "GOVERNANCE")
+        assert isinstance(command, GovernanceCommand)
+        assert latest.event.cause_id == input_id("rollback", command)
+
+        again = keel(nats_server.url, "gov", "rollback", "hmm", "--reason", "twice")
+        assert again.returncode == 0, again.stderr
+        assert await wait_drained(bus, names, timeout=20)
+        letter = await bus.last_event("SYSTEM", "sys.dlq.governance")
+        assert letter is not None and isinstance(letter.event, DeadLetter)
+        assert letter.event.reason == "promotion desk: rollback: hmm has no promotion to roll back"
+
+        unknown_model = keel(nats_server.url, "gov", "promote", "hmm", "v9", "--reason", "x")
+        assert unknown_model.returncode == 1
+        assert unknown_model.stderr.strip() == "error: unknown model v9 of hmm (models: v3, v4)"
+        unknown = keel(nats_server.url, "gov", "promote", "nope", "v4", "--reason", "x")
+        assert unknown.returncode == 1 and unknown.stderr.strip().count("\n") == 0
+        assert unknown.stderr.startswith("error: unknown strategy nope")
+        assert len(await stored(bus, "gov.cmd.>", "GOVERNANCE")) == 2  # refused: not sent
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        for b in (worker_bus, bus):
+            await b.close()
