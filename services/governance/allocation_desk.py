@@ -51,12 +51,13 @@ REMEMBER = 1024
 """Input ids kept to ignore a redelivered input (the runtime also skips by sequence)."""
 WHOLE_STRATEGY = ""
 """The model of a strategy without variants (``pf.pnl`` names the whole book the same way)."""
-INPUT_SUBJECTS = (
-    ("EXECUTION", ("exec.>",)),
+SUBJECTS = (
+    ("EXECUTION", ("exec.report.>",)),
     ("GOVERNANCE", ("gov.shadow.>",)),
     ("PORTFOLIO", ("pf.equity",)),
 )
-"""What the desk reads, by stream; ``ModelRoster``s come from the promotion desk in process."""
+"""What the desk reads, by stream. ``ModelRoster``s are the promotion desk's outputs: the
+governance decider hands them over in process (governance never consumes its own events)."""
 
 
 class AllocationDeskConfig(AllocatorConfig, frozen=True, forbid_unknown_fields=True):
