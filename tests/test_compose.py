@@ -105,7 +105,8 @@ def variable_of(value: str) -> str:
 
 
 def test_the_fleet_is_deployed() -> None:
-    assert sorted(["marketdata", "strategy-ma_cross", "risk", "execution", "portfolio"]) == WORKERS
+    fleet = ["marketdata", "strategy-ma_cross", "risk", "execution", "portfolio", "governance"]
+    assert sorted(fleet) == WORKERS
     assert {"nats", "prometheus", "grafana", "otel-collector"} <= SERVICES.keys()
     assert set(KEEL) == set(WORKERS) | ONE_SHOT
 
@@ -265,6 +266,7 @@ EVENTS_OF = {
     "risk": {"ord.>"},
     "execution": {"exec.>", "venue.order.>"},
     "portfolio": {"pf.>"},
+    "governance": {"gov.playbook.>", "gov.model.>", "gov.promotion.>", "gov.alloc.>"},
 }
 GATEWAY_VENUE = VenueConfig(name="binance", exchange="binanceusdm", mode="sandbox", sandbox=True)
 
