@@ -5,10 +5,17 @@ The market (SMA 2/3, long only, 1,000 cash): ``ma`` buys 50 at 12, the price gap
 loss of 250: the drawdown rule scales budgets by 0.5 and the daily loss rule halts entries
 until midnight UTC); ``big`` asks for 500, over ``max_position``, and is rejected each time it
 tries, which after midnight disables it. Refusals caused by the playbooks are not counted.
+
+Then promotion: a noisy sine on which a fast canary beats the slow current model; the gate
+promotes it with its numbers, the strategy routes by the new roster, and a second run gives
+the same gov.* events.
 """
 
 from __future__ import annotations
 
+import hashlib
+import math
+import random
 import tomllib
 from pathlib import Path
 
@@ -16,8 +23,8 @@ import msgspec
 import polars as pl
 import pytest
 
-from contracts.codec import decode
-from contracts.events import Event, OrderCommand, RiskDecision
+from contracts.codec import decode, encode
+from contracts.events import Event, OrderCommand, RiskDecision, Signal
 from contracts.governance_events import (
     GOVERNANCE_RULE,
     DisableStrategy,
@@ -25,13 +32,16 @@ from contracts.governance_events import (
     PlaybookAction,
     ScaleBudgets,
 )
+from contracts.model_events import ModelRoster, ModelVariant, PromotionDecided, ShadowStep
 from eventstore.errors import KeelError
 from eventstore.server import EmbeddedServer
 from replay.backtest import BacktestResult, BacktestSpec, load_run, run_backtest
 from replay.bus_replay import bus_replay
+from replay.engine import ReplayEngine
 from replay.market import DataSource
 from services.config import KeelConfig, load_config
 from services.fleet import fleet_plan, fleet_roles
+from services.governance.role import governance_role
 from tests.factories import MINUTE, bars_from_closes, write_bar_file
 
 MIDNIGHT = 1_700_006_400 * 10**9  # 2023-11-15T00:00:00Z
@@ -155,7 +165,8 @@ def test_without_governance_the_fleet_and_its_results_are_unchanged(tmp_path: Pa
     assert [r.name for r in fleet_roles(governed)][-1] == "governance"
     assert "governance" in [w.name for w in fleet_plan(governed, None)]
     governed_risk = next(r for r in fleet_roles(governed) if r.name == "risk")
-    assert ("gov.cmd.>", "gov.playbook.>") in [i.subjects for i in governed_risk.inputs]
+    subjects = [i.subjects for i in governed_risk.inputs]
+    assert ("gov.cmd.>", "gov.playbook.>", "gov.alloc.>") in subjects
 
     # a governance role with no playbooks decides nothing: the same events (the result hash
     # differs only as the fleet has one producer more, whose digest is empty)
@@ -202,3 +213,97 @@ def test_a_bus_replay_through_the_worker_processes_gives_the_same_run(
     assert on_bus.result_hash == in_process.result_hash  # the governance producer's included
     assert (on_bus.orders, on_bus.rejections) == (in_process.orders, in_process.rejections)
     assert len(actions(events)) == 3
+
+
+# --- promotion in a backtest -----------------------------------------------------------------
+
+PROMOTION = """
+[[strategies]]
+name = "ma_cross"
+instance = "ma"
+params = { kind = "sma", fast = 10, slow = 25, mode = "long_short", qty = 1 }
+variants = [
+  { tag = "cur" },
+  { tag = "can", canary = true, weight = 0.1, params = { fast = 2, slow = 5 } },
+]
+
+[execution]
+fee_bps = 1
+slippage_bps = 0
+
+[governance.promotion]
+min_trades = 10
+min_live_hours = 1
+"""
+
+
+def cycles(n: int = 600, seed: int = 1) -> list[Event]:
+    """A noisy sine (period 40 bars, amplitude 5, noise sd 0.3): the slow current model
+    trades late on every swing, the fast canary catches them."""
+    rng = random.Random(seed)
+    closes = [100 + 5 * math.sin(2 * math.pi * i / 40) + rng.gauss(0, 0.3) for i in range(n)]
+    return list(bars_from_closes(closes, wick=0.5, start=START, symbol="BTC/USDT", venue="test"))
+
+
+def governed_run(text: str) -> list[tuple[str, Event]]:
+    """The fleet's roles in the replay engine, governance given the configured variants as its
+    first rosters (what ``keel run governance`` does), every output with its subject."""
+    config = config_of(text)
+    assert config.governance is not None
+    roles = [r for r in fleet_roles(config) if r.name != "governance"]
+    roles.append(governance_role(config.governance, config.strategies))
+    out: list[tuple[str, Event]] = []
+    engine = ReplayEngine(
+        roles, lambda subject, event, _envelope, _name: out.append((subject, event))
+    )
+    for bar in cycles():
+        engine.feed(bar)
+    return out
+
+
+def gov_digest(run: list[tuple[str, Event]]) -> str:
+    digest = hashlib.sha256()
+    for subject, event in run:
+        if subject.startswith("gov.") and not subject.startswith("gov.shadow."):
+            digest.update(subject.encode() + b"\0" + encode(event) + b"\n")
+    return digest.hexdigest()
+
+
+def test_a_backtest_with_a_canary_promotes_it_with_the_numbers_and_replays_identically() -> None:
+    run = governed_run(PROMOTION)
+    events = [e for _, e in run]
+    decided = [e for e in events if isinstance(e, PromotionDecided)]
+    (roster,) = [e for e in events if isinstance(e, ModelRoster)]
+    *held, promoted = decided
+    assert held and all(d.evaluation.decision == "hold" for d in held)
+    assert (promoted.current, promoted.canary, promoted.auto) == ("cur", "can", True)
+    ev = promoted.evaluation
+    assert ev.decision == "promote" and all(c.passed for c in ev.conditions)
+    assert ev.canary.n == 10 == len(decided)  # one evaluation per closed canary trade
+    assert ev.current.n > 0 and ev.n_pairs > ev.canary.n  # steps, not only trades, are paired
+    assert ev.canary.sharpe > ev.current.sharpe and ev.sequential.mean > 0
+    assert ev.sequential.log_ratio >= ev.sequential.log_threshold == pytest.approx(math.log(20))
+    assert ev.hours_live >= 1.0 and ev.trials == 1
+    assert "canary trades 10 >= min_trades 10" in ev.reason
+    assert roster.variants == (ModelVariant("cur", 0.0, canary=True), ModelVariant("can", 1.0))
+    assert roster.reason == ev.reason and roster.ts == promoted.ts
+
+    # the strategy host routes by the new roster from the next opportunity on
+    later = [e for e in events if isinstance(e, ShadowStep) and e.ts > roster.ts]
+    assert later and {s.routed for s in later} == {"can"}
+    signals = [e for e in events if isinstance(e, Signal) and e.ts > roster.ts]
+    assert signals and {s.model_tag for s in signals} == {"can"}
+
+    again = governed_run(PROMOTION)
+    assert gov_digest(again) == gov_digest(run)
+    decisions = [e for e in events if isinstance(e, PromotionDecided | ModelRoster)]
+    assert [e for _, e in again if isinstance(e, PromotionDecided | ModelRoster)] == decisions
+
+
+def test_with_auto_off_the_backtest_only_recommends() -> None:
+    text = PROMOTION.replace("min_live_hours = 1", "min_live_hours = 1\nauto = false")
+    events = [e for _, e in governed_run(text)]
+    decisions = [e.evaluation.decision for e in events if isinstance(e, PromotionDecided)]
+    assert "recommend" in decisions and "promote" not in decisions
+    assert not [e for e in events if isinstance(e, ModelRoster)]
+    assert {e.routed for e in events if isinstance(e, ShadowStep)} == {"cur", "can"}
