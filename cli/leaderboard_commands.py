@@ -19,13 +19,15 @@ from cli.console import console, fail, load_config_or_exit, run
 from cli.timeparse import iso_ns, parse_time
 from contracts.events import Instrument
 from contracts.model_events import ModelVariant
-from eventstore.bus import Bus, Stored
-from eventstore.log_reader import last_per_subject, read_caught_up
+from eventstore.bus import Bus, Stored, read_message
+from eventstore.log_reader import last_per_subject, read_caught_up, read_until
 from eventstore.server import nats_url
 from services.config import KeelConfig
 from services.governance.leaderboard import Figures, Leaderboard, Standings
 
 NO_TRADES = "no trades yet: the log holds no closed round trip"
+IDLE_S = 10.0
+"""A stream that delivers nothing this long before the end it had when the read began."""
 
 
 class LeaderboardOutput(msgspec.Struct, frozen=True):
@@ -47,19 +49,23 @@ def configured_variants(config: KeelConfig) -> list[tuple[str, tuple[ModelVarian
 
 async def read_board(bus: Bus, standings: Standings) -> Leaderboard:
     """Fold the log: instruments (contract sizes), then every execution report and
-    attribution in stored order, then the latest roster, budget and promotion per strategy."""
+    attribution in stored order up to the end each stream had when its read began (all of
+    them, however long that takes), then the latest roster, budget and promotion per
+    strategy."""
     for item in await last_per_subject(bus, "MARKET", "md.instrument.>"):
         if isinstance(item.event, Instrument):
             standings.size_of(item.event.venue, item.event.symbol, item.event.contract_size)
-    reads = (
-        ("EXECUTION", "exec.report.>", DeliverPolicy.ALL),
-        ("PORTFOLIO", "pf.pnl.>", DeliverPolicy.ALL),
-        ("GOVERNANCE", "gov.model.>", DeliverPolicy.LAST_PER_SUBJECT),
-        ("GOVERNANCE", "gov.alloc.>", DeliverPolicy.LAST_PER_SUBJECT),
-        ("GOVERNANCE", "gov.promotion.>", DeliverPolicy.LAST_PER_SUBJECT),
-    )
-    for stream, subjects, policy in reads:
-        items: list[Stored] = await read_caught_up(bus, stream, subjects, policy)
+    for stream, subject in (("EXECUTION", "exec.report.>"), ("PORTFOLIO", "pf.pnl.>")):
+        end = (await bus.js.stream_info(stream)).state.last_seq
+        stalled = f"reading {subject} from {stream}: the server stopped delivering"
+        async for msg in read_until(
+            bus.js, stream, end, subjects=(subject,), idle_s=IDLE_S, stalled=stalled
+        ):
+            item = read_message(msg, stream)
+            if isinstance(item, Stored):
+                standings.observe(item.event)
+    for subject in ("gov.model.>", "gov.alloc.>", "gov.promotion.>"):
+        items = await read_caught_up(bus, "GOVERNANCE", subject, DeliverPolicy.LAST_PER_SUBJECT)
         for item in items:
             standings.observe(item.event)
     return standings.board()
