@@ -17,10 +17,11 @@ import pytest
 
 from contracts.codec import decode
 from contracts.envelope import Envelope, bar_envelope
-from contracts.events import Bar, DeadLetter, Event, Signal
+from contracts.events import Bar, DeadLetter, Event, ParamsTuned, Signal
 from contracts.model_events import ModelRoster, ModelVariant, ShadowStep
 from eventstore.errors import KeelError
 from eventstore.lag import wait_drained
+from eventstore.model_store import write_model_file
 from eventstore.server import EmbeddedServer
 from replay.backtest import BacktestSpec, run_backtest
 from replay.market import DataSource
@@ -34,6 +35,7 @@ from services.strategy.variant_host import VariantDecider
 from strategies.params import StrategyError
 from strategies.registry import build_strategy
 from tests.factories import bars_from_closes, write_bar_file
+from tests.test_ma_hmm import SYMBOL, hand_model
 from tests.test_worker_runtime import QUIET, running, stored
 
 T0 = 1_700_000_000 * 10**9
@@ -315,12 +317,40 @@ async def test_a_worker_routes_shadows_and_takes_rosters_from_the_log(
         )
         await feed(bars[60:])
 
-        steps = [e for e in await stored(bus, "gov.shadow.ma.>", "GOVERNANCE")]
-        signals = [e for e in await stored(bus, "sig.ma.>", "SIGNALS")]
-        letters = [e for e in await stored(bus, "sys.dlq.strategy-ma", "SYSTEM")]
+        steps = await stored(bus, "gov.shadow.ma.>", "GOVERNANCE")
+        signals = await stored(bus, "sig.ma.>", "SIGNALS")
+        letters = await stored(bus, "sys.dlq.strategy-ma", "SYSTEM")
     assert all(isinstance(s, ShadowStep) for s in steps) and len(steps) == 120
     routed = {s.ts: s.routed for s in steps if isinstance(s, ShadowStep)}
     assert {routed[b.ts] for b in bars[60:]} == {"can"}
     assert signals and all(isinstance(s, Signal) and s.model_tag == routed[s.ts] for s in signals)
     (letter,) = letters
     assert isinstance(letter, DeadLetter) and "v9" in letter.reason
+
+
+def test_a_tunable_strategys_variants_read_tuning_and_rosters_and_all_take_a_tuning(
+    tmp_path: Path,
+) -> None:
+    for tag in ("v1", "v2"):
+        write_model_file(hand_model("hand", tag), tmp_path / f"{tag}.json")
+    config = config_of(
+        f"""
+[[strategies]]
+name = "ma_hmm"
+instance = "hmm"
+symbols = ["{SYMBOL}"]
+params = {{ kind = "sma", fast = 3, slow = 6, model_file = "{tmp_path / "v1.json"}" }}
+variants = [
+  {{ tag = "v1" }},
+  {{ tag = "v2", canary = true, params = {{ model_file = "{tmp_path / "v2.json"}" }} }},
+]
+"""
+    )
+    role = instance_role(config, config.strategies[0])
+    assert role.inputs[-1] == Input("GOVERNANCE", ("gov.tune.hmm.>", "gov.model.hmm"))
+    decider = role.decider
+    assert isinstance(decider, VariantDecider)
+    tuned = ParamsTuned(ts=T0, strategy="hmm", symbol="*", param="quote_multiplier", old=1, new=2)
+    assert decider.decide(tuned, T0) == []
+    multipliers = [s.state.calibrations.of(SYMBOL).quote_multiplier for s in decider.strategies]
+    assert multipliers == [2.0, 2.0]
