@@ -137,10 +137,6 @@ class Leaderboard(msgspec.Struct, frozen=True):
     open_trades: int
     reports: int
 
-    @property
-    def empty(self) -> bool:
-        return not (self.rows or self.budgets or self.promotions or self.books or self.reports)
-
 
 class _Position:
     """One book's open round trip."""
