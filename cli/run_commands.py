@@ -22,7 +22,7 @@ from eventstore.bus import Bus
 from eventstore.server import nats_url
 from services.config import KeelConfig, StrategyConfig
 from services.execution.role import execution_role
-from services.fleet import consumer_names, fleet_risk_role
+from services.fleet import consumer_names, fleet_risk_role, instance_role
 from services.governance.role import governance_role
 from services.marketdata.feed import Feed, lockstep, pause
 from services.marketdata.live.session import LiveSession
@@ -34,8 +34,6 @@ from services.runtime.replay_worker import ReplayWorker
 from services.runtime.role import Role
 from services.runtime.worker import Worker, WorkerOptions
 from services.strategy.calibration_worker import CalibrationWatch, serve_calibration
-from services.strategy.compose import compose_strategy
-from services.strategy.host import strategy_role
 from services.venues.config import VenueConfig
 from strategies.registry import parse_params
 
@@ -180,17 +178,12 @@ def strategy(
     rebuild: RebuildOpt = False,
 ) -> None:
     """A strategy from strategies/ by name, or an instance declared in --config."""
-    chosen = _strategy_config(
-        load_config_or_exit(config), name, param or [], symbol or [], instance
-    )
+    loaded = load_config_or_exit(config)
+    chosen = _strategy_config(loaded, name, param or [], symbol or [], instance)
     with user_errors():
-        built = compose_strategy(
-            chosen.name, chosen.params, name_token(chosen.instance_name, "instance")
-        )
-    _serve(
-        strategy_role(built, chosen.symbols),
-        _options(metrics_port, metrics_addr, namespace, rebuild),
-    )
+        name_token(chosen.instance_name, "instance")
+        role = instance_role(loaded, chosen)
+    _serve(role, _options(metrics_port, metrics_addr, namespace, rebuild))
 
 
 def _strategy_config(
