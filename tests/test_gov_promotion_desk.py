@@ -246,6 +246,14 @@ def test_redelivered_steps_change_nothing_and_a_snapshot_continues_exactly() -> 
     whole = GovernanceDecider(config, {"hmm": ROSTER})
     assert feed(whole, events) == first + continued
 
+    grown = (*ROSTER, ModelVariant("v5", 0.05, canary=True))
+    renamed = PromotionDesk(GATE, {"hmm": grown, "other": ROSTER})
+    renamed.restore(copy.promotion.snapshot())  # the config gained v5 and an instance
+    assert [(s.strategy, s.roster, s.current) for s in renamed.state.slots] == [
+        ("hmm", grown, []),
+        ("other", ROSTER, []),
+    ]
+
 
 def test_the_role_reads_shadow_steps_and_roster_commands_and_rosters_come_from_the_config() -> None:
     (governance,) = [i for i in INPUTS if i.stream == "GOVERNANCE"]

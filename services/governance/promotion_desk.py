@@ -137,8 +137,14 @@ class PromotionDesk:
         self._index()
 
     def _index(self) -> None:
-        """Slots by strategy; a configured instance the state does not know yet gets one."""
-        known = {s.strategy: s for s in self.state.slots if s.strategy in self.rosters}
+        """Slots by strategy; a configured instance the state does not know yet, or whose
+        configured tags changed since the snapshot, starts from the config's roster."""
+        known = {
+            s.strategy: s
+            for s in self.state.slots
+            if s.strategy in self.rosters
+            and {v.tag for v in s.roster} == {v.tag for v in self.rosters[s.strategy]}
+        }
         for strategy, roster in sorted(self.rosters.items()):
             if strategy not in known:
                 known[strategy] = Slot(strategy, roster)
@@ -197,7 +203,8 @@ class PromotionDesk:
                 closed.append(arm)
         out: list[Event] = []
         for arm in closed:
-            hours = (step.ts - (arm.first_step or step.ts)) / HOUR_NS
+            start = step.ts if arm.first_step is None else arm.first_step
+            hours = (step.ts - start) / HOUR_NS
             evaluation = evaluate(
                 self.config,
                 Arm(current_tag, tuple(slot.current)),
