@@ -1,6 +1,6 @@
 """The allocation desk: per-trade returns from the log (live round trips, shadow trades),
 rebalancing on its cadence in event time, one AllocationDecided per strategy, idempotence
-under redelivery, snapshots and its config's errors. Pure."""
+under redelivery, snapshots, its config's errors, and risk capping by its decisions. Pure."""
 
 from __future__ import annotations
 
@@ -19,7 +19,10 @@ from contracts.model_events import (
 )
 from eventstore.errors import KeelError
 from services.governance.allocation_desk import AllocationDesk, AllocationDeskConfig
-from tests.factories import equity_snapshot
+from services.risk.engine import RiskEngine
+from services.risk.limits import RiskLimits
+from tests.factories import bar, equity_snapshot, signal
+from tests.risk_helpers import order_of
 
 HOUR = 3_600 * 10**9
 T0 = 1_700_002_800 * 10**9  # 2023-11-14 23:00:00 UTC, on the hour
@@ -212,3 +215,21 @@ def test_the_config_and_the_floor_room_fail_in_one_line() -> None:
     crowded = {f"s{i}": () for i in range(3)}
     with pytest.raises(KeelError, match=r"floor 0.4 x 3 models = 1.2 exceeds max_total 1.0"):
         AllocationDesk(AllocationDeskConfig(floor=0.4, canary_cap=0.4), crowded)
+
+
+def test_the_desks_decisions_cap_the_strategy_in_risk() -> None:
+    """The desk's output is risk's input: the plain strategy at its floor may hold 1% of
+    equity, the variant strategy its models' sum."""
+    d = desk(AllocationDeskConfig(min_trades=3, every="1h", floor=0.01))
+    events: list[Event] = [step(T0 + i, 0.01 + 0.001 * i, 0.02 + 0.002 * (i % 2)) for i in range(5)]
+    decided = feed(d, [*events, equity_snapshot(10_000.0, ts=T0 + HOUR)])
+    risk = RiskEngine(RiskLimits())
+    risk.decide(bar(100.0, ts=T0 + HOUR), T0 + HOUR)
+    risk.decide(equity_snapshot(10_000.0, ts=T0 + HOUR), T0 + HOUR)
+    for decision in decided:
+        risk.decide(decision, decision.ts)
+    later = T0 + HOUR + 1
+    plain = order_of(risk.decide(signal(5.0, strategy="plain", ts=later), later))
+    assert plain.qty == pytest.approx(1.0)  # 0.01 x 10,000 / 100
+    hmm = order_of(risk.decide(signal(50.0, strategy="ma_hmm", ts=later), later))
+    assert hmm.qty == pytest.approx(21.0)  # (0.11 + 0.1) x 10,000 / 100
