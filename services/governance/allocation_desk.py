@@ -221,7 +221,8 @@ class AllocationDesk:
                 self._record(ModelKey(step.strategy, result.tag), result.trade_return)
 
     def _on_roster(self, roster: ModelRoster) -> None:
-        """The strategy's variants from now on; a dropped tag's record goes with it."""
+        """The strategy's variants from now on; a dropped tag's record goes with it, and so do
+        its open live round trips (a strategy with variants is judged on its shadow books)."""
         state = self.state
         state.rosters[roster.strategy] = roster.variants
         keep = {v.tag for v in roster.variants}
