@@ -126,7 +126,7 @@ def test_repeated_scales_do_not_compound_and_one_lifts_them() -> None:
     assert orders(engine.decide(signal("s", 10.0, 3), 3))[0].qty == 5.0
     engine.decide(scale(0.25, rule="deep", at=4), 4)  # a deeper rule: the smallest wins
     engine.decide(scale(1.0, at=5), 5)
-    assert engine.snapshot_version == 4
+    assert engine.snapshot_version == 5
     restored = RiskEngine(RiskLimits(max_position=100))
     restored.restore(engine.snapshot())
     assert restored.state.playbooks.factors == {"deep": 0.25}
