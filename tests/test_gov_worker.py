@@ -25,7 +25,7 @@ from contracts.governance_events import (
     PlaybookAction,
     ScaleBudgets,
 )
-from contracts.model_events import ModelRoster, ModelVariant, PromotionDecided
+from contracts.model_events import ModelRoster, ModelVariant, PromotionDecided, ShadowStep
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer
@@ -40,7 +40,15 @@ from services.runtime.worker import Worker, WorkerOptions
 from services.strategy.variant_config import VariantConfig
 from tests.conftest import keel
 from tests.factories import report
-from tests.test_gov_backtest import CONFIG, MIDNIGHT, backtest, config_of
+from tests.test_gov_backtest import (
+    CONFIG,
+    MIDNIGHT,
+    PROMOTION,
+    backtest,
+    config_of,
+    gov_digest,
+    governed_run,
+)
 from tests.test_gov_promotion_desk import GATE, ROSTER, feed, steps
 
 QUIET = WorkerOptions(metrics_port=None, heartbeat_s=0.5)
@@ -365,6 +373,38 @@ async def test_live_governance_promotes_from_shadow_steps_and_answers_roster_com
         assert unknown.returncode == 1 and unknown.stderr.strip().count("\n") == 0
         assert unknown.stderr.startswith("error: unknown strategy nope")
         assert len(await stored(bus, "gov.cmd.>", "GOVERNANCE")) == 2  # refused: not sent
+    finally:
+        worker.stop()
+        await asyncio.wait_for(task, 10)
+        for b in (worker_bus, bus):
+            await b.close()
+
+
+async def test_live_governance_gives_the_backtests_promotion_events(
+    nats_server: EmbeddedServer,
+) -> None:
+    """The backtest's ShadowSteps published on the bus: the governance worker publishes the
+    same PromotionDecided and ModelRoster events, byte for byte (the same digest)."""
+    run = governed_run(PROMOTION)
+    shadow = [e for _, e in run if isinstance(e, ShadowStep)]
+    config = config_of(PROMOTION)
+    assert config.governance is not None
+    worker = Worker(governance_role(config.governance, config.strategies), QUIET)
+    names = {f"{worker.name}-{i.stream.lower()}" for i in worker.inputs}
+    worker_bus = await Bus.connect(nats_server.url, name=worker.name)
+    task = asyncio.create_task(worker.run(worker_bus))
+    bus = await Bus.connect(nats_server.url, name="test-driver")
+    try:
+        for i, step in enumerate(shadow):
+            await bus.publish(step, Envelope.root(content_id("shadow", i), step.ts))
+        assert await wait_drained(bus, names, timeout=30)
+        live = [
+            (item.subject, item.event)
+            async for item in bus.read("gov.>", "GOVERNANCE")
+            if isinstance(item, Stored) and not item.subject.startswith("gov.shadow.")
+        ]
+        assert [e for _, e in live if isinstance(e, ModelRoster)]
+        assert gov_digest(live) == gov_digest(run)
     finally:
         worker.stop()
         await asyncio.wait_for(task, 10)
