@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import msgspec
 import pytest
+from msgspec import UNSET
 
-from contracts.events import OrderCommand, RiskAlert, SystemStatus
+from contracts.events import GovernanceCommand, OrderCommand, RiskAlert, SystemStatus
 from services.risk.engine import RiskEngine
 from services.risk.limits import CorrelationConfig, InstrumentSpec, RiskLimits
 from tests.factories import MINUTE, report
@@ -215,6 +216,15 @@ def test_kill_publishes_nothing_but_a_later_status_includes_it() -> None:
     assert "soft_drawdown (SAFE_MODE)" in status.reason
     [back] = statuses(e.decide(resume(ts=T0 + 2), T0 + 2))
     assert back.status == "RUNNING"  # the resume re-armed the drawdown at 940
+
+
+def test_model_and_enable_commands_leave_the_kill_switch_alone() -> None:
+    e = engine()
+    e.decide(kill("ops"), T0)
+    for action, model in (("promote", "v4"), ("rollback", UNSET), ("enable", UNSET)):
+        command = GovernanceCommand(ts=T0 + 1, action=action, strategy="s1", model=model)
+        assert e.decide(command, T0 + 1) == []
+        assert e.status().status == "HALTED", action
 
 
 def test_hard_drawdown_halts_cancels_entries_and_resume_rearms() -> None:

@@ -225,8 +225,8 @@ class RiskEngine:
     def _on_governance(self, event: GovernanceCommand, now: int) -> list[Event]:
         """A kill halts at once; the command itself is the status fact (``keel status``
         reads it), so a kill publishes nothing. A resume also re-arms the hard breaches.
-        ``enable`` is the governance role's input, not risk's."""
-        if event.action == "enable":
+        The other commands (enable, promote, rollback) are the governance role's inputs."""
+        if event.action not in ("kill", "resume"):
             return []
         state = self.state
         state.killed = event.action == "kill"

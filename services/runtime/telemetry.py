@@ -477,7 +477,7 @@ class WorkerMetrics:
 
     def handled(self, event: Event) -> None:
         """An input that moves a state gauge: the governance kill switch."""
-        if isinstance(event, GovernanceCommand):
+        if isinstance(event, GovernanceCommand) and event.action in ("kill", "resume"):
             self.kill(event.action == "kill")
 
     def kill(self, engaged: bool) -> None:
