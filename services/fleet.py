@@ -155,7 +155,7 @@ def fleet_roles(config: KeelConfig) -> list[Role]:
         portfolio_role(config.portfolio, config.instruments),
     ]
     if config.governance is not None:
-        roles.append(governance_role(config.governance))
+        roles.append(governance_role(config.governance, config.strategies))
     return roles
 
 

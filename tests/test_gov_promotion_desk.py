@@ -19,7 +19,7 @@ from services.config import StrategyConfig
 from services.governance.decider import GovernanceConfig, GovernanceDecider
 from services.governance.promotion import PromotionConfig
 from services.governance.promotion_desk import PromotionDesk, input_id
-from services.governance.role import INPUTS, initial_rosters
+from services.governance.role import INPUTS, fleet_rosters
 from services.strategy.variant_config import VariantConfig
 
 T0 = 1_700_000_000 * 10**9
@@ -274,6 +274,7 @@ def test_the_role_reads_shadow_steps_and_roster_commands_and_rosters_come_from_t
         ),
         StrategyConfig(name="ma_cross", instance="plain"),
     )
-    assert initial_rosters(strategies) == {
-        "ma": (ModelVariant("fast", 0.8), ModelVariant("slow", 0.2, canary=True))
+    assert fleet_rosters(strategies) == {
+        "ma": (ModelVariant("fast", 0.8), ModelVariant("slow", 0.2, canary=True)),
+        "plain": (),
     }

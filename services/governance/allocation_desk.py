@@ -19,7 +19,6 @@ bytes; the last ``REMEMBER`` ids are kept and a repeat changes nothing.
 
 from __future__ import annotations
 
-import hashlib
 import math
 from collections.abc import Mapping
 from typing import Annotated, ClassVar
@@ -27,7 +26,6 @@ from typing import Annotated, ClassVar
 import msgspec
 from msgspec import Meta
 
-from contracts.codec import encode
 from contracts.events import EquitySnapshot, Event, ExecutionReport
 from contracts.intervals import duration_ns
 from contracts.model_events import (
@@ -46,6 +44,7 @@ from services.governance.allocator import (
     ModelStats,
     allocate,
 )
+from services.governance.fact_id import input_id
 
 REMEMBER = 1024
 """Input ids kept to ignore a redelivered input (the runtime also skips by sequence)."""
@@ -110,11 +109,6 @@ class DeskState(msgspec.Struct, forbid_unknown_fields=True):
     period: int | None = None
     """the event-time period (``now // every``) of the latest input"""
     seen: list[str] = msgspec.field(default_factory=list)
-
-
-def input_id(kind: str, event: Event) -> str:
-    digest = hashlib.blake2b(encode(event), digest_size=8).hexdigest()
-    return f"{kind}:{event.ts}:{digest}"
 
 
 def _fee_in_quote(report: ExecutionReport) -> float:

@@ -13,9 +13,11 @@ entry in ``GovernanceDecider.__init__``.
   rule ``governance``) are not counted, so a halt cannot feed the rejection rule.
 - ``PromotionDesk`` (``promotion_desk.py``): the promotion gate on shadow steps, and the
   manual promote and rollback commands.
+- ``AllocationDesk`` (``allocation_desk.py``, only with ``[governance.allocator]``): the
+  budgets, rebalanced on a cadence of event time from the models' per-trade returns.
 
-An input's id is its kind, event time and a digest of its bytes: the same fact redelivered
-has the same id and the desks ignore it; the outputs' ids derive from it.
+An input's id (``fact_id.py``) is its kind, event time and a digest of its bytes: the same
+fact redelivered has the same id and the desks ignore it; the outputs' ids derive from it.
 """
 
 from __future__ import annotations
@@ -27,7 +29,9 @@ import msgspec
 
 from contracts.events import EquitySnapshot, Event, GovernanceCommand, RiskDecision
 from contracts.governance_events import GOVERNANCE_RULE, PlaybookAction
-from contracts.model_events import ModelVariant
+from contracts.model_events import ModelRoster, ModelVariant
+from services.governance.allocation_desk import AllocationDesk, AllocationDeskConfig
+from services.governance.fact_id import input_id
 from services.governance.playbooks import (
     Action,
     DailyLossState,
@@ -42,7 +46,7 @@ from services.governance.playbooks import (
     step,
 )
 from services.governance.promotion import PromotionConfig
-from services.governance.promotion_desk import PromotionDesk, input_id
+from services.governance.promotion_desk import PromotionDesk
 
 __all__ = ["GovernanceConfig", "GovernanceDecider", "PlaybookDesk", "input_id"]
 
@@ -52,6 +56,7 @@ class GovernanceConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
 
     playbooks: PlaybookConfig = msgspec.field(default_factory=PlaybookConfig)
     promotion: PromotionConfig = msgspec.field(default_factory=PromotionConfig)
+    allocator: AllocationDeskConfig | None = None  # budgets only when configured
 
 
 class DayStart(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
@@ -154,15 +159,26 @@ class GovernanceDecider:
         config: GovernanceConfig,
         rosters: Mapping[str, tuple[ModelVariant, ...]] | None = None,
     ) -> None:
+        """``rosters``: every strategy instance of the fleet and its variants (``()``: none);
+        the promotion desk evaluates those with variants, the allocator budgets them all."""
         self.config = config
+        rosters = rosters or {}
         self.playbooks = PlaybookDesk(config.playbooks)
-        self.promotion = PromotionDesk(config.promotion, rosters or {})
+        variants = {name: roster for name, roster in rosters.items() if roster}
+        self.promotion = PromotionDesk(config.promotion, variants)
         self.desks: dict[str, Desk] = {"playbooks": self.playbooks, "promotion": self.promotion}
+        if config.allocator is not None:
+            self.desks["allocation"] = AllocationDesk(config.allocator, rosters)
 
     def decide(self, event: Event, now: int) -> list[Event]:
+        """Each desk in turn; a roster a desk decided is an input of the desks after it
+        (governance does not read its own events back from the log)."""
         out: list[Event] = []
         for desk in self.desks.values():
+            decided = [e for e in out if isinstance(e, ModelRoster)]
             out.extend(desk.decide(event, now))
+            for roster in decided:
+                out.extend(desk.decide(roster, now))
         return out
 
     def snapshot(self) -> bytes:

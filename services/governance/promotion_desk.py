@@ -19,7 +19,6 @@ the instance's arms. docs/governance.md, "Promotion on the log".
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Mapping
 
 import msgspec
@@ -34,17 +33,12 @@ from contracts.model_events import (
     ShadowStep,
 )
 from contracts.subjects import subject_for
+from services.governance.fact_id import input_id
 from services.governance.promotion import Arm, PromotionConfig, evaluate
 
 SUBJECTS = ("gov.shadow.>", "gov.cmd.promote", "gov.cmd.rollback")
 REMEMBER_COMMANDS = 64  # command ids kept to ignore a redelivered command
 HOUR_NS = 3_600 * 10**9
-
-
-def input_id(kind: str, event: Event) -> str:
-    """The same fact always has the same id: its kind, event time and a digest of its bytes."""
-    digest = hashlib.blake2b(encode(event), digest_size=8).hexdigest()
-    return f"{kind}:{event.ts}:{digest}"
 
 
 class CanaryArm(msgspec.Struct, forbid_unknown_fields=True):

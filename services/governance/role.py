@@ -18,18 +18,20 @@ INPUTS = (
     Input("ORDERS", ("ord.risk.>",)),
     Input("PORTFOLIO", ("pf.equity",)),
 )
+ALLOCATOR_INPUTS = (Input("EXECUTION", ("exec.report.>",)),)
+"""The allocator's live round trips (its shadow records and equity are inputs already)."""
 
 
-def initial_rosters(strategies: Iterable[StrategyConfig]) -> dict[str, tuple[ModelVariant, ...]]:
-    """The configured variants of every strategy instance that has some."""
+def fleet_rosters(strategies: Iterable[StrategyConfig]) -> dict[str, tuple[ModelVariant, ...]]:
+    """Every strategy instance and its configured variants (``()``: none)."""
     return {
         s.instance_name: tuple(ModelVariant(v.tag, v.weight, v.canary) for v in s.variants)
         for s in strategies
-        if s.variants
     }
 
 
 def governance_role(config: GovernanceConfig, strategies: Iterable[StrategyConfig] = ()) -> Role:
-    """``strategies``: the fleet's, whose ``variants`` are the promotion desk's first rosters
-    (an instance without variants is not evaluated)."""
-    return Role("governance", INPUTS, GovernanceDecider(config, initial_rosters(strategies)))
+    """``strategies``: the fleet's; their ``variants`` are the first rosters (an instance
+    without variants is budgeted, not evaluated)."""
+    inputs = INPUTS + (ALLOCATOR_INPUTS if config.allocator is not None else ())
+    return Role("governance", inputs, GovernanceDecider(config, fleet_rosters(strategies)))
