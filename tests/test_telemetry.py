@@ -298,12 +298,23 @@ async def test_many_orders_do_not_create_many_series(nats_server: EmbeddedServer
                     counts[name] = counts.get(name, 0) + len(samples)
             return counts
 
+        async def steady() -> dict[str, int]:
+            """The series once two scrapes a second apart agree: what the settled log
+            left in flight (the fill a last order causes) has been observed."""
+            await settle(bus, workers)
+            last = await series()
+            for _ in range(20):
+                await asyncio.sleep(1.0)
+                now = await series()
+                if now == last:
+                    return now
+                last = now
+            return last
+
         await bus.publish_many(flip_signals(10))
-        await settle(bus, workers)
-        first = await series()
+        first = await steady()
         await bus.publish_many(flip_signals(90, first=10))
-        await settle(bus, workers)
-        after = await series()
+        after = await steady()
         orders = [i async for i in bus.read("ord.cmd.>", "ORDERS") if isinstance(i, Stored)]
     assert len({o.event.client_order_id for o in orders}) >= 90
     assert after == first, {k: (first.get(k), v) for k, v in after.items() if first.get(k) != v}
