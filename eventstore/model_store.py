@@ -145,12 +145,23 @@ async def list_models(js: JetStreamContext) -> list[StoredModel]:
     return out
 
 
+CANARY = "canary"
+"""The tag that names a lifecycle's canary; a stored tag is a content hash, never this."""
+
+
 async def get_model(js: JetStreamContext, ref: str) -> RegimeModel:
-    """The model ``NAME:TAG``, or the latest stored ``NAME``; ``ModelError`` if absent."""
+    """The model ``NAME:TAG``, the lifecycle's canary ``NAME:canary`` (how a strategy's
+    canary variant runs what retraining deployed), or the default ``NAME``; ``ModelError``
+    if absent."""
     name, tag = parse_ref(ref)
     store = await model_store(js)
     if store is None:
         raise ModelError(f"unknown model {ref!r}: no model stored yet (keel model train)")
+    if tag == CANARY:
+        life, _ = await read_lifecycle(js, name)
+        if life is None or not life.canary:
+            raise ModelError(f"model {name} has no canary (keel model retrain deploys one)")
+        tag = life.canary
     if not tag:
         stored = await list_models(js)
         versions = [s for s in stored if s.summary.name == name]

@@ -264,6 +264,7 @@ def test_retrain_promote_rollback_history(nats_server: EmbeddedServer) -> None:
         second.labels == first.labels and second.lineage.window_start > first.lineage.window_start
     )
     assert model(url, "btc") == first  # a canary is not current
+    assert model(url, "btc:canary") == second  # what a canary variant's params name
     shown = ok(cli(url, "model", "show", f"btc:{v2}"))
     assert second.lineage.data_sha256 in shown and f"btc:{v1} (cost " in shown
 
