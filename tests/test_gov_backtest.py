@@ -32,7 +32,13 @@ from contracts.governance_events import (
     PlaybookAction,
     ScaleBudgets,
 )
-from contracts.model_events import ModelRoster, ModelVariant, PromotionDecided, ShadowStep
+from contracts.model_events import (
+    AllocationDecided,
+    ModelRoster,
+    ModelVariant,
+    PromotionDecided,
+    ShadowStep,
+)
 from eventstore.errors import KeelError
 from eventstore.server import EmbeddedServer
 from replay.backtest import BacktestResult, BacktestSpec, load_run, run_backtest
@@ -41,7 +47,6 @@ from replay.engine import ReplayEngine
 from replay.market import DataSource
 from services.config import KeelConfig, load_config
 from services.fleet import fleet_plan, fleet_roles
-from services.governance.role import governance_role
 from tests.factories import MINUTE, bars_from_closes, write_bar_file
 
 MIDNIGHT = 1_700_006_400 * 10**9  # 2023-11-15T00:00:00Z
@@ -246,15 +251,13 @@ def cycles(n: int = 600, seed: int = 1) -> list[Event]:
 
 
 def governed_run(text: str) -> list[tuple[str, Event]]:
-    """The fleet's roles in the replay engine, governance given the configured variants as its
-    first rosters (what ``keel run governance`` does), every output with its subject."""
+    """The fleet's roles in the replay engine (governance takes the configured variants as
+    its first rosters, as ``keel run governance`` does), every output with its subject."""
     config = config_of(text)
     assert config.governance is not None
-    roles = [r for r in fleet_roles(config) if r.name != "governance"]
-    roles.append(governance_role(config.governance, config.strategies))
     out: list[tuple[str, Event]] = []
     engine = ReplayEngine(
-        roles, lambda subject, event, _envelope, _name: out.append((subject, event))
+        fleet_roles(config), lambda subject, event, _envelope, _name: out.append((subject, event))
     )
     for bar in cycles():
         engine.feed(bar)
@@ -307,3 +310,47 @@ def test_with_auto_off_the_backtest_only_recommends() -> None:
     assert "recommend" in decisions and "promote" not in decisions
     assert not [e for e in events if isinstance(e, ModelRoster)]
     assert {e.routed for e in events if isinstance(e, ShadowStep)} == {"cur", "can"}
+
+
+ALLOCATED = (
+    PROMOTION
+    + """
+[governance.allocator]
+every = "1h"
+floor = 0.05
+min_trades = 5
+
+[portfolio]
+starting_cash = 500
+"""
+)
+
+
+def test_a_backtest_with_the_allocator_publishes_budgets_and_risk_caps_by_them() -> None:
+    run = governed_run(ALLOCATED)
+    events = [e for _, e in run]
+    allocations = [e for e in events if isinstance(e, AllocationDecided)]
+    assert len(allocations) == 10  # one an hour of event time, for the one strategy
+    for decided in allocations:
+        assert {b.key.model for b in decided.budgets} == {"cur", "can"}
+        assert all(0.05 <= b.weight <= 0.5 and b.reason for b in decided.budgets)
+        assert decided.total == pytest.approx(sum(b.weight for b in decided.budgets))
+    first = allocations[0]
+    assert all(b.bound == "track_record" for b in first.budgets)  # no trades yet: floors
+    (roster,) = [e for e in events if isinstance(e, ModelRoster)]  # the canary promoted
+    before = [a for a in allocations if a.ts < roster.ts]
+    after = [a for a in allocations if a.ts > roster.ts]
+    assert any(b.bound == "canary_cap" for a in before for b in a.budgets)
+    assert after and all(not b.is_canary for a in after for b in a.budgets if b.key.model == "can")
+
+    # without budgets the strategy holds one unit (about 100 of a 500 account); with them,
+    # until the promotion, its exposure stays within the budget x equity (0.1 to 0.15 x 500)
+    position, largest = 0.0, 0.0
+    for order in (e for e in events if isinstance(e, OrderCommand) and e.ts < roster.ts):
+        assert order.ts >= first.ts  # the first rebalance comes with the first equity
+        position += order.qty if order.side == "buy" else -order.qty
+        largest = max(largest, abs(position))
+    assert 0.4 < largest < 0.8
+    refused = [e for e in events if isinstance(e, RiskDecision) and e.rule == "budget"]
+    assert refused and "would exceed its budget" in refused[0].reason
+    assert gov_digest(governed_run(ALLOCATED)) == gov_digest(run)
