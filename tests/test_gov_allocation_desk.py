@@ -22,6 +22,7 @@ from services.governance.allocation_desk import AllocationDesk, AllocationDeskCo
 from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits
 from tests.factories import bar, equity_snapshot, signal
+from tests.factories import fill as factory_fill
 from tests.risk_helpers import order_of
 
 HOUR = 3_600 * 10**9
@@ -33,19 +34,16 @@ CONFIG = AllocationDeskConfig(min_trades=3, every="1h", cooldown="0s", hysteresi
 def fill(
     side: str, qty: float, price: float, ts: int, fee: float = 0.0, strategy: str = "plain"
 ) -> ExecutionReport:
-    return ExecutionReport(
+    return factory_fill(
+        side,
+        qty,
+        price,
+        fee,
         ts=ts,
-        status="filled",
         client_order_id=f"{strategy}-{ts}",
         strategy=strategy,
-        venue="sim",
         symbol="BTC/USDT",
-        side=side,  # type: ignore[arg-type]
-        order_qty=qty,
-        fill_price=price,
-        fill_qty=qty,
-        cum_qty=qty,
-        fee=fee,
+        venue="sim",
         fee_currency="USDT",
     )
 

@@ -25,6 +25,7 @@ from eventstore.server import URL_ENV, EmbeddedServer
 from services.governance.leaderboard import Figures, Standings
 from services.runtime.telemetry import WorkerMetrics
 from tests.conftest import ROOT, keel
+from tests.factories import fill as factory_fill
 from tests.model_event_samples import ALLOCATION, PROMOTION, ROSTER
 
 T = 1_700_000_000_000_000_000
@@ -43,19 +44,16 @@ def fill(
     venue: str = "sim",
     symbol: str = "BTC/USDT",
 ) -> ExecutionReport:
-    return ExecutionReport(
+    return factory_fill(
+        side,
+        qty,
+        price,
+        fee,
         ts=T + at * S,
-        status="filled",
         client_order_id=f"{strategy}-{tag}-{at}",
         strategy=strategy,
-        venue=venue,
         symbol=symbol,
-        side=side,  # type: ignore[arg-type]
-        order_qty=qty,
-        fill_price=price,
-        fill_qty=qty,
-        cum_qty=qty,
-        fee=fee,
+        venue=venue,
         model_tag=tag,
     )
 
