@@ -6,7 +6,7 @@ the orders a test sends it, and the answers it stored, read back from the log.
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import io
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -18,9 +18,10 @@ from contracts.venue_events import VenueAnswer, VenueOrder
 from eventstore.bus import Bus
 from eventstore.log_reader import read_caught_up
 from services.runtime.clock import Clock
+from services.venues.cancelling import end_tasks
 from services.venues.client_ids import venue_client_id
 from services.venues.config import VenueConfig
-from services.venues.gateway.worker import Gateway
+from services.venues.gateway.worker import SHUTDOWN_S, Gateway
 from tests.fakes.core import FakeExchange
 from tests.fakes.kraken_orders import ccxt_secret as kraken_secret
 from tests.fakes.krakenfutures_orders import TEST_SECRET as KF_SECRET
@@ -64,18 +65,25 @@ class GatewayHarness:
         return gateway
 
     async def stop(self, hard: bool = False) -> None:
-        """A clean stop, or ``hard``: the task is cancelled wherever it is (a crash)."""
+        """A clean stop, or ``hard``: the task is cancelled wherever it is (a crash). A stop
+        that hangs fails with where the gateway was, its task ended by cancels first (a task
+        left running would block the test loop's teardown for good)."""
         assert self.gateway is not None and self.task is not None
         if hard:
             self.task.cancel()
         else:
             self.gateway.stop()
-        with contextlib.suppress(asyncio.CancelledError):
-            done, _ = await asyncio.wait([self.task], timeout=STOP_S)
-            if not done:
-                self.task.cancel()
-                raise AssertionError(f"the gateway did not stop within {STOP_S:.0f} s")
-            await self.task
+        done, _ = await asyncio.wait([self.task], timeout=STOP_S)
+        if not done:
+            where = io.StringIO()
+            self.task.print_stack(file=where)
+            stuck = await end_tasks([self.task], SHUTDOWN_S)
+            ended = "it would not end" if stuck else "ended by cancels"
+            raise AssertionError(
+                f"the gateway did not stop within {STOP_S:.0f} s ({ended}): {where.getvalue()}"
+            )
+        if not self.task.cancelled():
+            self.task.result()
 
     async def _send(
         self, symbol: str, qty: float, fields: Mapping[str, object], stamp: Mapping[str, object]

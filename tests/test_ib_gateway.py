@@ -9,7 +9,6 @@ stores is read back from the log and compared with what the fake's broker holds.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import datetime as dt
 import time
 from collections.abc import AsyncIterator, Callable
@@ -138,9 +137,7 @@ async def harness(bus: Bus, tmp_path: Path) -> AsyncIterator[Harness]:
             yield h
         finally:
             if h.task is not None and not h.task.done():
-                h.task.cancel()
-                with contextlib.suppress(BaseException):
-                    await h.task
+                await h.stop(hard=True)
 
 
 async def until(check: Callable[[], object], what: str, timeout: float = 20.0) -> None:

@@ -38,6 +38,7 @@ from contracts.venue_events import (
 from eventstore.bus import Bus, Stored, read_message
 from eventstore.errors import KeelError
 from services.runtime.clock import Clock
+from services.venues.cancelling import end_tasks, finish_within
 from services.venues.ccxt_exchange import Redactor, build_exchange, read_secrets, redact_logs
 from services.venues.client_ids import answer_event_id
 from services.venues.config import VenueConfig
@@ -225,11 +226,14 @@ class Gateway:
             tasks.append(asyncio.create_task(self.stream.run()))
             # Exchanges that open the private stream with a snapshot of recent fills (Kraken
             # Futures) give them with their fees, which their REST fills lack: taken first.
+            # ``asyncio.timeout``, not ``wait_for``: on Python 3.11 the latter can drop a cancel.
+            if calls.rest_fills_lack_fee:
+                first, wait_s = self.stream.first_trades, FEE_SNAPSHOT_WAIT_S
+            else:
+                first, wait_s = self.stream.first, SNAPSHOT_WAIT_S
             with contextlib.suppress(TimeoutError):
-                if calls.rest_fills_lack_fee:
-                    await asyncio.wait_for(self.stream.first_trades.wait(), FEE_SNAPSHOT_WAIT_S)
-                else:
-                    await asyncio.wait_for(self.stream.first.wait(), SNAPSHOT_WAIT_S)
+                async with asyncio.timeout(wait_s):
+                    await first.wait()
             await self.reconciler.run_once()
             await self._recover()
             orders = await self._subscribe(
@@ -254,6 +258,7 @@ class Gateway:
             self.ready.set()
             stopping = asyncio.create_task(self.stopping.wait())
             done, _ = await asyncio.wait([stopping, *tasks], return_when=asyncio.FIRST_COMPLETED)
+            stopping.cancel()
             for task in done:
                 if task is not stopping:
                     task.result()
@@ -262,22 +267,28 @@ class Gateway:
             # treat such an order as maybe sent).
             await asyncio.wait(consumers, timeout=FETCH_S + 30)
         finally:
-            for task in tasks:
-                task.cancel()
-            if tasks:
-                ended, stuck = await asyncio.wait(tasks, timeout=SHUTDOWN_S)
-                for task in ended:
-                    if not task.cancelled():
-                        task.exception()  # retrieved: the run's own error, if any, is raised above
-                for task in stuck:  # a stop must end: name what would not, and go on
+            try:
+                await self._end(tasks)
+            finally:
+                if not await finish_within(exchange.close(), SHUTDOWN_S):
                     log.error(
-                        "%s: %s did not end within %g s of its cancel",
-                        self.name,
-                        task.get_coro(),
-                        SHUTDOWN_S,
+                        "%s: the exchange client did not close within %g s", self.name, SHUTDOWN_S
                     )
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(exchange.close(), SHUTDOWN_S)
+
+    async def _end(self, tasks: list[asyncio.Task[Any]]) -> None:
+        """Each task cancelled again until it ends (one cancel can be lost: ``cancelling.py``);
+        a stop must end, so what would not within ``SHUTDOWN_S`` is named and left."""
+        stuck = await end_tasks(tasks, SHUTDOWN_S)
+        for task in tasks:
+            if task.done() and not task.cancelled():
+                task.exception()  # retrieved: the run's own error, if any, is raised already
+        for task in stuck:
+            log.error(
+                "%s: %s did not end within %g s of its cancels",
+                self.name,
+                task.get_coro(),
+                SHUTDOWN_S,
+            )
 
     async def _load_markets(self, exchange: ccxt.pro.Exchange, redactor: Redactor) -> None:
         attempt = 0

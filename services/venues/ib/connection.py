@@ -21,6 +21,7 @@ from ib_async import IB
 
 from eventstore.errors import KeelError
 from services.runtime.clock import Clock
+from services.venues.cancelling import end_tasks
 from services.venues.ib.settings import IbSettings, check_accounts
 
 log = logging.getLogger("keel.ib")
@@ -31,6 +32,8 @@ RESTORED_DATA_LOST = 1101
 RESTORED = 1102
 PACING = frozenset({162, 420})
 INFORMATIONAL = frozenset({2104, 2106, 2107, 2108, 2119, 2158})
+CLOSE_S = 5.0
+"""Wall seconds a close gives the connection loop and its hooks to end."""
 
 ConnectedHook = Callable[[bool], Awaitable[None] | None]
 LinkHook = Callable[[bool, bool], Awaitable[None] | None]
@@ -128,17 +131,18 @@ class IbConnection:
             )
 
     async def close(self) -> None:
+        """Within ``CLOSE_S``, whatever the connection loop was doing (a cancel can be lost:
+        ``cancelling.py``); the socket is closed even if this is cancelled meanwhile."""
         self.state = LinkState.CLOSED
         self._up.clear()
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
-        for task in list(self._hooks):
-            task.cancel()
-        await asyncio.gather(*self._hooks, return_exceptions=True)
-        self.ib.errorEvent -= self._on_error
-        self.ib.disconnectedEvent -= self._on_disconnected
-        self.ib.disconnect()
+        running = [t for t in (self._task, *self._hooks) if t is not None]
+        try:
+            for task in await end_tasks(running, CLOSE_S):
+                log.error("IB session: %s did not end within %g s", task.get_coro(), CLOSE_S)
+        finally:
+            self.ib.errorEvent -= self._on_error
+            self.ib.disconnectedEvent -= self._on_disconnected
+            self.ib.disconnect()
 
     def backoff_s(self, attempt: int) -> float:
         """Full jitter: uniform between 0 and the capped exponential step."""
@@ -150,7 +154,7 @@ class IbConnection:
         first = True
         while self.state is not LinkState.CLOSED:
             if not await self._connect():
-                if self._fatal is not None:
+                if self._fatal is not None or self.state is LinkState.CLOSED:
                     return
                 wait = self._in_use_wait_s if self._in_use else self.backoff_s(attempt)
                 if self._in_use:
@@ -197,7 +201,11 @@ class IbConnection:
             )
         except (OSError, ConnectionError, TimeoutError) as exc:
             self.last_error = f"{type(exc).__name__}: {exc}" if str(exc) else type(exc).__name__
-            self.state = LinkState.DOWN
+            if self.state is not LinkState.CLOSED:
+                self.state = LinkState.DOWN
+            return False
+        if self.state is LinkState.CLOSED:  # closed while connecting: never up again
+            self.ib.disconnect()
             return False
         problem = check_accounts(s, tuple(self.ib.managedAccounts()))
         if problem:

@@ -156,7 +156,8 @@ class IbExchange:
             raise not_ready(str(exc)) from None
         async with self._query:
             try:
-                answer = await asyncio.wait_for(request(), ANSWER_S)
+                async with asyncio.timeout(ANSWER_S):  # not wait_for: it can drop a cancel (3.11)
+                    answer = await request()
             except RequestError as exc:
                 raise request_error(exc.code, exc.message) from None
             except (ConnectionError, OSError) as exc:
@@ -297,7 +298,8 @@ class IbExchange:
                 raise ccxt.RequestTimeout(f"ib: no answer for order {trade.order.orderRef}")
             self._status_news.clear()
             with contextlib.suppress(TimeoutError):  # woken by the next order status
-                await asyncio.wait_for(self._status_news.wait(), 0.05)
+                async with asyncio.timeout(0.05):
+                    await self._status_news.wait()
 
     async def cancel_order(
         self, id: str | None, symbol: str | None = None, params: dict[str, Any] | None = None

@@ -17,6 +17,7 @@ from collections.abc import Awaitable, Callable, Iterable
 from zoneinfo import ZoneInfo
 
 from services.runtime.clock import Clock
+from services.venues.cancelling import end_tasks
 from tests.fakes.tws import messages as m
 from tests.fakes.tws.account import AccountDesk
 from tests.fakes.tws.contracts import Catalogue, Listing, Query, default_listings, is_open
@@ -34,6 +35,8 @@ from tests.fakes.tws.market import (
 from tests.fakes.tws.orders import Broker, Execution, Position, Ticket, Working
 from tests.fakes.tws.wire import WireError, flag, frame, integer, number, read_frame, read_hello
 
+STOP_S = 10.0
+"""Wall seconds a stopping fake gives its connections and its matching loop to end."""
 NOTICES = (
     (2104, "Market data farm connection is OK:usfarm"),
     (2104, "Market data farm connection is OK:usfuture"),
@@ -126,15 +129,13 @@ class TwsFake:
             self._server = None
 
     async def stop(self) -> None:
+        """Bounded, like a gateway's stop (a cancel can be lost: ``cancelling.py``)."""
         if self._ticker is not None:
-            self._ticker.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._ticker
+            await end_tasks([self._ticker], STOP_S)
         await self.close_listener()
         self.faults.drop()
-        for task in self._serving:
-            task.cancel()
-        await asyncio.gather(*self._serving, return_exceptions=True)
+        stuck = await end_tasks(self._serving, STOP_S)
+        assert not stuck, f"TWS fake: {len(stuck)} connections would not close"
 
     def now(self) -> int:
         return self.clock.now_ns()
