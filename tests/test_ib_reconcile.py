@@ -104,4 +104,15 @@ async def test_stock_and_future_reconcile_then_a_changed_position_halts_until_ad
     assert gateway.journal.position("AAPL") == 25.0 and gateway.journal.position("ES") == 3.0
     await runs(gateway, 3)
     assert gateway.state == "running"
+
+    # Reconciliations that overlap an adoption's (the periodic one, a reconnect's) run one
+    # after another: the venue's view is adopted once, not once per run.
+    h.tws.broker.positions[h.exchange.contracts["AAPL"].conId].qty = 40.0
+    await recorded(h, lambda d: d.action == "halt" and d.venue_value == 40.0, "the second halt")
+    again = VenueAdoption(ts=h.clock.now_ns(), venue=VENUE, reason="checked again")
+    reconciler = gateway.reconciler
+    await asyncio.gather(reconciler.adopt(again), reconciler.run_once(), reconciler.run_once())
+    taken = [d for d in await recon(h) if d.action == "adopted" and d.venue_value == 40.0]
+    assert len(taken) == 1, taken
+    assert gateway.journal.position("AAPL") == 40.0 and not gateway.journal.halted
     await h.stop()

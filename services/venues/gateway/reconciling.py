@@ -11,6 +11,7 @@ balance beyond tolerance halts the venue until an operator adopts the venue's vi
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from typing import TYPE_CHECKING, Any
 
@@ -36,6 +37,9 @@ class Reconciler:
         self.last_ns = 0
         self.runs = 0
         self.discrepancies = 0
+        self._one = asyncio.Lock()
+        """One run at a time: two runs that overlap (the periodic one and an adoption's) both
+        took the venue's view as the adopted baseline, and the position counted twice."""
 
     def _reason(self, exc: BaseException) -> str:
         return exchange_reason(exc, self.redactor, self.calls.id)
@@ -112,6 +116,10 @@ class Reconciler:
 
     async def run_once(self) -> None:
         """One reconciliation: its findings stored, acted on, and the venue's state said."""
+        async with self._one:
+            await self._run_once()
+
+    async def _run_once(self) -> None:
         gateway = self.gateway
         view = await self.view()
         config = gateway.config
