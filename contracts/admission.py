@@ -38,6 +38,7 @@ from contracts.events import (
 )
 from contracts.governance_events import PlaybookAction
 from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided, ShadowStep
+from contracts.notify_events import Notification
 from contracts.subjects import SubjectError, subject_for, symbol_token
 from contracts.venue_events import (
     Discrepancy,
@@ -70,6 +71,7 @@ ADMITS: dict[str, tuple[type[Event], tuple[str, ...]]] = {
     "gov.model": (ModelRoster, ("strategy",)),
     "gov.promotion": (PromotionDecided, ("strategy",)),
     "gov.alloc": (AllocationDecided, ("strategy",)),
+    "sys.notify": (Notification, ("outcome",)),
     "sys.heartbeat": (Heartbeat, ("worker",)),
     "sys.dlq": (DeadLetter, ("worker",)),
     "sys.status": (SystemStatus, ("source",)),

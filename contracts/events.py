@@ -23,6 +23,7 @@ from contracts.external_events import (
 )
 from contracts.governance_events import PlaybookAction
 from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided, ShadowStep
+from contracts.notify_events import Notification
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,
@@ -592,6 +593,7 @@ AnyEvent = (
     | ModelRoster
     | PromotionDecided
     | AllocationDecided
+    | Notification
 )
 
 EXTERNAL_TYPES: tuple[type[External], ...] = (

@@ -43,6 +43,7 @@ from contracts.events import (
 )
 from contracts.governance_events import PlaybookAction
 from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided, ShadowStep
+from contracts.notify_events import Notification
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,
@@ -169,6 +170,7 @@ _SUBJECTS: dict[type, Callable[[Any], str]] = {  # bars and equity snapshots: su
     ModelRoster: lambda e: f"gov.model.{name_token(e.strategy, 'strategy')}",
     PromotionDecided: lambda e: f"gov.promotion.{name_token(e.strategy, 'strategy')}",
     AllocationDecided: lambda e: f"gov.alloc.{name_token(e.strategy, 'strategy')}",
+    Notification: lambda e: f"sys.notify.{e.outcome}",
     Heartbeat: lambda e: f"sys.heartbeat.{name_token(e.worker, 'worker')}",
     DeadLetter: lambda e: f"sys.dlq.{name_token(e.worker, 'worker')}",
     SystemStatus: lambda e: f"sys.status.{name_token(e.source, 'source')}",

@@ -392,9 +392,12 @@ def unfit_names() -> list[tuple[Event, str, str]]:
     out: list[tuple[Event, str, str]] = []
     for event_type, fields in ADMITS.values():
         sample = SAMPLES[event_type]
+        info = mi.type_info(event_type)
+        assert isinstance(info, mi.StructType)
+        literal = {f.name for f in info.fields if isinstance(f.type, mi.LiteralType)}
         for field in fields:
-            if field == "action":
-                continue  # a literal: its wrong values are field cases
+            if field in literal:
+                continue  # its wrong values are field cases
             value = "" if field == "symbol" else UNFIT
             try:
                 event = msgspec.structs.replace(sample, **{field: value})

@@ -1,5 +1,5 @@
-"""One valid event of each governance model kind (``contracts/model_events.py``), shared by
-the contract, subject and malformed-input tests."""
+"""One valid event of each governance model kind (``contracts/model_events.py``) and of the
+notifier's ``Notification``, shared by the contract, subject and malformed-input tests."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ from contracts.model_events import (
     ShadowResult,
     ShadowStep,
 )
+from contracts.notify_events import Notification
 
 T = 1_700_000_000_000_000_000
 
@@ -104,10 +105,24 @@ ALLOCATION = AllocationDecided(
     reason="rebalance",
 )
 
-SAMPLES = (SHADOW, ROSTER, PROMOTION, ALLOCATION)
+NOTIFICATION = Notification(
+    ts=T,
+    key="status:risk",
+    priority="CRITICAL",
+    outcome="sent",
+    destination="ops_chat",
+    title="risk HALTED",
+    body="drawdown 10.83% from peak 1200.00 > max 10%",
+    count=3,
+    attempts=1,
+    cause_ids=("e1", "e2", "e3"),
+)
+
+SAMPLES = (SHADOW, ROSTER, PROMOTION, ALLOCATION, NOTIFICATION)
 SUBJECTS = (
     "gov.shadow.ma_hmm.sim.BTC-USDT",
     "gov.model.ma_hmm",
     "gov.promotion.ma_hmm",
     "gov.alloc.ma_hmm",
+    "sys.notify.sent",
 )

@@ -72,6 +72,7 @@ from contracts.model_events import (
     ShadowResult,
     ShadowStep,
 )
+from contracts.notify_events import Notification
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,
@@ -81,7 +82,7 @@ from contracts.venue_events import (
     VenueStatus,
 )
 from tests.factories import bar, equity_snapshot
-from tests.model_event_samples import ALLOCATION, PROMOTION, ROSTER, SHADOW
+from tests.model_event_samples import ALLOCATION, NOTIFICATION, PROMOTION, ROSTER, SHADOW
 
 PROPERTY = settings(max_examples=50, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 TRACEPARENT_RE = re.compile(r"^00-[0-9a-f]{32}-[0-9a-f]{16}-01$")
@@ -472,6 +473,23 @@ STRATEGIES: dict[type[Event], st.SearchStrategy[Any]] = {
     ),
     VenueAdoption: st.builds(VenueAdoption, ts=times, venue=texts, reason=tokens),
     KillSwitch: st.builds(KillSwitch, ts=times, reason=texts, flatten=st.booleans()),
+    Notification: st.builds(
+        lambda ts, key, priority, outcome, title, count: msgspec.structs.replace(
+            NOTIFICATION,
+            ts=ts,
+            key=key,
+            priority=priority,
+            outcome=outcome,
+            title=title,
+            count=count,
+        ),
+        times,
+        filled,
+        st.sampled_from(["CRITICAL", "ERROR", "WARNING", "INFO", "HEARTBEAT"]),
+        st.sampled_from(["sent", "merged", "suppressed", "dropped", "failed"]),
+        texts,
+        st.integers(min_value=1, max_value=2**31),
+    ),
     ShadowStep: st.builds(
         lambda ts, strategy, u, a, b, closed: msgspec.structs.replace(
             SHADOW,

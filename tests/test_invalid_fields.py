@@ -45,6 +45,7 @@ from contracts.events import (
 )
 from contracts.governance_events import PlaybookAction
 from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided
+from contracts.notify_events import Notification
 from contracts.subjects import subject_for
 from contracts.venue_events import KillSwitch
 from eventstore.server import EmbeddedServer
@@ -218,8 +219,9 @@ def test_any_valid_event_with_one_value_out_of_its_range_is_refused(
 def test_names_that_cannot_form_their_subject_are_refused_by_its_admission() -> None:
     unfit = unfit_names()
     # every type but those whose subject carries no name: pf.equity, gov.cmd.<action>,
-    # venue.kill; and gov.playbook.<rule>, whose rule is checked as a token when built
-    nameless = {EquitySnapshot, GovernanceCommand, KillSwitch, PlaybookAction}
+    # sys.notify.<outcome>, venue.kill; and gov.playbook.<rule>, whose rule is checked as a
+    # token when built
+    nameless = {EquitySnapshot, GovernanceCommand, KillSwitch, PlaybookAction, Notification}
     nameless |= {ModelRoster, PromotionDecided, AllocationDecided}  # a name is checked on decode
     assert {type(e) for e, _, _ in unfit} == set(EVENT_TYPES) - nameless
     for event, subject, field in unfit:

@@ -452,6 +452,7 @@ PRODUCER = {
     **dict.fromkeys(("VenueAnswer", "Discrepancy", "VenueStatus"), "gateway"),
     **dict.fromkeys(("VenueAdoption", "KillSwitch"), "operator"),
     **dict.fromkeys(("Heartbeat", "DeadLetter", "SystemStatus"), "every worker"),
+    "Notification": "notifier",
 }
 """Who publishes each event type (docs/events.md): a new type fails the test below until
 someone decides, and nats.conf lets exactly that user publish it."""
