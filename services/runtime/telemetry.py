@@ -29,6 +29,8 @@ from contracts.events import (
     EquitySnapshot,
     Event,
     ExecutionReport,
+    FeedState,
+    FeedStatus,
     GovernanceCommand,
     OrderCommand,
     PositionChanged,
@@ -47,6 +49,7 @@ from services.runtime.metrics_export import (
 )
 
 SYSTEM_STATES: tuple[str, ...] = get_args(SystemState)
+FEED_STATES: tuple[str, ...] = get_args(FeedState)
 
 HANDLER_BUCKETS = (
     *(1e-6 * m for m in (5, 10, 25, 50, 100, 250, 500)),
@@ -183,6 +186,12 @@ class WorkerMetrics:
         self.start_time = gauge("keel.worker.start_time", "s", "when this worker process started")
         self.kill_switch = gauge(
             "keel.kill_switch.engaged", "1", "1 while the governance kill switch is engaged"
+        )
+        self.feed_state = gauge(
+            "keel.feed.state",
+            "1",
+            "1 for the current state of a market's live feed (FeedStatus), 0 for the others",
+            *("venue", "symbol", "state"),
         )
 
         # trading: observed on what this worker publishes
@@ -476,9 +485,14 @@ class WorkerMetrics:
         self.position_pnl.set(key, p.realized_pnl)
 
     def handled(self, event: Event) -> None:
-        """An input that moves a state gauge: the governance kill switch."""
+        """An input that moves a state gauge: the governance kill switch, a feed's state (the
+        stale-data alert rule reads it: infra/prometheus/alerts.yml)."""
         if isinstance(event, GovernanceCommand) and event.action in ("kill", "resume"):
             self.kill(event.action == "kill")
+        elif isinstance(event, FeedStatus):
+            for state in FEED_STATES:
+                key = (event.venue, event.symbol, state)
+                self.feed_state.set(key, 1 if state == event.state else 0)
 
     def kill(self, engaged: bool) -> None:
         self.kill_switch.set((), 1 if engaged else 0)
