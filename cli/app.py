@@ -7,6 +7,7 @@ import typer
 from cli import (
     backtest_commands,
     backup_commands,
+    bot_commands,
     fleet_commands,
     gov_commands,
     log_commands,
@@ -29,6 +30,7 @@ app = typer.Typer(
 )
 app.command()(fleet_commands.demo)
 app.command()(fleet_commands.up)
+run_commands.app.command(name="telegram-bot")(bot_commands.telegram_bot)
 app.add_typer(run_commands.app, name="run")
 app.add_typer(model_commands.app, name="model")
 app.add_typer(publish_commands.app, name="publish")

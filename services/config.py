@@ -19,9 +19,11 @@ from eventstore.errors import KeelError
 from services.execution.orders_config import OrdersConfig
 from services.execution.paper_venue import PaperVenueConfig
 from services.governance.decider import GovernanceConfig
+from services.notifier.config import NotifierConfig
 from services.portfolio.config import PortfolioConfig
 from services.risk.limits import GuardsConfig, InstrumentSpec, RiskLimits, SizingConfig
 from services.strategy.variant_config import ParamValue, VariantConfig, variant_set
+from services.telegram_bot.config import TelegramBotConfig
 from services.venues.config import VenueConfig
 from services.venues.gateway.config import amends_in_place
 
@@ -80,6 +82,8 @@ class KeelConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     portfolio: PortfolioConfig = msgspec.field(default_factory=PortfolioConfig)
     venues: tuple[VenueConfig, ...] = ()
     governance: GovernanceConfig | None = None  # the governance role, only when configured
+    notifier: NotifierConfig | None = None  # the notifier worker, only when configured
+    telegram_bot: TelegramBotConfig | None = None  # the command bot, off unless configured
 
     def __post_init__(self) -> None:
         names = [v.name for v in self.venues]
