@@ -1,0 +1,1 @@
+"""The notifier: alerts from the log to people, through Apprise (docs/alerts.md)."""

@@ -1,0 +1,251 @@
+"""The notifier process: the log's alerts to people, off the trading path.
+
+It reads with ephemeral ordered consumers (no durable state, nothing upstream waits for
+it): from the moment it starts, except heartbeats, of which it first reads each worker's
+last so a worker already silent is noticed. Each event becomes at most one ``Alert``
+(``alerts.py``), offered to every destination whose rule wants it; each destination has its
+own ``Outbox`` (``policy.py``) and one sender task that delivers through Apprise
+(``delivery.py``), one message at a time, each attempt bounded. A slow or failing
+destination only delays its own queue. Every outcome is a ``Notification`` on
+``sys.notify.<outcome>``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+
+from nats.aio.msg import Msg
+from nats.js.api import DeliverPolicy
+
+from contracts.codec import DecodeError, decode
+from contracts.envelope import Envelope, content_id
+from contracts.events import DeadLetter, Heartbeat
+from contracts.notify_events import Notification, Priority
+from eventstore.bus import Bus
+from services.notifier.alerts import Alert, alert_for
+from services.notifier.config import DestinationConfig, NotifierConfig
+from services.notifier.delivery import Delivery
+from services.notifier.policy import Audit, Outbox
+from services.notifier.watch import HeartbeatWatch
+from services.runtime.clock import Clock, system_clock
+from services.runtime.heartbeat import publish_heartbeat
+from services.runtime.merge import stored_ns
+
+log = logging.getLogger("keel.notifier")
+
+NAME = "notifier"
+INPUTS: tuple[tuple[str, str], ...] = (
+    ("SYSTEM", "sys.status.>"),
+    ("SYSTEM", "sys.dlq.>"),
+    ("ORDERS", "ord.alert.>"),
+    ("MARKET", "md.status.>"),
+    ("VENUE", "venue.status.>"),
+    ("VENUE", "venue.recon.>"),
+    ("GOVERNANCE", "gov.cmd.>"),
+    ("GOVERNANCE", "gov.playbook.>"),
+    ("GOVERNANCE", "gov.promotion.>"),
+    ("GOVERNANCE", "gov.model.>"),
+    ("GOVERNANCE", "gov.alloc.>"),
+)
+HEARTBEATS = ("SYSTEM", "sys.heartbeat.>")
+FILLS = ("EXECUTION", "exec.report.>")
+AUDIT_QUEUE = 10_000
+
+
+class Destination:
+    """A destination's rule, outbox, delivery and the event that wakes its sender."""
+
+    def __init__(self, config: DestinationConfig, delivery: Delivery) -> None:
+        self.config = config
+        self.outbox = Outbox(config.limits)
+        self.delivery = delivery
+        self.wake = asyncio.Event()
+
+
+class Notifier:
+    def __init__(
+        self,
+        config: NotifierConfig,
+        deliveries: dict[str, Delivery] | None = None,
+        clock: Clock | None = None,
+    ) -> None:
+        """``deliveries``: by destination name; by default built from the configured URLs
+        (read here: a missing one fails the start with one line)."""
+        if deliveries is None:
+            deliveries = {d.name: Delivery(d, config.timeout_s) for d in config.destinations}
+        self.config = config
+        self.clock = clock or system_clock()
+        self.destinations = [Destination(d, deliveries[d.name]) for d in config.destinations]
+        self.watch = HeartbeatWatch(config.dead_after_s, frozenset({NAME}))
+        self.instance = f"{socket.gethostname()}-{os.getpid()}"
+        self._audits: asyncio.Queue[Notification] = asyncio.Queue(AUDIT_QUEUE)
+        self._stop = asyncio.Event()
+        self._seq = 0
+
+    def stop(self) -> None:
+        self._stop.set()
+
+    def offer(self, alert: Alert) -> None:
+        """Queue an alert for every destination whose rule wants it; never waits."""
+        now = self.clock.now_ns()
+        for dest in self.destinations:
+            if dest.config.wants(alert):
+                self._record(dest.config.name, dest.outbox.offer(alert, now))
+                dest.wake.set()
+
+    async def deliver(self, priority: Priority, key: str, title: str, body: str) -> None:
+        """For other jobs in this process (the daily report): a text to every destination
+        that takes ``report`` alerts at this priority, through the same limits and audit."""
+        self.offer(Alert(key, priority, "report", title, body))
+
+    async def run(self, bus: Bus) -> None:
+        subs = [
+            await self._subscribe(bus, stream, subject, DeliverPolicy.NEW)
+            for stream, subject in INPUTS + ((FILLS,) if self.config.fills else ())
+        ]
+        subs.append(await self._subscribe(bus, *HEARTBEATS, DeliverPolicy.LAST_PER_SUBJECT))
+        tasks = [asyncio.create_task(self._sender(dest)) for dest in self.destinations]
+        tasks += [asyncio.create_task(self._publisher(bus)), asyncio.create_task(self._ticker(bus))]
+        log.info(
+            "notifier: %d destinations (%s), %d inputs",
+            len(self.destinations),
+            ", ".join(d.config.name for d in self.destinations) or "none",
+            len(subs),
+        )
+        try:
+            await self._stop.wait()
+        finally:
+            for sub in subs:
+                with contextlib.suppress(Exception):
+                    await sub.unsubscribe()
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            await self._flush(bus)
+            await publish_heartbeat(bus, NAME, self.instance, "stopped")
+
+    async def _subscribe(self, bus: Bus, stream: str, subject: str, policy: DeliverPolicy):
+        async def on_message(msg: Msg) -> None:
+            self._consume(bus, msg)
+
+        return await bus.js.subscribe(
+            subject, stream=stream, cb=on_message, ordered_consumer=True, deliver_policy=policy
+        )
+
+    def _consume(self, bus: Bus, msg: Msg) -> None:
+        try:
+            event = decode(msg.data)
+            cause = Envelope.from_headers(msg.headers).event_id
+        except (DecodeError, ValueError) as exc:
+            self._dead_letter(bus, msg, f"undecodable: {exc}")
+            return
+        if isinstance(event, Heartbeat):
+            alerts = self.watch.beat(event, stored_ns(msg), cause)
+        else:
+            alert = alert_for(event, cause)
+            alerts = [alert] if alert is not None else []
+        for alert in alerts:
+            self.offer(alert)
+
+    def _dead_letter(self, bus: Bus, msg: Msg, reason: str) -> None:
+        log.warning("notifier: dead letter on %s: %s", msg.subject, reason)
+        now = self.clock.now_ns()
+        letter = DeadLetter(
+            ts=now,
+            worker=NAME,
+            subject=msg.subject,
+            reason=reason,
+            payload=bytes(msg.data[:65_536]),
+        )
+        env = Envelope.root(content_id("dlq", NAME, msg.subject, msg.reply or "", now), now)
+        asyncio.get_running_loop().create_task(self._publish_quietly(bus, letter, env))
+
+    async def _sender(self, dest: Destination) -> None:
+        """Deliver this destination's outbox, one message at a time."""
+        outbox, name = dest.outbox, dest.config.name
+        while True:
+            now = self.clock.now_ns()
+            message, merged = outbox.next(now)
+            self._record(name, merged)
+            if message is None:
+                dest.wake.clear()
+                due = outbox.wake_at(now)
+                wait = None if due is None else self.clock.wall_seconds((due - now) / 1e9)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(dest.wake.wait(), wait)
+                continue
+            ok, reason = await dest.delivery.send(message.priority, message.title, message.body)
+            if not ok:
+                log.warning("notifier: %s attempt %d failed: %s", name, message.attempts, reason)
+            self._record(name, outbox.done(ok, self.clock.now_ns(), reason))
+
+    async def _ticker(self, bus: Bus) -> None:
+        """Own heartbeat, the dead-man watch and the optional alive message."""
+        seq, last_alive = 0, self.clock.now_ns()
+        every = int(self.config.alive_every_s * 1e9)
+        while True:
+            seq += 1
+            await publish_heartbeat(bus, NAME, self.instance, "running", seq)
+            now = self.clock.now_ns()
+            for alert in self.watch.tick(now):
+                self.offer(alert)
+            if every and now - last_alive >= every:
+                last_alive = now
+                self.offer(Alert("alive", "HEARTBEAT", "heartbeat", "Keel notifier alive"))
+            await self.clock.sleep(self.config.heartbeat_s)
+
+    def _record(self, destination: str, audits: list[Audit]) -> None:
+        now = self.clock.now_ns()
+        for audit in audits:
+            self._seq += 1
+            event = Notification(
+                ts=now,
+                key=audit.key,
+                priority=audit.priority,
+                outcome=audit.outcome,
+                destination=destination,
+                title=audit.title,
+                body=audit.body,
+                count=audit.count,
+                attempts=audit.attempts,
+                reason=audit.reason,
+                cause_ids=audit.cause_ids,
+            )
+            try:
+                self._audits.put_nowait(event)
+            except asyncio.QueueFull:
+                log.warning(
+                    "notifier: audit queue full; %s %s not recorded", audit.outcome, audit.key
+                )
+
+    async def _publisher(self, bus: Bus) -> None:
+        while True:
+            await self._publish_audit(bus, await self._audits.get())
+
+    async def _flush(self, bus: Bus) -> None:
+        while not self._audits.empty():
+            await self._publish_audit(bus, self._audits.get_nowait())
+
+    async def _publish_audit(self, bus: Bus, event: Notification) -> None:
+        self._seq += 1
+        env = Envelope.root(content_id("notify", self.instance, self._seq, event.ts), event.ts)
+        await self._publish_quietly(bus, event, env)
+
+    async def _publish_quietly(
+        self, bus: Bus, event: Notification | DeadLetter, env: Envelope
+    ) -> None:
+        """The audit is best effort against a log that is away: retried a few times, then
+        a log line (the delivery itself already happened)."""
+        for attempt in range(5):
+            try:
+                await bus.publish(event, env, NAME)
+                return
+            except Exception as exc:
+                if attempt == 4:
+                    log.warning("notifier: cannot store %s: %s", type(event).__name__, exc)
+                    return
+                await asyncio.sleep(0.5 * 2**attempt)
