@@ -137,11 +137,14 @@ async def test_each_command_answers_from_the_log_and_strangers_get_nothing(
         fake.message(OPERATOR, "/status@keel_test_bot")  # addressed to this bot by name
         fake.message(OPERATOR, "/status@another_bot")  # addressed to another bot: ignored
         fake.message(OPERATOR, "/pnl", date=int(time.time()) - 3600)  # queued an hour ago
-        sent = await fake.wait_sent(len(commands) + 2)
+        fake.message(OPERATOR, "/daily 2020-01-01")
+        fake.message(OPERATOR, "/daily soon")
+        sent = await fake.wait_sent(len(commands) + 4)
         await asyncio.sleep(0.3)
     assert {s.chat_id for s in fake.sent} == {OPERATOR}
-    assert len(fake.sent) == len(commands) + 2 and bot.ignored == 3
-    status, pnl, positions, orders, daily, help_, unknown, named, stale = [s.text for s in sent]
+    assert len(fake.sent) == len(commands) + 4 and bot.ignored == 3
+    texts = [s.text for s in sent]
+    status, pnl, positions, orders, daily, help_, unknown, named, stale, past, bad = texts
     assert status.startswith("System RUNNING: all rails green\nKill switch off\n")
     assert re.search(r"Workers: [01] alive of 1", status)  # alive unless the load stalled it
     assert "Open positions: 1" in status
@@ -155,8 +158,12 @@ async def test_each_command_answers_from_the_log_and_strangers_get_nothing(
         "1 working order:",
         "  sim BTC/USDT buy 0/2 accepted o-1 (ma_cross)",
     ]
-    assert "PnL +250.00 (equity 10,000.00 -> 10,250.00)" in daily
-    assert "Realized +180.00" in daily
+    today = time.strftime("%Y-%m-%d", time.gmtime())
+    assert daily.startswith(f"Keel daily report {today} (UTC)\nPnL ")
+    assert "(realized +180.00, unrealized change +70.00)" in daily
+    assert "open positions at close: 1" in daily
+    assert past == "no data for 2020-01-01 (UTC): the log holds no event of that day"
+    assert bad == "date 'soon' is not a date like 2026-12-06"
     assert help_ == unknown and "/kill [reason]" in help_
     assert named.startswith("System RUNNING")
     assert stale.startswith("Ignored: the command is older than 300 s")

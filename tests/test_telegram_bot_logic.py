@@ -3,18 +3,20 @@ working-orders fold and the token's sources (docs/alerts.md, "Telegram bot")."""
 
 from __future__ import annotations
 
+from datetime import date
 from pathlib import Path
 
 import msgspec
 import pytest
 
-from contracts.events import EquitySnapshot, ExecutionReport, PositionChanged
+from contracts.events import ExecutionReport, PositionChanged
 from eventstore.errors import KeelError
 from services.config import KeelConfig
-from services.telegram_bot.answers import MAX_CHARS, daily_text, positions_text, working_orders
+from services.telegram_bot import answers
+from services.telegram_bot.answers import MAX_CHARS, positions_text, working_orders
 from services.telegram_bot.api import Chat, Message, Update, User, polled
 from services.telegram_bot.backoff import backoff_s
-from services.telegram_bot.commands import Command, issued_by, parse_command, triage
+from services.telegram_bot.commands import Command, daily_date, issued_by, parse_command, triage
 from services.telegram_bot.config import TelegramBotConfig, bot_token
 
 NOW = 1_765_000_000
@@ -122,18 +124,18 @@ def test_answers_stay_within_a_telegram_message() -> None:
     ]
     text = positions_text(many)
     assert len(text) <= MAX_CHARS and text.endswith("… and 480 more positions")
-    first = EquitySnapshot(
-        ts=NOW * 10**9,
-        cash=1e4,
-        equity=1e4,
-        realized_pnl=0,
-        unrealized_pnl=0,
-        fees=0,
-        gross_exposure=0,
-    )
-    last = msgspec.structs.replace(first, equity=10_250.0, realized_pnl=300.0, fees=50.0)
-    assert "PnL +250.00" in daily_text(NOW * 10**9, first, last)
-    assert "no equity snapshot today" in daily_text(NOW * 10**9, None, None)
+    assert len(answers.clip("x" * 10_000)) <= MAX_CHARS
+
+
+def test_daily_is_today_in_the_zone_or_a_given_day() -> None:
+    late = 1_765_148_400 * 10**9  # 2025-12-07 23:00 UTC = 2025-12-08 00:00 in Berlin
+    assert daily_date("", late, "UTC") == date(2025, 12, 7)
+    assert daily_date("", late, "Europe/Berlin") == date(2025, 12, 8)
+    assert daily_date("2025-11-30 extra", late, "UTC") == date(2025, 11, 30)
+    with pytest.raises(KeelError, match="not a date"):
+        daily_date("yesterday", late, "UTC")
+    with pytest.raises(msgspec.ValidationError, match="not an IANA time zone"):
+        msgspec.convert({"chat_ids": [1], "timezone": "Mars/Olympus"}, TelegramBotConfig)
 
 
 def test_the_bot_is_off_by_default_and_needs_a_chat() -> None:

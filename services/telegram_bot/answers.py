@@ -8,6 +8,8 @@ from datetime import UTC, datetime
 
 from cli.status_report import StatusReport
 from contracts.events import EquitySnapshot, ExecutionReport, PositionChanged, StrategyPnL
+from services.reports.daily import DailyReport
+from services.reports.daily_text import body, no_data_line, title
 
 MAX_ROWS = 20
 """Rows a list shows; Telegram caps a message at 4,096 characters."""
@@ -19,7 +21,7 @@ HELP = (
     "/pnl - equity and PnL, per strategy\n"
     "/positions - open positions\n"
     "/orders - working orders\n"
-    "/daily - today's PnL (UTC)\n"
+    "/daily [YYYY-MM-DD] - the daily report (default: today so far)\n"
     "/kill [reason] - halt new orders (risk rejects every signal)\n"
     "/resume - lift the kill switch"
 )
@@ -126,24 +128,11 @@ def orders_text(working: Sequence[ExecutionReport], lookback_h: float) -> str:
     return clip("\n".join(lines))
 
 
-def daily_text(day_ns: int, first: EquitySnapshot | None, last: EquitySnapshot | None) -> str:
-    """The UTC day so far from the equity snapshots: the change in equity and in realized
-    PnL and fees since the day's first snapshot."""
-    day = datetime.fromtimestamp(day_ns / 1e9, UTC).strftime("%Y-%m-%d")
-    if first is None or last is None:
-        return f"Daily {day} (UTC): no equity snapshot today yet."
-    return clip(
-        "\n".join(
-            [
-                f"Daily {day} (UTC), {_time(first.ts)} to {_time(last.ts)}:",
-                f"PnL {last.equity - first.equity:+,.2f} "
-                f"(equity {first.equity:,.2f} -> {last.equity:,.2f})",
-                f"Realized {last.realized_pnl - first.realized_pnl:+,.2f}  "
-                f"unrealized now {last.unrealized_pnl:+,.2f}",
-                f"Fees {last.fees - first.fees:,.2f}",
-            ]
-        )
-    )
+def daily_text(report: DailyReport) -> str:
+    """``keel report daily``'s chat text for the day."""
+    if not report.has_data:
+        return no_data_line(report)
+    return clip(f"{title(report)}\n{body(report)}")
 
 
 def governance_text(action: str, reason: str, issued_by: str, ts: int, stored: bool) -> str:

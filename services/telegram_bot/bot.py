@@ -11,10 +11,11 @@ from collections.abc import Callable
 from contracts.envelope import Envelope, content_id
 from contracts.events import GovernanceCommand
 from eventstore.bus import Bus
+from eventstore.errors import KeelError
 from services.telegram_bot import answers
 from services.telegram_bot.api import ApiError, BotApi, Polled
 from services.telegram_bot.backoff import backoff_s
-from services.telegram_bot.commands import Command, Triage, issued_by, triage
+from services.telegram_bot.commands import Command, Triage, daily_date, issued_by, triage
 from services.telegram_bot.config import TelegramBotConfig
 from services.telegram_bot.views import LogViews
 
@@ -121,7 +122,11 @@ class TelegramBot:
                 working = answers.working_orders(await self.views.reports(now_ns))
                 return answers.orders_text(working, self.config.orders_lookback_h)
             case "daily":
-                return answers.daily_text(*await self.views.day(now_ns))
+                try:
+                    day = daily_date(command.args, now_ns, self.config.timezone)
+                except KeelError as exc:
+                    return str(exc)
+                return answers.daily_text(await self.views.daily(day, self.config.timezone))
             case "kill" | "resume":
                 return await self._govern(item, command, now_ns)
 

@@ -3,10 +3,12 @@ given)."""
 
 from __future__ import annotations
 
+from datetime import date, timedelta
 from typing import Literal
 
 import msgspec
 
+from services.reports.daily import parse_day, previous_day
 from services.telegram_bot.api import Message, Update
 
 CommandName = Literal["status", "pnl", "positions", "orders", "kill", "resume", "daily", "help"]
@@ -85,3 +87,11 @@ def issued_by(message: Message) -> str:
     if sender is not None and sender.username:
         who += f" (@{sender.username})"
     return who
+
+
+def daily_date(args: str, now_ns: int, timezone: str) -> date:
+    """``/daily`` is today so far in ``timezone``; ``/daily 2026-12-06`` any past day (a
+    ``KeelError`` for what is not a date or a zone, answered as such)."""
+    if args:
+        return parse_day(args.split()[0])
+    return previous_day(now_ns, timezone) + timedelta(days=1)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Annotated
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 from msgspec import Meta
@@ -30,6 +31,13 @@ class TelegramBotConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     max_age_s: Annotated[float, Meta(gt=0)] = 300.0  # older commands (a bot down) are refused
     orders_lookback_h: Annotated[float, Meta(gt=0)] = 168.0  # /orders reads reports this far
     max_backoff_s: Annotated[float, Meta(gt=0, le=3600)] = 60.0
+    timezone: str = "UTC"  # /daily's calendar day (IANA name)
+
+    def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(f"timezone {self.timezone!r} is not an IANA time zone") from None
 
 
 def bot_token(config: TelegramBotConfig, env: Mapping[str, str]) -> str:

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from datetime import date
+
 from cli.status_report import StatusReport, collect
 from contracts.events import EquitySnapshot, ExecutionReport, PositionChanged, StrategyPnL
 from eventstore.bus import Bus
 from eventstore.log_reader import last_or_none, last_per_subject, since
-
-DAY_NS = 86_400 * 10**9
+from services.reports.daily import DailyReport, day_window
+from services.reports.daily_read import read_day
 
 
 class LogViews:
@@ -37,9 +39,5 @@ class LogViews:
         items = await since(self.bus, "EXECUTION", "exec.report.>", start)
         return [i.event for i in items if isinstance(i.event, ExecutionReport)]
 
-    async def day(self, now_ns: int) -> tuple[int, EquitySnapshot | None, EquitySnapshot | None]:
-        """The UTC day's start, its first and its latest equity snapshot."""
-        start = now_ns - now_ns % DAY_NS
-        items = await since(self.bus, "PORTFOLIO", "pf.equity", start)
-        today = [i.event for i in items if isinstance(i.event, EquitySnapshot)]
-        return start, (today[0] if today else None), (today[-1] if today else None)
+    async def daily(self, day: date, timezone: str) -> DailyReport:
+        return await read_day(self.bus, day_window(day, timezone))
