@@ -12,7 +12,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 
@@ -40,6 +40,7 @@ from services.telegram_bot.api import BotApi
 from services.telegram_bot.bot import TelegramBot
 from services.telegram_bot.config import TelegramBotConfig
 from tests.fakes.telegram_api import FakeTelegram
+from tests.test_nats_permissions import SecuredServer
 
 TOKEN = "987654321:AAF-very-secret-bot-token"
 OPERATOR = 42
@@ -315,3 +316,37 @@ async def test_keel_run_telegram_bot_answers_and_keeps_the_token_out_of_its_outp
     assert "polling as @keel_test_bot for 1 chat(s)" in logged
     assert "Too Many Requests" in logged
     assert TOKEN not in logged and "very-secret" not in logged
+
+
+@pytest.fixture
+def secured(tmp_path: Path) -> Iterator[SecuredServer]:
+    server = SecuredServer(tmp_path / "nats")
+    yield server
+    server.stop()
+
+
+async def test_the_bot_runs_as_the_operator_user_of_nats_conf(
+    secured: SecuredServer, fake: FakeTelegram
+) -> None:
+    """Every read and the kill are allowed to the ``operator`` user (docs/alerts.md)."""
+    admin = await secured.connect("admin", ensure=True)
+    bus = await Bus.connect(secured.url, name="telegram-bot", credentials=secured.creds("operator"))
+    stop = asyncio.Event()
+    try:
+        await seed(admin)
+        commands = ["/status", "/pnl", "/positions", "/orders", "/daily", "/kill by phone"]
+        for text in commands:
+            fake.message(OPERATOR, text)
+        async with aiohttp.ClientSession() as session:
+            bot = TelegramBot(BotApi(fake.api_url, TOKEN, session), bus, CONFIG)
+            task = asyncio.create_task(bot.run(stop))
+            sent = await fake.wait_sent(len(commands))
+            stop.set()
+            await asyncio.wait_for(task, 20)
+        assert not any(s.text.startswith("Cannot read") for s in sent), sent
+        assert sent[-1].text.startswith("Kill switch ON")
+        kill = await admin.last_event("GOVERNANCE", "gov.cmd.kill")
+        assert kill is not None and kill.event.issued_by == f"telegram:{OPERATOR}"
+    finally:
+        await bus.close()
+        await admin.close()
