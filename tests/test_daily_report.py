@@ -15,6 +15,7 @@ from pathlib import Path
 import pytest
 
 from contracts.envelope import Envelope, content_id
+from contracts.events import DeadLetter
 from eventstore.bus import Bus
 from eventstore.server import URL_ENV, EmbeddedServer
 from services.reports.daily import DailyFold, DailyReport, day_window, previous_day
@@ -186,3 +187,18 @@ def test_bad_date_or_zone_is_one_line(args: tuple[str, ...], needle: str) -> Non
     assert "Traceback" not in result.stdout + result.stderr
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1 and lines[0].startswith("error:") and needle in lines[0], lines
+
+
+def test_a_busy_day_stays_one_short_message() -> None:
+    fold = DailyFold(WINDOW)
+    for i in range(40):
+        at = daily_day.START + i * 60 * 1_000_000_000
+        fold.observe(daily_day.book(at, f"strategy{i:02d}", "", float(i), 0.0, 0.0))
+        fold.observe(
+            DeadLetter(ts=at, worker="risk", subject="sig.x", reason="x" * 200, payload=b"")
+        )
+    text = body(fold.report())
+    assert "  ... and 28 more" in text  # 40 strategies, 12 shown
+    assert "  ... and 32 more" in text  # 40 alerts, 8 shown
+    assert "alerts: 40 (40 dead letter)" in text
+    assert len(text) < 4_096

@@ -15,6 +15,8 @@ from services.reports.daily import NS, DailyReport
 
 ALERTS_SHOWN = 8
 POSITIONS_SHOWN = 10
+ROWS_SHOWN = 12
+"""Strategy and model lines, and venue lines, each."""
 
 
 def title(report: DailyReport) -> str:
@@ -33,6 +35,10 @@ def local_time(ts: int, timezone: str, spec: str = "%H:%M") -> str:
     return datetime.fromtimestamp(ts / NS, ZoneInfo(timezone)).strftime(spec)
 
 
+def _more(total: int, shown: int) -> list[str]:
+    return [f"  ... and {total - shown} more"] if total > shown else []
+
+
 def body(report: DailyReport) -> str:
     """The message: totals first, then per strategy, venue, open positions and alerts."""
     r = report
@@ -47,27 +53,29 @@ def body(report: DailyReport) -> str:
         f"unrealized at close {r.unrealized:+,.2f}",
     ]
     if r.strategies or r.models:
+        books = sorted((*r.strategies, *r.models), key=lambda b: (b.strategy, b.model))
         lines.append("per strategy:")
-        for b in (*r.strategies, *r.models):
-            name = f"{b.strategy}/{b.model}" if b.model else b.strategy
-            lines.append(
-                f"  {name}: {b.pnl:+,.2f} (realized {b.realized:+,.2f}, fees {b.fees:,.2f}), "
-                f"{b.trades} trades, win {_rate(b.win_rate)}"
-            )
+        lines.extend(
+            f"  {f'{b.strategy}/{b.model}' if b.model else b.strategy}: {b.pnl:+,.2f} "
+            f"(realized {b.realized:+,.2f}, fees {b.fees:,.2f}), {b.trades} trades, "
+            f"win {_rate(b.win_rate)}"
+            for b in books[:ROWS_SHOWN]
+        )
+        lines.extend(_more(len(books), ROWS_SHOWN))
     if r.venues:
         lines.append("per venue:")
         lines.extend(
             f"  {v.venue}: {v.trades} trades {v.pnl:+,.2f}, win {_rate(v.win_rate)}, "
             f"{v.fills} fills, fees {v.fees:,.2f}"
-            for v in r.venues
+            for v in r.venues[:ROWS_SHOWN]
         )
+        lines.extend(_more(len(r.venues), ROWS_SHOWN))
     lines.append(f"open positions at close: {len(r.positions)}")
     lines.extend(
         f"  {p.venue} {p.symbol} {p.qty:+g} @ {p.avg_price:,.6g}"
         for p in r.positions[:POSITIONS_SHOWN]
     )
-    if len(r.positions) > POSITIONS_SHOWN:
-        lines.append(f"  ... and {len(r.positions) - POSITIONS_SHOWN} more")
+    lines.extend(_more(len(r.positions), POSITIONS_SHOWN))
     kinds = Counter(a.kind for a in r.alerts)
     summary = ", ".join(f"{n} {kind}" for kind, n in sorted(kinds.items()))
     lines.append(f"alerts: {len(r.alerts)}" + (f" ({summary})" if summary else ""))
@@ -75,6 +83,5 @@ def body(report: DailyReport) -> str:
         f"  {local_time(a.ts, r.timezone)} {a.kind} {a.source}: {a.text}"
         for a in r.alerts[:ALERTS_SHOWN]
     )
-    if len(r.alerts) > ALERTS_SHOWN:
-        lines.append(f"  ... and {len(r.alerts) - ALERTS_SHOWN} more")
+    lines.extend(_more(len(r.alerts), ALERTS_SHOWN))
     return "\n".join(lines)
