@@ -3,8 +3,8 @@
 Apprise speaks every destination's protocol (Telegram, Slack, Discord, e-mail, ntfy, JSON
 webhooks...); Keel does no HTTP of its own. Keel's outbox (``policy.py``) already paces
 each destination, so Apprise's own sleeps between requests are turned off. Apprise logs
-request URLs (tokens included) at debug level: its logger is held at ERROR, and a failure
-is reported by destination name only.
+request URLs (tokens included) at debug level, and so does urllib3 under it: both loggers
+are held at ERROR, and a failure is reported by destination name only.
 """
 
 from __future__ import annotations
@@ -27,13 +27,16 @@ NOTIFY_TYPE: dict[str, apprise.NotifyType] = {
     "HEARTBEAT": apprise.NotifyType.SUCCESS,
 }
 
-logging.getLogger("apprise").setLevel(logging.ERROR)
+QUIET = ("apprise", "urllib3")
+"""Loggers that write request URLs (bot tokens, webhook secrets in paths) below ERROR."""
 
 
 class Delivery:
     """Sends to one destination; ``send`` never raises, it says whether it worked."""
 
     def __init__(self, config: DestinationConfig, timeout_s: float) -> None:
+        for name in QUIET:
+            logging.getLogger(name).setLevel(logging.ERROR)
         self.name = config.name
         self.timeout_s = timeout_s
         plugin = apprise.Apprise.instantiate(config.url())
@@ -52,12 +55,12 @@ class Delivery:
     async def send(self, priority: Priority, title: str, body: str) -> tuple[bool, str]:
         """One attempt, bounded by ``timeout_s``; (delivered, why not)."""
         try:
-            result = await asyncio.wait_for(
-                self._apprise.async_notify(
-                    body=body or title, title=title, notify_type=NOTIFY_TYPE[priority]
-                ),
-                self.timeout_s,
-            )
+            async with asyncio.timeout(self.timeout_s):
+                result = await self._apprise.async_notify(
+                    body=body or title,
+                    title=title if body else "",
+                    notify_type=NOTIFY_TYPE[priority],
+                )
         except TimeoutError:
             return False, f"no answer within {self.timeout_s:g} s"
         except Exception as exc:  # Apprise's own failure: named by type, never by URL

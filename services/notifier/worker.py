@@ -54,6 +54,7 @@ INPUTS: tuple[tuple[str, str], ...] = (
 HEARTBEATS = ("SYSTEM", "sys.heartbeat.>")
 FILLS = ("EXECUTION", "exec.report.>")
 AUDIT_QUEUE = 10_000
+STOP_S = 5.0  # a stop waits this long for a delivery in progress
 
 
 class Destination:
@@ -84,10 +85,15 @@ class Notifier:
         self.instance = f"{socket.gethostname()}-{os.getpid()}"
         self._audits: asyncio.Queue[Notification] = asyncio.Queue(AUDIT_QUEUE)
         self._stop = asyncio.Event()
+        self.ready = asyncio.Event()
+        """Set once every input is subscribed."""
         self._seq = 0
 
     def stop(self) -> None:
+        """Ends every loop: a cancel alone can be lost in a wait that completes with it."""
         self._stop.set()
+        for dest in self.destinations:
+            dest.wake.set()
 
     def offer(self, alert: Alert) -> None:
         """Queue an alert for every destination whose rule wants it; never waits."""
@@ -110,6 +116,7 @@ class Notifier:
         subs.append(await self._subscribe(bus, *HEARTBEATS, DeliverPolicy.LAST_PER_SUBJECT))
         tasks = [asyncio.create_task(self._sender(dest)) for dest in self.destinations]
         tasks += [asyncio.create_task(self._publisher(bus)), asyncio.create_task(self._ticker(bus))]
+        self.ready.set()
         log.info(
             "notifier: %d destinations (%s), %d inputs",
             len(self.destinations),
@@ -124,7 +131,7 @@ class Notifier:
                     await sub.unsubscribe()
             for task in tasks:
                 task.cancel()
-            await asyncio.gather(*tasks, return_exceptions=True)
+            await asyncio.wait(tasks, timeout=STOP_S)
             await self._flush(bus)
             await publish_heartbeat(bus, NAME, self.instance, "stopped")
 
@@ -167,7 +174,7 @@ class Notifier:
     async def _sender(self, dest: Destination) -> None:
         """Deliver this destination's outbox, one message at a time."""
         outbox, name = dest.outbox, dest.config.name
-        while True:
+        while not self._stop.is_set():
             now = self.clock.now_ns()
             message, merged = outbox.next(now)
             self._record(name, merged)
@@ -176,7 +183,8 @@ class Notifier:
                 due = outbox.wake_at(now)
                 wait = None if due is None else self.clock.wall_seconds((due - now) / 1e9)
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(dest.wake.wait(), wait)
+                    async with asyncio.timeout(wait):
+                        await dest.wake.wait()
                 continue
             ok, reason = await dest.delivery.send(message.priority, message.title, message.body)
             if not ok:
@@ -187,7 +195,7 @@ class Notifier:
         """Own heartbeat, the dead-man watch and the optional alive message."""
         seq, last_alive = 0, self.clock.now_ns()
         every = int(self.config.alive_every_s * 1e9)
-        while True:
+        while not self._stop.is_set():
             seq += 1
             await publish_heartbeat(bus, NAME, self.instance, "running", seq)
             now = self.clock.now_ns()
@@ -223,7 +231,7 @@ class Notifier:
                 )
 
     async def _publisher(self, bus: Bus) -> None:
-        while True:
+        while not self._stop.is_set():
             await self._publish_audit(bus, await self._audits.get())
 
     async def _flush(self, bus: Bus) -> None:
