@@ -241,6 +241,7 @@ async def test_alertmanager_delivers_a_critical_to_the_chat_webhook_at_once(
                 in (attachment["text"])
             )
             assert delivered_s < 10, delivered_s  # group_wait 0s for critical
+            print(f"delivered after {delivered_s:.2f} s")
             status = await asyncio.to_thread(get_json, f"{api}/status")
             assert url not in json.dumps(status), "the webhook URL leaked into the status"
         finally:
