@@ -28,6 +28,7 @@ from services.marketdata.feed import Feed, lockstep, pause
 from services.marketdata.live.session import LiveSession
 from services.marketdata.sources import read_bars
 from services.marketdata.synthetic import SyntheticMarket
+from services.notifier.worker import Notifier
 from services.portfolio.role import portfolio_role
 from services.runtime import clock as clock_module
 from services.runtime.replay_worker import ReplayWorker
@@ -432,5 +433,32 @@ def calibration(
     async def main() -> None:
         with nats_url() as url:
             await serve_calibration(url, CalibrationWatch(strategy, file), every_s)
+
+    run(main())
+
+
+@app.command()
+def notifier(config: ConfigOpt = None) -> None:
+    """Alerts to people: statuses, risk alerts, stale feeds, reconciliation, dead letters,
+    governance decisions and silent workers in; Apprise destinations out, every outcome on
+    sys.notify.* (docs/alerts.md). Off unless the config has a [notifier] section."""
+    settings = load_config_or_exit(config)
+    if settings.notifier is None:
+        raise fail(escape("notifier: the config has no [notifier] section (the notifier is off)"))
+    with user_errors():
+        service = Notifier(settings.notifier)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s notifier %(levelname)s %(message)s")
+
+    async def main() -> None:
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            with contextlib.suppress(NotImplementedError):
+                loop.add_signal_handler(sig, service.stop)
+        with nats_url() as url:
+            bus = await Bus.connect(url, name="notifier")
+            try:
+                await service.run(bus)
+            finally:
+                await bus.close()
 
     run(main())
