@@ -17,6 +17,7 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 import aiohttp
+import msgspec
 import pytest
 
 from contracts.envelope import Envelope, content_id
@@ -350,3 +351,21 @@ async def test_the_bot_runs_as_the_operator_user_of_nats_conf(
     finally:
         await bus.close()
         await admin.close()
+
+
+async def test_a_kill_the_log_cannot_take_is_reported_as_not_published(
+    nats_server: EmbeddedServer, fake: FakeTelegram
+) -> None:
+    """The server gone: the operator is told the kill was not recorded, and a stop ends the
+    long poll at once instead of waiting out ``poll_timeout_s``."""
+    slow_poll = msgspec.structs.replace(CONFIG, poll_timeout_s=30)
+    async with running_bot(nats_server.url, fake.api_url, config=slow_poll):
+        fake.message(OPERATOR, "/help")
+        await fake.wait_sent(1)
+        nats_server.stop()
+        fake.message(OPERATOR, "/kill server is gone")
+        (_, refused) = await fake.wait_sent(2, timeout=60)
+        await asyncio.sleep(0.2)  # the bot is back in its 30 s long poll
+        stopping = time.monotonic()
+    assert time.monotonic() - stopping < 10
+    assert refused.text.startswith("kill NOT published: the log did not take it (")

@@ -141,5 +141,12 @@ def governance_text(action: str, reason: str, issued_by: str, ts: int, stored: b
     return f"{what}{again}.\nBy {issued_by} at {_time(ts)}" + (f": {reason}" if reason else "")
 
 
+def not_published_text(action: str, error: Exception) -> str:
+    return (
+        f"{action} NOT published: the log did not take it ({type(error).__name__}). "
+        f"Try again, or use keel {action} on a host that reaches NATS."
+    )
+
+
 def stale_text(max_age_s: float) -> str:
     return f"Ignored: the command is older than {max_age_s:g} s (sent while the bot was down)."

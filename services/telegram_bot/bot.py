@@ -4,9 +4,11 @@ governance commands, and back off on every failure without ever stopping."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 from contracts.envelope import Envelope, content_id
 from contracts.events import GovernanceCommand
@@ -20,6 +22,7 @@ from services.telegram_bot.config import TelegramBotConfig
 from services.telegram_bot.views import LogViews
 
 log = logging.getLogger("keel.telegram_bot")
+T = TypeVar("T")
 SEND_ATTEMPTS = 3
 """An answer Telegram refuses (429, network) is tried this many times, then dropped."""
 
@@ -31,6 +34,23 @@ async def pause(seconds: float, stop: asyncio.Event) -> bool:
     except TimeoutError:
         return True
     return not stop.is_set()
+
+
+async def until_stopped(call: Awaitable[T], stop: asyncio.Event) -> T | None:
+    """The call's result, or None as soon as ``stop`` is set (a long poll is cancelled, so
+    SIGTERM does not wait out ``poll_timeout_s``)."""
+    task = asyncio.ensure_future(call)
+    stopped = asyncio.ensure_future(stop.wait())
+    try:
+        await asyncio.wait((task, stopped), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        stopped.cancel()
+    if not task.done():
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+        return None
+    return task.result()
 
 
 class TelegramBot:
@@ -60,7 +80,9 @@ class TelegramBot:
                 if not self.username:
                     self.username = await self.api.get_me()
                     log.info("polling as @%s for %d chat(s)", self.username, len(self.allowed))
-                batch = await self.api.get_updates(self.offset, self.config.poll_timeout_s)
+                batch = await until_stopped(
+                    self.api.get_updates(self.offset, self.config.poll_timeout_s), stop
+                )
             except ApiError as exc:
                 failures += 1
                 wait = backoff_s(failures, exc.retry_after, self.config.max_backoff_s)
@@ -68,6 +90,8 @@ class TelegramBot:
                 if not await pause(wait, stop):
                     return
                 continue
+            if batch is None:
+                return
             failures = 0
             for item in batch:
                 await self.handle(item)
@@ -140,7 +164,13 @@ class TelegramBot:
         reason = command.args or f"{command.name} from Telegram"
         event = GovernanceCommand(ts=now_ns, action=command.name, reason=reason, issued_by=who)
         event_id = content_id("gov", command.name, "telegram", message.chat.id, message.message_id)
-        stored = await self.bus.publish(event, Envelope.root(event_id, now_ns))
+        try:
+            stored = await self.bus.publish(event, Envelope.root(event_id, now_ns))
+        except Exception as exc:  # the server away: say so, the operator must know
+            log.warning(
+                "%s by %s NOT published: %s: %s", command.name, who, type(exc).__name__, exc
+            )
+            return answers.not_published_text(command.name, exc)
         log.info("%s published by %s (update %d)", command.name, who, item.update_id)
         return answers.governance_text(command.name, reason, who, now_ns, stored)
 

@@ -72,6 +72,7 @@ class FakeTelegram:
         return self
 
     async def stop(self) -> None:
+        self._arrived.set()  # ends any long poll still waiting, so cleanup need not wait it out
         if self._runner is not None:
             await self._runner.cleanup()
 
