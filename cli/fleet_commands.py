@@ -213,7 +213,8 @@ class Supervisor:
             if gave_up:
                 return gave_up
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(stop.wait(), TICK_S)
+                async with asyncio.timeout(TICK_S):
+                    await stop.wait()
         return None
 
     def _check_server(self) -> str | None:
@@ -297,7 +298,8 @@ async def report_status(bus: Bus, stop: asyncio.Event) -> None:
     restarting) is one line, and supervision carries on."""
     while not stop.is_set():
         try:
-            now = await asyncio.wait_for(tally(bus), STATUS_EVERY_S * 2)
+            async with asyncio.timeout(STATUS_EVERY_S * 2):
+                now = await tally(bus)
         except Exception as exc:  # any failure to read is reported, never a traceback
             reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             _say(f"log unreadable ({reason[:120]}): server down or restarting; still supervising")
@@ -308,7 +310,8 @@ async def report_status(bus: Bus, stop: asyncio.Event) -> None:
                 f"fills {now.fills:,}  rejections {now.rejections:,}  equity {equity}"
             )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), STATUS_EVERY_S)
+            async with asyncio.timeout(STATUS_EVERY_S):
+                await stop.wait()
 
 
 async def refuse_if_live(bus: Bus, names: set[str], url: str) -> None:
@@ -481,7 +484,8 @@ def up(
                 with console.status("stopping workers"):
                     fleet.stop()
                 with contextlib.suppress(Exception):  # the server may be gone by now
-                    await asyncio.wait_for(bus.close(), 2.0)
+                    async with asyncio.timeout(2.0):
+                        await bus.close()
 
     if run(main()):
         raise typer.Exit(1)

@@ -56,7 +56,8 @@ def serve_gateway(
                 await gateway.run()
             finally:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(bus.close(), 2.0)
+                    async with asyncio.timeout(2.0):
+                        await bus.close()
         console.print(f"gateway {venue.name} ({venue.exchange}, {venue.mode}): stopped")
 
     run(main())

@@ -86,7 +86,8 @@ def _accounts(settings: IbSettings, ib: IB) -> CheckRow:
 
 async def _clock(ib: IB, timeout_s: float, max_skew_ms: float) -> CheckRow:
     try:
-        theirs = await asyncio.wait_for(ib.reqCurrentTimeAsync(), timeout_s)
+        async with asyncio.timeout(timeout_s):
+            theirs = await ib.reqCurrentTimeAsync()
     except (TimeoutError, ConnectionError) as exc:
         return CheckRow("clock", "FAIL", _line(exc) or "no answer")
     # IB answers in whole seconds: a second of skew is its resolution, not ours.
@@ -103,10 +104,10 @@ async def _contracts(
     try:
         if market is not None:
             specs = tuple(choose(venue.name, specs, market.symbols))
-        found = [
-            await asyncio.wait_for(qualify(ib, venue.name, s, time.time_ns()), timeout_s)
-            for s in specs
-        ]
+        found = []
+        for s in specs:
+            async with asyncio.timeout(timeout_s):
+                found.append(await qualify(ib, venue.name, s, time.time_ns()))
     except (KeelError, TimeoutError, ConnectionError) as exc:
         return [], CheckRow("contracts", "FAIL", _line(exc) or "no answer")
     names = ", ".join(f"{q.symbol} ({q.contract.localSymbol} {q.contract.conId})" for q in found)

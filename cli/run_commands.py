@@ -318,7 +318,8 @@ def marketdata(
                 if feed.stopping.is_set():
                     # The server may be down: closing must not outlast the stop.
                     with contextlib.suppress(TimeoutError):
-                        await asyncio.wait_for(bus.close(), 0.3)
+                        async with asyncio.timeout(0.3):
+                            await bus.close()
                 else:
                     await bus.close()
         stopped = " (stopped by a signal)" if feed.stopping.is_set() else ""
@@ -378,7 +379,8 @@ def _serve_live(
                 result = await session.run()
             finally:
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(bus.close(), 2.0)
+                    async with asyncio.timeout(2.0):
+                        await bus.close()
         stopped = " (stopped by a signal)" if session.stopping.is_set() else ""
         console.print(
             f"marketdata: {venue.name} ({venue.exchange}): stored {result.bars} bars, "

@@ -332,7 +332,8 @@ async def _watch(
 
     async def pause() -> bool:
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every)
+            async with asyncio.timeout(every):
+                await stop.wait()
         return not stop.is_set()
 
     unreadable = False

@@ -103,7 +103,8 @@ class VenueProbe:
         return text if len(text) <= DETAIL_CHARS else text[: DETAIL_CHARS - 1] + "…"
 
     async def bounded(self, step: Awaitable[T]) -> T:
-        return await asyncio.wait_for(step, self.timeout_s)
+        async with asyncio.timeout(self.timeout_s):
+            return await step
 
     async def rest_and_skew(self) -> bool:
         """Reachability by ``fetch_time`` (the skew comes with it), else by loading markets."""
@@ -259,7 +260,8 @@ async def check_venue(
                 probe.add(check, "-", "not run: markets not loaded")
     finally:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(exchange.close(), timeout_s)
+            async with asyncio.timeout(timeout_s):
+                await exchange.close()
     probe.rows += credentials
     probe.rate_limit()
     return probe.rows

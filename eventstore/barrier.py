@@ -145,7 +145,8 @@ class Barrier:
                     raise _Stale
                 self._moved.clear()
                 with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._moved.wait(), 0.5)
+                    async with asyncio.timeout(0.5):
+                        await self._moved.wait()
                 if self._moved.is_set():
                     behind_since = time.monotonic()
             floors: dict[ConsumerKey, tuple[int, int]] = {}

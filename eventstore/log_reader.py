@@ -55,7 +55,8 @@ async def read_caught_up(
         deadline = time.monotonic() + READ_TIMEOUT_S
         while True:
             try:
-                msg = await asyncio.wait_for(inbox.get(), max(0.0, deadline - time.monotonic()))
+                async with asyncio.timeout(max(0.0, deadline - time.monotonic())):
+                    msg = await inbox.get()
             except TimeoutError:
                 return out  # a flood that never lets it catch up: what was read so far
             item = read_message(msg, stream)
@@ -172,7 +173,8 @@ async def read_until(
             raise KeelError(stalled)
         while True:
             try:
-                msg = await asyncio.wait_for(inbox.get(), idle_s)
+                async with asyncio.timeout(idle_s):
+                    msg = await inbox.get()
             except TimeoutError:
                 raise KeelError(stalled) from None
             seq = msg.metadata.sequence.stream

@@ -266,7 +266,8 @@ class _Publisher:
             return
         futures = [p[0] for p in pending]
         try:
-            acks = await asyncio.wait_for(asyncio.gather(*futures), ACK_TIMEOUT_S)
+            async with asyncio.timeout(ACK_TIMEOUT_S):
+                acks = await asyncio.gather(*futures)
         except TimeoutError:
             raise KeelError(f"the server did not acknowledge within {ACK_TIMEOUT_S:.0f}s") from None
         except APIError as exc:

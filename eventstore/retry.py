@@ -102,7 +102,8 @@ async def wait_out(seconds: float, stop: asyncio.Event | None) -> None:
         await asyncio.sleep(seconds)
         return
     with contextlib.suppress(TimeoutError):
-        await asyncio.wait_for(stop.wait(), seconds)
+        async with asyncio.timeout(seconds):
+            await stop.wait()
     if stop.is_set():
         raise Interrupted
 

@@ -246,7 +246,8 @@ class Progress:
         while self._done < len(self._owed):
             self._reader.moved.clear()
             try:
-                await asyncio.wait_for(self._reader.moved.wait(), 1.0)
+                async with asyncio.timeout(1.0):
+                    await self._reader.moved.wait()
                 self._last_move = max(self._last_move, time.monotonic())
             except TimeoutError:
                 pass

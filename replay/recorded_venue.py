@@ -239,7 +239,8 @@ async def _read(bus: Bus, stream: str, subject: str) -> list[Recorded]:
     try:
         while True:
             try:
-                msg = await asyncio.wait_for(inbox.get(), IDLE_S)
+                async with asyncio.timeout(IDLE_S):
+                    msg = await inbox.get()
             except TimeoutError:
                 return out
             item = read_message(msg, stream)

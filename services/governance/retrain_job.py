@@ -84,7 +84,8 @@ async def stored_bars(bus: Bus, subject: str) -> list[tuple[Bar, bytes]]:
         if not info.num_pending and not (info.delivered and info.delivered.consumer_seq):
             return out
         while True:
-            msg = await asyncio.wait_for(inbox.get(), READ_TIMEOUT_S)
+            async with asyncio.timeout(READ_TIMEOUT_S):
+                msg = await inbox.get()
             item = read_message(msg, STREAM)
             if isinstance(item, Stored) and isinstance(item.event, Bar):
                 out.append((item.event, msg.data))

@@ -143,7 +143,8 @@ def pause(seconds: float, stop: asyncio.Event | None = None) -> Callable[[], Awa
             await asyncio.sleep(seconds)
             return
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), seconds)
+            async with asyncio.timeout(seconds):
+                await stop.wait()
 
     return wait
 
@@ -238,7 +239,8 @@ class Feed:
                 task.cancel()
             await asyncio.gather(feeding, stopped, beating, return_exceptions=True)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat(bus, "stopped"), STOP_GRACE_S)
+                async with asyncio.timeout(STOP_GRACE_S):
+                    await self._beat(bus, "stopped")
         return result
 
     async def _beat(self, bus: Bus, status: str, seq: int = 0) -> None:
@@ -250,6 +252,8 @@ class Feed:
             seq += 1
             # Bounded: a beat the server never acknowledges must not delay the next one.
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._beat(bus, "running", seq), self.heartbeat_s)
+                async with asyncio.timeout(self.heartbeat_s):
+                    await self._beat(bus, "running", seq)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.heartbeat_s)
+                async with asyncio.timeout(self.heartbeat_s):
+                    await self.stopping.wait()

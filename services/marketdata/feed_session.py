@@ -194,20 +194,20 @@ class FeedSession(abc.ABC):
             seq += 1
             processed = self.flow.bars if hasattr(self, "flow") else 0
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(
-                    publish_heartbeat(
+                async with asyncio.timeout(self.heartbeat_s):
+                    await publish_heartbeat(
                         self.bus, self.name, self.instance, "running", seq, processed
-                    ),
-                    self.heartbeat_s,
-                )
+                    )
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self.stopping.wait(), self.heartbeat_s)
+                async with asyncio.timeout(self.heartbeat_s):
+                    await self.stopping.wait()
 
     async def _shutdown(self) -> None:
         await self._silence()
         if self._tasks:
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self.publisher.flush(), STOP_GRACE_S)
+                async with asyncio.timeout(STOP_GRACE_S):
+                    await self.publisher.flush()
         tasks, self._tasks = self._tasks, []
         for task in tasks:
             task.cancel()
@@ -217,6 +217,5 @@ class FeedSession(abc.ABC):
             self.result.empty_minutes = self.flow.empty_minutes
         await self._close()
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(
-                publish_heartbeat(self.bus, self.name, self.instance, "stopped"), STOP_GRACE_S
-            )
+            async with asyncio.timeout(STOP_GRACE_S):
+                await publish_heartbeat(self.bus, self.name, self.instance, "stopped")

@@ -73,9 +73,8 @@ class StoreWatch:
         """At start: a full store an earlier run reported (its status the latest) is
         cleared by this run's first stored write, like one of its own."""
         with contextlib.suppress(Exception):
-            last = await asyncio.wait_for(
-                self._bus.last_event("SYSTEM", f"sys.status.{self._worker}"), STATUS_WAIT_S
-            )
+            async with asyncio.timeout(STATUS_WAIT_S):
+                last = await self._bus.last_event("SYSTEM", f"sys.status.{self._worker}")
             event = last.event if last is not None else None
             if isinstance(event, SystemStatus) and event.rule == STORE_FULL:
                 self.refused = StoreFull("", "reported by an earlier run")
@@ -92,9 +91,8 @@ class StoreWatch:
             refused.reason,
         )
         with contextlib.suppress(Exception):
-            last = await asyncio.wait_for(
-                self._bus.last_event("SYSTEM", f"sys.status.{self._worker}"), STATUS_WAIT_S
-            )
+            async with asyncio.timeout(STATUS_WAIT_S):
+                last = await self._bus.last_event("SYSTEM", f"sys.status.{self._worker}")
             if last is not None and isinstance(last.event, SystemStatus):
                 self._before = last.event if last.event.rule != STORE_FULL else None
         reason = f"store full: {refused.stream} refuses writes ({refused.reason})"
@@ -119,4 +117,5 @@ class StoreWatch:
         if self._observe is not None:
             self._observe(self._worker, status)
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self._bus.publish(event, env, self._worker), STATUS_WAIT_S)
+            async with asyncio.timeout(STATUS_WAIT_S):
+                await self._bus.publish(event, env, self._worker)

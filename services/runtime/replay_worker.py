@@ -184,7 +184,8 @@ class ReplayWorker:
         while (item := self._arrived.pop(event_id, None)) is None:
             self._arrival.clear()
             try:
-                await asyncio.wait_for(self._arrival.wait(), WAIT_REPORT_S)
+                async with asyncio.timeout(WAIT_REPORT_S):
+                    await self._arrival.wait()
             except TimeoutError:
                 log.warning(
                     "%s: still waiting for planned event %s after %.0f s",

@@ -580,7 +580,8 @@ class Worker:
             await self._beat(bus, "running", seq)
             await self._poll_consumers(bus)
             with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stop.wait(), self.options.heartbeat_s)
+                async with asyncio.timeout(self.options.heartbeat_s):
+                    await self._stop.wait()
 
     async def _poll_consumers(self, bus: Bus) -> None:
         """Pending and unacknowledged counts of this worker's durable consumers."""

@@ -116,7 +116,8 @@ async def run_calibration(
                 "" if stored else " (already on the log)",
             )
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(stop.wait(), every_s)
+            async with asyncio.timeout(every_s):
+                await stop.wait()
 
 
 async def serve_calibration(url: str, watch: CalibrationWatch, every_s: float) -> None:

@@ -175,7 +175,8 @@ class IbSession(FeedSession):
 
     async def _close(self) -> None:
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.connection.close(), STOP_GRACE_S)
+            async with asyncio.timeout(STOP_GRACE_S):
+                await self.connection.close()
 
     async def _seed(self, symbols: Sequence[str]) -> tuple[InstrumentBook, Continuity]:
         """Where the log left off: the last Instrument and the last bar of each symbol."""

@@ -190,7 +190,8 @@ class LiveSession(FeedSession):
         if hasattr(self, "sink"):
             self.result.dead_letters = self.sink.dead_letters
         with contextlib.suppress(Exception):
-            await asyncio.wait_for(self.exchange.close(), STOP_GRACE_S)
+            async with asyncio.timeout(STOP_GRACE_S):
+                await self.exchange.close()
 
     # -- start-up ------------------------------------------------------------------------
 
