@@ -370,8 +370,17 @@ async def stored_on(admin: Bus, subject: str) -> bool:
 # ---------------------------------------------------------------------------------------
 # Publish rights, role by role.
 
-WORKERS = ("marketdata", "strategy-ma_cross", "risk", "execution", "portfolio", "governance")
-CONSUMING = WORKERS[1:]
+WORKERS = (
+    "marketdata",
+    "strategy-ma_cross",
+    "risk",
+    "execution",
+    "portfolio",
+    "governance",
+    "notifier",
+)
+CONSUMING = WORKERS[1:-1]
+"""The workers with durable consumers and a snapshot (not the feed, not the notifier)."""
 GATEWAY_VENUES = ("binance", "bybit", "kraken", "krakenfutures")
 """The venues nats.conf's ``gateway`` user serves (one block of rights per venue)."""
 GATEWAYS = tuple(f"gateway-{venue}" for venue in GATEWAY_VENUES)
@@ -401,6 +410,7 @@ EVENTS = {
     "venue adoption": "venue.adopt.binance",
     "venue kill": "venue.kill",
     "heartbeat of an unlisted gateway": "sys.heartbeat.gateway-other",
+    "notification": "sys.notify.sent",
 }
 OWN = {
     f"{kind} {w}": subject
@@ -425,6 +435,7 @@ MAY_PUBLISH: dict[str, set[str]] = {
     "execution": {"execution report", "venue order"} | _own("execution"),
     "portfolio": {"position", "equity"} | _own("portfolio"),
     "governance": {"playbook"} | _own("governance"),
+    "notifier": {"notification"} | _own("notifier"),
     "gateway": {"venue answer", "discrepancy", "venue status", "venue order"}.union(
         *map(_own, GATEWAYS)
     ),

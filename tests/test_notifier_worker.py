@@ -9,6 +9,7 @@ import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from nats.js.api import DeliverPolicy
@@ -24,6 +25,7 @@ from services.notifier.config import DestinationConfig, NotifierConfig
 from services.notifier.policy import PolicyConfig
 from services.notifier.worker import Notifier
 from tests.fakes.notify_sink import NotifySink
+from tests.test_nats_permissions import SecuredServer
 
 TOKEN = "123456789:SeCrEtBoTtOkEn-SHOULD-NEVER-SHOW"
 HOOK_SECRET = "hOoKsEcReT-SHOULD-NEVER-SHOW"
@@ -174,3 +176,32 @@ def test_a_missing_or_unknown_url_is_one_line_without_a_value(
 
 def _assert_secret_free(text: str) -> None:
     assert TOKEN not in text and TOKEN.split(":")[1] not in text and HOOK_SECRET not in text
+
+
+async def test_the_notifier_runs_as_its_own_nats_user(
+    tmp_path: Path, sink: NotifySink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats.conf's ``notifier`` user: its ordered consumers, its audit and its heartbeats."""
+    server = SecuredServer(tmp_path / "secured")
+    admin = await server.connect("admin", ensure=True)
+    bus = await server.connect("notifier")
+    try:
+        notifier = Notifier(_config(sink, monkeypatch))
+        task = asyncio.create_task(notifier.run(bus))
+        await asyncio.wait_for(notifier.ready.wait(), 10)
+        halt = SystemStatus(ts=time.time_ns(), status="HALTED", reason="drill", source="risk")
+        await _publish(admin, halt, "halt")
+        await _until(lambda: len(sink.received) == 2, "the halt at both destinations")
+        notifier.stop()
+        await asyncio.wait_for(task, 10)
+        audits = await _notifications(admin)
+        assert sorted((a.destination, a.outcome) for a in audits) == [
+            ("chat", "sent"),
+            ("hook", "sent"),
+        ]
+        assert not bus.refusals.about("permissions violation")
+        assert await admin.last_event("SYSTEM", "sys.heartbeat.notifier") is not None
+    finally:
+        await bus.close()
+        await admin.close()
+        server.stop()
