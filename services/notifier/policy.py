@@ -9,7 +9,10 @@ alerts and delivery results and does the I/O.
   event resolves the condition.
 - A send takes every queued alert of the most urgent priority present and merges them
   into one message: a storm of CRITICALs becomes a few messages, none lost.
-- The rate limit is per destination: at most ``per_second`` and ``per_minute`` attempts.
+- The rate limit is per destination: at most ``per_second`` and ``per_minute`` attempts,
+  of which the last ``critical_reserve`` a minute only a CRITICAL may use; past ``burst``
+  attempts within the minute they are spaced ``60 / per_minute`` s apart, so a storm's
+  budget is not spent in its first seconds.
 - The queue holds ``queue`` entries; past that the least urgent, oldest entry is
   ``dropped`` (INFO and HEARTBEAT first). A CRITICAL is never dropped: with only CRITICALs
   queued it merges into the oldest.
@@ -34,6 +37,8 @@ class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     queue: int = 200
     per_second: int = 1
     per_minute: int = 20
+    critical_reserve: int = 5
+    burst: int = 5
     critical_attempts: int = 6
     attempts: int = 2
     backoff_s: float = 2.0
@@ -43,6 +48,10 @@ class PolicyConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     def __post_init__(self) -> None:
         if self.queue < 1 or self.per_second < 1 or self.per_minute < 1:
             raise ValueError("queue, per_second and per_minute must be >= 1")
+        if self.burst < 1:
+            raise ValueError("burst must be >= 1")
+        if not 0 <= self.critical_reserve < self.per_minute:
+            raise ValueError("critical_reserve must be within [0, per_minute)")
         if self.critical_attempts < 1 or self.attempts < 1:
             raise ValueError("critical_attempts and attempts must be >= 1")
         if self.repeat_s < 0 or self.backoff_s < 0 or self.backoff_max_s < 0:
@@ -125,12 +134,14 @@ class Outbox:
     def next(self, now: int) -> tuple[Message | None, list[Audit]]:
         """The message to send now, if the rate limit and backoff allow one, and the
         ``merged`` records of the entries it absorbed."""
-        if self._flight is not None or self._limited(now):
+        if self._flight is not None or self._rate_open(now, True) > now:
             return None, []
         ready = [e for e in self._queue if e.not_before <= now]
         if not ready:
             return None, []
         top = max(RANK[e.priority] for e in ready)
+        if top < RANK["CRITICAL"] and self._rate_open(now, False) > now:
+            return None, []  # the rest of the minute's budget is kept for CRITICALs
         chosen = [e for e in ready if RANK[e.priority] == top]
         head, audits = chosen[0], []
         for entry in chosen[1:]:
@@ -174,7 +185,8 @@ class Outbox:
         if self._flight is not None or not self._queue:
             return None
         due = max(now, min(e.not_before for e in self._queue))
-        return max(due, self._rate_open(now))
+        critical = any(e.priority == "CRITICAL" for e in self._queue)
+        return max(due, self._rate_open(now, critical))
 
     def _take_back(self, key: str) -> bool:
         """Lift ``key``'s latch; whether anything was said or queued about it."""
@@ -201,18 +213,19 @@ class Outbox:
         self._queue.remove(victim)
         return [_audit("dropped", a, "queue full") for a in victim.alerts]
 
-    def _limited(self, now: int) -> bool:
-        return self._rate_open(now) > now
-
-    def _rate_open(self, now: int) -> int:
-        """When the next attempt fits both windows."""
+    def _rate_open(self, now: int, critical: bool) -> int:
+        """When the next attempt fits both windows; a non-critical one leaves
+        ``critical_reserve`` of the minute's attempts unused."""
         while self._attempts and self._attempts[0] <= now - 60 * S:
             self._attempts.popleft()
+        per_minute = self.config.per_minute - (0 if critical else self.config.critical_reserve)
         opens = now
-        if len(self._attempts) >= self.config.per_minute:
-            opens = self._attempts[-self.config.per_minute] + 60 * S
+        if len(self._attempts) >= per_minute:
+            opens = self._attempts[-per_minute] + 60 * S
         if len(self._attempts) >= self.config.per_second:
             opens = max(opens, self._attempts[-self.config.per_second] + S)
+        if len(self._attempts) >= self.config.burst:  # past a burst: paced over the minute
+            opens = max(opens, self._attempts[-1] + 60 * S // self.config.per_minute)
         return opens
 
     def _prune(self, now: int) -> None:
