@@ -46,7 +46,7 @@ app.command()(reconcile_commands.reconcile)
 app.command()(backtest_commands.backtest)
 app.command()(backtest_commands.replay)
 app.command()(sweep_commands.sweep)
-app.command()(report_commands.report)
+app.add_typer(report_commands.app, name="report")
 app.command()(backup_commands.backup)
 app.command()(backup_commands.restore)
 
