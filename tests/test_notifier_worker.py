@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+import urllib.request
 from collections.abc import AsyncIterator
 from pathlib import Path
 
@@ -91,7 +92,7 @@ async def test_each_condition_reaches_both_destinations_once_with_its_priority(
     bus: Bus, sink: NotifySink, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    notifier = Notifier(_config(sink, monkeypatch))
+    notifier = Notifier(_config(sink, monkeypatch), metrics_port=0)
     task = asyncio.create_task(notifier.run(bus))
     await asyncio.wait_for(notifier.ready.wait(), 10)
     now = time.time_ns()
@@ -116,6 +117,13 @@ async def test_each_condition_reaches_both_destinations_once_with_its_priority(
     await _until(arrived, "every condition at both destinations")
     elapsed = time.monotonic() - started
     await asyncio.sleep(0.5)  # nothing more comes
+    assert notifier.metrics is not None
+    url = f"http://127.0.0.1:{notifier.metrics.port}/metrics"
+    metrics = await asyncio.to_thread(
+        lambda: urllib.request.urlopen(url, timeout=5).read().decode()
+    )
+    assert 'destination="hook",outcome="sent",priority="CRITICAL"' in metrics
+    _assert_secret_free(metrics)
     for _, fragment in CONDITIONS.values():
         assert text("json").count(fragment) == 1 and text("telegram").count(fragment) == 1
     assert all(r.path == f"/bot{TOKEN}/sendMessage" for r in sink.received if r.kind == "telegram")

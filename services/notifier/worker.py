@@ -29,6 +29,7 @@ from eventstore.bus import Bus
 from services.notifier.alerts import Alert, alert_for
 from services.notifier.config import DestinationConfig, NotifierConfig
 from services.notifier.delivery import Delivery
+from services.notifier.metrics import NotifierMetrics
 from services.notifier.policy import Audit, Outbox
 from services.notifier.watch import HeartbeatWatch
 from services.runtime.clock import Clock, system_clock
@@ -73,9 +74,12 @@ class Notifier:
         config: NotifierConfig,
         deliveries: dict[str, Delivery] | None = None,
         clock: Clock | None = None,
+        metrics_port: int | None = None,
+        metrics_addr: str = "127.0.0.1",
     ) -> None:
         """``deliveries``: by destination name; by default built from the configured URLs
-        (read here: a missing one fails the start with one line)."""
+        (read here: a missing one fails the start with one line). ``metrics_port``: serve
+        ``/metrics`` there (0: a free port), None: no metrics."""
         if deliveries is None:
             deliveries = {d.name: Delivery(d, config.timeout_s) for d in config.destinations}
         self.config = config
@@ -88,6 +92,8 @@ class Notifier:
         self.ready = asyncio.Event()
         """Set once every input is subscribed."""
         self._seq = 0
+        self._metrics_at = (metrics_port, metrics_addr)
+        self.metrics: NotifierMetrics | None = None
 
     def stop(self) -> None:
         """Ends every loop: a cancel alone can be lost in a wait that completes with it."""
@@ -102,6 +108,8 @@ class Notifier:
             if dest.config.wants(alert):
                 self._record(dest.config.name, dest.outbox.offer(alert, now))
                 dest.wake.set()
+                if self.metrics is not None:
+                    self.metrics.queued(dest.config.name, len(dest.outbox))
 
     async def deliver(self, priority: Priority, key: str, title: str, body: str) -> None:
         """For other jobs in this process (the daily report): a text to every destination
@@ -109,6 +117,16 @@ class Notifier:
         self.offer(Alert(key, priority, "report", title, body))
 
     async def run(self, bus: Bus) -> None:
+        port, addr = self._metrics_at
+        if port is not None:
+            self.metrics = NotifierMetrics(port, addr)
+        try:
+            await self._run(bus)
+        finally:
+            if self.metrics is not None:
+                self.metrics.close()
+
+    async def _run(self, bus: Bus) -> None:
         subs = [
             await self._subscribe(bus, stream, subject, DeliverPolicy.NEW)
             for stream, subject in INPUTS + ((FILLS,) if self.config.fills else ())
@@ -190,6 +208,8 @@ class Notifier:
             if not ok:
                 log.warning("notifier: %s attempt %d failed: %s", name, message.attempts, reason)
             self._record(name, outbox.done(ok, self.clock.now_ns(), reason))
+            if self.metrics is not None:
+                self.metrics.queued(name, len(outbox))
 
     async def _ticker(self, bus: Bus) -> None:
         """Own heartbeat, the dead-man watch and the optional alive message."""
@@ -197,7 +217,8 @@ class Notifier:
         every = int(self.config.alive_every_s * 1e9)
         while not self._stop.is_set():
             seq += 1
-            await publish_heartbeat(bus, NAME, self.instance, "running", seq)
+            port = self.metrics.port if self.metrics is not None else 0
+            await publish_heartbeat(bus, NAME, self.instance, "running", seq, 0, port)
             now = self.clock.now_ns()
             for alert in self.watch.tick(now):
                 self.offer(alert)
@@ -209,6 +230,8 @@ class Notifier:
     def _record(self, destination: str, audits: list[Audit]) -> None:
         now = self.clock.now_ns()
         for audit in audits:
+            if self.metrics is not None:
+                self.metrics.outcome(destination, audit.outcome, audit.priority)
             self._seq += 1
             event = Notification(
                 ts=now,
