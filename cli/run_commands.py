@@ -440,15 +440,19 @@ def calibration(
 
 
 @app.command()
-def notifier(config: ConfigOpt = None) -> None:
+def notifier(
+    config: ConfigOpt = None,
+    metrics_port: MetricsOpt = 0,
+    metrics_addr: MetricsAddrOpt = "127.0.0.1",
+) -> None:
     """Alerts to people: statuses, risk alerts, stale feeds, reconciliation, dead letters,
     governance decisions and silent workers in; Apprise destinations out, every outcome on
-    sys.notify.* (docs/alerts.md). Off unless the config has a [notifier] section."""
+    sys.notify.* (docs/alerts.md). Off unless the config configures the notifier."""
     settings = load_config_or_exit(config)
     if settings.notifier is None:
         raise fail(escape("notifier: the config has no [notifier] section (the notifier is off)"))
     with user_errors():
-        service = Notifier(settings.notifier)
+        service = Notifier(settings.notifier, metrics_port=metrics_port, metrics_addr=metrics_addr)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s notifier %(levelname)s %(message)s")
 
     async def main() -> None:

@@ -57,6 +57,8 @@ ONE_SHOT = {"streams", "reader-mirrors"}
 """Keel services that run once before the fleet (the admin creating the streams, then the
 readers' mirrors)."""
 WORKERS = sorted(set(KEEL) - ONE_SHOT)
+OPTIONAL = {name for name in WORKERS if SERVICES[name].get("profiles")}
+"""Workers off unless their compose profile is on (the notifier: ``--profile notify``)."""
 KEEL_COMMANDS = sorted(name for name in KEEL if "entrypoint" not in SERVICES[name])
 """Services that run a ``keel`` command (the image's entrypoint)."""
 METRICS_PORT = 9100
@@ -106,6 +108,7 @@ def variable_of(value: str) -> str:
 
 def test_the_fleet_is_deployed() -> None:
     fleet = ["marketdata", "strategy-ma_cross", "risk", "execution", "portfolio", "governance"]
+    fleet.append("notifier")  # off unless its compose profile is on (OPTIONAL)
     assert sorted(fleet) == WORKERS
     assert {"nats", "prometheus", "grafana", "otel-collector"} <= SERVICES.keys()
     assert set(KEEL) == set(WORKERS) | ONE_SHOT
@@ -267,6 +270,7 @@ EVENTS_OF = {
     "execution": {"exec.>", "venue.order.>"},
     "portfolio": {"pf.>"},
     "governance": {"gov.playbook.>", "gov.model.>", "gov.promotion.>", "gov.alloc.>"},
+    "notifier": {"sys.notify.>"},
 }
 GATEWAY_VENUE = VenueConfig(name="binance", exchange="binanceusdm", mode="sandbox", sandbox=True)
 
@@ -462,7 +466,8 @@ def test_prometheus_scrapes_every_metrics_port() -> None:
     }
     assert set(with_metrics.values()) == {METRICS_PORT}
     targets = scrape_targets()
-    assert {f"{name}:{METRICS_PORT}" for name in with_metrics} <= set(targets)
+    required = set(with_metrics) - OPTIONAL  # a target that is off would be a "down" alert
+    assert {f"{name}:{METRICS_PORT}" for name in required} <= set(targets)
     collector_port = collector_config()["exporters"]["prometheus"]["endpoint"].rsplit(":", 1)[1]
     for target in targets:
         host, port = target.rsplit(":", 1)
