@@ -9,9 +9,10 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.events import FeedStatus, Heartbeat, RiskAlert, SystemStatus
+from contracts.events import FeedStatus, GovernanceCommand, Heartbeat, RiskAlert, SystemStatus
 from contracts.venue_events import Discrepancy, VenueStatus
 from services.notifier.alerts import Alert, alert_for
+from services.notifier.config import DestinationConfig
 from services.notifier.policy import Audit, Outbox, PolicyConfig, S
 from services.notifier.watch import HeartbeatWatch
 
@@ -194,3 +195,33 @@ def test_a_storm_of_1000_alerts_in_a_minute_is_a_few_merged_messages_with_no_cri
         a for a in audits if a.priority == "CRITICAL" and a.outcome in ("dropped", "failed")
     ]
     assert len(outbox) == 0
+
+
+def test_routing_rules_take_priorities_kinds_and_fills() -> None:
+    ops = DestinationConfig(name="ops", url_env="X", min_priority="ERROR", kinds=("status",))
+    fills = DestinationConfig(name="fills", url_env="X", min_priority="INFO", fills=True)
+    halt = _crit("status.risk")
+    stale = Alert("feed.b.X", "ERROR", "feed", "stale")
+    degraded = Alert("status.risk", "WARNING", "status", "degraded")
+    running = Alert("status.risk", "INFO", "status", "running", resolves=True)
+    fill = Alert("fill.o-1.1", "INFO", "fill", "fill")
+    assert [ops.wants(a) for a in (halt, stale, degraded, running, fill)] == [
+        True,
+        False,
+        False,
+        True,
+        False,
+    ]
+    assert [fills.wants(a) for a in (halt, stale, degraded, fill)] == [True, True, True, True]
+
+
+def test_the_kill_switch_is_critical_and_resume_resolves_it() -> None:
+    kill = alert_for(GovernanceCommand(ts=T0, action="kill", reason="drill", issued_by="ops"))
+    resume = alert_for(GovernanceCommand(ts=T0, action="resume", issued_by="ops"))
+    assert kill is not None and (kill.key, kill.priority, kill.title) == (
+        "gov.kill",
+        "CRITICAL",
+        "Kill switch by ops",
+    )
+    assert resume is not None and resume.resolves and resume.key == "gov.kill"
+    assert alert_for(FeedStatus(ts=T0, venue="b", symbol="X", state="backfilling")) is None
