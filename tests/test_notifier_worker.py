@@ -104,6 +104,7 @@ async def test_each_condition_reaches_both_destinations_once_with_its_priority(
         VenueStatus(ts=now, venue="binance", mode="live", state="halted", reason="recon"),
         Discrepancy(ts=now, venue="binance", kind="position_mismatch", action="halt", symbol="BTC"),
     ]
+    await bus.js.publish("sys.status.junk", b"not an event")  # a dead letter, not a stop
     started = time.monotonic()
     for i, event in enumerate(events):
         await _publish(bus, event, str(i))
@@ -130,6 +131,9 @@ async def test_each_condition_reaches_both_destinations_once_with_its_priority(
     assert {r.type for r in sink.received if r.kind == "json"} == {"failure"}
     notifier.stop()
     await asyncio.wait_for(task, 10)
+    letter = await bus.last_event("SYSTEM", "sys.dlq.notifier")
+    assert letter is not None and letter.event.subject == "sys.status.junk"
+    assert "Dead letter from notifier on sys.status.junk" in text("json")
     audits = await _notifications(bus)
     for destination in ("hook", "chat"):
         seen = {

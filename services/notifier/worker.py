@@ -93,6 +93,7 @@ class Notifier:
         """Set once every input is subscribed."""
         self._seq = 0
         self._metrics_at = (metrics_port, metrics_addr)
+        self._letters: set[asyncio.Task] = set()
         self.metrics: NotifierMetrics | None = None
 
     def stop(self) -> None:
@@ -168,11 +169,16 @@ class Notifier:
         except (DecodeError, ValueError) as exc:
             self._dead_letter(bus, msg, f"undecodable: {exc}")
             return
-        if isinstance(event, Heartbeat):
-            alerts = self.watch.beat(event, stored_ns(msg), cause)
-        else:
-            alert = alert_for(event, cause)
-            alerts = [alert] if alert is not None else []
+        try:
+            if isinstance(event, Heartbeat):
+                alerts = self.watch.beat(event, stored_ns(msg), cause)
+            else:
+                alert = alert_for(event, cause)
+                alerts = [alert] if alert is not None else []
+        except Exception as exc:  # one event the mapping cannot take: a letter, not a stop
+            log.exception("notifier: cannot take %s", msg.subject)
+            self._dead_letter(bus, msg, f"handler error: {type(exc).__name__}: {exc}")
+            return
         for alert in alerts:
             self.offer(alert)
 
@@ -187,7 +193,9 @@ class Notifier:
             payload=bytes(msg.data[:65_536]),
         )
         env = Envelope.root(content_id("dlq", NAME, msg.subject, msg.reply or "", now), now)
-        asyncio.get_running_loop().create_task(self._publish_quietly(bus, letter, env))
+        task = asyncio.get_running_loop().create_task(self._publish_quietly(bus, letter, env))
+        self._letters.add(task)
+        task.add_done_callback(self._letters.discard)
 
     async def _sender(self, dest: Destination) -> None:
         """Deliver this destination's outbox, one message at a time."""
