@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 
 import msgspec
 
@@ -21,7 +22,8 @@ from services.notifier.policy import PolicyConfig
 
 class DestinationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """One place alerts go. ``min_priority`` and ``kinds`` are its routing rule (``kinds``
-    empty: every kind but fills, which need ``fills = true``). ``api_base`` points a
+    empty: every kind but fills, which need ``fills = true``, and the daily report, which
+    goes wherever ``report`` is true whatever ``min_priority`` says). ``api_base`` points a
     ``tgram://`` URL at another Bot API server (a self-hosted one, or a test fake)."""
 
     name: str
@@ -30,6 +32,7 @@ class DestinationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     min_priority: Priority = "WARNING"
     kinds: tuple[str, ...] = ()
     fills: bool = False
+    report: bool = True
     api_base: str = ""
     limits: PolicyConfig = msgspec.field(default_factory=PolicyConfig)
 
@@ -47,6 +50,8 @@ class DestinationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
     def wants(self, alert: Alert) -> bool:
         if alert.kind == "fill":
             return self.fills
+        if alert.kind == "report":
+            return self.report
         if self.kinds and alert.kind not in self.kinds:
             return False
         if alert.resolves:
@@ -73,6 +78,22 @@ class DestinationConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True)
         return value
 
 
+class DailyReportConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
+    """``[notifier.daily_report]``: the previous day's report (docs/alerts.md, "Daily
+    report") once after each midnight of ``timezone``; ``html_dir``: also write its page."""
+
+    timezone: str = "UTC"
+    html_dir: str = ""
+
+    def __post_init__(self) -> None:
+        try:
+            ZoneInfo(self.timezone)
+        except (ZoneInfoNotFoundError, ValueError):
+            raise ValueError(
+                f"notifier.daily_report: unknown time zone {self.timezone!r}"
+            ) from None
+
+
 class NotifierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     """``dead_after_s``: a worker silent that long is dead (workers beat every 2 s).
     ``timeout_s`` bounds one delivery attempt. ``alive_every_s`` > 0 sends a HEARTBEAT
@@ -83,6 +104,7 @@ class NotifierConfig(msgspec.Struct, frozen=True, forbid_unknown_fields=True):
     timeout_s: float = 15.0
     heartbeat_s: float = 2.0
     alive_every_s: float = 0.0
+    daily_report: DailyReportConfig | None = None
 
     def __post_init__(self) -> None:
         names = [d.name for d in self.destinations]

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import socket
+from pathlib import Path
 
 from nats.aio.msg import Msg
 from nats.js.api import DeliverPolicy
@@ -24,7 +25,7 @@ from nats.js.api import DeliverPolicy
 from contracts.codec import DecodeError, decode
 from contracts.envelope import Envelope, content_id
 from contracts.events import DeadLetter, Heartbeat
-from contracts.notify_events import Notification, Priority
+from contracts.notify_events import Notification
 from eventstore.bus import Bus
 from services.notifier.alerts import Alert, alert_for
 from services.notifier.config import DestinationConfig, NotifierConfig
@@ -32,6 +33,7 @@ from services.notifier.delivery import Delivery
 from services.notifier.metrics import NotifierMetrics
 from services.notifier.policy import Audit, Outbox
 from services.notifier.watch import HeartbeatWatch
+from services.reports.daily_job import DailyJob
 from services.runtime.clock import Clock, system_clock
 from services.runtime.heartbeat import publish_heartbeat
 from services.runtime.merge import stored_ns
@@ -95,6 +97,7 @@ class Notifier:
         self._metrics_at = (metrics_port, metrics_addr)
         self._letters: set[asyncio.Task] = set()
         self.metrics: NotifierMetrics | None = None
+        self._reports: dict[str, tuple[asyncio.Future[bool], int]] = {}
 
     def stop(self) -> None:
         """Ends every loop: a cancel alone can be lost in a wait that completes with it."""
@@ -112,10 +115,21 @@ class Notifier:
                 if self.metrics is not None:
                     self.metrics.queued(dest.config.name, len(dest.outbox))
 
-    async def deliver(self, priority: Priority, key: str, title: str, body: str) -> None:
-        """For other jobs in this process (the daily report): a text to every destination
-        that takes ``report`` alerts at this priority, through the same limits and audit."""
-        self.offer(Alert(key, priority, "report", title, body))
+    async def send_report(self, key: str, title: str, body: str) -> bool:
+        """The daily report's send: the text to every destination that takes reports,
+        through the same limits and audit; True once one destination has it, False when
+        none takes reports or every one dropped or failed it."""
+        alert = Alert(key, "INFO", "report", title, body)
+        wanted = [d for d in self.destinations if d.config.wants(alert)]
+        if not wanted:
+            return False
+        done = asyncio.get_running_loop().create_future()
+        self._reports[key] = (done, len(wanted))
+        try:
+            self.offer(alert)
+            return await done
+        finally:
+            self._reports.pop(key, None)
 
     async def run(self, bus: Bus) -> None:
         port, addr = self._metrics_at
@@ -135,6 +149,11 @@ class Notifier:
         subs.append(await self._subscribe(bus, *HEARTBEATS, DeliverPolicy.LAST_PER_SUBJECT))
         tasks = [asyncio.create_task(self._sender(dest)) for dest in self.destinations]
         tasks += [asyncio.create_task(self._publisher(bus)), asyncio.create_task(self._ticker(bus))]
+        report = self.config.daily_report
+        if report is not None:
+            html_dir = Path(report.html_dir) if report.html_dir else None
+            job = DailyJob(bus, self.send_report, self.clock.now_ns, report.timezone, html_dir)
+            tasks.append(asyncio.create_task(job.run()))
         self.ready.set()
         log.info(
             "notifier: %d destinations (%s), %d inputs",
@@ -235,6 +254,22 @@ class Notifier:
                 self.offer(Alert("alive", "HEARTBEAT", "heartbeat", "Keel notifier alive"))
             await self.clock.sleep(self.config.heartbeat_s)
 
+    def _settle_report(self, audit: Audit) -> None:
+        """A report's send is settled by its first delivery, or once every destination
+        that took it dropped or failed it."""
+        waiting = self._reports.get(audit.key)
+        if waiting is None or audit.outcome not in ("sent", "dropped", "failed"):
+            return
+        done, left = waiting
+        if done.done():
+            return
+        if audit.outcome == "sent":
+            done.set_result(True)
+        elif left <= 1:
+            done.set_result(False)
+        else:
+            self._reports[audit.key] = (done, left - 1)
+
     def _record(self, destination: str, audits: list[Audit]) -> None:
         now = self.clock.now_ns()
         for audit in audits:
@@ -254,6 +289,7 @@ class Notifier:
                 reason=audit.reason,
                 cause_ids=audit.cause_ids,
             )
+            self._settle_report(audit)
             try:
                 self._audits.put_nowait(event)
             except asyncio.QueueFull:
