@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import AsyncIterator
+from pathlib import Path
 
 import pytest
 from nats.js.api import DeliverPolicy
@@ -18,10 +19,11 @@ from eventstore.log_reader import read_caught_up
 from services.notifier.config import DailyReportConfig, DestinationConfig, NotifierConfig
 from services.notifier.policy import PolicyConfig
 from services.notifier.worker import Notifier
-from services.reports.daily_job import report_key
+from services.reports.daily_job import BUCKET, report_key
 from services.runtime.clock import WallClock
 from tests import daily_day
 from tests.fakes.notify_sink import NotifySink
+from tests.test_nats_permissions import SecuredServer
 
 AFTER_MIDNIGHT = daily_day.END + 5 * 1_000_000_000
 FAST = PolicyConfig(per_second=20, per_minute=200, critical_attempts=3, backoff_s=0.05)
@@ -84,3 +86,24 @@ async def test_the_notifier_sends_the_days_report_once_across_a_restart(
     assert [(n.key, n.destination, n.outcome) for n in sent] == [
         (report_key(daily_day.DAY), "hook", "sent")
     ]
+
+
+async def test_the_daily_report_runs_as_the_notifier_user(
+    tmp_path: Path, sink: NotifySink, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """nats.conf's ``notifier`` user reads the day, keeps its marker and records the send."""
+    server = SecuredServer(tmp_path / "secured")
+    admin = await server.connect("admin", ensure=True)
+    bus = await server.connect("notifier")
+    try:
+        for i, event in enumerate(daily_day.events()):
+            await admin.publish(event, Envelope.root(content_id("day", i), event.ts))
+        notifier = Notifier(config(sink, monkeypatch), clock=AfterMidnight())
+        await run_until_sent(bus, notifier, sink, 1)
+        assert not bus.refusals.about("permissions violation")
+        kv = await admin.js.key_value(BUCKET)
+        assert (await kv.get(daily_day.DAY)).value
+    finally:
+        await bus.close()
+        await admin.close()
+        server.stop()
