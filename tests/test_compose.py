@@ -270,7 +270,11 @@ EVENTS_OF = {
     "execution": {"exec.>", "venue.order.>"},
     "portfolio": {"pf.>"},
     "governance": {"gov.playbook.>", "gov.model.>", "gov.promotion.>", "gov.alloc.>"},
-    "notifier": {"sys.notify.>"},
+    "notifier": {
+        "sys.notify.>",
+        "$KV.KEEL_DAILY_REPORTS.>",  # the daily report's markers
+        "$JS.API.STREAM.CREATE.KV_KEEL_DAILY_REPORTS",
+    },
 }
 GATEWAY_VENUE = VenueConfig(name="binance", exchange="binanceusdm", mode="sandbox", sandbox=True)
 
