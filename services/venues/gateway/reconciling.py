@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+from collections.abc import Iterable, Mapping
 from typing import TYPE_CHECKING, Any
 
 from contracts.envelope import Envelope, content_id
@@ -69,6 +70,7 @@ class Reconciler:
             leg = gateway.book.legs.get(str(order.get("clientOrderId") or ""))
             if leg is not None:
                 gateway.book.link(leg, order_ids(order))
+        await self._link_triggered(orders or ())
         if trades is not None:
             trades = [self._named(t) for t in trades]
         contracts = [s for s in symbols if self.calls.is_contract(s)]
@@ -95,6 +97,25 @@ class Reconciler:
             balances=balances,
             balances_error=balances_error,
         )
+
+    async def _link_triggered(self, orders: Iterable[Mapping[str, Any]]) -> None:
+        """Each open conditional leg the listing no longer shows, looked up by client id: a
+        stop the market triggered while no gateway listened (Binance USDT-M's algo order)
+        has trades that name only the order it became (``actualOrderId``), which the log
+        does not hold until a fill of it is recorded. The exchange's answer links the two;
+        a failed query links nothing (its trades stay unexplained: the venue halts)."""
+        book = self.gateway.book
+        listed = {str(o.get("clientOrderId") or "") for o in orders}
+        for leg in book.open_legs():
+            if leg.order.venue_client_id in listed or not self.calls.algo(leg.order):
+                continue
+            try:
+                found = await self.calls.find(leg.order)
+            except Exception as exc:
+                log.warning("query %s failed: %s", leg.order.venue_client_id, self._reason(exc))
+                continue
+            if found is not None:
+                book.link(leg, order_ids(found))
 
     async def _positions(self, contracts: list[str]) -> dict[str, float]:
         """Signed positions of ``contracts``; Bybit is asked one symbol at a time (ccxt
