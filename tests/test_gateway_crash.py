@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import os
 import time
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -46,7 +47,11 @@ from tests.test_gateway import KEY, secret_for
 
 RATE = 10.0
 VENUE = "cx"
-EXCHANGES = ("binance", "binanceusdm", "bybit", "kraken", "krakenfutures")
+ALL_EXCHANGES = ("binance", "binanceusdm", "bybit", "kraken", "krakenfutures")
+EXCHANGES = tuple(
+    e for e in os.environ.get("KEEL_CRASH_EXCHANGES", ",".join(ALL_EXCHANGES)).split(",") if e
+)
+"""All of them unless ``KEEL_CRASH_EXCHANGES`` (comma-separated) narrows a run to some."""
 GATEWAY = GatewayConfig(
     poll_after_s=5.0,
     poll_every_s=1.0,
