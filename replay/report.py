@@ -109,7 +109,7 @@ def _times(ns: np.ndarray) -> np.ndarray:
     return np.datetime_as_string(np.asarray(ns, dtype=np.int64).astype("datetime64[ns]"), "ms")
 
 
-def _reduced(ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def reduced_points(ts: np.ndarray, values: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     keep = minmax_indices(values)
     return _times(ts[keep]), np.asarray(values)[keep]
 
@@ -145,7 +145,7 @@ def write_report(run_dir: Path, data: RunData | None = None) -> Path:
     return path
 
 
-def _plotlyjs() -> str:
+def plotly_script() -> str:
     """plotly.js, inline, once per page.
 
     The bundle names two CDN addresses as defaults of features these charts never use
@@ -157,10 +157,10 @@ def _plotlyjs() -> str:
     return get_plotlyjs().replace("https://cdn", "https:\\/\\/cdn")
 
 
-def _figure_html(figure: Any, name: str) -> str:
+def figure_html(figure: Any, name: str) -> str:
     """A figure's div and script, under an HTML heading repeating its title (searchable)."""
     title = figure.layout.title.text
-    heading = f"<h3>{_esc(title)}</h3>" if title else ""
+    heading = f"<h3>{html_escape(title)}</h3>" if title else ""
     return heading + figure.to_html(
         full_html=False,
         include_plotlyjs=False,
@@ -169,7 +169,7 @@ def _figure_html(figure: Any, name: str) -> str:
     )
 
 
-def _layout(figure: Any, title: str, y_title: str, height: int = 420) -> Any:
+def plot_layout(figure: Any, title: str, y_title: str, height: int = 420) -> Any:
     figure.update_layout(
         title=title,
         template="plotly_white",
@@ -182,14 +182,16 @@ def _layout(figure: Any, title: str, y_title: str, height: int = 420) -> Any:
     return figure
 
 
-def _esc(value: Any) -> str:
+def html_escape(value: Any) -> str:
     return html.escape(str(value))
 
 
-def _table(header: list[str], rows: list[list[Any]], table_id: str = "") -> str:
+def html_table(header: list[str], rows: list[list[Any]], table_id: str = "") -> str:
     ident = f' id="{table_id}"' if table_id else ""
-    head = "".join(f"<th>{_esc(h)}</th>" for h in header)
-    body = "".join("<tr>" + "".join(f"<td>{_esc(c)}</td>" for c in row) + "</tr>" for row in rows)
+    head = "".join(f"<th>{html_escape(h)}</th>" for h in header)
+    body = "".join(
+        "<tr>" + "".join(f"<td>{html_escape(c)}</td>" for c in row) + "</tr>" for row in rows
+    )
     return f"<table{ident}><thead><tr>{head}</tr></thead><tbody>{body}</tbody></table>"
 
 
@@ -200,7 +202,7 @@ def _when(ns: int | None) -> str:
 def _header(data: RunData) -> str:
     spec, result = data.record.spec, data.record.result
     config = spec.config
-    strategies = _table(
+    strategies = html_table(
         ["strategy", "instance", "symbols", "params"],
         [
             [
@@ -213,7 +215,7 @@ def _header(data: RunData) -> str:
         ],
         "strategies",
     )
-    sources = _table(
+    sources = html_table(
         ["data", "symbol", "venue", "interval", "sha256"],
         [
             [
@@ -230,7 +232,7 @@ def _header(data: RunData) -> str:
     ts = data.equity["ts"]
     first, last = (ts.min(), ts.max()) if data.equity.height else (None, None)
     execution = config.execution
-    facts = _table(
+    facts = html_table(
         ["", ""],
         [
             ["requested window", f"{_when(spec.start)} .. {_when(spec.end)} (end exclusive)"],
@@ -249,8 +251,8 @@ def _header(data: RunData) -> str:
     )
     names = ", ".join(s.name for s in config.strategies)
     return (
-        f"<h1>Keel backtest report: {_esc(names)}</h1>"
-        f"<p class=note>Run directory {_esc(data.run_dir.resolve())}</p>"
+        f"<h1>Keel backtest report: {html_escape(names)}</h1>"
+        f"<p class=note>Run directory {html_escape(data.run_dir.resolve())}</p>"
         f"<h2>Strategies</h2>{strategies}<h2>Data</h2>{sources}<h2>Run</h2>{facts}"
     )
 
@@ -274,7 +276,7 @@ def _metrics_table(data: RunData) -> str:
         ["fees", f"{m.fees:,.2f}"],
         ["speed", f"{m.bars_per_s:,.0f} bars/s ({m.wall_s:.2f}s)"],
     ]
-    return f"<h2>Metrics</h2>{_table(['metric', 'value'], rows, 'metrics')}"
+    return f"<h2>Metrics</h2>{html_table(['metric', 'value'], rows, 'metrics')}"
 
 
 def _curve_figures(data: RunData) -> str:
@@ -283,17 +285,17 @@ def _curve_figures(data: RunData) -> str:
     cash = data.record.spec.config.portfolio.initial_equity
     ts = data.equity["ts"].to_numpy()
     equity = data.equity["equity"].to_numpy()
-    x, y = _reduced(ts, equity)
+    x, y = reduced_points(ts, equity)
     fig = go.Figure(go.Scatter(x=x, y=y, mode="lines", name="equity"))
     fig.add_hline(y=cash, line_dash="dot", line_color="grey", annotation_text="starting cash")
-    equity_html = _figure_html(_layout(fig, "Equity", "equity"), "equity")
+    equity_html = figure_html(plot_layout(fig, "Equity", "equity"), "equity")
 
-    x, y = _reduced(ts, drawdown_pct(equity, cash))
+    x, y = reduced_points(ts, drawdown_pct(equity, cash))
     fig = go.Figure(
         go.Scatter(x=x, y=y, mode="lines", fill="tozeroy", name="drawdown", line_color="firebrick")
     )
     title = "Drawdown (% from running peak)"
-    drawdown_html = _figure_html(_layout(fig, title, "% below peak"), "drawdown")
+    drawdown_html = figure_html(plot_layout(fig, title, "% below peak"), "drawdown")
     note = (
         f"<p class=note>{len(ts):,} curve points; each trace shows at most {MAX_POINTS:,} "
         "(minimum and maximum of each bucket of consecutive points, so the extremes are kept)."
@@ -315,7 +317,7 @@ def _fill_frame(fills: list[ExecutionReport]) -> pl.DataFrame:
 
 
 def _markers(go: Any, frame: pl.DataFrame, ts: str, price: str, **style: Any) -> Any:
-    x, y = _reduced(frame[ts].to_numpy(), frame[price].to_numpy())
+    x, y = reduced_points(frame[ts].to_numpy(), frame[price].to_numpy())
     return go.Scatter(x=x, y=y, mode="markers", **style)
 
 
@@ -332,7 +334,7 @@ def _price_figures(data: RunData) -> str:
     for number, (venue, symbol) in enumerate(keys.iter_rows()):
         label = f"{venue} {symbol}" if several_venues else symbol
         own = fills.filter((pl.col("venue") == venue) & (pl.col("symbol") == symbol))
-        x, y = _reduced(own["ts"].to_numpy(), own["price"].to_numpy())
+        x, y = reduced_points(own["ts"].to_numpy(), own["price"].to_numpy())
         fig = go.Figure(
             go.Scatter(x=x, y=y, mode="lines", name="fill price", line_color="steelblue")
         )
@@ -365,7 +367,7 @@ def _price_figures(data: RunData) -> str:
                 )
             )
         title = f"Price with entries and exits: {label}"
-        parts.append(_figure_html(_layout(fig, title, "price"), f"price-{number}"))
+        parts.append(figure_html(plot_layout(fig, title, "price"), f"price-{number}"))
     return "".join(parts)
 
 
@@ -404,15 +406,15 @@ def _attribution(data: RunData) -> str:
             ]
         )
         fig.update_layout(barmode="group")
-        _layout(fig, title, "pnl", height=380).update_layout(hovermode="closest")
+        plot_layout(fig, title, "pnl", height=380).update_layout(hovermode="closest")
         rows = [
             [n, f"{t:,}", f"{g:,.2f}", f"{f:,.2f}", f"{p:,.2f}", f"{w * 100:.1f}%"]
             for n, t, g, f, p, w in grouped.iter_rows()
         ]
-        table = _table(
+        table = html_table(
             [key, "trades", "gross pnl", "fees", "net pnl", "win rate"], rows, f"by-{key}"
         )
-        parts.append(_figure_html(fig, f"attribution-{key}") + table)
+        parts.append(figure_html(fig, f"attribution-{key}") + table)
     net = data.trades["pnl"].sum()
     change = data.metrics.final_equity - data.record.spec.config.portfolio.initial_equity
     parts.append(
@@ -457,10 +459,10 @@ def _trades_table(trades: pl.DataFrame, limit: int = TRADES_SHOWN) -> str:
         "fees",
     ]
     caption = f"first {shown.height:,} of {trades.height:,}" if trades.height else "none"
-    return f"<h2>Trades ({caption})</h2>{_table(header, rows, 'trades')}"
+    return f"<h2>Trades ({caption})</h2>{html_table(header, rows, 'trades')}"
 
 
-_STYLE = """
+PAGE_STYLE = """
 body { font-family: system-ui, sans-serif; margin: 1.5em auto; max-width: 1200px; color: #222; }
 table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
 th, td { border: 1px solid #ddd; padding: 3px 8px; text-align: left; }
@@ -486,7 +488,7 @@ def _page(data: RunData) -> str:
     )
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        f"<title>Keel report: {_esc(names)} {_esc(data.record.result.result_hash[:16])}</title>"
-        f"<style>{_STYLE}</style><script>{_plotlyjs()}</script></head>"
+        f"<title>Keel report: {html_escape(names)} {html_escape(data.record.result.result_hash[:16])}</title>"
+        f"<style>{PAGE_STYLE}</style><script>{plotly_script()}</script></head>"
         f"<body>{body}</body></html>\n"
     )

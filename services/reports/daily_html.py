@@ -11,14 +11,14 @@ import numpy as np
 
 from eventstore.errors import KeelError
 from replay.report import (
-    _STYLE,
-    _esc,
-    _figure_html,
-    _layout,
-    _plotlyjs,
-    _reduced,
-    _table,
+    PAGE_STYLE,
     drawdown_pct,
+    figure_html,
+    html_escape,
+    html_table,
+    plot_layout,
+    plotly_script,
+    reduced_points,
 )
 from services.reports.daily import DailyReport
 from services.reports.daily_text import local_time, no_data_line, title
@@ -46,7 +46,7 @@ def _summary(r: DailyReport) -> str:
         ["trades closed / win rate", f"{r.trades} / {_rate(r.win_rate)}"],
         ["fills", str(r.fills)],
     ]
-    return f"<h2>Summary</h2>{_table(['figure', 'value'], rows, 'summary')}"
+    return f"<h2>Summary</h2>{html_table(['figure', 'value'], rows, 'summary')}"
 
 
 def _curves(r: DailyReport) -> str:
@@ -56,18 +56,18 @@ def _curves(r: DailyReport) -> str:
         return "<h2>Equity and drawdown</h2><p>No equity snapshot in the day.</p>"
     ts = np.asarray(r.curve_ts, dtype=np.int64)
     equity = np.asarray(r.curve_equity, dtype=np.float64)
-    x, y = _reduced(ts, equity)
+    x, y = reduced_points(ts, equity)
     fig = go.Figure(go.Scatter(x=x, y=y, mode="lines", name="equity"))
     fig.add_hline(
         y=r.opening_equity, line_dash="dot", line_color="grey", annotation_text="opening equity"
     )
-    equity_html = _figure_html(_layout(fig, "Equity (UTC)", "equity"), "equity")
-    x, y = _reduced(ts, drawdown_pct(equity, r.opening_equity))
+    equity_html = figure_html(plot_layout(fig, "Equity (UTC)", "equity"), "equity")
+    x, y = reduced_points(ts, drawdown_pct(equity, r.opening_equity))
     fig = go.Figure(
         go.Scatter(x=x, y=y, mode="lines", fill="tozeroy", name="drawdown", line_color="firebrick")
     )
     title_dd = "Drawdown (% from running peak, opening equity included)"
-    drawdown_html = _figure_html(_layout(fig, title_dd, "% below peak"), "drawdown")
+    drawdown_html = figure_html(plot_layout(fig, title_dd, "% below peak"), "drawdown")
     return f"<h2>Equity and drawdown</h2>{equity_html}{drawdown_html}"
 
 
@@ -101,30 +101,30 @@ def _tables(r: DailyReport) -> str:
     return "".join(
         (
             "<h2>Per strategy and model</h2>",
-            _table([*head, "win rate"], books, "strategies"),
+            html_table([*head, "win rate"], books, "strategies"),
             "<h2>Per venue</h2><p class=note>Closed round trips net of fees, and the fees of "
             "the day's fills, in the instruments' quote currency.</p>",
-            _table(["venue", "fills", "trades", "pnl", "win rate", "fees"], venues, "venues"),
+            html_table(["venue", "fills", "trades", "pnl", "win rate", "fees"], venues, "venues"),
             f"<h2>Open positions at close ({len(r.positions)})</h2>",
-            _table(
+            html_table(
                 ["venue", "symbol", "qty", "avg price", "last strategy"], positions, "positions"
             ),
             f"<h2>Alerts ({len(r.alerts)}, first {min(len(r.alerts), ALERTS_SHOWN)})</h2>",
-            _table([f"time ({r.timezone})", "kind", "source", "text"], alerts, "alerts"),
+            html_table([f"time ({r.timezone})", "kind", "source", "text"], alerts, "alerts"),
         )
     )
 
 
 def page(report: DailyReport) -> str:
-    heading = _esc(title(report))
+    heading = html_escape(title(report))
     if report.has_data:
         body = _summary(report) + _curves(report) + _tables(report)
     else:
-        body = f"<p>{_esc(no_data_line(report))}</p>"
+        body = f"<p>{html_escape(no_data_line(report))}</p>"
     return (
         "<!DOCTYPE html>\n<html lang=en><head><meta charset=utf-8>"
-        f"<title>{heading}</title><style>{_STYLE}</style>"
-        f"<script>{_plotlyjs()}</script></head><body><h1>{heading}</h1>{body}</body></html>\n"
+        f"<title>{heading}</title><style>{PAGE_STYLE}</style>"
+        f"<script>{plotly_script()}</script></head><body><h1>{heading}</h1>{body}</body></html>\n"
     )
 
 
