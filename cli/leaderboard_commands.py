@@ -16,9 +16,10 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.console import console, fail, load_config_or_exit, run
-from cli.timeparse import iso_ns, parse_time
+from cli.timeparse import parse_time
 from contracts.events import Instrument
 from contracts.model_events import ModelVariant
+from contracts.timestamps import iso_ns
 from eventstore.bus import Bus, Stored, read_message
 from eventstore.log_reader import last_per_subject, read_caught_up, read_until
 from eventstore.server import nats_url

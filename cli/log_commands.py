@@ -13,9 +13,10 @@ from rich.table import Table
 
 from cli.console import console, fail, run, user_errors
 from cli.tap import tap
-from cli.timeparse import iso_ns, parse_time
+from cli.timeparse import parse_time
 from contracts.envelope import Envelope, content_id
 from contracts.events import GovernanceAction, GovernanceCommand
+from contracts.timestamps import iso_ns
 from contracts.venue_events import KillSwitch
 from eventstore.bus import Bus
 from eventstore.log_reader import event_time_at

@@ -14,7 +14,8 @@ import typer
 from rich.table import Table
 
 from cli.console import console, fail, run, user_errors
-from cli.timeparse import iso_ns, parse_time
+from cli.timeparse import parse_time
+from contracts.timestamps import iso_ns
 from eventstore.bus import Bus
 from eventstore.model_store import (
     BUCKET,

@@ -12,10 +12,11 @@ import typer
 from nats.js.errors import NotFoundError
 
 from cli.console import console, run, user_errors
-from cli.timeparse import iso_ns, parse_time
+from cli.timeparse import parse_time
 from contracts.envelope import MSG_ID, external_envelope
 from contracts.events import External, ListingAnnouncement, PromoAnnouncement, SocialSentiment
 from contracts.subjects import subject_for
+from contracts.timestamps import iso_ns
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.server import nats_url

@@ -20,9 +20,9 @@ from rich.table import Table
 from rich.text import Text
 
 from cli.console import console, fail, load_config_or_exit, run
-from cli.timeparse import iso_ns
 from contracts.envelope import Envelope, content_id
 from contracts.subjects import SubjectError, name_token
+from contracts.timestamps import iso_ns
 from contracts.venue_events import Discrepancy, VenueAdoption, VenueStatus
 from eventstore.bus import Bus, Stored
 from eventstore.log_reader import last_or_none, read_caught_up

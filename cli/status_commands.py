@@ -1,4 +1,4 @@
-"""``keel status``: one screen of the fleet's health, read from the log (``cli.status_report``)."""
+"""``keel status``: one screen of the fleet's health, read from the log (services/fleet_status.py)."""
 
 from __future__ import annotations
 
@@ -18,11 +18,11 @@ from rich.text import Text
 
 from cli.console import SERVER_ERRORS, console, run
 from cli.console import errors as error_console
-from cli.status_report import LagRow, StatusReport, SystemSection, VenueFeed, collect
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.retry import describe
 from eventstore.server import nats_url
+from services.fleet_status import LagRow, StatusReport, SystemSection, VenueFeed, collect
 from services.runtime.worker import WorkerOptions
 
 STATE_STYLE = {

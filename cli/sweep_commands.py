@@ -34,7 +34,7 @@ from cli.run_options import (
     SymbolOpt,
     VenueOpt,
 )
-from cli.timeparse import iso_ns
+from contracts.timestamps import iso_ns
 from eventstore.server import nats_url
 from replay.external import EventFile
 from replay.market import DataSource

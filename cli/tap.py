@@ -9,9 +9,9 @@ from datetime import datetime
 import msgspec
 
 from cli.console import console
-from cli.timeparse import iso_ns
 from contracts.envelope import trace_id_of
 from contracts.events import Bar, Event, ExecutionReport
+from contracts.timestamps import iso_ns
 from eventstore.bus import Bus, DeadRead, Stored
 from eventstore.errors import KeelError
 from eventstore.streams import STREAMS, StreamSpec

@@ -24,9 +24,3 @@ def _instant(text: str) -> datetime:
             f"time {text!r}: use ISO-8601 (2024-01-31T12:00Z) or an age like 15m"
         ) from exc
     return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
-
-
-def iso_ns(ns: int) -> str:
-    """Nanoseconds since the epoch as ISO-8601 UTC, to the millisecond."""
-    moment = datetime.fromtimestamp(ns / 1e9, UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")

@@ -18,12 +18,12 @@ from pathlib import Path
 import pytest
 from nats.js.errors import NotFoundError
 
-from cli.status_report import collect
 from contracts.envelope import Envelope, bar_envelope
 from contracts.events import Bar, Event, Heartbeat
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.server import URL_ENV, EmbeddedServer
+from services.fleet_status import collect
 from services.marketdata.feed import Feed, pause
 from services.marketdata.synthetic import SyntheticMarket
 

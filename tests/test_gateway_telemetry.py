@@ -15,9 +15,9 @@ import msgspec
 from nats.js.api import DeliverPolicy
 from prometheus_client.parser import text_string_to_metric_families
 
-from cli.status_report import collect
 from contracts.events import Heartbeat
 from eventstore.log_reader import read_caught_up
+from services.fleet_status import collect
 from services.venues.gateway.telemetry import HEARTBEAT_S
 from services.venues.gateway.worker import Gateway
 from tests.conftest import ROOT

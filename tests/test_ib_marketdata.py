@@ -24,7 +24,6 @@ from nats.js.api import DeliverPolicy
 from rich.console import Console
 
 from cli.status_commands import render
-from cli.status_report import collect
 from cli.venue_commands import check_venue
 from contracts.events import Bar, FeedStatus, Instrument
 from eventstore.bus import Bus
@@ -32,6 +31,7 @@ from eventstore.errors import KeelError
 from eventstore.log_reader import read_caught_up
 from eventstore.server import EmbeddedServer
 from services.config import MarketConfig, load_config
+from services.fleet_status import collect
 from services.marketdata.ib.pacing import HistoryPacing
 from services.marketdata.ib.quiet import CalendarWatchdog, Closed, closed_at
 from services.marketdata.ib.session import IbSession

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from nats.js.api import AckPolicy, ConsumerConfig
 
-from cli.status_report import collect
 from contracts.envelope import Envelope, content_id
 from contracts.events import (
     DeadLetter,
@@ -31,6 +30,7 @@ from contracts.events import (
 from eventstore.bus import Bus
 from eventstore.log_reader import tail
 from eventstore.server import URL_ENV, EmbeddedServer
+from services.fleet_status import collect
 from tests.conftest import keel
 from tests.factories import ohlc_bar
 from tests.test_cli import assert_one_error, table_row

@@ -17,13 +17,13 @@ from typing import Any
 import msgspec
 import pytest
 
-from cli.status_report import WORST_SHOWN, collect
 from contracts.envelope import Envelope, bar_envelope, content_id, market_envelope
 from contracts.events import Bar, FeedStatus
 from contracts.venue_events import VenueStatus
 from eventstore.bus import Bus
 from eventstore.server import EmbeddedServer
 from services.config import MarketConfig
+from services.fleet_status import WORST_SHOWN, collect
 from services.marketdata.live.session import LiveSession
 from services.venues.config import VenueConfig
 from tests.conftest import keel

@@ -6,8 +6,8 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from datetime import UTC, datetime
 
-from cli.status_report import StatusReport
 from contracts.events import EquitySnapshot, ExecutionReport, PositionChanged, StrategyPnL
+from services.fleet_status import StatusReport
 from services.reports.daily import DailyReport
 from services.reports.daily_text import body, no_data_line, title
 

@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from datetime import date
 
-from cli.status_report import StatusReport, collect
 from contracts.events import EquitySnapshot, ExecutionReport, PositionChanged, StrategyPnL
 from eventstore.bus import Bus
 from eventstore.log_reader import last_or_none, last_per_subject, since
+from services.fleet_status import StatusReport, collect
 from services.reports.daily import DailyReport, day_window
 from services.reports.daily_read import read_day
 

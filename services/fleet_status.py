@@ -15,7 +15,6 @@ import time
 
 import msgspec
 
-from cli.timeparse import iso_ns
 from contracts.events import (
     Bar,
     DeadLetter,
@@ -27,6 +26,7 @@ from contracts.events import (
     RiskDecision,
     SystemStatus,
 )
+from contracts.timestamps import iso_ns
 from contracts.venue_events import VenueStatus
 from eventstore.bus import Bus, Stored
 from eventstore.lag import consumer_lags
