@@ -35,7 +35,13 @@ from eventstore.server import EmbeddedServer, free_port
 from services.config import load_config
 from services.fleet import Fleet, consumer_names, fleet_plan
 from tests.conftest import ROOT
-from tests.test_prometheus_dashboards import FLEET_CONFIG, JOB, metrics_ports, prometheus_binary
+from tests.test_prometheus_dashboards import (
+    FLEET_CONFIG,
+    metrics_ports,
+    prometheus_binary,
+    start_prometheus,
+    stop_prometheus,
+)
 
 PROMETHEUS = ROOT / "infra" / "prometheus"
 RULES = PROMETHEUS / "alerts.yml"
@@ -277,31 +283,7 @@ async def test_halt_dead_worker_and_stale_feed_fire_in_a_real_prometheus(
             fleet.start(worker)
         assert await wait_drained(bus, consumer_names(config), timeout=60), "fleet not up"
         ports = await metrics_ports(bus, {w.name for w in plan})
-        settings = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "rule_files": [str(RULES)],
-            "scrape_configs": [
-                {
-                    "job_name": JOB,
-                    "static_configs": [
-                        {"targets": [f"127.0.0.1:{port}"], "labels": {"service": name}}
-                        for name, port in sorted(ports.items())
-                    ],
-                }
-            ],
-        }
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(settings))
-        web_port = free_port()
-        prometheus = subprocess.Popen(
-            [
-                prometheus_path,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
-                f"--web.listen-address=127.0.0.1:{web_port}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
-        )
+        prometheus, web_port = start_prometheus(prometheus_path, tmp_path, ports, (RULES,))
 
         now = time.time_ns()
         kill = GovernanceCommand(ts=now, action="kill", reason="alert rules test")
@@ -339,11 +321,5 @@ async def test_halt_dead_worker_and_stale_feed_fire_in_a_real_prometheus(
         assert seen["KeelWorkerDown"] >= 30  # not before its `for:`
         print(f"fired after the kill (s): { {k: round(v, 1) for k, v in seen.items()} }")
     finally:
-        if prometheus is not None:
-            prometheus.terminate()
-            try:
-                prometheus.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                prometheus.kill()
-                prometheus.wait()
+        stop_prometheus(prometheus)
         fleet.stop()

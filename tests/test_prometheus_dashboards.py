@@ -167,6 +167,49 @@ def query(port: int, expr: str) -> dict:
         return json.loads(exc.read())
 
 
+def start_prometheus(
+    binary: str, tmp_path: Path, ports: dict[str, int], rule_files: tuple[Path, ...] = ()
+) -> tuple[subprocess.Popen, int]:
+    """A real Prometheus scraping the workers' ``ports`` every second as job ``keel`` (with
+    ``rule_files`` evaluated every second), its log in ``tmp_path``; and its web port."""
+    settings: dict = {"global": {"scrape_interval": "1s", "evaluation_interval": "1s"}}
+    if rule_files:
+        settings["rule_files"] = [str(f) for f in rule_files]
+    settings["scrape_configs"] = [
+        {
+            "job_name": JOB,
+            "static_configs": [
+                {"targets": [f"127.0.0.1:{port}"], "labels": {"service": name}}
+                for name, port in sorted(ports.items())
+            ],
+        }
+    ]
+    (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(settings))
+    web = free_port()
+    process = subprocess.Popen(
+        [
+            binary,
+            f"--config.file={tmp_path / 'prometheus.yml'}",
+            f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
+            f"--web.listen-address=127.0.0.1:{web}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
+    )
+    return process, web
+
+
+def stop_prometheus(process: subprocess.Popen | None) -> None:
+    if process is None:
+        return
+    process.terminate()
+    try:
+        process.wait(timeout=10)
+    except subprocess.TimeoutExpired:
+        process.kill()
+        process.wait()
+
+
 async def metrics_ports(bus: Bus, names: set[str], timeout: float = 60) -> dict[str, int]:
     """The workers' metrics ports, from their heartbeats."""
     deadline = time.monotonic() + timeout
@@ -213,30 +256,7 @@ async def test_every_dashboard_expression_returns_data(
         )
         ports = await metrics_ports(bus, {w.name for w in plan})
 
-        scrape = {
-            "global": {"scrape_interval": "1s", "evaluation_interval": "1s"},
-            "scrape_configs": [
-                {
-                    "job_name": JOB,
-                    "static_configs": [
-                        {"targets": [f"127.0.0.1:{port}"], "labels": {"service": name}}
-                        for name, port in sorted(ports.items())
-                    ],
-                }
-            ],
-        }
-        (tmp_path / "prometheus.yml").write_text(yaml.safe_dump(scrape))
-        web = free_port()
-        prometheus = subprocess.Popen(
-            [
-                binary,
-                f"--config.file={tmp_path / 'prometheus.yml'}",
-                f"--storage.tsdb.path={tmp_path / 'prometheus-data'}",
-                f"--web.listen-address=127.0.0.1:{web}",
-            ],
-            stdout=subprocess.DEVNULL,
-            stderr=open(tmp_path / "prometheus.log", "wb"),  # noqa: SIM115
-        )
+        prometheus, web = start_prometheus(binary, tmp_path, ports)
 
         async def fills() -> bool:
             return await count(bus, "EXECUTION", "exec.>") >= 4
@@ -275,11 +295,5 @@ async def test_every_dashboard_expression_returns_data(
             await asyncio.sleep(1)
         assert not missing, "no data for:\n" + "\n".join(f"{w}: {e}" for e, w in missing.items())
     finally:
-        if prometheus is not None:
-            prometheus.terminate()
-            try:
-                prometheus.wait(timeout=10)
-            except subprocess.TimeoutExpired:
-                prometheus.kill()
-                prometheus.wait()
+        stop_prometheus(prometheus)
         fleet.stop()

@@ -298,9 +298,18 @@ async def test_many_orders_do_not_create_many_series(nats_server: EmbeddedServer
                     counts[name] = counts.get(name, 0) + len(samples)
             return counts
 
-        async def steady() -> dict[str, int]:
-            """The series once two scrapes a second apart agree: what the settled log
-            left in flight (the fill a last order causes) has been observed."""
+        async def orders() -> set[str]:
+            stored = [i async for i in bus.read("ord.cmd.>", "ORDERS") if isinstance(i, Stored)]
+            return {o.event.client_order_id for o in stored}
+
+        async def steady(at_least: int) -> dict[str, int]:
+            """The series once risk has ordered ``at_least`` times and two scrapes a second
+            apart agree: what the settled log left in flight (the fill a last order causes)
+            has been observed. A loaded machine can take seconds to start a worker."""
+            deadline = asyncio.get_running_loop().time() + 60
+            while len(await orders()) < at_least:
+                assert asyncio.get_running_loop().time() < deadline, (at_least, len(await orders()))
+                await asyncio.sleep(0.2)
             await settle(bus, workers)
             last = await series()
             for _ in range(20):
@@ -311,12 +320,20 @@ async def test_many_orders_do_not_create_many_series(nats_server: EmbeddedServer
                 last = now
             return last
 
-        await bus.publish_many(flip_signals(10))
-        first = await steady()
-        await bus.publish_many(flip_signals(90, first=10))
-        after = await steady()
-        orders = [i async for i in bus.read("ord.cmd.>", "ORDERS") if isinstance(i, Stored)]
-    assert len({o.event.client_order_id for o in orders}) >= 90
+        async def publish(steps: list[tuple[Bar | Signal, Envelope]]) -> None:
+            """Each bar consumed before its signal: the workers take their streams in
+            batches, and a signal read before its bar finds no price to order at."""
+            for event, envelope in steps:
+                await bus.publish(event, envelope)
+                if isinstance(event, Bar):
+                    await settle(bus, workers)
+
+        await publish(flip_signals(10))
+        first = await steady(at_least=5)
+        await publish(flip_signals(90, first=10))
+        after = await steady(at_least=90)
+        ordered = await orders()
+    assert len(ordered) >= 90
     assert after == first, {k: (first.get(k), v) for k, v in after.items() if first.get(k) != v}
     assert after["keel_orders"] == 2  # buy and sell of one strategy and model tag
 
