@@ -30,15 +30,13 @@ from aiohttp import web
 from contracts.envelope import Envelope, content_id
 from contracts.events import FeedStatus, GovernanceCommand
 from eventstore.bus import Bus
-from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer, free_port
-from services.config import load_config
-from services.fleet import Fleet, consumer_names, fleet_plan
+from services.fleet import Fleet
 from tests.conftest import ROOT
 from tests.test_prometheus_dashboards import (
-    FLEET_CONFIG,
     metrics_ports,
     prometheus_binary,
+    start_fleet,
     start_prometheus,
     stop_prometheus,
 )
@@ -271,17 +269,10 @@ async def test_halt_dead_worker_and_stale_feed_fire_in_a_real_prometheus(
     tmp_path: Path, nats_server: EmbeddedServer, bus: Bus
 ) -> None:
     prometheus_path = prometheus_binary()
-    config_path = tmp_path / "keel.toml"
-    config_path.write_text(FLEET_CONFIG)
-    config = load_config(config_path)
     fleet = Fleet(nats_server.url, tmp_path / "logs")
     prometheus: subprocess.Popen | None = None
     try:
-        plan = fleet_plan(config, config_path)
-        for worker in plan:
-            worker.env = {"OTEL_EXPORTER_OTLP_ENDPOINT": ""}
-            fleet.start(worker)
-        assert await wait_drained(bus, consumer_names(config), timeout=60), "fleet not up"
+        _, plan = await start_fleet(tmp_path, fleet, bus)
         ports = await metrics_ports(bus, {w.name for w in plan})
         prometheus, web_port = start_prometheus(prometheus_path, tmp_path, ports, (RULES,))
 

@@ -167,6 +167,20 @@ def query(port: int, expr: str) -> dict:
         return json.loads(exc.read())
 
 
+async def start_fleet(tmp_path: Path, fleet: Fleet, bus: Bus) -> tuple[Path, list[WorkerProcess]]:
+    """FLEET_CONFIG's workers as processes in ``fleet``, once their consumers are drained;
+    the config's path and the workers."""
+    config_path = tmp_path / "keel.toml"
+    config_path.write_text(FLEET_CONFIG)
+    config = load_config(config_path)
+    plan = fleet_plan(config, config_path)
+    for worker in plan:
+        worker.env = {"OTEL_EXPORTER_OTLP_ENDPOINT": ""}
+        fleet.start(worker)
+    assert await wait_drained(bus, consumer_names(config), timeout=60), "fleet not up"
+    return config_path, plan
+
+
 def start_prometheus(
     binary: str, tmp_path: Path, ports: dict[str, int], rule_files: tuple[Path, ...] = ()
 ) -> tuple[subprocess.Popen, int]:
@@ -237,17 +251,10 @@ async def test_every_dashboard_expression_returns_data(
     tmp_path: Path, nats_server: EmbeddedServer, bus: Bus
 ) -> None:
     binary = prometheus_binary()
-    config_path = tmp_path / "keel.toml"
-    config_path.write_text(FLEET_CONFIG)
-    config = load_config(config_path)
     fleet = Fleet(nats_server.url, tmp_path / "logs")
     prometheus: subprocess.Popen | None = None
     try:
-        plan = fleet_plan(config, config_path)
-        for worker in plan:
-            worker.env = {"OTEL_EXPORTER_OTLP_ENDPOINT": ""}
-            fleet.start(worker)
-        assert await wait_drained(bus, consumer_names(config), timeout=60), "fleet not up"
+        config_path, plan = await start_fleet(tmp_path, fleet, bus)
         fleet.start(
             WorkerProcess(
                 "marketdata",
