@@ -1,28 +1,38 @@
 """The order a worker with several inputs takes them in: the order the log stored them.
 
 Each input has its own fetch loop, so which of two pending messages on different inputs
-reaches the worker first is a matter of timing. In a lockstep session only one bar's cascade
-is in flight and every fetch is already waiting when a message is stored, so messages arrive
-in stored order (the replay's order, docs/replay.md). After a server restart, or when the
-worker starts, that does not hold: a bar and the fill it caused can both be pending, and the
-input whose pull reaches the server first would win. So each batch is sorted by stored time,
-and after an outage (or at start) the worker first waits until every input has completed a
-fetch sent since then, so that everything pending is queued before any of it is decided.
+reaches the worker first is a matter of timing: a fill can arrive before the bar that caused
+it while the bar's input is between two pulls, or at the start, or after a server restart.
+So a message is decided only once no other input can still deliver one stored before it.
+Each input has a **watermark**:
+
+- none (unbounded) when its consumer has nothing undelivered and nothing on its way (the
+  consumer's info: no pending messages, and its last delivery received or acknowledged);
+- otherwise the stored time of the newest message received from it: a consumer delivers in
+  sequence order and a stream stores in time order, so whatever it still holds is later.
+
+Held messages at or before the lowest watermark are decided in stored-time order (a tie goes
+to the input declared first); the rest wait. Only inputs whose newest message is older than
+the newest held one are asked: one consumer-info request each.
+
+It always moves on: the input with the lowest watermark either holds messages at or below
+it (decided now) or has room under its ``max_ack_pending`` for the server to deliver more.
+A delivery lost in flight comes again after the consumer's ``ack_wait``.
 """
 
 from __future__ import annotations
 
-import asyncio
-import heapq
-import time
-from collections.abc import Callable
+from collections import deque
+from collections.abc import Iterable
 
 from nats.aio.msg import Msg
-
-MERGE_WAIT_S = 30.0  # an input whose fetches keep failing this long is not waited for
+from nats.js.api import ConsumerInfo
 
 Queued = tuple[str, Msg]
 """(input stream, message)."""
+
+UNBOUNDED = 2**63
+"""The watermark of an input that holds nothing more."""
 
 
 def stored_ns(msg: Msg) -> int:
@@ -33,42 +43,51 @@ def stored_ns(msg: Msg) -> int:
 class InputMerge:
     def __init__(self, streams: tuple[str, ...]) -> None:
         self._rank = {stream: n for n, stream in enumerate(streams)}
-        self._fetched = dict.fromkeys(streams, -1)
-        self._merged = -1
+        self._newest: dict[str, tuple[int, int]] = {}  # stream -> (sequence, stored ns)
+        self._held: dict[str, deque[tuple[int, Msg]]] = {s: deque() for s in streams}
 
-    def fetched(
-        self, stream: str, outages_before: int, outages_after: int, connected: bool
-    ) -> None:
-        """A fetch of ``stream`` ended (with messages or none, already queued); it counts
-        when it was sent on a live connection and no outage began meanwhile."""
-        if connected and outages_before == outages_after:
-            self._fetched[stream] = outages_after
+    @property
+    def holding(self) -> bool:
+        return any(self._held.values())
 
-    def due(self, outages: int) -> bool:
-        """Whether the next batch waits for every input first: a worker with several inputs,
-        at its start or after an outage."""
-        return len(self._rank) > 1 and self._merged != outages
+    def hold(self, items: Iterable[Queued]) -> None:
+        """Messages as their fetch loops received them; each input keeps its own order (a
+        server clock that stepped back must not put a message behind its successor, which
+        the exactly-once check would then skip)."""
+        for stream, msg in items:
+            seq, stored = msg.metadata.sequence.stream, stored_ns(msg)
+            if seq > self._newest.get(stream, (0, -1))[0]:
+                self._newest[stream] = (seq, stored)
+            self._held[stream].append((stored, msg))
 
-    async def wait(self, outages: Callable[[], int], stop: asyncio.Event) -> None:
-        deadline = time.monotonic() + MERGE_WAIT_S
-        while not stop.is_set() and time.monotonic() < deadline:
-            now = outages()
-            if all(seen == now for seen in self._fetched.values()):
-                break
-            await asyncio.sleep(0.01)
-        self._merged = outages()
+    def lagging(self) -> list[str]:
+        """The inputs that might still hold a message stored before the newest held one."""
+        held = [queue[-1][0] for queue in self._held.values() if queue]
+        if len(self._rank) < 2 or not held:
+            return []
+        latest = max(held)
+        return [s for s in self._rank if self._newest.get(s, (0, -1))[1] < latest]
 
-    def order(self, batch: list[Queued]) -> list[Queued]:
-        """A merge of the inputs by stored time (a tie goes to the input declared first).
-        Each input keeps its own arrival order, even if the server's clock stepped back:
-        the exactly-once check skips what is at or below an input's last sequence."""
-        by_input: dict[str, list[Queued]] = {}
-        for item in batch:
-            by_input.setdefault(item[0], []).append(item)
-        if len(by_input) < 2:
-            return batch
-        return list(
-            heapq.merge(
-                *by_input.values(), key=lambda item: (stored_ns(item[1]), self._rank[item[0]])
-            )
-        )
+    def watermark(self, stream: str, info: ConsumerInfo | None) -> int:
+        """``info``: the input's consumer now; ``None`` when it could not be read."""
+        seq, stored = self._newest.get(stream, (0, -1))
+        if info is None or info.delivered is None or info.ack_floor is None:
+            return stored
+        delivered = info.delivered.stream_seq
+        arrived = delivered <= seq or info.ack_floor.stream_seq >= delivered
+        return UNBOUNDED if info.num_pending == 0 and arrived else stored
+
+    def take(self, marks: dict[str, int]) -> list[Queued]:
+        """The held messages at or before every watermark, in stored order."""
+        bound = min(marks.values(), default=UNBOUNDED)
+        taken: list[Queued] = []
+        while True:
+            heads = [
+                (queue[0][0], self._rank[stream], stream)
+                for stream, queue in self._held.items()
+                if queue and queue[0][0] <= bound
+            ]
+            if not heads:
+                return taken
+            stream = min(heads)[2]
+            taken.append((stream, self._held[stream].popleft()[1]))

@@ -45,7 +45,7 @@ from collections.abc import Callable
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
 from nats.js.errors import APIError
 from nats.js.kv import KeyValue
 from opentelemetry.sdk.trace import TracerProvider
@@ -81,6 +81,7 @@ from services.runtime.tracing import Tracing, tracer_provider_from_env
 log = logging.getLogger("keel.worker")
 
 BATCH = 256
+MERGE_POLL_S = 0.005  # how often a merge waiting for a lagging input asks again
 RETRY_PUBLISH_S = 2.0  # how long a re-sent output waits for its ack before it is sent again
 
 BeforeCommit = Callable[[int], None]
@@ -285,11 +286,9 @@ class Worker:
         stream = spec.stream
         failures = 0
         while not self._stop.is_set():
-            outages, connected = bus.outage.outages, bus.nc.is_connected
             try:
                 msgs = await sub.fetch(self.options.batch, timeout=1.0)
             except TimeoutError:  # nothing new, or the server away: the pull is re-sent
-                self._merge.fetched(stream, outages, bus.outage.outages, connected)
                 continue
             except Exception as exc:
                 failures += 1
@@ -304,23 +303,38 @@ class Worker:
             bus.outage.cleared()
             for msg in msgs:
                 self._queue.put_nowait((stream, msg))
-            self._merge.fetched(stream, outages, bus.outage.outages, connected)
 
     async def _next_batch(self, bus: Bus) -> list[tuple[str, Msg]]:
-        """Whatever is queued, up to a batch, in stored order (``merge.py``); at the start
-        or after an outage everything pending on every input. Empty once stopping (``None``
-        is the wake-up)."""
-        first = await self._queue.get()
-        size = self.options.batch
-        if first is not None and self._merge.due(bus.outage.outages):
-            await self._merge.wait(lambda: bus.outage.outages, self._stop)
-            size *= len(self.inputs)  # each consumer holds at most a batch unacknowledged
-        batch = [first] if first is not None else []
-        while len(batch) < size and not self._queue.empty():
-            item = self._queue.get_nowait()
-            if item is not None:
-                batch.append(item)
-        return [] if self._stop.is_set() else self._merge.order(batch)
+        """Whatever is queued and no other input can precede, in stored order
+        (``merge.py``). Empty once stopping (``None`` is the wake-up)."""
+        merge = self._merge
+        while not self._stop.is_set():
+            arrived = []
+            if merge.holding:  # waiting for a lagging input: look again soon
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(MERGE_POLL_S):
+                        arrived.append(await self._queue.get())
+            else:
+                arrived.append(await self._queue.get())
+            while not self._queue.empty():
+                item = self._queue.get_nowait()
+                arrived.append(item)
+            merge.hold(item for item in arrived if item is not None)
+            lagging = merge.lagging()
+            infos = await asyncio.gather(*(self._consumer_info(bus, s) for s in lagging))
+            batch = merge.take(
+                {s: merge.watermark(s, info) for s, info in zip(lagging, infos, strict=True)}
+            )
+            if batch and not self._stop.is_set():
+                return batch
+        return []
+
+    async def _consumer_info(self, bus: Bus, stream: str) -> ConsumerInfo | None:
+        try:
+            async with asyncio.timeout(MERGE_POLL_S * 100):
+                return await bus.js.consumer_info(stream, durable_name(self.name, stream))
+        except Exception:  # the server away: the input's newest message bounds the merge
+            return None
 
     async def _process(self, bus: Bus, kv: KeyValue) -> None:
         """Decide and publish each batch, then commit it (snapshot, then acks) in the
