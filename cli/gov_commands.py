@@ -11,9 +11,9 @@ from msgspec import UNSET
 
 from cli.console import console, fail, run
 from contracts.envelope import Envelope, content_id
-from contracts.events import GovernanceAction, GovernanceCommand
 from contracts.model_events import ModelRoster, ShadowStep
 from contracts.subjects import SubjectError, name_token
+from contracts.system_events import GovernanceAction, GovernanceCommand
 from contracts.timestamps import iso_ns
 from eventstore.bus import Bus
 from eventstore.server import nats_url

@@ -15,7 +15,7 @@ from cli.console import console, fail, run, user_errors
 from cli.tap import tap
 from cli.timeparse import parse_time
 from contracts.envelope import Envelope, content_id
-from contracts.events import GovernanceAction, GovernanceCommand
+from contracts.system_events import GovernanceAction, GovernanceCommand
 from contracts.timestamps import iso_ns
 from contracts.venue_events import KillSwitch
 from eventstore.bus import Bus

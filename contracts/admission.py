@@ -13,14 +13,11 @@ from __future__ import annotations
 
 from contracts.events import (
     Bar,
-    DeadLetter,
     EquitySnapshot,
     Event,
     ExecutionReport,
     FeedStatus,
     FundingRate,
-    GovernanceCommand,
-    Heartbeat,
     Instrument,
     ListingAnnouncement,
     OrderCommand,
@@ -33,13 +30,13 @@ from contracts.events import (
     Signal,
     SocialSentiment,
     StrategyPnL,
-    SystemStatus,
     Trade,
 )
 from contracts.governance_events import PlaybookAction
 from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided, ShadowStep
 from contracts.notify_events import Notification
 from contracts.subjects import SubjectError, subject_for, symbol_token
+from contracts.system_events import DeadLetter, GovernanceCommand, Heartbeat, SystemStatus
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,

@@ -18,14 +18,11 @@ import msgspec
 from contracts.event_base import NAME
 from contracts.events import (
     Bar,
-    DeadLetter,
     EquitySnapshot,
     Event,
     ExecutionReport,
     FeedStatus,
     FundingRate,
-    GovernanceCommand,
-    Heartbeat,
     Instrument,
     ListingAnnouncement,
     OrderCommand,
@@ -38,12 +35,12 @@ from contracts.events import (
     Signal,
     SocialSentiment,
     StrategyPnL,
-    SystemStatus,
     Trade,
 )
 from contracts.governance_events import PlaybookAction
 from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided, ShadowStep
 from contracts.notify_events import Notification
+from contracts.system_events import DeadLetter, GovernanceCommand, Heartbeat, SystemStatus
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,

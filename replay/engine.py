@@ -21,8 +21,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 from contracts.codec import encode
 from contracts.envelope import Envelope, root_envelope
-from contracts.events import DeadLetter, Event
+from contracts.events import Event
 from contracts.subjects import subject_for, subject_matches
+from contracts.system_events import DeadLetter
 from services.runtime.decider import handler_dead_letter
 from services.runtime.role import Role
 

@@ -23,7 +23,6 @@ import pyarrow.parquet as pq
 from contracts.codec import encode
 from contracts.envelope import Envelope
 from contracts.events import (
-    DeadLetter,
     EquitySnapshot,
     Event,
     ExecutionReport,
@@ -31,8 +30,8 @@ from contracts.events import (
     RiskAlert,
     RiskDecision,
     Signal,
-    SystemStatus,
 )
+from contracts.system_events import DeadLetter, SystemStatus
 from replay.digest import ProducerDigest
 from replay.engine import LazyEnvelope, resolve
 from replay.metrics import TradeBook

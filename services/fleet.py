@@ -15,9 +15,9 @@ from pathlib import Path
 
 import msgspec
 
-from contracts.events import Heartbeat
 from contracts.model_events import ModelVariant
 from contracts.subjects import name_token
+from contracts.system_events import Heartbeat
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.log_reader import last_per_subject

@@ -15,17 +15,8 @@ import time
 
 import msgspec
 
-from contracts.events import (
-    Bar,
-    DeadLetter,
-    EquitySnapshot,
-    FeedStatus,
-    GovernanceCommand,
-    Heartbeat,
-    PositionChanged,
-    RiskDecision,
-    SystemStatus,
-)
+from contracts.events import Bar, EquitySnapshot, FeedStatus, PositionChanged, RiskDecision
+from contracts.system_events import DeadLetter, GovernanceCommand, Heartbeat, SystemStatus
 from contracts.timestamps import iso_ns
 from contracts.venue_events import VenueStatus
 from eventstore.bus import Bus, Stored

@@ -14,16 +14,14 @@ from __future__ import annotations
 from datetime import UTC, datetime
 
 from contracts.events import (
-    DeadLetter,
     EquitySnapshot,
     Event,
     ExecutionReport,
-    GovernanceCommand,
     PositionChanged,
     RiskAlert,
     StrategyPnL,
-    SystemStatus,
 )
+from contracts.system_events import DeadLetter, GovernanceCommand, SystemStatus
 from contracts.venue_events import Discrepancy
 from tests.factories import fill as factory_fill
 

@@ -26,8 +26,9 @@ from typing import Protocol
 import msgspec
 
 from contracts.envelope import bar_envelope
-from contracts.events import Bar, DeadLetter, Heartbeat
+from contracts.events import Bar
 from contracts.subjects import subject_matches
+from contracts.system_events import DeadLetter, Heartbeat
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import URL_ENV

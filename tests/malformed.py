@@ -24,14 +24,11 @@ from contracts.envelope import Envelope
 from contracts.events import (
     EVENT_TYPES,
     Bar,
-    DeadLetter,
     EquitySnapshot,
     Event,
     ExecutionReport,
     FeedStatus,
     FundingRate,
-    GovernanceCommand,
-    Heartbeat,
     Instrument,
     ListingAnnouncement,
     OrderCommand,
@@ -44,11 +41,11 @@ from contracts.events import (
     Signal,
     SocialSentiment,
     StrategyPnL,
-    SystemStatus,
     Trade,
 )
 from contracts.governance_events import HaltEntries, PlaybookAction
 from contracts.subjects import subject_for
+from contracts.system_events import DeadLetter, GovernanceCommand, Heartbeat, SystemStatus
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,

@@ -4,15 +4,9 @@ from __future__ import annotations
 
 from functools import partial
 
-from contracts.events import (
-    Event,
-    GovernanceCommand,
-    OrderCommand,
-    RiskAlert,
-    RiskDecision,
-    SystemStatus,
-)
+from contracts.events import Event, OrderCommand, RiskAlert, RiskDecision
 from contracts.keys import BookId, InstrumentId
+from contracts.system_events import GovernanceCommand, SystemStatus
 from tests import factories
 from tests.factories import BTC, HOUR, VENUE
 

@@ -18,16 +18,9 @@ from hypothesis import strategies as st
 from contracts.admission import ADMITS, admission_error
 from contracts.codec import encode
 from contracts.envelope import Envelope
-from contracts.events import (
-    EVENT_TYPES,
-    DeadLetter,
-    Event,
-    ExecutionReport,
-    GovernanceCommand,
-    OrderCommand,
-    Signal,
-)
+from contracts.events import EVENT_TYPES, Event, ExecutionReport, OrderCommand, Signal
 from contracts.subjects import SubjectError, subject_for, symbol_token
+from contracts.system_events import DeadLetter, GovernanceCommand
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from services.marketdata.feed import publish_bars

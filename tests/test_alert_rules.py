@@ -28,7 +28,8 @@ import yaml
 from aiohttp import web
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import FeedStatus, GovernanceCommand
+from contracts.events import FeedStatus
+from contracts.system_events import GovernanceCommand
 from eventstore.bus import Bus
 from eventstore.server import EmbeddedServer, free_port
 from services.fleet import Fleet

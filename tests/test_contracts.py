@@ -34,14 +34,11 @@ from contracts.events import (
     EVENT_TYPES,
     SCHEMA_VERSION,
     Bar,
-    DeadLetter,
     EquitySnapshot,
     Event,
     ExecutionReport,
     FeedStatus,
     FundingRate,
-    GovernanceCommand,
-    Heartbeat,
     Instrument,
     ListingAnnouncement,
     OrderCommand,
@@ -54,7 +51,6 @@ from contracts.events import (
     Signal,
     SocialSentiment,
     StrategyPnL,
-    SystemStatus,
     Trade,
 )
 from contracts.governance_events import (
@@ -73,6 +69,7 @@ from contracts.model_events import (
     ShadowStep,
 )
 from contracts.notify_events import Notification
+from contracts.system_events import DeadLetter, GovernanceCommand, Heartbeat, SystemStatus
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,

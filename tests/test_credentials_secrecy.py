@@ -24,7 +24,7 @@ from aiohttp import web
 from nats.js.api import StreamInfo
 from prometheus_client import REGISTRY, generate_latest
 
-from contracts.events import Heartbeat
+from contracts.system_events import Heartbeat
 from eventstore.bus import Bus
 from eventstore.log_reader import last_per_subject, read_until
 from eventstore.server import EmbeddedServer

@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import DeadLetter
+from contracts.system_events import DeadLetter
 from eventstore.bus import Bus
 from eventstore.server import URL_ENV, EmbeddedServer
 from services.reports.daily import DailyFold, DailyReport, day_window, previous_day

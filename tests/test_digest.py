@@ -8,7 +8,8 @@ import msgspec
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.events import DeadLetter, Event
+from contracts.events import Event
+from contracts.system_events import DeadLetter
 from replay import digest as digest_module
 from replay.digest import ProducerDigest
 from tests.factories import equity_snapshot, signal

@@ -19,7 +19,8 @@ import pytest
 from nats.js.errors import NotFoundError
 
 from contracts.envelope import Envelope, bar_envelope
-from contracts.events import Bar, Event, Heartbeat
+from contracts.events import Bar, Event
+from contracts.system_events import Heartbeat
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.server import URL_ENV, EmbeddedServer

@@ -15,7 +15,7 @@ import msgspec
 from nats.js.api import DeliverPolicy
 from prometheus_client.parser import text_string_to_metric_families
 
-from contracts.events import Heartbeat
+from contracts.system_events import Heartbeat
 from eventstore.log_reader import read_caught_up
 from services.fleet_status import collect
 from services.venues.gateway.telemetry import HEARTBEAT_S

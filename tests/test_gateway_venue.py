@@ -3,15 +3,8 @@ recorded answers in as execution reports, paper venues untouched (pure, no I/O).
 
 from __future__ import annotations
 
-from contracts.events import (
-    Bar,
-    DeadLetter,
-    Event,
-    ExecutionReport,
-    OrderCommand,
-    RiskAlert,
-    SystemStatus,
-)
+from contracts.events import Bar, Event, ExecutionReport, OrderCommand, RiskAlert
+from contracts.system_events import DeadLetter, SystemStatus
 from contracts.venue_events import KillSwitch, VenueAnswer, VenueOrder
 from services.execution.gateway_venue import GatewayVenue
 from services.execution.oms import OrderManager

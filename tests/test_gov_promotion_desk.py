@@ -7,7 +7,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from contracts.events import DeadLetter, Event, GovernanceCommand
+from contracts.events import Event
 from contracts.model_events import (
     ModelRoster,
     ModelVariant,
@@ -15,6 +15,7 @@ from contracts.model_events import (
     ShadowResult,
     ShadowStep,
 )
+from contracts.system_events import DeadLetter, GovernanceCommand
 from services.config import StrategyConfig
 from services.governance.decider import GovernanceConfig, GovernanceDecider
 from services.governance.promotion import PromotionConfig

@@ -8,15 +8,7 @@ import asyncio
 from pathlib import Path
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import (
-    DeadLetter,
-    EquitySnapshot,
-    Event,
-    GovernanceCommand,
-    OrderCommand,
-    RiskDecision,
-    Signal,
-)
+from contracts.events import EquitySnapshot, Event, OrderCommand, RiskDecision, Signal
 from contracts.governance_events import (
     GOVERNANCE_RULE,
     DisableStrategy,
@@ -26,6 +18,7 @@ from contracts.governance_events import (
     ScaleBudgets,
 )
 from contracts.model_events import ModelRoster, ModelVariant, PromotionDecided, ShadowStep
+from contracts.system_events import DeadLetter, GovernanceCommand
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer

@@ -25,13 +25,10 @@ from contracts.codec import DecodeError, decode, encode
 from contracts.events import (
     EVENT_TYPES,
     Bar,
-    DeadLetter,
     EquitySnapshot,
     Event,
     ExecutionReport,
     FundingRate,
-    GovernanceCommand,
-    Heartbeat,
     Instrument,
     ListingAnnouncement,
     OrderCommand,
@@ -47,6 +44,7 @@ from contracts.governance_events import PlaybookAction
 from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided
 from contracts.notify_events import Notification
 from contracts.subjects import subject_for
+from contracts.system_events import DeadLetter, GovernanceCommand, Heartbeat
 from contracts.venue_events import KillSwitch
 from eventstore.server import EmbeddedServer
 from services.config import KeelConfig

@@ -20,8 +20,9 @@ import msgspec
 import pytest
 from nats.js.api import DeliverPolicy
 
-from contracts.events import Bar, DeadLetter, FeedStatus, Instrument
+from contracts.events import Bar, FeedStatus, Instrument
 from contracts.subjects import bar_subject, symbol_token
+from contracts.system_events import DeadLetter
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from eventstore.log_reader import read_caught_up

@@ -14,7 +14,8 @@ import msgspec
 import pytest
 
 from contracts.codec import encode
-from contracts.events import Bar, DeadLetter, ParamsTuned, Signal
+from contracts.events import Bar, ParamsTuned, Signal
+from contracts.system_events import DeadLetter
 from eventstore.bus import Bus
 from eventstore.model_store import put_model, write_model_file
 from eventstore.server import URL_ENV, EmbeddedServer

@@ -33,8 +33,9 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from contracts.envelope import Envelope
-from contracts.events import EVENT_TYPES, Heartbeat
+from contracts.events import EVENT_TYPES
 from contracts.subjects import subject_for, subject_matches
+from contracts.system_events import Heartbeat
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,

@@ -15,7 +15,7 @@ from pathlib import Path
 import msgspec
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import SystemStatus
+from contracts.system_events import SystemStatus
 from eventstore.bus import Bus
 from eventstore.server import URL_ENV, EmbeddedServer
 from services.config import KeelConfig

@@ -9,7 +9,8 @@ import random
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from contracts.events import FeedStatus, GovernanceCommand, Heartbeat, RiskAlert, SystemStatus
+from contracts.events import FeedStatus, RiskAlert
+from contracts.system_events import GovernanceCommand, Heartbeat, SystemStatus
 from contracts.venue_events import Discrepancy, VenueStatus
 from services.notifier.alerts import Alert, alert_for
 from services.notifier.config import DestinationConfig

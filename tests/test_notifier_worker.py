@@ -16,8 +16,9 @@ import pytest
 from nats.js.api import DeliverPolicy
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import Event, FeedStatus, Heartbeat, RiskAlert, SystemStatus
+from contracts.events import Event, FeedStatus, RiskAlert
 from contracts.notify_events import Notification
+from contracts.system_events import Heartbeat, SystemStatus
 from contracts.venue_events import Discrepancy, VenueStatus
 from eventstore.bus import Bus
 from eventstore.errors import KeelError

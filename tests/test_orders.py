@@ -17,8 +17,9 @@ from hypothesis import strategies as st
 from msgspec import UNSET
 
 from contracts.codec import decode, encode
-from contracts.events import DeadLetter, Event, ExecutionReport, OrderCommand, RiskAlert
+from contracts.events import Event, ExecutionReport, OrderCommand, RiskAlert
 from contracts.keys import BookId, InstrumentId
+from contracts.system_events import DeadLetter
 from services.execution.oms import OrderManager
 from services.execution.orders import (
     FINAL,

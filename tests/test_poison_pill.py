@@ -16,7 +16,8 @@ import msgspec
 
 from contracts.codec import encode
 from contracts.envelope import Envelope, bar_envelope
-from contracts.events import Bar, DeadLetter, Event, OrderCommand, RiskAlert, Signal, SystemStatus
+from contracts.events import Bar, Event, OrderCommand, RiskAlert, Signal
+from contracts.system_events import DeadLetter, SystemStatus
 from eventstore.bus import Bus
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer

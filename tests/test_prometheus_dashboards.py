@@ -24,7 +24,8 @@ import pytest
 import yaml
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import GovernanceCommand, Heartbeat, RiskDecision
+from contracts.events import RiskDecision
+from contracts.system_events import GovernanceCommand, Heartbeat
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer, free_port

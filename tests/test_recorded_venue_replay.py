@@ -25,8 +25,9 @@ import pytest
 
 from contracts.codec import encode
 from contracts.envelope import Envelope, bar_envelope, content_id
-from contracts.events import Bar, GovernanceCommand
+from contracts.events import Bar
 from contracts.subjects import subject_matches
+from contracts.system_events import GovernanceCommand
 from contracts.venue_events import KillSwitch, VenueAnswer, VenueOrder
 from eventstore.bus import Bus, Stored
 from eventstore.errors import KeelError

@@ -14,8 +14,9 @@ from typing import ClassVar
 
 from contracts.codec import decode, encode
 from contracts.envelope import root_envelope
-from contracts.events import Bar, DeadLetter, Event, Signal, SystemStatus
+from contracts.events import Bar, Event, Signal
 from contracts.subjects import subject_for
+from contracts.system_events import DeadLetter, SystemStatus
 from eventstore.frames import FramedEvent
 from replay.engine import ReplayEngine, resolve
 from services.runtime.replay_worker import ReplayWorker

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import msgspec
 
-from contracts.events import RiskAlert, RiskDecision, SystemStatus
+from contracts.events import RiskAlert, RiskDecision
+from contracts.system_events import SystemStatus
 from replay.backtest import BacktestSpec, run_backtest
 from replay.market import DataSource
 from replay.recorder import RiskEvent, RunRecorder

@@ -7,7 +7,8 @@ import msgspec
 import pytest
 from msgspec import UNSET
 
-from contracts.events import GovernanceCommand, OrderCommand, RiskAlert, SystemStatus
+from contracts.events import OrderCommand, RiskAlert
+from contracts.system_events import GovernanceCommand, SystemStatus
 from services.risk.engine import RiskEngine
 from services.risk.limits import CorrelationConfig, InstrumentSpec, RiskLimits
 from tests.factories import MINUTE, report

@@ -17,13 +17,12 @@ from hypothesis import strategies as st
 from contracts.events import (
     EquitySnapshot,
     ExecutionReport,
-    GovernanceCommand,
     OrderCommand,
     RiskAlert,
     RiskDecision,
     Signal,
-    SystemStatus,
 )
+from contracts.system_events import GovernanceCommand, SystemStatus
 from services.risk.engine import RiskEngine
 from services.risk.limits import BreakerConfig, CorrelationConfig, RiskLimits
 from tests import factories

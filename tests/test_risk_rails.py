@@ -10,12 +10,8 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from contracts.events import (
-    Event,
-    GovernanceCommand,
-    OrderCommand,
-    RiskDecision,
-)
+from contracts.events import Event, OrderCommand, RiskDecision
+from contracts.system_events import GovernanceCommand
 from services.risk.engine import RiskEngine
 from services.risk.limits import RiskLimits
 from tests.factories import MINUTE, report

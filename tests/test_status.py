@@ -17,16 +17,8 @@ from pathlib import Path
 from nats.js.api import AckPolicy, ConsumerConfig
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import (
-    DeadLetter,
-    EquitySnapshot,
-    Event,
-    GovernanceCommand,
-    Heartbeat,
-    PositionChanged,
-    RiskDecision,
-    SystemStatus,
-)
+from contracts.events import EquitySnapshot, Event, PositionChanged, RiskDecision
+from contracts.system_events import DeadLetter, GovernanceCommand, Heartbeat, SystemStatus
 from eventstore.bus import Bus
 from eventstore.log_reader import tail
 from eventstore.server import URL_ENV, EmbeddedServer

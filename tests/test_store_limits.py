@@ -19,7 +19,8 @@ import pytest
 
 from contracts.codec import encode
 from contracts.envelope import bar_envelope
-from contracts.events import Bar, SystemStatus
+from contracts.events import Bar
+from contracts.system_events import SystemStatus
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.retry import StoreFull

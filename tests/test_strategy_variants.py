@@ -17,8 +17,9 @@ import pytest
 
 from contracts.codec import decode
 from contracts.envelope import Envelope, bar_envelope
-from contracts.events import Bar, DeadLetter, Event, ParamsTuned, Signal
+from contracts.events import Bar, Event, ParamsTuned, Signal
 from contracts.model_events import ModelRoster, ModelVariant, ShadowStep
+from contracts.system_events import DeadLetter
 from eventstore.errors import KeelError
 from eventstore.lag import wait_drained
 from eventstore.model_store import write_model_file

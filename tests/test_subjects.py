@@ -12,14 +12,11 @@ from hypothesis import strategies as st
 from contracts.events import (
     EVENT_TYPES,
     Bar,
-    DeadLetter,
     EquitySnapshot,
     Event,
     ExecutionReport,
     FeedStatus,
     FundingRate,
-    GovernanceCommand,
-    Heartbeat,
     Instrument,
     ListingAnnouncement,
     OrderCommand,
@@ -32,7 +29,6 @@ from contracts.events import (
     Signal,
     SocialSentiment,
     StrategyPnL,
-    SystemStatus,
     Trade,
 )
 from contracts.governance_events import DisableStrategy, PlaybookAction
@@ -49,6 +45,7 @@ from contracts.subjects import (
     symbol_token,
     token_symbol,
 )
+from contracts.system_events import DeadLetter, GovernanceCommand, Heartbeat, SystemStatus
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,

@@ -21,16 +21,8 @@ import msgspec
 import pytest
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import (
-    EquitySnapshot,
-    Event,
-    ExecutionReport,
-    GovernanceCommand,
-    Heartbeat,
-    PositionChanged,
-    StrategyPnL,
-    SystemStatus,
-)
+from contracts.events import EquitySnapshot, Event, ExecutionReport, PositionChanged, StrategyPnL
+from contracts.system_events import GovernanceCommand, Heartbeat, SystemStatus
 from eventstore.bus import Bus
 from eventstore.lag import wait_drained
 from eventstore.server import URL_ENV, EmbeddedServer

@@ -30,7 +30,8 @@ from opentelemetry.trace import SpanKind
 from prometheus_client.openmetrics.parser import text_string_to_metric_families
 
 from contracts.envelope import MSG_ID, Envelope, bar_envelope, content_id, trace_id_of
-from contracts.events import Bar, GovernanceCommand, Heartbeat, Signal
+from contracts.events import Bar, Signal
+from contracts.system_events import GovernanceCommand, Heartbeat
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer, free_port

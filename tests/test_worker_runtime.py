@@ -13,7 +13,8 @@ from nats.js.api import AckPolicy, ConsumerConfig
 
 from contracts.codec import encode
 from contracts.envelope import MSG_ID, Envelope, bar_envelope
-from contracts.events import Bar, DeadLetter, Event, GovernanceCommand, OrderCommand, RiskDecision
+from contracts.events import Bar, Event, OrderCommand, RiskDecision
+from contracts.system_events import DeadLetter, GovernanceCommand
 from eventstore.bus import Bus, Stored
 from eventstore.lag import wait_drained
 from eventstore.server import EmbeddedServer, free_port

@@ -17,7 +17,8 @@ import pytest
 
 from contracts.codec import encode
 from contracts.envelope import Envelope, bar_envelope
-from contracts.events import GovernanceCommand, OrderCommand
+from contracts.events import OrderCommand
+from contracts.system_events import GovernanceCommand
 from eventstore.bus import Bus, Stored
 from eventstore.errors import KeelError
 from eventstore.lag import wait_drained

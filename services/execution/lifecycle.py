@@ -15,9 +15,10 @@ import msgspec
 from msgspec import UNSET
 
 from contracts.codec import encode
-from contracts.events import Bar, DeadLetter, Event, ExecutionReport, OrderCommand
+from contracts.events import Bar, Event, ExecutionReport, OrderCommand
 from contracts.keys import BookId, InstrumentId, KeyTable
 from contracts.subjects import subject_for
+from contracts.system_events import DeadLetter
 from services.execution.atr import atr_value
 from services.execution.oco import same_bar_oco_fills
 from services.execution.order_state import DUST, OmsState, Order, Position

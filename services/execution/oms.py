@@ -27,15 +27,9 @@ from typing import ClassVar, Protocol, runtime_checkable
 import msgspec
 
 from contracts.envelope import content_id
-from contracts.events import (
-    Bar,
-    Event,
-    OrderCommand,
-    Quote,
-    RiskAlert,
-    SystemStatus,
-)
+from contracts.events import Bar, Event, OrderCommand, Quote, RiskAlert
 from contracts.keys import BookId
+from contracts.system_events import SystemStatus
 from contracts.venue_events import KillSwitch, VenueAnswer, VenueOrder
 from services.execution.atr import update_atr
 from services.execution.brackets import Brackets, bracket_group

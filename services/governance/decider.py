@@ -27,9 +27,10 @@ from typing import ClassVar, Protocol
 
 import msgspec
 
-from contracts.events import EquitySnapshot, Event, GovernanceCommand, RiskDecision
+from contracts.events import EquitySnapshot, Event, RiskDecision
 from contracts.governance_events import GOVERNANCE_RULE, PlaybookAction
 from contracts.model_events import ModelRoster, ModelVariant
+from contracts.system_events import GovernanceCommand
 from services.governance.allocation_desk import AllocationDesk, AllocationDeskConfig
 from services.governance.fact_id import input_id
 from services.governance.playbooks import (

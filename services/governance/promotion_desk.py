@@ -24,7 +24,7 @@ from collections.abc import Mapping
 import msgspec
 
 from contracts.codec import encode
-from contracts.events import DeadLetter, Event, GovernanceCommand
+from contracts.events import Event
 from contracts.model_events import (
     ModelRoster,
     ModelVariant,
@@ -33,6 +33,7 @@ from contracts.model_events import (
     ShadowStep,
 )
 from contracts.subjects import subject_for
+from contracts.system_events import DeadLetter, GovernanceCommand
 from services.governance.fact_id import input_id
 from services.governance.promotion import Arm, PromotionConfig, evaluate
 

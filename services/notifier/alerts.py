@@ -12,15 +12,7 @@ from typing import Literal
 
 import msgspec
 
-from contracts.events import (
-    DeadLetter,
-    Event,
-    ExecutionReport,
-    FeedStatus,
-    GovernanceCommand,
-    RiskAlert,
-    SystemStatus,
-)
+from contracts.events import Event, ExecutionReport, FeedStatus, RiskAlert
 from contracts.governance_events import (
     DisableStrategy,
     EnableStrategy,
@@ -30,6 +22,7 @@ from contracts.governance_events import (
 )
 from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided
 from contracts.notify_events import Priority
+from contracts.system_events import DeadLetter, GovernanceCommand, SystemStatus
 from contracts.venue_events import Discrepancy, VenueStatus
 
 Kind = Literal[

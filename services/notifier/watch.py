@@ -7,7 +7,7 @@ worker that said ``stopped`` left on purpose and is no longer watched.
 
 from __future__ import annotations
 
-from contracts.events import Heartbeat
+from contracts.system_events import Heartbeat
 from services.notifier.alerts import Alert
 
 S = 1_000_000_000

@@ -24,8 +24,8 @@ from nats.js.api import DeliverPolicy
 
 from contracts.codec import DecodeError, decode
 from contracts.envelope import Envelope, content_id
-from contracts.events import DeadLetter, Heartbeat
 from contracts.notify_events import Notification
+from contracts.system_events import DeadLetter, Heartbeat
 from eventstore.bus import Bus
 from services.notifier.alerts import Alert, alert_for
 from services.notifier.config import DestinationConfig, NotifierConfig

@@ -18,18 +18,16 @@ from zoneinfo import ZoneInfo, ZoneInfoNotFoundError
 import msgspec
 
 from contracts.events import (
-    DeadLetter,
     EquitySnapshot,
     Event,
     ExecutionReport,
-    GovernanceCommand,
     Instrument,
     PositionChanged,
     RiskAlert,
     StrategyPnL,
-    SystemStatus,
 )
 from contracts.governance_events import PlaybookAction
+from contracts.system_events import DeadLetter, GovernanceCommand, SystemStatus
 from contracts.venue_events import Discrepancy, VenueStatus
 from eventstore.errors import KeelError
 from services.governance.leaderboard import Figures, Standings

@@ -30,7 +30,6 @@ from contracts.events import (
     FeedState,
     FeedStatus,
     FundingRate,
-    GovernanceCommand,
     Instrument,
     RiskAlert,
     RiskDecision,
@@ -39,6 +38,7 @@ from contracts.events import (
 from contracts.governance_events import GOVERNANCE_RULE, PlaybookAction
 from contracts.keys import InstrumentId, KeyTable
 from contracts.model_events import AllocationDecided
+from contracts.system_events import GovernanceCommand
 from services.risk.book import EPS, Book
 from services.risk.breaker import Transition, VenueBreaker
 from services.risk.budgets import EQUITY_MODES, BudgetGate

@@ -8,8 +8,9 @@ breach lasts while the equity is beyond its level. docs/risk.md, Soft and hard b
 
 from __future__ import annotations
 
-from contracts.events import EquitySnapshot, Event, RiskAlert, SystemState
+from contracts.events import EquitySnapshot, Event, RiskAlert
 from contracts.intervals import UNIT_NS
+from contracts.system_events import SystemState
 from services.risk.book import Book
 from services.risk.limits import RiskLimits
 from services.risk.state import Condition, EquityTrack, RiskState

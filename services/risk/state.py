@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import msgspec
 
-from contracts.events import FeedState, InstrumentKind, SystemState
+from contracts.events import FeedState, InstrumentKind
 from contracts.keys import BookId, InstrumentId
+from contracts.system_events import SystemState
 from services.risk.breaker import BreakerState
 from services.risk.guards import DepegState, FundingState
 

@@ -3,7 +3,7 @@
 
 from __future__ import annotations
 
-from contracts.events import SystemStatus
+from contracts.system_events import SystemStatus
 from services.risk.state import Condition, RiskState
 
 SOURCE = "risk"

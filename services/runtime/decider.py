@@ -6,7 +6,8 @@ from collections.abc import Sequence
 from typing import ClassVar, Protocol
 
 from contracts.codec import encode
-from contracts.events import DeadLetter, Event
+from contracts.events import Event
+from contracts.system_events import DeadLetter
 
 
 class Decider(Protocol):

@@ -11,7 +11,7 @@ import time
 from collections.abc import Callable
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import Heartbeat, SystemState, SystemStatus
+from contracts.system_events import Heartbeat, SystemState, SystemStatus
 from eventstore.bus import Bus
 from eventstore.retry import StoreFull
 

@@ -28,8 +28,9 @@ from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy
 
 from contracts.admission import admission_error
 from contracts.codec import DecodeError, decode, encode
-from contracts.events import DeadLetter, Event
+from contracts.events import Event
 from contracts.subjects import subject_for, subject_matches
+from contracts.system_events import DeadLetter
 from eventstore.bus import Bus
 from eventstore.frames import (
     FRAME_EVENTS,

@@ -31,15 +31,13 @@ from contracts.events import (
     ExecutionReport,
     FeedState,
     FeedStatus,
-    GovernanceCommand,
     OrderCommand,
     PositionChanged,
     RiskDecision,
     Signal,
-    SystemState,
-    SystemStatus,
 )
 from contracts.model_events import AllocationDecided, ModelRoster, PromotionDecided
+from contracts.system_events import GovernanceCommand, SystemState, SystemStatus
 from services.governance.leaderboard import ClosedTrade, Standings
 from services.runtime.metrics_export import (
     DictCounter,

@@ -54,8 +54,9 @@ from opentelemetry.trace import Span, Status, StatusCode
 from contracts.admission import admission_error
 from contracts.codec import DecodeError, decode, encode
 from contracts.envelope import ORIGIN_TIME, PRODUCER, Envelope, content_id
-from contracts.events import DeadLetter, Event, SystemStatus
+from contracts.events import Event
 from contracts.subjects import name_token, subject_for
+from contracts.system_events import DeadLetter, SystemStatus
 from eventstore.bus import ACK_TIMEOUT, Bus
 from eventstore.retry import (
     Interrupted,

@@ -24,9 +24,10 @@ from collections.abc import Sequence
 import msgspec
 
 from contracts.codec import encode
-from contracts.events import Bar, DeadLetter, Event, Signal
+from contracts.events import Bar, Event, Signal
 from contracts.model_events import ModelRoster, ModelVariant, ShadowResult, ShadowStep
 from contracts.subjects import name_token, subject_for
+from contracts.system_events import DeadLetter
 from services.governance.router import (
     RoutingError,
     Variant,

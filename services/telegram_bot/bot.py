@@ -11,7 +11,7 @@ from collections.abc import Awaitable, Callable
 from typing import TypeVar
 
 from contracts.envelope import Envelope, content_id
-from contracts.events import GovernanceCommand
+from contracts.system_events import GovernanceCommand
 from eventstore.bus import Bus
 from eventstore.errors import KeelError
 from services.telegram_bot import answers

@@ -21,8 +21,9 @@ from collections import deque
 from collections.abc import Awaitable, Callable
 
 from contracts.envelope import Envelope, MarketFact, bar_envelope, content_id, market_envelope
-from contracts.events import Bar, DeadLetter, Event, FeedStatus
+from contracts.events import Bar, Event, FeedStatus
 from contracts.subjects import subject_for
+from contracts.system_events import DeadLetter
 from eventstore.bus import Bus, Stored
 from eventstore.retry import Interrupted, backoff, transient, wait_out
 from services.runtime.heartbeat import StoreWatch
