@@ -12,6 +12,7 @@ import pytest
 
 from eventstore.bus import Bus
 from eventstore.server import URL_ENV, EmbeddedServer
+from tests.fakes.notify_sink import NotifySink
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
@@ -29,6 +30,15 @@ async def bus(nats_server: EmbeddedServer) -> AsyncIterator[Bus]:
     connected = await Bus.connect(nats_server.url, name="test")
     yield connected
     await connected.close()
+
+
+@pytest.fixture
+async def notify_sink() -> AsyncIterator[NotifySink]:
+    """The loopback server standing in for the notifier's destinations (Apprise's webhook
+    and Telegram targets)."""
+    server = await NotifySink().start()
+    yield server
+    await server.stop()
 
 
 def keel(

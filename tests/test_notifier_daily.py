@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -36,13 +35,6 @@ class AfterMidnight(WallClock):
         return AFTER_MIDNIGHT
 
 
-@pytest.fixture
-async def sink() -> AsyncIterator[NotifySink]:
-    server = await NotifySink().start()
-    yield server
-    await server.stop()
-
-
 def config(sink: NotifySink, monkeypatch: pytest.MonkeyPatch) -> NotifierConfig:
     monkeypatch.setenv("KEEL_TEST_HOOK_URL", f"json://127.0.0.1:{sink.port}/hook")
     return NotifierConfig(
@@ -70,17 +62,21 @@ async def run_until_sent(bus: Bus, notifier: Notifier, sink: NotifySink, want: i
 
 
 async def test_the_notifier_sends_the_days_report_once_across_a_restart(
-    bus: Bus, sink: NotifySink, monkeypatch: pytest.MonkeyPatch
+    bus: Bus, notify_sink: NotifySink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     for i, event in enumerate(daily_day.events()):
         await bus.publish(event, Envelope.root(content_id("day", i), event.ts))
 
-    await run_until_sent(bus, Notifier(config(sink, monkeypatch), clock=AfterMidnight()), sink, 1)
-    [report] = sink.received
+    await run_until_sent(
+        bus, Notifier(config(notify_sink, monkeypatch), clock=AfterMidnight()), notify_sink, 1
+    )
+    [report] = notify_sink.received
     assert daily_day.DAY in report.title and "fills" in report.body
 
-    await run_until_sent(bus, Notifier(config(sink, monkeypatch), clock=AfterMidnight()), sink, 1)
-    assert len(sink.received) == 1  # the restart found the marker
+    await run_until_sent(
+        bus, Notifier(config(notify_sink, monkeypatch), clock=AfterMidnight()), notify_sink, 1
+    )
+    assert len(notify_sink.received) == 1  # the restart found the marker
     stored = await read_caught_up(bus, "SYSTEM", "sys.notify.>", DeliverPolicy.ALL)
     sent = [s.event for s in stored if isinstance(s.event, Notification)]
     assert [(n.key, n.destination, n.outcome) for n in sent] == [
@@ -89,7 +85,7 @@ async def test_the_notifier_sends_the_days_report_once_across_a_restart(
 
 
 async def test_the_daily_report_runs_as_the_notifier_user(
-    tmp_path: Path, sink: NotifySink, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, notify_sink: NotifySink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """nats.conf's ``notifier`` user reads the day, keeps its marker and records the send."""
     server = SecuredServer(tmp_path / "secured")
@@ -98,8 +94,8 @@ async def test_the_daily_report_runs_as_the_notifier_user(
     try:
         for i, event in enumerate(daily_day.events()):
             await admin.publish(event, Envelope.root(content_id("day", i), event.ts))
-        notifier = Notifier(config(sink, monkeypatch), clock=AfterMidnight())
-        await run_until_sent(bus, notifier, sink, 1)
+        notifier = Notifier(config(notify_sink, monkeypatch), clock=AfterMidnight())
+        await run_until_sent(bus, notifier, notify_sink, 1)
         assert not bus.refusals.about("permissions violation")
         kv = await admin.js.key_value(BUCKET)
         assert (await kv.get(daily_day.DAY)).value

@@ -9,7 +9,6 @@ import asyncio
 import logging
 import time
 import urllib.request
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -34,13 +33,6 @@ HOOK_SECRET = "hOoKsEcReT-SHOULD-NEVER-SHOW"
 BOUND_S = 15.0  # every condition at the destination within this (the dead worker: 1 s + 1 beat)
 
 FAST = PolicyConfig(per_second=20, per_minute=200, critical_attempts=3, backoff_s=0.05)
-
-
-@pytest.fixture
-async def sink() -> AsyncIterator[NotifySink]:
-    server = await NotifySink().start()
-    yield server
-    await server.stop()
 
 
 def _config(sink: NotifySink, monkeypatch: pytest.MonkeyPatch) -> NotifierConfig:
@@ -90,10 +82,13 @@ CONDITIONS = {  # key -> (priority, a title fragment)
 
 
 async def test_each_condition_reaches_both_destinations_once_with_its_priority(
-    bus: Bus, sink: NotifySink, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+    bus: Bus,
+    notify_sink: NotifySink,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
 ) -> None:
     caplog.set_level(logging.DEBUG)
-    notifier = Notifier(_config(sink, monkeypatch), metrics_port=0)
+    notifier = Notifier(_config(notify_sink, monkeypatch), metrics_port=0)
     task = asyncio.create_task(notifier.run(bus))
     await asyncio.wait_for(notifier.ready.wait(), 10)
     now = time.time_ns()
@@ -111,7 +106,7 @@ async def test_each_condition_reaches_both_destinations_once_with_its_priority(
         await _publish(bus, event, str(i))
 
     def text(kind: str) -> str:
-        return "\n".join(f"{r.title}\n{r.body}" for r in sink.received if r.kind == kind)
+        return "\n".join(f"{r.title}\n{r.body}" for r in notify_sink.received if r.kind == kind)
 
     def arrived() -> bool:
         return all(frag in text(k) for _, frag in CONDITIONS.values() for k in ("json", "telegram"))
@@ -128,8 +123,10 @@ async def test_each_condition_reaches_both_destinations_once_with_its_priority(
     _assert_secret_free(metrics)
     for _, fragment in CONDITIONS.values():
         assert text("json").count(fragment) == 1 and text("telegram").count(fragment) == 1
-    assert all(r.path == f"/bot{TOKEN}/sendMessage" for r in sink.received if r.kind == "telegram")
-    assert {r.type for r in sink.received if r.kind == "json"} == {"failure"}
+    assert all(
+        r.path == f"/bot{TOKEN}/sendMessage" for r in notify_sink.received if r.kind == "telegram"
+    )
+    assert {r.type for r in notify_sink.received if r.kind == "json"} == {"failure"}
     notifier.stop()
     await asyncio.wait_for(task, 10)
     letter = await bus.last_event("SYSTEM", "sys.dlq.notifier")
@@ -151,21 +148,21 @@ async def test_each_condition_reaches_both_destinations_once_with_its_priority(
 
 
 async def test_a_failing_destination_retries_a_critical_then_records_it_failed(
-    bus: Bus, sink: NotifySink, monkeypatch: pytest.MonkeyPatch
+    bus: Bus, notify_sink: NotifySink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    sink.failing = True
-    notifier = Notifier(_config(sink, monkeypatch))
+    notify_sink.failing = True
+    notifier = Notifier(_config(notify_sink, monkeypatch))
     task = asyncio.create_task(notifier.run(bus))
     await asyncio.wait_for(notifier.ready.wait(), 10)
     halt = SystemStatus(ts=time.time_ns(), status="HALTED", reason="kill", source="risk")
     await _publish(bus, halt, "halt")
-    await _until(lambda: sink.refused >= 6, "three attempts at each destination")
+    await _until(lambda: notify_sink.refused >= 6, "three attempts at each destination")
     notifier.stop()
     await asyncio.wait_for(task, 10)
     failed = [a for a in await _notifications(bus) if a.outcome == "failed"]
     assert sorted(a.destination for a in failed) == ["chat", "hook"]
     assert all((a.key, a.priority, a.attempts) == ("status.risk", "CRITICAL", 3) for a in failed)
-    assert sink.received == [] and sink.refused == 6
+    assert notify_sink.received == [] and notify_sink.refused == 6
     _assert_secret_free("\n".join(a.reason for a in failed))
 
 
@@ -188,19 +185,19 @@ def _assert_secret_free(text: str) -> None:
 
 
 async def test_the_notifier_runs_as_its_own_nats_user(
-    tmp_path: Path, sink: NotifySink, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, notify_sink: NotifySink, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """nats.conf's ``notifier`` user: its ordered consumers, its audit and its heartbeats."""
     server = SecuredServer(tmp_path / "secured")
     admin = await server.connect("admin", ensure=True)
     bus = await server.connect("notifier")
     try:
-        notifier = Notifier(_config(sink, monkeypatch))
+        notifier = Notifier(_config(notify_sink, monkeypatch))
         task = asyncio.create_task(notifier.run(bus))
         await asyncio.wait_for(notifier.ready.wait(), 10)
         halt = SystemStatus(ts=time.time_ns(), status="HALTED", reason="drill", source="risk")
         await _publish(admin, halt, "halt")
-        await _until(lambda: len(sink.received) == 2, "the halt at both destinations")
+        await _until(lambda: len(notify_sink.received) == 2, "the halt at both destinations")
         notifier.stop()
         await asyncio.wait_for(task, 10)
         audits = await _notifications(admin)
