@@ -58,7 +58,8 @@ ONE_SHOT = {"streams", "reader-mirrors"}
 readers' mirrors)."""
 WORKERS = sorted(set(KEEL) - ONE_SHOT)
 OPTIONAL = {name for name in WORKERS if SERVICES[name].get("profiles")}
-"""Workers off unless their compose profile is on (the notifier: ``--profile notify``)."""
+"""Workers off unless their compose profile is on (the notifier and the Telegram bot:
+``--profile notify``)."""
 KEEL_COMMANDS = sorted(name for name in KEEL if "entrypoint" not in SERVICES[name])
 """Services that run a ``keel`` command (the image's entrypoint)."""
 METRICS_PORT = 9100
@@ -108,7 +109,7 @@ def variable_of(value: str) -> str:
 
 def test_the_fleet_is_deployed() -> None:
     fleet = ["marketdata", "strategy-ma_cross", "risk", "execution", "portfolio", "governance"]
-    fleet.append("notifier")  # off unless its compose profile is on (OPTIONAL)
+    fleet += ["notifier", "telegram-bot"]  # off unless their compose profile is on (OPTIONAL)
     assert sorted(fleet) == WORKERS
     assert {"nats", "prometheus", "grafana", "otel-collector"} <= SERVICES.keys()
     assert set(KEEL) == set(WORKERS) | ONE_SHOT
@@ -276,6 +277,11 @@ EVENTS_OF = {
         "$JS.API.STREAM.CREATE.KV_KEEL_DAILY_REPORTS",
     },
 }
+USER_OF = {"telegram-bot": "telegram"}
+"""The NATS user of a service not named after it."""
+COMMANDS_OF = {"telegram": {"gov.cmd.kill", "gov.cmd.resume"}}
+"""Users that publish commands and nothing of their own: no heartbeats, dead letters,
+status, consumers or snapshot (the Telegram bot's /kill and /resume, services/telegram_bot)."""
 GATEWAY_VENUE = VenueConfig(name="binance", exchange="binanceusdm", mode="sandbox", sandbox=True)
 
 
@@ -287,6 +293,8 @@ def with_a_gateway(config: KeelConfig) -> KeelConfig:
 
 
 def expected_rights(worker: str) -> set[str]:
+    if worker in COMMANDS_OF:
+        return COMMANDS_OF[worker] | OBSERVE
     config = load_config(FLEET_TOML)
     inputs: dict[str, set[str]] = {}
     for role in (*fleet_roles(config), *fleet_roles(with_a_gateway(config))):
@@ -318,17 +326,17 @@ def consumer_rights(stream: str, durable: str) -> set[str]:
 def test_each_worker_logs_in_as_its_own_user(service: str) -> None:
     env = SERVICES[service]["environment"]
     user = env["KEEL_NATS_USER"]
-    assert user == service, "the NATS user is the worker's name"
+    assert user == USER_OF.get(service, service), "the NATS user is the worker's name"
     assert user in USERS, f"nats.conf has no user {user}"
     assert variable_of(env["KEEL_NATS_PASSWORD"]) == USERS[user].password
 
 
 @pytest.mark.parametrize("service", WORKERS)
 def test_each_worker_user_has_exactly_the_rights_of_its_role(service: str) -> None:
-    perms = USERS[service]
-    assert set(perms.publish_allow) == expected_rights(service), set(
-        perms.publish_allow
-    ) ^ expected_rights(service)
+    user = USER_OF.get(service, service)
+    perms = USERS[user]
+    expected = expected_rights(user)
+    assert set(perms.publish_allow) == expected, set(perms.publish_allow) ^ expected
     assert perms.publish_deny == []
     assert perms.subscribe_allow == ["_INBOX.>"]
 
@@ -420,6 +428,20 @@ def test_the_documented_gateway_service_fits_compose_and_nats_conf() -> None:
         timeout=30,
     )
     assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_telegram_bot_reads_its_token_from_a_secret() -> None:
+    """The token reaches the bot as a compose secret filled from the environment, at the
+    ``token_file`` docs/alerts.md shows; it is in no environment and no file here."""
+    spec = SERVICES["telegram-bot"]
+    assert spec["secrets"] == ["telegram_bot_token"]
+    assert COMPOSE["secrets"]["telegram_bot_token"] == {"environment": "KEEL_TELEGRAM_BOT_TOKEN"}
+    assert "KEEL_TELEGRAM_BOT_TOKEN" not in spec["environment"]
+    assert env_example()["KEEL_TELEGRAM_BOT_TOKEN"] == ""
+    documented_file = '# token_file = "/run/secrets/telegram_bot_token"'
+    assert documented_file in (ROOT / "docs/alerts.md").read_text()
+    args = command_args("telegram-bot")
+    assert args[:2] == ["run", "telegram-bot"] and option(args, "--config") == "/etc/keel/keel.toml"
 
 
 def test_every_strategy_instance_has_one_service_and_user() -> None:

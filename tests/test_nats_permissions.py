@@ -23,6 +23,7 @@ import subprocess
 import sys
 import time
 from collections.abc import AsyncIterator, Iterator
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,9 +34,15 @@ from nats.js.api import AckPolicy, ConsumerConfig
 from nats.js.errors import NotFoundError
 
 from contracts.envelope import Envelope
-from contracts.events import EVENT_TYPES
+from contracts.events import (
+    EVENT_TYPES,
+    EquitySnapshot,
+    ExecutionReport,
+    PositionChanged,
+    StrategyPnL,
+)
 from contracts.subjects import subject_for, subject_matches
-from contracts.system_events import Heartbeat
+from contracts.system_events import GovernanceCommand, Heartbeat
 from contracts.venue_events import (
     Discrepancy,
     KillSwitch,
@@ -60,6 +67,7 @@ from services.marketdata.feed import publish_bars
 from services.runtime.role import Role
 from services.runtime.snapshots import SNAPSHOT_BUCKET, snapshot_bucket
 from services.runtime.worker import Worker, WorkerOptions
+from services.telegram_bot.views import LogViews
 from services.venues.client_ids import venue_client_id
 from services.venues.config import VenueConfig
 from services.venues.gateway.config import GatewayConfig
@@ -400,6 +408,7 @@ EVENTS = {
     "position": "pf.position.sim.BTC-USDT",
     "equity": "pf.equity",
     "kill switch": "gov.cmd.kill",
+    "resume": "gov.cmd.resume",
     "enable": "gov.cmd.enable",
     "playbook": "gov.playbook.drawdown",
     "external": "ext.listing.binance.BTC-USDT",
@@ -440,7 +449,8 @@ MAY_PUBLISH: dict[str, set[str]] = {
     "gateway": {"venue answer", "discrepancy", "venue status", "venue order"}.union(
         *map(_own, GATEWAYS)
     ),
-    "operator": {"kill switch", "enable", "external", "venue adoption", "venue kill"},
+    "operator": {"kill switch", "resume", "enable", "external", "venue adoption", "venue kill"},
+    "telegram": {"kill switch", "resume"},
     "tap": set(),
     "replay": {"replay"},
     "admin": set(PROBES),
@@ -471,6 +481,9 @@ someone decides, and nats.conf lets exactly that user publish it."""
 ALSO = {"VenueOrder": "gateway"}
 """A second publisher: the gateway stores the legs it places itself (a missing protective
 stop placed again) before it sends them."""
+ALSO_ON = {"gov.cmd.kill": "telegram", "gov.cmd.resume": "telegram"}
+"""A second publisher of single subjects: the Telegram bot's /kill and /resume, and no other
+governance command."""
 
 
 def may_publish(user: str, subject: str) -> bool:
@@ -528,6 +541,7 @@ def test_every_event_type_has_exactly_one_publishing_role() -> None:
             role = "strategy-ma_cross"
         subject = ".".join(tokens)
         also = {ALSO[type(event).__name__]} if type(event).__name__ in ALSO else set()
+        also |= {ALSO_ON[subject]} if subject in ALSO_ON else set()
         assert {u for u in USERS if may_publish(u, subject)} == {role, "admin"} | also, subject
 
 
@@ -816,6 +830,97 @@ async def test_tap_reads_the_log_and_nothing_else(secured: SecuredServer, admin:
         await nc.close()
     durables = {c.config.durable_name for c in await admin.js.consumers_info("GOVERNANCE")}
     assert durables <= {None}  # only the ephemeral consumer of the read above
+
+
+TELEGRAM_REFUSED_EVENTS = (
+    "gov.cmd.enable",
+    "gov.cmd.promote",
+    "gov.cmd.rollback",
+    "venue.kill",
+    "venue.adopt.x",
+    "ext.x",
+    "ord.x",
+    "sys.heartbeat.telegram-bot",
+    "sys.dlq.telegram-bot",
+    "sys.status.telegram-bot",
+)
+"""Events the Telegram bot's user may not publish: every governance command but kill and
+resume, the venues' kill switch and adoptions, external events, orders, and the system
+subjects the bot does not publish."""
+TELEGRAM_REFUSED_CALLS = (
+    "$KV.KEEL_MODEL_LIFECYCLE.x",
+    "$JS.API.STREAM.CREATE.KV_KEEL_MODEL_LIFECYCLE",
+    "$O.KEEL_MODELS.x",
+    f"$KV.{SNAPSHOT_BUCKET}.telegram-bot",
+    "$JS.API.STREAM.CREATE.TELEGRAM",
+    "$JS.API.CONSUMER.CREATE.GOVERNANCE.telegram-bot",
+)
+"""Nor write the models, their lifecycle or a snapshot, create a stream or a durable."""
+
+
+async def test_the_telegram_user_kills_resumes_and_reads_nothing_more(
+    secured: SecuredServer, admin: Bus
+) -> None:
+    """``keel run telegram-bot`` logs in as ``telegram`` (docs/alerts.md): the server refuses
+    everything beyond its commands and stores none of it; every read of /status, /pnl,
+    /positions, /orders and /daily passes, and so do /kill and /resume."""
+    now = time.time_ns()
+    seeded = [
+        EquitySnapshot(
+            ts=now,
+            cash=1.0,
+            equity=1.0,
+            realized_pnl=0.0,
+            unrealized_pnl=0.0,
+            fees=0.0,
+            gross_exposure=0.0,
+        ),
+        StrategyPnL(ts=now, strategy="ma_cross", realized_pnl=1.0, unrealized_pnl=0.0),
+        PositionChanged(
+            ts=now, venue="sim", symbol="BTC/USDT", qty=1.0, avg_price=1.0, realized_pnl=0.0
+        ),
+        ExecutionReport(
+            ts=now,
+            status="accepted",
+            client_order_id="o-1",
+            strategy="ma_cross",
+            venue="sim",
+            symbol="BTC/USDT",
+            side="buy",
+            order_qty=1.0,
+        ),
+        Heartbeat(ts=now, worker="risk", instance="risk-1", seq=1, processed=1),
+    ]
+    for i, event in enumerate(seeded):
+        assert await admin.publish(event, Envelope.root(f"telegram-seed-{i}", now))
+    nc, violations = await raw_connect(secured, "telegram")
+    try:
+        for subject in (*TELEGRAM_REFUSED_EVENTS, *TELEGRAM_REFUSED_CALLS):
+            await refused(nc, violations, subject, b"{}")
+    finally:
+        await nc.close()
+    for subject in TELEGRAM_REFUSED_EVENTS:
+        assert not await stored_on(admin, subject), subject
+    with pytest.raises(NotFoundError):
+        await admin.js.stream_info("KV_KEEL_MODEL_LIFECYCLE")
+
+    bot = await secured.connect("telegram", name="telegram-bot", ensure=True)
+    try:
+        for action in ("kill", "resume"):
+            command = GovernanceCommand(ts=now, action=action, issued_by="telegram:42")
+            assert await bot.publish(command, Envelope.root(f"telegram-{action}", now))
+        views = LogViews(bot, orders_lookback_h=1.0)
+        status = await views.status(now)
+        assert status.system.kill_switch.active is False
+        assert (await views.equity()) == seeded[0]
+        assert await views.strategies() == [seeded[1]]
+        assert await views.positions() == [seeded[2]]
+        assert await views.reports(now) == [seeded[3]]
+        day = datetime.fromtimestamp(now / 1e9, UTC).date()
+        assert (await views.daily(day, "UTC")).day == day.isoformat()
+    finally:
+        await bot.close()
+    assert bot.refusals.seen == [], bot.refusals.seen
 
 
 # ---------------------------------------------------------------------------------------

@@ -318,16 +318,18 @@ def secured(tmp_path: Path) -> Iterator[SecuredServer]:
     server.stop()
 
 
-async def test_the_bot_runs_as_the_operator_user_of_nats_conf(
+async def test_the_bot_runs_as_the_telegram_user_of_nats_conf(
     secured: SecuredServer, fake: FakeTelegram
 ) -> None:
-    """Every read and the kill are allowed to the ``operator`` user (docs/alerts.md)."""
+    """The bot's own user, ``telegram`` (docs/alerts.md): every read its commands make and
+    the kill and resume are allowed, and the server refuses it nothing."""
     admin = await secured.connect("admin", ensure=True)
-    bus = await Bus.connect(secured.url, name="telegram-bot", credentials=secured.creds("operator"))
+    bus = await Bus.connect(secured.url, name="telegram-bot", credentials=secured.creds("telegram"))
     stop = asyncio.Event()
     try:
         await seed(admin)
-        commands = ["/status", "/pnl", "/positions", "/orders", "/daily", "/kill by phone"]
+        commands = ["/status", "/pnl", "/positions", "/orders", "/daily"]
+        commands += ["/kill by phone", "/status", "/resume", "/status"]
         for text in commands:
             fake.message(OPERATOR, text)
         async with aiohttp.ClientSession() as session:
@@ -337,9 +339,13 @@ async def test_the_bot_runs_as_the_operator_user_of_nats_conf(
             stop.set()
             await asyncio.wait_for(task, 20)
         assert not any(s.text.startswith("Cannot read") for s in sent), sent
-        assert sent[-1].text.startswith("Kill switch ON")
-        kill = await admin.last_event("GOVERNANCE", "gov.cmd.kill")
-        assert kill is not None and kill.event.issued_by == f"telegram:{OPERATOR}"
+        *_, killed, status_killed, resumed, status_resumed = [s.text for s in sent]
+        assert killed.startswith("Kill switch ON") and "Kill switch ON since" in status_killed
+        assert resumed.startswith("Resumed.") and "Kill switch off" in status_resumed
+        for action in ("kill", "resume"):
+            stored = await admin.last_event("GOVERNANCE", f"gov.cmd.{action}")
+            assert stored is not None and stored.event.issued_by == f"telegram:{OPERATOR}"
+        assert bus.refusals.seen == [], bus.refusals.seen
     finally:
         await bus.close()
         await admin.close()
