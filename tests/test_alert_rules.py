@@ -1,7 +1,8 @@
 """The dead-man and infrastructure alerts (infra/prometheus/alerts.yml): promtool checks
 them and runs their unit tests (alerts.test.yml: each rule fires on synthetic series, not
 before its ``for:``); a real Prometheus evaluates them against a running fleet, where a
-kill, a worker killed with SIGKILL and a stale feed make their alerts fire; amtool checks
+kill, a worker killed with SIGKILL and a stale feed make their alerts fire and the live
+workers' heartbeats keep ``KeelWorkerHung`` quiet; amtool checks
 infra/alertmanager/alertmanager.yml and a real Alertmanager delivers a critical alert to a
 loopback chat webhook.
 
@@ -37,6 +38,7 @@ from tests.conftest import ROOT
 from tests.test_prometheus_dashboards import (
     metrics_ports,
     prometheus_binary,
+    query,
     start_fleet,
     start_prometheus,
     stop_prometheus,
@@ -257,11 +259,12 @@ async def test_alertmanager_delivers_a_critical_to_the_chat_webhook_at_once(
 # --- a real Prometheus against a running fleet ------------------------------------------
 
 
-def firing(port: int) -> dict[str, list[dict]]:
+def firing(port: int, state: str = "firing") -> dict[str, list[dict]]:
+    """The alerts in ``state`` (``firing``, ``pending``) by name."""
     alerts = get_json(f"http://127.0.0.1:{port}/api/v1/alerts")["data"]["alerts"]
     out: dict[str, list[dict]] = {}
     for alert in alerts:
-        if alert["state"] == "firing":
+        if alert["state"] == state:
             out.setdefault(alert["labels"]["alertname"], []).append(alert)
     return out
 
@@ -311,6 +314,15 @@ async def test_halt_dead_worker_and_stale_feed_fire_in_a_real_prometheus(
         assert stale_alert["labels"]["symbol"] == "BTC/USDT"
         assert "has been stale for at least 30 s" in stale_alert["annotations"]["description"]
         assert seen["KeelWorkerDown"] >= 30  # not before its `for:`
+
+        # the live workers beat: KeelWorkerHung's expression holds for none of them
+        ages = await asyncio.to_thread(query, web_port, "time() - keel_heartbeat_timestamp_seconds")
+        beat_age = {r["metric"]["worker"]: float(r["value"][1]) for r in ages["data"]["result"]}
+        assert {w.name for w in plan} - {"portfolio"} <= beat_age.keys(), beat_age
+        assert max(beat_age.values()) < 45, beat_age
+        for state in ("pending", "firing"):
+            hung = (await asyncio.to_thread(firing, web_port, state)).get("KeelWorkerHung")
+            assert not hung, hung
         print(f"fired after the kill (s): { {k: round(v, 1) for k, v in seen.items()} }")
     finally:
         stop_prometheus(prometheus)

@@ -187,6 +187,31 @@ async def test_restarted_worker_resumes_from_its_snapshot(nats_server: EmbeddedS
         assert abs(equity.equity - scenario.EXPECTED_EQUITY) < 1e-9
 
 
+async def scrape(port: int) -> str:
+    """The worker's ``/metrics``, over HTTP as Prometheus reads it."""
+    url = f"http://127.0.0.1:{port}/metrics"
+    return await asyncio.to_thread(lambda: urllib.request.urlopen(url).read().decode())
+
+
+def sample(body: str, metric: str, worker: str) -> float | None:
+    """The value of ``metric``'s series labelled ``worker``, None when it has none."""
+    for line in body.splitlines():
+        if line.startswith(metric + "{") and f'worker="{worker}"' in line:
+            return float(line.rsplit(" ", 1)[1])
+    return None
+
+
+async def beat_after(port: int, worker: str, previous: float, timeout: float = 10) -> float:
+    """The worker's heartbeat gauge once it is past ``previous`` (Unix seconds)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        beat = sample(await scrape(port), "keel_heartbeat_timestamp_seconds", worker)
+        if beat is not None and beat > previous:
+            return beat
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{worker}: no heartbeat after {previous} on its endpoint")
+
+
 async def test_worker_serves_metrics_and_heartbeats(nats_server: EmbeddedServer) -> None:
     port = free_port()
     options = WorkerOptions(metrics_port=port, heartbeat_s=0.2)
@@ -194,9 +219,7 @@ async def test_worker_serves_metrics_and_heartbeats(nats_server: EmbeddedServer)
     workers = [Worker(strategy_role(strategy, []), options)]
     async with running(nats_server.url, workers) as bus:
         await settle(bus, workers, scenario.bars())
-        body = await asyncio.to_thread(
-            lambda: urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics").read().decode()
-        )
+        body = await scrape(port)
         events_in = [
             line
             for line in body.splitlines()
@@ -211,6 +234,43 @@ async def test_worker_serves_metrics_and_heartbeats(nats_server: EmbeddedServer)
             beats = await stored(bus, "sys.heartbeat.>", "SYSTEM")
         assert beats and beats[-1].worker == "strategy-metered"
         assert beats[-1].metrics_port == port
+
+
+async def test_the_heartbeat_gauge_moves_forward_with_each_beat(
+    nats_server: EmbeddedServer,
+) -> None:
+    """``keel_heartbeat_timestamp_seconds`` (what ``KeelWorkerHung`` reads) is there after
+    the first beat and moves with the next: the endpoint's thread serves it, the loop sets it."""
+    port = free_port()
+    options = WorkerOptions(metrics_port=port, heartbeat_s=0.1)
+    worker = Worker(risk_role(RiskLimits(max_position=5)), options)
+    async with running(nats_server.url, [worker]):
+        first = await beat_after(port, "risk", 0.0)
+        assert abs(time.time() - first) < 5
+        later = await beat_after(port, "risk", first)
+        assert first < later <= time.time()
+
+
+async def test_the_heartbeat_gauge_moves_on_while_the_store_is_away(
+    nats_server: EmbeddedServer,
+) -> None:
+    """The gauge is set when the loop makes the beat, not when the store takes it: a worker
+    whose server is down is not hung. Its beats only come further apart (the beat's publish
+    and the consumer poll wait for their 5 s timeouts: one input here)."""
+    port = free_port()
+    options = WorkerOptions(metrics_port=port, heartbeat_s=0.1)
+    strategy = build_strategy("ma_cross", {"fast": 2, "slow": 3}, "away")
+    worker = Worker(strategy_role(strategy, []), options)
+    async with running(nats_server.url, [worker]):
+        await beat_after(port, "strategy-away", 0.0)
+        nats_server.stop()
+        try:
+            stopped = time.time()
+            away = await beat_after(port, "strategy-away", stopped, timeout=30)
+            again = await beat_after(port, "strategy-away", away, timeout=30)
+            assert again - away < 15, again - away
+        finally:
+            nats_server.start()
 
 
 async def test_a_worker_whose_inputs_changed_reads_through_its_new_filter(

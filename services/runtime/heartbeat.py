@@ -1,6 +1,10 @@
 """What a worker tells ``keel status`` about itself: a heartbeat on ``sys.heartbeat.<worker>``
 (one builder for every process that beats, the workers and the market-data feed), and a
-``SystemStatus`` on ``sys.status.<worker>`` while the store refuses its outputs."""
+``SystemStatus`` on ``sys.status.<worker>`` while the store refuses its outputs.
+
+Each beat also sets the heartbeat gauge of the process's metrics endpoint
+(``keel_heartbeat_timestamp_seconds``), when the beat is made rather than when it is stored:
+a worker whose store is away still beats, one whose loop hangs does not."""
 
 from __future__ import annotations
 
@@ -21,6 +25,28 @@ STATUS_WAIT_S = 5.0
 
 log = logging.getLogger("keel.worker")
 
+BeatSeen = Callable[[float], None]
+"""Told the Unix time of a beat as the process's event loop makes it."""
+_beat_gauges: dict[tuple[str, int], list[BeatSeen]] = {}
+
+
+def on_beat(worker: str, metrics_port: int, seen: BeatSeen) -> Callable[[], None]:
+    """Tell ``seen`` of every beat this process makes as ``worker`` announcing
+    ``metrics_port``: the metrics endpoint's heartbeat gauge, which the hung-worker alert
+    reads (a loop that hangs stops it while the endpoint's thread still answers scrapes).
+    Returns the call that stops it."""
+    key = (worker, metrics_port)
+    _beat_gauges.setdefault(key, []).append(seen)
+
+    def forget() -> None:
+        listeners = _beat_gauges.get(key, [])
+        if seen in listeners:
+            listeners.remove(seen)
+        if not listeners:
+            _beat_gauges.pop(key, None)
+
+    return forget
+
 
 async def publish_heartbeat(
     bus: Bus,
@@ -34,6 +60,8 @@ async def publish_heartbeat(
     """Best effort: a beat that cannot be stored is skipped, never an error of the worker;
     its id derives from (worker, instance, seq, status), so a re-sent beat is one beat."""
     now = time.time_ns()
+    for seen in _beat_gauges.get((worker, metrics_port), ()):
+        seen(now / 1e9)
     beat = Heartbeat(
         ts=now,
         worker=worker,

@@ -17,6 +17,7 @@ from opentelemetry.sdk.resources import Resource
 from prometheus_client import CollectorRegistry, start_http_server
 
 from eventstore.errors import KeelError
+from services.runtime.heartbeat import on_beat
 
 
 def otlp_enabled(signal: str) -> bool:
@@ -40,9 +41,16 @@ def resource(service: str) -> Resource:
 
 class MetricsEndpoint:
     """A meter provider with a Prometheus endpoint on its own registry (several workers in
-    one process each serve only their own metrics), plus OTLP when configured."""
+    one process each serve only their own metrics), plus OTLP when configured.
 
-    def __init__(self, service: str, port: int | None, addr: str) -> None:
+    Every endpoint carries ``keel.heartbeat.timestamp``, labelled ``labels`` (by default
+    ``worker`` = ``service``): the time of the last beat this process made as ``service``
+    announcing this endpoint's port. Prometheus compares it with its own clock to tell a
+    hung event loop from a live one, since this endpoint answers from its own thread."""
+
+    def __init__(
+        self, service: str, port: int | None, addr: str, labels: dict[str, str] | None = None
+    ) -> None:
         self.registry = CollectorRegistry()
         readers: list[MetricReader] = [
             PrometheusMetricReader(registry=self.registry, scope_info_enabled=False)
@@ -72,8 +80,18 @@ class MetricsEndpoint:
                 self.provider.shutdown()
                 raise KeelError(f"cannot serve metrics on {addr}:{port}: {exc}") from None
             self.port = self._server.server_port
+        beat = DictGauge(
+            self.meter,
+            "keel.heartbeat.timestamp",
+            "s",
+            "when this process's event loop last made a heartbeat (Unix time)",
+            (),
+            labels or {"worker": service},
+        )
+        self._forget_beats = on_beat(service, self.port, lambda unix_s: beat.set((), unix_s))
 
     def close(self) -> None:
+        self._forget_beats()
         if self._server is not None:
             self._server.shutdown()
             self._server.server_close()

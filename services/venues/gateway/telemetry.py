@@ -54,10 +54,10 @@ class GatewayMetrics:
     (plain int reads); the leg gauges are refreshed on the event loop at every heartbeat."""
 
     def __init__(self, worker: str, venue: str, port: int | None, addr: str) -> None:
-        self._endpoint = MetricsEndpoint(worker, port, addr)
+        mine = {"worker": worker, "venue": venue}
+        self._endpoint = MetricsEndpoint(worker, port, addr, mine)
         self.port = self._endpoint.port
         meter = self._endpoint.meter
-        mine = {"worker": worker, "venue": venue}
         self._mine = mine
         self.stream: PrivateStream | None = None
         self.calls: OrderCalls | None = None
