@@ -80,3 +80,14 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     for item in items:
         group = "fleets" if item.path.name in heavy else item.path.stem
         item.add_marker(pytest.mark.xdist_group(group))
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """pytest-xdist's loadgroup marks each test's group in ``Node._nodeid``; a pytest without
+    that slot (9.2 renamed it) silently loses every group, and the fleet tests would run side
+    by side and time out under load: stop with one line instead."""
+    if config.getvalue("dist") == "loadgroup" and not hasattr(pytest.Item, "_nodeid"):
+        raise pytest.UsageError(
+            f"pytest {pytest.__version__} loses pytest-xdist's test groups: "
+            "install the pytest that pyproject.toml names"
+        )
