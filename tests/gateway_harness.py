@@ -17,8 +17,8 @@ from contracts.envelope import Envelope, content_id
 from contracts.venue_events import VenueAnswer, VenueOrder
 from eventstore.bus import Bus
 from eventstore.log_reader import read_caught_up
+from services.runtime.cancelling import end_tasks
 from services.runtime.clock import Clock
-from services.venues.cancelling import end_tasks
 from services.venues.client_ids import venue_client_id
 from services.venues.config import VenueConfig
 from services.venues.gateway.worker import SHUTDOWN_S, Gateway

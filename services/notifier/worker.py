@@ -34,6 +34,7 @@ from services.notifier.metrics import NotifierMetrics
 from services.notifier.policy import Audit, Outbox
 from services.notifier.watch import HeartbeatWatch
 from services.reports.daily_job import DailyJob
+from services.runtime.cancelling import end_tasks
 from services.runtime.clock import Clock, system_clock
 from services.runtime.heartbeat import publish_heartbeat
 from services.runtime.merge import stored_ns
@@ -167,9 +168,7 @@ class Notifier:
             for sub in subs:
                 with contextlib.suppress(Exception):
                     await sub.unsubscribe()
-            for task in tasks:
-                task.cancel()
-            await asyncio.wait(tasks, timeout=STOP_S)
+            await end_tasks(tasks, STOP_S)
             await self._flush(bus)
             await publish_heartbeat(bus, NAME, self.instance, "stopped")
 

@@ -37,8 +37,8 @@ from contracts.venue_events import (
 )
 from eventstore.bus import Bus, Stored, read_message
 from eventstore.errors import KeelError
+from services.runtime.cancelling import end_tasks, finish_within
 from services.runtime.clock import Clock
-from services.venues.cancelling import end_tasks, finish_within
 from services.venues.ccxt_exchange import Redactor, build_exchange, read_secrets, redact_logs
 from services.venues.client_ids import answer_event_id
 from services.venues.config import VenueConfig

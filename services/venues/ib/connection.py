@@ -20,8 +20,8 @@ from collections.abc import Awaitable, Callable
 from ib_async import IB
 
 from eventstore.errors import KeelError
+from services.runtime.cancelling import end_tasks
 from services.runtime.clock import Clock
-from services.venues.cancelling import end_tasks
 from services.venues.ib.settings import IbSettings, check_accounts
 
 log = logging.getLogger("keel.ib")

@@ -16,8 +16,8 @@ from collections import deque
 from collections.abc import Awaitable, Callable, Iterable
 from zoneinfo import ZoneInfo
 
+from services.runtime.cancelling import end_tasks
 from services.runtime.clock import Clock
-from services.venues.cancelling import end_tasks
 from tests.fakes.tws import messages as m
 from tests.fakes.tws.account import AccountDesk
 from tests.fakes.tws.contracts import Catalogue, Listing, Query, default_listings, is_open

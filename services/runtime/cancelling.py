@@ -1,4 +1,4 @@
-"""Ending tasks for good, within a bound: what a gateway's or an IB session's stop relies on.
+"""Ending tasks for good, within a bound: what every stop of a looping task relies on.
 
 On Python 3.11 ``asyncio.wait_for`` drops a cancel that arrives while its inner future has
 just completed (it returns the result instead; fixed in 3.12). Library code on the gateway's
