@@ -14,8 +14,8 @@ import random
 
 import pytest
 
+from services.runtime import cancelling
 from services.runtime.cancelling import end_tasks, finish_within
-from services.venues import cancelling
 from services.venues.ib.connection import CLOSE_S, IbConnection, LinkState
 from services.venues.ib.settings import IbSettings
 from tests.fakes.tws import TwsFake
