@@ -264,6 +264,12 @@ class Desk:
                 raise AssertionError(f"timed out waiting for {what}; reports: {said}")
             await asyncio.sleep(0.05)
 
+    def answered(self, oid: str, kind: str) -> bool:
+        return any(
+            isinstance(e, VenueAnswer) and e.client_order_id == oid and e.kind == kind
+            for e in self.inputs
+        )
+
     def status(self, oid: str) -> str:
         said = [r.status for r in self.reports if r.client_order_id == oid]
         return said[-1] if said else ""
@@ -305,8 +311,12 @@ async def test_ib_cancels_the_stop_when_the_target_fills_and_keel_sells_once(
     harness.tws.broker.execute(tp, 10, tp.ticket.lmt_price or 0.0, harness.clock.now_ns())
     assert sl.status == "Cancelled"  # IB's doing, not Keel's
     await desk.until(
-        lambda: desk.status("e1.tp") == "filled" and desk.status("e1.sl") == "canceled",
-        "the fill and the sibling's cancel",
+        lambda: (
+            desk.status("e1.tp") == "filled"
+            and desk.status("e1.sl") == "canceled"
+            and desk.answered("e1.sl", "canceled")
+        ),  # the fill alone already ends it (OCO)
+        "the fill and IB's cancel of the sibling",
     )
     placed = sorted(leg.client_order_id for leg in desk.sent if leg.action == "new")
     assert placed == ["e1", "e1.sl", "e1.tp"]  # no stop placed again
