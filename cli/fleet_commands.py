@@ -188,6 +188,9 @@ TICK_S = 0.1
 STATUS_EVERY_S = 5.0
 LIVE_WITHIN_S = 6.0
 """A fleet is live when one of its workers beat "running" this recently (3 heartbeats)."""
+FINISH_S = 10.0
+"""At a stop, how long the fleet may take to finish what the feed stored before it stopped:
+then the log holds every bar's consequences and a replay of it gives the same outputs."""
 
 
 class Supervisor:
@@ -481,6 +484,12 @@ def up(
                 for task in tasks:
                     task.cancel()
                 await asyncio.gather(*tasks, return_exceptions=True)
+                feeds = {w.name for w in fleet.workers if w.name.startswith("marketdata")}
+                if feeds:
+                    with console.status("stopping the feed; the fleet finishes what is stored"):
+                        fleet.stop(names=feeds)
+                        with contextlib.suppress(Exception):  # the server may be gone
+                            await wait_drained(bus, consumer_names(fleet_config), FINISH_S)
                 with console.status("stopping workers"):
                     fleet.stop()
                 with contextlib.suppress(Exception):  # the server may be gone by now

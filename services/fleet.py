@@ -10,7 +10,7 @@ import signal
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from pathlib import Path
 
 import msgspec
@@ -129,12 +129,15 @@ class Fleet:
     def log_tail(self, worker: WorkerProcess, lines: int = 3) -> str:
         return log_tail(self.log_path(worker.name), lines)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        for worker in self.workers:
+    def stop(self, timeout: float = 10.0, names: Collection[str] | None = None) -> None:
+        """SIGTERM to the workers (those of ``names`` only, when given), a kill for any that
+        has not ended within ``timeout``."""
+        chosen = [w for w in self.workers if names is None or w.name in names]
+        for worker in chosen:
             if worker.proc and worker.proc.poll() is None:
                 worker.proc.send_signal(signal.SIGTERM)
         deadline = time.monotonic() + timeout
-        for worker in self.workers:
+        for worker in chosen:
             if worker.proc is None:
                 continue
             try:
