@@ -548,8 +548,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
         "--warmup",
         type=int,
         default=100,
-        help="latency bars not counted (2 s at 20 ms: past the first-fetch merge a worker with"
-        " several inputs waits for after its start)",
+        help="latency bars not counted (2 s at 20 ms: past the workers' start)",
     )
     p.add_argument("--pace-ms", type=float, default=20.0, help="gap between latency bars")
     p.add_argument("--keep", action="store_true", help="keep the temp store and worker logs")
