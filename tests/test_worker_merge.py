@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Sequence
+from contextlib import asynccontextmanager
 from typing import ClassVar
 
 import msgspec
@@ -67,6 +68,21 @@ class GatedWorker(Worker):
         await super()._fetch(bus, sub, spec)
 
 
+@asynccontextmanager
+async def running(url: str, worker: GatedWorker) -> AsyncIterator[Bus]:
+    """``worker`` running on its own connection; a connection for the test."""
+    bus = await Bus.connect(url, name="test")
+    worker_bus = await Bus.connect(url, name=worker.name)
+    task = asyncio.create_task(worker.run(worker_bus))
+    try:
+        yield bus
+    finally:
+        worker.stop()
+        await task
+        await worker_bus.close()
+        await bus.close()
+
+
 async def until(check, timeout: float = 10.0) -> bool:  # type: ignore[no-untyped-def]
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -90,10 +106,7 @@ async def publish_bar_then_fill(bus: Bus, index: int = 0) -> None:
 async def test_a_fill_waits_for_the_bar_stored_before_it(nats_server: EmbeddedServer) -> None:
     worker = GatedWorker("merge-wait")
     worker.gate.set()
-    bus = await Bus.connect(nats_server.url, name="test")
-    worker_bus = await Bus.connect(nats_server.url, name=worker.name)
-    task = asyncio.create_task(worker.run(worker_bus))
-    try:
+    async with running(nats_server.url, worker) as bus:
         await publish_bar_then_fill(bus, 0)
         assert await until(lambda: len(worker.recorder.seen) == 2)
         worker.gate.clear()
@@ -104,28 +117,15 @@ async def test_a_fill_waits_for_the_bar_stored_before_it(nats_server: EmbeddedSe
         worker.gate.set()
         assert await until(lambda: len(worker.recorder.seen) == 4)
         assert worker.recorder.seen == ["Bar", "ExecutionReport"] * 2
-    finally:
-        worker.stop()
-        await task
-        await worker_bus.close()
-        await bus.close()
 
 
 async def test_an_input_with_nothing_pending_holds_nothing_back(
     nats_server: EmbeddedServer,
 ) -> None:
     worker = GatedWorker("merge-idle")
-    bus = await Bus.connect(nats_server.url, name="test")
-    worker_bus = await Bus.connect(nats_server.url, name=worker.name)
-    task = asyncio.create_task(worker.run(worker_bus))
-    try:
+    async with running(nats_server.url, worker) as bus:
         await publish_fill(bus, 0)
         assert await until(lambda: worker.recorder.seen == ["ExecutionReport"], timeout=5)
-    finally:
-        worker.stop()
-        await task
-        await worker_bus.close()
-        await bus.close()
 
 
 async def test_a_restart_with_both_inputs_pending_decides_them_in_stored_order(
@@ -133,31 +133,21 @@ async def test_a_restart_with_both_inputs_pending_decides_them_in_stored_order(
 ) -> None:
     """Both stored while the worker is away: on its start the execution input is pulled
     first, yet the bar is decided first."""
-    bus = await Bus.connect(nats_server.url, name="test")
     first = GatedWorker("merge-restart")
-    first_bus = await Bus.connect(nats_server.url, name=first.name)
     first.gate.set()
-    task = asyncio.create_task(first.run(first_bus))
-    await asyncio.sleep(0.5)  # its consumers exist
-    first.stop()
-    await task
-    await first_bus.close()
+    async with running(nats_server.url, first):
+        await asyncio.sleep(0.5)  # its consumers exist
+    bus = await Bus.connect(nats_server.url, name="test")
     for index in range(3):
         await publish_bar_then_fill(bus, index)
+    await bus.close()
     again = GatedWorker("merge-restart")
-    again_bus = await Bus.connect(nats_server.url, name=again.name)
-    task = asyncio.create_task(again.run(again_bus))
-    try:
+    async with running(nats_server.url, again):
         await asyncio.sleep(0.3)
         assert again.recorder.seen == []
         again.gate.set()
         assert await until(lambda: len(again.recorder.seen) == 6)
         assert again.recorder.seen == ["Bar", "ExecutionReport"] * 3
-    finally:
-        again.stop()
-        await task
-        await again_bus.close()
-        await bus.close()
 
 
 def info(delivered: int, ack_floor: int, pending: int) -> ConsumerInfo:
