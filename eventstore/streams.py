@@ -11,8 +11,10 @@ out after seven days.
 from __future__ import annotations
 
 import os
+import time
 
 import msgspec
+from nats.errors import TimeoutError as NatsTimeout
 from nats.js import JetStreamContext
 from nats.js.api import DiscardPolicy, RetentionPolicy, StorageType, StreamConfig
 from nats.js.errors import NotFoundError
@@ -22,6 +24,8 @@ from eventstore.errors import KeelError
 DAY = 86_400.0
 REPLICAS_ENV = "KEEL_STREAM_REPLICAS"
 MAX_BYTES_ENV = "KEEL_STREAM_MAX_BYTES"
+CREATE_WITHIN_S = 30.0
+"""How long a stream's creation may take on a loaded cluster before it is an error."""
 
 
 class StoreSettings(msgspec.Struct, frozen=True):
@@ -145,7 +149,7 @@ async def ensure_streams(
         try:
             info = await js.stream_info(spec.name)
         except NotFoundError:
-            await js.add_stream(spec.config(settings))
+            await _create(js, spec.config(settings))
             continue
         current = info.config
         kept = StoreSettings(
@@ -155,6 +159,20 @@ async def ensure_streams(
         config = spec.config(kept)
         if _differs(current, config):
             await js.update_stream(config)
+
+
+async def _create(js: JetStreamContext, config: StreamConfig) -> None:
+    """A replicated stream's Raft group is elected before the server answers, which on a
+    loaded cluster can outlast one API call's wait; the creation goes on meanwhile, so the
+    call is made again: it creates the stream or finds it made with the same config."""
+    deadline = time.monotonic() + CREATE_WITHIN_S
+    while True:
+        try:
+            await js.add_stream(config)
+            return
+        except NatsTimeout:
+            if time.monotonic() > deadline:
+                raise
 
 
 def replay_stream(namespace: str) -> StreamSpec:
