@@ -22,22 +22,37 @@ A delivery lost in flight comes again after the consumer's ``ack_wait``.
 
 from __future__ import annotations
 
+import asyncio
 from collections import deque
-from collections.abc import Iterable
+from collections.abc import Awaitable, Callable, Iterable
 
 from nats.aio.msg import Msg
+from nats.js import JetStreamContext
 from nats.js.api import ConsumerInfo
+
+from services.runtime.role import durable_name
 
 Queued = tuple[str, Msg]
 """(input stream, message)."""
 
 UNBOUNDED = 2**63
 """The watermark of an input that holds nothing more."""
+STATE_WAIT_S = 0.5
 
 
 def stored_ns(msg: Msg) -> int:
     """When JetStream stored the message (server wall clock, ns)."""
     return int(msg.metadata.timestamp.timestamp() * 1e9)
+
+
+async def consumer_state(js: JetStreamContext, worker: str, stream: str) -> ConsumerInfo | None:
+    """``worker``'s consumer of ``stream`` now; ``None`` when it cannot be read (the server
+    away: the input's newest message then bounds the merge)."""
+    try:
+        async with asyncio.timeout(STATE_WAIT_S):
+            return await js.consumer_info(stream, durable_name(worker, stream))
+    except Exception:
+        return None
 
 
 class InputMerge:
@@ -76,6 +91,12 @@ class InputMerge:
         delivered = info.delivered.stream_seq
         arrived = delivered <= seq or info.ack_floor.stream_seq >= delivered
         return UNBOUNDED if info.num_pending == 0 and arrived else stored
+
+    async def marks(self, state: Callable[[str], Awaitable[ConsumerInfo | None]]) -> dict[str, int]:
+        """The watermark of every lagging input, their consumers all asked at once."""
+        lagging = self.lagging()
+        infos = await asyncio.gather(*(state(stream) for stream in lagging))
+        return {s: self.watermark(s, info) for s, info in zip(lagging, infos, strict=True)}
 
     def take(self, marks: dict[str, int]) -> list[Queued]:
         """The held messages at or before every watermark, in stored order."""

@@ -45,7 +45,7 @@ from collections.abc import Callable
 
 import msgspec
 from nats.aio.msg import Msg
-from nats.js.api import AckPolicy, ConsumerConfig, ConsumerInfo, DeliverPolicy, PubAck
+from nats.js.api import AckPolicy, ConsumerConfig, DeliverPolicy, PubAck
 from nats.js.errors import APIError
 from nats.js.kv import KeyValue
 from opentelemetry.sdk.trace import TracerProvider
@@ -67,7 +67,7 @@ from eventstore.retry import (
     wait_out,
 )
 from services.runtime.heartbeat import StoreWatch, publish_heartbeat
-from services.runtime.merge import InputMerge, stored_ns
+from services.runtime.merge import InputMerge, consumer_state, stored_ns
 from services.runtime.rebuild import rebuild_state
 from services.runtime.role import Input, Role, durable_name
 from services.runtime.snapshots import (
@@ -318,24 +318,14 @@ class Worker:
             else:
                 arrived.append(await self._queue.get())
             while not self._queue.empty():
-                item = self._queue.get_nowait()
-                arrived.append(item)
+                arrived.append(self._queue.get_nowait())
             merge.hold(item for item in arrived if item is not None)
-            lagging = merge.lagging()
-            infos = await asyncio.gather(*(self._consumer_info(bus, s) for s in lagging))
             batch = merge.take(
-                {s: merge.watermark(s, info) for s, info in zip(lagging, infos, strict=True)}
+                await merge.marks(functools.partial(consumer_state, bus.js, self.name))
             )
             if batch and not self._stop.is_set():
                 return batch
         return []
-
-    async def _consumer_info(self, bus: Bus, stream: str) -> ConsumerInfo | None:
-        try:
-            async with asyncio.timeout(MERGE_POLL_S * 100):
-                return await bus.js.consumer_info(stream, durable_name(self.name, stream))
-        except Exception:  # the server away: the input's newest message bounds the merge
-            return None
 
     async def _process(self, bus: Bus, kv: KeyValue) -> None:
         """Decide and publish each batch, then commit it (snapshot, then acks) in the
